@@ -1,0 +1,261 @@
+"""Typed, validated run configuration (TOML file <-> pydantic models).
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown key is an
+error, not silently ignored.  :func:`dump_toml` writes the full configuration with
+each field's documentation as a comment; the same text is saved beside every
+run's outputs (``config.toml``) so results carry their provenance.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ssodetect.errors import ConfigError
+
+__all__ = [
+    "IOConfig",
+    "CleanConfig",
+    "DetectConfig",
+    "LinkConfig",
+    "ReportConfig",
+    "ExecutionConfig",
+    "Config",
+    "load_config",
+    "dump_toml",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IOConfig(_Section):
+    """Header keywords and FITS layout."""
+
+    time_keys: list[str] = Field(
+        default=["MJD-OBS", "MJD_OBS", "DATE-OBS", "DATE_OBS", "UTCSTART", "MIDTIMJD", "JD", "JD_OBS"],
+        description="Header keywords tried in order for the exposure time stamp. DATE-OBS may carry "
+        "a time or be completed by TIME-OBS/UT/UTC-OBS; old 'DD/MM/YY' dates are understood.",
+    )
+    time_reference: Literal["auto", "start", "mid", "end"] = Field(
+        default="auto",
+        description="What the time keyword refers to. 'auto': MIDTIMJD/MJD-MID/JD_OBS/DATE_OBS "
+        "with 'midpoint' in the comment are mid-exposure, JD with 'end' in its comment is the end, "
+        "everything else the start.",
+    )
+    exptime_keys: list[str] = Field(
+        default=["EXPTIME", "EXPOSURE", "ITIME", "TEXP"], description="Exposure time keywords [s]."
+    )
+    gain_keys: list[str] = Field(
+        default=["GAIN", "EGAIN", "CCDGAIN"], description="Gain keywords [e-/ADU]."
+    )
+    default_gain: float = Field(default=1.0, gt=0, description="Gain used when no gain keyword exists [e-/ADU].")
+    saturation_keys: list[str] = Field(
+        default=["SATURATE", "SATLEVEL", "DATAMAX"], description="Saturation level keywords [ADU]."
+    )
+    filter_keys: list[str] = Field(default=["FILTER", "FILTER1", "BAND"], description="Filter keywords.")
+    instrument_keys: list[str] = Field(
+        default=["INSTRUME", "TELESCOP"], description="Instrument keywords (mixing instruments in one run is an error)."
+    )
+    zeropoint_keys: list[str] = Field(
+        default=["MAGZERO", "MAGZPT", "ZP", "PHOTZP"],
+        description="Photometric zero point keywords: mag = ZP - 2.5 log10(flux_ADU / EXPTIME).",
+    )
+    default_zeropoint: float = Field(
+        default=25.0, description="Zero point used when the header has none [mag for 1 ADU/s]."
+    )
+    detector_keys: list[str] = Field(
+        default=["CCDID", "CCDNAME", "DETECTOR", "DETID", "CHIPID", "CCD_ID", "EXTNAME"],
+        description="Keywords naming the CCD of a plain single-image file.",
+    )
+    flag_mask: int = Field(
+        default=0xFFFFFFFF,
+        ge=0,
+        description="Bits of the FLG extension that mark a pixel as bad (any set bit masks the pixel).",
+    )
+    exposure_grouping_s: float = Field(
+        default=2.0, gt=0, description="Files whose mid-exposure times agree within this [s] form one exposure."
+    )
+
+
+class CleanConfig(_Section):
+    """Optional full-frame cosmic-ray cleaning (astroscrappy / L.A.Cosmic)."""
+
+    astroscrappy: bool = Field(
+        default=False,
+        description="Run astroscrappy on every CCD before detection. Off by default: cosmic rays are "
+        "rejected per detection by shape, which is far cheaper.",
+    )
+    sigclip: float = Field(default=5.0, gt=0, description="astroscrappy sigclip.")
+    objlim: float = Field(default=5.0, gt=0, description="astroscrappy objlim.")
+
+
+class DetectConfig(_Section):
+    """Background, source extraction and per-detection classification."""
+
+    background_box: int = Field(default=64, ge=8, description="Background mesh size [px].")
+    background_filter: int = Field(default=3, ge=1, description="Median filter size on the background mesh [meshes].")
+    threshold: float = Field(
+        default=3.8, gt=0, description="Detection threshold in sigma of the PSF-matched-filtered image."
+    )
+    min_area: int = Field(default=3, ge=1, description="Minimum connected pixels above threshold.")
+    deblend_nthresh: int = Field(default=32, ge=1, description="sep deblending levels.")
+    deblend_cont: float = Field(default=0.005, ge=0, le=1, description="sep deblending contrast.")
+    psf_fwhm: float = Field(
+        default=0.0,
+        ge=0,
+        description="PSF FWHM [px]; 0 = measure it per CCD from bright unsaturated stars.",
+    )
+    aperture_radius_fwhm: float = Field(
+        default=1.75, gt=0, description="Photometric aperture radius in units of the PSF FWHM (trails get a pill-shaped aperture)."
+    )
+    sharp_margin: float = Field(
+        default=2.0,
+        description="A detection is a cosmic ray / hot pixel when a sharp (sub-PSF) model fits it better "
+        "than the PSF by more than this in chi2 (and it is not broader than the PSF).",
+    )
+    max_elongated_length: float = Field(
+        default=150.0, gt=0, description="Detections longer than this [px] are streak segments (satellites), not slow movers."
+    )
+    centroid_error_floor: float = Field(default=0.05, ge=0, description="Floor added in quadrature to centroid errors [px].")
+
+
+class LinkConfig(_Section):
+    """Stationary-source removal and linking of movers."""
+
+    min_rate: float = Field(default=0.3, ge=0, description="Slowest motion searched [arcsec/h].")
+    max_rate: float = Field(default=12.0, gt=0, description="Fastest motion searched [arcsec/h].")
+    min_detections: int = Field(default=3, ge=3, description="Detections needed for a tracklet.")
+    static_radius: float = Field(
+        default=0.12,
+        gt=0,
+        description="A detection matched within this radius [arcsec] (or 3 sigma, if larger) in enough other "
+        "exposures is a static source.",
+    )
+    static_min_matches: int = Field(
+        default=2, ge=1, description="Number of other exposures that must match for a source to be static."
+    )
+    detector_static_radius: float = Field(
+        default=0.5, gt=0, description="Detections at the same CCD pixel [px] in several dithered exposures are detector artefacts."
+    )
+    match_sigma: float = Field(default=4.0, gt=0, description="Prediction tolerance in combined sigma.")
+    match_floor: float = Field(default=0.03, ge=0, description="Tolerance floor added to predictions [arcsec].")
+    max_chi2_dof: float = Field(default=4.0, gt=0, description="Largest reduced chi2 of the linear fit.")
+    max_flux_ratio: float = Field(
+        default=4.0, gt=1, description="Largest ratio between the fluxes of detections of one tracklet."
+    )
+
+    @model_validator(mode="after")
+    def _rates(self) -> "LinkConfig":
+        if self.max_rate <= self.min_rate:
+            raise ValueError("max_rate must exceed min_rate")
+        return self
+
+
+class ReportConfig(_Section):
+    """Identification of the observatory for ADES output."""
+
+    station: str = Field(
+        default="XXX", description="MPC observatory code (ADES stn). XXX = unassigned; set your own code."
+    )
+    observatory_name: str = Field(default="", description="Observatory name for the ADES header.")
+    submitter: str = Field(default="ssodetect user", description="Submitter name for the ADES header.")
+    astcat: str = Field(default="Gaia3", description="Astrometric catalogue the WCS refers to (ADES astCat).")
+    band: str = Field(default="", description="Photometric band for ADES (empty: the image filter keyword).")
+
+
+class ExecutionConfig(_Section):
+    """Where per-CCD work runs."""
+
+    workers: int = Field(default=1, ge=1, description="Local worker processes (1 = serial; >1 = Dask LocalCluster).")
+    scheduler: str = Field(default="", description="Address of a running Dask scheduler (overrides workers).")
+    progress: bool = Field(default=True, description="Show a progress bar on the terminal.")
+
+
+class Config(_Section):
+    """Full ssodetect configuration."""
+
+    io: IOConfig = Field(default_factory=IOConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    link: LinkConfig = Field(default_factory=LinkConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a TOML configuration file; missing keys take their defaults.
+
+    Parameters
+    ----------
+    path : str or Path or None
+        TOML file. ``None`` returns the defaults.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not TOML, or holds unknown keys / invalid values.
+    """
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid configuration ({problems})") from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(config: Config, *, documented: bool = True) -> str:
+    """Serialise a configuration to TOML text.
+
+    Parameters
+    ----------
+    config : Config
+        Configuration to write.
+    documented : bool
+        Precede each section and key with its documentation as ``#`` comments.
+
+    Returns
+    -------
+    str
+        TOML that :func:`load_config` reads back to an equal configuration.
+    """
+    lines: list[str] = []
+    if documented:
+        lines.append(f"# ssodetect configuration. {Config.__doc__.strip()}")
+        lines.append("")
+    for section_name, section_field in Config.model_fields.items():
+        section = getattr(config, section_name)
+        if documented and type(section).__doc__:
+            lines.append(f"# {type(section).__doc__.strip()}")
+        lines.append(f"[{section_name}]")
+        for name, field in type(section).model_fields.items():
+            if documented and field.description:
+                lines.append(f"# {field.description}")
+            lines.append(f"{name} = {_toml_value(getattr(section, name))}")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""Background, source extraction and per-detection classification."""
+from ssodetect.detect.background import estimate_background
+from ssodetect.detect.extract import DETECTION_COLUMNS, empty_detections, extract_sources, gaussian_kernel, measure_psf_sigma
+from ssodetect.detect.shape import shape_chi2, shape_chi2_reference
+
+__all__ = [
+    "estimate_background",
+    "DETECTION_COLUMNS",
+    "empty_detections",
+    "extract_sources",
+    "gaussian_kernel",
+    "measure_psf_sigma",
+    "shape_chi2",
+    "shape_chi2_reference",
+]

@@ -1,0 +1,217 @@
+"""Scoring a run against simulated truth.
+
+An output object is *true* when more than half of its observations lie within
+the match radius of the same simulated mover in the same exposure; otherwise it
+is a *false object*.  A simulated mover is *findable* when it is on the
+detector in at least ``min_exposures`` exposures, and *found* when a true object
+is assigned to it.  Completeness is reported per magnitude bin for a rate
+range; the magnitude where it falls to 50 % is compared with the scene's
+single-exposure 5-sigma point-source limit.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from ssodetect.astrometry.tangent import TangentPlane
+
+__all__ = ["Evaluation", "evaluate_run", "format_evaluation"]
+
+
+@dataclass
+class Evaluation:
+    """Scores of one run.
+
+    Attributes
+    ----------
+    completeness : Table
+        Per magnitude bin: ``mag_lo, mag_hi, n_findable, n_found, completeness``.
+    completeness_bright : float
+        Completeness for ``mag <= bright_limit`` in the rate range.
+    n_objects, n_true, n_false : int
+        Output objects, of which true / false.
+    false_per_ccd : float
+        False objects per 2048^2 px of detector.
+    median_residual_bright : float
+        Median astrometric residual [arcsec] of matched observations with mag < 22.
+    mag50 : float
+        Magnitude where completeness falls to 50 % (NaN if never).
+    limit_5sigma : float
+        Single-exposure 5-sigma point-source limit of the scene [mag].
+    """
+
+    completeness: Table
+    completeness_bright: float
+    n_findable_bright: int
+    n_objects: int
+    n_true: int
+    n_false: int
+    false_per_ccd: float
+    median_residual_bright: float
+    n_residuals_bright: int
+    mag50: float
+    limit_5sigma: float
+    rate_range: tuple
+    bright_limit: float
+    false_objects: list
+
+
+def evaluate_run(
+    observations: Table,
+    truth: Table,
+    *,
+    rate_range: tuple[float, float] = (0.5, 10.0),
+    bright_limit: float = 23.5,
+    min_exposures: int = 3,
+    match_radius: float = 0.5,
+    ccd_area_px: float | None = None,
+    mag_bins: np.ndarray | None = None,
+) -> Evaluation:
+    """Compare a run's observations with the simulated truth.
+
+    Parameters
+    ----------
+    observations : Table
+        ``observations.ecsv`` of the run.
+    truth : Table
+        ``truth.ecsv`` of the simulation.
+    rate_range : (float, float)
+        Rates [arcsec/h] for completeness.
+    bright_limit : float
+        Completeness is also summarised for movers brighter than this [mag].
+    min_exposures : int
+        Exposures on the detector for a mover to be findable.
+    match_radius : float
+        Match radius [arcsec]; half the trail length is added for trailed movers.
+    ccd_area_px : float, optional
+        Total detector area [px^2]; taken from the truth metadata when None.
+    mag_bins : ndarray, optional
+        Bin edges [mag] (default 20 to 27.5 by 0.5).
+    """
+    mag_bins = np.arange(20.0, 27.51, 0.5) if mag_bins is None else np.asarray(mag_bins)
+    sim = truth.meta.get("simulation", {})
+    if ccd_area_px is None:
+        ccd_area_px = float(sim.get("nccd", 1)) * float(sim.get("nx", 2048)) * float(sim.get("ny", 2048))
+    scale = float(sim.get("pixel_scale", 0.1))
+    ra0 = float(np.median(truth["ra"])) if len(truth) else 0.0
+    dec0 = float(np.median(truth["dec"])) if len(truth) else 0.0
+    plane = TangentPlane(ra0, dec0)
+    tx, ty = plane.to_plane(np.asarray(truth["ra"], float), np.asarray(truth["dec"], float))
+    on = np.asarray(truth["on_detector"], bool)
+    tol = match_radius + 0.5 * np.asarray(truth["trail_length"], float) * scale
+    # observation -> truth row (same exposure, within tolerance, nearest)
+    ox, oy = plane.to_plane(np.asarray(observations["ra"], float), np.asarray(observations["dec"], float))
+    matched_truth = np.full(len(observations), -1)
+    residual = np.full(len(observations), np.nan)
+    for e in np.unique(np.asarray(observations["exposure"])) if len(observations) else []:
+        t_idx = np.nonzero((np.asarray(truth["exposure"]) == e) & on)[0]
+        o_idx = np.nonzero(np.asarray(observations["exposure"]) == e)[0]
+        if t_idx.size == 0:
+            continue
+        tree = cKDTree(np.column_stack([tx[t_idx], ty[t_idx]]))
+        nk = min(5, t_idx.size)
+        d, k = tree.query(np.column_stack([ox[o_idx], oy[o_idx]]), k=nk)
+        d, k = d.reshape(len(o_idx), nk), k.reshape(len(o_idx), nk)
+        for row, (dd, kk) in enumerate(zip(d, k)):
+            ok = dd <= tol[t_idx[kk]]
+            if ok.any():
+                j = int(np.argmax(ok))
+                matched_truth[o_idx[row]] = t_idx[kk[j]]
+                residual[o_idx[row]] = dd[j]
+    truth_object = np.asarray(truth["object"])
+    assigned: dict[str, str] = {}
+    false_objects = []
+    names = np.asarray(observations["object"]) if len(observations) else np.array([], dtype=str)
+    for name in np.unique(names):
+        rows = np.nonzero(names == name)[0]
+        hits = [truth_object[m] for m in matched_truth[rows] if m >= 0]
+        best, count = Counter(hits).most_common(1)[0] if hits else (None, 0)
+        if best is not None and count > 0.5 * rows.size:
+            assigned[name] = best
+        else:
+            false_objects.append(str(name))
+    found = set(assigned.values())
+    # findable movers
+    per_obj = {}
+    for row in truth:
+        key = row["object"]
+        entry = per_obj.setdefault(key, {"n_on": 0, "mag": float(row["mag"]), "rate": float(row["rate"])})
+        entry["n_on"] += int(bool(row["on_detector"]))
+    findable = [
+        (k, v["mag"]) for k, v in per_obj.items()
+        if v["n_on"] >= min_exposures and rate_range[0] <= v["rate"] <= rate_range[1]
+    ]
+    fmag = np.array([m for _, m in findable])
+    ffound = np.array([k in found for k, _ in findable], bool)
+    rows = []
+    for lo, hi in zip(mag_bins[:-1], mag_bins[1:]):
+        sel = (fmag >= lo) & (fmag < hi)
+        n = int(sel.sum())
+        rows.append((lo, hi, n, int(ffound[sel].sum()), float(ffound[sel].mean()) if n else np.nan))
+    curve = Table(rows=rows, names=["mag_lo", "mag_hi", "n_findable", "n_found", "completeness"]) if rows else Table()
+    bright = fmag <= bright_limit
+    completeness_bright = float(ffound[bright].mean()) if bright.any() else float("nan")
+    mag50 = _mag50(curve)
+    true_obs = np.array([assigned.get(n) is not None for n in names], bool)
+    tmag = np.array([float(truth["mag"][m]) if m >= 0 else np.nan for m in matched_truth])
+    res_sel = true_obs & (matched_truth >= 0) & (tmag < 22.0)
+    n_false = len(false_objects)
+    return Evaluation(
+        completeness=curve,
+        completeness_bright=completeness_bright,
+        n_findable_bright=int(bright.sum()),
+        n_objects=len(np.unique(names)),
+        n_true=len(assigned),
+        n_false=n_false,
+        false_per_ccd=n_false / (ccd_area_px / 2048.0**2),
+        median_residual_bright=float(np.median(residual[res_sel])) if res_sel.any() else float("nan"),
+        n_residuals_bright=int(res_sel.sum()),
+        mag50=mag50,
+        limit_5sigma=float(truth.meta.get("limit_5sigma", np.nan)),
+        rate_range=tuple(rate_range),
+        bright_limit=bright_limit,
+        false_objects=false_objects,
+    )
+
+
+def _mag50(curve: Table) -> float:
+    """First crossing of 50 % completeness, interpolated between bin centres."""
+    if len(curve) == 0:
+        return float("nan")
+    centres = 0.5 * (np.asarray(curve["mag_lo"]) + np.asarray(curve["mag_hi"]))
+    comp = np.asarray(curve["completeness"], float)
+    ok = np.isfinite(comp)
+    centres, comp = centres[ok], comp[ok]
+    for k in range(1, comp.size):
+        if comp[k - 1] >= 0.5 > comp[k]:
+            f = (comp[k - 1] - 0.5) / (comp[k - 1] - comp[k])
+            return float(centres[k - 1] + f * (centres[k] - centres[k - 1]))
+    return float("nan")
+
+
+def format_evaluation(ev: Evaluation) -> str:
+    """Human-readable report: completeness curve and the summary scores."""
+    lo, hi = ev.rate_range
+    lines = [f"Completeness for movers of {lo:g}-{hi:g} arcsec/h on the detector in >= 3 exposures:"]
+    lines.append("   mag range     found/findable  completeness")
+    for row in ev.completeness:
+        comp = row["completeness"]
+        bar = "#" * int(round(20 * comp)) if np.isfinite(comp) else ""
+        comp_txt = f"{100 * comp:6.1f} %" if np.isfinite(comp) else "     - "
+        lines.append(f"  {row['mag_lo']:5.2f}-{row['mag_hi']:5.2f}   {row['n_found']:5d}/{row['n_findable']:<5d}    {comp_txt} {bar}")
+    lines.append(
+        f"completeness V <= {ev.bright_limit:g}: {100 * ev.completeness_bright:.1f} % of {ev.n_findable_bright} movers"
+    )
+    lines.append(f"objects: {ev.n_objects} ({ev.n_true} true, {ev.n_false} false; {ev.false_per_ccd:.2f} false per 2048^2 CCD)")
+    lines.append(
+        f"median astrometric residual (V < 22): {1000 * ev.median_residual_bright:.1f} mas over {ev.n_residuals_bright} observations"
+    )
+    lines.append(
+        f"50 % completeness at V = {ev.mag50:.2f}; single-exposure 5-sigma point-source limit {ev.limit_5sigma:.2f} "
+        f"(difference {ev.limit_5sigma - ev.mag50:+.2f} mag)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,389 @@
+"""Finding, grouping and reading the images of a run.
+
+Two layouts are understood:
+
+* **Euclid VIS calibrated frame**: one multi-extension FITS file per exposure with,
+  per CCD, extensions ``N-M.SCI`` (science), ``N-M.RMS`` (noise, same unit as
+  SCI) and ``N-M.FLG`` (flag bits).  Exposure time and start time come from the
+  primary header.
+* **Plain images**: one image per file (or several unnamed image extensions);
+  every keyword comes from the image header, completed by the primary header.
+
+Files are grouped into exposures by their mid-exposure times and into CCDs by
+extension name or detector keyword.  Pixel convention everywhere: 0-based,
+arrays indexed ``[y, x]``.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+from astropy.utils.exceptions import AstropyUserWarning
+from astropy.wcs import WCS
+
+from ssodetect.config import IOConfig
+from ssodetect.errors import InputError
+from ssodetect.io.headers import celestial_wcs, first_keyword, observation_time
+
+__all__ = ["CCDRef", "Exposure", "CCDImage", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
+
+log = logging.getLogger(__name__)
+
+FITS_PATTERNS = ("*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fit.gz", "*.fz")
+_EUCLID_EXT = re.compile(r"^(?P<ccd>.+)\.(?P<kind>SCI|RMS|FLG)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class CCDRef:
+    """Where one CCD image of one exposure lives (small and picklable).
+
+    Attributes
+    ----------
+    path : str
+        FITS file.
+    sci : int
+        HDU index of the science image.
+    rms, flg : int or None
+        HDU indices of the noise and flag images, if any.
+    ccd : str
+        CCD identifier (``"1-1"`` for Euclid, else the detector keyword or HDU).
+    mjd : float
+        Mid-exposure time [MJD, UTC].
+    exptime : float
+        Exposure time [s].
+    filter, instrument : str
+        Header values used to refuse mixed runs.
+    exposure : int
+        Index of the exposure in time order (set by :func:`group_exposures`).
+    """
+
+    path: str
+    sci: int
+    rms: int | None
+    flg: int | None
+    ccd: str
+    mjd: float
+    exptime: float
+    filter: str
+    instrument: str
+    time_source: str
+    exposure: int = -1
+
+
+@dataclass
+class Exposure:
+    """One exposure: all CCDs taken at the same time."""
+
+    index: int
+    mid_time: Time
+    exptime: float
+    ccds: list[CCDRef] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        return sorted({ref.path for ref in self.ccds})
+
+
+@dataclass
+class CCDImage:
+    """Pixels and metadata of one CCD of one exposure.
+
+    Attributes
+    ----------
+    data : ndarray, shape (ny, nx), float32
+        Science image [ADU]; masked pixels are kept but flagged in ``mask``.
+    rms : ndarray (ny, nx) float32 or None
+        Per-pixel noise [ADU] when the file provides it.
+    mask : ndarray (ny, nx) bool
+        True where the pixel is unusable (NaN, flagged, saturated, non-positive RMS).
+    saturated : ndarray (ny, nx) bool
+        True where the pixel is saturated (subset of ``mask``).
+    wcs : astropy.wcs.WCS or None
+        Celestial WCS (None when the header has no usable one; see ``wcs_problem``).
+    """
+
+    ref: CCDRef
+    data: np.ndarray
+    rms: np.ndarray | None
+    mask: np.ndarray
+    saturated: np.ndarray
+    header: fits.Header
+    wcs: WCS | None
+    wcs_problem: str
+    gain: float
+    zeropoint: float
+    zeropoint_source: str
+    saturation: float | None
+
+
+def find_inputs(inputs) -> list[Path]:
+    """Expand files and directories into a sorted list of FITS paths.
+
+    Raises
+    ------
+    InputError
+        A path does not exist, or a directory holds no FITS file.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted({Path(p) for pat in FITS_PATTERNS for p in glob.glob(str(item / pat))})
+            if not found:
+                raise InputError(f"{item}: directory holds no FITS file ({', '.join(FITS_PATTERNS)})")
+            paths.extend(found)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise InputError(f"{item}: no such file or directory")
+    unique = sorted(dict.fromkeys(p.resolve() for p in paths))
+    return unique
+
+
+def _check_complete(path: Path, hdul: fits.HDUList) -> None:
+    """Raise if an uncompressed file is shorter than its headers promise."""
+    if path.suffix.lower() in (".gz", ".fz", ".bz2"):
+        return
+    size = path.stat().st_size
+    for i, hdu in enumerate(hdul):
+        info = hdu.fileinfo()
+        if info is None:
+            continue
+        end = info["datLoc"] + info["datSpan"]
+        if end > size:
+            raise InputError(f"{path}: truncated FITS file (HDU {i} needs {end} bytes, file has {size})")
+
+
+def _open(path: Path) -> fits.HDUList:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+    except (OSError, ValueError, AstropyUserWarning, IndexError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable FITS file ({exc})") from None
+    return hdul
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
+    """List the CCD images in one FITS file with their times.
+
+    Raises
+    ------
+    InputError
+        Unreadable or truncated file, no image, or no usable observation time.
+    """
+    hdul = _open(path)
+    try:
+        _check_complete(path, hdul)
+        primary = hdul[0].header
+        named: dict[str, dict[str, int]] = {}
+        for i, hdu in enumerate(hdul):
+            match = _EUCLID_EXT.match(_text(hdu.header.get("EXTNAME")))
+            if match:
+                named.setdefault(match.group("ccd"), {})[match.group("kind").upper()] = i
+        refs: list[CCDRef] = []
+        if named:
+            layout = [(ccd, kinds["SCI"], kinds.get("RMS"), kinds.get("FLG")) for ccd, kinds in named.items() if "SCI" in kinds]
+        else:
+            images = [
+                i for i, hdu in enumerate(hdul)
+                if hdu.is_image and hdu.header.get("NAXIS", 0) == 2 and hdu.header.get("NAXIS1", 0) > 0
+            ]
+            if not images:
+                raise InputError(f"{path}: no 2-D image in the file")
+            layout = []
+            for i in images:
+                header = hdul[i].header
+                ccd = _text(first_keyword(header, [k for k in config.detector_keys if k != "EXTNAME"]))
+                if not ccd and i > 0:
+                    ccd = _text(header.get("EXTNAME"))
+                if not ccd:
+                    ccd = f"hdu{i}" if len(images) > 1 else "0"
+                layout.append((ccd, i, None, None))
+        for ccd, sci, rms, flg in layout:
+            header = hdul[sci].header
+            try:
+                obs = observation_time(header, config, fallback=primary if sci != 0 else None)
+            except ValueError as exc:
+                raise InputError(f"{path}: {exc}") from None
+            refs.append(
+                CCDRef(
+                    path=str(path),
+                    sci=sci,
+                    rms=rms,
+                    flg=flg,
+                    ccd=str(ccd),
+                    mjd=float(obs.mid.mjd),
+                    exptime=obs.exptime,
+                    filter=_text(first_keyword(header, config.filter_keys, first_keyword(primary, config.filter_keys))),
+                    instrument=_text(
+                        first_keyword(header, config.instrument_keys, first_keyword(primary, config.instrument_keys))
+                    ),
+                    time_source=obs.source,
+                )
+            )
+        return refs
+    finally:
+        hdul.close()
+
+
+def scan_inputs(paths, config: IOConfig) -> list[CCDRef]:
+    """Scan every file; refuse runs mixing filters or instruments.
+
+    Raises
+    ------
+    InputError
+        From :func:`scan_file`, or when a file's filter/instrument differs from
+        the first file's.
+    """
+    refs: list[CCDRef] = []
+    for path in paths:
+        refs.extend(scan_file(Path(path), config))
+    if not refs:
+        raise InputError("no image found in the inputs")
+    first = refs[0]
+    for ref in refs[1:]:
+        if ref.filter != first.filter:
+            raise InputError(
+                f"{ref.path}: filter {ref.filter!r} differs from {first.filter!r} of {first.path}; one filter per run"
+            )
+        if ref.instrument != first.instrument:
+            raise InputError(
+                f"{ref.path}: instrument {ref.instrument!r} differs from {first.instrument!r} of {first.path}; "
+                "one instrument per run"
+            )
+    return refs
+
+
+def group_exposures(refs: list[CCDRef], config: IOConfig, *, min_exposures: int = 3) -> list[Exposure]:
+    """Group CCD images into exposures by mid-exposure time.
+
+    Parameters
+    ----------
+    refs : list of CCDRef
+    config : IOConfig
+        ``exposure_grouping_s`` sets how close in time images of one exposure are.
+    min_exposures : int
+        Fewer exposures than this is an error (linking needs at least 3).
+
+    Returns
+    -------
+    list of Exposure
+        In time order; each ``CCDRef.exposure`` is set to its exposure index.
+    """
+    ordered = sorted(refs, key=lambda r: (r.mjd, r.path, r.ccd))
+    groups: list[list[CCDRef]] = []
+    for ref in ordered:
+        if groups and (ref.mjd - groups[-1][0].mjd) * 86400.0 <= config.exposure_grouping_s:
+            groups[-1].append(ref)
+        else:
+            groups.append([ref])
+    exposures: list[Exposure] = []
+    for index, group in enumerate(groups):
+        seen: dict[str, CCDRef] = {}
+        updated = []
+        for ref in group:
+            if ref.ccd in seen:
+                raise InputError(
+                    f"{ref.path}: CCD {ref.ccd!r} at MJD {ref.mjd:.6f} duplicates {seen[ref.ccd].path}"
+                )
+            seen[ref.ccd] = ref
+            updated.append(CCDRef(**{**ref.__dict__, "exposure": index}))
+        mjd = float(np.mean([r.mjd for r in group]))
+        exposures.append(
+            Exposure(
+                index=index,
+                mid_time=Time(mjd, format="mjd", scale="utc"),
+                exptime=float(np.median([r.exptime for r in group])),
+                ccds=updated,
+            )
+        )
+    if len(exposures) < min_exposures:
+        files = ", ".join(sorted({Path(r.path).name for r in refs}))
+        raise InputError(
+            f"{files}: only {len(exposures)} exposure(s) found (distinct times); linking needs at least {min_exposures}"
+        )
+    return exposures
+
+
+def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
+    """Read the pixels and metadata of one CCD image.
+
+    Raises
+    ------
+    InputError
+        The image data cannot be read (e.g. a truncated compressed file).
+    """
+    path = Path(ref.path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            primary = hdul[0].header
+            header = hdul[ref.sci].header.copy()
+            data = np.asarray(hdul[ref.sci].data, dtype=np.float32)
+            rms = np.asarray(hdul[ref.rms].data, dtype=np.float32) if ref.rms is not None else None
+            flags = np.asarray(hdul[ref.flg].data) if ref.flg is not None else None
+    except (OSError, ValueError, TypeError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read CCD {ref.ccd} ({exc})") from None
+    if data.ndim != 2:
+        raise InputError(f"{path}: CCD {ref.ccd} is not a 2-D image (shape {data.shape})")
+    merged = fits.Header()
+    if ref.sci != 0:
+        merged.extend(primary, unique=True)
+    merged.extend(header, unique=True, update=True)
+    mask = ~np.isfinite(data)
+    if rms is not None:
+        if rms.shape != data.shape:
+            raise InputError(f"{path}: RMS of CCD {ref.ccd} has shape {rms.shape}, SCI has {data.shape}")
+        mask |= ~np.isfinite(rms) | (rms <= 0)
+    if flags is not None:
+        if flags.shape != data.shape:
+            raise InputError(f"{path}: FLG of CCD {ref.ccd} has shape {flags.shape}, SCI has {data.shape}")
+        mask |= (flags.astype(np.int64) & config.flag_mask) != 0
+    saturation = first_keyword(merged, config.saturation_keys)
+    try:
+        saturation = float(saturation) if saturation is not None else None
+    except (TypeError, ValueError):
+        saturation = None
+    saturated = np.zeros(data.shape, bool)
+    if saturation is not None:
+        with np.errstate(invalid="ignore"):
+            saturated = data >= saturation
+        mask |= saturated
+    gain = first_keyword(merged, config.gain_keys, config.default_gain)
+    try:
+        gain = float(gain)
+    except (TypeError, ValueError):
+        gain = config.default_gain
+    if not np.isfinite(gain) or gain <= 0:
+        gain = config.default_gain
+    zp = first_keyword(merged, config.zeropoint_keys)
+    try:
+        zeropoint, zp_source = float(zp), "header"
+    except (TypeError, ValueError):
+        zeropoint, zp_source = config.default_zeropoint, "default"
+    wcs, problem = celestial_wcs(merged, shape=data.shape)
+    return CCDImage(
+        ref=ref,
+        data=data,
+        rms=rms,
+        mask=mask,
+        saturated=saturated,
+        header=merged,
+        wcs=wcs,
+        wcs_problem=problem,
+        gain=gain,
+        zeropoint=zeropoint,
+        zeropoint_source=zp_source,
+        saturation=saturation,
+    )

@@ -1,0 +1,300 @@
+"""Header interpretation: keyword fall-backs, observation times and quirky WCS.
+
+Real headers are quirky.  This module handles the quirks explicitly instead of
+letting astropy silently misread them:
+
+* times in ``MJD-OBS``/``MJD_OBS``, ``DATE-OBS`` with or without a time part
+  (completed by ``TIME-OBS``/``UT``/``UTSTART``/``UTCSTART``), old FITS
+  ``DD/MM/YY`` dates (including the ``26/07/102`` years-since-1900 form),
+  ``MIDTIMJD`` and ``JD``; whether a stamp is the start, middle or end of the
+  exposure is read from the keyword and its comment;
+* WCS values stored as strings, ``TAN`` with ``PVi_j`` polynomial terms
+  (SCAMP's convention, which only applies as ``TPV``), ``TAN`` with SIP
+  coefficients but no ``-SIP`` suffix, and SIP next to ``PV`` terms.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+from astropy import units as u
+from astropy.time import Time
+from astropy.wcs import WCS, FITSFixedWarning
+
+from ssodetect.config import IOConfig
+
+__all__ = [
+    "first_keyword",
+    "ObservationTime",
+    "observation_time",
+    "sanitize_wcs_header",
+    "celestial_wcs",
+]
+
+log = logging.getLogger(__name__)
+
+_MID_KEYS = {"MIDTIMJD", "MJD-MID", "MJD_MID", "DATE-AVG", "MJD-AVG"}
+_TIME_OF_DAY_KEYS = ("TIME-OBS", "TIME_OBS", "UTSTART", "UTCSTART", "UT", "UTC-OBS", "UTC_OBS", "UT-START")
+
+
+def first_keyword(header: fits.Header, keys, default=None):
+    """Value of the first keyword of ``keys`` present (and not blank) in ``header``."""
+    for key in keys:
+        if key in header:
+            value = header[key]
+            if isinstance(value, str):
+                value = value.strip()
+                if value == "":
+                    continue
+            if value is None:
+                continue
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class ObservationTime:
+    """Mid-exposure time and exposure length of one image.
+
+    Attributes
+    ----------
+    mid : astropy.time.Time
+        Mid-exposure time, scale UTC.
+    exptime : float
+        Exposure time [s].
+    source : str
+        Which keyword(s) the time came from (for provenance and messages).
+    """
+
+    mid: Time
+    exptime: float
+    source: str
+
+
+_ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?)?Z?$")
+_OLD_DATE_RE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{2,3})$")
+_TOD_RE = re.compile(r"^(\d{1,2})[: ](\d{1,2})[: ](\d{1,2}(\.\d*)?)$")
+
+
+def _parse_time_of_day(text: str) -> float | None:
+    """Seconds since midnight from 'hh:mm:ss(.s)' (or space separated); None if not parseable."""
+    match = _TOD_RE.match(text.strip())
+    if not match:
+        return None
+    h, m, s = int(match.group(1)), int(match.group(2)), float(match.group(3))
+    if h > 24 or m >= 60 or s >= 61:
+        return None
+    return h * 3600.0 + m * 60.0 + s
+
+
+def _parse_date(text: str) -> tuple[str, bool]:
+    """Normalise a FITS date string to ISO; returns (iso, has_time).
+
+    ``DD/MM/YY`` is the pre-2000 FITS form (years 19YY); three-digit years are
+    years since 1900 (``102`` is 2002), as written by software using ``tm_year``.
+    """
+    text = text.strip()
+    match = _OLD_DATE_RE.match(text)
+    if match:
+        day, month, year = int(match.group(1)), int(match.group(2)), int(match.group(3))
+        year = 1900 + year
+        if not (1 <= month <= 12 and 1 <= day <= 31):
+            raise ValueError(f"invalid date {text!r}")
+        return f"{year:04d}-{month:02d}-{day:02d}", False
+    if _ISO_RE.match(text):
+        iso = text.rstrip("Z").replace(" ", "T")
+        return iso, "T" in iso
+    raise ValueError(f"unrecognised date {text!r}")
+
+
+def _reference_kind(key: str, comment: str, policy: str) -> str:
+    if policy != "auto":
+        return policy
+    comment = comment.lower()
+    if key in _MID_KEYS or "mid" in comment or "center of exp" in comment or "centre of exp" in comment:
+        return "mid"
+    if re.search(r"\bend\b", comment):
+        return "end"
+    return "start"
+
+
+def _time_scale(header: fits.Header) -> str:
+    scale = str(header.get("TIMESYS", "UTC")).strip().lower()
+    return {"utc": "utc", "tt": "tt", "tdb": "tdb", "tai": "tai", "gps": "tai"}.get(scale, "utc")
+
+
+def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.Header | None = None) -> ObservationTime:
+    """Mid-exposure UTC time and exposure length from a header.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        Header of the image (for a multi-extension file, the extension header).
+    config : IOConfig
+        Keyword lists and the time reference policy.
+    fallback : Header, optional
+        Second header searched for keywords missing from ``header`` (the primary
+        header of a multi-extension file).
+
+    Returns
+    -------
+    ObservationTime
+
+    Raises
+    ------
+    ValueError
+        No keyword gives a usable time, or the exposure time is negative.
+    """
+    merged = fits.Header()
+    if fallback is not None:
+        merged.extend(fallback, unique=True)
+    merged.extend(header, unique=True, update=True)
+    exptime = first_keyword(merged, config.exptime_keys, 0.0)
+    try:
+        exptime = float(exptime)
+    except (TypeError, ValueError):
+        raise ValueError(f"exposure time {exptime!r} is not a number") from None
+    if not np.isfinite(exptime) or exptime < 0:
+        raise ValueError(f"exposure time {exptime!r} is invalid")
+    scale = _time_scale(merged)
+    problems = []
+    for key in config.time_keys:
+        if key not in merged:
+            continue
+        value = merged[key]
+        comment = merged.comments[key] or ""
+        try:
+            if key.startswith("MJD") or key == "MIDTIMJD":
+                t = Time(float(value), format="mjd", scale=scale)
+            elif key.startswith("JD"):
+                t = Time(float(value), format="jd", scale=scale)
+            elif key in ("UTCSTART", "UTSTART"):
+                date = first_keyword(merged, ("DATE-OBS", "DATE_OBS", "DATE"))
+                seconds = _parse_time_of_day(str(value))
+                if date is None or seconds is None:
+                    raise ValueError("time of day without a date")
+                iso, _ = _parse_date(str(date).split("T")[0])
+                t = Time(iso + "T00:00:00", format="isot", scale=scale) + seconds * u.s
+            else:
+                iso, has_time = _parse_date(str(value))
+                if not has_time:
+                    tod = first_keyword(merged, _TIME_OF_DAY_KEYS)
+                    seconds = _parse_time_of_day(str(tod)) if tod is not None else None
+                    if seconds is None:
+                        raise ValueError(f"{key}={value!r} has no time of day and no TIME-OBS/UT keyword")
+                    t = Time(iso + "T00:00:00", format="isot", scale=scale) + seconds * u.s
+                    key = f"{key}+time-of-day"
+                else:
+                    t = Time(iso, format="isot", scale=scale)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        kind = _reference_kind(key.split("+")[0], comment, config.time_reference)
+        offset = {"start": 0.5, "mid": 0.0, "end": -0.5}[kind] * exptime
+        mid = (t + offset * u.s).utc
+        mid.format = "isot"
+        return ObservationTime(mid=mid, exptime=exptime, source=f"{key} ({kind} of exposure)")
+    detail = "; ".join(problems) if problems else f"none of {', '.join(config.time_keys)} present"
+    raise ValueError(f"no usable observation time ({detail})")
+
+
+_WCS_NUMERIC = re.compile(
+    r"^(CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|[AB]P?_\d+_\d+|[AB]P?_ORDER|EQUINOX|LONPOLE|LATPOLE)$"
+)
+
+
+def sanitize_wcs_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
+    """Copy of ``header`` with WCS quirks repaired explicitly.
+
+    Parameters
+    ----------
+    header : Header
+        Original header (not modified).
+
+    Returns
+    -------
+    fixed : Header
+        Repaired copy.
+    notes : list of str
+        One line per repair made (logged by the caller).
+    """
+    fixed = header.copy()
+    notes: list[str] = []
+    for key in list(fixed.keys()):
+        if _WCS_NUMERIC.match(key) and isinstance(fixed[key], str):
+            text = fixed[key].strip()
+            try:
+                fixed[key] = int(text) if key.endswith("ORDER") else float(text)
+            except ValueError:
+                notes.append(f"{key}={text!r} is not a number; removed")
+                del fixed[key]
+                continue
+            notes.append(f"{key} stored as a string; read as a number")
+    ctype1 = str(fixed.get("CTYPE1", "")).strip().upper()
+    ctype2 = str(fixed.get("CTYPE2", "")).strip().upper()
+    has_sip = "A_ORDER" in fixed and "B_ORDER" in fixed
+    pv_terms = [k for k in fixed.keys() if re.match(r"^PV[12]_\d+$", k)]
+    if ctype1.endswith("-TAN") and ctype2.endswith("-TAN"):
+        if has_sip:
+            fixed["CTYPE1"] = ctype1 + "-SIP"
+            fixed["CTYPE2"] = ctype2 + "-SIP"
+            notes.append("TAN with SIP coefficients: CTYPE set to TAN-SIP")
+        elif pv_terms:
+            fixed["CTYPE1"] = ctype1[:-3] + "TPV"
+            fixed["CTYPE2"] = ctype2[:-3] + "TPV"
+            notes.append(f"TAN with {len(pv_terms)} PV distortion terms: read as TPV")
+    if has_sip and pv_terms and fixed.get("CTYPE1", "").endswith("-SIP"):
+        for key in pv_terms:
+            del fixed[key]
+        notes.append("PV terms next to SIP removed (SIP takes precedence)")
+    if not has_sip and str(fixed.get("CTYPE1", "")).endswith("-SIP"):
+        fixed["CTYPE1"] = str(fixed["CTYPE1"])[:-4]
+        fixed["CTYPE2"] = str(fixed["CTYPE2"])[:-4]
+        notes.append("-SIP suffix without SIP coefficients removed")
+    return fixed, notes
+
+
+def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS | None, str]:
+    """Celestial WCS of an image, or ``None`` and the reason it is unusable.
+
+    Parameters
+    ----------
+    header : Header
+        Image header (sanitised first with :func:`sanitize_wcs_header`).
+    shape : (ny, nx)
+        Image shape, used to check that the WCS maps the image to finite,
+        sensible sky positions.
+
+    Returns
+    -------
+    wcs : astropy.wcs.WCS or None
+    reason : str
+        Empty when the WCS is usable; otherwise why not.
+    """
+    fixed, notes = sanitize_wcs_header(header)
+    for note in notes:
+        log.debug("WCS repair: %s", note)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(fixed, naxis=2, relax=True)
+        except Exception as exc:  # astropy raises many exception types for bad WCS
+            return None, f"WCS cannot be read ({type(exc).__name__}: {exc})"
+    if not wcs.has_celestial:
+        return None, "no celestial WCS (CTYPE1/CTYPE2 missing or not RA/Dec)"
+    ny, nx = shape
+    probe_x = np.array([0, nx - 1, 0, nx - 1, (nx - 1) / 2])
+    probe_y = np.array([0, 0, ny - 1, ny - 1, (ny - 1) / 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ra, dec = wcs.all_pix2world(probe_x, probe_y, 0)
+    if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
+        return None, "WCS gives no finite sky position at the image corners"
+    scale = np.sqrt(np.abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
+    if not (1e-4 < scale < 3600):
+        return None, f"WCS pixel scale {scale:.3g} arcsec/px is not plausible"
+    return wcs, ""

@@ -1,0 +1,143 @@
+"""Separating what sits still from what moves.
+
+Two tests, both over the whole sequence:
+
+* **static on the sky** (stars, galaxies): a detection with counterparts at the
+  same sky position in enough other exposures.  A counterpart counts when it
+  lies within ``max(radius, 3 sigma)``; it is decisive on its own when the
+  exposures are so far apart in time that an object at the slowest searched
+  rate would have left that radius (so slow movers are judged over the full
+  time span, not between neighbouring exposures only).
+* **static on the detector** (hot pixels, bad columns not in the flag map):
+  detections at the same CCD pixel in exposures whose pointings differ; on the
+  sky such artefacts "move" by the dither offsets.
+
+Positions are tangent-plane coordinates ``xi, eta`` [arcsec]; times in hours.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+__all__ = ["static_on_sky", "static_on_detector"]
+
+
+def static_on_sky(
+    exposure: np.ndarray,
+    t_hours: np.ndarray,
+    xi: np.ndarray,
+    eta: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    radius: float,
+    min_matches: int,
+    min_rate: float,
+) -> np.ndarray:
+    """Flag detections of sources fixed on the sky.
+
+    Parameters
+    ----------
+    exposure : ndarray (n,) int
+        Exposure index of each detection.
+    t_hours : ndarray (n,)
+        Time of each detection [h] (any origin).
+    xi, eta : ndarray (n,)
+        Tangent-plane position [arcsec].
+    sigma : ndarray (n,)
+        1-sigma position uncertainty [arcsec].
+    radius : float
+        Match radius [arcsec].
+    min_matches : int
+        Other exposures with a counterpart needed to call a detection static.
+    min_rate : float
+        Slowest motion searched [arcsec/h].
+
+    Returns
+    -------
+    ndarray (n,) bool
+        True for static detections.
+    """
+    n = len(xi)
+    static = np.zeros(n, bool)
+    if n == 0:
+        return static
+    pos = np.column_stack([xi, eta])
+    exposures = np.unique(exposure)
+    groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
+    trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
+    sig_max = float(np.max(sigma))
+    matches = np.zeros(n, int)
+    decisive = np.zeros(n, bool)
+    for e1 in exposures:
+        i1 = groups[e1]
+        for e2 in exposures:
+            if e2 == e1:
+                continue
+            i2 = groups[e2]
+            reach = max(radius, 3.0 * np.sqrt(2.0) * sig_max)
+            hits = trees[e1].query_ball_tree(trees[e2], reach)
+            dt = abs(float(np.median(t_hours[i2])) - float(np.median(t_hours[i1])))
+            for a, bs in enumerate(hits):
+                if not bs:
+                    continue
+                ia = i1[a]
+                ib = i2[np.asarray(bs)]
+                d = np.hypot(xi[ib] - xi[ia], eta[ib] - eta[ia])
+                r = np.maximum(radius, 3.0 * np.hypot(sigma[ia], sigma[ib]))
+                ok = d <= r
+                if ok.any():
+                    matches[ia] += 1
+                    # a mover at min_rate would be farther than the match radius plus 3 sigma
+                    if min_rate * dt > float(np.min(r[ok])) + 3.0 * float(np.min(np.hypot(sigma[ia], sigma[ib[ok]]))):
+                        decisive[ia] = True
+    static = (matches >= min_matches) | decisive
+    return static
+
+
+def static_on_detector(
+    exposure: np.ndarray,
+    ccd: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    xi: np.ndarray,
+    eta: np.ndarray,
+    *,
+    radius_px: float,
+    min_sky_shift: float,
+) -> np.ndarray:
+    """Flag detections at the same CCD pixel in dithered exposures.
+
+    Parameters
+    ----------
+    exposure, ccd : ndarray (n,)
+        Exposure index and CCD name of each detection.
+    x, y : ndarray (n,)
+        Pixel position on its CCD [px, 0-based].
+    xi, eta : ndarray (n,)
+        Tangent-plane position [arcsec].
+    radius_px : float
+        Pixel match radius.
+    min_sky_shift : float
+        The pair only counts when its sky positions differ by more than this
+        [arcsec] (i.e. the pointing moved); without dithers the sky test
+        already catches fixed artefacts.
+
+    Returns
+    -------
+    ndarray (n,) bool
+        True for detector artefacts.
+    """
+    n = len(x)
+    flagged = np.zeros(n, bool)
+    if n == 0:
+        return flagged
+    for name in np.unique(ccd):
+        on = np.nonzero(ccd == name)[0]
+        tree = cKDTree(np.column_stack([x[on], y[on]]))
+        for a, b in tree.query_pairs(radius_px):
+            ia, ib = on[a], on[b]
+            if exposure[ia] == exposure[ib]:
+                continue
+            if np.hypot(xi[ia] - xi[ib], eta[ia] - eta[ib]) > min_sky_shift:
+                flagged[ia] = flagged[ib] = True
+    return flagged

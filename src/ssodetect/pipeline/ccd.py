@@ -1,0 +1,151 @@
+"""The per-CCD step: read, (clean), background, extract, measure, project to the sky.
+
+:func:`process_ccd` is what executors run; it takes a small picklable
+:class:`~ssodetect.io.CCDRef`, reads the pixels itself (so Dask workers load
+their own data) and returns a detection table with sky coordinates plus a dict
+of per-CCD diagnostics.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.config import Config
+from ssodetect.detect import empty_detections, estimate_background, extract_sources
+from ssodetect.errors import InputError
+from ssodetect.io import CCDRef, read_ccd
+
+__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table"]
+
+log = logging.getLogger(__name__)
+
+#: Columns added to the detection table by the step.
+CCD_COLUMNS = [
+    ("exposure", "i8", "", "exposure index"),
+    ("ccd", "U32", "", "CCD identifier"),
+    ("file", "U256", "", "FITS file"),
+    ("mjd", "f8", "d", "mid-exposure time, MJD UTC"),
+    ("exptime", "f8", "s", "exposure time"),
+    ("ra", "f8", "deg", "right ascension through the WCS"),
+    ("dec", "f8", "deg", "declination through the WCS"),
+    ("ra_err", "f8", "arcsec", "uncertainty in RA*cos(dec)"),
+    ("dec_err", "f8", "arcsec", "uncertainty in Dec"),
+    ("mag", "f8", "mag", "magnitude from the zero point"),
+    ("mag_err", "f8", "mag", "magnitude uncertainty"),
+]
+
+
+def empty_ccd_table() -> Table:
+    """Detection table of the step with every column and no rows."""
+    table = empty_detections()
+    for name, dtype, unit, description in CCD_COLUMNS:
+        table[name] = np.zeros(0, dtype=dtype)
+        if unit:
+            table[name].unit = unit
+        table[name].description = description
+    return table
+
+
+def _astroscrappy(data, mask, gain, rms, config):
+    import astroscrappy
+
+    readnoise = float(np.nanmedian(rms)) * gain if rms is not None else 5.0
+    crmask, _ = astroscrappy.detect_cosmics(
+        data, inmask=mask, gain=gain, readnoise=readnoise, sigclip=config.sigclip, objlim=config.objlim, verbose=False
+    )
+    return crmask
+
+
+def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
+    """Detect and measure the sources of one CCD image.
+
+    Parameters
+    ----------
+    ref : CCDRef
+        Which file/extension to read.
+    config : Config
+
+    Returns
+    -------
+    detections : Table
+        One row per detection: :data:`ssodetect.detect.DETECTION_COLUMNS` plus
+        :data:`CCD_COLUMNS`.  Empty (with every column) for a CCD that is all
+        NaN or all masked, which is skipped with a warning.
+    info : dict
+        Diagnostics: timings [s], PSF sigma, counts, ``skipped`` reason.
+
+    Raises
+    ------
+    InputError
+        Unreadable pixels, or no usable WCS.
+    """
+    t_start = time.perf_counter()
+    info: dict = {"file": ref.path, "ccd": ref.ccd, "exposure": ref.exposure}
+    image = read_ccd(ref, config.io)
+    info["t_read"] = time.perf_counter() - t_start
+    good = ~image.mask
+    if not good.any() or not np.isfinite(image.data[good]).any():
+        log.warning("%s: CCD %s is all NaN or masked; skipped", ref.path, ref.ccd)
+        info["skipped"] = "all NaN or masked"
+        return empty_ccd_table(), info
+    if image.wcs is None:
+        raise InputError(f"{ref.path}: CCD {ref.ccd} has no usable WCS ({image.wcs_problem})")
+    mask = image.mask.copy()
+    if config.clean.astroscrappy:
+        t0 = time.perf_counter()
+        mask |= _astroscrappy(image.data, mask, image.gain, image.rms, config.clean)
+        info["t_clean"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    background, bkg_rms, global_rms = estimate_background(
+        image.data, mask=mask, box=config.detect.background_box, filter_size=config.detect.background_filter
+    )
+    error = image.rms if image.rms is not None else bkg_rms
+    info["t_background"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    psf_sigma = None
+    if config.detect.psf_fwhm > 0:
+        psf_sigma = config.detect.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    detections, extract_info = extract_sources(
+        image.data - background, mask=mask, error=error, gain=image.gain, config=config.detect, psf_sigma=psf_sigma
+    )
+    info.update(extract_info)
+    info["t_extract"] = time.perf_counter() - t0
+    info["background_rms"] = global_rms
+    info["zeropoint"] = image.zeropoint
+    info["zeropoint_source"] = image.zeropoint_source
+    n = len(detections)
+    table = detections
+    table["exposure"] = np.full(n, ref.exposure, dtype=np.int64)
+    table["ccd"] = np.full(n, ref.ccd, dtype="U32")
+    table["file"] = np.full(n, ref.path, dtype="U256")
+    table["mjd"] = np.full(n, ref.mjd)
+    table["exptime"] = np.full(n, ref.exptime)
+    if n:
+        ra, dec = image.wcs.all_pix2world(np.asarray(table["x"]), np.asarray(table["y"]), 0)
+        scale = np.sqrt(np.abs(np.linalg.det(image.wcs.celestial.pixel_scale_matrix))) * 3600.0
+    else:
+        ra = dec = np.zeros(0)
+        scale = 0.0
+    table["ra"] = ra
+    table["dec"] = dec
+    table["ra_err"] = np.asarray(table["x_err"]) * scale
+    table["dec_err"] = np.asarray(table["y_err"]) * scale
+    flux = np.asarray(table["flux"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)
+        mag_err = np.where(flux > 0, 1.0857 * np.asarray(table["flux_err"]) / flux, np.nan)
+    table["mag"] = mag
+    table["mag_err"] = mag_err
+    for name, _, unit, description in CCD_COLUMNS:
+        if unit:
+            table[name].unit = unit
+        table[name].description = description
+    info["pixel_scale"] = float(scale)
+    info["n_detections"] = n
+    info["t_total"] = time.perf_counter() - t_start
+    log.debug("%s CCD %s: %d detections in %.2f s", ref.path, ref.ccd, n, info["t_total"])
+    return table, info

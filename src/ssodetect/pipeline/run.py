@@ -1,0 +1,249 @@
+"""End-to-end run: ingest -> per-CCD detection -> stationary removal -> linking -> outputs.
+
+:func:`run_pipeline` is the Python API behind ``ssodetect run``.  Every product
+is staged and moved into the output directory only when the run succeeds, so a
+failed run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table, vstack
+
+from ssodetect._version import __version__
+from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
+from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.config import Config, dump_toml
+from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_inputs
+from ssodetect.link import link_tracklets, static_on_detector, static_on_sky
+from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd
+from ssodetect.pipeline.executor import make_executor
+from ssodetect.report import ades_psv, tracklet_tables
+
+__all__ = ["RunResult", "run_pipeline", "select_candidates"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run produced (also written to the output directory)."""
+
+    observations: Table
+    objects: Table
+    candidates: Table
+    timings: dict = field(default_factory=dict)
+    ccd_info: list = field(default_factory=list)
+    outdir: Path | None = None
+
+
+class _Process:
+    """Picklable per-CCD task bound to a configuration."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def __call__(self, ref):
+        return process_ccd(ref, self.config)
+
+
+def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
+    """Moving-object candidates: PSF-like, unflagged, not static on sky or detector.
+
+    Adds ``xi, eta`` [arcsec], ``t_hours`` and ``sigma`` [arcsec] columns and the
+    flags ``static`` and ``artefact`` to a copy of the usable detections.
+    """
+    usable = (
+        np.isin(detections["kind"], ["point", "trail"])
+        & ~np.asarray(detections["near_mask"], bool)
+        & (np.asarray(detections["snr"]) > 0)
+        & np.isfinite(np.asarray(detections["ra"], float))
+    )
+    cand = detections[usable]
+    xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
+    cand["xi"] = xi
+    cand["eta"] = eta
+    cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
+    cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
+    link = config.link
+    cand["static"] = static_on_sky(
+        np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
+        radius=link.static_radius, min_matches=link.static_min_matches, min_rate=link.min_rate,
+    )
+    cand["artefact"] = static_on_detector(
+        np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
+        radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
+    )
+    return cand
+
+
+def _versions() -> dict:
+    import astropy
+    import numba
+    import scipy
+    import sep
+
+    return {
+        "ssodetect": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "astropy": astropy.__version__,
+        "sep": sep.__version__,
+        "numba": numba.__version__,
+    }
+
+
+def run_pipeline(
+    inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None
+) -> RunResult:
+    """Run the slow-mover pipeline on a sequence of exposures.
+
+    Parameters
+    ----------
+    inputs : iterable of path
+        FITS files and/or directories.
+    outdir : path or None
+        Output directory; None runs without writing anything.
+    config : Config, optional
+        Defaults when None.
+    refcat : path, optional
+        Reference catalogue (Gaia DR3 column names) used to check the WCS of
+        every CCD (median offset and scatter of matched stars).
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    SSODetectError
+        Bad inputs or configuration (nothing is written).
+    """
+    config = config or Config()
+    timings: dict[str, float] = {}
+    t_run = time.perf_counter()
+    stage = OutputStage(outdir) if outdir is not None else None
+    handler = None
+    if stage is not None:
+        handler = logging.FileHandler(stage.file("run.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        logging.getLogger("ssodetect").addHandler(handler)
+    try:
+        result = _run(inputs, config, refcat, timings)
+        timings["total"] = time.perf_counter() - t_run
+        if stage is not None:
+            _write_outputs(stage, result, config, inputs, refcat, timings)
+            logging.getLogger("ssodetect").removeHandler(handler)
+            handler.close()
+            handler = None
+            stage.commit()
+            result.outdir = Path(outdir)
+        result.timings = timings
+        return result
+    except BaseException:
+        if stage is not None:
+            stage.discard()
+        raise
+    finally:
+        if handler is not None:
+            logging.getLogger("ssodetect").removeHandler(handler)
+            handler.close()
+
+
+def _run(inputs, config: Config, refcat, timings) -> RunResult:
+    t0 = time.perf_counter()
+    paths = find_inputs(inputs)
+    refs = scan_inputs(paths, config.io)
+    exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
+    reference = load_reference_catalogue(refcat) if refcat is not None else None
+    timings["ingest"] = time.perf_counter() - t0
+    log.info(
+        "%d files, %d exposures, %d CCD images", len(paths), len(exposures), sum(len(e.ccds) for e in exposures)
+    )
+    tasks = [ref for exp in exposures for ref in exp.ccds]
+    t0 = time.perf_counter()
+    with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
+        log.info("per-CCD detection on %s", executor.description)
+        results = executor.map(_Process(config), tasks, progress=config.execution.progress, desc="detect")
+    timings["detect"] = time.perf_counter() - t0
+    tables = [table for table, _ in results if len(table)]
+    ccd_info = [info for _, info in results]
+    detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
+    t0 = time.perf_counter()
+    if reference is not None:
+        for (table, info), ref in zip(results, tasks):
+            if len(table) == 0:
+                continue
+            ref_ra, ref_dec = propagate(reference, exposures[ref.exposure].mid_time)
+            pointlike = table[np.asarray(table["kind"]) == "point"]
+            info["wcs_check"] = compare_with_reference(pointlike["ra"], pointlike["dec"], ref_ra, ref_dec)
+    timings["wcs_check"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if len(detections):
+        ra0, dec0 = float(np.median(detections["ra"])), float(np.median(detections["dec"]))
+    else:
+        ra0, dec0 = 0.0, 0.0
+    plane = TangentPlane(ra0, dec0)
+    t0_mjd = float(exposures[0].mid_time.mjd)
+    cand = select_candidates(detections, config, plane, t0_mjd)
+    moving = cand[~np.asarray(cand["static"]) & ~np.asarray(cand["artefact"])]
+    timings["stationary"] = time.perf_counter() - t0
+    log.info(
+        "%d detections, %d usable, %d static, %d detector artefacts, %d moving candidates",
+        len(detections), len(cand), int(np.sum(cand["static"])), int(np.sum(cand["artefact"])), len(moving),
+    )
+    t0 = time.perf_counter()
+    lk = config.link
+    tracklets = link_tracklets(
+        np.asarray(moving["exposure"]), np.asarray(moving["t_hours"]), np.asarray(moving["xi"]),
+        np.asarray(moving["eta"]), np.asarray(moving["sigma"]), np.asarray(moving["flux"]),
+        np.asarray(moving["flux_err"]),
+        min_rate=lk.min_rate, max_rate=lk.max_rate, min_detections=lk.min_detections, match_sigma=lk.match_sigma,
+        match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
+    )
+    observations, objects = tracklet_tables(moving, tracklets, plane, t0_mjd=t0_mjd)
+    timings["link"] = time.perf_counter() - t0
+    log.info("%d objects linked", len(objects))
+    return RunResult(observations=observations, objects=objects, candidates=moving, ccd_info=ccd_info)
+
+
+def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs, refcat, timings) -> None:
+    result.observations.write(stage.file("observations.ecsv"), format="ascii.ecsv")
+    result.objects.write(stage.file("objects.ecsv"), format="ascii.ecsv")
+    band = ""
+    if len(result.observations):
+        from astropy.io import fits
+
+        band = str(fits.getheader(result.observations["file"][0]).get("FILTER", "")).strip()
+    stage.file("observations.psv").write_text(ades_psv(result.observations, config.report, band=band))
+    stage.file("config.toml").write_text(dump_toml(config))
+    provenance = {
+        "software": _versions(),
+        "inputs": [str(p) for p in inputs],
+        "refcat": str(refcat) if refcat else None,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "n_objects": len(result.objects),
+        "n_observations": len(result.observations),
+        "ccds": [_jsonable(info) for info in result.ccd_info],
+    }
+    stage.file("provenance.json").write_text(json.dumps(provenance, indent=2))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    return obj

@@ -1,0 +1,170 @@
+"""Observation and object tables of a run (``observations.ecsv``, ``objects.ecsv``).
+
+"Nothing found" is a table with every column and no rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+from astropy.time import Time
+
+from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.link.tracklets import Tracklet
+
+__all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "tracklet_tables"]
+
+#: (name, dtype, unit, description)
+OBSERVATION_COLUMNS = [
+    ("object", "U8", "", "object identifier (ADES trkSub)"),
+    ("exposure", "i8", "", "exposure index in time order"),
+    ("file", "U256", "", "FITS file of the exposure"),
+    ("ccd", "U32", "", "CCD identifier"),
+    ("obs_time", "U32", "", "mid-exposure time, ISO-8601 UTC"),
+    ("mjd", "f8", "d", "mid-exposure time, MJD UTC"),
+    ("exptime", "f8", "s", "exposure time"),
+    ("ra", "f8", "deg", "right ascension (ICRS, through the image WCS)"),
+    ("dec", "f8", "deg", "declination"),
+    ("ra_err", "f8", "arcsec", "1-sigma uncertainty in RA*cos(dec)"),
+    ("dec_err", "f8", "arcsec", "1-sigma uncertainty in Dec"),
+    ("x", "f8", "pix", "x on the CCD, 0-based"),
+    ("y", "f8", "pix", "y on the CCD, 0-based"),
+    ("flux", "f8", "adu", "aperture-corrected flux"),
+    ("flux_err", "f8", "adu", "flux uncertainty"),
+    ("mag", "f8", "mag", "calibrated magnitude (header zero point)"),
+    ("mag_err", "f8", "mag", "magnitude uncertainty"),
+    ("snr", "f8", "", "signal-to-noise ratio"),
+    ("trail_length", "f8", "pix", "measured trail length"),
+    ("rate", "f8", "arcsec / h", "rate of motion of the object"),
+    ("pa", "f8", "deg", "position angle of motion, N through E"),
+    ("resid_ra", "f8", "arcsec", "residual from the linear fit, RA*cos(dec)"),
+    ("resid_dec", "f8", "arcsec", "residual from the linear fit, Dec"),
+    ("kind", "U8", "", "how the object was found (linked)"),
+]
+
+OBJECT_COLUMNS = [
+    ("object", "U8", "", "object identifier (ADES trkSub)"),
+    ("n_obs", "i8", "", "number of observations"),
+    ("mjd_ref", "f8", "d", "reference time of the fit, MJD UTC"),
+    ("ra", "f8", "deg", "position at mjd_ref"),
+    ("dec", "f8", "deg", "position at mjd_ref"),
+    ("rate", "f8", "arcsec / h", "rate of motion"),
+    ("rate_err", "f8", "arcsec / h", "rate uncertainty"),
+    ("pa", "f8", "deg", "position angle of motion, N through E"),
+    ("v_ra", "f8", "arcsec / h", "motion in RA*cos(dec)"),
+    ("v_dec", "f8", "arcsec / h", "motion in Dec"),
+    ("chi2_dof", "f8", "", "reduced chi-square of the linear fit"),
+    ("rms_resid", "f8", "arcsec", "rms of the fit residuals"),
+    ("mag", "f8", "mag", "mean magnitude"),
+    ("snr", "f8", "", "median SNR of the observations"),
+    ("mjd_first", "f8", "d", "first observation"),
+    ("mjd_last", "f8", "d", "last observation"),
+    ("kind", "U8", "", "how the object was found (linked)"),
+]
+
+
+def _empty(columns) -> Table:
+    table = Table()
+    for name, dtype, unit, description in columns:
+        table[name] = np.zeros(0, dtype=dtype)
+        if unit:
+            table[name].unit = unit
+        table[name].description = description
+    return table
+
+
+def _finish(rows: list[dict], columns) -> Table:
+    if not rows:
+        return _empty(columns)
+    table = Table(rows=[[r[c[0]] for c in columns] for r in rows], names=[c[0] for c in columns], dtype=[c[1] for c in columns])
+    for name, _, unit, description in columns:
+        if unit:
+            table[name].unit = unit
+        table[name].description = description
+    return table
+
+
+def tracklet_tables(
+    candidates: Table, tracklets: list[Tracklet], plane: TangentPlane, *, t0_mjd: float, kind: str = "linked"
+) -> tuple[Table, Table]:
+    """Observation and object tables for linked tracklets.
+
+    Parameters
+    ----------
+    candidates : Table
+        Detections the tracklets index into (columns of the per-CCD step plus
+        ``xi, eta, t_hours``).
+    tracklets : list of Tracklet
+    plane : TangentPlane
+        Projection used for ``xi, eta``.
+    t0_mjd : float
+        MJD of ``t_hours = 0``.
+    kind : str
+        Value of the ``kind`` column.
+
+    Returns
+    -------
+    observations, objects : Table
+        Columns :data:`OBSERVATION_COLUMNS` and :data:`OBJECT_COLUMNS`.
+    """
+    obs_rows: list[dict] = []
+    obj_rows: list[dict] = []
+    for number, trk in enumerate(tracklets, start=1):
+        name = f"SD{number:05d}" if number < 100000 else f"S{number:07d}"
+        idx = np.array(trk.members)
+        rows = candidates[idx]
+        dt = np.asarray(rows["t_hours"]) - trk.t_ref
+        res_x = np.asarray(rows["xi"]) - (trk.x0 + trk.vx * dt)
+        res_y = np.asarray(rows["eta"]) - (trk.y0 + trk.vy * dt)
+        for k, row in enumerate(rows):
+            obs_rows.append(
+                {
+                    "object": name,
+                    "exposure": int(row["exposure"]),
+                    "file": str(row["file"]),
+                    "ccd": str(row["ccd"]),
+                    "obs_time": Time(float(row["mjd"]), format="mjd", scale="utc").isot,
+                    "mjd": float(row["mjd"]),
+                    "exptime": float(row["exptime"]),
+                    "ra": float(row["ra"]),
+                    "dec": float(row["dec"]),
+                    "ra_err": float(row["ra_err"]),
+                    "dec_err": float(row["dec_err"]),
+                    "x": float(row["x"]),
+                    "y": float(row["y"]),
+                    "flux": float(row["flux"]),
+                    "flux_err": float(row["flux_err"]),
+                    "mag": float(row["mag"]),
+                    "mag_err": float(row["mag_err"]),
+                    "snr": float(row["snr"]),
+                    "trail_length": float(row["length"]),
+                    "rate": trk.rate,
+                    "pa": trk.position_angle,
+                    "resid_ra": float(res_x[k]),
+                    "resid_dec": float(res_y[k]),
+                    "kind": kind,
+                }
+            )
+        ra0, dec0 = plane.to_sky(np.array([trk.x0]), np.array([trk.y0]))
+        mags = np.asarray(rows["mag"], float)
+        obj_rows.append(
+            {
+                "object": name,
+                "n_obs": len(idx),
+                "mjd_ref": t0_mjd + trk.t_ref / 24.0,
+                "ra": float(ra0[0]),
+                "dec": float(dec0[0]),
+                "rate": trk.rate,
+                "rate_err": trk.rate_err,
+                "pa": trk.position_angle,
+                "v_ra": trk.vx,
+                "v_dec": trk.vy,
+                "chi2_dof": trk.chi2 / max(trk.dof, 1),
+                "rms_resid": float(np.sqrt(np.mean(res_x**2 + res_y**2))),
+                "mag": float(np.nanmean(mags)) if np.isfinite(mags).any() else np.nan,
+                "snr": float(np.median(rows["snr"])),
+                "mjd_first": float(np.min(rows["mjd"])),
+                "mjd_last": float(np.max(rows["mjd"])),
+                "kind": kind,
+            }
+        )
+    return _finish(obs_rows, OBSERVATION_COLUMNS), _finish(obj_rows, OBJECT_COLUMNS)

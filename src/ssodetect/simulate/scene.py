@@ -1,0 +1,594 @@
+"""Euclid-VIS-like scene simulator with truth.
+
+Photometry (documented, physical):
+
+* AB-like magnitude ``m`` gives ``10**(-0.4 (m - zp_e))`` e-/s with ``zp_e = 25.6``;
+* sky ``22.2`` mag/arcsec^2, pixel scale ``0.1"``, so ~130 e- per pixel in 566 s;
+* gain 3.5 e-/ADU, read noise 4.5 e-, full well 200 ke- (bleeding along columns);
+* images are written in ADU with ``MAGZERO = zp_e - 2.5 log10(gain)`` (for ADU/s).
+
+The scene holds stars (with Gaia-like proper motions, some saturated), galaxies,
+cosmic rays (charge deposited along short tracks, ~1.5 % of pixels per 566 s),
+hot pixels (half flagged in FLG), a satellite trail in one exposure, one-exposure
+transients, and moving objects drawn as trails integrated over each exposure.
+
+Sky geometry: every CCD of every exposure has a TAN WCS; the focal plane is a
+grid of CCDs separated by gaps; exposures are dithered by offsets of the pointing.
+Moving objects move linearly in the tangent plane of the field centre.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+from astropy.time import Time
+from astropy.wcs import WCS
+from pydantic import BaseModel, ConfigDict, Field
+
+from ssodetect._version import __version__
+from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.io.outputs import OutputStage
+from ssodetect.simulate.render import DoubleGaussianPSF, splat, trail_points
+
+__all__ = ["SimulationConfig", "Scene", "draw_scene", "render_ccd", "limiting_magnitude", "reference_catalogue", "simulate"]
+
+log = logging.getLogger(__name__)
+
+FLAG_HOT = 1
+FLAG_SATURATED = 2
+
+
+class SimulationConfig(BaseModel):
+    """Parameters of a simulated sequence (defaults: Euclid VIS wide survey)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(default=1, description="Random seed; the scene is deterministic for a seed.")
+    nccd: int = Field(default=1, ge=1, le=36, description="Number of CCDs (arranged in a grid).")
+    nx: int = Field(default=2048, ge=128, description="CCD width [px].")
+    ny: int = Field(default=2048, ge=128, description="CCD height [px].")
+    n_exposures: int = Field(default=4, ge=1, description="Number of exposures.")
+    exptime: float = Field(default=566.0, gt=0, description="Exposure time [s].")
+    cadence: float = Field(default=1100.0, gt=0, description="Start-to-start time between exposures [s].")
+    start: str = Field(default="2026-03-21T00:00:00", description="Start time of the first exposure (UTC, ISO).")
+    ra: float = Field(default=150.0, description="Field centre RA [deg].")
+    dec: float = Field(default=25.0, description="Field centre Dec [deg].")
+    pixel_scale: float = Field(default=0.1, gt=0, description="Pixel scale [arcsec/px].")
+    ccd_gap: int = Field(default=60, ge=0, description="Gap between CCDs [px].")
+    dither: float = Field(default=3.0, ge=0, description="RMS dither offset between exposures [arcsec].")
+    fwhm_min: float = Field(default=1.6, gt=0, description="Smallest PSF core FWHM [px].")
+    fwhm_max: float = Field(default=1.8, gt=0, description="Largest PSF core FWHM [px].")
+    zp_electrons: float = Field(default=25.6, description="Magnitude giving 1 e-/s.")
+    sky_mag: float = Field(default=22.2, description="Sky brightness [mag/arcsec^2].")
+    gain: float = Field(default=3.5, gt=0, description="Gain [e-/ADU].")
+    read_noise: float = Field(default=4.5, ge=0, description="Read noise [e-].")
+    full_well: float = Field(default=200000.0, gt=0, description="Full well [e-].")
+    star_density: float = Field(default=40000.0, ge=0, description="Stars per deg^2 with 14 < m < 26.")
+    galaxy_density: float = Field(default=90000.0, ge=0, description="Galaxies per deg^2 with 20 < m < 26.")
+    cosmic_fraction: float = Field(default=0.015, ge=0, lt=0.2, description="Fraction of pixels hit by cosmic rays per 566 s.")
+    hot_fraction: float = Field(default=1e-4, ge=0, description="Fraction of hot pixels.")
+    hot_flagged: float = Field(default=0.5, ge=0, le=1, description="Fraction of hot pixels flagged in FLG.")
+    movers_per_ccd: float = Field(default=40.0, ge=0, description="Moving objects per 2048^2 px of detector.")
+    mover_mag_min: float = Field(default=20.0, description="Brightest mover [mag].")
+    mover_mag_max: float = Field(default=27.0, description="Faintest mover [mag].")
+    slow_rate_min: float = Field(default=0.5, gt=0, description="Slowest mover [arcsec/h].")
+    slow_rate_max: float = Field(default=10.0, gt=0, description="Upper end of the slow population [arcsec/h].")
+    fast_rate_max: float = Field(default=80.0, gt=0, description="Fastest mover [arcsec/h].")
+    fast_fraction: float = Field(default=0.2, ge=0, le=1, description="Fraction of movers faster than slow_rate_max.")
+    transients_per_ccd: float = Field(default=5.0, ge=0, description="One-exposure point transients per CCD and exposure sequence.")
+    satellite: bool = Field(default=True, description="Draw one satellite trail across the field in one exposure.")
+    layout: str = Field(default="mef", pattern="^(mef|plain)$", description="'mef': Euclid MEF per exposure; 'plain': one file per CCD.")
+
+
+@dataclass
+class Scene:
+    """Everything random about a simulated field, drawn once from the seed."""
+
+    config: SimulationConfig
+    plane: TangentPlane
+    exposure_mjd: np.ndarray  # (n_exp,) mid-exposure MJD UTC
+    pointing: np.ndarray  # (n_exp, 2) tangent-plane offsets of the pointing [arcsec]
+    fwhm: np.ndarray  # (n_exp,)
+    stars: Table
+    galaxies: Table
+    movers: Table
+    transients: Table
+    satellite: dict | None
+
+    @property
+    def psfs(self) -> list[DoubleGaussianPSF]:
+        return [DoubleGaussianPSF(fwhm=float(f)) for f in self.fwhm]
+
+
+def _ccd_grid(nccd: int) -> list[tuple[int, int]]:
+    ncol = int(math.ceil(math.sqrt(nccd)))
+    return [(k // ncol, k % ncol) for k in range(nccd)]
+
+
+def _focal_plane(config: SimulationConfig):
+    """Lower-left focal-plane position of each CCD and the plane's centre [px]."""
+    grid = _ccd_grid(config.nccd)
+    nrow = max(r for r, _ in grid) + 1
+    ncol = max(c for _, c in grid) + 1
+    width = ncol * config.nx + (ncol - 1) * config.ccd_gap
+    height = nrow * config.ny + (nrow - 1) * config.ccd_gap
+    origins = [(c * (config.nx + config.ccd_gap), r * (config.ny + config.ccd_gap)) for r, c in grid]
+    names = [f"{r + 1}-{c + 1}" for r, c in grid]
+    return names, origins, ((width - 1) / 2.0, (height - 1) / 2.0), (width, height)
+
+
+def ccd_wcs(config: SimulationConfig, plane: TangentPlane, origin, centre, offset) -> WCS:
+    """TAN WCS of one CCD for a pointing offset ``offset`` (xi, eta) [arcsec]."""
+    ra, dec = plane.to_sky(np.array([offset[0]]), np.array([offset[1]]))
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [float(ra[0]), float(dec[0])]
+    scale = config.pixel_scale / 3600.0
+    w.wcs.cd = np.array([[-scale, 0.0], [0.0, scale]])
+    # FITS 1-based reference pixel: the focal-plane centre in this CCD's pixel frame
+    w.wcs.crpix = [centre[0] - origin[0] + 1.0, centre[1] - origin[1] + 1.0]
+    w.wcs.radesys = "ICRS"
+    w.wcs.set()
+    return w
+
+
+def draw_scene(config: SimulationConfig) -> Scene:
+    """Draw the random content of a field (positions, fluxes, motions) from the seed."""
+    rng = np.random.default_rng(config.seed)
+    plane = TangentPlane(config.ra, config.dec)
+    names, origins, centre, (width, height) = _focal_plane(config)
+    t0 = Time(config.start, format="isot", scale="utc")
+    starts = t0.mjd + np.arange(config.n_exposures) * config.cadence / 86400.0
+    mids = starts + 0.5 * config.exptime / 86400.0
+    pointing = rng.normal(0.0, config.dither, size=(config.n_exposures, 2))
+    pointing[0] = 0.0
+    fwhm = rng.uniform(config.fwhm_min, config.fwhm_max, size=config.n_exposures)
+    s = config.pixel_scale
+    # the region covered by any exposure, with a margin [arcsec]
+    margin = 4.0 * config.dither + 20.0
+    half_w = width * s / 2.0 + margin
+    half_h = height * s / 2.0 + margin
+    area_deg2 = (2 * half_w) * (2 * half_h) / 3600.0**2
+
+    def uniform_positions(n):
+        return rng.uniform(-half_w, half_w, n), rng.uniform(-half_h, half_h, n)
+
+    # stars: dN/dm ~ 10^(0.25 m) between 14 and 26
+    n_star = rng.poisson(config.star_density * area_deg2)
+    alpha = 0.25 * math.log(10)
+    umin, umax = math.exp(alpha * 14.0), math.exp(alpha * 26.0)
+    star_mag = np.log(rng.uniform(umin, umax, n_star)) / alpha
+    sx, sy = uniform_positions(n_star)
+    stars = Table(
+        {
+            "xi": sx,
+            "eta": sy,
+            "mag": star_mag,
+            "pmra": rng.normal(0.0, 6.0, n_star),
+            "pmdec": rng.normal(-3.0, 6.0, n_star),
+        }
+    )
+    # galaxies: exponential discs
+    n_gal = rng.poisson(config.galaxy_density * area_deg2)
+    gx, gy = uniform_positions(n_gal)
+    galaxies = Table(
+        {
+            "xi": gx,
+            "eta": gy,
+            "mag": rng.uniform(20.0, 26.0, n_gal),
+            "r_e": np.exp(rng.uniform(np.log(0.15), np.log(1.2), n_gal)),  # arcsec
+            "q": rng.uniform(0.3, 1.0, n_gal),
+            "pa": rng.uniform(0.0, np.pi, n_gal),
+        }
+    )
+    # movers, positioned at the middle of the sequence
+    n_mov = rng.poisson(config.movers_per_ccd * config.nccd * (config.nx * config.ny) / 2048.0**2)
+    fast = rng.random(n_mov) < config.fast_fraction
+    rate = np.where(
+        fast,
+        np.exp(rng.uniform(np.log(config.slow_rate_max), np.log(config.fast_rate_max), n_mov)),
+        np.exp(rng.uniform(np.log(config.slow_rate_min), np.log(config.slow_rate_max), n_mov)),
+    )
+    pa = rng.uniform(0.0, 360.0, n_mov)
+    mx = rng.uniform(-width * s / 2.0, width * s / 2.0, n_mov)
+    my = rng.uniform(-height * s / 2.0, height * s / 2.0, n_mov)
+    movers = Table(
+        {
+            "object": [f"SIM{k:05d}" for k in range(n_mov)],
+            "xi": mx,
+            "eta": my,
+            "mag": rng.uniform(config.mover_mag_min, config.mover_mag_max, n_mov),
+            "rate": rate,
+            "pa": pa,
+        }
+    )
+    n_tr = rng.poisson(config.transients_per_ccd * config.nccd)
+    tx, ty = uniform_positions(n_tr)
+    transients = Table(
+        {
+            "xi": tx,
+            "eta": ty,
+            "mag": rng.uniform(20.0, 24.0, n_tr),
+            "exposure": rng.integers(0, config.n_exposures, n_tr),
+        }
+    )
+    satellite = None
+    if config.satellite:
+        angle = rng.uniform(0, np.pi)
+        satellite = {
+            "exposure": int(rng.integers(0, config.n_exposures)),
+            "xi": float(rng.uniform(-width * s / 4, width * s / 4)),
+            "eta": float(rng.uniform(-height * s / 4, height * s / 4)),
+            "angle": float(angle),
+            "mag_per_arcsec": 19.0,
+        }
+    tref = 0.5 * (mids[0] + mids[-1])
+    movers.meta["tref_mjd"] = float(tref)
+    return Scene(config, plane, mids, pointing, fwhm, stars, galaxies, movers, transients, satellite)
+
+
+def mover_offsets(movers: Table, mjd) -> tuple[np.ndarray, np.ndarray]:
+    """Tangent-plane positions (xi, eta) [arcsec] of movers at time(s) ``mjd``."""
+    dt_h = (np.asarray(mjd) - movers.meta["tref_mjd"]) * 24.0
+    pa = np.radians(movers["pa"])
+    # position angle from north through east; xi grows to the east
+    return (
+        np.asarray(movers["xi"]) + movers["rate"] * np.sin(pa) * dt_h,
+        np.asarray(movers["eta"]) + movers["rate"] * np.cos(pa) * dt_h,
+    )
+
+
+def _render_galaxies(image, xs, ys, galaxies: Table, psf: DoubleGaussianPSF, scale: float, rng) -> None:
+    """Exponential discs sampled on a 3x sub-grid per pixel, convolved with the PSF core."""
+    from scipy.ndimage import gaussian_filter
+
+    ny, nx = image.shape
+    layer = np.zeros_like(image, dtype=np.float64)
+    sub = 3
+    for x, y, g in zip(xs, ys, galaxies):
+        r_px = g["r_e"] / scale / 1.678  # scale length from half-light radius
+        half = int(min(60, math.ceil(6 * r_px + 2)))
+        ix, iy = int(round(x)), int(round(y))
+        if ix + half < 0 or iy + half < 0 or ix - half >= nx or iy - half >= ny:
+            continue
+        n = 2 * half + 1
+        offsets = (np.arange(n * sub) + 0.5) / sub - 0.5 - half
+        yy, xx = np.meshgrid(offsets + iy - y, offsets + ix - x, indexing="ij")
+        c, s_ = math.cos(g["pa"]), math.sin(g["pa"])
+        u_ = xx * c + yy * s_
+        v_ = (-xx * s_ + yy * c) / g["q"]
+        prof = np.exp(-np.hypot(u_, v_) / r_px)
+        prof = prof.reshape(n, sub, n, sub).sum(axis=(1, 3))
+        prof *= g["flux"] / prof.sum()
+        x0, y0 = ix - half, iy - half
+        xa, xb, ya, yb = max(x0, 0), min(x0 + n, nx), max(y0, 0), min(y0 + n, ny)
+        layer[ya:yb, xa:xb] += prof[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    image += gaussian_filter(layer, psf.sigma, mode="constant")
+
+
+def _cosmic_rays(shape, fraction: float, exptime: float, rng) -> np.ndarray:
+    """Charge [e-] of cosmic-ray tracks: short straight paths, charge by path length in each pixel."""
+    ny, nx = shape
+    mean_length = 2.5
+    n_events = rng.poisson(fraction * (exptime / 566.0) * nx * ny / (mean_length + 1.0))
+    image = np.zeros(shape)
+    if n_events == 0:
+        return image
+    length = rng.exponential(mean_length, n_events)
+    angle = rng.uniform(0, 2 * np.pi, n_events)
+    x0 = rng.uniform(-0.5, nx - 0.5, n_events)
+    y0 = rng.uniform(-0.5, ny - 0.5, n_events)
+    charge = rng.lognormal(math.log(1500.0), 0.7, n_events)
+    nsub = np.maximum(1, np.ceil(length / 0.05)).astype(int)
+    idx = np.repeat(np.arange(n_events), nsub)
+    frac = (np.arange(idx.size) - np.repeat(np.cumsum(nsub) - nsub, nsub) + 0.5) / np.repeat(nsub, nsub)
+    px = x0[idx] + frac * length[idx] * np.cos(angle[idx])
+    py = y0[idx] + frac * length[idx] * np.sin(angle[idx])
+    ix = np.floor(px + 0.5).astype(int)
+    iy = np.floor(py + 0.5).astype(int)
+    ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    np.add.at(image, (iy[ok], ix[ok]), (charge / nsub)[idx][ok])
+    return image
+
+
+def _bleed(electrons: np.ndarray, full_well: float) -> np.ndarray:
+    """Clip at full well, spilling the excess charge up and down the column."""
+    over = electrons > full_well
+    if not over.any():
+        return over
+    for col in np.unique(np.nonzero(over)[1]):
+        column = electrons[:, col]
+        rows = np.nonzero(column > full_well)[0]
+        excess = float(np.sum(column[rows] - full_well))
+        column[rows] = full_well
+        lo, hi = rows.min() - 1, rows.max() + 1
+        ny = column.size
+        while excess > 0 and (lo >= 0 or hi < ny):
+            for r in (lo, hi):
+                if 0 <= r < ny and excess > 0:
+                    room = full_well - column[r]
+                    take = min(room, excess / 2.0 if (lo >= 0 and hi < ny) else excess)
+                    column[r] += take
+                    excess -= take
+            lo -= 1
+            hi += 1
+        electrons[:, col] = column
+    return electrons >= full_well * 0.999
+
+
+def limiting_magnitude(config: SimulationConfig, fwhm: float) -> float:
+    """Single-exposure 5-sigma point-source limit (ideal PSF-weighted flux, background-limited) [mag]."""
+    sky_e = config.exptime * 10 ** (-0.4 * (config.sky_mag - config.zp_electrons)) * config.pixel_scale**2
+    var = sky_e + config.read_noise**2
+    area = DoubleGaussianPSF(fwhm=fwhm).effective_area()
+    f5 = 5.0 * math.sqrt(var * area)
+    return config.zp_electrons - 2.5 * math.log10(f5 / config.exptime)
+
+
+def render_ccd(scene: Scene, exposure: int, ccd_index: int):
+    """Render one CCD of one exposure.
+
+    Returns
+    -------
+    sci, rms : ndarray (ny, nx) float32 [ADU]
+    flg : ndarray (ny, nx) int16
+    wcs : WCS
+    truth : list of dict
+        Mover positions on this CCD at mid-exposure.
+    """
+    cfg = scene.config
+    names, origins, centre, _ = _focal_plane(cfg)
+    origin = origins[ccd_index]
+    offset = scene.pointing[exposure]
+    wcs = ccd_wcs(cfg, scene.plane, origin, centre, offset)
+    rng = np.random.default_rng([cfg.seed, exposure, ccd_index])
+    psf = scene.psfs[exposure]
+    shape = (cfg.ny, cfg.nx)
+    mid = scene.exposure_mjd[exposure]
+    exptime = cfg.exptime
+    epoch_years = (mid - Time("2016-01-01T12:00:00", scale="tt").utc.mjd) / 365.25
+
+    def to_pix(xi, eta):
+        ra, dec = scene.plane.to_sky(np.asarray(xi, float), np.asarray(eta, float))
+        x, y = wcs.all_world2pix(ra, dec, 0)
+        return x, y
+
+    def e_flux(mag):
+        return exptime * 10 ** (-0.4 * (np.asarray(mag) - cfg.zp_electrons))
+
+    electrons = np.zeros(shape)
+    sky_e = exptime * 10 ** (-0.4 * (cfg.sky_mag - cfg.zp_electrons)) * cfg.pixel_scale**2
+    electrons += sky_e
+    pad = psf.radius + 2
+    # stars at the observation epoch (proper motion from the 2016.0 reference positions)
+    st = scene.stars
+    xi = st["xi"] + st["pmra"] * 1e-3 * epoch_years
+    eta = st["eta"] + st["pmdec"] * 1e-3 * epoch_years
+    x, y = to_pix(xi, eta)
+    inside = (x > -pad) & (x < cfg.nx + pad) & (y > -pad) & (y < cfg.ny + pad)
+    splat(electrons, x[inside], y[inside], e_flux(st["mag"][inside]), psf)
+    # galaxies
+    gal = scene.galaxies
+    gx, gy = to_pix(gal["xi"], gal["eta"])
+    inside = (gx > -80) & (gx < cfg.nx + 80) & (gy > -80) & (gy < cfg.ny + 80)
+    g_in = gal[inside]
+    g_in["flux"] = e_flux(g_in["mag"])
+    _render_galaxies(electrons, gx[inside], gy[inside], g_in, psf, cfg.pixel_scale, rng)
+    # transients of this exposure
+    tr = scene.transients[scene.transients["exposure"] == exposure]
+    if len(tr):
+        tx, ty = to_pix(tr["xi"], tr["eta"])
+        splat(electrons, tx, ty, e_flux(tr["mag"]), psf)
+    # movers: trails from exposure start to end
+    mv = scene.movers
+    half = 0.5 * exptime / 86400.0
+    xs0, ys0 = to_pix(*mover_offsets(mv, mid - half))
+    xs1, ys1 = to_pix(*mover_offsets(mv, mid + half))
+    xm, ym = to_pix(*mover_offsets(mv, mid))
+    truth = []
+    flux = e_flux(mv["mag"])
+    for k in range(len(mv)):
+        lo_x, hi_x = min(xs0[k], xs1[k]), max(xs0[k], xs1[k])
+        lo_y, hi_y = min(ys0[k], ys1[k]), max(ys0[k], ys1[k])
+        if hi_x < -pad or lo_x > cfg.nx + pad or hi_y < -pad or lo_y > cfg.ny + pad:
+            continue
+        px, py, pf = trail_points(xs0[k], ys0[k], xs1[k], ys1[k], flux[k])
+        splat(electrons, px, py, pf, psf)
+        if -0.5 <= xm[k] < cfg.nx - 0.5 and -0.5 <= ym[k] < cfg.ny - 0.5:
+            truth.append(
+                {
+                    "index": k,
+                    "x": float(xm[k]),
+                    "y": float(ym[k]),
+                    "trail_length": float(math.hypot(xs1[k] - xs0[k], ys1[k] - ys0[k])),
+                }
+            )
+    # satellite
+    sat = scene.satellite
+    if sat is not None and sat["exposure"] == exposure:
+        reach = 3.0 * max(cfg.nx, cfg.ny) * cfg.pixel_scale * math.sqrt(cfg.nccd)
+        c, s_ = math.cos(sat["angle"]), math.sin(sat["angle"])
+        (ax, bx), (ay, by) = to_pix(
+            [sat["xi"] - reach * c, sat["xi"] + reach * c], [sat["eta"] - reach * s_, sat["eta"] + reach * s_]
+        )
+        # clip the segment to the CCD (plus a margin) before sampling it
+        length = math.hypot(bx - ax, by - ay)
+        tt = np.linspace(0.0, 1.0, max(2, int(length / 0.5)))
+        px, py = ax + tt * (bx - ax), ay + tt * (by - ay)
+        keep = (px > -pad) & (px < cfg.nx + pad) & (py > -pad) & (py < cfg.ny + pad)
+        if keep.any():
+            per_px = exptime * 10 ** (-0.4 * (sat["mag_per_arcsec"] - cfg.zp_electrons)) * cfg.pixel_scale
+            step = length / (tt.size - 1)
+            splat(electrons, px[keep], py[keep], np.full(keep.sum(), per_px * step), psf)
+    # photon noise on everything so far, then detector effects
+    electrons = rng.poisson(np.clip(electrons, 0, None)).astype(np.float64)
+    electrons += _cosmic_rays(shape, cfg.cosmic_fraction, exptime, rng)
+    det_rng = np.random.default_rng([cfg.seed, 10_000 + ccd_index])  # fixed per CCD: same hot pixels every exposure
+    n_hot = det_rng.poisson(cfg.hot_fraction * cfg.nx * cfg.ny)
+    hx = det_rng.integers(0, cfg.nx, n_hot)
+    hy = det_rng.integers(0, cfg.ny, n_hot)
+    hot_rate = det_rng.lognormal(math.log(1.0), 1.0, n_hot)  # e-/s
+    hot_flag = det_rng.random(n_hot) < cfg.hot_flagged
+    electrons[hy, hx] += hot_rate * exptime
+    saturated = _bleed(electrons, cfg.full_well)
+    electrons += rng.normal(0.0, cfg.read_noise, shape)
+    sci = (electrons / cfg.gain).astype(np.float32)
+    rms = np.full(shape, math.sqrt(sky_e + cfg.read_noise**2) / cfg.gain, dtype=np.float32)
+    flg = np.zeros(shape, np.int16)
+    flg[hy[hot_flag], hx[hot_flag]] |= FLAG_HOT
+    flg[saturated] |= FLAG_SATURATED
+    return sci, rms, flg, wcs, truth
+
+
+def _primary_header(scene: Scene, exposure: int) -> fits.Header:
+    cfg = scene.config
+    start = Time(scene.exposure_mjd[exposure] - 0.5 * cfg.exptime / 86400.0, format="mjd", scale="utc")
+    h = fits.Header()
+    h["TELESCOP"] = ("EUCLID", "simulated by ssodetect")
+    h["INSTRUME"] = "VIS"
+    h["FILTER"] = "VIS"
+    h["DATE-OBS"] = (start.isot, "UTC start of exposure")
+    h["MJD-OBS"] = (start.mjd, "UTC start of exposure [MJD]")
+    h["EXPTIME"] = (cfg.exptime, "[s]")
+    h["GAIN"] = (cfg.gain, "[e-/ADU]")
+    h["RDNOISE"] = (cfg.read_noise, "[e-]")
+    h["MAGZERO"] = (cfg.zp_electrons - 2.5 * math.log10(cfg.gain), "mag for 1 ADU/s")
+    h["SATURATE"] = (cfg.full_well / cfg.gain * 0.999, "[ADU]")
+    h["PSF_FWHM"] = (float(scene.fwhm[exposure]), "simulated PSF core FWHM [px]")
+    h["SIMSEED"] = cfg.seed
+    h["ORIGIN"] = f"ssodetect {__version__} simulate"
+    return h
+
+
+def reference_catalogue(scene: Scene) -> Table:
+    """Gaia-DR3-like catalogue of the stars with G < 21 (positions at epoch 2016.0)."""
+    st = scene.stars
+    bright = st["mag"] < 21.0
+    rng = np.random.default_rng([scene.config.seed, 99])
+    n = int(bright.sum())
+    g = np.asarray(st["mag"][bright])
+    err_mas = 0.02 + 0.5 * 10 ** (0.2 * (g - 21.0))
+    ra, dec = scene.plane.to_sky(np.asarray(st["xi"][bright]), np.asarray(st["eta"][bright]))
+    dra = rng.normal(0, err_mas) / 3.6e6 / np.cos(np.radians(dec))
+    ddec = rng.normal(0, err_mas) / 3.6e6
+    # tangent-plane proper motion -> pmra (includes cos dec) / pmdec: equal to first order in a small field
+    return Table(
+        {
+            "source_id": np.arange(1, n + 1, dtype=np.int64) + 10**15,
+            "ra": ra + dra,
+            "dec": dec + ddec,
+            "ra_error": err_mas,
+            "dec_error": err_mas,
+            "pmra": np.asarray(st["pmra"][bright]),
+            "pmdec": np.asarray(st["pmdec"][bright]),
+            "phot_g_mean_mag": g,
+            "ref_epoch": np.full(n, 2016.0),
+        },
+        meta={"comment": "simulated Gaia DR3-like reference catalogue; ra/dec [deg] at ref_epoch, errors [mas], pm [mas/yr]"},
+    )
+
+
+def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = False) -> dict:
+    """Simulate a sequence and write exposures, reference catalogue and truth.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+    outdir : path
+        Output directory: ``exp_NN.fits`` (MEF layout) or ``exp_NN_ccd_R-C.fits``
+        (plain layout), ``refcat.ecsv``, ``truth.ecsv``; written atomically.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        Summary: files written, 5-sigma limits, number of movers.
+    """
+    from tqdm import tqdm
+
+    scene = draw_scene(config)
+    names, _, _, _ = _focal_plane(config)
+    rows = []
+    files = []
+    with OutputStage(outdir) as stage:
+        jobs = [(e, c) for e in range(config.n_exposures) for c in range(config.nccd)]
+        bar = tqdm(total=len(jobs), desc="simulate", unit="ccd", disable=not progress)
+        for e in range(config.n_exposures):
+            primary = _primary_header(scene, e)
+            hdus = [fits.PrimaryHDU(header=primary)]
+            for c, name in enumerate(names):
+                sci, rms, flg, wcs, truth = render_ccd(scene, e, c)
+                wh = wcs.to_header()
+                ext = fits.Header()
+                ext["CCDID"] = name
+                ext.extend(wh)
+                for t in truth:
+                    rows.append((t["index"], e, name, t["x"], t["y"], t["trail_length"]))
+                if config.layout == "mef":
+                    hdus.append(fits.ImageHDU(sci, header=ext, name=f"{name}.SCI"))
+                    hdus.append(fits.ImageHDU(rms, name=f"{name}.RMS"))
+                    hdus.append(fits.ImageHDU(flg, name=f"{name}.FLG"))
+                else:
+                    h = primary.copy()
+                    h.extend(ext)
+                    fname = f"exp_{e:02d}_ccd_{name}.fits"
+                    fits.PrimaryHDU(sci, header=h).writeto(stage.file(fname))
+                    files.append(fname)
+                bar.update(1)
+            if config.layout == "mef":
+                fname = f"exp_{e:02d}.fits"
+                fits.HDUList(hdus).writeto(stage.file(fname))
+                files.append(fname)
+        bar.close()
+        truth = _truth_table(scene, rows, names)
+        truth.write(stage.file("truth.ecsv"), format="ascii.ecsv")
+        reference_catalogue(scene).write(stage.file("refcat.ecsv"), format="ascii.ecsv")
+    log.info("simulated %d exposures x %d CCDs, %d movers", config.n_exposures, config.nccd, len(scene.movers))
+    return {"files": files, "n_movers": len(scene.movers), "limit_5sigma": truth.meta["limit_5sigma"]}
+
+
+def _truth_table(scene: Scene, rows, names) -> Table:
+    cfg = scene.config
+    mv = scene.movers
+    n_exp = cfg.n_exposures
+    xi, eta = mover_offsets(mv, scene.exposure_mjd[:, None])  # (n_exp, n_mov)
+    on = {}
+    for k, e, name, x, y, trail in rows:
+        on[(k, e)] = (name, x, y, trail)
+    out = []
+    for k in range(len(mv)):
+        ra, dec = scene.plane.to_sky(xi[:, k], eta[:, k])
+        for e in range(n_exp):
+            name, x, y, trail = on.get((k, e), ("", np.nan, np.nan, np.nan))
+            trail_len = mv["rate"][k] * cfg.exptime / 3600.0 / cfg.pixel_scale
+            out.append(
+                (mv["object"][k], e, scene.exposure_mjd[e], ra[e], dec[e], name, x, y, mv["mag"][k], mv["rate"][k], mv["pa"][k], trail_len)
+            )
+    names_ = ["object", "exposure", "mjd", "ra", "dec", "ccd", "x", "y", "mag", "rate", "pa", "trail_length"]
+    if out:
+        table = Table(rows=out, names=names_)
+    else:
+        table = Table(names=names_, dtype=[str, int, float, float, float, str, float, float, float, float, float, float])
+    table["on_detector"] = np.isfinite(np.asarray(table["x"], float))
+    limits = [limiting_magnitude(cfg, f) for f in scene.fwhm]
+    table.meta.update(
+        {
+            "description": "simulated moving objects: one row per object and exposure; x, y 0-based pixels on 'ccd' "
+            "at mid-exposure (NaN when off the detector); ra/dec [deg]; mjd UTC mid-exposure; "
+            "rate [arcsec/h]; pa [deg, N through E]; trail_length [px]",
+            "limit_5sigma": float(np.median(limits)),
+            "limit_5sigma_per_exposure": [float(v) for v in limits],
+            "seed": cfg.seed,
+            "simulation": cfg.model_dump(),
+        }
+    )
+    table["mjd"].unit = u.day
+    return table
