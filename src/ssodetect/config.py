@@ -117,6 +117,17 @@ class DetectConfig(_Section):
         description="A detection is a cosmic ray / hot pixel when a sharp (sub-PSF) model fits it better "
         "than the PSF by more than this in chi2 (and it is not broader than the PSF).",
     )
+    extended_margin: float = Field(
+        default=10.0,
+        description="A detection is extended (a galaxy, not a mover) when a model twice as broad as the PSF, "
+        "drawn along its trail, fits better than the PSF by more than this in chi2 ...",
+    )
+    extended_fraction: float = Field(
+        default=0.3, ge=0, description="... and by more than this fraction of SNR^2 ..."
+    )
+    extended_max_snr: float = Field(
+        default=30.0, gt=0, description="... and its SNR is below this (brighter galaxies are removed as static)."
+    )
     max_elongated_length: float = Field(
         default=150.0, gt=0, description="Detections longer than this [px] are streak segments (satellites), not slow movers."
     )
@@ -144,6 +155,16 @@ class LinkConfig(_Section):
     match_sigma: float = Field(default=4.0, gt=0, description="Prediction tolerance in combined sigma.")
     match_floor: float = Field(default=0.03, ge=0, description="Tolerance floor added to predictions [arcsec].")
     max_chi2_dof: float = Field(default=4.0, gt=0, description="Largest reduced chi2 of the linear fit.")
+    min_rate_significance: float = Field(
+        default=5.0, ge=0, description="The fitted rate must exceed this many times its uncertainty (motion is real)."
+    )
+    max_occupied_fraction: float = Field(
+        default=0.34,
+        ge=0,
+        le=1,
+        description="Reject a tracklet when more than this fraction of its positions still hold a source in "
+        "exposures taken after the object moved away (static sources strung into slow movers).",
+    )
     max_flux_ratio: float = Field(
         default=4.0, gt=1, description="Largest ratio between the fluxes of detections of one tracklet."
     )

@@ -47,9 +47,10 @@ DETECTION_COLUMNS = [
     ("peak", "f8", "adu", "peak pixel value above background"),
     ("chi2_psf", "f8", "", "chi2 of a PSF fit to the 5x5 stamp"),
     ("chi2_sharp", "f8", "", "chi2 of a sharp (cosmic-ray-like) fit"),
+    ("chi2_broad", "f8", "", "chi2 of a fit twice as broad as the PSF (galaxies)"),
     ("sep_flag", "i8", "", "sep extraction flags"),
     ("near_mask", "bool", "", "a masked pixel lies inside the detection footprint"),
-    ("kind", "U8", "", "point | trail | sharp | streak"),
+    ("kind", "U8", "", "point | trail | extended | sharp | streak"),
 ]
 
 
@@ -213,6 +214,7 @@ def extract_sources(
     work64 = work.astype(np.float64)
     variance = safe_err.astype(np.float64) ** 2
     chi2_p, chi2_s, _ = shape_chi2(work64, variance, m, x, y, length, theta, psf_sigma, gain)
+    chi2_b, _, _ = shape_chi2(work64, variance, m, x, y, length, theta, 2.0 * psf_sigma, gain)
     # a masked pixel inside or next to the footprint (segment ids are 1-based)
     near_mask = np.zeros(x.size, bool)
     if detector_mask.any():
@@ -221,6 +223,18 @@ def extract_sources(
         near_mask[seg_ids - 1] = True
     kind = np.full(x.size, "point", dtype="U8")
     kind[length >= 2.0 * psf_sigma / FWHM_TO_SIGMA] = "trail"
+    # extended (galaxies): the broad model wins by a margin and by a fraction of SNR^2; only below
+    # extended_max_snr, where the mismatch of the Gaussian PSF model itself does not dominate
+    # (bright galaxies are detected in every exposure and removed as static)
+    gain_broad = chi2_p - chi2_b
+    snr_rough = flux / np.maximum(flux_err, 1e-9)
+    extended = (
+        np.isfinite(chi2_p)
+        & (gain_broad > config.extended_margin)
+        & (gain_broad > config.extended_fraction * snr_rough**2)
+        & (snr_rough < config.extended_max_snr)
+    )
+    kind[extended] = "extended"
     kind[np.isfinite(chi2_p) & (chi2_p - chi2_s > config.sharp_margin)] = "sharp"
     kind[length > config.max_elongated_length] = "streak"
     # aperture correction from bright PSF-like point sources: ratio of a wide to the PSF aperture
@@ -237,10 +251,12 @@ def extract_sources(
     flux = flux * apcor
     flux_err = flux_err * apcor
     snr = np.where(flux_err > 0, flux / np.maximum(flux_err, 1e-12), 0.0)
-    # centroid uncertainty: the background-limited bound sqrt(2) sigma_PSF / SNR, stretched along trails
+    # centroid uncertainty: the background-limited bound sqrt(2) sigma / SNR with sigma the source's
+    # rms size across and along its major axis (the PSF for point sources; longer along trails,
+    # larger for galaxies)
     snr_pos = np.clip(snr, 0.5, None)
-    base = math.sqrt(2.0) * psf_sigma / snr_pos
-    along = base * np.sqrt(1.0 + (length / (2.0 * psf_sigma)) ** 2 / 3.0)
+    base = math.sqrt(2.0) * np.maximum(b, psf_sigma) / snr_pos
+    along = math.sqrt(2.0) * np.maximum(a, np.sqrt(psf_sigma**2 + length**2 / 12.0)) / snr_pos
     ct, st = np.cos(theta), np.sin(theta)
     x_err = np.sqrt((along * ct) ** 2 + (base * st) ** 2 + config.centroid_error_floor**2)
     y_err = np.sqrt((along * st) ** 2 + (base * ct) ** 2 + config.centroid_error_floor**2)
@@ -261,6 +277,7 @@ def extract_sources(
             "peak": objects["peak"].astype(float),
             "chi2_psf": chi2_p,
             "chi2_sharp": chi2_s,
+            "chi2_broad": chi2_b,
             "sep_flag": objects["flag"].astype(np.int64) | fflag.astype(np.int64),
             "near_mask": near_mask,
             "kind": kind,
@@ -270,6 +287,6 @@ def extract_sources(
         if unit:
             table[name].unit = unit
         table[name].description = description
-    for k in ("point", "trail", "sharp", "streak"):
+    for k in ("point", "trail", "extended", "sharp", "streak"):
         info[f"n_{k}"] = int(np.sum(kind == k))
     return table, info

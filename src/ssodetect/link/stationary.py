@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["static_on_sky", "static_on_detector"]
+__all__ = ["static_on_sky", "static_on_detector", "occupied_elsewhere"]
 
 
 def static_on_sky(
@@ -29,7 +29,7 @@ def static_on_sky(
     eta: np.ndarray,
     sigma: np.ndarray,
     *,
-    radius: float,
+    radius,
     min_matches: int,
     min_rate: float,
 ) -> np.ndarray:
@@ -45,8 +45,9 @@ def static_on_sky(
         Tangent-plane position [arcsec].
     sigma : ndarray (n,)
         1-sigma position uncertainty [arcsec].
-    radius : float
-        Match radius [arcsec].
+    radius : float or ndarray (n,)
+        Match radius [arcsec], per detection for extended sources (whose
+        centroids jitter by a fraction of their size); a pair uses the larger.
     min_matches : int
         Other exposures with a counterpart needed to call a detection static.
     min_rate : float
@@ -62,10 +63,12 @@ def static_on_sky(
     if n == 0:
         return static
     pos = np.column_stack([xi, eta])
+    radius = np.broadcast_to(np.asarray(radius, float), (n,))
     exposures = np.unique(exposure)
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
     sig_max = float(np.max(sigma))
+    rad_max = float(np.max(radius))
     matches = np.zeros(n, int)
     decisive = np.zeros(n, bool)
     for e1 in exposures:
@@ -74,7 +77,7 @@ def static_on_sky(
             if e2 == e1:
                 continue
             i2 = groups[e2]
-            reach = max(radius, 3.0 * np.sqrt(2.0) * sig_max)
+            reach = max(rad_max, 3.0 * np.sqrt(2.0) * sig_max)
             hits = trees[e1].query_ball_tree(trees[e2], reach)
             dt = abs(float(np.median(t_hours[i2])) - float(np.median(t_hours[i1])))
             for a, bs in enumerate(hits):
@@ -83,7 +86,7 @@ def static_on_sky(
                 ia = i1[a]
                 ib = i2[np.asarray(bs)]
                 d = np.hypot(xi[ib] - xi[ia], eta[ib] - eta[ia])
-                r = np.maximum(radius, 3.0 * np.hypot(sigma[ia], sigma[ib]))
+                r = np.maximum(np.maximum(radius[ia], radius[ib]), 3.0 * np.hypot(sigma[ia], sigma[ib]))
                 ok = d <= r
                 if ok.any():
                     matches[ia] += 1
@@ -141,3 +144,50 @@ def static_on_detector(
             if np.hypot(xi[ia] - xi[ib], eta[ia] - eta[ib]) > min_sky_shift:
                 flagged[ia] = flagged[ib] = True
     return flagged
+
+
+def occupied_elsewhere(
+    members_exposure: np.ndarray,
+    members_xi: np.ndarray,
+    members_eta: np.ndarray,
+    members_radius: np.ndarray,
+    predicted: dict,
+    trees: dict,
+) -> float:
+    """Fraction of a tracklet's positions that stay occupied after the object left.
+
+    A moving object leaves its position empty in exposures taken when it was
+    elsewhere; a static source that a linker strung into a "slow mover" (a
+    galaxy whose centroid jitters between exposures) is still there.
+
+    Parameters
+    ----------
+    members_exposure : ndarray (m,)
+        Exposure index of each member.
+    members_xi, members_eta : ndarray (m,)
+        Member positions [arcsec].
+    members_radius : ndarray (m,)
+        Radius within which a detection counts as "the same source" [arcsec].
+    predicted : dict
+        Exposure index -> predicted (xi, eta) of the object in that exposure.
+    trees : dict
+        Exposure index -> cKDTree of every usable detection (moving or static)
+        of that exposure.
+
+    Returns
+    -------
+    float
+        Over the (member, exposure) pairs where the object had moved more than
+        two radii away, the fraction with a detection still at the member's
+        position.  NaN when no such pair exists: the motion is not resolved
+        against the size of the source, and cannot be told from centroid jitter.
+    """
+    tested = occupied = 0
+    for e, x, y, r in zip(members_exposure, members_xi, members_eta, members_radius):
+        for k, (px, py) in predicted.items():
+            if k == e or k not in trees or np.hypot(px - x, py - y) <= 2.0 * r:
+                continue
+            tested += 1
+            if trees[k].query_ball_point([x, y], r):
+                occupied += 1
+    return occupied / tested if tested else float("nan")

@@ -127,6 +127,7 @@ def link_tracklets(
     match_floor: float = 0.03,
     max_chi2_dof: float = 4.0,
     max_flux_ratio: float = 4.0,
+    min_rate_significance: float = 5.0,
 ) -> list[Tracklet]:
     """Link candidate detections into tracklets of linear motion.
 
@@ -152,6 +153,8 @@ def link_tracklets(
         Largest accepted reduced chi-square.
     max_flux_ratio : float
         Largest accepted ratio between member fluxes (after allowing 3 sigma).
+    min_rate_significance : float
+        The fitted rate must exceed this many times its uncertainty.
 
     Returns
     -------
@@ -212,6 +215,7 @@ def link_tracklets(
                     trk = _evaluate(
                         key, t_hours, xi, eta, sigma, flux, flux_err,
                         min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
+                        min_rate_significance=min_rate_significance,
                     )
                     if trk is not None:
                         hypotheses[key] = trk
@@ -225,7 +229,10 @@ def link_tracklets(
     return accepted
 
 
-def _evaluate(members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max_rate, max_chi2_dof, max_flux_ratio):
+def _evaluate(
+    members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max_rate, max_chi2_dof, max_flux_ratio,
+    min_rate_significance,
+):
     idx = np.array(sorted(members, key=lambda i: t_hours[i]))
     params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
     dof = 2 * idx.size - 4
@@ -233,7 +240,7 @@ def _evaluate(members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max
         return None
     rate = float(np.hypot(params[2], params[3]))
     rate_err = float(np.sqrt(0.5 * (cov[2, 2] + cov[3, 3])))
-    if rate > max_rate + 2 * rate_err or rate < min_rate:
+    if rate > max_rate + 2 * rate_err or rate < min_rate or rate < min_rate_significance * rate_err:
         return None
     f, fe = flux[idx], flux_err[idx]
     hi = np.max(f - 3.0 * fe)

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, vstack
+from scipy.spatial import cKDTree
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_inputs
-from ssodetect.link import link_tracklets, static_on_detector, static_on_sky
+from ssodetect.link import link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import ades_psv, tracklet_tables
@@ -54,13 +55,16 @@ class _Process:
 
 
 def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
-    """Moving-object candidates: PSF-like, unflagged, not static on sky or detector.
+    """Usable detections (PSF-like, trailed or extended; unflagged) with their static flags.
 
-    Adds ``xi, eta`` [arcsec], ``t_hours`` and ``sigma`` [arcsec] columns and the
+    Moving-object candidates are the usable ones neither static on sky or
+    detector nor extended; the extended ones still count as occupants of the sky.
+
+    Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` and ``size`` [arcsec] columns and the
     flags ``static`` and ``artefact`` to a copy of the usable detections.
     """
     usable = (
-        np.isin(detections["kind"], ["point", "trail"])
+        np.isin(detections["kind"], ["point", "trail", "extended"])
         & ~np.asarray(detections["near_mask"], bool)
         & (np.asarray(detections["snr"]) > 0)
         & np.isfinite(np.asarray(detections["ra"], float))
@@ -72,15 +76,45 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
     cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
     link = config.link
+    scale = np.asarray(cand["ra_err"]) / np.maximum(np.asarray(cand["x_err"]), 1e-12)  # arcsec per pixel
+    cand["size"] = np.asarray(cand["a"]) * scale
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
-        radius=link.static_radius, min_matches=link.static_min_matches, min_rate=link.min_rate,
+        radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches, min_rate=link.min_rate,
     )
     cand["artefact"] = static_on_detector(
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
         radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
     )
     return cand
+
+
+def _vet_occupancy(tracklets, moving: Table, usable: Table, exposures, config: Config) -> list:
+    """Drop tracklets whose positions stay occupied after the object moved on (static sources)."""
+    if not tracklets:
+        return tracklets
+    pos = np.column_stack([np.asarray(usable["xi"]), np.asarray(usable["eta"])])
+    expo = np.asarray(usable["exposure"])
+    trees = {e.index: cKDTree(pos[expo == e.index]) for e in exposures if np.any(expo == e.index)}
+    t_exp = {e.index: (float(e.mid_time.mjd) - float(exposures[0].mid_time.mjd)) * 24.0 for e in exposures}
+    kept = []
+    for trk in tracklets:
+        idx = np.array(trk.members)
+        radius = np.maximum.reduce([
+            np.full(idx.size, config.link.static_radius),
+            3.0 * np.asarray(moving["sigma"])[idx],
+            np.asarray(moving["size"])[idx],
+        ])
+        predicted = {k: (trk.x0 + trk.vx * (t - trk.t_ref), trk.y0 + trk.vy * (t - trk.t_ref)) for k, t in t_exp.items()}
+        frac = occupied_elsewhere(
+            np.asarray(moving["exposure"])[idx], np.asarray(moving["xi"])[idx], np.asarray(moving["eta"])[idx],
+            radius, predicted, trees,
+        )
+        if not np.isfinite(frac) or frac > config.link.max_occupied_fraction:
+            log.debug("tracklet at (%.1f, %.1f) rejected: occupancy %.2f (NaN: motion unresolved)", trk.x0, trk.y0, frac)
+            continue
+        kept.append(trk)
+    return kept
 
 
 def _versions() -> dict:
@@ -131,7 +165,11 @@ def run_pipeline(
     t_run = time.perf_counter()
     stage = OutputStage(outdir) if outdir is not None else None
     handler = None
+    package_log = logging.getLogger("ssodetect")
+    saved_level = package_log.level
     if stage is not None:
+        if package_log.getEffectiveLevel() > logging.INFO:
+            package_log.setLevel(logging.INFO)  # run.log records the run's progress; restored below
         handler = logging.FileHandler(stage.file("run.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
@@ -154,8 +192,9 @@ def run_pipeline(
         raise
     finally:
         if handler is not None:
-            logging.getLogger("ssodetect").removeHandler(handler)
+            package_log.removeHandler(handler)
             handler.close()
+        package_log.setLevel(saved_level)
 
 
 def _run(inputs, config: Config, refcat, timings) -> RunResult:
@@ -194,7 +233,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     plane = TangentPlane(ra0, dec0)
     t0_mjd = float(exposures[0].mid_time.mjd)
     cand = select_candidates(detections, config, plane, t0_mjd)
-    moving = cand[~np.asarray(cand["static"]) & ~np.asarray(cand["artefact"])]
+    moving = cand[~np.asarray(cand["static"]) & ~np.asarray(cand["artefact"]) & (np.asarray(cand["kind"]) != "extended")]
     timings["stationary"] = time.perf_counter() - t0
     log.info(
         "%d detections, %d usable, %d static, %d detector artefacts, %d moving candidates",
@@ -208,7 +247,9 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         np.asarray(moving["flux_err"]),
         min_rate=lk.min_rate, max_rate=lk.max_rate, min_detections=lk.min_detections, match_sigma=lk.match_sigma,
         match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
+        min_rate_significance=lk.min_rate_significance,
     )
+    tracklets = _vet_occupancy(tracklets, moving, cand, exposures, config)
     observations, objects = tracklet_tables(moving, tracklets, plane, t0_mjd=t0_mjd)
     timings["link"] = time.perf_counter() - t0
     log.info("%d objects linked", len(objects))

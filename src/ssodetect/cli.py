@@ -1,0 +1,167 @@
+"""The ``ssodetect`` command: simulate, run, evaluate, config.
+
+Each sub-command parses its arguments and calls one library function.  User
+errors print one line naming the file and the problem, and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ssodetect._version import __version__
+from ssodetect.errors import SSODetectError
+
+__all__ = ["main"]
+
+log = logging.getLogger("ssodetect")
+
+
+def _simulate(args) -> int:
+    from pydantic import ValidationError
+
+    from ssodetect.errors import ConfigError
+    from ssodetect.simulate import SimulationConfig, simulate
+
+    params = {"seed": args.seed, "nccd": args.nccd, "nx": args.size, "ny": args.size, "layout": args.layout}
+    for name in ("n_exposures", "movers_per_ccd", "dither", "cosmic_fraction"):
+        value = getattr(args, name)
+        if value is not None:
+            params[name] = value
+    if args.no_satellite:
+        params["satellite"] = False
+    try:
+        sim_config = SimulationConfig(**params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"simulate: invalid parameters ({problems})") from None
+    summary = simulate(sim_config, args.outdir, progress=not args.quiet)
+    print(
+        f"wrote {len(summary['files'])} image files, refcat.ecsv and truth.ecsv to {args.outdir}: "
+        f"{summary['n_movers']} moving objects; single-exposure 5-sigma limit {summary['limit_5sigma']:.2f} mag"
+    )
+    return 0
+
+
+def _run(args) -> int:
+    from ssodetect.config import load_config
+    from ssodetect.pipeline import run_pipeline
+
+    config = load_config(args.config)
+    if args.workers is not None:
+        config.execution.workers = args.workers
+    if args.scheduler:
+        config.execution.scheduler = args.scheduler
+    if args.quiet:
+        config.execution.progress = False
+    if args.station:
+        config.report.station = args.station
+    result = run_pipeline(args.inputs, args.out, config, refcat=args.refcat)
+    total = result.timings.get("total", float("nan"))
+    print(
+        f"{len(result.objects)} moving objects, {len(result.observations)} observations in {total:.1f} s "
+        f"-> {args.out}/observations.ecsv, objects.ecsv, observations.psv"
+    )
+    return 0
+
+
+def _evaluate(args) -> int:
+    from astropy.table import Table
+
+    from ssodetect.evaluate import evaluate_run, format_evaluation
+
+    outdir = Path(args.outdir)
+    obs_path = outdir / "observations.ecsv" if outdir.is_dir() else outdir
+    try:
+        observations = Table.read(obs_path, format="ascii.ecsv")
+    except (OSError, ValueError) as exc:
+        raise SSODetectError(f"{obs_path}: cannot read run observations ({exc})") from None
+    try:
+        truth = Table.read(args.truth, format="ascii.ecsv")
+    except (OSError, ValueError) as exc:
+        raise SSODetectError(f"{args.truth}: cannot read truth table ({exc})") from None
+    ev = evaluate_run(observations, truth, rate_range=(args.rate_min, args.rate_max), bright_limit=args.bright)
+    print(format_evaluation(ev))
+    return 0
+
+
+def _config(args) -> int:
+    from ssodetect.config import dump_toml, load_config
+
+    config = load_config(args.file)
+    sys.stdout.write(dump_toml(config, documented=not args.plain))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssodetect", description="Find moving Solar System Objects in image sequences.")
+    parser.add_argument("--version", action="version", version=f"ssodetect {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="debug log output")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars; warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", parents=[common], help="simulate a Euclid-like sequence with truth")
+    p.add_argument("outdir", help="output directory")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--nccd", type=int, default=1, help="number of CCDs (default 1)")
+    p.add_argument("--size", type=int, default=2048, help="CCD size in pixels (square; default 2048)")
+    p.add_argument("--layout", choices=["mef", "plain"], default="mef", help="Euclid MEF per exposure, or one file per CCD")
+    p.add_argument("--n-exposures", dest="n_exposures", type=int, default=None)
+    p.add_argument("--movers-per-ccd", dest="movers_per_ccd", type=float, default=None)
+    p.add_argument("--dither", type=float, default=None, help="RMS dither [arcsec]")
+    p.add_argument("--cosmic-fraction", dest="cosmic_fraction", type=float, default=None)
+    p.add_argument("--no-satellite", action="store_true")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("run", parents=[common], help="run the pipeline on FITS files or directories")
+    p.add_argument("inputs", nargs="+", help="FITS files and/or directories")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--refcat", default=None, help="reference catalogue (Gaia DR3 columns; ECSV/FITS/CSV/Parquet)")
+    p.add_argument("--config", default=None, help="TOML configuration file")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
+    group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--station", default=None, help="MPC observatory code for ADES (overrides the configuration)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a run against simulated truth")
+    p.add_argument("outdir", help="run output directory (or its observations.ecsv)")
+    p.add_argument("truth", help="truth.ecsv written by 'ssodetect simulate'")
+    p.add_argument("--rate-min", type=float, default=0.5)
+    p.add_argument("--rate-max", type=float, default=10.0)
+    p.add_argument("--bright", type=float, default=23.5, help="magnitude limit of the bright completeness summary")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("config", parents=[common], help="print the configuration")
+    p.add_argument("--dump", action="store_true", help="print the full documented configuration (default action)")
+    p.add_argument("--file", default=None, help="show this TOML file merged with the defaults")
+    p.add_argument("--plain", action="store_true", help="without documentation comments")
+    p.set_defaults(func=_config)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``ssodetect`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    try:
+        return args.func(args)
+    except SSODetectError as exc:
+        print(f"ssodetect: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssodetect: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
