@@ -107,6 +107,7 @@ def static_on_detector(
     *,
     radius_px: float,
     min_sky_shift: float,
+    min_partners: int = 2,
 ) -> np.ndarray:
     """Flag detections at the same CCD pixel in dithered exposures.
 
@@ -124,6 +125,10 @@ def static_on_detector(
         The pair only counts when its sky positions differ by more than this
         [arcsec] (i.e. the pointing moved); without dithers the sky test
         already catches fixed artefacts.
+    min_partners : int
+        Other exposures with a detection at the same pixel needed (capped at
+        the number of other exposures); two make a chance alignment of a mover
+        with the dither offsets negligible.
 
     Returns
     -------
@@ -134,6 +139,7 @@ def static_on_detector(
     flagged = np.zeros(n, bool)
     if n == 0:
         return flagged
+    partners: dict[int, set] = {}
     for name in np.unique(ccd):
         on = np.nonzero(ccd == name)[0]
         tree = cKDTree(np.column_stack([x[on], y[on]]))
@@ -142,7 +148,13 @@ def static_on_detector(
             if exposure[ia] == exposure[ib]:
                 continue
             if np.hypot(xi[ia] - xi[ib], eta[ia] - eta[ib]) > min_sky_shift:
-                flagged[ia] = flagged[ib] = True
+                partners.setdefault(ia, set()).add(exposure[ib])
+                partners.setdefault(ib, set()).add(exposure[ia])
+    n_exposures = np.unique(exposure).size
+    needed = min(min_partners, n_exposures - 1)
+    for i, exps in partners.items():
+        if len(exps) >= needed:
+            flagged[i] = True
     return flagged
 
 
