@@ -131,6 +131,9 @@ class DetectConfig(_Section):
     max_elongated_length: float = Field(
         default=150.0, gt=0, description="Detections longer than this [px] are streak segments (satellites), not slow movers."
     )
+    trail_error_fraction: float = Field(
+        default=0.04, ge=0, description="Systematic along-track centroid error of trails, as a fraction of their length."
+    )
     centroid_error_floor: float = Field(default=0.05, ge=0, description="Floor added in quadrature to centroid errors [px].")
 
 
@@ -140,6 +143,9 @@ class LinkConfig(_Section):
     min_rate: float = Field(default=0.3, ge=0, description="Slowest motion searched [arcsec/h].")
     max_rate: float = Field(default=12.0, gt=0, description="Fastest motion searched [arcsec/h].")
     min_detections: int = Field(default=3, ge=3, description="Detections needed for a tracklet.")
+    min_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="Detections needed as a fraction of the exposures within a tracklet's time span."
+    )
     static_radius: float = Field(
         default=0.12,
         gt=0,

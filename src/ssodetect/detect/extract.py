@@ -258,6 +258,8 @@ def extract_sources(
     base = math.sqrt(2.0) * np.maximum(b, psf_sigma) / snr_pos
     along = math.sqrt(2.0) * np.maximum(a, np.sqrt(psf_sigma**2 + length**2 / 12.0)) / snr_pos
     ct, st = np.cos(theta), np.sin(theta)
+    # trails also carry a systematic along-track error (footprint truncation, masked hits)
+    along = np.hypot(along, config.trail_error_fraction * length)
     x_err = np.sqrt((along * ct) ** 2 + (base * st) ** 2 + config.centroid_error_floor**2)
     y_err = np.sqrt((along * st) ** 2 + (base * ct) ** 2 + config.centroid_error_floor**2)
     table = Table(

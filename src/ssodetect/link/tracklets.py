@@ -128,6 +128,7 @@ def link_tracklets(
     max_chi2_dof: float = 4.0,
     max_flux_ratio: float = 4.0,
     min_rate_significance: float = 5.0,
+    min_fraction: float = 0.5,
 ) -> list[Tracklet]:
     """Link candidate detections into tracklets of linear motion.
 
@@ -155,6 +156,10 @@ def link_tracklets(
         Largest accepted ratio between member fluxes (after allowing 3 sigma).
     min_rate_significance : float
         The fitted rate must exceed this many times its uncertainty.
+    min_fraction : float
+        A tracklet must be detected in at least this fraction of the exposures
+        within its time span (in long sequences, three chance alignments
+        spread over many exposures are not an object).
 
     Returns
     -------
@@ -208,6 +213,10 @@ def link_tracklets(
                         if d[best] <= match_sigma:
                             members[e3] = int(idx[best])
                     if len(members) < min_detections:
+                        continue
+                    first, last = min(members), max(members)
+                    spanned = int(np.sum((exposures >= first) & (exposures <= last)))
+                    if len(members) < min_fraction * spanned:
                         continue
                     key = frozenset(members.values())
                     if key in hypotheses:

@@ -247,7 +247,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         np.asarray(moving["flux_err"]),
         min_rate=lk.min_rate, max_rate=lk.max_rate, min_detections=lk.min_detections, match_sigma=lk.match_sigma,
         match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
-        min_rate_significance=lk.min_rate_significance,
+        min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
     )
     tracklets = _vet_occupancy(tracklets, moving, cand, exposures, config)
     observations, objects = tracklet_tables(moving, tracklets, plane, t0_mjd=t0_mjd)

@@ -1,0 +1,41 @@
+"""Shared fixtures: small seeded simulated scenes and paths to the real data in ../shared."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssodetect.config import Config
+from ssodetect.simulate import SimulationConfig, simulate
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def real_data(*parts) -> Path:
+    """Path under ../shared/data; the test is skipped when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+def small_scene_config(seed: int, **overrides) -> SimulationConfig:
+    """A 768^2 single-CCD Euclid-like scene with many movers (for statistics in a small area)."""
+    params = dict(seed=seed, nccd=1, nx=768, ny=768, movers_per_ccd=600.0, transients_per_ccd=3.0)
+    params.update(overrides)
+    return SimulationConfig(**params)
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory):
+    """A simulated 4-exposure scene on disk (Euclid MEF layout)."""
+    out = tmp_path_factory.mktemp("scene") / "sim"
+    simulate(small_scene_config(11), out)
+    return out
+
+
+@pytest.fixture()
+def quiet_config() -> Config:
+    config = Config()
+    config.execution.progress = False
+    return config

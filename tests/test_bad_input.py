@@ -1,0 +1,95 @@
+"""Bad input: one-line error naming the file, non-zero exit, no output written."""
+import shutil
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from ssodetect.cli import main
+from ssodetect.config import load_config
+from ssodetect.pipeline import run_pipeline
+
+
+def _run_cli(capsys, *args):
+    code = main(["run", *map(str, args), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+def _copy(scene, tmp_path):
+    dest = tmp_path / "in"
+    shutil.copytree(scene, dest)
+    return dest
+
+
+def test_not_fits(scene, tmp_path, capsys):
+    src = _copy(scene, tmp_path)
+    (src / "junk.fits").write_text("this is not FITS")
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, src, "--out", out)
+    assert code == 2 and len(err) == 1 and "junk.fits" in err[0]
+    assert not out.exists()
+
+
+def test_truncated(scene, tmp_path, capsys):
+    src = _copy(scene, tmp_path)
+    target = src / "exp_02.fits"
+    data = target.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, src, "--out", out)
+    assert code == 2 and "exp_02.fits" in err[0] and "truncated" in err[0]
+    assert not out.exists()
+
+
+def test_no_time(scene, tmp_path, capsys):
+    src = _copy(scene, tmp_path)
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        for key in ("DATE-OBS", "MJD-OBS"):
+            del hdul[0].header[key]
+    code, err = _run_cli(capsys, src, "--out", tmp_path / "out")
+    assert code == 2 and "exp_01.fits" in err[0] and "no usable observation time" in err[0]
+
+
+def test_fewer_than_three_exposures(scene, tmp_path, capsys):
+    code, err = _run_cli(capsys, scene / "exp_00.fits", scene / "exp_01.fits", "--out", tmp_path / "out")
+    assert code == 2 and "at least 3" in err[0] and "exp_00.fits" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_filters(scene, tmp_path, capsys):
+    src = _copy(scene, tmp_path)
+    with fits.open(src / "exp_03.fits", mode="update") as hdul:
+        hdul[0].header["FILTER"] = "NISP-Y"
+    code, err = _run_cli(capsys, src, "--out", tmp_path / "out")
+    assert code == 2 and "exp_03.fits" in err[0] and "filter" in err[0]
+
+
+def test_all_nan_ccd_is_skipped(scene, tmp_path, caplog):
+    src = _copy(scene, tmp_path)
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        hdul["1-1.SCI"].data[:] = np.nan
+    config = load_config(None)
+    config.execution.progress = False
+    with caplog.at_level("WARNING", logger="ssodetect"):
+        result = run_pipeline([src], tmp_path / "out", config)
+    assert any("all NaN or masked" in r.message and "exp_01.fits" in r.message for r in caplog.records)
+    assert (tmp_path / "out" / "observations.ecsv").exists()
+    assert set(result.observations["exposure"]) <= {0, 2, 3}
+
+
+def test_inputs_are_not_modified(scene, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in scene.iterdir()}
+    config = load_config(None)
+    config.execution.progress = False
+    run_pipeline([scene], tmp_path / "out", config)
+    assert before == {p.name: p.stat().st_mtime_ns for p in scene.iterdir()}
+
+
+def test_missing_input_and_bad_config(tmp_path, capsys):
+    code, err = _run_cli(capsys, tmp_path / "nope", "--out", tmp_path / "out")
+    assert code == 2 and "nope" in err[0]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[detect]\nthreshold = -1\n")
+    code, err = _run_cli(capsys, tmp_path, "--out", tmp_path / "out", "--config", cfg)
+    assert code == 2 and "c.toml" in err[0]

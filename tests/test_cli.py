@@ -1,0 +1,28 @@
+"""The command line: simulate -> run -> evaluate, and the configuration dump."""
+import tomllib
+
+from ssodetect.cli import main
+from ssodetect.config import Config
+
+
+def test_config_dump_is_valid_toml(capsys):
+    assert main(["config", "--dump"]) == 0
+    text = capsys.readouterr().out
+    assert Config.model_validate(tomllib.loads(text)) == Config()
+
+
+def test_simulate_run_evaluate(tmp_path, capsys):
+    sim, out = tmp_path / "sim", tmp_path / "out"
+    assert main(["simulate", str(sim), "--seed", "4", "--size", "512", "--movers-per-ccd", "400", "-q"]) == 0
+    assert (sim / "truth.ecsv").exists() and (sim / "refcat.ecsv").exists()
+    assert main(["run", str(sim), "--out", str(out), "--refcat", str(sim / "refcat.ecsv"), "--station", "C57", "-q"]) == 0
+    assert "C57" in (out / "observations.psv").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(sim / "truth.ecsv")]) == 0
+    report = capsys.readouterr().out
+    assert "Completeness for movers" in report and "5-sigma point-source limit" in report
+
+
+def test_simulate_rejects_bad_parameters(tmp_path, capsys):
+    assert main(["simulate", str(tmp_path / "s"), "--size", "10", "-q"]) == 2
+    assert "nx" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Header quirks: times and WCS read explicitly, on synthetic and real headers."""
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.time import Time
+
+from ssodetect.config import IOConfig
+from ssodetect.io import celestial_wcs, observation_time, sanitize_wcs_header
+
+from conftest import real_data
+
+
+def mid(h):
+    return observation_time(h, IOConfig()).mid
+
+
+def test_date_obs_with_time_is_start():
+    h = fits.Header({"DATE-OBS": "2024-01-02T03:04:05.5", "EXPTIME": 100.0})
+    assert abs((mid(h) - Time("2024-01-02T03:04:55.5", scale="utc")).sec) < 1e-3
+
+
+def test_date_only_completed_by_time_obs():
+    h = fits.Header({"DATE-OBS": "2024-01-02", "TIME-OBS": "10:00:00", "EXPTIME": 60.0})
+    assert abs((mid(h) - Time("2024-01-02T10:00:30", scale="utc")).sec) < 1e-3
+
+
+def test_date_only_without_time_is_unusable():
+    h = fits.Header({"DATE-OBS": "2024-01-02", "EXPTIME": 60.0})
+    with pytest.raises(ValueError, match="no usable observation time"):
+        mid(h)
+
+
+def test_old_style_date_with_tm_year():
+    h = fits.Header({"DATE-OBS": "26/07/102", "TIME-OBS": "19:36:37", "EXPTIME": 60.0})
+    assert abs((mid(h) - Time("2002-07-26T19:37:07", scale="utc")).sec) < 1e-3
+    h = fits.Header({"DATE-OBS": "05/11/98", "TIME-OBS": "01:00:00", "EXPTIME": 0.0})
+    assert mid(h).isot.startswith("1998-11-05T01:00:00")
+
+
+def test_mjd_and_midpoint_keywords():
+    h = fits.Header({"MJD-OBS": 60000.0, "EXPTIME": 86.4})
+    assert abs(mid(h).mjd - (60000.0 + 43.2 / 86400)) < 1e-9
+    h = fits.Header({"MIDTIMJD": 60000.5, "EXPTIME": 300.0})
+    assert abs(mid(h).mjd - 60000.5) < 1e-9
+    h = fits.Header()
+    h["MJD_OBS"] = (58090.10323391, "[days] Obs. midpoint Modified Julian Day")
+    h["EXPTIME"] = 7.7
+    assert abs(mid(h).mjd - 58090.10323391) < 1e-9
+
+
+def test_jd_end_of_exposure_and_utcstart():
+    h = fits.Header()
+    h["JD"] = (2452482.5, "Time at end of exposure")
+    h["EXPTIME"] = 120.0
+    cfg = IOConfig(time_keys=["JD"])
+    t = observation_time(h, cfg).mid
+    assert abs((t - Time(2452482.5, format="jd", scale="utc")).sec + 60.0) < 1e-3
+    h = fits.Header({"DATE-OBS": "2020-05-01", "UTCSTART": "23:59:00", "EXPTIME": 120.0})
+    t = observation_time(h, IOConfig(time_keys=["UTCSTART"])).mid
+    assert t.isot.startswith("2020-05-02T00:00:00")
+
+
+def test_tt_timesys_converted_to_utc():
+    h = fits.Header({"MJD-OBS": 60000.0, "EXPTIME": 0.0, "TIMESYS": "TT"})
+    assert abs((mid(h) - Time(60000.0, format="mjd", scale="tt")).sec) < 1e-6
+    assert mid(h).scale == "utc"
+
+
+def _tan(**extra):
+    h = fits.Header()
+    h.update(
+        {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 20.0, "CRPIX1": 50.0,
+         "CRPIX2": 50.0, "CD1_1": -1e-4, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 1e-4}
+    )
+    h.update(extra)
+    return h
+
+
+def test_wcs_numbers_stored_as_strings():
+    h = _tan(CRVAL1="150.0", CD1_1="-1.0E-4")
+    fixed, notes = sanitize_wcs_header(h)
+    assert fixed["CRVAL1"] == 150.0 and any("string" in n for n in notes)
+    wcs, problem = celestial_wcs(h, shape=(100, 100))
+    assert problem == ""
+    ra, dec = wcs.all_pix2world([49.0], [49.0], 0)
+    assert abs(ra[0] - 150.0) < 1e-9 and abs(dec[0] - 20.0) < 1e-9
+
+
+def test_tan_with_pv_terms_reads_as_tpv():
+    h = _tan(PV1_0=0.0, PV1_1=1.0, PV1_4=0.5, PV2_0=0.0, PV2_1=1.0, PV2_4=0.0)
+    fixed, notes = sanitize_wcs_header(h)
+    assert fixed["CTYPE1"] == "RA---TPV"
+    wcs, problem = celestial_wcs(h, shape=(100, 100))
+    plain, _ = celestial_wcs(_tan(), shape=(100, 100))
+    # the distortion term must act: a corner moves relative to the undistorted TAN
+    a = np.array(wcs.all_pix2world([0.0], [0.0], 0)).ravel()
+    b = np.array(plain.all_pix2world([0.0], [0.0], 0)).ravel()
+    assert np.hypot((a[0] - b[0]) * np.cos(np.radians(20)), a[1] - b[1]) * 3600 > 1e-3
+
+
+def test_tan_with_sip_coefficients_gets_sip_suffix():
+    h = _tan(A_ORDER=2, B_ORDER=2, A_2_0=1e-5, B_0_2=1e-5)
+    fixed, _ = sanitize_wcs_header(h)
+    assert fixed["CTYPE1"] == "RA---TAN-SIP"
+    wcs, problem = celestial_wcs(h, shape=(100, 100))
+    assert problem == "" and wcs.sip is not None
+
+
+def test_missing_wcs_reported():
+    wcs, problem = celestial_wcs(fits.Header({"NAXIS": 2}), shape=(10, 10))
+    assert wcs is None and "no celestial WCS" in problem
+
+
+def test_real_astride_header():
+    path = real_data("real", "streak_astride", "long.fits")
+    h = fits.getheader(path)
+    t = observation_time(h, IOConfig())
+    assert t.mid.isot.startswith("2002-07-26T19:37:07")  # DATE-OBS '26/07/102' + TIME-OBS, start + 30 s
+    wcs, problem = celestial_wcs(h, shape=(512, 512))
+    assert problem == ""
+    scale = np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600
+    assert abs(scale - 3.04) < 0.02
+
+
+def test_real_neowise_header():
+    path = real_data("real", "neowise_known_asteroids", "88422a106-w1-int-1b.fits")
+    h = fits.getheader(path)
+    t = observation_time(h, IOConfig())
+    assert abs(t.mid.mjd - 58090.10323391) < 1e-8  # MJD_OBS is the midpoint
+    wcs, problem = celestial_wcs(h, shape=(1016, 1016))
+    assert problem == "" and wcs.sip is not None
