@@ -20,6 +20,7 @@ import sep
 from astropy.table import Table
 from scipy.ndimage import binary_dilation
 
+from ssodetect.columns import describe, empty_table
 from ssodetect.config import DetectConfig
 from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.detect.shape import shape_chi2
@@ -56,13 +57,7 @@ DETECTION_COLUMNS = [
 
 def empty_detections() -> Table:
     """A detection table with every column and no rows."""
-    table = Table()
-    for name, dtype, unit, description in DETECTION_COLUMNS:
-        table[name] = np.zeros(0, dtype=dtype)
-        if unit:
-            table[name].unit = unit
-        table[name].description = description
-    return table
+    return empty_table(DETECTION_COLUMNS)
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
@@ -285,10 +280,7 @@ def extract_sources(
             "kind": kind,
         }
     )
-    for name, _, unit, description in DETECTION_COLUMNS:
-        if unit:
-            table[name].unit = unit
-        table[name].description = description
+    describe(table, DETECTION_COLUMNS)
     for k in ("point", "trail", "extended", "sharp", "streak"):
         info[f"n_{k}"] = int(np.sum(kind == k))
     return table, info

@@ -163,11 +163,16 @@ def _check_complete(path: Path, hdul: fits.HDUList) -> None:
 
 def _open(path: Path) -> fits.HDUList:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", AstropyUserWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AstropyUserWarning)
             hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError, AstropyUserWarning, IndexError, TypeError) as exc:
+    except (OSError, ValueError, IndexError, TypeError) as exc:
         raise InputError(f"{path}: not a readable FITS file ({exc})") from None
+    problems = [str(w.message) for w in caught if issubclass(w.category, AstropyUserWarning)]
+    if problems:
+        hdul.close()
+        reason = "truncated FITS file" if any("truncated" in p for p in problems) else "damaged FITS file"
+        raise InputError(f"{path}: {reason} ({problems[0]})")
     return hdul
 
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 from astropy.table import Table
 
+from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources
 from ssodetect.errors import InputError
@@ -41,13 +42,7 @@ CCD_COLUMNS = [
 
 def empty_ccd_table() -> Table:
     """Detection table of the step with every column and no rows."""
-    table = empty_detections()
-    for name, dtype, unit, description in CCD_COLUMNS:
-        table[name] = np.zeros(0, dtype=dtype)
-        if unit:
-            table[name].unit = unit
-        table[name].description = description
-    return table
+    return empty_table(CCD_COLUMNS, empty_detections())
 
 
 def _astroscrappy(data, mask, gain, rms, config):
@@ -140,10 +135,7 @@ def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
         mag_err = np.where(flux > 0, 1.0857 * np.asarray(table["flux_err"]) / flux, np.nan)
     table["mag"] = mag
     table["mag_err"] = mag_err
-    for name, _, unit, description in CCD_COLUMNS:
-        if unit:
-            table[name].unit = unit
-        table[name].description = description
+    describe(table, CCD_COLUMNS)
     info["pixel_scale"] = float(scale)
     info["n_detections"] = n
     info["t_total"] = time.perf_counter() - t_start

@@ -9,6 +9,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.columns import describe, empty_table
 from ssodetect.link.tracklets import Tracklet
 
 __all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "tracklet_tables"]
@@ -62,25 +63,11 @@ OBJECT_COLUMNS = [
 ]
 
 
-def _empty(columns) -> Table:
-    table = Table()
-    for name, dtype, unit, description in columns:
-        table[name] = np.zeros(0, dtype=dtype)
-        if unit:
-            table[name].unit = unit
-        table[name].description = description
-    return table
-
-
 def _finish(rows: list[dict], columns) -> Table:
     if not rows:
-        return _empty(columns)
+        return empty_table(columns)
     table = Table(rows=[[r[c[0]] for c in columns] for r in rows], names=[c[0] for c in columns], dtype=[c[1] for c in columns])
-    for name, _, unit, description in columns:
-        if unit:
-            table[name].unit = unit
-        table[name].description = description
-    return table
+    return describe(table, columns)
 
 
 def tracklet_tables(

@@ -1,0 +1,29 @@
+"""Column schemas of the tables ssodetect produces.
+
+A schema is a list of ``(name, dtype, unit, description)``; "nothing found" is
+:func:`empty_table` of the schema, never None.
+"""
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+
+__all__ = ["empty_table", "describe"]
+
+
+def describe(table: Table, columns) -> Table:
+    """Attach units and descriptions of ``columns`` to the matching columns of ``table`` (in place)."""
+    for name, _, unit, description in columns:
+        if name in table.colnames:
+            if unit:
+                table[name].unit = unit
+            table[name].description = description
+    return table
+
+
+def empty_table(columns, table: Table | None = None) -> Table:
+    """Table with every column of ``columns`` and no rows (appended to ``table`` when given)."""
+    table = Table() if table is None else table
+    for name, dtype, _, _ in columns:
+        table[name] = np.zeros(0, dtype=dtype)
+    return describe(table, columns)
