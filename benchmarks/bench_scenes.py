@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import Table
 
 from ssodetect.config import Config
 from ssodetect.evaluate import evaluate_run, format_evaluation

@@ -2,7 +2,6 @@
 import shutil
 
 import numpy as np
-import pytest
 from astropy.io import fits
 
 from ssodetect.cli import main
