@@ -1,4 +1,4 @@
-"""The ``ssodetect`` command: simulate, run, evaluate, config.
+"""The ``ssodetect`` command: simulate, run, astrometry, evaluate, config.
 
 Each sub-command parses its arguments and calls one library function.  User
 errors print one line naming the file and the problem, and exit with status 2.
@@ -25,7 +25,10 @@ def _simulate(args) -> int:
     from ssodetect.simulate import SimulationConfig, simulate
 
     params = {"seed": args.seed, "nccd": args.nccd, "nx": args.size, "ny": args.size, "layout": args.layout}
-    for name in ("n_exposures", "movers_per_ccd", "dither", "cosmic_fraction"):
+    for name in (
+        "n_exposures", "movers_per_ccd", "dither", "cosmic_fraction", "star_density", "distortion",
+        "header_pointing_error", "header_rotation_error", "header_scale_error",
+    ):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
@@ -64,6 +67,27 @@ def _run(args) -> int:
         f"-> {args.out}/observations.ecsv, objects.ecsv, observations.psv"
     )
     return 0
+
+
+def _astrometry(args) -> int:
+    import numpy as np
+
+    from ssodetect.config import load_config
+    from ssodetect.pipeline import run_astrometry
+
+    config = load_config(args.config)
+    if args.workers is not None:
+        config.execution.workers = args.workers
+    if args.quiet:
+        config.execution.progress = False
+    formats = ("head", "fits") if args.format == "both" else (args.format,)
+    table = run_astrometry(args.inputs, args.out, args.refcat, config, formats=formats)
+    ok = table[table["status"] == "ok"]
+    rms = f"median rms {1e3 * float(np.median(np.maximum(ok['rms_ra'], ok['rms_dec']))):.1f} mas" if len(ok) else ""
+    print(f"{len(ok)}/{len(table)} CCD exposures solved {rms} -> {args.out}/astrometry.ecsv")
+    for row in table[table["status"] != "ok"]:
+        print(f"  exposure {row['exposure']} CCD {row['ccd']}: {row['reason']}")
+    return 0 if len(ok) else 1
 
 
 def _evaluate(args) -> int:
@@ -113,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dither", type=float, default=None, help="RMS dither [arcsec]")
     p.add_argument("--cosmic-fraction", dest="cosmic_fraction", type=float, default=None)
     p.add_argument("--no-satellite", action="store_true")
+    p.add_argument("--star-density", dest="star_density", type=float, default=None, help="stars per deg^2 (14-26 mag)")
+    p.add_argument("--distortion", type=float, default=None, help="true distortion [px] at the corner of a 4k CCD")
+    p.add_argument("--pointing-error", dest="header_pointing_error", type=float, default=None,
+                   help="largest header pointing error per exposure [arcsec]")
+    p.add_argument("--rotation-error", dest="header_rotation_error", type=float, default=None,
+                   help="largest header rotation error per exposure [deg]")
+    p.add_argument("--scale-error", dest="header_scale_error", type=float, default=None,
+                   help="largest relative header pixel-scale error")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("run", parents=[common], help="run the pipeline on FITS files or directories")
@@ -125,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--station", default=None, help="MPC observatory code for ADES (overrides the configuration)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("astrometry", parents=[common], help="fit the WCS of every CCD against a reference catalogue")
+    p.add_argument("inputs", nargs="+", help="FITS files and/or directories (never modified)")
+    p.add_argument("--refcat", required=True, help="reference catalogue (Gaia DR3 columns or SCAMP LDAC)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", choices=["head", "fits", "both"], default="head",
+                   help="SCAMP-style .head files, FITS copies with the new WCS, or both (default head)")
+    p.add_argument("--config", default=None, help="TOML configuration file ([astrometry] section)")
+    p.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
+    p.set_defaults(func=_astrometry)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a run against simulated truth")
     p.add_argument("outdir", help="run output directory (or its observations.ecsv)")
@@ -149,6 +191,7 @@ def main(argv=None) -> int:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)  # the run may lower the package level so that run.log records progress
     log.addHandler(handler)
     log.setLevel(level)
     try:

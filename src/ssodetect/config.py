@@ -19,6 +19,7 @@ __all__ = [
     "IOConfig",
     "CleanConfig",
     "DetectConfig",
+    "AstrometryConfig",
     "LinkConfig",
     "ReportConfig",
     "ExecutionConfig",
@@ -182,6 +183,69 @@ class LinkConfig(_Section):
         return self
 
 
+class AstrometryConfig(_Section):
+    """WCS and zero-point calibration of every CCD and exposure against the reference catalogue (--refcat)."""
+
+    enabled: bool = Field(default=True, description="Fit the WCS of every CCD when a reference catalogue is given.")
+    sip_order: int = Field(
+        default=3, ge=1, le=5,
+        description="Largest SIP distortion order (1 = linear TAN); lowered automatically when stars are few.",
+    )
+    joint: bool = Field(
+        default=True, description="Fit the exposures of one CCD together: shared distortion, per-exposure pointing."
+    )
+    max_pointing_error: float = Field(
+        default=90.0, gt=0, description="Largest header pointing error searched [arcsec]."
+    )
+    max_rotation: float = Field(default=3.0, ge=0, description="Largest header rotation error searched [deg].")
+    max_scale_error: float = Field(
+        default=0.05, ge=0, lt=0.5, description="Largest relative header pixel-scale error searched."
+    )
+    pattern_radius: float = Field(
+        default=0.6, gt=0, description="Match radius while pattern matching [arcsec] (covers unmodelled distortion)."
+    )
+    match_radius: float = Field(
+        default=0.25, gt=0, description="Match radius between detections and reference stars once solved [arcsec]."
+    )
+    min_snr: float = Field(default=10.0, gt=0, description="Smallest SNR of a detection used as a reference star.")
+    min_stars: int = Field(default=6, ge=3, description="Fewest matched stars for a solution.")
+    clip: float = Field(default=3.0, gt=1, description="Sigma clipping of fit residuals.")
+    max_rms: float = Field(
+        default=0.3, gt=0, description="A solution whose residual rms (per axis) exceeds this is refused [arcsec]."
+    )
+    on_failure: Literal["drop", "header"] = Field(
+        default="header",
+        description="A CCD exposure that cannot be solved: keep its 'header' WCS (observations say wcs=header), "
+        "or 'drop' its detections. Either way astrometry.ecsv and the log say which failed and why.",
+    )
+    blind: bool = Field(
+        default=True, description="Solve blind when the header has no usable WCS or matching through it fails."
+    )
+    pixel_scale_range: list[float] = Field(
+        default=[0.05, 5.0], min_length=2, max_length=2, description="Pixel scales searched by blind solving [arcsec/px]."
+    )
+    blind_pointing: list[float] = Field(
+        default=[], max_length=3,
+        description="Rough pointing for blind solving: [ra, dec, radius] [deg]; empty = whole catalogue.",
+    )
+    zeropoint: bool = Field(
+        default=True, description="Fit the photometric zero point of every CCD exposure from the matched stars."
+    )
+    colour_term: float = Field(
+        default=0.0, description="Image mag = G + zp_offset + colour_term * bp_rp (needs a bp_rp column)."
+    )
+    min_zeropoint_stars: int = Field(default=5, ge=2, description="Fewest stars for a zero point.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AstrometryConfig":
+        lo, hi = self.pixel_scale_range
+        if not 0 < lo <= hi:
+            raise ValueError("pixel_scale_range must be [min, max] with 0 < min <= max")
+        if self.blind_pointing and len(self.blind_pointing) != 3:
+            raise ValueError("blind_pointing must be empty or [ra, dec, radius]")
+        return self
+
+
 class ReportConfig(_Section):
     """Identification of the observatory for ADES output."""
 
@@ -208,6 +272,7 @@ class Config(_Section):
     io: IOConfig = Field(default_factory=IOConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
+    astrometry: AstrometryConfig = Field(default_factory=AstrometryConfig)
     link: LinkConfig = Field(default_factory=LinkConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)

@@ -1,16 +1,21 @@
-"""Local reference catalogues with Gaia DR3 column names, and a WCS check.
+"""Reference catalogues with Gaia DR3 column names: reading, proper motions, a WCS check.
 
 A catalogue file (ECSV, FITS, CSV or Parquet) holds ``ra, dec`` [deg] at
 ``ref_epoch`` [Julian year, TCB for Gaia], ``pmra`` (includes cos dec) and
-``pmdec`` [mas/yr], ``phot_g_mean_mag``.  Positions are propagated linearly to
+``pmdec`` [mas/yr], ``ra_error, dec_error`` [mas] and ``phot_g_mean_mag``.
+SCAMP/SExtractor ``FITS_LDAC`` reference catalogues (``X_WORLD, Y_WORLD,
+ERRA_WORLD, ERRB_WORLD, MAG, OBSDATE``, optional ``PMALPHA, PMDELTA`` [mas/yr])
+are read and renamed to the Gaia names.  Positions are propagated linearly to
 the observation epoch (parallax ignored: below a milliarcsecond for almost all
 field stars).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 from scipy.spatial import cKDTree
@@ -18,43 +23,122 @@ from scipy.spatial import cKDTree
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.errors import InputError
 
-__all__ = ["REFCAT_REQUIRED", "load_reference_catalogue", "propagate", "compare_with_reference"]
+__all__ = [
+    "REFCAT_REQUIRED",
+    "load_reference_catalogue",
+    "ldac_reference_table",
+    "propagate",
+    "compare_with_reference",
+]
 
-REFCAT_REQUIRED = ("ra", "dec")
+log = logging.getLogger(__name__)
+
+#: Columns a reference catalogue must have.
+REFCAT_REQUIRED = ("ra", "dec", "phot_g_mean_mag")
+#: Optional columns and the value taken when absent.
+REFCAT_DEFAULTS = {"pmra": 0.0, "pmdec": 0.0, "ra_error": 10.0, "dec_error": 10.0, "ref_epoch": 2016.0}
+
+_LDAC_TO_GAIA = {"X_WORLD": "ra", "Y_WORLD": "dec", "MAG": "phot_g_mean_mag", "PMALPHA": "pmra", "PMDELTA": "pmdec"}
+
+
+def _is_ldac(path: Path) -> bool:
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            return any(str(h.header.get("EXTNAME", "")).upper() == "LDAC_OBJECTS" for h in hdul[1:])
+    except OSError:
+        return False
+
+
+def _from_ldac(path: Path) -> Table:
+    from ssodetect.io.ldac import read_ldac
+
+    tables = [t for _, t in read_ldac(path)]
+    from astropy.table import vstack
+
+    table = vstack(tables) if len(tables) > 1 else tables[0]
+    out = Table()
+    for src, dst in _LDAC_TO_GAIA.items():
+        if src in table.colnames:
+            out[dst] = np.asarray(table[src], float)
+    if "ERRA_WORLD" in table.colnames:
+        err = np.asarray(table["ERRA_WORLD"], float) * 3.6e6  # deg -> mas
+        out["ra_error"] = err
+        out["dec_error"] = np.asarray(table["ERRB_WORLD"], float) * 3.6e6 if "ERRB_WORLD" in table.colnames else err
+    if "OBSDATE" in table.colnames:
+        out["ref_epoch"] = np.asarray(table["OBSDATE"], float)
+    return out
+
+
+def ldac_reference_table(catalogue: Table) -> Table:
+    """A catalogue with Gaia column names as a SCAMP reference table (LDAC_OBJECTS columns).
+
+    ``X_WORLD, Y_WORLD, ERRA_WORLD, ERRB_WORLD`` [deg], ``MAG, MAGERR``,
+    ``OBSDATE`` [Julian year], ``PMALPHA, PMDELTA`` [mas/yr].
+    """
+    n = len(catalogue)
+    return Table(
+        {
+            "X_WORLD": np.asarray(catalogue["ra"], float),
+            "Y_WORLD": np.asarray(catalogue["dec"], float),
+            "ERRA_WORLD": np.asarray(catalogue["ra_error"], float) / 3.6e6,
+            "ERRB_WORLD": np.asarray(catalogue["dec_error"], float) / 3.6e6,
+            "MAG": np.asarray(catalogue["phot_g_mean_mag"], np.float32),
+            "MAGERR": np.full(n, 0.01, np.float32),
+            "OBSDATE": np.asarray(catalogue["ref_epoch"], float),
+            "PMALPHA": np.asarray(catalogue["pmra"], float),
+            "PMDELTA": np.asarray(catalogue["pmdec"], float),
+        }
+    )
 
 
 def load_reference_catalogue(path: str | Path) -> Table:
-    """Read a reference catalogue; missing proper motions are taken as zero.
+    """Read a reference catalogue and bring it to the Gaia DR3 column names.
+
+    Missing optional columns take :data:`REFCAT_DEFAULTS` (no proper motion,
+    10 mas errors, epoch 2016.0); rows without a finite position or magnitude
+    are dropped.
 
     Raises
     ------
     InputError
-        Unreadable file, or no ``ra``/``dec`` columns.
+        Unreadable file, or a required column (:data:`REFCAT_REQUIRED`) missing.
     """
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: reference catalogue not found")
+    suffix = path.suffix.lower()
     try:
-        fmt = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}.get(path.suffix.lower())
-        table = Table.read(path, format=fmt) if fmt else Table.read(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: reference catalogue not found") from None
+        if suffix in (".fits", ".fit", ".cat", ".ldac") and _is_ldac(path):
+            table = _from_ldac(path)
+        else:
+            fmt = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}.get(suffix)
+            table = Table.read(path, format=fmt) if fmt else Table.read(path)
+    except InputError:
+        raise
     except Exception as exc:  # astropy's readers raise many types
         raise InputError(f"{path}: not a readable catalogue ({type(exc).__name__}: {exc})") from None
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")
-    for name in ("pmra", "pmdec"):
+    for name, default in REFCAT_DEFAULTS.items():
         if name not in table.colnames:
-            table[name] = 0.0
-    if "ref_epoch" not in table.colnames:
-        table["ref_epoch"] = 2016.0
+            table[name] = np.full(len(table), default)
+        else:
+            table[name] = np.nan_to_num(np.asarray(table[name], float), nan=default)
+    good = np.ones(len(table), bool)
+    for name in REFCAT_REQUIRED:
+        good &= np.isfinite(np.asarray(table[name], float))
+    if not good.all():
+        log.info("%s: %d rows without position or magnitude ignored", path, int((~good).sum()))
+        table = table[good]
     return table
 
 
 def propagate(catalogue: Table, epoch: Time) -> tuple[np.ndarray, np.ndarray]:
     """RA, Dec [deg] of catalogue stars at ``epoch`` (linear proper motion)."""
     years = epoch.jyear - np.asarray(catalogue["ref_epoch"], float)
-    pmra = np.nan_to_num(np.asarray(catalogue["pmra"], float))
-    pmdec = np.nan_to_num(np.asarray(catalogue["pmdec"], float))
+    pmra = np.asarray(catalogue["pmra"], float)
+    pmdec = np.asarray(catalogue["pmdec"], float)
     dec = np.asarray(catalogue["dec"], float) + pmdec * years / 3.6e6
     ra = np.asarray(catalogue["ra"], float) + pmra * years / 3.6e6 / np.cos(np.radians(dec))
     return ra, dec

@@ -33,6 +33,8 @@ CCD_COLUMNS = [
     ("exptime", "f8", "s", "exposure time"),
     ("ra", "f8", "deg", "right ascension through the WCS"),
     ("dec", "f8", "deg", "declination through the WCS"),
+    ("wcs", "U6", "", "source of the sky position: header | fit (refined against the reference catalogue) | none"),
+    ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("ra_err", "f8", "arcsec", "uncertainty in RA*cos(dec)"),
     ("dec_err", "f8", "arcsec", "uncertainty in Dec"),
     ("mag", "f8", "mag", "magnitude from the zero point"),
@@ -55,7 +57,7 @@ def _astroscrappy(data, mask, gain, rms, config):
     return crmask
 
 
-def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
+def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tuple[Table, dict]:
     """Detect and measure the sources of one CCD image.
 
     Parameters
@@ -63,6 +65,9 @@ def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
     ref : CCDRef
         Which file/extension to read.
     config : Config
+    require_wcs : bool
+        Refuse a CCD without a usable header WCS.  False when a later step can
+        solve it blind; its sky coordinates are then NaN.
 
     Returns
     -------
@@ -71,7 +76,9 @@ def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
         :data:`CCD_COLUMNS`.  Empty (with every column) for a CCD that is all
         NaN or all masked, which is skipped with a warning.
     info : dict
-        Diagnostics: timings [s], PSF sigma, counts, ``skipped`` reason.
+        Diagnostics: timings [s], PSF sigma, counts, ``skipped`` reason, image
+        ``shape`` (ny, nx), ``wcs_header`` (the header WCS as FITS cards, empty
+        when unusable) and ``wcs_problem``.
 
     Raises
     ------
@@ -87,7 +94,10 @@ def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
         log.warning("%s: CCD %s is all NaN or masked; skipped", ref.path, ref.ccd)
         info["skipped"] = "all NaN or masked"
         return empty_ccd_table(), info
-    if image.wcs is None:
+    info["shape"] = [int(v) for v in image.data.shape]
+    info["wcs_header"] = image.wcs.to_header_string(relax=True) if image.wcs is not None else ""
+    info["wcs_problem"] = image.wcs_problem
+    if image.wcs is None and require_wcs:
         raise InputError(f"{ref.path}: CCD {ref.ccd} has no usable WCS ({image.wcs_problem})")
     mask = image.mask.copy()
     if config.clean.astroscrappy:
@@ -119,14 +129,16 @@ def process_ccd(ref: CCDRef, config: Config) -> tuple[Table, dict]:
     table["file"] = np.full(n, ref.path, dtype="U256")
     table["mjd"] = np.full(n, ref.mjd)
     table["exptime"] = np.full(n, ref.exptime)
-    if n:
+    if n and image.wcs is not None:
         ra, dec = image.wcs.all_pix2world(np.asarray(table["x"]), np.asarray(table["y"]), 0)
         scale = np.sqrt(np.abs(np.linalg.det(image.wcs.celestial.pixel_scale_matrix))) * 3600.0
     else:
-        ra = dec = np.zeros(0)
-        scale = 0.0
+        ra = dec = np.full(n, np.nan)
+        scale = float("nan") if n else 0.0
     table["ra"] = ra
     table["dec"] = dec
+    table["wcs"] = np.full(n, "header" if image.wcs is not None else "none", dtype="U6")
+    table["pixel_scale"] = np.full(n, scale)
     table["ra_err"] = np.asarray(table["x_err"]) * scale
     table["dec_err"] = np.asarray(table["y_err"]) * scale
     flux = np.asarray(table["flux"], float)

@@ -1,4 +1,4 @@
-"""End-to-end run: ingest -> per-CCD detection -> stationary removal -> linking -> outputs.
+"""End-to-end run: ingest -> per-CCD detection -> astrometry -> stationary removal -> linking -> outputs.
 
 :func:`run_pipeline` is the Python API behind ``ssodetect run``.  Every product
 is staged and moved into the output directory only when the run succeeds, so a
@@ -21,13 +21,22 @@ from ssodetect._version import __version__
 from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
+from ssodetect.errors import ConfigError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_inputs
 from ssodetect.link import link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
+from ssodetect.pipeline.astrometry import (
+    SolveTask,
+    apply_solutions,
+    astrometry_tasks,
+    solution_table,
+    wcs_from_header_string,
+    write_refined_headers,
+)
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import ades_psv, tracklet_tables
 
-__all__ = ["RunResult", "run_pipeline", "select_candidates"]
+__all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,7 @@ class RunResult:
     observations: Table
     objects: Table
     candidates: Table
+    astrometry: Table | None = None
     timings: dict = field(default_factory=dict)
     ccd_info: list = field(default_factory=list)
     outdir: Path | None = None
@@ -47,11 +57,12 @@ class RunResult:
 class _Process:
     """Picklable per-CCD task bound to a configuration."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, require_wcs: bool = True):
         self.config = config
+        self.require_wcs = require_wcs
 
     def __call__(self, ref):
-        return process_ccd(ref, self.config)
+        return process_ccd(ref, self.config, require_wcs=self.require_wcs)
 
 
 def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
@@ -76,8 +87,7 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
     cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
     link = config.link
-    scale = np.asarray(cand["ra_err"]) / np.maximum(np.asarray(cand["x_err"]), 1e-12)  # arcsec per pixel
-    cand["size"] = np.asarray(cand["a"]) * scale
+    cand["size"] = np.asarray(cand["a"]) * np.asarray(cand["pixel_scale"])
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
         radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches, min_rate=link.min_rate,
@@ -148,8 +158,10 @@ def run_pipeline(
     config : Config, optional
         Defaults when None.
     refcat : path, optional
-        Reference catalogue (Gaia DR3 column names) used to check the WCS of
-        every CCD (median offset and scatter of matched stars).
+        Reference catalogue (Gaia DR3 column names, or SCAMP LDAC).  With
+        ``[astrometry] enabled`` (default) every CCD exposure gets a fitted
+        TAN+SIP WCS and zero point (``astrometry.ecsv``); otherwise the header
+        WCS is only checked against it.
 
     Returns
     -------
@@ -197,6 +209,24 @@ def run_pipeline(
         package_log.setLevel(saved_level)
 
 
+def _detect_and_solve(tasks, config: Config, reference: Table | None, timings: dict):
+    """Per-CCD detection, then (with a reference catalogue) per-CCD astrometric solutions, on one executor."""
+    solutions = []
+    t0 = time.perf_counter()
+    with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
+        log.info("per-CCD detection on %s", executor.description)
+        process = _Process(config, require_wcs=not (reference is not None and config.astrometry.blind))
+        results = executor.map(process, tasks, progress=config.execution.progress, desc="detect")
+        timings["detect"] = time.perf_counter() - t0
+        if reference is not None:
+            t0 = time.perf_counter()
+            groups = astrometry_tasks(results, tasks, config)
+            solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
+            solutions = [sol for group in solved for sol in group]
+            timings["astrometry"] = time.perf_counter() - t0
+    return results, solutions
+
+
 def _run(inputs, config: Config, refcat, timings) -> RunResult:
     t0 = time.perf_counter()
     paths = find_inputs(inputs)
@@ -208,23 +238,46 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         "%d files, %d exposures, %d CCD images", len(paths), len(exposures), sum(len(e.ccds) for e in exposures)
     )
     tasks = [ref for exp in exposures for ref in exp.ccds]
-    t0 = time.perf_counter()
-    with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
-        log.info("per-CCD detection on %s", executor.description)
-        results = executor.map(_Process(config), tasks, progress=config.execution.progress, desc="detect")
-    timings["detect"] = time.perf_counter() - t0
-    tables = [table for table, _ in results if len(table)]
+    calibrate = reference is not None and config.astrometry.enabled
+    results, solutions = _detect_and_solve(tasks, config, reference if calibrate else None, timings)
     ccd_info = [info for _, info in results]
+    if calibrate:
+        by_key = {(sol.exposure, sol.ccd): sol for sol in solutions}
+        calibrated = []
+        for (table, info), ref in zip(results, tasks):
+            sol = by_key.get((ref.exposure, ref.ccd))
+            calibrated.append(apply_solutions(table, sol, wcs_from_header_string(info.get("wcs_header", "")), config))
+            if sol is not None:
+                info["astrometry"] = {k: v for k, v in sol.row().items() if k not in ("exposure", "ccd")}
+        failed = [s for s in solutions if not s.ok]
+        if failed:
+            action = "dropped" if config.astrometry.on_failure == "drop" else "kept with their header WCS"
+            log.warning(
+                "%d of %d CCD exposures not solved (detections %s): %s", len(failed), len(solutions), action,
+                "; ".join(f"exposure {s.exposure} CCD {s.ccd}: {s.reason}" for s in failed[:5]),
+            )
+        ok = [s for s in solutions if s.ok]
+        if ok:
+            log.info(
+                "astrometry: %d/%d CCD exposures solved, median rms %.1f mas, median %d stars",
+                len(ok), len(solutions), 1e3 * float(np.median([max(s.rms_ra, s.rms_dec) for s in ok])),
+                int(np.median([s.n_stars for s in ok])),
+            )
+        tables = [t for t in calibrated if len(t)]
+    else:
+        tables = [table for table, _ in results if len(table)]
+    for info in ccd_info:
+        info.pop("wcs_header", None)
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
     t0 = time.perf_counter()
-    if reference is not None:
+    if reference is not None and not calibrate:
         for (table, info), ref in zip(results, tasks):
             if len(table) == 0:
                 continue
             ref_ra, ref_dec = propagate(reference, exposures[ref.exposure].mid_time)
             pointlike = table[np.asarray(table["kind"]) == "point"]
             info["wcs_check"] = compare_with_reference(pointlike["ra"], pointlike["dec"], ref_ra, ref_dec)
-    timings["wcs_check"] = time.perf_counter() - t0
+        timings["wcs_check"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if len(detections):
         ra0, dec0 = float(np.median(detections["ra"])), float(np.median(detections["dec"]))
@@ -253,12 +306,17 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     observations, objects = tracklet_tables(moving, tracklets, plane, t0_mjd=t0_mjd)
     timings["link"] = time.perf_counter() - t0
     log.info("%d objects linked", len(objects))
-    return RunResult(observations=observations, objects=objects, candidates=moving, ccd_info=ccd_info)
+    astrometry = solution_table(solutions) if calibrate else None
+    return RunResult(
+        observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info
+    )
 
 
 def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs, refcat, timings) -> None:
     result.observations.write(stage.file("observations.ecsv"), format="ascii.ecsv")
     result.objects.write(stage.file("objects.ecsv"), format="ascii.ecsv")
+    if result.astrometry is not None:
+        result.astrometry.write(stage.file("astrometry.ecsv"), format="ascii.ecsv")
     band = ""
     if len(result.observations):
         from astropy.io import fits
@@ -288,3 +346,62 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     return obj
+
+
+def run_astrometry(
+    inputs, outdir: str | Path, refcat: str | Path, config: Config | None = None, *, formats=("head",)
+) -> Table:
+    """Solve every CCD exposure against a reference catalogue and write refined headers.
+
+    Parameters
+    ----------
+    inputs : iterable of path
+        FITS files and/or directories (never modified).
+    outdir : path
+        Output directory: ``astrometry.ecsv`` (one row per CCD exposure),
+        ``config.toml``, ``provenance.json`` and, per input file, ``<name>.head``
+        (SCAMP-style: one block of WCS cards ending in ``END`` per science
+        extension, in file order) and/or ``<name>.fits`` (a copy whose science
+        headers carry the fitted WCS and zero point).
+    refcat : path
+        Reference catalogue (Gaia DR3 columns, or SCAMP LDAC).
+    config : Config, optional
+    formats : sequence of {"head", "fits"}
+
+    Returns
+    -------
+    Table
+        The solutions (``astrometry.ecsv``).
+    """
+    config = config or Config()
+    unknown = set(formats) - {"head", "fits"}
+    if unknown:
+        raise ConfigError(f"unknown header output format(s): {', '.join(sorted(unknown))}")
+    timings: dict[str, float] = {}
+    t_run = time.perf_counter()
+    paths = find_inputs(inputs)
+    refs = scan_inputs(paths, config.io)
+    reference = load_reference_catalogue(refcat)
+    exposures = group_exposures(refs, config.io, min_exposures=1)
+    tasks = [ref for exp in exposures for ref in exp.ccds]
+    results, solutions = _detect_and_solve(tasks, config, reference, timings)
+    table = solution_table(solutions)
+    by_key = {(s.exposure, s.ccd): s for s in solutions}
+    with OutputStage(outdir) as stage:
+        for path in sorted({ref.path for ref in tasks}):
+            mine = sorted((ref for ref in tasks if ref.path == path), key=lambda r: r.sci)
+            sols = [(ref, by_key.get((ref.exposure, ref.ccd))) for ref in mine]
+            write_refined_headers(Path(path), sols, stage, formats)
+        table.write(stage.file("astrometry.ecsv"), format="ascii.ecsv")
+        stage.file("config.toml").write_text(dump_toml(config))
+        timings["total"] = time.perf_counter() - t_run
+        provenance = {
+            "software": _versions(),
+            "inputs": [str(p) for p in inputs],
+            "refcat": str(refcat),
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "n_solved": int(sum(s.ok for s in solutions)),
+            "n_failed": int(sum(not s.ok for s in solutions)),
+        }
+        stage.file("provenance.json").write_text(json.dumps(provenance, indent=2))
+    return table

@@ -12,9 +12,14 @@ cosmic rays (charge deposited along short tracks, ~1.5 % of pixels per 566 s),
 hot pixels (half flagged in FLG), a satellite trail in one exposure, one-exposure
 transients, and moving objects drawn as trails integrated over each exposure.
 
-Sky geometry: every CCD of every exposure has a TAN WCS; the focal plane is a
-grid of CCDs separated by gaps; exposures are dithered by offsets of the pointing.
-Moving objects move linearly in the tangent plane of the field centre.
+Sky geometry: the focal plane is a grid of CCDs separated by gaps; exposures are
+dithered by offsets of the pointing.  The true mapping of every CCD is TAN plus a
+SIP optical distortion shared by the focal plane (radial cubic plus a quadratic
+term, ``distortion`` px at the corners of a 4k CCD on the optical axis).  The headers written carry a
+plain TAN WCS perturbed per exposure by a pointing error, a rotation and a scale
+error (``header_*_error``), as real headers are; the true WCS of every CCD and
+exposure is written to ``truth_wcs.fits``.  Moving objects move linearly in the
+tangent plane of the field centre.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
-from astropy.wcs import WCS
+from astropy.wcs import WCS, Sip
 from pydantic import BaseModel, ConfigDict, Field
 
 from ssodetect._version import __version__
@@ -36,7 +41,10 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.io.outputs import OutputStage
 from ssodetect.simulate.render import DoubleGaussianPSF, splat, trail_points
 
-__all__ = ["SimulationConfig", "Scene", "draw_scene", "render_ccd", "limiting_magnitude", "reference_catalogue", "simulate"]
+__all__ = [
+    "SimulationConfig", "Scene", "draw_scene", "render_ccd", "header_wcs", "limiting_magnitude",
+    "reference_catalogue", "simulate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,24 @@ class SimulationConfig(BaseModel):
     read_noise: float = Field(default=4.5, ge=0, description="Read noise [e-].")
     full_well: float = Field(default=200000.0, gt=0, description="Full well [e-].")
     star_density: float = Field(default=40000.0, ge=0, description="Stars per deg^2 with 14 < m < 26.")
+    star_slope: float = Field(
+        default=0.15, ge=0, le=0.6, description="Star counts dN/dm ~ 10^(slope m) (0.15: high Galactic latitude)."
+    )
+    refcat_mag_limit: float = Field(default=21.0, description="Faintest star in the reference catalogue (Gaia: 21).")
+    distortion: float = Field(
+        default=1.5, ge=0,
+        description="True optical distortion [px] at 2896 px from the optical axis (the corner of a 4k CCD "
+        "centred on it), growing as r^3; absent from the headers.",
+    )
+    header_pointing_error: float = Field(
+        default=0.0, ge=0, description="Largest pointing error of the header WCS, per exposure [arcsec]."
+    )
+    header_rotation_error: float = Field(
+        default=0.0, ge=0, description="Largest rotation error of the header WCS, per exposure [deg]."
+    )
+    header_scale_error: float = Field(
+        default=0.0, ge=0, lt=0.2, description="Largest relative pixel-scale error of the header WCS."
+    )
     galaxy_density: float = Field(default=90000.0, ge=0, description="Galaxies per deg^2 with 20 < m < 26.")
     cosmic_fraction: float = Field(default=0.015, ge=0, lt=0.2, description="Fraction of pixels hit by cosmic rays per 566 s.")
     hot_fraction: float = Field(default=1e-4, ge=0, description="Fraction of hot pixels.")
@@ -100,6 +126,7 @@ class Scene:
     movers: Table
     transients: Table
     satellite: dict | None
+    header_errors: np.ndarray  # (n_exp, 4): pointing error xi, eta [arcsec], rotation [deg], scale factor - 1
 
     @property
     def psfs(self) -> list[DoubleGaussianPSF]:
@@ -123,17 +150,49 @@ def _focal_plane(config: SimulationConfig):
     return names, origins, ((width - 1) / 2.0, (height - 1) / 2.0), (width, height)
 
 
-def ccd_wcs(config: SimulationConfig, plane: TangentPlane, origin, centre, offset) -> WCS:
-    """TAN WCS of one CCD for a pointing offset ``offset`` (xi, eta) [arcsec]."""
-    ra, dec = plane.to_sky(np.array([offset[0]]), np.array([offset[1]]))
+DISTORTION_RADIUS = 2896.0  # px: corner of a 4096^2 CCD centred on the optical axis
+
+
+def _distortion_sip(config: SimulationConfig, crpix, corner_radius: float = DISTORTION_RADIUS) -> Sip | None:
+    """SIP distortion about the focal-plane centre: ``distortion`` px at ``corner_radius`` [px]."""
+    if config.distortion <= 0:
+        return None
+    k = 0.8 * config.distortion / corner_radius**3  # radial cubic
+    q = 0.2 * config.distortion / corner_radius**2  # a decentring-like quadratic term
+    a = np.zeros((4, 4))
+    b = np.zeros((4, 4))
+    a[3, 0] = a[1, 2] = k  # A_p_q multiplies u^p v^q
+    b[2, 1] = b[0, 3] = k
+    a[2, 0] = q
+    b[1, 1] = q
+    return Sip(a, b, None, None, crpix)
+
+
+def ccd_wcs(config: SimulationConfig, plane: TangentPlane, origin, centre, offset, *, error=None, distorted=True) -> WCS:
+    """WCS of one CCD for a pointing offset ``offset`` (xi, eta) [arcsec].
+
+    Parameters
+    ----------
+    error : sequence of 4 floats, optional
+        Header errors: pointing (xi, eta) [arcsec], rotation [deg], relative scale.
+    distorted : bool
+        Include the true SIP distortion (True for the truth, False for headers).
+    """
+    d_xi, d_eta, rot, dscale = (0.0, 0.0, 0.0, 0.0) if error is None else error
+    ra, dec = plane.to_sky(np.array([offset[0] + d_xi]), np.array([offset[1] + d_eta]))
     w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    crpix = [centre[0] - origin[0] + 1.0, centre[1] - origin[1] + 1.0]  # 1-based: focal-plane centre
+    sip = None
+    if distorted:
+        sip = _distortion_sip(config, crpix)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"] if sip is not None else ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [float(ra[0]), float(dec[0])]
-    scale = config.pixel_scale / 3600.0
-    w.wcs.cd = np.array([[-scale, 0.0], [0.0, scale]])
-    # FITS 1-based reference pixel: the focal-plane centre in this CCD's pixel frame
-    w.wcs.crpix = [centre[0] - origin[0] + 1.0, centre[1] - origin[1] + 1.0]
+    scale = config.pixel_scale / 3600.0 * (1.0 + dscale)
+    c, s = math.cos(math.radians(rot)), math.sin(math.radians(rot))
+    w.wcs.cd = np.array([[c, -s], [s, c]]) @ np.array([[-scale, 0.0], [0.0, scale]])
+    w.wcs.crpix = crpix
     w.wcs.radesys = "ICRS"
+    w.sip = sip
     w.wcs.set()
     return w
 
@@ -159,11 +218,15 @@ def draw_scene(config: SimulationConfig) -> Scene:
     def uniform_positions(n):
         return rng.uniform(-half_w, half_w, n), rng.uniform(-half_h, half_h, n)
 
-    # stars: dN/dm ~ 10^(0.25 m) between 14 and 26
+    # stars: dN/dm ~ 10^(slope m) between 14 and 26
     n_star = rng.poisson(config.star_density * area_deg2)
-    alpha = 0.25 * math.log(10)
-    umin, umax = math.exp(alpha * 14.0), math.exp(alpha * 26.0)
-    star_mag = np.log(rng.uniform(umin, umax, n_star)) / alpha
+    u01 = rng.uniform(0.0, 1.0, n_star)
+    if config.star_slope > 0:
+        alpha = config.star_slope * math.log(10)
+        umin, umax = math.exp(alpha * 14.0), math.exp(alpha * 26.0)
+        star_mag = np.log(umin + u01 * (umax - umin)) / alpha
+    else:
+        star_mag = 14.0 + 12.0 * u01
     sx, sy = uniform_positions(n_star)
     stars = Table(
         {
@@ -230,7 +293,19 @@ def draw_scene(config: SimulationConfig) -> Scene:
         }
     tref = 0.5 * (mids[0] + mids[-1])
     movers.meta["tref_mjd"] = float(tref)
-    return Scene(config, plane, mids, pointing, fwhm, stars, galaxies, movers, transients, satellite)
+    # header WCS errors, per exposure, from their own stream (the scene content does not depend on them)
+    erng = np.random.default_rng([config.seed, 7])
+    radius = config.header_pointing_error * np.sqrt(erng.uniform(0, 1, config.n_exposures))
+    phi = erng.uniform(0, 2 * np.pi, config.n_exposures)
+    header_errors = np.column_stack(
+        [
+            radius * np.cos(phi),
+            radius * np.sin(phi),
+            erng.uniform(-1, 1, config.n_exposures) * config.header_rotation_error,
+            erng.uniform(-1, 1, config.n_exposures) * config.header_scale_error,
+        ]
+    )
+    return Scene(config, plane, mids, pointing, fwhm, stars, galaxies, movers, transients, satellite, header_errors)
 
 
 def mover_offsets(movers: Table, mjd) -> tuple[np.ndarray, np.ndarray]:
@@ -339,6 +414,7 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
     sci, rms : ndarray (ny, nx) float32 [ADU]
     flg : ndarray (ny, nx) int16
     wcs : WCS
+        The true WCS (TAN-SIP with the distortion); the header gets :func:`header_wcs`.
     truth : list of dict
         Mover positions on this CCD at mid-exposure.
     """
@@ -446,6 +522,16 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
     return sci, rms, flg, wcs, truth
 
 
+def header_wcs(scene: Scene, exposure: int, ccd_index: int) -> WCS:
+    """The WCS written to the header: TAN without distortion, perturbed by the exposure's header errors."""
+    cfg = scene.config
+    _, origins, centre, _ = _focal_plane(cfg)
+    return ccd_wcs(
+        cfg, scene.plane, origins[ccd_index], centre, scene.pointing[exposure],
+        error=scene.header_errors[exposure], distorted=False,
+    )
+
+
 def _primary_header(scene: Scene, exposure: int) -> fits.Header:
     cfg = scene.config
     start = Time(scene.exposure_mjd[exposure] - 0.5 * cfg.exptime / 86400.0, format="mjd", scale="utc")
@@ -467,9 +553,9 @@ def _primary_header(scene: Scene, exposure: int) -> fits.Header:
 
 
 def reference_catalogue(scene: Scene) -> Table:
-    """Gaia-DR3-like catalogue of the stars with G < 21 (positions at epoch 2016.0)."""
+    """Gaia-DR3-like catalogue of the stars brighter than ``refcat_mag_limit`` (positions at epoch 2016.0)."""
     st = scene.stars
-    bright = st["mag"] < 21.0
+    bright = st["mag"] < scene.config.refcat_mag_limit
     rng = np.random.default_rng([scene.config.seed, 99])
     n = int(bright.sum())
     g = np.asarray(st["mag"][bright])
@@ -502,7 +588,9 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
     config : SimulationConfig
     outdir : path
         Output directory: ``exp_NN.fits`` (MEF layout) or ``exp_NN_ccd_R-C.fits``
-        (plain layout), ``refcat.ecsv``, ``truth.ecsv``; written atomically.
+        (plain layout), ``refcat.ecsv``, ``truth.ecsv`` and ``truth_wcs.ecsv``
+        (the true WCS of each CCD and exposure: columns ``exposure, ccd,
+        wcs_header`` with the FITS header cards as one string); written atomically.
     progress : bool
         Show a progress bar.
 
@@ -517,6 +605,7 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
     names, _, _, _ = _focal_plane(config)
     rows = []
     files = []
+    truth_wcs = []
     with OutputStage(outdir) as stage:
         jobs = [(e, c) for e in range(config.n_exposures) for c in range(config.nccd)]
         bar = tqdm(total=len(jobs), desc="simulate", unit="ccd", disable=not progress)
@@ -525,7 +614,8 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
             hdus = [fits.PrimaryHDU(header=primary)]
             for c, name in enumerate(names):
                 sci, rms, flg, wcs, truth = render_ccd(scene, e, c)
-                wh = wcs.to_header()
+                truth_wcs.append((e, name, wcs.to_header_string(relax=True)))
+                wh = header_wcs(scene, e, c).to_header()
                 ext = fits.Header()
                 ext["CCDID"] = name
                 ext.extend(wh)
@@ -550,6 +640,9 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
         truth = _truth_table(scene, rows, names)
         truth.write(stage.file("truth.ecsv"), format="ascii.ecsv")
         reference_catalogue(scene).write(stage.file("refcat.ecsv"), format="ascii.ecsv")
+        Table(rows=truth_wcs, names=["exposure", "ccd", "wcs_header"]).write(
+            stage.file("truth_wcs.ecsv"), format="ascii.ecsv"
+        )
     log.info("simulated %d exposures x %d CCDs, %d movers", config.n_exposures, config.nccd, len(scene.movers))
     return {"files": files, "n_movers": len(scene.movers), "limit_5sigma": truth.meta["limit_5sigma"]}
 

@@ -1,0 +1,327 @@
+"""Pattern matching of two point lists: triangles, similarity transforms, verification.
+
+Used twice: to match detections to reference stars projected through a header
+WCS that may be off by a minute of arc and a few degrees (expected transform
+close to the identity), and for blind solving (reference stars on a tangent plane
+in arcsec, any rotation, either parity, a pixel-scale range).
+
+Method (in the spirit of Groth 1986 / astroalign / astrometry.net's verification):
+
+1. form every triangle of the ``n`` brightest points of each list; describe each by
+   the scale- and rotation-invariant side ratios ``(b/a, c/a)`` with ``a >= b >= c``,
+   vertices ordered by the side they face;
+2. pair triangles whose invariants agree within ``tolerance`` (k-d tree);
+3. each pair gives a similarity transform ``w = s R(theta) P z + t`` (``P`` the
+   parity) fitted to its three vertex pairs; keep those within the allowed scale,
+   rotation and translation ranges;
+4. verify every surviving hypothesis by transforming all bright source points
+   and counting reference points within ``match_radius``; the best count must
+   beat chance by a wide margin (expected random matches from the reference
+   density) to be accepted.
+
+Coordinates are plain 2-D arrays of shape ``(n, 2)``; for images, 0-based pixels.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import poisson
+
+__all__ = ["Similarity", "PatternMatch", "PatternIndex", "triangle_invariants", "match_patterns", "fit_similarity"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """``w = scale * R(rotation) * P(parity) z + (tx, ty)`` with complex ``z = x + i y``.
+
+    Attributes
+    ----------
+    scale : float
+        Output units per input unit.
+    rotation : float
+        Rotation [deg], counter-clockwise from +x towards +y.
+    parity : int
+        +1, or -1 when the input is mirrored (``y -> -y``) before rotating.
+    tx, ty : float
+        Translation (output units).
+    """
+
+    scale: float
+    rotation: float
+    parity: int
+    tx: float
+    ty: float
+
+    def apply(self, xy: np.ndarray) -> np.ndarray:
+        """Transform points ``(n, 2)`` -> ``(n, 2)``."""
+        xy = np.asarray(xy, float)
+        z = xy[:, 0] + 1j * xy[:, 1] * self.parity
+        w = self.scale * np.exp(1j * math.radians(self.rotation)) * z + (self.tx + 1j * self.ty)
+        return np.column_stack([w.real, w.imag])
+
+
+@dataclass
+class PatternMatch:
+    """Result of :func:`match_patterns`.
+
+    Attributes
+    ----------
+    transform : Similarity
+        Maps source coordinates onto reference coordinates.
+    pairs : ndarray (m, 2) int
+        Indices (source, reference) of the matched points (one-to-one).
+    n_expected : float
+        Matches expected by chance for one hypothesis (beyond its own triangle).
+    n_hypotheses : int
+        Triangle pairs that were verified.
+    """
+
+    transform: Similarity
+    pairs: np.ndarray
+    n_expected: float
+    n_hypotheses: int
+
+    @property
+    def n_matched(self) -> int:
+        return int(len(self.pairs))
+
+
+def triangle_invariants(xy: np.ndarray, *, min_side: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Every triangle of the points with its similarity invariants.
+
+    Parameters
+    ----------
+    xy : ndarray (n, 2)
+    min_side : float
+        Triangles with a side shorter than this are dropped (ill-conditioned).
+
+    Returns
+    -------
+    vertices : ndarray (m, 3) int
+        Point indices, ordered as the vertices facing the longest, middle and
+        shortest side.
+    invariants : ndarray (m, 2)
+        ``(b/a, c/a)`` for sides ``a >= b >= c``.
+    """
+    n = len(xy)
+    if n < 3:
+        return np.zeros((0, 3), int), np.zeros((0, 2))
+    tri = np.array(list(itertools.combinations(range(n), 3)), dtype=np.int64)
+    p = xy[tri]  # (m, 3, 2)
+    # side k is opposite vertex k
+    sides = np.stack(
+        [
+            np.hypot(*(p[:, 1] - p[:, 2]).T),
+            np.hypot(*(p[:, 0] - p[:, 2]).T),
+            np.hypot(*(p[:, 0] - p[:, 1]).T),
+        ],
+        axis=1,
+    )
+    order = np.argsort(-sides, axis=1)
+    sides = np.take_along_axis(sides, order, axis=1)
+    tri = np.take_along_axis(tri, order, axis=1)
+    keep = sides[:, 2] > max(min_side, 1e-9)
+    sides, tri = sides[keep], tri[keep]
+    return tri, np.column_stack([sides[:, 1] / sides[:, 0], sides[:, 2] / sides[:, 0]])
+
+
+def _similarities(src: np.ndarray, ref: np.ndarray, parity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares similarity for each set of corresponding points.
+
+    ``src``, ``ref``: complex arrays (h, k).  Returns complex ``a`` (scale and
+    rotation), complex ``t`` and the rms residual, each (h,).
+    """
+    z = src.real + 1j * src.imag * parity
+    zc = z - z.mean(axis=1, keepdims=True)
+    wc = ref - ref.mean(axis=1, keepdims=True)
+    a = np.sum(np.conj(zc) * wc, axis=1) / np.maximum(np.sum(np.abs(zc) ** 2, axis=1), 1e-300)
+    t = ref.mean(axis=1) - a * z.mean(axis=1)
+    resid = np.sqrt(np.mean(np.abs(a[:, None] * z + t[:, None] - ref) ** 2, axis=1))
+    return a, t, resid
+
+
+def fit_similarity(src_xy: np.ndarray, ref_xy: np.ndarray, parity: int = 1) -> Similarity:
+    """Least-squares similarity transform mapping ``src_xy`` onto ``ref_xy`` (both ``(n, 2)``, n >= 2)."""
+    z = (src_xy[:, 0] + 1j * src_xy[:, 1])[None, :]
+    w = (ref_xy[:, 0] + 1j * ref_xy[:, 1])[None, :]
+    a, t, _ = _similarities(z, w, parity)
+    return Similarity(float(abs(a[0])), float(np.degrees(np.angle(a[0]))), parity, float(t[0].real), float(t[0].imag))
+
+
+def _one_to_one(dist: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(source, reference) pairs from nearest-neighbour queries, each reference used once (closest wins)."""
+    ok = np.isfinite(dist)
+    src = np.nonzero(ok)[0]
+    ref = idx[ok]
+    order = np.argsort(dist[ok])
+    _, first = np.unique(ref[order], return_index=True)
+    chosen = order[first]
+    return np.column_stack([src[chosen], ref[chosen]]).astype(np.int64)
+
+
+class PatternIndex:
+    """Triangles of a reference point list, ready to be matched many times.
+
+    Parameters
+    ----------
+    ref_xy : ndarray (n, 2)
+        Reference points, brightest first.
+    n_ref : int
+        Brightest points that form triangles.
+    min_side : float
+        Shortest triangle side (reference units).
+    area : float, optional
+        Area the points cover (default: their bounding box), for chance-match estimates.
+    """
+
+    def __init__(self, ref_xy: np.ndarray, *, n_ref: int = 50, min_side: float = 0.0, area: float | None = None):
+        self.xy = np.asarray(ref_xy, float).reshape(-1, 2)
+        self.tri, self.inv = triangle_invariants(self.xy[:n_ref], min_side=min_side)
+        self.inv_tree = cKDTree(self.inv) if len(self.inv) else None
+        self.tree = cKDTree(self.xy) if len(self.xy) else None
+        if area is None and len(self.xy):
+            span = np.ptp(self.xy, axis=0)
+            area = float(max(span[0], 1e-9) * max(span[1], 1e-9))
+        self.area = area or 0.0
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+
+def match_patterns(
+    src_xy: np.ndarray,
+    ref: PatternIndex,
+    *,
+    scale_range: tuple[float, float],
+    max_rotation: float | None = None,
+    parities: tuple[int, ...] = (1,),
+    max_shift: float | None = None,
+    match_radius: float,
+    n_src: int = 25,
+    tolerance: float = 0.01,
+    min_matches: int = 5,
+    min_side: float = 0.0,
+    false_alarm_rate: float = 1e-4,
+) -> PatternMatch | None:
+    """Find the similarity transform that maps a source list onto a reference list.
+
+    Parameters
+    ----------
+    src_xy : ndarray (n, 2)
+        Source points sorted brightest first (the first ``n_src`` form triangles
+        and verify hypotheses; all are used in the final matching).
+    ref : PatternIndex
+        Reference points and their triangles.
+    scale_range : (float, float)
+        Allowed scale (reference units per source unit).
+    max_rotation : float or None
+        Largest rotation [deg] allowed (None: any).
+    parities : tuple of int
+        Parities to try (+1 proper, -1 mirrored).
+    max_shift : float or None
+        Largest translation allowed (reference units), None for any.
+    match_radius : float
+        Verification radius (reference units).
+    n_src : int
+        Brightest source points used for triangles.
+    tolerance : float
+        Invariant-space matching radius.
+    min_matches : int
+        Smallest acceptable number of verified matches.
+    min_side : float
+        Shortest triangle side in source units.
+    false_alarm_rate : float
+        Largest acceptable expected number of chance solutions: the Poisson
+        probability of the extra matches (beyond the triangle's own three),
+        times the number of hypotheses tried.
+
+    Returns
+    -------
+    PatternMatch or None
+        None when no hypothesis is significant.
+    """
+    src_xy = np.asarray(src_xy, float).reshape(-1, 2)
+    if len(src_xy) < 3 or ref.inv_tree is None:
+        return None
+    ref_xy, r_tri, tree = ref.xy, ref.tri, ref.tree
+    s_tri, s_inv = triangle_invariants(src_xy[:n_src], min_side=min_side)
+    if len(s_tri) == 0:
+        return None
+    pairs = ref.inv_tree.query_ball_point(s_inv, r=tolerance)
+    si = np.repeat(np.arange(len(s_tri)), [len(p) for p in pairs])
+    ri = np.fromiter(itertools.chain.from_iterable(pairs), dtype=np.int64, count=si.size)
+    if si.size == 0:
+        return None
+    zs = src_xy[s_tri[si]]
+    zr = ref_xy[r_tri[ri]]
+    zs = zs[..., 0] + 1j * zs[..., 1]
+    zr = zr[..., 0] + 1j * zr[..., 1]
+    verify_src = src_xy[: max(n_src, 60)]
+    density = len(ref_xy) / max(ref.area, math.pi * match_radius**2)
+    best = None
+    n_hyp = 0
+    for parity in parities:
+        a, t, resid = _similarities(zs, zr, parity)
+        scale = np.abs(a)
+        ok = (scale >= scale_range[0]) & (scale <= scale_range[1]) & (resid < match_radius)
+        if max_rotation is not None:
+            ok &= np.abs(np.degrees(np.angle(a))) <= max_rotation
+        if max_shift is not None:
+            centre = verify_src.mean(axis=0)
+            moved = a * (centre[0] + 1j * parity * centre[1]) + t - (centre[0] + 1j * centre[1])
+            ok &= np.abs(moved) <= max_shift
+        if not ok.any():
+            continue
+        a, t = a[ok], t[ok]
+        # merge near-identical hypotheses: quantise (scale, angle, shift) and keep one per cell
+        key = np.column_stack(
+            [
+                np.round(np.log(np.abs(a)) / 0.002),
+                np.round(np.angle(a) / 0.002),
+                np.round(t.real / match_radius),
+                np.round(t.imag / match_radius),
+            ]
+        )
+        _, first = np.unique(key, axis=0, return_index=True)
+        a, t = a[first], t[first]
+        n_hyp += a.size
+        z = verify_src[:, 0] + 1j * parity * verify_src[:, 1]
+        for start in range(0, a.size, 2000):
+            w = a[start : start + 2000, None] * z[None, :] + t[start : start + 2000, None]
+            dist, _ = tree.query(np.column_stack([w.real.ravel(), w.imag.ravel()]), distance_upper_bound=match_radius)
+            counts = np.isfinite(dist).reshape(w.shape).sum(axis=1)
+            k = int(np.argmax(counts))
+            if best is None or counts[k] > best[0]:
+                best = (int(counts[k]), a[start + k], t[start + k], parity)
+    if best is None:
+        return None
+    count, a_best, t_best, parity = best
+    # a hypothesis matches its own three triangle vertices by construction; the other
+    # matches must be improbable by chance even after trying n_hyp hypotheses
+    expected = len(verify_src) * density * math.pi * match_radius**2
+    false_alarms = n_hyp * float(poisson.sf(count - 4, expected))
+    if count < min_matches or false_alarms > false_alarm_rate:
+        log.debug(
+            "pattern match: best of %d hypotheses has %d matches (%.2f expected by chance, %.2g false alarms)",
+            n_hyp, count, expected, false_alarms,
+        )
+        return None
+    transform = Similarity(
+        float(abs(a_best)), float(np.degrees(np.angle(a_best))), parity, float(t_best.real), float(t_best.imag)
+    )
+    # refine on all source points with two rounds of one-to-one matching and a least-squares fit
+    for radius in (match_radius, 0.5 * match_radius):
+        dist, idx = tree.query(transform.apply(src_xy), distance_upper_bound=radius)
+        matched = _one_to_one(dist, idx)
+        if len(matched) >= 3:
+            transform = fit_similarity(src_xy[matched[:, 0]], ref_xy[matched[:, 1]], parity)
+    dist, idx = tree.query(transform.apply(src_xy), distance_upper_bound=match_radius)
+    matched = _one_to_one(dist, idx)
+    return PatternMatch(transform=transform, pairs=matched, n_expected=expected, n_hypotheses=n_hyp)

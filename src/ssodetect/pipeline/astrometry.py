@@ -1,0 +1,197 @@
+"""The astrometric step: solve every CCD against the reference catalogue, then re-project.
+
+Tasks are per CCD (all its exposures together, for the joint fit), so an
+executor can spread them over workers.  :func:`apply_solutions` replaces the
+sky coordinates, their uncertainties and the magnitudes of the detections with
+those of the refined WCS and zero point; detections of a CCD exposure that could
+not be solved are dropped (or keep their header WCS, per ``on_failure``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import warnings
+from pathlib import Path
+from collections import defaultdict
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS, FITSFixedWarning
+
+from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, ExposureStars, pixel_scale, solve_ccd, star_like
+from ssodetect.columns import describe, empty_table
+from ssodetect.config import Config
+
+__all__ = [
+    "SolveTask",
+    "astrometry_tasks",
+    "apply_solutions",
+    "solution_table",
+    "wcs_from_header_string",
+    "refined_header",
+    "write_refined_headers",
+]
+
+log = logging.getLogger(__name__)
+
+
+def wcs_from_header_string(text: str) -> WCS | None:
+    """WCS from FITS cards in one string (None for an empty string)."""
+    if not text:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(fits.Header.fromstring(text), relax=True)
+
+
+class SolveTask:
+    """Picklable per-CCD astrometric task bound to a reference catalogue and configuration."""
+
+    def __init__(self, reference: Table, config: Config):
+        self.reference = reference
+        self.config = config
+
+    def __call__(self, task) -> list[ExposureSolution]:
+        ccd, items = task
+        for item in items:
+            if isinstance(item.header_wcs, str):
+                item.header_wcs = wcs_from_header_string(item.header_wcs)
+        return solve_ccd(ccd, items, self.reference, self.config.astrometry)
+
+
+def astrometry_tasks(results, refs, config: Config) -> list[tuple[str, list[ExposureStars]]]:
+    """Group per-CCD detection results into one task per CCD (its exposures in time order).
+
+    Parameters
+    ----------
+    results : list of (Table, dict)
+        Output of :func:`ssodetect.pipeline.ccd.process_ccd` for each of ``refs``.
+    refs : list of CCDRef
+    config : Config
+    """
+    groups: dict[str, list[ExposureStars]] = defaultdict(list)
+    for (table, info), ref in zip(results, refs):
+        if "shape" not in info:
+            continue  # skipped CCD (all masked)
+        sel = table[star_like(table, config.astrometry.min_snr)] if len(table) else table
+        sources = Table({name: np.asarray(sel[name], float) for name in ("x", "y", "x_err", "y_err", "flux", "flux_err")})
+        sources.sort("flux", reverse=True)
+        zp = info.get("zeropoint") if info.get("zeropoint_source") == "header" else None
+        groups[ref.ccd].append(
+            ExposureStars(
+                exposure=ref.exposure, mjd=ref.mjd, exptime=ref.exptime, shape=tuple(info["shape"]),
+                header_wcs=info.get("wcs_header", ""), sources=sources, zeropoint=zp,
+            )
+        )
+    return [(ccd, sorted(items, key=lambda it: it.exposure)) for ccd, items in groups.items()]
+
+
+def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs: WCS | None, config: Config) -> Table:
+    """Detections of one CCD exposure re-projected through its solution.
+
+    ``ra, dec`` through the fitted WCS; ``ra_err, dec_err`` combine the centroid
+    error and the solution's own uncertainty (``wcs_error``) in quadrature;
+    ``mag`` uses the fitted zero point when there is one.  Without a solution:
+    an empty table (``on_failure='drop'`` or no header WCS) or the table as it is.
+    """
+    if solution is None or not solution.ok:
+        if config.astrometry.on_failure == "header" and header_wcs is not None:
+            return table
+        return table[:0]
+    out = table.copy()
+    if len(out) == 0:
+        return out
+    wcs = solution.wcs
+    x, y = np.asarray(out["x"], float), np.asarray(out["y"], float)
+    ra, dec = wcs.all_pix2world(x, y, 0)
+    scale = pixel_scale(wcs)
+    out["ra"] = ra
+    out["dec"] = dec
+    out["wcs"] = "fit"
+    out["pixel_scale"] = scale
+    out["ra_err"] = np.hypot(np.asarray(out["x_err"], float) * scale, solution.wcs_error)
+    out["dec_err"] = np.hypot(np.asarray(out["y_err"], float) * scale, solution.wcs_error)
+    if math.isfinite(solution.zeropoint):
+        flux = np.asarray(out["flux"], float)
+        exptime = np.asarray(out["exptime"], float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["mag"] = np.where(flux > 0, solution.zeropoint - 2.5 * np.log10(flux / np.maximum(exptime, 1e-9)), np.nan)
+        out["mag_err"] = np.hypot(np.asarray(out["mag_err"], float), solution.zeropoint_err)
+    return out
+
+
+def solution_table(solutions: list[ExposureSolution]) -> Table:
+    """One row per CCD exposure (:data:`SOLUTION_COLUMNS` plus ``wcs_header``); every column when empty."""
+    columns = SOLUTION_COLUMNS + [("wcs_header", "U", "", "fitted WCS as FITS header cards (empty when failed)")]
+    if not solutions:
+        return empty_table(columns)
+    rows = []
+    for sol in sorted(solutions, key=lambda s: (s.exposure, s.ccd)):
+        row = sol.row()
+        row["wcs_header"] = sol.wcs.to_header_string(relax=True) if sol.wcs is not None else ""
+        rows.append(row)
+    table = Table(rows=rows, names=[c[0] for c in columns])
+    describe(table, columns)
+    return table
+
+
+_WCS_KEY = re.compile(
+    r"^(WCSAXES|CTYPE\d|CUNIT\d|CRVAL\d|CRPIX\d|CDELT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|PS\d_\d+|"
+    r"[AB]P?_\d+_\d+|[AB]P?_ORDER|[AB]P?_DMAX|LONPOLE|LATPOLE|RADESYS|EQUINOX|EPOCH|MJDREF|WCSNAME)$"
+)
+
+
+def refined_header(header: fits.Header, solution: ExposureSolution | None) -> fits.Header:
+    """Copy of ``header`` with its WCS replaced by the solution's and the fit quality recorded.
+
+    Without a successful solution the header is returned unchanged but for an
+    ``SSOASTR`` keyword saying why.
+    """
+    out = header.copy()
+    if solution is None or not solution.ok:
+        reason = "not solved" if solution is None else solution.reason
+        out["SSOASTR"] = ("failed", reason[:60])
+        return out
+    for key in [k for k in out.keys() if _WCS_KEY.match(k)]:
+        del out[key]
+    out.extend(solution.wcs.to_header(relax=True), update=True)
+    out["SSOASTR"] = ("ok", f"ssodetect astrometry ({solution.method})")
+    out["ASTRRMS1"] = (round(solution.rms_ra / 3600.0, 10), "[deg] astrometric residual rms, RA*cos(dec)")
+    out["ASTRRMS2"] = (round(solution.rms_dec / 3600.0, 10), "[deg] astrometric residual rms, Dec")
+    out["ASTRNSTR"] = (solution.n_stars, "reference stars used")
+    if math.isfinite(solution.zeropoint):
+        out["MAGZERO"] = (round(solution.zeropoint, 4), "fitted zero point, mag for 1 ADU/s")
+        out["MAGZERR"] = (round(solution.zeropoint_err, 4), "zero-point uncertainty [mag]")
+    return out
+
+
+def write_refined_headers(path: Path, solutions, stage, formats) -> None:
+    """Write ``<stem>.head`` and/or ``<stem>.fits`` for one input file into an output stage.
+
+    Parameters
+    ----------
+    path : Path
+        Input FITS file (read only).
+    solutions : list of (CCDRef, ExposureSolution or None)
+        The science extensions of the file, in HDU order.
+    stage : OutputStage
+    formats : sequence of {"head", "fits"}
+    """
+    stem = path.name
+    for suffix in (".fz", ".gz", ".fits", ".fit", ".fts"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    with fits.open(path, memmap=False) as hdul:
+        if "head" in formats:
+            blocks = []
+            for ref, sol in solutions:
+                head = refined_header(fits.Header(), sol)
+                blocks.append("\n".join(str(card) for card in head.cards) + "\nEND     \n")
+            stage.file(f"{stem}.head").write_text("".join(blocks))
+        if "fits" in formats:
+            copy = fits.HDUList([hdu.copy() for hdu in hdul])
+            for ref, sol in solutions:
+                copy[ref.sci].header = refined_header(copy[ref.sci].header, sol)
+            copy.writeto(stage.file(f"{stem}.fits"))
