@@ -26,11 +26,16 @@ def small_scene_config(seed: int, **overrides) -> SimulationConfig:
     return SimulationConfig(**params)
 
 
+#: Header WCS errors of the session scene: pointing [arcsec], rotation [deg]; a star field dense
+#: enough (~16 unsaturated Gaia-like stars on 768^2 px) for a SIP fit per exposure.
+PERTURBED = dict(star_density=150000.0, header_pointing_error=20.0, header_rotation_error=0.5)
+
+
 @pytest.fixture(scope="session")
 def scene(tmp_path_factory):
-    """A simulated 4-exposure scene on disk (Euclid MEF layout)."""
+    """A simulated 4-exposure scene on disk (Euclid MEF layout) whose headers are off by up to 20" and 0.5 deg."""
     out = tmp_path_factory.mktemp("scene") / "sim"
-    simulate(small_scene_config(11), out)
+    simulate(small_scene_config(11, **PERTURBED), out)
     return out
 
 

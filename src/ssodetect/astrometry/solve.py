@@ -25,7 +25,7 @@ from ssodetect.astrometry.blind import blind_solve, build_sky_indexes
 from ssodetect.astrometry.match import PatternIndex, match_patterns
 from ssodetect.astrometry.refcat import propagate
 from ssodetect.astrometry.tangent import TangentPlane
-from ssodetect.astrometry.wcsfit import MatchedStars, WCSSolution, fit_wcs, max_order_for
+from ssodetect.astrometry.wcsfit import MatchedStars, WCSSolution, fit_wcs, max_order_for, polynomial_terms
 from ssodetect.astrometry.zeropoint import fit_zeropoint
 from ssodetect.config import AstrometryConfig
 
@@ -131,7 +131,9 @@ def star_like(detections: Table, min_snr: float) -> np.ndarray:
         (np.asarray(detections["kind"]) == "point")
         & ~np.asarray(detections["near_mask"], bool)
         & (np.asarray(detections["snr"], float) >= min_snr)
-        & (np.asarray(detections["sep_flag"]) & ~1 == 0)  # deblended (1) is fine; truncated/saturated not
+        # deblended (1) and a masked pixel in the aperture (32, e.g. a flagged cosmic ray) are fine;
+        # truncated at the edge, overflowed or all masked are not
+        & (np.asarray(detections["sep_flag"]) & ~(1 | 32) == 0)
     )
 
 
@@ -243,6 +245,32 @@ def _fit(matched: list[MatchedStars], crpix, order: int, cfg: AstrometryConfig, 
     return fit_wcs(matched, crpix=crpix, order=order, clip=cfg.clip, inverse_extent=(nx, ny))
 
 
+def _fit_best(matched: list[MatchedStars], crpix, cfg: AstrometryConfig, shape) -> list[WCSSolution]:
+    """Fit every SIP order the stars allow (up to ``cfg.sip_order``) and keep the one with the lowest BIC.
+
+    The criterion is a truncated chi-square over all stars (each capped at
+    ``clip^2`` so that outliers weigh the same for every order) plus
+    ``2 p ln(n)`` for ``p`` parameters per axis over ``n`` stars.
+    """
+    n_min = min(len(m.x) for m in matched)
+    top = max_order_for(n_min, cfg.sip_order, n_exposures=len(matched), stars_per_param=1.5)
+    if top < 1:
+        raise ValueError(f"{n_min} matched stars")
+    best, best_bic = None, np.inf
+    n = sum(len(m.x) for m in matched)
+    for order in range(1, top + 1):
+        sols = _fit(matched, crpix, order, cfg, shape)
+        chi2 = sum(
+            float(np.sum(np.minimum(np.sum((sol.residuals / m.sigma[:, None]) ** 2, axis=1), cfg.clip**2)))
+            for sol, m in zip(sols, matched)
+        )
+        params = 3 * len(matched) + len(polynomial_terms(order, 2)) if order > 1 else 3 * len(matched)
+        bic = chi2 + 2 * params * math.log(n)
+        if bic < best_bic:
+            best, best_bic = sols, bic
+    return best
+
+
 def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: AstrometryConfig) -> list[ExposureSolution]:
     """Calibrate the exposures of one CCD against the reference catalogue.
 
@@ -312,10 +340,7 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
         try:
             lin = _fit([_matched(src, ref, pairs, crval0, scale0)], crpix, 1, config, it.shape)[0]
             wider = _match_stars(src, ref, lin.wcs, config.pattern_radius / scale0)
-            order = max_order_for(len(wider), config.sip_order)
-            if order < 1:
-                raise ValueError(f"{len(wider)} matched stars")
-            sol = _fit([_matched(src, ref, wider, crval0, scale0)], crpix, order, config, it.shape)[0]
+            sol = _fit_best([_matched(src, ref, wider, crval0, scale0)], crpix, config, it.shape)[0]
         except (ValueError, np.linalg.LinAlgError) as exc:
             res.reason = f"too few stars for a fit ({exc})"
             continue
@@ -336,20 +361,12 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
         matched[k] = _matched(it.sources, ref, pairs, crval, scale)
         pairs_final[k] = pairs
     keys = sorted(matched)
-    solutions: dict[int, WCSSolution] = {}
-    if keys:
-        if config.joint and len(keys) > 1 and len({items[k].shape for k in keys}) == 1:
-            n_min = min(len(matched[k].x) for k in keys)
-            order = max_order_for(n_min, config.sip_order, n_exposures=len(keys))
-            ny, nx = items[keys[0]].shape
-            fits_ = _fit([matched[k] for k in keys], ((nx + 1) / 2.0, (ny + 1) / 2.0), max(order, 1), config,
-                         items[keys[0]].shape)
-            solutions = dict(zip(keys, fits_))
-        else:
-            for k in keys:
-                ny, nx = items[k].shape
-                order = max(max_order_for(len(matched[k].x), config.sip_order), 1)
-                solutions[k] = _fit([matched[k]], ((nx + 1) / 2.0, (ny + 1) / 2.0), order, config, items[k].shape)[0]
+    try:
+        solutions = _final_fits(keys, items, matched, config)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        for k in keys:
+            results[k].reason = f"fit failed ({exc})"
+        solutions = {}
     for k, sol in solutions.items():
         _finish(results[k], items[k], refs[k], sol, pairs_final[k], config)
     for res in results:
@@ -357,6 +374,21 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
             res.wcs = None
             log.warning("CCD %s exposure %d: astrometric solution failed: %s", ccd, res.exposure, res.reason)
     return results
+
+
+def _final_fits(keys, items, matched, config) -> dict[int, WCSSolution]:
+    """Joint (one shape, several exposures) or per-exposure fits of the final matches."""
+    solutions: dict[int, WCSSolution] = {}
+    if keys:
+        if config.joint and len(keys) > 1 and len({items[k].shape for k in keys}) == 1:
+            ny, nx = items[keys[0]].shape
+            fits_ = _fit_best([matched[k] for k in keys], ((nx + 1) / 2.0, (ny + 1) / 2.0), config, items[keys[0]].shape)
+            solutions = dict(zip(keys, fits_))
+        else:
+            for k in keys:
+                ny, nx = items[k].shape
+                solutions[k] = _fit_best([matched[k]], ((nx + 1) / 2.0, (ny + 1) / 2.0), config, items[k].shape)[0]
+    return solutions
 
 
 def _finish(res: ExposureSolution, it: ExposureStars, ref: _Reference, sol: WCSSolution, pairs, config) -> None:

@@ -152,7 +152,8 @@ def refined_header(header: fits.Header, solution: ExposureSolution | None) -> fi
     out = header.copy()
     if solution is None or not solution.ok:
         reason = "not solved" if solution is None else solution.reason
-        out["SSOASTR"] = ("failed", reason[:60])
+        out["SSOASTR"] = ("failed", "ssodetect astrometry: see HISTORY")
+        out.add_history(f"ssodetect astrometry failed: {reason}")
         return out
     for key in [k for k in out.keys() if _WCS_KEY.match(k)]:
         del out[key]

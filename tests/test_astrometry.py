@@ -1,0 +1,295 @@
+"""Astrometric calibration against known truth: pattern matching, TAN+SIP fits, blind solving,
+zero points, reference catalogues (ECSV/CSV/LDAC) and the ``astrometry`` command."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS, Sip
+
+from ssodetect.astrometry.match import PatternIndex, Similarity, match_patterns
+from ssodetect.astrometry.refcat import ldac_reference_table, load_reference_catalogue
+from ssodetect.astrometry.solve import ExposureStars, solve_ccd
+from ssodetect.astrometry.zeropoint import fit_zeropoint
+from ssodetect.cli import main
+from ssodetect.config import AstrometryConfig
+from ssodetect.errors import InputError
+from ssodetect.io.ldac import read_ldac, write_ldac
+
+MJD = 61120.0  # 2026-03-21
+NX = NY = 2048
+ZP = 24.24
+
+
+def true_wcs(crval=(150.0, 25.0), distortion=1.5) -> WCS:
+    """TAN-SIP with ``distortion`` px of radial cubic + quadratic distortion at the CCD corners."""
+    w = WCS(naxis=2)
+    crpix = [(NX + 1) / 2.0, (NY + 1) / 2.0]
+    r = 0.5 * math.hypot(NX, NY)
+    a = np.zeros((4, 4))
+    b = np.zeros((4, 4))
+    a[3, 0] = a[1, 2] = b[2, 1] = b[0, 3] = 0.8 * distortion / r**3
+    a[2, 0] = b[1, 1] = 0.2 * distortion / r**2
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = crpix
+    w.wcs.cd = np.array([[-0.1, 0.0], [0.0, 0.1]]) / 3600.0
+    w.sip = Sip(a, b, None, None, crpix)
+    w.wcs.set()
+    return w
+
+
+def perturbed_header(truth: WCS, shift=(30.0, -20.0), rotation=1.0, scale=1.0) -> WCS:
+    """Plain TAN header off by ``shift`` [arcsec], ``rotation`` [deg] and a scale factor."""
+    h = WCS(naxis=2)
+    h.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    dec = truth.wcs.crval[1]
+    h.wcs.crval = [truth.wcs.crval[0] + shift[0] / 3600.0 / math.cos(math.radians(dec)), dec + shift[1] / 3600.0]
+    h.wcs.crpix = list(truth.wcs.crpix)
+    c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+    h.wcs.cd = np.array([[c, -s], [s, c]]) @ truth.wcs.cd * scale
+    h.wcs.set()
+    return h
+
+
+def synthetic_ccd(rng, truth: WCS, n_ref=30, n_extra=60, centroid=0.02):
+    """Reference catalogue of ``n_ref`` stars on the CCD (plus some outside) and the detected sources.
+
+    Sources: the reference stars with centroid noise [px] plus ``n_extra`` fainter
+    uncatalogued stars/galaxies; fluxes follow the catalogue magnitudes and ZP.
+    """
+    n_out = n_ref // 2
+    x = np.concatenate([rng.uniform(20, NX - 20, n_ref), rng.uniform(-600, NX + 600, n_out)])
+    y = np.concatenate([rng.uniform(20, NY - 20, n_ref), rng.uniform(-600, NY + 600, n_out)])
+    ra, dec = truth.all_pix2world(x, y, 0)
+    g = rng.uniform(17.5, 21.0, x.size)
+    cat = Table(
+        {"ra": ra, "dec": dec, "ra_error": np.full(x.size, 0.3), "dec_error": np.full(x.size, 0.3),
+         "pmra": np.zeros(x.size), "pmdec": np.zeros(x.size), "phot_g_mean_mag": g,
+         "ref_epoch": np.full(x.size, 2026.2)}
+    )
+    on = (x >= 0) & (x < NX) & (y >= 0) & (y < NY)
+    sx = np.concatenate([x[on] + rng.normal(0, centroid, on.sum()), rng.uniform(0, NX, n_extra)])
+    sy = np.concatenate([y[on] + rng.normal(0, centroid, on.sum()), rng.uniform(0, NY, n_extra)])
+    smag = np.concatenate([g[on], rng.uniform(19.0, 24.0, n_extra)])
+    flux = 566.0 * 10 ** (-0.4 * (smag - ZP))
+    sources = Table({"x": sx, "y": sy, "x_err": np.full(sx.size, centroid), "y_err": np.full(sx.size, centroid),
+                     "flux": flux, "flux_err": 0.01 * flux})
+    sources.sort("flux", reverse=True)
+    return cat, sources
+
+
+def wcs_error_mas(fitted: WCS, truth: WCS, n=21) -> np.ndarray:
+    """On-sky difference [mas] between two WCSs on an n x n grid over the CCD."""
+    gx, gy = np.meshgrid(np.linspace(0, NX - 1, n), np.linspace(0, NY - 1, n))
+    ra1, dec1 = truth.all_pix2world(gx, gy, 0)
+    ra2, dec2 = fitted.all_pix2world(gx, gy, 0)
+    return np.hypot((ra2 - ra1) * np.cos(np.radians(dec1)), dec2 - dec1).ravel() * 3.6e6
+
+
+def test_pattern_match_recovers_offset_rotation_and_scale():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(-700, NX + 700, (90, 2))
+    truth = Similarity(scale=1.03, rotation=2.0, parity=1, tx=450.0, ty=-380.0)  # ~1' offset at 0.1"/px
+    # sources: 35 of the reference points seen through the inverse transform, plus 25 unrelated points
+    src_true = ref[:35]
+    z = (src_true[:, 0] - truth.tx) + 1j * (src_true[:, 1] - truth.ty)
+    z /= truth.scale * np.exp(1j * math.radians(truth.rotation))
+    src = np.vstack([np.column_stack([z.real, z.imag]) + rng.normal(0, 0.05, (35, 2)), rng.uniform(0, NX, (25, 2))])
+    order = rng.permutation(len(src))
+    result = match_patterns(
+        src[order], PatternIndex(ref, n_ref=90), scale_range=(0.94, 1.06), max_rotation=3.0, max_shift=1000.0,
+        match_radius=5.0, n_src=40,
+    )
+    assert result is not None and result.n_matched >= 30
+    t = result.transform
+    assert abs(t.scale - 1.03) < 1e-4 and abs(t.rotation - 2.0) < 0.01
+    assert abs(t.tx - 450.0) < 0.5 and abs(t.ty + 380.0) < 0.5
+    # every match is a true pair
+    src_index = order[result.pairs[:, 0]]
+    assert np.all(src_index < 35) and np.all(result.pairs[:, 1] == src_index)
+    # unrelated point sets give no solution
+    assert match_patterns(rng.uniform(0, NX, (40, 2)), PatternIndex(ref), scale_range=(0.94, 1.06),
+                          max_rotation=3.0, match_radius=5.0) is None
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_fit_reproduces_true_wcs_from_a_bad_header(joint):
+    """Header off by 30" and 1 deg, no distortion in it; the fit must match the truth to <= 15 mas rms."""
+    rng = np.random.default_rng(2)
+    items, truths, cats = [], [], []
+    for e in range(4):
+        truth = true_wcs(crval=(150.0 + e * 2e-4, 25.0 - e * 1e-4))
+        cat, sources = synthetic_ccd(rng, truth, n_ref=25)
+        header = perturbed_header(truth, shift=(30.0 * (-1) ** e, -20.0), rotation=1.0 - 0.5 * e)
+        items.append(ExposureStars(e, MJD, 566.0, (NY, NX), header, sources, zeropoint=ZP))
+        truths.append(truth)
+        cats.append(cat)
+    config = AstrometryConfig(joint=joint)
+    # one catalogue for all exposures (their stars differ here: each exposure sees its own field)
+    from astropy.table import vstack
+    solutions = solve_ccd("1-1", items, vstack(cats), config)
+    for sol, truth in zip(solutions, truths):
+        assert sol.ok, sol.reason
+        assert sol.method == "header" and sol.n_stars >= 20
+        err = wcs_error_mas(sol.wcs, truth)
+        assert np.sqrt(np.mean(err**2)) <= 15.0, err.max()
+        assert 25.0 < sol.header_offset < 45.0  # the header error was found (36" at the centre)
+        assert abs(sol.zeropoint - ZP) < 0.01
+        # the fit's own error estimate is realistic: the true error at the stars is of that order
+        assert sol.wcs_error < 0.01
+
+
+def test_blind_solve_without_header_and_its_failure_reason():
+    rng = np.random.default_rng(3)
+    truth = true_wcs(crval=(210.0, -40.0))
+    cat, sources = synthetic_ccd(rng, truth, n_ref=20)
+    far_truth = true_wcs(crval=(211.0, -40.5))  # a second patch of sky in the same catalogue
+    far_cat, _ = synthetic_ccd(rng, far_truth, n_ref=40)
+    from astropy.table import vstack
+    catalogue = vstack([far_cat, cat])
+    config = AstrometryConfig(pixel_scale_range=[0.05, 0.4])
+    item = ExposureStars(0, MJD, 566.0, (NY, NX), None, sources, zeropoint=None)
+    sol = solve_ccd("1-1", [item], catalogue, config)[0]
+    assert sol.ok and sol.method == "blind", sol.reason
+    assert np.sqrt(np.mean(wcs_error_mas(sol.wcs, truth) ** 2)) <= 15.0
+    assert abs(sol.pixel_scale - 0.1) < 1e-4
+    # a mirrored image (x flipped) solves too, with the opposite parity
+    flipped = sources.copy()
+    flipped["x"] = NX - 1 - flipped["x"]
+    sol = solve_ccd("1-1", [ExposureStars(0, MJD, 566.0, (NY, NX), None, flipped)], catalogue, config)[0]
+    assert sol.ok and np.linalg.det(sol.wcs.wcs.cd if sol.wcs.wcs.has_cd() else sol.wcs.pixel_scale_matrix) > 0
+    # too few stars: a clear reason, no solution
+    few = ExposureStars(0, MJD, 566.0, (NY, NX), None, sources[:4])
+    sol = solve_ccd("1-1", [few], catalogue, config)[0]
+    assert not sol.ok and sol.wcs is None and "star" in sol.reason
+
+
+def test_blind_solve_success_rate():
+    """>= 99 % of CCDs with >= 15 catalogue stars solve blind (20 random fields here; the benchmark runs more)."""
+    rng = np.random.default_rng(4)
+    config = AstrometryConfig(pixel_scale_range=[0.08, 0.12])
+    solved = 0
+    for k in range(20):
+        truth = true_wcs(crval=(rng.uniform(0, 360), rng.uniform(-60, 60)))
+        cat, sources = synthetic_ccd(rng, truth, n_ref=15, n_extra=40)
+        sol = solve_ccd("1-1", [ExposureStars(0, MJD, 566.0, (NY, NX), None, sources)], cat, config)[0]
+        solved += sol.ok and np.sqrt(np.mean(wcs_error_mas(sol.wcs, truth) ** 2)) < 30.0
+    assert solved >= 20
+
+
+def test_zeropoint_is_robust_to_outliers():
+    rng = np.random.default_rng(5)
+    mag = rng.uniform(18, 21, 40)
+    flux = 100.0 * 10 ** (-0.4 * (mag - 25.0)) * (1 + rng.normal(0, 0.01, 40))
+    flux[:4] *= 3.0  # blends
+    zp, err, n = fit_zeropoint(flux, 0.01 * flux, 100.0, mag)
+    assert abs(zp - 25.0) < 0.01 and 0 < err < 0.01 and n >= 34
+    assert np.isnan(fit_zeropoint(flux[:3], flux[:3] * 0.01, 100.0, mag[:3])[0])
+
+
+def test_reference_catalogue_formats(tmp_path):
+    rng = np.random.default_rng(6)
+    n = 50
+    cat = Table({"ra": rng.uniform(10, 11, n), "dec": rng.uniform(-5, -4, n), "ra_error": rng.uniform(0.1, 1, n),
+                 "dec_error": rng.uniform(0.1, 1, n), "pmra": rng.normal(0, 5, n), "pmdec": rng.normal(0, 5, n),
+                 "phot_g_mean_mag": rng.uniform(15, 21, n), "ref_epoch": np.full(n, 2016.0)})
+    # SCAMP LDAC reference catalogue: written, read back as Gaia columns
+    write_ldac(tmp_path / "ref.cat", [(ldac_reference_table(cat), fits.Header({"OBJECT": "test"}))])
+    header, objects = read_ldac(tmp_path / "ref.cat")[0]
+    assert header["OBJECT"] == "test" and len(objects) == n
+    back = load_reference_catalogue(tmp_path / "ref.cat")
+    for name in ("ra", "dec", "pmra", "pmdec", "ra_error", "ref_epoch"):
+        np.testing.assert_allclose(back[name], cat[name], rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(back["phot_g_mean_mag"], cat["phot_g_mean_mag"], atol=1e-5)
+    # CSV without the optional columns: defaults (no proper motion, epoch 2016)
+    cat["ra", "dec", "phot_g_mean_mag"].write(tmp_path / "min.csv")
+    minimal = load_reference_catalogue(tmp_path / "min.csv")
+    assert np.all(minimal["pmra"] == 0) and np.all(minimal["ref_epoch"] == 2016.0)
+    # a required column missing: one-line error naming the file and the column
+    cat["ra", "dec"].write(tmp_path / "nomag.ecsv")
+    with pytest.raises(InputError, match=r"nomag\.ecsv.*phot_g_mean_mag"):
+        load_reference_catalogue(tmp_path / "nomag.ecsv")
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_astrometry_command_writes_refined_headers(scene, tmp_path, capsys):
+    before = {p.name: _md5(p) for p in scene.glob("*.fits")}
+    out = tmp_path / "ast"
+    code = main(["astrometry", str(scene), "--refcat", str(scene / "refcat.ecsv"), "--out", str(out),
+                 "--format", "both", "-q"])
+    assert code == 0
+    assert "4/4 CCD exposures solved" in capsys.readouterr().out
+    assert before == {p.name: _md5(p) for p in scene.glob("*.fits")}  # inputs untouched
+    truth = {(int(r["exposure"]), str(r["ccd"])): WCS(fits.Header.fromstring(r["wcs_header"]))
+             for r in Table.read(scene / "truth_wcs.ecsv")}
+    header_error = []
+    for e in range(4):
+        with fits.open(out / f"exp_{e:02d}.fits") as hdul, fits.open(scene / f"exp_{e:02d}.fits") as orig:
+            sci = hdul["1-1.SCI"].header
+            assert sci["SSOASTR"] == "ok" and sci["ASTRNSTR"] >= 12
+            assert np.array_equal(hdul["1-1.SCI"].data, orig["1-1.SCI"].data)
+            fitted = WCS(sci)
+            ny, nx = hdul["1-1.SCI"].data.shape
+            gx, gy = np.meshgrid(np.linspace(0, nx - 1, 11), np.linspace(0, ny - 1, 11))
+            ra1, dec1 = truth[(e, "1-1")].all_pix2world(gx, gy, 0)
+            for w, store in ((fitted, None), (WCS(orig["1-1.SCI"].header), header_error)):
+                ra2, dec2 = w.all_pix2world(gx, gy, 0)
+                d = np.hypot((ra2 - ra1) * np.cos(np.radians(dec1)), dec2 - dec1) * 3.6e6
+                if store is None:
+                    assert np.sqrt(np.mean(d**2)) < 15.0
+                else:
+                    store.append(np.sqrt(np.mean(d**2)))
+        # the SCAMP-style .head holds one block ending in END, readable as a header with the same WCS
+        text = (out / f"exp_{e:02d}.head").read_text()
+        assert text.count("\nEND") == 1
+        head = fits.Header.fromstring(text, sep="\n")
+        np.testing.assert_allclose(WCS(head).wcs.crval, fitted.wcs.crval, rtol=0, atol=1e-10)
+    assert min(header_error) > 500.0  # the input headers were off by arcseconds
+    ast = Table.read(out / "astrometry.ecsv")
+    assert np.all(ast["status"] == "ok")
+
+
+def test_astrometry_with_a_catalogue_of_another_field(scene, tmp_path, capsys):
+    cat = Table.read(scene / "refcat.ecsv")
+    cat["ra"] += 1.0  # a degree away: nothing in the footprint
+    cat.write(tmp_path / "far.ecsv")
+    config = tmp_path / "noblind.toml"
+    config.write_text("[astrometry]\nblind = false\n")
+    code = main(["astrometry", str(scene), "--refcat", str(tmp_path / "far.ecsv"), "--out", str(tmp_path / "o"),
+                 "--config", str(config), "-q"])
+    out = capsys.readouterr().out
+    assert code == 1 and "0/4 CCD exposures solved" in out and "reference stars" in out
+    ast = Table.read(tmp_path / "o" / "astrometry.ecsv")
+    assert np.all(ast["status"] == "failed") and all("reference stars" in r for r in ast["reason"])
+    head = fits.Header.fromstring((tmp_path / "o" / "exp_00.head").read_text(), sep="\n")
+    assert head["SSOASTR"] == "failed" and "CTYPE1" not in head
+
+
+def test_run_solves_frames_without_wcs_blind(scene, tmp_path):
+    """Headers stripped of their WCS: the run solves every CCD blind and still finds the movers."""
+    from ssodetect.config import load_config
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.pipeline import run_pipeline
+
+    src = tmp_path / "nowcs"
+    src.mkdir()
+    for path in sorted(scene.glob("exp_*.fits")):
+        with fits.open(path) as hdul:
+            for hdu in hdul:
+                for key in [k for k in hdu.header if k[:5] in ("CTYPE", "CRVAL", "CRPIX", "CDELT", "CUNIT")
+                            or k.startswith(("PC1_", "PC2_", "CD1_", "CD2_"))]:
+                    del hdu.header[key]
+            hdul.writeto(src / path.name)
+    config = load_config(None)
+    config.execution.progress = False
+    config.astrometry.pixel_scale_range = [0.05, 0.2]
+    result = run_pipeline([src], None, config, refcat=scene / "refcat.ecsv")
+    assert np.all(result.astrometry["status"] == "ok") and np.all(result.astrometry["method"] == "blind")
+    ev = evaluate_run(result.observations, Table.read(scene / "truth.ecsv"))
+    assert ev.completeness_bright >= 0.9 and ev.median_residual_bright < 0.03
