@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from astropy.wcs import WCS, Sip
+from astropy.wcs import WCS
 
 from ssodetect.astrometry.match import PatternIndex, Similarity, match_patterns
 from ssodetect.astrometry.refcat import ldac_reference_table, load_reference_catalogue
@@ -17,76 +17,11 @@ from ssodetect.cli import main
 from ssodetect.config import AstrometryConfig
 from ssodetect.errors import InputError
 from ssodetect.io.ldac import read_ldac, write_ldac
+from ssodetect.simulate.starfield import distorted_wcs, perturbed_wcs, star_lists, wcs_difference
 
 MJD = 61120.0  # 2026-03-21
 NX = NY = 2048
 ZP = 24.24
-
-
-def true_wcs(crval=(150.0, 25.0), distortion=1.5) -> WCS:
-    """TAN-SIP with ``distortion`` px of radial cubic + quadratic distortion at the CCD corners."""
-    w = WCS(naxis=2)
-    crpix = [(NX + 1) / 2.0, (NY + 1) / 2.0]
-    r = 0.5 * math.hypot(NX, NY)
-    a = np.zeros((4, 4))
-    b = np.zeros((4, 4))
-    a[3, 0] = a[1, 2] = b[2, 1] = b[0, 3] = 0.8 * distortion / r**3
-    a[2, 0] = b[1, 1] = 0.2 * distortion / r**2
-    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
-    w.wcs.crval = list(crval)
-    w.wcs.crpix = crpix
-    w.wcs.cd = np.array([[-0.1, 0.0], [0.0, 0.1]]) / 3600.0
-    w.sip = Sip(a, b, None, None, crpix)
-    w.wcs.set()
-    return w
-
-
-def perturbed_header(truth: WCS, shift=(30.0, -20.0), rotation=1.0, scale=1.0) -> WCS:
-    """Plain TAN header off by ``shift`` [arcsec], ``rotation`` [deg] and a scale factor."""
-    h = WCS(naxis=2)
-    h.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    dec = truth.wcs.crval[1]
-    h.wcs.crval = [truth.wcs.crval[0] + shift[0] / 3600.0 / math.cos(math.radians(dec)), dec + shift[1] / 3600.0]
-    h.wcs.crpix = list(truth.wcs.crpix)
-    c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
-    h.wcs.cd = np.array([[c, -s], [s, c]]) @ truth.wcs.cd * scale
-    h.wcs.set()
-    return h
-
-
-def synthetic_ccd(rng, truth: WCS, n_ref=30, n_extra=60, centroid=0.02):
-    """Reference catalogue of ``n_ref`` stars on the CCD (plus some outside) and the detected sources.
-
-    Sources: the reference stars with centroid noise [px] plus ``n_extra`` fainter
-    uncatalogued stars/galaxies; fluxes follow the catalogue magnitudes and ZP.
-    """
-    n_out = n_ref // 2
-    x = np.concatenate([rng.uniform(20, NX - 20, n_ref), rng.uniform(-600, NX + 600, n_out)])
-    y = np.concatenate([rng.uniform(20, NY - 20, n_ref), rng.uniform(-600, NY + 600, n_out)])
-    ra, dec = truth.all_pix2world(x, y, 0)
-    g = rng.uniform(17.5, 21.0, x.size)
-    cat = Table(
-        {"ra": ra, "dec": dec, "ra_error": np.full(x.size, 0.3), "dec_error": np.full(x.size, 0.3),
-         "pmra": np.zeros(x.size), "pmdec": np.zeros(x.size), "phot_g_mean_mag": g,
-         "ref_epoch": np.full(x.size, 2026.2)}
-    )
-    on = (x >= 0) & (x < NX) & (y >= 0) & (y < NY)
-    sx = np.concatenate([x[on] + rng.normal(0, centroid, on.sum()), rng.uniform(0, NX, n_extra)])
-    sy = np.concatenate([y[on] + rng.normal(0, centroid, on.sum()), rng.uniform(0, NY, n_extra)])
-    smag = np.concatenate([g[on], rng.uniform(19.0, 24.0, n_extra)])
-    flux = 566.0 * 10 ** (-0.4 * (smag - ZP))
-    sources = Table({"x": sx, "y": sy, "x_err": np.full(sx.size, centroid), "y_err": np.full(sx.size, centroid),
-                     "flux": flux, "flux_err": 0.01 * flux})
-    sources.sort("flux", reverse=True)
-    return cat, sources
-
-
-def wcs_error_mas(fitted: WCS, truth: WCS, n=21) -> np.ndarray:
-    """On-sky difference [mas] between two WCSs on an n x n grid over the CCD."""
-    gx, gy = np.meshgrid(np.linspace(0, NX - 1, n), np.linspace(0, NY - 1, n))
-    ra1, dec1 = truth.all_pix2world(gx, gy, 0)
-    ra2, dec2 = fitted.all_pix2world(gx, gy, 0)
-    return np.hypot((ra2 - ra1) * np.cos(np.radians(dec1)), dec2 - dec1).ravel() * 3.6e6
 
 
 def test_pattern_match_recovers_offset_rotation_and_scale():
@@ -121,9 +56,9 @@ def test_fit_reproduces_true_wcs_from_a_bad_header(joint):
     rng = np.random.default_rng(2)
     items, truths, cats = [], [], []
     for e in range(4):
-        truth = true_wcs(crval=(150.0 + e * 2e-4, 25.0 - e * 1e-4))
-        cat, sources = synthetic_ccd(rng, truth, n_ref=25)
-        header = perturbed_header(truth, shift=(30.0 * (-1) ** e, -20.0), rotation=1.0 - 0.5 * e)
+        truth = distorted_wcs(crval=(150.0 + e * 2e-4, 25.0 - e * 1e-4))
+        cat, sources = star_lists(rng, truth, n_ref=25)
+        header = perturbed_wcs(truth, shift=(30.0 * (-1) ** e, -20.0), rotation=1.0 - 0.5 * e)
         items.append(ExposureStars(e, MJD, 566.0, (NY, NX), header, sources, zeropoint=ZP))
         truths.append(truth)
         cats.append(cat)
@@ -134,7 +69,7 @@ def test_fit_reproduces_true_wcs_from_a_bad_header(joint):
     for sol, truth in zip(solutions, truths):
         assert sol.ok, sol.reason
         assert sol.method == "header" and sol.n_stars >= 20
-        err = wcs_error_mas(sol.wcs, truth)
+        err = wcs_difference(sol.wcs, truth)
         assert np.sqrt(np.mean(err**2)) <= 15.0, err.max()
         assert 25.0 < sol.header_offset < 45.0  # the header error was found (36" at the centre)
         assert abs(sol.zeropoint - ZP) < 0.01
@@ -144,17 +79,17 @@ def test_fit_reproduces_true_wcs_from_a_bad_header(joint):
 
 def test_blind_solve_without_header_and_its_failure_reason():
     rng = np.random.default_rng(3)
-    truth = true_wcs(crval=(210.0, -40.0))
-    cat, sources = synthetic_ccd(rng, truth, n_ref=20)
-    far_truth = true_wcs(crval=(211.0, -40.5))  # a second patch of sky in the same catalogue
-    far_cat, _ = synthetic_ccd(rng, far_truth, n_ref=40)
+    truth = distorted_wcs(crval=(210.0, -40.0))
+    cat, sources = star_lists(rng, truth, n_ref=20)
+    far_truth = distorted_wcs(crval=(211.0, -40.5))  # a second patch of sky in the same catalogue
+    far_cat, _ = star_lists(rng, far_truth, n_ref=40)
     from astropy.table import vstack
     catalogue = vstack([far_cat, cat])
     config = AstrometryConfig(pixel_scale_range=[0.05, 0.4])
     item = ExposureStars(0, MJD, 566.0, (NY, NX), None, sources, zeropoint=None)
     sol = solve_ccd("1-1", [item], catalogue, config)[0]
     assert sol.ok and sol.method == "blind", sol.reason
-    assert np.sqrt(np.mean(wcs_error_mas(sol.wcs, truth) ** 2)) <= 15.0
+    assert np.sqrt(np.mean(wcs_difference(sol.wcs, truth) ** 2)) <= 15.0
     assert abs(sol.pixel_scale - 0.1) < 1e-4
     # a mirrored image (x flipped) solves too, with the opposite parity
     flipped = sources.copy()
@@ -173,10 +108,10 @@ def test_blind_solve_success_rate():
     config = AstrometryConfig(pixel_scale_range=[0.08, 0.12])
     solved = 0
     for k in range(20):
-        truth = true_wcs(crval=(rng.uniform(0, 360), rng.uniform(-60, 60)))
-        cat, sources = synthetic_ccd(rng, truth, n_ref=15, n_extra=40)
+        truth = distorted_wcs(crval=(rng.uniform(0, 360), rng.uniform(-60, 60)))
+        cat, sources = star_lists(rng, truth, n_ref=15, n_extra=40)
         sol = solve_ccd("1-1", [ExposureStars(0, MJD, 566.0, (NY, NX), None, sources)], cat, config)[0]
-        solved += sol.ok and np.sqrt(np.mean(wcs_error_mas(sol.wcs, truth) ** 2)) < 30.0
+        solved += sol.ok and np.sqrt(np.mean(wcs_difference(sol.wcs, truth) ** 2)) < 30.0
     assert solved >= 20
 
 

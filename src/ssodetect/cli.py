@@ -41,7 +41,7 @@ def _simulate(args) -> int:
         raise ConfigError(f"simulate: invalid parameters ({problems})") from None
     summary = simulate(sim_config, args.outdir, progress=not args.quiet)
     print(
-        f"wrote {len(summary['files'])} image files, refcat.ecsv and truth.ecsv to {args.outdir}: "
+        f"wrote {len(summary['files'])} image files, refcat.ecsv, truth.ecsv and truth_wcs.ecsv to {args.outdir}: "
         f"{summary['n_movers']} moving objects; single-exposure 5-sigma limit {summary['limit_5sigma']:.2f} mag"
     )
     return 0
@@ -107,6 +107,23 @@ def _evaluate(args) -> int:
         raise SSODetectError(f"{args.truth}: cannot read truth table ({exc})") from None
     ev = evaluate_run(observations, truth, rate_range=(args.rate_min, args.rate_max), bright_limit=args.bright)
     print(format_evaluation(ev))
+    solutions_path = obs_path.parent / "astrometry.ecsv"
+    truth_wcs_path = Path(args.truth).parent / "truth_wcs.ecsv"
+    if solutions_path.exists() and truth_wcs_path.exists():
+        import numpy as np
+
+        from ssodetect.evaluate import evaluate_wcs
+
+        solutions = Table.read(solutions_path, format="ascii.ecsv")
+        acc = evaluate_wcs(solutions, Table.read(truth_wcs_path, format="ascii.ecsv"))
+        if len(acc):
+            print(
+                f"fitted WCS vs truth: {len(acc)}/{len(solutions)} CCD exposures solved, rms over the CCD "
+                f"median {np.median(acc['rms_mas']):.1f} mas, worst {np.max(acc['rms_mas']):.1f} mas "
+                f"(median {int(np.median(acc['n_stars']))} stars)"
+            )
+        else:
+            print(f"fitted WCS vs truth: 0/{len(solutions)} CCD exposures solved")
     return 0
 
 

@@ -19,7 +19,8 @@ from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
 
-__all__ = ["Evaluation", "evaluate_run", "format_evaluation"]
+__all__ = [
+    "evaluate_wcs","Evaluation", "evaluate_run", "format_evaluation"]
 
 
 @dataclass
@@ -215,3 +216,45 @@ def format_evaluation(ev: Evaluation) -> str:
         f"(difference {ev.limit_5sigma - ev.mag50:+.2f} mag)"
     )
     return "\n".join(lines)
+
+
+def evaluate_wcs(solutions: Table, truth_wcs: Table, *, grid: int = 21) -> Table:
+    """Accuracy of fitted WCSs against the simulated truth, over each CCD.
+
+    Parameters
+    ----------
+    solutions : Table
+        ``astrometry.ecsv`` of a run (``exposure, ccd, status, wcs_header``).
+    truth_wcs : Table
+        ``truth_wcs.ecsv`` of the simulation (``exposure, ccd, nx, ny, wcs_header``).
+    grid : int
+        Points per axis of the comparison grid.
+
+    Returns
+    -------
+    Table
+        One row per solved CCD exposure: ``exposure, ccd, n_stars, rms_mas,
+        max_mas`` (on-sky difference over the grid [mas]).
+    """
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    from ssodetect.simulate.starfield import wcs_difference
+
+    truth = {(int(r["exposure"]), str(r["ccd"])): r for r in truth_wcs}
+    rows = []
+    for sol in solutions:
+        key = (int(sol["exposure"]), str(sol["ccd"]))
+        if sol["status"] != "ok" or key not in truth:
+            continue
+        t = truth[key]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            w_true = WCS(fits.Header.fromstring(str(t["wcs_header"])))
+            w_fit = WCS(fits.Header.fromstring(str(sol["wcs_header"])))
+        d = wcs_difference(w_fit, w_true, (int(t["ny"]), int(t["nx"])), n=grid)
+        rows.append((key[0], key[1], int(sol["n_stars"]), float(np.sqrt(np.mean(d**2))), float(d.max())))
+    return Table(rows=rows, names=["exposure", "ccd", "n_stars", "rms_mas", "max_mas"],
+                 dtype=[int, "U32", int, float, float])

@@ -72,7 +72,7 @@ def _from_ldac(path: Path) -> Table:
 def ldac_reference_table(catalogue: Table) -> Table:
     """A catalogue with Gaia column names as a SCAMP reference table (LDAC_OBJECTS columns).
 
-    ``X_WORLD, Y_WORLD, ERRA_WORLD, ERRB_WORLD`` [deg], ``MAG, MAGERR``,
+    ``X_WORLD, Y_WORLD, ERRA_WORLD, ERRB_WORLD`` [deg], ``ERRTHETA_WORLD``, ``MAG, MAGERR``,
     ``OBSDATE`` [Julian year], ``PMALPHA, PMDELTA`` [mas/yr].
     """
     n = len(catalogue)
@@ -82,6 +82,7 @@ def ldac_reference_table(catalogue: Table) -> Table:
             "Y_WORLD": np.asarray(catalogue["dec"], float),
             "ERRA_WORLD": np.asarray(catalogue["ra_error"], float) / 3.6e6,
             "ERRB_WORLD": np.asarray(catalogue["dec_error"], float) / 3.6e6,
+            "ERRTHETA_WORLD": np.zeros(n, np.float32),
             "MAG": np.asarray(catalogue["phot_g_mean_mag"], np.float32),
             "MAGERR": np.full(n, 0.01, np.float32),
             "OBSDATE": np.asarray(catalogue["ref_epoch"], float),

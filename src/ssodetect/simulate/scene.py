@@ -589,8 +589,8 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
     outdir : path
         Output directory: ``exp_NN.fits`` (MEF layout) or ``exp_NN_ccd_R-C.fits``
         (plain layout), ``refcat.ecsv``, ``truth.ecsv`` and ``truth_wcs.ecsv``
-        (the true WCS of each CCD and exposure: columns ``exposure, ccd,
-        wcs_header`` with the FITS header cards as one string); written atomically.
+        (the true WCS of each CCD and exposure: columns ``exposure, ccd, nx,
+        ny, wcs_header`` with the FITS header cards as one string); written atomically.
     progress : bool
         Show a progress bar.
 
@@ -614,7 +614,7 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
             hdus = [fits.PrimaryHDU(header=primary)]
             for c, name in enumerate(names):
                 sci, rms, flg, wcs, truth = render_ccd(scene, e, c)
-                truth_wcs.append((e, name, wcs.to_header_string(relax=True)))
+                truth_wcs.append((e, name, config.nx, config.ny, wcs.to_header_string(relax=True)))
                 wh = header_wcs(scene, e, c).to_header()
                 ext = fits.Header()
                 ext["CCDID"] = name
@@ -640,7 +640,7 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
         truth = _truth_table(scene, rows, names)
         truth.write(stage.file("truth.ecsv"), format="ascii.ecsv")
         reference_catalogue(scene).write(stage.file("refcat.ecsv"), format="ascii.ecsv")
-        Table(rows=truth_wcs, names=["exposure", "ccd", "wcs_header"]).write(
+        Table(rows=truth_wcs, names=["exposure", "ccd", "nx", "ny", "wcs_header"]).write(
             stage.file("truth_wcs.ecsv"), format="ascii.ecsv"
         )
     log.info("simulated %d exposures x %d CCDs, %d movers", config.n_exposures, config.nccd, len(scene.movers))
