@@ -228,3 +228,38 @@ def test_run_solves_frames_without_wcs_blind(scene, tmp_path):
     assert np.all(result.astrometry["status"] == "ok") and np.all(result.astrometry["method"] == "blind")
     ev = evaluate_run(result.observations, Table.read(scene / "truth.ecsv"))
     assert ev.completeness_bright >= 0.9 and ev.median_residual_bright < 0.03
+
+
+def test_gaia_cone_is_cached(tmp_path):
+    """The archive path (network) is replaced by a stub; the second call must not query again."""
+    from ssodetect.astrometry.gaia import fetch_gaia
+
+    calls = []
+
+    def stub(query):
+        calls.append(query)
+        rng = np.random.default_rng(7)
+        return Table({"source_id": np.arange(5), "ra": rng.uniform(150, 150.1, 5), "dec": rng.uniform(25, 25.1, 5),
+                      "ra_error": np.ones(5), "dec_error": np.ones(5), "pmra": np.zeros(5), "pmdec": np.zeros(5),
+                      "phot_g_mean_mag": np.full(5, 18.0), "bp_rp": np.ones(5), "ref_epoch": np.full(5, 2016.0),
+                      "extra": np.zeros(5)})
+
+    first = fetch_gaia(150.05, 25.05, 0.1, cache_dir=tmp_path, run_query=stub)
+    second = fetch_gaia(150.05, 25.05, 0.1, cache_dir=tmp_path, run_query=stub)
+    assert first == second and len(calls) == 1
+    assert "gaiadr3.gaia_source" in calls[0] and "CIRCLE('ICRS', 150.050000, 25.050000, 0.100000)" in calls[0]
+    cat = load_reference_catalogue(first)
+    assert len(cat) == 5 and "extra" not in cat.colnames
+
+
+def test_absurd_solutions_are_refused():
+    rng = np.random.default_rng(8)
+    truth = distorted_wcs()
+    cat, sources = star_lists(rng, truth, n_ref=25, centroid=0.3)  # 30 mas centroid noise
+    item = ExposureStars(0, MJD, 566.0, (NY, NX), perturbed_wcs(truth), sources, zeropoint=ZP)
+    sol = solve_ccd("1-1", [item], cat, AstrometryConfig(max_rms=0.005))[0]
+    assert not sol.ok and "exceeds" in sol.reason
+    # a header claiming twice the true pixel scale: beyond the scale search, refused with a reason
+    item = ExposureStars(0, MJD, 566.0, (NY, NX), perturbed_wcs(truth, scale=2.0), sources, zeropoint=ZP)
+    sol = solve_ccd("1-1", [item], cat, AstrometryConfig(blind=False))[0]
+    assert not sol.ok and sol.reason

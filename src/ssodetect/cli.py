@@ -50,6 +50,7 @@ def _simulate(args) -> int:
 def _run(args) -> int:
     from ssodetect.config import load_config
     from ssodetect.pipeline import run_pipeline
+    from ssodetect.pipeline.run import resolve_refcat
 
     config = load_config(args.config)
     if args.workers is not None:
@@ -60,7 +61,7 @@ def _run(args) -> int:
         config.execution.progress = False
     if args.station:
         config.report.station = args.station
-    result = run_pipeline(args.inputs, args.out, config, refcat=args.refcat)
+    result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config))
     total = result.timings.get("total", float("nan"))
     print(
         f"{len(result.objects)} moving objects, {len(result.observations)} observations in {total:.1f} s "
@@ -74,6 +75,7 @@ def _astrometry(args) -> int:
 
     from ssodetect.config import load_config
     from ssodetect.pipeline import run_astrometry
+    from ssodetect.pipeline.run import resolve_refcat
 
     config = load_config(args.config)
     if args.workers is not None:
@@ -81,7 +83,8 @@ def _astrometry(args) -> int:
     if args.quiet:
         config.execution.progress = False
     formats = ("head", "fits") if args.format == "both" else (args.format,)
-    table = run_astrometry(args.inputs, args.out, args.refcat, config, formats=formats)
+    refcat = resolve_refcat(args.refcat, args.inputs, config)
+    table = run_astrometry(args.inputs, args.out, refcat, config, formats=formats)
     ok = table[table["status"] == "ok"]
     rms = f"median rms {1e3 * float(np.median(np.maximum(ok['rms_ra'], ok['rms_dec']))):.1f} mas" if len(ok) else ""
     print(f"{len(ok)}/{len(table)} CCD exposures solved {rms} -> {args.out}/astrometry.ecsv")
@@ -167,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run the pipeline on FITS files or directories")
     p.add_argument("inputs", nargs="+", help="FITS files and/or directories")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--refcat", default=None, help="reference catalogue (Gaia DR3 columns; ECSV/FITS/CSV/Parquet)")
+    p.add_argument("--refcat", default=None,
+                   help="reference catalogue (Gaia DR3 columns: ECSV/FITS/CSV/Parquet, or SCAMP LDAC); 'gaia' queries "
+                   "the Gaia archive once (online) and caches the result")
     p.add_argument("--config", default=None, help="TOML configuration file")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
@@ -177,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("astrometry", parents=[common], help="fit the WCS of every CCD against a reference catalogue")
     p.add_argument("inputs", nargs="+", help="FITS files and/or directories (never modified)")
-    p.add_argument("--refcat", required=True, help="reference catalogue (Gaia DR3 columns or SCAMP LDAC)")
+    p.add_argument("--refcat", required=True,
+                   help="reference catalogue (Gaia DR3 columns or SCAMP LDAC; 'gaia': the archive, cached)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", choices=["head", "fits", "both"], default="head",
                    help="SCAMP-style .head files, FITS copies with the new WCS, or both (default head)")

@@ -235,6 +235,11 @@ class AstrometryConfig(_Section):
         default=0.0, description="Image mag = G + zp_offset + colour_term * bp_rp (needs a bp_rp column)."
     )
     min_zeropoint_stars: int = Field(default=5, ge=2, description="Fewest stars for a zero point.")
+    gaia_cache: str = Field(
+        default="~/.cache/ssodetect/gaia",
+        description="Where '--refcat gaia' keeps Gaia DR3 archive query results (queried once, online).",
+    )
+    gaia_mag_limit: float = Field(default=21.0, description="Faintest G of '--refcat gaia' queries.")
 
     @model_validator(mode="after")
     def _check(self) -> "AstrometryConfig":

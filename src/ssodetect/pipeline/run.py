@@ -36,7 +36,7 @@ from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import ades_psv, tracklet_tables
 
-__all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates"]
+__all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates", "resolve_refcat"]
 
 log = logging.getLogger(__name__)
 
@@ -405,3 +405,33 @@ def run_astrometry(
         }
         stage.file("provenance.json").write_text(json.dumps(provenance, indent=2))
     return table
+
+
+def resolve_refcat(refcat, inputs, config: Config):
+    """The reference catalogue file to use: ``refcat`` itself, or for ``"gaia"`` a cached Gaia DR3 cone.
+
+    The cone covers every CCD's header footprint plus ``max_pointing_error``;
+    the archive is queried once (astroquery, network) and then read from
+    ``[astrometry] gaia_cache``.
+    """
+    if refcat is None or str(refcat).lower() != "gaia":
+        return refcat
+    from ssodetect.astrometry.gaia import fetch_gaia
+    from ssodetect.io import read_ccd
+
+    ras, decs = [], []
+    for ref in scan_inputs(find_inputs(inputs), config.io):
+        image = read_ccd(ref, config.io)
+        if image.wcs is None:
+            continue
+        ny, nx = image.data.shape
+        ra, dec = image.wcs.all_pix2world([0, nx - 1, 0, nx - 1], [0, 0, ny - 1, ny - 1], 0)
+        ras.extend(ra)
+        decs.extend(dec)
+    if not ras:
+        raise ConfigError("--refcat gaia needs at least one header WCS to know where to query")
+    plane = TangentPlane(float(np.median(ras)), float(np.median(decs)))
+    x, y = plane.to_plane(np.array(ras), np.array(decs))
+    radius = (float(np.max(np.hypot(x, y))) + config.astrometry.max_pointing_error) / 3600.0
+    return fetch_gaia(plane.ra0, plane.dec0, radius, cache_dir=Path(config.astrometry.gaia_cache).expanduser(),
+                      mag_limit=config.astrometry.gaia_mag_limit)
