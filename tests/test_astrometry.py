@@ -263,3 +263,12 @@ def test_absurd_solutions_are_refused():
     item = ExposureStars(0, MJD, 566.0, (NY, NX), perturbed_wcs(truth, scale=2.0), sources, zeropoint=ZP)
     sol = solve_ccd("1-1", [item], cat, AstrometryConfig(blind=False))[0]
     assert not sol.ok and sol.reason
+
+
+def test_run_with_a_bad_reference_catalogue(scene, tmp_path, capsys):
+    Table({"ra": [150.0], "dec": [25.0]}).write(tmp_path / "bad.ecsv")
+    out = tmp_path / "out"
+    code = main(["run", str(scene), "--out", str(out), "--refcat", str(tmp_path / "bad.ecsv"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bad.ecsv" in err[0] and "phot_g_mean_mag" in err[0]
+    assert not out.exists()

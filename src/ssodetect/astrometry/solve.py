@@ -246,28 +246,33 @@ def _fit(matched: list[MatchedStars], crpix, order: int, cfg: AstrometryConfig, 
 
 
 def _fit_best(matched: list[MatchedStars], crpix, cfg: AstrometryConfig, shape) -> list[WCSSolution]:
-    """Fit every SIP order the stars allow (up to ``cfg.sip_order``) and keep the one with the lowest BIC.
+    """Fit every SIP order the stars allow (up to ``cfg.sip_order``); keep the best by cross-validation.
 
-    The criterion is a truncated chi-square over all stars (each capped at
-    ``clip^2`` so that outliers weigh the same for every order) plus
-    ``2 p ln(n)`` for ``p`` parameters per axis over ``n`` stars.
+    The score is the mean squared leave-one-out residual, normalised by each
+    star's error (residual / (1 - leverage) for the stars used, the plain
+    residual for clipped ones, each capped at ``(2 clip)^2``): an order that
+    only fits the noise, or leaves the distortion unmodelled, predicts the stars
+    it did not see badly.  Orders that leave fewer than 1.5 stars per parameter
+    after clipping are not considered.
     """
     n_min = min(len(m.x) for m in matched)
     top = max_order_for(n_min, cfg.sip_order, n_exposures=len(matched), stars_per_param=1.5)
     if top < 1:
         raise ValueError(f"{n_min} matched stars")
-    best, best_bic = None, np.inf
-    n = sum(len(m.x) for m in matched)
+    best, best_score = None, np.inf
     for order in range(1, top + 1):
         sols = _fit(matched, crpix, order, cfg, shape)
-        chi2 = sum(
-            float(np.sum(np.minimum(np.sum((sol.residuals / m.sigma[:, None]) ** 2, axis=1), cfg.clip**2)))
-            for sol, m in zip(sols, matched)
-        )
-        params = 3 * len(matched) + len(polynomial_terms(order, 2)) if order > 1 else 3 * len(matched)
-        bic = chi2 + 2 * params * math.log(n)
-        if bic < best_bic:
-            best, best_bic = sols, bic
+        params = 3 * len(matched) + (len(polynomial_terms(order, 2)) if order > 1 else 0)
+        if order > 1 and sum(sol.n_stars for sol in sols) < 1.5 * params:
+            continue
+        loo = []
+        for sol, m in zip(sols, matched):
+            chi = np.hypot(sol.residuals[:, 0], sol.residuals[:, 1]) / m.sigma
+            chi = chi / np.maximum(1.0 - np.where(sol.used, sol.leverage, 0.0), 0.05)
+            loo.append(np.minimum(chi**2, (2.0 * cfg.clip) ** 2))
+        score = float(np.mean(np.concatenate(loo)))
+        if score < best_score:
+            best, best_score = sols, score
     return best
 
 

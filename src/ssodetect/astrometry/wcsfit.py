@@ -82,6 +82,9 @@ class WCSSolution:
         Residuals of all input stars, (RA*cos dec, Dec) [arcsec] (clipped ones included).
     used : ndarray (n,) bool
         Stars kept by the clipping.
+    leverage : ndarray (n,)
+        Diagonal of the hat matrix for the stars used (0 for clipped ones): a
+        star's leave-one-out residual is its residual / (1 - leverage).
     """
 
     wcs: WCS
@@ -93,6 +96,7 @@ class WCSSolution:
     n_params: int
     residuals: np.ndarray = field(repr=False)
     used: np.ndarray = field(repr=False)
+    leverage: np.ndarray = field(repr=False, default=None)
 
     @property
     def rms(self) -> float:
@@ -194,7 +198,6 @@ def fit_wcs(
         # project the reference stars about each exposure's current tangent point [arcsec]
         proj = [p.to_plane(s.ra, s.dec) for p, s in zip(planes, stars)]
         rows_x, rows_y, wts, blocks = [], [], [], []
-        offset = 0
         for e in range(n_exp):
             m = used[e]
             d_lin = _design(us[e][m], vs[e][m], lin_terms, norm)
@@ -206,7 +209,6 @@ def fit_wcs(
             rows_x.append(proj[e][0][m])
             rows_y.append(proj[e][1][m])
             wts.append(weights[e][m])
-            offset += m.sum()
         design = np.vstack(blocks)
         w = np.concatenate(wts)
         dw = design * w[:, None]
@@ -226,16 +228,24 @@ def fit_wcs(
         for e in range(n_exp):
             res = _residuals(coef_xi, coef_eta, e, n_exp, us[e], vs[e], proj[e], shared_terms, norm)
             r = np.hypot(res[:, 0], res[:, 1]) * weights[e]
-            # 2-D normalised offsets follow a Rayleigh law: median = 1.1774 sigma
-            sig = max(float(np.median(r[used[e]])) / 1.1774, 1e-9)
+            # 2-D normalised offsets follow a Rayleigh law: median = 1.1774 sigma; never clip below
+            # the stated errors (sigma 1), or a too flexible model would clip good stars
+            sig = max(float(np.median(r[used[e]])) / 1.1774, 1.0)
             new = r < clip * sig
             if new.sum() >= 3 and not np.array_equal(new, used[e]):
                 used[e] = new
                 changed = True
         if not changed or iteration >= max_iter:
             break
+    # leverage of each used star (diagonal of the hat matrix of the weighted design)
+    q, _ = np.linalg.qr(dw)
+    hat = np.sum(q**2, axis=1)
+    bounds = np.cumsum([0] + [int(m.sum()) for m in used])
     solutions = []
     for e in range(n_exp):
+        leverage = np.zeros(us[e].size)
+        if bounds[e + 1] - bounds[e] == used[e].sum():
+            leverage[used[e]] = hat[bounds[e] : bounds[e + 1]]
         res = _residuals(coef_xi, coef_eta, e, n_exp, us[e], vs[e], planes[e].to_plane(stars[e].ra, stars[e].dec),
                          shared_terms, norm)
         # convert residuals from the tangent plane [arcsec] to (RA cos dec, Dec): equal near the tangent point
@@ -253,6 +263,7 @@ def fit_wcs(
                 n_params=3 + n_shared,
                 residuals=res,
                 used=m,
+                leverage=leverage,
             )
         )
     return solutions
