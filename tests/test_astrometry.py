@@ -272,3 +272,23 @@ def test_run_with_a_bad_reference_catalogue(scene, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "bad.ecsv" in err[0] and "phot_g_mean_mag" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("max_iter", [1, 6])
+def test_fit_clips_wrong_matches(max_iter):
+    from ssodetect.astrometry.wcsfit import MatchedStars, fit_wcs
+
+    rng = np.random.default_rng(9)
+    truth = distorted_wcs()
+    x, y = rng.uniform(0, NX, 60), rng.uniform(0, NY, 60)
+    ra, dec = truth.all_pix2world(x, y, 0)
+    ra[:4] += 1.0 / 3600.0  # four wrong matches, 1" off
+    stars = MatchedStars(x + rng.normal(0, 0.02, 60), y + rng.normal(0, 0.02, 60), ra, dec, np.full(60, 0.003),
+                         crval=(150.001, 25.001))
+    sol = fit_wcs([stars], crpix=((NX + 1) / 2, (NY + 1) / 2), order=3, max_iter=max_iter, inverse_extent=(NX, NY))[0]
+    assert not sol.used[:4].any() and sol.used[4:].sum() >= 54
+    assert np.all((sol.leverage > 0) == sol.used) and sol.leverage.sum() == pytest.approx(10, abs=1e-6)
+    assert np.sqrt(np.mean(wcs_difference(sol.wcs, truth) ** 2)) < 5.0
+    # the inverse SIP is exact: pixel -> sky -> pixel round trip
+    px, py = sol.wcs.all_world2pix(*sol.wcs.all_pix2world(x, y, 0), 0)
+    assert np.max(np.hypot(px - x, py - y)) < 1e-3

@@ -194,7 +194,8 @@ def fit_wcs(
     weights = [1.0 / np.maximum(np.asarray(s.sigma, float), 1e-4) for s in stars]
     lin_terms = polynomial_terms(1, 0)  # 1, u, v
     coef_xi = coef_eta = None
-    for iteration in range(max_iter + 3):
+    freeze = False  # after max_iter clipping rounds: one last fit with the final star set, no more clipping
+    for iteration in range(max_iter + 12):
         # project the reference stars about each exposure's current tangent point [arcsec]
         proj = [p.to_plane(s.ra, s.dec) for p, s in zip(planes, stars)]
         rows_x, rows_y, wts, blocks = [], [], [], []
@@ -223,6 +224,8 @@ def fit_wcs(
             planes[e] = TangentPlane(float(ra0[0]), float(dec0[0]))
         if moved > 1e-6:
             continue
+        if freeze:
+            break
         # residuals of all stars, normalised by their errors; clip
         changed = False
         for e in range(n_exp):
@@ -235,8 +238,9 @@ def fit_wcs(
             if new.sum() >= 3 and not np.array_equal(new, used[e]):
                 used[e] = new
                 changed = True
-        if not changed or iteration >= max_iter:
+        if not changed:
             break
+        freeze = iteration >= max_iter
     # leverage of each used star (diagonal of the hat matrix of the weighted design)
     q, _ = np.linalg.qr(dw)
     hat = np.sum(q**2, axis=1)
@@ -244,8 +248,7 @@ def fit_wcs(
     solutions = []
     for e in range(n_exp):
         leverage = np.zeros(us[e].size)
-        if bounds[e + 1] - bounds[e] == used[e].sum():
-            leverage[used[e]] = hat[bounds[e] : bounds[e + 1]]
+        leverage[used[e]] = hat[bounds[e] : bounds[e + 1]]
         res = _residuals(coef_xi, coef_eta, e, n_exp, us[e], vs[e], planes[e].to_plane(stars[e].ra, stars[e].dec),
                          shared_terms, norm)
         # convert residuals from the tangent plane [arcsec] to (RA cos dec, Dec): equal near the tangent point
