@@ -21,6 +21,7 @@ __all__ = [
     "DetectConfig",
     "AstrometryConfig",
     "LinkConfig",
+    "StreakConfig",
     "ReportConfig",
     "ExecutionConfig",
     "Config",
@@ -251,6 +252,23 @@ class AstrometryConfig(_Section):
         return self
 
 
+class StreakConfig(_Section):
+    """Fast movers: trails joined, fitted and linked across exposures (they move too fast for [link])."""
+
+    enabled: bool = Field(default=True, description="Measure trails with the trailed-PSF fit and link them.")
+    min_length: float = Field(default=12.0, gt=0, description="Trails at least this long [px] are fitted and linked.")
+    max_length: float = Field(
+        default=800.0, gt=0, description="Longer streaks [px] are satellites (crossing the detector), never linked."
+    )
+    max_gap: float = Field(default=30.0, ge=0, description="Largest gap [px] between collinear fragments of one trail.")
+    min_exposures: int = Field(default=2, ge=2, description="Fewest exposures of a linked fast mover.")
+    rate_tolerance: float = Field(
+        default=0.15, gt=0, description="Relative agreement between trail-implied and displacement rates."
+    )
+    angle_tolerance: float = Field(default=3.0, gt=0, description="Direction agreement [deg] (plus trail axis error).")
+    max_chi2_dof: float = Field(default=10.0, gt=0, description="Largest reduced chi2 of a linked chain's line fit.")
+
+
 class ReportConfig(_Section):
     """Identification of the observatory for ADES output."""
 
@@ -279,6 +297,7 @@ class Config(_Section):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     astrometry: AstrometryConfig = Field(default_factory=AstrometryConfig)
     link: LinkConfig = Field(default_factory=LinkConfig)
+    streaks: StreakConfig = Field(default_factory=StreakConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

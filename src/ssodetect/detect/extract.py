@@ -51,7 +51,7 @@ DETECTION_COLUMNS = [
     ("chi2_broad", "f8", "", "chi2 of a fit twice as broad as the PSF (galaxies)"),
     ("sep_flag", "i8", "", "sep extraction flags"),
     ("near_mask", "bool", "", "a masked pixel lies inside the detection footprint"),
-    ("kind", "U8", "", "point | trail | extended | sharp | streak"),
+    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed"),
 ]
 
 
@@ -216,7 +216,7 @@ def extract_sources(
         seg_ids = np.unique(segmap[binary_dilation(detector_mask, iterations=1)])
         seg_ids = seg_ids[seg_ids > 0]
         near_mask[seg_ids - 1] = True
-    kind = np.full(x.size, "point", dtype="U8")
+    kind = np.full(x.size, "point", dtype="U10")
     kind[length >= 2.0 * psf_sigma / FWHM_TO_SIGMA] = "trail"
     # extended (galaxies): the broad model wins by a margin and by a fraction of SNR^2; only below
     # extended_max_snr, where the mismatch of the Gaussian PSF model itself does not dominate

@@ -32,6 +32,7 @@ def static_on_sky(
     radius,
     min_matches: int,
     min_rate: float,
+    max_sigma: float = 1.0,
 ) -> np.ndarray:
     """Flag detections of sources fixed on the sky.
 
@@ -52,6 +53,8 @@ def static_on_sky(
         Other exposures with a counterpart needed to call a detection static.
     min_rate : float
         Slowest motion searched [arcsec/h].
+    max_sigma : float
+        Uncertainties are capped at this [arcsec] for the matching.
 
     Returns
     -------
@@ -64,6 +67,8 @@ def static_on_sky(
         return static
     pos = np.column_stack([xi, eta])
     radius = np.broadcast_to(np.asarray(radius, float), (n,))
+    # one badly measured detection must not make its whole neighbourhood static
+    sigma = np.minimum(np.nan_to_num(np.asarray(sigma, float), nan=max_sigma), max_sigma)
     exposures = np.unique(exposure)
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}

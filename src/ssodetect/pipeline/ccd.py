@@ -19,6 +19,7 @@ from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
+from ssodetect.streaks import refine_trails, trail_on_sky
 
 __all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table"]
 
@@ -35,6 +36,8 @@ CCD_COLUMNS = [
     ("dec", "f8", "deg", "declination through the WCS"),
     ("wcs", "U6", "", "source of the sky position: header | fit (refined against the reference catalogue) | none"),
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
+    ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
+    ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
     ("ra_err", "f8", "arcsec", "uncertainty in RA*cos(dec)"),
     ("dec_err", "f8", "arcsec", "uncertainty in Dec"),
     ("mag", "f8", "mag", "magnitude from the zero point"),
@@ -119,6 +122,15 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
     )
     info.update(extract_info)
     info["t_extract"] = time.perf_counter() - t0
+    if config.streaks.enabled and len(detections):
+        t0 = time.perf_counter()
+        detections, streak_info = refine_trails(
+            detections, image.data - background, np.asarray(error, np.float64) ** 2, mask, image.saturated,
+            extract_info["psf_sigma"], min_length=config.streaks.min_length, max_length=config.streaks.max_length,
+            max_gap=config.streaks.max_gap,
+        )
+        info.update(streak_info)
+        info["t_streaks"] = time.perf_counter() - t0
     info["background_rms"] = global_rms
     info["zeropoint"] = image.zeropoint
     info["zeropoint_source"] = image.zeropoint_source
@@ -137,6 +149,12 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
         scale = float("nan") if n else 0.0
     table["ra"] = ra
     table["dec"] = dec
+    if n and image.wcs is not None:
+        table["trail_arcsec"], table["trail_pa"] = trail_on_sky(
+            image.wcs, table["x"], table["y"], table["length"], table["theta"]
+        )
+    else:
+        table["trail_arcsec"] = table["trail_pa"] = np.full(n, np.nan)
     table["wcs"] = np.full(n, "header" if image.wcs is not None else "none", dtype="U6")
     table["pixel_scale"] = np.full(n, scale)
     table["ra_err"] = np.asarray(table["x_err"]) * scale

@@ -23,7 +23,9 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
 from ssodetect.errors import ConfigError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_inputs
+from ssodetect.columns import describe, empty_table
 from ssodetect.link import link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
+from ssodetect.link.streaks import link_streaks
 from ssodetect.pipeline.astrometry import (
     SolveTask,
     apply_solutions,
@@ -49,6 +51,7 @@ class RunResult:
     objects: Table
     candidates: Table
     astrometry: Table | None = None
+    streaks: Table | None = None
     timings: dict = field(default_factory=dict)
     ccd_info: list = field(default_factory=list)
     outdir: Path | None = None
@@ -74,9 +77,13 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` and ``size`` [arcsec] columns and the
     flags ``static`` and ``artefact`` to a copy of the usable detections.
     """
+    # long trails cross flagged pixels often; their measurement masks them, so they stay usable
+    long_trail = (np.asarray(detections["kind"]) == "trail") & (
+        np.asarray(detections["length"], float) >= config.streaks.min_length
+    )
     usable = (
         np.isin(detections["kind"], ["point", "trail", "extended"])
-        & ~np.asarray(detections["near_mask"], bool)
+        & (~np.asarray(detections["near_mask"], bool) | long_trail)
         & (np.asarray(detections["snr"]) > 0)
         & np.isfinite(np.asarray(detections["ra"], float))
     )
@@ -87,11 +94,17 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
     cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
     link = config.link
-    cand["size"] = np.asarray(cand["a"]) * np.asarray(cand["pixel_scale"])
+    # source size for the static-match radius: the full extent of galaxies, only the width of trails
+    # (a trail's length says how far it moved, not where a static counterpart could sit)
+    extent = np.where(np.asarray(cand["kind"]) == "trail", np.asarray(cand["b"]), np.asarray(cand["a"]))
+    cand["size"] = extent * np.asarray(cand["pixel_scale"])
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
         radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches, min_rate=link.min_rate,
     )
+    # a source trailed by more than min_length moved during the exposure: never static
+    moved = (np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
+    cand["static"] = np.asarray(cand["static"]) & ~moved
     cand["artefact"] = static_on_detector(
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
         radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
@@ -125,6 +138,71 @@ def _vet_occupancy(tracklets, moving: Table, usable: Table, exposures, config: C
             continue
         kept.append(trk)
     return kept
+
+
+#: Columns of ``streaks.ecsv``: every trail and streak of the run and what became of it.
+STREAK_COLUMNS = [
+    ("exposure", "i8", "", "exposure index"),
+    ("ccd", "U32", "", "CCD identifier"),
+    ("x", "f8", "pix", "trail centre (mid-exposure position), 0-based"),
+    ("y", "f8", "pix", "trail centre, 0-based"),
+    ("ra", "f8", "deg", "trail centre"),
+    ("dec", "f8", "deg", "trail centre"),
+    ("length", "f8", "pix", "trail length"),
+    ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
+    ("trail_pa", "f8", "deg", "trail axis position angle, 0-180"),
+    ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
+    ("mag", "f8", "mag", "magnitude"),
+    ("snr", "f8", "", "signal-to-noise ratio"),
+    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed"),
+    ("object", "U8", "", "object identifier when linked"),
+]
+
+
+def _link_fast(moving: Table, used: set, config: Config) -> tuple[Table, list]:
+    """Trails long enough to measure, not already in a slow tracklet, linked across exposures."""
+    sc = config.streaks
+    keep = (np.asarray(moving["kind"]) == "trail") & (np.asarray(moving["length"], float) >= sc.min_length)
+    keep &= ~np.isin(np.arange(len(moving)), list(used))
+    trails = moving[keep]
+    if len(trails) < 2:
+        return trails, []
+    fast = link_streaks(
+        np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),
+        np.asarray(trails["eta"], float), np.asarray(trails["sigma"], float), np.asarray(trails["trail_arcsec"], float),
+        np.asarray(trails["trail_pa"], float), np.asarray(trails["exptime"], float),
+        min_exposures=sc.min_exposures, rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance,
+        max_chi2_dof=sc.max_chi2_dof,
+    )
+    taken: set[int] = set()
+    kept = []
+    for trk in fast:  # longest first; no trail in two objects
+        if taken.isdisjoint(trk.members):
+            kept.append(trk)
+            taken.update(trk.members)
+    # report order independent of float noise in the fits: by first exposure, then position
+    t = np.asarray(trails["t_hours"], float)
+    kept.sort(key=lambda trk: (round(float(t[trk.members[0]]), 6), round(trk.x0, 2), round(trk.y0, 2)))
+    return trails, kept
+
+
+def _streak_table(detections: Table, trails: Table, fast: list, names: list[str]) -> Table:
+    """Every measured trail (linked to ``names[i]`` of ``fast[i]``, or single) plus satellites and bleeds."""
+    member_of = {k: names[n] for n, trk in enumerate(fast) for k in trk.members}
+    rows = [(row, "linked" if k in member_of else "single", member_of.get(k, "")) for k, row in enumerate(trails)]
+    if len(detections):
+        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed"])]
+        rows += [(row, str(row["kind"]), "") for row in others]
+    if not rows:
+        return empty_table(STREAK_COLUMNS)
+    out = []
+    for row, status, name in rows:
+        rate = float(row["trail_arcsec"]) / max(float(row["exptime"]), 1e-9) * 3600.0
+        out.append((int(row["exposure"]), str(row["ccd"]), float(row["x"]), float(row["y"]), float(row["ra"]),
+                    float(row["dec"]), float(row["length"]), float(row["trail_arcsec"]), float(row["trail_pa"]),
+                    rate, float(row["mag"]), float(row["snr"]), status, name))
+    table = Table(rows=out, names=[c[0] for c in STREAK_COLUMNS], dtype=[c[1] for c in STREAK_COLUMNS])
+    return describe(table, STREAK_COLUMNS)
 
 
 def _versions() -> dict:
@@ -294,21 +372,40 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     )
     t0 = time.perf_counter()
     lk = config.link
+    # trails longer than the fastest slow motion can draw are for the streak linking only
+    reach = 1.5 * lk.max_rate * np.asarray(moving["exptime"], float) / 3600.0 + 0.5
+    slow_idx = np.nonzero(~((np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach)))[0]
+    slow = moving[slow_idx]
     tracklets = link_tracklets(
-        np.asarray(moving["exposure"]), np.asarray(moving["t_hours"]), np.asarray(moving["xi"]),
-        np.asarray(moving["eta"]), np.asarray(moving["sigma"]), np.asarray(moving["flux"]),
-        np.asarray(moving["flux_err"]),
+        np.asarray(slow["exposure"]), np.asarray(slow["t_hours"]), np.asarray(slow["xi"]),
+        np.asarray(slow["eta"]), np.asarray(slow["sigma"]), np.asarray(slow["flux"]),
+        np.asarray(slow["flux_err"]),
         min_rate=lk.min_rate, max_rate=lk.max_rate, min_detections=lk.min_detections, match_sigma=lk.match_sigma,
         match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
         min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
     )
-    tracklets = _vet_occupancy(tracklets, moving, cand, exposures, config)
-    observations, objects = tracklet_tables(moving, tracklets, plane, t0_mjd=t0_mjd)
+    tracklets = _vet_occupancy(tracklets, slow, cand, exposures, config)
+    observations, objects = tracklet_tables(slow, tracklets, plane, t0_mjd=t0_mjd)
     timings["link"] = time.perf_counter() - t0
-    log.info("%d objects linked", len(objects))
+    log.info("%d slow movers linked", len(objects))
+    streak_table = empty_table(STREAK_COLUMNS)
+    if config.streaks.enabled:
+        t0 = time.perf_counter()
+        used = {int(slow_idx[k]) for trk in tracklets for k in trk.members}
+        trails, fast = _link_fast(moving, used, config)
+        fast_obs, fast_obj = tracklet_tables(trails, fast, plane, t0_mjd=t0_mjd, kind="streak",
+                                             first_number=len(objects) + 1)
+        observations = vstack([observations, fast_obs]) if len(fast_obs) else observations
+        objects = vstack([objects, fast_obj]) if len(fast_obj) else objects
+        streak_table = _streak_table(detections, trails, fast, [str(n) for n in fast_obj["object"]])
+        timings["streaks"] = time.perf_counter() - t0
+        log.info("%d fast movers linked from %d trails; %d single-exposure trails and %d satellites flagged",
+                 len(fast_obj), len(trails), int(np.sum(streak_table["status"] == "single")),
+                 int(np.sum(streak_table["status"] == "satellite")))
     astrometry = solution_table(solutions) if calibrate else None
     return RunResult(
-        observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info
+        observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
+        streaks=streak_table,
     )
 
 
@@ -317,6 +414,8 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
     result.objects.write(stage.file("objects.ecsv"), format="ascii.ecsv")
     if result.astrometry is not None:
         result.astrometry.write(stage.file("astrometry.ecsv"), format="ascii.ecsv")
+    if result.streaks is not None:
+        result.streaks.write(stage.file("streaks.ecsv"), format="ascii.ecsv")
     band = ""
     if len(result.observations):
         from astropy.io import fits

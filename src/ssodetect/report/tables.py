@@ -36,11 +36,12 @@ OBSERVATION_COLUMNS = [
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
     ("snr", "f8", "", "signal-to-noise ratio"),
     ("trail_length", "f8", "pix", "measured trail length"),
+    ("trail_pa", "f8", "deg", "position angle of the trail axis on the sky, N through E, 0-180"),
     ("rate", "f8", "arcsec / h", "rate of motion of the object"),
     ("pa", "f8", "deg", "position angle of motion, N through E"),
     ("resid_ra", "f8", "arcsec", "residual from the linear fit, RA*cos(dec)"),
     ("resid_dec", "f8", "arcsec", "residual from the linear fit, Dec"),
-    ("kind", "U8", "", "how the object was found (linked)"),
+    ("kind", "U8", "", "how the object was found: linked (slow mover) | streak (fast mover, trails linked)"),
 ]
 
 OBJECT_COLUMNS = [
@@ -60,7 +61,7 @@ OBJECT_COLUMNS = [
     ("snr", "f8", "", "median SNR of the observations"),
     ("mjd_first", "f8", "d", "first observation"),
     ("mjd_last", "f8", "d", "last observation"),
-    ("kind", "U8", "", "how the object was found (linked)"),
+    ("kind", "U8", "", "how the object was found: linked | streak"),
 ]
 
 
@@ -72,7 +73,8 @@ def _finish(rows: list[dict], columns) -> Table:
 
 
 def tracklet_tables(
-    candidates: Table, tracklets: list[Tracklet], plane: TangentPlane, *, t0_mjd: float, kind: str = "linked"
+    candidates: Table, tracklets: list[Tracklet], plane: TangentPlane, *, t0_mjd: float, kind: str = "linked",
+    first_number: int = 1,
 ) -> tuple[Table, Table]:
     """Observation and object tables for linked tracklets.
 
@@ -88,6 +90,8 @@ def tracklet_tables(
         MJD of ``t_hours = 0``.
     kind : str
         Value of the ``kind`` column.
+    first_number : int
+        Number of the first object (identifiers ``SD00001``...).
 
     Returns
     -------
@@ -96,7 +100,7 @@ def tracklet_tables(
     """
     obs_rows: list[dict] = []
     obj_rows: list[dict] = []
-    for number, trk in enumerate(tracklets, start=1):
+    for number, trk in enumerate(tracklets, start=first_number):
         name = f"SD{number:05d}" if number < 100000 else f"S{number:07d}"
         idx = np.array(trk.members)
         rows = candidates[idx]
@@ -126,6 +130,7 @@ def tracklet_tables(
                     "mag_err": float(row["mag_err"]),
                     "snr": float(row["snr"]),
                     "trail_length": float(row["length"]),
+                    "trail_pa": float(row["trail_pa"]),
                     "rate": trk.rate,
                     "pa": trk.position_angle,
                     "resid_ra": float(res_x[k]),

@@ -1,0 +1,160 @@
+"""Linking trails (fast movers) across exposures.
+
+A trail of sky length ``L`` [arcsec] in an exposure of ``T`` seconds implies a
+rate ``L / T`` and a direction (its axis, sign unknown).  Two trails in
+different exposures belong to one object when the displacement between their
+centres agrees with both: its direction lies along both axes (within
+``angle_tol`` plus the axis uncertainty of short trails), and its length
+divided by the time between them matches both implied rates (within
+``rate_tol`` relative plus the length uncertainty).  Consistent pairs are joined
+into chains (one trail per exposure, at least ``min_exposures``), each fitted
+with a straight line; while the line does not fit (reduced chi2 above
+``max_chi2_dof``) the worst member is dropped, down to ``min_exposures``.  Positions in arcsec (tangent plane), times in hours.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ssodetect.link.tracklets import Tracklet, fit_linear_motion
+
+__all__ = ["link_streaks"]
+
+
+def _axis_diff(a, b):
+    d = np.abs(a - b) % 180.0
+    return np.minimum(d, 180.0 - d)
+
+
+def link_streaks(
+    exposure: np.ndarray,
+    t_hours: np.ndarray,
+    xi: np.ndarray,
+    eta: np.ndarray,
+    sigma: np.ndarray,
+    length: np.ndarray,
+    pa: np.ndarray,
+    exptime: np.ndarray,
+    *,
+    min_exposures: int = 2,
+    rate_tol: float = 0.15,
+    length_err: float = 0.4,
+    angle_tol: float = 3.0,
+    max_chi2_dof: float = 10.0,
+) -> list[Tracklet]:
+    """Chains of consistent trails.
+
+    Parameters
+    ----------
+    exposure, t_hours, xi, eta, sigma : ndarray (n,)
+        Exposure index, mid-exposure time [h], position [arcsec], positional error [arcsec].
+    length, pa : ndarray (n,)
+        Trail length on the sky [arcsec] and axis position angle [deg, 0-180].
+    exptime : ndarray (n,)
+        Exposure times [s].
+    min_exposures : int
+        Fewest exposures in a chain.
+    rate_tol : float
+        Relative rate tolerance.
+    length_err : float
+        Absolute uncertainty of a trail length [arcsec] (PSF-limited ends).
+    angle_tol : float
+        Direction tolerance [deg].
+    max_chi2_dof : float
+        Largest reduced chi-square of the straight-line fit of a chain.
+
+    Returns
+    -------
+    list of Tracklet
+        Members index the input arrays; longest chains first, no trail in two chains.
+    """
+    n = len(xi)
+    if n < 2:
+        return []
+    rate = length / (exptime / 3600.0)  # arcsec/h
+    rate_err = rate_tol * rate + length_err / (exptime / 3600.0)
+    axis_err = angle_tol + np.degrees(np.arctan2(0.3, np.maximum(length, 0.3)))
+    adj: dict[int, set[int]] = {i: set() for i in range(n)}
+    order = np.argsort(t_hours)
+    for a_pos, i in enumerate(order):
+        for j in order[a_pos + 1 :]:
+            if exposure[j] == exposure[i]:
+                continue
+            dt = t_hours[j] - t_hours[i]
+            if dt <= 0:
+                continue
+            dx, dy = xi[j] - xi[i], eta[j] - eta[i]
+            dist = math.hypot(dx, dy)
+            moved = dist / dt
+            if abs(moved - rate[i]) > rate_err[i] + rate_err[j] or abs(moved - rate[j]) > rate_err[i] + rate_err[j]:
+                continue
+            direction = math.degrees(math.atan2(dx, dy)) % 180.0
+            if _axis_diff(direction, pa[i]) > axis_err[i] or _axis_diff(direction, pa[j]) > axis_err[j]:
+                continue
+            if _axis_diff(pa[i], pa[j]) > axis_err[i] + axis_err[j]:
+                continue
+            adj[int(i)].add(int(j))
+            adj[int(j)].add(int(i))
+    # connected components, one member per exposure (closest to the component's line)
+    seen, chains = set(), []
+    for start in range(n):
+        if start in seen or not adj[start]:
+            continue
+        stack, comp = [start], []
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            comp.append(k)
+            stack.extend(adj[k] - seen)
+        chains.append(sorted(comp, key=lambda k: t_hours[k]))
+    tracklets = []
+    for comp in chains:
+        remaining = list(comp)
+        while len(remaining) >= min_exposures:
+            best = _best_subset(remaining, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof)
+            if best is None:
+                break
+            idx, params, cov, chi2, t_ref = best
+            dof = 2 * idx.size - 4
+            tracklets.append(Tracklet(tuple(int(k) for k in idx), params[0], params[1], params[2], params[3], cov,
+                                      chi2, max(dof, 0), t_ref))
+            remaining = [k for k in remaining if k not in set(idx.tolist())]
+    tracklets.sort(key=lambda t: (-len(t.members), t.chi2))
+    return tracklets
+
+
+def _best_subset(comp, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof):
+    """The largest set of trails, one per exposure, all pairwise consistent, whose line fits.
+
+    Among equally large sets the lowest chi-square wins (for pairs: the closest rate agreement).
+    Components are small (a handful of trails); the search is exhaustive up to 14 trails and
+    greedy (largest exposures first) beyond.
+    """
+    from itertools import combinations
+
+    comp = sorted(comp, key=lambda k: t_hours[k])
+    if len(comp) > 14:
+        comp = comp[:14]
+    for size in range(min(len({int(exposure[k]) for k in comp}), len(comp)), min_exposures - 1, -1):
+        best = None
+        for combo in combinations(comp, size):
+            if len({int(exposure[k]) for k in combo}) < size:
+                continue
+            if any(b not in adj[a] for a, b in combinations(combo, 2)):
+                continue
+            idx = np.array(combo)
+            params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
+            dof = 2 * size - 4
+            if dof > 0 and chi2 / dof > max_chi2_dof:
+                continue
+            dt = t_hours[idx[-1]] - t_hours[idx[0]]
+            moved = math.hypot(xi[idx[-1]] - xi[idx[0]], eta[idx[-1]] - eta[idx[0]]) / max(dt, 1e-9)
+            score = chi2 if dof > 0 else float(np.sum(np.abs(rate[idx] - moved) / rate[idx]))
+            if best is None or score < best[0]:
+                best = (score, idx, params, cov, chi2, t_ref)
+        if best is not None:
+            return best[1:]
+    return None

@@ -1,0 +1,191 @@
+"""Streaks in one CCD exposure: joining fragments, precise centring, rejecting what is not an SSO.
+
+Faint or masked trails come out of the extraction in pieces.  Pieces that are
+collinear (their angles and the line joining them agree) and close end to end
+are joined into one streak; every trail longer than ``min_length`` is then
+measured with the trailed-PSF fit (:func:`~ssodetect.streaks.model.fit_trail`)
+starting from the modified-moment centre.  Streaks longer than ``max_length``
+(satellites crossing the detector) and bleed columns of saturated stars are
+labelled ``satellite`` and ``bleed``; they never reach the linking.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.streaks.model import fit_trail, moment_centre
+
+__all__ = ["join_fragments", "refine_trails"]
+
+log = logging.getLogger(__name__)
+
+
+def _ends(x, y, length, theta):
+    h = 0.5 * length
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([x - h * c, y - h * s]), np.array([x + h * c, y + h * s])
+
+
+def _angle_diff(a: float, b: float) -> float:
+    """Difference of two axis angles [rad], modulo pi, in [0, pi/2]."""
+    d = abs(a - b) % math.pi
+    return min(d, math.pi - d)
+
+
+def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_angle: float) -> list[list[int]]:
+    """Groups of collinear trail fragments (indices into ``det``), each group one streak.
+
+    Two fragments join when their axis angles differ by less than ``max_angle``
+    [rad] (plus the angle uncertainty of short pieces), the line between their
+    centres runs along both axes, and their nearest ends are within ``max_gap`` [px].
+    """
+    idx = [int(i) for i in np.nonzero(candidates)[0]]
+    parent = {i: i for i in idx}
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    xs, ys = np.asarray(det["x"], float), np.asarray(det["y"], float)
+    lens, ths = np.asarray(det["length"], float), np.asarray(det["theta"], float)
+    for k, i in enumerate(idx):
+        for j in idx[k + 1 :]:
+            reach = 0.5 * (lens[i] + lens[j]) + max_gap
+            if abs(xs[i] - xs[j]) > reach or abs(ys[i] - ys[j]) > reach:
+                continue
+            tol = max_angle + math.atan2(2.0, max(min(lens[i], lens[j]), 2.0))
+            if _angle_diff(ths[i], ths[j]) > tol:
+                continue
+            link = math.atan2(ys[j] - ys[i], xs[j] - xs[i])
+            if _angle_diff(link, ths[i]) > tol or _angle_diff(link, ths[j]) > tol:
+                continue
+            a0, a1 = _ends(xs[i], ys[i], lens[i], ths[i])
+            b0, b1 = _ends(xs[j], ys[j], lens[j], ths[j])
+            gap = min(np.hypot(*(p - q)) for p in (a0, a1) for q in (b0, b1))
+            if gap <= max_gap:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(find(i), []).append(i)
+    return list(groups.values())
+
+
+def refine_trails(
+    det: Table,
+    data: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    saturated: np.ndarray | None,
+    psf_sigma: float,
+    *,
+    min_length: float,
+    max_length: float,
+    max_gap: float = 30.0,
+    max_angle: float = math.radians(4.0),
+) -> tuple[Table, dict]:
+    """Join trail fragments, fit every trail, label satellites and bleeds.
+
+    Parameters
+    ----------
+    det : Table
+        Detections of :func:`ssodetect.detect.extract_sources` (columns ``x, y,
+        length, theta, kind, flux, ...``).
+    data, variance, mask : ndarray (ny, nx)
+        Background-subtracted image [ADU], its variance [ADU^2], bad pixels.
+    saturated : ndarray (ny, nx) bool or None
+        Saturated pixels (bleed columns start there).
+    psf_sigma : float
+        [px].
+    min_length, max_length : float
+        Trails shorter than ``min_length`` keep their extraction measurement;
+        longer than ``max_length`` are satellites [px].
+
+    Returns
+    -------
+    Table
+        The detections with joined fragments replaced by one row each and
+        trails re-measured (``kind`` ``trail``, ``satellite`` or ``bleed``).
+    dict
+        Counts: ``n_joined``, ``n_fitted``, ``n_satellite``, ``n_bleed``.
+    """
+    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0}
+    if len(det) == 0:
+        return det, info
+    kind = np.asarray(det["kind"])
+    elongated = np.isin(kind, ["trail", "streak"]) & (np.asarray(det["length"], float) >= 0.5 * min_length)
+    groups = join_fragments(det, elongated, max_gap=max_gap, max_angle=max_angle)
+    out = det.copy()
+    drop = []
+    noise = float(np.sqrt(np.nanmedian(variance)))
+    for group in groups:
+        first = group[0]
+        if len(group) > 1:
+            ends = np.vstack([np.vstack(_ends(out["x"][i], out["y"][i], out["length"][i], out["theta"][i])) for i in group])
+            # the two ends farthest apart span the joined streak
+            d = np.hypot(ends[:, None, 0] - ends[None, :, 0], ends[:, None, 1] - ends[None, :, 1])
+            a, b = np.unravel_index(np.argmax(d), d.shape)
+            p, q = ends[a], ends[b]
+            out["x"][first], out["y"][first] = 0.5 * (p + q)
+            out["length"][first] = float(np.hypot(*(q - p)))
+            out["theta"][first] = (math.atan2(q[1] - p[1], q[0] - p[0]) + math.pi / 2) % math.pi - math.pi / 2
+            out["flux"][first] = float(np.sum(np.asarray(out["flux"])[group]))
+            out["flux_err"][first] = float(np.sqrt(np.sum(np.asarray(out["flux_err"])[group] ** 2)))
+            out["npix"][first] = int(np.sum(np.asarray(out["npix"])[group]))
+            out["near_mask"][first] = bool(np.any(np.asarray(out["near_mask"])[group]))
+            drop.extend(group[1:])
+            info["n_joined"] += len(group) - 1
+        length = float(out["length"][first])
+        if length > max_length:
+            out["kind"][first] = "satellite"
+            info["n_satellite"] += 1
+            continue
+        theta = float(out["theta"][first])
+        if saturated is not None and abs(abs(theta) - math.pi / 2) < math.radians(2.0) and _touches(
+            saturated, out["x"][first], out["y"][first], length, theta
+        ):
+            out["kind"][first] = "bleed"
+            info["n_bleed"] += 1
+            continue
+        if length < min_length:
+            continue
+        out["kind"][first] = "trail"  # a streak segment of SSO-like length, whether or not the fit below succeeds
+        x0, y0 = float(out["x"][first]), float(out["y"][first])
+        h = 0.5 * length
+        box = (int(max(x0 - abs(h * math.cos(theta)) - 4, 0)), int(min(x0 + abs(h * math.cos(theta)) + 5, data.shape[1])),
+               int(max(y0 - abs(h * math.sin(theta)) - 4, 0)), int(min(y0 + abs(h * math.sin(theta)) + 5, data.shape[0])))
+        mx, my = moment_centre(data, mask, box, noise)
+        if np.isfinite(mx) and math.hypot(mx - x0, my - y0) < 0.25 * length + 2:
+            x0, y0 = mx, my
+        fit = fit_trail(data, variance, mask, x0, y0, length, theta, psf_sigma)
+        if (
+            not fit.success
+            or abs(fit.length - length) > 0.5 * length + 5
+            or math.hypot(fit.x - x0, fit.y - y0) > 0.25 * length + 3
+            or not max(fit.x_err, fit.y_err) < 0.1 * length + 1.0
+        ):
+            continue
+        info["n_fitted"] += 1
+        out["x"][first], out["y"][first] = fit.x, fit.y
+        out["length"][first], out["theta"][first] = fit.length, fit.theta
+        out["x_err"][first] = max(fit.x_err, 1e-3)
+        out["y_err"][first] = max(fit.y_err, 1e-3)
+        out["flux"][first], out["flux_err"][first] = fit.flux, fit.flux_err
+        out["snr"][first] = fit.flux / max(fit.flux_err, 1e-12)
+        out["kind"][first] = "trail"
+    if drop:
+        out.remove_rows(sorted(set(drop)))
+    return out, info
+
+
+def _touches(saturated: np.ndarray, x, y, length, theta) -> bool:
+    """Whether a segment runs into saturated pixels (sampled every pixel, 2 px tolerance)."""
+    ny, nx = saturated.shape
+    t = np.linspace(-0.5 * length - 2, 0.5 * length + 2, int(length) + 6)
+    px = np.clip(np.round(x + t * math.cos(theta)).astype(int), 0, nx - 1)
+    py = np.clip(np.round(y + t * math.sin(theta)).astype(int), 0, ny - 1)
+    return bool(saturated[py, px].any())

@@ -1,0 +1,168 @@
+"""Fast movers: trailed-PSF centring against the Cramer-Rao bound, fragments, linking, a real streak,
+and recovery of simulated fast movers end to end."""
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from ssodetect.link.streaks import link_streaks
+from ssodetect.streaks import fit_trail, join_fragments, trailed_psf
+from ssodetect.streaks.model import moment_centre
+
+from conftest import real_data, small_scene_config
+
+SIGMA = 0.75  # PSF sigma [px]
+
+
+def _render(rng, shape, xc, yc, length, theta, flux, noise):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    model = trailed_psf(xx, yy, xc, yc, length, theta, flux, SIGMA)
+    return model + rng.normal(0, noise, shape)
+
+
+def _crb(shape, xc, yc, length, theta, flux, noise) -> tuple[float, float]:
+    """Cramer-Rao bounds on the along- and across-track centre [px] (numerical Fisher matrix, 6 parameters)."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    p = np.array([xc, yc, length, theta, flux, 0.0])
+    steps = np.array([1e-3, 1e-3, 1e-3, 1e-5, flux * 1e-4, 1e-3])
+    cols = []
+    for k in range(6):
+        hi, lo = p.copy(), p.copy()
+        hi[k] += steps[k]
+        lo[k] -= steps[k]
+        mh = trailed_psf(xx, yy, *hi[:5], SIGMA) + hi[5]
+        ml = trailed_psf(xx, yy, *lo[:5], SIGMA) + lo[5]
+        cols.append(((mh - ml) / (2 * steps[k])).ravel())
+    jac = np.column_stack(cols) / noise
+    cov = np.linalg.inv(jac.T @ jac)
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, s], [-s, c]])
+    cov_uv = rot @ cov[:2, :2] @ rot.T
+    return math.sqrt(cov_uv[0, 0]), math.sqrt(cov_uv[1, 1])
+
+
+@pytest.mark.parametrize("length,snr", [(16.0, 50.0), (60.0, 50.0), (60.0, 20.0)])
+def test_trail_fit_reaches_the_cramer_rao_bound(length, snr):
+    rng = np.random.default_rng(int(length + snr))
+    shape = (48, int(length) + 40) if length < 100 else (48, 160)
+    noise = 1.0
+    theta = 0.3
+    # flux giving the requested SNR for a matched-filter measurement of the whole trail
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    unit = trailed_psf(xx, yy, shape[1] / 2, 24.0, length, theta, 1.0, SIGMA)
+    flux = snr * noise / math.sqrt(np.sum(unit**2))
+    crb_u, crb_w = _crb(shape, shape[1] / 2, 24.0, length, theta, flux, noise)
+    du, dw, du_mom = [], [], []
+    for _ in range(40):
+        xc, yc = shape[1] / 2 + rng.uniform(-0.5, 0.5), 24.0 + rng.uniform(-0.5, 0.5)
+        img = _render(rng, shape, xc, yc, length, theta, flux, noise)
+        mask = np.zeros(shape, bool)
+        fit = fit_trail(img, np.full(shape, noise**2), mask, xc + 0.7, yc - 0.5, length * 1.1, theta + 0.03, SIGMA)
+        assert fit.success
+        c, s = math.cos(theta), math.sin(theta)
+        du.append((fit.x - xc) * c + (fit.y - yc) * s)
+        dw.append(-(fit.x - xc) * s + (fit.y - yc) * c)
+        h = 0.5 * length
+        box = (int(xc - h * c - 6), int(xc + h * c + 7), int(yc - h * abs(s) - 6), int(yc + h * abs(s) + 7))
+        mx, my = moment_centre(img, mask, box, noise)
+        du_mom.append((mx - xc) * c + (my - yc) * s)
+    # robust scatter (MAD): at low SNR a few fits land in a secondary minimum along the track
+    # (the ends trade against the centre), which the rms would be dominated by; the benchmark reports both
+    rob_u = 1.4826 * float(np.median(np.abs(du)))
+    rob_w = 1.4826 * float(np.median(np.abs(dw)))
+    rms_u, rms_w = float(np.sqrt(np.mean(np.square(du)))), float(np.sqrt(np.mean(np.square(dw))))
+    # 40 trials: a scatter estimate is uncertain by ~15 %; allow 1.3x the bound plus that
+    assert rob_u <= 1.3 * 1.2 * crb_u and rob_w <= 1.3 * 1.2 * crb_w, (rob_u, crb_u, rob_w, crb_w)
+    assert rms_w <= 1.3 * 1.2 * crb_w and rms_u <= 2.0 * crb_u
+    if snr >= 50:
+        assert max(rms_u, rms_w) <= 0.1 * max(1.0, length / 16.0)  # along-track grows with length
+    assert math.isfinite(float(np.mean(du_mom)))
+
+
+def test_fragments_are_joined_only_when_collinear():
+    det = Table(
+        {
+            "x": [100.0, 140.0, 300.0, 120.0],
+            "y": [100.0, 100.5, 100.0, 140.0],
+            "length": [30.0, 30.0, 30.0, 30.0],
+            "theta": [0.0, 0.0, 0.0, 1.2],
+        }
+    )
+    groups = join_fragments(det, np.ones(4, bool), max_gap=30.0, max_angle=math.radians(4.0))
+    assert sorted(map(sorted, groups)) == [[0, 1], [2], [3]]
+
+
+def test_link_streaks_builds_chains_and_leaves_singles():
+    rng = np.random.default_rng(3)
+    exptime, cadence = 566.0, 1100.0 / 3600.0
+    rows = []
+    # three fast movers (arcsec/h, deg); the third leaves the field after two exposures
+    for k, (rate, pa) in enumerate([(25.0, 30.0), (60.0, 100.0), (150.0, 250.0)]):
+        x0, y0 = rng.uniform(-100, 100, 2)
+        vx, vy = rate * math.sin(math.radians(pa)), rate * math.cos(math.radians(pa))
+        for e in range(4 if k < 2 else 2):
+            t = e * cadence
+            rows.append((e, t, x0 + vx * t + rng.normal(0, 0.02), y0 + vy * t + rng.normal(0, 0.02),
+                         rate * exptime / 3600.0 * (1 + rng.normal(0, 0.03)), pa % 180 + rng.normal(0, 1.0), k))
+    # unrelated single trails
+    for e in range(4):
+        rows.append((e, e * cadence, *rng.uniform(-200, 200, 2), rng.uniform(2, 20), rng.uniform(0, 180), -1))
+    a = np.array(rows, dtype=float)
+    chains = link_streaks(a[:, 0].astype(int), a[:, 1], a[:, 2], a[:, 3], np.full(len(a), 0.05), a[:, 4],
+                          a[:, 5] % 180, np.full(len(a), exptime))
+    truth = a[:, 6].astype(int)
+    found = sorted(tuple(sorted(set(truth[list(c.members)]))) for c in chains)
+    assert found == [(0,), (1,), (2,)]
+    for c in chains:
+        k = truth[c.members[0]]
+        assert len(c.members) == (4 if k < 2 else 2)
+        assert abs(c.rate - [25.0, 60.0, 150.0][k]) < 1.0
+
+
+def test_real_satellite_streak_is_one_streak_with_the_published_endpoints():
+    from ssodetect.config import Config
+    from ssodetect.io import scan_inputs
+    from ssodetect.pipeline.ccd import process_ccd
+
+    path = real_data("real", "streak_astride", "long.fits")
+    config = Config()
+    ref = scan_inputs([path], config.io)[0]
+    assert abs(ref.mjd - 52481.81744) < 1e-4  # DATE-OBS '26/07/102' 19:36:37 + 30 s: mid-exposure
+    table, _ = process_ccd(ref, config)
+    long_ones = table[np.asarray(table["length"]) > 100]
+    assert len(long_ones) == 1  # one streak, not fragments
+    r = long_ones[0]
+    h = 0.5 * r["length"]
+    ends = sorted([(r["x"] - h * math.cos(r["theta"]), r["y"] - h * math.sin(r["theta"])),
+                   (r["x"] + h * math.cos(r["theta"]), r["y"] + h * math.sin(r["theta"]))])
+    for (x, y), (tx, ty) in zip(ends, [(20.0, 338.0), (342.0, 309.0)]):
+        assert math.hypot(x - tx, y - ty) <= 5.0
+
+
+def test_fast_movers_found_end_to_end(tmp_path):
+    from ssodetect.config import load_config
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.pipeline import run_pipeline
+    from ssodetect.simulate import simulate
+
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(21, nx=1024, ny=1024, movers_per_ccd=400.0, fast_fraction=1.0,
+                                slow_rate_max=15.0, fast_rate_max=150.0, mover_mag_max=24.0), sim)
+    config = load_config(None)
+    config.execution.progress = False
+    result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
+    truth = Table.read(sim / "truth.ecsv")
+    ev = evaluate_run(result.observations, truth, rate_range=(15.0, 150.0), bright_limit=23.0, min_exposures=2)
+    assert ev.n_findable_bright >= 10
+    # measured 78 % here (the 97 % goal is not reached: long trails fragmented by cosmic-ray
+    # masks and blends are lost); the floor guards against regressions.  The scene holds 400 fast
+    # movers on 1024^2 px (50x the real density), so chance pairs of unrelated trails happen.
+    assert ev.completeness_bright >= 0.7
+    assert ev.n_false <= 3
+    obs = Table.read(tmp_path / "out" / "observations.ecsv")
+    fast = obs[obs["kind"] == "streak"]
+    assert len(fast) and np.all(fast["trail_length"] > 12) and np.all(np.isfinite(fast["trail_pa"]))
+    streaks = Table.read(tmp_path / "out" / "streaks.ecsv")
+    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed"}
+    assert np.sum(streaks["status"] == "linked") == len(fast)
