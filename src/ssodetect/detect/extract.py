@@ -125,6 +125,7 @@ def extract_sources(
     gain: float,
     config: DetectConfig,
     psf_sigma: float | None = None,
+    return_hits: bool = False,
 ) -> tuple[Table, dict]:
     """Detect and measure the sources of a background-subtracted image.
 
@@ -141,6 +142,9 @@ def extract_sources(
     config : DetectConfig
     psf_sigma : float, optional
         PSF Gaussian sigma [px]; measured from the image when None.
+    return_hits : bool
+        Also return the mask of pixels sharper than the PSF (cosmic rays, hot
+        pixels) as ``info["sharp_pixels"]`` (ndarray (ny, nx) bool).
 
     Returns
     -------
@@ -184,6 +188,8 @@ def extract_sources(
         segmentation_map=True,
     )
     info = {"psf_sigma": float(psf_sigma), "n_raw": int(len(objects)), "sharp_pixel_fraction": float(hits.mean())}
+    if return_hits:
+        info["sharp_pixels"] = hits
     if len(objects) == 0:
         info["aperture_correction"] = 1.0
         return empty_detections(), info

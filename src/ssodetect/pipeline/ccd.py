@@ -118,14 +118,17 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
     if config.detect.psf_fwhm > 0:
         psf_sigma = config.detect.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
     detections, extract_info = extract_sources(
-        image.data - background, mask=mask, error=error, gain=image.gain, config=config.detect, psf_sigma=psf_sigma
+        image.data - background, mask=mask, error=error, gain=image.gain, config=config.detect, psf_sigma=psf_sigma,
+        return_hits=True,
     )
+    hits = extract_info.pop("sharp_pixels", None)
     info.update(extract_info)
     info["t_extract"] = time.perf_counter() - t0
     if config.streaks.enabled and len(detections):
         t0 = time.perf_counter()
         detections, streak_info = refine_trails(
-            detections, image.data - background, np.asarray(error, np.float64) ** 2, mask, image.saturated,
+            detections, image.data - background, np.asarray(error, np.float64) ** 2,
+            mask if hits is None else mask | hits, image.saturated,
             extract_info["psf_sigma"], min_length=config.streaks.min_length, max_length=config.streaks.max_length,
             max_gap=config.streaks.max_gap,
         )

@@ -2,7 +2,9 @@
 
 Faint or masked trails come out of the extraction in pieces.  Pieces that are
 collinear (their angles and the line joining them agree) and close end to end
-are joined into one streak; every trail longer than ``min_length`` is then
+are joined into one streak; faint trails broken into many small blobs are found
+as chains of collinear faint detections (a Hough transform of their centres,
+then runs along each line with small gaps), verified by the trailed-PSF fit; every trail longer than ``min_length`` is then
 measured with the trailed-PSF fit (:func:`~ssodetect.streaks.model.fit_trail`)
 starting from the modified-moment centre.  Streaks longer than ``max_length``
 (satellites crossing the detector) and bleed columns of saturated stars are
@@ -18,7 +20,7 @@ from astropy.table import Table
 
 from ssodetect.streaks.model import fit_trail, moment_centre
 
-__all__ = ["join_fragments", "refine_trails"]
+__all__ = ["join_fragments", "collinear_chains", "refine_trails"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,114 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
     return list(groups.values())
 
 
+def collinear_chains(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    band: float = 1.5,
+    max_gap: float = 40.0,
+    min_points: int = 5,
+    min_span: float = 30.0,
+) -> list[np.ndarray]:
+    """Runs of points lying on straight lines (indices into ``x, y``).
+
+    A Hough transform of the points (1 deg by ``2 band`` px cells) proposes lines
+    with at least ``min_points`` votes; the points within ``band`` of each line
+    (refined by a principal-axis fit) are split into runs wherever two
+    consecutive points are more than ``max_gap`` apart; runs with at least
+    ``min_points`` points spanning ``min_span`` px are returned, each point in
+    at most one run.  Random alignments of that many points with such small gaps
+    are rare at the densities of faint detections (~1e-3 per px^2).
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = x.size
+    if n < min_points:
+        return []
+    angles = np.radians(np.arange(0.0, 180.0, 1.0))
+    rho = x[None, :] * np.cos(angles)[:, None] + y[None, :] * np.sin(angles)[:, None]  # (n_angle, n)
+    width = 2.0 * band
+    offset = rho.min()
+    bins = np.floor((rho - offset) / width).astype(np.int64)
+    n_bins = int(bins.max()) + 1
+    flat = bins + np.arange(angles.size)[:, None] * n_bins
+    counts = np.bincount(flat.ravel(), minlength=angles.size * n_bins)
+    cells = np.nonzero(counts >= min_points)[0]
+    cells = cells[np.argsort(-counts[cells])]
+    used = np.zeros(n, bool)
+    runs = []
+    for cell in cells:
+        a_i, b_i = divmod(int(cell), n_bins)
+        members = np.nonzero((bins[a_i] == b_i) & ~used)[0]
+        if members.size < min_points:
+            continue
+        theta = angles[a_i]
+        for _ in range(2):  # refine the line on its points, then collect again
+            nx_, ny_ = math.cos(theta), math.sin(theta)
+            r0 = float(np.median(x[members] * nx_ + y[members] * ny_))
+            dist = np.abs(x * nx_ + y * ny_ - r0)
+            members = np.nonzero((dist <= band) & ~used)[0]
+            if members.size < min_points:
+                break
+            pts = np.column_stack([x[members], y[members]])
+            centred = pts - pts.mean(axis=0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            direction = vt[0]
+            theta = math.atan2(direction[1], direction[0]) + math.pi / 2  # normal of the principal axis
+        if members.size < min_points:
+            continue
+        along = -x[members] * math.sin(theta) + y[members] * math.cos(theta)
+        order = np.argsort(along)
+        members, along = members[order], along[order]
+        breaks = np.nonzero(np.diff(along) > max_gap)[0] + 1
+        for run in np.split(np.arange(members.size), breaks):
+            if run.size >= min_points and along[run[-1]] - along[run[0]] >= min_span:
+                runs.append(members[run])
+                used[members[run]] = True
+    return runs
+
+
+def _add_chain_trails(det, data, variance, mask, psf_sigma, min_length):
+    """Faint trails found as chains of small detections, verified by a trailed-PSF fit."""
+    kind = np.asarray(det["kind"])
+    faint = np.isin(kind, ["point", "trail", "extended"]) & (np.asarray(det["snr"], float) < 30.0)
+    faint &= np.asarray(det["length"], float) < 3.0 * min_length
+    idx = np.nonzero(faint)[0]
+    if idx.size < 5:
+        return det, 0
+    chains = collinear_chains(np.asarray(det["x"], float)[idx], np.asarray(det["y"], float)[idx])
+    new_rows, drop = [], []
+    for chain in chains:
+        members = idx[chain]
+        px, py = np.asarray(det["x"], float)[members], np.asarray(det["y"], float)[members]
+        pts = np.column_stack([px, py])
+        centre = pts.mean(axis=0)
+        _, _, vt = np.linalg.svd(pts - centre, full_matrices=False)
+        theta = math.atan2(vt[0][1], vt[0][0])
+        t = (pts - centre) @ vt[0]
+        span = float(t.max() - t.min())
+        mid = centre + 0.5 * (t.max() + t.min()) * vt[0]
+        fit = fit_trail(data, variance, mask, float(mid[0]), float(mid[1]), span + 2.0, theta, psf_sigma)
+        if not (fit.success and fit.flux > 7.0 * fit.flux_err and abs(fit.length - span) < 0.3 * span + 8.0
+                and math.hypot(fit.x - mid[0], fit.y - mid[1]) < 0.2 * span + 3.0
+                and max(fit.x_err, fit.y_err) < 0.1 * fit.length + 1.0):
+            continue
+        row = {name: det[name][members[0]] for name in det.colnames}
+        row.update(x=fit.x, y=fit.y, length=fit.length, theta=(fit.theta + math.pi / 2) % math.pi - math.pi / 2,
+                   x_err=max(fit.x_err, 1e-3), y_err=max(fit.y_err, 1e-3), flux=fit.flux, flux_err=fit.flux_err,
+                   snr=fit.flux / fit.flux_err, kind="trail", a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma,
+                   npix=int(np.sum(np.asarray(det["npix"])[members])),
+                   near_mask=bool(np.any(np.asarray(det["near_mask"])[members])))
+        new_rows.append(row)
+        drop.extend(members.tolist())
+    if not new_rows:
+        return det, 0
+    out = det.copy()
+    out.remove_rows(sorted(set(drop)))
+    for row in new_rows:
+        out.add_row([row[name] for name in out.colnames])
+    return out, len(new_rows)
+
+
 def refine_trails(
     det: Table,
     data: np.ndarray,
@@ -111,11 +221,13 @@ def refine_trails(
         The detections with joined fragments replaced by one row each and
         trails re-measured (``kind`` ``trail``, ``satellite`` or ``bleed``).
     dict
-        Counts: ``n_joined``, ``n_fitted``, ``n_satellite``, ``n_bleed``.
+        Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
+        ``n_fitted``, ``n_satellite``, ``n_bleed``.
     """
-    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0}
+    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_chains": 0}
     if len(det) == 0:
         return det, info
+    det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
     kind = np.asarray(det["kind"])
     elongated = np.isin(kind, ["trail", "streak"]) & (np.asarray(det["length"], float) >= 0.5 * min_length)
     groups = join_fragments(det, elongated, max_gap=max_gap, max_angle=max_angle)

@@ -137,7 +137,9 @@ def fit_trail(
     nan = float("nan")
     if xs.size < 8:
         return TrailFit(x0, y0, length0, theta0, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, False)
-    res = least_squares(resid, p0, method="trf", x_scale="jac", max_nfev=300)
+    # soft-L1 loss: unmasked outliers in a long stamp (a star, a faint cosmic ray) do not drag the fit;
+    # it is quadratic within ~3 sigma, so clean data are fitted as by least squares
+    res = least_squares(resid, p0, method="trf", x_scale="jac", loss="soft_l1", f_scale=3.0, max_nfev=300)
     p = res.x
     dof = max(xs.size - 6, 1)
     chi2 = float(np.sum(res.fun**2)) / dof
