@@ -166,3 +166,33 @@ def test_fast_movers_found_end_to_end(tmp_path):
     streaks = Table.read(tmp_path / "out" / "streaks.ecsv")
     assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed"}
     assert np.sum(streaks["status"] == "linked") == len(fast)
+
+
+def test_trailed_star_astrometry_recovers_the_pointing(tmp_path):
+    """Stars trailed by 3" (30 px) and headers off by up to 20" and 0.5 deg: trail centres as references."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from ssodetect.config import load_config
+    from ssodetect.pipeline import run_astrometry
+    from ssodetect.simulate import simulate
+    from ssodetect.simulate.starfield import wcs_difference
+
+    from conftest import PERTURBED
+
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(31, tracking_drift=3.0, movers_per_ccd=0.0, **PERTURBED), sim)
+    config = load_config(None)
+    config.execution.progress = False
+    config.astrometry.trailed_stars = True
+    table = run_astrometry([sim], tmp_path / "out", sim / "refcat.ecsv", config)
+    truth = {int(r["exposure"]): WCS(fits.Header.fromstring(r["wcs_header"])) for r in Table.read(sim / "truth_wcs.ecsv")}
+    assert np.all(table["status"] == "ok") and np.all(table["n_stars"] >= 6)
+    for row in table:
+        err_px = wcs_difference(WCS(fits.Header.fromstring(row["wcs_header"])), truth[int(row["exposure"])],
+                                (768, 768)) / 100.0  # mas -> px at 0.1"/px
+        assert np.sqrt(np.mean(err_px**2)) <= 0.1, err_px.max()
+    # without the option the trailed stars are not point sources: nothing to match
+    config.astrometry.trailed_stars = False
+    plain = run_astrometry([sim], tmp_path / "out2", sim / "refcat.ecsv", config)
+    assert np.all(plain["status"] == "failed")

@@ -229,6 +229,11 @@ class AstrometryConfig(_Section):
         default=[], max_length=3,
         description="Rough pointing for blind solving: [ra, dec, radius] [deg]; empty = whole catalogue.",
     )
+    trailed_stars: bool = Field(
+        default=False,
+        description="Stars are trailed (tracking error, long exposures): use trail centres (trailed-PSF fits, "
+        "mid-exposure positions) as the reference positions instead of point sources.",
+    )
     zeropoint: bool = Field(
         default=True, description="Fit the photometric zero point of every CCD exposure from the matched stars."
     )

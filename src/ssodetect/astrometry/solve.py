@@ -125,10 +125,11 @@ def pixel_scale(wcs: WCS) -> float:
     return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
 
 
-def star_like(detections: Table, min_snr: float) -> np.ndarray:
-    """Detections usable as astrometric reference stars: unflagged, point-like, unmasked, SNR >= min_snr."""
+def star_like(detections: Table, min_snr: float, *, trailed: bool = False) -> np.ndarray:
+    """Detections usable as astrometric reference stars: unflagged, unmasked, SNR >= min_snr, and
+    point-like (or, with ``trailed``, trails: stars trailed by the telescope, centred by the trail fit)."""
     return (
-        (np.asarray(detections["kind"]) == "point")
+        (np.asarray(detections["kind"]) == ("trail" if trailed else "point"))
         & ~np.asarray(detections["near_mask"], bool)
         & (np.asarray(detections["snr"], float) >= min_snr)
         # deblended (1) and a masked pixel in the aperture (32, e.g. a flagged cosmic ray) are fine;

@@ -76,7 +76,8 @@ def astrometry_tasks(results, refs, config: Config) -> list[tuple[str, list[Expo
     for (table, info), ref in zip(results, refs):
         if "shape" not in info:
             continue  # skipped CCD (all masked)
-        sel = table[star_like(table, config.astrometry.min_snr)] if len(table) else table
+        ast = config.astrometry
+        sel = table[star_like(table, ast.min_snr, trailed=ast.trailed_stars)] if len(table) else table
         sources = Table({name: np.asarray(sel[name], float) for name in ("x", "y", "x_err", "y_err", "flux", "flux_err")})
         sources.sort("flux", reverse=True)
         zp = info.get("zeropoint") if info.get("zeropoint_source") == "header" else None

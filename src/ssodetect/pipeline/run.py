@@ -103,8 +103,10 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches, min_rate=link.min_rate,
     )
     # a source trailed by more than min_length moved during the exposure: never static
-    moved = (np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
-    cand["static"] = np.asarray(cand["static"]) & ~moved
+    # (unless the telescope trailed everything: then stars are trails too)
+    if not config.astrometry.trailed_stars:
+        moved = (np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
+        cand["static"] = np.asarray(cand["static"]) & ~moved
     cand["artefact"] = static_on_detector(
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
         radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,

@@ -93,6 +93,12 @@ class SimulationConfig(BaseModel):
     header_rotation_error: float = Field(
         default=0.0, ge=0, description="Largest rotation error of the header WCS, per exposure [deg]."
     )
+    tracking_drift: float = Field(
+        default=0.0, ge=0,
+        description="Pointing drift during each exposure [arcsec]: stars are trailed (tracking error, Cassini-like); "
+        "the WCS describes the mid-exposure pointing.",
+    )
+    tracking_angle: float = Field(default=30.0, description="Direction of the drift [deg from +xi towards +eta].")
     header_scale_error: float = Field(
         default=0.0, ge=0, lt=0.2, description="Largest relative pixel-scale error of the header WCS."
     )
@@ -448,7 +454,16 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
     eta = st["eta"] + st["pmdec"] * 1e-3 * epoch_years
     x, y = to_pix(xi, eta)
     inside = (x > -pad) & (x < cfg.nx + pad) & (y > -pad) & (y < cfg.ny + pad)
-    splat(electrons, x[inside], y[inside], e_flux(st["mag"][inside]), psf)
+    if cfg.tracking_drift > 0:
+        # the telescope drifts: every star draws a trail centred on its mid-exposure position
+        h = 0.5 * cfg.tracking_drift
+        ux, uy = math.cos(math.radians(cfg.tracking_angle)), math.sin(math.radians(cfg.tracking_angle))
+        x0, y0 = to_pix(xi[inside] - h * ux, eta[inside] - h * uy)
+        x1, y1 = to_pix(xi[inside] + h * ux, eta[inside] + h * uy)
+        for k, f in enumerate(e_flux(st["mag"][inside])):
+            splat(electrons, *trail_points(x0[k], y0[k], x1[k], y1[k], f), psf)
+    else:
+        splat(electrons, x[inside], y[inside], e_flux(st["mag"][inside]), psf)
     # galaxies
     gal = scene.galaxies
     gx, gy = to_pix(gal["xi"], gal["eta"])
