@@ -279,6 +279,7 @@ def refine_trails(
             or abs(fit.length - length) > 0.5 * length + 5
             or math.hypot(fit.x - x0, fit.y - y0) > 0.25 * length + 3
             or not max(fit.x_err, fit.y_err) < 0.1 * length + 1.0
+            or not fit.flux > 5.0 * fit.flux_err
         ):
             continue
         info["n_fitted"] += 1
