@@ -268,7 +268,7 @@ class StreakConfig(_Section):
     max_gap: float = Field(default=30.0, ge=0, description="Largest gap [px] between collinear fragments of one trail.")
     min_exposures: int = Field(default=2, ge=2, description="Fewest exposures of a linked fast mover.")
     rate_tolerance: float = Field(
-        default=0.15, gt=0, description="Relative agreement between trail-implied and displacement rates."
+        default=0.1, gt=0, description="Relative agreement between trail-implied and displacement rates."
     )
     angle_tolerance: float = Field(default=3.0, gt=0, description="Direction agreement [deg] (plus trail axis error).")
     max_chi2_dof: float = Field(default=10.0, gt=0, description="Largest reduced chi2 of a linked chain's line fit.")

@@ -4,9 +4,10 @@ A trail of sky length ``L`` [arcsec] in an exposure of ``T`` seconds implies a
 rate ``L / T`` and a direction (its axis, sign unknown).  Two trails in
 different exposures belong to one object when the displacement between their
 centres agrees with both: its direction lies along both axes (within
-``angle_tol`` plus the axis uncertainty of short trails), and its length
-divided by the time between them matches both implied rates (within
-``rate_tol`` relative plus the length uncertainty).  Consistent pairs are joined
+``angle_tol`` plus the axis uncertainty of short trails), its length divided
+by the time between them matches each implied rate (within ``rate_tol``
+relative plus the length uncertainty of that trail), and their fluxes agree
+within ``max_flux_ratio``.  Consistent pairs are joined
 into chains (one trail per exposure, at least ``min_exposures``), each fitted
 with a straight line; while the line does not fit (reduced chi2 above
 ``max_chi2_dof``) the worst member is dropped, down to ``min_exposures``.  Positions in arcsec (tangent plane), times in hours.
@@ -37,9 +38,11 @@ def link_streaks(
     pa: np.ndarray,
     exptime: np.ndarray,
     *,
+    flux: np.ndarray | None = None,
     min_exposures: int = 2,
-    rate_tol: float = 0.15,
-    length_err: float = 0.4,
+    rate_tol: float = 0.1,
+    length_err: float = 0.25,
+    max_flux_ratio: float = 3.0,
     angle_tol: float = 3.0,
     max_chi2_dof: float = 10.0,
 ) -> list[Tracklet]:
@@ -53,6 +56,8 @@ def link_streaks(
         Trail length on the sky [arcsec] and axis position angle [deg, 0-180].
     exptime : ndarray (n,)
         Exposure times [s].
+    flux : ndarray (n,), optional
+        Trail fluxes; linked trails must agree within ``max_flux_ratio``.
     min_exposures : int
         Fewest exposures in a chain.
     rate_tol : float
@@ -63,6 +68,8 @@ def link_streaks(
         Direction tolerance [deg].
     max_chi2_dof : float
         Largest reduced chi-square of the straight-line fit of a chain.
+    max_flux_ratio : float
+        Largest flux ratio between two linked trails.
 
     Returns
     -------
@@ -74,6 +81,7 @@ def link_streaks(
         return []
     rate = length / (exptime / 3600.0)  # arcsec/h
     rate_err = rate_tol * rate + length_err / (exptime / 3600.0)
+    flux = np.ones(n) if flux is None else np.asarray(flux, float)
     axis_err = angle_tol + np.degrees(np.arctan2(0.3, np.maximum(length, 0.3)))
     adj: dict[int, set[int]] = {i: set() for i in range(n)}
     order = np.argsort(t_hours)
@@ -87,7 +95,9 @@ def link_streaks(
             dx, dy = xi[j] - xi[i], eta[j] - eta[i]
             dist = math.hypot(dx, dy)
             moved = dist / dt
-            if abs(moved - rate[i]) > rate_err[i] + rate_err[j] or abs(moved - rate[j]) > rate_err[i] + rate_err[j]:
+            if abs(moved - rate[i]) > rate_err[i] or abs(moved - rate[j]) > rate_err[j]:
+                continue
+            if flux[i] > 0 and flux[j] > 0 and max(flux[i], flux[j]) > max_flux_ratio * min(flux[i], flux[j]):
                 continue
             direction = math.degrees(math.atan2(dx, dy)) % 180.0
             if _axis_diff(direction, pa[i]) > axis_err[i] or _axis_diff(direction, pa[j]) > axis_err[j]:

@@ -173,7 +173,7 @@ def _link_fast(moving: Table, used: set, config: Config) -> tuple[Table, list]:
         np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),
         np.asarray(trails["eta"], float), np.asarray(trails["sigma"], float), np.asarray(trails["trail_arcsec"], float),
         np.asarray(trails["trail_pa"], float), np.asarray(trails["exptime"], float),
-        min_exposures=sc.min_exposures, rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance,
+        flux=np.asarray(trails["flux"], float), min_exposures=sc.min_exposures, rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance,
         max_chi2_dof=sc.max_chi2_dof,
     )
     taken: set[int] = set()
@@ -205,6 +205,25 @@ def _streak_table(detections: Table, trails: Table, fast: list, names: list[str]
                     rate, float(row["mag"]), float(row["snr"]), status, name))
     table = Table(rows=out, names=[c[0] for c in STREAK_COLUMNS], dtype=[c[1] for c in STREAK_COLUMNS])
     return describe(table, STREAK_COLUMNS)
+
+
+def _vet_trail_lengths(tracklets, slow: Table, margin: float = 1.0) -> list:
+    """Drop slow tracklets whose detections are trailed far more than their motion allows (blends, deblended galaxies).
+
+    A mover at rate ``r`` draws ``r * exptime`` in an exposure; the median measured trail of the
+    members may exceed that by ``margin`` [arcsec] (short trails are measured coarsely).
+    """
+    trail = np.nan_to_num(np.asarray(slow["trail_arcsec"], float))
+    exptime = np.asarray(slow["exptime"], float)
+    kept = []
+    for trk in tracklets:
+        idx = np.array(trk.members)
+        if np.median(trail[idx]) > trk.rate * float(np.median(exptime[idx])) / 3600.0 + margin:
+            log.debug("tracklet at (%.1f, %.1f) rejected: trails %.1f\" for %.1f\"/h", trk.x0, trk.y0,
+                      float(np.median(trail[idx])), trk.rate)
+            continue
+        kept.append(trk)
+    return kept
 
 
 def _versions() -> dict:
@@ -387,6 +406,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
     )
     tracklets = _vet_occupancy(tracklets, slow, cand, exposures, config)
+    tracklets = _vet_trail_lengths(tracklets, slow)
     observations, objects = tracklet_tables(slow, tracklets, plane, t0_mjd=t0_mjd)
     timings["link"] = time.perf_counter() - t0
     log.info("%d slow movers linked", len(objects))
