@@ -26,28 +26,9 @@ from ssodetect.evaluate import evaluate_run
 from ssodetect.pipeline import run_pipeline
 from ssodetect.simulate import SimulationConfig, simulate
 from ssodetect.streaks import fit_trail, trailed_psf
-from ssodetect.streaks.model import moment_centre
+from ssodetect.streaks.model import centre_bound, moment_centre
 
 SIGMA = 0.75
-
-
-def _fisher_bound(shape, xc, yc, length, theta, flux):
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    p = np.array([xc, yc, length, theta, flux, 0.0])
-    steps = np.array([1e-3, 1e-3, 1e-3, 1e-5, flux * 1e-4, 1e-3])
-    cols = []
-    for k in range(6):
-        hi, lo = p.copy(), p.copy()
-        hi[k] += steps[k]
-        lo[k] -= steps[k]
-        cols.append(((trailed_psf(xx, yy, *hi[:5], SIGMA) + hi[5] - trailed_psf(xx, yy, *lo[:5], SIGMA) - lo[5])
-                     / (2 * steps[k])).ravel())
-    jac = np.column_stack(cols)
-    cov = np.linalg.inv(jac.T @ jac)
-    c, s = math.cos(theta), math.sin(theta)
-    rot = np.array([[c, s], [-s, c]])
-    cuv = rot @ cov[:2, :2] @ rot.T
-    return math.sqrt(cuv[0, 0]), math.sqrt(cuv[1, 1])
 
 
 def centring_table(trials: int, seed: int) -> None:
@@ -63,7 +44,7 @@ def centring_table(trials: int, seed: int) -> None:
             yc, xc0 = shape[0] / 2, shape[1] / 2
             yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
             flux = snr / math.sqrt(np.sum(trailed_psf(xx, yy, xc0, yc, length, theta, 1.0, SIGMA) ** 2))
-            bu, bw = _fisher_bound(shape, xc0, yc, length, theta, flux)
+            bu, bw = centre_bound(shape, xc0, yc, length, theta, flux, SIGMA)
             fu, fw, mu, mw = [], [], [], []
             for _ in range(trials):
                 xc, y0 = xc0 + rng.uniform(-0.5, 0.5), yc + rng.uniform(-0.5, 0.5)

@@ -8,7 +8,7 @@ from astropy.table import Table
 
 from ssodetect.link.streaks import link_streaks
 from ssodetect.streaks import fit_trail, join_fragments, trailed_psf
-from ssodetect.streaks.model import moment_centre
+from ssodetect.streaks.model import centre_bound, moment_centre
 
 from conftest import real_data, small_scene_config
 
@@ -21,27 +21,6 @@ def _render(rng, shape, xc, yc, length, theta, flux, noise):
     return model + rng.normal(0, noise, shape)
 
 
-def _crb(shape, xc, yc, length, theta, flux, noise) -> tuple[float, float]:
-    """Cramer-Rao bounds on the along- and across-track centre [px] (numerical Fisher matrix, 6 parameters)."""
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    p = np.array([xc, yc, length, theta, flux, 0.0])
-    steps = np.array([1e-3, 1e-3, 1e-3, 1e-5, flux * 1e-4, 1e-3])
-    cols = []
-    for k in range(6):
-        hi, lo = p.copy(), p.copy()
-        hi[k] += steps[k]
-        lo[k] -= steps[k]
-        mh = trailed_psf(xx, yy, *hi[:5], SIGMA) + hi[5]
-        ml = trailed_psf(xx, yy, *lo[:5], SIGMA) + lo[5]
-        cols.append(((mh - ml) / (2 * steps[k])).ravel())
-    jac = np.column_stack(cols) / noise
-    cov = np.linalg.inv(jac.T @ jac)
-    c, s = math.cos(theta), math.sin(theta)
-    rot = np.array([[c, s], [-s, c]])
-    cov_uv = rot @ cov[:2, :2] @ rot.T
-    return math.sqrt(cov_uv[0, 0]), math.sqrt(cov_uv[1, 1])
-
-
 @pytest.mark.parametrize("length,snr", [(16.0, 50.0), (60.0, 50.0), (60.0, 20.0)])
 def test_trail_fit_reaches_the_cramer_rao_bound(length, snr):
     rng = np.random.default_rng(int(length + snr))
@@ -52,7 +31,7 @@ def test_trail_fit_reaches_the_cramer_rao_bound(length, snr):
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
     unit = trailed_psf(xx, yy, shape[1] / 2, 24.0, length, theta, 1.0, SIGMA)
     flux = snr * noise / math.sqrt(np.sum(unit**2))
-    crb_u, crb_w = _crb(shape, shape[1] / 2, 24.0, length, theta, flux, noise)
+    crb_u, crb_w = centre_bound(shape, shape[1] / 2, 24.0, length, theta, flux, SIGMA, noise)
     du, dw, du_mom = [], [], []
     for _ in range(40):
         xc, yc = shape[1] / 2 + rng.uniform(-0.5, 0.5), 24.0 + rng.uniform(-0.5, 0.5)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.special import ndtr
 
-__all__ = ["TrailFit", "trailed_psf", "fit_trail", "moment_centre", "trail_on_sky"]
+__all__ = ["TrailFit", "trailed_psf", "fit_trail", "moment_centre", "trail_on_sky", "centre_bound"]
 
 
 def trailed_psf(x, y, xc, yc, length, theta, flux, sigma) -> np.ndarray:
@@ -182,3 +182,28 @@ def trail_on_sky(wcs, x, y, length, theta) -> tuple[np.ndarray, np.ndarray]:
     dra = ((ra2 - ra1 + 180.0) % 360.0 - 180.0) * np.cos(np.radians(0.5 * (dec1 + dec2)))
     ddec = dec2 - dec1
     return np.hypot(dra, ddec) * 3600.0, np.degrees(np.arctan2(dra, ddec)) % 180.0
+
+
+def centre_bound(shape, xc, yc, length, theta, flux, sigma, noise=1.0) -> tuple[float, float]:
+    """Cramer-Rao bound on the trail centre, along and across the track [px].
+
+    From the Fisher matrix of the six-parameter model (centre, length, angle,
+    flux, background) on a stamp of ``shape`` (ny, nx) with white noise
+    ``noise`` [ADU per pixel], by central differences.
+    """
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    p = np.array([xc, yc, length, theta, flux, 0.0])
+    steps = np.array([1e-3, 1e-3, 1e-3, 1e-5, flux * 1e-4, 1e-3])
+    cols = []
+    for k in range(6):
+        hi, lo = p.copy(), p.copy()
+        hi[k] += steps[k]
+        lo[k] -= steps[k]
+        diff = trailed_psf(xx, yy, *hi[:5], sigma) + hi[5] - trailed_psf(xx, yy, *lo[:5], sigma) - lo[5]
+        cols.append((diff / (2 * steps[k])).ravel())
+    jac = np.column_stack(cols) / noise
+    cov = np.linalg.inv(jac.T @ jac)
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, s], [-s, c]])
+    cov_uv = rot @ cov[:2, :2] @ rot.T
+    return math.sqrt(cov_uv[0, 0]), math.sqrt(cov_uv[1, 1])
