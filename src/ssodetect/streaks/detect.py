@@ -185,6 +185,100 @@ def _add_chain_trails(det, data, variance, mask, psf_sigma, min_length):
     return out, len(new_rows)
 
 
+def smoothed_segments(snr: np.ndarray, *, smooth: float = 2.0, threshold: float = 2.5, min_length: float = 50.0,
+                      min_elongation: float = 8.0, min_pixels: int = 60) -> list[tuple[float, float, float, float]]:
+    """Long thin regions of a smoothed signal-to-noise image (faint trails below the extraction limit).
+
+    Parameters
+    ----------
+    snr : ndarray (ny, nx)
+        Signal-to-noise per pixel, masked pixels set to 0 and bright sources clipped.
+    smooth : float
+        Gaussian smoothing sigma [px]: a trail's S/N per pixel grows by ~sqrt(2 sqrt(pi) smooth) along it.
+    threshold : float
+        Threshold on the smoothed image, in units of its own noise.
+    min_length, min_elongation, min_pixels : float, float, int
+        A region must be at least this long [px], this many times longer than wide, and this large.
+
+    Returns
+    -------
+    list of (x, y, length, theta)
+        Centre [px], length [px] and angle [rad] of each region, from its second moments.
+    """
+    from scipy import ndimage
+
+    smoothed = ndimage.gaussian_filter(snr.astype(np.float32), smooth)
+    smoothed /= 1.0 / (2.0 * math.sqrt(math.pi) * smooth)  # noise of smoothed unit white noise
+    labels, n = ndimage.label(smoothed > threshold, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return []
+    sizes = np.bincount(labels.ravel())
+    slices = ndimage.find_objects(labels)
+    out = []
+    for lab in np.nonzero(sizes >= min_pixels)[0]:
+        if lab == 0:
+            continue
+        sl = slices[lab - 1]
+        ys, xs = np.nonzero(labels[sl] == lab)
+        ys = ys + sl[0].start
+        xs = xs + sl[1].start
+        cx, cy = xs.mean(), ys.mean()
+        evals, evecs = np.linalg.eigh(np.cov(np.vstack([xs - cx, ys - cy])))
+        length = math.sqrt(12.0 * max(evals[1], 0.0))
+        width = math.sqrt(max(evals[0], 1e-6))
+        if length >= min_length and length >= min_elongation * width:
+            out.append((float(cx), float(cy), length, math.atan2(evecs[1, 1], evecs[0, 1])))
+    return out
+
+
+def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
+    """Faint long trails from :func:`smoothed_segments`, verified by a trailed-PSF fit; pieces on them removed."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(mask | ~(variance > 0), 0.0, data / np.sqrt(variance))
+    snr = np.clip(np.nan_to_num(snr), -3.0, 4.0)  # bright sources must not dominate the smoothing
+    segments = smoothed_segments(snr)
+    if not segments:
+        return det, 0
+    xs, ys = np.asarray(det["x"], float), np.asarray(det["y"], float)
+    lens, kinds = np.asarray(det["length"], float), np.asarray(det["kind"])
+    snrs = np.asarray(det["snr"], float)
+    new_rows, drop = [], set()
+    for cx, cy, length, theta in segments:
+        if length > max_length:
+            continue
+        # already measured as a trail of similar length?
+        near = (kinds == "trail") & (lens > 0.5 * length) & (np.hypot(xs - cx, ys - cy) < 0.25 * length + 5)
+        if near.any():
+            continue
+        # the thresholded region may cover only part of the trail: start longer, allow it to grow
+        fit = fit_trail(data, variance, mask, cx, cy, 1.3 * length, theta, psf_sigma)
+        if not (fit.success and fit.flux > 7.0 * fit.flux_err and 0.7 * length < fit.length < 2.0 * length + 10.0
+                and math.hypot(fit.x - cx, fit.y - cy) < 0.6 * length + 3.0
+                and max(fit.x_err, fit.y_err) < 0.1 * fit.length + 1.0 and fit.length <= max_length):
+            continue
+        # faint pieces lying on the fitted segment belong to it
+        c, s = math.cos(fit.theta), math.sin(fit.theta)
+        u = (xs - fit.x) * c + (ys - fit.y) * s
+        w = -(xs - fit.x) * s + (ys - fit.y) * c
+        on = (np.abs(u) <= 0.5 * fit.length + 3) & (np.abs(w) <= 3.0) & (snrs < 30.0)
+        template = int(np.nonzero(on)[0][0]) if on.any() else 0
+        row = {name: det[name][template] for name in det.colnames}
+        row.update(x=fit.x, y=fit.y, length=fit.length, theta=fit.theta, x_err=max(fit.x_err, 1e-3),
+                   y_err=max(fit.y_err, 1e-3), flux=fit.flux, flux_err=fit.flux_err, snr=fit.flux / fit.flux_err,
+                   kind="trail", a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma, npix=int(np.sum(on)),
+                   near_mask=False, sep_flag=0, peak=float("nan"))
+        new_rows.append(row)
+        drop.update(np.nonzero(on)[0].tolist())
+    if not new_rows:
+        return det, 0
+    out = det.copy()
+    if drop:
+        out.remove_rows(sorted(drop))
+    for row in new_rows:
+        out.add_row([row[name] for name in out.colnames])
+    return out, len(new_rows)
+
+
 def refine_trails(
     det: Table,
     data: np.ndarray,
@@ -224,10 +318,11 @@ def refine_trails(
         Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
         ``n_fitted``, ``n_satellite``, ``n_bleed``.
     """
-    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_chains": 0}
+    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_chains": 0, "n_faint_lines": 0}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
+    det, info["n_faint_lines"] = _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length)
     kind = np.asarray(det["kind"])
     elongated = np.isin(kind, ["trail", "streak"]) & (np.asarray(det["length"], float) >= 0.5 * min_length)
     groups = join_fragments(det, elongated, max_gap=max_gap, max_angle=max_angle)
