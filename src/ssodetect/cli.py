@@ -63,9 +63,11 @@ def _run(args) -> int:
         config.report.station = args.station
     result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config))
     total = result.timings.get("total", float("nan"))
+    n_fast = int((result.objects["kind"] == "streak").sum()) if len(result.objects) else 0
     print(
-        f"{len(result.objects)} moving objects, {len(result.observations)} observations in {total:.1f} s "
-        f"-> {args.out}/observations.ecsv, objects.ecsv, observations.psv"
+        f"{len(result.objects)} moving objects ({n_fast} fast, trailed), {len(result.observations)} observations "
+        f"in {total:.1f} s -> {args.out}/observations.ecsv, objects.ecsv, observations.psv, streaks.ecsv"
+        + (", astrometry.ecsv" if result.astrometry is not None else "")
     )
     return 0
 

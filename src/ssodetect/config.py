@@ -190,7 +190,8 @@ class AstrometryConfig(_Section):
     enabled: bool = Field(default=True, description="Fit the WCS of every CCD when a reference catalogue is given.")
     sip_order: int = Field(
         default=3, ge=1, le=5,
-        description="Largest SIP distortion order (1 = linear TAN); lowered automatically when stars are few.",
+        description="Largest SIP distortion order (1 = linear TAN); the order used is chosen by leave-one-out "
+        "cross-validation among those the stars allow.",
     )
     joint: bool = Field(
         default=True, description="Fit the exposures of one CCD together: shared distortion, per-exposure pointing."
