@@ -146,6 +146,7 @@ def blind_solve(
     match_radius: float = 1.0,
     n_src: int = 25,
     min_matches: int = 6,
+    accept=None,
 ) -> tuple[BlindResult | None, str]:
     """Solve an image from its source positions alone.
 
@@ -165,6 +166,9 @@ def blind_solve(
         Brightest sources used for triangles.
     min_matches : int
         Smallest number of verified matches.
+    accept : callable, optional
+        ``accept(result) -> bool``: a further check of a candidate (e.g. that a
+        refined fit holds); when it refuses, the search goes on with the next tile.
 
     Returns
     -------
@@ -178,7 +182,7 @@ def blind_solve(
         return None, f"only {len(xy)} star-like sources (need {max(4, min_matches)})"
     centre_px = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
     src = xy - centre_px
-    tried = 0
+    tried = rejected = 0
     for index in indexes:
         tiles = index.tiles
         if pointing is not None:
@@ -218,7 +222,12 @@ def blind_solve(
                 "blind solve: %d matches (%.2f by chance) in tile %d, scale %.4f\"/px, rotation %.2f deg, parity %+d",
                 result.n_matched, result.n_expected, tried, t.scale, t.rotation, t.parity,
             )
-            return BlindResult(wcs=wcs, pairs=pairs, pixel_scale=t.scale, n_tiles_tried=tried), ""
+            candidate = BlindResult(wcs=wcs, pairs=pairs, pixel_scale=t.scale, n_tiles_tried=tried)
+            if accept is not None and not accept(candidate):
+                rejected += 1
+                continue
+            return candidate, ""
     if tried == 0:
         return None, "no catalogue tile near the pointing" if pointing is not None else "catalogue has fewer than 3 stars"
-    return None, f"no significant pattern match in {tried} catalogue tile(s)"
+    extra = f" ({rejected} candidate(s) failed refinement)" if rejected else ""
+    return None, f"no significant pattern match in {tried} catalogue tile(s){extra}"

@@ -277,6 +277,16 @@ def _fit_best(matched: list[MatchedStars], crpix, cfg: AstrometryConfig, shape) 
     return best
 
 
+def _refine(src, ref, pairs, crval0, scale0, crpix, config, shape) -> tuple[WCSSolution | None, str]:
+    """Linear solution from pattern pairs, then a wider re-match and the per-exposure fit."""
+    try:
+        lin = _fit([_matched(src, ref, pairs, crval0, scale0)], crpix, 1, config, shape)[0]
+        wider = _match_stars(src, ref, lin.wcs, config.pattern_radius / scale0)
+        return _fit_best([_matched(src, ref, wider, crval0, scale0)], crpix, config, shape)[0], ""
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return None, f"too few stars for a fit ({exc})"
+
+
 def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: AstrometryConfig) -> list[ExposureSolution]:
     """Calibrate the exposures of one CCD against the reference catalogue.
 
@@ -328,9 +338,19 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
                 indexes = build_sky_indexes(ref.ra, ref.dec, ref.mag, it.shape, tuple(config.pixel_scale_range))
             pointing = tuple(config.blind_pointing) if config.blind_pointing else None
             xy = np.column_stack([np.asarray(src["x"], float), np.asarray(src["y"], float)])
+
+            def holds(candidate, src=src, ref=ref, crpix=crpix, shape=it.shape):
+                """The candidate survives the refinement: enough stars within match_radius afterwards."""
+                crval = tuple(float(v) for v in candidate.wcs.wcs.crval)
+                sol, _ = _refine(src, ref, candidate.pairs, crval, candidate.pixel_scale, crpix, config, shape)
+                if sol is None:
+                    return False
+                final = _match_stars(src, ref, sol.wcs, config.match_radius / candidate.pixel_scale)
+                return len(final) >= config.min_stars
+
             blind, why = blind_solve(
                 xy, it.shape, indexes, pointing=pointing, match_radius=config.pattern_radius,
-                min_matches=config.min_stars,
+                min_matches=config.min_stars, accept=holds,
             )
             if blind is not None:
                 pairs = blind.pairs
@@ -342,13 +362,9 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
         if pairs is None:
             res.reason = "; ".join(reasons)
             continue
-        # linear solution from the pattern pairs, then re-match wider and fit per exposure
-        try:
-            lin = _fit([_matched(src, ref, pairs, crval0, scale0)], crpix, 1, config, it.shape)[0]
-            wider = _match_stars(src, ref, lin.wcs, config.pattern_radius / scale0)
-            sol = _fit_best([_matched(src, ref, wider, crval0, scale0)], crpix, config, it.shape)[0]
-        except (ValueError, np.linalg.LinAlgError) as exc:
-            res.reason = f"too few stars for a fit ({exc})"
+        sol, why = _refine(src, ref, pairs, crval0, scale0, crpix, config, it.shape)
+        if sol is None:
+            res.reason = why
             continue
         initial[k] = sol.wcs
     # final matching within match_radius and the (joint) fit
