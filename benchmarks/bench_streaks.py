@@ -2,7 +2,8 @@
 
     python benchmarks/bench_streaks.py [--seeds 1 2 3] [--size 2048] [--trials 200]
 
-1. Scenes: Euclid-like 4-exposure CCDs with satellites, cosmic rays, saturated stars and
+1. Scenes: Euclid-like 4-exposure CCDs with satellites, cosmic rays, saturated stars with
+   diffraction spikes, and
    60 movers per 2048^2 CCD of which 70 % are fast (10-190"/h: trails of 16-300 px in 566 s),
    V 20-26.  Reports completeness for V < 23 (fast movers on the detector in >= 2 exposures),
    the magnitude of 50 % completeness for 20-60"/h, and false fast movers per 2048^2 CCD.
@@ -78,7 +79,7 @@ def main() -> None:
         for seed in args.seeds:
             sim = Path(tmp) / f"sim{seed}"
             simulate(SimulationConfig(seed=seed, nx=args.size, ny=args.size, movers_per_ccd=60.0, fast_fraction=0.7,
-                                      slow_rate_max=10.0, fast_rate_max=190.0, mover_mag_max=26.0), sim)
+                                      slow_rate_max=10.0, fast_rate_max=190.0, mover_mag_max=26.0, spikes=True), sim)
             t0 = time.perf_counter()
             result = run_pipeline([sim], None, config, refcat=sim / "refcat.ecsv")
             elapsed = time.perf_counter() - t0
@@ -92,7 +93,8 @@ def main() -> None:
             print(f"seed {seed}: {elapsed:.1f} s; fast movers V<23 (10-190\"/h, >= 2 exposures): "
                   f"{100 * ev.completeness_bright:.1f} % of {ev.n_findable_bright}; mag50 (20-60\"/h) {ev_mid.mag50:.2f}; "
                   f"false fast movers {len(fast_false)}; satellites flagged "
-                  f"{int(np.sum(result.streaks['status'] == 'satellite'))}, singles {int(np.sum(result.streaks['status'] == 'single'))}")
+                  f"{int(np.sum(result.streaks['status'] == 'satellite'))}, spikes {int(np.sum(result.streaks['status'] == 'spike'))}, "
+                  f"singles {int(np.sum(result.streaks['status'] == 'single'))}")
     n = sum(e.n_findable_bright for e, _ in pooled)
     found = sum(e.completeness_bright * e.n_findable_bright for e, _ in pooled)
     area = len(args.seeds) * (args.size / 2048.0) ** 2

@@ -127,7 +127,7 @@ def test_fast_movers_found_end_to_end(tmp_path):
 
     sim = tmp_path / "sim"
     simulate(small_scene_config(21, nx=1024, ny=1024, movers_per_ccd=400.0, fast_fraction=1.0,
-                                slow_rate_max=15.0, fast_rate_max=150.0, mover_mag_max=24.0), sim)
+                                slow_rate_max=15.0, fast_rate_max=150.0, mover_mag_max=24.0, spikes=True), sim)
     config = load_config(None)
     config.execution.progress = False
     result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
@@ -143,7 +143,7 @@ def test_fast_movers_found_end_to_end(tmp_path):
     fast = obs[obs["kind"] == "streak"]
     assert len(fast) and np.all(fast["trail_length"] > 12) and np.all(np.isfinite(fast["trail_pa"]))
     streaks = Table.read(tmp_path / "out" / "streaks.ecsv")
-    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed"}
+    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed", "spike"}
     assert np.sum(streaks["status"] == "linked") == len(fast)
 
 

@@ -51,7 +51,7 @@ DETECTION_COLUMNS = [
     ("chi2_broad", "f8", "", "chi2 of a fit twice as broad as the PSF (galaxies)"),
     ("sep_flag", "i8", "", "sep extraction flags"),
     ("near_mask", "bool", "", "a masked pixel lies inside the detection footprint"),
-    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed"),
+    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed | spike"),
 ]
 
 

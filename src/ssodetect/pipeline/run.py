@@ -156,7 +156,7 @@ STREAK_COLUMNS = [
     ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
     ("mag", "f8", "mag", "magnitude"),
     ("snr", "f8", "", "signal-to-noise ratio"),
-    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed"),
+    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed | spike"),
     ("object", "U8", "", "object identifier when linked"),
 ]
 
@@ -193,7 +193,7 @@ def _streak_table(detections: Table, trails: Table, fast: list, names: list[str]
     member_of = {k: names[n] for n, trk in enumerate(fast) for k in trk.members}
     rows = [(row, "linked" if k in member_of else "single", member_of.get(k, "")) for k, row in enumerate(trails)]
     if len(detections):
-        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed"])]
+        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike"])]
         rows += [(row, str(row["kind"]), "") for row in others]
     if not rows:
         return empty_table(STREAK_COLUMNS)

@@ -7,7 +7,8 @@ Photometry (documented, physical):
 * gain 3.5 e-/ADU, read noise 4.5 e-, full well 200 ke- (bleeding along columns);
 * images are written in ADU with ``MAGZERO = zp_e - 2.5 log10(gain)`` (for ADU/s).
 
-The scene holds stars (with Gaia-like proper motions, some saturated), galaxies,
+The scene holds stars (with Gaia-like proper motions, some saturated, optionally
+with six diffraction spikes), galaxies,
 cosmic rays (charge deposited along short tracks, ~1.5 % of pixels per 566 s),
 hot pixels (half flagged in FLG), a satellite trail in one exposure, one-exposure
 transients, and moving objects drawn as trails integrated over each exposure.
@@ -99,6 +100,7 @@ class SimulationConfig(BaseModel):
         "the WCS describes the mid-exposure pointing.",
     )
     tracking_angle: float = Field(default=30.0, description="Direction of the drift [deg from +xi towards +eta].")
+    spikes: bool = Field(default=False, description="Draw diffraction spikes (6, Euclid-like) on saturated stars.")
     header_scale_error: float = Field(
         default=0.0, ge=0, lt=0.2, description="Largest relative pixel-scale error of the header WCS."
     )
@@ -464,6 +466,16 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
             splat(electrons, *trail_points(x0[k], y0[k], x1[k], y1[k], f), psf)
     else:
         splat(electrons, x[inside], y[inside], e_flux(st["mag"][inside]), psf)
+    if cfg.spikes:
+        # six diffraction spikes on the stars that saturate, 0.5 % of the flux each, length growing with flux
+        bright = inside & (np.asarray(st["mag"]) < 17.5)
+        for xs_, ys_, mag in zip(x[bright], y[bright], np.asarray(st["mag"])[bright]):
+            length = 40.0 * 10 ** (-0.2 * (mag - 17.5))
+            for k in range(6):
+                a = math.radians(15.0 + 60.0 * k)
+                px, py, pf = trail_points(xs_, ys_, xs_ + length * math.cos(a), ys_ + length * math.sin(a),
+                                          0.005 * float(e_flux(mag)))
+                splat(electrons, px, py, pf, psf)
     # galaxies
     gal = scene.galaxies
     gx, gy = to_pix(gal["xi"], gal["eta"])

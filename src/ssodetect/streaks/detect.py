@@ -7,8 +7,9 @@ as chains of collinear faint detections (a Hough transform of their centres,
 then runs along each line with small gaps), verified by the trailed-PSF fit; every trail longer than ``min_length`` is then
 measured with the trailed-PSF fit (:func:`~ssodetect.streaks.model.fit_trail`)
 starting from the modified-moment centre.  Streaks longer than ``max_length``
-(satellites crossing the detector) and bleed columns of saturated stars are
-labelled ``satellite`` and ``bleed``; they never reach the linking.
+(satellites crossing the detector), bleed columns of saturated stars and
+diffraction spikes (whose line, extended, meets a saturated core) are labelled
+``satellite``, ``bleed`` and ``spike``; they never reach the linking.
 """
 from __future__ import annotations
 
@@ -313,12 +314,13 @@ def refine_trails(
     -------
     Table
         The detections with joined fragments replaced by one row each and
-        trails re-measured (``kind`` ``trail``, ``satellite`` or ``bleed``).
+        trails re-measured (``kind`` ``trail``, ``satellite``, ``bleed`` or ``spike``).
     dict
         Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
-        ``n_fitted``, ``n_satellite``, ``n_bleed``.
+        ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``.
     """
-    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_chains": 0, "n_faint_lines": 0}
+    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_chains": 0,
+            "n_faint_lines": 0}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
@@ -358,6 +360,13 @@ def refine_trails(
             out["kind"][first] = "bleed"
             info["n_bleed"] += 1
             continue
+        # a diffraction spike points at a saturated star core: its line, extended, runs into saturation
+        if saturated is not None and length >= 0.5 * min_length and _touches(
+            saturated, out["x"][first], out["y"][first], length, theta, reach=max(1.5 * length, 40.0), band=3
+        ):
+            out["kind"][first] = "spike"
+            info["n_spike"] += 1
+            continue
         if length < min_length:
             continue
         out["kind"][first] = "trail"  # a streak segment of SSO-like length, whether or not the fit below succeeds
@@ -390,10 +399,16 @@ def refine_trails(
     return out, info
 
 
-def _touches(saturated: np.ndarray, x, y, length, theta) -> bool:
-    """Whether a segment runs into saturated pixels (sampled every pixel, 2 px tolerance)."""
+def _touches(saturated: np.ndarray, x, y, length, theta, *, reach: float = 2.0, band: int = 0) -> bool:
+    """Whether a segment, extended by ``reach`` px at both ends and widened by ``band`` px, meets saturated pixels."""
     ny, nx = saturated.shape
-    t = np.linspace(-0.5 * length - 2, 0.5 * length + 2, int(length) + 6)
-    px = np.clip(np.round(x + t * math.cos(theta)).astype(int), 0, nx - 1)
-    py = np.clip(np.round(y + t * math.sin(theta)).astype(int), 0, ny - 1)
-    return bool(saturated[py, px].any())
+    half = 0.5 * length + reach
+    t = np.linspace(-half, half, int(2 * half) + 2)
+    c, s = math.cos(theta), math.sin(theta)
+    for w in range(-band, band + 1):
+        px = np.round(x + t * c - w * s).astype(int)
+        py = np.round(y + t * s + w * c).astype(int)
+        inside = (px >= 0) & (px < nx) & (py >= 0) & (py < ny)
+        if saturated[py[inside], px[inside]].any():
+            return True
+    return False
