@@ -27,13 +27,16 @@ def _simulate(args) -> int:
     params = {"seed": args.seed, "nccd": args.nccd, "nx": args.size, "ny": args.size, "layout": args.layout}
     for name in (
         "n_exposures", "movers_per_ccd", "dither", "cosmic_fraction", "star_density", "distortion",
-        "header_pointing_error", "header_rotation_error", "header_scale_error",
+        "header_pointing_error", "header_rotation_error", "header_scale_error", "fast_fraction", "fast_rate_max",
+        "tracking_drift",
     ):
         value = getattr(args, name)
         if value is not None:
             params[name] = value
     if args.no_satellite:
         params["satellite"] = False
+    if args.spikes:
+        params["spikes"] = True
     try:
         sim_config = SimulationConfig(**params)
     except ValidationError as exc:
@@ -167,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest header rotation error per exposure [deg]")
     p.add_argument("--scale-error", dest="header_scale_error", type=float, default=None,
                    help="largest relative header pixel-scale error")
+    p.add_argument("--fast-fraction", dest="fast_fraction", type=float, default=None,
+                   help="fraction of movers faster than 10\"/h (trailed)")
+    p.add_argument("--fast-rate-max", dest="fast_rate_max", type=float, default=None, help="fastest mover [arcsec/h]")
+    p.add_argument("--tracking-drift", dest="tracking_drift", type=float, default=None,
+                   help="pointing drift during each exposure [arcsec]: trailed stars")
+    p.add_argument("--spikes", action="store_true", help="diffraction spikes on saturated stars")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("run", parents=[common], help="run the pipeline on FITS files or directories")
