@@ -292,3 +292,12 @@ def test_fit_clips_wrong_matches(max_iter):
     # the inverse SIP is exact: pixel -> sky -> pixel round trip
     px, py = sol.wcs.all_world2pix(*sol.wcs.all_pix2world(x, y, 0), 0)
     assert np.max(np.hypot(px - x, py - y)) < 1e-3
+
+
+def test_unreadable_reference_catalogue_is_one_line(scene, tmp_path, capsys):
+    bad = tmp_path / "bad.cat"
+    bad.write_text("not a catalogue\n")
+    code = main(["astrometry", str(scene), "--refcat", str(bad), "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "bad.cat" in err[0] and "not a readable catalogue" in err[0]
+    assert not (tmp_path / "o").exists()

@@ -50,18 +50,25 @@ def _simulate(args) -> int:
     return 0
 
 
-def _run(args) -> int:
+def _execution_config(args):
+    """The configuration file given with --config, with --workers and --quiet applied."""
     from ssodetect.config import load_config
-    from ssodetect.pipeline import run_pipeline
-    from ssodetect.pipeline.run import resolve_refcat
 
     config = load_config(args.config)
     if args.workers is not None:
         config.execution.workers = args.workers
-    if args.scheduler:
-        config.execution.scheduler = args.scheduler
     if args.quiet:
         config.execution.progress = False
+    return config
+
+
+def _run(args) -> int:
+    from ssodetect.pipeline import run_pipeline
+    from ssodetect.pipeline.run import resolve_refcat
+
+    config = _execution_config(args)
+    if args.scheduler:
+        config.execution.scheduler = args.scheduler
     if args.station:
         config.report.station = args.station
     result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config))
@@ -78,15 +85,10 @@ def _run(args) -> int:
 def _astrometry(args) -> int:
     import numpy as np
 
-    from ssodetect.config import load_config
     from ssodetect.pipeline import run_astrometry
     from ssodetect.pipeline.run import resolve_refcat
 
-    config = load_config(args.config)
-    if args.workers is not None:
-        config.execution.workers = args.workers
-    if args.quiet:
-        config.execution.progress = False
+    config = _execution_config(args)
     formats = ("head", "fits") if args.format == "both" else (args.format,)
     refcat = resolve_refcat(args.refcat, args.inputs, config)
     table = run_astrometry(args.inputs, args.out, refcat, config, formats=formats)
@@ -231,7 +233,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except SSODetectError as exc:
-        print(f"ssodetect: error: {exc}", file=sys.stderr)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(f"ssodetect: error: {lines[0]}", file=sys.stderr)  # one line, whatever a library said
         return 2
     except KeyboardInterrupt:
         print("ssodetect: interrupted", file=sys.stderr)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Table, vstack
 from astropy.time import Time
 from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.errors import InputError
+from ssodetect.io.ldac import read_ldac
 
 __all__ = [
     "REFCAT_REQUIRED",
@@ -50,11 +51,7 @@ def _is_ldac(path: Path) -> bool:
 
 
 def _from_ldac(path: Path) -> Table:
-    from ssodetect.io.ldac import read_ldac
-
     tables = [t for _, t in read_ldac(path)]
-    from astropy.table import vstack
-
     table = vstack(tables) if len(tables) > 1 else tables[0]
     out = Table()
     for src, dst in _LDAC_TO_GAIA.items():
@@ -117,7 +114,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
     except InputError:
         raise
     except Exception as exc:  # astropy's readers raise many types
-        raise InputError(f"{path}: not a readable catalogue ({type(exc).__name__}: {exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"{path}: not a readable catalogue ({type(exc).__name__}: {first})") from None
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")

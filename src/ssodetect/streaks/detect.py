@@ -169,21 +169,35 @@ def _add_chain_trails(det, data, variance, mask, psf_sigma, min_length):
                 and math.hypot(fit.x - mid[0], fit.y - mid[1]) < 0.2 * span + 3.0
                 and max(fit.x_err, fit.y_err) < 0.1 * fit.length + 1.0):
             continue
-        row = {name: det[name][members[0]] for name in det.colnames}
-        row.update(x=fit.x, y=fit.y, length=fit.length, theta=(fit.theta + math.pi / 2) % math.pi - math.pi / 2,
-                   x_err=max(fit.x_err, 1e-3), y_err=max(fit.y_err, 1e-3), flux=fit.flux, flux_err=fit.flux_err,
-                   snr=fit.flux / fit.flux_err, kind="trail", a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma,
-                   npix=int(np.sum(np.asarray(det["npix"])[members])),
-                   near_mask=bool(np.any(np.asarray(det["near_mask"])[members])))
-        new_rows.append(row)
+        new_rows.append(_trail_row(det, members, fit, psf_sigma))
         drop.extend(members.tolist())
+    return _replace_pieces(det, drop, new_rows), len(new_rows)
+
+
+def _trail_row(det: Table, members: np.ndarray, fit, psf_sigma: float) -> dict:
+    """A detection row for a trail measured by ``fit`` that replaces the pieces ``members`` of ``det``."""
+    template = int(members[0]) if len(members) else 0
+    row = {name: det[name][template] for name in det.colnames}
+    row.update(
+        x=fit.x, y=fit.y, length=fit.length, theta=fit.theta, x_err=max(fit.x_err, 1e-3), y_err=max(fit.y_err, 1e-3),
+        flux=fit.flux, flux_err=fit.flux_err, snr=fit.flux / fit.flux_err, kind="trail",
+        a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma, npix=int(np.sum(np.asarray(det["npix"])[members])),
+        near_mask=bool(np.any(np.asarray(det["near_mask"])[members])), sep_flag=0, peak=float("nan"),
+        chi2_psf=float("nan"), chi2_sharp=float("nan"), chi2_broad=float("nan"),
+    )
+    return row
+
+
+def _replace_pieces(det: Table, drop, new_rows: list[dict]) -> Table:
+    """``det`` without the rows ``drop`` and with ``new_rows`` appended (``det`` itself when nothing changes)."""
     if not new_rows:
-        return det, 0
+        return det
     out = det.copy()
-    out.remove_rows(sorted(set(drop)))
+    if len(drop):
+        out.remove_rows(sorted(set(drop)))
     for row in new_rows:
         out.add_row([row[name] for name in out.colnames])
-    return out, len(new_rows)
+    return out
 
 
 def smoothed_segments(snr: np.ndarray, *, smooth: float = 2.0, threshold: float = 2.5, min_length: float = 50.0,
@@ -243,7 +257,8 @@ def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
     xs, ys = np.asarray(det["x"], float), np.asarray(det["y"], float)
     lens, kinds = np.asarray(det["length"], float), np.asarray(det["kind"])
     snrs = np.asarray(det["snr"], float)
-    new_rows, drop = [], set()
+    new_rows: list[dict] = []
+    drop: set[int] = set()
     for cx, cy, length, theta in segments:
         if length > max_length:
             continue
@@ -262,22 +277,10 @@ def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
         u = (xs - fit.x) * c + (ys - fit.y) * s
         w = -(xs - fit.x) * s + (ys - fit.y) * c
         on = (np.abs(u) <= 0.5 * fit.length + 3) & (np.abs(w) <= 3.0) & (snrs < 30.0)
-        template = int(np.nonzero(on)[0][0]) if on.any() else 0
-        row = {name: det[name][template] for name in det.colnames}
-        row.update(x=fit.x, y=fit.y, length=fit.length, theta=fit.theta, x_err=max(fit.x_err, 1e-3),
-                   y_err=max(fit.y_err, 1e-3), flux=fit.flux, flux_err=fit.flux_err, snr=fit.flux / fit.flux_err,
-                   kind="trail", a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma, npix=int(np.sum(on)),
-                   near_mask=False, sep_flag=0, peak=float("nan"))
-        new_rows.append(row)
-        drop.update(np.nonzero(on)[0].tolist())
-    if not new_rows:
-        return det, 0
-    out = det.copy()
-    if drop:
-        out.remove_rows(sorted(drop))
-    for row in new_rows:
-        out.add_row([row[name] for name in out.colnames])
-    return out, len(new_rows)
+        members = np.nonzero(on)[0]
+        new_rows.append(_trail_row(det, members, fit, psf_sigma))
+        drop.update(members.tolist())
+    return _replace_pieces(det, sorted(drop), new_rows), len(new_rows)
 
 
 def refine_trails(
