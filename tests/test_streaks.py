@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from ssodetect.link.streaks import link_streaks
-from ssodetect.streaks import fit_trail, join_fragments, trailed_psf
+from ssodetect.streaks import cut_ends, fit_trail, join_fragments, trailed_psf
 from ssodetect.streaks.model import centre_bound, moment_centre
 
 from conftest import real_data, small_scene_config
@@ -72,6 +72,46 @@ def test_fragments_are_joined_only_when_collinear():
     assert sorted(map(sorted, groups)) == [[0, 1], [2], [3]]
 
 
+def test_overlapping_fragments_are_joined():
+    # two pieces of one faint trail whose extents overlap, ends more than max_gap apart
+    det = Table({"x": [826.3, 785.2], "y": [1106.3, 998.3], "length": [117.0, 180.0],
+                 "theta": [math.atan2(108.0, 41.1)] * 2})
+    groups = join_fragments(det, np.ones(2, bool), max_gap=30.0, max_angle=math.radians(4.0))
+    assert sorted(map(sorted, groups)) == [[0, 1]]
+
+
+def test_cut_ends():
+    assert cut_ends((100, 200), 50.0, 50.0, 40.0, 0.0, 4.0) == 0
+    assert cut_ends((100, 200), 180.0, 50.0, 40.0, 0.0, 4.0) == 1  # +theta end at x = 200
+    assert cut_ends((100, 200), 180.0, 50.0, 40.0, math.pi, 4.0) == -1
+    assert cut_ends((100, 200), 100.0, 50.0, 200.0, 0.0, 4.0) == 2
+
+
+def test_a_shortened_trail_links_only_beside_a_whole_one():
+    exptime, cadence, rate, pa = 566.0, 1100.0 / 3600.0, 120.0, 40.0
+    whole_len = rate * exptime / 3600.0
+    vx, vy = rate * math.sin(math.radians(pa)), rate * math.cos(math.radians(pa))
+    t = np.array([0.0, cadence, 2 * cadence])
+    xi, eta = vx * t, vy * t
+    ones = np.ones(3)
+
+    def link(lengths, whole=None, members=slice(None)):
+        chains = link_streaks(np.arange(3)[members], t[members], xi[members], eta[members], 0.05 * ones[members],
+                              np.asarray(lengths)[members], np.full(3, pa)[members], np.full(3, exptime)[members],
+                              whole=None if whole is None else np.asarray(whole)[members])
+        return [sorted(c.members) for c in chains]
+
+    # the middle trail lost 40 % of its length (faint end, a mask): still one object
+    assert link([whole_len, 0.6 * whole_len, whole_len]) == [[0, 1, 2]]
+    # a trail longer than the motion allows breaks the link
+    assert link([whole_len, 1.6 * whole_len, whole_len]) == [[0, 2]]
+    # two shortened trails alone: no member is seen whole, no object
+    assert link([0.6 * whole_len, 0.6 * whole_len, whole_len], members=slice(0, 2)) == []
+    # a trail cut by the detector edge is never the whole one, however long it looks
+    assert link([whole_len, 0.6 * whole_len, whole_len], whole=[False, True, True], members=slice(0, 2)) == []
+    assert link([whole_len, 0.6 * whole_len, whole_len], whole=[True, False, True], members=slice(0, 2)) == [[0, 1]]
+
+
 def test_link_streaks_builds_chains_and_leaves_singles():
     rng = np.random.default_rng(3)
     exptime, cadence = 566.0, 1100.0 / 3600.0
@@ -134,16 +174,15 @@ def test_fast_movers_found_end_to_end(tmp_path):
     truth = Table.read(sim / "truth.ecsv")
     ev = evaluate_run(result.observations, truth, rate_range=(15.0, 150.0), bright_limit=23.0, min_exposures=2)
     assert ev.n_findable_bright >= 10
-    # measured 78 % here (the 97 % goal is not reached: long trails fragmented by cosmic-ray
-    # masks and blends are lost); the floor guards against regressions.  The scene holds 400 fast
-    # movers on 1024^2 px (50x the real density), so chance pairs of unrelated trails happen.
-    assert ev.completeness_bright >= 0.7
+    # The scene holds 400 fast movers on 1024^2 px (50x the real density): blends and chance pairs
+    # of unrelated trails happen, so completeness here stays below the benchmark's (97.7 %).
+    assert ev.completeness_bright >= 0.75
     assert ev.n_false <= 3
     obs = Table.read(tmp_path / "out" / "observations.ecsv")
     fast = obs[obs["kind"] == "streak"]
     assert len(fast) and np.all(fast["trail_length"] > 12) and np.all(np.isfinite(fast["trail_pa"]))
     streaks = Table.read(tmp_path / "out" / "streaks.ecsv")
-    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed", "spike"}
+    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed", "spike", "edge"}
     assert np.sum(streaks["status"] == "linked") == len(fast)
 
 

@@ -51,7 +51,9 @@ DETECTION_COLUMNS = [
     ("chi2_broad", "f8", "", "chi2 of a fit twice as broad as the PSF (galaxies)"),
     ("sep_flag", "i8", "", "sep extraction flags"),
     ("near_mask", "bool", "", "a masked pixel lies inside the detection footprint"),
-    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed | spike"),
+    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed | spike | edge"),
+    ("cut", "i8", "", "trail end at the detector edge: 0 none, 1 the end towards +theta, -1 the other, 2 both "
+                      "(length and centre are then those of the visible part)"),
 ]
 
 
@@ -284,6 +286,7 @@ def extract_sources(
             "sep_flag": objects["flag"].astype(np.int64) | fflag.astype(np.int64),
             "near_mask": near_mask,
             "kind": kind,
+            "cut": np.zeros(x.size, np.int64),
         }
     )
     describe(table, DETECTION_COLUMNS)

@@ -5,9 +5,13 @@ rate ``L / T`` and a direction (its axis, sign unknown).  Two trails in
 different exposures belong to one object when the displacement between their
 centres agrees with both: its direction lies along both axes (within
 ``angle_tol`` plus the axis uncertainty of short trails), its length divided
-by the time between them matches each implied rate (within ``rate_tol``
-relative plus the length uncertainty of that trail), and their fluxes agree
-within ``max_flux_ratio``.  Consistent pairs are joined
+by the time between them matches the implied rates (within ``rate_tol``
+relative plus the length uncertainty), and their fluxes agree within
+``max_flux_ratio``.  A measured trail may be shorter than the object's path
+(cut by the detector edge or a mask, or its faint ends lost in the noise) but
+never longer, so each implied rate is a lower bound on the rate between the
+exposures, and at least one trail of a chain must match the chain's rate from
+above as well (the one seen whole).  Consistent pairs are joined
 into chains (one trail per exposure, at least ``min_exposures``), each fitted
 with a straight line; while the line does not fit (reduced chi2 above
 ``max_chi2_dof``) the worst member is dropped, down to ``min_exposures``.  Positions in arcsec (tangent plane), times in hours.
@@ -39,6 +43,7 @@ def link_streaks(
     exptime: np.ndarray,
     *,
     flux: np.ndarray | None = None,
+    whole: np.ndarray | None = None,
     min_exposures: int = 2,
     rate_tol: float = 0.1,
     length_err: float = 0.25,
@@ -58,6 +63,9 @@ def link_streaks(
         Exposure times [s].
     flux : ndarray (n,), optional
         Trail fluxes; linked trails must agree within ``max_flux_ratio``.
+    whole : ndarray (n,) bool, optional
+        False for trails known to be cut (by the detector edge): never the member
+        seen whole that a chain needs.  Default: all may be.
     min_exposures : int
         Fewest exposures in a chain.
     rate_tol : float
@@ -80,8 +88,9 @@ def link_streaks(
     if n < 2:
         return []
     rate = length / (exptime / 3600.0)  # arcsec/h
-    rate_err = rate_tol * rate + length_err / (exptime / 3600.0)
+    length_rate_err = length_err / (exptime / 3600.0)
     flux = np.ones(n) if flux is None else np.asarray(flux, float)
+    whole = np.ones(n, bool) if whole is None else np.asarray(whole, bool)
     axis_err = angle_tol + np.degrees(np.arctan2(0.3, np.maximum(length, 0.3)))
     adj: dict[int, set[int]] = {i: set() for i in range(n)}
     order = np.argsort(t_hours)
@@ -95,8 +104,10 @@ def link_streaks(
             dx, dy = xi[j] - xi[i], eta[j] - eta[i]
             dist = math.hypot(dx, dy)
             moved = dist / dt
-            if abs(moved - rate[i]) > rate_err[i] or abs(moved - rate[j]) > rate_err[j]:
-                continue
+            tol_i = rate_tol * max(moved, rate[i]) + length_rate_err[i]
+            tol_j = rate_tol * max(moved, rate[j]) + length_rate_err[j]
+            if moved < rate[i] - tol_i or moved < rate[j] - tol_j:
+                continue  # a trail longer than the path between the exposures allows
             if flux[i] > 0 and flux[j] > 0 and max(flux[i], flux[j]) > max_flux_ratio * min(flux[i], flux[j]):
                 continue
             direction = math.degrees(math.atan2(dx, dy)) % 180.0
@@ -124,7 +135,8 @@ def link_streaks(
     for comp in chains:
         remaining = list(comp)
         while len(remaining) >= min_exposures:
-            best = _best_subset(remaining, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof)
+            best = _best_subset(remaining, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof,
+                                rate_tol, length_rate_err, whole)
             if best is None:
                 break
             idx, params, cov, chi2, t_ref = best
@@ -136,8 +148,10 @@ def link_streaks(
     return tracklets
 
 
-def _best_subset(comp, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof):
-    """The largest set of trails, one per exposure, all pairwise consistent, whose line fits.
+def _best_subset(comp, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof, rate_tol,
+                 length_rate_err, whole):
+    """The largest set of trails, one per exposure, all pairwise consistent, whose line fits
+    and of which at least one is as long as the fitted rate implies.
 
     Among equally large sets the lowest chi-square wins (for pairs: the closest rate agreement).
     Components are small (a handful of trails); the search is exhaustive up to 14 trails and
@@ -160,8 +174,9 @@ def _best_subset(comp, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposur
             dof = 2 * size - 4
             if dof > 0 and chi2 / dof > max_chi2_dof:
                 continue
-            dt = t_hours[idx[-1]] - t_hours[idx[0]]
-            moved = math.hypot(xi[idx[-1]] - xi[idx[0]], eta[idx[-1]] - eta[idx[0]]) / max(dt, 1e-9)
+            moved = math.hypot(params[2], params[3])
+            if not np.any(whole[idx] & (rate[idx] >= moved - rate_tol * moved - length_rate_err[idx])):
+                continue  # every trail shorter than the motion: none seen whole
             score = chi2 if dof > 0 else float(np.sum(np.abs(rate[idx] - moved) / rate[idx]))
             if best is None or score < best[0]:
                 best = (score, idx, params, cov, chi2, t_ref)

@@ -23,6 +23,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, ExposureStars, pixel_scale, solve_ccd, star_like
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
+from ssodetect.pipeline.ccd import cut_direction
 from ssodetect.streaks import trail_on_sky
 
 __all__ = [
@@ -114,6 +115,7 @@ def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs:
     out["wcs"] = "fit"
     out["pixel_scale"] = scale
     out["trail_arcsec"], out["trail_pa"] = trail_on_sky(wcs, x, y, out["length"], out["theta"])
+    out["cut_pa"] = cut_direction(wcs, out)
     out["ra_err"] = np.hypot(np.asarray(out["x_err"], float) * scale, solution.wcs_error)
     out["dec_err"] = np.hypot(np.asarray(out["y_err"], float) * scale, solution.wcs_error)
     if math.isfinite(solution.zeropoint):

@@ -38,11 +38,30 @@ CCD_COLUMNS = [
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
+    ("cut_pa", "f8", "deg", "position angle (N through E, 0-360) from the trail centre towards its end cut by the "
+                            "detector edge; NaN when neither or both ends are cut"),
     ("ra_err", "f8", "arcsec", "uncertainty in RA*cos(dec)"),
     ("dec_err", "f8", "arcsec", "uncertainty in Dec"),
     ("mag", "f8", "mag", "magnitude from the zero point"),
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
 ]
+
+
+def cut_direction(wcs, table: Table) -> np.ndarray:
+    """Position angle [deg, N through E, 0-360] from each trail's centre towards its cut end (NaN if none or both)."""
+    cut = np.asarray(table["cut"], int)
+    sign = np.where(np.abs(cut) == 1, cut, 0).astype(float)
+    out = np.full(len(table), np.nan)
+    rows = np.nonzero(sign != 0)[0]
+    if rows.size:
+        x, y = np.asarray(table["x"], float)[rows], np.asarray(table["y"], float)[rows]
+        theta = np.asarray(table["theta"], float)[rows]
+        step = sign[rows] * np.maximum(0.5 * np.asarray(table["length"], float)[rows], 1.0)
+        ra1, dec1 = wcs.all_pix2world(x, y, 0)
+        ra2, dec2 = wcs.all_pix2world(x + step * np.cos(theta), y + step * np.sin(theta), 0)
+        dra = ((ra2 - ra1 + 180.0) % 360.0 - 180.0) * np.cos(np.radians(dec1))
+        out[rows] = np.degrees(np.arctan2(dra, dec2 - dec1)) % 360.0
+    return out
 
 
 def empty_ccd_table() -> Table:
@@ -156,8 +175,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
         table["trail_arcsec"], table["trail_pa"] = trail_on_sky(
             image.wcs, table["x"], table["y"], table["length"], table["theta"]
         )
+        table["cut_pa"] = cut_direction(image.wcs, table)
     else:
-        table["trail_arcsec"] = table["trail_pa"] = np.full(n, np.nan)
+        table["trail_arcsec"] = table["trail_pa"] = table["cut_pa"] = np.full(n, np.nan)
     table["wcs"] = np.full(n, "header" if image.wcs is not None else "none", dtype="U6")
     table["pixel_scale"] = np.full(n, scale)
     table["ra_err"] = np.asarray(table["x_err"]) * scale

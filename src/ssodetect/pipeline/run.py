@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from ssodetect.config import Config, dump_toml
 from ssodetect.errors import ConfigError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_inputs
 from ssodetect.columns import describe, empty_table
-from ssodetect.link import link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
+from ssodetect.link import Tracklet, fit_linear_motion, link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
 from ssodetect.pipeline.astrometry import (
     SolveTask,
@@ -156,12 +157,60 @@ STREAK_COLUMNS = [
     ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
     ("mag", "f8", "mag", "magnitude"),
     ("snr", "f8", "", "signal-to-noise ratio"),
-    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed | spike"),
+    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed | spike | edge"),
     ("object", "U8", "", "object identifier when linked"),
 ]
 
 
-def _link_fast(moving: Table, used: set, config: Config) -> tuple[Table, list]:
+#: Relative uncertainty of the part of a cut trail that lies beyond the detector edge.
+CUT_END_ERROR = 0.2
+
+
+def _restore_cut_centres(trails: Table, trk, plane: TangentPlane):
+    """Move the centres of members cut by the detector edge to the object's mid-exposure position.
+
+    The visible part of a cut trail ends at the object's true position at one end of
+    the exposure; the whole trail is ``rate * exptime`` long, so its centre lies half
+    the missing length further towards the cut end.  Updates ``xi, eta, ra, dec`` of
+    those rows of ``trails`` (their along-track error grows by the rate uncertainty times half
+    the exposure and by :data:`CUT_END_ERROR` of the missing length; ``x, y`` move likewise, possibly off the detector) and returns the
+    tracklet refitted.
+    """
+    rate = math.hypot(trk.vx, trk.vy)
+    rate_err = math.sqrt(max(trk.cov[2, 2] + trk.cov[3, 3], 0.0))
+    moved = False
+    for k in trk.members:
+        pa = float(trails["cut_pa"][k])
+        if not math.isfinite(pa):
+            continue
+        exptime = float(trails["exptime"][k])
+        missing = rate * exptime / 3600.0 - float(trails["trail_arcsec"][k])
+        if missing <= 0:
+            continue
+        shift = 0.5 * missing
+        trails["xi"][k] += shift * math.sin(math.radians(pa))
+        trails["eta"][k] += shift * math.cos(math.radians(pa))
+        ra, dec = plane.to_sky(np.array([trails["xi"][k]]), np.array([trails["eta"][k]]))
+        trails["ra"][k], trails["dec"][k] = float(ra[0]), float(dec[0])
+        step = np.sign(int(trails["cut"][k])) * shift / float(trails["pixel_scale"][k])
+        trails["x"][k] += step * math.cos(float(trails["theta"][k]))
+        trails["y"][k] += step * math.sin(float(trails["theta"][k]))
+        # along-track error: the rate's, plus the far end's (faint ends fade: ~20 % of the missing part on the
+        # simulated Euclid scenes, bench_streaks)
+        along = math.hypot(0.5 * rate_err * exptime / 3600.0, CUT_END_ERROR * missing)
+        trails["ra_err"][k] = math.hypot(float(trails["ra_err"][k]), along * math.sin(math.radians(pa)))
+        trails["dec_err"][k] = math.hypot(float(trails["dec_err"][k]), along * math.cos(math.radians(pa)))
+        trails["sigma"][k] = math.hypot(float(trails["sigma"][k]), along / math.sqrt(2.0))
+        moved = True
+    if not moved:
+        return trk
+    idx = np.array(trk.members)
+    params, cov, chi2, t_ref = fit_linear_motion(np.asarray(trails["t_hours"], float)[idx], np.asarray(trails["xi"], float)[idx],
+                                                 np.asarray(trails["eta"], float)[idx], np.asarray(trails["sigma"], float)[idx])
+    return Tracklet(trk.members, params[0], params[1], params[2], params[3], cov, chi2, trk.dof, t_ref)
+
+
+def _link_fast(moving: Table, used: set, config: Config, plane: TangentPlane) -> tuple[Table, list]:
     """Trails long enough to measure, not already in a slow tracklet, linked across exposures."""
     sc = config.streaks
     keep = (np.asarray(moving["kind"]) == "trail") & (np.asarray(moving["length"], float) >= sc.min_length)
@@ -173,14 +222,14 @@ def _link_fast(moving: Table, used: set, config: Config) -> tuple[Table, list]:
         np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),
         np.asarray(trails["eta"], float), np.asarray(trails["sigma"], float), np.asarray(trails["trail_arcsec"], float),
         np.asarray(trails["trail_pa"], float), np.asarray(trails["exptime"], float),
-        flux=np.asarray(trails["flux"], float), min_exposures=sc.min_exposures, rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance,
-        max_chi2_dof=sc.max_chi2_dof,
+        flux=np.asarray(trails["flux"], float), whole=np.asarray(trails["cut"]) == 0, min_exposures=sc.min_exposures,
+        rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance, max_chi2_dof=sc.max_chi2_dof,
     )
     taken: set[int] = set()
     kept = []
     for trk in fast:  # longest first; no trail in two objects
         if taken.isdisjoint(trk.members):
-            kept.append(trk)
+            kept.append(_restore_cut_centres(trails, trk, plane))
             taken.update(trk.members)
     # report order independent of float noise in the fits: by first exposure, then position
     t = np.asarray(trails["t_hours"], float)
@@ -193,7 +242,7 @@ def _streak_table(detections: Table, trails: Table, fast: list, names: list[str]
     member_of = {k: names[n] for n, trk in enumerate(fast) for k in trk.members}
     rows = [(row, "linked" if k in member_of else "single", member_of.get(k, "")) for k, row in enumerate(trails)]
     if len(detections):
-        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike"])]
+        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike", "edge"])]
         rows += [(row, str(row["kind"]), "") for row in others]
     if not rows:
         return empty_table(STREAK_COLUMNS)
@@ -414,7 +463,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     if config.streaks.enabled:
         t0 = time.perf_counter()
         used = {int(slow_idx[k]) for trk in tracklets for k in trk.members}
-        trails, fast = _link_fast(moving, used, config)
+        trails, fast = _link_fast(moving, used, config, plane)
         fast_obs, fast_obj = tracklet_tables(trails, fast, plane, t0_mjd=t0_mjd, kind="streak",
                                              first_number=len(objects) + 1)
         observations = vstack([observations, fast_obs]) if len(fast_obs) else observations

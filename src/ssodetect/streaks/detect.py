@@ -21,7 +21,7 @@ from astropy.table import Table
 
 from ssodetect.streaks.model import fit_trail, moment_centre
 
-__all__ = ["join_fragments", "collinear_chains", "refine_trails"]
+__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
 
     Two fragments join when their axis angles differ by less than ``max_angle``
     [rad] (plus the angle uncertainty of short pieces), the line between their
-    centres runs along both axes, and their nearest ends are within ``max_gap`` [px].
+    centres runs along both axes, and the gap between them along that line is at most
+    ``max_gap`` [px] (overlapping pieces join).
     """
     idx = [int(i) for i in np.nonzero(candidates)[0]]
     parent = {i: i for i in idx}
@@ -67,9 +68,8 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
             link = math.atan2(ys[j] - ys[i], xs[j] - xs[i])
             if _angle_diff(link, ths[i]) > tol or _angle_diff(link, ths[j]) > tol:
                 continue
-            a0, a1 = _ends(xs[i], ys[i], lens[i], ths[i])
-            b0, b1 = _ends(xs[j], ys[j], lens[j], ths[j])
-            gap = min(np.hypot(*(p - q)) for p in (a0, a1) for q in (b0, b1))
+            # gap between the pieces along the line (negative when they overlap)
+            gap = math.hypot(xs[j] - xs[i], ys[j] - ys[i]) - 0.5 * (lens[i] + lens[j])
             if gap <= max_gap:
                 parent[find(i)] = find(j)
     groups: dict[int, list[int]] = {}
@@ -182,7 +182,7 @@ def _trail_row(det: Table, members: np.ndarray, fit, psf_sigma: float) -> dict:
         x=fit.x, y=fit.y, length=fit.length, theta=fit.theta, x_err=max(fit.x_err, 1e-3), y_err=max(fit.y_err, 1e-3),
         flux=fit.flux, flux_err=fit.flux_err, snr=fit.flux / fit.flux_err, kind="trail",
         a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma, npix=int(np.sum(np.asarray(det["npix"])[members])),
-        near_mask=bool(np.any(np.asarray(det["near_mask"])[members])), sep_flag=0, peak=float("nan"),
+        near_mask=bool(np.any(np.asarray(det["near_mask"])[members])), sep_flag=0, peak=float("nan"), cut=0,
         chi2_psf=float("nan"), chi2_sharp=float("nan"), chi2_broad=float("nan"),
     )
     return row
@@ -317,12 +317,12 @@ def refine_trails(
     -------
     Table
         The detections with joined fragments replaced by one row each and
-        trails re-measured (``kind`` ``trail``, ``satellite``, ``bleed`` or ``spike``).
+        trails re-measured (``kind`` ``trail``, ``satellite``, ``bleed``, ``spike`` or ``edge``).
     dict
         Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
-        ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``.
+        ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``.
     """
-    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_chains": 0,
+    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0, "n_chains": 0,
             "n_faint_lines": 0}
     if len(det) == 0:
         return det, info
@@ -372,7 +372,13 @@ def refine_trails(
             continue
         if length < min_length:
             continue
+        if _along_edge(data.shape, float(out["x"][first]), float(out["y"][first]), theta, 3.0 * psf_sigma + 2.0):
+            out["kind"][first] = "edge"  # a source cut by the detector edge looks elongated along it
+            info["n_edge"] += 1
+            continue
         out["kind"][first] = "trail"  # a streak segment of SSO-like length, whether or not the fit below succeeds
+        out["cut"][first] = cut_ends(data.shape, float(out["x"][first]), float(out["y"][first]), length, theta,
+                                     3.0 * psf_sigma + 2.0)
         x0, y0 = float(out["x"][first]), float(out["y"][first])
         h = 0.5 * length
         box = (int(max(x0 - abs(h * math.cos(theta)) - 4, 0)), int(min(x0 + abs(h * math.cos(theta)) + 5, data.shape[1])),
@@ -389,6 +395,7 @@ def refine_trails(
             or not fit.flux > 5.0 * fit.flux_err
         ):
             continue
+        fit = _grow(fit, data, variance, mask, psf_sigma, max_length)
         info["n_fitted"] += 1
         out["x"][first], out["y"][first] = fit.x, fit.y
         out["length"][first], out["theta"][first] = fit.length, fit.theta
@@ -397,9 +404,48 @@ def refine_trails(
         out["flux"][first], out["flux_err"][first] = fit.flux, fit.flux_err
         out["snr"][first] = fit.flux / max(fit.flux_err, 1e-12)
         out["kind"][first] = "trail"
+        out["cut"][first] = cut_ends(data.shape, fit.x, fit.y, fit.length, fit.theta, 3.0 * psf_sigma + 2.0)
     if drop:
         out.remove_rows(sorted(set(drop)))
     return out, info
+
+
+def _grow(fit, data, variance, mask, psf_sigma: float, max_length: float, *, steps: int = 3):
+    """Refit a trail on a longer stamp while it keeps growing with no loss of significance.
+
+    A fit sees only a stamp a few PSF widths beyond the first guess's ends, so a trail
+    found from its brightest fragment would stay that short; each step offers 30 % more
+    length and keeps the result when the trail grew and its flux S/N did not drop.
+    """
+    for _ in range(steps):
+        trial = fit_trail(data, variance, mask, fit.x, fit.y, min(1.3 * fit.length + 10.0, max_length), fit.theta,
+                          psf_sigma)
+        if not (trial.success and trial.length > fit.length + 3.0 and trial.length <= max_length
+                and trial.flux / trial.flux_err >= fit.flux / fit.flux_err):
+            break
+        fit = trial
+    return fit
+
+
+def cut_ends(shape: tuple[int, int], x: float, y: float, length: float, theta: float, distance: float) -> int:
+    """Which ends of a trail lie within ``distance`` px of the detector edge.
+
+    Returns 0 (none), 1 (the end at ``(x, y) + length/2 (cos theta, sin theta)``), -1 (the other) or 2 (both).
+    """
+    ny, nx = shape
+    c, s = math.cos(theta), math.sin(theta)
+    at_edge = [min(px, nx - 1 - px, py, ny - 1 - py) < distance
+               for px, py in ((x + 0.5 * length * c, y + 0.5 * length * s), (x - 0.5 * length * c, y - 0.5 * length * s))]
+    return 2 if all(at_edge) else 1 if at_edge[0] else -1 if at_edge[1] else 0
+
+
+def _along_edge(shape: tuple[int, int], x: float, y: float, theta: float, distance: float,
+                max_angle: float = math.radians(10.0)) -> bool:
+    """Whether a segment centred at ``(x, y)`` lies within ``distance`` px of a detector edge and parallel to it."""
+    ny, nx = shape
+    horizontal = abs(math.sin(theta)) < math.sin(max_angle)
+    vertical = abs(math.cos(theta)) < math.sin(max_angle)
+    return (vertical and min(x, nx - 1 - x) < distance) or (horizontal and min(y, ny - 1 - y) < distance)
 
 
 def _touches(saturated: np.ndarray, x, y, length, theta, *, reach: float = 2.0, band: int = 0) -> bool:
