@@ -69,6 +69,10 @@ class IOConfig(_Section):
     default_zeropoint: float = Field(
         default=25.0, description="Zero point used when the header has none [mag for 1 ADU/s]."
     )
+    frame_type_keys: list[str] = Field(
+        default=["IMAGETYP", "OBSTYPE", "FRAMETYP", "IMAGTYPE"],
+        description="Keywords naming a frame's kind (bias/zero, dark, flat, light/object); frames without one are light.",
+    )
     detector_keys: list[str] = Field(
         default=["CCDID", "CCDNAME", "DETECTOR", "DETID", "CHIPID", "CCD_ID", "EXTNAME"],
         description="Keywords naming the CCD of a plain single-image file.",
@@ -157,6 +161,11 @@ class LinkConfig(_Section):
     static_min_matches: int = Field(
         default=2, ge=1, description="Number of other exposures that must match for a source to be static."
     )
+    static_min_fraction: float = Field(
+        default=0.3, ge=0, le=1,
+        description="In long sequences, the fraction of the other exposures that must match for a source to be static "
+        "(a slow mover matches itself in the neighbouring exposures only).",
+    )
     detector_static_radius: float = Field(
         default=0.5, gt=0, description="Detections at the same CCD pixel [px] in several dithered exposures are detector artefacts."
     )
@@ -230,6 +239,16 @@ class AstrometryConfig(_Section):
         default=[], max_length=3,
         description="Rough pointing for blind solving: [ra, dec, radius] [deg]; empty = whole catalogue.",
     )
+    register_frames: bool = Field(
+        default=True,
+        description="Frames left without sky coordinates (no header WCS, no solution) are registered to each other by "
+        "their stars and placed on a relative WCS: movers are linked and reported in pixels and relative positions "
+        "(wcs = relative, no ADES).",
+    )
+    register_pixel_scale: float = Field(
+        default=1.0, gt=0,
+        description="Pixel scale [arcsec/px] of the relative WCS when the header gives none (PIXSCALE, XPIXSZ/FOCALLEN).",
+    )
     trailed_stars: bool = Field(
         default=False,
         description="Stars are trailed (tracking error, long exposures): use trail centres (trailed-PSF fits, "
@@ -275,6 +294,22 @@ class StreakConfig(_Section):
     max_chi2_dof: float = Field(default=10.0, gt=0, description="Largest reduced chi2 of a linked chain's line fit.")
 
 
+class CalibrateConfig(_Section):
+    """Raw-frame calibration (bias, dark, flat; overscan and trim sections)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Build masters from the calibration frames among the inputs (recognised by frame_type_keys) "
+        "and the files listed below, and calibrate the light frames with them.",
+    )
+    bias: list[str] = Field(default=[], description="Bias frames (in addition to those recognised among the inputs).")
+    dark: list[str] = Field(default=[], description="Dark frames (scaled by exposure time).")
+    flat: list[str] = Field(default=[], description="Flat frames.")
+    overscan: bool = Field(default=True, description="Subtract the BIASSEC overscan row by row when present.")
+    trim: bool = Field(default=True, description="Cut images to TRIMSEC when present.")
+    clip_sigma: float = Field(default=3.0, gt=0, description="Sigma clipping of the master combination.")
+
+
 class ReportConfig(_Section):
     """Identification of the observatory for ADES output."""
 
@@ -302,6 +337,7 @@ class Config(_Section):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
     astrometry: AstrometryConfig = Field(default_factory=AstrometryConfig)
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     link: LinkConfig = Field(default_factory=LinkConfig)
     streaks: StreakConfig = Field(default_factory=StreakConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)

@@ -30,6 +30,7 @@ from astropy.wcs import WCS
 
 from ssodetect.config import IOConfig
 from ssodetect.errors import InputError
+from ssodetect.calibrate.masters import frame_type
 from ssodetect.io.headers import celestial_wcs, first_keyword, observation_time
 
 __all__ = ["CCDRef", "Exposure", "CCDImage", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
@@ -62,6 +63,8 @@ class CCDRef:
         Header values used to refuse mixed runs.
     exposure : int
         Index of the exposure in time order (set by :func:`group_exposures`).
+    frame_type : str
+        light, bias, dark or flat (from the header's type keyword).
     """
 
     path: str
@@ -75,6 +78,7 @@ class CCDRef:
     instrument: str
     time_source: str
     exposure: int = -1
+    frame_type: str = "light"
 
 
 @dataclass
@@ -236,6 +240,8 @@ def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
                         first_keyword(header, config.instrument_keys, first_keyword(primary, config.instrument_keys))
                     ),
                     time_source=obs.source,
+                    frame_type=frame_type(header if any(k in header for k in config.frame_type_keys) else primary,
+                                          config.frame_type_keys),
                 )
             )
         return refs
@@ -257,12 +263,14 @@ def scan_inputs(paths, config: IOConfig) -> list[CCDRef]:
         refs.extend(scan_file(Path(path), config))
     if not refs:
         raise InputError("no image found in the inputs")
-    first = refs[0]
-    for ref in refs[1:]:
+    lights = [ref for ref in refs if ref.frame_type in ("light", "flat")]
+    first = lights[0] if lights else refs[0]
+    for ref in lights[1:]:
         if ref.filter != first.filter:
             raise InputError(
                 f"{ref.path}: filter {ref.filter!r} differs from {first.filter!r} of {first.path}; one filter per run"
             )
+    for ref in refs:
         if ref.instrument != first.instrument:
             raise InputError(
                 f"{ref.path}: instrument {ref.instrument!r} differs from {first.instrument!r} of {first.path}; "

@@ -16,6 +16,8 @@ Positions are tangent-plane coordinates ``xi, eta`` [arcsec]; times in hours.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -33,6 +35,7 @@ def static_on_sky(
     min_matches: int,
     min_rate: float,
     max_sigma: float = 1.0,
+    min_fraction: float = 0.0,
 ) -> np.ndarray:
     """Flag detections of sources fixed on the sky.
 
@@ -55,6 +58,10 @@ def static_on_sky(
         Slowest motion searched [arcsec/h].
     max_sigma : float
         Uncertainties are capped at this [arcsec] for the matching.
+    min_fraction : float
+        In long sequences a slow mover matches itself in the neighbouring exposures;
+        a static source matches in most of them: at least this fraction of the other
+        exposures must match (when more than ``min_matches``).
 
     Returns
     -------
@@ -98,7 +105,8 @@ def static_on_sky(
                     # a mover at min_rate would be farther than the match radius plus 3 sigma
                     if min_rate * dt > float(np.min(r[ok])) + 3.0 * float(np.min(np.hypot(sigma[ia], sigma[ib[ok]]))):
                         decisive[ia] = True
-    static = (matches >= min_matches) | decisive
+    needed = max(min_matches, int(math.ceil(min_fraction * (len(exposures) - 1))))
+    static = (matches >= needed) | decisive
     return static
 
 

@@ -20,13 +20,23 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 
+from ssodetect.astrometry.match import PatternIndex
+from ssodetect.astrometry.register import (
+    Registration,
+    header_pointing,
+    nominal_pixel_scale,
+    register_to_reference,
+    registration_summary,
+    relative_wcs,
+)
 from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, ExposureStars, pixel_scale, solve_ccd, star_like
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
-from ssodetect.pipeline.ccd import cut_direction
+from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
 
 __all__ = [
+    "register_unplaced",
     "SolveTask",
     "astrometry_tasks",
     "apply_solutions",
@@ -201,3 +211,58 @@ def write_refined_headers(path: Path, solutions, stage, formats) -> None:
             for ref, sol in solutions:
                 copy[ref.sci].header = refined_header(copy[ref.sci].header, sol)
             copy.writeto(stage.file(f"{stem}.fits"))
+
+
+def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], config: Config) -> list[Table]:
+    """Place CCD tables that have no sky coordinates on relative WCSs registered between frames.
+
+    Tables whose detections all have ``wcs == "none"`` are grouped by CCD; the frame with the
+    most stars is the reference, every other one is registered onto it
+    (:func:`ssodetect.astrometry.register.register_to_reference`) and its positions computed
+    through :func:`ssodetect.astrometry.register.relative_wcs` (``wcs = "relative"``).
+    Frames that cannot be registered are emptied (logged with the reason).  ``infos`` gain a
+    ``registration`` entry.  Returns the tables in the same order.
+    """
+    out = list(tables)
+    if not config.astrometry.register_frames:
+        return out
+    groups: dict[str, list[int]] = {}
+    for k, (table, ref) in enumerate(zip(tables, tasks)):
+        if len(table) and np.all(np.asarray(table["wcs"]) == "none"):
+            groups.setdefault(ref.ccd, []).append(k)
+    for ccd, members in groups.items():
+        stars = []
+        for k in members:
+            table = tables[k]
+            sel = np.nonzero(star_like(table, config.astrometry.min_snr))[0]
+            sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
+            stars.append(np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]]))
+        ref_pos = int(np.argmax([len(s) for s in stars]))
+        ref_task = tasks[members[ref_pos]]
+        header = fits.getheader(ref_task.path, ref_task.sci)
+        pointing = header_pointing(header) or (0.0, 0.0)
+        scale = nominal_pixel_scale(header, config.astrometry.register_pixel_scale)
+        shape = tuple(infos[members[ref_pos]].get("shape", (0, 0)))
+        index = PatternIndex(stars[ref_pos], n_ref=40)
+        regs = []
+        for pos, k in enumerate(members):
+            if pos == ref_pos:
+                reg = Registration(np.eye(2), np.zeros(2), len(stars[pos]), 0.0)
+            else:
+                reg = register_to_reference(stars[pos], stars[ref_pos], index=index,
+                                            match_radius=max(2.0, 3.0 * config.astrometry.match_radius / scale))
+            regs.append(reg)
+            if reg is None:
+                log.warning("%s CCD %s: not registered to %s (%d stars): dropped", tasks[k].path, ccd,
+                            ref_task.path, len(stars[pos]))
+                infos[k]["registration"] = {"status": "failed", "reference": ref_task.path, "stars": len(stars[pos])}
+                out[k] = tables[k][:0]
+                continue
+            table = tables[k].copy()
+            set_sky_positions(table, relative_wcs(shape, pointing, scale, reg), "relative")
+            out[k] = table
+            infos[k]["registration"] = {"status": "ok", "reference": ref_task.path, "stars": reg.n_stars,
+                                        "rms_px": reg.rms, "shift_px": [float(v) for v in reg.offset]}
+        log.info("CCD %s without WCS: %s (reference %s; relative positions at %.3f\"/px, no astrometry)",
+                 ccd, registration_summary(regs), ref_task.path, scale)
+    return out

@@ -14,6 +14,7 @@ import time
 import numpy as np
 from astropy.table import Table
 
+from ssodetect.calibrate import MasterFrames, calibrate_ccd
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources
@@ -21,7 +22,7 @@ from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.streaks import refine_trails, trail_on_sky
 
-__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table"]
+__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ CCD_COLUMNS = [
     ("exptime", "f8", "s", "exposure time"),
     ("ra", "f8", "deg", "right ascension through the WCS"),
     ("dec", "f8", "deg", "declination through the WCS"),
-    ("wcs", "U6", "", "source of the sky position: header | fit (refined against the reference catalogue) | none"),
+    ("wcs", "U8", "", "source of the sky position: header | fit (refined against the reference catalogue) | "
+                      "relative (frames registered to each other, not astrometry) | none"),
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
@@ -45,6 +47,31 @@ CCD_COLUMNS = [
     ("mag", "f8", "mag", "magnitude from the zero point"),
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
 ]
+
+
+def set_sky_positions(table: Table, wcs, label: str) -> None:
+    """Fill ``ra, dec, trail_arcsec, trail_pa, cut_pa, wcs, pixel_scale, ra_err, dec_err`` through ``wcs``.
+
+    ``label`` names the WCS's origin (header | fit | relative); with ``wcs`` None the
+    sky columns are NaN and ``wcs`` is "none".
+    """
+    n = len(table)
+    if n and wcs is not None:
+        ra, dec = wcs.all_pix2world(np.asarray(table["x"], float), np.asarray(table["y"], float), 0)
+        scale = float(np.sqrt(np.abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
+        table["trail_arcsec"], table["trail_pa"] = trail_on_sky(wcs, table["x"], table["y"], table["length"], table["theta"])
+        table["cut_pa"] = cut_direction(wcs, table)
+    else:
+        ra = dec = np.full(n, np.nan)
+        scale = float("nan") if n else 0.0
+        table["trail_arcsec"] = table["trail_pa"] = table["cut_pa"] = np.full(n, np.nan)
+        label = "none"
+    table["ra"] = ra
+    table["dec"] = dec
+    table["wcs"] = np.full(n, label, dtype="U8")
+    table["pixel_scale"] = np.full(n, scale)
+    table["ra_err"] = np.asarray(table["x_err"]) * scale
+    table["dec_err"] = np.asarray(table["y_err"]) * scale
 
 
 def cut_direction(wcs, table: Table) -> np.ndarray:
@@ -79,7 +106,8 @@ def _astroscrappy(data, mask, gain, rms, config):
     return crmask
 
 
-def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tuple[Table, dict]:
+def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
+                calibration: MasterFrames | None = None) -> tuple[Table, dict]:
     """Detect and measure the sources of one CCD image.
 
     Parameters
@@ -89,7 +117,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
     config : Config
     require_wcs : bool
         Refuse a CCD without a usable header WCS.  False when a later step can
-        solve it blind; its sky coordinates are then NaN.
+        solve it blind or register it; its sky coordinates are then NaN.
+    calibration : MasterFrames, optional
+        Masters for a raw frame (overscan, bias, dark, flat; raw saturation masked).
 
     Returns
     -------
@@ -110,6 +140,11 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
     t_start = time.perf_counter()
     info: dict = {"file": ref.path, "ccd": ref.ccd, "exposure": ref.exposure}
     image = read_ccd(ref, config.io)
+    if calibration is not None:
+        cc = config.calibrate
+        image = calibrate_ccd(image, calibration, overscan=cc.overscan, trim=cc.trim,
+                              saturation_keys=config.io.saturation_keys)
+        info["calibrated"] = calibration.describe()
     info["t_read"] = time.perf_counter() - t_start
     good = ~image.mask
     if not good.any() or not np.isfinite(image.data[good]).any():
@@ -163,25 +198,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
     table["file"] = np.full(n, ref.path, dtype="U256")
     table["mjd"] = np.full(n, ref.mjd)
     table["exptime"] = np.full(n, ref.exptime)
-    if n and image.wcs is not None:
-        ra, dec = image.wcs.all_pix2world(np.asarray(table["x"]), np.asarray(table["y"]), 0)
-        scale = np.sqrt(np.abs(np.linalg.det(image.wcs.celestial.pixel_scale_matrix))) * 3600.0
-    else:
-        ra = dec = np.full(n, np.nan)
-        scale = float("nan") if n else 0.0
-    table["ra"] = ra
-    table["dec"] = dec
-    if n and image.wcs is not None:
-        table["trail_arcsec"], table["trail_pa"] = trail_on_sky(
-            image.wcs, table["x"], table["y"], table["length"], table["theta"]
-        )
-        table["cut_pa"] = cut_direction(image.wcs, table)
-    else:
-        table["trail_arcsec"] = table["trail_pa"] = table["cut_pa"] = np.full(n, np.nan)
-    table["wcs"] = np.full(n, "header" if image.wcs is not None else "none", dtype="U6")
-    table["pixel_scale"] = np.full(n, scale)
-    table["ra_err"] = np.asarray(table["x_err"]) * scale
-    table["dec_err"] = np.asarray(table["y_err"]) * scale
+    set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)
@@ -189,7 +206,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True) -> tup
     table["mag"] = mag
     table["mag_err"] = mag_err
     describe(table, CCD_COLUMNS)
-    info["pixel_scale"] = float(scale)
+    info["pixel_scale"] = float(table["pixel_scale"][0]) if n else float("nan")
     info["n_detections"] = n
     info["t_total"] = time.perf_counter() - t_start
     log.debug("%s CCD %s: %d detections in %.2f s", ref.path, ref.ccd, n, info["t_total"])

@@ -22,8 +22,9 @@ from ssodetect._version import __version__
 from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
-from ssodetect.errors import ConfigError
-from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_inputs
+from ssodetect.calibrate import build_masters
+from ssodetect.errors import ConfigError, InputError
+from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
 from ssodetect.columns import describe, empty_table
 from ssodetect.link import Tracklet, fit_linear_motion, link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
@@ -31,6 +32,7 @@ from ssodetect.pipeline.astrometry import (
     SolveTask,
     apply_solutions,
     astrometry_tasks,
+    register_unplaced,
     solution_table,
     wcs_from_header_string,
     write_refined_headers,
@@ -61,12 +63,34 @@ class RunResult:
 class _Process:
     """Picklable per-CCD task bound to a configuration."""
 
-    def __init__(self, config: Config, require_wcs: bool = True):
+    def __init__(self, config: Config, require_wcs: bool = True, masters: dict | None = None):
         self.config = config
         self.require_wcs = require_wcs
+        self.masters = masters or {}
 
     def __call__(self, ref):
-        return process_ccd(ref, self.config, require_wcs=self.require_wcs)
+        return process_ccd(ref, self.config, require_wcs=self.require_wcs, calibration=self.masters.get(ref.ccd))
+
+
+def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
+    """Light frames of the inputs and, per CCD, the masters built from the calibration frames.
+
+    Calibration frames are those recognised among the inputs by their type keyword plus
+    the files listed in ``[calibrate]``.  Returns ``(lights, {ccd: MasterFrames})``; the
+    dict is empty when calibration is off or there is nothing to calibrate with.
+    """
+    cc = config.calibrate
+    lights = [ref for ref in refs if ref.frame_type == "light"]
+    if not cc.enabled:
+        return lights, {}
+    frames: dict[str, dict[str, list]] = {}
+    listed = [(kind, ref) for kind in ("bias", "dark", "flat") for path in getattr(cc, kind)
+              for ref in scan_file(Path(path), config.io)]
+    for kind, ref in [(ref.frame_type, ref) for ref in refs if ref.frame_type != "light"] + listed:
+        frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
+    masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
+                                  exptime_keys=config.io.exptime_keys) for ccd, kinds in frames.items()}
+    return lights, {ccd: m for ccd, m in masters.items() if not m.empty}
 
 
 def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
@@ -102,6 +126,7 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
         radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches, min_rate=link.min_rate,
+        min_fraction=link.static_min_fraction,
     )
     # a source trailed by more than min_length moved during the exposure: never static
     # (unless the telescope trailed everything: then stars are trails too)
@@ -357,13 +382,13 @@ def run_pipeline(
         package_log.setLevel(saved_level)
 
 
-def _detect_and_solve(tasks, config: Config, reference: Table | None, timings: dict):
+def _detect_and_solve(tasks, config: Config, reference: Table | None, timings: dict, masters: dict):
     """Per-CCD detection, then (with a reference catalogue) per-CCD astrometric solutions, on one executor."""
     solutions = []
     t0 = time.perf_counter()
     with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
         log.info("per-CCD detection on %s", executor.description)
-        process = _Process(config, require_wcs=not (reference is not None and config.astrometry.blind))
+        process = _Process(config, require_wcs=False, masters=masters)
         results = executor.map(process, tasks, progress=config.execution.progress, desc="detect")
         timings["detect"] = time.perf_counter() - t0
         if reference is not None:
@@ -379,6 +404,9 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     t0 = time.perf_counter()
     paths = find_inputs(inputs)
     refs = scan_inputs(paths, config.io)
+    refs, masters = build_calibration(refs, config)
+    if not refs:
+        raise InputError("no light frame among the inputs (only calibration frames)")
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
     reference = load_reference_catalogue(refcat) if refcat is not None else None
     timings["ingest"] = time.perf_counter() - t0
@@ -387,7 +415,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     )
     tasks = [ref for exp in exposures for ref in exp.ccds]
     calibrate = reference is not None and config.astrometry.enabled
-    results, solutions = _detect_and_solve(tasks, config, reference if calibrate else None, timings)
+    results, solutions = _detect_and_solve(tasks, config, reference if calibrate else None, timings, masters)
     ccd_info = [info for _, info in results]
     if calibrate:
         by_key = {(sol.exposure, sol.ccd): sol for sol in solutions}
@@ -411,9 +439,9 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
                 len(ok), len(solutions), 1e3 * float(np.median([max(s.rms_ra, s.rms_dec) for s in ok])),
                 int(np.median([s.n_stars for s in ok])),
             )
-        tables = [t for t in calibrated if len(t)]
     else:
-        tables = [table for table, _ in results if len(table)]
+        calibrated = [table for table, _ in results]
+    tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config) if len(t)]
     for info in ccd_info:
         info.pop("wcs_header", None)
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
@@ -442,8 +470,10 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     )
     t0 = time.perf_counter()
     lk = config.link
-    # trails longer than the fastest slow motion can draw are for the streak linking only
-    reach = 1.5 * lk.max_rate * np.asarray(moving["exptime"], float) / 3600.0 + 0.5
+    # trails longer than the fastest slow motion can draw are for the streak linking only; the
+    # measured length of a short blob (a blend, a seeing-elongated source) is uncertain by a few PSF widths
+    reach = 1.5 * lk.max_rate * np.asarray(moving["exptime"], float) / 3600.0 + np.maximum(
+        0.5, 4.0 * np.asarray(moving["b"], float) * np.asarray(moving["pixel_scale"], float))
     slow_idx = np.nonzero(~((np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach)))[0]
     slow = moving[slow_idx]
     tracklets = link_tracklets(
@@ -550,11 +580,11 @@ def run_astrometry(
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
     paths = find_inputs(inputs)
-    refs = scan_inputs(paths, config.io)
+    refs, masters = build_calibration(scan_inputs(paths, config.io), config)
     reference = load_reference_catalogue(refcat)
     exposures = group_exposures(refs, config.io, min_exposures=1)
     tasks = [ref for exp in exposures for ref in exp.ccds]
-    results, solutions = _detect_and_solve(tasks, config, reference, timings)
+    results, solutions = _detect_and_solve(tasks, config, reference, timings, masters)
     table = solution_table(solutions)
     by_key = {(s.exposure, s.ccd): s for s in solutions}
     with OutputStage(outdir) as stage:

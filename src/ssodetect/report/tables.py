@@ -25,7 +25,7 @@ OBSERVATION_COLUMNS = [
     ("exptime", "f8", "s", "exposure time"),
     ("ra", "f8", "deg", "right ascension (ICRS, through the image WCS)"),
     ("dec", "f8", "deg", "declination"),
-    ("wcs", "U6", "", "source of the position: fit (WCS refined against the reference catalogue) | header"),
+    ("wcs", "U8", "", "source of the position: fit (WCS refined against the reference catalogue) | header | relative"),
     ("ra_err", "f8", "arcsec", "1-sigma uncertainty in RA*cos(dec)"),
     ("dec_err", "f8", "arcsec", "1-sigma uncertainty in Dec"),
     ("x", "f8", "pix", "x on the CCD, 0-based"),

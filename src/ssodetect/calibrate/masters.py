@@ -1,0 +1,323 @@
+"""Master bias, dark and flat frames, and their application to raw images.
+
+Raw frames are integer images straight from the detector.  Each is first
+reduced by its overscan (the median of the ``BIASSEC`` columns, row by row) and
+trimmed to ``TRIMSEC`` when the header has them.  Masters are sigma-clipped
+means over the frames of a kind:
+
+* bias: the frames themselves;
+* dark: ``(dark - bias) / exptime``, a current per second, scaled to each
+  image's exposure time;
+* flat: ``(flat - bias - dark * exptime)``, each normalised by its median, then
+  combined and normalised again.
+
+A science frame becomes ``(raw - bias - dark * exptime) / flat``.  Pixels at the
+raw saturation level (the ``SATURATE`` keyword or the top of the integer range)
+and pixels whose flat is not positive are returned as a mask.
+
+Pixel convention: 0-based ``(ny, nx)`` arrays after trimming; FITS sections are
+1-based and inclusive, ``[x1:x2,y1:y2]``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+from astropy.stats import sigma_clip
+
+from ssodetect.errors import InputError
+
+__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "calibrate_ccd", "frame_type", "parse_section",
+           "raw_saturation", "reduce_overscan"]
+
+log = logging.getLogger(__name__)
+
+#: Frame kinds understood from header type keywords.
+FRAME_TYPES = ("light", "bias", "dark", "flat")
+
+_SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
+
+
+def frame_type(header: fits.Header, keys: list[str]) -> str:
+    """Kind of a frame from the first type keyword present: light, bias, dark or flat.
+
+    Values are matched by words ('Bias Frame', 'ZERO', 'dark', 'Flat Field', 'SKYFLAT',
+    'DOMEFLAT', 'Light Frame', 'OBJECT', 'science'); a frame without a type keyword
+    is a light frame.
+    """
+    for key in keys:
+        if key in header:
+            value = str(header[key]).strip().lower()
+            if "bias" in value or "zero" in value:
+                return "bias"
+            if "dark" in value:
+                return "dark"
+            if "flat" in value:
+                return "flat"
+            return "light"
+    return "light"
+
+
+def parse_section(text: str, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Array slices ``(rows, columns)`` of a FITS section ``[x1:x2,y1:y2]`` (1-based, inclusive).
+
+    Raises
+    ------
+    ValueError
+        Malformed section or one outside an image of ``shape`` (ny, nx).
+    """
+    match = _SECTION.match(str(text).strip())
+    if not match:
+        raise ValueError(f"malformed section {text!r} (expected [x1:x2,y1:y2])")
+    x1, x2, y1, y2 = (int(v) for v in match.groups())
+    x1, x2 = sorted((x1, x2))
+    y1, y2 = sorted((y1, y2))
+    ny, nx = shape
+    if x1 < 1 or y1 < 1 or x2 > nx or y2 > ny:
+        raise ValueError(f"section {text!r} lies outside the {nx}x{ny} image")
+    return slice(y1 - 1, y2), slice(x1 - 1, x2)
+
+
+def raw_saturation(header: fits.Header, raw: np.ndarray, keys: list[str]) -> float | None:
+    """Raw saturation level [ADU]: a saturation keyword, else the top of an integer image's range."""
+    for key in keys:
+        if key in header:
+            try:
+                return float(header[key])
+            except (TypeError, ValueError):
+                continue
+    bitpix = int(header.get("BITPIX", 0))
+    if bitpix > 0:
+        bzero = float(header.get("BZERO", 0.0))
+        bscale = float(header.get("BSCALE", 1.0))
+        top = 2 ** (bitpix - 1) - 1
+        return top * bscale + bzero
+    return None
+
+
+def reduce_overscan(data: np.ndarray, header: fits.Header, path: str, *, overscan: bool = True,
+                    trim: bool = True) -> np.ndarray:
+    """Subtract the row-by-row median overscan (``BIASSEC``) and cut to ``TRIMSEC``.
+
+    Raises
+    ------
+    InputError
+        A section keyword that cannot be used (names the file).
+    """
+    out = np.asarray(data, np.float32)
+    try:
+        if overscan and "BIASSEC" in header:
+            rows, cols = parse_section(header["BIASSEC"], out.shape)
+            level = np.median(out[rows, cols], axis=1)
+            if rows.stop - rows.start == out.shape[0]:
+                out = out - level[:, None].astype(np.float32)
+            else:
+                out = out - np.float32(np.median(level))
+        if trim and "TRIMSEC" in header:
+            rows, cols = parse_section(header["TRIMSEC"], out.shape)
+            out = out[rows, cols]
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return np.ascontiguousarray(out)
+
+
+def _combine(stack: list[np.ndarray], sigma: float) -> np.ndarray:
+    cube = np.stack(stack).astype(np.float32)
+    if len(stack) < 3:
+        return cube.mean(axis=0)
+    clipped = sigma_clip(cube, sigma=sigma, axis=0, maxiters=3, cenfunc="median", stdfunc="mad_std", masked=True)
+    return np.asarray(clipped.mean(axis=0).filled(np.nan), np.float32)
+
+
+@dataclass
+class MasterFrames:
+    """Master calibration frames (float32 arrays, shape (ny, nx) after trimming, or None).
+
+    Attributes
+    ----------
+    bias : ndarray or None
+        [ADU].
+    dark : ndarray or None
+        Dark current [ADU/s].
+    flat : ndarray or None
+        Normalised flat (median 1).
+    counts : dict
+        Frames combined per kind.
+    sources : dict
+        Files combined per kind.
+    """
+
+    bias: np.ndarray | None = None
+    dark: np.ndarray | None = None
+    flat: np.ndarray | None = None
+    counts: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return self.bias is None and self.dark is None and self.flat is None
+
+    def describe(self) -> str:
+        parts = [f"{kind} from {self.counts[kind]} frames" for kind in ("bias", "dark", "flat") if self.counts.get(kind)]
+        missing = [kind for kind in ("bias", "dark", "flat") if not self.counts.get(kind)]
+        text = ", ".join(parts) if parts else "no calibration frames"
+        return text + (f"; no {'/'.join(missing)}: not applied" if missing else "")
+
+    def apply(self, raw: np.ndarray, exptime: float, path: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated image [ADU] and a mask of pixels the calibration cannot fix.
+
+        Parameters
+        ----------
+        raw : ndarray (ny, nx)
+            Overscan-reduced, trimmed raw image.
+        exptime : float
+            Its exposure time [s] (scales the dark).
+
+        Raises
+        ------
+        InputError
+            The image and the masters differ in shape.
+        """
+        data = np.asarray(raw, np.float32).copy()
+        bad = np.zeros(data.shape, bool)
+        for name in ("bias", "dark", "flat"):
+            master = getattr(self, name)
+            if master is not None and master.shape != data.shape:
+                raise InputError(f"{path}: image shape {data.shape} differs from the master {name} {master.shape}")
+        if self.bias is not None:
+            data -= self.bias
+        if self.dark is not None:
+            data -= self.dark * np.float32(exptime)
+        if self.flat is not None:
+            good = np.isfinite(self.flat) & (self.flat > 0.05)
+            data = np.where(good, data / np.where(good, self.flat, 1.0), np.nan).astype(np.float32)
+            bad |= ~good
+        return data, bad
+
+    def write(self, directory) -> list[str]:
+        """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist)."""
+        from pathlib import Path
+
+        from ssodetect.io import OutputStage
+
+        written = []
+        with OutputStage(Path(directory)) as stage:
+            for name, unit in (("bias", "adu"), ("dark", "adu / s"), ("flat", "")):
+                master = getattr(self, name)
+                if master is None:
+                    continue
+                header = fits.Header()
+                header["IMAGETYP"] = f"master {name}"
+                header["NCOMBINE"] = (self.counts.get(name, 0), "frames combined")
+                header["BUNIT"] = unit
+                for i, src in enumerate(self.sources.get(name, [])[:99]):
+                    header[f"SRC{i:02d}"] = str(src)[-68:]
+                fits.PrimaryHDU(master.astype(np.float32), header).writeto(stage.file(f"master_{name}.fits"))
+                written.append(f"master_{name}.fits")
+        return written
+
+
+def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = True, trim: bool = True,
+                  sigma: float = 3.0, exptime_keys: list[str] | None = None) -> MasterFrames:
+    """Combine calibration frames into masters.
+
+    Parameters
+    ----------
+    frames : dict
+        ``{"bias": [(path, hdu), ...], "dark": [...], "flat": [...]}`` (missing kinds allowed).
+    overscan, trim : bool
+        Use ``BIASSEC`` / ``TRIMSEC`` when present.
+    sigma : float
+        Clipping threshold of the combination.
+    exptime_keys : list of str
+        Exposure time keywords (darks and flats).
+
+    Raises
+    ------
+    InputError
+        An unreadable frame, a dark without exposure time, or frames of different shapes.
+    """
+    exptime_keys = exptime_keys or ["EXPTIME", "EXPOSURE", "ITIME", "TEXP"]
+    masters = MasterFrames()
+
+    def load(kind):
+        images = []
+        for path, hdu in frames.get(kind, []):
+            try:
+                with fits.open(path, memmap=False) as hdul:
+                    header = hdul[hdu].header.copy()
+                    data = np.asarray(hdul[hdu].data, np.float32)
+            except (OSError, ValueError, IndexError, TypeError) as exc:
+                raise InputError(f"{path}: cannot read {kind} frame ({exc})") from None
+            if data.ndim != 2:
+                raise InputError(f"{path}: {kind} frame is not a 2-D image")
+            image = reduce_overscan(data, header, path, overscan=overscan, trim=trim)
+            if images and image.shape != images[0][1].shape:
+                raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
+            exptime = next((float(header[k]) for k in exptime_keys if k in header), None)
+            images.append((path, image, exptime))
+        return images
+
+    bias = load("bias")
+    if bias:
+        masters.bias = _combine([im for _, im, _ in bias], sigma)
+    darks = load("dark")
+    if darks:
+        stack = []
+        for path, image, exptime in darks:
+            if not exptime or exptime <= 0:
+                raise InputError(f"{path}: dark frame without a positive exposure time")
+            stack.append((image - (masters.bias if masters.bias is not None else 0.0)) / np.float32(exptime))
+        masters.dark = _combine(stack, sigma)
+    flats = load("flat")
+    if flats:
+        stack = []
+        for path, image, exptime in flats:
+            level = image - (masters.bias if masters.bias is not None else 0.0)
+            if masters.dark is not None and exptime:
+                level = level - masters.dark * np.float32(exptime)
+            median = float(np.nanmedian(level))
+            if not np.isfinite(median) or median <= 0:
+                raise InputError(f"{path}: flat frame has no positive signal (median {median:.3g} ADU)")
+            stack.append(level / np.float32(median))
+        flat = _combine(stack, sigma)
+        masters.flat = (flat / np.float32(np.nanmedian(flat))).astype(np.float32)
+    for kind, images in (("bias", bias), ("dark", darks), ("flat", flats)):
+        masters.counts[kind] = len(images)
+        masters.sources[kind] = [p for p, _, _ in images]
+    shapes = {m.shape for m in (masters.bias, masters.dark, masters.flat) if m is not None}
+    if len(shapes) > 1:
+        raise InputError(f"calibration frames of different shapes {sorted(shapes)}")
+    log.info("calibration: %s", masters.describe())
+    return masters
+
+
+def calibrate_ccd(image, masters: MasterFrames, *, overscan: bool = True, trim: bool = True,
+                  saturation_keys: list[str] | None = None):
+    """A :class:`ssodetect.io.CCDImage` with overscan, bias, dark and flat removed.
+
+    Saturation is judged on the raw values (keyword or integer range) and added to
+    ``mask`` and ``saturated``; so are pixels the flat cannot correct.  Trimming
+    leaves the header WCS untouched when there is no ``TRIMSEC``; with one, the WCS
+    reference pixel is shifted to the trimmed grid.
+    """
+    from dataclasses import replace
+
+    raw = image.data
+    stored = fits.getheader(image.ref.path, image.ref.sci)  # BITPIX/BZERO as stored (the reader's header drops them)
+    level = raw_saturation(stored, raw, saturation_keys or ["SATURATE", "SATLEVEL", "DATAMAX"])
+    saturated = image.saturated | (raw >= level - 0.5 if level is not None else False)
+    data = reduce_overscan(raw, image.header, image.ref.path, overscan=overscan, trim=trim)
+    mask = image.mask | saturated
+    wcs = image.wcs
+    if trim and "TRIMSEC" in image.header:
+        rows, cols = parse_section(image.header["TRIMSEC"], raw.shape)
+        mask, saturated = mask[rows, cols], saturated[rows, cols]
+        if wcs is not None:
+            wcs = wcs.slice((rows, cols))
+    data, bad = masters.apply(data, image.ref.exptime, image.ref.path)
+    return replace(image, data=data, mask=mask | bad | ~np.isfinite(data), saturated=saturated, wcs=wcs,
+                   rms=None if image.rms is None or image.rms.shape != data.shape else image.rms)

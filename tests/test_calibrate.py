@@ -1,0 +1,153 @@
+"""Raw-frame calibration and frame registration, on synthetic raw frames with known truth and on real frames."""
+import math
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from ssodetect.astrometry.register import register_to_reference, relative_wcs
+from ssodetect.calibrate import build_masters, frame_type, parse_section
+from ssodetect.config import Config
+from ssodetect.errors import InputError
+from ssodetect.io import find_inputs, scan_inputs
+from ssodetect.pipeline.ccd import process_ccd
+from ssodetect.pipeline.run import build_calibration
+
+from conftest import real_data
+
+NY, NX, OVERSCAN = 64, 80, 8  # raw frames: 8 overscan columns on the right
+
+
+def _raw(path, kind, exptime, signal, rng, *, bias=1000.0, dark=None, flat=None):
+    """An unsigned 16-bit raw frame (BZERO 32768) with overscan and TRIMSEC."""
+    image = np.full((NY, NX + OVERSCAN), bias, float)
+    image[:, :NX] += (signal * (flat if flat is not None else 1.0)) + (dark * exptime if dark is not None else 0.0)
+    image += rng.normal(0.0, 3.0, image.shape)
+    image[:, :NX] += 0.5 * np.arange(NY)[:, None]  # a bias gradient along rows, also in the overscan
+    image[:, NX:] += 0.5 * np.arange(NY)[:, None]
+    data = np.clip(np.round(image), 0, 65535).astype(np.uint16)
+    header = fits.Header()
+    header["IMAGETYP"] = kind
+    header["EXPTIME"] = exptime
+    header["DATE-OBS"] = "2020-01-01T00:00:00"
+    header["BIASSEC"] = f"[{NX + 1}:{NX + OVERSCAN},1:{NY}]"
+    header["TRIMSEC"] = f"[1:{NX},1:{NY}]"
+    fits.PrimaryHDU(data, header).writeto(path)
+    return path
+
+
+def test_frame_types_and_sections():
+    h = fits.Header()
+    assert frame_type(h, ["IMAGETYP"]) == "light"
+    for value, kind in [("Bias Frame", "bias"), ("ZERO", "bias"), ("Dark Frame", "dark"), ("Flat Field", "flat"),
+                        ("SKYFLAT", "flat"), ("Light Frame", "light"), ("OBJECT", "light")]:
+        h["IMAGETYP"] = value
+        assert frame_type(h, ["OBSTYPE", "IMAGETYP"]) == kind
+    rows, cols = parse_section("[81:88,1:64]", (64, 88))
+    assert (rows, cols) == (slice(0, 64), slice(80, 88))
+    with pytest.raises(ValueError):
+        parse_section("[0:10,1:5]", (64, 88))
+    with pytest.raises(ValueError):
+        parse_section("81:88,1:64", (64, 88))
+
+
+def test_masters_recover_the_sky(tmp_path):
+    rng = np.random.default_rng(5)
+    dark = np.full((NY, NX), 0.2)
+    dark[10, 20] = 40.0  # a hot pixel
+    flat = 1.0 + 0.1 * np.sin(np.arange(NX) / 9.0)[None, :] * np.ones((NY, 1))
+    bias = [_raw(tmp_path / f"b{i}.fits", "Bias Frame", 0.0, 0.0, rng) for i in range(7)]
+    darks = [_raw(tmp_path / f"d{i}.fits", "Dark Frame", 100.0, 0.0, rng, dark=dark) for i in range(5)]
+    flats = [_raw(tmp_path / f"f{i}.fits", "Flat Field", 1.0, 20000.0, rng, dark=dark, flat=flat) for i in range(5)]
+    sky = 300.0
+    light = _raw(tmp_path / "light.fits", "Light Frame", 50.0, sky, rng, dark=dark, flat=flat)
+    masters = build_masters({"bias": [(str(p), 0) for p in bias], "dark": [(str(p), 0) for p in darks],
+                             "flat": [(str(p), 0) for p in flats]})
+    assert masters.counts == {"bias": 7, "dark": 5, "flat": 5}
+    assert masters.bias.shape == (NY, NX)  # trimmed
+    assert abs(float(np.median(masters.bias))) < 1.0  # overscan (with its row gradient) removed
+    assert masters.dark[10, 20] == pytest.approx(40.0, rel=0.02)
+    assert float(np.median(masters.dark)) == pytest.approx(0.2, abs=0.02)
+    assert np.allclose(masters.flat, flat / np.median(flat), atol=0.005)
+    # the whole chain through the pipeline's reader: scan recognises the kinds, masters built, light calibrated
+    config = Config()
+    refs, by_ccd = build_calibration(scan_inputs(find_inputs([tmp_path]), config.io), config)
+    assert [r.path for r in refs] == [str(light)]
+    from ssodetect.io import read_ccd
+    from ssodetect.calibrate import calibrate_ccd
+
+    image = calibrate_ccd(read_ccd(refs[0], config.io), by_ccd[refs[0].ccd])
+    assert image.data.shape == (NY, NX)
+    # flat-fielded sky is uniform: sky * median(flat), hot pixel gone, residual scatter only the noise
+    expected = sky * float(np.median(flat))
+    assert float(np.median(image.data)) == pytest.approx(expected, rel=0.01)
+    assert abs(float(image.data[10, 20]) - expected) < 20.0
+    assert float(np.std(image.data)) < 6.0
+    assert not image.mask.any()
+
+
+def test_saturated_raw_pixels_are_masked(tmp_path):
+    rng = np.random.default_rng(1)
+    path = _raw(tmp_path / "light.fits", "Light Frame", 10.0, 100.0, rng)
+    with fits.open(path, mode="update") as hdul:
+        data = hdul[0].data
+        data[5:8, 5:8] = 65535
+    bias = [_raw(tmp_path / f"b{i}.fits", "Bias Frame", 0.0, 0.0, rng) for i in range(3)]
+    config = Config()
+    refs, masters = build_calibration(scan_inputs([path] + bias, config.io), config)
+    from ssodetect.io import read_ccd
+    from ssodetect.calibrate import calibrate_ccd
+
+    image = calibrate_ccd(read_ccd(refs[0], config.io), masters[refs[0].ccd])
+    assert image.saturated[5:8, 5:8].all() and image.saturated.sum() == 9
+
+
+def test_darks_need_an_exposure_time(tmp_path):
+    rng = np.random.default_rng(2)
+    path = _raw(tmp_path / "d.fits", "Dark Frame", 0.0, 0.0, rng)
+    with pytest.raises(InputError, match="d.fits"):
+        build_masters({"dark": [(str(path), 0)]})
+
+
+def test_registration_recovers_an_affine_and_places_frames_consistently():
+    rng = np.random.default_rng(8)
+    ref = rng.uniform(0, 1000, (120, 2))
+    angle = math.radians(0.4)
+    matrix = 1.001 * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    offset = np.array([12.3, -7.8])
+    # the frame sees the stars where ref = matrix @ src + offset, with 0.05 px noise and 20 % lost
+    src = np.linalg.solve(matrix, (ref - offset).T).T + rng.normal(0, 0.05, ref.shape)
+    keep = rng.random(len(ref)) > 0.2
+    reg = register_to_reference(src[keep], ref)
+    assert reg is not None and reg.n_stars >= 0.9 * keep.sum()
+    grid = np.array([[0.0, 0.0], [1000.0, 0.0], [0.0, 1000.0], [1000.0, 1000.0]])
+    truth = grid @ matrix.T + offset
+    assert np.max(np.hypot(*(reg.apply(grid) - truth).T)) < 0.05
+    # a star has one sky position whichever frame it is measured on
+    w_ref = relative_wcs((1000, 1000), (60.0, 20.0), 1.2)
+    w_src = relative_wcs((1000, 1000), (60.0, 20.0), 1.2, reg)
+    ra1, dec1 = w_ref.all_pix2world(ref[keep][:, 0], ref[keep][:, 1], 0)
+    ra2, dec2 = w_src.all_pix2world(src[keep][:, 0], src[keep][:, 1], 0)
+    sep = np.hypot((ra1 - ra2) * math.cos(math.radians(20.0)), dec1 - dec2) * 3600.0
+    assert float(np.median(sep)) < 0.1 * 1.2  # < 0.1 px
+    # an unrelated star list does not register
+    assert register_to_reference(rng.uniform(0, 1000, (60, 2)), ref) is None
+
+
+def test_real_raw_night_calibrated_and_the_asteroid_measured():
+    """(2713) Luxembourg, MIT Wallace Observatory: raw 16-bit frames with bias and dark frames, no flat."""
+    folder = real_data("real", "luxembourg_2713_night1")
+    config = Config()
+    refs, masters = build_calibration(scan_inputs(find_inputs([folder]), config.io), config)
+    assert len(refs) == 25 and set(masters) == {"0"}
+    m = masters["0"]
+    assert m.counts == {"bias": 10, "dark": 5, "flat": 0} and m.flat is None
+    truth = Table.read(folder / "ground_truth_20181012.csv", format="ascii.csv", comment="#")
+    by_name = {r.path.rsplit("/", 1)[-1]: r for r in refs}
+    for row in truth[:2]:  # clear frames at the start of the night
+        table, info = process_ccd(by_name[row["file"]], config, require_wcs=False, calibration=m)
+        assert "no flat" in info["calibrated"]
+        d = np.hypot(np.asarray(table["x"]) - row["cen_x"], np.asarray(table["y"]) - row["cen_y"])
+        assert float(d.min()) <= 1.0
+        assert float(table["snr"][int(np.argmin(d))]) > 15.0
