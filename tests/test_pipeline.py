@@ -105,3 +105,59 @@ def test_nothing_found_gives_empty_tables_with_columns(tmp_path):
     assert len(result.objects) == 0 and "rate" in result.objects.colnames
     obs = Table.read(tmp_path / "out" / "observations.ecsv")
     assert len(obs) == 0 and "ra_err" in obs.colnames
+
+
+@pytest.mark.xfail(strict=True, reason="issue 5 open: on undersampled Euclid-like frames the registration keeps ~11 "
+                   "static sources at 0.6 px rms and 17 of 26 bright movers are found in pixel space (goal 80 %)")
+def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
+    import re
+
+    from astropy.io import fits
+
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(6, n_exposures=5, layout="plain", movers_per_ccd=300.0, tracking_drift=3.0,
+                                star_density=150000.0), sim)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    wcs_key = re.compile(r"^(WCSAXES|CTYPE|CRVAL|CRPIX|CD\d|PC\d|CDELT|CUNIT|[AB]P?_|LONPOLE|LATPOLE|RADESYS|EQUINOX|PV\d)")
+    for path in sorted(sim.glob("*.fits")):
+        with fits.open(path) as hdul:
+            for hdu in hdul:
+                for key in [k for k in hdu.header if wcs_key.match(k)]:
+                    del hdu.header[key]
+            hdul.writeto(bare / path.name)
+    config = load_config(None)
+    config.execution.progress = False
+    config.astrometry.register_pixel_scale = 0.1
+    result = run_pipeline([bare], tmp_path / "out", config)
+    obs = result.observations
+    assert len(obs) and set(obs["wcs"]) == {"relative"}
+    # pixel positions against the truth, exposure by exposure
+    truth = Table.read(sim / "truth.ecsv")
+    bright = {str(r["object"]) for r in truth if r["mag"] < 23.5 and 0.5 <= r["rate"] <= 10.0}
+    per_obj = {}
+    for row in truth[np.asarray(truth["on_detector"], bool)]:
+        if str(row["object"]) in bright:
+            per_obj.setdefault(str(row["object"]), []).append(row)
+    findable = {k for k, rows in per_obj.items() if len(rows) >= 3}
+    found, false = set(), 0
+    for name in np.unique(obs["object"]):
+        rows = obs[obs["object"] == name]
+        hits = []
+        for r in rows:
+            t = truth[(truth["exposure"] == r["exposure"]) & np.asarray(truth["on_detector"], bool)]
+            d = np.hypot(np.asarray(t["x"]) - r["x"], np.asarray(t["y"]) - r["y"])
+            if len(d) and d.min() < 1.0:
+                hits.append(str(t["object"][int(np.argmin(d))]))
+        if hits and hits.count(max(set(hits), key=hits.count)) > 0.5 * len(rows):
+            found.add(max(set(hits), key=hits.count))
+        else:
+            false += 1
+    assert len(findable) >= 5
+    assert len(findable & found) >= 0.8 * len(findable)
+    assert false <= 2
+    # no astrometry, no ADES rows (the header is still written)
+    psv = (tmp_path / "out" / "observations.psv").read_text().splitlines()
+    assert not any(line.startswith(("SD", "  SD")) or "|SD0" in line for line in psv)
+    info = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert all(c["registration"]["status"] == "ok" for c in info["ccds"])

@@ -234,7 +234,10 @@ def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], confi
         stars = []
         for k in members:
             table = tables[k]
-            sel = np.nonzero(star_like(table, config.astrometry.min_snr))[0]
+            # anything fixed on the sky registers: stars and galaxies (most detections are static)
+            kind = np.asarray(table["kind"])
+            sel = np.nonzero(((kind == "point") | (kind == "extended")) & ~np.asarray(table["near_mask"], bool)
+                             & (np.asarray(table["snr"], float) >= 0.5 * config.astrometry.min_snr))[0]
             sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
             stars.append(np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]]))
         ref_pos = int(np.argmax([len(s) for s in stars]))
@@ -250,7 +253,7 @@ def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], confi
                 reg = Registration(np.eye(2), np.zeros(2), len(stars[pos]), 0.0)
             else:
                 reg = register_to_reference(stars[pos], stars[ref_pos], index=index,
-                                            match_radius=max(2.0, 3.0 * config.astrometry.match_radius / scale))
+                                            match_radius=max(2.0, config.astrometry.match_radius / scale))
             regs.append(reg)
             if reg is None:
                 log.warning("%s CCD %s: not registered to %s (%d stars): dropped", tasks[k].path, ccd,

@@ -522,7 +522,12 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         from astropy.io import fits
 
         band = str(fits.getheader(result.observations["file"][0]).get("FILTER", "")).strip()
-    stage.file("observations.psv").write_text(ades_psv(result.observations, config.report, band=band))
+    # ADES carries astrometry only: positions on a relative WCS (frames registered to each other) are not
+    relative = np.asarray(result.observations["wcs"]) == "relative" if len(result.observations) else np.zeros(0, bool)
+    if relative.any():
+        log.warning("%d observations on a relative WCS (no astrometric solution: give --refcat or frames with a WCS) "
+                    "are left out of observations.psv; their pixel positions are in observations.ecsv", int(relative.sum()))
+    stage.file("observations.psv").write_text(ades_psv(result.observations[~relative], config.report, band=band))
     stage.file("config.toml").write_text(dump_toml(config))
     provenance = {
         "software": _versions(),
