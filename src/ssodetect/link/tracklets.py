@@ -212,11 +212,7 @@ def link_tracklets(
                         best = int(np.argmin(d))
                         if d[best] <= match_sigma:
                             members[e3] = int(idx[best])
-                    if len(members) < min_detections:
-                        continue
-                    first, last = min(members), max(members)
-                    spanned = int(np.sum((exposures >= first) & (exposures <= last)))
-                    if len(members) < min_fraction * spanned:
+                    if len(members) < min_detections or len(members) < min_fraction * _spanned(exposures, members):
                         continue
                     key = frozenset(members.values())
                     if key in hypotheses:
@@ -224,9 +220,11 @@ def link_tracklets(
                     trk = _evaluate(
                         key, t_hours, xi, eta, sigma, flux, flux_err,
                         min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
-                        min_rate_significance=min_rate_significance,
+                        min_rate_significance=min_rate_significance, min_detections=min_detections,
                     )
-                    if trk is not None:
+                    if trk is not None and len(trk.members) >= min_fraction * _spanned(
+                        exposures, {int(exposure[i]): i for i in trk.members}
+                    ):
                         hypotheses[key] = trk
     ranked = sorted(hypotheses.values(), key=lambda t: (-len(t.members), t.chi2 / max(t.dof, 1)))
     used: set[int] = set()
@@ -238,15 +236,29 @@ def link_tracklets(
     return accepted
 
 
+def _spanned(exposures: np.ndarray, members: dict) -> int:
+    """Exposures within the time span of a tracklet's members (``members`` keyed by exposure)."""
+    first, last = min(members), max(members)
+    return int(np.sum((exposures >= first) & (exposures <= last)))
+
+
 def _evaluate(
     members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max_rate, max_chi2_dof, max_flux_ratio,
-    min_rate_significance,
+    min_rate_significance, min_detections=3,
 ):
+    """Fit a candidate set; while the line does not fit, drop the worst-fitting member (long
+    sequences: one blend or one mis-assigned detection must not lose the object)."""
     idx = np.array(sorted(members, key=lambda i: t_hours[i]))
-    params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
-    dof = 2 * idx.size - 4
-    if chi2 / max(dof, 1) > max_chi2_dof:
-        return None
+    while True:
+        params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
+        dof = 2 * idx.size - 4
+        if chi2 / max(dof, 1) <= max_chi2_dof:
+            break
+        if idx.size <= min_detections:
+            return None
+        dt = t_hours[idx] - t_ref
+        resid = np.hypot(xi[idx] - params[0] - params[2] * dt, eta[idx] - params[1] - params[3] * dt) / sigma[idx]
+        idx = np.delete(idx, int(np.argmax(resid)))
     rate = float(np.hypot(params[2], params[3]))
     rate_err = float(np.sqrt(0.5 * (cov[2, 2] + cov[3, 3])))
     if rate > max_rate + 2 * rate_err or rate < min_rate or rate < min_rate_significance * rate_err:

@@ -285,14 +285,18 @@ def _vet_trail_lengths(tracklets, slow: Table, margin: float = 1.0) -> list:
     """Drop slow tracklets whose detections are trailed far more than their motion allows (blends, deblended galaxies).
 
     A mover at rate ``r`` draws ``r * exptime`` in an exposure; the median measured trail of the
-    members may exceed that by ``margin`` [arcsec] (short trails are measured coarsely).
+    members may exceed that by ``margin`` [arcsec] or four times the members' minor-axis rms,
+    whichever is larger (short trails and seeing-limited blobs are measured coarsely).
     """
     trail = np.nan_to_num(np.asarray(slow["trail_arcsec"], float))
     exptime = np.asarray(slow["exptime"], float)
+    # a blob's measured length is uncertain by a few PSF widths (seeing, blends): 4 minor-axis rms
+    width = np.nan_to_num(np.asarray(slow["b"], float) * np.asarray(slow["pixel_scale"], float))
     kept = []
     for trk in tracklets:
         idx = np.array(trk.members)
-        if np.median(trail[idx]) > trk.rate * float(np.median(exptime[idx])) / 3600.0 + margin:
+        slack = max(margin, 4.0 * float(np.median(width[idx])))
+        if np.median(trail[idx]) > trk.rate * float(np.median(exptime[idx])) / 3600.0 + slack:
             log.debug("tracklet at (%.1f, %.1f) rejected: trails %.1f\" for %.1f\"/h", trk.x0, trk.y0,
                       float(np.median(trail[idx])), trk.rate)
             continue
