@@ -162,7 +162,7 @@ class LinkConfig(_Section):
         default=2, ge=1, description="Number of other exposures that must match for a source to be static."
     )
     static_min_fraction: float = Field(
-        default=0.3, ge=0, le=1,
+        default=0.5, ge=0, le=1,
         description="In long sequences, the fraction of the other exposures that must match for a source to be static "
         "(a slow mover matches itself in the neighbouring exposures only).",
     )

@@ -1,16 +1,21 @@
 """Linking detections that move linearly into tracklets.
 
-Every pair of detections in two exposures whose implied motion lies in the
-searched rate range seeds a hypothesis; it is propagated to every other
-exposure, where the nearest detection within the predicted uncertainty joins
-it.  Hypotheses with at least ``min_detections`` members are fitted with a
-weighted straight line in each tangent-plane coordinate and kept when the
-reduced chi-square, the fitted rate and the flux consistency pass.  Duplicates
-are resolved greedily: more detections first, then lower chi-square; no
-detection belongs to two tracklets.
+Every pair of detections in two seed exposures whose implied motion lies in
+the searched rate range seeds a hypothesis; it is propagated to every other
+exposure (vectorised over the seeds), where the nearest detection within the
+predicted uncertainty joins it.  Hypotheses with at least ``min_detections``
+members are fitted with a weighted straight line in each tangent-plane
+coordinate, the worst member dropped while the line does not fit, the line
+propagated once more to collect what the seed's extrapolation missed, and kept
+when the reduced chi-square, the fitted rate and the flux consistency pass.
+Duplicates are resolved greedily: more detections first, then lower
+chi-square; no detection belongs to two tracklets.
 
-Cost: for N exposures with n candidates each and a mean number p of partners
-within the rate reach, O(N^2 n p N log n).  Positions in arcsec, times in hours.
+Seeds: every pair of exposures for short sequences; in long ones only pairs a
+few exposures apart (see :func:`_seed_pairs`).  Cost for N exposures with n
+candidates each and p partners within the rate reach: O(N g n p N log n) with
+g the seed gap (O(N^2 n p N log n) for short sequences).  Positions in arcsec,
+times in hours.
 """
 from __future__ import annotations
 
@@ -175,57 +180,60 @@ def link_tracklets(
         return []
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
-    times = {e: float(np.median(t_hours[groups[e]])) for e in exposures}
+    times = np.array([float(np.median(t_hours[groups[e]])) for e in exposures])
     sig_max = float(np.max(sigma))
     hypotheses: dict[frozenset, Tracklet] = {}
-    for a_pos, e1 in enumerate(exposures):
-        for e2 in exposures[a_pos + 1 :]:
-            dt = times[e2] - times[e1]
-            if dt <= 0:
+    evaluate = dict(min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
+                    min_rate_significance=min_rate_significance, min_detections=min_detections)
+    for c1, c2 in _seed_pairs(exposures.size, min_fraction):
+        e1, e2 = exposures[c1], exposures[c2]
+        dt = times[c2] - times[c1]
+        if dt <= 0:
+            continue
+        reach = max_rate * dt + match_sigma * np.sqrt(2.0) * sig_max + match_floor
+        near = trees[e1].query_ball_tree(trees[e2], reach)
+        counts = np.array([len(b) for b in near])
+        if counts.sum() == 0:
+            continue
+        ia = np.repeat(groups[e1], counts)
+        ib = groups[e2][np.concatenate([np.asarray(b, int) for b in near if b])]
+        v = (pos[ib] - pos[ia]) / dt
+        speed = np.hypot(v[:, 0], v[:, 1])
+        speed_tol = match_sigma * np.hypot(sigma[ia], sigma[ib]) / dt
+        ok = (speed <= max_rate + speed_tol) & (speed >= min_rate - speed_tol)
+        ia, ib, v = ia[ok], ib[ok], v[ok]
+        if ia.size == 0:
+            continue
+        members = np.full((ia.size, exposures.size), -1, dtype=np.int64)
+        members[:, c1], members[:, c2] = ia, ib
+        for c3, e3 in enumerate(exposures):
+            if c3 in (c1, c2):
                 continue
-            reach = max_rate * dt + match_sigma * np.sqrt(2.0) * sig_max + match_floor
-            pairs = trees[e1].query_ball_tree(trees[e2], reach)
-            for a, bs in enumerate(pairs):
-                if not bs:
-                    continue
-                ia = groups[e1][a]
-                for b in bs:
-                    ib = groups[e2][b]
-                    v = (pos[ib] - pos[ia]) / dt
-                    speed = float(np.hypot(*v))
-                    speed_tol = match_sigma * np.hypot(sigma[ia], sigma[ib]) / dt
-                    if speed > max_rate + speed_tol or speed < min_rate - speed_tol:
-                        continue
-                    members = {e1: ia, e2: ib}
-                    for e3 in exposures:
-                        if e3 in members:
-                            continue
-                        f = (times[e3] - times[e1]) / dt
-                        pred = pos[ia] + v * (times[e3] - times[e1])
-                        sig_pred = np.hypot(sigma[ia] * (1.0 - f), sigma[ib] * f)
-                        tol = match_sigma * np.hypot(sig_pred, sig_max) + match_floor
-                        near = trees[e3].query_ball_point(pred, tol)
-                        if not near:
-                            continue
-                        idx = groups[e3][np.asarray(near)]
-                        d = np.hypot(*(pos[idx] - pred).T) / np.hypot(sig_pred, sigma[idx])
-                        best = int(np.argmin(d))
-                        if d[best] <= match_sigma:
-                            members[e3] = int(idx[best])
-                    if len(members) < min_detections or len(members) < min_fraction * _spanned(exposures, members):
-                        continue
-                    key = frozenset(members.values())
-                    if key in hypotheses:
-                        continue
-                    trk = _evaluate(
-                        key, t_hours, xi, eta, sigma, flux, flux_err,
-                        min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
-                        min_rate_significance=min_rate_significance, min_detections=min_detections,
-                    )
-                    if trk is not None and len(trk.members) >= min_fraction * _spanned(
-                        exposures, {int(exposure[i]): i for i in trk.members}
-                    ):
-                        hypotheses[key] = trk
+            f = (times[c3] - times[c1]) / dt
+            pred = pos[ia] + v * (times[c3] - times[c1])
+            sig_pred = np.hypot(sigma[ia] * (1.0 - f), sigma[ib] * f)
+            tol = match_sigma * np.hypot(sig_pred, sig_max) + match_floor
+            d, k = trees[e3].query(pred, k=1)
+            cand = groups[e3][np.minimum(k, groups[e3].size - 1)]
+            hit = (d <= tol) & (d <= match_sigma * np.hypot(sig_pred, sigma[cand]))
+            members[hit, c3] = cand[hit]
+        found = members >= 0
+        count = found.sum(axis=1)
+        first = np.argmax(found, axis=1)
+        last = exposures.size - 1 - np.argmax(found[:, ::-1], axis=1)
+        keep = (count >= min_detections) & (count >= min_fraction * (last - first + 1))
+        for row in np.nonzero(keep)[0]:
+            key = frozenset(int(m) for m in members[row][found[row]])
+            if key in hypotheses:
+                continue
+            trk = _evaluate(key, t_hours, xi, eta, sigma, flux, flux_err, **evaluate)
+            if trk is not None:
+                trk = _regrow(trk, exposures, groups, trees, times, pos, sigma, t_hours, xi, eta, flux, flux_err,
+                              match_sigma, match_floor, evaluate)
+            if trk is not None and len(trk.members) >= min_fraction * _spanned(
+                exposures, {int(exposure[i]): i for i in trk.members}
+            ):
+                hypotheses[key] = trk
     ranked = sorted(hypotheses.values(), key=lambda t: (-len(t.members), t.chi2 / max(t.dof, 1)))
     used: set[int] = set()
     accepted = []
@@ -234,6 +242,44 @@ def link_tracklets(
             accepted.append(trk)
             used.update(trk.members)
     return accepted
+
+
+def _seed_pairs(n_exposures: int, min_fraction: float) -> list[tuple[int, int]]:
+    """Pairs of exposure columns that seed hypotheses.
+
+    Few exposures: every pair.  Long sequences: pairs at most ``g`` exposures apart,
+    ``g = max(3, ceil(1 / min_fraction) + 1)``: an object detected in at least
+    ``min_fraction`` of the exposures it spans has two detections that close, so no
+    object is lost, and the cost grows as O(N) seeds instead of O(N^2).
+    """
+    gap = max(3, int(np.ceil(1.0 / max(min_fraction, 1e-3))) + 1)
+    if n_exposures <= 2 * gap:
+        return [(a, b) for a in range(n_exposures) for b in range(a + 1, n_exposures)]
+    return [(a, b) for a in range(n_exposures) for b in range(a + 1, min(a + gap + 1, n_exposures))]
+
+
+def _regrow(trk, exposures, groups, trees, times, pos, sigma, t_hours, xi, eta, flux, flux_err, match_sigma,
+            match_floor, evaluate):
+    """Collect the detections along a fitted tracklet in every exposure and refit (a seed from two
+    close exposures extrapolates poorly; the fitted line of all its members does not)."""
+    for _ in range(2):
+        members = []
+        for c, e in enumerate(exposures):
+            dt = times[c] - trk.t_ref
+            pred = np.array([trk.x0 + trk.vx * dt, trk.y0 + trk.vy * dt])
+            var = trk.cov[0, 0] + 2 * dt * trk.cov[0, 2] + dt * dt * trk.cov[2, 2]
+            sig_pred = float(np.sqrt(max(var, 0.0)))
+            d, k = trees[e].query(pred, k=1)
+            idx = int(groups[e][min(k, groups[e].size - 1)])
+            if d <= match_sigma * np.hypot(sig_pred, sigma[idx]) + match_floor:
+                members.append(idx)
+        if set(members) == set(trk.members) or len(members) < evaluate["min_detections"]:
+            return trk
+        grown = _evaluate(frozenset(members), t_hours, xi, eta, sigma, flux, flux_err, **evaluate)
+        if grown is None or len(grown.members) < len(trk.members):
+            return trk
+        trk = grown
+    return trk
 
 
 def _spanned(exposures: np.ndarray, members: dict) -> int:

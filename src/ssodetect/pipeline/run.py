@@ -121,7 +121,9 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     link = config.link
     # source size for the static-match radius: the full extent of galaxies, only the width of trails
     # (a trail's length says how far it moved, not where a static counterpart could sit)
-    extent = np.where(np.asarray(cand["kind"]) == "trail", np.asarray(cand["b"]), np.asarray(cand["a"]))
+    # (and nothing for point sources, whose isophotal size grows with brightness, not with centroid jitter)
+    kind = np.asarray(cand["kind"])
+    extent = np.where(kind == "trail", np.asarray(cand["b"]), np.where(kind == "extended", np.asarray(cand["a"]), 0.0))
     cand["size"] = extent * np.asarray(cand["pixel_scale"])
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
