@@ -149,6 +149,11 @@ class LinkConfig(_Section):
     min_rate: float = Field(default=0.3, ge=0, description="Slowest motion searched [arcsec/h].")
     max_rate: float = Field(default=12.0, gt=0, description="Fastest motion searched [arcsec/h].")
     min_detections: int = Field(default=3, ge=3, description="Detections needed for a tracklet.")
+    min_snr: float = Field(
+        default=0.0, ge=0,
+        description="Candidates below this signal-to-noise are not linked (0: all above the extraction threshold). "
+        "Long sequences can afford 5: chance alignments of noise grow with the number of exposures.",
+    )
     min_fraction: float = Field(
         default=0.5, ge=0, le=1, description="Detections needed as a fraction of the exposures within a tracklet's time span."
     )

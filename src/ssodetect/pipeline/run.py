@@ -45,6 +45,9 @@ __all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates", "
 
 log = logging.getLogger(__name__)
 
+#: sep's flag for an object truncated by the image boundary.
+OBJ_TRUNC = 2
+
 
 @dataclass
 class RunResult:
@@ -106,9 +109,11 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     long_trail = (np.asarray(detections["kind"]) == "trail") & (
         np.asarray(detections["length"], float) >= config.streaks.min_length
     )
+    # a source cut by the image edge has a biased centroid (and a star drifting off the edge looks like a mover)
+    truncated = (np.asarray(detections["sep_flag"]) & OBJ_TRUNC) != 0
     usable = (
         np.isin(detections["kind"], ["point", "trail", "extended"])
-        & (~np.asarray(detections["near_mask"], bool) | long_trail)
+        & ((~np.asarray(detections["near_mask"], bool) & ~truncated) | long_trail)
         & (np.asarray(detections["snr"]) > 0)
         & np.isfinite(np.asarray(detections["ra"], float))
     )
@@ -480,7 +485,8 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     # measured length of a short blob (a blend, a seeing-elongated source) is uncertain by a few PSF widths
     reach = 1.5 * lk.max_rate * np.asarray(moving["exptime"], float) / 3600.0 + np.maximum(
         0.5, 4.0 * np.asarray(moving["b"], float) * np.asarray(moving["pixel_scale"], float))
-    slow_idx = np.nonzero(~((np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach)))[0]
+    slow_idx = np.nonzero(~((np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach))
+                          & (np.asarray(moving["snr"], float) >= lk.min_snr))[0]
     slow = moving[slow_idx]
     tracklets = link_tracklets(
         np.asarray(slow["exposure"]), np.asarray(slow["t_hours"]), np.asarray(slow["xi"]),
