@@ -71,6 +71,7 @@ def evaluate_run(
     match_radius: float = 0.5,
     ccd_area_px: float | None = None,
     mag_bins: np.ndarray | None = None,
+    pixels: bool = False,
 ) -> Evaluation:
     """Compare a run's observations with the simulated truth.
 
@@ -92,6 +93,9 @@ def evaluate_run(
         Total detector area [px^2]; taken from the truth metadata when None.
     mag_bins : ndarray, optional
         Bin edges [mag] (default 20 to 27.5 by 0.5).
+    pixels : bool
+        Match on detector pixels (same exposure and CCD; ``match_radius`` in px) instead of the
+        sky: for runs whose positions are relative (frames without WCS).  Residuals are then in px.
     """
     mag_bins = np.arange(20.0, 27.51, 0.5) if mag_bins is None else np.asarray(mag_bins)
     sim = truth.meta.get("simulation", {})
@@ -101,16 +105,25 @@ def evaluate_run(
     ra0 = float(np.median(truth["ra"])) if len(truth) else 0.0
     dec0 = float(np.median(truth["dec"])) if len(truth) else 0.0
     plane = TangentPlane(ra0, dec0)
-    tx, ty = plane.to_plane(np.asarray(truth["ra"], float), np.asarray(truth["dec"], float))
     on = np.asarray(truth["on_detector"], bool)
-    tol = match_radius + 0.5 * np.asarray(truth["trail_length"], float) * scale
-    # observation -> truth row (same exposure, within tolerance, nearest)
-    ox, oy = plane.to_plane(np.asarray(observations["ra"], float), np.asarray(observations["dec"], float))
+    if pixels:
+        tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+        ox, oy = np.asarray(observations["x"], float), np.asarray(observations["y"], float)
+        tol = match_radius + 0.5 * np.asarray(truth["trail_length"], float)
+        t_key = [f"{e}/{c}" for e, c in zip(truth["exposure"], truth["ccd"])]
+        o_key = [f"{e}/{c}" for e, c in zip(observations["exposure"], observations["ccd"])]
+    else:
+        tx, ty = plane.to_plane(np.asarray(truth["ra"], float), np.asarray(truth["dec"], float))
+        ox, oy = plane.to_plane(np.asarray(observations["ra"], float), np.asarray(observations["dec"], float))
+        tol = match_radius + 0.5 * np.asarray(truth["trail_length"], float) * scale
+        t_key, o_key = list(truth["exposure"]), list(observations["exposure"])
+    t_key, o_key = np.asarray(t_key), np.asarray(o_key)
+    # observation -> truth row (same exposure [and CCD], within tolerance, nearest)
     matched_truth = np.full(len(observations), -1)
     residual = np.full(len(observations), np.nan)
-    for e in np.unique(np.asarray(observations["exposure"])) if len(observations) else []:
-        t_idx = np.nonzero((np.asarray(truth["exposure"]) == e) & on)[0]
-        o_idx = np.nonzero(np.asarray(observations["exposure"]) == e)[0]
+    for e in np.unique(o_key) if len(observations) else []:
+        t_idx = np.nonzero((t_key == e) & on)[0]
+        o_idx = np.nonzero(o_key == e)[0]
         if t_idx.size == 0:
             continue
         tree = cKDTree(np.column_stack([tx[t_idx], ty[t_idx]]))

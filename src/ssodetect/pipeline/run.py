@@ -45,9 +45,6 @@ __all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates", "
 
 log = logging.getLogger(__name__)
 
-#: sep's flag for an object truncated by the image boundary.
-OBJ_TRUNC = 2
-
 
 @dataclass
 class RunResult:
@@ -109,8 +106,9 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     long_trail = (np.asarray(detections["kind"]) == "trail") & (
         np.asarray(detections["length"], float) >= config.streaks.min_length
     )
-    # a source cut by the image edge has a biased centroid (and a star drifting off the edge looks like a mover)
-    truncated = (np.asarray(detections["sep_flag"]) & OBJ_TRUNC) != 0
+    # a source cut by the image edge within its core has a biased centroid (and a star drifting off the
+    # edge looks like a mover)
+    truncated = np.asarray(detections["edge_cut"], bool)
     usable = (
         np.isin(detections["kind"], ["point", "trail", "extended"])
         & ((~np.asarray(detections["near_mask"], bool) & ~truncated) | long_trail)

@@ -99,6 +99,11 @@ class SimulationConfig(BaseModel):
         description="Pointing drift during each exposure [arcsec]: stars are trailed (tracking error, Cassini-like); "
         "the WCS describes the mid-exposure pointing.",
     )
+    write_wcs: bool = Field(
+        default=True,
+        description="Write the WCS into the image headers; False: only RA/DEC pointing and PIXSCALE, as many ground "
+        "cameras (the truth keeps the WCS).",
+    )
     tracking_angle: float = Field(default=30.0, description="Direction of the drift [deg from +xi towards +eta].")
     spikes: bool = Field(default=False, description="Draw diffraction spikes (6, Euclid-like) on saturated stars.")
     header_scale_error: float = Field(
@@ -574,6 +579,8 @@ def _primary_header(scene: Scene, exposure: int) -> fits.Header:
     h["MAGZERO"] = (cfg.zp_electrons - 2.5 * math.log10(cfg.gain), "mag for 1 ADU/s")
     h["SATURATE"] = (cfg.full_well / cfg.gain * 0.999, "[ADU]")
     h["PSF_FWHM"] = (float(scene.fwhm[exposure]), "simulated PSF core FWHM [px]")
+    h["RA"] = (cfg.ra, "[deg] field centre (nominal pointing)")
+    h["DEC"] = (cfg.dec, "[deg] field centre (nominal pointing)")
     h["SIMSEED"] = cfg.seed
     h["ORIGIN"] = f"ssodetect {__version__} simulate"
     return h
@@ -642,10 +649,12 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
             for c, name in enumerate(names):
                 sci, rms, flg, wcs, truth = render_ccd(scene, e, c)
                 truth_wcs.append((e, name, config.nx, config.ny, wcs.to_header_string(relax=True)))
-                wh = header_wcs(scene, e, c).to_header()
                 ext = fits.Header()
                 ext["CCDID"] = name
-                ext.extend(wh)
+                if config.write_wcs:
+                    ext.extend(header_wcs(scene, e, c).to_header())
+                else:
+                    ext["PIXSCALE"] = (config.pixel_scale, "[arcsec/pix] nominal")
                 for t in truth:
                     rows.append((t["index"], e, name, t["x"], t["y"], t["trail_length"]))
                 if config.layout == "mef":
