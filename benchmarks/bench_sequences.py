@@ -4,7 +4,7 @@
 
 Scenes: one 1"/px CCD, FWHM 2-3 px varying frame to frame, 60 s exposures every 120 s, the
 pointing drifting by up to 5" between frames, no WCS in the headers (only RA/DEC and PIXSCALE),
-40 movers per CCD at 5-50"/h (main-belt rates), V 18-24.  Run with examples/ground.toml: frames
+150 movers per CCD at 5-50"/h (main-belt rates), V 17-22.5.  Run with examples/ground.toml: frames
 registered to each other, movers linked in pixel space.  Reports completeness for movers on the
 detector in >= 50 % of the frames and brighter than the per-frame 5-sigma limit - 0.5 mag (and
 at the limit), false objects per field, per-stage and total run time.
@@ -41,8 +41,8 @@ def main() -> None:
                 simulate(SimulationConfig(
                     seed=seed, nccd=1, nx=args.size, ny=args.size, n_exposures=n, exptime=60.0, cadence=120.0,
                     pixel_scale=1.0, fwhm_min=2.0, fwhm_max=3.0, dither=5.0, zp_electrons=24.0, sky_mag=20.5,
-                    star_density=20000.0, galaxy_density=5000.0, movers_per_ccd=40.0, mover_mag_min=18.0,
-                    mover_mag_max=24.0, slow_rate_min=5.0, slow_rate_max=50.0, fast_fraction=0.0, layout="plain",
+                    star_density=20000.0, galaxy_density=5000.0, movers_per_ccd=150.0, mover_mag_min=17.0,
+                    mover_mag_max=22.5, slow_rate_min=5.0, slow_rate_max=50.0, fast_fraction=0.0, layout="plain",
                     write_wcs=False, satellite=False,
                 ), sim)
                 truth = Table.read(sim / "truth.ecsv")

@@ -151,3 +151,35 @@ def test_real_raw_night_calibrated_and_the_asteroid_measured():
         d = np.hypot(np.asarray(table["x"]) - row["cen_x"], np.asarray(table["y"]) - row["cen_y"])
         assert float(d.min()) <= 1.0
         assert float(table["snr"][int(np.argmin(d))]) > 15.0
+
+
+def test_calibrate_command_writes_masters_that_runs_reuse(tmp_path):
+    from ssodetect.cli import main
+    from ssodetect.config import load_config
+
+    rng = np.random.default_rng(4)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    dark = np.full((NY, NX), 0.3)
+    for i in range(3):
+        _raw(raw / f"b{i}.fits", "Bias Frame", 0.0, 0.0, rng)
+        _raw(raw / f"d{i}.fits", "Dark Frame", 60.0, 0.0, rng, dark=dark)
+    light = _raw(raw / "light.fits", "Light Frame", 60.0, 500.0, rng, dark=dark)
+    before = light.read_bytes()
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "cal"), "--lights"]) == 0
+    assert light.read_bytes() == before  # inputs untouched
+    assert sorted(p.name for p in (tmp_path / "cal").glob("master_*.fits")) == ["master_bias.fits", "master_dark.fits"]
+    calibrated = fits.getdata(tmp_path / "cal" / "calibrated" / "light.fits")
+    assert calibrated.shape == (NY, NX) and float(np.median(calibrated)) == pytest.approx(500.0, abs=2.0)
+    # the masters, given in [calibrate], calibrate a light frame alone exactly as the raw frames did
+    (tmp_path / "c.toml").write_text(f'[calibrate]\nbias = ["{tmp_path / "cal" / "master_bias.fits"}"]\n'
+                                     f'dark = ["{tmp_path / "cal" / "master_dark.fits"}"]\n')
+    config = load_config(tmp_path / "c.toml")
+    refs, masters = build_calibration(scan_inputs([light], config.io), config)
+    from ssodetect.calibrate import calibrate_ccd
+    from ssodetect.io import read_ccd
+
+    image = calibrate_ccd(read_ccd(refs[0], config.io), masters[refs[0].ccd])
+    assert np.allclose(image.data, calibrated, atol=1e-3)
+    # nothing to calibrate with: a one-line error, exit code 2
+    assert main(["calibrate", str(light), "--out", str(tmp_path / "none")]) == 2

@@ -100,6 +100,37 @@ def _astrometry(args) -> int:
     return 0 if len(ok) else 1
 
 
+def _calibrate(args) -> int:
+    import numpy as np
+    from astropy.io import fits
+
+    from ssodetect.calibrate import calibrate_ccd
+    from ssodetect.config import load_config
+    from ssodetect.io import OutputStage, find_inputs, read_ccd, scan_inputs
+    from ssodetect.pipeline.run import build_calibration
+
+    config = load_config(args.config)
+    lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
+    if not masters:
+        raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
+    out = Path(args.out)
+    for ccd, m in masters.items():
+        m.write(out if len(masters) == 1 else out / f"ccd_{ccd}")
+        print(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / f'ccd_{ccd}'}")
+    if args.lights:
+        with OutputStage(out / "calibrated") as stage:
+            for ref in lights:
+                image = calibrate_ccd(read_ccd(ref, config.io), masters[ref.ccd], overscan=config.calibrate.overscan,
+                                      trim=config.calibrate.trim, saturation_keys=config.io.saturation_keys)
+                header = image.header.copy()
+                header["HISTORY"] = f"ssodetect calibrate: {masters[ref.ccd].describe()}"
+                data = np.where(image.mask, np.nan, image.data).astype(np.float32)
+                name = Path(ref.path).name.rsplit(".", 1)[0] + (f"_{ref.ccd}" if len(masters) > 1 else "") + ".fits"
+                fits.PrimaryHDU(data, header).writeto(stage.file(name))
+        print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
+    return 0
+
+
 def _evaluate(args) -> int:
     from astropy.table import Table
 
@@ -203,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="TOML configuration file ([astrometry] section)")
     p.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
     p.set_defaults(func=_astrometry)
+
+    p = sub.add_parser("calibrate", parents=[common],
+                       help="build master bias/dark/flat from raw calibration frames (and calibrate the lights)")
+    p.add_argument("inputs", nargs="+", help="raw FITS files and/or directories; kinds from IMAGETYP/OBSTYPE")
+    p.add_argument("--out", required=True, help="output directory for master_*.fits")
+    p.add_argument("--config", default=None, help="TOML configuration file ([calibrate] section)")
+    p.add_argument("--lights", action="store_true", help="also write the calibrated light frames to OUT/calibrated")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a run against simulated truth")
     p.add_argument("outdir", help="run output directory (or its observations.ecsv)")

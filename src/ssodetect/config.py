@@ -149,6 +149,11 @@ class LinkConfig(_Section):
     min_rate: float = Field(default=0.3, ge=0, description="Slowest motion searched [arcsec/h].")
     max_rate: float = Field(default=12.0, gt=0, description="Fastest motion searched [arcsec/h].")
     min_detections: int = Field(default=3, ge=3, description="Detections needed for a tracklet.")
+    min_total_snr: float = Field(
+        default=0.0, ge=0,
+        description="Tracklets whose combined signal-to-noise sqrt(sum snr^2) is below this are dropped (long sequences: "
+        "an object too faint for one frame is found from many; chance alignments of noise add up to little).",
+    )
     min_snr: float = Field(
         default=0.0, ge=0,
         description="Candidates below this signal-to-noise are not linked (0: all above the extraction threshold). "

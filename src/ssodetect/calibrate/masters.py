@@ -210,6 +210,12 @@ class MasterFrames:
                 if master is None:
                     continue
                 header = fits.Header()
+                sources = self.sources.get(name, [])
+                if sources:  # time and exposure of the first frame, so the master reads like any frame
+                    first = fits.getheader(sources[0])
+                    for key in ("DATE-OBS", "MJD-OBS", "EXPTIME", "INSTRUME", "TELESCOP", "FILTER"):
+                        if key in first:
+                            header[key] = first[key]
                 header["IMAGETYP"] = f"master {name}"
                 header["NCOMBINE"] = (self.counts.get(name, 0), "frames combined")
                 header["BUNIT"] = unit
@@ -227,7 +233,8 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
     Parameters
     ----------
     frames : dict
-        ``{"bias": [(path, hdu), ...], "dark": [...], "flat": [...]}`` (missing kinds allowed).
+        ``{"bias": [(path, hdu), ...], "dark": [...], "flat": [...]}`` (missing kinds allowed).  A
+        master written by :meth:`MasterFrames.write` (``IMAGETYP = 'master <kind>'``) is used as it is.
     overscan, trim : bool
         Use ``BIASSEC`` / ``TRIMSEC`` when present.
     sigma : float
@@ -242,6 +249,7 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
     """
     exptime_keys = exptime_keys or ["EXPTIME", "EXPOSURE", "ITIME", "TEXP"]
     masters = MasterFrames()
+    masters_given: dict[str, list] = {}  # masters written by MasterFrames.write (IMAGETYP 'master <kind>'): used as they are
 
     def load(kind):
         images = []
@@ -258,6 +266,9 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             if images and image.shape != images[0][1].shape:
                 raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
             exptime = next((float(header[k]) for k in exptime_keys if k in header), None)
+            if str(header.get("IMAGETYP", "")).strip().lower() == f"master {kind}":
+                masters_given.setdefault(kind, []).append((path, image))
+                continue
             images.append((path, image, exptime))
         return images
 
@@ -265,6 +276,11 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
     if bias:
         masters.bias = _combine([im for _, im, _ in bias], sigma)
     darks = load("dark")
+    flats = load("flat")
+    for kind, given in masters_given.items():
+        if len(given) > 1 or (kind == "bias" and bias) or (kind == "dark" and darks) or (kind == "flat" and flats):
+            raise InputError(f"{given[0][0]}: a master {kind} is given together with other {kind} frames")
+        setattr(masters, kind, given[0][1])
     if darks:
         stack = []
         for path, image, exptime in darks:
@@ -272,7 +288,6 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
                 raise InputError(f"{path}: dark frame without a positive exposure time")
             stack.append((image - (masters.bias if masters.bias is not None else 0.0)) / np.float32(exptime))
         masters.dark = _combine(stack, sigma)
-    flats = load("flat")
     if flats:
         stack = []
         for path, image, exptime in flats:
@@ -286,8 +301,8 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
         flat = _combine(stack, sigma)
         masters.flat = (flat / np.float32(np.nanmedian(flat))).astype(np.float32)
     for kind, images in (("bias", bias), ("dark", darks), ("flat", flats)):
-        masters.counts[kind] = len(images)
-        masters.sources[kind] = [p for p, _, _ in images]
+        masters.counts[kind] = len(images) or len(masters_given.get(kind, []))
+        masters.sources[kind] = [p for p, _, _ in images] or [p for p, _ in masters_given.get(kind, [])]
     shapes = {m.shape for m in (masters.bias, masters.dark, masters.flat) if m is not None}
     if len(shapes) > 1:
         raise InputError(f"calibration frames of different shapes {sorted(shapes)}")

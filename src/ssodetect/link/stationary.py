@@ -76,35 +76,28 @@ def static_on_sky(
     radius = np.broadcast_to(np.asarray(radius, float), (n,))
     # one badly measured detection must not make its whole neighbourhood static
     sigma = np.minimum(np.nan_to_num(np.asarray(sigma, float), nan=max_sigma), max_sigma)
-    exposures = np.unique(exposure)
-    groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
-    trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
-    sig_max = float(np.max(sigma))
-    rad_max = float(np.max(radius))
+    exposures, exp_col = np.unique(exposure, return_inverse=True)
+    reach = max(float(np.max(radius)), 3.0 * np.sqrt(2.0) * float(np.max(sigma)))
+    # every pair of detections within reach at once (one tree over all exposures: O(n log n) whatever
+    # the number of exposures), then the per-pair radius
+    pairs = cKDTree(pos).query_pairs(reach, output_type="ndarray")
     matches = np.zeros(n, int)
     decisive = np.zeros(n, bool)
-    for e1 in exposures:
-        i1 = groups[e1]
-        for e2 in exposures:
-            if e2 == e1:
-                continue
-            i2 = groups[e2]
-            reach = max(rad_max, 3.0 * np.sqrt(2.0) * sig_max)
-            hits = trees[e1].query_ball_tree(trees[e2], reach)
-            dt = abs(float(np.median(t_hours[i2])) - float(np.median(t_hours[i1])))
-            for a, bs in enumerate(hits):
-                if not bs:
-                    continue
-                ia = i1[a]
-                ib = i2[np.asarray(bs)]
-                d = np.hypot(xi[ib] - xi[ia], eta[ib] - eta[ia])
-                r = np.maximum(np.maximum(radius[ia], radius[ib]), 3.0 * np.hypot(sigma[ia], sigma[ib]))
-                ok = d <= r
-                if ok.any():
-                    matches[ia] += 1
-                    # a mover at min_rate would be farther than the match radius plus 3 sigma
-                    if min_rate * dt > float(np.min(r[ok])) + 3.0 * float(np.min(np.hypot(sigma[ia], sigma[ib[ok]]))):
-                        decisive[ia] = True
+    if len(pairs):
+        i, j = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+        other = exp_col[i] != exp_col[j]
+        i, j = i[other], j[other]
+        d = np.hypot(xi[j] - xi[i], eta[j] - eta[i])
+        sig = np.hypot(sigma[i], sigma[j])
+        r = np.maximum(np.maximum(radius[i], radius[j]), 3.0 * sig)
+        ok = d <= r
+        i, j, r, sig = i[ok], j[ok], r[ok], sig[ok]
+        # one match per other exposure
+        keys = np.unique(i * len(exposures) + exp_col[j])
+        np.add.at(matches, keys // len(exposures), 1)
+        # a mover at min_rate would be farther than the match radius plus 3 sigma
+        far = min_rate * np.abs(np.asarray(t_hours, float)[j] - np.asarray(t_hours, float)[i]) > r + 3.0 * sig
+        decisive[i[far]] = True
     needed = max(min_matches, int(math.ceil(min_fraction * (len(exposures) - 1))))
     static = (matches >= needed) | decisive
     return static

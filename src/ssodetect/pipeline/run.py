@@ -496,6 +496,8 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     )
     tracklets = _vet_occupancy(tracklets, slow, cand, exposures, config)
     tracklets = _vet_trail_lengths(tracklets, slow)
+    snr = np.asarray(slow["snr"], float)
+    tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]
     observations, objects = tracklet_tables(slow, tracklets, plane, t0_mjd=t0_mjd)
     timings["link"] = time.perf_counter() - t0
     log.info("%d slow movers linked", len(objects))
