@@ -129,3 +129,17 @@ def test_real_neowise_header():
     assert abs(t.mid.mjd - 58090.10323391) < 1e-8  # MJD_OBS is the midpoint
     wcs, problem = celestial_wcs(h, shape=(1016, 1016))
     assert problem == "" and wcs.sip is not None
+
+
+def test_station_code_from_header():
+    from ssodetect.io.headers import station_code
+
+    h = fits.Header()
+    assert station_code(h) is None
+    h["ORIGIN"] = "MIT Wallace Astrophysical Observatory (810)"
+    assert station_code(h) == "810"
+    h["MPCCODE"] = "c51"
+    assert station_code(h) == "C51"  # an explicit code keyword wins
+    h2 = fits.Header()
+    h2["ORIGIN"] = "ssodetect 0.1 simulate"  # no code in parentheses
+    assert station_code(h2) is None

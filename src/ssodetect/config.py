@@ -324,7 +324,8 @@ class ReportConfig(_Section):
     """Identification of the observatory for ADES output."""
 
     station: str = Field(
-        default="XXX", description="MPC observatory code (ADES stn). XXX = unassigned; set your own code."
+        default="XXX", description="MPC observatory code (ADES stn). XXX: taken from the header (MPCCODE/OBSCODE, or "
+        "'(NNN)' in ORIGIN/OBSERVAT) when there is one, else unassigned; set your own code."
     )
     observatory_name: str = Field(default="", description="Observatory name for the ADES header.")
     submitter: str = Field(default="ssodetect user", description="Submitter name for the ADES header.")

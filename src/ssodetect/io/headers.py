@@ -298,3 +298,20 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
     if not (1e-4 < scale < 3600):
         return None, f"WCS pixel scale {scale:.3g} arcsec/px is not plausible"
     return wcs, ""
+
+
+_CODE_IN_TEXT = re.compile(r"\(\s*([0-9A-Z][0-9A-Z]{2})\s*\)")
+
+
+def station_code(header, keys=("MPCCODE", "MPC-CODE", "MPC_CODE", "OBSCODE", "SITECODE", "STN")) -> str | None:
+    """MPC observatory code from a header: a code keyword, or a 3-character code in parentheses in
+    ``ORIGIN``/``OBSERVAT``/``SITENAME`` (e.g. 'MIT Wallace Astrophysical Observatory (810)'); None otherwise."""
+    for key in keys:
+        value = str(header.get(key, "")).strip().upper()
+        if re.fullmatch(r"[0-9A-Z][0-9A-Z]{2}", value):
+            return value
+    for key in ("OBSERVAT", "ORIGIN", "SITENAME"):
+        match = _CODE_IN_TEXT.search(str(header.get(key, "")))
+        if match:
+            return match.group(1)
+    return None

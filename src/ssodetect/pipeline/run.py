@@ -25,6 +25,7 @@ from ssodetect.config import Config, dump_toml
 from ssodetect.calibrate import build_masters
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
+from ssodetect.io.headers import station_code
 from ssodetect.columns import describe, empty_table
 from ssodetect.link import Tracklet, fit_linear_motion, link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
@@ -530,16 +531,22 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
     if result.streaks is not None:
         result.streaks.write(stage.file("streaks.ecsv"), format="ascii.ecsv")
     band = ""
+    report = config.report
     if len(result.observations):
         from astropy.io import fits
 
-        band = str(fits.getheader(result.observations["file"][0]).get("FILTER", "")).strip()
+        header = fits.getheader(result.observations["file"][0])
+        band = str(header.get("FILTER", "")).strip()
+        code = station_code(header)
+        if report.station == "XXX" and code:
+            log.info("observatory code %s from the header of %s", code, result.observations["file"][0])
+            report = report.model_copy(update={"station": code})
     # ADES carries astrometry only: positions on a relative WCS (frames registered to each other) are not
     relative = np.asarray(result.observations["wcs"]) == "relative" if len(result.observations) else np.zeros(0, bool)
     if relative.any():
         log.warning("%d observations on a relative WCS (no astrometric solution: give --refcat or frames with a WCS) "
                     "are left out of observations.psv; their pixel positions are in observations.ecsv", int(relative.sum()))
-    stage.file("observations.psv").write_text(ades_psv(result.observations[~relative], config.report, band=band))
+    stage.file("observations.psv").write_text(ades_psv(result.observations[~relative], report, band=band))
     stage.file("config.toml").write_text(dump_toml(config))
     provenance = {
         "software": _versions(),
