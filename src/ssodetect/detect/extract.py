@@ -57,6 +57,55 @@ DETECTION_COLUMNS = [
 ]
 
 
+def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: float, y0: float,
+                 sigma: float) -> tuple[float, float] | None:
+    """Centre of a point source by a least-squares fit of a pixel-integrated Gaussian PSF.
+
+    Masked pixels are left out of the fit (a windowed centroid would lean away from them).
+
+    Parameters
+    ----------
+    image, variance, mask : ndarray (ny, nx)
+        Background-subtracted image [ADU], its variance [ADU^2], unusable pixels.
+    x0, y0 : float
+        First guess [px, 0-based].
+    sigma : float
+        PSF Gaussian sigma [px] (fixed).  The core of a real PSF is fitted well enough for its
+        centre even where its wings are not Gaussian (no goodness-of-fit cut).
+
+    Returns
+    -------
+    (x, y) or None
+        None when the fit fails or finds no positive flux.
+    """
+    from scipy.optimize import least_squares
+    from scipy.special import erf
+
+    half = int(math.ceil(3.0 * sigma)) + 1
+    ny, nx = image.shape
+    ix, iy = int(round(x0)), int(round(y0))
+    xa, xb, ya, yb = max(ix - half, 0), min(ix + half + 1, nx), max(iy - half, 0), min(iy + half + 1, ny)
+    stamp, var = image[ya:yb, xa:xb], variance[ya:yb, xa:xb]
+    good = ~mask[ya:yb, xa:xb] & np.isfinite(stamp) & (var > 0)
+    if good.sum() < 8:
+        return None
+    ex = np.arange(xa, xb + 1) - 0.5
+    ey = np.arange(ya, yb + 1) - 0.5
+    root2 = math.sqrt(2.0) * sigma
+    weight = 1.0 / np.sqrt(var[good])
+
+    def resid(p):
+        px = np.diff(0.5 * erf((ex - p[0]) / root2))
+        py = np.diff(0.5 * erf((ey - p[1]) / root2))
+        return ((p[2] * np.outer(py, px) + p[3])[good] - stamp[good]) * weight
+
+    flux0 = max(float(np.nansum(np.where(good, stamp, 0.0))), 1.0)
+    fit = least_squares(resid, [x0, y0, flux0, 0.0], method="lm", max_nfev=200)
+    if not fit.success or fit.x[2] <= 0:
+        return None
+    return float(fit.x[0]), float(fit.x[1])
+
+
 def _compact_cores(work, work64, variance, mask, objects, x, y, length, theta, psf_sigma, gain):
     """Elongated footprints that are a compact core on fainter extended light (a mover crossing a faint
     galaxy, a star on nebulosity): the windowed centroid started from the footprint's peak, kept
@@ -247,6 +296,23 @@ def extract_sources(
     length[core] = 0.0
     a[core] = b[core] = psf_sigma
     info["n_cores"] = int(core.sum())
+    # a masked pixel inside or next to the footprint (segment ids are 1-based)
+    near_mask = np.zeros(x.size, bool)
+    if detector_mask.any():
+        seg_ids = np.unique(segmap[binary_dilation(detector_mask, iterations=1)])
+        seg_ids = seg_ids[seg_ids > 0]
+        near_mask[seg_ids - 1] = True
+    # masked pixels in a compact source's core bias its windowed centroid; a PSF fit that skips them does not
+    refit = np.nonzero(near_mask & (length < 4.0 * psf_sigma / FWHM_TO_SIGMA))[0]
+    n_refit = 0
+    for k in refit:
+        fitted = psf_centroid(work64, variance, m, float(x[k]), float(y[k]), psf_sigma)
+        if fitted is not None and math.hypot(fitted[0] - x[k], fitted[1] - y[k]) < 2.0 * psf_sigma:
+            x[k], y[k] = fitted
+            length[k] = 0.0
+            a[k] = b[k] = psf_sigma
+            n_refit += 1
+    info["n_psf_refit"] = n_refit
     # pill-shaped aperture: PSF-sized radius, stretched along trails
     r_ap = config.aperture_radius_fwhm * psf_sigma / FWHM_TO_SIGMA
     semi_major = r_ap + 0.5 * length
@@ -255,12 +321,6 @@ def extract_sources(
     )
     chi2_p, chi2_s, _ = shape_chi2(work64, variance, m, x, y, length, theta, psf_sigma, gain)
     chi2_b, _, _ = shape_chi2(work64, variance, m, x, y, length, theta, 2.0 * psf_sigma, gain)
-    # a masked pixel inside or next to the footprint (segment ids are 1-based)
-    near_mask = np.zeros(x.size, bool)
-    if detector_mask.any():
-        seg_ids = np.unique(segmap[binary_dilation(detector_mask, iterations=1)])
-        seg_ids = seg_ids[seg_ids > 0]
-        near_mask[seg_ids - 1] = True
     kind = np.full(x.size, "point", dtype="U10")
     kind[length >= 2.0 * psf_sigma / FWHM_TO_SIGMA] = "trail"
     # extended (galaxies): the broad model wins by a margin and by a fraction of SNR^2; only below
