@@ -125,12 +125,20 @@ def test_registration_recovers_an_affine_and_places_frames_consistently():
     truth = grid @ matrix.T + offset
     assert np.max(np.hypot(*(reg.apply(grid) - truth).T)) < 0.05
     # a star has one sky position whichever frame it is measured on
-    w_ref = relative_wcs((1000, 1000), (60.0, 20.0), 1.2)
-    w_src = relative_wcs((1000, 1000), (60.0, 20.0), 1.2, reg)
-    ra1, dec1 = w_ref.all_pix2world(ref[keep][:, 0], ref[keep][:, 1], 0)
-    ra2, dec2 = w_src.all_pix2world(src[keep][:, 0], src[keep][:, 1], 0)
-    sep = np.hypot((ra1 - ra2) * math.cos(math.radians(20.0)), dec1 - dec2) * 3600.0
+    from ssodetect.astrometry.register import Registration
+    from ssodetect.pipeline.astrometry import place_on_reference
+
+    def table(xy):
+        n = len(xy)
+        return Table({"x": xy[:, 0], "y": xy[:, 1], "theta": np.zeros(n), "length": np.zeros(n), "cut": np.zeros(n, int),
+                      "x_err": np.full(n, 0.05), "y_err": np.full(n, 0.05)})
+
+    grid = relative_wcs((1000, 1000), (60.0, 20.0), 1.2)
+    on_ref = place_on_reference(table(ref[keep]), Registration(np.eye(2), np.zeros(2), 0, 0.0), grid, "relative")
+    on_src = place_on_reference(table(src[keep]), reg, grid, "relative")
+    sep = np.hypot((on_ref["ra"] - on_src["ra"]) * math.cos(math.radians(20.0)), on_ref["dec"] - on_src["dec"]) * 3600.0
     assert float(np.median(sep)) < 0.1 * 1.2  # < 0.1 px
+    assert set(on_src["wcs"]) == {"relative"} and np.allclose(on_src["x"], src[keep][:, 0])  # own pixels kept
     # an unrelated star list does not register
     assert register_to_reference(rng.uniform(0, 1000, (60, 2)), ref) is None
 
@@ -183,3 +191,15 @@ def test_calibrate_command_writes_masters_that_runs_reuse(tmp_path):
     assert np.allclose(image.data, calibrated, atol=1e-3)
     # nothing to calibrate with: a one-line error, exit code 2
     assert main(["calibrate", str(light), "--out", str(tmp_path / "none")]) == 2
+
+
+def test_reference_wcs_errors_name_the_file(tmp_path):
+    from ssodetect.errors import ConfigError
+    from ssodetect.pipeline.astrometry import load_reference_wcs
+
+    with pytest.raises(ConfigError, match="missing.wcs"):
+        load_reference_wcs(str(tmp_path / "missing.wcs"))
+    plain = tmp_path / "plain.fits"
+    fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(plain)
+    with pytest.raises(ConfigError, match="plain.fits: no celestial WCS"):
+        load_reference_wcs(str(plain))

@@ -142,3 +142,14 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
     assert not any(line.startswith(("SD", "  SD")) or "|SD0" in line for line in psv)
     info = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert all(c["registration"]["status"] == "ok" for c in info["ccds"])
+    # a WCS for one frame (say, from astrometry.net) gives every registered frame real sky positions
+    original = sorted(sim.glob("*.fits"))[2]
+    fits.Header(fits.getheader(original)).totextfile(tmp_path / "frame2.head")
+    config.astrometry.reference_wcs = str(tmp_path / "frame2.head")
+    config.astrometry.reference_frame = original.name
+    placed = run_pipeline([bare], tmp_path / "out_wcs", config)
+    assert set(placed.observations["wcs"]) == {"user"}
+    ev = evaluate_run(placed.observations, truth)
+    assert ev.completeness_bright >= 0.8 and ev.median_residual_bright < 0.05  # arcsec, through one header WCS
+    psv = (tmp_path / "out_wcs" / "observations.psv").read_text()
+    assert psv.count("SD0") == len(placed.observations)  # now ADES rows

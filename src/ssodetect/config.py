@@ -255,6 +255,15 @@ class AstrometryConfig(_Section):
         "their stars and placed on a relative WCS: movers are linked and reported in pixels and relative positions "
         "(wcs = relative, no ADES).",
     )
+    reference_wcs: str = Field(
+        default="",
+        description="For frames without WCS: a FITS file or text header (.wcs from astrometry.net, .head from SCAMP) "
+        "with the WCS of one frame (reference_frame); the others are registered to it and get real sky positions "
+        "(wcs = user, written to ADES).",
+    )
+    reference_frame: str = Field(
+        default="", description="File name of the frame reference_wcs belongs to (default: the first frame in time)."
+    )
     register_pixel_scale: float = Field(
         default=1.0, gt=0,
         description="Pixel scale [arcsec/px] of the relative WCS when the header gives none (PIXSCALE, XPIXSZ/FOCALLEN).",

@@ -160,28 +160,18 @@ def nominal_pixel_scale(header, default: float) -> float:
     return default
 
 
-def relative_wcs(shape: tuple[int, int], pointing: tuple[float, float], scale: float,
-                 registration: Registration | None = None) -> WCS:
-    """TAN WCS of a frame registered onto the reference frame's grid.
+def relative_wcs(shape: tuple[int, int], pointing: tuple[float, float], scale: float) -> WCS:
+    """TAN WCS placing a reference frame's pixel grid on the sky.
 
-    The reference grid's centre sits at ``pointing`` [deg], with ``scale`` [arcsec/px],
-    North up, East left; ``registration`` maps the frame's pixels onto that grid
-    (identity for the reference frame itself).
+    The grid's centre sits at ``pointing`` [deg], with ``scale`` [arcsec/px], North up, East left.
+    Frames registered onto this grid go through it at their registered pixel positions.
     """
     ny, nx = shape
     wcs = WCS(naxis=2)
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     wcs.wcs.crval = [pointing[0], pointing[1]]
-    cd_ref = np.array([[-scale / 3600.0, 0.0], [0.0, scale / 3600.0]])
-    centre_ref = np.array([(nx - 1) / 2.0, (ny - 1) / 2.0])
-    if registration is None:
-        matrix, offset = np.eye(2), np.zeros(2)
-    else:
-        matrix, offset = registration.matrix, registration.offset
-    # frame pixel p maps to reference pixel matrix @ p + offset; CRPIX is where that equals the centre
-    crpix0 = np.linalg.solve(matrix, centre_ref - offset)
-    wcs.wcs.crpix = crpix0 + 1.0
-    wcs.wcs.cd = cd_ref @ matrix
+    wcs.wcs.cd = np.array([[-scale / 3600.0, 0.0], [0.0, scale / 3600.0]])
+    wcs.wcs.crpix = [(nx - 1) / 2.0 + 1.0, (ny - 1) / 2.0 + 1.0]
     wcs.pixel_shape = (nx, ny)
     return wcs
 

@@ -32,10 +32,13 @@ from ssodetect.astrometry.register import (
 from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, ExposureStars, pixel_scale, solve_ccd, star_like
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
+from ssodetect.errors import ConfigError
 from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
 
 __all__ = [
+    "load_reference_wcs",
+    "place_on_reference",
     "register_unplaced",
     "SolveTask",
     "astrometry_tasks",
@@ -213,13 +216,73 @@ def write_refined_headers(path: Path, solutions, stage, formats) -> None:
             copy.writeto(stage.file(f"{stem}.fits"))
 
 
+def load_reference_wcs(path: str) -> WCS:
+    """The celestial WCS in a FITS file (first HDU with one) or a text header file.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file or no celestial WCS in it (names the file).
+    """
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(2880)
+        size = Path(path).stat().st_size
+        if start.startswith(b"SIMPLE  =") and size % 2880 == 0:
+            with fits.open(path) as hdul:
+                headers = [hdu.header.copy() for hdu in hdul]
+        else:  # a text header, one card per line (SCAMP .head)
+            headers = [fits.Header.fromtextfile(path)]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the reference WCS ({exc})") from None
+    for header in headers:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header, relax=True)
+        if wcs.has_celestial:
+            return wcs.celestial
+    raise ConfigError(f"{path}: no celestial WCS in the reference WCS file")
+
+
+def _reference_position(members: list[int], tasks: list, name: str) -> int:
+    """Index in ``members`` of the frame named ``name`` (file name), or of the first one in time."""
+    if not name:
+        return int(np.argmin([tasks[k].mjd for k in members]))
+    for pos, k in enumerate(members):
+        if Path(tasks[k].path).name == name:
+            return pos
+    raise ConfigError(f"{name}: reference_frame is not among the frames without WCS")
+
+
+def place_on_reference(table: Table, reg: Registration, wcs, label: str) -> Table:
+    """Sky columns of a registered frame's detections through the reference frame's WCS.
+
+    Positions, trail directions and lengths are mapped onto the reference frame's pixels by the
+    registration and go through ``wcs`` there (exact for any WCS, SIP included); the table keeps
+    its own pixel positions.
+    """
+    moved = table.copy()
+    xy = reg.apply(np.column_stack([np.asarray(table["x"], float), np.asarray(table["y"], float)]))
+    moved["x"], moved["y"] = xy[:, 0], xy[:, 1]
+    theta = np.asarray(table["theta"], float)
+    axis = np.column_stack([np.cos(theta), np.sin(theta)]) @ reg.matrix.T
+    moved["theta"] = np.arctan2(axis[:, 1], axis[:, 0])
+    moved["length"] = np.asarray(table["length"], float) * np.hypot(axis[:, 0], axis[:, 1])
+    set_sky_positions(moved, wcs, label)
+    out = table.copy()
+    for name in ("ra", "dec", "trail_arcsec", "trail_pa", "cut_pa", "wcs", "pixel_scale", "ra_err", "dec_err"):
+        out[name] = moved[name]
+    return out
+
+
 def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], config: Config) -> list[Table]:
     """Place CCD tables that have no sky coordinates on relative WCSs registered between frames.
 
     Tables whose detections all have ``wcs == "none"`` are grouped by CCD; the frame with the
     most stars is the reference, every other one is registered onto it
     (:func:`ssodetect.astrometry.register.register_to_reference`) and its positions computed
-    through :func:`ssodetect.astrometry.register.relative_wcs` (``wcs = "relative"``).
+    through :func:`ssodetect.astrometry.register.relative_wcs` (``wcs = "relative"``), or through
+    the WCS given in ``[astrometry] reference_wcs`` for ``reference_frame`` (``wcs = "user"``).
     Frames that cannot be registered are emptied (logged with the reason).  ``infos`` gain a
     ``registration`` entry.  Returns the tables in the same order.
     """
@@ -240,12 +303,19 @@ def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], confi
                              & (np.asarray(table["snr"], float) >= 0.5 * config.astrometry.min_snr))[0]
             sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
             stars.append(np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]]))
-        ref_pos = int(np.argmax([len(s) for s in stars]))
+        user_wcs = load_reference_wcs(config.astrometry.reference_wcs) if config.astrometry.reference_wcs else None
+        if user_wcs is not None:
+            ref_pos = _reference_position(members, tasks, config.astrometry.reference_frame)
+        else:
+            ref_pos = int(np.argmax([len(s) for s in stars]))
         ref_task = tasks[members[ref_pos]]
         header = fits.getheader(ref_task.path, ref_task.sci)
         pointing = header_pointing(header) or (0.0, 0.0)
         scale = nominal_pixel_scale(header, config.astrometry.register_pixel_scale)
         shape = tuple(infos[members[ref_pos]].get("shape", (0, 0)))
+        grid, label = (user_wcs, "user") if user_wcs is not None else (relative_wcs(shape, pointing, scale), "relative")
+        if user_wcs is not None:
+            scale = float(np.sqrt(abs(np.linalg.det(user_wcs.celestial.pixel_scale_matrix)))) * 3600.0
         index = PatternIndex(stars[ref_pos], n_ref=40)
         regs = []
         for pos, k in enumerate(members):
@@ -261,11 +331,11 @@ def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], confi
                 infos[k]["registration"] = {"status": "failed", "reference": ref_task.path, "stars": len(stars[pos])}
                 out[k] = tables[k][:0]
                 continue
-            table = tables[k].copy()
-            set_sky_positions(table, relative_wcs(shape, pointing, scale, reg), "relative")
-            out[k] = table
+            out[k] = place_on_reference(tables[k], reg, grid, label)
             infos[k]["registration"] = {"status": "ok", "reference": ref_task.path, "stars": reg.n_stars,
                                         "rms_px": reg.rms, "shift_px": [float(v) for v in reg.offset]}
-        log.info("CCD %s without WCS: %s (reference %s; relative positions at %.3f\"/px, no astrometry)",
-                 ccd, registration_summary(regs), ref_task.path, scale)
+        what = (f"sky positions through {config.astrometry.reference_wcs}" if user_wcs is not None
+                else "relative positions, no astrometry")
+        log.info("CCD %s without WCS: %s (reference %s; %s, %.3f\"/px)", ccd, registration_summary(regs),
+                 ref_task.path, what, scale)
     return out
