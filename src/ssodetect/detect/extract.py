@@ -303,15 +303,26 @@ def extract_sources(
         seg_ids = seg_ids[seg_ids > 0]
         near_mask[seg_ids - 1] = True
     # masked pixels in a compact source's core bias its windowed centroid; a PSF fit that skips them does not
-    refit = np.nonzero(near_mask & (length < 4.0 * psf_sigma / FWHM_TO_SIGMA))[0]
+    # (masked pixels also stretch the footprint's moments: up to 8 FWHM, a source counts as compact when a
+    # point PSF at the fitted centre fits, per pixel, better than the trail model of its footprint)
+    fwhm = psf_sigma / FWHM_TO_SIGMA
+    refit = np.nonzero(near_mask & (length < 8.0 * fwhm))[0]
     n_refit = 0
     for k in refit:
         fitted = psf_centroid(work64, variance, m, float(x[k]), float(y[k]), psf_sigma)
-        if fitted is not None and math.hypot(fitted[0] - x[k], fitted[1] - y[k]) < 2.0 * psf_sigma:
-            x[k], y[k] = fitted
-            length[k] = 0.0
-            a[k] = b[k] = psf_sigma
-            n_refit += 1
+        if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
+            continue
+        if length[k] >= 4.0 * fwhm:
+            c_point, _, n_point = shape_chi2(work64, variance, m, np.array([fitted[0]]), np.array([fitted[1]]),
+                                             np.zeros(1), theta[k : k + 1], psf_sigma, gain)
+            c_trail, _, n_trail = shape_chi2(work64, variance, m, x[k : k + 1], y[k : k + 1], length[k : k + 1],
+                                             theta[k : k + 1], psf_sigma, gain)
+            if not c_point[0] / max(n_point[0] - 3, 1) < c_trail[0] / max(n_trail[0] - 5, 1):
+                continue
+        x[k], y[k] = fitted
+        length[k] = 0.0
+        a[k] = b[k] = psf_sigma
+        n_refit += 1
     info["n_psf_refit"] = n_refit
     # pill-shaped aperture: PSF-sized radius, stretched along trails
     r_ap = config.aperture_radius_fwhm * psf_sigma / FWHM_TO_SIGMA
