@@ -92,3 +92,30 @@ def test_missing_input_and_bad_config(tmp_path, capsys):
     cfg.write_text("[detect]\nthreshold = -1\n")
     code, err = _run_cli(capsys, tmp_path, "--out", tmp_path / "out", "--config", cfg)
     assert code == 2 and "c.toml" in err[0]
+
+
+def test_no_wcs_and_nothing_to_place_the_frame(scene, tmp_path, capsys):
+    src = _copy(scene, tmp_path)
+    target = src / "exp_01.fits"
+    with fits.open(target, mode="update") as hdul:
+        for hdu in hdul[1:]:
+            for key in [k for k in hdu.header if k.startswith(("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_"))]:
+                del hdu.header[key]
+    (tmp_path / "c.toml").write_text("[astrometry]\nregister_frames = false\n")
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, src, "--out", out, "--config", tmp_path / "c.toml")
+    assert code == 2 and len(err) == 1 and "exp_01.fits" in err[0] and "WCS" in err[0]
+    assert not out.exists()
+
+
+def test_bad_reference_wcs(scene, tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(f'[astrometry]\nreference_wcs = "{tmp_path / "nowhere.wcs"}"\n')
+    src = _copy(scene, tmp_path)
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        for hdu in hdul[1:]:
+            for key in [k for k in hdu.header if k.startswith(("CTYPE", "CRVAL", "CRPIX", "CD1_", "CD2_"))]:
+                del hdu.header[key]
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, src, "--out", out, "--config", tmp_path / "c.toml")
+    assert code == 2 and len(err) == 1 and "nowhere.wcs" in err[0]
+    assert not out.exists()

@@ -214,3 +214,33 @@ def test_trailed_star_astrometry_recovers_the_pointing(tmp_path):
     config.astrometry.trailed_stars = False
     plain = run_astrometry([sim], tmp_path / "out2", sim / "refcat.ecsv", config)
     assert np.all(plain["status"] == "failed")
+
+
+def test_a_trail_cut_by_the_edge_is_moved_to_the_mid_exposure_position():
+    from ssodetect.astrometry.tangent import TangentPlane
+    from ssodetect.link.tracklets import fit_linear_motion
+    from ssodetect.pipeline.run import _restore_cut_centres
+
+    exptime, rate, scale = 566.0, 120.0, 0.1  # arcsec/h; the true trail is 18.87" = 188.7 px along +x (East = -x)
+    plane = TangentPlane(150.0, 25.0)
+    t = np.array([0.0, 1100.0 / 3600.0])
+    xi, eta = -rate * t, np.zeros(2)  # moving West: +x on a North-up, East-left detector
+    whole = rate * exptime / 3600.0
+    visible = 0.6 * whole  # the second trail runs off the detector towards +x: its visible centre lags
+    xi_seen = xi.copy()
+    xi_seen[1] = xi[1] + 0.5 * (whole - visible)
+    ra, dec = plane.to_sky(xi_seen, eta)
+    trails = Table({"xi": xi_seen, "eta": eta, "ra": ra, "dec": dec, "t_hours": t, "exptime": np.full(2, exptime),
+                    "trail_arcsec": [whole, visible], "cut_pa": [np.nan, 270.0], "cut": [0, 1],
+                    "pixel_scale": np.full(2, scale), "x": [500.0, 2000.0], "y": [500.0, 500.0], "theta": [0.0, 0.0],
+                    "ra_err": np.full(2, 0.01), "dec_err": np.full(2, 0.01), "sigma": np.full(2, 0.01)})
+    params, cov, chi2, t_ref = fit_linear_motion(t, xi_seen, eta, np.full(2, 0.01))
+    from ssodetect.link.tracklets import Tracklet
+
+    trk = Tracklet((0, 1), params[0], params[1], params[2], params[3], cov, chi2, 0, t_ref)
+    fixed = _restore_cut_centres(trails, trk, plane)
+    # back to the true mid-exposure position (the cut centre biased the first rate; iterations remove it)
+    assert abs(trails["xi"][1] - xi[1]) < 0.01
+    assert abs(trails["x"][1] - (2000.0 + 0.5 * (whole - visible) / scale)) < 0.1
+    assert trails["ra_err"][1] > 0.5 * (whole - visible) * 0.9 and trails["ra_err"][0] == 0.01
+    assert abs(math.hypot(fixed.vx, fixed.vy) - rate) < abs(math.hypot(trk.vx, trk.vy) - rate)
