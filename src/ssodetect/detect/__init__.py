@@ -1,7 +1,7 @@
 """Background, source extraction and per-detection classification."""
 from ssodetect.detect.background import estimate_background
 from ssodetect.detect.extract import DETECTION_COLUMNS, empty_detections, extract_sources, gaussian_kernel, measure_psf_sigma
-from ssodetect.detect.shape import shape_chi2, shape_chi2_reference
+from ssodetect.detect.shape import psf_photometry, psf_photometry_reference, shape_chi2, shape_chi2_reference
 
 __all__ = [
     "estimate_background",
@@ -10,6 +10,8 @@ __all__ = [
     "extract_sources",
     "gaussian_kernel",
     "measure_psf_sigma",
+    "psf_photometry",
+    "psf_photometry_reference",
     "shape_chi2",
     "shape_chi2_reference",
 ]

@@ -23,7 +23,7 @@ from scipy.ndimage import binary_dilation
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import DetectConfig
 from ssodetect.detect.cosmics import sharp_pixel_mask
-from ssodetect.detect.shape import shape_chi2
+from ssodetect.detect.shape import psf_photometry, shape_chi2
 
 __all__ = ["DETECTION_COLUMNS", "empty_detections", "gaussian_kernel", "measure_psf_sigma", "extract_sources"]
 
@@ -132,7 +132,7 @@ def _compact_cores(work, work64, variance, mask, objects, x, y, length, theta, p
         # a clean trail (fitted well by its own model) stays a trail even where it crosses a star
         better = (c_point / np.maximum(n_point - 3, 1) < per_trail) & (per_trail > 2.0)
         moved = np.hypot(xw - x[wide], yw - y[wide]) > psf_sigma
-        pick = good & better & moved & np.isfinite(c_point)
+        pick = good & better & np.isfinite(c_point)
         core[wide[pick]] = True
         xq[wide], yq[wide] = xw, yw
     return core, xq, yq
@@ -362,6 +362,12 @@ def extract_sources(
     flux = flux * apcor
     flux_err = flux_err * apcor
     snr = np.where(flux_err > 0, flux / np.maximum(flux_err, 1e-12), 0.0)
+    # significance: the PSF-weighted (optimal) flux's S/N, which the wide photometric aperture loses
+    # for faint sources (about 2x at the detection limit); never below the aperture's S/N (a trail
+    # longer than the fit stamp, a galaxy)
+    psf_flux, psf_err = psf_photometry(work64, variance, m, x, y, length, theta, psf_sigma, gain)
+    snr_psf = np.where(np.isfinite(psf_flux) & (psf_err > 0), psf_flux / np.where(psf_err > 0, psf_err, 1.0), 0.0)
+    snr = np.maximum(snr, snr_psf)
     # centroid uncertainty: the background-limited bound sqrt(2) sigma / SNR with sigma the source's
     # rms size across and along its major axis (the PSF for point sources; longer along trails,
     # larger for galaxies)

@@ -15,6 +15,11 @@ Each fit has one free amplitude; the pixel variance combines the noise map and
 the Poisson noise of the model.  ``chi2_psf - chi2_sharp`` is large and positive
 for cosmic rays and hot pixels, negative for PSF-like and extended sources.
 
+The PSF fit's amplitude is also the optimal (PSF-weighted) flux of the source
+(:func:`psf_photometry`): its signal-to-noise ratio is the detection's
+significance, which an aperture large enough for accurate magnitudes loses by a
+factor of about two for faint sources.
+
 The kernel is numba-compiled; :func:`shape_chi2_reference` is the plain numpy
 twin used by the parity test.  Pixel convention: 0-based, images ``[y, x]``.
 """
@@ -26,7 +31,7 @@ import numba
 import numpy as np
 from scipy.special import erf
 
-__all__ = ["shape_chi2", "shape_chi2_reference", "SHARP_SIGMA", "MAX_HALF"]
+__all__ = ["shape_chi2", "shape_chi2_reference", "psf_photometry", "psf_photometry_reference", "SHARP_SIGMA", "MAX_HALF"]
 
 SHARP_SIGMA = 0.3
 MIN_HALF = 2
@@ -57,7 +62,10 @@ def _model_reference(x, y, length, theta, sigma, x0, y0, n):
 
 
 def _fit_reference(d, v_base, model, gain):
-    """Chi2 of ``d ~ A * model`` with variance ``v_base + A*model/gain`` (two iterations)."""
+    """Fit ``d ~ A * model`` with variance ``v_base + A*model/gain`` (two iterations).
+
+    Returns ``(chi2, A, sigma_A)``.
+    """
     var = v_base.copy()
     amp = 0.0
     for _ in range(2):
@@ -65,7 +73,32 @@ def _fit_reference(d, v_base, model, gain):
         denom = np.sum(w * model * model)
         amp = np.sum(w * model * d) / denom if denom > 0 else 0.0
         var = v_base + np.clip(amp * model, 0, None) / gain
-    return float(np.sum((d - amp * model) ** 2 / var))
+    denom = np.sum(model * model / var)
+    err = 1.0 / math.sqrt(denom) if denom > 0 else math.nan
+    return float(np.sum((d - amp * model) ** 2 / var)), float(amp), err
+
+
+def _stamps_reference(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain):
+    """Per detection: PSF fit ``(chi2, A, sigma_A)``, sharp fit ``chi2`` and pixels used (None: no stamp)."""
+    ny, nx = image.shape
+    for k in range(len(xs)):
+        x, y, length, theta = float(xs[k]), float(ys[k]), float(lengths[k]), float(thetas[k])
+        half = _half_size(length)
+        n = 2 * half + 1
+        ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
+        x0, y0 = ix - half, iy - half
+        if x0 < 0 or y0 < 0 or x0 + n > nx or y0 + n > ny:
+            yield None
+            continue
+        d = image[y0 : y0 + n, x0 : x0 + n].astype(float)
+        v = variance[y0 : y0 + n, x0 : x0 + n].astype(float)
+        good = ~mask[y0 : y0 + n, x0 : x0 + n]
+        if good.sum() < 6:
+            yield None
+            continue
+        mp = _model_reference(x, y, length, theta, psf_sigma, x0, y0, n)
+        ms = _model_reference(x, y, length, theta, SHARP_SIGMA, x0, y0, n)
+        yield _fit_reference(d[good], v[good], mp[good], gain), _fit_reference(d[good], v[good], ms[good], gain)[0], int(good.sum())
 
 
 def shape_chi2_reference(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
@@ -96,30 +129,24 @@ def shape_chi2_reference(image, variance, mask, xs, ys, lengths, thetas, psf_sig
     npix : ndarray (n,) int
         Number of pixels used.
     """
-    ny, nx = image.shape
     count = len(xs)
     out_p = np.full(count, np.nan)
     out_s = np.full(count, np.nan)
     npix = np.zeros(count, np.int64)
-    for k in range(count):
-        x, y, length, theta = float(xs[k]), float(ys[k]), float(lengths[k]), float(thetas[k])
-        half = _half_size(length)
-        n = 2 * half + 1
-        ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
-        x0, y0 = ix - half, iy - half
-        if x0 < 0 or y0 < 0 or x0 + n > nx or y0 + n > ny:
-            continue
-        d = image[y0 : y0 + n, x0 : x0 + n].astype(float)
-        v = variance[y0 : y0 + n, x0 : x0 + n].astype(float)
-        good = ~mask[y0 : y0 + n, x0 : x0 + n]
-        if good.sum() < 6:
-            continue
-        mp = _model_reference(x, y, length, theta, psf_sigma, x0, y0, n)
-        ms = _model_reference(x, y, length, theta, SHARP_SIGMA, x0, y0, n)
-        out_p[k] = _fit_reference(d[good], v[good], mp[good], gain)
-        out_s[k] = _fit_reference(d[good], v[good], ms[good], gain)
-        npix[k] = good.sum()
+    for k, fit in enumerate(_stamps_reference(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain)):
+        if fit is not None:
+            out_p[k], out_s[k], npix[k] = fit[0][0], fit[1], fit[2]
     return out_p, out_s, npix
+
+
+def psf_photometry_reference(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
+    """Numpy reference of :func:`psf_photometry`."""
+    flux = np.full(len(xs), np.nan)
+    err = np.full(len(xs), np.nan)
+    for k, fit in enumerate(_stamps_reference(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain)):
+        if fit is not None:
+            flux[k], err[k] = fit[0][1], fit[0][2]
+    return flux, err
 
 
 @numba.njit(cache=True, nogil=True)
@@ -161,15 +188,18 @@ def _fit_nb(d, vb, model, good, m, gain, var):
             extra = amp * model[q]
             var[q] = vb[q] + (extra if extra > 0 else 0.0) / gain
     chi2 = 0.0
+    den = 0.0
     for q in range(m):
         if good[q]:
             r = d[q] - amp * model[q]
             chi2 += r * r / var[q]
-    return chi2
+            den += model[q] * model[q] / var[q]
+    err = 1.0 / math.sqrt(den) if den > 0 else math.nan
+    return chi2, amp, err
 
 
 @numba.njit(cache=True, nogil=True)
-def _shape_nb(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, sharp_sigma, gain, out_p, out_s, npix):
+def _shape_nb(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, sharp_sigma, gain, out_p, out_s, npix, out_a, out_e):
     ny, nx = image.shape
     nmax = 2 * MAX_HALF + 1
     px = np.empty(nmax)
@@ -205,20 +235,14 @@ def _shape_nb(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, sharp_s
             continue
         _model_nb(x, y, length, thetas[k], psf_sigma, x0, y0, n, SUB_STEP, mp, px, py)
         _model_nb(x, y, length, thetas[k], sharp_sigma, x0, y0, n, SUB_STEP, ms, px, py)
-        out_p[k] = _fit_nb(d, vb, mp, good, n * n, gain, var)
-        out_s[k] = _fit_nb(d, vb, ms, good, n * n, gain, var)
+        out_p[k], out_a[k], out_e[k] = _fit_nb(d, vb, mp, good, n * n, gain, var)
+        out_s[k] = _fit_nb(d, vb, ms, good, n * n, gain, var)[0]
         npix[k] = ngood
 
 
-def shape_chi2(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
-    """Chi-square of PSF and sharp fits per detection (numba kernel).
-
-    Same parameters and returns as :func:`shape_chi2_reference`.
-    """
+def _run_kernel(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain):
     xs = np.ascontiguousarray(xs, dtype=np.float64)
-    ys = np.ascontiguousarray(ys, dtype=np.float64)
-    out_p = np.full(xs.size, np.nan)
-    out_s = np.full(xs.size, np.nan)
+    out = [np.full(xs.size, np.nan) for _ in range(4)]
     npix = np.zeros(xs.size, np.int64)
     if xs.size:
         _shape_nb(
@@ -226,14 +250,40 @@ def shape_chi2(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float,
             np.ascontiguousarray(variance, dtype=np.float64),
             np.ascontiguousarray(mask, dtype=np.bool_),
             xs,
-            ys,
+            np.ascontiguousarray(ys, dtype=np.float64),
             np.ascontiguousarray(lengths, dtype=np.float64),
             np.ascontiguousarray(thetas, dtype=np.float64),
             float(psf_sigma),
             SHARP_SIGMA,
             float(gain),
-            out_p,
-            out_s,
+            out[0],
+            out[1],
             npix,
+            out[2],
+            out[3],
         )
-    return out_p, out_s, npix
+    return out[0], out[1], npix, out[2], out[3]
+
+
+def shape_chi2(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
+    """Chi-square of PSF and sharp fits per detection (numba kernel).
+
+    Same parameters and returns as :func:`shape_chi2_reference`.
+    """
+    return _run_kernel(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain)[:3]
+
+
+def psf_photometry(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
+    """PSF-weighted (optimal) flux at fixed positions: the amplitude of the PSF model of
+    :func:`shape_chi2` (a Gaussian swept along the trail) fitted to a stamp.
+
+    Parameters are those of :func:`shape_chi2_reference`.
+
+    Returns
+    -------
+    flux, flux_err : ndarray (n,)
+        Total flux of the Gaussian model and its 1-sigma error [ADU] (NaN where the stamp leaves
+        the image).  A real PSF's wings make ``flux`` a fixed fraction of the total: the caller
+        calibrates that ratio on bright stars; the ratio of the two is the detection's S/N.
+    """
+    return _run_kernel(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain)[3:]

@@ -295,26 +295,38 @@ def _streak_table(detections: Table, trails: Table, fast: list, names: list[str]
     return describe(table, STREAK_COLUMNS)
 
 
-def _vet_trail_lengths(tracklets, slow: Table, margin: float = 1.0) -> list:
-    """Drop slow tracklets whose detections are trailed far more than their motion allows (blends, deblended galaxies).
+def _vet_trail_lengths(tracklets, slow: Table, min_detections: int, margin: float = 1.0) -> list:
+    """Drop members (or whole slow tracklets) trailed far more than their motion allows.
 
-    A mover at rate ``r`` draws ``r * exptime`` in an exposure; the median measured trail of the
-    members may exceed that by ``margin`` [arcsec] or four times the members' minor-axis rms,
-    whichever is larger (short trails and seeing-limited blobs are measured coarsely).
+    A mover at rate ``r`` draws ``r * exptime`` in an exposure; a member's measured trail may exceed
+    that by ``margin`` [arcsec] or four times the members' median minor-axis rms, whichever is larger
+    (short trails and seeing-limited blobs are measured coarsely).  Longer members are blends (a slow
+    mover next to a star for part of a long sequence) whose footprint barycentre is biased: they are
+    removed and the motion refitted when at least ``min_detections`` and a third of the members stay;
+    otherwise the tracklet is dropped (a deblended galaxy or a string of blends).
     """
     trail = np.nan_to_num(np.asarray(slow["trail_arcsec"], float))
     exptime = np.asarray(slow["exptime"], float)
     # a blob's measured length is uncertain by a few PSF widths (seeing, blends): 4 minor-axis rms
     width = np.nan_to_num(np.asarray(slow["b"], float) * np.asarray(slow["pixel_scale"], float))
+    t_h, xi, eta = (np.asarray(slow[c], float) for c in ("t_hours", "xi", "eta"))
+    sigma = np.asarray(slow["sigma"], float)
     kept = []
     for trk in tracklets:
         idx = np.array(trk.members)
         slack = max(margin, 4.0 * float(np.median(width[idx])))
-        if np.median(trail[idx]) > trk.rate * float(np.median(exptime[idx])) / 3600.0 + slack:
+        ok = trail[idx] <= trk.rate * exptime[idx] / 3600.0 + slack
+        if ok.all():
+            kept.append(trk)
+            continue
+        if ok.sum() < max(min_detections, math.ceil(idx.size / 3.0)):
             log.debug("tracklet at (%.1f, %.1f) rejected: trails %.1f\" for %.1f\"/h", trk.x0, trk.y0,
                       float(np.median(trail[idx])), trk.rate)
             continue
-        kept.append(trk)
+        sub = idx[ok]
+        p, c, chi2, t_ref = fit_linear_motion(t_h[sub], xi[sub], eta[sub], sigma[sub])
+        log.debug("tracklet at (%.1f, %.1f): %d blended members removed", trk.x0, trk.y0, int((~ok).sum()))
+        kept.append(Tracklet(tuple(int(k) for k in sub), p[0], p[1], p[2], p[3], c, chi2, 2 * sub.size - 4, t_ref))
     return kept
 
 
@@ -506,7 +518,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
     )
     tracklets = _vet_occupancy(tracklets, slow, cand, exposures, config)
-    tracklets = _vet_trail_lengths(tracklets, slow)
+    tracklets = _vet_trail_lengths(tracklets, slow, lk.min_detections)
     snr = np.asarray(slow["snr"], float)
     tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]
     observations, objects = tracklet_tables(slow, tracklets, plane, t0_mjd=t0_mjd)
