@@ -92,3 +92,16 @@ def test_sharp_pixel_mask_hits_cosmics_not_sources():
     assert not hits[25:37, 25:37].any()  # the star
     assert not hits[25:42, 65:86].any()  # the trail
     assert hits.sum() < 12
+
+
+def test_sharp_pixel_mask_beside_masked_pixels():
+    """A star whose peak pixels are masked (NaN in the frame) is not turned into "hits" around the hole,
+    while a cosmic ray next to a masked pixel is still found from the directions it can be tested in."""
+    rng = np.random.default_rng(4)
+    img = _scene(rng)
+    mask = np.zeros(img.shape, bool)
+    mask[30:32, 29:31] = True  # the star's peak
+    mask[90, 31] = True  # beside the single-pixel hit
+    hits = sharp_pixel_mask(img, np.full(img.shape, 5.0), 0.75, mask=mask)
+    assert not hits[25:37, 25:37].any()
+    assert hits[90, 30]

@@ -168,6 +168,23 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from ssodetect.config import load_config
+    from ssodetect.io import OutputStage
+    from ssodetect.report.products import write_reports
+
+    outdir = Path(args.outdir)
+    for name in ("observations.ecsv", "objects.ecsv", "provenance.json"):
+        if not (outdir / name).is_file():
+            raise SSODetectError(f"{outdir}: not a finished ssodetect run ({name} is missing)")
+    config = load_config(args.config or (outdir / "config.toml" if (outdir / "config.toml").is_file() else None))
+    with OutputStage(outdir) as stage:
+        written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
+    for path in written:
+        print(outdir / path.name)
+    return 0
+
+
 def _config(args) -> int:
     from ssodetect.config import dump_toml, load_config
 
@@ -250,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-max", type=float, default=10.0)
     p.add_argument("--bright", type=float, default=23.5, help="magnitude limit of the bright completeness summary")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", parents=[common],
+                       help="rewrite a finished run's reports (ADES PSV/XML, MPC 80-column, report.html) from its outputs")
+    p.add_argument("outdir", help="run output directory")
+    p.add_argument("--config", default=None, help="TOML configuration (default: the run's config.toml); [report] applies")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("config", parents=[common], help="print the configuration")
     p.add_argument("--dump", action="store_true", help="print the full documented configuration (default action)")

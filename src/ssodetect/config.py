@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssodetect.errors import ConfigError
 
@@ -68,6 +68,10 @@ class IOConfig(_Section):
     )
     default_zeropoint: float = Field(
         default=25.0, description="Zero point used when the header has none [mag for 1 ADU/s]."
+    )
+    observer_position_keys: list[str] = Field(
+        default=["OBSPOS_X", "OBSPOS_Y", "OBSPOS_Z"],
+        description="Keywords with the geocentric ICRF position [km] of a space-based observatory at mid-exposure.",
     )
     frame_type_keys: list[str] = Field(
         default=["IMAGETYP", "OBSTYPE", "FRAMETYP", "IMAGTYPE"],
@@ -330,7 +334,7 @@ class CalibrateConfig(_Section):
 
 
 class ReportConfig(_Section):
-    """Identification of the observatory for ADES output."""
+    """What the reports say about the observatory, the people and the measurements (ADES header and fields)."""
 
     station: str = Field(
         default="XXX", description="MPC observatory code (ADES stn). XXX: taken from the header (MPCCODE/OBSCODE, or "
@@ -338,8 +342,39 @@ class ReportConfig(_Section):
     )
     observatory_name: str = Field(default="", description="Observatory name for the ADES header.")
     submitter: str = Field(default="ssodetect user", description="Submitter name for the ADES header.")
+    institution: str = Field(default="", description="Submitter's institution (ADES submitter/institution).")
+    observers: list[str] = Field(default=[], description="Observers' names (ADES observers).")
+    measurers: list[str] = Field(default=[], description="Measurers' names (ADES measurers; default: the submitter).")
+    telescope_name: str = Field(default="", description="Telescope name (ADES telescope/name).")
+    telescope_design: str = Field(default="Reflector", description="Telescope design (ADES telescope/design).")
+    telescope_aperture: float = Field(default=1.2, gt=0, description="Aperture [m] (ADES telescope/aperture).")
+    telescope_detector: str = Field(default="CCD", description="Detector type (ADES telescope/detector).")
+    telescope_f_ratio: float = Field(default=0.0, ge=0, description="Focal ratio (0: not written).")
+    funding_source: str = Field(default="", description="ADES fundingSource (empty: not written).")
+    comment: str = Field(default="", description="Free text for the ADES comment block.")
+    mode: str = Field(default="CCD", pattern=r"^[A-Za-z0-9_]{1,3}$", description="ADES mode (CCD, CMO, ...).")
     astcat: str = Field(default="Gaia3", description="Astrometric catalogue the WCS refers to (ADES astCat).")
+    photcat: str = Field(default="Gaia3", description="Photometric catalogue of the zeropoint (ADES photCat; empty: not written).")
     band: str = Field(default="", description="Photometric band for ADES (empty: the image filter keyword).")
+    time_decimals: int = Field(
+        default=3, ge=0, le=6,
+        description="Digits of seconds in obsTime: the precision of the frames' timing (3 = 1 ms; 0 = whole seconds).",
+    )
+    time_rms: float = Field(default=0.0, ge=0, description="Timing uncertainty [s] (ADES rmsTime; 0: not written).")
+    cutouts: bool = Field(default=True, description="Cut image stamps of every observation and bin a field overview "
+                          "(cutouts.fits, overview.fits) for the HTML report.")
+    cutout_size: int = Field(default=41, ge=9, le=401, description="Cutout side for point sources [px] (trails get longer ones).")
+    observer_position: list[float] = Field(
+        default=[], description="Geocentric ICRF position [km] (x, y, z) of a space-based observatory, used when the "
+        "frames' headers do not carry one (io.observer_position_keys); empty: ground-based.",
+    )
+
+    @field_validator("observer_position")
+    @classmethod
+    def _three(cls, value: list[float]) -> list[float]:
+        if value and len(value) != 3:
+            raise ValueError("observer_position needs three numbers (x, y, z) in km")
+        return value
 
 
 class ExecutionConfig(_Section):

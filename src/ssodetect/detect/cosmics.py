@@ -61,7 +61,8 @@ def sharp_pixel_mask(
     psf_sigma : float
         PSF Gaussian sigma [px].
     mask : ndarray (ny, nx) bool, optional
-        Pixels already unusable: never flagged, and treated as zero-valued neighbours.
+        Pixels already unusable: never flagged, and a direction in which a neighbour is unusable
+        is not tested (next to a masked stellar peak every pixel would otherwise look sharp).
     nsigma : float
         Significance of the excess over the PSF-allowed contrast.
     margin : float
@@ -80,16 +81,20 @@ def sharp_pixel_mask(
         v = np.where(mask, 0.0, v).astype(np.float32)
     r_axis, r_diag = psf_contrast(psf_sigma)
     pad = np.pad(v, 1, mode="edge")
+    bad = np.pad(np.asarray(mask, bool), 1, mode="edge") if mask is not None else None
     ny, nx = v.shape
 
-    def shifted(dy, dx):
-        return pad[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx]
+    def shifted(a, dy, dx):
+        return a[1 + dy : 1 + dy + ny, 1 + dx : 1 + dx + nx]
 
     flagged = np.zeros(v.shape, bool)
     for (dy, dx), ratio in (((0, 1), r_axis), ((1, 0), r_axis), ((1, 1), r_diag), ((1, -1), r_diag)):
         r = margin * ratio
-        pair = 0.5 * (shifted(dy, dx) + shifted(-dy, -dx))
-        flagged |= (v - r * pair) > nsigma * err * math.sqrt(1.0 + 0.5 * r * r)
+        pair = 0.5 * (shifted(pad, dy, dx) + shifted(pad, -dy, -dx))
+        sharp = (v - r * pair) > nsigma * err * math.sqrt(1.0 + 0.5 * r * r)
+        if bad is not None:
+            sharp &= ~(shifted(bad, dy, dx) | shifted(bad, -dy, -dx))
+        flagged |= sharp
     flagged &= v > nsigma * err
     if flagged.any():
         grown = binary_dilation(flagged, structure=np.ones((3, 3), bool))

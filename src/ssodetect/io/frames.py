@@ -65,6 +65,9 @@ class CCDRef:
         Index of the exposure in time order (set by :func:`group_exposures`).
     frame_type : str
         light, bias, dark or flat (from the header's type keyword).
+    observer : tuple of float or None
+        Geocentric ICRF position (x, y, z) [km] of a space-based observatory at mid-exposure, from
+        the header keywords ``io.observer_position_keys`` (None for ground-based frames).
     """
 
     path: str
@@ -79,6 +82,7 @@ class CCDRef:
     time_source: str
     exposure: int = -1
     frame_type: str = "light"
+    observer: tuple | None = None
 
 
 @dataclass
@@ -242,6 +246,7 @@ def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
                     time_source=obs.source,
                     frame_type=frame_type(header if any(k in header for k in config.frame_type_keys) else primary,
                                           config.frame_type_keys),
+                    observer=_observer_position(path, header, primary, config.observer_position_keys),
                 )
             )
         return refs
@@ -277,6 +282,20 @@ def scan_inputs(paths, config: IOConfig) -> list[CCDRef]:
                 "one instrument per run"
             )
     return refs
+
+
+def _observer_position(path, header, primary, keys) -> tuple | None:
+    """Spacecraft position [km] from three header keywords (extension first, then primary)."""
+    values = [header.get(k, primary.get(k)) for k in keys]
+    if all(v is None for v in values):
+        return None
+    try:
+        position = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: observer position keywords {', '.join(keys)} must all be numbers (km)") from None
+    if not all(np.isfinite(position)):
+        raise InputError(f"{path}: observer position keywords {', '.join(keys)} are not finite")
+    return position
 
 
 def group_exposures(refs: list[CCDRef], config: IOConfig, *, min_exposures: int = 3) -> list[Exposure]:

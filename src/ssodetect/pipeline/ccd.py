@@ -223,3 +223,18 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     info["t_total"] = time.perf_counter() - t_start
     log.debug("%s CCD %s: %d detections in %.2f s", ref.path, ref.ccd, n, info["t_total"])
     return table, info
+
+
+def subtracted_image(ref: CCDRef, config: Config, calibration=None) -> np.ndarray:
+    """The pixels of one CCD image as detection saw them: calibrated when ``calibration`` is given,
+    background subtracted, NaN where masked.  Shape (ny, nx), float32 [ADU]."""
+    image = read_ccd(ref, config.io)
+    if calibration is not None:
+        cc = config.calibrate
+        image = calibrate_ccd(image, calibration, overscan=cc.overscan, trim=cc.trim,
+                              saturation_keys=config.io.saturation_keys)
+    background, _, _ = estimate_background(image.data, mask=image.mask, box=config.detect.background_box,
+                                           filter_size=config.detect.background_filter)
+    data = (image.data - background).astype(np.float32)
+    data[image.mask] = np.nan
+    return data

@@ -38,9 +38,11 @@ from ssodetect.pipeline.astrometry import (
     wcs_from_header_string,
     write_refined_headers,
 )
-from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd
+from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
 from ssodetect.pipeline.executor import make_executor
-from ssodetect.report import ades_psv, tracklet_tables
+from ssodetect.report import tracklet_tables
+from ssodetect.report.cutouts import extract_cutouts
+from ssodetect.report.products import write_reports
 
 __all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates", "resolve_refcat"]
 
@@ -59,6 +61,8 @@ class RunResult:
     timings: dict = field(default_factory=dict)
     ccd_info: list = field(default_factory=list)
     outdir: Path | None = None
+    exposures: list = field(default_factory=list)
+    masters: dict = field(default_factory=dict)
 
 
 class _Process:
@@ -541,7 +545,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     astrometry = solution_table(solutions) if calibrate else None
     return RunResult(
         observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
-        streaks=streak_table,
+        streaks=streak_table, exposures=exposures, masters=masters,
     )
 
 
@@ -552,24 +556,16 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         result.astrometry.write(stage.file("astrometry.ecsv"), format="ascii.ecsv")
     if result.streaks is not None:
         result.streaks.write(stage.file("streaks.ecsv"), format="ascii.ecsv")
-    band = ""
-    report = config.report
-    if len(result.observations):
-        from astropy.io import fits
-
-        header = fits.getheader(result.observations["file"][0])
-        band = str(header.get("FILTER", "")).strip()
-        code = station_code(header)
-        if report.station == "XXX" and code:
-            log.info("observatory code %s from the header of %s", code, result.observations["file"][0])
-            report = report.model_copy(update={"station": code})
-    # ADES carries astrometry only: positions on a relative WCS (frames registered to each other) are not
-    relative = np.asarray(result.observations["wcs"]) == "relative" if len(result.observations) else np.zeros(0, bool)
-    if relative.any():
-        log.warning("%d observations on a relative WCS (no astrometric solution: give --refcat or frames with a WCS) "
-                    "are left out of observations.psv; their pixel positions are in observations.ecsv", int(relative.sum()))
-    stage.file("observations.psv").write_text(ades_psv(result.observations[~relative], report, band=band))
     stage.file("config.toml").write_text(dump_toml(config))
+    context = _report_context(result, config)
+    if config.report.cutouts and result.exposures:
+        cutouts, overview = extract_cutouts(
+            result.observations, result.exposures,
+            lambda ref: subtracted_image(ref, config, result.masters.get(ref.ccd)),
+            size=config.report.cutout_size,
+        )
+        cutouts.writeto(stage.file("cutouts.fits"))
+        overview.writeto(stage.file("overview.fits"))
     provenance = {
         "software": _versions(),
         "inputs": [str(p) for p in inputs],
@@ -578,8 +574,46 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         "n_objects": len(result.objects),
         "n_observations": len(result.observations),
         "ccds": [_jsonable(info) for info in result.ccd_info],
+        "report_context": _jsonable(context),
     }
     stage.file("provenance.json").write_text(json.dumps(provenance, indent=2))
+    write_reports(stage.path, stage.path, config, title=f"ssodetect run: {stage.outdir.resolve().name}")
+
+
+def _report_context(result: RunResult, config: Config) -> dict:
+    """What the reports need beyond the tables: observatory code, band, filter, seeing [arcsec] and
+    spacecraft position [km] per exposure, pixel scale [arcsec/px], detector format."""
+    context: dict = {"station": config.report.station, "band": "", "filter": "", "seeing": {}, "positions": {}}
+    refs = [r for e in result.exposures for r in e.ccds]
+    if refs:
+        from astropy.io import fits
+
+        header = fits.getheader(refs[0].path, refs[0].sci)
+        context["filter"] = refs[0].filter
+        context["band"] = str(refs[0].filter).strip()
+        code = station_code(header) or station_code(fits.getheader(refs[0].path, 0))
+        if config.report.station == "XXX" and code:
+            log.info("observatory code %s from the header of %s", code, refs[0].path)
+            context["station"] = code
+    fixed = tuple(config.report.observer_position) or None
+    for e in result.exposures:
+        position = next((r.observer for r in e.ccds if r.observer is not None), fixed)
+        if position is not None:
+            context["positions"][e.index] = list(position)
+    cand = result.candidates
+    scale = float(np.nanmedian(np.asarray(cand["pixel_scale"], float))) if cand is not None and len(cand) else float("nan")
+    if np.isfinite(scale):
+        context["pixel_scale"] = scale
+    fwhm: dict = {}
+    for info in result.ccd_info:
+        if info.get("psf_sigma") and np.isfinite(scale):
+            fwhm.setdefault(int(info["exposure"]), []).append(2.3548 * float(info["psf_sigma"]) * scale)
+    context["seeing"] = {k: float(np.median(v)) for k, v in fwhm.items()}
+    shapes = {tuple(info["shape"]) for info in result.ccd_info if info.get("shape")}
+    if len(shapes) == 1:
+        ny, nx = shapes.pop()
+        context["array_size"] = f"{nx}x{ny}"
+    return context
 
 
 def _jsonable(obj):

@@ -1,0 +1,159 @@
+"""Image products for people: per-object cutout sequences and binned field overviews.
+
+Cutouts are cut from the (calibrated) CCD images at each observation's position, one cube per
+object; the overview is each CCD of the first exposure binned to at most ``overview_size`` pixels.
+Both are written to FITS in the run's output directory (``cutouts.fits``, ``overview.fits``) so that
+reports can be regenerated from a finished run without its inputs.  Pixel convention: 0-based,
+``(ny, nx)`` arrays; stamp ``k`` of an object covers ``x0[k] .. x0[k] + size - 1`` on its CCD.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["cut_stamp", "bin_image", "extract_cutouts", "read_cutouts", "read_overview"]
+
+
+def cut_stamp(image: np.ndarray, x: float, y: float, size: int) -> tuple[np.ndarray, int, int]:
+    """A ``size`` x ``size`` stamp centred on pixel (x, y), NaN outside the image.
+
+    Returns
+    -------
+    stamp : ndarray (size, size) float32
+    x0, y0 : int
+        Image pixel of the stamp's first column and row.
+    """
+    half = size // 2
+    x0, y0 = int(math.floor(x + 0.5)) - half, int(math.floor(y + 0.5)) - half
+    stamp = np.full((size, size), np.nan, np.float32)
+    ny, nx = image.shape
+    xa, xb, ya, yb = max(x0, 0), min(x0 + size, nx), max(y0, 0), min(y0 + size, ny)
+    if xa < xb and ya < yb:
+        stamp[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
+    return stamp, x0, y0
+
+
+def bin_image(image: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
+    """Mean-bin an image by the smallest integer factor that fits ``max_size`` (NaN-aware).
+
+    Returns
+    -------
+    binned : ndarray float32
+    factor : int
+    """
+    ny, nx = image.shape
+    factor = max(1, int(math.ceil(max(ny, nx) / max_size)))
+    cy, cx = ny // factor * factor, nx // factor * factor
+    blocks = image[:cy, :cx].reshape(cy // factor, factor, cx // factor, factor)
+    with np.errstate(invalid="ignore"):
+        count = np.isfinite(blocks).sum(axis=(1, 3))
+        total = np.nansum(blocks, axis=(1, 3))
+        binned = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return binned.astype(np.float32), factor
+
+
+def extract_cutouts(observations: Table, exposures: list, read_image, *, size: int = 41, max_size: int = 201,
+                    overview_size: int = 1024) -> tuple[fits.HDUList, fits.HDUList]:
+    """Cut every observation's stamp and bin the first exposure's CCDs.
+
+    Parameters
+    ----------
+    observations : Table
+        ``observations.ecsv`` rows (``object, exposure, ccd, x, y, trail_length``).
+    exposures : list of Exposure
+        The run's exposures, for the CCD references.
+    read_image : callable
+        ``read_image(ref) -> ndarray (ny, nx)``: the calibrated, background-subtracted pixels.
+    size : int
+        Stamp side [px] for point sources; trailed objects get ``trail + size`` up to ``max_size``.
+    overview_size : int
+        Largest side of a binned overview image [px].
+
+    Returns
+    -------
+    cutouts : HDUList
+        One float32 cube (n_obs, s, s) per object (EXTNAME = object name) with a table HDU
+        ``<object>_INDEX`` giving for each plane the exposure, MJD and stamp origin.
+    overview : HDUList
+        One binned image per CCD of the first exposure (EXTNAME = CCD id, keyword ``BINNING``).
+    """
+    refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
+    wanted = defaultdict(list)
+    for k, row in enumerate(observations):
+        wanted[(int(row["exposure"]), str(row["ccd"]))].append(k)
+    first = exposures[0].index if exposures else None
+    for r in exposures[0].ccds if exposures else []:
+        wanted.setdefault((first, r.ccd), [])
+    sizes = {}
+    for name in np.unique(np.asarray(observations["object"])) if len(observations) else []:
+        rows = observations[np.asarray(observations["object"]) == name]
+        trail = np.nan_to_num(np.asarray(rows["trail_length"], float))
+        side = int(min(max_size, size + math.ceil(float(trail.max()) if trail.size else 0.0)))
+        sizes[str(name)] = side + (side + 1) % 2
+    planes: dict = {k: None for k in range(len(observations))}
+    overview = fits.HDUList([fits.PrimaryHDU()])
+    for (exposure, ccd), rows in sorted(wanted.items()):
+        ref = refs.get((exposure, ccd))
+        if ref is None:
+            continue
+        image = read_image(ref)
+        for k in rows:
+            row = observations[k]
+            planes[k] = cut_stamp(image, float(row["x"]), float(row["y"]), sizes[str(row["object"])])
+        if exposure == first:
+            binned, factor = bin_image(image, overview_size)
+            hdu = fits.ImageHDU(binned, name=str(ccd)[:68])
+            hdu.header["BINNING"] = (factor, "image pixels per overview pixel")
+            hdu.header["EXPOSURE"] = exposure
+            hdu.header["FILE"] = str(ref.path)[-68:]
+            overview.append(hdu)
+    cutouts = fits.HDUList([fits.PrimaryHDU()])
+    names = np.asarray(observations["object"]) if len(observations) else np.array([], str)
+    for name in dict.fromkeys(str(n) for n in names):
+        idx = [k for k in np.nonzero(names == name)[0] if planes[k] is not None]
+        if not idx:
+            continue
+        cube = np.stack([planes[k][0] for k in idx])
+        cutouts.append(fits.ImageHDU(cube, name=name))
+        index = Table({
+            "exposure": np.asarray(observations["exposure"])[idx],
+            "mjd": np.asarray(observations["mjd"], float)[idx],
+            "x0": np.array([planes[k][1] for k in idx], np.int64),
+            "y0": np.array([planes[k][2] for k in idx], np.int64),
+            "x": np.asarray(observations["x"], float)[idx],
+            "y": np.asarray(observations["y"], float)[idx],
+        })
+        table = fits.BinTableHDU(index, name=f"{name}_INDEX")
+        cutouts.append(table)
+    log.info("cutouts of %d objects, overview of %d CCDs", (len(cutouts) - 1) // 2, len(overview) - 1)
+    return cutouts, overview
+
+
+def read_cutouts(path) -> dict:
+    """``cutouts.fits`` -> {object: (cube (n, s, s), index Table)}; empty when the file is absent."""
+    out = {}
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul[1:]:
+                if hdu.name.endswith("_INDEX"):
+                    continue
+                out[hdu.name] = (np.asarray(hdu.data, np.float32), Table(hdul[f"{hdu.name}_INDEX"].data))
+    except FileNotFoundError:
+        return {}
+    return out
+
+
+def read_overview(path) -> list[tuple[str, np.ndarray, int]]:
+    """``overview.fits`` -> [(ccd, binned image, binning factor)]; empty when the file is absent."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            return [(h.name, np.asarray(h.data, np.float32), int(h.header.get("BINNING", 1))) for h in hdul[1:]]
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,148 @@
+"""The report products of a run, made from its output directory alone.
+
+``write_reports`` reads ``observations.ecsv``, ``objects.ecsv``, ``provenance.json`` (its
+``report_context``: station, band, seeing and spacecraft position per exposure, pixel scale),
+``astrometry.ecsv``, ``known.ecsv``, ``cutouts.fits`` and ``overview.fits`` when present, and
+writes ``observations.psv`` and ``observations.xml`` (ADES), ``observations.mpc`` (80-column) and
+``report.html``.  ``ssodetect report OUTDIR`` runs it on a finished run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.config import Config
+from ssodetect.report.ades import ades_block, format_psv, format_xml
+from ssodetect.report.cutouts import read_cutouts, read_overview
+from ssodetect.report.html import render_report
+from ssodetect.report.mpc80 import MPCRecord, format_mpc80, pack_number, pack_provisional
+
+log = logging.getLogger(__name__)
+
+__all__ = ["REPORT_FILES", "write_reports", "mpc80_records", "mpc80_header"]
+
+REPORT_FILES = ("observations.psv", "observations.xml", "observations.mpc", "report.html")
+_NET = {"Gaia3": "Gaia-DR3", "Gaia3E": "Gaia-EDR3", "Gaia2": "Gaia-DR2", "Gaia1": "Gaia-DR1", "UCAC4": "UCAC-4"}
+
+
+def mpc80_records(observations: Table, *, station: str, band: str, identities: dict, positions: dict) -> list:
+    """:class:`MPCRecord` per observation (space-based ones, ``positions`` given, on two lines)."""
+    records = []
+    for row in observations:
+        name = str(row["object"])
+        perm, prov = identities.get(name, ("", ""))
+        number = pack_number(int(perm)) if perm.isdigit() else ""
+        provisional = pack_provisional(prov) if prov and not number else ""
+        exposure = int(row["exposure"])
+        observer = positions.get(exposure)
+        mag = float(row["mag"])
+        records.append(MPCRecord(
+            number=number, provisional=provisional or ("" if number else name[:7]), note2="S" if observer else "C",
+            mjd=float(row["mjd"]), ra=float(row["ra"]), dec=float(row["dec"]),
+            mag=mag if band and math.isfinite(mag) else float("nan"), band=band[:1] if math.isfinite(mag) else "",
+            code=station, observer=tuple(observer) if observer else None, mag_decimals=2,
+        ))
+    return records
+
+
+def mpc80_header(config: Config, station: str) -> dict:
+    """COD/OBS/MEA/TEL/NET/ACK header lines from the configuration."""
+    rep = config.report
+    header = {"COD": station}
+    if rep.observers:
+        header["OBS"] = ", ".join(rep.observers)
+    header["MEA"] = ", ".join(rep.measurers) if rep.measurers else rep.submitter
+    tel = f"{rep.telescope_aperture:.2f}-m"
+    if rep.telescope_f_ratio > 0:
+        tel += f" f/{rep.telescope_f_ratio:.1f}"
+    header["TEL"] = f"{tel} {rep.telescope_design} + {rep.telescope_detector}"
+    header["NET"] = _NET.get(rep.astcat, rep.astcat)
+    header["ACK"] = "ssodetect observations"
+    if rep.comment:
+        header["COM"] = rep.comment[:76]
+    return header
+
+
+def _identities(objects: Table) -> dict:
+    """Object -> (permID, provID) from the ``designation`` column filled by known-object matching."""
+    out = {}
+    if "designation" not in objects.colnames:
+        return out
+    for row in objects:
+        desig = str(row["designation"]).strip()
+        if not desig:
+            continue
+        out[str(row["object"])] = (desig, "") if desig.isdigit() else ("", desig)
+    return out
+
+
+def write_reports(source: str | Path, target: str | Path, config: Config, *, title: str | None = None) -> list[Path]:
+    """Write the ADES, 80-column and HTML reports of the run in ``source`` into ``target``.
+
+    Parameters
+    ----------
+    source : path
+        A run's output directory (or its staging directory during the run).
+    target : path
+        Where the four report files go (the same directory for a run).
+    config : Config
+        Report settings (observatory, people, telescope, catalogues, time precision).
+    title : str, optional
+        Title of the HTML page (default: the name of ``source``).
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    source, target = Path(source), Path(target)
+    observations = Table.read(source / "observations.ecsv", format="ascii.ecsv")
+    objects = Table.read(source / "objects.ecsv", format="ascii.ecsv")
+    provenance = json.loads((source / "provenance.json").read_text())
+    ctx = provenance.get("report_context", {})
+    station = ctx.get("station") or config.report.station
+    band = config.report.band or ctx.get("band", "")
+    seeing = {int(k): float(v) for k, v in ctx.get("seeing", {}).items() if v is not None}
+    positions = {int(k): tuple(v) for k, v in ctx.get("positions", {}).items() if v}
+    if config.report.observer_position:  # the configuration's position stands in where headers gave none
+        fixed = tuple(config.report.observer_position)
+        for exposure in np.unique(np.asarray(observations["exposure"])) if len(observations) else []:
+            positions.setdefault(int(exposure), fixed)
+    identities = _identities(objects)
+    # ADES and MPC carry astrometry only: positions on a relative WCS (frames registered to each other) are not
+    relative = np.asarray(observations["wcs"]).astype(str) == "relative" if len(observations) else np.zeros(0, bool)
+    if relative.any():
+        log.warning("%d observations on a relative WCS (no astrometric solution: give --refcat or frames with a WCS) "
+                    "are left out of the ADES and MPC reports; their pixel positions are in observations.ecsv",
+                    int(relative.sum()))
+    sky = observations[~relative]
+    software = " ".join(f"{k} {v}" for k, v in list(provenance.get("software", {}).items())[:1])
+    block = ades_block(sky, config.report, station=station, band=band, seeing=seeing, identities=identities,
+                       positions=positions, filter_name=ctx.get("filter", ""), pixel_scale=ctx.get("pixel_scale"),
+                       array_size=ctx.get("array_size", ""), software=software)
+    written = []
+    target.mkdir(parents=True, exist_ok=True)
+    for name, text in (("observations.psv", format_psv([block])), ("observations.xml", format_xml([block]))):
+        (target / name).write_text(text)
+        written.append(target / name)
+    records = mpc80_records(sky, station=station, band=band, identities=identities, positions=positions)
+    (target / "observations.mpc").write_text(format_mpc80(records, mpc80_header(config, station)))
+    written.append(target / "observations.mpc")
+    astrometry = Table.read(source / "astrometry.ecsv", format="ascii.ecsv") if (source / "astrometry.ecsv").exists() else None
+    known = Table.read(source / "known.ecsv", format="ascii.ecsv") if (source / "known.ecsv").exists() else None
+    config_text = (source / "config.toml").read_text() if (source / "config.toml").exists() else ""
+    names = {k: (v[0] or v[1]) for k, v in identities.items()}
+    page = render_report(
+        title=title or f"ssodetect run: {source.resolve().name}", observations=observations, objects=objects,
+        provenance=provenance, config_text=config_text, astrometry=astrometry,
+        cutouts=read_cutouts(source / "cutouts.fits"), overview=read_overview(source / "overview.fits"),
+        identities=names, known=known,
+    )
+    (target / "report.html").write_text(page, encoding="utf-8")
+    written.append(target / "report.html")
+    return written

@@ -1,0 +1,188 @@
+"""Reports people submit and read: ADES PSV/XML (schema-valid, round trip), MPC 80-column records
+(round trip on the real examples), `ssodetect report`, and the HTML page in headless Chromium."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from ssodetect.cli import main
+from ssodetect.config import load_config
+from ssodetect.pipeline import run_pipeline
+from ssodetect.report import format_record, observation_arrays, read_ades, read_mpc80, records_table, validate_xml
+from ssodetect.report.mpc80 import pack_number, pack_provisional, unpack_number, unpack_provisional
+
+from conftest import real_data
+
+REPORTS = ("observations.psv", "observations.xml", "observations.mpc", "report.html")
+
+
+@pytest.fixture(scope="module")
+def run_dir(scene, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "out"
+    config = load_config(None)
+    config.execution.progress = False
+    config.report.station = "C65"
+    config.report.observers = ["A. Observer", "B. Observer"]
+    run_pipeline([scene], out, config, refcat=scene / "refcat.ecsv")
+    return out
+
+
+def test_run_writes_schema_valid_ades_that_round_trips(run_dir):
+    xsd = real_data("ades", "xsd", "submit.xsd")
+    obs = Table.read(run_dir / "observations.ecsv")
+    assert len(obs) >= 10
+    xml = (run_dir / "observations.xml").read_text()
+    assert validate_xml(xml, xsd) == []
+    psv_blocks, xml_blocks = read_ades(run_dir / "observations.psv"), read_ades(run_dir / "observations.xml")
+    assert psv_blocks == xml_blocks  # the same header and records, every value the same string
+    ctx, rows = psv_blocks[0]
+    assert ctx["observatory"]["mpcCode"] == "C65" and ctx["observers"] == ["A. Observer", "B. Observer"]
+    assert ctx["telescope"]["design"] and float(ctx["telescope"]["pixelScale"]) == pytest.approx(0.1, abs=1e-3)
+    back = observation_arrays(psv_blocks)
+    assert len(back) == len(obs)
+    order = np.lexsort((np.asarray(obs["mjd"]), np.asarray(obs["object"])))
+    back_order = np.lexsort((np.asarray(back["mjd"]), np.asarray(back["object"])))
+    np.testing.assert_allclose(back["ra"][back_order], obs["ra"][order], atol=1e-6)  # < 4 mas: 7 decimals
+    np.testing.assert_allclose(back["dec"][back_order], obs["dec"][order], atol=1e-6)
+    np.testing.assert_allclose(back["mjd"][back_order], obs["mjd"][order], atol=1e-3 / 86400 * 0.51)  # ms
+    assert all(r["obsTime"].endswith("Z") and len(r["obsTime"].split(".")[1]) == 4 for r in rows)  # 3 decimals + Z
+    assert all(float(r["seeing"]) == pytest.approx(0.17, abs=0.04) for r in rows if "seeing" in r)
+
+
+def test_schema_validation_can_fail():
+    xsd = real_data("ades", "xsd", "submit.xsd")
+    folder = xsd.parents[1] / "tests_input"
+    assert validate_xml((folder / "obs_v2022.xml").read_text(), xsd) == []
+    errors = validate_xml((folder / "trksub_9chars.xml").read_text(), xsd)
+    assert errors and any("trkSub" in e for e in errors)
+
+
+def test_real_ades_examples_parse():
+    folder = real_data("ades")
+    counts = {}
+    for path in sorted(folder.glob("tests_input/*.psv")) + sorted(folder.glob("tests_input/*.xml")) + sorted(
+            folder.glob("attic_examples/*.psv")):
+        blocks = read_ades(path)
+        counts[path.name] = sum(len(rows) for _, rows in blocks)
+    assert counts["2023MQ5.psv"] == 2 and counts["obs.xml"] == 4 and counts["trksub_8char.xml"] == 7
+    assert counts["G96_20131004_1A_N20016_01_0001.mpcd.xml.psv"] == 92
+    mq5 = read_ades(folder / "tests_input" / "2023MQ5.psv")
+    assert mq5[0][0]["observatory"]["mpcCode"] == "J95"
+    arr = observation_arrays(mq5)
+    assert np.all(arr["stn"] == "J95") and np.all(np.isfinite(arr["ra"]))
+    radar = read_ades(folder / "attic_examples" / "a4179_radar.xml")  # records straight under <ades>
+    assert sum(len(rows) for _, rows in radar) == 56 and radar[0][1][0]["_type"] == "radar"
+
+
+def test_mpc80_real_examples_round_trip_exactly():
+    folder = real_data("ades")
+    files = sorted(folder.glob("attic_examples/*.mpc")) + sorted(folder.glob("tests_input/*.obs"))
+    n_records = 0
+    for path in files:
+        text = path.read_text()
+        header, records, other = read_mpc80(text, strict=False)
+        written = {line for rec in records for line in format_record(rec)}
+        for line in text.splitlines():
+            padded = line.ljust(80)
+            if len(line) >= 70 and padded[15:19].isdigit() and padded[14] not in "RrVvXx" and line not in other:
+                assert padded in written, (path.name, line)
+        n_records += len(records)
+    assert n_records >= 70
+    _, records, _ = read_mpc80((folder / "tests_input" / "K20Q04A_test.obs").read_text())
+    assert {r.designation for r in records} == {"2020 QA4"} and {r.code for r in records} == {"F51", "H21"}
+    # space-based: the second line's geocentric vector, km and au forms
+    _, records, other = read_mpc80((folder / "attic_examples" / "test.mpc").read_text(), strict=False)
+    space = [r for r in records if r.note2 == "S"]
+    assert len(space) >= 3 and all(r.observer is not None for r in space)
+    km = [r for r in space if r.observer_unit == "1"][0]
+    assert km.observer[0] == pytest.approx(-6861.8061) and km.observer[1] == pytest.approx(799.8571)
+    assert len(other) >= 2  # the malformed dates of the file's deliberate bad records are set aside
+    with pytest.raises(ValueError, match="line"):
+        read_mpc80((folder / "attic_examples" / "test.mpc").read_text())
+
+
+def test_designation_packing():
+    for n, packed in ((433, "00433"), (100345, "A0345"), (619999, "z9999"), (620000, "~0000"), (3140113, "~AZaz")):
+        assert pack_number(n) == packed and unpack_number(packed) == n
+    for desig, packed in (("2020 QA4", "K20Q04A"), ("1995 XA", "J95X00A"), ("2007 TA418", "K07Tf8A"),
+                          ("2019 AB12", "K19A12B")):
+        assert pack_provisional(desig) == packed and unpack_provisional(packed) == desig
+    with pytest.raises(ValueError):
+        pack_provisional("2019 I5")
+
+
+def test_run_mpc80_file_matches_observations(run_dir):
+    obs = Table.read(run_dir / "observations.ecsv")
+    header, records, other = read_mpc80((run_dir / "observations.mpc").read_text())
+    assert header["COD"] == ["C65"] and not other and len(records) == len(obs)
+    table = records_table(records)
+    assert set(table["object"]) == set(obs["object"])
+    order = np.lexsort((np.asarray(obs["mjd"]), np.asarray(obs["object"])))
+    t_order = np.lexsort((np.asarray(table["mjd"]), np.asarray(table["object"])))
+    cosd = np.cos(np.radians(obs["dec"][order]))
+    assert np.max(np.abs(table["ra"][t_order] - obs["ra"][order]) * cosd * 3600) < 0.008  # 0.001 s of RA
+    assert np.max(np.abs(table["dec"][t_order] - obs["dec"][order]) * 3600) < 0.006  # 0.01"
+    assert np.max(np.abs(table["mjd"][t_order] - obs["mjd"][order])) <= 0.6e-6  # 1e-6 d
+
+
+def test_report_command_regenerates_and_space_position(run_dir, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = {name: (copy / name).read_bytes() for name in REPORTS}
+    before["report.html"] = before["report.html"].replace(b"ssodetect run: out<", b"ssodetect run: copy<")  # titled by directory
+    for name in REPORTS:
+        (copy / name).unlink()
+    assert main(["report", str(copy), "-q"]) == 0
+    assert {name: (copy / name).read_bytes() for name in REPORTS} == before  # same outputs, no re-processing
+    # a spacecraft position in the configuration: ADES sys/ctr/pos (schema-valid) and two-line MPC records
+    config = copy / "space.toml"
+    config.write_text('[report]\nstation = "C65"\nobserver_position = [1234567.5, -765432.25, 98765.125]\n')
+    assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+    xml = (copy / "observations.xml").read_text()
+    xsd = real_data("ades", "xsd", "submit.xsd")
+    assert validate_xml(xml, xsd) == []
+    rows = read_ades(xml)[0][1]
+    assert all(r["sys"] == "ICRF_KM" and r["ctr"] == "399" and float(r["pos1"]) == 1234567.5 for r in rows)
+    _, records, _ = read_mpc80((copy / "observations.mpc").read_text())
+    assert records and all(r.note2 == "S" for r in records)
+    np.testing.assert_allclose(records[0].observer, (1234567.5, -765432.25, 98765.125), atol=1e-3)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "not a finished ssodetect run" in capsys.readouterr().err
+
+
+def test_html_report_in_headless_chromium(run_dir, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed")
+    page_path = run_dir / "report.html"
+    text = page_path.read_text()
+    assert "http://" not in text and "https://" not in text  # self-contained: nothing to fetch
+    objs = Table.read(run_dir / "objects.ecsv")
+    shot = tmp_path / "report.png"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        problems = []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("requestfailed", lambda r: problems.append(r.url))
+        page.goto(page_path.resolve().as_uri())
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        headings = page.evaluate("Array.from(document.querySelectorAll('.obj h3')).map(h => h.textContent)")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert problems == []
+    assert images and all(ok and width > 0 for ok, width, _ in images)
+    assert sorted(headings) == sorted(str(n) for n in objs["object"])
+    n_blinks = sum(alt.endswith("blink") for _, _, alt in images)
+    assert n_blinks == len(objs)  # a blink per object, every one resolved
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.width == 1200 and img.height > 900
