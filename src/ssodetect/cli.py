@@ -28,7 +28,7 @@ def _simulate(args) -> int:
     for name in (
         "n_exposures", "movers_per_ccd", "dither", "cosmic_fraction", "star_density", "distortion",
         "header_pointing_error", "header_rotation_error", "header_scale_error", "fast_fraction", "fast_rate_max",
-        "tracking_drift",
+        "tracking_drift", "known_orbits", "known_count",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -71,13 +71,16 @@ def _run(args) -> int:
         config.execution.scheduler = args.scheduler
     if args.station:
         config.report.station = args.station
+    if args.orbits:
+        config.known.orbits = list(config.known.orbits) + list(args.orbits)
     result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config))
     total = result.timings.get("total", float("nan"))
     n_fast = int((result.objects["kind"] == "streak").sum()) if len(result.objects) else 0
+    n_known = int(sum(bool(str(d)) for d in result.objects["designation"])) if len(result.objects) else 0
     print(
-        f"{len(result.objects)} moving objects ({n_fast} fast, trailed), {len(result.observations)} observations "
-        f"in {total:.1f} s -> {args.out}/observations.ecsv, objects.ecsv, observations.psv, streaks.ecsv"
-        + (", astrometry.ecsv" if result.astrometry is not None else "")
+        f"{len(result.objects)} moving objects ({n_fast} fast, trailed; {n_known} known), {len(result.observations)} "
+        f"observations in {total:.1f} s -> {args.out}/report.html, observations.psv/.xml/.mpc/.ecsv, objects.ecsv"
+        + (", known.ecsv" if result.known is not None else "")
     )
     return 0
 
@@ -226,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-drift", dest="tracking_drift", type=float, default=None,
                    help="pointing drift during each exposure [arcsec]: trailed stars")
     p.add_argument("--spikes", action="store_true", help="diffraction spikes on saturated stars")
+    p.add_argument("--known-orbits", dest="known_orbits", default=None,
+                   help="orbit file of real elements (MPCORB.DAT or JPL SBDB JSON) for known objects in the field")
+    p.add_argument("--known-count", dest="known_count", type=int, default=None,
+                   help="known objects placed in the field (their orbits go to OUTDIR/known_orbits.json)")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("run", parents=[common], help="run the pipeline on FITS files or directories")
@@ -239,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
     group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.add_argument("--station", default=None, help="MPC observatory code for ADES (overrides the configuration)")
+    p.add_argument("--orbits", action="append", default=[],
+                   help="orbit file of known objects (MPCORB.DAT or JPL SBDB JSON; repeatable; adds to [known] orbits)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("astrometry", parents=[common], help="fit the WCS of every CCD against a reference catalogue")

@@ -377,6 +377,32 @@ class ReportConfig(_Section):
         return value
 
 
+class KnownConfig(_Section):
+    """Identification of linked objects with catalogued orbits (offline: local orbit files)."""
+
+    orbits: list[str] = Field(
+        default=[], description="Orbit files: MPCORB.DAT (or an extract, optionally .gz) and/or JPL SBDB JSON "
+        "(single-object API answers or Query API tables). Empty: no identification.",
+    )
+    site: list[float] = Field(
+        default=[], description="Ground station: east longitude [deg], latitude [deg], height [m]; empty: from the "
+        "header's OBSGEO-X/Y/Z, else the geocentre (spacecraft positions come from [report] observer_position or "
+        "the headers).",
+    )
+    match_radius: float = Field(default=10.0, gt=0, description="Largest median observed-minus-predicted separation [arcsec].")
+    rate_tolerance: float = Field(
+        default=0.3, gt=0, description="Largest relative difference of observed and predicted rates (or 1\"/h).",
+    )
+    search_margin: float = Field(default=0.3, ge=0, description="Extra radius of the field search [deg].")
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: list[float]) -> list[float]:
+        if value and len(value) != 3:
+            raise ValueError("site needs three numbers: east longitude [deg], latitude [deg], height [m]")
+        return value
+
+
 class ExecutionConfig(_Section):
     """Where per-CCD work runs."""
 
@@ -396,6 +422,7 @@ class Config(_Section):
     link: LinkConfig = Field(default_factory=LinkConfig)
     streaks: StreakConfig = Field(default_factory=StreakConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    known: KnownConfig = Field(default_factory=KnownConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
 

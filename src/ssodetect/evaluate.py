@@ -59,6 +59,7 @@ class Evaluation:
     rate_range: tuple
     bright_limit: float
     false_objects: list
+    assigned: dict | None = None  # output object -> truth object it was matched with
 
 
 def evaluate_run(
@@ -189,6 +190,7 @@ def evaluate_run(
         rate_range=tuple(rate_range),
         bright_limit=bright_limit,
         false_objects=false_objects,
+        assigned=assigned,
     )
 
 
@@ -271,3 +273,37 @@ def evaluate_wcs(solutions: Table, truth_wcs: Table, *, grid: int = 21) -> Table
         rows.append((key[0], key[1], int(sol["n_stars"]), float(np.sqrt(np.mean(d**2))), float(d.max())))
     return Table(rows=rows, names=["exposure", "ccd", "n_stars", "rms_mas", "max_mas"],
                  dtype=[int, "U32", int, float, float])
+
+
+def evaluate_identification(observations: Table, objects: Table, truth: Table, *, min_exposures: int = 3,
+                            match_radius: float = 0.5) -> dict:
+    """How well linked objects were named after the known objects of a simulated scene.
+
+    Truth rows with a ``designation`` are known objects.  An output object is *correctly named*
+    when it matches a known object (as :func:`evaluate_run` matches them) and carries its
+    designation; *misnamed* when it carries a designation that is not that of its match (an
+    unknown mover or a false object named, or the wrong name).
+
+    Returns
+    -------
+    dict
+        ``n_known`` (known objects on the detector in >= ``min_exposures`` exposures), ``n_found``
+        (of those, linked), ``n_named`` (correctly named), ``n_misnamed``, ``named_of_found`` and
+        ``named_of_known`` (fractions).
+    """
+    ev = evaluate_run(observations, truth, rate_range=(0.0, 1e9), min_exposures=min_exposures,
+                      match_radius=match_radius)
+    assigned = ev.assigned or {}
+    desig_col = truth["designation"].filled("") if hasattr(truth["designation"], "filled") else truth["designation"]
+    truth_desig = {str(o): str(d) for o, d in zip(truth["object"], desig_col)}
+    on = Counter(str(o) for o, flag in zip(truth["object"], truth["on_detector"]) if flag)
+    known = {o for o, d in truth_desig.items() if d and on.get(o, 0) >= min_exposures}
+    names = {str(o): str(d) for o, d in zip(objects["object"], objects["designation"])} if len(objects) else {}
+    found = {t for t in assigned.values() if t in known}
+    named = {assigned[o] for o, d in names.items() if d and o in assigned and truth_desig.get(assigned[o]) == d}
+    misnamed = [o for o, d in names.items() if d and (o not in assigned or truth_desig.get(assigned[o]) != d)]
+    return {
+        "n_known": len(known), "n_found": len(found), "n_named": len(named & known), "n_misnamed": len(misnamed),
+        "named_of_found": len(named & found) / len(found) if found else float("nan"),
+        "named_of_known": len(named & known) / len(known) if known else float("nan"),
+    }

@@ -39,6 +39,7 @@ from ssodetect.pipeline.astrometry import (
     write_refined_headers,
 )
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
+from ssodetect.pipeline.known import identify_known
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
@@ -63,6 +64,7 @@ class RunResult:
     outdir: Path | None = None
     exposures: list = field(default_factory=list)
     masters: dict = field(default_factory=dict)
+    known: Table | None = None
 
 
 class _Process:
@@ -543,9 +545,14 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
                  len(fast_obj), len(trails), int(np.sum(streak_table["status"] == "single")),
                  int(np.sum(streak_table["status"] == "satellite")))
     astrometry = solution_table(solutions) if calibrate else None
+    known = None
+    if config.known.orbits:
+        t0 = time.perf_counter()
+        known = identify_known(observations, objects, exposures, ccd_info, astrometry, config)
+        timings["known"] = time.perf_counter() - t0
     return RunResult(
         observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
-        streaks=streak_table, exposures=exposures, masters=masters,
+        streaks=streak_table, exposures=exposures, masters=masters, known=known,
     )
 
 
@@ -556,6 +563,8 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         result.astrometry.write(stage.file("astrometry.ecsv"), format="ascii.ecsv")
     if result.streaks is not None:
         result.streaks.write(stage.file("streaks.ecsv"), format="ascii.ecsv")
+    if result.known is not None:
+        result.known.write(stage.file("known.ecsv"), format="ascii.ecsv")
     stage.file("config.toml").write_text(dump_toml(config))
     context = _report_context(result, config)
     if config.report.cutouts and result.exposures:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,8 @@ def mpc80_header(config: Config, station: str) -> dict:
 
 
 def _identities(objects: Table) -> dict:
-    """Object -> (permID, provID) from the ``designation`` column filled by known-object matching."""
+    """Object -> (permID, provID) from the ``designation`` filled by known-object identification:
+    ``(433) Eros`` -> ("433", ""), ``2019 AB12`` -> ("", "2019 AB12"), ``C/2020 Y2 (ATLAS)`` -> ("", "C/2020 Y2")."""
     out = {}
     if "designation" not in objects.colnames:
         return out
@@ -77,7 +79,13 @@ def _identities(objects: Table) -> dict:
         desig = str(row["designation"]).strip()
         if not desig:
             continue
-        out[str(row["object"])] = (desig, "") if desig.isdigit() else ("", desig)
+        numbered = re.match(r"^\((\d+)\)", desig)
+        if numbered:
+            out[str(row["object"])] = (numbered.group(1), "")
+            continue
+        prov = re.match(r"^([ACDPX]/\d{4} [A-Z]{1,2}\d*|\d{4} [A-HJ-Y][A-HJ-Z]\d*)", desig)
+        if prov:
+            out[str(row["object"])] = ("", prov.group(1))
     return out
 
 

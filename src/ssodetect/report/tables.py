@@ -62,6 +62,8 @@ OBJECT_COLUMNS = [
     ("mjd_first", "f8", "d", "first observation"),
     ("mjd_last", "f8", "d", "last observation"),
     ("kind", "U8", "", "how the object was found: linked | streak"),
+    ("designation", "U48", "", "known object it was identified with (empty: not identified)"),
+    ("known_offset", "f8", "arcsec", "median observed-minus-predicted separation from that known object"),
 ]
 
 
@@ -159,6 +161,8 @@ def tracklet_tables(
                 "mjd_first": float(np.min(rows["mjd"])),
                 "mjd_last": float(np.max(rows["mjd"])),
                 "kind": kind,
+                "designation": "",
+                "known_offset": np.nan,
             }
         )
     return _finish(obs_rows, OBSERVATION_COLUMNS), _finish(obj_rows, OBJECT_COLUMNS)

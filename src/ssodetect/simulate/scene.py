@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Table, vstack
 from astropy.time import Time
 from astropy.wcs import WCS, Sip
 from pydantic import BaseModel, ConfigDict, Field
@@ -123,6 +123,16 @@ class SimulationConfig(BaseModel):
     transients_per_ccd: float = Field(default=5.0, ge=0, description="One-exposure point transients per CCD and exposure sequence.")
     satellite: bool = Field(default=True, description="Draw one satellite trail across the field in one exposure.")
     layout: str = Field(default="mef", pattern="^(mef|plain)$", description="'mef': Euclid MEF per exposure; 'plain': one file per CCD.")
+    known_orbits: str = Field(
+        default="", description="Orbit file of real elements (MPCORB.DAT or JPL SBDB JSON) from which known objects are "
+        "placed in the field (node and perihelion turned towards it, H set for the magnitude; a, e, i, M real); the "
+        "run's orbit file known_orbits.json holds them and every other orbit unchanged.",
+    )
+    known_count: int = Field(default=0, ge=0, description="Known objects placed on the detectors.")
+    observer_position: list[float] = Field(
+        default=[], description="Geocentric ICRS position [km] of a space-based observatory, written as "
+        "OBSPOS_X/Y/Z; empty: the geocentre.",
+    )
 
 
 @dataclass
@@ -140,6 +150,7 @@ class Scene:
     transients: Table
     satellite: dict | None
     header_errors: np.ndarray  # (n_exp, 4): pointing error xi, eta [arcsec], rotation [deg], scale factor - 1
+    known_orbits: Table | None = None  # orbits of the run's known_orbits.json (placed ones modified)
 
     @property
     def psfs(self) -> list[DoubleGaussianPSF]:
@@ -282,6 +293,7 @@ def draw_scene(config: SimulationConfig) -> Scene:
             "mag": rng.uniform(config.mover_mag_min, config.mover_mag_max, n_mov),
             "rate": rate,
             "pa": pa,
+            "designation": np.full(n_mov, "", dtype="U48"),
         }
     )
     n_tr = rng.poisson(config.transients_per_ccd * config.nccd)
@@ -305,6 +317,10 @@ def draw_scene(config: SimulationConfig) -> Scene:
             "mag_per_arcsec": 19.0,
         }
     tref = 0.5 * (mids[0] + mids[-1])
+    known_orbits = None
+    if config.known_orbits and config.known_count > 0:
+        known_orbits, known_movers = _known_movers(config, plane, tref, width * s, height * s, rng)
+        movers = vstack([movers, known_movers]) if len(known_movers) else movers
     movers.meta["tref_mjd"] = float(tref)
     # header WCS errors, per exposure, from their own stream (the scene content does not depend on them)
     erng = np.random.default_rng([config.seed, 7])
@@ -318,7 +334,34 @@ def draw_scene(config: SimulationConfig) -> Scene:
             erng.uniform(-1, 1, config.n_exposures) * config.header_scale_error,
         ]
     )
-    return Scene(config, plane, mids, pointing, fwhm, stars, galaxies, movers, transients, satellite, header_errors)
+    return Scene(config, plane, mids, pointing, fwhm, stars, galaxies, movers, transients, satellite, header_errors,
+                 known_orbits)
+
+
+def _known_movers(config: SimulationConfig, plane: TangentPlane, tref: float, width: float, height: float, rng):
+    """Known objects from real orbits placed in the field: (all orbits, mover rows with designations)."""
+    from ssodetect.known import Observer, predict, read_orbits
+    from ssodetect.simulate.known import place_known_objects
+
+    orbits = read_orbits(config.known_orbits)
+    observer = Observer(fixed_position=tuple(config.observer_position) or None)
+    n = config.known_count
+    kx, ky = rng.uniform(-0.45 * width, 0.45 * width, n), rng.uniform(-0.45 * height, 0.45 * height, n)
+    ra, dec = plane.to_sky(kx, ky)
+    mags = rng.uniform(config.mover_mag_min, min(config.mover_mag_max, config.mover_mag_min + 2.5), n)
+    orbits, placed = place_known_objects(orbits, n, tref, list(zip(ra, dec)), mags, observer, rng)
+    rows = []
+    for j in placed:
+        pred = predict(orbits[j : j + 1], np.array([tref - 0.5 / 24.0, tref, tref + 0.5 / 24.0]), observer)
+        x, y = plane.to_plane(np.asarray(pred["ra"]), np.asarray(pred["dec"]))
+        vx, vy = x[2] - x[0], y[2] - y[0]  # arcsec/h
+        rows.append({"object": f"KNO{len(rows):05d}", "xi": float(x[1]), "eta": float(y[1]), "mag": float(pred["V"][1]),
+                     "rate": float(math.hypot(vx, vy)), "pa": float(math.degrees(math.atan2(vx, vy)) % 360.0),
+                     "designation": str(orbits["designation"][j])})
+    names = ["object", "xi", "eta", "mag", "rate", "pa", "designation"]
+    table = Table(rows=[[r[k] for k in names] for r in rows], names=names,
+                  dtype=[str, float, float, float, float, float, "U48"]) if rows else Table()
+    return orbits, table
 
 
 def mover_offsets(movers: Table, mjd) -> tuple[np.ndarray, np.ndarray]:
@@ -582,6 +625,8 @@ def _primary_header(scene: Scene, exposure: int) -> fits.Header:
     h["RA"] = (cfg.ra, "[deg] field centre (nominal pointing)")
     h["DEC"] = (cfg.dec, "[deg] field centre (nominal pointing)")
     h["SIMSEED"] = cfg.seed
+    for axis, value in zip("XYZ", cfg.observer_position):
+        h[f"OBSPOS_{axis}"] = (float(value), "[km] geocentric ICRS position of the observatory")
     h["ORIGIN"] = f"ssodetect {__version__} simulate"
     return h
 
@@ -676,6 +721,10 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
         truth = _truth_table(scene, rows, names)
         truth.write(stage.file("truth.ecsv"), format="ascii.ecsv")
         reference_catalogue(scene).write(stage.file("refcat.ecsv"), format="ascii.ecsv")
+        if scene.known_orbits is not None:
+            from ssodetect.known import write_sbdb
+
+            write_sbdb(scene.known_orbits, stage.file("known_orbits.json"))
         Table(rows=truth_wcs, names=["exposure", "ccd", "nx", "ny", "wcs_header"]).write(
             stage.file("truth_wcs.ecsv"), format="ascii.ecsv"
         )
@@ -698,13 +747,14 @@ def _truth_table(scene: Scene, rows, names) -> Table:
             name, x, y, trail = on.get((k, e), ("", np.nan, np.nan, np.nan))
             trail_len = mv["rate"][k] * cfg.exptime / 3600.0 / cfg.pixel_scale
             out.append(
-                (mv["object"][k], e, scene.exposure_mjd[e], ra[e], dec[e], name, x, y, mv["mag"][k], mv["rate"][k], mv["pa"][k], trail_len)
+                (mv["object"][k], e, scene.exposure_mjd[e], ra[e], dec[e], name, x, y, mv["mag"][k], mv["rate"][k], mv["pa"][k], trail_len,
+                 str(mv["designation"][k]))
             )
-    names_ = ["object", "exposure", "mjd", "ra", "dec", "ccd", "x", "y", "mag", "rate", "pa", "trail_length"]
+    names_ = ["object", "exposure", "mjd", "ra", "dec", "ccd", "x", "y", "mag", "rate", "pa", "trail_length", "designation"]
     if out:
         table = Table(rows=out, names=names_)
     else:
-        table = Table(names=names_, dtype=[str, int, float, float, float, str, float, float, float, float, float, float])
+        table = Table(names=names_, dtype=[str, int, float, float, float, str, float, float, float, float, float, float, str])
     table["on_detector"] = np.isfinite(np.asarray(table["x"], float))
     limits = [limiting_magnitude(cfg, f) for f in scene.fwhm]
     table.meta.update(

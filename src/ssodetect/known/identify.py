@@ -1,0 +1,188 @@
+"""Which linked objects are known ones: predicted positions of catalogued orbits matched to tracklets.
+
+1. Field search: every orbit is propagated (geocentric, no light time: cheap and vectorised) to the
+   first and last observation times; orbits whose path passes within the field radius plus a
+   margin (observer parallax, two-body error) are kept.
+2. Those are predicted precisely (light time, the real observer) at every observation time.
+3. A tracklet is the known object when the median separation of its observations from the
+   prediction is within ``match_radius`` and its observed motion agrees with the predicted one
+   (within ``rate_tolerance`` of the predicted rate, or 1"/h); each known object names at most
+   one tracklet and each tracklet takes the closest.
+
+Positions in degrees (ICRS), times MJD UTC, separations in arcsec.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.known.propagate import Observer, predict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KNOWN_COLUMNS", "field_candidates", "identify", "empty_known_table"]
+
+KNOWN_COLUMNS = [
+    ("designation", "U48", "", "known object"),
+    ("number", "i8", "", "permanent number (-1 when unnumbered)"),
+    ("provisional", "U16", "", "provisional designation"),
+    ("ra", "f8", "deg", "predicted position at the middle of the sequence (astrometric ICRS)"),
+    ("dec", "f8", "deg", "predicted position at the middle of the sequence"),
+    ("predicted_mag", "f8", "mag", "predicted V (H-G)"),
+    ("rate", "f8", "arcsec / h", "predicted rate of motion"),
+    ("on_detector", "bool", "", "predicted on a CCD in at least one exposure (when footprints are known)"),
+    ("matched", "U16", "", "linked object identified with it (empty: not found)"),
+    ("offset", "f8", "arcsec", "median observed-minus-predicted separation"),
+    ("offset_ra", "f8", "arcsec", "median observed-minus-predicted RA*cos(dec)"),
+    ("offset_dec", "f8", "arcsec", "median observed-minus-predicted Dec"),
+]
+
+
+def empty_known_table() -> Table:
+    from ssodetect.columns import empty_table
+
+    return empty_table(KNOWN_COLUMNS)
+
+
+def _sep_arcsec(ra1, dec1, ra2, dec2):
+    """Angular separation [arcsec] (haversine)."""
+    r1, d1, r2, d2 = (np.radians(np.asarray(v, float)) for v in (ra1, dec1, ra2, dec2))
+    h = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1)))) * 3600.0
+
+
+def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float, dec: float, radius_deg: float,
+                     *, margin_deg: float = 0.3) -> np.ndarray:
+    """Rows of ``orbits`` whose geocentric path between the two times passes near the field.
+
+    Returns
+    -------
+    ndarray of int
+        Indices into ``orbits``.
+    """
+    if len(orbits) == 0:
+        return np.zeros(0, int)
+    a = predict(orbits, mjd_first, light_time=False)
+    b = predict(orbits, mjd_last, light_time=False)
+    da = _sep_arcsec(a["ra"], a["dec"], ra, dec) / 3600.0
+    db = _sep_arcsec(b["ra"], b["dec"], ra, dec) / 3600.0
+    path = _sep_arcsec(a["ra"], a["dec"], b["ra"], b["dec"]) / 3600.0
+    near = np.minimum(da, db) <= radius_deg + margin_deg + path
+    return np.nonzero(near)[0]
+
+
+def identify(observations: Table, orbits: Table, observer: Observer | None = None, *, centre: tuple,
+             radius_deg: float, match_radius: float = 10.0, rate_tolerance: float = 0.3,
+             on_detector=None, margin_deg: float = 0.3, times=()) -> tuple[dict, Table]:
+    """Identify linked objects with known orbits.
+
+    Parameters
+    ----------
+    observations : Table
+        Observations with sky positions (``object, mjd, ra, dec``; rows on a relative WCS excluded).
+    orbits : Table
+        Catalogued orbits (:func:`ssodetect.known.orbits.read_orbits`).
+    observer : Observer, optional
+        Site or spacecraft (default geocentre).
+    centre : (float, float)
+        Field centre (ra, dec) [deg].
+    radius_deg : float
+        Field radius [deg] (centre to the farthest corner).
+    match_radius : float
+        Largest median separation [arcsec] for an identification.
+    rate_tolerance : float
+        Largest relative difference between observed and predicted rates (or 1"/h).
+    on_detector : callable, optional
+        ``on_detector(ra, dec, mjd) -> bool array``: whether predicted positions fall on a CCD.
+    margin_deg : float
+        Extra radius of the field search [deg].
+    times : sequence of float
+        Further times [MJD UTC] at which ``on_detector`` is asked (the exposures without observations).
+
+    Returns
+    -------
+    identities : dict
+        Object -> dict(designation, number, provisional, offset, offset_ra, offset_dec).
+    known : Table
+        Columns :data:`KNOWN_COLUMNS`: every catalogued object predicted in the field.
+    """
+    known = empty_known_table()
+    if len(observations) == 0 or len(orbits) == 0:
+        return {}, known
+    mjd = np.asarray(observations["mjd"], float)
+    t_first, t_last = float(mjd.min()), float(mjd.max())
+    cand = field_candidates(orbits, t_first, t_last, centre[0], centre[1], radius_deg, margin_deg=margin_deg)
+    log.info("%d of %d catalogued orbits pass near the field", cand.size, len(orbits))
+    if cand.size == 0:
+        return {}, known
+    sub = orbits[cand]
+    times = np.unique(np.round(np.concatenate([mjd, np.asarray(times, float), [0.5 * (t_first + t_last)]]), 8))
+    pred = predict(sub, times, observer)
+    m = times.size
+    pra = np.asarray(pred["ra"]).reshape(len(sub), m)
+    pdec = np.asarray(pred["dec"]).reshape(len(sub), m)
+    pV = np.asarray(pred["V"]).reshape(len(sub), m)
+    t_index = {round(float(t), 8): k for k, t in enumerate(times)}
+    mid = t_index[round(0.5 * (t_first + t_last), 8)]
+    span_h = max((t_last - t_first) * 24.0, 1e-6)
+    k0, k1 = t_index[round(t_first, 8)], t_index[round(t_last, 8)]
+    pred_rate = _sep_arcsec(pra[:, k0], pdec[:, k0], pra[:, k1], pdec[:, k1]) / span_h
+    in_field = _sep_arcsec(pra[:, mid], pdec[:, mid], centre[0], centre[1]) / 3600.0 <= radius_deg
+    if on_detector is not None:
+        on = np.zeros(len(sub), bool)
+        for k in range(m):
+            on |= np.asarray(on_detector(pra[:, k], pdec[:, k], float(times[k])), bool)
+    else:
+        on = in_field
+    # candidate pairs (object, known): median separation over the object's observations
+    names = np.asarray(observations["object"]).astype(str)
+    pairs = []
+    for name in dict.fromkeys(names):
+        rows = np.nonzero(names == name)[0]
+        cols = np.array([t_index[round(float(t), 8)] for t in mjd[rows]])
+        ora, odec = np.asarray(observations["ra"], float)[rows], np.asarray(observations["dec"], float)[rows]
+        sep = _sep_arcsec(ora[None, :], odec[None, :], pra[:, cols], pdec[:, cols])
+        med = np.median(sep, axis=1)
+        close = np.nonzero(med <= match_radius)[0]
+        if close.size == 0:
+            continue
+        order = np.argsort(mjd[rows])
+        first, last = rows[order[0]], rows[order[-1]]
+        dt_h = (mjd[last] - mjd[first]) * 24.0
+        obs_rate = _sep_arcsec(observations["ra"][first], observations["dec"][first], observations["ra"][last],
+                               observations["dec"][last]) / dt_h if dt_h > 0 else np.nan
+        for j in close:
+            if np.isfinite(obs_rate) and abs(obs_rate - pred_rate[j]) > max(1.0, rate_tolerance * pred_rate[j]):
+                continue
+            cosd = np.cos(np.radians(odec))
+            dra = np.median(((ora - pra[j, cols] + 180.0) % 360.0 - 180.0) * cosd) * 3600.0
+            ddec = np.median(odec - pdec[j, cols]) * 3600.0
+            pairs.append((float(med[j]), name, int(j), float(dra), float(ddec)))
+    identities: dict = {}
+    taken: set = set()
+    matched = np.full(len(sub), "", dtype="U16")
+    offsets = np.full((len(sub), 3), np.nan)
+    for med, name, j, dra, ddec in sorted(pairs):
+        if name in identities or j in taken:
+            continue
+        taken.add(j)
+        row = sub[j]
+        identities[name] = {"designation": str(row["designation"]), "number": int(row["number"]),
+                            "provisional": str(row["provisional"]), "offset": med, "offset_ra": dra,
+                            "offset_dec": ddec}
+        matched[j] = name
+        offsets[j] = (med, dra, ddec)
+    keep = on | (matched != "")
+    known = Table({
+        "designation": np.asarray(sub["designation"]).astype(str)[keep], "number": np.asarray(sub["number"])[keep],
+        "provisional": np.asarray(sub["provisional"]).astype(str)[keep], "ra": pra[keep, mid], "dec": pdec[keep, mid],
+        "predicted_mag": pV[keep, mid], "rate": pred_rate[keep], "on_detector": on[keep], "matched": matched[keep],
+        "offset": offsets[keep, 0], "offset_ra": offsets[keep, 1], "offset_dec": offsets[keep, 2],
+    })
+    from ssodetect.columns import describe
+
+    describe(known, KNOWN_COLUMNS)
+    log.info("%d known objects predicted on the detectors, %d identified", int(on.sum()), len(identities))
+    return identities, known

@@ -1,0 +1,148 @@
+"""Known objects: orbit readers, the two-body ephemeris against published references and a numerical
+integration, and the naming of linked objects on a simulated field built from real orbits."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from astropy.time import Time
+from scipy.integrate import solve_ivp
+
+from ssodetect.config import Config
+from ssodetect.errors import InputError
+from ssodetect.evaluate import evaluate_identification
+from ssodetect.known import Observer, heliocentric_states, predict, read_mpcorb, read_orbits, read_sbdb
+from ssodetect.known.orbits import GAUSS_K, orbits_table
+from ssodetect.known.propagate import ECLIPTIC_TO_ICRS
+from ssodetect.pipeline import run_pipeline
+from ssodetect.simulate import SimulationConfig, simulate
+
+#: (1) Ceres in MPCORB.DAT form, as quoted in skyfield's test suite (test_keplerlib.py), with the
+#: geocentric astrometric position it gives for 2020-06-17 0h UTC: RA 23.1437 h, Dec -17.323 deg.
+CERES_MPCORB = ("00001    3.4   0.15 K205V 162.68631   73.73161   80.28698   10.58862  0.0775571  0.21406009"
+                "   2.7676569  0 MPO492748  6751 115 1801-2019 0.60 M-v 30h Williams   0000      (1) Ceres"
+                "              20190915")
+KSTARS_ASTEROIDS = Path("/usr/share/kstars/asteroids.dat")
+
+
+def test_ceres_from_mpcorb_against_the_published_position():
+    orbits = read_mpcorb([CERES_MPCORB])
+    assert list(orbits["designation"]) == ["(1) Ceres"] and orbits["number"][0] == 1
+    assert orbits["epoch"][0] == pytest.approx(Time("2020-05-31", scale="tt").mjd)
+    p = predict(orbits, Time("2020-06-17T00:00:00", scale="utc").mjd)
+    # the reference is rounded to 1e-4 h (1.4" of RA here) and 1e-3 deg (3.6")
+    assert abs(p["ra"][0] / 15.0 - 23.1437) * 15 * 3600 * np.cos(np.radians(17.32)) < 3.0
+    assert abs(p["dec"][0] + 17.323) * 3600 < 2.5
+    assert 7.0 < p["V"][0] < 9.5 and 2.4 < p["r"][0] < 3.0
+
+
+def test_state_at_epoch_matches_horizons_to_millimetres():
+    # JPL Horizons osculating elements of Ceres referred to the ICRF equator at TDB JD 2458886.5 and its
+    # heliocentric position then (skyfield's test_against_horizons): the element-to-state conversion
+    a, e = 2.768873850275102, 7.705857791518426e-02
+    orbit = orbits_table([dict(designation="Ceres", q=a * (1 - e), e=e, i=27.18528770987308, node=23.36112629072238,
+                               peri=132.8964361683606, M=138.2501360489816, epoch=58886.0)])
+    equatorial = ECLIPTIC_TO_ICRS.T @ heliocentric_states(orbit, 58886.0)[0]  # the angles were equatorial
+    horizons = np.array([1.334875927366032, -2.239607658161781, -1.328895183461897])
+    sun = np.array([-0.004105894975783999, 0.006739680703224941, 0.002956344702049446])
+    assert np.max(np.abs(equatorial - (horizons - sun))) * 1.495978707e11 < 0.01  # metres
+
+
+@pytest.mark.parametrize("q,e", [(2.1, 0.15), (0.6, 0.85), (1.2, 1.6), (0.9, 1.0)])
+def test_kepler_propagation_matches_numerical_integration(q, e):
+    """Elliptic, highly eccentric, hyperbolic and parabolic orbits against an integration of the
+    two-body equations over 60 days from perihelion - 20 days."""
+    orbit = orbits_table([dict(designation="x", q=q, e=e, i=17.0, node=40.0, peri=250.0, tp=60000.0, epoch=60000.0)])
+    t0, t1 = 59980.0, 60040.0
+    h = 1e-3
+    r0 = heliocentric_states(orbit, t0)[0]
+    v0 = (heliocentric_states(orbit, t0 + h)[0] - heliocentric_states(orbit, t0 - h)[0]) / (2 * h)
+    mu = GAUSS_K**2
+
+    def rhs(_, y):
+        r = y[:3]
+        return np.concatenate([y[3:], -mu * r / np.linalg.norm(r) ** 3])
+
+    sol = solve_ivp(rhs, (t0, t1), np.concatenate([r0, v0]), rtol=1e-12, atol=1e-14, dense_output=True)
+    for t in (59990.0, 60000.0, 60025.0, 60040.0):
+        assert np.linalg.norm(sol.sol(t)[:3] - heliocentric_states(orbit, t)[0]) < 2e-8  # au (3 km)
+
+
+def test_sbdb_forms_and_bad_files(tmp_path):
+    doc = {"object": {"fullname": "1 Ceres (A801 AA)", "des": "1"},
+           "orbit": {"epoch": "2459000.5", "elements": [
+               {"name": "e", "value": "0.0775571"}, {"name": "a", "value": "2.7676569"},
+               {"name": "i", "value": "10.58862"}, {"name": "om", "value": "80.28698"},
+               {"name": "w", "value": "73.73161"}, {"name": "ma", "value": "162.68631"}]},
+           "phys_par": [{"name": "H", "value": "3.4"}]}
+    single = read_sbdb(doc)
+    table = read_sbdb({"fields": ["full_name", "epoch_mjd", "e", "a", "i", "om", "w", "ma", "H"],
+                       "data": [["     1 Ceres (A801 AA)", "59000", "0.0775571", "2.7676569", "10.58862", "80.28698",
+                                 "73.73161", "162.68631", "3.4"]]})
+    mpc = read_mpcorb([CERES_MPCORB])
+    t = Time("2020-06-17T00:00:00", scale="utc").mjd
+    positions = [predict(o, t) for o in (single, table, mpc)]
+    for p in positions[1:]:
+        assert abs(p["ra"][0] - positions[0]["ra"][0]) * 3600 < 1e-3 and abs(p["dec"][0] - positions[0]["dec"][0]) * 3600 < 1e-3
+    assert single["designation"][0] == table["designation"][0] == "(1) Ceres"
+    path = tmp_path / "orbits.json"
+    path.write_text(json.dumps(doc))
+    assert len(read_orbits(path)) == 1
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no orbit here\n")
+    with pytest.raises(InputError, match="bad.txt"):
+        read_orbits(bad)
+
+
+def test_site_parallax_is_the_geometric_one():
+    """A ground site moves the apparent position of a near-Earth object by its parallax."""
+    orbit = orbits_table([dict(designation="near", q=0.98, e=0.1, i=5.0, node=10.0, peri=20.0, M=0.0, epoch=60000.0)])
+    t = 60000.3
+    geo = predict(orbit, t)
+    site = predict(orbit, t, Observer(site=(-70.0, -30.0, 2000.0)))
+    shift = np.hypot((site["ra"][0] - geo["ra"][0]) * np.cos(np.radians(geo["dec"][0])), site["dec"][0] - geo["dec"][0])
+    max_parallax = np.degrees(6378.0 / (geo["delta"][0] * 149597870.7))
+    assert 0.05 * max_parallax < shift <= 1.01 * max_parallax
+
+
+def _text(column) -> np.ndarray:
+    """A text column with empty strings (ECSV reads them back as masked)."""
+    return np.asarray(column.filled("") if hasattr(column, "filled") else column).astype(str)
+
+
+@pytest.fixture(scope="module")
+def known_run(tmp_path_factory):
+    if not KSTARS_ASTEROIDS.exists():
+        pytest.skip("Debian kstars-data (real asteroid elements from JPL SBDB) is not installed")
+    root = tmp_path_factory.mktemp("known")
+    sim = root / "sim"
+    simulate(SimulationConfig(seed=5, nccd=1, nx=1024, ny=1024, known_orbits=str(KSTARS_ASTEROIDS), known_count=24,
+                              movers_per_ccd=60.0, mover_mag_min=20.0, mover_mag_max=24.0, star_density=150000.0), sim)
+    config = Config()
+    config.execution.progress = False
+    config.known.orbits = [str(sim / "known_orbits.json")]
+    result = run_pipeline([sim], root / "out", config, refcat=sim / "refcat.ecsv")
+    return sim, root / "out", result
+
+
+def test_known_objects_named_on_a_field_of_real_orbits(known_run):
+    sim, out, result = known_run
+    truth = Table.read(sim / "truth.ecsv")
+    orbits = read_orbits(sim / "known_orbits.json")
+    assert len(orbits) > 7000  # the placed orbits among every other real orbit, unchanged
+    score = evaluate_identification(result.observations, result.objects, truth)
+    assert score["n_known"] >= 20
+    assert score["n_misnamed"] == 0
+    assert score["named_of_found"] >= 0.99 and score["n_found"] >= 0.9 * score["n_known"]
+    known = Table.read(out / "known.ecsv")
+    designations = set(_text(truth["designation"]))
+    on = set(known["designation"][known["on_detector"]])
+    assert on == designations - {""}  # every placed object predicted on the detector, and nothing else
+    matched = known[_text(known["matched"]) != ""]
+    assert len(matched) >= score["n_named"] and np.all(matched["offset"] < 0.1)  # arcsec (some seen in < 3 exposures)
+    # identified objects carry their designation into ADES (permID or provID) and the 80-column file
+    psv = (out / "observations.psv").read_text()
+    numbered = [d for d in matched["designation"] if d.startswith("(")]
+    assert numbered and all(f"{d[1:].split(')')[0]}" in psv for d in numbered)
+    assert "permID" in psv.splitlines()[[k for k, line in enumerate(psv.splitlines()) if "|" in line][0]]
