@@ -391,7 +391,8 @@ class KnownConfig(_Section):
     )
     match_radius: float = Field(default=10.0, gt=0, description="Largest median observed-minus-predicted separation [arcsec].")
     rate_tolerance: float = Field(
-        default=0.3, gt=0, description="Largest relative difference of observed and predicted rates (or 1\"/h).",
+        default=0.1, gt=0, description="Largest difference of observed and predicted motion vectors, relative to the "
+        "predicted rate (or 5 sigma of the observed motion, whichever is larger).",
     )
     search_margin: float = Field(default=0.3, ge=0, description="Extra radius of the field search [deg].")
 

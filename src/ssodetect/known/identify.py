@@ -5,9 +5,10 @@
    margin (observer parallax, two-body error) are kept.
 2. Those are predicted precisely (light time, the real observer) at every observation time.
 3. A tracklet is the known object when the median separation of its observations from the
-   prediction is within ``match_radius`` and its observed motion agrees with the predicted one
-   (within ``rate_tolerance`` of the predicted rate, or 1"/h); each known object names at most
-   one tracklet and each tracklet takes the closest.
+   prediction is within ``match_radius`` and its observed motion agrees with the predicted one as
+   a vector (the difference within ``rate_tolerance`` of the predicted rate, or 5 sigma of the
+   observed motion, or 0.05"/h: a two-body rate is far better than its position); each known
+   object names at most one tracklet and each tracklet takes the closest.
 
 Positions in degrees (ICRS), times MJD UTC, separations in arcsec.
 """
@@ -74,14 +75,15 @@ def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float
 
 
 def identify(observations: Table, orbits: Table, observer: Observer | None = None, *, centre: tuple,
-             radius_deg: float, match_radius: float = 10.0, rate_tolerance: float = 0.3,
+             radius_deg: float, match_radius: float = 10.0, rate_tolerance: float = 0.1,
              on_detector=None, margin_deg: float = 0.3, times=()) -> tuple[dict, Table]:
     """Identify linked objects with known orbits.
 
     Parameters
     ----------
     observations : Table
-        Observations with sky positions (``object, mjd, ra, dec``; rows on a relative WCS excluded).
+        Observations with sky positions (``object, mjd, ra, dec, ra_err, dec_err``; rows on a relative
+        WCS excluded).
     orbits : Table
         Catalogued orbits (:func:`ssodetect.known.orbits.read_orbits`).
     observer : Observer, optional
@@ -93,7 +95,8 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
     match_radius : float
         Largest median separation [arcsec] for an identification.
     rate_tolerance : float
-        Largest relative difference between observed and predicted rates (or 1"/h).
+        Largest difference between observed and predicted motion vectors, relative to the predicted
+        rate (or 5 sigma of the observed motion, whichever is larger).
     on_detector : callable, optional
         ``on_detector(ra, dec, mjd) -> bool array``: whether predicted positions fall on a CCD.
     margin_deg : float
@@ -149,13 +152,21 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
         if close.size == 0:
             continue
         order = np.argsort(mjd[rows])
-        first, last = rows[order[0]], rows[order[-1]]
-        dt_h = (mjd[last] - mjd[first]) * 24.0
-        obs_rate = _sep_arcsec(observations["ra"][first], observations["dec"][first], observations["ra"][last],
-                               observations["dec"][last]) / dt_h if dt_h > 0 else np.nan
+        first, last = order[0], order[-1]
+        dt_h = (mjd[rows][last] - mjd[rows][first]) * 24.0
+        cos0 = np.cos(np.radians(odec[first]))
+        v_obs = (np.array([((ora[last] - ora[first] + 180.0) % 360.0 - 180.0) * cos0, odec[last] - odec[first]])
+                 * 3600.0 / dt_h if dt_h > 0 else None)
+        # the observed motion's uncertainty from the position errors of the end points [arcsec/h]
+        pos_err = np.hypot(np.asarray(observations["ra_err"], float)[rows], np.asarray(observations["dec_err"], float)[rows])
+        sigma_v = np.sqrt(2.0) * float(np.nanmedian(pos_err)) / dt_h if dt_h > 0 else np.inf
         for j in close:
-            if np.isfinite(obs_rate) and abs(obs_rate - pred_rate[j]) > max(1.0, rate_tolerance * pred_rate[j]):
-                continue
+            if v_obs is not None:  # the motion must agree as a vector: rate and direction
+                c0, c1 = cols[first], cols[last]
+                v_pred = np.array([((pra[j, c1] - pra[j, c0] + 180.0) % 360.0 - 180.0) * cos0,
+                                   pdec[j, c1] - pdec[j, c0]]) * 3600.0 / dt_h
+                if np.hypot(*(v_obs - v_pred)) > max(rate_tolerance * np.hypot(*v_pred), 5.0 * sigma_v, 0.05):
+                    continue
             cosd = np.cos(np.radians(odec))
             dra = np.median(((ora - pra[j, cols] + 180.0) % 360.0 - 180.0) * cosd) * 3600.0
             ddec = np.median(odec - pdec[j, cols]) * 3600.0
