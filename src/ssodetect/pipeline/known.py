@@ -8,11 +8,11 @@ from astropy import units as u
 from astropy.coordinates import EarthLocation
 from astropy.io import fits
 from astropy.table import Table, vstack
-from astropy.wcs import WCS
 
 from ssodetect.config import Config
 from ssodetect.known import Observer, read_orbits
 from ssodetect.known.identify import empty_known_table, identify
+from ssodetect.pipeline.astrometry import wcs_from_header_string
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _footprints(ccd_info: list, astrometry: Table | None) -> list:
         text = fitted.get((int(info["exposure"]), str(info["ccd"])), info.get("wcs_header", ""))
         if not text or not info.get("shape"):
             continue
-        wcs = WCS(fits.Header.fromstring(text), relax=True)
+        wcs = wcs_from_header_string(text)
         out.append((int(info["exposure"]), wcs, tuple(info["shape"])))
     return out
 

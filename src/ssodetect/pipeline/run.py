@@ -571,7 +571,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         cutouts, overview = extract_cutouts(
             result.observations, result.exposures,
             lambda ref: subtracted_image(ref, config, result.masters.get(ref.ccd)),
-            size=config.report.cutout_size,
+            size=config.report.cutout_size, wcs_for=_wcs_lookup(result),
         )
         cutouts.writeto(stage.file("cutouts.fits"))
         overview.writeto(stage.file("overview.fits"))
@@ -587,6 +587,21 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
     }
     stage.file("provenance.json").write_text(json.dumps(provenance, indent=2))
     write_reports(stage.path, stage.path, config, title=f"ssodetect run: {stage.outdir.resolve().name}")
+
+
+def _wcs_lookup(result: RunResult):
+    """(exposure, ccd) -> the WCS positions went through: fitted, else the header's (None without)."""
+    texts = {(int(i["exposure"]), str(i["ccd"])): i.get("wcs_header", "") for i in result.ccd_info}
+    if result.astrometry is not None:
+        for row in result.astrometry:
+            if str(row["status"]) == "ok" and str(row["wcs_header"]):
+                texts[(int(row["exposure"]), str(row["ccd"]))] = str(row["wcs_header"])
+
+    def lookup(exposure, ccd):
+        text = texts.get((int(exposure), str(ccd)), "")
+        return wcs_from_header_string(text) if text else None
+
+    return lookup
 
 
 def _report_context(result: RunResult, config: Config) -> dict:

@@ -60,7 +60,7 @@ def bin_image(image: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
 
 
 def extract_cutouts(observations: Table, exposures: list, read_image, *, size: int = 41, max_size: int = 201,
-                    overview_size: int = 1024) -> tuple[fits.HDUList, fits.HDUList]:
+                    overview_size: int = 1024, wcs_for=None) -> tuple[fits.HDUList, fits.HDUList]:
     """Cut every observation's stamp and bin the first exposure's CCDs.
 
     Parameters
@@ -75,6 +75,9 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         Stamp side [px] for point sources; trailed objects get ``trail + size`` up to ``max_size``.
     overview_size : int
         Largest side of a binned overview image [px].
+    wcs_for : callable, optional
+        ``wcs_for(exposure, ccd) -> WCS or None``: the WCS of a CCD image, stored (unbinned) with its
+        overview so that tracks can be drawn from sky positions in the first exposure's frame.
 
     Returns
     -------
@@ -113,6 +116,9 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
             hdu.header["BINNING"] = (factor, "image pixels per overview pixel")
             hdu.header["EXPOSURE"] = exposure
             hdu.header["FILE"] = str(ref.path)[-68:]
+            wcs = wcs_for(exposure, ccd) if wcs_for is not None else None
+            if wcs is not None:
+                hdu.header.update(wcs.to_header(relax=True))
             overview.append(hdu)
     cutouts = fits.HDUList([fits.PrimaryHDU()])
     names = np.asarray(observations["object"]) if len(observations) else np.array([], str)
@@ -150,10 +156,21 @@ def read_cutouts(path) -> dict:
     return out
 
 
-def read_overview(path) -> list[tuple[str, np.ndarray, int]]:
-    """``overview.fits`` -> [(ccd, binned image, binning factor)]; empty when the file is absent."""
+def read_overview(path) -> list[tuple]:
+    """``overview.fits`` -> [(ccd, binned image, binning factor, WCS of the unbinned CCD or None)];
+    empty when the file is absent."""
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    out = []
     try:
         with fits.open(path, memmap=False) as hdul:
-            return [(h.name, np.asarray(h.data, np.float32), int(h.header.get("BINNING", 1))) for h in hdul[1:]]
+            for h in hdul[1:]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FITSFixedWarning)
+                    wcs = WCS(h.header, relax=True) if "CTYPE1" in h.header else None
+                out.append((h.name, np.asarray(h.data, np.float32), int(h.header.get("BINNING", 1)), wcs))
     except FileNotFoundError:
         return []
+    return out

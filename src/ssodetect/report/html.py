@@ -52,25 +52,20 @@ def _encode(img: Image.Image, fmt: str, **kwargs) -> str:
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def png_data_uri(image: np.ndarray, *, zoom: int = 1, flip: bool = True) -> str:
-    """PNG data URI of an 8-bit or float image (float images are stretched), row 0 at the bottom."""
+def png_data_uri(image: np.ndarray, *, flip: bool = True) -> str:
+    """PNG data URI of an 8-bit or float image (float images are stretched), row 0 at the bottom.
+    Images keep their pixels; the page enlarges them (``image-rendering: pixelated``)."""
     arr = image if image.dtype == np.uint8 else stretch(image)
     if flip:
         arr = arr[::-1]
-    img = Image.fromarray(arr)
-    if zoom > 1:
-        img = img.resize((img.width * zoom, img.height * zoom), Image.NEAREST)
-    return _encode(img, "PNG")
+    return _encode(Image.fromarray(arr), "PNG")
 
 
-def gif_data_uri(cube: np.ndarray, *, zoom: int = 3, duration_ms: int = 400) -> str:
+def gif_data_uri(cube: np.ndarray, *, duration_ms: int = 400) -> str:
     """Animated GIF data URI (a blink) of a cube (n, ny, nx), one common stretch for all frames."""
     finite = cube[np.isfinite(cube)]
     lo, hi = (np.percentile(finite, [5.0, 99.7]) if finite.size else (0.0, 1.0))
-    frames = []
-    for plane in cube:
-        img = Image.fromarray(stretch(plane, lo, hi)[::-1])
-        frames.append(img.resize((img.width * zoom, img.height * zoom), Image.NEAREST).convert("P"))
+    frames = [Image.fromarray(stretch(plane, lo, hi)[::-1]).convert("P") for plane in cube]
     return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
 
 
@@ -81,13 +76,16 @@ def _overview_image(binned: np.ndarray, factor: int, tracks: list) -> str:
     draw = ImageDraw.Draw(img)
     ny = binned.shape[0]
     for name, xs, ys in tracks:
-        pts = [(float(x) / factor, ny - 1 - float(y) / factor) for x, y in zip(xs, ys)]
+        pts = [((float(x) + 0.5) / factor - 0.5, ny - 1 - ((float(y) + 0.5) / factor - 0.5)) for x, y in zip(xs, ys)
+               if np.isfinite(x) and np.isfinite(y)]
+        if not pts:
+            continue
         if len(pts) > 1:
             draw.line(pts, fill=(255, 60, 60), width=2)
         x, y = pts[0]
         draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(80, 220, 80), width=2)
         draw.text((x + 8, y - 6), name, fill=(255, 255, 120))
-    return _encode(img, "PNG")
+    return _encode(img, "JPEG", quality=85)  # a noisy sky compresses ten times better than as PNG
 
 
 def _table(rows: list[list], header: list[str], left: int = 1) -> str:
@@ -125,7 +123,7 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     cutouts : dict
         Object -> (cube (n, s, s), index Table) from :func:`ssodetect.report.cutouts.read_cutouts`.
     overview : list
-        [(ccd, binned image, factor)] from :func:`ssodetect.report.cutouts.read_overview`.
+        [(ccd, binned image, factor, WCS or None)] from :func:`ssodetect.report.cutouts.read_overview`.
     identities : dict
         Object -> designation of the known object it was identified with.
     known : Table, optional
@@ -161,12 +159,16 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         parts.append("<h3>Known objects predicted in the field</h3>" + _table(
             rows, ["designation", "matched object", "V predicted", "offset [\"]", "rate [\"/h]"], left=2))
     parts.append("<h2>Field overview</h2><div class=\"ov\">")
-    for ccd, binned, factor in overview:
+    for ccd, binned, factor, wcs in overview:
         tracks = []
         on = observations[np.asarray(observations["ccd"]).astype(str) == ccd] if len(observations) else observations
         for name in dict.fromkeys(str(n) for n in on["object"]) if len(on) else []:
             rows = on[np.asarray(on["object"]) == name]
-            tracks.append((identities.get(name, name), np.asarray(rows["x"]), np.asarray(rows["y"])))
+            if wcs is not None:  # sky positions in the overview's frame (pixel positions jump with the dithers)
+                xs, ys = wcs.all_world2pix(np.asarray(rows["ra"], float), np.asarray(rows["dec"], float), 0, quiet=True)
+            else:
+                xs, ys = np.asarray(rows["x"]), np.asarray(rows["y"])
+            tracks.append((identities.get(name, name), xs, ys))
         parts.append(f"<figure style=\"display:inline-block\"><img alt=\"CCD {html.escape(ccd)}\" "
                      f"src=\"{_overview_image(binned, factor, tracks)}\"><figcaption>CCD {html.escape(ccd)} "
                      f"(binned {factor}x{factor}; tracks in red)</figcaption></figure>")
@@ -180,7 +182,7 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         flags = [r["kind"]]
         if name in identities:
             flags.append(f"known: {identities[name]}")
-        if len(obs) and "wcs" in obs.colnames and set(np.asarray(obs["wcs"]).astype(str)) - {"fitted", "header", "user"}:
+        if len(obs) and "wcs" in obs.colnames and "relative" in set(np.asarray(obs["wcs"]).astype(str)):
             flags.append("positions on a relative WCS")
         if float(r["chi2_dof"]) > 3:
             flags.append("poor linear fit")
@@ -191,11 +193,12 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         if name in cutouts:
             cube, _ = cutouts[name]
             pick = np.unique(np.linspace(0, len(cube) - 1, min(max_strip, len(cube))).round().astype(int))
-            zoom = max(1, int(round(120 / cube.shape[-1])))
-            strip = "".join(f"<img alt=\"{html.escape(name)} cutout {k}\" src=\"{png_data_uri(cube[k], zoom=zoom)}\">"
-                            for k in pick)
+            side = max(120, cube.shape[-1])  # displayed size [CSS px]
+            strip = "".join(f"<img alt=\"{html.escape(name)} cutout {k}\" width=\"{side}\" height=\"{side}\" "
+                            f"src=\"{png_data_uri(cube[k])}\">" for k in pick)
             parts.append(f"<div class=\"strip\">{strip}</div>")
-            parts.append(f"<div class=\"blink\"><img alt=\"{html.escape(name)} blink\" src=\"{gif_data_uri(cube, zoom=zoom)}\"></div>")
+            parts.append(f"<div class=\"blink\"><img alt=\"{html.escape(name)} blink\" width=\"{side}\" "
+                         f"height=\"{side}\" src=\"{gif_data_uri(cube)}\"></div>")
         rows = [[o["obs_time"], _fmt(o["ra"], ".6f"), _fmt(o["dec"], ".6f"), _fmt(o["ra_err"], ".3f"),
                  _fmt(o["dec_err"], ".3f"), _fmt(o["mag"], ".2f"), _fmt(o["snr"], ".1f"), _fmt(o["x"], ".2f"),
                  _fmt(o["y"], ".2f"), o["ccd"]] for o in obs]
