@@ -395,6 +395,10 @@ class KnownConfig(_Section):
         "predicted rate (or 5 sigma of the observed motion, whichever is larger).",
     )
     search_margin: float = Field(default=0.3, ge=0, description="Extra radius of the field search [deg].")
+    recovery_radius: float = Field(
+        default=1.0, ge=0, description="Known objects predicted on the detectors but not linked are measured where "
+        "predicted (PSF fit) when found within this radius [arcsec] in >= 2 exposures (0: no recovery).",
+    )
 
     @field_validator("site")
     @classmethod

@@ -76,7 +76,7 @@ def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float
 
 def identify(observations: Table, orbits: Table, observer: Observer | None = None, *, centre: tuple,
              radius_deg: float, match_radius: float = 10.0, rate_tolerance: float = 0.1,
-             on_detector=None, margin_deg: float = 0.3, times=()) -> tuple[dict, Table]:
+             on_detector=None, margin_deg: float = 0.3, times=()) -> tuple[dict, Table, dict]:
     """Identify linked objects with known orbits.
 
     Parameters
@@ -110,16 +110,18 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
         Object -> dict(designation, number, provisional, offset, offset_ra, offset_dec).
     known : Table
         Columns :data:`KNOWN_COLUMNS`: every catalogued object predicted in the field.
+    predictions : dict
+        Designation -> (times [MJD UTC], ra, dec [deg]) for every row of ``known``.
     """
     known = empty_known_table()
     if len(observations) == 0 or len(orbits) == 0:
-        return {}, known
+        return {}, known, {}
     mjd = np.asarray(observations["mjd"], float)
     t_first, t_last = float(mjd.min()), float(mjd.max())
     cand = field_candidates(orbits, t_first, t_last, centre[0], centre[1], radius_deg, margin_deg=margin_deg)
     log.info("%d of %d catalogued orbits pass near the field", cand.size, len(orbits))
     if cand.size == 0:
-        return {}, known
+        return {}, known, {}
     sub = orbits[cand]
     times = np.unique(np.round(np.concatenate([mjd, np.asarray(times, float), [0.5 * (t_first + t_last)]]), 8))
     pred = predict(sub, times, observer)
@@ -195,5 +197,6 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
     from ssodetect.columns import describe
 
     describe(known, KNOWN_COLUMNS)
+    predictions = {str(sub["designation"][j]): (times, pra[j], pdec[j]) for j in np.nonzero(keep)[0]}
     log.info("%d known objects predicted on the detectors, %d identified", int(on.sum()), len(identities))
-    return identities, known
+    return identities, known, predictions

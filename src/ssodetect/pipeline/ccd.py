@@ -225,16 +225,23 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     return table, info
 
 
-def subtracted_image(ref: CCDRef, config: Config, calibration=None) -> np.ndarray:
+def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_noise: bool = False):
     """The pixels of one CCD image as detection saw them: calibrated when ``calibration`` is given,
-    background subtracted, NaN where masked.  Shape (ny, nx), float32 [ADU]."""
+    background subtracted, NaN where masked.  Shape (ny, nx), float32 [ADU].
+
+    With ``with_noise`` returns ``(data, rms, gain)``: also the background noise per pixel [ADU]
+    and the gain [e-/ADU].
+    """
     image = read_ccd(ref, config.io)
     if calibration is not None:
         cc = config.calibrate
         image = calibrate_ccd(image, calibration, overscan=cc.overscan, trim=cc.trim,
                               saturation_keys=config.io.saturation_keys)
-    background, _, _ = estimate_background(image.data, mask=image.mask, box=config.detect.background_box,
-                                           filter_size=config.detect.background_filter)
+    background, bkg_rms, _ = estimate_background(image.data, mask=image.mask, box=config.detect.background_box,
+                                                 filter_size=config.detect.background_filter)
     data = (image.data - background).astype(np.float32)
     data[image.mask] = np.nan
+    if with_noise:
+        rms = image.rms if image.rms is not None else bkg_rms
+        return data, np.asarray(rms, np.float32), float(image.gain)
     return data

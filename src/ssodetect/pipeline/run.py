@@ -39,7 +39,7 @@ from ssodetect.pipeline.astrometry import (
     write_refined_headers,
 )
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
-from ssodetect.pipeline.known import identify_known
+from ssodetect.pipeline.known import identify_known, recover_known
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
@@ -545,15 +545,20 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
                  len(fast_obj), len(trails), int(np.sum(streak_table["status"] == "single")),
                  int(np.sum(streak_table["status"] == "satellite")))
     astrometry = solution_table(solutions) if calibrate else None
-    known = None
+    result = RunResult(
+        observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
+        streaks=streak_table, exposures=exposures, masters=masters,
+    )
     if config.known.orbits:
         t0 = time.perf_counter()
-        known = identify_known(observations, objects, exposures, ccd_info, astrometry, config)
+        known, predictions = identify_known(observations, objects, exposures, ccd_info, astrometry, config)
+        result.observations, result.objects = recover_known(
+            observations, objects, known, predictions, exposures, ccd_info, _wcs_lookup(result),
+            lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config,
+        )
+        result.known = known
         timings["known"] = time.perf_counter() - t0
-    return RunResult(
-        observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
-        streaks=streak_table, exposures=exposures, masters=masters, known=known,
-    )
+    return result
 
 
 def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs, refcat, timings) -> None:
