@@ -159,3 +159,34 @@ def test_known_objects_named_on_a_field_of_real_orbits(known_run):
     numbered = [d for d in matched["designation"] if d.startswith("(")]
     assert numbered and all(f"{d[1:].split(')')[0]}" in psv for d in numbered)
     assert "permID" in psv.splitlines()[[k for k, line in enumerate(psv.splitlines()) if "|" in line][0]]
+
+
+def test_skybot_answer_moved_along_its_rates_and_matched():
+    """A SkyBoT-like answer (position, rates and V at the epoch, as astroquery returns it) gives the
+    same positions as the ephemeris within milliarcseconds over +-1 h, and names a tracklet on them."""
+    from astropy import units as u
+
+    from ssodetect.known.identify import match_predictions
+    from ssodetect.known.skybot import predictions_from_skybot
+
+    orbits = read_mpcorb([CERES_MPCORB])
+    epoch = Time("2020-06-17T00:00:00", scale="utc").mjd
+    dt = 1e-3
+    now, before, after = (predict(orbits, t) for t in (epoch, epoch - dt, epoch + dt))
+    cosd = np.cos(np.radians(now["dec"][0]))
+    answer = Table({
+        "Number": np.ma.MaskedArray([1]), "Name": ["Ceres"], "RA": [now["ra"][0]] * u.deg, "DEC": [now["dec"][0]] * u.deg,
+        "RA_rate": [(after["ra"][0] - before["ra"][0]) * cosd * 3600 / (2 * dt * 24)] * u.arcsec / u.h,
+        "DEC_rate": [(after["dec"][0] - before["dec"][0]) * 3600 / (2 * dt * 24)] * u.arcsec / u.h,
+        "V": [now["V"][0]] * u.mag,
+    })
+    times = np.round(epoch + np.array([-1.0, -0.5, 0.0, 0.5, 1.0]) / 24.0, 8)
+    ident, pra, pdec, pV = predictions_from_skybot(answer, epoch, times)
+    truth = predict(orbits, times)
+    assert ident["designation"][0] == "(1) Ceres" and ident["number"][0] == 1
+    assert np.max(np.abs(pra[0] - truth["ra"]) * cosd * 3600) < 0.05 and np.max(np.abs(pdec[0] - truth["dec"]) * 3600) < 0.05
+    obs = Table({"object": ["SD00001"] * 5, "mjd": times, "ra": np.asarray(truth["ra"]) + 0.3 / 3600,
+                 "dec": np.asarray(truth["dec"]), "ra_err": np.full(5, 0.1), "dec_err": np.full(5, 0.1)})
+    identities, known, _ = match_predictions(obs, ident, times, pra, pdec, pV, centre=(truth["ra"][2], truth["dec"][2]),
+                                             radius_deg=0.2)
+    assert identities["SD00001"]["designation"] == "(1) Ceres" and identities["SD00001"]["offset"] == pytest.approx(0.3 * cosd, abs=0.06)

@@ -395,6 +395,10 @@ class KnownConfig(_Section):
         "predicted rate (or 5 sigma of the observed motion, whichever is larger).",
     )
     search_margin: float = Field(default=0.3, ge=0, description="Extra radius of the field search [deg].")
+    skybot: bool = Field(
+        default=False, description="Without orbit files, ask IMCCE's SkyBoT (online, astroquery) for the known objects "
+        "in the field; the observatory code of [report] station is the location (500, the geocentre, when unknown).",
+    )
     recovery_radius: float = Field(
         default=1.0, ge=0, description="Known objects predicted on the detectors but not linked are measured where "
         "predicted (PSF fit) when found within this radius [arcsec] in >= 2 exposures (0: no recovery).",

@@ -23,7 +23,7 @@ from ssodetect.known.propagate import Observer, predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_COLUMNS", "field_candidates", "identify", "empty_known_table"]
+__all__ = ["KNOWN_COLUMNS", "field_candidates", "identify", "match_predictions", "empty_known_table"]
 
 KNOWN_COLUMNS = [
     ("designation", "U48", "", "known object"),
@@ -126,9 +126,35 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
     times = np.unique(np.round(np.concatenate([mjd, np.asarray(times, float), [0.5 * (t_first + t_last)]]), 8))
     pred = predict(sub, times, observer)
     m = times.size
-    pra = np.asarray(pred["ra"]).reshape(len(sub), m)
-    pdec = np.asarray(pred["dec"]).reshape(len(sub), m)
-    pV = np.asarray(pred["V"]).reshape(len(sub), m)
+    ident = {c: np.asarray(sub[c]) for c in ("designation", "number", "provisional")}
+    return match_predictions(observations, ident, times, np.asarray(pred["ra"]).reshape(len(sub), m),
+                             np.asarray(pred["dec"]).reshape(len(sub), m), np.asarray(pred["V"]).reshape(len(sub), m),
+                             centre=centre, radius_deg=radius_deg, match_radius=match_radius,
+                             rate_tolerance=rate_tolerance, on_detector=on_detector)
+
+
+def match_predictions(observations: Table, ident: dict, times: np.ndarray, pra: np.ndarray, pdec: np.ndarray,
+                      pV: np.ndarray, *, centre: tuple, radius_deg: float, match_radius: float = 10.0,
+                      rate_tolerance: float = 0.1, on_detector=None) -> tuple[dict, Table, dict]:
+    """Match observations with predicted positions of known objects (the last steps of :func:`identify`).
+
+    Parameters
+    ----------
+    ident : dict
+        ``designation``, ``number``, ``provisional``: arrays (n,) naming the predicted objects.
+    times : ndarray (m,)
+        Prediction times [MJD UTC, rounded to 1e-8 d]: every observation time and the middle of the
+        sequence among them.
+    pra, pdec, pV : ndarray (n, m)
+        Predicted positions [deg] and V magnitudes.
+
+    Returns
+    -------
+    As :func:`identify`.
+    """
+    mjd = np.asarray(observations["mjd"], float)
+    t_first, t_last = float(mjd.min()), float(mjd.max())
+    n, m = pra.shape
     t_index = {round(float(t), 8): k for k, t in enumerate(times)}
     mid = t_index[round(0.5 * (t_first + t_last), 8)]
     span_h = max((t_last - t_first) * 24.0, 1e-6)
@@ -136,7 +162,7 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
     pred_rate = _sep_arcsec(pra[:, k0], pdec[:, k0], pra[:, k1], pdec[:, k1]) / span_h
     in_field = _sep_arcsec(pra[:, mid], pdec[:, mid], centre[0], centre[1]) / 3600.0 <= radius_deg
     if on_detector is not None:
-        on = np.zeros(len(sub), bool)
+        on = np.zeros(n, bool)
         for k in range(m):
             on |= np.asarray(on_detector(pra[:, k], pdec[:, k], float(times[k])), bool)
     else:
@@ -175,28 +201,27 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
             pairs.append((float(med[j]), name, int(j), float(dra), float(ddec)))
     identities: dict = {}
     taken: set = set()
-    matched = np.full(len(sub), "", dtype="U16")
-    offsets = np.full((len(sub), 3), np.nan)
+    matched = np.full(n, "", dtype="U16")
+    offsets = np.full((n, 3), np.nan)
     for med, name, j, dra, ddec in sorted(pairs):
         if name in identities or j in taken:
             continue
         taken.add(j)
-        row = sub[j]
-        identities[name] = {"designation": str(row["designation"]), "number": int(row["number"]),
-                            "provisional": str(row["provisional"]), "offset": med, "offset_ra": dra,
+        identities[name] = {"designation": str(ident["designation"][j]), "number": int(ident["number"][j]),
+                            "provisional": str(ident["provisional"][j]), "offset": med, "offset_ra": dra,
                             "offset_dec": ddec}
         matched[j] = name
         offsets[j] = (med, dra, ddec)
     keep = on | (matched != "")
     known = Table({
-        "designation": np.asarray(sub["designation"]).astype(str)[keep], "number": np.asarray(sub["number"])[keep],
-        "provisional": np.asarray(sub["provisional"]).astype(str)[keep], "ra": pra[keep, mid], "dec": pdec[keep, mid],
+        "designation": np.asarray(ident["designation"]).astype(str)[keep], "number": np.asarray(ident["number"])[keep],
+        "provisional": np.asarray(ident["provisional"]).astype(str)[keep], "ra": pra[keep, mid], "dec": pdec[keep, mid],
         "predicted_mag": pV[keep, mid], "rate": pred_rate[keep], "on_detector": on[keep], "matched": matched[keep],
         "offset": offsets[keep, 0], "offset_ra": offsets[keep, 1], "offset_dec": offsets[keep, 2],
     })
     from ssodetect.columns import describe
 
     describe(known, KNOWN_COLUMNS)
-    predictions = {str(sub["designation"][j]): (times, pra[j], pdec[j]) for j in np.nonzero(keep)[0]}
+    predictions = {str(ident["designation"][j]): (times, pra[j], pdec[j]) for j in np.nonzero(keep)[0]}
     log.info("%d known objects predicted on the detectors, %d identified", int(on.sum()), len(identities))
     return identities, known, predictions

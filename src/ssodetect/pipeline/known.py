@@ -12,7 +12,8 @@ from astropy.time import Time
 
 from ssodetect.config import Config
 from ssodetect.known import Observer, read_orbits
-from ssodetect.known.identify import empty_known_table, identify
+from ssodetect.known.identify import empty_known_table, identify, match_predictions
+from ssodetect.known.skybot import predictions_from_skybot, skybot_cone
 from ssodetect.pipeline.astrometry import wcs_from_header_string
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
         Designation -> (times [MJD UTC], ra, dec [deg]) of each of them.
     """
     kc = config.known
-    if not kc.orbits:
+    if not kc.orbits and not kc.skybot:
         return empty_known_table(), {}
-    orbits = vstack([read_orbits(p) for p in kc.orbits]) if len(kc.orbits) > 1 else read_orbits(kc.orbits[0])
+    orbits = vstack([read_orbits(p) for p in kc.orbits]) if kc.orbits else None
     sky = observations[np.asarray(observations["wcs"]).astype(str) != "relative"] if len(observations) else observations
     if len(sky) == 0:
         log.info("known objects: no observation with sky coordinates; identification skipped")
@@ -97,11 +98,22 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
             inside |= (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
         return inside
 
-    identities, known, predictions = identify(
-        sky, orbits, observer_for(exposures, config), centre=(ra0, dec0), radius_deg=radius,
-        match_radius=kc.match_radius, rate_tolerance=kc.rate_tolerance,
-        on_detector=on_detector if prints else None, margin_deg=kc.search_margin, times=list(times.values()),
-    )
+    if orbits is not None:
+        identities, known, predictions = identify(
+            sky, orbits, observer_for(exposures, config), centre=(ra0, dec0), radius_deg=radius,
+            match_radius=kc.match_radius, rate_tolerance=kc.rate_tolerance,
+            on_detector=on_detector if prints else None, margin_deg=kc.search_margin, times=list(times.values()),
+        )
+    else:  # SkyBoT alone
+        mjd = np.asarray(sky["mjd"], float)
+        t_mid = 0.5 * (float(mjd.min()) + float(mjd.max()))
+        grid = np.unique(np.round(np.concatenate([mjd, list(times.values()), [t_mid]]), 8))
+        station = config.report.station if config.report.station != "XXX" else "500"
+        ident, pra, pdec, pV = predictions_from_skybot(skybot_cone(ra0, dec0, radius, t_mid, station), t_mid, grid)
+        identities, known, predictions = match_predictions(
+            sky, ident, grid, pra, pdec, pV, centre=(ra0, dec0), radius_deg=radius, match_radius=kc.match_radius,
+            rate_tolerance=kc.rate_tolerance, on_detector=on_detector if prints else None,
+        )
     for k, name in enumerate(np.asarray(objects["object"]).astype(str)):
         if name in identities:
             objects["designation"][k] = identities[name]["designation"]

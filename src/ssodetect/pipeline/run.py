@@ -549,7 +549,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
         streaks=streak_table, exposures=exposures, masters=masters,
     )
-    if config.known.orbits:
+    if config.known.orbits or config.known.skybot:
         t0 = time.perf_counter()
         known, predictions = identify_known(observations, objects, exposures, ccd_info, astrometry, config)
         result.observations, result.objects = recover_known(
