@@ -377,6 +377,30 @@ class ReportConfig(_Section):
         return value
 
 
+class StackConfig(_Section):
+    """Shift-and-stack search for movers fainter than one exposure shows (optional, CPU)."""
+
+    enabled: bool = Field(default=False, description="Run the shift-and-stack stage after linking.")
+    rate_min: float = Field(default=0.5, ge=0, description="Slowest rate searched [arcsec/h].")
+    rate_max: float = Field(default=10.0, gt=0, description="Fastest rate searched [arcsec/h].")
+    threshold: float = Field(
+        default=7.0, gt=0, description="Significance a stacked candidate needs [sigma]; it must grow with the number "
+        "of trajectories tried (~1e11 per 4k CCD for 4 Euclid exposures up to 10\"/h: 7 keeps chance peaks rare).",
+    )
+    grid_fraction: float = Field(
+        default=0.5, gt=0, le=2, description="Velocity grid step: a trajectory moves by at most this fraction of the "
+        "PSF FWHM over the sequence between neighbouring grid velocities.",
+    )
+    block: int = Field(default=512, ge=1, description="Trajectories evaluated per kernel call (memory is bounded by the "
+                       "psi/phi images of one kernel group, not by the number of trajectories).")
+
+    @model_validator(mode="after")
+    def _rates(self) -> "StackConfig":
+        if self.rate_max <= self.rate_min:
+            raise ValueError("rate_max must exceed rate_min")
+        return self
+
+
 class KnownConfig(_Section):
     """Identification of linked objects with catalogued orbits (offline: local orbit files)."""
 
@@ -431,6 +455,7 @@ class Config(_Section):
     link: LinkConfig = Field(default_factory=LinkConfig)
     streaks: StreakConfig = Field(default_factory=StreakConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
     known: KnownConfig = Field(default_factory=KnownConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
