@@ -41,26 +41,21 @@ def observer_for(exposures: list, config: Config) -> Observer:
     return Observer(site=site)
 
 
-def _footprints(ccd_info: list, astrometry: Table | None) -> list:
-    """(exposure, mjd-less) WCS and shape of every CCD exposure: the fitted WCS when there is one."""
-    fitted = {}
-    if astrometry is not None:
-        for row in astrometry:
-            if str(row["status"]) == "ok" and str(row["wcs_header"]):
-                fitted[(int(row["exposure"]), str(row["ccd"]))] = str(row["wcs_header"])
+def _footprints(ccd_info: list, wcs_for) -> list:
+    """(exposure, WCS, shape) of every CCD exposure with a WCS (the fitted one where there is one)."""
     out = []
     for info in ccd_info:
-        text = fitted.get((int(info["exposure"]), str(info["ccd"])), info.get("wcs_header", ""))
-        if not text or not info.get("shape"):
-            continue
-        wcs = wcs_from_header_string(text)
-        out.append((int(info["exposure"]), wcs, tuple(info["shape"])))
+        wcs = wcs_for(int(info["exposure"]), str(info["ccd"]))
+        if wcs is not None and info.get("shape"):
+            out.append((int(info["exposure"]), wcs, tuple(info["shape"])))
     return out
 
 
-def identify_known(observations: Table, objects: Table, exposures: list, ccd_info: list, astrometry: Table | None,
+def identify_known(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for,
                    config: Config) -> tuple[Table, dict]:
     """Fill ``designation``/``known_offset`` of ``objects`` (in place).
+
+    ``wcs_for(exposure, ccd)`` gives the WCS of each CCD exposure (fitted, else the header's; None without).
 
     Returns
     -------
@@ -77,7 +72,7 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
     if len(sky) == 0:
         log.info("known objects: no observation with sky coordinates; identification skipped")
         return empty_known_table(), {}
-    prints = _footprints(ccd_info, astrometry)
+    prints = _footprints(ccd_info, wcs_for)
     corners = []
     for _, wcs, (ny, nx) in prints:
         corners.append(wcs.all_pix2world(np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]]), 0))

@@ -65,6 +65,7 @@ class RunResult:
     exposures: list = field(default_factory=list)
     masters: dict = field(default_factory=dict)
     known: Table | None = None
+    wcs_headers: dict = field(default_factory=dict)
 
 
 class _Process:
@@ -480,8 +481,8 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     else:
         calibrated = [table for table, _ in results]
     tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config) if len(t)]
-    for info in ccd_info:
-        info.pop("wcs_header", None)
+    # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
+    wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
     t0 = time.perf_counter()
     if reference is not None and not calibrate:
@@ -547,11 +548,11 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     astrometry = solution_table(solutions) if calibrate else None
     result = RunResult(
         observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
-        streaks=streak_table, exposures=exposures, masters=masters,
+        streaks=streak_table, exposures=exposures, masters=masters, wcs_headers=wcs_headers,
     )
     if config.known.orbits or config.known.skybot:
         t0 = time.perf_counter()
-        known, predictions = identify_known(observations, objects, exposures, ccd_info, astrometry, config)
+        known, predictions = identify_known(observations, objects, exposures, ccd_info, _wcs_lookup(result), config)
         result.observations, result.objects = recover_known(
             observations, objects, known, predictions, exposures, ccd_info, _wcs_lookup(result),
             lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config,
@@ -596,7 +597,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
 
 def _wcs_lookup(result: RunResult):
     """(exposure, ccd) -> the WCS positions went through: fitted, else the header's (None without)."""
-    texts = {(int(i["exposure"]), str(i["ccd"])): i.get("wcs_header", "") for i in result.ccd_info}
+    texts = dict(result.wcs_headers)
     if result.astrometry is not None:
         for row in result.astrometry:
             if str(row["status"]) == "ok" and str(row["wcs_header"]):
