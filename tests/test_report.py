@@ -113,6 +113,13 @@ def test_designation_packing():
         pack_provisional("2019 I5")
 
 
+def test_overview_carries_the_wcs_tracks_are_drawn_with(run_dir):
+    from astropy.io import fits
+
+    with fits.open(run_dir / "overview.fits") as hdul:
+        assert len(hdul) == 2 and "CTYPE1" in hdul[1].header and hdul[1].header["BINNING"] >= 1
+
+
 def test_run_mpc80_file_matches_observations(run_dir):
     obs = Table.read(run_dir / "observations.ecsv")
     header, records, other = read_mpc80((run_dir / "observations.mpc").read_text())

@@ -482,7 +482,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     else:
         calibrated = [table for table, _ in results]
     tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config) if len(t)]
-    # header WCS of every CCD exposure, kept out of provenance.json (cutouts, stack, known objects use it)
+    # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
     wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
     t0 = time.perf_counter()
