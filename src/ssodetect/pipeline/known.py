@@ -140,7 +140,7 @@ def recover_known(observations: Table, objects: Table, known: Table, predictions
     """
     from ssodetect.detect import psf_photometry
     from ssodetect.detect.extract import psf_centroid
-    from ssodetect.report.tables import OBJECT_COLUMNS, OBSERVATION_COLUMNS
+    from ssodetect.report.tables import OBJECT_COLUMNS, OBSERVATION_COLUMNS, rows_table
 
     kc = config.known
     if len(known) == 0 or kc.recovery_radius <= 0:
@@ -244,10 +244,8 @@ def recover_known(observations: Table, objects: Table, known: Table, predictions
         known["offset_ra"][k], known["offset_dec"][k] = float(np.median(dra)), float(np.median(ddec))
     if new_obj:
         log.info("%d known objects recovered at their predicted positions", len(new_obj))
-        obs_add = Table(rows=[[r[c[0]] for c in OBSERVATION_COLUMNS] for r in new_obs],
-                        names=[c[0] for c in OBSERVATION_COLUMNS], dtype=[c[1] for c in OBSERVATION_COLUMNS])
-        obj_add = Table(rows=[[r[c[0]] for c in OBJECT_COLUMNS] for r in new_obj],
-                        names=[c[0] for c in OBJECT_COLUMNS], dtype=[c[1] for c in OBJECT_COLUMNS])
+        obs_add = rows_table(new_obs, OBSERVATION_COLUMNS)
+        obj_add = rows_table(new_obj, OBJECT_COLUMNS)
         observations = vstack([observations, obs_add]) if len(observations) else obs_add
         objects = vstack([objects, obj_add]) if len(objects) else obj_add
     return observations, objects

@@ -12,7 +12,7 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import describe, empty_table
 from ssodetect.link.tracklets import Tracklet
 
-__all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "tracklet_tables"]
+__all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "rows_table", "tracklet_tables"]
 
 #: (name, dtype, unit, description)
 OBSERVATION_COLUMNS = [
@@ -67,7 +67,8 @@ OBJECT_COLUMNS = [
 ]
 
 
-def _finish(rows: list[dict], columns) -> Table:
+def rows_table(rows: list[dict], columns) -> Table:
+    """A table of ``columns`` from dicts (every column even when ``rows`` is empty)."""
     if not rows:
         return empty_table(columns)
     table = Table(rows=[[r[c[0]] for c in columns] for r in rows], names=[c[0] for c in columns], dtype=[c[1] for c in columns])
@@ -165,4 +166,4 @@ def tracklet_tables(
                 "known_offset": np.nan,
             }
         )
-    return _finish(obs_rows, OBSERVATION_COLUMNS), _finish(obj_rows, OBJECT_COLUMNS)
+    return rows_table(obs_rows, OBSERVATION_COLUMNS), rows_table(obj_rows, OBJECT_COLUMNS)
