@@ -71,7 +71,7 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
                                    iterations=2)
             images.append(np.where(hits, np.nan, data).astype(np.float32))
         variances = [np.asarray(rms, np.float32) ** 2 for _, rms, _ in loaded]
-        offsets = _offsets(wcss, shape)
+        offsets = [(float(round(dx)), float(round(dy))) for dx, dy in _offsets(wcss, shape)]  # whole-pixel alignment
         diff, var = difference_images(images, variances, offsets)
         del loaded, images, variances
         scale = float(np.sqrt(abs(np.linalg.det(wcss[0].pixel_scale_matrix)))) * 3600.0

@@ -126,32 +126,43 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
     log.info("stack: %d velocities (step %.2f px/h) in %d kernel groups, %d x %d px, %d exposures",
              len(velocities), step, len(np.unique(bins)), nx, ny, n_exp)
     rows = []
+    negative: list[float] = []
     for code in np.unique(bins):
         kernel = _bin_kernel(int(code), sigma, n_angles)
         pp = [psi_phi(diff[e], var[e], kernel) for e in range(n_exp)]
         psi = np.stack([p for p, _ in pp])
         phi = np.stack([f for _, f in pp])
         idx = np.nonzero(bins == code)[0]
-        best = None
         min_phi = 0.5 * float(np.nanmedian(phi)) * n_exp
-        for start in range(0, idx.size, block):
-            sub = idx[start : start + block]
-            dx, dy = trajectory_terms(velocities[sub], times_h)
-            best = stack_best(psi, phi, dx, dy, best, v_offset=start, min_phi=min_phi)
-        peaks = best["nu"] >= threshold
-        if not peaks.any():
-            continue
-        labels, n = label(peaks)
-        positions = maximum_position(best["nu"], labels, range(1, n + 1))
-        order = np.argsort([-best["nu"][py, px] for py, px in positions])[:max_candidates]
-        for j in order:
-            py, px = positions[j]
-            k = int(idx[best["v"][py, px]])
-            dx, dy = trajectory_terms(velocities[k : k + 1], times_h)
-            p, f = _terms(psi, phi, int(px), int(py), dx[0], dy[0])
-            row = _vet(p, f, n_exp, threshold)
-            if row is not None:
-                rows.append((int(px), int(py), velocities[k, 0], velocities[k, 1]) + row)
+        for sign in (1.0, -1.0):  # the sign-flipped search measures what noise and residuals alone reach
+            signed = psi if sign > 0 else -psi
+            best = None
+            for start in range(0, idx.size, block):
+                sub = idx[start : start + block]
+                dx, dy = trajectory_terms(velocities[sub], times_h)
+                best = stack_best(signed, phi, dx, dy, best, v_offset=start, min_phi=min_phi)
+            peaks = best["nu"] >= threshold
+            if not peaks.any():
+                continue
+            labels, n = label(peaks)
+            positions = maximum_position(best["nu"], labels, range(1, n + 1))
+            order = np.argsort([-best["nu"][py, px] for py, px in positions])[:max_candidates]
+            for j in order:
+                py, px = positions[j]
+                k = int(idx[best["v"][py, px]])
+                dx, dy = trajectory_terms(velocities[k : k + 1], times_h)
+                p, f = _terms(signed, phi, int(px), int(py), dx[0], dy[0])
+                row = _vet(p, f, n_exp, threshold)
+                if row is None:
+                    continue
+                if sign > 0:
+                    rows.append((int(px), int(py), velocities[k, 0], velocities[k, 1]) + row)
+                else:
+                    negative.append(row[0])
+    # the significance the sign-flipped search reaches after the same vetting: positives must beat it
+    floor = max(negative) if negative else threshold
+    log.info("stack: %d vetted candidates, %d in the sign-flipped search (up to nu %.1f)", len(rows), len(negative), floor)
+    rows = [r for r in rows if r[4] > floor]
     table = Table(rows=rows, names=CANDIDATE_COLUMNS,
                   dtype=[float, float, float, float, float, float, float, int, float]) if rows else Table(
         names=CANDIDATE_COLUMNS, dtype=[float, float, float, float, float, float, float, int, float])
