@@ -13,6 +13,7 @@ from scipy.ndimage import binary_dilation
 
 from ssodetect.config import Config
 from ssodetect.detect.cosmics import sharp_pixel_mask
+from ssodetect.pipeline.ccd import _astroscrappy
 from ssodetect.stack import difference_images, search
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,36 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
         sigma = float(np.median([float(i.get("psf_sigma") or 1.0) for i in infos]))
         loaded = [read_image(r) for r in refs]
         images = []
-        for data, rms, _ in loaded:  # cosmic-ray and hot-pixel hits (one exposure only) would stack into peaks
-            hits = binary_dilation(sharp_pixel_mask(np.nan_to_num(data), rms, sigma, mask=~np.isfinite(data)),
-                                   iterations=2)
+        for data, rms, gain in loaded:  # cosmic-ray and hot-pixel hits (one exposure only) would stack into peaks
+            bad = ~np.isfinite(data)
+            hits = sharp_pixel_mask(np.nan_to_num(data), rms, sigma, mask=bad)
+            try:  # L.A.Cosmic finds the faint wings of tracks that a trailed kernel would otherwise follow
+                hits |= _astroscrappy(np.nan_to_num(data), bad, gain, rms, config.clean)
+            except ImportError:
+                pass
+            hits = binary_dilation(hits, iterations=2)
             images.append(np.where(hits, np.nan, data).astype(np.float32))
         variances = [np.asarray(rms, np.float32) ** 2 for _, rms, _ in loaded]
         offsets = [(float(round(dx)), float(round(dy))) for dx, dy in _offsets(wcss, shape)]  # whole-pixel alignment
         diff, var = difference_images(images, variances, offsets)
         del loaded, images, variances
+        # movers already found (and their imprint on the templates of the other exposures) are not searched again:
+        # mask a disc around each of their positions, on the common grid, in every exposure
+        if len(observations):
+            on = observations[np.asarray(observations["ccd"]).astype(str) == str(ccd)]
+            yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+            radius = 4.0 * 2.3548 * sigma
+            for o in on:
+                e = next(k for k, exp in enumerate(exposures) if exp.index == int(o["exposure"]))
+                gx, gy = float(o["x"]) + offsets[e][0], float(o["y"]) + offsets[e][1]
+                r = radius + 0.5 * float(np.nan_to_num(o["trail_length"]))
+                x0, x1 = int(max(gx - r, 0)), int(min(gx + r + 1, shape[1]))
+                y0, y1 = int(max(gy - r, 0)), int(min(gy + r + 1, shape[0]))
+                if x0 >= x1 or y0 >= y1:
+                    continue
+                disc = np.hypot(xx[y0:y1, x0:x1] - gx, yy[y0:y1, x0:x1] - gy) <= r
+                diff[:, y0:y1, x0:x1][:, disc] = np.nan
+                var[:, y0:y1, x0:x1][:, disc] = np.nan
         scale = float(np.sqrt(abs(np.linalg.det(wcss[0].pixel_scale_matrix)))) * 3600.0
         cands = search(diff, var, times_h, sigma, exptime_h, rate_min=sc.rate_min / scale, rate_max=sc.rate_max / scale,
                        threshold=sc.threshold, grid_fraction=sc.grid_fraction, block=sc.block)

@@ -170,7 +170,7 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
 
 
 def _merge(table: Table, times_h: np.ndarray, fwhm: float) -> Table:
-    """One candidate per mover: trajectories within 2 FWHM of each other at every exposure merge into the best."""
+    """One candidate per mover: trajectories within 3 FWHM of each other in all exposures but one merge into the best."""
     if len(table) < 2:
         return table
     order = np.argsort(-np.asarray(table["nu"]))
@@ -178,7 +178,8 @@ def _merge(table: Table, times_h: np.ndarray, fwhm: float) -> Table:
     pos = [np.column_stack([table["x"][k] + table["vx"][k] * t, table["y"][k] + table["vy"][k] * t]) for k in order]
     kept: list[int] = []
     for j, k in enumerate(order):
-        if any(np.max(np.hypot(*(pos[j] - pos[list(order).index(m)]).T)) < 2.0 * fwhm for m in kept):
+        if any(np.sum(np.hypot(*(pos[j] - pos[list(order).index(m)]).T) < 3.0 * fwhm) >= max(2, len(t) - 1)
+               for m in kept):
             continue
         kept.append(int(k))
     return table[sorted(kept, key=lambda m: -float(table["nu"][m]))]

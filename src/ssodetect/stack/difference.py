@@ -79,7 +79,9 @@ def difference_images(images: list, variances: list, offsets: list, *, static_si
             tvar = np.nanmean(avar[others], axis=0) * (np.pi / 2.0) / np.maximum(count, 1)
         d = aligned[e] - template
         v = avar[e] + tvar
-        bad = static | (count < 1) | ~np.isfinite(d) | ~np.isfinite(v)
+        # a median of fewer than three values is a mean: one unmasked artefact in another exposure would print
+        # itself into this difference
+        bad = static | (count < min(3, n - 1)) | ~np.isfinite(d) | ~np.isfinite(v)
         diff[e] = np.where(bad, np.nan, d)
         var[e] = np.where(bad, np.nan, v)
     return diff, var
