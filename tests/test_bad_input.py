@@ -119,3 +119,27 @@ def test_bad_reference_wcs(scene, tmp_path, capsys):
     code, err = _run_cli(capsys, src, "--out", out, "--config", tmp_path / "c.toml")
     assert code == 2 and len(err) == 1 and "nowhere.wcs" in err[0]
     assert not out.exists()
+
+
+def test_bad_orbit_file_refused_before_processing(scene, tmp_path, capsys):
+    orbits = tmp_path / "orbits.txt"
+    orbits.write_text("not an orbit file\n")
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, scene, "--out", out, "--orbits", orbits)
+    assert code == 2 and len(err) == 1 and "orbits.txt" in err[0]
+    assert not out.exists()
+    code, err = _run_cli(capsys, scene, "--out", out, "--orbits", tmp_path / "missing.dat")
+    assert code == 2 and len(err) == 1 and "missing.dat" in err[0] and not out.exists()
+
+
+def test_bad_ades_and_80_column_input_name_the_line(tmp_path):
+    import pytest
+
+    from ssodetect.report import read_ades, read_mpc80
+
+    bad = tmp_path / "bad.psv"
+    bad.write_text("# version=2022\ntrkSub|mode|stn\nAB1|CCD\n")
+    with pytest.raises(ValueError, match="fields"):
+        read_ades(bad)
+    with pytest.raises(ValueError, match="line 1"):
+        read_mpc80("     K20Q04A  C2020 0X 18.33489021 33 58.060+12 13 25.77         22.58wU~44BVF51\n")

@@ -5,7 +5,7 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.config import Config
-from ssodetect.io import find_inputs, read_ccd, scan_inputs
+from ssodetect.io import read_ccd, scan_inputs
 from ssodetect.pipeline.ccd import process_ccd
 
 from conftest import real_data

@@ -1,7 +1,6 @@
 """Reports people submit and read: ADES PSV/XML (schema-valid, round trip), MPC 80-column records
 (round trip on the real examples), `ssodetect report`, and the HTML page in headless Chromium."""
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -333,6 +333,13 @@ class CalibrateConfig(_Section):
     clip_sigma: float = Field(default=3.0, gt=0, description="Sigma clipping of the master combination.")
 
 
+def _three_numbers(value: list[float], message: str) -> list[float]:
+    """An empty list, or exactly three numbers."""
+    if value and len(value) != 3:
+        raise ValueError(message)
+    return value
+
+
 class ReportConfig(_Section):
     """What the reports say about the observatory, the people and the measurements (ADES header and fields)."""
 
@@ -372,9 +379,7 @@ class ReportConfig(_Section):
     @field_validator("observer_position")
     @classmethod
     def _three(cls, value: list[float]) -> list[float]:
-        if value and len(value) != 3:
-            raise ValueError("observer_position needs three numbers (x, y, z) in km")
-        return value
+        return _three_numbers(value, "observer_position needs three numbers (x, y, z) in km")
 
 
 class StackConfig(_Section):
@@ -431,9 +436,7 @@ class KnownConfig(_Section):
     @field_validator("site")
     @classmethod
     def _site(cls, value: list[float]) -> list[float]:
-        if value and len(value) != 3:
-            raise ValueError("site needs three numbers: east longitude [deg], latitude [deg], height [m]")
-        return value
+        return _three_numbers(value, "site needs three numbers: east longitude [deg], latitude [deg], height [m]")
 
 
 class ExecutionConfig(_Section):

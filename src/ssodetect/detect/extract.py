@@ -108,9 +108,9 @@ def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: 
 
 def _compact_cores(work, work64, variance, mask, objects, x, y, length, theta, psf_sigma, gain):
     """Elongated footprints that are a compact core on fainter extended light (a mover crossing a faint
-    galaxy, a star on nebulosity): the windowed centroid started from the footprint's peak, kept
-    when the trail model of the whole footprint fits badly (reduced chi2 > 2) and a point PSF fits
-    there better, per pixel.
+    galaxy, a star on nebulosity, a blend): the windowed centroid started from the footprint's peak,
+    kept when the trail model of the whole footprint fits badly (reduced chi2 > 2) and a point PSF fits
+    there better, per pixel, however small the shift (blends bias barycentres by a fraction of a pixel).
 
     Returns ``(core, xq, yq)``: a boolean array (n,) marking those detections and the core
     positions [px] (NaN where not evaluated).
@@ -131,7 +131,6 @@ def _compact_cores(work, work64, variance, mask, objects, x, y, length, theta, p
         per_trail = c_trail / np.maximum(n_trail - 5, 1)
         # a clean trail (fitted well by its own model) stays a trail even where it crosses a star
         better = (c_point / np.maximum(n_point - 3, 1) < per_trail) & (per_trail > 2.0)
-        moved = np.hypot(xw - x[wide], yw - y[wide]) > psf_sigma
         pick = good & better & np.isfinite(c_point)
         core[wide[pick]] = True
         xq[wide], yq[wide] = xw, yw

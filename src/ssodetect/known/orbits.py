@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ssodetect.columns import describe
 from ssodetect.errors import InputError
 
 __all__ = ["ORBIT_COLUMNS", "GAUSS_K", "read_orbits", "read_mpcorb", "read_sbdb", "unpack_epoch", "orbits_table",
@@ -71,10 +72,7 @@ def orbits_table(rows: list[dict]) -> Table:
         values = [r.get(name, default) for r in rows]
         cols[name] = np.array(values, dtype=dtype if not dtype.startswith("U") else str) if rows else np.zeros(
             0, dtype=dtype)
-    table = Table(cols)
-    for name, _, unit, desc in ORBIT_COLUMNS:
-        table[name].unit = unit or None
-        table[name].description = desc
+    table = describe(Table(cols), ORBIT_COLUMNS)
     _complete(table)
     return table
 

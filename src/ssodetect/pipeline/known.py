@@ -14,11 +14,10 @@ from ssodetect.config import Config
 from ssodetect.known import Observer, read_orbits
 from ssodetect.known.identify import empty_known_table, identify, match_predictions
 from ssodetect.known.skybot import predictions_from_skybot, skybot_cone
-from ssodetect.pipeline.astrometry import wcs_from_header_string
 
 log = logging.getLogger(__name__)
 
-__all__ = ["observer_for", "identify_known"]
+__all__ = ["observer_for", "load_orbits", "identify_known", "recover_known"]
 
 
 def _header_site(path: str) -> tuple | None:
@@ -51,11 +50,24 @@ def _footprints(ccd_info: list, wcs_for) -> list:
     return out
 
 
+def load_orbits(paths) -> Table | None:
+    """The orbits of every file in ``paths`` (None when there is none).
+
+    Raises
+    ------
+    InputError
+        A file that cannot be read or holds no orbit (one line naming it).
+    """
+    tables = [read_orbits(p) for p in paths]
+    return (vstack(tables) if len(tables) > 1 else tables[0]) if tables else None
+
+
 def identify_known(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for,
-                   config: Config) -> tuple[Table, dict]:
+                   orbits: Table | None, config: Config) -> tuple[Table, dict]:
     """Fill ``designation``/``known_offset`` of ``objects`` (in place).
 
-    ``wcs_for(exposure, ccd)`` gives the WCS of each CCD exposure (fitted, else the header's; None without).
+    ``wcs_for(exposure, ccd)`` gives the WCS of each CCD exposure (fitted, else the header's; None without);
+    ``orbits`` are the catalogued orbits (:func:`load_orbits`; None: SkyBoT when enabled).
 
     Returns
     -------
@@ -65,9 +77,8 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
         Designation -> (times [MJD UTC], ra, dec [deg]) of each of them.
     """
     kc = config.known
-    if not kc.orbits and not kc.skybot:
+    if orbits is None and not kc.skybot:
         return empty_known_table(), {}
-    orbits = vstack([read_orbits(p) for p in kc.orbits]) if kc.orbits else None
     sky = observations[np.asarray(observations["wcs"]).astype(str) != "relative"] if len(observations) else observations
     if len(sky) == 0:
         log.info("known objects: no observation with sky coordinates; identification skipped")

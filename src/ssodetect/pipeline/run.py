@@ -39,7 +39,7 @@ from ssodetect.pipeline.astrometry import (
     write_refined_headers,
 )
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
-from ssodetect.pipeline.known import identify_known, recover_known
+from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import tracklet_tables
@@ -449,6 +449,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         raise InputError("no light frame among the inputs (only calibration frames)")
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
     reference = load_reference_catalogue(refcat) if refcat is not None else None
+    orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
     timings["ingest"] = time.perf_counter() - t0
     log.info(
         "%d files, %d exposures, %d CCD images", len(paths), len(exposures), sum(len(e.ccds) for e in exposures)
@@ -559,7 +560,8 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         observations, objects = result.observations, result.objects
     if config.known.orbits or config.known.skybot:
         t0 = time.perf_counter()
-        known, predictions = identify_known(observations, objects, exposures, ccd_info, _wcs_lookup(result), config)
+        known, predictions = identify_known(observations, objects, exposures, ccd_info, _wcs_lookup(result), orbits,
+                                            config)
         result.observations, result.objects = recover_known(
             observations, objects, known, predictions, exposures, ccd_info, _wcs_lookup(result),
             lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config,
