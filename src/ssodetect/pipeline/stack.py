@@ -67,18 +67,22 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
         sigma = float(np.median([float(i.get("psf_sigma") or 1.0) for i in infos]))
         loaded = [read_image(r) for r in refs]
         images = []
+        DBG = []
         for data, rms, gain in loaded:  # cosmic-ray and hot-pixel hits (one exposure only) would stack into peaks
             bad = ~np.isfinite(data)
             hits = sharp_pixel_mask(np.nan_to_num(data), rms, sigma, mask=bad)
+            DBG.append(hits.copy())
             try:  # L.A.Cosmic finds the faint wings of tracks that a trailed kernel would otherwise follow
                 hits |= _astroscrappy(np.nan_to_num(data), bad, gain, rms, config.clean)
             except ImportError:
                 pass
-            hits = binary_dilation(hits, iterations=2)
+            DBG.append(hits.copy())
+            hits = binary_dilation(hits, iterations=1)
             images.append(np.where(hits, np.nan, data).astype(np.float32))
         variances = [np.asarray(rms, np.float32) ** 2 for _, rms, _ in loaded]
-        offsets = [(float(round(dx)), float(round(dy))) for dx, dy in _offsets(wcss, shape)]  # whole-pixel alignment
-        diff, var = difference_images(images, variances, offsets)
+        exact = _offsets(wcss, shape)
+        diff, var = difference_images(images, variances, exact)
+        offsets = [(float(round(dx)), float(round(dy))) for dx, dy in exact]  # the whole-pixel alignment it used
         del loaded, images, variances
         # movers already found (and their imprint on the templates of the other exposures) are not searched again:
         # mask a disc around each of their positions, on the common grid, in every exposure
@@ -98,6 +102,8 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
                 diff[:, y0:y1, x0:x1][:, disc] = np.nan
                 var[:, y0:y1, x0:x1][:, disc] = np.nan
         scale = float(np.sqrt(abs(np.linalg.det(wcss[0].pixel_scale_matrix)))) * 3600.0
+        import os
+        if os.environ.get("STACK_DUMP"): np.savez(os.environ["STACK_DUMP"], dbg=np.array(DBG), diff=diff, var=var, times_h=times_h, sigma=sigma, exptime_h=exptime_h, scale=scale, offsets=np.array(offsets))
         cands = search(diff, var, times_h, sigma, exptime_h, rate_min=sc.rate_min / scale, rate_max=sc.rate_max / scale,
                        threshold=sc.threshold, grid_fraction=sc.grid_fraction, block=sc.block)
         del diff, var

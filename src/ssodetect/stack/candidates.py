@@ -25,7 +25,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.ndimage import label, maximum_position
 
-from ssodetect.stack.search import psi_phi, stack_best, trail_kernel, trajectory_terms, velocity_grid
+from ssodetect.stack.search import Likelihood, stack_best, trail_kernel, trajectory_terms, velocity_grid
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +34,35 @@ __all__ = ["search", "CANDIDATE_COLUMNS"]
 CANDIDATE_COLUMNS = ["x", "y", "vx", "vy", "nu", "flux", "flux_err", "n_good", "max_fraction"]
 
 
-def _kernel_bins(velocities: np.ndarray, exptime_h: float, sigma: float, n_angles: int) -> np.ndarray:
-    """Kernel bin of each velocity: 0 for a point PSF, else (length bin, angle bin) encoded as an int."""
+_LENGTH_RATIO = 1.3  # neighbouring trailed kernels differ in length by this factor
+
+
+def _kernel_groups(velocities: np.ndarray, exptime_h: float, sigma: float) -> tuple[np.ndarray, dict]:
+    """Kernel of each velocity: the point PSF while the trail is shorter than 1.5 sigma, else a trailed kernel per
+    bin of length (geometric, ratio 1.3) and direction (the trail's ends stay within sigma of the bin's axis).
+
+    Returns the group index of every velocity and ``{group: (length, angle)}`` [px, rad].
+    """
     length = np.hypot(velocities[:, 0], velocities[:, 1]) * exptime_h
     angle = np.mod(np.arctan2(velocities[:, 1], velocities[:, 0]), np.pi)
-    lbin = np.where(length < 1.5 * sigma, 0, 1 + np.floor(length / (1.5 * sigma)).astype(int))
-    abin = np.floor(angle / (np.pi / n_angles)).astype(int) % n_angles
-    return np.where(lbin == 0, 0, lbin * n_angles + abin)
-
-
-def _bin_kernel(code: int, sigma: float, n_angles: int) -> np.ndarray:
-    if code == 0:
-        return trail_kernel(sigma)
-    lbin, abin = divmod(code, n_angles)
-    return trail_kernel(sigma, (lbin - 0.5) * 1.5 * sigma, (abin + 0.5) * np.pi / n_angles)
+    shortest = 1.5 * sigma
+    lbin = np.where(length < shortest, 0,
+                    1 + np.floor(np.log(np.maximum(length, shortest) / shortest) / math.log(_LENGTH_RATIO))).astype(int)
+    centre = shortest * _LENGTH_RATIO ** (lbin - 0.5)
+    n_angles = np.maximum(4, np.ceil(np.pi * centre / (4.0 * sigma))).astype(int)
+    abin = np.where(lbin == 0, 0, np.floor(angle / (np.pi / n_angles)).astype(int) % n_angles)
+    keys = sorted(set(zip(lbin.tolist(), abin.tolist())))
+    index = {k: i for i, k in enumerate(keys)}
+    groups = np.array([index[k] for k in zip(lbin.tolist(), abin.tolist())], dtype=int)
+    params = {}
+    for (lb, ab), i in index.items():
+        if lb == 0:
+            params[i] = (0.0, 0.0)
+        else:
+            c = shortest * _LENGTH_RATIO ** (lb - 0.5)
+            na = max(4, int(math.ceil(math.pi * c / (4.0 * sigma))))
+            params[i] = (c, (ab + 0.5) * math.pi / na)
+    return groups, params
 
 
 def _vet(p: np.ndarray, f: np.ndarray, n_exp: int, threshold: float):
@@ -93,7 +108,7 @@ def _terms(psi, phi, x, y, dx, dy):
 
 def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float, exptime_h: float, *,
            rate_min: float, rate_max: float, threshold: float = 7.0, grid_fraction: float = 0.5,
-           n_angles: int = 8, block: int = 512, max_candidates: int = 2000) -> Table:
+           block: int = 512, max_candidates: int = 2000) -> Table:
     """Shift-and-stack search of one CCD.
 
     Parameters
@@ -118,29 +133,25 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
         flux [ADU] and its error, exposures with positive flux, largest single-exposure share.
     """
     n_exp, ny, nx = diff.shape
-    span = float(np.ptp(times_h)) or 1.0
+    span = float(np.ptp(times_h))
     fwhm = 2.3548 * sigma
-    step = max(grid_fraction * fwhm / span, 1e-3)
-    velocities = velocity_grid(rate_min, rate_max, step)
-    bins = _kernel_bins(velocities, exptime_h, sigma, n_angles)
-    log.info("stack: %d velocities (step %.2f px/h) in %d kernel groups, %d x %d px, %d exposures",
-             len(velocities), step, len(np.unique(bins)), nx, ny, n_exp)
+    velocities = velocity_grid(rate_min, rate_max, span, fwhm, exptime=exptime_h, fraction=grid_fraction)
+    groups, params = _kernel_groups(velocities, exptime_h, sigma)
+    log.info("stack: %d velocities in %d kernel groups, %d x %d px, %d exposures",
+             len(velocities), len(params), nx, ny, n_exp)
+    likelihood = Likelihood(diff, var, sigma, max_length=max(p[0] for p in params.values()))
     rows = []
     negative: list[float] = []
-    for code in np.unique(bins):
-        kernel = _bin_kernel(int(code), sigma, n_angles)
-        pp = [psi_phi(diff[e], var[e], kernel) for e in range(n_exp)]
-        psi = np.stack([p for p, _ in pp])
-        phi = np.stack([f for _, f in pp])
-        idx = np.nonzero(bins == code)[0]
-        min_phi = 0.5 * float(np.nanmedian(phi)) * n_exp
+    for group, (length, angle) in params.items():
+        psi, phi = likelihood.images(trail_kernel(sigma, length, angle))
+        min_phi = 0.5 * float(np.median(phi[phi > 0])) * n_exp  # trajectories mostly off the image or masked: skipped
+        idx = np.nonzero(groups == group)[0]
         for sign in (1.0, -1.0):  # the sign-flipped search measures what noise and residuals alone reach
-            signed = psi if sign > 0 else -psi
             best = None
             for start in range(0, idx.size, block):
                 sub = idx[start : start + block]
                 dx, dy = trajectory_terms(velocities[sub], times_h)
-                best = stack_best(signed, phi, dx, dy, best, v_offset=start, min_phi=min_phi)
+                best = stack_best(psi, phi, dx, dy, best, v_offset=start, min_phi=min_phi, sign=sign)
             peaks = best["nu"] >= threshold
             if not peaks.any():
                 continue
@@ -151,7 +162,7 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
                 py, px = positions[j]
                 k = int(idx[best["v"][py, px]])
                 dx, dy = trajectory_terms(velocities[k : k + 1], times_h)
-                p, f = _terms(signed, phi, int(px), int(py), dx[0], dy[0])
+                p, f = _terms(sign * psi, phi, int(px), int(py), dx[0], dy[0])
                 row = _vet(p, f, n_exp, threshold)
                 if row is None:
                     continue
