@@ -69,7 +69,7 @@ def scenes(args) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            sim = Path(tmp) / f"sim{seed}"
+            sim = Path(args.keep or tmp) / f"sim{seed}"
             simulate(SimulationConfig(seed=seed, nx=args.size, ny=args.size, n_exposures=args.exposures,
                                       movers_per_ccd=args.movers, mover_mag_min=24.0, mover_mag_max=27.5,
                                       slow_rate_min=args.rate_min, slow_rate_max=args.rate_max, fast_fraction=0.0,
@@ -80,10 +80,12 @@ def scenes(args) -> None:
             config.stack.rate_min, config.stack.rate_max = args.rate_min, args.rate_max
             config.stack.threshold = args.threshold
             t0 = time.perf_counter()
-            result = run_pipeline([sim], None, config, refcat=sim / "refcat.ecsv")
+            result = run_pipeline([sim], None, config)  # the simulated headers are exact
             elapsed = time.perf_counter() - t0
             truth = Table.read(sim / "truth.ecsv")
             obs = result.observations
+            if args.keep:
+                obs.write(sim / "observations.ecsv", overwrite=True)
             bins = np.arange(24.0, 27.51, 0.25)
             kw = dict(rate_range=(args.rate_min, args.rate_max), mag_bins=bins)
             with_stack = evaluate_run(obs, truth, **kw)
@@ -96,6 +98,8 @@ def scenes(args) -> None:
             print(f"  with stack:    mag50 {with_stack.mag50:.2f}, {with_stack.n_true} true, {with_stack.n_false} false "
                   f"({n_stacked} stacked objects)")
             c0, c1 = without.completeness, with_stack.completeness
+            stacked_false = [name for name in with_stack.false_objects if name not in without.false_objects]
+            print(f"  false stacked objects: {', '.join(stacked_false) or 'none'}")
             print("  completeness per bin: " + ", ".join(
                 f"{lo:.2f}: {a}->{b}/{n}" for lo, a, b, n in zip(c0["mag_lo"], c0["n_found"], c1["n_found"],
                                                                     c1["n_findable"])))
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--rate-max", type=float, default=10.0)
     parser.add_argument("--threshold", type=float, default=Config().stack.threshold)
     parser.add_argument("--throughput", action="store_true")
+    parser.add_argument("--keep", default="", help="keep the simulated scenes and observations in this directory")
     args = parser.parse_args()
     if args.throughput:
         throughput(args.size, args.rate_min, args.rate_max)

@@ -1,4 +1,10 @@
-"""Pipeline step: shift-and-stack candidates per CCD, turned into objects (``kind = stacked``)."""
+"""Pipeline step: the shift-and-stack search on every CCD, its movers appended as ``kind = stacked``.
+
+Per CCD: the exposures' images are read again, cleaned of one-exposure hits, moved onto the first
+exposure's grid and differenced (:func:`ssodetect.stack.difference_images`); every object already
+found is masked where it was seen; :func:`ssodetect.stack.search` finds the candidates, which
+become objects unless they coincide with an observation already reported.
+"""
 from __future__ import annotations
 
 import logging
@@ -6,19 +12,20 @@ import math
 import time
 
 import numpy as np
-from astropy.table import Table, vstack
+from astropy.table import Table
 from astropy.time import Time
-
 from scipy.ndimage import binary_dilation
 
 from ssodetect.config import Config
 from ssodetect.detect.cosmics import sharp_pixel_mask
-from ssodetect.pipeline.ccd import _astroscrappy
+from ssodetect.pipeline.ccd import lacosmic_mask
 from ssodetect.stack import difference_images, search
 
 log = logging.getLogger(__name__)
 
 __all__ = ["stack_objects"]
+
+DUPLICATE_RADIUS = 1.0  # [arcsec] a candidate this close to a reported observation is that object
 
 
 def _offsets(wcss: list, shape: tuple) -> list:
@@ -33,29 +40,132 @@ def _offsets(wcss: list, shape: tuple) -> list:
     return out
 
 
+def _clean(data: np.ndarray, rms: np.ndarray, gain: float, sigma: float, config: Config) -> np.ndarray:
+    """``data`` with cosmic-ray and hot-pixel hits (and the pixel around them) set to NaN: one-exposure artefacts
+    would otherwise stack into peaks (L.A.Cosmic, when installed, adds the faint wings of tracks)."""
+    bad = ~np.isfinite(data)
+    filled = np.nan_to_num(data)
+    hits = sharp_pixel_mask(filled, rms, sigma, mask=bad)
+    try:
+        hits |= lacosmic_mask(filled, bad, gain, rms, config.clean)
+    except ImportError:
+        pass
+    return np.where(binary_dilation(hits, iterations=1) | bad, np.nan, data).astype(np.float32)
+
+
+def _mask_found(diff: np.ndarray, var: np.ndarray, found: Table, exposure_of: dict, offsets: list, sigma: float) -> None:
+    """Mask (in place, every exposure) a disc of 4 FWHM + half the trail around each observation already reported:
+    neither the object nor its imprint on the other exposures' templates is searched again."""
+    _, ny, nx = diff.shape
+    radius = 4.0 * 2.3548 * sigma
+    for o in found:
+        e = exposure_of[int(o["exposure"])]
+        gx, gy = float(o["x"]) + offsets[e][0], float(o["y"]) + offsets[e][1]
+        r = radius + 0.5 * float(np.nan_to_num(o["trail_length"]))
+        x0, x1 = int(max(gx - r, 0)), int(min(gx + r + 1, nx))
+        y0, y1 = int(max(gy - r, 0)), int(min(gy + r + 1, ny))
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        disc = np.hypot(xx - gx, yy - gy) <= r
+        diff[:, y0:y1, x0:x1][:, disc] = np.nan
+        var[:, y0:y1, x0:x1][:, disc] = np.nan
+
+
+def _is_duplicate(positions: list, observations: Table) -> bool:
+    """True when, in some exposure, a position (exposure index, ra, dec) lies within DUPLICATE_RADIUS of an
+    observation already reported."""
+    if not len(observations):
+        return False
+    exp = np.asarray(observations["exposure"])
+    ra, dec = np.asarray(observations["ra"], float), np.asarray(observations["dec"], float)
+    for index, r, d in positions:
+        sel = exp == index
+        if sel.any() and np.min(np.hypot((ra[sel] - r) * math.cos(math.radians(d)), dec[sel] - d)) * 3600.0 < DUPLICATE_RADIUS:
+            return True
+    return False
+
+
+def _object_rows(name: str, cand, ccd: str, exposures: list, refs: list, wcss: list, infos: list, offsets: list,
+                 times_h: np.ndarray, exptime_h: float, sigma: float, scale: float):
+    """Observation rows and the object row of one candidate (positions from its trajectory, mid-exposure)."""
+    snr = float(cand["nu"])
+    err = max(math.sqrt(2.0) * sigma / snr, 0.35) * scale  # the trajectory grid: a third of a pixel at best
+    flux, flux_err = float(cand["flux"]), float(cand["flux_err"])
+    rate = float(math.hypot(cand["vx"], cand["vy"])) * scale
+    pos = []
+    for e in range(len(exposures)):
+        x = float(cand["x"] + cand["vx"] * times_h[e]) - offsets[e][0]
+        y = float(cand["y"] + cand["vy"] * times_h[e]) - offsets[e][1]
+        ra, dec = (float(v) for v in wcss[e].all_pix2world(x, y, 0))
+        pos.append((x, y, ra, dec))
+    ra0, dec0 = pos[0][2], pos[0][3]
+    xi = np.array([(p[2] - ra0) * math.cos(math.radians(dec0)) * 3600.0 for p in pos])
+    eta = np.array([(p[3] - dec0) * 3600.0 for p in pos])
+    v_ra, v_dec = np.polyfit(times_h, xi, 1)[0], np.polyfit(times_h, eta, 1)[0]
+    pa = float(math.degrees(math.atan2(v_ra, v_dec)) % 360.0)
+    obs, mags = [], []
+    for e, (exp, (x, y, ra, dec)) in enumerate(zip(exposures, pos)):
+        zp = (infos[e].get("astrometry") or {}).get("zeropoint")
+        zp = float(zp) if zp is not None and np.isfinite(zp) else float(infos[e].get("zeropoint") or np.nan)
+        mag = zp - 2.5 * math.log10(flux / max(refs[e].exptime, 1e-9)) if flux > 0 else np.nan
+        mags.append(mag)
+        wcs_kind = "fit" if (infos[e].get("astrometry") or {}).get("status") == "ok" else "header"
+        obs.append({
+            "object": name, "exposure": exp.index, "file": str(refs[e].path), "ccd": ccd,
+            "obs_time": Time(float(exp.mid_time.mjd), format="mjd", scale="utc").isot,
+            "mjd": float(exp.mid_time.mjd), "exptime": float(refs[e].exptime), "ra": ra, "dec": dec, "wcs": wcs_kind,
+            "ra_err": err, "dec_err": err, "x": x, "y": y, "flux": flux, "flux_err": flux_err, "mag": mag,
+            "mag_err": 1.0857 / snr, "snr": snr, "trail_length": rate * exptime_h / scale, "trail_pa": np.nan,
+            "rate": rate, "pa": pa, "resid_ra": 0.0, "resid_dec": 0.0, "kind": "stacked",
+        })
+    t0_mjd = float(exposures[0].mid_time.mjd)
+    obj = {
+        "object": name, "n_obs": len(obs), "mjd_ref": t0_mjd, "ra": ra0, "dec": dec0, "rate": rate,
+        "rate_err": float(math.sqrt(2.0) * err / max(float(np.ptp(times_h)), 1e-6)), "pa": pa, "v_ra": float(v_ra),
+        "v_dec": float(v_dec), "chi2_dof": float("nan"), "rms_resid": 0.0,
+        "mag": float(np.nanmean(mags)) if np.isfinite(mags).any() else np.nan, "snr": snr, "mjd_first": t0_mjd,
+        "mjd_last": float(exposures[-1].mid_time.mjd), "kind": "stacked", "designation": "",
+        "known_offset": float("nan"),
+    }
+    return [(e.index, p[2], p[3]) for e, p in zip(exposures, pos)], obs, obj
+
+
 def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, read_image,
                   config: Config, timings: dict) -> tuple[Table, Table]:
-    """Run the stack search on every CCD seen in every exposure and append its movers.
+    """Run the stack search on every CCD seen in every exposure and append its movers (``kind = stacked``).
 
-    Candidates whose positions coincide (within 1") in some exposure with an observation of an
-    object already found are left out (no duplicates).  Returns the updated tables.
+    Parameters
+    ----------
+    observations, objects : Table
+        What the run has found so far (masked in the search; candidates within 1" of one of its
+        observations in some exposure are that object and are left out).
+    exposures, ccd_info : list
+        The run's exposures and per-CCD-exposure information (shape, PSF sigma, zero points).
+    wcs_for : callable
+        ``(exposure index, ccd) -> WCS`` (fitted or header).
+    read_image : callable
+        ``CCDRef -> (background-subtracted data, rms, gain)``.
+    timings : dict
+        ``timings["stack"]`` is set to the stage's wall time [s].
+
+    Returns
+    -------
+    observations, objects : Table
     """
-    from ssodetect.report.tables import OBJECT_COLUMNS, OBSERVATION_COLUMNS
+    from ssodetect.report.tables import append_objects
 
     sc = config.stack
     t_start = time.perf_counter()
     info_by = {(int(i["exposure"]), str(i["ccd"])): i for i in ccd_info}
-    ccds = sorted({r.ccd for e in exposures for r in e.ccds if all(
-        any(q.ccd == r.ccd for q in ee.ccds) for ee in exposures)})
+    ccds = sorted({r.ccd for r in exposures[0].ccds if all(any(q.ccd == r.ccd for q in e.ccds) for e in exposures)})
     t0_mjd = float(exposures[0].mid_time.mjd)
     times_h = np.array([(float(e.mid_time.mjd) - t0_mjd) * 24.0 for e in exposures])
     exptime_h = float(np.median([e.exptime for e in exposures])) / 3600.0
-    new_obs, new_obj = [], []
+    exposure_of = {e.index: k for k, e in enumerate(exposures)}
     used = {str(n) for n in objects["object"]} if len(objects) else set()
     number = len(objects) + 1
-    have_ra = np.asarray(observations["ra"], float) if len(observations) else np.zeros(0)
-    have_dec = np.asarray(observations["dec"], float) if len(observations) else np.zeros(0)
-    have_exp = np.asarray(observations["exposure"]) if len(observations) else np.zeros(0, int)
+    new_obs, new_obj = [], []
     for ccd in ccds:
         refs = [next(r for r in e.ccds if r.ccd == ccd) for e in exposures]
         wcss = [wcs_for(e.index, ccd) for e in exposures]
@@ -65,108 +175,35 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
             continue
         shape = tuple(infos[0]["shape"])
         sigma = float(np.median([float(i.get("psf_sigma") or 1.0) for i in infos]))
-        loaded = [read_image(r) for r in refs]
-        images = []
-        DBG = []
-        for data, rms, gain in loaded:  # cosmic-ray and hot-pixel hits (one exposure only) would stack into peaks
-            bad = ~np.isfinite(data)
-            hits = sharp_pixel_mask(np.nan_to_num(data), rms, sigma, mask=bad)
-            DBG.append(hits.copy())
-            try:  # L.A.Cosmic finds the faint wings of tracks that a trailed kernel would otherwise follow
-                hits |= _astroscrappy(np.nan_to_num(data), bad, gain, rms, config.clean)
-            except ImportError:
-                pass
-            DBG.append(hits.copy())
-            hits = binary_dilation(hits, iterations=1)
-            images.append(np.where(hits, np.nan, data).astype(np.float32))
-        variances = [np.asarray(rms, np.float32) ** 2 for _, rms, _ in loaded]
+        images, variances = [], []
+        for ref in refs:
+            data, rms, gain = read_image(ref)
+            images.append(_clean(data, rms, gain, sigma, config))
+            variances.append(np.asarray(rms, np.float32) ** 2)
         exact = _offsets(wcss, shape)
         diff, var = difference_images(images, variances, exact)
         offsets = [(float(round(dx)), float(round(dy))) for dx, dy in exact]  # the whole-pixel alignment it used
-        del loaded, images, variances
-        # movers already found (and their imprint on the templates of the other exposures) are not searched again:
-        # mask a disc around each of their positions, on the common grid, in every exposure
+        del images, variances
         if len(observations):
-            on = observations[np.asarray(observations["ccd"]).astype(str) == str(ccd)]
-            yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-            radius = 4.0 * 2.3548 * sigma
-            for o in on:
-                e = next(k for k, exp in enumerate(exposures) if exp.index == int(o["exposure"]))
-                gx, gy = float(o["x"]) + offsets[e][0], float(o["y"]) + offsets[e][1]
-                r = radius + 0.5 * float(np.nan_to_num(o["trail_length"]))
-                x0, x1 = int(max(gx - r, 0)), int(min(gx + r + 1, shape[1]))
-                y0, y1 = int(max(gy - r, 0)), int(min(gy + r + 1, shape[0]))
-                if x0 >= x1 or y0 >= y1:
-                    continue
-                disc = np.hypot(xx[y0:y1, x0:x1] - gx, yy[y0:y1, x0:x1] - gy) <= r
-                diff[:, y0:y1, x0:x1][:, disc] = np.nan
-                var[:, y0:y1, x0:x1][:, disc] = np.nan
+            _mask_found(diff, var, observations[np.asarray(observations["ccd"]).astype(str) == str(ccd)], exposure_of,
+                        offsets, sigma)
         scale = float(np.sqrt(abs(np.linalg.det(wcss[0].pixel_scale_matrix)))) * 3600.0
-        import os
-        if os.environ.get("STACK_DUMP"): np.savez(os.environ["STACK_DUMP"], dbg=np.array(DBG), diff=diff, var=var, times_h=times_h, sigma=sigma, exptime_h=exptime_h, scale=scale, offsets=np.array(offsets))
         cands = search(diff, var, times_h, sigma, exptime_h, rate_min=sc.rate_min / scale, rate_max=sc.rate_max / scale,
-                       threshold=sc.threshold, grid_fraction=sc.grid_fraction, block=sc.block)
+                       threshold=sc.threshold, grid_fraction=sc.grid_fraction, block=sc.block, backend=sc.backend)
         del diff, var
-        for c in cands:
-            rows = []
-            for e, exp in enumerate(exposures):
-                xg = float(c["x"] + c["vx"] * times_h[e])
-                yg = float(c["y"] + c["vy"] * times_h[e])
-                x, y = xg - offsets[e][0], yg - offsets[e][1]
-                ra, dec = (float(v) for v in wcss[e].all_pix2world(x, y, 0))
-                rows.append((e, exp, x, y, ra, dec))
-            dup = False
-            for e, exp, x, y, ra, dec in rows:
-                sel = have_exp == exp.index
-                if sel.any():
-                    d = np.hypot((have_ra[sel] - ra) * math.cos(math.radians(dec)), have_dec[sel] - dec) * 3600.0
-                    dup |= bool(np.min(d) < 1.0)
-            if dup:
-                continue
+        n_new = 0
+        for cand in cands:
             while f"SD{number:05d}" in used:
                 number += 1
             name = f"SD{number:05d}"
+            positions, obs, obj = _object_rows(name, cand, str(ccd), exposures, refs, wcss, infos, offsets, times_h,
+                                               exptime_h, sigma, scale)
+            if _is_duplicate(positions, observations):
+                continue
             used.add(name)
-            snr = float(c["nu"])
-            err = max(math.sqrt(2.0) * sigma / snr, 0.35) * scale  # trajectory grid: a third of a pixel at best
-            flux, flux_err = float(c["flux"]), float(c["flux_err"])
-            rate = float(math.hypot(c["vx"], c["vy"])) * scale
-            xi = np.array([(r[4] - rows[0][4]) * math.cos(math.radians(rows[0][5])) * 3600.0 for r in rows])
-            eta = np.array([(r[5] - rows[0][5]) * 3600.0 for r in rows])
-            vx, _ = np.polyfit(times_h, xi, 1)
-            vy, _ = np.polyfit(times_h, eta, 1)
-            pa = float(math.degrees(math.atan2(vx, vy)) % 360.0)
-            mags = []
-            for e, exp, x, y, ra, dec in rows:
-                zp = (infos[e].get("astrometry") or {}).get("zeropoint")
-                zp = float(zp) if zp is not None and np.isfinite(zp) else float(infos[e].get("zeropoint") or np.nan)
-                mag = zp - 2.5 * math.log10(flux / max(refs[e].exptime, 1e-9)) if flux > 0 else np.nan
-                mags.append(mag)
-                new_obs.append({
-                    "object": name, "exposure": exp.index, "file": str(refs[e].path), "ccd": str(ccd),
-                    "obs_time": Time(float(exp.mid_time.mjd), format="mjd", scale="utc").isot,
-                    "mjd": float(exp.mid_time.mjd), "exptime": float(refs[e].exptime), "ra": ra, "dec": dec,
-                    "wcs": "fit" if config.astrometry.enabled else "header", "ra_err": err, "dec_err": err, "x": x, "y": y,
-                    "flux": flux, "flux_err": flux_err, "mag": mag, "mag_err": 1.0857 / snr, "snr": snr,
-                    "trail_length": rate * exptime_h / scale, "trail_pa": np.nan, "rate": rate, "pa": pa,
-                    "resid_ra": 0.0, "resid_dec": 0.0, "kind": "stacked",
-                })
-            new_obj.append({
-                "object": name, "n_obs": len(rows), "mjd_ref": t0_mjd, "ra": rows[0][4], "dec": rows[0][5],
-                "rate": rate, "rate_err": float(np.sqrt(2.0) * err / max(np.ptp(times_h), 1e-6)), "pa": pa,
-                "v_ra": float(vx), "v_dec": float(vy), "chi2_dof": float("nan"), "rms_resid": 0.0,
-                "mag": float(np.nanmean(mags)) if np.isfinite(mags).any() else np.nan, "snr": snr,
-                "mjd_first": t0_mjd, "mjd_last": float(exposures[-1].mid_time.mjd), "kind": "stacked",
-                "designation": "", "known_offset": float("nan"),
-            })
-        log.info("stack: CCD %s: %d candidates", ccd, len(cands))
+            new_obs.extend(obs)
+            new_obj.append(obj)
+            n_new += 1
+        log.info("stack: CCD %s: %d candidates, %d new movers", ccd, len(cands), n_new)
     timings["stack"] = time.perf_counter() - t_start
-    if not new_obj:
-        return observations, objects
-    log.info("stack: %d new movers", len(new_obj))
-    obs_add = Table(rows=[[r[c[0]] for c in OBSERVATION_COLUMNS] for r in new_obs],
-                    names=[c[0] for c in OBSERVATION_COLUMNS], dtype=[c[1] for c in OBSERVATION_COLUMNS])
-    obj_add = Table(rows=[[r[c[0]] for c in OBJECT_COLUMNS] for r in new_obj],
-                    names=[c[0] for c in OBJECT_COLUMNS], dtype=[c[1] for c in OBJECT_COLUMNS])
-    return (vstack([observations, obs_add]) if len(observations) else obs_add,
-            vstack([objects, obj_add]) if len(objects) else obj_add)
+    return append_objects(observations, objects, new_obs, new_obj)

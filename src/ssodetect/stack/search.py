@@ -13,8 +13,9 @@ at ``(x + vx t_e, y + vy t_e)`` in exposure ``e``; its maximum-likelihood flux a
 
 (positions rounded to the nearest pixel, as KBMOD does).  :func:`stack_best` keeps, for every start
 pixel, the best ``nu`` over a block of velocities (numba, parallel over tiles of rows, contiguous
-row sums on zero-padded images so that the inner loop vectorises); :func:`stack_best_reference` is
-the plain numpy twin the parity test compares it with.
+row sums on zero-padded images so that the inner loop vectorises); :func:`stack_best_torch` does
+the same with PyTorch (a GPU when there is one); :func:`stack_best_reference` is the plain numpy
+twin the parity tests compare both with.
 
 Velocities come on a polar grid (:func:`velocity_grid`): neighbouring trajectories differ by at most
 ``fraction`` of the FWHM across the motion over the sequence, and by ``fraction`` of FWHM + trail
@@ -30,8 +31,8 @@ import numba
 import numpy as np
 from scipy import fft
 
-__all__ = ["trail_kernel", "psi_phi", "velocity_grid", "stack_best", "stack_best_reference", "trajectory_terms",
-           "Likelihood"]
+__all__ = ["trail_kernel", "psi_phi", "velocity_grid", "stack_best", "stack_best_torch", "stack_best_reference",
+           "trajectory_terms", "Likelihood"]
 
 _TILE_ROWS = 16
 _TILE_COLS = 1024
@@ -152,7 +153,7 @@ def trajectory_terms(velocities: np.ndarray, times: np.ndarray) -> tuple[np.ndar
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _stack_nb(psi, phi, pad, dx, dy, best_nu, best_v, v_offset, min_phi, sign):
+def _stack_nb(psi, phi, pad, dx, dy, best_nu, best_v, v_offset, min_phi):
     n_exp = psi.shape[0]
     ny, nx = best_nu.shape
     n_v = dx.shape[0]
@@ -179,7 +180,7 @@ def _stack_nb(psi, phi, pad, dx, dy, best_nu, best_v, v_offset, min_phi, sign):
                         sf[i] += rf[i]
                 for i in range(w):  # branch-free so that it vectorises
                     f = sf[i]
-                    sp[i] = sign * sp[i] / math.sqrt(max(f, 1e-30)) if f > min_phi else -np.inf
+                    sp[i] = sp[i] / math.sqrt(max(f, 1e-30)) if f > min_phi else -np.inf
                 for i in range(w):
                     if sp[i] > best_nu[y, x0 + i]:
                         best_nu[y, x0 + i] = sp[i]
@@ -187,7 +188,7 @@ def _stack_nb(psi, phi, pad, dx, dy, best_nu, best_v, v_offset, min_phi, sign):
 
 
 def stack_best(psi: np.ndarray, phi: np.ndarray, dx: np.ndarray, dy: np.ndarray, best: dict | None = None,
-               v_offset: int = 0, min_phi: float = 0.0, sign: float = 1.0) -> dict:
+               v_offset: int = 0, min_phi: float = 0.0) -> dict:
     """Best likelihood per start pixel over a block of trajectories (numba; updates ``best`` in place).
 
     Parameters
@@ -201,8 +202,6 @@ def stack_best(psi: np.ndarray, phi: np.ndarray, dx: np.ndarray, dy: np.ndarray,
         Index of this block's first velocity in the full list (stored in ``best["v"]``).
     min_phi : float
         Trajectories with less information than this (mostly off the image or masked) are skipped.
-    sign : float
-        -1 searches ``-psi`` (the sign-flipped search that measures what noise and residuals reach).
 
     Returns
     -------
@@ -217,11 +216,49 @@ def stack_best(psi: np.ndarray, phi: np.ndarray, dx: np.ndarray, dy: np.ndarray,
     psi_p = np.pad(np.asarray(psi, np.float32), spec)
     phi_p = np.pad(np.asarray(phi, np.float32), spec)
     _stack_nb(psi_p, phi_p, pad, np.ascontiguousarray(dx, np.int64), np.ascontiguousarray(dy, np.int64),
-              best["nu"], best["v"], int(v_offset), float(min_phi), float(sign))
+              best["nu"], best["v"], int(v_offset), float(min_phi))
     return best
 
 
-def stack_best_reference(psi, phi, dx, dy, min_phi: float = 0.0, sign: float = 1.0) -> dict:
+def stack_best_torch(psi: np.ndarray, phi: np.ndarray, dx: np.ndarray, dy: np.ndarray, best: dict | None = None,
+                     v_offset: int = 0, min_phi: float = 0.0, device: str | None = None) -> dict:
+    """:func:`stack_best` with PyTorch (optional ``[ml]`` extra): on a CUDA GPU when one is present.
+
+    Same arguments and result as :func:`stack_best` (numpy arrays in and out; ``best`` updated in
+    place); ``device`` defaults to ``"cuda"`` when available, else ``"cpu"``.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    n_exp, ny, nx = psi.shape
+    if best is None:
+        best = {"nu": np.full((ny, nx), -np.inf, np.float32), "v": np.full((ny, nx), -1, np.int64)}
+    pad = int(max(np.abs(dx).max(initial=0), np.abs(dy).max(initial=0)))
+    spec = ((0, 0), (pad, pad), (pad, pad))
+    psi_p = torch.from_numpy(np.pad(np.asarray(psi, np.float32), spec)).to(device)
+    phi_p = torch.from_numpy(np.pad(np.asarray(phi, np.float32), spec)).to(device)
+    nu_best = torch.from_numpy(best["nu"]).to(device)
+    v_best = torch.from_numpy(best["v"]).to(device)
+    neg_inf = torch.tensor(-np.inf, device=device)
+    with torch.no_grad():
+        for v in range(dx.shape[0]):
+            s_psi = torch.zeros((ny, nx), device=device)
+            s_phi = torch.zeros((ny, nx), device=device)
+            for e in range(n_exp):
+                y0, x0 = pad + int(dy[v, e]), pad + int(dx[v, e])
+                s_psi += psi_p[e, y0 : y0 + ny, x0 : x0 + nx]
+                s_phi += phi_p[e, y0 : y0 + ny, x0 : x0 + nx]
+            nu = torch.where(s_phi > min_phi, s_psi / torch.sqrt(torch.clamp(s_phi, min=1e-30)), neg_inf)
+            better = nu > nu_best
+            nu_best = torch.where(better, nu, nu_best)
+            v_best = torch.where(better, torch.full_like(v_best, v + v_offset), v_best)
+    best["nu"][...] = nu_best.cpu().numpy()
+    best["v"][...] = v_best.cpu().numpy()
+    return best
+
+
+def stack_best_reference(psi, phi, dx, dy, min_phi: float = 0.0) -> dict:
     """Numpy twin of :func:`stack_best` (one shifted-array sum per trajectory, float64)."""
     n_exp, ny, nx = psi.shape
     nu_best = np.full((ny, nx), -np.inf, np.float64)
@@ -236,7 +273,7 @@ def stack_best_reference(psi, phi, dx, dy, min_phi: float = 0.0, sign: float = 1
             s_psi[ys, xs] += psi[e][yt, xt]
             s_phi[ys, xs] += phi[e][yt, xt]
         ok = s_phi > min_phi
-        nu = np.where(ok, sign * s_psi / np.sqrt(np.where(ok, s_phi, 1.0)), -np.inf)
+        nu = np.where(ok, s_psi / np.sqrt(np.where(ok, s_phi, 1.0)), -np.inf)
         better = nu > nu_best
         nu_best[better] = nu[better]
         v_best[better] = v
