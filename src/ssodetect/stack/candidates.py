@@ -64,36 +64,65 @@ def _kernel_groups(velocities: np.ndarray, exptime_h: float, sigma: float) -> tu
     return groups, params
 
 
-def _shape_excess(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray, x: int, y: int, mismatch: float = 0.15) -> float:
-    """How badly a (trailed) PSF fits the pixels of one exposure around ``(x, y)``, in sigma.
-
-    Fits ``F * kernel`` (weighted least squares) to a stamp just covering the kernel's core and
-    compares its chi-square with its degrees of freedom; ``mismatch * nu^2`` is allowed on top
-    (a real source off the integer trajectory position by half a pixel leaves ~10 % of its
-    chi-square).  A cosmic-ray track one pixel wide, a hot pixel or a residual edge gives many
-    sigma; a faint mover or noise gives ~0.  NaN when the stamp is mostly masked.
-    """
+def _stamp(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray, x: int, y: int, r: int):
+    """Pixels, variances, kernel values and validity of the ``2r+1`` square around ``(x, y)`` (clipped at the edges)."""
     ny, nx = diff.shape
     half = kernel.shape[0] // 2
-    r = min(half, max(2, int(np.ceil(np.sqrt(np.sum(kernel > 0.05 * kernel.max())) / 2.0))))
     y0, y1, x0, x1 = max(0, y - r), min(ny, y + r + 1), max(0, x - r), min(nx, x + r + 1)
     d = diff[y0:y1, x0:x1]
     v = var[y0:y1, x0:x1]
-    k = kernel[half - (y - y0) : half + (y1 - y), half - (x - x0) : half + (x1 - x)]
+    k = np.zeros(d.shape)
+    ky0, kx0 = half - (y - y0), half - (x - x0)
+    sub = kernel[max(ky0, 0) : ky0 + d.shape[0], max(kx0, 0) : kx0 + d.shape[1]]
+    k[max(-ky0, 0) : max(-ky0, 0) + sub.shape[0], max(-kx0, 0) : max(-kx0, 0) + sub.shape[1]] = sub
     ok = np.isfinite(d) & np.isfinite(v) & (v > 0)
+    return d, v, k, ok, (y - y0, x - x0)
+
+
+def _fit_chi2(d, w, model) -> tuple[float, float]:
+    """Chi-square of the best amplitude times ``model`` (weighted least squares) and the amplitude."""
+    a = float(np.sum(w * model**2))
+    if a <= 0:
+        return float(np.sum(w * d**2)), 0.0
+    amp = float(np.sum(w * model * d)) / a
+    return float(np.sum(w * (d - amp * model) ** 2)), amp
+
+
+def _shape_tests(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray, x: int, y: int, *, mismatch: float = 0.15,
+                 line_half: int = 5) -> tuple[float, float]:
+    """Does one exposure look like a (trailed) PSF around ``(x, y)``?  Returns ``(excess, line_gain)``.
+
+    ``excess``: the chi-square of the best-fitting ``flux * kernel`` on a stamp just covering the
+    kernel's core, minus its degrees of freedom and ``mismatch * nu^2`` (a real source off the
+    integer trajectory position by half a pixel leaves ~10 % of its chi-square), in sigma of that
+    chi-square: hot pixels, blobs and residual edges give many sigma, a faint mover or noise ~0.
+    ``line_gain``: how much better (in chi-square) a one-pixel-wide line across a ``2 line_half + 1``
+    stamp, along a row, a column or a diagonal, fits than the kernel does: faint cosmic-ray tracks
+    are such lines, while a PSF -- even trailed -- spreads into the neighbouring rows.  NaN when the
+    stamp is mostly masked.
+    """
+    half = kernel.shape[0] // 2
+    r = min(half, max(2, int(np.ceil(np.sqrt(np.sum(kernel > 0.05 * kernel.max())) / 2.0))))
+    d, v, k, ok, _ = _stamp(diff, var, kernel, x, y, r)
     if ok.sum() < 0.5 * ok.size or ok.sum() < 6:
-        return float("nan")
-    w = 1.0 / v[ok]
-    a = float(np.sum(w * k[ok] ** 2))
-    flux = float(np.sum(w * k[ok] * d[ok])) / a
-    chi2 = float(np.sum(w * (d[ok] - flux * k[ok]) ** 2))
+        return float("nan"), float("nan")
+    w = np.where(ok, 1.0 / np.where(ok, v, 1.0), 0.0)
+    d = np.where(ok, d, 0.0)
+    chi2, amp = _fit_chi2(d, w, k)
     dof = int(ok.sum()) - 1
-    nu2 = flux**2 * a
-    return (chi2 - dof - mismatch * nu2) / math.sqrt(2.0 * dof)
+    excess = (chi2 - dof - mismatch * amp**2 * float(np.sum(w * k**2))) / math.sqrt(2.0 * dof)
+    d, v, k, ok, (cy, cx) = _stamp(diff, var, kernel, x, y, line_half)
+    w = np.where(ok, 1.0 / np.where(ok, v, 1.0), 0.0)
+    d = np.where(ok, d, 0.0)
+    chi2_psf, _ = _fit_chi2(d, w, k)
+    yy, xx = np.mgrid[0 : d.shape[0], 0 : d.shape[1]]
+    lines = (yy == cy, xx == cx, (yy - cy) == (xx - cx), (yy - cy) == -(xx - cx))
+    best_line = min(_fit_chi2(d, w, line.astype(float))[0] for line in lines)
+    return float(excess), float(chi2_psf - best_line)
 
 
 def _vet(p: np.ndarray, f: np.ndarray, typical: np.ndarray, shape: np.ndarray, threshold: float, *,
-         max_shape: float = 4.0):
+         max_excess: float = 4.0, max_line_gain: float = 3.0):
     """Exposure-by-exposure checks of one trajectory; (nu, flux, flux_err, n_good, share) or None.
 
     An exposure counts when its information ``f`` is at least half the typical one (not masked, on
@@ -109,7 +138,8 @@ def _vet(p: np.ndarray, f: np.ndarray, typical: np.ndarray, shape: np.ndarray, t
         return None
     lh = np.where(good, p / np.sqrt(np.where(good, f, 1.0)), 0.0)
     q25, q50, q75 = np.percentile(lh[good], [25, 50, 75])
-    keep = good & (lh - q50 <= max(2.0 * 0.7413 * (q75 - q25), 1.0)) & ~(shape > max_shape)
+    artefact = (shape[:, 0] > max_excess) | (shape[:, 1] > max_line_gain)
+    keep = good & (lh - q50 <= max(2.0 * 0.7413 * (q75 - q25), 1.0)) & ~artefact
     if keep.sum() < need or np.sum(lh[keep] > 0) < need:
         return None
     nu = float(p[keep].sum() / math.sqrt(f[keep].sum()))
@@ -224,8 +254,8 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
             at = (np.arange(n_exp), np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1))
             p = np.where(inside, psi[at], 0.0)
             f = np.where(inside, phi[at], 0.0)
-            shape = np.array([_shape_excess(diff[e], var[e], kernel, int(xs[e]), int(ys[e])) if inside[e] else np.nan
-                              for e in range(n_exp)])
+            shape = np.array([_shape_tests(diff[e], var[e], kernel, int(xs[e]), int(ys[e])) if inside[e]
+                              else (np.nan, np.nan) for e in range(n_exp)])
             row = _vet(p, f, typical, shape, threshold)
             if row is not None:
                 nu_c, flux, flux_err, n_good, share = row
@@ -233,8 +263,8 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
                              flux_err * flux_scale, n_good, share))
                 n_vetted += 1
                 log.debug("stack: candidate x %d y %d v (%.1f, %.1f) nu %.1f; per exposure nu %s, information %s, "
-                          "shape excess %s", px, py, velocities[k, 0], velocities[k, 1], nu_c,
-                          np.round(p / np.sqrt(np.maximum(f, 1e-30)), 1), np.round(f / typical, 2), np.round(shape, 1))
+                          "shape excess and line gain %s", px, py, velocities[k, 0], velocities[k, 1], nu_c,
+                          np.round(p / np.sqrt(np.maximum(f, 1e-30)), 1), np.round(f / typical, 2), np.round(shape, 1).tolist())
         log.debug("stack: kernel %.1f px at %.0f deg: %d peaks above %.1f, %d vetted", length, math.degrees(angle), n,
                   threshold, n_vetted)
     log.info("stack: %d vetted candidates", len(rows))
