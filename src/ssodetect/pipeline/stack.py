@@ -189,7 +189,8 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
                         offsets, sigma)
         scale = float(np.sqrt(abs(np.linalg.det(wcss[0].pixel_scale_matrix)))) * 3600.0
         cands = search(diff, var, times_h, sigma, exptime_h, rate_min=sc.rate_min / scale, rate_max=sc.rate_max / scale,
-                       threshold=sc.threshold, grid_fraction=sc.grid_fraction, block=sc.block, backend=sc.backend)
+                       threshold=sc.threshold, grid_fraction=sc.grid_fraction, block=sc.block, backend=sc.backend,
+                       progress=config.execution.progress)
         del diff, var
         n_new = 0
         for cand in cands:

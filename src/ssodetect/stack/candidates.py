@@ -23,6 +23,7 @@ import math
 import numpy as np
 from astropy.table import Table
 from scipy.ndimage import label, maximum_position
+from tqdm import tqdm
 
 from ssodetect.stack.search import Likelihood, stack_best, stack_best_torch, trail_kernel, trajectory_terms, velocity_grid
 
@@ -88,24 +89,28 @@ def _fit_chi2(d, w, model) -> tuple[float, float]:
     return float(np.sum(w * (d - amp * model) ** 2)), amp
 
 
-def _shape_tests(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray, x: int, y: int, *, mismatch: float = 0.15,
-                 line_half: int = 5) -> tuple[float, float]:
-    """Does one exposure look like a (trailed) PSF around ``(x, y)``?  Returns ``(excess, line_gain)``.
+def _exposure_tests(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray, x: int, y: int, *, mismatch: float = 0.15,
+                    line_half: int = 5) -> tuple[float, float, float, float]:
+    """Measure and test one exposure of a candidate at ``(x, y)``: ``(flux, flux_err, excess, line_gain)``.
 
+    ``flux``, ``flux_err``: ``flux * kernel + background`` fitted (weighted least squares) to a stamp
+    of at least ``2 line_half + 1`` px covering the kernel: a local pedestal (background left by
+    neighbouring objects) does not count as flux.
     ``excess``: the chi-square of the best-fitting ``flux * kernel`` on a stamp just covering the
     kernel's core, minus its degrees of freedom and ``mismatch * nu^2`` (a real source off the
     integer trajectory position by half a pixel leaves ~10 % of its chi-square), in sigma of that
     chi-square: hot pixels, blobs and residual edges give many sigma, a faint mover or noise ~0.
     ``line_gain``: how much better (in chi-square) a one-pixel-wide line across a ``2 line_half + 1``
-    stamp, along a row, a column or a diagonal, fits than the kernel does: faint cosmic-ray tracks
-    are such lines, while a PSF -- even trailed -- spreads into the neighbouring rows.  NaN when the
-    stamp is mostly masked.
+    stamp, along a row, a column or a diagonal, fits than the kernel does: faint cosmic-ray tracks are
+    such lines, while a PSF -- even trailed -- spreads into the neighbouring rows.
+    All NaN when the stamps are mostly masked.
     """
+    nan = (float("nan"),) * 4
     half = kernel.shape[0] // 2
     r = min(half, max(2, int(np.ceil(np.sqrt(np.sum(kernel > 0.05 * kernel.max())) / 2.0))))
     d, v, k, ok, _ = _stamp(diff, var, kernel, x, y, r)
     if ok.sum() < 0.5 * ok.size or ok.sum() < 6:
-        return float("nan"), float("nan")
+        return nan
     w = np.where(ok, 1.0 / np.where(ok, v, 1.0), 0.0)
     d = np.where(ok, d, 0.0)
     chi2, amp = _fit_chi2(d, w, k)
@@ -118,42 +123,61 @@ def _shape_tests(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray, x: int, 
     yy, xx = np.mgrid[0 : d.shape[0], 0 : d.shape[1]]
     lines = (yy == cy, xx == cx, (yy - cy) == (xx - cx), (yy - cy) == -(xx - cx))
     best_line = min(_fit_chi2(d, w, line.astype(float))[0] for line in lines)
-    return float(excess), float(chi2_psf - best_line)
+    # flux and background together (normal equations of the two-parameter fit) on a stamp covering the kernel
+    d, v, k, ok, _ = _stamp(diff, var, kernel, x, y, max(line_half, half))
+    if ok.sum() < 0.5 * ok.size:
+        return nan
+    w = np.where(ok, 1.0 / np.where(ok, v, 1.0), 0.0)
+    d = np.where(ok, d, 0.0)
+    a = np.array([[np.sum(w * k * k), np.sum(w * k)], [np.sum(w * k), np.sum(w)]])
+    b = np.array([np.sum(w * k * d), np.sum(w * d)])
+    try:
+        cov = np.linalg.inv(a)
+    except np.linalg.LinAlgError:
+        return nan
+    flux = float((cov @ b)[0])
+    return flux, float(math.sqrt(max(cov[0, 0], 1e-30))), float(excess), float(chi2_psf - best_line)
 
 
-def _vet(p: np.ndarray, f: np.ndarray, typical: np.ndarray, shape: np.ndarray, threshold: float, *,
-         max_excess: float = 4.0, max_line_gain: float = 3.0):
+def _vet(f: np.ndarray, typical: np.ndarray, tests: np.ndarray, threshold: float, *, max_excess: float = 4.0,
+         max_line_gain: float = 3.0):
     """Exposure-by-exposure checks of one trajectory; (nu, flux, flux_err, n_good, share) or None.
 
-    An exposure counts when its information ``f`` is at least half the typical one (not masked, on
-    the image).  Exposures where the pixels do not look like the PSF (``shape`` excess above
-    ``max_shape`` sigma) or whose term is a high outlier (sigma-G) are left out; at least
-    ``max(3, 3/4 n)`` exposures (``n - 1`` of 4) must remain, with positive fluxes that agree
-    (chi-square, p > 0.01), no exposure holding half of the signal and a combined significance >= ``threshold``.
+    ``f``: the trajectory's information (phi) in each exposure; an exposure counts when it is at
+    least half the ``typical`` one (not masked, on the image).  ``tests`` (n, 4): flux, its error,
+    shape excess and line gain from :func:`_exposure_tests`.  Exposures where the pixels do not
+    look like the PSF (excess above ``max_excess`` sigma, or a one-pixel-wide line fitting better
+    by more than ``max_line_gain``) or whose significance is a high outlier (sigma-G) are left out;
+    at least ``max(3, 3/4 n)`` exposures (``n - 1`` of 4) must remain, with positive fluxes that
+    agree (chi-square, p > 0.01), no exposure holding half of the signal and a combined
+    significance (inverse-variance weighted flux over its error) >= ``threshold``.
     """
-    n_exp = len(p)
+    n_exp = len(f)
     need = max(min(3, n_exp), int(math.ceil(0.75 * n_exp)))
-    good = f >= 0.5 * typical
+    flux_e, err_e, excess, line_gain = tests.T
+    good = (f >= 0.5 * typical) & np.isfinite(flux_e) & (err_e > 0)
     if good.sum() < need:
         return None
-    lh = np.where(good, p / np.sqrt(np.where(good, f, 1.0)), 0.0)
+    lh = np.where(good, flux_e / np.where(good, err_e, 1.0), 0.0)
     q25, q50, q75 = np.percentile(lh[good], [25, 50, 75])
-    artefact = (shape[:, 0] > max_excess) | (shape[:, 1] > max_line_gain)
+    artefact = (excess > max_excess) | (line_gain > max_line_gain)
     keep = good & (lh - q50 <= max(2.0 * 0.7413 * (q75 - q25), 1.0)) & ~artefact
     if keep.sum() < need or np.sum(lh[keep] > 0) < need:
         return None
-    nu = float(p[keep].sum() / math.sqrt(f[keep].sum()))
-    flux = float(p[keep].sum() / f[keep].sum())
-    if float(np.sum((p[keep] / f[keep] - flux) ** 2 * f[keep])) > chi2_max(int(keep.sum()) - 1, 0.01):
+    wgt = 1.0 / err_e[keep] ** 2
+    flux = float(np.sum(wgt * flux_e[keep]) / wgt.sum())
+    flux_err = float(1.0 / math.sqrt(wgt.sum()))
+    nu = flux / flux_err
+    if float(np.sum(wgt * (flux_e[keep] - flux) ** 2)) > chi2_max(int(keep.sum()) - 1):
         return None
     positive = np.clip(lh[keep], 0, None)
     share = float(positive.max() / positive.sum()) if positive.sum() > 0 else 1.0
     if nu < threshold or share > 0.5:
         return None
-    return nu, flux, 1.0 / math.sqrt(f[keep].sum()), int(keep.sum()), share
+    return nu, flux, flux_err, int(keep.sum()), share
 
 
-def chi2_max(dof: int, p_value: float = 1e-3) -> float:
+def chi2_max(dof: int, p_value: float = 0.01) -> float:
     """Chi-square a consistent set of ``dof + 1`` fluxes exceeds with probability ``p_value``."""
     from scipy.stats import chi2
 
@@ -176,8 +200,8 @@ def _backend(name: str):
 
 
 def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float, exptime_h: float, *,
-           rate_min: float, rate_max: float, threshold: float = 7.0, grid_fraction: float = 0.5,
-           block: int = 512, max_candidates: int = 2000, backend: str = "numba") -> Table:
+           rate_min: float, rate_max: float, threshold: float = 7.5, grid_fraction: float = 0.5,
+           block: int = 512, max_candidates: int = 2000, backend: str = "numba", progress: bool = False) -> Table:
     """Shift-and-stack search of one CCD.
 
     Parameters
@@ -203,6 +227,8 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
     backend : {"numba", "torch", "auto"}
         Stack kernel: numba on the CPU, PyTorch (a CUDA GPU when present), or "auto" (PyTorch when a
         CUDA GPU is usable, else numba).
+    progress : bool
+        Show a progress bar over the kernel groups.
 
     Returns
     -------
@@ -223,7 +249,7 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
     likelihood = Likelihood(diff, var, ksigma, max_length=max(p[0] for p in params.values()))
     kernel_call = _backend(backend)
     rows = []
-    for group, (length, angle) in params.items():
+    for group, (length, angle) in tqdm(params.items(), desc="stack", unit="kernel", disable=not progress, leave=False):
         kernel = trail_kernel(ksigma, length, angle)
         psi, phi = likelihood.images(kernel)
         # psi/phi estimates flux * <K, P> / <K, K> for a source of (trailed) PSF P: undo that factor
@@ -254,17 +280,18 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
             at = (np.arange(n_exp), np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1))
             p = np.where(inside, psi[at], 0.0)
             f = np.where(inside, phi[at], 0.0)
-            shape = np.array([_shape_tests(diff[e], var[e], kernel, int(xs[e]), int(ys[e])) if inside[e]
-                              else (np.nan, np.nan) for e in range(n_exp)])
-            row = _vet(p, f, typical, shape, threshold)
+            tests = np.array([_exposure_tests(diff[e], var[e], kernel, int(xs[e]), int(ys[e])) if inside[e]
+                              else (np.nan,) * 4 for e in range(n_exp)])
+            row = _vet(f, typical, tests, threshold)
             if row is not None:
                 nu_c, flux, flux_err, n_good, share = row
                 rows.append((int(px), int(py), velocities[k, 0], velocities[k, 1], nu_c, flux * flux_scale,
                              flux_err * flux_scale, n_good, share))
                 n_vetted += 1
-                log.debug("stack: candidate x %d y %d v (%.1f, %.1f) nu %.1f; per exposure nu %s, information %s, "
-                          "shape excess and line gain %s", px, py, velocities[k, 0], velocities[k, 1], nu_c,
-                          np.round(p / np.sqrt(np.maximum(f, 1e-30)), 1), np.round(f / typical, 2), np.round(shape, 1).tolist())
+                log.debug("stack: candidate x %d y %d v (%.1f, %.1f) nu %.1f; per exposure stacked nu %s, measured nu %s, "
+                          "information %s, shape excess %s, line gain %s", px, py, velocities[k, 0], velocities[k, 1],
+                          nu_c, np.round(p / np.sqrt(np.maximum(f, 1e-30)), 1), np.round(tests[:, 0] / tests[:, 1], 1),
+                          np.round(f / typical, 2), np.round(tests[:, 2], 1), np.round(tests[:, 3], 1))
         log.debug("stack: kernel %.1f px at %.0f deg: %d peaks above %.1f, %d vetted", length, math.degrees(angle), n,
                   threshold, n_vetted)
     log.info("stack: %d vetted candidates", len(rows))
