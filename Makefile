@@ -4,12 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench ml clean
+.PHONY: demo test venv bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet torch==2.13.0  # the [ml] extra: the CPU build on these machines' disk
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -25,10 +26,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
-
-# Optional extras: the CPU build of PyTorch that lies on these machines' disk.
-ml: $(STAMP)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_detection.py

@@ -382,6 +382,35 @@ class ReportConfig(_Section):
         return _three_numbers(value, "observer_position needs three numbers (x, y, z) in km")
 
 
+class StackConfig(_Section):
+    """Shift-and-stack search for movers fainter than one exposure shows (optional; CPU, or a GPU through PyTorch)."""
+
+    enabled: bool = Field(default=False, description="Run the shift-and-stack stage after linking.")
+    rate_min: float = Field(default=0.5, ge=0, description="Slowest rate searched [arcsec/h].")
+    rate_max: float = Field(default=10.0, gt=0, description="Fastest rate searched [arcsec/h].")
+    threshold: float = Field(
+        default=7.5, gt=0, description="Significance a stacked candidate needs [sigma]; it must grow with the number "
+        "of trajectories tried (~1e11 per 4k CCD for 4 Euclid exposures up to 10\"/h) and with the artefacts left in "
+        "the difference images (measured on simulated Euclid CCDs: 7.0 gives ~3, 7.5 ~1.5 false movers per 2048^2).",
+    )
+    grid_fraction: float = Field(
+        default=0.5, gt=0, le=2, description="Velocity grid step: neighbouring grid trajectories part by at most this "
+        "fraction of the PSF FWHM over the sequence across the motion (of FWHM + trail length along it).",
+    )
+    block: int = Field(default=512, ge=1, description="Trajectories evaluated per kernel call (memory is bounded by the "
+                       "psi/phi images of one kernel group, not by the number of trajectories).")
+    backend: Literal["auto", "numba", "torch"] = Field(
+        default="auto", description="Stack kernel: numba (CPU), torch (PyTorch from the [ml] extra; a CUDA GPU when "
+        "present), or auto (torch when a CUDA GPU is usable, else numba).",
+    )
+
+    @model_validator(mode="after")
+    def _rates(self) -> "StackConfig":
+        if self.rate_max <= self.rate_min:
+            raise ValueError("rate_max must exceed rate_min")
+        return self
+
+
 class KnownConfig(_Section):
     """Identification of linked objects with catalogued orbits (offline: local orbit files)."""
 
@@ -434,6 +463,7 @@ class Config(_Section):
     link: LinkConfig = Field(default_factory=LinkConfig)
     streaks: StreakConfig = Field(default_factory=StreakConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
     known: KnownConfig = Field(default_factory=KnownConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

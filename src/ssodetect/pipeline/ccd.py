@@ -101,7 +101,8 @@ def empty_ccd_table() -> Table:
     return empty_table(CCD_COLUMNS, empty_detections())
 
 
-def _astroscrappy(data, mask, gain, rms, config):
+def lacosmic_mask(data, mask, gain, rms, config):
+    """L.A.Cosmic (astroscrappy, the [clean] extra) cosmic-ray mask of ``data`` (ny, nx) [ADU]."""
     import astroscrappy
 
     readnoise = float(np.nanmedian(rms)) * gain if rms is not None else 5.0
@@ -164,7 +165,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     mask = image.mask.copy()
     if config.clean.astroscrappy:
         t0 = time.perf_counter()
-        mask |= _astroscrappy(image.data, mask, image.gain, image.rms, config.clean)
+        mask |= lacosmic_mask(image.data, mask, image.gain, image.rms, config.clean)
         info["t_clean"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     background, bkg_rms, global_rms = estimate_background(

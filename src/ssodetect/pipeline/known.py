@@ -151,7 +151,7 @@ def recover_known(observations: Table, objects: Table, known: Table, predictions
     """
     from ssodetect.detect import psf_photometry
     from ssodetect.detect.extract import psf_centroid
-    from ssodetect.report.tables import OBJECT_COLUMNS, OBSERVATION_COLUMNS, rows_table
+    from ssodetect.report.tables import append_objects
 
     kc = config.known
     if len(known) == 0 or kc.recovery_radius <= 0:
@@ -255,11 +255,7 @@ def recover_known(observations: Table, objects: Table, known: Table, predictions
         known["offset_ra"][k], known["offset_dec"][k] = float(np.median(dra)), float(np.median(ddec))
     if new_obj:
         log.info("%d known objects recovered at their predicted positions", len(new_obj))
-        obs_add = rows_table(new_obs, OBSERVATION_COLUMNS)
-        obj_add = rows_table(new_obj, OBJECT_COLUMNS)
-        observations = vstack([observations, obs_add]) if len(observations) else obs_add
-        objects = vstack([objects, obj_add]) if len(objects) else obj_add
-    return observations, objects
+    return append_objects(observations, objects, new_obs, new_obj)
 
 
 def _unit(ra, dec) -> np.ndarray:

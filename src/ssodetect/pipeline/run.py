@@ -40,6 +40,7 @@ from ssodetect.pipeline.astrometry import (
 )
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
+from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
@@ -551,6 +552,12 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
         streaks=streak_table, exposures=exposures, masters=masters, wcs_headers=wcs_headers,
     )
+    if config.stack.enabled:
+        result.observations, result.objects = stack_objects(
+            result.observations, result.objects, exposures, ccd_info, _wcs_lookup(result),
+            lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config, timings,
+        )
+        observations, objects = result.observations, result.objects
     if config.known.orbits or config.known.skybot:
         t0 = time.perf_counter()
         known, predictions = identify_known(observations, objects, exposures, ccd_info, _wcs_lookup(result), orbits,

@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import numpy as np
-from astropy.table import Table
+from astropy.table import Table, vstack
 from astropy.time import Time
 
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import describe, empty_table
 from ssodetect.link.tracklets import Tracklet
 
-__all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "rows_table", "tracklet_tables"]
+__all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "append_objects", "rows_table", "tracklet_tables"]
 
 #: (name, dtype, unit, description)
 OBSERVATION_COLUMNS = [
@@ -73,6 +73,16 @@ def rows_table(rows: list[dict], columns) -> Table:
         return empty_table(columns)
     table = Table(rows=[[r[c[0]] for c in columns] for r in rows], names=[c[0] for c in columns], dtype=[c[1] for c in columns])
     return describe(table, columns)
+
+
+def append_objects(observations: Table, objects: Table, new_obs: list[dict], new_obj: list[dict]) -> tuple[Table, Table]:
+    """``observations`` and ``objects`` with rows (dicts of every column) of further objects appended."""
+    if not new_obj:
+        return observations, objects
+    obs_add = rows_table(new_obs, OBSERVATION_COLUMNS)
+    obj_add = rows_table(new_obj, OBJECT_COLUMNS)
+    return (vstack([observations, obs_add]) if len(observations) else obs_add,
+            vstack([objects, obj_add]) if len(objects) else obj_add)
 
 
 def tracklet_tables(
