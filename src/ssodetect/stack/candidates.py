@@ -43,25 +43,24 @@ def _kernel_groups(velocities: np.ndarray, exptime_h: float, sigma: float) -> tu
 
     Returns the group index of every velocity and ``{group: (length, angle)}`` [px, rad].
     """
+    shortest = 1.5 * sigma
+
+    def centre(lbin):  # geometric centre of a length bin [px]
+        return shortest * _LENGTH_RATIO ** (np.asarray(lbin) - 0.5)
+
+    def n_angles(lbin):  # direction bins over 180 deg for a length bin
+        return np.maximum(4, np.ceil(np.pi * centre(lbin) / (4.0 * sigma))).astype(int)
+
     length = np.hypot(velocities[:, 0], velocities[:, 1]) * exptime_h
     angle = np.mod(np.arctan2(velocities[:, 1], velocities[:, 0]), np.pi)
-    shortest = 1.5 * sigma
     lbin = np.where(length < shortest, 0,
                     1 + np.floor(np.log(np.maximum(length, shortest) / shortest) / math.log(_LENGTH_RATIO))).astype(int)
-    centre = shortest * _LENGTH_RATIO ** (lbin - 0.5)
-    n_angles = np.maximum(4, np.ceil(np.pi * centre / (4.0 * sigma))).astype(int)
-    abin = np.where(lbin == 0, 0, np.floor(angle / (np.pi / n_angles)).astype(int) % n_angles)
+    abin = np.where(lbin == 0, 0, np.floor(angle / (np.pi / n_angles(lbin))).astype(int) % n_angles(lbin))
     keys = sorted(set(zip(lbin.tolist(), abin.tolist())))
     index = {k: i for i, k in enumerate(keys)}
     groups = np.array([index[k] for k in zip(lbin.tolist(), abin.tolist())], dtype=int)
-    params = {}
-    for (lb, ab), i in index.items():
-        if lb == 0:
-            params[i] = (0.0, 0.0)
-        else:
-            c = shortest * _LENGTH_RATIO ** (lb - 0.5)
-            na = max(4, int(math.ceil(math.pi * c / (4.0 * sigma))))
-            params[i] = (c, (ab + 0.5) * math.pi / na)
+    params = {i: (0.0, 0.0) if lb == 0 else (float(centre(lb)), (ab + 0.5) * math.pi / int(n_angles(lb)))
+              for (lb, ab), i in index.items()}
     return groups, params
 
 
@@ -306,12 +305,11 @@ def _merge(table: Table, times_h: np.ndarray, fwhm: float) -> Table:
     (or a fragment of it) and is dropped."""
     if len(table) < 2:
         return table
-    order = np.argsort(-np.asarray(table["nu"]))
     t = np.asarray(times_h)
-    pos = [np.column_stack([table["x"][k] + table["vx"][k] * t, table["y"][k] + table["vy"][k] * t]) for k in order]
+    pos = {k: np.column_stack([table["x"][k] + table["vx"][k] * t, table["y"][k] + table["vy"][k] * t])
+           for k in range(len(table))}
     kept: list[int] = []
-    for j, k in enumerate(order):
-        if any(np.sum(np.hypot(*(pos[j] - pos[list(order).index(m)]).T) < 3.0 * fwhm) >= 2 for m in kept):
-            continue
-        kept.append(int(k))
-    return table[sorted(kept, key=lambda m: -float(table["nu"][m]))]
+    for k in np.argsort(-np.asarray(table["nu"])):
+        if not any(np.sum(np.hypot(*(pos[k] - pos[m]).T) < 3.0 * fwhm) >= 2 for m in kept):
+            kept.append(int(k))
+    return table[kept]
