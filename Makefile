@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_detection.py
+
+# Reproduce the shipped CNN (src/ssodetect/ml/models/euclid4_track32.pt) from simulated data (~30 min on 2 cores).
+MODEL_WORK ?= model_work
+model: $(STAMP)
+	for s in 101 102 103 104; do \
+	  $(BIN)/ssodetect simulate $(MODEL_WORK)/sim$$s --seed $$s --size 2048 -q && \
+	  $(BIN)/ssodetect ml dataset $(MODEL_WORK)/sim$$s --out $(MODEL_WORK)/ds$$s -n 8000 --seed $$s -q || exit 1; \
+	done
+	$(BIN)/ssodetect ml train $(MODEL_WORK)/ds101 $(MODEL_WORK)/ds102 $(MODEL_WORK)/ds103 $(MODEL_WORK)/ds104 \
+	  --out $(MODEL_WORK)/model --epochs 10 --seed 0
+	cp $(MODEL_WORK)/model/model.pt src/ssodetect/ml/models/euclid4_track32.pt
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

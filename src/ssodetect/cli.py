@@ -196,6 +196,114 @@ def _config(args) -> int:
     return 0
 
 
+def _dataset_config(args):
+    """DatasetConfig from --dataset-config (TOML) with the command-line settings applied."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from ssodetect.errors import ConfigError
+    from ssodetect.ml.dataset import DatasetConfig
+
+    params = {}
+    if args.dataset_config:
+        try:
+            params = tomllib.loads(Path(args.dataset_config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{args.dataset_config}: cannot read the dataset configuration ({exc})") from None
+    for name in ("n_sequences", "seed", "mode", "size", "rate_min", "rate_max", "snr_min", "snr_max", "tracks",
+                 "orbits", "fwhm", "positive_fraction"):
+        value = getattr(args, name)
+        if value is not None:
+            params[name] = value
+    try:
+        return DatasetConfig(**params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{args.dataset_config or 'ml dataset'}: invalid dataset settings ({problems})") from None
+
+
+def _ml(args) -> int:
+    from ssodetect.config import load_config
+
+    if args.ml_command == "dataset":
+        from ssodetect.pipeline.ml import make_dataset
+
+        config = load_config(args.config)
+        summary = make_dataset(args.inputs, args.out, _dataset_config(args), config, positions=args.positions,
+                               progress=not args.quiet)
+        print(f"{summary['n_sequences']} sequences ({summary['n_positive']} with injected movers) of shape "
+              f"{tuple(summary['shape'])} -> {args.out}")
+        return 0
+    if args.ml_command == "train":
+        from ssodetect.ml.train import train
+
+        result = train(args.datasets, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
+                       val_fraction=args.val_fraction, progress=not args.quiet,
+                       command="ssodetect ml train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "")
+        m = result["overall"]
+        print(f"validation: accuracy {m['accuracy']:.4f}, ROC AUC {m['auc']:.5f}, precision {m['precision']:.4f}, "
+              f"recall {m['recall']:.4f} ({m['n_pos']} movers, {m['n_neg']} negatives); training "
+              f"{result['record']['train_seconds']:.0f} s -> {args.out}/model.pt")
+        return 0
+    import numpy as np
+
+    from ssodetect.ml.dataset import load_dataset
+    from ssodetect.ml.model import encode, load_model, score
+    from ssodetect.ml.train import evaluate
+
+    source = Path(args.source)
+    if (source / "objects.ecsv").is_file() and not (source / "dataset.json").is_file():
+        from ssodetect.pipeline.ml import score_run
+
+        run_config = source / "config.toml"
+        config = load_config(run_config if run_config.is_file() else None)
+        config.execution.progress = not args.quiet
+        config.ml.model = args.model
+        if args.threshold is not None:
+            config.ml.threshold = args.threshold
+        vetting = score_run(source, config)
+        if args.out:
+            from ssodetect.io.outputs import OutputStage
+
+            out = Path(args.out)
+            with OutputStage(out.parent) as stage:
+                vetting.write(stage.file(out.name), format="ascii.ecsv")
+        kept = int(np.sum(vetting["kept"]))
+        print(f"{len(vetting)} objects of {source} scored: {kept} at or above {config.ml.threshold:.2f}, "
+              f"{len(vetting) - kept} below" + (f" -> {args.out}" if args.out else ""))
+        for row in vetting:
+            print(f"  {row['object']:8s} {row['kind']:8s} {row['rate']:7.2f}\"/h  {row['mag']:6.2f} mag  "
+                  f"score {row['ml_score']:.3f}")
+        return 0
+    model, record = load_model(args.model)
+    images, masks, meta, doc = load_dataset(source)
+    if list(images.shape[2:]) != [record["arch"]["size"]] * 2 or doc["config"]["mode"] != record["arch"]["mode"]:
+        raise SSODetectError(f"{source}: sequences {tuple(images.shape[1:])} in {doc['config']['mode']} mode do "
+                             f"not fit the model ({record['arch']['size']} px, {record['arch']['mode']} mode)")
+    x = encode(images, masks, meta["trail"], meta["sigma"], meta["stretch"], mode=doc["config"]["mode"])
+    threshold = record["threshold"] if args.threshold is None else args.threshold
+    scores = score(model, x, progress=not args.quiet)
+    table = meta.copy()
+    table["ml_score"] = scores
+    table["predicted"] = (scores >= threshold).astype(np.int8)
+    if args.out:
+        from ssodetect.io.outputs import OutputStage
+
+        out = Path(args.out)
+        with OutputStage(out.parent) as stage:
+            table.write(stage.file(out.name), format="ascii.ecsv")
+    ev = evaluate(meta, scores, threshold)
+    m = ev["overall"]
+    print(f"{len(scores)} sequences scored; threshold {threshold:.2f}: accuracy {m['accuracy']:.4f}, ROC AUC "
+          f"{m['auc']:.5f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}")
+    print("rate [\"/h]     movers  negatives  accuracy  ROC AUC")
+    for row in ev["by_rate"]:
+        print(f"{row['rate_lo']:5.1f}-{row['rate_hi']:<5.1f}  {row['n_pos']:8d}  {row['n_neg']:9d}  {row['accuracy']:8.4f}"
+              f"  {row['auc']:7.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssodetect", description="Find moving Solar System Objects in image sequences.")
     parser.add_argument("--version", action="version", version=f"ssodetect {__version__}")
@@ -282,6 +390,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", help="run output directory")
     p.add_argument("--config", default=None, help="TOML configuration (default: the run's config.toml); [report] applies")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("ml", parents=[common], help="CNN vetting: build datasets, train, predict")
+    ml = p.add_subparsers(dest="ml_command", required=True)
+    q = ml.add_parser("dataset", parents=[common],
+                      help="cut labelled sequences (injected movers, hard negatives) from an exposure sequence")
+    q.add_argument("inputs", nargs="+", help="FITS files and/or directories of 3 or more exposures with WCS (never modified)")
+    q.add_argument("--out", required=True, help="dataset directory (NPZ shards, meta.ecsv, dataset.json)")
+    q.add_argument("--config", default=None, help="run configuration (TOML) for reading and detection")
+    q.add_argument("--dataset-config", default=None, help="TOML file of dataset settings (ssodetect.ml.DatasetConfig)")
+    q.add_argument("--positions", default=None, help="table (ECSV/CSV/FITS) of chosen positions: columns ra, dec [deg]")
+    q.add_argument("-n", "--n-sequences", dest="n_sequences", type=int, default=None, help="sequences per CCD")
+    q.add_argument("--seed", type=int, default=None)
+    q.add_argument("--mode", choices=["track", "sky"], default=None, help="grid following the track, or fixed on the sky")
+    q.add_argument("--size", type=int, default=None, help="grid side [px] (default 32)")
+    q.add_argument("--rate-min", dest="rate_min", type=float, default=None, help="slowest mover [arcsec/h]")
+    q.add_argument("--rate-max", dest="rate_max", type=float, default=None, help="fastest mover [arcsec/h]")
+    q.add_argument("--snr-min", dest="snr_min", type=float, default=None, help="faintest injection (total S/N)")
+    q.add_argument("--snr-max", dest="snr_max", type=float, default=None, help="brightest injection (total S/N)")
+    q.add_argument("--positive-fraction", dest="positive_fraction", type=float, default=None)
+    q.add_argument("--tracks", choices=["linear", "orbits"], default=None, help="linear tracks or real orbits")
+    q.add_argument("--orbits", default=None, help="orbit file for --tracks orbits (MPCORB.DAT or JPL SBDB JSON)")
+    q.add_argument("--fwhm", type=float, default=None, help="PSF FWHM of injections [px] (default: header or measured)")
+    q = ml.add_parser("train", parents=[common], help="train the 3D-CNN on datasets (PyTorch, CPU or GPU)")
+    q.add_argument("datasets", nargs="+", help="dataset directories")
+    q.add_argument("--out", required=True, help="output directory (model.pt, checkpoint.pt, metrics); resumes a checkpoint")
+    q.add_argument("--epochs", type=int, default=10)
+    q.add_argument("--batch", type=int, default=128)
+    q.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle schedule)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--val-fraction", dest="val_fraction", type=float, default=0.15, help="held-apart validation share")
+    q = ml.add_parser("predict", parents=[common],
+                      help="score a dataset's sequences (accuracy, ROC AUC) or a finished run's objects")
+    q.add_argument("source", help="dataset directory, or the output directory of a finished run")
+    q.add_argument("--model", default="builtin", help="model file (default: the model shipped with ssodetect)")
+    q.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
+    q.add_argument("--out", default=None, help="ECSV table of the scores (with the dataset's metadata, or the run's "
+                   "objects)")
+    p.set_defaults(func=_ml)
 
     p = sub.add_parser("config", parents=[common], help="print the configuration")
     p.add_argument("--dump", action="store_true", help="print the full documented configuration (default action)")

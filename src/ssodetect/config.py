@@ -23,6 +23,8 @@ __all__ = [
     "LinkConfig",
     "StreakConfig",
     "ReportConfig",
+    "StackConfig",
+    "MLConfig",
     "ExecutionConfig",
     "Config",
     "load_config",
@@ -411,6 +413,16 @@ class StackConfig(_Section):
         return self
 
 
+class MLConfig(_Section):
+    """CNN vetting of every object found (PyTorch from the [ml] extra)."""
+
+    enabled: bool = Field(default=False, description="Score every object with the CNN and remove those below threshold.")
+    model: str = Field(default="builtin", description="Model file from 'ssodetect ml train'; builtin: the model shipped "
+                       "with the package (Euclid-like 4-exposure sequences, 0.5-80\"/h).")
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Smallest mover probability kept.")
+    batch: int = Field(default=256, ge=1, description="Sequences per inference batch.")
+
+
 class KnownConfig(_Section):
     """Identification of linked objects with catalogued orbits (offline: local orbit files)."""
 
@@ -464,6 +476,7 @@ class Config(_Section):
     streaks: StreakConfig = Field(default_factory=StreakConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    ml: MLConfig = Field(default_factory=MLConfig)
     known: KnownConfig = Field(default_factory=KnownConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 

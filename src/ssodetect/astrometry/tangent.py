@@ -18,13 +18,14 @@ class TangentPlane:
 
     Parameters
     ----------
-    ra0, dec0 : float
-        Tangent point [deg].
+    ra0, dec0 : float or ndarray
+        Tangent point [deg]; arrays of tangent points project element-wise (one plane per
+        element, broadcast against the positions).
     """
 
-    def __init__(self, ra0: float, dec0: float):
-        self.ra0 = float(ra0)
-        self.dec0 = float(dec0)
+    def __init__(self, ra0, dec0):
+        self.ra0 = float(ra0) if np.ndim(ra0) == 0 else np.asarray(ra0, float)
+        self.dec0 = float(dec0) if np.ndim(dec0) == 0 else np.asarray(dec0, float)
         self._a0 = np.radians(self.ra0)
         self._d0 = np.radians(self.dec0)
 

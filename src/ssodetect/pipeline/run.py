@@ -40,6 +40,7 @@ from ssodetect.pipeline.astrometry import (
 )
 from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
+from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.report import tracklet_tables
@@ -67,6 +68,7 @@ class RunResult:
     masters: dict = field(default_factory=dict)
     known: Table | None = None
     wcs_headers: dict = field(default_factory=dict)
+    vetting: Table | None = None
 
 
 class _Process:
@@ -558,6 +560,12 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
             lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config, timings,
         )
         observations, objects = result.observations, result.objects
+    if config.ml.enabled:
+        result.observations, result.objects, result.vetting = vet_objects(
+            result.observations, result.objects, exposures, ccd_info, _wcs_lookup(result),
+            lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config, timings,
+        )
+        observations, objects = result.observations, result.objects
     if config.known.orbits or config.known.skybot:
         t0 = time.perf_counter()
         known, predictions = identify_known(observations, objects, exposures, ccd_info, _wcs_lookup(result), orbits,
@@ -580,6 +588,8 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         result.streaks.write(stage.file("streaks.ecsv"), format="ascii.ecsv")
     if result.known is not None:
         result.known.write(stage.file("known.ecsv"), format="ascii.ecsv")
+    if result.vetting is not None:
+        result.vetting.write(stage.file("vetting.ecsv"), format="ascii.ecsv")
     stage.file("config.toml").write_text(dump_toml(config))
     context = _report_context(result, config)
     if config.report.cutouts and result.exposures:

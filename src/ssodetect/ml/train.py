@@ -1,0 +1,226 @@
+"""Training and evaluation of the mover classifier.
+
+:func:`train` fits :func:`ssodetect.ml.model.MoverNet` on one or more datasets
+(:mod:`ssodetect.ml.dataset`): a seeded validation split held apart, Adam with L2 weight decay, a
+cosine learning-rate schedule, augmentations that keep the physics (mirror across the track;
+time reversal with a flip along it; in ``sky`` mode also the other flips), a checkpoint after every
+epoch (a run resumes from it), and the best epoch by validation loss kept as the model.
+:func:`evaluate` gives the metrics by rate, magnitude and kind of negative.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.errors import InputError
+from ssodetect.io.outputs import atomic_write_text
+from ssodetect.ml.dataset import load_dataset
+from ssodetect.ml.model import MoverNet, _torch, encode, save_model, score
+
+__all__ = ["RATE_BINS", "roc_auc", "evaluate", "train"]
+
+log = logging.getLogger(__name__)
+
+RATE_BINS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, 80.0)  # arcsec/h
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve (Mann-Whitney statistic, ties counted half); NaN without both classes."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _rates(labels, scores, threshold):
+    labels = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores) >= threshold
+    tp, fp = int(np.sum(pred & labels)), int(np.sum(pred & ~labels))
+    return {
+        "n_pos": int(labels.sum()), "n_neg": int((~labels).sum()),
+        "accuracy": float(np.mean(pred == labels)) if labels.size else math.nan,
+        "auc": roc_auc(labels, scores),
+        "recall": tp / labels.sum() if labels.sum() else math.nan,
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+        "false_positive_rate": fp / (~labels).sum() if (~labels).sum() else math.nan,
+    }
+
+
+def evaluate(meta: Table, scores: np.ndarray, threshold: float = 0.5, *, mag_bins=None) -> dict:
+    """Metrics of ``scores`` against ``meta["label"]``: overall, by rate bin, by magnitude, by kind.
+
+    Returns
+    -------
+    dict
+        ``overall`` (dict), ``by_rate``, ``by_rate_mag``, ``by_kind`` (Tables).
+    """
+    labels = np.asarray(meta["label"]).astype(bool)
+    rate = np.asarray(meta["rate"], float)
+    overall = _rates(labels, scores, threshold)
+    rows = []
+    edges = list(RATE_BINS)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (rate >= lo) & (rate < hi if hi < edges[-1] else rate <= hi)
+        rows.append({"rate_lo": lo, "rate_hi": hi, **_rates(labels[sel], scores[sel], threshold)})
+    by_rate = Table(rows=rows)
+    mag = np.asarray(meta["mag"], float)
+    if mag_bins is None:
+        finite = mag[labels & np.isfinite(mag)]
+        lo, hi = (math.floor(finite.min()), math.ceil(finite.max())) if finite.size else (20, 27)
+        mag_bins = np.arange(lo, hi + 1, 1.0)
+    rows = []
+    for r_lo, r_hi in zip(edges[:-1], edges[1:]):
+        for m_lo, m_hi in zip(mag_bins[:-1], mag_bins[1:]):
+            sel = labels & (rate >= r_lo) & (rate <= r_hi) & (mag >= m_lo) & (mag < m_hi)
+            if sel.any():
+                rows.append({"rate_lo": r_lo, "rate_hi": r_hi, "mag_lo": float(m_lo), "mag_hi": float(m_hi),
+                             "n": int(sel.sum()), "recall": float(np.mean(scores[sel] >= threshold))})
+    by_rate_mag = Table(rows=rows) if rows else Table(names=["rate_lo", "rate_hi", "mag_lo", "mag_hi", "n", "recall"])
+    kinds = np.asarray(meta["kind"]).astype(str)
+    rows = []
+    for kind in sorted(set(kinds)):
+        sel = kinds == kind
+        correct = (scores[sel] >= threshold) == labels[sel]
+        rows.append({"kind": kind, "n": int(sel.sum()), "accuracy": float(np.mean(correct))})
+    return {"overall": overall, "by_rate": by_rate, "by_rate_mag": by_rate_mag, "by_kind": Table(rows=rows)}
+
+
+def _augment(x, rng, mode: str):
+    """Symmetries of the problem, applied per batch (in place on a numpy array (B, C, T, H, W))."""
+    if rng.random() < 0.5:
+        x = x[..., ::-1, :]  # mirror across the track
+    if rng.random() < 0.5:
+        x = x[:, :, ::-1, :, ::-1]  # time reversed, motion flipped back along +x
+    if mode == "sky" and rng.random() < 0.5:
+        x = x.swapaxes(-1, -2)
+    return np.ascontiguousarray(x)
+
+
+def _load_all(paths: list) -> tuple[np.ndarray, Table, dict]:
+    inputs, metas, docs = [], [], []
+    for p in paths:
+        images, masks, meta, doc = load_dataset(p)
+        mode = doc["config"]["mode"]
+        inputs.append(encode(images, masks, meta["trail"], meta["sigma"], meta["stretch"], mode=mode))
+        metas.append(meta)
+        docs.append(doc)
+    shapes = {tuple(x.shape[1:]) for x in inputs}
+    modes = {d["config"]["mode"] for d in docs}
+    if len(shapes) > 1 or len(modes) > 1:
+        raise InputError(f"datasets {', '.join(map(str, paths))} differ in sequence shape or mode: {shapes} {modes}")
+    from astropy.table import vstack
+
+    return np.concatenate(inputs), vstack(metas, metadata_conflicts="silent"), docs[0]
+
+
+def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128, lr: float = 2e-3,
+          weight_decay: float = 1e-4, val_fraction: float = 0.15, seed: int = 0, progress: bool = True,
+          command: str = "") -> dict:
+    """Train a mover classifier; writes ``model.pt`` (best epoch), ``checkpoint.pt`` and ``metrics.json`` in ``out``.
+
+    Parameters
+    ----------
+    datasets : list of path
+        Dataset directories (same sequence shape and mode).
+    out : path
+        Output directory; a ``checkpoint.pt`` already there is resumed from.
+    epochs, batch, lr, weight_decay : training schedule (Adam, cosine decay of ``lr``).
+    val_fraction : float
+        Fraction of sequences held apart for validation (seeded split).
+    seed : int
+        Seeds the split, the initial weights, the batch order and the augmentations.
+
+    Returns
+    -------
+    dict
+        Validation metrics of the kept model (``overall``) and the training record.
+    """
+    from tqdm.auto import tqdm
+
+    torch = _torch()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    inputs, meta, doc = _load_all([Path(p) for p in datasets])
+    labels = np.asarray(meta["label"], np.float32)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    order = rng.permutation(len(labels))
+    n_val = max(1, int(round(val_fraction * len(labels))))
+    val, fit = order[:n_val], order[n_val:]
+    mode = doc["config"]["mode"]
+    arch = {"filters": [16, 32, 64, 64], "dropout": 0.3, "size": int(inputs.shape[-1]), "frames": int(inputs.shape[2]),
+            "mode": mode}
+    model = MoverNet(tuple(arch["filters"]), arch["dropout"])
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    per_epoch = int(math.ceil(len(fit) / batch))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    history, start, best = [], 0, (math.inf, None)
+    ckpt = out / "checkpoint.pt"
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start = state["history"], int(state["epoch"])
+        best = (state["best_loss"], state["best_state"])
+        log.info("resuming from %s after epoch %d", ckpt, start)
+    # one-cycle schedule over this run's epochs, positioned after the epochs already done
+    total_steps = max(epochs * per_epoch, start * per_epoch + 1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15,
+                                                last_epoch=start * per_epoch - 1 if start else -1)
+    t_start = time.perf_counter()
+    for epoch in range(start, epochs):
+        model.train()
+        rng = np.random.default_rng([seed, epoch])  # per-epoch streams: a resumed run repeats an uninterrupted one
+        torch.manual_seed(seed * 1000 + epoch)
+        perm = rng.permutation(fit)
+        total = 0.0
+        bar = tqdm(range(0, len(perm), batch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress)
+        for s in bar:
+            idx = perm[s:s + batch]
+            x = torch.from_numpy(_augment(inputs[idx], rng, mode))
+            y = torch.from_numpy(labels[idx])
+            opt.zero_grad()
+            loss = loss_fn(model(x)[:, 0], y)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val_scores = score(model, inputs[val])
+        p = np.clip(val_scores, 1e-6, 1 - 1e-6)
+        val_loss = float(-np.mean(labels[val] * np.log(p) + (1 - labels[val]) * np.log(1 - p)))
+        metrics = evaluate(meta[val], val_scores)["overall"]
+        history.append({"epoch": epoch + 1, "train_loss": total / len(perm), "val_loss": val_loss,
+                        "val_accuracy": metrics["accuracy"], "val_auc": metrics["auc"]})
+        log.info("epoch %d: train loss %.4f, validation loss %.4f, accuracy %.4f, AUC %.5f", epoch + 1,
+                 total / len(perm), val_loss, metrics["accuracy"], metrics["auc"])
+        if val_loss < best[0]:
+            best = (val_loss, {k: v.clone() for k, v in model.state_dict().items()})
+        buffer = {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1, "best_loss": best[0], "best_state": best[1]}
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(buffer, tmp)
+        tmp.replace(ckpt)
+    seconds = time.perf_counter() - t_start
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    val_scores = score(model, inputs[val])
+    result = evaluate(meta[val], val_scores)
+    record = {"command": command, "datasets": [str(p) for p in datasets], "n_train": int(len(fit)),
+              "n_validation": int(n_val), "epochs": epochs, "batch": batch, "lr": lr, "weight_decay": weight_decay,
+              "seed": seed, "train_seconds": round(seconds, 1), "history": history,
+              "validation": result["overall"], "dataset_config": doc["config"]}
+    save_model(out / "model.pt", model, arch, training=record)
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
+    for name in ("by_rate", "by_rate_mag", "by_kind"):
+        result[name].write(out / f"validation_{name}.ecsv", format="ascii.ecsv", overwrite=True)
+    return {"overall": result["overall"], "record": record}
