@@ -132,6 +132,15 @@ def test_bad_orbit_file_refused_before_processing(scene, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "missing.dat" in err[0] and not out.exists()
 
 
+def test_bad_model_file_refused_before_processing(scene, tmp_path, capsys):
+    toml = tmp_path / "ml.toml"
+    toml.write_text(f'[ml]\nenabled = true\nmodel = "{tmp_path / "none.pt"}"\n')
+    out = tmp_path / "out"
+    code, err = _run_cli(capsys, scene, "--out", out, "--config", toml)
+    assert code == 2 and len(err) == 1 and "none.pt: model file not found" in err[0]
+    assert not out.exists()
+
+
 def test_bad_ades_and_80_column_input_name_the_line(tmp_path):
     import pytest
 

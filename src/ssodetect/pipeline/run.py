@@ -452,6 +452,10 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
     reference = load_reference_catalogue(refcat) if refcat is not None else None
     orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
+    if config.ml.enabled:
+        from ssodetect.ml.model import load_model
+
+        load_model(config.ml.model)  # so is a missing model file, or a missing PyTorch
     timings["ingest"] = time.perf_counter() - t0
     log.info(
         "%d files, %d exposures, %d CCD images", len(paths), len(exposures), sum(len(e.ccds) for e in exposures)
