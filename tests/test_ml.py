@@ -304,11 +304,20 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
     assert "160 sequences scored" in text and "ROC AUC" in text
     scores = Table.read(tmp_path / "scores.ecsv")
     assert len(scores) == 160 and np.all((scores["ml_score"] >= 0) & (scores["ml_score"] <= 1))
+    # chosen positions are used in turn
+    pos = tmp_path / "pos.csv"
+    pos.write_text("ra,dec\n" + "".join(f"{float(meta['ra'][k])!r},{float(meta['dec'][k])!r}\n" for k in (0, 1)))
+    assert main(["ml", "dataset", str(sim), "--out", str(tmp_path / "chosen"), "-n", "6", "--positions", str(pos),
+                 "-q"]) == 0
+    chosen = load_dataset(tmp_path / "chosen")[2]
+    assert np.allclose(chosen["ra"], np.tile(meta["ra"][:2], 3)) and np.allclose(chosen["dec"], np.tile(meta["dec"][:2], 3))
     # bad input: one line naming the file, exit status 2, nothing written
     for argv, needle in (
         (["ml", "predict", str(tmp_path / "nope")], "not a dataset directory"),
         (["ml", "predict", str(ds), "--model", str(sim / "truth.ecsv")], "not an ssodetect model"),
         (["ml", "dataset", str(sim), "--out", str(tmp_path / "bad"), "--rate-min", "5", "--rate-max", "1"], "rate_max"),
+        (["ml", "dataset", str(sim), "--out", str(tmp_path / "bad"), "--positions", str(sim / "exp_00.fits")],
+         "exp_00.fits: unreadable positions table"),
     ):
         assert main(argv + ["-q"]) == 2
         err = capsys.readouterr().err.strip().splitlines()

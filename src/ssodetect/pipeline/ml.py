@@ -131,6 +131,10 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
             raise InputError(f"{positions}: unreadable positions table ({type(exc).__name__})") from None
         if not {"ra", "dec"} <= set(chosen.colnames) or len(chosen) == 0:
             raise InputError(f"{positions}: the positions table needs rows with columns ra and dec [deg]")
+        try:
+            chosen = Table({"ra": np.asarray(chosen["ra"], float), "dec": np.asarray(chosen["dec"], float)})
+        except (TypeError, ValueError):
+            raise InputError(f"{positions}: ra and dec must be numbers [deg]") from None
     parts, described = [], []
     for k, (ccd, frames, sources) in enumerate(read_frames(inputs, config, fwhm=dataset_config.fwhm)):
         cfg = dataset_config.model_copy(update={"seed": dataset_config.seed + 1000 * k})
@@ -189,9 +193,13 @@ def vet_objects(observations: Table, objects: Table, exposures: list, ccd_info: 
     names = np.asarray(objects["object"]).astype(str)
     obs_names = np.asarray(observations["object"]).astype(str)
     obs_ccd = np.asarray(observations["ccd"]).astype(str)
-    ccd_of = np.array([max(set(obs_ccd[obs_names == n]), key=list(obs_ccd[obs_names == n]).count) for n in names])
+    ccd_of = []
+    for n in names:  # the CCD most of its observations are on
+        seen = list(obs_ccd[obs_names == n])
+        ccd_of.append(max(set(seen), key=seen.count) if seen else "")
+    ccd_of = np.array(ccd_of, dtype="U32")
     scores = np.full(len(objects), np.nan)
-    for ccd in sorted(set(ccd_of)):
+    for ccd in sorted(set(ccd_of) - {""}):
         rows = np.nonzero(ccd_of == ccd)[0]
         frames = []
         for e in exposures:
