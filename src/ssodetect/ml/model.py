@@ -24,14 +24,15 @@ import numpy as np
 from ssodetect.errors import InputError
 from ssodetect.ml.sequences import trail_template
 
-__all__ = ["BUILTIN_MODEL", "MoverNet", "encode", "load_model", "save_model", "score"]
+__all__ = ["BUILTIN_MODEL", "MoverNet", "encode", "import_torch", "load_model", "save_model", "score"]
 
 log = logging.getLogger(__name__)
 
 BUILTIN_MODEL = "euclid4_track32.pt"
 
 
-def _torch():
+def import_torch():
+    """The ``torch`` module, or an InputError saying how to install it."""
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -41,7 +42,7 @@ def _torch():
 
 def MoverNet(filters=(16, 32, 64, 64), dropout: float = 0.3):
     """Build the network (a ``torch.nn.Module``) for ``(B, 3, T, H, W)`` inputs, one logit per sequence."""
-    torch = _torch()
+    torch = import_torch()
     nn = torch.nn
 
     def block(c_in, c_out, kernel):
@@ -81,7 +82,7 @@ def save_model(path: str | Path, model, arch: dict, *, threshold: float = 0.5, t
 
     from ssodetect.io.outputs import atomic_write_bytes
 
-    torch = _torch()
+    torch = import_torch()
     # plain JSON values only, so that the file loads with weights_only=True
     training = json.loads(json.dumps(training or {}, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
     buffer = io.BytesIO()
@@ -100,7 +101,7 @@ def load_model(path: str | Path = "builtin"):
     record : dict
         ``arch``, ``threshold`` and ``training`` of the file.
     """
-    torch = _torch()
+    torch = import_torch()
     if str(path) == "builtin":
         ref = resources.files("ssodetect.ml").joinpath("models", BUILTIN_MODEL)
         with resources.as_file(ref) as p:
@@ -123,7 +124,7 @@ def score(model, inputs: np.ndarray, *, batch: int = 256, progress: bool = False
     """Mover probability (sigmoid of the logit) of every encoded sequence, shape (B,)."""
     from tqdm.auto import tqdm
 
-    torch = _torch()
+    torch = import_torch()
     out = np.empty(len(inputs), np.float32)
     model.eval()
     with torch.inference_mode():

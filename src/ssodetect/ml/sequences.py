@@ -25,7 +25,7 @@ centre at ``((size - 1) / 2, (size - 1) / 2)``.  Times are MJD (UTC) of mid-expo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.wcs import WCS
@@ -157,7 +157,6 @@ class Sequences:
     noise: np.ndarray
     mjd: np.ndarray
     spec: GridSpec
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -21,7 +21,7 @@ from astropy.table import Table
 from ssodetect.errors import InputError
 from ssodetect.io.outputs import atomic_write_text
 from ssodetect.ml.dataset import load_dataset
-from ssodetect.ml.model import MoverNet, _torch, encode, save_model, score
+from ssodetect.ml.model import MoverNet, encode, import_torch, save_model, score
 
 __all__ = ["RATE_BINS", "roc_auc", "evaluate", "train"]
 
@@ -147,7 +147,7 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     """
     from tqdm.auto import tqdm
 
-    torch = _torch()
+    torch = import_torch()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     inputs, meta, doc = _load_all([Path(p) for p in datasets])
