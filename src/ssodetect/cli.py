@@ -1,4 +1,4 @@
-"""The ``ssodetect`` command: simulate, run, astrometry, evaluate, config.
+"""The ``ssodetect`` command: simulate, run, batch, astrometry, calibrate, evaluate, report, ml, config.
 
 Each sub-command parses its arguments and calls one library function.  User
 errors print one line naming the file and the problem, and exit with status 2.
@@ -83,6 +83,22 @@ def _run(args) -> int:
         + (", known.ecsv" if result.known is not None else "")
     )
     return 0
+
+
+def _batch(args) -> int:
+    from ssodetect.pipeline.batch import fields_from_arguments, run_batch
+
+    config = _execution_config(args)
+    if args.scheduler:
+        config.execution.scheduler = args.scheduler
+    fields = fields_from_arguments(args.inputs)
+    summary = run_batch(fields, args.out, config)
+    counts = {s: int((summary["status"] == s).sum()) for s in ("done", "skipped", "failed")}
+    print(f"{len(summary)} fields: {counts['done']} run, {counts['skipped']} already complete, {counts['failed']} "
+          f"failed; {int(summary['n_objects'].sum())} moving objects -> {args.out}/batch_summary.ecsv")
+    for row in summary[summary["status"] == "failed"]:
+        print(f"  {row['field']}: {row['message']}")
+    return 1 if counts["failed"] else 0
 
 
 def _astrometry(args) -> int:
@@ -357,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orbits", action="append", default=[],
                    help="orbit file of known objects (MPCORB.DAT or JPL SBDB JSON; repeatable; adds to [known] orbits)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("batch", parents=[common],
+                       help="run many fields, each into OUT/<field>; resumable (complete fields are skipped)")
+    p.add_argument("inputs", nargs="+", help="manifests (TOML: [[field]] name, inputs, refcat) and/or directories "
+                   "(one field each; a refcat.ecsv inside is used)")
+    p.add_argument("--out", required=True, help="batch directory (one sub-directory per field, batch_summary.ecsv)")
+    p.add_argument("--config", default=None, help="TOML configuration of every field's run")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, help="local Dask worker processes (one field per task)")
+    group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.set_defaults(func=_batch)
 
     p = sub.add_parser("astrometry", parents=[common], help="fit the WCS of every CCD against a reference catalogue")
     p.add_argument("inputs", nargs="+", help="FITS files and/or directories (never modified)")

@@ -357,6 +357,20 @@ def _versions() -> dict:
     }
 
 
+class StageTimings(dict):
+    """Wall time of each stage [s]; recording one also samples the process's peak memory so far (``peak_mb``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak_mb: dict[str, float] = {}
+
+    def __setitem__(self, stage: str, seconds: float) -> None:
+        import resource
+
+        super().__setitem__(stage, seconds)
+        self.peak_mb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def run_pipeline(
     inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None
 ) -> RunResult:
@@ -386,7 +400,7 @@ def run_pipeline(
         Bad inputs or configuration (nothing is written).
     """
     config = config or Config()
-    timings: dict[str, float] = {}
+    timings = StageTimings()
     t_run = time.perf_counter()
     stage = OutputStage(outdir) if outdir is not None else None
     handler = None
@@ -609,6 +623,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         "inputs": [str(p) for p in inputs],
         "refcat": str(refcat) if refcat else None,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "peak_rss_mb": {k: round(v, 1) for k, v in getattr(timings, "peak_mb", {}).items()},
         "n_objects": len(result.objects),
         "n_observations": len(result.observations),
         "ccds": [_jsonable(info) for info in result.ccd_info],
@@ -733,6 +748,7 @@ def run_astrometry(
             "inputs": [str(p) for p in inputs],
             "refcat": str(refcat),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "peak_rss_mb": {k: round(v, 1) for k, v in getattr(timings, "peak_mb", {}).items()},
             "n_solved": int(sum(s.ok for s in solutions)),
             "n_failed": int(sum(not s.ok for s in solutions)),
         }

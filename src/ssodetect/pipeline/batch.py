@@ -1,0 +1,229 @@
+"""Many fields, each an independent run into its own sub-directory: resumable, serial or on Dask.
+
+A field is complete when its directory holds ``complete.json``, written last, whose SHA-256 checksums
+match every product of the run; a re-run skips complete fields and redoes the others (a partial
+directory left by an interruption is cleared first, but only when it holds nothing but ssodetect
+products).  On Dask every field is one task (the field's own CCD work then runs serially inside the
+worker); a worker that dies takes its field with it and the scheduler gives the field to another
+worker (``retries``), so nothing is lost.  ``batch_summary.ecsv`` lists every field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from astropy.table import Table
+
+from ssodetect.config import Config
+from ssodetect.errors import InputError, SSODetectError
+from ssodetect.io.outputs import OutputStage, atomic_write_text
+
+__all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "fields_from_arguments", "run_batch", "run_field"]
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "complete.json"
+#: files an ssodetect run may leave in its directory (a partial field holding anything else is not removed)
+_OURS = {"observations.ecsv", "objects.ecsv", "astrometry.ecsv", "streaks.ecsv", "known.ecsv", "vetting.ecsv",
+         "config.toml", "cutouts.fits", "overview.fits", "provenance.json", "run.log", "report.html",
+         "observations.psv", "observations.xml", "observations.mpc", COMPLETE}
+
+SUMMARY_COLUMNS = [
+    ("field", "U64", "", "field name (its sub-directory)"),
+    ("status", "U8", "", "done (run now) | skipped (complete before) | failed"),
+    ("n_objects", "i8", "", "moving objects found"),
+    ("n_observations", "i8", "", "observations reported"),
+    ("wall_s", "f8", "s", "wall time of the field's run"),
+    ("peak_rss_mb", "f8", "MB", "peak memory of the process that ran it"),
+    ("message", "U256", "", "why it failed"),
+]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a batch: a name, its input files/directories and an optional reference catalogue."""
+
+    name: str
+    inputs: tuple
+    refcat: str | None = None
+
+
+def _read_manifest(path: Path) -> list[Field]:
+    """Fields of a TOML manifest: ``[[field]]`` tables with ``name``, ``inputs`` and optional ``refcat``."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"{path}: unreadable batch manifest ({exc})") from None
+    entries = doc.get("field")
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{path}: the manifest needs [[field]] entries (name, inputs, optional refcat)")
+    fields = []
+    for k, entry in enumerate(entries):
+        inputs = entry.get("inputs") if isinstance(entry, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(entry, dict) or not entry.get("name") or not inputs:
+            raise InputError(f"{path}: field {k + 1} needs a name and inputs")
+        refcat = entry.get("refcat")
+        fields.append(Field(str(entry["name"]), tuple(str(path.parent / p) for p in inputs),
+                            str(path.parent / refcat) if refcat else None))
+    return fields
+
+
+def fields_from_arguments(arguments) -> list[Field]:
+    """Fields from manifests (``.toml``) and/or directories (one field each, named after it; a ``refcat.ecsv``
+    inside is its reference catalogue)."""
+    fields = []
+    for arg in map(Path, arguments):
+        if arg.is_file() and arg.suffix == ".toml":
+            fields.extend(_read_manifest(arg))
+        elif arg.is_dir():
+            refcat = arg / "refcat.ecsv"
+            fields.append(Field(arg.name, (str(arg),), str(refcat) if refcat.is_file() else None))
+        else:
+            raise InputError(f"{arg}: neither a batch manifest (.toml) nor a directory of frames")
+    names = [f.name for f in fields]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"{arguments[0]}: field names must be unique ({', '.join(duplicates)} repeated)")
+    return fields
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def field_complete(outdir: str | Path) -> bool:
+    """True when ``outdir`` holds a finished run: ``complete.json`` and every file it lists, unchanged."""
+    outdir = Path(outdir)
+    try:
+        record = json.loads((outdir / COMPLETE).read_text())
+        return all(_sha256(outdir / name) == digest for name, digest in record["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_field(field: Field, outdir: str, config: Config) -> dict:
+    """Run one field into ``outdir`` unless it is complete there (the unit of work of a batch).
+
+    Returns
+    -------
+    dict
+        A row of :data:`SUMMARY_COLUMNS`.
+    """
+    from ssodetect.pipeline.run import run_pipeline
+
+    out = Path(outdir)
+    row = {"field": field.name, "status": "skipped", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
+           "peak_rss_mb": 0.0, "message": ""}
+    if field_complete(out):
+        record = json.loads((out / COMPLETE).read_text())
+        row.update(n_objects=record["n_objects"], n_observations=record["n_observations"])
+        return row
+    for stale in out.parent.glob(f".{out.name}.stage-*"):  # staging left by an interrupted attempt
+        shutil.rmtree(stale, ignore_errors=True)
+    if out.exists():
+        strangers = [p.name for p in out.iterdir() if p.name not in _OURS]
+        if strangers:
+            raise InputError(f"{out}: exists and holds files that are not ssodetect products ({strangers[0]}); "
+                             "not overwritten")
+        shutil.rmtree(out)  # a partial run: redone from scratch
+    t0 = time.perf_counter()
+    result = run_pipeline(list(field.inputs), out, config, refcat=field.refcat)
+    files = {p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
+    record = {"field": field.name, "inputs": list(field.inputs), "refcat": field.refcat, "files": files,
+              "n_objects": len(result.objects), "n_observations": len(result.observations)}
+    atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
+    row.update(status="done", n_objects=len(result.objects), n_observations=len(result.observations),
+               wall_s=round(time.perf_counter() - t0, 2), peak_rss_mb=round(_peak_rss_mb(), 1))
+    return row
+
+
+def _field_task(field: Field, outdir: str, config: Config) -> dict:
+    """run_field with user errors turned into a failed row (other exceptions propagate to the executor)."""
+    try:
+        return run_field(field, outdir, config)
+    except SSODetectError as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        return {"field": field.name, "status": "failed", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
+                "peak_rss_mb": 0.0, "message": lines[0][:256]}
+
+
+def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=None, retries: int = 2) -> Table:
+    """Run every field into ``out/<name>`` and write ``out/batch_summary.ecsv``.
+
+    Parameters
+    ----------
+    fields : list of Field
+    out : path
+        Batch directory.
+    config : Config
+        Run configuration of every field; ``[execution] workers > 1`` or ``scheduler`` runs the fields
+        on Dask (one task per field), otherwise one after another here.
+    client : dask.distributed.Client, optional
+        An existing client to submit to (overrides ``[execution]``).
+    retries : int
+        Times a field is resubmitted after its worker died.
+
+    Returns
+    -------
+    Table
+        The summary (:data:`SUMMARY_COLUMNS`), also written to ``batch_summary.ecsv``.
+    """
+    from tqdm.auto import tqdm
+
+    from ssodetect.columns import describe
+    from ssodetect.report.tables import rows_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ex = config.execution
+    field_config = config.model_copy(deep=True)
+    field_config.execution.workers, field_config.execution.scheduler = 1, ""
+    field_config.execution.progress = False
+    targets = [(f, str(out / f.name)) for f in fields]
+    own_client = None
+    if client is None and (ex.scheduler or ex.workers > 1):
+        from ssodetect.pipeline.executor import DaskExecutor
+
+        own_client = DaskExecutor(workers=ex.workers, address=ex.scheduler or None)
+        client = own_client.client
+    try:
+        if client is None:
+            rows = [_field_task(f, o, field_config)
+                    for f, o in tqdm(targets, desc="fields", unit="field", disable=not ex.progress)]
+        else:
+            from dask.distributed import as_completed
+
+            futures = [client.submit(_field_task, f, o, field_config, key=f"field-{f.name}-{time.time_ns()}",
+                                     pure=False, retries=retries) for f, o in targets]
+            with tqdm(total=len(futures), desc="fields", unit="field", disable=not ex.progress) as bar:
+                for _ in as_completed(futures):
+                    bar.update(1)
+            rows = client.gather(futures)
+    finally:
+        if own_client is not None:
+            own_client.close()
+    summary = describe(rows_table(rows, SUMMARY_COLUMNS), SUMMARY_COLUMNS)
+    with OutputStage(out) as stage:
+        summary.write(stage.file("batch_summary.ecsv"), format="ascii.ecsv")
+    done = sum(r["status"] == "done" for r in rows)
+    log.info("batch: %d fields, %d run, %d already complete, %d failed", len(rows), done,
+             sum(r["status"] == "skipped" for r in rows), sum(r["status"] == "failed" for r in rows))
+    return summary

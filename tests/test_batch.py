@@ -1,0 +1,104 @@
+"""Batches of fields: one run per field, resumable, on Dask surviving a killed worker."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from ssodetect.cli import main
+from ssodetect.config import Config
+from ssodetect.pipeline.batch import COMPLETE, Field, field_complete, run_batch
+from ssodetect.simulate import SimulationConfig, simulate
+
+
+@pytest.fixture(scope="module")
+def fields(tmp_path_factory):
+    """Three small simulated fields (384^2, 4 exposures)."""
+    root = tmp_path_factory.mktemp("fields")
+    for seed in (41, 42, 43):
+        simulate(SimulationConfig(seed=seed, nx=384, ny=384, movers_per_ccd=400.0, mover_mag_max=24.0,
+                                  satellite=False), root / f"f{seed}")
+    return root
+
+
+def _objects(path):
+    return Table.read(path / "objects.ecsv")
+
+
+def test_batch_runs_every_field_and_resumes_after_interruption(fields, tmp_path, capsys):
+    manifest = tmp_path / "fields.toml"
+    manifest.write_text(f'[[field]]\nname = "a"\ninputs = ["{fields / "f41"}"]\n\n'
+                        f'[[field]]\nname = "b"\ninputs = ["{fields / "f42"}"]\n')
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "frame.fits").write_text("not a FITS file")
+    out = tmp_path / "batch"
+    argv = ["batch", str(manifest), str(fields / "f43"), str(tmp_path / "junk"), "--out", str(out), "-q"]
+    assert main(argv) == 1  # one field failed; the others ran
+    summary = Table.read(out / "batch_summary.ecsv")
+    status = dict(zip(summary["field"], summary["status"]))
+    assert status == {"a": "done", "b": "done", "f43": "done", "junk": "failed"}
+    assert "frame.fits" in str(summary["message"][summary["field"] == "junk"][0])
+    assert all(field_complete(out / n) for n in ("a", "b", "f43")) and not (out / "junk").exists()
+    assert json.loads((out / "f43" / "provenance.json").read_text())["refcat"].endswith("refcat.ecsv")
+    first = {n: _objects(out / n) for n in ("a", "b", "f43")}
+    assert all(len(t) > 3 for t in first.values())
+    stamp_a = (out / "a" / "objects.ecsv").stat().st_mtime_ns
+    # interrupted states: b's products altered after completion, f43 cut off before its completion record
+    (out / "b" / "objects.ecsv").write_text("# truncated\n")
+    (out / "f43" / COMPLETE).unlink()
+    (out / "f43" / "report.html").unlink()
+    capsys.readouterr()
+    assert main(argv[:3] + argv[4:]) == 0
+    assert "2 run, 1 already complete, 0 failed" in capsys.readouterr().out
+    summary = Table.read(out / "batch_summary.ecsv")
+    assert dict(zip(summary["field"], summary["status"])) == {"a": "skipped", "b": "done", "f43": "done"}
+    assert (out / "a" / "objects.ecsv").stat().st_mtime_ns == stamp_a
+    for n in ("b", "f43"):
+        again = _objects(out / n)
+        assert np.array_equal(again["object"], first[n]["object"])
+        assert np.allclose(again["ra"], first[n]["ra"], atol=1e-9) and np.allclose(again["dec"], first[n]["dec"], atol=1e-9)
+    assert field_complete(out / "f43") and (out / "f43" / "report.html").is_file()
+    # a directory that is not ours is never cleared
+    (out / "b" / COMPLETE).unlink()
+    (out / "b" / "notes.txt").write_text("mine")
+    assert main(argv[:3] + argv[4:]) == 1 and (out / "b" / "notes.txt").is_file()
+
+
+def test_batch_on_dask_loses_nothing_when_a_worker_is_killed(fields, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    config = Config()
+    config.execution.progress = False
+    batch = [Field(n, (str(fields / n),)) for n in ("f41", "f42", "f43")]
+    serial = run_batch(batch, tmp_path / "serial", config)
+    assert list(serial["status"]) == ["done"] * 3
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(summary=run_batch(batch, tmp_path / "dask", config,
+                                                                                 client=client)))
+        thread.start()
+        pids = client.run(os.getpid)
+        killed = None
+        deadline = time.time() + 60
+        while killed is None and time.time() < deadline:
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            if busy:
+                time.sleep(0.5)  # let the field get under way
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed = busy[0]
+            time.sleep(0.05)
+        thread.join(timeout=300)
+    assert killed is not None and not thread.is_alive()
+    summary = result["summary"]
+    assert list(summary["status"]) == ["done"] * 3
+    for name in ("f41", "f42", "f43"):
+        a, b = _objects(tmp_path / "serial" / name), _objects(tmp_path / "dask" / name)
+        assert np.array_equal(a["object"], b["object"])
+        sep = np.hypot((a["ra"] - b["ra"]) * np.cos(np.radians(a["dec"])), a["dec"] - b["dec"]) * 3.6e6
+        assert np.all(sep < 1.0)  # mas
