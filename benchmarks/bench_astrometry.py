@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import tempfile
 import time
 import warnings
@@ -31,14 +30,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ssodetect.astrometry.refcat import ldac_reference_table, load_reference_catalogue, propagate
+from classic_chain import run_classic
 from ssodetect.astrometry.solve import ExposureStars, solve_ccd
 from ssodetect.config import AstrometryConfig, Config
 from ssodetect.io.headers import sanitize_wcs_header
-from ssodetect.io.ldac import write_ldac
 from ssodetect.pipeline import run_astrometry
 from ssodetect.simulate import SimulationConfig, simulate
 from ssodetect.simulate.starfield import distorted_wcs, star_lists, wcs_difference
@@ -74,57 +71,8 @@ def _ours(sim: Path, out: Path) -> tuple[float, float, list]:
 
 
 def _classic(sim: Path, work: Path, sex: str, scamp: str) -> tuple[float, float, list]:
-    files = sorted(sim.glob("exp_*.fits"))
-    params = work / "scamp.param"
-    params.write_text(
-        "NUMBER\nXWIN_IMAGE\nYWIN_IMAGE\nERRAWIN_IMAGE\nERRBWIN_IMAGE\nERRTHETAWIN_IMAGE\n"
-        "X_WORLD\nY_WORLD\nFLUX_AUTO\nFLUXERR_AUTO\nMAG_AUTO\nMAGERR_AUTO\nFLAGS\nFLUX_RADIUS\nELONGATION\n"
-    )
-    conv = work / "gauss.conv"
-    r = np.arange(-2, 3)
-    g = np.exp(-0.5 * (r[:, None] ** 2 + r[None, :] ** 2) / 0.75**2)
-    conv.write_text("CONV NORM\n" + "\n".join(" ".join(f"{v:.5f}" for v in row) for row in g) + "\n")
-    cats = []
-    t0 = time.perf_counter()
-    for f in files:
-        cat = work / (f.stem + ".cat")
-        subprocess.run(
-            [sex, str(f), "-c", "/dev/null", "-CATALOG_NAME", str(cat), "-CATALOG_TYPE", "FITS_LDAC",
-             "-PARAMETERS_NAME", str(params), "-FILTER", "Y", "-FILTER_NAME", str(conv), "-DETECT_THRESH", "5",
-             "-ANALYSIS_THRESH", "5", "-DETECT_MINAREA", "5", "-GAIN", "3.5", "-SATUR_LEVEL", "57000",
-             "-BACK_SIZE", "64", "-VERBOSE_TYPE", "QUIET", "-CHECKIMAGE_TYPE", "NONE"],
-            check=True,
-        )
-        # the usual star preselection before SCAMP: unflagged, resolved (not cosmic-ray sharp), round, S/N > 10
-        with fits.open(cat) as hdul:
-            d = hdul[2].data
-            keep = (d["FLAGS"] < 4) & (d["FLUX_RADIUS"] > 0.7) & (d["ELONGATION"] < 1.5)
-            keep &= d["FLUX_AUTO"] > 10 * d["FLUXERR_AUTO"]
-            hdul[2].data = d[keep]
-            hdul.writeto(cat, overwrite=True)
-        cats.append(cat)
-    t_sex = time.perf_counter() - t0
-    # reference catalogue at the epoch of the sequence (SCAMP is given no proper motions)
-    refcat = load_reference_catalogue(sim / "refcat.ecsv")
-    epoch = Time(np.mean([fits.getheader(f)["MJD-OBS"] for f in files]), format="mjd", scale="utc")
-    ra, dec = propagate(refcat, epoch)
-    at_epoch = refcat.copy()
-    at_epoch["ra"], at_epoch["dec"] = ra, dec
-    at_epoch["ref_epoch"] = epoch.jyear
-    at_epoch["pmra"] = 0.0
-    at_epoch["pmdec"] = 0.0
-    write_ldac(work / "ref.cat", [(ldac_reference_table(at_epoch), None)])
-    t0 = time.perf_counter()
-    subprocess.run(
-        [scamp, *map(str, cats), "-c", "/dev/null", "-ASTREF_CATALOG", "FILE", "-ASTREFCAT_NAME", str(work / "ref.cat"),
-         "-ASTREFMAG_KEY", "MAG", "-ASTREFMAGERR_KEY", "MAGERR", "-ASTREFPROP_KEYS", "PMALPHA,PMDELTA",
-         "-MATCH_RESOL", "1.0", "-PROJECTION_TYPE", "TAN", "-DISTORT_DEGREES", "3", "-POSITION_MAXERR", "1.5",
-         "-POSANGLE_MAXERR", "3.0", "-PIXSCALE_MAXERR", "1.05", "-CROSSID_RADIUS", "1.0", "-SOLVE_PHOTOM", "N",
-         "-CHECKPLOT_TYPE", "NONE", "-CHECKPLOT_DEV", "NULL", "-WRITE_XML", "N", "-VERBOSE_TYPE", VERBOSE,
-         "-SN_THRESHOLDS", "10,100", "-NTHREADS", "1"],
-        check=True, cwd=work,
-    )
-    t_scamp = time.perf_counter() - t0
+    res = run_classic(sorted(sim.glob("exp_*.fits")), sim / "refcat.ecsv", work, sex, scamp, verbose=VERBOSE)
+    cats = res["catalogues"]
     truth = _truth(sim)
     errs = []
     for e, cat in enumerate(cats):
@@ -142,7 +90,7 @@ def _classic(sim: Path, work: Path, sex: str, scamp: str) -> tuple[float, float,
         w_true, shape = truth[(e, "1-1")]
         d = wcs_difference(w, w_true, shape)
         errs.append((float(np.sqrt(np.mean(d**2))), float(d.max()), int(h.get("ASTRRMS1", 0) > 0)))
-    return t_sex, t_scamp, errs
+    return res["t_sex"], res["t_scamp"], errs
 
 
 def _blind(n: int, seed: int) -> None:
