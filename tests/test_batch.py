@@ -45,7 +45,11 @@ def test_batch_runs_every_field_and_resumes_after_interruption(fields, tmp_path,
     assert status == {"a": "done", "b": "done", "f43": "done", "junk": "failed"}
     assert "frame.fits" in str(summary["message"][summary["field"] == "junk"][0])
     assert all(field_complete(out / n) for n in ("a", "b", "f43")) and not (out / "junk").exists()
-    assert json.loads((out / "f43" / "provenance.json").read_text())["refcat"].endswith("refcat.ecsv")
+    provenance = json.loads((out / "f43" / "provenance.json").read_text())
+    assert provenance["refcat"].endswith("refcat.ecsv")
+    peaks = provenance["peak_rss_mb"]  # every stage timed also has the process's peak memory after it
+    assert set(peaks) == set(provenance["timings_s"]) and all(50 < v < 4096 for v in peaks.values())
+    assert list(peaks.values()) == sorted(peaks.values())
     first = {n: _objects(out / n) for n in ("a", "b", "f43")}
     assert all(len(t) > 3 for t in first.values())
     stamp_a = (out / "a" / "objects.ecsv").stat().st_mtime_ns

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import platform
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,8 +366,6 @@ class StageTimings(dict):
         self.peak_mb: dict[str, float] = {}
 
     def __setitem__(self, stage: str, seconds: float) -> None:
-        import resource
-
         super().__setitem__(stage, seconds)
         self.peak_mb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
