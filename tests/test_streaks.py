@@ -244,3 +244,27 @@ def test_a_trail_cut_by_the_edge_is_moved_to_the_mid_exposure_position():
     assert abs(trails["x"][1] - (2000.0 + 0.5 * (whole - visible) / scale)) < 0.1
     assert trails["ra_err"][1] > 0.5 * (whole - visible) * 0.9 and trails["ra_err"][0] == 0.01
     assert abs(math.hypot(fixed.vx, fixed.vy) - rate) < abs(math.hypot(trk.vx, trk.vy) - rate)
+
+
+def test_faint_line_search_does_not_duplicate_a_streak_already_measured():
+    """A trail extraction already called a streak is not found again by the smoothed-image search."""
+    from ssodetect.detect import empty_detections
+    from ssodetect.streaks.detect import _add_smoothed_trails
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(0.0, 1.0, (200, 240))
+    yy, xx = np.mgrid[0:200, 0:240]
+    sigma = 0.8
+    data += trailed_psf(xx, yy, 120.0, 100.0, 120.0, 0.3, 900.0, sigma)  # ~1.5 sigma per pixel along 120 px
+    variance, mask = np.ones_like(data), np.zeros(data.shape, bool)
+    det = empty_detections()
+    row = {name: 0 for name in det.colnames}
+    row.update(x=120.0, y=100.0, length=120.0, theta=0.3, kind="streak", snr=40.0, flux=900.0, flux_err=22.0)
+    det.add_row([row[name] for name in det.colnames])
+    _, added = _add_smoothed_trails(det, data, variance, mask, sigma, 500.0)
+    assert added == 0
+    det["kind"][0] = "point"  # the same search, nothing measured there: it finds the trail
+    out, added = _add_smoothed_trails(det, data, variance, mask, sigma, 500.0)
+    assert added == 1
+    new = out[np.asarray(out["kind"]) == "trail"][0]
+    assert abs(new["length"] - 120.0) < 15.0 and math.hypot(new["x"] - 120.0, new["y"] - 100.0) < 3.0

@@ -262,8 +262,8 @@ def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
     for cx, cy, length, theta in segments:
         if length > max_length:
             continue
-        # already measured as a trail of similar length?
-        near = (kinds == "trail") & (lens > 0.5 * length) & (np.hypot(xs - cx, ys - cy) < 0.25 * length + 5)
+        # already measured as a trail (or a bright streak) of similar length?
+        near = np.isin(kinds, ("trail", "streak")) & (lens > 0.5 * length) & (np.hypot(xs - cx, ys - cy) < 0.25 * length + 5)
         if near.any():
             continue
         # the thresholded region may cover only part of the trail: start longer, allow it to grow
