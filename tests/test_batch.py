@@ -68,6 +68,13 @@ def test_batch_runs_every_field_and_resumes_after_interruption(fields, tmp_path,
         assert np.array_equal(again["object"], first[n]["object"])
         assert np.allclose(again["ra"], first[n]["ra"], atol=1e-9) and np.allclose(again["dec"], first[n]["dec"], atol=1e-9)
     assert field_complete(out / "f43") and (out / "f43" / "report.html").is_file()
+    # a bad manifest: one line naming it, exit 2, nothing run
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[field]]\nname = "x"\n')
+    capsys.readouterr()
+    assert main(["batch", str(bad), "--out", str(tmp_path / "never"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.toml: field 1 needs a name and inputs" in err[0] and not (tmp_path / "never").exists()
     # a directory that is not ours is never cleared
     (out / "b" / COMPLETE).unlink()
     (out / "b" / "notes.txt").write_text("mine")

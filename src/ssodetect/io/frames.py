@@ -33,7 +33,7 @@ from ssodetect.errors import InputError
 from ssodetect.calibrate.masters import frame_type
 from ssodetect.io.headers import celestial_wcs, first_keyword, observation_time
 
-__all__ = ["CCDRef", "Exposure", "CCDImage", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
+__all__ = ["CCDRef", "Exposure", "CCDImage", "common_ccds", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,11 @@ def group_exposures(refs: list[CCDRef], config: IOConfig, *, min_exposures: int 
             f"{files}: only {len(exposures)} exposure(s) found (distinct times); linking needs at least {min_exposures}"
         )
     return exposures
+
+
+def common_ccds(exposures: list[Exposure]) -> list[str]:
+    """The CCDs present in every exposure, sorted."""
+    return sorted({r.ccd for r in exposures[0].ccds if all(any(q.ccd == r.ccd for q in e.ccds) for e in exposures)})
 
 
 def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:

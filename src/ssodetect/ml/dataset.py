@@ -257,7 +257,7 @@ class _Draw:
         err = cfg.position_error * self.scale
         if err > 0:
             gra, gdec = _positions_at(gra, gdec, rng.normal(0, err, gra.shape), rng.normal(0, err, gra.shape), 1.0)
-        return GridSpec(gra, gdec, pa, stretch, self.scale, cfg.size, cfg.mode)
+        return GridSpec(gra, gdec, pa, stretch, self.scale, cfg.size)
 
     def true_paths(self, i: int):
         """(start, end) sky positions [deg] of the painted mover in frame ``i``, arrays (N,)."""

@@ -115,8 +115,6 @@ class GridSpec:
         Grid step across x (the native pixel scale) [arcsec].
     size : int
         Grid side [px].
-    mode : str
-        ``track`` or ``sky``.
     """
 
     ra: np.ndarray
@@ -125,7 +123,6 @@ class GridSpec:
     stretch: np.ndarray
     scale: float
     size: int = 32
-    mode: str = "track"
 
     def axes(self) -> tuple[np.ndarray, np.ndarray]:
         """Unit vectors of the grid's x and y axes in (xi east, eta north): two (N, 2) arrays."""
@@ -187,7 +184,7 @@ def track_grids(ra, dec, mjd_ref, v_ra, v_dec, mjds, exptime: float, scale: floa
     n = ra.size
     if mode == "sky":
         return GridSpec(np.repeat(ra[:, None], mjds.size, 1), np.repeat(dec[:, None], mjds.size, 1),
-                        np.full(n, 270.0), np.ones(n), float(scale), size, mode)
+                        np.full(n, 270.0), np.ones(n), float(scale), size)
     if mode != "track":
         raise ValueError(f"unknown sequence mode {mode!r} (track or sky)")
     dt_h = (mjds[None, :] - np.asarray(mjd_ref, float).reshape(-1, 1)) * 24.0
@@ -195,7 +192,7 @@ def track_grids(ra, dec, mjd_ref, v_ra, v_dec, mjds, exptime: float, scale: floa
     gra, gdec = plane.to_sky(v_ra[:, None] * dt_h, v_dec[:, None] * dt_h)
     rate = np.hypot(v_ra, v_dec)
     pa = np.degrees(np.arctan2(v_ra, v_dec)) % 360.0
-    return GridSpec(gra, gdec, pa, compression(rate, exptime, scale, size), float(scale), size, mode)
+    return GridSpec(gra, gdec, pa, compression(rate, exptime, scale, size), float(scale), size)
 
 
 def compression(rate, exptime: float, scale: float, size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ epoch (a run resumes from it), and the best epoch by validation loss kept as the
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -222,5 +223,7 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     save_model(out / "model.pt", model, arch, training=record)
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
     for name in ("by_rate", "by_rate_mag", "by_kind"):
-        result[name].write(out / f"validation_{name}.ecsv", format="ascii.ecsv", overwrite=True)
+        text = io.StringIO()
+        result[name].write(text, format="ascii.ecsv")
+        atomic_write_text(out / f"validation_{name}.ecsv", text.getvalue())
     return {"overall": result["overall"], "record": record}

@@ -23,7 +23,7 @@ from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.errors import InputError
-from ssodetect.io import find_inputs, group_exposures, scan_inputs
+from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
 from ssodetect.ml.sequences import Frame, cut_sequences, track_grids
 from ssodetect.pipeline.astrometry import wcs_from_header_string
 from ssodetect.pipeline.ccd import process_ccd, subtracted_image
@@ -89,7 +89,7 @@ def read_frames(inputs, config: Config, *, fwhm: float = 0.0) -> list[tuple[str,
     """
     refs = scan_inputs(find_inputs(inputs), config.io)
     exposures = group_exposures(refs, config.io, min_exposures=3)
-    ccds = sorted({r.ccd for r in exposures[0].ccds if all(any(q.ccd == r.ccd for q in e.ccds) for e in exposures)})
+    ccds = common_ccds(exposures)
     out = []
     for ccd in ccds:
         frames, tables = [], []

@@ -18,6 +18,7 @@ from scipy.ndimage import binary_dilation
 
 from ssodetect.config import Config
 from ssodetect.detect.cosmics import sharp_pixel_mask
+from ssodetect.io import common_ccds
 from ssodetect.pipeline.ccd import lacosmic_mask
 from ssodetect.stack import difference_images, search
 
@@ -158,7 +159,7 @@ def stack_objects(observations: Table, objects: Table, exposures: list, ccd_info
     sc = config.stack
     t_start = time.perf_counter()
     info_by = {(int(i["exposure"]), str(i["ccd"])): i for i in ccd_info}
-    ccds = sorted({r.ccd for r in exposures[0].ccds if all(any(q.ccd == r.ccd for q in e.ccds) for e in exposures)})
+    ccds = common_ccds(exposures)
     t0_mjd = float(exposures[0].mid_time.mjd)
     times_h = np.array([(float(e.mid_time.mjd) - t0_mjd) * 24.0 for e in exposures])
     exptime_h = float(np.median([e.exptime for e in exposures])) / 3600.0
