@@ -1,8 +1,9 @@
 """Fast kernels against their numpy reference twins, and what they measure."""
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ssodetect.detect import psf_photometry, psf_photometry_reference, shape_chi2, shape_chi2_reference
-from ssodetect.detect.cosmics import sharp_pixel_mask
+from ssodetect.detect.cosmics import sharp_pixel_mask, sharp_pixel_mask_reference
 from ssodetect.simulate import DoubleGaussianPSF, splat, splat_reference, trail_points
 
 
@@ -105,3 +106,62 @@ def test_sharp_pixel_mask_beside_masked_pixels():
     hits = sharp_pixel_mask(img, np.full(img.shape, 5.0), 0.75, mask=mask)
     assert not hits[25:37, 25:37].any()
     assert hits[90, 30]
+
+
+def test_sharp_pixel_mask_parity():
+    """The numba kernel flags exactly the pixels of its numpy reference, with and without a mask, on a
+    field of cosmic rays (edges included: hits on the first and last rows and columns)."""
+    rng = np.random.default_rng(5)
+    img = _scene(rng)
+    hits_at = rng.integers(0, 120, (2, 300))
+    img[hits_at[0], hits_at[1]] += rng.uniform(20, 2000, 300)
+    img[0, 10] += 800.0
+    img[119, 60] += 800.0
+    img[40, 119] += 800.0
+    err = np.full(img.shape, 5.0) * rng.uniform(0.8, 1.2, img.shape)
+    mask = rng.random(img.shape) < 0.01
+    for m in (None, mask):
+        fast = sharp_pixel_mask(img, err, 0.75, mask=m)
+        ref = sharp_pixel_mask_reference(img, err, 0.75, mask=m)
+        assert fast.sum() > 250
+        np.testing.assert_array_equal(fast, ref)
+
+
+def _star_field(rng, n_stars, sigma, shape=(600, 300), rows=None):
+    """Gaussian stars of ``sigma`` [px] (only within ``rows`` when given), noise 5, a few cosmic rays."""
+    img = rng.normal(0, 5.0, shape).astype(np.float32)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    lo, hi = rows or (10, shape[0] - 10)
+    for _ in range(n_stars):
+        x0, y0, flux = rng.uniform(10, shape[1] - 10), rng.uniform(lo, hi), rng.uniform(3e3, 3e4)
+        box = (slice(int(y0) - 8, int(y0) + 9), slice(int(x0) - 8, int(x0) + 9))
+        img[box] += flux / (2 * np.pi * sigma**2) * np.exp(-((xx[box] - x0) ** 2 + (yy[box] - y0) ** 2) / (2 * sigma**2))
+    hits = rng.integers(0, shape[0], 200), rng.integers(0, shape[1], 200)
+    img[hits] += rng.uniform(200, 3000, 200)
+    return img
+
+
+def test_psf_from_a_band_of_rows_or_the_whole_image():
+    """The PSF's bright-source pass searches a central band of rows when it holds enough stars (positions
+    returned in whole-image rows, same PSF as from the whole image, near the true sigma), and the whole
+    image when the stars lie elsewhere."""
+    from ssodetect.detect.extract import bright_sources, measure_psf_sigma
+
+    rng = np.random.default_rng(6)
+    img = _star_field(rng, 400, 0.9)
+    err = np.full(img.shape, 5.0, np.float32)
+    mask = np.zeros(img.shape, bool)
+    band = bright_sources(img, err, mask, band_pixels=200 * 300, min_compact=30)
+    whole = bright_sources(img, err, mask, band_pixels=img.size)
+    assert 30 <= len(band) < 0.6 * len(whole)
+    assert band["y"].min() > 190 and band["y"].max() < 410  # the central 200 rows, in whole-image pixels
+    tree = cKDTree(np.column_stack([whole["x"], whole["y"]]))
+    inner = (band["y"] > 210) & (band["y"] < 390)  # sources cut by the band's ends are measured on part of them
+    assert np.all(tree.query(np.column_stack([band["x"], band["y"]])[inner])[0] < 0.05)
+    var = err.astype(float) ** 2
+    s_band = measure_psf_sigma(img, var, mask, band, gain=1e9)
+    s_whole = measure_psf_sigma(img, var, mask, whole, gain=1e9)
+    assert abs(s_band - s_whole) <= 0.05 and abs(s_whole - 0.9) < 0.1
+    sparse = _star_field(rng, 60, 0.9, rows=(10, 150))  # no star in the central band
+    found = bright_sources(sparse, err, mask, band_pixels=200 * 300, min_compact=30)
+    assert found["y"].min() < 150 and len(found) >= 30

@@ -10,20 +10,23 @@ the difference.  A cosmic-ray track one pixel wide fails across its length; a
 trail or a star does not fail in any direction.  Neighbours of flagged pixels
 above ``grow_sigma`` are flagged too (charge spilling into the next pixel).
 
-This is one pass of array arithmetic (no median filters, no iterations), far
+This is one pass over the pixels (no median filters, no iterations), far
 cheaper than L.A.Cosmic; the per-detection shape test in
-:mod:`ssodetect.detect.shape` catches what remains.  Pixel convention: 0-based,
+:mod:`ssodetect.detect.shape` catches what remains.  :func:`sharp_pixel_mask`
+is a numba kernel (~0.15 s per 4k CCD); :func:`sharp_pixel_mask_reference` is
+its plain numpy twin (array arithmetic, ~1.3 s).  Pixel convention: 0-based,
 ``(ny, nx)`` arrays.
 """
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from scipy.ndimage import binary_dilation
 from scipy.special import erf
 
-__all__ = ["psf_contrast", "sharp_pixel_mask"]
+__all__ = ["psf_contrast", "sharp_pixel_mask", "sharp_pixel_mask_reference"]
 
 
 def psf_contrast(psf_sigma: float) -> tuple[float, float]:
@@ -40,7 +43,7 @@ def psf_contrast(psf_sigma: float) -> tuple[float, float]:
     return centre_1d / next_1d, (centre_1d / next_1d) ** 2
 
 
-def sharp_pixel_mask(
+def sharp_pixel_mask_reference(
     image: np.ndarray,
     error: np.ndarray,
     psf_sigma: float,
@@ -50,7 +53,7 @@ def sharp_pixel_mask(
     margin: float = 1.5,
     grow_sigma: float = 2.5,
 ) -> np.ndarray:
-    """Flag pixels sharper than the PSF.
+    """Flag pixels sharper than the PSF (numpy reference of :func:`sharp_pixel_mask`).
 
     Parameters
     ----------
@@ -102,3 +105,76 @@ def sharp_pixel_mask(
     if mask is not None:
         flagged &= ~mask
     return flagged
+
+
+@numba.njit(cache=True, nogil=True)
+def _sharp_nb(v, err, bad, ratios, nsigma, grow_sigma):  # pragma: no cover - compiled
+    ny, nx = v.shape
+    flagged = np.zeros((ny, nx), np.bool_)
+    dys = (0, 1, 1, 1)
+    dxs = (1, 0, 1, -1)
+    half = np.float32(0.5)
+    for y in range(ny):
+        for x in range(nx):
+            c = v[y, x]
+            if bad[y, x] or not c > nsigma * err[y, x]:
+                continue
+            for k in range(4):
+                ya, yb = min(max(y + dys[k], 0), ny - 1), min(max(y - dys[k], 0), ny - 1)
+                xa, xb = min(max(x + dxs[k], 0), nx - 1), min(max(x - dxs[k], 0), nx - 1)
+                if bad[ya, xa] or bad[yb, xb]:
+                    continue
+                r = ratios[k]
+                pair = half * (v[ya, xa] + v[yb, xb])
+                if c - r * pair > nsigma * err[y, x] * np.sqrt(np.float32(1.0) + half * r * r):
+                    flagged[y, x] = True
+                    break
+    out = flagged.copy()
+    for y in range(ny):
+        for x in range(nx):
+            if not flagged[y, x]:
+                continue
+            for yy in range(max(y - 1, 0), min(y + 2, ny)):
+                for xx in range(max(x - 1, 0), min(x + 2, nx)):
+                    if not bad[yy, xx] and v[yy, xx] > grow_sigma * err[yy, xx]:
+                        out[yy, xx] = True
+    return out
+
+
+def sharp_pixel_mask(
+    image: np.ndarray,
+    error: np.ndarray,
+    psf_sigma: float,
+    *,
+    mask: np.ndarray | None = None,
+    nsigma: float = 5.0,
+    margin: float = 1.5,
+    grow_sigma: float = 2.5,
+) -> np.ndarray:
+    """Flag pixels sharper than the PSF (numba kernel; same arguments and result as
+    :func:`sharp_pixel_mask_reference`).
+
+    Parameters
+    ----------
+    image, error : ndarray (ny, nx)
+        Background-subtracted image and its noise per pixel (same unit). Not modified.
+    psf_sigma : float
+        PSF Gaussian sigma [px].
+    mask : ndarray (ny, nx) bool, optional
+        Unusable pixels: never flagged; a direction with an unusable neighbour is not tested.
+    nsigma, margin, grow_sigma : float
+        As in :func:`sharp_pixel_mask_reference`.
+
+    Returns
+    -------
+    ndarray (ny, nx) bool
+        True on cosmic-ray / hot-pixel hits.
+    """
+    v = np.ascontiguousarray(image, dtype=np.float32)
+    bad = np.zeros(v.shape, bool) if mask is None else np.ascontiguousarray(mask, dtype=bool)
+    if mask is not None:
+        v = np.where(bad, np.float32(0.0), v)
+    r_axis, r_diag = psf_contrast(psf_sigma)
+    ratios = np.array([margin * r_axis, margin * r_axis, margin * r_diag, margin * r_diag], np.float32)
+    return _sharp_nb(v, np.ascontiguousarray(error, dtype=np.float32), bad, ratios, np.float32(nsigma),
+                     np.float32(grow_sigma))

@@ -199,6 +199,40 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     return float(np.median(near)) if near.size >= 3 else float(np.median(best))
 
 
+def bright_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, band_pixels: int = 4_000_000,
+                   min_compact: int = 60) -> np.ndarray:
+    """Detections above 20 sigma for the PSF measurement, from a central band of rows when that suffices.
+
+    sep's pass over a whole 4k CCD costs ~4 s, most of it cleaning ~17,000 bright
+    cosmic rays; a band of ``band_pixels`` pixels holds enough stars on any field
+    where stars are not rare (at least ``min_compact`` round, unflagged ones), else
+    the whole image is searched.
+
+    Parameters
+    ----------
+    work, err : ndarray (ny, nx) float32, C-contiguous
+        Background-subtracted image with masked pixels zeroed, and its noise [ADU].
+    mask : ndarray (ny, nx) bool
+
+    Returns
+    -------
+    structured ndarray
+        sep objects, ``y`` in the whole image's pixels.
+    """
+    ny, nx = work.shape
+    rows = max(band_pixels // max(nx, 1), 64)
+    kernel = gaussian_kernel(0.8)
+    if rows < ny:
+        y0 = (ny - rows) // 2
+        objects = sep.extract(work[y0 : y0 + rows], 20.0, err=err[y0 : y0 + rows], mask=mask[y0 : y0 + rows],
+                              minarea=5, filter_kernel=kernel, deblend_cont=0.005)
+        compact = (objects["b"] / np.maximum(objects["a"], 1e-6) > 0.6) & (objects["flag"] == 0) & (objects["cflux"] > 0)
+        if compact.sum() >= min_compact:
+            objects["y"] += y0
+            return objects
+    return sep.extract(work, 20.0, err=err, mask=mask, minarea=5, filter_kernel=kernel, deblend_cont=0.005)
+
+
 def extract_sources(
     data: np.ndarray,
     *,
@@ -246,8 +280,7 @@ def extract_sources(
     sep.set_extract_pixstack(max(1_000_000, image.size // 4))
     sep.set_sub_object_limit(4096)
     if psf_sigma is None:
-        bright = sep.extract(work, 20.0, err=safe_err, mask=m, minarea=5, filter_kernel=gaussian_kernel(0.8), deblend_cont=0.005)
-        psf_sigma = measure_psf_sigma(work, safe_err.astype(np.float64) ** 2, m, bright, gain=gain)
+        psf_sigma = measure_psf_sigma(work, safe_err.astype(np.float64) ** 2, m, bright_sources(work, safe_err, m), gain=gain)
     kernel = gaussian_kernel(psf_sigma)
     # cosmic-ray / hot-pixel hits are masked for detection and measurement, but a
     # detection touching them is not "near a bad pixel" (that flag is for the detector mask)

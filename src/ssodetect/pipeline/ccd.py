@@ -131,7 +131,8 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     -------
     detections : Table
         One row per detection: :data:`ssodetect.detect.DETECTION_COLUMNS` plus
-        :data:`CCD_COLUMNS`.  Empty (with every column) for a CCD that is all
+        :data:`CCD_COLUMNS`; cosmic-ray / hot-pixel hits (kind ``sharp``) are
+        left out (counted in ``info["n_sharp"]``).  Empty (with every column) for a CCD that is all
         NaN or all masked, which is skipped with a warning.
     info : dict
         Diagnostics: timings [s], PSF sigma, counts, ``skipped`` reason, image
@@ -187,21 +188,23 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     if config.streaks.enabled and len(detections):
         t0 = time.perf_counter()
         detections, streak_info = refine_trails(
-            detections, image.data - background, np.asarray(error, np.float64) ** 2,
+            detections, image.data - background, np.asarray(error, np.float32) ** 2,
             mask if hits is None else mask | hits, image.saturated,
             extract_info["psf_sigma"], min_length=config.streaks.min_length, max_length=config.streaks.max_length,
             max_gap=config.streaks.max_gap,
         )
         info.update(streak_info)
         info["t_streaks"] = time.perf_counter() - t0
+    # cosmic-ray and hot-pixel hits (kind "sharp", ~3/4 of a Euclid CCD's detections) take no part in any later
+    # step: dropped here, counted in info["n_sharp"], so a field's gathered table stays ~4x smaller
+    detections = detections[np.asarray(detections["kind"]) != "sharp"]
     info["background_rms"] = global_rms
     info["zeropoint"] = image.zeropoint
     info["zeropoint_source"] = image.zeropoint_source
     n = len(detections)
     table = detections
     table["exposure"] = np.full(n, ref.exposure, dtype=np.int64)
-    # as wide as the values (a field's detection table is ~9,000 rows per 4k CCD exposure, most of them cosmic
-    # rays: fixed U256 paths made up 70 % of its memory)
+    # as wide as the values (fixed U256 paths made up 70 % of a field's gathered detection table)
     table["ccd"] = np.full(n, ref.ccd)
     table["file"] = np.full(n, ref.path)
     table["mjd"] = np.full(n, ref.mjd)

@@ -155,7 +155,7 @@ def fit_trail(
     c, s = math.cos(theta), math.sin(theta)
     rot = np.array([[c, s], [-s, c]])
     cov_uv = rot @ cov[:2, :2] @ rot.T
-    ok = bool(res.success) and np.all(np.isfinite(err)) and 0 <= p[0] < nx and 0 <= p[1] < ny and p[4] > 0
+    ok = bool(res.success) and np.all(np.isfinite(err)) and err[4] > 0 and 0 <= p[0] < nx and 0 <= p[1] < ny and p[4] > 0
     theta = (theta + math.pi / 2) % math.pi - math.pi / 2
     return TrailFit(
         x=float(p[0]), y=float(p[1]), length=length, theta=theta, flux=float(p[4]), background=float(p[5]),
