@@ -1,6 +1,5 @@
 """Fast kernels against their numpy reference twins, and what they measure."""
 import numpy as np
-from scipy.spatial import cKDTree
 
 from ssodetect.detect import psf_photometry, psf_photometry_reference, shape_chi2, shape_chi2_reference
 from ssodetect.detect.cosmics import sharp_pixel_mask, sharp_pixel_mask_reference
@@ -142,26 +141,21 @@ def _star_field(rng, n_stars, sigma, shape=(600, 300), rows=None):
 
 
 def test_psf_from_a_band_of_rows_or_the_whole_image():
-    """The PSF's bright-source pass searches a central band of rows when it holds enough stars (positions
-    returned in whole-image rows, same PSF as from the whole image, near the true sigma), and the whole
-    image when the stars lie elsewhere."""
-    from ssodetect.detect.extract import bright_sources, measure_psf_sigma
+    """The PSF comes from a central band of rows when it holds enough stars (the same sigma as from the whole
+    image, near the truth), and from the whole image when the stars lie elsewhere, cosmic rays or not."""
+    from ssodetect.detect.extract import image_psf_sigma
 
     rng = np.random.default_rng(6)
+    err = np.full((600, 300), 5.0, np.float32)
+    mask = np.zeros(err.shape, bool)
     img = _star_field(rng, 400, 0.9)
-    err = np.full(img.shape, 5.0, np.float32)
-    mask = np.zeros(img.shape, bool)
-    band = bright_sources(img, err, mask, band_pixels=200 * 300, min_compact=30)
-    whole = bright_sources(img, err, mask, band_pixels=img.size)
-    assert 30 <= len(band) < 0.6 * len(whole)
-    assert band["y"].min() > 190 and band["y"].max() < 410  # the central 200 rows, in whole-image pixels
-    tree = cKDTree(np.column_stack([whole["x"], whole["y"]]))
-    inner = (band["y"] > 210) & (band["y"] < 390)  # sources cut by the band's ends are measured on part of them
-    assert np.all(tree.query(np.column_stack([band["x"], band["y"]])[inner])[0] < 0.05)
-    var = err.astype(float) ** 2
-    s_band = measure_psf_sigma(img, var, mask, band, gain=1e9)
-    s_whole = measure_psf_sigma(img, var, mask, whole, gain=1e9)
-    assert abs(s_band - s_whole) <= 0.05 and abs(s_whole - 0.9) < 0.1
-    sparse = _star_field(rng, 60, 0.9, rows=(10, 150))  # no star in the central band
-    found = bright_sources(sparse, err, mask, band_pixels=200 * 300, min_compact=30)
-    assert found["y"].min() < 150 and len(found) >= 30
+    band = image_psf_sigma(img, err, mask, gain=1e9, band_pixels=200 * 300, min_stars=30)
+    whole = image_psf_sigma(img, err, mask, gain=1e9, band_pixels=img.size)
+    assert abs(band - whole) <= 0.05 and abs(whole - 0.9) < 0.1
+    # 60 stars of sigma 1.4, none in the band (60 PSF-like stars needed there): the whole image is measured
+    sparse = _star_field(rng, 60, 1.4, rows=(10, 150))
+    found = image_psf_sigma(sparse, err, mask, gain=1e9, band_pixels=200 * 300, min_stars=60)
+    assert abs(found - 1.4) < 0.15
+    # without the fallback the band's few sources would give something else (or the 0.75 default)
+    cut = image_psf_sigma(sparse[200:400], err[200:400], mask[200:400], gain=1e9)
+    assert abs(cut - 1.4) > 0.3

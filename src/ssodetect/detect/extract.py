@@ -25,7 +25,8 @@ from ssodetect.config import DetectConfig
 from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.detect.shape import psf_photometry, shape_chi2
 
-__all__ = ["DETECTION_COLUMNS", "empty_detections", "gaussian_kernel", "measure_psf_sigma", "extract_sources"]
+__all__ = ["DETECTION_COLUMNS", "empty_detections", "gaussian_kernel", "measure_psf_sigma", "image_psf_sigma",
+           "extract_sources"]
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +152,16 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: float = 0.75) -> float:
+def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: float | None = 0.75,
+                      min_sources: int = 5) -> float | None:
     """PSF Gaussian sigma [px] from the bright compact sources of an image.
 
     For up to 400 bright, round, unflagged detections a pixel-integrated
     Gaussian is fitted to the 5x5 stamp for each sigma of a grid (0.35-2.5 px);
     each source's best sigma is kept.  Cosmic rays and hot pixels prefer sigmas
     below 0.45 px and are excluded; the stellar locus is the mode of the rest
-    (galaxies scatter to larger sigma).  Returns ``default`` when fewer than 5
-    suitable sources exist.
+    (galaxies scatter to larger sigma).  Returns ``default`` when fewer than
+    ``min_sources`` suitable sources exist.
 
     Parameters
     ----------
@@ -176,7 +178,7 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
         return default
     compact = (objects["b"] / np.maximum(objects["a"], 1e-6) > 0.6) & (objects["flag"] == 0) & (objects["cflux"] > 0)
     cand = np.nonzero(compact)[0]
-    if cand.size < 5:
+    if cand.size < min_sources:
         return default
     order = cand[np.argsort(objects["cflux"][cand])[::-1]][:400]
     xs, ys = objects["x"][order].astype(float), objects["y"][order].astype(float)
@@ -186,11 +188,11 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     variance = np.ascontiguousarray(variance, dtype=np.float64)
     chi2 = np.stack([shape_chi2(data, variance, mask, xs, ys, zeros, zeros, sig, gain)[0] for sig in grid])
     valid = np.all(np.isfinite(chi2), axis=0)
-    if valid.sum() < 5:
+    if valid.sum() < min_sources:
         return default
     best = grid[np.argmin(chi2[:, valid], axis=0)]
     best = best[best > 0.45]
-    if best.size < 5:
+    if best.size < min_sources:
         return default
     hist, edges = np.histogram(best, bins=np.arange(0.45, 2.5, 0.05))
     peak = int(np.argmax(np.convolve(hist, np.ones(3), mode="same")))
@@ -199,38 +201,39 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     return float(np.median(near)) if near.size >= 3 else float(np.median(best))
 
 
-def bright_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, band_pixels: int = 4_000_000,
-                   min_compact: int = 60) -> np.ndarray:
-    """Detections above 20 sigma for the PSF measurement, from a central band of rows when that suffices.
+def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain: float,
+                    band_pixels: int = 4_000_000, min_stars: int = 30) -> float:
+    """PSF Gaussian sigma [px] of an image, from a central band of rows when that holds enough stars.
 
-    sep's pass over a whole 4k CCD costs ~4 s, most of it cleaning ~17,000 bright
-    cosmic rays; a band of ``band_pixels`` pixels holds enough stars on any field
-    where stars are not rare (at least ``min_compact`` round, unflagged ones), else
-    the whole image is searched.
+    sep's 20-sigma pass over a whole 4k CCD costs ~4 s, most of it cleaning ~17,000
+    bright cosmic rays; a band of ``band_pixels`` pixels holds enough stars on any
+    field where stars are not rare: when :func:`measure_psf_sigma` finds at least
+    ``min_stars`` star-like sources there, their PSF is the image's; else the whole
+    image is searched.
 
     Parameters
     ----------
     work, err : ndarray (ny, nx) float32, C-contiguous
         Background-subtracted image with masked pixels zeroed, and its noise [ADU].
     mask : ndarray (ny, nx) bool
-
-    Returns
-    -------
-    structured ndarray
-        sep objects, ``y`` in the whole image's pixels.
+    gain : float
+        [e-/ADU].
     """
     ny, nx = work.shape
     rows = max(band_pixels // max(nx, 1), 64)
     kernel = gaussian_kernel(0.8)
+    variance = err.astype(np.float64) ** 2
     if rows < ny:
         y0 = (ny - rows) // 2
-        objects = sep.extract(work[y0 : y0 + rows], 20.0, err=err[y0 : y0 + rows], mask=mask[y0 : y0 + rows],
-                              minarea=5, filter_kernel=kernel, deblend_cont=0.005)
-        compact = (objects["b"] / np.maximum(objects["a"], 1e-6) > 0.6) & (objects["flag"] == 0) & (objects["cflux"] > 0)
-        if compact.sum() >= min_compact:
-            objects["y"] += y0
-            return objects
-    return sep.extract(work, 20.0, err=err, mask=mask, minarea=5, filter_kernel=kernel, deblend_cont=0.005)
+        band = slice(y0, y0 + rows)
+        objects = sep.extract(work[band], 20.0, err=err[band], mask=mask[band], minarea=5, filter_kernel=kernel,
+                              deblend_cont=0.005)
+        sigma = measure_psf_sigma(work[band], variance[band], mask[band], objects, gain=gain, default=None,
+                                  min_sources=min_stars)
+        if sigma is not None:
+            return sigma
+    objects = sep.extract(work, 20.0, err=err, mask=mask, minarea=5, filter_kernel=kernel, deblend_cont=0.005)
+    return measure_psf_sigma(work, variance, mask, objects, gain=gain)
 
 
 def extract_sources(
@@ -280,7 +283,7 @@ def extract_sources(
     sep.set_extract_pixstack(max(1_000_000, image.size // 4))
     sep.set_sub_object_limit(4096)
     if psf_sigma is None:
-        psf_sigma = measure_psf_sigma(work, safe_err.astype(np.float64) ** 2, m, bright_sources(work, safe_err, m), gain=gain)
+        psf_sigma = image_psf_sigma(work, safe_err, m, gain=gain)
     kernel = gaussian_kernel(psf_sigma)
     # cosmic-ray / hot-pixel hits are masked for detection and measurement, but a
     # detection touching them is not "near a bad pixel" (that flag is for the detector mask)
