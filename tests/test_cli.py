@@ -1,4 +1,5 @@
 """The command line: simulate -> run -> evaluate, and the configuration dump."""
+import json
 import tomllib
 
 from ssodetect.cli import main
@@ -15,8 +16,11 @@ def test_simulate_run_evaluate(tmp_path, capsys):
     sim, out = tmp_path / "sim", tmp_path / "out"
     assert main(["simulate", str(sim), "--seed", "4", "--size", "512", "--movers-per-ccd", "400", "-q"]) == 0
     assert (sim / "truth.ecsv").exists() and (sim / "refcat.ecsv").exists()
-    assert main(["run", str(sim), "--out", str(out), "--refcat", str(sim / "refcat.ecsv"), "--station", "C57", "-q"]) == 0
+    # exit 1, success with warnings: a 512^2 CCD holds too few reference stars for an astrometric solution
+    assert main(["run", str(sim), "--out", str(out), "--refcat", str(sim / "refcat.ecsv"), "--station", "C57", "-q"]) == 1
     assert "C57" in (out / "observations.psv").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["warnings"] >= 4 and "astrometric solution failed" in (out / "run.log").read_text()
     capsys.readouterr()
     assert main(["evaluate", str(out), str(sim / "truth.ecsv")]) == 0
     report = capsys.readouterr().out

@@ -240,7 +240,7 @@ def test_vetting_stage_keeps_real_movers_and_rejects_false_tracks(tmp_path):
     from ssodetect.evaluate import evaluate_run
     from ssodetect.pipeline.ccd import subtracted_image
     from ssodetect.pipeline.ml import vet_objects
-    from ssodetect.pipeline.run import _wcs_lookup, run_pipeline
+    from ssodetect.pipeline.run import run_pipeline, wcs_lookup
     from ssodetect.simulate import simulate
 
     sim, out, toml = tmp_path / "sim", tmp_path / "out", tmp_path / "ml.toml"
@@ -272,7 +272,7 @@ def test_vetting_stage_keeps_real_movers_and_rejects_false_tracks(tmp_path):
     fake["dec"] = fake["dec"] + rng.uniform(-20, 20, len(fake)) / 3600.0
     fake["v_ra"], fake["v_dec"] = -np.asarray(fake["v_dec"]), np.asarray(fake["v_ra"])
     _, _, scored = vet_objects(vstack([obs, fake_obs]), vstack([real, fake]), result.exposures, result.ccd_info,
-                               _wcs_lookup(result), lambda ref: subtracted_image(ref, config, with_noise=True),
+                               wcs_lookup(result), lambda ref: subtracted_image(ref, config, with_noise=True),
                                config, {})
     names = np.asarray(scored["object"]).astype(str)
     is_fake = np.char.startswith(names, "F")

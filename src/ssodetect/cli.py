@@ -1,7 +1,12 @@
-"""The ``ssodetect`` command: simulate, run, batch, astrometry, calibrate, evaluate, report, ml, config.
+"""The ``ssodetect`` command: simulate, run, batch, astrometry, calibrate, evaluate, report, ml, steps, config.
 
-Each sub-command parses its arguments and calls one library function.  User
-errors print one line naming the file and the problem, and exit with status 2.
+Each sub-command parses its arguments and calls one library function.
+
+Exit status (:data:`EXIT_CODES`): 0 success; 1 success with warnings (the run completed and wrote every
+output, but warnings were logged: CCD exposures not solved, frames dropped, an alert not delivered; for
+``batch``: some fields failed); 2 bad input or configuration (one line naming the file and the problem;
+nothing written); 3 internal error (a bug: one line, the traceback with ``-v``; nothing written);
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -13,7 +18,11 @@ from pathlib import Path
 from ssodetect._version import __version__
 from ssodetect.errors import SSODetectError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_CODES"]
+
+#: Exit statuses of the command.
+EXIT_CODES = {0: "success", 1: "success with warnings (batch: some fields failed)", 2: "bad input or configuration",
+              3: "internal error", 130: "interrupted"}
 
 log = logging.getLogger("ssodetect")
 
@@ -73,16 +82,29 @@ def _run(args) -> int:
         config.report.station = args.station
     if args.orbits:
         config.known.orbits = list(config.known.orbits) + list(args.orbits)
-    result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config))
+    if args.keep_intermediate:
+        config.intermediate.keep = True
+    if args.ldac:
+        config.intermediate.keep = config.intermediate.ldac = True
+    result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config),
+                          from_step=args.from_step, to_step=args.to_step, reuse=not args.rerun, obs_id=args.obs_id,
+                          command=["ssodetect", *sys.argv[1:]])
     total = result.timings.get("total", float("nan"))
+    steps = ", ".join(f"{r['step']} {r['status']}" for r in result.steps)
+    if result.objects is None:
+        print(f"stopped after step {args.to_step} in {total:.1f} s ({steps}) -> {args.out}/manifest.json; "
+              f"go on with --from-step")
+        return 1 if result.warnings else 0
     n_fast = int((result.objects["kind"] == "streak").sum()) if len(result.objects) else 0
     n_known = int(sum(bool(str(d)) for d in result.objects["designation"])) if len(result.objects) else 0
     print(
         f"{len(result.objects)} moving objects ({n_fast} fast, trailed; {n_known} known), {len(result.observations)} "
         f"observations in {total:.1f} s -> {args.out}/report.html, observations.psv/.xml/.mpc/.ecsv, objects.ecsv"
         + (", known.ecsv" if result.known is not None else "")
+        + (", alert.json" if result.alert_delivered is not None or (Path(args.out) / "alert.json").exists() else "")
     )
-    return 0
+    print(f"steps: {steps}; {result.warnings} warning(s)")
+    return 1 if result.warnings else 0
 
 
 def _batch(args) -> int:
@@ -205,10 +227,26 @@ def _report(args) -> int:
 
 
 def _config(args) -> int:
-    from ssodetect.config import dump_toml, load_config
+    import json
 
+    from ssodetect.config import Config, dump_toml, load_config
+
+    if args.schema:
+        schema = Config.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "ssodetect run configuration"
+        sys.stdout.write(json.dumps(schema, indent=2) + "\n")
+        return 0
     config = load_config(args.file)
     sys.stdout.write(dump_toml(config, documented=not args.plain))
+    return 0
+
+
+def _steps(args) -> int:
+    from ssodetect.pipeline.run import BUILTIN_STEPS
+    from ssodetect.pipeline.steps import describe_graph, pipeline_steps
+
+    sys.stdout.write(describe_graph(pipeline_steps(BUILTIN_STEPS), args.format))
     return 0
 
 
@@ -321,7 +359,9 @@ def _ml(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssodetect", description="Find moving Solar System Objects in image sequences.")
+    parser = argparse.ArgumentParser(
+        prog="ssodetect", description="Find moving Solar System Objects in image sequences.",
+        epilog="exit status: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
     parser.add_argument("--version", action="version", version=f"ssodetect {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="debug log output")
@@ -372,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--station", default=None, help="MPC observatory code for ADES (overrides the configuration)")
     p.add_argument("--orbits", action="append", default=[],
                    help="orbit file of known objects (MPCORB.DAT or JPL SBDB JSON; repeatable; adds to [known] orbits)")
+    p.add_argument("--from-step", dest="from_step", default=None,
+                   help="start at this step, the earlier ones loaded from OUT (see 'ssodetect steps')")
+    p.add_argument("--to-step", dest="to_step", default=None,
+                   help="stop after this step (its products kept in OUT for a later --from-step)")
+    p.add_argument("--rerun", action="store_true",
+                   help="run every step (by default a step whose inputs, configuration and version are unchanged "
+                   "since a run into OUT is loaded from it)")
+    p.add_argument("--keep-intermediate", dest="keep_intermediate", action="store_true",
+                   help="keep intermediate products under OUT/intermediate/<step>/ ([intermediate] keep)")
+    p.add_argument("--ldac", action="store_true",
+                   help="with --keep-intermediate: source catalogues also as SExtractor FITS_LDAC ([intermediate] ldac)")
+    p.add_argument("--obs-id", dest="obs_id", default=None,
+                   help="observation / field identifier (default: from the headers, [io] obs_id_keys)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("batch", parents=[common],
@@ -456,8 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "objects)")
     p.set_defaults(func=_ml)
 
+    p = sub.add_parser("steps", parents=[common], help="print the pipeline's step graph (plug-ins included)")
+    p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text",
+                   help="text, Graphviz DOT or Mermaid (default text)")
+    p.set_defaults(func=_steps)
+
     p = sub.add_parser("config", parents=[common], help="print the configuration")
     p.add_argument("--dump", action="store_true", help="print the full documented configuration (default action)")
+    p.add_argument("--schema", action="store_true",
+                   help="print the JSON Schema of the configuration (for launch forms and input validation)")
     p.add_argument("--file", default=None, help="show this TOML file merged with the defaults")
     p.add_argument("--plain", action="store_true", help="without documentation comments")
     p.set_defaults(func=_config)
@@ -483,6 +543,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ssodetect: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback in debug output
+        log.debug("internal error", exc_info=True)
+        print(f"ssodetect: internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+              f" (run with -v for the traceback; please report it)", file=sys.stderr)
+        return 3
     finally:
         log.removeHandler(handler)
 

@@ -26,6 +26,8 @@ __all__ = [
     "StackConfig",
     "MLConfig",
     "ExecutionConfig",
+    "IntermediateConfig",
+    "AlertConfig",
     "Config",
     "load_config",
     "dump_toml",
@@ -61,6 +63,10 @@ class IOConfig(_Section):
         default=["SATURATE", "SATLEVEL", "DATAMAX"], description="Saturation level keywords [ADU]."
     )
     filter_keys: list[str] = Field(default=["FILTER", "FILTER1", "BAND"], description="Filter keywords.")
+    obs_id_keys: list[str] = Field(
+        default=["OBS_ID", "OBSID", "OBSERVATION_ID", "FIELD_ID", "FIELD", "OBJECT"],
+        description="Keywords of the observation / field identifier (first exposure's headers), recorded in the run "
+        "manifest and the alert; the --obs-id option wins.")
     instrument_keys: list[str] = Field(
         default=["INSTRUME", "TELESCOP"], description="Instrument keywords (mixing instruments in one run is an error)."
     )
@@ -464,6 +470,29 @@ class ExecutionConfig(_Section):
     progress: bool = Field(default=True, description="Show a progress bar on the terminal.")
 
 
+class IntermediateConfig(_Section):
+    """Intermediate products kept under OUT/intermediate/<step>/ (for inspection and for other tools)."""
+
+    keep: bool = Field(default=False, description="Keep them: cleaned images with masks and per-exposure source "
+                       "catalogues (detect), refined WCS headers (astrometry), candidates before vetting (vet).")
+    ldac: bool = Field(default=False, description="Also write each source catalogue as a SExtractor-compatible "
+                       "FITS_LDAC file (SExtractor column names, 1-based pixels) that SCAMP and PSFEx read.")
+
+
+class AlertConfig(_Section):
+    """Alerts for moving objects not identified as known ones: alert.json, and optionally a command or an HTTP POST."""
+
+    enabled: bool = Field(default=True, description="Write OUT/alert.json when the run finds unidentified movers.")
+    command: list[str] = Field(
+        default=[], description="Command run after the run, with the alert file's path appended as last argument "
+        "(and in SSODETECT_ALERT), e.g. [\"notify-send\", \"ssodetect\"]; empty: none.")
+    url: str = Field(default="", pattern=r"^(https?://.*)?$",
+                     description="URL the alert document is POSTed to (JSON); empty: none.")
+    retries: int = Field(default=3, ge=0, le=10, description="Retries after a failed delivery (command or POST).")
+    timeout: float = Field(default=5.0, gt=0, le=120, description="Time limit of one delivery attempt [s].")
+    backoff: float = Field(default=1.0, ge=0, le=60, description="Wait before the first retry [s], doubled each time.")
+
+
 class Config(_Section):
     """Full ssodetect configuration."""
 
@@ -479,6 +508,8 @@ class Config(_Section):
     ml: MLConfig = Field(default_factory=MLConfig)
     known: KnownConfig = Field(default_factory=KnownConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    intermediate: IntermediateConfig = Field(default_factory=IntermediateConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
 
 
 def load_config(path: str | Path | None = None) -> Config:

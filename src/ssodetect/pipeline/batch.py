@@ -9,7 +9,6 @@ worker (``retries``), so nothing is lost.  ``batch_summary.ecsv`` lists every fi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -23,6 +22,8 @@ from astropy.table import Table
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.outputs import OutputStage, atomic_write_text
+from ssodetect.pipeline.run import RUN_PRODUCTS
+from ssodetect.pipeline.steps import sha256_file
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "fields_from_arguments", "run_batch", "run_field"]
 
@@ -30,9 +31,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "complete.json"
 #: files an ssodetect run may leave in its directory (a partial field holding anything else is not removed)
-_OURS = {"observations.ecsv", "objects.ecsv", "astrometry.ecsv", "streaks.ecsv", "known.ecsv", "vetting.ecsv",
-         "config.toml", "cutouts.fits", "overview.fits", "provenance.json", "run.log", "report.html",
-         "observations.psv", "observations.xml", "observations.mpc", COMPLETE}
+_OURS = {*RUN_PRODUCTS, "config.toml", "run.log", "manifest.json", "steps", "logs", "intermediate", COMPLETE}
 
 SUMMARY_COLUMNS = [
     ("field", "U64", "", "field name (its sub-directory)"),
@@ -95,20 +94,12 @@ def fields_from_arguments(arguments) -> list[Field]:
     return fields
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def field_complete(outdir: str | Path) -> bool:
     """True when ``outdir`` holds a finished run: ``complete.json`` and every file it lists, unchanged."""
     outdir = Path(outdir)
     try:
         record = json.loads((outdir / COMPLETE).read_text())
-        return all(_sha256(outdir / name) == digest for name, digest in record["files"].items())
+        return all(sha256_file(outdir / name) == digest for name, digest in record["files"].items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -143,10 +134,11 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
         if strangers:
             raise InputError(f"{out}: exists and holds files that are not ssodetect products ({strangers[0]}); "
                              "not overwritten")
-        shutil.rmtree(out)  # a partial run: redone from scratch
+        # a partial run: its steps whose stored products verify are loaded, the others run again
+        (out / COMPLETE).unlink(missing_ok=True)
     t0 = time.perf_counter()
     result = run_pipeline(list(field.inputs), out, config, refcat=field.refcat)
-    files = {p.name: _sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
     record = {"field": field.name, "inputs": list(field.inputs), "refcat": field.refcat, "files": files,
               "n_objects": len(result.objects), "n_observations": len(result.observations)}
     atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
@@ -113,7 +114,7 @@ def lacosmic_mask(data, mask, gain, rms, config):
 
 
 def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
-                calibration: MasterFrames | None = None) -> tuple[Table, dict]:
+                calibration: MasterFrames | None = None, keep: Path | None = None) -> tuple[Table, dict]:
     """Detect and measure the sources of one CCD image.
 
     Parameters
@@ -126,6 +127,8 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
         solve it blind or register it; its sky coordinates are then NaN.
     calibration : MasterFrames, optional
         Masters for a raw frame (overscan, bias, dark, flat; raw saturation masked).
+    keep : Path, optional
+        Directory for the intermediate products (:func:`write_intermediate`).
 
     Returns
     -------
@@ -195,9 +198,6 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
         )
         info.update(streak_info)
         info["t_streaks"] = time.perf_counter() - t0
-    # cosmic-ray and hot-pixel hits (kind "sharp", ~3/4 of a Euclid CCD's detections) take no part in any later
-    # step: dropped here, counted in info["n_sharp"], so a field's gathered table stays ~4x smaller
-    detections = detections[np.asarray(detections["kind"]) != "sharp"]
     info["background_rms"] = global_rms
     info["zeropoint"] = image.zeropoint
     info["zeropoint_source"] = image.zeropoint_source
@@ -225,10 +225,74 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     table["mag_err"] = mag_err
     describe(table, CCD_COLUMNS)
     info["pixel_scale"] = float(table["pixel_scale"][0]) if n else float("nan")
+    if keep is not None:
+        write_intermediate(Path(keep), ref, image.data - background, mask, hits, table, image.wcs, config)
+    # cosmic-ray and hot-pixel hits (kind "sharp", ~3/4 of a Euclid CCD's detections) take no part in any later
+    # step: dropped here, counted in info["n_sharp"], so a field's gathered table stays ~4x smaller
+    table = table[np.asarray(table["kind"]) != "sharp"]
+    n = len(table)
     info["n_detections"] = n
     info["t_total"] = time.perf_counter() - t_start
     log.debug("%s CCD %s: %d detections in %.2f s", ref.path, ref.ccd, n, info["t_total"])
     return table, info
+
+
+#: SExtractor names of the LDAC catalogue columns: (ours, theirs, scale); pixel positions 1-based.
+LDAC_COLUMNS = [
+    ("x", "XWIN_IMAGE", 1.0), ("y", "YWIN_IMAGE", 1.0), ("x_err", "ERRAWIN_IMAGE", 1.0), ("y_err", "ERRBWIN_IMAGE", 1.0),
+    ("ra", "ALPHAWIN_J2000", 1.0), ("dec", "DELTAWIN_J2000", 1.0), ("flux", "FLUX_AUTO", 1.0),
+    ("flux_err", "FLUXERR_AUTO", 1.0), ("mag", "MAG_AUTO", 1.0), ("mag_err", "MAGERR_AUTO", 1.0),
+    ("a", "A_IMAGE", 1.0), ("b", "B_IMAGE", 1.0), ("theta", "THETA_IMAGE", 180.0 / math.pi), ("snr", "SNR_WIN", 1.0),
+]
+
+
+def intermediate_name(ref: CCDRef) -> str:
+    """File stem of one CCD exposure's intermediate products: ``exp<NNN>_<ccd>``."""
+    return f"exp{ref.exposure:03d}_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in str(ref.ccd))
+
+
+def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.ndarray, hits, table: Table, wcs,
+                       config: Config) -> None:
+    """Write one CCD exposure's cleaned image and source catalogue (atomically) into ``folder``.
+
+    ``<stem>.cleaned.fits``: the background-subtracted image (float32 [ADU], NaN where masked, header WCS)
+    and a ``MASK`` extension (uint8: 1 detector mask, 2 cosmic-ray / hot-pixel hit);
+    ``<stem>.cat.fits``: every detection of the CCD (cosmic-ray hits included, ``kind`` says which);
+    with ``[intermediate] ldac`` also ``<stem>.ldac``: the same in SExtractor's FITS_LDAC layout and names
+    (``XWIN_IMAGE``..., 1-based pixels, ``FLAGS``, ``NUMBER``, ``ELONGATION``, ``CLASS``).
+    """
+    import io as _io
+
+    from astropy.io import fits
+
+    from ssodetect.io import atomic_write_bytes
+    from ssodetect.io.ldac import write_ldac
+
+    stem = intermediate_name(ref)
+    header = wcs.to_header(relax=True) if wcs is not None else fits.Header()
+    header["FILE"] = Path(ref.path).name[-68:]
+    header["CCD"] = (str(ref.ccd), "CCD identifier")
+    header["EXPOSURE"] = (int(ref.exposure), "exposure index")
+    header["MJD-MID"] = (float(ref.mjd), "mid-exposure time, MJD UTC")
+    image = np.where(mask, np.nan, data).astype(np.float32)
+    flags = mask.astype(np.uint8) | (2 * np.asarray(hits, bool).astype(np.uint8) if hits is not None else 0)
+    hdus = fits.HDUList([fits.PrimaryHDU(image, header=header), fits.ImageHDU(flags.astype(np.uint8), name="MASK")])
+    buffer = _io.BytesIO()
+    hdus.writeto(buffer)
+    atomic_write_bytes(folder / f"{stem}.cleaned.fits", buffer.getvalue())
+    buffer = _io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(header=header), fits.BinTableHDU(table, name="SOURCES")]).writeto(buffer)
+    atomic_write_bytes(folder / f"{stem}.cat.fits", buffer.getvalue())
+    if config.intermediate.ldac:
+        ldac = Table()
+        ldac["NUMBER"] = np.arange(1, len(table) + 1, dtype=np.int32)
+        for ours, theirs, scale in LDAC_COLUMNS:
+            values = np.asarray(table[ours], float) * scale
+            ldac[theirs] = values + 1.0 if theirs in ("XWIN_IMAGE", "YWIN_IMAGE") else values
+        ldac["FLAGS"] = np.asarray(table["sep_flag"], np.int16)
+        ldac["ELONGATION"] = np.asarray(table["a"], float) / np.maximum(np.asarray(table["b"], float), 1e-6)
+        ldac["CLASS"] = np.asarray(table["kind"]).astype("U10")
+        write_ldac(folder / f"{stem}.ldac", [(ldac, header)])
 
 
 def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_noise: bool = False):

@@ -12,8 +12,11 @@ import math
 import platform
 import resource
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -44,22 +47,30 @@ from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.executor import make_executor
+from ssodetect.pipeline.steps import Step, StepCache, pipeline_steps, sha256_file, step_key
+from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
 from ssodetect.report.products import write_reports
 
-__all__ = ["RunResult", "run_pipeline", "run_astrometry", "select_candidates", "resolve_refcat"]
+__all__ = ["RunResult", "StepContext", "BUILTIN_STEPS", "run_pipeline", "run_astrometry", "select_candidates",
+           "resolve_refcat", "wcs_lookup", "run_result", "observation_id"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunResult:
-    """What a run produced (also written to the output directory)."""
+    """What a run produced (also written to the output directory).
 
-    observations: Table
-    objects: Table
-    candidates: Table
+    Tables of steps that did not run (``--to-step``) are None.  ``steps`` holds one record per step
+    (``status`` run | cached | off | not run, ``seconds``, ``key``); ``warnings`` counts the warnings
+    logged during the run; ``alert_delivered`` is None when there was nothing to deliver.
+    """
+
+    observations: Table | None
+    objects: Table | None
+    candidates: Table | None
     astrometry: Table | None = None
     streaks: Table | None = None
     timings: dict = field(default_factory=dict)
@@ -70,18 +81,25 @@ class RunResult:
     known: Table | None = None
     wcs_headers: dict = field(default_factory=dict)
     vetting: Table | None = None
+    obs_id: str = ""
+    run_id: str = ""
+    steps: list = field(default_factory=list)
+    warnings: int = 0
+    alert_delivered: bool | None = None
 
 
 class _Process:
     """Picklable per-CCD task bound to a configuration."""
 
-    def __init__(self, config: Config, require_wcs: bool = True, masters: dict | None = None):
+    def __init__(self, config: Config, require_wcs: bool = True, masters: dict | None = None, keep: Path | None = None):
         self.config = config
         self.require_wcs = require_wcs
         self.masters = masters or {}
+        self.keep = keep
 
     def __call__(self, ref):
-        return process_ccd(ref, self.config, require_wcs=self.require_wcs, calibration=self.masters.get(ref.ccd))
+        return process_ccd(ref, self.config, require_wcs=self.require_wcs, calibration=self.masters.get(ref.ccd),
+                           keep=self.keep)
 
 
 def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
@@ -370,117 +388,131 @@ class StageTimings(dict):
         self.peak_mb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_pipeline(
-    inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None
-) -> RunResult:
-    """Run the slow-mover pipeline on a sequence of exposures.
+@dataclass
+class StepContext:
+    """What steps share besides products: the run's inputs, executor, staging area and timings.
 
-    Parameters
+    Attributes
     ----------
-    inputs : iterable of path
-        FITS files and/or directories.
-    outdir : path or None
-        Output directory; None runs without writing anything.
-    config : Config, optional
-        Defaults when None.
-    refcat : path, optional
-        Reference catalogue (Gaia DR3 column names, or SCAMP LDAC).  With
-        ``[astrometry] enabled`` (default) every CCD exposure gets a fitted
-        TAN+SIP WCS and zero point (``astrometry.ecsv``); otherwise the header
-        WCS is only checked against it.
-
-    Returns
-    -------
-    RunResult
-
-    Raises
-    ------
-    SSODetectError
-        Bad inputs or configuration (nothing is written).
+    inputs : list
+        Paths named on the command line (files and/or directories).
+    refcat : path or None
+        Reference catalogue.
+    config : Config
+    timings : StageTimings
+        Sub-stage wall times [s] (steps add their own entries).
+    stage : OutputStage or None
+        Where products are written (None: a run without output).
+    run_id, obs_id : str
+        Identifiers of the run (a new UUID each run) and of the observation (the --obs-id option; the
+        ingest step's header value otherwise).
     """
-    config = config or Config()
-    timings = StageTimings()
-    t_run = time.perf_counter()
-    stage = OutputStage(outdir) if outdir is not None else None
-    handler = None
-    package_log = logging.getLogger("ssodetect")
-    saved_level = package_log.level
-    if stage is not None:
-        if package_log.getEffectiveLevel() > logging.INFO:
-            package_log.setLevel(logging.INFO)  # run.log records the run's progress; restored below
-        handler = logging.FileHandler(stage.file("run.log"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.DEBUG)
-        logging.getLogger("ssodetect").addHandler(handler)
-    try:
-        result = _run(inputs, config, refcat, timings)
-        timings["total"] = time.perf_counter() - t_run
-        if stage is not None:
-            _write_outputs(stage, result, config, inputs, refcat, timings)
-            logging.getLogger("ssodetect").removeHandler(handler)
-            handler.close()
-            handler = None
-            stage.commit()
-            result.outdir = Path(outdir)
-        result.timings = timings
-        return result
-    except BaseException:
-        if stage is not None:
-            stage.discard()
-        raise
-    finally:
-        if handler is not None:
-            package_log.removeHandler(handler)
-            handler.close()
-        package_log.setLevel(saved_level)
+
+    inputs: list
+    refcat: str | Path | None
+    config: Config
+    timings: StageTimings
+    stage: OutputStage | None = None
+    run_id: str = ""
+    obs_id: str = ""
+    _executor: object = None
+    _exit: object = None
+
+    def executor(self):
+        """The run's executor (serial or Dask), started on first use and shared by the steps."""
+        if self._executor is None:
+            manager = make_executor(workers=self.config.execution.workers, scheduler=self.config.execution.scheduler)
+            self._executor = manager.__enter__()
+            self._exit = manager.__exit__
+            log.info("per-CCD work on %s", self._executor.description)
+        return self._executor
+
+    def close(self) -> None:
+        if self._exit is not None:
+            self._exit(None, None, None)
+            self._executor = self._exit = None
+
+    def intermediate(self, step: str) -> Path | None:
+        """Directory for ``step``'s intermediate products (created), None unless ``[intermediate] keep``."""
+        if self.stage is None or not self.config.intermediate.keep:
+            return None
+        folder = self.stage.path / "intermediate" / step
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
 
-def _detect_and_solve(tasks, config: Config, reference: Table | None, timings: dict, masters: dict):
-    """Per-CCD detection, then (with a reference catalogue) per-CCD astrometric solutions, on one executor."""
-    solutions = []
-    t0 = time.perf_counter()
-    with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
-        log.info("per-CCD detection on %s", executor.description)
-        # a CCD without WCS is refused unless a later step can place it (blind solve or registration)
-        placeable = config.astrometry.register_frames or (reference is not None and config.astrometry.blind)
-        process = _Process(config, require_wcs=not placeable, masters=masters)
-        results = executor.map(process, tasks, progress=config.execution.progress, desc="detect")
-        timings["detect"] = time.perf_counter() - t0
-        if reference is not None:
-            t0 = time.perf_counter()
-            groups = astrometry_tasks(results, tasks, config)
-            solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
-            solutions = [sol for group in solved for sol in group]
-            timings["astrometry"] = time.perf_counter() - t0
-    return results, solutions
+def _detect(tasks, config: Config, masters: dict, reference, executor, keep: Path | None = None) -> list:
+    """Per-CCD detection of every CCD image on ``executor``: list of (detections, info)."""
+    # a CCD without WCS is refused unless a later step can place it (blind solve or registration)
+    placeable = config.astrometry.register_frames or (reference is not None and config.astrometry.blind)
+    process = _Process(config, require_wcs=not placeable, masters=masters, keep=keep)
+    return executor.map(process, tasks, progress=config.execution.progress, desc="detect")
 
 
-def _run(inputs, config: Config, refcat, timings) -> RunResult:
-    t0 = time.perf_counter()
-    paths = find_inputs(inputs)
+def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
+    """Per-CCD-exposure astrometric solutions against ``reference``."""
+    groups = astrometry_tasks(results, tasks, config)
+    solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
+    return [sol for group in solved for sol in group]
+
+
+def _tasks(products: dict) -> list:
+    return [ref for exp in products["exposures"] for ref in exp.ccds]
+
+
+def step_ingest(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Scan the inputs, group exposures, build calibration masters, read the reference catalogue and orbits."""
+    paths = find_inputs(ctx.inputs)
     refs = scan_inputs(paths, config.io)
     refs, masters = build_calibration(refs, config)
     if not refs:
         raise InputError("no light frame among the inputs (only calibration frames)")
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
-    reference = load_reference_catalogue(refcat) if refcat is not None else None
+    reference = load_reference_catalogue(ctx.refcat) if ctx.refcat is not None else None
     orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
     if config.ml.enabled:
         from ssodetect.ml.model import load_model
 
         load_model(config.ml.model)  # so is a missing model file, or a missing PyTorch
-    timings["ingest"] = time.perf_counter() - t0
-    log.info(
-        "%d files, %d exposures, %d CCD images", len(paths), len(exposures), sum(len(e.ccds) for e in exposures)
-    )
-    tasks = [ref for exp in exposures for ref in exp.ccds]
+    log.info("%d files, %d exposures, %d CCD images", len(paths), len(exposures), sum(len(e.ccds) for e in exposures))
+    return {"exposures": exposures, "masters": masters, "reference": reference, "orbits": orbits,
+            "obs_id": observation_id(exposures, config)}
+
+
+def observation_id(exposures, config: Config) -> str:
+    """The observation / field identifier from the first exposure's headers (``[io] obs_id_keys``), or ""."""
+    from astropy.io import fits
+
+    ref = exposures[0].ccds[0]
+    for hdu in dict.fromkeys((0, ref.sci)):
+        header = fits.getheader(ref.path, hdu)
+        for key in config.io.obs_id_keys:
+            value = str(header.get(key, "")).strip()
+            if value:
+                return value
+    return ""
+
+
+def step_detect(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Per CCD image: calibrate, clean, background, extract, measure, refine trails, project to the sky."""
+    tasks = _tasks(products)
+    return {"ccd_results": _detect(tasks, config, products["masters"], products["reference"], ctx.executor(),
+                                   ctx.intermediate("detect"))}
+
+
+def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Fit every CCD exposure's WCS and zero point against the reference catalogue (or register frames without
+    WCS to each other); gather the field's detections on the sky."""
+    timings = ctx.timings
+    results, tasks, exposures = products["ccd_results"], _tasks(products), products["exposures"]
+    reference = products["reference"]
     calibrate = reference is not None and config.astrometry.enabled
-    results, solutions = _detect_and_solve(tasks, config, reference if calibrate else None, timings, masters)
-    ccd_info = [info for _, info in results]
+    ccd_info = [dict(info) for _, info in results]
+    solutions = _solve(results, tasks, reference, config, ctx.executor()) if calibrate and results else []
     if calibrate:
         by_key = {(sol.exposure, sol.ccd): sol for sol in solutions}
         calibrated = []
-        for (table, info), ref in zip(results, tasks):
+        for (table, _), info, ref in zip(results, ccd_info, tasks):
             sol = by_key.get((ref.exposure, ref.ccd))
             calibrated.append(apply_solutions(table, sol, wcs_from_header_string(info.get("wcs_header", "")), config))
             if sol is not None:
@@ -499,21 +531,45 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
                 len(ok), len(solutions), 1e3 * float(np.median([max(s.rms_ra, s.rms_dec) for s in ok])),
                 int(np.median([s.n_stars for s in ok])),
             )
+        keep = ctx.intermediate("astrometry")
+        if keep is not None:
+            for path in sorted({ref.path for ref in tasks}):
+                mine = sorted((ref for ref in tasks if ref.path == path), key=lambda r: r.sci)
+                write_refined_headers(Path(path), [(ref, by_key.get((ref.exposure, ref.ccd))) for ref in mine],
+                                      _Folder(keep), ("head",))
     else:
         calibrated = [table for table, _ in results]
     tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config) if len(t)]
     # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
     wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
-    t0 = time.perf_counter()
     if reference is not None and not calibrate:
-        for (table, info), ref in zip(results, tasks):
+        t0 = time.perf_counter()
+        for (table, _), info, ref in zip(results, ccd_info, tasks):
             if len(table) == 0:
                 continue
             ref_ra, ref_dec = propagate(reference, exposures[ref.exposure].mid_time)
             pointlike = table[np.asarray(table["kind"]) == "point"]
             info["wcs_check"] = compare_with_reference(pointlike["ra"], pointlike["dec"], ref_ra, ref_dec)
         timings["wcs_check"] = time.perf_counter() - t0
+    return {"detections": detections, "ccd_info": ccd_info, "astrometry": solution_table(solutions) if calibrate else None,
+            "wcs_headers": wcs_headers}
+
+
+class _Folder:
+    """A directory offering ``file(name)`` like an :class:`OutputStage`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Remove static sources and detector artefacts, link slow movers, link trails of fast movers."""
+    timings = ctx.timings
+    detections, exposures = products["detections"], products["exposures"]
     t0 = time.perf_counter()
     if len(detections):
         ra0, dec0 = float(np.median(detections["ra"])), float(np.median(detections["dec"]))
@@ -550,7 +606,7 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
     snr = np.asarray(slow["snr"], float)
     tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]
     observations, objects = tracklet_tables(slow, tracklets, plane, t0_mjd=t0_mjd)
-    timings["link"] = time.perf_counter() - t0
+    timings["link_slow"] = time.perf_counter() - t0
     log.info("%d slow movers linked", len(objects))
     streak_table = empty_table(STREAK_COLUMNS)
     if config.streaks.enabled:
@@ -562,38 +618,339 @@ def _run(inputs, config: Config, refcat, timings) -> RunResult:
         observations = vstack([observations, fast_obs]) if len(fast_obs) else observations
         objects = vstack([objects, fast_obj]) if len(fast_obj) else objects
         streak_table = _streak_table(detections, trails, fast, [str(n) for n in fast_obj["object"]])
-        timings["streaks"] = time.perf_counter() - t0
+        timings["link_streaks"] = time.perf_counter() - t0
         log.info("%d fast movers linked from %d trails; %d single-exposure trails and %d satellites flagged",
                  len(fast_obj), len(trails), int(np.sum(streak_table["status"] == "single")),
                  int(np.sum(streak_table["status"] == "satellite")))
-    astrometry = solution_table(solutions) if calibrate else None
-    result = RunResult(
-        observations=observations, objects=objects, candidates=moving, astrometry=astrometry, ccd_info=ccd_info,
-        streaks=streak_table, exposures=exposures, masters=masters, wcs_headers=wcs_headers,
+    return {"candidates": moving, "observations": observations, "objects": objects, "streaks": streak_table}
+
+
+def _image_reader(products: dict, config: Config):
+    masters = products["masters"]
+    return lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True)
+
+
+def step_stack(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Shift-and-stack search for movers too faint for single exposures."""
+    observations, objects = stack_objects(
+        products["observations"], products["objects"], products["exposures"], products["ccd_info"],
+        wcs_lookup(products), _image_reader(products, config), config, ctx.timings,
     )
-    if config.stack.enabled:
-        result.observations, result.objects = stack_objects(
-            result.observations, result.objects, exposures, ccd_info, _wcs_lookup(result),
-            lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config, timings,
-        )
-        observations, objects = result.observations, result.objects
-    if config.ml.enabled:
-        result.observations, result.objects, result.vetting = vet_objects(
-            result.observations, result.objects, exposures, ccd_info, _wcs_lookup(result),
-            lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config, timings,
-        )
-        observations, objects = result.observations, result.objects
-    if config.known.orbits or config.known.skybot:
-        t0 = time.perf_counter()
-        known, predictions = identify_known(observations, objects, exposures, ccd_info, _wcs_lookup(result), orbits,
-                                            config)
-        result.observations, result.objects = recover_known(
-            observations, objects, known, predictions, exposures, ccd_info, _wcs_lookup(result),
-            lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True), config,
-        )
-        result.known = known
-        timings["known"] = time.perf_counter() - t0
-    return result
+    return {"observations": observations, "objects": objects}
+
+
+def step_vet(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Score every object's track-following image sequence with the 3D-CNN; remove those below the threshold."""
+    keep = ctx.intermediate("vet")
+    if keep is not None:  # the candidate list before vetting
+        products["observations"].write(keep / "observations_before_vetting.ecsv", format="ascii.ecsv")
+        products["objects"].write(keep / "objects_before_vetting.ecsv", format="ascii.ecsv")
+    observations, objects, vetting = vet_objects(
+        products["observations"], products["objects"], products["exposures"], products["ccd_info"],
+        wcs_lookup(products), _image_reader(products, config), config, ctx.timings,
+    )
+    return {"observations": observations, "objects": objects, "vetting": vetting}
+
+
+def step_known(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Name linked objects after known ones (orbit files, SkyBoT) and measure known objects not linked."""
+    args = (products["exposures"], products["ccd_info"], wcs_lookup(products))
+    known, predictions = identify_known(products["observations"], products["objects"], *args, products["orbits"],
+                                        config)
+    observations, objects = recover_known(products["observations"], products["objects"], known, predictions, *args,
+                                          _image_reader(products, config), config)
+    return {"observations": observations, "objects": objects, "known": known}
+
+
+def step_report(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Write the tables, cutouts, ADES/MPC/HTML reports and the alert document."""
+    if ctx.stage is not None:
+        _write_outputs(ctx.stage, run_result(products), config, ctx.inputs, ctx.refcat, ctx.timings)
+        if config.alerts.enabled:
+            write_alert(ctx.stage.path, ctx.stage.file("alert.json"), run_id=ctx.run_id,
+                        obs_id=ctx.obs_id or products.get("obs_id", ""))
+    return {}
+
+
+_PIXELS = ("io", "calibrate", "detect")
+
+#: The built-in steps in execution order (``ssodetect steps`` prints them).
+BUILTIN_STEPS = [
+    Step("ingest", step_ingest, (), ("exposures", "masters", "reference", "orbits", "obs_id"),
+         ("io", "calibrate", "link.min_detections"), "1",
+         "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
+    Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
+         ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "1",
+         "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
+    Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "1",
+         "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
+    Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks"),
+         ("link", "streaks"), "1", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+    Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
+                               "objects"), ("observations", "objects"), ("stack",) + _PIXELS, "1",
+         "shift-and-stack search for movers too faint for one exposure", enabled=lambda c: c.stack.enabled),
+    Step("vet", step_vet, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations", "objects"),
+         ("observations", "objects", "vetting"), ("ml", "intermediate") + _PIXELS, "1",
+         "3D-CNN vetting of every object's image sequence", enabled=lambda c: c.ml.enabled),
+    Step("known", step_known, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "orbits",
+                               "observations", "objects"), ("observations", "objects", "known"),
+         ("known",) + _PIXELS, "1", "identify known objects; measure known objects not linked",
+         enabled=lambda c: bool(c.known.orbits or c.known.skybot)),
+    Step("report", step_report, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "candidates",
+                                 "observations", "objects", "streaks", "vetting", "known"), (),
+         ("report", "alerts"), "1", "tables, cutouts, ADES PSV/XML, MPC 80-column, HTML report, alert", cache=False),
+]
+
+#: Files a run writes at its top level; those a later partial run did not write are removed (they would
+#: contradict its manifest).
+RUN_PRODUCTS = ("observations.ecsv", "objects.ecsv", "astrometry.ecsv", "streaks.ecsv", "known.ecsv", "vetting.ecsv",
+                "cutouts.fits", "overview.fits", "provenance.json", "observations.psv", "observations.xml",
+                "observations.mpc", "report.html", "alert.json")
+
+
+def run_result(products: dict) -> RunResult:
+    """The :class:`RunResult` of a run's products (tables absent when their step did not run)."""
+    return RunResult(
+        observations=products.get("observations"), objects=products.get("objects"),
+        candidates=products.get("candidates"), astrometry=products.get("astrometry"),
+        streaks=products.get("streaks"), ccd_info=products.get("ccd_info", []),
+        exposures=products.get("exposures", []), masters=products.get("masters", {}),
+        known=products.get("known"), wcs_headers=products.get("wcs_headers", {}), vetting=products.get("vetting"),
+        obs_id=products.get("obs_id", ""),
+    )
+
+
+class _WarningCount(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record) -> None:
+        self.count += 1
+
+
+def run_pipeline(
+    inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None,
+    from_step: str | None = None, to_step: str | None = None, reuse: bool = True, obs_id: str | None = None,
+    command: list[str] | None = None,
+) -> RunResult:
+    """Run the pipeline's steps on a sequence of exposures.
+
+    Parameters
+    ----------
+    inputs : iterable of path
+        FITS files and/or directories.
+    outdir : path or None
+        Output directory; None runs without writing anything.
+    config : Config, optional
+        Defaults when None.
+    refcat : path, optional
+        Reference catalogue (Gaia DR3 column names, or SCAMP LDAC).  With
+        ``[astrometry] enabled`` (default) every CCD exposure gets a fitted
+        TAN+SIP WCS and zero point (``astrometry.ecsv``); otherwise the header
+        WCS is only checked against it.
+    from_step : str, optional
+        Start at this step: the steps before it are loaded from ``outdir``'s
+        step cache, which must match the inputs and configuration.
+    to_step : str, optional
+        Stop after this step (its products and those before are stored for a
+        later ``from_step``; the final tables and reports are not written).
+    reuse : bool
+        Load any step whose version, configuration and inputs are unchanged
+        since a run into ``outdir`` (verified by checksum) instead of running it.
+    obs_id : str, optional
+        Observation / field identifier (default: from the headers, ``[io] obs_id_keys``).
+    command : list of str, optional
+        The command line, for the manifest.
+
+    Returns
+    -------
+    RunResult
+        ``steps`` holds each step's record (status run | cached | off | not run, seconds, key).
+
+    Raises
+    ------
+    SSODetectError
+        Bad inputs or configuration (nothing is written).
+    """
+    config = config or Config()
+    steps = pipeline_steps(BUILTIN_STEPS)
+    names = [s.name for s in steps]
+    for label, name in (("--from-step", from_step), ("--to-step", to_step)):
+        if name is not None and name not in names:
+            raise ConfigError(f"{label}: unknown step {name!r}; steps: {', '.join(names)}")
+    first = names.index(from_step) if from_step else 0
+    last = names.index(to_step) if to_step else len(steps) - 1
+    if last < first:
+        raise ConfigError(f"--to-step {to_step} comes before --from-step {from_step}")
+    if from_step and outdir is None:
+        raise ConfigError("--from-step needs the output directory of an earlier run")
+    timings = StageTimings()
+    t_run = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    stage = OutputStage(outdir) if outdir is not None else None
+    handler = None
+    package_log = logging.getLogger("ssodetect")
+    saved_level = package_log.level
+    counter = _WarningCount()
+    package_log.addHandler(counter)
+    if stage is not None:
+        if package_log.getEffectiveLevel() > logging.INFO:
+            package_log.setLevel(logging.INFO)  # run.log records the run's progress; restored below
+        handler = logging.FileHandler(stage.file("run.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        package_log.addHandler(handler)
+    ctx = StepContext(list(inputs), refcat, config, timings, stage, run_id=uuid.uuid4().hex, obs_id=obs_id or "")
+    step_logs: list = []
+    try:
+        files = _input_files(inputs, refcat, config)
+        cache = StepCache(outdir if (reuse or from_step) else None, stage.path if stage is not None else None)
+        products: dict = {}
+        producer: dict[str, str] = {}
+        records = []
+        for k, step in enumerate(steps):
+            if k > last:
+                records.append({"step": step.name, "version": step.version, "origin": step.origin, "status": "not run"})
+                continue
+            upstream = {p: producer[p] for p in step.inputs if p in producer}
+            roles = STEP_FILES.get(step.name, ())
+            key = step_key(step, config, upstream, {"files": [f for f in files if f["role"] in roles]} if roles else None)
+            record = {"step": step.name, "version": step.version, "origin": step.origin, "key": key}
+            t0 = time.perf_counter()
+            step_log = _step_log(stage, step.name)
+            step_logs.append(step_log)
+            if not step.enabled(config):
+                record["status"] = "off"
+            else:
+                loaded = None
+                if step.cache and outdir is not None and (k < first or (reuse and not from_step)):
+                    loaded, why = cache.load(step.name, key)
+                    if loaded is None and k < first:
+                        raise InputError(f"{outdir}: cannot start at step {from_step}: step {step.name}: {why} "
+                                         "(run from an earlier step)")
+                if loaded is not None:
+                    products.update(loaded)
+                    record["status"] = "cached"
+                    log.info("step %s: products of an identical earlier run loaded", step.name)
+                else:
+                    made = step.run(products, config, ctx) or {}
+                    unknown = set(made) - set(step.outputs)
+                    if unknown:
+                        raise ConfigError(f"step {step.name} ({step.origin}) made undeclared products: "
+                                          f"{', '.join(sorted(unknown))}")
+                    products.update(made)
+                    record["status"] = "run"
+                    if step.cache and stage is not None:
+                        cache.save(step.name, key, made, {"version": step.version, "origin": step.origin})
+            if step_log is not None:
+                log.info("step %s: %s in %.2f s", step.name, record["status"], time.perf_counter() - t0)
+                package_log.removeHandler(step_log)
+                step_log.close()
+            record["seconds"] = round(time.perf_counter() - t0, 3)
+            timings[step.name] = time.perf_counter() - t0
+            record["peak_rss_mb"] = round(timings.peak_mb[step.name], 1)
+            records.append(record)
+            for product in step.outputs:
+                producer[product] = key
+        ctx.close()
+        timings["total"] = time.perf_counter() - t_run
+        result = run_result(products)
+        result.obs_id = obs_id or products.get("obs_id", "")
+        result.run_id = ctx.run_id
+        result.steps = records
+        result.timings = timings
+        if stage is not None:
+            stage.file("config.toml").write_text(dump_toml(config))
+            manifest = _manifest(result, config, files, records, started, command, counter.count, stage)
+            stage.file("manifest.json").write_text(json.dumps(manifest, indent=2))
+            package_log.removeHandler(handler)
+            handler.close()
+            handler = None
+            written = {p.name for p in stage.path.iterdir()}
+            stage.commit()
+            for name in RUN_PRODUCTS:
+                if name not in written:
+                    (Path(outdir) / name).unlink(missing_ok=True)
+            result.outdir = Path(outdir)
+            alert = Path(outdir) / "alert.json"
+            if "alert.json" in written:
+                result.alert_delivered = deliver_alert(alert, config.alerts)
+        result.warnings = counter.count
+        return result
+    except BaseException:
+        ctx.close()
+        if stage is not None:
+            stage.discard()
+        raise
+    finally:
+        package_log.removeHandler(counter)
+        for step_log in step_logs:
+            if step_log is not None:
+                package_log.removeHandler(step_log)
+                step_log.close()
+        if handler is not None:
+            package_log.removeHandler(handler)
+            handler.close()
+        package_log.setLevel(saved_level)
+
+
+#: Which files' checksums enter which step's key, by role (see :func:`_input_files`).
+STEP_FILES = {"ingest": ("input", "refcat", "calibration"), "known": ("orbits",), "vet": ("model",)}
+
+
+def _step_log(stage: OutputStage | None, name: str) -> logging.Handler | None:
+    """A handler copying the package's log lines to ``logs/<name>.log`` in the stage while a step runs."""
+    if stage is None:
+        return None
+    folder = stage.path / "logs"
+    folder.mkdir(exist_ok=True)
+    handler = logging.FileHandler(folder / f"{name}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger("ssodetect").addHandler(handler)
+    return handler
+
+
+def _input_files(inputs, refcat, config: Config) -> list[dict]:
+    """Every file a run reads with its role (input | refcat | calibration | orbits | model), size and SHA-256."""
+    named = [(p, "input") for p in find_inputs(inputs)]
+    named += [(refcat, "refcat")] if refcat is not None else []
+    named += [(p, "calibration") for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat)]
+    named += [(p, "orbits") for p in config.known.orbits]
+    if config.ml.enabled and config.ml.model != "builtin":
+        named.append((config.ml.model, "model"))
+    return [{"path": str(p), "role": role, "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)}
+            for p, role in named if Path(p).is_file()]
+
+
+def _manifest(result: RunResult, config: Config, files: list, records: list, started, command, warnings: int,
+              stage: OutputStage) -> dict:
+    objects = result.objects
+    n_known = int(sum(bool(str(d)) for d in objects["designation"])) if objects is not None and len(objects) else 0
+    products = {}
+    for path in sorted(stage.path.rglob("*")):
+        if path.is_file() and path.name not in ("manifest.json", "run.log"):
+            products[str(path.relative_to(stage.path))] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    return {
+        "run_id": result.run_id,
+        "obs_id": result.obs_id,
+        "started_utc": started.isoformat(timespec="seconds"),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command) if command else None,
+        "host": platform.node(),
+        "software": _versions(),
+        "inputs": files,
+        "config": config.model_dump(mode="json"),
+        "steps": records,
+        "results": None if objects is None else {
+            "n_objects": len(objects), "n_known": n_known, "n_unidentified": len(objects) - n_known,
+            "n_observations": len(result.observations)},
+        "warnings": warnings,
+        "products": products,
+    }
 
 
 def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs, refcat, timings) -> None:
@@ -613,7 +970,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         cutouts, overview = extract_cutouts(
             result.observations, result.exposures,
             lambda ref: subtracted_image(ref, config, result.masters.get(ref.ccd)),
-            size=config.report.cutout_size, wcs_for=_wcs_lookup(result),
+            size=config.report.cutout_size, wcs_for=wcs_lookup(result),
         )
         cutouts.writeto(stage.file("cutouts.fits"))
         overview.writeto(stage.file("overview.fits"))
@@ -632,11 +989,16 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
     write_reports(stage.path, stage.path, config, title=f"ssodetect run: {stage.outdir.resolve().name}")
 
 
-def _wcs_lookup(result: RunResult):
-    """(exposure, ccd) -> the WCS positions went through: fitted, else the header's (None without)."""
-    texts = dict(result.wcs_headers)
-    if result.astrometry is not None:
-        for row in result.astrometry:
+def wcs_lookup(products) -> Callable:
+    """(exposure, ccd) -> the WCS positions went through: fitted, else the header's (None without).
+
+    ``products`` is a run's products dict or a :class:`RunResult` (``wcs_headers``, ``astrometry``).
+    """
+    get = products.get if isinstance(products, dict) else lambda name, default=None: getattr(products, name, default)
+    texts = dict(get("wcs_headers") or {})
+    astrometry = get("astrometry")
+    if astrometry is not None:
+        for row in astrometry:
             if str(row["status"]) == "ok" and str(row["wcs_header"]):
                 texts[(int(row["exposure"]), str(row["ccd"]))] = str(row["wcs_header"])
 
@@ -731,7 +1093,13 @@ def run_astrometry(
     reference = load_reference_catalogue(refcat)
     exposures = group_exposures(refs, config.io, min_exposures=1)
     tasks = [ref for exp in exposures for ref in exp.ccds]
-    results, solutions = _detect_and_solve(tasks, config, reference, timings, masters)
+    with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
+        t0 = time.perf_counter()
+        results = _detect(tasks, config, masters, reference, executor)
+        timings["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        solutions = _solve(results, tasks, reference, config, executor)
+        timings["astrometry"] = time.perf_counter() - t0
     table = solution_table(solutions)
     by_key = {(s.exposure, s.ccd): s for s in solutions}
     with OutputStage(outdir) as stage:

@@ -563,10 +563,15 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
     # satellite
     sat = scene.satellite
     if sat is not None and sat["exposure"] == exposure:
-        reach = 3.0 * max(cfg.nx, cfg.ny) * cfg.pixel_scale * math.sqrt(cfg.nccd)
+        # the stretch of the line beside this CCD (points far off a distorted WCS do not invert)
+        reach = 1.5 * math.hypot(cfg.nx, cfg.ny) * cfg.pixel_scale
         c, s_ = math.cos(sat["angle"]), math.sin(sat["angle"])
+        ra_c, dec_c = wcs.all_pix2world([0.5 * (cfg.nx - 1)], [0.5 * (cfg.ny - 1)], 0)
+        xi_c, eta_c = scene.plane.to_plane(ra_c, dec_c)
+        t0 = float((xi_c[0] - sat["xi"]) * c + (eta_c[0] - sat["eta"]) * s_)
         (ax, bx), (ay, by) = to_pix(
-            [sat["xi"] - reach * c, sat["xi"] + reach * c], [sat["eta"] - reach * s_, sat["eta"] + reach * s_]
+            [sat["xi"] + (t0 - reach) * c, sat["xi"] + (t0 + reach) * c],
+            [sat["eta"] + (t0 - reach) * s_, sat["eta"] + (t0 + reach) * s_],
         )
         # clip the segment to the CCD (plus a margin) before sampling it
         length = math.hypot(bx - ax, by - ay)

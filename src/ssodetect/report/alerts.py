@@ -1,0 +1,154 @@
+"""Alerts: a JSON document for the moving objects a run could not identify, and its delivery.
+
+:func:`alert_document` builds the document from a run's output directory (its
+ADES file, objects table and cutouts); :func:`deliver_alert` hands it to a
+user-given command and/or POSTs it to a URL, with retries and time limits, and
+never raises: a receiver that is down costs at most
+``(retries + 1) * timeout + backoff * (2**retries - 1)`` seconds and a warning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.config import AlertConfig
+from ssodetect.report.ades import read_ades
+from ssodetect.report.cutouts import read_cutouts
+
+__all__ = ["ALERT_SCHEMA", "alert_document", "write_alert", "deliver_alert"]
+
+log = logging.getLogger(__name__)
+
+#: Identifies the document's layout (``schema`` field).
+ALERT_SCHEMA = "ssodetect-alert/1"
+
+
+def alert_document(outdir: str | Path, *, run_id: str = "", obs_id: str = "") -> dict | None:
+    """The alert for the unidentified moving objects of a run's outputs in ``outdir``; None when there are none.
+
+    Parameters
+    ----------
+    outdir : path
+        A run's output (or staging) directory: ``objects.ecsv``, ``observations.psv``, ``cutouts.fits``.
+    run_id, obs_id : str
+        Identifiers recorded in the document.
+
+    Returns
+    -------
+    dict or None
+        ``schema``, ``run_id``, ``obs_id``, ``created_utc``, ``n_objects``, and per object ``object``,
+        ``rate`` [arcsec/h], ``pa`` [deg], ``mag``, ``n_obs``, ``kind``, ``ades`` (its ADES optical rows as
+        dicts of strings, as in ``observations.psv``; empty for positions on a relative WCS, which ADES does
+        not carry) and ``cutouts`` (file and HDU name of its image cube and index table).
+    """
+    outdir = Path(outdir)
+    objects = Table.read(outdir / "objects.ecsv", format="ascii.ecsv")
+    if len(objects) == 0:
+        return None
+    if "designation" in objects.colnames:  # empty designations read back as masked values
+        objects = objects[[np.ma.is_masked(d) or not str(d).strip() for d in objects["designation"]]]
+    unidentified = objects
+    if len(unidentified) == 0:
+        return None
+    rows: dict[str, list] = {}
+    psv = outdir / "observations.psv"
+    if psv.exists():
+        for _, records in read_ades(psv):
+            for rec in records:
+                rows.setdefault(rec.get("trkSub", ""), []).append(rec)
+    stamps = read_cutouts(outdir / "cutouts.fits") if (outdir / "cutouts.fits").exists() else {}
+    entries = []
+    for row in unidentified:
+        name = str(row["object"])
+        entries.append({
+            "object": name,
+            "kind": str(row["kind"]),
+            "n_obs": int(row["n_obs"]),
+            "rate": _num(row["rate"]),
+            "pa": _num(row["pa"]),
+            "mag": _num(row["mag"]),
+            "ades": rows.get(name, []),
+            "cutouts": ({"file": str((outdir / "cutouts.fits").name), "hdu": name, "index_hdu": f"{name}_INDEX"}
+                        if name in stamps else None),
+        })
+    return {
+        "schema": ALERT_SCHEMA,
+        "run_id": run_id,
+        "obs_id": obs_id,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n_objects": len(entries),
+        "objects": entries,
+    }
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def deliver_alert(path: str | Path, config: AlertConfig) -> bool:
+    """Run ``config.command`` on the alert file and/or POST it to ``config.url``; True when all succeeded.
+
+    Each delivery is tried ``1 + config.retries`` times with a ``config.timeout`` limit and a doubling
+    wait; failures are logged as warnings, never raised.
+    """
+    path = Path(path)
+    ok = True
+    if config.command:
+        argv = [*config.command, str(path)]
+        ok &= _retry(lambda: _run_command(argv, path, config.timeout), f"alert command {argv[0]}", config)
+    if config.url:
+        payload = path.read_bytes()
+        ok &= _retry(lambda: _post(config.url, payload, config.timeout), f"alert POST to {config.url}", config)
+    return ok
+
+
+def _retry(attempt, what: str, config: AlertConfig) -> bool:
+    wait = config.backoff
+    for k in range(config.retries + 1):
+        try:
+            attempt()
+            log.info("%s delivered", what)
+            return True
+        except Exception as exc:  # anything the receiver does wrong is logged, never raised
+            last = exc
+            if k < config.retries:
+                log.info("%s failed (%s); retry %d of %d in %.1f s", what, exc, k + 1, config.retries, wait)
+                time.sleep(wait)
+                wait *= 2.0
+    log.warning("%s failed after %d attempts: %s", what, config.retries + 1, last)
+    return False
+
+
+def _run_command(argv: list[str], path: Path, timeout: float) -> None:
+    env = {**os.environ, "SSODETECT_ALERT": str(path)}
+    done = subprocess.run(argv, env=env, timeout=timeout, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit status {done.returncode}: {done.stderr.strip()[:200]}")
+
+
+def _post(url: str, payload: bytes, timeout: float) -> None:
+    request = urllib.request.Request(url, data=payload, method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "ssodetect"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if not 200 <= response.status < 300:
+            raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, None)
+
+
+def write_alert(outdir: str | Path, target: str | Path, **ids) -> bool:
+    """Write :func:`alert_document` of ``outdir`` to ``target`` as JSON; False (nothing written) when there is
+    nothing to alert."""
+    document = alert_document(outdir, **ids)
+    if document is None:
+        return False
+    Path(target).write_text(json.dumps(document, indent=2))
+    return True

@@ -1,0 +1,257 @@
+"""Pipeline operations: the step graph, partial and resumed runs, cached steps, plug-ins, the configuration's
+JSON Schema, intermediate products, the run manifest, alerts and exit codes."""
+import dataclasses
+import http.server
+import json
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from ssodetect.cli import main
+from ssodetect.config import Config
+from ssodetect.io.ldac import read_ldac
+from ssodetect.pipeline import run_pipeline
+from ssodetect.pipeline.run import BUILTIN_STEPS
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+@pytest.fixture()
+def field(scene):
+    """The session's 768^2 4-exposure scene (headers off by 20" and 0.5 deg; read only)."""
+    return scene
+
+
+def _config(**sections) -> Config:
+    config = Config()
+    config.execution.progress = False
+    for section, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
+    return config
+
+
+def _run(field, out, config=None, **kwargs):
+    return run_pipeline([field], out, config or _config(), refcat=field / "refcat.ecsv", **kwargs)
+
+
+def _status(out: Path) -> dict:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {r["step"]: r["status"] for r in manifest["steps"]}
+
+
+def _same_tables(a: Path, b: Path, name: str) -> None:
+    ta, tb = Table.read(a / name, format="ascii.ecsv"), Table.read(b / name, format="ascii.ecsv")
+    assert ta.colnames == tb.colnames and len(ta) == len(tb)
+    for col in ta.colnames:
+        assert np.array_equal(np.asarray(ta[col]), np.asarray(tb[col]), equal_nan=ta[col].dtype.kind == "f"), col
+
+
+def test_step_graph_printed_as_text_dot_and_mermaid(capsys):
+    names = [s.name for s in BUILTIN_STEPS]
+    assert names == ["ingest", "detect", "astrometry", "link", "stack", "vet", "known", "report"]
+    assert main(["steps"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"{k}. {n} (version" in text for k, n in enumerate(names, 1))
+    assert "config:  link, streaks" in text
+    assert main(["steps", "--format", "dot"]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith("digraph") and '"detect" -> "astrometry" [label="ccd_results"]' in dot
+    assert main(["steps", "--format", "mermaid"]) == 0
+    mermaid = capsys.readouterr().out
+    assert mermaid.startswith("flowchart LR") and "astrometry -->|detections| link" in mermaid
+
+
+def test_stopped_after_astrometry_and_resumed_equals_one_go(field, tmp_path):
+    whole = _run(field, tmp_path / "whole")
+    assert len(whole.objects) > 5
+    partial = _run(field, tmp_path / "parts", to_step="astrometry")
+    assert partial.objects is None
+    assert _status(tmp_path / "parts") == {"ingest": "run", "detect": "run", "astrometry": "run", "link": "not run",
+                                           "stack": "not run", "vet": "not run", "known": "not run",
+                                           "report": "not run"}
+    assert not (tmp_path / "parts" / "objects.ecsv").exists()
+    resumed = _run(field, tmp_path / "parts", from_step="link")
+    status = _status(tmp_path / "parts")
+    assert status["detect"] == status["astrometry"] == "cached" and status["link"] == status["report"] == "run"
+    assert len(resumed.objects) == len(whole.objects)
+    for name in ("objects.ecsv", "observations.ecsv", "streaks.ecsv", "astrometry.ecsv"):
+        _same_tables(tmp_path / "whole", tmp_path / "parts", name)
+    # starting at a step whose predecessors' products are missing is refused, nothing written
+    assert main(["run", str(field), "--out", str(tmp_path / "fresh"), "--refcat", str(field / "refcat.ecsv"),
+                 "--from-step", "link", "-q"]) == 2
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_only_linking_and_later_steps_rerun_when_only_linking_changes(field, tmp_path):
+    out = tmp_path / "out"
+    _run(field, out)
+    first = json.loads((out / "manifest.json").read_text())
+    again = _run(field, out)  # nothing changed: every cacheable step loaded
+    assert _status(out) == {"ingest": "run", "detect": "cached", "astrometry": "cached", "link": "cached",
+                            "stack": "off", "vet": "off", "known": "off", "report": "run"}
+    _run_objects = Table.read(out / "objects.ecsv", format="ascii.ecsv")
+    assert len(_run_objects) == len(again.objects)
+    changed = _run(field, out, _config(link={"match_sigma": 3.0}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    steps = {r["step"]: r for r in manifest["steps"]}
+    assert {k: v["status"] for k, v in steps.items()} == {
+        "ingest": "run", "detect": "cached", "astrometry": "cached", "link": "run", "stack": "off", "vet": "off",
+        "known": "off", "report": "run"}
+    seconds = {r["step"]: r["seconds"] for r in first["steps"]}
+    assert steps["detect"]["seconds"] < 0.5 * seconds["detect"]  # loaded, not recomputed
+    assert manifest["config"]["link"]["match_sigma"] == 3.0 and len(changed.objects) > 0
+    # a cached product altered on disk fails its checksum: that step runs again (the next one's key, which
+    # covers the same inputs and configuration, is unchanged: it stays loaded)
+    pkl = out / "steps" / "detect.pkl"
+    pkl.write_bytes(pkl.read_bytes()[:-10] + b"0123456789")
+    redone = _run(field, out, _config(link={"match_sigma": 3.0}))
+    assert _status(out)["detect"] == "run" and _status(out)["astrometry"] == "cached"
+    assert list(redone.objects["object"]) == list(changed.objects["object"])
+    assert np.array_equal(np.asarray(redone.objects["ra"]), np.asarray(changed.objects["ra"]))
+
+
+def test_plugin_step_replaces_the_builtin_one(field, tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    assert main(["steps"]) == 0
+    assert "vet (version 0.1, plugin example-vetter 0.1)" in capsys.readouterr().out
+    # the built-in vet step is off by default ([ml] enabled = false); the plug-in's runs in its place
+    result = _run(field, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    vet = next(r for r in manifest["steps"] if r["step"] == "vet")
+    assert vet["status"] == "run" and vet["origin"] == "plugin example-vetter 0.1" and vet["version"] == "0.1"
+    vetting = Table.read(tmp_path / "out" / "vetting.ecsv", format="ascii.ecsv")
+    assert "rule_score" in vetting.colnames and len(vetting) > len(result.objects) > 0
+    assert np.all(np.asarray(result.objects["n_obs"]) >= 4)
+    assert set(result.observations["object"]) == set(result.objects["object"])
+
+
+def test_plugin_with_undeclared_products_is_refused(field, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    import example_vetter
+
+    monkeypatch.setattr(example_vetter, "STEP", dataclasses.replace(
+        example_vetter.STEP, run=lambda p, c, x: {"objects": p["objects"], "secret": 1}))
+    assert main(["run", str(field), "--out", str(tmp_path / "out"), "-q"]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_schema_validates_defaults_and_rejects_wrong_types(capsys):
+    assert main(["config", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate(Config().model_dump(mode="json"))
+    validator.validate({"detect": {"threshold": 4.5}, "link": {"min_detections": 3}})
+    for bad in ({"detect": {"threshold": "high"}}, {"link": {"min_detections": 2.5}}, {"detect": {"unknown": 1}},
+                {"alerts": {"url": "ftp://host"}}, {"execution": {"workers": 0}}):
+        with pytest.raises(jsonschema.ValidationError):
+            validator.validate(bad)
+
+
+def test_intermediate_products_and_manifest(field, tmp_path):
+    out = tmp_path / "out"
+    result = _run(field, out, _config(intermediate={"keep": True, "ldac": True}), obs_id="TILE-42")
+    detect = out / "intermediate" / "detect"
+    stems = sorted(p.name[: -len(".cleaned.fits")] for p in detect.glob("*.cleaned.fits"))
+    assert len(stems) == 4
+    with fits.open(detect / f"{stems[0]}.cleaned.fits") as hdul:
+        image, flags = hdul[0].data, hdul["MASK"].data
+        assert image.shape == flags.shape == (768, 768) and image.dtype.kind == "f" and image.dtype.itemsize == 4
+        assert np.all(np.isnan(image[(flags & 1) == 1])) and ((flags & 2) == 2).sum() > 100  # cosmic-ray hits
+    catalogue = Table.read(detect / f"{stems[0]}.cat.fits", hdu="SOURCES")
+    assert "sharp" in set(catalogue["kind"])  # the full catalogue, cosmic rays included
+    (header, ldac), = read_ldac(detect / f"{stems[0]}.ldac")
+    assert len(ldac) == len(catalogue) and np.allclose(ldac["XWIN_IMAGE"], catalogue["x"] + 1)
+    assert header["EXPOSURE"] == 0 and "CTYPE1" in header
+    heads = list((out / "intermediate" / "astrometry").glob("*.head"))
+    assert len(heads) == 4 and "CTYPE1" in heads[0].read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["obs_id"] == "TILE-42" and manifest["run_id"] == result.run_id
+    inputs = {Path(f["path"]).name: f for f in manifest["inputs"]}
+    assert {f["role"] for f in manifest["inputs"]} == {"input", "refcat"}
+    name = next(n for n in inputs if n.endswith(".fits"))
+    from ssodetect.pipeline.steps import sha256_file
+
+    assert inputs[name]["sha256"] == sha256_file(field / name)
+    assert manifest["products"]["objects.ecsv"]["sha256"] == sha256_file(out / "objects.ecsv")
+    assert manifest["results"]["n_objects"] == len(result.objects)
+    assert all(r["seconds"] >= 0 for r in manifest["steps"] if r["status"] != "not run")
+    # per-step logs beside the run's log
+    assert "step detect: run" in (out / "logs" / "detect.log").read_text()
+    assert "slow movers linked" in (out / "logs" / "link.log").read_text()
+    assert "slow movers linked" not in (out / "logs" / "detect.log").read_text()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((self.headers["Content-Type"], json.loads(body)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_alert_posted_to_a_loopback_receiver_and_run_completes_without_one(field, tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    copy = tmp_path / "copied.json"
+    command = [sys.executable, "-c", f"import shutil, sys; shutil.copy(sys.argv[1], {str(copy)!r})"]
+    try:
+        out = tmp_path / "out"
+        result = _run(field, out, _config(alerts={"url": f"http://127.0.0.1:{server.server_port}/alerts",
+                                                  "command": command}), obs_id="F1")
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+    assert result.alert_delivered is True
+    alert = json.loads((out / "alert.json").read_text())
+    assert len(_Receiver.received) == 1 and _Receiver.received[0] == ("application/json", alert)
+    assert json.loads(copy.read_text()) == alert
+    assert alert["obs_id"] == "F1" and alert["run_id"] == result.run_id
+    assert alert["n_objects"] == len(result.objects) > 0  # nothing is known in this scene
+    entry = alert["objects"][0]
+    assert entry["ades"] and all(row["trkSub"] == entry["object"] for row in entry["ades"])
+    with fits.open(out / entry["cutouts"]["file"]) as hdul:
+        assert hdul[entry["cutouts"]["hdu"]].data.shape[0] == entry["n_obs"]
+    # receiver down (a closed port), command failing: retried, logged, the run completes with its outputs
+    dead = _config(alerts={"url": f"http://127.0.0.1:{_free_port()}/", "command": [sys.executable, "-c", "exit(3)"],
+                           "retries": 2, "backoff": 0.05, "timeout": 2.0})
+    again = _run(field, tmp_path / "down", dead)
+    assert again.alert_delivered is False and again.warnings >= 2
+    assert (tmp_path / "down" / "alert.json").exists() and (tmp_path / "down" / "report.html").exists()
+
+
+def test_exit_codes(field, tmp_path, monkeypatch):
+    args = ["run", str(field), "--out", str(tmp_path / "out"), "--refcat", str(field / "refcat.ecsv"), "-q"]
+    assert main(args) == 0  # success, no warnings
+    assert main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "-q"]) == 2  # bad input
+    assert main([*args[:3], str(tmp_path / "bad"), *args[4:], "--to-step", "nowhere"]) == 2
+
+    def broken(products, config, context):
+        raise ZeroDivisionError("a bug")
+
+    import ssodetect.pipeline.run as run_module
+
+    steps = [dataclasses.replace(s, run=broken) if s.name == "link" else s for s in BUILTIN_STEPS]
+    monkeypatch.setattr(run_module, "BUILTIN_STEPS", steps)
+    assert main([*args[:3], str(tmp_path / "bug"), *args[4:]]) == 3  # internal error, nothing written
+    assert not (tmp_path / "bug").exists()
