@@ -3,7 +3,9 @@ JSON Schema, intermediate products, the run manifest, alerts and exit codes."""
 import dataclasses
 import http.server
 import json
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,10 +15,14 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
+from astropy.wcs import WCS
+from scipy.spatial import cKDTree
 
 from ssodetect.cli import main
 from ssodetect.config import Config
-from ssodetect.io.ldac import read_ldac
+from ssodetect.astrometry.refcat import ldac_reference_table, load_reference_catalogue, propagate
+from ssodetect.io.ldac import read_ldac, write_ldac
 from ssodetect.pipeline import run_pipeline
 from ssodetect.pipeline.run import BUILTIN_STEPS
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -187,6 +193,41 @@ def test_intermediate_products_and_manifest(field, tmp_path):
     assert "step detect: run" in (out / "logs" / "detect.log").read_text()
     assert "slow movers linked" in (out / "logs" / "link.log").read_text()
     assert "slow movers linked" not in (out / "logs" / "detect.log").read_text()
+
+
+@pytest.mark.skipif(shutil.which("scamp") is None, reason="scamp (Debian package) not installed")
+def test_scamp_solves_from_the_kept_ldac_catalogues(field, tmp_path):
+    """The LDAC catalogues a run keeps are what SCAMP reads: it solves the four exposures from them (point
+    sources only, IMAFLAGS_MASK 1) to the reference catalogue within a few tens of mas."""
+    out = tmp_path / "out"
+    _run(field, out, _config(intermediate={"keep": True, "ldac": True}), to_step="detect")
+    cats = sorted((out / "intermediate" / "detect").glob("*.ldac"))
+    reference = load_reference_catalogue(field / "refcat.ecsv")
+    (header, _), = read_ldac(cats[0])
+    epoch = Time(header["MJD-MID"], format="mjd")
+    ra, dec = propagate(reference, epoch)
+    at_epoch = reference.copy()
+    at_epoch["ra"], at_epoch["dec"], at_epoch["ref_epoch"], at_epoch["pmra"], at_epoch["pmdec"] = ra, dec, epoch.jyear, 0.0, 0.0
+    write_ldac(tmp_path / "ref.cat", [(ldac_reference_table(at_epoch), None)])
+    done = subprocess.run(
+        ["scamp", *map(str, cats), "-c", "/dev/null", "-ASTREF_CATALOG", "FILE", "-ASTREFCAT_NAME", str(tmp_path / "ref.cat"),
+         "-ASTREFMAG_KEY", "MAG", "-ASTREFMAGERR_KEY", "MAGERR", "-MATCH_RESOL", "1.0", "-PROJECTION_TYPE", "TAN",
+         "-DISTORT_DEGREES", "1", "-POSITION_MAXERR", "1.0", "-SOLVE_PHOTOM", "N", "-CHECKPLOT_TYPE", "NONE",
+         "-CHECKPLOT_DEV", "NULL", "-WRITE_XML", "N", "-IMAFLAGS_MASK", "1", "-SN_THRESHOLDS", "5,50",
+         "-CROSSID_RADIUS", "1.0", "-NTHREADS", "1", "-VERBOSE_TYPE", "QUIET"],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    for cat in cats:
+        text = cat.with_suffix(".head").read_text(encoding="ascii", errors="replace")
+        wcs = WCS(fits.Header.fromstring("\n".join(line for line in text.splitlines() if line[:8].strip() not in
+                                                    ("COMMENT", "HISTORY")), sep="\n"))
+        (_, sources), = read_ldac(cat)
+        points = sources[(sources["CLASS"] == "point") & (sources["SNR_WIN"] > 30)]
+        s_ra, s_dec = wcs.all_pix2world(points["XWIN_IMAGE"], points["YWIN_IMAGE"], 1)
+        d, _ = cKDTree(np.column_stack([ra * np.cos(np.radians(dec)), dec])).query(
+            np.column_stack([s_ra * np.cos(np.radians(s_dec)), s_dec]))
+        d = d[d < 1.0 / 3600] * 3.6e6
+        assert d.size >= 8 and np.median(d) < 40.0, (cat.name, d.size, np.median(d))
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):

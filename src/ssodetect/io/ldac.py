@@ -23,7 +23,9 @@ __all__ = ["read_ldac", "write_ldac", "ldac_hdus"]
 def ldac_hdus(table: Table, header: fits.Header | None = None) -> list[fits.BinTableHDU]:
     """The ``LDAC_IMHEAD`` + ``LDAC_OBJECTS`` HDU pair for one image's catalogue."""
     header = header if header is not None else fits.Header()
-    cards = "".join(str(card).ljust(80)[:80] for card in header.cards) + "END".ljust(80)
+    # SCAMP 2.10 crashes (segfault) on an image header cell whose END card is its last card; a second END
+    # avoids it (every reader stops at the first)
+    cards = "".join(str(card).ljust(80)[:80] for card in header.cards) + "END".ljust(80) * (2 if len(header) else 1)
     imhead = fits.BinTableHDU.from_columns(
         [fits.Column(name="Field Header Card", format=f"{len(cards)}A", array=np.array([cards]))], name="LDAC_IMHEAD"
     )

@@ -239,11 +239,36 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
 
 #: SExtractor names of the LDAC catalogue columns: (ours, theirs, scale); pixel positions 1-based.
 LDAC_COLUMNS = [
-    ("x", "XWIN_IMAGE", 1.0), ("y", "YWIN_IMAGE", 1.0), ("x_err", "ERRAWIN_IMAGE", 1.0), ("y_err", "ERRBWIN_IMAGE", 1.0),
-    ("ra", "ALPHAWIN_J2000", 1.0), ("dec", "DELTAWIN_J2000", 1.0), ("flux", "FLUX_AUTO", 1.0),
-    ("flux_err", "FLUXERR_AUTO", 1.0), ("mag", "MAG_AUTO", 1.0), ("mag_err", "MAGERR_AUTO", 1.0),
-    ("a", "A_IMAGE", 1.0), ("b", "B_IMAGE", 1.0), ("theta", "THETA_IMAGE", 180.0 / math.pi), ("snr", "SNR_WIN", 1.0),
+    ("x", "XWIN_IMAGE", 1.0), ("y", "YWIN_IMAGE", 1.0), ("ra", "ALPHAWIN_J2000", 1.0), ("dec", "DELTAWIN_J2000", 1.0),
+    ("flux", "FLUX_AUTO", 1.0), ("flux_err", "FLUXERR_AUTO", 1.0), ("mag", "MAG_AUTO", 1.0),
+    ("mag_err", "MAGERR_AUTO", 1.0), ("a", "A_IMAGE", 1.0), ("b", "B_IMAGE", 1.0),
+    ("theta", "THETA_IMAGE", 180.0 / math.pi), ("snr", "SNR_WIN", 1.0),
 ]
+
+
+def ldac_catalogue(table: Table) -> Table:
+    """A detection table in SExtractor's names and conventions (the ``LDAC_OBJECTS`` of a FITS_LDAC file).
+
+    Positions 1-based; ``ERRAWIN_IMAGE``/``ERRBWIN_IMAGE`` the larger/smaller of the x/y errors with
+    ``ERRTHETAWIN_IMAGE`` along the axis of the larger; ``FLAGS`` in SExtractor's bits (2 blended, 8
+    truncated, 16 aperture truncated); ``IMAFLAGS_ISO`` 1 for anything but a PSF-like point source (SCAMP
+    ``-IMAFLAGS_MASK 1`` keeps the point sources); ``CLASS`` our kind.
+    """
+    out = Table()
+    out["NUMBER"] = np.arange(1, len(table) + 1, dtype=np.int32)
+    for ours, theirs, scale in LDAC_COLUMNS:
+        values = np.asarray(table[ours], float) * scale
+        out[theirs] = values + 1.0 if theirs in ("XWIN_IMAGE", "YWIN_IMAGE") else values
+    x_err, y_err = np.asarray(table["x_err"], float), np.asarray(table["y_err"], float)
+    out["ERRAWIN_IMAGE"] = np.maximum(x_err, y_err)
+    out["ERRBWIN_IMAGE"] = np.minimum(x_err, y_err)
+    out["ERRTHETAWIN_IMAGE"] = np.where(x_err >= y_err, 0.0, 90.0)
+    sep_flag = np.asarray(table["sep_flag"], np.int64)
+    out["FLAGS"] = (2 * ((sep_flag & 1) != 0) + 8 * ((sep_flag & 2) != 0) + 16 * ((sep_flag & 16) != 0)).astype(np.int16)
+    out["IMAFLAGS_ISO"] = (np.asarray(table["kind"]) != "point").astype(np.int32)
+    out["ELONGATION"] = np.asarray(table["a"], float) / np.maximum(np.asarray(table["b"], float), 1e-6)
+    out["CLASS"] = np.asarray(table["kind"]).astype("U10")
+    return out
 
 
 def intermediate_name(ref: CCDRef) -> str:
@@ -258,8 +283,8 @@ def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.nda
     ``<stem>.cleaned.fits``: the background-subtracted image (float32 [ADU], NaN where masked, header WCS)
     and a ``MASK`` extension (uint8: 1 detector mask, 2 cosmic-ray / hot-pixel hit);
     ``<stem>.cat.fits``: every detection of the CCD (cosmic-ray hits included, ``kind`` says which);
-    with ``[intermediate] ldac`` also ``<stem>.ldac``: the same in SExtractor's FITS_LDAC layout and names
-    (``XWIN_IMAGE``..., 1-based pixels, ``FLAGS``, ``NUMBER``, ``ELONGATION``, ``CLASS``).
+    with ``[intermediate] ldac`` also ``<stem>.ldac``: the same in SExtractor's FITS_LDAC layout
+    (:func:`ldac_catalogue`; the image header with its WCS, size, times), which SCAMP reads.
     """
     import io as _io
 
@@ -274,6 +299,8 @@ def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.nda
     header["CCD"] = (str(ref.ccd), "CCD identifier")
     header["EXPOSURE"] = (int(ref.exposure), "exposure index")
     header["MJD-MID"] = (float(ref.mjd), "mid-exposure time, MJD UTC")
+    header["MJD-OBS"] = (float(ref.mjd) - 0.5 * float(ref.exptime) / 86400.0, "exposure start, MJD UTC")
+    header["EXPTIME"] = (float(ref.exptime), "[s]")
     image = np.where(mask, np.nan, data).astype(np.float32)
     flags = mask.astype(np.uint8) | (2 * np.asarray(hits, bool).astype(np.uint8) if hits is not None else 0)
     hdus = fits.HDUList([fits.PrimaryHDU(image, header=header), fits.ImageHDU(flags.astype(np.uint8), name="MASK")])
@@ -284,15 +311,11 @@ def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.nda
     fits.HDUList([fits.PrimaryHDU(header=header), fits.BinTableHDU(table, name="SOURCES")]).writeto(buffer)
     atomic_write_bytes(folder / f"{stem}.cat.fits", buffer.getvalue())
     if config.intermediate.ldac:
-        ldac = Table()
-        ldac["NUMBER"] = np.arange(1, len(table) + 1, dtype=np.int32)
-        for ours, theirs, scale in LDAC_COLUMNS:
-            values = np.asarray(table[ours], float) * scale
-            ldac[theirs] = values + 1.0 if theirs in ("XWIN_IMAGE", "YWIN_IMAGE") else values
-        ldac["FLAGS"] = np.asarray(table["sep_flag"], np.int16)
-        ldac["ELONGATION"] = np.asarray(table["a"], float) / np.maximum(np.asarray(table["b"], float), 1e-6)
-        ldac["CLASS"] = np.asarray(table["kind"]).astype("U10")
-        write_ldac(folder / f"{stem}.ldac", [(ldac, header)])
+        # SCAMP refuses an image header that does not open like a primary HDU's
+        image_header = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", data.shape[1]),
+                                    ("NAXIS2", data.shape[0])])
+        image_header.extend(header)
+        write_ldac(folder / f"{stem}.ldac", [(ldac_catalogue(table), image_header)])
 
 
 def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_noise: bool = False):
