@@ -234,6 +234,10 @@ def smoothed_segments(snr: np.ndarray, *, smooth: float = 2.0, threshold: float 
         if lab == 0:
             continue
         sl = slices[lab - 1]
+        # the rms along any axis is at most half the points' extent (x N/(N-1) <= 1.02 for the sample
+        # covariance): a region whose bounding box is too small cannot reach min_length
+        if 1.8 * math.hypot(sl[0].stop - sl[0].start - 1, sl[1].stop - sl[1].start - 1) < min_length:
+            continue
         ys, xs = np.nonzero(labels[sl] == lab)
         ys = ys + sl[0].start
         xs = xs + sl[1].start
