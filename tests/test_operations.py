@@ -65,7 +65,7 @@ def test_step_graph_printed_as_text_dot_and_mermaid(capsys):
     assert main(["steps"]) == 0
     text = capsys.readouterr().out
     assert all(f"{k}. {n} (version" in text for k, n in enumerate(names, 1))
-    assert "config:  link, streaks" in text
+    assert "config:  link, streaks" in text and "   ccd_results: list[(Table, dict)]" in text
     assert main(["steps", "--format", "dot"]) == 0
     dot = capsys.readouterr().out
     assert dot.startswith("digraph") and '"detect" -> "astrometry" [label="ccd_results"]' in dot

@@ -243,10 +243,10 @@ def _config(args) -> int:
 
 
 def _steps(args) -> int:
-    from ssodetect.pipeline.run import BUILTIN_STEPS
+    from ssodetect.pipeline.run import BUILTIN_STEPS, PRODUCTS
     from ssodetect.pipeline.steps import describe_graph, pipeline_steps
 
-    sys.stdout.write(describe_graph(pipeline_steps(BUILTIN_STEPS), args.format))
+    sys.stdout.write(describe_graph(pipeline_steps(BUILTIN_STEPS), args.format, PRODUCTS))
     return 0
 
 

@@ -54,7 +54,7 @@ from ssodetect.report.cutouts import extract_cutouts
 from ssodetect.report.products import write_reports
 
 __all__ = ["RunResult", "StepContext", "BUILTIN_STEPS", "run_pipeline", "run_astrometry", "select_candidates",
-           "resolve_refcat", "wcs_lookup", "run_result", "observation_id"]
+           "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS"]
 
 log = logging.getLogger(__name__)
 
@@ -673,6 +673,26 @@ def step_report(products: dict, config: Config, ctx: StepContext) -> dict:
 
 
 _PIXELS = ("io", "calibrate", "detect")
+
+#: Type of each product passed between steps (``ssodetect steps`` shows them).
+PRODUCTS = {
+    "exposures": "list[io.Exposure]: CCD references per exposure, time-ordered",
+    "masters": "dict[ccd, calibrate.MasterFrames]: calibration masters (empty without)",
+    "reference": "Table | None: reference catalogue (Gaia DR3 columns)",
+    "orbits": "Table | None: orbital elements of known objects",
+    "obs_id": "str: observation / field identifier from the headers",
+    "ccd_results": "list[(Table, dict)]: per CCD image its detections (header WCS) and diagnostics",
+    "detections": "Table: the field's detections on the sky (fitted WCS)",
+    "ccd_info": "list[dict]: per CCD image diagnostics (PSF, counts, astrometric solution)",
+    "astrometry": "Table | None: per CCD exposure the fitted WCS and zero point",
+    "wcs_headers": "dict[(exposure, ccd), str]: header WCS cards",
+    "candidates": "Table: moving-object candidates (static sources removed)",
+    "observations": "Table: one row per object and exposure",
+    "objects": "Table: one row per moving object",
+    "streaks": "Table: every trail and what became of it",
+    "vetting": "Table | None: CNN score of every object",
+    "known": "Table | None: known objects predicted in the field",
+}
 
 #: The built-in steps in execution order (``ssodetect steps`` prints them).
 BUILTIN_STEPS = [

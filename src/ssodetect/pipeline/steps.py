@@ -125,11 +125,12 @@ def pipeline_steps(builtin: list[Step], *, plugins: bool = True) -> list[Step]:
     return steps
 
 
-def describe_graph(steps: list[Step], fmt: str = "text") -> str:
+def describe_graph(steps: list[Step], fmt: str = "text", products: dict[str, str] | None = None) -> str:
     """The step graph as text (one block per step), Graphviz DOT or Mermaid.
 
     Edges join the step that last produced a product to each later step reading it,
-    labelled with the product names.
+    labelled with the product names; ``products`` (name -> type) adds the products'
+    types to the text form.
     """
     producer: dict[str, str] = {}
     edges: dict[tuple[str, str], list[str]] = {}
@@ -157,6 +158,9 @@ def describe_graph(steps: list[Step], fmt: str = "text") -> str:
     if fmt != "text":
         raise ConfigError(f"unknown graph format {fmt!r} (text, dot, mermaid)")
     blocks = []
+    if products:
+        used = {p for step in steps for p in (*step.inputs, *step.outputs)}
+        blocks.append("products:\n" + "\n".join(f"   {name}: {kind}" for name, kind in products.items() if name in used))
     for k, step in enumerate(steps, 1):
         blocks.append("\n".join([
             f"{k}. {step.name} (version {step.version}, {step.origin}{'' if step.cache else ', not cached'})",
