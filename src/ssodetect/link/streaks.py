@@ -94,27 +94,23 @@ def link_streaks(
     axis_err = angle_tol + np.degrees(np.arctan2(0.3, np.maximum(length, 0.3)))
     adj: dict[int, set[int]] = {i: set() for i in range(n)}
     order = np.argsort(t_hours)
-    for a_pos, i in enumerate(order):
-        for j in order[a_pos + 1 :]:
-            if exposure[j] == exposure[i]:
-                continue
-            dt = t_hours[j] - t_hours[i]
-            if dt <= 0:
-                continue
-            dx, dy = xi[j] - xi[i], eta[j] - eta[i]
-            dist = math.hypot(dx, dy)
-            moved = dist / dt
-            tol_i = rate_tol * max(moved, rate[i]) + length_rate_err[i]
-            tol_j = rate_tol * max(moved, rate[j]) + length_rate_err[j]
-            if moved < rate[i] - tol_i or moved < rate[j] - tol_j:
-                continue  # a trail longer than the path between the exposures allows
-            if flux[i] > 0 and flux[j] > 0 and max(flux[i], flux[j]) > max_flux_ratio * min(flux[i], flux[j]):
-                continue
-            direction = math.degrees(math.atan2(dx, dy)) % 180.0
-            if _axis_diff(direction, pa[i]) > axis_err[i] or _axis_diff(direction, pa[j]) > axis_err[j]:
-                continue
-            if _axis_diff(pa[i], pa[j]) > axis_err[i] + axis_err[j]:
-                continue
+    for a_pos, i in enumerate(order):  # each trail against every later one (vectorised over the later ones)
+        js = order[a_pos + 1 :]
+        js = js[exposure[js] != exposure[i]]
+        dt = t_hours[js] - t_hours[i]
+        js, dt = js[dt > 0], dt[dt > 0]
+        dx, dy = xi[js] - xi[i], eta[js] - eta[i]
+        moved = np.hypot(dx, dy) / dt
+        tol_i = rate_tol * np.maximum(moved, rate[i]) + length_rate_err[i]
+        tol_j = rate_tol * np.maximum(moved, rate[js]) + length_rate_err[js]
+        # a trail longer than the path between the exposures allows
+        bad = (moved < rate[i] - tol_i) | (moved < rate[js] - tol_j)
+        if flux[i] > 0:
+            bad |= (flux[js] > 0) & (np.maximum(flux[i], flux[js]) > max_flux_ratio * np.minimum(flux[i], flux[js]))
+        direction = np.degrees(np.arctan2(dx, dy)) % 180.0
+        bad |= (_axis_diff(direction, pa[i]) > axis_err[i]) | (_axis_diff(direction, pa[js]) > axis_err[js])
+        bad |= _axis_diff(pa[i], pa[js]) > axis_err[i] + axis_err[js]
+        for j in js[~bad]:
             adj[int(i)].add(int(j))
             adj[int(j)].add(int(i))
     # connected components, one member per exposure (closest to the component's line)
