@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from classic_chain import classic_tools, run_classic
 from ssodetect.config import Config
@@ -76,10 +77,16 @@ def field(args) -> None:
         print(f"ssodetect 2 workers: wall {wall_d:7.1f} s, CPU {cpu_d:7.1f} s, peak memory {_peak_gb():.2f} GB here, "
               f"{_peak_gb(resource.RUSAGE_CHILDREN):.2f} GB in a worker, {mpx / wall_d:.1f} Mpx/s")
         a, b = serial.objects, dask.objects
-        same = len(a) == len(b) and np.array_equal(np.asarray(a["object"]), np.asarray(b["object"]))
-        sep = np.hypot((np.asarray(a["ra"]) - np.asarray(b["ra"])) * np.cos(np.radians(np.asarray(a["dec"]))),
-                       np.asarray(a["dec"]) - np.asarray(b["dec"])) * 3.6e6 if same else np.array([np.inf])
-        print(f"serial vs Dask: same objects {same}, largest position difference {sep.max() if sep.size else 0:.3g} mas")
+        names = len(a) == len(b) and np.array_equal(np.asarray(a["object"]), np.asarray(b["object"]))
+        # objects matched by position (names could differ by numbering alone), then the largest offset
+        sep = np.array([np.inf])
+        if len(a) == len(b) and len(a):
+            cos = np.cos(np.radians(float(np.median(a["dec"]))))
+            tree = cKDTree(np.column_stack([np.asarray(b["ra"]) * cos, np.asarray(b["dec"])]))
+            sep, nearest = tree.query(np.column_stack([np.asarray(a["ra"]) * cos, np.asarray(a["dec"])]))
+            sep = sep * 3.6e6 if np.unique(nearest).size == len(a) else np.array([np.inf])
+        print(f"serial vs Dask: {len(a)} / {len(b)} objects, one-to-one by position with largest offset "
+              f"{sep.max() if sep.size else 0:.3g} mas; same names {names}")
         sex, scamp = classic_tools()
         if not (sex and scamp):
             print("source-extractor and/or scamp missing (apt-get install -y source-extractor scamp): no comparison")
