@@ -23,7 +23,7 @@ from scipy.ndimage import binary_dilation
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import DetectConfig
 from ssodetect.detect.cosmics import sharp_pixel_mask
-from ssodetect.detect.shape import psf_photometry, shape_chi2
+from ssodetect.detect.shape import shape_and_photometry, shape_chi2
 
 __all__ = ["DETECTION_COLUMNS", "empty_detections", "gaussian_kernel", "measure_psf_sigma", "image_psf_sigma",
            "extract_sources"]
@@ -86,7 +86,7 @@ def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: 
     ny, nx = image.shape
     ix, iy = int(round(x0)), int(round(y0))
     xa, xb, ya, yb = max(ix - half, 0), min(ix + half + 1, nx), max(iy - half, 0), min(iy + half + 1, ny)
-    stamp, var = image[ya:yb, xa:xb], variance[ya:yb, xa:xb]
+    stamp, var = image[ya:yb, xa:xb].astype(np.float64), variance[ya:yb, xa:xb].astype(np.float64)
     good = ~mask[ya:yb, xa:xb] & np.isfinite(stamp) & (var > 0)
     if good.sum() < 8:
         return None
@@ -107,7 +107,7 @@ def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: 
     return float(fit.x[0]), float(fit.x[1])
 
 
-def _compact_cores(work, work64, variance, mask, objects, x, y, length, theta, psf_sigma, gain):
+def _compact_cores(work, variance, mask, objects, x, y, length, theta, psf_sigma, gain):
     """Elongated footprints that are a compact core on fainter extended light (a mover crossing a faint
     galaxy, a star on nebulosity, a blend): the windowed centroid started from the footprint's peak,
     kept when the trail model of the whole footprint fits badly (reduced chi2 > 2) and a point PSF fits
@@ -126,8 +126,8 @@ def _compact_cores(work, work64, variance, mask, objects, x, y, length, theta, p
         xw, yw, flag = sep.winpos(work, xp, yp, np.full(wide.size, max(psf_sigma, 0.6)), mask=mask)
         good = (flag == 0) & np.isfinite(xw) & np.isfinite(yw)
         xw, yw = np.where(good, xw, xp), np.where(good, yw, yp)
-        c_point, _, n_point = shape_chi2(work64, variance, mask, xw, yw, np.zeros(wide.size), theta[wide], psf_sigma, gain)
-        c_trail, _, n_trail = shape_chi2(work64, variance, mask, x[wide], y[wide], length[wide], theta[wide],
+        c_point, _, n_point = shape_chi2(work, variance, mask, xw, yw, np.zeros(wide.size), theta[wide], psf_sigma, gain)
+        c_trail, _, n_trail = shape_chi2(work, variance, mask, x[wide], y[wide], length[wide], theta[wide],
                                          psf_sigma, gain)
         per_trail = c_trail / np.maximum(n_trail - 5, 1)
         # a clean trail (fitted well by its own model) stays a trail even where it crosses a star
@@ -184,8 +184,6 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     xs, ys = objects["x"][order].astype(float), objects["y"][order].astype(float)
     grid = np.arange(0.35, 2.5, 0.025)
     zeros = np.zeros(xs.size)
-    data = np.ascontiguousarray(data, dtype=np.float64)
-    variance = np.ascontiguousarray(variance, dtype=np.float64)
     chi2 = np.stack([shape_chi2(data, variance, mask, xs, ys, zeros, zeros, sig, gain)[0] for sig in grid])
     valid = np.all(np.isfinite(chi2), axis=0)
     if valid.sum() < min_sources:
@@ -222,18 +220,17 @@ def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain
     ny, nx = work.shape
     rows = max(band_pixels // max(nx, 1), 64)
     kernel = gaussian_kernel(0.8)
-    variance = err.astype(np.float64) ** 2
     if rows < ny:
         y0 = (ny - rows) // 2
         band = slice(y0, y0 + rows)
         objects = sep.extract(work[band], 20.0, err=err[band], mask=mask[band], minarea=5, filter_kernel=kernel,
                               deblend_cont=0.005)
-        sigma = measure_psf_sigma(work[band], variance[band], mask[band], objects, gain=gain, default=None,
+        sigma = measure_psf_sigma(work[band], err[band] ** 2, mask[band], objects, gain=gain, default=None,
                                   min_sources=min_stars)
         if sigma is not None:
             return sigma
     objects = sep.extract(work, 20.0, err=err, mask=mask, minarea=5, filter_kernel=kernel, deblend_cont=0.005)
-    return measure_psf_sigma(work, variance, mask, objects, gain=gain)
+    return measure_psf_sigma(work, err**2, mask, objects, gain=gain)
 
 
 def extract_sources(
@@ -324,9 +321,8 @@ def extract_sources(
     ok &= length < 2.0 * psf_sigma / FWHM_TO_SIGMA
     x = np.where(ok, xw, x)
     y = np.where(ok, yw, y)
-    work64 = work.astype(np.float64)
-    variance = safe_err.astype(np.float64) ** 2
-    core, xq, yq = _compact_cores(work, work64, variance, m, objects, x, y, length, theta, psf_sigma, gain)
+    variance = safe_err * safe_err  # float32 like the image: the kernels compile for it, no float64 copies
+    core, xq, yq = _compact_cores(work, variance, m, objects, x, y, length, theta, psf_sigma, gain)
     x[core], y[core] = xq[core], yq[core]
     length[core] = 0.0
     a[core] = b[core] = psf_sigma
@@ -344,13 +340,13 @@ def extract_sources(
     refit = np.nonzero(near_mask & (length < 8.0 * fwhm))[0]
     n_refit = 0
     for k in refit:
-        fitted = psf_centroid(work64, variance, m, float(x[k]), float(y[k]), psf_sigma)
+        fitted = psf_centroid(work, variance, m, float(x[k]), float(y[k]), psf_sigma)
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
             continue
         if length[k] >= 4.0 * fwhm:
-            c_point, _, n_point = shape_chi2(work64, variance, m, np.array([fitted[0]]), np.array([fitted[1]]),
+            c_point, _, n_point = shape_chi2(work, variance, m, np.array([fitted[0]]), np.array([fitted[1]]),
                                              np.zeros(1), theta[k : k + 1], psf_sigma, gain)
-            c_trail, _, n_trail = shape_chi2(work64, variance, m, x[k : k + 1], y[k : k + 1], length[k : k + 1],
+            c_trail, _, n_trail = shape_chi2(work, variance, m, x[k : k + 1], y[k : k + 1], length[k : k + 1],
                                              theta[k : k + 1], psf_sigma, gain)
             if not c_point[0] / max(n_point[0] - 3, 1) < c_trail[0] / max(n_trail[0] - 5, 1):
                 continue
@@ -365,8 +361,8 @@ def extract_sources(
     flux, flux_err, fflag = sep.sum_ellipse(
         work, x, y, semi_major, np.full(x.size, r_ap), theta, r=1.0, err=safe_err, mask=m, gain=gain, subpix=5
     )
-    chi2_p, chi2_s, _ = shape_chi2(work64, variance, m, x, y, length, theta, psf_sigma, gain)
-    chi2_b, _, _ = shape_chi2(work64, variance, m, x, y, length, theta, 2.0 * psf_sigma, gain)
+    chi2_p, chi2_s, _, psf_flux, psf_err = shape_and_photometry(work, variance, m, x, y, length, theta, psf_sigma, gain)
+    chi2_b, _, _ = shape_chi2(work, variance, m, x, y, length, theta, 2.0 * psf_sigma, gain)
     kind = np.full(x.size, "point", dtype="U10")
     kind[length >= 2.0 * psf_sigma / FWHM_TO_SIGMA] = "trail"
     # extended (galaxies): the broad model wins by a margin and by a fraction of SNR^2; only below
@@ -400,7 +396,6 @@ def extract_sources(
     # significance: the PSF-weighted (optimal) flux's S/N, which the wide photometric aperture loses
     # for faint sources (about 2x at the detection limit); never below the aperture's S/N (a trail
     # longer than the fit stamp, a galaxy)
-    psf_flux, psf_err = psf_photometry(work64, variance, m, x, y, length, theta, psf_sigma, gain)
     snr_psf = np.where(np.isfinite(psf_flux) & (psf_err > 0), psf_flux / np.where(psf_err > 0, psf_err, 1.0), 0.0)
     snr = np.maximum(snr, snr_psf)
     # centroid uncertainty: the background-limited bound sqrt(2) sigma / SNR with sigma the source's

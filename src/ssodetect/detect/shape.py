@@ -240,14 +240,20 @@ def _shape_nb(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, sharp_s
         npix[k] = ngood
 
 
+def _pixels(a) -> np.ndarray:
+    """``a`` C-contiguous as float32 or float64 (the kernel compiles for both; no float64 copy of a float32 CCD)."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
+
+
 def _run_kernel(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain):
     xs = np.ascontiguousarray(xs, dtype=np.float64)
     out = [np.full(xs.size, np.nan) for _ in range(4)]
     npix = np.zeros(xs.size, np.int64)
     if xs.size:
         _shape_nb(
-            np.ascontiguousarray(image, dtype=np.float64),
-            np.ascontiguousarray(variance, dtype=np.float64),
+            _pixels(image),
+            _pixels(variance),
             np.ascontiguousarray(mask, dtype=np.bool_),
             xs,
             np.ascontiguousarray(ys, dtype=np.float64),
@@ -271,6 +277,16 @@ def shape_chi2(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float,
     Same parameters and returns as :func:`shape_chi2_reference`.
     """
     return _run_kernel(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain)[:3]
+
+
+def shape_and_photometry(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
+    """:func:`shape_chi2` and :func:`psf_photometry` from one pass of the kernel (they share its stamps and fits).
+
+    Returns
+    -------
+    chi2_psf, chi2_sharp, npix, flux, flux_err : ndarray (n,)
+    """
+    return _run_kernel(image, variance, mask, xs, ys, lengths, thetas, psf_sigma, gain)
 
 
 def psf_photometry(image, variance, mask, xs, ys, lengths, thetas, psf_sigma: float, gain: float):
