@@ -276,7 +276,9 @@ def extract_sources(
     work = image.copy()
     work[m] = 0.0
     safe_err = err.copy()
-    safe_err[~np.isfinite(safe_err) | (safe_err <= 0)] = np.nanmedian(err[~m]) if (~m).any() else 1.0
+    unusable = ~np.isfinite(safe_err) | (safe_err <= 0)
+    if unusable.any():
+        safe_err[unusable] = np.nanmedian(err[~m]) if (~m).any() else 1.0
     sep.set_extract_pixstack(max(1_000_000, image.size // 4))
     sep.set_sub_object_limit(4096)
     if psf_sigma is None:
