@@ -23,7 +23,7 @@ from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.streaks import refine_trails, trail_on_sky
 
-__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions"]
+__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image"]
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +315,19 @@ def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.nda
                                     ("NAXIS2", data.shape[0])])
         image_header.extend(header)
         write_ldac(folder / f"{stem}.ldac", [(ldac_catalogue(table), image_header)])
+
+
+def calibrated_image(ref: CCDRef, config: Config, calibration=None) -> np.ndarray:
+    """The pixels of one CCD image, calibrated when ``calibration`` is given, NaN where masked; no
+    background subtracted (cutouts take their own local background).  Shape (ny, nx), float32 [ADU]."""
+    image = read_ccd(ref, config.io)
+    if calibration is not None:
+        cc = config.calibrate
+        image = calibrate_ccd(image, calibration, overscan=cc.overscan, trim=cc.trim,
+                              saturation_keys=config.io.saturation_keys)
+    data = np.array(image.data, dtype=np.float32)
+    data[image.mask] = np.nan
+    return data
 
 
 def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_noise: bool = False):

@@ -42,7 +42,7 @@ from ssodetect.pipeline.astrometry import (
     wcs_from_header_string,
     write_refined_headers,
 )
-from ssodetect.pipeline.ccd import empty_ccd_table, process_ccd, subtracted_image
+from ssodetect.pipeline.ccd import calibrated_image, empty_ccd_table, process_ccd, subtracted_image
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
@@ -992,7 +992,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
     if config.report.cutouts and result.exposures:
         cutouts, overview = extract_cutouts(
             result.observations, result.exposures,
-            lambda ref: subtracted_image(ref, config, result.masters.get(ref.ccd)),
+            lambda ref: calibrated_image(ref, config, result.masters.get(ref.ccd)),
             size=config.report.cutout_size, wcs_for=wcs_lookup(result),
         )
         cutouts.writeto(stage.file("cutouts.fits"))

@@ -18,7 +18,22 @@ from astropy.table import Table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cut_stamp", "bin_image", "extract_cutouts", "read_cutouts", "read_overview"]
+__all__ = ["cut_stamp", "local_background", "bin_image", "extract_cutouts", "read_cutouts", "read_overview"]
+
+
+def local_background(stamp: np.ndarray) -> float:
+    """Sky level of a stamp [same unit]: the median of its finite pixels (0 when none).
+
+    A source covers a small part of a cutout, so the median is the sky around it: cutouts need no
+    full-frame background model (reading and modelling every CCD again cost ~0.4 s each).
+    """
+    finite = stamp[np.isfinite(stamp)]
+    return float(np.median(finite)) if finite.size else 0.0
+
+
+#: Columns of an object's ``<object>_INDEX`` table: per plane its exposure, mid-exposure MJD (UTC),
+#: stamp origin [px] and the observation's position [px, 0-based].
+INDEX_DTYPE = np.dtype([("exposure", "i8"), ("mjd", "f8"), ("x0", "i8"), ("y0", "i8"), ("x", "f8"), ("y", "f8")])
 
 
 def cut_stamp(image: np.ndarray, x: float, y: float, size: int) -> tuple[np.ndarray, int, int]:
@@ -70,7 +85,8 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
     exposures : list of Exposure
         The run's exposures, for the CCD references.
     read_image : callable
-        ``read_image(ref) -> ndarray (ny, nx)``: the calibrated, background-subtracted pixels.
+        ``read_image(ref) -> ndarray (ny, nx)``: the calibrated pixels, NaN where masked; each stamp and
+        each overview has its own sky level (:func:`local_background`) subtracted.
     size : int
         Stamp side [px] for point sources; trailed objects get ``trail + size`` up to ``max_size``.
     overview_size : int
@@ -109,9 +125,11 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         image = read_image(ref)
         for k in rows:
             row = observations[k]
-            planes[k] = cut_stamp(image, float(row["x"]), float(row["y"]), sizes[str(row["object"])])
+            stamp, x0, y0 = cut_stamp(image, float(row["x"]), float(row["y"]), sizes[str(row["object"])])
+            planes[k] = (stamp - np.float32(local_background(stamp)), x0, y0)
         if exposure == first:
             binned, factor = bin_image(image, overview_size)
+            binned -= np.float32(local_background(binned))
             hdu = fits.ImageHDU(binned, name=str(ccd)[:68])
             hdu.header["BINNING"] = (factor, "image pixels per overview pixel")
             hdu.header["EXPOSURE"] = exposure
@@ -128,16 +146,14 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
             continue
         cube = np.stack([planes[k][0] for k in idx])
         cutouts.append(fits.ImageHDU(cube, name=name))
-        index = Table({
-            "exposure": np.asarray(observations["exposure"])[idx],
-            "mjd": np.asarray(observations["mjd"], float)[idx],
-            "x0": np.array([planes[k][1] for k in idx], np.int64),
-            "y0": np.array([planes[k][2] for k in idx], np.int64),
-            "x": np.asarray(observations["x"], float)[idx],
-            "y": np.asarray(observations["y"], float)[idx],
-        })
-        table = fits.BinTableHDU(index, name=f"{name}_INDEX")
-        cutouts.append(table)
+        index = np.zeros(len(idx), dtype=INDEX_DTYPE)
+        index["exposure"] = np.asarray(observations["exposure"])[idx]
+        index["mjd"] = np.asarray(observations["mjd"], float)[idx]
+        index["x0"] = [planes[k][1] for k in idx]
+        index["y0"] = [planes[k][2] for k in idx]
+        index["x"] = np.asarray(observations["x"], float)[idx]
+        index["y"] = np.asarray(observations["y"], float)[idx]
+        cutouts.append(fits.BinTableHDU.from_columns(index, name=f"{name}_INDEX"))
     log.info("cutouts of %d objects, overview of %d CCDs", (len(cutouts) - 1) // 2, len(overview) - 1)
     return cutouts, overview
 
@@ -147,10 +163,12 @@ def read_cutouts(path) -> dict:
     out = {}
     try:
         with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul[1:]:
-                if hdu.name.endswith("_INDEX"):
+            # by name once: HDUList lookups by name are linear, a field's thousands of objects made them quadratic
+            by_name = {hdu.name: hdu for hdu in hdul[1:]}
+            for name, hdu in by_name.items():
+                if name.endswith("_INDEX"):
                     continue
-                out[hdu.name] = (np.asarray(hdu.data, np.float32), Table(hdul[f"{hdu.name}_INDEX"].data))
+                out[name] = (np.asarray(hdu.data, np.float32), Table(by_name[f"{name}_INDEX"].data))
     except FileNotFoundError:
         return {}
     return out
