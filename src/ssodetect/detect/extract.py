@@ -18,7 +18,6 @@ import math
 import numpy as np
 import sep
 from astropy.table import Table
-from scipy.ndimage import binary_dilation
 
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import DetectConfig
@@ -281,9 +280,10 @@ def extract_sources(
     m = np.ascontiguousarray(mask, dtype=bool)
     work = image.copy()
     work[m] = 0.0
-    safe_err = err.copy()
-    unusable = ~np.isfinite(safe_err) | (safe_err <= 0)
+    safe_err = err
+    unusable = ~np.isfinite(err) | (err <= 0)
     if unusable.any():
+        safe_err = err.copy()
         safe_err[unusable] = np.nanmedian(err[~m]) if (~m).any() else 1.0
     sep.set_extract_pixstack(max(1_000_000, image.size // 4))
     sep.set_sub_object_limit(4096)
@@ -295,7 +295,6 @@ def extract_sources(
     detector_mask = m
     hits = sharp_pixel_mask(work, safe_err, psf_sigma, mask=m)
     m = m | hits
-    work = work.copy()
     work[hits] = 0.0
     objects, segmap = sep.extract(
         work,
@@ -346,7 +345,11 @@ def extract_sources(
     # a masked pixel inside or next to the footprint (segment ids are 1-based)
     near_mask = np.zeros(x.size, bool)
     if detector_mask.any():
-        seg_ids = np.unique(segmap[binary_dilation(detector_mask, iterations=1)])
+        # the segment ids on and around the masked pixels (their 3x3 neighbourhoods), without a full-frame dilation
+        ys, xs = np.nonzero(detector_mask)
+        ny, nx = segmap.shape
+        seg_ids = np.unique(np.concatenate([
+            segmap[np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]))
         seg_ids = seg_ids[seg_ids > 0]
         near_mask[seg_ids - 1] = True
     # masked pixels in a compact source's core bias its windowed centroid; a PSF fit that skips them does not
