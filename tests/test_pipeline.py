@@ -153,3 +153,35 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
     assert ev.completeness_bright >= 0.8 and ev.median_residual_bright < 0.05  # arcsec, through one header WCS
     psv = (tmp_path / "out_wcs" / "observations.psv").read_text()
     assert psv.count("SD0") == len(placed.observations)  # now ADES rows
+
+
+def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
+    """Stars whose footprint or photometric aperture is cut by the detector edge are flagged (and left out of
+    linking): 1 and 2 PSF sigma from the edge both are; a star well inside is not.  The old rule (footprint
+    truncated and the *measured* centre < 1.5 sigma from the edge) missed the real case behind it: on the
+    Luxembourg night a star ~1 sigma from an edge with a dark first row was measured 2-3 px further in, and
+    drifting off the edge it became a false slow mover."""
+    from astropy.io import fits
+
+    from ssodetect.config import Config
+    from ssodetect.io import scan_inputs
+    from ssodetect.pipeline.ccd import process_ccd
+    from ssodetect.simulate import DoubleGaussianPSF, splat
+
+    rng = np.random.default_rng(4)
+    sigma = 1.5
+    image = rng.normal(1000.0, 5.0, (200, 300))
+    stars = [(60.5, 1.0 * sigma), (150.3, 2.0 * sigma), (240.7, 100.2)]  # (x, true y)
+    psf = DoubleGaussianPSF(fwhm=sigma * 2.3548, wing_fraction=0.0)
+    splat(image, [x for x, _ in stars], [y for _, y in stars], [20000.0] * 3, psf)
+    header = fits.Header({"EXPTIME": 100.0, "DATE-OBS": "2024-01-01T00:00:00", "GAIN": 2.0})
+    path = tmp_path / "edge.fits"
+    fits.PrimaryHDU(image.astype(np.float32), header).writeto(path)
+    table, _ = process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
+    for x, y in stars:
+        row = table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))]
+        assert abs(row["x"] - x) < 0.5
+        if y < 3 * sigma:
+            assert row["edge_cut"]
+        else:
+            assert not row["edge_cut"] and abs(row["y"] - y) < 0.1
