@@ -192,3 +192,17 @@ def test_html_report_in_headless_chromium(run_dir, tmp_path):
 
     with Image.open(shot) as img:
         assert img.width == 1200 and img.height > 900
+
+
+def test_rows_by_groups_like_a_selection():
+    from astropy.table import Table
+
+    from ssodetect.columns import rows_by
+
+    rng = np.random.default_rng(2)
+    table = Table({"object": rng.choice(["SD00001", "SD00002", "SD00010", "K24A00B"], 50), "x": rng.normal(size=50)})
+    groups = rows_by(table, "object")
+    assert set(groups) == set(table["object"])
+    for name, idx in groups.items():
+        np.testing.assert_array_equal(idx, np.nonzero(np.asarray(table["object"]) == name)[0])
+    assert rows_by(table[:0], "object") == {}

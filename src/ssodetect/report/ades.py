@@ -20,6 +20,7 @@ lines and ``fundingSource`` to a string; ``rows`` are dicts of field name to str
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -63,6 +64,7 @@ _TRKSUB = re.compile(r"^[-A-Za-z0-9_]{1,8}$")
 AdesBlock = tuple  # (context: dict, rows: list[dict[str, str]])
 
 
+@functools.lru_cache(maxsize=4096)  # a field's observations share a few exposure times
 def format_obs_time(mjd: float, *, decimals: int = 3) -> str:
     """ISO-8601 UTC time with ``decimals`` digits of seconds (0-6) and a trailing ``Z``."""
     t = Time(mjd, format="mjd", scale="utc")

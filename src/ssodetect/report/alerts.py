@@ -22,14 +22,14 @@ from astropy.table import Table
 
 from ssodetect.config import AlertConfig
 from ssodetect.report.ades import read_ades
-from ssodetect.report.cutouts import read_cutouts
+from ssodetect.report.cutouts import INDEX_NAME, cutout_objects
 
 __all__ = ["ALERT_SCHEMA", "alert_document", "write_alert", "deliver_alert"]
 
 log = logging.getLogger(__name__)
 
 #: Identifies the document's layout (``schema`` field).
-ALERT_SCHEMA = "ssodetect-alert/1"
+ALERT_SCHEMA = "ssodetect-alert/2"
 
 
 def alert_document(outdir: str | Path, *, run_id: str = "", obs_id: str = "") -> dict | None:
@@ -48,7 +48,8 @@ def alert_document(outdir: str | Path, *, run_id: str = "", obs_id: str = "") ->
         ``schema``, ``run_id``, ``obs_id``, ``created_utc``, ``n_objects``, and per object ``object``,
         ``rate`` [arcsec/h], ``pa`` [deg], ``mag``, ``n_obs``, ``kind``, ``ades`` (its ADES optical rows as
         dicts of strings, as in ``observations.psv``; empty for positions on a relative WCS, which ADES does
-        not carry) and ``cutouts`` (file and HDU name of its image cube and index table).
+        not carry) and ``cutouts`` (file and HDU name of its image cube, and of the index table whose rows
+        with its name describe the cube's planes in order).
     """
     outdir = Path(outdir)
     objects = Table.read(outdir / "objects.ecsv", format="ascii.ecsv")
@@ -65,7 +66,7 @@ def alert_document(outdir: str | Path, *, run_id: str = "", obs_id: str = "") ->
         for _, records in read_ades(psv):
             for rec in records:
                 rows.setdefault(rec.get("trkSub", ""), []).append(rec)
-    stamps = read_cutouts(outdir / "cutouts.fits") if (outdir / "cutouts.fits").exists() else {}
+    stamps = cutout_objects(outdir / "cutouts.fits")
     entries = []
     for row in unidentified:
         name = str(row["object"])
@@ -77,7 +78,7 @@ def alert_document(outdir: str | Path, *, run_id: str = "", obs_id: str = "") ->
             "pa": _num(row["pa"]),
             "mag": _num(row["mag"]),
             "ades": rows.get(name, []),
-            "cutouts": ({"file": str((outdir / "cutouts.fits").name), "hdu": name, "index_hdu": f"{name}_INDEX"}
+            "cutouts": ({"file": str((outdir / "cutouts.fits").name), "hdu": name, "index_hdu": INDEX_NAME}
                         if name in stamps else None),
         })
     return {

@@ -16,6 +16,8 @@ import numpy as np
 from astropy.table import Table
 from PIL import Image, ImageDraw
 
+from ssodetect.columns import rows_by
+
 __all__ = ["stretch", "png_data_uri", "gif_data_uri", "render_report"]
 
 _STYLE = """
@@ -162,8 +164,8 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     for ccd, binned, factor, wcs in overview:
         tracks = []
         on = observations[np.asarray(observations["ccd"]).astype(str) == ccd] if len(observations) else observations
-        for name in dict.fromkeys(str(n) for n in on["object"]) if len(on) else []:
-            rows = on[np.asarray(on["object"]) == name]
+        for name, idx in rows_by(on, "object").items():
+            rows = on[idx]
             if wcs is not None:  # sky positions in the overview's frame (pixel positions jump with the dithers)
                 xs, ys = wcs.all_world2pix(np.asarray(rows["ra"], float), np.asarray(rows["dec"], float), 0, quiet=True)
             else:
@@ -176,9 +178,10 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     summary = [[r["object"], identities.get(str(r["object"]), ""), r["n_obs"], _fmt(r["rate"], ".2f"),
                 _fmt(r["pa"], ".1f"), _fmt(r["mag"], ".2f"), _fmt(r["snr"], ".1f"), r["kind"]] for r in objects]
     parts.append(_table(summary, ["object", "known as", "obs", "rate [\"/h]", "PA [deg]", "mag", "SNR", "kind"], left=2))
+    by_object = rows_by(observations, "object")
     for r in objects:
         name = str(r["object"])
-        obs = observations[np.asarray(observations["object"]) == name]
+        obs = observations[by_object.get(name, [])]
         flags = [r["kind"]]
         if name in identities:
             flags.append(f"known: {identities[name]}")

@@ -26,6 +26,7 @@ the records.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -155,7 +156,9 @@ class MPCRecord:
             return (self.number + self.provisional).strip()
 
 
+@functools.lru_cache(maxsize=4096)
 def _date_text(mjd: float, decimals: int) -> str:
+    # cached: a field's thousands of observations share a few exposure times (two Time objects each)
     with warnings.catch_warnings():  # UTC before 1960 is "dubious" to ERFA; old observations are real
         warnings.simplefilter("ignore", ErfaWarning)
         t = Time(mjd, format="mjd", scale="utc")
