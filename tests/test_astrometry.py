@@ -9,7 +9,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from ssodetect.astrometry.match import PatternIndex, Similarity, match_patterns
+from ssodetect.astrometry.match import PatternIndex, Similarity, match_offset, match_patterns
 from ssodetect.astrometry.refcat import ldac_reference_table, load_reference_catalogue
 from ssodetect.astrometry.solve import ExposureStars, solve_ccd
 from ssodetect.astrometry.zeropoint import fit_zeropoint
@@ -301,3 +301,29 @@ def test_unreadable_reference_catalogue_is_one_line(scene, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "bad.cat" in err[0] and "not a readable catalogue" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_offset_match_fast_path_and_its_limits():
+    """Offset voting finds a header that is right up to a shift (here 180 px, with 40 % of the sources not in
+    the reference and 30 % of the references not detected), refuses a rotated one (which triangles then
+    solve) and unrelated lists."""
+    rng = np.random.default_rng(11)
+    ref_xy = rng.uniform(0, 4000, (120, 2))
+    shift = np.array([130.0, -125.0])
+    seen = rng.random(120) > 0.3
+    src = ref_xy[seen] - shift + rng.normal(0, 0.3, (seen.sum(), 2))
+    src = np.vstack([src[:30], rng.uniform(0, 4000, (20, 2)), src[30:]])  # movers, galaxies, artefacts
+    index = PatternIndex(ref_xy, n_ref=0, area=4000.0**2)
+    found = match_offset(src, index, max_shift=300.0, match_radius=3.0)
+    assert found is not None and found.n_matched >= 0.6 * seen.sum()
+    assert abs(found.transform.tx - shift[0]) < 0.2 and abs(found.transform.ty - shift[1]) < 0.2
+    assert abs(found.transform.rotation) < 0.01 and abs(found.transform.scale - 1) < 1e-4
+    theta = math.radians(2.0)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    rotated = (ref_xy[seen] - 2000.0) @ rot.T + 2000.0 - shift
+    assert match_offset(rotated, index, max_shift=300.0, match_radius=3.0) is None
+    tri = PatternIndex(ref_xy, n_ref=60, min_side=100.0, area=4000.0**2)
+    solved = match_patterns(rotated, tri, scale_range=(0.95, 1.05), max_rotation=3.0, max_shift=400.0, match_radius=3.0,
+                            min_side=100.0)
+    assert solved is not None and abs(abs(solved.transform.rotation) - 2.0) < 0.05
+    assert match_offset(rng.uniform(0, 4000, (60, 2)), index, max_shift=300.0, match_radius=3.0) is None

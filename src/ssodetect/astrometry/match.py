@@ -32,7 +32,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
-__all__ = ["Similarity", "PatternMatch", "PatternIndex", "triangle_invariants", "match_patterns", "fit_similarity"]
+__all__ = ["Similarity", "PatternMatch", "PatternIndex", "triangle_invariants", "match_patterns", "match_offset",
+           "fit_similarity"]
 
 log = logging.getLogger(__name__)
 
@@ -316,12 +317,63 @@ def match_patterns(
     transform = Similarity(
         float(abs(a_best)), float(np.degrees(np.angle(a_best))), parity, float(t_best.real), float(t_best.imag)
     )
-    # refine on all source points with two rounds of one-to-one matching and a least-squares fit
+    return _refined(src_xy, ref_xy, tree, transform, match_radius, expected, n_hyp)
+
+
+def _refined(src_xy, ref_xy, tree, transform: Similarity, match_radius: float, expected: float, n_hyp: int) -> PatternMatch:
+    """Refine an accepted transform on all source points (two rounds of one-to-one matching and a
+    least-squares similarity fit) and return the final pairs."""
     for radius in (match_radius, 0.5 * match_radius):
         dist, idx = tree.query(transform.apply(src_xy), distance_upper_bound=radius)
         matched = _one_to_one(dist, idx)
         if len(matched) >= 3:
-            transform = fit_similarity(src_xy[matched[:, 0]], ref_xy[matched[:, 1]], parity)
+            transform = fit_similarity(src_xy[matched[:, 0]], ref_xy[matched[:, 1]], transform.parity)
     dist, idx = tree.query(transform.apply(src_xy), distance_upper_bound=match_radius)
     matched = _one_to_one(dist, idx)
     return PatternMatch(transform=transform, pairs=matched, n_expected=expected, n_hypotheses=n_hyp)
+
+
+def match_offset(
+    src_xy: np.ndarray,
+    ref: PatternIndex,
+    *,
+    max_shift: float,
+    match_radius: float,
+    n_src: int = 25,
+    n_ref: int = 90,
+    min_matches: int = 5,
+    false_alarm_rate: float = 1e-4,
+) -> PatternMatch | None:
+    """The translation most bright source-reference pairs agree on: the fast path when a header WCS is right
+    up to a shift (rotation and scale errors below ``match_radius`` across the image).
+
+    Every (source, reference) offset within ``max_shift`` votes; the offset with the most votes within
+    ``match_radius`` is verified like a pattern hypothesis (bright sources shifted onto the references,
+    the count compared with chance: ``(max_shift / match_radius)^2`` independent offsets were tried) and
+    refined to a similarity on all points.  Parameters as in :func:`match_patterns` (``n_ref``: brightest
+    references that vote); None when no offset is significant (the caller then matches triangles).
+    """
+    src_xy = np.asarray(src_xy, float).reshape(-1, 2)
+    ref_xy, tree = ref.xy, ref.tree
+    if len(src_xy) < 3 or tree is None:
+        return None
+    bright = src_xy[:n_src]
+    offsets = (ref_xy[None, :n_ref, :] - bright[:, None, :]).reshape(-1, 2)
+    offsets = offsets[np.hypot(offsets[:, 0], offsets[:, 1]) <= max_shift]
+    if len(offsets) < min_matches:
+        return None
+    votes = cKDTree(offsets).query_ball_point(offsets, match_radius, return_length=True)
+    shift = offsets[int(np.argmax(votes))]
+    verify_src = src_xy[: max(n_src, 60)]
+    dist, _ = tree.query(verify_src + shift, distance_upper_bound=match_radius)
+    count = int(np.isfinite(dist).sum())
+    density = len(ref_xy) / max(ref.area, math.pi * match_radius**2)
+    expected = len(verify_src) * density * math.pi * match_radius**2
+    n_hyp = max(1, int(round((max_shift / match_radius) ** 2)))
+    false_alarms = n_hyp * float(poisson.sf(count - 1, expected))
+    if count < min_matches or false_alarms > false_alarm_rate:
+        log.debug("offset match: best offset has %d matches (%.2f expected by chance, %.2g false alarms)",
+                  count, expected, false_alarms)
+        return None
+    return _refined(src_xy, ref_xy, tree, Similarity(1.0, 0.0, 1, float(shift[0]), float(shift[1])), match_radius,
+                    expected, n_hyp)

@@ -22,7 +22,7 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.blind import blind_solve, build_sky_indexes
-from ssodetect.astrometry.match import PatternIndex, match_patterns
+from ssodetect.astrometry.match import PatternIndex, match_offset, match_patterns
 from ssodetect.astrometry.refcat import propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.astrometry.wcsfit import MatchedStars, WCSSolution, fit_wcs, max_order_for, polynomial_terms
@@ -189,8 +189,16 @@ def _match_through_header(src: Table, ref: _Reference, item: ExposureStars, cfg:
     area = (nx + 2 * margin) * (ny + 2 * margin)
     n_src = min(25, len(src))
     n_ref = int(min(90, max(30, 1.5 * n_src * area / (nx * ny))))
-    index = PatternIndex(ref_xy, n_ref=n_ref, min_side=0.04 * math.hypot(nx, ny), area=area)
     src_xy = np.column_stack([np.asarray(src["x"], float), np.asarray(src["y"], float)])
+    # a header right up to a shift (the usual case) is matched by offset voting, ~50x faster than triangles
+    shifted = PatternIndex(ref_xy, n_ref=0, area=area)
+    result = match_offset(src_xy, shifted, max_shift=margin, match_radius=cfg.pattern_radius / scale, n_src=n_src,
+                          n_ref=n_ref, min_matches=min(cfg.min_stars, 6))
+    if result is not None:
+        pairs = result.pairs.copy()
+        pairs[:, 1] = sel[pairs[:, 1]]
+        return pairs, ""
+    index = PatternIndex(ref_xy, n_ref=n_ref, min_side=0.04 * math.hypot(nx, ny), area=area)
     d = cfg.max_scale_error
     result = match_patterns(
         src_xy, index, scale_range=(1.0 / (1.0 + d) - 1e-3, 1.0 / max(1.0 - d, 1e-3) + 1e-3),
