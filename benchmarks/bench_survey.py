@@ -1,6 +1,6 @@
 """Survey scale: a Euclid-like field end to end, serial and on 2 Dask workers, against SourceExtractor + SCAMP.
 
-    python benchmarks/bench_survey.py field [--ccds 36] [--nx 4096] [--ny 4132] [--exposures 4] [--keep DIR]
+    python benchmarks/bench_survey.py field [--ccds 36] [--nx 4096] [--ny 4132] [--exposures 4] [--keep DIR [--reuse]]
     python benchmarks/bench_survey.py scaling [--size 1024] [--fields 1 4 16] [--exposures 3 4 8]
 
 ``field``: simulates one field of ``--ccds`` CCDs x ``--exposures`` exposures (plain FITS, one file per
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -63,11 +64,15 @@ def field(args) -> None:
         root = Path(args.keep or tmp)
         sim = root / "field"
         t0 = time.perf_counter()
-        simulate(SimulationConfig(seed=args.seed, nccd=args.ccds, nx=args.nx, ny=args.ny, n_exposures=args.exposures,
-                                  layout="plain"), sim)
+        if not (args.reuse and (sim / "truth.ecsv").exists()):
+            simulate(SimulationConfig(seed=args.seed, nccd=args.ccds, nx=args.nx, ny=args.ny,
+                                      n_exposures=args.exposures, layout="plain"), sim)
         mpx = args.ccds * args.exposures * args.nx * args.ny / 1e6
         print(f"field: {args.ccds} CCDs x {args.exposures} exposures of {args.nx}x{args.ny} px = {mpx:.0f} Mpx "
-              f"(simulated in {time.perf_counter() - t0:.0f} s)")
+              f"({'reused' if args.reuse and time.perf_counter() - t0 < 1 else 'simulated'} in "
+              f"{time.perf_counter() - t0:.0f} s)")
+        for old in ("serial", "dask", "classic"):
+            shutil.rmtree(root / old, ignore_errors=True)  # a kept directory from an earlier run must not be resumed
         serial, wall_s, cpu_s = _timed_run(sim, root / "serial", 1)
         peak_serial = _peak_gb()
         print(f"ssodetect serial:    wall {wall_s:7.1f} s, CPU {cpu_s:7.1f} s, peak memory {peak_serial:.2f} GB, "
@@ -135,6 +140,7 @@ def main() -> None:
     p.add_argument("--exposures", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", default="", help="keep the field and the outputs in this directory")
+    p.add_argument("--reuse", action="store_true", help="with --keep: use the field simulated there by an earlier run")
     p = sub.add_parser("scaling")
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--fields", type=int, nargs="+", default=[1, 4, 16])
