@@ -206,3 +206,19 @@ def test_rows_by_groups_like_a_selection():
     for name, idx in groups.items():
         np.testing.assert_array_equal(idx, np.nonzero(np.asarray(table["object"]) == name)[0])
     assert rows_by(table[:0], "object") == {}
+
+
+def test_cutouts_of_earlier_runs_still_read(tmp_path):
+    """``ssodetect report`` on a run written before the single INDEX table: per-object index tables are read."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from ssodetect.report.cutouts import cutout_objects, read_cutouts
+
+    path = tmp_path / "cutouts.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((2, 5, 5), np.float32), name="SD00001"),
+                  fits.BinTableHDU(Table({"exposure": [0, 1], "x0": [3, 4]}), name="SD00001_INDEX")]).writeto(path)
+    cubes = read_cutouts(path)
+    assert set(cubes) == {"SD00001"} == cutout_objects(path)
+    assert cubes["SD00001"][0].shape == (2, 5, 5) and list(cubes["SD00001"][1]["x0"]) == [3, 4]
+    assert read_cutouts(tmp_path / "absent.fits") == {} and cutout_objects(tmp_path / "absent.fits") == set()

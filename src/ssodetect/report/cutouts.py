@@ -173,28 +173,33 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
 
 
 def read_cutouts(path) -> dict:
-    """``cutouts.fits`` -> {object: (cube (n, s, s), index Table of its n planes)}; empty when the file is absent."""
+    """``cutouts.fits`` -> {object: (cube (n, s, s), index Table of its n planes)}; empty when the file is absent.
+
+    Also reads the layout of earlier versions (a ``<object>_INDEX`` table per object)."""
     out = {}
     try:
         with fits.open(path, memmap=False) as hdul:
-            index = Table(hdul[INDEX_NAME].data)
-            names = np.asarray(index["object"]).astype(str)
+            by_name = {hdu.name: hdu for hdu in hdul[1:]}
             rows: dict[str, list] = {}
-            for k, name in enumerate(names):
-                rows.setdefault(name, []).append(k)
-            for hdu in hdul[1:]:
-                if hdu.name != INDEX_NAME:
-                    out[hdu.name] = (np.asarray(hdu.data, np.float32), index[rows.get(hdu.name, [])])
+            index = Table(by_name[INDEX_NAME].data) if INDEX_NAME in by_name else None
+            if index is not None:
+                for k, name in enumerate(np.asarray(index["object"]).astype(str)):
+                    rows.setdefault(name, []).append(k)
+            for name, hdu in by_name.items():
+                if name == INDEX_NAME or name.endswith("_INDEX"):
+                    continue
+                planes = index[rows.get(name, [])] if index is not None else Table(by_name[f"{name}_INDEX"].data)
+                out[name] = (np.asarray(hdu.data, np.float32), planes)
     except FileNotFoundError:
         return {}
     return out
 
 
 def cutout_objects(path) -> set[str]:
-    """Names of the objects with a cube in ``cutouts.fits`` (its index alone is read); empty when absent."""
+    """Names of the objects with a cube in ``cutouts.fits`` (no pixels read); empty when absent."""
     try:
         with fits.open(path, memmap=False) as hdul:
-            return set(np.asarray(hdul[INDEX_NAME].data["object"]).astype(str))
+            return {hdu.name for hdu in hdul[1:] if hdu.name != INDEX_NAME and not hdu.name.endswith("_INDEX")}
     except FileNotFoundError:
         return set()
 
