@@ -212,9 +212,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     table["mjd"] = np.full(n, ref.mjd)
     table["exptime"] = np.full(n, ref.exptime)
     set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
-    # a source cut by the edge has its centroid pushed away from it, by more than the cut itself suggests: a star
-    # 1.1 sigma from the edge of a real frame was measured 2 sigma from it, so a test on the measured distance
-    # misses it; any truncation of the footprint or of the aperture (radius ~4 sigma) counts
+    # any truncation of the footprint or of the aperture (radius ~4 sigma) counts, not a test on the measured
+    # distance: on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
+    # further in, passed such a test and, drifting off the edge, was linked as a slow mover
     table["edge_cut"] = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -180,11 +180,8 @@ def read_cutouts(path) -> dict:
     try:
         with fits.open(path, memmap=False) as hdul:
             by_name = {hdu.name: hdu for hdu in hdul[1:]}
-            rows: dict[str, list] = {}
             index = Table(by_name[INDEX_NAME].data) if INDEX_NAME in by_name else None
-            if index is not None:
-                for k, name in enumerate(np.asarray(index["object"]).astype(str)):
-                    rows.setdefault(name, []).append(k)
+            rows = rows_by(index, "object") if index is not None else {}
             for name, hdu in by_name.items():
                 if name == INDEX_NAME or name.endswith("_INDEX"):
                     continue
