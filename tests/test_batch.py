@@ -113,3 +113,40 @@ def test_batch_on_dask_loses_nothing_when_a_worker_is_killed(fields, tmp_path):
         assert np.array_equal(a["object"], b["object"])
         sep = np.hypot((a["ra"] - b["ra"]) * np.cos(np.radians(a["dec"])), a["dec"] - b["dec"]) * 3.6e6
         assert np.all(sep < 1.0)  # mas
+
+
+def _mapped_bytes() -> int:
+    """Bytes glibc holds in separate memory mappings (mallinfo2's hblkhd)."""
+    import ctypes
+    import ctypes.util
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc >= 2.33")
+    libc.mallinfo2.restype = Mallinfo2
+    return int(libc.mallinfo2().hblkhd)
+
+
+def test_serial_executor_keeps_large_arrays_in_the_heap_while_open():
+    from ssodetect.pipeline.executor import SerialExecutor
+
+    size = 64 * 2**20
+    before = _mapped_bytes()
+    probe = np.ones(size, np.uint8)
+    assert _mapped_bytes() - before >= size  # glibc's default: a block this large gets its own mapping
+    del probe
+    with SerialExecutor() as executor:
+        inside = _mapped_bytes()
+        probe = np.ones(size, np.uint8)
+        assert _mapped_bytes() - inside < size  # from the heap, kept for the next CCD when freed
+        del probe
+        assert executor.map(len, [[1], [1, 2]]) == [1, 2]
+    after = _mapped_bytes()
+    probe = np.ones(size, np.uint8)
+    assert _mapped_bytes() - after >= size  # defaults restored on close
+    del probe

@@ -3,30 +3,82 @@
 ``SerialExecutor`` runs in-process; ``DaskExecutor`` uses a ``LocalCluster`` of
 ``workers`` processes or connects to a running scheduler.  Results come back
 in the order of the inputs, so a run gives identical outputs either way.
+
+Serial runs and local Dask clusters keep freed memory in the heap while they run (:data:`HEAP_ENVIRONMENT`): a 4k CCD's
+per-step arrays are 17-68 MB each, which glibc otherwise maps fresh and returns at every step, and on
+virtual machines the page faults of re-mapping them cost ~0.5 s of system time per CCD image (4.45 ->
+3.9 s per 4096x4132 CCD image on the development machine, peak memory unchanged).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-__all__ = ["SerialExecutor", "DaskExecutor", "make_executor"]
+__all__ = ["HEAP_ENVIRONMENT", "SerialExecutor", "DaskExecutor", "make_executor"]
 
 log = logging.getLogger(__name__)
 
 
+#: glibc allocator settings while per-CCD work runs: no separate mappings for large blocks
+#: (``MALLOC_MMAP_MAX_``), freed memory not returned to the system (``MALLOC_TRIM_THRESHOLD_``), one heap for
+#: all threads (``MALLOC_ARENA_MAX``; Dask runs tasks on a worker thread).  Given as environment variables to
+#: the processes of a local Dask cluster; set in this process with ``mallopt`` by :class:`SerialExecutor`.
+#: Workers of a remote scheduler keep their own settings (start them with these variables for the same speed).
+HEAP_ENVIRONMENT = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1, "MALLOC_ARENA_MAX": 1}
+
+#: mallopt parameter numbers of glibc's malloc.h for the settings above, and glibc's defaults (restored after
+#: a run; an arena maximum of 0 means glibc's own limit).
+_MALLOPT = {"MALLOC_MMAP_MAX_": (-4, 65536), "MALLOC_TRIM_THRESHOLD_": (-1, 128 * 1024), "MALLOC_ARENA_MAX": (-8, 0)}
+
+
+def _libc():
+    """glibc through ctypes, or None on other C libraries (the settings are then left alone)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_retainers = 0  # serial executors open in this process
+
+
+def _set_heap(retain: bool) -> None:
+    """Apply :data:`HEAP_ENVIRONMENT` to this process (``retain``) or, when the last executor that asked
+    for it closes, restore glibc's defaults and hand the retained memory back (``malloc_trim``)."""
+    global _retainers
+    _retainers = _retainers + 1 if retain else max(_retainers - 1, 0)
+    libc = _libc()
+    if libc is None or (not retain and _retainers):
+        return
+    for name, (param, default) in _MALLOPT.items():
+        libc.mallopt(param, HEAP_ENVIRONMENT[name] if retain else default)
+    if not retain:
+        libc.malloc_trim(0)
+
+
 class SerialExecutor:
-    """Run tasks one after another in this process."""
+    """Run tasks one after another in this process (with :data:`HEAP_ENVIRONMENT` until :meth:`close`)."""
 
     description = "serial"
+
+    def __init__(self):
+        _set_heap(True)
+        self._open = True
 
     def map(self, fn: Callable, items: Iterable, *, progress: bool = False, desc: str = "") -> list:
         items = list(items)
         return [fn(item) for item in tqdm(items, desc=desc, unit="ccd", disable=not progress, leave=False)]
 
     def close(self) -> None:
-        return None
+        if self._open:
+            self._open = False
+            _set_heap(False)
 
     def __enter__(self):
         return self
@@ -41,7 +93,8 @@ class DaskExecutor:
     Parameters
     ----------
     workers : int, optional
-        Start a ``LocalCluster`` with this many single-threaded worker processes.
+        Start a ``LocalCluster`` with this many single-threaded worker processes (environment
+        :data:`HEAP_ENVIRONMENT`).
     address : str, optional
         Connect to a running scheduler instead (``tcp://host:port``).
     """
@@ -57,7 +110,8 @@ class DaskExecutor:
             self.description = f"dask scheduler {address}"
         else:
             self._cluster = LocalCluster(
-                n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
+                env={name: str(value) for name, value in HEAP_ENVIRONMENT.items()},
             )
             self.client = Client(self._cluster)
             self.description = f"dask LocalCluster ({workers} workers)"
