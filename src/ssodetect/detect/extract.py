@@ -208,11 +208,12 @@ def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain
                     band_pixels: int = 4_000_000, min_stars: int = 30) -> float:
     """PSF Gaussian sigma [px] of an image, from a central band of rows when that holds enough stars.
 
-    sep's 20-sigma pass over a whole 4k CCD costs ~4 s, most of it cleaning ~17,000
-    bright cosmic rays; a band of ``band_pixels`` pixels holds enough stars on any
-    field where stars are not rare: when :func:`measure_psf_sigma` finds at least
-    ``min_stars`` star-like sources there, their PSF is the image's; else the whole
-    image is searched.
+    The sources are those of a 20-sigma point-source detection (the image filtered with a Gaussian of
+    0.8 px, a single noise level, no cleaning of spurious neighbours: the brightest compact sources are
+    what :func:`measure_psf_sigma` takes; 0.19 s for a 4 Mpx band, where sep's matched filter with a noise
+    map and cleaning took 0.38 s for the same estimate).  A band of ``band_pixels`` pixels holds enough
+    stars on any field where stars are not rare: when :func:`measure_psf_sigma` finds at least
+    ``min_stars`` star-like sources there, their PSF is the image's; else the whole image is searched.
 
     Parameters
     ----------
@@ -225,17 +226,23 @@ def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain
     ny, nx = work.shape
     rows = max(band_pixels // max(nx, 1), 64)
     kernel = gaussian_kernel(0.8)
+    # a filtered image's noise is the pixel noise x sqrt(sum K^2) (the kernel sums to 1): 20 sigma of it
+    thresh = 20.0 * float(np.sqrt(np.sum(kernel.astype(np.float64) ** 2)))
+
+    def stars(region):
+        noise = float(np.median(err[region][::4, ::4]))
+        return sep.extract(work[region], thresh, err=noise, mask=mask[region], minarea=5, filter_kernel=kernel,
+                           filter_type="conv", deblend_cont=0.005, clean=False)
+
     if rows < ny:
         y0 = (ny - rows) // 2
         band = slice(y0, y0 + rows)
-        objects = sep.extract(work[band], 20.0, err=err[band], mask=mask[band], minarea=5, filter_kernel=kernel,
-                              deblend_cont=0.005)
-        sigma = measure_psf_sigma(work[band], err[band] ** 2, mask[band], objects, gain=gain, default=None,
+        sigma = measure_psf_sigma(work[band], err[band] ** 2, mask[band], stars(band), gain=gain, default=None,
                                   min_sources=min_stars)
         if sigma is not None:
             return sigma
-    objects = sep.extract(work, 20.0, err=err, mask=mask, minarea=5, filter_kernel=kernel, deblend_cont=0.005)
-    return measure_psf_sigma(work, err**2, mask, objects, gain=gain)
+    everything = slice(0, ny)
+    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain)
 
 
 def extract_sources(

@@ -285,6 +285,7 @@ def fit_trail(
     sigma: float,
     *,
     margin: float = 4.0,
+    start: TrailFit | None = None,
 ) -> TrailFit:
     """Least-squares trailed-PSF fit on a stamp around a first guess (numba kernel, analytic Jacobian).
 
@@ -304,11 +305,16 @@ def fit_trail(
         PSF Gaussian sigma [px] (fixed).
     margin : float
         Stamp margin around the trail, in PSF sigmas plus 3 px.
+    start : TrailFit, optional
+        A converged fit to start from instead of the first guess (whose segment then only sets the stamp).
     """
     xs, ys, vs, ws = _stamp(data, variance, mask, x0, y0, length0, theta0, sigma, margin)
     if xs.size < 8:
         return _failed(x0, y0, length0, theta0)
-    p0 = np.array([x0, y0, max(length0, 0.5), theta0, max(float(vs.sum()), 1.0), 0.0])
+    if start is not None:
+        p0 = np.array([start.x, start.y, max(start.length, 0.5), start.theta, start.flux, start.background])
+    else:
+        p0 = np.array([x0, y0, max(length0, 0.5), theta0, max(float(vs.sum()), 1.0), 0.0])
     p, res, jac, converged = _fit_trail_nb(xs, ys, vs, ws, p0, float(sigma), F_SCALE, MAX_NFEV, 1e-8, 1e-8)
     return _result(p, res, _loss_scaled_jacobian(res, jac), converged, data.shape)
 
