@@ -183,8 +183,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     psf_sigma = None
     if config.detect.psf_fwhm > 0:
         psf_sigma = config.detect.psf_fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    subtracted = image.data - background
     detections, extract_info = extract_sources(
-        image.data - background, mask=mask, error=error, gain=image.gain, config=config.detect, psf_sigma=psf_sigma,
+        subtracted, mask=mask, error=error, gain=image.gain, config=config.detect, psf_sigma=psf_sigma,
         return_hits=True,
     )
     hits = extract_info.pop("sharp_pixels", None)
@@ -193,7 +194,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     if config.streaks.enabled and len(detections):
         t0 = time.perf_counter()
         detections, streak_info = refine_trails(
-            detections, image.data - background, np.asarray(error, np.float32) ** 2,
+            detections, subtracted, np.asarray(error, np.float32) ** 2,
             mask if hits is None else mask | hits, image.saturated,
             extract_info["psf_sigma"], min_length=config.streaks.min_length, max_length=config.streaks.max_length,
             max_gap=config.streaks.max_gap,
@@ -225,7 +226,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     describe(table, CCD_COLUMNS)
     info["pixel_scale"] = float(table["pixel_scale"][0]) if n else float("nan")
     if keep is not None:
-        write_intermediate(Path(keep), ref, image.data - background, mask, hits, table, image.wcs, config)
+        write_intermediate(Path(keep), ref, subtracted, mask, hits, table, image.wcs, config)
     # cosmic-ray and hot-pixel hits (kind "sharp", ~3/4 of a Euclid CCD's detections) take no part in any later
     # step: dropped here, counted in info["n_sharp"], so a field's gathered table stays ~4x smaller
     table = table[np.asarray(table["kind"]) != "sharp"]

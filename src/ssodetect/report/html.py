@@ -160,16 +160,22 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
                  _fmt(r["offset"], ".2f"), _fmt(r["rate"], ".2f")] for r in known]
         parts.append("<h3>Known objects predicted in the field</h3>" + _table(
             rows, ["designation", "matched object", "V predicted", "offset [\"]", "rate [\"/h]"], left=2))
+    # columns as arrays, indexed per object below (slicing the Table per object cost ~1.5 ms each)
+    column = {c: np.asarray(observations[c]) for c in ("ra", "dec", "x", "y")}
+    ccds = np.asarray(observations["ccd"]).astype(str) if len(observations) else np.zeros(0, str)
+    by_object = rows_by(observations, "object")
     parts.append("<h2>Field overview</h2><div class=\"ov\">")
     for ccd, binned, factor, wcs in overview:
         tracks = []
-        on = observations[np.asarray(observations["ccd"]).astype(str) == ccd] if len(observations) else observations
-        for name, idx in rows_by(on, "object").items():
-            rows = on[idx]
+        for name, idx in by_object.items():
+            idx = idx[ccds[idx] == ccd]
+            if not idx.size:
+                continue
             if wcs is not None:  # sky positions in the overview's frame (pixel positions jump with the dithers)
-                xs, ys = wcs.all_world2pix(np.asarray(rows["ra"], float), np.asarray(rows["dec"], float), 0, quiet=True)
+                xs, ys = wcs.all_world2pix(column["ra"][idx].astype(float), column["dec"][idx].astype(float), 0,
+                                           quiet=True)
             else:
-                xs, ys = np.asarray(rows["x"]), np.asarray(rows["y"])
+                xs, ys = column["x"][idx], column["y"][idx]
             tracks.append((identities.get(name, name), xs, ys))
         parts.append(f"<figure style=\"display:inline-block\"><img alt=\"CCD {html.escape(ccd)}\" "
                      f"src=\"{_overview_image(binned, factor, tracks)}\"><figcaption>CCD {html.escape(ccd)} "
@@ -178,14 +184,19 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     summary = [[r["object"], identities.get(str(r["object"]), ""), r["n_obs"], _fmt(r["rate"], ".2f"),
                 _fmt(r["pa"], ".1f"), _fmt(r["mag"], ".2f"), _fmt(r["snr"], ".1f"), r["kind"]] for r in objects]
     parts.append(_table(summary, ["object", "known as", "obs", "rate [\"/h]", "PA [deg]", "mag", "SNR", "kind"], left=2))
-    by_object = rows_by(observations, "object")
+    table_columns = ("obs_time", "ra", "dec", "ra_err", "dec_err", "mag", "snr", "x", "y", "ccd")
+    listed = {c: observations[c].tolist() for c in table_columns}
+    formats = {"ra": ".6f", "dec": ".6f", "ra_err": ".3f", "dec_err": ".3f", "mag": ".2f", "snr": ".1f", "x": ".2f",
+               "y": ".2f"}
+    relative_rows = (np.asarray(observations["wcs"]).astype(str) == "relative" if "wcs" in observations.colnames
+                     else np.zeros(len(observations), bool))
     for r in objects:
         name = str(r["object"])
-        obs = observations[by_object.get(name, [])]
+        idx = by_object.get(name, np.zeros(0, int))
         flags = [r["kind"]]
         if name in identities:
             flags.append(f"known: {identities[name]}")
-        if len(obs) and "wcs" in obs.colnames and "relative" in set(np.asarray(obs["wcs"]).astype(str)):
+        if relative_rows[idx].any():
             flags.append("positions on a relative WCS")
         if float(r["chi2_dof"]) > 3:
             flags.append("poor linear fit")
@@ -202,9 +213,7 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
             parts.append(f"<div class=\"strip\">{strip}</div>")
             parts.append(f"<div class=\"blink\"><img alt=\"{html.escape(name)} blink\" width=\"{side}\" "
                          f"height=\"{side}\" src=\"{gif_data_uri(cube)}\"></div>")
-        rows = [[o["obs_time"], _fmt(o["ra"], ".6f"), _fmt(o["dec"], ".6f"), _fmt(o["ra_err"], ".3f"),
-                 _fmt(o["dec_err"], ".3f"), _fmt(o["mag"], ".2f"), _fmt(o["snr"], ".1f"), _fmt(o["x"], ".2f"),
-                 _fmt(o["y"], ".2f"), o["ccd"]] for o in obs]
+        rows = [[_fmt(listed[c][i], formats[c]) if c in formats else listed[c][i] for c in table_columns] for i in idx]
         parts.append(_table(rows, ["time (UTC)", "RA [deg]", "Dec [deg]", "\u03c3RA [\"]", "\u03c3Dec [\"]", "mag",
                                    "SNR", "x", "y", "ccd"]))
         parts.append("</div>")
