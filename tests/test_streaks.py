@@ -59,6 +59,27 @@ def test_trail_fit_reaches_the_cramer_rao_bound(length, snr):
     assert math.isfinite(float(np.mean(du_mom)))
 
 
+def test_a_fit_started_from_a_shorter_fit_grows_to_the_whole_trail():
+    import dataclasses
+
+    rng = np.random.default_rng(7)
+    shape, theta, length, noise = (60, 140), 0.2, 90.0, 1.0
+    xc, yc = 70.3, 29.6
+    img = _render(rng, shape, xc, yc, length, theta, 3000.0, noise)
+    variance, mask = np.full(shape, noise**2), np.zeros(shape, bool)
+    stamp = (xc + 4.0, yc + 1.0, 1.3 * 60.0 + 10.0, theta)  # a stamp holding the whole trail
+    cold = fit_trail(img, variance, mask, *stamp, SIGMA)
+    # a fit so far that found only the middle 60 px, off-centre, with the flux of that part
+    short = dataclasses.replace(cold, x=xc + 4.0, y=yc + 1.0, length=60.0, flux=2000.0, background=0.0)
+    grown = fit_trail(img, variance, mask, *stamp, SIGMA, start=short)
+    assert cold.success and grown.success
+    assert abs(grown.length - length) < 1.0 and math.hypot(grown.x - xc, grown.y - yc) < 0.3
+    # the same minimum as the fit from the segment's own first guess
+    assert abs(grown.length - cold.length) < 0.01 and math.hypot(grown.x - cold.x, grown.y - cold.y) < 0.01
+    # and the start is what the fit starts from
+    assert not fit_trail(img, variance, mask, *stamp, SIGMA, start=dataclasses.replace(short, x=float("nan"))).success
+
+
 def test_fragments_are_joined_only_when_collinear():
     det = Table(
         {

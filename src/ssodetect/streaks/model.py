@@ -315,6 +315,8 @@ def fit_trail(
         p0 = np.array([start.x, start.y, max(start.length, 0.5), start.theta, start.flux, start.background])
     else:
         p0 = np.array([x0, y0, max(length0, 0.5), theta0, max(float(vs.sum()), 1.0), 0.0])
+    if not np.all(np.isfinite(p0)):
+        return _failed(x0, y0, length0, theta0)
     p, res, jac, converged = _fit_trail_nb(xs, ys, vs, ws, p0, float(sigma), F_SCALE, MAX_NFEV, 1e-8, 1e-8)
     return _result(p, res, _loss_scaled_jacobian(res, jac), converged, data.shape)
 
