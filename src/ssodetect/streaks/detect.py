@@ -200,7 +200,11 @@ def _replace_pieces(det: Table, drop, new_rows: list[dict]) -> Table:
     return out
 
 
-def smoothed_segments(snr: np.ndarray, *, smooth: float = 2.0, threshold: float = 2.5, min_length: float = 50.0,
+#: Shortest faint line sought by :func:`smoothed_segments` [px].
+MIN_LINE = 50.0
+
+
+def smoothed_segments(snr: np.ndarray, *, smooth: float = 2.0, threshold: float = 2.5, min_length: float = MIN_LINE,
                       min_elongation: float = 8.0, min_pixels: int = 60, binning: int = 2) -> list[tuple[float, float, float, float]]:
     """Long thin regions of a smoothed signal-to-noise image (faint trails below the extraction limit).
 
@@ -285,8 +289,14 @@ def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
         if length > max_length:
             continue
         # already measured as a trail (or a bright streak) of similar length?
-        near = np.isin(kinds, ("trail", "streak")) & (lens > 0.5 * length) & (np.hypot(xs - cx, ys - cy) < 0.25 * length + 5)
+        distance = np.hypot(xs - cx, ys - cy)
+        near = np.isin(kinds, ("trail", "streak")) & (lens > 0.5 * length) & (distance < 0.25 * length + 5)
         if near.any():
+            continue
+        # short and centred on a bright source (not a cosmic-ray hit): the smoothed wings of a bright galaxy or
+        # star, whose fit collapses onto the source and is refused below (~14 of 16 regions on a 4k Euclid-like
+        # CCD image); long regions are fitted whatever lies near their middle
+        if length < 2.0 * MIN_LINE and np.any((snrs >= 30.0) & (kinds != "sharp") & (distance < 0.1 * length + 10.0)):
             continue
         # the thresholded region may cover only part of the trail: start longer, allow it to grow
         fit = fit_trail(data, variance, mask, cx, cy, 1.3 * length, theta, psf_sigma)
