@@ -114,9 +114,12 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         One binned image per CCD of the first exposure (EXTNAME = CCD id, keyword ``BINNING``).
     """
     refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
+    names = np.asarray(observations["object"]).astype(str) if len(observations) else np.array([], str)
+    xs, ys = (np.asarray(observations[c], float) for c in ("x", "y"))
     wanted = defaultdict(list)
-    for k, row in enumerate(observations):
-        wanted[(int(row["exposure"]), str(row["ccd"]))].append(k)
+    for k, key in enumerate(zip(np.asarray(observations["exposure"]).tolist(),
+                                np.asarray(observations["ccd"]).astype(str).tolist())):
+        wanted[key].append(k)
     first = exposures[0].index if exposures else None
     for r in exposures[0].ccds if exposures else []:
         wanted.setdefault((first, r.ccd), [])
@@ -135,8 +138,7 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
             continue
         image = read_image(ref)
         for k in rows:
-            row = observations[k]
-            stamp, x0, y0 = cut_stamp(image, float(row["x"]), float(row["y"]), sizes[str(row["object"])])
+            stamp, x0, y0 = cut_stamp(image, float(xs[k]), float(ys[k]), sizes[names[k]])
             planes[k] = (stamp - np.float32(local_background(stamp)), x0, y0)
         if exposure == first:
             binned, factor = bin_image(image, overview_size)
@@ -150,7 +152,6 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
                 hdu.header.update(wcs.to_header(relax=True))
             overview.append(hdu)
     cutouts = fits.HDUList([fits.PrimaryHDU()])
-    names = np.asarray(observations["object"]).astype(str) if len(observations) else np.array([], str)
     order = []
     for name in dict.fromkeys(names):
         idx = [k for k in by_object[name] if planes[k] is not None]
@@ -165,8 +166,8 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         index["mjd"] = np.asarray(observations["mjd"], float)[order]
         index["x0"] = [planes[k][1] for k in order]
         index["y0"] = [planes[k][2] for k in order]
-        index["x"] = np.asarray(observations["x"], float)[order]
-        index["y"] = np.asarray(observations["y"], float)[order]
+        index["x"] = xs[order]
+        index["y"] = ys[order]
     cutouts.append(fits.BinTableHDU(Table(index), name=INDEX_NAME))
     log.info("cutouts of %d objects, overview of %d CCDs", len(cutouts) - 2, len(overview) - 1)
     return cutouts, overview
