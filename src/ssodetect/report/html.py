@@ -123,7 +123,7 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     astrometry : Table or None
         ``astrometry.ecsv`` (per CCD exposure fit quality).
     cutouts : dict
-        Object -> (cube (n, s, s), index Table) from :func:`ssodetect.report.cutouts.read_cutouts`.
+        Object -> (cube (n, s, s), index) from :func:`ssodetect.report.cutouts.read_cutouts`.
     overview : list
         [(ccd, binned image, factor, WCS or None)] from :func:`ssodetect.report.cutouts.read_overview`.
     identities : dict
