@@ -38,4 +38,4 @@ def estimate_background(
             image = image.copy()
             image[m] = 0.0
     bkg = sep.Background(image, mask=m, bw=box, bh=box, fw=filter_size, fh=filter_size)
-    return bkg.back().astype(np.float32), bkg.rms().astype(np.float32), float(bkg.globalrms)
+    return np.asarray(bkg.back(), np.float32), np.asarray(bkg.rms(), np.float32), float(bkg.globalrms)

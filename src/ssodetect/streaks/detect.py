@@ -32,10 +32,10 @@ def _ends(x, y, length, theta):
     return np.array([x - h * c, y - h * s]), np.array([x + h * c, y + h * s])
 
 
-def _angle_diff(a: float, b: float) -> float:
-    """Difference of two axis angles [rad], modulo pi, in [0, pi/2]."""
-    d = abs(a - b) % math.pi
-    return min(d, math.pi - d)
+def _axis_diff(a, b):
+    """Difference of axis angles [rad] (arrays), modulo pi, in [0, pi/2]."""
+    d = np.abs(a - b) % math.pi
+    return np.minimum(d, math.pi - d)
 
 
 def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_angle: float) -> list[list[int]]:
@@ -57,21 +57,21 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
 
     xs, ys = np.asarray(det["x"], float), np.asarray(det["y"], float)
     lens, ths = np.asarray(det["length"], float), np.asarray(det["theta"], float)
-    for k, i in enumerate(idx):
-        for j in idx[k + 1 :]:
-            reach = 0.5 * (lens[i] + lens[j]) + max_gap
-            if abs(xs[i] - xs[j]) > reach or abs(ys[i] - ys[j]) > reach:
-                continue
-            tol = max_angle + math.atan2(2.0, max(min(lens[i], lens[j]), 2.0))
-            if _angle_diff(ths[i], ths[j]) > tol:
-                continue
-            link = math.atan2(ys[j] - ys[i], xs[j] - xs[i])
-            if _angle_diff(link, ths[i]) > tol or _angle_diff(link, ths[j]) > tol:
-                continue
-            # gap between the pieces along the line (negative when they overlap)
-            gap = math.hypot(xs[j] - xs[i], ys[j] - ys[i]) - 0.5 * (lens[i] + lens[j])
-            if gap <= max_gap:
-                parent[find(i)] = find(j)
+    order = np.asarray(idx, np.int64)
+    for k, i in enumerate(idx):  # each fragment against the later ones at once
+        js = order[k + 1 :]
+        reach = 0.5 * (lens[i] + lens[js]) + max_gap
+        js = js[(np.abs(xs[i] - xs[js]) <= reach) & (np.abs(ys[i] - ys[js]) <= reach)]
+        if not js.size:
+            continue
+        tol = max_angle + np.arctan2(2.0, np.maximum(np.minimum(lens[i], lens[js]), 2.0))
+        link = np.arctan2(ys[js] - ys[i], xs[js] - xs[i])
+        # gap between the pieces along the line (negative when they overlap)
+        gap = np.hypot(xs[js] - xs[i], ys[js] - ys[i]) - 0.5 * (lens[i] + lens[js])
+        joined = ((_axis_diff(ths[i], ths[js]) <= tol) & (_axis_diff(link, ths[i]) <= tol)
+                  & (_axis_diff(link, ths[js]) <= tol) & (gap <= max_gap))
+        for j in js[joined].tolist():
+            parent[find(i)] = find(j)
     groups: dict[int, list[int]] = {}
     for i in idx:
         groups.setdefault(find(i), []).append(i)
@@ -366,6 +366,7 @@ def refine_trails(
     out = det.copy()
     drop = []
     noise = float(np.sqrt(np.nanmedian(variance[::8, ::8])))  # a smooth map: every 64th pixel is plenty
+    saturated_points = np.argwhere(saturated) if saturated is not None else None
     for group in groups:
         first = group[0]
         if len(group) > 1:
@@ -390,14 +391,15 @@ def refine_trails(
             continue
         theta = float(out["theta"][first])
         if saturated is not None and abs(abs(theta) - math.pi / 2) < math.radians(2.0) and _touches(
-            saturated, out["x"][first], out["y"][first], length, theta
+            saturated, out["x"][first], out["y"][first], length, theta, points=saturated_points
         ):
             out["kind"][first] = "bleed"
             info["n_bleed"] += 1
             continue
         # a diffraction spike points at a saturated star core: its line, extended, runs into saturation
         if saturated is not None and length >= 0.5 * min_length and _touches(
-            saturated, out["x"][first], out["y"][first], length, theta, reach=max(1.5 * length, 40.0), band=3
+            saturated, out["x"][first], out["y"][first], length, theta, reach=max(1.5 * length, 40.0), band=3,
+            points=saturated_points,
         ):
             out["kind"][first] = "spike"
             info["n_spike"] += 1
@@ -481,12 +483,21 @@ def _along_edge(shape: tuple[int, int], x: float, y: float, theta: float, distan
     return (vertical and min(x, nx - 1 - x) < distance) or (horizontal and min(y, ny - 1 - y) < distance)
 
 
-def _touches(saturated: np.ndarray, x, y, length, theta, *, reach: float = 2.0, band: int = 0) -> bool:
-    """Whether a segment, extended by ``reach`` px at both ends and widened by ``band`` px, meets saturated pixels."""
+def _touches(saturated: np.ndarray, x, y, length, theta, *, reach: float = 2.0, band: int = 0,
+             points: np.ndarray | None = None) -> bool:
+    """Whether a segment, extended by ``reach`` px at both ends and widened by ``band`` px, meets saturated pixels.
+
+    ``points`` (m, 2): the (y, x) of the saturated pixels, when known: segments whose bounding box holds
+    none are answered without sampling the line.
+    """
     ny, nx = saturated.shape
     half = 0.5 * length + reach
-    t = np.linspace(-half, half, int(2 * half) + 2)
     c, s = math.cos(theta), math.sin(theta)
+    if points is not None:
+        ex, ey = abs(half * c) + band + 1, abs(half * s) + band + 1
+        if not np.any((np.abs(points[:, 1] - x) <= ex) & (np.abs(points[:, 0] - y) <= ey)):
+            return False
+    t = np.linspace(-half, half, int(2 * half) + 2)
     for w in range(-band, band + 1):
         px = np.round(x + t * c - w * s).astype(int)
         py = np.round(y + t * s + w * c).astype(int)
