@@ -150,3 +150,36 @@ def test_serial_executor_keeps_large_arrays_in_the_heap_while_open():
     probe = np.ones(size, np.uint8)
     assert _mapped_bytes() - after >= size  # defaults restored on close
     del probe
+
+
+def test_local_dask_workers_keep_large_arrays_in_the_heap():
+    pytest.importorskip("distributed")
+    from ssodetect.pipeline.executor import DaskExecutor
+
+    def growth_of_mapped_memory(size):  # runs on the worker's task thread; self-contained for pickling
+        import ctypes
+        import ctypes.util
+
+        import numpy
+
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in
+                        ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                         "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if not hasattr(libc, "mallinfo2"):
+            return None
+        libc.mallinfo2.restype = Mallinfo2
+        before = libc.mallinfo2().hblkhd
+        probe = numpy.ones(size, numpy.uint8)
+        grown = libc.mallinfo2().hblkhd - before
+        del probe
+        return int(grown)
+
+    size = 64 * 2**20
+    with DaskExecutor(workers=1) as executor:
+        grown = executor.client.submit(growth_of_mapped_memory, size, pure=False).result()
+    if grown is None:
+        pytest.skip("not glibc >= 2.33")
+    assert grown < size  # from the heap, not a mapping of its own

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from typing import Callable, Iterable
 
 from tqdm import tqdm
@@ -25,9 +26,11 @@ log = logging.getLogger(__name__)
 
 #: glibc allocator settings while per-CCD work runs: no separate mappings for large blocks
 #: (``MALLOC_MMAP_MAX_``), freed memory not returned to the system (``MALLOC_TRIM_THRESHOLD_``), one heap for
-#: all threads (``MALLOC_ARENA_MAX``; Dask runs tasks on a worker thread).  Given as environment variables to
-#: the processes of a local Dask cluster; set in this process with ``mallopt`` by :class:`SerialExecutor`.
-#: Workers of a remote scheduler keep their own settings (start them with these variables for the same speed).
+#: all threads (``MALLOC_ARENA_MAX``; Dask runs tasks on a worker thread, whose own arena would map large
+#: blocks whatever the settings).  Set with ``mallopt`` in this process by :class:`SerialExecutor`; in the
+#: environment a local Dask cluster's worker processes start with (Dask's ``pre-spawn-environ``: the arena
+#: limit only works before a process's threads first allocate).  Workers of a remote scheduler keep their own
+#: settings (start them with these environment variables for the same speed).
 HEAP_ENVIRONMENT = {"MALLOC_MMAP_MAX_": 0, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1, "MALLOC_ARENA_MAX": 1}
 
 #: mallopt parameter numbers of glibc's malloc.h for the settings above, and glibc's defaults (restored after
@@ -93,7 +96,7 @@ class DaskExecutor:
     Parameters
     ----------
     workers : int, optional
-        Start a ``LocalCluster`` with this many single-threaded worker processes (environment
+        Start a ``LocalCluster`` with this many single-threaded worker processes (with
         :data:`HEAP_ENVIRONMENT`).
     address : str, optional
         Connect to a running scheduler instead (``tcp://host:port``).
@@ -109,10 +112,21 @@ class DaskExecutor:
             self.client = Client(address, timeout="30s")
             self.description = f"dask scheduler {address}"
         else:
-            self._cluster = LocalCluster(
-                n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
-                env={name: str(value) for name, value in HEAP_ENVIRONMENT.items()},
-            )
+            import dask
+
+            # the workers' environment at their start (also for workers that replace a dead one); Dask sets
+            # it in this process to spawn them: this process's own environment is restored afterwards
+            saved = dict(os.environ)
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}),
+                       **{name: str(value) for name, value in HEAP_ENVIRONMENT.items()}}
+            try:
+                with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                    self._cluster = LocalCluster(
+                        n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
+                    )
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
             self.client = Client(self._cluster)
             self.description = f"dask LocalCluster ({workers} workers)"
 
