@@ -162,15 +162,13 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
             rows, ["designation", "matched object", "V predicted", "offset [\"]", "rate [\"/h]"], left=2))
     # columns as arrays, indexed per object below (slicing the Table per object cost ~1.5 ms each)
     column = {c: np.asarray(observations[c]) for c in ("ra", "dec", "x", "y")}
-    ccds = np.asarray(observations["ccd"]).astype(str) if len(observations) else np.zeros(0, str)
-    by_object = rows_by(observations, "object")
+    by_ccd = rows_by(observations, "ccd")
     parts.append("<h2>Field overview</h2><div class=\"ov\">")
     for ccd, binned, factor, wcs in overview:
         tracks = []
-        for name, idx in by_object.items():
-            idx = idx[ccds[idx] == ccd]
-            if not idx.size:
-                continue
+        on = by_ccd.get(ccd, np.zeros(0, int))
+        for name, idx in rows_by(observations[on], "object").items():
+            idx = on[idx]
             if wcs is not None:  # sky positions in the overview's frame (pixel positions jump with the dithers)
                 xs, ys = wcs.all_world2pix(column["ra"][idx].astype(float), column["dec"][idx].astype(float), 0,
                                            quiet=True)
@@ -184,6 +182,7 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     summary = [[r["object"], identities.get(str(r["object"]), ""), r["n_obs"], _fmt(r["rate"], ".2f"),
                 _fmt(r["pa"], ".1f"), _fmt(r["mag"], ".2f"), _fmt(r["snr"], ".1f"), r["kind"]] for r in objects]
     parts.append(_table(summary, ["object", "known as", "obs", "rate [\"/h]", "PA [deg]", "mag", "SNR", "kind"], left=2))
+    by_object = rows_by(observations, "object")
     table_columns = ("obs_time", "ra", "dec", "ra_err", "dec_err", "mag", "snr", "x", "y", "ccd")
     listed = {c: observations[c].tolist() for c in table_columns}
     formats = {"ra": ".6f", "dec": ".6f", "ra_err": ".3f", "dec_err": ".3f", "mag": ".2f", "snr": ".1f", "x": ".2f",
