@@ -115,8 +115,8 @@ def test_batch_on_dask_loses_nothing_when_a_worker_is_killed(fields, tmp_path):
         assert np.all(sep < 1.0)  # mas
 
 
-def _mapped_bytes() -> int:
-    """Bytes glibc holds in separate memory mappings (mallinfo2's hblkhd)."""
+def _mapped_bytes():
+    """Bytes glibc holds in separate memory mappings (mallinfo2's hblkhd); None without glibc >= 2.33."""
     import ctypes
     import ctypes.util
 
@@ -127,59 +127,42 @@ def _mapped_bytes() -> int:
 
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if not hasattr(libc, "mallinfo2"):
-        pytest.skip("not glibc >= 2.33")
+        return None
     libc.mallinfo2.restype = Mallinfo2
     return int(libc.mallinfo2().hblkhd)
+
+
+def _mapping_growth(size: int):
+    """How much glibc's mapped memory grows while an array of ``size`` bytes is held (None without mallinfo2)."""
+    before = _mapped_bytes()
+    if before is None:
+        return None
+    probe = np.ones(size, np.uint8)
+    grown = _mapped_bytes() - before
+    del probe
+    return grown
 
 
 def test_serial_executor_keeps_large_arrays_in_the_heap_while_open():
     from ssodetect.pipeline.executor import SerialExecutor
 
     size = 64 * 2**20
-    before = _mapped_bytes()
-    probe = np.ones(size, np.uint8)
-    assert _mapped_bytes() - before >= size  # glibc's default: a block this large gets its own mapping
-    del probe
+    if _mapping_growth(size) is None:
+        pytest.skip("not glibc >= 2.33")
+    assert _mapping_growth(size) >= size  # glibc's default: a block this large gets its own mapping
     with SerialExecutor() as executor:
-        inside = _mapped_bytes()
-        probe = np.ones(size, np.uint8)
-        assert _mapped_bytes() - inside < size  # from the heap, kept for the next CCD when freed
-        del probe
+        assert _mapping_growth(size) < size  # from the heap, kept for the next CCD when freed
         assert executor.map(len, [[1], [1, 2]]) == [1, 2]
-    after = _mapped_bytes()
-    probe = np.ones(size, np.uint8)
-    assert _mapped_bytes() - after >= size  # defaults restored on close
-    del probe
+    assert _mapping_growth(size) >= size  # defaults restored on close
 
 
 def test_local_dask_workers_keep_large_arrays_in_the_heap():
     pytest.importorskip("distributed")
     from ssodetect.pipeline.executor import DaskExecutor
 
-    def growth_of_mapped_memory(size):  # runs on the worker's task thread; self-contained for pickling
-        import ctypes
-        import ctypes.util
-
-        import numpy
-
-        class Mallinfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in
-                        ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                         "fordblks", "keepcost")]
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        if not hasattr(libc, "mallinfo2"):
-            return None
-        libc.mallinfo2.restype = Mallinfo2
-        before = libc.mallinfo2().hblkhd
-        probe = numpy.ones(size, numpy.uint8)
-        grown = libc.mallinfo2().hblkhd - before
-        del probe
-        return int(grown)
-
     size = 64 * 2**20
-    with DaskExecutor(workers=1) as executor:
-        grown = executor.client.submit(growth_of_mapped_memory, size, pure=False).result()
+    with DaskExecutor(workers=1) as executor:  # the probe runs on the worker's task thread
+        grown = executor.client.submit(_mapping_growth, size, pure=False).result()
     if grown is None:
         pytest.skip("not glibc >= 2.33")
     assert grown < size  # from the heap, not a mapping of its own
