@@ -33,7 +33,11 @@ def _simulate(args) -> int:
     from ssodetect.errors import ConfigError
     from ssodetect.simulate import SimulationConfig, simulate
 
-    params = {"seed": args.seed, "nccd": args.nccd, "nx": args.size, "ny": args.size, "layout": args.layout}
+    params = {"nx": args.size, "ny": args.size, "layout": args.layout}
+    if args.nccd is not None or args.family_member is None:
+        params["nccd"] = 1 if args.nccd is None else args.nccd
+    if args.seed is not None or args.family_member is None:
+        params["seed"] = 1 if args.seed is None else args.seed
     for name in (
         "n_exposures", "movers_per_ccd", "dither", "cosmic_fraction", "star_density", "distortion",
         "header_pointing_error", "header_rotation_error", "header_scale_error", "fast_fraction", "fast_rate_max",
@@ -47,7 +51,14 @@ def _simulate(args) -> int:
     if args.spikes:
         params["spikes"] = True
     try:
-        sim_config = SimulationConfig(**params)
+        if args.family_member is not None:
+            from ssodetect.simulate import family_member
+
+            if args.family_member < 0:
+                raise ConfigError(f"simulate: --family-member must be >= 0 (got {args.family_member})")
+            sim_config = family_member(args.family_member, **params)
+        else:
+            sim_config = SimulationConfig(**params)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"simulate: invalid parameters ({problems})") from None
@@ -370,8 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", parents=[common], help="simulate a Euclid-like sequence with truth")
     p.add_argument("outdir", help="output directory")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--nccd", type=int, default=1, help="number of CCDs (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 1; a family member's own otherwise)")
+    p.add_argument("--family-member", dest="family_member", type=int, default=None,
+                   help="draw the scene's recipe (PSF, densities, cosmic rays, hot pixels, movers, directions; headers "
+                   "off by 20\", 0.5 deg, 0.5 %%) as member N of the randomised scene family; the other options override")
+    p.add_argument("--nccd", type=int, default=None, help="number of CCDs (default 1; 4 for a family member)")
     p.add_argument("--size", type=int, default=2048, help="CCD size in pixels (square; default 2048)")
     p.add_argument("--layout", choices=["mef", "plain"], default="mef", help="Euclid MEF per exposure, or one file per CCD")
     p.add_argument("--n-exposures", dest="n_exposures", type=int, default=None)

@@ -35,16 +35,18 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.time import Time
 from astropy.wcs import WCS, Sip
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.io.outputs import OutputStage
-from ssodetect.simulate.render import DoubleGaussianPSF, splat, trail_points
+from ssodetect.simulate.render import DoubleGaussianPSF, MoffatPSF, psf_stamp, splat, trail_points
 
 __all__ = [
     "SimulationConfig", "Scene", "draw_scene", "render_ccd", "header_wcs", "limiting_magnitude",
-    "reference_catalogue", "simulate",
+    "reference_catalogue", "scene_psf", "simulate",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,16 @@ class SimulationConfig(BaseModel):
     dither: float = Field(default=3.0, ge=0, description="RMS dither offset between exposures [arcsec].")
     fwhm_min: float = Field(default=1.6, gt=0, description="Smallest PSF core FWHM [px].")
     fwhm_max: float = Field(default=1.8, gt=0, description="Largest PSF core FWHM [px].")
+    psf_model: Literal["double_gaussian", "moffat"] = Field(
+        default="double_gaussian",
+        description="PSF: 'double_gaussian' (core of the exposure's FWHM plus a wide wing) or 'moffat' (of that FWHM).",
+    )
+    psf_wing_fraction: float = Field(default=0.12, ge=0, lt=1, description="Double Gaussian: flux fraction in the wing.")
+    psf_wing_sigma: float = Field(default=2.5, gt=0, description="Double Gaussian: sigma of the wing [px].")
+    moffat_beta: float = Field(default=3.0, gt=1.5, le=20, description="Moffat index beta.")
+    psf_ellipticity: float = Field(
+        default=0.0, gt=-0.5, lt=0.5, description="PSF elongation along x (> 0) or y (< 0): sigma_x/sigma_y = (1+e)/(1-e)."
+    )
     zp_electrons: float = Field(default=25.6, description="Magnitude giving 1 e-/s.")
     sky_mag: float = Field(default=22.2, description="Sky brightness [mag/arcsec^2].")
     gain: float = Field(default=3.5, gt=0, description="Gain [e-/ADU].")
@@ -109,7 +121,14 @@ class SimulationConfig(BaseModel):
     header_scale_error: float = Field(
         default=0.0, ge=0, lt=0.2, description="Largest relative pixel-scale error of the header WCS."
     )
+    header_errors_at_max: bool = Field(
+        default=False,
+        description="Every exposure's header is off by the full header_*_error (random direction and signs) instead of "
+        "up to it.",
+    )
     galaxy_density: float = Field(default=90000.0, ge=0, description="Galaxies per deg^2 with 20 < m < 26.")
+    sersic_min: float = Field(default=1.0, ge=0.3, le=8, description="Smallest Sersic index of the galaxies (1: exponential disc).")
+    sersic_max: float = Field(default=1.0, ge=0.3, le=8, description="Largest Sersic index of the galaxies (drawn uniformly).")
     cosmic_fraction: float = Field(default=0.015, ge=0, lt=0.2, description="Fraction of pixels hit by cosmic rays per 566 s.")
     hot_fraction: float = Field(default=1e-4, ge=0, description="Fraction of hot pixels.")
     hot_flagged: float = Field(default=0.5, ge=0, le=1, description="Fraction of hot pixels flagged in FLG.")
@@ -120,6 +139,16 @@ class SimulationConfig(BaseModel):
     slow_rate_max: float = Field(default=10.0, gt=0, description="Upper end of the slow population [arcsec/h].")
     fast_rate_max: float = Field(default=80.0, gt=0, description="Fastest mover [arcsec/h].")
     fast_fraction: float = Field(default=0.2, ge=0, le=1, description="Fraction of movers faster than slow_rate_max.")
+    mover_directions: Literal["uniform", "ecliptic"] = Field(
+        default="uniform",
+        description="Directions of motion: 'uniform', or 'ecliptic': along ecliptic_pa (retrograde_fraction of them the "
+        "other way) with a Gaussian spread of direction_spread, as main-belt asteroids near opposition.",
+    )
+    ecliptic_pa: float = Field(default=270.0, description="Direction of the clustered motion [deg, N through E].")
+    direction_spread: float = Field(default=10.0, ge=0, description="RMS spread of clustered directions [deg].")
+    retrograde_fraction: float = Field(
+        default=0.85, ge=0, le=1, description="Clustered directions: fraction moving along ecliptic_pa (the others opposite)."
+    )
     transients_per_ccd: float = Field(default=5.0, ge=0, description="One-exposure point transients per CCD and exposure sequence.")
     satellite: bool = Field(default=True, description="Draw one satellite trail across the field in one exposure.")
     layout: str = Field(default="mef", pattern="^(mef|plain)$", description="'mef': Euclid MEF per exposure; 'plain': one file per CCD.")
@@ -133,6 +162,20 @@ class SimulationConfig(BaseModel):
         default=[], description="Geocentric ICRS position [km] of a space-based observatory, written as "
         "OBSPOS_X/Y/Z; empty: the geocentre.",
     )
+    broken_wcs_exposures: list[int] = Field(
+        default=[], description="Exposures whose header WCS is written broken (singular CD matrix): bad-input scenes.",
+    )
+    family_member: int = Field(
+        default=-1, description="The scene-family member these parameters were drawn for (-1: none; see simulate.family).",
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SimulationConfig":
+        if self.fwhm_max < self.fwhm_min:
+            raise ValueError("fwhm_max must be at least fwhm_min")
+        if self.sersic_max < self.sersic_min:
+            raise ValueError("sersic_max must be at least sersic_min")
+        return self
 
 
 @dataclass
@@ -153,8 +196,16 @@ class Scene:
     known_orbits: Table | None = None  # orbits of the run's known_orbits.json (placed ones modified)
 
     @property
-    def psfs(self) -> list[DoubleGaussianPSF]:
-        return [DoubleGaussianPSF(fwhm=float(f)) for f in self.fwhm]
+    def psfs(self) -> list:
+        return [scene_psf(self.config, float(f)) for f in self.fwhm]
+
+
+def scene_psf(config: SimulationConfig, fwhm: float):
+    """The PSF of an exposure of FWHM ``fwhm`` [px] under ``config``'s PSF model."""
+    if config.psf_model == "moffat":
+        return MoffatPSF(fwhm=fwhm, beta=config.moffat_beta, ellipticity=config.psf_ellipticity)
+    return DoubleGaussianPSF(fwhm=fwhm, wing_fraction=config.psf_wing_fraction, wing_sigma=config.psf_wing_sigma,
+                             ellipticity=config.psf_ellipticity)
 
 
 def _ccd_grid(nccd: int) -> list[tuple[int, int]]:
@@ -274,6 +325,9 @@ def draw_scene(config: SimulationConfig) -> Scene:
             "pa": rng.uniform(0.0, np.pi, n_gal),
         }
     )
+    # scene options beyond the original simulator draw from their own streams (the scene of a seed is unchanged
+    # when they are at their defaults)
+    galaxies["sersic"] = np.random.default_rng([config.seed, 8]).uniform(config.sersic_min, config.sersic_max, n_gal)
     # movers, positioned at the middle of the sequence
     n_mov = rng.poisson(config.movers_per_ccd * config.nccd * (config.nx * config.ny) / 2048.0**2)
     fast = rng.random(n_mov) < config.fast_fraction
@@ -283,6 +337,10 @@ def draw_scene(config: SimulationConfig) -> Scene:
         np.exp(rng.uniform(np.log(config.slow_rate_min), np.log(config.slow_rate_max), n_mov)),
     )
     pa = rng.uniform(0.0, 360.0, n_mov)
+    if config.mover_directions == "ecliptic":
+        drng = np.random.default_rng([config.seed, 9])
+        backwards = drng.random(n_mov) >= config.retrograde_fraction
+        pa = (config.ecliptic_pa + 180.0 * backwards + drng.normal(0.0, config.direction_spread, n_mov)) % 360.0
     mx = rng.uniform(-width * s / 2.0, width * s / 2.0, n_mov)
     my = rng.uniform(-height * s / 2.0, height * s / 2.0, n_mov)
     movers = Table(
@@ -326,12 +384,17 @@ def draw_scene(config: SimulationConfig) -> Scene:
     erng = np.random.default_rng([config.seed, 7])
     radius = config.header_pointing_error * np.sqrt(erng.uniform(0, 1, config.n_exposures))
     phi = erng.uniform(0, 2 * np.pi, config.n_exposures)
+    rotation = erng.uniform(-1, 1, config.n_exposures)
+    scale = erng.uniform(-1, 1, config.n_exposures)
+    if config.header_errors_at_max:
+        radius = np.full(config.n_exposures, config.header_pointing_error)
+        rotation, scale = np.sign(rotation), np.sign(scale)
     header_errors = np.column_stack(
         [
             radius * np.cos(phi),
             radius * np.sin(phi),
-            erng.uniform(-1, 1, config.n_exposures) * config.header_rotation_error,
-            erng.uniform(-1, 1, config.n_exposures) * config.header_scale_error,
+            rotation * config.header_rotation_error,
+            scale * config.header_scale_error,
         ]
     )
     return Scene(config, plane, mids, pointing, fwhm, stars, galaxies, movers, transients, satellite, header_errors,
@@ -375,16 +438,30 @@ def mover_offsets(movers: Table, mjd) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _render_galaxies(image, xs, ys, galaxies: Table, psf: DoubleGaussianPSF, scale: float, rng) -> None:
-    """Exponential discs sampled on a 3x sub-grid per pixel, convolved with the PSF core."""
+def sersic_b(n):
+    """``b_n`` of a Sersic profile ``exp(-b_n (r / r_e)^(1/n))`` (half the light within ``r_e``; Ciotti & Bertin 1999)."""
+    n = np.asarray(n, float)
+    return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n**2)
+
+
+def _render_galaxies(image, xs, ys, galaxies: Table, psf, scale: float, rng) -> None:
+    """Sersic profiles sampled on a 3x sub-grid per pixel, convolved with the PSF.
+
+    A double-Gaussian PSF convolves with its core only (the original simulator); any other PSF with
+    its full pixel-integrated stamp.
+    """
     from scipy.ndimage import gaussian_filter
+    from scipy.signal import oaconvolve
 
     ny, nx = image.shape
     layer = np.zeros_like(image, dtype=np.float64)
     sub = 3
-    for x, y, g in zip(xs, ys, galaxies):
-        r_px = g["r_e"] / scale / 1.678  # scale length from half-light radius
-        half = int(min(60, math.ceil(6 * r_px + 2)))
+    sersic = np.asarray(galaxies["sersic"], float) if "sersic" in galaxies.colnames else np.ones(len(galaxies))
+    for x, y, g, n_s in zip(xs, ys, galaxies, sersic):
+        r_e = g["r_e"] / scale  # half-light radius [px]
+        b_n = float(sersic_b(n_s))
+        r_px = r_e / 1.678  # exponential scale length: the stamp size of the original simulator
+        half = int(min(60, math.ceil(6 * r_px * max(1.0, n_s) + 2)))
         ix, iy = int(round(x)), int(round(y))
         if ix + half < 0 or iy + half < 0 or ix - half >= nx or iy - half >= ny:
             continue
@@ -394,13 +471,20 @@ def _render_galaxies(image, xs, ys, galaxies: Table, psf: DoubleGaussianPSF, sca
         c, s_ = math.cos(g["pa"]), math.sin(g["pa"])
         u_ = xx * c + yy * s_
         v_ = (-xx * s_ + yy * c) / g["q"]
-        prof = np.exp(-np.hypot(u_, v_) / r_px)
+        radius = np.hypot(u_, v_)
+        if n_s == 1.0:
+            prof = np.exp(-radius / r_px)
+        else:
+            prof = np.exp(-b_n * (radius / r_e) ** (1.0 / n_s))
         prof = prof.reshape(n, sub, n, sub).sum(axis=(1, 3))
         prof *= g["flux"] / prof.sum()
         x0, y0 = ix - half, iy - half
         xa, xb, ya, yb = max(x0, 0), min(x0 + n, nx), max(y0, 0), min(y0 + n, ny)
         layer[ya:yb, xa:xb] += prof[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    image += gaussian_filter(layer, psf.sigma, mode="constant")
+    if isinstance(psf, DoubleGaussianPSF) and psf.ellipticity == 0.0:
+        image += gaussian_filter(layer, psf.sigma, mode="constant")
+    else:
+        image += oaconvolve(layer, psf_stamp(psf), mode="same")
 
 
 def _cosmic_rays(shape, fraction: float, exptime: float, rng) -> np.ndarray:
@@ -457,7 +541,7 @@ def limiting_magnitude(config: SimulationConfig, fwhm: float) -> float:
     """Single-exposure 5-sigma point-source limit (ideal PSF-weighted flux, background-limited) [mag]."""
     sky_e = config.exptime * 10 ** (-0.4 * (config.sky_mag - config.zp_electrons)) * config.pixel_scale**2
     var = sky_e + config.read_noise**2
-    area = DoubleGaussianPSF(fwhm=fwhm).effective_area()
+    area = scene_psf(config, fwhm).effective_area()
     f5 = 5.0 * math.sqrt(var * area)
     return config.zp_electrons - 2.5 * math.log10(f5 / config.exptime)
 
@@ -702,7 +786,10 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
                 ext = fits.Header()
                 ext["CCDID"] = name
                 if config.write_wcs:
-                    ext.extend(header_wcs(scene, e, c).to_header())
+                    cards = header_wcs(scene, e, c).to_header()
+                    if e in config.broken_wcs_exposures:  # a singular matrix: the kind of header a broken pipeline writes
+                        cards["CDELT1"] = cards["CDELT2"] = 0.0
+                    ext.extend(cards)
                 else:
                     ext["PIXSCALE"] = (config.pixel_scale, "[arcsec/pix] nominal")
                 for t in truth:
