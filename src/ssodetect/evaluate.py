@@ -122,8 +122,11 @@ def evaluate_run(
     # observation -> truth row (same exposure [and CCD], within tolerance, nearest)
     matched_truth = np.full(len(observations), -1)
     residual = np.full(len(observations), np.nan)
+    # on the sky an observation may be matched where the mover's mid-exposure position was off the detector (a
+    # trail cut by the edge, its centre restored); in pixels only rows on a CCD have a position
+    matchable = on if pixels else np.isfinite(tx) & np.isfinite(ty)
     for e in np.unique(o_key) if len(observations) else []:
-        t_idx = np.nonzero((t_key == e) & on)[0]
+        t_idx = np.nonzero((t_key == e) & matchable)[0]
         o_idx = np.nonzero(o_key == e)[0]
         if t_idx.size == 0:
             continue

@@ -1,35 +1,160 @@
-"""Linking trails (fast movers) across exposures.
+"""Linking trails (fast movers) across exposures by hypotheses and a one-to-one assignment.
 
-A trail of sky length ``L`` [arcsec] in an exposure of ``T`` seconds implies a
-rate ``L / T`` and a direction (its axis, sign unknown).  Two trails in
-different exposures belong to one object when the displacement between their
-centres agrees with both: its direction lies along both axes (within
-``angle_tol`` plus the axis uncertainty of short trails), its length divided
-by the time between them matches the implied rates (within ``rate_tol``
-relative plus the length uncertainty), and their fluxes agree within
-``max_flux_ratio``.  A measured trail may be shorter than the object's path
-(cut by the detector edge or a mask, or its faint ends lost in the noise) but
-never longer, so each implied rate is a lower bound on the rate between the
-exposures, and at least one trail of a chain must match the chain's rate from
-above as well (the one seen whole).  Consistent pairs are joined
-into chains (one trail per exposure, at least ``min_exposures``), each fitted
-with a straight line; while the line does not fit (reduced chi2 above
-``max_chi2_dof``) the worst member is dropped, down to ``min_exposures``.  Positions in arcsec (tangent plane), times in hours.
+A trail of sky length ``L`` [arcsec] in an exposure of ``T`` seconds implies a rate ``L / T``
+and a direction (its axis, sign unknown).  Two trails in different exposures are *consistent*
+when the displacement between their centres agrees with both:
+
+* its direction lies along both axes (within ``angle_tol`` plus each axis' uncertainty) and the
+  axes agree with each other;
+* its length divided by the time between them agrees with the trails' implied rates: neither
+  trail is longer than the path allows, and at least one of them *measures* the rate: it is seen
+  *whole* and its length matches the path two-sidedly (within ``rate_tol`` relative plus
+  ``n_sigma`` times its length error).  A trail known to be shorter than the path (cut by the
+  detector edge: ``whole`` False) or measured short (a fragment, a faint end lost) only bounds the
+  rate from below, and two such trails are never a pair (they would join anything faster);
+* their fluxes agree within ``max_flux_ratio``.
+
+Every consistent pair (found with a k-d tree per exposure, within the reach its rate allows) seeds
+a *hypothesis*: the line through the two centres is predicted into every other exposure and the
+nearest trail there that is consistent with both seeds joins it.  Each distinct hypothesis is
+fitted with a straight line (trails cut by the edge carry their possible centre shift in their
+error); while the line does not fit (reduced chi2 above ``max_chi2_dof``), or a member is longer
+than the fitted motion allows, its worst member is dropped, down to ``min_exposures``.  A
+hypothesis needs at least one whole member whose length matches the fitted motion; a chain of two
+needs both (unless one is cut by the detector edge): a fragment joins only a longer chain.  Hypotheses are then assigned one-to-one: best first (more exposures,
+then the lower combined chi-square of positions, rates and axes); a hypothesis that lost members to
+a better one is refitted with what is left and competes again.  There is no cap on the number of
+trails, pairs or hypotheses: the cost grows with the consistent pairs, not with a component size.
+Positions in arcsec (tangent plane), times in hours.
 """
 from __future__ import annotations
 
+import heapq
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
-__all__ = ["link_streaks"]
+__all__ = ["link_streaks", "StreakLinks"]
+
+
+@dataclass
+class StreakLinks:
+    """Chains of trails and the bookkeeping of how they were found.
+
+    Attributes
+    ----------
+    tracklets : list of Tracklet
+        Members index the input arrays; no trail in two chains; in the order of their first member.
+    stats : dict
+        ``n_trails``, ``n_pairs_tested`` (trail pairs within reach), ``n_pairs`` (consistent pairs),
+        ``n_hypotheses`` (distinct member sets evaluated), ``n_refitted`` (hypotheses refitted after
+        losing members to a better one), ``n_chains``, ``n_linked`` (trails in a chain) and
+        ``n_unlinked`` (the others; ``n_linked + n_unlinked == n_trails``).
+    """
+
+    tracklets: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.tracklets)
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
 
 
 def _axis_diff(a, b):
-    d = np.abs(a - b) % 180.0
+    d = np.abs(np.asarray(a, float) - np.asarray(b, float)) % 180.0
     return np.minimum(d, 180.0 - d)
+
+
+class _Trails:
+    """The per-trail arrays and the pair test shared by the hypothesis steps."""
+
+    def __init__(self, exposure, t_hours, xi, eta, sigma, length, pa, exptime, flux, whole, length_sigma, axis_sigma,
+                 cut_pa, rate_tol, length_err, max_flux_ratio, angle_tol, n_sigma):
+        self.exposure = np.asarray(exposure)
+        self.t = np.asarray(t_hours, float)
+        self.pos = np.column_stack([np.asarray(xi, float), np.asarray(eta, float)])
+        self.sigma = np.asarray(sigma, float)
+        self.length = np.asarray(length, float)
+        self.pa = np.asarray(pa, float) % 180.0
+        self.exptime_h = np.asarray(exptime, float) / 3600.0
+        n = self.t.size
+        self.flux = np.ones(n) if flux is None else np.asarray(flux, float)
+        self.whole = np.ones(n, bool) if whole is None else np.asarray(whole, bool)
+        # unit vector (xi, eta) from a cut trail's visible centre towards its cut end (zero when unknown)
+        cut = np.full(n, np.nan) if cut_pa is None else np.asarray(cut_pa, float)
+        known = np.isfinite(cut) & ~self.whole
+        self.cut_dir = np.where(known[:, None], np.column_stack([np.sin(np.radians(np.nan_to_num(cut))),
+                                                                 np.cos(np.radians(np.nan_to_num(cut)))]), 0.0)
+        self.rate = self.length / self.exptime_h  # arcsec/h implied by the trail
+        l_sig = np.zeros(n) if length_sigma is None else np.nan_to_num(np.asarray(length_sigma, float), nan=0.0)
+        # the rate's own uncertainty: the measured length error and the PSF-limited ends
+        self.rate_sigma = np.hypot(l_sig, length_err) / self.exptime_h
+        # axis tolerance [deg]: n_sigma measured errors, or (unmeasured) the width of a trail over its length
+        geometric = np.degrees(np.arctan2(0.3, np.maximum(self.length, 0.3)))
+        measured = np.full(n, np.nan) if axis_sigma is None else np.asarray(axis_sigma, float)
+        self.axis_err = angle_tol + np.where(np.isfinite(measured), n_sigma * measured, geometric)
+        self.rate_tol = rate_tol
+        self.n_sigma = n_sigma
+        self.max_flux_ratio = max_flux_ratio
+
+    def missing(self, k, speed):
+        """Length [arcsec] of trail(s) ``k`` beyond the detector edge for an object moving at ``speed`` [arcsec/h]."""
+        return np.where(self.whole[k], 0.0, np.maximum(speed * self.exptime_h[k] - self.length[k], 0.0))
+
+    def centre(self, k, speed):
+        """Mid-exposure position(s) of trail(s) ``k`` at ``speed``: a cut trail's centre moved half its missing
+        length towards the cut end (unchanged when the cut end is unknown)."""
+        return self.pos[k] + (0.5 * self.missing(k, speed))[..., None] * self.cut_dir[k]
+
+    def rate_tests(self, k, moved):
+        """For trail(s) ``k`` and a motion of ``moved`` [arcsec/h]: ``(not_too_long, measures_it)``.
+
+        No trail may be longer than the motion allows; a whole trail whose length matches the motion
+        (two-sided) *measures* it.
+        """
+        tol = self.rate_tol * np.maximum(moved, self.rate[k]) + self.n_sigma * self.rate_sigma[k]
+        not_too_long = moved >= self.rate[k] - tol
+        return not_too_long, not_too_long & self.whole[k] & (moved <= self.rate[k] + tol)
+
+    def consistent(self, i, js):
+        """Boolean mask: which of the trails ``js`` are consistent with trail ``i`` (different exposures).
+
+        Neither trail may be longer than the path between them, and at least one (the anchor) must be
+        seen whole and measure the rate two-sidedly: a pair of shortened trails bounds the rate from below
+        only and would join anything faster.  The other's centre, when cut by the edge, is first moved to
+        where the anchor's rate puts the object's mid-exposure position.
+        """
+        js = np.asarray(js, np.int64)
+        dt = self.t[js] - self.t[i]
+        base = (self.exposure[js] != self.exposure[i]) & (dt != 0)
+        dts = np.abs(np.where(base, dt, 1.0))
+        fi, fj = self.flux[i], self.flux[js]
+        if fi > 0:
+            base &= ~((fj > 0) & (np.maximum(fi, fj) > self.max_flux_ratio * np.minimum(fi, fj)))
+        base &= _axis_diff(self.pa[i], self.pa[js]) <= self.axis_err[i] + self.axis_err[js]
+        out = np.zeros(js.size, bool)
+        for anchor_is_i in (True, False):
+            if anchor_is_i:
+                if not self.whole[i]:
+                    continue
+                d = self.centre(js, np.full(js.size, self.rate[i])) - self.pos[i]
+            else:
+                d = self.pos[js] - self.centre(np.full(js.size, i), self.rate[js])
+            moved = np.hypot(d[:, 0], d[:, 1]) / dts
+            short_i, measures_i = self.rate_tests(i, moved)
+            short_j, measures_j = self.rate_tests(js, moved)
+            direction = np.degrees(np.arctan2(d[:, 0], d[:, 1])) % 180.0
+            ok = base & short_i & short_j & (measures_i if anchor_is_i else measures_j)
+            ok &= _axis_diff(direction, self.pa[i]) <= self.axis_err[i]
+            ok &= _axis_diff(direction, self.pa[js]) <= self.axis_err[js]
+            out |= ok
+        return out
 
 
 def link_streaks(
@@ -44,14 +169,19 @@ def link_streaks(
     *,
     flux: np.ndarray | None = None,
     whole: np.ndarray | None = None,
+    length_sigma: np.ndarray | None = None,
+    axis_sigma: np.ndarray | None = None,
+    cut_pa: np.ndarray | None = None,
     min_exposures: int = 2,
     rate_tol: float = 0.1,
     length_err: float = 0.25,
     max_flux_ratio: float = 3.0,
     angle_tol: float = 3.0,
     max_chi2_dof: float = 10.0,
-) -> list[Tracklet]:
-    """Chains of consistent trails.
+    n_sigma: float = 3.0,
+    match_floor: float = 0.3,
+) -> StreakLinks:
+    """Chains of consistent trails, assigned one-to-one.
 
     Parameters
     ----------
@@ -64,118 +194,201 @@ def link_streaks(
     flux : ndarray (n,), optional
         Trail fluxes; linked trails must agree within ``max_flux_ratio``.
     whole : ndarray (n,) bool, optional
-        False for trails known to be cut (by the detector edge): never the member
-        seen whole that a chain needs.  Default: all may be.
+        False for trails known to be shorter than the object's path (cut by the detector edge,
+        crossing masked pixels): their length only bounds the rate from below, and they are never
+        the member seen whole that a chain needs.  Default: all whole.
+    length_sigma : ndarray (n,), optional
+        1-sigma error of each length [arcsec] (the trail fit's); added to ``length_err``.
+    axis_sigma : ndarray (n,), optional
+        1-sigma error of each axis [deg]; default: the trail's width (0.3") over its length.
+    cut_pa : ndarray (n,), optional
+        For trails that are not whole: position angle [deg, N through E] from the visible centre towards
+        the cut end (NaN when unknown).  A cut trail's centre is then moved to the object's mid-exposure
+        position for the motion tested (half its missing length towards the cut end).
     min_exposures : int
         Fewest exposures in a chain.
     rate_tol : float
-        Relative rate tolerance.
+        Relative rate tolerance (systematics of the length measurement).
     length_err : float
-        Absolute uncertainty of a trail length [arcsec] (PSF-limited ends).
-    angle_tol : float
-        Direction tolerance [deg].
-    max_chi2_dof : float
-        Largest reduced chi-square of the straight-line fit of a chain.
+        Floor of the length uncertainty [arcsec] (PSF-limited ends).
     max_flux_ratio : float
         Largest flux ratio between two linked trails.
+    angle_tol : float
+        Direction tolerance [deg], added to ``n_sigma`` axis errors.
+    max_chi2_dof : float
+        Largest reduced chi-square of the straight-line fit of a chain.
+    n_sigma : float
+        Tolerance of the length, axis and position tests in standard deviations.
+    match_floor : float
+        Floor of the prediction radius [arcsec] when a hypothesis collects trails in other exposures.
 
     Returns
     -------
-    list of Tracklet
-        Members index the input arrays; longest chains first, no trail in two chains.
+    StreakLinks
+        The chains (iterable like a list) and the bookkeeping ``stats``.
     """
     n = len(xi)
+    stats = {"n_trails": n, "n_pairs_tested": 0, "n_pairs": 0, "n_hypotheses": 0, "n_refitted": 0, "n_chains": 0,
+             "n_linked": 0, "n_unlinked": n}
     if n < 2:
-        return []
-    rate = length / (exptime / 3600.0)  # arcsec/h
-    length_rate_err = length_err / (exptime / 3600.0)
-    flux = np.ones(n) if flux is None else np.asarray(flux, float)
-    whole = np.ones(n, bool) if whole is None else np.asarray(whole, bool)
-    axis_err = angle_tol + np.degrees(np.arctan2(0.3, np.maximum(length, 0.3)))
-    adj: dict[int, set[int]] = {i: set() for i in range(n)}
-    order = np.argsort(t_hours)
-    for a_pos, i in enumerate(order):  # each trail against every later one (vectorised over the later ones)
-        js = order[a_pos + 1 :]
-        js = js[exposure[js] != exposure[i]]
-        dt = t_hours[js] - t_hours[i]
-        js, dt = js[dt > 0], dt[dt > 0]
-        dx, dy = xi[js] - xi[i], eta[js] - eta[i]
-        moved = np.hypot(dx, dy) / dt
-        tol_i = rate_tol * np.maximum(moved, rate[i]) + length_rate_err[i]
-        tol_j = rate_tol * np.maximum(moved, rate[js]) + length_rate_err[js]
-        # a trail longer than the path between the exposures allows
-        bad = (moved < rate[i] - tol_i) | (moved < rate[js] - tol_j)
-        if flux[i] > 0:
-            bad |= (flux[js] > 0) & (np.maximum(flux[i], flux[js]) > max_flux_ratio * np.minimum(flux[i], flux[js]))
-        direction = np.degrees(np.arctan2(dx, dy)) % 180.0
-        bad |= (_axis_diff(direction, pa[i]) > axis_err[i]) | (_axis_diff(direction, pa[js]) > axis_err[js])
-        bad |= _axis_diff(pa[i], pa[js]) > axis_err[i] + axis_err[js]
-        for j in js[~bad]:
-            adj[int(i)].add(int(j))
-            adj[int(j)].add(int(i))
-    # connected components, one member per exposure (closest to the component's line)
-    seen, chains = set(), []
-    for start in range(n):
-        if start in seen or not adj[start]:
+        return StreakLinks([], stats)
+    tr = _Trails(exposure, t_hours, xi, eta, sigma, length, pa, exptime, flux, whole, length_sigma, axis_sigma,
+                 cut_pa, rate_tol, length_err, max_flux_ratio, angle_tol, n_sigma)
+    exposures = np.unique(tr.exposure)
+    groups = {e: np.nonzero(tr.exposure == e)[0] for e in exposures}
+    trees = {e: cKDTree(tr.pos[idx]) for e, idx in groups.items()}
+    times = {e: float(np.median(tr.t[idx])) for e, idx in groups.items()}
+    # 1. consistent pairs: each needs a whole trail that measures the motion, so every pair is found from its
+    # anchor's side: the trails of the other exposure within the reach the anchor's rate allows
+    reach_rate = tr.rate * (1.0 + rate_tol) + n_sigma * tr.rate_sigma
+    partners: dict[int, set] = {i: set() for i in range(n)}
+    tested: set[tuple[int, int]] = set()
+    for ea in exposures:
+        ia = groups[ea][tr.whole[groups[ea]]]
+        if ia.size == 0:
             continue
-        stack, comp = [start], []
-        while stack:
-            k = stack.pop()
-            if k in seen:
+        for eb in exposures:
+            if eb == ea:
                 continue
-            seen.add(k)
-            comp.append(k)
-            stack.extend(adj[k] - seen)
-        chains.append(sorted(comp, key=lambda k: t_hours[k]))
-    tracklets = []
-    for comp in chains:
-        remaining = list(comp)
-        while len(remaining) >= min_exposures:
-            best = _best_subset(remaining, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof,
-                                rate_tol, length_rate_err, whole)
-            if best is None:
-                break
-            idx, params, cov, chi2, t_ref = best
-            dof = 2 * idx.size - 4
-            tracklets.append(Tracklet(tuple(int(k) for k in idx), params[0], params[1], params[2], params[3], cov,
-                                      chi2, max(dof, 0), t_ref))
-            remaining = [k for k in remaining if k not in set(idx.tolist())]
-    tracklets.sort(key=lambda t: (-len(t.members), t.chi2))
-    return tracklets
+            dt = abs(times[eb] - times[ea])
+            radius = reach_rate[ia] * dt + n_sigma * (tr.sigma[ia] + float(np.max(tr.sigma[groups[eb]]))) + match_floor
+            near = trees[eb].query_ball_point(tr.pos[ia], radius)
+            for i, local in zip(ia, near):
+                if not local:
+                    continue
+                js = groups[eb][np.asarray(local, np.int64)]
+                fresh = np.array([(min(i, j), max(i, j)) not in tested for j in js], bool)
+                js = js[fresh]
+                if js.size == 0:
+                    continue
+                tested.update((min(i, j), max(i, j)) for j in js.tolist())
+                for j in js[tr.consistent(int(i), js)]:
+                    partners[int(i)].add(int(j))
+                    partners[int(j)].add(int(i))
+    stats["n_pairs_tested"] = len(tested)
+    stats["n_pairs"] = sum(len(p) for p in partners.values()) // 2
+    # 2. hypotheses: each consistent pair predicted into the other exposures
+    hypotheses: dict[frozenset, tuple] = {}
+    for i in range(n):
+        for j in partners[i]:
+            if j < i:
+                continue
+            members = {int(tr.exposure[i]): i, int(tr.exposure[j]): j}
+            # the seed's motion from its centres (a cut member's moved to where the other's rate puts it)
+            speed0 = tr.rate[i] if tr.whole[i] and not tr.whole[j] else tr.rate[j] if tr.whole[j] and not tr.whole[i] \
+                else 0.5 * (tr.rate[i] + tr.rate[j])
+            ci, cj = tr.centre(i, speed0), tr.centre(j, speed0)
+            dt = tr.t[j] - tr.t[i]
+            v = (cj - ci) / dt
+            speed = float(np.hypot(*v))
+            for e in exposures:
+                if int(e) in members:
+                    continue
+                f = (times[e] - tr.t[i]) / dt
+                pred = ci + v * (times[e] - tr.t[i])
+                sig_pred = math.hypot(tr.sigma[i] * (1.0 - f), tr.sigma[j] * f)
+                # a cut trail's visible centre lags by up to half the path
+                slack = 0.5 * speed * float(np.max(tr.exptime_h[groups[e]]))
+                local = trees[e].query_ball_point(pred, n_sigma * (sig_pred + float(np.max(tr.sigma[groups[e]])))
+                                                  + match_floor + slack)
+                if not local:
+                    continue
+                ks = groups[e][np.asarray(local, np.int64)]
+                ks = np.array([k for k in ks if k in partners[i] and k in partners[j]], np.int64)
+                if ks.size == 0:
+                    continue
+                dist = np.hypot(*(tr.centre(ks, np.full(ks.size, speed)) - pred).T)
+                # a cut trail without a known cut direction may lie anywhere along its missing half
+                shift = np.where(np.any(tr.cut_dir[ks] != 0, axis=1), 0.0, 0.5 * tr.missing(ks, speed))
+                tol = n_sigma * np.hypot(sig_pred, tr.sigma[ks]) + match_floor + shift
+                fits_ = dist <= tol
+                if fits_.any():
+                    members[int(e)] = int(ks[fits_][np.argmin((dist / tol)[fits_])])
+            key = frozenset(members.values())
+            if key not in hypotheses:
+                hypotheses[key] = None
+    stats["n_hypotheses"] = len(hypotheses)
+    # 3. evaluation and one-to-one assignment, best first
+    heap = []
+    for key in hypotheses:
+        ev = _evaluate(sorted(key), tr, min_exposures, max_chi2_dof, len(heap))
+        if ev is not None:
+            heapq.heappush(heap, ev)
+    used: set[int] = set()
+    chains = []
+    while heap:
+        ev = heapq.heappop(heap)
+        members = ev[-1].members
+        if used.isdisjoint(members):
+            chains.append(ev[-1])
+            used.update(members)
+            continue
+        left = [k for k in members if k not in used]
+        if len(left) >= min_exposures:
+            stats["n_refitted"] += 1
+            again = _evaluate(left, tr, min_exposures, max_chi2_dof, stats["n_hypotheses"] + stats["n_refitted"])
+            if again is not None:
+                heapq.heappush(heap, again)
+    chains.sort(key=lambda trk: min(trk.members))
+    stats["n_chains"] = len(chains)
+    stats["n_linked"] = len(used)
+    stats["n_unlinked"] = n - len(used)
+    return StreakLinks(chains, stats)
 
 
-def _best_subset(comp, adj, exposure, t_hours, xi, eta, sigma, rate, min_exposures, max_chi2_dof, rate_tol,
-                 length_rate_err, whole):
-    """The largest set of trails, one per exposure, all pairwise consistent, whose line fits
-    and of which at least one is as long as the fitted rate implies.
+def _fit(idx: np.ndarray, tr: _Trails, speed: float | None):
+    """Line fit of members ``idx``; cut members' centres moved for ``speed`` (their far end's uncertainty in
+    their error; without a cut direction, their whole possible shift)."""
+    sigma, pos = tr.sigma[idx], tr.pos[idx]
+    if speed is not None:
+        missing = tr.missing(idx, speed)
+        known = np.any(tr.cut_dir[idx] != 0, axis=1)
+        pos = tr.centre(idx, np.full(idx.size, speed))
+        sigma = np.hypot(sigma, np.where(known, 0.25, 1.0 / math.sqrt(12.0)) * missing)
+    return fit_linear_motion(tr.t[idx], pos[:, 0], pos[:, 1], sigma), sigma, pos
 
-    Among equally large sets the lowest chi-square wins (for pairs: the closest rate agreement).
-    Components are small (a handful of trails); the search is exhaustive up to 14 trails and
-    greedy (largest exposures first) beyond.
+
+def _evaluate(members, tr: _Trails, min_exposures: int, max_chi2_dof: float, serial: int):
+    """Fit a hypothesis, dropping its worst members while the line does not fit; its heap entry or None.
+
+    The entry sorts best first: more members, then the lower reduced combined chi-square (positions,
+    the rates of the whole members against the fitted motion, and the axes against its direction);
+    ``serial`` breaks the remaining ties deterministically.
     """
-    from itertools import combinations
-
-    comp = sorted(comp, key=lambda k: t_hours[k])
-    if len(comp) > 14:
-        comp = comp[:14]
-    for size in range(min(len({int(exposure[k]) for k in comp}), len(comp)), min_exposures - 1, -1):
-        best = None
-        for combo in combinations(comp, size):
-            if len({int(exposure[k]) for k in combo}) < size:
-                continue
-            if any(b not in adj[a] for a, b in combinations(combo, 2)):
-                continue
-            idx = np.array(combo)
-            params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
-            dof = 2 * size - 4
-            if dof > 0 and chi2 / dof > max_chi2_dof:
-                continue
-            moved = math.hypot(params[2], params[3])
-            if not np.any(whole[idx] & (rate[idx] >= moved - rate_tol * moved - length_rate_err[idx])):
-                continue  # every trail shorter than the motion: none seen whole
-            score = chi2 if dof > 0 else float(np.sum(np.abs(rate[idx] - moved) / rate[idx]))
-            if best is None or score < best[0]:
-                best = (score, idx, params, cov, chi2, t_ref)
-        if best is not None:
-            return best[1:]
-    return None
+    idx = np.array(sorted(members, key=lambda k: tr.t[k]), np.int64)
+    if len({int(e) for e in tr.exposure[idx]}) < idx.size:
+        return None
+    speed = None
+    while True:
+        (params, cov, chi2, t_ref), sigma, pos = _fit(idx, tr, speed)
+        moved = float(math.hypot(params[2], params[3]))
+        for _ in range(3):  # again with the cut members' centres and errors at this speed
+            if speed is not None and abs(moved - speed) <= 0.01 * moved:
+                break
+            speed = moved
+            (params, cov, chi2, t_ref), sigma, pos = _fit(idx, tr, speed)
+            moved = float(math.hypot(params[2], params[3]))
+        dof = 2 * idx.size - 4
+        fit_ok = dof <= 0 or chi2 / dof <= max_chi2_dof
+        rates, measures = tr.rate_tests(idx, moved)
+        if fit_ok and rates.all() and measures.any():
+            break
+        if idx.size <= min_exposures:
+            return None
+        # drop the worst member: one longer than the motion first, else the largest position residual
+        dt = tr.t[idx] - t_ref
+        resid = np.hypot(pos[:, 0] - params[0] - params[2] * dt, pos[:, 1] - params[1] - params[3] * dt) / sigma
+        resid = np.where(rates, resid, np.inf)
+        if rates.all() and fit_ok:  # nothing measures the motion: no member is the odd one out
+            return None
+        idx = np.delete(idx, int(np.argmax(resid)))
+        speed = None
+    if idx.size == 2 and not np.all(measures | ~tr.whole[idx]):
+        return None  # a pair with a fragment (a whole trail measured short) is too easily two unrelated trails
+    direction = math.degrees(math.atan2(params[2], params[3])) % 180.0
+    # every member's length against the motion (a shortened one scores as far as it falls short)
+    rate_chi2 = float(np.sum(((tr.rate[idx] - moved) / np.hypot(tr.rate_sigma[idx], 0.5 * tr.rate_tol * moved)) ** 2))
+    axis_chi2 = float(np.sum((_axis_diff(direction, tr.pa[idx]) / (tr.axis_err[idx] / tr.n_sigma)) ** 2))
+    score = (chi2 + rate_chi2 + axis_chi2) / max(2 * idx.size - 4 + 2 * idx.size, 1)
+    trk = Tracklet(tuple(int(k) for k in idx), params[0], params[1], params[2], params[3], cov, chi2, max(dof, 0), t_ref)
+    return (-idx.size, score, int(idx[0]), serial, trk)

@@ -11,6 +11,13 @@ when the reduced chi-square, the fitted rate and the flux consistency pass.
 Duplicates are resolved greedily: more detections first, then lower
 chi-square; no detection belongs to two tracklets.
 
+False alarms are controlled explicitly: the seeds tried are counted, the chance
+detections expected within all predictions' tolerances summed (from the local
+density of candidates), and each tracklet's chance probability (how likely
+unrelated candidates line up as well as its members) times the number of seeds
+must stay below ``max_false_alarms``, the expected number of chance tracklets the
+caller accepts.
+
 Seeds: every pair of exposures for short sequences; in long ones only pairs a
 few exposures apart (see :func:`_seed_pairs`).  Cost for N exposures with n
 candidates each and p partners within the rate reach: O(N g n p N log n) with
@@ -19,12 +26,13 @@ times in hours.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["Tracklet", "fit_linear_motion", "link_tracklets"]
+__all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "chance_probability", "flux_deviation"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,9 @@ def link_tracklets(
     max_flux_ratio: float = 4.0,
     min_rate_significance: float = 5.0,
     min_fraction: float = 0.5,
-) -> list[Tracklet]:
+    max_false_alarms: float | None = None,
+    flux_scatter: float = 0.25,
+) -> "SlowLinks":
     """Link candidate detections into tracklets of linear motion.
 
     Parameters
@@ -159,32 +169,48 @@ def link_tracklets(
         Largest accepted reduced chi-square.
     max_flux_ratio : float
         Largest accepted ratio between member fluxes (after allowing 3 sigma).
+    flux_scatter : float
+        Relative scatter of a mover's flux between exposures beyond its noise: a member whose flux
+        lies more than 3 standard deviations (noise and this scatter combined) from the others' mean is
+        dropped (or the tracklet refused when it cannot lose a member).
     min_rate_significance : float
         The fitted rate must exceed this many times its uncertainty.
     min_fraction : float
         A tracklet must be detected in at least this fraction of the exposures
         within its time span (in long sequences, three chance alignments
         spread over many exposures are not an object).
+    max_false_alarms : float, optional
+        Expected number of chance tracklets the call may accept (see :func:`chance_probability`):
+        a tracklet is kept when the number of seeds tried times its chance probability is at most
+        this.  None: no such test.
 
     Returns
     -------
-    list of Tracklet
-        Disjoint tracklets, best first.  Empty list when nothing links.
+    SlowLinks
+        Disjoint tracklets, best first (iterable like a list; empty when nothing links), and ``stats``:
+        ``n_seeds`` (seed pairs tried), ``expected_chance`` (chance detections expected within the
+        prediction tolerances of all seeds: the chance 3-detection hypotheses before any fit),
+        ``chance_threshold`` (largest accepted chance probability, ``max_false_alarms / n_seeds``:
+        by the union bound, at most ``max_false_alarms`` chance tracklets are expected to pass) and
+        ``n_rejected_false_alarm``.
     """
     n = len(xi)
+    stats = {"n_seeds": 0, "expected_chance": 0.0, "chance_threshold": None, "n_hypotheses": 0,
+             "n_rejected_false_alarm": 0}
     if n == 0:
-        return []
+        return SlowLinks([], stats)
     pos = np.column_stack([xi, eta])
     exposures = np.unique(exposure)
     if exposures.size < min_detections:
-        return []
+        return SlowLinks([], stats)
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
     times = np.array([float(np.median(t_hours[groups[e]])) for e in exposures])
     sig_max = float(np.max(sigma))
     hypotheses: dict[frozenset, Tracklet] = {}
     evaluate = dict(min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
-                    min_rate_significance=min_rate_significance, min_detections=min_detections)
+                    min_rate_significance=min_rate_significance, min_detections=min_detections,
+                    flux_scatter=flux_scatter)
     for c1, c2 in _seed_pairs(exposures.size, min_fraction):
         e1, e2 = exposures[c1], exposures[c2]
         dt = times[c2] - times[c1]
@@ -204,6 +230,7 @@ def link_tracklets(
         ia, ib, v = ia[ok], ib[ok], v[ok]
         if ia.size == 0:
             continue
+        stats["n_seeds"] += int(ia.size)
         members = np.full((ia.size, exposures.size), -1, dtype=np.int64)
         members[:, c1], members[:, c2] = ia, ib
         for c3, e3 in enumerate(exposures):
@@ -213,6 +240,7 @@ def link_tracklets(
             pred = pos[ia] + v * (times[c3] - times[c1])
             sig_pred = np.hypot(sigma[ia] * (1.0 - f), sigma[ib] * f)
             tol = match_sigma * np.hypot(sig_pred, sig_max) + match_floor
+            stats["expected_chance"] += float(np.sum(np.pi * tol**2 * _local_density(trees[e3], pred)))
             d, k = trees[e3].query(pred, k=1)
             cand = groups[e3][np.minimum(k, groups[e3].size - 1)]
             hit = (d <= tol) & (d <= match_sigma * np.hypot(sig_pred, sigma[cand]))
@@ -234,14 +262,91 @@ def link_tracklets(
                 exposures, {int(exposure[i]): i for i in trk.members}
             ):
                 hypotheses[key] = trk
+    stats["n_hypotheses"] = len(hypotheses)
     ranked = sorted(hypotheses.values(), key=lambda t: (-len(t.members), t.chi2 / max(t.dof, 1)))
+    if max_false_alarms is not None and stats["n_seeds"]:
+        stats["chance_threshold"] = float(max_false_alarms) / stats["n_seeds"]
     used: set[int] = set()
     accepted = []
     for trk in ranked:
-        if used.isdisjoint(trk.members):
-            accepted.append(trk)
-            used.update(trk.members)
-    return accepted
+        if not used.isdisjoint(trk.members):
+            continue
+        p_chance = chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, flux=flux,
+                                      flux_err=flux_err, flux_scatter=flux_scatter)
+        if stats["chance_threshold"] is not None and p_chance > stats["chance_threshold"]:
+            stats["n_rejected_false_alarm"] += 1
+            continue
+        accepted.append(trk)
+        used.update(trk.members)
+    return SlowLinks(accepted, stats)
+
+
+@dataclass
+class SlowLinks:
+    """Tracklets of :func:`link_tracklets` (iterable like a list) and the linker's counts (``stats``)."""
+
+    tracklets: list
+    stats: dict
+
+    def __iter__(self):
+        return iter(self.tracklets)
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
+
+    def __getitem__(self, k):
+        return self.tracklets[k]
+
+
+#: Neighbours whose distance gives the local density of candidates (:func:`_local_density`).
+DENSITY_NEIGHBOURS = 8
+
+
+def _local_density(tree: cKDTree, points: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
+    """Candidates per arcsec^2 around ``points`` (m, 2) from the distance to the k-th nearest one in ``tree``."""
+    k = DENSITY_NEIGHBOURS + int(exclude_self)
+    if tree.n < k:
+        return np.full(len(points), tree.n / max(np.pi * 3600.0**2, 1.0))  # too few to tell: 1 deg^2 of them
+    d, _ = tree.query(points, k=k)
+    return DENSITY_NEIGHBOURS / (np.pi * np.maximum(d[:, -1], 1e-6) ** 2)
+
+
+def chance_probability(trk: Tracklet, exposure, t_hours, xi, eta, sigma, trees: dict, groups: dict, *,
+                       flux=None, flux_err=None, flux_scatter: float = 0.25) -> float:
+    """Probability that chance detections line up as well as ``trk``'s members, given one seed pair.
+
+    Two members define a line; each further member ``k`` lies at distance ``d_k`` from the line
+    fitted to the other members (its prediction error), where an unrelated candidate falls with
+    probability ``p_k = min(1, rho_k pi d_k^2)``; ``rho_k`` is the local density of candidates of its exposure
+    around it (from the distance to the 8th nearest) times, with ``flux``, the fraction of that
+    exposure's candidates whose flux could pass the tracklet's flux test (within 3 standard deviations
+    of its mean flux: a bright tracklet is not mimicked by faint junk).  The product over all members but the two with the smallest ``p_k``
+    (taken as the seed, which is conservative) is the probability that one seed of chance
+    detections yields this tracklet; times the number of seeds tried it is the expected number of
+    such chance tracklets.
+    """
+    idx = np.asarray(trk.members)
+    # each member's distance from the line of the others (a fit's own residuals are shrunk by its leverage)
+    d = np.empty(idx.size)
+    for pos, k in enumerate(idx):
+        rest = np.delete(idx, pos)
+        p, _, _, t_ref = fit_linear_motion(t_hours[rest], xi[rest], eta[rest], sigma[rest])
+        dt = t_hours[k] - t_ref
+        d[pos] = math.hypot(xi[k] - p[0] - p[2] * dt, eta[k] - p[1] - p[3] * dt)
+    r = np.maximum(d, 0.1 * sigma[idx])
+    rho = np.array([_local_density(trees[exposure[k]], np.array([[xi[k], eta[k]]]), exclude_self=True)[0]
+                    for k in idx])
+    if flux is not None:
+        f = np.asarray(flux, float)
+        fe = np.zeros_like(f) if flux_err is None else np.nan_to_num(np.asarray(flux_err, float))
+        w = 1.0 / np.maximum(fe[idx] ** 2 + (flux_scatter * float(np.median(f[idx]))) ** 2, 1e-300)
+        mean = float(np.sum(w * f[idx]) / np.sum(w))
+        for pos, k in enumerate(idx):
+            others = groups[exposure[k]]
+            compatible = flux_deviation(f[others], fe[others], flux_scatter, reference=mean) <= FLUX_NSIGMA
+            rho[pos] *= max(float(np.mean(compatible)), 1.0 / others.size)
+    p = np.sort(np.minimum(1.0, rho * np.pi * r**2))
+    return float(np.prod(p[2:])) if p.size > 2 else 1.0
 
 
 def _seed_pairs(n_exposures: int, min_fraction: float) -> list[tuple[int, int]]:
@@ -288,18 +393,42 @@ def _spanned(exposures: np.ndarray, members: dict) -> int:
     return int(np.sum((exposures >= first) & (exposures <= last)))
 
 
+#: A member's flux may differ from the tracklet's mean by this many standard deviations (its own error and the
+#: ``flux_scatter`` systematic combined).
+FLUX_NSIGMA = 3.0
+
+
+def flux_deviation(f: np.ndarray, fe: np.ndarray, scatter: float, reference: float | None = None) -> np.ndarray:
+    """Deviation of each flux from the weighted mean (or ``reference``) in standard deviations of
+    ``sqrt(fe^2 + (scatter * median)^2)``: measurement noise plus the ``scatter`` a mover's flux shows
+    between exposures (blends, cosmic-ray hits, rotation)."""
+    f, fe = np.asarray(f, float), np.nan_to_num(np.asarray(fe, float))
+    level = float(np.median(f)) if reference is None else float(reference)
+    var = fe**2 + (scatter * abs(level)) ** 2
+    if reference is None:
+        w = 1.0 / np.maximum(var, 1e-300)
+        level = float(np.sum(w * f) / np.sum(w))
+    return np.abs(f - level) / np.sqrt(np.maximum(var, 1e-300))
+
+
 def _evaluate(
     members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max_rate, max_chi2_dof, max_flux_ratio,
-    min_rate_significance, min_detections=3,
+    min_rate_significance, min_detections=3, flux_scatter=0.25,
 ):
-    """Fit a candidate set; while the line does not fit, drop the worst-fitting member (long
-    sequences: one blend or one mis-assigned detection must not lose the object)."""
+    """Fit a candidate set; while the line does not fit, or a member's flux does not agree with the others',
+    drop the worst member (long sequences: one blend or one mis-assigned detection must not lose the object)."""
     idx = np.array(sorted(members, key=lambda i: t_hours[i]))
     while True:
         params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
         dof = 2 * idx.size - 4
         if chi2 / max(dof, 1) <= max_chi2_dof:
-            break
+            off = flux_deviation(flux[idx], flux_err[idx], flux_scatter)
+            if np.all(off <= FLUX_NSIGMA):
+                break
+            if idx.size <= min_detections:
+                return None
+            idx = np.delete(idx, int(np.argmax(off)))
+            continue
         if idx.size <= min_detections:
             return None
         dt = t_hours[idx] - t_ref

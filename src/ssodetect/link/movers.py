@@ -1,0 +1,471 @@
+"""From a field's detections to linked movers: candidate selection, slow and fast linking, vetting.
+
+:func:`link_movers` is the whole of the ``link`` step's logic, as a pure function of the field's
+detection table (every CCD exposure on the sky), the exposures' mid times and the configuration:
+
+1. :func:`select_candidates`: usable detections (point, trail, extended; unflagged, on the sky) and
+   their static (on the sky) and artefact (on the detector) flags;
+2. slow movers: the moving point-like candidates linked by :func:`~ssodetect.link.tracklets.link_tracklets`
+   (with its false-alarm control), vetted by occupancy (:func:`vet_occupancy`), by trail length
+   (:func:`vet_trail_lengths`) and by combined S/N;
+3. fast movers: the trails not in a slow tracklet linked by :func:`~ssodetect.link.streaks.link_streaks`
+   (hypotheses and a one-to-one assignment), the centres of edge-cut members restored
+   (:func:`restore_cut_centres`).
+
+Everything counted on the way is returned in :attr:`MoverLinks.stats` (the run writes it to
+``provenance.json``): nothing is dropped without a number.  Positions in arcsec on the tangent plane
+of the field's median detection, times in hours from the first exposure's mid time.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.table import Table
+from scipy.spatial import cKDTree
+
+from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.columns import describe, empty_table
+from ssodetect.config import Config
+from ssodetect.link.stationary import occupied_elsewhere, static_on_detector, static_on_sky
+from ssodetect.link.streaks import link_streaks
+from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets
+
+__all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_occupancy", "vet_trail_lengths",
+           "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MoverLinks:
+    """What :func:`link_movers` found.
+
+    Attributes
+    ----------
+    plane : TangentPlane
+        Projection of ``xi, eta``.
+    t0_mjd : float
+        MJD (UTC) of ``t_hours = 0``: the first exposure's mid time.
+    candidates : Table
+        Usable detections with ``xi, eta, t_hours, sigma, size, static, artefact``.
+    moving : Table
+        The candidates neither static nor artefacts nor extended.
+    slow : Table
+        The moving candidates the slow linker saw; ``slow_tracklets`` index it.
+    slow_tracklets : list of Tracklet
+    trails : Table
+        The trails the fast linker saw; ``fast_tracklets`` index it.
+    fast_tracklets : list of Tracklet
+    stats : dict
+        Counts of every selection and cut, the slow linker's false-alarm control and the fast
+        linker's bookkeeping.
+    """
+
+    plane: TangentPlane
+    t0_mjd: float
+    candidates: Table
+    moving: Table
+    slow: Table
+    slow_tracklets: list
+    trails: Table
+    fast_tracklets: list
+    stats: dict = field(default_factory=dict)
+
+
+def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
+    """Usable detections (PSF-like, trailed or extended; unflagged) with their static flags.
+
+    Moving-object candidates are the usable ones neither static on sky or
+    detector nor extended; the extended ones still count as occupants of the sky.
+
+    Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` and ``size`` [arcsec] columns and the
+    flags ``static`` and ``artefact`` to a copy of the usable detections.
+    """
+    # long trails cross flagged pixels often; their measurement masks them, so they stay usable
+    long_trail = (np.asarray(detections["kind"]) == "trail") & (
+        np.asarray(detections["length"], float) >= config.streaks.min_length
+    )
+    # a source cut by the image edge within its core has a biased centroid (and a star drifting off the
+    # edge looks like a mover)
+    truncated = np.asarray(detections["edge_cut"], bool)
+    usable = (
+        np.isin(detections["kind"], ["point", "trail", "extended"])
+        & ((~np.asarray(detections["near_mask"], bool) & ~truncated) | long_trail)
+        & (np.asarray(detections["snr"]) > 0)
+        & np.isfinite(np.asarray(detections["ra"], float))
+    )
+    cand = detections[usable]
+    xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
+    cand["xi"] = xi
+    cand["eta"] = eta
+    cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
+    cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
+    link = config.link
+    # source size for the static-match radius: the full extent of galaxies, only the width of trails
+    # (a trail's length says how far it moved, not where a static counterpart could sit)
+    # (and nothing for point sources, whose isophotal size grows with brightness, not with centroid jitter)
+    kind = np.asarray(cand["kind"])
+    extent = np.where(kind == "trail", np.asarray(cand["b"]), np.where(kind == "extended", np.asarray(cand["a"]), 0.0))
+    cand["size"] = extent * np.asarray(cand["pixel_scale"])
+    cand["static"] = static_on_sky(
+        np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
+        radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches,
+        min_rate=link.min_rate, min_fraction=link.static_min_fraction,
+    )
+    # a source trailed by more than min_length moved during the exposure: never static
+    # (unless the telescope trailed everything: then stars are trails too)
+    if not config.astrometry.trailed_stars:
+        moved = (np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
+        cand["static"] = np.asarray(cand["static"]) & ~moved
+    cand["artefact"] = static_on_detector(
+        np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
+        radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
+    )
+    return cand
+
+
+def vet_occupancy(tracklets: list, moving: Table, usable: Table, t_exposures: dict, config: Config) -> list:
+    """Drop tracklets whose positions stay occupied after the object moved on (static sources).
+
+    Parameters
+    ----------
+    tracklets : list of Tracklet
+        Indexing ``moving``.
+    moving, usable : Table
+        The linked candidates and every usable detection (``xi, eta, exposure``; ``sigma, size`` of ``moving``).
+    t_exposures : dict
+        Exposure index -> mid time [h] on the tracklets' time axis.
+    """
+    if not tracklets:
+        return tracklets
+    pos = np.column_stack([np.asarray(usable["xi"]), np.asarray(usable["eta"])])
+    expo = np.asarray(usable["exposure"])
+    trees = {e: cKDTree(pos[expo == e]) for e in t_exposures if np.any(expo == e)}
+    kept = []
+    for trk in tracklets:
+        idx = np.array(trk.members)
+        radius = np.maximum.reduce([
+            np.full(idx.size, config.link.static_radius),
+            3.0 * np.asarray(moving["sigma"])[idx],
+            np.asarray(moving["size"])[idx],
+        ])
+        predicted = {k: (trk.x0 + trk.vx * (t - trk.t_ref), trk.y0 + trk.vy * (t - trk.t_ref))
+                     for k, t in t_exposures.items()}
+        frac = occupied_elsewhere(
+            np.asarray(moving["exposure"])[idx], np.asarray(moving["xi"])[idx], np.asarray(moving["eta"])[idx],
+            radius, predicted, trees,
+        )
+        if not np.isfinite(frac) or frac > config.link.max_occupied_fraction:
+            log.debug("tracklet at (%.1f, %.1f) rejected: occupancy %.2f (NaN: motion unresolved)", trk.x0, trk.y0, frac)
+            continue
+        kept.append(trk)
+    return kept
+
+
+def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin: float = 1.0) -> list:
+    """Drop members (or whole slow tracklets) trailed far more than their motion allows.
+
+    A mover at rate ``r`` draws ``r * exptime`` in an exposure; a member's measured trail may exceed
+    that by ``margin`` [arcsec] or four times the members' median minor-axis rms, whichever is larger
+    (short trails and seeing-limited blobs are measured coarsely).  Longer members are blends (a slow
+    mover next to a star for part of a long sequence) whose footprint barycentre is biased: they are
+    removed and the motion refitted when at least ``min_detections`` and a third of the members stay;
+    otherwise the tracklet is dropped (a deblended galaxy or a string of blends).
+    """
+    trail = np.nan_to_num(np.asarray(slow["trail_arcsec"], float))
+    exptime = np.asarray(slow["exptime"], float)
+    # a blob's measured length is uncertain by a few PSF widths (seeing, blends): 4 minor-axis rms
+    width = np.nan_to_num(np.asarray(slow["b"], float) * np.asarray(slow["pixel_scale"], float))
+    t_h, xi, eta = (np.asarray(slow[c], float) for c in ("t_hours", "xi", "eta"))
+    sigma = np.asarray(slow["sigma"], float)
+    kept = []
+    for trk in tracklets:
+        idx = np.array(trk.members)
+        slack = max(margin, 4.0 * float(np.median(width[idx])))
+        ok = trail[idx] <= trk.rate * exptime[idx] / 3600.0 + slack
+        if ok.all():
+            kept.append(trk)
+            continue
+        if ok.sum() < max(min_detections, math.ceil(idx.size / 3.0)):
+            log.debug("tracklet at (%.1f, %.1f) rejected: trails %.1f\" for %.1f\"/h", trk.x0, trk.y0,
+                      float(np.median(trail[idx])), trk.rate)
+            continue
+        sub = idx[ok]
+        p, c, chi2, t_ref = fit_linear_motion(t_h[sub], xi[sub], eta[sub], sigma[sub])
+        log.debug("tracklet at (%.1f, %.1f): %d blended members removed", trk.x0, trk.y0, int((~ok).sum()))
+        kept.append(Tracklet(tuple(int(k) for k in sub), p[0], p[1], p[2], p[3], c, chi2, 2 * sub.size - 4, t_ref))
+    return kept
+
+
+#: Relative uncertainty of the part of a cut trail that lies beyond the detector edge: the far end of a
+#: faint trail is measured short, which the restored centre inherits (bench_streaks, 6 seeds: the two
+#: restored trails were off by 0.35 and 0.77 of the missing length).
+CUT_END_ERROR = 0.5
+
+
+def restore_cut_centres(trails: Table, trk: Tracklet, plane: TangentPlane, *, iterations: int = 5) -> Tracklet:
+    """Move the centres of members cut by the detector edge to the object's mid-exposure position.
+
+    The visible part of a cut trail ends at the object's true position at one end of the
+    exposure; the whole trail is ``rate * exptime`` long, so its centre lies half the missing
+    length further towards the cut end.  The rate comes from the tracklet's line, which the
+    cut member's own position biases: shift, refit, shift again from the measured position
+    (the bias shrinks by about half the exposure over the time between exposures each time).
+    Updates ``xi, eta, ra, dec, x, y`` of those rows of ``trails`` (``x, y`` possibly off the
+    detector); their along-track error grows by the rate uncertainty times half the exposure
+    and by :data:`CUT_END_ERROR` of the missing length.  Returns the tracklet refitted.
+    """
+    cut = [k for k in trk.members if math.isfinite(float(trails["cut_pa"][k]))]
+    if not cut:
+        return trk
+    idx = np.array(trk.members)
+    seen = {k: (float(trails["xi"][k]), float(trails["eta"][k]), float(trails["x"][k]), float(trails["y"][k]))
+            for k in cut}
+    missing = {}
+
+    def refit():
+        p, c, chi2, t_ref = fit_linear_motion(np.asarray(trails["t_hours"], float)[idx], np.asarray(trails["xi"], float)[idx],
+                                              np.asarray(trails["eta"], float)[idx], np.asarray(trails["sigma"], float)[idx])
+        return Tracklet(trk.members, p[0], p[1], p[2], p[3], c, chi2, trk.dof, t_ref)
+
+    for _ in range(iterations):
+        rate = math.hypot(trk.vx, trk.vy)
+        for k in cut:
+            pa = math.radians(float(trails["cut_pa"][k]))
+            missing[k] = max(rate * float(trails["exptime"][k]) / 3600.0 - float(trails["trail_arcsec"][k]), 0.0)
+            shift = 0.5 * missing[k]
+            xi0, eta0, x0, y0 = seen[k]
+            trails["xi"][k], trails["eta"][k] = xi0 + shift * math.sin(pa), eta0 + shift * math.cos(pa)
+            step = np.sign(int(trails["cut"][k])) * shift / float(trails["pixel_scale"][k])
+            trails["x"][k] = x0 + step * math.cos(float(trails["theta"][k]))
+            trails["y"][k] = y0 + step * math.sin(float(trails["theta"][k]))
+        trk = refit()
+    rate_err = math.sqrt(max(trk.cov[2, 2] + trk.cov[3, 3], 0.0))
+    for k in cut:
+        pa = math.radians(float(trails["cut_pa"][k]))
+        ra, dec = plane.to_sky(np.array([trails["xi"][k]]), np.array([trails["eta"][k]]))
+        trails["ra"][k], trails["dec"][k] = float(ra[0]), float(dec[0])
+        # along-track error: the rate's, plus the far end's (faint ends fade)
+        along = math.hypot(0.5 * rate_err * float(trails["exptime"][k]) / 3600.0, CUT_END_ERROR * missing[k])
+        trails["ra_err"][k] = math.hypot(float(trails["ra_err"][k]), along * math.sin(pa))
+        trails["dec_err"][k] = math.hypot(float(trails["dec_err"][k]), along * math.cos(pa))
+        trails["sigma"][k] = math.hypot(float(trails["sigma"][k]), along / math.sqrt(2.0))
+    return refit()
+
+
+class Footprints:
+    """Where each exposure saw the sky: per CCD exposure, the convex hull of its detections' tangent-plane
+    positions (a CCD's area up to its outermost detections, a few pixels inside its edges), and where it
+    detected something (a source there could hide a mover)."""
+
+    def __init__(self, detections: Table):
+        from scipy.spatial import Delaunay, QhullError
+
+        self.hulls: dict[int, list] = {}
+        expo, ccd = np.asarray(detections["exposure"]), np.asarray(detections["ccd"]).astype(str)
+        xi, eta = np.asarray(detections["xi"], float), np.asarray(detections["eta"], float)
+        self.trees = {int(e): cKDTree(np.column_stack([xi[expo == e], eta[expo == e]])) for e in np.unique(expo)}
+        for key in sorted(set(zip(expo.tolist(), ccd.tolist()))):
+            sel = (expo == key[0]) & (ccd == key[1]) & np.isfinite(xi) & np.isfinite(eta)
+            if sel.sum() < 10:
+                continue
+            try:
+                self.hulls.setdefault(int(key[0]), []).append(Delaunay(np.column_stack([xi[sel], eta[sel]])))
+            except QhullError:
+                continue
+
+    def covers(self, exposure: int, points: np.ndarray) -> bool:
+        """Whether all ``points`` (m, 2) [arcsec] lie on one CCD of ``exposure``."""
+        return any(np.all(hull.find_simplex(points) >= 0) for hull in self.hulls.get(int(exposure), []))
+
+    def occupied(self, exposure: int, centre: np.ndarray, radius: float) -> bool:
+        """Whether ``exposure`` detected anything within ``radius`` [arcsec] of ``centre``."""
+        tree = self.trees.get(int(exposure))
+        return tree is not None and bool(tree.query_ball_point(centre, radius, return_length=True))
+
+
+#: Margin [arcsec] around a trail that must lie on a CCD for the trail to count as one the exposure would have seen.
+UNSEEN_MARGIN = 1.0
+
+
+def _seen_elsewhere(trk: Tracklet, trails: Table, footprints: Footprints, t_exposures: dict) -> list[int]:
+    """Exposures without a member where the tracklet's whole trail (plus a margin) lay on a CCD with nothing
+    detected on it (no source that could have hidden it)."""
+    mine = {int(trails["exposure"][k]) for k in trk.members}
+    exptime_h = float(np.median(np.asarray(trails["exptime"], float)[list(trk.members)])) / 3600.0
+    rate = max(trk.rate, 1e-9)
+    u = np.array([trk.vx, trk.vy]) / rate
+    w = np.array([-u[1], u[0]])
+    half = 0.5 * rate * exptime_h + UNSEEN_MARGIN
+    seen = []
+    for e, t in t_exposures.items():
+        if e in mine:
+            continue
+        p = np.array([trk.x0 + trk.vx * (t - trk.t_ref), trk.y0 + trk.vy * (t - trk.t_ref)])
+        box = np.array([p + half * u, p - half * u, p + UNSEEN_MARGIN * w, p - UNSEEN_MARGIN * w])
+        if footprints.covers(e, box) and not footprints.occupied(e, p, half):
+            seen.append(int(e))
+    return seen
+
+
+def link_fast(moving: Table, used: set, config: Config, plane: TangentPlane, footprints: Footprints | None = None,
+              t_exposures: dict | None = None) -> tuple[Table, list, dict]:
+    """Trails long enough to measure, not already in a slow tracklet, linked across exposures.
+
+    A chain of only two trails is weak evidence (two unrelated trails agree by chance in a busy field): it
+    is kept only when no other exposure had the whole trail on a CCD with nothing detected on it
+    (``footprints``): the object left the field, entered it, fell in a gap or was hidden by a source.
+
+    Returns ``(trails, tracklets, stats)``: the trails the linker saw (cut centres of linked members
+    restored), the chains indexing them in the order of their first trail, and the linker's counts
+    (``n_pairs_unseen``: two-trail chains refused because another exposure should have seen the object).
+    """
+    sc = config.streaks
+    keep = (np.asarray(moving["kind"]) == "trail") & (np.asarray(moving["length"], float) >= sc.min_length)
+    keep &= ~np.isin(np.arange(len(moving)), list(used))
+    trails = moving[keep]
+    links = link_streaks(
+        np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),
+        np.asarray(trails["eta"], float), np.asarray(trails["sigma"], float), np.asarray(trails["trail_arcsec"], float),
+        np.asarray(trails["trail_pa"], float), np.asarray(trails["exptime"], float),
+        flux=np.asarray(trails["flux"], float), whole=np.asarray(trails["cut"]) == 0,
+        length_sigma=np.asarray(trails["trail_arcsec_err"], float), axis_sigma=np.asarray(trails["trail_pa_err"], float),
+        cut_pa=np.asarray(trails["cut_pa"], float),
+        min_exposures=sc.min_exposures, rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance,
+        max_chi2_dof=sc.max_chi2_dof,
+    )
+    stats = dict(links.stats)
+    chains = list(links.tracklets)
+    stats["n_pairs_unseen"] = 0
+    if footprints is not None and t_exposures:
+        kept_chains = []
+        for trk in chains:
+            unseen = len(trk.members) == 2 and _seen_elsewhere(trk, trails, footprints, t_exposures)
+            if unseen:
+                stats["n_pairs_unseen"] += 1
+                log.debug("two-trail chain at (%.1f, %.1f) refused: exposure(s) %s would have seen it", trk.x0, trk.y0,
+                          unseen)
+                continue
+            kept_chains.append(trk)
+        chains = kept_chains
+        stats["n_chains"] = len(chains)
+        stats["n_linked"] = sum(len(t.members) for t in chains)
+        stats["n_unlinked"] = stats["n_trails"] - stats["n_linked"]
+    # names in the order of the objects' first detections (row order, the same on every executor): float noise
+    # between executors cannot reorder them, as it could a sort on fitted values
+    kept = [restore_cut_centres(trails, trk, plane) for trk in chains]
+    return trails, kept, stats
+
+
+#: Columns of ``streaks.ecsv``: every trail and streak of the run and what became of it.
+STREAK_COLUMNS = [
+    ("exposure", "i8", "", "exposure index"),
+    ("ccd", "U32", "", "CCD identifier"),
+    ("x", "f8", "pix", "trail centre (mid-exposure position), 0-based"),
+    ("y", "f8", "pix", "trail centre, 0-based"),
+    ("ra", "f8", "deg", "trail centre"),
+    ("dec", "f8", "deg", "trail centre"),
+    ("length", "f8", "pix", "trail length"),
+    ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
+    ("trail_pa", "f8", "deg", "trail axis position angle, 0-180"),
+    ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
+    ("mag", "f8", "mag", "magnitude"),
+    ("snr", "f8", "", "signal-to-noise ratio"),
+    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed | spike | edge"),
+    ("object", "U8", "", "object identifier when linked"),
+]
+
+
+def streak_table(detections: Table, trails: Table, fast: list, names: list[str]) -> Table:
+    """Every measured trail (linked to ``names[i]`` of ``fast[i]``, or single) plus satellites and bleeds."""
+    member_of = {k: names[n] for n, trk in enumerate(fast) for k in trk.members}
+    rows = [(row, "linked" if k in member_of else "single", member_of.get(k, "")) for k, row in enumerate(trails)]
+    if len(detections):
+        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike", "edge"])]
+        rows += [(row, str(row["kind"]), "") for row in others]
+    if not rows:
+        return empty_table(STREAK_COLUMNS)
+    out = []
+    for row, status, name in rows:
+        rate = float(row["trail_arcsec"]) / max(float(row["exptime"]), 1e-9) * 3600.0
+        out.append((int(row["exposure"]), str(row["ccd"]), float(row["x"]), float(row["y"]), float(row["ra"]),
+                    float(row["dec"]), float(row["length"]), float(row["trail_arcsec"]), float(row["trail_pa"]),
+                    rate, float(row["mag"]), float(row["snr"]), status, name))
+    table = Table(rows=out, names=[c[0] for c in STREAK_COLUMNS], dtype=[c[1] for c in STREAK_COLUMNS])
+    return describe(table, STREAK_COLUMNS)
+
+
+def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverLinks:
+    """Link a field's detections into slow and fast movers.
+
+    Parameters
+    ----------
+    detections : Table
+        Every CCD exposure's detections on the sky (``ra, dec`` through the fitted or header WCS).
+    exposure_mjd : dict
+        Exposure index -> mid-exposure MJD (UTC) of every exposure of the run, including those
+        without detections (the occupancy test predicts into them).
+    config : Config
+
+    Returns
+    -------
+    MoverLinks
+    """
+    if len(detections):
+        ra0, dec0 = float(np.median(detections["ra"])), float(np.median(detections["dec"]))
+    else:
+        ra0, dec0 = 0.0, 0.0
+    plane = TangentPlane(ra0, dec0)
+    t0_mjd = float(exposure_mjd[min(exposure_mjd)]) if exposure_mjd else 0.0
+    t_exposures = {int(e): (float(mjd) - t0_mjd) * 24.0 for e, mjd in exposure_mjd.items()}
+    cand = select_candidates(detections, config, plane, t0_mjd)
+    kind = np.asarray(cand["kind"])
+    moving = cand[~np.asarray(cand["static"]) & ~np.asarray(cand["artefact"]) & (kind != "extended")]
+    stats: dict = {"n_detections": len(detections), "n_usable": len(cand), "n_static": int(np.sum(cand["static"])),
+                   "n_artefact": int(np.sum(cand["artefact"])), "n_moving": len(moving)}
+    lk = config.link
+    # trails longer than the fastest slow motion can draw are for the streak linking only; the
+    # measured length of a short blob (a blend, a seeing-elongated source) is uncertain by a few PSF widths
+    reach = 1.5 * lk.max_rate * np.asarray(moving["exptime"], float) / 3600.0 + np.maximum(
+        0.5, 4.0 * np.asarray(moving["b"], float) * np.asarray(moving["pixel_scale"], float))
+    long_trail = (np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach)
+    faint = np.asarray(moving["snr"], float) < lk.min_snr
+    slow_idx = np.nonzero(~long_trail & ~faint)[0]
+    stats["slow"] = {"n_candidates": int(slow_idx.size), "n_below_min_snr": int(np.sum(~long_trail & faint))}
+    slow = moving[slow_idx]
+    # the false-alarm budget is per CCD: a field of many CCDs tries as many more hypotheses
+    n_ccds = max(len(np.unique(np.asarray(detections["ccd"]))), 1) if len(detections) else 1
+    stats["slow"]["false_alarm_budget"] = lk.max_false_alarms * n_ccds
+    linked = link_tracklets(
+        np.asarray(slow["exposure"]), np.asarray(slow["t_hours"]), np.asarray(slow["xi"]),
+        np.asarray(slow["eta"]), np.asarray(slow["sigma"]), np.asarray(slow["flux"]),
+        np.asarray(slow["flux_err"]),
+        min_rate=lk.min_rate, max_rate=lk.max_rate, min_detections=lk.min_detections, match_sigma=lk.match_sigma,
+        match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
+        min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
+        max_false_alarms=lk.max_false_alarms * n_ccds, flux_scatter=lk.flux_scatter,
+    )
+    stats["slow"].update(linked.stats)
+    tracklets = linked.tracklets
+    n0 = len(tracklets)
+    tracklets = vet_occupancy(tracklets, slow, cand, t_exposures, config)
+    stats["slow"]["n_rejected_occupancy"] = n0 - len(tracklets)
+    n0 = len(tracklets)
+    tracklets = vet_trail_lengths(tracklets, slow, lk.min_detections)
+    stats["slow"]["n_rejected_trail_length"] = n0 - len(tracklets)
+    snr = np.asarray(slow["snr"], float)
+    n0 = len(tracklets)
+    tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]
+    stats["slow"]["n_rejected_total_snr"] = n0 - len(tracklets)
+    # named in the order of their first detections: the linker ranks by fit quality, where 1e-5 mas of float noise
+    # between serial and Dask runs swapped the names of two objects with equal chi2 in a full field
+    tracklets.sort(key=lambda t: min(t.members))
+    stats["slow"]["n_tracklets"] = len(tracklets)
+    trails, fast = moving[:0], []
+    if config.streaks.enabled:
+        used = {int(slow_idx[k]) for trk in tracklets for k in trk.members}
+        trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(cand), t_exposures)
+    return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats)
