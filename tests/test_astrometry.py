@@ -327,3 +327,127 @@ def test_offset_match_fast_path_and_its_limits():
                             min_side=100.0)
     assert solved is not None and abs(abs(solved.transform.rotation) - 2.0) < 0.05
     assert match_offset(rng.uniform(0, 4000, (60, 2)), index, max_shift=300.0, match_radius=3.0) is None
+
+
+def _tan(crval, crpix, rotation=0.0, scale=1.0):
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = list(crval)
+    w.wcs.crpix = list(crpix)
+    c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+    w.wcs.cd = np.array([[c, -s], [s, c]]) @ np.array([[-0.1, 0.0], [0.0, 0.1]]) / 3600.0 * scale
+    w.wcs.set()
+    return w
+
+
+def _sources(rng, wcs, ra, dec, mags, *, n_junk, junk_mag=(17.0, 19.0)):
+    """Detections of the sky stars (ra, dec, mags) on a 2048^2 CCD through ``wcs`` plus bright junk, brightest first."""
+    x, y = wcs.all_world2pix(ra, dec, 0)
+    on = (x > 5) & (x < NX - 5) & (y > 5) & (y < NY - 5)
+    sx = np.concatenate([x[on] + rng.normal(0, 0.03, on.sum()), rng.uniform(0, NX, n_junk)])
+    sy = np.concatenate([y[on] + rng.normal(0, 0.03, on.sum()), rng.uniform(0, NY, n_junk)])
+    mag = np.concatenate([mags[on], rng.uniform(*junk_mag, n_junk)])
+    flux = 566.0 * 10 ** (-0.4 * (mag - ZP))
+    src = Table({"x": sx, "y": sy, "x_err": np.full(sx.size, 0.03), "y_err": np.full(sx.size, 0.03), "flux": flux,
+                 "flux_err": 0.01 * flux})
+    src.sort("flux", reverse=True)
+    return src
+
+
+def _catalogue(ra, dec, mags):
+    n = len(ra)
+    return Table({"ra": ra, "dec": dec, "ra_error": np.full(n, 0.3), "dec_error": np.full(n, 0.3), "pmra": np.zeros(n),
+                  "pmdec": np.zeros(n), "phot_g_mean_mag": mags, "ref_epoch": np.full(n, 2026.2)})
+
+
+def test_a_right_header_is_never_lost_among_bright_junk():
+    """An exact header, 15 catalogue stars and 200 brighter unrelated sources (hot pixels, galaxies, movers): the
+    brightest sources hold no star, so offset voting and triangles on them find nothing; the nearest-neighbour
+    test of the header finds the stars."""
+    rng = np.random.default_rng(21)
+    truth = _tan((150.0, 25.0), (1024.5, 1024.5))
+    ra, dec = truth.all_pix2world(rng.uniform(50, NX - 50, 15), rng.uniform(50, NY - 50, 15), 0)
+    mags = rng.uniform(19.5, 21.0, 15)
+    src = _sources(rng, truth, ra, dec, mags, n_junk=200, junk_mag=(16.0, 19.0))
+    assert np.all(np.asarray(src["flux"])[:100] > 566.0 * 10 ** (-0.4 * (19.5 - ZP)))  # stars are below rank 100
+    config = AstrometryConfig(blind=False)
+    sol = solve_ccd("1-1", [ExposureStars(0, MJD, 566.0, (NY, NX), truth, src, zeropoint=ZP)], _catalogue(ra, dec, mags),
+                    config)[0]
+    assert sol.ok, sol.reason
+    assert sol.n_stars >= 12 and np.max(wcs_difference(sol.wcs, truth)) < 30.0
+
+
+def test_grid_voting_recovers_a_shifted_rotated_and_scaled_header():
+    """Header off by 20", 0.5 deg and 0.5 % (corners displaced by 25 px: offset voting alone fails) with only 10
+    catalogue stars among 60 unrelated sources: offset voting over rotations and scales recovers it."""
+    from ssodetect.astrometry.match import match_grid
+
+    rng = np.random.default_rng(5)
+    ref_xy = rng.uniform(0, NX, (10, 2))
+    a = 1.005 * np.exp(1j * math.radians(0.5))
+    centre = complex((NX - 1) / 2, (NY - 1) / 2)
+    z = (ref_xy[:, 0] + 1j * ref_xy[:, 1] - centre - (150 - 120j)) / a + centre
+    src = np.vstack([np.column_stack([z.real, z.imag]) + rng.normal(0, 0.05, (10, 2)), rng.uniform(0, NX, (60, 2))])
+    src = src[rng.permutation(len(src))]
+    index = PatternIndex(ref_xy, n_ref=0, area=float(NX * NY))
+    assert match_offset(src, index, max_shift=300.0, match_radius=6.0, n_src=70, min_matches=6) is None
+    found = match_grid(src, index, centre=((NX - 1) / 2, (NY - 1) / 2), max_shift=300.0, max_rotation=1.0,
+                       max_scale=0.01, match_radius=6.0, n_src=70, min_matches=6)
+    assert found is not None and found.n_matched >= 9
+    assert abs(found.transform.rotation - 0.5) < 0.02 and abs(found.transform.scale - 1.005) < 2e-4
+    assert match_grid(rng.uniform(0, NX, (70, 2)), index, centre=(1023.5, 1023.5), max_shift=300.0, max_rotation=1.0,
+                      max_scale=0.01, match_radius=6.0, min_matches=6) is None
+
+
+def test_failed_ccd_exposures_are_solved_from_their_exposure_and_their_ccd():
+    """Three CCDs side by side, two exposures whose headers are off by the same 20", 0.5 deg, 0.5 % on every CCD.
+    CCDs A and C have 30 catalogue stars; B has 3 (too few alone), and A's second exposure has a header pointing
+    a further 2' off (beyond the search).  A's second exposure is registered onto its first; B is solved from
+    its exposure's correction measured on the other CCDs (A's odd header left out of it).  All land within
+    60 mas of the truth."""
+    from astropy.table import vstack
+
+    from ssodetect.astrometry.field import rescue_failed
+
+    rng = np.random.default_rng(3)
+    centre = (150.0, 25.0)
+    crpix = {"A": (1024.5 + 2160.0, 1024.5), "B": (1024.5, 1024.5), "C": (1024.5 - 2160.0, 1024.5)}
+    dither = [(0.0, 0.0), (4.0, -3.0)]  # arcsec
+    errors = [((20.0, -5.0), 0.5, 1.005), ((-14.0, 14.0), -0.5, 0.995)]
+    cosd = math.cos(math.radians(25.0))
+    truths, headers = {}, {}
+    for e, (dx, dy) in enumerate(dither):
+        for ccd in "ABC":
+            crval = (centre[0] + dx / 3600.0 / cosd, centre[1] + dy / 3600.0)
+            truths[(e, ccd)] = _tan(crval, crpix[ccd])
+            (ex, ey), rot, scale = errors[e]
+            ex += 120.0 if (e, ccd) == (1, "A") else 0.0
+            headers[(e, ccd)] = _tan((crval[0] + ex / 3600.0 / cosd, crval[1] + ey / 3600.0), crpix[ccd], rot, scale)
+    stars, faint = {}, {}
+    for ccd in "ABC":
+        n = 3 if ccd == "B" else 30
+        x, y = rng.uniform(80, NX - 80, n), rng.uniform(80, NY - 80, n)
+        stars[ccd] = (*truths[(0, ccd)].all_pix2world(x, y, 0), rng.uniform(19.0, 21.0, n))
+        x, y = rng.uniform(80, NX - 80, 120), rng.uniform(80, NY - 80, 120)  # uncatalogued, fixed on the sky
+        faint[ccd] = (*truths[(0, ccd)].all_pix2world(x, y, 0), rng.uniform(21.5, 23.0, 120))
+    catalogue = vstack([_catalogue(*stars[c]) for c in "ABC"])
+    groups = []
+    for ccd in "ABC":
+        ra, dec, mags = (np.concatenate([stars[ccd][k], faint[ccd][k]]) for k in range(3))
+        groups.append((ccd, [ExposureStars(e, MJD, 566.0, (NY, NX), headers[(e, ccd)],
+                                           _sources(rng, truths[(e, ccd)], ra, dec, mags, n_junk=20), zeropoint=ZP)
+                             for e in range(2)]))
+    config = AstrometryConfig(blind=False)
+    alone = [sol for ccd, items in groups for sol in solve_ccd(ccd, items, catalogue, config)]
+    assert {(s.exposure, s.ccd) for s in alone if not s.ok} == {(1, "A"), (0, "B"), (1, "B")}
+    rescued, corrections = rescue_failed(groups, alone, catalogue, config)
+    by_key = {(s.exposure, s.ccd): s for s in rescued}
+    assert all(s.ok for s in rescued), [s.reason for s in rescued]
+    assert by_key[(1, "A")].method == "registered"
+    assert by_key[(0, "B")].method in ("guided", "exposure") and by_key[(1, "B")].method in ("guided", "exposure")
+    assert corrections[0].startswith("header off by 20.6\", -0.50") and "scale 0.995" in corrections[0]
+    assert "from 2 solved CCDs" in corrections[0]
+    assert "from 1 solved CCDs" in corrections[1]  # A's odd header does not agree with C's
+    for key, sol in by_key.items():
+        err = wcs_difference(sol.wcs, truths[key])
+        assert np.sqrt(np.mean(err**2)) < 60.0, (key, sol.method, err.max())

@@ -33,7 +33,7 @@ from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
 __all__ = ["Similarity", "PatternMatch", "PatternIndex", "triangle_invariants", "match_patterns", "match_offset",
-           "fit_similarity"]
+           "match_grid", "match_nearest", "fit_similarity"]
 
 log = logging.getLogger(__name__)
 
@@ -377,3 +377,144 @@ def match_offset(
         return None
     return _refined(src_xy, ref_xy, tree, Similarity(1.0, 0.0, 1, float(shift[0]), float(shift[1])), match_radius,
                     expected, n_hyp)
+
+
+def match_nearest(
+    src_xy: np.ndarray,
+    ref: PatternIndex,
+    *,
+    match_radius: float,
+    n_src: int = 300,
+    min_matches: int = 5,
+    false_alarm_rate: float = 1e-4,
+) -> PatternMatch | None:
+    """The identity, if it is right: sources whose nearest reference lies within ``match_radius``.
+
+    The test a right header WCS must pass before any pattern is matched: every one of the ``n_src``
+    brightest sources looks for its nearest reference; the count is compared with the matches
+    expected by chance (the references' density times the match area, one hypothesis).  Junk among
+    the sources (galaxies, artefacts, movers) only lowers the count, it cannot hide a right header.
+    Returns None when the count is not significant (the header is off: match patterns instead).
+    """
+    src_xy = np.asarray(src_xy, float).reshape(-1, 2)[:n_src]
+    if len(src_xy) < min_matches or ref.tree is None:
+        return None
+    dist, _ = ref.tree.query(src_xy, distance_upper_bound=match_radius)
+    count = int(np.isfinite(dist).sum())
+    density = len(ref.xy) / max(ref.area, math.pi * match_radius**2)
+    expected = len(src_xy) * density * math.pi * match_radius**2
+    if count < min_matches or float(poisson.sf(count - 1, expected)) > false_alarm_rate:
+        log.debug("identity: %d of %d sources within %.1f of a reference (%.2f expected by chance)", count,
+                  len(src_xy), match_radius, expected)
+        return None
+    return _refined(src_xy, ref.xy, ref.tree, Similarity(1.0, 0.0, 1, 0.0, 0.0), match_radius, expected, 1)
+
+
+def match_grid(
+    src_xy: np.ndarray,
+    ref: PatternIndex,
+    *,
+    centre: tuple[float, float],
+    max_shift: float,
+    max_rotation: float,
+    max_scale: float,
+    match_radius: float,
+    n_src: int = 60,
+    n_ref: int = 120,
+    min_matches: int = 5,
+    false_alarm_rate: float = 1e-4,
+    max_trials: int = 4000,
+) -> PatternMatch | None:
+    """Offset voting over a grid of rotations and scales: for a header off by a shift, a small rotation and a
+    small scale error (a generalised Hough transform).
+
+    For every trial rotation and scale (steps small enough that the points farthest from ``centre``
+    move by at most half ``match_radius``), the brightest sources are rotated and scaled about
+    ``centre`` and every (source, reference) offset within ``max_shift`` votes in cells of
+    ``match_radius``; the (rotation, scale, offset) with the most votes is verified on the brightest
+    sources against the matches expected by chance, with the number of trials (grid points times
+    independent offsets) as the trials factor, and refined to a similarity on all points.  Robust to
+    junk among the sources and to sparse references: only the true pairs agree on one offset.
+
+    Parameters
+    ----------
+    src_xy : ndarray (n, 2)
+        Source points, brightest first.
+    ref : PatternIndex
+        Reference points (brightest first).
+    centre : (float, float)
+        Centre of rotation and scaling (source units; the image centre).
+    max_shift, match_radius : float
+        Largest translation and the cell / verification radius (reference units).
+    max_rotation : float
+        Largest rotation searched [deg].
+    max_scale : float
+        Largest relative scale error searched.
+    n_src, n_ref : int
+        Brightest source / reference points that vote.
+    min_matches : int
+    false_alarm_rate : float
+    max_trials : int
+        Largest number of (rotation, scale) grid points; None is returned (with a debug line) when the
+        ranges need more (the caller then matches triangles).
+
+    Returns
+    -------
+    PatternMatch or None
+    """
+    src_xy = np.asarray(src_xy, float).reshape(-1, 2)
+    if len(src_xy) < min_matches or ref.tree is None or len(ref.xy) < min_matches:
+        return None
+    bright = src_xy[:n_src] - np.asarray(centre, float)
+    reach = float(np.max(np.hypot(bright[:, 0], bright[:, 1]))) if len(bright) else 0.0
+    step = 0.5 * match_radius / max(reach, match_radius)  # radians, and relative scale
+    n_rot = 2 * int(math.ceil(math.radians(max_rotation) / step)) + 1
+    n_scale = 2 * int(math.ceil(max_scale / step)) + 1
+    if n_rot * n_scale > max_trials:
+        log.debug("grid match: %d x %d rotations and scales exceed %d trials", n_rot, n_scale, max_trials)
+        return None
+    rotations = np.linspace(-math.radians(max_rotation), math.radians(max_rotation), n_rot)
+    scales = 1.0 + np.linspace(-max_scale, max_scale, n_scale)
+    refs = ref.xy[:n_ref]
+    z = bright[:, 0] + 1j * bright[:, 1]
+    c = complex(*centre)
+    w = refs[:, 0] + 1j * refs[:, 1]
+    n_cells = int(math.ceil(2.0 * max_shift / match_radius)) + 2
+    best = (-1, 0.0, 1.0, 0j)
+    for rot in rotations:
+        for scale in scales:
+            moved = scale * np.exp(1j * rot) * z + c
+            off = (w[None, :] - moved[:, None]).ravel()
+            off = off[np.abs(off) <= max_shift]
+            if off.size < min_matches:
+                continue
+            ix = np.floor((off.real + max_shift) / match_radius).astype(np.int64) + 1
+            iy = np.floor((off.imag + max_shift) / match_radius).astype(np.int64) + 1
+            grid = np.bincount(iy * n_cells + ix, minlength=n_cells * n_cells).reshape(n_cells, n_cells)
+            # a vote near a cell edge counts in the 2x2 block it falls in
+            block = grid[:-1, :-1] + grid[1:, :-1] + grid[:-1, 1:] + grid[1:, 1:]
+            k = int(np.argmax(block))
+            if block.flat[k] > best[0]:
+                by, bx = divmod(k, n_cells - 1)
+                inside = (np.abs(ix - bx - 0.5) <= 0.5) & (np.abs(iy - by - 0.5) <= 0.5)
+                shift = complex(np.median(off.real[inside]), np.median(off.imag[inside])) if inside.any() else 0j
+                best = (int(block.flat[k]), rot, scale, shift)
+    if best[0] < min_matches:
+        return None
+    _, rot, scale, shift = best
+    a = scale * np.exp(1j * rot)
+    t = c + shift - a * c
+    verify_src = src_xy[: max(n_src, 60)]
+    moved = a * (verify_src[:, 0] + 1j * verify_src[:, 1]) + t
+    dist, _ = ref.tree.query(np.column_stack([moved.real, moved.imag]), distance_upper_bound=match_radius)
+    count = int(np.isfinite(dist).sum())
+    density = len(ref.xy) / max(ref.area, math.pi * match_radius**2)
+    expected = len(verify_src) * density * math.pi * match_radius**2
+    n_hyp = n_rot * n_scale * max(1, int(round((max_shift / match_radius) ** 2)))
+    false_alarms = n_hyp * float(poisson.sf(count - 1, expected))
+    if count < min_matches or false_alarms > false_alarm_rate:
+        log.debug("grid match: best (%.2f deg, scale %.4f) has %d matches (%.2f expected by chance, %.2g false alarms)",
+                  math.degrees(rot), scale, count, expected, false_alarms)
+        return None
+    transform = Similarity(float(abs(a)), float(math.degrees(np.angle(a))), 1, float(t.real), float(t.imag))
+    return _refined(src_xy, ref.xy, ref.tree, transform, match_radius, expected, n_hyp)

@@ -22,14 +22,14 @@ from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.blind import blind_solve, build_sky_indexes
-from ssodetect.astrometry.match import PatternIndex, match_offset, match_patterns
+from ssodetect.astrometry.match import PatternIndex, match_grid, match_nearest, match_offset, match_patterns
 from ssodetect.astrometry.refcat import propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.astrometry.wcsfit import MatchedStars, WCSSolution, fit_wcs, max_order_for, polynomial_terms
 from ssodetect.astrometry.zeropoint import fit_zeropoint
 from ssodetect.config import AstrometryConfig
 
-__all__ = ["ExposureStars", "ExposureSolution", "star_like", "solve_ccd", "pixel_scale", "SOLUTION_COLUMNS"]
+__all__ = ["ExposureStars", "ExposureSolution", "star_like", "solve_ccd", "pixel_scale", "reference_at", "SOLUTION_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ SOLUTION_COLUMNS = [
     ("exposure", "i8", "", "exposure index"),
     ("ccd", "U32", "", "CCD identifier"),
     ("status", "U8", "", "ok | failed"),
-    ("method", "U8", "", "header (matched through the header WCS) | blind"),
+    ("method", "U10", "", "header (matched through the header WCS) | blind | registered (onto a solved exposure of "
+                          "the CCD) | guided (through the header corrected by the exposure's other CCDs) | exposure "
+                          "(that corrected header itself: too few stars of its own)"),
     ("reason", "U160", "", "why the solution failed (empty when ok)"),
     ("n_matched", "i8", "", "detections matched to reference stars"),
     ("n_stars", "i8", "", "stars used by the fit after clipping"),
@@ -54,6 +56,11 @@ SOLUTION_COLUMNS = [
     ("zeropoint_err", "f8", "mag", "standard error of the zero point"),
     ("n_zeropoint", "i8", "", "stars used for the zero point"),
 ]
+
+
+#: Rotation [deg] and relative scale errors searched by offset voting on a grid (larger ones: triangles).
+GRID_MAX_ROTATION = 1.0
+GRID_MAX_SCALE = 0.01
 
 
 @dataclass
@@ -147,7 +154,8 @@ class _Reference:
     colour: np.ndarray | None
 
 
-def _reference_at(reference: Table, mjd: float) -> _Reference:
+def reference_at(reference: Table, mjd: float) -> _Reference:
+    """The reference stars at ``mjd`` (UTC): positions propagated, per-axis errors [arcsec], G, colour."""
     ra, dec = propagate(reference, Time(mjd, format="mjd", scale="utc"))
     sigma = np.hypot(np.asarray(reference["ra_error"], float), np.asarray(reference["dec_error"], float)) / 1000.0
     colour = np.asarray(reference["bp_rp"], float) if "bp_rp" in reference.colnames else None
@@ -190,10 +198,22 @@ def _match_through_header(src: Table, ref: _Reference, item: ExposureStars, cfg:
     n_src = min(25, len(src))
     n_ref = int(min(90, max(30, 1.5 * n_src * area / (nx * ny))))
     src_xy = np.column_stack([np.asarray(src["x"], float), np.asarray(src["y"], float)])
-    # a header right up to a shift (the usual case) is matched by offset voting, ~10x faster than triangles
+    radius = cfg.pattern_radius / scale
+    min_matches = min(cfg.min_stars, 6)
     shifted = PatternIndex(ref_xy, n_ref=0, area=area)
-    result = match_offset(src_xy, shifted, max_shift=margin, match_radius=cfg.pattern_radius / scale, n_src=n_src,
-                          n_ref=n_ref, min_matches=min(cfg.min_stars, 6))
+    # 1. a right header is never lost: every source's nearest reference, before any pattern; 2. a header right up
+    # to a shift (the usual case): offset voting, ~10x faster than triangles; 3. a shift, a small rotation and a
+    # scale error: offset voting over a grid of rotations and scales
+    result = match_nearest(src_xy, shifted, match_radius=min(radius, 2.0 * cfg.match_radius / scale),
+                           min_matches=min_matches)
+    if result is None:
+        result = match_offset(src_xy, shifted, max_shift=margin, match_radius=radius, n_src=n_src, n_ref=n_ref,
+                              min_matches=min_matches)
+    if result is None and (cfg.max_rotation > 0 or cfg.max_scale_error > 0):
+        result = match_grid(src_xy, shifted, centre=((nx - 1) / 2.0, (ny - 1) / 2.0), max_shift=margin,
+                            max_rotation=min(cfg.max_rotation, GRID_MAX_ROTATION),
+                            max_scale=min(cfg.max_scale_error, GRID_MAX_SCALE), match_radius=radius,
+                            n_src=max(n_src, 60), n_ref=max(n_ref, 120), min_matches=min_matches)
     if result is not None:
         pairs = result.pairs.copy()
         pairs[:, 1] = sel[pairs[:, 1]]
@@ -295,7 +315,8 @@ def _refine(src, ref, pairs, crval0, scale0, crpix, config, shape) -> tuple[WCSS
         return None, f"too few stars for a fit ({exc})"
 
 
-def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: AstrometryConfig) -> list[ExposureSolution]:
+def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: AstrometryConfig, *,
+              quiet: bool = False) -> list[ExposureSolution]:
     """Calibrate the exposures of one CCD against the reference catalogue.
 
     Parameters
@@ -307,6 +328,8 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
     reference : Table
         Reference catalogue with Gaia column names (:func:`load_reference_catalogue`).
     config : AstrometryConfig
+    quiet : bool
+        Failures are logged at debug level instead of as warnings (a second attempt whose caller reports).
 
     Returns
     -------
@@ -314,7 +337,7 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
         One per item, in order; failures carry ``status='failed'`` and a reason.
     """
     results = [ExposureSolution(exposure=it.exposure, ccd=ccd) for it in items]
-    refs = [_reference_at(reference, it.mjd) for it in items]
+    refs = [reference_at(reference, it.mjd) for it in items]
     indexes = None
     initial: dict[int, WCS] = {}
     for k, (it, ref, res) in enumerate(zip(items, refs, results)):
@@ -402,7 +425,8 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
     for res in results:
         if not res.ok:
             res.wcs = None
-            log.warning("CCD %s exposure %d: astrometric solution failed: %s", ccd, res.exposure, res.reason)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "CCD %s exposure %d: astrometric solution failed: %s",
+                    ccd, res.exposure, res.reason)
     return results
 
 

@@ -283,7 +283,9 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
         try:
             wcs = WCS(fixed, naxis=2, relax=True)
         except Exception as exc:  # astropy raises many exception types for bad WCS
-            return None, f"WCS cannot be read ({type(exc).__name__}: {exc})"
+            # wcslib's messages run over several lines, with source locations: keep what they say, on one line
+            said = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("ERROR")]
+            return None, f"WCS cannot be read ({type(exc).__name__}: {' '.join(said) or str(exc).strip()})"
     if not wcs.has_celestial:
         return None, "no celestial WCS (CTYPE1/CTYPE2 missing or not RA/Dec)"
     ny, nx = shape
@@ -315,3 +317,16 @@ def station_code(header, keys=("MPCCODE", "MPC-CODE", "MPC_CODE", "OBSCODE", "SI
         if match:
             return match.group(1)
     return None
+
+
+def wcs_from_header_string(text: str):
+    """WCS from FITS cards in one string (None for an empty string); FITSFixedWarnings silenced."""
+    if not text:
+        return None
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(fits.Header.fromstring(text), relax=True)

@@ -33,6 +33,7 @@ from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, Expos
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
+from ssodetect.io.headers import wcs_from_header_string
 from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
 
@@ -50,15 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def wcs_from_header_string(text: str) -> WCS | None:
-    """WCS from FITS cards in one string (None for an empty string)."""
-    if not text:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(fits.Header.fromstring(text), relax=True)
 
 
 class SolveTask:
@@ -129,6 +121,7 @@ def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs:
     out["pixel_scale"] = scale
     out["trail_arcsec"], out["trail_pa"] = trail_on_sky(wcs, x, y, out["length"], out["theta"])
     out["cut_pa"] = cut_direction(wcs, out)
+    out["trail_arcsec_err"] = np.asarray(out["length_err"], float) * scale
     out["ra_err"] = np.hypot(np.asarray(out["x_err"], float) * scale, solution.wcs_error)
     out["dec_err"] = np.hypot(np.asarray(out["y_err"], float) * scale, solution.wcs_error)
     if math.isfinite(solution.zeropoint):
@@ -270,39 +263,52 @@ def place_on_reference(table: Table, reg: Registration, wcs, label: str) -> Tabl
     moved["length"] = np.asarray(table["length"], float) * np.hypot(axis[:, 0], axis[:, 1])
     set_sky_positions(moved, wcs, label)
     out = table.copy()
-    for name in ("ra", "dec", "trail_arcsec", "trail_pa", "cut_pa", "wcs", "pixel_scale", "ra_err", "dec_err"):
+    for name in ("ra", "dec", "trail_arcsec", "trail_pa", "trail_arcsec_err", "trail_pa_err", "cut_pa", "wcs",
+                 "pixel_scale", "ra_err", "dec_err"):
         out[name] = moved[name]
     return out
 
 
-def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], config: Config) -> list[Table]:
-    """Place CCD tables that have no sky coordinates on relative WCSs registered between frames.
+def _static_sources(table: Table, config: Config) -> np.ndarray:
+    """Pixel positions ``(n, 2)`` of a frame's sources fixed on the sky (stars and galaxies), brightest first."""
+    kind = np.asarray(table["kind"])
+    sel = np.nonzero(((kind == "point") | (kind == "extended")) & ~np.asarray(table["near_mask"], bool)
+                     & (np.asarray(table["snr"], float) >= 0.5 * config.astrometry.min_snr))[0]
+    sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
+    return np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]])
 
-    Tables whose detections all have ``wcs == "none"`` are grouped by CCD; the frame with the
-    most stars is the reference, every other one is registered onto it
+
+def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], config: Config,
+                      placed_wcs: dict | None = None) -> list[Table]:
+    """Place CCD tables that have no sky coordinates by registering them onto other frames.
+
+    Tables whose detections all have ``wcs == "none"`` are grouped by CCD.  When other exposures of
+    the CCD are on the sky (``placed_wcs``: (exposure, ccd) -> the WCS their positions went through),
+    each unplaced frame is registered onto the placed one with the most sources and goes through its
+    WCS (``wcs = "frame"``: real sky positions; a broken header of one exposure among good ones).
+    Otherwise the frame with the most stars is the reference, every other one is registered onto it
     (:func:`ssodetect.astrometry.register.register_to_reference`) and its positions computed
     through :func:`ssodetect.astrometry.register.relative_wcs` (``wcs = "relative"``), or through
     the WCS given in ``[astrometry] reference_wcs`` for ``reference_frame`` (``wcs = "user"``).
-    Frames that cannot be registered are emptied (logged with the reason).  ``infos`` gain a
-    ``registration`` entry.  Returns the tables in the same order.
+    Frames that cannot be registered are emptied (a warning says which and why): nothing is linked
+    across a frame that is not on the same sky as the others.  ``infos`` gain a ``registration``
+    entry.  Returns the tables in the same order.
     """
     out = list(tables)
-    if not config.astrometry.register_frames:
-        return out
+    placed_wcs = placed_wcs or {}
     groups: dict[str, list[int]] = {}
     for k, (table, ref) in enumerate(zip(tables, tasks)):
         if len(table) and np.all(np.asarray(table["wcs"]) == "none"):
             groups.setdefault(ref.ccd, []).append(k)
     for ccd, members in groups.items():
-        stars = []
-        for k in members:
-            table = tables[k]
-            # anything fixed on the sky registers: stars and galaxies (most detections are static)
-            kind = np.asarray(table["kind"])
-            sel = np.nonzero(((kind == "point") | (kind == "extended")) & ~np.asarray(table["near_mask"], bool)
-                             & (np.asarray(table["snr"], float) >= 0.5 * config.astrometry.min_snr))[0]
-            sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
-            stars.append(np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]]))
+        placed = [k for k, ref in enumerate(tasks) if ref.ccd == ccd and k not in members and len(tables[k])
+                  and placed_wcs.get((ref.exposure, ccd)) is not None]
+        if placed:
+            _register_onto_placed(tables, out, tasks, infos, members, placed, placed_wcs, config)
+            continue
+        if not config.astrometry.register_frames:
+            continue
+        stars = [_static_sources(tables[k], config) for k in members]
         user_wcs = load_reference_wcs(config.astrometry.reference_wcs) if config.astrometry.reference_wcs else None
         if user_wcs is not None:
             ref_pos = _reference_position(members, tasks, config.astrometry.reference_frame)
@@ -339,3 +345,32 @@ def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], confi
         log.info("CCD %s without WCS: %s (reference %s; %s, %.3f\"/px)", ccd, registration_summary(regs),
                  ref_task.path, what, scale)
     return out
+
+
+def _register_onto_placed(tables, out, tasks, infos, members, placed, placed_wcs, config: Config) -> None:
+    """Frames of a CCD without sky positions registered onto its frame on the sky with the most sources."""
+    base = max(placed, key=lambda k: len(tables[k]))
+    base_ref = tasks[base]
+    wcs = placed_wcs[(base_ref.exposure, base_ref.ccd)]
+    base_stars = _static_sources(tables[base], config)
+    index = PatternIndex(base_stars, n_ref=40)
+    scale = pixel_scale(wcs)
+    for k in members:
+        ref = tasks[k]
+        why = infos[k].get("wcs_problem") or "no WCS"
+        stars = _static_sources(tables[k], config)
+        reg = register_to_reference(stars, base_stars, index=index,
+                                    match_radius=max(2.0, config.astrometry.match_radius / scale))
+        if reg is None:
+            log.warning("%s CCD %s (exposure %d): header WCS unusable (%s) and not registered onto exposure %d "
+                        "(%d sources): its detections are not used", ref.path, ref.ccd, ref.exposure, why,
+                        base_ref.exposure, len(stars))
+            infos[k]["registration"] = {"status": "failed", "reference": base_ref.path, "stars": len(stars)}
+            out[k] = tables[k][:0]
+            continue
+        out[k] = place_on_reference(tables[k], reg, wcs, "frame")
+        infos[k]["registration"] = {"status": "ok", "reference": base_ref.path, "stars": reg.n_stars,
+                                    "rms_px": reg.rms, "shift_px": [float(v) for v in reg.offset]}
+        log.warning("%s CCD %s (exposure %d): header WCS unusable (%s); registered onto exposure %d (%d sources, "
+                    "rms %.3f px) and placed through its WCS", ref.path, ref.ccd, ref.exposure, why, base_ref.exposure,
+                    reg.n_stars, reg.rms)
