@@ -152,3 +152,64 @@ def test_bad_ades_and_80_column_input_name_the_line(tmp_path):
         read_ades(bad)
     with pytest.raises(ValueError, match="line 1"):
         read_mpc80("     K20Q04A  C2020 0X 18.33489021 33 58.060+12 13 25.77         22.58wU~44BVF51\n")
+
+
+def test_one_exposure_with_a_broken_wcs_is_registered_not_linked_blindly(tmp_path, capsys):
+    """One exposure's header WCS is singular: the run finishes, names the frame and why in a warning (exit 1),
+    registers it onto another exposure of the CCD and links movers through it; a frame that does not register
+    is left out, never linked on a sky of its own."""
+    from astropy.table import Table
+
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.simulate import SimulationConfig, simulate
+
+    sim = tmp_path / "sim"
+    simulate(SimulationConfig(seed=5, nx=768, ny=768, movers_per_ccd=300.0, fast_fraction=0.0,
+                              broken_wcs_exposures=[2]), sim)
+    out = tmp_path / "out"
+    code = main(["run", str(sim), "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "exp_02.fits" in err and "singular" in err and "registered onto exposure" in err
+    obs = Table.read(out / "observations.ecsv")
+    assert set(obs["wcs"][obs["exposure"] == 2]) == {"frame"} and np.sum(obs["exposure"] == 2) >= 5
+    ev = evaluate_run(obs, Table.read(sim / "truth.ecsv"))
+    assert ev.n_false == 0 and ev.completeness_bright >= 0.9
+    # the same frame with nothing in common with the others (its pixels replaced by noise): left out, with a warning
+    with fits.open(sim / "exp_02.fits", mode="update") as hdul:
+        rng = np.random.default_rng(0)
+        hdul[1].data = rng.normal(float(np.median(hdul[1].data)), 5.0, hdul[1].data.shape).astype(np.float32)
+    out2 = tmp_path / "out2"
+    code = main(["run", str(sim), "--out", str(out2), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "exp_02.fits" in err and "not used" in err
+    obs = Table.read(out2 / "observations.ecsv")
+    assert np.sum(obs["exposure"] == 2) == 0
+
+
+def test_scenes_without_stars_or_with_only_hot_pixels(tmp_path, capsys):
+    """No star on the CCD (nothing to calibrate against): the run says which CCD exposures could not be solved and
+    why (exit 1) and still finds the movers through the header WCS.  Only unflagged hot pixels: nothing is linked
+    (they stay on the detector while the pointing dithers)."""
+    from astropy.table import Table
+
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.simulate import SimulationConfig, simulate
+
+    starless = tmp_path / "starless"
+    simulate(SimulationConfig(seed=8, nx=768, ny=768, star_density=0.0, movers_per_ccd=300.0, fast_fraction=0.0), starless)
+    out = tmp_path / "o1"
+    code = main(["run", str(starless), "--out", str(out), "--refcat", str(starless / "refcat.ecsv"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "4 of 4 CCD exposures not solved" in err and "reference star" in err
+    ev = evaluate_run(Table.read(out / "observations.ecsv"), Table.read(starless / "truth.ecsv"))
+    assert ev.completeness_bright >= 0.9 and ev.n_false == 0
+    hot = tmp_path / "hot"
+    simulate(SimulationConfig(seed=9, nx=768, ny=768, star_density=0.0, galaxy_density=0.0, movers_per_ccd=0.0,
+                              transients_per_ccd=0.0, satellite=False, cosmic_fraction=0.0, hot_fraction=2e-3,
+                              hot_flagged=0.0, dither=5.0), hot)
+    out = tmp_path / "o2"
+    code = main(["run", str(hot), "--out", str(out), "-q"])
+    capsys.readouterr()
+    assert code in (0, 1)
+    assert len(Table.read(out / "objects.ecsv")) == 0

@@ -157,7 +157,8 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
 
 def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     """Stars whose footprint or photometric aperture is cut by the detector edge are flagged (and left out of
-    linking): 1 and 2 PSF sigma from the edge both are; a star well inside is not.  The old rule (footprint
+    linking) unless a PSF fit of their pixels on the detector puts them 1.5 FWHM inside (then it measures them
+    accurately): 1 PSF sigma from the edge is flagged; a star well inside is not.  The old rule (footprint
     truncated and the *measured* centre < 1.5 sigma from the edge) missed the real case behind it: on the
     Luxembourg night a star ~1 sigma from an edge with a dark first row was measured 2-3 px further in, and
     drifting off the edge it became a false slow mover."""
@@ -181,7 +182,10 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     for x, y in stars:
         row = table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))]
         assert abs(row["x"] - x) < 0.5
-        if y < 3 * sigma:
-            assert row["edge_cut"]
+        if y < 1.5 * sigma:
+            assert row["edge_cut"] and not row["edge_fit"]
+        elif y < 3 * sigma:
+            # cut, unless a PSF fit of its pixels on the detector measured it (then accurately)
+            assert row["edge_cut"] or (row["edge_fit"] and abs(row["y"] - y) < 0.1)
         else:
             assert not row["edge_cut"] and abs(row["y"] - y) < 0.1

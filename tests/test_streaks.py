@@ -195,10 +195,11 @@ def test_fast_movers_found_end_to_end(tmp_path):
     truth = Table.read(sim / "truth.ecsv")
     ev = evaluate_run(result.observations, truth, rate_range=(15.0, 150.0), bright_limit=23.0, min_exposures=2)
     assert ev.n_findable_bright >= 10
-    # The scene holds 400 fast movers on 1024^2 px (50x the real density): blends and chance pairs
-    # of unrelated trails happen, so completeness here stays below the benchmark's (97.7 %).
-    assert ev.completeness_bright >= 0.75
-    assert ev.n_false <= 3
+    # The scene holds 400 fast movers on 1024^2 px (50x the real density): trails blend and break, and a mover
+    # seen in two exposures is kept only when both trails measure its rate and no third exposure would have
+    # seen it (two unrelated trails agree too easily), so completeness here stays well below the family's.
+    assert ev.completeness_bright >= 0.65
+    assert ev.n_false <= 1
     obs = Table.read(tmp_path / "out" / "observations.ecsv")
     fast = obs[obs["kind"] == "streak"]
     assert len(fast) and np.all(fast["trail_length"] > 12) and np.all(np.isfinite(fast["trail_pa"]))
@@ -240,7 +241,7 @@ def test_trailed_star_astrometry_recovers_the_pointing(tmp_path):
 def test_a_trail_cut_by_the_edge_is_moved_to_the_mid_exposure_position():
     from ssodetect.astrometry.tangent import TangentPlane
     from ssodetect.link.tracklets import fit_linear_motion
-    from ssodetect.pipeline.run import _restore_cut_centres
+    from ssodetect.link.movers import restore_cut_centres
 
     exptime, rate, scale = 566.0, 120.0, 0.1  # arcsec/h; the true trail is 18.87" = 188.7 px along +x (East = -x)
     plane = TangentPlane(150.0, 25.0)
@@ -259,7 +260,7 @@ def test_a_trail_cut_by_the_edge_is_moved_to_the_mid_exposure_position():
     from ssodetect.link.tracklets import Tracklet
 
     trk = Tracklet((0, 1), params[0], params[1], params[2], params[3], cov, chi2, 0, t_ref)
-    fixed = _restore_cut_centres(trails, trk, plane)
+    fixed = restore_cut_centres(trails, trk, plane)
     # back to the true mid-exposure position (the cut centre biased the first rate; iterations remove it)
     assert abs(trails["xi"][1] - xi[1]) < 0.01
     assert abs(trails["x"][1] - (2000.0 + 0.5 * (whole - visible) / scale)) < 0.1
@@ -289,3 +290,39 @@ def test_faint_line_search_does_not_duplicate_a_streak_already_measured():
     assert added == 1
     new = out[np.asarray(out["kind"]) == "trail"][0]
     assert abs(new["length"] - 120.0) < 15.0 and math.hypot(new["x"] - 120.0, new["y"] - 100.0) < 3.0
+
+
+def test_a_hundred_fast_movers_on_one_ccd_every_trail_accounted_for(tmp_path):
+    """100 fast movers (10-80"/h, V 20-23.5, directions uniform) on one 1024^2 CCD (4x the density of 100 per
+    2048^2 CCD): every trail the linker saw is in streaks.ecsv exactly once (linked to one object, or single), the
+    counts in provenance.json add up, and the movers seen in at least three exposures are found (92 % here: the
+    misses are trails blended with crossing trails, measured off by an arcsecond or along the wrong axis)."""
+    import json
+
+    from ssodetect.config import load_config
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.pipeline import run_pipeline
+    from ssodetect.simulate import simulate
+
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(41, nx=1024, ny=1024, movers_per_ccd=400.0, fast_fraction=1.0, slow_rate_max=10.0,
+                                fast_rate_max=80.0, mover_mag_min=20.0, mover_mag_max=23.5), sim)
+    config = load_config(None)
+    config.execution.progress = False
+    out = tmp_path / "out"
+    result = run_pipeline([sim], out, config, refcat=sim / "refcat.ecsv")
+    truth = Table.read(sim / "truth.ecsv")
+    assert len(set(truth["object"])) >= 90
+    fast = json.loads((out / "provenance.json").read_text())["link"]["fast"]
+    streaks = Table.read(out / "streaks.ecsv")
+    linked, single = streaks[streaks["status"] == "linked"], streaks[streaks["status"] == "single"]
+    assert fast["n_trails"] == len(linked) + len(single) >= 200
+    assert fast["n_linked"] == len(linked) and fast["n_unlinked"] == len(single)
+    obs = result.observations[result.observations["kind"] == "streak"]
+    assert len(obs) == len(linked)
+    assert sorted(zip(obs["object"], obs["exposure"])) == sorted(zip(linked["object"], linked["exposure"]))
+    assert len(set(zip(linked["exposure"], linked["x"], linked["y"]))) == len(linked)  # no trail in two objects
+    ev = evaluate_run(result.observations, truth, rate_range=(10.0, 80.0), bright_limit=23.5, min_exposures=3)
+    assert ev.n_findable_bright >= 60
+    assert ev.completeness_bright >= 0.9, ev.completeness_bright
+    assert ev.n_false <= 1

@@ -122,6 +122,13 @@ class DetectConfig(_Section):
     min_area: int = Field(default=3, ge=1, description="Minimum connected pixels above threshold.")
     deblend_nthresh: int = Field(default=32, ge=1, description="sep deblending levels.")
     deblend_cont: float = Field(default=0.005, ge=0, le=1, description="sep deblending contrast.")
+    halo_npix: int = Field(
+        default=400, ge=0,
+        description="Footprints of at least this many pixels (bright stars, big galaxies) get a local background: "
+        "the image median-filtered over 4 FWHM is subtracted in their bounding boxes and the extraction repeated, so "
+        "that sources on their halos are found (deblending never splits off a source fainter than deblend_cont of "
+        "such a parent's flux). 0: off.",
+    )
     psf_fwhm: float = Field(
         default=0.0,
         ge=0,
@@ -206,6 +213,19 @@ class LinkConfig(_Section):
     )
     max_flux_ratio: float = Field(
         default=4.0, gt=1, description="Largest ratio between the fluxes of detections of one tracklet."
+    )
+    flux_scatter: float = Field(
+        default=0.25, gt=0,
+        description="Relative scatter of a mover's flux between exposures beyond its noise (blends, cosmic-ray hits, "
+        "rotation): a detection more than 3 standard deviations (noise and this scatter) from its tracklet's mean flux "
+        "is dropped from it.",
+    )
+    max_false_alarms: float = Field(
+        default=0.1, gt=0,
+        description="Expected number of chance-alignment tracklets a run may accept per CCD: a tracklet is kept when "
+        "the number of seed pairs tried times the probability that unrelated candidates (at their local density and "
+        "flux) line up as well as its members is at most this times the number of CCDs. The counts are written to "
+        "provenance.json ('link').",
     )
 
     @model_validator(mode="after")

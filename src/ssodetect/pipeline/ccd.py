@@ -42,12 +42,16 @@ CCD_COLUMNS = [
     ("ra", "f8", "deg", "right ascension through the WCS"),
     ("dec", "f8", "deg", "declination through the WCS"),
     ("wcs", "U8", "", "source of the sky position: header | fit (refined against the reference catalogue) | "
-                      "relative (frames registered to each other, not astrometry) | none"),
+                      "frame (registered onto another exposure of the CCD, through its WCS) | relative (frames "
+                      "registered to each other, not astrometry) | user | none"),
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("edge_cut", "bool", "", "the source's footprint or photometric aperture is truncated by the detector edge "
-                             "(centroid and flux biased)"),
+                             "(centroid and flux biased), and it is not a point source measured by a PSF fit with its "
+                             "centre 1.5 FWHM inside the edge (edge_fit)"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
+    ("trail_arcsec_err", "f8", "arcsec", "1-sigma error of the trail length (NaN when the trail was not fitted)"),
+    ("trail_pa_err", "f8", "deg", "1-sigma error of the trail axis (NaN when the trail was not fitted)"),
     ("cut_pa", "f8", "deg", "position angle (N through E, 0-360) from the trail centre towards its end cut by the "
                             "detector edge; NaN when neither or both ends are cut"),
     ("ra_err", "f8", "arcsec", "uncertainty in RA*cos(dec)"),
@@ -58,7 +62,7 @@ CCD_COLUMNS = [
 
 
 def set_sky_positions(table: Table, wcs, label: str) -> None:
-    """Fill ``ra, dec, trail_arcsec, trail_pa, cut_pa, wcs, pixel_scale, ra_err, dec_err`` through ``wcs``.
+    """Fill ``ra, dec, trail_arcsec(_err), trail_pa(_err), cut_pa, wcs, pixel_scale, ra_err, dec_err`` through ``wcs``.
 
     ``label`` names the WCS's origin (header | fit | relative); with ``wcs`` None the
     sky columns are NaN and ``wcs`` is "none".
@@ -69,10 +73,14 @@ def set_sky_positions(table: Table, wcs, label: str) -> None:
         scale = float(np.sqrt(np.abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
         table["trail_arcsec"], table["trail_pa"] = trail_on_sky(wcs, table["x"], table["y"], table["length"], table["theta"])
         table["cut_pa"] = cut_direction(wcs, table)
+        nan = np.full(n, np.nan)
+        table["trail_arcsec_err"] = np.asarray(table["length_err"] if "length_err" in table.colnames else nan, float) * scale
+        table["trail_pa_err"] = np.degrees(np.asarray(table["theta_err"] if "theta_err" in table.colnames else nan, float))
     else:
         ra = dec = np.full(n, np.nan)
         scale = float("nan") if n else 0.0
         table["trail_arcsec"] = table["trail_pa"] = table["cut_pa"] = np.full(n, np.nan)
+        table["trail_arcsec_err"] = table["trail_pa_err"] = np.full(n, np.nan)
         label = "none"
     table["ra"] = ra
     table["dec"] = dec
@@ -216,7 +224,8 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     # any truncation of the footprint or of the aperture (radius ~4 sigma) counts, not a test on the measured
     # distance: on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
     # further in, passed such a test and, drifting off the edge, was linked as a slow mover
-    table["edge_cut"] = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
+    table["edge_cut"] = ((np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0) & ~np.asarray(
+        table["edge_fit"], bool)
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import resource
 import time
@@ -20,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 from astropy.table import Table, vstack
-from scipy.spatial import cKDTree
 
 from ssodetect._version import __version__
+from ssodetect.astrometry.field import rescue_failed
 from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
@@ -31,10 +30,10 @@ from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
 from ssodetect.io.headers import station_code
 from ssodetect.columns import describe, empty_table
-from ssodetect.link import Tracklet, fit_linear_motion, link_tracklets, occupied_elsewhere, static_on_detector, static_on_sky
-from ssodetect.link.streaks import link_streaks
+from ssodetect.link.movers import STREAK_COLUMNS, link_movers, select_candidates, streak_table
 from ssodetect.pipeline.astrometry import (
     SolveTask,
+    load_reference_wcs,
     apply_solutions,
     astrometry_tasks,
     register_unplaced,
@@ -54,7 +53,7 @@ from ssodetect.report.cutouts import extract_cutouts
 from ssodetect.report.products import write_reports
 
 __all__ = ["RunResult", "StepContext", "BUILTIN_STEPS", "run_pipeline", "run_astrometry", "select_candidates",
-           "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS"]
+           "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS", "STREAK_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ class RunResult:
     known: Table | None = None
     wcs_headers: dict = field(default_factory=dict)
     vetting: Table | None = None
+    link_stats: dict = field(default_factory=dict)
     obs_id: str = ""
     run_id: str = ""
     steps: list = field(default_factory=list)
@@ -121,242 +121,6 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys) for ccd, kinds in frames.items()}
     return lights, {ccd: m for ccd, m in masters.items() if not m.empty}
-
-
-def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
-    """Usable detections (PSF-like, trailed or extended; unflagged) with their static flags.
-
-    Moving-object candidates are the usable ones neither static on sky or
-    detector nor extended; the extended ones still count as occupants of the sky.
-
-    Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` and ``size`` [arcsec] columns and the
-    flags ``static`` and ``artefact`` to a copy of the usable detections.
-    """
-    # long trails cross flagged pixels often; their measurement masks them, so they stay usable
-    long_trail = (np.asarray(detections["kind"]) == "trail") & (
-        np.asarray(detections["length"], float) >= config.streaks.min_length
-    )
-    # a source cut by the image edge within its core has a biased centroid (and a star drifting off the
-    # edge looks like a mover)
-    truncated = np.asarray(detections["edge_cut"], bool)
-    usable = (
-        np.isin(detections["kind"], ["point", "trail", "extended"])
-        & ((~np.asarray(detections["near_mask"], bool) & ~truncated) | long_trail)
-        & (np.asarray(detections["snr"]) > 0)
-        & np.isfinite(np.asarray(detections["ra"], float))
-    )
-    cand = detections[usable]
-    xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
-    cand["xi"] = xi
-    cand["eta"] = eta
-    cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
-    cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
-    link = config.link
-    # source size for the static-match radius: the full extent of galaxies, only the width of trails
-    # (a trail's length says how far it moved, not where a static counterpart could sit)
-    # (and nothing for point sources, whose isophotal size grows with brightness, not with centroid jitter)
-    kind = np.asarray(cand["kind"])
-    extent = np.where(kind == "trail", np.asarray(cand["b"]), np.where(kind == "extended", np.asarray(cand["a"]), 0.0))
-    cand["size"] = extent * np.asarray(cand["pixel_scale"])
-    cand["static"] = static_on_sky(
-        np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
-        radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches, min_rate=link.min_rate,
-        min_fraction=link.static_min_fraction,
-    )
-    # a source trailed by more than min_length moved during the exposure: never static
-    # (unless the telescope trailed everything: then stars are trails too)
-    if not config.astrometry.trailed_stars:
-        moved = (np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
-        cand["static"] = np.asarray(cand["static"]) & ~moved
-    cand["artefact"] = static_on_detector(
-        np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
-        radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
-    )
-    return cand
-
-
-def _vet_occupancy(tracklets, moving: Table, usable: Table, exposures, config: Config) -> list:
-    """Drop tracklets whose positions stay occupied after the object moved on (static sources)."""
-    if not tracklets:
-        return tracklets
-    pos = np.column_stack([np.asarray(usable["xi"]), np.asarray(usable["eta"])])
-    expo = np.asarray(usable["exposure"])
-    trees = {e.index: cKDTree(pos[expo == e.index]) for e in exposures if np.any(expo == e.index)}
-    t_exp = {e.index: (float(e.mid_time.mjd) - float(exposures[0].mid_time.mjd)) * 24.0 for e in exposures}
-    kept = []
-    for trk in tracklets:
-        idx = np.array(trk.members)
-        radius = np.maximum.reduce([
-            np.full(idx.size, config.link.static_radius),
-            3.0 * np.asarray(moving["sigma"])[idx],
-            np.asarray(moving["size"])[idx],
-        ])
-        predicted = {k: (trk.x0 + trk.vx * (t - trk.t_ref), trk.y0 + trk.vy * (t - trk.t_ref)) for k, t in t_exp.items()}
-        frac = occupied_elsewhere(
-            np.asarray(moving["exposure"])[idx], np.asarray(moving["xi"])[idx], np.asarray(moving["eta"])[idx],
-            radius, predicted, trees,
-        )
-        if not np.isfinite(frac) or frac > config.link.max_occupied_fraction:
-            log.debug("tracklet at (%.1f, %.1f) rejected: occupancy %.2f (NaN: motion unresolved)", trk.x0, trk.y0, frac)
-            continue
-        kept.append(trk)
-    return kept
-
-
-#: Columns of ``streaks.ecsv``: every trail and streak of the run and what became of it.
-STREAK_COLUMNS = [
-    ("exposure", "i8", "", "exposure index"),
-    ("ccd", "U32", "", "CCD identifier"),
-    ("x", "f8", "pix", "trail centre (mid-exposure position), 0-based"),
-    ("y", "f8", "pix", "trail centre, 0-based"),
-    ("ra", "f8", "deg", "trail centre"),
-    ("dec", "f8", "deg", "trail centre"),
-    ("length", "f8", "pix", "trail length"),
-    ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
-    ("trail_pa", "f8", "deg", "trail axis position angle, 0-180"),
-    ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
-    ("mag", "f8", "mag", "magnitude"),
-    ("snr", "f8", "", "signal-to-noise ratio"),
-    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed | spike | edge"),
-    ("object", "U8", "", "object identifier when linked"),
-]
-
-
-#: Relative uncertainty of the part of a cut trail that lies beyond the detector edge: the far end of a
-#: faint trail is measured short, which the restored centre inherits (bench_streaks, 6 seeds: the two
-#: restored trails were off by 0.35 and 0.77 of the missing length).
-CUT_END_ERROR = 0.5
-
-
-def _restore_cut_centres(trails: Table, trk, plane: TangentPlane, *, iterations: int = 5):
-    """Move the centres of members cut by the detector edge to the object's mid-exposure position.
-
-    The visible part of a cut trail ends at the object's true position at one end of the
-    exposure; the whole trail is ``rate * exptime`` long, so its centre lies half the missing
-    length further towards the cut end.  The rate comes from the tracklet's line, which the
-    cut member's own position biases: shift, refit, shift again from the measured position
-    (the bias shrinks by about half the exposure over the time between exposures each time).
-    Updates ``xi, eta, ra, dec, x, y`` of those rows of ``trails`` (``x, y`` possibly off the
-    detector); their along-track error grows by the rate uncertainty times half the exposure
-    and by :data:`CUT_END_ERROR` of the missing length.  Returns the tracklet refitted.
-    """
-    cut = [k for k in trk.members if math.isfinite(float(trails["cut_pa"][k]))]
-    if not cut:
-        return trk
-    idx = np.array(trk.members)
-    seen = {k: (float(trails["xi"][k]), float(trails["eta"][k]), float(trails["x"][k]), float(trails["y"][k]))
-            for k in cut}
-    missing = {}
-
-    def refit():
-        p, c, chi2, t_ref = fit_linear_motion(np.asarray(trails["t_hours"], float)[idx], np.asarray(trails["xi"], float)[idx],
-                                              np.asarray(trails["eta"], float)[idx], np.asarray(trails["sigma"], float)[idx])
-        return Tracklet(trk.members, p[0], p[1], p[2], p[3], c, chi2, trk.dof, t_ref)
-
-    for _ in range(iterations):
-        rate = math.hypot(trk.vx, trk.vy)
-        for k in cut:
-            pa = math.radians(float(trails["cut_pa"][k]))
-            missing[k] = max(rate * float(trails["exptime"][k]) / 3600.0 - float(trails["trail_arcsec"][k]), 0.0)
-            shift = 0.5 * missing[k]
-            xi0, eta0, x0, y0 = seen[k]
-            trails["xi"][k], trails["eta"][k] = xi0 + shift * math.sin(pa), eta0 + shift * math.cos(pa)
-            step = np.sign(int(trails["cut"][k])) * shift / float(trails["pixel_scale"][k])
-            trails["x"][k] = x0 + step * math.cos(float(trails["theta"][k]))
-            trails["y"][k] = y0 + step * math.sin(float(trails["theta"][k]))
-        trk = refit()
-    rate_err = math.sqrt(max(trk.cov[2, 2] + trk.cov[3, 3], 0.0))
-    for k in cut:
-        pa = math.radians(float(trails["cut_pa"][k]))
-        ra, dec = plane.to_sky(np.array([trails["xi"][k]]), np.array([trails["eta"][k]]))
-        trails["ra"][k], trails["dec"][k] = float(ra[0]), float(dec[0])
-        # along-track error: the rate's, plus the far end's (faint ends fade)
-        along = math.hypot(0.5 * rate_err * float(trails["exptime"][k]) / 3600.0, CUT_END_ERROR * missing[k])
-        trails["ra_err"][k] = math.hypot(float(trails["ra_err"][k]), along * math.sin(pa))
-        trails["dec_err"][k] = math.hypot(float(trails["dec_err"][k]), along * math.cos(pa))
-        trails["sigma"][k] = math.hypot(float(trails["sigma"][k]), along / math.sqrt(2.0))
-    return refit()
-
-
-def _link_fast(moving: Table, used: set, config: Config, plane: TangentPlane) -> tuple[Table, list]:
-    """Trails long enough to measure, not already in a slow tracklet, linked across exposures."""
-    sc = config.streaks
-    keep = (np.asarray(moving["kind"]) == "trail") & (np.asarray(moving["length"], float) >= sc.min_length)
-    keep &= ~np.isin(np.arange(len(moving)), list(used))
-    trails = moving[keep]
-    if len(trails) < 2:
-        return trails, []
-    fast = link_streaks(
-        np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),
-        np.asarray(trails["eta"], float), np.asarray(trails["sigma"], float), np.asarray(trails["trail_arcsec"], float),
-        np.asarray(trails["trail_pa"], float), np.asarray(trails["exptime"], float),
-        flux=np.asarray(trails["flux"], float), whole=np.asarray(trails["cut"]) == 0, min_exposures=sc.min_exposures,
-        rate_tol=sc.rate_tolerance, angle_tol=sc.angle_tolerance, max_chi2_dof=sc.max_chi2_dof,
-    )
-    taken: set[int] = set()
-    kept = []
-    for trk in fast:  # longest first; no trail in two objects
-        if taken.isdisjoint(trk.members):
-            kept.append(_restore_cut_centres(trails, trk, plane))
-            taken.update(trk.members)
-    # names in the order of the objects' first detections (row order, the same on every executor): float noise
-    # between executors cannot reorder them, as it could a sort on fitted values
-    kept.sort(key=lambda trk: min(trk.members))
-    return trails, kept
-
-
-def _streak_table(detections: Table, trails: Table, fast: list, names: list[str]) -> Table:
-    """Every measured trail (linked to ``names[i]`` of ``fast[i]``, or single) plus satellites and bleeds."""
-    member_of = {k: names[n] for n, trk in enumerate(fast) for k in trk.members}
-    rows = [(row, "linked" if k in member_of else "single", member_of.get(k, "")) for k, row in enumerate(trails)]
-    if len(detections):
-        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike", "edge"])]
-        rows += [(row, str(row["kind"]), "") for row in others]
-    if not rows:
-        return empty_table(STREAK_COLUMNS)
-    out = []
-    for row, status, name in rows:
-        rate = float(row["trail_arcsec"]) / max(float(row["exptime"]), 1e-9) * 3600.0
-        out.append((int(row["exposure"]), str(row["ccd"]), float(row["x"]), float(row["y"]), float(row["ra"]),
-                    float(row["dec"]), float(row["length"]), float(row["trail_arcsec"]), float(row["trail_pa"]),
-                    rate, float(row["mag"]), float(row["snr"]), status, name))
-    table = Table(rows=out, names=[c[0] for c in STREAK_COLUMNS], dtype=[c[1] for c in STREAK_COLUMNS])
-    return describe(table, STREAK_COLUMNS)
-
-
-def _vet_trail_lengths(tracklets, slow: Table, min_detections: int, margin: float = 1.0) -> list:
-    """Drop members (or whole slow tracklets) trailed far more than their motion allows.
-
-    A mover at rate ``r`` draws ``r * exptime`` in an exposure; a member's measured trail may exceed
-    that by ``margin`` [arcsec] or four times the members' median minor-axis rms, whichever is larger
-    (short trails and seeing-limited blobs are measured coarsely).  Longer members are blends (a slow
-    mover next to a star for part of a long sequence) whose footprint barycentre is biased: they are
-    removed and the motion refitted when at least ``min_detections`` and a third of the members stay;
-    otherwise the tracklet is dropped (a deblended galaxy or a string of blends).
-    """
-    trail = np.nan_to_num(np.asarray(slow["trail_arcsec"], float))
-    exptime = np.asarray(slow["exptime"], float)
-    # a blob's measured length is uncertain by a few PSF widths (seeing, blends): 4 minor-axis rms
-    width = np.nan_to_num(np.asarray(slow["b"], float) * np.asarray(slow["pixel_scale"], float))
-    t_h, xi, eta = (np.asarray(slow[c], float) for c in ("t_hours", "xi", "eta"))
-    sigma = np.asarray(slow["sigma"], float)
-    kept = []
-    for trk in tracklets:
-        idx = np.array(trk.members)
-        slack = max(margin, 4.0 * float(np.median(width[idx])))
-        ok = trail[idx] <= trk.rate * exptime[idx] / 3600.0 + slack
-        if ok.all():
-            kept.append(trk)
-            continue
-        if ok.sum() < max(min_detections, math.ceil(idx.size / 3.0)):
-            log.debug("tracklet at (%.1f, %.1f) rejected: trails %.1f\" for %.1f\"/h", trk.x0, trk.y0,
-                      float(np.median(trail[idx])), trk.rate)
-            continue
-        sub = idx[ok]
-        p, c, chi2, t_ref = fit_linear_motion(t_h[sub], xi[sub], eta[sub], sigma[sub])
-        log.debug("tracklet at (%.1f, %.1f): %d blended members removed", trk.x0, trk.y0, int((~ok).sum()))
-        kept.append(Tracklet(tuple(int(k) for k in sub), p[0], p[1], p[2], p[3], c, chi2, 2 * sub.size - 4, t_ref))
-    return kept
 
 
 def _versions() -> dict:
@@ -450,10 +214,12 @@ def _detect(tasks, config: Config, masters: dict, reference, executor, keep: Pat
 
 
 def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
-    """Per-CCD-exposure astrometric solutions against ``reference``."""
+    """Per-CCD-exposure astrometric solutions against ``reference``: each CCD on its own (on the executor), then
+    the failures from their CCD's other exposures and their exposure's other CCDs."""
     groups = astrometry_tasks(results, tasks, config)
     solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
-    return [sol for group in solved for sol in group]
+    solutions, _ = rescue_failed(groups, [sol for group in solved for sol in group], reference, config.astrometry)
+    return solutions
 
 
 def _tasks(products: dict) -> list:
@@ -470,6 +236,8 @@ def step_ingest(products: dict, config: Config, ctx: StepContext) -> dict:
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
     reference = load_reference_catalogue(ctx.refcat) if ctx.refcat is not None else None
     orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
+    if config.astrometry.reference_wcs:
+        load_reference_wcs(config.astrometry.reference_wcs)  # so is an unreadable reference WCS
     if config.ml.enabled:
         from ssodetect.ml.model import load_model
 
@@ -509,14 +277,21 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     calibrate = reference is not None and config.astrometry.enabled
     ccd_info = [dict(info) for _, info in results]
     solutions = _solve(results, tasks, reference, config, ctx.executor()) if calibrate and results else []
+    # the WCS each CCD exposure's sky positions go through (frames without one are registered onto these)
+    placed_wcs = {(ref.exposure, ref.ccd): wcs_from_header_string(info.get("wcs_header", ""))
+                  for info, ref in zip(ccd_info, tasks)}
     if calibrate:
         by_key = {(sol.exposure, sol.ccd): sol for sol in solutions}
         calibrated = []
         for (table, _), info, ref in zip(results, ccd_info, tasks):
             sol = by_key.get((ref.exposure, ref.ccd))
-            calibrated.append(apply_solutions(table, sol, wcs_from_header_string(info.get("wcs_header", "")), config))
+            calibrated.append(apply_solutions(table, sol, placed_wcs[(ref.exposure, ref.ccd)], config))
             if sol is not None:
                 info["astrometry"] = {k: v for k, v in sol.row().items() if k not in ("exposure", "ccd")}
+                if sol.ok:
+                    placed_wcs[(ref.exposure, ref.ccd)] = sol.wcs
+                elif config.astrometry.on_failure == "drop":
+                    placed_wcs[(ref.exposure, ref.ccd)] = None
         failed = [s for s in solutions if not s.ok]
         if failed:
             action = "dropped" if config.astrometry.on_failure == "drop" else "kept with their header WCS"
@@ -526,10 +301,13 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
             )
         ok = [s for s in solutions if s.ok]
         if ok:
+            methods = {m: sum(s.method == m for s in ok) for m in dict.fromkeys(s.method for s in ok)}
+            fitted = [s for s in ok if s.n_stars > 0 and np.isfinite(s.rms_ra)]
             log.info(
-                "astrometry: %d/%d CCD exposures solved, median rms %.1f mas, median %d stars",
-                len(ok), len(solutions), 1e3 * float(np.median([max(s.rms_ra, s.rms_dec) for s in ok])),
-                int(np.median([s.n_stars for s in ok])),
+                "astrometry: %d/%d CCD exposures solved (%s), median rms %.1f mas, median %d stars",
+                len(ok), len(solutions), ", ".join(f"{n} {m}" for m, n in methods.items()),
+                1e3 * float(np.median([max(s.rms_ra, s.rms_dec) for s in fitted])) if fitted else float("nan"),
+                int(np.median([s.n_stars for s in fitted])) if fitted else 0,
             )
         keep = ctx.intermediate("astrometry")
         if keep is not None:
@@ -539,7 +317,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
                                       _Folder(keep), ("head",))
     else:
         calibrated = [table for table, _ in results]
-    tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config) if len(t)]
+    tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config, placed_wcs) if len(t)]
     # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
     wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
@@ -568,64 +346,32 @@ class _Folder:
 
 def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
     """Remove static sources and detector artefacts, link slow movers, link trails of fast movers."""
-    timings = ctx.timings
+    t0 = time.perf_counter()
     detections, exposures = products["detections"], products["exposures"]
-    t0 = time.perf_counter()
-    if len(detections):
-        ra0, dec0 = float(np.median(detections["ra"])), float(np.median(detections["dec"]))
-    else:
-        ra0, dec0 = 0.0, 0.0
-    plane = TangentPlane(ra0, dec0)
-    t0_mjd = float(exposures[0].mid_time.mjd)
-    cand = select_candidates(detections, config, plane, t0_mjd)
-    moving = cand[~np.asarray(cand["static"]) & ~np.asarray(cand["artefact"]) & (np.asarray(cand["kind"]) != "extended")]
-    timings["stationary"] = time.perf_counter() - t0
-    log.info(
-        "%d detections, %d usable, %d static, %d detector artefacts, %d moving candidates",
-        len(detections), len(cand), int(np.sum(cand["static"])), int(np.sum(cand["artefact"])), len(moving),
-    )
-    t0 = time.perf_counter()
-    lk = config.link
-    # trails longer than the fastest slow motion can draw are for the streak linking only; the
-    # measured length of a short blob (a blend, a seeing-elongated source) is uncertain by a few PSF widths
-    reach = 1.5 * lk.max_rate * np.asarray(moving["exptime"], float) / 3600.0 + np.maximum(
-        0.5, 4.0 * np.asarray(moving["b"], float) * np.asarray(moving["pixel_scale"], float))
-    slow_idx = np.nonzero(~((np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach))
-                          & (np.asarray(moving["snr"], float) >= lk.min_snr))[0]
-    slow = moving[slow_idx]
-    tracklets = link_tracklets(
-        np.asarray(slow["exposure"]), np.asarray(slow["t_hours"]), np.asarray(slow["xi"]),
-        np.asarray(slow["eta"]), np.asarray(slow["sigma"]), np.asarray(slow["flux"]),
-        np.asarray(slow["flux_err"]),
-        min_rate=lk.min_rate, max_rate=lk.max_rate, min_detections=lk.min_detections, match_sigma=lk.match_sigma,
-        match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
-        min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
-    )
-    tracklets = _vet_occupancy(tracklets, slow, cand, exposures, config)
-    tracklets = _vet_trail_lengths(tracklets, slow, lk.min_detections)
-    snr = np.asarray(slow["snr"], float)
-    tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]
-    # named in the order of their first detections: the linker ranks by fit quality, where 1e-5 mas of float noise
-    # between serial and Dask runs swapped the names of two objects with equal chi2 in a full field
-    tracklets.sort(key=lambda t: min(t.members))
-    observations, objects = tracklet_tables(slow, tracklets, plane, t0_mjd=t0_mjd)
-    timings["link_slow"] = time.perf_counter() - t0
-    log.info("%d slow movers linked", len(objects))
-    streak_table = empty_table(STREAK_COLUMNS)
+    links = link_movers(detections, {e.index: float(e.mid_time.mjd) for e in exposures}, config)
+    st = links.stats
+    log.info("%d detections, %d usable, %d static, %d detector artefacts, %d moving candidates",
+             st["n_detections"], st["n_usable"], st["n_static"], st["n_artefact"], st["n_moving"])
+    slow = st["slow"]
+    log.info("slow movers: %d seeds tried, %.3g chance detections expected within their predictions, %d linked; "
+             "%d refused as chance alignments (chance probability above %.2g: %g expected chance tracklets accepted "
+             "at most)", slow["n_seeds"], slow["expected_chance"], slow["n_tracklets"], slow["n_rejected_false_alarm"],
+             slow["chance_threshold"] or float("nan"), slow["false_alarm_budget"])
+    observations, objects = tracklet_tables(links.slow, links.slow_tracklets, links.plane, t0_mjd=links.t0_mjd)
+    streaks = empty_table(STREAK_COLUMNS)
     if config.streaks.enabled:
-        t0 = time.perf_counter()
-        used = {int(slow_idx[k]) for trk in tracklets for k in trk.members}
-        trails, fast = _link_fast(moving, used, config, plane)
-        fast_obs, fast_obj = tracklet_tables(trails, fast, plane, t0_mjd=t0_mjd, kind="streak",
-                                             first_number=len(objects) + 1)
+        fast_obs, fast_obj = tracklet_tables(links.trails, links.fast_tracklets, links.plane, t0_mjd=links.t0_mjd,
+                                             kind="streak", first_number=len(objects) + 1)
         observations = vstack([observations, fast_obs]) if len(fast_obs) else observations
         objects = vstack([objects, fast_obj]) if len(fast_obj) else objects
-        streak_table = _streak_table(detections, trails, fast, [str(n) for n in fast_obj["object"]])
-        timings["link_streaks"] = time.perf_counter() - t0
-        log.info("%d fast movers linked from %d trails; %d single-exposure trails and %d satellites flagged",
-                 len(fast_obj), len(trails), int(np.sum(streak_table["status"] == "single")),
-                 int(np.sum(streak_table["status"] == "satellite")))
-    return {"candidates": moving, "observations": observations, "objects": objects, "streaks": streak_table}
+        streaks = streak_table(detections, links.trails, links.fast_tracklets, [str(n) for n in fast_obj["object"]])
+        fast = st["fast"]
+        log.info("fast movers: %d trails, %d consistent pairs, %d hypotheses, %d linked (%d trails); %d trails in no "
+                 "chain (single), %d satellites flagged", fast["n_trails"], fast["n_pairs"], fast["n_hypotheses"],
+                 fast["n_chains"], fast["n_linked"], fast["n_unlinked"], int(np.sum(streaks["status"] == "satellite")))
+    ctx.timings["link"] = time.perf_counter() - t0
+    return {"candidates": links.moving, "observations": observations, "objects": objects, "streaks": streaks,
+            "link_stats": st}
 
 
 def _image_reader(products: dict, config: Config):
@@ -693,6 +439,7 @@ PRODUCTS = {
     "observations": "Table: one row per object and exposure",
     "objects": "Table: one row per moving object",
     "streaks": "Table: every trail and what became of it",
+    "link_stats": "dict: the link step's counts (selection, static, seeds, chance alignments, fast-linker bookkeeping)",
     "vetting": "Table | None: CNN score of every object",
     "known": "Table | None: known objects predicted in the field",
 }
@@ -704,13 +451,14 @@ BUILTIN_STEPS = [
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
-          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "1",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "2",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "1",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "2",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
-    Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks"),
-         ("link", "streaks"), "1", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+    Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
+                                                           "link_stats"),
+         ("link", "streaks"), "2", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
                                "objects"), ("observations", "objects"), ("stack",) + _PIXELS, "1",
          "shift-and-stack search for movers too faint for one exposure", enabled=lambda c: c.stack.enabled),
@@ -722,7 +470,7 @@ BUILTIN_STEPS = [
          ("known",) + _PIXELS, "1", "identify known objects; measure known objects not linked",
          enabled=lambda c: bool(c.known.orbits or c.known.skybot)),
     Step("report", step_report, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "candidates",
-                                 "observations", "objects", "streaks", "vetting", "known"), (),
+                                 "observations", "objects", "streaks", "vetting", "known", "link_stats"), (),
          ("report", "alerts"), "1", "tables, cutouts, ADES PSV/XML, MPC 80-column, HTML report, alert", cache=False),
 ]
 
@@ -741,7 +489,7 @@ def run_result(products: dict) -> RunResult:
         streaks=products.get("streaks"), ccd_info=products.get("ccd_info", []),
         exposures=products.get("exposures", []), masters=products.get("masters", {}),
         known=products.get("known"), wcs_headers=products.get("wcs_headers", {}), vetting=products.get("vetting"),
-        obs_id=products.get("obs_id", ""),
+        link_stats=products.get("link_stats", {}), obs_id=products.get("obs_id", ""),
     )
 
 
@@ -1006,6 +754,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         "n_objects": len(result.objects),
         "n_observations": len(result.observations),
         "ccds": [_jsonable(info) for info in result.ccd_info],
+        "link": _jsonable(result.link_stats),
         "report_context": _jsonable(context),
     }
     stage.file("provenance.json").write_text(json.dumps(provenance, indent=2))

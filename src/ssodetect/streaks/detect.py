@@ -183,7 +183,8 @@ def _trail_row(det: Table, members: np.ndarray, fit, psf_sigma: float) -> dict:
         flux=fit.flux, flux_err=fit.flux_err, snr=fit.flux / fit.flux_err, kind="trail",
         a=0.5 * fit.length / math.sqrt(3.0), b=psf_sigma, npix=int(np.sum(np.asarray(det["npix"])[members])),
         near_mask=bool(np.any(np.asarray(det["near_mask"])[members])), sep_flag=0, peak=float("nan"), cut=0,
-        chi2_psf=float("nan"), chi2_sharp=float("nan"), chi2_broad=float("nan"),
+        chi2_psf=float("nan"), chi2_sharp=float("nan"), chi2_broad=float("nan"), length_err=fit.length_err,
+        theta_err=fit.theta_err,
     )
     return row
 
@@ -433,6 +434,7 @@ def refine_trails(
         info["n_fitted"] += 1
         out["x"][first], out["y"][first] = fit.x, fit.y
         out["length"][first], out["theta"][first] = fit.length, fit.theta
+        out["length_err"][first], out["theta_err"][first] = fit.length_err, fit.theta_err
         out["x_err"][first] = max(fit.x_err, 1e-3)
         out["y_err"][first] = max(fit.y_err, 1e-3)
         out["flux"][first], out["flux_err"][first] = fit.flux, fit.flux_err
@@ -441,7 +443,34 @@ def refine_trails(
         out["cut"][first] = cut_ends(data.shape, fit.x, fit.y, fit.length, fit.theta, 3.0 * psf_sigma + 2.0)
     if drop:
         out.remove_rows(sorted(set(drop)))
+    info["n_short_refit"] = _refit_hit_trails(out, data, variance, mask, psf_sigma, min_length)
     return out, info
+
+
+def _refit_hit_trails(det: Table, data, variance, mask, psf_sigma: float, min_length: float) -> int:
+    """Short trails (slow movers: 2 FWHM up to ``min_length``) with cosmic-ray hits in their core, re-centred
+    by the trailed-PSF fit, which skips the masked pixels (their barycentre leans away from the hole).
+    Updates ``x, y, length, theta`` and the errors in place; returns how many were re-measured."""
+    if "masked_core" not in det.colnames or len(det) == 0:
+        return 0
+    fwhm = psf_sigma * 2.0 * math.sqrt(2.0 * math.log(2.0))
+    length = np.asarray(det["length"], float)
+    rows = np.nonzero((np.asarray(det["kind"]) == "trail") & (length >= 2.0 * fwhm) & (length < min_length)
+                      & (np.asarray(det["masked_core"], float) > 0))[0]
+    n = 0
+    for k in rows:
+        x0, y0, ln, th = float(det["x"][k]), float(det["y"][k]), float(length[k]), float(det["theta"][k])
+        fit = fit_trail(data, variance, mask, x0, y0, ln, th, psf_sigma)
+        if not (fit.success and math.hypot(fit.x - x0, fit.y - y0) < 0.5 * ln + 2.0 and 0.3 * ln < fit.length < 2.0 * ln + 2
+                and fit.flux > 5.0 * fit.flux_err and max(fit.x_err, fit.y_err) < 1.0):
+            continue
+        det["x"][k], det["y"][k] = fit.x, fit.y
+        det["length"][k], det["theta"][k] = fit.length, fit.theta
+        det["x_err"][k] = max(float(det["x_err"][k]), fit.x_err)
+        det["y_err"][k] = max(float(det["y_err"][k]), fit.y_err)
+        det["length_err"][k], det["theta_err"][k] = fit.length_err, fit.theta_err
+        n += 1
+    return n
 
 
 def _grow(fit, data, variance, mask, psf_sigma: float, max_length: float, *, steps: int = 3):
