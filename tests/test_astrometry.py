@@ -370,6 +370,10 @@ def test_a_right_header_is_never_lost_among_bright_junk():
     mags = rng.uniform(19.5, 21.0, 15)
     src = _sources(rng, truth, ra, dec, mags, n_junk=200, junk_mag=(16.0, 19.0))
     assert np.all(np.asarray(src["flux"])[:100] > 566.0 * 10 ** (-0.4 * (19.5 - ZP)))  # stars are below rank 100
+    ref_xy = np.column_stack(truth.all_world2pix(ra, dec, 0))
+    xy = np.column_stack([src["x"], src["y"]])
+    assert match_offset(xy, PatternIndex(ref_xy, n_ref=0, area=float(NX * NY)), max_shift=300.0, match_radius=6.0,
+                        n_src=25, min_matches=6) is None  # the old fast path on the brightest sources
     config = AstrometryConfig(blind=False)
     sol = solve_ccd("1-1", [ExposureStars(0, MJD, 566.0, (NY, NX), truth, src, zeropoint=ZP)], _catalogue(ra, dec, mags),
                     config)[0]
@@ -451,3 +455,33 @@ def test_failed_ccd_exposures_are_solved_from_their_exposure_and_their_ccd():
     for key, sol in by_key.items():
         err = wcs_difference(sol.wcs, truths[key])
         assert np.sqrt(np.mean(err**2)) < 60.0, (key, sol.method, err.max())
+
+
+def test_an_exposure_with_no_ccd_solvable_alone_is_matched_over_its_focal_plane():
+    """Four CCDs with 4 catalogue stars each (too few for any alone), headers off by 20", 0.5 deg and 0.5 %: all
+    CCDs' sources together, through their headers, find the exposure's correction."""
+    from ssodetect.astrometry.field import focal_plane_correction
+    from ssodetect.astrometry.refcat import propagate
+    from astropy.table import vstack
+    from astropy.time import Time
+
+    rng = np.random.default_rng(12)
+    cosd = math.cos(math.radians(25.0))
+    crpixes = [(1024.5 + dx, 1024.5 + dy) for dx in (-1080.0, 1080.0) for dy in (-1080.0, 1080.0)]
+    ccds, cats = [], []
+    for crpix in crpixes:
+        truth = _tan((150.0, 25.0), crpix)
+        header = _tan((150.0 + 20.0 / 3600.0 / cosd, 25.0), crpix, 0.5, 1.005)
+        x, y = rng.uniform(80, NX - 80, 4), rng.uniform(80, NY - 80, 4)
+        ra, dec = truth.all_pix2world(x, y, 0)
+        mags = rng.uniform(19.0, 21.0, 4)
+        cats.append(_catalogue(ra, dec, mags))
+        src = _sources(rng, truth, ra, dec, mags, n_junk=15)
+        ccds.append((header, np.column_stack([src["x"], src["y"]]), (NY, NX)))
+    cat = vstack(cats)
+    ref_ra, ref_dec = propagate(cat, Time(MJD, format="mjd"))
+    order = np.argsort(np.asarray(cat["phot_g_mean_mag"]))
+    corr = focal_plane_correction(ccds, np.asarray(ref_ra)[order], np.asarray(ref_dec)[order], AstrometryConfig())
+    assert corr is not None and corr.n_stars >= 12 and corr.n_ccds == 0
+    assert abs(math.hypot(corr.transform.tx, corr.transform.ty) - 20.0) < 2.0  # the shift, seen at the plane's centre
+    assert abs(corr.transform.rotation + 0.5) < 0.02 and abs(corr.transform.scale - 1 / 1.005) < 2e-4

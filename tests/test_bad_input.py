@@ -213,3 +213,8 @@ def test_scenes_without_stars_or_with_only_hot_pixels(tmp_path, capsys):
     capsys.readouterr()
     assert code in (0, 1)
     assert len(Table.read(out / "objects.ecsv")) == 0
+    import json
+
+    ccds = json.loads((out / "provenance.json").read_text())["ccds"]
+    # the ~1200 hot pixels of each image were seen (masked as sharper than the PSF) and told from sources
+    assert all(c["sharp_pixel_fraction"] * 768**2 >= 1000 for c in ccds)

@@ -220,3 +220,37 @@ def test_psf_centroid_kernel_matches_its_reference_and_skips_masked_pixels():
         errors.append(np.hypot(fast[0] - x0, fast[1] - y0))
     assert np.max(errors) < 0.05
     assert psf_centroid(np.zeros((40, 40)), np.ones((40, 40)), np.ones((40, 40), bool), 20.0, 20.0, 0.7) is None
+
+
+def test_a_source_on_a_bright_star_halo_is_found():
+    """A V~20 source 12 px from a star 500x brighter lies inside the star's footprint, and deblending never splits
+    off a child that faint: without the halo model it is not detected; with it, it is, within 0.05 px."""
+    from ssodetect.config import DetectConfig
+    from ssodetect.detect import extract_sources
+
+    rng = np.random.default_rng(8)
+    psf = DoubleGaussianPSF(fwhm=1.8, wing_fraction=0.2, wing_sigma=3.5)
+    img = rng.normal(0.0, 4.0, (200, 200))
+    splat(img, [100.3], [100.6], [3.0e6], psf)  # a bright star with wide wings
+    splat(img, [111.2], [106.9], [6000.0], psf)  # the faint source on its halo
+    err = np.full(img.shape, 4.0)
+    mask = np.zeros(img.shape, bool)
+    found = {}
+    for npix in (0, 400):
+        det, info = extract_sources(img, mask=mask, error=err, gain=3.5, config=DetectConfig(halo_npix=npix),
+                                    psf_sigma=psf.sigma)
+        d = np.hypot(np.asarray(det["x"]) - 111.2, np.asarray(det["y"]) - 106.9)
+        found[npix] = (float(d.min()) if len(det) else np.inf, info)
+    assert found[0][0] > 1.0
+    assert found[400][0] < 0.05 and found[400][1]["n_halo_sources"] >= 1
+
+
+def test_masked_information_of_a_core_hit():
+    from ssodetect.detect.extract import masked_information
+
+    mask = np.zeros((30, 30), bool)
+    assert masked_information(mask, [15.0], [15.0], 0.8)[0] == 0.0
+    mask[15, 15] = True  # the central pixel of a source centred on it
+    centre = masked_information(mask, [15.0], [15.0], 0.8)[0]
+    wing = masked_information(mask, [17.0], [15.0], 0.8)[0]
+    assert 0.3 < centre < 0.8 and 0.0 < wing < 0.05

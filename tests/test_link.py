@@ -178,3 +178,87 @@ def test_a_precise_three_detection_tracklet_passes_the_false_alarm_control():
                            min_rate=0.3, max_rate=12.0, max_false_alarms=0.1)
     found = [t for t in links if set(arr[list(t.members), 4].astype(int)) == {0}]
     assert len(found) == 1 and len(found[0].members) == 3
+    # the same mover as imprecise and faint as the junk: as likely a chance alignment, refused
+    junk_like = link_tracklets(arr[:, 0].astype(int), arr[:, 1], arr[:, 2], arr[:, 3], np.full(n, 0.02),
+                               np.full(n, 100.0), np.full(n, 10.0), min_rate=0.3, max_rate=12.0, max_false_alarms=0.1)
+    assert not [t for t in junk_like if set(arr[list(t.members), 4].astype(int)) == {0}]
+    assert junk_like.stats["n_rejected_false_alarm"] >= 1
+
+
+def test_pieces_of_satellites_and_spikes_are_artefacts():
+    """Point detections on a satellite trail or a diffraction spike of their own CCD image (or just past its end)
+    are flagged; one beside it, on another CCD or in another exposure is not."""
+    from ssodetect.link.stationary import on_lines
+
+    lines = {(0, "1-1"): np.array([[500.0, 500.0, 100.0, 0.5]])}  # centre, half-length, angle [rad]
+    c, s = np.cos(0.5), np.sin(0.5)
+    x = np.array([500 + 60 * c, 500 + 102 * c, 500 + 60 * c - 10 * s, 500 + 60 * c, 500 + 60 * c])
+    y = np.array([500 + 60 * s, 500 + 102 * s, 500 + 60 * s + 10 * c, 500 + 60 * s, 500 + 60 * s])
+    flagged = on_lines([0, 0, 0, 1, 0], ["1-1", "1-1", "1-1", "1-1", "2-1"], x, y, lines)
+    assert flagged.tolist() == [True, True, False, False, False]
+
+
+def test_product_probability_matches_monte_carlo():
+    from ssodetect.link.tracklets import _product_probability
+
+    rng = np.random.default_rng(0)
+    u = rng.uniform(size=(200_000, 3))
+    for p in ([0.01], [0.05, 0.3], [0.02, 0.1, 0.5]):
+        k = len(p)
+        expected = np.mean(np.prod(u[:, :k], axis=1) <= np.prod(p))
+        assert _product_probability(np.array(p)) == pytest.approx(expected, rel=0.05)
+    assert _product_probability(np.array([1.0, 1.0])) == 1.0
+
+
+def test_a_cut_trail_links_at_its_restored_centre_only():
+    """A trail cut by the detector edge pairs with a whole one when its centre, moved half its missing length
+    towards the cut end, lies where the whole trail's rate puts the object; the same cut trail with its cut end
+    on the other side does not."""
+    exptime, cadence, rate, pa = 566.0, 1100.0 / 3600.0, 60.0, 90.0  # moving East
+    whole = rate * exptime / 3600.0
+    visible = 0.5 * whole
+    t = np.array([0.0, cadence])
+    xi_true = rate * t
+    # the second trail runs off the detector ahead of the object: its visible part lags by (whole - visible) / 2
+    xi_seen = np.array([xi_true[0], xi_true[1] - 0.5 * (whole - visible)])
+
+    def link(cut_pa):
+        return link_streaks(np.arange(2), t, xi_seen, np.zeros(2), np.full(2, 0.02), np.array([whole, visible]),
+                            np.full(2, pa), np.full(2, exptime), whole=np.array([True, False]),
+                            cut_pa=np.array([np.nan, cut_pa]))
+
+    right = link(90.0)  # cut towards the East: the missing part lies ahead
+    assert [sorted(c.members) for c in right] == [[0, 1]]
+    assert abs(right.tracklets[0].rate - rate) < 1.0
+    assert len(link(270.0)) == 0  # moved the wrong way, its centre lands 3.5" off the motion
+
+
+def test_a_two_trail_chain_is_refused_when_another_exposure_should_have_seen_it():
+    """Footprints: a CCD covering -100..100" in every exposure.  A two-trail chain whose third exposure had the whole
+    trail on the CCD with nothing detected there is refused; one whose trail would have been off the CCD, or on a
+    source or a satellite that could hide it, is kept."""
+    from astropy.table import Table
+
+    from ssodetect.link.movers import Footprints, _seen_elsewhere
+    from ssodetect.link.tracklets import Tracklet
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for e in range(3):
+        for xi, eta in rng.uniform(-100, 100, (400, 2)):
+            if np.hypot(xi - 10.0, eta) > 8.0 and np.hypot(xi + 50.0, eta + 50.0) > 8.0:  # two empty patches
+                rows.append((e, "1-1", xi, eta, "point", 0.0, 0.0))
+    rows.append((2, "1-1", 60.0, 70.0, "satellite", 40.0, 90.0))  # a satellite crossing (40..80, 70) in exposure 2
+    rows.append((2, "1-1", -50.5, -49.8, "point", 0.0, 0.0))  # a star in exposure 2
+    det = Table(rows=rows, names=["exposure", "ccd", "xi", "eta", "kind", "trail_arcsec", "trail_pa"])
+    foot = Footprints(det)
+    t_exp = {0: 0.0, 1: 0.3, 2: 0.6}
+    trails = Table({"exposure": [0, 1], "exptime": [566.0, 566.0]})
+
+    def chain(x_at_2, y_at_2, rate=20.0):  # moving East at `rate`, at (x_at_2, y_at_2) at exposure 2's time
+        return Tracklet((0, 1), x_at_2 - rate * 0.3, y_at_2, rate, 0.0, np.eye(4), 0.0, 0, 0.3)
+
+    assert _seen_elsewhere(chain(10.0, 0.0), trails, foot, t_exp) == [2]
+    assert _seen_elsewhere(chain(97.0, 0.0), trails, foot, t_exp) == []  # its trail runs off the CCD
+    assert _seen_elsewhere(chain(60.0, 70.0), trails, foot, t_exp) == []  # under the satellite
+    assert _seen_elsewhere(chain(-50.0, -50.0), trails, foot, t_exp) == []  # on a detected source

@@ -90,6 +90,11 @@ def test_default_scene_is_unchanged_by_the_new_options():
     from ssodetect.simulate import draw_scene
 
     a = draw_scene(SimulationConfig(seed=4, nx=512, ny=512))
+    # the values the simulator drew for this seed before the family's options existed (commit 3235bb6)
+    np.testing.assert_allclose(a.stars["xi"][:3], [36.894851, -25.811913, -14.270537], atol=1e-6)
+    np.testing.assert_allclose(a.movers["rate"][:3], [0.833873, 0.897484, 6.78941], atol=1e-6)
+    np.testing.assert_allclose(a.movers["pa"][:3], [354.528697, 126.212841, 352.252016], atol=1e-6)
+    np.testing.assert_allclose(a.galaxies["mag"][:3], [24.415448, 21.497726, 24.387544], atol=1e-6)
     b = draw_scene(SimulationConfig(seed=4, nx=512, ny=512, sersic_min=0.5, sersic_max=4.0, mover_directions="ecliptic"))
     np.testing.assert_array_equal(a.stars["xi"], b.stars["xi"])
     np.testing.assert_array_equal(a.movers["rate"], b.movers["rate"])

@@ -19,6 +19,7 @@ Pixel convention: 0-based ``(x, y)``; sky positions in degrees; tangent-plane of
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from scipy.spatial import cKDTree
 from ssodetect.astrometry.match import PatternIndex, Similarity, fit_similarity, match_grid, match_nearest, match_offset
 from ssodetect.astrometry.register import register_to_reference
 from ssodetect.astrometry.tangent import TangentPlane
-from ssodetect.astrometry.solve import ExposureSolution, ExposureStars, pixel_scale, reference_at, solve_ccd
+from ssodetect.astrometry.solve import (GRID_MAX_ROTATION, GRID_MAX_SCALE, ExposureSolution, ExposureStars,
+                                        pixel_scale, reference_at, solve_ccd)
 from ssodetect.astrometry.wcsfit import MatchedStars, fit_wcs
 from ssodetect.config import AstrometryConfig
 from ssodetect.io.headers import wcs_from_header_string
@@ -78,6 +80,15 @@ def grid_points(shape: tuple[int, int], n: int = 11) -> np.ndarray:
     return np.column_stack([gx.ravel(), gy.ravel()])
 
 
+def _plane_of(headers: list[tuple[WCS, tuple[int, int]]]) -> TangentPlane:
+    ras, decs = [], []
+    for wcs, (ny, nx) in headers:
+        ra, dec = wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
+        ras.append(float(ra[0]))
+        decs.append(float(dec[0]))
+    return TangentPlane(float(np.median(ras)), float(np.median(decs)))
+
+
 def header_corrections(pairs: list[tuple[WCS, WCS, tuple[int, int]]], plane: TangentPlane, *,
                        tolerance: float = 1.0) -> list[HeaderCorrection]:
     """The similarities mapping header positions onto solved ones, from the solved CCDs of one exposure.
@@ -112,7 +123,7 @@ def header_corrections(pairs: list[tuple[WCS, WCS, tuple[int, int]]], plane: Tan
         fits_ = {i: [k for k in left if float(np.median(np.hypot(*(own[i].apply(src[k]) - dst[k]).T))) <= tolerance]
                  for i in left}
         seed = max(left, key=lambda i: (len(fits_[i]), -i))
-        group = fits_[seed]
+        group = sorted(set(fits_[seed]) | {seed})  # a CCD fits itself (up to distortion the header lacks)
         s_xy, d_xy = np.vstack([src[k] for k in group]), np.vstack([dst[k] for k in group])
         transform = fit_similarity(s_xy, d_xy)
         rms = float(np.sqrt(np.mean(np.sum((transform.apply(s_xy) - d_xy) ** 2, axis=1))))
@@ -123,7 +134,7 @@ def header_corrections(pairs: list[tuple[WCS, WCS, tuple[int, int]]], plane: Tan
     return sorted(out, key=lambda c: (-c.n_ccds, c.rms))
 
 
-def focal_plane_correction(ccds: list[tuple[WCS, np.ndarray]], ref_ra: np.ndarray, ref_dec: np.ndarray,
+def focal_plane_correction(ccds: list[tuple[WCS, np.ndarray, tuple[int, int]]], ref_ra: np.ndarray, ref_dec: np.ndarray,
                            config: AstrometryConfig, *, per_ccd: int = 40) -> HeaderCorrection | None:
     """The exposure's header correction from all its CCDs' sources matched together to the catalogue.
 
@@ -134,20 +145,15 @@ def focal_plane_correction(ccds: list[tuple[WCS, np.ndarray]], ref_ra: np.ndarra
 
     Parameters
     ----------
-    ccds : list of (header WCS, sources (n, 2) 0-based px, brightest first)
+    ccds : list of (header WCS, sources (n, 2) 0-based px brightest first, shape (ny, nx))
     ref_ra, ref_dec : ndarray
         Reference stars at the exposure epoch [deg], brightest first.
     """
     if not ccds:
         return None
-    centres = []
-    for wcs, _ in ccds:
-        crpix = wcs.wcs.crpix
-        ra, dec = wcs.all_pix2world([crpix[0] - 1.0], [crpix[1] - 1.0], 0)
-        centres.append((float(ra[0]), float(dec[0])))
-    plane = TangentPlane(float(np.median([c[0] for c in centres])), float(np.median([c[1] for c in centres])))
+    plane = _plane_of([(wcs, shape) for wcs, _, shape in ccds])
     pts, flux_rank = [], []
-    for wcs, xy in ccds:
+    for wcs, xy, _ in ccds:
         xy = np.asarray(xy, float).reshape(-1, 2)[:per_ccd]
         if len(xy) == 0:
             continue
@@ -173,9 +179,10 @@ def focal_plane_correction(ccds: list[tuple[WCS, np.ndarray]], ref_ra: np.ndarra
         result = match_offset(src, index, max_shift=margin, match_radius=radius, n_src=60, n_ref=150,
                               min_matches=min_matches)
     if result is None:
-        result = match_grid(src, index, centre=(0.0, 0.0), max_shift=margin, max_rotation=min(config.max_rotation, 1.0),
-                            max_scale=min(config.max_scale_error, 0.01), match_radius=radius, n_src=80, n_ref=150,
-                            min_matches=min_matches)
+        result = match_grid(src, index, centre=(0.0, 0.0), max_shift=margin,
+                            max_rotation=min(config.max_rotation, GRID_MAX_ROTATION),
+                            max_scale=min(config.max_scale_error, GRID_MAX_SCALE), match_radius=radius, n_src=80,
+                            n_ref=150, min_matches=min_matches)
     if result is None or result.n_matched < config.min_stars:
         return None
     s, r = result.pairs[:, 0], result.pairs[:, 1]
@@ -195,14 +202,21 @@ def _fit_to(xy: np.ndarray, ra: np.ndarray, dec: np.ndarray, shape: tuple[int, i
     return fit_wcs([stars], crpix=crpix, order=order, clip=1e9, inverse_extent=(nx, ny))[0].wcs
 
 
+def _distortion_order(wcs: WCS) -> int:
+    """The polynomial order a TAN-SIP refit of ``wcs`` needs: its SIP order, 3 for a TPV/PV distortion, else 1."""
+    if wcs.sip is not None:
+        return max(int(wcs.sip.a_order), 1)
+    return 3 if len(wcs.wcs.get_pv()) else 1
+
+
 def corrected_wcs(header: WCS, correction: HeaderCorrection, shape: tuple[int, int]) -> WCS:
-    """``header`` with the exposure's correction applied on the sky (a WCS of the header's form, TAN or TAN-SIP)."""
+    """``header`` with the exposure's correction applied on the sky, refitted as TAN-SIP of the header's distortion
+    order (a TPV header's polynomial as SIP of order 3)."""
     xy = grid_points(shape)
     ra, dec = header.all_pix2world(xy[:, 0], xy[:, 1], 0)
     moved = correction.transform.apply(np.column_stack(correction.plane.to_plane(ra, dec)))
     ra2, dec2 = correction.plane.to_sky(moved[:, 0], moved[:, 1])
-    order = max(int(header.sip.a_order), 1) if header.sip is not None else 1
-    return _fit_to(xy, ra2, dec2, shape, order)
+    return _fit_to(xy, ra2, dec2, shape, _distortion_order(header))
 
 
 def composed_wcs(solved: WCS, registration, shape: tuple[int, int]) -> WCS:
@@ -214,8 +228,7 @@ def composed_wcs(solved: WCS, registration, shape: tuple[int, int]) -> WCS:
     xy = grid_points(shape, n=15)
     moved = registration.apply(xy)
     ra, dec = solved.all_pix2world(moved[:, 0], moved[:, 1], 0)
-    order = max(int(solved.sip.a_order), 1) if solved.sip is not None else 1
-    return _fit_to(xy, ra, dec, shape, order)
+    return _fit_to(xy, ra, dec, shape, _distortion_order(solved))
 
 
 #: Uncertainty [arcsec] added to a WCS that is only a corrected header (method ``exposure``): the optical
@@ -225,15 +238,6 @@ EXPOSURE_WCS_ERROR = 0.05
 
 def _xy(item: ExposureStars) -> np.ndarray:
     return np.column_stack([np.asarray(item.sources["x"], float), np.asarray(item.sources["y"], float)])
-
-
-def _plane_of(headers: list[tuple[WCS, tuple[int, int]]]) -> TangentPlane:
-    ras, decs = [], []
-    for wcs, (ny, nx) in headers:
-        ra, dec = wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
-        ras.append(float(ra[0]))
-        decs.append(float(dec[0]))
-    return TangentPlane(float(np.median(ras)), float(np.median(decs)))
 
 
 def _registered(item: ExposureStars, ccd: str, base: ExposureStars, solved: ExposureSolution,
@@ -305,7 +309,7 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
     """Solve the CCD exposures that failed alone, from their CCD's other exposures and their exposure's other CCDs.
 
     1. every failed CCD exposure is registered onto a solved exposure of the same CCD (the one with the
-       most sources);
+       most sources, else the next one);
     2. each exposure's header correction is measured on its solved CCDs (those solved alone or
        registered), or, when none is solved, by matching all its CCDs' sources together;
     3. the CCD exposures still failed are solved again through their header corrected by their
@@ -331,11 +335,12 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
     corrections : dict
         Exposure -> :meth:`HeaderCorrection.describe` text, for the exposures a correction was measured for.
     """
-    by_key = {(s.exposure, s.ccd): s for s in solutions}
+    by_key = {(s.exposure, s.ccd): copy.copy(s) for s in solutions}  # the caller's solutions stay as they were
     items: dict = {}
     for ccd, its in groups:
         for it in its:
-            if isinstance(it.header_wcs, str):
+            if isinstance(it.header_wcs, str):  # a task's header as text: read once, on a copy
+                it = copy.copy(it)
                 it.header_wcs = wcs_from_header_string(it.header_wcs)
             items[(it.exposure, ccd)] = it
     failed = [k for k, s in by_key.items() if not s.ok and k in items]
@@ -372,7 +377,7 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
         if not candidates and len(mine) > 1:
             ref = reference_at(reference, mine[0][1].mjd)
             order = np.argsort(ref.mag)
-            corr = focal_plane_correction([(it.header_wcs, _xy(it)) for _, it in mine], ref.ra[order],
+            corr = focal_plane_correction([(it.header_wcs, _xy(it), it.shape) for _, it in mine], ref.ra[order],
                                           ref.dec[order], config)
             candidates = [corr] if corr is not None else []
         if candidates:

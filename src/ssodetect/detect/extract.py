@@ -66,6 +66,9 @@ DETECTION_COLUMNS = [
 ]
 
 
+#: Centroid error [px] added to the sources found as peaks in other footprints (:func:`halo_sources`).
+PEAK_ERROR = 0.3
+
 #: sep's flag of a photometric aperture truncated by the image boundary.
 APER_TRUNC_FLAG = 16
 
@@ -113,7 +116,8 @@ def psf_centroid_reference(image: np.ndarray, variance: np.ndarray, mask: np.nda
 @numba.njit(cache=True, nogil=True)
 def _psf_fit_numba(stamp, var, good, xa, ya, x0, y0, flux0, sigma):
     """Levenberg-Marquardt fit of ``A * PSF(x, y) + B`` (pixel-integrated Gaussian, analytic Jacobian) to the good
-    pixels.  Returns ``(x, y, A, ok)``."""
+    pixels (at most 100 iterations, stopping when chi2 and the centre no longer change).  Returns ``(x, y, A, ok)``,
+    ``ok`` False for non-finite parameters."""
     ny, nx = stamp.shape
     s2 = math.sqrt(2.0) * sigma
     norm = 1.0 / (math.sqrt(2.0 * math.pi) * sigma)
@@ -177,8 +181,7 @@ def _psf_fit_numba(stamp, var, good, xa, ya, x0, y0, flux0, sigma):
             evaluate(p)  # restore the profiles at p
         if not improved or converged:
             break
-    evaluate(p)
-    return p[0], p[1], p[2], True
+    return p[0], p[1], p[2], bool(np.all(np.isfinite(p)))
 
 
 def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: float, y0: float,
@@ -202,7 +205,7 @@ def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: 
     Returns
     -------
     (x, y) or None
-        None when the fit fails, finds no positive flux, or leaves the stamp.
+        None when the fit diverges, finds no positive flux, or leaves the stamp.
     """
     cut = _psf_stamp(image, variance, mask, x0, y0, sigma)
     if cut is None:
@@ -254,8 +257,8 @@ def masked_information(mask: np.ndarray, x, y, psf_sigma: float, *, radius: floa
     """Share of each point source's positional information that masked pixels take away.
 
     For a Gaussian PSF of ``psf_sigma`` centred at ``(x, y)``, the fraction of ``sum(P^2)`` (the
-    Fisher information of flux and position, background-limited) that falls on masked pixels within
-    ``radius`` sigma.  0 for a clean core; 0.5 when a cosmic ray hit the brightest pixels.
+    Fisher information of flux and position, background-limited) that falls on masked pixels of the
+    square of half-size ``radius`` sigma around it.  0 for a clean core; 0.5 when a cosmic ray hit the brightest pixels.
 
     Parameters
     ----------
@@ -295,11 +298,13 @@ def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, ma
     A source on the halo of a bright star lies inside the star's footprint, and sep's deblending
     never splits off a child fainter than ``deblend_cont`` of its parent's flux: a V = 20 mover
     within 40 px of a 14th-magnitude star is not detected at all.  In the bounding box of every
-    footprint of at least ``min_npix`` pixels (round enough not to be a streak, smaller than
-    ``max_fraction`` of the image) the image median-filtered over ``4 FWHM + 1`` px is the halo: a
+    footprint of at least ``min_npix`` pixels (not a streak: wide across, or filling a quarter of a box no
+    thinner than a quarter of its length; smaller than ``max_fraction`` of the image) the image median-filtered over ``4 FWHM + 1`` px is the halo: a
     compact source covers too few pixels of that window to raise its median, so subtracting the halo
-    leaves stars' cores and the sources on their wings on a flat background.  With ``segmap`` the halo
-    is subtracted on the footprint's own pixels only (the other sources in its box keep theirs).
+    leaves stars' cores and the sources on their wings on a flat background, where
+    :func:`halo_sources` finds them; the halo is then subtracted around those sources only (the bright
+    star keeps its wings for its own photometry).  With ``segmap`` the model covers the footprint's
+    own pixels only (the other sources in its box keep theirs).
 
     Parameters
     ----------
@@ -328,10 +333,18 @@ def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, ma
     if len(objects) == 0:
         return halo, []
     size = 2 * int(math.ceil(2.0 * psf_sigma / FWHM_TO_SIGMA)) + 1
-    box_area = (objects["xmax"] - objects["xmin"] + 1.0) * (objects["ymax"] - objects["ymin"] + 1.0)
-    big = np.nonzero((objects["npix"] >= min_npix) & (objects["b"] >= 2.0 * size / 9.0)
-                     & (box_area <= max_fraction * nx * ny))[0]
+    width = objects["xmax"] - objects["xmin"] + 1.0
+    height = objects["ymax"] - objects["ymin"] + 1.0
+    # not streaks (satellites, bleeds): wide across (the minor-axis rms of a spiky or haloed star or a galaxy), or,
+    # for a bright compact star whose moments are those of its core whatever its halo, a footprint filling a
+    # quarter of a box no thinner than a quarter of its length
+    compact = (np.minimum(width, height) >= np.maximum(0.25 * np.maximum(width, height), size))
+    compact &= objects["npix"] >= 0.25 * width * height
+    round_ish = (objects["b"] >= 2.0 * size / 9.0) | compact
+    big = np.nonzero((objects["npix"] >= min_npix) & round_ish & (width * height <= max_fraction * nx * ny))[0]
     boxes = []
+    log.debug("halo model: %d footprints of >= %d px, %d of them streak-like or too large", int(np.sum(
+        objects["npix"] >= min_npix)), min_npix, int(np.sum(objects["npix"] >= min_npix)) - big.size)
     for k in big:
         o = objects[k]
         x0, x1 = max(int(o["xmin"]) - size, 0), min(int(o["xmax"]) + size + 1, nx)
@@ -600,10 +613,17 @@ def extract_sources(
     if config.halo_npix > 0:
         halo, boxes = halo_model(work, objects, psf_sigma, min_npix=config.halo_npix, segmap=segmap)
         if boxes:
-            work -= halo
-            extra = halo_sources(work, safe_err, m, objects, boxes, kernel, config.threshold, config.min_area)
+            extra = halo_sources(work - halo, safe_err, m, objects, boxes, kernel, config.threshold, config.min_area)
             if len(extra):
                 objects = np.concatenate([objects, extra])
+                # the halo leaves the image only around the sources found on it: the bright stars themselves keep
+                # their wings (their photometry feeds the aperture correction and the zero point)
+                near = np.zeros(work.shape, bool)
+                reach = int(math.ceil(config.aperture_radius_fwhm * psf_sigma / FWHM_TO_SIGMA)) + 3
+                ny_img, nx_img = work.shape
+                for gx, gy in zip(extra["x"].astype(int), extra["y"].astype(int)):
+                    near[max(gy - reach, 0):gy + reach + 1, max(gx - reach, 0):gx + reach + 1] = True
+                work[near] -= halo[near]
     info = {"psf_sigma": float(psf_sigma), "n_raw": int(len(objects)), "sharp_pixel_fraction": float(hits.mean()),
             "n_halos": len(boxes), "n_halo_sources": int(len(objects) - n_segmented)}
     if return_hits:
@@ -670,8 +690,12 @@ def extract_sources(
     edge_distance = np.minimum.reduce([x, y, nx_img - 1 - x, ny_img - 1 - y])
     near_edge = live & (length < 2.0 * fwhm) & (edge_distance < 3.0 * fwhm + 1.0)
     edge_fit = np.zeros(x.size, bool)
-    refit = np.nonzero((near_mask | cr_point | near_edge) & live & (length < 8.0 * fwhm))[0]
+    # sources found as peaks (on halos, in blends) start from their peak pixel: a PSF fit centres them
+    peak_found = np.zeros(x.size, bool)
+    peak_found[n_segmented:] = True
+    refit = np.nonzero((near_mask | cr_point | near_edge | peak_found) & live & (length < 8.0 * fwhm))[0]
     n_refit = 0
+    refit_shift = np.zeros(x.size)
     for k in refit:
         fitted = psf_centroid(work, variance, m, float(x[k]), float(y[k]), psf_sigma)
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
@@ -685,6 +709,10 @@ def extract_sources(
                                              theta[k : k + 1], psf_sigma, gain)
             if not c_point[0] / max(n_point[0] - 3, 1) < c_trail[0] / max(n_trail[0] - 5, 1):
                 continue
+        if cr_point[k]:
+            # the fit and the windowed centroid disagree where the hit took more than its share (a short trail
+            # whose hit made it look round): half their difference joins the error
+            refit_shift[k] = math.hypot(fitted[0] - x[k], fitted[1] - y[k])
         x[k], y[k] = fitted
         length[k] = 0.0
         a[k] = b[k] = psf_sigma
@@ -764,6 +792,10 @@ def extract_sources(
     # the information masked hits took from the core widens the centroid error
     lost = 1.0 / np.sqrt(np.clip(1.0 - hit_info, 0.1, 1.0))
     base, along = base * lost, along * lost
+    # a source found as a peak in another's footprint was centred by a point PSF whatever its own shape (a short
+    # trail, what is left of the neighbour): a third of a pixel more
+    base, along = np.hypot(base, PEAK_ERROR * peak_found), np.hypot(along, PEAK_ERROR * peak_found)
+    base, along = np.hypot(base, 0.5 * refit_shift), np.hypot(along, 0.5 * refit_shift)
     x_err = np.sqrt((along * ct) ** 2 + (base * st) ** 2 + config.centroid_error_floor**2)
     y_err = np.sqrt((along * st) ** 2 + (base * ct) ** 2 + config.centroid_error_floor**2)
     table = Table(

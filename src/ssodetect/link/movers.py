@@ -29,7 +29,7 @@ from scipy.spatial import cKDTree
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
-from ssodetect.link.stationary import occupied_elsewhere, static_on_detector, static_on_sky
+from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets
 
@@ -124,6 +124,15 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
         radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
     )
+    # pieces of satellites, diffraction spikes and bleed trails (and their ends) are not movers
+    lines: dict = {}
+    line_rows = np.isin(np.asarray(detections["kind"]), LINE_KINDS)
+    for row in detections[line_rows]:
+        lines.setdefault((int(row["exposure"]), str(row["ccd"])), []).append(
+            (float(row["x"]), float(row["y"]), 0.5 * float(row["length"]), float(row["theta"])))
+    point_like = np.asarray(cand["kind"]) != "trail"
+    cand["artefact"] = np.asarray(cand["artefact"]) | (point_like & on_lines(
+        np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), lines))
     return cand
 
 
@@ -256,10 +265,18 @@ def restore_cut_centres(trails: Table, trk: Tracklet, plane: TangentPlane, *, it
     return refit()
 
 
+#: Detections drawn as lines (satellites, streaks, diffraction spikes, bleed trails) that can hide a mover along them.
+LINE_KINDS = ("satellite", "streak", "spike", "bleed")
+
+
 class Footprints:
     """Where each exposure saw the sky: per CCD exposure, the convex hull of its detections' tangent-plane
     positions (a CCD's area up to its outermost detections, a few pixels inside its edges), and where it
-    detected something (a source there could hide a mover)."""
+    detected something (a source there, or a satellite or spike passing there, could hide a mover).
+
+    ``detections`` need ``exposure, ccd, xi, eta`` [arcsec] and, for the line-like ones (:data:`LINE_KINDS`),
+    ``kind, trail_arcsec, trail_pa``.
+    """
 
     def __init__(self, detections: Table):
         from scipy.spatial import Delaunay, QhullError
@@ -267,7 +284,16 @@ class Footprints:
         self.hulls: dict[int, list] = {}
         expo, ccd = np.asarray(detections["exposure"]), np.asarray(detections["ccd"]).astype(str)
         xi, eta = np.asarray(detections["xi"], float), np.asarray(detections["eta"], float)
-        self.trees = {int(e): cKDTree(np.column_stack([xi[expo == e], eta[expo == e]])) for e in np.unique(expo)}
+        finite = np.isfinite(xi) & np.isfinite(eta)
+        self.trees = {int(e): cKDTree(np.column_stack([xi[(expo == e) & finite], eta[(expo == e) & finite]]))
+                      for e in np.unique(expo[finite])}
+        lines = np.isin(np.asarray(detections["kind"]), LINE_KINDS) & np.isfinite(xi)
+        self.lines: dict[int, np.ndarray] = {}
+        for k in np.nonzero(lines)[0]:
+            pa = math.radians(float(detections["trail_pa"][k]))
+            half = 0.5 * float(np.nan_to_num(detections["trail_arcsec"][k]))
+            self.lines.setdefault(int(expo[k]), []).append((xi[k], eta[k], math.sin(pa), math.cos(pa), half))
+        self.lines = {e: np.array(v) for e, v in self.lines.items()}
         for key in sorted(set(zip(expo.tolist(), ccd.tolist()))):
             sel = (expo == key[0]) & (ccd == key[1]) & np.isfinite(xi) & np.isfinite(eta)
             if sel.sum() < 10:
@@ -282,9 +308,18 @@ class Footprints:
         return any(np.all(hull.find_simplex(points) >= 0) for hull in self.hulls.get(int(exposure), []))
 
     def occupied(self, exposure: int, centre: np.ndarray, radius: float) -> bool:
-        """Whether ``exposure`` detected anything within ``radius`` [arcsec] of ``centre``."""
+        """Whether ``exposure`` detected anything within ``radius`` [arcsec] of ``centre`` (a line-like
+        detection: anything along it)."""
         tree = self.trees.get(int(exposure))
-        return tree is not None and bool(tree.query_ball_point(centre, radius, return_length=True))
+        if tree is not None and tree.query_ball_point(centre, radius, return_length=True):
+            return True
+        lines = self.lines.get(int(exposure))
+        if lines is None:
+            return False
+        d = np.asarray(centre, float) - lines[:, :2]
+        along = d[:, 0] * lines[:, 2] + d[:, 1] * lines[:, 3]
+        across = np.abs(d[:, 0] * lines[:, 3] - d[:, 1] * lines[:, 2])
+        return bool(np.any((np.abs(along) <= lines[:, 4] + radius) & (across <= radius)))
 
 
 #: Margin [arcsec] around a trail that must lie on a CCD for the trail to count as one the exposure would have seen.
@@ -434,7 +469,14 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     long_trail = (np.asarray(moving["kind"]) == "trail") & (np.nan_to_num(np.asarray(moving["trail_arcsec"], float)) > reach)
     faint = np.asarray(moving["snr"], float) < lk.min_snr
     slow_idx = np.nonzero(~long_trail & ~faint)[0]
-    stats["slow"] = {"n_candidates": int(slow_idx.size), "n_below_min_snr": int(np.sum(~long_trail & faint))}
+    stats["slow"] = {"n_candidates": int(slow_idx.size), "n_below_min_snr": int(np.sum(~long_trail & faint)),
+                     "n_trails_too_long": int(long_trail.sum())}
+    # trails too long for the slow linker go to the fast one when at least streaks.min_length px (and streaks are on)
+    to_fast = long_trail & (np.asarray(moving["length"], float) >= config.streaks.min_length) & config.streaks.enabled
+    stats["n_trails_linked_by_neither"] = int(np.sum(long_trail & ~to_fast))
+    if stats["n_trails_linked_by_neither"]:
+        log.info("%d trails too long for the slow linker and too short (< %g px) or disabled for the fast one: not "
+                 "linked", stats["n_trails_linked_by_neither"], config.streaks.min_length)
     slow = moving[slow_idx]
     # the false-alarm budget is per CCD: a field of many CCDs tries as many more hypotheses
     n_ccds = max(len(np.unique(np.asarray(detections["ccd"]))), 1) if len(detections) else 1
@@ -467,5 +509,8 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     trails, fast = moving[:0], []
     if config.streaks.enabled:
         used = {int(slow_idx[k]) for trk in tracklets for k in trk.members}
-        trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(cand), t_exposures)
+        everything = detections.copy(copy_data=False)
+        everything["xi"], everything["eta"] = plane.to_plane(np.asarray(detections["ra"], float),
+                                                             np.asarray(detections["dec"], float))
+        trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(everything), t_exposures)
     return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats)

@@ -11,6 +11,9 @@ Two tests, both over the whole sequence:
 * **static on the detector** (hot pixels, bad columns not in the flag map):
   detections at the same CCD pixel in exposures whose pointings differ; on the
   sky such artefacts "move" by the dither offsets.
+* **on a line** (:func:`on_lines`): detections on a satellite trail, a diffraction
+  spike or a bleed trail of their own CCD image, or at its end, are pieces of it
+  (a line's end is poorly located along it and wanders between exposures).
 
 Positions are tangent-plane coordinates ``xi, eta`` [arcsec]; times in hours.
 """
@@ -21,7 +24,7 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["static_on_sky", "static_on_detector", "occupied_elsewhere"]
+__all__ = ["static_on_sky", "static_on_detector", "on_lines", "occupied_elsewhere"]
 
 
 def static_on_sky(
@@ -161,6 +164,40 @@ def static_on_detector(
     for i, exps in partners.items():
         if len(exps) >= needed:
             flagged[i] = True
+    return flagged
+
+
+def on_lines(exposure, ccd, x, y, lines, *, margin: float = 3.0) -> np.ndarray:
+    """Flag detections lying on line-like detections (satellites, spikes, bleeds) of the same CCD image.
+
+    Parameters
+    ----------
+    exposure, ccd, x, y : ndarray (n,)
+        The detections: exposure index, CCD name, pixel position [px, 0-based].
+    lines : dict
+        ``(exposure, ccd)`` -> ndarray (m, 4) of the lines' centres ``x, y`` [px], half-lengths [px] and
+        angles [rad, from +x towards +y].
+    margin : float
+        Distance [px] across a line, and beyond its ends along it, that still counts as on it.
+
+    Returns
+    -------
+    ndarray (n,) bool
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    flagged = np.zeros(x.size, bool)
+    keys = np.array([f"{e}/{c}" for e, c in zip(np.asarray(exposure), np.asarray(ccd).astype(str))])
+    for (e, c), seg in lines.items():
+        rows = np.nonzero(keys == f"{e}/{c}")[0]
+        if rows.size == 0 or len(seg) == 0:
+            continue
+        seg = np.asarray(seg, float)
+        dx = x[rows, None] - seg[None, :, 0]
+        dy = y[rows, None] - seg[None, :, 1]
+        cos, sin = np.cos(seg[:, 3]), np.sin(seg[:, 3])
+        along = np.abs(dx * cos + dy * sin)
+        across = np.abs(-dx * sin + dy * cos)
+        flagged[rows] = np.any((along <= seg[:, 2] + margin) & (across <= margin), axis=1)
     return flagged
 
 

@@ -16,7 +16,7 @@ when the displacement between their centres agrees with both:
 
 Every consistent pair (found with a k-d tree per exposure, within the reach its rate allows) seeds
 a *hypothesis*: the line through the two centres is predicted into every other exposure and the
-nearest trail there that is consistent with both seeds joins it.  Each distinct hypothesis is
+nearest trail there that is consistent with a seed joins it.  Each distinct hypothesis is
 fitted with a straight line (trails cut by the edge carry their possible centre shift in their
 error); while the line does not fit (reduced chi2 above ``max_chi2_dof``), or a member is longer
 than the fitted motion allows, its worst member is dropped, down to ``min_exposures``.  A
@@ -106,6 +106,13 @@ class _Trails:
     def missing(self, k, speed):
         """Length [arcsec] of trail(s) ``k`` beyond the detector edge for an object moving at ``speed`` [arcsec/h]."""
         return np.where(self.whole[k], 0.0, np.maximum(speed * self.exptime_h[k] - self.length[k], 0.0))
+
+    def shortfall(self, k, speed):
+        """How much shorter than the path [arcsec] whole trail(s) ``k`` were measured, beyond their length
+        tolerance, for an object at ``speed``: a fragment (a faint end lost, a blend) whose centre may lie
+        anywhere along the missing part."""
+        tol = self.rate_tol * speed * self.exptime_h[k] + self.n_sigma * self.rate_sigma[k] * self.exptime_h[k]
+        return np.where(self.whole[k], np.maximum(speed * self.exptime_h[k] - self.length[k] - tol, 0.0), 0.0)
 
     def centre(self, k, speed):
         """Mid-exposure position(s) of trail(s) ``k`` at ``speed``: a cut trail's centre moved half its missing
@@ -251,7 +258,10 @@ def link_streaks(
             if eb == ea:
                 continue
             dt = abs(times[eb] - times[ea])
-            radius = reach_rate[ia] * dt + n_sigma * (tr.sigma[ia] + float(np.max(tr.sigma[groups[eb]]))) + match_floor
+            # a cut partner's visible centre lies up to half the path it draws beyond its mid-exposure position
+            cut_slack = 0.5 * float(np.max(tr.exptime_h[groups[eb]])) if not np.all(tr.whole[groups[eb]]) else 0.0
+            radius = (reach_rate[ia] * (dt + cut_slack)
+                      + n_sigma * (tr.sigma[ia] + float(np.max(tr.sigma[groups[eb]]))) + match_floor)
             near = trees[eb].query_ball_point(tr.pos[ia], radius)
             for i, local in zip(ia, near):
                 if not local:
@@ -268,7 +278,7 @@ def link_streaks(
     stats["n_pairs_tested"] = len(tested)
     stats["n_pairs"] = sum(len(p) for p in partners.values()) // 2
     # 2. hypotheses: each consistent pair predicted into the other exposures
-    hypotheses: dict[frozenset, tuple] = {}
+    hypotheses: set[frozenset] = set()
     for i in range(n):
         for j in partners[i]:
             if j < i:
@@ -294,23 +304,23 @@ def link_streaks(
                 if not local:
                     continue
                 ks = groups[e][np.asarray(local, np.int64)]
-                ks = np.array([k for k in ks if k in partners[i] and k in partners[j]], np.int64)
+                # consistent with a seed (two fragments of one trail never are with each other: no anchor)
+                ks = np.array([k for k in ks if k in partners[i] or k in partners[j]], np.int64)
                 if ks.size == 0:
                     continue
                 dist = np.hypot(*(tr.centre(ks, np.full(ks.size, speed)) - pred).T)
                 # a cut trail without a known cut direction may lie anywhere along its missing half
                 shift = np.where(np.any(tr.cut_dir[ks] != 0, axis=1), 0.0, 0.5 * tr.missing(ks, speed))
+                shift = shift + 0.5 * tr.shortfall(ks, speed)
                 tol = n_sigma * np.hypot(sig_pred, tr.sigma[ks]) + match_floor + shift
                 fits_ = dist <= tol
                 if fits_.any():
                     members[int(e)] = int(ks[fits_][np.argmin((dist / tol)[fits_])])
-            key = frozenset(members.values())
-            if key not in hypotheses:
-                hypotheses[key] = None
+            hypotheses.add(frozenset(members.values()))
     stats["n_hypotheses"] = len(hypotheses)
     # 3. evaluation and one-to-one assignment, best first
     heap = []
-    for key in hypotheses:
+    for key in sorted(hypotheses, key=sorted):
         ev = _evaluate(sorted(key), tr, min_exposures, max_chi2_dof, len(heap))
         if ev is not None:
             heapq.heappush(heap, ev)
@@ -338,13 +348,15 @@ def link_streaks(
 
 def _fit(idx: np.ndarray, tr: _Trails, speed: float | None):
     """Line fit of members ``idx``; cut members' centres moved for ``speed`` (their far end's uncertainty in
-    their error; without a cut direction, their whole possible shift)."""
+    their error; without a cut direction, their whole possible shift); fragments (whole trails measured short)
+    carry the shift their centre may have along the missing part in their error."""
     sigma, pos = tr.sigma[idx], tr.pos[idx]
     if speed is not None:
         missing = tr.missing(idx, speed)
         known = np.any(tr.cut_dir[idx] != 0, axis=1)
         pos = tr.centre(idx, np.full(idx.size, speed))
         sigma = np.hypot(sigma, np.where(known, 0.25, 1.0 / math.sqrt(12.0)) * missing)
+        sigma = np.hypot(sigma, tr.shortfall(idx, speed) / math.sqrt(12.0))
     return fit_linear_motion(tr.t[idx], pos[:, 0], pos[:, 1], sigma), sigma, pos
 
 

@@ -188,7 +188,7 @@ def link_tracklets(
     -------
     SlowLinks
         Disjoint tracklets, best first (iterable like a list; empty when nothing links), and ``stats``:
-        ``n_seeds`` (seed pairs tried), ``expected_chance`` (chance detections expected within the
+        ``n_seeds`` (seed pairs tried), ``n_hypotheses`` (distinct member sets that passed the fit), ``expected_chance`` (chance detections expected within the
         prediction tolerances of all seeds: the chance 3-detection hypotheses before any fit),
         ``chance_threshold`` (largest accepted chance probability, ``max_false_alarms / n_seeds``:
         by the union bound, at most ``max_false_alarms`` chance tracklets are expected to pass) and
@@ -271,9 +271,9 @@ def link_tracklets(
     for trk in ranked:
         if not used.isdisjoint(trk.members):
             continue
-        p_chance = chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, flux=flux,
-                                      flux_err=flux_err, flux_scatter=flux_scatter)
-        if stats["chance_threshold"] is not None and p_chance > stats["chance_threshold"]:
+        if stats["chance_threshold"] is not None and chance_probability(
+                trk, exposure, t_hours, xi, eta, sigma, trees, groups, flux=flux, flux_err=flux_err,
+                flux_scatter=flux_scatter) > stats["chance_threshold"]:
             stats["n_rejected_false_alarm"] += 1
             continue
         accepted.append(trk)
@@ -306,7 +306,7 @@ def _local_density(tree: cKDTree, points: np.ndarray, *, exclude_self: bool = Fa
     """Candidates per arcsec^2 around ``points`` (m, 2) from the distance to the k-th nearest one in ``tree``."""
     k = DENSITY_NEIGHBOURS + int(exclude_self)
     if tree.n < k:
-        return np.full(len(points), tree.n / max(np.pi * 3600.0**2, 1.0))  # too few to tell: 1 deg^2 of them
+        return np.full(len(points), tree.n / (np.pi * 3600.0**2))  # too few to tell: spread over a circle of 1 deg
     d, _ = tree.query(points, k=k)
     return DENSITY_NEIGHBOURS / (np.pi * np.maximum(d[:, -1], 1e-6) ** 2)
 
@@ -323,7 +323,9 @@ def chance_probability(trk: Tracklet, exposure, t_hours, xi, eta, sigma, trees: 
     of its mean flux: a bright tracklet is not mimicked by faint junk).  The product over all members but the two with the smallest ``p_k``
     (taken as the seed, which is conservative) is the probability that one seed of chance
     detections yields this tracklet; times the number of seeds tried it is the expected number of
-    such chance tracklets.
+    such chance tracklets.  The factors combine as independent uniform variates (the probability
+    that their product is as small), so that a long tracklet is not made significant by the number
+    of its factors alone.
     """
     idx = np.asarray(trk.members)
     # each member's distance from the line of the others (a fit's own residuals are shrunk by its leverage)
@@ -345,8 +347,26 @@ def chance_probability(trk: Tracklet, exposure, t_hours, xi, eta, sigma, trees: 
             others = groups[exposure[k]]
             compatible = flux_deviation(f[others], fe[others], flux_scatter, reference=mean) <= FLUX_NSIGMA
             rho[pos] *= max(float(np.mean(compatible)), 1.0 / others.size)
-    p = np.sort(np.minimum(1.0, rho * np.pi * r**2))
-    return float(np.prod(p[2:])) if p.size > 2 else 1.0
+    p = np.minimum(1.0, rho * np.pi * r**2)
+    p = np.sort(p)[2:]
+    return _product_probability(p) if p.size else 1.0
+
+
+def _product_probability(p: np.ndarray) -> float:
+    """Probability that ``k`` independent uniform variates have a product at most that of ``p`` (k values).
+
+    For chance alignments each factor is uniform on [0, 1]; their product alone would grow more
+    significant with every factor added, evidence or not: ``P(prod <= x) = x sum_{j<k} (-ln x)^j / j!``.
+    """
+    x = float(np.prod(np.clip(p, 1e-300, 1.0)))
+    if x >= 1.0:
+        return 1.0
+    log_x = -math.log(x)
+    term, total = 1.0, 1.0
+    for j in range(1, len(p)):
+        term *= log_x / j
+        total += term
+    return min(1.0, x * total)
 
 
 def _seed_pairs(n_exposures: int, min_fraction: float) -> list[tuple[int, int]]:

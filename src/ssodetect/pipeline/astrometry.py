@@ -122,6 +122,7 @@ def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs:
     out["trail_arcsec"], out["trail_pa"] = trail_on_sky(wcs, x, y, out["length"], out["theta"])
     out["cut_pa"] = cut_direction(wcs, out)
     out["trail_arcsec_err"] = np.asarray(out["length_err"], float) * scale
+    out["trail_pa_err"] = np.degrees(np.asarray(out["theta_err"], float))
     out["ra_err"] = np.hypot(np.asarray(out["x_err"], float) * scale, solution.wcs_error)
     out["dec_err"] = np.hypot(np.asarray(out["y_err"], float) * scale, solution.wcs_error)
     if math.isfinite(solution.zeropoint):
@@ -261,6 +262,8 @@ def place_on_reference(table: Table, reg: Registration, wcs, label: str) -> Tabl
     axis = np.column_stack([np.cos(theta), np.sin(theta)]) @ reg.matrix.T
     moved["theta"] = np.arctan2(axis[:, 1], axis[:, 0])
     moved["length"] = np.asarray(table["length"], float) * np.hypot(axis[:, 0], axis[:, 1])
+    if "length_err" in table.colnames:
+        moved["length_err"] = np.asarray(table["length_err"], float) * np.hypot(axis[:, 0], axis[:, 1])
     set_sky_positions(moved, wcs, label)
     out = table.copy()
     for name in ("ra", "dec", "trail_arcsec", "trail_pa", "trail_arcsec_err", "trail_pa_err", "cut_pa", "wcs",

@@ -29,7 +29,7 @@ from ssodetect.calibrate import build_masters
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
 from ssodetect.io.headers import station_code
-from ssodetect.columns import describe, empty_table
+from ssodetect.columns import empty_table
 from ssodetect.link.movers import STREAK_COLUMNS, link_movers, select_candidates, streak_table
 from ssodetect.pipeline.astrometry import (
     SolveTask,

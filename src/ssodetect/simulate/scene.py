@@ -141,8 +141,8 @@ class SimulationConfig(BaseModel):
     fast_fraction: float = Field(default=0.2, ge=0, le=1, description="Fraction of movers faster than slow_rate_max.")
     mover_directions: Literal["uniform", "ecliptic"] = Field(
         default="uniform",
-        description="Directions of motion: 'uniform', or 'ecliptic': along ecliptic_pa (retrograde_fraction of them the "
-        "other way) with a Gaussian spread of direction_spread, as main-belt asteroids near opposition.",
+        description="Directions of motion: 'uniform', or 'ecliptic': retrograde_fraction of them along ecliptic_pa, the "
+        "others the opposite way, with a Gaussian spread of direction_spread, as main-belt asteroids near opposition.",
     )
     ecliptic_pa: float = Field(default=270.0, description="Direction of the clustered motion [deg, N through E].")
     direction_spread: float = Field(default=10.0, ge=0, description="RMS spread of clustered directions [deg].")

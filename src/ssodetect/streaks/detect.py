@@ -19,6 +19,7 @@ import math
 import numpy as np
 from astropy.table import Table
 
+from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.streaks.model import fit_trail, moment_centre
 
 __all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends"]
@@ -453,7 +454,7 @@ def _refit_hit_trails(det: Table, data, variance, mask, psf_sigma: float, min_le
     Updates ``x, y, length, theta`` and the errors in place; returns how many were re-measured."""
     if "masked_core" not in det.colnames or len(det) == 0:
         return 0
-    fwhm = psf_sigma * 2.0 * math.sqrt(2.0 * math.log(2.0))
+    fwhm = psf_sigma / FWHM_TO_SIGMA
     length = np.asarray(det["length"], float)
     rows = np.nonzero((np.asarray(det["kind"]) == "trail") & (length >= 2.0 * fwhm) & (length < min_length)
                       & (np.asarray(det["masked_core"], float) > 0))[0]
