@@ -254,3 +254,32 @@ def test_masked_information_of_a_core_hit():
     centre = masked_information(mask, [15.0], [15.0], 0.8)[0]
     wing = masked_information(mask, [17.0], [15.0], 0.8)[0]
     assert 0.3 < centre < 0.8 and 0.0 < wing < 0.05
+
+
+def test_a_line_left_on_a_halo_is_not_a_source(monkeypatch):
+    """Halo sources are round peaks: a bright diffraction spike left by the halo model has peaks along it
+    that stand out of the halo, and they are refused for their elongation (with the test disabled they come back
+    as point sources); a point source on the same halo is kept."""
+    import ssodetect.detect.extract as extract
+    from ssodetect.config import DetectConfig
+    from ssodetect.simulate import trail_points
+
+    rng = np.random.default_rng(9)
+    psf = DoubleGaussianPSF(fwhm=1.8, wing_fraction=0.2, wing_sigma=3.5)
+    img = rng.normal(0.0, 4.0, (200, 200))
+    splat(img, [100.3], [100.6], [3.0e6], psf)
+    splat(img, *trail_points(100.3, 100.6, 100.3 + 40 * np.cos(0.26), 100.6 + 40 * np.sin(0.26), 1.5e5), psf)
+    splat(img, [89.4], [94.3], [6000.0], psf)
+
+    def on_line(**patch):
+        for name, value in patch.items():
+            monkeypatch.setattr(extract, name, value)
+        det, _ = extract.extract_sources(img, mask=np.zeros(img.shape, bool), error=np.full(img.shape, 4.0),
+                                         gain=3.5, config=DetectConfig(), psf_sigma=psf.sigma)
+        assert np.min(np.hypot(det["x"] - 89.4, det["y"] - 94.3)) < 0.1
+        u = (np.asarray(det["x"]) - 100.3) * np.cos(0.26) + (np.asarray(det["y"]) - 100.6) * np.sin(0.26)
+        w = -(np.asarray(det["x"]) - 100.3) * np.sin(0.26) + (np.asarray(det["y"]) - 100.6) * np.cos(0.26)
+        return int(np.sum((u > 8) & (u < 33) & (np.abs(w) < 2)))  # along the spike, away from the star and its tip
+
+    assert on_line() == 0
+    assert on_line(MAX_PEAK_ELONGATION=1e9) >= 1

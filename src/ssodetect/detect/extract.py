@@ -357,6 +357,30 @@ def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, ma
     return halo, boxes
 
 
+#: Largest ratio of the major to the minor axis rms of a peak's surroundings for it to count as a source on a halo
+#: (a slow mover's short trail is well below it; the end of a spike or a bleed, a line leaving the window, is above).
+MAX_PEAK_ELONGATION = 2.5
+
+
+def _line_like(snr: np.ndarray, j: int, i: int, half: int, threshold: float) -> bool:
+    """Whether the pixels above half the threshold around peak ``(j, i)`` of a signal-to-noise map are elongated like
+    a line (second moments' axis ratio above :data:`MAX_PEAK_ELONGATION`)."""
+    ny, nx = snr.shape
+    ya, yb, xa, xb = max(j - half, 0), min(j + half + 1, ny), max(i - half, 0), min(i + half + 1, nx)
+    w = np.clip(snr[ya:yb, xa:xb] - 0.5 * threshold, 0.0, None)
+    total = float(w.sum())
+    if total <= 0:
+        return False
+    yy, xx = np.mgrid[ya:yb, xa:xb]
+    mx, my = float(np.sum(w * xx)) / total, float(np.sum(w * yy)) / total
+    cxx = float(np.sum(w * (xx - mx) ** 2)) / total
+    cyy = float(np.sum(w * (yy - my) ** 2)) / total
+    cxy = float(np.sum(w * (xx - mx) * (yy - my))) / total
+    root = math.sqrt(max(0.25 * (cxx - cyy) ** 2 + cxy**2, 0.0))
+    major, minor = 0.5 * (cxx + cyy) + root, 0.5 * (cxx + cyy) - root
+    return major > MAX_PEAK_ELONGATION**2 * max(minor, 1e-3)
+
+
 def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, boxes: list, kernel: np.ndarray,
                  threshold: float, min_area: int):
     """Compact sources inside the footprints of :func:`halo_model`, as sep-like object records.
@@ -365,7 +389,7 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
     that reach ``threshold`` and stand out by as much above the ring around them (so that the smooth
     rise of a diffraction spike or of what is left of a halo does not count), at least 2 kernel
     widths from every segmented object's centre and peak, with ``min_area`` pixels above the
-    threshold around them.  The records carry the peak as position, a PSF-sized round shape and the
+    threshold around them, and not elongated like the end of a line (a spike's or a bleed's).  The records carry the peak as position, a PSF-sized round shape and the
     flux of the 5x5 pixels around it (all re-measured downstream like any detection).
 
     Parameters
@@ -416,6 +440,8 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
             gx, gy = int(i + x0), int(j + y0)
             if existing.query_ball_point([gx, gy], radius, return_length=True) or (gx, gy) in found:
                 continue
+            if _line_like(snr, j, i, int(radius) + 1, threshold):
+                continue  # the end of a diffraction spike or a bleed that the median filter left, not a source
             found[(gx, gy)] = float(snr[j, i])
     rec = np.zeros(len(found), dtype=objects.dtype)
     ny, nx = work.shape
