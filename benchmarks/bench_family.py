@@ -1,7 +1,7 @@
 """The pipeline with its defaults on members of the randomised scene family: worst member first, then the median.
 
     python benchmarks/bench_family.py [--members 101 102 ...] [--tuning] [--nccd 4] [--size 2048]
-                                      [--fast-per-ccd N] [--keep DIR] [--relink] [--workers 1]
+                                      [--fast-per-ccd N] [--keep DIR] [--from STEP] [--workers 1]
 
 Members 101-110 (``simulate.REPORT_MEMBERS``) are the report set and are never used for tuning;
 ``--tuning`` runs members 1-8 instead.  Each member is an independent recipe (PSF model and width,
@@ -16,8 +16,8 @@ the detector in >= 3 exposures; false objects per 2048^2 CCD; CCD exposures solv
 satellite, ...); the limits the linker hit (``provenance.json`` ``link``).  The missed bright movers
 are listed with their magnitude, rate and exposures on the detector.
 
-``--keep DIR`` keeps the simulated scenes and the runs' step caches; ``--relink`` then reruns only
-from the ``link`` step (for linker work on the tuning members).
+``--keep DIR`` keeps the simulated scenes and the runs' step caches; ``--from STEP`` (e.g. ``link``)
+then reruns only from that step (for linker work on the tuning members).
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def run_member(member: int, args, work: Path) -> dict:
     config.execution.workers = args.workers
     t0 = time.perf_counter()
     result = run_pipeline([sim], out, config, refcat=sim / "refcat.ecsv",
-                          from_step="link" if args.relink and (out / "manifest.json").exists() else None)
+                          from_step=args.from_step if args.from_step and (out / "manifest.json").exists() else None)
     elapsed = time.perf_counter() - t0
     truth = Table.read(sim / "truth.ecsv")
     slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--fast-per-ccd", type=float, default=0.0, help="override: this many fast movers per CCD")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--keep", type=Path, default=None, help="keep scenes and runs here (reused when present)")
-    parser.add_argument("--relink", action="store_true", help="with --keep: rerun from the link step only")
+    parser.add_argument("--from", dest="from_step", default=None, help="with --keep: rerun from this step (e.g. link)")
     args = parser.parse_args()
     members = args.members or list(TUNING_MEMBERS if args.tuning else REPORT_MEMBERS)
     import tempfile

@@ -262,3 +262,24 @@ def test_a_two_trail_chain_is_refused_when_another_exposure_should_have_seen_it(
     assert _seen_elsewhere(chain(97.0, 0.0), trails, foot, t_exp) == []  # its trail runs off the CCD
     assert _seen_elsewhere(chain(60.0, 70.0), trails, foot, t_exp) == []  # under the satellite
     assert _seen_elsewhere(chain(-50.0, -50.0), trails, foot, t_exp) == []  # on a detected source
+
+
+def test_shared_wcs_error_cancels_on_one_ccd_only():
+    """A 0.6"/h mover on a CCD whose WCS carries a 0.06" error common to all exposures stays moving."""
+    t = np.arange(4) * 1100 / 3600.0
+    e = np.arange(4)
+    x = 30.0 + 0.6 * t  # 0.18" between neighbouring exposures
+    y = np.full(4, 5.0)
+    sigma = np.full(4, np.hypot(0.01, 0.06))
+    kw = dict(radius=0.12, min_matches=2, min_rate=0.3)
+    # treated as independent, 3 sigma (0.26") swallows the motion: the mover is called static
+    assert static_on_sky(e, t, x, y, sigma, **kw).any()
+    same = np.array(["1-1"] * 4)
+    moving = static_on_sky(e, t, x, y, sigma, shared=np.full(4, 0.06), group=same, **kw)
+    assert not moving.any()
+    # across CCDs the errors are independent and nothing cancels
+    other = np.array(["1-1", "1-2", "1-1", "1-2"])
+    assert static_on_sky(e, t, x, y, sigma, shared=np.full(4, 0.06), group=other, **kw).any()
+    # a static source with the same shared error is still static
+    xs = np.full(4, 30.0) + np.array([0.01, -0.01, 0.0, 0.01])
+    assert static_on_sky(e, t, xs, y, sigma, shared=np.full(4, 0.06), group=same, **kw).all()

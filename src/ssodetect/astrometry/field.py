@@ -256,6 +256,7 @@ def _registered(item: ExposureStars, ccd: str, base: ExposureStars, solved: Expo
     reg_err = reg.rms * scale / math.sqrt(2.0)
     res.rms_ra, res.rms_dec = math.hypot(solved.rms_ra, reg_err), math.hypot(solved.rms_dec, reg_err)
     res.wcs_error = math.hypot(solved.wcs_error, reg_err / math.sqrt(max(reg.n_stars, 1)))
+    res.wcs_error_shared = solved.wcs_error_shared
     # zero point: the solved exposure's, scaled by the flux ratio of the registered sources
     mapped = reg.apply(src)
     dist, j = cKDTree(ref).query(mapped, distance_upper_bound=max(3.0 * reg.rms, 0.5))
@@ -418,6 +419,9 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
             new = ExposureSolution(exposure=it.exposure, ccd=ccd, status="ok", method="exposure", wcs=guide,
                                    pixel_scale=pixel_scale(guide))
             new.wcs_error = math.hypot(corr.rms, EXPOSURE_WCS_ERROR)
+            # the distortion is the same in every exposure of the CCD (a dither moves a source by a few
+            # per cent of the CCD): between two such exposures it cancels
+            new.wcs_error_shared = EXPOSURE_WCS_ERROR
             zps = [by_key[(e, c)].zeropoint for (ee, c) in by_key if ee == e and by_key[(e, c)].ok]
             zps = [z for z in zps if math.isfinite(z)]
             if zps:

@@ -48,6 +48,8 @@ SOLUTION_COLUMNS = [
     ("rms_ra", "f8", "arcsec", "residual rms in RA*cos(dec)"),
     ("rms_dec", "f8", "arcsec", "residual rms in Dec"),
     ("wcs_error", "f8", "arcsec", "per-axis uncertainty of the solution at a point"),
+    ("wcs_error_shared", "f8", "arcsec", "part of wcs_error that the CCD's other exposures solved the same way share "
+                                         "(the optical distortion a corrected header lacks): it cancels between them"),
     ("header_offset", "f8", "arcsec", "header WCS minus solution at the CCD centre"),
     ("header_rotation", "f8", "deg", "rotation of the solution relative to the header"),
     ("header_scale", "f8", "", "pixel scale of the solution / header pixel scale"),
@@ -109,6 +111,7 @@ class ExposureSolution:
     rms_ra: float = float("nan")
     rms_dec: float = float("nan")
     wcs_error: float = float("nan")
+    wcs_error_shared: float = 0.0
     header_offset: float = float("nan")
     header_rotation: float = float("nan")
     header_scale: float = float("nan")

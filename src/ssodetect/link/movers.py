@@ -114,6 +114,10 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
         radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches,
         min_rate=link.min_rate, min_fraction=link.static_min_fraction,
+        # between exposures of one CCD with the same uncorrected distortion, that error cancels (a slow mover
+        # 0.2" from its neighbours' positions is not a star for a 0.05" error both share)
+        shared=np.asarray(cand["sky_err_shared"], float) if "sky_err_shared" in cand.colnames else None,
+        group=np.asarray(cand["ccd"]).astype(str),
     )
     # a source trailed by more than min_length moved during the exposure: never static
     # (unless the telescope trailed everything: then stars are trails too)

@@ -39,6 +39,8 @@ def static_on_sky(
     min_rate: float,
     max_sigma: float = 1.0,
     min_fraction: float = 0.0,
+    shared: np.ndarray | None = None,
+    group: np.ndarray | None = None,
 ) -> np.ndarray:
     """Flag detections of sources fixed on the sky.
 
@@ -65,6 +67,14 @@ def static_on_sky(
         In long sequences a slow mover matches itself in the neighbouring exposures;
         a static source matches in most of them: at least this fraction of the other
         exposures must match (when more than ``min_matches``).
+    shared : ndarray (n,), optional
+        Part of ``sigma`` [arcsec] common to every exposure of the same ``group``
+        (an uncorrected distortion of a CCD solved only through its corrected header
+        moves a source the same way in every exposure): between two detections of one
+        group it cancels, so the pair's variance is
+        ``sigma_i**2 + sigma_j**2 - 2 * shared_i * shared_j``.
+    group : ndarray (n,), optional
+        Group (CCD) of each detection; needed with ``shared``.
 
     Returns
     -------
@@ -91,7 +101,12 @@ def static_on_sky(
         other = exp_col[i] != exp_col[j]
         i, j = i[other], j[other]
         d = np.hypot(xi[j] - xi[i], eta[j] - eta[i])
-        sig = np.hypot(sigma[i], sigma[j])
+        var = sigma[i] ** 2 + sigma[j] ** 2
+        if shared is not None:
+            common = np.minimum(np.nan_to_num(np.asarray(shared, float)), sigma)
+            same = np.asarray(group)[i] == np.asarray(group)[j]
+            var = var - np.where(same, 2.0 * common[i] * common[j], 0.0)
+        sig = np.sqrt(np.maximum(var, 0.0))
         r = np.maximum(np.maximum(radius[i], radius[j]), 3.0 * sig)
         ok = d <= r
         i, j, r, sig = i[ok], j[ok], r[ok], sig[ok]

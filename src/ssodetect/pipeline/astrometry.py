@@ -100,7 +100,8 @@ def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs:
     """Detections of one CCD exposure re-projected through its solution.
 
     ``ra, dec`` through the fitted WCS; ``ra_err, dec_err`` combine the centroid
-    error and the solution's own uncertainty (``wcs_error``) in quadrature;
+    error and the solution's own uncertainty (``wcs_error``) in quadrature (``sky_err_shared``: the
+    part of it the CCD's other exposures share, ``wcs_error_shared``);
     ``mag`` uses the fitted zero point when there is one.  Without a solution:
     an empty table (``on_failure='drop'`` or no header WCS) or the table as it is.
     """
@@ -125,6 +126,7 @@ def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs:
     out["trail_pa_err"] = np.degrees(np.asarray(out["theta_err"], float))
     out["ra_err"] = np.hypot(np.asarray(out["x_err"], float) * scale, solution.wcs_error)
     out["dec_err"] = np.hypot(np.asarray(out["y_err"], float) * scale, solution.wcs_error)
+    out["sky_err_shared"] = np.full(len(out), solution.wcs_error_shared)
     if math.isfinite(solution.zeropoint):
         flux = np.asarray(out["flux"], float)
         exptime = np.asarray(out["exptime"], float)
@@ -267,7 +269,7 @@ def place_on_reference(table: Table, reg: Registration, wcs, label: str) -> Tabl
     set_sky_positions(moved, wcs, label)
     out = table.copy()
     for name in ("ra", "dec", "trail_arcsec", "trail_pa", "trail_arcsec_err", "trail_pa_err", "cut_pa", "wcs",
-                 "pixel_scale", "ra_err", "dec_err"):
+                 "pixel_scale", "ra_err", "dec_err", "sky_err_shared"):
         out[name] = moved[name]
     return out
 

@@ -56,6 +56,9 @@ CCD_COLUMNS = [
                             "detector edge; NaN when neither or both ends are cut"),
     ("ra_err", "f8", "arcsec", "uncertainty in RA*cos(dec)"),
     ("dec_err", "f8", "arcsec", "uncertainty in Dec"),
+    ("sky_err_shared", "f8", "arcsec", "part of ra_err and dec_err that every exposure of the CCD with the same WCS "
+                                       "method shares (the optical distortion a corrected header lacks, the same at "
+                                       "the same pixel): it cancels between them"),
     ("mag", "f8", "mag", "magnitude from the zero point"),
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
 ]
@@ -88,6 +91,7 @@ def set_sky_positions(table: Table, wcs, label: str) -> None:
     table["pixel_scale"] = np.full(n, scale)
     table["ra_err"] = np.asarray(table["x_err"]) * scale
     table["dec_err"] = np.asarray(table["y_err"]) * scale
+    table["sky_err_shared"] = np.zeros(n)
 
 
 def cut_direction(wcs, table: Table) -> np.ndarray:
