@@ -283,3 +283,75 @@ def test_shared_wcs_error_cancels_on_one_ccd_only():
     # a static source with the same shared error is still static
     xs = np.full(4, 30.0) + np.array([0.01, -0.01, 0.0, 0.01])
     assert static_on_sky(e, t, xs, y, sigma, shared=np.full(4, 0.06), group=same, **kw).all()
+
+
+def test_trail_overlap_of_points_and_trails():
+    from ssodetect.link.pixels import trail_overlap
+
+    sigma = 0.08
+    # a point at d from the template keeps exp(-d^2 / 4 sigma^2) of the matched filter's response
+    d = np.array([0.0, 0.1, 0.24])
+    got = trail_overlap(np.column_stack([d, np.zeros(3)]), np.array([1.0, 0.0]), 0.0, sigma)
+    np.testing.assert_allclose(got, np.exp(-d**2 / (4 * sigma**2)), rtol=1e-9)
+    # a 1" trail moved by 0.3" along itself still covers most of its old template; across it, little
+    along = trail_overlap(np.array([[0.3, 0.0]]), np.array([1.0, 0.0]), 1.0, sigma)[0]
+    across = trail_overlap(np.array([[0.0, 0.3]]), np.array([1.0, 0.0]), 1.0, sigma)[0]
+    assert 0.6 < along < 0.8 and across < 0.05  # exp(-0.3^2 / 4 sigma^2) = 0.03
+    # moved by its own length plus 4 sigma: nothing left
+    assert trail_overlap(np.array([[1.0 + 4 * sigma, 0.0]]), np.array([1.0, 0.0]), 1.0, sigma)[0] < 0.05
+
+
+def _occupancy_case(rng, left_behind, flux=100.0, noise=5.0, m=4):
+    """Template fluxes of a tracklet's m positions in m exposures: the mover's own overlap A falls with
+    the exposure distance; a static source leaves ``left_behind`` of its flux in the others."""
+    k = np.arange(m)
+    dist = np.abs(k[:, None] - k[None, :]).astype(float)
+    overlap = np.exp(-(1.6 * dist) ** 2 / 4.0)
+    overlap[dist == 0] = np.nan
+    truth = flux * np.where(dist == 0, 1.0, np.nan_to_num(overlap) + left_behind * (1 - np.nan_to_num(overlap)))
+    measured = truth + rng.normal(0, noise, truth.shape)
+    own = np.diag(measured).copy()
+    other = measured.copy()
+    np.fill_diagonal(other, np.nan)
+    return own, np.full(m, noise), other, np.full((m, m), noise), overlap
+
+
+def test_occupancy_tells_static_sources_from_movers():
+    from ssodetect.link.pixels import occupancy_scores, occupancy_verdict
+
+    rng = np.random.default_rng(3)
+    verdicts = {"mover": [], "static": [], "faint": []}
+    for _ in range(200):
+        verdicts["mover"].append(occupancy_verdict(*occupancy_scores(*_occupancy_case(rng, 0.0)))[0])
+        verdicts["static"].append(occupancy_verdict(*occupancy_scores(*_occupancy_case(rng, 0.8)))[0])
+        # a noise-boosted detection: 2 sigma of the own flux is noise (so 0.6 is left behind)
+        verdicts["faint"].append(occupancy_verdict(*occupancy_scores(*_occupancy_case(rng, 0.6, flux=30.0,
+                                                                                     noise=3.0)))[0])
+    assert verdicts["mover"].count("moving") == 200
+    assert verdicts["static"].count("static") == 200
+    assert verdicts["faint"].count("static") >= 190
+    # too faint to measure (own flux below 2 sigma): untestable, not rejected
+    own, own_err, other, other_err, overlap = _occupancy_case(rng, 1.0, flux=5.0, noise=5.0)
+    assert occupancy_verdict(*occupancy_scores(own, own_err * 4, other, other_err, overlap))[0] == "untestable"
+    # a mover that crosses a star at one of its positions is still a mover (the median decides)
+    own, own_err, other, other_err, overlap = _occupancy_case(rng, 0.0)
+    other[0] = other[0] + 500.0
+    own[0] += 500.0
+    assert occupancy_verdict(*occupancy_scores(own, own_err, other, other_err, overlap))[0] == "moving"
+
+
+def test_missing_exposure_deficit():
+    from ssodetect.link.pixels import missing_deficit
+
+    rng = np.random.default_rng(4)
+    noise = 6.0
+    for flux in (40.0, 100.0):  # S/N 7 and 17 per detection
+        real = [missing_deficit(flux + rng.normal(0, noise, 3), np.full(3, noise), flux + rng.normal(0, noise, 1),
+                                np.full(1, noise)) for _ in range(500)]
+        assert np.mean(np.array(real) > 3.0) < 0.005
+    # absent where predicted: the flux scatter allowed to a real mover (25 %) caps the deficit at 4 sigma,
+    # so a faint chance alignment is caught 70 % of the time, a brighter one nearly always
+    absent = [missing_deficit(100.0 + rng.normal(0, noise, 3), np.full(3, noise), rng.normal(0, noise, 1),
+                              np.full(1, noise)) for _ in range(500)]
+    assert np.mean(np.array(absent) > 3.0) > 0.95
+    assert np.isnan(missing_deficit(np.array([flux]), np.array([noise]), np.array([np.nan]), np.array([np.nan])))

@@ -61,7 +61,8 @@ def _same_tables(a: Path, b: Path, name: str) -> None:
 
 def test_step_graph_printed_as_text_dot_and_mermaid(capsys):
     names = [s.name for s in BUILTIN_STEPS]
-    assert names == ["ingest", "detect", "astrometry", "link", "stack", "vet", "known", "report"]
+    assert names == ["ingest", "detect", "astrometry", "link", "occupancy", "stack", "vet", "known",
+                     "report"]
     assert main(["steps"]) == 0
     text = capsys.readouterr().out
     assert all(f"{k}. {n} (version" in text for k, n in enumerate(names, 1))
@@ -80,7 +81,7 @@ def test_stopped_after_astrometry_and_resumed_equals_one_go(field, tmp_path):
     partial = _run(field, tmp_path / "parts", to_step="astrometry")
     assert partial.objects is None
     assert _status(tmp_path / "parts") == {"ingest": "run", "detect": "run", "astrometry": "run", "link": "not run",
-                                           "stack": "not run", "vet": "not run", "known": "not run",
+                                           "occupancy": "not run", "stack": "not run", "vet": "not run", "known": "not run",
                                            "report": "not run"}
     assert not (tmp_path / "parts" / "objects.ecsv").exists()
     resumed = _run(field, tmp_path / "parts", from_step="link")
@@ -101,15 +102,15 @@ def test_only_linking_and_later_steps_rerun_when_only_linking_changes(field, tmp
     first = json.loads((out / "manifest.json").read_text())
     again = _run(field, out)  # nothing changed: every cacheable step loaded
     assert _status(out) == {"ingest": "run", "detect": "cached", "astrometry": "cached", "link": "cached",
-                            "stack": "off", "vet": "off", "known": "off", "report": "run"}
+                            "occupancy": "cached", "stack": "off", "vet": "off", "known": "off", "report": "run"}
     _run_objects = Table.read(out / "objects.ecsv", format="ascii.ecsv")
     assert len(_run_objects) == len(again.objects)
     changed = _run(field, out, _config(link={"match_sigma": 3.0}))
     manifest = json.loads((out / "manifest.json").read_text())
     steps = {r["step"]: r for r in manifest["steps"]}
     assert {k: v["status"] for k, v in steps.items()} == {
-        "ingest": "run", "detect": "cached", "astrometry": "cached", "link": "run", "stack": "off", "vet": "off",
-        "known": "off", "report": "run"}
+        "ingest": "run", "detect": "cached", "astrometry": "cached", "link": "run", "occupancy": "run",
+        "stack": "off", "vet": "off", "known": "off", "report": "run"}
     seconds = {r["step"]: r["seconds"] for r in first["steps"]}
     assert steps["detect"]["seconds"] < 0.5 * seconds["detect"]  # loaded, not recomputed
     assert manifest["config"]["link"]["match_sigma"] == 3.0 and len(changed.objects) > 0

@@ -190,3 +190,60 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
             assert row["edge_cut"] or (row["edge_fit"] and abs(row["y"] - y) < 0.1)
         else:
             assert not row["edge_cut"] and abs(row["y"] - y) < 0.1
+
+
+def test_occupancy_removes_static_sources_and_chance_alignments(serial_run, scene):
+    """Fabricated slow 'movers' on the simulated pixels: a star strung into a 0.5"/h tracklet is still there
+    after it 'moved'; three real movers' detections in a line predict nothing where the tracklet misses.
+    The run's own slow movers, and one of them with a detection removed, all pass."""
+    from astropy.table import vstack
+
+    from ssodetect.pipeline.executor import SerialExecutor
+    from ssodetect.pipeline.occupancy import occupancy_vet
+    from ssodetect.pipeline.run import wcs_lookup
+
+    _, result = serial_run
+    obs, objs = result.observations, result.objects
+    truth = Table.read(scene / "truth.ecsv")
+    ev = evaluate_run(obs, truth)
+    names = [str(n) for n, k, c in zip(objs["object"], objs["kind"], objs["n_obs"])
+             if k == "linked" and c == 4 and str(n) not in ev.false_objects]
+    assert len(names) >= 6
+    rows_of = {n: obs[obs["object"] == n] for n in names}
+    wcs_for = wcs_lookup(result)
+    ccd = str(obs["ccd"][0])
+    ny, nx = result.ccd_info[0]["shape"]
+    # a star of G 19-21.5 well inside the CCD in every exposure
+    ref = Table.read(scene / "refcat.ecsv")
+    star = None
+    for r in ref[(ref["phot_g_mean_mag"] > 19) & (ref["phot_g_mean_mag"] < 21.5)]:
+        pix = [wcs_for(e.index, ccd).all_world2pix(r["ra"], r["dec"], 0) for e in result.exposures]
+        if all(30 < p[0] < nx - 30 and 30 < p[1] < ny - 30 for p in pix):
+            star = r
+            break
+    assert star is not None
+    template = rows_of[names[0]]
+    t_h = (np.asarray(template["mjd"]) - template["mjd"][0]) * 24.0
+    static = template[:3].copy()
+    static["object"] = "FK00001"
+    static["ra"] = star["ra"] + 0.5 * t_h[:3] / 3600.0 / np.cos(np.radians(star["dec"]))
+    static["dec"] = star["dec"]
+    mix = vstack([rows_of[names[k]][k : k + 1] for k in range(3)])  # exposures 0, 1, 2 of three movers
+    mix["object"] = "FK00002"
+    partial = rows_of[names[3]][[0, 1, 3]].copy()  # a real mover missing one detection
+    partial["object"] = "FK00003"
+    fake_obj = objs[[list(objs["object"]).index(names[0])] * 3]
+    fake_obj["object"] = ["FK00001", "FK00002", "FK00003"]
+    config = load_config(None)
+    executor = SerialExecutor()
+    try:
+        kept_obs, kept_obj, stats = occupancy_vet(vstack([obs, static, mix, partial]), vstack([objs, fake_obj]),
+                                                  result.exposures, result.ccd_info, wcs_for, result.masters,
+                                                  config, executor)
+    finally:
+        executor.close()
+    assert sorted(stats["rejected"]) == ["FK00001", "FK00002"]
+    assert stats["n_rejected_static"] >= 1 and stats["n_rejected_missing"] >= 1
+    assert stats["n_missing_tested"] >= 2 and stats["n_tested"] >= len(names)
+    assert "FK00003" in set(kept_obj["object"]) and set(names) <= set(kept_obj["object"])
+    assert not np.isin(["FK00001", "FK00002"], np.asarray(kept_obs["object"])).any()

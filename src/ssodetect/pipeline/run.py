@@ -45,6 +45,7 @@ from ssodetect.pipeline.ccd import calibrated_image, empty_ccd_table, process_cc
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
+from ssodetect.pipeline.occupancy import occupancy_vet
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.pipeline.steps import Step, StepCache, pipeline_steps, sha256_file, step_key
 from ssodetect.report.alerts import deliver_alert, write_alert
@@ -374,6 +375,18 @@ def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
             "link_stats": st}
 
 
+def step_occupancy(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Measure each slow mover's template flux at its positions after it moved on; remove the static sources."""
+    t0 = time.perf_counter()
+    observations, objects, stats = occupancy_vet(
+        products["observations"], products["objects"], products["exposures"], products["ccd_info"],
+        wcs_lookup(products), products["masters"], config, ctx.executor(),
+    )
+    ctx.timings["occupancy"] = time.perf_counter() - t0
+    return {"observations": observations, "objects": objects,
+            "link_stats": {**products.get("link_stats", {}), "occupancy": stats}}
+
+
 def _image_reader(products: dict, config: Config):
     masters = products["masters"]
     return lambda ref: subtracted_image(ref, config, masters.get(ref.ccd), with_noise=True)
@@ -459,6 +472,13 @@ BUILTIN_STEPS = [
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
          ("link", "streaks"), "3", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+    Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
+                                       "observations", "objects", "link_stats"),
+         ("observations", "objects", "link_stats"),
+         ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
+          "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter")
+         + _PIXELS, "1", "remove slow movers whose positions still hold their source after they moved on (pixels)",
+         enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
                                "objects"), ("observations", "objects"), ("stack",) + _PIXELS, "1",
          "shift-and-stack search for movers too faint for one exposure", enabled=lambda c: c.stack.enabled),

@@ -1,0 +1,207 @@
+"""Pixel occupancy: is a slow tracklet's source still where it was after the object left?
+
+A slow "mover" strung from detections of a static source (a faint galaxy whose centroid
+jitters from exposure to exposure, a faint companion on a star's wing) moves by less than
+its own jitter.  The detection catalogue cannot tell: in the other exposures the source
+may have been detected a few tenths of an arcsecond away, or not at all.  The pixels can:
+the flux measured with the mover's own PSF/trail template at a member's position, in an
+exposure taken when the object was elsewhere, is (nearly) zero for a mover and the full
+flux for a static source.
+
+Everything here is pure numpy over arrays; the pipeline measures the fluxes
+(:mod:`ssodetect.pipeline.occupancy`).  Positions are tangent-plane offsets [arcsec];
+the PSF is approximated by a Gaussian of ``sigma`` [arcsec], swept along the motion
+during the exposure.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["trail_overlap", "occupancy_scores", "occupancy_verdict", "missing_deficit"]
+
+
+def _samples(length: float, n: int) -> np.ndarray:
+    return ((np.arange(n) + 0.5) / n - 0.5) * float(length)
+
+
+def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigma: float, n_samples: int = 15) -> np.ndarray:
+    """Fraction of a moving source's flux that a matched filter placed elsewhere still measures.
+
+    The template is the source's own image (a Gaussian of ``sigma`` swept over ``length``
+    along ``direction``) at the tested position; the source is the same image displaced by
+    ``offset``.  For Gaussians the filter's response to a point at distance ``d`` is
+    ``exp(-d**2 / (4 sigma**2))`` of its response at ``d = 0``; trails average that over
+    both segments.
+
+    Parameters
+    ----------
+    offset : ndarray (n, 2)
+        Source position minus tested position [arcsec].
+    direction : ndarray (2,)
+        Direction of motion (normalised here).
+    length : float
+        Trail length during one exposure [arcsec] (0 for a point source).
+    sigma : float
+        PSF Gaussian sigma [arcsec].
+    n_samples : int
+        Points along each trail.
+
+    Returns
+    -------
+    ndarray (n,)
+        Measured flux / true flux, in [0, 1].
+    """
+    offset = np.atleast_2d(np.asarray(offset, float))
+    d = np.asarray(direction, float)
+    norm = np.hypot(d[0], d[1])
+    d = d / norm if norm > 0 else np.array([1.0, 0.0])
+    ns = 1 if length <= 0 else int(n_samples)
+    u = _samples(length, ns)
+    a = u[:, None] * d  # (ns, 2) the template's points
+    b = offset[:, None, :] + a[None, :, :]  # (n, ns, 2) the source's points
+    diff = a[None, :, None, :] - b[:, None, :, :]  # (n, ns, ns, 2)
+    k = -1.0 / (4.0 * sigma**2)
+    num = np.exp(k * np.sum(diff**2, axis=-1)).mean(axis=(1, 2))
+    den = np.exp(k * (u[:, None] - u[None, :]) ** 2).mean()
+    return np.clip(num / den, 0.0, 1.0)
+
+
+def occupancy_scores(
+    own_flux: np.ndarray,
+    own_err: np.ndarray,
+    other_flux: np.ndarray,
+    other_err: np.ndarray,
+    overlap: np.ndarray,
+    *,
+    max_overlap: float = 0.3,
+    min_snr: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each tested position's source stays there when the object has left.
+
+    For position ``i`` (a tracklet member) and another exposure ``k`` the ratio
+    ``r = other_flux / own_flux`` is the mover's own overlap ``A`` (it has moved away) or 1
+    (a static source), so ``s = (r - A) / (1 - A)`` is 0 for a mover and 1 for a static
+    source.  The pairs of a position are combined by inverse variance.
+
+    Parameters
+    ----------
+    own_flux, own_err : ndarray (m,)
+        Template flux and its 1-sigma error at each position in its own exposure [ADU].
+    other_flux, other_err : ndarray (m, k)
+        The same at each position in the other exposures (NaN: not measured).
+    overlap : ndarray (m, k)
+        :func:`trail_overlap` of the object's position in exposure ``k`` with position ``i``.
+    max_overlap : float
+        Pairs where the object still overlaps its old position more than this tell nothing.
+    min_snr : float
+        Positions whose own flux is below this many sigma tell nothing.
+
+    Returns
+    -------
+    score, score_err : ndarray (m,)
+        ``s`` and its 1-sigma error (NaN where no pair could be tested).
+    """
+    own_flux = np.asarray(own_flux, float)
+    own_err = np.asarray(own_err, float)
+    other_flux = np.atleast_2d(np.asarray(other_flux, float))
+    other_err = np.atleast_2d(np.asarray(other_err, float))
+    overlap = np.atleast_2d(np.asarray(overlap, float))
+    m = len(own_flux)
+    score = np.full(m, np.nan)
+    score_err = np.full(m, np.nan)
+    for i in range(m):
+        f, e = own_flux[i], own_err[i]
+        if not (np.isfinite(f) and np.isfinite(e) and e > 0 and f >= min_snr * e):
+            continue
+        ok = np.isfinite(other_flux[i]) & np.isfinite(other_err[i]) & (other_err[i] > 0) & (overlap[i] <= max_overlap)
+        if not ok.any():
+            continue
+        a = overlap[i, ok]
+        r = other_flux[i, ok] / f
+        s = (r - a) / (1.0 - a)
+        s_err = np.hypot(other_err[i, ok] / f, r * e / f) / (1.0 - a)
+        w = 1.0 / s_err**2
+        score[i] = float(np.sum(w * s) / np.sum(w))
+        score_err[i] = float(1.0 / np.sqrt(np.sum(w)))
+    return score, score_err
+
+
+def occupancy_verdict(score: np.ndarray, score_err: np.ndarray, *, threshold: float = 0.35, nsigma: float = 3.0,
+                      max_err: float = 0.35, min_positions: int = 2) -> tuple[str, float, float]:
+    """Static, moving or untestable, from the scores of a tracklet's positions.
+
+    A mover leaves nothing behind (score 0); the median over the positions measured well
+    enough (``score_err <= max_err``) decides, so that one position on another source (a mover
+    crossing a star) does not.  A static source is called when that median is both above
+    ``threshold`` (PSF-model and overlap errors bias a bright mover's score by a few hundredths)
+    and ``nsigma`` standard errors above 0 (a faint mover's scores are noisy).
+
+    Parameters
+    ----------
+    score, score_err : ndarray (m,)
+        From :func:`occupancy_scores`.
+    threshold : float
+        Smallest median score called static.
+    nsigma : float
+        Significance of the median's departure from 0 needed.
+    max_err : float
+        Positions with a larger score error are not used.
+    min_positions : int
+        Fewer usable positions: ``"untestable"`` (the tracklet is kept).
+
+    Returns
+    -------
+    verdict : str
+        ``"static"``, ``"moving"`` or ``"untestable"``.
+    median, median_err : float
+        The median score and its standard error (``1.2533 * rms(score_err) / sqrt(n)``); NaN when untestable.
+    """
+    score = np.asarray(score, float)
+    score_err = np.asarray(score_err, float)
+    good = np.isfinite(score) & np.isfinite(score_err) & (score_err <= max_err)
+    n = int(good.sum())
+    if n < min_positions:
+        return "untestable", float("nan"), float("nan")
+    med = float(np.median(score[good]))
+    med_err = 1.2533 * float(np.sqrt(np.mean(score_err[good] ** 2))) / np.sqrt(n)
+    return ("static" if med > threshold and med > nsigma * med_err else "moving"), med, med_err
+
+
+def missing_deficit(member_flux: np.ndarray, member_err: np.ndarray, predicted_flux: np.ndarray,
+                    predicted_err: np.ndarray, *, scatter: float = 0.25) -> float:
+    """How far below the tracklet's flux the pixels are where it should have been but was not detected.
+
+    A tracklet with fewer detections than exposures predicts the object in the others; a real
+    mover is there (perhaps just under the detection threshold, or hit by a cosmic ray that was
+    masked), a chance alignment of noise peaks or cosmic-ray residues is not.
+
+    Parameters
+    ----------
+    member_flux, member_err : ndarray (m,)
+        Template fluxes [ADU] of the tracklet's detections (measured like the predictions).
+    predicted_flux, predicted_err : ndarray (k,)
+        Template fluxes at the predicted positions in the exposures without a detection (NaN: not measured).
+    scatter : float
+        Relative flux variation of a real mover between exposures beyond the noise.
+
+    Returns
+    -------
+    float
+        ``(F - f) / sqrt(err_F**2 + err_f**2 + (scatter F)**2)`` with ``F`` the members' mean and
+        ``f`` the predictions' inverse-variance mean: large and positive when the object is missing
+        where it should be.  NaN when nothing was measured.
+    """
+    mf = np.asarray(member_flux, float)
+    me = np.asarray(member_err, float)
+    ok = np.isfinite(mf) & np.isfinite(me) & (me > 0)
+    pf = np.asarray(predicted_flux, float)
+    pe = np.asarray(predicted_err, float)
+    pok = np.isfinite(pf) & np.isfinite(pe) & (pe > 0)
+    if not ok.any() or not pok.any():
+        return float("nan")
+    big_f = float(np.mean(mf[ok]))
+    big_e = float(np.sqrt(np.sum(me[ok] ** 2))) / ok.sum()
+    w = 1.0 / pe[pok] ** 2
+    f = float(np.sum(w * pf[pok]) / np.sum(w))
+    e = float(1.0 / np.sqrt(np.sum(w)))
+    return (big_f - f) / float(np.sqrt(big_e**2 + e**2 + (scatter * big_f) ** 2))

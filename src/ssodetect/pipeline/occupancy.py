@@ -1,0 +1,249 @@
+"""Pipeline step helper: the pixel occupancy test of slow movers (:mod:`ssodetect.link.pixels`).
+
+For every slow object (``kind = linked``) the flux of its own PSF/trail template is measured at
+each of its positions in every exposure: in the position's own exposure, and in the others,
+where the object had moved on.  A static source strung into a "mover" is still there; those
+objects are removed.  Reads each CCD image holding a slow object once (on the run's executor).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+
+import numpy as np
+from astropy.table import Table
+from scipy.ndimage import binary_dilation
+
+from ssodetect.config import Config
+from ssodetect.detect.cosmics import sharp_pixel_mask
+from ssodetect.detect.shape import psf_photometry
+from ssodetect.link.pixels import missing_deficit, occupancy_scores, occupancy_verdict, trail_overlap
+from ssodetect.pipeline.ccd import subtracted_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ForcedFlux", "occupancy_vet", "OCCUPANCY_MARGIN"]
+
+#: Positions closer than this to a CCD edge [px] are not measured (the template's stamp would leave the image).
+OCCUPANCY_MARGIN = 6
+
+
+class ForcedFlux:
+    """Picklable task: template fluxes at fixed positions of one CCD image, cosmic-ray hits masked.
+
+    Called with ``(ref, psf_sigma, xs, ys, lengths, thetas)`` (pixels 0-based, lengths [px], angles [rad]);
+    returns ``(flux, flux_err)`` [ADU], NaN where the stamp leaves the image.
+    """
+
+    def __init__(self, config: Config, masters: dict):
+        self.config = config
+        self.masters = masters
+
+    def __call__(self, job):
+        ref, sigma, xs, ys, lengths, thetas = job
+        data, rms, gain = subtracted_image(ref, self.config, self.masters.get(ref.ccd), with_noise=True)
+        bad = ~np.isfinite(data)
+        filled = np.nan_to_num(data).astype(np.float32)
+        hits = sharp_pixel_mask(filled, rms, sigma, mask=bad)
+        mask = bad | binary_dilation(hits, iterations=1)
+        image = np.where(mask, 0.0, filled).astype(np.float32)
+        return psf_photometry(image, np.asarray(rms, np.float32) ** 2, mask, xs, ys, lengths, thetas, sigma, gain)
+
+
+def _plane(ra, dec, ra0: float, dec0: float):
+    """Local tangent-plane offsets [arcsec] (small fields)."""
+    return ((np.asarray(ra) - ra0 + 180.0) % 360.0 - 180.0) * math.cos(math.radians(dec0)) * 3600.0, \
+        (np.asarray(dec) - dec0) * 3600.0
+
+
+def _sky(xi, eta, ra0: float, dec0: float):
+    return ra0 + np.asarray(xi) / (3600.0 * math.cos(math.radians(dec0))), dec0 + np.asarray(eta) / 3600.0
+
+
+def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, masters: dict,
+                  config: Config, executor) -> tuple[Table, Table, dict]:
+    """Remove slow objects whose positions stay occupied after they left them.
+
+    Parameters
+    ----------
+    observations, objects : Table
+        The linker's results (only ``kind = linked`` objects are tested; trails are not).
+    exposures, ccd_info : list
+        The run's exposures and per-CCD-exposure information (``psf_sigma`` [px], ``shape``).
+    wcs_for : callable
+        ``(exposure index, ccd) -> WCS`` the positions went through (None without).
+    masters : dict
+        CCD -> calibration masters (for :func:`ssodetect.pipeline.ccd.subtracted_image`).
+    config : Config
+        ``config.link`` holds the test's settings.
+    executor
+        The run's executor (``map(fn, items, progress=, desc=)``).
+
+    Returns
+    -------
+    observations, objects : Table
+        Without the static objects.
+    stats : dict
+        ``n_slow``, ``n_tested``, ``n_untestable``, ``n_rejected``, ``rejected`` (names), ``n_images``, ``seconds``.
+    """
+    lc = config.link
+    t_start = time.perf_counter()
+    stats = {"n_slow": 0, "n_tested": 0, "n_untestable": 0, "n_missing_tested": 0, "n_rejected_static": 0,
+             "n_rejected_missing": 0, "n_rejected": 0, "rejected": [], "n_images": 0, "seconds": 0.0}
+    if not len(objects) or not lc.occupancy_test:
+        return observations, objects, stats
+    kinds = np.asarray(objects["kind"]).astype(str)
+    slow_names = [str(n) for n, k in zip(objects["object"], kinds) if k == "linked"]
+    stats["n_slow"] = len(slow_names)
+    if not slow_names:
+        return observations, objects, stats
+    info_by = {(int(i["exposure"]), str(i["ccd"])): i for i in ccd_info}
+    refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
+    ccds_of = {e.index: [r.ccd for r in e.ccds] for e in exposures}
+    mjd_of = {e.index: float(e.mid_time.mjd) for e in exposures}
+    wcs_cache: dict = {}
+
+    def wcs(e, ccd):
+        if (e, ccd) not in wcs_cache:
+            wcs_cache[(e, ccd)] = wcs_for(e, ccd)
+        return wcs_cache[(e, ccd)]
+
+    def scale_of(w):
+        return float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix)))) * 3600.0
+
+    def place(e, first_ccd, ra, dec):
+        """(ccd, x, y) of a sky position in exposure e (its CCD first), None when off every CCD."""
+        for ccd in [first_ccd] + [c for c in ccds_of[e] if c != first_ccd]:
+            w, info = wcs(e, ccd), info_by.get((e, ccd))
+            if w is None or info is None or not info.get("shape"):
+                continue
+            x, y = (float(v) for v in w.all_world2pix(ra, dec, 0, quiet=True))
+            ny, nx = info["shape"]
+            if OCCUPANCY_MARGIN <= x < nx - OCCUPANCY_MARGIN and OCCUPANCY_MARGIN <= y < ny - OCCUPANCY_MARGIN:
+                return ccd, x, y
+        return None
+
+    obs_names = np.asarray(observations["object"]).astype(str)
+    exposure_list = sorted(mjd_of)
+    jobs: dict = defaultdict(list)  # (exposure, ccd) -> [(object k, member i, column j, x, y, length, theta)]
+    plans = []
+    for k, name in enumerate(slow_names):
+        rows = observations[obs_names == name]
+        rows = rows[np.argsort(np.asarray(rows["mjd"], float))]
+        ra0, dec0 = float(rows["ra"][0]), float(rows["dec"][0])
+        xi, eta = _plane(rows["ra"], rows["dec"], ra0, dec0)
+        t = (np.asarray(rows["mjd"], float) - float(rows["mjd"][0])) * 24.0
+        if len(rows) < 2 or np.ptp(t) <= 0:
+            plans.append(None)
+            continue
+        vx, x0 = np.polyfit(t, xi, 1)
+        vy, y0 = np.polyfit(t, eta, 1)
+        direction = np.array([vx, vy])
+        exp_h = float(np.median(np.asarray(rows["exptime"], float))) / 3600.0
+        length = float(math.hypot(vx, vy)) * exp_h  # [arcsec]
+        ccd0, e0 = str(rows["ccd"][0]), int(rows["exposure"][0])
+        info0 = info_by.get((e0, ccd0), {})
+        w0 = wcs(e0, ccd0)
+        sigma = float(info0.get("psf_sigma") or 1.0) * (scale_of(w0) if w0 is not None else 0.1)
+        predicted = {e: (x0 + vx * (mjd_of[e] - float(rows["mjd"][0])) * 24.0,
+                         y0 + vy * (mjd_of[e] - float(rows["mjd"][0])) * 24.0) for e in exposure_list}
+        m, n_exp = len(rows), len(exposure_list)
+        overlap = np.full((m, n_exp), np.nan)
+        own_col = np.full(m, -1)
+        # the template's half-length along the motion [arcsec], for its length and angle in each exposure's pixels
+        ux, uy = direction / max(float(np.hypot(*direction)), 1e-12) * 0.5 * length
+        for i in range(m):
+            ei = int(rows["exposure"][i])
+            ends = _sky(np.array([xi[i] - ux, xi[i] + ux]), np.array([eta[i] - uy, eta[i] + uy]), ra0, dec0)
+            for j, e in enumerate(exposure_list):
+                spot = place(e, str(rows["ccd"][i]), float(rows["ra"][i]), float(rows["dec"][i]))
+                if spot is None:
+                    continue
+                ccd, x, y = spot
+                ex, ey = wcs(e, ccd).all_world2pix(ends[0], ends[1], 0, quiet=True)
+                seg_len = float(math.hypot(ex[1] - ex[0], ey[1] - ey[0]))
+                theta = float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))
+                jobs[(e, ccd)].append((k, i, j, x, y, seg_len, theta))
+                if e == ei:
+                    own_col[i] = j
+                else:
+                    px, py = predicted[e]
+                    overlap[i, j] = float(trail_overlap(np.array([[px - xi[i], py - eta[i]]]), direction, length,
+                                                        sigma)[0])
+        # where the object should be in the exposures without a detection of it
+        seen = set(int(v) for v in rows["exposure"])
+        for j, e in enumerate(exposure_list):
+            if e in seen:
+                continue
+            px, py = predicted[e]
+            pra, pdec = _sky(np.array([px - ux, px, px + ux]), np.array([py - uy, py, py + uy]), ra0, dec0)
+            nearest = int(np.argmin(np.abs(np.asarray(rows["mjd"], float) - mjd_of[e])))
+            spot = place(e, str(rows["ccd"][nearest]), float(pra[1]), float(pdec[1]))
+            if spot is None:
+                continue
+            ccd, x, y = spot
+            ex, ey = wcs(e, ccd).all_world2pix(pra[[0, 2]], pdec[[0, 2]], 0, quiet=True)
+            jobs[(e, ccd)].append((k, m, j, x, y, float(math.hypot(ex[1] - ex[0], ey[1] - ey[0])),
+                                   float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))))
+        # rows 0..m-1: the members' positions; row m: the predicted positions
+        plans.append({"m": m, "overlap": overlap, "own_col": own_col, "flux": np.full((m + 1, n_exp), np.nan),
+                      "err": np.full((m + 1, n_exp), np.nan)})
+    keys = sorted(jobs, key=lambda key: (key[0], str(key[1])))
+    tasks = []
+    for key in keys:
+        entries = jobs[key]
+        info = info_by.get(key, {})
+        tasks.append((refs[key], float(info.get("psf_sigma") or 1.0), np.array([v[3] for v in entries]),
+                      np.array([v[4] for v in entries]), np.array([v[5] for v in entries]),
+                      np.array([v[6] for v in entries])))
+    results = executor.map(ForcedFlux(config, masters), tasks, progress=config.execution.progress, desc="occupancy")
+    stats["n_images"] = len(tasks)
+    for key, (flux, err) in zip(keys, results):
+        for (k, i, j, *_), f, s in zip(jobs[key], flux, err):
+            plans[k]["flux"][i, j], plans[k]["err"][i, j] = f, s
+    rejected = []
+    for name, plan in zip(slow_names, plans):
+        if plan is None:
+            stats["n_untestable"] += 1
+            continue
+        m = plan["m"]
+        rows_i = np.arange(m)
+        own = plan["own_col"]
+        has_own = own >= 0
+        flux, err = plan["flux"][:m], plan["err"][:m]
+        own_flux = np.where(has_own, flux[rows_i, np.maximum(own, 0)], np.nan)
+        own_err = np.where(has_own, err[rows_i, np.maximum(own, 0)], np.nan)
+        other_flux = flux.copy()
+        other_flux[rows_i[has_own], own[has_own]] = np.nan  # the own exposure is not an "other"
+        score, score_err = occupancy_scores(own_flux, own_err, other_flux, err, plan["overlap"],
+                                            max_overlap=lc.occupancy_max_overlap)
+        verdict, median, median_err = occupancy_verdict(score, score_err, threshold=lc.occupancy_threshold,
+                                                        nsigma=lc.occupancy_nsigma, max_err=lc.occupancy_max_error)
+        deficit = missing_deficit(own_flux, own_err, plan["flux"][m], plan["err"][m], scatter=lc.flux_scatter)
+        log.debug("occupancy: %s median score %.2f +- %.2f (%s), missing-exposure deficit %.2f sigma", name, median,
+                  median_err, verdict, deficit)
+        if np.isfinite(deficit):
+            stats["n_missing_tested"] += 1
+        if verdict == "untestable" and not np.isfinite(deficit):
+            stats["n_untestable"] += 1
+            continue
+        stats["n_tested"] += 1
+        if verdict == "static":
+            rejected.append(name)
+            stats["n_rejected_static"] += 1
+        elif np.isfinite(deficit) and deficit > lc.missing_max_deficit:
+            rejected.append(name)
+            stats["n_rejected_missing"] += 1
+    stats["n_rejected"] = len(rejected)
+    stats["rejected"] = rejected
+    if rejected:
+        gone = set(rejected)
+        observations = observations[~np.isin(obs_names, list(gone))]
+        objects = objects[~np.isin(np.asarray(objects["object"]).astype(str), list(gone))]
+    stats["seconds"] = time.perf_counter() - t_start
+    log.info("occupancy: %d slow objects, %d tested in %d images, %d untestable (kept); %d removed as static sources, "
+             "%d as absent where predicted in an exposure without a detection", stats["n_slow"], stats["n_tested"],
+             stats["n_images"], stats["n_untestable"], stats["n_rejected_static"], stats["n_rejected_missing"])
+    return observations, objects, stats
