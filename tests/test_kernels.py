@@ -283,3 +283,23 @@ def test_a_line_left_on_a_halo_is_not_a_source(monkeypatch):
 
     assert on_line() == 0
     assert on_line(MAX_PEAK_ELONGATION=1e9) >= 1
+
+
+def test_elongated_peaks_pointing_at_the_star_are_spikes():
+    """On a halo, an elongated peak is a spike's or a bleed's only when its axis points at the star (spikes and
+    bleeds radiate from it); a mover's trail across the radial direction is a source."""
+    from ssodetect.detect.extract import _line_like
+    from ssodetect.simulate import trail_points
+
+    psf = DoubleGaussianPSF(fwhm=1.8)
+    star = (10.0, 60.0)  # (x, y) of the halo's star, outside this window
+    for angle, spike in ((0.0, False), (np.pi / 2, True), (np.pi / 2 + np.radians(12), True), (np.pi / 4, False)):
+        snr = np.zeros((120, 120))
+        # a 14 px trail centred at (40, 60), at angle from +y; the radial direction (to the star) is -x
+        ux, uy = 7 * np.sin(angle), 7 * np.cos(angle)
+        splat(snr, *trail_points(40 - ux, 60 - uy, 40 + ux, 60 + uy, 400.0), psf)
+        assert _line_like(snr, 60, 40, 7, 3.8)  # elongated whatever its direction
+        assert _line_like(snr, 60, 40, 7, 3.8, centre=star) is spike, angle
+    round_peak = np.zeros((120, 120))
+    splat(round_peak, [40.0], [60.0], [400.0], psf)
+    assert not _line_like(round_peak, 60, 40, 7, 3.8, centre=star)

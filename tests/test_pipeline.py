@@ -245,5 +245,21 @@ def test_occupancy_removes_static_sources_and_chance_alignments(serial_run, scen
     assert sorted(stats["rejected"]) == ["FK00001", "FK00002"]
     assert stats["n_rejected_static"] >= 1 and stats["n_rejected_missing"] >= 1
     assert stats["n_missing_tested"] >= 2 and stats["n_tested"] >= len(names)
+    assert stats["n_objects"] == int(np.isin(np.asarray(objs["kind"]), ["linked", "streak"]).sum()) + 3
     assert "FK00003" in set(kept_obj["object"]) and set(names) <= set(kept_obj["object"])
     assert not np.isin(["FK00001", "FK00002"], np.asarray(kept_obs["object"])).any()
+
+
+def test_trails_of_removed_objects_stay_accounted_for(serial_run):
+    from ssodetect.pipeline.occupancy import release_trails
+
+    _, result = serial_run
+    streaks = result.streaks
+    linked = np.asarray(streaks["status"]) == "linked"
+    assert linked.sum() >= 2
+    name = str(streaks["object"][np.nonzero(linked)[0][0]])
+    out = release_trails(streaks, [name])
+    mine = np.asarray(streaks["object"]).astype(str) == name
+    assert len(out) == len(streaks) and np.all(out["status"][mine] == "static") and np.all(out["object"][mine] == "")
+    assert list(out["status"][~mine]) == list(streaks["status"][~mine])
+    assert list(streaks["status"][mine]) == ["linked"] * int(mine.sum())  # the input is not modified

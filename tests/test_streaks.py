@@ -93,6 +93,16 @@ def test_fragments_are_joined_only_when_collinear():
     assert sorted(map(sorted, groups)) == [[0, 1], [2], [3]]
 
 
+def test_a_short_trail_beside_a_satellite_is_not_joined_to_it():
+    """Seen on the scene family: a mover's 10 px trail 15 px beside a 2000 px satellite, nearly parallel to it,
+    fell within the angle tolerance of the line from the satellite's centre and was swallowed (the mover lost).
+    Pieces of the satellite on its line still join."""
+    det = Table({"x": [1000.0, 500.0, 1800.0, 1300.0], "y": [1000.0, 1015.0, 1000.8, 1000.0],
+                 "length": [1800.0, 10.0, 60.0, 12.0], "theta": [0.0, 0.06, 0.0, 0.0]})
+    groups = join_fragments(det, np.ones(4, bool), max_gap=30.0, max_angle=math.radians(4.0))
+    assert sorted(map(sorted, groups)) == [[0, 2, 3], [1]]
+
+
 def test_overlapping_fragments_are_joined():
     # two pieces of one faint trail whose extents overlap, ends more than max_gap apart
     det = Table({"x": [826.3, 785.2], "y": [1106.3, 998.3], "length": [117.0, 180.0],

@@ -222,18 +222,19 @@ class LinkConfig(_Section):
     )
     occupancy_test: bool = Field(
         default=True,
-        description="Measure each slow mover's PSF/trail template flux at its positions in the exposures taken after "
-        "it moved on (the pixels, not the detection list): a static source strung into a mover is still there, and "
-        "is removed. Counts in provenance.json ('link', 'occupancy').",
+        description="Measure each linked mover's (slow and fast) PSF/trail template flux at its positions in the "
+        "exposures taken after it moved on (the pixels, not the detection list): a static source strung into a mover "
+        "(a jittering galaxy, pieces of a diffraction spike) is still there, and is removed. Counts in "
+        "provenance.json ('link', 'occupancy').",
     )
     occupancy_threshold: float = Field(
         default=0.35, gt=0, lt=1,
-        description="Median over a slow mover's positions of the flux left behind (0 for a mover, 1 for a static "
+        description="Lower median over a mover's positions of the flux left behind (0 for a mover, 1 for a static "
         "source, after the mover's own overlap with its old position is taken out) above which it is static "
         "(when also occupancy_nsigma standard errors above 0).",
     )
     occupancy_nsigma: float = Field(
-        default=3.0, gt=0, description="Significance of the flux left behind needed to call a slow mover static."
+        default=3.0, gt=0, description="Significance of the flux left behind needed to call a mover static."
     )
     occupancy_max_overlap: float = Field(
         default=0.3, gt=0, lt=1,
@@ -242,12 +243,12 @@ class LinkConfig(_Section):
     )
     occupancy_max_error: float = Field(
         default=0.35, gt=0,
-        description="Positions whose occupancy score is less precise than this (1 sigma) are not used; a slow mover "
+        description="Positions whose occupancy score is less precise than this (1 sigma) are not used; a mover "
         "with fewer than two usable positions is kept (counted as untestable).",
     )
     missing_max_deficit: float = Field(
         default=3.0, gt=0,
-        description="A slow mover not detected in some exposures is measured at its predicted positions there; it is "
+        description="A mover not detected in some exposures is measured at its predicted positions there; it is "
         "removed when that flux is more than this many standard deviations (noise and flux_scatter) below its "
         "detections' (chance alignments of noise peaks and cosmic-ray residues are absent where a real object is "
         "not). Part of the occupancy test.",

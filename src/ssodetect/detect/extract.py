@@ -360,11 +360,15 @@ def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, ma
 #: Largest ratio of the major to the minor axis rms of a peak's surroundings for it to count as a source on a halo
 #: (a slow mover's short trail is well below it; the end of a spike or a bleed, a line leaving the window, is above).
 MAX_PEAK_ELONGATION = 2.5
+#: An elongated peak is a spike's or a bleed's when its major axis points within this angle [deg] of the centre of
+#: the star whose halo it lies on (spikes and bleeds radiate from it); a mover's trail on the halo points anywhere.
+RADIAL_TOLERANCE = 20.0
 
 
-def _line_like(snr: np.ndarray, j: int, i: int, half: int, threshold: float) -> bool:
+def _line_like(snr: np.ndarray, j: int, i: int, half: int, threshold: float, centre=None) -> bool:
     """Whether the pixels above half the threshold around peak ``(j, i)`` of a signal-to-noise map are elongated like
-    a line (second moments' axis ratio above :data:`MAX_PEAK_ELONGATION`)."""
+    a line (second moments' axis ratio above :data:`MAX_PEAK_ELONGATION`) that, when ``centre`` (x, y) of the halo's
+    star is given, points at that centre (within :data:`RADIAL_TOLERANCE`)."""
     ny, nx = snr.shape
     ya, yb, xa, xb = max(j - half, 0), min(j + half + 1, ny), max(i - half, 0), min(i + half + 1, nx)
     w = np.clip(snr[ya:yb, xa:xb] - 0.5 * threshold, 0.0, None)
@@ -378,7 +382,14 @@ def _line_like(snr: np.ndarray, j: int, i: int, half: int, threshold: float) -> 
     cxy = float(np.sum(w * (xx - mx) * (yy - my))) / total
     root = math.sqrt(max(0.25 * (cxx - cyy) ** 2 + cxy**2, 0.0))
     major, minor = 0.5 * (cxx + cyy) + root, 0.5 * (cxx + cyy) - root
-    return major > MAX_PEAK_ELONGATION**2 * max(minor, 1e-3)
+    if not major > MAX_PEAK_ELONGATION**2 * max(minor, 1e-3):
+        return False
+    if centre is None:
+        return True
+    axis = 0.5 * math.atan2(2.0 * cxy, cxx - cyy)
+    radial = math.atan2(j - centre[1], i - centre[0])
+    off = abs((axis - radial + math.pi / 2) % math.pi - math.pi / 2)
+    return off <= math.radians(RADIAL_TOLERANCE)
 
 
 def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, boxes: list, kernel: np.ndarray,
@@ -389,7 +400,8 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
     that reach ``threshold`` and stand out by as much above the ring around them (so that the smooth
     rise of a diffraction spike or of what is left of a halo does not count), at least 2 kernel
     widths from every segmented object's centre and peak, with ``min_area`` pixels above the
-    threshold around them, and not elongated like the end of a line (a spike's or a bleed's).  The records carry the peak as position, a PSF-sized round shape and the
+    threshold around them, and not elongated like the end of a line pointing at the footprint's peak (a
+    spike's or a bleed's: a mover's trail on the halo points anywhere).  The records carry the peak as position, a PSF-sized round shape and the
     flux of the 5x5 pixels around it (all re-measured downstream like any detection).
 
     Parameters
@@ -425,7 +437,8 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
     rr = np.hypot(xx, yy)
     ring[(rr >= radius) & (rr < radius + 1.5)] = True
     found: dict = {}
-    for _, x0, x1, y0, y1 in boxes:
+    for k, x0, x1, y0, y1 in boxes:
+        star_x, star_y = float(objects["xcpeak"][k]), float(objects["ycpeak"][k])
         sub = work[y0:y1, x0:x1].astype(float)
         noise = err[y0:y1, x0:x1].astype(float)
         bad = mask[y0:y1, x0:x1]
@@ -440,7 +453,7 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
             gx, gy = int(i + x0), int(j + y0)
             if existing.query_ball_point([gx, gy], radius, return_length=True) or (gx, gy) in found:
                 continue
-            if _line_like(snr, j, i, int(radius) + 1, threshold):
+            if _line_like(snr, j, i, int(radius) + 1, threshold, centre=(star_x - x0, star_y - y0)):
                 continue  # the end of a diffraction spike or a bleed that the median filter left, not a source
             found[(gx, gy)] = float(snr[j, i])
     rec = np.zeros(len(found), dtype=objects.dtype)
@@ -628,8 +641,12 @@ def extract_sources(
     hits = sharp_pixel_mask(work, safe_err, psf_sigma, mask=m)
     m = m | hits
     work[hits] = 0.0
+    # sep's matched filter over masked pixels (noise set to infinity) renormalises their filtered value from the
+    # neighbours: a masked cosmic-ray track between a star and a mover 17 px away became one footprint that was never
+    # deblended.  The hits are zeroed (background) for segmentation instead; the detector mask stays a mask.
     def extract(image):
-        return sep.extract(image, config.threshold, err=safe_err, mask=m, minarea=config.min_area, filter_kernel=kernel,
+        return sep.extract(image, config.threshold, err=safe_err, mask=detector_mask, minarea=config.min_area,
+                           filter_kernel=kernel,
                            filter_type="matched", deblend_nthresh=config.deblend_nthresh,
                            deblend_cont=config.deblend_cont, clean=False, segmentation_map=True)
 

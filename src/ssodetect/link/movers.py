@@ -413,7 +413,8 @@ STREAK_COLUMNS = [
     ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
     ("mag", "f8", "mag", "magnitude"),
     ("snr", "f8", "", "signal-to-noise ratio"),
-    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | satellite | bleed | spike | edge"),
+    ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | static (linked, then found still there "
+     "after it moved on: occupancy test) | satellite | bleed | spike | edge"),
     ("object", "U8", "", "object identifier when linked"),
 ]
 

@@ -130,9 +130,9 @@ def occupancy_verdict(score: np.ndarray, score_err: np.ndarray, *, threshold: fl
                       max_err: float = 0.35, min_positions: int = 2) -> tuple[str, float, float]:
     """Static, moving or untestable, from the scores of a tracklet's positions.
 
-    A mover leaves nothing behind (score 0); the median over the positions measured well
+    A mover leaves nothing behind (score 0); the lower median over the positions measured well
     enough (``score_err <= max_err``) decides, so that one position on another source (a mover
-    crossing a star) does not.  A static source is called when that median is both above
+    crossing a star) does not: of two positions, both must stay occupied.  A static source is called when that median is both above
     ``threshold`` (PSF-model and overlap errors bias a bright mover's score by a few hundredths)
     and ``nsigma`` standard errors above 0 (a faint mover's scores are noisy).
 
@@ -154,7 +154,7 @@ def occupancy_verdict(score: np.ndarray, score_err: np.ndarray, *, threshold: fl
     verdict : str
         ``"static"``, ``"moving"`` or ``"untestable"``.
     median, median_err : float
-        The median score and its standard error (``1.2533 * rms(score_err) / sqrt(n)``); NaN when untestable.
+        The lower median score and its standard error (``1.2533 * rms(score_err) / sqrt(n)``); NaN when untestable.
     """
     score = np.asarray(score, float)
     score_err = np.asarray(score_err, float)
@@ -162,7 +162,7 @@ def occupancy_verdict(score: np.ndarray, score_err: np.ndarray, *, threshold: fl
     n = int(good.sum())
     if n < min_positions:
         return "untestable", float("nan"), float("nan")
-    med = float(np.median(score[good]))
+    med = float(np.sort(score[good])[(n - 1) // 2])  # the lower median: of two positions, the smaller
     med_err = 1.2533 * float(np.sqrt(np.mean(score_err[good] ** 2))) / np.sqrt(n)
     return ("static" if med > threshold and med > nsigma * med_err else "moving"), med, med_err
 

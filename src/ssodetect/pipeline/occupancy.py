@@ -1,9 +1,11 @@
-"""Pipeline step helper: the pixel occupancy test of slow movers (:mod:`ssodetect.link.pixels`).
+"""Pipeline step helper: the pixel occupancy test of linked movers (:mod:`ssodetect.link.pixels`).
 
-For every slow object (``kind = linked``) the flux of its own PSF/trail template is measured at
-each of its positions in every exposure: in the position's own exposure, and in the others,
-where the object had moved on.  A static source strung into a "mover" is still there; those
-objects are removed.  Reads each CCD image holding a slow object once (on the run's executor).
+For every slow (``kind = linked``) and fast (``streak``) object the flux of its own PSF/trail
+template is measured at each of its positions in every exposure: in the position's own exposure,
+and in the others, where the object had moved on.  A static source strung into a "mover" (a
+jittering faint galaxy, pieces of a diffraction spike) is still there; those objects are removed,
+as are objects absent where they should have been in an exposure without a detection.  Reads each
+CCD image holding such an object once (on the run's executor).
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ from ssodetect.pipeline.ccd import subtracted_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForcedFlux", "occupancy_vet", "OCCUPANCY_MARGIN"]
+__all__ = ["ForcedFlux", "occupancy_vet", "release_trails", "OCCUPANCY_MARGIN", "TESTED_KINDS"]
 
+#: Kinds of objects tested (stacked ones come later and are not).
+TESTED_KINDS = ("linked", "streak")
 #: Positions closer than this to a CCD edge [px] are not measured (the template's stamp would leave the image).
 OCCUPANCY_MARGIN = 6
 
@@ -64,12 +68,14 @@ def _sky(xi, eta, ra0: float, dec0: float):
 
 def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, masters: dict,
                   config: Config, executor) -> tuple[Table, Table, dict]:
-    """Remove slow objects whose positions stay occupied after they left them.
+    """Remove objects whose positions stay occupied after they left them, or that are absent where predicted.
 
     Parameters
     ----------
     observations, objects : Table
-        The linker's results (only ``kind = linked`` objects are tested; trails are not).
+        The linkers' results: slow movers (``kind = linked``) and fast ones (``streak``: pieces of a diffraction
+        spike or a satellite line seen in two exposures line up like a mover moving along its trail, and are
+        still there in the others) are tested.
     exposures, ccd_info : list
         The run's exposures and per-CCD-exposure information (``psf_sigma`` [px], ``shape``).
     wcs_for : callable
@@ -86,18 +92,18 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     observations, objects : Table
         Without the static objects.
     stats : dict
-        ``n_slow``, ``n_tested``, ``n_untestable``, ``n_rejected``, ``rejected`` (names), ``n_images``, ``seconds``.
+        ``n_objects``, ``n_tested``, ``n_untestable``, ``n_rejected``, ``rejected`` (names), ``n_images``, ``seconds``.
     """
     lc = config.link
     t_start = time.perf_counter()
-    stats = {"n_slow": 0, "n_tested": 0, "n_untestable": 0, "n_missing_tested": 0, "n_rejected_static": 0,
+    stats = {"n_objects": 0, "n_tested": 0, "n_untestable": 0, "n_missing_tested": 0, "n_rejected_static": 0,
              "n_rejected_missing": 0, "n_rejected": 0, "rejected": [], "n_images": 0, "seconds": 0.0}
     if not len(objects) or not lc.occupancy_test:
         return observations, objects, stats
     kinds = np.asarray(objects["kind"]).astype(str)
-    slow_names = [str(n) for n, k in zip(objects["object"], kinds) if k == "linked"]
-    stats["n_slow"] = len(slow_names)
-    if not slow_names:
+    names = [str(n) for n, k in zip(objects["object"], kinds) if k in TESTED_KINDS]
+    stats["n_objects"] = len(names)
+    if not names:
         return observations, objects, stats
     info_by = {(int(i["exposure"]), str(i["ccd"])): i for i in ccd_info}
     refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
@@ -129,7 +135,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     exposure_list = sorted(mjd_of)
     jobs: dict = defaultdict(list)  # (exposure, ccd) -> [(object k, member i, column j, x, y, length, theta)]
     plans = []
-    for k, name in enumerate(slow_names):
+    for k, name in enumerate(names):
         rows = observations[obs_names == name]
         rows = rows[np.argsort(np.asarray(rows["mjd"], float))]
         ra0, dec0 = float(rows["ra"][0]), float(rows["dec"][0])
@@ -204,7 +210,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         for (k, i, j, *_), f, s in zip(jobs[key], flux, err):
             plans[k]["flux"][i, j], plans[k]["err"][i, j] = f, s
     rejected = []
-    for name, plan in zip(slow_names, plans):
+    for name, plan in zip(names, plans):
         if plan is None:
             stats["n_untestable"] += 1
             continue
@@ -243,7 +249,19 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         observations = observations[~np.isin(obs_names, list(gone))]
         objects = objects[~np.isin(np.asarray(objects["object"]).astype(str), list(gone))]
     stats["seconds"] = time.perf_counter() - t_start
-    log.info("occupancy: %d slow objects, %d tested in %d images, %d untestable (kept); %d removed as static sources, "
-             "%d as absent where predicted in an exposure without a detection", stats["n_slow"], stats["n_tested"],
+    log.info("occupancy: %d objects, %d tested in %d images, %d untestable (kept); %d removed as static sources, "
+             "%d as absent where predicted in an exposure without a detection", stats["n_objects"], stats["n_tested"],
              stats["n_images"], stats["n_untestable"], stats["n_rejected_static"], stats["n_rejected_missing"])
     return observations, objects, stats
+
+
+def release_trails(streaks: Table, removed: list) -> Table:
+    """``streaks`` with the trails of removed objects marked ``static`` (object name cleared): every trail stays
+    accounted for."""
+    if not len(streaks) or not removed:
+        return streaks
+    out = streaks.copy()
+    gone = np.isin(np.asarray(out["object"]).astype(str), list(removed)) & (np.asarray(out["status"]) == "linked")
+    out["status"][gone] = "static"
+    out["object"][gone] = ""
+    return out

@@ -45,7 +45,7 @@ from ssodetect.pipeline.ccd import calibrated_image, empty_ccd_table, process_cc
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
-from ssodetect.pipeline.occupancy import occupancy_vet
+from ssodetect.pipeline.occupancy import occupancy_vet, release_trails
 from ssodetect.pipeline.executor import make_executor
 from ssodetect.pipeline.steps import Step, StepCache, pipeline_steps, sha256_file, step_key
 from ssodetect.report.alerts import deliver_alert, write_alert
@@ -383,7 +383,8 @@ def step_occupancy(products: dict, config: Config, ctx: StepContext) -> dict:
         wcs_lookup(products), products["masters"], config, ctx.executor(),
     )
     ctx.timings["occupancy"] = time.perf_counter() - t0
-    return {"observations": observations, "objects": objects,
+    return {"observations": observations, "objects": objects, "streaks": release_trails(products["streaks"],
+                                                                                        stats["rejected"]),
             "link_stats": {**products.get("link_stats", {}), "occupancy": stats}}
 
 
@@ -464,7 +465,7 @@ BUILTIN_STEPS = [
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
-          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "2",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "3",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
          ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "3",
@@ -473,8 +474,8 @@ BUILTIN_STEPS = [
                                                            "link_stats"),
          ("link", "streaks"), "3", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
-                                       "observations", "objects", "link_stats"),
-         ("observations", "objects", "link_stats"),
+                                       "observations", "objects", "streaks", "link_stats"),
+         ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter")
          + _PIXELS, "1", "remove slow movers whose positions still hold their source after they moved on (pixels)",

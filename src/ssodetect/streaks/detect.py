@@ -44,8 +44,9 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
 
     Two fragments join when their axis angles differ by less than ``max_angle``
     [rad] (plus the angle uncertainty of short pieces), the line between their
-    centres runs along both axes, and the gap between them along that line is at most
-    ``max_gap`` [px] (overlapping pieces join).
+    centres runs along both axes, the shorter one's centre lies on the longer one's
+    line (within 2 px plus its axis uncertainty over the gap), and the gap between
+    them along that line is at most ``max_gap`` [px] (overlapping pieces join).
     """
     idx = [int(i) for i in np.nonzero(candidates)[0]]
     parent = {i: i for i in idx}
@@ -69,8 +70,17 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
         link = np.arctan2(ys[js] - ys[i], xs[js] - xs[i])
         # gap between the pieces along the line (negative when they overlap)
         gap = np.hypot(xs[js] - xs[i], ys[js] - ys[i]) - 0.5 * (lens[i] + lens[js])
+        # the shorter piece's centre must lie on the longer one's line: within 2 px, plus what the longer one's axis
+        # error allows over the gap (an angle test alone lets a 10 px trail 15 px beside a 2000 px satellite join it)
+        longer = lens[i] >= lens[js]
+        lx, ly = np.where(longer, xs[i], xs[js]), np.where(longer, ys[i], ys[js])
+        lt = np.where(longer, ths[i], ths[js])
+        sx, sy = np.where(longer, xs[js], xs[i]), np.where(longer, ys[js], ys[i])
+        perp = np.abs(-(sx - lx) * np.sin(lt) + (sy - ly) * np.cos(lt))
+        long_tol = max_angle + np.arctan2(2.0, np.maximum(np.maximum(lens[i], lens[js]), 2.0))
+        on_line = perp <= 2.0 + np.maximum(gap, 0.0) * np.tan(long_tol)
         joined = ((_axis_diff(ths[i], ths[js]) <= tol) & (_axis_diff(link, ths[i]) <= tol)
-                  & (_axis_diff(link, ths[js]) <= tol) & (gap <= max_gap))
+                  & (_axis_diff(link, ths[js]) <= tol) & (gap <= max_gap) & on_line)
         for j in js[joined].tolist():
             parent[find(i)] = find(j)
     groups: dict[int, list[int]] = {}
