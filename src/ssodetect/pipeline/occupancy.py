@@ -18,6 +18,8 @@ import numpy as np
 from astropy.table import Table
 from scipy.ndimage import binary_dilation
 
+from ssodetect.astrometry.solve import pixel_scale
+from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.detect.shape import psf_photometry
@@ -56,16 +58,6 @@ class ForcedFlux:
         return psf_photometry(image, np.asarray(rms, np.float32) ** 2, mask, xs, ys, lengths, thetas, sigma, gain)
 
 
-def _plane(ra, dec, ra0: float, dec0: float):
-    """Local tangent-plane offsets [arcsec] (small fields)."""
-    return ((np.asarray(ra) - ra0 + 180.0) % 360.0 - 180.0) * math.cos(math.radians(dec0)) * 3600.0, \
-        (np.asarray(dec) - dec0) * 3600.0
-
-
-def _sky(xi, eta, ra0: float, dec0: float):
-    return ra0 + np.asarray(xi) / (3600.0 * math.cos(math.radians(dec0))), dec0 + np.asarray(eta) / 3600.0
-
-
 def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, masters: dict,
                   config: Config, executor) -> tuple[Table, Table, dict]:
     """Remove objects whose positions stay occupied after they left them, or that are absent where predicted.
@@ -92,7 +84,9 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     observations, objects : Table
         Without the static objects.
     stats : dict
-        ``n_objects``, ``n_tested``, ``n_untestable``, ``n_rejected``, ``rejected`` (names), ``n_images``, ``seconds``.
+        ``n_objects`` (linked and streak objects), ``n_tested``, ``n_untestable`` (kept), ``n_missing_tested``
+        (objects measured where predicted in exposures without a detection), ``n_rejected_static``,
+        ``n_rejected_missing``, ``n_rejected``, ``rejected`` (names), ``n_images`` (CCD images read), ``seconds``.
     """
     lc = config.link
     t_start = time.perf_counter()
@@ -116,9 +110,6 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             wcs_cache[(e, ccd)] = wcs_for(e, ccd)
         return wcs_cache[(e, ccd)]
 
-    def scale_of(w):
-        return float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix)))) * 3600.0
-
     def place(e, first_ccd, ra, dec):
         """(ccd, x, y) of a sky position in exposure e (its CCD first), None when off every CCD."""
         for ccd in [first_ccd] + [c for c in ccds_of[e] if c != first_ccd]:
@@ -138,8 +129,8 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     for k, name in enumerate(names):
         rows = observations[obs_names == name]
         rows = rows[np.argsort(np.asarray(rows["mjd"], float))]
-        ra0, dec0 = float(rows["ra"][0]), float(rows["dec"][0])
-        xi, eta = _plane(rows["ra"], rows["dec"], ra0, dec0)
+        plane = TangentPlane(float(rows["ra"][0]), float(rows["dec"][0]))
+        xi, eta = plane.to_plane(np.asarray(rows["ra"], float), np.asarray(rows["dec"], float))
         t = (np.asarray(rows["mjd"], float) - float(rows["mjd"][0])) * 24.0
         if len(rows) < 2 or np.ptp(t) <= 0:
             plans.append(None)
@@ -152,7 +143,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         ccd0, e0 = str(rows["ccd"][0]), int(rows["exposure"][0])
         info0 = info_by.get((e0, ccd0), {})
         w0 = wcs(e0, ccd0)
-        sigma = float(info0.get("psf_sigma") or 1.0) * (scale_of(w0) if w0 is not None else 0.1)
+        sigma = float(info0.get("psf_sigma") or 1.0) * (pixel_scale(w0) if w0 is not None else 0.1)
         predicted = {e: (x0 + vx * (mjd_of[e] - float(rows["mjd"][0])) * 24.0,
                          y0 + vy * (mjd_of[e] - float(rows["mjd"][0])) * 24.0) for e in exposure_list}
         m, n_exp = len(rows), len(exposure_list)
@@ -162,7 +153,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         ux, uy = direction / max(float(np.hypot(*direction)), 1e-12) * 0.5 * length
         for i in range(m):
             ei = int(rows["exposure"][i])
-            ends = _sky(np.array([xi[i] - ux, xi[i] + ux]), np.array([eta[i] - uy, eta[i] + uy]), ra0, dec0)
+            ends = plane.to_sky(np.array([xi[i] - ux, xi[i] + ux]), np.array([eta[i] - uy, eta[i] + uy]))
             for j, e in enumerate(exposure_list):
                 spot = place(e, str(rows["ccd"][i]), float(rows["ra"][i]), float(rows["dec"][i]))
                 if spot is None:
@@ -184,7 +175,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             if e in seen:
                 continue
             px, py = predicted[e]
-            pra, pdec = _sky(np.array([px - ux, px, px + ux]), np.array([py - uy, py, py + uy]), ra0, dec0)
+            pra, pdec = plane.to_sky(np.array([px - ux, px, px + ux]), np.array([py - uy, py, py + uy]))
             nearest = int(np.argmin(np.abs(np.asarray(rows["mjd"], float) - mjd_of[e])))
             spot = place(e, str(rows["ccd"][nearest]), float(pra[1]), float(pdec[1]))
             if spot is None:
