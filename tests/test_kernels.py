@@ -1,4 +1,6 @@
 """Fast kernels against their numpy reference twins, and what they measure."""
+import math
+
 import numpy as np
 
 from ssodetect.detect import psf_photometry, psf_photometry_reference, shape_chi2, shape_chi2_reference
@@ -303,3 +305,31 @@ def test_elongated_peaks_pointing_at_the_star_are_spikes():
     round_peak = np.zeros((120, 120))
     splat(round_peak, [40.0], [60.0], [400.0], psf)
     assert not _line_like(round_peak, 60, 40, 7, 3.8, centre=star)
+
+
+def test_a_hot_pixel_beside_a_star_leaves_it_usable_and_a_masked_core_does_not():
+    """A flagged hot pixel in a point source's footprint rim (2 px from its centre) biases the windowed centroid,
+    not the PSF fit that skips it: the source is ``mask_fit`` (usable for linking), centred within 0.05 px, with
+    its flux from the fit (within 5 %).  A source whose core is masked (3x3 pixels on its centre, more than half its
+    positional information) stays ``near_mask`` only."""
+    from ssodetect.config import DetectConfig
+    from ssodetect.detect import extract_sources
+
+    rng = np.random.default_rng(21)
+    psf = DoubleGaussianPSF(fwhm=1.8, wing_fraction=0.0)
+    img = rng.normal(0.0, 4.0, (120, 160))
+    truth = [(40.3, 60.7), (120.6, 59.2), (80.4, 30.1)]  # rim hot pixel, masked core, clean reference
+    splat(img, [x for x, _ in truth], [y for _, y in truth], [20000.0] * 3, psf)
+    mask = np.zeros(img.shape, bool)
+    mask[61, 42] = True  # 1.8 px from the first source's centre
+    img[61, 42] += 5000.0  # the hot pixel's junk value (masked, never read)
+    mask[58:61, 120:123] = True
+    det, info = extract_sources(img, mask=mask, error=np.full(img.shape, 4.0), gain=3.5, config=DetectConfig(),
+                                psf_sigma=psf.sigma)
+    rows = [det[int(np.argmin(np.hypot(det["x"] - x, det["y"] - y)))] for x, y in truth]
+    rim, core, clean = rows
+    assert rim["near_mask"] and rim["mask_fit"] and info["n_mask_fit"] == 1
+    assert math.hypot(rim["x"] - truth[0][0], rim["y"] - truth[0][1]) < 0.05
+    assert abs(rim["flux"] / clean["flux"] - 1.0) < 0.05
+    assert core["near_mask"] and not core["mask_fit"]
+    assert not clean["near_mask"] and not clean["mask_fit"]

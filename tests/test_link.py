@@ -185,6 +185,43 @@ def test_a_precise_three_detection_tracklet_passes_the_false_alarm_control():
     assert junk_like.stats["n_rejected_false_alarm"] >= 1
 
 
+def test_a_bright_mover_is_judged_against_the_seeds_that_could_start_it():
+    """Chance alignments are counted over the seeds whose two members pass the tracklet's flux test: a bright
+    3-detection mover as imprecise as the faint junk around it is kept (hundreds of faint seed pairs could not
+    have grown into it), while the same mover as faint as the junk is refused (test above)."""
+    from ssodetect.link.tracklets import compatible_seeds
+
+    rng = np.random.default_rng(7)
+    arr, truth = _movers_and_noise(rng, n_movers=1, n_noise=600, sigma=0.02, drop={(0, 2)})
+    n = len(arr)
+    flux = np.where(arr[:, 4] >= 0, 2000.0, 100.0)
+    links = link_tracklets(arr[:, 0].astype(int), arr[:, 1], arr[:, 2], arr[:, 3], np.full(n, 0.02), flux,
+                           np.full(n, 10.0), min_rate=0.3, max_rate=12.0, max_false_alarms=0.1)
+    found = [t for t in links if set(arr[list(t.members), 4].astype(int)) == {0}]
+    assert len(found) == 1 and len(found[0].members) == 3
+    assert links.stats["n_seeds"] > 1000 and links.stats["expected_false_accepted"] <= 0.1
+    # its trials: the seed pairs of bright members only (here its own three pairs)
+    seeds = np.array([[2000.0, 10.0, 2000.0, 10.0]] * 3 + [[100.0, 10.0, 100.0, 10.0]] * 5000
+                     + [[2000.0, 10.0, 100.0, 10.0]] * 50)
+    assert compatible_seeds(found[0], seeds, flux, np.full(n, 10.0), 0.25) == 3
+
+
+def test_a_member_whose_flux_breaks_the_ratio_is_dropped_not_the_tracklet():
+    """A mover seen in 4 exposures whose detection in one is a fragment 8x fainter (a trail split by deblending,
+    a blend) at its right position: that member is dropped and the other three make the tracklet (before, the
+    flux-ratio test refused the whole tracklet once the positions fitted)."""
+    t = np.arange(4) * 1100.0 / 3600.0
+    xi, eta = 10.0 + 2.0 * t, 20.0 - 1.0 * t
+    flux = np.array([4000.0, 4200.0, 500.0, 3900.0])
+    links = link_tracklets(np.arange(4), t, xi, eta, np.full(4, 0.01), flux, np.full(4, 40.0),
+                           min_rate=0.3, max_rate=12.0)
+    assert len(links) == 1 and sorted(links[0].members) == [0, 1, 3]
+    # two members far off in flux leave fewer than three: refused
+    flux2 = np.array([4000.0, 500.0, 500.0, 3900.0])
+    assert len(link_tracklets(np.arange(4), t, xi, eta, np.full(4, 0.01), flux2, np.full(4, 40.0),
+                              min_rate=0.3, max_rate=12.0)) == 0
+
+
 def test_pieces_of_satellites_and_spikes_are_artefacts():
     """Point detections on a satellite trail or a diffraction spike of their own CCD image (or just past its end)
     are flagged; one beside it, on another CCD or in another exposure is not."""

@@ -157,7 +157,7 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
 
 def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     """Stars whose footprint or photometric aperture is cut by the detector edge are flagged (and left out of
-    linking) unless a PSF fit of their pixels on the detector puts them 1.5 FWHM inside (then it measures them
+    linking) unless a PSF fit of their pixels on the detector puts them 1 FWHM inside (then it measures them
     accurately): 1 PSF sigma from the edge is flagged; a star well inside is not.  The old rule (footprint
     truncated and the *measured* centre < 1.5 sigma from the edge) missed the real case behind it: on the
     Luxembourg night a star ~1 sigma from an edge with a dark first row was measured 2-3 px further in, and

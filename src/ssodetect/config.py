@@ -200,6 +200,12 @@ class LinkConfig(_Section):
     )
     match_sigma: float = Field(default=4.0, gt=0, description="Prediction tolerance in combined sigma.")
     match_floor: float = Field(default=0.03, ge=0, description="Tolerance floor added to predictions [arcsec].")
+    position_floor: float = Field(
+        default=0.2, ge=0,
+        description="Systematic centroid error [px] added in quadrature to every candidate's position error for "
+        "linking (blends with faint neighbours, short trails split by deblending, PSF mismatch: a mover at S/N 50 "
+        "whose statistical error is 0.05 px is typically 0.1-0.3 px off its line in one exposure).",
+    )
     max_chi2_dof: float = Field(default=4.0, gt=0, description="Largest reduced chi2 of the linear fit.")
     min_rate_significance: float = Field(
         default=5.0, ge=0, description="The fitted rate must exceed this many times its uncertainty (motion is real)."

@@ -57,8 +57,11 @@ DETECTION_COLUMNS = [
     ("cut", "i8", "", "trail end at the detector edge: 0 none, 1 the end towards +theta, -1 the other, 2 both "
                       "(length and centre are then those of the visible part)"),
     ("edge_fit", "bool", "", "a point source whose core reaches the detector edge, centred and measured by a PSF "
-                             "fit of its pixels on the detector (its centre at least 1.5 FWHM inside): usable although "
+                             "fit of its pixels on the detector (its centre at least 1 FWHM inside): usable although "
                              "its footprint or aperture is truncated"),
+    ("mask_fit", "bool", "", "a point source with a masked detector pixel (hot pixel, bad column) inside or next to "
+                             "its footprint, centred and measured by a PSF fit that skips it, with at most half of "
+                             "its core information on masked pixels: usable although near_mask"),
     ("masked_core", "f8", "", "share of the source's core information (PSF-weighted) on masked cosmic-ray or hot "
                               "pixels: its centroid and flux come from fits that skip them, its errors are widened"),
     ("length_err", "f8", "pix", "1-sigma error of the trail length (trailed-PSF fit; NaN when not fitted)"),
@@ -71,6 +74,16 @@ PEAK_ERROR = 0.3
 
 #: sep's flag of a photometric aperture truncated by the image boundary.
 APER_TRUNC_FLAG = 16
+
+#: A point source cut by the detector edge is used when its PSF-fitted centre lies this many FWHM inside the edge.
+EDGE_FIT_FWHM = 1.0
+
+#: sep's flag of a photometric aperture with masked pixels.
+APER_MASKED_FLAG = 32
+
+#: Largest share of a point source's core information (:func:`masked_information`) on masked detector pixels for
+#: its PSF-fitted centre to be used (``mask_fit``).
+MASK_FIT_MAX_INFO = 0.5
 
 
 def _psf_stamp(image, variance, mask, x0, y0, sigma):
@@ -728,7 +741,7 @@ def extract_sources(
     cr_point = cr_hit & (length < 2.0 * fwhm)
     # point sources whose core reaches the detector edge: the pixels beyond it are missing like masked ones, and
     # a PSF fit of the rest measures them (the windowed centroid leans inwards); usable when the fitted centre
-    # lies 1.5 FWHM inside the edge
+    # lies EDGE_FIT_FWHM inside the edge (1 FWHM: more than half of the core on the detector)
     ny_img, nx_img = work.shape
     edge_distance = np.minimum.reduce([x, y, nx_img - 1 - x, ny_img - 1 - y])
     near_edge = live & (length < 2.0 * fwhm) & (edge_distance < 3.0 * fwhm + 1.0)
@@ -737,6 +750,8 @@ def extract_sources(
     peak_found = np.zeros(x.size, bool)
     peak_found[n_segmented:] = True
     refit = np.nonzero((near_mask | cr_point | near_edge | peak_found) & live & (length < 8.0 * fwhm))[0]
+    mask_fit = np.zeros(x.size, bool)
+    mask_info = np.zeros(x.size)
     n_refit = 0
     refit_shift = np.zeros(x.size)
     for k in refit:
@@ -744,7 +759,7 @@ def extract_sources(
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
             continue
         if near_edge[k]:
-            edge_fit[k] = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= 1.5 * fwhm
+            edge_fit[k] = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= EDGE_FIT_FWHM * fwhm
         if length[k] >= 4.0 * fwhm:
             c_point, _, n_point = shape_chi2(work, variance, m, np.array([fitted[0]]), np.array([fitted[1]]),
                                              np.zeros(1), theta[k : k + 1], psf_sigma, gain)
@@ -760,6 +775,12 @@ def extract_sources(
         length[k] = 0.0
         a[k] = b[k] = psf_sigma
         n_refit += 1
+        if near_mask[k]:
+            # a masked pixel beside a point source (one hot pixel in its footprint's rim): the fit skipped it, so
+            # the centre holds while most of the core is on good pixels
+            mask_info[k] = float(masked_information(detector_mask, fitted[0:1], fitted[1:2], psf_sigma)[0])
+            mask_fit[k] = mask_info[k] <= MASK_FIT_MAX_INFO
+    info["n_mask_fit"] = int(mask_fit.sum())
     info["n_psf_refit"] = n_refit
     info["n_cosmic_in_core"] = int(cr_hit.sum())
     # pill-shaped aperture: PSF-sized radius, stretched along trails
@@ -812,7 +833,8 @@ def extract_sources(
     clean &= flux / np.maximum(flux_err, 1e-9) > 20.0
     if clean.sum() >= 5:
         to_aperture = float(np.median(flux[clean] / psf_flux[clean]))
-        hit_ap = (cr_point | (edge_fit & ((fflag & APER_TRUNC_FLAG) != 0))) & np.isfinite(psf_flux) & (psf_flux > 0)
+        hit_ap = (cr_point | (edge_fit & ((fflag & APER_TRUNC_FLAG) != 0)) | (mask_fit & ((fflag & APER_MASKED_FLAG) != 0)))
+        hit_ap &= np.isfinite(psf_flux) & (psf_flux > 0)
         hit_ap &= length < 2.0 * fwhm
         flux[hit_ap] = psf_flux[hit_ap] * to_aperture
         flux_err[hit_ap] = np.hypot(flux_err[hit_ap], psf_err[hit_ap] * to_aperture)
@@ -833,7 +855,7 @@ def extract_sources(
     # trails also carry a systematic along-track error (footprint truncation, masked hits)
     along = np.hypot(along, config.trail_error_fraction * length)
     # the information masked hits took from the core widens the centroid error
-    lost = 1.0 / np.sqrt(np.clip(1.0 - hit_info, 0.1, 1.0))
+    lost = 1.0 / np.sqrt(np.clip(1.0 - hit_info - mask_info, 0.1, 1.0))
     base, along = base * lost, along * lost
     # a source found as a peak in another's footprint was centred by a point PSF whatever its own shape (a short
     # trail, what is left of the neighbour): a third of a pixel more
@@ -865,6 +887,7 @@ def extract_sources(
             "cut": np.zeros(x.size, np.int64),
             "masked_core": hit_info,
             "edge_fit": edge_fit,
+            "mask_fit": mask_fit,
             "length_err": np.full(x.size, np.nan),
             "theta_err": np.full(x.size, np.nan),
         }

@@ -81,7 +81,7 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     Moving-object candidates are the usable ones neither static on sky or
     detector nor extended; the extended ones still count as occupants of the sky.
 
-    Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` and ``size`` [arcsec] columns and the
+    Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` (position error with ``link.position_floor``) and ``size`` [arcsec] columns and the
     flags ``static`` and ``artefact`` to a copy of the usable detections.
     """
     # long trails cross flagged pixels often; their measurement masks them, so they stay usable
@@ -91,9 +91,13 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     # a source cut by the image edge within its core has a biased centroid (and a star drifting off the
     # edge looks like a mover)
     truncated = np.asarray(detections["edge_cut"], bool)
+    # a masked pixel beside a point source biases its windowed centroid, not the PSF fit that skipped it (mask_fit)
+    masked = np.asarray(detections["near_mask"], bool)
+    if "mask_fit" in detections.colnames:
+        masked &= ~np.asarray(detections["mask_fit"], bool)
     usable = (
         np.isin(detections["kind"], ["point", "trail", "extended"])
-        & ((~np.asarray(detections["near_mask"], bool) & ~truncated) | long_trail)
+        & ((~masked & ~truncated) | long_trail)
         & (np.asarray(detections["snr"]) > 0)
         & np.isfinite(np.asarray(detections["ra"], float))
     )
@@ -102,7 +106,8 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     cand["xi"] = xi
     cand["eta"] = eta
     cand["t_hours"] = (np.asarray(cand["mjd"], float) - t0_mjd) * 24.0
-    cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2))
+    floor = config.link.position_floor * np.asarray(cand["pixel_scale"], float)
+    cand["sigma"] = np.sqrt(0.5 * (np.asarray(cand["ra_err"]) ** 2 + np.asarray(cand["dec_err"]) ** 2) + floor**2)
     link = config.link
     # source size for the static-match radius: the full extent of galaxies, only the width of trails
     # (a trail's length says how far it moved, not where a static counterpart could sit)

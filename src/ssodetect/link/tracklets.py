@@ -15,8 +15,11 @@ False alarms are controlled explicitly: the seeds tried are counted, the chance
 detections expected within all predictions' tolerances summed (from the local
 density of candidates), and each tracklet's chance probability (how likely
 unrelated candidates line up as well as its members) times the number of seeds
-must stay below ``max_false_alarms``, the expected number of chance tracklets the
-caller accepts.
+that could have started it must stay below ``max_false_alarms``, the expected
+number of chance tracklets the caller accepts.  With fluxes, only the seeds whose
+two members both pass the tracklet's flux test count (a bright tracklet is not
+started by a pair of faint noise peaks, so the many faint seeds do not dilute
+its significance); without, every seed.
 
 Seeds: every pair of exposures for short sequences; in long ones only pairs a
 few exposures apart (see :func:`_seed_pairs`).  Cost for N exposures with n
@@ -181,8 +184,9 @@ def link_tracklets(
         spread over many exposures are not an object).
     max_false_alarms : float, optional
         Expected number of chance tracklets the call may accept (see :func:`chance_probability`):
-        a tracklet is kept when the number of seeds tried times its chance probability is at most
-        this.  None: no such test.
+        a tracklet is kept when the number of seeds that could have started it (both members within
+        its flux test: :func:`compatible_seeds`) times its chance probability is at most this.  None:
+        no such test.
 
     Returns
     -------
@@ -190,9 +194,11 @@ def link_tracklets(
         Disjoint tracklets, best first (iterable like a list; empty when nothing links), and ``stats``:
         ``n_seeds`` (seed pairs tried), ``n_hypotheses`` (distinct member sets that passed the fit), ``expected_chance`` (chance detections expected within the
         prediction tolerances of all seeds: the chance 3-detection hypotheses before any fit),
-        ``chance_threshold`` (largest accepted chance probability, ``max_false_alarms / n_seeds``:
-        by the union bound, at most ``max_false_alarms`` chance tracklets are expected to pass) and
-        ``n_rejected_false_alarm``.
+        ``chance_threshold`` (largest accepted chance probability of a tracklet every seed could have
+        started, ``max_false_alarms / n_seeds``; a brighter one's is ``max_false_alarms`` over its
+        compatible seeds: by the union bound, at most ``max_false_alarms`` chance tracklets are expected
+        to pass), ``expected_false_accepted`` (the sum of the accepted tracklets' expected chance
+        counts) and ``n_rejected_false_alarm``.
     """
     n = len(xi)
     stats = {"n_seeds": 0, "expected_chance": 0.0, "chance_threshold": None, "n_hypotheses": 0,
@@ -208,6 +214,7 @@ def link_tracklets(
     times = np.array([float(np.median(t_hours[groups[e]])) for e in exposures])
     sig_max = float(np.max(sigma))
     hypotheses: dict[frozenset, Tracklet] = {}
+    seed_flux: list[np.ndarray] = []
     evaluate = dict(min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
                     min_rate_significance=min_rate_significance, min_detections=min_detections,
                     flux_scatter=flux_scatter)
@@ -231,6 +238,7 @@ def link_tracklets(
         if ia.size == 0:
             continue
         stats["n_seeds"] += int(ia.size)
+        seed_flux.append(np.column_stack([flux[ia], flux_err[ia], flux[ib], flux_err[ib]]))
         members = np.full((ia.size, exposures.size), -1, dtype=np.int64)
         members[:, c1], members[:, c2] = ia, ib
         for c3, e3 in enumerate(exposures):
@@ -266,19 +274,45 @@ def link_tracklets(
     ranked = sorted(hypotheses.values(), key=lambda t: (-len(t.members), t.chi2 / max(t.dof, 1)))
     if max_false_alarms is not None and stats["n_seeds"]:
         stats["chance_threshold"] = float(max_false_alarms) / stats["n_seeds"]
+    seeds = np.concatenate(seed_flux) if seed_flux else np.zeros((0, 4))
     used: set[int] = set()
     accepted = []
+    expected = []
     for trk in ranked:
         if not used.isdisjoint(trk.members):
             continue
-        if stats["chance_threshold"] is not None and chance_probability(
-                trk, exposure, t_hours, xi, eta, sigma, trees, groups, flux=flux, flux_err=flux_err,
-                flux_scatter=flux_scatter) > stats["chance_threshold"]:
-            stats["n_rejected_false_alarm"] += 1
-            continue
+        if stats["chance_threshold"] is not None:
+            trials = compatible_seeds(trk, seeds, flux, flux_err, flux_scatter)
+            n_false = trials * chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, flux=flux,
+                                                  flux_err=flux_err, flux_scatter=flux_scatter)
+            if n_false > max_false_alarms:
+                stats["n_rejected_false_alarm"] += 1
+                continue
+            expected.append(n_false)
         accepted.append(trk)
         used.update(trk.members)
+    if expected:
+        stats["expected_false_accepted"] = float(np.sum(expected))
     return SlowLinks(accepted, stats)
+
+
+def compatible_seeds(trk: Tracklet, seeds: np.ndarray, flux: np.ndarray, flux_err: np.ndarray,
+                     flux_scatter: float) -> int:
+    """Seed pairs that could have started ``trk``: both members' fluxes pass its flux test.
+
+    ``seeds`` (m, 4): flux and error of each seed's two members.  A pair of faint noise peaks cannot grow
+    into a bright tracklet (its members would fail the flux test), so the trials a bright tracklet's chance
+    probability is multiplied by are the bright seeds only.  At least 1.
+    """
+    if seeds.size == 0:
+        return 1
+    idx = np.asarray(trk.members)
+    f, fe = np.asarray(flux, float)[idx], np.nan_to_num(np.asarray(flux_err, float)[idx])
+    w = 1.0 / np.maximum(fe**2 + (flux_scatter * float(np.median(f))) ** 2, 1e-300)
+    mean = float(np.sum(w * f) / np.sum(w))
+    ok_a = flux_deviation(seeds[:, 0], seeds[:, 1], flux_scatter, reference=mean) <= FLUX_NSIGMA
+    ok_b = flux_deviation(seeds[:, 2], seeds[:, 3], flux_scatter, reference=mean) <= FLUX_NSIGMA
+    return max(int(np.sum(ok_a & ok_b)), 1)
 
 
 @dataclass
@@ -431,6 +465,22 @@ def flux_deviation(f: np.ndarray, fe: np.ndarray, scatter: float, reference: flo
     return np.abs(f - level) / np.sqrt(np.maximum(var, 1e-300))
 
 
+def _flux_ratio_ok(f: np.ndarray, fe: np.ndarray, max_flux_ratio: float) -> bool:
+    """Whether the brightest and faintest member fluxes agree within ``max_flux_ratio`` (after 3 sigma each)."""
+    hi = float(np.max(f - 3.0 * fe))
+    lo = float(np.min(f + 3.0 * fe))
+    return lo > 0 and hi / lo <= max_flux_ratio
+
+
+def _flux_outlyingness(f: np.ndarray) -> np.ndarray:
+    """|log| of each flux over the median of the others' (a mover's one blend or fragment stands out)."""
+    f = np.maximum(np.asarray(f, float), 1e-30)
+    out = np.empty(f.size)
+    for k in range(f.size):
+        out[k] = abs(math.log(f[k] / float(np.median(np.delete(f, k)))))
+    return out
+
+
 def _evaluate(
     members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max_rate, max_chi2_dof, max_flux_ratio,
     min_rate_significance, min_detections=3, flux_scatter=0.25,
@@ -443,10 +493,15 @@ def _evaluate(
         dof = 2 * idx.size - 4
         if chi2 / max(dof, 1) <= max_chi2_dof:
             off = flux_deviation(flux[idx], flux_err[idx], flux_scatter)
-            if np.all(off <= FLUX_NSIGMA):
+            ratio_ok = _flux_ratio_ok(flux[idx], flux_err[idx], max_flux_ratio)
+            if np.all(off <= FLUX_NSIGMA) and ratio_ok:
                 break
             if idx.size <= min_detections:
                 return None
+            if not ratio_ok:
+                # one blend or fragment far fainter or brighter than the others pulls the mean towards itself
+                # (within 3 sigma of it) but breaks the ratio: the member farthest from the others' median goes
+                off = _flux_outlyingness(flux[idx])
             idx = np.delete(idx, int(np.argmax(off)))
             continue
         if idx.size <= min_detections:
@@ -457,10 +512,5 @@ def _evaluate(
     rate = float(np.hypot(params[2], params[3]))
     rate_err = float(np.sqrt(0.5 * (cov[2, 2] + cov[3, 3])))
     if rate > max_rate + 2 * rate_err or rate < min_rate or rate < min_rate_significance * rate_err:
-        return None
-    f, fe = flux[idx], flux_err[idx]
-    hi = np.max(f - 3.0 * fe)
-    lo = np.min(f + 3.0 * fe)
-    if lo <= 0 or hi / lo > max_flux_ratio:
         return None
     return Tracklet(tuple(int(i) for i in idx), params[0], params[1], params[2], params[3], cov, chi2, dof, t_ref)

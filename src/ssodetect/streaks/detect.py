@@ -197,6 +197,8 @@ def _trail_row(det: Table, members: np.ndarray, fit, psf_sigma: float) -> dict:
         chi2_psf=float("nan"), chi2_sharp=float("nan"), chi2_broad=float("nan"), length_err=fit.length_err,
         theta_err=fit.theta_err,
     )
+    if "mask_fit" in row:
+        row["mask_fit"] = False
     return row
 
 
@@ -394,6 +396,8 @@ def refine_trails(
             out["flux_err"][first] = float(np.sqrt(np.sum(np.asarray(out["flux_err"])[group] ** 2)))
             out["npix"][first] = int(np.sum(np.asarray(out["npix"])[group]))
             out["near_mask"][first] = bool(np.any(np.asarray(out["near_mask"])[group]))
+            if "mask_fit" in out.colnames:
+                out["mask_fit"][first] = False
             drop.extend(group[1:])
             info["n_joined"] += len(group) - 1
         length = float(out["length"][first])
