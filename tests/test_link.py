@@ -222,6 +222,31 @@ def test_a_member_whose_flux_breaks_the_ratio_is_dropped_not_the_tracklet():
                               min_rate=0.3, max_rate=12.0)) == 0
 
 
+def test_a_tracklet_of_edge_fits_is_dropped_one_edge_member_is_kept():
+    """A mover leaving the detector has detections whose core reaches the edge (measured by a PSF fit,
+    ``edge_fit``): kept up to three quarters of its members.  A star sliding along the edge of a drifting ground night, its centres biased by a dark
+    first column by amounts that change with its distance from the edge, links into a slow "mover" made only of
+    edge fits: dropped (on the (2713) Luxembourg night such a star was a 2.4"/h false object)."""
+    from ssodetect.link.movers import vet_edge_fits
+
+    t = np.arange(4) * 1100.0 / 3600.0
+    xi = np.concatenate([10.0 + 2.0 * t, 50.0 + 0.7 * t])
+    eta = np.concatenate([20.0 - 1.0 * t, 60.0 + 0.0 * t])
+    expo = np.concatenate([np.arange(4), np.arange(4)])
+    links = link_tracklets(expo, np.concatenate([t, t]), xi, eta, np.full(8, 0.01), np.full(8, 4000.0),
+                           np.full(8, 40.0), min_rate=0.3, max_rate=12.0)
+    assert sorted(sorted(trk.members) for trk in links) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    edge = np.array([False, False, False, True, True, True, True, True])
+    kept = vet_edge_fits(links, edge)
+    assert [sorted(trk.members) for trk in kept] == [[0, 1, 2, 3]]
+    # three quarters of the members at the edge (a mover along the edge for most of a visit) is still a mover;
+    # more is not (the Luxembourg star's tracklets were all edge fits)
+    edge[[1, 2, 7]] = True, True, False
+    assert len(vet_edge_fits(links, edge)) == 2
+    edge[0] = True
+    assert [sorted(trk.members) for trk in vet_edge_fits(links, edge)] == [[4, 5, 6, 7]]
+
+
 def test_pieces_of_satellites_and_spikes_are_artefacts():
     """Point detections on a satellite trail or a diffraction spike of their own CCD image (or just past its end)
     are flagged; one beside it, on another CCD or in another exposure is not."""

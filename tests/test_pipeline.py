@@ -157,39 +157,67 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
 
 def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     """Stars whose footprint or photometric aperture is cut by the detector edge are flagged (and left out of
-    linking) unless a PSF fit of their pixels on the detector puts them 1 FWHM inside (then it measures them
-    accurately): 1 PSF sigma from the edge is flagged; a star well inside is not.  The old rule (footprint
+    linking) unless a PSF fit of their pixels on the detector puts them on a detector pixel with at most
+    EDGE_FIT_MAX_INFO of their core information beyond the edge (then it measures them accurately, with errors
+    widened by the information lost).  A star centred beyond the outer pixel centres is flagged; 1 and 2 PSF sigma
+    in are fitted within 0.1 px (one on the first row is either fitted as accurately or flagged: half cut, its
+    footprint looks like a trail along the edge); a star well inside is not cut.  The old rule (footprint
     truncated and the *measured* centre < 1.5 sigma from the edge) missed the real case behind it: on the
     Luxembourg night a star ~1 sigma from an edge with a dark first row was measured 2-3 px further in, and
-    drifting off the edge it became a false slow mover."""
+    drifting off the edge it became a false slow mover (the real-frame test guards it)."""
     from astropy.io import fits
 
     from ssodetect.config import Config
+    from ssodetect.detect.extract import EDGE_FIT_MAX_INFO, edge_information
     from ssodetect.io import scan_inputs
     from ssodetect.pipeline.ccd import process_ccd
     from ssodetect.simulate import DoubleGaussianPSF, splat
 
     rng = np.random.default_rng(4)
     sigma = 1.5
-    image = rng.normal(1000.0, 5.0, (200, 300))
-    stars = [(60.5, 1.0 * sigma), (150.3, 2.0 * sigma), (240.7, 100.2)]  # (x, true y)
+    image = rng.normal(1000.0, 5.0, (200, 400))
+    # (x, true y): beyond the first row's centre, on it, 1 and 2 sigma in, well inside
+    stars = [(40.5, -0.45), (110.2, 0.1), (180.5, 1.0 * sigma), (250.3, 2.0 * sigma), (340.7, 100.2)]
     psf = DoubleGaussianPSF(fwhm=sigma * 2.3548, wing_fraction=0.0)
-    splat(image, [x for x, _ in stars], [y for _, y in stars], [20000.0] * 3, psf)
+    splat(image, [x for x, _ in stars], [y for _, y in stars], [20000.0] * len(stars), psf)
     header = fits.Header({"EXPTIME": 100.0, "DATE-OBS": "2024-01-01T00:00:00", "GAIN": 2.0})
     path = tmp_path / "edge.fits"
     fits.PrimaryHDU(image.astype(np.float32), header).writeto(path)
     table, _ = process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
-    assert np.sum(table["edge_fit"]) >= 1  # the star 2 sigma from the edge is measured by the PSF fit here
+    rows = {}
     for x, y in stars:
-        row = table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))]
+        row = table[np.argmin(np.hypot(table["x"] - x, table["y"] - max(y, 0.0)))]
         assert abs(row["x"] - x) < 0.5
-        if y < 1.5 * sigma:
-            assert row["edge_cut"] and not row["edge_fit"]
-        elif y < 3 * sigma:
-            # cut, unless a PSF fit of its pixels on the detector measured it (then accurately)
-            assert row["edge_cut"] or (row["edge_fit"] and abs(row["y"] - y) < 0.1)
-        else:
+        rows[y] = row
+    assert rows[-0.45]["edge_cut"] and not rows[-0.45]["edge_fit"]  # centred beyond the outer pixel centres
+    for y in (0.1, 1.0 * sigma, 2.0 * sigma):
+        # either measured by the PSF fit (then accurately, and little of its information beyond the edge) or flagged
+        row = rows[y]
+        if row["edge_fit"]:
             assert not row["edge_cut"] and abs(row["y"] - y) < 0.1
+            assert edge_information(image.shape, [row["x"]], [row["y"]], sigma)[0] <= EDGE_FIT_MAX_INFO
+        else:
+            assert row["edge_cut"]
+    assert rows[2.0 * sigma]["edge_fit"] and rows[1.0 * sigma]["edge_fit"]  # 1 sigma: refused by the 1-FWHM rule
+    assert not rows[100.2]["edge_cut"] and abs(rows[100.2]["y"] - 100.2) < 0.1
+
+
+def test_edge_information_is_the_share_of_psf_squared_beyond_the_edge():
+    """Half for a source centred on the edge itself, three quarters in a corner (one minus the product of
+    the halves kept), nothing well inside; matches a brute-force sum of the Gaussian PSF^2 over a fine grid."""
+    from ssodetect.detect.extract import edge_information
+
+    sigma = 1.2
+    shape = (50, 60)
+    xs = np.array([-0.5, 30.0, 0.3, -0.5, 59.5])
+    ys = np.array([20.0, 25.0, 0.7, -0.5, 49.5])
+    got = edge_information(shape, xs, ys, sigma)
+    assert abs(got[0] - 0.5) < 1e-9 and got[1] < 1e-12 and abs(got[3] - 0.75) < 1e-9 and abs(got[4] - 0.75) < 1e-9
+    g = np.arange(-20.0, 80.0, 0.05) + 0.025  # cell centres: none on an edge
+    gx, gy = np.meshgrid(g, g)
+    p2 = np.exp(-((gx - xs[2]) ** 2 + (gy - ys[2]) ** 2) / sigma**2)
+    inside = (gx > -0.5) & (gx < shape[1] - 0.5) & (gy > -0.5) & (gy < shape[0] - 0.5)
+    assert abs(got[2] - (1.0 - p2[inside].sum() / p2.sum())) < 2e-3
 
 
 def test_occupancy_removes_static_sources_and_chance_alignments(serial_run, scene):

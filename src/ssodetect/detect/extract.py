@@ -19,6 +19,7 @@ import numba
 import numpy as np
 import sep
 from astropy.table import Table
+from scipy.special import ndtr
 
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import DetectConfig
@@ -57,8 +58,9 @@ DETECTION_COLUMNS = [
     ("cut", "i8", "", "trail end at the detector edge: 0 none, 1 the end towards +theta, -1 the other, 2 both "
                       "(length and centre are then those of the visible part)"),
     ("edge_fit", "bool", "", "a point source whose core reaches the detector edge, centred and measured by a PSF "
-                             "fit of its pixels on the detector (its centre at least 1 FWHM inside): usable although "
-                             "its footprint or aperture is truncated"),
+                             "fit of its pixels on the detector (its fitted centre on a detector pixel, at most "
+                             "EDGE_FIT_MAX_INFO of its core information beyond the edge; its errors widened by "
+                             "that share): usable although its footprint or aperture is truncated"),
     ("mask_fit", "bool", "", "a point source with a masked detector pixel (hot pixel, bad column) inside or next to "
                              "its footprint, centred and measured by a PSF fit that skips it, with at most half of "
                              "its core information on masked pixels: usable although near_mask"),
@@ -75,8 +77,11 @@ PEAK_ERROR = 0.3
 #: sep's flag of a photometric aperture truncated by the image boundary.
 APER_TRUNC_FLAG = 16
 
-#: A point source cut by the detector edge is used when its PSF-fitted centre lies this many FWHM inside the edge.
-EDGE_FIT_FWHM = 1.0
+#: A point source cut by the detector edge is used when its PSF-fitted centre lies on a detector pixel (0-based
+#: centre within ``[0, n - 1]``) and at most this share of its core information (PSF^2) falls beyond the edge.
+#: The PSF fit measures the pixels that are there: on the tuning members, movers centred 0.2-2 px from the edge
+#: were fitted within 0.05 px of the truth, and the old rule (centre 1 FWHM inside) dropped their detection.
+EDGE_FIT_MAX_INFO = 0.35
 
 #: sep's flag of a photometric aperture with masked pixels.
 APER_MASKED_FLAG = 32
@@ -264,6 +269,35 @@ def _compact_cores(work, variance, mask, objects, x, y, length, theta, psf_sigma
         core[wide[pick]] = True
         xq[wide], yq[wide] = xw, yw
     return core, xq, yq
+
+
+def edge_information(shape: tuple, x, y, psf_sigma: float) -> np.ndarray:
+    """Share of each point source's positional information that falls beyond the detector edges.
+
+    For a Gaussian PSF of ``psf_sigma`` centred at ``(x, y)``, the fraction of ``sum(P^2)`` (the Fisher
+    information of flux and position, background-limited; ``P^2`` is a Gaussian of ``psf_sigma / sqrt(2)``)
+    beyond the image's outer pixel boundaries (``-0.5`` and ``n - 0.5``): 0 well inside, 0.5 for a source
+    centred on the edge itself.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape ``(ny, nx)``.
+    x, y : ndarray (n,)
+        Centres [px, 0-based].
+    psf_sigma : float
+        [px].
+
+    Returns
+    -------
+    ndarray (n,)
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ny, nx = shape
+    s = max(psf_sigma, 1e-3) / math.sqrt(2.0)
+    kept_x = ndtr((x + 0.5) / s) - ndtr((x - nx + 0.5) / s)
+    kept_y = ndtr((y + 0.5) / s) - ndtr((y - ny + 0.5) / s)
+    return np.clip(1.0 - kept_x * kept_y, 0.0, 1.0)
 
 
 def masked_information(mask: np.ndarray, x, y, psf_sigma: float, *, radius: float = 2.5) -> np.ndarray:
@@ -741,11 +775,13 @@ def extract_sources(
     cr_point = cr_hit & (length < 2.0 * fwhm)
     # point sources whose core reaches the detector edge: the pixels beyond it are missing like masked ones, and
     # a PSF fit of the rest measures them (the windowed centroid leans inwards); usable when the fitted centre
-    # lies EDGE_FIT_FWHM inside the edge (1 FWHM: more than half of the core on the detector)
+    # lies on a detector pixel with at most EDGE_FIT_MAX_INFO of its core information beyond the edge (its errors
+    # are widened by the information lost there, like those of masked pixels)
     ny_img, nx_img = work.shape
     edge_distance = np.minimum.reduce([x, y, nx_img - 1 - x, ny_img - 1 - y])
     near_edge = live & (length < 2.0 * fwhm) & (edge_distance < 3.0 * fwhm + 1.0)
     edge_fit = np.zeros(x.size, bool)
+    edge_info = np.zeros(x.size)
     # sources found as peaks (on halos, in blends) start from their peak pixel: a PSF fit centres them
     peak_found = np.zeros(x.size, bool)
     peak_found[n_segmented:] = True
@@ -759,7 +795,9 @@ def extract_sources(
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
             continue
         if near_edge[k]:
-            edge_fit[k] = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= EDGE_FIT_FWHM * fwhm
+            on_pixel = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= 0.0
+            edge_info[k] = float(edge_information(work.shape, fitted[0:1], fitted[1:2], psf_sigma)[0])
+            edge_fit[k] = on_pixel and edge_info[k] <= EDGE_FIT_MAX_INFO
         if length[k] >= 4.0 * fwhm:
             c_point, _, n_point = shape_chi2(work, variance, m, np.array([fitted[0]]), np.array([fitted[1]]),
                                              np.zeros(1), theta[k : k + 1], psf_sigma, gain)
@@ -854,8 +892,8 @@ def extract_sources(
     ct, st = np.cos(theta), np.sin(theta)
     # trails also carry a systematic along-track error (footprint truncation, masked hits)
     along = np.hypot(along, config.trail_error_fraction * length)
-    # the information masked hits took from the core widens the centroid error
-    lost = 1.0 / np.sqrt(np.clip(1.0 - hit_info - mask_info, 0.1, 1.0))
+    # the information masked hits (and, for edge fits, the detector edge) took from the core widens the centroid error
+    lost = 1.0 / np.sqrt(np.clip(1.0 - hit_info - mask_info - np.where(edge_fit, edge_info, 0.0), 0.1, 1.0))
     base, along = base * lost, along * lost
     # a source found as a peak in another's footprint was centred by a point PSF whatever its own shape (a short
     # trail, what is left of the neighbour): a third of a pixel more

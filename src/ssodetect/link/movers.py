@@ -7,7 +7,7 @@ detection table (every CCD exposure on the sky), the exposures' mid times and th
    their static (on the sky) and artefact (on the detector) flags;
 2. slow movers: the moving point-like candidates linked by :func:`~ssodetect.link.tracklets.link_tracklets`
    (with its false-alarm control), vetted by occupancy (:func:`vet_occupancy`), by trail length
-   (:func:`vet_trail_lengths`) and by combined S/N;
+   (:func:`vet_trail_lengths`), by edge fits (:func:`vet_edge_fits`) and by combined S/N;
 3. fast movers: the trails not in a slow tracklet linked by :func:`~ssodetect.link.streaks.link_streaks`
    (hypotheses and a one-to-one assignment), the centres of edge-cut members restored
    (:func:`restore_cut_centres`).
@@ -33,7 +33,7 @@ from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_de
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets
 
-__all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_occupancy", "vet_trail_lengths",
+__all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
            "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR"]
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,33 @@ def vet_occupancy(tracklets: list, moving: Table, usable: Table, t_exposures: di
             continue
         kept.append(trk)
     return kept
+
+
+def vet_edge_fits(tracklets: list, edge_fit: np.ndarray, max_fraction: float = 0.75) -> list:
+    """Drop tracklets made mostly of sources cut by the detector edge.
+
+    A point source whose core reaches the edge is measured by a PSF fit of the pixels that are there
+    (``edge_fit``).  Such members help a mover that left or entered the detector (on the family scenes a real
+    mover had 2 of its 3 detections at the edge); a tracklet made almost only of edge fits is a star sliding
+    along the edge as the pointing drifts, its centres biased by the edge's own response (a dark first column on
+    a real ground night: every member of its tracklets an edge fit) by amounts that change with its distance
+    from the edge: a false slow mover.
+
+    Parameters
+    ----------
+    tracklets : list of Tracklet
+        Indexing ``edge_fit``.
+    edge_fit : ndarray (n,) bool
+    max_fraction : float
+        Largest share of a tracklet's members that may be edge fits.
+
+    Returns
+    -------
+    list of Tracklet
+        Those kept, in their order.
+    """
+    edge_fit = np.asarray(edge_fit, bool)
+    return [t for t in tracklets if np.sum(edge_fit[list(t.members)]) <= max_fraction * len(t.members)]
 
 
 def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin: float = 1.0) -> list:
@@ -508,6 +535,10 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     n0 = len(tracklets)
     tracklets = vet_trail_lengths(tracklets, slow, lk.min_detections)
     stats["slow"]["n_rejected_trail_length"] = n0 - len(tracklets)
+    n0 = len(tracklets)
+    if "edge_fit" in slow.colnames:
+        tracklets = vet_edge_fits(tracklets, np.asarray(slow["edge_fit"], bool))
+    stats["slow"]["n_rejected_edge"] = n0 - len(tracklets)
     snr = np.asarray(slow["snr"], float)
     n0 = len(tracklets)
     tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]

@@ -47,7 +47,7 @@ CCD_COLUMNS = [
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("edge_cut", "bool", "", "the source's footprint or photometric aperture is truncated by the detector edge "
                              "(centroid and flux biased), and it is not a point source measured by a PSF fit with its "
-                             "centre 1 FWHM inside the edge (edge_fit)"),
+                             "centre on a detector pixel and most of its core information on the detector (edge_fit)"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
     ("trail_arcsec_err", "f8", "arcsec", "1-sigma error of the trail length (NaN when the trail was not fitted)"),
