@@ -539,6 +539,9 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     if "edge_fit" in slow.colnames:
         tracklets = vet_edge_fits(tracklets, np.asarray(slow["edge_fit"], bool))
     stats["slow"]["n_rejected_edge"] = n0 - len(tracklets)
+    if stats["slow"]["n_rejected_edge"]:
+        log.info("%d slow tracklets made of more than three quarters detector-edge fits dropped (stars sliding along "
+                 "an edge)", stats["slow"]["n_rejected_edge"])
     snr = np.asarray(slow["snr"], float)
     n0 = len(tracklets)
     tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "chance_probability", "flux_deviation"]
+__all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "chance_probability", "flux_deviation",
+           "flux_level", "compatible_seeds"]
 
 
 @dataclass(frozen=True)
@@ -307,9 +308,7 @@ def compatible_seeds(trk: Tracklet, seeds: np.ndarray, flux: np.ndarray, flux_er
     if seeds.size == 0:
         return 1
     idx = np.asarray(trk.members)
-    f, fe = np.asarray(flux, float)[idx], np.nan_to_num(np.asarray(flux_err, float)[idx])
-    w = 1.0 / np.maximum(fe**2 + (flux_scatter * float(np.median(f))) ** 2, 1e-300)
-    mean = float(np.sum(w * f) / np.sum(w))
+    mean = flux_level(np.asarray(flux, float)[idx], np.asarray(flux_err, float)[idx], flux_scatter)
     ok_a = flux_deviation(seeds[:, 0], seeds[:, 1], flux_scatter, reference=mean) <= FLUX_NSIGMA
     ok_b = flux_deviation(seeds[:, 2], seeds[:, 3], flux_scatter, reference=mean) <= FLUX_NSIGMA
     return max(int(np.sum(ok_a & ok_b)), 1)
@@ -460,9 +459,15 @@ def flux_deviation(f: np.ndarray, fe: np.ndarray, scatter: float, reference: flo
     level = float(np.median(f)) if reference is None else float(reference)
     var = fe**2 + (scatter * abs(level)) ** 2
     if reference is None:
-        w = 1.0 / np.maximum(var, 1e-300)
-        level = float(np.sum(w * f) / np.sum(w))
+        level = flux_level(f, fe, scatter)
     return np.abs(f - level) / np.sqrt(np.maximum(var, 1e-300))
+
+
+def flux_level(f: np.ndarray, fe: np.ndarray, scatter: float) -> float:
+    """A tracklet's flux level: the mean of its members' fluxes weighted by ``1 / (fe^2 + (scatter * median)^2)``."""
+    f, fe = np.asarray(f, float), np.nan_to_num(np.asarray(fe, float))
+    w = 1.0 / np.maximum(fe**2 + (scatter * abs(float(np.median(f)))) ** 2, 1e-300)
+    return float(np.sum(w * f) / np.sum(w))
 
 
 def _flux_ratio_ok(f: np.ndarray, fe: np.ndarray, max_flux_ratio: float) -> bool:
