@@ -342,7 +342,7 @@ def test_a_short_trail_with_a_cosmic_ray_hit_is_recentred_by_the_trail_fit():
     """A slow mover's 8 px trail with a masked cosmic-ray hit on one half: its barycentre leans away from the hole;
     the trailed-PSF fit, which skips the masked pixels, puts it back within 0.05 px."""
     from ssodetect.simulate import DoubleGaussianPSF, splat, trail_points
-    from ssodetect.streaks.detect import _refit_hit_trails
+    from ssodetect.streaks.detect import _refit_short_trails
 
     rng = np.random.default_rng(6)
     psf = DoubleGaussianPSF(fwhm=1.7, wing_fraction=0.0)
@@ -357,6 +357,37 @@ def test_a_short_trail_with_a_cosmic_ray_hit_is_recentred_by_the_trail_fit():
     det = Table({"x": [bx], "y": [by], "length": [8.0], "theta": [math.atan2(2.8, 7.6)], "kind": ["trail"],
                  "masked_core": [0.2], "x_err": [0.05], "y_err": [0.05], "length_err": [np.nan], "theta_err": [np.nan]})
     assert math.hypot(bx - 29.8, by - 29.4) > 0.1
-    assert _refit_hit_trails(det, img, np.full(img.shape, 25.0), mask, psf.sigma, 12.0) == 1
+    assert _refit_short_trails(det, img, np.full(img.shape, 25.0), mask, psf.sigma, 12.0) == 1
     assert math.hypot(det["x"][0] - 29.8, det["y"][0] - 29.4) < 0.05
     assert abs(det["length"][0] - 8.1) < 0.3 and np.isfinite(det["length_err"][0])
+
+
+def test_a_faint_trail_measured_in_part_is_remeasured_whole():
+    """A V~23.4-like 15 px trail (S/N ~8 per FWHM) of which the extraction's isophote held 10 px, its barycentre
+    2 px off along it: the trail fit finds it whole and puts the centre back within 0.4 px.  A short trail the
+    extraction measured whole keeps its measurement."""
+    from ssodetect.simulate import DoubleGaussianPSF, splat, trail_points
+    from ssodetect.streaks.detect import _refit_short_trails
+
+    psf = DoubleGaussianPSF(fwhm=1.6, wing_fraction=0.0)
+    misses = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        img = rng.normal(0.0, 5.0, (80, 80))
+        theta = rng.uniform(-math.pi / 2, math.pi / 2)
+        c, s_ = math.cos(theta), math.sin(theta)
+        xc, yc = 40.0 + rng.uniform(-1, 1), 40.0 + rng.uniform(-1, 1)
+        splat(img, *trail_points(xc - 7.5 * c, yc - 7.5 * s_, xc + 7.5 * c, yc + 7.5 * s_, 1100.0), psf)
+        bright = (12.0 + 6.0 * c, 60.0 + 6.0 * s_)  # a short bright trail, measured whole
+        splat(img, *trail_points(bright[0] - 3.0 * c, bright[1] - 3.0 * s_, bright[0] + 3.0 * c, bright[1] + 3.0 * s_,
+                                 20000.0), psf)
+        det = Table({"x": [xc + 2.0 * c, bright[0]], "y": [yc + 2.0 * s_, bright[1]], "length": [10.0, 6.0],
+                     "theta": [theta, theta], "kind": ["trail", "trail"], "masked_core": [0.0, 0.0],
+                     "x_err": [0.3, 0.02], "y_err": [0.3, 0.02], "length_err": [np.nan, np.nan],
+                     "theta_err": [np.nan, np.nan]})
+        mask = np.zeros(img.shape, bool)
+        assert _refit_short_trails(det, img, np.full(img.shape, 25.0), mask, psf.sigma, 20.0) == 1
+        misses.append(math.hypot(det["x"][0] - xc, det["y"][0] - yc))
+        assert det["length"][0] > 13.0 and np.isfinite(det["length_err"][0])
+        assert (det["x"][1], det["y"][1], det["length"][1]) == (bright[0], bright[1], 6.0)
+    assert max(misses) < 0.4, misses

@@ -13,7 +13,9 @@ is rarely alone:
   matched against the catalogue through the headers.  The failed CCD's header corrected by it is a
   guide through which the CCD is solved again, or, when it has too few stars, its WCS (method
   ``exposure``, without distortion terms; its uncertainty is the correction's scatter plus the
-  distortion the header lacks).
+  distortion the header lacks).  Several exposures of one CCD placed so are then registered onto
+  one of them (:func:`_tie_exposure_placements`): their relative positions come from their own
+  sources, not from independent header corrections.
 
 Pixel convention: 0-based ``(x, y)``; sky positions in degrees; tangent-plane offsets in arcsec.
 """
@@ -431,4 +433,49 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
             log.info("CCD %s exposure %d: its exposure's corrected header as WCS (%s; %s) after failing alone (%s)",
                      ccd, e, corr.describe(), how, old.reason)
             by_key[key] = new
+    _tie_exposure_placements(by_key, items, config)
     return [by_key[(s.exposure, s.ccd)] for s in solutions], corrections
+
+
+def _tie_exposure_placements(by_key: dict, items: dict, config: AstrometryConfig) -> None:
+    """Tie the exposures of a CCD placed only by their exposure's corrected header to one another.
+
+    Each such placement carries its exposure's own header-correction error (0.05-0.3"), independent from
+    one exposure to the next: a source fixed on the sky seems to move by it, and a slow mover's motion
+    drowns in it.  Their sources register onto each other far better (hundreds of galaxies and faint
+    stars, to a few mas): every exposure of the CCD placed so is registered onto one anchor (a solution of
+    the CCD through its catalogue stars when there is one, else the placement with the smallest
+    uncertainty), and the anchor's uncertainty becomes the part they share (``wcs_error_shared``).
+    """
+    for ccd in sorted({c for (_, c) in by_key}):
+        mine = {e: s for (e, c), s in by_key.items() if c == ccd and s.ok and (e, c) in items}
+        placed = sorted(e for e, s in mine.items() if s.method == "exposure")
+        if not placed or len(mine) < 2:
+            continue
+        solved = [e for e in mine if mine[e].method != "exposure"]
+        if solved:
+            anchors = sorted(solved, key=lambda e: (mine[e].wcs_error, -len(items[(e, ccd)].sources)))
+        else:
+            anchors = sorted(placed, key=lambda e: (mine[e].wcs_error, -len(items[(e, ccd)].sources)))
+        anchor = anchors[0]
+        base = mine[anchor]
+        tied = 0
+        for e in placed:
+            if e == anchor:
+                continue
+            new = _registered(items[(e, ccd)], ccd, items[(anchor, ccd)], base, config)
+            if new is None:
+                log.warning("CCD %s exposure %d: not registered onto exposure %d; it keeps its own placement by "
+                            "its exposure's corrected header (%.2f\")", ccd, e, anchor, mine[e].wcs_error)
+                continue
+            new.method = "registered"
+            new.wcs_error_shared = max(base.wcs_error, base.wcs_error_shared)
+            if not math.isfinite(new.zeropoint):
+                new.zeropoint, new.zeropoint_err = mine[e].zeropoint, mine[e].zeropoint_err
+            by_key[(e, ccd)] = new
+            tied += 1
+            log.info("CCD %s exposure %d: registered onto exposure %d (placed by %s) instead of its own corrected "
+                     "header (%.2f\" -> %.3f\" relative)", ccd, e, anchor, base.method, mine[e].wcs_error,
+                     math.sqrt(max(new.wcs_error**2 - base.wcs_error**2, 0.0)))
+        if tied and base.method == "exposure":
+            base.wcs_error_shared = max(base.wcs_error, base.wcs_error_shared)

@@ -294,8 +294,12 @@ def _fit_best(matched: list[MatchedStars], crpix, cfg: AstrometryConfig, shape) 
     best, best_score = None, np.inf
     for order in range(1, top + 1):
         sols = _fit(matched, crpix, order, cfg, shape)
-        params = 3 * len(matched) + (len(polynomial_terms(order, 2)) if order > 1 else 0)
-        if order > 1 and sum(sol.n_stars for sol in sols) < 1.5 * params:
+        shared = len(polynomial_terms(order, 2)) if order > 1 else 0
+        params = 3 * len(matched) + shared
+        # after clipping, as before it (max_order_for): enough measurements, and enough distinct stars in each
+        # exposure for the distortion (its copies in the other dithered exposures do not constrain it again)
+        if order > 1 and (sum(sol.n_stars for sol in sols) < 1.5 * params
+                          or min(sol.n_stars for sol in sols) < 1.5 * (3 + shared)):
             continue
         loo = []
         for sol, m in zip(sols, matched):

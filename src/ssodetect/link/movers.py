@@ -31,7 +31,7 @@ from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
-from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets
+from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
            "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR"]
@@ -162,12 +162,19 @@ def vet_occupancy(tracklets: list, moving: Table, usable: Table, t_exposures: di
     pos = np.column_stack([np.asarray(usable["xi"]), np.asarray(usable["eta"])])
     expo = np.asarray(usable["exposure"])
     trees = {e: cKDTree(pos[expo == e]) for e in t_exposures if np.any(expo == e)}
+    sigma = np.asarray(moving["sigma"], float)
+    # within one CCD, the error its exposures share (one placement registered onto all) does not move a source
+    # between them (see link_tracklets)
+    sigma_rel, gid = relative_sigma(
+        sigma, np.asarray(moving["sky_err_shared"], float) if "sky_err_shared" in moving.colnames else None,
+        np.asarray(moving["ccd"]) if "ccd" in moving.colnames else None)
     kept = []
     for trk in tracklets:
         idx = np.array(trk.members)
+        one_ccd = gid is not None and np.all(gid[idx] == gid[idx[0]])
         radius = np.maximum.reduce([
             np.full(idx.size, config.link.static_radius),
-            3.0 * np.asarray(moving["sigma"])[idx],
+            3.0 * (sigma_rel[idx] if one_ccd else sigma[idx]),
             np.asarray(moving["size"])[idx],
         ])
         predicted = {k: (trk.x0 + trk.vx * (t - trk.t_ref), trk.y0 + trk.vy * (t - trk.t_ref))
@@ -526,6 +533,9 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
         match_floor=lk.match_floor, max_chi2_dof=lk.max_chi2_dof, max_flux_ratio=lk.max_flux_ratio,
         min_rate_significance=lk.min_rate_significance, min_fraction=lk.min_fraction,
         max_false_alarms=lk.max_false_alarms * n_ccds, flux_scatter=lk.flux_scatter,
+        # a CCD's exposures placed through one shared solution move together: that error does not blur a motion
+        shared=np.asarray(slow["sky_err_shared"], float) if "sky_err_shared" in slow.colnames else None,
+        group=np.asarray(slow["ccd"]).astype(str),
     )
     stats["slow"].update(linked.stats)
     tracklets = linked.tracklets

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 __all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "chance_probability", "flux_deviation",
-           "flux_level", "compatible_seeds"]
+           "flux_level", "compatible_seeds", "relative_sigma"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,8 @@ def link_tracklets(
     min_fraction: float = 0.5,
     max_false_alarms: float | None = None,
     flux_scatter: float = 0.25,
+    shared: np.ndarray | None = None,
+    group: np.ndarray | None = None,
 ) -> "SlowLinks":
     """Link candidate detections into tracklets of linear motion.
 
@@ -188,6 +190,14 @@ def link_tracklets(
         a tracklet is kept when the number of seeds that could have started it (both members within
         its flux test: :func:`compatible_seeds`) times its chance probability is at most this.  None:
         no such test.
+    shared : ndarray (n,), optional
+        Part of ``sigma`` [arcsec] common to every detection of the same ``group`` (a CCD's exposures
+        registered onto one placement share its error): it shifts all members of a tracklet within one
+        group alike, which the fitted position absorbs and the fitted rate never sees, so such a
+        tracklet is fitted (and its chance probability measured) with ``sqrt(sigma**2 - shared**2)``;
+        one spanning groups with the full ``sigma``.
+    group : ndarray (n,), optional
+        Group (CCD) of each detection; needed with ``shared``.
 
     Returns
     -------
@@ -210,6 +220,8 @@ def link_tracklets(
     exposures = np.unique(exposure)
     if exposures.size < min_detections:
         return SlowLinks([], stats)
+    sigma = np.asarray(sigma, float)
+    sigma_rel, gid = relative_sigma(sigma, shared, group)
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
     times = np.array([float(np.median(t_hours[groups[e]])) for e in exposures])
@@ -218,7 +230,7 @@ def link_tracklets(
     seed_flux: list[np.ndarray] = []
     evaluate = dict(min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
                     min_rate_significance=min_rate_significance, min_detections=min_detections,
-                    flux_scatter=flux_scatter)
+                    flux_scatter=flux_scatter, sigma_rel=sigma_rel, gid=gid)
     for c1, c2 in _seed_pairs(exposures.size, min_fraction):
         e1, e2 = exposures[c1], exposures[c2]
         dt = times[c2] - times[c1]
@@ -285,7 +297,8 @@ def link_tracklets(
         if stats["chance_threshold"] is not None:
             trials = compatible_seeds(trk, seeds, flux, flux_err, flux_scatter)
             n_false = trials * chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, flux=flux,
-                                                  flux_err=flux_err, flux_scatter=flux_scatter)
+                                                  flux_err=flux_err, flux_scatter=flux_scatter,
+                                                  sigma_rel=sigma_rel, gid=gid)
             if n_false > max_false_alarms:
                 stats["n_rejected_false_alarm"] += 1
                 continue
@@ -344,8 +357,25 @@ def _local_density(tree: cKDTree, points: np.ndarray, *, exclude_self: bool = Fa
     return DENSITY_NEIGHBOURS / (np.pi * np.maximum(d[:, -1], 1e-6) ** 2)
 
 
+def relative_sigma(sigma: np.ndarray, shared, group) -> tuple[np.ndarray, np.ndarray | None]:
+    """``sigma`` [arcsec] without the part ``shared`` within a group (``sqrt(sigma**2 - min(shared, sigma)**2)``),
+    and each detection's group number (None, and ``sigma`` itself, without ``shared`` or ``group``)."""
+    if shared is None or group is None:
+        return sigma, None
+    common = np.minimum(np.nan_to_num(np.asarray(shared, float)), sigma)
+    gid = np.unique(np.asarray(group).astype(str), return_inverse=True)[1]
+    return np.sqrt(np.maximum(sigma**2 - common**2, 0.0)), gid
+
+
+def _member_sigma(idx: np.ndarray, sigma: np.ndarray, sigma_rel: np.ndarray | None, gid: np.ndarray | None) -> np.ndarray:
+    """The uncertainties to fit members ``idx`` with: relative ones when they all lie in one group."""
+    if sigma_rel is None or gid is None or np.any(gid[idx] != gid[idx[0]]):
+        return sigma[idx]
+    return sigma_rel[idx]
+
+
 def chance_probability(trk: Tracklet, exposure, t_hours, xi, eta, sigma, trees: dict, groups: dict, *,
-                       flux=None, flux_err=None, flux_scatter: float = 0.25) -> float:
+                       flux=None, flux_err=None, flux_scatter: float = 0.25, sigma_rel=None, gid=None) -> float:
     """Probability that chance detections line up as well as ``trk``'s members, given one seed pair.
 
     Two members define a line; each further member ``k`` lies at distance ``d_k`` from the line
@@ -358,9 +388,11 @@ def chance_probability(trk: Tracklet, exposure, t_hours, xi, eta, sigma, trees: 
     detections yields this tracklet; times the number of seeds tried it is the expected number of
     such chance tracklets.  The factors combine as independent uniform variates (the probability
     that their product is as small), so that a long tracklet is not made significant by the number
-    of its factors alone.
+    of its factors alone.  ``sigma_rel, gid``: see :func:`link_tracklets` (``shared``).
     """
     idx = np.asarray(trk.members)
+    sigma = np.asarray(sigma, float).copy()
+    sigma[idx] = _member_sigma(idx, sigma, sigma_rel, gid)
     # each member's distance from the line of the others (a fit's own residuals are shrunk by its leverage)
     d = np.empty(idx.size)
     for pos, k in enumerate(idx):
@@ -488,13 +520,15 @@ def _flux_outlyingness(f: np.ndarray) -> np.ndarray:
 
 def _evaluate(
     members, t_hours, xi, eta, sigma, flux, flux_err, *, min_rate, max_rate, max_chi2_dof, max_flux_ratio,
-    min_rate_significance, min_detections=3, flux_scatter=0.25,
+    min_rate_significance, min_detections=3, flux_scatter=0.25, sigma_rel=None, gid=None,
 ):
     """Fit a candidate set; while the line does not fit, or a member's flux does not agree with the others',
-    drop the worst member (long sequences: one blend or one mis-assigned detection must not lose the object)."""
+    drop the worst member (long sequences: one blend or one mis-assigned detection must not lose the object).
+    Members all in one group are fitted with their relative uncertainties (``sigma_rel``)."""
     idx = np.array(sorted(members, key=lambda i: t_hours[i]))
     while True:
-        params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sigma[idx])
+        sig = _member_sigma(idx, sigma, sigma_rel, gid)
+        params, cov, chi2, t_ref = fit_linear_motion(t_hours[idx], xi[idx], eta[idx], sig)
         dof = 2 * idx.size - 4
         if chi2 / max(dof, 1) <= max_chi2_dof:
             off = flux_deviation(flux[idx], flux_err[idx], flux_scatter)
@@ -512,7 +546,7 @@ def _evaluate(
         if idx.size <= min_detections:
             return None
         dt = t_hours[idx] - t_ref
-        resid = np.hypot(xi[idx] - params[0] - params[2] * dt, eta[idx] - params[1] - params[3] * dt) / sigma[idx]
+        resid = np.hypot(xi[idx] - params[0] - params[2] * dt, eta[idx] - params[1] - params[3] * dt) / sig
         idx = np.delete(idx, int(np.argmax(resid)))
     rate = float(np.hypot(params[2], params[3]))
     rate_err = float(np.sqrt(0.5 * (cov[2, 2] + cov[3, 3])))
