@@ -453,11 +453,7 @@ def _tie_exposure_placements(by_key: dict, items: dict, config: AstrometryConfig
         if not placed or len(mine) < 2:
             continue
         solved = [e for e in mine if mine[e].method != "exposure"]
-        if solved:
-            anchors = sorted(solved, key=lambda e: (mine[e].wcs_error, -len(items[(e, ccd)].sources)))
-        else:
-            anchors = sorted(placed, key=lambda e: (mine[e].wcs_error, -len(items[(e, ccd)].sources)))
-        anchor = anchors[0]
+        anchor = min(solved or placed, key=lambda e: (mine[e].wcs_error, -len(items[(e, ccd)].sources)))
         base = mine[anchor]
         tied = 0
         for e in placed:
