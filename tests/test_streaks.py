@@ -391,3 +391,60 @@ def test_a_faint_trail_measured_in_part_is_remeasured_whole():
         assert det["length"][0] > 13.0 and np.isfinite(det["length_err"][0])
         assert (det["x"][1], det["y"][1], det["length"][1]) == (bright[0], bright[1], 6.0)
     assert max(misses) < 0.4, misses
+
+
+def _faint_trail_scene(rng, *, star_at=None, collinear_at=None):
+    """A 111 px trail of S/N ~10 (a V~22.8 fast mover on a Euclid-like exposure) on white noise, with optionally
+    a bright star on its axis ``star_at`` px from its centre and a faint compact source ``collinear_at`` px."""
+    shape, theta, length, noise = (120, 320), 0.05, 111.0, 8.0
+    xc, yc = 160.3, 60.2
+    img = _render(rng, shape, xc, yc, length, theta, 2200.0, noise)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for at, flux, size in ((star_at, 20000.0, SIGMA), (collinear_at, 1100.0, 6.0)):
+        if at is not None:
+            sx, sy = xc + at * math.cos(theta), yc + at * math.sin(theta)
+            img += flux * np.exp(-0.5 * ((xx - sx) ** 2 + (yy - sy) ** 2) / size**2) / (2 * math.pi * size**2)
+    return img, np.full(shape, noise**2), np.zeros(shape, bool), (xc, yc, length, theta)
+
+
+def test_scan_finds_the_ends_of_a_faint_trail_along_its_axis():
+    """Started 15 px off-centre with a window from which a fit of the 75 px seen would not move: the segment of
+    highest S/N puts both ends within 4 px, beside a bright star on the axis just past one end too, and does not
+    bridge the gap to a faint galaxy 25 px beyond the other end."""
+    from ssodetect.streaks.model import scan_trail_ends
+
+    for case in ({}, {"star_at": 60.0}, {"collinear_at": -85.0}):
+        errors = []
+        for seed in range(8):
+            img, var, mask, (xc, yc, length, theta) = _faint_trail_scene(np.random.default_rng(seed), **case)
+            x0, y0 = xc - 15.0 * math.cos(theta), yc - 15.0 * math.sin(theta)
+            a, b, snr, blocked = scan_trail_ends(img, var, mask, x0, y0, theta, SIGMA, 100.0)
+            assert snr > 5.0
+            errors.append(max(abs(a - (-0.5 * length + 15.0)), abs(b - (0.5 * length + 15.0))))
+            if "star_at" in case:
+                assert any(u0 <= 75.0 <= u1 for u0, u1 in blocked), blocked  # the star's stretch, left out
+        assert np.median(errors) < 4.0 and max(errors) < 10.0, (case, errors)
+
+
+def test_refine_trails_settles_a_faint_trail_whose_fit_started_short():
+    """A faint 111 px trail that the extraction saw as a 75 px piece off-centre: the first fit stays short
+    (81-93 px before the scan existed); the trail comes out within 5 px of its length and 4 px of its centre (the
+    ends of an S/N ~10 trail are uncertain by a few px each), and the count of moved fits says so.  A bright trail measured whole is left where its fit put it."""
+    from ssodetect.streaks import refine_trails
+
+    lengths, offsets = [], []
+    for seed in range(5):
+        img, var, mask, (xc, yc, length, theta) = _faint_trail_scene(np.random.default_rng(10 + seed))
+        c, s = math.cos(theta), math.sin(theta)
+        det = Table({"x": [xc - 18.0 * c], "y": [yc - 18.0 * s], "length": [75.0], "theta": [theta],
+                     "kind": ["trail"], "flux": [1500.0], "flux_err": [200.0], "snr": [7.5], "npix": [150],
+                     "near_mask": [False], "cut": [0], "x_err": [1.0], "y_err": [1.0], "length_err": [np.nan],
+                     "theta_err": [np.nan], "sep_flag": [0], "peak": [np.nan], "a": [20.0], "b": [1.0],
+                     "chi2_psf": [np.nan], "chi2_sharp": [np.nan], "chi2_broad": [np.nan], "masked_core": [0.0]})
+        out, info = refine_trails(det, img, var, mask, None, SIGMA, min_length=20.0, max_length=400.0)
+        trail = out[out["kind"] == "trail"]
+        assert len(trail) == 1
+        lengths.append(float(trail["length"][0]) - length)
+        offsets.append(math.hypot(float(trail["x"][0]) - xc, float(trail["y"][0]) - yc))
+        assert info["n_ends_moved"] == 1
+    assert max(np.abs(lengths)) < 5.0 and max(offsets) < 4.0 and np.median(offsets) < 1.5, (lengths, offsets)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 from astropy.table import Table
 
 from ssodetect.detect.extract import FWHM_TO_SIGMA
-from ssodetect.streaks.model import fit_trail, moment_centre
+from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, trail_cost
 
 __all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends"]
 
@@ -367,10 +368,11 @@ def refine_trails(
     dict
         Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
         ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``, ``n_short_refit`` (short trails
-        re-measured by the trail fit: :func:`_refit_short_trails`).
+        re-measured by the trail fit: :func:`_refit_short_trails`), ``n_ends_moved`` (fits moved to the ends
+        of the segment of highest S/N along their axis: :func:`_settle_ends`).
     """
     info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0, "n_chains": 0,
-            "n_faint_lines": 0}
+            "n_faint_lines": 0, "n_ends_moved": 0}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
@@ -445,7 +447,14 @@ def refine_trails(
             or not max(fit.x_err, fit.y_err) < 0.1 * length + 1.0
             or not fit.flux > 5.0 * fit.flux_err
         ):
-            continue
+            # the row's own measurement (a trail found by a fit already: a chain of faint pieces) may still
+            # lack its ends: settled from there, or kept as it is
+            fit, settled = _settle_ends(_row_fit(out[first]), data, variance, mask, psf_sigma, max_length)
+            if not settled:
+                continue
+        else:
+            fit, settled = _settle_ends(fit, data, variance, mask, psf_sigma, max_length)
+        info["n_ends_moved"] += settled
         fit = _grow(fit, data, variance, mask, psf_sigma, max_length)
         info["n_fitted"] += 1
         out["x"][first], out["y"][first] = fit.x, fit.y
@@ -495,6 +504,52 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
         det["length_err"][k], det["theta_err"][k] = fit.length_err, fit.theta_err
         n += 1
     return n
+
+
+def _row_fit(row) -> TrailFit:
+    """A detection row's trail measurement as a :class:`~ssodetect.streaks.model.TrailFit` (a fit's start)."""
+    nan = float("nan")
+    err = [float(row[c]) if c in row.colnames else nan for c in ("x_err", "y_err", "length_err", "theta_err")]
+    return TrailFit(x=float(row["x"]), y=float(row["y"]), length=float(row["length"]), theta=float(row["theta"]),
+                    flux=float(row["flux"]), background=0.0, x_err=err[0], y_err=err[1], along_err=nan, across_err=nan,
+                    length_err=err[2], theta_err=err[3], flux_err=float(row["flux_err"]), chi2_dof=nan, success=True)
+
+
+def _settle_ends(fit, data, variance, mask, psf_sigma: float, max_length: float):
+    """A trail fit moved to the ends of the segment of highest S/N along its axis when that fits better.
+
+    The fit starts from the extraction's isophote, which holds only the brighter part of a faint trail,
+    and a least-squares fit barely feels a few noisy pixels more or less at each end: it stays where it
+    started (:func:`~ssodetect.streaks.model.scan_trail_ends`).  The ends are searched over a window
+    twice the fitted length plus 30 px; the fit is repeated from that segment and from itself on one
+    stamp covering the window, and the lower robust cost wins, with its own errors (a stretch of the axis
+    the scan found to hold another source is not masked in the fits: an end in a masked gap leaves length
+    and flux degenerate).  Returns ``(fit, moved)``.
+    """
+    if not (fit.length > 0 and fit.flux > 0 and np.isfinite(fit.theta)):
+        return fit, False
+    half = min(fit.length + 15.0, 0.5 * max_length)
+    a, b, _, _ = scan_trail_ends(data, variance, mask, fit.x, fit.y, fit.theta, psf_sigma, half)
+    if not (np.isfinite(a) and b - a >= 2.0):
+        return fit, False
+    c, length = 0.5 * (a + b), b - a
+    if abs(length - fit.length) <= 3.0 and abs(c) <= 1.5:
+        return fit, False  # the scan agrees with the fit
+    ct, st = math.cos(fit.theta), math.sin(fit.theta)
+    stamp = (fit.x, fit.y, 2.0 * half, fit.theta)  # both fits on one stamp: their costs compare
+    snr = fit.flux / fit.flux_err if fit.flux_err > 0 else float("nan")
+    guess = replace(fit, x=fit.x + c * ct, y=fit.y + c * st, length=length, flux=fit.flux * max(length / fit.length, 0.5))
+    fits = [f for f in (fit_trail(data, variance, mask, *stamp, psf_sigma, start=guess),
+                        fit_trail(data, variance, mask, *stamp, psf_sigma, start=fit))
+            # the first fit's tests, its S/N relaxed by a third (a faint trail's whole length may fit at S/N
+            # ~5 where its brighter part did at 5.5; a fit pulled off by a neighbour falls to ~0)
+            if f.success and f.length <= max_length and f.flux > max(3.0, 0.67 * snr) * f.flux_err
+            and max(f.x_err, f.y_err) < 0.1 * f.length + 1.0]
+    if not fits:
+        return fit, False
+    best = min(fits, key=lambda f: trail_cost(data, variance, mask, f, *stamp, psf_sigma))
+    moved = abs(best.length - fit.length) > 1.0 or math.hypot(best.x - fit.x, best.y - fit.y) > 0.5
+    return best, moved
 
 
 def _grow(fit, data, variance, mask, psf_sigma: float, max_length: float, *, steps: int = 3):
