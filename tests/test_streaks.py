@@ -448,3 +448,66 @@ def test_refine_trails_settles_a_faint_trail_whose_fit_started_short():
         offsets.append(math.hypot(float(trail["x"][0]) - xc, float(trail["y"][0]) - yc))
         assert info["n_ends_moved"] == 1
     assert max(np.abs(lengths)) < 5.0 and max(offsets) < 4.0 and np.median(offsets) < 1.5, (lengths, offsets)
+
+
+def _trail_rows(rows):
+    """A detection table of trail rows ``(x, y, length, theta)`` with the columns refine_trails uses."""
+    n = len(rows)
+    x, y, length, theta = (np.array(v, float) for v in zip(*rows))
+    return Table({"x": x, "y": y, "length": length, "theta": theta, "kind": ["trail"] * n, "flux": np.full(n, 5000.0),
+                  "flux_err": np.full(n, 100.0), "snr": np.full(n, 50.0), "npix": np.full(n, 60), "near_mask": [False] * n,
+                  "cut": np.zeros(n, int), "x_err": np.full(n, 0.1), "y_err": np.full(n, 0.1),
+                  "length_err": np.full(n, np.nan), "theta_err": np.full(n, np.nan), "sep_flag": np.zeros(n, int),
+                  "peak": np.full(n, np.nan), "a": length / 3.5, "b": np.full(n, 1.0), "chi2_psf": np.full(n, np.nan),
+                  "chi2_sharp": np.full(n, np.nan), "chi2_broad": np.full(n, np.nan), "masked_core": np.zeros(n)})
+
+
+def test_only_lines_along_the_images_spike_axes_are_spikes():
+    """Four saturated stars with six spikes each (axes 15, 75 and 135 deg; opposite spikes join into one line) and a
+    mover's trail pointing at a core at 40 deg: the spikes are labelled ``spike``, the mover is measured as a trail.
+    In a crowded image without spikes, twelve lines pointing at saturated cores at spread angles are all trails,
+    where any line pointing at a saturated core used to be a spike; with too few such lines to judge, they are."""
+    from ssodetect.streaks import refine_trails
+    from ssodetect.streaks.detect import MIN_SPIKE_LINES, spike_axes
+
+    rng = np.random.default_rng(3)
+    shape = (400, 400)
+    stars = [(100.0, 100.0), (300.0, 100.0), (100.0, 300.0), (300.0, 300.0)]
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    saturated = np.zeros(shape, bool)
+    for sx, sy in stars:
+        saturated |= np.hypot(xx - sx, yy - sy) <= 5.0
+
+    def line(cx, cy, length, a):
+        return cx, cy, length, (a + math.pi / 2) % math.pi - math.pi / 2
+
+    def run(rows):
+        img = rng.normal(0.0, 5.0, shape)
+        for cx, cy, length, a in rows:
+            img += trailed_psf(xx, yy, cx, cy, length, a, 4000.0, SIGMA)
+        return refine_trails(_trail_rows(rows), img, np.full(shape, 25.0), np.zeros(shape, bool), saturated, SIGMA,
+                             min_length=12.0, max_length=400.0)
+
+    a40 = math.radians(40.0)
+    mover = line(100.0 + 25.0 * math.cos(a40), 100.0 + 25.0 * math.sin(a40), 20.0, a40)
+    spikes = [line(sx + d * 25.0 * math.cos(math.radians(15.0 + 60.0 * k)),
+                   sy + d * 25.0 * math.sin(math.radians(15.0 + 60.0 * k)), 30.0, math.radians(15.0 + 60.0 * k))
+              for sx, sy in stars for k in range(3) for d in (1.0, -1.0)]
+    out, info = run(spikes + [mover])
+    assert info["n_spike"] == 12 and info["n_spike_rejected"] == 1, info  # 24 spike pieces joined in pairs
+    assert sorted(np.mod(info["spike_axes"], 180.0).round()) == [15.0, 75.0, 135.0]
+    assert np.sum(out["kind"] == "trail") == 1
+    trail = out[out["kind"] == "trail"][0]
+    assert math.hypot(trail["x"] - mover[0], trail["y"] - mover[1]) < 1.0
+    # no spikes: lines at angles 15 deg apart beside the cores are trails
+    lines = [line(sx + 25.0 * math.cos(math.radians(7.0 + 15.0 * k)), sy + 25.0 * math.sin(math.radians(7.0 + 15.0 * k)),
+                  20.0, math.radians(7.0 + 15.0 * k)) for k, (sx, sy) in enumerate(stars * 3)]
+    out, info = run(lines)
+    assert info["n_spike"] == 0 and info["spike_axes"] == [] and np.sum(out["kind"] == "trail") == 12
+    out, info = run(lines[: MIN_SPIKE_LINES - 1])
+    assert info["n_spike"] == MIN_SPIKE_LINES - 1
+    # angles spread like chance hold no axis; two groups among them do
+    spread = rng.uniform(0.0, 180.0, 300)
+    assert spike_axes(spread).size == 0
+    grouped = np.concatenate([spread, rng.normal(20.0, 1.0, 40), rng.normal(110.0, 1.0, 40)])
+    assert sorted(np.mod(spike_axes(grouped), 180.0).round()) == [20.0, 110.0]

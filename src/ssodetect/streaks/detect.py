@@ -23,7 +23,7 @@ from astropy.table import Table
 from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, trail_cost
 
-__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends"]
+__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes"]
 
 log = logging.getLogger(__name__)
 
@@ -369,10 +369,12 @@ def refine_trails(
         Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
         ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``, ``n_short_refit`` (short trails
         re-measured by the trail fit: :func:`_refit_short_trails`), ``n_ends_moved`` (fits moved to the ends
-        of the segment of highest S/N along their axis: :func:`_settle_ends`).
+        of the segment of highest S/N along their axis: :func:`_settle_ends`), ``spike_axes`` (the image's
+        spike angles [deg], :func:`spike_axes`) and ``n_spike_rejected`` (lines pointing at a saturated core
+        along none of them: measured as trails).
     """
     info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0, "n_chains": 0,
-            "n_faint_lines": 0, "n_ends_moved": 0}
+            "n_faint_lines": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
@@ -384,7 +386,7 @@ def refine_trails(
     drop = []
     noise = float(np.sqrt(np.nanmedian(variance[::8, ::8])))  # a smooth map: every 64th pixel is plenty
     saturated_points = np.argwhere(saturated) if saturated is not None else None
-    for group in groups:
+    for group in groups:  # 1. fragments joined
         first = group[0]
         if len(group) > 1:
             ends = np.vstack([np.vstack(_ends(out["x"][i], out["y"][i], out["length"][i], out["theta"][i])) for i in group])
@@ -403,6 +405,28 @@ def refine_trails(
                 out["mask_fit"][first] = False
             drop.extend(group[1:])
             info["n_joined"] += len(group) - 1
+    # 2. diffraction spikes: a line that, extended, runs into a saturated core AND lies along one of the image's
+    # spike axes (every saturated star's spikes share their angles on the detector; a mover passing near a
+    # saturated star at another angle is not a spike, and an image without spikes has no such axis: on a
+    # crowded member without spikes 137 movers and galaxies had been labelled spikes)
+    firsts = [int(group[0]) for group in groups]
+    near_core = np.zeros(len(out), bool)
+    if saturated is not None:
+        for first in firsts:
+            length, theta = float(out["length"][first]), float(out["theta"][first])
+            bleed = abs(abs(theta) - math.pi / 2) < math.radians(2.0) and _touches(
+                saturated, out["x"][first], out["y"][first], length, theta, points=saturated_points)
+            if not bleed and 0.5 * min_length <= length <= max_length and _touches(
+                saturated, out["x"][first], out["y"][first], length, theta, reach=max(1.5 * length, 40.0), band=3,
+                points=saturated_points,
+            ):
+                near_core[first] = True
+    # too few such lines to tell the axes from chance (a frame with one or two saturated stars): all are spikes
+    judged = int(near_core.sum()) >= MIN_SPIKE_LINES
+    axes = spike_axes(np.degrees(np.asarray(out["theta"], float)[near_core])) if judged else np.zeros(0)
+    info["spike_axes"] = [round(float(a), 1) for a in axes]
+    for group in groups:  # 3. classified and measured
+        first = group[0]
         length = float(out["length"][first])
         if length > max_length:
             out["kind"][first] = "satellite"
@@ -415,14 +439,11 @@ def refine_trails(
             out["kind"][first] = "bleed"
             info["n_bleed"] += 1
             continue
-        # a diffraction spike points at a saturated star core: its line, extended, runs into saturation
-        if saturated is not None and length >= 0.5 * min_length and _touches(
-            saturated, out["x"][first], out["y"][first], length, theta, reach=max(1.5 * length, 40.0), band=3,
-            points=saturated_points,
-        ):
+        if near_core[first] and (not judged or _on_axis(math.degrees(theta), length, axes)):
             out["kind"][first] = "spike"
             info["n_spike"] += 1
             continue
+        info["n_spike_rejected"] += int(near_core[first])
         if length < min_length:
             continue
         if _along_edge(data.shape, float(out["x"][first]), float(out["y"][first]), theta, 3.0 * psf_sigma + 2.0):
@@ -504,6 +525,62 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
         det["length_err"][k], det["theta_err"][k] = fit.length_err, fit.theta_err
         n += 1
     return n
+
+
+#: Fewest lines pointing at saturated cores from which an image's spike axes are judged (fewer: all are spikes).
+MIN_SPIKE_LINES = 10
+
+
+def spike_axes(angles: np.ndarray, *, window: float = 3.0, min_count: int = 3, n_sigma: float = 4.0) -> np.ndarray:
+    """The axes [deg, -90..90] along which diffraction spikes lie: angles far more common than chance.
+
+    Parameters
+    ----------
+    angles : ndarray (n,)
+        Axis angles [deg, from +x towards +y, modulo 180] of the lines that point at a saturated core.
+    window : float
+        Width of the angle window [deg].
+    min_count, n_sigma : int, float
+        A window is an axis when it holds at least ``min_count`` lines and ``n_sigma`` Poisson deviations
+        more than a uniform spread of the ``n`` angles would put in it.
+
+    Returns
+    -------
+    ndarray (k,)
+        Mean angle of each axis [deg], strongest first; empty when the angles are spread like chance.
+    """
+    a = np.mod(np.asarray(angles, float), 180.0)
+    a = a[np.isfinite(a)]
+    if a.size < min_count:
+        return np.zeros(0)
+    width = max(int(round(window)), 1)
+    hist = np.bincount(np.floor(a).astype(np.int64) % 180, minlength=180)
+    counts = sum(np.roll(hist, -k) for k in range(width))  # window [i, i + width) deg, circular
+    expected = a.size * width / 180.0
+    threshold = max(min_count, expected + n_sigma * math.sqrt(expected))
+    out = []
+    taken = np.zeros(180, bool)
+    for i in np.argsort(-counts, kind="stable"):
+        if counts[i] < threshold:
+            break
+        if taken[i]:
+            continue
+        lo = float(i)
+        rel = np.mod(a - lo + 90.0, 180.0) - 90.0  # angles relative to the window's start
+        inside = (rel >= 0) & (rel < width)
+        out.append((lo + float(np.mean(rel[inside])) + 90.0) % 180.0 - 90.0)
+        taken[np.arange(i - 2 * width, i + 2 * width + 1) % 180] = True
+    return np.asarray(out)
+
+
+def _on_axis(angle: float, length: float, axes: np.ndarray, *, tol: float = 3.0, max_geometric: float = 8.0) -> bool:
+    """Whether a line at ``angle`` [deg] of ``length`` [px] lies along one of the spike ``axes`` [deg]: within
+    ``tol`` plus its own angle's uncertainty (its width, ~2 px, over its length; at most ``max_geometric``)."""
+    if axes.size == 0:
+        return False
+    slack = tol + min(math.degrees(math.atan2(2.0, max(length, 1.0))), max_geometric)
+    diff = np.abs(np.mod(angle - axes + 90.0, 180.0) - 90.0)
+    return bool(np.any(diff <= slack))
 
 
 def _row_fit(row) -> TrailFit:
