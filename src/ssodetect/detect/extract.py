@@ -542,16 +542,40 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
+#: PSF Gaussian sigma [px] below which nothing is taken for a star (cosmic rays and hot pixels are sharper):
+#: pixels sharper than a PSF this narrow allows are hits, and sources near them are left out of the PSF estimate.
+SHARPEST_PSF_SIGMA = 0.45
+#: The sharp-pixel test (margin 1.5) run with this PSF sigma flags what is sharper than a pixel-centred
+#: Gaussian of ~0.45 px (:data:`SHARPEST_PSF_SIGMA`): the hits left out of the PSF estimate.
+HIT_TEST_SIGMA = 0.55
+#: S/N (flux over the noise of a 5x5 stamp) of the sources the PSF is measured on, when enough have it.
+MIN_PSF_SNR = 50.0
+
+
 def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: float | None = 0.75,
-                      min_sources: int = 5) -> float | None:
+                      min_sources: int = 5, sharp: np.ndarray | None = None) -> float | None:
     """PSF Gaussian sigma [px] from the bright compact sources of an image.
 
     For up to 400 bright, round, unflagged detections a pixel-integrated
     Gaussian is fitted to the 5x5 stamp for each sigma of a grid (0.35-2.5 px);
     each source's best sigma is kept.  Cosmic rays and hot pixels prefer sigmas
-    below 0.45 px and are excluded; the stellar locus is the mode of the rest
-    (galaxies scatter to larger sigma).  Returns ``default`` when fewer than
-    ``min_sources`` suitable sources exist.
+    below 0.45 px and are excluded, and so is every source with a pixel of
+    ``sharp`` (hits sharper than any PSF: :data:`HIT_TEST_SIGMA`) within 2 px:
+    on a sparse field with 1.5 % cosmic rays, 390 of the 400 brightest compact
+    sources were hits, which form a spread locus at 0.45-0.85 px.  Sources below
+    S/N :data:`MIN_PSF_SNR` are left out too when enough remain.  The stars are
+    the most compact population of the rest: the lowest-sigma peak of the
+    histogram (0.15 px windows) that holds at least 4 sources, an eighth of the
+    highest peak and 1.5 times what the windows beside it hold (a star locus
+    is narrow; leftover hits spread), not the highest peak: galaxies, 10x more
+    common than stars on some fields, pile up at larger sigma (a double-Gaussian
+    PSF fitting at 0.9 px had been measured as 1.4 px, and every star core
+    masked as a cosmic ray).  An overestimate costs far more than an
+    underestimate (cores masked, a matched filter too wide), so a field with
+    only a handful of bright stars takes their small group, not the galaxies',
+    and one without such a group (stars trailed by the tracking: all the
+    compact sources left are galaxies) gets ``default``, as does one with fewer
+    than ``min_sources`` suitable sources.
 
     Parameters
     ----------
@@ -563,11 +587,28 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
         sep detections (``x``, ``y``, ``a``, ``b``, ``flag``, ``cflux``).
     gain : float
         [e-/ADU].
+    sharp : ndarray (ny, nx) bool, optional
+        Pixels sharper than any PSF (:data:`SHARPEST_PSF_SIGMA`): sources within 2 px are left out.
     """
     if len(objects) == 0:
         return default
     compact = (objects["b"] / np.maximum(objects["a"], 1e-6) > 0.6) & (objects["flag"] == 0) & (objects["cflux"] > 0)
-    cand = np.nonzero(compact)[0]
+    ny, nx = np.shape(data)
+    ix = np.clip(np.round(np.asarray(objects["x"], float)).astype(np.int64), 0, nx - 1)
+    iy = np.clip(np.round(np.asarray(objects["y"], float)).astype(np.int64), 0, ny - 1)
+    clean = np.ones(len(objects), bool)
+    if sharp is not None and sharp.any():
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                clean &= ~sharp[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
+    # S/N over a 5x5 stamp: a faint source's shape is too poorly measured to tell a star from a cosmic ray the
+    # sharp-pixel test could not flag at its S/N
+    snr = np.asarray(objects["cflux"], float) / (5.0 * np.sqrt(np.maximum(np.asarray(variance)[iy, ix].astype(float), 1e-12)))
+    cand = np.zeros(0, np.int64)
+    for keep in (compact & clean & (snr >= MIN_PSF_SNR), compact & clean, compact):  # the strictest that leaves enough
+        cand = np.nonzero(keep)[0]
+        if cand.size >= min_sources:
+            break
     if cand.size < min_sources:
         return default
     order = cand[np.argsort(objects["cflux"][cand])[::-1]][:400]
@@ -579,14 +620,21 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     if valid.sum() < min_sources:
         return default
     best = grid[np.argmin(chi2[:, valid], axis=0)]
-    best = best[best > 0.45]
+    best = best[best > SHARPEST_PSF_SIGMA]
     if best.size < min_sources:
         return default
-    hist, edges = np.histogram(best, bins=np.arange(0.45, 2.5, 0.05))
-    peak = int(np.argmax(np.convolve(hist, np.ones(3), mode="same")))
+    hist, edges = np.histogram(best, bins=np.arange(SHARPEST_PSF_SIGMA, 2.5, 0.05))
+    smooth = np.convolve(hist, np.ones(3), mode="same")  # sources within +-0.075 px of each bin
+    padded = np.pad(smooth, 3)
+    flanks = 0.5 * (padded[:-6] + padded[6:])  # the windows just below and just above
+    peaks = np.nonzero((smooth >= padded[2:-4]) & (smooth >= padded[4:-2]) & (smooth >= 1.5 * flanks)
+                       & (smooth >= max(4.0, smooth.max() / 8.0)))[0]
+    if not peaks.size:  # no star locus (a field of trailed stars, or too few stars): not the galaxies' sigma
+        return default
+    peak = int(peaks[0])
     centre = 0.5 * (edges[peak] + edges[peak + 1])
     near = best[np.abs(best - centre) < 0.1]
-    return float(np.median(near)) if near.size >= 3 else float(np.median(best))
+    return float(np.median(near)) if near.size else float(np.median(best))
 
 
 def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain: float,
@@ -619,15 +667,18 @@ def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain
         return sep.extract(work[region], thresh, err=noise, mask=mask[region], minarea=5, filter_kernel=kernel,
                            filter_type="conv", deblend_cont=0.005, clean=False)
 
+    def sharp(region):  # cosmic-ray and hot-pixel hits: sharper than any PSF
+        return sharp_pixel_mask(work[region], err[region], HIT_TEST_SIGMA, mask=mask[region])
+
     if rows < ny:
         y0 = (ny - rows) // 2
         band = slice(y0, y0 + rows)
         sigma = measure_psf_sigma(work[band], err[band] ** 2, mask[band], stars(band), gain=gain, default=None,
-                                  min_sources=min_stars)
+                                  min_sources=min_stars, sharp=sharp(band))
         if sigma is not None:
             return sigma
     everything = slice(0, ny)
-    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain)
+    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain, sharp=sharp(everything))
 
 
 def extract_sources(
