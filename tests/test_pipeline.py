@@ -202,6 +202,43 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     assert not rows[100.2]["edge_cut"] and abs(rows[100.2]["y"] - 100.2) < 0.1
 
 
+def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_it(tmp_path):
+    """A bright 7 px trail whose footprint and aperture touch the edge from 6 px stays usable and is
+    measured where it is; one whose end comes within 3 PSF sigma + 2 px of the edge is cut (a V 20-22 slow mover
+    had been unusable in every exposure where it came within ~10 px of an edge)."""
+    from astropy.io import fits
+
+    from ssodetect.config import Config
+    from ssodetect.io import scan_inputs
+    from ssodetect.pipeline.ccd import process_ccd
+    from ssodetect.simulate import DoubleGaussianPSF, splat
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(1000.0, 5.0, (300, 300))
+    psf = DoubleGaussianPSF(fwhm=2.0, wing_fraction=0.2, wing_sigma=3.0)
+    steps = np.linspace(-3.5, 3.5, 57)
+    # (centre x, centre y, angle): along x, ends 6 px from the left edge; along y, 6 px from the bottom and 2.5 px
+    # from the top
+    trails = [(9.5, 150.3, 0.0), (150.2, 9.5, np.pi / 2), (100.4, 293.5, np.pi / 2)]
+    for x0, y0, theta in trails:
+        splat(image, x0 + steps * np.cos(theta), y0 + steps * np.sin(theta), np.full(steps.size, 60000.0 / steps.size),
+              psf)
+    # stars for the PSF estimate
+    xs, ys = rng.uniform(40, 260, 40), rng.uniform(40, 260, 40)
+    splat(image, xs, ys, rng.uniform(2e4, 8e4, 40), psf)
+    header = fits.Header({"EXPTIME": 100.0, "DATE-OBS": "2024-01-01T00:00:00", "GAIN": 2.0})
+    path = tmp_path / "trails.fits"
+    fits.PrimaryHDU(image.astype(np.float32), header).writeto(path)
+    table, _ = process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
+    rows = [table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))] for x, y, _ in trails]
+    for row, (x, y, _) in zip(rows, trails):
+        assert row["kind"] == "trail" and 6.0 < row["length"] < 8.5
+        assert row["sep_flag"] & 18  # the footprint or the aperture reaches the edge
+    for row, (x, y, _) in zip(rows[:2], trails[:2]):
+        assert not row["edge_cut"] and np.hypot(row["x"] - x, row["y"] - y) < 0.2
+    assert rows[2]["edge_cut"]  # its light reaches the edge
+
+
 def test_edge_information_is_the_share_of_psf_squared_beyond_the_edge():
     """Half for a source centred on the edge itself, three quarters in a corner (one minus the product of
     the halves kept), nothing well inside; matches a brute-force sum of the Gaussian PSF^2 over a fine grid."""

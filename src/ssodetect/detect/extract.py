@@ -550,6 +550,9 @@ SHARPEST_PSF_SIGMA = 0.45
 HIT_TEST_SIGMA = 0.55
 #: S/N (flux over the noise of a 5x5 stamp) of the sources the PSF is measured on, when enough have it.
 MIN_PSF_SNR = 50.0
+#: Sources in the star locus (a 0.15 px window) from which its sigma is taken whatever it is; fewer: at most the
+#: default (an overestimate masks star cores as cosmic rays; an underestimate costs little).
+STRONG_PSF_PEAK = 8
 
 
 def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: float | None = 0.75,
@@ -560,22 +563,24 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     Gaussian is fitted to the 5x5 stamp for each sigma of a grid (0.35-2.5 px);
     each source's best sigma is kept.  Cosmic rays and hot pixels prefer sigmas
     below 0.45 px and are excluded, and so is every source with a pixel of
-    ``sharp`` (hits sharper than any PSF: :data:`HIT_TEST_SIGMA`) within 2 px:
+    ``sharp`` (hits sharper than any PSF: :data:`HIT_TEST_SIGMA`) within 1 px:
     on a sparse field with 1.5 % cosmic rays, 390 of the 400 brightest compact
     sources were hits, which form a spread locus at 0.45-0.85 px.  Sources below
     S/N :data:`MIN_PSF_SNR` are left out too when enough remain.  The stars are
     the most compact population of the rest: the lowest-sigma peak of the
     histogram (0.15 px windows) that holds at least 4 sources, an eighth of the
-    highest peak and 1.5 times what the windows beside it hold (a star locus
+    highest peak and at least what the windows beside it hold (a star locus
     is narrow; leftover hits spread), not the highest peak: galaxies, 10x more
     common than stars on some fields, pile up at larger sigma (a double-Gaussian
     PSF fitting at 0.9 px had been measured as 1.4 px, and every star core
     masked as a cosmic ray).  An overestimate costs far more than an
     underestimate (cores masked, a matched filter too wide), so a field with
     only a handful of bright stars takes their small group, not the galaxies',
-    and one without such a group (stars trailed by the tracking: all the
-    compact sources left are galaxies) gets ``default``, as does one with fewer
-    than ``min_sources`` suitable sources.
+    a locus of fewer than :data:`STRONG_PSF_PEAK` sources gives at most
+    ``default``, and a field without one (stars trailed by the tracking: all
+    the compact sources left are galaxies) gets ``default``, as does one with
+    fewer than ``min_sources`` suitable sources.  Hits in a source's 3x3 core
+    leave it out; hits beside it are masked in its fit.
 
     Parameters
     ----------
@@ -588,7 +593,8 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     gain : float
         [e-/ADU].
     sharp : ndarray (ny, nx) bool, optional
-        Pixels sharper than any PSF (:data:`SHARPEST_PSF_SIGMA`): sources within 2 px are left out.
+        Pixels sharper than any PSF (:data:`SHARPEST_PSF_SIGMA`): sources within 1 px are left out, the
+        others' fits skip them.
     """
     if len(objects) == 0:
         return default
@@ -598,9 +604,10 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     iy = np.clip(np.round(np.asarray(objects["y"], float)).astype(np.int64), 0, ny - 1)
     clean = np.ones(len(objects), bool)
     if sharp is not None and sharp.any():
-        for dy in range(-2, 3):
-            for dx in range(-2, 3):
+        for dy in range(-1, 2):  # hits in the core: a cosmic ray itself, or a star it struck
+            for dx in range(-1, 2):
                 clean &= ~sharp[np.clip(iy + dy, 0, ny - 1), np.clip(ix + dx, 0, nx - 1)]
+        mask = mask | sharp  # hits beside a source are left out of its fit
     # S/N over a 5x5 stamp: a faint source's shape is too poorly measured to tell a star from a cosmic ray the
     # sharp-pixel test could not flag at its S/N
     snr = np.asarray(objects["cflux"], float) / (5.0 * np.sqrt(np.maximum(np.asarray(variance)[iy, ix].astype(float), 1e-12)))
@@ -627,14 +634,19 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     smooth = np.convolve(hist, np.ones(3), mode="same")  # sources within +-0.075 px of each bin
     padded = np.pad(smooth, 3)
     flanks = 0.5 * (padded[:-6] + padded[6:])  # the windows just below and just above
-    peaks = np.nonzero((smooth >= padded[2:-4]) & (smooth >= padded[4:-2]) & (smooth >= 1.5 * flanks)
+    peaks = np.nonzero((smooth >= padded[2:-4]) & (smooth >= padded[4:-2]) & (smooth >= flanks)
                        & (smooth >= max(4.0, smooth.max() / 8.0)))[0]
     if not peaks.size:  # no star locus (a field of trailed stars, or too few stars): not the galaxies' sigma
         return default
     peak = int(peaks[0])
     centre = 0.5 * (edges[peak] + edges[peak + 1])
     near = best[np.abs(best - centre) < 0.1]
-    return float(np.median(near)) if near.size else float(np.median(best))
+    sigma = float(np.median(near)) if near.size else float(np.median(best))
+    if smooth[peak] < STRONG_PSF_PEAK:
+        # a handful of sources may be a few galaxies of one size (a CCD with four bright stars and 3.7 % cosmic
+        # rays was measured at 1.29 px, its other exposures at 0.81-0.90): never more than the default then
+        return None if default is None else min(sigma, default)
+    return sigma
 
 
 def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain: float,

@@ -21,7 +21,7 @@ from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
-from ssodetect.streaks import refine_trails, trail_on_sky
+from ssodetect.streaks import edge_distance, refine_trails, trail_on_sky
 
 __all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image"]
 
@@ -47,7 +47,8 @@ CCD_COLUMNS = [
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("edge_cut", "bool", "", "the source's footprint or photometric aperture is truncated by the detector edge "
                              "(centroid and flux biased), and it is not a point source measured by a PSF fit with its "
-                             "centre on a detector pixel and most of its core information on the detector (edge_fit)"),
+                             "centre on a detector pixel and most of its core information on the detector (edge_fit) "
+                             "nor a trail whose ends lie 3 PSF sigma + 2 px or more inside the edges"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
     ("trail_arcsec_err", "f8", "arcsec", "1-sigma error of the trail length (NaN when the trail was not fitted)"),
@@ -228,8 +229,17 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     # any truncation of the footprint or of the aperture (radius ~4 sigma) counts, not a test on the measured
     # distance: on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
     # further in, passed such a test and, drifting off the edge, was linked as a slow mover
-    table["edge_cut"] = ((np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0) & ~np.asarray(
-        table["edge_fit"], bool)
+    cut = ((np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0) & ~np.asarray(table["edge_fit"], bool)
+    # a trail is measured by the trailed-PSF fit, whose light lies within ~3 sigma of the segment: only one
+    # whose end comes that close to the edge (2 px allowed for the end's error) is cut; the isophotal footprint
+    # or the aperture of a bright short trail reached the edge from 6-10 px (V 20-22 slow movers, S/N 100-300,
+    # unusable in the exposures where they came that near)
+    trail = cut & (np.asarray(table["kind"]) == "trail")
+    if trail.any():
+        clear = edge_distance(image.data.shape, table["x"][trail], table["y"][trail], table["length"][trail],
+                              table["theta"][trail]) >= 3.0 * float(extract_info["psf_sigma"]) + 2.0
+        cut[np.nonzero(trail)[0][clear]] = False
+    table["edge_cut"] = cut
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)

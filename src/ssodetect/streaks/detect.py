@@ -23,7 +23,7 @@ from astropy.table import Table
 from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, trail_cost
 
-__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes"]
+__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes", "edge_distance"]
 
 log = logging.getLogger(__name__)
 
@@ -657,6 +657,28 @@ def cut_ends(shape: tuple[int, int], x: float, y: float, length: float, theta: f
     at_edge = [min(px, nx - 1 - px, py, ny - 1 - py) < distance
                for px, py in ((x + 0.5 * length * c, y + 0.5 * length * s), (x - 0.5 * length * c, y - 0.5 * length * s))]
     return 2 if all(at_edge) else 1 if at_edge[0] else -1 if at_edge[1] else 0
+
+
+def edge_distance(shape: tuple[int, int], x, y, length, theta) -> np.ndarray:
+    """Distance [px] from each segment's ends to the nearest detector edge.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Image shape; pixel centres 0-based, the edges at -0.5 and ``n - 0.5``.
+    x, y, length, theta : ndarray (n,)
+        Segment centres [px], lengths [px] and angles [rad, from +x towards +y].
+
+    Returns
+    -------
+    ndarray (n,)
+        The smallest distance of either end to any edge [px]; negative for an end beyond the edge.
+    """
+    ny, nx = shape
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    half = 0.5 * np.nan_to_num(np.asarray(length, float))
+    dx, dy = np.abs(half * np.cos(np.asarray(theta, float))), np.abs(half * np.sin(np.asarray(theta, float)))
+    return np.minimum.reduce([x - dx + 0.5, nx - 0.5 - (x + dx), y - dy + 0.5, ny - 0.5 - (y + dy)])
 
 
 def _along_edge(shape: tuple[int, int], x: float, y: float, theta: float, distance: float,
