@@ -210,9 +210,13 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
 
     from ssodetect.config import Config
     from ssodetect.io import scan_inputs
-    from ssodetect.pipeline.ccd import process_ccd
+    from ssodetect.pipeline.ccd import APER_TRUNC, OBJ_TRUNC, process_ccd
     from ssodetect.simulate import DoubleGaussianPSF, splat
+    from ssodetect.streaks import edge_distance
 
+    # the ends of a diagonal segment, one beyond the edge
+    d = edge_distance((100, 200), [10.0, 50.0, 196.0], [50.0, 3.0, 50.0], [10.0, 4.0, 10.0], [np.pi / 4, 0.0, 0.0])
+    np.testing.assert_allclose(d, [10.5 - 5 / np.sqrt(2), 3.5, -1.5])
     rng = np.random.default_rng(5)
     image = rng.normal(1000.0, 5.0, (300, 300))
     psf = DoubleGaussianPSF(fwhm=2.0, wing_fraction=0.2, wing_sigma=3.0)
@@ -233,7 +237,7 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
     rows = [table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))] for x, y, _ in trails]
     for row, (x, y, _) in zip(rows, trails):
         assert row["kind"] == "trail" and 6.0 < row["length"] < 8.5
-        assert row["sep_flag"] & 18  # the footprint or the aperture reaches the edge
+        assert row["sep_flag"] & (OBJ_TRUNC | APER_TRUNC)  # the footprint or the aperture reaches the edge
     for row, (x, y, _) in zip(rows[:2], trails[:2]):
         assert not row["edge_cut"] and np.hypot(row["x"] - x, row["y"] - y) < 0.2
     assert rows[2]["edge_cut"]  # its light reaches the edge

@@ -230,15 +230,18 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     # distance: on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
     # further in, passed such a test and, drifting off the edge, was linked as a slow mover
     cut = ((np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0) & ~np.asarray(table["edge_fit"], bool)
-    # a trail is measured by the trailed-PSF fit, whose light lies within ~3 sigma of the segment: only one
-    # whose end comes that close to the edge (2 px allowed for the end's error) is cut; the isophotal footprint
-    # or the aperture of a bright short trail reached the edge from 6-10 px (V 20-22 slow movers, S/N 100-300,
-    # unusable in the exposures where they came that near)
+    # a trail's position (trailed-PSF fit, or windowed moments for a short one) weighs the light within ~3 sigma
+    # of its segment: only one whose end comes that close to the edge (2 px allowed for the end's error) is cut
+    # (n_edge_trails_kept counts the others; a flux from an aperture the edge truncated stays low); the
+    # isophotal footprint or the aperture of a bright short trail reached the edge from 6-10 px (V 20-22 slow
+    # movers, S/N 100-300, unusable in the exposures where they came that near)
     trail = cut & (np.asarray(table["kind"]) == "trail")
+    info["n_edge_trails_kept"] = 0
     if trail.any():
         clear = edge_distance(image.data.shape, table["x"][trail], table["y"][trail], table["length"][trail],
                               table["theta"][trail]) >= 3.0 * float(extract_info["psf_sigma"]) + 2.0
         cut[np.nonzero(trail)[0][clear]] = False
+        info["n_edge_trails_kept"] = int(clear.sum())
     table["edge_cut"] = cut
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
