@@ -369,5 +369,15 @@ def test_psf_of_a_sparse_field_among_cosmic_rays_and_galaxies():
 
     for seed, n_galaxies in ((11, 60), (13, 300)):
         img = _sparse_field(np.random.default_rng(seed), n_galaxies, 3000)
-        sigma = image_psf_sigma(img, np.full(img.shape, 5.0, np.float32), np.zeros(img.shape, bool), gain=1e9)
+        report = {}
+        sigma = image_psf_sigma(img, np.full(img.shape, 5.0, np.float32), np.zeros(img.shape, bool), gain=1e9,
+                                report=report)
         assert abs(sigma - 0.85) < 0.05, (n_galaxies, sigma)
+        assert report["psf_status"] == "measured" and report["psf_locus"] >= 8
+    # only cosmic rays: nothing to measure, the default, and the report says so
+    rng = np.random.default_rng(14)
+    img = rng.normal(0, 5.0, (400, 400)).astype(np.float32)
+    img[rng.integers(5, 395, 400), rng.integers(5, 395, 400)] += rng.uniform(500, 5000, 400).astype(np.float32)
+    report = {}
+    sigma = image_psf_sigma(img, np.full(img.shape, 5.0, np.float32), np.zeros(img.shape, bool), gain=1e9, report=report)
+    assert sigma == 0.75 and report == {"psf_status": "default", "psf_locus": 0}

@@ -556,7 +556,8 @@ STRONG_PSF_PEAK = 8
 
 
 def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: float | None = 0.75,
-                      min_sources: int = 5, sharp: np.ndarray | None = None) -> float | None:
+                      min_sources: int = 5, sharp: np.ndarray | None = None,
+                      report: dict | None = None) -> float | None:
     """PSF Gaussian sigma [px] from the bright compact sources of an image.
 
     For up to 400 bright, round, unflagged detections a pixel-integrated
@@ -597,6 +598,10 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
         None returned).
     min_sources : int
         Fewest suitable sources to measure from.
+    report : dict, optional
+        Receives ``psf_status`` ("measured"; "weak": a locus of fewer than :data:`STRONG_PSF_PEAK`
+        sources, its sigma capped at ``default``; "default": no locus or too few sources) and ``psf_locus``
+        (sources in the locus's window, 0 without one).
     sharp : ndarray (ny, nx) bool, optional
         Pixels sharper than any PSF (:data:`HIT_TEST_SIGMA`): sources with one in their 3x3 core are left
         out, the others' fits skip them.
@@ -607,7 +612,7 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
         PSF Gaussian sigma [px] (pixel-integrated); ``default`` (or less) when no strong star locus exists.
     """
     if len(objects) == 0:
-        return default
+        return _psf_result(report, default, "default", 0)
     compact = (objects["b"] / np.maximum(objects["a"], 1e-6) > 0.6) & (objects["flag"] == 0) & (objects["cflux"] > 0)
     ny, nx = np.shape(data)
     ix = np.clip(np.round(np.asarray(objects["x"], float)).astype(np.int64), 0, nx - 1)
@@ -627,7 +632,7 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
         if cand.size >= min_sources:
             break
     if cand.size < min_sources:
-        return default
+        return _psf_result(report, default, "default", 0)
     order = cand[np.argsort(objects["cflux"][cand])[::-1]][:400]
     xs, ys = objects["x"][order].astype(float), objects["y"][order].astype(float)
     grid = np.arange(0.35, 2.5, 0.025)
@@ -635,11 +640,11 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     chi2 = np.stack([shape_chi2(data, variance, mask, xs, ys, zeros, zeros, sig, gain)[0] for sig in grid])
     valid = np.all(np.isfinite(chi2), axis=0)
     if valid.sum() < min_sources:
-        return default
+        return _psf_result(report, default, "default", 0)
     best = grid[np.argmin(chi2[:, valid], axis=0)]
     best = best[best > SHARPEST_PSF_SIGMA + 1e-6]  # the grid's 0.45 is 0.45000000000000007
     if best.size < min_sources:
-        return default
+        return _psf_result(report, default, "default", 0)
     hist, edges = np.histogram(best, bins=np.arange(SHARPEST_PSF_SIGMA, 2.5, 0.05))
     smooth = np.convolve(hist, np.ones(3), mode="same")  # sources within +-0.075 px of each bin
     padded = np.pad(smooth, 3)
@@ -647,7 +652,7 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     peaks = np.nonzero((smooth >= padded[2:-4]) & (smooth >= padded[4:-2]) & (smooth >= flanks)
                        & (smooth >= max(4.0, smooth.max() / 8.0)))[0]
     if not peaks.size:  # no star locus (a field of trailed stars, or too few stars): not the galaxies' sigma
-        return default
+        return _psf_result(report, default, "default", 0)
     peak = int(peaks[0])
     centre = 0.5 * (edges[peak] + edges[peak + 1])
     near = best[np.abs(best - centre) < 0.1]
@@ -655,11 +660,18 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     if smooth[peak] < STRONG_PSF_PEAK:
         # a handful of sources may be a few galaxies of one size (a CCD with four bright stars and 3.7 % cosmic
         # rays was measured at 1.29 px, its other exposures at 0.81-0.90): never more than the default then
-        return None if default is None else min(sigma, default)
+        return _psf_result(report, None if default is None else min(sigma, default), "weak", int(smooth[peak]))
+    return _psf_result(report, sigma, "measured", int(smooth[peak]))
+
+
+def _psf_result(report: dict | None, sigma, status: str, locus: int):
+    """``sigma``, with how it was found written to ``report`` (when given)."""
+    if report is not None:
+        report["psf_status"], report["psf_locus"] = status, locus
     return sigma
 
 
-def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain: float,
+def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain: float, report: dict | None = None,
                     band_pixels: int = 4_000_000, min_stars: int = 30) -> float:
     """PSF Gaussian sigma [px] of an image, from a central band of rows when that holds enough stars.
 
@@ -698,11 +710,11 @@ def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain
         y0 = (ny - rows) // 2
         band = slice(y0, y0 + rows)
         sigma = measure_psf_sigma(work[band], err[band] ** 2, mask[band], stars(band), gain=gain, default=None,
-                                  min_sources=min_stars, sharp=sharp(band))
+                                  min_sources=min_stars, sharp=sharp(band), report=report)
         if sigma is not None:
             return sigma
     everything = slice(0, ny)
-    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain, sharp=sharp(everything))
+    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain, sharp=sharp(everything), report=report)
 
 
 def extract_sources(
@@ -754,8 +766,12 @@ def extract_sources(
         safe_err[unusable] = np.nanmedian(err[~m]) if (~m).any() else 1.0
     sep.set_extract_pixstack(max(1_000_000, image.size // 4))
     sep.set_sub_object_limit(4096)
+    psf_report = {"psf_status": "given", "psf_locus": 0}
     if psf_sigma is None:
-        psf_sigma = image_psf_sigma(work, safe_err, m, gain=gain)
+        psf_sigma = image_psf_sigma(work, safe_err, m, gain=gain, report=psf_report)
+        if psf_report["psf_status"] != "measured":
+            log.info("PSF sigma %.2f px: %s (star locus of %d bright sources)", psf_sigma, psf_report["psf_status"],
+                     psf_report["psf_locus"])
     kernel = gaussian_kernel(psf_sigma)
     # cosmic-ray / hot-pixel hits are masked for detection and measurement, but a
     # detection touching them is not "near a bad pixel" (that flag is for the detector mask)
@@ -789,7 +805,8 @@ def extract_sources(
                 for gx, gy in zip(extra["x"].astype(int), extra["y"].astype(int)):
                     near[max(gy - reach, 0):gy + reach + 1, max(gx - reach, 0):gx + reach + 1] = True
                 work[near] -= halo[near]
-    info = {"psf_sigma": float(psf_sigma), "n_raw": int(len(objects)), "sharp_pixel_fraction": float(hits.mean()),
+    info = {"psf_sigma": float(psf_sigma), **psf_report, "n_raw": int(len(objects)),
+            "sharp_pixel_fraction": float(hits.mean()),
             "n_halos": len(boxes), "n_halo_sources": int(len(objects) - n_segmented)}
     if return_hits:
         info["sharp_pixels"] = hits
