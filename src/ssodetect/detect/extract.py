@@ -656,7 +656,7 @@ def measure_psf_sigma(data, variance, mask, objects, *, gain: float, default: fl
     peak = int(peaks[0])
     centre = 0.5 * (edges[peak] + edges[peak + 1])
     near = best[np.abs(best - centre) < 0.1]
-    sigma = float(np.median(near)) if near.size else float(np.median(best))
+    sigma = float(np.median(near))  # the peak's window holds >= 4 of them
     if smooth[peak] < STRONG_PSF_PEAK:
         # a handful of sources may be a few galaxies of one size (a CCD with four bright stars and 3.7 % cosmic
         # rays was measured at 1.29 px, its other exposures at 0.81-0.90): never more than the default then

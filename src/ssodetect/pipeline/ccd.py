@@ -21,7 +21,7 @@ from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
-from ssodetect.streaks import edge_distance, refine_trails, trail_on_sky
+from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
 
 __all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image"]
 
@@ -226,23 +226,10 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     table["mjd"] = np.full(n, ref.mjd)
     table["exptime"] = np.full(n, ref.exptime)
     set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
-    # any truncation of the footprint or of the aperture (radius ~4 sigma) counts, not a test on the measured
-    # distance: on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
-    # further in, passed such a test and, drifting off the edge, was linked as a slow mover
-    cut = ((np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0) & ~np.asarray(table["edge_fit"], bool)
-    # a trail's position (trailed-PSF fit, or windowed moments for a short one) weighs the light within ~3 sigma
-    # of its segment: only one whose end comes that close to the edge (2 px allowed for the end's error) is cut
-    # (n_edge_trails_kept counts the others; a flux from an aperture the edge truncated stays low); the
-    # isophotal footprint or the aperture of a bright short trail reached the edge from 6-10 px (V 20-22 slow
-    # movers, S/N 100-300, unusable in the exposures where they came that near)
-    trail = cut & (np.asarray(table["kind"]) == "trail")
-    info["n_edge_trails_kept"] = 0
-    if trail.any():
-        clear = edge_distance(image.data.shape, table["x"][trail], table["y"][trail], table["length"][trail],
-                              table["theta"][trail]) >= 3.0 * float(extract_info["psf_sigma"]) + 2.0
-        cut[np.nonzero(trail)[0][clear]] = False
-        info["n_edge_trails_kept"] = int(clear.sum())
-    table["edge_cut"] = cut
+    truncated = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
+    table["edge_cut"], info["n_edge_trails_kept"] = edge_cut(
+        image.data.shape, truncated, table["edge_fit"], table["kind"], table["x"], table["y"], table["length"],
+        table["theta"], float(extract_info["psf_sigma"]))
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)

@@ -23,7 +23,8 @@ from astropy.table import Table
 from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, trail_cost
 
-__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes", "edge_distance"]
+__all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes", "edge_distance",
+           "edge_cut"]
 
 log = logging.getLogger(__name__)
 
@@ -539,7 +540,7 @@ def spike_axes(angles: np.ndarray, *, window: float = 3.0, min_count: int = 3, n
     angles : ndarray (n,)
         Axis angles [deg, from +x towards +y, modulo 180] of the lines that point at a saturated core.
     window : float
-        Width of the angle window [deg].
+        Width of the angle window [deg], rounded to whole degrees (a 1-degree histogram).
     min_count, n_sigma : int, float
         A window is an axis when it holds at least ``min_count`` lines and ``n_sigma`` Poisson deviations
         more than a uniform spread of the ``n`` angles would put in it.
@@ -657,6 +658,49 @@ def cut_ends(shape: tuple[int, int], x: float, y: float, length: float, theta: f
     at_edge = [min(px, nx - 1 - px, py, ny - 1 - py) < distance
                for px, py in ((x + 0.5 * length * c, y + 0.5 * length * s), (x - 0.5 * length * c, y - 0.5 * length * s))]
     return 2 if all(at_edge) else 1 if at_edge[0] else -1 if at_edge[1] else 0
+
+
+def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, theta,
+             psf_sigma: float) -> tuple[np.ndarray, int]:
+    """Which detections the detector edge cuts (centroid and flux biased): unusable for linking.
+
+    Any truncation of the footprint or the aperture counts for a point source, not a test on its measured
+    distance (on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
+    further in, passed such a test and, drifting off the edge, was linked as a slow mover), unless a PSF fit
+    of the pixels on the detector measured it (``edge_fit``).  A trail's position (trailed-PSF fit, or
+    windowed moments for a short one) weighs the light within ~3 sigma of its segment: it is cut only when
+    an end comes within ``3 psf_sigma + 2`` px of the edge (2 px for the end's error).  The isophotal
+    footprint or the aperture of a bright short trail reaches the edge from 6-10 px: V 20-22 slow movers,
+    S/N 100-300, had been unusable in every exposure where they came that near; a flux from a truncated
+    aperture stays low.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Image shape.
+    truncated, edge_fit : ndarray (n,) bool
+        Footprint or aperture truncated by the edge (sep's flags); measured by the edge PSF fit.
+    kind : ndarray (n,) str
+        Detection kind (``trail`` for trails).
+    x, y, length, theta : ndarray (n,)
+        Centres [px, 0-based], trail lengths [px] and angles [rad, from +x towards +y].
+    psf_sigma : float
+        PSF Gaussian sigma [px].
+
+    Returns
+    -------
+    cut : ndarray (n,) bool
+    n_trails_kept : int
+        Truncated trails not cut (clear of the edge).
+    """
+    cut = np.asarray(truncated, bool) & ~np.asarray(edge_fit, bool)
+    trail = np.nonzero(cut & (np.asarray(kind) == "trail"))[0]
+    if trail.size == 0:
+        return cut, 0
+    clear = edge_distance(shape, np.asarray(x, float)[trail], np.asarray(y, float)[trail],
+                          np.asarray(length, float)[trail], np.asarray(theta, float)[trail]) >= 3.0 * psf_sigma + 2.0
+    cut[trail[clear]] = False
+    return cut, int(clear.sum())
 
 
 def edge_distance(shape: tuple[int, int], x, y, length, theta) -> np.ndarray:
