@@ -247,6 +247,34 @@ def test_a_source_on_a_bright_star_halo_is_found():
     assert found[400][0] < 0.05 and found[400][1]["n_halo_sources"] >= 1
 
 
+def test_a_trail_on_a_bright_star_halo_is_measured_whole():
+    """A mover's 16 px trail on a bright star's halo, inside its footprint and fainter than deblending splits off:
+    found as peaks on the halo, it had been two point sources along it; the peaks now carry the moments of their
+    surroundings, are joined and fitted as one trail, measured whole (length within 1 px, centre within 0.3 px)."""
+    from ssodetect.config import DetectConfig
+    from ssodetect.detect import extract_sources
+    from ssodetect.simulate import trail_points
+    from ssodetect.streaks import refine_trails
+
+    rng = np.random.default_rng(9)
+    psf = DoubleGaussianPSF(fwhm=1.8, wing_fraction=0.2, wing_sigma=3.5)
+    img = rng.normal(0.0, 4.0, (240, 240))
+    splat(img, [120.3], [120.6], [2.0e7], DoubleGaussianPSF(fwhm=1.8, wing_fraction=0.3, wing_sigma=6.0))
+    c, s = 8.0 * math.cos(0.3), 8.0 * math.sin(0.3)  # 24 px from the star, across the radial direction
+    splat(img, *trail_points(120.4 - c, 144.5 - s, 120.4 + c, 144.5 + s, 6000.0), psf)
+    variance = np.full(img.shape, 16.0)
+    mask = np.zeros(img.shape, bool)
+    det, info = extract_sources(img, mask=mask, error=np.sqrt(variance), gain=3.5, config=DetectConfig(),
+                                psf_sigma=psf.sigma)
+    assert info["n_halos"] >= 1 and info["n_halo_sources"] >= 1
+    out, _ = refine_trails(det, img, variance, mask, None, psf.sigma, min_length=12.0, max_length=500.0)
+    d = np.hypot(np.asarray(out["x"]) - 120.4, np.asarray(out["y"]) - 144.5)
+    near = np.nonzero(d < 10.0)[0]
+    assert near.size == 1, out[near]
+    k = int(near[0])
+    assert out["kind"][k] == "trail" and d[k] < 0.3 and abs(out["length"][k] - 16.0) < 1.0
+
+
 def test_masked_information_of_a_core_hit():
     from ssodetect.detect.extract import masked_information
 
@@ -289,19 +317,31 @@ def test_a_line_left_on_a_halo_is_not_a_source(monkeypatch):
 
 def test_elongated_peaks_pointing_at_the_star_are_spikes():
     """On a halo, an elongated peak is a spike's or a bleed's only when its axis points at the star (spikes and
-    bleeds radiate from it); a mover's trail across the radial direction is a source."""
+    bleeds radiate from it) and its light runs on to the star's core; a mover's trail across the radial direction is
+    a source, and so is one pointing at the star from beyond a gap (V 20.6 and V 23.4 movers 20-35 px from bright
+    stars had been left out)."""
     from ssodetect.detect.extract import _line_like
     from ssodetect.simulate import trail_points
 
     psf = DoubleGaussianPSF(fwhm=1.8)
-    star = (10.0, 60.0)  # (x, y) of the halo's star, outside this window
+    star = (10.0, 60.0)  # (x, y) of the halo's star
     for angle, spike in ((0.0, False), (np.pi / 2, True), (np.pi / 2 + np.radians(12), True), (np.pi / 4, False)):
         snr = np.zeros((120, 120))
-        # a 14 px trail centred at (40, 60), at angle from +y; the radial direction (to the star) is -x
-        ux, uy = 7 * np.sin(angle), 7 * np.cos(angle)
-        splat(snr, *trail_points(40 - ux, 60 - uy, 40 + ux, 60 + uy, 400.0), psf)
+        # a line at angle from +y through (40, 60): a 14 px trail there, or (radial ones) a spike from the star's
+        # core out to 7 px beyond (40, 60); the radial direction (to the star) is -x
+        ux, uy = np.sin(angle), np.cos(angle)
+        inner = 30.0 if spike else 7.0
+        splat(snr, *trail_points(40 - inner * ux, 60 - inner * uy, 40 + 7 * ux, 60 + 7 * uy, 400.0 * (inner + 7) / 14),
+              psf)
         assert _line_like(snr, 60, 40, 7, 3.8)  # elongated whatever its direction
         assert _line_like(snr, 60, 40, 7, 3.8, centre=star) is spike, angle
+        if spike:  # the same line cut short 23 px from the star: a mover's trail pointing at it
+            trail = np.zeros((120, 120))
+            splat(trail, *trail_points(40 - 7 * ux, 60 - 7 * uy, 40 + 7 * ux, 60 + 7 * uy, 400.0), psf)
+            assert not _line_like(trail, 60, 40, 7, 3.8, centre=star), angle
+            masked = np.zeros(trail.shape, bool)
+            masked[50:70, 11:34] = True  # unusable pixels on the way are no gap
+            assert _line_like(trail, 60, 40, 7, 3.8, centre=star, bad=masked), angle
     round_peak = np.zeros((120, 120))
     splat(round_peak, [40.0], [60.0], [400.0], psf)
     assert not _line_like(round_peak, 60, 40, 7, 3.8, centre=star)

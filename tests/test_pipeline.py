@@ -203,9 +203,9 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
 
 
 def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_it(tmp_path):
-    """A bright 7 px trail whose footprint and aperture touch the edge from 6 px stays usable and is
-    measured where it is; one whose end comes within 3 PSF sigma + 2 px of the edge is cut (a V 20-22 slow mover
-    had been unusable in every exposure where it came within ~10 px of an edge)."""
+    """A bright 7 px trail whose footprint and aperture touch the edge from 6 px or 3.2 px stays usable and is
+    measured where it is; one whose end comes within 1.5 PSF sigma + 1 px of the edge, or that runs off it, is cut
+    (a V 20-22 slow mover had been unusable in every exposure where it came within ~10 px of an edge)."""
     from astropy.io import fits
 
     from ssodetect.config import Config
@@ -221,12 +221,16 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
     image = rng.normal(1000.0, 5.0, (300, 300))
     psf = DoubleGaussianPSF(fwhm=2.0, wing_fraction=0.2, wing_sigma=3.0)
     steps = np.linspace(-3.5, 3.5, 57)
-    # (centre x, centre y, angle): along x, ends 6 px from the left edge; along y, 6 px from the bottom and 2.5 px
-    # from the top
-    trails = [(9.5, 150.3, 0.0), (150.2, 9.5, np.pi / 2), (100.4, 293.5, np.pi / 2)]
+    # (centre x, centre y, angle): along x, ends 6 px from the left edge and 3.2 px from the right one; along y,
+    # 6 px from the bottom and 1.5 px from the top
+    trails = [(9.5, 150.3, 0.0), (150.2, 9.5, np.pi / 2), (292.8, 100.3, 0.0), (100.4, 294.5, np.pi / 2)]
     for x0, y0, theta in trails:
         splat(image, x0 + steps * np.cos(theta), y0 + steps * np.sin(theta), np.full(steps.size, 60000.0 / steps.size),
               psf)
+    # a 14 px trail running 3.5 px off the top edge (its fit ends inside the edge: on family scenes, truncated
+    # trails measured at >= 80 % of their length were fitted with their ends up to 1.1 px inside it)
+    long_steps = 2.0 * steps
+    splat(image, np.full(steps.size, 200.3), 296.0 + long_steps, np.full(steps.size, 80000.0 / steps.size), psf)
     # stars for the PSF estimate
     xs, ys = rng.uniform(40, 260, 40), rng.uniform(40, 260, 40)
     splat(image, xs, ys, rng.uniform(2e4, 8e4, 40), psf)
@@ -234,13 +238,15 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
     path = tmp_path / "trails.fits"
     fits.PrimaryHDU(image.astype(np.float32), header).writeto(path)
     table, _ = process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
-    rows = [table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))] for x, y, _ in trails]
-    for row, (x, y, _) in zip(rows, trails):
+    centres = [(x, y) for x, y, _ in trails] + [(200.3, 294.0)]
+    rows = [table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))] for x, y in centres]
+    for row, (x, y, _) in zip(rows[:4], trails):
         assert row["kind"] == "trail" and 6.0 < row["length"] < 8.5
         assert row["sep_flag"] & (OBJ_TRUNC | APER_TRUNC)  # the footprint or the aperture reaches the edge
-    for row, (x, y, _) in zip(rows[:2], trails[:2]):
+    for row, (x, y, _) in zip(rows[:3], trails[:3]):
         assert not row["edge_cut"] and np.hypot(row["x"] - x, row["y"] - y) < 0.2
-    assert rows[2]["edge_cut"]  # its light reaches the edge
+    assert rows[3]["edge_cut"]  # its light reaches the edge
+    assert rows[4]["kind"] == "trail" and rows[4]["edge_cut"] and abs(rows[4]["x"] - 200.3) < 1.0  # the edge cut it
 
 
 def test_edge_information_is_the_share_of_psf_squared_beyond_the_edge():

@@ -483,6 +483,8 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
 
     def run(rows):
         img = rng.normal(0.0, 5.0, shape)
+        for sx, sy in stars:  # the saturated stars themselves (their light fills the line between two spike pieces)
+            img += trailed_psf(xx, yy, sx, sy, 0.0, 0.0, 2.0e7, 3.0 * SIGMA)
         for cx, cy, length, a in rows:
             img += trailed_psf(xx, yy, cx, cy, length, a, 4000.0, SIGMA)
         return refine_trails(_trail_rows(rows), img, np.full(shape, 25.0), np.zeros(shape, bool), saturated, SIGMA,
@@ -511,3 +513,72 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
     assert spike_axes(spread).size == 0
     grouped = np.concatenate([spread, rng.normal(20.0, 1.0, 40), rng.normal(110.0, 1.0, 40)])
     assert sorted(np.mod(spike_axes(grouped), 180.0).round()) == [20.0, 110.0]
+    # angles just below a whole degree (14.999999999999996 - 12 + 90 rounds to 93.0): their window still holds them
+    np.testing.assert_allclose(spike_axes(np.full(8, 14.999999999999996)), [15.0])
+
+
+def test_a_short_trail_beside_a_hot_pixel_is_measured_by_the_fit_and_usable():
+    """A slow mover's 9 px trail with a flagged hot pixel in its footprint's rim: its barycentre is biased, the
+    trailed-PSF fit skips the pixel and centres it within 0.05 px, and it is usable (``mask_fit``, like a point
+    source's PSF fit; V 20.6 slow movers had been unusable in exposures where a hot pixel touched them).  A trail
+    whose middle lies on a masked block (over half its information) stays ``near_mask`` only."""
+    from ssodetect.config import DetectConfig
+    from ssodetect.detect import extract_sources
+    from ssodetect.simulate import DoubleGaussianPSF, splat, trail_points
+    from ssodetect.streaks import refine_trails
+
+    rng = np.random.default_rng(12)
+    psf = DoubleGaussianPSF(fwhm=1.8, wing_fraction=0.0)
+    img = rng.normal(0.0, 4.0, (120, 200))
+    truth = [(50.3, 60.4), (140.7, 59.6)]  # (centre), 9 px along +x tilted by 20 degrees
+    theta = math.radians(20.0)
+    for xc, yc in truth:
+        dx, dy = 4.5 * math.cos(theta), 4.5 * math.sin(theta)
+        splat(img, *trail_points(xc - dx, yc - dy, xc + dx, yc + dy, 30000.0), psf)
+    mask = np.zeros(img.shape, bool)
+    mask[62, 48] = True  # 2.3 px beside the first trail's axis
+    img[62, 48] += 4000.0
+    mask[56:64, 137:145] = True  # the second trail's middle
+    variance = np.full(img.shape, 16.0)
+    det, _ = extract_sources(img, mask=mask, error=np.sqrt(variance), gain=3.5, config=DetectConfig(),
+                             psf_sigma=psf.sigma)
+    rows = [int(np.argmin(np.hypot(det["x"] - x, det["y"] - y))) for x, y in truth]
+    assert det["near_mask"][rows[0]] and det["near_mask"][rows[1]] and not det["mask_fit"][rows[0]]
+    out, info = refine_trails(det, img, variance, mask, None, psf.sigma, min_length=12.0, max_length=500.0)
+    hot, block = (out[int(np.argmin(np.hypot(out["x"] - x, out["y"] - y)))] for x, y in truth)
+    assert hot["kind"] == "trail" and hot["mask_fit"] and np.isfinite(hot["length_err"])
+    assert math.hypot(hot["x"] - truth[0][0], hot["y"] - truth[0][1]) < 0.05 and abs(hot["length"] - 9.0) < 0.5
+    assert block["near_mask"] and not block["mask_fit"]
+
+
+def test_two_sources_on_one_line_are_not_joined_across_an_empty_gap():
+    """A slow mover's 7 px trail and a brighter 11 px one 19 px beyond it, 14 degrees apart: the join test lets
+    them join (short pieces have loose axes), but the line between them is empty, so they stay two trails and the
+    mover is measured where it is (it had been measured 10 px off, as the middle of a 35 px 'trail').  A 40 px
+    trail crossing an 8 px masked band (a bad column's neighbours) is joined across it."""
+    from ssodetect.streaks import refine_trails
+    from ssodetect.streaks.detect import split_at_gaps
+
+    rng = np.random.default_rng(14)
+    shape = (200, 200)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    a, b = math.radians(-38.0), math.radians(-52.0)
+    rows = [(80.0, 120.0, 7.0, a), (80.0 + 19.0 * math.cos(math.radians(-45.0)) + 4.5, 120.0 - 13.4 - 4.5, 11.0, b)]
+    img = rng.normal(0.0, 5.0, shape)
+    for (cx, cy, length, theta), flux in zip(rows, (4000.0, 15000.0)):
+        img += trailed_psf(xx, yy, cx, cy, length, theta, flux, SIGMA)
+    det = _trail_rows(rows)
+    variance, mask = np.full(shape, 25.0), np.zeros(shape, bool)
+    assert split_at_gaps(det, [0, 1], img, variance, mask, SIGMA) == [[0], [1]]
+    out, info = refine_trails(det, img, variance, mask, None, SIGMA, min_length=6.0, max_length=400.0)
+    assert info["n_gaps_split"] == 1 and len(out) == 2
+    mover = out[int(np.argmin(np.hypot(out["x"] - 80.0, out["y"] - 120.0)))]
+    assert math.hypot(mover["x"] - 80.0, mover["y"] - 120.0) < 0.3 and abs(mover["length"] - 7.0) < 1.0
+    # one 40 px trail along x, its middle 8 px masked: two pieces, one trail
+    img = rng.normal(0.0, 5.0, shape) + trailed_psf(xx, yy, 100.0, 60.0, 40.0, 0.0, 8000.0, SIGMA)
+    mask = np.zeros(shape, bool)
+    mask[:, 96:104] = True
+    det = _trail_rows([(89.0, 60.0, 17.0, 0.0), (111.0, 60.0, 17.0, 0.0)])
+    assert split_at_gaps(det, [0, 1], img, variance, mask, SIGMA) == [[0, 1]]
+    out, info = refine_trails(det, img, variance, mask, None, SIGMA, min_length=6.0, max_length=400.0)
+    assert info["n_gaps_split"] == 0 and len(out) == 1 and abs(out["length"][0] - 40.0) < 1.5

@@ -61,9 +61,10 @@ DETECTION_COLUMNS = [
                              "fit of its pixels on the detector (its fitted centre on a detector pixel, at most "
                              "EDGE_FIT_MAX_INFO of its core information beyond the edge; its errors widened by "
                              "that share): usable although its footprint or aperture is truncated"),
-    ("mask_fit", "bool", "", "a point source with a masked detector pixel (hot pixel, bad column) inside or next to "
-                             "its footprint, centred and measured by a PSF fit that skips it, with at most half of "
-                             "its core information on masked pixels: usable although near_mask"),
+    ("mask_fit", "bool", "", "a point source or a short trail with a masked detector pixel (hot pixel, bad column) "
+                             "inside or next to its footprint, centred and measured by a PSF or trailed-PSF fit that "
+                             "skips it, with at most half of its information on masked pixels: usable although "
+                             "near_mask"),
     ("masked_core", "f8", "", "share of the source's core information (PSF-weighted) on masked cosmic-ray or hot "
                               "pixels: its centroid and flux come from fits that skip them, its errors are widened"),
     ("length_err", "f8", "pix", "1-sigma error of the trail length (trailed-PSF fit; NaN when not fitted)"),
@@ -412,31 +413,88 @@ MAX_PEAK_ELONGATION = 2.5
 RADIAL_TOLERANCE = 20.0
 
 
-def _line_like(snr: np.ndarray, j: int, i: int, half: int, threshold: float, centre=None) -> bool:
+#: A run of this many pixels [px] below half the detection threshold on the way from a peak to its halo's star
+#: separates the peak from the star: not the end of a spike or a bleed (they run continuously from the core).
+SPIKE_GAP = 4
+
+
+def _line_like(snr: np.ndarray, j: int, i: int, half: int, threshold: float, centre=None,
+               bad: np.ndarray | None = None) -> bool:
     """Whether the pixels above half the threshold around peak ``(j, i)`` of a signal-to-noise map are elongated like
     a line (second moments' axis ratio above :data:`MAX_PEAK_ELONGATION`) that, when ``centre`` (x, y) of the halo's
-    star is given, points at that centre (within :data:`RADIAL_TOLERANCE`)."""
-    ny, nx = snr.shape
-    ya, yb, xa, xb = max(j - half, 0), min(j + half + 1, ny), max(i - half, 0), min(i + half + 1, nx)
-    w = np.clip(snr[ya:yb, xa:xb] - 0.5 * threshold, 0.0, None)
-    total = float(w.sum())
-    if total <= 0:
+    star is given, points at that centre (within :data:`RADIAL_TOLERANCE`) and reaches it: a spike or a bleed runs
+    continuously from the star's core, a mover's trail pointing at the star lies beyond a gap (:func:`_gap_towards`;
+    V 20.6 and V 23.4 movers 20-35 px from bright stars, their trails radial by chance, had been left out).
+    ``bad`` (same shape): unusable pixels, never part of a gap."""
+    shape = _peak_shape(snr, j, i, half, threshold)
+    if shape is None:
         return False
-    yy, xx = np.mgrid[ya:yb, xa:xb]
-    mx, my = float(np.sum(w * xx)) / total, float(np.sum(w * yy)) / total
-    cxx = float(np.sum(w * (xx - mx) ** 2)) / total
-    cyy = float(np.sum(w * (yy - my) ** 2)) / total
-    cxy = float(np.sum(w * (xx - mx) * (yy - my))) / total
-    root = math.sqrt(max(0.25 * (cxx - cyy) ** 2 + cxy**2, 0.0))
-    major, minor = 0.5 * (cxx + cyy) + root, 0.5 * (cxx + cyy) - root
-    if not major > MAX_PEAK_ELONGATION**2 * max(minor, 1e-3):
+    _, _, cxx, cyy, cxy = shape
+    if not _elongated(cxx, cyy, cxy):
         return False
     if centre is None:
         return True
     axis = 0.5 * math.atan2(2.0 * cxy, cxx - cyy)
     radial = math.atan2(j - centre[1], i - centre[0])
     off = abs((axis - radial + math.pi / 2) % math.pi - math.pi / 2)
-    return off <= math.radians(RADIAL_TOLERANCE)
+    if off > math.radians(RADIAL_TOLERANCE):
+        return False
+    # along the line's own axis, on the star's side, as far as the star
+    ux, uy = math.cos(axis), math.sin(axis)
+    if ux * (centre[0] - i) + uy * (centre[1] - j) < 0:
+        ux, uy = -ux, -uy
+    return not _gap_towards(snr, j, i, (ux, uy), math.hypot(centre[0] - i, centre[1] - j), 0.5 * threshold, bad)
+
+
+def _peak_shape(snr: np.ndarray, j: int, i: int, half: int, threshold: float):
+    """Centroid ``(mx, my)`` [px of the map] and second moments ``(cxx, cyy, cxy)`` [px^2] of the signal-to-noise
+    above half the threshold in the window of half-size ``half`` around peak ``(j, i)``; None when it is empty."""
+    ny, nx = snr.shape
+    ya, yb, xa, xb = max(j - half, 0), min(j + half + 1, ny), max(i - half, 0), min(i + half + 1, nx)
+    w = np.clip(snr[ya:yb, xa:xb] - 0.5 * threshold, 0.0, None)
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    yy, xx = np.mgrid[ya:yb, xa:xb]
+    mx, my = float(np.sum(w * xx)) / total, float(np.sum(w * yy)) / total
+    cxx = float(np.sum(w * (xx - mx) ** 2)) / total
+    cyy = float(np.sum(w * (yy - my) ** 2)) / total
+    cxy = float(np.sum(w * (xx - mx) * (yy - my))) / total
+    return mx, my, cxx, cyy, cxy
+
+
+def _axes(cxx: float, cyy: float, cxy: float) -> tuple[float, float]:
+    """Major and minor variances [px^2] of second moments."""
+    root = math.sqrt(max(0.25 * (cxx - cyy) ** 2 + cxy**2, 0.0))
+    return 0.5 * (cxx + cyy) + root, 0.5 * (cxx + cyy) - root
+
+
+def _elongated(cxx: float, cyy: float, cxy: float) -> bool:
+    """Axis ratio above :data:`MAX_PEAK_ELONGATION`."""
+    major, minor = _axes(cxx, cyy, cxy)
+    return major > MAX_PEAK_ELONGATION**2 * max(minor, 1e-3)
+
+
+def _gap_towards(snr: np.ndarray, j: int, i: int, direction, distance: float, level: float,
+                 bad: np.ndarray | None = None) -> bool:
+    """Whether the path of ``distance`` px from pixel ``(j, i)`` along the unit vector ``direction`` (x, y) crosses
+    :data:`SPIKE_GAP` consecutive steps of 1 px where the signal-to-noise map stays below ``level`` across a 3 px
+    wide band (unusable pixels, and the map's outside, end a run)."""
+    ny, nx = snr.shape
+    steps = int(math.floor(distance))
+    ux, uy = direction
+    run = 0
+    for k in range(1, steps):
+        quiet = True
+        for w in (-1.0, 0.0, 1.0):
+            x, y = int(round(i + k * ux - w * uy)), int(round(j + k * uy + w * ux))
+            if not (0 <= x < nx and 0 <= y < ny) or (bad is not None and bad[y, x]) or snr[y, x] >= level:
+                quiet = False
+                break
+        run = run + 1 if quiet else 0
+        if run >= SPIKE_GAP:
+            return True
+    return False
 
 
 def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, boxes: list, kernel: np.ndarray,
@@ -448,8 +506,11 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
     rise of a diffraction spike or of what is left of a halo does not count), at least 2 kernel
     widths from every segmented object's centre and peak, with ``min_area`` pixels above the
     threshold around them, and not elongated like the end of a line pointing at the footprint's peak (a
-    spike's or a bleed's: a mover's trail on the halo points anywhere).  The records carry the peak as position, a PSF-sized round shape and the
-    flux of the 5x5 pixels around it (all re-measured downstream like any detection).
+    spike's or a bleed's: a mover's trail on the halo points anywhere).  The records carry the peak as position, a
+    PSF-sized round shape and the flux of the 5x5 pixels around it (all re-measured downstream like any detection);
+    an elongated peak (a mover's trail on the halo) carries instead the centroid and second moments of its
+    surroundings above half the threshold, so that it is measured as a trail piece (a V 21.2 trail of 34 px on a
+    bright star's halo had been found as three point sources along it).
 
     Parameters
     ----------
@@ -500,12 +561,16 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
             gx, gy = int(i + x0), int(j + y0)
             if existing.query_ball_point([gx, gy], radius, return_length=True) or (gx, gy) in found:
                 continue
-            if _line_like(snr, j, i, int(radius) + 1, threshold, centre=(star_x - x0, star_y - y0)):
+            if _line_like(snr, j, i, int(radius) + 1, threshold, centre=(star_x - x0, star_y - y0), bad=bad):
                 continue  # the end of a diffraction spike or a bleed that the median filter left, not a source
-            found[(gx, gy)] = float(snr[j, i])
+            shape = _peak_shape(snr, j, i, int(radius) + 1, threshold)
+            if shape is not None and _elongated(*shape[2:]):
+                found[(gx, gy)] = (shape[0] + x0, shape[1] + y0, *shape[2:])
+            else:
+                found[(gx, gy)] = None
     rec = np.zeros(len(found), dtype=objects.dtype)
     ny, nx = work.shape
-    for n, ((gx, gy), _) in enumerate(sorted(found.items())):
+    for n, ((gx, gy), shape) in enumerate(sorted(found.items())):
         xa, xb, ya, yb = max(gx - 2, 0), min(gx + 3, nx), max(gy - 2, 0), min(gy + 3, ny)
         stamp = np.where(mask[ya:yb, xa:xb], 0.0, work[ya:yb, xa:xb])
         rec[n]["x"], rec[n]["y"] = gx, gy
@@ -520,6 +585,13 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
         rec[n]["flux"] = rec[n]["cflux"] = float(stamp.sum())
         rec[n]["peak"] = rec[n]["cpeak"] = float(work[gy, gx])
         rec[n]["thresh"] = threshold * float(err[gy, gx])
+        if shape is not None:  # a trail piece: its centroid and moments
+            mx, my, cxx, cyy, cxy = shape
+            major, minor = _axes(cxx, cyy, cxy)
+            rec[n]["x"], rec[n]["y"] = mx, my
+            rec[n]["x2"], rec[n]["y2"], rec[n]["xy"] = cxx, cyy, cxy
+            rec[n]["a"], rec[n]["b"] = math.sqrt(major), math.sqrt(max(minor, 0.0))
+            rec[n]["theta"] = 0.5 * math.atan2(2.0 * cxy, cxx - cyy)
     return rec
 
 
@@ -890,7 +962,9 @@ def extract_sources(
             on_pixel = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= 0.0
             edge_info[k] = float(edge_information(work.shape, fitted[0:1], fitted[1:2], psf_sigma)[0])
             edge_fit[k] = on_pixel and edge_info[k] <= EDGE_FIT_MAX_INFO
-        if length[k] >= 4.0 * fwhm:
+        # an elongated source (a trail piece found as a peak on a halo, too) is a point only where the point PSF
+        # fits, per pixel, better than the trail model of its footprint
+        if length[k] >= 4.0 * fwhm or (peak_found[k] and length[k] >= 2.0 * fwhm):
             c_point, _, n_point = shape_chi2(work, variance, m, np.array([fitted[0]]), np.array([fitted[1]]),
                                              np.zeros(1), theta[k : k + 1], psf_sigma, gain)
             c_trail, _, n_trail = shape_chi2(work, variance, m, x[k : k + 1], y[k : k + 1], length[k : k + 1],

@@ -48,7 +48,7 @@ CCD_COLUMNS = [
     ("edge_cut", "bool", "", "the source's footprint or photometric aperture is truncated by the detector edge "
                              "(centroid and flux biased), and it is not a point source measured by a PSF fit with its "
                              "centre on a detector pixel and most of its core information on the detector (edge_fit) "
-                             "nor a trail whose ends lie 3 PSF sigma + 2 px or more inside the edges"),
+                             "nor a trail whose ends lie 1.5 PSF sigma + 1 px or more inside the edges"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
     ("trail_arcsec_err", "f8", "arcsec", "1-sigma error of the trail length (NaN when the trail was not fitted)"),

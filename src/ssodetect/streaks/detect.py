@@ -20,8 +20,8 @@ from dataclasses import replace
 import numpy as np
 from astropy.table import Table
 
-from ssodetect.detect.extract import FWHM_TO_SIGMA
-from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, trail_cost
+from ssodetect.detect.extract import FWHM_TO_SIGMA, MASK_FIT_MAX_INFO, masked_information
+from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, section_amplitudes, trail_cost
 
 __all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes", "edge_distance",
            "edge_cut"]
@@ -89,6 +89,87 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
     for i in idx:
         groups.setdefault(find(i), []).append(i)
     return list(groups.values())
+
+
+#: A stretch between two joined pieces holding less than this fraction of the fainter piece's light per unit length,
+#: and :data:`GAP_SIGMA` errors less, is empty: the pieces are two sources, not one trail.
+GAP_FRACTION = 0.3
+GAP_SIGMA = 4.0
+
+
+def split_at_gaps(det: Table, group: list[int], data: np.ndarray, variance: np.ndarray, mask: np.ndarray,
+                  psf_sigma: float, max_length: float = math.inf) -> list[list[int]]:
+    """A group of :func:`join_fragments` split where the line between two consecutive pieces holds no light.
+
+    Pieces of one trail are separated by masked pixels (cosmic-ray hits, bad columns) or, for a faint
+    trail, by noise dips; between two bright pieces of different sources on one line the image is empty
+    (a V 22 slow mover's 7 px trail was joined to a brighter source 19 px away, 19 degrees off its axis,
+    and measured 10 px from where it was).  Along the line through two consecutive pieces' centres, the
+    stretch between their facing ends (less ``2 s + 1`` px at each, ``s^2 = sigma^2 + 1/12``), when at least
+    ``4 s + 1`` px long, is compared with the pieces' own light per unit length
+    (:func:`~ssodetect.streaks.model.section_amplitudes`, masked pixels skipped): below :data:`GAP_FRACTION`
+    of the fainter one's, by :data:`GAP_SIGMA` errors, it is a gap and the group is split there.  A stretch
+    that is all masked is no gap.  A group spanning more than ``max_length`` (a satellite, perhaps flashing)
+    stays whole.
+
+    Parameters
+    ----------
+    det : Table
+        Detections (``x, y, length, theta`` [px, rad]).
+    group : list of int
+        Row indices of the joined pieces.
+    data, variance, mask : ndarray (ny, nx)
+        Background-subtracted image [ADU], its variance [ADU^2], unusable pixels.
+    psf_sigma : float
+        [px].
+    max_length : float
+        Longest trail [px].
+
+    Returns
+    -------
+    list of list of int
+        The group's parts in order along the line (the group itself when nothing splits it).
+    """
+    if len(group) < 2:
+        return [group]
+    xs, ys = np.asarray(det["x"], float)[group], np.asarray(det["y"], float)[group]
+    lens, ths = np.asarray(det["length"], float)[group], np.asarray(det["theta"], float)[group]
+    # order along the group's principal axis
+    pts = np.column_stack([xs, ys])
+    _, _, vt = np.linalg.svd(pts - pts.mean(axis=0), full_matrices=False)
+    along = (pts - pts.mean(axis=0)) @ vt[0]
+    half = 0.5 * lens * np.abs(np.cos(ths - math.atan2(vt[0][1], vt[0][0])))
+    if float(np.max(along + half) - np.min(along - half)) > max_length:
+        return [group]
+    order = np.argsort(along)
+    s = math.sqrt(psf_sigma**2 + 1.0 / 12.0)
+    margin, shortest = 2.0 * s + 1.0, 4.0 * s + 1.0
+    parts, current = [], [group[int(order[0])]]
+    for a, b in zip(order[:-1], order[1:]):
+        a, b = int(a), int(b)
+        dx, dy = xs[b] - xs[a], ys[b] - ys[a]
+        dist = math.hypot(dx, dy)
+        theta = math.atan2(dy, dx)
+        # the facing ends along this line (each piece's half length projected on it)
+        ha = 0.5 * lens[a] * abs(math.cos(ths[a] - theta))
+        hb = 0.5 * lens[b] * abs(math.cos(ths[b] - theta))
+        start, stop = ha + margin, dist - hb - margin
+        if stop - start >= shortest:
+            mid = 0.5 * (start + stop)
+            gap, gap_err = section_amplitudes(data, variance, mask, xs[a] + mid * math.cos(theta),
+                                              ys[a] + mid * math.sin(theta), stop - start, theta, psf_sigma)
+            levels = [section_amplitudes(data, variance, mask, xs[k], ys[k], max(lens[k], 1.0), ths[k], psf_sigma)
+                      for k in (a, b)]
+            amp = np.array([lv[0][0] for lv in levels])
+            err = np.array([lv[1][0] for lv in levels])
+            if np.isfinite(gap[0]) and np.all(np.isfinite(amp)):
+                k = int(np.argmin(amp))
+                if gap[0] < GAP_FRACTION * amp[k] and amp[k] - gap[0] > GAP_SIGMA * math.hypot(gap_err[0], err[k]):
+                    parts.append(current)
+                    current = []
+        current.append(group[b])
+    parts.append(current)
+    return parts
 
 
 def collinear_chains(
@@ -367,7 +448,8 @@ def refine_trails(
         The detections with joined fragments replaced by one row each and
         trails re-measured (``kind`` ``trail``, ``satellite``, ``bleed``, ``spike`` or ``edge``).
     dict
-        Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``,
+        Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``, ``n_gaps_split`` (joins
+        undone where the line between two pieces was empty: :func:`split_at_gaps`),
         ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``, ``n_short_refit`` (short trails
         re-measured by the trail fit: :func:`_refit_short_trails`), ``n_ends_moved`` (fits moved to the ends
         of the segment of highest S/N along their axis: :func:`_settle_ends`), ``spike_axes`` (the image's
@@ -375,7 +457,7 @@ def refine_trails(
         along none of them: measured as trails).
     """
     info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0, "n_chains": 0,
-            "n_faint_lines": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
+            "n_faint_lines": 0, "n_gaps_split": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
@@ -383,6 +465,10 @@ def refine_trails(
     kind = np.asarray(det["kind"])
     elongated = np.isin(kind, ["trail", "streak"]) & (np.asarray(det["length"], float) >= 0.5 * min_length)
     groups = join_fragments(det, elongated, max_gap=max_gap, max_angle=max_angle)
+    n_groups = len(groups)
+    groups = [part for group in groups
+              for part in split_at_gaps(det, group, data, variance, mask, psf_sigma, max_length)]
+    info["n_gaps_split"] = len(groups) - n_groups
     out = det.copy()
     drop = []
     noise = float(np.sqrt(np.nanmedian(variance[::8, ::8])))  # a smooth map: every 64th pixel is plenty
@@ -499,13 +585,19 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
     extraction's barycentre is biased: a cosmic-ray hit masked in their core (the barycentre leans away from the
     hole; the fit skips the masked pixels), or a faint trail of which the extraction's isophote held only a part
     (the fit finds it longer, and its centre moved along it by at most half the difference: V~23.4 trails of
-    15 px measured 7-11 px long with centres 1-4 px off).  Other short trails keep the extraction's
-    measurement.  Updates ``x, y, length, theta`` and the errors in place; returns how many were re-measured."""
+    15 px measured 7-11 px long with centres 1-4 px off), or a masked detector pixel (hot pixel, bad column) in or
+    beside its footprint (``near_mask``: its barycentre is biased; the fit skips the pixel): such a trail is
+    usable (``mask_fit``) when at most :data:`~ssodetect.detect.extract.MASK_FIT_MAX_INFO` of its information
+    lies on masked pixels, like a point source's PSF fit (V 20.6 slow movers, S/N 220, fitted within 0.05 px,
+    had been unusable in an exposure where their footprint touched a hot pixel).  Other short trails keep the
+    extraction's measurement.  Updates ``x, y, length, theta``, the errors and ``mask_fit`` in place; returns
+    how many were re-measured."""
     if len(det) == 0:
         return 0
     fwhm = psf_sigma / FWHM_TO_SIGMA
     length = np.asarray(det["length"], float)
     hit = (np.asarray(det["masked_core"], float) > 0) if "masked_core" in det.colnames else np.zeros(len(det), bool)
+    near = np.asarray(det["near_mask"], bool) if "near_mask" in det.colnames else np.zeros(len(det), bool)
     rows = np.nonzero((np.asarray(det["kind"]) == "trail") & (length >= 2.0 * fwhm) & (length < min_length))[0]
     n = 0
     for k in rows:
@@ -517,8 +609,10 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
         partial = (fit.length > ln + max(2.0, 0.2 * ln)
                    and math.hypot(fit.x - x0, fit.y - y0) <= 0.5 * (fit.length - ln) + 1.0
                    and abs(_axis_diff(fit.theta, th)) < math.radians(15.0))
-        if not (hit[k] or partial):
+        if not (hit[k] or partial or near[k]):
             continue
+        if near[k] and "mask_fit" in det.colnames:
+            det["mask_fit"][k] = _masked_share(mask, fit.x, fit.y, fit.length, fit.theta, psf_sigma) <= MASK_FIT_MAX_INFO
         det["x"][k], det["y"][k] = fit.x, fit.y
         det["length"][k], det["theta"][k] = fit.length, fit.theta
         det["x_err"][k] = max(float(det["x_err"][k]), fit.x_err)
@@ -526,6 +620,15 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
         det["length_err"][k], det["theta_err"][k] = fit.length_err, fit.theta_err
         n += 1
     return n
+
+
+def _masked_share(mask: np.ndarray, x: float, y: float, length: float, theta: float, psf_sigma: float) -> float:
+    """Share of a trail's information on masked pixels: :func:`~ssodetect.detect.extract.masked_information`
+    averaged over points every ``psf_sigma`` px along the segment (centre ``(x, y)`` [px], ``length`` [px],
+    ``theta`` [rad from +x towards +y])."""
+    n = max(int(math.ceil(length / max(psf_sigma, 0.25))) + 1, 2)
+    t = np.linspace(-0.5 * length, 0.5 * length, n)
+    return float(np.mean(masked_information(mask, x + t * math.cos(theta), y + t * math.sin(theta), psf_sigma)))
 
 
 #: Fewest lines pointing at saturated cores from which an image's spike axes are judged (fewer: all are spikes).
@@ -555,7 +658,8 @@ def spike_axes(angles: np.ndarray, *, window: float = 3.0, min_count: int = 3, n
     if a.size < min_count:
         return np.zeros(0)
     width = max(int(round(window)), 1)
-    hist = np.bincount(np.floor(a).astype(np.int64) % 180, minlength=180)
+    bins = np.floor(a).astype(np.int64) % 180
+    hist = np.bincount(bins, minlength=180)
     counts = sum(np.roll(hist, -k) for k in range(width))  # window [i, i + width) deg, circular
     expected = a.size * width / 180.0
     threshold = max(min_count, expected + n_sigma * math.sqrt(expected))
@@ -568,7 +672,7 @@ def spike_axes(angles: np.ndarray, *, window: float = 3.0, min_count: int = 3, n
             continue
         lo = float(i)
         rel = np.mod(a - lo + 90.0, 180.0) - 90.0  # angles relative to the window's start
-        inside = (rel >= 0) & (rel < width)
+        inside = (bins - i) % 180 < width  # the window's bins (rel may round onto its end: 14.999999999999996 - 12)
         out.append((lo + float(np.mean(rel[inside])) + 90.0) % 180.0 - 90.0)
         taken[np.arange(i - 2 * width, i + 2 * width + 1) % 180] = True
     return np.asarray(out)
@@ -669,10 +773,14 @@ def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, th
     further in, passed such a test and, drifting off the edge, was linked as a slow mover), unless a PSF fit
     of the pixels on the detector measured it (``edge_fit``).  A trail's position (trailed-PSF fit, or
     windowed moments for a short one) weighs the light within ~3 sigma of its segment: it is cut only when
-    an end comes within ``3 psf_sigma + 2`` px of the edge (2 px for the end's error).  The isophotal
-    footprint or the aperture of a bright short trail reaches the edge from 6-10 px: V 20-22 slow movers,
-    S/N 100-300, had been unusable in every exposure where they came that near; a flux from a truncated
-    aperture stays low.
+    an end comes within ``1.5 psf_sigma + 1`` px of the edge.  On 40 runs of family members 151-180, trails that
+    ran off the edge and were measured at 80 % of their length or more had their fitted ends at most 1.1 px inside
+    it (pieces of longer trails, measured at 10-65 % of their length, lie anywhere), and whole trails 2.4-4.4 px
+    from it were measured within 0.15 px of their true centres (a margin of ``3 psf_sigma + 2`` px, 4.4-5.3 px
+    there, had cut those).  The
+    isophotal footprint or the aperture of a bright short trail reaches the edge from 6-10 px: V 20-22 slow
+    movers, S/N 100-300, had been unusable in every exposure where they came that near; a flux from a
+    truncated aperture stays low.
 
     Parameters
     ----------
@@ -698,7 +806,7 @@ def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, th
     if trail.size == 0:
         return cut, 0
     clear = edge_distance(shape, np.asarray(x, float)[trail], np.asarray(y, float)[trail],
-                          np.asarray(length, float)[trail], np.asarray(theta, float)[trail]) >= 3.0 * psf_sigma + 2.0
+                          np.asarray(length, float)[trail], np.asarray(theta, float)[trail]) >= 1.5 * psf_sigma + 1.0
     cut[trail[clear]] = False
     return cut, int(clear.sum())
 

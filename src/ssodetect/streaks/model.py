@@ -22,7 +22,7 @@ from scipy.optimize import least_squares
 from scipy.special import ndtr
 
 __all__ = ["TrailFit", "trailed_psf", "fit_trail", "fit_trail_reference", "moment_centre", "scan_trail_ends", "trail_cost",
-           "trail_on_sky", "centre_bound"]
+           "trail_on_sky", "centre_bound", "section_amplitudes"]
 
 
 def trailed_psf(x, y, xc, yc, length, theta, flux, sigma) -> np.ndarray:
@@ -377,16 +377,9 @@ def scan_trail_ends(
     """
     nan = float("nan")
     s = math.sqrt(sigma**2 + 1.0 / 12.0)
-    width = 3.0 * s + 1.0
-    xs, ys, vs, ws = _stamp(data, variance, mask, x0, y0, 2.0 * half, theta, sigma, 3.0)
-    ct, st = math.cos(theta), math.sin(theta)
-    du = (xs - x0) * ct + (ys - y0) * st
-    dw = -(xs - x0) * st + (ys - y0) * ct
-    keep = (np.abs(dw) <= width) & (np.abs(du) <= half)
-    if not keep.any():
+    du, vs, ws, profile = _along_axis(data, variance, mask, x0, y0, theta, sigma, half)
+    if not du.size:
         return nan, nan, nan, []
-    du, dw, vs, ws = du[keep], dw[keep], vs[keep], ws[keep]
-    profile = np.exp(-0.5 * (dw / s) ** 2) * (_INV_SQRT2PI / s)
     nbins = int(math.floor(2.0 * half)) + 1
     k = np.clip(np.floor(du + half).astype(np.int64), 0, nbins - 1)
     num = np.bincount(k, profile * vs * ws**2, nbins)  # amplitude x information per bin
@@ -451,6 +444,58 @@ def scan_trail_ends(
     stops = np.flatnonzero(other & ~np.r_[other[1:], False])
     blocked = [(float(a0 - half), float(b0 + 1 - half)) for a0, b0 in zip(starts, stops)]
     return float(i - half), float(j - half), float(snr[i, j]), blocked
+
+
+def _along_axis(data, variance, mask, x0: float, y0: float, theta: float, sigma: float, half: float):
+    """The usable pixels within ``3 s + 1`` px of an axis (``s^2 = sigma^2 + 1/12``) and ``half`` px of ``(x0, y0)``
+    along it: their coordinate along it [px], values [ADU], inverse noise and across-track profile weights."""
+    s = math.sqrt(sigma**2 + 1.0 / 12.0)
+    xs, ys, vs, ws = _stamp(data, variance, mask, x0, y0, 2.0 * half, theta, sigma, 3.0)
+    ct, st = math.cos(theta), math.sin(theta)
+    du = (xs - x0) * ct + (ys - y0) * st
+    dw = -(xs - x0) * st + (ys - y0) * ct
+    keep = (np.abs(dw) <= 3.0 * s + 1.0) & (np.abs(du) <= half)
+    profile = np.exp(-0.5 * (dw[keep] / s) ** 2) * (_INV_SQRT2PI / s)
+    return du[keep], vs[keep], ws[keep], profile
+
+
+def section_amplitudes(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: float, y0: float, length: float,
+                       theta: float, sigma: float, n_sections: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The light per unit length along a segment, in equal sections: a trail's density along its axis.
+
+    The pixels within ``3 s + 1`` px of the axis (``s^2 = sigma^2 + 1/12``) are weighted by the
+    across-track profile, as in :func:`scan_trail_ends`, and summed into ``n_sections`` equal sections of
+    the segment ``[-length/2, length/2]`` along it: a uniform trail has the same amplitude in each.
+
+    Parameters
+    ----------
+    data, variance, mask : ndarray (ny, nx)
+        As for :func:`scan_trail_ends` (masked pixels are skipped).
+    x0, y0, length, theta : float
+        Segment centre [px, 0-based], length [px] and angle [rad from +x towards +y].
+    sigma : float
+        PSF Gaussian sigma [px].
+    n_sections : int
+
+    Returns
+    -------
+    amplitude, error : ndarray (n_sections,)
+        Amplitude [ADU per px of length] and its 1-sigma error; NaN for a section without usable pixels.
+    """
+    n = max(int(n_sections), 1)
+    amplitude, error = np.full(n, np.nan), np.full(n, np.nan)
+    if not (length > 0 and np.isfinite(theta)):
+        return amplitude, error
+    du, vs, ws, profile = _along_axis(data, variance, mask, x0, y0, theta, sigma, 0.5 * length)
+    keep = np.abs(du) < 0.5 * length
+    du, vs, ws, profile = du[keep], vs[keep], ws[keep], profile[keep]
+    k = np.clip(np.floor((du / length + 0.5) * n).astype(np.int64), 0, n - 1)
+    num = np.bincount(k, profile * vs * ws**2, n)
+    info = np.bincount(k, (profile * ws) ** 2, n)
+    seen = info > 0
+    amplitude[seen] = num[seen] / info[seen]
+    error[seen] = 1.0 / np.sqrt(info[seen])
+    return amplitude, error
 
 
 def trail_cost(data, variance, mask, fit: TrailFit, x0: float, y0: float, length0: float, theta0: float, sigma: float,
