@@ -571,3 +571,51 @@ def test_an_exposure_with_no_ccd_solvable_alone_is_matched_over_its_focal_plane(
     assert corr is not None and corr.n_stars >= 12 and corr.n_ccds == 0
     assert abs(math.hypot(corr.transform.tx, corr.transform.ty) - 20.0) < 2.0  # the shift, seen at the plane's centre
     assert abs(corr.transform.rotation + 0.5) < 0.02 and abs(corr.transform.scale - 1 / 1.005) < 2e-4
+
+
+def test_a_solution_rotated_or_scaled_away_from_its_ccds_best_one_fails():
+    """Exposures of one CCD share its scale and orientation: beside a solution of 240 stars, blind ones of 8-9
+    "matches" rotated by 60-150 degrees or scaled by 0.56-2.4 (chance alignments on a field of 393 000 stars per
+    square degree) fail with the reason, while one dithered by 20" and turned by 1 degree stays."""
+    from ssodetect.astrometry.solve import ExposureSolution, inconsistent_with_anchor
+
+    def wcs(scale, rotation, crval=(150.0, 25.0)):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = list(crval)
+        w.wcs.crpix = [1024.5, 1024.5]
+        c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+        w.wcs.cd = (scale / 3600.0) * np.array([[-c, s], [s, c]])
+        return w
+
+    rows = [(240, wcs(0.1, 0.5)), (9, wcs(0.1, 148.0)), (8, wcs(0.237, 63.9)), (231, wcs(0.1002, 1.5, (150.005, 25.0))),
+            (8, wcs(0.0556, 142.8))]
+    results = []
+    for k, (n, w) in enumerate(rows):
+        res = ExposureSolution(exposure=k, ccd="2-1")
+        res.status, res.wcs, res.n_matched, res.method = "ok", w, n, "blind"
+        results.append(res)
+    assert inconsistent_with_anchor(results) == [1, 2, 4]
+    assert [r.ok for r in results] == [True, False, False, True, False]
+    assert "rotated by 147.5 deg" in results[1].reason and results[1].wcs is None
+    assert inconsistent_with_anchor(results[:1]) == []
+
+
+def test_matches_must_beat_chance_alignment():
+    """A handful of matches is a solution on a sparse field and chance on a crowded one: 1700 sources among 1300
+    reference stars per 2048^2 CCD meet one within 2.5 px by chance ~12 times."""
+    from ssodetect.astrometry.solve import CHANCE_SIGMA, _Reference, chance_matches, enough_matches
+
+    rng = np.random.default_rng(2)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 25.0]
+    w.wcs.crpix = [1024.5, 1024.5]
+    w.wcs.cd = np.diag([-0.1, 0.1]) / 3600.0
+    ra, dec = w.all_pix2world(rng.uniform(0, 2048, 1300), rng.uniform(0, 2048, 1300), 0)
+    ref = _Reference(ra=ra, dec=dec, mag=np.full(1300, 18.0), sigma=np.full(1300, 0.01), colour=None)
+    expected = chance_matches(1700, ref, w, 2.5, (2048, 2048))
+    assert 10.0 < expected < 14.0  # 1700 x 1300 / 2048^2 x pi 2.5^2
+    assert not enough_matches(9, expected, 6) and enough_matches(240, expected, 6)
+    assert enough_matches(6, chance_matches(40, ref, w, 2.5, (2048, 2048)), 6)
+    assert not enough_matches(int(expected + CHANCE_SIGMA * math.sqrt(expected)) - 1, expected, 6)

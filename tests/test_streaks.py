@@ -464,7 +464,8 @@ def _trail_rows(rows):
 
 def test_only_lines_along_the_images_spike_axes_are_spikes():
     """Four saturated stars with six spikes each (axes 15, 75 and 135 deg; opposite spikes join into one line) and a
-    mover's trail pointing at a core at 40 deg: the spikes are labelled ``spike``, the mover is measured as a trail.
+    mover's trail pointing at a core at 40 deg: the spikes are labelled ``spike``, the mover is measured as a trail;
+    so is a mover along a spike axis whose line to the core is empty (a spike runs on from its star).
     In a crowded image without spikes, twelve lines pointing at saturated cores at spread angles are all trails,
     where any line pointing at a saturated core used to be a spike; with too few such lines to judge, they are."""
     from ssodetect.streaks import refine_trails
@@ -474,8 +475,9 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
     shape = (400, 400)
     stars = [(100.0, 100.0), (300.0, 100.0), (100.0, 300.0), (300.0, 300.0)]
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    quiet = (200.0, 200.0)  # a saturated star whose spikes are too faint to be detected
     saturated = np.zeros(shape, bool)
-    for sx, sy in stars:
+    for sx, sy in stars + [quiet]:
         saturated |= np.hypot(xx - sx, yy - sy) <= 5.0
 
     def line(cx, cy, length, a):
@@ -483,7 +485,7 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
 
     def run(rows):
         img = rng.normal(0.0, 5.0, shape)
-        for sx, sy in stars:  # the saturated stars themselves (their light fills the line between two spike pieces)
+        for sx, sy in stars + [quiet]:  # the saturated stars (their light fills the line between two spike pieces)
             img += trailed_psf(xx, yy, sx, sy, 0.0, 0.0, 2.0e7, 3.0 * SIGMA)
         for cx, cy, length, a in rows:
             img += trailed_psf(xx, yy, cx, cy, length, a, 4000.0, SIGMA)
@@ -501,6 +503,14 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
     assert np.sum(out["kind"] == "trail") == 1
     trail = out[out["kind"] == "trail"][0]
     assert math.hypot(trail["x"] - mover[0], trail["y"] - mover[1]) < 1.0
+    # a mover along a spike axis (75 deg) whose extension meets the quiet star's core 25 px beyond its end, nothing
+    # between: not a spike (a V 22.7 trail of 34 px had been one)
+    a75 = math.radians(75.0)
+    aligned = line(quiet[0] + 40.0 * math.cos(a75), quiet[1] + 40.0 * math.sin(a75), 30.0, a75)
+    out, info = run(spikes + [aligned])
+    assert info["n_spike"] == 12 and np.sum(out["kind"] == "trail") == 1, info
+    trail = out[out["kind"] == "trail"][0]
+    assert math.hypot(trail["x"] - aligned[0], trail["y"] - aligned[1]) < 1.0
     # no spikes: lines at angles 15 deg apart beside the cores are trails
     lines = [line(sx + 25.0 * math.cos(math.radians(7.0 + 15.0 * k)), sy + 25.0 * math.sin(math.radians(7.0 + 15.0 * k)),
                   20.0, math.radians(7.0 + 15.0 * k)) for k, (sx, sy) in enumerate(stars * 3)]
@@ -509,9 +519,10 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
     out, info = run(lines[: MIN_SPIKE_LINES - 1])
     assert info["n_spike"] == MIN_SPIKE_LINES - 1
     # angles spread like chance hold no axis; two groups among them do
-    spread = rng.uniform(0.0, 180.0, 300)
+    angles_rng = np.random.default_rng(4)  # its own generator: the runs above draw from rng
+    spread = angles_rng.uniform(0.0, 180.0, 300)
     assert spike_axes(spread).size == 0
-    grouped = np.concatenate([spread, rng.normal(20.0, 1.0, 40), rng.normal(110.0, 1.0, 40)])
+    grouped = np.concatenate([spread, angles_rng.normal(20.0, 1.0, 40), angles_rng.normal(110.0, 1.0, 40)])
     assert sorted(np.mod(spike_axes(grouped), 180.0).round()) == [20.0, 110.0]
     # angles just below a whole degree (14.999999999999996 - 12 + 90 rounds to 93.0): their window still holds them
     np.testing.assert_allclose(spike_axes(np.full(8, 14.999999999999996)), [15.0])
