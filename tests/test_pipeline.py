@@ -1,5 +1,6 @@
 """End to end on simulated scenes: recovery of injected movers, outputs, executors, API."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -202,15 +203,27 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     assert not rows[100.2]["edge_cut"] and abs(rows[100.2]["y"] - 100.2) < 0.1
 
 
-def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_it(tmp_path):
-    """A bright 7 px trail whose footprint and aperture touch the edge from 6 px or 3.2 px stays usable and is
-    measured where it is; one whose end comes within 1.5 PSF sigma + 1 px of the edge, or that runs off it, is cut
-    (a V 20-22 slow mover had been unusable in every exposure where it came within ~10 px of an edge)."""
+def _with_stars_through_ccd_step(path, image, psf, rng):
+    """Add 40 stars (for the PSF estimate) to a 300x300 frame, write it to ``path`` and run the CCD step on it."""
     from astropy.io import fits
 
     from ssodetect.config import Config
     from ssodetect.io import scan_inputs
-    from ssodetect.pipeline.ccd import APER_TRUNC, OBJ_TRUNC, process_ccd
+    from ssodetect.pipeline.ccd import process_ccd
+    from ssodetect.simulate import splat
+
+    xs, ys = rng.uniform(40, 260, 40), rng.uniform(40, 260, 40)
+    splat(image, xs, ys, rng.uniform(2e4, 8e4, 40), psf)
+    header = fits.Header({"EXPTIME": 100.0, "DATE-OBS": "2024-01-01T00:00:00", "GAIN": 2.0})
+    fits.PrimaryHDU(image.astype(np.float32), header).writeto(path)
+    return process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
+
+
+def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_it(tmp_path):
+    """A bright 7 px trail whose footprint and aperture touch the edge from 6 px or 3.2 px stays usable and is
+    measured where it is; one whose end comes within 1.5 PSF sigma + 1 px of the edge, or that runs off it, is cut
+    (a V 20-22 slow mover had been unusable in every exposure where it came within ~10 px of an edge)."""
+    from ssodetect.pipeline.ccd import APER_TRUNC, OBJ_TRUNC
     from ssodetect.simulate import DoubleGaussianPSF, splat
     from ssodetect.streaks import edge_distance
 
@@ -231,13 +244,7 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
     # trails measured at >= 80 % of their length were fitted with their ends up to 1.1 px inside it)
     long_steps = 2.0 * steps
     splat(image, np.full(steps.size, 200.3), 296.0 + long_steps, np.full(steps.size, 80000.0 / steps.size), psf)
-    # stars for the PSF estimate
-    xs, ys = rng.uniform(40, 260, 40), rng.uniform(40, 260, 40)
-    splat(image, xs, ys, rng.uniform(2e4, 8e4, 40), psf)
-    header = fits.Header({"EXPTIME": 100.0, "DATE-OBS": "2024-01-01T00:00:00", "GAIN": 2.0})
-    path = tmp_path / "trails.fits"
-    fits.PrimaryHDU(image.astype(np.float32), header).writeto(path)
-    table, _ = process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
+    table, _ = _with_stars_through_ccd_step(tmp_path / "trails.fits", image, psf, rng)
     centres = [(x, y) for x, y, _ in trails] + [(200.3, 294.0)]
     rows = [table[np.argmin(np.hypot(table["x"] - x, table["y"] - y))] for x, y in centres]
     for row, (x, y, _) in zip(rows[:4], trails):
@@ -247,6 +254,59 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
         assert not row["edge_cut"] and np.hypot(row["x"] - x, row["y"] - y) < 0.2
     assert rows[3]["edge_cut"]  # its light reaches the edge
     assert rows[4]["kind"] == "trail" and rows[4]["edge_cut"] and abs(rows[4]["x"] - 200.3) < 1.0  # the edge cut it
+
+
+def test_a_trail_end_heading_for_the_edge_needs_more_room_than_one_running_along_it():
+    """edge_clear: an end heading straight out needs the perpendicular margin 1.5 sigma + 1 px; at 45 deg it needs
+    EDGE_ALONG_CLEARANCE along its axis (capped by the margin); running along the edge only its centre line must
+    stay EDGE_LINE_CLEARANCE inside."""
+    from ssodetect.streaks.detect import EDGE_ALONG_CLEARANCE, EDGE_LINE_CLEARANCE, edge_clear
+
+    sigma = 0.7
+    margin = 1.5 * sigma + 1.0
+    shape = (100, 200)
+    # along y = -0.5 (the bottom edge): centre line 1.2 px and 0.8 px inside; ends far from the side edges
+    along = edge_clear(shape, [50.0, 50.0], [0.7, 0.3], [10.0, 10.0], [0.0, 0.0], sigma)
+    assert along.tolist() == [True, False] and 0.8 < EDGE_LINE_CLEARANCE < 1.2
+    # a fast mover's trail (min_length or longer) keeps the margin: the linker restores cut ends from other exposures
+    assert not edge_clear(shape, [50.0], [0.7], [10.0], [0.0], sigma, min_length=10.0)[0]
+    # as does a trail too short to tell from a star cut in half (its own width says so when the PSF estimate is off)
+    assert not edge_clear(shape, [50.0], [0.7], [10.0], [0.0], sigma, width=[1.8])[0]
+    # heading straight out of the right edge (x = 199.5): the end margin +- 0.2 px inside
+    out = edge_clear(shape, [199.5 - margin - 5.2, 199.5 - margin - 4.8], [50.0, 50.0], [10.0, 10.0], [0.0, 0.0], sigma)
+    assert out.tolist() == [True, False]
+    # at 45 deg towards the top edge (y = 99.5): the end needs min(margin, 3.5 cos 45) px, tested +- 0.1 px
+    need = min(margin, EDGE_ALONG_CLEARANCE * math.cos(math.pi / 4))
+    half = 5.0 / math.sqrt(2.0)
+    ys = [99.5 - need - half + 0.1, 99.5 - need - half - 0.1]
+    assert edge_clear(shape, [100.0, 100.0], ys, [10.0, 10.0], [math.pi / 4] * 2, sigma).tolist() == [False, True]
+
+
+def test_a_short_trail_along_the_edge_and_a_bright_point_clear_of_it_stay_usable(tmp_path):
+    """A 9 px trail running along the bottom edge, its centre line 1.3 px inside, is fitted by the pixels on the
+    detector (within 0.1 px) and stays usable (a V 22.4 slow mover 1.7 px from an edge had been cut in its only
+    third exposure); a bright point source whose footprint reaches the edge from 8 px (beyond 3 FWHM + 1 px) is
+    measured by its core and is not cut; a trail heading straight off the edge is cut."""
+    from ssodetect.pipeline.ccd import APER_TRUNC, OBJ_TRUNC
+    from ssodetect.simulate import DoubleGaussianPSF, splat, trail_points
+
+    rng = np.random.default_rng(6)
+    image = rng.normal(1000.0, 5.0, (300, 300))
+    psf = DoubleGaussianPSF(fwhm=1.7, wing_fraction=0.2, wing_sigma=3.0)
+    splat(image, *trail_points(145.0, 0.8, 154.0, 0.8, 30000.0), psf)  # along the edge
+    splat(image, [8.3], [150.4], [4.0e6], psf)  # bright: its footprint reaches the left edge
+    splat(image, *trail_points(292.0, 200.3, 302.0, 200.3, 30000.0), psf)  # heading off the right edge
+    table, info = _with_stars_through_ccd_step(tmp_path / "edge.fits", image, psf, rng)
+    row = table[np.argmin(np.hypot(table["x"] - 149.5, table["y"] - 0.8))]
+    assert row["kind"] == "trail" and row["sep_flag"] & (OBJ_TRUNC | APER_TRUNC)
+    # measured by the trail fit of its pixels on the detector (its barycentre leaned 0.46 px inwards)
+    assert not row["edge_cut"] and np.hypot(row["x"] - 149.5, row["y"] - 0.8) < 0.1 and abs(row["length"] - 9.0) < 0.5
+    star = table[np.argmin(np.hypot(table["x"] - 8.3, table["y"] - 150.4))]
+    assert star["kind"] == "point" and star["sep_flag"] & (OBJ_TRUNC | APER_TRUNC)
+    assert not star["edge_cut"] and np.hypot(star["x"] - 8.3, star["y"] - 150.4) < 0.1
+    off = table[np.argmin(np.hypot(table["x"] - 296.0, table["y"] - 200.3))]
+    assert off["edge_cut"]
+    assert info["n_edge_kept"] >= 2
 
 
 def test_edge_information_is_the_share_of_psf_squared_beyond_the_edge():

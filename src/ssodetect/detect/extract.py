@@ -27,7 +27,7 @@ from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.detect.shape import shape_and_photometry, shape_chi2
 
 __all__ = ["DETECTION_COLUMNS", "empty_detections", "gaussian_kernel", "measure_psf_sigma", "image_psf_sigma",
-           "masked_information", "halo_model", "halo_sources", "psf_centroid", "psf_centroid_reference",
+           "masked_information", "near_edge", "halo_model", "halo_sources", "psf_centroid", "psf_centroid_reference",
            "extract_sources"]
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,30 @@ def edge_information(shape: tuple, x, y, psf_sigma: float) -> np.ndarray:
     kept_x = ndtr((x + 0.5) / s) - ndtr((x - nx + 0.5) / s)
     kept_y = ndtr((y + 0.5) / s) - ndtr((y - ny + 0.5) / s)
     return np.clip(1.0 - kept_x * kept_y, 0.0, 1.0)
+
+
+def near_edge(shape: tuple, x, y, psf_sigma: float) -> np.ndarray:
+    """Whether point sources centred at ``(x, y)`` have their core near enough the detector edge to be cut.
+
+    Within ``3 FWHM + 1`` px of the outermost pixel centres the edge can take part of a source's core (its windowed
+    centroid leans inwards; the edge PSF fit measures it, ``edge_fit``); beyond, it can only truncate the isophotal
+    footprint or the photometric aperture of a bright source.
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+    x, y : ndarray (n,)
+        Centres [px, 0-based].
+    psf_sigma : float
+        [px].
+
+    Returns
+    -------
+    ndarray (n,) bool
+    """
+    ny, nx = shape
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return np.minimum.reduce([x, y, nx - 1 - x, ny - 1 - y]) < 3.0 * psf_sigma / FWHM_TO_SIGMA + 1.0
 
 
 def masked_information(mask: np.ndarray, x, y, psf_sigma: float, *, radius: float = 2.5) -> np.ndarray:
@@ -942,14 +966,13 @@ def extract_sources(
     # lies on a detector pixel with at most EDGE_FIT_MAX_INFO of its core information beyond the edge (its errors
     # are widened by the information lost there, like those of masked pixels)
     ny_img, nx_img = work.shape
-    edge_distance = np.minimum.reduce([x, y, nx_img - 1 - x, ny_img - 1 - y])
-    near_edge = live & (length < 2.0 * fwhm) & (edge_distance < 3.0 * fwhm + 1.0)
+    edge_zone = live & (length < 2.0 * fwhm) & near_edge(work.shape, x, y, psf_sigma)
     edge_fit = np.zeros(x.size, bool)
     edge_info = np.zeros(x.size)
     # sources found as peaks (on halos, in blends) start from their peak pixel: a PSF fit centres them
     peak_found = np.zeros(x.size, bool)
     peak_found[n_segmented:] = True
-    refit = np.nonzero((near_mask | cr_point | near_edge | peak_found) & live & (length < 8.0 * fwhm))[0]
+    refit = np.nonzero((near_mask | cr_point | edge_zone | peak_found) & live & (length < 8.0 * fwhm))[0]
     mask_fit = np.zeros(x.size, bool)
     mask_info = np.zeros(x.size)
     n_refit = 0
@@ -958,7 +981,7 @@ def extract_sources(
         fitted = psf_centroid(work, variance, m, float(x[k]), float(y[k]), psf_sigma)
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
             continue
-        if near_edge[k]:
+        if edge_zone[k]:
             on_pixel = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= 0.0
             edge_info[k] = float(edge_information(work.shape, fitted[0:1], fitted[1:2], psf_sigma)[0])
             edge_fit[k] = on_pixel and edge_info[k] <= EDGE_FIT_MAX_INFO

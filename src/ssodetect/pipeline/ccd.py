@@ -46,9 +46,10 @@ CCD_COLUMNS = [
                       "registered to each other, not astrometry) | user | none"),
     ("pixel_scale", "f8", "arcsec / pix", "pixel scale of the WCS"),
     ("edge_cut", "bool", "", "the source's footprint or photometric aperture is truncated by the detector edge "
-                             "(centroid and flux biased), and it is not a point source measured by a PSF fit with its "
-                             "centre on a detector pixel and most of its core information on the detector (edge_fit) "
-                             "nor a trail whose ends lie 1.5 PSF sigma + 1 px or more inside the edges"),
+                             "(centroid and flux biased), and it is neither a point source measured by a PSF fit with "
+                             "its centre on a detector pixel and most of its core information on the detector "
+                             "(edge_fit) or centred more than 3 FWHM + 1 px inside, nor a trail whose ends clear the "
+                             "edge (streaks.edge_clear)"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "position angle of the trail axis, N through E, 0-180"),
     ("trail_arcsec_err", "f8", "arcsec", "1-sigma error of the trail length (NaN when the trail was not fitted)"),
@@ -227,9 +228,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     table["exptime"] = np.full(n, ref.exptime)
     set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
     truncated = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
-    table["edge_cut"], info["n_edge_trails_kept"] = edge_cut(
+    table["edge_cut"], info["n_edge_kept"] = edge_cut(
         image.data.shape, truncated, table["edge_fit"], table["kind"], table["x"], table["y"], table["length"],
-        table["theta"], float(extract_info["psf_sigma"]))
+        table["theta"], float(extract_info["psf_sigma"]), table["b"], config.streaks.min_length)
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)

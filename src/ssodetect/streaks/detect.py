@@ -20,11 +20,12 @@ from dataclasses import replace
 import numpy as np
 from astropy.table import Table
 
-from ssodetect.detect.extract import FWHM_TO_SIGMA, MASK_FIT_MAX_INFO, masked_information
+from ssodetect.detect.extract import FWHM_TO_SIGMA, MASK_FIT_MAX_INFO, masked_information, near_edge
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, section_amplitudes, trail_cost
 
 __all__ = ["join_fragments", "collinear_chains", "refine_trails", "cut_ends", "spike_axes", "edge_distance",
-           "edge_cut"]
+           "edge_clear", "edge_cut", "EDGE_ALONG_CLEARANCE", "EDGE_LINE_CLEARANCE",
+           "EDGE_MIN_TRAIL_FWHM"]
 
 log = logging.getLogger(__name__)
 
@@ -591,7 +592,8 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
     beside its footprint (``near_mask``: its barycentre is biased; the fit skips the pixel): such a trail is
     usable (``mask_fit``) when at most :data:`~ssodetect.detect.extract.MASK_FIT_MAX_INFO` of its information
     lies on masked pixels, like a point source's PSF fit (V 20.6 slow movers, S/N 220, fitted within 0.05 px,
-    had been unusable in an exposure where their footprint touched a hot pixel).  Other short trails keep the
+    had been unusable in an exposure where their footprint touched a hot pixel), or the detector edge within
+    ``3 psf_sigma + 1`` px of an end (the barycentre leans inwards).  Other short trails keep the
     extraction's measurement.  Updates ``x, y, length, theta``, the errors and ``mask_fit`` in place; returns
     how many were re-measured."""
     if len(det) == 0:
@@ -600,6 +602,9 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
     length = np.asarray(det["length"], float)
     hit = (np.asarray(det["masked_core"], float) > 0) if "masked_core" in det.colnames else np.zeros(len(det), bool)
     near = np.asarray(det["near_mask"], bool) if "near_mask" in det.colnames else np.zeros(len(det), bool)
+    # within 3 sigma + 1 px of the detector edge the barycentre leans inwards (a 9 px trail along the edge, its
+    # centre line 1.3 px inside: 0.46 px); the fit uses the pixels on the detector (0.01 px)
+    at_edge = edge_distance(data.shape, det["x"], det["y"], length, det["theta"]) < 3.0 * psf_sigma + 1.0
     rows = np.nonzero((np.asarray(det["kind"]) == "trail") & (length >= 2.0 * fwhm) & (length < min_length))[0]
     n = 0
     for k in rows:
@@ -611,7 +616,7 @@ def _refit_short_trails(det: Table, data, variance, mask, psf_sigma: float, min_
         partial = (fit.length > ln + max(2.0, 0.2 * ln)
                    and math.hypot(fit.x - x0, fit.y - y0) <= 0.5 * (fit.length - ln) + 1.0
                    and abs(_axis_diff(fit.theta, th)) < math.radians(15.0))
-        if not (hit[k] or partial or near[k]):
+        if not (hit[k] or partial or near[k] or at_edge[k]):
             continue
         if near[k] and "mask_fit" in det.colnames:
             det["mask_fit"][k] = _masked_share(mask, fit.x, fit.y, fit.length, fit.theta, psf_sigma) <= MASK_FIT_MAX_INFO
@@ -766,23 +771,92 @@ def cut_ends(shape: tuple[int, int], x: float, y: float, length: float, theta: f
     return 2 if all(at_edge) else 1 if at_edge[0] else -1 if at_edge[1] else 0
 
 
+#: An end of a trail heading for the detector edge must lie at least this far [px] from it along the trail's axis
+#: (never more than the perpendicular margin ``1.5 psf_sigma + 1``): on family members 191-200, trails running off
+#: the edge at 40-45 deg were fitted with their ends 2-3 px along the axis short of the edge.
+EDGE_ALONG_CLEARANCE = 3.5
+#: Every end of a trail keeps its centre line at least this far [px] inside the edge (half a pixel inside the
+#: outermost pixel centres): a trail running along the edge with its centre line nearer had half its PSF beyond
+#: it, and pieces of long trails measured there were 7-20 px off.
+EDGE_LINE_CLEARANCE = 1.0
+#: Shorter trails [FWHM, the larger of the PSF's and the trail's own width] keep the perpendicular margin on every
+#: edge: a star centred on the edge, cut in half, looks like a trail along it 2 of its own FWHM long, measured 1.4 px
+#: too far in.
+EDGE_MIN_TRAIL_FWHM = 2.5
+
+
+def edge_clear(shape: tuple[int, int], x, y, length, theta, psf_sigma: float, width=None,
+               min_length: float = np.inf) -> np.ndarray:
+    """Whether each trail's ends are far enough from the detector edge for its fit to hold.
+
+    A trailed-PSF fit uses the pixels on the detector (short trails near the edge are re-measured by it), so a
+    trail that runs along an edge is measured like a point source by the edge PSF fit; what the edge hides is the
+    end of a trail that heads for it.  For each end
+    and each edge, with ``p`` the end's distance inside the edge and ``u`` the cosine between the trail's outward
+    direction there and the edge's outward normal (0 running along it, 1 heading straight out), the end is clear
+    when ``p >= max(EDGE_LINE_CLEARANCE, min(1.5 psf_sigma + 1, EDGE_ALONG_CLEARANCE u))``.  Heading straight out,
+    this is the perpendicular margin (on 40 runs of family members 151-180 trails that ran off the edge, measured at
+    80 % of their length or more, had their fitted ends at most 1.1 px inside it); running along the edge, the
+    centre line must stay on the detector (trails shorter than :data:`EDGE_MIN_TRAIL_FWHM`, and fast movers' trails
+    of ``min_length`` or more, keep the margin on every edge: on member 195 with 60 fast movers per CCD, a 12.6 px
+    piece of a trail running along an edge, no longer cut, was linked into a false 2-trail object).  On members
+    191-200 the short trails this admits beyond the perpendicular margin, running along an edge 1.2-2 px from it,
+    had been measured (by moments, before the trail fit was used there) within 0.56 px of their true centres (a V
+    22.4 slow mover among them had lost its only third exposure to the cut).
+
+    Parameters
+    ----------
+    shape : (ny, nx)
+        Image shape; pixel centres 0-based, the edges at -0.5 and ``n - 0.5``.
+    x, y, length, theta : ndarray (n,)
+        Trail centres [px], lengths [px] and angles [rad, from +x towards +y].
+    psf_sigma : float
+        PSF Gaussian sigma [px].
+    width : ndarray (n,), optional
+        The trails' own minor-axis rms [px] (sep's ``b``): a trail shorter than :data:`EDGE_MIN_TRAIL_FWHM` times
+        the larger of the PSF's and its own FWHM keeps the margin (the PSF estimate may be off).
+    min_length : float
+        Trails at least this long [px] (fast movers' trails, whose cut ends the linker restores from the other
+        exposures) keep the margin on every edge.
+
+    Returns
+    -------
+    ndarray (n,) bool
+    """
+    ny, nx = shape
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    length = np.nan_to_num(np.asarray(length, float))
+    half = 0.5 * length
+    c, s = np.cos(np.asarray(theta, float)), np.sin(np.asarray(theta, float))
+    margin = 1.5 * psf_sigma + 1.0
+    # a star cut in half by the edge looks like a trail along it, ~1.3 FWHM long and centred 1-1.5 px too far in
+    fwhm = np.full(x.size, psf_sigma / FWHM_TO_SIGMA)
+    if width is not None:
+        fwhm = np.maximum(fwhm, np.nan_to_num(np.asarray(width, float)) / FWHM_TO_SIGMA)
+    star_like = (length < EDGE_MIN_TRAIL_FWHM * fwhm) | (length >= min_length)
+    clear = np.ones(x.size, bool)
+    for sign in (1.0, -1.0):
+        ex, ey, dx, dy = x + sign * half * c, y + sign * half * s, sign * c, sign * s
+        # (distance inside the edge, closing cosine) for the edges x = -0.5, x = nx - 0.5, y = -0.5, y = ny - 0.5
+        for p, u in ((ex + 0.5, -dx), (nx - 0.5 - ex, dx), (ey + 0.5, -dy), (ny - 0.5 - ey, dy)):
+            need = np.maximum(EDGE_LINE_CLEARANCE, np.minimum(margin, EDGE_ALONG_CLEARANCE * np.clip(u, 0.0, None)))
+            clear &= p >= np.where(star_like, margin, need)
+    return clear
+
+
 def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, theta,
-             psf_sigma: float) -> tuple[np.ndarray, int]:
+             psf_sigma: float, width=None, min_length: float = np.inf) -> tuple[np.ndarray, int]:
     """Which detections the detector edge cuts (centroid and flux biased): unusable for linking.
 
-    Any truncation of the footprint or the aperture counts for a point source, not a test on its measured
-    distance (on a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px
-    further in, passed such a test and, drifting off the edge, was linked as a slow mover), unless a PSF fit
-    of the pixels on the detector measured it (``edge_fit``).  A trail's position (trailed-PSF fit, or
-    windowed moments for a short one) weighs the light within ~3 sigma of its segment: it is cut only when
-    an end comes within ``1.5 psf_sigma + 1`` px of the edge.  On 40 runs of family members 151-180, trails that
-    ran off the edge and were measured at 80 % of their length or more had their fitted ends at most 1.1 px inside
-    it (pieces of longer trails, measured at 10-65 % of their length, lie anywhere), and whole trails 2.4-4.4 px
-    from it were measured within 0.15 px of their true centres (a margin of ``3 psf_sigma + 2`` px, 4.4-5.3 px
-    there, had cut those).  The
-    isophotal footprint or the aperture of a bright short trail reaches the edge from 6-10 px: V 20-22 slow
-    movers, S/N 100-300, had been unusable in every exposure where they came that near; a flux from a
-    truncated aperture stays low.
+    A point source whose footprint or aperture is truncated is cut when its centre lies within the zone where its
+    core reaches the edge (:func:`~ssodetect.detect.extract.near_edge`), not on a test of its measured distance (on
+    a real frame whose first row is dark, a star ~1 sigma from the edge was measured 2-3 px further in, passed such
+    a test and, drifting off the edge, was linked as a slow mover), unless a PSF fit of the pixels on the detector
+    measured it (``edge_fit``); beyond that zone only its flux is truncated.  A trail's position (trailed-PSF fit, or
+    windowed moments for a short one) weighs the light within ~3 sigma of its segment: it is cut only when its ends
+    are not :func:`edge_clear`.  The isophotal footprint or the aperture of a bright short trail reaches the edge
+    from 6-10 px: V 20-22 slow movers, S/N 100-300, had been unusable in every exposure where they came that near;
+    a flux from a truncated aperture stays low.
 
     Parameters
     ----------
@@ -796,21 +870,29 @@ def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, th
         Centres [px, 0-based], trail lengths [px] and angles [rad, from +x towards +y].
     psf_sigma : float
         PSF Gaussian sigma [px].
+    width : ndarray (n,), optional
+        Minor-axis rms [px] (see :func:`edge_clear`).
+    min_length : float
+        See :func:`edge_clear`.
 
     Returns
     -------
     cut : ndarray (n,) bool
-    n_trails_kept : int
-        Truncated trails not cut (clear of the edge).
+    n_kept : int
+        Truncated detections not cut (trails with clear ends, point sources beyond the core zone).
     """
+    kind = np.asarray(kind)
+    x, y = np.asarray(x, float), np.asarray(y, float)
     cut = np.asarray(truncated, bool) & ~np.asarray(edge_fit, bool)
-    trail = np.nonzero(cut & (np.asarray(kind) == "trail"))[0]
-    if trail.size == 0:
-        return cut, 0
-    clear = edge_distance(shape, np.asarray(x, float)[trail], np.asarray(y, float)[trail],
-                          np.asarray(length, float)[trail], np.asarray(theta, float)[trail]) >= 1.5 * psf_sigma + 1.0
-    cut[trail[clear]] = False
-    return cut, int(clear.sum())
+    n_cut = int(cut.sum())
+    point = np.nonzero(cut & (kind == "point"))[0]
+    cut[point[~near_edge(shape, x[point], y[point], psf_sigma)]] = False
+    trail = np.nonzero(cut & (kind == "trail"))[0]
+    if trail.size:
+        cut[trail[edge_clear(shape, x[trail], y[trail], np.asarray(length, float)[trail],
+                             np.asarray(theta, float)[trail], psf_sigma,
+                             None if width is None else np.asarray(width, float)[trail], min_length)]] = False
+    return cut, n_cut - int(cut.sum())
 
 
 def edge_distance(shape: tuple[int, int], x, y, length, theta) -> np.ndarray:
