@@ -231,6 +231,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     table["edge_cut"], info["n_edge_kept"] = edge_cut(
         image.data.shape, truncated, table["edge_fit"], table["kind"], table["x"], table["y"], table["length"],
         table["theta"], float(extract_info["psf_sigma"]), table["b"], config.streaks.min_length)
+    info["n_edge_cut"] = int(np.sum(table["edge_cut"]))
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.where(flux > 0, image.zeropoint - 2.5 * np.log10(flux / max(ref.exptime, 1e-9)), np.nan)
