@@ -58,7 +58,7 @@ DETECTION_COLUMNS = [
     ("cut", "i8", "", "trail end at the detector edge: 0 none, 1 the end towards +theta, -1 the other, 2 both "
                       "(length and centre are then those of the visible part)"),
     ("edge_fit", "bool", "", "a point source whose core reaches the detector edge, centred and measured by a PSF "
-                             "fit of its pixels on the detector (its fitted centre on a detector pixel, at most "
+                             "fit of its pixels on the detector (its fitted centre inside the detector's outer pixel boundaries, at most "
                              "EDGE_FIT_MAX_INFO of its core information beyond the edge; its errors widened by "
                              "that share): usable although its footprint or aperture is truncated"),
     ("mask_fit", "bool", "", "a point source or a short trail with a masked detector pixel (hot pixel, bad column) "
@@ -78,10 +78,15 @@ PEAK_ERROR = 0.3
 #: sep's flag of a photometric aperture truncated by the image boundary.
 APER_TRUNC_FLAG = 16
 
-#: A point source cut by the detector edge is used when its PSF-fitted centre lies on a detector pixel (0-based
-#: centre within ``[0, n - 1]``) and at most this share of its core information (PSF^2) falls beyond the edge.
-#: The PSF fit measures the pixels that are there: on the tuning members, movers centred 0.2-2 px from the edge
-#: were fitted within 0.05 px of the truth, and the old rule (centre 1 FWHM inside) dropped their detection.
+#: A point source cut by the detector edge is used when its PSF-fitted centre lies on the detector (0-based
+#: centre within ``(-0.5, n - 0.5)``, the outer pixels' boundaries) and at most this share of its core information
+#: (PSF^2) falls beyond the edge.  The PSF fit measures the pixels that are there: on the tuning members, movers
+#: centred 0.2-2 px from the edge were fitted within 0.05 px of the truth, and the old rule (centre 1 FWHM inside)
+#: dropped their detection.  Centres between the outermost pixel centres and the boundary were once refused too:
+#: on member 208 two slow movers on the detector in only 3 exposures, centred 0.2-0.3 px beyond the outermost pixel
+#: centres in one, were lost; a Gaussian fit of a truncated Moffat PSF (beta 2-3.5, FWHM 1.4-2.2 px) centred 0-0.45
+#: px beyond them leans 0.05-0.25 px inwards (0.01-0.02 px for a Gaussian core), within the errors that the
+#: information lost widens.
 EDGE_FIT_MAX_INFO = 0.35
 
 #: sep's flag of a photometric aperture with masked pixels.
@@ -963,7 +968,7 @@ def extract_sources(
     cr_point = cr_hit & (length < 2.0 * fwhm)
     # point sources whose core reaches the detector edge: the pixels beyond it are missing like masked ones, and
     # a PSF fit of the rest measures them (the windowed centroid leans inwards); usable when the fitted centre
-    # lies on a detector pixel with at most EDGE_FIT_MAX_INFO of its core information beyond the edge (its errors
+    # lies on the detector with at most EDGE_FIT_MAX_INFO of its core information beyond the edge (its errors
     # are widened by the information lost there, like those of masked pixels)
     ny_img, nx_img = work.shape
     edge_zone = live & (length < 2.0 * fwhm) & near_edge(work.shape, x, y, psf_sigma)
@@ -982,9 +987,9 @@ def extract_sources(
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
             continue
         if edge_zone[k]:
-            on_pixel = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) >= 0.0
+            on_detector = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) > -0.5
             edge_info[k] = float(edge_information(work.shape, fitted[0:1], fitted[1:2], psf_sigma)[0])
-            edge_fit[k] = on_pixel and edge_info[k] <= EDGE_FIT_MAX_INFO
+            edge_fit[k] = on_detector and edge_info[k] <= EDGE_FIT_MAX_INFO
         # an elongated source (a trail piece found as a peak on a halo, too) is a point only where the point PSF
         # fits, per pixel, better than the trail model of its footprint
         if length[k] >= 4.0 * fwhm or (peak_found[k] and length[k] >= 2.0 * fwhm):
