@@ -282,6 +282,70 @@ def test_a_tracklet_of_edge_fits_is_dropped_one_edge_member_is_kept():
     assert [sorted(trk.members) for trk in vet_edge_fits(links, edge)] == [[4, 5, 6, 7]]
 
 
+def test_an_edge_cut_detection_completes_a_tracklet_but_never_seeds_one():
+    """A slow mover on the detector in 3 exposures, the edge cutting it in one (its centre 1 px off there, its
+    error widened by EDGE_CUT_ERROR px, its flux halved): linked from its two other detections with the cut one
+    completing it (member 201 lost a V 21.9 mover so); without it, or when two of three are cut, nothing links, and
+    cut detections alone never seed a hypothesis.  select_candidates marks such detections ``edge_weak`` with the
+    wider errors, on a copy."""
+    from astropy.table import Table
+
+    from ssodetect.astrometry.tangent import TangentPlane
+    from ssodetect.config import Config
+    from ssodetect.link.movers import EDGE_CUT_ERROR, select_candidates
+
+    rng = np.random.default_rng(3)
+    scale = 0.1  # arcsec/px
+    t = np.arange(4) * 1100.0 / 3600.0
+    # the mover in exposures 0, 1 and 3 (gone from the detector in 2), cut by the edge in 3 (1 px off there)
+    seen = [0, 1, 3]
+    xi = 10.0 + 2.0 * t[seen] + np.array([0.0, 0.0, 1.0 * scale])
+    eta = 20.0 - 1.0 * t[seen]
+    sigma = np.array([0.01, 0.01, math.hypot(0.01, EDGE_CUT_ERROR * scale)])
+    flux, flux_err = np.array([4000.0, 4100.0, 2000.0]), np.array([40.0, 40.0, math.hypot(40.0, 2000.0)])
+    # unrelated detections, a fifth of them cut by the edge
+    n_noise = 400
+    expo = np.concatenate([seen, np.repeat(np.arange(4), n_noise)])
+    tt = t[expo]
+    xi = np.concatenate([xi, rng.uniform(0, 40, 4 * n_noise)])
+    eta = np.concatenate([eta, rng.uniform(0, 40, 4 * n_noise)])
+    weak = np.concatenate([[False, False, True], rng.random(4 * n_noise) < 0.2])
+    sigma = np.concatenate([sigma, np.where(weak[3:], math.hypot(0.02, EDGE_CUT_ERROR * scale), 0.02)])
+    flux = np.concatenate([flux, np.full(4 * n_noise, 100.0)])
+    flux_err = np.concatenate([flux_err, np.where(weak[3:], math.hypot(10.0, 100.0), 10.0)])
+    kw = dict(min_rate=0.3, max_rate=12.0, max_false_alarms=0.1)
+    links = link_tracklets(expo, tt, xi, eta, sigma, flux, flux_err, seed=~weak, **kw)
+    assert [sorted(trk.members) for trk in links] == [[0, 1, 2]]
+    assert all(np.sum(~weak[list(trk.members)]) >= 2 for trk in links)
+    # without the cut detection: two detections are not a tracklet
+    rest = np.arange(expo.size) != 2
+    alone = link_tracklets(expo[rest], tt[rest], xi[rest], eta[rest], sigma[rest], flux[rest], flux_err[rest],
+                           seed=~weak[rest], **kw)
+    assert not [trk for trk in alone if 0 in trk.members]
+    # two of its three detections cut: not linked, though the same three link when all may seed
+    weak2 = weak.copy()
+    weak2[1] = True
+    refused = link_tracklets(expo, tt, xi, eta, sigma, flux, flux_err, seed=~weak2, **kw)
+    assert not [trk for trk in refused if 0 in trk.members] and "n_rejected_weak" in refused.stats
+    assert [0, 1, 2] in [sorted(trk.members) for trk in link_tracklets(expo, tt, xi, eta, sigma, flux, flux_err, **kw)]
+
+    # select_candidates: the cut point source becomes edge_weak with widened errors; the input is untouched
+    det = Table({
+        "x": [100.0, 1.0], "y": [100.0, 50.0], "kind": ["point", "point"], "length": [0.0, 0.0], "a": [0.8, 0.8],
+        "b": [0.8, 0.8], "theta": [0.0, 0.0], "snr": [50.0, 50.0], "flux": [4000.0, 2000.0], "flux_err": [80.0, 80.0],
+        "mag": [22.0, 22.7], "mag_err": [0.02, 0.04], "edge_cut": [False, True], "edge_fit": [False, False],
+        "near_mask": [False, False], "ra": [150.0, 150.001], "dec": [2.0, 2.0], "ra_err": [0.01, 0.01],
+        "dec_err": [0.01, 0.01], "pixel_scale": [scale, scale], "mjd": [60000.0, 60000.0], "exposure": [0, 0],
+        "ccd": ["1", "1"], "exptime": [566.0, 566.0], "trail_arcsec": [0.0, 0.0],
+    })
+    before = det.copy()
+    cand = select_candidates(det, Config(), TangentPlane(150.0, 2.0), 60000.0)
+    assert len(cand) == 2 and cand["edge_weak"].tolist() == [False, True]
+    assert cand["ra_err"][1] == pytest.approx(math.hypot(0.01, EDGE_CUT_ERROR * scale))
+    assert cand["flux_err"][1] == pytest.approx(math.hypot(80.0, 2000.0)) and cand["sigma"][1] > 10 * cand["sigma"][0] / 2
+    assert all((det[c] == before[c]).all() for c in det.colnames)
+
+
 def test_pieces_of_satellites_and_spikes_are_artefacts():
     """Point detections on a satellite trail or a diffraction spike of their own CCD image (or just past its end)
     are flagged; one beside it, on another CCD or in another exposure is not."""

@@ -593,3 +593,38 @@ def test_two_sources_on_one_line_are_not_joined_across_an_empty_gap():
     assert split_at_gaps(det, [0, 1], img, variance, mask, SIGMA) == [[0, 1]]
     out, info = refine_trails(det, img, variance, mask, None, SIGMA, min_length=6.0, max_length=400.0)
     assert info["n_gaps_split"] == 0 and len(out) == 1 and abs(out["length"][0] - 40.0) < 1.5
+
+
+def test_a_bright_short_trail_on_a_faint_fast_trails_line_is_not_joined_to_it():
+    """A slow mover's 8 px trail (S/N ~100) lying on the line of a faint 60 px fast-mover trail, the two overlapping:
+    joined as collinear fragments with no gap between them, but its light per unit length is ~15 times the fast
+    trail's, so it is detached and measured where it is (a V 22.1 slow mover of a family member with 60 fast movers
+    per CCD had been measured 15 px off, as the middle of a 38 px "trail").  A uniform 60 px trail found in three
+    pieces stays one trail."""
+    from ssodetect.streaks import refine_trails
+    from ssodetect.streaks.detect import detach_bright_pieces
+
+    rng = np.random.default_rng(21)
+    shape = (200, 200)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    theta = math.radians(-35.0)
+    c, s = math.cos(theta), math.sin(theta)
+    img = rng.normal(0.0, 5.0, shape)
+    img += trailed_psf(xx, yy, 100.0, 100.0, 60.0, theta, 1500.0, SIGMA)  # faint fast trail: 25 ADU/px
+    mover = (100.0 - 24.0 * c, 100.0 - 24.0 * s)  # its centre 6 px inside the fast trail's end
+    img += trailed_psf(xx, yy, mover[0], mover[1], 8.0, theta, 3400.0, SIGMA)  # 425 ADU/px
+    variance, mask = np.full(shape, 25.0), np.zeros(shape, bool)
+    det = _trail_rows([(mover[0], mover[1], 8.0, theta), (100.0 + 5.0 * c, 100.0 + 5.0 * s, 40.0, theta)])
+    assert join_fragments(det, np.ones(2, bool), max_gap=30.0, max_angle=math.radians(4.0)) == [[0, 1]]
+    assert detach_bright_pieces(det, [0, 1], img, variance, mask, SIGMA, 12.0) == [[1], [0]]
+    out, info = refine_trails(det, img, variance, mask, None, SIGMA, min_length=12.0, max_length=400.0)
+    assert info["n_detached"] == 1 and len(out) == 2
+    found = out[int(np.argmin(np.hypot(out["x"] - mover[0], out["y"] - mover[1])))]
+    assert math.hypot(found["x"] - mover[0], found["y"] - mover[1]) < 0.5 and abs(found["length"] - 8.0) < 1.5
+    # a uniform trail in three pieces (two of them short): one trail
+    img = rng.normal(0.0, 5.0, shape) + trailed_psf(xx, yy, 100.0, 100.0, 60.0, theta, 6000.0, SIGMA)
+    pieces = [(100.0 + d * c, 100.0 + d * s, L, theta) for d, L in ((-22.0, 10.0), (0.0, 20.0), (22.0, 10.0))]
+    det = _trail_rows(pieces)
+    assert detach_bright_pieces(det, [0, 1, 2], img, variance, mask, SIGMA, 12.0) == [[0, 1, 2]]
+    out, info = refine_trails(det, img, variance, mask, None, SIGMA, min_length=12.0, max_length=400.0)
+    assert info["n_detached"] == 0 and len(out) == 1 and abs(out["length"][0] - 60.0) < 2.0

@@ -34,9 +34,17 @@ from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
-           "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR"]
+           "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR",
+           "EDGE_CUT_ERROR"]
 
 log = logging.getLogger(__name__)
+
+#: Centroid error [px] added (in quadrature) to a detection the detector edge cuts (``edge_cut``): a star cut in
+#: half is measured ~1.4 px inside the outermost pixel centres, a short trail leaving the edge obliquely 1-1.5 px
+#: along its axis.  Such a detection (``edge_weak``) never seeds a slow tracklet; it may complete one of at least
+#: two other detections (a slow mover on the detector in only 3 exposures, one of them at the edge), its flux
+#: uncertain by 100 %.
+EDGE_CUT_ERROR = 1.5
 
 
 @dataclass
@@ -82,26 +90,39 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     detector nor extended; the extended ones still count as occupants of the sky.
 
     Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` (position error with ``link.position_floor``) and ``size`` [arcsec] columns and the
-    flags ``static`` and ``artefact`` to a copy of the usable detections.
+    flags ``static``, ``artefact`` and ``edge_weak`` to a copy of the usable detections.  Point sources and short
+    trails the detector edge cuts (``edge_cut``) are usable as ``edge_weak``: their position errors widened by
+    :data:`EDGE_CUT_ERROR` px, their flux errors by their flux.
     """
     # long trails cross flagged pixels often; their measurement masks them, so they stay usable
     long_trail = (np.asarray(detections["kind"]) == "trail") & (
         np.asarray(detections["length"], float) >= config.streaks.min_length
     )
     # a source cut by the image edge within its core has a biased centroid (and a star drifting off the
-    # edge looks like a mover)
+    # edge looks like a mover): it may only complete a slow tracklet (``edge_weak``), with wide errors
     truncated = np.asarray(detections["edge_cut"], bool)
     # a masked pixel beside a point source biases its windowed centroid, not the PSF fit that skipped it (mask_fit)
     masked = np.asarray(detections["near_mask"], bool)
     if "mask_fit" in detections.colnames:
         masked &= ~np.asarray(detections["mask_fit"], bool)
+    weak = truncated & ~masked & ~long_trail & np.isin(detections["kind"], ["point", "trail"])
     usable = (
         np.isin(detections["kind"], ["point", "trail", "extended"])
-        & ((~masked & ~truncated) | long_trail)
+        & ((~masked & ~truncated) | long_trail | weak)
         & (np.asarray(detections["snr"]) > 0)
         & np.isfinite(np.asarray(detections["ra"], float))
     )
     cand = detections[usable]
+    cand["edge_weak"] = weak[usable]
+    if np.any(cand["edge_weak"]):
+        # the errors the reports carry too: the edge may have taken EDGE_CUT_ERROR px of the centre and any flux
+        w = np.nonzero(np.asarray(cand["edge_weak"]))[0]
+        extra = EDGE_CUT_ERROR * np.asarray(cand["pixel_scale"], float)[w]
+        for col in ("ra_err", "dec_err"):
+            cand[col][w] = np.hypot(np.asarray(cand[col], float)[w], extra)
+        cand["flux_err"][w] = np.hypot(np.asarray(cand["flux_err"], float)[w], np.asarray(cand["flux"], float)[w])
+        if "mag_err" in cand.colnames:
+            cand["mag_err"][w] = np.hypot(np.asarray(cand["mag_err"], float)[w], 2.5 / math.log(10.0))
     xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
     cand["xi"] = xi
     cand["eta"] = eta
@@ -194,7 +215,7 @@ def vet_edge_fits(tracklets: list, edge_fit: np.ndarray, max_fraction: float = 0
     """Drop tracklets made mostly of sources cut by the detector edge.
 
     A point source whose core reaches the edge is measured by a PSF fit of the pixels that are there
-    (``edge_fit``).  Such members help a mover that left or entered the detector (on the family scenes a real
+    (``edge_fit``); one the edge cuts otherwise may complete a tracklet with wide errors (``edge_weak``).  Such members help a mover that left or entered the detector (on the family scenes a real
     mover had 2 of its 3 detections at the edge); a tracklet made almost only of edge fits is a star sliding
     along the edge as the pointing drifts, its centres biased by the edge's own response (a dark first column on
     a real ground night: every member of its tracklets an edge fit) by amounts that change with its distance
@@ -205,8 +226,9 @@ def vet_edge_fits(tracklets: list, edge_fit: np.ndarray, max_fraction: float = 0
     tracklets : list of Tracklet
         Indexing ``edge_fit``.
     edge_fit : ndarray (n,) bool
+        Members measured at the edge (edge fits and ``edge_weak`` detections).
     max_fraction : float
-        Largest share of a tracklet's members that may be edge fits.
+        Largest share of a tracklet's members that may be measured at the edge.
 
     Returns
     -------
@@ -536,8 +558,10 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
         # a CCD's exposures placed through one shared solution move together: that error does not blur a motion
         shared=np.asarray(slow["sky_err_shared"], float) if "sky_err_shared" in slow.colnames else None,
         group=np.asarray(slow["ccd"]).astype(str),
+        seed=~np.asarray(slow["edge_weak"], bool),
     )
     stats["slow"].update(linked.stats)
+    stats["slow"]["n_edge_weak"] = int(np.sum(slow["edge_weak"]))
     tracklets = linked.tracklets
     n0 = len(tracklets)
     tracklets = vet_occupancy(tracklets, slow, cand, t_exposures, config)
@@ -547,7 +571,7 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     stats["slow"]["n_rejected_trail_length"] = n0 - len(tracklets)
     n0 = len(tracklets)
     if "edge_fit" in slow.colnames:
-        tracklets = vet_edge_fits(tracklets, np.asarray(slow["edge_fit"], bool))
+        tracklets = vet_edge_fits(tracklets, np.asarray(slow["edge_fit"], bool) | np.asarray(slow["edge_weak"], bool))
     stats["slow"]["n_rejected_edge"] = n0 - len(tracklets)
     if stats["slow"]["n_rejected_edge"]:
         log.info("%d slow tracklets made of more than three quarters detector-edge fits dropped (stars sliding along "

@@ -150,6 +150,7 @@ def link_tracklets(
     flux_scatter: float = 0.25,
     shared: np.ndarray | None = None,
     group: np.ndarray | None = None,
+    seed: np.ndarray | None = None,
 ) -> "SlowLinks":
     """Link candidate detections into tracklets of linear motion.
 
@@ -198,6 +199,10 @@ def link_tracklets(
         one spanning groups with the full ``sigma``.
     group : ndarray (n,), optional
         Group (CCD) of each detection; needed with ``shared``.
+    seed : ndarray (n,) bool, optional
+        Detections that may seed a hypothesis (default: all).  The others (detections the detector edge cut, their
+        errors widened) may only join one: a tracklet keeps at least ``max(2, min_detections - 1)`` seeding
+        members (``n_rejected_weak`` counts those refused).
 
     Returns
     -------
@@ -213,7 +218,7 @@ def link_tracklets(
     """
     n = len(xi)
     stats = {"n_seeds": 0, "expected_chance": 0.0, "chance_threshold": None, "n_hypotheses": 0,
-             "n_rejected_false_alarm": 0}
+             "n_rejected_false_alarm": 0, "n_rejected_weak": 0}
     if n == 0:
         return SlowLinks([], stats)
     pos = np.column_stack([xi, eta])
@@ -221,12 +226,16 @@ def link_tracklets(
     if exposures.size < min_detections:
         return SlowLinks([], stats)
     sigma = np.asarray(sigma, float)
+    seed = np.ones(n, bool) if seed is None else np.asarray(seed, bool)
+    min_strong = max(2, min_detections - 1)
     sigma_rel, gid = relative_sigma(sigma, shared, group)
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
     times = np.array([float(np.median(t_hours[groups[e]])) for e in exposures])
-    sig_max = float(np.max(sigma))
+    # the seeds' largest error sets the reach (a non-seeding detection's wider error admits it only within its own)
+    sig_max = float(np.max(sigma[seed])) if np.any(seed) else float(np.max(sigma))
     hypotheses: dict[frozenset, Tracklet] = {}
+    weak_keys: set[frozenset] = set()
     seed_flux: list[np.ndarray] = []
     evaluate = dict(min_rate=min_rate, max_rate=max_rate, max_chi2_dof=max_chi2_dof, max_flux_ratio=max_flux_ratio,
                     min_rate_significance=min_rate_significance, min_detections=min_detections,
@@ -246,7 +255,7 @@ def link_tracklets(
         v = (pos[ib] - pos[ia]) / dt
         speed = np.hypot(v[:, 0], v[:, 1])
         speed_tol = match_sigma * np.hypot(sigma[ia], sigma[ib]) / dt
-        ok = (speed <= max_rate + speed_tol) & (speed >= min_rate - speed_tol)
+        ok = (speed <= max_rate + speed_tol) & (speed >= min_rate - speed_tol) & seed[ia] & seed[ib]
         ia, ib, v = ia[ok], ib[ok], v[ok]
         if ia.size == 0:
             continue
@@ -273,12 +282,16 @@ def link_tracklets(
         keep = (count >= min_detections) & (count >= min_fraction * (last - first + 1))
         for row in np.nonzero(keep)[0]:
             key = frozenset(int(m) for m in members[row][found[row]])
-            if key in hypotheses:
+            if key in hypotheses or key in weak_keys:
                 continue
             trk = _evaluate(key, t_hours, xi, eta, sigma, flux, flux_err, **evaluate)
             if trk is not None:
                 trk = _regrow(trk, exposures, groups, trees, times, pos, sigma, t_hours, xi, eta, flux, flux_err,
                               match_sigma, match_floor, evaluate)
+            if trk is not None and int(np.sum(seed[list(trk.members)])) < min_strong:
+                weak_keys.add(key)
+                stats["n_rejected_weak"] += 1
+                continue
             if trk is not None and len(trk.members) >= min_fraction * _spanned(
                 exposures, {int(exposure[i]): i for i in trk.members}
             ):

@@ -472,7 +472,7 @@ BUILTIN_STEPS = [
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "6", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "7", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
                                        "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
