@@ -326,7 +326,18 @@ def test_an_edge_cut_detection_completes_a_tracklet_but_never_seeds_one():
     weak2 = weak.copy()
     weak2[1] = True
     refused = link_tracklets(expo, tt, xi, eta, sigma, flux, flux_err, seed=~weak2, **kw)
-    assert not [trk for trk in refused if 0 in trk.members] and "n_rejected_weak" in refused.stats
+    assert not [trk for trk in refused if 0 in trk.members]
+    # four detections needed: two seeding ones and two cut ones are refused (counted), three seeding ones pass
+    t4 = np.arange(4) * 1100.0 / 3600.0
+    x4, y4 = 10.0 + 2.0 * t4, 20.0 - 1.0 * t4
+    s4 = np.array([0.01, 0.01, 0.15, 0.15])
+    f4, fe4 = np.array([4000.0, 4100.0, 2000.0, 2100.0]), np.array([40.0, 40.0, 2000.0, 2100.0])
+    four = link_tracklets(np.arange(4), t4, x4, y4, s4, f4, fe4, seed=np.array([True, True, False, False]),
+                          min_detections=4, min_rate=0.3, max_rate=12.0)
+    assert len(four) == 0 and four.stats["n_rejected_weak"] == 1
+    three = link_tracklets(np.arange(4), t4, x4, y4, s4, f4, fe4, seed=np.array([True, True, True, False]),
+                           min_detections=4, min_rate=0.3, max_rate=12.0)
+    assert [sorted(trk.members) for trk in three] == [[0, 1, 2, 3]]
     assert [0, 1, 2] in [sorted(trk.members) for trk in link_tracklets(expo, tt, xi, eta, sigma, flux, flux_err, **kw)]
 
     # select_candidates: the cut point source becomes edge_weak with widened errors; the input is untouched

@@ -160,7 +160,8 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
     """Stars whose footprint or photometric aperture is cut by the detector edge are flagged (and left out of
     linking) unless a PSF fit of their pixels on the detector puts them on the detector with at most
     EDGE_FIT_MAX_INFO of their core information beyond the edge (then it measures them accurately, with errors
-    widened by the information lost).  A star centred beyond the outer pixel centres is flagged; 1 and 2 PSF sigma
+    widened by the information lost).  A star centred 0.45 px beyond the outer pixel centres (~half of its core
+    information beyond the edge) is flagged; 1 and 2 PSF sigma
     in are fitted within 0.1 px (one on the first row is either fitted as accurately or flagged: half cut, its
     footprint looks like a trail along the edge); a star well inside is not cut.  The old rule (footprint
     truncated and the *measured* centre < 1.5 sigma from the edge) missed the real case behind it: on the
@@ -190,7 +191,7 @@ def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):
         row = table[np.argmin(np.hypot(table["x"] - x, table["y"] - max(y, 0.0)))]
         assert abs(row["x"] - x) < 0.5
         rows[y] = row
-    assert rows[-0.45]["edge_cut"] and not rows[-0.45]["edge_fit"]  # centred beyond the outer pixel centres
+    assert rows[-0.45]["edge_cut"] and not rows[-0.45]["edge_fit"]  # ~half its information beyond the edge
     for y in (0.1, 1.0 * sigma, 2.0 * sigma):
         # either measured by the PSF fit (then accurately, and little of its information beyond the edge) or flagged
         row = rows[y]

@@ -78,9 +78,9 @@ PEAK_ERROR = 0.3
 #: sep's flag of a photometric aperture truncated by the image boundary.
 APER_TRUNC_FLAG = 16
 
-#: A point source cut by the detector edge is used when its PSF-fitted centre lies on the detector (0-based
-#: centre within ``(-0.5, n - 0.5)``, the outer pixels' boundaries) and at most this share of its core information
-#: (PSF^2) falls beyond the edge.  The PSF fit measures the pixels that are there: on the tuning members, movers
+#: A point source cut by the detector edge is used when at most this share of its core information (PSF^2) falls
+#: beyond the edge at its PSF-fitted centre (which puts that centre on the detector, within the outer pixels'
+#: boundaries ``(-0.5, n - 0.5)``).  The PSF fit measures the pixels that are there: on the tuning members, movers
 #: centred 0.2-2 px from the edge were fitted within 0.05 px of the truth, and the old rule (centre 1 FWHM inside)
 #: dropped their detection.  Centres between the outermost pixel centres and the boundary were once refused too:
 #: on member 208 two slow movers on the detector in only 3 exposures, centred 0.2-0.3 px beyond the outermost pixel
@@ -967,10 +967,9 @@ def extract_sources(
     # the wider error below)
     cr_point = cr_hit & (length < 2.0 * fwhm)
     # point sources whose core reaches the detector edge: the pixels beyond it are missing like masked ones, and
-    # a PSF fit of the rest measures them (the windowed centroid leans inwards); usable when the fitted centre
-    # lies on the detector with at most EDGE_FIT_MAX_INFO of its core information beyond the edge (its errors
-    # are widened by the information lost there, like those of masked pixels)
-    ny_img, nx_img = work.shape
+    # a PSF fit of the rest measures them (the windowed centroid leans inwards); usable when at most
+    # EDGE_FIT_MAX_INFO of their core information lies beyond the edge at the fitted centre (their errors are
+    # widened by the information lost there, like those of masked pixels)
     edge_zone = live & (length < 2.0 * fwhm) & near_edge(work.shape, x, y, psf_sigma)
     edge_fit = np.zeros(x.size, bool)
     edge_info = np.zeros(x.size)
@@ -987,9 +986,9 @@ def extract_sources(
         if fitted is None or math.hypot(fitted[0] - x[k], fitted[1] - y[k]) >= 2.0 * psf_sigma:
             continue
         if edge_zone[k]:
-            on_detector = min(fitted[0], fitted[1], nx_img - 1 - fitted[0], ny_img - 1 - fitted[1]) > -0.5
+            # (at most EDGE_FIT_MAX_INFO < 0.5 beyond the edge puts the fitted centre on the detector)
             edge_info[k] = float(edge_information(work.shape, fitted[0:1], fitted[1:2], psf_sigma)[0])
-            edge_fit[k] = on_detector and edge_info[k] <= EDGE_FIT_MAX_INFO
+            edge_fit[k] = edge_info[k] <= EDGE_FIT_MAX_INFO
         # an elongated source (a trail piece found as a peak on a halo, too) is a point only where the point PSF
         # fits, per pixel, better than the trail model of its footprint
         if length[k] >= 4.0 * fwhm or (peak_found[k] and length[k] >= 2.0 * fwhm):

@@ -114,15 +114,6 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     )
     cand = detections[usable]
     cand["edge_weak"] = weak[usable]
-    if np.any(cand["edge_weak"]):
-        # the errors the reports carry too: the edge may have taken EDGE_CUT_ERROR px of the centre and any flux
-        w = np.nonzero(np.asarray(cand["edge_weak"]))[0]
-        extra = EDGE_CUT_ERROR * np.asarray(cand["pixel_scale"], float)[w]
-        for col in ("ra_err", "dec_err"):
-            cand[col][w] = np.hypot(np.asarray(cand[col], float)[w], extra)
-        cand["flux_err"][w] = np.hypot(np.asarray(cand["flux_err"], float)[w], np.asarray(cand["flux"], float)[w])
-        if "mag_err" in cand.colnames:
-            cand["mag_err"][w] = np.hypot(np.asarray(cand["mag_err"], float)[w], 2.5 / math.log(10.0))
     xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
     cand["xi"] = xi
     cand["eta"] = eta
@@ -163,6 +154,18 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     point_like = np.asarray(cand["kind"]) != "trail"
     cand["artefact"] = np.asarray(cand["artefact"]) | (point_like & on_lines(
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), lines))
+    if np.any(cand["edge_weak"]):
+        # widened after the static tests (a slow mover's own positions in the other exposures would otherwise match
+        # a cut detection of it within its wider error and call it static); the reports carry these errors too: the
+        # edge may have taken EDGE_CUT_ERROR px of the centre and any share of the flux
+        w = np.nonzero(np.asarray(cand["edge_weak"]))[0]
+        extra = EDGE_CUT_ERROR * np.asarray(cand["pixel_scale"], float)[w]
+        for col in ("ra_err", "dec_err"):
+            cand[col][w] = np.hypot(np.asarray(cand[col], float)[w], extra)
+        cand["sigma"][w] = np.hypot(np.asarray(cand["sigma"], float)[w], extra)
+        cand["flux_err"][w] = np.hypot(np.asarray(cand["flux_err"], float)[w], np.asarray(cand["flux"], float)[w])
+        if "mag_err" in cand.colnames:
+            cand["mag_err"][w] = np.hypot(np.asarray(cand["mag_err"], float)[w], 2.5 / math.log(10.0))
     return cand
 
 
@@ -570,8 +573,10 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     tracklets = vet_trail_lengths(tracklets, slow, lk.min_detections)
     stats["slow"]["n_rejected_trail_length"] = n0 - len(tracklets)
     n0 = len(tracklets)
+    at_edge = np.asarray(slow["edge_weak"], bool)
     if "edge_fit" in slow.colnames:
-        tracklets = vet_edge_fits(tracklets, np.asarray(slow["edge_fit"], bool) | np.asarray(slow["edge_weak"], bool))
+        at_edge = at_edge | np.asarray(slow["edge_fit"], bool)
+    tracklets = vet_edge_fits(tracklets, at_edge)
     stats["slow"]["n_rejected_edge"] = n0 - len(tracklets)
     if stats["slow"]["n_rejected_edge"]:
         log.info("%d slow tracklets made of more than three quarters detector-edge fits dropped (stars sliding along "

@@ -232,7 +232,8 @@ def link_tracklets(
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
     trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
     times = np.array([float(np.median(t_hours[groups[e]])) for e in exposures])
-    # the seeds' largest error sets the reach (a non-seeding detection's wider error admits it only within its own)
+    # the seeds' largest error sets the reach and the tolerance of the predictions (a non-seeding detection's wider
+    # error does not widen them: it is admitted within that tolerance and its own, and by _regrow within its own)
     sig_max = float(np.max(sigma[seed])) if np.any(seed) else float(np.max(sigma))
     hypotheses: dict[frozenset, Tracklet] = {}
     weak_keys: set[frozenset] = set()

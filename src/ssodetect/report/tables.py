@@ -15,6 +15,10 @@ from ssodetect.link.tracklets import Tracklet
 __all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "append_objects", "rows_table", "tracklet_tables"]
 
 #: (name, dtype, unit, description)
+#: Floor [mag] of the per-detection magnitude errors when an object's magnitude is their weighted mean (a mover's
+#: brightness changes between exposures beyond the noise of its brightest detections).
+MAG_ERROR_FLOOR = 0.05
+
 OBSERVATION_COLUMNS = [
     ("object", "U8", "", "object identifier (ADES trkSub)"),
     ("exposure", "i8", "", "exposure index in time order"),
@@ -57,7 +61,7 @@ OBJECT_COLUMNS = [
     ("v_dec", "f8", "arcsec / h", "motion in Dec"),
     ("chi2_dof", "f8", "", "reduced chi-square of the linear fit"),
     ("rms_resid", "f8", "arcsec", "rms of the fit residuals"),
-    ("mag", "f8", "mag", "mean magnitude"),
+    ("mag", "f8", "mag", "mean magnitude, weighted by the detections' errors (floor MAG_ERROR_FLOOR)"),
     ("snr", "f8", "", "median SNR of the observations"),
     ("mjd_first", "f8", "d", "first observation"),
     ("mjd_last", "f8", "d", "last observation"),
@@ -152,7 +156,10 @@ def tracklet_tables(
                 }
             )
         ra0, dec0 = plane.to_sky(np.array([trk.x0]), np.array([trk.y0]))
-        mags = np.asarray(rows["mag"], float)
+        # weighted by the magnitude errors (a detection the edge cut, its flux truncated, carries a 1.1 mag error)
+        mags, mag_errs = np.asarray(rows["mag"], float), np.asarray(rows["mag_err"], float)
+        good = np.isfinite(mags) & np.isfinite(mag_errs)
+        weights = 1.0 / (mag_errs[good] ** 2 + MAG_ERROR_FLOOR**2)
         obj_rows.append(
             {
                 "object": name,
@@ -167,7 +174,8 @@ def tracklet_tables(
                 "v_dec": trk.vy,
                 "chi2_dof": trk.chi2 / max(trk.dof, 1),
                 "rms_resid": float(np.sqrt(np.mean(res_x**2 + res_y**2))),
-                "mag": float(np.nanmean(mags)) if np.isfinite(mags).any() else np.nan,
+                "mag": (float(np.sum(weights * mags[good]) / np.sum(weights)) if good.any()
+                        else float(np.nanmean(mags)) if np.isfinite(mags).any() else np.nan),
                 "snr": float(np.median(rows["snr"])),
                 "mjd_first": float(np.min(rows["mjd"])),
                 "mjd_last": float(np.max(rows["mjd"])),
