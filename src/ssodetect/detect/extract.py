@@ -58,9 +58,9 @@ DETECTION_COLUMNS = [
     ("cut", "i8", "", "trail end at the detector edge: 0 none, 1 the end towards +theta, -1 the other, 2 both "
                       "(length and centre are then those of the visible part)"),
     ("edge_fit", "bool", "", "a point source whose core reaches the detector edge, centred and measured by a PSF "
-                             "fit of its pixels on the detector (its fitted centre inside the detector's outer pixel boundaries, at most "
-                             "EDGE_FIT_MAX_INFO of its core information beyond the edge; its errors widened by "
-                             "that share): usable although its footprint or aperture is truncated"),
+                             "fit of its pixels on the detector (at most EDGE_FIT_MAX_INFO of its core information "
+                             "beyond the edge at the fitted centre; its errors widened by that share): usable although "
+                             "its footprint or aperture is truncated"),
     ("mask_fit", "bool", "", "a point source or a short trail with a masked detector pixel (hot pixel, bad column) "
                              "inside or next to its footprint, centred and measured by a PSF or trailed-PSF fit that "
                              "skips it, with at most half of its information on masked pixels: usable although "

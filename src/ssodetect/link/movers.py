@@ -218,8 +218,9 @@ def vet_edge_fits(tracklets: list, edge_fit: np.ndarray, max_fraction: float = 0
     """Drop tracklets made mostly of sources cut by the detector edge.
 
     A point source whose core reaches the edge is measured by a PSF fit of the pixels that are there
-    (``edge_fit``); one the edge cuts otherwise may complete a tracklet with wide errors (``edge_weak``).  Such members help a mover that left or entered the detector (on the family scenes a real
-    mover had 2 of its 3 detections at the edge); a tracklet made almost only of edge fits is a star sliding
+    (``edge_fit``); one the edge cuts otherwise may complete a tracklet with wide errors (``edge_weak``).  Such
+    members help a mover that left or entered the detector (on the family scenes a real mover had 2 of its 3
+    detections at the edge); a tracklet made almost only of edge fits is a star sliding
     along the edge as the pointing drifts, its centres biased by the edge's own response (a dark first column on
     a real ground night: every member of its tracklets an edge fit) by amounts that change with its distance
     from the edge: a false slow mover.

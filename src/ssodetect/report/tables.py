@@ -14,11 +14,11 @@ from ssodetect.link.tracklets import Tracklet
 
 __all__ = ["OBSERVATION_COLUMNS", "OBJECT_COLUMNS", "append_objects", "rows_table", "tracklet_tables"]
 
-#: (name, dtype, unit, description)
 #: Floor [mag] of the per-detection magnitude errors when an object's magnitude is their weighted mean (a mover's
 #: brightness changes between exposures beyond the noise of its brightest detections).
 MAG_ERROR_FLOOR = 0.05
 
+#: (name, dtype, unit, description)
 OBSERVATION_COLUMNS = [
     ("object", "U8", "", "object identifier (ADES trkSub)"),
     ("exposure", "i8", "", "exposure index in time order"),

@@ -23,8 +23,8 @@ from astropy.table import Table
 from ssodetect.detect.extract import FWHM_TO_SIGMA, MASK_FIT_MAX_INFO, masked_information, near_edge
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, section_amplitudes, trail_cost
 
-__all__ = ["join_fragments", "detach_bright_pieces", "collinear_chains", "refine_trails", "cut_ends", "spike_axes", "edge_distance",
-           "edge_clear", "edge_cut", "EDGE_ALONG_CLEARANCE", "EDGE_LINE_CLEARANCE",
+__all__ = ["join_fragments", "detach_bright_pieces", "collinear_chains", "refine_trails", "cut_ends", "spike_axes",
+           "edge_distance", "edge_clear", "edge_cut", "EDGE_ALONG_CLEARANCE", "EDGE_LINE_CLEARANCE",
            "EDGE_MIN_TRAIL_FWHM"]
 
 log = logging.getLogger(__name__)
