@@ -403,44 +403,55 @@ def test_grid_voting_recovers_a_shifted_rotated_and_scaled_header():
                       max_scale=0.01, match_radius=6.0, min_matches=6) is None
 
 
-def test_failed_ccd_exposures_are_solved_from_their_exposure_and_their_ccd():
-    """Three CCDs side by side, two exposures whose headers are off by the same 20", 0.5 deg, 0.5 % on every CCD.
-    CCDs A and C have 30 catalogue stars; B has 3 (too few alone), and A's second exposure has a header pointing
-    a further 2' off (beyond the search).  A's second exposure is registered onto its first; B is solved from
-    its exposure's correction measured on the other CCDs (A's odd header left out of it).  All land within
-    60 mas of the truth."""
+def _focal_plane_scene(rng, keys, *, n_faint: int, header_extra: dict | None = None):
+    """CCDs A, B, C side by side (B in the middle) in two exposures dithered by 5"; every header of exposure 0 off
+    by (20", -5"), +0.5 deg, x1.005, of exposure 1 by (-14", 14"), -0.5 deg, x0.995 (plus ``header_extra``
+    [arcsec] in RA for given keys).  30 catalogue stars on A and C, 3 on B, ``n_faint`` uncatalogued sources per
+    CCD.  Returns the true WCSs by (exposure, ccd), the catalogue and the per-CCD ExposureStars groups of ``keys``."""
     from astropy.table import vstack
 
-    from ssodetect.astrometry.field import rescue_failed
-
-    rng = np.random.default_rng(3)
     centre = (150.0, 25.0)
     crpix = {"A": (1024.5 + 2160.0, 1024.5), "B": (1024.5, 1024.5), "C": (1024.5 - 2160.0, 1024.5)}
     dither = [(0.0, 0.0), (4.0, -3.0)]  # arcsec
     errors = [((20.0, -5.0), 0.5, 1.005), ((-14.0, 14.0), -0.5, 0.995)]
     cosd = math.cos(math.radians(25.0))
     truths, headers = {}, {}
-    for e, (dx, dy) in enumerate(dither):
-        for ccd in "ABC":
-            crval = (centre[0] + dx / 3600.0 / cosd, centre[1] + dy / 3600.0)
-            truths[(e, ccd)] = _tan(crval, crpix[ccd])
-            (ex, ey), rot, scale = errors[e]
-            ex += 120.0 if (e, ccd) == (1, "A") else 0.0
-            headers[(e, ccd)] = _tan((crval[0] + ex / 3600.0 / cosd, crval[1] + ey / 3600.0), crpix[ccd], rot, scale)
+    for e, ccd in keys:
+        dx, dy = dither[e]
+        crval = (centre[0] + dx / 3600.0 / cosd, centre[1] + dy / 3600.0)
+        truths[(e, ccd)] = _tan(crval, crpix[ccd])
+        (ex, ey), rot, scale = errors[e]
+        ex += (header_extra or {}).get((e, ccd), 0.0)
+        headers[(e, ccd)] = _tan((crval[0] + ex / 3600.0 / cosd, crval[1] + ey / 3600.0), crpix[ccd], rot, scale)
+    ccds = sorted({c for _, c in keys})
     stars, faint = {}, {}
-    for ccd in "ABC":
+    for ccd in ccds:
         n = 3 if ccd == "B" else 30
         x, y = rng.uniform(80, NX - 80, n), rng.uniform(80, NY - 80, n)
         stars[ccd] = (*truths[(0, ccd)].all_pix2world(x, y, 0), rng.uniform(19.0, 21.0, n))
-        x, y = rng.uniform(80, NX - 80, 120), rng.uniform(80, NY - 80, 120)  # uncatalogued, fixed on the sky
-        faint[ccd] = (*truths[(0, ccd)].all_pix2world(x, y, 0), rng.uniform(21.5, 23.0, 120))
-    catalogue = vstack([_catalogue(*stars[c]) for c in "ABC"])
+        x, y = rng.uniform(80, NX - 80, n_faint), rng.uniform(80, NY - 80, n_faint)  # uncatalogued, fixed on the sky
+        faint[ccd] = (*truths[(0, ccd)].all_pix2world(x, y, 0), rng.uniform(21.5, 23.0, n_faint))
+    catalogue = vstack([_catalogue(*stars[c]) for c in ccds])
     groups = []
-    for ccd in "ABC":
+    for ccd in ccds:
         ra, dec, mags = (np.concatenate([stars[ccd][k], faint[ccd][k]]) for k in range(3))
-        groups.append((ccd, [ExposureStars(e, MJD, 566.0, (NY, NX), headers[(e, ccd)],
-                                           _sources(rng, truths[(e, ccd)], ra, dec, mags, n_junk=20), zeropoint=ZP)
-                             for e in range(2)]))
+        groups.append((ccd, [ExposureStars(e, MJD, 566.0, (NY, NX), headers[(e, c)],
+                                           _sources(rng, truths[(e, c)], ra, dec, mags, n_junk=20), zeropoint=ZP)
+                             for e, c in keys if c == ccd]))
+    return truths, catalogue, groups
+
+
+def test_failed_ccd_exposures_are_solved_from_their_exposure_and_their_ccd():
+    """Three CCDs side by side, two exposures whose headers are off by the same 20", 0.5 deg, 0.5 % on every CCD.
+    CCDs A and C have 30 catalogue stars; B has 3 (too few alone), and A's second exposure has a header pointing
+    a further 2' off (beyond the search).  A's second exposure is registered onto its first; B is solved from
+    its exposure's correction measured on the other CCDs (A's odd header left out of it).  All land within
+    60 mas of the truth."""
+    from ssodetect.astrometry.field import rescue_failed
+
+    rng = np.random.default_rng(3)
+    keys = [(e, ccd) for e in range(2) for ccd in "ABC"]
+    truths, catalogue, groups = _focal_plane_scene(rng, keys, n_faint=120, header_extra={(1, "A"): 120.0})
     config = AstrometryConfig(blind=False)
     alone = [sol for ccd, items in groups for sol in solve_ccd(ccd, items, catalogue, config)]
     assert {(s.exposure, s.ccd) for s in alone if not s.ok} == {(1, "A"), (0, "B"), (1, "B")}
@@ -455,6 +466,30 @@ def test_failed_ccd_exposures_are_solved_from_their_exposure_and_their_ccd():
     assert corrections[0].startswith("header off by 20.6\", -0.50") and "scale 0.995" in corrections[0]
     assert "from 2 solved CCDs" in corrections[0]
     assert "from 1 solved CCDs" in corrections[1]  # A's odd header does not agree with C's
+    for key, sol in by_key.items():
+        err = wcs_difference(sol.wcs, truths[key])
+        assert np.sqrt(np.mean(err**2)) < 60.0, (key, sol.method, err.max())
+
+
+def test_an_exposure_without_a_header_correction_is_registered_onto_its_ccds_placed_exposure():
+    """Member 246: a sparse field, CCD B with 3 catalogue stars, headers off by 20", 0.5 deg, 0.5 %.  Exposure 0
+    is placed through its header corrected on CCD A; exposure 1 has no other CCD to measure a correction on, so
+    it stayed on its header (20" off) and no star on B was static.  It is registered onto B's exposure 0 and
+    lands within 60 mas of the truth, sharing exposure 0's placement error."""
+    from ssodetect.astrometry.field import rescue_failed
+
+    rng = np.random.default_rng(11)
+    keys = [(0, "A"), (0, "B"), (1, "B")]  # CCD A is not in exposure 1
+    truths, catalogue, groups = _focal_plane_scene(rng, keys, n_faint=150)
+    config = AstrometryConfig(blind=False)
+    alone = [sol for ccd, items in groups for sol in solve_ccd(ccd, items, catalogue, config)]
+    assert {(s.exposure, s.ccd) for s in alone if not s.ok} == {(0, "B"), (1, "B")}
+    rescued, _ = rescue_failed(groups, alone, catalogue, config)
+    by_key = {(s.exposure, s.ccd): s for s in rescued}
+    assert all(s.ok for s in rescued), [s.reason for s in rescued]
+    assert by_key[(0, "B")].method in ("guided", "exposure")
+    assert by_key[(1, "B")].method == "registered"
+    assert by_key[(1, "B")].wcs_error_shared >= by_key[(0, "B")].wcs_error - 1e-9
     for key, sol in by_key.items():
         err = wcs_difference(sol.wcs, truths[key])
         assert np.sqrt(np.mean(err**2)) < 60.0, (key, sol.method, err.max())

@@ -78,6 +78,40 @@ def test_static_sources_are_found_and_slow_movers_kept():
     assert static[::2].all() and not static[1::2].any()
 
 
+def test_a_slow_mover_matching_its_neighbours_is_kept_by_its_motion():
+    """A bright 0.5"/h mover moves 0.15" between exposures, within 3 sigma (0.04" each) of its own neighbours."""
+    rng = np.random.default_rng(21)
+    t = np.arange(4) * 1100 / 3600.0
+    e = np.arange(4)
+    sig = 0.04
+    n_stars = 500
+    # 500 stars scattered by their errors, and the mover (the last four detections)
+    ex = np.concatenate([np.tile(e, n_stars), e])
+    tt = np.concatenate([np.tile(t, n_stars), t])
+    x0 = np.repeat(rng.uniform(0, 3000, n_stars), 4)
+    y0 = np.repeat(rng.uniform(0, 3000, n_stars), 4)
+    # (the mover on its line: 0.153" steps against a 3-sigma pair tolerance of 0.170")
+    x = np.concatenate([x0 + rng.normal(0, sig, x0.size), 5000.0 + 0.5 * t])
+    y = np.concatenate([y0 + rng.normal(0, sig, y0.size), np.full(4, 5000.0)])
+    sigma = np.full(x.size, sig)
+    kw = dict(radius=0.12, min_matches=2, min_rate=0.3)
+    # matched within 3 sigma in two other exposures, the middle detections count as static
+    before = static_on_sky(ex, tt, x, y, sigma, **kw)
+    assert before[-4:].sum() == 2
+    report: dict = {}
+    static = static_on_sky(ex, tt, x, y, sigma, motion_significance=5.0, report=report, **kw)
+    assert not static[-4:].any()
+    assert report["n_moving_matches"] == 2
+    # the stars' counterparts scatter about one position: every star detection static before stays static
+    assert before[:-4].sum() > 1900
+    assert np.array_equal(static[:-4], before[:-4])
+    # a motion below the slowest searched rate is not kept, however significant
+    slow = x.copy()
+    slow[-4:] = 5000.0 + 0.2 * t
+    sigma_small = np.full(x.size, 0.005)
+    assert static_on_sky(ex, tt, slow, y, sigma_small, motion_significance=5.0, **kw)[-4:].sum() >= 2
+
+
 def test_hot_pixel_moving_with_dithers():
     e = np.array([0, 1, 2, 3])
     dither = np.array([0.0, 3.1, -2.2, 1.4])  # arcsec
@@ -355,6 +389,59 @@ def test_an_edge_cut_detection_completes_a_tracklet_but_never_seeds_one():
     assert cand["ra_err"][1] == pytest.approx(math.hypot(0.01, EDGE_CUT_ERROR * scale))
     assert cand["flux_err"][1] == pytest.approx(math.hypot(80.0, 2000.0)) and cand["sigma"][1] > 10 * cand["sigma"][0] / 2
     assert all((det[c] == before[c]).all() for c in det.colnames)
+
+
+def test_a_detection_with_its_core_masked_does_not_veto_a_tracklet_by_its_flux():
+    """A V 22.8 slow mover of member 238 had 96 % of its core information on cosmic-ray pixels in one exposure; the
+    PSF fit of its wings gave 2.6x its flux, 17 formal errors off, and the flux test refused the 3-detection
+    tracklet.  select_candidates widens such a flux error by the flux (over MASKED_CORE_FLUX, counted)."""
+    from astropy.table import Table
+
+    from ssodetect.astrometry.tangent import TangentPlane
+    from ssodetect.config import Config
+    from ssodetect.link.movers import MASKED_CORE_FLUX, select_candidates
+
+    scale = 0.1
+    # rows: a point with 30 % masked, one with 96 % (the case), one at the limit, a short trail with 90 % masked
+    # (its trail-fit flux stands), a point 90 % masked and cut by the edge (widened once)
+    n = 5
+    det = Table({
+        "x": [100.0, 300.0, 500.0, 700.0, 1.0], "y": [100.0, 300.0, 500.0, 700.0, 900.0],
+        "kind": ["point", "point", "point", "trail", "point"], "length": [0.0, 0.0, 0.0, 6.0, 0.0],
+        "a": [0.8] * n, "b": [0.8] * n, "theta": [0.0] * n, "snr": [66.0, 28.0, 66.0, 40.0, 40.0],
+        "flux": [1932.0, 5107.0, 1900.0, 2000.0, 1500.0], "flux_err": [37.0, 181.0, 45.0, 50.0, 40.0],
+        "mag": [22.8, 21.8, 22.8, 22.8, 23.0], "mag_err": [0.02, 0.04, 0.02, 0.03, 0.03],
+        "masked_core": [0.3, 0.96, MASKED_CORE_FLUX, 0.9, 0.9], "edge_cut": [False, False, False, False, True],
+        "edge_fit": [False] * n, "near_mask": [False] * n, "ra": [150.0, 150.01, 150.02, 150.03, 150.04],
+        "dec": [2.0] * n, "ra_err": [0.002] * n, "dec_err": [0.002] * n, "pixel_scale": [scale] * n,
+        "mjd": [60000.0] * n, "exposure": [0] * n, "ccd": ["1"] * n, "exptime": [566.0] * n,
+        "trail_arcsec": [0.0, 0.0, 0.0, 0.6, 0.0],
+    })
+    before = det.copy()
+    cand = select_candidates(det, Config(), TangentPlane(150.0, 2.0), 60000.0)
+    assert len(cand) == n and cand.meta["n_core_masked_flux"] == 2
+    assert cand["flux_err"][1] == pytest.approx(math.hypot(181.0, 5107.0))
+    assert list(cand["flux_err"][[0, 2, 3]]) == [37.0, 45.0, 50.0]
+    assert cand["edge_weak"][4] and cand["flux_err"][4] == pytest.approx(math.hypot(40.0, 1500.0))
+    assert all((det[c] == before[c]).all() for c in det.colnames)
+
+    # the mover at 1.1"/h in exposures 0, 2 and 3 among 300 unrelated detections per exposure
+    rng = np.random.default_rng(8)
+    t = np.arange(4) * 1100.0 / 3600.0
+    seen = np.array([0, 2, 3])
+    n_noise = 300
+    expo = np.concatenate([seen, np.repeat(np.arange(4), n_noise)])
+    xi = np.concatenate([10.0 + 1.1 * t[seen], rng.uniform(0, 40, 4 * n_noise)])
+    eta = np.concatenate([np.full(3, 20.0), rng.uniform(0, 40, 4 * n_noise)])
+    sigma = np.full(expo.size, 0.03)
+    flux = np.concatenate([[1932.0, 5107.0, 1900.0], np.full(4 * n_noise, 300.0)])
+    kw = dict(min_rate=0.3, max_rate=12.0, max_false_alarms=0.1)
+    measured = np.concatenate([[37.0, 181.0, 45.0], np.full(4 * n_noise, 30.0)])
+    assert not [trk for trk in link_tracklets(expo, t[expo], xi, eta, sigma, flux, measured, **kw) if 0 in trk.members]
+    widened = measured.copy()
+    widened[1] = math.hypot(181.0, 5107.0)
+    links = link_tracklets(expo, t[expo], xi, eta, sigma, flux, widened, **kw)
+    assert [sorted(trk.members) for trk in links] == [[0, 1, 2]]
 
 
 def test_pieces_of_satellites_and_spikes_are_artefacts():

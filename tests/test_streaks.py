@@ -279,7 +279,8 @@ def test_a_trail_cut_by_the_edge_is_moved_to_the_mid_exposure_position():
 
 
 def test_faint_line_search_does_not_duplicate_a_streak_already_measured():
-    """A trail extraction already called a streak is not found again by the smoothed-image search."""
+    """A trail extraction already called a streak is not found again by the smoothed-image search nor by the line
+    filter; with nothing measured there, one of them finds it and the other does not add it again."""
     from ssodetect.detect import empty_detections
     from ssodetect.streaks.detect import _add_smoothed_trails
 
@@ -293,11 +294,11 @@ def test_faint_line_search_does_not_duplicate_a_streak_already_measured():
     row = {name: 0 for name in det.colnames}
     row.update(x=120.0, y=100.0, length=120.0, theta=0.3, kind="streak", snr=40.0, flux=900.0, flux_err=22.0)
     det.add_row([row[name] for name in det.colnames])
-    _, added = _add_smoothed_trails(det, data, variance, mask, sigma, 500.0)
-    assert added == 0
-    det["kind"][0] = "point"  # the same search, nothing measured there: it finds the trail
-    out, added = _add_smoothed_trails(det, data, variance, mask, sigma, 500.0)
-    assert added == 1
+    _, smoothed, lines = _add_smoothed_trails(det, data, variance, mask, sigma, 500.0)
+    assert smoothed == 0 and lines["n_line_filter"] == 0
+    det["kind"][0] = "point"  # the same search, nothing measured there: it finds the trail, once
+    out, smoothed, lines = _add_smoothed_trails(det, data, variance, mask, sigma, 500.0)
+    assert smoothed + lines["n_line_filter"] == 1
     new = out[np.asarray(out["kind"]) == "trail"][0]
     assert abs(new["length"] - 120.0) < 15.0 and math.hypot(new["x"] - 120.0, new["y"] - 100.0) < 3.0
 
@@ -628,3 +629,53 @@ def test_a_bright_short_trail_on_a_faint_fast_trails_line_is_not_joined_to_it():
     assert detach_bright_pieces(det, [0, 1, 2], img, variance, mask, SIGMA, 12.0) == [[0, 1, 2]]
     out, info = refine_trails(det, img, variance, mask, None, SIGMA, min_length=12.0, max_length=400.0)
     assert info["n_detached"] == 0 and len(out) == 1 and abs(out["length"][0] - 60.0) < 2.0
+
+
+def test_the_line_filter_finds_a_trail_too_faint_per_pixel_for_the_extraction():
+    """A 110 px trail at S/N ~1 per pixel on its axis (~15 for the whole trail: V 23.4 at 70"/h on Euclid VIS),
+    among stars and a galaxy: no piece of it is extracted as a trail and the smoothed-image search misses it, the
+    matched line filter finds it (centre within 3 px; its length, from the fit, within -40/+20 %).  The same scene without the trail
+    gains no line."""
+    from ssodetect.config import DetectConfig
+    from ssodetect.detect import extract_sources
+    from ssodetect.simulate import MoffatPSF, splat, trail_points
+    from ssodetect.streaks import refine_trails
+    from ssodetect.streaks.detect import smoothed_segments
+
+    shape, noise = (400, 400), 4.0
+    psf = MoffatPSF(fwhm=1.8, beta=2.5)
+    xc, yc, length, theta = 210.3, 180.6, 110.0, math.radians(23.0)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    unit = trailed_psf(xx, yy, xc, yc, length, theta, 1.0, psf.sigma)
+    flux = 15.0 * noise / math.sqrt(np.sum(unit**2))
+    for seed, with_trail in ((31, True), (31, False), (32, False)):
+        rng = np.random.default_rng(seed)
+        img = rng.normal(0.0, noise, shape)
+        stars = rng.uniform(15, shape[0] - 15, (40, 2))
+        splat(img, stars[:, 0], stars[:, 1], rng.uniform(2000.0, 60000.0, 40), psf)
+        img += 3000.0 / (2 * np.pi * 16.0) * np.exp(-((xx - 90.0) ** 2 + (yy - 300.0) ** 2) / (2 * 16.0))  # galaxy
+        if with_trail:
+            dx, dy = 0.5 * length * math.cos(theta), 0.5 * length * math.sin(theta)
+            splat(img, *trail_points(xc - dx, yc - dy, xc + dx, yc + dy, flux), psf)
+        variance, mask = np.full(shape, noise**2), np.zeros(shape, bool)
+        det, _ = extract_sources(img, mask=mask, error=np.sqrt(variance), gain=1e9, config=DetectConfig(),
+                                 psf_sigma=psf.sigma)
+        long_ = (np.asarray(det["kind"]) == "trail") & (np.asarray(det["length"]) > 40.0)
+        assert not long_.any()  # the extraction alone does not see it
+        snr = np.clip(img / noise, -3.0, 4.0)
+        found = [s for s in smoothed_segments(snr) if math.hypot(s[0] - xc, s[1] - yc) < 30.0]
+        out, info = refine_trails(det, img, variance, mask, None, psf.sigma, min_length=20.0, max_length=600.0)
+        trails = out[(np.asarray(out["kind"]) == "trail") & (np.asarray(out["length"]) > 40.0)]
+        if with_trail:
+            assert not found and info["n_line_filter"] == 1 and len(trails) == 1
+            assert info["n_line_fitted"] >= 1
+            # every region is accounted for: fitted, or skipped for one counted reason
+            assert info["n_line_regions"] == (info["n_line_fitted"] + info["n_line_too_bright"] + info["n_line_too_long"]
+                                              + info["n_line_known"])
+            # a trail with no extracted pieces does not inherit another detection's masked core or edge fit
+            assert trails["masked_core"][0] == 0.0 and not trails["edge_fit"][0]
+            assert math.hypot(trails["x"][0] - xc, trails["y"][0] - yc) < 3.0
+            # the ends of a trail at S/N ~1 per pixel barely constrain the fit: measured 81 px of its 110
+            assert 0.6 * length < trails["length"][0] < 1.2 * length
+        else:
+            assert info["n_line_filter"] == 0 and len(trails) == 0

@@ -317,7 +317,9 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
        registered), or, when none is solved, by matching all its CCDs' sources together;
     3. the CCD exposures still failed are solved again through their header corrected by their
        exposure's correction, or, when they have too few stars of their own, that corrected header is
-       their WCS (method ``exposure``) provided it does not contradict the catalogue stars on the CCD.
+       their WCS (method ``exposure``) provided it does not contradict the catalogue stars on the CCD;
+    4. those still failed (no correction could be measured for their exposure) are registered onto an
+       exposure of the same CCD placed in 2-3, whose placement error they then share.
 
     What stays failed keeps its reason, extended by what was tried.
 
@@ -434,6 +436,26 @@ def rescue_failed(groups: list, solutions: list, reference, config: AstrometryCo
                      ccd, e, corr.describe(), how, old.reason)
             by_key[key] = new
     _tie_exposure_placements(by_key, items, config)
+    # 4. what is still failed, onto an exposure of its CCD placed in 2-3 (an exposure whose header correction
+    #    could not be measured, on a field too sparse for the catalogue alone, is placed by its CCD's others)
+    for key in [k for k in failed if not by_key[k].ok]:
+        e, ccd = key
+        bases = sorted((by_key[(ee, c)].wcs_error, -len(items[(ee, c)].sources), ee) for (ee, c) in by_key
+                       if c == ccd and (ee, c) in items and (ee, c) not in alone and by_key[(ee, c)].ok)
+        for _, _, ee in bases[:2]:
+            base = by_key[(ee, ccd)]
+            new = _registered(items[key], ccd, items[(ee, ccd)], base, config)
+            if new is None:
+                continue
+            # the base's placement error is shared with it: between the two it cancels
+            new.wcs_error_shared = max(base.wcs_error, base.wcs_error_shared)
+            log.info("CCD %s exposure %d: registered onto exposure %d (placed by %s) after failing alone and "
+                     "without a header correction (%s)", ccd, e, ee, base.method, by_key[key].reason)
+            by_key[key] = new
+            break
+        else:
+            if bases:
+                by_key[key].reason += "; not registered onto the exposures of this CCD placed by their exposure"
     return [by_key[(s.exposure, s.ccd)] for s in solutions], corrections
 
 

@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
+#: Masked hits are filled from their neighbours for segmentation where every neighbour exceeds this many times
+#: the pixel noise (inside a source); elsewhere they are background.
+SOURCE_FILL_SNR = 3.0
+
+#: Longest compact trail core taken out of a longer footprint (:func:`_compact_cores`) [FWHM]; it must also be
+#: shorter than the footprint (Moffat wings lengthen a core's windowed moments: a 4.3 px trail measures 6.2 px in
+#: a 7 px footprint, where the trail fits 4x better per pixel than the footprint's).
+CORE_MAX_LENGTH_FWHM = 6.0
+
 #: Columns of a detection table (name, dtype, unit, description).
 DETECTION_COLUMNS = [
     ("x", "f8", "pix", "windowed centroid, 0-based"),
@@ -245,20 +254,148 @@ def psf_centroid(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x0: 
     return float(x), float(y)
 
 
+def fill_from_neighbours(image: np.ndarray, bad: np.ndarray, *, floor=None, passes: int = 3) -> np.ndarray:
+    """Values for masked pixels from their unmasked neighbours (for segmentation only).
+
+    Each pass gives every still-unfilled pixel the mean of its filled or unmasked 3x3 neighbours; pixels
+    with none keep waiting for the next pass, and those left after ``passes`` get 0 (the background of a
+    background-subtracted image).  With ``floor``, a pixel is filled only where every one of those
+    neighbours exceeds it (the pixel lies inside a source); elsewhere it gets 0 and is no neighbour's value.
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx)
+        Background-subtracted image [ADU].  Not modified.
+    bad : ndarray (ny, nx) bool
+        Pixels to fill.
+    floor : ndarray (ny, nx) or float, optional
+        [ADU].
+
+    Returns
+    -------
+    ndarray (ny, nx) float32
+        ``image`` with the ``bad`` pixels filled.
+    """
+    out = np.array(image, dtype=np.float32)
+    todo = np.asarray(bad, bool).copy()
+    out[todo] = 0.0
+    ny, nx = out.shape
+    ys, xs = np.nonzero(todo)  # only the masked pixels' neighbourhoods are read (a few per cent of the image)
+    limit = None if floor is None else np.broadcast_to(np.asarray(floor, np.float32), out.shape)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    unknown = todo.copy()  # still to fill, or refused by the floor (never a neighbour's value)
+    for _ in range(passes):
+        if ys.size == 0:
+            break
+        total = np.zeros(ys.size, np.float64)
+        lowest = np.full(ys.size, np.inf)
+        count = np.zeros(ys.size, np.int64)
+        for dy, dx in offsets:
+            yy, xx = ys + dy, xs + dx
+            inside = (yy >= 0) & (yy < ny) & (xx >= 0) & (xx < nx)
+            yy, xx = np.clip(yy, 0, ny - 1), np.clip(xx, 0, nx - 1)
+            known = inside & ~unknown[yy, xx]
+            value = out[yy, xx]
+            total += np.where(known, value, 0.0)
+            lowest = np.where(known, np.minimum(lowest, value), lowest)
+            count += known
+        ready = count > 0
+        value = total[ready] / count[ready]
+        accepted = np.ones(value.size, bool)
+        if limit is not None:
+            accepted = lowest[ready] > limit[ys[ready], xs[ready]]
+            value = np.where(accepted, value, 0.0)
+        ry, rx = ys[ready], xs[ready]
+        out[ry, rx] = value.astype(np.float32)
+        unknown[ry[accepted], rx[accepted]] = False
+        ys, xs = ys[~ready], xs[~ready]
+    return out
+
+
+def windowed_shape(work: np.ndarray, mask: np.ndarray, x: float, y: float, window: float, psf_sigma: float):
+    """Centre, trail length and angle of a compact source from Gaussian-windowed moments.
+
+    The first and second moments of the (background-subtracted) light in a Gaussian window of
+    ``window`` px around ``(x, y)`` are measured on the unmasked pixels; the window's own covariance is
+    divided out (for a Gaussian source of covariance ``C`` the windowed covariance is ``(C^-1 + W^-1)^-1``),
+    and a trail of length ``L`` adds ``L^2 / 12`` to the PSF's ``psf_sigma^2`` along its axis.  Light
+    beyond a few ``window`` px (a galaxy the source sits on, another source) weighs little.
+
+    Parameters
+    ----------
+    work : ndarray (ny, nx)
+        Background-subtracted image [ADU].
+    mask : ndarray (ny, nx) bool
+        True where pixels are unusable.
+    x, y : float
+        Starting centre [px, 0-based].
+    window : float
+        Gaussian window sigma [px].
+    psf_sigma : float
+        [px].
+
+    Returns
+    -------
+    (x, y, length, theta) or None
+        Windowed centre [px], trail length [px] (0 for a point) and angle [rad, from +x towards +y, in
+        ``[-pi/2, pi/2]``]; None where the window leaves the image, holds no positive light, or the
+        deconvolved covariance is not positive (light extending over the whole window: a long trail).
+    """
+    half = int(math.ceil(4.0 * window))
+    ci, cj = int(round(x)), int(round(y))
+    ny, nx = work.shape
+    if ci - half < 0 or cj - half < 0 or ci + half >= nx or cj + half >= ny:
+        return None
+    stamp = np.asarray(work[cj - half:cj + half + 1, ci - half:ci + half + 1], float)
+    good = ~np.asarray(mask[cj - half:cj + half + 1, ci - half:ci + half + 1], bool)
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    dx, dy = xx + ci - x, yy + cj - y
+    w = np.where(good, np.exp(-0.5 * (dx * dx + dy * dy) / window**2) * stamp, 0.0)
+    total = w.sum()
+    if not total > 0:
+        return None
+    mx, my = (w * dx).sum() / total, (w * dy).sum() / total
+    dx, dy = dx - mx, dy - my
+    m = np.array([[(w * dx * dx).sum(), (w * dx * dy).sum()], [(w * dx * dy).sum(), (w * dy * dy).sum()]]) / total
+    try:
+        inv = np.linalg.inv(m) - np.eye(2) / window**2
+        values, vectors = np.linalg.eigh(inv)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(values > 0):
+        return None
+    # the smallest eigenvalue of the inverse is the major axis of the source's covariance
+    major = 1.0 / values[0]
+    theta = math.atan2(vectors[1, 0], vectors[0, 0])
+    if theta > math.pi / 2:
+        theta -= math.pi
+    elif theta < -math.pi / 2:
+        theta += math.pi
+    length = math.sqrt(max(12.0 * (major - psf_sigma**2), 0.0))
+    return x + mx, y + my, length, theta
+
+
 def _compact_cores(work, variance, mask, objects, x, y, length, theta, psf_sigma, gain, among):
     """Elongated footprints that are a compact core on fainter extended light (a mover crossing a faint
     galaxy, a star on nebulosity, a blend): the windowed centroid started from the footprint's peak,
     kept when the trail model of the whole footprint fits badly (reduced chi2 > 2) and a point PSF fits
     there better, per pixel, however small the shift (blends bias barycentres by a fraction of a pixel).
-    Only detections marked in ``among`` (bool (n,)) are examined.
+    Where the point does not fit better, the core may be a short trail (a slow mover on a galaxy: member
+    218's V 20.5 mover, 4.3 px long, measured 21-28 px long and 2.6-3.9 px off in two exposures): its
+    centre, length and angle from windowed moments (:func:`windowed_shape`, window 2 PSF sigma), kept when
+    that trail fits better per pixel, is shorter than the footprint and at most
+    :data:`CORE_MAX_LENGTH_FWHM` FWHM long (a section of a long trail measures as long as its window allows
+    and stays whole).  Only detections marked in ``among`` (bool (n,)) are examined.
 
-    Returns ``(core, xq, yq)``: a boolean array (n,) marking those detections and the core
-    positions [px] (NaN where not evaluated).
+    Returns ``(core, xq, yq, lq, tq)``: a boolean array (n,) marking those detections, the core positions
+    [px], lengths [px] (0 for point cores) and angles [rad] (NaN where not evaluated).
     """
     n = len(x)
     core = np.zeros(n, bool)
     xq, yq = np.full(n, np.nan), np.full(n, np.nan)
-    wide = np.nonzero(among & (length >= 2.0 * psf_sigma / FWHM_TO_SIGMA))[0]
+    lq, tq = np.full(n, np.nan), np.full(n, np.nan)
+    fwhm = psf_sigma / FWHM_TO_SIGMA
+    wide = np.nonzero(among & (length >= 2.0 * fwhm))[0]
     if wide.size:
         xp = objects["xcpeak"][wide].astype(float)
         yp = objects["ycpeak"][wide].astype(float)
@@ -270,11 +407,27 @@ def _compact_cores(work, variance, mask, objects, x, y, length, theta, psf_sigma
                                          psf_sigma, gain)
         per_trail = c_trail / np.maximum(n_trail - 5, 1)
         # a clean trail (fitted well by its own model) stays a trail even where it crosses a star
-        better = (c_point / np.maximum(n_point - 3, 1) < per_trail) & (per_trail > 2.0)
+        bad_fit = per_trail > 2.0
+        better = (c_point / np.maximum(n_point - 3, 1) < per_trail) & bad_fit
         pick = good & better & np.isfinite(c_point)
         core[wide[pick]] = True
         xq[wide], yq[wide] = xw, yw
-    return core, xq, yq
+        lq[wide[pick]] = 0.0
+        tq[wide[pick]] = theta[wide[pick]]
+        for j in np.nonzero(good & ~pick & bad_fit)[0]:
+            k = wide[j]
+            shape = windowed_shape(work, mask, float(xw[j]), float(yw[j]), 2.0 * psf_sigma, psf_sigma)
+            if shape is None or math.hypot(shape[0] - xw[j], shape[1] - yw[j]) > psf_sigma:
+                continue
+            xc, yc, lc, tc = shape
+            if lc >= min(length[k], CORE_MAX_LENGTH_FWHM * fwhm):
+                continue
+            c_core, _, n_core = shape_chi2(work, variance, mask, np.array([xc]), np.array([yc]), np.array([lc]),
+                                           np.array([tc]), psf_sigma, gain)
+            if np.isfinite(c_core[0]) and c_core[0] / max(n_core[0] - 5, 1) < per_trail[j]:
+                core[k] = True
+                xq[k], yq[k], lq[k], tq[k] = xc, yc, lc, tc
+    return core, xq, yq, lq, tq
 
 
 def edge_information(shape: tuple, x, y, psf_sigma: float) -> np.ndarray:
@@ -368,8 +521,8 @@ def masked_information(mask: np.ndarray, x, y, psf_sigma: float, *, radius: floa
     return np.where(total > 0, (w * hit).sum(axis=1) / np.maximum(total, 1e-300), 0.0)
 
 
-def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, max_fraction: float = 0.05,
-               segmap: np.ndarray | None = None):
+def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, max_fraction: float = 0.2,
+               segmap: np.ndarray | None = None, report: dict | None = None):
     """Local background of the largest footprints (bright stars, big galaxies), as an image.
 
     A source on the halo of a bright star lies inside the star's footprint, and sep's deblending
@@ -393,8 +546,14 @@ def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, ma
         [px].
     min_npix : int
     max_fraction : float
+        Largest box, as a share of the image.  In crowded fields with diffraction spikes one footprint joins a
+        saturated star, its spikes and their neighbours over 5-10 % of a 2048^2 image (member 217: a V 20.3
+        mover's 43 px trail on one was found only as a source on its halo).
     segmap : ndarray (ny, nx) int, optional
         sep's segmentation map (object ``k`` is ``k + 1``).
+    report : dict, optional
+        Receives ``n_halo_too_large``: footprints that qualified but whose box exceeds ``max_fraction``
+        (not modelled: sources on them are not sought; logged).
 
     Returns
     -------
@@ -418,7 +577,14 @@ def halo_model(work: np.ndarray, objects, psf_sigma: float, *, min_npix: int, ma
     compact = (np.minimum(width, height) >= np.maximum(0.25 * np.maximum(width, height), size))
     compact &= objects["npix"] >= 0.25 * width * height
     round_ish = (objects["b"] >= 2.0 * size / 9.0) | compact
-    big = np.nonzero((objects["npix"] >= min_npix) & round_ish & (width * height <= max_fraction * nx * ny))[0]
+    qualified = (objects["npix"] >= min_npix) & round_ish
+    big = np.nonzero(qualified & (width * height <= max_fraction * nx * ny))[0]
+    too_large = int(qualified.sum()) - big.size
+    if report is not None:
+        report["n_halo_too_large"] = too_large
+    if too_large:
+        log.info("halo model: %d footprint(s) with boxes over %.0f %% of the image not modelled (no sources sought "
+                 "on their halos)", too_large, 100 * max_fraction)
     boxes = []
     log.debug("halo model: %d footprints of >= %d px, %d of them streak-like or too large", int(np.sum(
         objects["npix"] >= min_npix)), min_npix, int(np.sum(objects["npix"] >= min_npix)) - big.size)
@@ -879,10 +1045,15 @@ def extract_sources(
     detector_mask = m
     hits = sharp_pixel_mask(work, safe_err, psf_sigma, mask=m)
     m = m | hits
-    work[hits] = 0.0
     # sep's matched filter over masked pixels (noise set to infinity) renormalises their filtered value from the
     # neighbours: a masked cosmic-ray track between a star and a mover 17 px away became one footprint that was never
-    # deblended.  The hits are zeroed (background) for segmentation instead; the detector mask stays a mask.
+    # deblended.  The hits are set to the background for segmentation instead (the detector mask stays a mask),
+    # except inside sources, where every unmasked neighbour is SOURCE_FILL_SNR above the noise: there they get their
+    # neighbours' mean (a zeroed hit in the core of member 220's V 22.9 mover made a hole that split it into two
+    # lobes 2.4 px from its centre).  Filling by the mean anywhere made 10 % more faint noise detections from the
+    # unflagged fringes of cosmic-ray tracks, and grew a crowded field's largest footprint past the halo model's limit.
+    work[hits] = fill_from_neighbours(work, hits | detector_mask, floor=SOURCE_FILL_SNR * safe_err)[hits]
+
     def extract(image):
         return sep.extract(image, config.threshold, err=safe_err, mask=detector_mask, minarea=config.min_area,
                            filter_kernel=kernel,
@@ -892,8 +1063,10 @@ def extract_sources(
     objects, segmap = extract(work)
     n_segmented = len(objects)
     boxes: list = []
+    halo_report = {"n_halo_too_large": 0}
     if config.halo_npix > 0:
-        halo, boxes = halo_model(work, objects, psf_sigma, min_npix=config.halo_npix, segmap=segmap)
+        halo, boxes = halo_model(work, objects, psf_sigma, min_npix=config.halo_npix, segmap=segmap,
+                                 report=halo_report)
         if boxes:
             extra = halo_sources(work - halo, safe_err, m, objects, boxes, kernel, config.threshold, config.min_area)
             if len(extra):
@@ -908,7 +1081,7 @@ def extract_sources(
                 work[near] -= halo[near]
     info = {"psf_sigma": float(psf_sigma), **psf_report, "n_raw": int(len(objects)),
             "sharp_pixel_fraction": float(hits.mean()),
-            "n_halos": len(boxes), "n_halo_sources": int(len(objects) - n_segmented)}
+            "n_halos": len(boxes), **halo_report, "n_halo_sources": int(len(objects) - n_segmented)}
     if return_hits:
         info["sharp_pixels"] = hits
     if len(objects) == 0:
@@ -936,11 +1109,13 @@ def extract_sources(
     ok &= length < 2.0 * psf_sigma / FWHM_TO_SIGMA
     x = np.where(ok, xw, x)
     y = np.where(ok, yw, y)
-    core, xq, yq = _compact_cores(work, variance, m, objects, x, y, length, theta, psf_sigma, gain, live)
+    core, xq, yq, lq, tq = _compact_cores(work, variance, m, objects, x, y, length, theta, psf_sigma, gain, live)
     x[core], y[core] = xq[core], yq[core]
-    length[core] = 0.0
-    a[core] = b[core] = psf_sigma
+    length[core], theta[core] = lq[core], tq[core]
+    b[core] = psf_sigma
+    a[core] = np.sqrt(psf_sigma**2 + length[core] ** 2 / 12.0)
     info["n_cores"] = int(core.sum())
+    info["n_trail_cores"] = int((core & (length > 0)).sum())
     # a masked pixel inside or next to the footprint (segment ids are 1-based)
     near_mask = np.zeros(x.size, bool)
     if detector_mask.any():

@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 #: two other detections (a slow mover on the detector in only 3 exposures, one of them at the edge), its flux
 #: uncertain by 100 %.
 EDGE_CUT_ERROR = 1.5
+#: A point source with more than this share of its core information on masked pixels (``masked_core``: cosmic-ray
+#: hits, hot pixels) has its flux from a PSF fit of its wings (the extraction's ``cr_point`` photometry), where the
+#: fit's Gaussian model is not the PSF (a Moffat's wings hold more light: 2.6x the true flux seen, 17 formal errors
+#: off): for linking and in the reports its flux is uncertain by 100 %, as at the detector edge.  (Trails keep
+#: their trail-fit or aperture flux.)
+MASKED_CORE_FLUX = 0.5
 
 
 @dataclass
@@ -92,7 +98,9 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` (position error with ``link.position_floor``) and ``size`` [arcsec] columns and the
     flags ``static``, ``artefact`` and ``edge_weak`` to a copy of the usable detections.  Point sources and short
     trails the detector edge cuts (``edge_cut``) are usable as ``edge_weak``: their position errors widened by
-    :data:`EDGE_CUT_ERROR` px, their flux errors by their flux.
+    :data:`EDGE_CUT_ERROR` px, their flux errors by their flux.  Point sources with more than
+    :data:`MASKED_CORE_FLUX` of their core information masked have their flux errors widened by their flux too
+    (counted in ``meta["n_core_masked_flux"]``).
     """
     # long trails cross flagged pixels often; their measurement masks them, so they stay usable
     long_trail = (np.asarray(detections["kind"]) == "trail") & (
@@ -127,6 +135,7 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     kind = np.asarray(cand["kind"])
     extent = np.where(kind == "trail", np.asarray(cand["b"]), np.where(kind == "extended", np.asarray(cand["a"]), 0.0))
     cand["size"] = extent * np.asarray(cand["pixel_scale"])
+    static_report: dict = {}
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
         radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches,
@@ -135,7 +144,11 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         # 0.2" from its neighbours' positions is not a star for a 0.05" error both share)
         shared=np.asarray(cand["sky_err_shared"], float) if "sky_err_shared" in cand.colnames else None,
         group=np.asarray(cand["ccd"]).astype(str),
+        # a slow mover matches itself in the neighbouring exposures; its counterparts line up into a motion
+        # as significant as the linker demands of a tracklet
+        motion_significance=link.min_rate_significance, report=static_report,
     )
+    cand.meta["n_moving_matches"] = static_report.get("n_moving_matches", 0)
     # a source trailed by more than min_length moved during the exposure: never static
     # (unless the telescope trailed everything: then stars are trails too)
     if not config.astrometry.trailed_stars:
@@ -154,6 +167,13 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     point_like = np.asarray(cand["kind"]) != "trail"
     cand["artefact"] = np.asarray(cand["artefact"]) | (point_like & on_lines(
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), lines))
+    core_masked = (np.asarray(cand["kind"]) == "point") & (
+        np.asarray(cand["masked_core"], float) > MASKED_CORE_FLUX if "masked_core" in cand.colnames
+        else np.zeros(len(cand), bool))
+    cand.meta["n_core_masked_flux"] = int(np.sum(core_masked))
+    if np.any(core_masked):
+        w = np.nonzero(core_masked)[0]
+        _widen_flux(cand, w)
     if np.any(cand["edge_weak"]):
         # widened after the static tests (a slow mover's own positions in the other exposures would otherwise match
         # a cut detection of it within its wider error and call it static); the reports carry these errors too: the
@@ -163,10 +183,15 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         for col in ("ra_err", "dec_err"):
             cand[col][w] = np.hypot(np.asarray(cand[col], float)[w], extra)
         cand["sigma"][w] = np.hypot(np.asarray(cand["sigma"], float)[w], extra)
-        cand["flux_err"][w] = np.hypot(np.asarray(cand["flux_err"], float)[w], np.asarray(cand["flux"], float)[w])
-        if "mag_err" in cand.colnames:
-            cand["mag_err"][w] = np.hypot(np.asarray(cand["mag_err"], float)[w], 2.5 / math.log(10.0))
+        _widen_flux(cand, w[~core_masked[w]])
     return cand
+
+
+def _widen_flux(cand: Table, rows: np.ndarray) -> None:
+    """Add the flux itself in quadrature to the flux error of ``rows`` (and 1.086 mag to ``mag_err``), in place."""
+    cand["flux_err"][rows] = np.hypot(np.asarray(cand["flux_err"], float)[rows], np.asarray(cand["flux"], float)[rows])
+    if "mag_err" in cand.colnames:
+        cand["mag_err"][rows] = np.hypot(np.asarray(cand["mag_err"], float)[rows], 2.5 / math.log(10.0))
 
 
 def vet_occupancy(tracklets: list, moving: Table, usable: Table, t_exposures: dict, config: Config) -> list:
@@ -530,6 +555,8 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     kind = np.asarray(cand["kind"])
     moving = cand[~np.asarray(cand["static"]) & ~np.asarray(cand["artefact"]) & (kind != "extended")]
     stats: dict = {"n_detections": len(detections), "n_usable": len(cand), "n_static": int(np.sum(cand["static"])),
+                   "n_moving_matches": int(cand.meta.get("n_moving_matches", 0)),
+                   "n_core_masked_flux": int(cand.meta.get("n_core_masked_flux", 0)),
                    "n_artefact": int(np.sum(cand["artefact"])), "n_moving": len(moving)}
     lk = config.link
     # trails longer than the fastest slow motion can draw are for the streak linking only; the

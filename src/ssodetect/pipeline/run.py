@@ -351,8 +351,10 @@ def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
     detections, exposures = products["detections"], products["exposures"]
     links = link_movers(detections, {e.index: float(e.mid_time.mjd) for e in exposures}, config)
     st = links.stats
-    log.info("%d detections, %d usable, %d static, %d detector artefacts, %d moving candidates",
-             st["n_detections"], st["n_usable"], st["n_static"], st["n_artefact"], st["n_moving"])
+    log.info("%d detections, %d usable (%d point sources among them with their flux error widened for a masked "
+             "core), %d static (%d more matched in enough exposures but kept for their significant motion), "
+             "%d detector artefacts, %d moving candidates", st["n_detections"], st["n_usable"],
+             st["n_core_masked_flux"], st["n_static"], st["n_moving_matches"], st["n_artefact"], st["n_moving"])
     slow = st["slow"]
     log.info("slow movers: %d seeds tried, %.3g chance detections expected within their predictions, %d linked; "
              "%d refused as chance alignments (chance probability above %.2g: %g expected chance tracklets accepted "
@@ -465,14 +467,14 @@ BUILTIN_STEPS = [
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
-          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "13",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "14",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "5",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "6",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "7", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "8", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
                                        "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),

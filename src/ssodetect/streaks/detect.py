@@ -4,7 +4,9 @@ Faint or masked trails come out of the extraction in pieces.  Pieces that are
 collinear (their angles and the line joining them agree) and close end to end
 are joined into one streak; faint trails broken into many small blobs are found
 as chains of collinear faint detections (a Hough transform of their centres,
-then runs along each line with small gaps), verified by the trailed-PSF fit; every trail longer than ``min_length`` is then
+then runs along each line with small gaps), and trails too faint for any piece to be extracted are found on a
+smoothed image and by a matched line filter (:func:`line_segments`), all verified by the trailed-PSF fit; every
+trail longer than ``min_length`` is then
 measured with the trailed-PSF fit (:func:`~ssodetect.streaks.model.fit_trail`)
 starting from the modified-moment centre.  Streaks longer than ``max_length``
 (satellites crossing the detector), bleed columns of saturated stars and
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from astropy.table import Table
@@ -335,6 +337,12 @@ def _trail_row(det: Table, members: np.ndarray, fit, psf_sigma: float) -> dict:
     )
     if "mask_fit" in row:
         row["mask_fit"] = False
+    # a trail fit is neither a point PSF fit at the edge nor measured by a point's core (with no pieces, as from the
+    # line filter, the template row is an unrelated detection)
+    if "edge_fit" in row:
+        row["edge_fit"] = False
+    if "masked_core" in row:
+        row["masked_core"] = float(np.max(np.asarray(det["masked_core"], float)[members])) if len(members) else 0.0
     return row
 
 
@@ -421,39 +429,196 @@ def smoothed_segments(snr: np.ndarray, *, smooth: float = 2.0, threshold: float 
     return out
 
 
+#: Line-filter search (:func:`line_segments`): block size [px], half-length of the line kernel [blocks], number
+#: of angles over 180 deg, threshold on the filtered image for a region's peak and for its extent [its robust sigma].
+LINE_BINNING = 4
+LINE_HALF_LENGTH = 4
+LINE_ANGLES = 24
+LINE_THRESHOLD = 4.5
+LINE_GROW = 2.5
+#: A region's peak is a line's only where the same kernel across the direction sums to at most this share of it.
+LINE_MAX_ACROSS = 0.5
+
+
+def line_segments(snr: np.ndarray, *, binning: int = LINE_BINNING, half_length: int = LINE_HALF_LENGTH,
+                  n_angles: int = LINE_ANGLES, threshold: float = LINE_THRESHOLD, grow: float = LINE_GROW,
+                  min_length: float = MIN_LINE) -> list[tuple[float, float, float, float, float]]:
+    """Long faint trails from a matched line filter: a trail too faint per PSF for the extraction
+    (V 23.4 at 70"/h on Euclid VIS: 110 px long, S/N ~1 per pixel on its axis, ~15 in all) adds up along
+    its own direction.
+
+    The S/N image is summed in ``binning`` x ``binning`` blocks; for each of ``n_angles`` directions
+    the blocks are summed along a line of ``2 half_length + 1`` steps (one block per step along the
+    major axis), and the result is divided by its own robust sigma.  Connected regions above ``grow``
+    that peak above ``threshold`` are kept when, less the kernel's span, they are at least ``min_length``
+    long along the filter's direction (a round source gives a region the kernel's span longer than
+    itself; the filtered noise is correlated over that span too) and when the kernel turned across the
+    direction sums to at most :data:`LINE_MAX_ACROSS` of the peak there (a round source is as bright
+    across).
+
+    Parameters
+    ----------
+    snr : ndarray (ny, nx)
+        Signal-to-noise per pixel; masked pixels and bright sources set to 0, the rest clipped.
+    binning, half_length, n_angles, threshold, grow, min_length
+        See above; ``min_length`` [px].
+
+    Returns
+    -------
+    list of (x, y, length, theta, peak)
+        Centre [px], length [px] (the region's extent less the kernel's span), the direction [rad, from
+        +x towards +y] and the region's highest filtered value [sigma], brightest first.  One trail can give
+        regions at neighbouring angles.
+    """
+    from scipy import ndimage
+
+    b = max(int(binning), 1)
+    nyb, nxb = snr.shape[0] // b, snr.shape[1] // b
+    blocks = np.zeros((nyb, nxb), np.float32)
+    for i in range(b):
+        for j in range(b):
+            blocks += snr[i : nyb * b : b, j : nxb * b : b]
+    blocks /= b
+    out = []
+    structure = np.ones((3, 3), bool)
+    for a in range(n_angles):
+        theta = math.pi * a / n_angles
+        c, s = math.cos(theta), math.sin(theta)
+        major = max(abs(c), abs(s))
+        acc = np.zeros_like(blocks)
+        for k in range(-half_length, half_length + 1):
+            dx, dy = int(round(k * c / major)), int(round(k * s / major))
+            # acc[y, x] += blocks[y + dy, x + dx] (zero beyond the image)
+            ys0, ys1 = max(0, -dy), min(nyb, nyb - dy)
+            xs0, xs1 = max(0, -dx), min(nxb, nxb - dx)
+            if ys1 > ys0 and xs1 > xs0:
+                acc[ys0:ys1, xs0:xs1] += blocks[ys0 + dy:ys1 + dy, xs0 + dx:xs1 + dx]
+        # (the noise over data: where blanked sources and masks zeroed the kernel's whole reach, acc is exactly 0)
+        sample = acc[::3, ::3]
+        sample = sample[sample != 0.0]
+        if sample.size < 100:
+            continue
+        scale = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+        if not scale > 0:
+            continue
+        acc /= scale
+        above = acc > threshold
+        if not above.any():
+            continue
+        labels, n = ndimage.label(acc > grow, structure=structure)
+        # only the regions that peak above the threshold (most regions above ``grow`` are noise): relabelled
+        # so that the per-region scans below cost their number, not the noise regions'
+        labels = np.where(np.isin(labels, np.unique(labels[above])), labels, 0)
+        labels, n = ndimage.label(labels > 0, structure=structure)
+        span = 2.0 * half_length / major  # kernel span [blocks]
+        # the kernel across the direction, for the test of each region's peak
+        pc, ps = -s, c
+        pmajor = max(abs(pc), abs(ps))
+        across_steps = [(int(round(k * pc / pmajor)), int(round(k * ps / pmajor)))
+                        for k in range(-half_length, half_length + 1)]
+        for k, region in enumerate(ndimage.find_objects(labels), start=1):
+            if region is None:
+                continue
+            ys, xs = np.nonzero(labels[region] == k)
+            ys = ys + region[0].start
+            xs = xs + region[1].start
+            peak = float(acc[ys, xs].max())
+            # a line is faint across its direction; a round source (a galaxy, a star's halo) is as bright across
+            # (it gives regions at every angle)
+            top = int(np.argmax(acc[ys, xs]))
+            jy, ix = int(ys[top]), int(xs[top])
+            across = sum(float(blocks[jy + dy, ix + dx]) for dx, dy in across_steps
+                         if 0 <= jy + dy < nyb and 0 <= ix + dx < nxb) / scale
+            if across > LINE_MAX_ACROSS * peak:
+                continue
+            u = xs * c + ys * s
+            along = float(u.max() - u.min() + 1.0) - span
+            if along * b < min_length:
+                continue
+            weights = acc[ys, xs]
+            cx = float(np.average(xs, weights=weights)) * b + 0.5 * (b - 1)
+            cy = float(np.average(ys, weights=weights)) * b + 0.5 * (b - 1)
+            out.append((cx, cy, along * b, theta if theta <= math.pi / 2 else theta - math.pi, peak))
+    out.sort(key=lambda seg: -seg[4])
+    return out
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """A line segment: centre [px], length [px], angle [rad]."""
+
+    x: float
+    y: float
+    length: float
+    theta: float
+
+
+def _on_segment(x: float, y: float, fit, *, width: float = 4.0) -> bool:
+    """Whether ``(x, y)`` [px] lies on the fitted trail ``fit`` (within ``width`` px of its line, between its ends)."""
+    c, s = math.cos(fit.theta), math.sin(fit.theta)
+    u = (x - fit.x) * c + (y - fit.y) * s
+    w = -(x - fit.x) * s + (y - fit.y) * c
+    return abs(u) <= 0.5 * fit.length + width and abs(w) <= width
+
+
+#: Sources at or above this S/N (not cosmic rays) are blanked before the line filter (:func:`line_segments`).
+LINE_SOURCE_SNR = 10.0
+#: Line-filter regions peaking above this [sigma] are not fitted: a trail that bright (~3 per pixel on its axis)
+#: is extracted by the PSF-matched filter already.
+LINE_MAX_PEAK = 20.0
+
+
+def _blank_sources(snr: np.ndarray, det: Table, psf_sigma: float) -> np.ndarray:
+    """``snr`` with the bright detections of ``det`` (S/N >= :data:`LINE_SOURCE_SNR`, not ``sharp``) set to 0:
+    boxes around point and extended sources, and along trails and streaks (a satellite's or a spike's line
+    would fill a line filter's kernel at every angle near its own)."""
+    out = snr.copy()
+    ny, nx = out.shape
+    kinds = np.asarray(det["kind"])
+    bright = np.nonzero((np.asarray(det["snr"], float) >= LINE_SOURCE_SNR) & (kinds != "sharp"))[0]
+    for k in bright:
+        x, y, length = float(det["x"][k]), float(det["y"][k]), float(det["length"][k])
+        if kinds[k] in ("point", "extended"):
+            size = max(float(det["a"][k]), psf_sigma)
+            centres = [(x, y)]
+            half = int(math.ceil(min(0.5 * length + 3.0 * size + 2.0, 25.0)))
+        else:
+            half = int(math.ceil(3.0 * max(float(det["b"][k]), psf_sigma) + 2.0))
+            n = max(int(math.ceil(length / half)) + 1, 2)
+            t = np.linspace(-0.5 * length, 0.5 * length, n)
+            theta = float(det["theta"][k])
+            centres = list(zip(x + t * math.cos(theta), y + t * math.sin(theta)))
+        for cx, cy in centres:
+            i, j = int(round(cx)), int(round(cy))
+            out[max(j - half, 0):min(j + half + 1, ny), max(i - half, 0):min(i + half + 1, nx)] = 0.0
+    return out
+
+
 def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
-    """Faint long trails from :func:`smoothed_segments`, verified by a trailed-PSF fit; pieces on them removed."""
+    """Faint long trails from :func:`smoothed_segments` and :func:`line_segments` (bright sources blanked),
+    verified by a trailed-PSF fit; pieces on them removed.  Returns ``(det, n_smoothed, counts)``: the trails
+    found on the smoothed image, and the line filter's ``n_line_regions`` (its regions), of which
+    ``n_line_too_bright`` (above :data:`LINE_MAX_PEAK`), ``n_line_too_long`` (beyond ``max_length``) and
+    ``n_line_known`` (on a trail already measured or already tried) are not fitted and ``n_line_fitted`` are
+    (fits tried), and ``n_line_filter`` (trails kept)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = data / np.sqrt(variance)
     snr[mask | ~(variance > 0) | ~np.isfinite(snr)] = 0.0
     np.clip(snr, -3.0, 4.0, out=snr)  # bright sources must not dominate the smoothing
     segments = smoothed_segments(snr)
-    if not segments:
-        return det, 0
     xs, ys = np.asarray(det["x"], float), np.asarray(det["y"], float)
     lens, kinds = np.asarray(det["length"], float), np.asarray(det["kind"])
     snrs = np.asarray(det["snr"], float)
     new_rows: list[dict] = []
     drop: set[int] = set()
-    for cx, cy, length, theta in segments:
-        if length > max_length:
-            continue
-        # already measured as a trail (or a bright streak) of similar length?
+    fits: list = []
+
+    def measured(cx, cy, length):
+        """Already measured as a trail (or a bright streak) of similar length?"""
         distance = np.hypot(xs - cx, ys - cy)
-        near = np.isin(kinds, ("trail", "streak")) & (lens > 0.5 * length) & (distance < 0.25 * length + 5)
-        if near.any():
-            continue
-        # short and centred on a bright source (not a cosmic-ray hit): the smoothed wings of a bright galaxy or
-        # star, whose fit collapses onto the source and is refused below (~14 of 16 regions on a 4k Euclid-like
-        # CCD image); long regions are fitted whatever lies near their middle
-        if length < 2.0 * MIN_LINE and np.any((snrs >= 30.0) & (kinds != "sharp") & (distance < 0.1 * length + 10.0)):
-            continue
-        # the thresholded region may cover only part of the trail: start longer, allow it to grow
-        fit = fit_trail(data, variance, mask, cx, cy, 1.3 * length, theta, psf_sigma)
-        if not (fit.success and fit.flux > 7.0 * fit.flux_err and 0.7 * length < fit.length < 2.0 * length + 10.0
-                and math.hypot(fit.x - cx, fit.y - cy) < 0.6 * length + 3.0
-                and max(fit.x_err, fit.y_err) < 0.1 * fit.length + 1.0 and fit.length <= max_length):
-            continue
+        return bool(np.any(np.isin(kinds, ("trail", "streak")) & (lens > 0.5 * length) & (distance < 0.25 * length + 5)))
+
+    def add(fit):
         # faint pieces lying on the fitted segment belong to it
         c, s = math.cos(fit.theta), math.sin(fit.theta)
         u = (xs - fit.x) * c + (ys - fit.y) * s
@@ -462,7 +627,63 @@ def _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length):
         members = np.nonzero(on)[0]
         new_rows.append(_trail_row(det, members, fit, psf_sigma))
         drop.update(members.tolist())
-    return _replace_pieces(det, sorted(drop), new_rows), len(new_rows)
+        fits.append(fit)
+
+    for cx, cy, length, theta in segments:
+        if length > max_length or measured(cx, cy, length):
+            continue
+        # short and centred on a bright source (not a cosmic-ray hit): the smoothed wings of a bright galaxy or
+        # star, whose fit collapses onto the source and is refused below (~14 of 16 regions on a 4k Euclid-like
+        # CCD image); long regions are fitted whatever lies near their middle
+        distance = np.hypot(xs - cx, ys - cy)
+        if length < 2.0 * MIN_LINE and np.any((snrs >= 30.0) & (kinds != "sharp") & (distance < 0.1 * length + 10.0)):
+            continue
+        # the thresholded region may cover only part of the trail: start longer, allow it to grow
+        fit = fit_trail(data, variance, mask, cx, cy, 1.3 * length, theta, psf_sigma)
+        if not (fit.success and fit.flux > 7.0 * fit.flux_err and 0.7 * length < fit.length < 2.0 * length + 10.0
+                and math.hypot(fit.x - cx, fit.y - cy) < 0.6 * length + 3.0
+                and max(fit.x_err, fit.y_err) < 0.1 * fit.length + 1.0 and fit.length <= max_length):
+            continue
+        add(fit)
+    n_smoothed = len(new_rows)
+    # the line filter: trails too faint per pixel for the smoothing, along their own direction
+    tried: list = []  # the regions already fitted (one line gives regions at neighbouring angles)
+    regions = line_segments(_blank_sources(snr, det, psf_sigma))
+    # a line that bright is extracted (S/N ~3 per pixel on its axis): what is left of it here is the rest of a
+    # source the blanking did not cover (a spike's far part, a halo)
+    counts = {"n_line_regions": len(regions), "n_line_too_bright": 0, "n_line_too_long": 0, "n_line_known": 0}
+    for cx, cy, length, theta, peak in regions:
+        if peak > LINE_MAX_PEAK:
+            counts["n_line_too_bright"] += 1
+            continue
+        if length > max_length:
+            counts["n_line_too_long"] += 1
+            continue
+        if measured(cx, cy, length) or any(
+                _on_segment(cx, cy, f) and abs(_axis_diff(theta, f.theta)) < math.radians(15.0) for f in fits + tried):
+            counts["n_line_known"] += 1
+            continue
+        tried.append(_Segment(cx, cy, length, theta))
+        # the region's length less the kernel's span may miss the trail's faint ends, or reach beyond them: a fit
+        # at S/N ~8 stays near its start (from 30 % longer it can lose the trail altogether)
+        fit = None
+        for start in (length, 1.3 * length):
+            trial = fit_trail(data, variance, mask, cx, cy, start, theta, psf_sigma)
+            if (trial.success and trial.flux > 7.0 * trial.flux_err
+                    and MIN_LINE <= trial.length <= min(max_length, 2.0 * length + 20.0)
+                    and math.hypot(trial.x - cx, trial.y - cy) < 0.5 * length + 5.0
+                    and abs(_axis_diff(trial.theta, theta)) < math.radians(15.0)
+                    and max(trial.x_err, trial.y_err) < 0.1 * trial.length + 1.0):
+                fit = trial
+                break
+        if fit is None:
+            continue
+        if measured(fit.x, fit.y, fit.length) or any(
+                _on_segment(fit.x, fit.y, f) and abs(_axis_diff(fit.theta, f.theta)) < math.radians(10.0) for f in fits):
+            continue
+        add(fit)
+    counts.update(n_line_fitted=len(tried), n_line_filter=len(new_rows) - n_smoothed)
+    return _replace_pieces(det, sorted(drop), new_rows), n_smoothed, counts
 
 
 def refine_trails(
@@ -501,7 +722,10 @@ def refine_trails(
         The detections with joined fragments replaced by one row each and
         trails re-measured (``kind`` ``trail``, ``satellite``, ``bleed``, ``spike`` or ``edge``).
     dict
-        Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_joined``, ``n_gaps_split`` (joins
+        Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_faint_lines`` (faint long trails
+        found on the smoothed image or by the line filter) of which ``n_line_filter`` by the line filter
+        (:func:`line_segments`; ``n_line_regions`` regions, ``n_line_too_bright``, ``n_line_too_long`` and
+        ``n_line_known`` of them not fitted, fits tried on ``n_line_fitted``), ``n_joined``, ``n_gaps_split`` (joins
         undone where the line between two pieces was empty: :func:`split_at_gaps`), ``n_detached`` (short pieces
         far brighter per unit length than the rest taken out of their group: :func:`detach_bright_pieces`),
         ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``, ``n_short_refit`` (short trails
@@ -511,11 +735,15 @@ def refine_trails(
         along none of them: measured as trails).
     """
     info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0, "n_chains": 0,
-            "n_faint_lines": 0, "n_gaps_split": 0, "n_detached": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
+            "n_faint_lines": 0, "n_line_filter": 0, "n_line_regions": 0, "n_line_too_bright": 0, "n_line_too_long": 0,
+            "n_line_known": 0, "n_line_fitted": 0,
+            "n_gaps_split": 0, "n_detached": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
-    det, info["n_faint_lines"] = _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length)
+    det, n_smoothed, line_counts = _add_smoothed_trails(det, data, variance, mask, psf_sigma, max_length)
+    info.update(line_counts)
+    info["n_faint_lines"] = n_smoothed + info["n_line_filter"]
     kind = np.asarray(det["kind"])
     elongated = np.isin(kind, ["trail", "streak"]) & (np.asarray(det["length"], float) >= 0.5 * min_length)
     groups = join_fragments(det, elongated, max_gap=max_gap, max_angle=max_angle)
