@@ -4,8 +4,9 @@
 
 Scenes: one 1"/px CCD, FWHM 2-3 px varying frame to frame, 60 s exposures every 120 s, the
 pointing drifting by up to 5" between frames, no WCS in the headers (only RA/DEC and PIXSCALE),
-150 movers per CCD at 5-50"/h (main-belt rates), V 17-22.5.  Run with examples/ground.toml: frames
-registered to each other, movers linked in pixel space.  Reports completeness for movers on the
+150 movers per CCD at 5-50"/h (main-belt rates), V 17-22.5, a generic ground telescope's headers.
+Run with the defaults: the ground_ccd profile is chosen from the headers, frames are registered to
+each other and movers linked in pixel space.  Reports completeness for movers on the
 detector in >= 50 % of the frames and brighter than the per-frame 5-sigma limit - 0.5 mag (and
 at the limit), false objects per field, per-stage and total run time.
 """
@@ -18,13 +19,10 @@ from pathlib import Path
 
 from astropy.table import Table
 
-from ssodetect.config import load_config
+from ssodetect.config import Config
 from ssodetect.evaluate import evaluate_run
 from ssodetect.pipeline import run_pipeline
 from ssodetect.simulate import SimulationConfig, simulate
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +30,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args()
-    config = load_config(ROOT / "examples" / "ground.toml")
+    config = Config()
     config.execution.progress = False
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.frames:
@@ -43,7 +41,7 @@ def main() -> None:
                     pixel_scale=1.0, fwhm_min=2.0, fwhm_max=3.0, dither=5.0, zp_electrons=24.0, sky_mag=20.5,
                     star_density=20000.0, galaxy_density=5000.0, movers_per_ccd=150.0, mover_mag_min=17.0,
                     mover_mag_max=22.5, slow_rate_min=5.0, slow_rate_max=50.0, fast_fraction=0.0, layout="plain",
-                    write_wcs=False, satellite=False,
+                    write_wcs=False, satellite=False, telescope="GROUND-1M", instrument="CCD",
                 ), sim)
                 truth = Table.read(sim / "truth.ecsv")
                 limit = float(truth.meta["limit_5sigma"])
@@ -58,7 +56,7 @@ def main() -> None:
                     scores.append(ev)
                 ev, ev_lim = scores
                 stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items() if k != "total")
-                print(f"N={n:3d} seed {seed}: {wall:6.1f} s ({stages}); 5-sigma limit {limit:.2f}; "
+                print(f"N={n:3d} seed {seed}, profile {result.profile['name']}: {wall:6.1f} s ({stages}); 5-sigma limit {limit:.2f}; "
                       f"completeness V<={limit - 0.5:.2f}: {100 * ev.completeness_bright:.1f} % of {ev.n_findable_bright}, "
                       f"V<={limit:.2f}: {100 * ev_lim.completeness_bright:.1f} % of {ev_lim.n_findable_bright}; "
                       f"false objects {ev.n_false}; median residual {ev.median_residual_bright:.2f} px", flush=True)

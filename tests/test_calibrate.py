@@ -7,7 +7,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ssodetect.astrometry.register import register_to_reference, relative_wcs
-from ssodetect.calibrate import build_masters, frame_type, parse_section
+from ssodetect.calibrate import build_masters, frame_type, hot_pixel_map, parse_section
 from ssodetect.config import Config
 from ssodetect.errors import InputError
 from ssodetect.io import find_inputs, scan_inputs
@@ -50,6 +50,12 @@ def test_frame_types_and_sections():
         parse_section("[0:10,1:5]", (64, 88))
     with pytest.raises(ValueError):
         parse_section("81:88,1:64", (64, 88))
+    # a partial read-out: the section describes the whole detector (NEOSSat's BIASSEC [1:16,1:1020] on 712 rows)
+    with pytest.raises(ValueError):
+        parse_section("[1:16,1:1020]", (712, 1078))
+    assert parse_section("[1:16,1:1020]", (712, 1078), clip=True) == (slice(0, 712), slice(0, 16))
+    with pytest.raises(ValueError):
+        parse_section("[1:16,800:1020]", (712, 1078), clip=True)  # starting outside the image is still an error
 
 
 def test_masters_recover_the_sky(tmp_path):
@@ -203,3 +209,48 @@ def test_reference_wcs_errors_name_the_file(tmp_path):
     fits.PrimaryHDU(np.zeros((4, 4), np.float32)).writeto(plain)
     with pytest.raises(ConfigError, match="plain.fits: no celestial WCS"):
         load_reference_wcs(str(plain))
+
+
+def test_hot_pixels_are_found_in_the_frames_themselves_and_stars_are_not():
+    """Nine frames whose sky drifts by 4-12 px between them, a star that stays put, 3 % hot pixels of every
+    amplitude: the median keeps the hot pixels and the steady star, the sharpness test tells them apart."""
+    rng = np.random.default_rng(5)
+    ny, nx = 200, 240
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    hot = rng.random((ny, nx)) < 0.03
+    amplitude = rng.uniform(40.0, 2000.0, (ny, nx))
+    stars = rng.uniform([10, 10], [nx - 10, ny - 10], (60, 2))
+    frames = []
+    for k in range(9):
+        shift = np.array([4.0 + k * 1.0, 12.0 - k]) * (1 if k % 2 else -1)
+        image = 500.0 + rng.normal(0.0, 10.0, (ny, nx))
+        for x, y in stars + shift:
+            image += 3000.0 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.6 ** 2))
+        image += 5000.0 * np.exp(-((xx - 120.3) ** 2 + (yy - 100.6) ** 2) / (2 * 1.3 ** 2))  # the steady star
+        frames.append(image + np.where(hot, amplitude, 0.0))
+    found = hot_pixel_map(np.array(frames, np.float32))
+    strong = hot & (amplitude > 100.0)  # 10 sigma of the frames' noise
+    assert found[strong].mean() > 0.97
+    assert (found & ~hot).sum() <= 0.003 * found.size  # edges of star light left in the median: 0.18 % measured
+    steady = np.hypot(xx - 120.3, yy - 100.6) < 4
+    assert not (found & steady & ~hot).any()
+
+
+def test_a_sequence_without_darks_gets_its_hot_pixels_as_hits_not_as_the_detector_mask():
+    """NEOSSat, 43 frames without darks: 11 % hot pixels that flicker.  Found in 9 of the frames they are hits
+    for the detection; a frame then has ~130 detections instead of ~3600 (and its PSF is measured)."""
+    folder = real_data("real", "neossat_comet_leonard")
+    config = Config()
+    refs, masters = build_calibration(scan_inputs(find_inputs([folder]), config.io), config)
+    m = masters["NEOSSat_Science"]
+    assert m.counts["hot"] == 9 and m.dark is None and 0.08 < m.hot.mean() < 0.15
+    assert "hot/cold pixels" in m.describe()
+    ref = sorted(refs, key=lambda r: r.mjd)[20]
+    table, info = process_ccd(ref, config, require_wcs=False, calibration=m)
+    assert info["shape"] == [715, 1062]  # overscan columns trimmed, the partial read-out kept whole
+    assert len(table) < 400 and info["psf_status"] == "measured" and 1.3 < info["psf_sigma"] < 2.2
+    near = np.asarray(table["near_mask"], bool)
+    assert near.mean() < 0.5  # hot pixels are not the detector mask
+    config.calibrate.hot_pixels = False
+    _, masters_off = build_calibration(scan_inputs(find_inputs([folder]), config.io), config)
+    assert "NEOSSat_Science" not in masters_off  # nothing to calibrate with: the frame is taken as it is

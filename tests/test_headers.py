@@ -143,3 +143,13 @@ def test_station_code_from_header():
     h2 = fits.Header()
     h2["ORIGIN"] = "ssodetect 0.1 simulate"  # no code in parentheses
     assert station_code(h2) is None
+
+
+def test_cunit_degrees_is_read_as_deg():
+    h = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 10.0, "CRVAL2": 20.0, "CRPIX1": 5.0,
+                     "CRPIX2": 5.0, "CD1_1": -0.0008, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 0.0008,
+                     "CUNIT1": "degrees", "CUNIT2": "degrees"})  # NEOSSat's headers
+    fixed, notes = sanitize_wcs_header(h)
+    assert fixed["CUNIT1"] == "deg" and fixed["CUNIT2"] == "deg" and any("CUNIT1" in n for n in notes)
+    wcs, problem = celestial_wcs(h, shape=(10, 10))
+    assert wcs is not None and problem == ""

@@ -283,7 +283,8 @@ def test_alert_posted_to_a_loopback_receiver_and_run_completes_without_one(field
 
 
 def test_exit_codes(field, tmp_path, monkeypatch):
-    args = ["run", str(field), "--out", str(tmp_path / "out"), "--refcat", str(field / "refcat.ecsv"), "-q"]
+    args = ["run", str(field), "--out", str(tmp_path / "out"), "--refcat", str(field / "refcat.ecsv"), "-q",
+            "--station", "C65"]
     assert main(args) == 0  # success, no warnings
     assert main(["run", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "-q"]) == 2  # bad input
     assert main([*args[:3], str(tmp_path / "bad"), *args[4:], "--to-step", "nowhere"]) == 2

@@ -138,9 +138,10 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
     assert ev.completeness_bright >= 0.8
     assert ev.n_false <= 2
     assert ev.median_residual_bright < 0.3  # px
-    # no astrometry, no ADES rows (the header is still written)
-    psv = (tmp_path / "out" / "observations.psv").read_text().splitlines()
-    assert not any(line.startswith(("SD", "  SD")) or "|SD0" in line for line in psv)
+    # no astrometry: no ADES or MPC file at all (an ADES file without observations fails submit.xsd)
+    for name in ("observations.psv", "observations.xml", "observations.mpc"):
+        assert not (tmp_path / "out" / name).exists(), name
+        assert name not in json.loads((tmp_path / "out" / "manifest.json").read_text())["products"]
     info = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert all(c["registration"]["status"] == "ok" for c in info["ccds"])
     # a WCS for one frame (say, from astrometry.net) gives every registered frame real sky positions

@@ -1,7 +1,8 @@
 """Real frames from other telescopes (../shared/data/real; skipped when absent)."""
-from pathlib import Path
 
 import numpy as np
+import pytest
+from astropy.io import fits
 from astropy.table import Table
 
 from ssodetect.config import Config
@@ -25,6 +26,10 @@ def test_neowise_header_sip_wcs_and_the_catalogued_asteroid_is_detected():
         x, y = image.wcs.all_world2pix(row["ra_deg"], row["dec_deg"], 0)
         assert np.hypot(x - row["x_pix0"], y - row["y_pix0"]) < 0.05, row["file"]  # the header WCS as published
         assert abs(ref.mjd - row["mjd_obs_header"]) < 1e-6
+        # WISE's MAGZP is for the frame's counts (mag = MAGZP - 2.5 log10 DN): per second, less 2.5 log10(EXPTIME)
+        header = fits.getheader(folder / row["file"])
+        assert image.zeropoint_source == "header"
+        assert image.zeropoint == pytest.approx(header["MAGZP"] - 2.5 * np.log10(header["EXPTIME"]), abs=1e-9)
         table, _ = process_ccd(ref, config)
         d = np.hypot(np.asarray(table["x"]) - x, np.asarray(table["y"]) - y)
         assert float(d.min()) <= 1.0, (row["file"], float(d.min()))
@@ -47,15 +52,16 @@ def _gaussian_centre(path, masters, config, x0, y0, half=6):
 
 def test_luxembourg_night_raw_frames_one_object(tmp_path):
     """(2713) Luxembourg, MIT Wallace Observatory, 25 raw 180 s frames without WCS, bias and darks, no flat,
-    cloudy at the end: calibrated, registered, the asteroid linked as the only object."""
-    from ssodetect.config import load_config
+    cloudy at the end: with the defaults (the ground_ccd profile chosen from the headers) calibrated,
+    registered, the asteroid linked as the only object."""
     from ssodetect.pipeline import run_pipeline
     from ssodetect.pipeline.run import build_calibration
 
     folder = real_data("real", "luxembourg_2713_night1")
-    config = load_config(Path(__file__).resolve().parents[1] / "examples" / "ground.toml")
+    config = Config()
     config.execution.progress = False
     result = run_pipeline([folder], tmp_path / "out", config)
+    assert result.profile["name"] == "ground_ccd" and result.profile["chosen"] == "auto"
     _, masters = build_calibration(scan_inputs(sorted(folder.glob("*.fit")), config.io), config)
     truth = Table.read(folder / "ground_truth_20181012.csv", format="ascii.csv", comment="#")
     obs = result.observations

@@ -1,5 +1,6 @@
 """Reports people submit and read: ADES PSV/XML (schema-valid, round trip), MPC 80-column records
 (round trip on the real examples), `ssodetect report`, and the HTML page in headless Chromium."""
+import json
 import shutil
 
 import numpy as np
@@ -248,3 +249,61 @@ def test_an_objects_magnitude_is_weighted_by_its_detections_errors():
     trk = Tracklet((0, 1, 2, 3), params[0], params[1], params[2], params[3], cov, chi2, 4, t_ref)
     _, objects = tracklet_tables(cand, [trk], plane, t0_mjd=60000.0)
     assert abs(objects["mag"][0] - 22.0) < 0.02 and np.mean(mags) > 22.15
+
+
+def test_report_headers_say_what_was_used_and_placeholders_are_flagged(run_dir, tmp_path, caplog):
+    xsd = real_data("ades", "xsd", "submit.xsd")
+    ctx, rows = read_ades(run_dir / "observations.psv")[0]
+    # a WCS and zero point fitted to the (Gaia) reference catalogue; the aperture from TELESCOP EUCLID
+    assert {r["astCat"] for r in rows} == {"Gaia3"} and {r.get("photCat") for r in rows if "mag" in r} == {"Gaia3"}
+    assert ctx["telescope"]["aperture"] == "1.2" and ctx["telescope"]["name"] == "EUCLID"
+    assert "Before submitting" not in (run_dir / "report.html").read_text()
+    # the same observations through header WCSs, no zero point anywhere, no station, an unknown telescope
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    provenance = json.loads((copy / "provenance.json").read_text())
+    report_ctx = provenance["report_context"]
+    report_ctx["zeropoint_sources"] = {k: "default" for k in report_ctx["zeropoint_sources"]}
+    report_ctx.pop("aperture")
+    report_ctx["telescope"] = ""
+    report_ctx["station"] = ""
+    (copy / "provenance.json").write_text(json.dumps(provenance))
+    obs = Table.read(copy / "observations.ecsv")
+    obs.replace_column("wcs", np.full(len(obs), "header"))
+    obs.write(copy / "observations.ecsv", overwrite=True)
+    config = copy / "plain.toml"
+    config.write_text("[report]\nstation = \"XXX\"\n")
+    with caplog.at_level("WARNING", logger="ssodetect.report.products"):
+        assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+    assert not (copy / "observations.xml").exists() and not (copy / "observations.psv").exists()  # no aperture
+    header, records, _ = read_mpc80((copy / "observations.mpc").read_text())
+    assert "NET" not in header and "TEL" not in header and all(not np.isfinite(r.mag) for r in records)
+    page = (copy / "report.html").read_text()
+    for words in ("default zero point 25", "astCat UNK", "observatory code XXX", "telescope aperture unknown"):
+        assert words in page and words in caplog.text, words
+    config.write_text("[report]\nstation = \"XXX\"\ntelescope_aperture = 0.5\n")
+    with caplog.at_level("WARNING", logger="ssodetect.report.products"):
+        assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+    xml = (copy / "observations.xml").read_text()
+    assert validate_xml(xml, xsd) == []
+    ctx, rows = read_ades(xml)[0]
+    assert {r["astCat"] for r in rows} == {"UNK"} and ctx["telescope"]["aperture"] == "0.5"
+    assert not any("mag" in r or "photCat" in r for r in rows)  # a default zero point is not a magnitude
+    # a zero point from the header: magnitudes reported, without claiming a photometric catalogue
+    report_ctx["zeropoint_sources"] = {k: "header" for k in report_ctx["zeropoint_sources"]}
+    (copy / "provenance.json").write_text(json.dumps(provenance))
+    assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+    rows = read_ades(copy / "observations.xml")[0][1]
+    assert any("mag" in r for r in rows) and not any("photCat" in r for r in rows)
+
+
+def test_telescope_aperture_comes_from_the_header():
+    from astropy.io import fits
+
+    from ssodetect.io.headers import telescope_aperture
+
+    assert telescope_aperture(fits.Header({"APTDIA": 354.6, "TELESCOP": "C14"})) == (pytest.approx(0.3546), "APTDIA")
+    area = np.pi * (500.0 ** 2)  # a 1 m aperture in mm2
+    assert telescope_aperture(fits.Header({"APTAREA": area}))[0] == pytest.approx(1.0)
+    assert telescope_aperture(fits.Header({"TELESCOP": "NEOSSat"})) == (0.15, "TELESCOP NEOSSAT")
+    assert telescope_aperture(fits.Header({"TELESCOP": "C14", "APTDIA": "n/a"})) is None

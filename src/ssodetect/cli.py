@@ -79,6 +79,8 @@ def _execution_config(args):
         config.execution.workers = args.workers
     if args.quiet:
         config.execution.progress = False
+    if getattr(args, "profile", None):
+        config.profile.name = args.profile
     return config
 
 
@@ -110,11 +112,12 @@ def _run(args) -> int:
     n_known = int(sum(bool(str(d)) for d in result.objects["designation"])) if len(result.objects) else 0
     print(
         f"{len(result.objects)} moving objects ({n_fast} fast, trailed; {n_known} known), {len(result.observations)} "
-        f"observations in {total:.1f} s -> {args.out}/report.html, observations.psv/.xml/.mpc/.ecsv, objects.ecsv"
-        + (", known.ecsv" if result.known is not None else "")
-        + (", alert.json" if result.alert_delivered is not None or (Path(args.out) / "alert.json").exists() else "")
+        f"observations in {total:.1f} s -> {args.out}/" + ", ".join(
+            name for name in ("report.html", "observations.psv", "observations.xml", "observations.mpc",
+                              "observations.ecsv", "objects.ecsv", "known.ecsv", "alert.json")
+            if (Path(args.out) / name).exists())
     )
-    print(f"steps: {steps}; {result.warnings} warning(s)")
+    print(f"steps: {steps}; profile {result.profile.get('name', 'none')}; {result.warnings} warning(s)")
     return 1 if result.warnings else 0
 
 
@@ -223,7 +226,7 @@ def _evaluate(args) -> int:
 def _report(args) -> int:
     from ssodetect.config import load_config
     from ssodetect.io import OutputStage
-    from ssodetect.report.products import write_reports
+    from ssodetect.report.products import REPORT_FILES, write_reports
 
     outdir = Path(args.outdir)
     for name in ("observations.ecsv", "objects.ecsv", "provenance.json"):
@@ -232,6 +235,8 @@ def _report(args) -> int:
     config = load_config(args.config or (outdir / "config.toml" if (outdir / "config.toml").is_file() else None))
     with OutputStage(outdir) as stage:
         written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
+    for name in set(REPORT_FILES) - {p.name for p in written}:
+        (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     for path in written:
         print(outdir / path.name)
     return 0
@@ -420,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference catalogue (Gaia DR3 columns: ECSV/FITS/CSV/Parquet, or SCAMP LDAC); 'gaia' queries "
                    "the Gaia archive once (online) and caches the result")
     p.add_argument("--config", default=None, help="TOML configuration file")
+    p.add_argument("--profile", default=None,
+                   help="instrument profile: euclid_vis, ground_ccd, small_space, a profile TOML file, or none "
+                   "(default auto: chosen from the headers; [profile] name)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
     group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
@@ -447,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(one field each; a refcat.ecsv inside is used)")
     p.add_argument("--out", required=True, help="batch directory (one sub-directory per field, batch_summary.ecsv)")
     p.add_argument("--config", default=None, help="TOML configuration of every field's run")
+    p.add_argument("--profile", default=None,
+                   help="instrument profile: euclid_vis, ground_ccd, small_space, a profile TOML file, or none "
+                   "(default auto: chosen from the headers; [profile] name)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="local Dask worker processes (one field per task)")
     group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")

@@ -28,6 +28,7 @@ __all__ = [
     "ExecutionConfig",
     "IntermediateConfig",
     "AlertConfig",
+    "ProfileConfig",
     "Config",
     "load_config",
     "dump_toml",
@@ -73,6 +74,11 @@ class IOConfig(_Section):
     zeropoint_keys: list[str] = Field(
         default=["MAGZERO", "MAGZPT", "ZP", "PHOTZP"],
         description="Photometric zero point keywords: mag = ZP - 2.5 log10(flux_ADU / EXPTIME).",
+    )
+    zeropoint_total_keys: list[str] = Field(
+        default=["MAGZP"],
+        description="Zero point keywords for the exposure's total counts (WISE MAGZP): mag = ZP - 2.5 log10(flux_ADU); "
+        "used when no zeropoint_keys keyword is present.",
     )
     default_zeropoint: float = Field(
         default=25.0, description="Zero point used when the header has none [mag for 1 ADU/s]."
@@ -134,6 +140,10 @@ class DetectConfig(_Section):
         ge=0,
         description="PSF FWHM [px]; 0 = measure it per CCD from bright unsaturated stars.",
     )
+    psf_fallback_sigma: float = Field(
+        default=0.75, gt=0, description="PSF Gaussian sigma [px] (FWHM / 2.355) used when a CCD has no star locus to "
+        "measure it on; a weak locus (a handful of stars) is capped at it (an overestimate masks star cores as cosmic "
+        "rays).")
     aperture_radius_fwhm: float = Field(
         default=1.75, gt=0, description="Photometric aperture radius in units of the PSF FWHM (trails get a pill-shaped aperture)."
     )
@@ -398,6 +408,10 @@ class CalibrateConfig(_Section):
     overscan: bool = Field(default=True, description="Subtract the BIASSEC overscan row by row when present.")
     trim: bool = Field(default=True, description="Cut images to TRIMSEC when present.")
     clip_sigma: float = Field(default=3.0, gt=0, description="Sigma clipping of the master combination.")
+    hot_pixels: bool = Field(
+        default=True, description="Without a dark, find hot (and cold) pixels in the light frames themselves: pixels "
+        "that stand out of their neighbours in the frames' median (the sky drifts, they stay) are masked.")
+    hot_min_frames: int = Field(default=8, ge=3, description="Fewest light frames of a CCD for the hot-pixel map.")
 
 
 def _three_numbers(value: list[float], message: str) -> list[float]:
@@ -421,14 +435,21 @@ class ReportConfig(_Section):
     measurers: list[str] = Field(default=[], description="Measurers' names (ADES measurers; default: the submitter).")
     telescope_name: str = Field(default="", description="Telescope name (ADES telescope/name).")
     telescope_design: str = Field(default="Reflector", description="Telescope design (ADES telescope/design).")
-    telescope_aperture: float = Field(default=1.2, gt=0, description="Aperture [m] (ADES telescope/aperture).")
+    telescope_aperture: float = Field(
+        default=0.0, ge=0, description="Aperture [m] (ADES telescope/aperture); 0: from the header (APTDIA [mm], "
+        "APTAREA [mm2]) or the telescope's known aperture (TELESCOP), a warning when nothing gives it.")
     telescope_detector: str = Field(default="CCD", description="Detector type (ADES telescope/detector).")
     telescope_f_ratio: float = Field(default=0.0, ge=0, description="Focal ratio (0: not written).")
     funding_source: str = Field(default="", description="ADES fundingSource (empty: not written).")
     comment: str = Field(default="", description="Free text for the ADES comment block.")
     mode: str = Field(default="CCD", pattern=r"^[A-Za-z0-9_]{1,3}$", description="ADES mode (CCD, CMO, ...).")
-    astcat: str = Field(default="Gaia3", description="Astrometric catalogue the WCS refers to (ADES astCat).")
-    photcat: str = Field(default="Gaia3", description="Photometric catalogue of the zeropoint (ADES photCat; empty: not written).")
+    astcat: str = Field(default="Gaia3", description="Catalogue of the reference catalogue given with --refcat (ADES "
+                        "astCat of positions through a fitted WCS).")
+    header_astcat: str = Field(default="UNK", pattern=r"^[.A-Za-z0-9_]*$",
+                               description="ADES astCat of positions through a header or user WCS (e.g. 2MASS for WISE "
+                               "frames); UNK: unknown (a warning).")
+    photcat: str = Field(default="Gaia3", description="Photometric catalogue of a zero point fitted to the reference "
+                         "catalogue (ADES photCat; empty: not written; never written for a header zero point).")
     band: str = Field(default="", description="Photometric band for ADES (empty: the image filter keyword).")
     time_decimals: int = Field(
         default=3, ge=0, le=6,
@@ -552,9 +573,20 @@ class AlertConfig(_Section):
     backoff: float = Field(default=1.0, ge=0, le=60, description="Wait before the first retry [s], doubled each time.")
 
 
+class ProfileConfig(_Section):
+    """The instrument profile: settings for a kind of telescope, chosen from the frames' headers."""
+
+    name: str = Field(
+        default="auto", min_length=1,
+        description="auto: chosen from the headers (TELESCOP/INSTRUME, pixel scale, exposures, observer); a "
+        "built-in profile (euclid_vis, ground_ccd, small_space); a profile TOML file; none: the package defaults. "
+        "Settings given in this file or by command-line flags always win over the profile's.")
+
+
 class Config(_Section):
     """Full ssodetect configuration."""
 
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
     io: IOConfig = Field(default_factory=IOConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)

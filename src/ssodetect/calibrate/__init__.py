@@ -1,14 +1,16 @@
-"""Raw-frame calibration: overscan and trim sections, master bias, dark and flat."""
+"""Raw-frame calibration: overscan and trim sections, master bias, dark and flat, hot pixels from the lights."""
 from ssodetect.calibrate.masters import (
     FRAME_TYPES,
     MasterFrames,
     build_masters,
     calibrate_ccd,
     frame_type,
+    hot_pixel_map,
     parse_section,
     raw_saturation,
     reduce_overscan,
+    sequence_hot_pixels,
 )
 
-__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "calibrate_ccd", "frame_type", "parse_section",
-           "raw_saturation", "reduce_overscan"]
+__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "calibrate_ccd", "frame_type", "hot_pixel_map",
+           "parse_section", "raw_saturation", "reduce_overscan", "sequence_hot_pixels"]

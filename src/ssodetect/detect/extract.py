@@ -939,7 +939,7 @@ def _psf_result(report: dict | None, sigma, status: str, locus: int):
 
 
 def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain: float, report: dict | None = None,
-                    band_pixels: int = 4_000_000, min_stars: int = 30) -> float:
+                    band_pixels: int = 4_000_000, min_stars: int = 30, default: float = 0.75) -> float:
     """PSF Gaussian sigma [px] of an image, from a central band of rows when that holds enough stars.
 
     The sources are those of a 20-sigma point-source detection (the image filtered with a Gaussian of
@@ -981,7 +981,8 @@ def image_psf_sigma(work: np.ndarray, err: np.ndarray, mask: np.ndarray, *, gain
         if sigma is not None:
             return sigma
     everything = slice(0, ny)
-    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain, sharp=sharp(everything), report=report)
+    return measure_psf_sigma(work, err**2, mask, stars(everything), gain=gain, sharp=sharp(everything), report=report,
+                             default=default)
 
 
 def extract_sources(
@@ -993,6 +994,7 @@ def extract_sources(
     config: DetectConfig,
     psf_sigma: float | None = None,
     return_hits: bool = False,
+    known_hits: np.ndarray | None = None,
 ) -> tuple[Table, dict]:
     """Detect and measure the sources of a background-subtracted image.
 
@@ -1012,6 +1014,10 @@ def extract_sources(
     return_hits : bool
         Also return the mask of pixels sharper than the PSF (cosmic rays, hot
         pixels) as ``info["sharp_pixels"]`` (ndarray (ny, nx) bool).
+    known_hits : ndarray (ny, nx) bool, optional
+        Pixels known to be hits before looking (hot pixels found in the sequence's frames): treated
+        like the sharp pixels found here (masked for the PSF, detection and measurement, filled for
+        segmentation), not as the detector mask (a source beside one is not ``near_mask``).
 
     Returns
     -------
@@ -1034,8 +1040,12 @@ def extract_sources(
     sep.set_extract_pixstack(max(1_000_000, image.size // 4))
     sep.set_sub_object_limit(4096)
     psf_report = {"psf_status": "given", "psf_locus": 0}
+    known = np.zeros(m.shape, bool) if known_hits is None else np.asarray(known_hits, bool) & ~m
+    if known.any():
+        work[known] = 0.0
     if psf_sigma is None:
-        psf_sigma = image_psf_sigma(work, safe_err, m, gain=gain, report=psf_report)
+        psf_sigma = image_psf_sigma(work, safe_err, m | known, gain=gain, report=psf_report,
+                                    default=config.psf_fallback_sigma)
         if psf_report["psf_status"] != "measured":
             log.info("PSF sigma %.2f px: %s (star locus of %d bright sources)", psf_sigma, psf_report["psf_status"],
                      psf_report["psf_locus"])
@@ -1043,7 +1053,7 @@ def extract_sources(
     # cosmic-ray / hot-pixel hits are masked for detection and measurement, but a
     # detection touching them is not "near a bad pixel" (that flag is for the detector mask)
     detector_mask = m
-    hits = sharp_pixel_mask(work, safe_err, psf_sigma, mask=m)
+    hits = sharp_pixel_mask(work, safe_err, psf_sigma, mask=m | known) | known
     m = m | hits
     # sep's matched filter over masked pixels (noise set to infinity) renormalises their filtered value from the
     # neighbours: a masked cosmic-ray track between a star and a mover 17 px away became one footprint that was never

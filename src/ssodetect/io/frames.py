@@ -113,6 +113,9 @@ class CCDImage:
         True where the pixel is unusable (NaN, flagged, saturated, non-positive RMS).
     saturated : ndarray (ny, nx) bool
         True where the pixel is saturated (subset of ``mask``).
+    hot : ndarray (ny, nx) bool or None
+        Hot pixels found in the sequence's frames (:func:`ssodetect.calibrate.hot_pixel_map`), not in
+        ``mask``: the detection treats them as hits.
     wcs : astropy.wcs.WCS or None
         Celestial WCS (None when the header has no usable one; see ``wcs_problem``).
     """
@@ -129,6 +132,7 @@ class CCDImage:
     zeropoint: float
     zeropoint_source: str
     saturation: float | None
+    hot: np.ndarray | None = None
 
 
 def find_inputs(inputs) -> list[Path]:
@@ -404,10 +408,18 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
         gain = config.default_gain
     if not np.isfinite(gain) or gain <= 0:
         gain = config.default_gain
+    zeropoint, zp_source = config.default_zeropoint, "default"
     zp = first_keyword(merged, config.zeropoint_keys)
     try:
         zeropoint, zp_source = float(zp), "header"
     except (TypeError, ValueError):
+        total = first_keyword(merged, config.zeropoint_total_keys)  # for the exposure's counts, not per second
+        try:
+            if ref.exptime > 0:
+                zeropoint, zp_source = float(total) - 2.5 * np.log10(ref.exptime), "header"
+        except (TypeError, ValueError):
+            pass
+    if not np.isfinite(zeropoint):
         zeropoint, zp_source = config.default_zeropoint, "default"
     wcs, problem = celestial_wcs(merged, shape=data.shape)
     return CCDImage(

@@ -33,6 +33,10 @@ __all__ = [
     "observation_time",
     "sanitize_wcs_header",
     "celestial_wcs",
+    "station_code",
+    "telescope_aperture",
+    "KNOWN_APERTURES",
+    "wcs_from_header_string",
 ]
 
 log = logging.getLogger(__name__)
@@ -234,6 +238,11 @@ def sanitize_wcs_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
                 del fixed[key]
                 continue
             notes.append(f"{key} stored as a string; read as a number")
+    for key in ("CUNIT1", "CUNIT2"):
+        unit = str(fixed.get(key, "")).strip()
+        if unit.lower() in ("degree", "degrees", "degs"):
+            fixed[key] = "deg"
+            notes.append(f"{key}={unit!r} read as 'deg'")
     ctype1 = str(fixed.get("CTYPE1", "")).strip().upper()
     ctype2 = str(fixed.get("CTYPE2", "")).strip().upper()
     has_sip = "A_ORDER" in fixed and "B_ORDER" in fixed
@@ -316,6 +325,33 @@ def station_code(header, keys=("MPCCODE", "MPC-CODE", "MPC_CODE", "OBSCODE", "SI
         match = _CODE_IN_TEXT.search(str(header.get(key, "")))
         if match:
             return match.group(1)
+    return None
+
+
+#: Apertures [m] of telescopes whose frames do not carry APTDIA (matched as words in TELESCOP).
+KNOWN_APERTURES = {"EUCLID": 1.2, "NEOSSAT": 0.15, "WISE": 0.4, "NEOWISE": 0.4, "HST": 2.4, "HUBBLE": 2.4,
+                   "JWST": 6.5, "SPITZER": 0.85, "TESS": 0.105}
+
+
+def telescope_aperture(header) -> tuple[float, str] | None:
+    """Telescope aperture [m] and where it came from: ``APTDIA`` [mm], the diameter of ``APTAREA`` [mm²],
+    or :data:`KNOWN_APERTURES` by ``TELESCOP``; None when nothing says it."""
+    try:
+        diameter = float(header["APTDIA"])
+        if np.isfinite(diameter) and diameter > 0:
+            return diameter / 1000.0, "APTDIA"
+    except (KeyError, TypeError, ValueError):
+        pass
+    try:
+        area = float(header["APTAREA"])
+        if np.isfinite(area) and area > 0:
+            return 2.0 * np.sqrt(area / np.pi) / 1000.0, "APTAREA"
+    except (KeyError, TypeError, ValueError):
+        pass
+    words = re.split(r"[^0-9A-Z]+", str(header.get("TELESCOP", "")).upper())
+    for word in words:
+        if word in KNOWN_APERTURES:
+            return KNOWN_APERTURES[word], f"TELESCOP {word}"
     return None
 
 

@@ -188,8 +188,10 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
         mask |= lacosmic_mask(image.data, mask, image.gain, image.rms, config.clean)
         info["t_clean"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    hot = image.hot  # hot pixels found in the sequence: hits, not the detector mask
     background, bkg_rms, global_rms = estimate_background(
-        image.data, mask=mask, box=config.detect.background_box, filter_size=config.detect.background_filter
+        image.data, mask=mask if hot is None else mask | hot, box=config.detect.background_box,
+        filter_size=config.detect.background_filter
     )
     error = image.rms if image.rms is not None else bkg_rms
     info["t_background"] = time.perf_counter() - t0
@@ -200,7 +202,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     subtracted = image.data - background
     detections, extract_info = extract_sources(
         subtracted, mask=mask, error=error, gain=image.gain, config=config.detect, psf_sigma=psf_sigma,
-        return_hits=True,
+        return_hits=True, known_hits=hot,
     )
     hits = extract_info.pop("sharp_pixels", None)
     info.update(extract_info)

@@ -25,10 +25,11 @@ from ssodetect.astrometry.field import rescue_failed
 from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
-from ssodetect.calibrate import build_masters
+from ssodetect.calibrate import MasterFrames, build_masters, sequence_hot_pixels
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
-from ssodetect.io.headers import station_code
+from ssodetect.profiles import resolve_profile
+from ssodetect.io.headers import station_code, telescope_aperture
 from ssodetect.columns import empty_table
 from ssodetect.link.movers import STREAK_COLUMNS, link_movers, select_candidates, streak_table
 from ssodetect.pipeline.astrometry import (
@@ -86,6 +87,7 @@ class RunResult:
     run_id: str = ""
     steps: list = field(default_factory=list)
     warnings: int = 0
+    profile: dict = field(default_factory=dict)
     alert_delivered: bool | None = None
 
 
@@ -121,6 +123,17 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
         frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys) for ccd, kinds in frames.items()}
+    if cc.hot_pixels:
+        by_ccd: dict[str, list] = {}
+        for ref in sorted(lights, key=lambda r: r.mjd):
+            by_ccd.setdefault(ref.ccd, []).append((ref.path, ref.sci))
+        for ccd, files in by_ccd.items():
+            master = masters.setdefault(ccd, MasterFrames())
+            if master.dark is None and len(files) >= cc.hot_min_frames:
+                master.hot = sequence_hot_pixels(files, overscan=cc.overscan, trim=cc.trim, bias=master.bias)
+                master.counts["hot"] = min(len(files), 9)
+                log.info("CCD %s: no dark; %d hot/cold pixels (%.2f %%) found in %d of its %d light frames are "
+                         "masked", ccd, int(master.hot.sum()), 100 * master.hot.mean(), master.counts["hot"], len(files))
     return lights, {ccd: m for ccd, m in masters.items() if not m.empty}
 
 
@@ -597,9 +610,11 @@ def run_pipeline(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
         package_log.addHandler(handler)
-    ctx = StepContext(list(inputs), refcat, config, timings, stage, run_id=uuid.uuid4().hex, obs_id=obs_id or "")
     step_logs: list = []
+    ctx = None
     try:
+        config, profile = resolve_profile(config, find_inputs(inputs))
+        ctx = StepContext(list(inputs), refcat, config, timings, stage, run_id=uuid.uuid4().hex, obs_id=obs_id or "")
         files = _input_files(inputs, refcat, config)
         cache = StepCache(outdir if (reuse or from_step) else None, stage.path if stage is not None else None)
         products: dict = {}
@@ -656,6 +671,7 @@ def run_pipeline(
         result.run_id = ctx.run_id
         result.steps = records
         result.timings = timings
+        result.profile = profile
         if stage is not None:
             stage.file("config.toml").write_text(dump_toml(config))
             manifest = _manifest(result, config, files, records, started, command, counter.count, stage)
@@ -675,7 +691,8 @@ def run_pipeline(
         result.warnings = counter.count
         return result
     except BaseException:
-        ctx.close()
+        if ctx is not None:
+            ctx.close()
         if stage is not None:
             stage.discard()
         raise
@@ -737,6 +754,7 @@ def _manifest(result: RunResult, config: Config, files: list, records: list, sta
         "host": platform.node(),
         "software": _versions(),
         "inputs": files,
+        "profile": result.profile,
         "config": config.model_dump(mode="json"),
         "steps": records,
         "results": None if objects is None else {
@@ -815,10 +833,25 @@ def _report_context(result: RunResult, config: Config) -> dict:
         header = fits.getheader(refs[0].path, refs[0].sci)
         context["filter"] = refs[0].filter
         context["band"] = str(refs[0].filter).strip()
-        code = station_code(header) or station_code(fits.getheader(refs[0].path, 0))
+        primary = fits.getheader(refs[0].path, 0)
+        code = station_code(header) or station_code(primary)
         if config.report.station == "XXX" and code:
             log.info("observatory code %s from the header of %s", code, refs[0].path)
             context["station"] = code
+        context["telescope"] = str(header.get("TELESCOP", primary.get("TELESCOP", ""))).strip()
+        aperture = telescope_aperture(header) or telescope_aperture(primary)
+        if aperture:
+            context["aperture"] = list(aperture)
+    # where each CCD exposure's zero point came from: fit (reference catalogue), header, or default
+    sources = {f"{info['exposure']}:{info['ccd']}": str(info.get("zeropoint_source", "default"))
+               for info in result.ccd_info if "exposure" in info and "ccd" in info}
+    if result.astrometry is not None and len(result.astrometry):
+        for row in result.astrometry:
+            if np.isfinite(float(row["zeropoint"])) and str(row["status"]) == "ok":
+                sources[f"{int(row['exposure'])}:{row['ccd']}"] = "fit"
+    context["zeropoint_sources"] = sources
+    context["astrometric_catalogue"] = bool(result.astrometry is not None and len(result.astrometry)
+                                            and np.any(np.asarray(result.astrometry["status"]).astype(str) == "ok"))
     fixed = tuple(config.report.observer_position) or None
     for e in result.exposures:
         position = next((r.observer for r in e.ccds if r.observer is not None), fixed)

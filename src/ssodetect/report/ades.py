@@ -159,7 +159,8 @@ def ades_rows(observations: Table, config: ReportConfig, *, station: str | None 
     ----------
     observations : Table
         Rows of ``observations.ecsv`` (``object, mjd, ra, dec, ra_err, dec_err, mag, mag_err,
-        exptime, snr``; ``ra_err``/``dec_err`` [arcsec] with ``ra_err`` on the sky).
+        exptime, snr``; ``ra_err``/``dec_err`` [arcsec] with ``ra_err`` on the sky); optional
+        ``ast_cat`` / ``phot_cat`` per row override ``config.astcat`` / ``config.photcat``.
     config : ReportConfig
         Station, astrometric/photometric catalogues, time precision, mode.
     station : str, optional
@@ -213,7 +214,8 @@ def ades_rows(observations: Table, config: ReportConfig, *, station: str | None 
         rec["dec"] = _num(float(row["dec"]), decimals, sign=True)
         rec["rmsRA"] = _rms(ra_err)
         rec["rmsDec"] = _rms(dec_err)
-        rec["astCat"] = config.astcat
+        rec["astCat"] = str(row["ast_cat"]) if "ast_cat" in row.colnames else config.astcat
+        photcat = str(row["phot_cat"]) if "phot_cat" in row.colnames else config.photcat
         mag = float(row["mag"])
         if math.isfinite(mag) and band and -5.0 <= mag <= 35.0:
             rec["mag"] = _num(mag, 2)
@@ -221,8 +223,8 @@ def ades_rows(observations: Table, config: ReportConfig, *, station: str | None 
             if math.isfinite(mag_err) and mag_err > 0:
                 rec["rmsMag"] = _num(min(max(mag_err, 0.001), 9.999), 3)  # the schema wants > 0
             rec["band"] = band[:3]
-            if config.photcat:
-                rec["photCat"] = config.photcat
+            if photcat:
+                rec["photCat"] = photcat
         snr = float(row["snr"])
         if snr > 0 and math.isfinite(snr):
             rec["logSNR"] = _num(min(math.log10(snr), 9.99), 2)

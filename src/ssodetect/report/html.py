@@ -108,7 +108,7 @@ def _fmt(value, spec: str) -> str:
 
 def render_report(*, title: str, observations: Table, objects: Table, provenance: dict, config_text: str,
                   astrometry: Table | None, cutouts: dict, overview: list, identities: dict,
-                  known: Table | None = None, max_strip: int = 12) -> str:
+                  known: Table | None = None, max_strip: int = 12, notes: list | None = None) -> str:
     """The report page.
 
     Parameters
@@ -132,6 +132,9 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         Known objects predicted in the field (``known.ecsv``).
     max_strip : int
         Most cutouts shown in a strip (evenly sampled over the observations).
+    notes : list of str, optional
+        Placeholders in the ADES/MPC files (unassigned station, default zero point, unknown catalogue or
+        aperture), shown in a box at the top.
     """
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -140,6 +143,9 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         f"<p>{len(objects)} moving objects ({n_known} identified with known objects), {len(observations)} observations "
         f"from {len(provenance.get('inputs', []))} input path(s).  Software: "
         + html.escape(", ".join(f"{k} {v}" for k, v in provenance.get("software", {}).items())) + "</p>")
+    if notes:
+        parts.append("<div class=\"note\"><b>Before submitting the ADES / MPC files:</b><ul>"
+                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></div>")
     relative = int(np.sum(np.asarray(observations["wcs"]).astype(str) == "relative")) if len(observations) else 0
     if relative:
         parts.append(f"<p class=\"note\">{relative} observations have positions on a relative WCS only (frames registered "

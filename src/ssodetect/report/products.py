@@ -51,18 +51,24 @@ def mpc80_records(observations: Table, *, station: str, band: str, identities: d
     return records
 
 
-def mpc80_header(config: Config, station: str) -> dict:
-    """COD/OBS/MEA/TEL/NET/ACK header lines from the configuration."""
+def mpc80_header(config: Config, station: str, observations: Table | None = None) -> dict:
+    """COD/OBS/MEA/TEL/NET/ACK header lines from the configuration (NET: the rows' ``ast_cat`` when given,
+    left out when it is unknown)."""
     rep = config.report
     header = {"COD": station}
     if rep.observers:
         header["OBS"] = ", ".join(rep.observers)
     header["MEA"] = ", ".join(rep.measurers) if rep.measurers else rep.submitter
-    tel = f"{rep.telescope_aperture:.2f}-m"
-    if rep.telescope_f_ratio > 0:
-        tel += f" f/{rep.telescope_f_ratio:.1f}"
-    header["TEL"] = f"{tel} {rep.telescope_design} + {rep.telescope_detector}"
-    header["NET"] = _NET.get(rep.astcat, rep.astcat)
+    if rep.telescope_aperture > 0:  # no TEL line rather than a made-up aperture
+        tel = f"{rep.telescope_aperture:.2f}-m"
+        if rep.telescope_f_ratio > 0:
+            tel += f" f/{rep.telescope_f_ratio:.1f}"
+        header["TEL"] = f"{tel} {rep.telescope_design} + {rep.telescope_detector}"
+    cats = set(np.asarray(observations["ast_cat"]).astype(str)) if observations is not None and "ast_cat" in \
+        observations.colnames and len(observations) else {rep.astcat}
+    known_cats = sorted(c for c in cats if c and c != "UNK")
+    if known_cats:
+        header["NET"] = ", ".join(_NET.get(c, c) for c in known_cats)
     header["ACK"] = "ssodetect observations"
     if rep.comment:
         header["COM"] = rep.comment[:76]
@@ -87,6 +93,51 @@ def _identities(objects: Table) -> dict:
         if prov:
             out[str(row["object"])] = ("", prov.group(1))
     return out
+
+
+def _reportable(sky: Table, ctx: dict, config: Config) -> tuple[Table, list[str]]:
+    """The rows for ADES/MPC with their catalogues, and the placeholders a submitter must know about.
+
+    ``ast_cat``: ``[report] astcat`` for positions through a WCS fitted to the reference catalogue
+    (``wcs = fit``), ``[report] header_astcat`` for a header or user WCS.  ``phot_cat``: ``[report] photcat``
+    for a zero point fitted to the catalogue, empty for a header zero point.  A magnitude from the default
+    zero point (``[io] default_zeropoint``: nothing calibrated it) is not reported (NaN).
+    """
+    sky = sky.copy()
+    rep = config.report
+    n = len(sky)
+    wcs = np.asarray(sky["wcs"]).astype(str) if n else np.zeros(0, str)
+    sky["ast_cat"] = np.where(wcs == "fit", rep.astcat, rep.header_astcat) if n else np.zeros(0, "U8")
+    sources = ctx.get("zeropoint_sources", {})
+    zp = np.array([sources.get(f"{int(r['exposure'])}:{r['ccd']}", "default") for r in sky]) if n else np.zeros(0, str)
+    sky["phot_cat"] = np.where(zp == "fit", rep.photcat, "") if n else np.zeros(0, "U8")
+    placeholders = []
+    uncalibrated = zp == "default"
+    if uncalibrated.any():
+        sky["mag"] = np.where(uncalibrated, np.nan, np.asarray(sky["mag"], float))
+        placeholders.append(f"{int(uncalibrated.sum())} of {n} magnitudes use the default zero point "
+                            f"{config.io.default_zeropoint:g} (no zero-point keyword, no catalogue fit): they are "
+                            "left out of the ADES and MPC files")
+    if n and np.any(sky["ast_cat"] == "UNK"):
+        placeholders.append(f"{int(np.sum(sky['ast_cat'] == 'UNK'))} positions come from a header WCS whose catalogue "
+                            "is unknown: astCat UNK (set [report] header_astcat, or give --refcat)")
+    station = ctx.get("station") or rep.station
+    if n and station == "XXX":
+        placeholders.append("observatory code XXX (unassigned): set [report] station or --station before submitting")
+    if n and rep.telescope_aperture <= 0 and not ctx.get("aperture"):
+        placeholders.append("telescope aperture unknown (no APTDIA/APTAREA in the header, [report] telescope_aperture "
+                            "not set): no ADES file (it needs one), the MPC file has no TEL line")
+    return sky, placeholders
+
+
+def _report_settings(config: Config, ctx: dict) -> Config:
+    """The report settings with the telescope aperture read from the header where the configuration has none."""
+    report = config.model_copy(deep=True)
+    if report.report.telescope_aperture <= 0 and ctx.get("aperture"):
+        report.report.telescope_aperture = round(float(ctx["aperture"][0]), 4)
+    if not report.report.telescope_name and ctx.get("telescope"):
+        report.report.telescope_name = str(ctx["telescope"])[:100]
+    return report
 
 
 def write_reports(source: str | Path, target: str | Path, config: Config, *, title: str | None = None) -> list[Path]:
@@ -128,19 +179,28 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
         log.warning("%d observations on a relative WCS (no astrometric solution: give --refcat or frames with a WCS) "
                     "are left out of the ADES and MPC reports; their pixel positions are in observations.ecsv",
                     int(relative.sum()))
-    sky = observations[~relative]
-    software = " ".join(f"{k} {v}" for k, v in list(provenance.get("software", {}).items())[:1])
-    block = ades_block(sky, config.report, station=station, band=band, seeing=seeing, identities=identities,
-                       positions=positions, filter_name=ctx.get("filter", ""), pixel_scale=ctx.get("pixel_scale"),
-                       array_size=ctx.get("array_size", ""), software=software)
+    sky, placeholders = _reportable(observations[~relative], ctx, config)
+    report = _report_settings(config, ctx)
+    for text in placeholders:
+        log.warning("report: %s", text)
     written = []
     target.mkdir(parents=True, exist_ok=True)
-    for name, text in (("observations.psv", format_psv([block])), ("observations.xml", format_xml([block]))):
-        (target / name).write_text(text)
-        written.append(target / name)
-    records = mpc80_records(sky, station=station, band=band, identities=identities, positions=positions)
-    (target / "observations.mpc").write_text(format_mpc80(records, mpc80_header(config, station)))
-    written.append(target / "observations.mpc")
+    if len(sky):
+        software = " ".join(f"{k} {v}" for k, v in list(provenance.get("software", {}).items())[:1])
+        if report.report.telescope_aperture > 0:
+            block = ades_block(sky, report.report, station=station, band=band, seeing=seeing, identities=identities,
+                               positions=positions, filter_name=ctx.get("filter", ""),
+                               pixel_scale=ctx.get("pixel_scale"), array_size=ctx.get("array_size", ""),
+                               software=software)
+            for name, text in (("observations.psv", format_psv([block])), ("observations.xml", format_xml([block]))):
+                (target / name).write_text(text)
+                written.append(target / name)
+        records = mpc80_records(sky, station=station, band=band, identities=identities, positions=positions)
+        (target / "observations.mpc").write_text(format_mpc80(records, mpc80_header(report, station, sky)))
+        written.append(target / "observations.mpc")
+    else:
+        log.info("no observation with sky coordinates: no ADES (observations.psv/.xml) or MPC (observations.mpc) "
+                 "report written")
     astrometry = Table.read(source / "astrometry.ecsv", format="ascii.ecsv") if (source / "astrometry.ecsv").exists() else None
     known = Table.read(source / "known.ecsv", format="ascii.ecsv") if (source / "known.ecsv").exists() else None
     config_text = (source / "config.toml").read_text() if (source / "config.toml").exists() else ""
@@ -149,7 +209,7 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
         title=title or f"ssodetect run: {source.resolve().name}", observations=observations, objects=objects,
         provenance=provenance, config_text=config_text, astrometry=astrometry,
         cutouts=read_cutouts(source / "cutouts.fits"), overview=read_overview(source / "overview.fits"),
-        identities=names, known=known,
+        identities=names, known=known, notes=placeholders,
     )
     (target / "report.html").write_text(page, encoding="utf-8")
     written.append(target / "report.html")

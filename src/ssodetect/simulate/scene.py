@@ -152,6 +152,8 @@ class SimulationConfig(BaseModel):
     transients_per_ccd: float = Field(default=5.0, ge=0, description="One-exposure point transients per CCD and exposure sequence.")
     satellite: bool = Field(default=True, description="Draw one satellite trail across the field in one exposure.")
     layout: str = Field(default="mef", pattern="^(mef|plain)$", description="'mef': Euclid MEF per exposure; 'plain': one file per CCD.")
+    telescope: str = Field(default="EUCLID", description="TELESCOP keyword (instrument profiles are chosen by it).")
+    instrument: str = Field(default="VIS", description="INSTRUME keyword.")
     known_orbits: str = Field(
         default="", description="Orbit file of real elements (MPCORB.DAT or JPL SBDB JSON) from which known objects are "
         "placed in the field (node and perihelion turned towards it, H set for the magnitude; a, e, i, M real); the "
@@ -700,8 +702,8 @@ def _primary_header(scene: Scene, exposure: int) -> fits.Header:
     cfg = scene.config
     start = Time(scene.exposure_mjd[exposure] - 0.5 * cfg.exptime / 86400.0, format="mjd", scale="utc")
     h = fits.Header()
-    h["TELESCOP"] = ("EUCLID", "simulated by ssodetect")
-    h["INSTRUME"] = "VIS"
+    h["TELESCOP"] = (cfg.telescope, "simulated by ssodetect")
+    h["INSTRUME"] = cfg.instrument
     h["FILTER"] = "VIS"
     h["DATE-OBS"] = (start.isot, "UTC start of exposure")
     h["MJD-OBS"] = (start.mjd, "UTC start of exposure [MJD]")

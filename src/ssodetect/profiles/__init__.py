@@ -1,0 +1,324 @@
+"""Instrument profiles: settings chosen from the frames' headers, so that real nights work with the defaults.
+
+A profile is a TOML file with four tables:
+
+``[profile]``
+    ``description``: one line for the log and the manifest.
+``[match]``
+    When the automatic choice picks it, from the first light frame's header and the sequence:
+    ``telescope`` / ``instrument`` (``TELESCOP`` / ``INSTRUME`` contain one of these words,
+    case-insensitive), ``min_pixel_scale`` / ``max_pixel_scale`` [arcsec/px], ``min_exposures``,
+    ``observer`` (``"ground"`` or ``"space"``).  A profile matched by name outranks one matched by
+    numbers only; two matches of the same rank are an error naming the file and both profiles.
+``[settings.<section>]``
+    Configuration values, as in a configuration file (sections ``io``, ``execution`` and ``profile``
+    excluded: they are needed before a profile can be chosen).
+``[scale]``
+    Settings that follow the sequence: ``min_detections_fraction`` and ``min_detections_range``
+    (``link.min_detections = ceil(fraction * exposures)``, within the range and at most the number of
+    exposures), ``long_sequence`` and ``fast_min_exposures_long`` (``streaks.min_exposures`` in
+    sequences of at least that many exposures).
+
+Every profile also caps ``link.max_rate`` at the rate that keeps an object on the detector for
+``link.min_detections`` exposures (the field's shorter side over that time): faster hypotheses
+could never be linked.
+
+Precedence: the package defaults < the profile < the user's configuration file < command-line flags.
+A setting the user gave (in the file or by a flag) is never changed by a profile.  Built-in profiles
+live in this package (:func:`builtin_profiles`); ``[profile] name`` (or ``--profile``) names one, a
+TOML file, ``auto`` (the default) or ``none``.  Extra profiles for the automatic choice are read from
+the directories in the ``SSODETECT_PROFILE_PATH`` environment variable (``os.pathsep``-separated).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from pydantic import ValidationError
+
+from ssodetect.astrometry.register import nominal_pixel_scale
+from ssodetect.config import Config
+from ssodetect.errors import ConfigError, InputError
+from ssodetect.io import group_exposures, scan_inputs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Profile", "SequenceFacts", "builtin_profiles", "load_profile", "sequence_facts", "choose_profile",
+           "apply_profile", "resolve_profile", "SPACECRAFT_NAMES"]
+
+#: Words in ``TELESCOP`` that name a spacecraft (the frame's observer is in space).
+SPACECRAFT_NAMES = ("EUCLID", "NEOSSAT", "WISE", "NEOWISE", "HST", "HUBBLE", "JWST", "SPITZER", "GAIA", "TESS",
+                    "KEPLER", "CHEOPS", "SOHO", "CASSINI", "ROMAN")
+
+_PROFILE_DIR = Path(__file__).resolve().parent
+_MATCH_KEYS = {"telescope", "instrument", "min_pixel_scale", "max_pixel_scale", "min_exposures", "observer"}
+_SCALE_KEYS = {"min_detections_fraction", "min_detections_range", "long_sequence", "fast_min_exposures_long"}
+_FORBIDDEN = {"io", "execution", "profile"}
+
+
+@dataclass
+class Profile:
+    """One instrument profile read from its TOML file (see the module's documentation)."""
+
+    name: str
+    path: Path
+    description: str = ""
+    match: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    scale: dict = field(default_factory=dict)
+
+
+@dataclass
+class SequenceFacts:
+    """What the headers say about a run's light frames (from the first one, and from their times).
+
+    ``pixel_scale`` [arcsec/px] is NaN when no header keyword gives it; ``cadence_h`` is the median
+    interval between exposures [h]; ``field_arcsec`` the shorter image side [arcsec] (NaN without a scale).
+    """
+
+    path: str
+    telescope: str
+    instrument: str
+    pixel_scale: float
+    n_exposures: int
+    cadence_h: float
+    span_h: float
+    field_arcsec: float
+    space: bool
+
+
+def builtin_profiles() -> dict[str, Profile]:
+    """The profiles installed with the package, by name (``euclid_vis``, ``ground_ccd``, ``small_space``)."""
+    return {p.stem: load_profile(p) for p in sorted(_PROFILE_DIR.glob("*.toml"))}
+
+
+def _user_profiles() -> dict[str, Profile]:
+    found: dict[str, Profile] = {}
+    for folder in filter(None, os.environ.get("SSODETECT_PROFILE_PATH", "").split(os.pathsep)):
+        for path in sorted(Path(folder).glob("*.toml")):
+            found[path.stem] = load_profile(path)
+    return found
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and check a profile file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not TOML, has unknown tables or keys, or settings the
+        configuration refuses (checked against :class:`~ssodetect.config.Config`).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: profile file not found") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid profile TOML ({exc})") from None
+    unknown = set(data) - {"profile", "match", "settings", "scale"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown profile table(s) {', '.join(sorted(unknown))}; "
+                          "expected profile, match, settings, scale")
+    match, settings, scale = data.get("match", {}), data.get("settings", {}), data.get("scale", {})
+    for table, allowed, label in ((match, _MATCH_KEYS, "match"), (scale, _SCALE_KEYS, "scale")):
+        if set(table) - allowed:
+            raise ConfigError(f"{path}: unknown key(s) in [{label}]: {', '.join(sorted(set(table) - allowed))}")
+    if match.get("observer", "ground") not in ("ground", "space"):
+        raise ConfigError(f"{path}: [match] observer must be \"ground\" or \"space\"")
+    if set(settings) & _FORBIDDEN:
+        raise ConfigError(f"{path}: a profile cannot set [{', '.join(sorted(set(settings) & _FORBIDDEN))}] "
+                          "(read before a profile is chosen); put it in the configuration file")
+    try:
+        Config.model_validate(settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: invalid profile settings ({problems})") from None
+    low_high = scale.get("min_detections_range", [3, 3])
+    if (not isinstance(low_high, list) or len(low_high) != 2 or not all(isinstance(v, int) for v in low_high)
+            or not 3 <= low_high[0] <= low_high[1]):
+        raise ConfigError(f"{path}: [scale] min_detections_range must be two integers 3 <= low <= high")
+    return Profile(name=path.stem, path=path, description=str(data.get("profile", {}).get("description", "")),
+                   match=match, settings=settings, scale=scale)
+
+
+def _header_scale(header: fits.Header) -> float:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            wcs = WCS(header).celestial
+            if wcs.has_celestial and wcs.wcs.ctype[0].startswith("RA"):
+                scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0)
+                if np.isfinite(scale) and scale > 0:
+                    return scale
+        except Exception:  # noqa: BLE001 - any broken WCS: fall back to the plain keywords
+            pass
+    return nominal_pixel_scale(header, float("nan"))
+
+
+def sequence_facts(paths, config: Config) -> SequenceFacts:
+    """Read the facts a profile is chosen by from the inputs' headers (nothing is decoded but headers).
+
+    Parameters
+    ----------
+    paths : list of path
+        The run's input files (as :func:`ssodetect.io.find_inputs` returns them).
+    config : Config
+        Its ``io`` section says how to read the headers.
+    """
+    refs = [ref for ref in scan_inputs(paths, config.io) if ref.frame_type == "light"]
+    if not refs:
+        raise InputError("no light frame among the inputs (only calibration frames)")
+    exposures = group_exposures(refs, config.io, min_exposures=1)
+    first = refs[0]
+    header = fits.getheader(first.path, first.sci)
+    primary = fits.getheader(first.path, 0) if first.sci != 0 else header
+    text = {k: str(header.get(k, primary.get(k, ""))).strip() for k in ("TELESCOP", "INSTRUME")}
+    scale = _header_scale(header)
+    times = np.array([e.mid_time.mjd for e in exposures]) * 24.0
+    steps = np.diff(times)
+    ny, nx = int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0))
+    space = first.observer is not None or any(w in text["TELESCOP"].upper() for w in SPACECRAFT_NAMES)
+    return SequenceFacts(path=str(first.path), telescope=text["TELESCOP"], instrument=text["INSTRUME"],
+                         pixel_scale=scale, n_exposures=len(exposures),
+                         cadence_h=float(np.median(steps)) if steps.size else 0.0,
+                         span_h=float(times[-1] - times[0]) if times.size else 0.0,
+                         field_arcsec=min(ny, nx) * scale if ny and nx else float("nan"), space=space)
+
+
+def _matches(profile: Profile, facts: SequenceFacts) -> int:
+    """0: no match; 1: matched by numbers; 2: matched by telescope or instrument name."""
+    m = profile.match
+    if not m:
+        return 0
+    named = False
+    for key, value in (("telescope", facts.telescope), ("instrument", facts.instrument)):
+        if key in m:
+            if not any(word.upper() in value.upper() for word in m[key]):
+                return 0
+            named = True
+    scale = facts.pixel_scale
+    if "min_pixel_scale" in m and not (np.isfinite(scale) and scale >= m["min_pixel_scale"]):
+        return 0
+    if "max_pixel_scale" in m and not (np.isfinite(scale) and scale <= m["max_pixel_scale"]):
+        return 0
+    if facts.n_exposures < m.get("min_exposures", 0):
+        return 0
+    if "observer" in m and (m["observer"] == "space") != facts.space:
+        return 0
+    return 2 if named else 1
+
+
+def choose_profile(facts: SequenceFacts, candidates: dict[str, Profile]) -> tuple[Profile | None, str]:
+    """The one candidate whose ``[match]`` fits, preferring a match by name; (None, why) when none fits.
+
+    Raises
+    ------
+    ConfigError
+        Two candidates of the same rank match the header (the message names the file and both).
+    """
+    ranked = {rank: [p for p in candidates.values() if _matches(p, facts) == rank] for rank in (2, 1)}
+    for rank, found in ranked.items():
+        if len(found) > 1:
+            names = " and ".join(sorted(p.name for p in found))
+            raise ConfigError(f"{facts.path}: header matches the profiles {names}; choose one with --profile NAME")
+        if found:
+            how = "by name" if rank == 2 else "by pixel scale, sequence and observer"
+            return found[0], (f"TELESCOP {facts.telescope!r}, INSTRUME {facts.instrument!r}, "
+                              f"{facts.pixel_scale:.3g}\"/px, {facts.n_exposures} exposures: matched {how}")
+    return None, (f"TELESCOP {facts.telescope!r}, INSTRUME {facts.instrument!r}, {facts.pixel_scale:.3g}\"/px, "
+                  f"{facts.n_exposures} exposures: no profile matches; the package defaults are used")
+
+
+def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts) -> tuple[Config, dict]:
+    """A copy of ``config`` with the profile's settings and scale rules where the user set nothing.
+
+    Returns
+    -------
+    config : Config
+        The resolved configuration (``profile.name`` set to the profile used, or ``none``).
+    applied : dict
+        ``"section.key" -> value`` of every setting the profile (or a scale rule) changed.
+    """
+    resolved = config.model_copy(deep=True)
+    applied: dict = {}
+
+    def put(section: str, key: str, value) -> None:
+        target = getattr(resolved, section)
+        if key in target.model_fields_set:
+            return  # the user's own setting wins
+        if getattr(target, key) != value:
+            applied[f"{section}.{key}"] = value
+        setattr(target, key, value)  # validated like a configuration file's value
+
+    if profile is not None:
+        for section, values in profile.settings.items():
+            for key, value in values.items():
+                put(section, key, value)
+        scale = profile.scale
+        n = facts.n_exposures
+        if "min_detections_fraction" in scale:
+            low, high = scale.get("min_detections_range", [3, 8])
+            put("link", "min_detections", max(3, min(n, high, max(low, math.ceil(scale["min_detections_fraction"] * n)))))
+        if "long_sequence" in scale and n >= scale["long_sequence"]:
+            put("streaks", "min_exposures", int(scale.get("fast_min_exposures_long", 3)))
+    if np.isfinite(facts.field_arcsec) and facts.cadence_h > 0:
+        reach = facts.field_arcsec / (max(resolved.link.min_detections - 1, 1) * facts.cadence_h)
+        if reach < resolved.link.max_rate:
+            put("link", "max_rate", float(f"{reach:.4g}"))
+    resolved.profile.name = profile.name if profile is not None else "none"
+    return resolved, applied
+
+
+def resolve_profile(config: Config, paths) -> tuple[Config, dict]:
+    """Choose and apply the profile of a run (``[profile] name``: auto, none, a built-in name or a TOML file).
+
+    Returns
+    -------
+    config : Config
+        The resolved configuration.
+    record : dict
+        For the manifest: ``name``, ``path``, ``description``, ``chosen`` (auto | named | none),
+        ``reason`` and ``applied`` (the settings it changed).
+
+    Raises
+    ------
+    ConfigError
+        An unknown profile name, a bad profile file, or a header matching two profiles.
+    """
+    name = config.profile.name
+    builtin = builtin_profiles()
+    facts = sequence_facts(paths, config)
+    if name == "auto":
+        profile, reason = choose_profile(facts, {**builtin, **_user_profiles()})
+        chosen = "auto"
+    elif name == "none":
+        profile, reason, chosen = None, "profile 'none': the package defaults", "none"
+    else:
+        if name in builtin:
+            profile = builtin[name]
+        elif name.endswith(".toml") or Path(name).is_file():
+            profile = load_profile(name)
+        else:
+            user = _user_profiles()
+            if name not in user:
+                raise ConfigError(f"profile {name!r}: no such profile; built-in: {', '.join(builtin)}, "
+                                  "or a TOML file, auto, none")
+            profile = user[name]
+        reason, chosen = "named in the configuration or with --profile", "named"
+    resolved, applied = apply_profile(config, profile, facts)
+    label = profile.name if profile is not None else "none"
+    log.info("profile %s (%s): %s%s", label, chosen, reason,
+             "; settings " + ", ".join(f"{k}={v}" for k, v in applied.items()) if applied else "; no setting changed")
+    return resolved, {"name": label, "path": str(profile.path) if profile is not None else "",
+                      "description": profile.description if profile is not None else "",
+                      "chosen": chosen, "reason": reason, "applied": applied}
