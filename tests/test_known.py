@@ -190,3 +190,33 @@ def test_skybot_answer_moved_along_its_rates_and_matched():
     identities, known, _ = match_predictions(obs, ident, times, pra, pdec, pV, centre=(truth["ra"][2], truth["dec"][2]),
                                              radius_deg=0.2)
     assert identities["SD00001"]["designation"] == "(1) Ceres" and identities["SD00001"]["offset"] == pytest.approx(0.3 * cosd, abs=0.06)
+
+
+def test_known_objects_are_measured_at_their_predictions_when_nothing_was_linked(known_run, tmp_path):
+    """Nothing linked (a tracklet would need an impossible total S/N): the catalogued objects predicted on the
+    CCD are still measured where predicted (NEOWISE-like data: one or two frames per object)."""
+    sim, _, linked = known_run
+    config = Config()
+    config.execution.progress = False
+    config.link.min_total_snr = 1e9
+    config.streaks.enabled = False
+    config.known.orbits = [str(sim / "known_orbits.json")]
+    result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
+    kinds = set(np.asarray(result.objects["kind"]).astype(str))
+    assert kinds == {"known"}  # every object comes from a prediction
+    truth = Table.read(sim / "truth.ecsv")
+    score = evaluate_identification(result.observations, result.objects, truth)
+    assert score["n_misnamed"] == 0
+    assert score["n_named"] >= 0.8 * evaluate_identification(linked.observations, linked.objects, truth)["n_named"]
+
+
+def test_orbits_far_from_the_frames_draw_a_warning(caplog):
+    from ssodetect.known.identify import MAX_EPOCH_DAYS, warn_epoch_distance
+
+    orbits = orbits_table([dict(designation=f"o{k}", q=2.0, e=0.1, i=5.0, node=10.0, peri=20.0, M=0.0,
+                                epoch=60000.0 + k * 150.0) for k in range(4)])
+    with caplog.at_level("WARNING", logger="ssodetect.known.identify"):
+        assert warn_epoch_distance(orbits, 60000.0) == 2  # 300 and 450 days away
+    assert "2 of 4 orbits" in caplog.text and "300-450 days" in caplog.text and MAX_EPOCH_DAYS == 200.0
+    caplog.clear()
+    assert warn_epoch_distance(orbits[:2], 60000.0) == 0 and not caplog.text

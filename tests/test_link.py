@@ -680,3 +680,17 @@ def test_missing_exposure_deficit():
                               np.full(1, noise)) for _ in range(500)]
     assert np.mean(np.array(absent) > 3.0) > 0.95
     assert np.isnan(missing_deficit(np.array([flux]), np.array([noise]), np.array([np.nan]), np.array([np.nan])))
+
+
+def test_chance_probability_of_a_long_tracklet_does_not_underflow():
+    """A 60-exposure tracklet: 58 factors of 1e-6 multiply to 0 in floating point (it crashed in log(0))."""
+    from ssodetect.link.tracklets import _product_probability
+
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 5, 20):  # the closed form P = x sum_{j<k} (-ln x)^j / j!, computed directly where x is safe
+        p = rng.random(k) ** 3
+        x = float(np.prod(p))
+        direct = min(1.0, x * sum((-np.log(x)) ** j / math.factorial(j) for j in range(k)))
+        assert _product_probability(p) == pytest.approx(direct, rel=1e-9)
+    tiny = _product_probability(np.full(58, 1e-6))
+    assert 0.0 < tiny < 1e-200 and _product_probability(np.ones(3)) == 1.0

@@ -21,7 +21,9 @@ def _facts(telescope="", instrument="", scale=1.0, n=20, cadence_h=0.05, side=10
     (_facts("C14", "SBIG STL-1001 3 CCD Camera", scale=1.27, n=25), "ground_ccd"),
     (_facts("", "", scale=0.6, n=8), "ground_ccd"),  # no names at all: matched by its numbers
     (_facts("NEOSSat", "NEOSSat_Science", scale=3.0, n=43, space=True), "small_space"),
-    (_facts("WISE", "", scale=2.75, n=7, space=True), "small_space"),
+    (_facts("WISE", "", scale=2.75, n=7, space=True), "wise"),
+    (_facts("Wise 1m", "", scale=0.7, n=12), "wise"),  # a whole word: the Wise Observatory needs --profile
+    (_facts("OTWISEX", "", scale=0.7, n=12), "ground_ccd"),  # not a word of it
     (_facts("Hubble", "WFC3", scale=0.04, n=6, space=True), None),  # a spacecraft nobody made a profile for
     (_facts("C14", "", scale=1.27, n=4), None),  # too few exposures for a ground sequence
     (_facts("", "", scale=0.2, n=30), None),  # sub-arcsecond sampling is not a seeing-limited ground CCD
@@ -138,3 +140,34 @@ def test_the_example_user_profile_is_chosen_by_name_over_the_ground_profile(monk
     config, applied = apply_profile(Config(), chosen, _facts("C14", scale=1.27, n=25))
     assert config.report.station == "810" and config.link.min_detections == 5
 
+
+
+def test_the_rate_cap_applies_under_a_profile_and_never_below_the_slowest_rate(caplog):
+    ground = builtin_profiles()["ground_ccd"]
+    small = _facts("C14", scale=1.0, n=25, cadence_h=0.5, side=100)  # a 100" field, 5 detections 2 h apart
+    config, applied = apply_profile(Config(), ground, small)
+    assert config.link.max_rate == pytest.approx(100.0 / (4 * 0.5)) and applied["link.max_rate"] == 50.0
+    user = Config.model_validate({"link": {"min_rate": 55.0, "max_rate": 80.0}})
+    with caplog.at_level("INFO", logger="ssodetect.profiles"):
+        mine, applied = apply_profile(user, ground, small)
+    assert mine.link.max_rate == 80.0 and "link.max_rate" not in applied  # the user's, uncapped
+    tiny = _facts("C14", scale=1.0, n=25, cadence_h=0.5, side=0.4)  # a cap of 0.2"/h, below min_rate 0.3"/h
+    with caplog.at_level("INFO", logger="ssodetect.profiles"):
+        mine, applied = apply_profile(Config(), ground, tiny)
+    assert mine.link.max_rate == 60.0 and "below link.min_rate" in caplog.text
+
+
+def test_a_profile_sets_a_rate_range_together_and_bad_combinations_name_its_file(tmp_path):
+    from ssodetect.profiles import load_profile
+
+    path = tmp_path / "fast.toml"
+    path.write_text("[settings.link]\nmin_rate = 20.0\nmax_rate = 60.0\n")
+    fast = load_profile(path)
+    config, _ = apply_profile(Config(), fast, _facts(n=25))
+    assert (config.link.min_rate, config.link.max_rate) == (20.0, 60.0)  # each alone is refused by the validator
+    user = Config.model_validate({"link": {"max_rate": 10.0}})
+    with pytest.raises(ConfigError, match=r"fast\.toml: its settings are refused"):
+        apply_profile(user, fast, _facts(n=25))  # min_rate 20 above the user's max_rate 10
+    assert set(user.link.model_fields_set) == {"max_rate"}
+    resolved, _ = apply_profile(Config.model_validate({"link": {"min_snr": 4.0}}), fast, _facts(n=25))
+    assert resolved.link.model_fields_set == {"min_snr"}  # what the user set stays marked as theirs alone

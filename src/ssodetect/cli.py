@@ -95,6 +95,8 @@ def _run(args) -> int:
         config.report.station = args.station
     if args.orbits:
         config.known.orbits = list(config.known.orbits) + list(args.orbits)
+    if args.allow_mixed_filters:
+        config.io.allow_mixed_filters = True
     if args.keep_intermediate:
         config.intermediate.keep = True
     if args.ldac:
@@ -165,6 +167,7 @@ def _calibrate(args) -> int:
     from ssodetect.pipeline.run import build_calibration
 
     config = load_config(args.config)
+    config.calibrate.hot_pixels = False  # masters from calibration frames only (the run finds hot pixels itself)
     lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
     if not masters:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
@@ -441,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true",
                    help="run every step (by default a step whose inputs, configuration and version are unchanged "
                    "since a run into OUT is loaded from it)")
+    p.add_argument("--allow-mixed-filters", dest="allow_mixed_filters", action="store_true",
+                   help="accept frames of several filters in one run (WISE W1+W2); no magnitudes in ADES/MPC "
+                   "([io] allow_mixed_filters)")
     p.add_argument("--keep-intermediate", dest="keep_intermediate", action="store_true",
                    help="keep intermediate products under OUT/intermediate/<step>/ ([intermediate] keep)")
     p.add_argument("--ldac", action="store_true",

@@ -64,6 +64,9 @@ class IOConfig(_Section):
         default=["SATURATE", "SATLEVEL", "DATAMAX"], description="Saturation level keywords [ADU]."
     )
     filter_keys: list[str] = Field(default=["FILTER", "FILTER1", "BAND"], description="Filter keywords.")
+    allow_mixed_filters: bool = Field(
+        default=False, description="Accept frames of different filters in one run (e.g. WISE W1 and W2): linked and "
+        "identified across them, a warning, and no magnitudes in the ADES/MPC files (their band would be wrong).")
     obs_id_keys: list[str] = Field(
         default=["OBS_ID", "OBSID", "OBSERVATION_ID", "FIELD_ID", "FIELD", "OBJECT"],
         description="Keywords of the observation / field identifier (first exposure's headers), recorded in the run "
@@ -410,8 +413,13 @@ class CalibrateConfig(_Section):
     clip_sigma: float = Field(default=3.0, gt=0, description="Sigma clipping of the master combination.")
     hot_pixels: bool = Field(
         default=True, description="Without a dark, find hot (and cold) pixels in the light frames themselves: pixels "
-        "that stand out of their neighbours in the frames' median (the sky drifts, they stay) are masked.")
+        "that stand out of their neighbours in the frames' median (the sky drifts, they stay) are treated as hits "
+        "by the detection.")
     hot_min_frames: int = Field(default=8, ge=3, description="Fewest light frames of a CCD for the hot-pixel map.")
+    hot_min_fraction: float = Field(
+        default=0.01, ge=0, le=1, description="The map is used only when it flags at least this share of the pixels "
+        "(a detector dominated by hot pixels, NEOSSat: 11 %); fewer are left to each frame's sharp-pixel test (a "
+        "sharp star that stayed on its pixels all night would be flagged too).")
 
 
 def _three_numbers(value: list[float], message: str) -> list[float]:
@@ -445,7 +453,7 @@ class ReportConfig(_Section):
     mode: str = Field(default="CCD", pattern=r"^[A-Za-z0-9_]{1,3}$", description="ADES mode (CCD, CMO, ...).")
     astcat: str = Field(default="Gaia3", description="Catalogue of the reference catalogue given with --refcat (ADES "
                         "astCat of positions through a fitted WCS).")
-    header_astcat: str = Field(default="UNK", pattern=r"^[.A-Za-z0-9_]*$",
+    header_astcat: str = Field(default="UNK", pattern=r"^[.A-Za-z0-9_]+$",
                                description="ADES astCat of positions through a header or user WCS (e.g. 2MASS for WISE "
                                "frames); UNK: unknown (a warning).")
     photcat: str = Field(default="Gaia3", description="Photometric catalogue of a zero point fitted to the reference "

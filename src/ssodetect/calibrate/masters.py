@@ -180,7 +180,7 @@ class MasterFrames:
         text += f"; no {'/'.join(missing)}: not applied" if missing else ""
         if self.hot is not None:
             text += (f"; {int(self.hot.sum())} hot/cold pixels ({100 * self.hot.mean():.2f} %) found in "
-                     f"{self.counts.get('hot', 0)} light frames masked")
+                     f"{self.counts.get('hot', 0)} light frames treated as hits")
         return text
 
     def apply(self, raw: np.ndarray, exptime: float, path: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -325,8 +325,14 @@ def sequence_hot_pixels(frames: list[tuple[str, int]], *, overscan: bool = True,
         data = reduce_overscan(data, header, path, overscan=overscan, trim=trim)
         if bias is not None and bias.shape == data.shape:
             data = data - bias
+        elif bias is not None:
+            log.info("%s: shape %s differs from the master bias %s: not subtracted for the hot-pixel map", path,
+                     data.shape, bias.shape)
         images.append(data)
     ny, nx = min(d.shape[0] for d in images), min(d.shape[1] for d in images)
+    if len({d.shape for d in images}) > 1:
+        log.info("hot-pixel map: frames of %d shapes (partial read-outs); the map covers their common first %d rows "
+                 "and %d columns", len({d.shape for d in images}), ny, nx)
     stack = np.stack([d[:ny, :nx] for d in images]).astype(np.float32)
     return hot_pixel_map(stack, nsigma=nsigma, sharpness=sharpness)
 

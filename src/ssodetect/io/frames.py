@@ -258,8 +258,9 @@ def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
         hdul.close()
 
 
-def scan_inputs(paths, config: IOConfig) -> list[CCDRef]:
-    """Scan every file; refuse runs mixing filters or instruments.
+def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
+    """Scan every file; refuse runs mixing filters (unless ``config.allow_mixed_filters``; ``warn``: log it) or
+    instruments.
 
     Raises
     ------
@@ -276,8 +277,15 @@ def scan_inputs(paths, config: IOConfig) -> list[CCDRef]:
     first = lights[0] if lights else refs[0]
     for ref in lights[1:]:
         if ref.filter != first.filter:
+            if config.allow_mixed_filters:
+                if warn:
+                    log.warning("filters %s mixed in one run ([io] allow_mixed_filters): sources are linked across "
+                                "them; magnitudes are not reported to ADES/MPC",
+                                ", ".join(sorted({repr(r.filter) for r in lights})))
+                break
             raise InputError(
-                f"{ref.path}: filter {ref.filter!r} differs from {first.filter!r} of {first.path}; one filter per run"
+                f"{ref.path}: filter {ref.filter!r} differs from {first.filter!r} of {first.path}; one filter per run "
+                "(or --allow-mixed-filters)"
             )
     for ref in refs:
         if ref.instrument != first.instrument:

@@ -23,7 +23,8 @@ from ssodetect.known.propagate import Observer, predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_COLUMNS", "field_candidates", "identify", "match_predictions", "empty_known_table"]
+__all__ = ["KNOWN_COLUMNS", "MAX_EPOCH_DAYS", "field_candidates", "identify", "match_predictions", "empty_known_table",
+           "warn_epoch_distance"]
 
 KNOWN_COLUMNS = [
     ("designation", "U48", "", "known object"),
@@ -74,6 +75,25 @@ def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float
     return np.nonzero(near)[0]
 
 
+#: Orbit elements farther than this from the frames [d] draw a warning: two-body propagation without planetary
+#: perturbations drifts by arcminutes over years ((298) Baptistina, elements of 2022 for frames of 2017: 7.7').
+MAX_EPOCH_DAYS = 200.0
+
+
+def warn_epoch_distance(orbits: Table, mjd: float) -> int:
+    """Log a warning when orbits' epochs lie more than :data:`MAX_EPOCH_DAYS` from ``mjd``; returns how many do."""
+    if "epoch" not in orbits.colnames or len(orbits) == 0:
+        return 0
+    distance = np.abs(np.asarray(orbits["epoch"], float) - mjd)
+    far = int(np.sum(distance > MAX_EPOCH_DAYS))
+    if far:
+        log.warning("known objects: %d of %d orbits near the field have elements %.0f-%.0f days from the frames "
+                    "(two-body propagation: predictions may be arcminutes off, identifications and recoveries may "
+                    "fail); use elements for an epoch near MJD %.0f", far, len(orbits),
+                    float(distance[distance > MAX_EPOCH_DAYS].min()), float(distance.max()), mjd)
+    return far
+
+
 def identify(observations: Table, orbits: Table, observer: Observer | None = None, *, centre: tuple,
              radius_deg: float, match_radius: float = 10.0, rate_tolerance: float = 0.1,
              on_detector=None, margin_deg: float = 0.3, times=()) -> tuple[dict, Table, dict]:
@@ -114,15 +134,16 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
         Designation -> (times [MJD UTC], ra, dec [deg]) for every row of ``known``.
     """
     known = empty_known_table()
-    if len(observations) == 0 or len(orbits) == 0:
+    mjd = np.asarray(observations["mjd"], float) if len(observations) else np.asarray(times, float)
+    if mjd.size == 0 or len(orbits) == 0:
         return {}, known, {}
-    mjd = np.asarray(observations["mjd"], float)
     t_first, t_last = float(mjd.min()), float(mjd.max())
     cand = field_candidates(orbits, t_first, t_last, centre[0], centre[1], radius_deg, margin_deg=margin_deg)
     log.info("%d of %d catalogued orbits pass near the field", cand.size, len(orbits))
     if cand.size == 0:
         return {}, known, {}
     sub = orbits[cand]
+    warn_epoch_distance(sub, 0.5 * (t_first + t_last))
     times = np.unique(np.round(np.concatenate([mjd, np.asarray(times, float), [0.5 * (t_first + t_last)]]), 8))
     pred = predict(sub, times, observer)
     m = times.size
@@ -153,7 +174,9 @@ def match_predictions(observations: Table, ident: dict, times: np.ndarray, pra: 
     As :func:`identify`.
     """
     mjd = np.asarray(observations["mjd"], float)
-    t_first, t_last = float(mjd.min()), float(mjd.max())
+    # without observations (nothing linked) the predictions are still made for every exposure (times)
+    span = mjd if mjd.size else np.asarray(times, float)
+    t_first, t_last = float(span.min()), float(span.max())
     n, m = pra.shape
     t_index = {round(float(t), 8): k for k, t in enumerate(times)}
     mid = t_index[round(0.5 * (t_first + t_last), 8)]

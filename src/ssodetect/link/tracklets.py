@@ -437,15 +437,14 @@ def _product_probability(p: np.ndarray) -> float:
     For chance alignments each factor is uniform on [0, 1]; their product alone would grow more
     significant with every factor added, evidence or not: ``P(prod <= x) = x sum_{j<k} (-ln x)^j / j!``.
     """
-    x = float(np.prod(np.clip(p, 1e-300, 1.0)))
-    if x >= 1.0:
+    # in logs: a 60-exposure tracklet's product of 58 factors underflows to 0 (math domain error in log)
+    log_x = -float(np.sum(np.log(np.clip(np.asarray(p, float), 1e-300, 1.0))))
+    if log_x <= 0.0:
         return 1.0
-    log_x = -math.log(x)
-    term, total = 1.0, 1.0
-    for j in range(1, len(p)):
-        term *= log_x / j
-        total += term
-    return min(1.0, x * total)
+    j = np.arange(len(p), dtype=float)
+    terms = -log_x + j * math.log(log_x) - np.array([math.lgamma(v + 1.0) for v in j])
+    top = float(terms.max())
+    return min(1.0, math.exp(top) * float(np.sum(np.exp(terms - top))))
 
 
 def _seed_pairs(n_exposures: int, min_fraction: float) -> list[tuple[int, int]]:

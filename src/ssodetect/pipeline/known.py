@@ -80,10 +80,13 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
     if orbits is None and not kc.skybot:
         return empty_known_table(), {}
     sky = observations[np.asarray(observations["wcs"]).astype(str) != "relative"] if len(observations) else observations
-    if len(sky) == 0:
-        log.info("known objects: no observation with sky coordinates; identification skipped")
-        return empty_known_table(), {}
     prints = _footprints(ccd_info, wcs_for)
+    if len(sky) == 0 and not prints:
+        log.info("known objects: no observation and no CCD with sky coordinates; identification skipped")
+        return empty_known_table(), {}
+    if len(sky) == 0:
+        log.info("known objects: nothing linked on the sky; the catalogued objects are predicted on the CCDs and "
+                 "measured there")
     corners = []
     for _, wcs, (ny, nx) in prints:
         corners.append(wcs.all_pix2world(np.array([[0, 0], [nx - 1, 0], [0, ny - 1], [nx - 1, ny - 1]]), 0))
@@ -111,7 +114,7 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
             on_detector=on_detector if prints else None, margin_deg=kc.search_margin, times=list(times.values()),
         )
     else:  # SkyBoT alone
-        mjd = np.asarray(sky["mjd"], float)
+        mjd = np.asarray(sky["mjd"], float) if len(sky) else np.asarray(list(times.values()), float)
         t_mid = 0.5 * (float(mjd.min()) + float(mjd.max()))
         grid = np.unique(np.round(np.concatenate([mjd, list(times.values()), [t_mid]]), 8))
         station = config.report.station if config.report.station != "XXX" else "500"

@@ -109,8 +109,11 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     """Light frames of the inputs and, per CCD, the masters built from the calibration frames.
 
     Calibration frames are those recognised among the inputs by their type keyword plus
-    the files listed in ``[calibrate]``.  Returns ``(lights, {ccd: MasterFrames})``; the
-    dict is empty when calibration is off or there is nothing to calibrate with.
+    the files listed in ``[calibrate]``.  A CCD without a dark and with at least
+    ``[calibrate] hot_min_frames`` light frames also gets a hot-pixel map from its lights
+    (:func:`ssodetect.calibrate.sequence_hot_pixels`) when it flags at least
+    ``hot_min_fraction`` of the pixels.  Returns ``(lights, {ccd: MasterFrames})``; the dict is
+    empty when calibration is off or there is nothing to calibrate with.
     """
     cc = config.calibrate
     lights = [ref for ref in refs if ref.frame_type == "light"]
@@ -130,10 +133,18 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
         for ccd, files in by_ccd.items():
             master = masters.setdefault(ccd, MasterFrames())
             if master.dark is None and len(files) >= cc.hot_min_frames:
-                master.hot = sequence_hot_pixels(files, overscan=cc.overscan, trim=cc.trim, bias=master.bias)
-                master.counts["hot"] = min(len(files), 9)
+                hot = sequence_hot_pixels(files, overscan=cc.overscan, trim=cc.trim, bias=master.bias)
+                used = min(len(files), 9)
+                if hot.mean() < cc.hot_min_fraction:
+                    log.info("CCD %s: no dark; %d hot/cold pixels (%.3f %%) found in %d of its %d light frames, "
+                             "under [calibrate] hot_min_fraction: left to each frame's sharp-pixel test", ccd,
+                             int(hot.sum()), 100 * hot.mean(), used, len(files))
+                    continue
+                master.hot, master.counts["hot"] = hot, used
                 log.info("CCD %s: no dark; %d hot/cold pixels (%.2f %%) found in %d of its %d light frames are "
-                         "masked", ccd, int(master.hot.sum()), 100 * master.hot.mean(), master.counts["hot"], len(files))
+                         "treated as hits%s", ccd, int(hot.sum()), 100 * hot.mean(), used, len(files),
+                         "" if master.bias is not None or master.flat is not None else
+                         " (its frames are now overscan-reduced and trimmed by their BIASSEC/TRIMSEC)")
     return lights, {ccd: m for ccd, m in masters.items() if not m.empty}
 
 
@@ -831,8 +842,9 @@ def _report_context(result: RunResult, config: Config) -> dict:
         from astropy.io import fits
 
         header = fits.getheader(refs[0].path, refs[0].sci)
-        context["filter"] = refs[0].filter
-        context["band"] = str(refs[0].filter).strip()
+        filters = {str(r.filter).strip() for r in refs}
+        context["filter"] = refs[0].filter if len(filters) == 1 else "/".join(sorted(filters))
+        context["band"] = str(refs[0].filter).strip() if len(filters) == 1 else ""  # no single band: no magnitudes
         primary = fits.getheader(refs[0].path, 0)
         code = station_code(header) or station_code(primary)
         if config.report.station == "XXX" and code:
@@ -850,8 +862,6 @@ def _report_context(result: RunResult, config: Config) -> dict:
             if np.isfinite(float(row["zeropoint"])) and str(row["status"]) == "ok":
                 sources[f"{int(row['exposure'])}:{row['ccd']}"] = "fit"
     context["zeropoint_sources"] = sources
-    context["astrometric_catalogue"] = bool(result.astrometry is not None and len(result.astrometry)
-                                            and np.any(np.asarray(result.astrometry["status"]).astype(str) == "ok"))
     fixed = tuple(config.report.observer_position) or None
     for e in result.exposures:
         position = next((r.observer for r in e.ccds if r.observer is not None), fixed)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,8 @@ _FORBIDDEN = {"io", "execution", "profile"}
 
 @dataclass
 class Profile:
-    """One instrument profile read from its TOML file (see the module's documentation)."""
+    """One instrument profile read from its TOML file (see the module's documentation); ``ref``: the path a
+    profile given as a file is named by in the saved configuration."""
 
     name: str
     path: Path
@@ -73,6 +75,7 @@ class Profile:
     match: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     scale: dict = field(default_factory=dict)
+    ref: str = ""  # how ``[profile] name`` names it again when not by its name (a file given by its path)
 
 
 @dataclass
@@ -175,7 +178,7 @@ def sequence_facts(paths, config: Config) -> SequenceFacts:
     config : Config
         Its ``io`` section says how to read the headers.
     """
-    refs = [ref for ref in scan_inputs(paths, config.io) if ref.frame_type == "light"]
+    refs = [ref for ref in scan_inputs(paths, config.io, warn=False) if ref.frame_type == "light"]
     if not refs:
         raise InputError("no light frame among the inputs (only calibration frames)")
     exposures = group_exposures(refs, config.io, min_exposures=1)
@@ -187,12 +190,17 @@ def sequence_facts(paths, config: Config) -> SequenceFacts:
     times = np.array([e.mid_time.mjd for e in exposures]) * 24.0
     steps = np.diff(times)
     ny, nx = int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0))
-    space = first.observer is not None or any(w in text["TELESCOP"].upper() for w in SPACECRAFT_NAMES)
+    space = first.observer is not None or any(_has_word(text["TELESCOP"], w) for w in SPACECRAFT_NAMES)
     return SequenceFacts(path=str(first.path), telescope=text["TELESCOP"], instrument=text["INSTRUME"],
                          pixel_scale=scale, n_exposures=len(exposures),
                          cadence_h=float(np.median(steps)) if steps.size else 0.0,
                          span_h=float(times[-1] - times[0]) if times.size else 0.0,
                          field_arcsec=min(ny, nx) * scale if ny and nx else float("nan"), space=space)
+
+
+def _has_word(text: str, word: str) -> bool:
+    """``word`` in ``text`` as a whole word (case-insensitive; letters and digits on neither side)."""
+    return re.search(r"(?<![0-9A-Z])" + re.escape(word.upper()) + r"(?![0-9A-Z])", text.upper()) is not None
 
 
 def _matches(profile: Profile, facts: SequenceFacts) -> int:
@@ -203,7 +211,7 @@ def _matches(profile: Profile, facts: SequenceFacts) -> int:
     named = False
     for key, value in (("telescope", facts.telescope), ("instrument", facts.instrument)):
         if key in m:
-            if not any(word.upper() in value.upper() for word in m[key]):
+            if not any(_has_word(value, word) for word in m[key]):
                 return 0
             named = True
     scale = facts.pixel_scale
@@ -242,23 +250,29 @@ def choose_profile(facts: SequenceFacts, candidates: dict[str, Profile]) -> tupl
 def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts) -> tuple[Config, dict]:
     """A copy of ``config`` with the profile's settings and scale rules where the user set nothing.
 
+    The user's settings are those set in ``config`` before the profile (its sections'
+    ``model_fields_set``: the configuration file and command-line flags).  Each section is validated
+    once with all its new values (a profile's ``min_rate`` and ``max_rate`` together).  The rate cap
+    is skipped, with a log line, where it would fall below ``link.min_rate``.
+
     Returns
     -------
     config : Config
         The resolved configuration (``profile.name`` set to the profile used, or ``none``).
     applied : dict
         ``"section.key" -> value`` of every setting the profile (or a scale rule) changed.
+
+    Raises
+    ------
+    ConfigError
+        The profile's values are refused in combination with the user's (names the profile's file).
     """
-    resolved = config.model_copy(deep=True)
-    applied: dict = {}
+    user_set = {name: set(getattr(config, name).model_fields_set) for name in type(config).model_fields}
+    changes: dict[str, dict] = {}
 
     def put(section: str, key: str, value) -> None:
-        target = getattr(resolved, section)
-        if key in target.model_fields_set:
-            return  # the user's own setting wins
-        if getattr(target, key) != value:
-            applied[f"{section}.{key}"] = value
-        setattr(target, key, value)  # validated like a configuration file's value
+        if key not in user_set[section]:  # the user's own setting wins
+            changes.setdefault(section, {})[key] = value
 
     if profile is not None:
         for section, values in profile.settings.items():
@@ -271,11 +285,32 @@ def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts)
             put("link", "min_detections", max(3, min(n, high, max(low, math.ceil(scale["min_detections_fraction"] * n)))))
         if "long_sequence" in scale and n >= scale["long_sequence"]:
             put("streaks", "min_exposures", int(scale.get("fast_min_exposures_long", 3)))
+    link = {**config.link.model_dump(), **changes.get("link", {})}
     if np.isfinite(facts.field_arcsec) and facts.cadence_h > 0:
-        reach = facts.field_arcsec / (max(resolved.link.min_detections - 1, 1) * facts.cadence_h)
-        if reach < resolved.link.max_rate:
-            put("link", "max_rate", float(f"{reach:.4g}"))
-    resolved.profile.name = profile.name if profile is not None else "none"
+        reach = float(f"{facts.field_arcsec / (max(link['min_detections'] - 1, 1) * facts.cadence_h):.4g}")
+        if reach < link["max_rate"] and "max_rate" not in user_set["link"]:
+            if reach > link["min_rate"]:
+                put("link", "max_rate", reach)
+            else:
+                log.info("link.max_rate not capped at %.3g\"/h (an object faster than that leaves the %.0f\" field "
+                         "within %d exposures): below link.min_rate %.3g\"/h", reach, facts.field_arcsec,
+                         link["min_detections"], link["min_rate"])
+    data = config.model_dump()
+    applied: dict = {}
+    for section, values in changes.items():
+        for key, value in values.items():
+            if data[section][key] != value:
+                applied[f"{section}.{key}"] = value
+        data[section].update(values)
+    data["profile"]["name"] = "none" if profile is None else (profile.ref or profile.name)
+    try:
+        resolved = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        where = profile.path if profile is not None else "profile"
+        raise ConfigError(f"{where}: its settings are refused with the configuration's ({problems})") from None
+    for name in user_set:  # keep what the user set marked as set (a later profile never overrides it)
+        getattr(resolved, name).__pydantic_fields_set__.intersection_update(user_set[name])
     return resolved, applied
 
 
@@ -308,6 +343,7 @@ def resolve_profile(config: Config, paths) -> tuple[Config, dict]:
             profile = builtin[name]
         elif name.endswith(".toml") or Path(name).is_file():
             profile = load_profile(name)
+            profile.ref = str(Path(name).resolve())
         else:
             user = _user_profiles()
             if name not in user:

@@ -66,9 +66,8 @@ def mpc80_header(config: Config, station: str, observations: Table | None = None
         header["TEL"] = f"{tel} {rep.telescope_design} + {rep.telescope_detector}"
     cats = set(np.asarray(observations["ast_cat"]).astype(str)) if observations is not None and "ast_cat" in \
         observations.colnames and len(observations) else {rep.astcat}
-    known_cats = sorted(c for c in cats if c and c != "UNK")
-    if known_cats:
-        header["NET"] = ", ".join(_NET.get(c, c) for c in known_cats)
+    if cats and "UNK" not in cats and "" not in cats:  # one NET line claims it for every record
+        header["NET"] = ", ".join(_NET.get(c, c) for c in sorted(cats))
     header["ACK"] = "ssodetect observations"
     if rep.comment:
         header["COM"] = rep.comment[:76]
@@ -108,10 +107,17 @@ def _reportable(sky: Table, ctx: dict, config: Config) -> tuple[Table, list[str]
     n = len(sky)
     wcs = np.asarray(sky["wcs"]).astype(str) if n else np.zeros(0, str)
     sky["ast_cat"] = np.where(wcs == "fit", rep.astcat, rep.header_astcat) if n else np.zeros(0, "U8")
-    sources = ctx.get("zeropoint_sources", {})
-    zp = np.array([sources.get(f"{int(r['exposure'])}:{r['ccd']}", "default") for r in sky]) if n else np.zeros(0, str)
-    sky["phot_cat"] = np.where(zp == "fit", rep.photcat, "") if n else np.zeros(0, "U8")
     placeholders = []
+    sources = ctx.get("zeropoint_sources")
+    if sources is None:  # a run made before zero-point sources were recorded: its magnitudes as they were written
+        sources = {}
+        zp = np.full(n, "unknown")
+        if n:
+            placeholders.append("this run did not record where its zero points came from: magnitudes are reported "
+                                f"with photCat {rep.photcat or '(none)'} as configured; check them")
+    else:
+        zp = np.array([sources.get(f"{int(r['exposure'])}:{r['ccd']}", "default") for r in sky]) if n else np.zeros(0, str)
+    sky["phot_cat"] = np.where((zp == "fit") | (zp == "unknown"), rep.photcat, "") if n else np.zeros(0, "U8")
     uncalibrated = zp == "default"
     if uncalibrated.any():
         sky["mag"] = np.where(uncalibrated, np.nan, np.asarray(sky["mag"], float))
