@@ -62,6 +62,25 @@ def test_mixed_filters(scene, tmp_path, capsys):
         hdul[0].header["FILTER"] = "NISP-Y"
     code, err = _run_cli(capsys, src, "--out", tmp_path / "out")
     assert code == 2 and "exp_03.fits" in err[0] and "filter" in err[0]
+    assert "--allow-mixed-filters" in err[0]
+    code, err = _run_cli(capsys, src, "--out", tmp_path / "mixed", "--allow-mixed-filters", "--refcat",
+                         src / "refcat.ecsv")
+    assert code == 1 and any("mixed in one run" in line for line in err)  # linked across them, with a warning
+    assert sum("mixed in one run" in line for line in err) == 1  # said once, not once per scan of the headers
+    xml = (tmp_path / "mixed" / "observations.xml").read_text()
+    assert "<ra>" in xml and "<mag>" not in xml  # observations, but no single band: no magnitudes
+
+
+def test_a_reference_catalogue_of_another_sky_is_named_and_the_run_goes_on(scene, tmp_path, capsys):
+    from astropy.table import Table
+
+    far = Table.read(scene / "refcat.ecsv")
+    far["ra"] = (far["ra"] + 10.0) % 360.0
+    far.write(tmp_path / "far.ecsv")
+    code, err = _run_cli(capsys, scene, "--out", tmp_path / "out", "--refcat", tmp_path / "far.ecsv")
+    named = [line for line in err if str(tmp_path / "far.ecsv") in line]
+    assert code == 1 and len(named) == 1 and "covers another part of the sky" in named[0]
+    assert (tmp_path / "out" / "objects.ecsv").exists()  # header WCSs kept: the run went on
 
 
 def test_all_nan_ccd_is_skipped(scene, tmp_path, caplog):

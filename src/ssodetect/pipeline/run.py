@@ -318,6 +318,10 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
                 elif config.astrometry.on_failure == "drop":
                     placed_wcs[(ref.exposure, ref.ccd)] = None
         failed = [s for s in solutions if not s.ok]
+        uncovered = [s for s in failed if str(s.reason).startswith("only 0 reference stars")]
+        if solutions and len(uncovered) == len(solutions):
+            log.warning("%s: the reference catalogue has no star near any CCD's header footprint (it covers another "
+                        "part of the sky, or the headers do); the run goes on without astrometry", ctx.refcat)
         if failed:
             action = "dropped" if config.astrometry.on_failure == "drop" else "kept with their header WCS"
             log.warning(
