@@ -86,3 +86,16 @@ def test_luxembourg_night_raw_frames_one_object(tmp_path):
     assert np.max(np.hypot(*np.array(to_fit).T)) <= 0.15
     provenance = (tmp_path / "out" / "provenance.json").read_text()
     assert "no flat" in provenance
+
+
+def test_neossat_spacecraft_position_is_read_from_its_header():
+    """NEOSSat frames carry the spacecraft's J2000 position at mid-exposure (JPOS2_1..3, km): it becomes the
+    observer of the exposure (ADES sys/ctr/pos rows, ephemerides seen from orbit)."""
+    from astropy.io import fits
+
+    folder = real_data("real", "neossat_comet_leonard")
+    path = sorted(folder.glob("*.fits"))[0]
+    header = fits.getheader(path)
+    ref = scan_inputs([path], Config().io)[0]
+    assert ref.observer == (header["JPOS2_1"], header["JPOS2_2"], header["JPOS2_3"])
+    assert 6500.0 < float(np.linalg.norm(ref.observer)) < 7500.0  # a low Earth orbit

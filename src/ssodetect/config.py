@@ -87,9 +87,17 @@ class IOConfig(_Section):
         default=25.0, description="Zero point used when the header has none [mag for 1 ADU/s]."
     )
     observer_position_keys: list[str] = Field(
-        default=["OBSPOS_X", "OBSPOS_Y", "OBSPOS_Z"],
-        description="Keywords with the geocentric ICRF position [km] of a space-based observatory at mid-exposure.",
+        default=["OBSPOS_X", "OBSPOS_Y", "OBSPOS_Z", "JPOS2_1", "JPOS2_2", "JPOS2_3"],
+        description="Keyword triplets with the geocentric ICRF position [km] of a space-based observatory at "
+        "mid-exposure; the first triplet a header has is used (JPOS2_*: NEOSSat's J2000 position at mid-exposure).",
     )
+
+    @field_validator("observer_position_keys")
+    @classmethod
+    def _triplets(cls, value: list[str]) -> list[str]:
+        if len(value) % 3:
+            raise ValueError("observer_position_keys needs keyword triplets (x, y, z)")
+        return value
     frame_type_keys: list[str] = Field(
         default=["IMAGETYP", "OBSTYPE", "FRAMETYP", "IMAGTYPE"],
         description="Keywords naming a frame's kind (bias/zero, dark, flat, light/object); frames without one are light.",

@@ -297,17 +297,20 @@ def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
 
 
 def _observer_position(path, header, primary, keys) -> tuple | None:
-    """Spacecraft position [km] from three header keywords (extension first, then primary)."""
-    values = [header.get(k, primary.get(k)) for k in keys]
-    if all(v is None for v in values):
-        return None
-    try:
-        position = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: observer position keywords {', '.join(keys)} must all be numbers (km)") from None
-    if not all(np.isfinite(position)):
-        raise InputError(f"{path}: observer position keywords {', '.join(keys)} are not finite")
-    return position
+    """Spacecraft position [km] from the first triplet of ``keys`` present (extension first, then primary)."""
+    for k in range(0, len(keys) - 2, 3):
+        triplet = keys[k:k + 3]
+        values = [header.get(key, primary.get(key)) for key in triplet]
+        if all(v is None for v in values):
+            continue
+        try:
+            position = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: observer position keywords {', '.join(triplet)} must all be numbers (km)") from None
+        if not all(np.isfinite(position)):
+            raise InputError(f"{path}: observer position keywords {', '.join(triplet)} are not finite")
+        return position
+    return None
 
 
 def group_exposures(refs: list[CCDRef], config: IOConfig, *, min_exposures: int = 3) -> list[Exposure]:
