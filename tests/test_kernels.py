@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from ssodetect.detect import psf_photometry, psf_photometry_reference, shape_chi2, shape_chi2_reference
 from ssodetect.detect.cosmics import sharp_pixel_mask, sharp_pixel_mask_reference
@@ -516,3 +517,24 @@ def test_a_footprint_too_large_for_the_halo_model_is_counted():
         halo, boxes = halo_model(img, objects, 1.0, min_npix=100, max_fraction=fraction, segmap=segmap, report=report)
         assert len(boxes) == modelled and report["n_halo_too_large"] == too_large
         assert (halo.max() > 100.0) == bool(modelled)
+
+
+def test_heavy_tail_correction_lifts_a_skewed_background_and_widens_correlated_noise():
+    """Warm pixels (an exponential tail on 40 % of them) skew sep's mode-based background low and make the filtered
+    noise larger than its clipped RMS implies (NEOSSat: +100 ADU, x2.8).  White Gaussian noise is left as it is."""
+    from ssodetect.detect import estimate_background, heavy_tail_correction
+
+    rng = np.random.default_rng(4)
+    shape = (300, 300)
+    mask = np.zeros(shape, bool)
+    white = 1000.0 + rng.normal(0.0, 20.0, shape).astype(np.float32)
+    b, rms, _ = estimate_background(white, mask=mask, box=64, filter_size=3)
+    b2, rms2, level, scale = heavy_tail_correction(white, b, rms, mask, sigma=1.5)
+    assert abs(level) < 1.0 and scale < 1.1
+    warm = rng.exponential(60.0, shape) * (rng.random(shape) < 0.4)
+    skewed = (white + warm).astype(np.float32)
+    b, rms, _ = estimate_background(skewed, mask=mask, box=64, filter_size=3)
+    residual_median = float(np.median(skewed - b))
+    b2, rms2, level, scale = heavy_tail_correction(skewed, b, rms, mask, sigma=1.5)
+    assert residual_median > 5.0 and level == pytest.approx(residual_median, abs=0.5)
+    assert abs(float(np.median(skewed - b2))) < 0.5 and scale > 1.2 and np.allclose(rms2, rms * scale, rtol=1e-5)

@@ -18,7 +18,7 @@ from astropy.table import Table
 from ssodetect.calibrate import MasterFrames, calibrate_ccd
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
-from ssodetect.detect import empty_detections, estimate_background, extract_sources
+from ssodetect.detect import empty_detections, estimate_background, extract_sources, heavy_tail_correction
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
@@ -129,6 +129,22 @@ def lacosmic_mask(data, mask, gain, rms, config):
     return crmask
 
 
+def _background(image, mask: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray, float, dict]:
+    """Background and RMS of a CCD image (hot pixels found in the sequence left out), corrected for a
+    detector whose warm pixels skew its noise (:func:`ssodetect.detect.heavy_tail_correction`) when it
+    has a hot-pixel map; the dict records the correction."""
+    hot = image.hot
+    background, rms, global_rms = estimate_background(image.data, mask=mask if hot is None else mask | hot,
+                                                      box=config.detect.background_box,
+                                                      filter_size=config.detect.background_filter)
+    if hot is None or not hot.any():
+        return background, rms, global_rms, {}
+    background, rms, level, scale = heavy_tail_correction(image.data, background, rms, mask | hot,
+                                                          sigma=config.detect.psf_fallback_sigma)
+    return background, rms, global_rms * scale, {"background_level_added": round(level, 3),
+                                                 "noise_scale": round(scale, 3)}
+
+
 def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
                 calibration: MasterFrames | None = None, keep: Path | None = None) -> tuple[Table, dict]:
     """Detect and measure the sources of one CCD image.
@@ -189,10 +205,8 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
         info["t_clean"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     hot = image.hot  # hot pixels found in the sequence: hits, not the detector mask
-    background, bkg_rms, global_rms = estimate_background(
-        image.data, mask=mask if hot is None else mask | hot, box=config.detect.background_box,
-        filter_size=config.detect.background_filter
-    )
+    background, bkg_rms, global_rms, correction = _background(image, mask, config)
+    info.update(correction)
     error = image.rms if image.rms is not None else bkg_rms
     info["t_background"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -360,8 +374,7 @@ def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_nois
         cc = config.calibrate
         image = calibrate_ccd(image, calibration, overscan=cc.overscan, trim=cc.trim,
                               saturation_keys=config.io.saturation_keys)
-    background, bkg_rms, _ = estimate_background(image.data, mask=image.mask, box=config.detect.background_box,
-                                                 filter_size=config.detect.background_filter)
+    background, bkg_rms, _, _ = _background(image, image.mask, config)
     data = (image.data - background).astype(np.float32)
     data[image.mask] = np.nan
     if with_noise:
