@@ -220,3 +220,17 @@ def test_orbits_far_from_the_frames_draw_a_warning(caplog):
     assert "2 of 4 orbits" in caplog.text and "300-450 days" in caplog.text and MAX_EPOCH_DAYS == 200.0
     caplog.clear()
     assert warn_epoch_distance(orbits[:2], 60000.0) == 0 and not caplog.text
+
+
+def test_predictions_without_observations_at_unrounded_exposure_times():
+    """Nothing linked: the sequence's middle is taken from exposure times that are not multiples of 1e-8 d
+    (it had raised a KeyError in a quarter of random 4-exposure sets)."""
+    from ssodetect.known.identify import identify
+
+    orbit = orbits_table([dict(designation="near", q=2.2, e=0.1, i=5.0, node=10.0, peri=20.0, M=0.0, epoch=60000.0)])
+    times = [60000.85740427659, 60000.86290806022, 60000.87885289192, 60000.886487726224]
+    at = predict(orbit, np.array([np.mean(times)]))
+    empty = Table(names=("object", "mjd", "ra", "dec", "ra_err", "dec_err"), dtype=("U8", "f8", "f8", "f8", "f8", "f8"))
+    identities, known, predictions = identify(empty, orbit, centre=(float(at["ra"][0]), float(at["dec"][0])),
+                                              radius_deg=0.2, times=times)
+    assert identities == {} and list(known["designation"]) == ["near"] and "near" in predictions

@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the Gaia archive once (online) and caches the result")
     p.add_argument("--config", default=None, help="TOML configuration file")
     p.add_argument("--profile", default=None,
-                   help="instrument profile: euclid_vis, ground_ccd, small_space, a profile TOML file, or none "
+                   help="instrument profile: euclid_vis, ground_ccd, small_space, wise, a profile TOML file, or none "
                    "(default auto: chosen from the headers; [profile] name)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="batch directory (one sub-directory per field, batch_summary.ecsv)")
     p.add_argument("--config", default=None, help="TOML configuration of every field's run")
     p.add_argument("--profile", default=None,
-                   help="instrument profile: euclid_vis, ground_ccd, small_space, a profile TOML file, or none "
+                   help="instrument profile: euclid_vis, ground_ccd, small_space, wise, a profile TOML file, or none "
                    "(default auto: chosen from the headers; [profile] name)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, help="local Dask worker processes (one field per task)")

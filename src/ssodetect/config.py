@@ -426,7 +426,7 @@ class CalibrateConfig(_Section):
     hot_min_frames: int = Field(default=8, ge=3, description="Fewest light frames of a CCD for the hot-pixel map.")
     hot_min_fraction: float = Field(
         default=0.01, ge=0, le=1, description="The map is used only when it flags at least this share of the pixels "
-        "(a detector dominated by hot pixels, NEOSSat: 11 %); fewer are left to each frame's sharp-pixel test (a "
+        "(a detector dominated by hot pixels, NEOSSat: 13 %); fewer are left to each frame's sharp-pixel test (a "
         "sharp star that stayed on its pixels all night would be flagged too).")
 
 
@@ -595,7 +595,8 @@ class ProfileConfig(_Section):
     name: str = Field(
         default="auto", min_length=1,
         description="auto: chosen from the headers (TELESCOP/INSTRUME, pixel scale, exposures, observer); a "
-        "built-in profile (euclid_vis, ground_ccd, small_space); a profile TOML file; none: the package defaults. "
+        "built-in profile (euclid_vis, ground_ccd, small_space, wise); a profile TOML file; none: no profile "
+        "settings. "
         "Settings given in this file or by command-line flags always win over the profile's.")
 
 

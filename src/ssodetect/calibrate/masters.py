@@ -262,7 +262,7 @@ def hot_pixel_map(stack: np.ndarray, *, nsigma: float = 5.0, sharpness: float = 
     pixel's height above the image's level: a star that stayed put peaks at about half of it (its
     neighbours carry its light), a hot pixel at nearly all of it.
 
-    Subtracting the median pattern instead was tried on NEOSSat's frames (11 % of the pixels hot): the
+    Subtracting the median pattern instead was tried on NEOSSat's frames (11-13 % of the pixels hot): the
     pixel noise fell from ~240 to ~50 ADU, but the hot pixels that flicker between levels (random
     telegraph signal) then stood out as ~1500 detections per frame; masking leaves ~130.
 

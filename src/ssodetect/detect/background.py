@@ -54,7 +54,8 @@ def heavy_tail_correction(data: np.ndarray, background: np.ndarray, rms: np.ndar
     what the RMS implies, so 82 % of a frame was one footprint above threshold and its bright stars
     were never measured.  The residual's median over the usable pixels is added to the background, and
     the RMS is scaled by the measured scatter of the image filtered with a Gaussian of ``sigma`` over the
-    scatter white noise of that RMS would give (never below 1).
+    scatter white noise of that RMS would give through the same filter and mask (never below 1).  Pixels
+    10 sigma out (sources, cosmic-ray hits; grown by one pixel) are left out of both.
 
     Parameters
     ----------
@@ -78,10 +79,21 @@ def heavy_tail_correction(data: np.ndarray, background: np.ndarray, rms: np.ndar
         return background, rms, 0.0, 1.0
     residual = np.asarray(data, np.float32) - background
     level = float(np.median(residual[good]))
-    work = np.where(good, residual - level, 0.0).astype(np.float32)
-    smooth = ndimage.gaussian_filter(work, sigma)[good]
+    # sources and cosmic-ray hits (10 sigma, grown by a pixel) are not the noise: left out of the scatter
+    bright = ndimage.binary_dilation(np.abs(residual - level) > 10.0 * rms, iterations=1)
+    quiet = good & ~bright
+    if quiet.sum() < 100:
+        return background, rms, 0.0, 1.0
+    work = np.where(quiet, residual - level, 0.0).astype(np.float32)
+    smooth = ndimage.gaussian_filter(work, sigma)[quiet]
     measured = 1.4826 * float(np.median(np.abs(smooth - np.median(smooth))))
-    expected = float(np.median(rms[good])) / (2.0 * math.sqrt(math.pi) * sigma) * math.sqrt(float(good.mean()))
+    # white noise of the RMS through the same filter, with the left-out pixels at zero: sqrt(sum w^2 over quiet)
+    size = 2 * int(math.ceil(4.0 * sigma)) + 1
+    impulse = np.zeros((size, size))
+    impulse[size // 2, size // 2] = 1.0
+    weights = ndimage.gaussian_filter(impulse, sigma)
+    carried = np.sqrt(ndimage.convolve(quiet.astype(np.float64), weights**2, mode="constant"))[quiet]
+    expected = float(np.median(rms[quiet])) * float(np.median(carried))
     scale = max(1.0, measured / expected) if expected > 0 else 1.0
     corrected = (background + np.float32(level)).astype(np.float32)
     return corrected, (rms * np.float32(scale)).astype(np.float32), level, scale

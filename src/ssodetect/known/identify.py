@@ -179,9 +179,14 @@ def match_predictions(observations: Table, ident: dict, times: np.ndarray, pra: 
     t_first, t_last = float(span.min()), float(span.max())
     n, m = pra.shape
     t_index = {round(float(t), 8): k for k, t in enumerate(times)}
-    mid = t_index[round(0.5 * (t_first + t_last), 8)]
+    grid = np.asarray(times, float)
+
+    def nearest(t: float) -> int:  # the grid's times are rounded to 1e-8 d; the span's ends and middle may not be
+        return int(np.argmin(np.abs(grid - t)))
+
+    mid = nearest(0.5 * (t_first + t_last))
     span_h = max((t_last - t_first) * 24.0, 1e-6)
-    k0, k1 = t_index[round(t_first, 8)], t_index[round(t_last, 8)]
+    k0, k1 = nearest(t_first), nearest(t_last)
     pred_rate = _sep_arcsec(pra[:, k0], pdec[:, k0], pra[:, k1], pdec[:, k1]) / span_h
     in_field = _sep_arcsec(pra[:, mid], pdec[:, mid], centre[0], centre[1]) / 3600.0 <= radius_deg
     if on_detector is not None:

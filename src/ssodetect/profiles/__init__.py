@@ -98,7 +98,8 @@ class SequenceFacts:
 
 
 def builtin_profiles() -> dict[str, Profile]:
-    """The profiles installed with the package, by name (``euclid_vis``, ``ground_ccd``, ``small_space``)."""
+    """The profiles installed with the package, by name (``euclid_vis``, ``ground_ccd``, ``small_space``,
+    ``wise``)."""
     return {p.stem: load_profile(p) for p in sorted(_PROFILE_DIR.glob("*.toml"))}
 
 
@@ -282,7 +283,8 @@ def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts)
         n = facts.n_exposures
         if "min_detections_fraction" in scale:
             low, high = scale.get("min_detections_range", [3, 8])
-            put("link", "min_detections", max(3, min(n, high, max(low, math.ceil(scale["min_detections_fraction"] * n)))))
+            wanted = math.ceil(scale["min_detections_fraction"] * n)
+            put("link", "min_detections", max(3, min(n, high, max(low, wanted))))
         if "long_sequence" in scale and n >= scale["long_sequence"]:
             put("streaks", "min_exposures", int(scale.get("fast_min_exposures_long", 3)))
     link = {**config.link.model_dump(), **changes.get("link", {})}

@@ -171,7 +171,8 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     provenance = json.loads((source / "provenance.json").read_text())
     ctx = provenance.get("report_context", {})
     station = ctx.get("station") or config.report.station
-    band = config.report.band or ctx.get("band", "")
+    mixed = "/" in str(ctx.get("filter", ""))  # frames of several filters ([io] allow_mixed_filters)
+    band = "" if mixed else (config.report.band or ctx.get("band", ""))  # no single band: no magnitudes
     seeing = {int(k): float(v) for k, v in ctx.get("seeing", {}).items() if v is not None}
     positions = {int(k): tuple(v) for k, v in ctx.get("positions", {}).items() if v}
     if config.report.observer_position:  # the configuration's position stands in where headers gave none
