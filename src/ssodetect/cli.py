@@ -30,6 +30,7 @@ log = logging.getLogger("ssodetect")
 def _simulate(args) -> int:
     from pydantic import ValidationError
 
+    from ssodetect.config import validation_problems
     from ssodetect.errors import ConfigError
     from ssodetect.simulate import SimulationConfig, simulate
 
@@ -60,7 +61,7 @@ def _simulate(args) -> int:
         else:
             sim_config = SimulationConfig(**params)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"simulate: invalid parameters ({problems})") from None
     summary = simulate(sim_config, args.outdir, progress=not args.quiet)
     print(
@@ -275,6 +276,7 @@ def _dataset_config(args):
 
     from pydantic import ValidationError
 
+    from ssodetect.config import validation_problems
     from ssodetect.errors import ConfigError
     from ssodetect.ml.dataset import DatasetConfig
 
@@ -292,7 +294,7 @@ def _dataset_config(args):
     try:
         return DatasetConfig(**params)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"{args.dataset_config or 'ml dataset'}: invalid dataset settings ({problems})") from None
 
 

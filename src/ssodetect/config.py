@@ -31,6 +31,7 @@ __all__ = [
     "ProfileConfig",
     "Config",
     "load_config",
+    "validation_problems",
     "dump_toml",
 ]
 
@@ -645,10 +646,12 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid configuration ({problems})") from None
+        raise ConfigError(f"{path}: invalid configuration ({validation_problems(exc)})") from None
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: ``section.key: message; ...``."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
 def _toml_value(value) -> str:

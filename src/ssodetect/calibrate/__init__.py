@@ -2,6 +2,7 @@
 from ssodetect.calibrate.masters import (
     FRAME_TYPES,
     MasterFrames,
+    add_hot_pixel_maps,
     build_masters,
     calibrate_ccd,
     frame_type,
@@ -12,5 +13,5 @@ from ssodetect.calibrate.masters import (
     sequence_hot_pixels,
 )
 
-__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "calibrate_ccd", "frame_type", "hot_pixel_map",
-           "parse_section", "raw_saturation", "reduce_overscan", "sequence_hot_pixels"]
+__all__ = ["FRAME_TYPES", "MasterFrames", "add_hot_pixel_maps", "build_masters", "calibrate_ccd", "frame_type",
+           "hot_pixel_map", "parse_section", "raw_saturation", "reduce_overscan", "sequence_hot_pixels"]

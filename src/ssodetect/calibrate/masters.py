@@ -30,7 +30,7 @@ from astropy.stats import sigma_clip
 
 from ssodetect.errors import InputError
 
-__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "calibrate_ccd", "frame_type", "parse_section",
+__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "add_hot_pixel_maps", "calibrate_ccd", "frame_type", "parse_section",
            "raw_saturation", "reduce_overscan"]
 
 log = logging.getLogger(__name__)
@@ -335,6 +335,48 @@ def sequence_hot_pixels(frames: list[tuple[str, int]], *, overscan: bool = True,
                  "and %d columns", len({d.shape for d in images}), ny, nx)
     stack = np.stack([d[:ny, :nx] for d in images]).astype(np.float32)
     return hot_pixel_map(stack, nsigma=nsigma, sharpness=sharpness)
+
+
+def add_hot_pixel_maps(masters: dict, lights: dict[str, list[tuple[str, int]]], *, overscan: bool = True,
+                       trim: bool = True, min_frames: int = 8, min_fraction: float = 0.01) -> dict:
+    """Give each CCD without a dark a hot-pixel map from its own light frames, where it is worth one.
+
+    Parameters
+    ----------
+    masters : dict
+        CCD -> :class:`MasterFrames` from the calibration frames (CCDs that get a map are added).
+    lights : dict
+        CCD -> ``[(path, hdu), ...]`` of its light frames in time order.
+    min_frames : int
+        Fewest light frames for a map.
+    min_fraction : float
+        A map flagging less than this share of the pixels is not used (logged): a sharp star that stayed
+        on its pixels all night looks like a hot pixel too, and each frame's sharp-pixel test handles a
+        few hot pixels.
+
+    Returns
+    -------
+    dict
+        ``masters``, updated.
+    """
+    for ccd, files in lights.items():
+        master = masters.get(ccd, MasterFrames())
+        if master.dark is not None or len(files) < min_frames:
+            continue
+        hot = sequence_hot_pixels(files, overscan=overscan, trim=trim, bias=master.bias)
+        used = min(len(files), 9)
+        if hot.mean() < min_fraction:
+            log.info("CCD %s: no dark; %d hot/cold pixels (%.3f %%) found in %d of its %d light frames, under "
+                     "[calibrate] hot_min_fraction: left to each frame's sharp-pixel test", ccd, int(hot.sum()),
+                     100 * hot.mean(), used, len(files))
+            continue
+        master.hot, master.counts["hot"] = hot, used
+        masters[ccd] = master
+        log.info("CCD %s: no dark; %d hot/cold pixels (%.2f %%) found in %d of its %d light frames are treated as "
+                 "hits%s", ccd, int(hot.sum()), 100 * hot.mean(), used, len(files),
+                 "" if master.bias is not None or master.flat is not None else
+                 " (its frames are now overscan-reduced and trimmed by their BIASSEC/TRIMSEC)")
+    return masters
 
 
 def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = True, trim: bool = True,

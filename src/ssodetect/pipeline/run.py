@@ -25,7 +25,7 @@ from ssodetect.astrometry.field import rescue_failed
 from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
-from ssodetect.calibrate import MasterFrames, build_masters, sequence_hot_pixels
+from ssodetect.calibrate import add_hot_pixel_maps, build_masters
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
 from ssodetect.profiles import resolve_profile
@@ -111,7 +111,7 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     Calibration frames are those recognised among the inputs by their type keyword plus
     the files listed in ``[calibrate]``.  A CCD without a dark and with at least
     ``[calibrate] hot_min_frames`` light frames also gets a hot-pixel map from its lights
-    (:func:`ssodetect.calibrate.sequence_hot_pixels`) when it flags at least
+    (:func:`ssodetect.calibrate.add_hot_pixel_maps`) when it flags at least
     ``hot_min_fraction`` of the pixels.  Returns ``(lights, {ccd: MasterFrames})``; the dict is
     empty when calibration is off or there is nothing to calibrate with.
     """
@@ -130,21 +130,8 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
         by_ccd: dict[str, list] = {}
         for ref in sorted(lights, key=lambda r: r.mjd):
             by_ccd.setdefault(ref.ccd, []).append((ref.path, ref.sci))
-        for ccd, files in by_ccd.items():
-            master = masters.setdefault(ccd, MasterFrames())
-            if master.dark is None and len(files) >= cc.hot_min_frames:
-                hot = sequence_hot_pixels(files, overscan=cc.overscan, trim=cc.trim, bias=master.bias)
-                used = min(len(files), 9)
-                if hot.mean() < cc.hot_min_fraction:
-                    log.info("CCD %s: no dark; %d hot/cold pixels (%.3f %%) found in %d of its %d light frames, "
-                             "under [calibrate] hot_min_fraction: left to each frame's sharp-pixel test", ccd,
-                             int(hot.sum()), 100 * hot.mean(), used, len(files))
-                    continue
-                master.hot, master.counts["hot"] = hot, used
-                log.info("CCD %s: no dark; %d hot/cold pixels (%.2f %%) found in %d of its %d light frames are "
-                         "treated as hits%s", ccd, int(hot.sum()), 100 * hot.mean(), used, len(files),
-                         "" if master.bias is not None or master.flat is not None else
-                         " (its frames are now overscan-reduced and trimmed by their BIASSEC/TRIMSEC)")
+        add_hot_pixel_maps(masters, by_ccd, overscan=cc.overscan, trim=cc.trim, min_frames=cc.hot_min_frames,
+                           min_fraction=cc.hot_min_fraction)
     return lights, {ccd: m for ccd, m in masters.items() if not m.empty}
 
 

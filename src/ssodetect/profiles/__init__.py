@@ -41,13 +41,13 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 from pydantic import ValidationError
 
 from ssodetect.astrometry.register import nominal_pixel_scale
-from ssodetect.config import Config
+from ssodetect.astrometry.solve import pixel_scale
+from ssodetect.config import Config, validation_problems
 from ssodetect.errors import ConfigError, InputError
-from ssodetect.io import group_exposures, scan_inputs
+from ssodetect.io import celestial_wcs, group_exposures, scan_inputs
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def load_profile(path: str | Path) -> Profile:
     try:
         Config.model_validate(settings)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"{path}: invalid profile settings ({problems})") from None
     low_high = scale.get("min_detections_range", [3, 3])
     if (not isinstance(low_high, list) or len(low_high) != 2 or not all(isinstance(v, int) for v in low_high)
@@ -154,19 +154,10 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def _header_scale(header: fits.Header) -> float:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            wcs = WCS(header).celestial
-            if wcs.has_celestial and wcs.wcs.ctype[0].startswith("RA"):
-                scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0)
-                if np.isfinite(scale) and scale > 0:
-                    return scale
-        except Exception:  # noqa: BLE001 - any broken WCS: fall back to the plain keywords
-            pass
-    return nominal_pixel_scale(header, float("nan"))
+    """Pixel scale [arcsec/px] from the header's WCS (repaired like a frame's), else its plain keywords."""
+    shape = (int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0)))
+    wcs, _ = celestial_wcs(header, shape=shape)
+    return pixel_scale(wcs) if wcs is not None else nominal_pixel_scale(header, float("nan"))
 
 
 def sequence_facts(paths, config: Config) -> SequenceFacts:
@@ -308,7 +299,7 @@ def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts)
     try:
         resolved = Config.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         where = profile.path if profile is not None else "profile"
         raise ConfigError(f"{where}: its settings are refused with the configuration's ({problems})") from None
     for name in user_set:  # keep what the user set marked as set (a later profile never overrides it)
