@@ -31,6 +31,21 @@ def small_scene_config(seed: int, **overrides) -> SimulationConfig:
 PERTURBED = dict(star_density=150000.0, header_pointing_error=20.0, header_rotation_error=0.5)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_key(tmp_path_factory):
+    """The step cache's signing key in the session's temporary directory (the user's own key is not touched)."""
+    import os
+
+    path = tmp_path_factory.mktemp("key") / "cache.key"
+    saved = os.environ.get("SSODETECT_CACHE_KEY")
+    os.environ["SSODETECT_CACHE_KEY"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("SSODETECT_CACHE_KEY", None)
+    else:
+        os.environ["SSODETECT_CACHE_KEY"] = saved
+
+
 @pytest.fixture(scope="session")
 def scene(tmp_path_factory):
     """A simulated 4-exposure scene on disk (Euclid MEF layout) whose headers are off by up to 20" and 0.5 deg."""

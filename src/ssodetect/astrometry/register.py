@@ -29,7 +29,7 @@ from scipy.spatial import cKDTree
 from ssodetect.astrometry.match import PatternIndex, match_patterns
 
 __all__ = ["Registration", "register_to_reference", "relative_wcs", "header_pointing", "nominal_pixel_scale",
-           "registration_summary"]
+           "registration_summary", "header_disagreement"]
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +183,34 @@ def registration_summary(regs: list[Registration | None]) -> str:
     return (f"{len(ok)}/{len(regs)} frames registered, median {int(np.median([r.n_stars for r in ok]))} stars, "
             f"median rms {np.median([r.rms for r in ok]):.3f} px, largest shift "
             f"{max(math.hypot(*r.offset) for r in ok):.1f} px")
+
+
+def header_disagreement(reg: Registration, wcs_src, wcs_ref, xy: np.ndarray) -> float:
+    """Median sky distance [arcsec] between two ways of placing a frame's points: through its own WCS, and
+    through the registration onto the reference frame and that frame's WCS.
+
+    Parameters
+    ----------
+    reg : Registration
+        ``src`` pixels -> ``ref`` pixels.
+    wcs_src, wcs_ref : astropy.wcs.WCS
+        The two frames' header WCSs (0-based pixels).
+    xy : ndarray (n, 2)
+        Points of the source frame [px], e.g. its stars.
+
+    Returns
+    -------
+    float
+        Large when the header WCSs disagree with what the stars say (an offset, rotation or scale error of one
+        header relative to the other); about the registration's own error otherwise.
+    """
+    from astropy.coordinates import SkyCoord
+
+    xy = np.asarray(xy, float)
+    if len(xy) == 0:
+        return float("nan")
+    ra1, dec1 = wcs_src.all_pix2world(xy[:, 0], xy[:, 1], 0)
+    moved = reg.apply(xy)
+    ra2, dec2 = wcs_ref.all_pix2world(moved[:, 0], moved[:, 1], 0)
+    sep = SkyCoord(ra1, dec1, unit="deg").separation(SkyCoord(ra2, dec2, unit="deg")).arcsec
+    return float(np.median(sep))

@@ -16,7 +16,9 @@ arrays indexed ``[y, x]``.
 from __future__ import annotations
 
 import glob
+import gzip
 import logging
+import zlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -173,7 +175,36 @@ def _check_complete(path: Path, hdul: fits.HDUList) -> None:
             raise InputError(f"{path}: truncated FITS file (HDU {i} needs {end} bytes, file has {size})")
 
 
+def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
+    """Raise if a gzip-compressed file fails its CRC or ends early (astropy may stop reading before the check)."""
+    if path.suffix.lower() != ".gz":
+        return
+    try:
+        with gzip.open(path, "rb") as handle:
+            while handle.read(chunk):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: damaged gzip file ({exc})") from None
+
+
+def _check_cards(path: Path, hdul: fits.HDUList) -> None:
+    """Raise, naming the card, if a header card of an image HDU cannot be parsed (e.g. ``EXPTIME = NaN``)."""
+    for i, hdu in enumerate(hdul):
+        if i > 0 and not hdu.is_image:
+            continue
+        for card in hdu.header.cards:
+            raw = str(getattr(card, "_image", "") or "")[10:40].split("/")[0].strip()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                    card.value
+            except (fits.VerifyError, ValueError):
+                raise InputError(f"{path}: HDU {i} header card {card.keyword or '?'} has a value FITS cannot parse "
+                                 f"({raw!r}); fix or remove the card") from None
+
+
 def _open(path: Path) -> fits.HDUList:
+    _check_gzip(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyUserWarning)
@@ -203,6 +234,7 @@ def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
     hdul = _open(path)
     try:
         _check_complete(path, hdul)
+        _check_cards(path, hdul)
         primary = hdul[0].header
         named: dict[str, dict[str, int]] = {}
         for i, hdu in enumerate(hdul):
@@ -287,6 +319,11 @@ def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
                 f"{ref.path}: filter {ref.filter!r} differs from {first.filter!r} of {first.path}; one filter per run "
                 "(or --allow-mixed-filters)"
             )
+    untimed = sorted({ref.path for ref in lights if not ref.exptime > 0})
+    if untimed and warn:
+        more = f" and {len(untimed) - 1} more" if len(untimed) > 1 else ""
+        log.warning("%s%s: no exposure time (%s): taken as 0 s, so the header time is used as the mid-exposure "
+                    "time and trails give no rate", untimed[0], more, ", ".join(config.exptime_keys))
     for ref in refs:
         if ref.instrument != first.instrument:
             raise InputError(

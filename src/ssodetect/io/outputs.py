@@ -1,21 +1,45 @@
-"""Atomic output: files appear complete or not at all.
+"""Atomic output: a run's products appear complete or not at all, and nothing else is touched.
 
-:class:`OutputStage` collects a run's products in a hidden staging directory
-next to the output directory and moves each into place with an atomic
-``os.replace`` only when the run succeeded; on failure the stage is removed and
-the output directory is left as it was.
+:class:`OutputStage` collects a command's products in a hidden staging directory
+beside the output directory.  Two ways to commit:
+
+* ``replace=True`` (a run, a simulated scene, a batch field): the whole stage
+  *becomes* the output directory.  On Linux the two directories are exchanged in
+  one ``renameat2(RENAME_EXCHANGE)`` call; elsewhere the previous directory is
+  renamed aside, the stage renamed into place and the previous one removed (a
+  crash between the two renames is repaired by the next command on that
+  directory).  A reader never sees a mix of two runs.
+* ``replace=False`` (a report or a table added to an existing directory): each
+  staged file is moved into place with an atomic ``os.replace``.
+
+Every commit records what it wrote in ``OUTDIR/.ssodetect-products.json``.  A
+directory holding files that no record of ours lists is never replaced (it may
+be the user's data): the command stops with a one-line error before any work.
+One command at a time writes a directory: a lock file ``.NAME.lock`` beside it
+(``flock``) is held from the stage's creation to its commit, and staging
+directories left by a killed command are removed by the next one.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage"]
+from ssodetect.errors import InputError
+
+__all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "recorded_files",
+           "foreign_files", "record_files"]
 
 log = logging.getLogger(__name__)
+
+#: The record of the files ssodetect wrote into a directory (relative POSIX paths).
+RECORD = ".ssodetect-products.json"
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
@@ -40,45 +64,254 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _files(directory: Path) -> list[str]:
+    """Relative POSIX paths of the files (and links) under ``directory``."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+def recorded_files(directory: str | Path) -> set[str] | None:
+    """The files ssodetect recorded writing into ``directory``; None when it holds no record.
+
+    A run written before the record existed is recognised by its ``manifest.json`` (its ``products``).
+    """
+    directory = Path(directory)
+    try:
+        return set(json.loads((directory / RECORD).read_text())["files"]) | {RECORD}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        if isinstance(manifest.get("products"), dict) and "ssodetect" in json.dumps(manifest.get("software", "")):
+            return set(manifest["products"]) | {"manifest.json"}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def foreign_files(directory: str | Path) -> list[str]:
+    """Files under ``directory`` that no record of ours lists (all of them when it holds no record)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    ours = recorded_files(directory) or set()
+    return [name for name in _files(directory) if name not in ours]
+
+
+def record_files(directory: str | Path, names) -> None:
+    """Add ``names`` (relative paths) to ``directory``'s record of the files ssodetect wrote there."""
+    directory = Path(directory)
+    try:
+        known = set(json.loads((directory / RECORD).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        known = set()
+    atomic_write_text(directory / RECORD, json.dumps({"files": sorted(known | set(names))}, indent=1))
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+#: Locks this process holds: path -> [fd, depth] (a command that locks a directory twice keeps one lock).
+_HELD: dict[str, list] = {}
+
+
+class OutputLock:
+    """An exclusive lock on one output directory, held by one command at a time (``flock`` on ``.NAME.lock``
+    beside it, removed on release).
+
+    Raises
+    ------
+    InputError
+        Another command holds the directory, or its parent cannot be written.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(os.path.abspath(directory))
+        self.base = _nearest_existing(self.directory.parent)
+        relative = self.directory.relative_to(self.base).as_posix().replace("/", "__")
+        self.path = self.base / f".{relative}.lock"
+        self._key = str(self.path)
+        self._acquire()
+
+    def _acquire(self) -> None:
+        if self._key in _HELD:
+            _HELD[self._key][1] += 1
+            return
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise InputError(f"{self.directory}: cannot write beside it in {self.base} "
+                                 f"({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                try:
+                    owner = os.read(fd, 200).decode(errors="replace").strip() or "?"
+                finally:
+                    os.close(fd)
+                raise InputError(f"{self.directory}: another ssodetect command is writing it (process {owner}; "
+                                 f"lock {self.path})") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a lock file its previous holder removed while we waited for it
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}".encode())
+                _HELD[self._key] = [fd, 1]
+                return
+            os.close(fd)
+        raise InputError(f"{self.directory}: could not take its lock {self.path}")
+
+    def release(self) -> None:
+        """Give the lock up (the lock file is removed when the last holder in this process lets go)."""
+        held = _HELD.get(self._key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del _HELD[self._key]
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(held[0])
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2``); False where that is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 class OutputStage:
-    """Staging area for the products of one run.
+    """Staging area for the products of one command.
 
     Use as a context manager; write into :attr:`path` (or through :meth:`file`)
-    and the files are moved into ``outdir`` when the block exits without error.
+    and the products are committed to ``outdir`` when the block exits without error.
 
     Parameters
     ----------
     outdir : str or Path
-        Final output directory (created if needed, only on success).
+        Final output directory (created, with its parents, only on commit).
+    replace : bool
+        True: the stage replaces ``outdir`` as a whole (a run's directory); ``outdir`` must hold only files
+        ssodetect recorded writing.  False: the staged files are added to ``outdir``, each replacing a file of
+        the same name.
+
+    Raises
+    ------
+    InputError
+        ``outdir`` is a file, holds files ssodetect did not write (``replace``), cannot be removed or written,
+        or another command is writing it.
     """
 
-    def __init__(self, outdir: str | Path):
-        self.outdir = Path(outdir)
-        parent = self.outdir.resolve().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.outdir.name}.stage-", dir=parent))
+    def __init__(self, outdir: str | Path, *, replace: bool = False):
+        self.outdir = Path(os.path.abspath(outdir))
+        self.replace = replace
+        if self.outdir.exists() and not self.outdir.is_dir():
+            raise InputError(f"{outdir}: exists and is not a directory")
+        self.lock = OutputLock(self.outdir)
+        try:
+            self.base = self.lock.base
+            self._tidy()
+            if replace and self.outdir.is_dir():
+                self._check_replaceable(outdir)
+            try:
+                self.path = Path(tempfile.mkdtemp(prefix=self._prefix("stage"), dir=self.base))
+            except OSError as exc:
+                raise InputError(f"{outdir}: cannot write in {self.base} ({exc.strerror})") from None
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _prefix(self, kind: str) -> str:
+        return f".{self.outdir.relative_to(self.base).as_posix().replace('/', '__')}.{kind}-"
+
+    def _tidy(self) -> None:
+        """Remove stages of killed commands; put back a directory a crash left renamed aside (we hold the lock)."""
+        for stale in self.base.glob(self._prefix("stage") + "*"):
+            log.info("removing %s, left by an interrupted command", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        previous = sorted(self.base.glob(self._prefix("previous") + "*"), key=lambda p: p.stat().st_mtime)
+        if previous and not self.outdir.exists() and self.outdir.parent.is_dir():
+            log.warning("%s: restored from %s (an interrupted commit)", self.outdir, previous[-1])
+            os.rename(previous.pop() / "run", self.outdir)
+        for stale in previous:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def _check_replaceable(self, shown) -> None:
+        strangers = foreign_files(self.outdir)
+        if strangers:
+            more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
+            raise InputError(f"{shown}: holds files ssodetect did not write ({', '.join(strangers[:3])}{more}); "
+                             "choose another output directory or move them")
+        for folder in [self.outdir, *(p for p in self.outdir.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"{folder}: not writable, so the earlier products in it cannot be replaced")
 
     def file(self, name: str) -> Path:
         """Path of a product inside the stage."""
         return self.path / name
 
+    def carry(self, name: str) -> None:
+        """Keep ``outdir/name`` (a file of an earlier run, e.g. a loaded step's cache) in the new products."""
+        src, dest = self.outdir / name, self.path / name
+        if not src.is_file():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)
+        except OSError:
+            shutil.copy2(src, dest)
+
     def commit(self) -> list[Path]:
-        """Move every staged file into the output directory (each move atomic)."""
-        self.outdir.mkdir(parents=True, exist_ok=True)
-        moved = []
-        for src in sorted(self.path.rglob("*")):
-            if src.is_dir():
-                continue
-            dest = self.outdir / src.relative_to(self.path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
-            moved.append(dest)
-        shutil.rmtree(self.path, ignore_errors=True)
-        return moved
+        """Move the products into the output directory; returns their final paths."""
+        try:
+            names = _files(self.path)
+            if self.replace:
+                atomic_write_text(self.path / RECORD, json.dumps({"files": names}, indent=1))
+                self.outdir.parent.mkdir(parents=True, exist_ok=True)
+                if not self.outdir.exists():
+                    os.rename(self.path, self.outdir)
+                elif _exchange(self.path, self.outdir):
+                    shutil.rmtree(self.path, ignore_errors=True)
+                else:
+                    aside = Path(tempfile.mkdtemp(prefix=self._prefix("previous"), dir=self.base))
+                    os.rename(self.outdir, aside / "run")
+                    os.rename(self.path, self.outdir)
+                    shutil.rmtree(aside, ignore_errors=True)
+            else:
+                self.outdir.mkdir(parents=True, exist_ok=True)
+                for name in names:
+                    dest = self.outdir / name
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self.path / name, dest)
+                if names:
+                    record_files(self.outdir, names)
+                shutil.rmtree(self.path, ignore_errors=True)
+            return [self.outdir / name for name in names]
+        finally:
+            self.lock.release()
 
     def discard(self) -> None:
-        """Remove the stage and everything in it."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Remove the stage and everything in it (the output directory stays as it was)."""
+        try:
+            shutil.rmtree(self.path, ignore_errors=True)
+        finally:
+            self.lock.release()
 
     def __enter__(self) -> "OutputStage":
         return self

@@ -455,7 +455,12 @@ def link_fast(moving: Table, used: set, config: Config, plane: TangentPlane, foo
     sc = config.streaks
     keep = (np.asarray(moving["kind"]) == "trail") & (np.asarray(moving["length"], float) >= sc.min_length)
     keep &= ~np.isin(np.arange(len(moving)), list(used))
-    trails = moving[keep]
+    timed = np.asarray(moving["exptime"], float) > 0  # a trail's rate needs its exposure time
+    n_no_exptime = int(np.sum(keep & ~timed))
+    if n_no_exptime:
+        log.warning("%d trails from exposures without an exposure time left out of fast-mover linking (a trail gives "
+                    "a rate only over a known exposure time)", n_no_exptime)
+    trails = moving[keep & timed]
     links = link_streaks(
         np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),
         np.asarray(trails["eta"], float), np.asarray(trails["sigma"], float), np.asarray(trails["trail_arcsec"], float),
@@ -467,6 +472,7 @@ def link_fast(moving: Table, used: set, config: Config, plane: TangentPlane, foo
         max_chi2_dof=sc.max_chi2_dof,
     )
     stats = dict(links.stats)
+    stats["n_no_exptime"] = n_no_exptime
     chains = list(links.tracklets)
     stats["n_pairs_unseen"] = 0
     if footprints is not None and t_exposures:

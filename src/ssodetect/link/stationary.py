@@ -157,6 +157,8 @@ def _significant_motion(i, j, d, exp_col, n_exposures, t_hours, xi, eta, sigma, 
     rate is at least ``min_rate`` [arcsec/h] and at least ``significance`` times its uncertainty.
     """
     n = len(xi)
+    if len(i) == 0:  # no pair matched at all (e.g. one exposure holds no detection)
+        return np.zeros(n, bool)
     # the nearest counterpart per (detection, other exposure)
     key = i * n_exposures + exp_col[j]
     order = np.lexsort((d, key))

@@ -23,6 +23,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from ssodetect.astrometry.match import PatternIndex
 from ssodetect.astrometry.register import (
     Registration,
+    header_disagreement,
     header_pointing,
     nominal_pixel_scale,
     register_to_reference,
@@ -281,6 +282,73 @@ def _static_sources(table: Table, config: Config) -> np.ndarray:
                      & (np.asarray(table["snr"], float) >= 0.5 * config.astrometry.min_snr))[0]
     sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
     return np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]])
+
+
+#: A header WCS that places a frame's stars farther than this [arcsec] (or 5 registration rms) from where the
+#: registration onto another exposure of its CCD puts them is replaced by that registration (no reference
+#: catalogue): linking needs the exposures on one sky to ~0.1", headers are often off by arcseconds.
+HEADER_TOLERANCE = 0.2
+#: Fewest registered stars for a header to be replaced by a registration.
+MIN_CHECK_STARS = 10
+
+
+def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config: Config, placed_wcs: dict) -> list[Table]:
+    """Without a reference catalogue: check every CCD exposure's header WCS against the other exposures of its
+    CCD, and place a frame whose header disagrees through a registration onto the CCD's frame with the most
+    sources (``wcs = "frame"``).
+
+    Each frame's static sources are registered (affine, pattern match) onto the base frame; where the header
+    WCSs put the frame's stars more than :data:`HEADER_TOLERANCE` (or 5 registration rms) from where the
+    registration and the base's WCS put them, the header is wrong relative to the base: the frame's sky
+    positions are recomputed through the base (a warning names the file and the disagreement).  The sky is
+    then the base frame's header sky: relative positions are right, absolute ones only as good as that header.
+    ``infos`` gain a ``header_check`` entry.  Returns the tables in the same order.
+    """
+    out = list(tables)
+    by_ccd: dict[str, list[int]] = defaultdict(list)
+    for k, (table, ref) in enumerate(zip(tables, tasks)):
+        if len(table) and placed_wcs.get((ref.exposure, ref.ccd)) is not None and \
+                np.all(np.asarray(table["wcs"]) == "header"):
+            by_ccd[ref.ccd].append(k)
+    for ccd, members in by_ccd.items():
+        if len(members) < 2:
+            continue
+        stars = {k: _static_sources(tables[k], config) for k in members}
+        base = max(members, key=lambda k: len(stars[k]))
+        base_ref = tasks[base]
+        base_wcs = placed_wcs[(base_ref.exposure, ccd)]
+        index = PatternIndex(stars[base], n_ref=40)
+        scale = pixel_scale(base_wcs)
+        for k in members:
+            if k == base:
+                continue
+            ref = tasks[k]
+            shape = infos[k].get("shape") or (0, 0)
+            centre = placed_wcs[(ref.exposure, ccd)].all_pix2world([[0.5 * (shape[1] - 1), 0.5 * (shape[0] - 1)]], 0)
+            bx, by = base_wcs.all_world2pix(centre, 0)[0]
+            base_shape = infos[base].get("shape") or (0, 0)
+            if not (0 <= bx < base_shape[1] and 0 <= by < base_shape[0]):  # the headers say they barely overlap
+                infos[k]["header_check"] = {"status": "no overlap", "reference": base_ref.path}
+                continue
+            reg = register_to_reference(stars[k], stars[base], index=index,
+                                        match_radius=max(2.0, config.astrometry.match_radius / scale))
+            if reg is None or reg.n_stars < MIN_CHECK_STARS:
+                infos[k]["header_check"] = {"status": "not registered", "reference": base_ref.path}
+                log.info("%s CCD %s (exposure %d): header WCS not checked (no registration onto exposure %d)",
+                         ref.path, ccd, ref.exposure, base_ref.exposure)
+                continue
+            off = header_disagreement(reg, placed_wcs[(ref.exposure, ccd)], base_wcs, stars[k][:50])
+            tolerance = max(HEADER_TOLERANCE, 5.0 * reg.rms * scale)
+            infos[k]["header_check"] = {"status": "ok" if off <= tolerance else "replaced", "reference": base_ref.path,
+                                        "disagreement_arcsec": off, "stars": reg.n_stars, "rms_px": reg.rms}
+            if off <= tolerance:
+                continue
+            out[k] = place_on_reference(tables[k], reg, base_wcs, "frame")
+            log.warning("%s CCD %s (exposure %d): its header WCS puts the stars %.2f\" from where exposure %d's header "
+                        "and the stars' registration put them (no reference catalogue); placed through exposure %d's "
+                        "WCS (%d stars, rms %.3f px)", ref.path, ccd, ref.exposure, off, base_ref.exposure,
+                        base_ref.exposure, reg.n_stars, reg.rms)
+    return out
 
 
 def register_unplaced(tables: list[Table], tasks: list, infos: list[dict], config: Config,

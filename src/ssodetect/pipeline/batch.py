@@ -1,17 +1,19 @@
 """Many fields, each an independent run into its own sub-directory: resumable, serial or on Dask.
 
 A field is complete when its directory holds ``complete.json``, written last, whose SHA-256 checksums
-match every product of the run; a re-run skips complete fields and redoes the others (a partial
-directory left by an interruption is cleared first, but only when it holds nothing but ssodetect
-products).  On Dask every field is one task (the field's own CCD work then runs serially inside the
-worker); a worker that dies takes its field with it and the scheduler gives the field to another
-worker (``retries``), so nothing is lost.  ``batch_summary.ecsv`` lists every field.
+match every product of the run; a re-run skips complete fields and redoes the others (a field directory
+is replaced only when it holds nothing but ssodetect products).  On Dask every field is one task (the
+field's own CCD work then runs serially inside the worker); a worker that dies takes its field with it
+and the scheduler gives the field to another worker (``retries``); a field that still fails, for any
+reason, is marked ``failed`` with the reason and the other fields run.  ``batch_summary.ecsv`` lists
+every field.  Field names are single directory names (no ``/``, ``..``, leading dot or absolute path),
+so nothing is written outside the batch directory, and one batch process at a time holds the batch
+directory (a lock beside it).
 """
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import tomllib
 from dataclasses import dataclass
@@ -21,8 +23,7 @@ from astropy.table import Table
 
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
-from ssodetect.io.outputs import OutputStage, atomic_write_text
-from ssodetect.pipeline.run import RUN_PRODUCTS
+from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files
 from ssodetect.pipeline.steps import sha256_file
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "fields_from_arguments", "run_batch", "run_field"]
@@ -30,8 +31,7 @@ __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "fields_fro
 log = logging.getLogger(__name__)
 
 COMPLETE = "complete.json"
-#: files an ssodetect run may leave in its directory (a partial field holding anything else is not removed)
-_OURS = {*RUN_PRODUCTS, "config.toml", "run.log", "manifest.json", "steps", "logs", "intermediate", COMPLETE}
+SUMMARY = "batch_summary.ecsv"
 
 SUMMARY_COLUMNS = [
     ("field", "U64", "", "field name (its sub-directory)"),
@@ -42,6 +42,24 @@ SUMMARY_COLUMNS = [
     ("peak_rss_mb", "f8", "MB", "peak memory of the process that ran it"),
     ("message", "U256", "", "why it failed"),
 ]
+
+
+def check_field_name(name: str, source) -> str:
+    """``name`` when it is a usable field directory name (one path component inside the batch directory).
+
+    Raises
+    ------
+    InputError
+        Empty, ``.``/``..``, a leading dot (our hidden staging names), a path separator, a NUL or control
+        character, or the summary's name.
+    """
+    name = str(name)
+    bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
+           or any(ord(c) < 32 for c in name) or name == SUMMARY or len(name.encode()) > 200)
+    if bad:
+        raise InputError(f"{source}: field name {name!r} is not a plain directory name (no '/', '..', leading '.', "
+                         f"control characters or {SUMMARY!r}); fields are written only inside the batch directory")
+    return name
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,7 @@ def _read_manifest(path: Path) -> list[Field]:
         if not isinstance(entry, dict) or not entry.get("name") or not inputs:
             raise InputError(f"{path}: field {k + 1} needs a name and inputs")
         refcat = entry.get("refcat")
-        fields.append(Field(str(entry["name"]), tuple(str(path.parent / p) for p in inputs),
+        fields.append(Field(check_field_name(entry["name"], path), tuple(str(path.parent / p) for p in inputs),
                             str(path.parent / refcat) if refcat else None))
     return fields
 
@@ -84,7 +102,8 @@ def fields_from_arguments(arguments) -> list[Field]:
             fields.extend(_read_manifest(arg))
         elif arg.is_dir():
             refcat = arg / "refcat.ecsv"
-            fields.append(Field(arg.name, (str(arg),), str(refcat) if refcat.is_file() else None))
+            name = arg.resolve().name
+            fields.append(Field(check_field_name(name, arg), (str(arg),), str(refcat) if refcat.is_file() else None))
         else:
             raise InputError(f"{arg}: neither a batch manifest (.toml) nor a directory of frames")
     names = [f.name for f in fields]
@@ -127,34 +146,35 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
         record = json.loads((out / COMPLETE).read_text())
         row.update(n_objects=record["n_objects"], n_observations=record["n_observations"])
         return row
-    for stale in out.parent.glob(f".{out.name}.stage-*"):  # staging left by an interrupted attempt
-        shutil.rmtree(stale, ignore_errors=True)
-    if out.exists():
-        strangers = [p.name for p in out.iterdir() if p.name not in _OURS]
-        if strangers:
-            raise InputError(f"{out}: exists and holds files that are not ssodetect products ({strangers[0]}); "
-                             "not overwritten")
-        # a partial run: its steps whose stored products verify are loaded, the others run again
-        (out / COMPLETE).unlink(missing_ok=True)
+    # a partial run (its directory holds only our products, or run_pipeline refuses it): its steps whose
+    # stored products verify are loaded, the others run again, and the new directory replaces it whole
     t0 = time.perf_counter()
     result = run_pipeline(list(field.inputs), out, config, refcat=field.refcat)
-    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")}
     record = {"field": field.name, "inputs": list(field.inputs), "refcat": field.refcat, "files": files,
               "n_objects": len(result.objects), "n_observations": len(result.observations)}
     atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
+    record_files(out, [COMPLETE])
     row.update(status="done", n_objects=len(result.objects), n_observations=len(result.observations),
                wall_s=round(time.perf_counter() - t0, 2), peak_rss_mb=round(_peak_rss_mb(), 1))
     return row
 
 
+def _failed(field: Field, message: str) -> dict:
+    return {"field": field.name, "status": "failed", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
+            "peak_rss_mb": 0.0, "message": message[:256]}
+
+
 def _field_task(field: Field, outdir: str, config: Config) -> dict:
-    """run_field with user errors turned into a failed row (other exceptions propagate to the executor)."""
+    """run_field with any failure of the field turned into a failed row (the batch goes on with the others)."""
     try:
         return run_field(field, outdir, config)
     except SSODetectError as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        return {"field": field.name, "status": "failed", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
-                "peak_rss_mb": 0.0, "message": lines[0][:256]}
+        return _failed(field, lines[0])
+    except Exception as exc:  # a bug or a resource problem in this field: logged with its traceback
+        log.exception("field %s failed", field.name)
+        return _failed(field, f"internal error: {type(exc).__name__}: {str(exc).strip()[:200]}")
 
 
 def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=None, retries: int = 2) -> Table:
@@ -178,13 +198,23 @@ def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=No
     Table
         The summary (:data:`SUMMARY_COLUMNS`), also written to ``batch_summary.ecsv``.
     """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    lock = OutputLock(out)  # one batch process per batch directory
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _run_batch(fields, out, config, client, retries)
+    finally:
+        lock.release()
+
+
+def _run_batch(fields: list[Field], out: Path, config: Config, client, retries: int) -> Table:
     from tqdm.auto import tqdm
 
     from ssodetect.columns import describe
     from ssodetect.report.tables import rows_table
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ex = config.execution
     field_config = config.model_copy(deep=True)
     field_config.execution.workers, field_config.execution.scheduler = 1, ""
@@ -208,13 +238,19 @@ def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=No
             with tqdm(total=len(futures), desc="fields", unit="field", disable=not ex.progress) as bar:
                 for _ in as_completed(futures):
                     bar.update(1)
-            rows = client.gather(futures)
+            rows = []
+            for (f, _), future in zip(targets, futures):
+                try:
+                    rows.append(future.result())
+                except Exception as exc:  # its worker died on every try (KilledWorker) or the task was lost
+                    log.error("field %s failed on %d tries: %s: %s", f.name, retries + 1, type(exc).__name__, exc)
+                    rows.append(_failed(f, f"failed on {retries + 1} tries ({type(exc).__name__}: {exc})"))
     finally:
         if own_client is not None:
             own_client.close()
     summary = describe(rows_table(rows, SUMMARY_COLUMNS), SUMMARY_COLUMNS)
     with OutputStage(out) as stage:
-        summary.write(stage.file("batch_summary.ecsv"), format="ascii.ecsv")
+        summary.write(stage.file(SUMMARY), format="ascii.ecsv")
     done = sum(r["status"] == "done" for r in rows)
     log.info("batch: %d fields, %d run, %d already complete, %d failed", len(rows), done,
              sum(r["status"] == "skipped" for r in rows), sum(r["status"] == "failed" for r in rows))

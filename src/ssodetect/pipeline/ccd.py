@@ -168,7 +168,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
         One row per detection: :data:`ssodetect.detect.DETECTION_COLUMNS` plus
         :data:`CCD_COLUMNS`; cosmic-ray / hot-pixel hits (kind ``sharp``) are
         left out (counted in ``info["n_sharp"]``).  Empty (with every column) for a CCD that is all
-        NaN or all masked, which is skipped with a warning.
+        NaN, all masked or constant (e.g. an all-zero read-out), which is skipped with a warning.
     info : dict
         Diagnostics: timings [s], PSF sigma, counts, ``skipped`` reason, image
         ``shape`` (ny, nx), ``wcs_header`` (the header WCS as FITS cards, empty
@@ -192,6 +192,12 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     if not good.any() or not np.isfinite(image.data[good]).any():
         log.warning("%s: CCD %s is all NaN or masked; skipped", ref.path, ref.ccd)
         info["skipped"] = "all NaN or masked"
+        return empty_ccd_table(), info
+    values = image.data[good]
+    if float(np.nanmin(values)) == float(np.nanmax(values)):  # an empty read-out (all 0) holds no sky
+        log.warning("%s: CCD %s has the same value (%g) in every unmasked pixel; skipped", ref.path, ref.ccd,
+                    float(values[0]))
+        info["skipped"] = f"constant ({float(values[0]):g})"
         return empty_ccd_table(), info
     info["shape"] = [int(v) for v in image.data.shape]
     info["wcs_header"] = image.wcs.to_header_string(relax=True) if image.wcs is not None else ""

@@ -37,6 +37,7 @@ from ssodetect.pipeline.astrometry import (
     load_reference_wcs,
     apply_solutions,
     astrometry_tasks,
+    align_header_wcs,
     register_unplaced,
     solution_table,
     wcs_from_header_string,
@@ -332,7 +333,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
                 write_refined_headers(Path(path), [(ref, by_key.get((ref.exposure, ref.ccd))) for ref in mine],
                                       _Folder(keep), ("head",))
     else:
-        calibrated = [table for table, _ in results]
+        calibrated = align_header_wcs([table for table, _ in results], tasks, ccd_info, config, placed_wcs)
     tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config, placed_wcs) if len(t)]
     # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
     wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
@@ -482,14 +483,14 @@ BUILTIN_STEPS = [
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
-          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "14",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "15",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "6",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "7",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "8", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "9", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
                                        "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
@@ -599,7 +600,7 @@ def run_pipeline(
     timings = StageTimings()
     t_run = time.perf_counter()
     started = datetime.now(timezone.utc)
-    stage = OutputStage(outdir) if outdir is not None else None
+    stage = OutputStage(outdir, replace=True) if outdir is not None else None
     handler = None
     package_log = logging.getLogger("ssodetect")
     saved_level = package_log.level
@@ -644,6 +645,7 @@ def run_pipeline(
                                          "(run from an earlier step)")
                 if loaded is not None:
                     products.update(loaded)
+                    cache.keep(step.name)
                     record["status"] = "cached"
                     log.info("step %s: products of an identical earlier run loaded", step.name)
                 else:
@@ -683,9 +685,6 @@ def run_pipeline(
             handler = None
             written = {p.name for p in stage.path.iterdir()}
             stage.commit()
-            for name in RUN_PRODUCTS:
-                if name not in written:
-                    (Path(outdir) / name).unlink(missing_ok=True)
             result.outdir = Path(outdir)
             alert = Path(outdir) / "alert.json"
             if "alert.json" in written:
@@ -931,7 +930,7 @@ def run_astrometry(
         timings["astrometry"] = time.perf_counter() - t0
     table = solution_table(solutions)
     by_key = {(s.exposure, s.ccd): s for s in solutions}
-    with OutputStage(outdir) as stage:
+    with OutputStage(outdir, replace=True) as stage:
         for path in sorted({ref.path for ref in tasks}):
             mine = sorted((ref for ref in tasks if ref.path == path), key=lambda r: r.sci)
             sols = [(ref, by_key.get((ref.exposure, ref.ccd))) for ref in mine]

@@ -15,12 +15,23 @@ the input files' checksums).  Each step's log lines also go to
 ``OUT/logs/<name>.log``.  A
 later run into the same directory loads a step whose key is unchanged and whose
 stored products still match their checksum, instead of running it.
+
+A pickle can run code when it is loaded, and anyone who can write ``OUT`` can
+change both a pickle and its record.  So every stored pickle is signed with an
+HMAC-SHA256 under a per-user secret key kept outside the output directory
+(:func:`cache_key`: ``$SSODETECT_CACHE_KEY``, else
+``$XDG_CONFIG_HOME/ssodetect/cache.key`` or ``~/.config/ssodetect/cache.key``,
+created with mode 0600 on first use), and a pickle is unpickled only when its
+signature verifies: products written by another user, or edited, are computed
+again, never loaded.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import os
 import pickle
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -32,7 +43,7 @@ from ssodetect.config import Config
 from ssodetect.errors import ConfigError
 
 __all__ = ["ENTRY_POINT_GROUP", "Step", "pipeline_steps", "describe_graph", "config_slice", "step_key", "StepCache",
-           "sha256_file"]
+           "sha256_file", "cache_key", "sign_file"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +216,58 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _key_path() -> Path:
+    if os.environ.get("SSODETECT_CACHE_KEY"):
+        return Path(os.environ["SSODETECT_CACHE_KEY"]).expanduser()
+    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(config_home) / "ssodetect" / "cache.key"
+
+
+_EPHEMERAL = os.urandom(32)
+
+
+def cache_key() -> tuple[bytes, bool]:
+    """The user's secret key signing stored step products, and whether it persists across runs.
+
+    Read from (or created at, mode 0600) ``$SSODETECT_CACHE_KEY`` or ``~/.config/ssodetect/cache.key``.  When it
+    can be neither read nor created, a key that lives only as long as this process is used (and stored products
+    can then not be reused by a later run; a warning says so).
+    """
+    path = _key_path()
+    try:
+        key = path.read_bytes()
+        if len(key) >= 32:
+            return key, True
+        log.warning("%s: a cache key must hold at least 32 bytes; stored step products will not be reused", path)
+        return _EPHEMERAL, False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("%s: cannot read the cache key (%s); stored step products will not be reused", path, exc.strerror)
+        return _EPHEMERAL, False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+        return path.read_bytes(), True
+    except FileExistsError:  # another process created it first
+        return cache_key()
+    except OSError as exc:
+        log.warning("%s: cannot create the cache key (%s); stored step products will not be reused", path,
+                    exc.strerror)
+        return _EPHEMERAL, False
+
+
+def sign_file(path: str | Path, context: str, key: bytes, chunk: int = 1 << 20) -> str:
+    """HMAC-SHA256 (hex) of ``context`` and a file's bytes under ``key``."""
+    mac = hmac.new(key, context.encode() + b"\0", hashlib.sha256)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            mac.update(block)
+    return mac.hexdigest()
+
+
 class StepCache:
     """The stored products of the steps of one output directory.
 
@@ -219,6 +282,13 @@ class StepCache:
     def __init__(self, outdir: Path | None, stage: Path | None):
         self.outdir = Path(outdir) if outdir is not None else None
         self.stage = Path(stage) if stage is not None else None
+        self._key: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = cache_key()[0]
+        return self._key
 
     def record(self, name: str) -> dict | None:
         """The stored record of step ``name`` (key, checksum, ...), None when absent or unreadable."""
@@ -232,7 +302,8 @@ class StepCache:
     def load(self, name: str, key: str) -> tuple[dict | None, str]:
         """The products stored for step ``name`` under ``key``; ``(None, reason)`` when not usable.
 
-        The pickle is read only after its SHA-256 matches the record written with it.
+        The pickle is read only after its HMAC under the user's key (:func:`cache_key`) matches the record
+        written with it: a pickle that someone else wrote or changed is never loaded.
         """
         record = self.record(name)
         if record is None:
@@ -241,8 +312,12 @@ class StepCache:
             return None, "its version, configuration or inputs changed"
         path = self.outdir / "steps" / f"{name}.pkl"
         try:
-            if sha256_file(path) != record.get("sha256"):
-                return None, "stored products fail their checksum"
+            signature = record.get("hmac")
+            if not isinstance(signature, str) or not hmac.compare_digest(sign_file(path, f"{name}:{key}", self.key),
+                                                                         signature):
+                log.warning("step %s: stored products in %s are not signed by this user's key (written by another "
+                            "user or changed since); they are not loaded", name, path)
+                return None, "stored products are not signed by this user's cache key"
             with open(path, "rb") as handle:
                 return pickle.load(handle), ""
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
@@ -255,6 +330,21 @@ class StepCache:
         path = folder / f"{name}.pkl"
         with open(path, "wb") as handle:
             pickle.dump(products, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        record = {"step": name, "key": key, "sha256": sha256_file(path), "bytes": path.stat().st_size, **info}
+        record = {"step": name, "key": key, "sha256": sha256_file(path), "hmac": sign_file(path, f"{name}:{key}", self.key),
+                  "bytes": path.stat().st_size, **info}
         (folder / f"{name}.json").write_text(json.dumps(record, indent=2))
         return record
+
+    def keep(self, name: str) -> None:
+        """Carry step ``name``'s stored products from the output directory into the stage (a loaded step)."""
+        if self.outdir is None or self.stage is None:
+            return
+        folder = self.stage / "steps"
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in (".pkl", ".json"):
+            src, dest = self.outdir / "steps" / f"{name}{suffix}", folder / f"{name}{suffix}"
+            if src.is_file() and not dest.exists():
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    dest.write_bytes(src.read_bytes())
