@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from types import SimpleNamespace
+
+from faultkit import cli_uncaptured, snapshot
 from ssodetect.config import Config
 from ssodetect.simulate import SimulationConfig, simulate
 
@@ -59,3 +62,25 @@ def quiet_config() -> Config:
     config = Config()
     config.execution.progress = False
     return config
+
+
+# fixtures of the fault-injection suite (tests/faults)
+
+@pytest.fixture(scope="session")
+def good_run(scene, tmp_path_factory):
+    """One complete ``ssodetect run SCENE --out OUT`` (no reference catalogue: header WCSs checked against each
+    other), shared by the whole suite (once per xdist worker; a run is the suite's main cost).  Tests copy
+    ``good_run.out`` and never write into it (checked after each test)."""
+    out = tmp_path_factory.mktemp("good") / "out"
+    outcome = cli_uncaptured("run", scene, "--out", out)
+    assert outcome.code in (0, 1), outcome.err
+    return SimpleNamespace(out=out, outcome=outcome, snapshot=snapshot(out))
+
+
+@pytest.fixture(autouse=True)
+def _good_run_untouched(request):
+    """A test that uses ``good_run`` must not have changed it (tests work on copies)."""
+    yield
+    if "good_run" in request.fixturenames:
+        good = request.getfixturevalue("good_run")
+        assert snapshot(good.out) == good.snapshot, "a test wrote into the shared good run"

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import jsonschema
@@ -298,3 +299,50 @@ def test_exit_codes(field, tmp_path, monkeypatch):
     monkeypatch.setattr(run_module, "BUILTIN_STEPS", steps)
     assert main([*args[:3], str(tmp_path / "bug"), *args[4:]]) == 3  # internal error, nothing written
     assert not (tmp_path / "bug").exists()
+
+
+class _Dripper(http.server.BaseHTTPRequestHandler):
+    """A receiver that answers one byte every 0.5 s (a slow-drip attack on the alert sender)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.5)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alert_deadline_is_for_the_whole_attempt(tmp_path):
+    from ssodetect.config import AlertConfig
+    from ssodetect.report.alerts import deliver_alert
+
+    alert = tmp_path / "alert.json"
+    alert.write_text("{}")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dripper)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        t0 = time.perf_counter()
+        ok = deliver_alert(alert, AlertConfig(url=f"http://127.0.0.1:{server.server_port}/", timeout=1.5, retries=0))
+        took = time.perf_counter() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    # every byte arrives within urllib's per-read timeout, yet the ~20 s answer is cut off at the deadline
+    assert ok is False and took < 4.0
+    # a command that leaves a child behind: at the deadline the whole process group ends
+    marker = tmp_path / "child_alive"
+    child = f"import time; time.sleep(3); open({str(marker)!r}, 'w').write('x')"
+    command = [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"]
+    t0 = time.perf_counter()
+    ok = deliver_alert(alert, AlertConfig(command=command, timeout=1.0, retries=0))
+    took = time.perf_counter() - t0
+    time.sleep(3.5)
+    assert ok is False and took < 4.0 and not marker.exists()

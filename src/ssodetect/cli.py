@@ -11,6 +11,7 @@ nothing written); 3 internal error (a bug: one line, the traceback with ``-v``; 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -557,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OSError numbers that are the environment's problem (exit 2 with the file and the reason, not an internal error).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE, errno.ENFILE,
+                       errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR}
+
+
 def main(argv=None) -> int:
     """Entry point of the ``ssodetect`` command; returns the exit status."""
     parser = build_parser()
@@ -576,6 +582,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ssodetect: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise_internal = exc
+        else:  # the machine's problem, not ours: a full disk, no permission, a read-only file system
+            where = exc.filename or "output"
+            print(f"ssodetect: error: {where}: {exc.strerror or exc} (nothing was committed)", file=sys.stderr)
+            return 2
+        log.debug("internal error", exc_info=True)
+        print(f"ssodetect: internal error: OSError: {raise_internal} (run with -v for the traceback; please report it)",
+              file=sys.stderr)
+        return 3
     except Exception as exc:  # a bug: one line, the traceback in debug output
         log.debug("internal error", exc_info=True)
         print(f"ssodetect: internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -338,6 +338,11 @@ class AstrometryConfig(_Section):
     pixel_scale_range: list[float] = Field(
         default=[0.05, 5.0], min_length=2, max_length=2, description="Pixel scales searched by blind solving [arcsec/px]."
     )
+    blind_max_tiles: int = Field(
+        default=500, ge=1,
+        description="Most catalogue tiles one blind solve tries (nearest to the header's pointing first); the "
+        "reason of a CCD exposure left unsolved says when the search stopped at this limit.",
+    )
     blind_pointing: list[float] = Field(
         default=[], max_length=3,
         description="Rough pointing for blind solving: [ra, dec, radius] [deg]; empty = whole catalogue.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,10 @@ class BlindResult:
 class SkyIndex:
     """Tiles of a catalogue sized for images of angular half-diagonal ``half_diag`` [arcsec].
 
-    Solutions are searched in the pixel-scale band ``scale_range`` [arcsec/px].
+    Solutions are searched in the pixel-scale band ``scale_range`` [arcsec/px].  Only the tiles' centres are
+    computed up front; a tile's triangles are built when the search reaches it and at most
+    :attr:`MAX_CACHED` tiles are kept, so memory is bounded by the image's size, not by the catalogue's
+    extent (a 1e6-star catalogue over 2 x 2 deg gives ~30 000 tiles for a 1k image at 0.05"/px).
 
     Parameters
     ----------
@@ -73,7 +77,12 @@ class SkyIndex:
         Stars per tile used for triangles.
     """
 
+    #: Tiles whose triangles are kept once built (least recently used ones are dropped).
+    MAX_CACHED = 64
+
     def __init__(self, ra, dec, mag, *, half_diag: float, scale_range: tuple[float, float], n_ref: int = 60):
+        from scipy.spatial import cKDTree
+
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         ra = np.asarray(ra, float)
         dec = np.asarray(dec, float)
@@ -81,39 +90,52 @@ class SkyIndex:
         self.ra, self.dec = ra[order], dec[order]
         self.order = order
         self.half_diag = float(half_diag)
-        self.tiles: list[_Tile] = []
+        self.n_ref = n_ref
+        self._cache: OrderedDict[int, _Tile | None] = OrderedDict()
+        self.centres_ra = self.centres_dec = np.zeros(0)
         if ra.size < 3:
             return
         vec = np.array([np.cos(np.radians(dec)) * np.cos(np.radians(ra)),
                         np.cos(np.radians(dec)) * np.sin(np.radians(ra)), np.sin(np.radians(dec))]).sum(axis=1)
         ra_c = math.degrees(math.atan2(vec[1], vec[0])) % 360.0
         dec_c = math.degrees(math.atan2(vec[2], math.hypot(vec[0], vec[1])))
-        centre = TangentPlane(ra_c, dec_c)
-        x, y = centre.to_plane(self.ra, self.dec)
+        self._centre = TangentPlane(ra_c, dec_c)
+        x, y = self._centre.to_plane(self.ra, self.dec)
         spacing = self.half_diag
-        radius = self.half_diag + spacing / math.sqrt(2.0)
+        self.radius = self.half_diag + spacing / math.sqrt(2.0)
         gx = np.arange(x.min(), x.max() + spacing, spacing)
         gy = np.arange(y.min(), y.max() + spacing, spacing)
-        from scipy.spatial import cKDTree
+        self._tree = cKDTree(np.column_stack([x, y]))
+        cx, cy = (g.ravel() for g in np.meshgrid(gx, gy, indexing="ij"))
+        counts = np.asarray(self._tree.query_ball_point(np.column_stack([cx, cy]), r=self.radius, return_length=True))
+        keep = counts >= 3
+        self._cx, self._cy = cx[keep], cy[keep]
+        self.centres_ra, self.centres_dec = self._centre.to_sky(self._cx, self._cy)
 
-        tree = cKDTree(np.column_stack([x, y]))
-        for cx in gx:
-            for cy in gy:
-                members = np.array(sorted(tree.query_ball_point([cx, cy], r=radius)), dtype=np.int64)
-                if members.size < 3:
-                    continue  # indices are in brightness order already, sorted() keeps it
-                ra0, dec0 = centre.to_sky(np.array([cx]), np.array([cy]))
-                plane = TangentPlane(float(ra0[0]), float(dec0[0]))
-                tx, ty = plane.to_plane(self.ra[members], self.dec[members])
-                inside = np.hypot(tx, ty) <= radius
-                members = members[inside]
-                if members.size < 3:
-                    continue
+    def __len__(self) -> int:
+        """Number of tiles (with at least 3 stars in reach)."""
+        return int(self._cx.size) if self.ra.size >= 3 else 0
+
+    def tile(self, i: int) -> _Tile | None:
+        """Tile ``i``: its tangent plane, members (catalogue indices in brightness order) and triangle index."""
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        members = np.array(sorted(self._tree.query_ball_point([self._cx[i], self._cy[i]], r=self.radius)),
+                           dtype=np.int64)  # indices are in brightness order already, sorted() keeps it
+        plane = TangentPlane(float(self.centres_ra[i]), float(self.centres_dec[i]))
+        tile = None
+        if members.size >= 3:
+            tx, ty = plane.to_plane(self.ra[members], self.dec[members])
+            inside = np.hypot(tx, ty) <= self.radius
+            if inside.sum() >= 3:
                 xy = np.column_stack([tx[inside], ty[inside]])
-                self.tiles.append(
-                    _Tile(plane, members, PatternIndex(xy, n_ref=n_ref, min_side=0.1 * self.half_diag,
-                                                       area=math.pi * radius**2))
-                )
+                tile = _Tile(plane, members[inside], PatternIndex(xy, n_ref=self.n_ref, min_side=0.1 * self.half_diag,
+                                                                  area=math.pi * self.radius**2))
+        self._cache[i] = tile
+        if len(self._cache) > self.MAX_CACHED:
+            self._cache.popitem(last=False)
+        return tile
 
 
 def build_sky_indexes(
@@ -147,6 +169,7 @@ def blind_solve(
     n_src: int = 25,
     min_matches: int = 6,
     accept=None,
+    max_tiles: int | None = None,
 ) -> tuple[BlindResult | None, str]:
     """Solve an image from its source positions alone.
 
@@ -169,6 +192,8 @@ def blind_solve(
     accept : callable, optional
         ``accept(result) -> bool``: a further check of a candidate (e.g. that a
         refined fit holds); when it refuses, the search goes on with the next tile.
+    max_tiles : int, optional
+        Stop after trying this many tiles (over all indexes); the reason then says so.
 
     Returns
     -------
@@ -184,17 +209,18 @@ def blind_solve(
     src = xy - centre_px
     tried = rejected = 0
     for index in indexes:
-        tiles = index.tiles
-        if pointing is not None:
+        order = range(len(index))
+        if pointing is not None and len(index):
             ra0, dec0, rad = pointing
-            plane = TangentPlane(ra0, dec0)
-            dists = []
-            for tile in tiles:
-                px, py = plane.to_plane(np.array([tile.plane.ra0]), np.array([tile.plane.dec0]))
-                dists.append(float(np.hypot(px[0], py[0])))
-            order = [i for i in np.argsort(dists) if dists[i] <= rad * 3600.0 + index.half_diag]
-            tiles = [tiles[i] for i in order]
-        for tile in tiles:
+            px, py = TangentPlane(ra0, dec0).to_plane(index.centres_ra, index.centres_dec)
+            dists = np.hypot(px, py)
+            order = [int(i) for i in np.argsort(dists) if dists[i] <= rad * 3600.0 + index.half_diag]
+        for i in order:
+            if max_tiles is not None and tried >= max_tiles:
+                break
+            tile = index.tile(i)
+            if tile is None:
+                continue
             tried += 1
             result = match_patterns(
                 src, tile.index, scale_range=index.scale_range, max_rotation=None, parities=(1, -1),
@@ -230,4 +256,7 @@ def blind_solve(
     if tried == 0:
         return None, "no catalogue tile near the pointing" if pointing is not None else "catalogue has fewer than 3 stars"
     extra = f" ({rejected} candidate(s) failed refinement)" if rejected else ""
+    total = sum(len(index) for index in indexes)
+    if max_tiles is not None and tried >= max_tiles and total > tried:
+        extra += f"; stopped at the limit of {max_tiles} of {total} tiles ([astrometry] blind_max_tiles)"
     return None, f"no significant pattern match in {tried} catalogue tile(s){extra}"

@@ -130,6 +130,11 @@ class ExposureSolution:
         return {name: getattr(self, name) for name, *_ in SOLUTION_COLUMNS}
 
 
+#: With a header WCS, blind solving searches pixel scales within this factor of the header's (the header's
+#: position may be far off, its scale rarely by more than a few per cent).
+HEADER_SCALE_SLACK = 1.3
+
+
 def pixel_scale(wcs: WCS) -> float:
     """Mean pixel scale [arcsec/px] at the reference pixel."""
     return float(np.sqrt(abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
@@ -397,8 +402,16 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
         hopeless = it.header_wcs is not None and reasons and reasons[-1].startswith("only")
         if pairs is None and config.blind and not hopeless:
             if indexes is None:
-                indexes = build_sky_indexes(ref.ra, ref.dec, ref.mag, it.shape, tuple(config.pixel_scale_range))
+                lo, hi = config.pixel_scale_range
+                if guide is not None:  # a wrong header still gives the pixel scale to ~10 %: search near it only
+                    near = pixel_scale(guide)
+                    if lo <= near <= hi:
+                        lo, hi = max(lo, near / HEADER_SCALE_SLACK), min(hi, near * HEADER_SCALE_SLACK)
+                indexes = build_sky_indexes(ref.ra, ref.dec, ref.mag, it.shape, (lo, hi))
             pointing = tuple(config.blind_pointing) if config.blind_pointing else None
+            if pointing is None and guide is not None:  # a wrong header still says roughly where: nearest tiles first
+                centre = guide.all_pix2world([crpix[0] - 1], [crpix[1] - 1], 0)
+                pointing = (float(centre[0][0]), float(centre[1][0]), 180.0)
             xy = np.column_stack([np.asarray(src["x"], float), np.asarray(src["y"], float)])
 
             def holds(candidate, src=src, ref=ref, crpix=crpix, shape=it.shape):
@@ -415,7 +428,7 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
 
             blind, why = blind_solve(
                 xy, it.shape, indexes, pointing=pointing, match_radius=config.pattern_radius,
-                min_matches=config.min_stars, accept=holds,
+                min_matches=config.min_stars, accept=holds, max_tiles=config.blind_max_tiles,
             )
             if blind is not None:
                 pairs = blind.pairs

@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import gzip
 import logging
+import os
 import zlib
 import re
 import warnings
@@ -153,10 +154,15 @@ def find_inputs(inputs) -> list[Path]:
             if not found:
                 raise InputError(f"{item}: directory holds no FITS file ({', '.join(FITS_PATTERNS)})")
             paths.extend(found)
-        elif item.exists():
+        elif item.exists() or item.is_symlink():
             paths.append(item)
         else:
             raise InputError(f"{item}: no such file or directory")
+    for path in paths:  # named as the user named them (a link, not its target)
+        if path.is_symlink() and not path.exists():
+            raise InputError(f"{path}: a link to {os.readlink(path)}, which does not exist")
+        if not path.is_file():
+            raise InputError(f"{path}: not a regular file (a directory named like a frame, a pipe or a device)")
     unique = sorted(dict.fromkeys(p.resolve() for p in paths))
     return unique
 
@@ -484,3 +490,33 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
         zeropoint_source=zp_source,
         saturation=saturation,
     )
+
+
+#: Exposures farther apart than this [days] are named in a warning: linking assumes straight, uniform motion,
+#: which holds over a night or two, not over weeks.
+MAX_SEQUENCE_GAP_DAYS = 2.0
+
+
+def sequence_problems(exposures: list[Exposure]) -> list[str]:
+    """What in the exposures' times would keep movers from being linked, one line each (empty when nothing).
+
+    * consecutive exposures more than :data:`MAX_SEQUENCE_GAP_DAYS` apart;
+    * the exposures' time order differs from the order of their files' names (a sign of wrong DATE-OBS
+      values, reported by the caller only when nothing was linked).
+    """
+    problems = []
+    for a, b in zip(exposures, exposures[1:]):
+        gap = float(b.mid_time.mjd - a.mid_time.mjd)
+        if gap > MAX_SEQUENCE_GAP_DAYS:
+            problems.append(f"exposures {a.index} ({Path(a.ccds[0].path).name}) and {b.index} "
+                            f"({Path(b.ccds[0].path).name}) are {gap:.1f} days apart: linking assumes straight, "
+                            "uniform motion over the sequence (hours to a night or two)")
+    return problems
+
+
+def time_order_differs(exposures: list[Exposure]) -> str:
+    """A line naming the files in time order when that differs from their names' order (else empty)."""
+    names = [Path(e.ccds[0].path).name for e in exposures]
+    if len(set(names)) == len(names) and names != sorted(names):
+        return f"the files' times order them {', '.join(names)}, unlike their names: check DATE-OBS/MJD-OBS"
+    return ""

@@ -34,7 +34,7 @@ from pathlib import Path
 from ssodetect.errors import InputError
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "recorded_files",
-           "foreign_files", "record_files"]
+           "foreign_files", "record_files", "check_free_space", "expected_output_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,29 @@ def recorded_files(directory: str | Path) -> set[str] | None:
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
         if isinstance(manifest.get("products"), dict) and "ssodetect" in json.dumps(manifest.get("software", "")):
-            return set(manifest["products"]) | {"manifest.json"}
+            return set(manifest["products"]) | {"manifest.json", "run.log"}
     except (OSError, ValueError, AttributeError):
         pass
     return None
 
 
-def foreign_files(directory: str | Path) -> list[str]:
-    """Files under ``directory`` that no record of ours lists (all of them when it holds no record)."""
+def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
+    """Files under ``directory`` that no record of ours lists (all of them when it holds no record); the walk
+    stops after ``limit`` of them (a home directory given as OUTDIR is refused at once, not scanned)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     ours = recorded_files(directory) or set()
-    return [name for name in _files(directory) if name not in ours]
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            relative = Path(root, name).relative_to(directory).as_posix()
+            if relative not in ours:
+                found.append(relative)
+                if len(found) >= limit:
+                    return found
+    return found
 
 
 def record_files(directory: str | Path, names) -> None:
@@ -107,14 +117,20 @@ def record_files(directory: str | Path, names) -> None:
     atomic_write_text(directory / RECORD, json.dumps({"files": sorted(known | set(names))}, indent=1))
 
 
+def _remove(path: Path) -> None:
+    """Remove a file, link or directory tree of ours (a link itself, never what it points to)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
 
 
-#: Locks this process holds: path -> [fd, depth] (a command that locks a directory twice keeps one lock).
-_HELD: dict[str, list] = {}
 
 
 class OutputLock:
@@ -128,17 +144,14 @@ class OutputLock:
     """
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(os.path.abspath(directory))
+        self.directory = Path(os.path.realpath(directory))
         self.base = _nearest_existing(self.directory.parent)
         relative = self.directory.relative_to(self.base).as_posix().replace("/", "__")
         self.path = self.base / f".{relative}.lock"
-        self._key = str(self.path)
+        self._fd: int | None = None
         self._acquire()
 
     def _acquire(self) -> None:
-        if self._key in _HELD:
-            _HELD[self._key][1] += 1
-            return
         for _ in range(20):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -161,24 +174,20 @@ class OutputLock:
             if same:  # not a lock file its previous holder removed while we waited for it
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}".encode())
-                _HELD[self._key] = [fd, 1]
+                self._fd = fd
                 return
             os.close(fd)
         raise InputError(f"{self.directory}: could not take its lock {self.path}")
 
     def release(self) -> None:
-        """Give the lock up (the lock file is removed when the last holder in this process lets go)."""
-        held = _HELD.get(self._key)
-        if held is None:
+        """Give the lock up and remove the lock file (a second call does nothing)."""
+        if self._fd is None:
             return
-        held[1] -= 1
-        if held[1] > 0:
-            return
-        del _HELD[self._key]
+        fd, self._fd = self._fd, None
         try:
             self.path.unlink(missing_ok=True)
         finally:
-            os.close(held[0])
+            os.close(fd)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -210,6 +219,10 @@ class OutputStage:
         True: the stage replaces ``outdir`` as a whole (a run's directory); ``outdir`` must hold only files
         ssodetect recorded writing.  False: the staged files are added to ``outdir``, each replacing a file of
         the same name.
+    lock : OutputLock, optional
+        A lock on ``outdir`` the caller already holds (and keeps after the commit); by default the stage takes
+        its own and gives it up at the commit.  A lock is not re-entrant: a second lock on the same directory,
+        even in the same process, is refused.
 
     Raises
     ------
@@ -218,12 +231,13 @@ class OutputStage:
         or another command is writing it.
     """
 
-    def __init__(self, outdir: str | Path, *, replace: bool = False):
-        self.outdir = Path(os.path.abspath(outdir))
+    def __init__(self, outdir: str | Path, *, replace: bool = False, lock: OutputLock | None = None):
+        self.outdir = Path(os.path.realpath(outdir))  # a link to a directory: the directory is written, not the link
         self.replace = replace
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(f"{outdir}: exists and is not a directory")
-        self.lock = OutputLock(self.outdir)
+        self._own_lock = lock is None
+        self.lock = OutputLock(self.outdir) if lock is None else lock
         try:
             self.base = self.lock.base
             self._tidy()
@@ -234,8 +248,12 @@ class OutputStage:
             except OSError as exc:
                 raise InputError(f"{outdir}: cannot write in {self.base} ({exc.strerror})") from None
         except BaseException:
-            self.lock.release()
+            self._unlock()
             raise
+
+    def _unlock(self) -> None:
+        if self._own_lock:
+            self.lock.release()
 
     def _prefix(self, kind: str) -> str:
         return f".{self.outdir.relative_to(self.base).as_posix().replace('/', '__')}.{kind}-"
@@ -244,13 +262,13 @@ class OutputStage:
         """Remove stages of killed commands; put back a directory a crash left renamed aside (we hold the lock)."""
         for stale in self.base.glob(self._prefix("stage") + "*"):
             log.info("removing %s, left by an interrupted command", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        previous = sorted(self.base.glob(self._prefix("previous") + "*"), key=lambda p: p.stat().st_mtime)
-        if previous and not self.outdir.exists() and self.outdir.parent.is_dir():
+            _remove(stale)
+        previous = sorted(self.base.glob(self._prefix("previous") + "*"), key=lambda p: p.lstat().st_mtime)
+        if previous and not self.outdir.exists() and (previous[-1] / "run").is_dir() and self.outdir.parent.is_dir():
             log.warning("%s: restored from %s (an interrupted commit)", self.outdir, previous[-1])
-            os.rename(previous.pop() / "run", self.outdir)
+            os.rename(previous[-1] / "run", self.outdir)
         for stale in previous:
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
 
     def _check_replaceable(self, shown) -> None:
         strangers = foreign_files(self.outdir)
@@ -297,21 +315,24 @@ class OutputStage:
                 self.outdir.mkdir(parents=True, exist_ok=True)
                 for name in names:
                     dest = self.outdir / name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(self.path / name, dest)
+                    try:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(self.path / name, dest)
+                    except OSError as exc:
+                        raise InputError(f"{dest}: cannot be written ({exc.strerror})") from None
                 if names:
                     record_files(self.outdir, names)
                 shutil.rmtree(self.path, ignore_errors=True)
             return [self.outdir / name for name in names]
         finally:
-            self.lock.release()
+            self._unlock()
 
     def discard(self) -> None:
         """Remove the stage and everything in it (the output directory stays as it was)."""
         try:
             shutil.rmtree(self.path, ignore_errors=True)
         finally:
-            self.lock.release()
+            self._unlock()
 
     def __enter__(self) -> "OutputStage":
         return self
@@ -321,3 +342,33 @@ class OutputStage:
             self.commit()
         else:
             self.discard()
+
+
+def expected_output_bytes(input_bytes: int, *, keep: bool = False) -> int:
+    """A generous estimate of what a run writes [bytes] for ``input_bytes`` of frames.
+
+    Measured: 6 % of the inputs for a 4-exposure x 4-CCD 2048^2 field (41 MB for 671 MB), 37 % for a small
+    768^2 scene (8.7 MB for 23.7 MB, the fixed-size report dominating); the estimate is 16 MB + 40 % of the
+    inputs, doubled when intermediate products are kept.
+    """
+    estimate = 16 * 2**20 + 0.4 * input_bytes
+    return int(2 * estimate if keep else estimate)
+
+
+def check_free_space(stage: OutputStage, input_bytes: int, *, keep: bool = False) -> None:
+    """Refuse, before any work, a run whose products would not fit on the output's file system.
+
+    Raises
+    ------
+    InputError
+        Less free space than :func:`expected_output_bytes` beside the output directory.
+    """
+    try:
+        info = os.statvfs(stage.base)
+    except OSError:
+        return
+    free = info.f_bavail * info.f_frsize
+    need = expected_output_bytes(input_bytes, keep=keep)
+    if free < need:
+        raise InputError(f"{stage.outdir}: only {free / 2**20:.0f} MB free on its file system; a run on "
+                         f"{input_bytes / 2**20:.0f} MB of frames writes up to about {need / 2**20:.0f} MB")

@@ -293,9 +293,9 @@ MIN_CHECK_STARS = 10
 
 
 def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config: Config, placed_wcs: dict) -> list[Table]:
-    """Without a reference catalogue: check every CCD exposure's header WCS against the other exposures of its
-    CCD, and place a frame whose header disagrees through a registration onto the CCD's frame with the most
-    sources (``wcs = "frame"``).
+    """Check every CCD exposure left on its header WCS (no reference catalogue, or not solved on it) against
+    the other exposures of its CCD, and place a frame whose header disagrees through a registration onto the
+    CCD's solved frame (else its frame with the most sources) (``wcs = "frame"``).
 
     Each frame's static sources are registered (affine, pattern match) onto the base frame; where the header
     WCSs put the frame's stars more than :data:`HEADER_TOLERANCE` (or 5 registration rms) from where the
@@ -306,21 +306,25 @@ def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config
     """
     out = list(tables)
     by_ccd: dict[str, list[int]] = defaultdict(list)
+    label = {}
     for k, (table, ref) in enumerate(zip(tables, tasks)):
-        if len(table) and placed_wcs.get((ref.exposure, ref.ccd)) is not None and \
-                np.all(np.asarray(table["wcs"]) == "header"):
+        labels = set(np.asarray(table["wcs"]).tolist()) if len(table) else set()
+        if len(table) and placed_wcs.get((ref.exposure, ref.ccd)) is not None and len(labels) == 1 and \
+                labels <= {"header", "fit"}:
             by_ccd[ref.ccd].append(k)
+            label[k] = labels.pop()
     for ccd, members in by_ccd.items():
-        if len(members) < 2:
+        if len(members) < 2 or all(label[k] == "fit" for k in members):
             continue
         stars = {k: _static_sources(tables[k], config) for k in members}
-        base = max(members, key=lambda k: len(stars[k]))
+        solved = [k for k in members if label[k] == "fit"]  # a frame solved on the catalogue is the best base
+        base = max(solved or members, key=lambda k: len(stars[k]))
         base_ref = tasks[base]
         base_wcs = placed_wcs[(base_ref.exposure, ccd)]
         index = PatternIndex(stars[base], n_ref=40)
         scale = pixel_scale(base_wcs)
         for k in members:
-            if k == base:
+            if k == base or label[k] == "fit":
                 continue
             ref = tasks[k]
             shape = infos[k].get("shape") or (0, 0)
@@ -344,10 +348,10 @@ def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config
             if off <= tolerance:
                 continue
             out[k] = place_on_reference(tables[k], reg, base_wcs, "frame")
-            log.warning("%s CCD %s (exposure %d): its header WCS puts the stars %.2f\" from where exposure %d's header "
-                        "and the stars' registration put them (no reference catalogue); placed through exposure %d's "
-                        "WCS (%d stars, rms %.3f px)", ref.path, ccd, ref.exposure, off, base_ref.exposure,
-                        base_ref.exposure, reg.n_stars, reg.rms)
+            log.warning("%s CCD %s (exposure %d): its header WCS puts the stars %.2f\" from where exposure %d's %s "
+                        "and the stars' registration put them; placed through exposure %d's WCS (%d stars, rms %.3f px)",
+                        ref.path, ccd, ref.exposure, off, base_ref.exposure,
+                        "fitted WCS" if label[base] == "fit" else "header", base_ref.exposure, reg.n_stars, reg.rms)
     return out
 
 

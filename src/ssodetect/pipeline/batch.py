@@ -87,6 +87,11 @@ def _read_manifest(path: Path) -> list[Field]:
             inputs = [inputs]
         if not isinstance(entry, dict) or not entry.get("name") or not inputs:
             raise InputError(f"{path}: field {k + 1} needs a name and inputs")
+        if not isinstance(entry.get("name"), str) or not isinstance(inputs, list) or \
+                not all(isinstance(p, str) and p for p in inputs) or \
+                not isinstance(entry.get("refcat", ""), str):
+            raise InputError(f"{path}: field {k + 1}: name, inputs and refcat must be text (inputs: a path or a list "
+                             "of paths)")
         refcat = entry.get("refcat")
         fields.append(Field(check_field_name(entry["name"], path), tuple(str(path.parent / p) for p in inputs),
                             str(path.parent / refcat) if refcat else None))
@@ -201,15 +206,18 @@ def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=No
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
+    from ssodetect.pipeline.executor import require_extras
+
+    require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     lock = OutputLock(out)  # one batch process per batch directory
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return _run_batch(fields, out, config, client, retries)
+        return _run_batch(fields, out, config, client, retries, lock)
     finally:
         lock.release()
 
 
-def _run_batch(fields: list[Field], out: Path, config: Config, client, retries: int) -> Table:
+def _run_batch(fields: list[Field], out: Path, config: Config, client, retries: int, lock: OutputLock) -> Table:
     from tqdm.auto import tqdm
 
     from ssodetect.columns import describe
@@ -249,7 +257,7 @@ def _run_batch(fields: list[Field], out: Path, config: Config, client, retries: 
         if own_client is not None:
             own_client.close()
     summary = describe(rows_table(rows, SUMMARY_COLUMNS), SUMMARY_COLUMNS)
-    with OutputStage(out) as stage:
+    with OutputStage(out, lock=lock) as stage:
         summary.write(stage.file(SUMMARY), format="ascii.ecsv")
     done = sum(r["status"] == "done" for r in rows)
     log.info("batch: %d fields, %d run, %d already complete, %d failed", len(rows), done,

@@ -15,9 +15,38 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections import namedtuple
+from importlib.util import find_spec
 from typing import Callable, Iterable
 
 from tqdm import tqdm
+
+from ssodetect.errors import ConfigError
+
+#: The settings :func:`require_extras` reads (a Config's ``execution`` section has them).
+Config_like = namedtuple("Config_like", "workers scheduler")
+
+
+def require_extras(execution, *, astroscrappy: bool = False) -> None:
+    """Check, before any work, that the optional packages the settings need are installed.
+
+    Parameters
+    ----------
+    execution
+        ``workers`` and ``scheduler`` (``[execution]``): Dask is needed for more than one worker or a scheduler.
+    astroscrappy : bool
+        ``[clean] astroscrappy`` is on.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the setting and the extra to install.
+    """
+    if (execution.workers > 1 or execution.scheduler) and (find_spec("dask") is None or find_spec("distributed") is None):
+        raise ConfigError("--workers > 1 and --scheduler run on Dask, which is not installed: "
+                          "pip install 'ssodetect[dask]' (or run with --workers 1)")
+    if astroscrappy and find_spec("astroscrappy") is None:
+        raise ConfigError("[clean] astroscrappy = true needs astroscrappy: pip install 'ssodetect[clean]'")
 
 __all__ = ["HEAP_ENVIRONMENT", "SerialExecutor", "DaskExecutor", "make_executor"]
 
@@ -103,10 +132,8 @@ class DaskExecutor:
     """
 
     def __init__(self, *, workers: int | None = None, address: str | None = None):
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError as exc:  # the [dask] extra is missing
-            raise RuntimeError("Dask execution needs the 'dask' extra: pip install 'ssodetect[dask]'") from exc
+        require_extras(Config_like(workers or 1, address or ""))
+        from dask.distributed import Client, LocalCluster
         self._cluster = None
         if address:
             self.client = Client(address, timeout="30s")

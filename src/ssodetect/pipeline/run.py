@@ -7,6 +7,7 @@ failed run leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import platform
 import resource
@@ -27,7 +28,10 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
 from ssodetect.calibrate import add_hot_pixel_maps, build_masters
 from ssodetect.errors import ConfigError, InputError
-from ssodetect.io import OutputStage, find_inputs, group_exposures, scan_file, scan_inputs
+from ssodetect.io import (
+    OutputStage, check_free_space, find_inputs, group_exposures, scan_file, scan_inputs, sequence_problems,
+    time_order_differs,
+)
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
 from ssodetect.columns import empty_table
@@ -48,7 +52,7 @@ from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.occupancy import occupancy_vet, release_trails
-from ssodetect.pipeline.executor import make_executor
+from ssodetect.pipeline.executor import make_executor, require_extras
 from ssodetect.pipeline.steps import Step, StepCache, pipeline_steps, sha256_file, step_key
 from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
@@ -247,6 +251,8 @@ def step_ingest(products: dict, config: Config, ctx: StepContext) -> dict:
     if not refs:
         raise InputError("no light frame among the inputs (only calibration frames)")
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
+    for problem in sequence_problems(exposures):
+        log.warning("%s", problem)
     reference = load_reference_catalogue(ctx.refcat) if ctx.refcat is not None else None
     orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
     if config.astrometry.reference_wcs:
@@ -305,6 +311,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
                     placed_wcs[(ref.exposure, ref.ccd)] = sol.wcs
                 elif config.astrometry.on_failure == "drop":
                     placed_wcs[(ref.exposure, ref.ccd)] = None
+        calibrated = align_header_wcs(calibrated, tasks, ccd_info, config, placed_wcs)
         failed = [s for s in solutions if not s.ok]
         uncovered = [s for s in failed if str(s.reason).startswith("only 0 reference stars")]
         if solutions and len(uncovered) == len(solutions):
@@ -445,6 +452,10 @@ def step_known(products: dict, config: Config, ctx: StepContext) -> dict:
 
 def step_report(products: dict, config: Config, ctx: StepContext) -> dict:
     """Write the tables, cutouts, ADES/MPC/HTML reports and the alert document."""
+    objects = products.get("objects")
+    hint = time_order_differs(products["exposures"]) if objects is not None and len(objects) == 0 else ""
+    if hint:
+        log.warning("no moving object found; %s", hint)
     if ctx.stage is not None:
         _write_outputs(ctx.stage, run_result(products), config, ctx.inputs, ctx.refcat, ctx.timings)
         if config.alerts.enabled:
@@ -586,6 +597,7 @@ def run_pipeline(
         Bad inputs or configuration (nothing is written).
     """
     config = config or Config()
+    require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     steps = pipeline_steps(BUILTIN_STEPS)
     names = [s.name for s in steps]
     for label, name in (("--from-step", from_step), ("--to-step", to_step)):
@@ -600,6 +612,8 @@ def run_pipeline(
     timings = StageTimings()
     t_run = time.perf_counter()
     started = datetime.now(timezone.utc)
+    if outdir is not None:
+        _check_outdir_apart(outdir, inputs, refcat)
     stage = OutputStage(outdir, replace=True) if outdir is not None else None
     handler = None
     package_log = logging.getLogger("ssodetect")
@@ -619,6 +633,9 @@ def run_pipeline(
         config, profile = resolve_profile(config, find_inputs(inputs))
         ctx = StepContext(list(inputs), refcat, config, timings, stage, run_id=uuid.uuid4().hex, obs_id=obs_id or "")
         files = _input_files(inputs, refcat, config)
+        if stage is not None:
+            check_free_space(stage, sum(f["bytes"] for f in files if f["role"] == "input"),
+                             keep=config.intermediate.keep)
         cache = StepCache(outdir if (reuse or from_step) else None, stage.path if stage is not None else None)
         products: dict = {}
         producer: dict[str, str] = {}
@@ -707,6 +724,16 @@ def run_pipeline(
             package_log.removeHandler(handler)
             handler.close()
         package_log.setLevel(saved_level)
+
+
+def _check_outdir_apart(outdir, inputs, refcat) -> None:
+    """Refuse an output directory that holds (or is) one of the run's inputs: it is replaced as a whole."""
+    out = Path(os.path.realpath(outdir))
+    for item in [*inputs, *([refcat] if refcat is not None and not str(refcat) == "gaia" else [])]:
+        path = Path(os.path.realpath(item))
+        if path == out or out in path.parents:
+            raise InputError(f"{outdir}: holds the run's input {item}; the output directory is replaced as a whole, "
+                             "so choose another one")
 
 
 #: Which files' checksums enter which step's key, by role (see :func:`_input_files`).

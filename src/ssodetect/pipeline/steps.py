@@ -295,9 +295,10 @@ class StepCache:
         if self.outdir is None:
             return None
         try:
-            return json.loads((self.outdir / "steps" / f"{name}.json").read_text())
+            record = json.loads((self.outdir / "steps" / f"{name}.json").read_text())
         except (OSError, ValueError):
             return None
+        return record if isinstance(record, dict) else None
 
     def load(self, name: str, key: str) -> tuple[dict | None, str]:
         """The products stored for step ``name`` under ``key``; ``(None, reason)`` when not usable.

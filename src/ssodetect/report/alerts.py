@@ -8,13 +8,16 @@ never raises: a receiver that is down costs at most
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -99,8 +102,10 @@ def _num(value) -> float | None:
 def deliver_alert(path: str | Path, config: AlertConfig) -> bool:
     """Run ``config.command`` on the alert file and/or POST it to ``config.url``; True when all succeeded.
 
-    Each delivery is tried ``1 + config.retries`` times with a ``config.timeout`` limit and a doubling
-    wait; failures are logged as warnings, never raised.
+    Each delivery is tried ``1 + config.retries`` times with a doubling wait; failures are logged as
+    warnings, never raised.  ``config.timeout`` is a deadline for the whole attempt, not per read: a
+    receiver that answers one byte at a time is cut off at it, and a command still running at it is ended
+    with its whole process group (children included).
     """
     path = Path(path)
     ok = True
@@ -131,18 +136,83 @@ def _retry(attempt, what: str, config: AlertConfig) -> bool:
 
 
 def _run_command(argv: list[str], path: Path, timeout: float) -> None:
+    """Run the alert command in its own process group; at ``timeout`` the group is terminated (then killed)."""
     env = {**os.environ, "SSODETECT_ALERT": str(path)}
-    done = subprocess.run(argv, env=env, timeout=timeout, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"exit status {done.returncode}: {done.stderr.strip()[:200]}")
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _end_group(process)
+        raise TimeoutError(f"still running after {timeout:g} s; its process group was ended") from None
+    except BaseException:
+        _end_group(process)
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"exit status {process.returncode}: {stderr.strip()[:200]}")
+
+
+def _end_group(process: subprocess.Popen, grace: float = 1.0) -> None:
+    """SIGTERM to the command's process group, SIGKILL after ``grace`` seconds if anything is left."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            process.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader has exited; children of the group may still run
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
 
 
 def _post(url: str, payload: bytes, timeout: float) -> None:
-    request = urllib.request.Request(url, data=payload, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "ssodetect"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    """POST ``payload``; the whole exchange (connect, send, status, body) must end within ``timeout`` seconds."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url}")
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = kind(parts.hostname, parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def cut_off() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout, cut_off)
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.connect()
+        if expired.is_set():
+            raise TimeoutError(f"no connection within {timeout:g} s")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("POST", target, body=payload,
+                           headers={"Content-Type": "application/json", "User-Agent": "ssodetect"})
+        response = connection.getresponse()
+        response.read()
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout:g} s")
         if not 200 <= response.status < 300:
-            raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, None)
+            raise RuntimeError(f"HTTP {response.status} {response.reason}")
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout:g} s") from None
+        raise exc
+    finally:
+        timer.cancel()
+        connection.close()
 
 
 def write_alert(outdir: str | Path, target: str | Path, **ids) -> bool:

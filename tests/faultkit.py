@@ -1,0 +1,125 @@
+"""Helpers of the fault-injection suite: run the CLI in-process, snapshot directories, copy a good run.
+
+Imported by the ``test_faults_*`` modules of this directory (pytest puts the directory on ``sys.path``:
+tests/ has no ``__init__.py``, so the default ``prepend`` import mode applies).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssodetect.cli import main
+
+RECORD = ".ssodetect-products.json"
+
+
+@dataclass
+class Outcome:
+    """Exit status and the lines written by one in-process ``ssodetect`` command."""
+
+    code: int
+    err: list[str]
+    out: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.err if line.startswith("ssodetect: ")]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [line for line in self.err if line.startswith("WARNING")]
+
+    def steps(self) -> dict[str, str]:
+        """Step -> status from the ``steps: ingest run, detect cached, ...;`` line of ``ssodetect run``."""
+        for line in self.out:
+            if line.startswith("steps: "):
+                body = line[len("steps: "):].split(";")[0]
+                return dict(part.strip().split(" ", 1) for part in body.split(","))
+        return {}
+
+
+def cli(capsys, *args) -> Outcome:
+    """``ssodetect ARGS -q`` in this process (stderr/stdout through pytest's ``capsys``)."""
+    capsys.readouterr()
+    code = main([*map(str, args), "-q"])
+    captured = capsys.readouterr()
+    return Outcome(code, captured.err.strip().splitlines(), captured.out.strip().splitlines())
+
+
+def cli_uncaptured(*args) -> Outcome:
+    """``ssodetect ARGS -q`` for a fixture that has no ``capsys`` (module scope): streams redirected here."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main([*map(str, args), "-q"])
+    return Outcome(code, err.getvalue().strip().splitlines(), out.getvalue().strip().splitlines())
+
+
+def snapshot(root: str | Path) -> dict:
+    """Every entry under ``root`` (hidden ones included; links not followed): relative path ->
+    ("dir", mode) | ("link", target) | ("file", mode, sha256).  {} when ``root`` does not exist;
+    ``root`` itself being a link or a file is recorded under ".".
+    """
+    root = Path(root)
+    if root.is_symlink():
+        return {".": ("link", os.readlink(root))}
+    if not root.exists():
+        return {}
+    if root.is_file():
+        return {".": ("file", stat.S_IMODE(root.stat().st_mode), hashlib.sha256(root.read_bytes()).hexdigest())}
+    found = {".": ("dir", stat.S_IMODE(root.stat().st_mode))}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                found[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                found[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            elif stat.S_ISREG(st.st_mode):
+                found[rel] = ("file", stat.S_IMODE(st.st_mode), hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                found[rel] = ("other", stat.S_IFMT(st.st_mode))
+    return found
+
+
+def files(root: str | Path) -> set[str]:
+    """Relative paths of the files and links under ``root`` (what the product record lists)."""
+    return {rel for rel, entry in snapshot(root).items() if rel != "." and entry[0] != "dir"}
+
+
+def leftovers(directory: str | Path) -> list[str]:
+    """ssodetect's working entries beside ``directory``: ``.NAME.stage-*``, ``.NAME.previous-*``, ``.NAME.lock``."""
+    directory = Path(directory)
+    prefix = f".{directory.name}."
+    return sorted(p.name for p in directory.parent.iterdir()
+                  if p.name.startswith(prefix) and (".stage-" in p.name or ".previous-" in p.name
+                                                   or p.name.endswith(".lock")))
+
+
+def copy_run(source: str | Path, dest: str | Path) -> Path:
+    """A copy of a run directory (links kept as links)."""
+    shutil.copytree(source, dest, symlinks=True)
+    return Path(dest)
+
+
+def recorded(directory: str | Path) -> set[str]:
+    """The files ``directory``'s product record lists, the record itself included."""
+    import json
+
+    return set(json.loads((Path(directory) / RECORD).read_text())["files"]) | {RECORD}
+
+
+def copy_inputs(scene: str | Path, dest: str | Path) -> Path:
+    """The scene's FITS frames (no record, no catalogues) in a directory of the user's own."""
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    for path in sorted(Path(scene).glob("exp_*.fits")):
+        shutil.copy2(path, dest / path.name)
+    return dest

@@ -1,0 +1,196 @@
+"""Fault injection into the step cache (OUT/steps/<name>.pkl + .json): a pickle is unpickled only when its HMAC
+under the user's key matches its record.  A tampered, replayed or foreign pickle is never loaded: the step is
+computed again and the run succeeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+
+from faultkit import cli, copy_run, files, leftovers, recorded, snapshot
+
+from ssodetect.pipeline import run_pipeline
+
+
+class _Evil:
+    """Unpickling it creates the directory ``path`` (standing for any code an attacker would run)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _evil_pickle(marker) -> bytes:
+    payload = pickle.dumps({"sources": _Evil(marker)}, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.loads(payload)  # the payload is live: loading it does run the attacker's call
+    assert marker.is_dir()
+    marker.rmdir()
+    return payload
+
+
+def _plant(out, step: str, payload: bytes, hmac_mode: str, key_path) -> dict:
+    """Replace OUT/steps/<step>.pkl by ``payload`` and update its record the way an attacker who can write OUT
+    but cannot read the user's key would."""
+    pkl, rec = out / "steps" / f"{step}.pkl", out / "steps" / f"{step}.json"
+    pkl.write_bytes(payload)
+    record = json.loads(rec.read_text())
+    record["sha256"] = hashlib.sha256(payload).hexdigest()
+    record["bytes"] = len(payload)
+    context = f"{step}:{record['key']}".encode() + b"\0"
+    if hmac_mode == "forged with a guessed key":
+        record["hmac"] = hmac.new(b"\0" * 32, context + payload, hashlib.sha256).hexdigest()
+    elif hmac_mode == "forged with the record's own key field":
+        record["hmac"] = hmac.new(record["key"].encode(), context + payload, hashlib.sha256).hexdigest()
+    elif hmac_mode == "removed":
+        del record["hmac"]
+    elif hmac_mode == "null":
+        record["hmac"] = None
+    elif hmac_mode == "a number":
+        record["hmac"] = 0
+    elif hmac_mode == "a list":
+        record["hmac"] = [record["hmac"]]
+    else:
+        assert hmac_mode == "kept"
+    rec.write_text(json.dumps(record))
+    return record
+
+
+HMAC_MODES = ["kept", "forged with a guessed key", "forged with the record's own key field", "removed", "null",
+              "a number", "a list"]
+
+
+#: (step, how the record's signature is handled); astrometry is the cheapest cached step to compute again.
+PLANTS = [("astrometry", mode) for mode in HMAC_MODES] + [("occupancy", "kept")]
+
+
+@pytest.mark.parametrize("step, hmac_mode", PLANTS)
+def test_malicious_step_pickle_is_never_unpickled(good_run, scene, tmp_path, capsys, _cache_key, step, hmac_mode):
+    out = copy_run(good_run.out, tmp_path / "out")
+    marker = tmp_path / "PWNED"
+    payload = _evil_pickle(marker)
+    _plant(out, step, payload, hmac_mode, _cache_key)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert not marker.exists(), "the planted pickle was unpickled"
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    steps = outcome.steps()
+    assert steps[step] == "run", steps  # computed again
+    others = {"detect", "astrometry", "link", "occupancy"} - {step}
+    assert {steps[s] for s in others} == {"cached"}, steps  # their own pickles verify
+    named = [line for line in outcome.warnings if step in line and "not signed" in line]
+    assert len(named) == 1 and str(out / "steps" / f"{step}.pkl") in named[0], outcome.warnings
+    assert (out / "steps" / f"{step}.pkl").read_bytes() != payload  # replaced by a genuine, signed one
+    assert files(out) == files(good_run.out) == recorded(out) and leftovers(out) == []
+    if hmac_mode == "kept":
+        outcome = cli(capsys, "run", scene, "--out", out)  # and the new one is loaded by the next run
+        assert outcome.steps()[step] == "cached" and not marker.exists()
+
+
+@pytest.mark.parametrize("step", ["detect", "link"])
+def test_malicious_pickle_with_from_step_is_refused_without_loading(good_run, scene, tmp_path, capsys, _cache_key,
+                                                                    step):
+    """``--from-step occupancy`` must load the earlier steps: the planted one is refused (exit 2, naming the step),
+    never unpickled, and OUT stays as it was."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    marker = tmp_path / "PWNED"
+    _plant(out, step, _evil_pickle(marker), "kept", _cache_key)
+    before = snapshot(out)
+    outcome = cli(capsys, "run", scene, "--out", out, "--from-step", "occupancy")
+    assert not marker.exists()
+    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+    assert str(out) in outcome.errors[0] and f"step {step}" in outcome.errors[0] and "signed" in outcome.errors[0]
+    assert snapshot(out) == before and leftovers(out) == []
+
+
+def test_genuine_pickle_replayed_under_another_steps_name_is_not_loaded(good_run, scene, tmp_path, capsys):
+    """A signed pickle and its signature moved from one step to another: the signature covers the step's name and
+    key, so it does not verify there."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    steps = out / "steps"
+    shutil.copy(steps / "occupancy.pkl", steps / "astrometry.pkl")
+    record = json.loads((steps / "astrometry.json").read_text())
+    donor = json.loads((steps / "occupancy.json").read_text())
+    record.update(sha256=donor["sha256"], hmac=donor["hmac"], bytes=donor["bytes"])
+    (steps / "astrometry.json").write_text(json.dumps(record))
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert outcome.steps()["astrometry"] == "run" and outcome.steps()["occupancy"] == "cached"
+    assert (out / "objects.ecsv").read_bytes() == (good_run.out / "objects.ecsv").read_bytes()
+
+
+@pytest.mark.parametrize("damage", [
+    "pickle truncated", "pickle empty", "pickle is a directory", "pickle is a link to another file",
+    "record not JSON", "record missing",
+    "record empty list",
+    "record a number",
+])
+def test_damaged_cache_entry_is_recomputed(good_run, scene, tmp_path, capsys, damage):
+    out = copy_run(good_run.out, tmp_path / "out")
+    pkl, rec = out / "steps" / "astrometry.pkl", out / "steps" / "astrometry.json"
+    if damage == "pickle truncated":
+        pkl.write_bytes(pkl.read_bytes()[:100])
+    elif damage == "pickle empty":
+        pkl.write_bytes(b"")
+    elif damage == "pickle is a directory":
+        pkl.unlink()
+        pkl.mkdir()
+    elif damage == "pickle is a link to another file":
+        pkl.unlink()
+        pkl.symlink_to(out / "steps" / "link.pkl")
+    elif damage == "record not JSON":
+        rec.write_text("{")
+    elif damage == "record empty list":
+        rec.write_text("[]")
+    elif damage == "record a number":
+        rec.write_text("3")
+    else:
+        rec.unlink()
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert outcome.steps()["astrometry"] == "run" and outcome.steps()["link"] == "cached", outcome.out
+    assert pkl.is_file() and not pkl.is_symlink()
+    assert files(out) == files(good_run.out) == recorded(out) and leftovers(out) == []
+
+
+def test_products_signed_under_another_key_are_not_loaded(good_run, scene, tmp_path, quiet_config, monkeypatch):
+    """Another user's cache key (or a new one): the earlier run's products are computed again, not loaded."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    monkeypatch.setenv("SSODETECT_CACHE_KEY", str(tmp_path / "keys" / "other.key"))
+    # up to astrometry: the two cached steps before the (slow) linking tell the story
+    result = run_pipeline([scene], out, quiet_config, to_step="astrometry")
+    status = {r["step"]: r["status"] for r in result.steps}
+    assert status["detect"] == "run" and status["astrometry"] == "run", status
+    assert "cached" not in status.values()
+    assert (tmp_path / "keys" / "other.key").stat().st_size >= 32  # created for the new user
+    assert oct((tmp_path / "keys" / "other.key").stat().st_mode & 0o777) == "0o600"
+    assert files(out) == recorded(out) and leftovers(out) == []
+    again = run_pipeline([scene], out, quiet_config, to_step="astrometry")  # signed under the new key now: loaded
+    status = {r["step"]: r["status"] for r in again.steps}
+    assert status["detect"] == "cached" and status["astrometry"] == "cached", status
+
+
+@pytest.mark.parametrize("problem", ["too short", "a directory", "below a file"])
+def test_unusable_cache_key_warns_and_the_run_goes_on(scene, tmp_path, capsys, monkeypatch, problem):
+    key = tmp_path / "cache.key"
+    if problem == "too short":
+        key.write_bytes(b"12345")
+    elif problem == "a directory":
+        key.mkdir()
+    else:
+        (tmp_path / "file").write_text("x")
+        key = tmp_path / "file" / "cache.key"
+    monkeypatch.setenv("SSODETECT_CACHE_KEY", str(key))
+    out = tmp_path / "out"
+    outcome = cli(capsys, "run", scene, "--out", out, "--to-step", "detect")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert any(str(key) in line and "not be reused" in line for line in outcome.warnings), outcome.warnings
+    assert "detect run" in " ".join(outcome.out), outcome.out
+    assert {"steps/detect.pkl", "steps/detect.json"} <= files(out) and files(out) == recorded(out)
+    # (a later process has another throw-away key; in this one the same key is used, so no second run here)

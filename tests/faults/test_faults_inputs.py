@@ -1,0 +1,314 @@
+"""Fault injection into the inputs: damaged compression, unparseable or missing header values, degenerate pixels,
+files that are not files, wrong header WCSs.
+
+A refused input exits 2 with one line naming the file and the problem, and leaves an existing OUTDIR (a copy of
+a good run) exactly as it was; a usable-but-odd input gives a warning naming the file and the run completes.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import threading
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from faultkit import cli, cli_uncaptured, copy_inputs, copy_run, files, leftovers, recorded, snapshot
+
+
+def _refused_unchanged(capsys, src, out, *names, extra=()):
+    """``run SRC --out OUT`` exits 2 with one line naming ``names``; OUT and its parent are unchanged."""
+    before, parent = snapshot(out), snapshot(out.parent)
+    outcome = cli(capsys, "run", src, "--out", out, *extra)
+    assert outcome.code == 2, outcome.err
+    assert len(outcome.errors) == 1 and outcome.err[-1] == outcome.errors[0], outcome.err
+    for name in names:
+        assert str(name) in outcome.errors[0], (name, outcome.errors[0])
+    assert "internal error" not in outcome.errors[0]
+    assert snapshot(out) == before and snapshot(out.parent) == parent
+    return outcome.errors[0]
+
+
+@pytest.fixture()
+def src(scene, tmp_path):
+    """The scene's four frames in a directory of the user's."""
+    return copy_inputs(scene, tmp_path / "in")
+
+
+@pytest.fixture()
+def out(good_run, tmp_path):
+    """An earlier good run's output directory (which a refused run must leave as it was)."""
+    return copy_run(good_run.out, tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# gzip
+
+
+def _gzip(path):
+    target = path.with_name(path.name + ".gz")
+    target.write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+    path.unlink()
+    return target
+
+
+@pytest.mark.parametrize("damage", ["CRC", "length", "truncated", "not gzip at all", "garbage inside"])
+def test_damaged_gzip_frame(src, out, capsys, damage):
+    target = _gzip(src / "exp_01.fits")
+    data = bytearray(target.read_bytes())
+    if damage == "CRC":
+        data[-8] ^= 0xFF  # the CRC-32 of the trailer
+    elif damage == "length":
+        data[-1] ^= 0x01  # ISIZE of the trailer
+    elif damage == "truncated":
+        data = data[: len(data) * 2 // 3]
+    elif damage == "not gzip at all":
+        data = bytearray((src / "exp_00.fits").read_bytes())  # plain FITS under a .gz name
+    else:
+        data = bytearray(gzip.compress(b"\x00garbage, not FITS" * 100))
+    target.write_bytes(bytes(data))
+    line = _refused_unchanged(capsys, src, out, "exp_01.fits.gz")
+    if damage != "garbage inside":
+        assert "damaged gzip file" in line
+    else:
+        assert "FITS" in line
+
+
+def test_crc_damage_is_caught_even_where_astropy_stops_reading_early(src, out, capsys):
+    """Only the trailer is damaged; the compressed stream itself decodes: astropy alone reads the frame fine."""
+    target = _gzip(src / "exp_02.fits")
+    data = bytearray(target.read_bytes())
+    data[-5] ^= 0x10
+    target.write_bytes(bytes(data))
+    with pytest.raises((OSError, EOFError, zlib.error)):
+        gzip.decompress(bytes(data))
+    line = _refused_unchanged(capsys, src, out, "exp_02.fits.gz", "damaged gzip file")
+    assert "CRC" in line or "crc" in line.lower()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# header values
+
+
+def _set_card(path, keyword: str, value: str | None):
+    """Rewrite the raw 80-byte card ``keyword`` of the primary header (bytes, not through astropy); None removes
+    it by blanking the card (a valid all-space card)."""
+    data = bytearray(path.read_bytes())
+    pos = 0
+    key = keyword.ljust(8).encode()
+    while data[pos:pos + 8] != key:
+        assert data[pos:pos + 8] != b"END     ", f"{keyword} not in the primary header"
+        pos += 80
+    card = (f"{keyword:<8}= {value:>20} / [s]" if value is not None else "").ljust(80).encode()
+    assert len(card) == 80
+    data[pos:pos + 80] = card
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "INF", "-Infinity", "1E999", "-5.0", "'abc'", "1.0.0"])
+def test_unusable_exptime_card(src, out, capsys, value):
+    _set_card(src / "exp_02.fits", "EXPTIME", value)
+    line = _refused_unchanged(capsys, src, out, "exp_02.fits")
+    assert "EXPTIME" in line or "exposure time" in line, line
+
+
+def test_exptime_nan_names_the_card(src, out, capsys):
+    _set_card(src / "exp_02.fits", "EXPTIME", "NaN")
+    line = _refused_unchanged(capsys, src, out, "exp_02.fits", "EXPTIME")
+    assert "NaN" in line
+
+
+@pytest.mark.parametrize("value", [None, "''", "' '"])
+def test_absent_exptime_is_a_warning_naming_the_file(src, tmp_path, capsys, value):
+    """No value (card removed, or an empty string): taken as 0 s with a warning naming the file, read at ingest."""
+    _set_card(src / "exp_01.fits", "EXPTIME", value)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--to-step", "ingest")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    named = [line for line in outcome.warnings if "no exposure time" in line]
+    assert len(named) == 1 and "exp_01.fits" in named[0] and "EXPTIME" in named[0], outcome.warnings
+
+
+def test_non_ascii_header_byte(src, out, capsys):
+    """A byte > 127 inside a header card's comment: refused as a damaged file, named."""
+    path = src / "exp_03.fits"
+    data = bytearray(path.read_bytes())
+    pos = data.index(b"EXPTIME =")
+    data[pos + 60] = 0xE9
+    path.write_bytes(bytes(data))
+    _refused_unchanged(capsys, src, out, "exp_03.fits")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# odd but usable frames: one run for both (a run is this module's main cost)
+
+
+@pytest.fixture(scope="module")
+def odd_run(scene, tmp_path_factory):
+    """exp_01.fits without EXPTIME (card removed from the raw header) *and* with an all-zero CCD (an empty
+    read-out, skipped), so that the other three exposures still link."""
+    root = tmp_path_factory.mktemp("odd")
+    src = copy_inputs(scene, root / "in")
+    _set_card(src / "exp_01.fits", "EXPTIME", None)
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        assert "EXPTIME" not in hdul[0].header and "EXPTIME" not in hdul[1].header
+        hdul["1-1.SCI"].data[:] = 0
+    out = root / "out"
+    return SimpleNamespace(out=out, outcome=cli_uncaptured("run", src, "--out", out))
+
+
+def _completed(run):
+    assert run.outcome.code == 1 and run.outcome.errors == [], run.outcome.err
+    assert len(Table.read(run.out / "objects.ecsv")) > 0
+    assert files(run.out) == recorded(run.out) and leftovers(run.out) == []
+
+
+def test_missing_exptime_warns_and_the_run_completes(odd_run):
+    _completed(odd_run)
+    named = [line for line in odd_run.outcome.warnings if "no exposure time" in line]
+    assert len(named) == 1 and "exp_01.fits" in named[0] and "EXPTIME" in named[0], odd_run.outcome.warnings
+
+
+def test_all_zero_ccd_warns_and_the_run_completes(odd_run):
+    _completed(odd_run)
+    named = [line for line in odd_run.outcome.warnings if "same value" in line]
+    assert len(named) == 1 and "exp_01.fits" in named[0] and "1-1" in named[0], odd_run.outcome.warnings
+    obs = Table.read(odd_run.out / "observations.ecsv")
+    assert len(obs) > 0 and 1 not in set(obs["exposure"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pixels
+
+
+def test_rms_of_another_shape_fails_mid_run_and_leaves_outdir(src, out, capsys):
+    """Refused only when the pixels are read (inside the run, after the stage exists): OUT still unchanged."""
+    with fits.open(src / "exp_02.fits", mode="update") as hdul:
+        hdul["1-1.RMS"].data = hdul["1-1.RMS"].data[:100, :100].copy()
+    line = _refused_unchanged(capsys, src, out, "exp_02.fits", "RMS")
+    assert "shape" in line
+    assert leftovers(out) == []
+
+
+def test_image_cube_instead_of_an_image(src, out, capsys):
+    with fits.open(src / "exp_03.fits", mode="update") as hdul:
+        hdul["1-1.SCI"].data = np.zeros((2, 8, 8), np.float32)
+    _refused_unchanged(capsys, src, out, "exp_03.fits")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# files that are not frames
+
+
+@pytest.mark.parametrize("kind", [
+    "empty file", "directory", "header only", "text", "copy of another frame", "zero-length gzip", "empty .fz",
+    "dangling link",
+])
+def test_odd_file_among_the_frames(src, out, capsys, kind):
+    name = {"directory": "dir.fits", "dangling link": "dangling.fits", "zero-length gzip": "zero.fits.gz",
+            "empty .fz": "empty.fz", "copy of another frame": "exp_00_copy.fits"}.get(kind, "odd.fits")
+    path = src / name
+    if kind in ("empty file", "zero-length gzip", "empty .fz"):
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+        shutil.copy(src / "exp_00.fits", path / "inner.fits")
+    elif kind == "dangling link":
+        path.symlink_to(src / "nowhere.fits")
+    elif kind == "header only":
+        fits.PrimaryHDU().writeto(path)
+    elif kind == "text":
+        path.write_text("SIMPLE  = T\n" * 50)
+    else:
+        shutil.copy(src / "exp_00.fits", path)
+    _refused_unchanged(capsys, src, out, name)
+
+
+@pytest.mark.parametrize("given", ["/dev/null", "directory named .fits"])
+def test_odd_path_given_as_a_frame(src, out, tmp_path, capsys, given):
+    if given == "/dev/null":
+        _refused_unchanged(capsys, "/dev/null", out, "/dev/null")
+    else:
+        empty = tmp_path / "frames.fits"
+        empty.mkdir()
+        _refused_unchanged(capsys, empty, out, "frames.fits")
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_fifo_named_like_a_frame(src, out, capsys):
+    fifo = src / "pipe.fits"
+    os.mkfifo(fifo)
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("outcome", cli(capsys, "run", src, "--out", out)),
+                              daemon=True)
+    worker.start()
+    worker.join(2)
+    hung = worker.is_alive()
+    for _ in range(20):  # unblock the reader (an empty stream) until the command returns
+        if not worker.is_alive():
+            break
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        worker.join(0.5)
+    assert not hung, "the run blocked on the FIFO"
+    outcome = result["outcome"]
+    assert outcome.code == 2 and "pipe.fits" in outcome.errors[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference catalogue and configuration files
+
+
+@pytest.mark.parametrize("kind", ["empty", "directory", "no columns", "missing", "binary junk"])
+def test_bad_reference_catalogue(scene, out, tmp_path, capsys, kind):
+    refcat = tmp_path / "ref.ecsv"
+    if kind == "empty":
+        refcat.write_text("")
+    elif kind == "directory":
+        refcat.mkdir()
+    elif kind == "no columns":
+        Table({"x": [1.0, 2.0], "y": [3.0, 4.0]}).write(refcat, format="ascii.ecsv")
+    elif kind == "binary junk":
+        refcat.write_bytes(os.urandom(3000))
+    _refused_unchanged(capsys, scene, out, "ref.ecsv", extra=("--refcat", refcat))
+
+
+@pytest.mark.parametrize("kind", ["binary junk", "directory", "unknown section", "wrong type"])
+def test_bad_configuration_file(scene, out, tmp_path, capsys, kind):
+    config = tmp_path / "c.toml"
+    if kind == "binary junk":
+        config.write_bytes(b"\xff\xfe\x00[x" * 40)
+    elif kind == "directory":
+        config.mkdir()
+    elif kind == "unknown section":
+        config.write_text("[no_such_section]\nx = 1\n")
+    else:
+        config.write_text("[detect]\nthreshold = \"high\"\n")
+    _refused_unchanged(capsys, scene, out, "c.toml", extra=("--config", config))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# header WCSs off by ~20" and no reference catalogue
+
+
+def test_wrong_header_wcs_without_a_catalogue_is_replaced_by_a_registration(good_run, scene):
+    """The session scene's header WCSs are off by up to 20" and 0.5 deg; without a reference catalogue they are
+    checked against one another and replaced by a registration onto one exposure (a warning per frame), and
+    the moving objects are found."""
+    from ssodetect.evaluate import evaluate_run
+
+    outcome = good_run.outcome
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    moved = [line for line in outcome.warnings if "its header WCS puts the stars" in line]
+    assert len(moved) >= 2, outcome.warnings
+    assert all("exp_0" in line and ".fits" in line for line in moved)
+    obs = Table.read(good_run.out / "observations.ecsv")
+    assert "frame" in set(obs["wcs"])
+    ev = evaluate_run(obs, Table.read(scene / "truth.ecsv"), pixels=True)
+    assert ev.n_objects >= 20 and ev.n_false == 0 and ev.completeness_bright >= 0.8, ev

@@ -1,0 +1,536 @@
+"""Fault injection around the output directory: whole replacement, foreign files, the lock, stale working
+directories, links, permissions and failures at any point of a run.
+
+Every case checks the exit status, the one-line message (naming the directory and the file or problem) and
+what OUTDIR and its parent hold before and after.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from faultkit import RECORD, cli, copy_inputs, copy_run, files, leftovers, recorded, snapshot
+
+#: Products of a complete run that every rerun of the scene writes again.
+CORE = {"objects.ecsv", "observations.ecsv", "manifest.json", "config.toml", "run.log", RECORD}
+
+
+def _refused(outcome, *names):
+    """Exit 2 with exactly one line, the error, naming every one of ``names``."""
+    assert outcome.code == 2, outcome.err
+    assert len(outcome.err) == 1, outcome.err
+    line = outcome.err[0]
+    assert line.startswith("ssodetect: error: ")
+    for name in names:
+        assert str(name) in line, (name, line)
+    return line
+
+
+def _complete(out):
+    """``out`` holds one whole run: every file recorded, every recorded file there, nothing of ours beside it."""
+    assert CORE <= files(out)
+    assert files(out) == recorded(out)
+    assert leftovers(out) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# files ssodetect did not write
+
+
+@pytest.mark.parametrize("extra", [
+    "notes.txt",                 # the user's own note beside the products
+    "known.ecsv",                # a product name this run did not write (known objects off)
+    "steps/notes.txt",           # hidden in a products sub-directory
+    "logs/mine.log",
+    ".hidden",                   # a dot file
+    "mine/deep/data.fits",       # a tree of the user's
+])
+def test_foreign_file_in_an_earlier_run_is_refused(good_run, scene, tmp_path, capsys, extra):
+    out = copy_run(good_run.out, tmp_path / "out")
+    target = out / extra
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("mine, not ssodetect's\n")
+    (tmp_path / "beside.txt").write_text("x")
+    before, parent_before = snapshot(out), snapshot(tmp_path)
+    line = _refused(cli(capsys, "run", scene, "--out", out), out, extra)
+    assert "did not write" in line
+    assert snapshot(out) == before and snapshot(tmp_path) == parent_before
+    assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("name", ["report.html", "config.toml", "known.ecsv", "notes.txt", "manifest.json"])
+def test_user_directory_holding_a_product_name_is_refused(scene, tmp_path, capsys, name):
+    """A directory with no record of ours (the user's), holding a file named like one of our products."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("{}\n" if name.endswith(".json") else "the user's\n")
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "run", scene, "--out", out), out, name)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("dropped", ["report.html", "config.toml"])
+def test_recorded_run_with_an_unrecorded_product_name_is_refused(good_run, scene, tmp_path, capsys, dropped):
+    """Our directory, but the record does not list ``dropped``: the file there is not ours to replace."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    record = json.loads((out / RECORD).read_text())
+    record["files"] = [f for f in record["files"] if f != dropped]
+    (out / RECORD).write_text(json.dumps(record))
+    before = snapshot(out)
+    _refused(cli(capsys, "run", scene, "--out", out), out, dropped)
+    assert snapshot(out) == before and leftovers(out) == []
+
+
+def test_link_inside_outdir_to_the_users_data_is_refused(good_run, scene, tmp_path, capsys):
+    """OUT/steps replaced by a link to a directory of the user's: never followed, never removed."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "precious.fits").write_bytes(b"\0" * 2880)
+    for name in os.listdir(out / "steps"):
+        os.unlink(out / "steps" / name)
+    (out / "steps").rmdir()
+    (out / "steps").symlink_to(data, target_is_directory=True)
+    before, data_before = snapshot(out), snapshot(data)
+    _refused(cli(capsys, "run", scene, "--out", out), out, "steps")
+    assert snapshot(out) == before and snapshot(data) == data_before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# our own directory: rerun, whole replacement
+
+
+def test_rerun_into_its_own_outdir_replaces_it_whole(good_run, scene, tmp_path, capsys):
+    out = copy_run(good_run.out, tmp_path / "out")
+    (tmp_path / "beside.txt").write_text("the user's, beside OUT\n")
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert outcome.steps()["detect"] == "cached" and outcome.steps()["link"] == "cached"
+    _complete(out)
+    assert files(out) == files(good_run.out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.txt", "out"]
+    assert (tmp_path / "beside.txt").read_text() == "the user's, beside OUT\n"
+
+
+def test_product_not_written_again_disappears_and_nothing_else(good_run, scene, tmp_path, capsys):
+    """Alerts switched off: the earlier alert.json goes with the earlier run; every other product is there."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    assert (out / "alert.json").exists()
+    config = tmp_path / "noalert.toml"
+    config.write_text("[alerts]\nenabled = false\n")
+    outcome = cli(capsys, "run", scene, "--out", out, "--config", config)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert files(out) == files(good_run.out) - {"alert.json"}
+    _complete(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noalert.toml", "out"]
+
+
+def test_deleted_record_is_recognised_from_the_manifest(good_run, scene, tmp_path, capsys):
+    """The user deleted .ssodetect-products.json: manifest.json's product list still marks the run as ours."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / RECORD).unlink()
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    _complete(out)
+
+
+def test_garbled_record_never_loses_data(good_run, scene, tmp_path, capsys):
+    """A record that is not JSON: refused (its name in the message, OUT unchanged) or replaced as a whole."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / RECORD).write_text("{not json")
+    before = snapshot(out)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    if outcome.code == 2:
+        _refused(outcome, out, RECORD)
+        assert snapshot(out) == before
+    else:
+        assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+        _complete(out)
+
+
+@pytest.mark.parametrize("spelling", ["{out}/", "{out}/.", "{out}//", "{parent}/./x/../out"])
+def test_other_spellings_of_our_outdir(good_run, scene, tmp_path, capsys, spelling):
+    out = copy_run(good_run.out, tmp_path / "out")
+    (tmp_path / "x").mkdir()
+    outcome = cli(capsys, "run", scene, "--out", spelling.format(out=out, parent=tmp_path), "--to-step", "ingest")
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    _complete_partial = files(out)
+    assert {"manifest.json", RECORD} <= _complete_partial and _complete_partial == recorded(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x"]
+
+
+def test_outdir_dot_is_the_working_directory(scene, tmp_path, capsys, monkeypatch):
+    """``--out .`` from an empty directory: the products land there (the directory is exchanged under the
+    process's feet) and nothing is left beside it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    outcome = cli(capsys, "run", scene, "--out", ".", "--to-step", "ingest")
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert {"manifest.json", RECORD} <= files(work) and files(work) == recorded(work)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_existing_empty_outdir_is_used(scene, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    outcome = cli(capsys, "run", scene, "--out", out, "--to-step", "ingest")
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert files(out) == recorded(out) and leftovers(out) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# where OUTDIR cannot be
+
+
+def test_outdir_is_a_file(scene, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("a file of the user's\n")
+    before = snapshot(tmp_path)
+    line = _refused(cli(capsys, "run", scene, "--out", out), out)
+    assert "not a directory" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_outdir_below_a_file(scene, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "run", scene, "--out", tmp_path / "file" / "out"), tmp_path / "file")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("fault", ["missing input", "junk FITS", "from-step without a run"])
+def test_failed_run_creates_no_missing_parents(scene, tmp_path, capsys, fault):
+    out = tmp_path / "a" / "b" / "out"
+    args = [scene, "--out", out]
+    name = "exp_"
+    if fault == "missing input":
+        args[0], name = tmp_path / "nope", "nope"
+    elif fault == "junk FITS":
+        src = copy_inputs(scene, tmp_path / "in")
+        (src / "junk.fits").write_text("not FITS")
+        args[0], name = src, "junk.fits"
+    else:
+        args += ["--from-step", "link"]
+        name = "link"
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "run", *args), name)
+    assert snapshot(tmp_path) == before  # no a/, a/b/, stage or lock file anywhere
+
+
+def test_successful_run_creates_the_missing_parents(scene, tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "out"
+    outcome = cli(capsys, "run", scene, "--out", out, "--to-step", "ingest")
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert files(out) == recorded(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"] and os.listdir(tmp_path / "a") == ["b"]
+    assert os.listdir(tmp_path / "a" / "b") == ["out"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# input and output in the same place
+
+
+def test_outdir_is_the_users_input_directory(scene, tmp_path, capsys):
+    src = copy_inputs(scene, tmp_path / "in")
+    before = snapshot(src)
+    _refused(cli(capsys, "run", src, "--out", src), src, "holds the run's input")
+    assert snapshot(src) == before
+
+
+def test_outdir_is_a_simulated_input_directory(scene, tmp_path, capsys):
+    src = copy_run(scene, tmp_path / "sim")
+    frames = sorted(p.name for p in src.glob("exp_*.fits"))
+    outcome = cli(capsys, "run", src, "--out", src, "--to-step", "ingest")  # the commit alone would do it
+    assert sorted(p.name for p in src.glob("exp_*.fits")) == frames, "input frames deleted by the run"
+    assert outcome.code == 2 and "holds the run's input" in outcome.err[0]
+
+
+def test_outdir_is_the_parent_of_the_inputs(scene, tmp_path, capsys):
+    parent = tmp_path / "field"
+    src = copy_inputs(scene, parent / "in")
+    before = snapshot(parent)
+    _refused(cli(capsys, "run", src, "--out", parent), parent, "holds the run's input")
+    assert snapshot(parent) == before
+
+
+@pytest.mark.parametrize("where", ["a sub-directory of an earlier run", "the parent of an earlier run"])
+def test_outdir_nested_with_an_earlier_run(good_run, scene, tmp_path, capsys, where):
+    """Inside a run (OUT/steps: our files, but recorded by the run above, not by a record of its own) or above
+    one (replacing the parent would take the earlier run with it): refused, nothing changed."""
+    earlier = copy_run(good_run.out, tmp_path / "field" / "out")
+    target, named = (earlier / "steps", "steps/") if where.startswith("a sub") else (tmp_path / "field", "out/")
+    before = snapshot(tmp_path)
+    line = _refused(cli(capsys, "run", scene, "--out", target), target)
+    assert "did not write" in line
+    if named == "out/":
+        assert "out/" in line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("length", [200, 240, 255])
+def test_long_outdir_name(scene, tmp_path, capsys, length):
+    """A legal directory name near NAME_MAX (255): the stage and lock names beside it are longer still.  Either
+    it works or it is refused in one line; nothing is left beside it."""
+    out = tmp_path / ("o" * length)
+    outcome = cli(capsys, "run", scene, "--out", out, "--to-step", "ingest")
+    if outcome.code == 2:
+        assert len(outcome.err) == 1 and "internal error" not in outcome.err[0], outcome.err
+        assert not out.exists()
+    else:
+        assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+        assert files(out) == recorded(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([out.name] if out.exists() else [])
+
+
+def test_a_run_directory_as_input(good_run, tmp_path, capsys):
+    """The products of a run (cutouts.fits, overview.fits) given as the frames of the next, into itself."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    outcome = cli(capsys, "run", out, "--out", out)
+    line = _refused(outcome)
+    assert "holds the run's input" in line
+    assert snapshot(out) == before and leftovers(out) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the lock and the working directories beside OUTDIR
+
+_HOLDER = textwrap.dedent("""
+    import sys
+    from ssodetect.io.outputs import OutputLock
+    lock = OutputLock(sys.argv[1])
+    print("locked", flush=True)
+    sys.stdin.read()
+    lock.release()
+""")
+
+
+def test_outdir_held_by_another_command(good_run, scene, tmp_path, capsys):
+    """Another process holds OUT's lock (an ``OutputLock`` taken in this process would be re-entrant)."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        line = _refused(cli(capsys, "run", scene, "--out", out), out, "another ssodetect command", holder.pid)
+        assert "lock" in line
+        assert snapshot(out) == before
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+    assert leftovers(out) == []
+    outcome = cli(capsys, "run", scene, "--out", out)  # the lock given back: the next command runs
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    _complete(out)
+
+
+def test_outdir_held_in_this_process(good_run, scene, tmp_path, capsys):
+    from ssodetect.io.outputs import OutputLock
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    lock = OutputLock(out)
+    try:
+        outcome = cli(capsys, "run", scene, "--out", out, "--to-step", "ingest")
+    finally:
+        lock.release()
+    assert snapshot(out) == before
+    _refused(outcome, out, "another ssodetect command")
+
+
+def test_stale_working_directories_are_removed(good_run, scene, tmp_path, capsys):
+    out = copy_run(good_run.out, tmp_path / "out")
+    stage = tmp_path / ".out.stage-xyz"
+    (stage / "steps").mkdir(parents=True)
+    (stage / "steps" / "detect.pkl").write_bytes(b"half written")
+    previous = tmp_path / ".out.previous-abc"
+    copy_run(good_run.out, previous / "run")
+    (tmp_path / ".out.lock").write_text("99999")  # a killed command's lock file: no flock held on it
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    _complete(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _interrupted_commit(good_run, scene, tmp_path, capsys, monkeypatch):
+    """No atomic exchange; the process dies after moving the old run aside and before moving the new one in:
+    OUT is gone, the old run waits in ``.out.previous-*/run``.  Returns OUT and its snapshot before."""
+    import ssodetect.io.outputs as outputs
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        if ".stage-" in os.fspath(src) and os.fspath(dst) == str(out):
+            raise OSError(errno.EIO, "injected: power lost", os.fspath(src))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(os, "rename", rename)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    monkeypatch.undo()
+    assert outcome.code == 3 and len(outcome.errors) == 1 and "injected: power lost" in outcome.errors[0], outcome.err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".previous-" in p.name]  # the old run, aside
+    junk = tmp_path / "junk.fits"
+    junk.write_text("not FITS")
+    return out, before, junk
+
+
+def test_commit_interrupted_between_its_renames_is_repaired(good_run, scene, tmp_path, capsys, monkeypatch):
+    """The next command (even one that fails on its input) puts the old run back, byte for byte."""
+    out, before, junk = _interrupted_commit(good_run, scene, tmp_path, capsys, monkeypatch)
+    outcome = cli(capsys, "run", junk, "--out", out)
+    assert outcome.code == 2 and any("restored from" in line for line in outcome.warnings), outcome.err
+    assert len(outcome.errors) == 1 and "junk.fits" in outcome.errors[0]
+    assert snapshot(out) == before
+    outcome = cli(capsys, "run", junk, "--out", out)  # and the command after it leaves nothing beside OUT
+    assert outcome.code == 2 and outcome.warnings == [] and len(outcome.errors) == 1, outcome.err
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.fits", "out"]
+
+
+def test_repairing_an_interrupted_commit_leaves_nothing_beside_outdir(good_run, scene, tmp_path, capsys, monkeypatch):
+    out, before, junk = _interrupted_commit(good_run, scene, tmp_path, capsys, monkeypatch)
+    outcome = cli(capsys, "run", junk, "--out", out)
+    assert outcome.code == 2 and snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.fits", "out"]
+
+
+def test_without_atomic_exchange_the_run_is_still_replaced_whole(good_run, scene, tmp_path, capsys, monkeypatch):
+    import ssodetect.io.outputs as outputs
+
+    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / "alert.json").unlink()  # so that the new run's products differ from the old
+    record = json.loads((out / RECORD).read_text())
+    (out / RECORD).write_text(json.dumps({"files": [f for f in record["files"] if f != "alert.json"]}))
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    _complete(out)
+    assert (out / "alert.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _failing_report(monkeypatch, exc):
+    """The run's last step (``report``, never cached) raises ``exc``: every earlier step has done its work."""
+    import ssodetect.pipeline.run as run_module
+
+    real = run_module.pipeline_steps
+
+    def boom(products, config, context):
+        raise exc
+
+    def steps(builtin, **kwargs):
+        return [replace(s, run=boom) if s.name == "report" else s for s in real(builtin, **kwargs)]
+
+    monkeypatch.setattr(run_module, "pipeline_steps", steps)
+
+
+@pytest.mark.parametrize("exc, code, words", [
+    (KeyboardInterrupt(), 130, "interrupted"),
+    (RuntimeError("injected bug"), 3, "internal error: RuntimeError: injected bug"),
+    (MemoryError(), 3, "MemoryError"),
+])
+def test_failure_late_in_a_run_leaves_outdir_as_it_was(good_run, scene, tmp_path, capsys, monkeypatch, exc, code,
+                                                       words):
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    _failing_report(monkeypatch, exc)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code == code and len(outcome.errors) == 1 and words in outcome.errors[0], outcome.err
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_disk_full_late_in_a_run(good_run, scene, tmp_path, capsys, monkeypatch):
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    _failing_report(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+    assert "No space left on device" in outcome.errors[0]
+
+
+def test_failure_of_the_exchange_itself(good_run, scene, tmp_path, capsys, monkeypatch):
+    import ssodetect.io.outputs as outputs
+
+    def exchange(a, b):
+        raise OSError(errno.EXDEV, "injected: cross-device exchange", str(b))
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    monkeypatch.setattr(outputs, "_exchange", exchange)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (2, 3) and len(outcome.errors) == 1 and "cross-device" in outcome.errors[0], outcome.err
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# links and permissions
+
+
+def test_symlinked_outdir(good_run, scene, tmp_path, capsys):
+    real = copy_run(good_run.out, tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    for _ in range(2):
+        outcome = cli(capsys, "run", scene, "--out", link)
+        assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+        assert CORE <= files(link.resolve())
+        assert leftovers(link) == [], leftovers(link)
+
+
+def _has_root():
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.mark.skipif(_has_root(), reason="root ignores directory permissions (see the emulated case below)")
+def test_read_only_steps_directory(good_run, scene, tmp_path, capsys):
+    out = copy_run(good_run.out, tmp_path / "out")
+    os.chmod(out / "steps", 0o555)
+    try:
+        before = snapshot(out)
+        line = _refused(cli(capsys, "run", scene, "--out", out), out / "steps")
+        assert "not writable" in line
+        assert snapshot(out) == before and leftovers(out) == []
+    finally:
+        os.chmod(out / "steps", 0o755)
+
+
+def test_read_only_steps_directory_emulated(good_run, scene, tmp_path, capsys, monkeypatch):
+    """As the read-only case, with ``os.access`` saying no for OUT/steps (the suite may run as root)."""
+    import ssodetect.io.outputs as outputs
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    steps = out / "steps"
+    real_access = os.access
+
+    class FakeOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def access(path, mode, **kwargs):
+            if Path(path) == steps and mode & os.W_OK:
+                return False
+            return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(outputs, "os", FakeOs())
+    before = snapshot(out)
+    line = _refused(cli(capsys, "run", scene, "--out", out), steps)
+    assert "not writable" in line
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
