@@ -12,6 +12,7 @@ field stars).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from ssodetect.io.ldac import read_ldac
 
 __all__ = [
     "REFCAT_REQUIRED",
+    "cut_to_field",
     "load_reference_catalogue",
     "ldac_reference_table",
     "propagate",
@@ -179,3 +181,22 @@ def compare_with_reference(ra, dec, ref_ra, ref_dec, *, radius: float = 0.5) -> 
         "ddec": float(np.median(dy)),
         "rms": float(np.sqrt(np.median(dx**2 + dy**2))),
     }
+
+
+def cut_to_field(catalogue: Table, ra, dec, radius: float) -> Table:
+    """The catalogue's stars within ``radius`` [deg] of any of the points ``(ra, dec)`` [deg].
+
+    Used to cut a large catalogue to the field before anything is built from it (blind-solve indexes, per-
+    exposure propagations): memory then follows the field, not the catalogue.
+    """
+    ra, dec = np.radians(np.asarray(ra, float)), np.radians(np.asarray(dec, float))
+    if ra.size == 0 or len(catalogue) == 0:
+        return catalogue
+    cra, cdec = np.radians(np.asarray(catalogue["ra"], float)), np.radians(np.asarray(catalogue["dec"], float))
+    stars = np.column_stack([np.cos(cdec) * np.cos(cra), np.cos(cdec) * np.sin(cra), np.sin(cdec)])
+    centres = np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+    keep = np.zeros(len(catalogue), bool)
+    limit = math.cos(math.radians(radius))
+    for start in range(0, len(centres), 64):
+        keep |= (stars @ centres[start:start + 64].T >= limit).any(axis=1)
+    return catalogue[keep]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import gzip
 import logging
+import math
 import os
 import zlib
 import re
@@ -520,3 +521,31 @@ def time_order_differs(exposures: list[Exposure]) -> str:
     if len(set(names)) == len(names) and names != sorted(names):
         return f"the files' times order them {', '.join(names)}, unlike their names: check DATE-OBS/MJD-OBS"
     return ""
+
+
+def header_centres(refs: list[CCDRef]) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Sky centres [deg] of the CCD images by their header WCSs and the largest half-diagonal [deg]; None when
+    any image has no usable header WCS (then nothing says where the field is)."""
+    ra, dec, half = [], [], 0.0
+    for ref in refs:
+        try:
+            with fits.open(ref.path, memmap=False) as hdul:
+                header = hdul[0].header.copy() if ref.sci != 0 else fits.Header()
+                header.update(hdul[ref.sci].header)
+        except (OSError, ValueError):
+            return None
+        shape = (int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0)))
+        wcs, _ = celestial_wcs(header, shape=shape)
+        if wcs is None or min(shape) <= 0:
+            return None
+        x = np.array([0.5 * (shape[1] - 1), 0.0])
+        y = np.array([0.5 * (shape[0] - 1), 0.0])
+        r, d = wcs.all_pix2world(x, y, 0)
+        if not np.all(np.isfinite([*r, *d])):
+            return None
+        ra.append(float(r[0]))
+        dec.append(float(d[0]))
+        c1, c2 = np.radians([d[0], d[1]])
+        cos = math.sin(c1) * math.sin(c2) + math.cos(c1) * math.cos(c2) * math.cos(math.radians(r[0] - r[1]))
+        half = max(half, math.degrees(math.acos(min(1.0, max(-1.0, cos)))))
+    return (np.array(ra), np.array(dec), half) if ra else None

@@ -135,7 +135,7 @@ def _nearest_existing(path: Path) -> Path:
 
 class OutputLock:
     """An exclusive lock on one output directory, held by one command at a time (``flock`` on ``.NAME.lock``
-    beside it, removed on release).
+    beside it, or ``.ssodetect.lock`` inside it with ``inside=True``; removed on release).
 
     Raises
     ------
@@ -143,11 +143,15 @@ class OutputLock:
         Another command holds the directory, or its parent cannot be written.
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, *, inside: bool = False):
         self.directory = Path(os.path.realpath(directory))
-        self.base = _nearest_existing(self.directory.parent)
-        relative = self.directory.relative_to(self.base).as_posix().replace("/", "__")
-        self.path = self.base / f".{relative}.lock"
+        if inside:  # files added to an existing directory: its parent need not be writable
+            self.base = self.directory
+            self.path = self.directory / ".ssodetect.lock"
+        else:
+            self.base = _nearest_existing(self.directory.parent)
+            relative = self.directory.relative_to(self.base).as_posix().replace("/", "__")
+            self.path = self.base / f".{relative}.lock"
         self._fd: int | None = None
         self._acquire()
 
@@ -237,7 +241,8 @@ class OutputStage:
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(f"{outdir}: exists and is not a directory")
         self._own_lock = lock is None
-        self.lock = OutputLock(self.outdir) if lock is None else lock
+        inside = not replace and self.outdir.is_dir()  # adding files: stage and lock inside the directory
+        self.lock = OutputLock(self.outdir, inside=inside) if lock is None else lock
         try:
             self.base = self.lock.base
             self._tidy()
@@ -256,6 +261,8 @@ class OutputStage:
             self.lock.release()
 
     def _prefix(self, kind: str) -> str:
+        if self.base == self.outdir:
+            return f".ssodetect.{kind}-"
         return f".{self.outdir.relative_to(self.base).as_posix().replace('/', '__')}.{kind}-"
 
     def _tidy(self) -> None:

@@ -23,14 +23,14 @@ from astropy.table import Table, vstack
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.field import rescue_failed
-from ssodetect.astrometry.refcat import compare_with_reference, load_reference_catalogue, propagate
+from ssodetect.astrometry.refcat import compare_with_reference, cut_to_field, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
 from ssodetect.calibrate import add_hot_pixel_maps, build_masters
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import (
-    OutputStage, check_free_space, find_inputs, group_exposures, scan_file, scan_inputs, sequence_problems,
-    time_order_differs,
+    OutputStage, check_free_space, find_inputs, group_exposures, header_centres, scan_file, scan_inputs,
+    sequence_problems, time_order_differs,
 )
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
@@ -243,6 +243,11 @@ def _tasks(products: dict) -> list:
     return [ref for exp in products["exposures"] for ref in exp.ccds]
 
 
+#: Reference stars farther than this [deg] beyond every CCD's header footprint are dropped when the catalogue
+#: is read (a header off by more is beyond what the blind search near it reaches, see blind_max_tiles).
+REFCAT_MARGIN = 0.5
+
+
 def step_ingest(products: dict, config: Config, ctx: StepContext) -> dict:
     """Scan the inputs, group exposures, build calibration masters, read the reference catalogue and orbits."""
     paths = find_inputs(ctx.inputs)
@@ -254,6 +259,14 @@ def step_ingest(products: dict, config: Config, ctx: StepContext) -> dict:
     for problem in sequence_problems(exposures):
         log.warning("%s", problem)
     reference = load_reference_catalogue(ctx.refcat) if ctx.refcat is not None else None
+    field = header_centres(refs) if reference is not None and not config.astrometry.blind_pointing else None
+    if field is not None:
+        radius = field[2] + REFCAT_MARGIN
+        before = len(reference)
+        reference = cut_to_field(reference, field[0], field[1], radius)
+        if len(reference) < before:
+            log.info("reference catalogue: %d of %d stars within %.2f deg of the CCDs' header centres kept (the "
+                     "headers' half-diagonal + %.1f deg)", len(reference), before, radius, REFCAT_MARGIN)
     orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
     if config.astrometry.reference_wcs:
         load_reference_wcs(config.astrometry.reference_wcs)  # so is an unreadable reference WCS
@@ -490,7 +503,7 @@ PRODUCTS = {
 #: The built-in steps in execution order (``ssodetect steps`` prints them).
 BUILTIN_STEPS = [
     Step("ingest", step_ingest, (), ("exposures", "masters", "reference", "orbits", "obs_id"),
-         ("io", "calibrate", "link.min_detections"), "1",
+         ("io", "calibrate", "link.min_detections", "astrometry.blind_pointing"), "2",
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
