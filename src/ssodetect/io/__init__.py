@@ -4,7 +4,7 @@ from ssodetect.io.frames import (
     sequence_problems, time_order_differs, header_centres,
 )
 from ssodetect.io.headers import ObservationTime, celestial_wcs, observation_time, sanitize_wcs_header
-from ssodetect.io.outputs import OutputStage, atomic_write_bytes, atomic_write_text, check_free_space
+from ssodetect.io.outputs import OutputStage, atomic_write_bytes, atomic_write_text, check_apart, check_free_space
 
 __all__ = [
     "CCDImage",
@@ -24,6 +24,7 @@ __all__ = [
     "observation_time",
     "sanitize_wcs_header",
     "OutputStage",
+    "check_apart",
     "check_free_space",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -34,7 +34,7 @@ from pathlib import Path
 from ssodetect.errors import InputError
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "recorded_files",
-           "foreign_files", "record_files", "check_free_space", "expected_output_bytes"]
+           "foreign_files", "record_files", "check_free_space", "expected_output_bytes", "check_apart"]
 
 log = logging.getLogger(__name__)
 
@@ -379,3 +379,20 @@ def check_free_space(stage: OutputStage, input_bytes: int, *, keep: bool = False
     if free < need:
         raise InputError(f"{stage.outdir}: only {free / 2**20:.0f} MB free on its file system; a run on "
                          f"{input_bytes / 2**20:.0f} MB of frames writes up to about {need / 2**20:.0f} MB")
+
+
+def check_apart(outdir: str | Path, inputs) -> None:
+    """Refuse an output directory that holds (or is) one of the command's input files or directories: it is
+    replaced as a whole.
+
+    Raises
+    ------
+    InputError
+        Naming the directory and the input.
+    """
+    out = Path(os.path.realpath(outdir))
+    for item in inputs:
+        path = Path(os.path.realpath(item))
+        if path == out or out in path.parents:
+            raise InputError(f"{outdir}: holds the run's input {item}; the output directory is replaced as a whole, "
+                             "so choose another one")

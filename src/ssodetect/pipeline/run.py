@@ -29,7 +29,7 @@ from ssodetect.config import Config, dump_toml
 from ssodetect.calibrate import add_hot_pixel_maps, build_masters
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import (
-    OutputStage, check_free_space, find_inputs, group_exposures, header_centres, scan_file, scan_inputs,
+    OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_file, scan_inputs,
     sequence_problems, time_order_differs,
 )
 from ssodetect.profiles import resolve_profile
@@ -626,7 +626,7 @@ def run_pipeline(
     t_run = time.perf_counter()
     started = datetime.now(timezone.utc)
     if outdir is not None:
-        _check_outdir_apart(outdir, inputs, refcat)
+        check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
     stage = OutputStage(outdir, replace=True) if outdir is not None else None
     handler = None
     package_log = logging.getLogger("ssodetect")
@@ -737,16 +737,6 @@ def run_pipeline(
             package_log.removeHandler(handler)
             handler.close()
         package_log.setLevel(saved_level)
-
-
-def _check_outdir_apart(outdir, inputs, refcat) -> None:
-    """Refuse an output directory that holds (or is) one of the run's inputs: it is replaced as a whole."""
-    out = Path(os.path.realpath(outdir))
-    for item in [*inputs, *([refcat] if refcat is not None and not str(refcat) == "gaia" else [])]:
-        path = Path(os.path.realpath(item))
-        if path == out or out in path.parents:
-            raise InputError(f"{outdir}: holds the run's input {item}; the output directory is replaced as a whole, "
-                             "so choose another one")
 
 
 #: Which files' checksums enter which step's key, by role (see :func:`_input_files`).
@@ -950,6 +940,8 @@ def run_astrometry(
     Table
         The solutions (``astrometry.ecsv``).
     """
+    inputs = list(inputs)
+    check_apart(outdir, [*inputs, refcat])
     config = config or Config()
     unknown = set(formats) - {"head", "fits"}
     if unknown:
