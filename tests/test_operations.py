@@ -195,6 +195,12 @@ def test_intermediate_products_and_manifest(field, tmp_path):
     assert "step detect: run" in (out / "logs" / "detect.log").read_text()
     assert "slow movers: " in (out / "logs" / "link.log").read_text()
     assert "slow movers: " not in (out / "logs" / "detect.log").read_text()
+    # a re-run from the link step replaces OUT as a whole: the loaded steps' intermediate products stay
+    before = {p.relative_to(out) for p in (out / "intermediate").rglob("*") if p.is_file()}
+    again = run_pipeline([field], out, _config(intermediate={"keep": True, "ldac": True}),
+                         refcat=field / "refcat.ecsv", from_step="link")
+    assert {r["step"]: r["status"] for r in again.steps}["detect"] == "cached"
+    assert {p.relative_to(out) for p in (out / "intermediate").rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.skipif(shutil.which("scamp") is None, reason="scamp (Debian package) not installed")

@@ -291,16 +291,23 @@ class OutputStage:
         """Path of a product inside the stage."""
         return self.path / name
 
-    def carry(self, name: str) -> None:
-        """Keep ``outdir/name`` (a file of an earlier run, e.g. a loaded step's cache) in the new products."""
-        src, dest = self.outdir / name, self.path / name
-        if not src.is_file():
-            return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dest)
-        except OSError:
-            shutil.copy2(src, dest)
+    def carry(self, name: str) -> int:
+        """Keep ``outdir/name`` (a file or a directory of an earlier run's, e.g. the intermediate products of a
+        step loaded from the cache) in the new products, unless the stage has it already; returns files kept."""
+        src = self.outdir / name
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
+        kept = 0
+        for path in files:
+            dest = self.path / path.relative_to(self.outdir)
+            if dest.exists() or path.is_symlink():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, dest)
+            except OSError:
+                shutil.copy2(path, dest)
+            kept += 1
+        return kept
 
     def commit(self) -> list[Path]:
         """Move the products into the output directory; returns their final paths."""

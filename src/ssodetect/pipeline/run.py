@@ -676,6 +676,8 @@ def run_pipeline(
                 if loaded is not None:
                     products.update(loaded)
                     cache.keep(step.name)
+                    if stage is not None:  # its intermediate products stay with the new run's
+                        stage.carry(f"intermediate/{step.name}")
                     record["status"] = "cached"
                     log.info("step %s: products of an identical earlier run loaded", step.name)
                 else:
