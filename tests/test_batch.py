@@ -166,3 +166,43 @@ def test_local_dask_workers_keep_large_arrays_in_the_heap():
     if grown is None:
         pytest.skip("not glibc >= 2.33")
     assert grown < size  # from the heap, not a mapping of its own
+
+
+class _DeadFuture:
+    """A field's task whose worker died on every retry (what dask raises from ``result()``)."""
+
+    def result(self):
+        from types import SimpleNamespace
+
+        from distributed.scheduler import KilledWorker
+
+        raise KilledWorker("field-b", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+
+
+class _DoneFuture:
+    def __init__(self, row):
+        self.row = row
+
+    def result(self):
+        return self.row
+
+
+class _Client:
+    """Runs the tasks here, except field ``b``, whose worker 'dies' on every try."""
+
+    def submit(self, func, field, outdir, config, **kwargs):
+        return _DeadFuture() if field.name == "b" else _DoneFuture(func(field, outdir, config))
+
+
+def test_a_field_whose_worker_keeps_dying_is_marked_failed_and_the_others_run(fields, tmp_path, monkeypatch):
+    import dask.distributed
+
+    monkeypatch.setattr(dask.distributed, "as_completed", lambda futures: iter(futures))
+    config = Config()
+    config.execution.progress = False
+    batch = [Field("a", (str(fields / "f41"),)), Field("b", (str(fields / "f42"),)), Field("c", (str(fields / "f43"),))]
+    summary = run_batch(batch, tmp_path / "batch", config, client=_Client(), retries=2)
+    status = {row["field"]: (row["status"], row["message"]) for row in summary}
+    assert status["a"][0] == "done" and status["c"][0] == "done"
+    assert status["b"][0] == "failed" and "3 tries" in status["b"][1] and "KilledWorker" in status["b"][1]
+    assert field_complete(tmp_path / "batch" / "a") and not (tmp_path / "batch" / "b").exists()
