@@ -7,7 +7,6 @@ failed run leaves nothing half-written.
 from __future__ import annotations
 
 import json
-import os
 import logging
 import platform
 import resource
@@ -675,9 +674,9 @@ def run_pipeline(
                                          "(run from an earlier step)")
                 if loaded is not None:
                     products.update(loaded)
-                    cache.keep(step.name)
-                    if stage is not None:  # its intermediate products stay with the new run's
-                        stage.carry(f"intermediate/{step.name}")
+                    if stage is not None:  # its stored products and intermediate files stay with the new run's
+                        for kept in (f"steps/{step.name}.pkl", f"steps/{step.name}.json", f"intermediate/{step.name}"):
+                            stage.carry(kept)
                     record["status"] = "cached"
                     log.info("step %s: products of an identical earlier run loaded", step.name)
                 else:

@@ -335,17 +335,3 @@ class StepCache:
                   "bytes": path.stat().st_size, **info}
         (folder / f"{name}.json").write_text(json.dumps(record, indent=2))
         return record
-
-    def keep(self, name: str) -> None:
-        """Carry step ``name``'s stored products from the output directory into the stage (a loaded step)."""
-        if self.outdir is None or self.stage is None:
-            return
-        folder = self.stage / "steps"
-        folder.mkdir(parents=True, exist_ok=True)
-        for suffix in (".pkl", ".json"):
-            src, dest = self.outdir / "steps" / f"{name}{suffix}", folder / f"{name}{suffix}"
-            if src.is_file() and not dest.exists():
-                try:
-                    os.link(src, dest)
-                except OSError:
-                    dest.write_bytes(src.read_bytes())
