@@ -654,3 +654,43 @@ def test_matches_must_beat_chance_alignment():
     assert not enough_matches(9, expected, 6) and enough_matches(240, expected, 6)
     assert enough_matches(6, chance_matches(40, ref, w, 2.5, (2048, 2048)), 6)
     assert not enough_matches(int(expected + CHANCE_SIGMA * math.sqrt(expected)) - 1, expected, 6)
+
+
+@pytest.fixture(scope="module")
+def exact_headers(tmp_path_factory):
+    """768^2, 4 exposures, dense stars, header WCSs exact (to be spoiled one exposure at a time)."""
+    from conftest import small_scene_config
+    from ssodetect.simulate import simulate
+
+    out = tmp_path_factory.mktemp("exact") / "sim"
+    simulate(small_scene_config(12, star_density=150000.0, header_pointing_error=0.0, header_rotation_error=0.0,
+                                header_scale_error=0.0, movers_per_ccd=300.0), out)
+    return out
+
+
+@pytest.mark.parametrize("exposure, shift_arcsec", [(0, 30.0), (1, 30.0), (2, 540.0)])
+def test_one_wrong_header_among_right_ones_is_replaced_and_only_it(exact_headers, tmp_path, exposure, shift_arcsec):
+    """No reference catalogue: one exposure's header 30" off (whichever frame has the most stars) or 0.15 deg off
+    (the headers then say the frames do not overlap) is found by the stars' registration and placed through the
+    others; the right headers are left alone, and the movers are found as with exact headers."""
+    from ssodetect.config import Config
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.pipeline import run_pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in sorted(exact_headers.glob("exp_*.fits")):
+        with fits.open(path) as hdul:
+            if f"exp_{exposure:02d}" in path.name:
+                for hdu in hdul:
+                    if "CRVAL2" in hdu.header:
+                        hdu.header["CRVAL2"] += shift_arcsec / 3600.0
+            hdul.writeto(src / path.name)
+    config = Config()
+    config.execution.progress = False
+    result = run_pipeline([src], tmp_path / "out", config)
+    checks = {int(i["exposure"]): (i.get("header_check") or {}).get("status") for i in result.ccd_info}
+    assert checks[exposure] == "replaced" and [e for e, s in checks.items() if s == "replaced"] == [exposure], checks
+    truth = Table.read(exact_headers / "truth.ecsv")
+    ev = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
+    assert ev.completeness_bright >= 0.9 and ev.n_false <= 1

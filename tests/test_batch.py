@@ -75,6 +75,24 @@ def test_batch_runs_every_field_and_resumes_after_interruption(fields, tmp_path,
     assert main(["batch", str(bad), "--out", str(tmp_path / "never"), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.toml: field 1 needs a name and inputs" in err[0] and not (tmp_path / "never").exists()
+    # a misspelt key is named, not ignored (the field would have run without its reference catalogue)
+    bad.write_text(f'[[field]]\nname = "x"\ninputs = ["{fields / "f41"}"]\nrefact = "refcat.ecsv"\n')
+    assert main(["batch", str(bad), "--out", str(tmp_path / "never"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key(s) refact" in err[0] and not (tmp_path / "never").exists()
+    # a complete field whose input changed since (here: a newer modification time) or whose configuration changed
+    # is run again; the others stay complete
+    frame = sorted((fields / "f41").glob("*.fits"))[0]
+    stat = frame.stat()
+    os.utime(frame, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert main(argv[:3] + argv[4:]) == 0
+    summary = Table.read(out / "batch_summary.ecsv")
+    assert dict(zip(summary["field"], summary["status"])) == {"a": "done", "b": "skipped", "f43": "skipped"}
+    config = tmp_path / "other.toml"
+    config.write_text("[link]\nmatch_sigma = 3.5\n")
+    assert main(argv[:3] + argv[4:] + ["--config", str(config)]) == 0
+    summary = Table.read(out / "batch_summary.ecsv")
+    assert set(summary["status"]) == {"done"}
     # a directory that is not ours is never cleared
     (out / "b" / COMPLETE).unlink()
     (out / "b" / "notes.txt").write_text("mine")

@@ -30,3 +30,24 @@ def test_simulate_run_evaluate(tmp_path, capsys):
 def test_simulate_rejects_bad_parameters(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "s"), "--size", "10", "-q"]) == 2
     assert "nx" in capsys.readouterr().err
+
+
+def test_a_library_warning_is_one_counted_log_line(capsys, monkeypatch):
+    """E.g. astropy's ErfaWarning ("dubious year") on a frame dated far ahead: one WARNING line naming the category,
+    not Python's two-line dump of the warning and its source line."""
+    import warnings
+
+    import ssodetect.config as config_module
+
+    original = config_module.dump_toml
+
+    def warning_dump(*args, **kwargs):
+        warnings.warn('ERFA function "dtf2d" yielded 1 of "dubious year (Note 6)"', RuntimeWarning)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, "dump_toml", warning_dump)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["config"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("WARNING ssodetect: RuntimeWarning: ERFA function") and "dubious" in err[0]

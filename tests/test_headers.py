@@ -153,3 +153,19 @@ def test_cunit_degrees_is_read_as_deg():
     assert fixed["CUNIT1"] == "deg" and fixed["CUNIT2"] == "deg" and any("CUNIT1" in n for n in notes)
     wcs, problem = celestial_wcs(h, shape=(10, 10))
     assert wcs is not None and problem == ""
+
+
+def test_unusable_or_disagreeing_time_keywords_are_noted():
+    """MJD-OBS = 'abc' beside a good DATE-OBS, or MJD-OBS and DATE-OBS 60 s apart: the time used is said, and why the
+    other keyword was not (the frame's time is still the first usable keyword's)."""
+    h = fits.Header({"DATE-OBS": "2024-03-01T02:00:00", "EXPTIME": 60.0, "MJD-OBS": "abc"})
+    t = observation_time(h, IOConfig())
+    assert abs(t.mid.mjd - Time("2024-03-01T02:00:30", scale="utc").mjd) * 86400 < 1e-3
+    assert len(t.notes) == 1 and "MJD-OBS" in t.notes[0]
+    h = fits.Header({"DATE-OBS": "2024-03-01T02:00:00", "EXPTIME": 60.0,
+                     "MJD-OBS": Time("2024-03-01T02:01:00", scale="utc").mjd})
+    t = observation_time(h, IOConfig())
+    assert len(t.notes) == 1 and ("+60.0 s" in t.notes[0] or "-60.0 s" in t.notes[0]), t.notes
+    h = fits.Header({"DATE-OBS": "2024-03-01T02:00:00", "EXPTIME": 60.0,
+                     "MJD-OBS": Time("2024-03-01T02:00:00.4", scale="utc").mjd})
+    assert observation_time(h, IOConfig()).notes == ()

@@ -62,8 +62,8 @@ def _same_tables(a: Path, b: Path, name: str) -> None:
 
 def test_step_graph_printed_as_text_dot_and_mermaid(capsys):
     names = [s.name for s in BUILTIN_STEPS]
-    assert names == ["ingest", "detect", "astrometry", "link", "occupancy", "stack", "vet", "known",
-                     "report"]
+    assert names == ["ingest", "detect", "astrometry", "link", "blends", "occupancy", "stack", "vet",
+                     "known", "report"]
     assert main(["steps"]) == 0
     text = capsys.readouterr().out
     assert all(f"{k}. {n} (version" in text for k, n in enumerate(names, 1))
@@ -82,7 +82,7 @@ def test_stopped_after_astrometry_and_resumed_equals_one_go(field, tmp_path):
     partial = _run(field, tmp_path / "parts", to_step="astrometry")
     assert partial.objects is None
     assert _status(tmp_path / "parts") == {"ingest": "run", "detect": "run", "astrometry": "run", "link": "not run",
-                                           "occupancy": "not run", "stack": "not run", "vet": "not run", "known": "not run",
+                                           "blends": "not run", "occupancy": "not run", "stack": "not run", "vet": "not run", "known": "not run",
                                            "report": "not run"}
     assert not (tmp_path / "parts" / "objects.ecsv").exists()
     resumed = _run(field, tmp_path / "parts", from_step="link")
@@ -103,15 +103,15 @@ def test_only_linking_and_later_steps_rerun_when_only_linking_changes(field, tmp
     first = json.loads((out / "manifest.json").read_text())
     again = _run(field, out)  # nothing changed: every cacheable step loaded
     assert _status(out) == {"ingest": "run", "detect": "cached", "astrometry": "cached", "link": "cached",
-                            "occupancy": "cached", "stack": "off", "vet": "off", "known": "off", "report": "run"}
+                            "blends": "cached", "occupancy": "cached", "stack": "off", "vet": "off", "known": "off", "report": "run"}
     _run_objects = Table.read(out / "objects.ecsv", format="ascii.ecsv")
     assert len(_run_objects) == len(again.objects)
     changed = _run(field, out, _config(link={"match_sigma": 3.0}))
     manifest = json.loads((out / "manifest.json").read_text())
     steps = {r["step"]: r for r in manifest["steps"]}
     assert {k: v["status"] for k, v in steps.items()} == {
-        "ingest": "run", "detect": "cached", "astrometry": "cached", "link": "run", "occupancy": "run",
-        "stack": "off", "vet": "off", "known": "off", "report": "run"}
+        "ingest": "run", "detect": "cached", "astrometry": "cached", "link": "run", "blends": "run",
+        "occupancy": "run", "stack": "off", "vet": "off", "known": "off", "report": "run"}
     seconds = {r["step"]: r["seconds"] for r in first["steps"]}
     assert steps["detect"]["seconds"] < 0.5 * seconds["detect"]  # loaded, not recomputed
     assert manifest["config"]["link"]["match_sigma"] == 3.0 and len(changed.objects) > 0
@@ -322,6 +322,45 @@ class _Dripper(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _Flood(http.server.BaseHTTPRequestHandler):
+    """A receiver that accepts the alert and then streams a 10 GB body."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", str(10 * 1024**3))
+        self.end_headers()
+        chunk = b"\0" * (1 << 20)
+        try:
+            for _ in range(10 * 1024):
+                self.wfile.write(chunk)
+        except OSError:
+            return
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alert_receivers_long_answer_is_not_read(tmp_path):
+    """The status line is the answer: a 10 GB body is neither waited for nor held in memory."""
+    from ssodetect.config import AlertConfig
+    from ssodetect.report.alerts import deliver_alert
+
+    alert = tmp_path / "alert.json"
+    alert.write_text("{}")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flood)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t0 = time.perf_counter()
+        ok = deliver_alert(alert, AlertConfig(url=f"http://127.0.0.1:{server.server_port}/", timeout=5.0, retries=0))
+        took = time.perf_counter() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ok is True and took < 3.0
 
 
 def test_alert_deadline_is_for_the_whole_attempt(tmp_path):

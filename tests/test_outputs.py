@@ -88,3 +88,22 @@ def test_hints_about_the_exposures_times():
     assert "exposures 1 (a2.fits) and 2 (a3.fits) are 1096.0 days apart" in line
     shuffled = _exposures(["a2.fits", "a3.fits", "a1.fits"], [60000.0, 60000.02, 60000.04])
     assert "a2.fits, a3.fits, a1.fits" in time_order_differs(shuffled)
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_an_outdir_with_a_name_as_long_as_the_file_system_allows(tmp_path, replace):
+    """A 250-byte OUTDIR name: its lock, stage and previous directories beside it get shortened, distinct names."""
+    from ssodetect.io.outputs import OutputStage, sibling_name
+
+    out = tmp_path / ("x" * 249 + "1")
+    other = tmp_path / ("x" * 249 + "2")
+    assert len(sibling_name(out.name)) <= 160 and sibling_name(out.name) != sibling_name(other.name)
+    assert sibling_name("short/name") == "short__name"
+    for target in (out, other):
+        if not replace:
+            target.mkdir()
+        for k in range(2):  # a new directory, then a replacement (or a merge) of it
+            with OutputStage(target, replace=replace) as stage:
+                stage.file(f"product{k}.txt").write_text("ok")
+            assert (target / f"product{k}.txt").read_text() == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted([out.name, other.name])

@@ -1,5 +1,6 @@
 """Reports people submit and read: ADES PSV/XML (schema-valid, round trip), MPC 80-column records
 (round trip on the real examples), `ssodetect report`, and the HTML page in headless Chromium."""
+import hashlib
 import json
 import shutil
 
@@ -148,6 +149,11 @@ def test_report_command_regenerates_and_space_position(run_dir, tmp_path, capsys
     config.write_text('[report]\nstation = "C65"\nobserver_position = [1234567.5, -765432.25, 98765.125]\n')
     assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
     xml = (copy / "observations.xml").read_text()
+    # the run's manifest follows the rewritten reports (checksums, and the report command recorded)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name in REPORTS:
+        assert manifest["products"][name]["sha256"] == hashlib.sha256((copy / name).read_bytes()).hexdigest(), name
+    assert len(manifest["reports"]) == 2 and "observations.xml" in manifest["reports"][-1]["files"]
     xsd = real_data("ades", "xsd", "submit.xsd")
     assert validate_xml(xml, xsd) == []
     rows = read_ades(xml)[0][1]

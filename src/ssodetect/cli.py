@@ -14,6 +14,7 @@ import argparse
 import errno
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from ssodetect._version import __version__
@@ -72,17 +73,30 @@ def _simulate(args) -> int:
     return 0
 
 
+def _option(section, name: str, value, option: str) -> None:
+    """Set a configuration value from a command-line option; a value the configuration refuses is a ConfigError."""
+    from pydantic import ValidationError
+
+    from ssodetect.errors import ConfigError
+
+    try:
+        setattr(section, name, value)
+    except ValidationError as exc:
+        problems = "; ".join(err["msg"] for err in exc.errors())
+        raise ConfigError(f"{option} {value}: {problems}") from None
+
+
 def _execution_config(args):
     """The configuration file given with --config, with --workers and --quiet applied."""
     from ssodetect.config import load_config
 
     config = load_config(args.config)
     if args.workers is not None:
-        config.execution.workers = args.workers
+        _option(config.execution, "workers", args.workers, "--workers")
     if args.quiet:
         config.execution.progress = False
     if getattr(args, "profile", None):
-        config.profile.name = args.profile
+        _option(config.profile, "name", args.profile, "--profile")
     return config
 
 
@@ -94,7 +108,7 @@ def _run(args) -> int:
     if args.scheduler:
         config.execution.scheduler = args.scheduler
     if args.station:
-        config.report.station = args.station
+        _option(config.report, "station", args.station, "--station")
     if args.orbits:
         config.known.orbits = list(config.known.orbits) + list(args.orbits)
     if args.allow_mixed_filters:
@@ -228,6 +242,30 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, argv) -> None:
+    """The run's ``manifest.json`` with the checksums of the rewritten reports (and without the dropped ones), staged."""
+    import json
+    from datetime import datetime, timezone
+
+    from ssodetect.pipeline.steps import sha256_file
+
+    path = outdir / "manifest.json"
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+        products = manifest["products"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SSODetectError(f"{path}: unreadable run manifest ({exc})") from None
+    for name in dropped:
+        products.pop(name, None)
+    for p in written:
+        products[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    manifest.setdefault("reports", []).append({"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                               "command": list(argv), "files": sorted(p.name for p in written)})
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
 def _report(args) -> int:
     from ssodetect.config import load_config
     from ssodetect.io import OutputStage
@@ -240,7 +278,9 @@ def _report(args) -> int:
     config = load_config(args.config or (outdir / "config.toml" if (outdir / "config.toml").is_file() else None))
     with OutputStage(outdir) as stage:
         written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
-    for name in set(REPORT_FILES) - {p.name for p in written}:
+        dropped = set(REPORT_FILES) - {p.name for p in written}
+        _update_manifest(outdir, stage.path, written, dropped, argv=sys.argv)
+    for name in dropped:
         (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     for path in written:
         print(outdir / path.name)
@@ -335,9 +375,9 @@ def _ml(args) -> int:
         run_config = source / "config.toml"
         config = load_config(run_config if run_config.is_file() else None)
         config.execution.progress = not args.quiet
-        config.ml.model = args.model
+        _option(config.ml, "model", args.model, "--model")
         if args.threshold is not None:
-            config.ml.threshold = args.threshold
+            _option(config.ml, "threshold", args.threshold, "--threshold")
         vetting = score_run(source, config)
         if args.out:
             from ssodetect.io.outputs import OutputStage
@@ -563,6 +603,13 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
                        errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR}
 
 
+def _warning_as_log(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command: a library's warning (e.g. astropy's ErfaWarning for a dubious year)
+    becomes a warning of the run's log (counted, in run.log), one line naming its category."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    log.warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno)
+
+
 def main(argv=None) -> int:
     """Entry point of the ``ssodetect`` command; returns the exit status."""
     parser = build_parser()
@@ -573,6 +620,8 @@ def main(argv=None) -> int:
     handler.setLevel(level)  # the run may lower the package level so that run.log records progress
     log.addHandler(handler)
     log.setLevel(level)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_as_log  # a library's warning is one counted log line, not a raw two-line dump
     try:
         return args.func(args)
     except SSODetectError as exc:
@@ -586,7 +635,8 @@ def main(argv=None) -> int:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise_internal = exc
         else:  # the machine's problem, not ours: a full disk, no permission, a read-only file system
-            where = exc.filename or "output"
+            # a failed write often carries no file name: the output directory the command was writing
+            where = exc.filename or getattr(args, "out", None) or getattr(args, "outdir", None) or "output"
             print(f"ssodetect: error: {where}: {exc.strerror or exc} (nothing was committed)", file=sys.stderr)
             return 2
         log.debug("internal error", exc_info=True)
@@ -599,6 +649,7 @@ def main(argv=None) -> int:
               f" (run with -v for the traceback; please report it)", file=sys.stderr)
         return 3
     finally:
+        warnings.showwarning = shown
         log.removeHandler(handler)
 
 

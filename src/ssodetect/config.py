@@ -7,6 +7,7 @@ run's outputs (``config.toml``) so results carry their provenance.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -109,8 +110,8 @@ class IOConfig(_Section):
     )
     flag_mask: int = Field(
         default=0xFFFFFFFF,
-        ge=0,
-        description="Bits of the FLG extension that mark a pixel as bad (any set bit masks the pixel).",
+        ge=0, le=2**63 - 1,
+        description="Bits of the FLG extension that mark a pixel as bad (any set bit masks the pixel; 63 bits at most).",
     )
     exposure_grouping_s: float = Field(
         default=2.0, gt=0, description="Files whose mid-exposure times agree within this [s] form one exposure."
@@ -247,6 +248,17 @@ class LinkConfig(_Section):
         description="Relative scatter of a mover's flux between exposures beyond its noise (blends, cosmic-ray hits, "
         "rotation): a detection more than 3 standard deviations (noise and this scatter) from its tracklet's mean flux "
         "is dropped from it.",
+    )
+    blend_recovery: bool = Field(
+        default=True,
+        description="A slow mover detected cleanly in two exposures and merged with a brighter source in the others "
+        "is measured there in the pixels: the static sky of the other exposures (resampled) is fitted together with "
+        "the mover's PSF at its predicted position. Counts in provenance.json ('link', 'blends').",
+    )
+    blend_min_snr: float = Field(
+        default=10.0, gt=0,
+        description="Signal-to-noise ratio both detections of a pair need before the mover is looked for in blends, "
+        "and that each measurement in a blend needs.",
     )
     occupancy_test: bool = Field(
         default=True,
@@ -451,6 +463,15 @@ class ReportConfig(_Section):
         "'(NNN)' in ORIGIN/OBSERVAT) when there is one, else unassigned; set your own code."
     )
     observatory_name: str = Field(default="", description="Observatory name for the ADES header.")
+
+    @field_validator("station")
+    @classmethod
+    def _station(cls, value: str) -> str:
+        # the MPC's 80-column format holds three characters; ADES (StationType) three or four alphanumerics
+        if not re.fullmatch(r"[0-9A-Z]{3}", value):
+            raise ValueError(f"station {value!r} is not an MPC observatory code: three characters, digits and capital "
+                             "letters (e.g. 500, I41, X05; XXX: from the headers)")
+        return value
     submitter: str = Field(default="ssodetect user", description="Submitter name for the ADES header.")
     institution: str = Field(default="", description="Submitter's institution (ADES submitter/institution).")
     observers: list[str] = Field(default=[], description="Observers' names (ADES observers).")

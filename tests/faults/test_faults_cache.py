@@ -194,3 +194,29 @@ def test_unusable_cache_key_warns_and_the_run_goes_on(scene, tmp_path, capsys, m
     assert "detect run" in " ".join(outcome.out), outcome.out
     assert {"steps/detect.pkl", "steps/detect.json"} <= files(out) and files(out) == recorded(out)
     # (a later process has another throw-away key; in this one the same key is used, so no second run here)
+
+
+def test_a_rerun_from_the_cache_says_the_cached_steps_warnings_again(good_run, scene, tmp_path, capsys):
+    """The session's run warns (headers off by 20": registered onto one exposure; exit 1).  Its rerun loads every
+    step: the same warnings, marked as the earlier run's, and the same exit status (not a clean 0)."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert all(status in ("cached", "off") for name, status in outcome.steps().items() if name not in
+               ("ingest", "report")), outcome.steps()
+    assert outcome.code == good_run.outcome.code == 1, outcome.err
+    first = [w for w in good_run.outcome.warnings if "its header WCS puts the stars" in w]
+    again = [w for w in outcome.warnings if "as its earlier run said" in w]
+    assert first and len(again) >= len(first)
+    assert all(any(w.split(": ", 1)[-1][:60] in a for a in again) for w in first)
+
+
+def test_a_cache_key_inside_outdir_is_refused(scene, tmp_path, capsys, monkeypatch):
+    """OUTDIR is replaced as a whole: a signing key kept inside it would be thrown away by every run (and every
+    stored product with it)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("SSODETECT_CACHE_KEY", str(out / "cache.key"))
+    outcome = cli(capsys, "run", scene, "--out", out, "--to-step", "detect")
+    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+    assert "cache.key" in outcome.errors[0] and "signing key" in outcome.errors[0]
+    assert list(out.iterdir()) == []

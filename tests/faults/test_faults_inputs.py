@@ -279,7 +279,7 @@ def test_bad_reference_catalogue(scene, out, tmp_path, capsys, kind):
     _refused_unchanged(capsys, scene, out, "ref.ecsv", extra=("--refcat", refcat))
 
 
-@pytest.mark.parametrize("kind", ["binary junk", "directory", "unknown section", "wrong type"])
+@pytest.mark.parametrize("kind", ["binary junk", "directory", "unknown section", "wrong type", "flag mask overflow"])
 def test_bad_configuration_file(scene, out, tmp_path, capsys, kind):
     config = tmp_path / "c.toml"
     if kind == "binary junk":
@@ -288,9 +288,32 @@ def test_bad_configuration_file(scene, out, tmp_path, capsys, kind):
         config.mkdir()
     elif kind == "unknown section":
         config.write_text("[no_such_section]\nx = 1\n")
+    elif kind == "flag mask overflow":
+        config.write_text("[io]\nflag_mask = 18446744073709551615\n")
     else:
         config.write_text("[detect]\nthreshold = \"high\"\n")
     _refused_unchanged(capsys, scene, out, "c.toml", extra=("--config", config))
+
+
+@pytest.mark.parametrize("option, value", [("--workers", "0"), ("--workers", "100000"), ("--station", "abcd"),
+                                           ("--station", "C5"), ("--station", "XYZ9"),
+                                           ("--scheduler", "tcp://127.0.0.1:9")])
+def test_bad_command_line_settings(scene, out, capsys, option, value):
+    """Out-of-range workers, station codes that neither ADES nor the 80-column format can carry, a scheduler that is
+    not there: exit 2 naming the option, not an internal error (nor an hour of Dask waiting for 100000 processes)."""
+    if option == "--scheduler":  # (a run whose steps are all cached never connects: a new OUTDIR)
+        pytest.importorskip("dask.distributed")
+        out = out.parent / "new"
+        out.mkdir()
+    line = _refused_unchanged(capsys, scene, out, value, extra=(option, value))
+    assert option in line or "scheduler" in line or "workers" in line
+
+
+def test_a_station_in_the_configuration_file_is_checked(scene, out, tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('[report]\nstation = "My backyard"\n')
+    line = _refused_unchanged(capsys, scene, out, "c.toml", extra=("--config", config))
+    assert "My backyard" in line and "MPC observatory code" in line
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -461,7 +461,7 @@ def test_disk_full_late_in_a_run(good_run, scene, tmp_path, capsys, monkeypatch)
     outcome = cli(capsys, "run", scene, "--out", out)
     assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
-    assert "No space left on device" in outcome.errors[0]
+    assert "No space left on device" in outcome.errors[0] and str(out) in outcome.errors[0]  # where it was writing
 
 
 def test_failure_of_the_exchange_itself(good_run, scene, tmp_path, capsys, monkeypatch):

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from scipy.special import erf
 
-__all__ = ["shape_chi2", "shape_chi2_reference", "psf_photometry", "psf_photometry_reference", "SHARP_SIGMA", "MAX_HALF"]
+__all__ = ["trailed_psf", "shape_chi2", "shape_chi2_reference", "psf_photometry", "psf_photometry_reference", "SHARP_SIGMA", "MAX_HALF"]
 
 SHARP_SIGMA = 0.3
 MIN_HALF = 2
@@ -59,6 +59,16 @@ def _model_reference(x, y, length, theta, sigma, x0, y0, n):
         py = np.diff(0.5 * (1.0 + erf((edges_y - cy) / (math.sqrt(2.0) * sigma))))
         model += np.outer(py, px)
     return model / len(sx)
+
+
+def trailed_psf(x: float, y: float, length: float, theta: float, sigma: float, x0: int, y0: int, n: int) -> np.ndarray:
+    """Unit-flux image of a point source swept along a trail, on an ``n x n`` stamp.
+
+    A pixel-integrated Gaussian of ``sigma`` [px] averaged over ``length`` [px] at angle ``theta``
+    [rad, from +x towards +y] centred on ``(x, y)`` [px, 0-based, image frame]; the stamp's pixel
+    ``[0, 0]`` is the image's ``(x0, y0)``.  Returns ``(n, n)``, summing to ~1 when the stamp holds the source.
+    """
+    return _model_reference(x, y, length, theta, sigma, x0, y0, n)
 
 
 def _fit_reference(d, v_base, model, gain):

@@ -267,12 +267,17 @@ def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
                 if not ccd:
                     ccd = f"hdu{i}" if len(images) > 1 else "0"
                 layout.append((ccd, i, None, None))
+        noted: set = set()
         for ccd, sci, rms, flg in layout:
             header = hdul[sci].header
             try:
                 obs = observation_time(header, config, fallback=primary if sci != 0 else None)
             except ValueError as exc:
                 raise InputError(f"{path}: {exc}") from None
+            for note in obs.notes:
+                if note not in noted:  # once per file, not per CCD
+                    noted.add(note)
+                    log.warning("%s: %s (the time comes from %s)", path, note, obs.source)
             refs.append(
                 CCDRef(
                     path=str(path),

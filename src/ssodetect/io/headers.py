@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from astropy.io import fits
@@ -72,12 +72,19 @@ class ObservationTime:
         Exposure time [s].
     source : str
         Which keyword(s) the time came from (for provenance and messages).
+    notes : tuple of str
+        Time keywords that were present but unusable, or that disagree with the one used (for warnings).
     """
 
     mid: Time
     exptime: float
     source: str
+    notes: tuple = ()
 
+
+#: Time keywords of one header whose mid-exposure times differ by more than this [s] disagree (a warning; MJD-OBS
+#: written with 5 decimals is good to 0.9 s).
+TIME_AGREEMENT_S = 2.0
 
 _ISO_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{1,2}:\d{2}(:\d{2}(\.\d*)?)?)?Z?$")
 _OLD_DATE_RE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{2,3})$")
@@ -166,6 +173,7 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
         raise ValueError(f"exposure time {exptime!r} is invalid")
     scale = _time_scale(merged)
     problems = []
+    found = None
     for key in config.time_keys:
         if key not in merged:
             continue
@@ -201,7 +209,13 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
         offset = {"start": 0.5, "mid": 0.0, "end": -0.5}[kind] * exptime
         mid = (t + offset * u.s).utc
         mid.format = "isot"
-        return ObservationTime(mid=mid, exptime=exptime, source=f"{key} ({kind} of exposure)")
+        if found is None:
+            found = ObservationTime(mid=mid, exptime=exptime, source=f"{key} ({kind} of exposure)")
+        elif abs(float((mid - found.mid).to_value(u.s))) > TIME_AGREEMENT_S:
+            problems.append(f"{key} puts mid-exposure at {mid.isot}, {float((mid - found.mid).to_value(u.s)):+.1f} s "
+                            f"from the {found.source.split(' ')[0]} used")
+    if found is not None:
+        return replace(found, notes=tuple(f"time keyword {p}" for p in problems))
     detail = "; ".join(problems) if problems else f"none of {', '.join(config.time_keys)} present"
     raise ValueError(f"no usable observation time ({detail})")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -150,8 +151,7 @@ class OutputLock:
             self.path = self.directory / ".ssodetect.lock"
         else:
             self.base = _nearest_existing(self.directory.parent)
-            relative = self.directory.relative_to(self.base).as_posix().replace("/", "__")
-            self.path = self.base / f".{relative}.lock"
+            self.path = self.base / f".{sibling_name(self.directory.relative_to(self.base))}.lock"
         self._fd: int | None = None
         self._acquire()
 
@@ -263,7 +263,7 @@ class OutputStage:
     def _prefix(self, kind: str) -> str:
         if self.base == self.outdir:
             return f".ssodetect.{kind}-"
-        return f".{self.outdir.relative_to(self.base).as_posix().replace('/', '__')}.{kind}-"
+        return f".{sibling_name(self.outdir.relative_to(self.base))}.{kind}-"
 
     def _tidy(self) -> None:
         """Remove stages of killed commands; put back a directory a crash left renamed aside (we hold the lock)."""
@@ -388,7 +388,25 @@ def check_free_space(stage: OutputStage, input_bytes: int, *, keep: bool = False
                          f"{input_bytes / 2**20:.0f} MB of frames writes up to about {need / 2**20:.0f} MB")
 
 
-def check_apart(outdir: str | Path, inputs) -> None:
+#: Longest OUTDIR part kept in the names of its lock, stage and previous directories beside it (a file name holds
+#: 255 bytes; the rest is a hash of the whole, the kind and tempfile's suffix).
+SIBLING_NAME_MAX = 160
+
+
+def sibling_name(relative: str | Path) -> str:
+    """The OUTDIR part of the names of the files and directories beside it (lock, stage, previous).
+
+    ``relative`` is OUTDIR's path below the existing directory they are made in; a long one is cut and a hash of the
+    whole added, so that names stay within a file system's 255 bytes and distinct.
+    """
+    name = Path(relative).as_posix().replace("/", "__")
+    if len(name.encode()) <= SIBLING_NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name.encode()[:SIBLING_NAME_MAX - 17].decode(errors="ignore") + "-" + digest
+
+
+def check_apart(outdir: str | Path, inputs, what: str = "input") -> None:
     """Refuse an output directory that holds (or is) one of the command's input files or directories: it is
     replaced as a whole.
 
@@ -401,5 +419,5 @@ def check_apart(outdir: str | Path, inputs) -> None:
     for item in inputs:
         path = Path(os.path.realpath(item))
         if path == out or out in path.parents:
-            raise InputError(f"{outdir}: holds the run's input {item}; the output directory is replaced as a whole, "
+            raise InputError(f"{outdir}: holds the run's {what} {item}; the output directory is replaced as a whole, "
                              "so choose another one")

@@ -290,6 +290,37 @@ def _static_sources(table: Table, config: Config) -> np.ndarray:
 HEADER_TOLERANCE = 0.2
 #: Fewest registered stars for a header to be replaced by a registration.
 MIN_CHECK_STARS = 10
+#: Frames tried as the base of a CCD's header check when no frame is solved on the catalogue.
+MAX_BASE_TRIALS = 3
+
+
+def _header_checks(base: int, members: list, stars: dict, tasks: list, placed_wcs: dict, label: dict,
+                   config: Config) -> dict:
+    """Every frame of ``members`` but ``base`` (and frames solved on the catalogue) registered onto ``base``:
+    k -> ``header_check`` entry (``status`` ok | replaced | not registered, ``reference``, and for registered frames
+    ``disagreement_arcsec``, ``stars``, ``rms_px`` and the ``registration``)."""
+    base_ref = tasks[base]
+    ccd = base_ref.ccd
+    base_wcs = placed_wcs[(base_ref.exposure, ccd)]
+    index = PatternIndex(stars[base], n_ref=40)
+    scale = pixel_scale(base_wcs)
+    checks = {}
+    for k in members:
+        if k == base or label[k] == "fit":
+            continue
+        ref = tasks[k]
+        # no overlap test through the headers: a header 0.1 deg off says the frames do not overlap; the pattern match
+        # does not need it (frames that really do not overlap do not register)
+        reg = register_to_reference(stars[k], stars[base], index=index,
+                                    match_radius=max(2.0, config.astrometry.match_radius / scale))
+        if reg is None or reg.n_stars < MIN_CHECK_STARS:
+            checks[k] = {"status": "not registered", "reference": base_ref.path}
+            continue
+        off = header_disagreement(reg, placed_wcs[(ref.exposure, ccd)], base_wcs, stars[k][:50])
+        tolerance = max(HEADER_TOLERANCE, 5.0 * reg.rms * scale)
+        checks[k] = {"status": "ok" if off <= tolerance else "replaced", "reference": base_ref.path,
+                     "disagreement_arcsec": off, "stars": reg.n_stars, "rms_px": reg.rms, "registration": reg}
+    return checks
 
 
 def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config: Config, placed_wcs: dict) -> list[Table]:
@@ -302,6 +333,8 @@ def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config
     registration and the base's WCS put them, the header is wrong relative to the base: the frame's sky
     positions are recomputed through the base (a warning names the file and the disagreement).  The sky is
     then the base frame's header sky: relative positions are right, absolute ones only as good as that header.
+    Without a solved frame the base is the frame whose header agrees with the most others (up to
+    :data:`MAX_BASE_TRIALS` frames tried): one wrong header does not move the right ones.
     ``infos`` gain a ``header_check`` entry.  Returns the tables in the same order.
     """
     out = list(tables)
@@ -318,40 +351,37 @@ def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config
             continue
         stars = {k: _static_sources(tables[k], config) for k in members}
         solved = [k for k in members if label[k] == "fit"]  # a frame solved on the catalogue is the best base
-        base = max(solved or members, key=lambda k: len(stars[k]))
+        by_stars = sorted(solved or members, key=lambda k: -len(stars[k]))
+        base, checks = by_stars[0], _header_checks(by_stars[0], members, stars, tasks, placed_wcs, label, config)
+        if not solved:
+            # headers only: the base is the frame whose header most others agree with (one header 30" off must not
+            # move the good ones); the frames disagreeing with the first choice are tried, most stars first
+            agreeing = 1 + sum(c["status"] == "ok" for c in checks.values())
+            others = sorted((k for k, c in checks.items() if c["status"] == "replaced"), key=lambda k: -len(stars[k]))
+            for k in others[:MAX_BASE_TRIALS - 1]:
+                if 2 * agreeing > len(members):
+                    break
+                trial = _header_checks(k, members, stars, tasks, placed_wcs, label, config)
+                count = 1 + sum(c["status"] == "ok" for c in trial.values())
+                if count > agreeing:
+                    base, checks, agreeing = k, trial, count
         base_ref = tasks[base]
         base_wcs = placed_wcs[(base_ref.exposure, ccd)]
-        index = PatternIndex(stars[base], n_ref=40)
-        scale = pixel_scale(base_wcs)
-        for k in members:
-            if k == base or label[k] == "fit":
-                continue
+        for k, check in checks.items():
             ref = tasks[k]
-            shape = infos[k].get("shape") or (0, 0)
-            centre = placed_wcs[(ref.exposure, ccd)].all_pix2world([[0.5 * (shape[1] - 1), 0.5 * (shape[0] - 1)]], 0)
-            bx, by = base_wcs.all_world2pix(centre, 0)[0]
-            base_shape = infos[base].get("shape") or (0, 0)
-            if not (0 <= bx < base_shape[1] and 0 <= by < base_shape[0]):  # the headers say they barely overlap
-                infos[k]["header_check"] = {"status": "no overlap", "reference": base_ref.path}
-                continue
-            reg = register_to_reference(stars[k], stars[base], index=index,
-                                        match_radius=max(2.0, config.astrometry.match_radius / scale))
-            if reg is None or reg.n_stars < MIN_CHECK_STARS:
-                infos[k]["header_check"] = {"status": "not registered", "reference": base_ref.path}
+            reg = check.pop("registration", None)
+            infos[k]["header_check"] = check
+            if check["status"] == "not registered":
                 log.info("%s CCD %s (exposure %d): header WCS not checked (no registration onto exposure %d)",
                          ref.path, ccd, ref.exposure, base_ref.exposure)
-                continue
-            off = header_disagreement(reg, placed_wcs[(ref.exposure, ccd)], base_wcs, stars[k][:50])
-            tolerance = max(HEADER_TOLERANCE, 5.0 * reg.rms * scale)
-            infos[k]["header_check"] = {"status": "ok" if off <= tolerance else "replaced", "reference": base_ref.path,
-                                        "disagreement_arcsec": off, "stars": reg.n_stars, "rms_px": reg.rms}
-            if off <= tolerance:
+            if check["status"] != "replaced":
                 continue
             out[k] = place_on_reference(tables[k], reg, base_wcs, "frame")
             log.warning("%s CCD %s (exposure %d): its header WCS puts the stars %.2f\" from where exposure %d's %s "
                         "and the stars' registration put them; placed through exposure %d's WCS (%d stars, rms %.3f px)",
-                        ref.path, ccd, ref.exposure, off, base_ref.exposure,
-                        "fitted WCS" if label[base] == "fit" else "header", base_ref.exposure, reg.n_stars, reg.rms)
+                        ref.path, ccd, ref.exposure, check["disagreement_arcsec"], base_ref.exposure,
+                        "fitted WCS" if label[base] == "fit" else "header", base_ref.exposure, check["stars"],
+                        check["rms_px"])
     return out
 
 

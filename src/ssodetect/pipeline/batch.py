@@ -12,6 +12,7 @@ directory (a lock beside it).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -23,14 +24,17 @@ from astropy.table import Table
 
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
+from ssodetect.io.frames import find_inputs
 from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files
 from ssodetect.pipeline.steps import sha256_file
 
-__all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "fields_from_arguments", "run_batch", "run_field"]
+__all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "field_state", "fields_from_arguments", "run_batch", "run_field"]
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "complete.json"
+#: Keys of a manifest's ``[[field]]`` table.
+MANIFEST_KEYS = ("name", "inputs", "refcat")
 SUMMARY = "batch_summary.ecsv"
 
 SUMMARY_COLUMNS = [
@@ -80,8 +84,15 @@ def _read_manifest(path: Path) -> list[Field]:
     entries = doc.get("field")
     if not isinstance(entries, list) or not entries:
         raise InputError(f"{path}: the manifest needs [[field]] entries (name, inputs, optional refcat)")
+    unknown = sorted(set(doc) - {"field"})
+    if unknown:
+        raise InputError(f"{path}: unknown manifest key(s) {', '.join(unknown)} (only [[field]] tables)")
     fields = []
     for k, entry in enumerate(entries):
+        extra = sorted(set(entry) - set(MANIFEST_KEYS)) if isinstance(entry, dict) else []
+        if extra:
+            raise InputError(f"{path}: field {k + 1}: unknown key(s) {', '.join(extra)} (known: "
+                             f"{', '.join(MANIFEST_KEYS)})")
         inputs = entry.get("inputs") if isinstance(entry, dict) else None
         if isinstance(inputs, str):
             inputs = [inputs]
@@ -118,13 +129,30 @@ def fields_from_arguments(arguments) -> list[Field]:
     return fields
 
 
-def field_complete(outdir: str | Path) -> bool:
-    """True when ``outdir`` holds a finished run: ``complete.json`` and every file it lists, unchanged."""
+def field_state(field: Field, config: Config) -> dict:
+    """What a field's finished run depends on: its input files (path, size, modification time) and the configuration.
+
+    The ``[execution]`` section (workers, scheduler, progress) does not change results and is left out.
+    """
+    paths = [str(p) for p in find_inputs(list(field.inputs))] + ([field.refcat] if field.refcat else [])
+    files = []
+    for p in paths:
+        st = Path(p).stat()
+        files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    settings = config.model_dump(mode="json", exclude={"execution"})
+    return {"inputs": files, "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
+
+
+def field_complete(outdir: str | Path, state: dict | None = None) -> bool:
+    """True when ``outdir`` holds a finished run: ``complete.json`` and every file it lists, unchanged, and (given
+    ``state``, from :func:`field_state`) made from the same input files and configuration."""
     outdir = Path(outdir)
     try:
         record = json.loads((outdir / COMPLETE).read_text())
+        if state is not None and record.get("state") != state:
+            return False
         return all(sha256_file(outdir / name) == digest for name, digest in record["files"].items())
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -147,17 +175,20 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
     out = Path(outdir)
     row = {"field": field.name, "status": "skipped", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
            "peak_rss_mb": 0.0, "message": ""}
-    if field_complete(out):
+    state = field_state(field, config)
+    if field_complete(out, state):
         record = json.loads((out / COMPLETE).read_text())
         row.update(n_objects=record["n_objects"], n_observations=record["n_observations"])
         return row
+    if (out / COMPLETE).is_file():
+        log.info("field %s: its input files or the configuration changed since its run: run again", field.name)
     # a partial run (its directory holds only our products, or run_pipeline refuses it): its steps whose
     # stored products verify are loaded, the others run again, and the new directory replaces it whole
     t0 = time.perf_counter()
     result = run_pipeline(list(field.inputs), out, config, refcat=field.refcat)
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")}
     record = {"field": field.name, "inputs": list(field.inputs), "refcat": field.refcat, "files": files,
-              "n_objects": len(result.objects), "n_observations": len(result.observations)}
+              "n_objects": len(result.objects), "n_observations": len(result.observations), "state": state}
     atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
     record_files(out, [COMPLETE])
     row.update(status="done", n_objects=len(result.objects), n_observations=len(result.observations),

@@ -14,16 +14,19 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
+from scipy.ndimage import binary_dilation
 
 from ssodetect.calibrate import MasterFrames, calibrate_ccd
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources, heavy_tail_correction
+from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
 
-__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image"]
+__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
+           "cleaned_pixels"]
 
 log = logging.getLogger(__name__)
 
@@ -387,3 +390,19 @@ def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_nois
         rms = image.rms if image.rms is not None else bkg_rms
         return data, np.asarray(rms, np.float32), float(image.gain)
     return data
+
+
+def cleaned_pixels(ref: CCDRef, config: Config, calibration, psf_sigma: float):
+    """One CCD image for measurements at given positions: cosmic-ray hits (and a pixel around them) masked.
+
+    Returns ``(image, variance, mask, gain)``: ``image`` (ny, nx) float32 [ADU], background subtracted,
+    0 where ``mask`` (bad, NaN or hit); ``variance`` [ADU^2] the background noise; ``gain`` [e-/ADU].
+    """
+    data, rms, gain = subtracted_image(ref, config, calibration, with_noise=True)
+    bad = ~np.isfinite(data)
+    filled = np.nan_to_num(data).astype(np.float32)
+    hits = sharp_pixel_mask(filled, rms, psf_sigma, mask=bad)
+    mask = bad | binary_dilation(hits, iterations=1)
+    image = np.where(mask, 0.0, filled).astype(np.float32)
+    return image, np.asarray(rms, np.float32) ** 2, mask, gain
+

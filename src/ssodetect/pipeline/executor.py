@@ -15,9 +15,11 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import socket
 from collections import namedtuple
 from importlib.util import find_spec
 from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
@@ -27,8 +29,13 @@ from ssodetect.errors import ConfigError
 Config_like = namedtuple("Config_like", "workers scheduler")
 
 
+#: Local worker processes allowed per CPU of the machine (more only queue for the CPUs, each with its own memory).
+MAX_WORKERS_PER_CPU = 4
+
+
 def require_extras(execution, *, astroscrappy: bool = False) -> None:
-    """Check, before any work, that the optional packages the settings need are installed.
+    """Check, before any work, that the optional packages the settings need are installed (and workers are few enough:
+    at most :data:`MAX_WORKERS_PER_CPU` per CPU).
 
     Parameters
     ----------
@@ -42,6 +49,10 @@ def require_extras(execution, *, astroscrappy: bool = False) -> None:
     ConfigError
         One line naming the setting and the extra to install.
     """
+    cpus = os.cpu_count() or 1
+    if not execution.scheduler and execution.workers > MAX_WORKERS_PER_CPU * cpus:
+        raise ConfigError(f"--workers {execution.workers}: more workers than this machine's {cpus} CPUs can run (at most "
+                          f"{MAX_WORKERS_PER_CPU * cpus}; each local worker is a process with its own memory)")
     if (execution.workers > 1 or execution.scheduler) and (find_spec("dask") is None or find_spec("distributed") is None):
         raise ConfigError("--workers > 1 and --scheduler run on Dask, which is not installed: "
                           "pip install 'ssodetect[dask]' (or run with --workers 1)")
@@ -119,6 +130,21 @@ class SerialExecutor:
         self.close()
 
 
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a TCP scheduler address nothing listens on at once (Dask would retry for its whole timeout)."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise ConfigError(f"dask scheduler {address}: not an address ({exc})") from None
+    if parts.scheme not in ("tcp", "tls") or not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"dask scheduler {address}: cannot connect ({exc.strerror or exc})") from None
+
+
 class DaskExecutor:
     """Run tasks on Dask workers.
 
@@ -136,7 +162,12 @@ class DaskExecutor:
         from dask.distributed import Client, LocalCluster
         self._cluster = None
         if address:
-            self.client = Client(address, timeout="30s")
+            _reachable(address)
+            try:
+                self.client = Client(address, timeout="30s")
+            except (OSError, TimeoutError) as exc:  # refused, unknown host, nothing answering in 30 s
+                raise ConfigError(f"dask scheduler {address}: cannot connect ({str(exc).strip() or type(exc).__name__})"
+                                  ) from None
             self.description = f"dask scheduler {address}"
         else:
             import dask
@@ -180,7 +211,11 @@ class DaskExecutor:
 
 
 def make_executor(*, workers: int = 1, scheduler: str = ""):
-    """Serial for one worker and no scheduler, Dask otherwise."""
+    """Serial for one worker and no scheduler, Dask otherwise.
+
+    Raises ConfigError for settings :func:`require_extras` refuses, or an unreachable scheduler.
+    """
+    require_extras(Config_like(workers, scheduler))
     if scheduler:
         return DaskExecutor(address=scheduler)
     if workers > 1:

@@ -16,15 +16,13 @@ from collections import defaultdict
 
 import numpy as np
 from astropy.table import Table
-from scipy.ndimage import binary_dilation
 
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.detect.shape import psf_photometry
 from ssodetect.link.pixels import missing_deficit, occupancy_scores, occupancy_verdict, trail_overlap
-from ssodetect.pipeline.ccd import subtracted_image
+from ssodetect.pipeline.ccd import cleaned_pixels
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +47,8 @@ class ForcedFlux:
 
     def __call__(self, job):
         ref, sigma, xs, ys, lengths, thetas = job
-        data, rms, gain = subtracted_image(ref, self.config, self.masters.get(ref.ccd), with_noise=True)
-        bad = ~np.isfinite(data)
-        filled = np.nan_to_num(data).astype(np.float32)
-        hits = sharp_pixel_mask(filled, rms, sigma, mask=bad)
-        mask = bad | binary_dilation(hits, iterations=1)
-        image = np.where(mask, 0.0, filled).astype(np.float32)
-        return psf_photometry(image, np.asarray(rms, np.float32) ** 2, mask, xs, ys, lengths, thetas, sigma, gain)
+        image, variance, mask, gain = cleaned_pixels(ref, self.config, self.masters.get(ref.ccd), sigma)
+        return psf_photometry(image, variance, mask, xs, ys, lengths, thetas, sigma, gain)
 
 
 def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, masters: dict,
@@ -73,7 +66,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     wcs_for : callable
         ``(exposure index, ccd) -> WCS`` the positions went through (None without).
     masters : dict
-        CCD -> calibration masters (for :func:`ssodetect.pipeline.ccd.subtracted_image`).
+        CCD -> calibration masters (for :func:`ssodetect.pipeline.ccd.cleaned_pixels`).
     config : Config
         ``config.link`` holds the test's settings.
     executor
@@ -185,7 +178,8 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             jobs[(e, ccd)].append((k, m, j, x, y, float(math.hypot(ex[1] - ex[0], ey[1] - ey[0])),
                                    float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))))
         # rows 0..m-1: the members' positions; row m: the predicted positions
-        plans.append({"m": m, "overlap": overlap, "own_col": own_col, "flux": np.full((m + 1, n_exp), np.nan),
+        plans.append({"m": m, "overlap": overlap, "own_col": own_col, "blend": np.asarray(rows["kind"]) == "blend",
+                      "flux": np.full((m + 1, n_exp), np.nan),
                       "err": np.full((m + 1, n_exp), np.nan)})
     keys = sorted(jobs, key=lambda key: (key[0], str(key[1])))
     tasks = []
@@ -209,7 +203,10 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         rows_i = np.arange(m)
         own = plan["own_col"]
         has_own = own >= 0
-        flux, err = plan["flux"][:m], plan["err"][:m]
+        flux, err = plan["flux"][:m].copy(), plan["err"][:m].copy()
+        # a position measured beside a brighter source (kind blend) holds that source in every exposure: not tested
+        flux[plan["blend"]] = np.nan
+        err[plan["blend"]] = np.nan
         own_flux = np.where(has_own, flux[rows_i, np.maximum(own, 0)], np.nan)
         own_err = np.where(has_own, err[rows_i, np.maximum(own, 0)], np.nan)
         other_flux = flux.copy()

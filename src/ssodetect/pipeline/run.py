@@ -46,13 +46,14 @@ from ssodetect.pipeline.astrometry import (
     wcs_from_header_string,
     write_refined_headers,
 )
+from ssodetect.pipeline.blends import recover_blends
 from ssodetect.pipeline.ccd import calibrated_image, empty_ccd_table, process_ccd, subtracted_image
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.occupancy import occupancy_vet, release_trails
 from ssodetect.pipeline.executor import make_executor, require_extras
-from ssodetect.pipeline.steps import Step, StepCache, pipeline_steps, sha256_file, step_key
+from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, pipeline_steps, sha256_file, step_key
 from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
@@ -412,6 +413,24 @@ def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
             "link_stats": st}
 
 
+def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
+    """Measure pairs of clean detections in the exposures where a brighter source hides their mover (pixels)."""
+    t0 = time.perf_counter()
+    observations, objects, stats = recover_blends(
+        products["detections"], products["candidates"], products["observations"], products["objects"],
+        products["exposures"], products["ccd_info"], wcs_lookup(products), products["masters"], config,
+    )
+    log.info("blends: %d pairs of clean detections, %d predicted onto brighter sources in %d exposures, %d measured "
+             "(%d accepted; refused: %s; %d without a template, %d off the image), %d objects found "
+             "(%d pairs whose measurements do not line up, %d sharing a detection)", stats["n_pairs"],
+             stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
+             ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_no_template"],
+             stats["n_off_image"], stats["n_objects"], stats["n_rejected_fit"], stats["n_conflicts"])
+    ctx.timings["blends"] = time.perf_counter() - t0
+    return {"observations": observations, "objects": objects,
+            "link_stats": {**products.get("link_stats", {}), "blends": stats}}
+
+
 def step_occupancy(products: dict, config: Config, ctx: StepContext) -> dict:
     """Measure each slow mover's template flux at its positions after it moved on; remove the static sources."""
     t0 = time.perf_counter()
@@ -509,17 +528,25 @@ BUILTIN_STEPS = [
           "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "15",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "7",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "8",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
          ("link", "streaks"), "9", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+    Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
+                                 "candidates", "observations", "objects", "link_stats"),
+         ("observations", "objects", "link_stats"),
+         ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
+          "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
+          "link.min_detections") + _PIXELS, "1",
+         "measure slow movers seen cleanly twice where a brighter source hides them in the other exposures (pixels)",
+         enabled=lambda c: c.link.blend_recovery),
     Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
                                        "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter")
-         + _PIXELS, "1", "remove slow movers whose positions still hold their source after they moved on (pixels)",
+         + _PIXELS, "2", "remove slow movers whose positions still hold their source after they moved on (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
                                "objects"), ("observations", "objects"), ("stack",) + _PIXELS, "1",
@@ -555,13 +582,21 @@ def run_result(products: dict) -> RunResult:
     )
 
 
+#: Warnings of a step kept with its stored products (and said again when they are loaded).
+MAX_KEPT_WARNINGS = 200
+
+
 class _WarningCount(logging.Handler):
+    """Counts the run's warnings; keeps the messages of the step running (stored with its products)."""
+
     def __init__(self):
         super().__init__(logging.WARNING)
         self.count = 0
+        self.messages: list[str] = []
 
     def emit(self, record) -> None:
         self.count += 1
+        self.messages.append(record.getMessage())
 
 
 def run_pipeline(
@@ -626,6 +661,7 @@ def run_pipeline(
     started = datetime.now(timezone.utc)
     if outdir is not None:
         check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
+        check_apart(outdir, [cache_key_path()], "step-cache signing key (SSODETECT_CACHE_KEY)")
     stage = OutputStage(outdir, replace=True) if outdir is not None else None
     handler = None
     package_log = logging.getLogger("ssodetect")
@@ -674,12 +710,16 @@ def run_pipeline(
                                          "(run from an earlier step)")
                 if loaded is not None:
                     products.update(loaded)
+                    # what the step warned about still holds for its products: said again (and counted)
+                    for message in (cache.record(step.name) or {}).get("warnings", []):
+                        log.warning("%s (step %s, as its earlier run said)", message, step.name)
                     if stage is not None:  # its stored products and intermediate files stay with the new run's
                         for kept in (f"steps/{step.name}.pkl", f"steps/{step.name}.json", f"intermediate/{step.name}"):
                             stage.carry(kept)
                     record["status"] = "cached"
                     log.info("step %s: products of an identical earlier run loaded", step.name)
                 else:
+                    counter.messages = []
                     made = step.run(products, config, ctx) or {}
                     unknown = set(made) - set(step.outputs)
                     if unknown:
@@ -688,7 +728,8 @@ def run_pipeline(
                     products.update(made)
                     record["status"] = "run"
                     if step.cache and stage is not None:
-                        cache.save(step.name, key, made, {"version": step.version, "origin": step.origin})
+                        cache.save(step.name, key, made, {"version": step.version, "origin": step.origin,
+                                                          "warnings": [str(m) for m in counter.messages[:MAX_KEPT_WARNINGS]]})
             if step_log is not None:
                 log.info("step %s: %s in %.2f s", step.name, record["status"], time.perf_counter() - t0)
                 package_log.removeHandler(step_log)

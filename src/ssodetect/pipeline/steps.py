@@ -43,7 +43,7 @@ from ssodetect.config import Config
 from ssodetect.errors import ConfigError
 
 __all__ = ["ENTRY_POINT_GROUP", "Step", "pipeline_steps", "describe_graph", "config_slice", "step_key", "StepCache",
-           "sha256_file", "cache_key", "sign_file"]
+           "sha256_file", "cache_key", "cache_key_path", "sign_file"]
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _key_path() -> Path:
+def cache_key_path() -> Path:
+    """Where the step cache's signing key is kept: ``$SSODETECT_CACHE_KEY`` or ``~/.config/ssodetect/cache.key``."""
     if os.environ.get("SSODETECT_CACHE_KEY"):
         return Path(os.environ["SSODETECT_CACHE_KEY"]).expanduser()
     config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
@@ -233,7 +234,7 @@ def cache_key() -> tuple[bytes, bool]:
     can be neither read nor created, a key that lives only as long as this process is used (and stored products
     can then not be reused by a later run; a warning says so).
     """
-    path = _key_path()
+    path = cache_key_path()
     try:
         key = path.read_bytes()
         if len(key) >= 32:

@@ -31,6 +31,9 @@ __all__ = ["ALERT_SCHEMA", "alert_document", "write_alert", "deliver_alert"]
 
 log = logging.getLogger(__name__)
 
+#: Bytes of a receiver's answer read (its status line and headers are what counts).
+MAX_RESPONSE_BYTES = 65536
+
 #: Identifies the document's layout (``schema`` field).
 ALERT_SCHEMA = "ssodetect-alert/2"
 
@@ -201,7 +204,7 @@ def _post(url: str, payload: bytes, timeout: float) -> None:
         connection.request("POST", target, body=payload,
                            headers={"Content-Type": "application/json", "User-Agent": "ssodetect"})
         response = connection.getresponse()
-        response.read()
+        response.read(MAX_RESPONSE_BYTES)  # the status is the answer; a receiver's long body is not kept in memory
         if expired.is_set():
             raise TimeoutError(f"no complete answer within {timeout:g} s")
         if not 200 <= response.status < 300:

@@ -45,7 +45,8 @@ OBSERVATION_COLUMNS = [
     ("pa", "f8", "deg", "position angle of motion, N through E"),
     ("resid_ra", "f8", "arcsec", "residual from the linear fit, RA*cos(dec)"),
     ("resid_dec", "f8", "arcsec", "residual from the linear fit, Dec"),
-    ("kind", "U8", "", "how the object was found: linked (slow mover) | streak (fast mover, trails linked)"),
+    ("kind", "U8", "", "how the position was found: linked (slow mover) | streak (fast mover, trails linked) | "
+     "blend (a slow mover measured beside a brighter source) | stacked"),
 ]
 
 OBJECT_COLUMNS = [

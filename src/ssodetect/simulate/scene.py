@@ -750,7 +750,7 @@ def reference_catalogue(scene: Scene) -> Table:
     )
 
 
-def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = False) -> dict:
+def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = False, scene: Scene | None = None) -> dict:
     """Simulate a sequence and write exposures, reference catalogue and truth.
 
     Parameters
@@ -763,6 +763,9 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
         ny, wcs_header`` with the FITS header cards as one string); written atomically.
     progress : bool
         Show a progress bar.
+    scene : Scene, optional
+        The scene to render (drawn from ``config`` and then edited, e.g. a mover placed by a test); by
+        default ``draw_scene(config)``.  Its ``config`` must be ``config``.
 
     Returns
     -------
@@ -771,7 +774,10 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
     """
     from tqdm import tqdm
 
-    scene = draw_scene(config)
+    if scene is None:
+        scene = draw_scene(config)
+    elif scene.config != config:
+        raise ValueError("simulate: the scene was drawn from another configuration")
     names, _, _, _ = _focal_plane(config)
     rows = []
     files = []

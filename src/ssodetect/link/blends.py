@@ -1,0 +1,389 @@
+"""Movers passing a brighter source: measured in the pixels where the catalogue merged them.
+
+A slow mover that passes within a few PSF widths of a brighter star or galaxy is not detected on
+its own in those exposures: extraction measures one source, a blend, whose centroid stays near the
+neighbour (a PSF or windowed fit down-weights the mover on its wing) and whose flux is the sum.
+With clean detections in only two exposures the linker (three detections at least) cannot find it.
+
+Here the pixels decide:
+
+1. :func:`propose_pairs` takes pairs of clean, bright, unlinked detections in two exposures with a
+   motion in the searched range and consistent fluxes, and predicts the mover into the other
+   exposures.  An exposure is a *blend target* when a detection brighter than the pair (by more
+   than its noise and half the pair's flux) lies within its own size of the prediction, and no
+   clean detection matches the prediction (the linker judged that one already).
+2. :func:`fit_beside_template` fits, on a stamp of the blended exposure around the prediction,
+   the mover's own PSF swept along its motion plus a scaled template of the static sky (the other
+   exposures, where the mover is elsewhere, resampled onto the stamp's pixels by
+   :func:`resample_stamp`) plus a constant: flux, position and their errors.
+3. :func:`accept_recovery` keeps a measurement whose flux is significant and consistent with the
+   pair's and whose position lies where the pair predicted.
+
+Positions are tangent-plane coordinates ``xi, eta`` [arcsec] and times hours for the proposals;
+stamps are ``(ny, nx)`` pixel arrays, 0-based, with the PSF a pixel-integrated Gaussian of
+``psf_sigma`` [px].  The pipeline step (:mod:`ssodetect.pipeline.blends`) reads the images.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+from scipy.optimize import minimize
+from scipy.spatial import cKDTree
+
+from ssodetect.detect.shape import trailed_psf
+
+__all__ = ["BlendProposal", "propose_pairs", "resample_stamp", "fit_beside_template", "accept_recovery",
+           "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH"]
+
+#: A blend target's detection must exceed the pair's flux by at least this fraction of it (and its noise).
+BLEND_MIN_EXCESS = 0.5
+#: Fraction of the template's pixel values added in quadrature to the noise: PSF changes between exposures and
+#: the resampling of an undersampled PSF leave residuals of a few per cent of a static source's profile.
+TEMPLATE_MISMATCH = 0.05
+
+
+@dataclass
+class BlendProposal:
+    """A pair of clean detections and the exposures where its mover sits on a brighter source.
+
+    Attributes
+    ----------
+    pair : tuple of int
+        Indices of the two detections (earlier first).
+    vx, vy : float
+        Motion [arcsec/h] between them.
+    flux, flux_err : float
+        The pair's weighted mean flux [ADU] and its error.
+    targets : list of tuple
+        ``(exposure, xi, eta, sigma)``: the predicted position [arcsec] and its 1-sigma error [arcsec].
+    """
+
+    pair: tuple
+    vx: float
+    vy: float
+    flux: float
+    flux_err: float
+    targets: list = field(default_factory=list)
+
+
+def _pair_flux(f, fe):
+    w = 1.0 / np.maximum(fe, 1e-12) ** 2
+    return float(np.sum(w * f) / np.sum(w)), float(1.0 / math.sqrt(np.sum(w)))
+
+
+def propose_pairs(
+    exposure: np.ndarray, group: np.ndarray, t_hours: np.ndarray, xi: np.ndarray, eta: np.ndarray,
+    sigma: np.ndarray, flux: np.ndarray, flux_err: np.ndarray, pool: np.ndarray,
+    blend_exposure: np.ndarray, blend_group: np.ndarray, blend_xi: np.ndarray, blend_eta: np.ndarray,
+    blend_flux: np.ndarray, blend_flux_err: np.ndarray, blend_size: np.ndarray, t_exposures: dict, *,
+    min_rate: float, max_rate: float, min_rate_significance: float, flux_scatter: float, match_sigma: float,
+    match_floor: float, min_targets: int = 1,
+) -> tuple[list, dict]:
+    """Pairs of clean detections whose mover is predicted onto brighter sources in other exposures.
+
+    Parameters
+    ----------
+    exposure, group, t_hours, xi, eta, sigma, flux, flux_err : ndarray (n,)
+        Moving candidates (not static, not artefacts): exposure index, CCD (pairs and their blends
+        stay on one CCD), time [h], position and its 1-sigma error [arcsec], flux and error [ADU].
+    pool : ndarray (n,) bool
+        Candidates that may form a pair (unlinked, bright, clean); all candidates count as clean
+        matches of a prediction.
+    blend_exposure, blend_group, blend_xi, blend_eta, blend_flux, blend_flux_err : ndarray (m,)
+        Every detection of the run (static ones included): the possible blends.
+    blend_size : ndarray (m,)
+        How far [arcsec] from a blend's centroid a merged mover may sit (a few times its size).
+    t_exposures : dict
+        Exposure index -> time [h] of every exposure of the run.
+    min_rate, max_rate : float
+        Searched motion [arcsec/h].
+    min_rate_significance : float
+        The pair's displacement must exceed this many times its error.
+    flux_scatter : float
+        Relative flux scatter of a mover between exposures beyond its noise.
+    match_sigma, match_floor : float
+        A clean candidate within ``match_sigma`` combined sigma plus ``match_floor`` [arcsec] of a
+        prediction, with a consistent flux, is the mover itself (no blend there).
+    min_targets : int
+        Blend targets a pair needs to be proposed.
+
+    Returns
+    -------
+    proposals : list of BlendProposal
+    stats : dict
+        ``n_pool``, ``n_pairs`` (pairs with a motion and fluxes that fit), ``n_proposals``, ``n_targets``.
+    """
+    exposure = np.asarray(exposure)
+    group = np.asarray(group).astype(str)
+    t_hours, xi, eta = (np.asarray(a, float) for a in (t_hours, xi, eta))
+    sigma, flux, flux_err = (np.asarray(a, float) for a in (sigma, flux, flux_err))
+    pool = np.asarray(pool, bool)
+    b_exp, b_grp = np.asarray(blend_exposure), np.asarray(blend_group).astype(str)
+    b_pos = np.column_stack([np.asarray(blend_xi, float), np.asarray(blend_eta, float)])
+    b_flux, b_ferr, b_size = (np.asarray(a, float) for a in (blend_flux, blend_flux_err, blend_size))
+    stats = {"n_pool": int(pool.sum()), "n_pairs": 0, "n_proposals": 0, "n_targets": 0}
+    proposals: list = []
+    if pool.sum() < 2:
+        return proposals, stats
+    pos = np.column_stack([xi, eta])
+    cand_trees = {}
+    for key in set(zip(exposure.tolist(), group.tolist())):
+        rows = np.nonzero((exposure == key[0]) & (group == key[1]))[0]
+        cand_trees[key] = (cKDTree(pos[rows]), rows)
+    blend_trees = {}
+    for key in set(zip(b_exp.tolist(), b_grp.tolist())):
+        rows = np.nonzero((b_exp == key[0]) & (b_grp == key[1]))[0]
+        blend_trees[key] = (cKDTree(b_pos[rows]), rows)
+    max_size = float(np.max(b_size)) if b_size.size else 0.0
+    exposures = sorted(t_exposures)
+    for g in np.unique(group[pool]):
+        for a_i, ea in enumerate(exposures):
+            ia = np.nonzero(pool & (group == g) & (exposure == ea))[0]
+            if ia.size == 0:
+                continue
+            for eb in exposures[a_i + 1:]:
+                ib = np.nonzero(pool & (group == g) & (exposure == eb))[0]
+                if ib.size == 0:
+                    continue
+                dt = float(t_exposures[eb] - t_exposures[ea])
+                if dt <= 0:
+                    continue
+                tree_b = cKDTree(pos[ib])
+                for i, near in zip(ia, tree_b.query_ball_point(pos[ia], max_rate * dt)):
+                    for j in ib[near]:
+                        prop = _pair(i, j, dt, t_exposures, exposure, group, t_hours, pos, sigma, flux, flux_err,
+                                     cand_trees, blend_trees, b_pos, b_flux, b_ferr, b_size, max_size,
+                                     min_rate=min_rate, min_rate_significance=min_rate_significance,
+                                     flux_scatter=flux_scatter, match_sigma=match_sigma, match_floor=match_floor)
+                        if prop is None:
+                            continue
+                        stats["n_pairs"] += 1
+                        if len(prop.targets) >= min_targets:
+                            proposals.append(prop)
+                            stats["n_targets"] += len(prop.targets)
+    stats["n_proposals"] = len(proposals)
+    return proposals, stats
+
+
+def _consistent(f1, e1, f2, e2, scatter, nsigma=3.0):
+    mean = 0.5 * (abs(f1) + abs(f2))
+    return abs(f1 - f2) <= nsigma * math.sqrt(e1**2 + e2**2 + 2.0 * (scatter * mean) ** 2)
+
+
+def _pair(i, j, dt, t_exposures, exposure, group, t_hours, pos, sigma, flux, flux_err, cand_trees, blend_trees,
+          b_pos, b_flux, b_ferr, b_size, max_size, *, min_rate, min_rate_significance, flux_scatter, match_sigma,
+          match_floor):
+    """The proposal of the pair (i, j), None when its motion or fluxes do not fit."""
+    step = pos[j] - pos[i]
+    dist = float(np.hypot(*step))
+    err = math.hypot(sigma[i], sigma[j])
+    if dist < min_rate * dt or dist < min_rate_significance * err:
+        return None
+    if not _consistent(flux[i], flux_err[i], flux[j], flux_err[j], flux_scatter):
+        return None
+    f_pair, fe_pair = _pair_flux(flux[[i, j]], flux_err[[i, j]])
+    if f_pair <= 0:
+        return None
+    v = step / dt
+    g = group[i]
+    prop = BlendProposal((int(i), int(j)), float(v[0]), float(v[1]), f_pair, fe_pair)
+    for e, te in t_exposures.items():
+        if e in (exposure[i], exposure[j]):
+            continue
+        u = (te - t_hours[i]) / dt
+        p = pos[i] + v * (te - t_hours[i])
+        s_pred = math.hypot(sigma[i] * (1.0 - u), sigma[j] * u)
+        clean = cand_trees.get((e, g))
+        if clean is not None:
+            tree, rows = clean
+            near = rows[tree.query_ball_point(p, match_sigma * math.hypot(s_pred, 1.0) + match_floor)]
+            if any(np.hypot(*(pos[k] - p)) <= match_sigma * math.hypot(s_pred, sigma[k]) + match_floor
+                   and _consistent(flux[k], flux_err[k], f_pair, fe_pair, flux_scatter) for k in near):
+                continue
+        blends = blend_trees.get((e, g))
+        if blends is None:
+            continue
+        tree, rows = blends
+        near = rows[tree.query_ball_point(p, max_size + 3.0 * s_pred)]
+        for k in near:
+            excess = b_flux[k] - f_pair
+            if (np.hypot(*(b_pos[k] - p)) <= b_size[k] + 3.0 * s_pred and excess > BLEND_MIN_EXCESS * f_pair
+                    and excess > 3.0 * math.hypot(b_ferr[k], fe_pair)):
+                prop.targets.append((int(e), float(p[0]), float(p[1]), float(s_pred)))
+                break
+    return prop
+
+
+def resample_stamp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, xs: np.ndarray, ys: np.ndarray):
+    """An image's pixels at other positions (cubic spline; linear for the variance).
+
+    Parameters
+    ----------
+    image, variance : ndarray (ny, nx)
+        Pixels [ADU] and their variance [ADU^2].
+    mask : ndarray (ny, nx) bool
+        Bad pixels (cosmic-ray hits, masked, NaN).
+    xs, ys : ndarray (h, w)
+        0-based positions in ``image`` to sample.
+
+    Returns
+    -------
+    values, var : ndarray (h, w)
+        NaN where a bad pixel or the image's edge is within reach of the interpolation.
+    """
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    ny, nx = image.shape
+    # the spline's prefilter runs over the array given: only the part the positions reach (plus its support)
+    x_lo = int(np.clip(np.floor(np.nanmin(xs)) - 8, 0, nx))
+    x_hi = int(np.clip(np.ceil(np.nanmax(xs)) + 9, x_lo, nx))
+    y_lo = int(np.clip(np.floor(np.nanmin(ys)) - 8, 0, ny))
+    y_hi = int(np.clip(np.ceil(np.nanmax(ys)) + 9, y_lo, ny))
+    if x_hi - x_lo < 4 or y_hi - y_lo < 4:
+        nan = np.full(xs.shape, np.nan)
+        return nan, nan.copy()
+    part = (slice(y_lo, y_hi), slice(x_lo, x_hi))
+    bad = np.asarray(mask, bool)[part] | ~np.isfinite(image[part])
+    filled = np.where(bad, 0.0, image[part]).astype(float)
+    variance = np.asarray(variance)[part]
+    coords = np.array([ys - y_lo, xs - x_lo])
+    values = map_coordinates(filled, coords, order=3, mode="constant", cval=np.nan)
+    var = map_coordinates(np.where(bad, 0.0, variance).astype(float), coords, order=1, mode="constant", cval=np.nan)
+    touched = map_coordinates(bad.astype(float), coords, order=1, mode="constant", cval=1.0) > 0
+    # the spline reaches two pixels out: a bad pixel next to the nearest ones also spoils the value
+    py, px = bad.shape
+    ix = np.clip(np.rint(xs - x_lo).astype(int), 0, px - 1)
+    iy = np.clip(np.rint(ys - y_lo).astype(int), 0, py - 1)
+    near_bad = np.zeros_like(touched)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near_bad |= bad[np.clip(iy + dy, 0, py - 1), np.clip(ix + dx, 0, px - 1)]
+    spoiled = touched | near_bad | (xs < 1) | (ys < 1) | (xs > nx - 2) | (ys > ny - 2)
+    values[spoiled] = np.nan
+    var[spoiled] = np.nan
+    return values, var
+
+
+def _model_columns(x, y, length, theta, psf_sigma, template, n):
+    return np.column_stack([trailed_psf(x, y, length, theta, psf_sigma, 0, 0, n).ravel(), template.ravel(),
+                            np.ones(n * n)])
+
+
+def _linear(d, w, cols):
+    a = cols * np.sqrt(w)[:, None]
+    coef, *_ = np.linalg.lstsq(a, d * np.sqrt(w), rcond=None)
+    resid = d - cols @ coef
+    return coef, float(np.sum(w * resid**2))
+
+
+def fit_beside_template(
+    data: np.ndarray, variance: np.ndarray, template: np.ndarray, template_var: np.ndarray, *, x: float, y: float,
+    length: float, theta: float, psf_sigma: float, gain: float, max_shift: float,
+    mismatch: float = TEMPLATE_MISMATCH,
+) -> dict | None:
+    """Fit a moving source's PSF plus a scaled static-sky template to one stamp.
+
+    The model is ``flux * P(x, y) + scale * template + level``, ``P`` the pixel-integrated
+    Gaussian of ``psf_sigma`` swept over ``length`` px at angle ``theta``; the pixel variance is the
+    stamp's plus the template's (scaled), the Poisson noise of both sources and ``mismatch`` times
+    the template in quadrature.  ``x, y`` start at the prediction and may move ``max_shift`` px.
+
+    Parameters
+    ----------
+    data, variance : ndarray (n, n)
+        The stamp [ADU, background subtracted; NaN where bad] and its noise variance [ADU^2].
+    template, template_var : ndarray (n, n)
+        The static sky at the stamp's pixels from the other exposures and its variance (NaN where bad).
+    x, y : float
+        Predicted position in the stamp [px, 0-based].
+    length, theta : float
+        Trail length [px] and angle [rad] of the motion during the exposure.
+    psf_sigma, gain : float
+        PSF Gaussian sigma [px]; gain [e-/ADU].
+    max_shift : float
+        Largest distance [px] of the fitted position from the prediction.
+
+    Returns
+    -------
+    dict or None
+        ``flux, flux_err`` [ADU], ``x, y, x_err, y_err`` [px, stamp], ``scale``, ``chi2_dof``, ``n_pixels``;
+        None when too few good pixels or the fit is singular.
+    """
+    n = data.shape[0]
+    good = (np.isfinite(data) & np.isfinite(variance) & np.isfinite(template) & np.isfinite(template_var)).ravel()
+    if good.sum() < 20:
+        return None
+    d = np.nan_to_num(data).ravel()[good]
+    t = np.nan_to_num(template)
+    v0 = np.nan_to_num(variance).ravel()[good]
+    tv = np.nan_to_num(template_var).ravel()[good]
+    tr = t.ravel()[good]
+    g = max(float(gain), 1e-6)
+
+    def weights(coef, model_psf):
+        f, s = coef[0], coef[1]
+        var = v0 + s * s * tv + np.clip(f * model_psf, 0, None) / g + np.clip(s * tr, 0, None) / g + (
+            mismatch * s * tr) ** 2
+        return 1.0 / np.maximum(var, 1e-12)
+
+    w = 1.0 / np.maximum(v0 + tv + np.clip(tr, 0, None) / g + (mismatch * tr) ** 2, 1e-12)
+
+    def chi2(p, w):
+        if math.hypot(p[0] - x, p[1] - y) > max_shift:
+            return 1e30
+        cols = _model_columns(p[0], p[1], length, theta, psf_sigma, t, n)[good]
+        return _linear(d, w, cols)[1]
+
+    p = np.array([x, y], float)
+    for _ in range(2):  # the weights depend on the fitted fluxes
+        res = minimize(chi2, p, args=(w,), method="Nelder-Mead",
+                       options={"xatol": 0.005, "fatol": 1e-3, "initial_simplex": [p, p + [0.5, 0], p + [0, 0.5]]})
+        p = res.x
+        cols = _model_columns(p[0], p[1], length, theta, psf_sigma, t, n)[good]
+        coef, _ = _linear(d, w, cols)
+        w = weights(coef, cols[:, 0])
+    cols = _model_columns(p[0], p[1], length, theta, psf_sigma, t, n)[good]
+    coef, c2 = _linear(d, w, cols)
+    if math.hypot(p[0] - x, p[1] - y) > max_shift:
+        return None
+    # covariance of (flux, x, y, scale, level) from the Jacobian (finite differences in x and y)
+    h = 0.01
+    dpx = (_model_columns(p[0] + h, p[1], length, theta, psf_sigma, t, n)[good][:, 0]
+           - _model_columns(p[0] - h, p[1], length, theta, psf_sigma, t, n)[good][:, 0]) / (2 * h) * coef[0]
+    dpy = (_model_columns(p[0], p[1] + h, length, theta, psf_sigma, t, n)[good][:, 0]
+           - _model_columns(p[0], p[1] - h, length, theta, psf_sigma, t, n)[good][:, 0]) / (2 * h) * coef[0]
+    jac = np.column_stack([cols[:, 0], dpx, dpy, cols[:, 1], cols[:, 2]]) * np.sqrt(w)[:, None]
+    dof = max(int(good.sum()) - 5, 1)
+    try:
+        cov = np.linalg.inv(jac.T @ jac) * max(1.0, c2 / dof)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(np.diag(cov))) or np.any(np.diag(cov) < 0):
+        return None
+    return {"flux": float(coef[0]), "flux_err": float(math.sqrt(cov[0, 0])), "x": float(p[0]), "y": float(p[1]),
+            "x_err": float(math.sqrt(cov[1, 1])), "y_err": float(math.sqrt(cov[2, 2])), "scale": float(coef[1]),
+            "chi2_dof": float(c2 / dof), "n_pixels": int(good.sum())}
+
+
+def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *, min_snr: float, flux_scatter: float,
+                    max_chi2_dof: float, max_position_error: float) -> str:
+    """Why a blend measurement is refused, or ``"ok"``.
+
+    Refusals: ``no fit``, ``faint`` (flux below ``min_snr`` times its error), ``flux`` (inconsistent with
+    the pair's at 3 sigma given ``flux_scatter``), ``residuals`` (reduced chi2 of the stamp above
+    ``max_chi2_dof``: the template did not take the static sky away), ``imprecise`` (position error
+    above ``max_position_error`` px).
+    """
+    if fit is None:
+        return "no fit"
+    if not fit["flux"] > min_snr * fit["flux_err"]:
+        return "faint"
+    if not _consistent(fit["flux"], fit["flux_err"], pair_flux, pair_flux_err, flux_scatter):
+        return "flux"
+    if fit["chi2_dof"] > max_chi2_dof:
+        return "residuals"
+    if math.hypot(fit["x_err"], fit["y_err"]) > max_position_error:
+        return "imprecise"
+    return "ok"

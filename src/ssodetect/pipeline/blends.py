@@ -1,0 +1,297 @@
+"""Pipeline step helper: slow movers merged with brighter sources, measured in the pixels (:mod:`ssodetect.link.blends`).
+
+Pairs of clean unlinked detections are predicted into the other exposures; where a brighter
+detection sits on the prediction, the mover is fitted beside a template of the static sky made
+from the exposures in which it was elsewhere.  A pair with enough accepted measurements becomes
+an object (``kind = linked``; the measured rows have ``kind = blend``).  Every pair, target and
+refusal is counted in ``provenance.json`` (``link`` -> ``blends``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+
+import numpy as np
+from astropy.table import Table, vstack
+from astropy.time import Time
+
+from ssodetect.astrometry.solve import pixel_scale
+from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.config import Config
+from ssodetect.link.blends import accept_recovery, fit_beside_template, propose_pairs, resample_stamp
+from ssodetect.link.tracklets import Tracklet, fit_linear_motion
+from ssodetect.pipeline.ccd import cleaned_pixels
+from ssodetect.report.tables import tracklet_tables
+
+log = logging.getLogger(__name__)
+
+__all__ = ["recover_blends", "BLEND_KINDS", "STAMP_HALF"]
+
+#: Detection kinds that may form a pair (a slow mover is a point or a short trail).
+BLEND_KINDS = ("point", "trail")
+#: Half size [px] of the fitted stamp beyond half the trail's length.
+STAMP_HALF = 7
+
+
+def _used_keys(observations: Table) -> set:
+    return {(int(r["exposure"]), str(r["ccd"]), round(float(r["x"]), 3), round(float(r["y"]), 3))
+            for r in observations} if len(observations) else set()
+
+
+def _zeropoint(info: dict) -> float:
+    zp = (info.get("astrometry") or {}).get("zeropoint")
+    zp = zp if zp is not None and np.isfinite(zp) else info.get("zeropoint")
+    return float(zp) if zp is not None and np.isfinite(zp) else float("nan")
+
+
+def recover_blends(detections: Table, candidates: Table, observations: Table, objects: Table, exposures: list,
+                   ccd_info: list, wcs_for, masters: dict, config: Config) -> tuple[Table, Table, dict]:
+    """Add the slow movers found by measuring pairs' predictions in blends.
+
+    Parameters
+    ----------
+    detections : Table
+        Every detection of the run on the sky (the possible blends).
+    candidates : Table
+        The link step's moving candidates (not static, not artefacts).
+    observations, objects : Table
+        The linkers' results (their detections are not paired again).
+    exposures, ccd_info : list
+        The run's exposures and per-CCD-exposure information (``psf_sigma`` [px], ``shape``, zero points).
+    wcs_for : callable
+        ``(exposure index, ccd) -> WCS`` the positions went through (None without).
+    masters : dict
+        CCD -> calibration masters.
+    config : Config
+
+    Returns
+    -------
+    observations, objects : Table
+        With the recovered objects appended.
+    stats : dict
+        The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured``, ``refused``
+        (reason -> count), ``n_no_template``, ``n_off_image``, ``n_accepted`` (measurements), ``n_rejected_fit``
+        (pairs whose measurements do not line up), ``n_conflicts``, ``n_objects``, ``n_images``, ``seconds``.
+    """
+    lk = config.link
+    t_start = time.perf_counter()
+    stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "refused": {},
+                   "n_no_template": 0, "n_off_image": 0, "n_accepted": 0, "n_rejected_fit": 0, "n_conflicts": 0,
+                   "n_objects": 0, "n_images": 0, "seconds": 0.0}
+    if not len(candidates) or not len(detections) or len(exposures) < 3:
+        return observations, objects, stats
+    ra0, dec0 = float(np.median(candidates["ra"])), float(np.median(candidates["dec"]))
+    plane = TangentPlane(ra0, dec0)
+    t0_mjd = float(min(float(e.mid_time.mjd) for e in exposures))
+    t_exposures = {e.index: (float(e.mid_time.mjd) - t0_mjd) * 24.0 for e in exposures}
+    cxi, ceta = plane.to_plane(np.asarray(candidates["ra"], float), np.asarray(candidates["dec"], float))
+    ct = (np.asarray(candidates["mjd"], float) - t0_mjd) * 24.0
+    used = _used_keys(observations)
+    is_used = np.array([(int(r["exposure"]), str(r["ccd"]), round(float(r["x"]), 3), round(float(r["y"]), 3)) in used
+                        for r in candidates], bool)
+    kind = np.asarray(candidates["kind"]).astype(str)
+    reach = 1.5 * lk.max_rate * np.asarray(candidates["exptime"], float) / 3600.0 + 0.5
+    short = (kind == "point") | ((kind == "trail") & (np.nan_to_num(np.asarray(candidates["trail_arcsec"], float)) <= reach))
+    edge = np.asarray(candidates["edge_weak"], bool) if "edge_weak" in candidates.colnames else np.zeros(len(kind), bool)
+    pool = ~is_used & short & ~edge & (np.asarray(candidates["snr"], float) >= lk.blend_min_snr)
+    bkind = np.asarray(detections["kind"]).astype(str)
+    bsel = np.isin(bkind, ("point", "trail", "extended")) & np.isfinite(np.asarray(detections["ra"], float))
+    blends = detections[bsel]
+    bxi, beta = plane.to_plane(np.asarray(blends["ra"], float), np.asarray(blends["dec"], float))
+    bsize = 2.5 * np.asarray(blends["a"], float) * np.asarray(blends["pixel_scale"], float)
+    proposals, pstats = propose_pairs(
+        np.asarray(candidates["exposure"]), np.asarray(candidates["ccd"]).astype(str), ct, cxi, ceta,
+        np.asarray(candidates["sigma"], float), np.asarray(candidates["flux"], float),
+        np.asarray(candidates["flux_err"], float), pool,
+        np.asarray(blends["exposure"]), np.asarray(blends["ccd"]).astype(str), bxi, beta,
+        np.asarray(blends["flux"], float), np.asarray(blends["flux_err"], float), bsize, t_exposures,
+        min_rate=lk.min_rate, max_rate=lk.max_rate, min_rate_significance=lk.min_rate_significance,
+        flux_scatter=lk.flux_scatter, match_sigma=lk.match_sigma, match_floor=lk.match_floor,
+        min_targets=max(1, lk.min_detections - 2))
+    stats.update(pstats)
+    if not proposals:
+        stats["seconds"] = time.perf_counter() - t_start
+        return observations, objects, stats
+    info_by = {(int(i["exposure"]), str(i["ccd"])): i for i in ccd_info}
+    refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
+    refused: Counter = Counter()
+    results = []  # (proposal, [measurement rows])
+    by_ccd: dict = {}
+    for prop in proposals:
+        by_ccd.setdefault(str(candidates["ccd"][prop.pair[0]]), []).append(prop)
+    for ccd, props in sorted(by_ccd.items()):
+        images: dict = {}
+
+        def pixels(e):
+            if e not in images:
+                info = info_by.get((e, ccd), {})
+                images[e] = cleaned_pixels(refs[(e, ccd)], config, masters.get(ccd), float(info.get("psf_sigma") or 1.0))
+                stats["n_images"] += 1
+            return images[e]
+
+        for prop in props:
+            rows = []
+            for e, pxi, peta, s_pred in prop.targets:
+                row = _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0_mjd, info_by, refs,
+                               wcs_for, pixels, config, stats, refused)
+                if row is not None:
+                    rows.append(row)
+            results.append((prop, rows))
+        del images
+    stats["refused"] = dict(refused)
+    new_obs, new_obj = _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config, stats)
+    if new_obj is not None:
+        observations = vstack([observations, new_obs]) if len(observations) else new_obs
+        objects = vstack([objects, new_obj]) if len(objects) else new_obj
+    stats["seconds"] = time.perf_counter() - t_start
+    return observations, objects, stats
+
+
+def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0_mjd, info_by, refs, wcs_for, pixels,
+             config, stats, refused):
+    """The measurement row of a proposal's mover in exposure ``e`` (None when refused; counted)."""
+    lk = config.link
+    w = wcs_for(e, ccd)
+    info = info_by.get((e, ccd), {})
+    if w is None or not info.get("shape") or (e, ccd) not in refs:
+        stats["n_off_image"] += 1
+        return None
+    scale = pixel_scale(w)
+    ref = refs[(e, ccd)]
+    exp_h = float(ref.exptime or 0.0) / 3600.0
+    ends_xi = pxi + prop.vx * exp_h * np.array([-0.5, 0.0, 0.5])
+    ends_eta = peta + prop.vy * exp_h * np.array([-0.5, 0.0, 0.5])
+    ra, dec = plane.to_sky(ends_xi, ends_eta)
+    px, py = (np.asarray(v, float) for v in w.all_world2pix(ra, dec, 0, quiet=True))
+    x, y = float(px[1]), float(py[1])
+    length = float(math.hypot(px[2] - px[0], py[2] - py[0]))
+    theta = float(math.atan2(py[2] - py[0], px[2] - px[0]))
+    half = STAMP_HALF + int(math.ceil(0.5 * length))
+    ny, nx = info["shape"]
+    ix, iy = int(round(x)), int(round(y))
+    if ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
+        stats["n_off_image"] += 1
+        return None
+    psf_sigma = float(info.get("psf_sigma") or 1.0)
+    # template exposures: those where the mover's own image (masked there, within `hide` px) leaves the fitted
+    # PSF's core free
+    hide = 3.0 * psf_sigma + 0.5 * length + 1.0
+    grid_y, grid_x = np.mgrid[iy - half:iy + half + 1, ix - half:ix + half + 1]
+    sky = w.all_pix2world(grid_x.ravel().astype(float), grid_y.ravel().astype(float), 0)
+    stamp_vals, stamp_var = [], []
+    for t, tt in t_exposures.items():
+        if t == e or (t, ccd) not in refs:
+            continue
+        dt = tt - t_exposures[e]
+        mra, mdec = plane.to_sky(np.array([pxi + prop.vx * dt]), np.array([peta + prop.vy * dt]))
+        mx, my = (float(v[0]) for v in w.all_world2pix(mra, mdec, 0, quiet=True))
+        if math.hypot(mx - x, my - y) < hide + 3.0 * psf_sigma + 0.5 * length:
+            continue
+        wt = wcs_for(t, ccd)
+        if wt is None:
+            continue
+        tx, ty = (np.asarray(v, float).reshape(grid_x.shape) for v in wt.all_world2pix(sky[0], sky[1], 0, quiet=True))
+        image, var, mask, _ = pixels(t)
+        vals, vvar = resample_stamp(image, var, mask, tx, ty)
+        mover = np.hypot(grid_x - mx, grid_y - my) < hide
+        vals[mover] = np.nan
+        vvar[mover] = np.nan
+        if np.isfinite(vals).sum() < 0.5 * vals.size:
+            continue
+        stamp_vals.append(vals)
+        stamp_var.append(vvar)
+    if not stamp_vals:
+        stats["n_no_template"] += 1
+        return None
+    vals = np.array(stamp_vals)
+    counts = np.sum(np.isfinite(vals), axis=0)
+    template = np.nansum(vals, axis=0) / np.maximum(counts, 1)
+    template_var = np.nansum(np.array(stamp_var), axis=0) / np.maximum(counts, 1) ** 2
+    template[counts == 0] = np.nan
+    template_var[counts == 0] = np.nan
+    image, var, mask, gain = pixels(e)
+    cut = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
+    data = np.where(mask[cut], np.nan, image[cut]).astype(float)
+    max_shift = lk.match_sigma * s_pred / scale + lk.match_floor / scale + 1.0
+    stats["n_measured"] += 1
+    fit = fit_beside_template(data, var[cut].astype(float), template, template_var, x=x - (ix - half),
+                              y=y - (iy - half), length=length, theta=theta, psf_sigma=psf_sigma, gain=gain,
+                              max_shift=max_shift)
+    verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
+                              flux_scatter=lk.flux_scatter, max_chi2_dof=lk.max_chi2_dof,
+                              max_position_error=max(1.0, 0.5 / scale))
+    if verdict != "ok":
+        refused[verdict] += 1
+        return None
+    stats["n_accepted"] += 1
+    fx, fy = fit["x"] + (ix - half), fit["y"] + (iy - half)
+    fra, fdec = (float(v) for v in w.all_pix2world(fx, fy, 0))
+    err = math.hypot(fit["x_err"], fit["y_err"]) / math.sqrt(2.0) * scale
+    zp = _zeropoint(info)
+    exptime = float(ref.exptime or 0.0)
+    mag = zp - 2.5 * math.log10(fit["flux"] / max(exptime, 1e-9)) if fit["flux"] > 0 else float("nan")
+    first = candidates[prop.pair[0]]
+    mjd = t0_mjd + t_exposures[e] / 24.0
+    fxi, feta = plane.to_plane(np.array([fra]), np.array([fdec]))
+    return {"exposure": int(e), "file": str(ref.path), "ccd": ccd, "mjd": mjd, "exptime": exptime, "ra": fra,
+            "dec": fdec, "wcs": "fit" if (info.get("astrometry") or {}).get("status") == "ok" else str(first["wcs"]),
+            "ra_err": err, "dec_err": err, "x": fx, "y": fy, "flux": fit["flux"], "flux_err": fit["flux_err"],
+            "mag": mag, "mag_err": 1.0857 * fit["flux_err"] / fit["flux"], "snr": fit["flux"] / fit["flux_err"],
+            "length": length, "trail_pa": float(first["trail_pa"]), "xi": float(fxi[0]), "eta": float(feta[0]),
+            "t_hours": t_exposures[e], "sigma": math.hypot(err, lk.position_floor * scale)}
+
+
+_ROW_COLUMNS = ("exposure", "file", "ccd", "mjd", "exptime", "ra", "dec", "wcs", "ra_err", "dec_err", "x", "y", "flux",
+                "flux_err", "mag", "mag_err", "snr", "length", "trail_pa")
+
+
+def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config, stats):
+    """Objects of the proposals whose pair and measurements line up; one object per detection (best fit first)."""
+    lk = config.link
+    fits = []
+    for prop, rows in results:
+        if 2 + len(rows) < lk.min_detections:
+            continue
+        i, j = prop.pair
+        members = [{**{c: candidates[c][k] for c in _ROW_COLUMNS}, "xi": float(cxi[k]), "eta": float(ceta[k]),
+                    "t_hours": float(ct[k]), "sigma": float(candidates["sigma"][k])} for k in (i, j)] + rows
+        members.sort(key=lambda r: r["t_hours"])
+        t = np.array([r["t_hours"] for r in members])
+        params, cov, chi2, t_ref = fit_linear_motion(t, [r["xi"] for r in members], [r["eta"] for r in members],
+                                                     [r["sigma"] for r in members])
+        dof = 2 * len(members) - 4
+        trk = Tracklet(tuple(range(len(members))), *params, cov, chi2, dof, t_ref)
+        if chi2 / max(dof, 1) > lk.max_chi2_dof or trk.rate < lk.min_rate or trk.rate > lk.max_rate or (
+                trk.rate < lk.min_rate_significance * trk.rate_err):
+            stats["n_rejected_fit"] += 1
+            continue
+        fits.append((prop, members, rows, trk))
+    fits.sort(key=lambda f: (-len(f[1]), f[3].chi2 / max(f[3].dof, 1)))
+    taken: set = set()
+    names = {str(n) for n in objects["object"]} if len(objects) else set()
+    number = len(objects) + 1
+    obs_tables, obj_tables = [], []
+    for prop, members, rows, trk in fits:
+        keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], round(r["x"]), round(r["y"])) for r in rows}
+        if keys & taken:
+            stats["n_conflicts"] += 1
+            continue
+        taken |= keys
+        while f"SD{number:05d}" in names:
+            number += 1
+        table = Table(rows=[[r[c] for c in _ROW_COLUMNS + ("xi", "eta", "t_hours")] for r in members],
+                      names=_ROW_COLUMNS + ("xi", "eta", "t_hours"))
+        obs, obj = tracklet_tables(table, [trk], plane, t0_mjd=t0_mjd, first_number=number)
+        measured = np.array([any(r is m for m in rows) for r in members])
+        obs["kind"][measured] = "blend"
+        names.add(f"SD{number:05d}")
+        obs_tables.append(obs)
+        obj_tables.append(obj)
+        log.info("blends: %s found from a pair and %d measurements beside brighter sources (%.2f\"/h)",
+                 f"SD{number:05d}", int(measured.sum()), trk.rate)
+    stats["n_objects"] = len(obj_tables)
+    if not obj_tables:
+        return None, None
+    return vstack(obs_tables), vstack(obj_tables)

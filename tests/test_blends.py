@@ -1,0 +1,166 @@
+"""Slow movers merged with a brighter source: measured beside a template of the static sky.
+
+Truth: synthetic stamps with a known star and mover, and a simulated sequence in which a mover
+passes 0.3" from a star four times brighter than itself in two of its four exposures.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table, vstack
+from scipy.ndimage import map_coordinates
+
+from conftest import small_scene_config
+from ssodetect.config import Config
+from ssodetect.detect.shape import trailed_psf
+from ssodetect.evaluate import evaluate_run
+from ssodetect.link.blends import accept_recovery, fit_beside_template, propose_pairs, resample_stamp
+from ssodetect.pipeline import run_pipeline
+from ssodetect.simulate import draw_scene, simulate
+
+N = 21
+
+
+def _stamp(rng, sources, sigma, noise=3.0):
+    image = np.zeros((N, N))
+    for x, y, flux in sources:
+        image += flux * trailed_psf(x, y, 0.0, 0.0, sigma, 0, 0, N)
+    return image + rng.normal(0.0, noise, image.shape), np.full((N, N), noise**2)
+
+
+def test_trailed_psf_holds_unit_flux():
+    assert trailed_psf(10.3, 9.7, 6.0, 0.4, 1.1, 0, 0, N).sum() == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fit_beside_template_measures_the_mover_on_a_brighter_star(seed):
+    """Star 4x brighter than the mover, 3.5 px apart; the template's PSF 5 % wider (another exposure)."""
+    rng = np.random.default_rng(seed)
+    star, mover = (10.0, 10.0, 12000.0), (12.6 + 0.1 * seed, 7.7, 3000.0)
+    data, var = _stamp(rng, [star, mover], 1.0)
+    template, tvar = _stamp(rng, [star], 1.05)
+    fit = fit_beside_template(data, var, template, tvar, x=mover[0] + 0.6, y=mover[1] - 0.4, length=0.0, theta=0.0,
+                              psf_sigma=1.0, gain=1.0, max_shift=2.0)
+    assert accept_recovery(fit, 2900.0, 60.0, min_snr=5.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                           max_position_error=1.0) == "ok"
+    assert math.hypot(fit["x"] - mover[0], fit["y"] - mover[1]) < 0.1
+    assert fit["flux"] == pytest.approx(mover[2], rel=0.1)
+    # the reported error is honest: the miss is within 4 sigma
+    assert math.hypot(fit["x"] - mover[0], fit["y"] - mover[1]) < 4.0 * math.hypot(fit["x_err"], fit["y_err"]) + 0.02
+
+
+def test_fit_beside_template_finds_nothing_where_only_the_star_is():
+    rng = np.random.default_rng(7)
+    data, var = _stamp(rng, [(10.0, 10.0, 12000.0)], 1.0)
+    template, tvar = _stamp(rng, [(10.0, 10.0, 12000.0)], 1.05)
+    fit = fit_beside_template(data, var, template, tvar, x=12.5, y=8.0, length=0.0, theta=0.0, psf_sigma=1.0, gain=1.0,
+                              max_shift=2.0)
+    assert accept_recovery(fit, 3000.0, 60.0, min_snr=5.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                           max_position_error=1.0) in ("faint", "flux")
+
+
+def test_resample_stamp_matches_the_whole_image_spline_and_marks_bad_pixels():
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 1.0, (200, 300)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[100, 150] = True
+    ys, xs = np.mgrid[60:80, 40:60].astype(float)
+    xs, ys = xs + 0.37, ys - 0.21
+    values, var = resample_stamp(image, np.ones_like(image), mask, xs, ys)
+    full = map_coordinates(image.astype(float), [ys, xs], order=3)
+    assert np.allclose(values, full, atol=1e-3)
+    assert np.allclose(var, 1.0)
+    values, _ = resample_stamp(image, np.ones_like(image), mask, xs + 100.0, ys + 30.0)
+    spoiled = np.isnan(values)
+    assert 1 <= spoiled.sum() <= 16 and spoiled[10, 10]  # (150.37, 99.79) reaches the bad pixel
+    edge, _ = resample_stamp(image, np.ones_like(image), mask, xs - 40.0, ys)
+    assert np.isnan(edge[:, 0]).all() and np.isfinite(edge[:, -1]).all()
+
+
+def _proposal_inputs(blend_flux):
+    """A pair (exposures 0, 1) moving 0.6" per hour-step; exposure 2's prediction lands on a detection."""
+    cand = dict(exposure=np.array([0, 1, 2]), group=np.array(["a", "a", "a"]), t_hours=np.array([0.0, 1.0, 2.0]),
+                xi=np.array([0.0, 0.6, 30.0]), eta=np.array([0.0, 0.0, 0.0]), sigma=np.full(3, 0.02),
+                flux=np.array([3000.0, 3100.0, 500.0]), flux_err=np.full(3, 60.0), pool=np.array([True, True, False]))
+    blends = dict(blend_exposure=np.array([2]), blend_group=np.array(["a"]), blend_xi=np.array([1.0]),
+                  blend_eta=np.array([0.2]), blend_flux=np.array([blend_flux]), blend_flux_err=np.array([80.0]),
+                  blend_size=np.array([0.6]))
+    kw = dict(min_rate=0.1, max_rate=10.0, min_rate_significance=5.0, flux_scatter=0.25, match_sigma=4.0,
+              match_floor=0.03)
+    return cand, blends, kw
+
+
+def test_propose_pairs_targets_a_brighter_detection_at_the_prediction():
+    cand, blends, kw = _proposal_inputs(15000.0)
+    props, stats = propose_pairs(*cand.values(), *blends.values(), {0: 0.0, 1: 1.0, 2: 2.0}, **kw)
+    assert stats["n_pairs"] == 1 and len(props) == 1
+    (e, xi, eta, s), = props[0].targets
+    assert e == 2 and xi == pytest.approx(1.2) and eta == pytest.approx(0.0)
+    # a detection as bright as the pair is the mover's own (or another source): no blend
+    cand, blends, kw = _proposal_inputs(3300.0)
+    props, stats = propose_pairs(*cand.values(), *blends.values(), {0: 0.0, 1: 1.0, 2: 2.0}, **kw)
+    assert stats["n_pairs"] == 1 and stats["n_proposals"] == 0
+    # a clean candidate matching the prediction: the linker's business, not a blend
+    cand, blends, kw = _proposal_inputs(15000.0)
+    cand["xi"][2], cand["flux"][2] = 1.2, 3050.0
+    props, stats = propose_pairs(*cand.values(), *blends.values(), {0: 0.0, 1: 1.0, 2: 2.0}, **kw)
+    assert stats["n_proposals"] == 0
+
+
+@pytest.fixture(scope="module")
+def blended_scene(tmp_path_factory):
+    """768^2, 4 exposures; SIMBLEND (V 22, 2.1"/h East) passes a V 20.5 star: 0.95" and 1.6" away in exposures
+    1 and 0, 0.3" in exposures 2 and 3."""
+    config = small_scene_config(23, movers_per_ccd=60.0, star_density=150000.0)
+    scene = draw_scene(config)
+    star = {"xi": 5.0, "eta": 8.0, "mag": 20.5, "pmra": 0.0, "pmdec": 0.0}
+    stars = scene.stars
+    far = np.hypot(np.asarray(stars["xi"]) - star["xi"], np.asarray(stars["eta"]) - star["eta"]) > 4.0
+    scene.stars = vstack([stars[far], Table(rows=[star])])
+    movers = scene.movers
+    movers = movers[np.hypot(np.asarray(movers["xi"]) - star["xi"], np.asarray(movers["eta"]) - star["eta"]) > 30.0]
+    step = 2.1 * config.cadence / 3600.0
+    mover = {"object": "SIMBLEND", "xi": star["xi"] - 0.3 - 0.5 * step, "eta": star["eta"] + 0.1, "mag": 22.0,
+             "rate": 2.1, "pa": 90.0, "designation": ""}
+    scene.movers = vstack([movers, Table(rows=[mover])])
+    scene.movers.meta.update(movers.meta)
+    out = tmp_path_factory.mktemp("blend") / "sim"
+    simulate(config, out, scene=scene)
+    return out
+
+
+def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(blended_scene, tmp_path):
+    config = Config()
+    config.execution.progress = False
+    out = tmp_path / "run"
+    result = run_pipeline([blended_scene], out, config, refcat=blended_scene / "refcat.ecsv")
+    truth = Table.read(blended_scene / "truth.ecsv")
+    ev = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
+    obs = result.observations
+    mine = truth[truth["object"] == "SIMBLEND"]
+    blend_rows = obs[np.asarray(obs["kind"]).astype(str) == "blend"]
+    assert len(blend_rows) >= 1
+    name = str(blend_rows["object"][0])
+    rows = obs[np.asarray(obs["object"]).astype(str) == name]
+    assert len(rows) >= 3
+    for row in rows:
+        tr = mine[mine["exposure"] == row["exposure"]][0]
+        miss = math.hypot((row["ra"] - tr["ra"]) * math.cos(math.radians(tr["dec"])), row["dec"] - tr["dec"]) * 3600
+        assert miss < 0.05, (row["exposure"], row["kind"], miss)
+    stats = result.link_stats["blends"]
+    assert stats["n_objects"] >= 1 and stats["n_accepted"] >= 1
+    # every measured target is accounted for
+    assert stats["n_measured"] == stats["n_accepted"] + sum(stats["refused"].values())
+    assert ev.n_false <= 1
+    # without the blend measurement the linker has two clean detections only: the mover is lost
+    config.link.blend_recovery = False
+    plain = run_pipeline([blended_scene], tmp_path / "plain", config, refcat=blended_scene / "refcat.ecsv")
+    assert "blends" not in plain.link_stats
+    hits: dict = {}
+    for row in plain.observations:
+        tr = mine[mine["exposure"] == row["exposure"]][0]
+        if math.hypot((row["ra"] - tr["ra"]) * math.cos(math.radians(tr["dec"])), row["dec"] - tr["dec"]) * 3600 < 0.3:
+            hits[str(row["object"])] = hits.get(str(row["object"]), 0) + 1
+    assert max(hits.values(), default=0) < 3
