@@ -44,7 +44,7 @@ def test_fit_beside_template_measures_the_mover_on_a_brighter_star(seed):
     fit = fit_beside_template(data, var, template, tvar, x=mover[0] + 0.6, y=mover[1] - 0.4, length=0.0, theta=0.0,
                               psf_sigma=1.0, gain=1.0, max_shift=2.0)
     assert accept_recovery(fit, 2900.0, 60.0, min_snr=5.0, flux_scatter=0.25, max_chi2_dof=4.0,
-                           max_position_error=1.0) == "ok"
+                           max_position_error=1.0, psf_sigma=1.0) == "ok"
     assert math.hypot(fit["x"] - mover[0], fit["y"] - mover[1]) < 0.1
     assert fit["flux"] == pytest.approx(mover[2], rel=0.1)
     # the reported error is honest: the miss is within 4 sigma
@@ -59,6 +59,33 @@ def test_fit_beside_template_finds_nothing_where_only_the_star_is():
                               max_shift=2.0)
     assert accept_recovery(fit, 3000.0, 60.0, min_snr=5.0, flux_scatter=0.25, max_chi2_dof=4.0,
                            max_position_error=1.0) in ("faint", "flux")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("offset", [0.0, 1.0, 1.5])
+def test_the_static_source_itself_is_never_taken_for_the_mover(seed, offset):
+    """No mover, the prediction 1-2.5 px from the star: a free fit can put the mover's PSF on the star (template
+    scale ~0) or split the star between the two; such fits are refused."""
+    rng = np.random.default_rng(100 + seed)
+    data, var = _stamp(rng, [(10.0, 10.0, 12000.0)], 1.0)
+    template, tvar = _stamp(rng, [(10.0, 10.0, 12000.0)], 1.05)
+    fit = fit_beside_template(data, var, template, tvar + np.clip(template, 0, None) / 2.0, x=10.0 + offset + 1.0,
+                              y=10.0, length=0.0, theta=0.0, psf_sigma=1.0, gain=1.0, max_shift=2.5)
+    assert accept_recovery(fit, 5000.0, 60.0, min_snr=10.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                           max_position_error=1.0, psf_sigma=1.0) != "ok"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_mover_on_the_core_of_a_brighter_star_is_refused_not_mismeasured(seed):
+    """1 px (1 sigma) from a star 3x brighter the two cannot be told apart: refused, not reported 0.2 px off."""
+    rng = np.random.default_rng(200 + seed)
+    data, var = _stamp(rng, [(10.0, 10.0, 12000.0), (11.0, 10.0, 4000.0)], 1.0)
+    template, tvar = _stamp(rng, [(10.0, 10.0, 12000.0)], 1.05)
+    fit = fit_beside_template(data, var, template, tvar + np.clip(template, 0, None) / 2.0, x=11.3, y=10.2,
+                              length=0.0, theta=0.0, psf_sigma=1.0, gain=1.0, max_shift=2.0)
+    verdict = accept_recovery(fit, 4000.0, 60.0, min_snr=10.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                              max_position_error=1.0, psf_sigma=1.0)
+    assert verdict != "ok" or math.hypot(fit["x"] - 11.0, fit["y"] - 10.0) < 3.0 * math.hypot(fit["x_err"], fit["y_err"])
 
 
 def test_resample_stamp_matches_the_whole_image_spline_and_marks_bad_pixels():
@@ -151,7 +178,8 @@ def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(ble
         assert miss < 0.05, (row["exposure"], row["kind"], miss)
     stats = result.link_stats["blends"]
     assert stats["n_objects"] >= 1 and stats["n_accepted"] >= 1
-    # every measured target is accounted for
+    # every target is accounted for: measured (then accepted or refused for a reason), without a template, off the image
+    assert stats["n_targets"] == stats["n_measured"] + stats["n_no_template"] + stats["n_off_image"]
     assert stats["n_measured"] == stats["n_accepted"] + sum(stats["refused"].values())
     assert ev.n_false <= 1
     # without the blend measurement the linker has two clean detections only: the mover is lost

@@ -169,3 +169,6 @@ def test_unusable_or_disagreeing_time_keywords_are_noted():
     h = fits.Header({"DATE-OBS": "2024-03-01T02:00:00", "EXPTIME": 60.0,
                      "MJD-OBS": Time("2024-03-01T02:00:00.4", scale="utc").mjd})
     assert observation_time(h, IOConfig()).notes == ()
+    # a usable keyword first: a later one that cannot be read is no concern (a date-only DATE-OBS beside MJD-OBS)
+    h = fits.Header({"MJD-OBS": 60370.0, "DATE-OBS": "2024-03-01", "EXPTIME": 60.0})
+    assert observation_time(h, IOConfig()).notes == ()

@@ -287,6 +287,8 @@ def test_alert_posted_to_a_loopback_receiver_and_run_completes_without_one(field
     again = _run(field, tmp_path / "down", dead)
     assert again.alert_delivered is False and again.warnings >= 2
     assert (tmp_path / "down" / "alert.json").exists() and (tmp_path / "down" / "report.html").exists()
+    log_text = (tmp_path / "down" / "run.log").read_text()  # the delivery's fate is in the run's log too
+    assert "failed after 3 attempts" in log_text and "delivered" in (out / "run.log").read_text()
 
 
 def test_exit_codes(field, tmp_path, monkeypatch):

@@ -279,7 +279,7 @@ def _report(args) -> int:
     with OutputStage(outdir) as stage:
         written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
         dropped = set(REPORT_FILES) - {p.name for p in written}
-        _update_manifest(outdir, stage.path, written, dropped, argv=sys.argv)
+        _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv])
     for name in dropped:
         (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     for path in written:
@@ -605,15 +605,17 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 
 def _warning_as_log(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the command: a library's warning (e.g. astropy's ErfaWarning for a dubious year)
-    becomes a warning of the run's log (counted, in run.log), one line naming its category."""
+    becomes one log line naming its category (in run.log too), not counted among the run's warnings (a library
+    warning in a Dask worker is not seen here: the exit status must not depend on where the work ran)."""
     text = str(message).strip().splitlines()[0] if str(message).strip() else ""
-    log.warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno)
+    log.warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno, extra={"uncounted": True})
 
 
 def main(argv=None) -> int:
     """Entry point of the ``ssodetect`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

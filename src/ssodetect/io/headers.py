@@ -203,7 +203,8 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
                 else:
                     t = Time(iso, format="isot", scale=scale)
         except ValueError as exc:
-            problems.append(f"{key}: {exc}")
+            if found is None:  # a keyword preferred to the one used, unusable (a later one's problem does not matter)
+                problems.append(f"{key}: {exc}")
             continue
         kind = _reference_kind(key.split("+")[0], comment, config.time_reference)
         offset = {"start": 0.5, "mid": 0.0, "end": -0.5}[kind] * exptime

@@ -36,13 +36,24 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import trailed_psf
 
 __all__ = ["BlendProposal", "propose_pairs", "resample_stamp", "fit_beside_template", "accept_recovery",
-           "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH"]
+           "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
+           "POSITION_FLOOR_PX"]
 
 #: A blend target's detection must exceed the pair's flux by at least this fraction of it (and its noise).
 BLEND_MIN_EXCESS = 0.5
 #: Fraction of the template's pixel values added in quadrature to the noise: PSF changes between exposures and
 #: the resampling of an undersampled PSF leave residuals of a few per cent of a static source's profile.
 TEMPLATE_MISMATCH = 0.05
+#: The fitted template scale must lie within this of 1 (the exposures of one CCD share their photometry to a few per
+#: cent): a scale near 0 means the mover's PSF took the static source's place.
+MAX_SCALE_CHANGE = 0.3
+#: A measured mover closer than this many PSF sigmas to the template's peak is refused: there the fit trades the
+#: two sources against each other (biased positions and fluxes at 1.5 sigma, the source itself at 0).
+MIN_SEPARATION_SIGMA = 2.5
+#: A blend measurement's flux must lie within this factor of the pair's (besides the 3-sigma test).
+MAX_FLUX_FACTOR = 2.5
+#: Systematic position error [px] added to a blend measurement (template residuals, resampling).
+POSITION_FLOOR_PX = 0.1
 
 
 @dataclass
@@ -137,6 +148,7 @@ def propose_pairs(
     for key in set(zip(b_exp.tolist(), b_grp.tolist())):
         rows = np.nonzero((b_exp == key[0]) & (b_grp == key[1]))[0]
         blend_trees[key] = (cKDTree(b_pos[rows]), rows)
+    b_size = np.where(np.isfinite(b_size), b_size, 0.0)
     max_size = float(np.max(b_size)) if b_size.size else 0.0
     exposures = sorted(t_exposures)
     for g in np.unique(group[pool]):
@@ -236,6 +248,9 @@ def resample_stamp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, xs
     """
     xs, ys = np.asarray(xs, float), np.asarray(ys, float)
     ny, nx = image.shape
+    if not (np.isfinite(xs).any() and np.isfinite(ys).any()):
+        nan = np.full(xs.shape, np.nan)
+        return nan, nan.copy()
     # the spline's prefilter runs over the array given: only the part the positions reach (plus its support)
     x_lo = int(np.clip(np.floor(np.nanmin(xs)) - 8, 0, nx))
     x_hi = int(np.clip(np.ceil(np.nanmax(xs)) + 9, x_lo, nx))
@@ -308,8 +323,10 @@ def fit_beside_template(
     Returns
     -------
     dict or None
-        ``flux, flux_err`` [ADU], ``x, y, x_err, y_err`` [px, stamp], ``scale``, ``chi2_dof``, ``n_pixels``;
-        None when too few good pixels or the fit is singular.
+        ``flux, flux_err`` [ADU], ``x, y, x_err, y_err`` [px, stamp; :data:`POSITION_FLOOR_PX` included],
+        ``scale``, ``chi2_dof``, ``n_pixels``, ``separation`` [px] from the template's brightest pixel near the
+        fitted position, that pixel's value ``template_peak`` and the fitted mover's peak pixel ``mover_peak``
+        [ADU]; None when too few good pixels or the fit is singular.
     """
     n = data.shape[0]
     good = (np.isfinite(data) & np.isfinite(variance) & np.isfinite(template) & np.isfinite(template_var)).ravel()
@@ -362,25 +379,42 @@ def fit_beside_template(
         return None
     if not np.all(np.isfinite(np.diag(cov))) or np.any(np.diag(cov) < 0):
         return None
+    # the static source the mover is measured beside: the template's brightest pixel near the fitted position
+    yy, xx = np.mgrid[0:n, 0:n]
+    near = np.hypot(xx - p[0], yy - p[1]) <= 4.0 * psf_sigma + 0.5 * length
+    peak = np.where(near & np.isfinite(template), np.nan_to_num(template), -np.inf)
+    k = int(np.argmax(peak))
+    separation = float(math.hypot(xx.ravel()[k] - p[0], yy.ravel()[k] - p[1])) if np.isfinite(peak.ravel()[k]) else np.inf
     return {"flux": float(coef[0]), "flux_err": float(math.sqrt(cov[0, 0])), "x": float(p[0]), "y": float(p[1]),
-            "x_err": float(math.sqrt(cov[1, 1])), "y_err": float(math.sqrt(cov[2, 2])), "scale": float(coef[1]),
-            "chi2_dof": float(c2 / dof), "n_pixels": int(good.sum())}
+            "x_err": float(math.hypot(math.sqrt(cov[1, 1]), POSITION_FLOOR_PX)),
+            "y_err": float(math.hypot(math.sqrt(cov[2, 2]), POSITION_FLOOR_PX)), "scale": float(coef[1]),
+            "chi2_dof": float(c2 / dof), "n_pixels": int(good.sum()), "separation": separation,
+            "template_peak": float(peak.ravel()[k]) if np.isfinite(peak.ravel()[k]) else 0.0,
+            "mover_peak": float(coef[0] * np.max(cols[:, 0]))}
 
 
 def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *, min_snr: float, flux_scatter: float,
-                    max_chi2_dof: float, max_position_error: float) -> str:
+                    max_chi2_dof: float, max_position_error: float, psf_sigma: float = 1.0) -> str:
     """Why a blend measurement is refused, or ``"ok"``.
 
-    Refusals: ``no fit``, ``faint`` (flux below ``min_snr`` times its error), ``flux`` (inconsistent with
-    the pair's at 3 sigma given ``flux_scatter``), ``residuals`` (reduced chi2 of the stamp above
-    ``max_chi2_dof``: the template did not take the static sky away), ``imprecise`` (position error
-    above ``max_position_error`` px).
+    Refusals: ``no fit``, ``faint`` (flux below ``min_snr`` times its error), ``scale`` (template scale more
+    than :data:`MAX_SCALE_CHANGE` from 1 while the static source shows: the PSF took its place), ``too close``
+    (within :data:`MIN_SEPARATION_SIGMA` PSF sigmas of a template peak brighter than the mover), ``flux``
+    (inconsistent with the pair's at 3 sigma given ``flux_scatter``, or beyond :data:`MAX_FLUX_FACTOR`),
+    ``residuals`` (reduced chi2 of the stamp above ``max_chi2_dof``: the template did not take the static sky
+    away), ``imprecise`` (position error above ``max_position_error`` px).
     """
     if fit is None:
         return "no fit"
     if not fit["flux"] > min_snr * fit["flux_err"]:
         return "faint"
-    if not _consistent(fit["flux"], fit["flux_err"], pair_flux, pair_flux_err, flux_scatter):
+    static_shows = fit["template_peak"] > 0.5 * fit["mover_peak"]
+    if static_shows and abs(fit["scale"] - 1.0) > MAX_SCALE_CHANGE:
+        return "scale"
+    if fit["template_peak"] > fit["mover_peak"] and fit["separation"] < MIN_SEPARATION_SIGMA * psf_sigma:
+        return "too close"
+    if not _consistent(fit["flux"], fit["flux_err"], pair_flux, pair_flux_err, flux_scatter) or not (
+            pair_flux / MAX_FLUX_FACTOR <= fit["flux"] <= pair_flux * MAX_FLUX_FACTOR):
         return "flux"
     if fit["chi2_dof"] > max_chi2_dof:
         return "residuals"

@@ -130,14 +130,22 @@ def fields_from_arguments(arguments) -> list[Field]:
 
 
 def field_state(field: Field, config: Config) -> dict:
-    """What a field's finished run depends on: its input files (path, size, modification time) and the configuration.
+    """What a field's finished run depends on: the files it reads (path, size, modification time) and the configuration.
 
     The ``[execution]`` section (workers, scheduler, progress) does not change results and is left out.
     """
     paths = [str(p) for p in find_inputs(list(field.inputs))] + ([field.refcat] if field.refcat else [])
+    # everything else a run reads (as its manifest lists them): calibration frames, orbit files, a CNN model
+    paths += [str(p) for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat,
+                               *config.known.orbits)]
+    if config.ml.enabled and config.ml.model != "builtin":
+        paths.append(str(config.ml.model))
     files = []
     for p in paths:
-        st = Path(p).stat()
+        try:
+            st = Path(p).stat()
+        except OSError as exc:
+            raise InputError(f"{p}: {exc.strerror or exc} (field {field.name})") from None
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     settings = config.model_dump(mode="json", exclude={"execution"})
     return {"inputs": files, "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}

@@ -27,12 +27,14 @@ from ssodetect.report.tables import tracklet_tables
 
 log = logging.getLogger(__name__)
 
-__all__ = ["recover_blends", "BLEND_KINDS", "STAMP_HALF"]
+__all__ = ["recover_blends", "BLEND_KINDS", "STAMP_HALF", "MAX_TEMPLATES"]
 
 #: Detection kinds that may form a pair (a slow mover is a point or a short trail).
 BLEND_KINDS = ("point", "trail")
 #: Half size [px] of the fitted stamp beyond half the trail's length.
 STAMP_HALF = 7
+#: Exposures averaged into a template at most (those nearest in time: the static sky least changed).
+MAX_TEMPLATES = 4
 
 
 def _used_keys(observations: Table) -> set:
@@ -72,13 +74,16 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         With the recovered objects appended.
     stats : dict
         The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured``, ``refused``
-        (reason -> count), ``n_no_template``, ``n_off_image``, ``n_accepted`` (measurements), ``n_rejected_fit``
-        (pairs whose measurements do not line up), ``n_conflicts``, ``n_objects``, ``n_images``, ``seconds``.
+        (reason -> count), ``n_no_template``, ``n_off_image`` (every target is one of measured, no template, off
+        the image), ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a
+        tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
+        with a better one), ``n_objects``, ``n_images``, ``seconds``.
     """
     lk = config.link
     t_start = time.perf_counter()
     stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "refused": {},
-                   "n_no_template": 0, "n_off_image": 0, "n_accepted": 0, "n_rejected_fit": 0, "n_conflicts": 0,
+                   "n_no_template": 0, "n_off_image": 0, "n_accepted": 0, "n_too_few": 0, "n_rejected_fit": 0,
+                   "n_conflicts": 0,
                    "n_objects": 0, "n_images": 0, "seconds": 0.0}
     if not len(candidates) or not len(detections) or len(exposures) < 3:
         return observations, objects, stats
@@ -181,7 +186,9 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
     grid_y, grid_x = np.mgrid[iy - half:iy + half + 1, ix - half:ix + half + 1]
     sky = w.all_pix2world(grid_x.ravel().astype(float), grid_y.ravel().astype(float), 0)
     stamp_vals, stamp_var = [], []
-    for t, tt in t_exposures.items():
+    for t, tt in sorted(t_exposures.items(), key=lambda item: abs(item[1] - t_exposures[e])):
+        if len(stamp_vals) >= MAX_TEMPLATES:
+            break
         if t == e or (t, ccd) not in refs:
             continue
         dt = tt - t_exposures[e]
@@ -208,10 +215,12 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
     vals = np.array(stamp_vals)
     counts = np.sum(np.isfinite(vals), axis=0)
     template = np.nansum(vals, axis=0) / np.maximum(counts, 1)
-    template_var = np.nansum(np.array(stamp_var), axis=0) / np.maximum(counts, 1) ** 2
+    image, var, mask, gain = pixels(e)
+    # the template's noise: the exposures' background noise and the static sources' own photon noise, averaged
+    template_var = (np.nansum(np.array(stamp_var), axis=0) / np.maximum(counts, 1) ** 2
+                    + np.clip(template, 0.0, None) / max(float(gain), 1e-6) / np.maximum(counts, 1))
     template[counts == 0] = np.nan
     template_var[counts == 0] = np.nan
-    image, var, mask, gain = pixels(e)
     cut = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
     data = np.where(mask[cut], np.nan, image[cut]).astype(float)
     max_shift = lk.match_sigma * s_pred / scale + lk.match_floor / scale + 1.0
@@ -221,15 +230,20 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
                               max_shift=max_shift)
     verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
                               flux_scatter=lk.flux_scatter, max_chi2_dof=lk.max_chi2_dof,
-                              max_position_error=max(1.0, 0.5 / scale))
+                              max_position_error=max(1.0, 0.5 / scale), psf_sigma=psf_sigma)
     if verdict != "ok":
         refused[verdict] += 1
         return None
     stats["n_accepted"] += 1
     fx, fy = fit["x"] + (ix - half), fit["y"] + (iy - half)
     fra, fdec = (float(v) for v in w.all_pix2world(fx, fy, 0))
-    err = math.hypot(fit["x_err"], fit["y_err"]) / math.sqrt(2.0) * scale
+    solution = info.get("astrometry") or {}
+    wcs_error = float(solution.get("wcs_error") or 0.0) if solution.get("status") == "ok" else 0.0
+    # as the clean detections: the centroid's error and the solution's, in quadrature
+    err = math.hypot(math.hypot(fit["x_err"], fit["y_err"]) / math.sqrt(2.0) * scale,
+                     wcs_error if math.isfinite(wcs_error) else 0.0)
     zp = _zeropoint(info)
+    zp_err = float(solution.get("zeropoint_err") or 0.0)
     exptime = float(ref.exptime or 0.0)
     mag = zp - 2.5 * math.log10(fit["flux"] / max(exptime, 1e-9)) if fit["flux"] > 0 else float("nan")
     first = candidates[prop.pair[0]]
@@ -238,7 +252,8 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
     return {"exposure": int(e), "file": str(ref.path), "ccd": ccd, "mjd": mjd, "exptime": exptime, "ra": fra,
             "dec": fdec, "wcs": "fit" if (info.get("astrometry") or {}).get("status") == "ok" else str(first["wcs"]),
             "ra_err": err, "dec_err": err, "x": fx, "y": fy, "flux": fit["flux"], "flux_err": fit["flux_err"],
-            "mag": mag, "mag_err": 1.0857 * fit["flux_err"] / fit["flux"], "snr": fit["flux"] / fit["flux_err"],
+            "mag": mag, "mag_err": math.hypot(1.0857 * fit["flux_err"] / fit["flux"], zp_err if math.isfinite(zp_err) else 0.0),
+            "snr": fit["flux"] / fit["flux_err"],
             "length": length, "trail_pa": float(first["trail_pa"]), "xi": float(fxi[0]), "eta": float(feta[0]),
             "t_hours": t_exposures[e], "sigma": math.hypot(err, lk.position_floor * scale)}
 
@@ -253,6 +268,8 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
     fits = []
     for prop, rows in results:
         if 2 + len(rows) < lk.min_detections:
+            if rows:
+                stats["n_too_few"] += 1  # some measurements kept, too few for a tracklet
             continue
         i, j = prop.pair
         members = [{**{c: candidates[c][k] for c in _ROW_COLUMNS}, "xi": float(cxi[k]), "eta": float(ceta[k]),
@@ -274,7 +291,8 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
     number = len(objects) + 1
     obs_tables, obj_tables = [], []
     for prop, members, rows, trk in fits:
-        keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], round(r["x"]), round(r["y"])) for r in rows}
+        keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], r["ccd"], round(r["x"]), round(r["y"]))
+                                                 for r in rows}
         if keys & taken:
             stats["n_conflicts"] += 1
             continue

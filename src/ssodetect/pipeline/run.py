@@ -422,10 +422,11 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
     )
     log.info("blends: %d pairs of clean detections, %d predicted onto brighter sources in %d exposures, %d measured "
              "(%d accepted; refused: %s; %d without a template, %d off the image), %d objects found "
-             "(%d pairs whose measurements do not line up, %d sharing a detection)", stats["n_pairs"],
-             stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
+             "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection)",
+             stats["n_pairs"], stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
              ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_no_template"],
-             stats["n_off_image"], stats["n_objects"], stats["n_rejected_fit"], stats["n_conflicts"])
+             stats["n_off_image"], stats["n_objects"], stats["n_too_few"], stats["n_rejected_fit"],
+             stats["n_conflicts"])
     ctx.timings["blends"] = time.perf_counter() - t0
     return {"observations": observations, "objects": objects,
             "link_stats": {**products.get("link_stats", {}), "blends": stats}}
@@ -484,9 +485,10 @@ def step_known(products: dict, config: Config, ctx: StepContext) -> dict:
 def step_report(products: dict, config: Config, ctx: StepContext) -> dict:
     """Write the tables, cutouts, ADES/MPC/HTML reports and the alert document."""
     objects = products.get("objects")
-    hint = time_order_differs(products["exposures"]) if objects is not None and len(objects) == 0 else ""
-    if hint:
-        log.warning("no moving object found; %s", hint)
+    hint = time_order_differs(products["exposures"])
+    if hint:  # shuffled or reversed times give no movers, or movers in the wrong direction
+        log.warning("%s%s (every motion follows the times)",
+                    "no moving object found; " if objects is not None and len(objects) == 0 else "", hint)
     if ctx.stage is not None:
         _write_outputs(ctx.stage, run_result(products), config, ctx.inputs, ctx.refcat, ctx.timings)
         if config.alerts.enabled:
@@ -595,6 +597,8 @@ class _WarningCount(logging.Handler):
         self.messages: list[str] = []
 
     def emit(self, record) -> None:
+        if getattr(record, "uncounted", False):  # a library's Python warning: shown, not a warning of the run
+            return
         self.count += 1
         self.messages.append(record.getMessage())
 
@@ -752,15 +756,16 @@ def run_pipeline(
             stage.file("config.toml").write_text(dump_toml(config))
             manifest = _manifest(result, config, files, records, started, command, counter.count, stage)
             stage.file("manifest.json").write_text(json.dumps(manifest, indent=2))
-            package_log.removeHandler(handler)
-            handler.close()
-            handler = None
             written = {p.name for p in stage.path.iterdir()}
             stage.commit()
             result.outdir = Path(outdir)
             alert = Path(outdir) / "alert.json"
             if "alert.json" in written:
+                # run.log (committed with its file still open: the same file, now in OUTDIR) records the delivery
                 result.alert_delivered = deliver_alert(alert, config.alerts)
+            package_log.removeHandler(handler)
+            handler.close()
+            handler = None
         result.warnings = counter.count
         return result
     except BaseException:
