@@ -116,6 +116,14 @@ def recorded(directory: str | Path) -> set[str]:
     return set(json.loads((Path(directory) / RECORD).read_text())["files"]) | {RECORD}
 
 
+def write_record(directory: str | Path, names) -> None:
+    """Replace ``directory``'s product record by one listing ``names``, signed with this session's key (as a run of
+    this user's would have written it)."""
+    from ssodetect.io.outputs import _record_text
+
+    (Path(directory) / RECORD).write_text(_record_text(names))
+
+
 def copy_inputs(scene: str | Path, dest: str | Path) -> Path:
     """The scene's FITS frames (no record, no catalogues) in a directory of the user's own."""
     dest = Path(dest)

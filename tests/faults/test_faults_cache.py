@@ -160,18 +160,25 @@ def test_damaged_cache_entry_is_recomputed(good_run, scene, tmp_path, capsys, da
 
 
 def test_products_signed_under_another_key_are_not_loaded(good_run, scene, tmp_path, quiet_config, monkeypatch):
-    """Another user's cache key (or a new one): the earlier run's products are computed again, not loaded."""
+    """Another user's cache key (or a new one): the earlier run's directory is not taken as theirs (its products
+    record does not verify: refused, untouched, nothing loaded); their own runs are signed and reused."""
+    from ssodetect.errors import InputError
+
     out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
     monkeypatch.setenv("SSODETECT_CACHE_KEY", str(tmp_path / "keys" / "other.key"))
-    # up to astrometry: the two cached steps before the (slow) linking tell the story
-    result = run_pipeline([scene], out, quiet_config, to_step="astrometry")
-    status = {r["step"]: r["status"] for r in result.steps}
-    assert status["detect"] == "run" and status["astrometry"] == "run", status
-    assert "cached" not in status.values()
+    with pytest.raises(InputError, match="not signed with your key"):
+        run_pipeline([scene], out, quiet_config, to_step="astrometry")
+    assert snapshot(out) == before
     assert (tmp_path / "keys" / "other.key").stat().st_size >= 32  # created for the new user
     assert oct((tmp_path / "keys" / "other.key").stat().st_mode & 0o777) == "0o600"
-    assert files(out) == recorded(out) and leftovers(out) == []
-    again = run_pipeline([scene], out, quiet_config, to_step="astrometry")  # signed under the new key now: loaded
+    mine = tmp_path / "mine"
+    # up to astrometry: the two cached steps before the (slow) linking tell the story
+    result = run_pipeline([scene], mine, quiet_config, to_step="astrometry")
+    status = {r["step"]: r["status"] for r in result.steps}
+    assert status["detect"] == "run" and status["astrometry"] == "run", status
+    assert files(mine) == recorded(mine) and leftovers(mine) == []
+    again = run_pipeline([scene], mine, quiet_config, to_step="astrometry")  # signed under the new key: loaded
     status = {r["step"]: r["status"] for r in again.steps}
     assert status["detect"] == "cached" and status["astrometry"] == "cached", status
 

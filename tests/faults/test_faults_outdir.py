@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from faultkit import RECORD, cli, copy_inputs, copy_run, files, leftovers, recorded, snapshot
+from faultkit import RECORD, cli, copy_inputs, copy_run, files, leftovers, recorded, snapshot, write_record
 
 #: Products of a complete run that every rerun of the scene writes again.
 CORE = {"objects.ecsv", "observations.ecsv", "manifest.json", "config.toml", "run.log", RECORD}
@@ -82,8 +82,7 @@ def test_recorded_run_with_an_unrecorded_product_name_is_refused(good_run, scene
     """Our directory, but the record does not list ``dropped``: the file there is not ours to replace."""
     out = copy_run(good_run.out, tmp_path / "out")
     record = json.loads((out / RECORD).read_text())
-    record["files"] = [f for f in record["files"] if f != dropped]
-    (out / RECORD).write_text(json.dumps(record))
+    write_record(out, [f for f in record["files"] if f != dropped])
     before = snapshot(out)
     _refused(cli(capsys, "run", scene, "--out", out), out, dropped)
     assert snapshot(out) == before and leftovers(out) == []
@@ -140,6 +139,32 @@ def test_deleted_record_is_recognised_from_the_manifest(good_run, scene, tmp_pat
     outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
     _complete(out)
+
+
+@pytest.mark.parametrize("forgery", ["no signature", "another key's signature", "the old signature"])
+def test_a_forged_record_cannot_make_a_run_remove_the_users_file(good_run, scene, tmp_path, capsys, forgery):
+    """Someone who can write OUT adds the user's notes to the products record: the record's signature (the user's
+    key, kept outside OUT) does not verify, so nothing it lists is replaced; the run is refused, OUT unchanged."""
+    import hashlib
+    import hmac
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / "notes.txt").write_text("the user's own notes")
+    record = json.loads((out / RECORD).read_text())
+    forged = sorted(record["files"] + ["notes.txt"])
+    if forgery == "no signature":
+        record = {"files": forged}
+    elif forgery == "another key's signature":
+        mac = hmac.new(os.urandom(32), b"ssodetect products record\0" + json.dumps(forged).encode(), hashlib.sha256)
+        record = {"files": forged, "hmac": mac.hexdigest()}
+    else:
+        record["files"] = forged
+    (out / RECORD).write_text(json.dumps(record))
+    before = snapshot(out)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    _refused(outcome, out, RECORD)
+    assert "not signed with your key" in outcome.errors[0]
+    assert snapshot(out) == before and (out / "notes.txt").read_text() == "the user's own notes"
 
 
 def test_garbled_record_never_loses_data(good_run, scene, tmp_path, capsys):
@@ -415,7 +440,7 @@ def test_without_atomic_exchange_the_run_is_still_replaced_whole(good_run, scene
     out = copy_run(good_run.out, tmp_path / "out")
     (out / "alert.json").unlink()  # so that the new run's products differ from the old
     record = json.loads((out / RECORD).read_text())
-    (out / RECORD).write_text(json.dumps({"files": [f for f in record["files"] if f != "alert.json"]}))
+    write_record(out, [f for f in record["files"] if f != "alert.json"])
     outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
     _complete(out)

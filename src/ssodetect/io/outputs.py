@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from ssodetect.errors import InputError
+from ssodetect.keys import cache_key, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "recorded_files",
            "foreign_files", "record_files", "check_free_space", "expected_output_bytes", "check_apart"]
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The record of the files ssodetect wrote into a directory (relative POSIX paths).
 RECORD = ".ssodetect-products.json"
+#: What the record's signature is bound to (a signature of another kind of file does not verify as a record).
+RECORD_CONTEXT = "ssodetect products record"
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
@@ -70,23 +73,70 @@ def _files(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink())
 
 
+def _record_text(names) -> str:
+    """The products record for ``names``, signed with the user's key (:mod:`ssodetect.keys`)."""
+    names = sorted(set(names))
+    body = json.dumps(names)
+    return json.dumps({"files": names, "hmac": sign_text(body, RECORD_CONTEXT, cache_key()[0])}, indent=1)
+
+
+def _read_record(directory: Path) -> set[str] | None:
+    """The files a record lists when this user's key signed it; None without one; raises UnsignedRecord."""
+    try:
+        record = json.loads((directory / RECORD).read_text())
+        names = record["files"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TypeError
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UnsignedRecord(f"{directory / RECORD}: unreadable") from None
+    if not verify_text(json.dumps(sorted(set(names))), RECORD_CONTEXT, cache_key()[0], record.get("hmac")):
+        raise UnsignedRecord(f"{directory / RECORD}: not signed with your key (written by an earlier version, another "
+                             "user or another key, or altered), so ssodetect will not replace the files it lists: "
+                             "remove the directory yourself or choose another")
+    return set(names)
+
+
+class UnsignedRecord(InputError):
+    """A products record that this user's key did not sign: the files it lists are not taken as ours."""
+
+
 def recorded_files(directory: str | Path) -> set[str] | None:
     """The files ssodetect recorded writing into ``directory``; None when it holds no record.
 
-    A run written before the record existed is recognised by its ``manifest.json`` (its ``products``).
+    A run written before the record existed is recognised by its ``manifest.json`` (its ``products``).  A
+    record not signed with the user's key (:mod:`ssodetect.keys`) raises :class:`UnsignedRecord`: someone who can
+    write the directory could otherwise list a file of the user's and have a run remove it.
     """
     directory = Path(directory)
-    try:
-        return set(json.loads((directory / RECORD).read_text())["files"]) | {RECORD}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    names = _read_record(directory)
+    if names is not None:
+        return names | {RECORD}
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
-        if isinstance(manifest.get("products"), dict) and "ssodetect" in json.dumps(manifest.get("software", "")):
-            return set(manifest["products"]) | {"manifest.json", "run.log"}
+        products = manifest.get("products")
+        if isinstance(products, dict) and "ssodetect" in json.dumps(manifest.get("software", "")):
+            # an earlier version's run: its products as its manifest checksummed them (a listed file with other
+            # contents is not taken as ours)
+            return {name for name, entry in products.items() if isinstance(entry, dict)
+                    and _same_sha256(directory / name, entry.get("sha256"))} | {"manifest.json", "run.log"}
     except (OSError, ValueError, AttributeError):
         pass
     return None
+
+
+def _same_sha256(path: Path, digest) -> bool:
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        h = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                h.update(block)
+        return h.hexdigest() == digest
+    except OSError:
+        return False
 
 
 def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
@@ -111,11 +161,8 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
 def record_files(directory: str | Path, names) -> None:
     """Add ``names`` (relative paths) to ``directory``'s record of the files ssodetect wrote there."""
     directory = Path(directory)
-    try:
-        known = set(json.loads((directory / RECORD).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        known = set()
-    atomic_write_text(directory / RECORD, json.dumps({"files": sorted(known | set(names))}, indent=1))
+    known = _read_record(directory) or set()
+    atomic_write_text(directory / RECORD, _record_text(known | set(names)))
 
 
 def _remove(path: Path) -> None:
@@ -314,7 +361,7 @@ class OutputStage:
         try:
             names = _files(self.path)
             if self.replace:
-                atomic_write_text(self.path / RECORD, json.dumps({"files": names}, indent=1))
+                atomic_write_text(self.path / RECORD, _record_text(names))
                 self.outdir.parent.mkdir(parents=True, exist_ok=True)
                 if not self.outdir.exists():
                     os.rename(self.path, self.outdir)

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import pickle
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -41,6 +40,7 @@ from typing import Callable
 from ssodetect._version import __version__
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
+from ssodetect.keys import cache_key, cache_key_path, sign_file
 
 __all__ = ["ENTRY_POINT_GROUP", "Step", "pipeline_steps", "describe_graph", "config_slice", "step_key", "StepCache",
            "sha256_file", "cache_key", "cache_key_path", "sign_file"]
@@ -214,59 +214,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while size := handle.readinto(buffer):
             digest.update(view[:size])
     return digest.hexdigest()
-
-
-def cache_key_path() -> Path:
-    """Where the step cache's signing key is kept: ``$SSODETECT_CACHE_KEY`` or ``~/.config/ssodetect/cache.key``."""
-    if os.environ.get("SSODETECT_CACHE_KEY"):
-        return Path(os.environ["SSODETECT_CACHE_KEY"]).expanduser()
-    config_home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(config_home) / "ssodetect" / "cache.key"
-
-
-_EPHEMERAL = os.urandom(32)
-
-
-def cache_key() -> tuple[bytes, bool]:
-    """The user's secret key signing stored step products, and whether it persists across runs.
-
-    Read from (or created at, mode 0600) ``$SSODETECT_CACHE_KEY`` or ``~/.config/ssodetect/cache.key``.  When it
-    can be neither read nor created, a key that lives only as long as this process is used (and stored products
-    can then not be reused by a later run; a warning says so).
-    """
-    path = cache_key_path()
-    try:
-        key = path.read_bytes()
-        if len(key) >= 32:
-            return key, True
-        log.warning("%s: a cache key must hold at least 32 bytes; stored step products will not be reused", path)
-        return _EPHEMERAL, False
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("%s: cannot read the cache key (%s); stored step products will not be reused", path, exc.strerror)
-        return _EPHEMERAL, False
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(os.urandom(32))
-        return path.read_bytes(), True
-    except FileExistsError:  # another process created it first
-        return cache_key()
-    except OSError as exc:
-        log.warning("%s: cannot create the cache key (%s); stored step products will not be reused", path,
-                    exc.strerror)
-        return _EPHEMERAL, False
-
-
-def sign_file(path: str | Path, context: str, key: bytes, chunk: int = 1 << 20) -> str:
-    """HMAC-SHA256 (hex) of ``context`` and a file's bytes under ``key``."""
-    mac = hmac.new(key, context.encode() + b"\0", hashlib.sha256)
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            mac.update(block)
-    return mac.hexdigest()
 
 
 class StepCache:
