@@ -180,7 +180,7 @@ def _calibrate(args) -> int:
     from ssodetect.calibrate import calibrate_ccd
     from ssodetect.config import load_config
     from ssodetect.io import OutputStage, find_inputs, read_ccd, scan_inputs
-    from ssodetect.pipeline.run import build_calibration
+    from ssodetect.calibrate import build_calibration
 
     config = load_config(args.config)
     config.calibrate.hot_pixels = False  # masters from calibration frames only (the run finds hot pixels itself)

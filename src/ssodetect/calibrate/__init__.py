@@ -3,6 +3,7 @@ from ssodetect.calibrate.masters import (
     FRAME_TYPES,
     MasterFrames,
     add_hot_pixel_maps,
+    build_calibration,
     build_masters,
     calibrate_ccd,
     frame_type,
@@ -13,5 +14,5 @@ from ssodetect.calibrate.masters import (
     sequence_hot_pixels,
 )
 
-__all__ = ["FRAME_TYPES", "MasterFrames", "add_hot_pixel_maps", "build_masters", "calibrate_ccd", "frame_type",
+__all__ = ["FRAME_TYPES", "MasterFrames", "add_hot_pixel_maps", "build_calibration", "build_masters", "calibrate_ccd", "frame_type",
            "hot_pixel_map", "parse_section", "raw_saturation", "reduce_overscan", "sequence_hot_pixels"]

@@ -23,14 +23,19 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clip
 
+from ssodetect.config import Config
 from ssodetect.errors import InputError
+from ssodetect.io.frames import scan_file
+from ssodetect.io.headers import frame_type
+from ssodetect.io.outputs import OutputStage
 
-__all__ = ["FRAME_TYPES", "MasterFrames", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "add_hot_pixel_maps", "calibrate_ccd", "frame_type", "parse_section",
+__all__ = ["FRAME_TYPES", "MasterFrames", "build_calibration", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "add_hot_pixel_maps", "calibrate_ccd", "frame_type", "parse_section",
            "raw_saturation", "reduce_overscan"]
 
 log = logging.getLogger(__name__)
@@ -39,26 +44,6 @@ log = logging.getLogger(__name__)
 FRAME_TYPES = ("light", "bias", "dark", "flat")
 
 _SECTION = re.compile(r"^\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]$")
-
-
-def frame_type(header: fits.Header, keys: list[str]) -> str:
-    """Kind of a frame from the first type keyword present: light, bias, dark or flat.
-
-    Values are matched by words ('Bias Frame', 'ZERO', 'dark', 'Flat Field', 'SKYFLAT',
-    'DOMEFLAT', 'Light Frame', 'OBJECT', 'science'); a frame without a type keyword
-    is a light frame.
-    """
-    for key in keys:
-        if key in header:
-            value = str(header[key]).strip().lower()
-            if "bias" in value or "zero" in value:
-                return "bias"
-            if "dark" in value:
-                return "dark"
-            if "flat" in value:
-                return "flat"
-            return "light"
-    return "light"
 
 
 def parse_section(text: str, shape: tuple[int, int], *, clip: bool = False) -> tuple[slice, slice]:
@@ -227,7 +212,6 @@ class MasterFrames:
         """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist)."""
         from pathlib import Path
 
-        from ssodetect.io import OutputStage
 
         written = []
         with OutputStage(Path(directory)) as stage:
@@ -490,3 +474,33 @@ def calibrate_ccd(image, masters: MasterFrames, *, overscan: bool = True, trim: 
     return replace(image, data=data, mask=mask | bad | ~np.isfinite(data), saturated=saturated, wcs=wcs,
                    rms=None if image.rms is None or image.rms.shape != data.shape else image.rms,
                    hot=masters.hot_mask(data.shape))
+
+
+def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
+    """Light frames of the inputs and, per CCD, the masters built from the calibration frames.
+
+    Calibration frames are those recognised among the inputs by their type keyword plus
+    the files listed in ``[calibrate]``.  A CCD without a dark and with at least
+    ``[calibrate] hot_min_frames`` light frames also gets a hot-pixel map from its lights
+    (:func:`ssodetect.calibrate.add_hot_pixel_maps`) when it flags at least
+    ``hot_min_fraction`` of the pixels.  Returns ``(lights, {ccd: MasterFrames})``; the dict is
+    empty when calibration is off or there is nothing to calibrate with.
+    """
+    cc = config.calibrate
+    lights = [ref for ref in refs if ref.frame_type == "light"]
+    if not cc.enabled:
+        return lights, {}
+    frames: dict[str, dict[str, list]] = {}
+    listed = [(kind, ref) for kind in ("bias", "dark", "flat") for path in getattr(cc, kind)
+              for ref in scan_file(Path(path), config.io)]
+    for kind, ref in [(ref.frame_type, ref) for ref in refs if ref.frame_type != "light"] + listed:
+        frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
+    masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
+                                  exptime_keys=config.io.exptime_keys) for ccd, kinds in frames.items()}
+    if cc.hot_pixels:
+        by_ccd: dict[str, list] = {}
+        for ref in sorted(lights, key=lambda r: r.mjd):
+            by_ccd.setdefault(ref.ccd, []).append((ref.path, ref.sci))
+        add_hot_pixel_maps(masters, by_ccd, overscan=cc.overscan, trim=cc.trim, min_frames=cc.hot_min_frames,
+                           min_fraction=cc.hot_min_fraction)
+    return lights, {ccd: m for ccd, m in masters.items() if not m.empty}

@@ -34,8 +34,7 @@ from astropy.wcs import WCS
 
 from ssodetect.config import IOConfig
 from ssodetect.errors import InputError
-from ssodetect.calibrate.masters import frame_type
-from ssodetect.io.headers import celestial_wcs, first_keyword, observation_time
+from ssodetect.io.headers import celestial_wcs, first_keyword, frame_type, observation_time
 
 __all__ = ["CCDRef", "Exposure", "CCDImage", "common_ccds", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
 

@@ -381,3 +381,23 @@ def wcs_from_header_string(text: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         return WCS(fits.Header.fromstring(text), relax=True)
+
+
+def frame_type(header: fits.Header, keys: list[str]) -> str:
+    """Kind of a frame from the first type keyword present: light, bias, dark or flat.
+
+    Values are matched by words ('Bias Frame', 'ZERO', 'dark', 'Flat Field', 'SKYFLAT',
+    'DOMEFLAT', 'Light Frame', 'OBJECT', 'science'); a frame without a type keyword
+    is a light frame.
+    """
+    for key in keys:
+        if key in header:
+            value = str(header[key]).strip().lower()
+            if "bias" in value or "zero" in value:
+                return "bias"
+            if "dark" in value:
+                return "dark"
+            if "flat" in value:
+                return "flat"
+            return "light"
+    return "light"

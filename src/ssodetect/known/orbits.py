@@ -28,6 +28,7 @@ from astropy.table import Table
 
 from ssodetect.columns import describe
 from ssodetect.errors import InputError
+from ssodetect.known.designations import unpack_number, unpack_provisional
 
 __all__ = ["ORBIT_COLUMNS", "GAUSS_K", "read_orbits", "read_mpcorb", "read_sbdb", "unpack_epoch", "orbits_table",
            "write_sbdb"]
@@ -118,7 +119,6 @@ def _float(text) -> float:
 
 def read_mpcorb(lines) -> Table:
     """Orbits from MPCORB.DAT lines (an iterable of str)."""
-    from ssodetect.report.mpc80 import unpack_number, unpack_provisional
 
     rows = []
     for line in lines:

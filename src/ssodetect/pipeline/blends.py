@@ -15,7 +15,6 @@ from collections import Counter
 
 import numpy as np
 from astropy.table import Table, vstack
-from astropy.time import Time
 
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
@@ -144,7 +143,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
                 if row is not None:
                     rows.append(row)
             results.append((prop, rows))
-        del images
+        images.clear()  # this CCD's pixels are not needed again
     stats["refused"] = dict(refused)
     new_obs, new_obj = _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config, stats)
     if new_obj is not None:

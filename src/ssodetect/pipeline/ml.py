@@ -21,6 +21,7 @@ from scipy.spatial import cKDTree
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.calibrate import build_calibration
 from ssodetect.config import Config
 from ssodetect.errors import InputError
 from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
@@ -254,7 +255,6 @@ def score_run(run_dir, config: Config) -> Table:
     import json
 
     from ssodetect.io import read_ccd
-    from ssodetect.pipeline.run import build_calibration
 
     run_dir = Path(run_dir)
     try:

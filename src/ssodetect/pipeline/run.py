@@ -25,10 +25,10 @@ from ssodetect.astrometry.field import rescue_failed
 from ssodetect.astrometry.refcat import compare_with_reference, cut_to_field, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
-from ssodetect.calibrate import add_hot_pixel_maps, build_masters
+from ssodetect.calibrate import build_calibration
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import (
-    OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_file, scan_inputs,
+    OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
 )
 from ssodetect.profiles import resolve_profile
@@ -108,36 +108,6 @@ class _Process:
     def __call__(self, ref):
         return process_ccd(ref, self.config, require_wcs=self.require_wcs, calibration=self.masters.get(ref.ccd),
                            keep=self.keep)
-
-
-def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
-    """Light frames of the inputs and, per CCD, the masters built from the calibration frames.
-
-    Calibration frames are those recognised among the inputs by their type keyword plus
-    the files listed in ``[calibrate]``.  A CCD without a dark and with at least
-    ``[calibrate] hot_min_frames`` light frames also gets a hot-pixel map from its lights
-    (:func:`ssodetect.calibrate.add_hot_pixel_maps`) when it flags at least
-    ``hot_min_fraction`` of the pixels.  Returns ``(lights, {ccd: MasterFrames})``; the dict is
-    empty when calibration is off or there is nothing to calibrate with.
-    """
-    cc = config.calibrate
-    lights = [ref for ref in refs if ref.frame_type == "light"]
-    if not cc.enabled:
-        return lights, {}
-    frames: dict[str, dict[str, list]] = {}
-    listed = [(kind, ref) for kind in ("bias", "dark", "flat") for path in getattr(cc, kind)
-              for ref in scan_file(Path(path), config.io)]
-    for kind, ref in [(ref.frame_type, ref) for ref in refs if ref.frame_type != "light"] + listed:
-        frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
-    masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
-                                  exptime_keys=config.io.exptime_keys) for ccd, kinds in frames.items()}
-    if cc.hot_pixels:
-        by_ccd: dict[str, list] = {}
-        for ref in sorted(lights, key=lambda r: r.mjd):
-            by_ccd.setdefault(ref.ccd, []).append((ref.path, ref.sci))
-        add_hot_pixel_maps(masters, by_ccd, overscan=cc.overscan, trim=cc.trim, min_frames=cc.hot_min_frames,
-                           min_fraction=cc.hot_min_fraction)
-    return lights, {ccd: m for ccd, m in masters.items() if not m.empty}
 
 
 def _versions() -> dict:
