@@ -303,6 +303,35 @@ def _config(args) -> int:
     return 0
 
 
+def _runs(args) -> int:
+    import json
+
+    from ssodetect.pipeline.registry import Registry
+
+    if args.limit < 1:
+        raise SSODetectError(f"--limit {args.limit}: must be at least 1")
+    with Registry(args.root) as registry:
+        counts = registry.rebuild() if args.rebuild else registry.sync()
+        rows = registry.runs(search=args.search, status=args.status, limit=args.limit)
+        total = registry.count()
+    log.info("registry %s: %d runs (%d added, %d updated, %d removed; %d manifest.json files not a run's)",
+             registry.path, total, counts["added"], counts["updated"], counts["removed"], counts["unreadable"])
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    header = f"{'started (UTC)':<20} {'status':<8} {'time':>7} {'objects':>7} {'warn':>4}  {'obs id':<12} directory"
+    print(header)
+    for r in rows:
+        duration = f"{r['duration_s']:.0f} s" if r["duration_s"] is not None else "-"
+        objects = "-" if r["n_objects"] is None else str(r["n_objects"])
+        print(f"{r['started_utc'][:19]:<20} {r['status']:<8} {duration:>7} {objects:>7} {r['warnings']:>4}  "
+              f"{(r['obs_id'] or '-')[:12]:<12} {r['outdir']}")
+    shown = f"{len(rows)} of {total} runs" + (f" matching {args.search!r}" if args.search else "")
+    print(shown + (f" ({args.status})" if args.status else ""))
+    return 0
+
+
 def _steps(args) -> int:
     from ssodetect.pipeline.run import BUILTIN_STEPS, PRODUCTS
     from ssodetect.pipeline.steps import describe_graph, pipeline_steps
@@ -587,6 +616,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text",
                    help="text, Graphviz DOT or Mermaid (default text)")
     p.set_defaults(func=_steps)
+
+    p = sub.add_parser("runs", parents=[common], help="list the runs under a directory, newest first (SQLite registry)",
+                       description="List the run directories under ROOT (their manifest.json, up to 4 levels down), "
+                       "newest first. The index is kept in ROOT/.ssodetect-registry.sqlite and brought up to date "
+                       "from the manifests on every call; --rebuild makes it anew.",
+                       epilog="examples:\n  ssodetect runs ~/nights\n  ssodetect runs ~/nights --search 2713 "
+                       "--status complete\n  ssodetect runs . --json --limit 1000",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", default=".", help="directory holding run directories (default: .)")
+    p.add_argument("--search", default="", help="substring of the directory, run or observation id, profile, command")
+    p.add_argument("--status", choices=["complete", "partial"], default="", help="only runs in this state")
+    p.add_argument("--limit", type=int, default=50, help="rows shown (default 50)")
+    p.add_argument("--rebuild", action="store_true", help="empty the registry and read every manifest again")
+    p.add_argument("--json", action="store_true", help="one JSON object per run instead of a table")
+    p.set_defaults(func=_runs)
 
     p = sub.add_parser("config", parents=[common], help="print the configuration")
     p.add_argument("--dump", action="store_true", help="print the full documented configuration (default action)")

@@ -1,0 +1,212 @@
+"""A registry of runs in SQLite: one row per run directory, rebuilt from the runs' own ``manifest.json``.
+
+The registry is an index, never the record: every row comes from a run's manifest (written atomically
+with the run), so the database can be deleted and rebuilt at any time (:meth:`Registry.sync`).  It lives
+in one file under a root directory (``ROOT/.ssodetect-registry.sqlite``); its schema carries a version
+and is migrated forward on opening (a database of a newer version is refused, not altered).
+
+Times are UTC ISO-8601 strings as the manifests write them; ``duration_s`` is ``finished - started`` [s].
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from ssodetect.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Registry", "REGISTRY_NAME", "SCHEMA_VERSION", "MAX_DEPTH"]
+
+#: The registry's file under the root.
+REGISTRY_NAME = ".ssodetect-registry.sqlite"
+#: Directory levels below the root searched for runs.
+MAX_DEPTH = 4
+
+#: Schema migrations: entry k takes a database from version k to k + 1.
+_MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        outdir TEXT PRIMARY KEY,          -- the run directory, relative to the root (POSIX)
+        run_id TEXT NOT NULL,
+        obs_id TEXT NOT NULL DEFAULT '',
+        started_utc TEXT NOT NULL DEFAULT '',
+        finished_utc TEXT NOT NULL DEFAULT '',
+        duration_s REAL,
+        status TEXT NOT NULL,             -- complete | partial (stopped before the report)
+        n_objects INTEGER,
+        n_known INTEGER,
+        n_observations INTEGER,
+        warnings INTEGER NOT NULL DEFAULT 0,
+        version TEXT NOT NULL DEFAULT '',
+        profile TEXT NOT NULL DEFAULT '',
+        command TEXT NOT NULL DEFAULT '',
+        keywords TEXT NOT NULL DEFAULT '',
+        manifest_mtime_ns INTEGER NOT NULL
+    );
+    CREATE INDEX runs_started ON runs (started_utc DESC);
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _duration(started: str, finished: str) -> float | None:
+    try:
+        return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def _row(root: Path, manifest_path: Path) -> dict | None:
+    """The registry row of one run directory from its manifest; None when it is not a run's manifest."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        mtime = manifest_path.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("run_id"), str) or "steps" not in manifest:
+        return None
+    results = manifest.get("results") if isinstance(manifest.get("results"), dict) else {}
+    steps = manifest.get("steps") if isinstance(manifest.get("steps"), list) else []
+    complete = any(isinstance(s, dict) and s.get("step") == "report" and s.get("status") == "run" for s in steps)
+    software = manifest.get("software") if isinstance(manifest.get("software"), dict) else {}
+    profile = manifest.get("profile") if isinstance(manifest.get("profile"), dict) else {}
+    command = manifest.get("command") if isinstance(manifest.get("command"), list) else []
+    keywords = manifest.get("keywords") if isinstance(manifest.get("keywords"), list) else []
+    started, finished = str(manifest.get("started_utc") or ""), str(manifest.get("finished_utc") or "")
+    return {
+        "outdir": manifest_path.parent.relative_to(root).as_posix(), "run_id": manifest["run_id"],
+        "obs_id": str(manifest.get("obs_id") or ""), "started_utc": started, "finished_utc": finished,
+        "duration_s": _duration(started, finished), "status": "complete" if complete else "partial",
+        "n_objects": results.get("n_objects"), "n_known": results.get("n_known"),
+        "n_observations": results.get("n_observations"), "warnings": int(manifest.get("warnings") or 0),
+        "version": str(software.get("ssodetect", "")), "profile": str(profile.get("name") or ""),
+        "command": " ".join(str(c) for c in command), "keywords": " ".join(str(k) for k in keywords),
+        "manifest_mtime_ns": mtime,
+    }
+
+
+class Registry:
+    """The runs under ``root``, indexed in ``root/.ssodetect-registry.sqlite``.
+
+    Parameters
+    ----------
+    root : path
+        Directory whose run directories (those holding a run's ``manifest.json``, up to :data:`MAX_DEPTH`
+        levels down) are registered.
+
+    Raises
+    ------
+    InputError
+        ``root`` is not a directory, or its registry is not a database of ours (or of a newer version).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(os.path.realpath(root))
+        if not self.root.is_dir():
+            raise InputError(f"{root}: not a directory")
+        self.path = self.root / REGISTRY_NAME
+        try:
+            self.db = sqlite3.connect(self.path)
+            self.db.row_factory = sqlite3.Row
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.path}: not a run registry ({exc}); remove it to rebuild it") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise InputError(f"{self.path}: registry schema {version} is newer than this version's "
+                             f"({SCHEMA_VERSION}); use a newer ssodetect or remove it to rebuild it")
+        for k in range(version, SCHEMA_VERSION):
+            with self.db:
+                self.db.executescript(_MIGRATIONS[k])
+                self.db.execute(f"PRAGMA user_version = {k + 1}")
+            log.info("%s: registry schema %d -> %d", self.path, k, k + 1)
+
+    def _manifests(self) -> list[Path]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            depth = len(Path(dirpath).relative_to(self.root).parts)
+            # not into hidden directories (stages, the step cache) nor below a run (its steps/, logs/, ...)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if depth < MAX_DEPTH else []
+            if "manifest.json" in filenames:
+                found.append(Path(dirpath) / "manifest.json")
+                dirnames[:] = []
+        return found
+
+    def sync(self) -> dict:
+        """Bring the registry up to date with the run directories under the root.
+
+        New and changed manifests (by modification time) are read; rows whose directory no longer holds a
+        run's manifest are removed.  Returns counts: ``added``, ``updated``, ``removed``, ``unchanged``,
+        ``unreadable`` (``manifest.json`` files that are not a run's).
+        """
+        counts = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "unreadable": 0}
+        known = {r["outdir"]: r["manifest_mtime_ns"] for r in self.db.execute("SELECT outdir, manifest_mtime_ns FROM runs")}
+        seen = set()
+        with self.db:
+            for path in self._manifests():
+                key = path.parent.relative_to(self.root).as_posix()
+                try:
+                    mtime = path.stat().st_mtime_ns
+                except OSError:
+                    continue
+                if known.get(key) == mtime:
+                    seen.add(key)
+                    counts["unchanged"] += 1
+                    continue
+                row = _row(self.root, path)
+                if row is None:
+                    counts["unreadable"] += 1
+                    continue
+                seen.add(key)
+                counts["updated" if key in known else "added"] += 1
+                names = ", ".join(row)
+                marks = ", ".join(f":{k}" for k in row)
+                self.db.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({marks})", row)
+            gone = [k for k in known if k not in seen]
+            for key in gone:
+                self.db.execute("DELETE FROM runs WHERE outdir = ?", (key,))
+            counts["removed"] = len(gone)
+        return counts
+
+    def rebuild(self) -> dict:
+        """Empty the registry and register every run under the root again (see :meth:`sync`)."""
+        with self.db:
+            self.db.execute("DELETE FROM runs")
+        return self.sync()
+
+    def runs(self, *, search: str = "", status: str = "", limit: int = 100, offset: int = 0) -> list[dict]:
+        """Registered runs, newest first.
+
+        ``search`` matches (case-insensitively, as a substring) the directory, run and observation ids,
+        keywords, profile and command; ``status`` is ``complete`` or ``partial`` (empty: both).
+        """
+        where, params = [], []
+        if search:
+            where.append("(outdir LIKE ? OR run_id LIKE ? OR obs_id LIKE ? OR keywords LIKE ? OR profile LIKE ? "
+                         "OR command LIKE ?)")
+            params += [f"%{search}%"] * 6
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY started_utc DESC, outdir LIMIT ? OFFSET ?"
+        return [dict(r) for r in self.db.execute(sql, [*params, int(limit), int(offset)])]
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
