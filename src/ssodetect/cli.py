@@ -119,7 +119,7 @@ def _run(args) -> int:
         config.intermediate.keep = config.intermediate.ldac = True
     result = run_pipeline(args.inputs, args.out, config, refcat=resolve_refcat(args.refcat, args.inputs, config),
                           from_step=args.from_step, to_step=args.to_step, reuse=not args.rerun, obs_id=args.obs_id,
-                          command=["ssodetect", *sys.argv[1:]])
+                          keywords=args.keywords, command=["ssodetect", *args.argv])
     total = result.timings.get("total", float("nan"))
     steps = ", ".join(f"{r['step']} {r['status']}" for r in result.steps)
     if result.objects is None:
@@ -300,6 +300,32 @@ def _config(args) -> int:
         return 0
     config = load_config(args.file)
     sys.stdout.write(dump_toml(config, documented=not args.plain))
+    return 0
+
+
+def _serve(args) -> int:
+    import ipaddress
+    import secrets
+
+    from ssodetect.errors import ConfigError
+
+    try:
+        import uvicorn
+
+        from ssodetect.console.app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"the console needs its extra ({exc.name} is missing): pip install 'ssodetect[console]'") from None
+    if not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers {args.workers}: between 1 and 64")
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    token = args.token or (None if loopback else secrets.token_urlsafe(18))
+    app = create_app(args.root, token=token, workers=args.workers)
+    print(f"ssodetect console on http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
+          + f" over {app.state.root} ({args.workers} worker(s)); Ctrl-C stops it")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -523,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep intermediate products under OUT/intermediate/<step>/ ([intermediate] keep)")
     p.add_argument("--ldac", action="store_true",
                    help="with --keep-intermediate: source catalogues also as SExtractor FITS_LDAC ([intermediate] ldac)")
+    p.add_argument("--keyword", dest="keywords", action="append", default=[],
+                   help="a keyword for the run registry and console (repeatable)")
     p.add_argument("--obs-id", dest="obs_id", default=None,
                    help="observation / field identifier (default: from the headers, [io] obs_id_keys)")
     p.set_defaults(func=_run)
@@ -616,6 +644,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "dot", "mermaid"], default="text",
                    help="text, Graphviz DOT or Mermaid (default text)")
     p.set_defaults(func=_steps)
+
+    p = sub.add_parser("serve", parents=[common], help="the operations console in a browser (the [console] extra)",
+                       description="Serve the operations console over ROOT: runs newest first, a launch form, each "
+                       "run's live log, steps, parameters and products. Runs execute in separate processes.",
+                       epilog="examples:\n  ssodetect serve --root ~/nights            # http://127.0.0.1:8765/\n"
+                       "  ssodetect serve --root ~/nights --host 0.0.0.0   # a token is made and printed",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=".", help="directory of the runs and their inputs (default: .)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--workers", type=int, default=1, help="runs executed at a time (default 1)")
+    p.add_argument("--token", default=None, help="required on every request (made for you off loopback)")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("runs", parents=[common], help="list the runs under a directory, newest first (SQLite registry)",
                        description="List the run directories under ROOT (their manifest.json, up to 4 levels down), "

@@ -81,7 +81,8 @@ def _record_text(names) -> str:
 
 
 def _read_record(directory: Path) -> set[str] | None:
-    """The files a record lists when this user's key signed it; None without one; raises UnsignedRecord."""
+    """The files a record lists when this user's key signed it; None without one (or an unsigned one, from a version
+    before the signature); raises UnsignedRecord for a signature that does not verify or an unreadable record."""
     try:
         record = json.loads((directory / RECORD).read_text())
         names = record["files"]
@@ -91,10 +92,12 @@ def _read_record(directory: Path) -> set[str] | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         raise UnsignedRecord(f"{directory / RECORD}: unreadable") from None
+    if "hmac" not in record:
+        return None  # a record of a version before the signature: judged like a run without one (its manifest)
     if not verify_text(json.dumps(sorted(set(names))), RECORD_CONTEXT, cache_key()[0], record.get("hmac")):
-        raise UnsignedRecord(f"{directory / RECORD}: not signed with your key (written by an earlier version, another "
-                             "user or another key, or altered), so ssodetect will not replace the files it lists: "
-                             "remove the directory yourself or choose another")
+        raise UnsignedRecord(f"{directory / RECORD}: not signed with your key (written by another user or key, or "
+                             "altered), so ssodetect will not replace the files it lists: remove the directory yourself "
+                             "or choose another")
     return set(names)
 
 

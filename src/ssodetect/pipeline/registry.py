@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ssodetect.errors import InputError
@@ -49,6 +49,22 @@ _MIGRATIONS = [
         manifest_mtime_ns INTEGER NOT NULL
     );
     CREATE INDEX runs_started ON runs (started_utc DESC);
+    """,
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outdir TEXT NOT NULL,             -- relative to the root
+        argv TEXT NOT NULL,               -- JSON list: the ssodetect command line (after 'ssodetect')
+        keywords TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,             -- queued | running | done | failed | cancelled | interrupted
+        created_utc TEXT NOT NULL,
+        started_utc TEXT NOT NULL DEFAULT '',
+        finished_utc TEXT NOT NULL DEFAULT '',
+        pid INTEGER,
+        exit_code INTEGER,
+        message TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX jobs_status ON jobs (status, id);
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -111,7 +127,7 @@ class Registry:
             raise InputError(f"{root}: not a directory")
         self.path = self.root / REGISTRY_NAME
         try:
-            self.db = sqlite3.connect(self.path)
+            self.db = sqlite3.connect(self.path, timeout=30.0)
             self.db.row_factory = sqlite3.Row
             self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -210,3 +226,51 @@ class Registry:
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    # jobs: runs queued by the console, executed by its workers
+
+    def enqueue(self, outdir: str, argv: list[str], keywords: str = "") -> int:
+        """Queue a run (``argv``: the ``ssodetect`` arguments); returns the job id."""
+        with self.db:
+            cur = self.db.execute("INSERT INTO jobs (outdir, argv, keywords, status, created_utc) VALUES (?, ?, ?, ?, ?)",
+                                  (outdir, json.dumps(argv), keywords, "queued", _now()))
+        return int(cur.lastrowid)
+
+    def claim(self) -> dict | None:
+        """The oldest queued job, marked running (one claimant wins: the update is conditional)."""
+        with self.db:
+            row = self.db.execute("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            cur = self.db.execute("UPDATE jobs SET status = 'running', started_utc = ? WHERE id = ? AND status = 'queued'",
+                                  (_now(), row["id"]))
+            if cur.rowcount != 1:
+                return None
+        return self.job(int(row["id"]))
+
+    def update_job(self, job_id: int, **fields) -> None:
+        if not fields:
+            return
+        names = ", ".join(f"{k} = ?" for k in fields)
+        with self.db:
+            self.db.execute(f"UPDATE jobs SET {names} WHERE id = ?", [*fields.values(), int(job_id)])
+
+    def job(self, job_id: int) -> dict | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        return dict(row) if row is not None else None
+
+    def jobs(self, *, limit: int = 100, active_only: bool = False) -> list[dict]:
+        sql = "SELECT * FROM jobs" + (" WHERE status IN ('queued', 'running')" if active_only else "")
+        return [dict(r) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (int(limit),))]
+
+    def recover(self) -> int:
+        """Jobs left ``running`` by a server that stopped: marked ``interrupted`` (their OUTDIR holds the previous
+        run or none: a run commits whole); returns how many."""
+        with self.db:
+            cur = self.db.execute("UPDATE jobs SET status = 'interrupted', finished_utc = ?, "
+                                  "message = 'the console stopped during the run' WHERE status = 'running'", (_now(),))
+        return cur.rowcount
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -576,7 +576,7 @@ class _WarningCount(logging.Handler):
 def run_pipeline(
     inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None,
     from_step: str | None = None, to_step: str | None = None, reuse: bool = True, obs_id: str | None = None,
-    command: list[str] | None = None,
+    command: list[str] | None = None, keywords: list[str] | None = None,
 ) -> RunResult:
     """Run the pipeline's steps on a sequence of exposures.
 
@@ -606,6 +606,8 @@ def run_pipeline(
         Observation / field identifier (default: from the headers, ``[io] obs_id_keys``).
     command : list of str, optional
         The command line, for the manifest.
+    keywords : list of str, optional
+        Words the manifest carries for the run registry and console (``ssodetect runs --search``).
 
     Returns
     -------
@@ -725,6 +727,7 @@ def run_pipeline(
         if stage is not None:
             stage.file("config.toml").write_text(dump_toml(config))
             manifest = _manifest(result, config, files, records, started, command, counter.count, stage)
+            manifest["keywords"] = [str(k) for k in (keywords or [])]
             stage.file("manifest.json").write_text(json.dumps(manifest, indent=2))
             written = {p.name for p in stage.path.iterdir()}
             stage.commit()

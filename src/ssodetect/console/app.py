@@ -1,0 +1,306 @@
+"""The operations console: runs listed newest first, launched from a form, watched live, reviewed (Starlette).
+
+Everything lives under one root directory: the runs (each a run directory with its ``manifest.json``), the
+registry (:mod:`ssodetect.pipeline.registry`) and the console's job logs.  Pages are rendered on the server
+from Jinja2 templates; runs execute in separate ``ssodetect`` processes (:mod:`ssodetect.console.worker`), so a
+page never waits for a pipeline.
+
+Security: the server binds to loopback unless told otherwise, and then requires a token (``?token=`` once, then
+a cookie); only paths under the root are listed, read or written; forms carry a per-server CSRF token; a launch
+is validated (paths, names, configuration file and settings through the pydantic configuration) before it is
+queued, and refused with its reason otherwise.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ssodetect.config import load_config
+from ssodetect.console.worker import Workers, job_log
+from ssodetect.errors import SSODetectError
+from ssodetect.io.outputs import RECORD
+from ssodetect.pipeline.registry import Registry
+
+__all__ = ["create_app", "inputs_under", "FITS_SUFFIXES"]
+
+#: Files that make a directory a candidate input of the launch form.
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
+#: A run directory's name on the launch form: a plain name (no separators, no leading dot).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_STATION = re.compile(r"^[0-9A-Z]{3}$")
+
+
+def _under(root: Path, relative: str) -> Path:
+    """``root / relative`` when it resolves inside ``root`` (links followed), else ValueError."""
+    path = Path(os.path.realpath(root / relative))
+    if path != root and root not in path.parents:
+        raise ValueError(f"{relative}: outside the console's root")
+    return path
+
+
+def inputs_under(root: Path, depth: int = 3) -> list[str]:
+    """Directories under ``root`` holding FITS frames (relative paths), not inside run directories."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if len(rel.parts) < depth else []
+        if "manifest.json" in filenames:
+            dirnames[:] = []
+            continue
+        if any(f.lower().endswith(FITS_SUFFIXES) for f in filenames):
+            found.append(rel.as_posix())
+    return found
+
+
+def _files_of(root: Path, suffixes: tuple, depth: int = 3) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if len(rel.parts) < depth else []
+        if "manifest.json" in filenames:
+            dirnames[:] = []
+            continue
+        out += [(rel / f).as_posix() for f in sorted(filenames) if f.lower().endswith(suffixes)]
+    return out
+
+
+class _Guard(BaseHTTPMiddleware):
+    """The token check (when the console has one): ``?token=`` sets a cookie; every request needs one of them."""
+
+    def __init__(self, app, token: str | None):
+        super().__init__(app)
+        self.token = token
+
+    async def dispatch(self, request: Request, call_next):
+        if self.token:
+            given = request.query_params.get("token") or request.cookies.get("ssodetect_token") or ""
+            if not hmac.compare_digest(given, self.token):
+                return PlainTextResponse("a token is needed: open the address the console printed", status_code=401)
+        response = await call_next(request)
+        if self.token and request.query_params.get("token"):
+            response.set_cookie("ssodetect_token", self.token, httponly=True, samesite="strict")
+        return response
+
+
+def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, start_workers: bool = True) -> Starlette:
+    """The console over ``root``.
+
+    Parameters
+    ----------
+    root : path
+        Directory of the runs, the inputs and the registry.
+    token : str, optional
+        Required on every request when given (a console reachable from other hosts).
+    workers : int
+        Runs executed at a time.
+    start_workers : bool
+        Start the worker threads with the application (tests may run a job themselves).
+    """
+    root = Path(os.path.realpath(root))
+    if not root.is_dir():
+        raise SSODetectError(f"{root}: not a directory")
+    with Registry(root):
+        pass  # created or migrated now: a bad registry is refused before the server starts
+    env = Environment(loader=PackageLoader("ssodetect.console", "templates"), autoescape=select_autoescape(["html"]))
+    csrf = secrets.token_urlsafe(24)
+    pool = Workers(root, workers)
+
+    def page(name: str, status_code: int = 200, **context) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(root=str(root), csrf=csrf, **context), status_code=status_code)
+
+    async def runs_page(request: Request):
+        q = request.query_params
+        search, status = q.get("search", ""), q.get("status", "")
+        try:
+            offset = max(0, int(q.get("offset", "0")))
+        except ValueError:
+            offset = 0
+        with Registry(root) as reg:
+            reg.sync()
+            rows = reg.runs(search=search, status=status if status in ("complete", "partial") else "", limit=100,
+                            offset=offset)
+            total, jobs = reg.count(), reg.jobs(limit=20)
+        return page("runs.html", runs=rows, total=total, jobs=jobs, search=search, status=status, offset=offset)
+
+    def _run_dir(request: Request) -> Path:
+        path = _under(root, request.path_params["outdir"])
+        if not (path / "manifest.json").is_file():
+            raise ValueError(f"{request.path_params['outdir']}: not a run directory")
+        return path
+
+    async def run_page(request: Request):
+        try:
+            path = _run_dir(request)
+        except ValueError as exc:
+            return page("error.html", 404, message=str(exc))
+        manifest = json.loads((path / "manifest.json").read_text())
+        log_text = (path / "run.log").read_text(errors="replace") if (path / "run.log").is_file() else ""
+        config_text = (path / "config.toml").read_text(errors="replace") if (path / "config.toml").is_file() else ""
+        products = sorted(manifest.get("products") or {})
+        graph = [(s.get("step"), s.get("status"), s.get("seconds"), s.get("version")) for s in manifest.get("steps", [])]
+        return page("run.html", outdir=path.relative_to(root).as_posix(), manifest=manifest, log_text=log_text[-200000:],
+                    config_text=config_text, products=products, graph=graph,
+                    has_report=(path / "report.html").is_file())
+
+    async def run_file(request: Request):
+        try:
+            path = _run_dir(request)
+            name = request.path_params["name"]
+            target = _under(path, name)
+        except ValueError as exc:
+            return PlainTextResponse(str(exc), status_code=404)
+        try:
+            listed = set(json.loads((path / RECORD).read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            listed = set(json.loads((path / "manifest.json").read_text()).get("products") or {}) | {"manifest.json"}
+        if name not in listed or not target.is_file():
+            return PlainTextResponse(f"{name}: not a product of this run", status_code=404)
+        inline = name.endswith((".html", ".log", ".json", ".toml", ".ecsv", ".psv", ".xml", ".mpc"))
+        media = {".html": "text/html", ".json": "application/json", ".xml": "application/xml"}.get(target.suffix,
+                                                                                                      "text/plain")
+        if inline:
+            return FileResponse(target, media_type=media)
+        return FileResponse(target, filename=target.name)
+
+    async def launch_form(request: Request):
+        return page("launch.html", inputs=inputs_under(root), refcats=_files_of(root, (".ecsv", ".fits.cat", ".ldac")),
+                    configs=_files_of(root, (".toml",)), values={}, error="")
+
+    async def launch(request: Request):
+        form = await request.form()
+        values = {k: str(form.get(k, "")).strip() for k in ("inputs", "refcat", "config", "out", "obs_id", "station",
+                                                             "keywords")}
+        if not hmac.compare_digest(str(form.get("csrf", "")), csrf):
+            return PlainTextResponse("the form is stale or was not sent by this console (CSRF token)", status_code=403)
+        try:
+            argv = _launch_argv(root, values)
+        except (ValueError, SSODetectError) as exc:
+            return page("launch.html", 400, inputs=inputs_under(root),
+                        refcats=_files_of(root, (".ecsv", ".fits.cat", ".ldac")), configs=_files_of(root, (".toml",)),
+                        values=values, error=str(exc).splitlines()[0])
+        with Registry(root) as reg:
+            job_id = reg.enqueue(values["out"], argv, values["keywords"])
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    async def job_page(request: Request):
+        with Registry(root) as reg:
+            job = reg.job(int(request.path_params["job"]))
+        if job is None:
+            return page("error.html", 404, message="no such job")
+        return page("job.html", job=job, argv=" ".join(json.loads(job["argv"])))
+
+    async def job_cancel(request: Request):
+        form = await request.form()
+        if not hmac.compare_digest(str(form.get("csrf", "")), csrf):
+            return PlainTextResponse("the form is stale or was not sent by this console (CSRF token)", status_code=403)
+        pool.cancel(int(request.path_params["job"]))
+        return RedirectResponse(f"/jobs/{request.path_params['job']}", status_code=303)
+
+    async def job_events(request: Request):
+        """Server-sent events: the job's log as it grows, then its final status."""
+        job_id = int(request.path_params["job"])
+        path = job_log(root, job_id)
+
+        async def stream():
+            position = 0
+            while True:
+                if path.is_file():
+                    with open(path, "rb") as handle:
+                        handle.seek(position)
+                        chunk = handle.read()
+                    position += len(chunk)
+                    for line in chunk.decode(errors="replace").splitlines():
+                        yield f"event: log\ndata: {line}\n\n"
+                with Registry(root) as reg:
+                    job = reg.job(job_id)
+                if job is None or job["status"] not in ("queued", "running"):
+                    yield f"event: end\ndata: {json.dumps(job or {})}\n\n"
+                    return
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def job_status(request: Request):
+        with Registry(root) as reg:
+            job = reg.job(int(request.path_params["job"]))
+        return Response(json.dumps(job), media_type="application/json", status_code=200 if job else 404)
+
+    routes = [
+        Route("/", runs_page),
+        Route("/launch", launch_form, methods=["GET"]),
+        Route("/launch", launch, methods=["POST"]),
+        Route("/jobs/{job:int}", job_page),
+        Route("/jobs/{job:int}/status", job_status),
+        Route("/jobs/{job:int}/events", job_events),
+        Route("/jobs/{job:int}/cancel", job_cancel, methods=["POST"]),
+        Route("/runs/{outdir:path}/files/{name:path}", run_file),
+        Route("/runs/{outdir:path}", run_page),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if start_workers:
+            pool.start()
+        try:
+            yield
+        finally:
+            pool.stop()
+
+    app = Starlette(routes=routes, middleware=[Middleware(_Guard, token=token)], lifespan=lifespan)
+    app.state.workers = pool
+    app.state.root = root
+    return app
+
+
+def _launch_argv(root: Path, values: dict) -> list[str]:
+    """The ``ssodetect run`` arguments of a launch form, every value checked (ValueError / ConfigError says why)."""
+    if not values["inputs"]:
+        raise ValueError("choose the input directory")
+    inputs = _under(root, values["inputs"])
+    if not inputs.is_dir() or values["inputs"] not in inputs_under(root):
+        raise ValueError(f"{values['inputs']}: not a directory of FITS frames under the root")
+    if not _NAME.match(values["out"]):
+        raise ValueError(f"output name {values['out']!r}: letters, digits, '.', '_' and '-' only (a new directory "
+                         "under the root)")
+    out = _under(root, values["out"])
+    if out.exists() and not (out / "manifest.json").is_file():
+        raise ValueError(f"{values['out']}: exists and is not a run directory")
+    argv = ["run", str(inputs), "--out", str(out)]
+    if values["refcat"]:
+        refcat = _under(root, values["refcat"])
+        if not refcat.is_file():
+            raise ValueError(f"{values['refcat']}: no such catalogue under the root")
+        argv += ["--refcat", str(refcat)]
+    if values["config"]:
+        config = _under(root, values["config"])
+        load_config(config)  # refused here (ConfigError names the key) rather than in the queue
+        argv += ["--config", str(config)]
+    if values["station"]:
+        if not _STATION.match(values["station"]):
+            raise ValueError(f"station {values['station']!r}: an MPC observatory code is three characters (500, I41)")
+        argv += ["--station", values["station"]]
+    if values["obs_id"]:
+        if len(values["obs_id"]) > 64 or not values["obs_id"].isprintable():
+            raise ValueError("observation id: printable text of at most 64 characters")
+        argv += ["--obs-id", values["obs_id"]]
+    for word in values["keywords"].split():
+        if len(word) > 40 or not word.isprintable():
+            raise ValueError(f"keyword {word[:40]!r}: printable words of at most 40 characters")
+        argv += ["--keyword", word]
+    return argv

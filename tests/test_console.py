@@ -1,0 +1,193 @@
+"""The operations console: launch a run from the form, watch it, review it; refusals of bad input; a real browser.
+
+The root holds the session's simulated scene (four exposures), its reference catalogue and an earlier run.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx2")
+from starlette.testclient import TestClient  # noqa: E402
+
+from faultkit import copy_run  # noqa: E402
+from ssodetect.console.app import create_app  # noqa: E402
+from ssodetect.pipeline.registry import Registry  # noqa: E402
+
+
+@pytest.fixture()
+def root(scene, good_run, tmp_path):
+    root = tmp_path / "root"
+    (root / "frames").mkdir(parents=True)
+    for path in scene.glob("exp_*.fits"):
+        shutil.copy(path, root / "frames" / path.name)
+    shutil.copy(scene / "refcat.ecsv", root / "refcat.ecsv")
+    copy_run(good_run.out, root / "previous")
+    (root / "bad.toml").write_text("[link]\nno_such_key = 1\n")
+    (root / "good.toml").write_text('[report]\nstation = "C65"\n')
+    return root
+
+
+def _csrf(client) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/launch").text).group(1)
+
+
+def _wait(client, job_id: int, timeout: float = 180.0) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        job = client.get(f"/jobs/{job_id}/status").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def _form(csrf, **values):
+    form = {"csrf": csrf, "inputs": "frames", "refcat": "refcat.ecsv", "config": "", "out": "night", "obs_id": "F1",
+            "station": "C65", "keywords": "nightly test"}
+    form.update(values)
+    return form
+
+
+def test_a_run_launched_from_the_form_is_queued_run_and_reviewed(root):
+    with TestClient(create_app(root, workers=1)) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "previous" in page.text
+        form_page = client.get("/launch")
+        assert '<option >frames</option>' in form_page.text.replace("<option  ", "<option ") or "frames" in form_page.text
+        csrf = _csrf(client)
+        sent = client.post("/launch", data=_form(csrf), follow_redirects=False)
+        assert sent.status_code == 303 and sent.headers["location"] == "/jobs/1"
+        job = _wait(client, 1)
+        assert job["status"] == "done" and job["exit_code"] in (0, 1), job
+        events = client.get("/jobs/1/events").text
+        assert "event: log" in events and events.rstrip().splitlines()[-1].startswith("data: {")
+        run = client.get("/runs/night")
+        assert run.status_code == 200 and 'id="steps"' in run.text and "link" in run.text and "C65" in run.text
+        manifest = json.loads(client.get("/runs/night/files/manifest.json").text)
+        assert manifest["keywords"] == ["nightly", "test"] and manifest["obs_id"] == "F1"
+        psv = client.get("/runs/night/files/observations.psv")
+        assert psv.status_code == 200 and "permID|" in psv.text or "trkSub" in psv.text
+        assert client.get("/runs/night/files/report.html").status_code == 200
+        # only the run's own products, only under the root
+        (root / "night" / "mine.txt").write_text("not a product")
+        assert client.get("/runs/night/files/mine.txt").status_code == 404
+        assert client.get("/runs/night/files/../previous/manifest.json").status_code == 404
+        assert client.get("/runs/..%2F..%2Fetc").status_code == 404
+        listed = client.get("/?search=nightly").text
+        assert "night</a>" in listed and "previous</a>" not in listed
+    with Registry(root) as reg:
+        assert [r["outdir"] for r in reg.runs(search="nightly")] == ["night"]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("inputs", "../frames", "outside the console"),
+    ("inputs", "previous", "not a directory of FITS frames"),
+    ("inputs", "", "choose the input directory"),
+    ("out", "../escape", "letters, digits"),
+    ("out", "previous/steps", "letters, digits"),
+    ("refcat", "/etc/passwd", "outside the console"),
+    ("config", "bad.toml", "no_such_key"),
+    ("station", "HELLO", "three characters"),
+])
+def test_bad_form_values_are_refused_with_their_reason_and_nothing_is_queued(root, field, value, words):
+    with TestClient(create_app(root, start_workers=False)) as client:
+        answer = client.post("/launch", data=_form(_csrf(client), **{field: value}), follow_redirects=False)
+        assert answer.status_code == 400 and words in answer.text, answer.text[-2000:]
+        assert 'id="error"' in answer.text
+        # without the form's token: refused too
+        assert client.post("/launch", data=_form("forged"), follow_redirects=False).status_code == 403
+    with Registry(root) as reg:
+        assert reg.jobs() == []
+
+
+def test_queued_jobs_are_cancelled_and_a_restart_marks_running_ones_interrupted(root):
+    with TestClient(create_app(root, start_workers=False)) as client:
+        csrf = _csrf(client)
+        for name in ("a", "b"):
+            assert client.post("/launch", data=_form(csrf, out=name), follow_redirects=False).status_code == 303
+        assert client.post("/jobs/1/cancel", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+        assert client.get("/jobs/1/status").json()["status"] == "cancelled"
+    with Registry(root) as reg:
+        assert reg.claim()["id"] == 2  # a worker took it ... and the server died
+    with TestClient(create_app(root, workers=1)):
+        pass  # a restarted console
+    with Registry(root) as reg:
+        job = reg.job(2)
+    assert job["status"] == "interrupted" and "stopped" in job["message"]
+
+
+def test_a_console_off_loopback_needs_its_token(root):
+    with TestClient(create_app(root, token="s3cret", start_workers=False)) as client:
+        assert client.get("/").status_code == 401
+        assert client.get("/?token=wrong").status_code == 401
+        assert client.get("/?token=s3cret").status_code == 200
+        assert client.get("/").status_code == 200  # the cookie it set
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launch_watch_and_review_in_headless_chromium(root, tmp_path):
+    """The form filled and sent in a real browser; the log streamed to the end; the report opened; the ADES file
+    downloaded."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    uvicorn = pytest.importorskip("uvicorn")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(root, workers=1), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+            problems = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(base + "/launch")
+            page.select_option("#inputs", "frames")
+            page.select_option("#refcat", "refcat.ecsv")
+            page.fill("#out", "browser")
+            page.fill("#station", "C65")
+            page.fill("#keywords", "from-the-browser")
+            page.click("#submit")
+            page.wait_for_url(re.compile(r".*/jobs/\d+$"))
+            page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=240_000)
+            log_text = page.inner_text("#log")
+            page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+            page.click("#runlink a")
+            page.wait_for_selector("#steps")
+            steps = page.inner_text("#steps")
+            page.click("#report")
+            page.wait_for_load_state()
+            title = page.title()
+            page.go_back()
+            ades = page.request.get(base + "/runs/browser/files/observations.psv").text()
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert problems == []
+    assert "objects" in log_text  # the run's own last lines reached the page
+    assert "report" in steps and "run" in steps
+    assert "ssodetect" in title.lower()
+    assert "C65" in ades and "trkSub" in ades
