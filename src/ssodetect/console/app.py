@@ -52,30 +52,25 @@ def _under(root: Path, relative: str) -> Path:
     return path
 
 
-def inputs_under(root: Path, depth: int = 3) -> list[str]:
-    """Directories under ``root`` holding FITS frames (relative paths), not inside run directories."""
-    found = []
+def _walk(root: Path, depth: int = 3):
+    """``(relative directory, file names)`` under ``root``, ``depth`` levels down, neither into hidden directories
+    nor into run directories (those holding a ``manifest.json``, which are not yielded)."""
     for dirpath, dirnames, filenames in os.walk(root):
         rel = Path(dirpath).relative_to(root)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if len(rel.parts) < depth else []
         if "manifest.json" in filenames:
             dirnames[:] = []
             continue
-        if any(f.lower().endswith(FITS_SUFFIXES) for f in filenames):
-            found.append(rel.as_posix())
-    return found
+        yield rel, sorted(filenames)
+
+
+def inputs_under(root: Path, depth: int = 3) -> list[str]:
+    """Directories under ``root`` holding FITS frames (relative paths), not inside run directories."""
+    return [rel.as_posix() for rel, names in _walk(root, depth) if any(f.lower().endswith(FITS_SUFFIXES) for f in names)]
 
 
 def _files_of(root: Path, suffixes: tuple, depth: int = 3) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if len(rel.parts) < depth else []
-        if "manifest.json" in filenames:
-            dirnames[:] = []
-            continue
-        out += [(rel / f).as_posix() for f in sorted(filenames) if f.lower().endswith(suffixes)]
-    return out
+    return [(rel / f).as_posix() for rel, names in _walk(root, depth) for f in names if f.lower().endswith(suffixes)]
 
 
 class _Guard(BaseHTTPMiddleware):
