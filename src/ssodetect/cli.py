@@ -329,6 +329,55 @@ def _serve(args) -> int:
     return 0
 
 
+def _watch(args) -> int:
+    import time
+
+    from ssodetect.config import ReportConfig, load_config
+    from ssodetect.console.watch import Watcher
+    from ssodetect.console.worker import Workers
+    from ssodetect.errors import ConfigError
+    from ssodetect.pipeline.registry import Registry
+
+    if args.exposures < 1 or args.settle < 0 or args.timeout <= 0 or not 1 <= args.workers <= 64:
+        raise ConfigError("watch: --exposures >= 1, --settle >= 0, --timeout > 0, --workers 1-64")
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    run_args = []
+    if args.config:
+        load_config(args.config)  # refused now, not in every run
+        run_args += ["--config", str(Path(args.config).resolve())]
+    if args.refcat:
+        if not Path(args.refcat).is_file():
+            raise SSODetectError(f"{args.refcat}: no such reference catalogue")
+        run_args += ["--refcat", str(Path(args.refcat).resolve())]
+    if args.station:
+        _option(ReportConfig(), "station", args.station, "--station")
+        run_args += ["--station", args.station]
+    watcher = Watcher(Path(args.inbox), root, exposures=args.exposures, settle=args.settle, timeout=args.timeout,
+                      run_args=run_args)
+    workers = Workers(root, args.workers)
+    workers.start()
+    try:
+        if args.once:
+            jobs = watcher.check()
+            while True:
+                with Registry(root) as reg:
+                    states = [reg.job(j)["status"] for j in jobs]
+                if all(s not in ("queued", "running") for s in states):
+                    break
+                time.sleep(0.5)
+            print(f"{len(jobs)} visit(s) run: " + ", ".join(f"job {j} {s}" for j, s in zip(jobs, states)))
+            return 0 if all(s == "done" for s in states) else 1
+        print(f"watching {args.inbox} -> {root} ({args.exposures} exposures a visit, settle {args.settle:g} s); "
+              "Ctrl-C stops")
+        watcher.start()
+        while True:
+            time.sleep(3600)
+    finally:
+        watcher.stop()
+        workers.stop()
+
+
 def _runs(args) -> int:
     import json
 
@@ -657,6 +706,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="runs executed at a time (default 1)")
     p.add_argument("--token", default=None, help="required on every request (made for you off loopback)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("watch", parents=[common], help="run every visit that lands complete in a folder (alerts)",
+                       description="Watch INBOX: each subdirectory is a visit; once its frames make --exposures "
+                       "exposures and nothing changed for --settle seconds it is run into ROOT/<visit> (the "
+                       "configuration's [alerts] send the alert). The queue is ROOT's registry: `ssodetect serve "
+                       "--root ROOT` shows it.",
+                       epilog="example:\n  ssodetect watch /data/inbox --root /data/runs --config euclid.toml "
+                       "--refcat gaia.ecsv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inbox", help="folder whose subdirectories are visits")
+    p.add_argument("--root", required=True, help="where the runs go (and the registry)")
+    p.add_argument("--exposures", type=int, default=4, help="exposures of a complete visit (default 4)")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds without a change before a visit runs (default 5)")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds before an incomplete visit is reported and given up (default 3600)")
+    p.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--config", default=None, help="TOML configuration of the runs (its [alerts] notify)")
+    p.add_argument("--refcat", default=None, help="reference catalogue of the runs")
+    p.add_argument("--station", default=None, help="MPC observatory code of the runs")
+    p.add_argument("--once", action="store_true", help="look once, run what is complete, wait for it and stop")
+    p.set_defaults(func=_watch)
 
     p = sub.add_parser("runs", parents=[common], help="list the runs under a directory, newest first (SQLite registry)",
                        description="List the run directories under ROOT (their manifest.json, up to 4 levels down), "

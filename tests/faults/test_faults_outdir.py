@@ -170,6 +170,18 @@ def test_a_forged_record_cannot_make_a_run_remove_the_users_file(good_run, scene
     assert snapshot(out) == before and (out / "notes.txt").read_text() == "the user's own notes"
 
 
+def test_a_record_of_an_earlier_version_is_judged_by_the_manifest(good_run, scene, tmp_path, capsys):
+    """A record without a signature (versions before it): the run's products, checksummed in its manifest, are ours,
+    and the directory is replaced as usual."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    record = json.loads((out / RECORD).read_text())
+    (out / RECORD).write_text(json.dumps({"files": record["files"]}))
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    _complete(out)
+    assert "hmac" in json.loads((out / RECORD).read_text())
+
+
 def test_garbled_record_never_loses_data(good_run, scene, tmp_path, capsys):
     """A record that is not JSON: refused (its name in the message, OUT unchanged) or replaced as a whole."""
     out = copy_run(good_run.out, tmp_path / "out")

@@ -123,7 +123,7 @@ def recorded_files(directory: str | Path) -> set[str] | None:
             # an earlier version's run: its products as its manifest checksummed them (a listed file with other
             # contents is not taken as ours)
             return {name for name, entry in products.items() if isinstance(entry, dict)
-                    and _same_sha256(directory / name, entry.get("sha256"))} | {"manifest.json", "run.log"}
+                    and _same_sha256(directory / name, entry.get("sha256"))} | {"manifest.json", "run.log", RECORD}
     except (OSError, ValueError, AttributeError):
         pass
     return None

@@ -1,0 +1,134 @@
+"""Watch folders: a visit that has landed completely is queued as a run (and its alert sent by the run).
+
+Each immediate subdirectory of the watched folder is one visit (a field's exposures, however many CCDs each).
+A visit is complete when its frames make ``exposures`` exposures (their headers read: a file still being
+written does not count) and no file in it has changed for ``settle`` seconds; it is then queued once, as
+``ssodetect run VISIT --out ROOT/VISIT`` with the watch's settings (configuration file: its ``[alerts]`` are the
+notification; reference catalogue; station).  A visit still incomplete after ``timeout`` seconds is reported
+once (a warning, and a job of status ``incomplete`` with the count seen) and not run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from ssodetect.config import IOConfig
+from ssodetect.errors import SSODetectError
+from ssodetect.io import find_inputs, group_exposures, scan_file
+from ssodetect.pipeline.registry import Registry, _now
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Watcher", "visit_state"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def visit_state(folder: Path, io: IOConfig) -> tuple[int, float, int]:
+    """``(exposures, last change, unreadable)`` of a visit folder: the exposures its readable frames make with all
+    their CCDs (as many as its most complete exposure), the newest modification time [s since the epoch] of its
+    files (0 when it holds none), and how many of its files cannot be read yet (being written, or broken)."""
+    try:
+        paths = find_inputs([folder])
+    except SSODetectError:
+        return 0, 0.0, 0
+    newest = max((os.stat(p).st_mtime for p in paths), default=0.0)
+    refs, unreadable = [], 0
+    for path in paths:
+        try:
+            refs += [r for r in scan_file(path, io) if r.frame_type == "light"]
+        except SSODetectError:
+            unreadable += 1
+    try:
+        exposures = group_exposures(refs, io, min_exposures=1) if refs else []
+    except SSODetectError:
+        return 0, newest, unreadable
+    # an exposure counts once all its CCDs have landed (as many as the most complete exposure has)
+    full = max((len(e.ccds) for e in exposures), default=0)
+    return sum(len(e.ccds) == full for e in exposures), newest, unreadable
+
+
+class Watcher:
+    """Queue the complete visits of ``inbox`` as runs into ``root`` (see the module's description).
+
+    Parameters
+    ----------
+    inbox, root : Path
+    exposures : int
+        Exposures that make a visit complete.
+    settle : float
+        Seconds without a change before a complete visit is queued.
+    timeout : float
+        Seconds after a visit's first file before an incomplete one is reported.
+    run_args : list of str
+        Further ``ssodetect run`` arguments (``--config``, ``--refcat``, ``--station``...).
+    poll : float
+        Seconds between looks.
+    """
+
+    def __init__(self, inbox: Path, root: Path, *, exposures: int = 4, settle: float = 5.0, timeout: float = 3600.0,
+                 run_args: list[str] | None = None, poll: float = 1.0, io: IOConfig | None = None):
+        self.inbox, self.root = Path(inbox), Path(root)
+        if not self.inbox.is_dir():
+            raise SSODetectError(f"{inbox}: not a directory to watch")
+        self.exposures, self.settle, self.timeout, self.poll = int(exposures), float(settle), float(timeout), float(poll)
+        self.run_args = list(run_args or [])
+        self.io = io or IOConfig()
+        self._first_seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self, now: float | None = None) -> list[int]:
+        """One look at the inbox: queue the visits that became complete; returns the new job ids."""
+        now = time.time() if now is None else now
+        new = []
+        with Registry(self.root) as reg:
+            taken = {j["outdir"] for j in reg.jobs(limit=1_000_000)}
+            for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                name = folder.name
+                if name in taken:
+                    continue
+                if not _NAME.match(name):
+                    log.warning("%s: a visit folder's name must be a plain name (letters, digits, . _ -): skipped", folder)
+                    taken.add(name)
+                    continue
+                n, newest, unreadable = visit_state(folder, self.io)
+                if newest == 0.0:
+                    continue
+                first = self._first_seen.setdefault(name, now)
+                if n >= self.exposures and not unreadable and now - newest >= self.settle:
+                    argv = ["run", str(folder), "--out", str(self.root / name), *self.run_args,
+                            "--keyword", "watch", "--keyword", f"landed={newest:.3f}"]
+                    new.append(reg.enqueue(name, argv, "watch"))
+                    log.info("visit %s complete (%d exposures, last file %.1f s ago): queued as job %d", name, n,
+                             now - newest, new[-1])
+                elif now - first > self.timeout:
+                    job = reg.enqueue(name, [], "watch")
+                    reg.update_job(job, status="incomplete", finished_utc=_now(),
+                                   message=f"incomplete visit: {n} of {self.exposures} exposures"
+                                           + (f" ({unreadable} file(s) unreadable)" if unreadable else "")
+                                           + f" after {self.timeout:g} s; not run")
+                    log.warning("%s: incomplete visit (%d of %d exposures after %g s): not run", folder, n,
+                                self.exposures, self.timeout)
+        return new
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    self.check()
+                except Exception:  # a bad look must not end the watch
+                    log.exception("watching %s", self.inbox)
+                self._stop.wait(self.poll)
+
+        self._thread = threading.Thread(target=loop, name="ssodetect-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)

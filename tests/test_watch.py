@@ -1,0 +1,62 @@
+"""Watch folders: a visit is run once it has landed complete, and its alert sent; an incomplete one is reported."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+from ssodetect.cli import main
+from ssodetect.console.watch import Watcher, visit_state
+from ssodetect.config import IOConfig
+from ssodetect.pipeline.registry import Registry
+
+
+def test_a_visit_is_queued_once_complete_and_settled(scene, tmp_path):
+    inbox, root = tmp_path / "inbox", tmp_path / "root"
+    (inbox / "v1").mkdir(parents=True)
+    root.mkdir()
+    frames = sorted(scene.glob("exp_*.fits"))
+    watcher = Watcher(inbox, root, exposures=4, settle=5.0, timeout=600.0)
+    for k, path in enumerate(frames[:3]):
+        shutil.copy(path, inbox / "v1" / path.name)
+    (inbox / "v1" / "exp_03.fits").write_bytes(frames[3].read_bytes()[:20000])  # still being written
+    n, newest, unreadable = visit_state(inbox / "v1", IOConfig())
+    assert n == 3 and unreadable == 1
+    assert watcher.check(now=newest + 100.0) == []  # three exposures: not complete
+    shutil.copy(frames[3], inbox / "v1" / frames[3].name)
+    n, newest, unreadable = visit_state(inbox / "v1", IOConfig())
+    assert n == 4 and unreadable == 0
+    assert watcher.check(now=newest + 1.0) == []  # complete, but files changed a second ago
+    jobs = watcher.check(now=newest + 6.0)
+    assert len(jobs) == 1 and watcher.check(now=newest + 60.0) == []  # queued once
+    with Registry(root) as reg:
+        job = reg.job(jobs[0])
+    argv = json.loads(job["argv"])
+    assert job["status"] == "queued" and argv[:4] == ["run", str(inbox / "v1"), "--out", str(root / "v1")]
+    # a visit that never completes is reported once, not run; a folder name that is not plain is skipped
+    (inbox / "v2").mkdir()
+    shutil.copy(frames[0], inbox / "v2" / frames[0].name)
+    (inbox / "bad name").mkdir()
+    shutil.copy(frames[0], inbox / "bad name" / frames[0].name)
+    watcher.check(now=newest + 10.0)
+    assert watcher.check(now=newest + 10_000.0) == []
+    with Registry(root) as reg:
+        v2 = [j for j in reg.jobs() if j["outdir"] == "v2"]
+        assert len(v2) == 1 and v2[0]["status"] == "incomplete" and "1 of 4 exposures" in v2[0]["message"]
+        assert not any(j["outdir"] == "bad name" for j in reg.jobs())
+
+
+def test_watch_once_runs_the_visit_and_sends_its_alert(scene, tmp_path, capsys):
+    inbox, root = tmp_path / "inbox", tmp_path / "root"
+    shutil.copytree(scene, inbox / "v1", ignore=shutil.ignore_patterns("*.ecsv", ".*"))
+    delivered = tmp_path / "alert_copy.json"
+    config = tmp_path / "alerts.toml"
+    command = [sys.executable, "-c", f"import shutil, sys; shutil.copy(sys.argv[1], {str(delivered)!r})"]
+    config.write_text(f"[alerts]\ncommand = {json.dumps(command)}\n[report]\nstation = \"C65\"\n")
+    assert main(["watch", str(inbox), "--root", str(root), "--settle", "0", "--once", "--config", str(config),
+                 "--refcat", str(scene / "refcat.ecsv"), "-q"]) == 0
+    assert "1 visit(s) run: job 1 done" in capsys.readouterr().out
+    alert = json.loads(delivered.read_text())
+    assert alert["n_objects"] > 0 and (root / "v1" / "report.html").is_file()
+    manifest = json.loads((root / "v1" / "manifest.json").read_text())
+    assert "watch" in manifest["keywords"] and any(k.startswith("landed=") for k in manifest["keywords"])
