@@ -5,7 +5,7 @@
 Makes N run directories in a temporary folder, each holding a copy of one real run's ``manifest.json``
 (``--manifest``; default: a run of a small simulated scene made here first) with its own id and start time,
 then times: the first sync (every manifest read), a second sync (nothing changed), a sync after 10 runs
-changed, and listing the newest 50 and all N.
+changed, listing the newest 50 and all N, and the console's runs page (needs the ``[console]`` extra).
 """
 from __future__ import annotations
 
@@ -27,6 +27,21 @@ def _template(work: Path) -> dict:
     config.execution.progress = False
     run_pipeline([work / "sim"], work / "run", config)
     return json.loads((work / "run" / "manifest.json").read_text())
+
+
+def _page_ms(root: Path) -> float:
+    """Median time [ms] of the console's runs page (sync included) over ``root``."""
+    from starlette.testclient import TestClient
+
+    from ssodetect.console.app import create_app
+
+    times = []
+    with TestClient(create_app(root, start_workers=False)) as client:
+        for _ in range(5):
+            t0 = time.perf_counter()
+            assert client.get("/").status_code == 200
+            times.append(1000 * (time.perf_counter() - t0))
+    return sorted(times)[2]
 
 
 def main() -> None:
@@ -58,6 +73,8 @@ def main() -> None:
             t4 = time.perf_counter()
             everything = reg.runs(limit=args.runs)
             t5 = time.perf_counter()
+        page_ms = _page_ms(root)
+        print(f"console runs page over {args.runs} runs: {page_ms:.0f} ms (median of 5, newest 100 shown)")
         print(f"{args.runs} runs: first sync {t1 - t0:.2f} s ({first['added']} added), unchanged sync {t2 - t1:.3f} s, "
               f"sync after 10 changed {t3 - t2:.3f} s ({changed['updated']} updated), newest 50 {1000 * (t4 - t3):.1f} ms, "
               f"all {len(everything)} {1000 * (t5 - t4):.1f} ms; {len(newest)} shown")

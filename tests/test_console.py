@@ -191,3 +191,29 @@ def test_launch_watch_and_review_in_headless_chromium(root, tmp_path):
     assert "report" in steps and "run" in steps
     assert "ssodetect" in title.lower()
     assert "C65" in ades and "trkSub" in ades
+
+
+def test_twenty_jobs_on_two_consoles_run_once_each(root):
+    """20 queued jobs, two consoles' workers (2 threads each) on one registry: every job runs exactly once.  (The jobs
+    are cheap commands; a pipeline run would only make the test slower, not the queue different.)"""
+    from ssodetect.console.worker import Workers, job_log
+
+    with Registry(root) as reg:
+        ids = [reg.enqueue(f"job{k}", ["config", "--plain"]) for k in range(20)]
+    pools = [Workers(root, 2, poll=0.1), Workers(root, 2, poll=0.1)]
+    for pool in pools:
+        pool.start()
+    try:
+        t0 = time.time()
+        while time.time() - t0 < 300:
+            with Registry(root) as reg:
+                states = [reg.job(i)["status"] for i in ids]
+            if all(s not in ("queued", "running") for s in states):
+                break
+            time.sleep(0.2)
+    finally:
+        for pool in pools:
+            pool.stop()
+    assert states == ["done"] * 20
+    for i in ids:  # one process each: one configuration dump in each job's log
+        assert job_log(root, i).read_text().count("[execution]") == 1

@@ -54,7 +54,7 @@ class Workers:
 
     def start(self) -> None:
         with Registry(self.root) as reg:
-            n = reg.recover()
+            n = reg.recover(alive=_alive)
         if n:
             log.warning("%d run(s) were running when the console stopped: marked interrupted", n)
         for k in range(self.n):
@@ -145,3 +145,14 @@ def _last_line(path: Path) -> str:
         return ""
     errors = [line for line in lines if line.startswith("ssodetect: ")]
     return (errors or lines or [""])[-1][:300]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a job another console runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

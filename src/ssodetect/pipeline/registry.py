@@ -263,13 +263,18 @@ class Registry:
         sql = "SELECT * FROM jobs" + (" WHERE status IN ('queued', 'running')" if active_only else "")
         return [dict(r) for r in self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (int(limit),))]
 
-    def recover(self) -> int:
+    def recover(self, alive=None) -> int:
         """Jobs left ``running`` by a server that stopped: marked ``interrupted`` (their OUTDIR holds the previous
-        run or none: a run commits whole); returns how many."""
+        run or none: a run commits whole); returns how many.  ``alive(pid) -> bool``: a job whose process still runs
+        (another console's) is left alone."""
+        running = self.db.execute("SELECT id, pid FROM jobs WHERE status = 'running'").fetchall()
+        gone = [r["id"] for r in running if alive is None or r["pid"] is None or not alive(int(r["pid"]))]
         with self.db:
-            cur = self.db.execute("UPDATE jobs SET status = 'interrupted', finished_utc = ?, "
-                                  "message = 'the console stopped during the run' WHERE status = 'running'", (_now(),))
-        return cur.rowcount
+            for job_id in gone:
+                self.db.execute("UPDATE jobs SET status = 'interrupted', finished_utc = ?, "
+                                "message = 'the console stopped during the run' WHERE id = ? AND status = 'running'",
+                                (_now(), job_id))
+        return len(gone)
 
 
 def _now() -> str:
