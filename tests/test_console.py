@@ -217,3 +217,16 @@ def test_twenty_jobs_on_two_consoles_run_once_each(root):
     assert states == ["done"] * 20
     for i in ids:  # one process each: one configuration dump in each job's log
         assert job_log(root, i).read_text().count("[execution]") == 1
+
+
+def test_a_failing_run_shows_its_error_and_writes_nothing(root):
+    (root / "junk").mkdir()
+    (root / "junk" / "frame.fits").write_bytes(b"SIMPLE  = nonsense" + b" " * 3000)
+    with TestClient(create_app(root, workers=1)) as client:
+        sent = client.post("/launch", data=_form(_csrf(client), inputs="junk", out="broken"), follow_redirects=False)
+        assert sent.status_code == 303
+        job = _wait(client, int(sent.headers["location"].rsplit("/", 1)[1]))
+        assert job["status"] == "failed" and job["exit_code"] == 2 and "frame.fits" in job["message"]
+        page = client.get(f"/jobs/{job['id']}").text
+        assert "frame.fits" in page and "failed" in page
+    assert not (root / "broken").exists()
