@@ -393,3 +393,19 @@ def test_alert_deadline_is_for_the_whole_attempt(tmp_path):
     took = time.perf_counter() - t0
     time.sleep(3.5)
     assert ok is False and took < 4.0 and not marker.exists()
+    # a grandchild that left the process group (setsid) is ended too (Linux: the command runs under a subreaper)
+    if sys.platform.startswith("linux"):
+        escaped = tmp_path / "escaped_alive"
+        child = f"import os, time; os.setsid(); time.sleep(3); open({str(escaped)!r}, 'w').write('x')"
+        command = [sys.executable, "-c",
+                   f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(30)"]
+        t0 = time.perf_counter()
+        ok = deliver_alert(alert, AlertConfig(command=command, timeout=1.0, retries=0))
+        took = time.perf_counter() - t0
+        time.sleep(3.5)
+        assert ok is False and took < 4.0 and not escaped.exists()
+        # and one that outlives a command which itself finished in time
+        quick = [sys.executable, "-c", f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {child!r}])"]
+        assert deliver_alert(alert, AlertConfig(command=quick, timeout=5.0, retries=0)) is True
+        time.sleep(3.5)
+        assert not escaped.exists()

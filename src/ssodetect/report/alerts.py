@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -138,19 +139,71 @@ def _retry(attempt, what: str, config: AlertConfig) -> bool:
     return False
 
 
+#: Runs the alert command as a child subreaper (Linux): descendants that leave its process group (setsid, double
+#: fork) are re-parented to it, and at the deadline, or when the command ends, every one left is killed.
+_REAPER = r"""
+import ctypes, os, signal, subprocess, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = subprocess.Popen(sys.argv[2:])
+def children():
+    me, found = str(os.getpid()), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+def reap(sig):
+    for _ in range(50):
+        pids = children()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        time.sleep(0.02)
+signal.signal(signal.SIGTERM, lambda *a: (reap(signal.SIGKILL), os._exit(143)))
+try:
+    code = child.wait(timeout=float(sys.argv[1]))
+except subprocess.TimeoutExpired:
+    code = 124
+reap(signal.SIGKILL)
+sys.exit(code)
+"""
+
+
 def _run_command(argv: list[str], path: Path, timeout: float) -> None:
-    """Run the alert command in its own process group; at ``timeout`` the group is terminated (then killed)."""
+    """Run the alert command in its own process group (on Linux under a subreaper that also ends descendants
+    which left the group); at ``timeout`` everything it started is terminated (then killed)."""
     env = {**os.environ, "SSODETECT_ALERT": str(path)}
+    if sys.platform.startswith("linux"):
+        argv = [sys.executable, "-c", _REAPER, repr(float(timeout)), *argv]
+    reaper = sys.platform.startswith("linux")
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
-        _, stderr = process.communicate(timeout=timeout)
+        # the subreaper ends the command at the deadline itself; this one is the backstop
+        _, stderr = process.communicate(timeout=timeout + (1.0 if reaper else 0.0))
     except subprocess.TimeoutExpired:
         _end_group(process)
         raise TimeoutError(f"still running after {timeout:g} s; its process group was ended") from None
     except BaseException:
         _end_group(process)
         raise
+    if process.returncode == 124 and reaper:
+        raise TimeoutError(f"still running after {timeout:g} s; it and everything it started were ended")
     if process.returncode != 0:
         raise RuntimeError(f"exit status {process.returncode}: {stderr.strip()[:200]}")
 
