@@ -26,6 +26,7 @@ from ssodetect.astrometry.refcat import compare_with_reference, cut_to_field, lo
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
 from ssodetect.calibrate import build_calibration
+from ssodetect.detect import kernels_cold
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
@@ -266,6 +267,8 @@ def observation_id(exposures, config: Config) -> str:
 def step_detect(products: dict, config: Config, ctx: StepContext) -> dict:
     """Per CCD image: calibrate, clean, background, extract, measure, refine trails, project to the sky."""
     tasks = _tasks(products)
+    if kernels_cold():
+        log.info("first run on this installation: compiling the numeric kernels (numba) takes ~40 s, once")
     return {"ccd_results": _detect(tasks, config, products["masters"], products["reference"], ctx.executor(),
                                    ctx.intermediate("detect"))}
 
