@@ -568,40 +568,56 @@ def build_parser() -> argparse.ArgumentParser:
                    help="known objects placed in the field (their orbits go to OUTDIR/known_orbits.json)")
     p.set_defaults(func=_simulate)
 
-    p = sub.add_parser("run", parents=[common], help="run the pipeline on FITS files or directories")
+    p = sub.add_parser(
+        "run", parents=[common], help="run the pipeline on FITS files or directories",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Find the moving objects in a sequence of exposures and report them (ADES, MPC 80-column,\n"
+        "tables, an HTML page). The instrument profile is chosen from the headers; every setting has a default.",
+        epilog="examples:\n"
+        "  ssodetect run night/ --out night_out                       # your frames, defaults\n"
+        "  ssodetect run night/ --out night_out --refcat gaia.ecsv --station I41\n"
+        "  ssodetect run raw/ bias/ darks/ --out out                  # raw frames: calibration recognised by type\n"
+        "  ssodetect run night/ --out night_out --from-step link      # relink after a [link] change\n"
+        "  ssodetect run night/ --out night_out --orbits MPCORB.DAT   # name the known objects\n"
+        "exit status: 0 ok, 1 ok with warnings, 2 bad input or configuration, 3 internal error")
     p.add_argument("inputs", nargs="+", help="FITS files and/or directories")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--refcat", default=None,
+    g = p.add_argument_group("reference data")
+    g.add_argument("--refcat", default=None,
                    help="reference catalogue (Gaia DR3 columns: ECSV/FITS/CSV/Parquet, or SCAMP LDAC); 'gaia' queries "
                    "the Gaia archive once (online) and caches the result")
-    p.add_argument("--config", default=None, help="TOML configuration file")
-    p.add_argument("--profile", default=None,
+    g.add_argument("--orbits", action="append", default=[],
+                   help="orbit file of known objects (MPCORB.DAT or JPL SBDB JSON; repeatable; adds to [known] orbits)")
+    g = p.add_argument_group("settings")
+    g.add_argument("--config", default=None, help="TOML configuration file (see 'ssodetect config')")
+    g.add_argument("--profile", default=None,
                    help="instrument profile: euclid_vis, ground_ccd, small_space, wise, a profile TOML file, or none "
                    "(default auto: chosen from the headers; [profile] name)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
-    group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--station", default=None, help="MPC observatory code for ADES (overrides the configuration)")
-    p.add_argument("--orbits", action="append", default=[],
-                   help="orbit file of known objects (MPCORB.DAT or JPL SBDB JSON; repeatable; adds to [known] orbits)")
-    p.add_argument("--from-step", dest="from_step", default=None,
-                   help="start at this step, the earlier ones loaded from OUT (see 'ssodetect steps')")
-    p.add_argument("--to-step", dest="to_step", default=None,
-                   help="stop after this step (its products kept in OUT for a later --from-step)")
-    p.add_argument("--rerun", action="store_true",
-                   help="run every step (by default a step whose inputs, configuration and version are unchanged "
-                   "since a run into OUT is loaded from it)")
-    p.add_argument("--allow-mixed-filters", dest="allow_mixed_filters", action="store_true",
+    g.add_argument("--allow-mixed-filters", dest="allow_mixed_filters", action="store_true",
                    help="accept frames of several filters in one run (WISE W1+W2); no magnitudes in ADES/MPC "
                    "([io] allow_mixed_filters)")
-    p.add_argument("--keep-intermediate", dest="keep_intermediate", action="store_true",
-                   help="keep intermediate products under OUT/intermediate/<step>/ ([intermediate] keep)")
-    p.add_argument("--ldac", action="store_true",
-                   help="with --keep-intermediate: source catalogues also as SExtractor FITS_LDAC ([intermediate] ldac)")
-    p.add_argument("--keyword", dest="keywords", action="append", default=[],
-                   help="a keyword for the run registry and console (repeatable)")
-    p.add_argument("--obs-id", dest="obs_id", default=None,
+    g = p.add_argument_group("reports")
+    g.add_argument("--station", default=None, help="MPC observatory code for ADES (overrides the configuration)")
+    g.add_argument("--obs-id", dest="obs_id", default=None,
                    help="observation / field identifier (default: from the headers, [io] obs_id_keys)")
+    g.add_argument("--keyword", dest="keywords", action="append", default=[],
+                   help="a keyword for the run registry and console (repeatable)")
+    g = p.add_argument_group("execution")
+    group = g.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, help="local Dask worker processes")
+    group.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    g = p.add_argument_group("steps and products")
+    g.add_argument("--from-step", dest="from_step", default=None,
+                   help="start at this step, the earlier ones loaded from OUT (see 'ssodetect steps')")
+    g.add_argument("--to-step", dest="to_step", default=None,
+                   help="stop after this step (its products kept in OUT for a later --from-step)")
+    g.add_argument("--rerun", action="store_true",
+                   help="run every step (by default a step whose inputs, configuration and version are unchanged "
+                   "since a run into OUT is loaded from it)")
+    g.add_argument("--keep-intermediate", dest="keep_intermediate", action="store_true",
+                   help="keep intermediate products under OUT/intermediate/<step>/ ([intermediate] keep)")
+    g.add_argument("--ldac", action="store_true",
+                   help="with --keep-intermediate: source catalogues also as SExtractor FITS_LDAC ([intermediate] ldac)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("batch", parents=[common],
