@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from ssodetect.cli import main
@@ -16,7 +17,7 @@ from ssodetect.report.mpc80 import pack_number, pack_provisional, unpack_number,
 
 from conftest import real_data
 
-REPORTS = ("observations.psv", "observations.xml", "observations.mpc", "report.html")
+REPORTS = ("observations.psv", "observations.xml", "observations.mpc", "objects.reg", "report.html")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,26 @@ def run_dir(scene, tmp_path_factory):
     config.report.observers = ["A. Observer", "B. Observer"]
     run_pipeline([scene], out, config, refcat=scene / "refcat.ecsv")
     return out
+
+
+def test_region_file_draws_every_observation_and_track(run_dir):
+    """objects.reg (DS9 format) read back with the regions package: a circle at every observation, on its
+    position, named after its object; a track line and a label per object of several observations."""
+    from regions import CircleSkyRegion, LineSkyRegion, Regions, TextSkyRegion
+
+    obs = Table.read(run_dir / "observations.ecsv")
+    objs = Table.read(run_dir / "objects.ecsv")
+    regs = Regions.read(str(run_dir / "objects.reg"), format="ds9")
+    circles = [r for r in regs if isinstance(r, CircleSkyRegion)]
+    assert len(circles) == len(obs) > 0
+    for circle, row in zip(circles, obs[np.lexsort((obs["mjd"], [list(dict.fromkeys(obs["object"])).index(n)
+                                                                 for n in obs["object"]]))]):
+        assert circle.meta["text"].split()[0] == row["object"]
+        assert circle.center.separation(SkyCoord(row["ra"], row["dec"], unit="deg")).arcsec < 1e-3
+        assert circle.visual["edgecolor"] == {"linked": "green", "streak": "cyan", "blend": "magenta"}[row["kind"]]
+    several = [n for n in objs["object"] if np.sum(obs["object"] == n) > 1]
+    assert sum(isinstance(r, LineSkyRegion) and r.visual.get("linestyle") == "dashed" for r in regs) == len(several)
+    assert sorted(r.text.split()[0] for r in regs if isinstance(r, TextSkyRegion)) == sorted(objs["object"])
 
 
 def test_run_writes_schema_valid_ades_that_round_trips(run_dir):

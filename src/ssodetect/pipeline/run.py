@@ -542,7 +542,7 @@ BUILTIN_STEPS = [
 #: contradict its manifest).
 RUN_PRODUCTS = ("observations.ecsv", "objects.ecsv", "astrometry.ecsv", "streaks.ecsv", "known.ecsv", "vetting.ecsv",
                 "cutouts.fits", "overview.fits", "provenance.json", "observations.psv", "observations.xml",
-                "observations.mpc", "report.html", "alert.json")
+                "observations.mpc", "objects.reg", "report.html", "alert.json")
 
 
 def run_result(products: dict) -> RunResult:

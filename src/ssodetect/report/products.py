@@ -22,12 +22,13 @@ from ssodetect.report.ades import ades_block, format_psv, format_xml
 from ssodetect.report.cutouts import read_cutouts, read_overview
 from ssodetect.report.html import render_report
 from ssodetect.report.mpc80 import MPCRecord, format_mpc80, pack_number, pack_provisional
+from ssodetect.report.regions import write_regions
 
 log = logging.getLogger(__name__)
 
 __all__ = ["REPORT_FILES", "write_reports", "mpc80_records", "mpc80_header"]
 
-REPORT_FILES = ("observations.psv", "observations.xml", "observations.mpc", "report.html")
+REPORT_FILES = ("observations.psv", "observations.xml", "observations.mpc", "objects.reg", "report.html")
 _NET = {"Gaia3": "Gaia-DR3", "Gaia3E": "Gaia-EDR3", "Gaia2": "Gaia-DR2", "Gaia1": "Gaia-DR1", "UCAC4": "UCAC-4"}
 
 
@@ -205,6 +206,9 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
         records = mpc80_records(sky, station=station, band=band, identities=identities, positions=positions)
         (target / "observations.mpc").write_text(format_mpc80(records, mpc80_header(report, station, sky)))
         written.append(target / "observations.mpc")
+        n_regions = write_regions(observations, objects, target / "objects.reg")
+        written.append(target / "objects.reg")
+        log.info("objects.reg: %d DS9/CARTA regions (detections, tracks, names)", n_regions)
     else:
         log.info("no observation with sky coordinates: no ADES (observations.psv/.xml) or MPC (observations.mpc) "
                  "report written")
