@@ -694,3 +694,24 @@ def test_one_wrong_header_among_right_ones_is_replaced_and_only_it(exact_headers
     truth = Table.read(exact_headers / "truth.ecsv")
     ev = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
     assert ev.completeness_bright >= 0.9 and ev.n_false <= 1
+
+
+def test_a_header_that_cannot_be_checked_is_said_so(tmp_path, capsys):
+    """A sparse field (too few stars to register the exposures onto each other) and no catalogue: nothing confirms
+    the headers, and the run says so (a warning per unchecked exposure, exit 1), rather than losing detections
+    silently when a header is wrong."""
+    from conftest import small_scene_config
+    from ssodetect.simulate import simulate
+
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(14, nx=384, ny=384, star_density=3000.0, galaxy_density=0.0, movers_per_ccd=800.0),
+             sim)
+    with fits.open(sim / "exp_02.fits", mode="update") as hdul:
+        for hdu in hdul:
+            if "CRVAL2" in hdu.header:
+                hdu.header["CRVAL2"] += 30.0 / 3600.0
+    code = main(["run", str(sim), "--out", str(tmp_path / "out"), "--station", "C65"])
+    err = capsys.readouterr().err
+    assert code == 1
+    unchecked = [line for line in err.splitlines() if "its header WCS could not be checked" in line]
+    assert unchecked and all(line.startswith("WARNING") and "exp_0" in line for line in unchecked)

@@ -107,3 +107,11 @@ def test_an_outdir_with_a_name_as_long_as_the_file_system_allows(tmp_path, repla
                 stage.file(f"product{k}.txt").write_text("ok")
             assert (target / f"product{k}.txt").read_text() == "ok"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == sorted([out.name, other.name])
+
+
+def test_every_run_product_is_recognised_in_a_directory_without_a_signed_record():
+    """A run's products are known by name to the fallback that reads a manifest (a new product must be added)."""
+    from ssodetect.io.outputs import LEGACY_PRODUCTS
+    from ssodetect.pipeline.run import RUN_PRODUCTS
+
+    assert set(RUN_PRODUCTS) <= set(LEGACY_PRODUCTS)

@@ -170,6 +170,7 @@ def test_report_command_regenerates_and_space_position(run_dir, tmp_path, capsys
     config.write_text('[report]\nstation = "C65"\nobserver_position = [1234567.5, -765432.25, 98765.125]\n')
     assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
     xml = (copy / "observations.xml").read_text()
+    assert "<mpcCode>C65</mpcCode>" in xml
     # the run's manifest follows the rewritten reports (checksums, and the report command recorded)
     manifest = json.loads((copy / "manifest.json").read_text())
     for name in REPORTS:
@@ -182,6 +183,11 @@ def test_report_command_regenerates_and_space_position(run_dir, tmp_path, capsys
     _, records, _ = read_mpc80((copy / "observations.mpc").read_text())
     assert records and all(r.note2 == "S" for r in records)
     np.testing.assert_allclose(records[0].observer, (1234567.5, -765432.25, 98765.125), atol=1e-3)
+    # a station given to `report` wins over the run's
+    (copy / "other.toml").write_text('[report]\nstation = "500"\n')
+    assert main(["report", str(copy), "--config", str(copy / "other.toml"), "-q"]) == 0
+    assert "<mpcCode>500</mpcCode>" in (copy / "observations.xml").read_text()
+    assert (copy / "observations.mpc").read_text().splitlines()[0] == "COD 500"
     capsys.readouterr()
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "not a finished ssodetect run" in capsys.readouterr().err

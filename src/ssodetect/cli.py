@@ -109,6 +109,10 @@ def _run(args) -> int:
         config.execution.scheduler = args.scheduler
     if args.station:
         _option(config.report, "station", args.station, "--station")
+    for option, values in (("--obs-id", [args.obs_id] if args.obs_id else []), ("--keyword", args.keywords)):
+        for value in values:  # they go into file names, reports and the registry: one printable line
+            if not value.isprintable() or len(value) > 64:
+                raise SSODetectError(f"{option} {value!r}: printable text of at most 64 characters")
     if args.orbits:
         config.known.orbits = list(config.known.orbits) + list(args.orbits)
     if args.allow_mixed_filters:

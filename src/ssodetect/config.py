@@ -38,7 +38,8 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf/nan settings (max_rate = inf would search forever); booleans must be true/false, not "yes"
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class IOConfig(_Section):

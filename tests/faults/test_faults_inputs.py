@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 import shutil
 import threading
 import zlib
@@ -297,7 +298,8 @@ def test_bad_configuration_file(scene, out, tmp_path, capsys, kind):
 
 @pytest.mark.parametrize("option, value", [("--workers", "0"), ("--workers", "100000"), ("--station", "abcd"),
                                            ("--station", "C5"), ("--station", "XYZ9"),
-                                           ("--scheduler", "tcp://127.0.0.1:9")])
+                                           ("--scheduler", "tcp://127.0.0.1:9"), ("--scheduler", "not a url"),
+                                           ("--obs-id", "night\x1b[31m"), ("--keyword", "x" * 80)])
 def test_bad_command_line_settings(scene, out, capsys, option, value):
     """Out-of-range workers, station codes that neither ADES nor the 80-column format can carry, a scheduler that is
     not there: exit 2 naming the option, not an internal error (nor an hour of Dask waiting for 100000 processes)."""
@@ -305,8 +307,32 @@ def test_bad_command_line_settings(scene, out, capsys, option, value):
         pytest.importorskip("dask.distributed")
         out = out.parent / "new"
         out.mkdir()
-    line = _refused_unchanged(capsys, scene, out, value, extra=(option, value))
+    line = _refused_unchanged(capsys, scene, out, value if value.isprintable() else option, extra=(option, value))
     assert option in line or "scheduler" in line or "workers" in line
+
+
+def test_a_listener_that_is_not_a_dask_scheduler(scene, out, tmp_path, capsys, monkeypatch):
+    """An HTTP server where a scheduler was expected: a one-line error within the connection deadline, no hang."""
+    import http.server
+    import threading
+
+    pytest.importorskip("dask.distributed")
+    import ssodetect.pipeline.executor as executor
+
+    monkeypatch.setattr(executor, "CONNECT_DEADLINE", 2.0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    new = out.parent / "new"
+    new.mkdir()
+    try:
+        t0 = time.perf_counter()
+        line = _refused_unchanged(capsys, scene, new, "dask scheduler",
+                                  extra=("--scheduler", f"tcp://127.0.0.1:{server.server_port}"))
+        assert time.perf_counter() - t0 < 30.0 and "cannot connect" in line or "no Dask scheduler" in line
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_station_in_the_configuration_file_is_checked(scene, out, tmp_path, capsys):

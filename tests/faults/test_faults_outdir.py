@@ -170,6 +170,22 @@ def test_a_forged_record_cannot_make_a_run_remove_the_users_file(good_run, scene
     assert snapshot(out) == before and (out / "notes.txt").read_text() == "the user's own notes"
 
 
+def test_a_forged_manifest_cannot_make_a_run_remove_the_users_file(good_run, scene, tmp_path, capsys):
+    """No record; manifest.json edited to list the user's notes with their right checksum: an earlier version's
+    manifest lists only the product names those versions wrote, so the notes stay foreign and the run is refused."""
+    import hashlib
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / "mynotes.txt").write_text("precious\n")
+    (out / RECORD).unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["products"]["mynotes.txt"] = {"bytes": 9, "sha256": hashlib.sha256(b"precious\n").hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    _refused(cli(capsys, "run", scene, "--out", out, "--rerun"), out, "mynotes.txt")
+    assert snapshot(out) == before and (out / "mynotes.txt").read_text() == "precious\n"
+
+
 def test_a_record_of_an_earlier_version_is_judged_by_the_manifest(good_run, scene, tmp_path, capsys):
     """A record without a signature (versions before it): the run's products, checksummed in its manifest, are ours,
     and the directory is replaced as usual."""

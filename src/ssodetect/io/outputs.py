@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -108,7 +109,8 @@ class UnsignedRecord(InputError):
 def recorded_files(directory: str | Path) -> set[str] | None:
     """The files ssodetect recorded writing into ``directory``; None when it holds no record.
 
-    A run written before the record existed is recognised by its ``manifest.json`` (its ``products``).  A
+    A run written before the record existed is recognised by its ``manifest.json`` (its ``products`` of the names
+    earlier versions wrote, :data:`LEGACY_PRODUCTS`, whose checksums still match).  A
     record not signed with the user's key (:mod:`ssodetect.keys`) raises :class:`UnsignedRecord`: someone who can
     write the directory could otherwise list a file of the user's and have a run remove it.
     """
@@ -122,11 +124,24 @@ def recorded_files(directory: str | Path) -> set[str] | None:
         if isinstance(products, dict) and "ssodetect" in json.dumps(manifest.get("software", "")):
             # an earlier version's run: its products as its manifest checksummed them (a listed file with other
             # contents is not taken as ours)
-            return {name for name, entry in products.items() if isinstance(entry, dict)
+            return {name for name, entry in products.items() if isinstance(entry, dict) and _legacy_product(name)
                     and _same_sha256(directory / name, entry.get("sha256"))} | {"manifest.json", "run.log", RECORD}
     except (OSError, ValueError, AttributeError):
         pass
     return None
+
+
+#: The files a run of an earlier version wrote (an unsigned manifest may list only these: a manifest forged to list
+#: a file of the user's, with its right checksum, must not make a run remove it).
+LEGACY_PRODUCTS = ("observations.ecsv", "objects.ecsv", "astrometry.ecsv", "streaks.ecsv", "known.ecsv",
+                   "vetting.ecsv", "cutouts.fits", "overview.fits", "provenance.json", "observations.psv",
+                   "observations.xml", "observations.mpc", "objects.reg", "report.html", "alert.json", "config.toml")
+_LEGACY_PATTERNS = (re.compile(r"steps/[a-z_]+\.(pkl|json)"), re.compile(r"logs/[a-z_]+\.log"),
+                    re.compile(r"intermediate/[a-z_]+/[^/]+(/[^/]+)?"))
+
+
+def _legacy_product(name: str) -> bool:
+    return name in LEGACY_PRODUCTS or any(p.fullmatch(name) for p in _LEGACY_PATTERNS)
 
 
 def _same_sha256(path: Path, digest) -> bool:

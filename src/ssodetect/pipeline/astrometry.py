@@ -314,7 +314,8 @@ def _header_checks(base: int, members: list, stars: dict, tasks: list, placed_wc
         reg = register_to_reference(stars[k], stars[base], index=index,
                                     match_radius=max(2.0, config.astrometry.match_radius / scale))
         if reg is None or reg.n_stars < MIN_CHECK_STARS:
-            checks[k] = {"status": "not registered", "reference": base_ref.path}
+            checks[k] = {"status": "not registered", "reference": base_ref.path,
+                         "stars": 0 if reg is None else reg.n_stars}
             continue
         off = header_disagreement(reg, placed_wcs[(ref.exposure, ccd)], base_wcs, stars[k][:50])
         tolerance = max(HEADER_TOLERANCE, 5.0 * reg.rms * scale)
@@ -372,8 +373,10 @@ def align_header_wcs(tables: list[Table], tasks: list, infos: list[dict], config
             reg = check.pop("registration", None)
             infos[k]["header_check"] = check
             if check["status"] == "not registered":
-                log.info("%s CCD %s (exposure %d): header WCS not checked (no registration onto exposure %d)",
-                         ref.path, ccd, ref.exposure, base_ref.exposure)
+                # nothing confirms this header: a wrong one (sparse field, no catalogue) would lose its detections
+                log.warning("%s CCD %s (exposure %d): its header WCS could not be checked against exposure %d "
+                            "(%d stars registered, %d needed): its positions rely on the header", ref.path, ccd,
+                            ref.exposure, base_ref.exposure, check["stars"], MIN_CHECK_STARS)
             if check["status"] != "replaced":
                 continue
             out[k] = place_on_reference(tables[k], reg, base_wcs, "frame")

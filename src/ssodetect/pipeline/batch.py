@@ -130,7 +130,8 @@ def fields_from_arguments(arguments) -> list[Field]:
 
 
 def field_state(field: Field, config: Config) -> dict:
-    """What a field's finished run depends on: the files it reads (path, size, modification time) and the configuration.
+    """What a field's finished run depends on: the files it reads (path, size, modification and change times, inode)
+    and the configuration.
 
     The ``[execution]`` section (workers, scheduler, progress) does not change results and is left out.
     """
@@ -146,7 +147,9 @@ def field_state(field: Field, config: Config) -> dict:
             st = Path(p).stat()
         except OSError as exc:
             raise InputError(f"{p}: {exc.strerror or exc} (field {field.name})") from None
-        files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+        # the change time too: content rewritten in place with the modification time put back (cp -p, rsync -t,
+        # tar x) still moves it, and nothing can set it back
+        files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     settings = config.model_dump(mode="json", exclude={"execution"})
     return {"inputs": files, "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
 

@@ -137,12 +137,38 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"dask scheduler {address}: not an address ({exc})") from None
-    if parts.scheme not in ("tcp", "tls") or not host or not port:
+    if parts.scheme in ("tcp", "tls") and (not host or not port):
+        raise ConfigError(f"dask scheduler {address}: not an address (tcp://HOST:PORT)")
+    if parts.scheme not in ("tcp", "tls"):
         return
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise ConfigError(f"dask scheduler {address}: cannot connect ({exc.strerror or exc})") from None
+
+
+#: Seconds a Dask scheduler has to complete the connection (a listener that is not one may never answer).
+CONNECT_DEADLINE = 30.0
+
+
+def _connect(client_class, address: str):
+    """A Dask client of ``address``, within :data:`CONNECT_DEADLINE` seconds, or a ConfigError saying why.
+
+    The connection runs in a thread: a listener that is not a Dask scheduler may never answer (or answer bytes that
+    Dask reads as a huge message), and neither may hold or crash the command."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssodetect-connect")
+    future = pool.submit(client_class, address, timeout=f"{CONNECT_DEADLINE:g}s")
+    pool.shutdown(wait=False)
+    try:
+        return future.result(timeout=CONNECT_DEADLINE + 5.0)
+    except concurrent.futures.TimeoutError:
+        raise ConfigError(f"dask scheduler {address}: no Dask scheduler answered within {CONNECT_DEADLINE:g} s (is it "
+                          "one?)") from None
+    except Exception as exc:  # refused, unknown host, not Dask's protocol (MemoryError reading junk), bad address
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"dask scheduler {address}: cannot connect ({type(exc).__name__}: {detail[:200]})") from None
 
 
 class DaskExecutor:
@@ -163,11 +189,7 @@ class DaskExecutor:
         self._cluster = None
         if address:
             _reachable(address)
-            try:
-                self.client = Client(address, timeout="30s")
-            except (OSError, TimeoutError) as exc:  # refused, unknown host, nothing answering in 30 s
-                raise ConfigError(f"dask scheduler {address}: cannot connect ({str(exc).strip() or type(exc).__name__})"
-                                  ) from None
+            self.client = _connect(Client, address)
             self.description = f"dask scheduler {address}"
         else:
             import dask

@@ -128,7 +128,7 @@ def _reportable(sky: Table, ctx: dict, config: Config) -> tuple[Table, list[str]
     if n and np.any(sky["ast_cat"] == "UNK"):
         placeholders.append(f"{int(np.sum(sky['ast_cat'] == 'UNK'))} positions come from a header WCS whose catalogue "
                             "is unknown: astCat UNK (set [report] header_astcat, or give --refcat)")
-    station = ctx.get("station") or rep.station
+    station = rep.station if rep.station != "XXX" else (ctx.get("station") or rep.station)  # a setting wins
     if n and station == "XXX":
         placeholders.append("observatory code XXX (unassigned): set [report] station or --station before submitting")
     if n and rep.telescope_aperture <= 0 and not ctx.get("aperture"):
@@ -171,7 +171,8 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     objects = Table.read(source / "objects.ecsv", format="ascii.ecsv")
     provenance = json.loads((source / "provenance.json").read_text())
     ctx = provenance.get("report_context", {})
-    station = ctx.get("station") or config.report.station
+    # an explicit [report] station (the run's or ssodetect report --config's) wins over the header's code
+    station = config.report.station if config.report.station != "XXX" else (ctx.get("station") or "XXX")
     mixed = "/" in str(ctx.get("filter", ""))  # frames of several filters ([io] allow_mixed_filters)
     band = "" if mixed else (config.report.band or ctx.get("band", ""))  # no single band: no magnitudes
     seeing = {int(k): float(v) for k, v in ctx.get("seeing", {}).items() if v is not None}
