@@ -40,7 +40,7 @@ def visit_state(folder: Path, io: IOConfig) -> tuple[int, float, int]:
     refs, unreadable = [], 0
     for path in paths:
         try:
-            refs += [r for r in scan_file(path, io) if r.frame_type == "light"]
+            refs += [r for r in scan_file(path, io, warn=False) if r.frame_type == "light"]
         except SSODetectError:
             unreadable += 1
     try:

@@ -229,8 +229,8 @@ def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
 
-def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
-    """List the CCD images in one FITS file with their times.
+def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
+    """List the CCD images in one FITS file with their times (``warn``: log its time keywords' problems).
 
     Raises
     ------
@@ -273,7 +273,7 @@ def scan_file(path: Path, config: IOConfig) -> list[CCDRef]:
                 obs = observation_time(header, config, fallback=primary if sci != 0 else None)
             except ValueError as exc:
                 raise InputError(f"{path}: {exc}") from None
-            for note in obs.notes:
+            for note in obs.notes if warn else ():
                 if note not in noted:  # once per file, not per CCD
                     noted.add(note)
                     log.warning("%s: %s (the time comes from %s)", path, note, obs.source)
@@ -313,7 +313,7 @@ def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
     """
     refs: list[CCDRef] = []
     for path in paths:
-        refs.extend(scan_file(Path(path), config))
+        refs.extend(scan_file(Path(path), config, warn=warn))
     if not refs:
         raise InputError("no image found in the inputs")
     lights = [ref for ref in refs if ref.frame_type in ("light", "flat")]
