@@ -71,6 +71,7 @@ def test_a_run_launched_from_the_form_is_queued_run_and_reviewed(root):
         assert "event: log" in events and events.rstrip().splitlines()[-1].startswith("data: {")
         run = client.get("/runs/night")
         assert run.status_code == 200 and 'id="steps"' in run.text and "link" in run.text and "C65" in run.text
+        assert "ssodetect.pipeline.run.step_link (builtin)" in run.text  # the step graph names each step's code
         manifest = json.loads(client.get("/runs/night/files/manifest.json").text)
         assert manifest["keywords"] == ["nightly", "test"] and manifest["obs_id"] == "F1"
         psv = client.get("/runs/night/files/observations.psv")

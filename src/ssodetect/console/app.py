@@ -34,6 +34,8 @@ from ssodetect.console.worker import Workers, job_log
 from ssodetect.errors import SSODetectError
 from ssodetect.io.outputs import RECORD
 from ssodetect.pipeline.registry import Registry
+from ssodetect.pipeline.run import BUILTIN_STEPS
+from ssodetect.pipeline.steps import pipeline_steps
 
 __all__ = ["create_app", "inputs_under", "FITS_SUFFIXES"]
 
@@ -146,7 +148,14 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         log_text = (path / "run.log").read_text(errors="replace") if (path / "run.log").is_file() else ""
         config_text = (path / "config.toml").read_text(errors="replace") if (path / "config.toml").is_file() else ""
         products = sorted(manifest.get("products") or {})
-        graph = [(s.get("step"), s.get("status"), s.get("seconds"), s.get("version")) for s in manifest.get("steps", [])]
+        declared = {step.name: step for step in pipeline_steps(BUILTIN_STEPS)}
+        graph = []
+        for entry in manifest.get("steps", []):
+            step = declared.get(entry.get("step"))
+            graph.append((entry.get("step"), entry.get("status"), entry.get("seconds"), entry.get("version"),
+                          _code_of(step) if step else str(entry.get("origin") or ""),
+                          ", ".join(step.inputs) if step else "",
+                          ", ".join(step.outputs) if step else ""))
         return page("run.html", outdir=path.relative_to(root).as_posix(), manifest=manifest, log_text=log_text[-200000:],
                     config_text=config_text, products=products, graph=graph,
                     has_report=(path / "report.html").is_file())
@@ -261,6 +270,12 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
     app.state.workers = pool
     app.state.root = root
     return app
+
+
+def _code_of(step) -> str:
+    """Where a step's code is: its function's module and name (and its origin: builtin or a plug-in)."""
+    fn = step.run
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')} ({step.origin})"
 
 
 def _launch_argv(root: Path, values: dict) -> list[str]:
