@@ -94,6 +94,23 @@ def test_batch_runs_every_field_and_resumes_after_interruption(fields, tmp_path,
     assert main(argv[:3] + argv[4:] + ["--config", str(config)]) == 0
     summary = Table.read(out / "batch_summary.ecsv")
     assert set(summary["status"]) == {"done"}
+    # a completion record edited by hand (or written under another key) is not believed: the field runs again
+    record = json.loads((out / "a" / COMPLETE).read_text())
+    record["n_objects"] = 99
+    (out / "a" / COMPLETE).write_text(json.dumps(record))
+    assert main(argv[:3] + argv[4:]) == 0
+    summary = Table.read(out / "batch_summary.ecsv")
+    assert summary["status"][summary["field"] == "a"][0] == "done" and 99 not in list(summary["n_objects"])
+    # a field directory that is a link planted in BATCH_DIR: refused (its products would land elsewhere)
+    (tmp_path / "elsewhere").mkdir()
+    (out / "planted").symlink_to(tmp_path / "elsewhere")
+    planted = tmp_path / "planted.toml"
+    planted.write_text(f'[[field]]\nname = "planted"\ninputs = ["{fields / "f41"}"]\n')
+    assert main(["batch", str(planted), "--out", str(out), "-q"]) == 1
+    summary = Table.read(out / "batch_summary.ecsv")
+    assert summary["status"][0] == "failed" and "symbolic link" in summary["message"][0]
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    (out / "planted").unlink()
     # a directory that is not ours is never cleared
     (out / "b" / COMPLETE).unlink()
     (out / "b" / "notes.txt").write_text("mine")

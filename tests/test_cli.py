@@ -51,3 +51,16 @@ def test_a_library_warning_is_one_counted_log_line(capsys, monkeypatch):
         assert main(["config"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("WARNING ssodetect: RuntimeWarning: ERFA function") and "dubious" in err[0]
+
+
+def test_serve_refuses_a_bad_port_in_one_line(tmp_path, capsys):
+    import socket
+
+    assert main(["serve", "--root", str(tmp_path), "--port", "80000", "-q"]) == 2
+    assert "--port 80000" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", "--root", str(tmp_path), "--port", str(port), "-q"]) == 2
+    assert "cannot listen there" in capsys.readouterr().err

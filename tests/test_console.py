@@ -77,6 +77,16 @@ def test_a_run_launched_from_the_form_is_queued_run_and_reviewed(root):
         psv = client.get("/runs/night/files/observations.psv")
         assert psv.status_code == 200 and "permID|" in psv.text or "trkSub" in psv.text
         assert client.get("/runs/night/files/report.html").status_code == 200
+        # re-run from the link step: the earlier steps loaded, the same inputs and settings
+        again = client.post("/runs/night/rerun", data={"csrf": csrf, "step": "link"}, follow_redirects=False)
+        assert again.status_code == 303
+        job2 = _wait(client, int(again.headers["location"].rsplit("/", 1)[1]))
+        assert job2["status"] == "done", job2["message"]
+        steps = {s["step"]: s["status"] for s in json.loads((root / "night" / "manifest.json").read_text())["steps"]}
+        assert steps["detect"] == "cached" and steps["link"] == "run", steps
+        assert json.loads((root / "night" / "manifest.json").read_text())["keywords"] == ["nightly", "test"]
+        assert client.post("/runs/night/rerun", data={"csrf": csrf, "step": "nowhere"}).status_code == 400
+        assert client.post("/runs/night/rerun", data={"csrf": "forged", "step": "link"}).status_code == 403
         # only the run's own products, only under the root
         (root / "night" / "mine.txt").write_text("not a product")
         assert client.get("/runs/night/files/mine.txt").status_code == 404
@@ -123,6 +133,20 @@ def test_queued_jobs_are_cancelled_and_a_restart_marks_running_ones_interrupted(
     with Registry(root) as reg:
         job = reg.job(2)
     assert job["status"] == "interrupted" and "stopped" in job["message"]
+
+
+def test_odd_requests_and_a_damaged_registry_never_crash_the_console(root):
+    with TestClient(create_app(root, start_workers=False)) as client:
+        assert client.get("/jobs/99999999999999999999999").status_code == 404
+        assert client.get("/jobs/99999999999999999999999/status").status_code == 404
+        assert client.get("/?search=" + "%25" * 10000).status_code == 200
+        assert client.get("/?search=" + "a" * 30000).status_code == 200
+        page = root / ".ssodetect-registry.sqlite"
+        data = bytearray(page.read_bytes())
+        data[3000:5000] = bytes(range(256)) * 7 + bytes(208)
+        page.write_bytes(bytes(data))
+        answer = client.get("/")
+        assert answer.status_code == 503 and "remove it to rebuild it" in answer.text
 
 
 def test_a_console_off_loopback_needs_its_token(root):

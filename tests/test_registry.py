@@ -79,3 +79,20 @@ def test_runs_command(root, capsys):
     assert [r["run_id"] for r in rows] == ["run1"]
     assert main(["runs", str(root / "missing"), "-q"]) == 2
     assert main(["runs", str(root), "--limit", "0", "-q"]) == 2
+    # a terminal escape in a manifest is not printed raw
+    manifest = json.loads((root / "night1" / "manifest.json").read_text())
+    manifest["obs_id"] = "\x1b[2J\x1b[31mEVIL"
+    (root / "night1" / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["runs", str(root), "-q"]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+    # a damaged registry: one line, exit 2 (and removed, it is rebuilt from the manifests)
+    path = root / REGISTRY_NAME
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 2000] = bytes(range(256)) * 7 + bytes(208)
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["runs", str(root), "-q"]) == 2
+    assert "remove it to rebuild it" in capsys.readouterr().err
+    path.unlink()
+    assert main(["runs", str(root), "-q"]) == 0

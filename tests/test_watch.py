@@ -46,17 +46,18 @@ def test_a_visit_is_queued_once_complete_and_settled(scene, tmp_path):
         assert not any(j["outdir"] == "bad name" for j in reg.jobs())
 
 
-def test_watch_once_runs_the_visit_and_sends_its_alert(scene, tmp_path, capsys):
+def test_watch_once_runs_the_visit_and_sends_its_alert(scene, tmp_path, capsys, monkeypatch):
     inbox, root = tmp_path / "inbox", tmp_path / "root"
     shutil.copytree(scene, inbox / "v1", ignore=shutil.ignore_patterns("*.ecsv", ".*"))
     delivered = tmp_path / "alert_copy.json"
     config = tmp_path / "alerts.toml"
     command = [sys.executable, "-c", f"import shutil, sys; shutil.copy(sys.argv[1], {str(delivered)!r})"]
     config.write_text(f"[alerts]\ncommand = {json.dumps(command)}\n[report]\nstation = \"C65\"\n")
-    assert main(["watch", str(inbox), "--root", str(root), "--settle", "0", "--once", "--config", str(config),
+    monkeypatch.chdir(tmp_path)  # relative folders: the runs still find their inputs and land under the root
+    assert main(["watch", "inbox", "--root", "root", "--settle", "0", "--once", "--config", str(config),
                  "--refcat", str(scene / "refcat.ecsv"), "-q"]) == 0
     assert "1 visit(s) run: job 1 done" in capsys.readouterr().out
     alert = json.loads(delivered.read_text())
-    assert alert["n_objects"] > 0 and (root / "v1" / "report.html").is_file()
+    assert alert["n_objects"] > 0 and (root / "v1" / "report.html").is_file() and not (root / "root").exists()
     manifest = json.loads((root / "v1" / "manifest.json").read_text())
     assert "watch" in manifest["keywords"] and any(k.startswith("landed=") for k in manifest["keywords"])

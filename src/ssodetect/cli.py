@@ -319,8 +319,18 @@ def _serve(args) -> int:
         from ssodetect.console.app import create_app
     except ImportError as exc:
         raise ConfigError(f"the console needs its extra ({exc.name} is missing): pip install 'ssodetect[console]'") from None
+    import socket
+
     if not 1 <= args.workers <= 64:
         raise ConfigError(f"--workers {args.workers}: between 1 and 64")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: between 1 and 65535")
+    try:  # the address is free (uvicorn would stop with a raw error after starting the workers)
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as exc:
+        raise ConfigError(f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc})") from None
     try:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:
@@ -344,7 +354,7 @@ def _watch(args) -> int:
 
     if args.exposures < 1 or args.settle < 0 or args.timeout <= 0 or not 1 <= args.workers <= 64:
         raise ConfigError("watch: --exposures >= 1, --settle >= 0, --timeout > 0, --workers 1-64")
-    root = Path(args.root)
+    root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     run_args = []
     if args.config:
@@ -390,7 +400,7 @@ def _runs(args) -> int:
     if args.limit < 1:
         raise SSODetectError(f"--limit {args.limit}: must be at least 1")
     with Registry(args.root) as registry:
-        counts = registry.rebuild() if args.rebuild else registry.sync()
+        counts = registry.rebuild() if args.rebuild else registry.sync()  # a damaged file: InputError
         rows = registry.runs(search=args.search, status=args.status, limit=args.limit)
         total = registry.count()
     log.info("registry %s: %d runs (%d added, %d updated, %d removed; %d manifest.json files not a run's)",
@@ -401,7 +411,11 @@ def _runs(args) -> int:
         return 0
     header = f"{'started (UTC)':<20} {'status':<8} {'time':>7} {'objects':>7} {'warn':>4}  {'obs id':<12} directory"
     print(header)
+    def shown(text) -> str:  # a manifest's text may hold terminal escapes: printable characters only
+        return "".join(c if c.isprintable() else "?" for c in str(text))
+
     for r in rows:
+        r = {k: shown(v) if isinstance(v, str) else v for k, v in r.items()}
         duration = f"{r['duration_s']:.0f} s" if r["duration_s"] is not None else "-"
         objects = "-" if r["n_objects"] is None else str(r["n_objects"])
         print(f"{r['started_utc'][:19]:<20} {r['status']:<8} {duration:>7} {objects:>7} {r['warnings']:>4}  "

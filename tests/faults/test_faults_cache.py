@@ -200,7 +200,14 @@ def test_unusable_cache_key_warns_and_the_run_goes_on(scene, tmp_path, capsys, m
     assert any(str(key) in line and "not be reused" in line for line in outcome.warnings), outcome.warnings
     assert "detect run" in " ".join(outcome.out), outcome.out
     assert {"steps/detect.pkl", "steps/detect.json"} <= files(out) and files(out) == recorded(out)
-    # (a later process has another throw-away key; in this one the same key is used, so no second run here)
+    # a key that dies with the process cannot sign the products record for a later one: it is left unsigned (judged
+    # by the manifest), so the next run, with another throw-away key, still replaces the directory
+    assert "hmac" not in json.loads((out / ".ssodetect-products.json").read_text())
+    import ssodetect.keys as keys
+
+    monkeypatch.setattr(keys, "_EPHEMERAL", os.urandom(32))
+    again = cli(capsys, "run", scene, "--out", out, "--to-step", "detect")
+    assert again.code == 1 and again.errors == [], again.err
 
 
 def test_a_rerun_from_the_cache_says_the_cached_steps_warnings_again(good_run, scene, tmp_path, capsys):

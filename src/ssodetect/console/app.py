@@ -121,12 +121,16 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
 
     async def runs_page(request: Request):
         q = request.query_params
-        search, status = q.get("search", ""), q.get("status", "")
+        search, status = q.get("search", "")[:200], q.get("status", "")
         try:
             offset = max(0, int(q.get("offset", "0")))
         except ValueError:
             offset = 0
-        with Registry(root) as reg:
+        try:
+            registry = Registry(root)
+        except SSODetectError as exc:  # a damaged registry file: said on the page, the server stays up
+            return page("error.html", 503, message=str(exc).splitlines()[0])
+        with registry as reg:
             reg.sync()
             rows = reg.runs(search=search, status=status if status in ("complete", "partial") else "", limit=100,
                             offset=offset)
@@ -157,6 +161,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
                           ", ".join(step.inputs) if step else "",
                           ", ".join(step.outputs) if step else ""))
         return page("run.html", outdir=path.relative_to(root).as_posix(), manifest=manifest, log_text=log_text[-200000:],
+                    steps=[step.name for step in pipeline_steps(BUILTIN_STEPS)],
                     config_text=config_text, products=products, graph=graph,
                     has_report=(path / "report.html").is_file())
 
@@ -179,6 +184,19 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         if inline:
             return FileResponse(target, media_type=media)
         return FileResponse(target, filename=target.name)
+
+    async def rerun(request: Request):
+        form = await request.form()
+        if not hmac.compare_digest(str(form.get("csrf", "")), csrf):
+            return PlainTextResponse("the form is stale or was not sent by this console (CSRF token)", status_code=403)
+        try:
+            path = _run_dir(request)
+            argv = _rerun_argv(root, path, str(form.get("step", "")))
+        except (ValueError, SSODetectError) as exc:
+            return page("error.html", 400, message=str(exc).splitlines()[0])
+        with Registry(root) as reg:
+            job_id = reg.enqueue(path.relative_to(root).as_posix(), argv, "rerun")
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     async def launch_form(request: Request):
         return page("launch.html", inputs=inputs_under(root), refcats=_files_of(root, (".ecsv", ".fits.cat", ".ldac")),
@@ -253,6 +271,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         Route("/jobs/{job:int}/status", job_status),
         Route("/jobs/{job:int}/events", job_events),
         Route("/jobs/{job:int}/cancel", job_cancel, methods=["POST"]),
+        Route("/runs/{outdir:path}/rerun", rerun, methods=["POST"]),
         Route("/runs/{outdir:path}/files/{name:path}", run_file),
         Route("/runs/{outdir:path}", run_page),
     ]
@@ -270,6 +289,39 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
     app.state.workers = pool
     app.state.root = root
     return app
+
+
+def _rerun_argv(root: Path, run: Path, step: str) -> list[str]:
+    """``ssodetect run`` arguments that redo ``run`` from ``step`` with its own inputs and saved settings (ValueError
+    when its inputs are not under the root any more, or the step is unknown)."""
+    names = [s.name for s in pipeline_steps(BUILTIN_STEPS)]
+    if step not in names:
+        raise ValueError(f"step {step!r}: not one of {', '.join(names)}")
+    manifest = json.loads((run / "manifest.json").read_text())
+    files = manifest.get("inputs") or []
+    inputs = [str(f.get("path", "")) for f in files if isinstance(f, dict) and f.get("role") == "input"]
+    refcat = [str(f.get("path", "")) for f in files if isinstance(f, dict) and f.get("role") == "refcat"]
+    if not inputs:
+        raise ValueError(f"{run.name}: its manifest lists no input frames")
+    for name in inputs + refcat:
+        if not Path(name).is_absolute():
+            raise ValueError(f"{name}: a relative input path (the run was not launched here); run it again from the form")
+        _under(root, name)
+        if not Path(name).is_file():
+            raise ValueError(f"{name}: no longer there")
+    argv = ["run", *inputs, "--out", str(run), "--from-step", step]
+    if refcat:
+        argv += ["--refcat", refcat[0]]
+    if (run / "config.toml").is_file():  # the run's own settings, kept outside the directory the run replaces
+        saved = root / ".ssodetect-console" / "configs" / f"{secrets.token_hex(8)}.toml"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text((run / "config.toml").read_text())
+        argv += ["--config", str(saved)]
+    if manifest.get("obs_id"):
+        argv += ["--obs-id", str(manifest["obs_id"])]
+    for word in manifest.get("keywords") or []:
+        argv += ["--keyword", str(word)]
+    return argv
 
 
 def _code_of(step) -> str:

@@ -72,7 +72,8 @@ class Watcher:
 
     def __init__(self, inbox: Path, root: Path, *, exposures: int = 4, settle: float = 5.0, timeout: float = 3600.0,
                  run_args: list[str] | None = None, poll: float = 1.0, io: IOConfig | None = None):
-        self.inbox, self.root = Path(inbox), Path(root)
+        # absolute: the runs execute with the root as their working directory
+        self.inbox, self.root = Path(os.path.realpath(inbox)), Path(os.path.realpath(root))
         if not self.inbox.is_dir():
             raise SSODetectError(f"{inbox}: not a directory to watch")
         self.exposures, self.settle, self.timeout, self.poll = int(exposures), float(settle), float(timeout), float(poll)
@@ -93,7 +94,8 @@ class Watcher:
                 if name in taken:
                     continue
                 if not _NAME.match(name):
-                    log.warning("%s: a visit folder's name must be a plain name (letters, digits, . _ -): skipped", folder)
+                    log.warning("%r: a visit folder's name must be a plain name (letters, digits, . _ -): skipped",
+                                str(folder))
                     taken.add(name)
                     continue
                 n, newest, unreadable = visit_state(folder, self.io)

@@ -77,8 +77,10 @@ def _files(directory: Path) -> list[str]:
 def _record_text(names) -> str:
     """The products record for ``names``, signed with the user's key (:mod:`ssodetect.keys`)."""
     names = sorted(set(names))
-    body = json.dumps(names)
-    return json.dumps({"files": names, "hmac": sign_text(body, RECORD_CONTEXT, cache_key()[0])}, indent=1)
+    key, persistent = cache_key()
+    if not persistent:  # a key that dies with this process could never verify it: judged by the manifest instead
+        return json.dumps({"files": names}, indent=1)
+    return json.dumps({"files": names, "hmac": sign_text(json.dumps(names), RECORD_CONTEXT, key)}, indent=1)
 
 
 def _read_record(directory: Path) -> set[str] | None:

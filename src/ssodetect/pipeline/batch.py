@@ -25,6 +25,7 @@ from astropy.table import Table
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
+from ssodetect.keys import cache_key, sign_text, verify_text
 from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files
 from ssodetect.pipeline.steps import sha256_file
 
@@ -160,6 +161,9 @@ def field_complete(outdir: str | Path, state: dict | None = None) -> bool:
     outdir = Path(outdir)
     try:
         record = json.loads((outdir / COMPLETE).read_text())
+        signature = record.pop("hmac", None)
+        if not verify_text(json.dumps(record, sort_keys=True), COMPLETE, cache_key()[0], signature):
+            return False  # written by another key, or edited: run again
         if state is not None and record.get("state") != state:
             return False
         return all(sha256_file(outdir / name) == digest for name, digest in record["files"].items())
@@ -186,6 +190,8 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
     out = Path(outdir)
     row = {"field": field.name, "status": "skipped", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
            "peak_rss_mb": 0.0, "message": ""}
+    if out.is_symlink():  # a link planted in BATCH_DIR would carry the field's products elsewhere
+        raise InputError(f"{out}: is a symbolic link; a field's directory must be a directory of BATCH_DIR")
     state = field_state(field, config)
     if field_complete(out, state):
         record = json.loads((out / COMPLETE).read_text())
@@ -200,6 +206,7 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")}
     record = {"field": field.name, "inputs": list(field.inputs), "refcat": field.refcat, "files": files,
               "n_objects": len(result.objects), "n_observations": len(result.observations), "state": state}
+    record["hmac"] = sign_text(json.dumps(record, sort_keys=True), COMPLETE, cache_key()[0])
     atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
     record_files(out, [COMPLETE])
     row.update(status="done", n_objects=len(result.objects), n_observations=len(result.observations),

@@ -53,6 +53,8 @@ def require_extras(execution, *, astroscrappy: bool = False) -> None:
     if not execution.scheduler and execution.workers > MAX_WORKERS_PER_CPU * cpus:
         raise ConfigError(f"--workers {execution.workers}: more workers than this machine's {cpus} CPUs can run (at most "
                           f"{MAX_WORKERS_PER_CPU * cpus}; each local worker is a process with its own memory)")
+    if execution.scheduler:
+        _reachable(execution.scheduler)  # before any work: an address nothing listens on
     if (execution.workers > 1 or execution.scheduler) and (find_spec("dask") is None or find_spec("distributed") is None):
         raise ConfigError("--workers > 1 and --scheduler run on Dask, which is not installed: "
                           "pip install 'ssodetect[dask]' (or run with --workers 1)")
@@ -156,19 +158,28 @@ def _connect(client_class, address: str):
 
     The connection runs in a thread: a listener that is not a Dask scheduler may never answer (or answer bytes that
     Dask reads as a huge message), and neither may hold or crash the command."""
-    import concurrent.futures
+    import threading
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssodetect-connect")
-    future = pool.submit(client_class, address, timeout=f"{CONNECT_DEADLINE:g}s")
-    pool.shutdown(wait=False)
-    try:
-        return future.result(timeout=CONNECT_DEADLINE + 5.0)
-    except concurrent.futures.TimeoutError:
+    outcome: dict = {}
+
+    def attempt():
+        try:
+            outcome["client"] = client_class(address, timeout=f"{CONNECT_DEADLINE:g}s")
+        except BaseException as exc:  # refused, unknown host, not Dask's protocol (MemoryError reading junk)
+            outcome["error"] = exc
+
+    # a daemon thread: one stuck on a listener that never answers must not keep the command from exiting
+    thread = threading.Thread(target=attempt, name="ssodetect-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_DEADLINE + 5.0)
+    if "client" in outcome:
+        return outcome["client"]
+    if "error" not in outcome:
         raise ConfigError(f"dask scheduler {address}: no Dask scheduler answered within {CONNECT_DEADLINE:g} s (is it "
-                          "one?)") from None
-    except Exception as exc:  # refused, unknown host, not Dask's protocol (MemoryError reading junk), bad address
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"dask scheduler {address}: cannot connect ({type(exc).__name__}: {detail[:200]})") from None
+                          "one?)")
+    exc = outcome["error"]
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise ConfigError(f"dask scheduler {address}: cannot connect ({type(exc).__name__}: {detail[:200]})")
 
 
 class DaskExecutor:

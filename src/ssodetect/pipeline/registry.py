@@ -130,6 +130,9 @@ class Registry:
             self.db = sqlite3.connect(self.path, timeout=30.0)
             self.db.row_factory = sqlite3.Row
             self._migrate()
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError("damaged: " + " ".join(str(check).split())[:120])
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a run registry ({exc}); remove it to rebuild it") from None
 
@@ -256,6 +259,8 @@ class Registry:
             self.db.execute(f"UPDATE jobs SET {names} WHERE id = ?", [*fields.values(), int(job_id)])
 
     def job(self, job_id: int) -> dict | None:
+        if not 0 <= int(job_id) < 2**63:
+            return None
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
         return dict(row) if row is not None else None
 
