@@ -198,6 +198,7 @@ def test_launch_watch_and_review_in_headless_chromium(root, tmp_path):
             page.wait_for_url(re.compile(r".*/jobs/\d+$"))
             page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=240_000)
             log_text = page.inner_text("#log")
+            assert not page.is_visible("#cancel")  # the run ended: nothing left to cancel
             page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
             page.click("#runlink a")
             page.wait_for_selector("#steps")
