@@ -192,3 +192,16 @@ def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(ble
         if math.hypot((row["ra"] - tr["ra"]) * math.cos(math.radians(tr["dec"])), row["dec"] - tr["dec"]) * 3600 < 0.3:
             hits[str(row["object"])] = hits.get(str(row["object"]), 0) + 1
     assert max(hits.values(), default=0) < 3
+
+
+def test_choose_tracklets_keeps_lined_up_pairs_and_uses_each_detection_once():
+    from ssodetect.link.blends import choose_tracklets
+
+    t = np.array([0.0, 0.3, 0.6, 0.9])
+    line = (t, 2.0 * t, np.zeros(4), np.full(4, 0.02))  # 2"/h East
+    bent = (t, np.array([0.0, 0.6, 0.2, 1.8]), np.zeros(4), np.full(4, 0.02))  # off its line by far more than 0.02"
+    three = (t[:3], 2.0 * t[:3] + 0.001, np.zeros(3), np.full(3, 0.02))  # fewer detections, shares "a"
+    groups = [({"a", "b"}, *three), ({"a", "c"}, *line), ({"d"}, *bent)]
+    chosen, counts = choose_tracklets(groups, max_chi2_dof=4.0, min_rate=0.5, max_rate=12.0, min_rate_significance=5.0)
+    assert [k for k, _ in chosen] == [1] and counts == {"n_rejected_fit": 1, "n_conflicts": 1}
+    assert chosen[0][1].rate == pytest.approx(2.0, abs=1e-6)

@@ -345,23 +345,28 @@ class _Flood(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_alert_receivers_long_answer_is_not_read(tmp_path):
-    """The status line is the answer: a 10 GB body is neither waited for nor held in memory."""
+def _post_to(handler, tmp_path, *, timeout: float) -> tuple[bool, float]:
+    """Deliver an alert to a loopback receiver run by ``handler``; returns (delivered, seconds taken)."""
     from ssodetect.config import AlertConfig
     from ssodetect.report.alerts import deliver_alert
 
     alert = tmp_path / "alert.json"
     alert.write_text("{}")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flood)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         t0 = time.perf_counter()
-        ok = deliver_alert(alert, AlertConfig(url=f"http://127.0.0.1:{server.server_port}/", timeout=5.0, retries=0))
-        took = time.perf_counter() - t0
+        ok = deliver_alert(alert, AlertConfig(url=f"http://127.0.0.1:{server.server_port}/", timeout=timeout, retries=0))
+        return ok, time.perf_counter() - t0
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_alert_receivers_long_answer_is_not_read(tmp_path):
+    """The status line is the answer: a 10 GB body is neither waited for nor held in memory."""
+    ok, took = _post_to(_Flood, tmp_path, timeout=5.0)
     assert ok is True and took < 3.0
 
 
@@ -369,19 +374,8 @@ def test_alert_deadline_is_for_the_whole_attempt(tmp_path):
     from ssodetect.config import AlertConfig
     from ssodetect.report.alerts import deliver_alert
 
+    ok, took = _post_to(_Dripper, tmp_path, timeout=1.5)
     alert = tmp_path / "alert.json"
-    alert.write_text("{}")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dripper)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        t0 = time.perf_counter()
-        ok = deliver_alert(alert, AlertConfig(url=f"http://127.0.0.1:{server.server_port}/", timeout=1.5, retries=0))
-        took = time.perf_counter() - t0
-    finally:
-        server.shutdown()
-        server.server_close()
     # every byte arrives within urllib's per-read timeout, yet the ~20 s answer is cut off at the deadline
     assert ok is False and took < 4.0
     # a command that leaves a child behind: at the deadline the whole process group ends
@@ -409,3 +403,11 @@ def test_alert_deadline_is_for_the_whole_attempt(tmp_path):
         assert deliver_alert(alert, AlertConfig(command=quick, timeout=5.0, retries=0)) is True
         time.sleep(3.5)
         assert not escaped.exists()
+
+
+def test_a_steps_stored_warnings_are_capped_and_the_rest_counted():
+    from ssodetect.pipeline.run import MAX_KEPT_WARNINGS, _kept_warnings
+
+    kept = _kept_warnings([f"w{k}" for k in range(MAX_KEPT_WARNINGS + 37)])
+    assert len(kept) == MAX_KEPT_WARNINGS + 1 and kept[-1].startswith("37 more warnings")
+    assert _kept_warnings(["a", "b"]) == ["a", "b"]

@@ -17,11 +17,11 @@ import contextlib
 import hmac
 import json
 import os
-import re
 import secrets
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ssodetect.config import load_config
-from ssodetect.console.worker import Workers, job_log
+from ssodetect.config import ReportConfig, load_config
+from ssodetect.console.worker import PLAIN_NAME, Workers, job_log
 from ssodetect.errors import SSODetectError
 from ssodetect.io.outputs import RECORD
 from ssodetect.pipeline.registry import Registry
@@ -41,9 +41,6 @@ __all__ = ["create_app", "inputs_under", "FITS_SUFFIXES"]
 
 #: Files that make a directory a candidate input of the launch form.
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
-#: A run directory's name on the launch form: a plain name (no separators, no leading dot).
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_STATION = re.compile(r"^[0-9A-Z]{3}$")
 
 
 def _under(root: Path, relative: str) -> Path:
@@ -337,7 +334,7 @@ def _launch_argv(root: Path, values: dict) -> list[str]:
     inputs = _under(root, values["inputs"])
     if not inputs.is_dir() or values["inputs"] not in inputs_under(root):
         raise ValueError(f"{values['inputs']}: not a directory of FITS frames under the root")
-    if not _NAME.match(values["out"]):
+    if not PLAIN_NAME.match(values["out"]):
         raise ValueError(f"output name {values['out']!r}: letters, digits, '.', '_' and '-' only (a new directory "
                          "under the root)")
     out = _under(root, values["out"])
@@ -354,8 +351,10 @@ def _launch_argv(root: Path, values: dict) -> list[str]:
         load_config(config)  # refused here (ConfigError names the key) rather than in the queue
         argv += ["--config", str(config)]
     if values["station"]:
-        if not _STATION.match(values["station"]):
-            raise ValueError(f"station {values['station']!r}: an MPC observatory code is three characters (500, I41)")
+        try:  # the configuration's own rule
+            ReportConfig(station=values["station"])
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         argv += ["--station", values["station"]]
     if values["obs_id"]:
         if len(values["obs_id"]) > 64 or not values["obs_id"].isprintable():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -19,13 +18,12 @@ from pathlib import Path
 from ssodetect.config import IOConfig
 from ssodetect.errors import SSODetectError
 from ssodetect.io import find_inputs, group_exposures, scan_file
-from ssodetect.pipeline.registry import Registry, _now
+from ssodetect.console.worker import PLAIN_NAME
+from ssodetect.pipeline.registry import Registry, utc_now
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Watcher", "visit_state"]
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def visit_state(folder: Path, io: IOConfig) -> tuple[int, float, int]:
@@ -93,7 +91,7 @@ class Watcher:
                 name = folder.name
                 if name in taken:
                     continue
-                if not _NAME.match(name):
+                if not PLAIN_NAME.match(name):
                     log.warning("%r: a visit folder's name must be a plain name (letters, digits, . _ -): skipped",
                                 str(folder))
                     taken.add(name)
@@ -110,7 +108,7 @@ class Watcher:
                              now - newest, new[-1])
                 elif now - first > self.timeout:
                     job = reg.enqueue(name, [], "watch")
-                    reg.update_job(job, status="incomplete", finished_utc=_now(),
+                    reg.update_job(job, status="incomplete", finished_utc=utc_now(),
                                    message=f"incomplete visit: {n} of {self.exposures} exposures"
                                            + (f" ({unreadable} file(s) unreadable)" if unreadable else "")
                                            + f" after {self.timeout:g} s; not run")

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from ssodetect.pipeline.registry import Registry, _now
+from ssodetect.pipeline.registry import Registry, utc_now
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Workers", "CONSOLE_DIR", "job_log"]
+__all__ = ["Workers", "CONSOLE_DIR", "PLAIN_NAME", "job_log"]
 
 #: The console's own files under the root (job logs).
 CONSOLE_DIR = ".ssodetect-console"
+#: A run or visit directory name the console and the watch accept: plain, no separators, no leading dot.
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def job_log(root: Path, job_id: int) -> Path:
@@ -78,7 +81,7 @@ class Workers:
             if job is None or job["status"] not in ("queued", "running"):
                 return False
             if job["status"] == "queued":
-                reg.update_job(job_id, status="cancelled", finished_utc=_now(), message="cancelled before it started")
+                reg.update_job(job_id, status="cancelled", finished_utc=utc_now(), message="cancelled before it started")
                 return True
         with self._lock:
             self._cancelled.add(int(job_id))
@@ -106,7 +109,7 @@ class Workers:
             except Exception as exc:  # the worker must survive a job's failure to start
                 log.exception("job %s failed to run", job["id"])
                 with Registry(self.root) as reg:
-                    reg.update_job(job["id"], status="failed", finished_utc=_now(), message=f"{type(exc).__name__}: {exc}")
+                    reg.update_job(job["id"], status="failed", finished_utc=utc_now(), message=f"{type(exc).__name__}: {exc}")
 
     def _run(self, job: dict) -> None:
         import json
@@ -134,7 +137,7 @@ class Workers:
             status = "done" if code in (0, 1) else "failed"
             message = {0: "", 1: "finished with warnings"}.get(code, _last_line(path))
         with Registry(self.root) as reg:
-            reg.update_job(job_id, status=status, exit_code=code, finished_utc=_now(), message=message)
+            reg.update_job(job_id, status=status, exit_code=code, finished_utc=utc_now(), message=message)
             reg.sync()  # the run's manifest enters the registry
 
 

@@ -34,8 +34,10 @@ from scipy.optimize import minimize
 from scipy.spatial import cKDTree
 
 from ssodetect.detect.shape import trailed_psf
+from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
 __all__ = ["BlendProposal", "propose_pairs", "resample_stamp", "fit_beside_template", "accept_recovery",
+           "choose_tracklets",
            "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
            "POSITION_FLOOR_PX"]
 
@@ -421,3 +423,47 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
     if math.hypot(fit["x_err"], fit["y_err"]) > max_position_error:
         return "imprecise"
     return "ok"
+
+
+def choose_tracklets(groups: list, *, max_chi2_dof: float, min_rate: float, max_rate: float,
+                     min_rate_significance: float) -> tuple[list, dict]:
+    """The pairs whose measurements line up into a tracklet, each detection used once (more detections, then the
+    better fit, first).
+
+    Parameters
+    ----------
+    groups : list of tuple
+        ``(keys, t, xi, eta, sigma)`` per pair with its measurements: ``keys`` a set naming the detections and
+        measurements it uses (two groups sharing one conflict), times [h], positions and errors [arcsec] (n,).
+    max_chi2_dof, min_rate, max_rate, min_rate_significance : float
+        The linker's acceptance of a linear motion.
+
+    Returns
+    -------
+    chosen : list of (int, Tracklet)
+        Index into ``groups`` and its fit (members in the order given), best first.
+    counts : dict
+        ``n_rejected_fit`` (not a motion the linker would accept), ``n_conflicts`` (sharing a detection with a
+        better one).
+    """
+    counts = {"n_rejected_fit": 0, "n_conflicts": 0}
+    fits = []
+    for k, (keys, t, xi, eta, sigma) in enumerate(groups):
+        params, cov, chi2, t_ref = fit_linear_motion(t, xi, eta, sigma)
+        dof = 2 * len(t) - 4
+        trk = Tracklet(tuple(range(len(t))), *params, cov, chi2, dof, t_ref)
+        if chi2 / max(dof, 1) > max_chi2_dof or not min_rate <= trk.rate <= max_rate or (
+                trk.rate < min_rate_significance * trk.rate_err):
+            counts["n_rejected_fit"] += 1
+            continue
+        fits.append((k, trk))
+    fits.sort(key=lambda f: (-len(groups[f[0]][1]), f[1].chi2 / max(f[1].dof, 1)))
+    taken: set = set()
+    chosen = []
+    for k, trk in fits:
+        if groups[k][0] & taken:
+            counts["n_conflicts"] += 1
+            continue
+        taken |= groups[k][0]
+        chosen.append((k, trk))
+    return chosen, counts

@@ -19,17 +19,13 @@ from astropy.table import Table, vstack
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.link.blends import accept_recovery, fit_beside_template, propose_pairs, resample_stamp
-from ssodetect.link.tracklets import Tracklet, fit_linear_motion
+from ssodetect.link.blends import accept_recovery, choose_tracklets, fit_beside_template, propose_pairs, resample_stamp
 from ssodetect.pipeline.ccd import cleaned_pixels
 from ssodetect.report.tables import tracklet_tables
 
 log = logging.getLogger(__name__)
 
-__all__ = ["recover_blends", "BLEND_KINDS", "STAMP_HALF", "MAX_TEMPLATES"]
-
-#: Detection kinds that may form a pair (a slow mover is a point or a short trail).
-BLEND_KINDS = ("point", "trail")
+__all__ = ["recover_blends", "STAMP_HALF", "MAX_TEMPLATES"]
 #: Half size [px] of the fitted stamp beyond half the trail's length.
 STAMP_HALF = 7
 #: Exposures averaged into a template at most (those nearest in time: the static sky least changed).
@@ -262,40 +258,31 @@ _ROW_COLUMNS = ("exposure", "file", "ccd", "mjd", "exptime", "ra", "dec", "wcs",
 
 
 def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config, stats):
-    """Objects of the proposals whose pair and measurements line up; one object per detection (best fit first)."""
+    """Object and observation tables of the proposals whose pair and measurements line up
+    (:func:`ssodetect.link.blends.choose_tracklets`)."""
     lk = config.link
-    fits = []
+    groups, members_of, rows_of = [], [], []
     for prop, rows in results:
         if 2 + len(rows) < lk.min_detections:
             if rows:
                 stats["n_too_few"] += 1  # some measurements kept, too few for a tracklet
             continue
-        i, j = prop.pair
         members = [{**{c: candidates[c][k] for c in _ROW_COLUMNS}, "xi": float(cxi[k]), "eta": float(ceta[k]),
-                    "t_hours": float(ct[k]), "sigma": float(candidates["sigma"][k])} for k in (i, j)] + rows
+                    "t_hours": float(ct[k]), "sigma": float(candidates["sigma"][k])} for k in prop.pair] + rows
         members.sort(key=lambda r: r["t_hours"])
-        t = np.array([r["t_hours"] for r in members])
-        params, cov, chi2, t_ref = fit_linear_motion(t, [r["xi"] for r in members], [r["eta"] for r in members],
-                                                     [r["sigma"] for r in members])
-        dof = 2 * len(members) - 4
-        trk = Tracklet(tuple(range(len(members))), *params, cov, chi2, dof, t_ref)
-        if chi2 / max(dof, 1) > lk.max_chi2_dof or trk.rate < lk.min_rate or trk.rate > lk.max_rate or (
-                trk.rate < lk.min_rate_significance * trk.rate_err):
-            stats["n_rejected_fit"] += 1
-            continue
-        fits.append((prop, members, rows, trk))
-    fits.sort(key=lambda f: (-len(f[1]), f[3].chi2 / max(f[3].dof, 1)))
-    taken: set = set()
+        keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], r["ccd"], round(r["x"]), round(r["y"]))
+                                                 for r in rows}
+        groups.append((keys, *(np.array([r[c] for r in members], float) for c in ("t_hours", "xi", "eta", "sigma"))))
+        members_of.append(members)
+        rows_of.append(rows)
+    chosen, counts = choose_tracklets(groups, max_chi2_dof=lk.max_chi2_dof, min_rate=lk.min_rate,
+                                      max_rate=lk.max_rate, min_rate_significance=lk.min_rate_significance)
+    stats.update(counts)
     names = {str(n) for n in objects["object"]} if len(objects) else set()
     number = len(objects) + 1
     obs_tables, obj_tables = [], []
-    for prop, members, rows, trk in fits:
-        keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], r["ccd"], round(r["x"]), round(r["y"]))
-                                                 for r in rows}
-        if keys & taken:
-            stats["n_conflicts"] += 1
-            continue
-        taken |= keys
+    for k, trk in chosen:
+        members, rows = members_of[k], rows_of[k]
         while f"SD{number:05d}" in names:
             number += 1
         table = Table(rows=[[r[c] for c in _ROW_COLUMNS + ("xi", "eta", "t_hours")] for r in members],

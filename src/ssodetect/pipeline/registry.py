@@ -20,7 +20,7 @@ from ssodetect.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Registry", "REGISTRY_NAME", "SCHEMA_VERSION", "MAX_DEPTH"]
+__all__ = ["Registry", "REGISTRY_NAME", "SCHEMA_VERSION", "MAX_DEPTH", "utc_now"]
 
 #: The registry's file under the root.
 REGISTRY_NAME = ".ssodetect-registry.sqlite"
@@ -236,7 +236,7 @@ class Registry:
         """Queue a run (``argv``: the ``ssodetect`` arguments); returns the job id."""
         with self.db:
             cur = self.db.execute("INSERT INTO jobs (outdir, argv, keywords, status, created_utc) VALUES (?, ?, ?, ?, ?)",
-                                  (outdir, json.dumps(argv), keywords, "queued", _now()))
+                                  (outdir, json.dumps(argv), keywords, "queued", utc_now()))
         return int(cur.lastrowid)
 
     def claim(self) -> dict | None:
@@ -246,7 +246,7 @@ class Registry:
             if row is None:
                 return None
             cur = self.db.execute("UPDATE jobs SET status = 'running', started_utc = ? WHERE id = ? AND status = 'queued'",
-                                  (_now(), row["id"]))
+                                  (utc_now(), row["id"]))
             if cur.rowcount != 1:
                 return None
         return self.job(int(row["id"]))
@@ -278,9 +278,10 @@ class Registry:
             for job_id in gone:
                 self.db.execute("UPDATE jobs SET status = 'interrupted', finished_utc = ?, "
                                 "message = 'the console stopped during the run' WHERE id = ? AND status = 'running'",
-                                (_now(), job_id))
+                                (utc_now(), job_id))
         return len(gone)
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC ISO-8601 to the second (as the manifests write it)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -561,6 +561,15 @@ def run_result(products: dict) -> RunResult:
 MAX_KEPT_WARNINGS = 200
 
 
+def _kept_warnings(messages: list) -> list[str]:
+    """A step's warnings as stored with its products: at most :data:`MAX_KEPT_WARNINGS`, the rest counted in a last
+    line (said again with the others when the products are loaded)."""
+    kept = [str(m) for m in messages[:MAX_KEPT_WARNINGS]]
+    if len(messages) > MAX_KEPT_WARNINGS:
+        kept.append(f"{len(messages) - MAX_KEPT_WARNINGS} more warnings of this step are in its earlier run's log")
+    return kept
+
+
 class _WarningCount(logging.Handler):
     """Counts the run's warnings; keeps the messages of the step running (stored with its products)."""
 
@@ -708,7 +717,7 @@ def run_pipeline(
                     record["status"] = "run"
                     if step.cache and stage is not None:
                         cache.save(step.name, key, made, {"version": step.version, "origin": step.origin,
-                                                          "warnings": [str(m) for m in counter.messages[:MAX_KEPT_WARNINGS]]})
+                                                          "warnings": _kept_warnings(counter.messages)})
             if step_log is not None:
                 log.info("step %s: %s in %.2f s", step.name, record["status"], time.perf_counter() - t0)
                 package_log.removeHandler(step_log)
