@@ -3,6 +3,8 @@ integration, and the naming of linked objects on a simulated field built from re
 import json
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -159,6 +161,14 @@ def test_known_objects_named_on_a_field_of_real_orbits(known_run):
     numbered = [d for d in matched["designation"] if d.startswith("(")]
     assert numbered and all(f"{d[1:].split(')')[0]}" in psv for d in numbered)
     assert "permID" in psv.splitlines()[[k for k, line in enumerate(psv.splitlines()) if "|" in line][0]]
+    # the report page links every identified object to its MPC and JPL pages and counts it as known
+    from urllib.parse import quote
+
+    page = (out / "report.html").read_text()
+    named = [d for d in np.asarray(result.objects["designation"]).astype(str) if d.strip() not in ("", "--")]
+    keys = [d[1:].split(")")[0] if d.startswith("(") else d for d in named]  # the number, or the provisional id
+    assert named and all(f"object_id={quote(k)}" in page and f"sstr={quote(k)}" in page for k in keys)
+    assert re.search(rf"{len(result.objects)} \({len(result.objects) - len(named)} new, {len(named)} known\)", page)
 
 
 def test_skybot_answer_moved_along_its_rates_and_matched():

@@ -1,5 +1,7 @@
 """Real frames from other telescopes (../shared/data/real; skipped when absent)."""
 
+import json
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -86,6 +88,19 @@ def test_luxembourg_night_raw_frames_one_object(tmp_path):
     assert np.max(np.hypot(*np.array(to_fit).T)) <= 0.15
     provenance = (tmp_path / "out" / "provenance.json").read_text()
     assert "no flat" in provenance
+    # the report's observing context comes from the headers: what they give, and what they do not
+    from ssodetect.report.context import header_rows
+
+    context = json.loads(provenance)["report_context"]
+    rows = {r.label: r for r in header_rows(context, report=config.report, objects=result.objects,
+                                            observations=obs)}
+    assert rows["Observation id"].value == "2713 Luxembourg"  # OBJECT
+    assert (rows["Station (MPC code)"].value, rows["Station (MPC code)"].source) == ("810", "header")
+    assert rows["Observatory"].value.startswith("MIT Wallace") and rows["Observatory"].source == "header (ORIGIN)"
+    assert rows["Exposure time"].value == "180 s" and rows["Time span"].value.endswith("25 exposures")
+    assert rows["Aperture"].source == "header (APTDIA)" and rows["Field centre"].missing  # no WCS on these frames
+    assert rows["Zero point"].missing and "DEFAULT zero point" in rows["5σ limit per CCD [mag]"].source
+    assert len(list((tmp_path / "out" / "regions").glob("e*_*.reg"))) == 25
 
 
 def test_neossat_spacecraft_position_is_read_from_its_header():

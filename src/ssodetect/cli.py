@@ -226,6 +226,8 @@ def _evaluate(args) -> int:
         raise SSODetectError(f"{args.truth}: cannot read truth table ({exc})") from None
     ev = evaluate_run(observations, truth, rate_range=(args.rate_min, args.rate_max), bright_limit=args.bright)
     print(format_evaluation(ev))
+    if outdir.is_dir() and (outdir / "provenance.json").is_file() and not args.no_write:
+        _write_evaluation(outdir, ev, args)
     solutions_path = obs_path.parent / "astrometry.ecsv"
     truth_wcs_path = Path(args.truth).parent / "truth_wcs.ecsv"
     if solutions_path.exists() and truth_wcs_path.exists():
@@ -268,6 +270,31 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
     manifest.setdefault("reports", []).append({"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                                "command": list(argv), "files": sorted(p.name for p in written)})
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _write_evaluation(outdir: Path, ev, args) -> None:
+    """``evaluation.ecsv`` beside the run's products and its report page redrawn with the completeness plots,
+    committed together; a file of that name ssodetect did not write is refused."""
+    from ssodetect.config import load_config
+    from ssodetect.evaluate import evaluation_table
+    from ssodetect.io import OutputStage
+    from ssodetect.io.outputs import recorded_files
+    from ssodetect.report.products import EVALUATION_FILE, REPORT_FILES, write_reports
+
+    if (outdir / EVALUATION_FILE).exists() and EVALUATION_FILE not in (recorded_files(outdir) or set()):
+        raise SSODetectError(f"{outdir / EVALUATION_FILE}: a file ssodetect did not write; move it, or use --no-write")
+    config = load_config(outdir / "config.toml" if (outdir / "config.toml").is_file() else None)
+    table = evaluation_table(ev)
+    with OutputStage(outdir) as stage:
+        table.write(stage.file(EVALUATION_FILE), format="ascii.ecsv")
+        written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}",
+                                evaluation=table)
+        dropped = set(REPORT_FILES) - {p.name for p in written}
+        _update_manifest(outdir, stage.path, [stage.file(EVALUATION_FILE), *written], dropped,
+                         argv=["ssodetect", *args.argv])
+    for name in dropped:
+        (outdir / name).unlink(missing_ok=True)
+    print(f"{outdir / EVALUATION_FILE}; {outdir / 'report.html'} now shows completeness against magnitude and rate")
 
 
 def _report(args) -> int:
@@ -677,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-min", type=float, default=0.5)
     p.add_argument("--rate-max", type=float, default=10.0)
     p.add_argument("--bright", type=float, default=23.5, help="magnitude limit of the bright completeness summary")
+    p.add_argument("--no-write", dest="no_write", action="store_true",
+                   help="only print the scores (by default evaluation.ecsv is written into the run directory and its "
+                        "report.html redrawn with the completeness plots)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", parents=[common],

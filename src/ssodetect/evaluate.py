@@ -19,8 +19,10 @@ from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
 
-__all__ = [
-    "evaluate_wcs","Evaluation", "evaluate_run", "format_evaluation"]
+__all__ = ["evaluate_wcs", "Evaluation", "evaluate_run", "format_evaluation", "evaluation_table", "RATE_BINS"]
+
+#: Rate bins [arcsec/h] of the completeness against rate: slow movers, fast movers, trails.
+RATE_BINS = np.array([0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0])
 
 
 @dataclass
@@ -31,6 +33,9 @@ class Evaluation:
     ----------
     completeness : Table
         Per magnitude bin: ``mag_lo, mag_hi, n_findable, n_found, completeness``.
+    completeness_rate : Table
+        Per rate bin [arcsec/h] (:data:`RATE_BINS`), movers of ``mag <= bright_limit`` at every rate:
+        ``rate_lo, rate_hi, n_findable, n_found, completeness``.
     completeness_bright : float
         Completeness for ``mag <= bright_limit`` in the rate range.
     n_objects, n_true, n_false : int
@@ -60,6 +65,7 @@ class Evaluation:
     bright_limit: float
     false_objects: list
     assigned: dict | None = None  # output object -> truth object it was matched with
+    completeness_rate: Table | None = None  # per rate bin, movers brighter than bright_limit, every rate
 
 
 def evaluate_run(
@@ -163,6 +169,7 @@ def evaluate_run(
         (k, v["mag"]) for k, v in per_obj.items()
         if v["n_on"] >= min_exposures and rate_range[0] <= v["rate"] <= rate_range[1]
     ]
+    by_rate = [(k, v["rate"]) for k, v in per_obj.items() if v["n_on"] >= min_exposures and v["mag"] <= bright_limit]
     fmag = np.array([m for _, m in findable])
     ffound = np.array([k in found for k, _ in findable], bool)
     rows = []
@@ -171,6 +178,14 @@ def evaluate_run(
         n = int(sel.sum())
         rows.append((lo, hi, n, int(ffound[sel].sum()), float(ffound[sel].mean()) if n else np.nan))
     curve = Table(rows=rows, names=["mag_lo", "mag_hi", "n_findable", "n_found", "completeness"]) if rows else Table()
+    rrate = np.array([r for _, r in by_rate])
+    rfound = np.array([k in found for k, _ in by_rate], bool)
+    rate_rows = []
+    for lo, hi in zip(RATE_BINS[:-1], RATE_BINS[1:]):
+        sel = (rrate >= lo) & (rrate < hi)
+        n = int(sel.sum())
+        rate_rows.append((lo, hi, n, int(rfound[sel].sum()), float(rfound[sel].mean()) if n else np.nan))
+    rate_curve = Table(rows=rate_rows, names=["rate_lo", "rate_hi", "n_findable", "n_found", "completeness"])
     bright = fmag <= bright_limit
     completeness_bright = float(ffound[bright].mean()) if bright.any() else float("nan")
     mag50 = _mag50(curve)
@@ -194,7 +209,26 @@ def evaluate_run(
         bright_limit=bright_limit,
         false_objects=false_objects,
         assigned=assigned,
+        completeness_rate=rate_curve,
     )
+
+
+def evaluation_table(ev: Evaluation) -> Table:
+    """Completeness against magnitude and against rate in one table (``evaluation.ecsv``): ``axis`` (``mag``:
+    movers in the rate range; ``rate`` [arcsec/h]: movers brighter than the bright limit), ``lo``, ``hi``,
+    ``n_findable``, ``n_found``, ``completeness``; the scores in its metadata."""
+    rows = [("mag", float(r["mag_lo"]), float(r["mag_hi"]), int(r["n_findable"]), int(r["n_found"]),
+             float(r["completeness"])) for r in ev.completeness]
+    if ev.completeness_rate is not None:
+        rows += [("rate", float(r["rate_lo"]), float(r["rate_hi"]), int(r["n_findable"]), int(r["n_found"]),
+                  float(r["completeness"])) for r in ev.completeness_rate]
+    table = Table(rows=rows or None, names=["axis", "lo", "hi", "n_findable", "n_found", "completeness"],
+                  dtype=["U4", "f8", "f8", "i8", "i8", "f8"])
+    table.meta.update({"rate_range_arcsec_h": list(ev.rate_range), "bright_limit_mag": ev.bright_limit,
+                       "completeness_bright": ev.completeness_bright, "n_objects": ev.n_objects, "n_true": ev.n_true,
+                       "n_false": ev.n_false, "false_per_ccd": ev.false_per_ccd, "mag50": ev.mag50,
+                       "median_residual_bright_arcsec": ev.median_residual_bright})
+    return table
 
 
 def _mag50(curve: Table) -> float:

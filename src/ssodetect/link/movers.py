@@ -506,6 +506,7 @@ STREAK_COLUMNS = [
     ("length", "f8", "pix", "trail length"),
     ("trail_arcsec", "f8", "arcsec", "trail length on the sky"),
     ("trail_pa", "f8", "deg", "trail axis position angle, 0-180"),
+    ("theta", "f8", "rad", "trail axis on the detector, from +x towards +y"),
     ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
     ("mag", "f8", "mag", "magnitude"),
     ("snr", "f8", "", "signal-to-noise ratio"),
@@ -529,7 +530,7 @@ def streak_table(detections: Table, trails: Table, fast: list, names: list[str])
         rate = float(row["trail_arcsec"]) / max(float(row["exptime"]), 1e-9) * 3600.0
         out.append((int(row["exposure"]), str(row["ccd"]), float(row["x"]), float(row["y"]), float(row["ra"]),
                     float(row["dec"]), float(row["length"]), float(row["trail_arcsec"]), float(row["trail_pa"]),
-                    rate, float(row["mag"]), float(row["snr"]), status, name))
+                    float(row["theta"]) if "theta" in row.colnames else float("nan"), rate, float(row["mag"]), float(row["snr"]), status, name))
     table = Table(rows=out, names=[c[0] for c in STREAK_COLUMNS], dtype=[c[1] for c in STREAK_COLUMNS])
     return describe(table, STREAK_COLUMNS)
 

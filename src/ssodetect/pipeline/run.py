@@ -58,7 +58,9 @@ from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, pipeline_s
 from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
+from ssodetect.report.context import field_centre, limiting_magnitude
 from ssodetect.report.products import write_reports
+from ssodetect.report.regions import REGIONS_DIR, write_exposure_regions
 
 __all__ = ["RunResult", "StepContext", "BUILTIN_STEPS", "run_pipeline", "run_astrometry", "select_candidates",
            "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS", "STREAK_COLUMNS"]
@@ -849,6 +851,13 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
         )
         cutouts.writeto(stage.file("cutouts.fits"))
         overview.writeto(stage.file("overview.fits"))
+    if result.exposures:
+        counts = write_exposure_regions(
+            stage.file(REGIONS_DIR), [(e.index, r.ccd) for e in result.exposures for r in e.ccds],
+            candidates=result.candidates, observations=result.observations, streaks=result.streaks,
+            exposure_mjd={e.index: float(e.mid_time.utc.mjd) for e in result.exposures}, wcs_for=wcs_lookup(result))
+        log.info("%s/: %d DS9 region files of the CCD exposures (%d regions: kept detections, objects, tracks, trails)",
+                 REGIONS_DIR, len(counts), sum(counts.values()))
     provenance = {
         "software": _versions(),
         "inputs": [str(p) for p in inputs],
@@ -932,7 +941,66 @@ def _report_context(result: RunResult, config: Config) -> dict:
     if len(shapes) == 1:
         ny, nx = shapes.pop()
         context["array_size"] = f"{nx}x{ny}"
+    context.update(_observing_context(result, config, refs))
     return context
+
+
+def _observing_context(result: RunResult, config: Config, refs: list) -> dict:
+    """The report's header facts: observation id, exposures (mid-time MJD UTC, exposure time [s], time keywords),
+    observatory name, field centre and radius [deg], zero point and 5-sigma limit per CCD exposure."""
+    from astropy.io import fits
+
+    out: dict = {"obs_id": result.obs_id, "observatory": ""}
+    out["exposures"] = [{"index": e.index, "mjd": float(e.mid_time.utc.mjd), "exptime": float(e.exptime),
+                         "time_source": e.ccds[0].time_source if e.ccds else ""} for e in result.exposures]
+    if refs:
+        for hdu in dict.fromkeys((refs[0].sci, 0)):
+            header = fits.getheader(refs[0].path, hdu)
+            key = next((k for k in ("OBSERVAT", "OBSERVATORY", "SITENAME") if str(header.get(k, "")).strip()), None)
+            if key is None and station_code({"ORIGIN": header.get("ORIGIN", "")}, keys=()):
+                key = "ORIGIN"  # an observatory's name with its code: 'MIT Wallace Astrophysical Observatory (810)'
+            if key:
+                out["observatory"] = str(header[key]).strip()[:100]
+                out["observatory_key"] = key
+                break
+    lookup = wcs_lookup(result)
+    first = result.exposures[0].index if result.exposures else None
+    points, fitted = [], False
+    for info in result.ccd_info:
+        if info.get("exposure") != first or not info.get("shape"):
+            continue
+        wcs = lookup(first, info["ccd"])
+        if wcs is None:
+            continue
+        ny, nx = info["shape"]
+        x = np.array([0.5 * (nx - 1), 0, nx - 1, 0, nx - 1], float)
+        y = np.array([0.5 * (ny - 1), 0, 0, ny - 1, ny - 1], float)
+        points.append(wcs.all_pix2world(x, y, 0))
+    solved = {(int(r["exposure"]), str(r["ccd"])): str(r["status"]) == "ok" for r in result.astrometry} \
+        if result.astrometry is not None and len(result.astrometry) else {}
+    fitted = any(v for (e, _), v in solved.items() if e == first)
+    centre = field_centre(points)
+    out["field_centre"] = list(centre) if centre else None
+    out["field_centre_source"] = "fitted WCS" if fitted else "header WCS"
+    zps = {f"{int(r['exposure'])}:{r['ccd']}": float(r["zeropoint"]) for r in result.astrometry
+           if str(r["status"]) == "ok" and np.isfinite(float(r["zeropoint"]))} if result.astrometry is not None else {}
+    exptime = {e.index: e.exptime for e in result.exposures}
+    limits: dict = {}
+    for info in result.ccd_info:
+        if "exposure" not in info or "ccd" not in info:
+            continue
+        key = f"{info['exposure']}:{info['ccd']}"
+        zp = zps.get(key, info.get("zeropoint"))
+        if zp is None or not np.isfinite(float(zp)):
+            zp = config.io.default_zeropoint
+        zps[key] = float(zp)
+        limit = limiting_magnitude(info.get("background_rms") or float("nan"), info.get("psf_sigma") or float("nan"),
+                                   float(zp), exptime.get(info["exposure"], 0.0))
+        if np.isfinite(limit):
+            limits.setdefault(str(info["ccd"]), []).append(limit)
+    out["zeropoints"] = zps
+    out["limits"] = {ccd: float(np.median(v)) for ccd, v in limits.items()}
+    return out
 
 
 def _jsonable(obj):

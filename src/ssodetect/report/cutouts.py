@@ -20,7 +20,7 @@ from ssodetect.columns import rows_by
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cut_stamp", "local_background", "bin_image", "extract_cutouts", "read_cutouts", "cutout_objects",
+__all__ = ["pixel_jacobian", "cut_stamp", "local_background", "bin_image", "extract_cutouts", "read_cutouts", "cutout_objects",
            "read_overview"]
 
 
@@ -36,14 +36,28 @@ def local_background(stamp: np.ndarray) -> float:
 
 #: Columns of the ``INDEX`` table of ``cutouts.fits``: one row per plane of every object's cube, in plane
 #: order: the object, its exposure, mid-exposure MJD (UTC), stamp origin [px] and the observation's
-#: position [px, 0-based].  One table for all objects (a table HDU per object made a field's 4,000 objects
+#: position [px, 0-based], and the local WCS there (``jac``: d(xi)/dx, d(xi)/dy, d(eta)/dx, d(eta)/dy [arcsec/px],
+#: xi east, eta north; NaN without a WCS) for the stamps' north/east arrows and scale bar.  One table for all objects (a table HDU per object made a field's 4,000 objects
 #: cost ~40 s to write and read again).
 INDEX_NAME = "INDEX"
 
 
 def _index_dtype(name_width: int) -> np.dtype:
     return np.dtype([("object", f"U{max(name_width, 1)}"), ("exposure", "i8"), ("mjd", "f8"), ("x0", "i8"),
-                     ("y0", "i8"), ("x", "f8"), ("y", "f8")])
+                     ("y0", "i8"), ("x", "f8"), ("y", "f8"), ("jac", "f8", (4,))])
+
+
+def pixel_jacobian(wcs, x: float, y: float) -> np.ndarray:
+    """Local Jacobian of a WCS at pixel (x, y) [0-based]: ``d(xi)/dx, d(xi)/dy, d(eta)/dx, d(eta)/dy`` [arcsec/px]
+    (xi east, eta north); NaN where the WCS fails."""
+    xs, ys = np.array([x, x + 1.0, x]), np.array([y, y, y + 1.0])
+    ra, dec = wcs.all_pix2world(xs, ys, 0)
+    if not (np.all(np.isfinite(ra)) and np.all(np.isfinite(dec))):
+        return np.full(4, np.nan)
+    dra = (np.asarray(ra[1:]) - ra[0] + 180.0) % 360.0 - 180.0
+    cosd = math.cos(math.radians(float(dec[0])))
+    dxi, deta = dra * cosd * 3600.0, (np.asarray(dec[1:]) - dec[0]) * 3600.0
+    return np.array([dxi[0], dxi[1], deta[0], deta[1]])
 
 
 def cut_stamp(image: np.ndarray, x: float, y: float, size: int) -> tuple[np.ndarray, int, int]:
@@ -103,7 +117,8 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         Largest side of a binned overview image [px].
     wcs_for : callable, optional
         ``wcs_for(exposure, ccd) -> WCS or None``: the WCS of a CCD image, stored (unbinned) with its
-        overview so that tracks can be drawn from sky positions in the first exposure's frame.
+        overview so that tracks can be drawn from sky positions in the first exposure's frame, and as the
+        local Jacobian of every stamp (``jac`` in the index).
 
     Returns
     -------
@@ -137,9 +152,11 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         if ref is None:
             continue
         image = read_image(ref)
+        wcs = wcs_for(exposure, ccd) if wcs_for is not None else None
         for k in rows:
             stamp, x0, y0 = cut_stamp(image, float(xs[k]), float(ys[k]), sizes[names[k]])
-            planes[k] = (stamp - np.float32(local_background(stamp)), x0, y0)
+            jac = pixel_jacobian(wcs, float(xs[k]), float(ys[k])) if wcs is not None else np.full(4, np.nan)
+            planes[k] = (stamp - np.float32(local_background(stamp)), x0, y0, jac)
         if exposure == first:
             binned, factor = bin_image(image, overview_size)
             binned -= np.float32(local_background(binned))
@@ -147,7 +164,6 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
             hdu.header["BINNING"] = (factor, "image pixels per overview pixel")
             hdu.header["EXPOSURE"] = exposure
             hdu.header["FILE"] = str(ref.path)[-68:]
-            wcs = wcs_for(exposure, ccd) if wcs_for is not None else None
             if wcs is not None:
                 hdu.header.update(wcs.to_header(relax=True))
             overview.append(hdu)
@@ -168,6 +184,7 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
         index["y0"] = [planes[k][2] for k in order]
         index["x"] = xs[order]
         index["y"] = ys[order]
+        index["jac"] = np.array([planes[k][3] for k in order]).reshape(len(order), 4)
     cutouts.append(fits.BinTableHDU(Table(index), name=INDEX_NAME))
     log.info("cutouts of %d objects, overview of %d CCDs", len(cutouts) - 2, len(overview) - 1)
     return cutouts, overview

@@ -1,14 +1,15 @@
 """A self-contained HTML report of a run (opens offline: every image is embedded as a data URI).
 
-Sections: run summary (inputs, timings, per-CCD astrometric fit quality, configuration), a field
-overview per CCD with every object's track drawn, and per object its identification, rate and
-position angle, flags, a cutout strip across the exposures, an animated GIF blink and its table of
-observations.  Images are drawn with Pillow; the page has no scripts.
+Sections: the observing context (:mod:`ssodetect.report.context`), placeholders to fix before submitting, plots
+(:mod:`ssodetect.report.plots`), the run (inputs, timings, per-CCD astrometric fit quality, configuration), known
+objects in the field, a field overview per CCD with every object's track drawn, and per object its
+identification (linked to its MPC and JPL pages), rate and position angle, flags, a strip of stamps (UTC time,
+north/east arrows, scale bar, the fitted track), an animated GIF blink and its table of observations.  The page is
+the Jinja2 template ``templates/report.html``; stamps are drawn with Pillow; the page has no scripts.
 """
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
 
@@ -17,19 +18,11 @@ from astropy.table import Table
 from PIL import Image, ImageDraw
 
 from ssodetect.columns import rows_by
+from ssodetect.report.cutouts import pixel_jacobian
+from ssodetect.report.regions import fitted_track
 
-__all__ = ["stretch", "png_data_uri", "gif_data_uri", "render_report"]
+__all__ = ["stretch", "png_data_uri", "gif_data_uri", "render_report", "annotated_stamp", "scale_bar", "object_links"]
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#1b1b1b;background:#fafafa}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}h3{font-size:1.05em;margin:.2em 0}
-table{border-collapse:collapse;font-size:.85em;margin:.4em 0}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-th{background:#eee}td.l,th.l{text-align:left}.obj{background:#fff;border:1px solid #ddd;padding:.6em;margin:.8em 0}
-.strip img,.blink img{image-rendering:pixelated;margin-right:3px;border:1px solid #444}
-.flag{display:inline-block;background:#f4d9a6;border-radius:3px;padding:0 4px;margin-right:3px;font-size:.8em}
-pre{background:#f0f0f0;padding:.6em;font-size:.8em;overflow-x:auto}.ov img{border:1px solid #444;margin:4px;max-width:46vw}
-.note{background:#fde8e8;padding:.4em}
-"""
 
 
 def stretch(image: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -90,12 +83,90 @@ def _overview_image(binned: np.ndarray, factor: int, tracks: list) -> str:
     return _encode(img, "JPEG", quality=85)  # a noisy sky compresses ten times better than as PNG
 
 
-def _table(rows: list[list], header: list[str], left: int = 1) -> str:
-    head = "".join(f"<th class=\"{'l' if k < left else ''}\">{html.escape(h)}</th>" for k, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f"<td class=\"{'l' if k < left else ''}\">{html.escape(str(v))}</td>" for k, v in enumerate(r))
-        + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+#: Scale bar lengths tried on a stamp [arcsec], the first that spans at least 15 % of it wins.
+SCALE_BARS = (1.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def scale_bar(scale: float, side: int) -> float | None:
+    """Length [arcsec] of a stamp's scale bar: 1" or 10" where that spans 15-50 % of ``side`` pixels of
+    ``scale`` [arcsec/px], else the next of :data:`SCALE_BARS` that fits; None without a scale."""
+    if not (scale > 0 and math.isfinite(scale)):
+        return None
+    fitting = [b for b in SCALE_BARS if b / scale <= 0.5 * side]
+    for bar in fitting:
+        if bar / scale >= 0.15 * side:
+            return bar
+    return fitting[-1] if fitting else None
+
+
+def annotated_stamp(stamp: np.ndarray, *, jacobian=None, xy=None, track=None, lo=None, hi=None,
+                    min_display: int = 150) -> str:
+    """PNG data URI of a cutout with north/east arrows, a scale bar and the object's fitted track.
+
+    Parameters
+    ----------
+    stamp : ndarray (s, s)
+        The cutout (row 0 at the bottom once displayed).
+    jacobian : array (4,), optional
+        ``d(xi)/dx, d(xi)/dy, d(eta)/dx, d(eta)/dy`` [arcsec/px] at the object (xi east, eta north): the local
+        WCS.  Without it (no WCS, or a cutout of an earlier run) the stamp has no arrows, bar or track.
+    xy : (float, float), optional
+        The observation's position in the stamp [px, 0-based].
+    track : (array, array), optional
+        Offsets [arcsec] (xi, eta) of the fitted track from the observation at the first and last times.
+    lo, hi : float, optional
+        Display limits (one stretch for a whole strip).
+    min_display : int
+        The stamp is enlarged (nearest pixel) by an integer factor to at least this size, so the marks stay
+        thin and sharp.
+    """
+    ny, nx = stamp.shape
+    k = max(1, int(math.ceil(min_display / max(ny, nx))))
+    arr = stretch(stamp, lo, hi)[::-1]
+    img = Image.fromarray(np.kron(arr, np.ones((k, k), np.uint8))).convert("RGB")
+    jac = None if jacobian is None else np.asarray(jacobian, float).reshape(2, 2)
+    if jac is not None and np.all(np.isfinite(jac)) and abs(np.linalg.det(jac)) > 0:
+        draw = ImageDraw.Draw(img)
+        inv = np.linalg.inv(jac)  # (xi, eta) [arcsec] -> (dx, dy) [px]
+        W, H = img.size
+
+        def disp(x, y):  # stamp pixel -> display pixel (row 0 at the bottom)
+            return (x + 0.5) * k, H - (y + 0.5) * k
+
+        # north and east arrows in the upper-left corner
+        base = np.array([0.2 * W, 0.2 * H])
+        length = 0.14 * min(W, H)
+        for label, vec in (("N", inv @ np.array([0.0, 1.0])), ("E", inv @ np.array([1.0, 0.0]))):
+            d = np.array([vec[0], -vec[1]])  # display y grows downwards
+            d = d / max(np.hypot(*d), 1e-12) * length
+            tip = base + d
+            draw.line([tuple(base), tuple(tip)], fill=(255, 220, 60), width=2)
+            side = np.array([-d[1], d[0]]) * 0.25
+            draw.polygon([tuple(tip), tuple(tip - 0.3 * d + side), tuple(tip - 0.3 * d - side)], fill=(255, 220, 60))
+            draw.text(tuple(tip + 0.25 * d - np.array([3, 5])), label, fill=(255, 220, 60))
+        scale = math.sqrt(abs(np.linalg.det(jac)))
+        bar = scale_bar(scale, nx)
+        if bar is not None:
+            length_px = bar / scale * k
+            x1, y1 = W - 0.06 * W, H - 0.08 * H
+            draw.line([(x1 - length_px, y1), (x1, y1)], fill=(255, 255, 255), width=3)
+            text = f'{bar:g}"' if bar < 60 else f"{bar / 60:g}'"
+            draw.text((x1 - length_px, y1 - 14), text, fill=(255, 255, 255))
+        if xy is not None and track is not None:
+            (xi0, eta0), (xi1, eta1) = track
+            (dx0, dy0), (dx1, dy1) = inv @ np.array([xi0, eta0]), inv @ np.array([xi1, eta1])
+            p0, p1 = np.array(disp(xy[0] + dx0, xy[1] + dy0)), np.array(disp(xy[0] + dx1, xy[1] + dy1))
+            centre = np.array(disp(*xy))
+            gap = 0.12 * min(W, H)  # the track stops short of the object so it stays visible
+            seg = p1 - p0
+            span = float(np.hypot(*seg))
+            if span > 0:
+                u = seg / span
+                s_c = float(np.dot(centre - p0, u))
+                for a, b in ((0.0, s_c - gap), (s_c + gap, span)):
+                    if b > a:
+                        draw.line([tuple(p0 + a * u), tuple(p0 + b * u)], fill=(255, 70, 70), width=1)
+    return _encode(img, "PNG")
 
 
 def _fmt(value, spec: str) -> str:
@@ -106,10 +177,37 @@ def _fmt(value, spec: str) -> str:
     return format(v, spec) if math.isfinite(v) else ""
 
 
+def object_links(designation: str) -> list[tuple[str, str]]:
+    """Pages of a known object at the MPC and at JPL's Small-Body Database: [(label, URL)]."""
+    from urllib.parse import quote
+
+    key = quote(designation.strip())
+    return [("MPC", f"https://minorplanetcenter.net/db_search/show_object?object_id={key}"),
+            ("JPL", f"https://ssd.jpl.nasa.gov/tools/sbdb_lookup.html#/?sstr={key}")]
+
+
+def _utc(mjd: float) -> str:
+    from astropy.time import Time
+
+    if not math.isfinite(float(mjd)):
+        return ("", "")
+    iso = Time(float(mjd), format="mjd", scale="utc").isot
+    return iso[:10], iso[11:22] + " UTC"
+
+
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("ssodetect.report", "templates"),
+                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
 def render_report(*, title: str, observations: Table, objects: Table, provenance: dict, config_text: str,
                   astrometry: Table | None, cutouts: dict, overview: list, identities: dict,
-                  known: Table | None = None, max_strip: int = 12, notes: list | None = None) -> str:
-    """The report page.
+                  known: Table | None = None, max_strip: int = 12, notes: list | None = None,
+                  header: list | None = None, plots: dict | None = None) -> str:
+    """The report page (Jinja2 template ``report/templates/report.html``; one file, opens offline).
 
     Parameters
     ----------
@@ -135,41 +233,26 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
     notes : list of str, optional
         Placeholders in the ADES/MPC files (unassigned station, default zero point, unknown catalogue or
         aperture), shown in a box at the top.
+    header : list of HeaderRow, optional
+        The observing context (:func:`ssodetect.report.context.header_rows`).
+    plots : dict, optional
+        Title -> PNG data URI (:mod:`ssodetect.report.plots`); None values are left out.
     """
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
-    n_known = len(identities)
-    parts.append(
-        f"<p>{len(objects)} moving objects ({n_known} identified with known objects), {len(observations)} observations "
-        f"from {len(provenance.get('inputs', []))} input path(s).  Software: "
-        + html.escape(", ".join(f"{k} {v}" for k, v in provenance.get("software", {}).items())) + "</p>")
-    if notes:
-        parts.append("<div class=\"note\"><b>Before submitting the ADES / MPC files:</b><ul>"
-                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></div>")
     relative = int(np.sum(np.asarray(observations["wcs"]).astype(str) == "relative")) if len(observations) else 0
-    if relative:
-        parts.append(f"<p class=\"note\">{relative} observations have positions on a relative WCS only (frames registered "
-                     "to each other, no astrometric solution): they are left out of the ADES and MPC files; give a reference "
-                     "catalogue (--refcat) or a WCS for one frame ([astrometry] reference_wcs) to report them.</p>")
-    parts.append("<h2>Run</h2>")
-    timings = provenance.get("timings_s", {})
-    parts.append(_table([[k, _fmt(v, ".2f")] for k, v in timings.items()], ["stage", "time [s]"]))
-    parts.append("<p>Inputs: " + html.escape(", ".join(provenance.get("inputs", []))) + "</p>")
+    timings = [[k, _fmt(v, ".2f")] for k, v in provenance.get("timings_s", {}).items()]
+    fits_rows = []
     if astrometry is not None and len(astrometry):
-        rows = [[r["exposure"], r["ccd"], r["status"], r["n_matched"], _fmt(float(r["rms_ra"]) * 1000, ".1f"),
-                 _fmt(float(r["rms_dec"]) * 1000, ".1f"), _fmt(r["zeropoint"], ".3f")] for r in astrometry]
-        parts.append("<h3>Astrometric fit per CCD exposure</h3>" + _table(
-            rows, ["exposure", "ccd", "status", "stars", "rms RA [mas]", "rms Dec [mas]", "zero point"], left=3))
-    parts.append("<details><summary>Configuration</summary><pre>" + html.escape(config_text) + "</pre></details>")
+        fits_rows = [[r["exposure"], r["ccd"], r["status"], r["n_matched"], _fmt(float(r["rms_ra"]) * 1000, ".1f"),
+                      _fmt(float(r["rms_dec"]) * 1000, ".1f"), _fmt(r["zeropoint"], ".3f")] for r in astrometry]
+    known_rows = []
     if known is not None and len(known):
-        rows = [[r["designation"], r["matched"] or "not found", _fmt(r["predicted_mag"], ".1f"),
-                 _fmt(r["offset"], ".2f"), _fmt(r["rate"], ".2f")] for r in known]
-        parts.append("<h3>Known objects predicted in the field</h3>" + _table(
-            rows, ["designation", "matched object", "V predicted", "offset [\"]", "rate [\"/h]"], left=2))
+        known_rows = [{"designation": str(r["designation"]), "links": object_links(str(r["designation"])),
+                       "cells": [r["matched"] or "not found", _fmt(r["predicted_mag"], ".1f"), _fmt(r["offset"], ".2f"),
+                                 _fmt(r["rate"], ".2f")]} for r in known]
     # columns as arrays, indexed per object below (slicing the Table per object cost ~1.5 ms each)
-    column = {c: np.asarray(observations[c]) for c in ("ra", "dec", "x", "y")}
+    column = {c: np.asarray(observations[c]) for c in ("ra", "dec", "x", "y", "mjd")}
     by_ccd = rows_by(observations, "ccd")
-    parts.append("<h2>Field overview</h2><div class=\"ov\">")
+    overview_items = []
     for ccd, binned, factor, wcs in overview:
         tracks = []
         on = by_ccd.get(ccd, np.zeros(0, int))
@@ -181,13 +264,10 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
             else:
                 xs, ys = column["x"][idx], column["y"][idx]
             tracks.append((identities.get(name, name), xs, ys))
-        parts.append(f"<figure style=\"display:inline-block\"><img alt=\"CCD {html.escape(ccd)}\" "
-                     f"src=\"{_overview_image(binned, factor, tracks)}\"><figcaption>CCD {html.escape(ccd)} "
-                     f"(binned {factor}x{factor}; tracks in red)</figcaption></figure>")
-    parts.append("</div><h2>Objects</h2>")
-    summary = [[r["object"], identities.get(str(r["object"]), ""), r["n_obs"], _fmt(r["rate"], ".2f"),
-                _fmt(r["pa"], ".1f"), _fmt(r["mag"], ".2f"), _fmt(r["snr"], ".1f"), r["kind"]] for r in objects]
-    parts.append(_table(summary, ["object", "known as", "obs", "rate [\"/h]", "PA [deg]", "mag", "SNR", "kind"], left=2))
+        overview_items.append({"ccd": ccd, "factor": factor, "src": _overview_image(binned, factor, tracks)})
+    summary = [{"name": str(r["object"]), "known": identities.get(str(r["object"]), ""),
+                "cells": [r["n_obs"], _fmt(r["rate"], ".2f"), _fmt(r["pa"], ".1f"), _fmt(r["mag"], ".2f"),
+                          _fmt(r["snr"], ".1f"), r["kind"]]} for r in objects]
     by_object = rows_by(observations, "object")
     table_columns = ("obs_time", "ra", "dec", "ra_err", "dec_err", "mag", "snr", "x", "y", "ccd")
     listed = {c: observations[c].tolist() for c in table_columns}
@@ -195,32 +275,82 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
                "y": ".2f"}
     relative_rows = (np.asarray(observations["wcs"]).astype(str) == "relative" if "wcs" in observations.colnames
                      else np.zeros(len(observations), bool))
+    fallback_jac = _overview_jacobians(overview)
+    items = []
     for r in objects:
         name = str(r["object"])
         idx = by_object.get(name, np.zeros(0, int))
-        flags = [r["kind"]]
-        if name in identities:
-            flags.append(f"known: {identities[name]}")
+        flags = [str(r["kind"])]
         if relative_rows[idx].any():
             flags.append("positions on a relative WCS")
         if float(r["chi2_dof"]) > 3:
             flags.append("poor linear fit")
-        parts.append(f"<div class=\"obj\" id=\"{html.escape(name)}\"><h3>{html.escape(name)}</h3><p>"
-                     + "".join(f"<span class=\"flag\">{html.escape(str(f))}</span>" for f in flags)
-                     + f" rate {_fmt(r['rate'], '.2f')} &plusmn; {_fmt(r['rate_err'], '.2f')}&Prime;/h, PA "
-                     f"{_fmt(r['pa'], '.1f')}&deg;, rms residual {_fmt(float(r['rms_resid']) * 1000, '.1f')} mas</p>")
+        item = {"name": name, "flags": flags, "known": identities.get(name, ""),
+                "links": object_links(identities[name]) if name in identities else [],
+                "motion": f"rate {_fmt(r['rate'], '.2f')} ± {_fmt(r['rate_err'], '.2f')}″/h, PA {_fmt(r['pa'], '.1f')}°, "
+                          f"rms residual {_fmt(float(r['rms_resid']) * 1000, '.1f')} mas",
+                "stamps": [], "blink": None, "side": 120,
+                "rows": [[_fmt(listed[c][i], formats[c]) if c in formats else listed[c][i] for c in table_columns]
+                         for i in idx]}
         if name in cutouts:
-            cube, _ = cutouts[name]
-            pick = np.unique(np.linspace(0, len(cube) - 1, min(max_strip, len(cube))).round().astype(int))
-            side = max(120, cube.shape[-1])  # displayed size [CSS px]
-            strip = "".join(f"<img alt=\"{html.escape(name)} cutout {k}\" width=\"{side}\" height=\"{side}\" "
-                            f"src=\"{png_data_uri(cube[k])}\">" for k in pick)
-            parts.append(f"<div class=\"strip\">{strip}</div>")
-            parts.append(f"<div class=\"blink\"><img alt=\"{html.escape(name)} blink\" width=\"{side}\" "
-                         f"height=\"{side}\" src=\"{gif_data_uri(cube)}\"></div>")
-        rows = [[_fmt(listed[c][i], formats[c]) if c in formats else listed[c][i] for c in table_columns] for i in idx]
-        parts.append(_table(rows, ["time (UTC)", "RA [deg]", "Dec [deg]", "\u03c3RA [\"]", "\u03c3Dec [\"]", "mag",
-                                   "SNR", "x", "y", "ccd"]))
-        parts.append("</div>")
-    parts.append("</body></html>\n")
-    return "".join(parts)
+            item["stamps"], item["blink"], item["side"] = _strip(
+                name, *cutouts[name], max_strip, idx, column, fallback_jac, relative_rows)
+        items.append(item)
+    page = _environment().get_template("report.html").render(
+        title=title, n_objects=len(objects), n_known=len(identities), n_observations=len(observations),
+        n_inputs=len(provenance.get("inputs", [])),
+        software=", ".join(f"{k} {v}" for k, v in provenance.get("software", {}).items()),
+        notes=notes or [], relative=relative, header=header or [], plots={k: v for k, v in (plots or {}).items() if v},
+        timings=timings, inputs=", ".join(provenance.get("inputs", [])), fits=fits_rows, config_text=config_text,
+        known=known_rows, overview=overview_items, summary=summary, objects=items)
+    return page
+
+
+def _overview_jacobians(overview: list) -> dict:
+    """CCD -> local Jacobian (4,) [arcsec/px] at the centre of the overview's WCS: arrows for cutouts of runs made
+    before the cutouts carried their own."""
+    out = {}
+    for ccd, binned, factor, wcs in overview:
+        if wcs is None:
+            continue
+        ny, nx = binned.shape
+        out[ccd] = pixel_jacobian(wcs, 0.5 * nx * factor, 0.5 * ny * factor)
+    return out
+
+
+def _strip(name, cube, planes, max_strip, idx, column, fallback_jac, relative_rows):
+    """The stamps of one object: [{src, utc, exposure}], its blink and the displayed side [CSS px]."""
+    pick = np.unique(np.linspace(0, len(cube) - 1, min(max_strip, len(cube))).round().astype(int))
+    finite = cube[np.isfinite(cube)]
+    lo, hi = (np.percentile(finite, [5.0, 99.7]) if finite.size else (0.0, 1.0))
+    fields = planes.dtype.names or ()
+    track = None
+    if len(idx) >= 2 and not relative_rows[idx].any():
+        track = fitted_track(column["mjd"][idx].astype(float), column["ra"][idx].astype(float),
+                             column["dec"][idx].astype(float))
+    t_ends = (float(np.min(column["mjd"][idx])), float(np.max(column["mjd"][idx]))) if len(idx) else None
+    stamps = []
+    side = cube.shape[-1]
+    for k in pick:
+        plane = planes[k] if k < len(planes) else None
+        jac = None
+        if plane is not None and "jac" in fields:
+            jac = np.asarray(plane["jac"], float)
+        elif fallback_jac:  # the first exposure's WCS of a CCD: one orientation and scale for the instrument
+            jac = next(iter(fallback_jac.values()))
+        xy, offsets = None, None
+        if plane is not None and "x0" in fields and "x" in fields:
+            xy = (float(plane["x"]) - float(plane["x0"]), float(plane["y"]) - float(plane["y0"]))
+        if track is not None and xy is not None and "mjd" in fields and t_ends is not None:
+            from ssodetect.astrometry.tangent import TangentPlane
+
+            ra_k, dec_k = track(np.array([float(plane["mjd"])]))
+            tangent = TangentPlane(float(ra_k[0]), float(dec_k[0]))
+            ra_e, dec_e = track(np.array(t_ends))
+            xi, eta = tangent.to_plane(ra_e, dec_e)
+            offsets = ((float(xi[0]), float(eta[0])), (float(xi[1]), float(eta[1])))
+        stamps.append({"src": annotated_stamp(cube[k], jacobian=jac, xy=xy, track=offsets, lo=lo, hi=hi),
+                       "utc": _utc(plane["mjd"]) if plane is not None and "mjd" in fields else ("", ""),
+                       "exposure": int(plane["exposure"]) if plane is not None and "exposure" in fields else int(k)})
+    shown = max(120, min(side * max(1, math.ceil(150 / side)), 240))  # as drawn (annotated_stamp), at most 240
+    return stamps, gif_data_uri(cube), shown

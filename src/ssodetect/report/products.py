@@ -2,9 +2,10 @@
 
 ``write_reports`` reads ``observations.ecsv``, ``objects.ecsv``, ``provenance.json`` (its
 ``report_context``: station, band, seeing and spacecraft position per exposure, pixel scale),
-``astrometry.ecsv``, ``known.ecsv``, ``cutouts.fits`` and ``overview.fits`` when present, and
-writes ``observations.psv`` and ``observations.xml`` (ADES), ``observations.mpc`` (80-column) and
-``report.html``.  ``ssodetect report OUTDIR`` runs it on a finished run.
+``astrometry.ecsv``, ``known.ecsv``, ``vetting.ecsv``, ``evaluation.ecsv``, ``cutouts.fits`` and
+``overview.fits`` when present, and writes ``observations.psv`` and ``observations.xml`` (ADES),
+``observations.mpc`` (80-column), ``objects.reg`` (DS9/CARTA regions) and ``report.html`` (with the observing
+context and plots).  ``ssodetect report OUTDIR`` runs it on a finished run.
 """
 from __future__ import annotations
 
@@ -20,14 +21,18 @@ from astropy.table import Table
 from ssodetect.config import Config
 from ssodetect.report.ades import ades_block, format_psv, format_xml
 from ssodetect.report.cutouts import read_cutouts, read_overview
+from ssodetect.report.context import header_rows
 from ssodetect.report.html import render_report
+from ssodetect.report.plots import astrometric_residuals, completeness_curves, mag_vs_rate, rate_vs_pa
 from ssodetect.report.mpc80 import MPCRecord, format_mpc80, pack_number, pack_provisional
 from ssodetect.report.regions import write_regions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REPORT_FILES", "write_reports", "mpc80_records", "mpc80_header"]
+__all__ = ["REPORT_FILES", "EVALUATION_FILE", "write_reports", "mpc80_records", "mpc80_header"]
 
+#: Completeness of a run against a simulation's truth, written by ``ssodetect evaluate`` beside the run's products.
+EVALUATION_FILE = "evaluation.ecsv"
 REPORT_FILES = ("observations.psv", "observations.xml", "observations.mpc", "objects.reg", "report.html")
 _NET = {"Gaia3": "Gaia-DR3", "Gaia3E": "Gaia-EDR3", "Gaia2": "Gaia-DR2", "Gaia1": "Gaia-DR1", "UCAC4": "UCAC-4"}
 
@@ -147,7 +152,8 @@ def _report_settings(config: Config, ctx: dict) -> Config:
     return report
 
 
-def write_reports(source: str | Path, target: str | Path, config: Config, *, title: str | None = None) -> list[Path]:
+def write_reports(source: str | Path, target: str | Path, config: Config, *, title: str | None = None,
+                  evaluation: Table | None = None) -> list[Path]:
     """Write the ADES, 80-column and HTML reports of the run in ``source`` into ``target``.
 
     Parameters
@@ -160,6 +166,9 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
         Report settings (observatory, people, telescope, catalogues, time precision).
     title : str, optional
         Title of the HTML page (default: the name of ``source``).
+    evaluation : Table, optional
+        Completeness against the simulated truth (``evaluation.ecsv`` of ``ssodetect evaluate``; default: the
+        one in ``source`` if any), plotted on the page.
 
     Returns
     -------
@@ -217,11 +226,20 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     known = Table.read(source / "known.ecsv", format="ascii.ecsv") if (source / "known.ecsv").exists() else None
     config_text = (source / "config.toml").read_text() if (source / "config.toml").exists() else ""
     names = {k: (v[0] or v[1]) for k, v in identities.items()}
+    vetting = Table.read(source / "vetting.ecsv", format="ascii.ecsv") if (source / "vetting.ecsv").exists() else None
+    if evaluation is None and (source / EVALUATION_FILE).exists():
+        evaluation = Table.read(source / EVALUATION_FILE, format="ascii.ecsv")
+    header = header_rows(ctx, report=config.report, objects=objects, observations=observations, n_known=len(names),
+                         astrometry=astrometry, vetting=vetting, link=provenance.get("link"),
+                         refcat=provenance.get("refcat"))
+    plots = {"rate against position angle": rate_vs_pa(objects), "magnitude against rate": mag_vs_rate(objects),
+             "astrometric residuals per CCD": astrometric_residuals(astrometry),
+             "completeness (ssodetect evaluate)": completeness_curves(evaluation)}
     page = render_report(
         title=title or f"ssodetect run: {source.resolve().name}", observations=observations, objects=objects,
         provenance=provenance, config_text=config_text, astrometry=astrometry,
         cutouts=read_cutouts(source / "cutouts.fits"), overview=read_overview(source / "overview.fits"),
-        identities=names, known=known, notes=placeholders,
+        identities=names, known=known, notes=placeholders, header=header, plots=plots,
     )
     (target / "report.html").write_text(page, encoding="utf-8")
     written.append(target / "report.html")
