@@ -35,6 +35,13 @@ def root(scene, good_run, tmp_path):
     return root
 
 
+def _steps():
+    from ssodetect.pipeline.run import BUILTIN_STEPS
+    from ssodetect.pipeline.steps import pipeline_steps
+
+    return pipeline_steps(BUILTIN_STEPS)
+
+
 def _csrf(client) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', client.get("/launch").text).group(1)
 
@@ -72,6 +79,14 @@ def test_a_run_launched_from_the_form_is_queued_run_and_reviewed(root):
         run = client.get("/runs/night")
         assert run.status_code == 200 and 'id="steps"' in run.text and "link" in run.text and "C65" in run.text
         assert "ssodetect.pipeline.run.step_link (builtin)" in run.text  # the step graph names each step's code
+        # ... and draws it: a box per step of the manifest, an arrow per product a step reads from an earlier one
+        from ssodetect.console.graph import graph_edges
+
+        manifest_steps = json.loads((root / "night" / "manifest.json").read_text())["steps"]
+        assert re.findall(r'<g class="step" data-step="([^"]+)"', run.text) == [s["step"] for s in manifest_steps]
+        assert run.text.count('marker-end="url(#arrow)"') == len(graph_edges(
+            [{"reads": list(s.inputs), "writes": list(s.outputs)} for s in _steps()])) > 5
+        assert re.search(r"<title>ccd_results: detect to astrometry</title>", run.text)
         manifest = json.loads(client.get("/runs/night/files/manifest.json").text)
         assert manifest["keywords"] == ["nightly", "test"] and manifest["obs_id"] == "F1"
         psv = client.get("/runs/night/files/observations.psv")
@@ -107,6 +122,12 @@ def test_a_run_launched_from_the_form_is_queued_run_and_reviewed(root):
     ("refcat", "/etc/passwd", "outside the console"),
     ("config", "bad.toml", "no_such_key"),
     ("station", "HELLO", "three characters"),
+    ("orbits", "../outside.dat", "outside the console"),
+    ("orbits", "refcat.ecsv", "no such orbit file"),
+    # settings generated from the configuration's schema: read as their kind, then validated by the model
+    ("cfg.detect.threshold", "nan", "a finite number expected"),
+    ("cfg.detect.background_box", "2", "greater than or equal to 8"),
+    ("cfg.astrometry.on_failure", "explode", "one of drop, header expected"),
 ])
 def test_bad_form_values_are_refused_with_their_reason_and_nothing_is_queued(root, field, value, words):
     with TestClient(create_app(root, start_workers=False)) as client:
@@ -194,6 +215,8 @@ def test_launch_watch_and_review_in_headless_chromium(root, tmp_path):
             page.fill("#out", "browser")
             page.fill("#station", "C65")
             page.fill("#keywords", "from-the-browser")
+            page.click("#section-report summary")  # a generated settings group: the observatory's name
+            page.fill("[id='cfg.report.observatory_name']", "Browser Observatory")
             page.click("#submit")
             page.wait_for_url(re.compile(r".*/jobs/\d+$"))
             page.wait_for_function("document.getElementById('status').textContent === 'done'", timeout=240_000)
@@ -217,6 +240,7 @@ def test_launch_watch_and_review_in_headless_chromium(root, tmp_path):
     assert "report" in steps and "run" in steps
     assert "ssodetect" in title.lower()
     assert "C65" in ades and "trkSub" in ades
+    assert "Browser Observatory" in ades  # the setting changed on the form reached the run
 
 
 def test_twenty_jobs_on_two_consoles_run_once_each(root):
@@ -256,3 +280,47 @@ def test_a_failing_run_shows_its_error_and_writes_nothing(root):
         page = client.get(f"/jobs/{job['id']}").text
         assert "frame.fits" in page and "failed" in page
     assert not (root / "broken").exists()
+
+
+def test_settings_from_the_generated_form_are_laid_over_the_chosen_file(root):
+    """Changed settings only (over good.toml): the rest is left to the defaults and the instrument profile; orbit
+    files chosen under the root; the console's Dask scheduler passed to the run."""
+    from ssodetect.config import load_config
+
+    (root / "orbits").mkdir()
+    (root / "orbits" / "MPCORB.DAT").write_text("")
+    with TestClient(create_app(root, start_workers=False, scheduler="tcp://127.0.0.1:8786")) as client:
+        form_page = client.get("/launch").text
+        assert 'name="cfg.detect.threshold"' in form_page and 'id="section-alerts"' in form_page
+        assert "orbits/MPCORB.DAT" in form_page
+        form = _form(_csrf(client), config="good.toml", orbits="orbits/MPCORB.DAT")
+        form.update({"cfg.detect.threshold": "5.0", "cfg.detect.background_box": "64", "cfg.alerts.enabled.shown": "1",
+                     "cfg.alerts.enabled": "on"})
+        assert client.post("/launch", data=form, follow_redirects=False).status_code == 303
+    with Registry(root) as reg:
+        argv = json.loads(reg.job(1)["argv"])
+    saved = argv[argv.index("--config") + 1]
+    assert saved.startswith(str(root / ".ssodetect-console" / "configs"))
+    config = load_config(saved)
+    assert config.detect.threshold == 5.0 and config.report.station == "C65"
+    assert config.detect.model_fields_set == {"threshold"} and config.alerts.model_fields_set == set()
+    assert argv[argv.index("--orbits") + 1] == str(root / "orbits" / "MPCORB.DAT")
+    assert argv[argv.index("--scheduler") + 1] == "tcp://127.0.0.1:8786"
+
+
+def test_a_watch_folder_in_the_console_shows_a_visit_that_never_completes(root, tmp_path):
+    from ssodetect.console.watch import Watcher
+
+    inbox = tmp_path / "inbox"
+    (inbox / "v1").mkdir(parents=True)
+    for path in sorted((root / "frames").glob("exp_*.fits"))[:2]:  # 2 of the visit's 4 exposures, never more
+        shutil.copy(path, inbox / "v1" / path.name)
+    watcher = Watcher(inbox, root, exposures=4, settle=0.0, timeout=1.0, poll=0.2)
+    with TestClient(create_app(root, workers=1, watchers=[watcher])) as client:
+        t0 = time.time()
+        while "incomplete visit:" not in (page := client.get("/").text) and time.time() - t0 < 30:
+            time.sleep(0.3)
+        assert 'id="watches"' in page and str(inbox) in page
+        assert re.search(r'status-incomplete">incomplete</td>\s*<td>v1</td>.*?incomplete visit: 2 of 4 exposures', page,
+                         re.S), page[-3000:]
+    assert not (root / "v1").exists()  # not run

@@ -215,3 +215,25 @@ def test_region_files_per_exposure_load_with_a_shape_per_detection_observation_a
         assert sorted(str(r.meta["text"]).split()[0] for r in lines if not str(r.meta.get("text", "")).endswith(" track")) \
             == sorted(trails["status"])
     assert n_tracks >= len(files) * 0.5 * len(set(obs["object"]))
+
+
+def test_frames_without_keywords_get_a_header_block_that_says_so(scene, tmp_path):
+    """The scene's frames without FILTER, EXPTIME, TELESCOP and their zero point: the run finishes and the
+    header block says "not in the headers" for each, never a made-up value."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for path in sorted(scene.glob("*.fits")):
+        with fits.open(path) as hdul:
+            for key in ("FILTER", "EXPTIME", "TELESCOP", "MAGZERO"):
+                for hdu in hdul:
+                    hdu.header.remove(key, ignore_missing=True, remove_all=True)
+            hdul.writeto(frames / path.name)
+    config = load_config(None)
+    config.execution.progress = False
+    run_pipeline([frames], tmp_path / "out", config)
+    rows = _context_rows((tmp_path / "out" / "report.html").read_text())
+    for label in ("Filter", "Telescope", "Aperture", "Observation id"):
+        assert rows[label][0].startswith(NOT_IN_HEADERS) and rows[label][2], (label, rows[label])
+    assert rows["Exposure time"][0].startswith(NOT_IN_HEADERS) and rows["Exposure time"][2]
+    assert "XXX" in rows["Station (MPC code)"][0] and rows["Station (MPC code)"][2]
+    assert rows["Astrometric catalogue"][0].startswith("unknown (UNK)")  # the headers' WCS, catalogue unknown

@@ -363,17 +363,53 @@ def _serve(args) -> int:
     except ValueError:
         loopback = False
     token = args.token or (None if loopback else secrets.token_urlsafe(18))
-    app = create_app(args.root, token=token, workers=args.workers)
+    scheduler = None
+    if args.scheduler:
+        from ssodetect.config import ExecutionConfig
+
+        _option(ExecutionConfig(), "scheduler", args.scheduler, "--scheduler")
+        scheduler = args.scheduler
+    watchers = []
+    if args.watch:
+        from ssodetect.console.watch import Watcher
+
+        run_args = _watch_run_args(args.watch_config, args.watch_refcat, args.watch_station)
+        if args.watch_exposures < 1 or args.watch_settle < 0 or args.watch_timeout <= 0:
+            raise ConfigError("--watch-exposures >= 1, --watch-settle >= 0, --watch-timeout > 0")
+        root = Path(args.root).resolve()
+        watchers = [Watcher(Path(inbox), root, exposures=args.watch_exposures, settle=args.watch_settle,
+                            timeout=args.watch_timeout, run_args=run_args + (["--scheduler", scheduler] if scheduler else []))
+                    for inbox in args.watch]
+    app = create_app(args.root, token=token, workers=args.workers, scheduler=scheduler, watchers=watchers)
     print(f"ssodetect console on http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
-          + f" over {app.state.root} ({args.workers} worker(s)); Ctrl-C stops it")
+          + f" over {app.state.root} ({args.workers} worker(s)"
+          + (f", CCDs on the Dask scheduler {scheduler}" if scheduler else "")
+          + "".join(f"; watching {w.inbox}" for w in watchers) + "); Ctrl-C stops it")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _watch_run_args(config: str | None, refcat: str | None, station: str | None) -> list[str]:
+    """The ``ssodetect run`` arguments of a watch folder's runs, each checked now rather than in every run."""
+    from ssodetect.config import ReportConfig, load_config
+
+    run_args = []
+    if config:
+        load_config(config)
+        run_args += ["--config", str(Path(config).resolve())]
+    if refcat:
+        if not Path(refcat).is_file():
+            raise SSODetectError(f"{refcat}: no such reference catalogue")
+        run_args += ["--refcat", str(Path(refcat).resolve())]
+    if station:
+        _option(ReportConfig(), "station", station, "--station")
+        run_args += ["--station", station]
+    return run_args
 
 
 def _watch(args) -> int:
     import time
 
-    from ssodetect.config import ReportConfig, load_config
     from ssodetect.console.watch import Watcher
     from ssodetect.console.worker import Workers
     from ssodetect.errors import ConfigError
@@ -383,17 +419,7 @@ def _watch(args) -> int:
         raise ConfigError("watch: --exposures >= 1, --settle >= 0, --timeout > 0, --workers 1-64")
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    run_args = []
-    if args.config:
-        load_config(args.config)  # refused now, not in every run
-        run_args += ["--config", str(Path(args.config).resolve())]
-    if args.refcat:
-        if not Path(args.refcat).is_file():
-            raise SSODetectError(f"{args.refcat}: no such reference catalogue")
-        run_args += ["--refcat", str(Path(args.refcat).resolve())]
-    if args.station:
-        _option(ReportConfig(), "station", args.station, "--station")
-        run_args += ["--station", args.station]
+    run_args = _watch_run_args(args.config, args.refcat, args.station)
     watcher = Watcher(Path(args.inbox), root, exposures=args.exposures, settle=args.settle, timeout=args.timeout,
                       run_args=run_args)
     workers = Workers(root, args.workers)
@@ -762,13 +788,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Serve the operations console over ROOT: runs newest first, a launch form, each "
                        "run's live log, steps, parameters and products. Runs execute in separate processes.",
                        epilog="examples:\n  ssodetect serve --root ~/nights            # http://127.0.0.1:8765/\n"
-                       "  ssodetect serve --root ~/nights --host 0.0.0.0   # a token is made and printed",
+                       "  ssodetect serve --root ~/nights --host 0.0.0.0   # a token is made and printed\n"
+                       "  ssodetect serve --root /data/runs --watch /data/inbox --watch-config euclid.toml "
+                       "--scheduler tcp://head:8786",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=".", help="directory of the runs and their inputs (default: .)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--workers", type=int, default=1, help="runs executed at a time (default 1)")
     p.add_argument("--token", default=None, help="required on every request (made for you off loopback)")
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address (tcp://host:8786): the runs compute their CCDs on that cluster")
+    g = p.add_argument_group("watch folders (runs queued when a visit has landed; see `ssodetect watch`)")
+    g.add_argument("--watch", action="append", default=[], metavar="INBOX",
+                   help="folder whose subdirectories are visits (repeatable)")
+    g.add_argument("--watch-exposures", type=int, default=4, help="exposures of a complete visit (default 4)")
+    g.add_argument("--watch-settle", type=float, default=5.0, help="seconds without a change before it runs (default 5)")
+    g.add_argument("--watch-timeout", type=float, default=3600.0,
+                   help="seconds before an incomplete visit is shown as such and given up (default 3600)")
+    g.add_argument("--watch-config", default=None, help="TOML configuration of the watched runs (its [alerts] notify)")
+    g.add_argument("--watch-refcat", default=None, help="reference catalogue of the watched runs")
+    g.add_argument("--watch-station", default=None, help="MPC observatory code of the watched runs")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("watch", parents=[common], help="run every visit that lands complete in a folder (alerts)",

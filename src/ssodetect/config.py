@@ -693,7 +693,7 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-def dump_toml(config: Config, *, documented: bool = True) -> str:
+def dump_toml(config: Config, *, documented: bool = True, only_set: bool = False) -> str:
     """Serialise a configuration to TOML text.
 
     Parameters
@@ -702,6 +702,9 @@ def dump_toml(config: Config, *, documented: bool = True) -> str:
         Configuration to write.
     documented : bool
         Precede each section and key with its documentation as ``#`` comments.
+    only_set : bool
+        Write only the settings given explicitly (``model_fields_set``: a file's keys, a form's changes), so that
+        the file read back leaves the rest to the defaults and the instrument profile.
 
     Returns
     -------
@@ -714,10 +717,15 @@ def dump_toml(config: Config, *, documented: bool = True) -> str:
         lines.append("")
     for section_name, section_field in Config.model_fields.items():
         section = getattr(config, section_name)
+        chosen = section.model_fields_set if only_set else set(type(section).model_fields)
+        if not chosen:
+            continue
         if documented and type(section).__doc__:
             lines.append(f"# {type(section).__doc__.strip()}")
         lines.append(f"[{section_name}]")
         for name, field in type(section).model_fields.items():
+            if name not in chosen:
+                continue
             if documented and field.description:
                 lines.append(f"# {field.description}")
             lines.append(f"{name} = {_toml_value(getattr(section, name))}")

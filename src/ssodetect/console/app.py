@@ -30,6 +30,8 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ssodetect.config import ReportConfig, load_config
+from ssodetect.console.graph import step_graph_svg
+from ssodetect.console.form import FIELD_PREFIX, form_overrides, settings_file, settings_from_schema
 from ssodetect.console.worker import PLAIN_NAME, Workers, job_log
 from ssodetect.errors import SSODetectError
 from ssodetect.io.outputs import RECORD
@@ -37,10 +39,13 @@ from ssodetect.pipeline.registry import Registry
 from ssodetect.pipeline.run import BUILTIN_STEPS
 from ssodetect.pipeline.steps import pipeline_steps
 
-__all__ = ["create_app", "inputs_under", "FITS_SUFFIXES"]
+__all__ = ["create_app", "inputs_under", "FITS_SUFFIXES", "REFCAT_SUFFIXES", "ORBIT_SUFFIXES"]
 
 #: Files that make a directory a candidate input of the launch form.
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
+#: Reference catalogues and orbit files offered by the launch form (MPCORB / JPL SBDB JSON / MPC 1-line elements).
+REFCAT_SUFFIXES = (".ecsv", ".fits.cat", ".ldac")
+ORBIT_SUFFIXES = (".dat", ".json", ".dat.gz", ".txt")
 
 
 def _under(root: Path, relative: str) -> Path:
@@ -90,7 +95,8 @@ class _Guard(BaseHTTPMiddleware):
         return response
 
 
-def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, start_workers: bool = True) -> Starlette:
+def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, start_workers: bool = True,
+               scheduler: str | None = None, watchers: list | None = None) -> Starlette:
     """The console over ``root``.
 
     Parameters
@@ -102,7 +108,13 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
     workers : int
         Runs executed at a time.
     start_workers : bool
-        Start the worker threads with the application (tests may run a job themselves).
+        Start the worker threads (and the watchers) with the application (tests may run a job themselves).
+    scheduler : str, optional
+        Address of a Dask scheduler: every run launched from the form computes its CCDs on that cluster
+        (``ssodetect run --scheduler``) unless its settings name another.
+    watchers : list of Watcher, optional
+        Watch folders whose complete visits are queued as runs (:class:`ssodetect.console.watch.Watcher`),
+        started and stopped with the application and listed on the runs page.
     """
     root = Path(os.path.realpath(root))
     if not root.is_dir():
@@ -112,6 +124,13 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
     env = Environment(loader=PackageLoader("ssodetect.console", "templates"), autoescape=select_autoescape(["html"]))
     csrf = secrets.token_urlsafe(24)
     pool = Workers(root, workers)
+    watchers = list(watchers or [])
+    sections = settings_from_schema()
+
+    def form_page(status_code: int = 200, values: dict | None = None, error: str = "", form=None) -> HTMLResponse:
+        return page("launch.html", status_code, inputs=inputs_under(root), refcats=_files_of(root, REFCAT_SUFFIXES),
+                    configs=_files_of(root, (".toml",)), orbit_files=_files_of(root, ORBIT_SUFFIXES),
+                    sections=sections, form=form or {}, values=values or {}, error=error, scheduler=scheduler or "")
 
     def page(name: str, status_code: int = 200, **context) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(root=str(root), csrf=csrf, **context), status_code=status_code)
@@ -132,7 +151,9 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
             rows = reg.runs(search=search, status=status if status in ("complete", "partial") else "", limit=100,
                             offset=offset)
             total, jobs = reg.count(), reg.jobs(limit=20)
-        return page("runs.html", runs=rows, total=total, jobs=jobs, search=search, status=status, offset=offset)
+        watches = [{"inbox": str(w.inbox), "exposures": w.exposures, "timeout": w.timeout} for w in watchers]
+        return page("runs.html", runs=rows, total=total, jobs=jobs, search=search, status=status, offset=offset,
+                    watches=watches)
 
     def _run_dir(request: Request) -> Path:
         path = _under(root, request.path_params["outdir"])
@@ -150,16 +171,18 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         config_text = (path / "config.toml").read_text(errors="replace") if (path / "config.toml").is_file() else ""
         products = sorted(manifest.get("products") or {})
         declared = {step.name: step for step in pipeline_steps(BUILTIN_STEPS)}
-        graph = []
+        graph, boxes = [], []
         for entry in manifest.get("steps", []):
             step = declared.get(entry.get("step"))
             graph.append((entry.get("step"), entry.get("status"), entry.get("seconds"), entry.get("version"),
                           _code_of(step) if step else str(entry.get("origin") or ""),
                           ", ".join(step.inputs) if step else "",
                           ", ".join(step.outputs) if step else ""))
+            boxes.append({"name": str(entry.get("step")), "status": entry.get("status"), "seconds": entry.get("seconds"),
+                          "reads": list(step.inputs) if step else [], "writes": list(step.outputs) if step else []})
         return page("run.html", outdir=path.relative_to(root).as_posix(), manifest=manifest, log_text=log_text[-200000:],
                     steps=[step.name for step in pipeline_steps(BUILTIN_STEPS)],
-                    config_text=config_text, products=products, graph=graph,
+                    config_text=config_text, products=products, graph=graph, graph_svg=step_graph_svg(boxes),
                     has_report=(path / "report.html").is_file())
 
     async def run_file(request: Request):
@@ -196,21 +219,32 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     async def launch_form(request: Request):
-        return page("launch.html", inputs=inputs_under(root), refcats=_files_of(root, (".ecsv", ".fits.cat", ".ldac")),
-                    configs=_files_of(root, (".toml",)), values={}, error="")
+        return form_page()
 
     async def launch(request: Request):
         form = await request.form()
         values = {k: str(form.get(k, "")).strip() for k in ("inputs", "refcat", "config", "out", "obs_id", "station",
                                                              "keywords")}
+        values["orbits"] = [str(v) for v in form.getlist("orbits") if str(v).strip()]
+        fields = {k: str(v) for k, v in form.items() if k.startswith(FIELD_PREFIX)}
         if not hmac.compare_digest(str(form.get("csrf", "")), csrf):
             return PlainTextResponse("the form is stale or was not sent by this console (CSRF token)", status_code=403)
         try:
             argv = _launch_argv(root, values)
+            overrides = form_overrides(sections, fields)
+            if overrides:  # the settings changed on the form, laid over the chosen file, validated, saved
+                saved = root / ".ssodetect-console" / "configs" / f"{secrets.token_hex(8)}.toml"
+                merged = settings_file(_under(root, values["config"]) if values["config"] else None, overrides, saved)
+                if "--config" in argv:
+                    argv[argv.index("--config") + 1] = str(saved)
+                else:
+                    argv += ["--config", str(saved)]
+            else:
+                merged = load_config(_under(root, values["config"])) if values["config"] else None
+            if scheduler and not (merged is not None and merged.execution.scheduler):
+                argv += ["--scheduler", scheduler]
         except (ValueError, SSODetectError) as exc:
-            return page("launch.html", 400, inputs=inputs_under(root),
-                        refcats=_files_of(root, (".ecsv", ".fits.cat", ".ldac")), configs=_files_of(root, (".toml",)),
-                        values=values, error=str(exc).splitlines()[0])
+            return form_page(400, values, str(exc).splitlines()[0], fields)
         with Registry(root) as reg:
             job_id = reg.enqueue(values["out"], argv, values["keywords"])
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
@@ -277,14 +311,19 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
     async def lifespan(app):
         if start_workers:
             pool.start()
+            for watcher in watchers:
+                watcher.start()
         try:
             yield
         finally:
+            for watcher in watchers:
+                watcher.stop()
             pool.stop()
 
     app = Starlette(routes=routes, middleware=[Middleware(_Guard, token=token)], lifespan=lifespan)
     app.state.workers = pool
     app.state.root = root
+    app.state.watchers = watchers
     return app
 
 
@@ -350,6 +389,11 @@ def _launch_argv(root: Path, values: dict) -> list[str]:
         config = _under(root, values["config"])
         load_config(config)  # refused here (ConfigError names the key) rather than in the queue
         argv += ["--config", str(config)]
+    for name in values.get("orbits", []):
+        orbits = _under(root, name)
+        if not orbits.is_file() or name not in _files_of(root, ORBIT_SUFFIXES):
+            raise ValueError(f"{name}: no such orbit file under the root")
+        argv += ["--orbits", str(orbits)]
     if values["station"]:
         try:  # the configuration's own rule
             ReportConfig(station=values["station"])

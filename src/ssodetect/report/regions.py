@@ -22,7 +22,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from regions import (CirclePixelRegion, CircleSkyRegion, LinePixelRegion, LineSkyRegion, PixCoord, PointPixelRegion,
-                     Regions, TextPixelRegion, TextSkyRegion)
+                     Regions, TextSkyRegion)
 
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import rows_by
