@@ -324,3 +324,17 @@ def test_a_watch_folder_in_the_console_shows_a_visit_that_never_completes(root, 
         assert re.search(r'status-incomplete">incomplete</td>\s*<td>v1</td>.*?incomplete visit: 2 of 4 exposures', page,
                          re.S), page[-3000:]
     assert not (root / "v1").exists()  # not run
+
+
+def test_a_run_launched_from_the_console_computes_on_its_dask_cluster(root):
+    """`serve --scheduler`: the run launched from the form computes its CCDs on that cluster."""
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with TestClient(create_app(root, workers=1, scheduler=cluster.scheduler_address)) as client:
+            sent = client.post("/launch", data=_form(_csrf(client), out="ondask"), follow_redirects=False)
+            assert sent.status_code == 303
+            job = _wait(client, int(sent.headers["location"].rsplit("/", 1)[1]))
+            assert job["status"] == "done", job["message"]
+    log_text = (root / "ondask" / "run.log").read_text()
+    assert f"per-CCD work on dask scheduler {cluster.scheduler_address}" in log_text, log_text[:3000]
+    assert json.loads((root / "ondask" / "manifest.json").read_text())["results"]["n_objects"] > 0
