@@ -45,7 +45,7 @@ __all__ = ["create_app", "inputs_under", "FITS_SUFFIXES", "REFCAT_SUFFIXES", "OR
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
 #: Reference catalogues and orbit files offered by the launch form (MPCORB / JPL SBDB JSON / MPC 1-line elements).
 REFCAT_SUFFIXES = (".ecsv", ".fits.cat", ".ldac")
-ORBIT_SUFFIXES = (".dat", ".json", ".dat.gz", ".txt")
+ORBIT_SUFFIXES = (".dat", ".json", ".dat.gz")
 
 
 def _under(root: Path, relative: str) -> Path:
@@ -74,7 +74,9 @@ def inputs_under(root: Path, depth: int = 3) -> list[str]:
 
 
 def _files_of(root: Path, suffixes: tuple, depth: int = 3) -> list[str]:
-    return [(rel / f).as_posix() for rel, names in _walk(root, depth) for f in names if f.lower().endswith(suffixes)]
+    """Files under ``root`` with one of ``suffixes`` (relative paths), hidden files and run directories left out."""
+    return [(rel / f).as_posix() for rel, names in _walk(root, depth) for f in names
+            if f.lower().endswith(suffixes) and not f.startswith(".")]
 
 
 class _Guard(BaseHTTPMiddleware):

@@ -1,6 +1,6 @@
 """The step graph of a run drawn as a picture (inline SVG, no script): one box per step in execution order,
-coloured by its status, with its seconds; an arrow from the step that writes a product to each step that
-reads it, named after the product."""
+coloured by its status, with its seconds; from each step that writes products a line down to the steps that
+read them, an arrow into each (its title names the products)."""
 from __future__ import annotations
 
 from html import escape
@@ -36,9 +36,14 @@ def step_graph_svg(steps: list[dict], *, box_w: int = 170, box_h: int = 34, gap:
         Box size and vertical gap [CSS px].
     """
     edges = graph_edges(steps)
-    lanes = max(len(edges), 1)
-    lane_w = 16
-    label_w = 150
+    # one lane per producing step: a line down from it, an arrow into each step that reads what it wrote
+    feeds: dict = {}
+    for i, j, product in edges:
+        feeds.setdefault(i, {}).setdefault(j, []).append(product)
+    producers = sorted(feeds)
+    lanes = max(len(producers), 1)
+    lane_w = 14
+    label_w = 330
     width = 10 + box_w + 20 + lanes * lane_w + label_w
     height = 10 + len(steps) * (box_h + gap)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="step-graph" role="img" width="{width}" height="{height}" '
@@ -50,12 +55,17 @@ def step_graph_svg(steps: list[dict], *, box_w: int = 170, box_h: int = 34, gap:
     def mid(k):
         return 10 + k * (box_h + gap) + box_h / 2
 
-    for n, (i, j, product) in enumerate(edges):
+    for n, i in enumerate(producers):
         x = 10 + box_w + 14 + n * lane_w
-        y0, y1 = mid(i) + 5, mid(j) - 5
-        parts.append(f'<path d="M {10 + box_w} {y0:.0f} H {x} V {y1:.0f} H {10 + box_w + 2}" fill="none" '
-                     f'stroke="#777" stroke-width="1.2" marker-end="url(#arrow)"><title>{escape(product)}: '
-                     f'{escape(steps[i]["name"])} to {escape(steps[j]["name"])}</title></path>')
+        last = max(feeds[i])
+        colour = "#777"
+        parts.append(f'<path d="M {10 + box_w} {mid(i) + 6:.0f} H {x} V {mid(last) - 6:.0f}" fill="none" '
+                     f'stroke="{colour}" stroke-width="1.2"/>')
+        for j, products in sorted(feeds[i].items()):
+            parts.append(f'<path class="edge" d="M {x} {mid(j) - 6:.0f} H {10 + box_w + 2}" fill="none" '
+                         f'stroke="{colour}" stroke-width="1.2" marker-end="url(#arrow)"><title>'
+                         f'{escape(steps[i]["name"])} to {escape(steps[j]["name"])}: {escape(", ".join(products))}'
+                         f'</title></path>')
     for k, step in enumerate(steps):
         y = 10 + k * (box_h + gap)
         fill = STATUS_COLOURS.get(str(step.get("status")), "#ffffff")
@@ -68,6 +78,6 @@ def step_graph_svg(steps: list[dict], *, box_w: int = 170, box_h: int = 34, gap:
         writes = ", ".join(step.get("writes", []))
         if writes:
             parts.append(f'<text x="{10 + box_w + 20 + lanes * lane_w}" y="{y + 20}" fill="#555" font-size="10">'
-                         f'{escape(writes[:60])}</text>')
+                         f'{escape(writes[:90])}</text>')
     parts.append("</svg>")
     return "".join(parts)
