@@ -37,6 +37,33 @@ def test_neowise_header_sip_wcs_and_the_catalogued_asteroid_is_detected():
         assert float(d.min()) <= 1.0, (row["file"], float(d.min()))
 
 
+def test_neowise_run_with_defaults_fills_the_report_header_from_its_headers(tmp_path):
+    """The four W1 frames run with the defaults (the wise profile chosen from TELESCOP): the report's observing
+    context from the frames' own keywords (exposure time, WCS, MAGZP, TELESCOP), what they lack said so."""
+    from ssodetect.pipeline import run_pipeline
+    from ssodetect.report.context import NOT_IN_HEADERS, header_rows
+
+    folder = real_data("real", "neowise_known_asteroids")
+    config = Config()
+    config.execution.progress = False
+    result = run_pipeline(sorted(folder.glob("*w1*.fits")), tmp_path / "out", config)
+    assert result.profile["name"] == "wise"
+    context = json.loads((tmp_path / "out" / "provenance.json").read_text())["report_context"]
+    rows = {r.label: r for r in header_rows(context, report=config.report, objects=result.objects,
+                                            observations=result.observations)}
+    header = fits.getheader(sorted(folder.glob("*w1*.fits"))[0])
+    assert rows["Exposure time"].value == f"{header['EXPTIME']:g} s"
+    assert rows["Time span"].value.endswith("4 exposures")
+    assert rows["Telescope"].value == "WISE" and rows["Aperture"].value == "0.4 m"
+    assert rows["Pixel scale"].value.startswith("2.75") and rows["Field centre"].source.startswith("first exposure, header WCS")
+    assert rows["Zero point"].value.startswith("from the header keyword on 4") and not rows["Zero point"].missing
+    assert rows["Station (MPC code)"].missing and rows["Observatory"].value == NOT_IN_HEADERS
+    limit = float(rows["5σ limit per CCD [mag]"].value.split()[1])
+    assert 14.0 < limit < 18.0  # W1 single exposures reach ~15-16 mag
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Observing context" in page and not (tmp_path / "out" / "observations.xml").exists()  # no rows: no XML
+
+
 def _gaussian_centre(path, masters, config, x0, y0, half=6):
     """photutils' 2D Gaussian centroid of a 13x13 box around (x0, y0) on the calibrated frame."""
     from photutils.centroids import centroid_2dg
