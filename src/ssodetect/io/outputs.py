@@ -137,8 +137,10 @@ def recorded_files(directory: str | Path) -> set[str] | None:
 #: a file of the user's, with its right checksum, must not make a run remove it).
 LEGACY_PRODUCTS = ("observations.ecsv", "objects.ecsv", "astrometry.ecsv", "streaks.ecsv", "known.ecsv",
                    "vetting.ecsv", "cutouts.fits", "overview.fits", "provenance.json", "observations.psv",
-                   "observations.xml", "observations.mpc", "objects.reg", "report.html", "alert.json", "config.toml")
+                   "observations.xml", "observations.mpc", "objects.reg", "report.html", "alert.json", "config.toml",
+                   "evaluation.ecsv")
 _LEGACY_PATTERNS = (re.compile(r"steps/[a-z_]+\.(pkl|json)"), re.compile(r"logs/[a-z_]+\.log"),
+                    re.compile(r"regions/e\d+_[A-Za-z0-9_-]+\.reg"),
                     re.compile(r"intermediate/[a-z_]+/[^/]+(/[^/]+)?"))
 
 
