@@ -95,12 +95,13 @@ def files(root: str | Path) -> set[str]:
 
 
 def leftovers(directory: str | Path) -> list[str]:
-    """ssodetect's working entries beside ``directory``: ``.NAME.stage-*``, ``.NAME.previous-*``, ``.NAME.lock``."""
+    """ssodetect's working entries beside ``directory``: ``.NAME.stage-XXXXXXXX``, ``.NAME.previous-XXXXXXXX``,
+    ``.NAME.lock`` (not those of a sibling directory named ``NAME.stage-a``)."""
+    import re
+
     directory = Path(directory)
-    prefix = f".{directory.name}."
-    return sorted(p.name for p in directory.parent.iterdir()
-                  if p.name.startswith(prefix) and (".stage-" in p.name or ".previous-" in p.name
-                                                   or p.name.endswith(".lock")))
+    mine = re.compile(re.escape(f".{directory.name}.") + r"((stage|previous)-[a-z0-9_]{8}|lock)")
+    return sorted(p.name for p in directory.parent.iterdir() if mine.fullmatch(p.name))
 
 
 def copy_run(source: str | Path, dest: str | Path) -> Path:

@@ -70,6 +70,11 @@ def sign_file(path: str | Path, context: str, key: bytes, chunk: int = 1 << 20) 
     return mac.hexdigest()
 
 
+def sign_bytes(data: bytes, context: str, key: bytes) -> str:
+    """HMAC-SHA256 (hex) of ``context`` and ``data`` under ``key`` (:func:`sign_file` of a file holding ``data``)."""
+    return hmac.new(key, context.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+
+
 def sign_text(text: str, context: str, key: bytes) -> str:
     """HMAC-SHA256 (hex) of ``context`` and ``text`` (UTF-8) under ``key``."""
     return hmac.new(key, context.encode() + b"\0" + text.encode(), hashlib.sha256).hexdigest()

@@ -234,3 +234,28 @@ def test_a_cache_key_inside_outdir_is_refused(scene, tmp_path, capsys, monkeypat
     assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
     assert "cache.key" in outcome.errors[0] and "signing key" in outcome.errors[0]
     assert list(out.iterdir()) == []
+
+
+def test_a_pickle_swapped_right_after_its_check_is_never_unpickled(good_run, tmp_path, monkeypatch):
+    """The race of the fault campaign (D1): the file is exchanged for an attacker's pickle between the signature
+    check and the load. Made deterministic: the swap happens inside the check. The bytes loaded are the bytes
+    checked, so the genuine products come back and the attacker's code never runs."""
+    from ssodetect.pipeline import steps as steps_module
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    marker = tmp_path / "PWNED"
+    payload = _evil_pickle(marker)
+    pkl = out / "steps" / "astrometry.pkl"
+    record = json.loads((out / "steps" / "astrometry.json").read_text())
+    real_compare = hmac.compare_digest
+
+    def compare_then_swap(a, b):
+        pkl.write_bytes(payload)  # the attacker wins the race: the file on disk is now theirs
+        return real_compare(a, b)
+
+    monkeypatch.setattr(steps_module.hmac, "compare_digest", compare_then_swap)
+    cache = next(obj for obj in vars(steps_module).values()
+                 if isinstance(obj, type) and hasattr(obj, "load") and hasattr(obj, "record"))(out, None)
+    products, why = cache.load("astrometry", record["key"])
+    assert not marker.exists(), "the swapped pickle was unpickled"
+    assert why == "" and "detections" in products and pkl.read_bytes() == payload

@@ -406,16 +406,21 @@ def test_outdir_held_in_this_process(good_run, scene, tmp_path, capsys):
 
 def test_stale_working_directories_are_removed(good_run, scene, tmp_path, capsys):
     out = copy_run(good_run.out, tmp_path / "out")
-    stage = tmp_path / ".out.stage-xyz"
+    stage = tmp_path / ".out.stage-xyz_1234"  # named as tempfile.mkdtemp names them
     (stage / "steps").mkdir(parents=True)
     (stage / "steps" / "detect.pkl").write_bytes(b"half written")
-    previous = tmp_path / ".out.previous-abc"
+    previous = tmp_path / ".out.previous-abc_1234"
     copy_run(good_run.out, previous / "run")
     (tmp_path / ".out.lock").write_text("99999")  # a killed command's lock file: no flock held on it
+    # the live stage of a run into the sibling directory "out.stage-a" is another's (the campaign's D3)
+    sibling = tmp_path / ".out.stage-a.stage-k2p9x0qz"
+    sibling.mkdir()
+    (sibling / "observations.ecsv").write_text("being written")
     outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
     _complete(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.stage-a.stage-k2p9x0qz", "out"]
+    assert (sibling / "observations.ecsv").read_text() == "being written"
 
 
 def _interrupted_commit(good_run, scene, tmp_path, capsys, monkeypatch):

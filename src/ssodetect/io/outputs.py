@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -336,15 +337,21 @@ class OutputStage:
 
     def _tidy(self) -> None:
         """Remove stages of killed commands; put back a directory a crash left renamed aside (we hold the lock)."""
-        for stale in self.base.glob(self._prefix("stage") + "*"):
+        for stale in self._own(self._prefix("stage")):
             log.info("removing %s, left by an interrupted command", stale)
             _remove(stale)
-        previous = sorted(self.base.glob(self._prefix("previous") + "*"), key=lambda p: p.lstat().st_mtime)
+        previous = sorted(self._own(self._prefix("previous")), key=lambda p: p.lstat().st_mtime)
         if previous and not self.outdir.exists() and (previous[-1] / "run").is_dir() and self.outdir.parent.is_dir():
             log.warning("%s: restored from %s (an interrupted commit)", self.outdir, previous[-1])
             os.rename(previous[-1] / "run", self.outdir)
         for stale in previous:
             _remove(stale)
+
+    def _own(self, prefix: str) -> list[Path]:
+        """Entries of the base named ``prefix`` + a temporary name's 8 characters, exactly: the stage of a directory
+        named like ``OUT.stage-a`` beside ``OUT`` (``.OUT.stage-a.stage-...``) is another's, never ours."""
+        pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+        return [p for p in self.base.glob(glob.escape(prefix) + "*") if pattern.fullmatch(p.name)]
 
     def _check_replaceable(self, shown) -> None:
         strangers = foreign_files(self.outdir)

@@ -40,7 +40,7 @@ from typing import Callable
 from ssodetect._version import __version__
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
-from ssodetect.keys import cache_key, cache_key_path, sign_file
+from ssodetect.keys import cache_key, cache_key_path, sign_bytes, sign_file
 
 __all__ = ["ENTRY_POINT_GROUP", "Step", "pipeline_steps", "describe_graph", "config_slice", "step_key", "StepCache",
            "sha256_file", "cache_key", "cache_key_path", "sign_file"]
@@ -261,14 +261,16 @@ class StepCache:
             return None, "its version, configuration or inputs changed"
         path = self.outdir / "steps" / f"{name}.pkl"
         try:
+            # read once: the bytes checked are the bytes loaded (a file swapped between two opens never runs)
+            with open(path, "rb") as handle:
+                data = handle.read()
             signature = record.get("hmac")
-            if not isinstance(signature, str) or not hmac.compare_digest(sign_file(path, f"{name}:{key}", self.key),
+            if not isinstance(signature, str) or not hmac.compare_digest(sign_bytes(data, f"{name}:{key}", self.key),
                                                                          signature):
                 log.warning("step %s: stored products in %s are not signed by this user's key (written by another "
                             "user or changed since); they are not loaded", name, path)
                 return None, "stored products are not signed by this user's cache key"
-            with open(path, "rb") as handle:
-                return pickle.load(handle), ""
+            return pickle.loads(data), ""
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
             return None, f"stored products unreadable ({exc})"
 
