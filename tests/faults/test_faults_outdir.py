@@ -371,7 +371,8 @@ _HOLDER = textwrap.dedent("""
 
 
 def test_outdir_held_by_another_command(good_run, scene, tmp_path, capsys):
-    """Another process holds OUT's lock (an ``OutputLock`` taken in this process would be re-entrant)."""
+    """Another process holds OUT's lock (an ``OutputLock`` taken in this process would be re-entrant): a run and a
+    report (which adds files: the campaign's D4 found it taking another lock than a run's) are both refused."""
     out = copy_run(good_run.out, tmp_path / "out")
     before = snapshot(out)
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out)], stdin=subprocess.PIPE,
@@ -380,6 +381,7 @@ def test_outdir_held_by_another_command(good_run, scene, tmp_path, capsys):
         assert holder.stdout.readline().strip() == "locked"
         line = _refused(cli(capsys, "run", scene, "--out", out), out, "another ssodetect command", holder.pid)
         assert "lock" in line
+        line = _refused(cli(capsys, "report", out), out, "another ssodetect command", holder.pid)
         assert snapshot(out) == before
     finally:
         holder.communicate("", timeout=60)
@@ -595,3 +597,32 @@ def test_read_only_steps_directory_emulated(good_run, scene, tmp_path, capsys, m
     line = _refused(cli(capsys, "run", scene, "--out", out), steps)
     assert "not writable" in line
     assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("earlier", [True, False], ids=["over an earlier run", "into a new directory"])
+def test_a_file_put_into_outdir_while_the_run_works_is_kept(good_run, scene, tmp_path, capsys, monkeypatch, earlier):
+    """The campaign's D2: a file lands in OUTDIR (or OUTDIR is made, holding the user's data) during the run. The
+    commit refuses, naming it; the file and the earlier run stay as they were; nothing is left beside OUTDIR."""
+    import ssodetect.pipeline.run as run_module
+
+    out = copy_run(good_run.out, tmp_path / "out") if earlier else tmp_path / "out"
+    before = snapshot(out) if earlier else None
+    real = run_module.write_reports
+
+    def write_and_meddle(*args, **kwargs):
+        out.mkdir(exist_ok=True)
+        (out / "notes.txt").write_text("the user's notes")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "write_reports", write_and_meddle)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    monkeypatch.undo()
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "notes.txt" in outcome.errors[0], outcome.err
+    assert (out / "notes.txt").read_text() == "the user's notes"
+    if earlier:
+        after = snapshot(out)
+        after.pop("notes.txt")
+        assert after == before
+    else:
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert leftovers(out) == []

@@ -206,7 +206,9 @@ def _nearest_existing(path: Path) -> Path:
 
 class OutputLock:
     """An exclusive lock on one output directory, held by one command at a time (``flock`` on ``.NAME.lock``
-    beside it, or ``.ssodetect.lock`` inside it with ``inside=True``; removed on release).
+    beside it: the same lock for a command replacing the directory and one adding files to it (``inside=True``,
+    which stages inside it and falls back to ``.ssodetect.lock`` inside when the parent is read-only); removed on
+    release).
 
     Raises
     ------
@@ -216,12 +218,15 @@ class OutputLock:
 
     def __init__(self, directory: str | Path, *, inside: bool = False):
         self.directory = Path(os.path.realpath(directory))
-        if inside:  # files added to an existing directory: its parent need not be writable
+        beside = _nearest_existing(self.directory.parent)
+        self.path = beside / f".{sibling_name(self.directory.relative_to(beside))}.lock"
+        if inside:  # files added to an existing directory: staged inside it, its parent need not be writable
             self.base = self.directory
-            self.path = self.directory / ".ssodetect.lock"
+            if not os.access(beside, os.W_OK | os.X_OK):
+                # (a command replacing the whole directory needs its parent writable: none can run beside us)
+                self.path = self.directory / ".ssodetect.lock"
         else:
-            self.base = _nearest_existing(self.directory.parent)
-            self.path = self.base / f".{sibling_name(self.directory.relative_to(self.base))}.lock"
+            self.base = beside
         self._fd: int | None = None
         self._acquire()
 
@@ -390,6 +395,15 @@ class OutputStage:
         try:
             names = _files(self.path)
             if self.replace:
+                # files may have landed in OUTDIR while the command ran (it may not even have existed): they are
+                # the user's, and the swap would remove them with the old run; refused, OUTDIR left as it is
+                strangers = foreign_files(self.outdir) if self.outdir.is_dir() else []
+                if strangers:
+                    more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
+                    shutil.rmtree(self.path, ignore_errors=True)
+                    raise InputError(f"{self.outdir}: files ssodetect did not write appeared in it while this command "
+                                     f"ran ({', '.join(strangers[:3])}{more}); nothing was replaced: move them and "
+                                     "run again")
                 atomic_write_text(self.path / RECORD, _record_text(names))
                 self.outdir.parent.mkdir(parents=True, exist_ok=True)
                 if not self.outdir.exists():
