@@ -411,3 +411,23 @@ def test_a_steps_stored_warnings_are_capped_and_the_rest_counted():
     kept = _kept_warnings([f"w{k}" for k in range(MAX_KEPT_WARNINGS + 37)])
     assert len(kept) == MAX_KEPT_WARNINGS + 1 and kept[-1].startswith("37 more warnings")
     assert _kept_warnings(["a", "b"]) == ["a", "b"]
+
+
+def test_alert_commands_output_costs_no_memory_and_a_missing_one_is_one_line(tmp_path, caplog):
+    """The campaign's D5/D6: a command printing 300 MB does not grow the run's memory (its output goes nowhere);
+    a command that does not exist is one line in the warning, no traceback."""
+    import resource
+
+    from ssodetect.config import AlertConfig
+    from ssodetect.report.alerts import deliver_alert
+
+    alert = tmp_path / "alert.json"
+    alert.write_text("{}")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    flood = [sys.executable, "-c", "import sys\nfor _ in range(300): sys.stdout.write('x' * (1 << 20))\nsys.exit(2)"]
+    assert deliver_alert(alert, AlertConfig(command=flood, timeout=20.0, retries=0)) is False
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kB
+    with caplog.at_level("WARNING", logger="ssodetect.report.alerts"):
+        assert deliver_alert(alert, AlertConfig(command=[str(tmp_path / "no-such-notifier")], retries=0)) is False
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "no-such-notifier" in text and "Traceback" not in text and "\n" not in text, text

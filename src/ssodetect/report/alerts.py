@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -145,7 +146,11 @@ _REAPER = r"""
 import ctypes, os, signal, subprocess, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-child = subprocess.Popen(sys.argv[2:])
+try:
+    child = subprocess.Popen(sys.argv[2:])
+except OSError as exc:
+    sys.stderr.write(f"cannot start {sys.argv[2]!r}: {exc.strerror or exc}\n")
+    sys.exit(127)
 def children():
     me, found = str(os.getpid()), []
     for entry in os.listdir("/proc"):
@@ -184,6 +189,10 @@ sys.exit(code)
 """
 
 
+#: Bytes of an alert command's error output read back for the warning (its last line is shown).
+MAX_COMMAND_MESSAGE = 4096
+
+
 def _run_command(argv: list[str], path: Path, timeout: float) -> None:
     """Run the alert command in its own process group (on Linux under a subreaper that also ends descendants
     which left the group); at ``timeout`` everything it started is terminated (then killed)."""
@@ -191,21 +200,30 @@ def _run_command(argv: list[str], path: Path, timeout: float) -> None:
     if sys.platform.startswith("linux"):
         argv = [sys.executable, "-c", _REAPER, repr(float(timeout)), *argv]
     reaper = sys.platform.startswith("linux")
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        # the subreaper ends the command at the deadline itself; this one is the backstop
-        _, stderr = process.communicate(timeout=timeout + (1.0 if reaper else 0.0))
-    except subprocess.TimeoutExpired:
-        _end_group(process)
-        raise TimeoutError(f"still running after {timeout:g} s; its process group was ended") from None
-    except BaseException:
-        _end_group(process)
-        raise
-    if process.returncode == 124 and reaper:
-        raise TimeoutError(f"still running after {timeout:g} s; it and everything it started were ended")
-    if process.returncode != 0:
-        raise RuntimeError(f"exit status {process.returncode}: {stderr.strip()[:200]}")
+    # its output goes nowhere and its messages to a file read back in part: a command printing without end
+    # costs no memory
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=errors, start_new_session=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
+        try:
+            # the subreaper ends the command at the deadline itself; this one is the backstop
+            process.wait(timeout=timeout + (1.0 if reaper else 0.0))
+        except subprocess.TimeoutExpired:
+            _end_group(process)
+            raise TimeoutError(f"still running after {timeout:g} s; its process group was ended") from None
+        except BaseException:
+            _end_group(process)
+            raise
+        if process.returncode == 124 and reaper:
+            raise TimeoutError(f"still running after {timeout:g} s; it and everything it started were ended")
+        if process.returncode != 0:
+            errors.seek(0)
+            head = errors.read(MAX_COMMAND_MESSAGE).decode(errors="replace").strip()
+            last = head.splitlines()[-1] if head else ""  # one line, never a page (or a traceback)
+            raise RuntimeError(f"exit status {process.returncode}" + (f": {last[:200]}" if last else ""))
 
 
 def _end_group(process: subprocess.Popen, grace: float = 1.0) -> None:
@@ -216,7 +234,7 @@ def _end_group(process: subprocess.Popen, grace: float = 1.0) -> None:
         except (ProcessLookupError, PermissionError):
             break
         try:
-            process.communicate(timeout=grace)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             continue
         try:  # the leader has exited; children of the group may still run
@@ -225,7 +243,7 @@ def _end_group(process: subprocess.Popen, grace: float = 1.0) -> None:
             break
     if process.poll() is None:
         process.kill()
-        process.communicate()
+        process.wait()
 
 
 def _post(url: str, payload: bytes, timeout: float) -> None:
