@@ -184,6 +184,7 @@ def _calibrate(args) -> int:
     from ssodetect.calibrate import calibrate_ccd
     from ssodetect.config import load_config
     from ssodetect.io import OutputStage, find_inputs, read_ccd, scan_inputs
+    from ssodetect.io.headers import fits_text
     from ssodetect.calibrate import build_calibration
 
     config = load_config(args.config)
@@ -201,7 +202,7 @@ def _calibrate(args) -> int:
                 image = calibrate_ccd(read_ccd(ref, config.io), masters[ref.ccd], overscan=config.calibrate.overscan,
                                       trim=config.calibrate.trim, saturation_keys=config.io.saturation_keys)
                 header = image.header.copy()
-                header["HISTORY"] = f"ssodetect calibrate: {masters[ref.ccd].describe()}"
+                header["HISTORY"] = fits_text(f"ssodetect calibrate: {masters[ref.ccd].describe()}", None)
                 data = np.where(image.mask, np.nan, image.data).astype(np.float32)
                 name = Path(ref.path).name.rsplit(".", 1)[0] + (f"_{ref.ccd}" if len(masters) > 1 else "") + ".fits"
                 fits.PrimaryHDU(data, header).writeto(stage.file(name))

@@ -361,3 +361,18 @@ def test_wrong_header_wcs_without_a_catalogue_is_replaced_by_a_registration(good
     assert "frame" in set(obs["wcs"])
     ev = evaluate_run(obs, Table.read(scene / "truth.ecsv"), pixels=True)
     assert ev.n_objects >= 20 and ev.n_false == 0 and ev.completeness_bright >= 0.8, ev
+
+
+@pytest.mark.parametrize("name", ["ünï", "new\nline"])
+def test_an_input_folder_named_with_odd_characters_runs_to_the_end(scene, tmp_path, capsys, name):
+    """The campaign's D7: a path with letters outside ASCII or a newline reached a FITS header at the report step
+    (exit 3 after the whole run); it is written as printable ASCII there, the path kept everywhere else."""
+    from astropy.io import fits
+
+    folder = tmp_path / name
+    shutil.copytree(scene, folder)
+    outcome = cli(capsys, "run", folder, "--out", tmp_path / "out")
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    with fits.open(tmp_path / "out" / "overview.fits") as hdul:
+        assert hdul[1].header["FILE"].endswith(".fits") and "?" in hdul[1].header["FILE"]
+    assert (tmp_path / "out" / "report.html").is_file()

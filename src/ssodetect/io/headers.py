@@ -28,6 +28,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from ssodetect.config import IOConfig
 
 __all__ = [
+    "fits_text",
     "first_keyword",
     "ObservationTime",
     "observation_time",
@@ -401,3 +402,10 @@ def frame_type(header: fits.Header, keys: list[str]) -> str:
                 return "flat"
             return "light"
     return "light"
+
+
+def fits_text(value, width: int | None = 68) -> str:
+    """``value`` as a FITS header string: printable ASCII only (any other character, a newline or a letter with an
+    accent in a file name, becomes ``?``), its last ``width`` characters (a path's file name end is kept)."""
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(value))
+    return text[-width:] if width else text

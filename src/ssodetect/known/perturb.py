@@ -13,7 +13,6 @@ once.  Positions in the ICRS [au], times MJD TDB, elements referred to the J2000
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 from astropy import units as u

@@ -34,7 +34,7 @@ from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, Expos
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
-from ssodetect.io.headers import wcs_from_header_string
+from ssodetect.io.headers import fits_text, wcs_from_header_string
 from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
 
@@ -168,7 +168,7 @@ def refined_header(header: fits.Header, solution: ExposureSolution | None) -> fi
     if solution is None or not solution.ok:
         reason = "not solved" if solution is None else solution.reason
         out["SSOASTR"] = ("failed", "ssodetect astrometry: see HISTORY")
-        out.add_history(f"ssodetect astrometry failed: {reason}")
+        out.add_history(fits_text(f"ssodetect astrometry failed: {reason}", None))
         return out
     for key in [k for k in out.keys() if _WCS_KEY.match(k)]:
         del out[key]

@@ -23,6 +23,7 @@ from ssodetect.detect import empty_detections, estimate_background, extract_sour
 from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
+from ssodetect.io.headers import fits_text
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
 
 __all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
@@ -335,7 +336,7 @@ def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.nda
 
     stem = intermediate_name(ref)
     header = wcs.to_header(relax=True) if wcs is not None else fits.Header()
-    header["FILE"] = Path(ref.path).name[-68:]
+    header["FILE"] = fits_text(Path(ref.path).name)
     header["CCD"] = (str(ref.ccd), "CCD identifier")
     header["EXPOSURE"] = (int(ref.exposure), "exposure index")
     header["MJD-MID"] = (float(ref.mjd), "mid-exposure time, MJD UTC")

@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ssodetect.columns import rows_by
+from ssodetect.io.headers import fits_text
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def extract_cutouts(observations: Table, exposures: list, read_image, *, size: i
             hdu = fits.ImageHDU(binned, name=str(ccd)[:68])
             hdu.header["BINNING"] = (factor, "image pixels per overview pixel")
             hdu.header["EXPOSURE"] = exposure
-            hdu.header["FILE"] = str(ref.path)[-68:]
+            hdu.header["FILE"] = fits_text(ref.path)
             if wcs is not None:
                 hdu.header.update(wcs.to_header(relax=True))
             overview.append(hdu)
