@@ -61,3 +61,25 @@ def test_watch_once_runs_the_visit_and_sends_its_alert(scene, tmp_path, capsys, 
     assert alert["n_objects"] > 0 and (root / "v1" / "report.html").is_file() and not (root / "root").exists()
     manifest = json.loads((root / "v1" / "manifest.json").read_text())
     assert "watch" in manifest["keywords"] and any(k.startswith("landed=") for k in manifest["keywords"])
+
+
+def test_watch_refuses_bad_settings_and_says_why_a_visit_was_not_run(scene, tmp_path, capsys):
+    """The campaign's D9-D11: a root that is a file and non-finite times are one-line errors (exit 2); `--once` names
+    each visit it leaves and why (an unreadable frame), exit 1."""
+    inbox = tmp_path / "inbox"
+    (inbox / "v1").mkdir(parents=True)
+    frames = sorted(scene.glob("exp_*.fits"))
+    for path in frames[:3]:
+        shutil.copy(path, inbox / "v1" / path.name)
+    (inbox / "v1" / frames[3].name).write_bytes(frames[3].read_bytes()[:20000])  # truncated
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for extra in (["--root", str(afile)], ["--root", str(tmp_path / "r"), "--settle", "nan"],
+                  ["--root", str(tmp_path / "r"), "--timeout", "inf"]):
+        assert main(["watch", str(inbox), *extra, "--once", "-q"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ssodetect: error:"), err
+    assert main(["watch", str(inbox), "--root", str(tmp_path / "r"), "--once", "--settle", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "0 visit(s) run" in captured.out
+    assert "visit v1 not run: 3 of 4 exposures, 1 file(s) unreadable" in captured.err, captured.err

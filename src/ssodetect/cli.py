@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -375,8 +376,8 @@ def _serve(args) -> int:
         from ssodetect.console.watch import Watcher
 
         run_args = _watch_run_args(args.watch_config, args.watch_refcat, args.watch_station)
-        if args.watch_exposures < 1 or args.watch_settle < 0 or args.watch_timeout <= 0:
-            raise ConfigError("--watch-exposures >= 1, --watch-settle >= 0, --watch-timeout > 0")
+        if not (args.watch_exposures >= 1 and 0 <= args.watch_settle < math.inf and 0 < args.watch_timeout < math.inf):
+            raise ConfigError("--watch-exposures >= 1, --watch-settle >= 0, --watch-timeout > 0 (finite)")
         root = Path(args.root).resolve()
         watchers = [Watcher(Path(inbox), root, exposures=args.watch_exposures, settle=args.watch_settle,
                             timeout=args.watch_timeout, run_args=run_args + (["--scheduler", scheduler] if scheduler else []))
@@ -416,10 +417,16 @@ def _watch(args) -> int:
     from ssodetect.errors import ConfigError
     from ssodetect.pipeline.registry import Registry
 
-    if args.exposures < 1 or args.settle < 0 or args.timeout <= 0 or not 1 <= args.workers <= 64:
-        raise ConfigError("watch: --exposures >= 1, --settle >= 0, --timeout > 0, --workers 1-64")
+    if not (args.exposures >= 1 and 0 <= args.settle < math.inf and 0 < args.timeout < math.inf
+            and 1 <= args.workers <= 64):  # (comparisons with NaN are false: refused too)
+        raise ConfigError("watch: --exposures >= 1, --settle >= 0, --timeout > 0 (finite), --workers 1-64")
     root = Path(args.root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--root {args.root}: exists and is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--root {args.root}: cannot be made ({exc.strerror or exc})") from None
     run_args = _watch_run_args(args.config, args.refcat, args.station)
     watcher = Watcher(Path(args.inbox), root, exposures=args.exposures, settle=args.settle, timeout=args.timeout,
                       run_args=run_args)
@@ -435,7 +442,9 @@ def _watch(args) -> int:
                     break
                 time.sleep(0.5)
             print(f"{len(jobs)} visit(s) run: " + ", ".join(f"job {j} {s}" for j, s in zip(jobs, states)))
-            return 0 if all(s == "done" for s in states) else 1
+            for name, reason in watcher.waiting.items():  # what --once leaves behind, and why
+                log.warning("visit %s not run: %s", name, reason)
+            return 0 if all(s == "done" for s in states) and not watcher.waiting else 1
         print(f"watching {args.inbox} -> {root} ({args.exposures} exposures a visit, settle {args.settle:g} s); "
               "Ctrl-C stops")
         watcher.start()

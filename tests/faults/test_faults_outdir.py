@@ -626,3 +626,14 @@ def test_a_file_put_into_outdir_while_the_run_works_is_kept(good_run, scene, tmp
     else:
         assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("name", ["observations.ecsv", "objects.ecsv", "provenance.json"])
+def test_report_of_a_damaged_product_is_a_clean_error(good_run, tmp_path, capsys, name):
+    """The campaign's D8: `ssodetect report` on a run whose table was truncated: exit 2 naming the file."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    path = out / name
+    path.write_bytes(path.read_bytes()[:300])
+    before = snapshot(out)
+    _refused(cli(capsys, "report", out), path)
+    assert snapshot(out) == before

@@ -78,6 +78,8 @@ class Watcher:
         self.run_args = list(run_args or [])
         self.io = io or IOConfig()
         self._first_seen: dict[str, float] = {}
+        #: Visits seen at the last look but not queued, and why (an incomplete visit, unreadable files, settling).
+        self.waiting: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -85,6 +87,7 @@ class Watcher:
         """One look at the inbox: queue the visits that became complete; returns the new job ids."""
         now = time.time() if now is None else now
         new = []
+        self.waiting = {}
         with Registry(self.root) as reg:
             taken = {j["outdir"] for j in reg.jobs(limit=1_000_000)}
             for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -106,7 +109,13 @@ class Watcher:
                     new.append(reg.enqueue(name, argv, "watch"))
                     log.info("visit %s complete (%d exposures, last file %.1f s ago): queued as job %d", name, n,
                              now - newest, new[-1])
-                elif now - first > self.timeout:
+                elif now - first <= self.timeout:
+                    self.waiting[name] = (f"{n} of {self.exposures} exposures"
+                                          + (f", {unreadable} file(s) unreadable (being written, or broken)"
+                                             if unreadable else "")
+                                          + ("" if n < self.exposures or unreadable else
+                                             f", the last file {now - newest:.1f} s old (settle {self.settle:g} s)"))
+                else:
                     job = reg.enqueue(name, [], "watch")
                     reg.update_job(job, status="incomplete", finished_utc=utc_now(),
                                    message=f"incomplete visit: {n} of {self.exposures} exposures"

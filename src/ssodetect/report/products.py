@@ -19,6 +19,7 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.config import Config
+from ssodetect.errors import InputError
 from ssodetect.report.ades import ades_block, format_psv, format_xml
 from ssodetect.report.cutouts import read_cutouts, read_overview
 from ssodetect.report.context import header_rows
@@ -152,6 +153,15 @@ def _report_settings(config: Config, ctx: dict) -> Config:
     return report
 
 
+def _read_table(path: Path) -> Table:
+    """An ECSV product of the run; a damaged one (truncated, edited) is an :class:`InputError` naming it."""
+    try:
+        return Table.read(path, format="ascii.ecsv")
+    except Exception as exc:  # astropy raises many kinds (InconsistentTableError, ValueError, KeyError, ...)
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable ECSV table ({detail})") from None
+
+
 def write_reports(source: str | Path, target: str | Path, config: Config, *, title: str | None = None,
                   evaluation: Table | None = None) -> list[Path]:
     """Write the ADES, 80-column and HTML reports of the run in ``source`` into ``target``.
@@ -176,9 +186,14 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
         The files written.
     """
     source, target = Path(source), Path(target)
-    observations = Table.read(source / "observations.ecsv", format="ascii.ecsv")
-    objects = Table.read(source / "objects.ecsv", format="ascii.ecsv")
-    provenance = json.loads((source / "provenance.json").read_text())
+    observations = _read_table(source / "observations.ecsv")
+    objects = _read_table(source / "objects.ecsv")
+    try:
+        provenance = json.loads((source / "provenance.json").read_text())
+        if not isinstance(provenance, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{source / 'provenance.json'}: unreadable ({str(exc).splitlines()[0][:200]})") from None
     ctx = provenance.get("report_context", {})
     # an explicit [report] station (the run's or ssodetect report --config's) wins over the header's code
     station = config.report.station if config.report.station != "XXX" else (ctx.get("station") or "XXX")
@@ -222,13 +237,13 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     else:
         log.info("no observation with sky coordinates: no ADES (observations.psv/.xml) or MPC (observations.mpc) "
                  "report written")
-    astrometry = Table.read(source / "astrometry.ecsv", format="ascii.ecsv") if (source / "astrometry.ecsv").exists() else None
-    known = Table.read(source / "known.ecsv", format="ascii.ecsv") if (source / "known.ecsv").exists() else None
+    astrometry = _read_table(source / "astrometry.ecsv") if (source / "astrometry.ecsv").exists() else None
+    known = _read_table(source / "known.ecsv") if (source / "known.ecsv").exists() else None
     config_text = (source / "config.toml").read_text() if (source / "config.toml").exists() else ""
     names = {k: (v[0] or v[1]) for k, v in identities.items()}
-    vetting = Table.read(source / "vetting.ecsv", format="ascii.ecsv") if (source / "vetting.ecsv").exists() else None
+    vetting = _read_table(source / "vetting.ecsv") if (source / "vetting.ecsv").exists() else None
     if evaluation is None and (source / EVALUATION_FILE).exists():
-        evaluation = Table.read(source / EVALUATION_FILE, format="ascii.ecsv")
+        evaluation = _read_table(source / EVALUATION_FILE)
     header = header_rows(ctx, report=config.report, objects=objects, observations=observations, n_known=len(names),
                          astrometry=astrometry, vetting=vetting, link=provenance.get("link"),
                          refcat=provenance.get("refcat"))
