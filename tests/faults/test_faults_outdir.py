@@ -637,3 +637,17 @@ def test_report_of_a_damaged_product_is_a_clean_error(good_run, tmp_path, capsys
     before = snapshot(out)
     _refused(cli(capsys, "report", out), path)
     assert snapshot(out) == before
+
+
+def test_astrometry_into_a_directory_holding_a_users_file_is_refused_before_any_work(scene, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """The campaign's D13: `ssodetect astrometry` solved every exposure before refusing OUTDIR; now it refuses
+    first (nothing detected, nothing solved), naming the file, and leaves it as it was."""
+    import ssodetect.pipeline.run as run_module
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exp_00.head").write_text("mine")
+    monkeypatch.setattr(run_module, "_detect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work began")))
+    _refused(cli(capsys, "astrometry", scene, "--refcat", scene / "refcat.ecsv", "--out", out), out, "exp_00.head")
+    assert (out / "exp_00.head").read_text() == "mine" and leftovers(out) == []

@@ -1049,20 +1049,26 @@ def run_astrometry(
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
     paths = find_inputs(inputs)
-    refs, masters = build_calibration(scan_inputs(paths, config.io), config)
-    reference = load_reference_catalogue(refcat)
-    exposures = group_exposures(refs, config.io, min_exposures=1)
-    tasks = [ref for exp in exposures for ref in exp.ccds]
-    with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
-        t0 = time.perf_counter()
-        results = _detect(tasks, config, masters, reference, executor)
-        timings["detect"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        solutions = _solve(results, tasks, reference, config, executor)
-        timings["astrometry"] = time.perf_counter() - t0
+    # OUTDIR taken before any work: files ssodetect did not write there, no permission, another command on it
+    stage = OutputStage(outdir, replace=True)
+    try:
+        refs, masters = build_calibration(scan_inputs(paths, config.io), config)
+        reference = load_reference_catalogue(refcat)
+        exposures = group_exposures(refs, config.io, min_exposures=1)
+        tasks = [ref for exp in exposures for ref in exp.ccds]
+        with make_executor(workers=config.execution.workers, scheduler=config.execution.scheduler) as executor:
+            t0 = time.perf_counter()
+            results = _detect(tasks, config, masters, reference, executor)
+            timings["detect"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            solutions = _solve(results, tasks, reference, config, executor)
+            timings["astrometry"] = time.perf_counter() - t0
+    except BaseException:
+        stage.discard()
+        raise
     table = solution_table(solutions)
     by_key = {(s.exposure, s.ccd): s for s in solutions}
-    with OutputStage(outdir, replace=True) as stage:
+    with stage:
         for path in sorted({ref.path for ref in tasks}):
             mine = sorted((ref for ref in tasks if ref.path == path), key=lambda r: r.sci)
             sols = [(ref, by_key.get((ref.exposure, ref.ccd))) for ref in mine]

@@ -62,9 +62,9 @@ class SimulationConfig(BaseModel):
 
     seed: int = Field(default=1, description="Random seed; the scene is deterministic for a seed.")
     nccd: int = Field(default=1, ge=1, le=36, description="Number of CCDs (arranged in a grid).")
-    nx: int = Field(default=2048, ge=128, description="CCD width [px].")
-    ny: int = Field(default=2048, ge=128, description="CCD height [px].")
-    n_exposures: int = Field(default=4, ge=1, description="Number of exposures.")
+    nx: int = Field(default=2048, ge=128, le=8192, description="CCD width [px] (at most 8192: a Euclid CCD is ~4k).")
+    ny: int = Field(default=2048, ge=128, le=8192, description="CCD height [px] (at most 8192).")
+    n_exposures: int = Field(default=4, ge=1, le=200, description="Number of exposures (at most 200).")
     exptime: float = Field(default=566.0, gt=0, description="Exposure time [s].")
     cadence: float = Field(default=1100.0, gt=0, description="Start-to-start time between exposures [s].")
     start: str = Field(default="2026-03-21T00:00:00", description="Start time of the first exposure (UTC, ISO).")
