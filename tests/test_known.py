@@ -128,6 +128,12 @@ def known_run(tmp_path_factory):
     truth = Table.read(sim / "truth.ecsv")
     ghost = read_orbits(KSTARS_ASTEROIDS)
     ghost = ghost[(ghost["e"] < 0.3) & (ghost["q"] > 2.0) & (ghost["i"] > 3.0)][:1]
+    from astropy.time import Time
+
+    from ssodetect.known.perturb import advance_orbits
+
+    # elements at the field's time (as the simulator's placed orbits): the pipeline predicts them by two-body motion
+    ghost, _ = advance_orbits(ghost, float(Time(np.mean(truth["mjd"]), format="mjd", scale="utc").tdb.mjd), min_days=0)
     aim = aim_orbit(ghost, float(np.mean(truth["mjd"])), 150.001, 25.002, Observer(), np.random.default_rng(0))
     ghost["node"][0], ghost["peri"][0], ghost["H"][0] = aim["node"], aim["peri"], 5.0
     ghost["designation"][0] = "(999999) Ghost"

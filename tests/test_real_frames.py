@@ -64,6 +64,41 @@ def test_neowise_run_with_defaults_fills_the_report_header_from_its_headers(tmp_
     assert "Observing context" in page and not (tmp_path / "out" / "observations.xml").exists()  # no rows: no XML
 
 
+def test_neowise_asteroids_identified_from_elements_four_years_away(tmp_path):
+    """NEOWISE frames of 2017-18 with the elements of kstars-data (epochs 2022, 4.4 years later): two-body motion
+    put (170) Maria, (191) Kolga and (298) Baptistina 8'-43' from where they were; moved through the planets' pull
+    they are predicted within ~3" and measured there in every frame that holds them (both bands, defaults
+    otherwise), each position within 1 px of the published one."""
+    from pathlib import Path
+
+    from ssodetect.known import read_orbits, write_sbdb
+    from ssodetect.pipeline import run_pipeline
+
+    folder = real_data("real", "neowise_known_asteroids")
+    kstars = Path("/usr/share/kstars/asteroids.dat")
+    if not kstars.is_file():
+        pytest.skip("Debian kstars-data is not installed")
+    orbits = read_orbits(kstars)
+    wanted = np.array([any(n in str(d) for n in ("(170) ", "(191) ", "(298) ")) for d in orbits["designation"]])
+    rng = np.random.default_rng(1)
+    others = rng.choice(np.nonzero(~wanted)[0], 300, replace=False)  # other orbits, to be told apart from them
+    write_sbdb(orbits[np.concatenate([np.nonzero(wanted)[0], others])], tmp_path / "orbits.json")
+    config = Config()
+    config.execution.progress = False
+    config.io.allow_mixed_filters = True
+    config.known.orbits = [str(tmp_path / "orbits.json")]
+    result = run_pipeline([folder], tmp_path / "out", config)
+    truth = Table.read(folder / "ground_truth.csv", format="ascii.csv")
+    obs, objs = result.observations, result.objects
+    named = {str(d): str(o) for d, o in zip(objs["designation"], objs["object"]) if str(d).strip() not in ("", "--")}
+    assert sorted(named) == ["(170) Maria", "(191) Kolga", "(298) Baptistina"], named
+    for row in truth:
+        name = named[next(d for d in named if row["asteroid"] in d)]
+        mine = obs[(obs["object"] == name) & np.array([str(f).endswith(row["file"]) for f in obs["file"]])]
+        assert len(mine) == 1, (row["file"], row["asteroid"])
+        assert np.hypot(mine["x"][0] - row["x_pix0"], mine["y"][0] - row["y_pix0"]) < 1.0, row["file"]
+
+
 def _gaussian_centre(path, masters, config, x0, y0, half=6):
     """photutils' 2D Gaussian centroid of a 13x13 box around (x0, y0) on the calibrated frame."""
     from photutils.centroids import centroid_2dg

@@ -29,6 +29,7 @@ from ssodetect.config import IOConfig
 
 __all__ = [
     "fits_text",
+    "world_to_pixels",
     "first_keyword",
     "ObservationTime",
     "observation_time",
@@ -409,3 +410,13 @@ def fits_text(value, width: int | None = 68) -> str:
     accent in a file name, becomes ``?``), its last ``width`` characters (a path's file name end is kept)."""
     text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(value))
     return text[-width:] if width else text
+
+
+def world_to_pixels(wcs, ra, dec):
+    """``wcs.all_world2pix(ra, dec, 0)`` [px, 0-based], NaN where a point has no pixel on that frame (far outside
+    it: another pointing; a SIN or SIP inversion that does not converge), without astropy's warnings about it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return wcs.all_world2pix(ra, dec, 0, quiet=True)

@@ -2,8 +2,10 @@
 
 1. Field search: every orbit is propagated (geocentric, no light time: cheap and vectorised) to the
    first and last observation times; orbits whose path passes within the field radius plus a
-   margin (observer parallax, two-body error) are kept.
-2. Those are predicted precisely (light time, the real observer) at every observation time.
+   margin (observer parallax, two-body error; wider for elements far from the frames) are kept.
+2. Those whose elements lie more than :data:`ADVANCE_DAYS` from a group of frames are moved to it through
+   the planets' pull (:mod:`ssodetect.known.perturb`), then all are predicted precisely (light time, the real
+   observer) at every observation time.
 3. A tracklet is the known object when the median separation of its observations from the
    prediction is within ``match_radius`` and its observed motion agrees with the predicted one as
    a vector (the difference within ``rate_tolerance`` of the predicted rate, or 5 sigma of the
@@ -18,12 +20,14 @@ import logging
 
 import numpy as np
 from astropy.table import Table
+from astropy.time import Time
 
+from ssodetect.known.perturb import advance_orbits
 from ssodetect.known.propagate import Observer, predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_COLUMNS", "MAX_EPOCH_DAYS", "field_candidates", "identify", "match_predictions", "empty_known_table",
+__all__ = ["KNOWN_COLUMNS", "MAX_EPOCH_DAYS", "ADVANCE_DAYS", "time_groups", "field_candidates", "identify", "match_predictions", "empty_known_table",
            "warn_epoch_distance"]
 
 KNOWN_COLUMNS = [
@@ -56,8 +60,10 @@ def _sep_arcsec(ra1, dec1, ra2, dec2):
 
 
 def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float, dec: float, radius_deg: float,
-                     *, margin_deg: float = 0.3) -> np.ndarray:
+                     *, margin_deg=0.3) -> np.ndarray:
     """Rows of ``orbits`` whose geocentric path between the two times passes near the field.
+
+    ``margin_deg``: extra radius [deg], one for all orbits or one per orbit (an array).
 
     Returns
     -------
@@ -78,6 +84,13 @@ def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float
 #: Orbit elements farther than this from the frames [d] draw a warning: two-body propagation without planetary
 #: perturbations drifts by arcminutes over years ((298) Baptistina, elements of 2022 for frames of 2017: 7.7').
 MAX_EPOCH_DAYS = 200.0
+#: Elements farther than this from a group of frames [d] are moved to it through the planets' pull
+#: (:func:`ssodetect.known.perturb.advance_orbits`): on the NEOWISE frames, elements 4.4 years away were 8'-43' off
+#: in two-body motion, 2" after the integration.
+ADVANCE_DAYS = 30.0
+#: How far [deg per year between epoch and frames] two-body positions may stray, for the wider field search of
+#: orbits whose elements are far from the frames (measured: up to 0.16 deg/yr for main-belt orbits).
+DRIFT_DEG_PER_YEAR = 0.5
 
 
 def warn_epoch_distance(orbits: Table, mjd: float) -> int:
@@ -138,20 +151,41 @@ def identify(observations: Table, orbits: Table, observer: Observer | None = Non
     if mjd.size == 0 or len(orbits) == 0:
         return {}, known, {}
     t_first, t_last = float(mjd.min()), float(mjd.max())
-    cand = field_candidates(orbits, t_first, t_last, centre[0], centre[1], radius_deg, margin_deg=margin_deg)
+    # two-body positions from elements far from the frames can be degrees off: such orbits are searched wider
+    # here, then moved through the planets' pull to the frames' epoch before they are predicted
+    years = np.abs(np.asarray(orbits["epoch"], float) - 0.5 * (t_first + t_last)) / 365.25 \
+        if "epoch" in orbits.colnames else np.zeros(len(orbits))
+    drift = np.where(years * 365.25 > ADVANCE_DAYS, np.clip(DRIFT_DEG_PER_YEAR * np.nan_to_num(years), 0, 45), 0.0)
+    cand = field_candidates(orbits, t_first, t_last, centre[0], centre[1], radius_deg, margin_deg=margin_deg + drift)
     log.info("%d of %d catalogued orbits pass near the field", cand.size, len(orbits))
     if cand.size == 0:
         return {}, known, {}
     sub = orbits[cand]
-    warn_epoch_distance(sub, 0.5 * (t_first + t_last))
     times = np.unique(np.round(np.concatenate([mjd, np.asarray(times, float), [0.5 * (t_first + t_last)]]), 8))
-    pred = predict(sub, times, observer)
     m = times.size
+    ra, dec, V = (np.full((len(sub), m), np.nan) for _ in range(3))
+    for cols in time_groups(times, ADVANCE_DAYS):
+        t_mid = float(Time(0.5 * (times[cols].min() + times[cols].max()), format="mjd", scale="utc").tdb.mjd)
+        moved, n_moved = advance_orbits(sub, t_mid, min_days=ADVANCE_DAYS)
+        if n_moved:
+            log.info("known objects: %d of %d orbits near the field moved from their epochs to MJD %.1f through the "
+                     "planets' pull (numerical integration)", n_moved, len(sub), t_mid)
+        pred = predict(moved, times[cols], observer)
+        for column, target in (("ra", ra), ("dec", dec), ("V", V)):
+            target[:, cols] = np.asarray(pred[column]).reshape(len(sub), cols.size)
     ident = {c: np.asarray(sub[c]) for c in ("designation", "number", "provisional")}
-    return match_predictions(observations, ident, times, np.asarray(pred["ra"]).reshape(len(sub), m),
-                             np.asarray(pred["dec"]).reshape(len(sub), m), np.asarray(pred["V"]).reshape(len(sub), m),
-                             centre=centre, radius_deg=radius_deg, match_radius=match_radius,
-                             rate_tolerance=rate_tolerance, on_detector=on_detector)
+    return match_predictions(observations, ident, times, ra, dec, V, centre=centre, radius_deg=radius_deg,
+                             match_radius=match_radius, rate_tolerance=rate_tolerance, on_detector=on_detector)
+
+
+def time_groups(times: np.ndarray, gap_days: float) -> list[np.ndarray]:
+    """Indices of sorted ``times`` [MJD] in groups separated by more than ``gap_days`` (the nights of a run
+    spanning months are predicted from elements moved to each group's middle)."""
+    times = np.asarray(times, float)
+    if times.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(times) > gap_days)[0] + 1
+    return np.split(np.arange(times.size), breaks)
 
 
 def match_predictions(observations: Table, ident: dict, times: np.ndarray, pra: np.ndarray, pdec: np.ndarray,

@@ -55,15 +55,6 @@ def planet_positions(t0: float, t1: float, step: float = PLANET_STEP):
     return splines, np.array(gm)
 
 
-def _initial_states(orbits: Table) -> np.ndarray:
-    """Heliocentric ICRS position and velocity [au, au/d] of every orbit at its epoch, (n, 6)."""
-    epoch = np.asarray(orbits["epoch"], float)
-    h = 1e-3
-    pos = heliocentric_states(orbits, epoch)
-    vel = (heliocentric_states(orbits, epoch + h) - heliocentric_states(orbits, epoch - h)) / (2 * h)
-    return np.hstack([pos, vel])
-
-
 def state_to_elements(state: np.ndarray, mjd_tdb: float) -> dict:
     """Osculating elements (J2000 ecliptic) of heliocentric ICRS states at ``mjd_tdb``.
 
@@ -118,50 +109,84 @@ def state_to_elements(state: np.ndarray, mjd_tdb: float) -> dict:
     return {"q": q, "e": e, "i": inc, "node": node, "peri": peri, "M": M, "tp": tp}
 
 
-def advance_orbits(orbits: Table, mjd_tdb: float, *, min_days: float = 30.0, rtol: float = 1e-10) -> tuple[Table, int]:
-    """The orbits with osculating elements at ``mjd_tdb``, integrated through the planets' pull.
+def _velocity_states(orbits: Table, mjd_tdb: np.ndarray) -> np.ndarray:
+    """Two-body heliocentric ICRS position and velocity [au, au/d] of every orbit at its own time, (n, 6)."""
+    h = 1e-3
+    pos = heliocentric_states(orbits, mjd_tdb)
+    vel = (heliocentric_states(orbits, mjd_tdb + h) - heliocentric_states(orbits, mjd_tdb - h)) / (2 * h)
+    return np.hstack([pos, vel])
 
-    Orbits whose epoch is within ``min_days`` of ``mjd_tdb`` are kept as they are (two-body motion is good
-    to about an arcsecond over weeks).  Returns the new table (same rows and order) and the number moved.
+
+def _rhs(splines, gm):
+    def rhs(t, y):
+        s = y.reshape(-1, 6)
+        r = s[:, :3]
+        acc = -_K2 * r / np.linalg.norm(r, axis=1)[:, None] ** 3
+        for spline, g in zip(splines, gm):
+            p = spline(t)
+            d = p[None, :] - r
+            acc += g * (d / np.linalg.norm(d, axis=1)[:, None] ** 3 - p / np.linalg.norm(p) ** 3)
+        return np.hstack([s[:, 3:], acc]).ravel()
+
+    return rhs
+
+
+def advance_orbits(orbits: Table, mjd_tdb: float, *, min_days: float = 30.0, grid_days: float = 10.0,
+                   rtol: float = 1e-10) -> tuple[Table, int]:
+    """The orbits with osculating elements at ``mjd_tdb`` [MJD TDB], integrated through the planets' pull.
+
+    Orbits whose epoch is within ``min_days`` of ``mjd_tdb`` are kept as they are (two-body motion is good to
+    about an arcsecond over weeks).  The others start from their two-body state at the nearest point of a
+    ``grid_days`` grid (a few days of two-body motion: sub-arcsecond) and are integrated together: the states
+    of the orbits whose epochs lie farthest from ``mjd_tdb`` first, the others joining as the integration
+    passes their epochs, forwards for earlier epochs and backwards for later ones.  Returns the new table
+    (same rows and order) and the number of orbits moved.
     """
     epoch = np.asarray(orbits["epoch"], float)
-    far = np.abs(epoch - mjd_tdb) > min_days
-    far &= np.isfinite(epoch) & np.all([np.isfinite(np.asarray(orbits[c], float)) for c in ("q", "e", "tp")], axis=0)
+    finite = np.isfinite(epoch) & np.all([np.isfinite(np.asarray(orbits[c], float)) for c in ("q", "e", "tp")],
+                                         axis=0)
+    far = finite & (np.abs(epoch - mjd_tdb) > min_days)
     out = orbits.copy()
     if not far.any():
         return out, 0
-    moving = orbits[far]
-    start = np.asarray(moving["epoch"], float)
+    rows = np.nonzero(far)[0]
+    start = np.round((epoch[rows] - mjd_tdb) / grid_days) * grid_days + mjd_tdb
+    states = _velocity_states(orbits[rows], start)
     splines, gm = planet_positions(float(min(start.min(), mjd_tdb)), float(max(start.max(), mjd_tdb)))
-    states = _initial_states(moving)
-    # orbits with different epochs: each group integrated from its own epoch (catalogues share a few epochs)
-    result = np.empty_like(states)
-    for t_start in np.unique(start):
-        rows = np.nonzero(start == t_start)[0]
-        y0 = states[rows].ravel()
-        m = len(rows)
-
-        def rhs(t, y, m=m):
-            s = y.reshape(m, 6)
-            r = s[:, :3]
-            acc = -_K2 * r / np.linalg.norm(r, axis=1)[:, None] ** 3
-            for spline, g in zip(splines, gm):
-                p = spline(t)
-                d = p[None, :] - r
-                acc += g * (d / np.linalg.norm(d, axis=1)[:, None] ** 3 - p / np.linalg.norm(p) ** 3)
-            return np.hstack([s[:, 3:], acc]).ravel()
-
-        sol = solve_ivp(rhs, (float(t_start), float(mjd_tdb)), y0, method="DOP853", rtol=rtol, atol=1e-13)
-        if not sol.success:
-            log.warning("orbits of epoch MJD %.1f: integration to MJD %.1f failed (%s): kept as they are",
-                        t_start, mjd_tdb, sol.message)
-            result[rows] = np.nan
+    rhs = _rhs(splines, gm)
+    result = np.full_like(states, np.nan)
+    for side in (start < mjd_tdb, start > mjd_tdb):
+        idx = np.nonzero(side)[0]
+        if not idx.size:
             continue
-        result[rows] = sol.y[:, -1].reshape(m, 6)
+        order = np.argsort(-np.abs(start[idx] - mjd_tdb), kind="stable")
+        idx = idx[order]
+        joined: list[int] = []
+        y, t = np.zeros(0), None
+        for t_join in dict.fromkeys(start[idx].tolist()):
+            if t is not None and t_join != t and y.size:
+                sol = solve_ivp(rhs, (t, t_join), y, method="DOP853", rtol=rtol, atol=1e-13)
+                if not sol.success:
+                    log.warning("orbit integration from MJD %.1f to %.1f failed (%s): those orbits kept as they are",
+                                t, t_join, sol.message)
+                    y, joined = np.zeros(0), []
+                else:
+                    y = sol.y[:, -1]
+            new = idx[start[idx] == t_join]
+            joined.extend(new.tolist())
+            y = np.concatenate([y, states[new].ravel()])
+            t = t_join
+        if y.size:
+            sol = solve_ivp(rhs, (t, mjd_tdb), y, method="DOP853", rtol=rtol, atol=1e-13)
+            if sol.success:
+                result[joined] = sol.y[:, -1].reshape(-1, 6)
+            else:
+                log.warning("orbit integration to MJD %.1f failed (%s): %d orbits kept as they are", mjd_tdb,
+                            sol.message, len(joined))
     ok = np.all(np.isfinite(result), axis=1)
     elements = state_to_elements(result[ok], mjd_tdb)
-    idx = np.nonzero(far)[0][ok]
+    target = rows[ok]
     for name, values in elements.items():
-        out[name][idx] = values
-    out["epoch"][idx] = mjd_tdb
+        out[name][target] = values
+    out["epoch"][target] = mjd_tdb
     return out, int(ok.sum())

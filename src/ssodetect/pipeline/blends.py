@@ -22,6 +22,7 @@ from ssodetect.config import Config
 from ssodetect.link.blends import accept_recovery, choose_tracklets, fit_beside_template, propose_pairs, resample_stamp
 from ssodetect.pipeline.ccd import cleaned_pixels
 from ssodetect.report.tables import tracklet_tables
+from ssodetect.io.headers import world_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
     ends_xi = pxi + prop.vx * exp_h * np.array([-0.5, 0.0, 0.5])
     ends_eta = peta + prop.vy * exp_h * np.array([-0.5, 0.0, 0.5])
     ra, dec = plane.to_sky(ends_xi, ends_eta)
-    px, py = (np.asarray(v, float) for v in w.all_world2pix(ra, dec, 0, quiet=True))
+    px, py = (np.asarray(v, float) for v in world_to_pixels(w, ra, dec))
     x, y = float(px[1]), float(py[1])
     length = float(math.hypot(px[2] - px[0], py[2] - py[0]))
     theta = float(math.atan2(py[2] - py[0], px[2] - px[0]))
@@ -188,13 +189,15 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
             continue
         dt = tt - t_exposures[e]
         mra, mdec = plane.to_sky(np.array([pxi + prop.vx * dt]), np.array([peta + prop.vy * dt]))
-        mx, my = (float(v[0]) for v in w.all_world2pix(mra, mdec, 0, quiet=True))
+        mx, my = (float(v[0]) for v in world_to_pixels(w, mra, mdec))
         if math.hypot(mx - x, my - y) < hide + 3.0 * psf_sigma + 0.5 * length:
             continue
         wt = wcs_for(t, ccd)
         if wt is None:
             continue
-        tx, ty = (np.asarray(v, float).reshape(grid_x.shape) for v in wt.all_world2pix(sky[0], sky[1], 0, quiet=True))
+        tx, ty = (np.asarray(v, float).reshape(grid_x.shape) for v in world_to_pixels(wt, sky[0], sky[1]))
+        if not (np.isfinite(tx).any() and np.isfinite(ty).any()):
+            continue  # that exposure does not see this part of the sky (another pointing)
         image, var, mask, _ = pixels(t)
         vals, vvar = resample_stamp(image, var, mask, tx, ty)
         mover = np.hypot(grid_x - mx, grid_y - my) < hide

@@ -14,6 +14,7 @@ from ssodetect.config import Config
 from ssodetect.known import Observer, read_orbits
 from ssodetect.known.identify import empty_known_table, identify, match_predictions
 from ssodetect.known.skybot import predictions_from_skybot, skybot_cone
+from ssodetect.io.headers import world_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
             if abs(times.get(exposure, np.inf) - mjd) > 1e-6:
                 continue
             with np.errstate(invalid="ignore"):
-                x, y = wcs.all_world2pix(np.asarray(ra, float), np.asarray(dec, float), 0, quiet=True)
+                x, y = world_to_pixels(wcs, np.asarray(ra, float), np.asarray(dec, float))
             inside |= (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
         return inside
 
@@ -130,13 +131,19 @@ def identify_known(observations: Table, objects: Table, exposures: list, ccd_inf
     return known, predictions
 
 
+#: Pixels a recovered position may lie from its prediction where the pixels are coarser than ``[known]
+#: recovery_radius``: elements moved over years through the planets' pull predict within ~2.5" (NEOWISE frames).
+RECOVERY_PIXELS = 1.5
+
+
 def recover_known(observations: Table, objects: Table, known: Table, predictions: dict, exposures: list,
                   ccd_info: list, wcs_for, read_image, config: Config) -> tuple[Table, Table]:
     """Measure known objects that linking missed at their predicted positions (forced PSF centroids).
 
     A known object predicted on the detectors but not identified (blended with a galaxy in some
     exposures, or seen in too few) is looked for in every exposure: a PSF fit started at the
-    prediction, kept when it converges within ``[known] recovery_radius`` of it with S/N >= 5.
+    prediction, kept when it converges within ``[known] recovery_radius`` (at least :data:`RECOVERY_PIXELS`
+    pixels) of it with S/N >= 5.
     Seen in at least two exposures with a consistent observed-minus-predicted offset, it becomes
     an object of ``kind = known`` with those observations.
 
@@ -181,7 +188,7 @@ def recover_known(observations: Table, objects: Table, known: Table, predictions
                 info = info_by.get((e.index, ref.ccd))
                 if wcs is None or info is None or not info.get("shape"):
                     continue
-                x, y = (float(v) for v in wcs.all_world2pix(pra[j], pdec[j], 0, quiet=True))
+                x, y = (float(v) for v in world_to_pixels(wcs, pra[j], pdec[j]))
                 ny, nx = info["shape"]
                 if not (5 <= x < nx - 5 and 5 <= y < ny - 5):
                     continue
@@ -196,7 +203,8 @@ def recover_known(observations: Table, objects: Table, known: Table, predictions
                 if fit is None:
                     continue
                 scale = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
-                if np.hypot(fit[0] - x, fit[1] - y) * scale > kc.recovery_radius:
+                # within the radius, or 1.5 px where pixels are coarser than it (2.75" for NEOWISE)
+                if np.hypot(fit[0] - x, fit[1] - y) * scale > max(kc.recovery_radius, RECOVERY_PIXELS * scale):
                     continue
                 flux, err = psf_photometry(work, var, mask, np.array([fit[0]]), np.array([fit[1]]), np.zeros(1),
                                            np.zeros(1), sigma, gain)

@@ -23,6 +23,7 @@ from ssodetect.config import Config
 from ssodetect.detect.shape import psf_photometry
 from ssodetect.link.pixels import missing_deficit, occupancy_scores, occupancy_verdict, trail_overlap
 from ssodetect.pipeline.ccd import cleaned_pixels
+from ssodetect.io.headers import world_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             w, info = wcs(e, ccd), info_by.get((e, ccd))
             if w is None or info is None or not info.get("shape"):
                 continue
-            x, y = (float(v) for v in w.all_world2pix(ra, dec, 0, quiet=True))
+            x, y = (float(v) for v in world_to_pixels(w, ra, dec))
             ny, nx = info["shape"]
             if OCCUPANCY_MARGIN <= x < nx - OCCUPANCY_MARGIN and OCCUPANCY_MARGIN <= y < ny - OCCUPANCY_MARGIN:
                 return ccd, x, y
@@ -152,7 +153,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                 if spot is None:
                     continue
                 ccd, x, y = spot
-                ex, ey = wcs(e, ccd).all_world2pix(ends[0], ends[1], 0, quiet=True)
+                ex, ey = world_to_pixels(wcs(e, ccd), ends[0], ends[1])
                 seg_len = float(math.hypot(ex[1] - ex[0], ey[1] - ey[0]))
                 theta = float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))
                 jobs[(e, ccd)].append((k, i, j, x, y, seg_len, theta))
@@ -174,7 +175,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             if spot is None:
                 continue
             ccd, x, y = spot
-            ex, ey = wcs(e, ccd).all_world2pix(pra[[0, 2]], pdec[[0, 2]], 0, quiet=True)
+            ex, ey = world_to_pixels(wcs(e, ccd), pra[[0, 2]], pdec[[0, 2]])
             jobs[(e, ccd)].append((k, m, j, x, y, float(math.hypot(ex[1] - ex[0], ey[1] - ey[0])),
                                    float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))))
         # rows 0..m-1: the members' positions; row m: the predicted positions

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 from ssodetect.columns import rows_by
 from ssodetect.report.cutouts import pixel_jacobian
 from ssodetect.report.regions import fitted_track
+from ssodetect.io.headers import world_to_pixels
 
 __all__ = ["stretch", "png_data_uri", "gif_data_uri", "render_report", "annotated_stamp", "scale_bar", "object_links"]
 
@@ -259,8 +260,7 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         for name, idx in rows_by(observations[on], "object").items():
             idx = on[idx]
             if wcs is not None:  # sky positions in the overview's frame (pixel positions jump with the dithers)
-                xs, ys = wcs.all_world2pix(column["ra"][idx].astype(float), column["dec"][idx].astype(float), 0,
-                                           quiet=True)
+                xs, ys = world_to_pixels(wcs, column["ra"][idx].astype(float), column["dec"][idx].astype(float))
             else:
                 xs, ys = column["x"][idx], column["y"][idx]
             tracks.append((identities.get(name, name), xs, ys))

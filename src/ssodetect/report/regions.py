@@ -26,6 +26,7 @@ from regions import (CirclePixelRegion, CircleSkyRegion, LinePixelRegion, LineSk
 
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import rows_by
+from ssodetect.io.headers import world_to_pixels
 
 __all__ = ["object_regions", "write_regions", "exposure_regions", "write_exposure_regions", "fitted_track",
            "region_file_name", "KIND_COLOURS", "TRAIL_COLOURS", "REGIONS_DIR"]
@@ -185,7 +186,7 @@ def exposure_regions(exposure: int, ccd: str, *, candidates: Table | None, obser
                 continue
             times = np.array([exposure_mjd[e] for e in sorted(exposure_mjd)], float)
             ra, dec = track(times)
-            xs, ys = wcs.all_world2pix(ra, dec, 0, quiet=True)
+            xs, ys = world_to_pixels(wcs, ra, dec)
             ny, nx = wcs.pixel_shape[::-1] if wcs.pixel_shape else (np.inf, np.inf)
             onframe = (xs > -0.5) & (ys > -0.5) & (xs < nx - 0.5) & (ys < ny - 0.5)
             if not mine.size and not onframe.any():

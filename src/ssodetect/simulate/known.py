@@ -6,7 +6,9 @@ speed) and has its node and argument of perihelion turned so that the object sit
 sight to a chosen point of the field at the reference time.  Its absolute magnitude is set so that
 its apparent magnitude falls in the requested range.  The orbits file written for the run holds
 these re-aimed orbits together with every other orbit of the source file unchanged (objects that
-must not be found in the field).  Angles in degrees, distances in au, times MJD (UTC for
+must not be found in the field).  The placed orbits' elements are first moved to the reference time through the
+planets' pull (:func:`ssodetect.known.perturb.advance_orbits`), as the pipeline moves elements far from its frames.
+Angles in degrees, distances in au, times MJD (UTC for
 observations, TT for elements).
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from astropy.table import Table
 from astropy.time import Time
 
+from ssodetect.known.perturb import advance_orbits
 from ssodetect.known.propagate import ECLIPTIC_TO_ICRS, Observer, earth_heliocentric, heliocentric_states, predict
 
 __all__ = ["aim_orbit", "place_known_objects"]
@@ -89,13 +92,18 @@ def place_known_objects(orbits: Table, n: int, mjd_ref: float, positions: list, 
     """
     out = orbits.copy()
     order = rng.permutation(len(orbits))
+    order = order[(np.asarray(out["e"], float)[order] < 0.95) & (np.asarray(out["q"], float)[order] > 1.2)]
+    # the candidates' elements moved to the reference time through the planets' pull, as the pipeline moves
+    # elements far from its frames: the placed objects sit where the pipeline predicts them
+    tries = order[: max(4 * n, 20)]
+    moved, _ = advance_orbits(out[tries], float(Time(mjd_ref, format="mjd", scale="utc").tdb.mjd), min_days=0.0)
+    for name in ("epoch", "q", "e", "i", "node", "peri", "M", "tp"):
+        out[name][tries] = moved[name]
     placed: list[int] = []
     k = 0
-    for j in order:
+    for j in tries:
         if len(placed) >= n:
             break
-        if not (float(out["e"][j]) < 0.95 and float(out["q"][j]) > 1.2):
-            continue
         ra, dec = positions[k]
         aim = aim_orbit(out[j : j + 1], mjd_ref, ra, dec, observer, rng)
         if aim is None:
