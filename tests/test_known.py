@@ -250,3 +250,27 @@ def test_predictions_without_observations_at_unrounded_exposure_times():
     identities, known, predictions = identify(empty, orbit, centre=(float(at["ra"][0]), float(at["dec"][0])),
                                               radius_deg=0.2, times=times)
     assert identities == {} and list(known["designation"]) == ["near"] and "near" in predictions
+
+
+def test_elements_and_states_round_trip_and_recent_elements_stay():
+    """state_to_elements inverts the two-body state of the elements (every kind of orbit), and advance_orbits leaves
+    elements within its window as they are, moving the others to the new epoch."""
+    from astropy.table import Table
+
+    from ssodetect.known.orbits import orbits_table
+    from ssodetect.known.perturb import _velocity_states, advance_orbits, state_to_elements
+
+    orbits = orbits_table([dict(designation="mba", q=2.2, e=0.15, i=12.0, node=80.0, peri=30.0, M=40.0, epoch=60000.0),
+                           dict(designation="neo", q=0.9, e=0.5, i=25.0, node=200.0, peri=300.0, M=350.0, epoch=60000.0),
+                           dict(designation="comet", q=1.5, e=1.2, i=100.0, node=10.0, peri=120.0, tp=60050.0,
+                                epoch=60000.0)])
+    back = state_to_elements(_velocity_states(orbits, np.full(3, 60000.0)), 60000.0)
+    for name, tol in (("q", 1e-9), ("e", 1e-9), ("i", 1e-7), ("node", 1e-7), ("peri", 1e-6), ("tp", 1e-5)):
+        np.testing.assert_allclose(back[name], np.asarray(orbits[name], float), atol=tol, err_msg=name)
+    same, n = advance_orbits(orbits, 60010.0)
+    assert n == 0 and all(np.array_equal(same[c], orbits[c]) for c in ("q", "e", "tp", "epoch"))
+    moved, n = advance_orbits(orbits[:2], 60400.0)
+    assert n == 2 and np.all(moved["epoch"] == 60400.0)
+    # the planets' pull over 400 days changes a main-belt orbit's elements a little, not its nature
+    assert np.all(np.abs(moved["q"] - orbits[:2]["q"]) < 0.01) and np.all(np.abs(moved["e"] - orbits[:2]["e"]) < 0.01)
+    assert isinstance(moved, Table)
