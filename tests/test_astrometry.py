@@ -715,3 +715,26 @@ def test_a_header_that_cannot_be_checked_is_said_so(tmp_path, capsys):
     assert code == 1
     unchecked = [line for line in err.splitlines() if "its header WCS could not be checked" in line]
     assert unchecked and all(line.startswith("WARNING") and "exp_0" in line for line in unchecked)
+
+
+def test_a_ccd_exposure_rescued_after_failing_alone_draws_no_warning(caplog):
+    """Failures of the per-CCD solve that the rescue then solves were warnings (8 on a 2-CCD scene all of whose
+    exposures ended solved); now only what stays unsolved is, with everything tried."""
+    from ssodetect.astrometry.field import rescue_failed
+    from ssodetect.config import Config
+    from ssodetect.pipeline.astrometry import SolveTask, warn_unsolved
+
+    rng = np.random.default_rng(3)
+    keys = [(e, ccd) for e in range(2) for ccd in "ABC"]
+    truths, catalogue, groups = _focal_plane_scene(rng, keys, n_faint=120, header_extra={(1, "A"): 120.0})
+    config = Config()
+    config.astrometry.blind = False
+    with caplog.at_level("WARNING"):
+        alone = [sol for group in groups for sol in SolveTask(catalogue, config)(group)]
+        assert sum(not s.ok for s in alone) == 3 and not caplog.records  # failed alone: not said yet
+        rescued, _ = rescue_failed(groups, alone, catalogue, config.astrometry)
+        assert warn_unsolved(rescued) == 0 and not caplog.records
+    rescued[0].status, rescued[0].reason = "failed", "nothing matched; registered onto nothing"
+    with caplog.at_level("WARNING"):
+        assert warn_unsolved(rescued) == 1
+    assert "astrometric solution failed: nothing matched" in caplog.text

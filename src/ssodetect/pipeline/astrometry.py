@@ -43,6 +43,7 @@ __all__ = [
     "place_on_reference",
     "register_unplaced",
     "SolveTask",
+    "warn_unsolved",
     "astrometry_tasks",
     "apply_solutions",
     "solution_table",
@@ -66,7 +67,18 @@ class SolveTask:
         for item in items:
             if isinstance(item.header_wcs, str):
                 item.header_wcs = wcs_from_header_string(item.header_wcs)
-        return solve_ccd(ccd, items, self.reference, self.config.astrometry)
+        # a failure here may still be rescued from the CCD's other exposures or the exposure's other CCDs: said
+        # (a warning) only once it is final (:func:`ssodetect.pipeline.run._solve`)
+        return solve_ccd(ccd, items, self.reference, self.config.astrometry, quiet=True)
+
+
+def warn_unsolved(solutions: list[ExposureSolution]) -> int:
+    """A warning for every CCD exposure still unsolved once the rescues were tried (with everything tried, in its
+    reason); those solved alone or rescued say nothing.  Returns how many."""
+    failed = [sol for sol in solutions if not sol.ok]
+    for sol in failed:
+        log.warning("CCD %s exposure %d: astrometric solution failed: %s", sol.ccd, sol.exposure, sol.reason)
+    return len(failed)
 
 
 def astrometry_tasks(results, refs, config: Config) -> list[tuple[str, list[ExposureStars]]]:

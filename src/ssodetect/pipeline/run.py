@@ -38,6 +38,7 @@ from ssodetect.columns import empty_table
 from ssodetect.link.movers import STREAK_COLUMNS, link_movers, select_candidates, streak_table
 from ssodetect.pipeline.astrometry import (
     SolveTask,
+    warn_unsolved,
     load_reference_wcs,
     apply_solutions,
     astrometry_tasks,
@@ -209,6 +210,7 @@ def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
     groups = astrometry_tasks(results, tasks, config)
     solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
     solutions, _ = rescue_failed(groups, [sol for group in solved for sol in group], reference, config.astrometry)
+    warn_unsolved(solutions)
     return solutions
 
 
