@@ -216,8 +216,17 @@ def _evaluate(args) -> int:
 
     from ssodetect.evaluate import evaluate_run, format_evaluation
 
+    import math
+
     outdir = Path(args.outdir)
     obs_path = outdir / "observations.ecsv" if outdir.is_dir() else outdir
+    if not (math.isfinite(args.rate_min) and math.isfinite(args.rate_max) and 0 <= args.rate_min < args.rate_max
+            and math.isfinite(args.bright)):
+        raise SSODetectError(f"--rate-min {args.rate_min:g} --rate-max {args.rate_max:g} --bright {args.bright:g}: "
+                             "finite, with 0 <= rate-min < rate-max")
+    for path, what in ((obs_path, "run observations"), (Path(args.truth), "truth table")):
+        if path.exists() and not path.is_file():
+            raise SSODetectError(f"{path}: not a regular file (a FIFO, device or directory is not a {what})")
     try:
         observations = Table.read(obs_path, format="ascii.ecsv")
     except (OSError, ValueError) as exc:

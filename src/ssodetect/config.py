@@ -648,6 +648,10 @@ class Config(_Section):
     alerts: AlertConfig = Field(default_factory=AlertConfig)
 
 
+#: Largest configuration file read [bytes].
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config(path: str | Path | None = None) -> Config:
     """Read a TOML configuration file; missing keys take their defaults.
 
@@ -664,12 +668,20 @@ def load_config(path: str | Path | None = None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a FIFO, device or directory is not a configuration)")
     try:
+        if path.exists() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a configuration is at most {MAX_CONFIG_BYTES}")
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -36,6 +36,9 @@ def cache_key() -> tuple[bytes, bool]:
     can then not be reused by a later run; a warning says so).
     """
     path = cache_key_path()
+    if path.exists() and not path.is_file():  # a FIFO or device would block or never end
+        log.warning("%s: the cache key is not a regular file; stored step products will not be reused", path)
+        return _EPHEMERAL, False
     try:
         key = path.read_bytes()
         if len(key) >= 32:

@@ -376,3 +376,76 @@ def test_an_input_folder_named_with_odd_characters_runs_to_the_end(scene, tmp_pa
     with fits.open(tmp_path / "out" / "overview.fits") as hdul:
         assert hdul[1].header["FILE"].endswith(".fits") and "?" in hdul[1].header["FILE"]
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def _fifo_guard(path, after: float = 15.0):
+    """A thread that, after ``after`` seconds, opens the FIFO ``path`` for writing and closes it (a reader stuck on
+    it then sees the end instead of hanging the suite)."""
+    def release():
+        deadline = time.time() + after + 30.0
+        time.sleep(after)
+        while time.time() < deadline:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                time.sleep(0.2)  # nobody reading: the command did not open it (as it should not)
+                continue
+    thread = threading.Thread(target=release, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("role", ["--refcat", "--config", "truth"])
+def test_a_fifo_given_as_a_file_is_refused_at_once(good_run, scene, tmp_path, capsys, role):
+    """The second campaign's N1: a FIFO as reference catalogue, configuration or truth table made the command wait
+    forever. Refused in one line (exit 2) within seconds, nothing written."""
+    fifo = tmp_path / ("refcat.ecsv" if role == "--refcat" else "settings.toml" if role == "--config" else "truth.ecsv")
+    os.mkfifo(fifo)
+    _fifo_guard(fifo)
+    t0 = time.time()
+    if role == "truth":
+        run = copy_run(good_run.out, tmp_path / "run")
+        before = snapshot(run)
+        outcome = cli(capsys, "evaluate", run, fifo)
+        assert snapshot(run) == before
+    else:
+        outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", role, fifo)
+        assert not (tmp_path / "out").exists()
+    assert time.time() - t0 < 10.0
+    assert outcome.code == 2 and len(outcome.errors) == 1 and str(fifo) in outcome.errors[0], outcome.err
+    assert "not a regular file" in outcome.errors[0]
+
+
+@pytest.mark.parametrize("extra, words", [(["--rate-min", "nan"], "finite"), (["--rate-min", "10", "--rate-max", "1"],
+                                                                              "rate-min < rate-max"),
+                                          (["--bright", "inf"], "finite")])
+def test_evaluate_refuses_rates_that_are_not_a_range(good_run, scene, tmp_path, capsys, extra, words):
+    """The second campaign's N6: NaN or inverted rate ranges were scored as 0/0 and written."""
+    run = copy_run(good_run.out, tmp_path / "run")
+    before = snapshot(run)
+    outcome = cli(capsys, "evaluate", run, scene / "truth.ecsv", *extra)
+    assert outcome.code == 2 and words in outcome.errors[0], outcome.err
+    assert snapshot(run) == before
+
+
+def test_deep_nesting_and_damaged_fits_products_are_clean_errors(good_run, scene, tmp_path, capsys):
+    """N3/N4: a configuration nested 100,000 deep and a truncated cutouts.fits / empty overview.fits under
+    `ssodetect report` were internal errors (exit 3)."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100000 + "]" * 100000 + "\n")
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", deep)
+    assert outcome.code == 2 and str(deep) in outcome.errors[0], outcome.err
+    for name, damage in (("cutouts.fits", lambda b: b[:20000]), ("overview.fits", lambda b: b"")):
+        run = copy_run(good_run.out, tmp_path / name)
+        (run / name).write_bytes(damage((run / name).read_bytes()))
+        outcome = cli(capsys, "report", run)
+        assert outcome.code == 2 and name in outcome.errors[0], outcome.err
+
+
+def test_an_outdir_through_a_symlink_loop_is_refused_before_any_work(scene, tmp_path, capsys):
+    """N5: the whole pipeline ran, then 'Symlink loop' (exit 3)."""
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    t0 = time.time()
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "loop1" / "out")
+    assert outcome.code == 2 and "loop1" in outcome.errors[0] and time.time() - t0 < 5.0, outcome.err

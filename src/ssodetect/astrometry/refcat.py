@@ -106,6 +106,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: reference catalogue not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a FIFO, device or directory is not a catalogue)")
     suffix = path.suffix.lower()
     try:
         if suffix in (".fits", ".fit", ".cat", ".ldac") and _is_ldac(path):

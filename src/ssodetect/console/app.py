@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -77,6 +77,18 @@ def _files_of(root: Path, suffixes: tuple, depth: int = 3) -> list[str]:
     """Files under ``root`` with one of ``suffixes`` (relative paths), hidden files and run directories left out."""
     return [(rel / f).as_posix() for rel, names in _walk(root, depth) for f in names
             if f.lower().endswith(suffixes) and not f.startswith(".")]
+
+
+class _Gone(Exception):
+    """The client went away in the middle of sending a form."""
+
+
+async def _form(request: Request):
+    """The request's form; a client that disconnects mid-body is answered 400 (no traceback in the server log)."""
+    try:
+        return await request.form()
+    except ClientDisconnect:
+        raise _Gone from None
 
 
 class _Guard(BaseHTTPMiddleware):
@@ -208,7 +220,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         return FileResponse(target, filename=target.name)
 
     async def rerun(request: Request):
-        form = await request.form()
+        form = await _form(request)
         if not hmac.compare_digest(str(form.get("csrf", "")), csrf):
             return PlainTextResponse("the form is stale or was not sent by this console (CSRF token)", status_code=403)
         try:
@@ -224,7 +236,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         return form_page()
 
     async def launch(request: Request):
-        form = await request.form()
+        form = await _form(request)
         values = {k: str(form.get(k, "")).strip() for k in ("inputs", "refcat", "config", "out", "obs_id", "station",
                                                              "keywords")}
         values["orbits"] = [str(v) for v in form.getlist("orbits") if str(v).strip()]
@@ -259,7 +271,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         return page("job.html", job=job, argv=" ".join(json.loads(job["argv"])))
 
     async def job_cancel(request: Request):
-        form = await request.form()
+        form = await _form(request)
         if not hmac.compare_digest(str(form.get("csrf", "")), csrf):
             return PlainTextResponse("the form is stale or was not sent by this console (CSRF token)", status_code=403)
         pool.cancel(int(request.path_params["job"]))
@@ -322,7 +334,11 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
                 watcher.stop()
             pool.stop()
 
-    app = Starlette(routes=routes, middleware=[Middleware(_Guard, token=token)], lifespan=lifespan)
+    async def gone(request: Request, exc: Exception):
+        return PlainTextResponse("the request's body did not arrive whole", status_code=400)
+
+    app = Starlette(routes=routes, middleware=[Middleware(_Guard, token=token)], lifespan=lifespan,
+                    exception_handlers={_Gone: gone})
     app.state.workers = pool
     app.state.root = root
     app.state.watchers = watchers

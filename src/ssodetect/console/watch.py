@@ -32,8 +32,11 @@ def visit_state(folder: Path, io: IOConfig) -> tuple[int, float, int]:
     files (0 when it holds none), and how many of its files cannot be read yet (being written, or broken)."""
     try:
         paths = find_inputs([folder])
-    except SSODetectError:
-        return 0, 0.0, 0
+    except SSODetectError:  # e.g. a FIFO or device among its files: a visit that cannot be run as it is
+        try:
+            return 0, folder.stat().st_mtime, 1
+        except OSError:
+            return 0, 0.0, 1
     newest = max((os.stat(p).st_mtime for p in paths), default=0.0)
     refs, unreadable = [], 0
     for path in paths:

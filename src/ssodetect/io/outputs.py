@@ -505,6 +505,10 @@ def check_apart(outdir: str | Path, inputs, what: str = "input") -> None:
     InputError
         Naming the directory and the input.
     """
+    try:  # a path through a symlink loop is refused now, not after the whole run
+        Path(outdir).resolve()
+    except (RuntimeError, OSError) as exc:
+        raise InputError(f"{outdir}: cannot be resolved ({exc})") from None
     out = Path(os.path.realpath(outdir))
     for item in inputs:
         path = Path(os.path.realpath(item))

@@ -82,7 +82,7 @@ def _row(root: Path, manifest_path: Path) -> dict | None:
     try:
         manifest = json.loads(manifest_path.read_text())
         mtime = manifest_path.stat().st_mtime_ns
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (a manifest nested without end is not a run's)
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("run_id"), str) or "steps" not in manifest:
         return None

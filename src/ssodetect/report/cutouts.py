@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ssodetect.columns import rows_by
+from ssodetect.errors import InputError
 from ssodetect.io.headers import fits_text
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,9 @@ def read_cutouts(path) -> dict:
                 out[name] = (np.asarray(hdu.data, np.float32), planes)
     except FileNotFoundError:
         return {}
+    except Exception as exc:  # truncated, emptied or edited (astropy raises, or warns, in many ways)
+        raise InputError(f"{path}: not a readable cutouts file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:150] if str(exc) else ''})") from None
     return out
 
 
@@ -238,4 +242,7 @@ def read_overview(path) -> list[tuple]:
                 out.append((h.name, np.asarray(h.data, np.float32), int(h.header.get("BINNING", 1)), wcs))
     except FileNotFoundError:
         return []
+    except Exception as exc:  # as above
+        raise InputError(f"{path}: not a readable overview file ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:150] if str(exc) else ''})") from None
     return out
