@@ -83,3 +83,16 @@ def test_watch_refuses_bad_settings_and_says_why_a_visit_was_not_run(scene, tmp_
     captured = capsys.readouterr()
     assert "0 visit(s) run" in captured.out
     assert "visit v1 not run: 3 of 4 exposures, 1 file(s) unreadable" in captured.err, captured.err
+
+
+def test_watch_once_names_a_visit_holding_a_fifo(scene, tmp_path, capsys):
+    """The second campaign's N7: a FIFO among a visit's frames made it silently skipped (exit 0)."""
+    import os
+
+    inbox = tmp_path / "inbox"
+    (inbox / "v1").mkdir(parents=True)
+    for path in sorted(scene.glob("exp_*.fits"))[:3]:
+        shutil.copy(path, inbox / "v1" / path.name)
+    os.mkfifo(inbox / "v1" / "exp_03.fits")
+    assert main(["watch", str(inbox), "--root", str(tmp_path / "r"), "--once", "--settle", "0"]) == 1
+    assert "visit v1 not run: 0 of 4 exposures, 1 file(s) unreadable" in capsys.readouterr().err
