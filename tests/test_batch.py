@@ -124,7 +124,7 @@ def test_batch_on_dask_loses_nothing_when_a_worker_is_killed(fields, tmp_path):
     batch = [Field(n, (str(fields / n),)) for n in ("f41", "f42", "f43")]
     serial = run_batch(batch, tmp_path / "serial", config)
     assert list(serial["status"]) == ["done"] * 3
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         result = {}
         thread = threading.Thread(target=lambda: result.update(summary=run_batch(batch, tmp_path / "dask", config,

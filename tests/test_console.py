@@ -330,7 +330,7 @@ def test_a_watch_folder_in_the_console_shows_a_visit_that_never_completes(root, 
 def test_a_run_launched_from_the_console_computes_on_its_dask_cluster(root):
     """`serve --scheduler`: the run launched from the form computes its CCDs on that cluster."""
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         with TestClient(create_app(root, workers=1, scheduler=cluster.scheduler_address)) as client:
             sent = client.post("/launch", data=_form(_csrf(client), out="ondask"), follow_redirects=False)
             assert sent.status_code == 303

@@ -213,7 +213,7 @@ class DaskExecutor:
             try:
                 with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
                     self._cluster = LocalCluster(
-                        n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=None,
+                        n_workers=workers or 1, threads_per_worker=1, processes=True, dashboard_address=":0",  # any free port
                     )
             finally:
                 os.environ.clear()
