@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from astropy.table import Table
 
-from faultkit import RECORD, cli, cli_uncaptured, copy_run, files, snapshot
+from faultkit import RECORD, cli, cli_uncaptured, copy_run, snapshot
 
 from ssodetect.pipeline.batch import field_complete
 

@@ -95,15 +95,18 @@ def place_known_objects(orbits: Table, n: int, mjd_ref: float, positions: list, 
     order = order[(np.asarray(out["e"], float)[order] < 0.95) & (np.asarray(out["q"], float)[order] > 1.2)]
     # the candidates' elements moved to the reference time through the planets' pull, as the pipeline moves
     # elements far from its frames: the placed objects sit where the pipeline predicts them
-    tries = order[: max(4 * n, 20)]
-    moved, _ = advance_orbits(out[tries], float(Time(mjd_ref, format="mjd", scale="utc").tdb.mjd), min_days=0.0)
-    for name in ("epoch", "q", "e", "i", "node", "peri", "M", "tp"):
-        out[name][tries] = moved[name]
+    tdb = float(Time(mjd_ref, format="mjd", scale="utc").tdb.mjd)
+    chunk = max(4 * n, 20)
     placed: list[int] = []
     k = 0
-    for j in tries:
+    for position, j in enumerate(order):
         if len(placed) >= n:
             break
+        if position % chunk == 0:  # the next candidates moved, a chunk at a time (most orbits can be aimed)
+            tries = order[position : position + chunk]
+            moved, _ = advance_orbits(out[tries], tdb, min_days=0.0)
+            for name in ("epoch", "q", "e", "i", "node", "peri", "M", "tp"):
+                out[name][tries] = moved[name]
         ra, dec = positions[k]
         aim = aim_orbit(out[j : j + 1], mjd_ref, ra, dec, observer, rng)
         if aim is None:
