@@ -172,3 +172,19 @@ def test_unusable_or_disagreeing_time_keywords_are_noted():
     # a usable keyword first: a later one that cannot be read is no concern (a date-only DATE-OBS beside MJD-OBS)
     h = fits.Header({"MJD-OBS": 60370.0, "DATE-OBS": "2024-03-01", "EXPTIME": 60.0})
     assert observation_time(h, IOConfig()).notes == ()
+
+
+def test_merged_header_prefers_the_extension_and_fills_from_the_primary():
+    """merge_headers (linear: the second campaign's 20,000-card header took 20 s to scan through astropy's
+    extend(update=True), 0.6 s now): the extension's value wins, the primary fills what it lacks, the primary's
+    commentary cards are left out."""
+    from astropy.io import fits
+
+    from ssodetect.io.headers import merge_headers
+
+    primary = fits.Header([("EXPTIME", 100.0), ("FILTER", "r"), ("HISTORY", "old")])
+    ext = fits.Header([("EXPTIME", 50.0), ("CCDID", "1-1"), ("COMMENT", "kept")])
+    merged = merge_headers(ext, primary)
+    assert merged["EXPTIME"] == 50.0 and merged["FILTER"] == "r" and merged["CCDID"] == "1-1"
+    assert list(merged["COMMENT"]) == ["kept"] and "HISTORY" not in merged
+    assert merge_headers(ext) == ext

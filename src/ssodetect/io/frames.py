@@ -34,7 +34,7 @@ from astropy.wcs import WCS
 
 from ssodetect.config import IOConfig
 from ssodetect.errors import InputError
-from ssodetect.io.headers import celestial_wcs, first_keyword, frame_type, observation_time
+from ssodetect.io.headers import celestial_wcs, first_keyword, frame_type, merge_headers, observation_time
 
 __all__ = ["CCDRef", "Exposure", "CCDImage", "common_ccds", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
 
@@ -437,10 +437,7 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
         raise InputError(f"{path}: cannot read CCD {ref.ccd} ({exc})") from None
     if data.ndim != 2:
         raise InputError(f"{path}: CCD {ref.ccd} is not a 2-D image (shape {data.shape})")
-    merged = fits.Header()
-    if ref.sci != 0:
-        merged.extend(primary, unique=True)
-    merged.extend(header, unique=True, update=True)
+    merged = merge_headers(header, primary if ref.sci != 0 else None)
     mask = ~np.isfinite(data)
     if rms is not None:
         if rms.shape != data.shape:

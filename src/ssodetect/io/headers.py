@@ -29,6 +29,7 @@ from ssodetect.config import IOConfig
 
 __all__ = [
     "fits_text",
+    "merge_headers",
     "world_to_pixels",
     "first_keyword",
     "ObservationTime",
@@ -162,10 +163,7 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
     ValueError
         No keyword gives a usable time, or the exposure time is negative.
     """
-    merged = fits.Header()
-    if fallback is not None:
-        merged.extend(fallback, unique=True)
-    merged.extend(header, unique=True, update=True)
+    merged = merge_headers(header, fallback)
     exptime = first_keyword(merged, config.exptime_keys, 0.0)
     try:
         exptime = float(exptime)
@@ -420,3 +418,16 @@ def world_to_pixels(wcs, ra, dec):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return wcs.all_world2pix(ra, dec, 0, quiet=True)
+
+
+#: Commentary keywords: repeated by design, never a value to look up.
+_COMMENTARY = ("", "COMMENT", "HISTORY")
+
+
+def merge_headers(header, fallback=None):
+    """One header for keyword lookups: every card of ``header``, and those of ``fallback`` (e.g. the primary HDU's)
+    whose keywords ``header`` lacks (its commentary cards left out).  Linear in the number of cards (astropy's ``Header.extend(update=True)``
+    re-indexes the header for every card: 20 s for a header of 20,000 cards)."""
+    own = {k for k in header.keys() if k not in _COMMENTARY}
+    cards = [] if fallback is None else [c for c in fallback.cards if c.keyword not in own and c.keyword not in _COMMENTARY]
+    return fits.Header(cards + list(header.cards))
