@@ -226,18 +226,6 @@ def test_known_objects_are_measured_at_their_predictions_when_nothing_was_linked
     assert score["n_named"] >= 0.8 * evaluate_identification(linked.observations, linked.objects, truth)["n_named"]
 
 
-def test_orbits_far_from_the_frames_draw_a_warning(caplog):
-    from ssodetect.known.identify import MAX_EPOCH_DAYS, warn_epoch_distance
-
-    orbits = orbits_table([dict(designation=f"o{k}", q=2.0, e=0.1, i=5.0, node=10.0, peri=20.0, M=0.0,
-                                epoch=60000.0 + k * 150.0) for k in range(4)])
-    with caplog.at_level("WARNING", logger="ssodetect.known.identify"):
-        assert warn_epoch_distance(orbits, 60000.0) == 2  # 300 and 450 days away
-    assert "2 of 4 orbits" in caplog.text and "300-450 days" in caplog.text and MAX_EPOCH_DAYS == 200.0
-    caplog.clear()
-    assert warn_epoch_distance(orbits[:2], 60000.0) == 0 and not caplog.text
-
-
 def test_predictions_without_observations_at_unrounded_exposure_times():
     """Nothing linked: the sequence's middle is taken from exposure times that are not multiples of 1e-8 d
     (it had raised a KeyError in a quarter of random 4-exposure sets)."""

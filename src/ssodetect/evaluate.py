@@ -172,20 +172,9 @@ def evaluate_run(
     by_rate = [(k, v["rate"]) for k, v in per_obj.items() if v["n_on"] >= min_exposures and v["mag"] <= bright_limit]
     fmag = np.array([m for _, m in findable])
     ffound = np.array([k in found for k, _ in findable], bool)
-    rows = []
-    for lo, hi in zip(mag_bins[:-1], mag_bins[1:]):
-        sel = (fmag >= lo) & (fmag < hi)
-        n = int(sel.sum())
-        rows.append((lo, hi, n, int(ffound[sel].sum()), float(ffound[sel].mean()) if n else np.nan))
-    curve = Table(rows=rows, names=["mag_lo", "mag_hi", "n_findable", "n_found", "completeness"]) if rows else Table()
-    rrate = np.array([r for _, r in by_rate])
-    rfound = np.array([k in found for k, _ in by_rate], bool)
-    rate_rows = []
-    for lo, hi in zip(RATE_BINS[:-1], RATE_BINS[1:]):
-        sel = (rrate >= lo) & (rrate < hi)
-        n = int(sel.sum())
-        rate_rows.append((lo, hi, n, int(rfound[sel].sum()), float(rfound[sel].mean()) if n else np.nan))
-    rate_curve = Table(rows=rate_rows, names=["rate_lo", "rate_hi", "n_findable", "n_found", "completeness"])
+    curve = _binned(fmag, ffound, mag_bins, "mag")
+    rate_curve = _binned(np.array([r for _, r in by_rate]), np.array([k in found for k, _ in by_rate], bool), RATE_BINS,
+                         "rate")
     bright = fmag <= bright_limit
     completeness_bright = float(ffound[bright].mean()) if bright.any() else float("nan")
     mag50 = _mag50(curve)
@@ -211,6 +200,18 @@ def evaluate_run(
         assigned=assigned,
         completeness_rate=rate_curve,
     )
+
+
+def _binned(values: np.ndarray, found: np.ndarray, edges: np.ndarray, name: str) -> Table:
+    """Completeness per bin of ``values``: ``<name>_lo, <name>_hi, n_findable, n_found, completeness`` (NaN when
+    a bin is empty)."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (values >= lo) & (values < hi)
+        n = int(sel.sum())
+        rows.append((lo, hi, n, int(found[sel].sum()), float(found[sel].mean()) if n else np.nan))
+    return Table(rows=rows, names=[f"{name}_lo", f"{name}_hi", "n_findable", "n_found", "completeness"]) if rows \
+        else Table()
 
 
 def evaluation_table(ev: Evaluation) -> Table:

@@ -27,8 +27,7 @@ from ssodetect.known.propagate import Observer, predict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KNOWN_COLUMNS", "MAX_EPOCH_DAYS", "ADVANCE_DAYS", "time_groups", "field_candidates", "identify", "match_predictions", "empty_known_table",
-           "warn_epoch_distance"]
+__all__ = ["KNOWN_COLUMNS", "ADVANCE_DAYS", "time_groups", "field_candidates", "identify", "match_predictions", "empty_known_table"]
 
 KNOWN_COLUMNS = [
     ("designation", "U48", "", "known object"),
@@ -81,9 +80,6 @@ def field_candidates(orbits: Table, mjd_first: float, mjd_last: float, ra: float
     return np.nonzero(near)[0]
 
 
-#: Orbit elements farther than this from the frames [d] draw a warning: two-body propagation without planetary
-#: perturbations drifts by arcminutes over years ((298) Baptistina, elements of 2022 for frames of 2017: 7.7').
-MAX_EPOCH_DAYS = 200.0
 #: Elements farther than this from a group of frames [d] are moved to it through the planets' pull
 #: (:func:`ssodetect.known.perturb.advance_orbits`): on the NEOWISE frames, elements 4.4 years away were 8'-43' off
 #: in two-body motion, 2" after the integration.
@@ -91,20 +87,6 @@ ADVANCE_DAYS = 30.0
 #: How far [deg per year between epoch and frames] two-body positions may stray, for the wider field search of
 #: orbits whose elements are far from the frames (measured: up to 0.16 deg/yr for main-belt orbits).
 DRIFT_DEG_PER_YEAR = 0.5
-
-
-def warn_epoch_distance(orbits: Table, mjd: float) -> int:
-    """Log a warning when orbits' epochs lie more than :data:`MAX_EPOCH_DAYS` from ``mjd``; returns how many do."""
-    if "epoch" not in orbits.colnames or len(orbits) == 0:
-        return 0
-    distance = np.abs(np.asarray(orbits["epoch"], float) - mjd)
-    far = int(np.sum(distance > MAX_EPOCH_DAYS))
-    if far:
-        log.warning("known objects: %d of %d orbits near the field have elements %.0f-%.0f days from the frames "
-                    "(two-body propagation: predictions may be arcminutes off, identifications and recoveries may "
-                    "fail); use elements for an epoch near MJD %.0f", far, len(orbits),
-                    float(distance[distance > MAX_EPOCH_DAYS].min()), float(distance.max()), mjd)
-    return far
 
 
 def identify(observations: Table, orbits: Table, observer: Observer | None = None, *, centre: tuple,

@@ -59,7 +59,7 @@ from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, pipeline_s
 from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
-from ssodetect.report.context import field_centre, limiting_magnitude
+from ssodetect.report.context import ccd_limits, field_centre
 from ssodetect.report.products import write_reports
 from ssodetect.report.regions import REGIONS_DIR, write_exposure_regions
 
@@ -984,24 +984,11 @@ def _observing_context(result: RunResult, config: Config, refs: list) -> dict:
     centre = field_centre(points)
     out["field_centre"] = list(centre) if centre else None
     out["field_centre_source"] = "fitted WCS" if fitted else "header WCS"
-    zps = {f"{int(r['exposure'])}:{r['ccd']}": float(r["zeropoint"]) for r in result.astrometry
-           if str(r["status"]) == "ok" and np.isfinite(float(r["zeropoint"]))} if result.astrometry is not None else {}
-    exptime = {e.index: e.exptime for e in result.exposures}
-    limits: dict = {}
-    for info in result.ccd_info:
-        if "exposure" not in info or "ccd" not in info:
-            continue
-        key = f"{info['exposure']}:{info['ccd']}"
-        zp = zps.get(key, info.get("zeropoint"))
-        if zp is None or not np.isfinite(float(zp)):
-            zp = config.io.default_zeropoint
-        zps[key] = float(zp)
-        limit = limiting_magnitude(info.get("background_rms") or float("nan"), info.get("psf_sigma") or float("nan"),
-                                   float(zp), exptime.get(info["exposure"], 0.0))
-        if np.isfinite(limit):
-            limits.setdefault(str(info["ccd"]), []).append(limit)
-    out["zeropoints"] = zps
-    out["limits"] = {ccd: float(np.median(v)) for ccd, v in limits.items()}
+    fitted_zps = {(int(r["exposure"]), str(r["ccd"])): float(r["zeropoint"]) for r in result.astrometry
+                  if str(r["status"]) == "ok"} if result.astrometry is not None else {}
+    out["zeropoints"], out["limits"] = ccd_limits(result.ccd_info, fitted_zps,
+                                                  {e.index: e.exptime for e in result.exposures},
+                                                  config.io.default_zeropoint)
     return out
 
 

@@ -20,7 +20,7 @@ from astropy.time import Time
 
 from ssodetect.known.propagate import earth_heliocentric
 
-__all__ = ["HeaderRow", "limiting_magnitude", "field_centre", "sky_context", "header_rows", "NOT_IN_HEADERS",
+__all__ = ["HeaderRow", "limiting_magnitude", "ccd_limits", "field_centre", "sky_context", "header_rows", "NOT_IN_HEADERS",
            "NOT_RECORDED"]
 
 NOT_IN_HEADERS = "not in the headers"
@@ -52,6 +52,46 @@ def limiting_magnitude(background_rms: float, psf_sigma: float, zeropoint: float
         return float("nan")
     flux = 5.0 * float(background_rms) * 2.0 * float(psf_sigma) * math.sqrt(math.pi)
     return float(zeropoint) - 2.5 * math.log10(flux / max(float(exptime or 0.0), 1e-9))
+
+
+def ccd_limits(ccd_info: list, fitted: dict, exptimes: dict, default_zeropoint: float) -> tuple[dict, dict]:
+    """Zero point of every CCD exposure and the median 5-sigma limit of every CCD.
+
+    Parameters
+    ----------
+    ccd_info : list of dict
+        Per CCD exposure diagnostics (``exposure``, ``ccd``, ``background_rms``, ``psf_sigma`` [px], ``zeropoint``
+        from the header or the default).
+    fitted : dict
+        (exposure, ccd) -> zero point fitted to the reference catalogue (it wins; NaN ignored).
+    exptimes : dict
+        Exposure -> exposure time [s].
+    default_zeropoint : float
+        Used where neither gives one.
+
+    Returns
+    -------
+    zeropoints : dict
+        ``"exposure:ccd"`` -> zero point [mag].
+    limits : dict
+        CCD -> median over its exposures of :func:`limiting_magnitude` [mag] (CCDs without one left out).
+    """
+    zps: dict = {}
+    limits: dict = {}
+    for info in ccd_info:
+        if "exposure" not in info or "ccd" not in info:
+            continue
+        zp = fitted.get((int(info["exposure"]), str(info["ccd"])))
+        if zp is None or not math.isfinite(zp):
+            zp = info.get("zeropoint")
+        if zp is None or not math.isfinite(float(zp)):
+            zp = default_zeropoint
+        zps[f"{info['exposure']}:{info['ccd']}"] = float(zp)
+        limit = limiting_magnitude(info.get("background_rms") or float("nan"), info.get("psf_sigma") or float("nan"),
+                                   float(zp), exptimes.get(info["exposure"], 0.0))
+        if math.isfinite(limit):
+            limits.setdefault(str(info["ccd"]), []).append(limit)
+    return zps, {ccd: float(np.median(v)) for ccd, v in limits.items()}
 
 
 def field_centre(corners: list) -> tuple[float, float, float] | None:

@@ -22,7 +22,7 @@ from ssodetect.report.cutouts import pixel_jacobian
 from ssodetect.report.regions import fitted_track
 from ssodetect.io.headers import world_to_pixels
 
-__all__ = ["stretch", "png_data_uri", "gif_data_uri", "render_report", "annotated_stamp", "scale_bar", "object_links"]
+__all__ = ["stretch", "gif_data_uri", "render_report", "annotated_stamp", "scale_bar", "object_links"]
 
 
 
@@ -46,15 +46,6 @@ def _encode(img: Image.Image, fmt: str, **kwargs) -> str:
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kwargs)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def png_data_uri(image: np.ndarray, *, flip: bool = True) -> str:
-    """PNG data URI of an 8-bit or float image (float images are stretched), row 0 at the bottom.
-    Images keep their pixels; the page enlarges them (``image-rendering: pixelated``)."""
-    arr = image if image.dtype == np.uint8 else stretch(image)
-    if flip:
-        arr = arr[::-1]
-    return _encode(Image.fromarray(arr), "PNG")
 
 
 def gif_data_uri(cube: np.ndarray, *, duration_ms: int = 400) -> str:
