@@ -31,8 +31,9 @@ _EPHEMERAL = os.urandom(32)
 def cache_key() -> tuple[bytes, bool]:
     """The user's secret key signing stored step products, and whether it persists across runs.
 
-    Read from (or created at, mode 0600) ``$SSODETECT_CACHE_KEY`` or ``~/.config/ssodetect/cache.key``.  When it
-    can be neither read nor created, a key that lives only as long as this process is used (and stored products
+    Read from (or created at, mode 0600) ``$SSODETECT_CACHE_KEY`` or ``~/.config/ssodetect/cache.key``.  A key
+    file that other users may read or write, or that another user owns, is not trusted.  When it can be neither
+    read nor created, a key that lives only as long as this process is used (and stored products
     can then not be reused by a later run; a warning says so).
     """
     path = cache_key_path()
@@ -40,7 +41,15 @@ def cache_key() -> tuple[bytes, bool]:
         log.warning("%s: the cache key is not a regular file; stored step products will not be reused", path)
         return _EPHEMERAL, False
     try:
-        key = path.read_bytes()
+        with open(path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            key = handle.read(4096)
+        if info.st_mode & 0o077 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+            # a key that others may read or replace signs nothing: they could forge a stored pickle under it
+            who = "is not owned by this user" if hasattr(os, "getuid") and info.st_uid != os.getuid() else \
+                f"is open to other users (mode {info.st_mode & 0o777:04o}; chmod 600 it)"
+            log.warning("%s: the cache key %s; stored step products will not be reused", path, who)
+            return _EPHEMERAL, False
         if len(key) >= 32:
             return key, True
         log.warning("%s: a cache key must hold at least 32 bytes; stored step products will not be reused", path)

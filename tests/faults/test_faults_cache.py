@@ -183,13 +183,16 @@ def test_products_signed_under_another_key_are_not_loaded(good_run, scene, tmp_p
     assert status["detect"] == "cached" and status["astrometry"] == "cached", status
 
 
-@pytest.mark.parametrize("problem", ["too short", "a directory", "below a file"])
+@pytest.mark.parametrize("problem", ["too short", "a directory", "below a file", "world-writable"])
 def test_unusable_cache_key_warns_and_the_run_goes_on(scene, tmp_path, capsys, monkeypatch, problem):
     key = tmp_path / "cache.key"
     if problem == "too short":
         key.write_bytes(b"12345")
     elif problem == "a directory":
         key.mkdir()
+    elif problem == "world-writable":  # anyone could put their own key there and sign a pickle with it
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o666)
     else:
         (tmp_path / "file").write_text("x")
         key = tmp_path / "file" / "cache.key"
