@@ -205,3 +205,175 @@ def test_choose_tracklets_keeps_lined_up_pairs_and_uses_each_detection_once():
     chosen, counts = choose_tracklets(groups, max_chi2_dof=4.0, min_rate=0.5, max_rate=12.0, min_rate_significance=5.0)
     assert [k for k, _ in chosen] == [1] and counts == {"n_rejected_fit": 1, "n_conflicts": 1}
     assert chosen[0][1].rate == pytest.approx(2.0, abs=1e-6)
+
+
+# --- fast movers: a whole trail measured where the other exposures' pieces were cut by a spike -----------------------
+
+
+def _line(n, x0, y0, x1, y1, flux, sigma):
+    """A trail (or a static line) from (x0, y0) to (x1, y1) on an n x n stamp [px]."""
+    length = math.hypot(x1 - x0, y1 - y0)
+    return flux * trailed_psf(0.5 * (x0 + x1), 0.5 * (y0 + y1), length, math.atan2(y1 - y0, x1 - x0), sigma, 0, 0, n)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_beside_template_measures_a_trail_crossed_by_a_brighter_spike(seed):
+    """A 30 px trail crossed at 60 deg by a line twice as bright per pixel (a diffraction spike, static: in the
+    template too): its flux and centre come back."""
+    rng = np.random.default_rng(seed)
+    n, sigma, noise = 51, 0.8, 3.0
+    trail = (25.0 + 0.2 * seed, 24.6, 30.0, 0.2, 6000.0)  # x, y, length, theta, flux
+    c, s = math.cos(trail[3]), math.sin(trail[3])
+    mover = _line(n, trail[0] - 15 * c, trail[1] - 15 * s, trail[0] + 15 * c, trail[1] + 15 * s, trail[4], sigma)
+    spike_dir = (math.cos(trail[3] + math.radians(60)), math.sin(trail[3] + math.radians(60)))
+    ends = [(trail[0] + 3 + t * spike_dir[0], trail[1] + t * spike_dir[1]) for t in (-40.0, 40.0)]
+    spike = _line(n, *ends[0], *ends[1], 2.0 * trail[4] / 30.0 * 80.0, sigma)
+    data = mover + spike + rng.normal(0, noise, (n, n))
+    template = spike * 1.02 + rng.normal(0, noise / 2, (n, n))
+    var = np.full((n, n), noise**2)
+    fit = fit_beside_template(data, var, template, var / 4, x=trail[0] + 0.7, y=trail[1] - 0.5, length=30.0,
+                              theta=trail[3], psf_sigma=sigma, gain=1.0, max_shift=3.0)
+    assert accept_recovery(fit, 6100.0, 80.0, min_snr=10.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                           max_position_error=1.0, psf_sigma=sigma) == "ok"
+    assert math.hypot(fit["x"] - trail[0], fit["y"] - trail[1]) < 0.15
+    assert fit["flux"] == pytest.approx(trail[4], rel=0.05)
+    # the same trail measured without the spike in the template: the spike's light is taken for the mover's
+    bare = fit_beside_template(data, var, np.zeros((n, n)), var / 4, x=trail[0] + 0.7, y=trail[1] - 0.5, length=30.0,
+                               theta=trail[3], psf_sigma=sigma, gain=1.0, max_shift=3.0)
+    assert bare is None or abs(bare["flux"] - trail[4]) > 3 * abs(fit["flux"] - trail[4])
+
+
+def test_propose_trails_predicts_both_ways_from_a_whole_trail():
+    from ssodetect.link.blends import propose_trails
+
+    t_exp = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9}
+    # the whole trail in exposure 3 at (0, 0), 30"/h along PA 90 (East); another candidate not in the pool
+    exposure = np.array([3, 1])
+    t = np.array([t_exp[e] for e in exposure])
+    xi, eta, sigma = np.array([0.0, -18.0]), np.array([0.0, 0.0]), np.full(2, 0.02)
+    rate, rate_err = np.array([30.0, 30.0]), np.array([0.1, 0.1])
+    pa, pa_err = np.array([90.0, 90.0]), np.array([0.1, 0.1])
+    flux, flux_err = np.array([5000.0, 5000.0]), np.full(2, 50.0)
+    props, stats = propose_trails(exposure, t, xi, eta, sigma, rate, rate_err, pa, pa_err, flux, flux_err,
+                                  np.array([True, False]), t_exp)
+    assert stats == {"n_pool": 1, "n_proposals": 2, "n_targets": 6}
+    east, west = props
+    assert east.pair == west.pair == (0,)
+    assert (east.vx, west.vx) == pytest.approx((30.0, -30.0)) and east.vy == pytest.approx(0.0, abs=1e-9)
+    targets = {e: (x, y, s) for e, x, y, s in east.targets}
+    assert sorted(targets) == [0, 1, 2]
+    assert targets[0][:2] == pytest.approx((-27.0, 0.0), abs=1e-9)
+    assert {e: x for e, x, _, _ in west.targets}[0] == pytest.approx(27.0)
+    # the prediction's error grows with the time from the trail: its rate and axis errors times the interval
+    assert targets[2][2] < targets[1][2] < targets[0][2]
+    assert targets[0][2] == pytest.approx(math.sqrt(0.02**2 + (0.9 * 0.1) ** 2 + (0.9 * 30 * math.radians(0.1)) ** 2))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_trail_shows_where_the_trail_is_despite_a_crossing_spike_and_not_on_empty_sky(seed):
+    from ssodetect.link.blends import trail_shows
+
+    rng = np.random.default_rng(seed)
+    n, sigma, noise = 81, 0.75, 3.0
+    # S/N ~10: flux 10 x noise x sqrt(trail area)
+    flux = 10.0 * noise * math.sqrt(47.0 * 2.0 * math.sqrt(math.pi) * sigma)
+    trail = _line(n, 40.0 - 23.5, 40.0, 40.0 + 23.5, 40.0, flux, sigma)
+    spike = _line(n, 20.0, 5.0, 60.0, 75.0, 40.0 * flux, sigma)  # far brighter per pixel, crossing the middle
+    image = trail + spike + rng.normal(0.0, noise, (n, n))
+    mask = np.zeros((n, n), bool)
+    assert trail_shows(image, mask, 40.2, 40.1, 47.0, 0.0, sigma, flux)
+    assert not trail_shows(image, mask, 40.0, 20.0, 47.0, 0.0, sigma, flux)  # beside it: empty sky
+    assert not trail_shows(image, mask, 40.0, 40.0, 47.0, -0.8, sigma, flux)  # another direction across the spike
+    # mostly masked: what is left decides
+    mask[:, 10:70] = True
+    assert not trail_shows(image, mask, 40.0, 20.0, 47.0, 0.0, sigma, flux)
+
+
+def test_choose_tracklets_takes_a_rate_limit_per_group():
+    from ssodetect.link.blends import choose_tracklets
+
+    t = np.array([0.0, 0.3, 0.6])
+    fast = (t, 40.0 * t, np.zeros(3), np.full(3, 0.02))
+    groups = [({"a"}, *fast), ({"b"}, *fast)]
+    chosen, counts = choose_tracklets(groups, max_chi2_dof=4.0, min_rate=0.5, max_rate=[12.0, math.inf],
+                                      min_rate_significance=5.0)
+    assert [k for k, _ in chosen] == [1] and counts["n_rejected_fit"] == 1
+
+
+@pytest.fixture(scope="module")
+def spiked_scene(tmp_path_factory):
+    """768^2, 4 exposures, six-spike PSF on saturated stars.  SIMSPIKE (V 21.8, 30"/h North: 47 px trails) crosses a
+    spike of a V 13.5 star 100 px from its trail's centre, at 75 deg, in exposures 0, 1 and 2; it is clear in 3."""
+    from ssodetect.simulate.scene import _focal_plane, ccd_wcs, mover_offsets
+
+    config = small_scene_config(31, movers_per_ccd=40.0, spikes=True, fast_fraction=0.0, star_density=150000.0)
+    scene = draw_scene(config)
+    movers = scene.movers
+    start = {"object": "SIMSPIKE", "xi": -6.0, "eta": -12.0, "mag": 21.8, "rate": 30.0, "pa": 0.0, "designation": ""}
+    probe = Table(rows=[start])
+    probe.meta.update(movers.meta)
+    _, origins, centre, _ = _focal_plane(config)
+    stars = scene.stars
+    new = []
+    direction = np.array([math.cos(math.radians(15.0)), math.sin(math.radians(15.0))])  # a spike's axis [px]
+    for e in (0, 1, 2):
+        wcs = ccd_wcs(config, scene.plane, origins[0], centre, scene.pointing[e])
+        mxi, meta = mover_offsets(probe, scene.exposure_mjd[e])
+        x, y = wcs.all_world2pix(*scene.plane.to_sky(mxi, meta), 0)
+        sx, sy = np.array([x[0], y[0]]) - 100.0 * direction
+        sxi, seta = scene.plane.to_plane(*wcs.all_pix2world([sx], [sy], 0))
+        new.append({"xi": float(sxi[0]), "eta": float(seta[0]), "mag": 13.5, "pmra": 0.0, "pmdec": 0.0})
+    far = np.ones(len(stars), bool)
+    for s in new:
+        far &= np.hypot(np.asarray(stars["xi"]) - s["xi"], np.asarray(stars["eta"]) - s["eta"]) > 6.0
+    far &= np.asarray(stars["mag"]) > 17.5  # no other spikes
+    scene.stars = vstack([stars[far], Table(rows=new)])
+    keep = np.hypot(np.asarray(movers["xi"]) - start["xi"], np.asarray(movers["eta"]) - start["eta"]) > 40.0
+    scene.movers = vstack([movers[keep], probe])
+    scene.movers.meta.update(movers.meta)
+    out = tmp_path_factory.mktemp("spike") / "sim"
+    simulate(config, out, scene=scene)
+    return out
+
+
+def test_a_fast_mover_whose_trails_cross_spikes_is_found_from_its_whole_trail(spiked_scene, tmp_path):
+    config = Config()
+    config.execution.progress = False
+    result = run_pipeline([spiked_scene], tmp_path / "run", config, refcat=spiked_scene / "refcat.ecsv")
+    truth = Table.read(spiked_scene / "truth.ecsv")
+    mine = truth[truth["object"] == "SIMSPIKE"]
+    obs = result.observations
+
+    def hits(observations):
+        """object -> exposures where it sits within 0.1" of SIMSPIKE's true position."""
+        out: dict = {}
+        for row in observations:
+            tr = mine[mine["exposure"] == row["exposure"]]
+            if len(tr) and math.hypot((row["ra"] - tr["ra"][0]) * math.cos(math.radians(tr["dec"][0])),
+                                      row["dec"] - tr["dec"][0]) * 3600 < 0.1:
+                out.setdefault(str(row["object"]), set()).add(int(row["exposure"]))
+        return out
+
+    found = hits(obs)
+    assert any(len(e) == 4 for e in found.values()), found
+    stats = result.link_stats["blends"]
+    assert stats["n_objects_from_trails"] >= 1 and stats["trails"]["n_proposals"] >= 1
+    # every target is accounted for: measured, without a template, off the image, or of a direction not shown
+    assert stats["n_targets"] + stats["trails"]["n_targets"] == (stats["n_measured"] + stats["n_no_template"]
+                                                                  + stats["n_off_image"]
+                                                                  + stats["trails"]["n_not_measured"])
+    name = next(n for n, e in found.items() if len(e) == 4)
+    assert sorted(np.asarray(obs["kind"])[np.asarray(obs["object"]).astype(str) == name]) == [
+        "blend", "blend", "blend", "linked"]
+    # its whole trail is accounted for as a member of the object, no longer a single
+    whole = mine[mine["exposure"] == 3][0]
+    streaks = result.streaks
+    at = np.hypot(np.asarray(streaks["x"]) - whole["x"], np.asarray(streaks["y"]) - whole["y"]) < 2.0
+    assert list(streaks["status"][at & (np.asarray(streaks["exposure"]) == 3)]) == ["linked"]
+    assert list(streaks["object"][at & (np.asarray(streaks["exposure"]) == 3)]) == [name]
+    ev = evaluate_run(obs, truth, rate_range=(0.5, 80.0), bright_limit=23.5, min_exposures=3)
+    assert ev.n_false == 0
+    # the streak linker alone cannot join the pieces: without the measurement in the pixels the mover is lost
+    config.link.blend_recovery = False
+    plain = run_pipeline([spiked_scene], tmp_path / "plain", config, refcat=spiked_scene / "refcat.ecsv")
+    assert max((len(e) for e in hits(plain.observations).values()), default=0) < 3

@@ -254,7 +254,9 @@ class LinkConfig(_Section):
         default=True,
         description="A slow mover detected cleanly in two exposures and merged with a brighter source in the others "
         "is measured there in the pixels: the static sky of the other exposures (resampled) is fitted together with "
-        "the mover's PSF at its predicted position. Counts in provenance.json ('link', 'blends').",
+        "the mover's PSF at its predicted position. A fast mover's trail seen whole in one exposure and cut into "
+        "pieces by spikes, bleeds or stars in the others is measured the same way, both ways along its axis. Counts "
+        "in provenance.json ('link', 'blends').",
     )
     blend_min_snr: float = Field(
         default=10.0, gt=0,

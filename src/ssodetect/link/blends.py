@@ -36,7 +36,8 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import trailed_psf
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
-__all__ = ["BlendProposal", "propose_pairs", "resample_stamp", "fit_beside_template", "accept_recovery",
+__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "trail_shows", "resample_stamp", "fit_beside_template",
+           "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
            "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
            "POSITION_FLOOR_PX"]
@@ -180,6 +181,115 @@ def propose_pairs(
                             stats["n_targets"] += len(prop.targets)
     stats["n_proposals"] = len(proposals)
     return proposals, stats
+
+
+def propose_trails(
+    exposure: np.ndarray, t_hours: np.ndarray, xi: np.ndarray, eta: np.ndarray, sigma: np.ndarray,
+    rate: np.ndarray, rate_err: np.ndarray, pa: np.ndarray, pa_err: np.ndarray, flux: np.ndarray,
+    flux_err: np.ndarray, pool: np.ndarray, t_exposures: dict,
+) -> tuple[list, dict]:
+    """Single whole trails predicted into every other exposure, both ways along their axis.
+
+    A trail seen whole measures its motion up to its sign: the rate from its length and exposure time, the
+    direction from its axis.  Where a fast mover's trail is crossed by a diffraction spike, a bleed or a star
+    in the other exposures, extraction measures pieces whose lengths and axes the crossing source biases (a
+    43 px trail crossed by a spike: 12 px pieces 11-23 deg off its axis), or merges them into the spike, and the
+    streak linker cannot join them; the trail measured beside the static sky (:func:`fit_beside_template`) at the
+    predicted positions can.  Each trail gives two proposals (``pair`` of one index), one per sign; at most one
+    of them becomes an object (they share the trail).  Whether the pixels show a trail at a prediction at all
+    (:func:`trail_shows`) is for the caller to check before measuring.
+
+    Parameters
+    ----------
+    exposure, t_hours, xi, eta, sigma : ndarray (n,)
+        Moving candidates: exposure index, mid-exposure time [h], trail centre and its 1-sigma error [arcsec].
+    rate, rate_err : ndarray (n,)
+        Rate implied by each trail's length over its exposure time and its error [arcsec/h].
+    pa, pa_err : ndarray (n,)
+        Trail axis position angle and its error [deg, N through E].
+    flux, flux_err : ndarray (n,)
+        [ADU].
+    pool : ndarray (n,) bool
+        Trails that may be proposed (whole, unlinked, bright).
+    t_exposures : dict
+        Exposure index -> time [h] of every exposure of the run.
+
+    Returns
+    -------
+    proposals : list of BlendProposal
+        Targets in every other exposure, ``(exposure, xi, eta, sigma)`` with the prediction's error from the
+        trail's position, length and axis errors.
+    stats : dict
+        ``n_pool`` (trails in the pool), ``n_proposals`` (two per trail), ``n_targets``.
+    """
+    pool = np.asarray(pool, bool)
+    t_hours, xi, eta, sigma = (np.asarray(a, float) for a in (t_hours, xi, eta, sigma))
+    rate, rate_err, pa, pa_err = (np.asarray(a, float) for a in (rate, rate_err, pa, pa_err))
+    exposure = np.asarray(exposure)
+    proposals: list = []
+    for i in np.nonzero(pool)[0]:
+        axis = np.array([math.sin(math.radians(pa[i])), math.cos(math.radians(pa[i]))])
+        for sign in (1.0, -1.0):
+            v = sign * rate[i] * axis
+            prop = BlendProposal((int(i),), float(v[0]), float(v[1]), float(flux[i]), float(flux_err[i]))
+            for e, te in sorted(t_exposures.items()):
+                if e == exposure[i]:
+                    continue
+                dt = abs(te - t_hours[i])
+                s_pred = math.sqrt(sigma[i] ** 2 + (dt * rate_err[i]) ** 2
+                                   + (dt * rate[i] * math.radians(pa_err[i])) ** 2)
+                prop.targets.append((int(e), float(xi[i] + v[0] * (te - t_hours[i])),
+                                     float(eta[i] + v[1] * (te - t_hours[i])), float(s_pred)))
+            proposals.append(prop)
+    return proposals, {"n_pool": int(pool.sum()), "n_proposals": len(proposals),
+                       "n_targets": int(sum(len(p.targets) for p in proposals))}
+
+
+#: A prediction shows a trail when the median of the pixels along its centre line reaches this share of the level
+#: the trail's flux gives there (:func:`trail_shows`).
+TRAIL_SHOW_FRACTION = 0.5
+
+
+def trail_shows(image: np.ndarray, mask: np.ndarray, x: float, y: float, length: float, theta: float,
+                psf_sigma: float, flux: float, *, fraction: float = TRAIL_SHOW_FRACTION) -> bool:
+    """Whether the pixels along a predicted trail hold about the light of the trail (a cheap test before the fit).
+
+    The median of the pixels sampled every pixel along the segment's centre line (bilinear; masked ones left
+    out) is compared with the centre-line level of a trail of ``flux`` [ADU]: ``flux / (length sqrt(2 pi)
+    psf_sigma)``.  The median ignores a spike or a star crossing a small part of the segment; a segment on empty
+    sky stays near 0.  A trail at S/N 10 (its centre line ~1.3 noise sigma) is above half that level by ~3.5
+    sigma of the median of 47 samples.
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx)
+        Background-subtracted pixels [ADU].
+    mask : ndarray (ny, nx) bool
+        Bad pixels.
+    x, y, length, theta : float
+        The predicted trail: centre [px, 0-based], length [px], angle [rad from +x towards +y].
+    psf_sigma, flux : float
+        [px]; the trail's flux [ADU].
+    """
+    n = max(int(math.ceil(length)) + 1, 3)
+    t = np.linspace(-0.5 * length, 0.5 * length, n)
+    xs, ys = x + t * math.cos(theta), y + t * math.sin(theta)
+    ny, nx = image.shape
+    inside = (xs >= 0) & (xs <= nx - 1) & (ys >= 0) & (ys <= ny - 1)
+    if inside.sum() < 3:
+        return False
+    xs, ys = xs[inside], ys[inside]
+    # bilinear sampling from the window the segment spans (not a float copy of the whole image per call)
+    x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
+    x1, y1 = int(np.floor(xs.max())) + 2, int(np.floor(ys.max())) + 2
+    coords = [ys - y0, xs - x0]
+    values = map_coordinates(np.asarray(image[y0:y1, x0:x1], float), coords, order=1, mode="nearest")
+    bad = map_coordinates(np.asarray(mask[y0:y1, x0:x1], float), coords, order=1, mode="nearest") > 0
+    values = values[~bad]
+    if values.size < 3:
+        return False
+    level = flux / (max(length, 1.0) * math.sqrt(2.0 * math.pi) * psf_sigma)
+    return bool(np.median(values) >= fraction * level)
 
 
 def _consistent(f1, e1, f2, e2, scatter, nsigma=3.0):
@@ -425,7 +535,7 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
     return "ok"
 
 
-def choose_tracklets(groups: list, *, max_chi2_dof: float, min_rate: float, max_rate: float,
+def choose_tracklets(groups: list, *, max_chi2_dof: float, min_rate: float, max_rate,
                      min_rate_significance: float) -> tuple[list, dict]:
     """The pairs whose measurements line up into a tracklet, each detection used once (more detections, then the
     better fit, first).
@@ -435,8 +545,10 @@ def choose_tracklets(groups: list, *, max_chi2_dof: float, min_rate: float, max_
     groups : list of tuple
         ``(keys, t, xi, eta, sigma)`` per pair with its measurements: ``keys`` a set naming the detections and
         measurements it uses (two groups sharing one conflict), times [h], positions and errors [arcsec] (n,).
-    max_chi2_dof, min_rate, max_rate, min_rate_significance : float
+    max_chi2_dof, min_rate, min_rate_significance : float
         The linker's acceptance of a linear motion.
+    max_rate : float or sequence of float
+        Fastest accepted motion [arcsec/h], for all groups or one per group.
 
     Returns
     -------
@@ -448,11 +560,12 @@ def choose_tracklets(groups: list, *, max_chi2_dof: float, min_rate: float, max_
     """
     counts = {"n_rejected_fit": 0, "n_conflicts": 0}
     fits = []
+    limits = np.broadcast_to(np.asarray(max_rate, float), (len(groups),))
     for k, (keys, t, xi, eta, sigma) in enumerate(groups):
         params, cov, chi2, t_ref = fit_linear_motion(t, xi, eta, sigma)
         dof = 2 * len(t) - 4
         trk = Tracklet(tuple(range(len(t))), *params, cov, chi2, dof, t_ref)
-        if chi2 / max(dof, 1) > max_chi2_dof or not min_rate <= trk.rate <= max_rate or (
+        if chi2 / max(dof, 1) > max_chi2_dof or not min_rate <= trk.rate <= limits[k] or (
                 trk.rate < min_rate_significance * trk.rate_err):
             counts["n_rejected_fit"] += 1
             continue

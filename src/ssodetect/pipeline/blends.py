@@ -3,15 +3,19 @@
 Pairs of clean unlinked detections are predicted into the other exposures; where a brighter
 detection sits on the prediction, the mover is fitted beside a template of the static sky made
 from the exposures in which it was elsewhere.  A pair with enough accepted measurements becomes
-an object (``kind = linked``; the measured rows have ``kind = blend``).  Every pair, target and
-refusal is counted in ``provenance.json`` (``link`` -> ``blends``).
+an object (``kind = linked``; the measured rows have ``kind = blend``).  A single trail seen whole
+(a fast mover whose trails in the other exposures a diffraction spike, a bleed or a star cut into
+pieces the streak linker cannot join) is predicted both ways along its axis; a direction whose
+predictions show the trail's light (:func:`ssodetect.link.blends.trail_shows`) in enough exposures
+is measured there the same way.  Every pair, trail, target and refusal is counted in
+``provenance.json`` (``link`` -> ``blends``).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import numpy as np
 from astropy.table import Table, vstack
@@ -19,16 +23,20 @@ from astropy.table import Table, vstack
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.link.blends import accept_recovery, choose_tracklets, fit_beside_template, propose_pairs, resample_stamp
+from ssodetect.link.blends import (accept_recovery, choose_tracklets, fit_beside_template, propose_pairs,
+                                   propose_trails, resample_stamp, trail_shows)
 from ssodetect.pipeline.ccd import cleaned_pixels
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
 
 log = logging.getLogger(__name__)
 
-__all__ = ["recover_blends", "STAMP_HALF", "MAX_TEMPLATES"]
+__all__ = ["recover_blends", "claim_trails", "STAMP_HALF", "MAX_TEMPLATES", "EDGE_MARGIN"]
 #: Half size [px] of the fitted stamp beyond half the trail's length.
 STAMP_HALF = 7
+#: A mover is measured only where its predicted centre lies at least this far [px] inside the image (its stamp may
+#: reach beyond the edge: those pixels are left out of the fit).
+EDGE_MARGIN = 3.0
 #: Exposures averaged into a template at most (those nearest in time: the static sky least changed).
 MAX_TEMPLATES = 4
 
@@ -73,14 +81,19 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         (reason -> count), ``n_no_template``, ``n_off_image`` (every target is one of measured, no template, off
         the image), ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a
         tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
-        with a better one), ``n_objects``, ``n_images``, ``seconds``.
+        with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
+        ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, ``n_proposals``: two directions
+        each, ``n_targets``), the directions not measured because too few of their predictions showed the trail's
+        light (``n_unsupported``) and their targets (``n_not_measured``).  Every target of a pair or of a trail is
+        measured, without a template, off the image or not measured.
     """
     lk = config.link
     t_start = time.perf_counter()
     stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "refused": {},
                    "n_no_template": 0, "n_off_image": 0, "n_accepted": 0, "n_too_few": 0, "n_rejected_fit": 0,
                    "n_conflicts": 0,
-                   "n_objects": 0, "n_images": 0, "seconds": 0.0}
+                   "n_objects": 0, "n_objects_from_trails": 0, "n_images": 0, "seconds": 0.0,
+                   "trails": {"n_pool": 0, "n_proposals": 0, "n_targets": 0, "n_unsupported": 0, "n_not_measured": 0}}
     if not len(candidates) or not len(detections) or len(exposures) < 3:
         return observations, objects, stats
     ra0, dec0 = float(np.median(candidates["ra"])), float(np.median(candidates["dec"]))
@@ -112,35 +125,91 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         flux_scatter=lk.flux_scatter, match_sigma=lk.match_sigma, match_floor=lk.match_floor,
         min_targets=max(1, lk.min_detections - 2))
     stats.update(pstats)
+    # single whole trails (fast movers) measured where the others' pieces were cut by a spike, a bleed or a star
+    exptime_h = np.asarray(candidates["exptime"], float) / 3600.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.asarray(candidates["trail_arcsec"], float) / exptime_h
+        rate_err = np.asarray(candidates["trail_arcsec_err"], float) / exptime_h
+    pa, pa_err = np.asarray(candidates["trail_pa"], float), np.asarray(candidates["trail_pa_err"], float)
+    whole = np.asarray(candidates["cut"]) == 0
+    trail_pool = (~is_used & ~edge & whole & (kind == "trail")
+                  & (np.asarray(candidates["length"], float) >= config.streaks.min_length)
+                  & (np.asarray(candidates["snr"], float) >= lk.blend_min_snr)
+                  & np.isfinite(rate) & np.isfinite(rate_err) & np.isfinite(pa) & np.isfinite(pa_err))
+    trail_props, tstats = propose_trails(np.asarray(candidates["exposure"]), ct, cxi, ceta,
+                                         np.asarray(candidates["sigma"], float), rate, rate_err, pa, pa_err,
+                                         np.asarray(candidates["flux"], float),
+                                         np.asarray(candidates["flux_err"], float), trail_pool, t_exposures)
+    stats["trails"].update(tstats)
+    proposals = proposals + trail_props
     if not proposals:
         stats["seconds"] = time.perf_counter() - t_start
         return observations, objects, stats
     info_by = {(int(i["exposure"]), str(i["ccd"])): i for i in ccd_info}
     refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
+    ccds_of = {e.index: [r.ccd for r in e.ccds] for e in exposures}
     refused: Counter = Counter()
     results = []  # (proposal, [measurement rows])
+    need = max(1, lk.min_detections - 1)  # exposures besides a whole trail's own that must show it
+    # CCD images read on demand, the most recently used kept (a fast mover's predictions and their templates may
+    # lie on other CCDs than its trail); proposals are taken CCD by CCD, so most reads are of the CCD at hand
+    images: OrderedDict = OrderedDict()
+    keep_images = len(exposures) + 2
+
+    def pixels(e, ccd):
+        if (e, ccd) not in images:
+            info = info_by.get((e, ccd), {})
+            images[(e, ccd)] = cleaned_pixels(refs[(e, ccd)], config, masters.get(ccd),
+                                              float(info.get("psf_sigma") or 1.0))
+            stats["n_images"] += 1
+            while len(images) > keep_images:
+                images.popitem(last=False)
+        images.move_to_end((e, ccd))
+        return images[(e, ccd)]
+
+    def locate(prop, e, pxi, peta, first):
+        """(ccd, placement) of a target in exposure e (the proposal's CCD first), None when on none."""
+        for ccd in [first] + [c for c in ccds_of.get(e, []) if c != first]:
+            placed = _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for)
+            if placed is not None:
+                return ccd, placed
+        return None
+
+    def holding(t, ra, dec, first):
+        """The CCD of exposure t whose image holds the sky position (ra, dec) (``first`` tried first)."""
+        for ccd in [first] + [c for c in ccds_of.get(t, []) if c != first]:
+            w, info = wcs_for(t, ccd), info_by.get((t, ccd), {})
+            if w is None or not info.get("shape"):
+                continue
+            x, y = (float(np.asarray(v).ravel()[0]) for v in world_to_pixels(w, np.atleast_1d(ra), np.atleast_1d(dec)))
+            ny, nx = info["shape"]
+            if 0 <= x < nx and 0 <= y < ny:
+                return ccd
+        return None
+
     by_ccd: dict = {}
     for prop in proposals:
         by_ccd.setdefault(str(candidates["ccd"][prop.pair[0]]), []).append(prop)
     for ccd, props in sorted(by_ccd.items()):
-        images: dict = {}
-
-        def pixels(e):
-            if e not in images:
-                info = info_by.get((e, ccd), {})
-                images[e] = cleaned_pixels(refs[(e, ccd)], config, masters.get(ccd), float(info.get("psf_sigma") or 1.0))
-                stats["n_images"] += 1
-            return images[e]
-
         for prop in props:
             rows = []
-            for e, pxi, peta, s_pred in prop.targets:
-                row = _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0_mjd, info_by, refs,
-                               wcs_for, pixels, config, stats, refused)
+            placed = [locate(prop, e, pxi, peta, ccd) for e, pxi, peta, _ in prop.targets]
+            if len(prop.pair) == 1 and _shown(prop, placed, candidates, info_by, refs, pixels) < need:
+                # a whole trail's direction whose predictions show too little light: not measured
+                stats["trails"]["n_unsupported"] += 1
+                stats["trails"]["n_not_measured"] += len(prop.targets)
+                results.append((prop, rows))
+                continue
+            for (e, pxi, peta, s_pred), where in zip(prop.targets, placed):
+                if where is None:
+                    stats["n_off_image"] += 1
+                    continue
+                row = _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, t0_mjd, info_by,
+                               refs, wcs_for, pixels, holding, config, stats, refused)
                 if row is not None:
                     rows.append(row)
             results.append((prop, rows))
-        images.clear()  # this CCD's pixels are not needed again
+    images.clear()
     stats["refused"] = dict(refused)
     new_obs, new_obj = _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config, stats)
     if new_obj is not None:
@@ -150,31 +219,75 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     return observations, objects, stats
 
 
-def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0_mjd, info_by, refs, wcs_for, pixels,
-             config, stats, refused):
-    """The measurement row of a proposal's mover in exposure ``e`` (None when refused; counted)."""
-    lk = config.link
+def _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for):
+    """``(wcs, x, y, length, theta)`` of a proposal's mover in exposure ``e`` of ``ccd`` [px, 0-based; rad], None
+    where there is no WCS or its centre lies within :data:`EDGE_MARGIN` px of the image's edge or beyond."""
     w = wcs_for(e, ccd)
     info = info_by.get((e, ccd), {})
     if w is None or not info.get("shape") or (e, ccd) not in refs:
-        stats["n_off_image"] += 1
         return None
-    scale = pixel_scale(w)
-    ref = refs[(e, ccd)]
-    exp_h = float(ref.exptime or 0.0) / 3600.0
+    exp_h = float(refs[(e, ccd)].exptime or 0.0) / 3600.0
     ends_xi = pxi + prop.vx * exp_h * np.array([-0.5, 0.0, 0.5])
     ends_eta = peta + prop.vy * exp_h * np.array([-0.5, 0.0, 0.5])
     ra, dec = plane.to_sky(ends_xi, ends_eta)
     px, py = (np.asarray(v, float) for v in world_to_pixels(w, ra, dec))
+    if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
+        return None
     x, y = float(px[1]), float(py[1])
     length = float(math.hypot(px[2] - px[0], py[2] - py[0]))
     theta = float(math.atan2(py[2] - py[0], px[2] - px[0]))
-    half = STAMP_HALF + int(math.ceil(0.5 * length))
     ny, nx = info["shape"]
-    ix, iy = int(round(x)), int(round(y))
-    if ix - half < 0 or iy - half < 0 or ix + half >= nx or iy + half >= ny:
-        stats["n_off_image"] += 1
+    # the stamp may reach beyond the image (those pixels are left out of the fit), the mover's centre may not
+    if not (EDGE_MARGIN <= x <= nx - 1 - EDGE_MARGIN and EDGE_MARGIN <= y <= ny - 1 - EDGE_MARGIN):
         return None
+    return w, x, y, length, theta
+
+
+def _stamp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ix: int, iy: int, half: int):
+    """The ``(2 half + 1)^2`` stamp centred on pixel ``(ix, iy)`` and its variance, NaN where masked or off the image."""
+    n = 2 * half + 1
+    data = np.full((n, n), np.nan)
+    var = np.full((n, n), np.nan)
+    ny, nx = image.shape
+    y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
+    x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
+    if y1 > y0 and x1 > x0:
+        inner = (slice(y0 - (iy - half), y1 - (iy - half)), slice(x0 - (ix - half), x1 - (ix - half)))
+        part = (slice(y0, y1), slice(x0, x1))
+        data[inner] = np.where(mask[part], np.nan, image[part])
+        var[inner] = variance[part]
+    return data, var
+
+
+def _shown(prop, placed, candidates, info_by, refs, pixels) -> int:
+    """How many of a whole trail's predictions (``placed``: ``(ccd, placement)`` or None per target) show its light
+    (:func:`ssodetect.link.blends.trail_shows`)."""
+    own = candidates[prop.pair[0]]
+    own_exptime = float(own["exptime"])
+    shown = 0
+    for (e, _, _, _), where in zip(prop.targets, placed):
+        if where is None:
+            continue
+        ccd, (_, x, y, length, theta) = where
+        image, _, mask, _ = pixels(e, ccd)
+        # the light the trail would have there: the same rate, over that exposure's time
+        flux = float(own["flux"]) * float(refs[(e, ccd)].exptime or own_exptime) / max(own_exptime, 1e-9)
+        shown += trail_shows(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux)
+    return shown
+
+
+def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, t0_mjd, info_by, refs, wcs_for, pixels,
+             holding, config, stats, refused):
+    """The measurement row of a proposal's mover in exposure ``e`` at ``where`` (``(ccd, placement)`` of
+    :func:`_place`); None when refused (counted).  The template exposures' pixels come from the CCD of each that
+    holds the stamp (``holding(t, ra, dec, ccd)``)."""
+    lk = config.link
+    ccd, (w, x, y, length, theta) = where
+    info = info_by[(e, ccd)]
+    scale = pixel_scale(w)
+    ref = refs[(e, ccd)]
+    half = STAMP_HALF + int(math.ceil(0.5 * length))
+    ix, iy = int(round(x)), int(round(y))
     psf_sigma = float(info.get("psf_sigma") or 1.0)
     # template exposures: those where the mover's own image (masked there, within `hide` px) leaves the fitted
     # PSF's core free
@@ -185,20 +298,21 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
     for t, tt in sorted(t_exposures.items(), key=lambda item: abs(item[1] - t_exposures[e])):
         if len(stamp_vals) >= MAX_TEMPLATES:
             break
-        if t == e or (t, ccd) not in refs:
+        if t == e:
             continue
         dt = tt - t_exposures[e]
         mra, mdec = plane.to_sky(np.array([pxi + prop.vx * dt]), np.array([peta + prop.vy * dt]))
         mx, my = (float(v[0]) for v in world_to_pixels(w, mra, mdec))
         if math.hypot(mx - x, my - y) < hide + 3.0 * psf_sigma + 0.5 * length:
             continue
-        wt = wcs_for(t, ccd)
+        t_ccd = holding(t, sky[0][sky[0].size // 2], sky[1][sky[1].size // 2], ccd)
+        wt = wcs_for(t, t_ccd) if t_ccd is not None and (t, t_ccd) in refs else None
         if wt is None:
             continue
         tx, ty = (np.asarray(v, float).reshape(grid_x.shape) for v in world_to_pixels(wt, sky[0], sky[1]))
         if not (np.isfinite(tx).any() and np.isfinite(ty).any()):
             continue  # that exposure does not see this part of the sky (another pointing)
-        image, var, mask, _ = pixels(t)
+        image, var, mask, _ = pixels(t, t_ccd)
         vals, vvar = resample_stamp(image, var, mask, tx, ty)
         mover = np.hypot(grid_x - mx, grid_y - my) < hide
         vals[mover] = np.nan
@@ -213,17 +327,16 @@ def _measure(prop, e, pxi, peta, s_pred, ccd, candidates, plane, t_exposures, t0
     vals = np.array(stamp_vals)
     counts = np.sum(np.isfinite(vals), axis=0)
     template = np.nansum(vals, axis=0) / np.maximum(counts, 1)
-    image, var, mask, gain = pixels(e)
+    image, var, mask, gain = pixels(e, ccd)
     # the template's noise: the exposures' background noise and the static sources' own photon noise, averaged
     template_var = (np.nansum(np.array(stamp_var), axis=0) / np.maximum(counts, 1) ** 2
                     + np.clip(template, 0.0, None) / max(float(gain), 1e-6) / np.maximum(counts, 1))
     template[counts == 0] = np.nan
     template_var[counts == 0] = np.nan
-    cut = (slice(iy - half, iy + half + 1), slice(ix - half, ix + half + 1))
-    data = np.where(mask[cut], np.nan, image[cut]).astype(float)
+    data, stamp_var = _stamp(image, var, mask, ix, iy, half)
     max_shift = lk.match_sigma * s_pred / scale + lk.match_floor / scale + 1.0
     stats["n_measured"] += 1
-    fit = fit_beside_template(data, var[cut].astype(float), template, template_var, x=x - (ix - half),
+    fit = fit_beside_template(data, stamp_var, template, template_var, x=x - (ix - half),
                               y=y - (iy - half), length=length, theta=theta, psf_sigma=psf_sigma, gain=gain,
                               max_shift=max_shift)
     verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
@@ -264,9 +377,9 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
     """Object and observation tables of the proposals whose pair and measurements line up
     (:func:`ssodetect.link.blends.choose_tracklets`)."""
     lk = config.link
-    groups, members_of, rows_of = [], [], []
+    groups, members_of, rows_of, single_of = [], [], [], []
     for prop, rows in results:
-        if 2 + len(rows) < lk.min_detections:
+        if len(prop.pair) + len(rows) < lk.min_detections:
             if rows:
                 stats["n_too_few"] += 1  # some measurements kept, too few for a tracklet
             continue
@@ -278,8 +391,11 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
         groups.append((keys, *(np.array([r[c] for r in members], float) for c in ("t_hours", "xi", "eta", "sigma"))))
         members_of.append(members)
         rows_of.append(rows)
+        single_of.append(len(prop.pair) == 1)
+    # a whole trail's proposal is a fast mover: no upper rate (the streak linker has none either)
     chosen, counts = choose_tracklets(groups, max_chi2_dof=lk.max_chi2_dof, min_rate=lk.min_rate,
-                                      max_rate=lk.max_rate, min_rate_significance=lk.min_rate_significance)
+                                      max_rate=[math.inf if single else lk.max_rate for single in single_of],
+                                      min_rate_significance=lk.min_rate_significance)
     stats.update(counts)
     names = {str(n) for n in objects["object"]} if len(objects) else set()
     number = len(objects) + 1
@@ -294,11 +410,30 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
         measured = np.array([any(r is m for m in rows) for r in members])
         obs["kind"][measured] = "blend"
         names.add(f"SD{number:05d}")
+        stats["n_objects_from_trails"] += int(single_of[k])
         obs_tables.append(obs)
         obj_tables.append(obj)
-        log.info("blends: %s found from a pair and %d measurements beside brighter sources (%.2f\"/h)",
-                 f"SD{number:05d}", int(measured.sum()), trk.rate)
+        log.info("blends: %s found from %s and %d measurements beside brighter sources (%.2f\"/h)",
+                 f"SD{number:05d}", "a whole trail" if single_of[k] else "a pair", int(measured.sum()), trk.rate)
     stats["n_objects"] = len(obj_tables)
     if not obj_tables:
         return None, None
     return vstack(obs_tables), vstack(obj_tables)
+
+
+def claim_trails(streaks: Table, observations: Table, objects: Table) -> Table:
+    """``streaks`` with the single trails that became members of ``objects`` (a whole trail measured in the other
+    exposures' pixels) marked ``linked`` to them: every trail stays accounted for."""
+    if not len(streaks) or not len(observations) or not len(objects):
+        return streaks
+    names = set(np.asarray(objects["object"]).astype(str))
+    key = {(int(r["exposure"]), str(r["ccd"]), round(float(r["x"]), 3), round(float(r["y"]), 3)): str(r["object"])
+           for r in observations if str(r["object"]) in names and str(r["kind"]) != "blend"}
+    out = streaks.copy()
+    for k in np.nonzero(np.asarray(out["status"]) == "single")[0]:
+        name = key.get((int(out["exposure"][k]), str(out["ccd"][k]), round(float(out["x"][k]), 3),
+                        round(float(out["y"][k]), 3)))
+        if name is not None:
+            out["status"][k] = "linked"
+            out["object"][k] = name
+    return out

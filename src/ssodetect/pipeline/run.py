@@ -48,7 +48,7 @@ from ssodetect.pipeline.astrometry import (
     wcs_from_header_string,
     write_refined_headers,
 )
-from ssodetect.pipeline.blends import recover_blends
+from ssodetect.pipeline.blends import claim_trails, recover_blends
 from ssodetect.pipeline.ccd import calibrated_image, empty_ccd_table, process_ccd, subtracted_image
 from ssodetect.pipeline.known import identify_known, load_orbits, recover_known
 from ssodetect.pipeline.ml import vet_objects
@@ -391,7 +391,8 @@ def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
 
 
 def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
-    """Measure pairs of clean detections in the exposures where a brighter source hides their mover (pixels)."""
+    """Measure pairs of clean detections, and single whole trails, in the exposures where a brighter source or a
+    spike hides their mover (pixels); the trails that became objects are marked linked in ``streaks``."""
     t0 = time.perf_counter()
     observations, objects, stats = recover_blends(
         products["detections"], products["candidates"], products["observations"], products["objects"],
@@ -399,13 +400,19 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
     )
     log.info("blends: %d pairs of clean detections, %d predicted onto brighter sources in %d exposures, %d measured "
              "(%d accepted; refused: %s; %d without a template, %d off the image), %d objects found "
-             "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection)",
+             "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection); "
+             "%d whole single trails predicted both ways, %d directions whose predictions show too little light not "
+             "measured, %d objects from whole trails",
              stats["n_pairs"], stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
              ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_no_template"],
              stats["n_off_image"], stats["n_objects"], stats["n_too_few"], stats["n_rejected_fit"],
-             stats["n_conflicts"])
+             stats["n_conflicts"], stats["trails"]["n_pool"], stats["trails"]["n_unsupported"],
+             stats["n_objects_from_trails"])
     ctx.timings["blends"] = time.perf_counter() - t0
+    before = set(np.asarray(products["objects"]["object"]).astype(str)) if len(products["objects"]) else set()
+    found = objects[~np.isin(np.asarray(objects["object"]).astype(str), list(before))] if len(objects) else objects
     return {"observations": observations, "objects": objects,
+            "streaks": claim_trails(products["streaks"], observations, found),
             "link_stats": {**products.get("link_stats", {}), "blends": stats}}
 
 
@@ -513,12 +520,13 @@ BUILTIN_STEPS = [
                                                            "link_stats"),
          ("link", "streaks"), "9", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
-                                 "candidates", "observations", "objects", "link_stats"),
-         ("observations", "objects", "link_stats"),
+                                 "candidates", "observations", "objects", "streaks", "link_stats"),
+         ("observations", "objects", "streaks", "link_stats"),
          ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
           "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
-          "link.min_detections") + _PIXELS, "1",
-         "measure slow movers seen cleanly twice where a brighter source hides them in the other exposures (pixels)",
+          "link.min_detections", "streaks.min_length") + _PIXELS, "2",
+         "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
+         "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),
     Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
                                        "observations", "objects", "streaks", "link_stats"),
