@@ -95,13 +95,15 @@ def files(root: str | Path) -> set[str]:
 
 
 def leftovers(directory: str | Path) -> list[str]:
-    """ssodetect's working entries beside ``directory``: ``.NAME.stage-XXXXXXXX``, ``.NAME.previous-XXXXXXXX``,
-    ``.NAME.lock`` (not those of a sibling directory named ``NAME.stage-a``)."""
+    """ssodetect's working entries beside ``directory``: ``.NAME.stage-XXXXXXXX``, ``.NAME.previous-XXXXXXXX`` (with
+    the stage marker inside: a user's directory of that name is not ours), ``.NAME.lock`` (not those of a sibling
+    directory named ``NAME.stage-a``)."""
     import re
 
     directory = Path(directory)
     mine = re.compile(re.escape(f".{directory.name}.") + r"((stage|previous)-[a-z0-9_]{8}|lock)")
-    return sorted(p.name for p in directory.parent.iterdir() if mine.fullmatch(p.name))
+    return sorted(p.name for p in directory.parent.iterdir() if mine.fullmatch(p.name)
+                  and (p.name.endswith(".lock") or (p / ".ssodetect-stage").is_file()))
 
 
 def copy_run(source: str | Path, dest: str | Path) -> Path:
@@ -122,7 +124,7 @@ def write_record(directory: str | Path, names) -> None:
     this user's would have written it)."""
     from ssodetect.io.outputs import _record_text
 
-    (Path(directory) / RECORD).write_text(_record_text(names))
+    (Path(directory) / RECORD).write_text(_record_text(Path(directory), names))
 
 
 def copy_inputs(scene: str | Path, dest: str | Path) -> Path:

@@ -231,6 +231,19 @@ def test_training_learns_checkpoints_and_resumes(sim_frames, tmp_path):
     with pytest.raises(InputError, match="not an ssodetect model"):
         (tmp_path / "bad.pt").write_bytes(b"not a model")
         load_model(tmp_path / "bad.pt")
+    # a checkpoint someone else wrote into MODEL_DIR is refused, never unpickled as code (the fault campaign's B34)
+    import pickle
+
+    marker = tmp_path / "PWNED"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "m" / "checkpoint.pt").write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(InputError, match="not a training checkpoint"):
+        train([tmp_path / "ds"], tmp_path / "m", epochs=5, batch=32, seed=1, progress=False)
+    assert not marker.exists()
 
 
 @torch_required

@@ -18,6 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ssodetect import safejson
 from ssodetect._version import __version__
 from ssodetect.errors import SSODetectError
 
@@ -270,7 +271,7 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
     if not path.is_file():
         return
     try:
-        manifest = json.loads(path.read_text())
+        manifest = safejson.read(path)
         products = manifest["products"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SSODetectError(f"{path}: unreadable run manifest ({exc})") from None
@@ -303,7 +304,8 @@ def _write_evaluation(outdir: Path, ev, args) -> None:
         dropped = set(REPORT_FILES) - {p.name for p in written}
         _update_manifest(outdir, stage.path, [stage.file(EVALUATION_FILE), *written], dropped,
                          argv=["ssodetect", *args.argv])
-    for name in dropped:
+    ours = (recorded_files(outdir) or set()) if dropped else set()
+    for name in dropped & ours:
         (outdir / name).unlink(missing_ok=True)
     print(f"{outdir / EVALUATION_FILE}; {outdir / 'report.html'} now shows completeness against magnitude and rate")
 
@@ -311,6 +313,7 @@ def _write_evaluation(outdir: Path, ev, args) -> None:
 def _report(args) -> int:
     from ssodetect.config import load_config
     from ssodetect.io import OutputStage
+    from ssodetect.io.outputs import recorded_files
     from ssodetect.report.products import REPORT_FILES, write_reports
 
     outdir = Path(args.outdir)
@@ -322,7 +325,8 @@ def _report(args) -> int:
         written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
         dropped = set(REPORT_FILES) - {p.name for p in written}
         _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv])
-    for name in dropped:
+    ours = (recorded_files(outdir) or set()) if dropped else set()
+    for name in dropped & ours:
         (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     for path in written:
         print(outdir / path.name)

@@ -234,3 +234,37 @@ def test_summary_path_taken_by_a_directory(tmp_path, capsys):
     assert len(outcome.errors) == 1 and "internal error" not in outcome.errors[0], outcome.err
     assert snapshot(out) == before
     assert str(out / "batch_summary.ecsv") in outcome.errors[0], outcome.errors
+
+
+def test_fields_waiting_on_a_cluster_without_workers_are_given_up():
+    """The third campaign's D20: every Dask worker killed until the nannies gave up; the batch waited for ever.  Now
+    the fields still waiting once the cluster has had no worker for the grace period are cancelled and returned
+    (then marked failed); those done stay done.  A fake cluster: one field done, one never starting."""
+    from ssodetect.pipeline.batch import wait_for_fields
+
+    class FakeFuture:
+        def __init__(self, finished):
+            self.finished, self.cancelled = finished, False
+
+        def done(self):
+            return self.finished or self.cancelled
+
+        def cancel(self):
+            self.cancelled = True
+
+    class FakeClient:
+        def __init__(self, workers):
+            self.workers = workers
+
+        def scheduler_info(self):
+            return {"workers": {f"w{k}": {} for k in range(self.workers)}}
+
+    done, stuck = FakeFuture(True), FakeFuture(False)
+    abandoned = wait_for_fields(FakeClient(0), [done, stuck], grace=0.3, poll=0.05)
+    assert abandoned == {stuck} and stuck.cancelled and not done.cancelled
+    # with a worker alive the fields are waited for (here: until the fake field finishes)
+    import threading
+
+    slow = FakeFuture(False)
+    threading.Timer(0.4, lambda: setattr(slow, "finished", True)).start()
+    assert wait_for_fields(FakeClient(1), [slow], grace=0.1, poll=0.05) == set() and not slow.cancelled

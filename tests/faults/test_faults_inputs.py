@@ -7,6 +7,7 @@ a good run) exactly as it was; a usable-but-odd input gives a warning naming the
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import time
 import shutil
@@ -449,3 +450,91 @@ def test_an_outdir_through_a_symlink_loop_is_refused_before_any_work(scene, tmp_
     t0 = time.time()
     outcome = cli(capsys, "run", scene, "--out", tmp_path / "loop1" / "out")
     assert outcome.code == 2 and "loop1" in outcome.errors[0] and time.time() - t0 < 5.0, outcome.err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the third campaign's cases (campaign on 1463984)
+
+_DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("name", ["steps/detect.json", ".ssodetect-products.json", "manifest.json"])
+def test_json_nested_without_end_in_outdir_is_no_internal_error(good_run, scene, tmp_path, capsys, name):
+    """B09-B16: a step record, the products record or manifest.json nested 100,000 deep ended run, report and
+    evaluate with "internal error: RecursionError" (exit 3).  Now a step record is a damaged cache entry (the step
+    runs again) and the others make OUTDIR not ours: a one-line refusal naming it, nothing changed."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / name).write_text(_DEEP)
+    before = snapshot(out)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code != 3 and not any("internal error" in e for e in outcome.errors), outcome.err
+    if name.startswith("steps/"):
+        assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+        assert json.loads((out / name).read_text())["step"] == "detect"
+    else:
+        assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+        assert snapshot(out) == before
+
+
+def test_an_orbit_file_nested_without_end_is_a_clean_error(scene, out, tmp_path, capsys):
+    """C104: a JSON orbit file nested 100,000 deep was an internal error (exit 3)."""
+    orbits = tmp_path / "orbits.json"
+    orbits.write_text(_DEEP)
+    line = _refused_unchanged(capsys, scene, out, "orbits.json", extra=("--orbits", orbits))
+    assert "orbit" in line
+
+
+@pytest.mark.parametrize("value", ["1E999", "0.0", "-2.0", "'abc'"])
+def test_an_unusable_gain_card_is_a_warning_naming_the_file(src, tmp_path, capsys, value):
+    """C10: GAIN = 1e999 was read as infinity and silently replaced by the default gain."""
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        for hdu in hdul:
+            hdu.header.remove("GAIN", ignore_missing=True, remove_all=True)
+        hdul[0].header["GAIN"] = 1.0
+        hdul.flush(output_verify="ignore")
+    data = bytearray((src / "exp_01.fits").read_bytes())
+    pos = data.index(b"GAIN    =")
+    data[pos:pos + 80] = f"GAIN    = {value:>20} / [e-/ADU]".ljust(80).encode()
+    (src / "exp_01.fits").write_bytes(bytes(data))
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--to-step", "ingest")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    named = [line for line in outcome.warnings if "GAIN" in line and "default gain" in line]
+    assert len(named) == 1 and "exp_01.fits" in named[0], outcome.warnings
+
+
+def test_a_catalogue_with_infinite_proper_motions_is_named(scene, tmp_path, capsys):
+    """C116: pmra = inf on some rows gave only anonymous numpy RuntimeWarnings; now those rows are left out with a
+    warning naming the catalogue and the column, and no numpy warning is printed."""
+    refcat = tmp_path / "ref.ecsv"
+    table = Table.read(scene / "refcat.ecsv")
+    table["pmra"] = np.asarray(table["pmra"], float)
+    table["pmra"][:5] = np.inf
+    table.write(refcat, format="ascii.ecsv")
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--refcat", refcat, "--to-step", "astrometry")
+    assert outcome.errors == [] and outcome.code in (0, 1), outcome.err
+    named = [line for line in outcome.warnings if "ref.ecsv" in line and "infinite pmra" in line]
+    assert len(named) == 1 and "5 rows" in named[0], outcome.warnings
+    assert not any("RuntimeWarning" in line for line in outcome.err), outcome.err
+
+
+def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp_path, capsys):
+    """C11/C13/C14/C17: one frame's header WCS unusable (CDELT1 = 0): the warnings named no file and the summary said
+    "detections kept with their header WCS", untrue for it.  Now the file is named, and the summary says whether its
+    detections were kept (registered onto the other exposures) or left out."""
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        header = hdul[1].header
+        import re
+
+        for key in [k for k in header if re.fullmatch(r"(PC|CD)\d_\d", k)]:
+            del header[key]
+        header["CDELT1"], header["CDELT2"] = 0.0, 0.0
+        hdul.flush(output_verify="ignore")
+    sparse = tmp_path / "sparse.ecsv"  # too few stars to solve (or rescue) any exposure: the campaign's sparse field
+    Table.read(scene / "refcat.ecsv")[:4].write(sparse, format="ascii.ecsv")
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--refcat", sparse, "--to-step", "astrometry")
+    assert outcome.errors == [] and outcome.code == 1, outcome.err
+    summary = [line for line in outcome.warnings if "CCD exposures not solved" in line]
+    assert len(summary) == 1 and "exp_01.fits" in summary[0], outcome.warnings
+    assert "kept with their header WCS" not in summary[0] or "left out" in summary[0] or "registered" in summary[0]
+    failed = [line for line in outcome.warnings if "astrometric solution failed" in line]
+    assert failed and all(".fits" in line for line in failed), failed

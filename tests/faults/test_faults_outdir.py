@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from faultkit import RECORD, cli, copy_inputs, copy_run, files, leftovers, recorded, snapshot, write_record
+from ssodetect.io.outputs import STAGE_MARKER
 
 #: Products of a complete run that every rerun of the scene writes again.
 CORE = {"objects.ecsv", "observations.ecsv", "manifest.json", "config.toml", "run.log", RECORD}
@@ -151,11 +152,12 @@ def test_a_forged_record_cannot_make_a_run_remove_the_users_file(good_run, scene
     out = copy_run(good_run.out, tmp_path / "out")
     (out / "notes.txt").write_text("the user's own notes")
     record = json.loads((out / RECORD).read_text())
-    forged = sorted(record["files"] + ["notes.txt"])
+    forged = dict(record["files"], **{"notes.txt": hashlib.sha256(b"the user's own notes").hexdigest()})
     if forgery == "no signature":
         record = {"files": forged}
     elif forgery == "another key's signature":
-        mac = hmac.new(os.urandom(32), b"ssodetect products record\0" + json.dumps(forged).encode(), hashlib.sha256)
+        mac = hmac.new(os.urandom(32), b"ssodetect products record\0" + json.dumps(sorted(forged.items())).encode(),
+                       hashlib.sha256)
         record = {"files": forged, "hmac": mac.hexdigest()}
     else:
         record["files"] = forged
@@ -408,11 +410,13 @@ def test_outdir_held_in_this_process(good_run, scene, tmp_path, capsys):
 
 def test_stale_working_directories_are_removed(good_run, scene, tmp_path, capsys):
     out = copy_run(good_run.out, tmp_path / "out")
-    stage = tmp_path / ".out.stage-xyz_1234"  # named as tempfile.mkdtemp names them
+    stage = tmp_path / ".out.stage-xyz_1234"  # named as tempfile.mkdtemp names them, marked as ours
     (stage / "steps").mkdir(parents=True)
     (stage / "steps" / "detect.pkl").write_bytes(b"half written")
+    (stage / STAGE_MARKER).write_text("4242\n")
     previous = tmp_path / ".out.previous-abc_1234"
     copy_run(good_run.out, previous / "run")
+    (previous / STAGE_MARKER).write_text("4242\n")
     (tmp_path / ".out.lock").write_text("99999")  # a killed command's lock file: no flock held on it
     # the live stage of a run into the sibling directory "out.stage-a" is another's (the campaign's D3)
     sibling = tmp_path / ".out.stage-a.stage-k2p9x0qz"
@@ -651,3 +655,83 @@ def test_astrometry_into_a_directory_holding_a_users_file_is_refused_before_any_
     monkeypatch.setattr(run_module, "_detect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work began")))
     _refused(cli(capsys, "astrometry", scene, "--refcat", scene / "refcat.ecsv", "--out", out), out, "exp_00.head")
     assert (out / "exp_00.head").read_text() == "mine" and leftovers(out) == []
+
+
+def test_a_users_directory_named_like_a_stage_is_never_removed(good_run, scene, tmp_path, capsys):
+    """The third campaign's A28/A29: a directory of the user's whose name matches a stage's (beside OUT, or inside it
+    when a report adds files) holds no stage marker, so it is not ours: a run leaves it alone (and refuses an OUT
+    holding one); a stage a killed report left inside OUT (marked) is removed by the next run."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    beside = tmp_path / ".out.stage-userdata"
+    beside.mkdir()
+    (beside / "thesis.tex").write_text("mine")
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert (beside / "thesis.tex").read_text() == "mine"
+    inside = out / ".ssodetect.stage-abcdefgh"
+    inside.mkdir()
+    (inside / "notes.txt").write_text("mine too")
+    outcome = cli(capsys, "report", out)
+    assert (inside / "notes.txt").read_text() == "mine too"
+    before = snapshot(out)
+    _refused(cli(capsys, "run", scene, "--out", out), out, ".ssodetect.stage-abcdefgh")
+    assert snapshot(out) == before
+    # a killed report's stage inside OUT (marked): the next run removes it and replaces OUT
+    (inside / "notes.txt").unlink()
+    inside.rmdir()
+    killed = out / ".ssodetect.stage-k1ll3d00"
+    (killed / "report.html").parent.mkdir()
+    (killed / "report.html").write_text("half written")
+    (killed / STAGE_MARKER).write_text("4242\n")
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert not killed.exists()
+    _complete(out)
+
+
+def test_a_record_copied_from_another_run_does_not_make_the_users_files_ours(good_run, scene, tmp_path, capsys):
+    """The third campaign's B33: a signed record of another run (the same user's key) put beside the user's own
+    report.html and config.toml: the record's checksums are of the other run's files, so these stay the user's."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.html").write_text("<p>my own report</p>")
+    (out / "config.toml").write_text("# my settings\n")
+    (out / RECORD).write_bytes((good_run.out / RECORD).read_bytes())
+    before = snapshot(out)
+    _refused(cli(capsys, "run", scene, "--out", out), out, "config.toml")
+    assert snapshot(out) == before
+
+
+def test_a_product_edited_by_the_user_is_theirs(good_run, scene, tmp_path, capsys):
+    """The third campaign's G08/G15: report.html edited in a finished run is no longer what ssodetect wrote; neither a
+    run nor a report overwrites it (refused, named); put back as written, the run replaces it again."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    written = (out / "report.html").read_bytes()
+    (out / "report.html").write_text("<p>my annotated report</p>")
+    before = snapshot(out)
+    _refused(cli(capsys, "run", scene, "--out", out), out, "report.html")
+    assert snapshot(out) == before
+    outcome = cli(capsys, "report", out)
+    assert outcome.code == 2 and "report.html" in outcome.errors[0], outcome.err
+    assert (out / "report.html").read_text() == "<p>my annotated report</p>"
+    (out / "report.html").write_bytes(written)
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to give a file to another user")
+def test_a_manifest_someone_else_wrote_does_not_make_the_users_files_ours(good_run, scene, tmp_path, capsys):
+    """The third campaign's A16: no record; a manifest.json of the old format, written by another user, lists the
+    user's known.ecsv with its right checksum: it is not the user's own manifest, so nothing it lists is ours."""
+    import hashlib
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / RECORD).unlink()
+    (out / "known.ecsv").write_text("# my known objects\n")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["products"]["known.ecsv"] = {"sha256": hashlib.sha256(b"# my known objects\n").hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    os.chown(out / "manifest.json", 65534, 65534)  # nobody's
+    before = snapshot(out)
+    assert "did not write" in _refused(cli(capsys, "run", scene, "--out", out), out)
+    assert snapshot(out) == before and (out / "known.ecsv").read_text() == "# my known objects\n"

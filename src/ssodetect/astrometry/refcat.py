@@ -95,8 +95,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
     """Read a reference catalogue and bring it to the Gaia DR3 column names.
 
     Missing optional columns take :data:`REFCAT_DEFAULTS` (no proper motion,
-    10 mas errors, epoch 2016.0); rows without a finite position or magnitude
-    are dropped.
+    10 mas errors, epoch 2016.0; NaN values too); rows without a finite position or magnitude, and rows with an
+    infinite optional value (a warning names the catalogue), are dropped.
 
     Raises
     ------
@@ -123,16 +123,22 @@ def load_reference_catalogue(path: str | Path) -> Table:
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")
+    good = np.ones(len(table), bool)
     for name, default in REFCAT_DEFAULTS.items():
         if name not in table.colnames:
             table[name] = np.full(len(table), default)
         else:
-            table[name] = np.nan_to_num(np.asarray(table[name], float), nan=default)
-    good = np.ones(len(table), bool)
+            values = np.asarray(table[name], float)
+            infinite = np.isinf(values)
+            if infinite.any():  # an infinite proper motion or error is a broken row, not a missing value
+                log.warning("%s: %d rows with an infinite %s ignored", path, int(infinite.sum()), name)
+                good &= ~infinite
+            table[name] = np.where(np.isnan(values), default, values)
     for name in REFCAT_REQUIRED:
         good &= np.isfinite(np.asarray(table[name], float))
     if not good.all():
-        log.info("%s: %d rows without position or magnitude ignored", path, int((~good).sum()))
+        log.info("%s: %d rows without a finite position, magnitude, proper motion or error ignored", path,
+                 int((~good).sum()))
         table = table[good]
     return table
 

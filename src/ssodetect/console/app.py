@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ssodetect import safejson
 from ssodetect.config import ReportConfig, load_config
 from ssodetect.console.graph import step_graph_svg
 from ssodetect.console.form import FIELD_PREFIX, form_overrides, settings_file, settings_from_schema
@@ -180,7 +181,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
             path = _run_dir(request)
         except ValueError as exc:
             return page("error.html", 404, message=str(exc))
-        manifest = json.loads((path / "manifest.json").read_text())
+        manifest = safejson.read(path / "manifest.json")
         log_text = (path / "run.log").read_text(errors="replace") if (path / "run.log").is_file() else ""
         config_text = (path / "config.toml").read_text(errors="replace") if (path / "config.toml").is_file() else ""
         products = sorted(manifest.get("products") or {})
@@ -207,9 +208,9 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         except ValueError as exc:
             return PlainTextResponse(str(exc), status_code=404)
         try:
-            listed = set(json.loads((path / RECORD).read_text())["files"])
+            listed = set(safejson.read(path / RECORD)["files"])
         except (OSError, ValueError, KeyError, TypeError):
-            listed = set(json.loads((path / "manifest.json").read_text()).get("products") or {}) | {"manifest.json"}
+            listed = set(safejson.read(path / "manifest.json").get("products") or {}) | {"manifest.json"}
         if name not in listed or not target.is_file():
             return PlainTextResponse(f"{name}: not a product of this run", status_code=404)
         inline = name.endswith((".html", ".log", ".json", ".toml", ".ecsv", ".psv", ".xml", ".mpc"))
@@ -351,7 +352,7 @@ def _rerun_argv(root: Path, run: Path, step: str) -> list[str]:
     names = [s.name for s in pipeline_steps(BUILTIN_STEPS)]
     if step not in names:
         raise ValueError(f"step {step!r}: not one of {', '.join(names)}")
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest = safejson.read(run / "manifest.json")
     files = manifest.get("inputs") or []
     inputs = [str(f.get("path", "")) for f in files if isinstance(f, dict) and f.get("role") == "input"]
     refcat = [str(f.get("path", "")) for f in files if isinstance(f, dict) and f.get("role") == "refcat"]

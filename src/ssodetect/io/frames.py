@@ -277,6 +277,11 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
                 if note not in noted:  # once per file, not per CCD
                     noted.add(note)
                     log.warning("%s: %s (the time comes from %s)", path, note, obs.source)
+            bad_gain = _unusable_gain(header, primary if sci != 0 else None, config)
+            if warn and bad_gain and bad_gain not in noted:
+                noted.add(bad_gain)
+                log.warning("%s: %s; the default gain (%g e-/ADU, [io] default_gain) is used", path, bad_gain,
+                            config.default_gain)
             refs.append(
                 CCDRef(
                     path=str(path),
@@ -299,6 +304,23 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
         return refs
     finally:
         hdul.close()
+
+
+def _unusable_gain(header, primary, config: IOConfig) -> str:
+    """Why the gain keyword of a CCD's header (merged with its primary header, as :func:`read_ccd` reads it) is
+    unusable (non-numeric, infinite, zero or negative: :func:`read_ccd` then takes ``config.default_gain``); empty
+    when it is usable or absent."""
+    merged = merge_headers(header, primary) if primary is not None else header
+    for key in config.gain_keys:
+        value = first_keyword(merged, [key])
+        if value is None:
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{key} = {value!r} is not a number"
+        return "" if np.isfinite(number) and number > 0 else f"{key} = {value!r} is not a positive finite gain"
+    return ""
 
 
 def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:

@@ -34,10 +34,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ssodetect import safejson
 from ssodetect.errors import InputError
 from ssodetect.keys import cache_key, sign_text, verify_text
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "recorded_files",
+__all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
+           "recorded_files",
            "foreign_files", "record_files", "check_free_space", "expected_output_bytes", "check_apart"]
 
 log = logging.getLogger(__name__)
@@ -70,39 +72,86 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+#: The file that marks a staging (or set-aside) directory as ssodetect's: only such directories are ever removed as
+#: left by an interrupted command (a user's directory named like one is not ours).
+STAGE_MARKER = ".ssodetect-stage"
+
+
+def _mark(directory: Path) -> None:
+    """Write :data:`STAGE_MARKER` (the writing process's id) into a working directory just created."""
+    (directory / STAGE_MARKER).write_text(f"{os.getpid()}\n")
+
+
 def _files(directory: Path) -> list[str]:
     """Relative POSIX paths of the files (and links) under ``directory``."""
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink())
 
 
-def _record_text(names) -> str:
-    """The products record for ``names``, signed with the user's key (:mod:`ssodetect.keys`)."""
-    names = sorted(set(names))
+#: Recorded files that stay ssodetect's even when their contents changed, by path prefix: the step cache (a damaged
+#: or tampered entry is never loaded, :class:`~ssodetect.pipeline.steps.StepCache`, and is recomputed) and a batch
+#: field's completion record (signed: an altered one is not believed and the field runs again).
+CACHE_DIRS = ("steps/", "complete.json")
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes (``link:`` and the target for a symbolic link); None when it cannot be read."""
+    try:
+        if path.is_symlink():
+            return "link:" + os.readlink(path)
+        h = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def _record_text(directory: Path, names) -> str:
+    """The products record of ``names`` (relative paths under ``directory``): each with its SHA-256, signed with the
+    user's key (:mod:`ssodetect.keys`).  The checksums bind the record to these very files: a record copied from
+    another directory, or a product edited since, does not make a file ssodetect's."""
+    files = {name: _digest(Path(directory) / name) for name in sorted(set(names))}
+    files = {name: digest for name, digest in files.items() if digest is not None}
     key, persistent = cache_key()
     if not persistent:  # a key that dies with this process could never verify it: judged by the manifest instead
-        return json.dumps({"files": names}, indent=1)
-    return json.dumps({"files": names, "hmac": sign_text(json.dumps(names), RECORD_CONTEXT, key)}, indent=1)
+        return json.dumps({"files": files}, indent=1)
+    return json.dumps({"files": files, "hmac": sign_text(json.dumps(sorted(files.items())), RECORD_CONTEXT, key)},
+                      indent=1)
 
 
 def _read_record(directory: Path) -> set[str] | None:
-    """The files a record lists when this user's key signed it; None without one (or an unsigned one, from a version
-    before the signature); raises UnsignedRecord for a signature that does not verify or an unreadable record."""
+    """The files a record lists, signed by this user's key, whose contents are still those it recorded; None without
+    a record, with an unsigned one, or with one of a version before the checksums (judged by the manifest); raises
+    UnsignedRecord for a signature that does not verify or an unreadable record."""
     try:
-        record = json.loads((directory / RECORD).read_text())
-        names = record["files"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        record = safejson.read(directory / RECORD)
+        files = record["files"]
+        if isinstance(files, list) and all(isinstance(n, str) for n in files):
+            return None  # names only (a version before the checksums): the manifest's checksums decide
+        if not isinstance(files, dict) or not all(isinstance(n, str) and isinstance(d, str) for n, d in files.items()):
             raise TypeError
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         raise UnsignedRecord(f"{directory / RECORD}: unreadable") from None
     if "hmac" not in record:
-        return None  # a record of a version before the signature: judged like a run without one (its manifest)
-    if not verify_text(json.dumps(sorted(set(names))), RECORD_CONTEXT, cache_key()[0], record.get("hmac")):
+        return None  # unsigned (a key that could not be kept): judged like a run without a record (its manifest)
+    if not verify_text(json.dumps(sorted(files.items())), RECORD_CONTEXT, cache_key()[0], record.get("hmac")):
         raise UnsignedRecord(f"{directory / RECORD}: not signed with your key (written by another user or key, or "
                              "altered), so ssodetect will not replace the files it lists: remove the directory yourself "
                              "or choose another")
-    return set(names)
+    ours, changed = set(), []
+    for name, digest in files.items():
+        now = _digest(directory / name)
+        if now == digest or (now is not None and name.startswith(CACHE_DIRS)):
+            ours.add(name)  # a step-cache entry stays ours whatever became of it (its own signature decides its use)
+        elif now is not None:
+            changed.append(name)
+    if changed:
+        log.info("%s: %d recorded file(s) changed since ssodetect wrote them (%s): no longer taken as its own",
+                 directory, len(changed), ", ".join(sorted(changed)[:3]))
+    return ours
 
 
 class UnsignedRecord(InputError):
@@ -112,17 +161,22 @@ class UnsignedRecord(InputError):
 def recorded_files(directory: str | Path) -> set[str] | None:
     """The files ssodetect recorded writing into ``directory``; None when it holds no record.
 
-    A run written before the record existed is recognised by its ``manifest.json`` (its ``products`` of the names
-    earlier versions wrote, :data:`LEGACY_PRODUCTS`, whose checksums still match).  A
-    record not signed with the user's key (:mod:`ssodetect.keys`) raises :class:`UnsignedRecord`: someone who can
-    write the directory could otherwise list a file of the user's and have a run remove it.
+    The record's files count when their contents are those it recorded (an edited product is the user's now).  A run
+    written before the record (or its checksums) existed is recognised by its ``manifest.json`` (its ``products`` of
+    the names earlier versions wrote, :data:`LEGACY_PRODUCTS`, whose checksums still match), when that manifest is
+    the user's own (owned by them, writable by no one else).  A record not signed with the user's key
+    (:mod:`ssodetect.keys`) raises :class:`UnsignedRecord`: someone who can write the directory could otherwise list
+    a file of the user's and have a run remove it.
     """
     directory = Path(directory)
     names = _read_record(directory)
     if names is not None:
         return names | {RECORD}
     try:
-        manifest = json.loads((directory / "manifest.json").read_text())
+        info = (directory / "manifest.json").lstat()
+        if (hasattr(os, "getuid") and info.st_uid != os.getuid()) or info.st_mode & 0o022:
+            return None  # a manifest someone else wrote (or could have) proves nothing about the files it lists
+        manifest = safejson.read(directory / "manifest.json")
         products = manifest.get("products")
         if isinstance(products, dict) and "ssodetect" in json.dumps(manifest.get("software", "")):
             # an earlier version's run: its products as its manifest checksummed them (a listed file with other
@@ -185,7 +239,7 @@ def record_files(directory: str | Path, names) -> None:
     """Add ``names`` (relative paths) to ``directory``'s record of the files ssodetect wrote there."""
     directory = Path(directory)
     known = _read_record(directory) or set()
-    atomic_write_text(directory / RECORD, _record_text(known | set(names)))
+    atomic_write_text(directory / RECORD, _record_text(directory, known | set(names)))
 
 
 def _remove(path: Path) -> None:
@@ -325,6 +379,7 @@ class OutputStage:
                 self._check_replaceable(outdir)
             try:
                 self.path = Path(tempfile.mkdtemp(prefix=self._prefix("stage"), dir=self.base))
+                _mark(self.path)
             except OSError as exc:
                 raise InputError(f"{outdir}: cannot write in {self.base} ({exc.strerror})") from None
         except BaseException:
@@ -341,8 +396,13 @@ class OutputStage:
         return f".{sibling_name(self.outdir.relative_to(self.base))}.{kind}-"
 
     def _tidy(self) -> None:
-        """Remove stages of killed commands; put back a directory a crash left renamed aside (we hold the lock)."""
-        for stale in self._own(self._prefix("stage")):
+        """Remove stages of killed commands; put back a directory a crash left renamed aside (we hold the lock).
+
+        Only directories holding our :data:`STAGE_MARKER` are ours: a directory of the user's that merely has a
+        stage's name is left alone.  Before a replacement, the stages a killed command that added files (a report)
+        left inside the output directory go too."""
+        inner = self._own(".ssodetect.stage-", self.outdir) if self.replace and self.outdir.is_dir() else []
+        for stale in self._own(self._prefix("stage")) + inner:
             log.info("removing %s, left by an interrupted command", stale)
             _remove(stale)
         previous = sorted(self._own(self._prefix("previous")), key=lambda p: p.lstat().st_mtime)
@@ -352,11 +412,14 @@ class OutputStage:
         for stale in previous:
             _remove(stale)
 
-    def _own(self, prefix: str) -> list[Path]:
-        """Entries of the base named ``prefix`` + a temporary name's 8 characters, exactly: the stage of a directory
-        named like ``OUT.stage-a`` beside ``OUT`` (``.OUT.stage-a.stage-...``) is another's, never ours."""
+    def _own(self, prefix: str, base: Path | None = None) -> list[Path]:
+        """Directories of ``base`` (the stage's) named ``prefix`` + a temporary name's 8 characters, exactly, that
+        hold our :data:`STAGE_MARKER`: the stage of a directory named like ``OUT.stage-a`` beside ``OUT``
+        (``.OUT.stage-a.stage-...``) is another's, and a directory of the user's named like a stage is theirs."""
+        base = self.base if base is None else base
         pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
-        return [p for p in self.base.glob(glob.escape(prefix) + "*") if pattern.fullmatch(p.name)]
+        return [p for p in base.glob(glob.escape(prefix) + "*") if pattern.fullmatch(p.name)
+                and not p.is_symlink() and (p / STAGE_MARKER).is_file() and not (p / STAGE_MARKER).is_symlink()]
 
     def _check_replaceable(self, shown) -> None:
         strangers = foreign_files(self.outdir)
@@ -393,6 +456,7 @@ class OutputStage:
     def commit(self) -> list[Path]:
         """Move the products into the output directory; returns their final paths."""
         try:
+            (self.path / STAGE_MARKER).unlink(missing_ok=True)  # the products are complete: no longer a stage
             names = _files(self.path)
             if self.replace:
                 # files may have landed in OUTDIR while the command ran (it may not even have existed): they are
@@ -404,7 +468,7 @@ class OutputStage:
                     raise InputError(f"{self.outdir}: files ssodetect did not write appeared in it while this command "
                                      f"ran ({', '.join(strangers[:3])}{more}); nothing was replaced: move them and "
                                      "run again")
-                atomic_write_text(self.path / RECORD, _record_text(names))
+                atomic_write_text(self.path / RECORD, _record_text(self.path, names))
                 self.outdir.parent.mkdir(parents=True, exist_ok=True)
                 if not self.outdir.exists():
                     os.rename(self.path, self.outdir)
@@ -412,10 +476,22 @@ class OutputStage:
                     shutil.rmtree(self.path, ignore_errors=True)
                 else:
                     aside = Path(tempfile.mkdtemp(prefix=self._prefix("previous"), dir=self.base))
+                    _mark(aside)
                     os.rename(self.outdir, aside / "run")
                     os.rename(self.path, self.outdir)
                     shutil.rmtree(aside, ignore_errors=True)
             else:
+                # adding files: one of that name already there must be ours as we wrote it (not the user's, not a
+                # product the user edited since); refused before anything moves
+                present = [name for name in names if os.path.lexists(self.outdir / name)]
+                ours = (recorded_files(self.outdir) or set()) if present else set()
+                theirs = [name for name in present if name not in ours]
+                if theirs:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                    more = f" and {len(theirs) - 3} more" if len(theirs) > 3 else ""
+                    raise InputError(f"{', '.join(str(self.outdir / n) for n in theirs[:3])}{more}: not as ssodetect "
+                                     "wrote it (yours, or edited since); nothing was written: move it, or write "
+                                     "elsewhere")
                 self.outdir.mkdir(parents=True, exist_ok=True)
                 for name in names:
                     dest = self.outdir / name

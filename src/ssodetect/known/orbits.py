@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ssodetect import safejson
 from ssodetect.columns import describe
 from ssodetect.errors import InputError
 from ssodetect.known.designations import unpack_number, unpack_provisional
@@ -202,7 +203,7 @@ def read_orbits(path: str | Path) -> Table:
     except OSError as exc:
         raise InputError(f"{path}: cannot read orbit file ({exc.strerror or exc})") from None
     try:
-        table = read_sbdb(json.loads(text)) if text.lstrip().startswith(("{", "[")) else read_mpcorb(text.splitlines())
+        table = read_sbdb(safejson.loads(text)) if text.lstrip().startswith(("{", "[")) else read_mpcorb(text.splitlines())
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not an MPCORB or JPL SBDB orbit file ({exc})") from None
     ok = np.isfinite(table["q"]) & np.isfinite(table["e"]) & np.isfinite(table["i"]) & np.isfinite(table["tp"])

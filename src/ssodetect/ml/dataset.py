@@ -34,6 +34,7 @@ from astropy.table import Table, vstack
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
+from ssodetect import safejson
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.errors import InputError
 from ssodetect.io.outputs import OutputStage
@@ -441,7 +442,7 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, Table, dict]
     if not doc_file.is_file():
         raise InputError(f"{path}: not a dataset directory (no dataset.json)")
     try:
-        doc = json.loads(doc_file.read_text())
+        doc = safejson.read(doc_file)
         meta = Table.read(path / "meta.ecsv", format="ascii.ecsv")
         images, masks = [], []
         width = int(doc["shape"][-1])

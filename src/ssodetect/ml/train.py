@@ -168,7 +168,12 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     history, start, best = [], 0, (math.inf, None)
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        # tensors and plain values only: a checkpoint someone else put in MODEL_DIR cannot run code when unpickled
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError for a bad or hostile file
+            raise InputError(f"{ckpt}: not a training checkpoint of ssodetect ({str(exc).splitlines()[0][:160]}); "
+                             "remove it to train from the start") from None
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], int(state["epoch"])

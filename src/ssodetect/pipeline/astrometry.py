@@ -72,12 +72,14 @@ class SolveTask:
         return solve_ccd(ccd, items, self.reference, self.config.astrometry, quiet=True)
 
 
-def warn_unsolved(solutions: list[ExposureSolution]) -> int:
+def warn_unsolved(solutions: list[ExposureSolution], files: dict | None = None) -> int:
     """A warning for every CCD exposure still unsolved once the rescues were tried (with everything tried, in its
-    reason); those solved alone or rescued say nothing.  Returns how many."""
+    reason; ``files``: ``(exposure, ccd) -> path`` names its file); those solved alone or rescued say nothing.
+    Returns how many."""
     failed = [sol for sol in solutions if not sol.ok]
     for sol in failed:
-        log.warning("CCD %s exposure %d: astrometric solution failed: %s", sol.ccd, sol.exposure, sol.reason)
+        where = f"{files[(sol.exposure, sol.ccd)]}: " if files and (sol.exposure, sol.ccd) in files else ""
+        log.warning("%sCCD %s exposure %d: astrometric solution failed: %s", where, sol.ccd, sol.exposure, sol.reason)
     return len(failed)
 
 

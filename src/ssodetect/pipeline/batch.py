@@ -22,6 +22,7 @@ from pathlib import Path
 
 from astropy.table import Table
 
+from ssodetect import safejson
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
@@ -29,7 +30,8 @@ from ssodetect.keys import cache_key, sign_text, verify_text
 from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files
 from ssodetect.pipeline.steps import sha256_file
 
-__all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "field_complete", "field_state", "fields_from_arguments", "run_batch", "run_field"]
+__all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
+           "fields_from_arguments", "run_batch", "run_field", "wait_for_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ def field_complete(outdir: str | Path, state: dict | None = None) -> bool:
     ``state``, from :func:`field_state`) made from the same input files and configuration."""
     outdir = Path(outdir)
     try:
-        record = json.loads((outdir / COMPLETE).read_text())
+        record = safejson.read(outdir / COMPLETE)
         signature = record.pop("hmac", None)
         if not verify_text(json.dumps(record, sort_keys=True), COMPLETE, cache_key()[0], signature):
             return False  # written by another key, or edited: run again
@@ -194,7 +196,7 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
         raise InputError(f"{out}: is a symbolic link; a field's directory must be a directory of BATCH_DIR")
     state = field_state(field, config)
     if field_complete(out, state):
-        record = json.loads((out / COMPLETE).read_text())
+        record = safejson.read(out / COMPLETE)
         row.update(n_objects=record["n_objects"], n_observations=record["n_observations"])
         return row
     if (out / COMPLETE).is_file():
@@ -229,6 +231,45 @@ def _field_task(field: Field, outdir: str, config: Config) -> dict:
     except Exception as exc:  # a bug or a resource problem in this field: logged with its traceback
         log.exception("field %s failed", field.name)
         return _failed(field, f"internal error: {type(exc).__name__}: {str(exc).strip()[:200]}")
+
+
+#: Seconds the Dask cluster may have no worker at all while fields wait before those fields are given up (marked
+#: failed; the summary is written): workers killed until their nannies stop restarting them would otherwise leave
+#: the batch waiting for ever.
+NO_WORKER_GRACE = 60.0
+
+
+def wait_for_fields(client, futures: list, bar=None, *, grace: float | None = None, poll: float = 1.0) -> set:
+    """Wait until every field's future is done, or until the cluster has had no worker for ``grace`` seconds
+    (:data:`NO_WORKER_GRACE`); then the futures still pending are cancelled and returned (the others are done).
+
+    ``bar``: a progress bar advanced as fields finish.
+    """
+    grace = NO_WORKER_GRACE if grace is None else grace
+    pending = list(futures)
+    idle_since = None
+    while True:
+        finished = [f for f in pending if f.done()]
+        if finished and bar is not None:
+            bar.update(len(finished))
+        pending = [f for f in pending if not f.done()]
+        if not pending:
+            return set()
+        try:
+            workers = len((client.scheduler_info() or {}).get("workers") or {})
+        except Exception:  # the scheduler itself is gone: no worker either
+            workers = 0
+        if workers:
+            idle_since = None
+        else:
+            idle_since = time.monotonic() if idle_since is None else idle_since
+            if time.monotonic() - idle_since >= grace:
+                log.error("batch: no Dask worker alive for %g s with %d field(s) waiting; they are marked failed",
+                          grace, len(pending))
+                for future in pending:
+                    future.cancel()
+                return set(pending)
+        time.sleep(poll)
 
 
 def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=None, retries: int = 2) -> Table:
@@ -288,15 +329,15 @@ def _run_batch(fields: list[Field], out: Path, config: Config, client, retries: 
             rows = [_field_task(f, o, field_config)
                     for f, o in tqdm(targets, desc="fields", unit="field", disable=not ex.progress)]
         else:
-            from dask.distributed import as_completed
-
             futures = [client.submit(_field_task, f, o, field_config, key=f"field-{f.name}-{time.time_ns()}",
                                      pure=False, retries=retries) for f, o in targets]
             with tqdm(total=len(futures), desc="fields", unit="field", disable=not ex.progress) as bar:
-                for _ in as_completed(futures):
-                    bar.update(1)
+                abandoned = wait_for_fields(client, futures, bar)
             rows = []
             for (f, _), future in zip(targets, futures):
+                if future in abandoned:
+                    rows.append(_failed(f, f"not run: no Dask worker alive for {NO_WORKER_GRACE:g} s"))
+                    continue
                 try:
                     rows.append(future.result())
                 except Exception as exc:  # its worker died on every try (KilledWorker) or the task was lost

@@ -19,6 +19,7 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
+from ssodetect import safejson
 from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.calibrate import build_calibration
@@ -252,13 +253,11 @@ def score_run(run_dir, config: Config) -> Table:
     Table
         :data:`VETTING_COLUMNS`, one row per object.
     """
-    import json
-
     from ssodetect.io import read_ccd
 
     run_dir = Path(run_dir)
     try:
-        provenance = json.loads((run_dir / "provenance.json").read_text())
+        provenance = safejson.read(run_dir / "provenance.json")
         objects = Table.read(run_dir / "objects.ecsv", format="ascii.ecsv")
         observations = Table.read(run_dir / "observations.ecsv", format="ascii.ecsv")
     except (OSError, ValueError) as exc:

@@ -16,6 +16,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ssodetect import safejson
 from ssodetect.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _duration(started: str, finished: str) -> float | None:
 def _row(root: Path, manifest_path: Path) -> dict | None:
     """The registry row of one run directory from its manifest; None when it is not a run's manifest."""
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = safejson.read(manifest_path)
         mtime = manifest_path.stat().st_mtime_ns
     except (OSError, ValueError, RecursionError):  # (a manifest nested without end is not a run's)
         return None

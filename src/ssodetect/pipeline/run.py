@@ -210,7 +210,7 @@ def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
     groups = astrometry_tasks(results, tasks, config)
     solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
     solutions, _ = rescue_failed(groups, [sol for group in solved for sol in group], reference, config.astrometry)
-    warn_unsolved(solutions)
+    warn_unsolved(solutions, {(ref.exposure, ref.ccd): ref.path for ref in tasks})
     return solutions
 
 
@@ -277,6 +277,25 @@ def step_detect(products: dict, config: Config, ctx: StepContext) -> dict:
                                    ctx.intermediate("detect"))}
 
 
+def _warn_unsolved_summary(solutions: list, tasks: list, ccd_info: list, placed_wcs: dict, config: Config) -> None:
+    """One warning for the CCD exposures left unsolved: how many kept their detections (through the header WCS or a
+    registration onto the others) and which were left out, with their files."""
+    failed = [s for s in solutions if not s.ok]
+    if not failed:
+        return
+    files = {(ref.exposure, ref.ccd): ref.path for ref in tasks}
+    registered = {(ref.exposure, ref.ccd) for ref, info in zip(tasks, ccd_info)
+                  if (info.get("registration") or {}).get("status") == "ok"}
+    lost = {(s.exposure, s.ccd) for s in failed if config.astrometry.on_failure == "drop"
+            or (placed_wcs.get((s.exposure, s.ccd)) is None and (s.exposure, s.ccd) not in registered)}
+    kept = len(failed) - len(lost)
+    action = ", ".join(part for part in (f"{kept} kept with their header WCS or registered" if kept else "",
+                                         f"{len(lost)} left out" if lost else "") if part)
+    log.warning("%d of %d CCD exposures not solved (detections: %s): %s", len(failed), len(solutions), action,
+                "; ".join(f"exposure {s.exposure} CCD {s.ccd} ({files.get((s.exposure, s.ccd), '?')}"
+                          f"{', left out' if (s.exposure, s.ccd) in lost else ''}): {s.reason}" for s in failed[:5]))
+
+
 def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     """Fit every CCD exposure's WCS and zero point against the reference catalogue (or register frames without
     WCS to each other); gather the field's detections on the sky."""
@@ -307,12 +326,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
         if solutions and len(uncovered) == len(solutions):
             log.warning("%s: the reference catalogue has no star near any CCD's header footprint (it covers another "
                         "part of the sky, or the headers do); the run goes on without astrometry", ctx.refcat)
-        if failed:
-            action = "dropped" if config.astrometry.on_failure == "drop" else "kept with their header WCS"
-            log.warning(
-                "%d of %d CCD exposures not solved (detections %s): %s", len(failed), len(solutions), action,
-                "; ".join(f"exposure {s.exposure} CCD {s.ccd}: {s.reason}" for s in failed[:5]),
-            )
+
         ok = [s for s in solutions if s.ok]
         if ok:
             methods = {m: sum(s.method == m for s in ok) for m in dict.fromkeys(s.method for s in ok)}
@@ -332,6 +346,8 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     else:
         calibrated = align_header_wcs([table for table, _ in results], tasks, ccd_info, config, placed_wcs)
     tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config, placed_wcs) if len(t)]
+    if calibrate:
+        _warn_unsolved_summary(solutions, tasks, ccd_info, placed_wcs, config)
     # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
     wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()

@@ -37,6 +37,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
+from ssodetect import safejson
 from ssodetect._version import __version__
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
@@ -243,7 +244,7 @@ class StepCache:
         if self.outdir is None:
             return None
         try:
-            record = json.loads((self.outdir / "steps" / f"{name}.json").read_text())
+            record = safejson.read(self.outdir / "steps" / f"{name}.json")
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None

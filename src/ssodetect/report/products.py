@@ -9,7 +9,6 @@ context and plots).  ``ssodetect report OUTDIR`` runs it on a finished run.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ssodetect import safejson
 from ssodetect.config import Config
 from ssodetect.errors import InputError
 from ssodetect.report.ades import ades_block, format_psv, format_xml
@@ -189,7 +189,7 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     observations = _read_table(source / "observations.ecsv")
     objects = _read_table(source / "objects.ecsv")
     try:
-        provenance = json.loads((source / "provenance.json").read_text())
+        provenance = safejson.read(source / "provenance.json")
         if not isinstance(provenance, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
