@@ -47,7 +47,8 @@ def cache_key() -> tuple[bytes, bool]:
         if info.st_mode & 0o077 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
             # a key that others may read or replace signs nothing: they could forge a stored pickle under it
             who = "is not owned by this user" if hasattr(os, "getuid") and info.st_uid != os.getuid() else \
-                f"is open to other users (mode {info.st_mode & 0o777:04o}; chmod 600 it)"
+                f"is open to other users (mode {info.st_mode & 0o777:04o}: others may have read it, so delete it " \
+                "and a new one is made)"
             log.warning("%s: the cache key %s; stored step products will not be reused", path, who)
             return _EPHEMERAL, False
         if len(key) >= 32:
