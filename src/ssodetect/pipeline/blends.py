@@ -149,7 +149,6 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     refs = {(e.index, r.ccd): r for e in exposures for r in e.ccds}
     ccds_of = {e.index: [r.ccd for r in e.ccds] for e in exposures}
     refused: Counter = Counter()
-    results = []  # (proposal, [measurement rows])
     need = max(1, lk.min_detections - 1)  # exposures besides a whole trail's own that must show it
     # CCD images read on demand, the most recently used kept (a fast mover's predictions and their templates may
     # lie on other CCDs than its trail); proposals are taken CCD by CCD, so most reads are of the CCD at hand
@@ -187,28 +186,49 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
                 return ccd
         return None
 
+    # proposals CCD by CCD (their order fixes the results'); the pixel work is then done in the order of the CCD and
+    # exposure it reads, so that the images kept serve it (a fast mover's targets may lie on other CCDs)
     by_ccd: dict = {}
     for prop in proposals:
         by_ccd.setdefault(str(candidates["ccd"][prop.pair[0]]), []).append(prop)
-    for ccd, props in sorted(by_ccd.items()):
-        for prop in props:
-            rows = []
-            placed = [locate(prop, e, pxi, peta, ccd) for e, pxi, peta, _ in prop.targets]
-            if len(prop.pair) == 1 and _shown(prop, placed, candidates, info_by, refs, pixels) < need:
+    ordered = [(ccd, prop) for ccd, props in sorted(by_ccd.items()) for prop in props]
+    placed = [[locate(prop, e, pxi, peta, ccd) for e, pxi, peta, _ in prop.targets] for ccd, prop in ordered]
+    # proposals whose targets all lie on one CCD are judged and measured in that CCD's turn; those reaching over
+    # several CCDs last
+    turns: dict = {}
+    for k, (ccd, _) in enumerate(ordered):
+        touched = sorted({where[0] for where in placed[k] if where is not None}) or [ccd]
+        turns.setdefault((len(touched) > 1, touched[0] if len(touched) == 1 else ""), []).append(k)
+    rows_of: dict = {}
+    for turn in sorted(turns):
+        members = turns[turn]
+        shown: Counter = Counter()
+        for _, _, k, j in sorted((placed[k][j][0], ordered[k][1].targets[j][0], k, j) for k in members
+                                 if len(ordered[k][1].pair) == 1 for j in range(len(placed[k]))
+                                 if placed[k][j] is not None):
+            shown[k] += _shows(ordered[k][1], j, placed[k][j], candidates, info_by, refs, pixels)
+        work = []
+        for k in members:
+            prop = ordered[k][1]
+            if len(prop.pair) == 1 and shown[k] < need:
                 # a whole trail's direction whose predictions show too little light: not measured
                 stats["trails"]["n_unsupported"] += 1
                 stats["trails"]["n_not_measured"] += len(prop.targets)
-                results.append((prop, rows))
                 continue
-            for (e, pxi, peta, s_pred), where in zip(prop.targets, placed):
+            for j, where in enumerate(placed[k]):
                 if where is None:
                     stats["n_off_image"] += 1
-                    continue
-                row = _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, t0_mjd, info_by,
-                               refs, wcs_for, pixels, holding, config, stats, refused)
-                if row is not None:
-                    rows.append(row)
-            results.append((prop, rows))
+                else:
+                    work.append((where[0], prop.targets[j][0], k, j))
+        for _, _, k, j in sorted(work):
+            prop = ordered[k][1]
+            e, pxi, peta, s_pred = prop.targets[j]
+            row = _measure(prop, e, pxi, peta, s_pred, placed[k][j], candidates, plane, t_exposures, t0_mjd,
+                           info_by, refs, wcs_for, pixels, holding, config, stats, refused)
+            if row is not None:
+                rows_of.setdefault(k, []).append((j, row))
+    results = [(prop, [row for _, row in sorted(rows_of.get(k, []), key=lambda item: item[0])])
+               for k, (_, prop) in enumerate(ordered)]
     images.clear()
     stats["refused"] = dict(refused)
     new_obs, new_obj = _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config, stats)
@@ -259,21 +279,17 @@ def _stamp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ix: int, i
     return data, var
 
 
-def _shown(prop, placed, candidates, info_by, refs, pixels) -> int:
-    """How many of a whole trail's predictions (``placed``: ``(ccd, placement)`` or None per target) show its light
+def _shows(prop, j, where, candidates, info_by, refs, pixels) -> bool:
+    """Whether a whole trail's prediction ``j`` (at ``where``: ``(ccd, placement)``) shows its light
     (:func:`ssodetect.link.blends.trail_shows`)."""
     own = candidates[prop.pair[0]]
     own_exptime = float(own["exptime"])
-    shown = 0
-    for (e, _, _, _), where in zip(prop.targets, placed):
-        if where is None:
-            continue
-        ccd, (_, x, y, length, theta) = where
-        image, _, mask, _ = pixels(e, ccd)
-        # the light the trail would have there: the same rate, over that exposure's time
-        flux = float(own["flux"]) * float(refs[(e, ccd)].exptime or own_exptime) / max(own_exptime, 1e-9)
-        shown += trail_shows(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux)
-    return shown
+    e = prop.targets[j][0]
+    ccd, (_, x, y, length, theta) = where
+    image, _, mask, _ = pixels(e, ccd)
+    # the light the trail would have there: the same rate, over that exposure's time
+    flux = float(own["flux"]) * float(refs[(e, ccd)].exptime or own_exptime) / max(own_exptime, 1e-9)
+    return trail_shows(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux)
 
 
 def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, t0_mjd, info_by, refs, wcs_for, pixels,
