@@ -2,13 +2,16 @@
 
 :func:`json.loads` raises :class:`RecursionError` on a document nested a few thousand levels deep (``[[[[...]]]]``);
 here that is a :class:`ValueError` like any other malformed JSON, so every caller's handling of a bad file applies.
+A named pipe or device in a file's place is a :class:`ValueError` too, never read (the reader would block).
 """
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
-__all__ = ["loads", "read"]
+__all__ = ["loads", "read", "read_regular"]
 
 
 def loads(text: str | bytes):
@@ -19,6 +22,22 @@ def loads(text: str | bytes):
         raise ValueError("JSON nested too deeply") from None
 
 
+def read_regular(path: str | Path) -> bytes:
+    """The bytes of ``path`` when it is a regular file (a link to one counts); :class:`ValueError` for a named pipe,
+    a device or a directory, which is never read (a pipe would block the reader for ever).  The check is made on
+    the opened file (no window between a check and the open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a pipe without a writer does not block this way
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
 def read(path: str | Path):
-    """The JSON document in file ``path`` (UTF-8); :class:`ValueError` when malformed or nested too deeply."""
-    return loads(Path(path).read_text())
+    """The JSON document in file ``path`` (UTF-8); :class:`ValueError` when malformed, nested too deeply or not a
+    regular file (:func:`read_regular`)."""
+    return loads(read_regular(path).decode("utf-8"))

@@ -408,15 +408,24 @@ def test_outdir_held_in_this_process(good_run, scene, tmp_path, capsys):
     _refused(outcome, out, "another ssodetect command")
 
 
+def _left_by_a_killed_command(directory):
+    """Make ``directory`` what a killed command leaves: private (0700) and marked with the id of a process that is
+    gone."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    directory.chmod(0o700)
+    (directory / STAGE_MARKER).write_text(f"{child.pid}\n")
+
+
 def test_stale_working_directories_are_removed(good_run, scene, tmp_path, capsys):
     out = copy_run(good_run.out, tmp_path / "out")
     stage = tmp_path / ".out.stage-xyz_1234"  # named as tempfile.mkdtemp names them, marked as ours
     (stage / "steps").mkdir(parents=True)
     (stage / "steps" / "detect.pkl").write_bytes(b"half written")
-    (stage / STAGE_MARKER).write_text("4242\n")
+    _left_by_a_killed_command(stage)
     previous = tmp_path / ".out.previous-abc_1234"
     copy_run(good_run.out, previous / "run")
-    (previous / STAGE_MARKER).write_text("4242\n")
+    _left_by_a_killed_command(previous)
     (tmp_path / ".out.lock").write_text("99999")  # a killed command's lock file: no flock held on it
     # the live stage of a run into the sibling directory "out.stage-a" is another's (the campaign's D3)
     sibling = tmp_path / ".out.stage-a.stage-k2p9x0qz"
@@ -682,7 +691,7 @@ def test_a_users_directory_named_like_a_stage_is_never_removed(good_run, scene, 
     killed = out / ".ssodetect.stage-k1ll3d00"
     (killed / "report.html").parent.mkdir()
     (killed / "report.html").write_text("half written")
-    (killed / STAGE_MARKER).write_text("4242\n")
+    _left_by_a_killed_command(killed)
     outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
     assert not killed.exists()
@@ -735,3 +744,50 @@ def test_a_manifest_someone_else_wrote_does_not_make_the_users_files_ours(good_r
     before = snapshot(out)
     assert "did not write" in _refused(cli(capsys, "run", scene, "--out", out), out)
     assert snapshot(out) == before and (out / "known.ecsv").read_text() == "# my known objects\n"
+
+
+def test_a_directory_named_and_marked_like_a_stage_but_not_left_by_a_command_is_kept(good_run, scene, tmp_path,
+                                                                                      capsys):
+    """The re-verification's N12/N16: a directory named like a stage with a marker file planted in it is removed
+    only when it is private to the user (0700) and its marker names a process that is gone."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    planted = tmp_path / ".out.stage-planted0"
+    planted.mkdir(mode=0o755)
+    planted.chmod(0o755)
+    (planted / STAGE_MARKER).write_text("1\n")  # a live process (init), and the directory is open to others
+    (planted / "thesis.tex").write_text("mine")
+    live = tmp_path / ".out.stage-livepid0"
+    live.mkdir()
+    live.chmod(0o700)
+    (live / STAGE_MARKER).write_text(f"{os.getppid()}\n")  # a command still running
+    outcome = cli(capsys, "run", scene, "--out", out)
+    assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
+    assert (planted / "thesis.tex").read_text() == "mine" and live.is_dir()
+    # the stage's marker is gone from the committed run and never listed as a product (the re-verification's N50)
+    assert not (out / STAGE_MARKER).exists()
+    assert STAGE_MARKER not in json.loads((out / "manifest.json").read_text())["products"]
+
+
+def test_a_named_pipe_in_outdir_is_never_opened(good_run, scene, tmp_path, capsys):
+    """The re-verification's N11/N46/N47/N49: a recorded product, the products record or a step record replaced by
+    a named pipe blocked run and report for ever (the checksum and the JSON readers opened it).  Now a pipe in a
+    product's place is not ours (the run is refused, naming it), and a pipe for the record is an unreadable record."""
+    for name in ("report.html", "steps/detect.pkl", RECORD, "steps/detect.json"):
+        out = copy_run(good_run.out, tmp_path / name.replace("/", "_"))
+        (out / name).unlink()
+        os.mkfifo(out / name)
+        result: dict = {}
+
+        def go():
+            result["outcome"] = cli(capsys, "run", scene, "--out", out)
+
+        import threading
+
+        worker = threading.Thread(target=go, daemon=True)
+        worker.start()
+        worker.join(120)
+        assert not worker.is_alive(), f"run blocked on a pipe named {name}"
+        outcome = result["outcome"]
+        assert outcome.code in (0, 1, 2) and not any("internal error" in e for e in outcome.errors), outcome.err
+        if name == "report.html":
+            _refused(outcome, out, "report.html")

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -82,6 +83,33 @@ def _mark(directory: Path) -> None:
     (directory / STAGE_MARKER).write_text(f"{os.getpid()}\n")
 
 
+def _left_by_us(path: Path) -> bool:
+    """Whether ``path`` is a working directory a command of this user created and left: a directory (not a link),
+    private to the user as ``tempfile.mkdtemp`` makes it (owned by them, mode 0700), holding a regular
+    :data:`STAGE_MARKER` whose process is gone."""
+    try:
+        info = path.lstat()
+        marker = (path / STAGE_MARKER).lstat()
+        if not (stat.S_ISDIR(info.st_mode) and stat.S_ISREG(marker.st_mode)) or info.st_mode & 0o077:
+            return False
+        if hasattr(os, "getuid") and (info.st_uid != os.getuid() or marker.st_uid != os.getuid()):
+            return False
+        pid = int((path / STAGE_MARKER).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True  # this process's own earlier command (the lock is ours)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive under another user
+        return False
+    return False  # still running: not left
+
+
 def _files(directory: Path) -> list[str]:
     """Relative POSIX paths of the files (and links) under ``directory``."""
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink())
@@ -94,15 +122,26 @@ CACHE_DIRS = ("steps/", "complete.json")
 
 
 def _digest(path: Path) -> str | None:
-    """SHA-256 of a file's bytes (``link:`` and the target for a symbolic link); None when it cannot be read."""
+    """SHA-256 of a file's bytes (``link:`` and the target for a symbolic link; ``special`` for a named pipe, a
+    device or a directory, which is never opened: a pipe would block for ever); None when it cannot be read."""
     try:
-        if path.is_symlink():
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
             return "link:" + os.readlink(path)
-        h = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                h.update(block)
-        return h.hexdigest()
+        if not stat.S_ISREG(info.st_mode):
+            return "special"
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # swapped for a pipe since the lstat: still no block
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return "special"
+            os.set_blocking(fd, True)
+            h = hashlib.sha256()
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                while block := handle.read(1 << 20):
+                    h.update(block)
+            return h.hexdigest()
+        finally:
+            os.close(fd)
     except OSError:
         return None
 
@@ -418,8 +457,7 @@ class OutputStage:
         (``.OUT.stage-a.stage-...``) is another's, and a directory of the user's named like a stage is theirs."""
         base = self.base if base is None else base
         pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
-        return [p for p in base.glob(glob.escape(prefix) + "*") if pattern.fullmatch(p.name)
-                and not p.is_symlink() and (p / STAGE_MARKER).is_file() and not (p / STAGE_MARKER).is_symlink()]
+        return [p for p in base.glob(glob.escape(prefix) + "*") if pattern.fullmatch(p.name) and _left_by_us(p)]
 
     def _check_replaceable(self, shown) -> None:
         strangers = foreign_files(self.outdir)

@@ -32,6 +32,7 @@ from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
 )
+from ssodetect.io.outputs import STAGE_MARKER
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
 from ssodetect.columns import empty_table
@@ -834,7 +835,7 @@ def _manifest(result: RunResult, config: Config, files: list, records: list, sta
     n_known = int(sum(bool(str(d)) for d in objects["designation"])) if objects is not None and len(objects) else 0
     products = {}
     for path in sorted(stage.path.rglob("*")):
-        if path.is_file() and path.name not in ("manifest.json", "run.log"):
+        if path.is_file() and path.name not in ("manifest.json", "run.log", STAGE_MARKER):
             products[str(path.relative_to(stage.path))] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     return {
         "run_id": result.run_id,

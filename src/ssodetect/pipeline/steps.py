@@ -262,9 +262,9 @@ class StepCache:
             return None, "its version, configuration or inputs changed"
         path = self.outdir / "steps" / f"{name}.pkl"
         try:
-            # read once: the bytes checked are the bytes loaded (a file swapped between two opens never runs)
-            with open(path, "rb") as handle:
-                data = handle.read()
+            # read once: the bytes checked are the bytes loaded (a file swapped between two opens never runs); a
+            # named pipe in its place is never read (it would block)
+            data = safejson.read_regular(path)
             signature = record.get("hmac")
             if not isinstance(signature, str) or not hmac.compare_digest(sign_bytes(data, f"{name}:{key}", self.key),
                                                                          signature):
@@ -272,7 +272,7 @@ class StepCache:
                             "user or changed since); they are not loaded", name, path)
                 return None, "stored products are not signed by this user's cache key"
             return pickle.loads(data), ""
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
             return None, f"stored products unreadable ({exc})"
 
     def save(self, name: str, key: str, products: dict, info: dict) -> dict:
