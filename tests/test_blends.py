@@ -136,6 +136,25 @@ def test_propose_pairs_targets_a_brighter_detection_at_the_prediction():
     assert stats["n_proposals"] == 0
 
 
+def _simulate_with(config, scene, movers: Table, added: Table, folder):
+    """Simulate ``scene`` with ``movers`` plus the ``added`` ones into ``folder/sim``; returns that path."""
+    meta = dict(movers.meta)
+    scene.movers = vstack([movers, added]) if len(movers) else added
+    scene.movers.meta.update(meta)
+    out = folder / "sim"
+    simulate(config, out, scene=scene)
+    return out
+
+
+def _run_defaults(scene, out, **link):
+    """The pipeline with its defaults (``link``: settings of ``[link]`` changed) on a simulated scene."""
+    config = Config()
+    config.execution.progress = False
+    for key, value in link.items():
+        setattr(config.link, key, value)
+    return run_pipeline([scene], out, config, refcat=scene / "refcat.ecsv")
+
+
 @pytest.fixture(scope="module")
 def blended_scene(tmp_path_factory):
     """768^2, 4 exposures; SIMBLEND (V 22, 2.1"/h East) passes a V 20.5 star: 0.95" and 1.6" away in exposures
@@ -151,18 +170,11 @@ def blended_scene(tmp_path_factory):
     step = 2.1 * config.cadence / 3600.0
     mover = {"object": "SIMBLEND", "xi": star["xi"] - 0.3 - 0.5 * step, "eta": star["eta"] + 0.1, "mag": 22.0,
              "rate": 2.1, "pa": 90.0, "designation": ""}
-    scene.movers = vstack([movers, Table(rows=[mover])])
-    scene.movers.meta.update(movers.meta)
-    out = tmp_path_factory.mktemp("blend") / "sim"
-    simulate(config, out, scene=scene)
-    return out
+    return _simulate_with(config, scene, movers, Table(rows=[mover]), tmp_path_factory.mktemp("blend"))
 
 
 def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(blended_scene, tmp_path):
-    config = Config()
-    config.execution.progress = False
-    out = tmp_path / "run"
-    result = run_pipeline([blended_scene], out, config, refcat=blended_scene / "refcat.ecsv")
+    result = _run_defaults(blended_scene, tmp_path / "run")
     truth = Table.read(blended_scene / "truth.ecsv")
     ev = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
     obs = result.observations
@@ -183,8 +195,7 @@ def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(ble
     assert stats["n_measured"] == stats["n_accepted"] + sum(stats["refused"].values())
     assert ev.n_false <= 1
     # without the blend measurement the linker has two clean detections only: the mover is lost
-    config.link.blend_recovery = False
-    plain = run_pipeline([blended_scene], tmp_path / "plain", config, refcat=blended_scene / "refcat.ecsv")
+    plain = _run_defaults(blended_scene, tmp_path / "plain", blend_recovery=False)
     assert "blends" not in plain.link_stats
     hits: dict = {}
     for row in plain.observations:
@@ -329,17 +340,11 @@ def spiked_scene(tmp_path_factory):
     far &= np.asarray(stars["mag"]) > 17.5  # no other spikes
     scene.stars = vstack([stars[far], Table(rows=new)])
     keep = np.hypot(np.asarray(movers["xi"]) - start["xi"], np.asarray(movers["eta"]) - start["eta"]) > 40.0
-    scene.movers = vstack([movers[keep], probe])
-    scene.movers.meta.update(movers.meta)
-    out = tmp_path_factory.mktemp("spike") / "sim"
-    simulate(config, out, scene=scene)
-    return out
+    return _simulate_with(config, scene, movers[keep], probe, tmp_path_factory.mktemp("spike"))
 
 
 def test_a_fast_mover_whose_trails_cross_spikes_is_found_from_its_whole_trail(spiked_scene, tmp_path):
-    config = Config()
-    config.execution.progress = False
-    result = run_pipeline([spiked_scene], tmp_path / "run", config, refcat=spiked_scene / "refcat.ecsv")
+    result = _run_defaults(spiked_scene, tmp_path / "run")
     truth = Table.read(spiked_scene / "truth.ecsv")
     mine = truth[truth["object"] == "SIMSPIKE"]
     obs = result.observations
@@ -374,6 +379,5 @@ def test_a_fast_mover_whose_trails_cross_spikes_is_found_from_its_whole_trail(sp
     ev = evaluate_run(obs, truth, rate_range=(0.5, 80.0), bright_limit=23.5, min_exposures=3)
     assert ev.n_false == 0
     # the streak linker alone cannot join the pieces: without the measurement in the pixels the mover is lost
-    config.link.blend_recovery = False
-    plain = run_pipeline([spiked_scene], tmp_path / "plain", config, refcat=spiked_scene / "refcat.ecsv")
+    plain = _run_defaults(spiked_scene, tmp_path / "plain", blend_recovery=False)
     assert max((len(e) for e in hits(plain.observations).values()), default=0) < 3

@@ -535,6 +535,8 @@ def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp
     assert outcome.errors == [] and outcome.code == 1, outcome.err
     summary = [line for line in outcome.warnings if "CCD exposures not solved" in line]
     assert len(summary) == 1 and "exp_01.fits" in summary[0], outcome.warnings
-    assert "kept with their header WCS" not in summary[0] or "left out" in summary[0] or "registered" in summary[0]
+    # that frame is named as left out (no WCS to place it by, none from a registration); the others kept theirs
+    assert "3 kept with their header WCS or registered, 1 left out" in summary[0], summary[0]
+    assert "exp_01.fits, left out)" in summary[0] and "exp_00.fits, left out" not in summary[0], summary[0]
     failed = [line for line in outcome.warnings if "astrometric solution failed" in line]
     assert failed and all(".fits" in line for line in failed), failed

@@ -36,7 +36,7 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import trailed_psf
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
-__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "trail_shows", "resample_stamp", "fit_beside_template",
+__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "resample_stamp", "fit_beside_template",
            "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
            "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
@@ -243,6 +243,33 @@ def propose_trails(
             proposals.append(prop)
     return proposals, {"n_pool": int(pool.sum()), "n_proposals": len(proposals),
                        "n_targets": int(sum(len(p.targets) for p in proposals))}
+
+
+def whole_trails(candidates, allowed: np.ndarray, *, min_length: float, min_snr: float):
+    """The trails of a candidate table that :func:`propose_trails` may propose, with their motion.
+
+    A trail qualifies when ``allowed`` (unlinked, not cut by the edge as a point), seen whole (``cut`` 0), at least
+    ``min_length`` px long, of S/N ``min_snr`` or more, with finite length and axis errors.
+
+    Returns
+    -------
+    pool : ndarray (n,) bool
+    rate, rate_err : ndarray (n,)
+        Its length over its exposure time [arcsec/h] and the error.
+    pa, pa_err : ndarray (n,)
+        Its axis [deg, N through E] and the error.
+    """
+    exptime_h = np.asarray(candidates["exptime"], float) / 3600.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.asarray(candidates["trail_arcsec"], float) / exptime_h
+        rate_err = np.asarray(candidates["trail_arcsec_err"], float) / exptime_h
+    pa, pa_err = np.asarray(candidates["trail_pa"], float), np.asarray(candidates["trail_pa_err"], float)
+    pool = (np.asarray(allowed, bool) & (np.asarray(candidates["cut"]) == 0)
+            & (np.asarray(candidates["kind"]).astype(str) == "trail")
+            & (np.asarray(candidates["length"], float) >= min_length)
+            & (np.asarray(candidates["snr"], float) >= min_snr)
+            & np.isfinite(rate) & np.isfinite(rate_err) & np.isfinite(pa) & np.isfinite(pa_err))
+    return pool, rate, rate_err, pa, pa_err
 
 
 #: A prediction shows a trail when the median of the pixels along its centre line reaches this share of the level

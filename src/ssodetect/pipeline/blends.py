@@ -24,8 +24,8 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.link.blends import (accept_recovery, choose_tracklets, fit_beside_template, propose_pairs,
-                                   propose_trails, resample_stamp, trail_shows)
-from ssodetect.pipeline.ccd import cleaned_pixels
+                                   propose_trails, resample_stamp, trail_shows, whole_trails)
+from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
 
@@ -126,16 +126,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         min_targets=max(1, lk.min_detections - 2))
     stats.update(pstats)
     # single whole trails (fast movers) measured where the others' pieces were cut by a spike, a bleed or a star
-    exptime_h = np.asarray(candidates["exptime"], float) / 3600.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.asarray(candidates["trail_arcsec"], float) / exptime_h
-        rate_err = np.asarray(candidates["trail_arcsec_err"], float) / exptime_h
-    pa, pa_err = np.asarray(candidates["trail_pa"], float), np.asarray(candidates["trail_pa_err"], float)
-    whole = np.asarray(candidates["cut"]) == 0
-    trail_pool = (~is_used & ~edge & whole & (kind == "trail")
-                  & (np.asarray(candidates["length"], float) >= config.streaks.min_length)
-                  & (np.asarray(candidates["snr"], float) >= lk.blend_min_snr)
-                  & np.isfinite(rate) & np.isfinite(rate_err) & np.isfinite(pa) & np.isfinite(pa_err))
+    trail_pool, rate, rate_err, pa, pa_err = whole_trails(candidates, ~is_used & ~edge,
+                                                          min_length=config.streaks.min_length, min_snr=lk.blend_min_snr)
     trail_props, tstats = propose_trails(np.asarray(candidates["exposure"]), ct, cxi, ceta,
                                          np.asarray(candidates["sigma"], float), rate, rate_err, pa, pa_err,
                                          np.asarray(candidates["flux"], float),
@@ -176,15 +168,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
 
     def holding(t, ra, dec, first):
         """The CCD of exposure t whose image holds the sky position (ra, dec) (``first`` tried first)."""
-        for ccd in [first] + [c for c in ccds_of.get(t, []) if c != first]:
-            w, info = wcs_for(t, ccd), info_by.get((t, ccd), {})
-            if w is None or not info.get("shape"):
-                continue
-            x, y = (float(np.asarray(v).ravel()[0]) for v in world_to_pixels(w, np.atleast_1d(ra), np.atleast_1d(dec)))
-            ny, nx = info["shape"]
-            if 0 <= x < nx and 0 <= y < ny:
-                return ccd
-        return None
+        spot = place_on_ccds(ra, dec, ccds_of.get(t, []), lambda ccd: wcs_for(t, ccd),
+                             lambda ccd: (info_by.get((t, ccd)) or {}).get("shape"), first)
+        return spot[0] if spot is not None else None
 
     # proposals CCD by CCD (their order fixes the results'); the pixel work is then done in the order of the CCD and
     # exposure it reads, so that the images kept serve it (a fast mover's targets may lie on other CCDs)

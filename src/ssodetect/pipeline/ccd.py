@@ -23,10 +23,10 @@ from ssodetect.detect import empty_detections, estimate_background, extract_sour
 from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
-from ssodetect.io.headers import fits_text
+from ssodetect.io.headers import fits_text, world_to_pixels
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
 
-__all__ = ["CCD_COLUMNS", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
+__all__ = ["CCD_COLUMNS", "place_on_ccds", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
            "cleaned_pixels"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,31 @@ CCD_COLUMNS = [
     ("mag", "f8", "mag", "magnitude from the zero point"),
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
 ]
+
+
+def place_on_ccds(ra: float, dec: float, ccds: list, wcs_of, shape_of, first: str | None = None, *,
+                  margin: float = 0.0) -> tuple[str, float, float] | None:
+    """``(ccd, x, y)`` of a sky position on the first CCD of an exposure whose image holds it at least ``margin`` px
+    inside its edge (``first`` tried before the others); None when on none.
+
+    Parameters
+    ----------
+    ra, dec : float
+        [deg].
+    ccds : list of str
+        The exposure's CCDs.
+    wcs_of, shape_of : callable
+        ``ccd -> WCS`` (None without one) and ``ccd -> (ny, nx)`` (None or empty when unknown).
+    """
+    for ccd in ([first] if first in ccds else []) + [c for c in ccds if c != first]:
+        w, shape = wcs_of(ccd), shape_of(ccd)
+        if w is None or not shape:
+            continue
+        x, y = (float(np.asarray(v).ravel()[0]) for v in world_to_pixels(w, np.atleast_1d(ra), np.atleast_1d(dec)))
+        ny, nx = shape
+        if margin <= x < nx - margin and margin <= y < ny - margin:
+            return ccd, x, y
+    return None
 
 
 def set_sky_positions(table: Table, wcs, label: str) -> None:

@@ -22,7 +22,7 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.detect.shape import psf_photometry
 from ssodetect.link.pixels import missing_deficit, occupancy_scores, occupancy_verdict, trail_overlap
-from ssodetect.pipeline.ccd import cleaned_pixels
+from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,8 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
 
     def place(e, first_ccd, ra, dec):
         """(ccd, x, y) of a sky position in exposure e (its CCD first), None when off every CCD."""
-        for ccd in [first_ccd] + [c for c in ccds_of[e] if c != first_ccd]:
-            w, info = wcs(e, ccd), info_by.get((e, ccd))
-            if w is None or info is None or not info.get("shape"):
-                continue
-            x, y = (float(v) for v in world_to_pixels(w, ra, dec))
-            ny, nx = info["shape"]
-            if OCCUPANCY_MARGIN <= x < nx - OCCUPANCY_MARGIN and OCCUPANCY_MARGIN <= y < ny - OCCUPANCY_MARGIN:
-                return ccd, x, y
-        return None
+        return place_on_ccds(ra, dec, ccds_of[e], lambda ccd: wcs(e, ccd),
+                             lambda ccd: (info_by.get((e, ccd)) or {}).get("shape"), first_ccd, margin=OCCUPANCY_MARGIN)
 
     obs_names = np.asarray(observations["object"]).astype(str)
     exposure_list = sorted(mjd_of)
