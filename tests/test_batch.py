@@ -100,10 +100,19 @@ def test_batch_runs_every_field_and_resumes_after_interruption(fields, tmp_path,
     assert main(argv[:3] + argv[4:] + ["--config", str(config)]) == 0
     summary = Table.read(out / "batch_summary.ecsv")
     assert set(summary["status"]) == {"done"}
-    # a completion record edited by hand (or written under another key) is not believed: the field runs again
+    # a completion record edited by hand is not believed, and not ssodetect's any more: the field fails naming it,
+    # its directory untouched, the others are complete; moved away, the field runs again
     record = json.loads((out / "a" / COMPLETE).read_text())
     record["n_objects"] = 99
-    (out / "a" / COMPLETE).write_text(json.dumps(record))
+    edited = json.dumps(record)
+    (out / "a" / COMPLETE).write_text(edited)
+    assert main(argv[:3] + argv[4:]) == 1
+    summary = Table.read(out / "batch_summary.ecsv")
+    row = summary[summary["field"] == "a"][0]
+    assert row["status"] == "failed" and COMPLETE in row["message"] and "changed since" in row["message"], row
+    assert set(summary["status"][summary["field"] != "a"]) <= {"done", "skipped"}
+    assert (out / "a" / COMPLETE).read_text() == edited
+    (out / "a" / COMPLETE).unlink()
     assert main(argv[:3] + argv[4:]) == 0
     summary = Table.read(out / "batch_summary.ecsv")
     assert summary["status"][summary["field"] == "a"][0] == "done" and 99 not in list(summary["n_objects"])

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from ssodetect.cli import main
 from ssodetect.config import Config
+from ssodetect.errors import InputError
 from ssodetect.astrometry.refcat import ldac_reference_table, load_reference_catalogue, propagate
 from ssodetect.io.ldac import read_ldac, write_ldac
 from ssodetect.pipeline import run_pipeline
@@ -115,10 +116,16 @@ def test_only_linking_and_later_steps_rerun_when_only_linking_changes(field, tmp
     seconds = {r["step"]: r["seconds"] for r in first["steps"]}
     assert steps["detect"]["seconds"] < 0.5 * seconds["detect"]  # loaded, not recomputed
     assert manifest["config"]["link"]["match_sigma"] == 3.0 and len(changed.objects) > 0
-    # a cached product altered on disk fails its checksum: that step runs again (the next one's key, which
-    # covers the same inputs and configuration, is unchanged: it stays loaded)
+    # a cached product altered on disk is not ssodetect's any more: OUT is refused, naming it, and left alone; moved
+    # away, that step runs again (the next one's key, which covers the same inputs and configuration, is unchanged:
+    # it stays loaded)
     pkl = out / "steps" / "detect.pkl"
-    pkl.write_bytes(pkl.read_bytes()[:-10] + b"0123456789")
+    altered = pkl.read_bytes()[:-10] + b"0123456789"
+    pkl.write_bytes(altered)
+    with pytest.raises(InputError, match="steps/detect.pkl"):
+        _run(field, out, _config(link={"match_sigma": 3.0}))
+    assert pkl.read_bytes() == altered
+    pkl.unlink()
     redone = _run(field, out, _config(link={"match_sigma": 3.0}))
     assert _status(out)["detect"] == "run" and _status(out)["astrometry"] == "cached"
     assert list(redone.objects["object"]) == list(changed.objects["object"])

@@ -1,6 +1,7 @@
 """Fault injection into the step cache (OUT/steps/<name>.pkl + .json): a pickle is unpickled only when its HMAC
-under the user's key matches its record.  A tampered, replayed or foreign pickle is never loaded: the step is
-computed again and the run succeeds.
+under the user's key matches its record.  Before that, the products record (signed with the same key) decides
+what in OUT is ssodetect's: a tampered, replayed or damaged cache file is not, so a run refuses OUT without
+loading anything; moved away, the step is computed again.
 """
 from __future__ import annotations
 
@@ -71,47 +72,67 @@ HMAC_MODES = ["kept", "forged with a guessed key", "forged with the record's own
 PLANTS = [("astrometry", mode) for mode in HMAC_MODES] + [("occupancy", "kept")]
 
 
+def _refused_untouched(outcome, out, before, names) -> None:
+    """The run refused OUT (exit 2, one line naming it and the changed files) and left it exactly as it was."""
+    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+    assert str(out) in outcome.errors[0] and "did not write" in outcome.errors[0], outcome.errors
+    assert all(name in outcome.errors[0] for name in names), outcome.errors
+    assert snapshot(out) == before and leftovers(out) == []
+
+
+def _load(out, step: str):
+    """The step cache's own check of OUT/steps/<step>.pkl (the second guard, behind the products record)."""
+    from ssodetect.pipeline.steps import StepCache
+
+    key = json.loads((out / "steps" / f"{step}.json").read_text())["key"]
+    return StepCache(out, None).load(step, key)
+
+
 @pytest.mark.parametrize("step, hmac_mode", PLANTS)
 def test_malicious_step_pickle_is_never_unpickled(good_run, scene, tmp_path, capsys, _cache_key, step, hmac_mode):
+    """A pickle planted with its cache record updated: the products record (signed with the user's key) no longer
+    vouches for either file, so the run refuses OUT before loading anything; the step cache's own signature check
+    refuses it too.  Once the user moves the two files away, the step is computed again."""
     out = copy_run(good_run.out, tmp_path / "out")
     marker = tmp_path / "PWNED"
     payload = _evil_pickle(marker)
     _plant(out, step, payload, hmac_mode, _cache_key)
+    before = snapshot(out)
     outcome = cli(capsys, "run", scene, "--out", out)
     assert not marker.exists(), "the planted pickle was unpickled"
+    _refused_untouched(outcome, out, before, [f"steps/{step}.pkl", f"steps/{step}.json"])
+    products, why = _load(out, step)
+    assert products is None and "not signed" in why and not marker.exists(), why
+    for suffix in ("pkl", "json"):
+        (out / "steps" / f"{step}.{suffix}").unlink()
+    outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code == 1 and outcome.errors == [], outcome.err
     steps = outcome.steps()
     assert steps[step] == "run", steps  # computed again
     others = {"detect", "astrometry", "link", "occupancy"} - {step}
     assert {steps[s] for s in others} == {"cached"}, steps  # their own pickles verify
-    named = [line for line in outcome.warnings if step in line and "not signed" in line]
-    assert len(named) == 1 and str(out / "steps" / f"{step}.pkl") in named[0], outcome.warnings
-    assert (out / "steps" / f"{step}.pkl").read_bytes() != payload  # replaced by a genuine, signed one
     assert files(out) == files(good_run.out) == recorded(out) and leftovers(out) == []
-    if hmac_mode == "kept":
-        outcome = cli(capsys, "run", scene, "--out", out)  # and the new one is loaded by the next run
-        assert outcome.steps()[step] == "cached" and not marker.exists()
+    outcome = cli(capsys, "run", scene, "--out", out)  # and the new one is loaded by the next run
+    assert outcome.steps()[step] == "cached" and not marker.exists()
 
 
 @pytest.mark.parametrize("step", ["detect", "link"])
 def test_malicious_pickle_with_from_step_is_refused_without_loading(good_run, scene, tmp_path, capsys, _cache_key,
                                                                     step):
-    """``--from-step occupancy`` must load the earlier steps: the planted one is refused (exit 2, naming the step),
-    never unpickled, and OUT stays as it was."""
+    """``--from-step occupancy`` must load the earlier steps: OUT holding a planted one is refused (exit 2, naming
+    it), nothing is unpickled, and OUT stays as it was."""
     out = copy_run(good_run.out, tmp_path / "out")
     marker = tmp_path / "PWNED"
     _plant(out, step, _evil_pickle(marker), "kept", _cache_key)
     before = snapshot(out)
     outcome = cli(capsys, "run", scene, "--out", out, "--from-step", "occupancy")
     assert not marker.exists()
-    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
-    assert str(out) in outcome.errors[0] and f"step {step}" in outcome.errors[0] and "signed" in outcome.errors[0]
-    assert snapshot(out) == before and leftovers(out) == []
+    _refused_untouched(outcome, out, before, [f"steps/{step}.pkl"])
 
 
 def test_genuine_pickle_replayed_under_another_steps_name_is_not_loaded(good_run, scene, tmp_path, capsys):
-    """A signed pickle and its signature moved from one step to another: the signature covers the step's name and
-    key, so it does not verify there."""
+    """A signed pickle and its signature moved from one step to another: the products record no longer vouches for
+    the files (refused), and the cache signature covers the step's name and key, so it does not verify there."""
     out = copy_run(good_run.out, tmp_path / "out")
     steps = out / "steps"
     shutil.copy(steps / "occupancy.pkl", steps / "astrometry.pkl")
@@ -119,20 +140,20 @@ def test_genuine_pickle_replayed_under_another_steps_name_is_not_loaded(good_run
     donor = json.loads((steps / "occupancy.json").read_text())
     record.update(sha256=donor["sha256"], hmac=donor["hmac"], bytes=donor["bytes"])
     (steps / "astrometry.json").write_text(json.dumps(record))
+    before = snapshot(out)
     outcome = cli(capsys, "run", scene, "--out", out)
-    assert outcome.code == 1 and outcome.errors == [], outcome.err
-    assert outcome.steps()["astrometry"] == "run" and outcome.steps()["occupancy"] == "cached"
-    assert (out / "objects.ecsv").read_bytes() == (good_run.out / "objects.ecsv").read_bytes()
+    _refused_untouched(outcome, out, before, ["steps/astrometry.pkl"])
+    products, why = _load(out, "astrometry")
+    assert products is None and "not signed" in why, why
 
 
-@pytest.mark.parametrize("damage", [
-    "pickle truncated", "pickle empty", "pickle is a directory", "pickle is a link to another file",
-    "record not JSON", "record missing",
-    "record empty list",
-    "record a number",
-])
-def test_damaged_cache_entry_is_recomputed(good_run, scene, tmp_path, capsys, damage):
-    out = copy_run(good_run.out, tmp_path / "out")
+#: damage to OUT/steps/astrometry.*: the files it leaves changed (refused until moved away; none: recomputed at once)
+DAMAGES = {"pickle truncated": ["pkl"], "pickle empty": ["pkl"], "pickle is a link to another file": ["pkl"],
+           "record not JSON": ["json"], "record empty list": ["json"], "record a number": ["json"],
+           "record missing": []}
+
+
+def _damage(out, damage: str) -> None:
     pkl, rec = out / "steps" / "astrometry.pkl", out / "steps" / "astrometry.json"
     if damage == "pickle truncated":
         pkl.write_bytes(pkl.read_bytes()[:100])
@@ -152,9 +173,30 @@ def test_damaged_cache_entry_is_recomputed(good_run, scene, tmp_path, capsys, da
         rec.write_text("3")
     else:
         rec.unlink()
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES) + ["pickle is a directory"])
+def test_damaged_cache_entry_is_refused_then_recomputed(good_run, scene, tmp_path, capsys, damage):
+    """A changed cache file is not ssodetect's any more (it might be the user's): the run refuses OUT, naming it,
+    and touches nothing; moved away, the step is computed again.  A missing record only makes the step run."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    _damage(out, damage)
+    changed = [f"steps/astrometry.{suffix}" for suffix in DAMAGES.get(damage, [])]
+    if damage == "pickle is a directory":  # a directory of the user's where our file was: refused, named
+        before = snapshot(out)
+        outcome = cli(capsys, "run", scene, "--out", out)
+        _refused_untouched(outcome, out, before, ["steps/astrometry.pkl"])
+        (out / "steps" / "astrometry.pkl").rmdir()
+    elif changed:
+        before = snapshot(out)
+        outcome = cli(capsys, "run", scene, "--out", out)
+        _refused_untouched(outcome, out, before, changed)
+        for name in changed:
+            (out / name).unlink()
     outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code == 1 and outcome.errors == [], outcome.err
     assert outcome.steps()["astrometry"] == "run" and outcome.steps()["link"] == "cached", outcome.out
+    pkl = out / "steps" / "astrometry.pkl"
     assert pkl.is_file() and not pkl.is_symlink()
     assert files(out) == files(good_run.out) == recorded(out) and leftovers(out) == []
 

@@ -700,15 +700,19 @@ def test_a_users_directory_named_like_a_stage_is_never_removed(good_run, scene, 
 
 def test_a_record_copied_from_another_run_does_not_make_the_users_files_ours(good_run, scene, tmp_path, capsys):
     """The third campaign's B33: a signed record of another run (the same user's key) put beside the user's own
-    report.html and config.toml: the record's checksums are of the other run's files, so these stay the user's."""
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "report.html").write_text("<p>my own report</p>")
-    (out / "config.toml").write_text("# my settings\n")
-    (out / RECORD).write_bytes((good_run.out / RECORD).read_bytes())
-    before = snapshot(out)
-    _refused(cli(capsys, "run", scene, "--out", out), out, "config.toml")
-    assert snapshot(out) == before
+    report.html and config.toml: the record's checksums are of the other run's files, so these stay the user's.  The
+    re-verification's N43b: the same with the user's own steps/detect.pkl, which the record lists too (a step-cache
+    name is no exception: a file changed since the record is not ours)."""
+    for mine in ("config.toml", "steps/detect.pkl"):
+        out = tmp_path / mine.replace("/", "_")
+        (out / "steps").mkdir(parents=True)
+        if mine == "config.toml":
+            (out / "report.html").write_text("<p>my own report</p>")
+        (out / mine).write_text("# my own file\n")
+        (out / RECORD).write_bytes((good_run.out / RECORD).read_bytes())
+        before = snapshot(out)
+        _refused(cli(capsys, "run", scene, "--out", out), out, mine)
+        assert snapshot(out) == before
 
 
 def test_a_product_edited_by_the_user_is_theirs(good_run, scene, tmp_path, capsys):

@@ -115,12 +115,6 @@ def _files(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir() or p.is_symlink())
 
 
-#: Recorded files that stay ssodetect's even when their contents changed, by path prefix: the step cache (a damaged
-#: or tampered entry is never loaded, :class:`~ssodetect.pipeline.steps.StepCache`, and is recomputed) and a batch
-#: field's completion record (signed: an altered one is not believed and the field runs again).
-CACHE_DIRS = ("steps/", "complete.json")
-
-
 def _digest(path: Path) -> str | None:
     """SHA-256 of a file's bytes (``link:`` and the target for a symbolic link; ``special`` for a named pipe, a
     device or a directory, which is never opened: a pipe would block for ever); None when it cannot be read."""
@@ -183,8 +177,8 @@ def _read_record(directory: Path) -> set[str] | None:
     ours, changed = set(), []
     for name, digest in files.items():
         now = _digest(directory / name)
-        if now == digest or (now is not None and name.startswith(CACHE_DIRS)):
-            ours.add(name)  # a step-cache entry stays ours whatever became of it (its own signature decides its use)
+        if now == digest:
+            ours.add(name)  # a file changed since, step-cache entries included, is not taken as ours
         elif now is not None:
             changed.append(name)
     if changed:
@@ -256,8 +250,9 @@ def _same_sha256(path: Path, digest) -> bool:
 
 
 def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
-    """Files under ``directory`` that no record of ours lists (all of them when it holds no record); the walk
-    stops after ``limit`` of them (a home directory given as OUTDIR is refused at once, not scanned)."""
+    """Files under ``directory`` that no record of ours lists (all of them when it holds no record), a file changed
+    since we recorded it included, and empty directories where no file of ours lies; the walk stops after ``limit``
+    of them (a home directory given as OUTDIR is refused at once, not scanned)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -265,8 +260,14 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
     found = []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
-        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            relative = Path(root, name).relative_to(directory).as_posix()
+        names = sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        if not names and not dirs and Path(root) != directory:
+            relative = Path(root).relative_to(directory).as_posix()
+            if not any(name.startswith(relative + "/") for name in ours):
+                names = [""]  # an empty directory where none of ours lies (made by someone else): theirs
+        for name in names:
+            relative = Path(root, name).relative_to(directory).as_posix() if name else \
+                Path(root).relative_to(directory).as_posix()
             if relative not in ours:
                 found.append(relative)
                 if len(found) >= limit:
@@ -463,7 +464,8 @@ class OutputStage:
         strangers = foreign_files(self.outdir)
         if strangers:
             more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
-            raise InputError(f"{shown}: holds files ssodetect did not write ({', '.join(strangers[:3])}{more}); "
+            raise InputError(f"{shown}: holds files ssodetect did not write or that changed since it wrote them "
+                             f"({', '.join(strangers[:3])}{more}); "
                              "choose another output directory or move them")
         for folder in [self.outdir, *(p for p in self.outdir.rglob("*") if p.is_dir() and not p.is_symlink())]:
             if not os.access(folder, os.W_OK | os.X_OK):
