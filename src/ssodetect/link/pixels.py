@@ -75,13 +75,20 @@ def occupancy_scores(
     *,
     max_overlap: float = 0.3,
     min_snr: float = 2.0,
+    flux_scatter: float = 0.25,
 ) -> tuple[np.ndarray, np.ndarray]:
     """How much of each tested position's source stays there when the object has left.
 
     For position ``i`` (a tracklet member) and another exposure ``k`` the ratio
     ``r = other_flux / own_flux`` is the mover's own overlap ``A`` (it has moved away) or 1
     (a static source), so ``s = (r - A) / (1 - A)`` is 0 for a mover and 1 for a static
-    source.  The pairs of a position are combined by inverse variance.
+    source.  The pairs of a position are combined by inverse variance; from three pairs on, by
+    their median (one exposure where a static source reads empty, masked or cut, or where a
+    cosmic ray or another mover lands on a mover's old position, does not decide).  A position
+    whose own flux could not be measured (at the detector's edge in its exposure) is compared
+    with the object's flux in its other positions (their inverse-variance mean, uncertain by
+    ``flux_scatter`` of it): pieces of a diffraction spike strung into a mover at the edge stay
+    testable.
 
     Parameters
     ----------
@@ -95,6 +102,9 @@ def occupancy_scores(
         Pairs where the object still overlaps its old position more than this tell nothing.
     min_snr : float
         Positions whose own flux is below this many sigma tell nothing.
+    flux_scatter : float
+        Relative flux variation of a real object between exposures, for a position compared with the
+        object's flux in the others.
 
     Returns
     -------
@@ -109,8 +119,14 @@ def occupancy_scores(
     m = len(own_flux)
     score = np.full(m, np.nan)
     score_err = np.full(m, np.nan)
+    measured = np.isfinite(own_flux) & np.isfinite(own_err) & (own_err > 0)
+    if measured.any():  # the object's flux, for a position whose own exposure could not measure it
+        w_own = 1.0 / own_err[measured] ** 2
+        object_flux = float(np.sum(w_own * own_flux[measured]) / np.sum(w_own))
+        object_err = float(np.hypot(1.0 / np.sqrt(np.sum(w_own)), flux_scatter * object_flux))
     for i in range(m):
-        f, e = own_flux[i], own_err[i]
+        f, e = (own_flux[i], own_err[i]) if measured[i] else (object_flux, object_err) if measured.any() else \
+            (np.nan, np.nan)
         if not (np.isfinite(f) and np.isfinite(e) and e > 0 and f >= min_snr * e):
             continue
         ok = np.isfinite(other_flux[i]) & np.isfinite(other_err[i]) & (other_err[i] > 0) & (overlap[i] <= max_overlap)
@@ -120,9 +136,13 @@ def occupancy_scores(
         r = other_flux[i, ok] / f
         s = (r - a) / (1.0 - a)
         s_err = np.hypot(other_err[i, ok] / f, r * e / f) / (1.0 - a)
-        w = 1.0 / s_err**2
-        score[i] = float(np.sum(w * s) / np.sum(w))
-        score_err[i] = float(1.0 / np.sqrt(np.sum(w)))
+        if s.size >= 3:
+            score[i] = float(np.median(s))
+            score_err[i] = 1.2533 * float(np.sqrt(np.mean(s_err**2))) / np.sqrt(s.size)
+        else:
+            w = 1.0 / s_err**2
+            score[i] = float(np.sum(w * s) / np.sum(w))
+            score_err[i] = float(1.0 / np.sqrt(np.sum(w)))
     return score, score_err
 
 

@@ -206,7 +206,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         other_flux = flux.copy()
         other_flux[rows_i[has_own], own[has_own]] = np.nan  # the own exposure is not an "other"
         score, score_err = occupancy_scores(own_flux, own_err, other_flux, err, plan["overlap"],
-                                            max_overlap=lc.occupancy_max_overlap)
+                                            max_overlap=lc.occupancy_max_overlap, flux_scatter=lc.flux_scatter)
         verdict, median, median_err = occupancy_verdict(score, score_err, threshold=lc.occupancy_threshold,
                                                         nsigma=lc.occupancy_nsigma, max_err=lc.occupancy_max_error)
         deficit = missing_deficit(own_flux, own_err, plan["flux"][m], plan["err"][m], scatter=lc.flux_scatter)

@@ -550,7 +550,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter")
-         + _PIXELS, "2", "remove slow movers whose positions still hold their source after they moved on (pixels)",
+         + _PIXELS, "3", "remove movers whose positions still hold their source after they moved on (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
                                "objects"), ("observations", "objects"), ("stack",) + _PIXELS, "1",
@@ -914,9 +914,14 @@ def wcs_lookup(products) -> Callable:
             if str(row["status"]) == "ok" and str(row["wcs_header"]):
                 texts[(int(row["exposure"]), str(row["ccd"]))] = str(row["wcs_header"])
 
+    made: dict = {}  # built once per CCD exposure (the blends step asks thousands of times; callers only read it)
+
     def lookup(exposure, ccd):
-        text = texts.get((int(exposure), str(ccd)), "")
-        return wcs_from_header_string(text) if text else None
+        key = (int(exposure), str(ccd))
+        if key not in made:
+            text = texts.get(key, "")
+            made[key] = wcs_from_header_string(text) if text else None
+        return made[key]
 
     return lookup
 
