@@ -410,6 +410,18 @@ def test_alert_deadline_is_for_the_whole_attempt(tmp_path):
         assert deliver_alert(alert, AlertConfig(command=quick, timeout=5.0, retries=0)) is True
         time.sleep(3.5)
         assert not escaped.exists()
+        # the fourth campaign's D6: a command that kills the subreaper above it: the rest of its process group ends
+        # (one that also left the group, setsid, after killing the subreaper is out of reach: see README)
+        stayed = tmp_path / "stayed_alive"
+        child = f"import time; time.sleep(3); open({str(stayed)!r}, 'w').write('x')"
+        killer = [sys.executable, "-c", f"import os, signal, subprocess, sys, time; "
+                  f"subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(0.5); "
+                  f"os.kill(os.getppid(), signal.SIGKILL); time.sleep(30)"]
+        t0 = time.perf_counter()
+        ok = deliver_alert(alert, AlertConfig(command=killer, timeout=2.0, retries=0))
+        took = time.perf_counter() - t0
+        time.sleep(3.5)
+        assert ok is False and took < 4.0 and not stayed.exists()
 
 
 def test_a_steps_stored_warnings_are_capped_and_the_rest_counted():

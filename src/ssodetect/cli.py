@@ -212,6 +212,10 @@ def _calibrate(args) -> int:
     return 0
 
 
+#: Columns ``evaluate`` needs in a truth table (those ``ssodetect simulate`` writes).
+TRUTH_COLUMNS = ("object", "exposure", "ra", "dec", "mag", "rate", "trail_length", "on_detector")
+
+
 def _evaluate(args) -> int:
     from astropy.table import Table
 
@@ -236,6 +240,13 @@ def _evaluate(args) -> int:
         truth = Table.read(args.truth, format="ascii.ecsv")
     except (OSError, ValueError) as exc:
         raise SSODetectError(f"{args.truth}: cannot read truth table ({exc})") from None
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.colnames]
+    if missing:
+        raise SSODetectError(f"{args.truth}: not a truth table of 'ssodetect simulate' (no column "
+                             f"{', '.join(missing)})")
+    missing = [c for c in ("object", "exposure", "ra", "dec") if c not in observations.colnames]
+    if missing:
+        raise SSODetectError(f"{obs_path}: not the observations of a run (no column {', '.join(missing)})")
     ev = evaluate_run(observations, truth, rate_range=(args.rate_min, args.rate_max), bright_limit=args.bright)
     print(format_evaluation(ev))
     if outdir.is_dir() and (outdir / "provenance.json").is_file() and not args.no_write:
@@ -893,6 +904,19 @@ def _warning_as_log(message, category, filename, lineno, file=None, line=None) -
     log.warning("%s: %s (%s:%d)", category.__name__, text, Path(filename).name, lineno, extra={"uncounted": True})
 
 
+def _check_text_arguments(args) -> None:
+    """Refuse an argument (a path, a name) that is not valid text: bytes undecodable in the file system's encoding
+    reach Python as lone surrogates, which no product (TOML, JSON, HTML) can hold."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, (str, Path)):
+                try:
+                    str(item).encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = str(item).encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                    raise SSODetectError(f"{shown}: not valid UTF-8 text (argument {name}); rename it") from None
+
+
 def main(argv=None) -> int:
     """Entry point of the ``ssodetect`` command; returns the exit status."""
     parser = build_parser()
@@ -907,6 +931,7 @@ def main(argv=None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _warning_as_log  # a library's warning is one counted log line, not a raw two-line dump
     try:
+        _check_text_arguments(args)
         return args.func(args)
     except SSODetectError as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]

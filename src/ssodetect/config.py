@@ -37,9 +37,23 @@ __all__ = [
 ]
 
 
+#: Largest whole number a setting may hold (they reach C code as 32-bit integers: 1e20 was an OverflowError in sep);
+#: bit masks may use 64 bits.
+MAX_INT_SETTING = 2**31 - 1
+
+
 class _Section(BaseModel):
     # no inf/nan settings (max_rate = inf would search forever); booleans must be true/false, not "yes"
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_integers(cls, value, info):
+        if isinstance(value, int) and not isinstance(value, bool):
+            limit = 2**63 - 1 if info.field_name.endswith("_mask") else MAX_INT_SETTING
+            if abs(value) > limit:
+                raise ValueError(f"{value} is too large (at most {limit})")
+        return value
 
 
 class IOConfig(_Section):
@@ -139,7 +153,7 @@ class DetectConfig(_Section):
     threshold: float = Field(
         default=3.8, gt=0, description="Detection threshold in sigma of the PSF-matched-filtered image."
     )
-    min_area: int = Field(default=3, ge=1, description="Minimum connected pixels above threshold.")
+    min_area: int = Field(default=3, ge=1, le=1_000_000, description="Minimum connected pixels above threshold.")
     deblend_nthresh: int = Field(default=32, ge=1, description="sep deblending levels.")
     deblend_cont: float = Field(default=0.005, ge=0, le=1, description="sep deblending contrast.")
     halo_npix: int = Field(

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["loads", "read", "read_regular"]
+__all__ = ["loads", "read", "read_regular", "open_regular"]
 
 
 def loads(text: str | bytes):
@@ -35,6 +35,21 @@ def read_regular(path: str | Path) -> bytes:
             return handle.read()
     finally:
         os.close(fd)
+
+
+def open_regular(path: str | Path):
+    """``path`` opened for binary reading when it is a regular file (a link to one counts); :class:`ValueError` for
+    a named pipe, a device or a directory, never opened so as to block (checked on the opened file);
+    :class:`FileNotFoundError` when absent."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read(path: str | Path):

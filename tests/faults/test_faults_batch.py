@@ -56,7 +56,7 @@ def _refused(outcome, *names):
 
 
 BAD_NAMES = ["../x", "{abs}", ".", "..", ".hidden", "a/b", "a/../../x", "a\\b", "", "x\ny", "tab\there", "nul\0",
-             "batch_summary.ecsv", "n" * 201]
+             "batch_summary.ecsv", "n" * 201, "del\x7fchar", "c1\x85next"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:24] for n in BAD_NAMES])
@@ -268,3 +268,26 @@ def test_fields_waiting_on_a_cluster_without_workers_are_given_up():
     slow = FakeFuture(False)
     threading.Timer(0.4, lambda: setattr(slow, "finished", True)).start()
     assert wait_for_fields(FakeClient(1), [slow], grace=0.1, poll=0.05) == set() and not slow.cancelled
+
+
+def test_a_field_failing_with_an_internal_error_is_one_line_without_a_traceback(scene, tmp_path, capsys,
+                                                                                monkeypatch):
+    """The fourth campaign's D8: a field whose run raised an unexpected error was marked failed, but ``batch`` printed
+    its ~90-line traceback without ``-v``.  Now one line names the field and the error; the traceback needs -v."""
+    import ssodetect.pipeline.batch as batch_module
+
+    real = batch_module.run_field
+
+    def crash(field, outdir, config):
+        if field.name == "bad":
+            raise RuntimeError("a bug in this field")
+        return real(field, outdir, config)
+
+    monkeypatch.setattr(batch_module, "run_field", crash)
+    manifest = _manifest(tmp_path / "m.toml", ("bad", [scene]), ("good", [scene]))
+    outcome = cli(capsys, "batch", manifest, "--out", tmp_path / "batch")
+    assert outcome.code == 1, outcome.err
+    assert not any("Traceback" in line for line in outcome.err), outcome.err
+    named = [line for line in outcome.err if "bad" in line and "RuntimeError" in line and "a bug in this field" in line]
+    assert len(named) == 1, outcome.err
+    assert _status(tmp_path / "batch")["good"][0] == "done"

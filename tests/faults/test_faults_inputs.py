@@ -267,9 +267,20 @@ def test_fifo_named_like_a_frame(src, out, capsys):
 # reference catalogue and configuration files
 
 
-@pytest.mark.parametrize("kind", ["empty", "directory", "no columns", "missing", "binary junk"])
+@pytest.mark.parametrize("kind", ["empty", "directory", "no columns", "missing", "binary junk", "truncated FITS"])
 def test_bad_reference_catalogue(scene, out, tmp_path, capsys, kind):
-    refcat = tmp_path / "ref.ecsv"
+    """(The fourth campaign's D8: a truncated FITS catalogue printed astropy's three-line warning before the error;
+    now the error is the only line, and says it.)"""
+    refcat = tmp_path / ("ref.fits" if kind == "truncated FITS" else "ref.ecsv")
+    if kind == "truncated FITS":
+        Table.read(scene / "refcat.ecsv").write(refcat)
+        refcat.write_bytes(refcat.read_bytes()[:-3000])
+        before = snapshot(out)
+        outcome = cli(capsys, "run", scene, "--out", out, "--refcat", refcat)
+        assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
+        assert "ref.fits" in outcome.errors[0] and "truncated" in outcome.errors[0], outcome.err
+        assert snapshot(out) == before
+        return
     if kind == "empty":
         refcat.write_text("")
     elif kind == "directory":
@@ -281,10 +292,14 @@ def test_bad_reference_catalogue(scene, out, tmp_path, capsys, kind):
     _refused_unchanged(capsys, scene, out, "ref.ecsv", extra=("--refcat", refcat))
 
 
-@pytest.mark.parametrize("kind", ["binary junk", "directory", "unknown section", "wrong type", "flag mask overflow"])
+@pytest.mark.parametrize("kind", ["binary junk", "directory", "unknown section", "wrong type", "flag mask overflow",
+                                  "whole number too large"])
 def test_bad_configuration_file(scene, out, tmp_path, capsys, kind):
+    """(The fourth campaign's D5: ``min_area = 1e20`` as a whole number was an OverflowError inside sep.)"""
     config = tmp_path / "c.toml"
-    if kind == "binary junk":
+    if kind == "whole number too large":
+        config.write_text("[detect]\ndeblend_nthresh = 99999999999999999999\n")
+    elif kind == "binary junk":
         config.write_bytes(b"\xff\xfe\x00[x" * 40)
     elif kind == "directory":
         config.mkdir()
@@ -519,17 +534,22 @@ def test_a_catalogue_with_infinite_proper_motions_is_named(scene, tmp_path, caps
     assert not any("RuntimeWarning" in line for line in outcome.err), outcome.err
 
 
-def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp_path, capsys):
+@pytest.mark.parametrize("broken", ["CDELT = 0", "CRVAL1 = 'nan' (text)"])
+def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp_path, capsys, broken):
     """C11/C13/C14/C17: one frame's header WCS unusable (CDELT1 = 0): the warnings named no file and the summary said
     "detections kept with their header WCS", untrue for it.  Now the file is named, and the summary says whether its
-    detections were kept (registered onto the other exposures) or left out."""
+    detections were kept (registered onto the other exposures) or left out.  The fourth campaign's D4: CRVAL1 given
+    as the text 'nan' was removed as no number and defaulted to 0 (a WCS at RA 0, used silently)."""
     with fits.open(src / "exp_01.fits", mode="update") as hdul:
         header = hdul[1].header
         import re
 
-        for key in [k for k in header if re.fullmatch(r"(PC|CD)\d_\d", k)]:
-            del header[key]
-        header["CDELT1"], header["CDELT2"] = 0.0, 0.0
+        if broken == "CDELT = 0":
+            for key in [k for k in header if re.fullmatch(r"(PC|CD)\d_\d", k)]:
+                del header[key]
+            header["CDELT1"], header["CDELT2"] = 0.0, 0.0
+        else:
+            header["CRVAL1"] = "nan"
         hdul.flush(output_verify="ignore")
     sparse = tmp_path / "sparse.ecsv"  # too few stars to solve (or rescue) any exposure: the campaign's sparse field
     Table.read(scene / "refcat.ecsv")[:4].write(sparse, format="ascii.ecsv")
@@ -542,3 +562,68 @@ def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp
     assert "exp_01.fits, left out)" in summary[0] and "exp_00.fits, left out" not in summary[0], summary[0]
     failed = [line for line in outcome.warnings if "astrometric solution failed" in line]
     assert failed and all(".fits" in line for line in failed), failed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fourth campaign's cases (campaign on 3a58820)
+
+def test_a_frame_without_its_sci_extension_is_refused_and_a_ccd_without_one_is_named(scene, src, out, capsys):
+    """D3: a MEF whose only CCD lacked its SCI extension was left out with an INFO line ("4 files, 3 exposures"):
+    the exposures renumbered, an observation lost.  Now a file with no SCI image is refused (naming it), and a CCD
+    with only its noise or flag map beside others is a warning naming the file and the CCD."""
+    frame = src / "exp_01.fits"
+    with fits.open(scene / "exp_01.fits") as hdul:
+        names = [str(hdu.header.get("EXTNAME", "")) for hdu in hdul]
+        assert any(n.endswith(".SCI") for n in names) and any(n.endswith(".RMS") for n in names), names
+        without = fits.HDUList([hdu.copy() for hdu, n in zip(hdul, names) if not n.endswith(".SCI")])
+        lone = hdul[next(k for k, n in enumerate(names) if n.endswith(".RMS"))].copy()
+        lone.header["EXTNAME"] = "9-9.RMS"
+        beside = fits.HDUList([hdu.copy() for hdu in hdul] + [lone])
+    without.writeto(frame, overwrite=True)
+    line = _refused_unchanged(capsys, src, out, frame)
+    assert "SCI" in line
+    beside.writeto(frame, overwrite=True)
+    outcome = cli(capsys, "run", src, "--out", out.parent / "again", "--to-step", "detect")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    named = [w for w in outcome.warnings if str(frame) in w and "9-9" in w and "SCI" in w]
+    assert len(named) == 1, outcome.warnings
+
+
+@pytest.mark.parametrize("damage", ["NAXIS = 999", "SIMPLE = F", "tile-compressed with damaged tiles"])
+def test_frames_astropy_cannot_take_apart_are_one_line_errors(scene, src, out, capsys, damage):
+    """D5: NAXIS = 999 (KeyError 'NAXIS3'), SIMPLE = F (AttributeError of a non-standard HDU) and a .fz file whose
+    tiles do not decompress (CfitsioException, in the detect step) were internal errors (exit 3)."""
+    frame = src / "exp_01.fits"
+    if damage == "tile-compressed with damaged tiles":
+        with fits.open(scene / "exp_01.fits") as hdul:
+            packed = fits.HDUList([fits.PrimaryHDU(header=hdul[0].header)]
+                                  + [fits.CompImageHDU(data=h.data, header=h.header) if h.is_image and h.data is not None
+                                     else h.copy() for h in hdul[1:]])
+        frame.unlink()
+        frame = src / "exp_01.fits.fz"
+        packed.writeto(frame)
+        data = bytearray(frame.read_bytes())
+        for k in range(len(data) // 2, len(data) // 2 + 4000, 7):
+            data[k] ^= 0xFF
+        frame.write_bytes(bytes(data))
+    else:
+        data = bytearray(frame.read_bytes())
+        if damage == "SIMPLE = F":
+            data[:30] = b"SIMPLE  =                    F"
+        else:
+            at = data.index(b"NAXIS   =", data.index(b"XTENSION"))
+            data[at:at + 30] = b"NAXIS   =                  999"
+        frame.write_bytes(bytes(data))
+    _refused_unchanged(capsys, src, out, frame)
+
+
+def test_evaluate_with_a_table_that_is_no_truth_table_and_an_undecodable_path(good_run, scene, tmp_path, capsys):
+    """D5: ``evaluate RUN refcat.ecsv`` was KeyError 'on_detector' (exit 3); ``--out`` with bytes that are not UTF-8
+    was UnicodeEncodeError (exit 3)."""
+    outcome = cli(capsys, "evaluate", good_run.out, scene / "refcat.ecsv", "--no-write")
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "refcat.ecsv" in outcome.errors[0], outcome.err
+    assert "truth table" in outcome.errors[0] and "on_detector" in outcome.errors[0]
+    bad = os.fsdecode(bytes(tmp_path) + b"/bad\xffname")
+    outcome = cli(capsys, "run", scene, "--out", bad)
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "UTF-8" in outcome.errors[0], outcome.err
+    assert sorted(os.listdir(tmp_path)) == []

@@ -795,3 +795,60 @@ def test_a_named_pipe_in_outdir_is_never_opened(good_run, scene, tmp_path, capsy
         assert outcome.code in (0, 1, 2) and not any("internal error" in e for e in outcome.errors), outcome.err
         if name == "report.html":
             _refused(outcome, out, "report.html")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fourth campaign's cases (campaign on 3a58820)
+
+@pytest.mark.parametrize("planted", ["a link to a file of the user's", "a file of the user's", "a named pipe",
+                                     "a hard link to a file of the user's"])
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_a_file_planted_under_the_locks_name_is_never_written_or_removed(scene, tmp_path, capsys, planted, command):
+    """D1: the lock beside OUTDIR (``.out.lock``) was opened following links and truncated: a link planted there
+    (by anyone who can write OUTDIR's parent) made a run overwrite the file it points to with a process number,
+    then remove the link; a user's file of that name was overwritten and removed; a pipe was an internal error."""
+    parent = tmp_path / "p"
+    parent.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = parent / (".out.lock" if command == "run" else ".batch.lock")
+    if planted == "a link to a file of the user's":
+        lock.symlink_to(victim)
+    elif planted == "a file of the user's":
+        lock.write_text("my notes\n")
+    elif planted == "a hard link to a file of the user's":
+        os.link(victim, lock)
+    else:
+        os.mkfifo(lock)
+    before = snapshot(tmp_path)
+    if command == "run":
+        outcome = cli(capsys, "run", scene, "--out", parent / "out", "--to-step", "detect")
+    else:
+        fields = tmp_path / "fields.toml"
+        fields.write_text(f'[[field]]\nname = "a"\ninputs = ["{scene}"]\n')
+        before = snapshot(tmp_path)
+        outcome = cli(capsys, "batch", fields, "--out", parent / "batch")
+    line = _refused(outcome, lock)
+    assert "lock" in line
+    assert snapshot(tmp_path) == before and victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("name", ["cutouts.fits", "overview.fits"])
+def test_report_and_evaluate_never_open_a_pipe_in_a_products_place(good_run, scene, tmp_path, capsys, name):
+    """D2: ``report`` and ``evaluate`` blocked for ever on cutouts.fits or overview.fits replaced by a named pipe.
+    Now the pipe is never opened so as to block: a one-line error naming it (exit 2), nothing written."""
+    import threading
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    before = snapshot(out)
+    for args in (("report", out), ("evaluate", out, scene / "truth.ecsv")):
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.setdefault("outcome", cli(capsys, *args)), daemon=True)
+        worker.start()
+        worker.join(120)
+        assert not worker.is_alive(), f"{args[0]} blocked on a pipe named {name}"
+        outcome = result["outcome"]
+        assert outcome.code == 2 and len(outcome.errors) == 1 and name in outcome.errors[0], outcome.err
+        assert snapshot(out) == before

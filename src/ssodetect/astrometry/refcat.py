@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,17 +110,24 @@ def load_reference_catalogue(path: str | Path) -> Table:
     if not path.is_file():
         raise InputError(f"{path}: not a regular file (a FIFO, device or directory is not a catalogue)")
     suffix = path.suffix.lower()
-    try:
-        if suffix in (".fits", ".fit", ".cat", ".ldac") and _is_ldac(path):
-            table = _from_ldac(path)
-        else:
-            fmt = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}.get(suffix)
-            table = Table.read(path, format=fmt) if fmt else Table.read(path)
-    except InputError:
-        raise
-    except Exception as exc:  # astropy's readers raise many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(f"{path}: not a readable catalogue ({type(exc).__name__}: {first})") from None
+    # the readers' warnings (a damaged FITS header) are said on one line naming the file, not as astropy's dump
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            if suffix in (".fits", ".fit", ".cat", ".ldac") and _is_ldac(path):
+                table = _from_ldac(path)
+            else:
+                fmt = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".parquet": "parquet"}.get(suffix)
+                table = Table.read(path, format=fmt) if fmt else Table.read(path)
+        except InputError:
+            raise
+        except Exception as exc:  # astropy's readers raise many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            hint = " ".join(str(said[0].message).split())[:160] if said else ""
+            raise InputError(f"{path}: not a readable catalogue ({type(exc).__name__}: {first}"
+                             + (f"; {hint}" if hint else "") + ")") from None
+    for note in dict.fromkeys(" ".join(str(w.message).split())[:200] for w in said):
+        log.warning("%s: %s", path, note)
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")

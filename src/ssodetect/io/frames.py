@@ -211,12 +211,21 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
 
 def _open(path: Path) -> fits.HDUList:
     _check_gzip(path)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", AstropyUserWarning)
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
-    except (OSError, ValueError, IndexError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable FITS file ({exc})") from None
+    problem = ""
+    with warnings.catch_warnings():
+        # astropy leaves the file open when it raises (NAXIS = 999): closed here, when its traceback goes
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", AstropyUserWarning)
+                hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
+        except (OSError, ValueError, IndexError, TypeError, KeyError) as exc:  # KeyError: NAXIS = 999, no NAXIS3
+            problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        raise InputError(f"{path}: not a readable FITS file ({problem})")
+    if not hdul or not isinstance(hdul[0], (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        hdul.close()  # e.g. SIMPLE = F: astropy reads it as a non-standard HDU it cannot take apart
+        raise InputError(f"{path}: not a standard FITS file (its primary header is not a standard one: SIMPLE = F?)")
     problems = [str(w.message) for w in caught if issubclass(w.category, AstropyUserWarning)]
     if problems:
         hdul.close()
@@ -250,6 +259,13 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
         refs: list[CCDRef] = []
         if named:
             layout = [(ccd, kinds["SCI"], kinds.get("RMS"), kinds.get("FLG")) for ccd, kinds in named.items() if "SCI" in kinds]
+            lacking = sorted(ccd for ccd, kinds in named.items() if "SCI" not in kinds)
+            if lacking and not layout:
+                raise InputError(f"{path}: no SCI image extension (only {', '.join(sorted(named[lacking[0]]))} of "
+                                 f"CCD {lacking[0]})")
+            if lacking and warn:
+                log.warning("%s: CCD(s) %s have no SCI image extension (only their noise or flag maps): left out", path,
+                            ", ".join(lacking))
         else:
             images = [
                 i for i, hdu in enumerate(hdul)
@@ -439,6 +455,12 @@ def common_ccds(exposures: list[Exposure]) -> list[str]:
     return sorted({r.ccd for r in exposures[0].ccds if all(any(q.ccd == r.ccd for q in e.ccds) for e in exposures)})
 
 
+try:  # what astropy raises for a damaged tile-compressed (.fz) image; not part of its public names
+    from astropy.io.fits.hdu.compressed._compression import CfitsioException as _DecompressionError
+except ImportError:  # pragma: no cover - another astropy layout: its errors are OSError or ValueError there
+    _DecompressionError = OSError
+
+
 def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
     """Read the pixels and metadata of one CCD image.
 
@@ -455,7 +477,7 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
             data = np.asarray(hdul[ref.sci].data, dtype=np.float32)
             rms = np.asarray(hdul[ref.rms].data, dtype=np.float32) if ref.rms is not None else None
             flags = np.asarray(hdul[ref.flg].data) if ref.flg is not None else None
-    except (OSError, ValueError, TypeError, EOFError) as exc:
+    except (OSError, ValueError, TypeError, EOFError, _DecompressionError) as exc:
         raise InputError(f"{path}: cannot read CCD {ref.ccd} ({exc})") from None
     if data.ndim != 2:
         raise InputError(f"{path}: CCD {ref.ccd} is not a 2-D image (shape {data.shape})")

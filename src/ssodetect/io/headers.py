@@ -15,6 +15,7 @@ letting astropy silently misread them:
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass, replace
@@ -282,6 +283,11 @@ def sanitize_wcs_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
     return fixed, notes
 
 
+#: Keywords a celestial WCS cannot do without a value of (removed as text that is no number, they would default to 0
+#: or 1: a position at RA 0 or a scale of 1 deg/px, not a usable WCS).
+_WCS_ESSENTIAL = re.compile(r"(CRVAL|CRPIX|CDELT)[12]|(CD|PC)[12]_[12]")
+
+
 def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS | None, str]:
     """Celestial WCS of an image, or ``None`` and the reason it is unusable.
 
@@ -299,6 +305,14 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
     reason : str
         Empty when the WCS is usable; otherwise why not.
     """
+    for key in header.keys():  # a reference point or matrix given as text that is no finite number: no default
+        if _WCS_ESSENTIAL.fullmatch(key) and isinstance(header[key], str):
+            try:
+                finite = math.isfinite(float(header[key].strip()))
+            except ValueError:
+                finite = False
+            if not finite:
+                return None, f"{key} = {header[key]!r} is not a finite number"
     fixed, notes = sanitize_wcs_header(header)
     for note in notes:
         log.debug("WCS repair: %s", note)

@@ -324,13 +324,40 @@ class OutputLock:
         self._fd: int | None = None
         self._acquire()
 
+    def _open(self) -> int:
+        """The lock file, opened without following a link or blocking on a pipe; refused unless it is a lock file
+        of ours (a regular file of this user's, with no other name, empty or holding a process number): a file
+        of the user's or a link planted under the lock's name is never written or removed."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"{self.path}: a symbolic link where ssodetect keeps the lock of {self.directory}; "
+                                 "remove it") from None
+            raise InputError(f"{self.directory}: cannot write beside it in {self.base} ({exc.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            problem = ("not a regular file" if not stat.S_ISREG(info.st_mode)
+                       else "another user's" if hasattr(os, "getuid") and info.st_uid != os.getuid()
+                       else "a file with other names (hard links)" if info.st_nlink > 1
+                       else "")
+            if not problem:
+                held = os.pread(fd, 64, 0) if info.st_size <= 64 else b"x"
+                if held.strip() and not held.strip().isdigit():
+                    problem = "not a lock file of ssodetect's (it holds other data)"
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem:
+            os.close(fd)
+            raise InputError(f"{self.path}: {problem}, where ssodetect keeps the lock of {self.directory}; "
+                             "move it away or choose another output directory")
+        os.set_blocking(fd, True)
+        return fd
+
     def _acquire(self) -> None:
         for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise InputError(f"{self.directory}: cannot write beside it in {self.base} "
-                                 f"({exc.strerror})") from None
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -358,7 +385,12 @@ class OutputLock:
             return
         fd, self._fd = self._fd, None
         try:
-            self.path.unlink(missing_ok=True)
+            try:  # only the file this command locked (not one put under its name since)
+                same = os.fstat(fd).st_ino == self.path.lstat().st_ino
+            except OSError:
+                same = False
+            if same:
+                self.path.unlink(missing_ok=True)
         finally:
             os.close(fd)
 

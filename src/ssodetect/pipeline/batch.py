@@ -17,6 +17,7 @@ import json
 import logging
 import time
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def check_field_name(name: str, source) -> str:
     """
     name = str(name)
     bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-           or any(ord(c) < 32 for c in name) or name == SUMMARY or len(name.encode()) > 200)
+           or any(unicodedata.category(c) in ("Cc", "Cs") for c in name) or name == SUMMARY or len(name.encode()) > 200)
     if bad:
         raise InputError(f"{source}: field name {name!r} is not a plain directory name (no '/', '..', leading '.', "
                          f"control characters or {SUMMARY!r}); fields are written only inside the batch directory")
@@ -228,9 +229,12 @@ def _field_task(field: Field, outdir: str, config: Config) -> dict:
     except SSODetectError as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         return _failed(field, lines[0])
-    except Exception as exc:  # a bug or a resource problem in this field: logged with its traceback
-        log.exception("field %s failed", field.name)
-        return _failed(field, f"internal error: {type(exc).__name__}: {str(exc).strip()[:200]}")
+    except Exception as exc:  # a bug or a resource problem in this field: one line, its traceback with -v
+        said = (str(exc).strip().splitlines() or [""])[0][:200]
+        log.error("field %s failed: internal error: %s: %s (run with -v for the traceback; please report it)",
+                  field.name, type(exc).__name__, said)
+        log.debug("field %s: traceback", field.name, exc_info=True)
+        return _failed(field, f"internal error: {type(exc).__name__}: {said}")
 
 
 #: Seconds the Dask cluster may have no worker at all while fields wait before those fields are given up (marked

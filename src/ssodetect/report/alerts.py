@@ -217,6 +217,7 @@ def _run_command(argv: list[str], path: Path, timeout: float) -> None:
         except BaseException:
             _end_group(process)
             raise
+        _end_leftovers(process)
         if process.returncode == 124 and reaper:
             raise TimeoutError(f"still running after {timeout:g} s; it and everything it started were ended")
         if process.returncode != 0:
@@ -224,6 +225,15 @@ def _run_command(argv: list[str], path: Path, timeout: float) -> None:
             head = errors.read(MAX_COMMAND_MESSAGE).decode(errors="replace").strip()
             last = head.splitlines()[-1] if head else ""  # one line, never a page (or a traceback)
             raise RuntimeError(f"exit status {process.returncode}" + (f": {last[:200]}" if last else ""))
+
+
+def _end_leftovers(process: subprocess.Popen) -> None:
+    """After the command's leader exited: SIGKILL whatever is left in its process group (the subreaper ends the
+    command's descendants itself, unless the command killed it: then the group's members would run on)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
 
 
 def _end_group(process: subprocess.Popen, grace: float = 1.0) -> None:

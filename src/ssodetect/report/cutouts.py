@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ssodetect.columns import rows_by
+from ssodetect.safejson import open_regular
 from ssodetect.errors import InputError
 from ssodetect.io.headers import fits_text
 
@@ -199,7 +200,7 @@ def read_cutouts(path) -> dict:
     ~0.5 ms each).  Also reads the layout of earlier versions (a ``<object>_INDEX`` table per object)."""
     out = {}
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with open_regular(path) as handle, fits.open(handle, memmap=False) as hdul:
             by_name = {hdu.name: hdu for hdu in hdul[1:]}
             index = np.asarray(by_name[INDEX_NAME].data) if INDEX_NAME in by_name else None
             rows = rows_by(Table(index), "object") if index is not None else {}
@@ -219,10 +220,12 @@ def read_cutouts(path) -> dict:
 def cutout_objects(path) -> set[str]:
     """Names of the objects with a cube in ``cutouts.fits`` (no pixels read); empty when absent."""
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with open_regular(path) as handle, fits.open(handle, memmap=False) as hdul:
             return {hdu.name for hdu in hdul[1:] if hdu.name != INDEX_NAME and not hdu.name.endswith("_INDEX")}
     except FileNotFoundError:
         return set()
+    except ValueError as exc:  # a pipe or a device in its place: never opened so as to block
+        raise InputError(str(exc)) from None
 
 
 def read_overview(path) -> list[tuple]:
@@ -234,7 +237,7 @@ def read_overview(path) -> list[tuple]:
 
     out = []
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with open_regular(path) as handle, fits.open(handle, memmap=False) as hdul:
             for h in hdul[1:]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FITSFixedWarning)
