@@ -509,6 +509,8 @@ def test_a_two_trail_chain_is_refused_when_another_exposure_should_have_seen_it(
                 rows.append((e, "1-1", xi, eta, "point", 0.0, 0.0))
     rows.append((2, "1-1", 60.0, 70.0, "satellite", 40.0, 90.0))  # a satellite crossing (40..80, 70) in exposure 2
     rows.append((2, "1-1", -50.5, -49.8, "point", 0.0, 0.0))  # a star in exposure 2
+    # a spike piece measured as a 6" trail along x = -60, its centre 2.6" from where the mover would be (member 287)
+    rows.append((2, "1-1", -60.0, 52.6, "trail", 6.0, 0.0))
     det = Table(rows=rows, names=["exposure", "ccd", "xi", "eta", "kind", "trail_arcsec", "trail_pa"])
     foot = Footprints(det)
     t_exp = {0: 0.0, 1: 0.3, 2: 0.6}
@@ -521,6 +523,7 @@ def test_a_two_trail_chain_is_refused_when_another_exposure_should_have_seen_it(
     assert _seen_elsewhere(chain(97.0, 0.0), trails, foot, t_exp) == []  # its trail runs off the CCD
     assert _seen_elsewhere(chain(60.0, 70.0), trails, foot, t_exp) == []  # under the satellite
     assert _seen_elsewhere(chain(-50.0, -50.0), trails, foot, t_exp) == []  # on a detected source
+    assert _seen_elsewhere(chain(-60.0, 50.0), trails, foot, t_exp) == []  # along a trail passing there
 
 
 def test_shared_wcs_error_cancels_on_one_ccd_only():

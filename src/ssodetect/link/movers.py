@@ -363,13 +363,20 @@ def restore_cut_centres(trails: Table, trk: Tracklet, plane: TangentPlane, *, it
 LINE_KINDS = ("satellite", "streak", "spike", "bleed")
 
 
+#: Detections whose whole extent, not just their centre, could hide a mover in an exposure (:class:`Footprints`): the
+#: line-like ones and every trail (on member 287 a V 21.6 fast mover's path in two exposures ran along a bright
+#: diffraction spike measured as a 56 px trail whose centre lay 2.6" off it: its two clean trails were refused as
+#: "unseen" there).
+HIDING_KINDS = LINE_KINDS + ("trail",)
+
+
 class Footprints:
     """Where each exposure saw the sky: per CCD exposure, the convex hull of its detections' tangent-plane
     positions (a CCD's area up to its outermost detections, a few pixels inside its edges), and where it
     detected something (a source there, or a satellite or spike passing there, could hide a mover).
 
-    ``detections`` need ``exposure, ccd, xi, eta`` [arcsec] and, for the line-like ones (:data:`LINE_KINDS`),
-    ``kind, trail_arcsec, trail_pa``.
+    ``detections`` need ``exposure, ccd, xi, eta`` [arcsec] and, for the line-like ones and trails
+    (:data:`HIDING_KINDS`), ``kind, trail_arcsec, trail_pa``.
     """
 
     def __init__(self, detections: Table):
@@ -381,7 +388,7 @@ class Footprints:
         finite = np.isfinite(xi) & np.isfinite(eta)
         self.trees = {int(e): cKDTree(np.column_stack([xi[(expo == e) & finite], eta[(expo == e) & finite]]))
                       for e in np.unique(expo[finite])}
-        lines = np.isin(np.asarray(detections["kind"]), LINE_KINDS) & np.isfinite(xi)
+        lines = np.isin(np.asarray(detections["kind"]), HIDING_KINDS) & np.isfinite(xi)
         self.lines: dict[int, np.ndarray] = {}
         for k in np.nonzero(lines)[0]:
             pa = math.radians(float(detections["trail_pa"][k]))
