@@ -224,6 +224,7 @@ def _evaluate(args) -> int:
     import math
 
     outdir = Path(args.outdir)
+    _refuse_irregular_products(outdir)
     obs_path = outdir / "observations.ecsv" if outdir.is_dir() else outdir
     if not (math.isfinite(args.rate_min) and math.isfinite(args.rate_max) and 0 <= args.rate_min < args.rate_max
             and math.isfinite(args.bright)):
@@ -295,6 +296,17 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
+def _refuse_irregular_products(outdir: Path) -> None:
+    """A named pipe, device or directory in a product's place is never read (a pipe would block): refused, named."""
+    from ssodetect.io.outputs import irregular_products
+
+    if outdir.is_dir():
+        odd = irregular_products(outdir)
+        if odd:
+            raise SSODetectError(f"{outdir / odd[0]}: not a regular file (a pipe, device or directory where ssodetect "
+                                 "keeps a product); move it away")
+
+
 def _write_evaluation(outdir: Path, ev, args) -> None:
     """``evaluation.ecsv`` beside the run's products and its report page redrawn with the completeness plots,
     committed together; a file of that name ssodetect did not write is refused."""
@@ -328,6 +340,7 @@ def _report(args) -> int:
     from ssodetect.report.products import REPORT_FILES, write_reports
 
     outdir = Path(args.outdir)
+    _refuse_irregular_products(outdir)
     for name in ("observations.ecsv", "objects.ecsv", "provenance.json"):
         if not (outdir / name).is_file():
             raise SSODetectError(f"{outdir}: not a finished ssodetect run ({name} is missing)")

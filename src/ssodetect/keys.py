@@ -66,7 +66,10 @@ def cache_key() -> tuple[bytes, bool]:
         with os.fdopen(fd, "wb") as handle:
             handle.write(os.urandom(32))
         return path.read_bytes(), True
-    except FileExistsError:  # another process created it first
+    except FileExistsError:  # another process created it first (or a dangling link sits there: never followed)
+        if path.is_symlink() and not path.exists():
+            log.warning("%s: the cache key is a link to nothing; stored step products will not be reused", path)
+            return _EPHEMERAL, False
         return cache_key()
     except OSError as exc:
         log.warning("%s: cannot create the cache key (%s); stored step products will not be reused", path,

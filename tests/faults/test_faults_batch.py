@@ -222,12 +222,19 @@ def test_field_directory_linked_outside_the_batch_is_not_written_through(scene, 
     assert snapshot(elsewhere) == before
 
 
-def test_summary_path_taken_by_a_directory(tmp_path, capsys):
-    """BATCH/batch_summary.ecsv is a directory (of the user's): refused naming it; the directory is kept."""
+@pytest.mark.parametrize("taken", ["a directory", "a file of the user's"])
+def test_summary_path_taken_by_a_directory(scene, tmp_path, capsys, taken):
+    """BATCH/batch_summary.ecsv is a directory (of the user's): refused naming it; the directory is kept.  The
+    fifth campaign's D9: a file of the user's there was refused only after every field had run (their directories
+    written) with "nothing was written"; now before any work."""
     out = tmp_path / "batch"
-    (out / "batch_summary.ecsv").mkdir(parents=True)
-    (out / "batch_summary.ecsv" / "mine.txt").write_text("x")
-    manifest = _manifest(tmp_path / "m.toml", ("bad", [tmp_path / "nope"]))
+    if taken == "a directory":
+        (out / "batch_summary.ecsv").mkdir(parents=True)
+        (out / "batch_summary.ecsv" / "mine.txt").write_text("x")
+    else:
+        out.mkdir()
+        (out / "batch_summary.ecsv").write_text("mine\n")
+    manifest = _manifest(tmp_path / "m.toml", ("good", [scene]))
     before = snapshot(out)
     outcome = cli(capsys, "batch", manifest, "--out", out)
     assert outcome.code == 2, outcome.err

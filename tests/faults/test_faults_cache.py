@@ -225,10 +225,13 @@ def test_products_signed_under_another_key_are_not_loaded(good_run, scene, tmp_p
     assert status["detect"] == "cached" and status["astrometry"] == "cached", status
 
 
-@pytest.mark.parametrize("problem", ["too short", "a directory", "below a file", "world-writable"])
+@pytest.mark.parametrize("problem", ["too short", "a directory", "below a file", "world-writable", "a dangling link"])
 def test_unusable_cache_key_warns_and_the_run_goes_on(scene, tmp_path, capsys, monkeypatch, problem):
+    """(The fifth campaign's D7: a dangling link as the key was a RecursionError, exit 3.)"""
     key = tmp_path / "cache.key"
-    if problem == "too short":
+    if problem == "a dangling link":
+        key.symlink_to(tmp_path / "nowhere" / "k")
+    elif problem == "too short":
         key.write_bytes(b"12345")
     elif problem == "a directory":
         key.mkdir()

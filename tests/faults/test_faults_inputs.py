@@ -534,7 +534,7 @@ def test_a_catalogue_with_infinite_proper_motions_is_named(scene, tmp_path, caps
     assert not any("RuntimeWarning" in line for line in outcome.err), outcome.err
 
 
-@pytest.mark.parametrize("broken", ["CDELT = 0", "CRVAL1 = 'nan' (text)"])
+@pytest.mark.parametrize("broken", ["CDELT = 0", "CRVAL1 = 'nan' (text)", "CRVAL1 = T (logical)"])
 def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp_path, capsys, broken):
     """C11/C13/C14/C17: one frame's header WCS unusable (CDELT1 = 0): the warnings named no file and the summary said
     "detections kept with their header WCS", untrue for it.  Now the file is named, and the summary says whether its
@@ -549,7 +549,7 @@ def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp
                 del header[key]
             header["CDELT1"], header["CDELT2"] = 0.0, 0.0
         else:
-            header["CRVAL1"] = "nan"
+            header["CRVAL1"] = "nan" if "text" in broken else True
         hdul.flush(output_verify="ignore")
     sparse = tmp_path / "sparse.ecsv"  # too few stars to solve (or rescue) any exposure: the campaign's sparse field
     Table.read(scene / "refcat.ecsv")[:4].write(sparse, format="ascii.ecsv")
@@ -627,3 +627,80 @@ def test_evaluate_with_a_table_that_is_no_truth_table_and_an_undecodable_path(go
     outcome = cli(capsys, "run", scene, "--out", bad)
     assert outcome.code == 2 and len(outcome.errors) == 1 and "UTF-8" in outcome.errors[0], outcome.err
     assert sorted(os.listdir(tmp_path)) == []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the fifth campaign's cases (campaign on 442b094)
+
+@pytest.mark.parametrize("where", ["calibration bias in the configuration", "profile file"])
+def test_a_pipe_named_as_a_calibration_or_profile_file_is_refused_before_any_work(src, out, tmp_path, capsys, where):
+    """D3/D4: ``[calibrate] bias = [a pipe]`` took the lock and a stage and blocked in open(); ``--profile`` with a
+    pipe blocked for ever.  Now both are refused, naming the pipe, before any work."""
+    import threading
+
+    pipe = tmp_path / ("pipe.toml" if where == "profile file" else "pipe.fits")
+    os.mkfifo(pipe)
+    if where == "profile file":
+        extra = ("--profile", pipe)
+    else:
+        config = tmp_path / "c.toml"
+        config.write_text(f'[calibrate]\nbias = ["{pipe}"]\n')
+        extra = ("--config", config)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "line", _refused_unchanged(capsys, src, out, pipe, extra=extra)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "blocked on the pipe"
+    assert "not a regular file" in result["line"]
+
+
+def test_damaged_layouts_and_arguments_are_one_line_errors(scene, src, out, tmp_path, capsys):
+    """D5/D6/D8: ``--scheduler 'tcp://[::1'`` (ValueError), an image HDU whose XTENSION says BINTABLE (KeyError
+    TFIELDS) were internal errors; a frame followed by gigabytes of padding was read into memory (13.8 GB for
+    50 GB) before astropy refused it.  The padding is now measured from the headers alone."""
+    outcome = cli(capsys, "run", src, "--out", out, "--scheduler", "tcp://[::1")
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "scheduler" in outcome.errors[0], outcome.err
+    frame = src / "exp_01.fits"
+    data = bytearray(frame.read_bytes())
+    at = data.index(b"XTENSION")
+    data[at:at + 30] = b"XTENSION= 'BINTABLE'          "
+    frame.write_bytes(bytes(data))
+    assert "not an image" in _refused_unchanged(capsys, src, out, frame)
+    shutil.copy(scene / "exp_01.fits", frame)
+    from ssodetect.io.frames import MAX_TRAILING_BYTES
+
+    size = frame.stat().st_size
+    os.truncate(frame, size + MAX_TRAILING_BYTES + 2880 * 10)  # sparse: no disk used
+    line = _refused_unchanged(capsys, src, out, frame)
+    assert f"{MAX_TRAILING_BYTES + 2880 * 10} bytes after its last HDU" in line
+
+
+def test_a_gzip_frame_named_fits_and_a_float_flag_map_with_nan(scene, src, tmp_path, capsys):
+    """D11: a gzip-compressed frame named .fits was called truncated (its compressed size against its layout);
+    now it is read (and its CRC checked).  D12: a float FLG map with NaN printed four RuntimeWarnings naming no
+    file; now one warning names the file and those pixels are masked."""
+    import gzip as gz
+
+    frame = src / "exp_01.fits"
+    frame.write_bytes(gz.compress((scene / "exp_01.fits").read_bytes()))
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "a", "--to-step", "detect")
+    assert outcome.errors == [] and outcome.code in (0, 1), outcome.err
+    data = bytearray(frame.read_bytes())
+    data[-6] ^= 0xFF  # its CRC no longer matches
+    frame.write_bytes(bytes(data))
+    assert "gzip" in _refused_unchanged(capsys, src, tmp_path / "a", frame)
+    with fits.open(scene / "exp_02.fits") as hdul:
+        names = [str(h.header.get("EXTNAME", "")) for h in hdul]
+        if not any(n.endswith(".FLG") for n in names):
+            pytest.skip("the scene's frames carry no flag map")
+        k = next(i for i, n in enumerate(names) if n.endswith(".FLG"))
+        flg = hdul[k].data.astype(np.float32)
+        flg[:5, :5] = np.nan
+        hdul[k] = fits.ImageHDU(flg, header=hdul[k].header, name=names[k])
+        shutil.copy(scene / "exp_01.fits", src / "exp_01.fits")
+        hdul.writeto(src / "exp_02.fits", overwrite=True)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "b", "--to-step", "detect")
+    assert outcome.errors == [] and not any("RuntimeWarning" in line for line in outcome.err), outcome.err
+    named = [w for w in outcome.warnings if "exp_02.fits" in w and "FLG" in w and "25 " in w]
+    assert len(named) == 1, outcome.warnings

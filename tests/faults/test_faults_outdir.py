@@ -833,10 +833,12 @@ def test_a_file_planted_under_the_locks_name_is_never_written_or_removed(scene, 
     assert snapshot(tmp_path) == before and victim.read_text() == "precious\n"
 
 
-@pytest.mark.parametrize("name", ["cutouts.fits", "overview.fits"])
+@pytest.mark.parametrize("name", ["cutouts.fits", "overview.fits", "objects.ecsv", "manifest.json"])
 def test_report_and_evaluate_never_open_a_pipe_in_a_products_place(good_run, scene, tmp_path, capsys, name):
-    """D2: ``report`` and ``evaluate`` blocked for ever on cutouts.fits or overview.fits replaced by a named pipe.
-    Now the pipe is never opened so as to block: a one-line error naming it (exit 2), nothing written."""
+    """D2: ``report`` and ``evaluate`` blocked for ever on cutouts.fits or overview.fits replaced by a named pipe
+    (the fifth campaign's D2 and D10: objects.ecsv blocked ``evaluate``; a pipe for manifest.json was passed over
+    by ``report`` without a word).  Now the pipe is never opened so as to block: a one-line error naming it
+    (exit 2), nothing written."""
     import threading
 
     out = copy_run(good_run.out, tmp_path / "out")

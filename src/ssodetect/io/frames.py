@@ -171,6 +171,9 @@ def _check_complete(path: Path, hdul: fits.HDUList) -> None:
     """Raise if an uncompressed file is shorter than its headers promise."""
     if path.suffix.lower() in (".gz", ".fz", ".bz2"):
         return
+    with open(path, "rb") as handle:
+        if handle.read(3) in (b"\x1f\x8b\x08", b"BZh"):
+            return  # compressed under a plain name (astropy reads it by its magic bytes): sizes are not comparable
     size = path.stat().st_size
     for i, hdu in enumerate(hdul):
         info = hdu.fileinfo()
@@ -181,10 +184,61 @@ def _check_complete(path: Path, hdul: fits.HDUList) -> None:
             raise InputError(f"{path}: truncated FITS file (HDU {i} needs {end} bytes, file has {size})")
 
 
+#: Bytes after a file's last HDU beyond which it is refused before astropy reads them (it holds them in memory,
+#: about twice over, looking for another HDU: a frame with 50 GB of trailing zeros took 14 GB and counting).
+MAX_TRAILING_BYTES = 1 << 24
+
+
+def _hdu_extent(path: Path, size: int) -> int | None:
+    """Bytes the HDUs of an uncompressed FITS file occupy, from their headers alone (2880-byte blocks); None where
+    the headers cannot be walked (left to astropy's own checks)."""
+    end = 0
+    with open(path, "rb") as handle:
+        while end < size:
+            handle.seek(end)
+            cards: dict = {}
+            blocks = 0
+            while True:
+                block = handle.read(2880)
+                blocks += 1
+                if len(block) < 2880 or blocks > 1000:
+                    return None if end == 0 else end
+                for k in range(0, 2880, 80):
+                    card = block[k:k + 80].decode("ascii", "replace")
+                    key = card[:8].strip()
+                    if key == "END":
+                        break
+                    if card[8:10] == "= " and key not in cards:
+                        cards[key] = card[10:].split("/")[0].strip()
+                else:
+                    if end > 0 and blocks == 1 and not (block.startswith(b"XTENSION") or block.strip(b" ")):
+                        return end  # not a header: what follows the last HDU
+                    continue
+                break
+            if end > 0 and "XTENSION" not in cards:
+                return end
+            try:
+                naxis = int(cards.get("NAXIS", "0"))
+                bitpix = abs(int(cards.get("BITPIX", "8")))
+                n = 1 if naxis else 0
+                for axis in range(1, naxis + 1):
+                    n *= int(cards.get(f"NAXIS{axis}", "0"))
+                n = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0")) + n)
+            except ValueError:
+                return None
+            end += blocks * 2880 + -(-(n * bitpix // 8) // 2880) * 2880
+    return end
+
+
 def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
     """Raise if a gzip-compressed file fails its CRC or ends early (astropy may stop reading before the check)."""
     if path.suffix.lower() != ".gz":
-        return
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(2) != b"\x1f\x8b":
+                    return  # (gzip under a plain name is read by its magic bytes: checked too)
+        except OSError:
+            return
     try:
         with gzip.open(path, "rb") as handle:
             while handle.read(chunk):
@@ -209,8 +263,28 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
                                  f"({raw!r}); fix or remove the card") from None
 
 
+def _check_trailing(path: Path) -> None:
+    """Refuse an uncompressed file with more than :data:`MAX_TRAILING_BYTES` after its last HDU."""
+    if path.suffix.lower() in (".gz", ".fz", ".bz2"):
+        return
+    try:
+        size = path.stat().st_size
+        if size <= MAX_TRAILING_BYTES:
+            return
+        with open(path, "rb") as handle:
+            if handle.read(2) == b"\x1f\x8b":
+                return  # gzip-compressed under another name: astropy decompresses it
+        extent = _hdu_extent(path, size)
+    except OSError:
+        return
+    if extent is not None and size - extent > MAX_TRAILING_BYTES:
+        raise InputError(f"{path}: {size - extent} bytes after its last HDU ({extent} bytes of FITS): not a FITS "
+                         "file as written (padded or damaged)")
+
+
 def _open(path: Path) -> fits.HDUList:
     _check_gzip(path)
+    _check_trailing(path)
     problem = ""
     with warnings.catch_warnings():
         # astropy leaves the file open when it raises (NAXIS = 999): closed here, when its traceback goes
@@ -255,6 +329,9 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
         for i, hdu in enumerate(hdul):
             match = _EUCLID_EXT.match(_text(hdu.header.get("EXTNAME")))
             if match:
+                if not hdu.is_image:
+                    raise InputError(f"{path}: HDU {i} ({_text(hdu.header.get('EXTNAME'))}) is not an image "
+                                     f"(XTENSION = {_text(hdu.header.get('XTENSION'))!r})")
                 named.setdefault(match.group("ccd"), {})[match.group("kind").upper()] = i
         refs: list[CCDRef] = []
         if named:
@@ -477,8 +554,8 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
             data = np.asarray(hdul[ref.sci].data, dtype=np.float32)
             rms = np.asarray(hdul[ref.rms].data, dtype=np.float32) if ref.rms is not None else None
             flags = np.asarray(hdul[ref.flg].data) if ref.flg is not None else None
-    except (OSError, ValueError, TypeError, EOFError, _DecompressionError) as exc:
-        raise InputError(f"{path}: cannot read CCD {ref.ccd} ({exc})") from None
+    except (OSError, ValueError, TypeError, EOFError, KeyError, _DecompressionError) as exc:
+        raise InputError(f"{path}: cannot read CCD {ref.ccd} ({type(exc).__name__}: {exc})") from None
     if data.ndim != 2:
         raise InputError(f"{path}: CCD {ref.ccd} is not a 2-D image (shape {data.shape})")
     merged = merge_headers(header, primary if ref.sci != 0 else None)
@@ -490,6 +567,14 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
     if flags is not None:
         if flags.shape != data.shape:
             raise InputError(f"{path}: FLG of CCD {ref.ccd} has shape {flags.shape}, SCI has {data.shape}")
+        if not np.issubdtype(flags.dtype, np.integer):  # a float flag map: a value that is no whole number masks
+            finite = np.isfinite(flags)
+            odd = ~finite | (np.abs(np.where(finite, flags, 0.0)) >= 2.0**62)
+            if odd.any():
+                log.warning("%s: FLG of CCD %s holds %d non-finite or out-of-range values: those pixels are masked",
+                            path, ref.ccd, int(odd.sum()))
+                mask |= odd
+            flags = np.where(odd, 0, flags).astype(np.int64)
         mask |= (flags.astype(np.int64) & config.flag_mask) != 0
     saturation = first_keyword(merged, config.saturation_keys)
     try:

@@ -305,14 +305,15 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
     reason : str
         Empty when the WCS is usable; otherwise why not.
     """
-    for key in header.keys():  # a reference point or matrix given as text that is no finite number: no default
-        if _WCS_ESSENTIAL.fullmatch(key) and isinstance(header[key], str):
+    for key in header.keys():  # a reference point or matrix given as text or a logical that is no finite number
+        value = header[key]
+        if _WCS_ESSENTIAL.fullmatch(key) and isinstance(value, (str, bool, np.bool_)):
             try:
-                finite = math.isfinite(float(header[key].strip()))
+                finite = not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value.strip()))
             except ValueError:
                 finite = False
             if not finite:
-                return None, f"{key} = {header[key]!r} is not a finite number"
+                return None, f"{key} = {value!r} is not a finite number"
     fixed, notes = sanitize_wcs_header(header)
     for note in notes:
         log.debug("WCS repair: %s", note)

@@ -41,7 +41,8 @@ from ssodetect.keys import cache_key, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
            "recorded_files",
-           "foreign_files", "record_files", "check_free_space", "expected_output_bytes", "check_apart"]
+           "foreign_files", "irregular_products", "record_files", "check_free_space", "expected_output_bytes",
+           "check_apart"]
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,24 @@ def _same_sha256(path: Path, digest) -> bool:
         return h.hexdigest() == digest
     except OSError:
         return False
+
+
+def irregular_products(directory: str | Path) -> list[str]:
+    """The product names in ``directory`` (those of :data:`LEGACY_PRODUCTS`, ``manifest.json`` and the record)
+    that exist as something other than a regular file (or a link to one): a named pipe there would block a
+    reader for ever, a directory or device is no product."""
+    directory = Path(directory)
+    found = []
+    for name in (*LEGACY_PRODUCTS, "manifest.json", RECORD):
+        path = directory / name
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):
+                found.append(name)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            found.append(name)
+    return found
 
 
 def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:

@@ -28,7 +28,7 @@ from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
 from ssodetect.keys import cache_key, sign_text, verify_text
-from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files
+from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files, recorded_files
 from ssodetect.pipeline.steps import sha256_file
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
@@ -305,6 +305,11 @@ def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=No
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     lock = OutputLock(out)  # one batch process per batch directory
     try:
+        summary = out / SUMMARY
+        if summary.is_symlink() or summary.exists():  # the summary would be refused after the work: refused now
+            if not summary.is_file() or summary.is_symlink() or SUMMARY not in (recorded_files(out) or set()):
+                raise InputError(f"{summary}: a file ssodetect did not write (or changed since) where the batch "
+                                 "summary goes; move it away or choose another batch directory")
         out.mkdir(parents=True, exist_ok=True)
         return _run_batch(fields, out, config, client, retries, lock)
     finally:

@@ -134,8 +134,8 @@ class SerialExecutor:
 
 def _reachable(address: str, timeout: float = 10.0) -> None:
     """Refuse a TCP scheduler address nothing listens on at once (Dask would retry for its whole timeout)."""
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
     try:
+        parts = urlsplit(address if "://" in address else f"tcp://{address}")
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"dask scheduler {address}: not an address ({exc})") from None

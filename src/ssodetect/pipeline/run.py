@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import resource
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -676,6 +678,7 @@ def run_pipeline(
     timings = StageTimings()
     t_run = time.perf_counter()
     started = datetime.now(timezone.utc)
+    _check_named_files(refcat, config)
     if outdir is not None:
         check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
         check_apart(outdir, [cache_key_path()], "step-cache signing key (SSODETECT_CACHE_KEY)")
@@ -817,14 +820,36 @@ def _step_log(stage: OutputStage | None, name: str) -> logging.Handler | None:
     return handler
 
 
-def _input_files(inputs, refcat, config: Config) -> list[dict]:
-    """Every file a run reads with its role (input | refcat | calibration | orbits | model), size and SHA-256."""
-    named = [(p, "input") for p in find_inputs(inputs)]
-    named += [(refcat, "refcat")] if refcat is not None else []
+def _named_files(refcat, config: Config) -> list[tuple]:
+    """The files a run reads besides its frames, with their role."""
+    named = [(refcat, "reference catalogue")] if refcat is not None else []
     named += [(p, "calibration") for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat)]
     named += [(p, "orbits") for p in config.known.orbits]
     if config.ml.enabled and config.ml.model != "builtin":
         named.append((config.ml.model, "model"))
+    return named
+
+
+def _check_named_files(refcat, config: Config | None) -> None:
+    """Refuse, before any work, a named file that exists as a pipe, a device or a directory (never opened: a pipe
+    would block the run for ever); a missing one is reported where it is read."""
+    if config is None:
+        return
+    for path, role in _named_files(refcat, config):
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read the {role} file ({exc.strerror})") from None
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{path}: not a regular file (a pipe, device or directory is not a {role} file)")
+
+
+def _input_files(inputs, refcat, config: Config) -> list[dict]:
+    """Every file a run reads with its role (input | refcat | calibration | orbits | model), size and SHA-256."""
+    named = [(p, "input") for p in find_inputs(inputs)]
+    named += [(p, "refcat" if role == "reference catalogue" else role) for p, role in _named_files(refcat, config)]
     return [{"path": str(p), "role": role, "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)}
             for p, role in named if Path(p).is_file()]
 

@@ -48,6 +48,7 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.config import Config, validation_problems
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import celestial_wcs, group_exposures, scan_inputs
+from ssodetect.safejson import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,13 @@ def load_profile(path: str | Path) -> Profile:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_regular(path).decode("utf-8"))  # a pipe is never opened so as to block
     except FileNotFoundError:
         raise ConfigError(f"{path}: profile file not found") from None
+    except ValueError as exc:
+        if not isinstance(exc, (tomllib.TOMLDecodeError, UnicodeDecodeError)):
+            raise ConfigError(f"{path}: not a regular file (a pipe, device or directory is not a profile)") from None
+        raise ConfigError(f"{path}: not a valid profile TOML ({exc})") from None
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid profile TOML ({exc})") from None
     unknown = set(data) - {"profile", "match", "settings", "scale"}
