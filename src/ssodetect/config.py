@@ -46,6 +46,14 @@ class _Section(BaseModel):
     # no inf/nan settings (max_rate = inf would search forever); booleans must be true/false, not "yes"
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_logical_for_a_number(cls, value, info):
+        # lax validation reads true as 1 (threshold = true ran at 1 sigma, drowning in detections)
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError(f"{value!r} is not a number")
+        return value
+
     @field_validator("*", mode="after")
     @classmethod
     def _bounded_integers(cls, value, info):
@@ -166,6 +174,7 @@ class DetectConfig(_Section):
     psf_fwhm: float = Field(
         default=0.0,
         ge=0,
+        le=1000,
         description="PSF FWHM [px]; 0 = measure it per CCD from bright unsaturated stars.",
     )
     psf_fallback_sigma: float = Field(

@@ -307,3 +307,17 @@ def test_a_pickle_swapped_right_after_its_check_is_never_unpickled(good_run, tmp
     products, why = cache.load("astrometry", record["key"])
     assert not marker.exists(), "the swapped pickle was unpickled"
     assert why == "" and "detections" in products and pkl.read_bytes() == payload
+
+
+@pytest.mark.parametrize("command", ["report", "evaluate"])
+def test_report_under_another_key_is_refused_before_any_work(good_run, scene, tmp_path, capsys, monkeypatch, command):
+    """The sixth campaign: ``report`` or ``evaluate`` on a run whose products record another key signed did all the
+    work, left its stage (6-8 files) inside OUTDIR, then refused to replace the products.  Now refused at once."""
+    out = copy_run(good_run.out, tmp_path / "out")
+    before = snapshot(out)
+    monkeypatch.setenv("SSODETECT_CACHE_KEY", str(tmp_path / "keys" / "other.key"))
+    args = ("report", out) if command == "report" else ("evaluate", out, scene / "truth.ecsv")
+    outcome = cli(capsys, *args)
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "not signed with your key" in outcome.errors[0], \
+        outcome.err
+    assert snapshot(out) == before and leftovers(out) == []

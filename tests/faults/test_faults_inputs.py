@@ -293,12 +293,16 @@ def test_bad_reference_catalogue(scene, out, tmp_path, capsys, kind):
 
 
 @pytest.mark.parametrize("kind", ["binary junk", "directory", "unknown section", "wrong type", "flag mask overflow",
-                                  "whole number too large"])
+                                  "whole number too large", "logical for a number", "PSF width without bound"])
 def test_bad_configuration_file(scene, out, tmp_path, capsys, kind):
     """(The fourth campaign's D5: ``min_area = 1e20`` as a whole number was an OverflowError inside sep.)"""
     config = tmp_path / "c.toml"
     if kind == "whole number too large":
         config.write_text("[detect]\ndeblend_nthresh = 99999999999999999999\n")
+    elif kind == "logical for a number":  # (the sixth campaign: read as 1 sigma, the run drowned in detections)
+        config.write_text("[detect]\nthreshold = true\n")
+    elif kind == "PSF width without bound":  # (the sixth campaign: an internal error in the detection step)
+        config.write_text("[detect]\npsf_fwhm = 1e300\n")
     elif kind == "binary junk":
         config.write_bytes(b"\xff\xfe\x00[x" * 40)
     elif kind == "directory":
@@ -534,7 +538,8 @@ def test_a_catalogue_with_infinite_proper_motions_is_named(scene, tmp_path, caps
     assert not any("RuntimeWarning" in line for line in outcome.err), outcome.err
 
 
-@pytest.mark.parametrize("broken", ["CDELT = 0", "CRVAL1 = 'nan' (text)", "CRVAL1 = T (logical)"])
+@pytest.mark.parametrize("broken", ["CDELT = 0", "CRVAL1 = 'nan' (text)", "CRVAL1 = T (logical)",
+                                    "CRVAL1 = (150.1, 2.0) (complex)"])
 def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp_path, capsys, broken):
     """C11/C13/C14/C17: one frame's header WCS unusable (CDELT1 = 0): the warnings named no file and the summary said
     "detections kept with their header WCS", untrue for it.  Now the file is named, and the summary says whether its
@@ -549,7 +554,7 @@ def test_a_frame_with_an_unusable_wcs_is_named_and_its_fate_told(scene, src, tmp
                 del header[key]
             header["CDELT1"], header["CDELT2"] = 0.0, 0.0
         else:
-            header["CRVAL1"] = "nan" if "text" in broken else True
+            header["CRVAL1"] = "nan" if "text" in broken else True if "logical" in broken else complex(150.1, 2.0)
         hdul.flush(output_verify="ignore")
     sparse = tmp_path / "sparse.ecsv"  # too few stars to solve (or rescue) any exposure: the campaign's sparse field
     Table.read(scene / "refcat.ecsv")[:4].write(sparse, format="ascii.ecsv")
@@ -632,7 +637,8 @@ def test_evaluate_with_a_table_that_is_no_truth_table_and_an_undecodable_path(go
 # ----------------------------------------------------------------------------------------------------------
 # the fifth campaign's cases (campaign on 442b094)
 
-@pytest.mark.parametrize("where", ["calibration bias in the configuration", "profile file"])
+@pytest.mark.parametrize("where", ["calibration bias in the configuration", "profile file",
+                                   "reference WCS in the configuration"])
 def test_a_pipe_named_as_a_calibration_or_profile_file_is_refused_before_any_work(src, out, tmp_path, capsys, where):
     """D3/D4: ``[calibrate] bias = [a pipe]`` took the lock and a stage and blocked in open(); ``--profile`` with a
     pipe blocked for ever.  Now both are refused, naming the pipe, before any work."""
@@ -642,9 +648,10 @@ def test_a_pipe_named_as_a_calibration_or_profile_file_is_refused_before_any_wor
     os.mkfifo(pipe)
     if where == "profile file":
         extra = ("--profile", pipe)
-    else:
+    else:  # (the sixth campaign: a reference WCS that is a pipe blocked the run, /dev/zero was read for ever)
         config = tmp_path / "c.toml"
-        config.write_text(f'[calibrate]\nbias = ["{pipe}"]\n')
+        config.write_text(f'[calibrate]\nbias = ["{pipe}"]\n' if "bias" in where else
+                          f'[astrometry]\nreference_wcs = "{pipe}"\n')
         extra = ("--config", config)
     result: dict = {}
     worker = threading.Thread(target=lambda: result.setdefault(

@@ -15,6 +15,7 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from faultkit import RECORD, cli, copy_inputs, copy_run, files, leftovers, recorded, snapshot, write_record
@@ -854,3 +855,30 @@ def test_report_and_evaluate_never_open_a_pipe_in_a_products_place(good_run, sce
         outcome = result["outcome"]
         assert outcome.code == 2 and len(outcome.errors) == 1 and name in outcome.errors[0], outcome.err
         assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("edit", ["ra NaN", "dec out of range", "ra column removed", "objects emptied"])
+def test_report_and_evaluate_refuse_tables_changed_since_the_run(good_run, scene, tmp_path, capsys, edit):
+    """The sixth campaign: ``report`` and ``evaluate`` on an observations.ecsv edited by hand (ra NaN, dec 123, the
+    ra column gone) were internal errors (exit 3); an emptied objects.ecsv gave a page of "0 moving objects" beside
+    ADES/MPC files with the observations.  Such a table is no longer the run's: refused, named, nothing written."""
+    from astropy.table import Table
+
+    out = copy_run(good_run.out, tmp_path / "out")
+    name = "objects.ecsv" if edit == "objects emptied" else "observations.ecsv"
+    table = Table.read(out / name, format="ascii.ecsv")
+    if edit == "ra NaN":
+        table["ra"][0] = np.nan
+    elif edit == "dec out of range":
+        table["dec"][0] = 123.0
+    elif edit == "ra column removed":
+        table.remove_column("ra")
+    else:
+        table = table[:0]
+    table.write(out / name, format="ascii.ecsv", overwrite=True)
+    before = snapshot(out)
+    for args in (("report", out), ("evaluate", out, scene / "truth.ecsv")):
+        outcome = cli(capsys, *args)
+        assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+        assert name in outcome.errors[0] and "changed since" in outcome.errors[0], outcome.err
+        assert snapshot(out) == before and leftovers(out) == []

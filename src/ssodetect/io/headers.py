@@ -307,9 +307,10 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
     """
     for key in header.keys():  # a reference point or matrix given as text or a logical that is no finite number
         value = header[key]
-        if _WCS_ESSENTIAL.fullmatch(key) and isinstance(value, (str, bool, np.bool_)):
-            try:
-                finite = not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value.strip()))
+        if _WCS_ESSENTIAL.fullmatch(key) and not (isinstance(value, (int, float, np.integer, np.floating))
+                                                  and not isinstance(value, (bool, np.bool_))):
+            try:  # text that reads as a number is a number stored as a string; a logical or complex value is not
+                finite = isinstance(value, str) and math.isfinite(float(value.strip()))
             except ValueError:
                 finite = False
             if not finite:

@@ -825,6 +825,8 @@ def _named_files(refcat, config: Config) -> list[tuple]:
     named = [(refcat, "reference catalogue")] if refcat is not None else []
     named += [(p, "calibration") for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat)]
     named += [(p, "orbits") for p in config.known.orbits]
+    if config.astrometry.reference_wcs:
+        named.append((config.astrometry.reference_wcs, "reference WCS"))
     if config.ml.enabled and config.ml.model != "builtin":
         named.append((config.ml.model, "model"))
     return named
@@ -849,7 +851,8 @@ def _check_named_files(refcat, config: Config | None) -> None:
 def _input_files(inputs, refcat, config: Config) -> list[dict]:
     """Every file a run reads with its role (input | refcat | calibration | orbits | model), size and SHA-256."""
     named = [(p, "input") for p in find_inputs(inputs)]
-    named += [(p, "refcat" if role == "reference catalogue" else role) for p, role in _named_files(refcat, config)]
+    named += [(p, "refcat" if role == "reference catalogue" else role) for p, role in _named_files(refcat, config)
+              if role != "reference WCS"]
     return [{"path": str(p), "role": role, "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)}
             for p, role in named if Path(p).is_file()]
 
