@@ -12,6 +12,7 @@ from astropy.table import Table
 
 from ssodetect.cli import main
 from ssodetect.config import load_config
+from ssodetect.io.outputs import record_files
 from ssodetect.pipeline import run_pipeline
 from ssodetect.report import format_record, observation_arrays, read_ades, read_mpc80, records_table, validate_xml
 from ssodetect.report.mpc80 import pack_number, pack_provisional, unpack_number, unpack_provisional
@@ -308,6 +309,8 @@ def test_report_headers_say_what_was_used_and_placeholders_are_flagged(run_dir, 
     obs = Table.read(copy / "observations.ecsv")
     obs.replace_column("wcs", np.full(len(obs), "header"))
     obs.write(copy / "observations.ecsv", overwrite=True)
+    # as a run through header WCSs would have written them (a table edited by hand is not the run's: refused)
+    record_files(copy, ["observations.ecsv", "provenance.json"])
     config = copy / "plain.toml"
     config.write_text("[report]\nstation = \"XXX\"\n")
     with caplog.at_level("WARNING", logger="ssodetect.report.products"):

@@ -7,7 +7,6 @@ a good run) exactly as it was; a usable-but-odd input gives a warning naming the
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import time
 import shutil
