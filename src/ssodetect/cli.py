@@ -224,7 +224,7 @@ def _evaluate(args) -> int:
     import math
 
     outdir = Path(args.outdir)
-    _refuse_irregular_products(outdir, writing=not args.no_write)
+    _check_run_directory(outdir, writing=not args.no_write)
     obs_path = outdir / "observations.ecsv" if outdir.is_dir() else outdir
     if not (math.isfinite(args.rate_min) and math.isfinite(args.rate_max) and 0 <= args.rate_min < args.rate_max
             and math.isfinite(args.bright)):
@@ -296,10 +296,11 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
-def _refuse_irregular_products(outdir: Path, *, writing: bool = False) -> None:
-    """A named pipe, device or directory in a product's place is never read (a pipe would block): refused, named.
-    ``writing``: a products record not signed with the user's key is refused before any work too (the commit would
-    refuse it after the work, its stage left behind)."""
+def _check_run_directory(outdir: Path, *, writing: bool = False) -> None:
+    """Before ``report`` or ``evaluate`` reads a run directory: its run tables must be those the run wrote (an
+    edited one is refused, named); a named pipe, device or directory in a product's place is never read (a pipe
+    would block); ``writing``: a products record not signed with the user's key is refused before any work too (the
+    commit would refuse it after the work, its stage left behind)."""
     from ssodetect.io.outputs import RECORD as RECORD_NAME, irregular_products, recorded_files
 
     if outdir.is_dir() and writing:
@@ -355,7 +356,7 @@ def _report(args) -> int:
     from ssodetect.report.products import REPORT_FILES, write_reports
 
     outdir = Path(args.outdir)
-    _refuse_irregular_products(outdir, writing=True)
+    _check_run_directory(outdir, writing=True)
     for name in ("observations.ecsv", "objects.ecsv", "provenance.json"):
         if not (outdir / name).is_file():
             raise SSODetectError(f"{outdir}: not a finished ssodetect run ({name} is missing)")

@@ -279,14 +279,12 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
     found = []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
+        here = Path(root).relative_to(directory).as_posix()
         names = sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]
-        if not names and not dirs and Path(root) != directory:
-            relative = Path(root).relative_to(directory).as_posix()
-            if not any(name.startswith(relative + "/") for name in ours):
-                names = [""]  # an empty directory where none of ours lies (made by someone else): theirs
-        for name in names:
-            relative = Path(root, name).relative_to(directory).as_posix() if name else \
-                Path(root).relative_to(directory).as_posix()
+        candidates = [Path(root, name).relative_to(directory).as_posix() for name in names]
+        if not names and not dirs and here != "." and not any(name.startswith(here + "/") for name in ours):
+            candidates = [here]  # an empty directory where none of ours lies (made by someone else): theirs
+        for relative in candidates:
             if relative not in ours:
                 found.append(relative)
                 if len(found) >= limit:
