@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ssodetect import safejson
 from ssodetect._version import __version__
-from ssodetect.errors import SSODetectError
+from ssodetect.errors import RepeatFilter, SSODetectError
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -955,6 +955,7 @@ def main(argv=None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)  # the run may lower the package level so that run.log records progress
+    handler.addFilter(RepeatFilter())  # a warning said again by a later step is printed once
     log.addHandler(handler)
     log.setLevel(level)
     shown = warnings.showwarning

@@ -1,11 +1,13 @@
-"""Exceptions raised for user-facing problems.
+"""Exceptions raised for user-facing problems, and the filter that says each warning once.
 
 Each message is one line that names the offending file (or setting) and what is
 wrong with it; the CLI prints it and exits non-zero.
 """
 from __future__ import annotations
 
-__all__ = ["SSODetectError", "InputError", "ConfigError"]
+import logging
+
+__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter"]
 
 
 class SSODetectError(Exception):
@@ -18,3 +20,21 @@ class InputError(SSODetectError):
 
 class ConfigError(SSODetectError):
     """The configuration file or a command-line setting is invalid."""
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a warning through once: the same warning said again (a frame's flag map read by each step that reads
+    its pixels, the cache key consulted by each step) is neither printed nor counted again."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen: set = set()
+
+    def filter(self, record) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.levelno, record.name, record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True

@@ -682,6 +682,39 @@ def test_damaged_layouts_and_arguments_are_one_line_errors(scene, src, out, tmp_
     assert f"{MAX_TRAILING_BYTES + 2880 * 10} bytes after its last HDU" in line
 
 
+def test_decompression_bombs_are_refused_in_bounded_memory(scene, src, out, tmp_path, capsys):
+    """Sixth campaign: a 100 kB ``.fits.gz`` holding a frame and then gigabytes of zeros was decompressed whole
+    into memory.  Its padding is now counted in the decompressed stream, and an HDU that declares more pixels
+    than any image here may have (a gzip of a declared 10^10 zeros is a few MB) is refused from its header."""
+    import resource
+
+    from ssodetect.io.frames import MAX_HDU_PIXELS, MAX_TRAILING_BYTES
+
+    frame = src / "exp_01.fits"
+    target = src / "exp_01.fits.gz"
+    with gzip.open(target, "wb", compresslevel=1) as handle:
+        handle.write(frame.read_bytes())
+        zeros = bytes(1 << 22)
+        for _ in range((MAX_TRAILING_BYTES >> 22) + 2):  # 8 MB past the limit
+            handle.write(zeros)
+    frame.unlink()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    line = _refused_unchanged(capsys, src, out, target)
+    assert "decompresses to more than" in line and "after its last HDU" in line
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 3 * MAX_TRAILING_BYTES >> 10  # kB
+    side = 1 << 17  # 2^34 pixels declared
+    header = fits.Header({"SIMPLE": True, "BITPIX": 8, "NAXIS": 2, "NAXIS1": side, "NAXIS2": side})
+    with gzip.open(target, "wb", compresslevel=1) as handle:
+        handle.write(header.tostring().encode("ascii"))
+        handle.write(bytes(1 << 20))  # the start of its data: what astropy would allocate the whole of
+    line = _refused_unchanged(capsys, src, out, target)
+    assert f"declares {side * side} pixels" in line and str(MAX_HDU_PIXELS) in line
+    plain = src / "exp_01.fits"
+    target.unlink()
+    plain.write_bytes(header.tostring().encode("ascii"))  # uncompressed and short: refused from its header too
+    assert "declares" in _refused_unchanged(capsys, src, out, plain)
+
+
 def test_a_gzip_frame_named_fits_and_a_float_flag_map_with_nan(scene, src, tmp_path, capsys):
     """D11: a gzip-compressed frame named .fits was called truncated (its compressed size against its layout);
     now it is read (and its CRC checked).  D12: a float FLG map with NaN printed four RuntimeWarnings naming no
@@ -706,7 +739,31 @@ def test_a_gzip_frame_named_fits_and_a_float_flag_map_with_nan(scene, src, tmp_p
         hdul[k] = fits.ImageHDU(flg, header=hdul[k].header, name=names[k])
         shutil.copy(scene / "exp_01.fits", src / "exp_01.fits")
         hdul.writeto(src / "exp_02.fits", overwrite=True)
-    outcome = cli(capsys, "run", src, "--out", tmp_path / "b", "--to-step", "detect")
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "b")  # every step that reads the pixels reads the map
     assert outcome.errors == [] and not any("RuntimeWarning" in line for line in outcome.err), outcome.err
     named = [w for w in outcome.warnings if "exp_02.fits" in w and "FLG" in w and "25 " in w]
-    assert len(named) == 1, outcome.warnings
+    assert len(named) == 1, outcome.warnings  # said once (sixth campaign: printed three times), in run.log too
+    assert sum("FLG of CCD" in line for line in (tmp_path / "b" / "run.log").read_text().splitlines()) == 1
+
+
+def test_a_time_keyword_thousands_of_years_off_is_named_and_not_used(scene, src, tmp_path, capsys):
+    """Sixth campaign: ``MJD-OBS = 1e7`` (the year 29237) printed four ERFA "dubious year" lines naming no file, and
+    put one exposure 27 millennia from the others.  Now the keyword is named, with its file, as unusable, and the
+    frame's DATE-OBS gives its time; with no other time keyword the frame is refused, named."""
+    frame = src / "exp_01.fits"
+    with fits.open(frame, mode="update") as hdul:
+        hdul[0].header["MJD-OBS"] = 1e7
+        assert "DATE-OBS" in hdul[0].header
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "a", "--to-step", "detect")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert not any("Erfa" in line or "dubious" in line for line in outcome.err), outcome.err
+    named = [w for w in outcome.warnings if "exp_01.fits" in w and "MJD-OBS" in w and "year 29237" in w]
+    assert len(named) == 1 and "DATE-OBS" in named[0], outcome.warnings
+    assert not any("apart" in w for w in outcome.warnings), outcome.warnings
+    with fits.open(frame, mode="update") as hdul:
+        for key in [k for k in hdul[0].header if k.startswith(("DATE", "MJD", "JD", "TIME", "UT"))]:
+            del hdul[0].header[key]
+        hdul[0].header["MJD-OBS"] = 1e7
+    line = _refused_unchanged(capsys, src, tmp_path / "b", frame)
+    assert "no usable observation time" in line and "year 29237" in line
+

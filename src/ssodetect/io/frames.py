@@ -186,63 +186,103 @@ def _check_complete(path: Path, hdul: fits.HDUList) -> None:
 
 #: Bytes after a file's last HDU beyond which it is refused before astropy reads them (it holds them in memory,
 #: about twice over, looking for another HDU: a frame with 50 GB of trailing zeros took 14 GB and counting).
+#: Counted in the decompressed stream of a gzip file too (a 50 MB ``.gz`` can hold 50 GB of zeros).
 MAX_TRAILING_BYTES = 1 << 24
 
+#: Pixels one HDU may declare (a 23k x 23k image; a Euclid CCD has 17 million). Astropy allocates what a header
+#: declares once the data are there, and a gzip or tile-compressed file holds a declared 10^10 zeros in a few MB.
+MAX_HDU_PIXELS = 1 << 29
 
-def _hdu_extent(path: Path, size: int) -> int | None:
-    """Bytes the HDUs of an uncompressed FITS file occupy, from their headers alone (2880-byte blocks); None where
-    the headers cannot be walked (left to astropy's own checks)."""
+
+def _declared(cards: dict, prefix: str) -> int:
+    """Product of the ``{prefix}NAXISn`` values of a header's cards (0 for no axes)."""
+    naxis = int(cards.get(f"{prefix}NAXIS", "0"))
+    n = 1 if naxis else 0
+    for axis in range(1, naxis + 1):
+        n *= int(cards.get(f"{prefix}NAXIS{axis}", "0"))
+    return n
+
+
+def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
+    """Bytes the HDUs of a FITS stream occupy, from their headers alone (2880-byte blocks).
+
+    ``handle`` is read forward only (a gzip stream seeks forward by decompressing, without holding what it skips);
+    ``size`` is the stream's length, None where unknown. Returns None where the headers cannot be walked (left to
+    astropy's own checks).
+
+    Raises
+    ------
+    InputError
+        An HDU declares more than :data:`MAX_HDU_PIXELS` pixels (or compressed-image pixels).
+    """
     end = 0
-    with open(path, "rb") as handle:
-        while end < size:
-            handle.seek(end)
-            cards: dict = {}
-            blocks = 0
-            while True:
-                block = handle.read(2880)
-                blocks += 1
-                if len(block) < 2880 or blocks > 1000:
-                    return None if end == 0 else end
-                for k in range(0, 2880, 80):
-                    card = block[k:k + 80].decode("ascii", "replace")
-                    key = card[:8].strip()
-                    if key == "END":
-                        break
-                    if card[8:10] == "= " and key not in cards:
-                        cards[key] = card[10:].split("/")[0].strip()
-                else:
-                    if end > 0 and blocks == 1 and not (block.startswith(b"XTENSION") or block.strip(b" ")):
-                        return end  # not a header: what follows the last HDU
-                    continue
-                break
-            if end > 0 and "XTENSION" not in cards:
-                return end
-            try:
-                naxis = int(cards.get("NAXIS", "0"))
-                bitpix = abs(int(cards.get("BITPIX", "8")))
-                n = 1 if naxis else 0
-                for axis in range(1, naxis + 1):
-                    n *= int(cards.get(f"NAXIS{axis}", "0"))
-                n = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0")) + n)
-            except ValueError:
-                return None
-            end += blocks * 2880 + -(-(n * bitpix // 8) // 2880) * 2880
+    index = 0
+    while size is None or end < size:
+        handle.seek(end)
+        cards: dict = {}
+        blocks = 0
+        while True:
+            block = handle.read(2880)
+            blocks += 1
+            if len(block) < 2880 or blocks > 1000:
+                return None if end == 0 else end
+            for k in range(0, 2880, 80):
+                card = block[k:k + 80].decode("ascii", "replace")
+                key = card[:8].strip()
+                if key == "END":
+                    break
+                if card[8:10] == "= " and key not in cards:
+                    cards[key] = card[10:].split("/")[0].strip()
+            else:
+                if end > 0 and blocks == 1 and not (block.startswith(b"XTENSION") or block.strip(b" ")):
+                    return end  # not a header: what follows the last HDU
+                continue
+            break
+        if end > 0 and "XTENSION" not in cards:
+            return end
+        try:
+            bitpix = abs(int(cards.get("BITPIX", "8")))
+            n = _declared(cards, "")
+            pixels = max(n if "ZNAXIS" not in cards else 0, _declared(cards, "Z") if "ZNAXIS" in cards else 0)
+            n = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0")) + n)
+        except ValueError:
+            return None
+        if pixels > MAX_HDU_PIXELS:
+            raise InputError(f"{path}: HDU {index} declares {pixels} pixels, more than the {MAX_HDU_PIXELS} one "
+                             "image may have here (a damaged header or a decompression bomb)")
+        end += blocks * 2880 + -(-(n * bitpix // 8) // 2880) * 2880
+        index += 1
     return end
 
 
+def _is_gzip(path: Path) -> bool:
+    """Whether a file is gzip-compressed, by its magic bytes (whatever its name)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
 def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
-    """Raise if a gzip-compressed file fails its CRC or ends early (astropy may stop reading before the check)."""
-    if path.suffix.lower() != ".gz":
-        try:
-            with open(path, "rb") as handle:
-                if handle.read(2) != b"\x1f\x8b":
-                    return  # (gzip under a plain name is read by its magic bytes: checked too)
-        except OSError:
-            return
+    """Raise if a gzip-compressed file fails its CRC, ends early (astropy may stop reading before the check), or
+    decompresses to more than :data:`MAX_TRAILING_BYTES` after its last HDU; read as a stream, in bounded memory."""
+    if not _is_gzip(path):
+        if path.suffix.lower() == ".gz":
+            raise InputError(f"{path}: damaged gzip file (named .gz, but not gzip-compressed)")
+        return
     try:
         with gzip.open(path, "rb") as handle:
-            while handle.read(chunk):
-                pass
+            extent = _hdu_extent(path, handle, None)
+            trailing = handle.tell() - extent if extent is not None else 0
+            while block := handle.read(chunk):
+                if extent is None:
+                    continue
+                trailing += len(block)
+                if trailing > MAX_TRAILING_BYTES:
+                    raise InputError(f"{path}: decompresses to more than {MAX_TRAILING_BYTES} bytes after its last "
+                                     f"HDU ({extent} bytes of FITS): not a FITS file as written (padded, damaged "
+                                     "or a decompression bomb)")
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{path}: damaged gzip file ({exc})") from None
 
@@ -264,17 +304,14 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
 
 
 def _check_trailing(path: Path) -> None:
-    """Refuse an uncompressed file with more than :data:`MAX_TRAILING_BYTES` after its last HDU."""
-    if path.suffix.lower() in (".gz", ".fz", ".bz2"):
-        return
+    """Refuse an uncompressed file with more than :data:`MAX_TRAILING_BYTES` after its last HDU, or an HDU that
+    declares more than :data:`MAX_HDU_PIXELS` pixels (tile-compressed images included)."""
+    if _is_gzip(path) or path.suffix.lower() == ".bz2":
+        return  # gzip: checked as a stream by _check_gzip
     try:
         size = path.stat().st_size
-        if size <= MAX_TRAILING_BYTES:
-            return
         with open(path, "rb") as handle:
-            if handle.read(2) == b"\x1f\x8b":
-                return  # gzip-compressed under another name: astropy decompresses it
-        extent = _hdu_extent(path, size)
+            extent = _hdu_extent(path, handle, size)
     except OSError:
         return
     if extent is not None and size - extent > MAX_TRAILING_BYTES:

@@ -25,6 +25,7 @@ from astropy.io import fits
 from astropy import units as u
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
+from erfa import ErfaWarning
 
 from ssodetect.config import IOConfig
 
@@ -142,6 +143,25 @@ def _time_scale(header: fits.Header) -> str:
     return {"utc": "utc", "tt": "tt", "tdb": "tdb", "tai": "tai", "gps": "tai"}.get(scale, "utc")
 
 
+#: Years an observation time may fall in (photographic plates to the far future); outside them a time keyword
+#: is damaged (``MJD-OBS = 1e7`` is the year 29238), and is not used.
+PLAUSIBLE_YEARS = (1800, 2300)
+
+
+def _plausible_utc(t: Time, offset: float, what: str) -> Time:
+    """``t`` + ``offset`` seconds as UTC (ISO format), refused outside :data:`PLAUSIBLE_YEARS`; ERFA's "dubious year" warnings (a year
+    outside its leap-second table) are kept from printing lines that name no file: the caller names it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ErfaWarning)
+        t = t + offset * u.s
+        year = float(t.tt.jyear)
+        if not (np.isfinite(year) and PLAUSIBLE_YEARS[0] <= year <= PLAUSIBLE_YEARS[1]):
+            raise ValueError(f"{what} is the year {year:.0f}, outside {PLAUSIBLE_YEARS[0]}-{PLAUSIBLE_YEARS[1]}")
+        mid = t.utc
+    mid.format = "isot"
+    return mid
+
+
 def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.Header | None = None) -> ObservationTime:
     """Mid-exposure UTC time and exposure length from a header.
 
@@ -209,8 +229,12 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
             continue
         kind = _reference_kind(key.split("+")[0], comment, config.time_reference)
         offset = {"start": 0.5, "mid": 0.0, "end": -0.5}[kind] * exptime
-        mid = (t + offset * u.s).utc
-        mid.format = "isot"
+        try:
+            mid = _plausible_utc(t, offset, f"{value!r}")
+        except ValueError as exc:
+            if found is None:
+                problems.append(f"{key}: {exc}")
+            continue
         if found is None:
             found = ObservationTime(mid=mid, exptime=exptime, source=f"{key} ({kind} of exposure)")
         elif abs(float((mid - found.mid).to_value(u.s))) > TIME_AGREEMENT_S:

@@ -29,7 +29,7 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config, dump_toml
 from ssodetect.calibrate import build_calibration
 from ssodetect.detect import kernels_cold
-from ssodetect.errors import ConfigError, InputError
+from ssodetect.errors import ConfigError, InputError, RepeatFilter
 from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
@@ -687,6 +687,7 @@ def run_pipeline(
     package_log = logging.getLogger("ssodetect")
     saved_level = package_log.level
     counter = _WarningCount()
+    counter.addFilter(RepeatFilter())
     package_log.addHandler(counter)
     if stage is not None:
         if package_log.getEffectiveLevel() > logging.INFO:
@@ -694,6 +695,7 @@ def run_pipeline(
         handler = logging.FileHandler(stage.file("run.log"))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
+        handler.addFilter(RepeatFilter())
         package_log.addHandler(handler)
     step_logs: list = []
     ctx = None
@@ -816,6 +818,7 @@ def _step_log(stage: OutputStage | None, name: str) -> logging.Handler | None:
     handler = logging.FileHandler(folder / f"{name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
+    handler.addFilter(RepeatFilter())
     logging.getLogger("ssodetect").addHandler(handler)
     return handler
 
