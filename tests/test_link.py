@@ -730,3 +730,47 @@ def test_chance_probability_of_a_long_tracklet_does_not_underflow():
         assert _product_probability(p) == pytest.approx(direct, rel=1e-9)
     tiny = _product_probability(np.full(58, 1e-6))
     assert 0.0 < tiny < 1e-200 and _product_probability(np.ones(3)) == 1.0
+
+
+def test_a_poorly_measured_neighbour_does_not_make_a_slow_mover_static():
+    """Member 294: a V 20.3 mover at 0.8"/h was static in two of its four exposures because a blend 1.3-2.3" away,
+    fitted as a "trail" 66 px wide with a 1.2" position error, matched it within the blend's width and error.  A
+    counterpart's error now counts up to the detection's own, and a trail's width up to TRAIL_WIDTH_CAP times the
+    point sources' (the PSF's); the blend itself, and a star's four precise detections, stay static."""
+    from astropy.table import Table
+
+    from ssodetect.astrometry.tangent import TangentPlane
+    from ssodetect.config import Config
+    from ssodetect.link.movers import TRAIL_WIDTH_CAP, select_candidates
+
+    scale, n = 0.1, 4
+    t = np.arange(n) * 1100.0 / 3600.0
+    rows = []
+
+    def add(e, dx, dy, kind="point", b=0.8, a=0.8, err=0.01, length=0.0):
+        rows.append({"x": 1000.0 + dx / scale, "y": 1000.0 + dy / scale, "kind": kind, "length": length, "a": a,
+                     "b": b, "theta": 0.0, "snr": 100.0, "flux": 20000.0, "flux_err": 200.0, "mag": 20.3,
+                     "mag_err": 0.01, "edge_cut": False, "edge_fit": False, "near_mask": False,
+                     "ra": 150.0 + dx / 3600.0 / math.cos(math.radians(2.0)), "dec": 2.0 + dy / 3600.0,
+                     "ra_err": err, "dec_err": err, "pixel_scale": scale, "mjd": 60000.0 + t[e] / 24.0,
+                     "exposure": e, "ccd": "1", "exptime": 566.0, "trail_arcsec": length * scale})
+
+    for e in range(n):
+        add(e, 0.8 * t[e], 0.0)  # the mover, 0.8"/h: 0.24" between exposures
+        add(e, 30.0, 30.0)  # a star
+        add(e, 30.0 + (1.5 if e == 1 else 0.0), 30.0, err=1.2 if e == 1 else 0.01)  # a star, badly measured once
+        for k in range(8):  # the point sources that give the PSF's width
+            add(e, -30.0 + 3.0 * k, -30.0)
+    # a blend beside the mover's later positions, in exposures 0 and 1: a 445 px "trail" 66 px wide, 1.2" error
+    for e in (0, 1):
+        add(e, 0.8 * t[2] + 1.3, 0.0, kind="trail", a=145.0, b=66.0, err=1.2, length=445.0)
+    det = Table(rows)
+    cand = select_candidates(det, Config(), TangentPlane(150.0, 2.0), 60000.0)
+    mover = np.isclose(cand["y"], 1000.0) & (cand["kind"] == "point")
+    assert mover.sum() == n and not np.any(cand["static"][mover]), cand["static"][mover]
+    star = np.isclose(cand["x"], 1300.0) & np.isclose(cand["y"], 1300.0)
+    assert np.all(cand["static"][star])
+    fuzzy = np.isclose(cand["x"], 1315.0)
+    assert fuzzy.sum() == 1 and cand["static"][fuzzy][0]  # the poor measurement still matches the precise ones
+    wide = cand["kind"] == "trail"
+    assert np.allclose(cand["size"][wide], TRAIL_WIDTH_CAP * 0.8 * scale)

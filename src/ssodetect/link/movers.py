@@ -133,7 +133,7 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     # (a trail's length says how far it moved, not where a static counterpart could sit)
     # (and nothing for point sources, whose isophotal size grows with brightness, not with centroid jitter)
     kind = np.asarray(cand["kind"])
-    extent = np.where(kind == "trail", np.asarray(cand["b"]), np.where(kind == "extended", np.asarray(cand["a"]), 0.0))
+    extent = np.where(kind == "trail", _trail_widths(cand), np.where(kind == "extended", np.asarray(cand["a"]), 0.0))
     cand["size"] = extent * np.asarray(cand["pixel_scale"])
     static_report: dict = {}
     cand["static"] = static_on_sky(
@@ -185,6 +185,25 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         cand["sigma"][w] = np.hypot(np.asarray(cand["sigma"], float)[w], extra)
         _widen_flux(cand, w[~core_masked[w]])
     return cand
+
+
+#: A trail's width counts for the static match up to this many times the median width of the point sources of its
+#: CCD image (the PSF's): a blend fitted as a "trail" 66 px wide (member 294: a bright star's spikes and neighbours in
+#: one 18,000 px footprint) otherwise made every source within 3.3" of it static, a slow V 20 mover among them.
+TRAIL_WIDTH_CAP = 3.0
+
+
+def _trail_widths(cand: Table) -> np.ndarray:
+    """Minor-axis rms ``b`` [px] of each detection, capped at :data:`TRAIL_WIDTH_CAP` times the median ``b`` of the
+    point sources of its exposure and CCD (uncapped where that image has none)."""
+    b = np.asarray(cand["b"], float).copy()
+    point = np.asarray(cand["kind"]) == "point"
+    image = np.char.add(np.asarray(cand["exposure"]).astype(str), np.char.add("/", np.asarray(cand["ccd"]).astype(str)))
+    for name in np.unique(image):
+        rows = image == name
+        if np.any(rows & point):
+            b[rows] = np.minimum(b[rows], TRAIL_WIDTH_CAP * float(np.median(b[rows & point])))
+    return b
 
 
 def _widen_flux(cand: Table, rows: np.ndarray) -> None:

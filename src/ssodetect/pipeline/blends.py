@@ -114,7 +114,10 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     bsel = np.isin(bkind, ("point", "trail", "extended")) & np.isfinite(np.asarray(detections["ra"], float))
     blends = detections[bsel]
     bxi, beta = plane.to_plane(np.asarray(blends["ra"], float), np.asarray(blends["dec"], float))
-    bsize = 2.5 * np.asarray(blends["a"], float) * np.asarray(blends["pixel_scale"], float)
+    # how far from a blend's centroid a merged mover may sit: a few times its rms size, or anywhere in its footprint
+    # (a V 23 mover 10.7 px from the centre of a G 17.5 star, inside its 263 px footprint: member 294)
+    footprint = np.sqrt(np.clip(np.nan_to_num(np.asarray(blends["npix"], float)), 0.0, None) / math.pi)
+    bsize = np.maximum(2.5 * np.asarray(blends["a"], float), footprint) * np.asarray(blends["pixel_scale"], float)
     proposals, pstats = propose_pairs(
         np.asarray(candidates["exposure"]), np.asarray(candidates["ccd"]).astype(str), ct, cxi, ceta,
         np.asarray(candidates["sigma"], float), np.asarray(candidates["flux"], float),
