@@ -35,3 +35,24 @@ def test_invalid_values_are_errors(tmp_path):
     path.write_text("not toml [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text, setting", [
+    ('[report]\ncomment = "line1\\nline2|x\\n# version=2017"\n', "comment"),
+    ('[report]\ntelescope_name = "T\\nCOD 500"\n', "telescope_name"),
+    ('[report]\nsubmitter = "a\\u0000b"\n', "submitter"),
+    ('[report]\nobservers = ["A. Observer", "B.\\tTab"]\n', "observers"),
+    ('[report]\nband = "V|X"\n', "band"),
+    ("[detect]\nbackground_box = 1000000000\n", "background_box"),
+    ("[detect]\ndeblend_nthresh = 100000000\n", "deblend_nthresh"),
+    ("[execution]\nworkers = 100000\n", "workers"),
+])
+def test_settings_that_break_a_report_or_the_machine_are_refused_at_load(tmp_path, text, setting):
+    """Seventh campaign: a newline in [report] free text was written raw into the ADES PSV and MPC files (extra
+    lines, a second version header), a NUL made observations.xml ill-formed, band = "V|X" added a PSV field (exit 3
+    after the whole run), background_box = 1e9 was a MemoryError and deblend_nthresh = 1e8 killed the process
+    (SIGABRT in sep).  Each is refused when the configuration is read, naming the setting."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=setting):
+        load_config(path)

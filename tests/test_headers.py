@@ -188,3 +188,41 @@ def test_merged_header_prefers_the_extension_and_fills_from_the_primary():
     assert merged["EXPTIME"] == 50.0 and merged["FILTER"] == "r" and merged["CCDID"] == "1-1"
     assert list(merged["COMMENT"]) == ["kept"] and "HISTORY" not in merged
     assert merge_headers(ext) == ext
+
+
+@pytest.mark.parametrize("timesys, offset, note", [("UTC", 0.0, None), ("TAI", -37.0, None), ("GPS", -18.0, None),
+                                                   ("TT", -69.184, None), ("UT1", 0.0, "read as UTC"),
+                                                   ("MARS", 0.0, "not a time scale")])
+def test_time_scales_are_read_or_named(timesys, offset, note):
+    """Seventh campaign: TIMESYS = 'GPS' was read as TAI (19 s off) and an unknown TIMESYS silently as UTC."""
+    h = fits.Header({"DATE-OBS": "2026-03-21T00:00:00", "EXPTIME": 0.0, "TIMESYS": timesys})
+    obs = observation_time(h, IOConfig())
+    assert (obs.mid - Time("2026-03-21T00:00:00", scale="utc")).sec == pytest.approx(offset, abs=1e-3)
+    assert (note is None and not obs.notes) or (note is not None and any(note in n for n in obs.notes)), obs.notes
+
+
+@pytest.mark.parametrize("card, value, said", [("DATE-OBS", "0001-01-01T00:00:00", "year 1,"),
+                                               ("DATE-OBS", "9999-12-31T00:00:00", "year 10000"),
+                                               ("EXPTIME", 1e-300, "exposure time"),
+                                               ("EXPTIME", 1e300, "exposure time")])
+def test_absurd_times_are_refused_naming_the_keyword_without_library_warnings(card, value, said, recwarn):
+    """Seventh campaign: year 1 or 9999 printed ERFA "dubious year" lines naming no file; EXPTIME = 1e-300 overflowed
+    magnitudes later, and EXPTIME = 1e300 was blamed on the date."""
+    h = fits.Header({"DATE-OBS": "2026-03-21T00:00:00", "EXPTIME": 10.0})
+    h[card] = value
+    with pytest.raises(ValueError, match=said):
+        observation_time(h, IOConfig())
+    assert not [w for w in recwarn if "dubious" in str(w.message)]
+
+
+def test_a_distortion_that_cannot_be_inverted_makes_the_header_wcs_unusable():
+    """Seventh campaign's D1: SIP A_2_0 = 0.01 on a 512 px image (the distortion folds it over) made astropy's
+    all_world2pix raise NoConvergence in the astrometry step: exit 3.  A usable SIP passes."""
+    h = fits.Header({"CTYPE1": "RA---TAN-SIP", "CTYPE2": "DEC--TAN-SIP", "CRVAL1": 150.0, "CRVAL2": 2.0,
+                     "CRPIX1": 256.0, "CRPIX2": 256.0, "CD1_1": -2.8e-5, "CD2_2": 2.8e-5, "CD1_2": 0.0, "CD2_1": 0.0,
+                     "A_ORDER": 2, "B_ORDER": 2, "A_2_0": 1e-2, "B_0_2": -1e-2})
+    wcs, problem = celestial_wcs(h, shape=(512, 512))
+    assert wcs is None and "cannot be inverted" in problem
+    h["A_2_0"], h["B_0_2"] = 1e-7, -1e-7
+    wcs, problem = celestial_wcs(h, shape=(512, 512))
+    assert wcs is not None and problem == ""

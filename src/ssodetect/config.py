@@ -156,13 +156,13 @@ class CleanConfig(_Section):
 class DetectConfig(_Section):
     """Background, source extraction and per-detection classification."""
 
-    background_box: int = Field(default=64, ge=8, description="Background mesh size [px].")
-    background_filter: int = Field(default=3, ge=1, description="Median filter size on the background mesh [meshes].")
+    background_box: int = Field(default=64, ge=8, le=4096, description="Background mesh size [px].")
+    background_filter: int = Field(default=3, ge=1, le=63, description="Median filter size on the background mesh [meshes].")
     threshold: float = Field(
         default=3.8, gt=0, description="Detection threshold in sigma of the PSF-matched-filtered image."
     )
     min_area: int = Field(default=3, ge=1, le=1_000_000, description="Minimum connected pixels above threshold.")
-    deblend_nthresh: int = Field(default=32, ge=1, description="sep deblending levels.")
+    deblend_nthresh: int = Field(default=32, ge=1, le=1024, description="sep deblending levels.")
     deblend_cont: float = Field(default=0.005, ge=0, le=1, description="sep deblending contrast.")
     halo_npix: int = Field(
         default=400, ge=0,
@@ -498,6 +498,16 @@ class ReportConfig(_Section):
             raise ValueError(f"station {value!r} is not an MPC observatory code: three characters, digits and capital "
                              "letters (e.g. 500, I41, X05; XXX: from the headers)")
         return value
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line_of_text(cls, value, info):
+        # a newline or NUL in a header text broke the ADES PSV into extra lines and made the XML ill-formed
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in item):
+                raise ValueError(f"{item!r} holds a control character (a newline, a tab, NUL...): one line of "
+                                 "printable text")
+        return value
+
     submitter: str = Field(default="ssodetect user", description="Submitter name for the ADES header.")
     institution: str = Field(default="", description="Submitter's institution (ADES submitter/institution).")
     observers: list[str] = Field(default=[], description="Observers' names (ADES observers).")
@@ -519,7 +529,8 @@ class ReportConfig(_Section):
                                "frames); UNK: unknown (a warning).")
     photcat: str = Field(default="Gaia3", description="Photometric catalogue of a zero point fitted to the reference "
                          "catalogue (ADES photCat; empty: not written; never written for a header zero point).")
-    band: str = Field(default="", description="Photometric band for ADES (empty: the image filter keyword).")
+    band: str = Field(default="", pattern=r"^[A-Za-z0-9_]{0,4}$",
+                      description="Photometric band for ADES (empty: the image filter keyword).")
     time_decimals: int = Field(
         default=3, ge=0, le=6,
         description="Digits of seconds in obsTime: the precision of the frames' timing (3 = 1 ms; 0 = whole seconds).",
@@ -554,7 +565,7 @@ class StackConfig(_Section):
         default=0.5, gt=0, le=2, description="Velocity grid step: neighbouring grid trajectories part by at most this "
         "fraction of the PSF FWHM over the sequence across the motion (of FWHM + trail length along it).",
     )
-    block: int = Field(default=512, ge=1, description="Trajectories evaluated per kernel call (memory is bounded by the "
+    block: int = Field(default=512, ge=1, le=65536, description="Trajectories evaluated per kernel call (memory is bounded by the "
                        "psi/phi images of one kernel group, not by the number of trajectories).")
     backend: Literal["auto", "numba", "torch"] = Field(
         default="auto", description="Stack kernel: numba (CPU), torch (PyTorch from the [ml] extra; a CUDA GPU when "
@@ -575,7 +586,7 @@ class MLConfig(_Section):
     model: str = Field(default="builtin", description="Model file from 'ssodetect ml train'; builtin: the model shipped "
                        "with the package (Euclid-like 4-exposure sequences, 0.5-80\"/h).")
     threshold: float = Field(default=0.5, ge=0, le=1, description="Smallest mover probability kept.")
-    batch: int = Field(default=256, ge=1, description="Sequences per inference batch.")
+    batch: int = Field(default=256, ge=1, le=65536, description="Sequences per inference batch.")
 
 
 class KnownConfig(_Section):
@@ -614,7 +625,7 @@ class KnownConfig(_Section):
 class ExecutionConfig(_Section):
     """Where per-CCD work runs."""
 
-    workers: int = Field(default=1, ge=1, description="Local worker processes (1 = serial; >1 = Dask LocalCluster).")
+    workers: int = Field(default=1, ge=1, le=256, description="Local worker processes (1 = serial; >1 = Dask LocalCluster).")
     scheduler: str = Field(default="", description="Address of a running Dask scheduler (overrides workers).")
     progress: bool = Field(default=True, description="Show a progress bar on the terminal.")
 

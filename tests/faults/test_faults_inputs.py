@@ -767,3 +767,98 @@ def test_a_time_keyword_thousands_of_years_off_is_named_and_not_used(scene, src,
     line = _refused_unchanged(capsys, src, tmp_path / "b", frame)
     assert "no usable observation time" in line and "year 29237" in line
 
+
+
+@pytest.mark.parametrize("card, value, said", [("MAGZERO", 1e30, "MAGZERO = 1e+30 is not a zero point"),
+                                               ("SATURATE", -1.0, "SATURATE = -1.0 is not a positive saturation")])
+def test_an_absurd_zero_point_or_saturation_level_is_named_and_not_used(scene, src, tmp_path, capsys, card, value,
+                                                                         said):
+    """Seventh campaign: MAGZERO = 1e30 on one frame was used silently (its magnitudes vanished from the reports,
+    its reference stars all "saturated"), SATURATE = -1 masked every pixel ("all NaN or masked; skipped").  Now the
+    keyword is named with its file and the default taken (saturation: not masked from it)."""
+    frame = src / "exp_01.fits"
+    with fits.open(frame, mode="update") as hdul:
+        hdul[0].header[card] = value
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "a", "--to-step", "detect")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    named = [w for w in outcome.warnings if "exp_01.fits" in w and said in w]
+    assert len(named) == 1, outcome.warnings
+    assert not any("masked; skipped" in w for w in outcome.warnings), outcome.warnings
+
+
+def test_two_extensions_of_one_name_are_refused(src, out, capsys):
+    """Seventh campaign's D12: a second HDU named 1-1.SCI (a stray constant image) was read instead of the CCD's,
+    which was then skipped as constant."""
+    frame = src / "exp_01.fits"
+    with fits.open(frame) as hdul:
+        sci = next(h for h in hdul if str(h.header.get("EXTNAME", "")).endswith(".SCI"))
+        extra = fits.ImageHDU(np.zeros_like(sci.data) + 7.0, header=sci.header.copy())
+        name = sci.header["EXTNAME"]
+        hdul.append(extra)
+        hdul.writeto(src / "tmp.fits")
+    os.replace(src / "tmp.fits", frame)
+    line = _refused_unchanged(capsys, src, out, frame)
+    assert "both named" in line and name in line
+
+
+def test_a_compressed_image_whose_size_lies_and_empty_paths_are_one_line_errors(scene, src, out, tmp_path, capsys):
+    """Seventh campaign: a .fz frame whose ZNAXIS1 disagrees with its tiles was an IndexError (exit 3); an empty
+    input argument scanned the working directory, an empty --out named an empty path."""
+    frame = src / "exp_01.fits"
+    with fits.open(frame) as hdul:
+        hdus = [fits.PrimaryHDU(header=hdul[0].header)]
+        for h in hdul[1:]:
+            hdus.append(fits.CompImageHDU(np.asarray(h.data, np.float32), header=h.header))
+        fits.HDUList(hdus).writeto(src / "exp_01.fz")
+    frame.unlink()
+    data = bytearray((src / "exp_01.fz").read_bytes())
+    at = data.index(b"ZNAXIS1 =")
+    data[at:at + 30] = b"ZNAXIS1 =               400000"
+    (src / "exp_01.fz").write_bytes(bytes(data))
+    outcome = cli(capsys, "run", src, "--out", out)
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "exp_01.fz" in outcome.errors[0], outcome.err
+    assert "internal error" not in outcome.errors[0]
+    outcome = cli(capsys, "run", "", "--out", tmp_path / "b")
+    assert outcome.code == 2 and outcome.errors == ["ssodetect: error: '': an empty input path"], outcome.err
+    outcome = cli(capsys, "run", scene, "--out", "")
+    assert outcome.code == 2 and len(outcome.errors) == 1 and "empty output" in outcome.errors[0], outcome.err
+
+
+def test_a_distortion_that_folds_the_image_is_an_unusable_wcs_not_an_internal_error(scene, src, tmp_path, capsys):
+    """Seventh campaign's D1: SIP coefficients of 0.01 on one frame were astropy's NoConvergence in the astrometry
+    step (exit 3)."""
+    frame = src / "exp_01.fits"
+    with fits.open(frame, mode="update") as hdul:
+        for h in hdul[1:]:
+            if str(h.header.get("EXTNAME", "")).endswith(".SCI"):
+                h.header.update(CTYPE1="RA---TAN-SIP", CTYPE2="DEC--TAN-SIP", A_ORDER=2, B_ORDER=2, A_2_0=1e-2,
+                                B_0_2=-1e-2)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "a", "--refcat", scene / "refcat.ecsv", "--to-step",
+                  "astrometry")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert any("exp_01.fits" in w and "cannot be inverted" in w for w in outcome.warnings), outcome.warnings
+
+
+def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path):
+    """Seventh campaign's D23: a catalogue in radians (``unit: rad`` declared) was read as degrees ("no star near any
+    CCD's header footprint"); a unit that is no angle is refused, and so is a catalogue with no usable row."""
+    from astropy import units as u
+
+    from ssodetect.astrometry.refcat import load_reference_catalogue
+    from ssodetect.errors import InputError
+
+    ref = Table.read(scene / "refcat.ecsv")
+    rad = ref.copy()
+    rad["ra"] = np.radians(np.asarray(ref["ra"], float)) * u.rad
+    rad["dec"] = np.radians(np.asarray(ref["dec"], float)) * u.rad
+    rad.write(tmp_path / "rad.ecsv")
+    back = load_reference_catalogue(tmp_path / "rad.ecsv")
+    assert np.allclose(back["ra"], ref["ra"], atol=1e-9) and np.allclose(back["dec"], ref["dec"], atol=1e-9)
+    rad["ra"].unit = u.m
+    rad.write(tmp_path / "m.ecsv")
+    with pytest.raises(InputError, match="column ra is in m"):
+        load_reference_catalogue(tmp_path / "m.ecsv")
+    ref["phot_g_mean_mag"] = np.nan
+    ref.write(tmp_path / "nan.ecsv")
+    with pytest.raises(InputError, match="no row with a finite position and magnitude"):
+        load_reference_catalogue(tmp_path / "nan.ecsv")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from faultkit import RECORD, cli, copy_inputs, copy_run, files, leftovers, recorded, snapshot, write_record
-from ssodetect.io.outputs import STAGE_MARKER
+from ssodetect.io.outputs import STAGE_MARKER, stage_marker_text
 
 #: Products of a complete run that every rerun of the scene writes again.
 CORE = {"objects.ecsv", "observations.ecsv", "manifest.json", "config.toml", "run.log", RECORD}
@@ -415,7 +415,7 @@ def _left_by_a_killed_command(directory):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     directory.chmod(0o700)
-    (directory / STAGE_MARKER).write_text(f"{child.pid}\n")
+    (directory / STAGE_MARKER).write_text(stage_marker_text(directory, child.pid))
 
 
 def test_stale_working_directories_are_removed(good_run, scene, tmp_path, capsys):
@@ -765,9 +765,18 @@ def test_a_directory_named_and_marked_like_a_stage_but_not_left_by_a_command_is_
     live.mkdir()
     live.chmod(0o700)
     (live / STAGE_MARKER).write_text(f"{os.getppid()}\n")  # a command still running
+    # the seventh campaign's D13: private, a dead process's id, the user's notes inside, the marker unsigned
+    forged = tmp_path / ".out.stage-dead0001"
+    forged.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    forged.chmod(0o700)
+    (forged / STAGE_MARKER).write_text(f"{child.pid}\n")
+    (forged / "mynotes.txt").write_text("notes")
     outcome = cli(capsys, "run", scene, "--out", out)
     assert outcome.code in (0, 1) and outcome.errors == [], outcome.err
     assert (planted / "thesis.tex").read_text() == "mine" and live.is_dir()
+    assert (forged / "mynotes.txt").read_text() == "notes"
     # the stage's marker is gone from the committed run and never listed as a product (the re-verification's N50)
     assert not (out / STAGE_MARKER).exists()
     assert STAGE_MARKER not in json.loads((out / "manifest.json").read_text())["products"]

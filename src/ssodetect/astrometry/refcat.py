@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.time import Time
@@ -41,6 +42,26 @@ log = logging.getLogger(__name__)
 REFCAT_REQUIRED = ("ra", "dec", "phot_g_mean_mag")
 #: Optional columns and the value taken when absent.
 REFCAT_DEFAULTS = {"pmra": 0.0, "pmdec": 0.0, "ra_error": 10.0, "dec_error": 10.0, "ref_epoch": 2016.0}
+
+#: The units the columns are used in; a column that declares another unit is converted (a catalogue in radians was
+#: read as degrees: no star near the field), one whose unit does not convert is refused.
+REFCAT_UNITS = {"ra": u.deg, "dec": u.deg, "pmra": u.mas / u.yr, "pmdec": u.mas / u.yr, "ra_error": u.mas,
+                "dec_error": u.mas, "phot_g_mean_mag": u.mag}
+
+
+def _to_units(table: Table, path: Path) -> None:
+    """Convert, in place, the columns of :data:`REFCAT_UNITS` that declare another unit to theirs."""
+    for name, unit in REFCAT_UNITS.items():
+        declared = getattr(table[name], "unit", None) if name in table.colnames else None
+        if declared is None or declared == unit:
+            continue
+        try:
+            factor = (1.0 * declared).to_value(unit)
+        except (u.UnitsError, ValueError, TypeError):
+            raise InputError(f"{path}: column {name} is in {declared}, which is not {unit}") from None
+        table[name] = np.asarray(table[name], float) * factor
+        table[name].unit = unit
+
 
 _LDAC_TO_GAIA = {"X_WORLD": "ra", "Y_WORLD": "dec", "MAG": "phot_g_mean_mag", "PMALPHA": "pmra", "PMDELTA": "pmdec"}
 
@@ -131,6 +152,7 @@ def load_reference_catalogue(path: str | Path) -> Table:
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")
+    _to_units(table, path)
     good = np.ones(len(table), bool)
     for name, default in REFCAT_DEFAULTS.items():
         if name not in table.colnames:
@@ -145,6 +167,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
     for name in REFCAT_REQUIRED:
         good &= np.isfinite(np.asarray(table[name], float))
     if not good.all():
+        if not good.any():  # (with every row ignored, the run would blame the field's position on the sky)
+            raise InputError(f"{path}: no row with a finite position and magnitude ({len(table)} rows)")
         log.info("%s: %d rows without a finite position, magnitude, proper motion or error ignored", path,
                  int((~good).sum()))
         table = table[good]

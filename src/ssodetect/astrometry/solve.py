@@ -28,6 +28,7 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.astrometry.wcsfit import MatchedStars, WCSSolution, fit_wcs, max_order_for, polynomial_terms
 from ssodetect.astrometry.zeropoint import fit_zeropoint
 from ssodetect.config import AstrometryConfig
+from ssodetect.io.headers import world_to_pixels
 
 __all__ = ["ExposureStars", "ExposureSolution", "star_like", "solve_ccd", "pixel_scale", "reference_at", "SOLUTION_COLUMNS"]
 
@@ -190,7 +191,7 @@ def _match_through_header(src: Table, ref: _Reference, item: ExposureStars, cfg:
     near = np.nonzero(np.hypot(px, py) < reach)[0]
     if near.size < cfg.min_stars:
         return None, f"only {near.size} reference stars near the header footprint (need {cfg.min_stars})"
-    x, y = wcs.all_world2pix(ref.ra[near], ref.dec[near], 0)
+    x, y = world_to_pixels(wcs, ref.ra[near], ref.dec[near])  # NaN (not inside) where it does not converge
     margin = cfg.max_pointing_error / scale + half_diag * math.radians(cfg.max_rotation) + 10.0
     inside = (x > -margin) & (x < nx + margin) & (y > -margin) & (y < ny + margin)
     mags = _source_mags(src, item.exptime, item.zeropoint)

@@ -148,6 +148,8 @@ def find_inputs(inputs) -> list[Path]:
     """
     paths: list[Path] = []
     for item in inputs:
+        if not str(item).strip():  # Path("") is the working directory: never what an empty argument meant
+            raise InputError(f"{str(item)!r}: an empty input path")
         item = Path(item)
         if item.is_dir():
             found = sorted({Path(p) for pat in FITS_PATTERNS for p in glob.glob(str(item / pat))})
@@ -369,7 +371,12 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
                 if not hdu.is_image:
                     raise InputError(f"{path}: HDU {i} ({_text(hdu.header.get('EXTNAME'))}) is not an image "
                                      f"(XTENSION = {_text(hdu.header.get('XTENSION'))!r})")
-                named.setdefault(match.group("ccd"), {})[match.group("kind").upper()] = i
+                kinds = named.setdefault(match.group("ccd"), {})
+                kind = match.group("kind").upper()
+                if kind in kinds:  # the last one would win silently (a stray copy read instead of the image)
+                    raise InputError(f"{path}: HDUs {kinds[kind]} and {i} are both named "
+                                     f"{_text(hdu.header.get('EXTNAME'))!r}: which one is the CCD's is ambiguous")
+                kinds[kind] = i
         refs: list[CCDRef] = []
         if named:
             layout = [(ccd, kinds["SCI"], kinds.get("RMS"), kinds.get("FLG")) for ccd, kinds in named.items() if "SCI" in kinds]
@@ -412,6 +419,11 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
                 noted.add(bad_gain)
                 log.warning("%s: %s; the default gain (%g e-/ADU, [io] default_gain) is used", path, bad_gain,
                             config.default_gain)
+            problems = _unusable_calibration(header, primary if sci != 0 else None, config, obs.exptime)
+            for problem in problems if warn else ():
+                if problem not in noted:
+                    noted.add(problem)
+                    log.warning("%s: %s", path, problem)
             refs.append(
                 CCDRef(
                     path=str(path),
@@ -436,12 +448,15 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
         hdul.close()
 
 
-def _unusable_gain(header, primary, config: IOConfig) -> str:
-    """Why the gain keyword of a CCD's header (merged with its primary header, as :func:`read_ccd` reads it) is
-    unusable (non-numeric, infinite, zero or negative: :func:`read_ccd` then takes ``config.default_gain``); empty
-    when it is usable or absent."""
-    merged = merge_headers(header, primary) if primary is not None else header
-    for key in config.gain_keys:
+#: Zero points [mag] a header may give (for 1 ADU/s, or for the exposure's counts): outside, the keyword is damaged
+#: (``MAGZERO = 1e30`` made every magnitude of an exposure vanish and every reference star "saturated").
+ZEROPOINT_RANGE = (5.0, 50.0)
+
+
+def _first_unusable(merged, keys, usable, what: str) -> str:
+    """Why the first of ``keys`` present in ``merged`` is unusable (not a number, or ``usable(number)`` false: "is
+    not ``what``"); empty when it is usable or none is present."""
+    for key in keys:
         value = first_keyword(merged, [key])
         if value is None:
             continue
@@ -449,8 +464,36 @@ def _unusable_gain(header, primary, config: IOConfig) -> str:
             number = float(value)
         except (TypeError, ValueError):
             return f"{key} = {value!r} is not a number"
-        return "" if np.isfinite(number) and number > 0 else f"{key} = {value!r} is not a positive finite gain"
+        return "" if np.isfinite(number) and usable(number) else f"{key} = {value!r} is not {what}"
     return ""
+
+
+def _unusable_gain(header, primary, config: IOConfig) -> str:
+    """Why the gain keyword of a CCD's header (merged with its primary header, as :func:`read_ccd` reads it) is
+    unusable (non-numeric, infinite, zero or negative: :func:`read_ccd` then takes ``config.default_gain``); empty
+    when it is usable or absent."""
+    merged = merge_headers(header, primary) if primary is not None else header
+    return _first_unusable(merged, config.gain_keys, lambda g: g > 0, "a positive finite gain")
+
+
+def _unusable_calibration(header, primary, config: IOConfig, exptime: float) -> list[str]:
+    """Why the zero-point and saturation keywords of a CCD's header are unusable, with what :func:`read_ccd` does
+    instead (one line each; empty when usable or absent).  ``exptime`` [s] turns an exposure's zero point into one
+    per second, as :func:`read_ccd` does."""
+    merged = merge_headers(header, primary) if primary is not None else header
+    lo, hi = ZEROPOINT_RANGE
+    problems = []
+    zp = _first_unusable(merged, config.zeropoint_keys, lambda z: lo <= z <= hi, f"a zero point ({lo:g}-{hi:g} mag)")
+    if not zp and first_keyword(merged, config.zeropoint_keys) is None and exptime > 0:
+        shift = 2.5 * math.log10(exptime)
+        zp = _first_unusable(merged, config.zeropoint_total_keys, lambda z: lo <= z - shift <= hi,
+                             f"an exposure's zero point ({lo + shift:.4g}-{hi + shift:.4g} mag for {exptime:g} s)")
+    if zp:
+        problems.append(f"{zp}; the default zero point ({config.default_zeropoint:g}, [io] default_zeropoint) is used")
+    sat = _first_unusable(merged, config.saturation_keys, lambda v: v > 0, "a positive saturation level")
+    if sat:
+        problems.append(f"{sat}; saturation is not masked from it")
+    return problems
 
 
 def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
@@ -569,6 +612,10 @@ def common_ccds(exposures: list[Exposure]) -> list[str]:
     return sorted({r.ccd for r in exposures[0].ccds if all(any(q.ccd == r.ccd for q in e.ccds) for e in exposures)})
 
 
+#: Noise map values [ADU] at and above which a pixel is unusable (its square nears float32's largest number).
+MAX_RMS = 1e15
+
+
 try:  # what astropy raises for a damaged tile-compressed (.fz) image; not part of its public names
     from astropy.io.fits.hdu.compressed._compression import CfitsioException as _DecompressionError
 except ImportError:  # pragma: no cover - another astropy layout: its errors are OSError or ValueError there
@@ -591,7 +638,8 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
             data = np.asarray(hdul[ref.sci].data, dtype=np.float32)
             rms = np.asarray(hdul[ref.rms].data, dtype=np.float32) if ref.rms is not None else None
             flags = np.asarray(hdul[ref.flg].data) if ref.flg is not None else None
-    except (OSError, ValueError, TypeError, EOFError, KeyError, _DecompressionError) as exc:
+    except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError, _DecompressionError) as exc:
+        # (IndexError: a tile-compressed image whose ZNAXISn disagree with its tiles)
         raise InputError(f"{path}: cannot read CCD {ref.ccd} ({type(exc).__name__}: {exc})") from None
     if data.ndim != 2:
         raise InputError(f"{path}: CCD {ref.ccd} is not a 2-D image (shape {data.shape})")
@@ -600,7 +648,8 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
     if rms is not None:
         if rms.shape != data.shape:
             raise InputError(f"{path}: RMS of CCD {ref.ccd} has shape {rms.shape}, SCI has {data.shape}")
-        mask |= ~np.isfinite(rms) | (rms <= 0)
+        # (a noise of 1e30 overflows float32 when squared into a variance: no usable measurement there)
+        mask |= ~np.isfinite(rms) | (rms <= 0) | (rms >= MAX_RMS)
     if flags is not None:
         if flags.shape != data.shape:
             raise InputError(f"{path}: FLG of CCD {ref.ccd} has shape {flags.shape}, SCI has {data.shape}")
@@ -618,6 +667,8 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
         saturation = float(saturation) if saturation is not None else None
     except (TypeError, ValueError):
         saturation = None
+    if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
+        saturation = None  # (named by scan_file: SATURATE = -1 had masked every pixel)
     saturated = np.zeros(data.shape, bool)
     if saturation is not None:
         with np.errstate(invalid="ignore"):
@@ -641,8 +692,8 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
                 zeropoint, zp_source = float(total) - 2.5 * np.log10(ref.exptime), "header"
         except (TypeError, ValueError):
             pass
-    if not np.isfinite(zeropoint):
-        zeropoint, zp_source = config.default_zeropoint, "default"
+    if not (np.isfinite(zeropoint) and ZEROPOINT_RANGE[0] <= zeropoint <= ZEROPOINT_RANGE[1]):
+        zeropoint, zp_source = config.default_zeropoint, "default"  # (named by scan_file)
     wcs, problem = celestial_wcs(merged, shape=data.shape)
     return CCDImage(
         ref=ref,

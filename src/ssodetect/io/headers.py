@@ -138,10 +138,28 @@ def _reference_kind(key: str, comment: str, policy: str) -> str:
     return "start"
 
 
-def _time_scale(header: fits.Header) -> str:
-    scale = str(header.get("TIMESYS", "UTC")).strip().lower()
-    return {"utc": "utc", "tt": "tt", "tdb": "tdb", "tai": "tai", "gps": "tai"}.get(scale, "utc")
+#: TIMESYS values read exactly: the astropy scale and the seconds to add to reach it (GPS runs 19 s behind TAI).
+_TIME_SCALES = {"utc": ("utc", 0.0), "tt": ("tt", 0.0), "tdt": ("tt", 0.0), "et": ("tt", 0.0), "tdb": ("tdb", 0.0),
+                "tai": ("tai", 0.0), "iat": ("tai", 0.0), "gps": ("tai", 19.0), "tcg": ("tcg", 0.0),
+                "tcb": ("tcb", 0.0)}
 
+
+def _time_scale(header: fits.Header) -> tuple[str, float, str]:
+    """The astropy time scale of a header's times (``TIMESYS``, UTC by default), the seconds to add to its values to
+    reach that scale, and a note when the value is read approximately or not understood (UT1/UT/GMT as UTC, within
+    0.9 s; anything else as UTC: said, never silently)."""
+    raw = header.get("TIMESYS", "UTC")
+    scale = str(raw).strip().lower()
+    if scale in _TIME_SCALES:
+        return (*_TIME_SCALES[scale], "")
+    if scale in ("ut1", "ut", "gmt"):
+        return "utc", 0.0, f"TIMESYS={raw!r} read as UTC (they differ by less than 0.9 s)"
+    return "utc", 0.0, f"TIMESYS={raw!r} is not a time scale ssodetect knows (UTC, TT, TDB, TAI, GPS, TCG, TCB): read as UTC"
+
+
+#: Exposure times [s] a header may give besides 0 (unknown): 1e-300 s overflowed magnitudes, 1e300 s put
+#: mid-exposure beyond any date.
+MIN_EXPTIME, MAX_EXPTIME = 1e-6, 1e7
 
 #: Years an observation time may fall in (photographic plates to the far future); outside them a time keyword
 #: is damaged (``MJD-OBS = 1e7`` is the year 29238), and is not used.
@@ -184,16 +202,24 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
     ValueError
         No keyword gives a usable time, or the exposure time is negative.
     """
-    merged = merge_headers(header, fallback)
+    with warnings.catch_warnings():
+        # ERFA's "dubious year" for a date outside its leap-second table (DATE-OBS = '0001-01-01') names no file:
+        # such a year is refused by _plausible_utc, with the keyword, and the caller names the file
+        warnings.simplefilter("ignore", ErfaWarning)
+        return _observation_time(merge_headers(header, fallback), config)
+
+
+def _observation_time(merged: fits.Header, config: IOConfig) -> ObservationTime:
+    """:func:`observation_time` of a merged header."""
     exptime = first_keyword(merged, config.exptime_keys, 0.0)
     try:
         exptime = float(exptime)
     except (TypeError, ValueError):
         raise ValueError(f"exposure time {exptime!r} is not a number") from None
-    if not np.isfinite(exptime) or exptime < 0:
-        raise ValueError(f"exposure time {exptime!r} is invalid")
-    scale = _time_scale(merged)
-    problems = []
+    if not np.isfinite(exptime) or exptime < 0 or exptime > MAX_EXPTIME or 0 < exptime < MIN_EXPTIME:
+        raise ValueError(f"exposure time {exptime!r} is invalid (0, or {MIN_EXPTIME:g} s to {MAX_EXPTIME:g} s)")
+    scale, shift, scale_note = _time_scale(merged)
+    problems = [scale_note] if scale_note else []
     found = None
     for key in config.time_keys:
         if key not in merged:
@@ -228,7 +254,7 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
                 problems.append(f"{key}: {exc}")
             continue
         kind = _reference_kind(key.split("+")[0], comment, config.time_reference)
-        offset = {"start": 0.5, "mid": 0.0, "end": -0.5}[kind] * exptime
+        offset = {"start": 0.5, "mid": 0.0, "end": -0.5}[kind] * exptime + shift
         try:
             mid = _plausible_utc(t, offset, f"{value!r}")
         except ValueError as exc:
@@ -241,7 +267,7 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
             problems.append(f"{key} puts mid-exposure at {mid.isot}, {float((mid - found.mid).to_value(u.s)):+.1f} s "
                             f"from the {found.source.split(' ')[0]} used")
     if found is not None:
-        return replace(found, notes=tuple(f"time keyword {p}" for p in problems))
+        return replace(found, notes=tuple(p if p.startswith("TIMESYS") else f"time keyword {p}" for p in problems))
     detail = "; ".join(problems) if problems else f"none of {', '.join(config.time_keys)} present"
     raise ValueError(f"no usable observation time ({detail})")
 
@@ -363,6 +389,23 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
     scale = np.sqrt(np.abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
     if not (1e-4 < scale < 3600):
         return None, f"WCS pixel scale {scale:.3g} arcsec/px is not plausible"
+    if wcs.sip is not None or wcs.wcs.ctype[0].endswith(("-TPV", "-TPD", "-ZPN")):
+        # a distortion that folds the image over (SIP A_2_0 = 0.01 on 512 px) has no inverse there: every later
+        # sky-to-pixel step would fail (astropy's NoConvergence) or put stars on the wrong pixels
+        edge_x = np.array([0, (nx - 1) / 2, nx - 1, 0, nx - 1, (nx - 1) / 4, 3 * (nx - 1) / 4])
+        edge_y = np.array([(ny - 1) / 2, 0, (ny - 1) / 2, ny - 1, ny - 1, (ny - 1) / 4, 3 * (ny - 1) / 4])
+        px, py = np.concatenate([probe_x, edge_x]), np.concatenate([probe_y, edge_y])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            try:
+                ra, dec = wcs.all_pix2world(px, py, 0)
+                back_x, back_y = wcs.all_world2pix(ra, dec, 0, quiet=True)
+                miss = float(np.max(np.hypot(back_x - px, back_y - py)))
+            except Exception:  # astropy's NoConvergence, or wcslib's errors: no inverse either way
+                miss = float("nan")
+        if not (np.isfinite(miss) and miss < 0.01):
+            return None, ("its distortion (SIP/TPV) cannot be inverted over the image (sky to pixels misses by "
+                          f"{miss:.3g} px): the header WCS is unusable")
     return wcs, ""
 
 

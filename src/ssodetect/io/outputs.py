@@ -40,6 +40,7 @@ from ssodetect.errors import InputError
 from ssodetect.keys import cache_key, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
+           "stage_marker_text",
            "recorded_files",
            "foreign_files", "irregular_products", "record_files", "check_free_space", "expected_output_bytes",
            "check_apart"]
@@ -79,15 +80,27 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 STAGE_MARKER = ".ssodetect-stage"
 
 
+#: HMAC context of a stage marker's signature.
+STAGE_CONTEXT = "ssodetect stage marker v1"
+
+
+def stage_marker_text(directory: Path, pid: int) -> str:
+    """The contents of :data:`STAGE_MARKER` for ``directory`` written by process ``pid``: the id and an HMAC of the
+    directory's name and the id under the user's key, so that a marker planted in a directory of the user's (with a
+    dead process's id) does not make ssodetect remove it, nor anything the user put in it."""
+    return f"{pid}\n{sign_text(f'{Path(directory).name}:{pid}', STAGE_CONTEXT, cache_key()[0])}\n"
+
+
 def _mark(directory: Path) -> None:
-    """Write :data:`STAGE_MARKER` (the writing process's id) into a working directory just created."""
-    (directory / STAGE_MARKER).write_text(f"{os.getpid()}\n")
+    """Write :data:`STAGE_MARKER` (the writing process's id, signed) into a working directory just created."""
+    (directory / STAGE_MARKER).write_text(stage_marker_text(directory, os.getpid()))
 
 
 def _left_by_us(path: Path) -> bool:
     """Whether ``path`` is a working directory a command of this user created and left: a directory (not a link),
     private to the user as ``tempfile.mkdtemp`` makes it (owned by them, mode 0700), holding a regular
-    :data:`STAGE_MARKER` whose process is gone."""
+    :data:`STAGE_MARKER` signed with the user's key whose process is gone.  (Under a key that lives only as long as
+    its process, another process's stage cannot be told from a planted one: it is left where it is.)"""
     try:
         info = path.lstat()
         marker = (path / STAGE_MARKER).lstat()
@@ -95,8 +108,13 @@ def _left_by_us(path: Path) -> bool:
             return False
         if hasattr(os, "getuid") and (info.st_uid != os.getuid() or marker.st_uid != os.getuid()):
             return False
-        pid = int((path / STAGE_MARKER).read_text().strip() or "0")
-    except (OSError, ValueError):
+        if marker.st_size > 4096:
+            return False
+        lines = (path / STAGE_MARKER).read_text().split()
+        pid = int(lines[0]) if lines else 0
+        if len(lines) != 2 or not verify_text(f"{path.name}:{pid}", STAGE_CONTEXT, cache_key()[0], lines[1]):
+            return False
+    except (OSError, ValueError, UnicodeDecodeError):
         return False
     if pid <= 0:
         return False

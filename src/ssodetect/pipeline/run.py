@@ -323,6 +323,15 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
                     placed_wcs[(ref.exposure, ref.ccd)] = sol.wcs
                 elif config.astrometry.on_failure == "drop":
                     placed_wcs[(ref.exposure, ref.ccd)] = None
+        # a header WCS that is there but broken is the frame's defect even when the catalogue rescued it (one that is
+        # simply absent, as in a raw night, is no news)
+        broken = [(ref, info["wcs_problem"]) for info, ref in zip(ccd_info, tasks)
+                  if info.get("wcs_problem") and not str(info["wcs_problem"]).startswith("no celestial WCS")
+                  and (by_key.get((ref.exposure, ref.ccd)) is not None and by_key[(ref.exposure, ref.ccd)].ok)]
+        if broken:
+            log.warning("%d CCD exposure(s) with an unusable header WCS solved blind against the reference catalogue: "
+                        "%s", len(broken), "; ".join(f"{ref.path} CCD {ref.ccd} ({why})" for ref, why in broken[:3])
+                        + (f"; and {len(broken) - 3} more" if len(broken) > 3 else ""))
         calibrated = align_header_wcs(calibrated, tasks, ccd_info, config, placed_wcs)
         failed = [s for s in solutions if not s.ok]
         uncovered = [s for s in failed if str(s.reason).startswith("only 0 reference stars")]
@@ -678,6 +687,8 @@ def run_pipeline(
     timings = StageTimings()
     t_run = time.perf_counter()
     started = datetime.now(timezone.utc)
+    if outdir is not None and not str(outdir).strip():
+        raise InputError(f"{str(outdir)!r}: an empty output directory path")
     _check_named_files(refcat, config)
     if outdir is not None:
         check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
