@@ -862,3 +862,33 @@ def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path):
     ref.write(tmp_path / "nan.ecsv")
     with pytest.raises(InputError, match="no row with a finite position and magnitude"):
         load_reference_catalogue(tmp_path / "nan.ecsv")
+
+
+def test_a_frame_laid_out_unlike_the_others_is_named(scene, src, tmp_path, capsys):
+    """Seventh campaign's D25: exp_01 without EXTNAMEs (its SCI, RMS and FLG read as three CCDs hdu1-hdu3, none of them
+    in another exposure) ran without a word about it."""
+    frame = src / "exp_01.fits"
+    with fits.open(frame, mode="update") as hdul:
+        for h in hdul[1:]:
+            for key in ("EXTNAME", "CCDID", "DETECTOR"):
+                h.header.remove(key, ignore_missing=True)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "a", "--to-step", "ingest")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert any("exp_01.fits" in w and "fewer than 3" in w for w in outcome.warnings), outcome.warnings
+
+
+@pytest.mark.parametrize("damage, said", [("BITPIX = 24", "BITPIX = 24, not a FITS value"),
+                                          ("END card lost", "has no END card")])
+def test_a_header_astropy_misreports_is_named_for_what_it_is(src, out, capsys, damage, said):
+    """Seventh campaign's D17: BITPIX = 24 was "non-ASCII characters are present", a lost END card a message cut off
+    after "non-standard convention:"."""
+    frame = src / "exp_01.fits"
+    data = bytearray(frame.read_bytes())
+    if damage.startswith("BITPIX"):
+        at = data.index(b"BITPIX  =")
+        data[at:at + 30] = b"BITPIX  =                   24"
+    else:
+        at = data.index(b"END" + b" " * 77, 2880)  # the first extension's
+        data[at:at + 3] = b"   "
+    frame.write_bytes(bytes(data))
+    assert said in _refused_unchanged(capsys, src, out, frame)

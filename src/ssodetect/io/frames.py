@@ -205,6 +205,10 @@ def _declared(cards: dict, prefix: str) -> int:
     return n
 
 
+#: The bytes a FITS header may hold (printable ASCII).
+_PRINTABLE = bytes(range(32, 127))
+
+
 def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
     """Bytes the HDUs of a FITS stream occupy, from their headers alone (2880-byte blocks).
 
@@ -226,7 +230,15 @@ def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
         while True:
             block = handle.read(2880)
             blocks += 1
+            if blocks == 1:
+                opens = block.startswith(b"SIMPLE  =" if end == 0 else b"XTENSION=")
+            if opens and blocks > 1 and len(block) == 2880 and block.translate(None, _PRINTABLE):
+                # a header is printable ASCII: this one ran into its data (or the file's end) with no END card
+                raise InputError(f"{path}: HDU {index}'s header has no END card (it runs into binary data): damaged")
             if len(block) < 2880 or blocks > 1000:
+                if blocks > 1 and opens:  # a header that opens as one and never ends (its END card lost)
+                    raise InputError(f"{path}: HDU {index}'s header has no END card (in {blocks - 1} blocks of "
+                                     "2880 bytes): damaged")
                 return None if end == 0 else end
             for k in range(0, 2880, 80):
                 card = block[k:k + 80].decode("ascii", "replace")
@@ -243,7 +255,10 @@ def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
         if end > 0 and "XTENSION" not in cards:
             return end
         try:
-            bitpix = abs(int(cards.get("BITPIX", "8")))
+            bitpix = int(cards.get("BITPIX", "8"))
+            if bitpix not in (8, 16, 32, 64, -32, -64):
+                raise InputError(f"{path}: HDU {index} has BITPIX = {bitpix}, not a FITS value (8, 16, 32, 64, -32, -64)")
+            bitpix = abs(bitpix)
             n = _declared(cards, "")
             pixels = max(n if "ZNAXIS" not in cards else 0, _declared(cards, "Z") if "ZNAXIS" in cards else 0)
             n = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0")) + n)
@@ -719,11 +734,24 @@ MAX_SEQUENCE_GAP_DAYS = 2.0
 def sequence_problems(exposures: list[Exposure]) -> list[str]:
     """What in the exposures' times would keep movers from being linked, one line each (empty when nothing).
 
+    * CCDs in fewer than 3 exposures while others are in more (a file laid out unlike the others);
     * consecutive exposures more than :data:`MAX_SEQUENCE_GAP_DAYS` apart;
     * the exposures' time order differs from the order of their files' names (a sign of wrong DATE-OBS
       values, reported by the caller only when nothing was linked).
     """
     problems = []
+    seen: dict = {}
+    for e in exposures:
+        for r in e.ccds:
+            seen.setdefault(r.ccd, []).append(r)
+    if len(exposures) >= 3:
+        lonely = sorted(ccd for ccd, refs in seen.items() if len(refs) < 3)
+        if lonely and len(lonely) < len(seen):  # (CCDs named per file alike everywhere: nothing odd)
+            files = sorted({Path(r.path).name for ccd in lonely for r in seen[ccd]})
+            problems.append(f"CCD(s) {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''} of "
+                            f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''} are in fewer than 3 of the "
+                            f"{len(exposures)} exposures: their detections cannot be linked (a file whose extensions "
+                            "are not named as the others' are: EXTNAME/DETECTOR?)")
     for a, b in zip(exposures, exposures[1:]):
         gap = float(b.mid_time.mjd - a.mid_time.mjd)
         if gap > MAX_SEQUENCE_GAP_DAYS:
