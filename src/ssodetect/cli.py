@@ -4,7 +4,7 @@ Each sub-command parses its arguments and calls one library function.
 
 Exit status (:data:`EXIT_CODES`): 0 success; 1 success with warnings (the run completed and wrote every
 output, but warnings were logged: CCD exposures not solved, frames dropped, an alert not delivered; for
-``batch``: some fields failed); 2 bad input or configuration (one line naming the file and the problem;
+``batch``: some fields failed or warned); 2 bad input or configuration (one line naming the file and the problem;
 nothing written); 3 internal error (a bug: one line, the traceback with ``-v``; nothing written);
 130 interrupted.
 """
@@ -25,10 +25,17 @@ from ssodetect.errors import RepeatFilter, SSODetectError
 __all__ = ["main", "EXIT_CODES"]
 
 #: Exit statuses of the command.
-EXIT_CODES = {0: "success", 1: "success with warnings (batch: some fields failed)", 2: "bad input or configuration",
-              3: "internal error", 130: "interrupted"}
+EXIT_CODES = {0: "success", 1: "success with warnings (batch: some fields failed or warned)",
+              2: "bad input or configuration", 3: "internal error", 130: "interrupted"}
 
 log = logging.getLogger("ssodetect")
+
+
+def _progress(args) -> bool:
+    """Whether progress bars are drawn: not with ``--quiet``, and only when stderr is a terminal (a bar written to
+    a file or pipe is never ended by a line break, so the next warning or error line would be glued to it)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return not args.quiet and bool(isatty and isatty())
 
 
 def _simulate(args) -> int:
@@ -67,7 +74,7 @@ def _simulate(args) -> int:
     except ValidationError as exc:
         problems = validation_problems(exc)
         raise ConfigError(f"simulate: invalid parameters ({problems})") from None
-    summary = simulate(sim_config, args.outdir, progress=not args.quiet)
+    summary = simulate(sim_config, args.outdir, progress=_progress(args))
     print(
         f"wrote {len(summary['files'])} image files, refcat.ecsv, truth.ecsv and truth_wcs.ecsv to {args.outdir}: "
         f"{summary['n_movers']} moving objects; single-exposure 5-sigma limit {summary['limit_5sigma']:.2f} mag"
@@ -89,13 +96,14 @@ def _option(section, name: str, value, option: str) -> None:
 
 
 def _execution_config(args):
-    """The configuration file given with --config, with --workers and --quiet applied."""
+    """The configuration file given with --config, with --workers and --quiet (or a stderr that is not a
+    terminal: no progress bars) applied."""
     from ssodetect.config import load_config
 
     config = load_config(args.config)
     if args.workers is not None:
         _option(config.execution, "workers", args.workers, "--workers")
-    if args.quiet:
+    if not _progress(args):
         config.execution.progress = False
     if getattr(args, "profile", None):
         _option(config.profile, "name", args.profile, "--profile")
@@ -154,11 +162,16 @@ def _batch(args) -> int:
     fields = fields_from_arguments(args.inputs)
     summary = run_batch(fields, args.out, config)
     counts = {s: int((summary["status"] == s).sum()) for s in ("done", "skipped", "failed")}
+    warned = summary[summary["warnings"] > 0]
     print(f"{len(summary)} fields: {counts['done']} run, {counts['skipped']} already complete, {counts['failed']} "
-          f"failed; {int(summary['n_objects'].sum())} moving objects -> {args.out}/batch_summary.ecsv")
+          f"failed" + (f", {len(warned)} with warnings" if len(warned) else "")
+          + f"; {int(summary['n_objects'].sum())} moving objects -> {args.out}/batch_summary.ecsv")
     for row in summary[summary["status"] == "failed"]:
         print(f"  {row['field']}: {row['message']}")
-    return 1 if counts["failed"] else 0
+    for row in warned:
+        print(f"  {row['field']}: {row['warnings']} warning(s), see {Path(args.out) / row['field'] / 'run.log'}")
+    # a field run with warnings is a success with warnings, as its own `ssodetect run` would be (exit 1)
+    return 1 if counts["failed"] or len(warned) else 0
 
 
 def _astrometry(args) -> int:
@@ -432,6 +445,8 @@ def _serve(args) -> int:
         if not (args.watch_exposures >= 1 and 0 <= args.watch_settle < math.inf and 0 < args.watch_timeout < math.inf):
             raise ConfigError("--watch-exposures >= 1, --watch-settle >= 0, --watch-timeout > 0 (finite)")
         root = Path(args.root).resolve()
+        for inbox in args.watch:
+            _check_root_apart(args.root, inbox, "--root")
         watchers = [Watcher(Path(inbox), root, exposures=args.watch_exposures, settle=args.watch_settle,
                             timeout=args.watch_timeout, run_args=run_args + (["--scheduler", scheduler] if scheduler else []))
                     for inbox in args.watch]
@@ -462,6 +477,25 @@ def _watch_run_args(config: str | None, refcat: str | None, station: str | None)
     return run_args
 
 
+def _check_root_apart(root: str, inbox: str, option: str = "--root") -> None:
+    """Refuse a root that is the watched folder or inside it: its registry and run directories would be written
+    into the inbox (and taken for visits there).
+
+    Raises
+    ------
+    ConfigError
+        Naming both.
+    """
+    import os
+
+    from ssodetect.errors import ConfigError
+
+    real_root, real_inbox = Path(os.path.realpath(root)), Path(os.path.realpath(inbox))
+    if real_root == real_inbox or real_inbox in real_root.parents:
+        raise ConfigError(f"{option} {root}: is the watched folder {inbox} or inside it (the runs and their registry "
+                          "would land among the visits); choose a root outside it")
+
+
 def _watch(args) -> int:
     import time
 
@@ -476,6 +510,7 @@ def _watch(args) -> int:
     root = Path(args.root).resolve()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--root {args.root}: exists and is not a directory")
+    _check_root_apart(args.root, args.inbox)  # before the root is made
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -490,14 +525,19 @@ def _watch(args) -> int:
             jobs = watcher.check()
             while True:
                 with Registry(root) as reg:
-                    states = [reg.job(j)["status"] for j in jobs]
+                    finished = [reg.job(j) for j in jobs]
+                states = [job["status"] for job in finished]
                 if all(s not in ("queued", "running") for s in states):
                     break
                 time.sleep(0.5)
-            print(f"{len(jobs)} visit(s) run: " + ", ".join(f"job {j} {s}" for j, s in zip(jobs, states)))
+            # a visit's run that exited 1 completed with warnings (in its run.log): so does this watch
+            warned = [job["exit_code"] == 1 for job in finished]
+            print(f"{len(jobs)} visit(s) run: " + ", ".join(f"job {j} {s}" + (" with warnings" if w else "")
+                                                           for j, s, w in zip(jobs, states, warned)))
             for name, reason in watcher.waiting.items():  # what --once leaves behind, and why
                 log.warning("visit %s not run: %s", name, reason)
-            return 0 if all(s == "done" for s in states) and not watcher.waiting else 1
+            ok = all(s == "done" for s in states) and not any(warned)
+            return 0 if ok and not watcher.waiting and not watcher.warned else 1
         print(f"watching {args.inbox} -> {root} ({args.exposures} exposures a visit, settle {args.settle:g} s); "
               "Ctrl-C stops")
         watcher.start()
@@ -585,7 +625,7 @@ def _ml(args) -> int:
 
         config = load_config(args.config)
         summary = make_dataset(args.inputs, args.out, _dataset_config(args), config, positions=args.positions,
-                               progress=not args.quiet)
+                               progress=_progress(args))
         print(f"{summary['n_sequences']} sequences ({summary['n_positive']} with injected movers) of shape "
               f"{tuple(summary['shape'])} -> {args.out}")
         return 0
@@ -593,7 +633,7 @@ def _ml(args) -> int:
         from ssodetect.ml.train import train
 
         result = train(args.datasets, args.out, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed,
-                       val_fraction=args.val_fraction, progress=not args.quiet,
+                       val_fraction=args.val_fraction, progress=_progress(args),
                        command="ssodetect ml train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "")
         m = result["overall"]
         print(f"validation: accuracy {m['accuracy']:.4f}, ROC AUC {m['auc']:.5f}, precision {m['precision']:.4f}, "
@@ -612,7 +652,7 @@ def _ml(args) -> int:
 
         run_config = source / "config.toml"
         config = load_config(run_config if run_config.is_file() else None)
-        config.execution.progress = not args.quiet
+        config.execution.progress = _progress(args)
         _option(config.ml, "model", args.model, "--model")
         if args.threshold is not None:
             _option(config.ml, "threshold", args.threshold, "--threshold")
@@ -637,7 +677,7 @@ def _ml(args) -> int:
                              f"not fit the model ({record['arch']['size']} px, {record['arch']['mode']} mode)")
     x = encode(images, masks, meta["trail"], meta["sigma"], meta["stretch"], mode=doc["config"]["mode"])
     threshold = record["threshold"] if args.threshold is None else args.threshold
-    scores = score(model, x, progress=not args.quiet)
+    scores = score(model, x, progress=_progress(args))
     table = meta.copy()
     table["ml_score"] = scores
     table["predicted"] = (scores >= threshold).astype(np.int8)
@@ -658,8 +698,16 @@ def _ml(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, as every other bad input (``ssodetect: error: ...``, exit 2), and
+    where the usage is shown: ``--help``."""
+
+    def error(self, message):
+        self.exit(2, f"ssodetect: error: {self.prog}: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ssodetect", description="Find moving Solar System Objects in image sequences.",
         epilog="exit status: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
     parser.add_argument("--version", action="version", version=f"ssodetect {__version__}")

@@ -23,27 +23,37 @@ from ssodetect.pipeline.registry import Registry, utc_now
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Watcher", "visit_state"]
+__all__ = ["Watcher", "visit_state", "visit_files"]
 
 
 def visit_state(folder: Path, io: IOConfig) -> tuple[int, float, int]:
     """``(exposures, last change, unreadable)`` of a visit folder: the exposures its readable frames make with all
     their CCDs (as many as its most complete exposure), the newest modification time [s since the epoch] of its
     files (0 when it holds none), and how many of its files cannot be read yet (being written, or broken)."""
+    n, newest, unreadable = visit_files(folder, io)
+    return n, newest, len(unreadable)
+
+
+def visit_files(folder: Path, io: IOConfig) -> tuple[int, float, list[str]]:
+    """:func:`visit_state` with the unreadable files named (the folder itself when its files cannot be listed)."""
     try:
         paths = find_inputs([folder])
-    except SSODetectError:  # e.g. a FIFO or device among its files: a visit that cannot be run as it is
+    except SSODetectError as exc:  # e.g. a FIFO or device among its files: a visit that cannot be run as it is
+        # the error names the offending entry first ("PATH: problem"); the folder when it does not
+        text, said = str(exc), str(folder)
+        if text.startswith(said):
+            said += text[len(said):].split(": ", 1)[0]
         try:
-            return 0, folder.stat().st_mtime, 1
+            return 0, folder.stat().st_mtime, [said]
         except OSError:
-            return 0, 0.0, 1
+            return 0, 0.0, [said]
     newest = max((os.stat(p).st_mtime for p in paths), default=0.0)
-    refs, unreadable = [], 0
+    refs, unreadable = [], []
     for path in paths:
         try:
             refs += [r for r in scan_file(path, io, warn=False) if r.frame_type == "light"]
         except SSODetectError:
-            unreadable += 1
+            unreadable.append(str(path))
     try:
         exposures = group_exposures(refs, io, min_exposures=1) if refs else []
     except SSODetectError:
@@ -51,6 +61,11 @@ def visit_state(folder: Path, io: IOConfig) -> tuple[int, float, int]:
     # an exposure counts once all its CCDs have landed (as many as the most complete exposure has)
     full = max((len(e.ccds) for e in exposures), default=0)
     return sum(len(e.ccds) == full for e in exposures), newest, unreadable
+
+
+def _named(paths: list[str]) -> str:
+    """The first of ``paths`` and how many others (a message stays one line however many files are broken)."""
+    return paths[0] + (f" and {len(paths) - 1} other(s)" if len(paths) > 1 else "")
 
 
 class Watcher:
@@ -83,6 +98,8 @@ class Watcher:
         self._first_seen: dict[str, float] = {}
         #: Visits seen at the last look but not queued, and why (an incomplete visit, unreadable files, settling).
         self.waiting: dict[str, str] = {}
+        #: Warnings of the last look (folders skipped, visits given up): ``watch --once`` exits 1 after any.
+        self.warned: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -90,7 +107,7 @@ class Watcher:
         """One look at the inbox: queue the visits that became complete; returns the new job ids."""
         now = time.time() if now is None else now
         new = []
-        self.waiting = {}
+        self.waiting, self.warned = {}, []
         with Registry(self.root) as reg:
             taken = {j["outdir"] for j in reg.jobs(limit=1_000_000)}
             for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -98,11 +115,13 @@ class Watcher:
                 if name in taken:
                     continue
                 if not PLAIN_NAME.match(name):
-                    log.warning("%r: a visit folder's name must be a plain name (letters, digits, . _ -): skipped",
-                                str(folder))
+                    self.warned.append(f"{str(folder)!r}: a visit folder's name must be a plain name (letters, "
+                                       "digits, . _ -): skipped")
+                    log.warning("%s", self.warned[-1])
                     taken.add(name)
                     continue
-                n, newest, unreadable = visit_state(folder, self.io)
+                n, newest, broken = visit_files(folder, self.io)
+                unreadable = len(broken)
                 if newest == 0.0:
                     continue
                 first = self._first_seen.setdefault(name, now)
@@ -114,18 +133,20 @@ class Watcher:
                              now - newest, new[-1])
                 elif now - first <= self.timeout:
                     self.waiting[name] = (f"{n} of {self.exposures} exposures"
-                                          + (f", {unreadable} file(s) unreadable (being written, or broken)"
-                                             if unreadable else "")
+                                          + (f", {unreadable} file(s) unreadable (being written, or broken): "
+                                             f"{_named(broken)}" if unreadable else "")
                                           + ("" if n < self.exposures or unreadable else
                                              f", the last file {now - newest:.1f} s old (settle {self.settle:g} s)"))
                 else:
                     job = reg.enqueue(name, [], "watch")
                     reg.update_job(job, status="incomplete", finished_utc=utc_now(),
                                    message=f"incomplete visit: {n} of {self.exposures} exposures"
-                                           + (f" ({unreadable} file(s) unreadable)" if unreadable else "")
+                                           + (f" ({unreadable} file(s) unreadable: {_named(broken)})"
+                                              if unreadable else "")
                                            + f" after {self.timeout:g} s; not run")
-                    log.warning("%s: incomplete visit (%d of %d exposures after %g s): not run", folder, n,
-                                self.exposures, self.timeout)
+                    self.warned.append(f"{folder}: incomplete visit ({n} of {self.exposures} exposures after "
+                                       f"{self.timeout:g} s): not run")
+                    log.warning("%s", self.warned[-1])
         return new
 
     def start(self) -> None:

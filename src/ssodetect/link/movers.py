@@ -484,8 +484,13 @@ def link_fast(moving: Table, used: set, config: Config, plane: TangentPlane, foo
     timed = np.asarray(moving["exptime"], float) > 0  # a trail's rate needs its exposure time
     n_no_exptime = int(np.sum(keep & ~timed))
     if n_no_exptime:
-        log.warning("%d trails from exposures without an exposure time left out of fast-mover linking (a trail gives "
-                    "a rate only over a known exposure time)", n_no_exptime)
+        # named, so that the header to mend is found: the first few files, the rest counted
+        files = np.asarray(moving["file"])[keep & ~timed].astype(str) if "file" in moving.colnames else []
+        names = list(dict.fromkeys(files))
+        where = (f" ({', '.join(names[:3])}" + (f" and {len(names) - 3} other file(s)" if len(names) > 3 else "")
+                 + ")") if names else ""
+        log.warning("%d trails from exposures without an exposure time%s left out of fast-mover linking (a trail "
+                    "gives a rate only over a known exposure time)", n_no_exptime, where)
     trails = moving[keep & timed]
     links = link_streaks(
         np.asarray(trails["exposure"]), np.asarray(trails["t_hours"], float), np.asarray(trails["xi"], float),

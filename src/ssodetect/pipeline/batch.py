@@ -48,6 +48,7 @@ SUMMARY_COLUMNS = [
     ("n_observations", "i8", "", "observations reported"),
     ("wall_s", "f8", "s", "wall time of the field's run"),
     ("peak_rss_mb", "f8", "MB", "peak memory of the process that ran it"),
+    ("warnings", "i8", "", "warnings logged by the field's run now (its run.log has them)"),
     ("message", "U256", "", "why it failed"),
 ]
 
@@ -192,7 +193,7 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
 
     out = Path(outdir)
     row = {"field": field.name, "status": "skipped", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
-           "peak_rss_mb": 0.0, "message": ""}
+           "peak_rss_mb": 0.0, "warnings": 0, "message": ""}
     if out.is_symlink():  # a link planted in BATCH_DIR would carry the field's products elsewhere
         raise InputError(f"{out}: is a symbolic link; a field's directory must be a directory of BATCH_DIR")
     state = field_state(field, config)
@@ -213,13 +214,14 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
     atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
     record_files(out, [COMPLETE])
     row.update(status="done", n_objects=len(result.objects), n_observations=len(result.observations),
-               wall_s=round(time.perf_counter() - t0, 2), peak_rss_mb=round(_peak_rss_mb(), 1))
+               wall_s=round(time.perf_counter() - t0, 2), peak_rss_mb=round(_peak_rss_mb(), 1),
+               warnings=int(result.warnings))
     return row
 
 
 def _failed(field: Field, message: str) -> dict:
     return {"field": field.name, "status": "failed", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
-            "peak_rss_mb": 0.0, "message": message[:256]}
+            "peak_rss_mb": 0.0, "warnings": 0, "message": message[:256]}
 
 
 def _field_task(field: Field, outdir: str, config: Config) -> dict:
@@ -359,6 +361,7 @@ def _run_batch(fields: list[Field], out: Path, config: Config, client, retries: 
     with OutputStage(out, lock=lock) as stage:
         summary.write(stage.file(SUMMARY), format="ascii.ecsv")
     done = sum(r["status"] == "done" for r in rows)
-    log.info("batch: %d fields, %d run, %d already complete, %d failed", len(rows), done,
-             sum(r["status"] == "skipped" for r in rows), sum(r["status"] == "failed" for r in rows))
+    log.info("batch: %d fields, %d run, %d already complete, %d failed, %d with warnings", len(rows), done,
+             sum(r["status"] == "skipped" for r in rows), sum(r["status"] == "failed" for r in rows),
+             sum(r["warnings"] > 0 for r in rows))
     return summary

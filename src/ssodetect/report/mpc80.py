@@ -27,6 +27,7 @@ the records.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import warnings
@@ -41,6 +42,7 @@ from ssodetect.known.designations import pack_number, pack_provisional, unpack_n
 
 __all__ = [
     "MPCRecord",
+    "UnwritableRecord",
     "format_record",
     "format_mpc80",
     "pack_number",
@@ -52,9 +54,15 @@ __all__ = [
     "records_table",
 ]
 
+log = logging.getLogger(__name__)
+
 _HEADER = re.compile(r"^[A-Z]{2}[A-Z0-9]( |$)")
 _DATE = re.compile(r"^\d{4} \d\d \d\d")
 AU_KM = 149597870.7
+
+
+class UnwritableRecord(ValueError):
+    """A value of a record that the 80-column format has no room for (a spacecraft position out of its range)."""
 
 
 @dataclass
@@ -87,6 +95,8 @@ class MPCRecord:
     dec_decimals: int = 2
     mag_decimals: int = 2
     extra: dict = field(default_factory=dict)
+    #: Where the observation was measured (its FITS file), for the messages about it; not written.
+    source: str = ""
 
     @property
     def designation(self) -> str:
@@ -160,6 +170,10 @@ def format_record(rec: MPCRecord) -> list[str]:
     if rec.note2 == "S":
         if rec.observer is None:
             raise ValueError(f"{rec.designation}: a space-based record needs the observer's position")
+        unwritable = UnwritableRecord(f"spacecraft position ({', '.join(f'{v:g}' for v in rec.observer)}) km does "
+                                      "not fit the 80-column format's fields (columns 35-69)")
+        if not all(math.isfinite(v) for v in rec.observer):
+            raise unwritable
         # km unless any component exceeds ten million km; the decimal point moves right with the digits
         unit = "2" if rec.observer_unit == "2" or max(abs(v) for v in rec.observer) >= 1e7 else "1"
         values = [v / AU_KM for v in rec.observer] if unit == "2" else list(rec.observer)
@@ -168,6 +182,8 @@ def format_record(rec: MPCRecord) -> list[str]:
             digits = len(str(int(abs(v))))
             decimals = min(4 if unit == "1" else 8, 9 - digits)  # point in column 41 (km) / 37 (au) or right of it
             parts.append(("-" if v < 0 else "+") + f"{abs(v):.{max(0, decimals)}f}".rjust(10))
+        if any(len(part) != 11 for part in parts):  # more digits than the field holds, even in au
+            raise unwritable
         second = (f"{num}{prov} {(rec.note1 or ' ')[:1]}s{date:<17.17}{unit} {parts[0]} {parts[1]} {parts[2]}"
                   f"{'':3}{rec.reference:<5.5}{rec.code:>3.3}")
         lines.append(second)
@@ -179,13 +195,25 @@ def format_record(rec: MPCRecord) -> list[str]:
 
 def format_mpc80(records: list[MPCRecord], header: dict | None = None) -> str:
     """A complete message: header lines (``{"COD": "XXX", "OBS": [...], ...}``, each value a string or
-    a list of strings) then the records."""
+    a list of strings) then the records.
+
+    A record with a value the format has no room for (:class:`UnwritableRecord`) is left out, with a warning per
+    source (its file) naming the value and counting the records left out; the other records are written.
+    """
     lines = []
     for key, value in (header or {}).items():
         for v in [value] if isinstance(value, str) else value:
             lines.append(f"{key} {v}"[:80])
+    left_out: dict[tuple[str, str], int] = {}
     for rec in records:
-        lines += format_record(rec)
+        try:
+            lines += format_record(rec)
+        except UnwritableRecord as exc:  # one bad header value must not cost the whole report
+            key = (rec.source or rec.designation, str(exc))
+            left_out[key] = left_out.get(key, 0) + 1
+    for (source, problem), n in left_out.items():
+        log.warning("%s: %s: %d observation(s) left out of the MPC 80-column report (ADES has no such limit)",
+                    source, problem, n)
     return "\n".join(lines) + "\n"
 
 

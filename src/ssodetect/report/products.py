@@ -54,6 +54,7 @@ def mpc80_records(observations: Table, *, station: str, band: str, identities: d
             mjd=float(row["mjd"]), ra=float(row["ra"]), dec=float(row["dec"]),
             mag=mag if band and math.isfinite(mag) else float("nan"), band=band[:1] if math.isfinite(mag) else "",
             code=station, observer=tuple(observer) if observer else None, mag_decimals=2,
+            source=str(row["file"]) if "file" in observations.colnames else "",
         ))
     return records
 
