@@ -152,3 +152,20 @@ def test_usage_errors_are_one_line(argv, capsys):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("ssodetect: error: "), err
+
+
+def test_a_filter_name_that_would_break_the_reports_is_no_band(scene, tmp_path, capsys):
+    """A FILTER keyword is the reports' band unless [report] band is set: 'g|r' would add a field to every ADES PSV
+    row (the same defect as D4, from a header).  Its magnitudes are left out, with a warning naming the file."""
+    scene = copy_inputs(scene, tmp_path / "s")
+    for frame in sorted(scene.glob("*.fits")):
+        with fits.open(frame, mode="update") as hdul:
+            hdul[0].header["FILTER"] = "g|r"
+            for h in hdul[1:]:
+                h.header.remove("FILTER", ignore_missing=True)
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "o")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    assert any("'g|r'" in w and "magnitudes left out" in w for w in outcome.warnings), outcome.warnings
+    psv = (tmp_path / "o" / "observations.psv").read_text().splitlines()
+    rows = [line for line in psv if line and not line.startswith(("#", "!"))]
+    assert rows and len({line.count("|") for line in rows}) == 1, rows[:3]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import os
 import platform
 import resource
@@ -980,6 +981,11 @@ def _report_context(result: RunResult, config: Config) -> dict:
         filters = {str(r.filter).strip() for r in refs}
         context["filter"] = refs[0].filter if len(filters) == 1 else "/".join(sorted(filters))
         context["band"] = str(refs[0].filter).strip() if len(filters) == 1 else ""  # no single band: no magnitudes
+        if context["band"] and not config.report.band and not re.fullmatch(r"[A-Za-z0-9_.'-]+", context["band"]):
+            # (a filter name is written as the reports' band: 'g|r' added a field to every PSV row)
+            log.warning("%s: filter %r is no band name the reports can carry (letters, digits, _ . ' -): "
+                        "magnitudes left out of them; set [report] band", refs[0].path, context["band"])
+            context["band"] = ""
         primary = fits.getheader(refs[0].path, 0)
         code = station_code(header) or station_code(primary)
         if config.report.station == "XXX" and code:
