@@ -42,21 +42,31 @@ def _well_formed(err: list[str]) -> None:
 # D3: a spacecraft position out of the 80-column format's range
 
 
-def test_spacecraft_position_out_of_mpc80_range_is_a_warning(scene, tmp_path, capsys):
+def test_a_spacecraft_position_no_format_holds_is_refused_naming_its_keywords(scene, tmp_path, capsys):
+    """D3: JPOS2_1 = 1e30 km was an internal error in the 80-column writer, after the whole run."""
     src = copy_inputs(scene, tmp_path / "in")
     _set_header(src / "exp_01.fits", 0, JPOS2_1=1e30, JPOS2_2=0.0, JPOS2_3=0.0)
-    out = tmp_path / "out"
-    outcome = cli(capsys, "run", src, "--out", out)
-    assert outcome.code == 1, outcome.err
-    assert not outcome.errors, outcome.err
-    named = [w for w in outcome.warnings if "exp_01.fits" in w and "80-column" in w]
-    assert len(named) == 1, outcome.warnings
-    observations = Table.read(out / "observations.ecsv")
-    assert (observations["exposure"] == 1).any()  # there were observations to leave out
-    records = [line for line in (out / "observations.mpc").read_text().splitlines() if line[15:19].isdigit()]
-    assert records and all(len(line) == 80 and line[14] not in "Ss" for line in records)
-    # ADES has no column limit: the position is carried there
-    assert "ICRF_KM" in (out / "observations.psv").read_text()
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
+    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+    assert "exp_01.fits" in outcome.errors[0] and "JPOS2_1" in outcome.errors[0], outcome.errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_record_the_80_column_format_cannot_hold_is_left_out_with_a_warning(caplog):
+    """D3, the writer's side: a position the 80-column fields cannot hold (even in au) leaves that record out, with a
+    warning naming its file and the value; the other records are written."""
+    from ssodetect.report.mpc80 import MPCRecord, format_mpc80
+
+    good = MPCRecord(provisional="K26A00A", mjd=61120.5, ra=150.0, dec=2.0, code="C51", note2="S",
+                     observer=(7000.0, 0.0, 0.0), source="a.fits")
+    bad = MPCRecord(provisional="K26A00B", mjd=61120.5, ra=150.0, dec=2.0, code="C51", note2="S",
+                    observer=(1e30, 0.0, 0.0), source="b.fits")
+    with caplog.at_level("WARNING"):
+        text = format_mpc80([good, bad])
+    lines = text.splitlines()
+    assert len(lines) == 2 and all(len(line) == 80 for line in lines) and "K26A00A" in lines[0]
+    said = [r.getMessage() for r in caplog.records if "b.fits" in r.getMessage()]
+    assert len(said) == 1 and "1e+30" in said[0] and "1 observation(s) left out" in said[0], said
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -554,6 +554,10 @@ def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
     return refs
 
 
+#: Largest geocentric distance [km] of an observer (about 670 au: a spacecraft at 1e30 km is a damaged header).
+MAX_OBSERVER_DISTANCE_KM = 1e11
+
+
 def _observer_position(path, header, primary, keys) -> tuple | None:
     """Spacecraft position [km] from the first triplet of ``keys`` present (extension first, then primary)."""
     for k in range(0, len(keys) - 2, 3):
@@ -567,6 +571,10 @@ def _observer_position(path, header, primary, keys) -> tuple | None:
             raise InputError(f"{path}: observer position keywords {', '.join(triplet)} must all be numbers (km)") from None
         if not all(np.isfinite(position)):
             raise InputError(f"{path}: observer position keywords {', '.join(triplet)} are not finite")
+        if math.hypot(*position) > MAX_OBSERVER_DISTANCE_KM:
+            raise InputError(f"{path}: observer position keywords {', '.join(triplet)} put the observer "
+                             f"{math.hypot(*position):.3g} km from the Earth's centre (more than "
+                             f"{MAX_OBSERVER_DISTANCE_KM:.0e} km: not a geocentric position in km)")
         return position
     return None
 
