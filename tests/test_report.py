@@ -314,7 +314,7 @@ def test_report_headers_say_what_was_used_and_placeholders_are_flagged(run_dir, 
     config = copy / "plain.toml"
     config.write_text("[report]\nstation = \"XXX\"\n")
     with caplog.at_level("WARNING", logger="ssodetect.report.products"):
-        assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+        assert main(["report", str(copy), "--config", str(config), "-q"]) == 1  # placeholders warned: a report with warnings exits 1
     assert not (copy / "observations.xml").exists() and not (copy / "observations.psv").exists()  # no aperture
     header, records, _ = read_mpc80((copy / "observations.mpc").read_text())
     assert "NET" not in header and "TEL" not in header and all(not np.isfinite(r.mag) for r in records)
@@ -323,7 +323,7 @@ def test_report_headers_say_what_was_used_and_placeholders_are_flagged(run_dir, 
         assert words in page and words in caplog.text, words
     config.write_text("[report]\nstation = \"XXX\"\ntelescope_aperture = 0.5\n")
     with caplog.at_level("WARNING", logger="ssodetect.report.products"):
-        assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+        assert main(["report", str(copy), "--config", str(config), "-q"]) == 1  # placeholders warned: a report with warnings exits 1
     xml = (copy / "observations.xml").read_text()
     assert validate_xml(xml, xsd) == []
     ctx, rows = read_ades(xml)[0]
@@ -332,7 +332,7 @@ def test_report_headers_say_what_was_used_and_placeholders_are_flagged(run_dir, 
     # a zero point from the header: magnitudes reported, without claiming a photometric catalogue
     report_ctx["zeropoint_sources"] = {k: "header" for k in report_ctx["zeropoint_sources"]}
     (copy / "provenance.json").write_text(json.dumps(provenance))
-    assert main(["report", str(copy), "--config", str(config), "-q"]) == 0
+    assert main(["report", str(copy), "--config", str(config), "-q"]) == 1  # placeholders warned: a report with warnings exits 1
     rows = read_ades(copy / "observations.xml")[0][1]
     assert any("mag" in r for r in rows) and not any("photCat" in r for r in rows)
 

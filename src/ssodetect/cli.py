@@ -374,16 +374,34 @@ def _report(args) -> int:
         if not (outdir / name).is_file():
             raise SSODetectError(f"{outdir}: not a finished ssodetect run ({name} is missing)")
     config = load_config(args.config or (outdir / "config.toml" if (outdir / "config.toml").is_file() else None))
-    with OutputStage(outdir) as stage:
-        written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
-        dropped = set(REPORT_FILES) - {p.name for p in written}
-        _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv])
+    counter = _WarningCounter()  # a report written with warnings exits 1, as the run that wrote it did
+    log.addHandler(counter)
+    try:
+        with OutputStage(outdir) as stage:
+            written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
+            dropped = set(REPORT_FILES) - {p.name for p in written}
+            _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv])
+    finally:
+        log.removeHandler(counter)
     ours = (recorded_files(outdir) or set()) if dropped else set()
     for name in dropped & ours:
         (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     for path in written:
         print(outdir / path.name)
-    return 0
+    return 1 if counter.count else 0
+
+
+class _WarningCounter(logging.Handler):
+    """Counts the warnings a command logged (its exit status is 1 when there were any)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.addFilter(RepeatFilter())
+
+    def emit(self, record) -> None:
+        if not getattr(record, "uncounted", False):
+            self.count += 1
 
 
 def _config(args) -> int:

@@ -179,3 +179,16 @@ def test_a_filter_name_that_would_break_the_reports_is_no_band(scene, tmp_path, 
     psv = (tmp_path / "o" / "observations.psv").read_text().splitlines()
     rows = [line for line in psv if line and not line.startswith(("#", "!"))]
     assert rows and len({line.count("|") for line in rows}) == 1, rows[:3]
+
+
+def test_an_alert_delivered_does_not_make_the_directory_foreign_to_the_next_run(scene, tmp_path, capsys):
+    """Eighth campaign's N4: the delivery's lines were appended to run.log after the products record took its
+    checksum, so the next run into the directory refused it ("holds files ssodetect did not write (run.log)")."""
+    config = tmp_path / "alert.toml"
+    config.write_text('[alerts]\ncommand = ["true"]\n')
+    out = tmp_path / "out"
+    first = cli(capsys, "run", scene, "--out", out, "--config", config, "--to-step", "report")
+    assert first.code in (0, 1) and first.errors == [], first.err
+    assert "alert" in (out / "run.log").read_text().lower()
+    again = cli(capsys, "run", scene, "--out", out, "--config", config)
+    assert again.code in (0, 1) and again.errors == [], again.err

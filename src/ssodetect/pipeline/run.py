@@ -35,7 +35,7 @@ from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
 )
-from ssodetect.io.outputs import STAGE_MARKER
+from ssodetect.io.outputs import STAGE_MARKER, record_files
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
 from ssodetect.columns import empty_table
@@ -797,6 +797,14 @@ def run_pipeline(
             package_log.removeHandler(handler)
             handler.close()
             handler = None
+            if "alert.json" in written:
+                # the delivery's lines changed run.log after the products record took its checksum: recorded again,
+                # or the next run would take it for the user's file and refuse the directory (eighth campaign, N4)
+                try:
+                    record_files(outdir, ["run.log"])
+                except OSError as exc:
+                    log.warning("%s: cannot record run.log after the alert's delivery (%s): the next run into it "
+                                "will take run.log for a file of yours", outdir, exc.strerror or exc)
         result.warnings = counter.count
         return result
     except BaseException:
