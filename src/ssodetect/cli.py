@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ssodetect import safejson
 from ssodetect._version import __version__
-from ssodetect.errors import RepeatFilter, SSODetectError
+from ssodetect.errors import RepeatFilter, SSODetectError, WarningCount
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -374,7 +374,7 @@ def _report(args) -> int:
         if not (outdir / name).is_file():
             raise SSODetectError(f"{outdir}: not a finished ssodetect run ({name} is missing)")
     config = load_config(args.config or (outdir / "config.toml" if (outdir / "config.toml").is_file() else None))
-    counter = _WarningCounter()  # a report written with warnings exits 1, as the run that wrote it did
+    counter = WarningCount()  # a report written with warnings exits 1, as the run that wrote it did
     log.addHandler(counter)
     try:
         with OutputStage(outdir) as stage:
@@ -389,19 +389,6 @@ def _report(args) -> int:
     for path in written:
         print(outdir / path.name)
     return 1 if counter.count else 0
-
-
-class _WarningCounter(logging.Handler):
-    """Counts the warnings a command logged (its exit status is 1 when there were any)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.count = 0
-        self.addFilter(RepeatFilter())
-
-    def emit(self, record) -> None:
-        if not getattr(record, "uncounted", False):
-            self.count += 1
 
 
 def _config(args) -> int:

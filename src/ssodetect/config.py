@@ -41,6 +41,9 @@ __all__ = [
 #: bit masks may use 64 bits.
 MAX_INT_SETTING = 2**31 - 1
 
+#: The characters a photometric band name may hold in the reports (a '|' added a field to every ADES PSV row).
+BAND_CHARACTERS = r"[A-Za-z0-9_.'-]"
+
 
 class _Section(BaseModel):
     # no inf/nan settings (max_rate = inf would search forever); booleans must be true/false, not "yes"
@@ -529,7 +532,7 @@ class ReportConfig(_Section):
                                "frames); UNK: unknown (a warning).")
     photcat: str = Field(default="Gaia3", description="Photometric catalogue of a zero point fitted to the reference "
                          "catalogue (ADES photCat; empty: not written; never written for a header zero point).")
-    band: str = Field(default="", pattern=r"^[A-Za-z0-9_]{0,4}$",
+    band: str = Field(default="", pattern=rf"^{BAND_CHARACTERS}{{0,8}}$",
                       description="Photometric band for ADES (empty: the image filter keyword).")
     time_decimals: int = Field(
         default=3, ge=0, le=6,

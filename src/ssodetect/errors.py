@@ -1,4 +1,4 @@
-"""Exceptions raised for user-facing problems, and the filter that says each warning once.
+"""Exceptions raised for user-facing problems, and the logging pieces that count warnings and say each once.
 
 Each message is one line that names the offending file (or setting) and what is
 wrong with it; the CLI prints it and exits non-zero.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter"]
+__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount"]
 
 
 class SSODetectError(Exception):
@@ -38,3 +38,21 @@ class RepeatFilter(logging.Filter):
             return False
         self._seen.add(key)
         return True
+
+
+class WarningCount(logging.Handler):
+    """Counts a command's warnings, each once (:class:`RepeatFilter`); keeps their messages (``messages``, which
+    the pipeline empties per step to store them with the step's products).  A library's Python warning logged with
+    ``extra={"uncounted": True}`` is shown, not counted."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.messages: list[str] = []
+        self.addFilter(RepeatFilter())
+
+    def emit(self, record) -> None:
+        if getattr(record, "uncounted", False):
+            return
+        self.count += 1
+        self.messages.append(record.getMessage())

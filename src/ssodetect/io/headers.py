@@ -167,15 +167,13 @@ PLAUSIBLE_YEARS = (1800, 2300)
 
 
 def _plausible_utc(t: Time, offset: float, what: str) -> Time:
-    """``t`` + ``offset`` seconds as UTC (ISO format), refused outside :data:`PLAUSIBLE_YEARS`; ERFA's "dubious year" warnings (a year
-    outside its leap-second table) are kept from printing lines that name no file: the caller names it."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ErfaWarning)
-        t = t + offset * u.s
-        year = float(t.tt.jyear)
-        if not (np.isfinite(year) and PLAUSIBLE_YEARS[0] <= year <= PLAUSIBLE_YEARS[1]):
-            raise ValueError(f"{what} is the year {year:.0f}, outside {PLAUSIBLE_YEARS[0]}-{PLAUSIBLE_YEARS[1]}")
-        mid = t.utc
+    """``t`` + ``offset`` seconds as UTC (ISO format), refused outside :data:`PLAUSIBLE_YEARS` (called where
+    :func:`observation_time` keeps ERFA's "dubious year" warnings, which name no file, from printing)."""
+    t = t + offset * u.s
+    year = float(t.tt.jyear)
+    if not (np.isfinite(year) and PLAUSIBLE_YEARS[0] <= year <= PLAUSIBLE_YEARS[1]):
+        raise ValueError(f"{what} is the year {math.floor(year)}, outside {PLAUSIBLE_YEARS[0]}-{PLAUSIBLE_YEARS[1]}")
+    mid = t.utc
     mid.format = "isot"
     return mid
 

@@ -27,10 +27,10 @@ from ssodetect._version import __version__
 from ssodetect.astrometry.field import rescue_failed
 from ssodetect.astrometry.refcat import compare_with_reference, cut_to_field, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
-from ssodetect.config import Config, dump_toml
+from ssodetect.config import BAND_CHARACTERS, Config, dump_toml
 from ssodetect.calibrate import build_calibration
 from ssodetect.detect import kernels_cold
-from ssodetect.errors import ConfigError, InputError, RepeatFilter
+from ssodetect.errors import ConfigError, InputError, RepeatFilter, WarningCount
 from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
@@ -611,21 +611,6 @@ def _kept_warnings(messages: list) -> list[str]:
     return kept
 
 
-class _WarningCount(logging.Handler):
-    """Counts the run's warnings; keeps the messages of the step running (stored with its products)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.count = 0
-        self.messages: list[str] = []
-
-    def emit(self, record) -> None:
-        if getattr(record, "uncounted", False):  # a library's Python warning: shown, not a warning of the run
-            return
-        self.count += 1
-        self.messages.append(record.getMessage())
-
-
 def run_pipeline(
     inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None,
     from_step: str | None = None, to_step: str | None = None, reuse: bool = True, obs_id: str | None = None,
@@ -698,8 +683,7 @@ def run_pipeline(
     handler = None
     package_log = logging.getLogger("ssodetect")
     saved_level = package_log.level
-    counter = _WarningCount()
-    counter.addFilter(RepeatFilter())
+    counter = WarningCount()
     package_log.addHandler(counter)
     if stage is not None:
         if package_log.getEffectiveLevel() > logging.INFO:
@@ -989,7 +973,7 @@ def _report_context(result: RunResult, config: Config) -> dict:
         filters = {str(r.filter).strip() for r in refs}
         context["filter"] = refs[0].filter if len(filters) == 1 else "/".join(sorted(filters))
         context["band"] = str(refs[0].filter).strip() if len(filters) == 1 else ""  # no single band: no magnitudes
-        if context["band"] and not config.report.band and not re.fullmatch(r"[A-Za-z0-9_.'-]+", context["band"]):
+        if context["band"] and not config.report.band and not re.fullmatch(f"{BAND_CHARACTERS}+", context["band"]):
             # (a filter name is written as the reports' band: 'g|r' added a field to every PSV row)
             log.warning("%s: filter %r is no band name the reports can carry (letters, digits, _ . ' -): "
                         "magnitudes left out of them; set [report] band", refs[0].path, context["band"])
