@@ -191,7 +191,8 @@ def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(ble
     stats = result.link_stats["blends"]
     assert stats["n_objects"] >= 1 and stats["n_accepted"] >= 1
     # every target is accounted for: measured (then accepted or refused for a reason), without a template, off the image
-    assert stats["n_targets"] == stats["n_measured"] + stats["n_no_template"] + stats["n_off_image"]
+    assert stats["n_targets"] == (stats["n_measured"] + stats["n_no_template"] + stats["n_off_image"]
+                                  + stats["n_too_long"])
     assert stats["n_measured"] == stats["n_accepted"] + sum(stats["refused"].values())
     assert ev.n_false <= 1
     # without the blend measurement the linker has two clean detections only: the mover is lost
@@ -365,7 +366,7 @@ def test_a_fast_mover_whose_trails_cross_spikes_is_found_from_its_whole_trail(sp
     assert stats["n_objects_from_trails"] >= 1 and stats["trails"]["n_proposals"] >= 1
     # every target is accounted for: measured, without a template, off the image, or of a direction not shown
     assert stats["n_targets"] + stats["trails"]["n_targets"] == (stats["n_measured"] + stats["n_no_template"]
-                                                                  + stats["n_off_image"]
+                                                                  + stats["n_off_image"] + stats["n_too_long"]
                                                                   + stats["trails"]["n_not_measured"])
     name = next(n for n, e in found.items() if len(e) == 4)
     assert sorted(np.asarray(obs["kind"])[np.asarray(obs["object"]).astype(str) == name]) == [

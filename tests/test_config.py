@@ -46,6 +46,13 @@ def test_invalid_values_are_errors(tmp_path):
     ("[detect]\nbackground_box = 1000000000\n", "background_box"),
     ("[detect]\ndeblend_nthresh = 100000000\n", "deblend_nthresh"),
     ("[execution]\nworkers = 100000\n", "workers"),
+    # eighth campaign (N12, N17): a right-to-left override, NUL in a header keyword, ESC in a scheduler address,
+    # no time keyword at all
+    ('[report]\nmeasurers = ["A. \\u202eB"]\n', "measurers"),
+    ('[io]\ndetector_keys = ["DET\\u0000"]\n', "detector_keys"),
+    ('[execution]\nscheduler = "tcp://x\\u001b[31m:8786"\n', "scheduler"),
+    ("[io]\ntime_keys = []\n", "time_keys"),
+    ("[report]\ntelescope_aperture = 1e30\n", "telescope_aperture"),
 ])
 def test_settings_that_break_a_report_or_the_machine_are_refused_at_load(tmp_path, text, setting):
     """Seventh campaign: a newline in [report] free text was written raw into the ADES PSV and MPC files (extra

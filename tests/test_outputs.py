@@ -88,6 +88,12 @@ def test_hints_about_the_exposures_times():
     assert "exposures 1 (a2.fits) and 2 (a3.fits) are 1096.0 days apart" in line
     shuffled = _exposures(["a2.fits", "a3.fits", "a1.fits"], [60000.0, 60000.02, 60000.04])
     assert "a2.fits, a3.fits, a1.fits" in time_order_differs(shuffled)
+    # exposures of 60 s whose mid-times are 50 s apart overlap (N1: EXPTIME = 1e6 with starts 1100 s apart)
+    close = _exposures(["a1.fits", "a2.fits", "a3.fits"], [60000.0, 60000.0 + 50 / 86400, 60000.04])
+    (line,) = sequence_problems(close)
+    assert "exposures 0 (a1.fits, 60 s) and 1 (a2.fits, 60 s) overlap by 10 s" in line and "EXPTIME" in line
+    touching = _exposures(["a1.fits", "a2.fits", "a3.fits"], [60000.0, 60000.0 + 60 / 86400, 60000.04])
+    assert sequence_problems(touching) == []
 
 
 @pytest.mark.parametrize("replace", [True, False])
@@ -115,3 +121,19 @@ def test_every_run_product_is_recognised_in_a_directory_without_a_signed_record(
     from ssodetect.pipeline.run import RUN_PRODUCTS
 
     assert set(RUN_PRODUCTS) <= set(LEGACY_PRODUCTS)
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind(tmp_path, monkeypatch):
+    """Eighth campaign's N11: on a full disk the lock file was made (a new inode fits) but its process number could
+    not be written, and the empty ``.out.lock`` stayed."""
+    import errno
+
+    from ssodetect.io import outputs
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "write", full)
+    with pytest.raises(OSError, match="No space left"):
+        outputs.OutputLock(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

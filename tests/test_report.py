@@ -347,3 +347,14 @@ def test_telescope_aperture_comes_from_the_header():
     assert telescope_aperture(fits.Header({"APTAREA": area}))[0] == pytest.approx(1.0)
     assert telescope_aperture(fits.Header({"TELESCOP": "NEOSSat"})) == (0.15, "TELESCOP NEOSSAT")
     assert telescope_aperture(fits.Header({"TELESCOP": "C14", "APTDIA": "n/a"})) is None
+    # N8: APTDIA = 1e30 went into the ADES aperture, APTDIA = -1 gave Euclid's 1.2 m without a word
+    for value in (1e30, -1.0, 5.0):
+        problems: list = []
+        assert telescope_aperture(fits.Header({"APTDIA": value, "TELESCOP": "EUCLID"}), problems) == (1.2, "TELESCOP EUCLID")
+        assert len(problems) == 1 and f"APTDIA = {value!r} is no telescope aperture (10-50000 mm" in problems[0]
+    # N19: MPCCODE = '<a>' was dropped without a word
+    from ssodetect.io.headers import station_code
+
+    problems = []
+    assert station_code(fits.Header({"MPCCODE": "<a>", "OBSCODE": "i41"}), problems=problems) == "I41"
+    assert problems == ["MPCCODE = '<a>' is no MPC observatory code (three digits or capital letters): not used"]

@@ -91,8 +91,9 @@ def _option(section, name: str, value, option: str) -> None:
     try:
         setattr(section, name, value)
     except ValidationError as exc:
-        problems = "; ".join(err["msg"] for err in exc.errors())
-        raise ConfigError(f"{option} {value}: {problems}") from None
+        problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
+        said = str(value) if str(value).isprintable() else ascii(str(value))  # a newline would end the line
+        raise ConfigError(f"{option} {said}: {problems}") from None
 
 
 def _execution_config(args):
@@ -509,9 +510,15 @@ def _watch(args) -> int:
     from ssodetect.errors import ConfigError
     from ssodetect.pipeline.registry import Registry
 
-    if not (args.exposures >= 1 and 0 <= args.settle < math.inf and 0 < args.timeout < math.inf
-            and 1 <= args.workers <= 64):  # (comparisons with NaN are false: refused too)
-        raise ConfigError("watch: --exposures >= 1, --settle >= 0, --timeout > 0 (finite), --workers 1-64")
+    bounds = [("--exposures", args.exposures, args.exposures >= 1, "at least 1"),
+              ("--settle", args.settle, 0 <= args.settle < math.inf, "finite, at least 0 [s]"),
+              ("--timeout", args.timeout, 0 < args.timeout < math.inf, "finite, above 0 [s]"),
+              ("--workers", args.workers, 1 <= args.workers <= 64, "1-64")]
+    for option, value, ok, rule in bounds:  # (comparisons with NaN are false: refused too)
+        if not ok:
+            raise ConfigError(f"watch: {option} {value}: must be {rule}")
+    if not Path(args.inbox).is_dir():  # before the root is made
+        raise ConfigError(f"{args.inbox}: not a directory to watch")
     root = Path(args.root).resolve()
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--root {args.root}: exists and is not a directory")
@@ -572,11 +579,8 @@ def _runs(args) -> int:
         return 0
     header = f"{'started (UTC)':<20} {'status':<8} {'time':>7} {'objects':>7} {'warn':>4}  {'obs id':<12} directory"
     print(header)
-    def shown(text) -> str:  # a manifest's text may hold terminal escapes: printable characters only
-        return "".join(c if c.isprintable() else "?" for c in str(text))
-
-    for r in rows:
-        r = {k: shown(v) if isinstance(v, str) else v for k, v in r.items()}
+    for r in rows:  # a manifest's text may hold terminal escapes: printed as escapes
+        r = {k: printable(v) if isinstance(v, str) else v for k, v in r.items()}
         duration = f"{r['duration_s']:.0f} s" if r["duration_s"] is not None else "-"
         objects = "-" if r["n_objects"] is None else str(r["n_objects"])
         print(f"{r['started_utc'][:19]:<20} {r['status']:<8} {duration:>7} {objects:>7} {r['warnings']:>4}  "
@@ -999,6 +1003,31 @@ def _check_text_arguments(args) -> None:
                     raise SSODetectError(f"{shown}: not valid UTF-8 text (argument {name}); rename it") from None
 
 
+def printable(text: str) -> str:
+    """``text`` as it may be printed on a terminal: control characters (ESC, BEL, CR...) and direction marks
+    (U+202E...) written as escapes, so that a file name or a header value cannot rewrite the screen."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+
+
+class _ShownFormatter(logging.Formatter):
+    """The console's log lines, each message passed through :func:`printable` (a traceback, with ``-v``, as it is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised because of a Ctrl-C: a compiled kernel (numba) interrupted inside returns a
+    ``SystemError`` whose cause or context is the ``KeyboardInterrupt``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main(argv=None) -> int:
     """Entry point of the ``ssodetect`` command; returns the exit status."""
     parser = build_parser()
@@ -1006,7 +1035,7 @@ def main(argv=None) -> int:
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)  # the run may lower the package level so that run.log records progress
     handler.addFilter(RepeatFilter())  # a warning said again by a later step is printed once
     log.addHandler(handler)
@@ -1018,7 +1047,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except SSODetectError as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        print(f"ssodetect: error: {lines[0]}", file=sys.stderr)  # one line, whatever a library said
+        print(f"ssodetect: error: {printable(lines[0])}", file=sys.stderr)  # one line, whatever a library said
         return 2
     except KeyboardInterrupt:
         print("ssodetect: interrupted", file=sys.stderr)
@@ -1029,16 +1058,21 @@ def main(argv=None) -> int:
         else:  # the machine's problem, not ours: a full disk, no permission, a read-only file system
             # a failed write often carries no file name: the output directory the command was writing
             where = exc.filename or getattr(args, "out", None) or getattr(args, "outdir", None) or "output"
-            print(f"ssodetect: error: {where}: {exc.strerror or exc} (nothing was committed)", file=sys.stderr)
+            print(printable(f"ssodetect: error: {where}: {exc.strerror or exc} (nothing was committed)"),
+                  file=sys.stderr)
             return 2
         log.debug("internal error", exc_info=True)
-        print(f"ssodetect: internal error: OSError: {raise_internal} (run with -v for the traceback; please report it)",
-              file=sys.stderr)
+        print(printable(f"ssodetect: internal error: OSError: {raise_internal} (run with -v for the traceback; "
+                        "please report it)"), file=sys.stderr)
         return 3
     except Exception as exc:  # a bug: one line, the traceback in debug output
+        if _interrupted(exc):
+            print("ssodetect: interrupted", file=sys.stderr)
+            return 130
         log.debug("internal error", exc_info=True)
-        print(f"ssodetect: internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-              f" (run with -v for the traceback; please report it)", file=sys.stderr)
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(printable(f"ssodetect: internal error: {type(exc).__name__}: {said} (run with -v for the traceback; "
+                        "please report it)"), file=sys.stderr)
         return 3
     finally:
         warnings.showwarning = shown

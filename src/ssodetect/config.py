@@ -66,12 +66,33 @@ class _Section(BaseModel):
                 raise ValueError(f"{value} is too large (at most {limit})")
         return value
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _one_line_of_text(cls, value, info):
+        # a newline or NUL in a header text broke the ADES PSV into extra lines and made the XML ill-formed; a
+        # right-to-left override shows a name reversed in every report and terminal; NUL cut a keyword in C code
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and any(not _printable(c) for c in item):
+                raise ValueError(f"{ascii(item)} holds a control or direction-changing character (a newline, a tab, "
+                                 "NUL, ESC, U+202E...): one line of printable text")
+        return value
+
+
+#: Unicode's direction-changing marks and overrides (they reorder what a terminal or a report shows).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _printable(c: str) -> bool:
+    """Whether a character may stand in a setting's text: not a C0/C1 control, DEL, or a direction mark."""
+    code = ord(c)
+    return not (code < 32 or 127 <= code < 160 or c in _BIDI or c in "\u2028\u2029")
+
 
 class IOConfig(_Section):
     """Header keywords and FITS layout."""
 
     time_keys: list[str] = Field(
-        default=["MJD-OBS", "MJD_OBS", "DATE-OBS", "DATE_OBS", "UTCSTART", "MIDTIMJD", "JD", "JD_OBS"],
+        default=["MJD-OBS", "MJD_OBS", "DATE-OBS", "DATE_OBS", "UTCSTART", "MIDTIMJD", "JD", "JD_OBS"], min_length=1,
         description="Header keywords tried in order for the exposure time stamp. DATE-OBS may carry "
         "a time or be completed by TIME-OBS/UT/UTC-OBS; old 'DD/MM/YY' dates are understood.",
     )
@@ -82,7 +103,7 @@ class IOConfig(_Section):
         "everything else the start.",
     )
     exptime_keys: list[str] = Field(
-        default=["EXPTIME", "EXPOSURE", "ITIME", "TEXP"], description="Exposure time keywords [s]."
+        default=["EXPTIME", "EXPOSURE", "ITIME", "TEXP"], min_length=1, description="Exposure time keywords [s]."
     )
     gain_keys: list[str] = Field(
         default=["GAIN", "EGAIN", "CCDGAIN"], description="Gain keywords [e-/ADU]."
@@ -501,15 +522,6 @@ class ReportConfig(_Section):
             raise ValueError(f"station {value!r} is not an MPC observatory code: three characters, digits and capital "
                              "letters (e.g. 500, I41, X05; XXX: from the headers)")
         return value
-    @field_validator("*", mode="after")
-    @classmethod
-    def _one_line_of_text(cls, value, info):
-        # a newline or NUL in a header text broke the ADES PSV into extra lines and made the XML ill-formed
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in item):
-                raise ValueError(f"{item!r} holds a control character (a newline, a tab, NUL...): one line of "
-                                 "printable text")
-        return value
 
     submitter: str = Field(default="ssodetect user", description="Submitter name for the ADES header.")
     institution: str = Field(default="", description="Submitter's institution (ADES submitter/institution).")
@@ -518,7 +530,7 @@ class ReportConfig(_Section):
     telescope_name: str = Field(default="", description="Telescope name (ADES telescope/name).")
     telescope_design: str = Field(default="Reflector", description="Telescope design (ADES telescope/design).")
     telescope_aperture: float = Field(
-        default=0.0, ge=0, description="Aperture [m] (ADES telescope/aperture); 0: from the header (APTDIA [mm], "
+        default=0.0, ge=0, le=50.0, description="Aperture [m] (ADES telescope/aperture); 0: from the header (APTDIA [mm], "
         "APTAREA [mm2]) or the telescope's known aperture (TELESCOP), a warning when nothing gives it.")
     telescope_detector: str = Field(default="CCD", description="Detector type (ADES telescope/detector).")
     telescope_f_ratio: float = Field(default=0.0, ge=0, description="Focal ratio (0: not written).")
@@ -706,6 +718,8 @@ def load_config(path: str | Path | None = None) -> Config:
     """
     if path is None:
         return Config()
+    if not str(path).strip():
+        raise ConfigError(f"{str(path)!r}: an empty configuration file name")
     path = Path(path)
     if path.exists() and not path.is_file():
         raise ConfigError(f"{path}: not a regular file (a FIFO, device or directory is not a configuration)")

@@ -103,6 +103,12 @@ def test_batch_exits_1_when_its_fields_warned(scene, tmp_path, capsys):
     assert "1 with warnings" in outcome.out[0], outcome.out
     summary = Table.read(out / "batch_summary.ecsv")
     assert list(summary["status"]) == ["done"] and summary["warnings"][0] > 0
+    # N6 (eighth campaign): run again over the complete field, the batch said "skipped, 0 warnings" and exited 0
+    again = cli(capsys, "batch", field, "--out", out)
+    assert again.code == 1 and "1 with warnings" in again.out[0], (again.err, again.out)
+    assert any("complete before, with" in line and "run.log" in line for line in again.warnings), again.err
+    rerun = Table.read(out / "batch_summary.ecsv")
+    assert list(rerun["status"]) == ["skipped"] and rerun["warnings"][0] == summary["warnings"][0]
 
 
 def test_watch_once_exits_1_after_skipping_a_folder(scene, tmp_path, capsys):

@@ -504,9 +504,10 @@ def test_an_orbit_file_nested_without_end_is_a_clean_error(scene, out, tmp_path,
     assert "orbit" in line
 
 
-@pytest.mark.parametrize("value", ["1E999", "0.0", "-2.0", "'abc'"])
+@pytest.mark.parametrize("value", ["1E999", "0.0", "-2.0", "'abc'", "1E300"])
 def test_an_unusable_gain_card_is_a_warning_naming_the_file(src, tmp_path, capsys, value):
-    """C10: GAIN = 1e999 was read as infinity and silently replaced by the default gain."""
+    """C10: GAIN = 1e999 was read as infinity and silently replaced by the default gain; N9: GAIN = 1e300 was used
+    as it was."""
     with fits.open(src / "exp_01.fits", mode="update") as hdul:
         for hdu in hdul:
             hdu.header.remove("GAIN", ignore_missing=True, remove_all=True)
@@ -839,7 +840,7 @@ def test_a_distortion_that_folds_the_image_is_an_unusable_wcs_not_an_internal_er
     assert any("exp_01.fits" in w and "cannot be inverted" in w for w in outcome.warnings), outcome.warnings
 
 
-def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path):
+def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path, caplog):
     """Seventh campaign's D23: a catalogue in radians (``unit: rad`` declared) was read as degrees ("no star near any
     CCD's header footprint"); a unit that is no angle is refused, and so is a catalogue with no usable row."""
     from astropy import units as u
@@ -860,8 +861,18 @@ def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path):
         load_reference_catalogue(tmp_path / "m.ecsv")
     ref["phot_g_mean_mag"] = np.nan
     ref.write(tmp_path / "nan.ecsv")
-    with pytest.raises(InputError, match="no row with a finite position and magnitude"):
+    with pytest.raises(InputError, match="no row with a finite position"):
         load_reference_catalogue(tmp_path / "nan.ecsv")
+    # eighth campaign's N19: a catalogue of 0 rows, or of declinations of 100 deg, was "another part of the sky"
+    ref[:0].write(tmp_path / "empty.ecsv")
+    with caplog.at_level("WARNING", logger="ssodetect"):
+        assert len(load_reference_catalogue(tmp_path / "empty.ecsv")) == 0
+    assert any("empty.ecsv: the reference catalogue holds no star (0 rows)" in r.getMessage() for r in caplog.records)
+    far = Table.read(scene / "refcat.ecsv")
+    far["dec"] = 100.0
+    far.write(tmp_path / "dec100.ecsv")
+    with pytest.raises(InputError, match=r"dec100.ecsv: no row with a finite position \(declination within"):
+        load_reference_catalogue(tmp_path / "dec100.ecsv")
 
 
 def test_a_frame_laid_out_unlike_the_others_is_named(scene, src, tmp_path, capsys):

@@ -164,11 +164,20 @@ def load_reference_catalogue(path: str | Path) -> Table:
                 log.warning("%s: %d rows with an infinite %s ignored", path, int(infinite.sum()), name)
                 good &= ~infinite
             table[name] = np.where(np.isnan(values), default, values)
+    if len(table) == 0:  # (said here: the run would otherwise blame the field's position on the sky)
+        log.warning("%s: the reference catalogue holds no star (0 rows): no astrometric solution from it", path)
+        return table
     for name in REFCAT_REQUIRED:
         good &= np.isfinite(np.asarray(table[name], float))
+    with np.errstate(invalid="ignore"):
+        off_sphere = good & (np.abs(np.asarray(table["dec"], float)) > 90.0)
+    if off_sphere.any():
+        log.warning("%s: %d rows with a declination beyond +-90 deg ignored", path, int(off_sphere.sum()))
+        good &= ~off_sphere
     if not good.all():
         if not good.any():  # (with every row ignored, the run would blame the field's position on the sky)
-            raise InputError(f"{path}: no row with a finite position and magnitude ({len(table)} rows)")
+            raise InputError(f"{path}: no row with a finite position (declination within +-90 deg) and magnitude "
+                             f"({len(table)} rows)")
         log.info("%s: %d rows without a finite position, magnitude, proper motion or error ignored", path,
                  int((~good).sum()))
         table = table[good]

@@ -267,6 +267,16 @@ def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
         if pixels > MAX_HDU_PIXELS:
             raise InputError(f"{path}: HDU {index} declares {pixels} pixels, more than the {MAX_HDU_PIXELS} one "
                              "image may have here (a damaged header or a decompression bomb)")
+        if "ZNAXIS" in cards:  # a tile-compressed image: its tiles must be at least a pixel on each axis
+            for axis in range(1, int(cards.get("ZNAXIS", "0") or 0) + 1):
+                tile = cards.get(f"ZTILE{axis}")
+                try:
+                    bad = tile is not None and int(tile) < 1
+                except ValueError:
+                    bad = True
+                if bad:
+                    raise InputError(f"{path}: HDU {index} has ZTILE{axis} = {tile}: a compressed image's tiles are "
+                                     "at least 1 pixel across (damaged header)")
         end += blocks * 2880 + -(-(n * bitpix // 8) // 2880) * 2880
         index += 1
     return end
@@ -483,12 +493,18 @@ def _first_unusable(merged, keys, usable, what: str) -> str:
     return ""
 
 
+#: The largest gain [e-/ADU] taken from a header; a larger one (or none, or one not above 0) gives
+#: ``[io] default_gain`` instead, with a warning.
+MAX_GAIN = 1000.0
+
+
 def _unusable_gain(header, primary, config: IOConfig) -> str:
     """Why the gain keyword of a CCD's header (merged with its primary header, as :func:`read_ccd` reads it) is
-    unusable (non-numeric, infinite, zero or negative: :func:`read_ccd` then takes ``config.default_gain``); empty
-    when it is usable or absent."""
+    unusable (non-numeric, infinite, not above 0 or above :data:`MAX_GAIN`: :func:`read_ccd` then takes
+    ``config.default_gain``); empty when it is usable or absent."""
     merged = merge_headers(header, primary) if primary is not None else header
-    return _first_unusable(merged, config.gain_keys, lambda g: g > 0, "a positive finite gain")
+    return _first_unusable(merged, config.gain_keys, lambda g: 0 < g <= MAX_GAIN,
+                           f"a gain (above 0, at most {MAX_GAIN:g} e-/ADU)")
 
 
 def _unusable_calibration(header, primary, config: IOConfig, exptime: float) -> list[str]:
@@ -702,7 +718,7 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
         gain = float(gain)
     except (TypeError, ValueError):
         gain = config.default_gain
-    if not np.isfinite(gain) or gain <= 0:
+    if not (np.isfinite(gain) and 0 < gain <= MAX_GAIN):
         gain = config.default_gain
     zeropoint, zp_source = config.default_zeropoint, "default"
     zp = first_keyword(merged, config.zeropoint_keys)
@@ -737,6 +753,9 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
 #: Exposures farther apart than this [days] are named in a warning: linking assumes straight, uniform motion,
 #: which holds over a night or two, not over weeks.
 MAX_SEQUENCE_GAP_DAYS = 2.0
+#: Consecutive exposures overlapping by more than this [s] (one camera cannot) are reported: EXPTIME or the
+#: time keyword is wrong.
+MAX_EXPOSURE_OVERLAP_S = 1.0
 
 
 def sequence_problems(exposures: list[Exposure]) -> list[str]:
@@ -744,6 +763,8 @@ def sequence_problems(exposures: list[Exposure]) -> list[str]:
 
     * CCDs in fewer than 3 exposures while others are in more (a file laid out unlike the others);
     * consecutive exposures more than :data:`MAX_SEQUENCE_GAP_DAYS` apart;
+    * consecutive exposures overlapping in time by more than :data:`MAX_EXPOSURE_OVERLAP_S` (EXPTIME too long or
+      wrong times);
     * the exposures' time order differs from the order of their files' names (a sign of wrong DATE-OBS
       values, reported by the caller only when nothing was linked).
     """
@@ -762,6 +783,12 @@ def sequence_problems(exposures: list[Exposure]) -> list[str]:
                             "are not named as the others' are: EXTNAME/DETECTOR?)")
     for a, b in zip(exposures, exposures[1:]):
         gap = float(b.mid_time.mjd - a.mid_time.mjd)
+        overlap = 0.5 * (a.exptime + b.exptime) - gap * 86400.0
+        if overlap > MAX_EXPOSURE_OVERLAP_S:
+            problems.append(f"exposures {a.index} ({Path(a.ccds[0].path).name}, {a.exptime:g} s) and {b.index} "
+                            f"({Path(b.ccds[0].path).name}, {b.exptime:g} s) overlap by {overlap:.4g} s: their mid-times "
+                            f"are {gap * 86400.0:.4g} s apart; check EXPTIME and DATE-OBS (trail lengths and rates "
+                            "are computed from them)")
         if gap > MAX_SEQUENCE_GAP_DAYS:
             problems.append(f"exposures {a.index} ({Path(a.ccds[0].path).name}) and {b.index} "
                             f"({Path(b.ccds[0].path).name}) are {gap:.1f} days apart: linking assumes straight, "

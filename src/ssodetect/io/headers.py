@@ -38,6 +38,7 @@ __all__ = [
     "observation_time",
     "sanitize_wcs_header",
     "celestial_wcs",
+    "wcs_frame_problem",
     "station_code",
     "telescope_aperture",
     "KNOWN_APERTURES",
@@ -336,6 +337,29 @@ def sanitize_wcs_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
 _WCS_ESSENTIAL = re.compile(r"(CRVAL|CRPIX|CDELT)[12]|(CD|PC)[12]_[12]")
 
 
+def wcs_frame_problem(wcs: WCS) -> str:
+    """Why a celestial WCS's sky positions are not ICRS right ascension and declination, in that axis order (as
+    every later step reads them); empty when they are.  ICRS, and FK5 at equinox J2000 (within ~0.02" of ICRS), are
+    taken; galactic or ecliptic axes, Dec before RA, FK4 (B1950) or another equinox are not: their positions would
+    be off by up to a degree, or swapped."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            wcs.wcs.set()
+        except Exception as exc:  # wcslib's errors for inconsistent frames
+            return f"WCS cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())})"
+    axes = [wcs.wcs.ctype[i].split("-")[0].upper() for i in (0, 1)]
+    if axes != ["RA", "DEC"]:
+        return (f"its sky axes are CTYPE1/CTYPE2 = {'/'.join(axes)}, not RA/DEC: only equatorial coordinates "
+                "(ICRS or FK5 J2000) with RA first are read")
+    radesys = str(wcs.wcs.radesys).strip().upper()
+    equinox = float(wcs.wcs.equinox)
+    if radesys in ("", "ICRS") or (radesys == "FK5" and (not math.isfinite(equinox) or abs(equinox - 2000.0) < 0.01)):
+        return ""
+    said = f"RADESYS = {radesys}" + (f", EQUINOX = {equinox:g}" if math.isfinite(equinox) else "")
+    return f"its reference frame ({said}) is not ICRS or FK5 J2000: its positions would be off by up to a degree"
+
+
 def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS | None, str]:
     """Celestial WCS of an image, or ``None`` and the reason it is unusable.
 
@@ -376,6 +400,9 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
             return None, f"WCS cannot be read ({type(exc).__name__}: {' '.join(said) or str(exc).strip()})"
     if not wcs.has_celestial:
         return None, "no celestial WCS (CTYPE1/CTYPE2 missing or not RA/Dec)"
+    frame = wcs_frame_problem(wcs)
+    if frame:
+        return None, frame
     ny, nx = shape
     probe_x = np.array([0, nx - 1, 0, nx - 1, (nx - 1) / 2])
     probe_y = np.array([0, 0, ny - 1, ny - 1, (ny - 1) / 2])
@@ -410,13 +437,20 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
 _CODE_IN_TEXT = re.compile(r"\(\s*([0-9A-Z][0-9A-Z]{2})\s*\)")
 
 
-def station_code(header, keys=("MPCCODE", "MPC-CODE", "MPC_CODE", "OBSCODE", "SITECODE", "STN")) -> str | None:
+def station_code(header, keys=("MPCCODE", "MPC-CODE", "MPC_CODE", "OBSCODE", "SITECODE", "STN"),
+                 problems: list[str] | None = None) -> str | None:
     """MPC observatory code from a header: a code keyword, or a 3-character code in parentheses in
-    ``ORIGIN``/``OBSERVAT``/``SITENAME`` (e.g. 'MIT Wallace Astrophysical Observatory (810)'); None otherwise."""
+    ``ORIGIN``/``OBSERVAT``/``SITENAME`` (e.g. 'MIT Wallace Astrophysical Observatory (810)'); None otherwise.
+    A code keyword whose value is no code is appended to ``problems`` (when given), one line each."""
     for key in keys:
+        if key not in header:
+            continue
         value = str(header.get(key, "")).strip().upper()
         if re.fullmatch(r"[0-9A-Z][0-9A-Z]{2}", value):
             return value
+        if problems is not None:
+            problems.append(f"{key} = {ascii(header[key])} is no MPC observatory code (three digits or capital "
+                            "letters): not used")
     for key in ("OBSERVAT", "ORIGIN", "SITENAME"):
         match = _CODE_IN_TEXT.search(str(header.get(key, "")))
         if match:
@@ -429,21 +463,32 @@ KNOWN_APERTURES = {"EUCLID": 1.2, "NEOSSAT": 0.15, "WISE": 0.4, "NEOWISE": 0.4, 
                    "JWST": 6.5, "SPITZER": 0.85, "TESS": 0.105}
 
 
-def telescope_aperture(header) -> tuple[float, str] | None:
+#: Apertures [m] taken from a header's APTDIA/APTAREA (a 1 cm lens to a 50 m telescope); others are named.
+APERTURE_RANGE_M = (0.01, 50.0)
+
+
+def telescope_aperture(header, problems: list[str] | None = None) -> tuple[float, str] | None:
     """Telescope aperture [m] and where it came from: ``APTDIA`` [mm], the diameter of ``APTAREA`` [mm²],
-    or :data:`KNOWN_APERTURES` by ``TELESCOP``; None when nothing says it."""
-    try:
-        diameter = float(header["APTDIA"])
-        if np.isfinite(diameter) and diameter > 0:
-            return diameter / 1000.0, "APTDIA"
-    except (KeyError, TypeError, ValueError):
-        pass
-    try:
-        area = float(header["APTAREA"])
-        if np.isfinite(area) and area > 0:
-            return 2.0 * np.sqrt(area / np.pi) / 1000.0, "APTAREA"
-    except (KeyError, TypeError, ValueError):
-        pass
+    or :data:`KNOWN_APERTURES` by ``TELESCOP``; None when nothing says it.
+
+    An ``APTDIA`` or ``APTAREA`` that is no number or gives an aperture outside :data:`APERTURE_RANGE_M` is not
+    used; why is appended to ``problems`` (when given), one line each.
+    """
+    lo, hi = APERTURE_RANGE_M
+    for key, to_m in (("APTDIA", lambda v: v / 1000.0), ("APTAREA", lambda v: 2.0 * math.sqrt(v / math.pi) / 1000.0)):
+        if key not in header:
+            continue
+        value = header[key]
+        try:
+            number = float(value)
+            metres = to_m(number) if math.isfinite(number) and number > 0 else float("nan")
+        except (TypeError, ValueError, OverflowError):
+            metres = float("nan")
+        if lo <= metres <= hi:
+            return metres, key
+        if problems is not None:
+            problems.append(f"{key} = {value!r} is no telescope aperture ({lo * 1000:g}-{hi * 1000:g} mm across): "
+                            "not used")
     words = re.split(r"[^0-9A-Z]+", str(header.get("TELESCOP", "")).upper())
     for word in words:
         if word in KNOWN_APERTURES:

@@ -407,9 +407,13 @@ class OutputLock:
             except FileNotFoundError:
                 same = False
             if same:  # not a lock file its previous holder removed while we waited for it
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}".encode())
                 self._fd = fd
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}".encode())
+                except OSError:  # a full disk (N11): the lock file is not left behind
+                    self.release()
+                    raise
                 return
             os.close(fd)
         raise InputError(f"{self.directory}: could not take its lock {self.path}")
@@ -474,6 +478,7 @@ class OutputStage:
     def __init__(self, outdir: str | Path, *, replace: bool = False, lock: OutputLock | None = None):
         self.outdir = Path(os.path.realpath(outdir))  # a link to a directory: the directory is written, not the link
         self.replace = replace
+        self.committed = False
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(f"{outdir}: exists and is not a directory")
         self._own_lock = lock is None
@@ -560,8 +565,12 @@ class OutputStage:
             kept += 1
         return kept
 
-    def commit(self) -> list[Path]:
-        """Move the products into the output directory; returns their final paths."""
+    def commit(self, *, keep_lock: bool = False) -> list[Path]:
+        """Move the products into the output directory; returns their final paths.
+
+        ``keep_lock``: a lock the stage took itself is kept after a successful commit (for work that follows in
+        the directory, such as an alert's delivery recorded in its log) until :meth:`release`."""
+        done = False
         try:
             (self.path / STAGE_MARKER).unlink(missing_ok=True)  # the products are complete: no longer a stage
             names = _files(self.path)
@@ -610,14 +619,23 @@ class OutputStage:
                 if names:
                     record_files(self.outdir, names)
                 shutil.rmtree(self.path, ignore_errors=True)
+            done = True
             return [self.outdir / name for name in names]
         finally:
-            self._unlock()
+            self.committed = done
+            if not (done and keep_lock):
+                self._unlock()
+
+    def release(self) -> None:
+        """Give up the lock a commit with ``keep_lock`` kept (nothing otherwise)."""
+        self._unlock()
 
     def discard(self) -> None:
-        """Remove the stage and everything in it (the output directory stays as it was)."""
+        """Remove the stage and everything in it (the output directory stays as it was); after a commit, only
+        give the lock up."""
         try:
-            shutil.rmtree(self.path, ignore_errors=True)
+            if not self.committed:
+                shutil.rmtree(self.path, ignore_errors=True)
         finally:
             self._unlock()
 

@@ -34,7 +34,7 @@ from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, Expos
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
-from ssodetect.io.headers import fits_text, wcs_from_header_string
+from ssodetect.io.headers import fits_text, wcs_frame_problem, wcs_from_header_string
 from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
 
@@ -239,18 +239,28 @@ def load_reference_wcs(path: str) -> WCS:
         with open(path, "rb") as handle:
             start = handle.read(2880)
         size = Path(path).stat().st_size
-        if start.startswith(b"SIMPLE  =") and size % 2880 == 0:
-            with fits.open(path) as hdul:
-                headers = [hdu.header.copy() for hdu in hdul]
-        else:  # a text header, one card per line (SCAMP .head)
-            headers = [fits.Header.fromtextfile(path)]
+        with warnings.catch_warnings():
+            # astropy complains card by card about a file that is no header (/etc/passwd: 56 lines)
+            warnings.simplefilter("ignore")
+            if start.startswith(b"SIMPLE  =") and size % 2880 == 0:
+                with fits.open(path) as hdul:
+                    headers = [hdu.header.copy() for hdu in hdul]
+            else:  # a text header, one card per line (SCAMP .head)
+                headers = [fits.Header.fromtextfile(path)]
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the reference WCS ({exc})") from None
+        said = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{path}: cannot read the reference WCS ({said})") from None
     for header in headers:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header, relax=True)
+            warnings.simplefilter("ignore")
+            try:
+                wcs = WCS(header, relax=True)
+            except Exception:  # astropy raises many exception types for a header that is no WCS
+                continue
         if wcs.has_celestial:
+            problem = wcs_frame_problem(wcs.celestial)
+            if problem:
+                raise ConfigError(f"{path}: the reference WCS is unusable: {problem}")
             return wcs.celestial
     raise ConfigError(f"{path}: no celestial WCS in the reference WCS file")
 

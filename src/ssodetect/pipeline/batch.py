@@ -48,7 +48,7 @@ SUMMARY_COLUMNS = [
     ("n_observations", "i8", "", "observations reported"),
     ("wall_s", "f8", "s", "wall time of the field's run"),
     ("peak_rss_mb", "f8", "MB", "peak memory of the process that ran it"),
-    ("warnings", "i8", "", "warnings logged by the field's run now (its run.log has them)"),
+    ("warnings", "i8", "", "warnings logged by the field's run (skipped: by its complete run; its run.log has them)"),
     ("message", "U256", "", "why it failed"),
 ]
 
@@ -199,7 +199,11 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
     state = field_state(field, config)
     if field_complete(out, state):
         record = safejson.read(out / COMPLETE)
-        row.update(n_objects=record["n_objects"], n_observations=record["n_observations"])
+        # the warnings of the run that completed it stay the field's (a re-run does not make them go away)
+        warned = int(record.get("warnings", 0))
+        row.update(n_objects=record["n_objects"], n_observations=record["n_observations"], warnings=warned)
+        if warned:
+            log.warning("field %s: complete before, with %d warning(s) (see %s)", field.name, warned, out / "run.log")
         return row
     if (out / COMPLETE).is_file():
         log.info("field %s: its input files or the configuration changed since its run: run again", field.name)
@@ -209,7 +213,8 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
     result = run_pipeline(list(field.inputs), out, config, refcat=field.refcat)
     files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")}
     record = {"field": field.name, "inputs": list(field.inputs), "refcat": field.refcat, "files": files,
-              "n_objects": len(result.objects), "n_observations": len(result.observations), "state": state}
+              "n_objects": len(result.objects), "n_observations": len(result.observations), "state": state,
+              "warnings": int(result.warnings)}
     record["hmac"] = sign_text(json.dumps(record, sort_keys=True), COMPLETE, cache_key()[0])
     atomic_write_text(out / COMPLETE, json.dumps(record, indent=2))
     record_files(out, [COMPLETE])

@@ -78,20 +78,20 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         With the recovered objects appended.
     stats : dict
         The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured``, ``refused``
-        (reason -> count), ``n_no_template``, ``n_off_image`` (every target is one of measured, no template, off
-        the image), ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a
-        tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
+        (reason -> count), ``n_no_template``, ``n_off_image``, ``n_too_long`` (longer than
+        ``streaks.max_length``: every target is one of measured, no template, off the image, too long),
+        ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
         with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
         ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, ``n_proposals``: two directions
         each, ``n_targets``), the directions not measured because too few of their predictions showed the trail's
         light (``n_unsupported``) and their targets (``n_not_measured``).  Every target of a pair or of a trail is
-        measured, without a template, off the image or not measured.
+        measured, without a template, off the image, too long or not measured.
     """
     lk = config.link
     t_start = time.perf_counter()
     stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "refused": {},
-                   "n_no_template": 0, "n_off_image": 0, "n_accepted": 0, "n_too_few": 0, "n_rejected_fit": 0,
-                   "n_conflicts": 0,
+                   "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
+                   "n_rejected_fit": 0, "n_conflicts": 0,
                    "n_objects": 0, "n_objects_from_trails": 0, "n_images": 0, "seconds": 0.0,
                    "trails": {"n_pool": 0, "n_proposals": 0, "n_targets": 0, "n_unsupported": 0, "n_not_measured": 0}}
     if not len(candidates) or not len(detections) or len(exposures) < 3:
@@ -182,6 +182,14 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         by_ccd.setdefault(str(candidates["ccd"][prop.pair[0]]), []).append(prop)
     ordered = [(ccd, prop) for ccd, props in sorted(by_ccd.items()) for prop in props]
     placed = [[locate(prop, e, pxi, peta, ccd) for e, pxi, peta, _ in prop.targets] for ccd, prop in ordered]
+    # a prediction longer than a trail can be (streaks.max_length: a satellite's) is not measured, its stamp would
+    # grow with the length (counted)
+    too_long = set()
+    for k, row in enumerate(placed):
+        for j, where in enumerate(row):
+            if where is not None and where[1][3] > config.streaks.max_length:
+                row[j] = None
+                too_long.add((k, j))
     # proposals whose targets all lie on one CCD are judged and measured in that CCD's turn; those reaching over
     # several CCDs last
     turns: dict = {}
@@ -205,7 +213,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
                 stats["trails"]["n_not_measured"] += len(prop.targets)
                 continue
             for j, where in enumerate(placed[k]):
-                if where is None:
+                if (k, j) in too_long:
+                    stats["n_too_long"] += 1
+                elif where is None:
                     stats["n_off_image"] += 1
                 else:
                     work.append((where[0], prop.targets[j][0], k, j))

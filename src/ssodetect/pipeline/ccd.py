@@ -23,6 +23,7 @@ from ssodetect.detect import empty_detections, estimate_background, extract_sour
 from ssodetect.detect.cosmics import sharp_pixel_mask
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
+from ssodetect.io.frames import MAX_RMS
 from ssodetect.io.headers import fits_text, world_to_pixels
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
 
@@ -174,6 +175,18 @@ def _background(image, mask: np.ndarray, config: Config) -> tuple[np.ndarray, np
                                                  "noise_scale": round(scale, 3)}
 
 
+def _why_unusable(image) -> str:
+    """Why no pixel of a CCD image is usable (every pixel NaN or masked), naming the cause where one explains it."""
+    if not np.isfinite(image.data).any():
+        return "all its pixels are NaN"
+    if image.rms is not None and not ((image.rms > 0) & (image.rms < MAX_RMS)).any():
+        return (f"its RMS map holds no usable noise (every value is not above 0, not finite or at least {MAX_RMS:g}): "
+                "all pixels masked")
+    if image.saturated is not None and image.saturated.all():
+        return "every pixel is at or above its saturation level: all masked"
+    return "all its pixels are NaN or masked (FLG map, saturation, RMS map)"
+
+
 def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
                 calibration: MasterFrames | None = None, keep: Path | None = None) -> tuple[Table, dict]:
     """Detect and measure the sources of one CCD image.
@@ -219,8 +232,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     info["t_read"] = time.perf_counter() - t_start
     good = ~image.mask
     if not good.any() or not np.isfinite(image.data[good]).any():
-        log.warning("%s: CCD %s is all NaN or masked; skipped", ref.path, ref.ccd)
-        info["skipped"] = "all NaN or masked"
+        why = _why_unusable(image)
+        log.warning("%s: CCD %s: %s; skipped", ref.path, ref.ccd, why)
+        info["skipped"] = why
         return empty_ccd_table(), info
     values = image.data[good]
     if float(np.nanmin(values)) == float(np.nanmax(values)):  # an empty read-out (all 0) holds no sky

@@ -243,7 +243,10 @@ def step_ingest(products: dict, config: Config, ctx: StepContext) -> dict:
         radius = field[2] + REFCAT_MARGIN
         before = len(reference)
         reference = cut_to_field(reference, field[0], field[1], radius)
-        if len(reference) < before:
+        if before and not len(reference):
+            log.warning("%s: none of the reference catalogue's %d stars lies within %.2f deg of the CCDs' header "
+                        "centres (it covers another part of the sky, or the headers do)", ctx.refcat, before, radius)
+        elif len(reference) < before:
             log.info("reference catalogue: %d of %d stars within %.2f deg of the CCDs' header centres kept (the "
                      "headers' half-diagonal + %.1f deg)", len(reference), before, radius, REFCAT_MARGIN)
     orbits = load_orbits(config.known.orbits)  # a bad orbit file is refused before any processing
@@ -336,7 +339,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
         calibrated = align_header_wcs(calibrated, tasks, ccd_info, config, placed_wcs)
         failed = [s for s in solutions if not s.ok]
         uncovered = [s for s in failed if str(s.reason).startswith("only 0 reference stars")]
-        if solutions and len(uncovered) == len(solutions):
+        if solutions and len(uncovered) == len(solutions) and len(reference):  # (an empty one was said at ingest)
             log.warning("%s: the reference catalogue has no star near any CCD's header footprint (it covers another "
                         "part of the sky, or the headers do); the run goes on without astrometry", ctx.refcat)
 
@@ -428,13 +431,14 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
         products["exposures"], products["ccd_info"], wcs_lookup(products), products["masters"], config,
     )
     log.info("blends: %d pairs of clean detections, %d predicted onto brighter sources in %d exposures, %d measured "
-             "(%d accepted; refused: %s; %d without a template, %d off the image), %d objects found "
+             "(%d accepted; refused: %s; %d without a template, %d off the image, %d longer than streaks.max_length), "
+             "%d objects found "
              "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection); "
              "%d whole single trails predicted both ways, %d directions whose predictions show too little light not "
              "measured, %d objects from whole trails",
              stats["n_pairs"], stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
              ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_no_template"],
-             stats["n_off_image"], stats["n_objects"], stats["n_too_few"], stats["n_rejected_fit"],
+             stats["n_off_image"], stats["n_too_long"], stats["n_objects"], stats["n_too_few"], stats["n_rejected_fit"],
              stats["n_conflicts"], stats["trails"]["n_pool"], stats["trails"]["n_unsupported"],
              stats["n_objects_from_trails"])
     ctx.timings["blends"] = time.perf_counter() - t0
@@ -772,7 +776,7 @@ def run_pipeline(
             manifest["keywords"] = [str(k) for k in (keywords or [])]
             stage.file("manifest.json").write_text(json.dumps(manifest, indent=2))
             written = {p.name for p in stage.path.iterdir()}
-            stage.commit()
+            stage.commit(keep_lock=True)  # held until the alert is delivered and recorded (N4b)
             result.outdir = Path(outdir)
             alert = Path(outdir) / "alert.json"
             if "alert.json" in written:
@@ -789,6 +793,7 @@ def run_pipeline(
                 except OSError as exc:
                     log.warning("%s: cannot record run.log after the alert's delivery (%s): the next run into it "
                                 "will take run.log for a file of yours", outdir, exc.strerror or exc)
+            stage.release()
         result.warnings = counter.count
         return result
     except BaseException:
@@ -964,7 +969,8 @@ def wcs_lookup(products) -> Callable:
 def _report_context(result: RunResult, config: Config) -> dict:
     """What the reports need beyond the tables: observatory code, band, filter, seeing [arcsec] and
     spacecraft position [km] per exposure, pixel scale [arcsec/px], detector format."""
-    context: dict = {"station": config.report.station, "band": "", "filter": "", "seeing": {}, "positions": {}}
+    context: dict = {"station": config.report.station, "band": "", "filter": "", "seeing": {}, "positions": {},
+                     "catalogue_fit": result.astrometry is not None}
     refs = [r for e in result.exposures for r in e.ccds]
     if refs:
         from astropy.io import fits
@@ -979,12 +985,18 @@ def _report_context(result: RunResult, config: Config) -> dict:
                         "magnitudes left out of them; set [report] band", refs[0].path, context["band"])
             context["band"] = ""
         primary = fits.getheader(refs[0].path, 0)
-        code = station_code(header) or station_code(primary)
+        problems: list[str] = []
+        code = station_code(header, problems=problems) or station_code(primary, problems=problems)
+        for problem in dict.fromkeys(problems) if config.report.station == "XXX" else ():
+            log.warning("%s: %s", refs[0].path, problem)
         if config.report.station == "XXX" and code:
             log.info("observatory code %s from the header of %s", code, refs[0].path)
             context["station"] = code
         context["telescope"] = str(header.get("TELESCOP", primary.get("TELESCOP", ""))).strip()
-        aperture = telescope_aperture(header) or telescope_aperture(primary)
+        problems = []
+        aperture = telescope_aperture(header, problems) or telescope_aperture(primary, problems)
+        for problem in dict.fromkeys(problems) if config.report.telescope_aperture <= 0 else ():
+            log.warning("%s: %s", refs[0].path, problem)
         if aperture:
             context["aperture"] = list(aperture)
     # where each CCD exposure's zero point came from: fit (reference catalogue), header, or default

@@ -133,8 +133,10 @@ def _reportable(sky: Table, ctx: dict, config: Config) -> tuple[Table, list[str]
                             f"{config.io.default_zeropoint:g} (no zero-point keyword, no catalogue fit): they are "
                             "left out of the ADES and MPC files")
     if n and np.any(sky["ast_cat"] == "UNK"):
+        remedy = ("the reference catalogue solved none of their exposures; set [report] header_astcat"
+                  if ctx.get("catalogue_fit") else "set [report] header_astcat, or give --refcat")
         placeholders.append(f"{int(np.sum(sky['ast_cat'] == 'UNK'))} positions come from a header WCS whose catalogue "
-                            "is unknown: astCat UNK (set [report] header_astcat, or give --refcat)")
+                            f"is unknown: astCat UNK ({remedy})")
     station = rep.station if rep.station != "XXX" else (ctx.get("station") or rep.station)  # a setting wins
     if n and station == "XXX":
         placeholders.append("observatory code XXX (unassigned): set [report] station or --station before submitting")
