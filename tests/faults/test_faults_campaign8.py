@@ -7,7 +7,6 @@ the work is a warning naming the file, and the command exits 1.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 

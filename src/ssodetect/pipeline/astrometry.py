@@ -18,7 +18,7 @@ from collections import defaultdict
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 
 from ssodetect.astrometry.match import PatternIndex
 from ssodetect.astrometry.register import (
