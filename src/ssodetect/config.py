@@ -71,8 +71,10 @@ class _Section(BaseModel):
     def _one_line_of_text(cls, value, info):
         # a newline or NUL in a header text broke the ADES PSV into extra lines and made the XML ill-formed; a
         # right-to-left override shows a name reversed in every report and terminal; NUL cut a keyword in C code
+        # (a command's arguments are no text of ours: a script for `python -c` has its newlines and tabs)
+        script = info.field_name == "command"
         for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, str) and any(not _printable(c) for c in item):
+            if isinstance(item, str) and any(not _printable(c) and not (script and c in "\n\t") for c in item):
                 raise ValueError(f"{ascii(item)} holds a control or direction-changing character (a newline, a tab, "
                                  "NUL, ESC, U+202E...): one line of printable text")
         return value
