@@ -254,6 +254,29 @@ def test_a_precise_three_detection_tracklet_passes_the_false_alarm_control():
     assert junk_like.stats["n_rejected_false_alarm"] >= 1
 
 
+def test_a_tracklet_refused_by_a_small_margin_is_returned_as_doubtful():
+    """The junk-like mover of the test above, refused as a possible chance alignment: with ``doubtful_factor`` it
+    comes back among ``doubtful`` (for the check on the pixels of the exposure that missed it), disjoint from the
+    accepted tracklets; with a factor too small for its chance count, or 0, it does not."""
+    rng = np.random.default_rng(7)
+    arr, _ = _movers_and_noise(rng, n_movers=1, n_noise=600, sigma=0.004, drop={(0, 2)})
+    n = len(arr)
+    args = (arr[:, 0].astype(int), arr[:, 1], arr[:, 2], arr[:, 3], np.full(n, 0.02), np.full(n, 100.0),
+            np.full(n, 10.0))
+    kw = dict(min_rate=0.3, max_rate=12.0, max_false_alarms=0.1)
+    plain = link_tracklets(*args, **kw)
+    assert plain.doubtful == [] and plain.stats["n_doubtful"] == 0
+    wide = link_tracklets(*args, **kw, doubtful_factor=1e6)
+    assert [t.members for t in wide] == [t.members for t in plain]  # the accepted ones do not change
+    mine = [t for t in wide.doubtful if set(arr[list(t.members), 4].astype(int)) == {0}]
+    assert len(mine) == 1 and len(mine[0].members) == 3 and wide.stats["n_doubtful"] == len(wide.doubtful)
+    members = [k for t in [*wide, *wide.doubtful] for k in t.members]
+    assert len(members) == len(set(members))  # disjoint
+    assert wide.stats["n_doubtful"] <= wide.stats["n_rejected_false_alarm"]
+    tight = link_tracklets(*args, **kw, doubtful_factor=1.0)  # refused means above 1 x the budget: none
+    assert tight.doubtful == []
+
+
 def test_a_bright_mover_is_judged_against_the_seeds_that_could_start_it():
     """Chance alignments are counted over the seeds whose two members pass the tracklet's flux test: a bright
     3-detection mover as imprecise as the faint junk around it is kept (hundreds of faint seed pairs could not
@@ -716,6 +739,24 @@ def test_missing_exposure_deficit():
                               np.full(1, noise)) for _ in range(500)]
     assert np.mean(np.array(absent) > 3.0) > 0.95
     assert np.isnan(missing_deficit(np.array([flux]), np.array([noise]), np.array([np.nan]), np.array([np.nan])))
+
+
+def test_missing_exposure_confirmation():
+    """A doubtful tracklet is confirmed by its light where predicted: significant and like its detections'; not
+    by nothing (a chance alignment of noise), by a star's worth of light, or by nothing measured."""
+    from ssodetect.link.pixels import missing_confirms
+
+    rng = np.random.default_rng(5)
+    noise = 6.0
+    members, errors = 100.0 + rng.normal(0, noise, 3), np.full(3, noise)
+    real = [missing_confirms(members, errors, 100.0 + rng.normal(0, noise, 1), np.full(1, noise)) for _ in range(300)]
+    assert np.mean(real) > 0.99
+    absent = [missing_confirms(members, errors, rng.normal(0, noise, 1), np.full(1, noise)) for _ in range(300)]
+    assert not any(absent)
+    assert not missing_confirms(members, errors, np.array([2000.0]), np.array([noise]))  # a star there
+    assert not missing_confirms(members, errors, np.array([np.nan]), np.array([np.nan]))
+    # faint: S/N 4 at the prediction is not enough
+    assert not missing_confirms(np.full(3, 24.0), errors, np.array([24.0]), np.array([noise]))
 
 
 def test_chance_probability_of_a_long_tracklet_does_not_underflow():

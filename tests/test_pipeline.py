@@ -394,12 +394,19 @@ def test_occupancy_removes_static_sources_and_chance_alignments(serial_run, scen
     partial["object"] = "FK00003"
     fake_obj = objs[[list(objs["object"]).index(names[0])] * 3]
     fake_obj["object"] = ["FK00001", "FK00002", "FK00003"]
+    # the same three as doubtful tracklets (refused by the linker's false-alarm control by a small margin): only the
+    # real mover, its light measured where it was not detected, is confirmed, and becomes a linked object
+    doubtful = [t.copy() for t in (static, mix, partial)]
+    for t, name in zip(doubtful, ["FK00011", "FK00012", "FK00013"]):
+        t["object"], t["kind"] = name, "doubtful"
+    doubtful_obj = fake_obj.copy()
+    doubtful_obj["object"], doubtful_obj["kind"] = ["FK00011", "FK00012", "FK00013"], "doubtful"
     config = load_config(None)
     executor = SerialExecutor()
     try:
-        kept_obs, kept_obj, stats = occupancy_vet(vstack([obs, static, mix, partial]), vstack([objs, fake_obj]),
-                                                  result.exposures, result.ccd_info, wcs_for, result.masters,
-                                                  config, executor)
+        kept_obs, kept_obj, stats = occupancy_vet(vstack([obs, static, mix, partial, *doubtful]),
+                                                  vstack([objs, fake_obj, doubtful_obj]), result.exposures,
+                                                  result.ccd_info, wcs_for, result.masters, config, executor)
     finally:
         executor.close()
     assert sorted(stats["rejected"]) == ["FK00001", "FK00002"]
@@ -408,6 +415,17 @@ def test_occupancy_removes_static_sources_and_chance_alignments(serial_run, scen
     assert stats["n_objects"] == int(np.isin(np.asarray(objs["kind"]), ["linked", "streak"]).sum()) + 3
     assert "FK00003" in set(kept_obj["object"]) and set(names) <= set(kept_obj["object"])
     assert not np.isin(["FK00001", "FK00002"], np.asarray(kept_obs["object"])).any()
+    assert stats["n_doubtful"] == 3 and stats["n_doubtful_confirmed"] == 1 and stats["n_doubtful_dropped"] == 2
+    assert not np.isin(["FK00011", "FK00012"], np.asarray(kept_obs["object"])).any()
+    confirmed = kept_obs[kept_obs["object"] == "FK00013"]
+    assert len(confirmed) == 3 and set(confirmed["kind"]) == {"linked"}
+    assert kept_obj["kind"][list(kept_obj["object"]).index("FK00013")] == "linked"
+    assert "doubtful" not in set(kept_obs["kind"]) | set(kept_obj["kind"])
+    # without the occupancy test nothing confirms a doubtful tracklet: all dropped
+    config.link.occupancy_test = False
+    off_obs, off_obj, off = occupancy_vet(vstack([obs, *doubtful]), vstack([objs, doubtful_obj]), result.exposures,
+                                          result.ccd_info, wcs_for, result.masters, config, SerialExecutor())
+    assert off["n_doubtful_dropped"] == 3 and len(off_obj) == len(objs) and len(off_obs) == len(obs)
 
 
 def test_trails_of_removed_objects_stay_accounted_for(serial_run):

@@ -352,6 +352,18 @@ class LinkConfig(_Section):
         "flux) line up as well as its members is at most this times the number of CCDs. The counts are written to "
         "provenance.json ('link').",
     )
+    confirm_max_excess: float = Field(
+        default=30.0, ge=0,
+        description="A tracklet refused by the false-alarm control (max_false_alarms) by at most this factor, and "
+        "not detected in some exposure, is confirmed on the pixels (occupancy step): kept when its light is measured "
+        "where it is predicted in the exposures without a detection (at least confirm_min_snr, within "
+        "missing_max_deficit standard deviations of its detections' flux, above or below) and it leaves nothing "
+        "behind where it was; dropped otherwise (counted). 0: no such confirmation.",
+    )
+    confirm_min_snr: float = Field(
+        default=5.0, gt=0, description="Signal-to-noise of the flux measured at a doubtful tracklet's predicted "
+        "positions needed to confirm it (confirm_max_excess).",
+    )
 
     @model_validator(mode="after")
     def _rates(self) -> "LinkConfig":

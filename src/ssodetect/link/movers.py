@@ -73,6 +73,9 @@ class MoverLinks:
     trails : Table
         The trails the fast linker saw; ``fast_tracklets`` index it.
     fast_tracklets : list of Tracklet
+    doubtful_tracklets : list of Tracklet
+        Slow tracklets refused by the false-alarm control by a small margin (``link.confirm_max_excess``), missing
+        from some exposure: the occupancy step confirms them on the pixels or drops them (``slow`` indexes them).
     stats : dict
         Counts of every selection and cut, the slow linker's false-alarm control and the fast
         linker's bookkeeping.
@@ -87,6 +90,7 @@ class MoverLinks:
     trails: Table
     fast_tracklets: list
     stats: dict = field(default_factory=dict)
+    doubtful_tracklets: list = field(default_factory=list)
 
 
 def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0_mjd: float) -> Table:
@@ -628,38 +632,55 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
         shared=np.asarray(slow["sky_err_shared"], float) if "sky_err_shared" in slow.colnames else None,
         group=np.asarray(slow["ccd"]).astype(str),
         seed=~np.asarray(slow["edge_weak"], bool),
+        # refused by a small margin and seen in fewer exposures than there are: confirmed or dropped on the pixels
+        doubtful_factor=lk.confirm_max_excess if lk.occupancy_test else 0.0,
     )
     stats["slow"].update(linked.stats)
     stats["slow"]["n_edge_weak"] = int(np.sum(slow["edge_weak"]))
-    tracklets = linked.tracklets
+    tracklets, counts = _vet_slow(linked.tracklets, slow, cand, t_exposures, config)
+    stats["slow"].update({f"n_rejected_{name}": n for name, n in counts.items()})
+    if stats["slow"]["n_rejected_edge"]:
+        log.info("%d slow tracklets made of more than three quarters detector-edge fits dropped (stars sliding along "
+                 "an edge)", stats["slow"]["n_rejected_edge"])
+    stats["slow"]["n_tracklets"] = len(tracklets)
+    # a doubtful tracklet needs an exposure without a detection of it to be confirmed in
+    doubtful = [t for t in linked.doubtful if len({int(slow["exposure"][k]) for k in t.members}) < len(t_exposures)]
+    stats["slow"]["n_doubtful_seen_everywhere"] = len(linked.doubtful) - len(doubtful)
+    doubtful, counts = _vet_slow(doubtful, slow, cand, t_exposures, config)
+    stats["slow"]["n_doubtful_vetted"] = sum(counts.values())
+    stats["slow"]["n_doubtful_kept"] = len(doubtful)
+    trails, fast = moving[:0], []
+    if config.streaks.enabled:
+        used = {int(slow_idx[k]) for trk in tracklets + doubtful for k in trk.members}
+        everything = detections.copy(copy_data=False)
+        everything["xi"], everything["eta"] = plane.to_plane(np.asarray(detections["ra"], float),
+                                                             np.asarray(detections["dec"], float))
+        trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(everything), t_exposures)
+    return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats, doubtful)
+
+
+def _vet_slow(tracklets: list, slow: Table, cand: Table, t_exposures: dict, config: Config) -> tuple[list, dict]:
+    """The slow tracklets that pass the catalogue-level vetting (occupancy of their positions by other
+    candidates, trail lengths, detector-edge fits, total signal-to-noise), in the order of their first detections
+    (the linker ranks by fit quality, where 1e-5 mas of float noise between serial and Dask runs swapped the
+    names of two objects with equal chi2 in a full field), and how many each vetting removed."""
+    lk = config.link
+    counts = {}
     n0 = len(tracklets)
     tracklets = vet_occupancy(tracklets, slow, cand, t_exposures, config)
-    stats["slow"]["n_rejected_occupancy"] = n0 - len(tracklets)
+    counts["occupancy"] = n0 - len(tracklets)
     n0 = len(tracklets)
     tracklets = vet_trail_lengths(tracklets, slow, lk.min_detections)
-    stats["slow"]["n_rejected_trail_length"] = n0 - len(tracklets)
+    counts["trail_length"] = n0 - len(tracklets)
     n0 = len(tracklets)
     at_edge = np.asarray(slow["edge_weak"], bool)
     if "edge_fit" in slow.colnames:
         at_edge = at_edge | np.asarray(slow["edge_fit"], bool)
     tracklets = vet_edge_fits(tracklets, at_edge)
-    stats["slow"]["n_rejected_edge"] = n0 - len(tracklets)
-    if stats["slow"]["n_rejected_edge"]:
-        log.info("%d slow tracklets made of more than three quarters detector-edge fits dropped (stars sliding along "
-                 "an edge)", stats["slow"]["n_rejected_edge"])
+    counts["edge"] = n0 - len(tracklets)
     snr = np.asarray(slow["snr"], float)
     n0 = len(tracklets)
     tracklets = [t for t in tracklets if math.sqrt(float(np.sum(snr[list(t.members)] ** 2))) >= lk.min_total_snr]
-    stats["slow"]["n_rejected_total_snr"] = n0 - len(tracklets)
-    # named in the order of their first detections: the linker ranks by fit quality, where 1e-5 mas of float noise
-    # between serial and Dask runs swapped the names of two objects with equal chi2 in a full field
+    counts["total_snr"] = n0 - len(tracklets)
     tracklets.sort(key=lambda t: min(t.members))
-    stats["slow"]["n_tracklets"] = len(tracklets)
-    trails, fast = moving[:0], []
-    if config.streaks.enabled:
-        used = {int(slow_idx[k]) for trk in tracklets for k in trk.members}
-        everything = detections.copy(copy_data=False)
-        everything["xi"], everything["eta"] = plane.to_plane(np.asarray(detections["ra"], float),
-                                                             np.asarray(detections["dec"], float))
-        trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(everything), t_exposures)
-    return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats)
+    return tracklets, counts

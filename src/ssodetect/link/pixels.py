@@ -225,3 +225,32 @@ def missing_deficit(member_flux: np.ndarray, member_err: np.ndarray, predicted_f
     f = float(np.sum(w * pf[pok]) / np.sum(w))
     e = float(1.0 / np.sqrt(np.sum(w)))
     return (big_f - f) / float(np.sqrt(big_e**2 + e**2 + (scatter * big_f) ** 2))
+
+
+def missing_confirms(member_flux: np.ndarray, member_err: np.ndarray, predicted_flux: np.ndarray,
+                     predicted_err: np.ndarray, *, scatter: float = 0.25, min_snr: float = 5.0,
+                     max_deviation: float = 3.0) -> bool:
+    """Whether the pixels where a tracklet should have been, in the exposures without a detection of it, show its
+    light: a flux measured there (inverse-variance mean over those exposures) at least ``min_snr`` times its error
+    and within ``max_deviation`` standard deviations of the members' (:func:`missing_deficit`, above or below: a
+    star at the predicted position shows too much).  False when nothing was measured.
+
+    Parameters
+    ----------
+    member_flux, member_err, predicted_flux, predicted_err : ndarray
+        As for :func:`missing_deficit` [ADU].
+    scatter : float
+        Relative flux variation of a real mover between exposures beyond the noise.
+    min_snr, max_deviation : float
+        The significance needed, the agreement needed [standard deviations].
+    """
+    pf = np.asarray(predicted_flux, float)
+    pe = np.asarray(predicted_err, float)
+    pok = np.isfinite(pf) & np.isfinite(pe) & (pe > 0)
+    if not pok.any():
+        return False
+    w = 1.0 / pe[pok] ** 2
+    f = float(np.sum(w * pf[pok]) / np.sum(w))
+    e = float(1.0 / np.sqrt(np.sum(w)))
+    deviation = missing_deficit(member_flux, member_err, predicted_flux, predicted_err, scatter=scatter)
+    return bool(f >= min_snr * e and np.isfinite(deviation) and abs(deviation) <= max_deviation)

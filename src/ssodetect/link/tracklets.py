@@ -30,7 +30,7 @@ times in hours.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -151,6 +151,7 @@ def link_tracklets(
     shared: np.ndarray | None = None,
     group: np.ndarray | None = None,
     seed: np.ndarray | None = None,
+    doubtful_factor: float = 0.0,
 ) -> "SlowLinks":
     """Link candidate detections into tracklets of linear motion.
 
@@ -199,6 +200,10 @@ def link_tracklets(
         one spanning groups with the full ``sigma``.
     group : ndarray (n,), optional
         Group (CCD) of each detection; needed with ``shared``.
+    doubtful_factor : float
+        A tracklet refused by the false-alarm control whose expected chance count is at most this many times
+        ``max_false_alarms`` is returned among ``doubtful`` (not accepted: for a check on the pixels where it
+        should have been seen and was not detected).  0: none.
     seed : ndarray (n,) bool, optional
         Detections that may seed a hypothesis (default: all).  The others (detections the detector edge cut, their
         errors widened) may only join one: a tracklet keeps at least ``max(2, min_detections - 1)`` seeding
@@ -214,11 +219,12 @@ def link_tracklets(
         started, ``max_false_alarms / n_seeds``; a brighter one's is ``max_false_alarms`` over its
         compatible seeds: by the union bound, at most ``max_false_alarms`` chance tracklets are expected
         to pass), ``expected_false_accepted`` (the sum of the accepted tracklets' expected chance
-        counts) and ``n_rejected_false_alarm``.
+        counts), ``n_rejected_false_alarm`` and ``n_doubtful`` (of those, the tracklets returned as ``doubtful``:
+        disjoint from the accepted ones and from each other, best first).
     """
     n = len(xi)
     stats = {"n_seeds": 0, "expected_chance": 0.0, "chance_threshold": None, "n_hypotheses": 0,
-             "n_rejected_false_alarm": 0, "n_rejected_weak": 0}
+             "n_rejected_false_alarm": 0, "n_rejected_weak": 0, "n_doubtful": 0}
     if n == 0:
         return SlowLinks([], stats)
     pos = np.column_stack([xi, eta])
@@ -305,6 +311,7 @@ def link_tracklets(
     used: set[int] = set()
     accepted = []
     expected = []
+    refused = []
     for trk in ranked:
         if not used.isdisjoint(trk.members):
             continue
@@ -315,13 +322,21 @@ def link_tracklets(
                                                   sigma_rel=sigma_rel, gid=gid)
             if n_false > max_false_alarms:
                 stats["n_rejected_false_alarm"] += 1
+                if n_false <= doubtful_factor * max_false_alarms:
+                    refused.append(trk)
                 continue
             expected.append(n_false)
         accepted.append(trk)
         used.update(trk.members)
     if expected:
         stats["expected_false_accepted"] = float(np.sum(expected))
-    return SlowLinks(accepted, stats)
+    doubtful = []
+    for trk in refused:  # (in rank order) those sharing no detection with an accepted or a better doubtful one
+        if used.isdisjoint(trk.members):
+            doubtful.append(trk)
+            used.update(trk.members)
+    stats["n_doubtful"] = len(doubtful)
+    return SlowLinks(accepted, stats, doubtful)
 
 
 def compatible_seeds(trk: Tracklet, seeds: np.ndarray, flux: np.ndarray, flux_err: np.ndarray,
@@ -343,10 +358,12 @@ def compatible_seeds(trk: Tracklet, seeds: np.ndarray, flux: np.ndarray, flux_er
 
 @dataclass
 class SlowLinks:
-    """Tracklets of :func:`link_tracklets` (iterable like a list) and the linker's counts (``stats``)."""
+    """Tracklets of :func:`link_tracklets` (iterable like a list), the linker's counts (``stats``) and the doubtful
+    tracklets (refused by the false-alarm control by a small margin: ``doubtful_factor``)."""
 
     tracklets: list
     stats: dict
+    doubtful: list = field(default_factory=list)
 
     def __iter__(self):
         return iter(self.tracklets)

@@ -4,8 +4,10 @@ For every slow (``kind = linked``) and fast (``streak``) object the flux of its 
 template is measured at each of its positions in every exposure: in the position's own exposure,
 and in the others, where the object had moved on.  A static source strung into a "mover" (a
 jittering faint galaxy, pieces of a diffraction spike) is still there; those objects are removed,
-as are objects absent where they should have been in an exposure without a detection.  Reads each
-CCD image holding such an object once (on the run's executor).
+as are objects absent where they should have been in an exposure without a detection.  A doubtful
+slow tracklet (refused by the linker's false-alarm control by a small margin) is kept only when its
+light is there, where it should have been and was not detected, and it left nothing behind.  Reads
+each CCD image holding such an object once (on the run's executor).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.detect.shape import psf_photometry
-from ssodetect.link.pixels import missing_deficit, occupancy_scores, occupancy_verdict, trail_overlap
+from ssodetect.link.pixels import (missing_confirms, missing_deficit, occupancy_scores, occupancy_verdict,
+                                   trail_overlap)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
 
@@ -29,8 +32,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ForcedFlux", "occupancy_vet", "release_trails", "OCCUPANCY_MARGIN", "TESTED_KINDS"]
 
-#: Kinds of objects tested (stacked ones come later and are not).
-TESTED_KINDS = ("linked", "streak")
+#: Kinds of objects tested (stacked ones come later and are not); ``doubtful`` slow tracklets (refused by the linker's
+#: false-alarm control by a small margin) are kept only when confirmed.
+TESTED_KINDS = ("linked", "streak", "doubtful")
 #: Positions closer than this to a CCD edge [px] are not measured (the template's stamp would leave the image).
 OCCUPANCY_MARGIN = 6
 
@@ -80,15 +84,25 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     stats : dict
         ``n_objects`` (linked and streak objects), ``n_tested``, ``n_untestable`` (kept), ``n_missing_tested``
         (objects measured where predicted in exposures without a detection), ``n_rejected_static``,
-        ``n_rejected_missing``, ``n_rejected``, ``rejected`` (names), ``n_images`` (CCD images read), ``seconds``.
+        ``n_rejected_missing``, ``n_rejected``, ``rejected`` (names), ``n_doubtful`` (``kind = doubtful``
+        tracklets, not among ``n_objects``), ``n_doubtful_confirmed`` (kept, as ``linked``: their light measured
+        where predicted in the exposures without a detection, :func:`ssodetect.link.pixels.missing_confirms`,
+        and their positions empty after they moved on), ``n_doubtful_dropped``, ``n_images`` (CCD images read),
+        ``seconds``.
     """
     lc = config.link
     t_start = time.perf_counter()
     stats = {"n_objects": 0, "n_tested": 0, "n_untestable": 0, "n_missing_tested": 0, "n_rejected_static": 0,
-             "n_rejected_missing": 0, "n_rejected": 0, "rejected": [], "n_images": 0, "seconds": 0.0}
-    if not len(objects) or not lc.occupancy_test:
+             "n_rejected_missing": 0, "n_rejected": 0, "rejected": [], "n_doubtful": 0, "n_doubtful_confirmed": 0,
+             "n_doubtful_dropped": 0, "n_images": 0, "seconds": 0.0}
+    if not len(objects):
         return observations, objects, stats
     kinds = np.asarray(objects["kind"]).astype(str)
+    doubtful = {str(n) for n, k in zip(objects["object"], kinds) if k == "doubtful"}
+    stats["n_doubtful"] = len(doubtful)
+    if not lc.occupancy_test:  # nothing confirms a doubtful tracklet
+        stats["n_doubtful_dropped"] = len(doubtful)
+        return _settle_doubtful(observations, objects, doubtful, set(), stats, t_start)
     names = [str(n) for n, k in zip(objects["object"], kinds) if k in TESTED_KINDS]
     stats["n_objects"] = len(names)
     if not names:
@@ -189,9 +203,11 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         for (k, i, j, *_), f, s in zip(jobs[key], flux, err):
             plans[k]["flux"][i, j], plans[k]["err"][i, j] = f, s
     rejected = []
+    confirmed = set()
     for name, plan in zip(names, plans):
         if plan is None:
-            stats["n_untestable"] += 1
+            if name not in doubtful:
+                stats["n_untestable"] += 1
             continue
         m = plan["m"]
         rows_i = np.arange(m)
@@ -212,6 +228,14 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         deficit = missing_deficit(own_flux, own_err, plan["flux"][m], plan["err"][m], scatter=lc.flux_scatter)
         log.debug("occupancy: %s median score %.2f +- %.2f (%s), missing-exposure deficit %.2f sigma", name, median,
                   median_err, verdict, deficit)
+        if name in doubtful:
+            # its light where it was not detected, and nothing left behind where it was: a mover, not a chance
+            # alignment of unrelated candidates (those are absent at the prediction, or still there)
+            if verdict == "moving" and missing_confirms(own_flux, own_err, plan["flux"][m], plan["err"][m],
+                                                        scatter=lc.flux_scatter, min_snr=lc.confirm_min_snr,
+                                                        max_deviation=lc.missing_max_deficit):
+                confirmed.add(name)
+            continue
         if np.isfinite(deficit):
             stats["n_missing_tested"] += 1
         if verdict == "untestable" and not np.isfinite(deficit):
@@ -230,10 +254,30 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         gone = set(rejected)
         observations = observations[~np.isin(obs_names, list(gone))]
         objects = objects[~np.isin(np.asarray(objects["object"]).astype(str), list(gone))]
-    stats["seconds"] = time.perf_counter() - t_start
+    stats["n_objects"] -= len(doubtful)
+    stats["n_doubtful_confirmed"] = len(confirmed)
+    stats["n_doubtful_dropped"] = len(doubtful) - len(confirmed)
     log.info("occupancy: %d objects, %d tested in %d images, %d untestable (kept); %d removed as static sources, "
-             "%d as absent where predicted in an exposure without a detection", stats["n_objects"], stats["n_tested"],
-             stats["n_images"], stats["n_untestable"], stats["n_rejected_static"], stats["n_rejected_missing"])
+             "%d as absent where predicted in an exposure without a detection; %d of %d doubtful tracklets confirmed "
+             "(their light where predicted, nothing left behind), the others dropped", stats["n_objects"],
+             stats["n_tested"], stats["n_images"], stats["n_untestable"], stats["n_rejected_static"],
+             stats["n_rejected_missing"], len(confirmed), len(doubtful))
+    return _settle_doubtful(observations, objects, doubtful, confirmed, stats, t_start)
+
+
+def _settle_doubtful(observations: Table, objects: Table, doubtful: set, confirmed: set, stats: dict,
+                     t_start: float) -> tuple[Table, Table, dict]:
+    """The doubtful tracklets confirmed become ``linked`` objects; the others are removed."""
+    if doubtful:
+        obs_names = np.asarray(observations["object"]).astype(str)
+        obj_names = np.asarray(objects["object"]).astype(str)
+        dropped = list(doubtful - confirmed)
+        observations = observations[~np.isin(obs_names, dropped)]
+        objects = objects[~np.isin(obj_names, dropped)]
+        if confirmed:
+            observations["kind"][np.isin(np.asarray(observations["object"]).astype(str), list(confirmed))] = "linked"
+            objects["kind"][np.isin(np.asarray(objects["object"]).astype(str), list(confirmed))] = "linked"
+    stats["seconds"] = time.perf_counter() - t_start
     return observations, objects, stats
 
 

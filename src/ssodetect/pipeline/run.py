@@ -417,6 +417,17 @@ def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
         log.info("fast movers: %d trails, %d consistent pairs, %d hypotheses, %d linked (%d trails); %d trails in no "
                  "chain (single), %d satellites flagged", fast["n_trails"], fast["n_pairs"], fast["n_hypotheses"],
                  fast["n_chains"], fast["n_linked"], fast["n_unlinked"], int(np.sum(streaks["status"] == "satellite")))
+    if links.doubtful_tracklets:
+        # refused as possible chance alignments by a small margin: the occupancy step confirms them on the pixels
+        # where they should have been seen and were not detected, or drops them
+        doubt_obs, doubt_obj = tracklet_tables(links.slow, links.doubtful_tracklets, links.plane, t0_mjd=links.t0_mjd,
+                                               kind="doubtful", first_number=len(objects) + 1)
+        observations = vstack([observations, doubt_obs]) if len(observations) else doubt_obs
+        objects = vstack([objects, doubt_obj]) if len(objects) else doubt_obj
+        log.info("slow movers: %d tracklets refused as possible chance alignments by at most %g times kept for a "
+                 "check on the pixels of the exposures that missed them (%d seen in every exposure and %d failing the "
+                 "catalogue checks dropped)", len(links.doubtful_tracklets), config.link.confirm_max_excess,
+                 slow["n_doubtful_seen_everywhere"], slow["n_doubtful_vetted"])
     ctx.timings["link"] = time.perf_counter() - t0
     return {"candidates": links.moving, "observations": observations, "objects": objects, "streaks": streaks,
             "link_stats": st}
@@ -551,7 +562,7 @@ BUILTIN_STEPS = [
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "11", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "12", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
                                  "candidates", "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
@@ -565,8 +576,9 @@ BUILTIN_STEPS = [
                                        "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
-          "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter")
-         + _PIXELS, "3", "remove movers whose positions still hold their source after they moved on (pixels)",
+          "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter", "link.confirm_min_snr")
+         + _PIXELS, "4", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
+         "tracklets where they were not detected (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
                                "objects"), ("observations", "objects"), ("stack",) + _PIXELS, "1",

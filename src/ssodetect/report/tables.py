@@ -46,7 +46,8 @@ OBSERVATION_COLUMNS = [
     ("resid_ra", "f8", "arcsec", "residual from the linear fit, RA*cos(dec)"),
     ("resid_dec", "f8", "arcsec", "residual from the linear fit, Dec"),
     ("kind", "U8", "", "how the position was found: linked (slow mover) | streak (fast mover, trails linked) | "
-     "blend (a slow mover measured beside a brighter source) | stacked"),
+     "blend (a slow mover measured beside a brighter source) | stacked (doubtful: a slow tracklet awaiting its "
+     "confirmation on the pixels, between the link and occupancy steps only)"),
 ]
 
 OBJECT_COLUMNS = [
@@ -66,7 +67,8 @@ OBJECT_COLUMNS = [
     ("snr", "f8", "", "median SNR of the observations"),
     ("mjd_first", "f8", "d", "first observation"),
     ("mjd_last", "f8", "d", "last observation"),
-    ("kind", "U8", "", "how the object was found: linked | streak"),
+    ("kind", "U8", "", "how the object was found: linked | streak | stacked (doubtful: between the link and "
+     "occupancy steps only)"),
     ("designation", "U48", "", "known object it was identified with (empty: not identified)"),
     ("known_offset", "f8", "arcsec", "median observed-minus-predicted separation from that known object"),
 ]
