@@ -6,7 +6,7 @@ Exit status (:data:`EXIT_CODES`): 0 success; 1 success with warnings (the run co
 output, but warnings were logged: CCD exposures not solved, frames dropped, an alert not delivered; for
 ``batch``: some fields failed or warned); 2 bad input or configuration (one line naming the file and the problem;
 nothing written); 3 internal error (a bug: one line, the traceback with ``-v``; nothing written);
-130 interrupted.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the stage discarded and the lock given up.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import argparse
 import errno
 import logging
 import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,7 +28,7 @@ __all__ = ["main", "EXIT_CODES"]
 
 #: Exit statuses of the command.
 EXIT_CODES = {0: "success", 1: "success with warnings (batch: some fields failed or warned)",
-              2: "bad input or configuration", 3: "internal error", 130: "interrupted"}
+              2: "bad input or configuration", 3: "internal error", 130: "interrupted", 143: "terminated (SIGTERM)"}
 
 log = logging.getLogger("ssodetect")
 
@@ -1016,16 +1018,26 @@ class _ShownFormatter(logging.Formatter):
         return printable(super().formatMessage(record))
 
 
-def _interrupted(exc: BaseException) -> bool:
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, systemd), raised where the command is, like Ctrl-C: its stage is discarded and
+    its lock given up (exit 143)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _interrupted(exc: BaseException) -> BaseException | None:
     """Whether ``exc`` was raised because of a Ctrl-C: a compiled kernel (numba) interrupted inside returns a
-    ``SystemError`` whose cause or context is the ``KeyboardInterrupt``."""
+    ``SystemError`` whose cause or context is the ``KeyboardInterrupt``; returns that interruption (None: not
+    interrupted)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
-            return True
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 def main(argv=None) -> int:
@@ -1042,6 +1054,8 @@ def main(argv=None) -> int:
     log.setLevel(level)
     shown = warnings.showwarning
     warnings.showwarning = _warning_as_log  # a library's warning is one counted log line, not a raw two-line dump
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         _check_text_arguments(args)
         return args.func(args)
@@ -1049,9 +1063,8 @@ def main(argv=None) -> int:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         print(f"ssodetect: error: {printable(lines[0])}", file=sys.stderr)  # one line, whatever a library said
         return 2
-    except KeyboardInterrupt:
-        print("ssodetect: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _stopped(exc)
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise_internal = exc
@@ -1066,9 +1079,8 @@ def main(argv=None) -> int:
                         "please report it)"), file=sys.stderr)
         return 3
     except Exception as exc:  # a bug: one line, the traceback in debug output
-        if _interrupted(exc):
-            print("ssodetect: interrupted", file=sys.stderr)
-            return 130
+        if _interrupted(exc) is not None:
+            return _stopped(_interrupted(exc))
         log.debug("internal error", exc_info=True)
         said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(printable(f"ssodetect: internal error: {type(exc).__name__}: {said} (run with -v for the traceback; "
@@ -1076,7 +1088,18 @@ def main(argv=None) -> int:
         return 3
     finally:
         warnings.showwarning = shown
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
         log.removeHandler(handler)
+
+
+def _stopped(exc: KeyboardInterrupt) -> int:
+    """The line and exit status of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    if isinstance(exc, _Terminated):
+        print("ssodetect: terminated", file=sys.stderr)
+        return 143
+    print("ssodetect: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

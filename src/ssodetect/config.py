@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+#: Most items a list setting may hold.
+MAX_LIST_SETTING = 4096
+
 #: Largest whole number a setting may hold (they reach C code as 32-bit integers: 1e20 was an OverflowError in sep);
 #: bit masks may use 64 bits.
 MAX_INT_SETTING = 2**31 - 1
@@ -64,6 +67,14 @@ class _Section(BaseModel):
             limit = 2**63 - 1 if info.field_name.endswith("_mask") else MAX_INT_SETTING
             if abs(value) > limit:
                 raise ValueError(f"{value} is too large (at most {limit})")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_lists(cls, value, info):
+        # 100,000 time keywords took 5 minutes (every header tried against each)
+        if isinstance(value, (list, tuple)) and len(value) > MAX_LIST_SETTING:
+            raise ValueError(f"{len(value)} items; a list setting holds at most {MAX_LIST_SETTING}")
         return value
 
     @field_validator("*", mode="after")
@@ -135,7 +146,8 @@ class IOConfig(_Section):
         "used when no zeropoint_keys keyword is present.",
     )
     default_zeropoint: float = Field(
-        default=25.0, description="Zero point used when the header has none [mag for 1 ADU/s]."
+        default=25.0, ge=5.0, le=50.0,  # (the range a header's zero point is taken from: io.frames.ZEROPOINT_RANGE)
+        description="Zero point used when the header has none [mag for 1 ADU/s].",
     )
     observer_position_keys: list[str] = Field(
         default=["OBSPOS_X", "OBSPOS_Y", "OBSPOS_Z", "JPOS2_1", "JPOS2_2", "JPOS2_3"],
@@ -465,8 +477,13 @@ class AstrometryConfig(_Section):
         lo, hi = self.pixel_scale_range
         if not 0 < lo <= hi:
             raise ValueError("pixel_scale_range must be [min, max] with 0 < min <= max")
-        if self.blind_pointing and len(self.blind_pointing) != 3:
-            raise ValueError("blind_pointing must be empty or [ra, dec, radius]")
+        if self.blind_pointing:
+            if len(self.blind_pointing) != 3:
+                raise ValueError("blind_pointing must be empty or [ra, dec, radius]")
+            ra, dec, radius = self.blind_pointing
+            if not (0 <= ra < 360 and -90 <= dec <= 90 and 0 < radius <= 180):
+                raise ValueError(f"blind_pointing {list(self.blind_pointing)}: ra must be 0-360 deg, dec -90-90 deg, "
+                                 "radius above 0 and at most 180 deg")
         return self
 
 
@@ -476,7 +493,8 @@ class StreakConfig(_Section):
     enabled: bool = Field(default=True, description="Measure trails with the trailed-PSF fit and link them.")
     min_length: float = Field(default=12.0, gt=0, description="Trails at least this long [px] are fitted and linked.")
     max_length: float = Field(
-        default=800.0, gt=0, description="Longer streaks [px] are satellites (crossing the detector), never linked."
+        default=800.0, gt=0, le=100000.0,
+        description="Longer streaks [px] are satellites (crossing the detector), never linked.",
     )
     max_gap: float = Field(default=30.0, ge=0, description="Largest gap [px] between collinear fragments of one trail.")
     min_exposures: int = Field(default=2, ge=2, description="Fewest exposures of a linked fast mover.")
@@ -485,6 +503,12 @@ class StreakConfig(_Section):
     )
     angle_tolerance: float = Field(default=3.0, gt=0, description="Direction agreement [deg] (plus trail axis error).")
     max_chi2_dof: float = Field(default=10.0, gt=0, description="Largest reduced chi2 of a linked chain's line fit.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "StreakConfig":
+        if self.max_length <= self.min_length:
+            raise ValueError("max_length must exceed min_length")
+        return self
 
 
 class CalibrateConfig(_Section):
@@ -631,6 +655,8 @@ class KnownConfig(_Section):
         "the headers).",
     )
     match_radius: float = Field(default=10.0, gt=0, description="Largest median observed-minus-predicted separation [arcsec].")
+
+
     rate_tolerance: float = Field(
         default=0.1, gt=0, description="Largest difference of observed and predicted motion vectors, relative to the "
         "predicted rate (or 5 sigma of the observed motion, whichever is larger).",
@@ -648,7 +674,10 @@ class KnownConfig(_Section):
     @field_validator("site")
     @classmethod
     def _site(cls, value: list[float]) -> list[float]:
-        return _three_numbers(value, "site needs three numbers: east longitude [deg], latitude [deg], height [m]")
+        value = _three_numbers(value, "site needs three numbers: east longitude [deg], latitude [deg], height [m]")
+        if value and not (-360 <= value[0] <= 360 and -90 <= value[1] <= 90 and -1e4 <= value[2] <= 1e5):
+            raise ValueError(f"site {value}: east longitude -360-360 deg, latitude -90-90 deg, height -10000-100000 m")
+        return value
 
 
 class ExecutionConfig(_Section):

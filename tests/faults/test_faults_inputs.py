@@ -506,8 +506,8 @@ def test_an_orbit_file_nested_without_end_is_a_clean_error(scene, out, tmp_path,
 
 @pytest.mark.parametrize("value", ["1E999", "0.0", "-2.0", "'abc'", "1E300"])
 def test_an_unusable_gain_card_is_a_warning_naming_the_file(src, tmp_path, capsys, value):
-    """C10: GAIN = 1e999 was read as infinity and silently replaced by the default gain; N9: GAIN = 1e300 was used
-    as it was."""
+    """C10: GAIN = 1e999 was read as infinity and silently replaced by the default gain (now an infinite card is
+    refused like a NaN one, naming it: campaign 9's D6); N9: GAIN = 1e300 was used as it was."""
     with fits.open(src / "exp_01.fits", mode="update") as hdul:
         for hdu in hdul:
             hdu.header.remove("GAIN", ignore_missing=True, remove_all=True)
@@ -518,6 +518,9 @@ def test_an_unusable_gain_card_is_a_warning_naming_the_file(src, tmp_path, capsy
     data[pos:pos + 80] = f"GAIN    = {value:>20} / [e-/ADU]".ljust(80).encode()
     (src / "exp_01.fits").write_bytes(bytes(data))
     outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--to-step", "ingest")
+    if value == "1E999":
+        assert outcome.code == 2 and "exp_01.fits" in outcome.errors[0] and "GAIN = 1E999" in outcome.errors[0]
+        return
     assert outcome.code == 1 and outcome.errors == [], outcome.err
     named = [line for line in outcome.warnings if "GAIN" in line and "default gain" in line]
     assert len(named) == 1 and "exp_01.fits" in named[0], outcome.warnings
@@ -771,7 +774,7 @@ def test_a_time_keyword_thousands_of_years_off_is_named_and_not_used(scene, src,
 
 
 @pytest.mark.parametrize("card, value, said", [("MAGZERO", 1e30, "MAGZERO = 1e+30 is not a zero point"),
-                                               ("SATURATE", -1.0, "SATURATE = -1.0 is not a positive saturation")])
+                                               ("SATURATE", -1.0, "SATURATE = -1.0 is not a saturation level")])
 def test_an_absurd_zero_point_or_saturation_level_is_named_and_not_used(scene, src, tmp_path, capsys, card, value,
                                                                          said):
     """Seventh campaign: MAGZERO = 1e30 on one frame was used silently (its magnitudes vanished from the reports,
@@ -861,7 +864,7 @@ def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path, caplog)
         load_reference_catalogue(tmp_path / "m.ecsv")
     ref["phot_g_mean_mag"] = np.nan
     ref.write(tmp_path / "nan.ecsv")
-    with pytest.raises(InputError, match="no row with a finite position"):
+    with pytest.raises(InputError, match="no row with a finite, plausible position"):
         load_reference_catalogue(tmp_path / "nan.ecsv")
     # eighth campaign's N19: a catalogue of 0 rows, or of declinations of 100 deg, was "another part of the sky"
     ref[:0].write(tmp_path / "empty.ecsv")
@@ -871,8 +874,24 @@ def test_catalogue_columns_in_other_units_are_converted(scene, tmp_path, caplog)
     far = Table.read(scene / "refcat.ecsv")
     far["dec"] = 100.0
     far.write(tmp_path / "dec100.ecsv")
-    with pytest.raises(InputError, match=r"dec100.ecsv: no row with a finite position \(declination within"):
+    with pytest.raises(InputError, match=r"dec100.ecsv: no row with a finite, plausible position and magnitude"):
         load_reference_catalogue(tmp_path / "dec100.ecsv")
+    # campaign 9's D3, D7, D8: magnitudes of 1e30 (a zero point of 1e30 fitted, exit 0), epochs of -1e9 and proper
+    # motions of 1e12 mas/yr (every star moved off the field, blamed on the pointing); on some rows: those ignored
+    for column, value in (("phot_g_mean_mag", 1e30), ("ref_epoch", -1e9), ("pmra", 1e12)):
+        odd = Table.read(scene / "refcat.ecsv")
+        values = np.asarray(odd[column] if column in odd.colnames else np.zeros(len(odd)), float).copy()
+        values[:5] = value
+        odd[column] = values
+        odd.write(tmp_path / "odd.ecsv", overwrite=True)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ssodetect"):
+            assert len(load_reference_catalogue(tmp_path / "odd.ecsv")) == len(odd) - 5
+        assert any(f"5 rows with {column} outside" in r.getMessage() for r in caplog.records), column
+        odd[column] = value
+        odd.write(tmp_path / "odd.ecsv", overwrite=True)
+        with pytest.raises(InputError, match="no row with a finite, plausible position and magnitude"):
+            load_reference_catalogue(tmp_path / "odd.ecsv")
 
 
 def test_a_frame_laid_out_unlike_the_others_is_named(scene, src, tmp_path, capsys):

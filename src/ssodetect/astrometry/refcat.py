@@ -113,6 +113,12 @@ def ldac_reference_table(catalogue: Table) -> Table:
     )
 
 
+#: (column, lowest, highest, what) of values no star has: such rows are ignored, with a warning.
+IMPLAUSIBLE = [("dec", -90.0, 90.0, "deg"), ("phot_g_mean_mag", -5.0, 40.0, "mag"),
+               ("ref_epoch", 1800.0, 2300.0, "Julian year"), ("pmra", -1e5, 1e5, "mas/yr"),
+               ("pmdec", -1e5, 1e5, "mas/yr")]
+
+
 def load_reference_catalogue(path: str | Path) -> Table:
     """Read a reference catalogue and bring it to the Gaia DR3 column names.
 
@@ -169,15 +175,25 @@ def load_reference_catalogue(path: str | Path) -> Table:
         return table
     for name in REFCAT_REQUIRED:
         good &= np.isfinite(np.asarray(table[name], float))
-    with np.errstate(invalid="ignore"):
-        off_sphere = good & (np.abs(np.asarray(table["dec"], float)) > 90.0)
-    if off_sphere.any():
-        log.warning("%s: %d rows with a declination beyond +-90 deg ignored", path, int(off_sphere.sum()))
-        good &= ~off_sphere
+    # values no star has: each named, their rows ignored (a magnitude of 1e30 had fitted a zero point of 1e30; an
+    # epoch of -1e9 or a proper motion of 1e12 mas/yr moved every star off the field, blamed on the pointing)
+    notes = []
+    for name, lo, hi, what in IMPLAUSIBLE:
+        if name not in table.colnames:
+            continue
+        with np.errstate(invalid="ignore"):
+            values = np.asarray(table[name], float)
+            odd = good & np.isfinite(values) & ((values < lo) | (values > hi))
+        if odd.any():
+            notes.append(f"{int(odd.sum())} rows with {name} outside {lo:g} to {hi:g} ({what}) ignored")
+            good &= ~odd
+    for note in notes if good.any() else ():  # (with no row left, the error below says it in one line)
+        log.warning("%s: %s", path, note)
     if not good.all():
         if not good.any():  # (with every row ignored, the run would blame the field's position on the sky)
-            raise InputError(f"{path}: no row with a finite position (declination within +-90 deg) and magnitude "
-                             f"({len(table)} rows)")
+            raise InputError(f"{path}: no row with a finite, plausible position and magnitude ({len(table)} rows: "
+                             "declination within +-90 deg, magnitude -5 to 40, epoch 1800-2300, proper motions "
+                             "within 100000 mas/yr)")
         log.info("%s: %d rows without a finite position, magnitude, proper motion or error ignored", path,
                  int((~good).sum()))
         table = table[good]

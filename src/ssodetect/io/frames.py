@@ -197,11 +197,17 @@ MAX_HDU_PIXELS = 1 << 29
 
 
 def _declared(cards: dict, prefix: str) -> int:
-    """Product of the ``{prefix}NAXISn`` values of a header's cards (0 for no axes)."""
+    """Product of the ``{prefix}NAXISn`` values of a header's cards (0 for no axes); -1 when one is negative (a
+    damaged header: see :func:`_hdu_extent`)."""
     naxis = int(cards.get(f"{prefix}NAXIS", "0"))
+    if naxis < 0 or naxis > 999:
+        return -1
     n = 1 if naxis else 0
     for axis in range(1, naxis + 1):
-        n *= int(cards.get(f"{prefix}NAXIS{axis}", "0"))
+        size = int(cards.get(f"{prefix}NAXIS{axis}", "0"))
+        if size < 0:
+            return -1
+        n *= size
     return n
 
 
@@ -260,7 +266,12 @@ def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
                 raise InputError(f"{path}: HDU {index} has BITPIX = {bitpix}, not a FITS value (8, 16, 32, 64, -32, -64)")
             bitpix = abs(bitpix)
             n = _declared(cards, "")
-            pixels = max(n if "ZNAXIS" not in cards else 0, _declared(cards, "Z") if "ZNAXIS" in cards else 0)
+            zn = _declared(cards, "Z") if "ZNAXIS" in cards else 0
+            if n < 0 or zn < 0 or int(cards.get("GCOUNT", "1")) < 0 or int(cards.get("PCOUNT", "0")) < 0:
+                # (a negative size moved the walk backwards: it never ended)
+                raise InputError(f"{path}: HDU {index} declares a negative size (NAXIS, NAXISn, PCOUNT or GCOUNT "
+                                 "below 0): damaged header")
+            pixels = max(n if "ZNAXIS" not in cards else 0, zn)
             n = int(cards.get("GCOUNT", "1")) * (int(cards.get("PCOUNT", "0")) + n)
         except ValueError:
             return None
@@ -324,10 +335,13 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-                    card.value
+                    value = card.value
             except (fits.VerifyError, ValueError):
                 raise InputError(f"{path}: HDU {i} header card {card.keyword or '?'} has a value FITS cannot parse "
                                  f"({raw!r}); fix or remove the card") from None
+            if isinstance(value, float) and not math.isfinite(value):  # 1E400 reads as infinity
+                raise InputError(f"{path}: HDU {i} header card {card.keyword or '?'} = {raw} is not a finite "
+                                 "number; fix or remove the card")
 
 
 def _check_trailing(path: Path) -> None:
@@ -476,6 +490,20 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
 #: Zero points [mag] a header may give (for 1 ADU/s, or for the exposure's counts): outside, the keyword is damaged
 #: (``MAGZERO = 1e30`` made every magnitude of an exposure vanish and every reference star "saturated").
 ZEROPOINT_RANGE = (5.0, 50.0)
+#: Saturation levels from a header must lie below this [ADU] (a float32 image holds no larger value; 1e300 overflowed).
+MAX_SATURATION = 1e30
+
+
+def _number(value) -> float | None:
+    """A header value as a finite number; None for none, a logical (T would read as 1), text that is no number or
+    a value that is not finite (read as :func:`_first_unusable` judges it)."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _first_unusable(merged, keys, usable, what: str) -> str:
@@ -485,6 +513,8 @@ def _first_unusable(merged, keys, usable, what: str) -> str:
         value = first_keyword(merged, [key])
         if value is None:
             continue
+        if isinstance(value, (bool, np.bool_)):  # (T would read as 1)
+            return f"{key} = {'T' if value else 'F'} is not a number"
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -521,7 +551,8 @@ def _unusable_calibration(header, primary, config: IOConfig, exptime: float) -> 
                              f"an exposure's zero point ({lo + shift:.4g}-{hi + shift:.4g} mag for {exptime:g} s)")
     if zp:
         problems.append(f"{zp}; the default zero point ({config.default_zeropoint:g}, [io] default_zeropoint) is used")
-    sat = _first_unusable(merged, config.saturation_keys, lambda v: v > 0, "a positive saturation level")
+    sat = _first_unusable(merged, config.saturation_keys, lambda v: 0 < v < MAX_SATURATION,
+                          f"a saturation level (above 0, below {MAX_SATURATION:g})")
     if sat:
         problems.append(f"{sat}; saturation is not masked from it")
     return problems
@@ -625,7 +656,8 @@ def group_exposures(refs: list[CCDRef], config: IOConfig, *, min_exposures: int 
         for ref in group:
             if ref.ccd in seen:
                 raise InputError(
-                    f"{ref.path}: CCD {ref.ccd!r} at MJD {ref.mjd:.6f} duplicates {seen[ref.ccd].path}"
+                    f"{ref.path}: CCD {ref.ccd!r} at MJD {ref.mjd:.6f} duplicates {seen[ref.ccd].path} (files within "
+                    f"[io] exposure_grouping_s = {config.exposure_grouping_s:g} s of each other are one exposure)"
                 )
             seen[ref.ccd] = ref
             updated.append(CCDRef(**{**ref.__dict__, "exposure": index}))
@@ -701,36 +733,25 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
                 mask |= odd
             flags = np.where(odd, 0, flags).astype(np.int64)
         mask |= (flags.astype(np.int64) & config.flag_mask) != 0
-    saturation = first_keyword(merged, config.saturation_keys)
-    try:
-        saturation = float(saturation) if saturation is not None else None
-    except (TypeError, ValueError):
-        saturation = None
-    if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
+    saturation = _number(first_keyword(merged, config.saturation_keys))
+    if saturation is not None and not 0 < saturation < MAX_SATURATION:
         saturation = None  # (named by scan_file: SATURATE = -1 had masked every pixel)
     saturated = np.zeros(data.shape, bool)
     if saturation is not None:
         with np.errstate(invalid="ignore"):
             saturated = data >= saturation
         mask |= saturated
-    gain = first_keyword(merged, config.gain_keys, config.default_gain)
-    try:
-        gain = float(gain)
-    except (TypeError, ValueError):
-        gain = config.default_gain
-    if not (np.isfinite(gain) and 0 < gain <= MAX_GAIN):
+    gain = _number(first_keyword(merged, config.gain_keys))
+    if gain is None or not 0 < gain <= MAX_GAIN:
         gain = config.default_gain
     zeropoint, zp_source = config.default_zeropoint, "default"
-    zp = first_keyword(merged, config.zeropoint_keys)
-    try:
-        zeropoint, zp_source = float(zp), "header"
-    except (TypeError, ValueError):
-        total = first_keyword(merged, config.zeropoint_total_keys)  # for the exposure's counts, not per second
-        try:
-            if ref.exptime > 0:
-                zeropoint, zp_source = float(total) - 2.5 * np.log10(ref.exptime), "header"
-        except (TypeError, ValueError):
-            pass
+    given = first_keyword(merged, config.zeropoint_keys)
+    zp = _number(given)
+    total = _number(first_keyword(merged, config.zeropoint_total_keys))  # for the exposure's counts, not per second
+    if zp is not None:
+        zeropoint, zp_source = zp, "header"
+    elif given is None and total is not None and ref.exptime > 0:  # (an unusable zero point: the default, named)
+        zeropoint, zp_source = total - 2.5 * np.log10(ref.exptime), "header"
     if not (np.isfinite(zeropoint) and ZEROPOINT_RANGE[0] <= zeropoint <= ZEROPOINT_RANGE[1]):
         zeropoint, zp_source = config.default_zeropoint, "default"  # (named by scan_file)
     wcs, problem = celestial_wcs(merged, shape=data.shape)

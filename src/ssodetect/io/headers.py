@@ -414,6 +414,17 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
     scale = np.sqrt(np.abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
     if not (1e-4 < scale < 3600):
         return None, f"WCS pixel scale {scale:.3g} arcsec/px is not plausible"
+    # the image's diagonal on the sky against its linear part: a distortion that collapses the image (TPV without
+    # its PV terms maps every pixel to one point) or blows it up is no WCS of this image
+    c1, c2 = np.radians([ra[0], dec[0]]), np.radians([ra[3], dec[3]])
+    cos_sep = (math.sin(c1[1]) * math.sin(c2[1])
+               + math.cos(c1[1]) * math.cos(c2[1]) * math.cos(c1[0] - c2[0]))
+    diagonal = math.degrees(math.acos(min(1.0, max(-1.0, cos_sep)))) * 3600.0
+    linear = math.hypot(nx - 1, ny - 1) * scale
+    if linear > 0 and not 0.5 <= diagonal / linear <= 2.0:
+        return None, (f"its image diagonal spans {diagonal:.4g}\" on the sky where its pixel scale gives {linear:.4g}\" "
+                      f"(CTYPE1 = {str(header.get('CTYPE1', '')).strip()}: a distortion without its terms?): the header "
+                      "WCS is unusable")
     if wcs.sip is not None or wcs.wcs.ctype[0].endswith(("-TPV", "-TPD", "-ZPN")):
         # a distortion that folds the image over (SIP A_2_0 = 0.01 on 512 px) has no inverse there: every later
         # sky-to-pixel step would fail (astropy's NoConvergence) or put stars on the wrong pixels

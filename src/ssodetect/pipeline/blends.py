@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 __all__ = ["recover_blends", "claim_trails", "STAMP_HALF", "MAX_TEMPLATES", "EDGE_MARGIN"]
 #: Half size [px] of the fitted stamp beyond half the trail's length.
 STAMP_HALF = 7
+#: Longest prediction [px] measured whatever ``streaks.max_length`` says (a stamp's memory grows as its square:
+#: EXPTIME = 1e6 with max_length = 1e12 had taken gigabytes).
+MAX_LENGTH = 2000.0
 #: A mover is measured only where its predicted centre lies at least this far [px] inside the image (its stamp may
 #: reach beyond the edge: those pixels are left out of the fit).
 EDGE_MARGIN = 3.0
@@ -79,7 +82,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     stats : dict
         The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured``, ``refused``
         (reason -> count), ``n_no_template``, ``n_off_image``, ``n_too_long`` (longer than
-        ``streaks.max_length``: every target is one of measured, no template, off the image, too long),
+        ``streaks.max_length`` or :data:`MAX_LENGTH`: every target is one of measured, no template, off the image,
+        too long),
         ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
         with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
         ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, ``n_proposals``: two directions
@@ -185,9 +189,10 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     # a prediction longer than a trail can be (streaks.max_length: a satellite's) is not measured, its stamp would
     # grow with the length (counted)
     too_long = set()
+    longest = min(config.streaks.max_length, MAX_LENGTH)
     for k, row in enumerate(placed):
         for j, where in enumerate(row):
-            if where is not None and where[1][3] > config.streaks.max_length:
+            if where is not None and where[1][3] > longest:
                 row[j] = None
                 too_long.add((k, j))
     # proposals whose targets all lie on one CCD are judged and measured in that CCD's turn; those reaching over

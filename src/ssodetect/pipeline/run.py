@@ -442,8 +442,8 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
         products["exposures"], products["ccd_info"], wcs_lookup(products), products["masters"], config,
     )
     log.info("blends: %d pairs of clean detections, %d predicted onto brighter sources in %d exposures, %d measured "
-             "(%d accepted; refused: %s; %d without a template, %d off the image, %d longer than streaks.max_length), "
-             "%d objects found "
+             "(%d accepted; refused: %s; %d without a template, %d off the image, %d longer than streaks.max_length "
+             "or 2000 px), %d objects found "
              "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection); "
              "%d whole single trails predicted both ways, %d directions whose predictions show too little light not "
              "measured, %d objects from whole trails",

@@ -1,0 +1,139 @@
+"""The ninth fault campaign: a negative image size that made the input check loop forever, a memory bound that a
+setting could lift, catalogue values no star has, header numbers read wrongly (a logical as a gain, an overflowing
+saturation level, an infinite reference pixel), settings without bounds.
+
+A refused command exits 2 with one line naming the file or setting and writes nothing; a problem that does not stop
+the work is a warning naming the file, and the command exits 1.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from faultkit import cli, copy_inputs, snapshot
+
+
+def _raw_card(path, occurrence: int, key: str, value: str) -> None:
+    """Overwrite the ``occurrence``-th (0-based) card ``key`` of a FITS file with ``key = value`` as raw bytes (astropy
+    would rewrite what it cannot represent)."""
+    data = bytearray(path.read_bytes())
+    at = -1
+    for _ in range(occurrence + 1):
+        at = data.index(f"{key:<8}=".encode(), at + 1)
+    data[at:at + 80] = f"{key:<8}= {value:>20}".ljust(80).encode()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("key, value", [("NAXIS1", "-512"), ("NAXIS", "-2"), ("PCOUNT", "-2880")])
+def test_a_negative_size_is_refused_not_looped_over(scene, tmp_path, key, value):
+    """D1: NAXIS1 = -512 in a science extension moved the header walk backwards: the input check never ended (run
+    in a process of its own with a time limit, so that a regression fails instead of hanging the suite)."""
+    src = copy_inputs(scene, tmp_path / "in")
+    _raw_card(src / "exp_00.fits", 1, key, value)  # the SCI extension's card (the primary header's is first)
+    before = snapshot(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "ssodetect.cli", "run", str(src), "--out", str(tmp_path / "out"),
+                           "-q"], capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, err
+    assert "exp_00.fits" in err[0] and ("negative size" in err[0] or key in err[0]), err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("GAIN", "T", "GAIN = T is not a number; the default gain"),
+    ("SATURATE", "1E300", "SATURATE = 1e+300 is not a saturation level"),
+])
+def test_header_numbers_no_camera_has_are_named(scene, tmp_path, capsys, key, value, said):
+    """D4: GAIN = T was read as a gain of 1 without a word; D5: SATURATE = 1e300 overflowed a float32 comparison
+    (a numpy warning naming no file, exit 0)."""
+    src = copy_inputs(scene, tmp_path / "in")
+    from astropy.io import fits
+
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        for hdu in hdul:
+            hdu.header.remove(key, ignore_missing=True, remove_all=True)
+        hdul[0].header[key] = 1.0
+    _raw_card(src / "exp_01.fits", 0, key, value)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--to-step", "detect")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    named = [line for line in outcome.warnings if said in line]
+    assert len(named) == 1 and "exp_01.fits" in named[0], outcome.warnings
+    assert not [line for line in outcome.warnings if "RuntimeWarning" in line or "overflow" in line]
+
+
+def test_an_infinite_header_number_is_refused_naming_the_card(scene, tmp_path, capsys):
+    """D6: CRPIX1 = 1E400 printed astropy's VerifyWarning lines naming no file, and the run exited 0."""
+    src = copy_inputs(scene, tmp_path / "in")
+    _raw_card(src / "exp_02.fits", 0, "CRPIX1", "1E400")
+    before = snapshot(tmp_path)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
+    assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
+    assert "exp_02.fits" in outcome.errors[0] and "CRPIX1 = 1E400 is not a finite number" in outcome.errors[0]
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("text, said", [
+    ("[streaks]\nmin_length = 1000\nmax_length = 10\n", "max_length must exceed min_length"),
+    ("[streaks]\nmax_length = 1e12\n", "max_length"),
+    ("[astrometry]\nblind_pointing = [400, 100, -1]\n", "blind_pointing"),
+    ("[io]\ndefault_zeropoint = 1e30\n", "default_zeropoint"),
+    ("[known]\nsite = [400, 100, -1e9]\n", "site"),
+    ("[io]\ntime_keys = [" + ", ".join(['"MJD-OBS"'] * 5000) + "]\n", "a list setting holds at most 4096"),
+])
+def test_settings_without_bounds_are_refused(scene, tmp_path, capsys, text, said):
+    """D2, D11-D15: settings accepted whatever their values (a 1e12 px streak length lifted the blend step's memory
+    bound; 100,000 time keywords took 5 minutes; a pointing at RA 400 deg, a zero point of 1e30, a site 1e9 m
+    under the ground)."""
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", config)
+    assert outcome.code == 2 and len(outcome.err) == 1 and said in outcome.errors[0], outcome.err
+    assert "c.toml" in outcome.errors[0] and not (tmp_path / "out").exists()
+
+
+def test_grouping_every_frame_into_one_exposure_names_the_setting(scene, tmp_path, capsys):
+    """D9: ``exposure_grouping_s = 1e9`` merged the four exposures into one and the error blamed a good file for
+    duplicating another."""
+    config = tmp_path / "c.toml"
+    config.write_text("[io]\nexposure_grouping_s = 1e9\n")
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", config)
+    assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
+    assert "exposure_grouping_s = 1e+09" in outcome.errors[0]
+
+
+def test_a_header_wcs_that_collapses_the_image_is_named(scene, tmp_path, capsys):
+    """D10: CTYPE RA---TPV without PV terms (wcslib then maps every pixel to one point) failed astrometry on every
+    exposure with "only 0 unsaturated reference stars in the header footprint".  Now that WCS is named unusable with
+    its file, and the frames are solved blind from the catalogue."""
+    from astropy.io import fits
+
+    src = copy_inputs(scene, tmp_path / "in")
+    for path in sorted(src.glob("exp_*.fits")):
+        with fits.open(path, mode="update") as hdul:
+            hdul[1].header["CTYPE1"], hdul[1].header["CTYPE2"] = "RA---TPV", "DEC--TPV"
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--refcat", scene / "refcat.ecsv",
+                  "--to-step", "astrometry")
+    assert outcome.code == 1 and outcome.errors == [], outcome.err
+    named = [line for line in outcome.warnings if "image diagonal spans" in line and "RA---TPV" in line]
+    assert named and all(".fits" in line for line in named), outcome.warnings
+    assert not any("only 0 unsaturated reference stars" in line for line in outcome.warnings), outcome.warnings
+
+
+def test_sigterm_discards_the_stage_and_gives_up_the_lock(scene, tmp_path):
+    """D16: SIGTERM (kill, timeout, systemd) ended a run with no word and left its ``.lock`` file and ``.stage-``
+    directory beside OUTDIR.  Now it is handled like Ctrl-C: one line, exit 143, nothing left."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ssodetect.cli", "run", str(scene), "--out", str(tmp_path / "out"),
+                             "--refcat", str(scene / "refcat.ecsv"), "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.stage-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the work
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines() == ["ssodetect: terminated"], (proc.returncode, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
