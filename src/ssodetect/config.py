@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -91,14 +92,11 @@ class _Section(BaseModel):
         return value
 
 
-#: Unicode's direction-changing marks and overrides (they reorder what a terminal or a report shows).
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
 def _printable(c: str) -> bool:
-    """Whether a character may stand in a setting's text: not a C0/C1 control, DEL, or a direction mark."""
-    code = ord(c)
-    return not (code < 32 or 127 <= code < 160 or c in _BIDI or c in "\u2028\u2029")
+    """Whether a character may stand in a setting's text: not a control (C0, C1, DEL), a format character
+    (direction marks and overrides such as U+202E, a byte-order mark, zero-width characters), a surrogate or
+    private-use code, or a line or paragraph separator."""
+    return unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
 
 
 class IOConfig(_Section):

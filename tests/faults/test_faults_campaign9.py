@@ -137,3 +137,20 @@ def test_sigterm_discards_the_stage_and_gives_up_the_lock(scene, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and err.strip().splitlines() == ["ssodetect: terminated"], (proc.returncode, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_catalogue_with_a_byte_order_mark_and_a_setting_with_one(scene, tmp_path, capsys):
+    """Campaign 9's notes: a CSV catalogue saved with a byte-order mark lacked "column ra" (it was "\\ufeffra"); a
+    byte-order mark in [report] telescope_name was accepted into the reports."""
+    from astropy.table import Table
+
+    from ssodetect.astrometry.refcat import load_reference_catalogue
+
+    csv = tmp_path / "ref.csv"
+    Table.read(scene / "refcat.ecsv").write(csv, format="ascii.csv")
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())
+    assert len(load_reference_catalogue(csv)) == len(Table.read(scene / "refcat.ecsv"))
+    config = tmp_path / "c.toml"
+    config.write_text('[report]\ntelescope_name = "\\ufeffC14"\n')
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", config)
+    assert outcome.code == 2 and "telescope_name" in outcome.errors[0] and "\\ufeff" in outcome.errors[0]

@@ -155,6 +155,9 @@ def load_reference_catalogue(path: str | Path) -> Table:
                              + (f"; {hint}" if hint else "") + ")") from None
     for note in dict.fromkeys(" ".join(str(w.message).split())[:200] for w in said):
         log.warning("%s: %s", path, note)
+    for name in table.colnames:  # a CSV written with a byte-order mark names its first column "\ufeffra"
+        if name.startswith("\ufeff") and name.lstrip("\ufeff") not in table.colnames:
+            table.rename_column(name, name.lstrip("\ufeff"))
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")
