@@ -3,8 +3,8 @@
     python benchmarks/bench_family.py [--members 101 102 ...] [--tuning] [--nccd 4] [--size 2048]
                                       [--fast-per-ccd N] [--keep DIR] [--from STEP] [--workers 1]
 
-Members 301-310 (``simulate.REPORT_MEMBERS``) are the report set and are never used for tuning
-(101-110, 111-120, ..., 291-300, earlier report sets, were diagnosed afterwards and count as seen); ``--tuning`` runs members 1-16 instead.  Each member is an independent recipe (PSF model and width,
+Members 321-330 (``simulate.REPORT_MEMBERS``) are the report set and are never used for tuning
+(101-110, 111-120, ..., 311-320, earlier report sets, were diagnosed afterwards and count as seen); ``--tuning`` runs members 1-16 instead.  Each member is an independent recipe (PSF model and width,
 star and galaxy densities, cosmic rays, unflagged hot pixels, transients, satellites, spikes,
 5-100 movers per CCD in uniform or clustered directions; every exposure's header off by 20",
 0.5 deg and 0.5 % in scale; see ``ssodetect.simulate.family``).  ``--fast-per-ccd 60`` overrides

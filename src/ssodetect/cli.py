@@ -6,7 +6,7 @@ Exit status (:data:`EXIT_CODES`): 0 success; 1 success with warnings (the run co
 output, but warnings were logged: CCD exposures not solved, frames dropped, an alert not delivered; for
 ``batch``: some fields failed or warned); 2 bad input or configuration (one line naming the file and the problem;
 nothing written); 3 internal error (a bug: one line, the traceback with ``-v``; nothing written);
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM): the stage discarded and the lock given up.
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 (SIGHUP): the stage discarded and the lock given up.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ __all__ = ["main", "EXIT_CODES"]
 
 #: Exit statuses of the command.
 EXIT_CODES = {0: "success", 1: "success with warnings (batch: some fields failed or warned)",
-              2: "bad input or configuration", 3: "internal error", 130: "interrupted", 143: "terminated (SIGTERM)"}
+              2: "bad input or configuration", 3: "internal error", 129: "terminated (SIGHUP)", 130: "interrupted",
+              143: "terminated (SIGTERM)"}
 
 log = logging.getLogger("ssodetect")
 
@@ -1011,6 +1012,21 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
+class _AstropyLines(logging.Handler):
+    """astropy's own log (its verification of a non-standard card, e.g. ``EXPTIME = 1e5``, printed as three-line
+    blocks naming no file) as one uncounted line each, like a library's warning (:func:`_warning_as_log`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = [line.strip() for line in record.getMessage().strip().splitlines() if line.strip()]
+        if record.levelno < logging.WARNING or not lines or any(noise in lines[0] for noise in _ASTROPY_NOISE):
+            return
+        log.warning("astropy: %s", lines[0], extra={"uncounted": True})
+
+
+#: Lines of astropy's verification that say nothing of the card at fault.
+_ASTROPY_NOISE = ("Verification reported errors", "uses zero-based indexing")
+
+
 class _ShownFormatter(logging.Formatter):
     """The console's log lines, each message passed through :func:`printable` (a traceback, with ``-v``, as it is)."""
 
@@ -1019,12 +1035,20 @@ class _ShownFormatter(logging.Formatter):
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, systemd), raised where the command is, like Ctrl-C: its stage is discarded and
-    its lock given up (exit 143)."""
+    """SIGTERM (``kill``, ``timeout``, systemd) or SIGHUP (a closed terminal, a dropped ssh session), raised where the
+    command is, like Ctrl-C: its stage is discarded and its lock given up (exit 128 + the signal's number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _on_sigterm(signum, frame):
-    raise _Terminated()
+    raise _Terminated(signum)
+
+
+#: The signals that end a command like Ctrl-C.
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupted(exc: BaseException) -> BaseException | None:
@@ -1054,8 +1078,12 @@ def main(argv=None) -> int:
     log.setLevel(level)
     shown = warnings.showwarning
     warnings.showwarning = _warning_as_log  # a library's warning is one counted log line, not a raw two-line dump
+    from astropy import log as astropy_log
+
+    astropy_handlers = astropy_log.handlers[:]
+    astropy_log.handlers = [_AstropyLines()]
     main_thread = threading.current_thread() is threading.main_thread()
-    on_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    on_term = {sig: signal.signal(sig, _on_sigterm) for sig in _ENDING_SIGNALS} if main_thread else {}
     try:
         _check_text_arguments(args)
         return args.func(args)
@@ -1088,16 +1116,17 @@ def main(argv=None) -> int:
         return 3
     finally:
         warnings.showwarning = shown
-        if on_term is not None:
-            signal.signal(signal.SIGTERM, on_term)
+        for sig, previous in on_term.items():
+            signal.signal(sig, previous)
+        astropy_log.handlers = astropy_handlers
         log.removeHandler(handler)
 
 
 def _stopped(exc: KeyboardInterrupt) -> int:
-    """The line and exit status of a command stopped by Ctrl-C (130) or SIGTERM (143)."""
+    """The line and exit status of a command stopped by Ctrl-C (130), SIGTERM (143) or SIGHUP (129)."""
     if isinstance(exc, _Terminated):
-        print("ssodetect: terminated", file=sys.stderr)
-        return 143
+        print("ssodetect: terminated" + (" (SIGHUP)" if exc.signum == signal.SIGHUP else ""), file=sys.stderr)
+        return 128 + int(exc.signum)
     print("ssodetect: interrupted", file=sys.stderr)
     return 130
 

@@ -121,9 +121,12 @@ def test_a_header_wcs_that_collapses_the_image_is_named(scene, tmp_path, capsys)
     assert not any("only 0 unsaturated reference stars" in line for line in outcome.warnings), outcome.warnings
 
 
-def test_sigterm_discards_the_stage_and_gives_up_the_lock(scene, tmp_path):
+@pytest.mark.parametrize("sig, code, line", [("SIGTERM", 143, "ssodetect: terminated"),
+                                             ("SIGHUP", 129, "ssodetect: terminated (SIGHUP)")])
+def test_sigterm_discards_the_stage_and_gives_up_the_lock(scene, tmp_path, sig, code, line):
     """D16: SIGTERM (kill, timeout, systemd) ended a run with no word and left its ``.lock`` file and ``.stage-``
-    directory beside OUTDIR.  Now it is handled like Ctrl-C: one line, exit 143, nothing left."""
+    directory beside OUTDIR; the re-check found SIGHUP (a closed terminal) did the same.  Now they are handled like
+    Ctrl-C: one line, exit 128 + the signal, nothing left."""
     import signal
     import time
 
@@ -133,9 +136,9 @@ def test_sigterm_discards_the_stage_and_gives_up_the_lock(scene, tmp_path):
     while not any(p.name.startswith(".out.stage-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # well into the work
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and err.strip().splitlines() == ["ssodetect: terminated"], (proc.returncode, err)
+    assert proc.returncode == code and err.strip().splitlines() == [line], (proc.returncode, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -154,3 +157,34 @@ def test_a_catalogue_with_a_byte_order_mark_and_a_setting_with_one(scene, tmp_pa
     config.write_text('[report]\ntelescope_name = "\\ufeffC14"\n')
     outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", config)
     assert outcome.code == 2 and "telescope_name" in outcome.errors[0] and "\\ufeff" in outcome.errors[0]
+
+
+def test_a_catalogue_with_a_text_cell_is_refused_naming_the_column(scene, tmp_path, capsys):
+    """The re-check of campaign 9: a CSV catalogue with 'abc' in one magnitude cell (or 'north' in one RA cell) was
+    exit 3, "could not convert string to float"."""
+    from astropy.table import Table
+
+    table = Table.read(scene / "refcat.ecsv")
+    table.write(tmp_path / "ref.csv", format="ascii.csv")
+    lines = (tmp_path / "ref.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[2].split(",")
+    cells[header.index("phot_g_mean_mag")] = "abc"
+    lines[2] = ",".join(cells)
+    (tmp_path / "ref.csv").write_text("\n".join(lines) + "\n")
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--refcat", tmp_path / "ref.csv")
+    assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
+    assert "ref.csv: column phot_g_mean_mag holds text that is no number ('abc')" in outcome.errors[0]
+
+
+def test_a_card_not_to_the_fits_standard_prints_nothing(scene, tmp_path):
+    """The re-check of campaign 9: EXPTIME = 1e5 (a lower-case exponent, not FITS standard) printed astropy's own
+    three-line verification blocks, several times (the header WCS was built from a header holding it).  Now nothing
+    (run as a user runs it: in a process of its own, astropy's log as it is set up there)."""
+    src = copy_inputs(scene, tmp_path / "in")
+    _raw_card(src / "exp_01.fits", 0, "EXPTIME", "5.66e2")
+    done = subprocess.run([sys.executable, "-m", "ssodetect.cli", "run", str(src), "--out", str(tmp_path / "out"),
+                           "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode in (0, 1), done.stderr
+    assert "VerifyWarning" not in done.stderr and "[astropy" not in done.stderr, done.stderr
+    assert "5.66e2" not in done.stderr  # the value is read (566 s), nothing to say about it

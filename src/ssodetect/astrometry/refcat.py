@@ -119,6 +119,14 @@ IMPLAUSIBLE = [("dec", -90.0, 90.0, "deg"), ("phot_g_mean_mag", -5.0, 40.0, "mag
                ("pmdec", -1e5, 1e5, "mas/yr")]
 
 
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def load_reference_catalogue(path: str | Path) -> Table:
     """Read a reference catalogue and bring it to the Gaia DR3 column names.
 
@@ -161,6 +169,15 @@ def load_reference_catalogue(path: str | Path) -> Table:
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")
+    for name in (*REFCAT_REQUIRED, *REFCAT_DEFAULTS):  # a text cell ('abc' in a CSV) made the column text
+        if name in table.colnames:
+            try:
+                np.asarray(table[name], float)
+            except (TypeError, ValueError):
+                column = np.asarray(table[name])
+                bad = next((v for v in column if not _is_number(v)), "?")
+                raise InputError(f"{path}: column {name} holds text that is no number ({str(bad)[:40]!r}); fix or "
+                                 "remove those rows") from None
     _to_units(table, path)
     good = np.ones(len(table), bool)
     for name, default in REFCAT_DEFAULTS.items():

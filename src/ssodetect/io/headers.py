@@ -392,6 +392,7 @@ def celestial_wcs(header: fits.Header, *, shape: tuple[int, int]) -> tuple[WCS |
         log.debug("WCS repair: %s", note)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)  # another card not to the standard (EXPTIME = 1e5)
         try:
             wcs = WCS(fixed, naxis=2, relax=True)
         except Exception as exc:  # astropy raises many exception types for bad WCS
