@@ -134,3 +134,24 @@ def copy_inputs(scene: str | Path, dest: str | Path) -> Path:
     for path in sorted(Path(scene).glob("exp_*.fits")):
         shutil.copy2(path, dest / path.name)
     return dest
+
+
+def set_header(path: str | Path, hdu: int, **values) -> None:
+    """Set header cards of HDU ``hdu`` of a FITS file in place (through astropy)."""
+    from astropy.io import fits
+
+    with fits.open(path, mode="update") as hdul:
+        for key, value in values.items():
+            hdul[hdu].header[key] = value
+
+
+def raw_card(path: str | Path, occurrence: int, key: str, value: str) -> None:
+    """Overwrite the ``occurrence``-th (0-based) card ``key`` of a FITS file with ``key = value`` as raw bytes (astropy
+    would rewrite a value it cannot represent)."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    at = -1
+    for _ in range(occurrence + 1):
+        at = data.index(f"{key:<8}=".encode(), at + 1)
+    data[at:at + 80] = f"{key:<8}= {value:>20}".ljust(80).encode()
+    path.write_bytes(bytes(data))

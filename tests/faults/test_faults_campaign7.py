@@ -13,14 +13,8 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from faultkit import cli, copy_inputs, snapshot
+from faultkit import cli, copy_inputs, set_header, snapshot
 from ssodetect.cli import main
-
-
-def _set_header(path, hdu: int, **values) -> None:
-    with fits.open(path, mode="update") as hdul:
-        for key, value in values.items():
-            hdul[hdu].header[key] = value
 
 
 def _plain(capsys, *args):
@@ -45,7 +39,7 @@ def _well_formed(err: list[str]) -> None:
 def test_a_spacecraft_position_no_format_holds_is_refused_naming_its_keywords(scene, tmp_path, capsys):
     """D3: JPOS2_1 = 1e30 km was an internal error in the 80-column writer, after the whole run."""
     src = copy_inputs(scene, tmp_path / "in")
-    _set_header(src / "exp_01.fits", 0, JPOS2_1=1e30, JPOS2_2=0.0, JPOS2_3=0.0)
+    set_header(src / "exp_01.fits", 0, JPOS2_1=1e30, JPOS2_2=0.0, JPOS2_3=0.0)
     outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
     assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
     assert "exp_01.fits" in outcome.errors[0] and "JPOS2_1" in outcome.errors[0], outcome.errors
@@ -82,7 +76,7 @@ def test_simulate_draws_no_progress_bar_into_a_pipe(tmp_path, capsys):
 def test_trails_without_exposure_time_name_their_file_and_no_bar_is_glued(scene, tmp_path, capsys):
     src = copy_inputs(scene, tmp_path / "in")
     for hdu in (0, 1):
-        _set_header(src / "exp_02.fits", hdu, EXPTIME=0.0)
+        set_header(src / "exp_02.fits", hdu, EXPTIME=0.0)
     code, err, _ = _plain(capsys, "run", src, "--out", tmp_path / "out")
     assert code == 1, err
     _well_formed(err)

@@ -13,13 +13,7 @@ import sys
 import pytest
 from astropy.io import fits
 
-from faultkit import cli, copy_inputs, snapshot
-
-
-def _set_header(path, hdu: int, **values) -> None:
-    with fits.open(path, mode="update") as hdul:
-        for key, value in values.items():
-            hdul[hdu].header[key] = value
+from faultkit import cli, copy_inputs, raw_card, set_header, snapshot
 
 
 _PEAK = """
@@ -38,7 +32,7 @@ def test_an_exposure_time_of_a_million_seconds_keeps_memory_bounded(scene, tmp_p
     MemoryError); the setting now stops at 1e5 px and the blend step at 2000 px."""
     src = copy_inputs(scene, tmp_path / "in")
     for path in sorted(src.glob("exp_*.fits")):
-        _set_header(path, 0, EXPTIME=1e6)
+        set_header(path, 0, EXPTIME=1e6)
     out = tmp_path / "out"
     extra = []
     if longest is not None:
@@ -72,7 +66,7 @@ def test_a_header_wcs_not_in_icrs_is_named_not_used(scene, tmp_path, capsys, fra
     if frame.get("CTYPE1") == "DEC--TAN":  # a valid WCS with its axes swapped
         header = fits.getheader(src / "exp_01.fits", 1)
         frame = {**frame, "CRVAL1": header["CRVAL2"], "CRVAL2": header["CRVAL1"]}
-    _set_header(src / "exp_01.fits", 1, **frame)
+    set_header(src / "exp_01.fits", 1, **frame)
     outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--refcat", scene / "refcat.ecsv",
                   "--to-step", "astrometry")
     assert outcome.errors == [] and outcome.code == 1, outcome.err
@@ -90,10 +84,7 @@ def test_a_compressed_image_with_a_tile_of_no_pixels_is_refused_naming_it(scene,
                                                             for h in hdul[1:] if h.data is not None]
         fits.HDUList(hdus).writeto(src / "exp_00.fits.fz")
     (src / "exp_00.fits").unlink()
-    data = bytearray((src / "exp_00.fits.fz").read_bytes())
-    at = data.index(b"ZTILE1  =")
-    data[at:at + 80] = f"ZTILE1  = {tile:>20}".ljust(80).encode()
-    (src / "exp_00.fits.fz").write_bytes(bytes(data))
+    raw_card(src / "exp_00.fits.fz", 0, "ZTILE1", tile)
     before = snapshot(tmp_path)
     outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
     assert outcome.code == 2 and len(outcome.errors) == 1 and len(outcome.err) == 1, outcome.err

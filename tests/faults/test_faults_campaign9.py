@@ -12,18 +12,7 @@ import sys
 
 import pytest
 
-from faultkit import cli, copy_inputs, snapshot
-
-
-def _raw_card(path, occurrence: int, key: str, value: str) -> None:
-    """Overwrite the ``occurrence``-th (0-based) card ``key`` of a FITS file with ``key = value`` as raw bytes (astropy
-    would rewrite what it cannot represent)."""
-    data = bytearray(path.read_bytes())
-    at = -1
-    for _ in range(occurrence + 1):
-        at = data.index(f"{key:<8}=".encode(), at + 1)
-    data[at:at + 80] = f"{key:<8}= {value:>20}".ljust(80).encode()
-    path.write_bytes(bytes(data))
+from faultkit import cli, copy_inputs, raw_card, snapshot
 
 
 @pytest.mark.parametrize("key, value", [("NAXIS1", "-512"), ("NAXIS", "-2"), ("PCOUNT", "-2880")])
@@ -31,7 +20,7 @@ def test_a_negative_size_is_refused_not_looped_over(scene, tmp_path, key, value)
     """D1: NAXIS1 = -512 in a science extension moved the header walk backwards: the input check never ended (run
     in a process of its own with a time limit, so that a regression fails instead of hanging the suite)."""
     src = copy_inputs(scene, tmp_path / "in")
-    _raw_card(src / "exp_00.fits", 1, key, value)  # the SCI extension's card (the primary header's is first)
+    raw_card(src / "exp_00.fits", 1, key, value)  # the SCI extension's card (the primary header's is first)
     before = snapshot(tmp_path)
     done = subprocess.run([sys.executable, "-m", "ssodetect.cli", "run", str(src), "--out", str(tmp_path / "out"),
                            "-q"], capture_output=True, text=True, timeout=120)
@@ -55,7 +44,7 @@ def test_header_numbers_no_camera_has_are_named(scene, tmp_path, capsys, key, va
         for hdu in hdul:
             hdu.header.remove(key, ignore_missing=True, remove_all=True)
         hdul[0].header[key] = 1.0
-    _raw_card(src / "exp_01.fits", 0, key, value)
+    raw_card(src / "exp_01.fits", 0, key, value)
     outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--to-step", "detect")
     assert outcome.code == 1 and outcome.errors == [], outcome.err
     named = [line for line in outcome.warnings if said in line]
@@ -66,7 +55,7 @@ def test_header_numbers_no_camera_has_are_named(scene, tmp_path, capsys, key, va
 def test_an_infinite_header_number_is_refused_naming_the_card(scene, tmp_path, capsys):
     """D6: CRPIX1 = 1E400 printed astropy's VerifyWarning lines naming no file, and the run exited 0."""
     src = copy_inputs(scene, tmp_path / "in")
-    _raw_card(src / "exp_02.fits", 0, "CRPIX1", "1E400")
+    raw_card(src / "exp_02.fits", 0, "CRPIX1", "1E400")
     before = snapshot(tmp_path)
     outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
     assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
@@ -182,7 +171,7 @@ def test_a_card_not_to_the_fits_standard_prints_nothing(scene, tmp_path):
     three-line verification blocks, several times (the header WCS was built from a header holding it).  Now nothing
     (run as a user runs it: in a process of its own, astropy's log as it is set up there)."""
     src = copy_inputs(scene, tmp_path / "in")
-    _raw_card(src / "exp_01.fits", 0, "EXPTIME", "5.66e2")
+    raw_card(src / "exp_01.fits", 0, "EXPTIME", "5.66e2")
     done = subprocess.run([sys.executable, "-m", "ssodetect.cli", "run", str(src), "--out", str(tmp_path / "out"),
                            "-q"], capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 1), done.stderr
