@@ -231,6 +231,46 @@ def _calibrate(args) -> int:
 
 #: Columns ``evaluate`` needs in a truth table (those ``ssodetect simulate`` writes).
 TRUTH_COLUMNS = ("object", "exposure", "ra", "dec", "mag", "rate", "trail_length", "on_detector")
+#: Most rows ``ssodetect runs --limit`` takes (SQLite holds 64-bit integers: 1e23 was an internal error).
+MAX_RUNS_LIMIT = 10**9
+
+
+#: A truth table whose objects all lie farther than this [deg] from the run's field is of another field.
+MAX_TRUTH_DISTANCE_DEG = 2.0
+
+
+def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
+    """Refuse a truth table of another field: none of its objects within :data:`MAX_TRUTH_DISTANCE_DEG` of the
+    run's observations or of its solved CCD exposures' reference points (a run at RA 150 scored against a truth at
+    RA 0 reported 0 found and a WCS error of 1e8 mas, as if measured).  Nothing to compare: not judged."""
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.table import Table
+
+    ra = [float(v) for v in np.asarray(observations["ra"], float) if np.isfinite(v)]
+    dec = [float(v) for v in np.asarray(observations["dec"], float) if np.isfinite(v)]
+    solutions = obs_path.parent / "astrometry.ecsv"
+    if solutions.is_file():
+        try:
+            for row in Table.read(solutions, format="ascii.ecsv"):
+                if str(row["status"]) == "ok" and str(row["wcs_header"]).strip():
+                    header = fits.Header.fromstring(str(row["wcs_header"]))
+                    ra.append(float(header.get("CRVAL1", np.nan)))
+                    dec.append(float(header.get("CRVAL2", np.nan)))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # the run's own table: its observations decide
+    keep = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
+    t_ra, t_dec = np.asarray(truth["ra"], float), np.asarray(truth["dec"], float)
+    t_keep = np.isfinite(t_ra) & np.isfinite(t_dec) & (np.abs(t_dec) <= 90.0)
+    if not keep.any() or not t_keep.any():
+        return
+    run = SkyCoord(np.asarray(ra)[keep], np.asarray(dec)[keep], unit="deg")
+    _, sep, _ = SkyCoord(t_ra[t_keep], t_dec[t_keep], unit="deg").match_to_catalog_sky(run)
+    nearest = float(np.min(sep.deg))
+    if nearest > MAX_TRUTH_DISTANCE_DEG:
+        raise SSODetectError(f"{truth_path}: a truth table of another field: its nearest object is {nearest:.1f} deg "
+                             f"from the run's observations and solved CCDs ({obs_path})")
 
 
 def _evaluate(args) -> int:
@@ -265,6 +305,7 @@ def _evaluate(args) -> int:
     missing = [c for c in ("object", "exposure", "ra", "dec") if c not in observations.colnames]
     if missing:
         raise SSODetectError(f"{obs_path}: not the observations of a run (no column {', '.join(missing)})")
+    _same_field(observations, obs_path, truth, Path(args.truth))
     ev = evaluate_run(observations, truth, rate_range=(args.rate_min, args.rate_max), bright_limit=args.bright)
     print(format_evaluation(ev))
     if outdir.is_dir() and (outdir / "provenance.json").is_file() and not args.no_write:
@@ -568,8 +609,8 @@ def _runs(args) -> int:
 
     from ssodetect.pipeline.registry import Registry
 
-    if args.limit < 1:
-        raise SSODetectError(f"--limit {args.limit}: must be at least 1")
+    if not 1 <= args.limit <= MAX_RUNS_LIMIT:
+        raise SSODetectError(f"--limit {args.limit}: must be 1 to {MAX_RUNS_LIMIT}")
     with Registry(args.root) as registry:
         counts = registry.rebuild() if args.rebuild else registry.sync()  # a damaged file: InputError
         rows = registry.runs(search=args.search, status=args.status, limit=args.limit)

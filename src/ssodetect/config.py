@@ -7,6 +7,7 @@ run's outputs (``config.toml``) so results carry their provenance.
 """
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import unicodedata
@@ -534,6 +535,11 @@ class CalibrateConfig(_Section):
         "sharp star that stayed on its pixels all night would be flagged too).")
 
 
+#: Largest geocentric distance [km] of an observer (about 670 au: a spacecraft at 1e30 km is a damaged header; ADES
+#: writes a position in 13 characters).
+MAX_OBSERVER_DISTANCE_KM = 1e11
+
+
 def _three_numbers(value: list[float], message: str) -> list[float]:
     """An empty list, or exactly three numbers."""
     if value and len(value) != 3:
@@ -569,7 +575,18 @@ class ReportConfig(_Section):
         default=0.0, ge=0, le=50.0, description="Aperture [m] (ADES telescope/aperture); 0: from the header (APTDIA [mm], "
         "APTAREA [mm2]) or the telescope's known aperture (TELESCOP), a warning when nothing gives it.")
     telescope_detector: str = Field(default="CCD", description="Detector type (ADES telescope/detector).")
-    telescope_f_ratio: float = Field(default=0.0, ge=0, description="Focal ratio (0: not written).")
+    telescope_f_ratio: float = Field(default=0.0, ge=0, le=1000.0, description="Focal ratio (0: not written; else "
+                                     "0.1-1000, the ADES field's one decimal and six characters).")
+
+    @field_validator("telescope_aperture", "telescope_f_ratio")
+    @classmethod
+    def _written(cls, value: float, info) -> float:
+        # ADES writes the aperture with 2 decimals, the focal ratio with 1, and both must be > 0 there: 0.004 m became
+        # <aperture>0</aperture>, which the schema refuses
+        least = 0.01 if info.field_name == "telescope_aperture" else 0.1
+        if 0 < value < least:
+            raise ValueError(f"{info.field_name} {value:g} would be written as 0: 0 (not given) or at least {least:g}")
+        return value
     funding_source: str = Field(default="", description="ADES fundingSource (empty: not written).")
     comment: str = Field(default="", description="Free text for the ADES comment block.")
     mode: str = Field(default="CCD", pattern=r"^[A-Za-z0-9_]{1,3}$", description="ADES mode (CCD, CMO, ...).")
@@ -598,7 +615,12 @@ class ReportConfig(_Section):
     @field_validator("observer_position")
     @classmethod
     def _three(cls, value: list[float]) -> list[float]:
-        return _three_numbers(value, "observer_position needs three numbers (x, y, z) in km")
+        value = _three_numbers(value, "observer_position needs three numbers (x, y, z) in km")
+        if value and not (all(math.isfinite(v) for v in value)
+                          and math.hypot(*value) <= MAX_OBSERVER_DISTANCE_KM):
+            raise ValueError(f"observer_position {value} is no geocentric position: finite and at most "
+                             f"{MAX_OBSERVER_DISTANCE_KM:g} km from the Earth")
+        return value
 
 
 class StackConfig(_Section):

@@ -6,8 +6,9 @@ wrong with it; the CLI prints it and exits non-zero.
 from __future__ import annotations
 
 import logging
+import re
 
-__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount"]
+__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount", "reason"]
 
 
 class SSODetectError(Exception):
@@ -20,6 +21,31 @@ class InputError(SSODetectError):
 
 class ConfigError(SSODetectError):
     """The configuration file or a command-line setting is invalid."""
+
+
+#: What a reader's message means to a user, for the messages a wrong kind of file gives (matched in order).
+_PLAIN = (
+    (re.compile(r"No SIMPLE card found", re.I), "it does not start with a FITS header (SIMPLE card): not a FITS file"),
+    (re.compile(r"Empty or corrupt FITS file", re.I), "empty or truncated"),
+    (re.compile(r"No table found", re.I), "it holds no table (an image?)"),
+    (re.compile(r"Keyword '?([A-Z0-9_-]+)'? not found", re.I), r"its header has no \1 card"),
+)
+#: Advice a library gives its programmers, not our users (its options are not the CLI's).
+_ADVICE = re.compile(r"[,;.]?\s*(try (with|using|setting)|you may|use the \w+ argument|set \w+=)[^.;]*[.;]?", re.I)
+
+
+def reason(exc: BaseException, limit: int = 200) -> str:
+    """Why a reader failed, in words for the one-line message: known library messages in plain words, others as
+    their first line, without the library's advice to programmers (``try with ignore_missing_simple=True``) and
+    without Python's exception name ("unreadable" when the message is empty)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines[0].split()).strip("'\" ") if lines else ""
+    for pattern, plain in _PLAIN:
+        match = pattern.search(text)
+        if match:
+            return match.expand(plain)
+    text = _ADVICE.sub("", text).strip(" ,;:")
+    return text[:limit] if text else "unreadable"
 
 
 class RepeatFilter(logging.Filter):

@@ -24,7 +24,7 @@ from astropy.time import Time
 from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
-from ssodetect.errors import InputError
+from ssodetect.errors import InputError, reason
 from ssodetect.io.ldac import read_ldac
 
 __all__ = [
@@ -157,10 +157,9 @@ def load_reference_catalogue(path: str | Path) -> Table:
         except InputError:
             raise
         except Exception as exc:  # astropy's readers raise many types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = reason(exc)
             hint = " ".join(str(said[0].message).split())[:160] if said else ""
-            raise InputError(f"{path}: not a readable catalogue ({type(exc).__name__}: {first}"
-                             + (f"; {hint}" if hint else "") + ")") from None
+            raise InputError(f"{path}: not a readable catalogue ({first}" + (f"; {hint}" if hint else "") + ")") from None
     for note in dict.fromkeys(" ".join(str(w.message).split())[:200] for w in said):
         log.warning("%s: %s", path, note)
     for name in table.colnames:  # a CSV written with a byte-order mark names its first column "\ufeffra"

@@ -21,6 +21,7 @@ Pixel convention: 0-based ``(ny, nx)`` arrays after trimming; FITS sections are
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from astropy.stats import sigma_clip
 from ssodetect.config import Config
 from ssodetect.errors import InputError
 from ssodetect.io.frames import scan_file
-from ssodetect.io.headers import frame_type
+from ssodetect.io.headers import frame_type, merge_headers
 from ssodetect.io.outputs import OutputStage
 
 __all__ = ["FRAME_TYPES", "MasterFrames", "build_calibration", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "add_hot_pixel_maps", "calibrate_ccd", "frame_type", "parse_section",
@@ -363,8 +364,22 @@ def add_hot_pixel_maps(masters: dict, lights: dict[str, list[tuple[str, int]]], 
     return masters
 
 
+#: Longest exposure [s] a bias frame may have (readout only; cameras write 0 or a few milliseconds).
+MAX_BIAS_EXPTIME = 1.0
+
+
+def _seconds(value) -> float | None:
+    """A header's exposure time as a number [s]; None when it is none."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = True, trim: bool = True,
-                  sigma: float = 3.0, exptime_keys: list[str] | None = None) -> MasterFrames:
+                  sigma: float = 3.0, exptime_keys: list[str] | None = None,
+                  type_keys: list[str] | None = None) -> MasterFrames:
     """Combine calibration frames into masters.
 
     Parameters
@@ -378,13 +393,17 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
         Clipping threshold of the combination.
     exptime_keys : list of str
         Exposure time keywords (darks and flats).
+    type_keys : list of str
+        Frame type keywords: a frame whose header names another kind than it is given as is refused.
 
     Raises
     ------
     InputError
-        An unreadable frame, a dark without exposure time, or frames of different shapes.
+        An unreadable frame, a frame whose type keyword says another kind, a bias exposed longer than
+        :data:`MAX_BIAS_EXPTIME`, a dark without exposure time, or frames of different shapes.
     """
     exptime_keys = exptime_keys or ["EXPTIME", "EXPOSURE", "ITIME", "TEXP"]
+    type_keys = type_keys or ["IMAGETYP", "OBSTYPE", "FRAMETYP", "IMAGTYPE"]
     masters = MasterFrames()
     masters_given: dict[str, list] = {}  # masters written by MasterFrames.write (IMAGETYP 'master <kind>'): used as they are
 
@@ -395,6 +414,8 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
                 with fits.open(path, memmap=False) as hdul:
                     header = hdul[hdu].header.copy()
                     data = np.asarray(hdul[hdu].data, np.float32)
+                    # what the file says it is: the primary header's cards under the extension's
+                    said_by = merge_headers(header, hdul[0].header if hdu != 0 else None)
             except (OSError, ValueError, IndexError, TypeError) as exc:
                 raise InputError(f"{path}: cannot read {kind} frame ({exc})") from None
             if data.ndim != 2:
@@ -403,6 +424,17 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             if images and image.shape != images[0][1].shape:
                 raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
             exptime = next((float(header[k]) for k in exptime_keys if k in header), None)
+            said = frame_type(said_by, type_keys) if any(k in said_by for k in type_keys) else kind
+            if said != kind:
+                # a light frame given as the bias was subtracted from every light: sources lost, magnitudes shifted
+                key = next(k for k in type_keys if k in said_by)
+                raise InputError(f"{path}: given as a {kind} frame, but its {key} = {str(said_by[key]).strip()!r} "
+                                 f"says {said}")
+            shown = next((k for k in exptime_keys if k in said_by), None)
+            length = _seconds(said_by[shown]) if shown else None
+            if kind == "bias" and length is not None and length > MAX_BIAS_EXPTIME:
+                raise InputError(f"{path}: given as a bias frame, but its {shown} = {length:g} s (a bias has no "
+                                 f"exposure; at most {MAX_BIAS_EXPTIME:g} s): a dark or a light frame?")
             if str(header.get("IMAGETYP", "")).strip().lower() == f"master {kind}":
                 masters_given.setdefault(kind, []).append((path, image))
                 continue
@@ -496,7 +528,8 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     for kind, ref in [(ref.frame_type, ref) for ref in refs if ref.frame_type != "light"] + listed:
         frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
-                                  exptime_keys=config.io.exptime_keys) for ccd, kinds in frames.items()}
+                                  exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys)
+               for ccd, kinds in frames.items()}
     if cc.hot_pixels:
         by_ccd: dict[str, list] = {}
         for ref in sorted(lights, key=lambda r: r.mjd):

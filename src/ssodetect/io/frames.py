@@ -32,9 +32,10 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ssodetect.config import IOConfig
-from ssodetect.errors import InputError
-from ssodetect.io.headers import celestial_wcs, first_keyword, frame_type, merge_headers, observation_time
+from ssodetect.config import MAX_OBSERVER_DISTANCE_KM, IOConfig
+from ssodetect.errors import InputError, reason
+from ssodetect.io.headers import (celestial_wcs, first_keyword, frame_type, merge_headers, observation_time,
+                                  station_code)
 
 __all__ = ["CCDRef", "Exposure", "CCDImage", "common_ccds", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
 
@@ -71,6 +72,9 @@ class CCDRef:
     observer : tuple of float or None
         Geocentric ICRF position (x, y, z) [km] of a space-based observatory at mid-exposure, from
         the header keywords ``io.observer_position_keys`` (None for ground-based frames).
+    telescope, station : str
+        ``TELESCOP`` and the MPC observatory code of the header (:func:`~ssodetect.io.headers.station_code`);
+        empty when the header has none.  A run's light frames must agree on them.
     """
 
     path: str
@@ -86,6 +90,8 @@ class CCDRef:
     exposure: int = -1
     frame_type: str = "light"
     observer: tuple | None = None
+    telescope: str = ""
+    station: str = ""
 
 
 @dataclass
@@ -372,7 +378,7 @@ def _open(path: Path) -> fits.HDUList:
                 warnings.simplefilter("always", AstropyUserWarning)
                 hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
         except (OSError, ValueError, IndexError, TypeError, KeyError) as exc:  # KeyError: NAXIS = 999, no NAXIS3
-            problem = f"{type(exc).__name__}: {exc}"
+            problem = reason(exc)
     if problem:
         raise InputError(f"{path}: not a readable FITS file ({problem})")
     if not hdul or not isinstance(hdul[0], (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
@@ -381,8 +387,8 @@ def _open(path: Path) -> fits.HDUList:
     problems = [str(w.message) for w in caught if issubclass(w.category, AstropyUserWarning)]
     if problems:
         hdul.close()
-        reason = "truncated FITS file" if any("truncated" in p for p in problems) else "damaged FITS file"
-        raise InputError(f"{path}: {reason} ({problems[0]})")
+        kind = "truncated FITS file" if any("truncated" in p for p in problems) else "damaged FITS file"
+        raise InputError(f"{path}: {kind} ({problems[0]})")
     return hdul
 
 
@@ -480,6 +486,8 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
                     frame_type=frame_type(header if any(k in header for k in config.frame_type_keys) else primary,
                                           config.frame_type_keys),
                     observer=_observer_position(path, header, primary, config.observer_position_keys),
+                    telescope=_text(header.get("TELESCOP", primary.get("TELESCOP", ""))),
+                    station=station_code(header) or station_code(primary) or "",
                 )
             )
         return refs
@@ -598,11 +606,34 @@ def scan_inputs(paths, config: IOConfig, *, warn: bool = True) -> list[CCDRef]:
                 f"{ref.path}: instrument {ref.instrument!r} differs from {first.instrument!r} of {first.path}; "
                 "one instrument per run"
             )
+    _one_observer(lights, config)
     return refs
 
 
-#: Largest geocentric distance [km] of an observer (about 670 au: a spacecraft at 1e30 km is a damaged header).
-MAX_OBSERVER_DISTANCE_KM = 1e11
+def _one_observer(lights: list, config: IOConfig) -> None:
+    """Refuse light frames of one run taken by different observers: the reports carry one observatory code,
+    telescope and (for a spacecraft) a position per exposure, so frames of another telescope or station would be
+    reported under the first one's (frames with MPCCODE I41 and 500 were all reported as I41), and a position on
+    some frames only mixes ground and space records of one object."""
+    named = [ref for ref in lights if ref.telescope]  # (a frame without TELESCOP says nothing)
+    for ref in named[1:]:
+        if ref.telescope != named[0].telescope:
+            raise InputError(f"{ref.path}: telescope {ref.telescope!r} (TELESCOP) differs from "
+                             f"{named[0].telescope!r} of {named[0].path}; one telescope per run")
+    coded = [ref for ref in lights if ref.station]
+    for ref in coded[1:]:
+        if ref.station != coded[0].station:
+            raise InputError(f"{ref.path}: observatory code {ref.station} differs from {coded[0].station} of "
+                             f"{coded[0].path}; one observatory per run")
+    placed = [ref for ref in lights if ref.observer is not None]
+    if placed and len(placed) < len(lights):
+        bare = next(ref for ref in lights if ref.observer is None)
+        k = config.observer_position_keys
+        keys = ", ".join("/".join(k[i:i + 3]) for i in range(0, len(k), 3))
+        raise InputError(f"{bare.path}: no observer position ({keys}) while {placed[0].path} has one; a run's frames "
+                         "are all from one spacecraft (each with its position) or all from the ground")
+
+
 
 
 def _observer_position(path, header, primary, keys) -> tuple | None:
@@ -711,7 +742,7 @@ def read_ccd(ref: CCDRef, config: IOConfig) -> CCDImage:
             flags = np.asarray(hdul[ref.flg].data) if ref.flg is not None else None
     except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError, _DecompressionError) as exc:
         # (IndexError: a tile-compressed image whose ZNAXISn disagree with its tiles)
-        raise InputError(f"{path}: cannot read CCD {ref.ccd} ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: cannot read CCD {ref.ccd} ({reason(exc)})") from None
     if data.ndim != 2:
         raise InputError(f"{path}: CCD {ref.ccd} is not a 2-D image (shape {data.shape})")
     merged = merge_headers(header, primary if ref.sci != 0 else None)

@@ -36,7 +36,8 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import trailed_psf
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
-__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "resample_stamp", "fit_beside_template",
+__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "find_trail",
+           "resample_stamp", "fit_beside_template",
            "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
            "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
@@ -245,11 +246,21 @@ def propose_trails(
                        "n_targets": int(sum(len(p.targets) for p in proposals))}
 
 
+#: Length and axis errors [px] assumed for a trail whose trailed-PSF fit failed (a star or a spike on it) and which
+#: keeps the extraction's measurement without errors: the ends to about a PSF width, the axis to a pixel over its
+#: length (3319 of 5001 trails of a crowded field had no fitted errors, and were never proposed: a V 21.8 fast
+#: mover seen whole once, cut by stars in its other exposures, was lost).
+UNFITTED_LENGTH_ERR_PX = 2.0
+UNFITTED_AXIS_ERR_PX = 1.0
+
+
 def whole_trails(candidates, allowed: np.ndarray, *, min_length: float, min_snr: float):
     """The trails of a candidate table that :func:`propose_trails` may propose, with their motion.
 
     A trail qualifies when ``allowed`` (unlinked, not cut by the edge as a point), seen whole (``cut`` 0), at least
-    ``min_length`` px long, of S/N ``min_snr`` or more, with finite length and axis errors.
+    ``min_length`` px long, of S/N ``min_snr`` or more, with a finite length and axis.  A trail without fitted
+    errors gets :data:`UNFITTED_LENGTH_ERR_PX` and :data:`UNFITTED_AXIS_ERR_PX` (its predictions' reach grows
+    with them).
 
     Returns
     -------
@@ -258,18 +269,28 @@ def whole_trails(candidates, allowed: np.ndarray, *, min_length: float, min_snr:
         Its length over its exposure time [arcsec/h] and the error.
     pa, pa_err : ndarray (n,)
         Its axis [deg, N through E] and the error.
+    unfitted : ndarray (n,) bool
+        Trails of the pool whose errors were assumed.
     """
     exptime_h = np.asarray(candidates["exptime"], float) / 3600.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rate = np.asarray(candidates["trail_arcsec"], float) / exptime_h
-        rate_err = np.asarray(candidates["trail_arcsec_err"], float) / exptime_h
+    arcsec = np.asarray(candidates["trail_arcsec"], float)
+    length = np.asarray(candidates["length"], float)
+    arcsec_err = np.asarray(candidates["trail_arcsec_err"], float)
     pa, pa_err = np.asarray(candidates["trail_pa"], float), np.asarray(candidates["trail_pa_err"], float)
+    unfitted = ~(np.isfinite(arcsec_err) & np.isfinite(pa_err))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = arcsec / length  # [arcsec/px]
+        arcsec_err = np.where(np.isfinite(arcsec_err), arcsec_err, UNFITTED_LENGTH_ERR_PX * scale)
+        pa_err = np.where(np.isfinite(pa_err), pa_err,
+                          np.degrees(np.arctan2(UNFITTED_AXIS_ERR_PX, np.maximum(length, 1.0))))
+        rate = arcsec / exptime_h
+        rate_err = arcsec_err / exptime_h
     pool = (np.asarray(allowed, bool) & (np.asarray(candidates["cut"]) == 0)
             & (np.asarray(candidates["kind"]).astype(str) == "trail")
-            & (np.asarray(candidates["length"], float) >= min_length)
+            & (length >= min_length)
             & (np.asarray(candidates["snr"], float) >= min_snr)
             & np.isfinite(rate) & np.isfinite(rate_err) & np.isfinite(pa) & np.isfinite(pa_err))
-    return pool, rate, rate_err, pa, pa_err
+    return pool, rate, rate_err, pa, pa_err, pool & unfitted
 
 
 #: A prediction shows a trail when the median of the pixels along its centre line reaches this share of the level
@@ -278,14 +299,31 @@ TRAIL_SHOW_FRACTION = 0.5
 
 
 def trail_shows(image: np.ndarray, mask: np.ndarray, x: float, y: float, length: float, theta: float,
-                psf_sigma: float, flux: float, *, fraction: float = TRAIL_SHOW_FRACTION) -> bool:
-    """Whether the pixels along a predicted trail hold about the light of the trail (a cheap test before the fit).
+                psf_sigma: float, flux: float, *, fraction: float = TRAIL_SHOW_FRACTION, search: float = 0.0) -> bool:
+    """Whether the pixels along a predicted trail hold about the light of the trail (a cheap test before the fit);
+    :func:`find_trail` with the same arguments finds where."""
+    return find_trail(image, mask, x, y, length, theta, psf_sigma, flux, fraction=fraction, search=search) is not None
 
-    The median of the pixels sampled every pixel along the segment's centre line (bilinear; masked ones left
-    out) is compared with the centre-line level of a trail of ``flux`` [ADU]: ``flux / (length sqrt(2 pi)
-    psf_sigma)``.  The median ignores a spike or a star crossing a small part of the segment; a segment on empty
-    sky stays near 0.  A trail at S/N 10 (its centre line ~1.3 noise sigma) is above half that level by ~3.5
-    sigma of the median of 47 samples.
+
+#: Steps [px] of :func:`find_trail`'s search across the trail (a fraction of the PSF sigma of 0.6-0.9 px: the
+#: centre-line level falls to 0.8 of its peak half a pixel off a 0.75 px sigma).
+TRAIL_SEARCH_STEP = 0.5
+
+
+def find_trail(image: np.ndarray, mask: np.ndarray, x: float, y: float, length: float, theta: float,
+               psf_sigma: float, flux: float, *, fraction: float = TRAIL_SHOW_FRACTION,
+               search: float = 0.0) -> tuple[float, float] | None:
+    """Where within ``search`` px of a predicted trail the pixels hold about the light of the trail; None if nowhere.
+
+    The median of the pixels sampled every pixel along the segment's centre line (bilinear; masked ones and those
+    off the image left out) is compared with the centre-line level of a trail of ``flux`` [ADU]: ``flux /
+    (length sqrt(2 pi) psf_sigma)``.  The median ignores a spike or a star crossing a small part of the segment; a
+    segment on empty sky stays near 0.  A trail at S/N 10 (its centre line ~1.3 noise sigma) is above half that
+    level by ~3.5 sigma of the median of 47 samples.  The centre line falls off the trail within a PSF sigma
+    across it: a prediction 0.5 deg off in axis over 190 px (a whole trail's motion predicted two exposures away)
+    misses it by 1.6 px and its median by 3x (a V 21.8 fast mover of a crowded field was lost so).  So the
+    segment is also tried shifted across the trail (steps of :data:`TRAIL_SEARCH_STEP`) and along it (steps of
+    one sample, at most half the length) within ``search`` px of the prediction, and the best segment is taken.
 
     Parameters
     ----------
@@ -297,26 +335,52 @@ def trail_shows(image: np.ndarray, mask: np.ndarray, x: float, y: float, length:
         The predicted trail: centre [px, 0-based], length [px], angle [rad from +x towards +y].
     psf_sigma, flux : float
         [px]; the trail's flux [ADU].
+    fraction : float
+        Share of the trail's centre-line level the median must reach.
+    search : float
+        Largest shift [px] of the segment from the prediction (the prediction's uncertainty); 0 tests the
+        prediction only.
+
+    Returns
+    -------
+    (x, y) or None
+        The centre [px, 0-based] of the best segment whose median reaches the level.
     """
     n = max(int(math.ceil(length)) + 1, 3)
-    t = np.linspace(-0.5 * length, 0.5 * length, n)
-    xs, ys = x + t * math.cos(theta), y + t * math.sin(theta)
+    h = length / (n - 1)  # along-track sample spacing [px] (0 for a point)
+    search = max(float(search), 0.0) if math.isfinite(search) else 0.0
+    k = int(min(search, 0.5 * length) / h) if h > 0 else 0  # along-track shifts, in samples, each way
+    m = int(search / TRAIL_SEARCH_STEP)  # across-track shifts each way
+    along = (np.arange(-k, n + k) - 0.5 * (n - 1)) * h
+    across = np.arange(-m, m + 1) * TRAIL_SEARCH_STEP
+    c, s = math.cos(theta), math.sin(theta)
+    xs = x + along[None, :] * c - across[:, None] * s
+    ys = y + along[None, :] * s + across[:, None] * c
     ny, nx = image.shape
     inside = (xs >= 0) & (xs <= nx - 1) & (ys >= 0) & (ys <= ny - 1)
-    if inside.sum() < 3:
-        return False
-    xs, ys = xs[inside], ys[inside]
-    # bilinear sampling from the window the segment spans (not a float copy of the whole image per call)
-    x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
-    x1, y1 = int(np.floor(xs.max())) + 2, int(np.floor(ys.max())) + 2
-    coords = [ys - y0, xs - x0]
+    if not inside.any():
+        return None
+    # bilinear sampling from the window the segments span (not a float copy of the whole image per call)
+    x0, y0 = int(np.floor(xs[inside].min())), int(np.floor(ys[inside].min()))
+    x1, y1 = int(np.floor(xs[inside].max())) + 2, int(np.floor(ys[inside].max())) + 2
+    coords = [(ys - y0).ravel(), (xs - x0).ravel()]
     values = map_coordinates(np.asarray(image[y0:y1, x0:x1], float), coords, order=1, mode="nearest")
     bad = map_coordinates(np.asarray(mask[y0:y1, x0:x1], float), coords, order=1, mode="nearest") > 0
-    values = values[~bad]
-    if values.size < 3:
-        return False
+    values = np.where(bad.reshape(xs.shape) | ~inside, np.nan, values.reshape(xs.shape))
+    # every segment of n samples: (across, along shift, sample); the median of its finite samples (NaNs sort last)
+    windows = np.sort(np.lib.stride_tricks.sliding_window_view(values, n, axis=1), axis=-1)
+    count = np.sum(np.isfinite(windows), axis=-1)
+    lo = np.take_along_axis(windows, np.maximum(count - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+    hi = np.take_along_axis(windows, np.maximum(count, 1)[..., None] // 2, axis=-1)[..., 0]
+    median = np.where(count >= 3, 0.5 * (lo + hi), -np.inf)
     level = flux / (max(length, 1.0) * math.sqrt(2.0 * math.pi) * psf_sigma)
-    return bool(np.median(values) >= fraction * level)
+    # only segments within `search` of the prediction
+    shift_along = (np.arange(2 * k + 1) - k) * h
+    median = np.where(np.hypot(across[:, None], shift_along[None, :]) <= search + 1e-9, median, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(median)), median.shape)
+    if not median[i, j] >= fraction * level:
+        return None
+    return float(x + shift_along[j] * c - across[i] * s), float(y + shift_along[j] * s + across[i] * c)
 
 
 def _consistent(f1, e1, f2, e2, scatter, nsigma=3.0):
@@ -435,7 +499,7 @@ def _linear(d, w, cols):
 def fit_beside_template(
     data: np.ndarray, variance: np.ndarray, template: np.ndarray, template_var: np.ndarray, *, x: float, y: float,
     length: float, theta: float, psf_sigma: float, gain: float, max_shift: float,
-    mismatch: float = TEMPLATE_MISMATCH,
+    mismatch: float = TEMPLATE_MISMATCH, start: tuple[float, float] | None = None,
 ) -> dict | None:
     """Fit a moving source's PSF plus a scaled static-sky template to one stamp.
 
@@ -458,6 +522,10 @@ def fit_beside_template(
         PSF Gaussian sigma [px]; gain [e-/ADU].
     max_shift : float
         Largest distance [px] of the fitted position from the prediction.
+    mismatch : float
+        Relative error of the template (its resampling and PSF differences).
+    start : (x, y), optional
+        Where the fit starts [px, stamp] (e.g. where :func:`find_trail` found the trail); default the prediction.
 
     Returns
     -------
@@ -492,7 +560,7 @@ def fit_beside_template(
         cols = _model_columns(p[0], p[1], length, theta, psf_sigma, t, n)[good]
         return _linear(d, w, cols)[1]
 
-    p = np.array([x, y], float)
+    p = np.array([x, y] if start is None else start, float)
     for _ in range(2):  # the weights depend on the fitted fluxes
         res = minimize(chi2, p, args=(w,), method="Nelder-Mead",
                        options={"xatol": 0.005, "fatol": 1e-3, "initial_simplex": [p, p + [0.5, 0], p + [0, 0.5]]})

@@ -6,8 +6,8 @@ from the exposures in which it was elsewhere.  A pair with enough accepted measu
 an object (``kind = linked``; the measured rows have ``kind = blend``).  A single trail seen whole
 (a fast mover whose trails in the other exposures a diffraction spike, a bleed or a star cut into
 pieces the streak linker cannot join) is predicted both ways along its axis; a direction whose
-predictions show the trail's light (:func:`ssodetect.link.blends.trail_shows`) in enough exposures
-is measured there the same way.  Every pair, trail, target and refusal is counted in
+predictions show the trail's light (:func:`ssodetect.link.blends.find_trail`, within the prediction's reach) in
+enough exposures is measured there the same way.  Every pair, trail, target and refusal is counted in
 ``provenance.json`` (``link`` -> ``blends``).
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from astropy.table import Table, vstack
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.link.blends import (accept_recovery, choose_tracklets, fit_beside_template, propose_pairs,
-                                   propose_trails, resample_stamp, trail_shows, whole_trails)
+from ssodetect.link.blends import (accept_recovery, choose_tracklets, find_trail, fit_beside_template,
+                                   propose_pairs, propose_trails, resample_stamp, whole_trails)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
@@ -86,7 +86,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         too long),
         ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
         with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
-        ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, ``n_proposals``: two directions
+        ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, of which ``n_unfitted`` with
+        assumed length and axis errors, ``n_proposals``: two directions
         each, ``n_targets``), the directions not measured because too few of their predictions showed the trail's
         light (``n_unsupported``) and their targets (``n_not_measured``).  Every target of a pair or of a trail is
         measured, without a template, off the image, too long or not measured.
@@ -97,7 +98,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
                    "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
                    "n_rejected_fit": 0, "n_conflicts": 0,
                    "n_objects": 0, "n_objects_from_trails": 0, "n_images": 0, "seconds": 0.0,
-                   "trails": {"n_pool": 0, "n_proposals": 0, "n_targets": 0, "n_unsupported": 0, "n_not_measured": 0}}
+                   "trails": {"n_pool": 0, "n_unfitted": 0, "n_proposals": 0, "n_targets": 0, "n_unsupported": 0,
+                              "n_not_measured": 0}}
     if not len(candidates) or not len(detections) or len(exposures) < 3:
         return observations, objects, stats
     ra0, dec0 = float(np.median(candidates["ra"])), float(np.median(candidates["dec"]))
@@ -133,13 +135,14 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         min_targets=max(1, lk.min_detections - 2))
     stats.update(pstats)
     # single whole trails (fast movers) measured where the others' pieces were cut by a spike, a bleed or a star
-    trail_pool, rate, rate_err, pa, pa_err = whole_trails(candidates, ~is_used & ~edge,
-                                                          min_length=config.streaks.min_length, min_snr=lk.blend_min_snr)
+    trail_pool, rate, rate_err, pa, pa_err, unfitted = whole_trails(candidates, ~is_used & ~edge,
+                                                                    min_length=config.streaks.min_length,
+                                                                    min_snr=lk.blend_min_snr)
     trail_props, tstats = propose_trails(np.asarray(candidates["exposure"]), ct, cxi, ceta,
                                          np.asarray(candidates["sigma"], float), rate, rate_err, pa, pa_err,
                                          np.asarray(candidates["flux"], float),
                                          np.asarray(candidates["flux_err"], float), trail_pool, t_exposures)
-    stats["trails"].update(tstats)
+    stats["trails"].update(tstats, n_unfitted=int(unfitted.sum()))
     proposals = proposals + trail_props
     if not proposals:
         stats["seconds"] = time.perf_counter() - t_start
@@ -202,13 +205,17 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         touched = sorted({where[0] for where in placed[k] if where is not None}) or [ccd]
         turns.setdefault((len(touched) > 1, touched[0] if len(touched) == 1 else ""), []).append(k)
     rows_of: dict = {}
+    found: dict = {}  # (proposal, target) -> where a whole trail's prediction showed its light [px]
     for turn in sorted(turns):
         members = turns[turn]
         shown: Counter = Counter()
         for _, _, k, j in sorted((placed[k][j][0], ordered[k][1].targets[j][0], k, j) for k in members
                                  if len(ordered[k][1].pair) == 1 for j in range(len(placed[k]))
                                  if placed[k][j] is not None):
-            shown[k] += _shows(ordered[k][1], j, placed[k][j], candidates, info_by, refs, pixels)
+            spot = _shows(ordered[k][1], j, placed[k][j], candidates, info_by, refs, pixels, config)
+            if spot is not None:
+                shown[k] += 1
+                found[(k, j)] = spot
         work = []
         for k in members:
             prop = ordered[k][1]
@@ -228,7 +235,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
             prop = ordered[k][1]
             e, pxi, peta, s_pred = prop.targets[j]
             row = _measure(prop, e, pxi, peta, s_pred, placed[k][j], candidates, plane, t_exposures, t0_mjd,
-                           info_by, refs, wcs_for, pixels, holding, config, stats, refused)
+                           info_by, refs, wcs_for, pixels, holding, config, stats, refused, found.get((k, j)))
             if row is not None:
                 rows_of.setdefault(k, []).append((j, row))
     results = [(prop, [row for _, row in sorted(rows_of.get(k, []), key=lambda item: item[0])])
@@ -283,24 +290,32 @@ def _stamp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ix: int, i
     return data, var
 
 
-def _shows(prop, j, where, candidates, info_by, refs, pixels) -> bool:
-    """Whether a whole trail's prediction ``j`` (at ``where``: ``(ccd, placement)``) shows its light
-    (:func:`ssodetect.link.blends.trail_shows`)."""
+def _reach(lk, s_pred: float, scale: float) -> float:
+    """How far [px] a measured position may lie from its prediction of error ``s_pred`` [arcsec] (pixels of
+    ``scale`` arcsec)."""
+    return lk.match_sigma * s_pred / scale + lk.match_floor / scale + 1.0
+
+
+def _shows(prop, j, where, candidates, info_by, refs, pixels, config) -> tuple[float, float] | None:
+    """Where a whole trail's prediction ``j`` (at ``where``: ``(ccd, placement)``) shows its light, searched within
+    the reach of the measurement (:func:`ssodetect.link.blends.find_trail`) [px, 0-based]; None if nowhere."""
     own = candidates[prop.pair[0]]
     own_exptime = float(own["exptime"])
     e = prop.targets[j][0]
-    ccd, (_, x, y, length, theta) = where
+    ccd, (w, x, y, length, theta) = where
     image, _, mask, _ = pixels(e, ccd)
     # the light the trail would have there: the same rate, over that exposure's time
     flux = float(own["flux"]) * float(refs[(e, ccd)].exptime or own_exptime) / max(own_exptime, 1e-9)
-    return trail_shows(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux)
+    return find_trail(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux,
+                      search=_reach(config.link, prop.targets[j][3], pixel_scale(w)))
 
 
 def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, t0_mjd, info_by, refs, wcs_for, pixels,
-             holding, config, stats, refused):
+             holding, config, stats, refused, start=None):
     """The measurement row of a proposal's mover in exposure ``e`` at ``where`` (``(ccd, placement)`` of
     :func:`_place`); None when refused (counted).  The template exposures' pixels come from the CCD of each that
-    holds the stamp (``holding(t, ra, dec, ccd)``)."""
+    holds the stamp (``holding(t, ra, dec, ccd)``).  The fit starts at ``start`` [px] when given (where the trail's
+    light was found), else at the prediction; either way it stays within the prediction's reach."""
     lk = config.link
     ccd, (w, x, y, length, theta) = where
     info = info_by[(e, ccd)]
@@ -354,11 +369,11 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
     template[counts == 0] = np.nan
     template_var[counts == 0] = np.nan
     data, stamp_var = _stamp(image, var, mask, ix, iy, half)
-    max_shift = lk.match_sigma * s_pred / scale + lk.match_floor / scale + 1.0
     stats["n_measured"] += 1
     fit = fit_beside_template(data, stamp_var, template, template_var, x=x - (ix - half),
                               y=y - (iy - half), length=length, theta=theta, psf_sigma=psf_sigma, gain=gain,
-                              max_shift=max_shift)
+                              max_shift=_reach(lk, s_pred, scale),
+                              start=None if start is None else (start[0] - (ix - half), start[1] - (iy - half)))
     verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
                               flux_scatter=lk.flux_scatter, max_chi2_dof=lk.max_chi2_dof,
                               max_position_error=max(1.0, 0.5 / scale), psf_sigma=psf_sigma)

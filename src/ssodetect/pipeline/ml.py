@@ -24,7 +24,7 @@ from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.calibrate import build_calibration
 from ssodetect.config import Config
-from ssodetect.errors import InputError
+from ssodetect.errors import InputError, reason
 from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
 from ssodetect.ml.sequences import Frame, cut_sequences, track_grids
 from ssodetect.pipeline.astrometry import wcs_from_header_string
@@ -130,7 +130,7 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
         try:
             chosen = Table.read(positions)
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad positions file
-            raise InputError(f"{positions}: unreadable positions table ({type(exc).__name__})") from None
+            raise InputError(f"{positions}: unreadable positions table ({reason(exc)})") from None
         if not {"ra", "dec"} <= set(chosen.colnames) or len(chosen) == 0:
             raise InputError(f"{positions}: the positions table needs rows with columns ra and dec [deg]")
         try:

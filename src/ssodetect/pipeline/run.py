@@ -18,16 +18,18 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable
 
 import numpy as np
 from astropy.table import Table, vstack
+from pydantic import ValidationError
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.field import rescue_failed
 from ssodetect.astrometry.refcat import compare_with_reference, cut_to_field, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
-from ssodetect.config import BAND_CHARACTERS, Config, dump_toml
+from ssodetect.config import BAND_CHARACTERS, Config, dump_toml, validation_problems
 from ssodetect.calibrate import build_calibration
 from ssodetect.detect import kernels_cold
 from ssodetect.errors import ConfigError, InputError, RepeatFilter, WarningCount
@@ -568,7 +570,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
           "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
-          "link.min_detections", "streaks.min_length") + _PIXELS, "3",
+          "link.min_detections", "streaks.min_length") + _PIXELS, "4",
          "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
          "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),
@@ -627,6 +629,41 @@ def _kept_warnings(messages: list) -> list[str]:
     return kept
 
 
+def _api_arguments(inputs, config, keywords) -> tuple[list, Config, list]:
+    """``run_pipeline``'s arguments as it uses them: one path or an iterable of them; a Config, a mapping of its
+    sections (validated) or None; one word or a list of them.  Anything else is a ConfigError naming it (a string
+    of inputs was taken letter by letter: 'scene' became the files s, c, e, n, e)."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        inputs = [inputs]
+    try:
+        inputs = list(inputs)
+    except TypeError:
+        raise ConfigError(f"inputs {inputs!r}: a path or a list of paths") from None
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            raise ConfigError(f"inputs: {item!r} is no path (a str or a pathlib.Path)")
+    if config is None:
+        config = Config()
+    elif isinstance(config, Mapping):
+        try:
+            config = Config.model_validate(dict(config))
+        except ValidationError as exc:
+            raise ConfigError(f"config: invalid configuration ({validation_problems(exc)})") from None
+    elif not isinstance(config, Config):
+        raise ConfigError(f"config: a {type(config).__name__} is no configuration (a ssodetect.config.Config, a dict "
+                          "of its sections, or None)")
+    if keywords is None or isinstance(keywords, str):
+        keywords = [keywords] if keywords else []
+    else:
+        try:
+            keywords = list(keywords)
+        except TypeError:
+            raise ConfigError(f"keywords {keywords!r}: a word or a list of words") from None
+        if not all(isinstance(k, str) for k in keywords):
+            raise ConfigError(f"keywords {keywords!r}: a word or a list of words")
+    return inputs, config, keywords
+
+
 def run_pipeline(
     inputs, outdir: str | Path | None, config: Config | None = None, *, refcat: str | Path | None = None,
     from_step: str | None = None, to_step: str | None = None, reuse: bool = True, obs_id: str | None = None,
@@ -636,12 +673,12 @@ def run_pipeline(
 
     Parameters
     ----------
-    inputs : iterable of path
+    inputs : path or iterable of path
         FITS files and/or directories.
     outdir : path or None
         Output directory; None runs without writing anything.
-    config : Config, optional
-        Defaults when None.
+    config : Config or dict, optional
+        Defaults when None; a dict is validated as the sections of a configuration file.
     refcat : path, optional
         Reference catalogue (Gaia DR3 column names, or SCAMP LDAC).  With
         ``[astrometry] enabled`` (default) every CCD exposure gets a fitted
@@ -660,7 +697,7 @@ def run_pipeline(
         Observation / field identifier (default: from the headers, ``[io] obs_id_keys``).
     command : list of str, optional
         The command line, for the manifest.
-    keywords : list of str, optional
+    keywords : str or list of str, optional
         Words the manifest carries for the run registry and console (``ssodetect runs --search``).
 
     Returns
@@ -673,7 +710,7 @@ def run_pipeline(
     SSODetectError
         Bad inputs or configuration (nothing is written).
     """
-    config = config or Config()
+    inputs, config, keywords = _api_arguments(inputs, config, keywords)
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     steps = pipeline_steps(BUILTIN_STEPS)
     names = [s.name for s in steps]

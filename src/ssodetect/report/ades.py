@@ -84,6 +84,13 @@ def _num(value, decimals: int, *, sign: bool = False) -> str:
     return format(value, f"{'+' if sign else ''}.{decimals}f")
 
 
+def _position(km: float) -> str:
+    """A spacecraft's coordinate [km] in ADES' 13 characters (sign aside): 4 decimals (0.1 m) where they fit, fewer
+    for a far spacecraft (2e8 km had 4 decimals and broke the schema's pattern)."""
+    digits = len(str(int(abs(float(km))))) if math.isfinite(float(km)) else 0
+    return _num(km, max(0, min(4, 12 - digits)))
+
+
 def _angle_decimals(rms_arcsec: float) -> int:
     """Decimal places of degrees that resolve a tenth of the uncertainty (6 to 9)."""
     rms = max(float(rms_arcsec), 1e-4) if math.isfinite(rms_arcsec) else 0.1
@@ -204,7 +211,7 @@ def ades_rows(observations: Table, config: ReportConfig, *, station: str | None 
         if positions and exposure in positions and positions[exposure] is not None:
             rec["sys"], rec["ctr"] = "ICRF_KM", "399"
             for k, v in zip(("pos1", "pos2", "pos3"), positions[exposure]):
-                rec[k] = _num(v, 4)
+                rec[k] = _position(v)
         rec["obsTime"] = format_obs_time(float(row["mjd"]), decimals=config.time_decimals)
         if config.time_rms > 0:
             rec["rmsTime"] = _num(config.time_rms, 3)

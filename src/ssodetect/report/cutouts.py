@@ -18,7 +18,7 @@ from astropy.table import Table
 
 from ssodetect.columns import rows_by
 from ssodetect.safejson import open_regular
-from ssodetect.errors import InputError
+from ssodetect.errors import InputError, reason
 from ssodetect.io.headers import fits_text
 
 log = logging.getLogger(__name__)
@@ -212,8 +212,7 @@ def read_cutouts(path) -> dict:
     except FileNotFoundError:
         return {}
     except Exception as exc:  # truncated, emptied or edited (astropy raises, or warns, in many ways)
-        raise InputError(f"{path}: not a readable cutouts file ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:150] if str(exc) else ''})") from None
+        raise InputError(f"{path}: not a readable cutouts file ({reason(exc, 150)})") from None
     return out
 
 
@@ -246,6 +245,5 @@ def read_overview(path) -> list[tuple]:
     except FileNotFoundError:
         return []
     except Exception as exc:  # as above
-        raise InputError(f"{path}: not a readable overview file ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:150] if str(exc) else ''})") from None
+        raise InputError(f"{path}: not a readable overview file ({reason(exc, 150)})") from None
     return out

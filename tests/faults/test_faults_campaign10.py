@@ -1,0 +1,139 @@
+"""The tenth fault campaign: frames of two observatories reported as one, a spacecraft position on some frames
+only, a light frame taken as the bias, report fields the ADES schema refuses, the Python API taking a string letter
+by letter, a truth table of another field scored as if it were this one's, library advice in messages.
+
+A refused command exits 2 with one line naming the file or setting and writes nothing.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from faultkit import cli, copy_inputs, set_header, snapshot
+
+
+def _refused(outcome, *said):
+    assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
+    for text in said:
+        assert text in outcome.errors[0], outcome.errors[0]
+
+
+@pytest.mark.parametrize("cards, said", [
+    ({"MPCCODE": "500"}, "observatory code 500 differs from I41"),
+    ({"TELESCOP": "OTHERSCOPE"}, "telescope 'OTHERSCOPE' (TELESCOP) differs"),
+    ({"OBSPOS_X": 7000.0, "OBSPOS_Y": 0.0, "OBSPOS_Z": 0.0}, "no observer position"),
+])
+def test_frames_of_another_observer_are_refused(scene, tmp_path, capsys, cards, said):
+    """E1, E8: frames with MPCCODE I41 and 500 (or another TELESCOP) were all reported as I41; a spacecraft position
+    on one frame only mixed ground and space records of one object in the MPC file."""
+    src = copy_inputs(scene, tmp_path / "in")
+    for path in sorted(src.glob("exp_*.fits")):
+        set_header(path, 0, MPCCODE="I41")
+    set_header(src / "exp_01.fits", 0, **cards)
+    before = snapshot(tmp_path)
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
+    _refused(outcome, said, "exp_0")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_light_frame_given_as_the_bias_is_refused(scene, tmp_path, capsys):
+    """E5: another exposure's light frame given as [calibrate] bias was subtracted from every light (sources lost,
+    magnitudes 0.4 mag off) without a word; a frame whose type keyword says light is refused too."""
+    src = copy_inputs(scene, tmp_path / "in")
+    bias = tmp_path / "cal" / "bias.fits"
+    bias.parent.mkdir()
+    shutil.copy2(src / "exp_00.fits", bias)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[calibrate]\nbias = ["{bias}"]\n')
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "run", src, "--out", tmp_path / "out", "--config", config), "bias.fits",
+             "given as a bias frame, but its EXPTIME = 566 s")
+    assert snapshot(tmp_path) == before
+    set_header(bias, 1, IMAGETYP="LIGHT", EXPTIME=0.0)
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "run", src, "--out", tmp_path / "out", "--config", config), "bias.fits",
+             "IMAGETYP = 'LIGHT' says light")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("text, said", [
+    ("[report]\ntelescope_aperture = 0.004\n", "would be written as 0"),
+    ("[report]\ntelescope_f_ratio = 0.01\n", "would be written as 0"),
+    ("[report]\ntelescope_f_ratio = 1e7\n", "telescope_f_ratio"),
+    ("[report]\nobserver_position = [1e12, 0, 0]\n", "no geocentric position"),
+])
+def test_report_settings_the_ades_schema_refuses_are_refused(scene, tmp_path, capsys, text, said):
+    """E3, E4: an aperture of 0.004 m was written <aperture>0</aperture> and a position of 1e12 km with 4 decimals:
+    both broke the ADES schema, with exit 0."""
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    _refused(cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", config), said)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("km", [0.0, -6378.137, 1.5e6, -2e8, 9.99e10, 1e11])
+def test_spacecraft_positions_fit_the_ades_field(km):
+    """E4: OBSPOS_X = 2e8 km (within the header limit) was written with 4 decimals, 14 characters."""
+    from ssodetect.report.ades import _position
+
+    text = _position(km)
+    assert re.fullmatch(r"[+\-]?[0-9.]{1,13}", text), text
+    assert float(text) == pytest.approx(km, abs=1e-4 * max(1.0, abs(km) / 1e8))
+
+
+def test_runs_limit_beyond_sqlite_is_refused(tmp_path, capsys):
+    """E2: --limit 1e23 reached SQLite and was an internal error (exit 3)."""
+    _refused(cli(capsys, "runs", tmp_path, "--limit", "99999999999999999999999"), "--limit")
+
+
+def test_run_pipeline_takes_a_path_a_dict_and_a_word(scene, tmp_path):
+    """E6: run_pipeline('scene') was read letter by letter ('s: no such file'), keywords='night1' became six
+    keywords, and a dict as config an AttributeError."""
+    import json
+
+    from ssodetect.errors import ConfigError
+    from ssodetect.pipeline import run_pipeline
+
+    result = run_pipeline(str(scene), tmp_path / "out", {"execution": {"progress": False}}, keywords="night1",
+                          to_step="detect")
+    assert result.steps
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()).get("keywords") == ["night1"]
+    with pytest.raises(ConfigError, match="no configuration"):
+        run_pipeline(scene, None, 42)
+    with pytest.raises(ConfigError, match="invalid configuration.*unknown_section"):
+        run_pipeline(scene, None, {"unknown_section": {}})
+    with pytest.raises(ConfigError, match="is no path"):
+        run_pipeline([scene, 3], None)
+
+
+def test_a_wrong_kind_of_file_is_named_in_plain_words(scene, tmp_path, capsys):
+    """E7: a text file among the frames said "OSError: No SIMPLE card found ... try with ignore_missing_simple=True"
+    (an option the CLI does not have); an image given as the catalogue said "ValueError: No table found"."""
+    src = copy_inputs(scene, tmp_path / "in")
+    (src / "notes.fits").write_text("observing log\n")
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out")
+    _refused(outcome, "notes.fits", "not a FITS file")
+    assert not re.search(r"Error|ignore_missing_simple|try with", outcome.errors[0]), outcome.errors[0]
+    (src / "notes.fits").unlink()
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--refcat", src / "exp_00.fits")
+    _refused(outcome, "exp_00.fits", "holds no table")
+    assert "ValueError" not in outcome.errors[0]
+
+
+def test_a_truth_table_of_another_field_is_refused(good_run, scene, tmp_path, capsys):
+    """E9: a truth table 150 deg from the run's field was scored: 0 found, a WCS error of 1e8 mas, exit 0, and
+    report.html redrawn from it."""
+    from astropy.table import Table
+
+    run = tmp_path / "run"
+    shutil.copytree(good_run.out, run)
+    truth = Table.read(scene / "truth.ecsv")
+    truth["ra"] = (truth["ra"] + 150.0) % 360.0
+    truth.write(tmp_path / "truth.ecsv")
+    shutil.copy2(scene / "truth_wcs.ecsv", tmp_path / "truth_wcs.ecsv")
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "evaluate", run, tmp_path / "truth.ecsv"), "truth.ecsv", "a truth table of another field")
+    assert snapshot(tmp_path) == before
+    assert cli(capsys, "evaluate", run, scene / "truth.ecsv", "--no-write").code == 0
