@@ -174,7 +174,8 @@ class IOConfig(_Section):
         description="Bits of the FLG extension that mark a pixel as bad (any set bit masks the pixel; 63 bits at most).",
     )
     exposure_grouping_s: float = Field(
-        default=2.0, gt=0, description="Files whose mid-exposure times agree within this [s] form one exposure."
+        default=2.0, gt=0, le=86400.0,
+        description="Files whose mid-exposure times agree within this [s] form one exposure (at most a day)."
     )
 
 
@@ -789,7 +790,8 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         if path.exists() and path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size} bytes; a configuration is at most {MAX_CONFIG_BYTES}")
-        data = tomllib.loads(path.read_text())
+        # (an editor's "UTF-8 with BOM" puts U+FEFF first, which TOML parsers refuse as an invalid statement)
+        data = tomllib.loads(path.read_text().removeprefix("\ufeff"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -127,6 +127,15 @@ def _is_number(value) -> bool:
     return True
 
 
+def _starts_with_bom(path) -> bool:
+    """Whether a file starts with the UTF-8 byte-order mark."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(3) == b"\xef\xbb\xbf"
+    except OSError:
+        return False
+
+
 def load_reference_catalogue(path: str | Path) -> Table:
     """Read a reference catalogue and bring it to the Gaia DR3 column names.
 
@@ -158,6 +167,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
             raise
         except Exception as exc:  # astropy's readers raise many types
             first = reason(exc)
+            if _starts_with_bom(path):
+                first = f"it starts with a byte-order mark (saved as UTF-8 with BOM): save it as plain UTF-8; {first}"
             hint = " ".join(str(said[0].message).split())[:160] if said else ""
             raise InputError(f"{path}: not a readable catalogue ({first}" + (f"; {hint}" if hint else "") + ")") from None
     for note in dict.fromkeys(" ".join(str(w.message).split())[:200] for w in said):

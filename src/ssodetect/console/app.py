@@ -37,13 +37,14 @@ from ssodetect.console.worker import PLAIN_NAME, Workers, job_log
 from ssodetect.errors import SSODetectError
 from ssodetect.io.outputs import RECORD
 from ssodetect.pipeline.registry import Registry
+from ssodetect.io.frames import FITS_PATTERNS
 from ssodetect.pipeline.run import BUILTIN_STEPS
 from ssodetect.pipeline.steps import pipeline_steps
 
 __all__ = ["create_app", "inputs_under", "FITS_SUFFIXES", "REFCAT_SUFFIXES", "ORBIT_SUFFIXES"]
 
 #: Files that make a directory a candidate input of the launch form.
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fz")
+FITS_SUFFIXES = tuple(pattern.lstrip("*") for pattern in FITS_PATTERNS)
 #: Reference catalogues and orbit files offered by the launch form (MPCORB / JPL SBDB JSON / MPC 1-line elements).
 REFCAT_SUFFIXES = (".ecsv", ".fits.cat", ".ldac")
 ORBIT_SUFFIXES = (".dat", ".json", ".dat.gz")

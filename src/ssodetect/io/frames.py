@@ -15,6 +15,7 @@ arrays indexed ``[y, x]``.
 """
 from __future__ import annotations
 
+import bz2
 import glob
 import gzip
 import logging
@@ -41,7 +42,7 @@ __all__ = ["CCDRef", "Exposure", "CCDImage", "common_ccds", "find_inputs", "scan
 
 log = logging.getLogger(__name__)
 
-FITS_PATTERNS = ("*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fit.gz", "*.fz")
+FITS_PATTERNS = ("*.fits", "*.fit", "*.fts", "*.fits.gz", "*.fit.gz", "*.fits.bz2", "*.fit.bz2", "*.fz")
 _EUCLID_EXT = re.compile(r"^(?P<ccd>.+)\.(?P<kind>SCI|RMS|FLG)$", re.IGNORECASE)
 
 
@@ -308,15 +309,28 @@ def _is_gzip(path: Path) -> bool:
         return False
 
 
-def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
-    """Raise if a gzip-compressed file fails its CRC, ends early (astropy may stop reading before the check), or
-    decompresses to more than :data:`MAX_TRAILING_BYTES` after its last HDU; read as a stream, in bounded memory."""
-    if not _is_gzip(path):
-        if path.suffix.lower() == ".gz":
-            raise InputError(f"{path}: damaged gzip file (named .gz, but not gzip-compressed)")
-        return
+def _is_bzip2(path: Path) -> bool:
+    """Whether a file is bzip2-compressed, by its magic bytes (whatever its name)."""
     try:
-        with gzip.open(path, "rb") as handle:
+        with open(path, "rb") as handle:
+            return handle.read(3) == b"BZh"
+    except OSError:
+        return False
+
+
+def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
+    """Raise if a gzip- or bzip2-compressed file fails its check, ends early (astropy may stop reading before the
+    check), or decompresses to more than :data:`MAX_TRAILING_BYTES` after its last HDU; read as a stream, in bounded
+    memory."""
+    kind = "gzip" if _is_gzip(path) else "bzip2" if _is_bzip2(path) else ""
+    if not kind:
+        for suffix, name in ((".gz", "gzip"), (".bz2", "bzip2")):
+            if path.suffix.lower() == suffix:
+                raise InputError(f"{path}: damaged {name} file (named {suffix}, but not {name}-compressed)")
+        return
+    opener = gzip.open if kind == "gzip" else bz2.open
+    try:
+        with opener(path, "rb") as handle:
             extent = _hdu_extent(path, handle, None)
             trailing = handle.tell() - extent if extent is not None else 0
             while block := handle.read(chunk):
@@ -327,8 +341,8 @@ def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
                     raise InputError(f"{path}: decompresses to more than {MAX_TRAILING_BYTES} bytes after its last "
                                      f"HDU ({extent} bytes of FITS): not a FITS file as written (padded, damaged "
                                      "or a decompression bomb)")
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: damaged gzip file ({exc})") from None
+    except (OSError, EOFError, zlib.error, ValueError) as exc:  # (bz2: OSError "Invalid data stream")
+        raise InputError(f"{path}: damaged {kind} file ({reason(exc)})") from None
 
 
 def _check_cards(path: Path, hdul: fits.HDUList) -> None:
@@ -353,8 +367,8 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
 def _check_trailing(path: Path) -> None:
     """Refuse an uncompressed file with more than :data:`MAX_TRAILING_BYTES` after its last HDU, or an HDU that
     declares more than :data:`MAX_HDU_PIXELS` pixels (tile-compressed images included)."""
-    if _is_gzip(path) or path.suffix.lower() == ".bz2":
-        return  # gzip: checked as a stream by _check_gzip
+    if _is_gzip(path) or _is_bzip2(path) or path.suffix.lower() == ".bz2":
+        return  # compressed: checked as a stream by _check_gzip
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:

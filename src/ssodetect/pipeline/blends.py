@@ -84,8 +84,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         (reason -> count), ``n_no_template``, ``n_off_image``, ``n_too_long`` (longer than
         ``streaks.max_length`` or :data:`MAX_LENGTH`: every target is one of measured, no template, off the image,
         too long),
-        ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a tracklet), ``n_rejected_fit`` (pairs whose measurements do not line up), ``n_conflicts`` (sharing a detection
-        with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
+        ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a tracklet),
+        ``n_too_faint`` (enough, but below ``[link] min_total_snr`` together), ``n_rejected_fit`` (pairs whose
+        measurements do not line up), ``n_conflicts`` (sharing a detection with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
         ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, of which ``n_unfitted`` with
         assumed length and axis errors, ``n_proposals``: two directions
         each, ``n_targets``), the directions not measured because too few of their predictions showed the trail's
@@ -96,6 +97,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     t_start = time.perf_counter()
     stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "refused": {},
                    "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
+                   "n_too_faint": 0,
                    "n_rejected_fit": 0, "n_conflicts": 0,
                    "n_objects": 0, "n_objects_from_trails": 0, "n_images": 0, "seconds": 0.0,
                    "trails": {"n_pool": 0, "n_unfitted": 0, "n_proposals": 0, "n_targets": 0, "n_unsupported": 0,
@@ -135,7 +137,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         min_targets=max(1, lk.min_detections - 2))
     stats.update(pstats)
     # single whole trails (fast movers) measured where the others' pieces were cut by a spike, a bleed or a star
-    trail_pool, rate, rate_err, pa, pa_err, unfitted = whole_trails(candidates, ~is_used & ~edge,
+    # (trails are the streak stage's: with [streaks] enabled = false none is proposed, as none is linked)
+    allowed = ~is_used & ~edge & config.streaks.enabled
+    trail_pool, rate, rate_err, pa, pa_err, unfitted = whole_trails(candidates, allowed,
                                                                     min_length=config.streaks.min_length,
                                                                     min_snr=lk.blend_min_snr)
     trail_props, tstats = propose_trails(np.asarray(candidates["exposure"]), ct, cxi, ceta,
@@ -421,6 +425,9 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
         members = [{**{c: candidates[c][k] for c in _ROW_COLUMNS}, "xi": float(cxi[k]), "eta": float(ceta[k]),
                     "t_hours": float(ct[k]), "sigma": float(candidates["sigma"][k])} for k in prop.pair] + rows
         members.sort(key=lambda r: r["t_hours"])
+        if math.sqrt(sum(float(r["snr"]) ** 2 for r in members)) < lk.min_total_snr:
+            stats["n_too_faint"] += 1  # as the linker's tracklets: [link] min_total_snr
+            continue
         keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], r["ccd"], round(r["x"]), round(r["y"]))
                                                  for r in rows}
         groups.append((keys, *(np.array([r[c] for r in members], float) for c in ("t_hours", "xi", "eta", "sigma"))))
