@@ -116,7 +116,7 @@ def _execution_config(args):
 
 def _run(args) -> int:
     from ssodetect.pipeline import run_pipeline
-    from ssodetect.pipeline.run import resolve_refcat
+    from ssodetect.pipeline.run import check_label, resolve_refcat
 
     config = _execution_config(args)
     if args.scheduler:
@@ -125,8 +125,7 @@ def _run(args) -> int:
         _option(config.report, "station", args.station, "--station")
     for option, values in (("--obs-id", [args.obs_id] if args.obs_id else []), ("--keyword", args.keywords)):
         for value in values:  # they go into file names, reports and the registry: one printable line
-            if not value.isprintable() or len(value) > 64:
-                raise SSODetectError(f"{option} {value!r}: printable text of at most 64 characters")
+            check_label(option, value)
     if args.orbits:
         config.known.orbits = list(config.known.orbits) + list(args.orbits)
     if args.allow_mixed_filters:

@@ -26,12 +26,17 @@ class ConfigError(SSODetectError):
 #: What a reader's message means to a user, for the messages a wrong kind of file gives (matched in order).
 _PLAIN = (
     (re.compile(r"No SIMPLE card found", re.I), "it does not start with a FITS header (SIMPLE card): not a FITS file"),
+    (re.compile(r"codec can't decode byte (0x[0-9a-f]+) in position (\d+)", re.I),
+     r"not UTF-8 text (byte \1 at position \2)"),
+    (re.compile(r"please provide a 'format' argument|Format could not be identified", re.I),
+     "not a table format that can be recognised (ECSV, FITS, CSV or Parquet)"),
     (re.compile(r"Empty or corrupt FITS file", re.I), "empty or truncated"),
     (re.compile(r"No table found", re.I), "it holds no table (an image?)"),
     (re.compile(r"Keyword '?([A-Z0-9_-]+)'? not found", re.I), r"its header has no \1 card"),
 )
 #: Advice a library gives its programmers, not our users (its options are not the CLI's).
-_ADVICE = re.compile(r"[,;.]?\s*(try (with|using|setting)|you may|use the \w+ argument|set \w+=)[^.;]*[.;]?", re.I)
+_ADVICE = re.compile(r"[,;.]?\s*(try (with|using|setting)|you may|use the \w+ argument|set \w+=|please provide)"
+                     r"[^.;]*[.;]?|\s*\(note: [^)]*\)", re.I)
 
 
 def reason(exc: BaseException, limit: int = 200) -> str:
@@ -39,13 +44,17 @@ def reason(exc: BaseException, limit: int = 200) -> str:
     their first line, without the library's advice to programmers (``try with ignore_missing_simple=True``) and
     without Python's exception name ("unreadable" when the message is empty)."""
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    text = " ".join(lines[0].split()).strip("'\" ") if lines else ""
+    text = " ".join(lines[0].split()) if lines else ""
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's quoted message
+        text = text[1:-1]
     for pattern, plain in _PLAIN:
         match = pattern.search(text)
         if match:
             return match.expand(plain)
     text = _ADVICE.sub("", text).strip(" ,;:")
-    return text[:limit] if text else "unreadable"
+    if len(text) > limit:  # cut at a word, and say so
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text if text else "unreadable"
 
 
 class RepeatFilter(logging.Filter):

@@ -73,9 +73,10 @@ def test_report_settings_the_ades_schema_refuses_are_refused(scene, tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("km", [0.0, -6378.137, 1.5e6, -2e8, 9.99e10, 1e11])
+@pytest.mark.parametrize("km", [0.0, -6378.137, 1.5e6, -2e8, 9.99e10, 1e11, 99999999.99996, -999999999.99999])
 def test_spacecraft_positions_fit_the_ades_field(km):
-    """E4: OBSPOS_X = 2e8 km (within the header limit) was written with 4 decimals, 14 characters."""
+    """E4: OBSPOS_X = 2e8 km (within the header limit) was written with 4 decimals, 14 characters; the re-check's
+    F1: 99999999.99996 rounds up to nine digits (counted before rounding: 14 characters again)."""
     from ssodetect.report.ades import _position
 
     text = _position(km)
@@ -185,3 +186,65 @@ def test_exposure_grouping_beyond_a_day_is_refused(scene, tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text("[io]\nexposure_grouping_s = 1e9\n")
     _refused(cli(capsys, "run", scene, "--out", tmp_path / "out", "--config", config), "exposure_grouping_s")
+
+
+@pytest.mark.parametrize("cards, kind", [
+    ({"IMAGETYP": ""}, "bias"),  # blank: says nothing
+    ({"IMAGETYP": "", "OBSTYPE": "BIAS"}, "bias"),  # a blank first keyword does not hide the next
+    ({"IMAGETYP": "TWILIGHT"}, "flat"),  # unknown words are not "light"
+    ({"OBSTYPE": "SKY"}, "flat"),
+    ({"IMAGETYP": "Dark Frame"}, "dark"),
+])
+def test_calibration_frames_whose_type_says_nothing_else_are_taken(tmp_path, cards, kind):
+    """The re-check's F2: a listed calibration frame was refused whenever its type keyword did not name its kind
+    (IMAGETYP = '' "says light", twilight flats refused); only a value naming another kind refuses it."""
+    import numpy as np
+    from astropy.io import fits
+
+    from ssodetect.calibrate.masters import build_masters
+
+    path = tmp_path / f"{kind}.fits"
+    header = fits.Header(cards)
+    header["EXPTIME"] = 0.0 if kind == "bias" else 10.0
+    fits.PrimaryHDU(np.full((8, 8), 100.0, np.float32), header).writeto(path)
+    masters = build_masters({kind: [(str(path), 0)]})
+    assert getattr(masters, kind) is not None
+    fits.setval(path, "IMAGETYP", value="OBJECT")
+    with pytest.raises(Exception, match="says light"):
+        build_masters({kind: [(str(path), 0)]})
+
+
+def test_run_pipeline_refuses_keywords_the_cli_refuses(scene):
+    """The re-check's F4: run_pipeline wrote keywords with a newline, 100 characters or none into the manifest (the
+    CLI refused them)."""
+    from ssodetect.errors import ConfigError
+    from ssodetect.pipeline import run_pipeline
+
+    for words in (("night\n1",), ("x" * 100,), ("",)):
+        with pytest.raises(ConfigError, match="printable text of 1 to 64"):
+            run_pipeline(scene, None, keywords=words)
+    with pytest.raises(ConfigError, match="obs_id"):
+        run_pipeline(scene, None, obs_id="a\tb")
+
+
+def test_telescope_names_differing_in_case_are_one_telescope(scene, tmp_path, capsys):
+    """The re-check's F5: TELESCOP 'NEOSSat' and 'NEOSSAT' on frames of one sequence were refused as two
+    telescopes."""
+    src = copy_inputs(scene, tmp_path / "in")
+    set_header(src / "exp_01.fits", 0, TELESCOP="euclid")
+    outcome = cli(capsys, "run", src, "--out", tmp_path / "out", "--to-step", "detect")
+    assert outcome.code in (0, 1), outcome.err
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"ra,dec\n", "not a table format that can be recognised"),
+    (b"\x91\x92 binary \x00\x01", "not"),
+])
+def test_catalogue_messages_carry_no_library_advice(scene, tmp_path, capsys, content, said):
+    """The re-check's F3: "please provide a 'format' argument", "(note: Astropy uses zero-based indexing)", a
+    decode error with its quote cut off."""
+    refcat = tmp_path / "ref.dat"
+    refcat.write_bytes(content)
+    outcome = cli(capsys, "run", scene, "--out", tmp_path / "out", "--refcat", refcat)
+    _refused(outcome, "ref.dat", said)
+    assert not re.search(r"please provide|format' argument|zero-based|codec|Error\b", outcome.errors[0]), outcome.errors

@@ -368,6 +368,19 @@ def add_hot_pixel_maps(masters: dict, lights: dict[str, list[tuple[str, int]]], 
 MAX_BIAS_EXPTIME = 1.0
 
 
+def named_kind(header, keys: list[str]) -> tuple[str, str, str] | None:
+    """``(kind, keyword, value)`` of the first type keyword whose value positively names a kind (bias/zero, dark,
+    flat, light/object/science, as :func:`~ssodetect.io.headers.frame_type` reads them); None when none does (a
+    blank IMAGETYP, 'TWILIGHT', 'SKY': unknown, not light)."""
+    for key in keys:
+        if key not in header:
+            continue
+        value = str(header[key]).strip()
+        if re.search(r"bias|zero|dark|flat", value, re.I) or re.search(r"\b(light|object|science)\b", value, re.I):
+            return frame_type(fits.Header([(key, value)]), [key]), key, value
+    return None
+
+
 def _seconds(value) -> float | None:
     """A header's exposure time as a number [s]; None when it is none."""
     try:
@@ -414,8 +427,7 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
                 with fits.open(path, memmap=False) as hdul:
                     header = hdul[hdu].header.copy()
                     data = np.asarray(hdul[hdu].data, np.float32)
-                    # what the file says it is: the primary header's cards under the extension's
-                    said_by = merge_headers(header, hdul[0].header if hdu != 0 else None)
+                    primary = hdul[0].header.copy() if hdu != 0 else None
             except (OSError, ValueError, IndexError, TypeError) as exc:
                 raise InputError(f"{path}: cannot read {kind} frame ({exc})") from None
             if data.ndim != 2:
@@ -424,12 +436,11 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             if images and image.shape != images[0][1].shape:
                 raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
             exptime = next((float(header[k]) for k in exptime_keys if k in header), None)
-            said = frame_type(said_by, type_keys) if any(k in said_by for k in type_keys) else kind
-            if said != kind:
+            said_by = merge_headers(header, primary)  # (the primary header's cards under the extension's)
+            said = named_kind(header, type_keys) or (named_kind(primary, type_keys) if primary is not None else None)
+            if said is not None and said[0] != kind:
                 # a light frame given as the bias was subtracted from every light: sources lost, magnitudes shifted
-                key = next(k for k in type_keys if k in said_by)
-                raise InputError(f"{path}: given as a {kind} frame, but its {key} = {str(said_by[key]).strip()!r} "
-                                 f"says {said}")
+                raise InputError(f"{path}: given as a {kind} frame, but its {said[1]} = {said[2]!r} says {said[0]}")
             shown = next((k for k in exptime_keys if k in said_by), None)
             length = _seconds(said_by[shown]) if shown else None
             if kind == "bias" and length is not None and length > MAX_BIAS_EXPTIME:

@@ -631,7 +631,7 @@ def _one_observer(lights: list, config: IOConfig) -> None:
     some frames only mixes ground and space records of one object."""
     named = [ref for ref in lights if ref.telescope]  # (a frame without TELESCOP says nothing)
     for ref in named[1:]:
-        if ref.telescope != named[0].telescope:
+        if ref.telescope.casefold() != named[0].telescope.casefold():  # ('NEOSSat' and 'NEOSSAT' are one)
             raise InputError(f"{ref.path}: telescope {ref.telescope!r} (TELESCOP) differs from "
                              f"{named[0].telescope!r} of {named[0].path}; one telescope per run")
     coded = [ref for ref in lights if ref.station]

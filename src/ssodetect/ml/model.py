@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssodetect.errors import InputError, reason
+from ssodetect.errors import InputError
 from ssodetect.ml.sequences import trail_template
 
 __all__ = ["BUILTIN_MODEL", "MoverNet", "encode", "import_torch", "load_model", "save_model", "score"]
@@ -114,8 +114,9 @@ def load_model(path: str | Path = "builtin"):
         arch = record["arch"]
         model = MoverNet(tuple(arch["filters"]), float(arch.get("dropout", 0.3)))
         model.load_state_dict(record["state_dict"])
-    except Exception as exc:  # noqa: BLE001 - any unpickling or shape problem is a bad model file
-        raise InputError(f"{path}: not an ssodetect model ({reason(exc, 120)})") from None
+    except Exception:  # noqa: BLE001 - any unpickling or shape problem is a bad model file
+        # (torch's own words are advice to programmers about torch.load's arguments)
+        raise InputError(f"{path}: not an ssodetect model (a file saved by 'ssodetect ml train' is expected)") from None
     model.eval()
     return model, {k: v for k, v in record.items() if k != "state_dict"}
 

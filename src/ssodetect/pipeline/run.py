@@ -661,7 +661,19 @@ def _api_arguments(inputs, config, keywords) -> tuple[list, Config, list]:
             raise ConfigError(f"keywords {keywords!r}: a word or a list of words") from None
         if not all(isinstance(k, str) for k in keywords):
             raise ConfigError(f"keywords {keywords!r}: a word or a list of words")
+    for word in keywords:
+        check_label("keywords", word)
     return inputs, config, keywords
+
+
+#: Longest obs_id or keyword [characters]: they go into file names, reports and the registry.
+MAX_LABEL = 64
+
+
+def check_label(option: str, value: str) -> None:
+    """Refuse an obs_id or keyword that is not one printable line of 1 to :data:`MAX_LABEL` characters."""
+    if not (isinstance(value, str) and value.strip() and value.isprintable() and len(value) <= MAX_LABEL):
+        raise ConfigError(f"{option} {value!r}: printable text of 1 to {MAX_LABEL} characters")
 
 
 def run_pipeline(
@@ -711,6 +723,8 @@ def run_pipeline(
         Bad inputs or configuration (nothing is written).
     """
     inputs, config, keywords = _api_arguments(inputs, config, keywords)
+    if obs_id is not None:
+        check_label("obs_id", obs_id)
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     steps = pipeline_steps(BUILTIN_STEPS)
     names = [s.name for s in steps]

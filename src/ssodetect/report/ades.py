@@ -87,8 +87,11 @@ def _num(value, decimals: int, *, sign: bool = False) -> str:
 def _position(km: float) -> str:
     """A spacecraft's coordinate [km] in ADES' 13 characters (sign aside): 4 decimals (0.1 m) where they fit, fewer
     for a far spacecraft (2e8 km had 4 decimals and broke the schema's pattern)."""
-    digits = len(str(int(abs(float(km))))) if math.isfinite(float(km)) else 0
-    return _num(km, max(0, min(4, 12 - digits)))
+    for decimals in range(4, -1, -1):  # (the digits counted after rounding: 99999999.99996 rounds to 9 digits)
+        text = _num(km, decimals)
+        if len(text.lstrip("+-")) <= 13:
+            break
+    return text
 
 
 def _angle_decimals(rms_arcsec: float) -> int:
