@@ -437,3 +437,24 @@ def test_whole_trails_takes_a_trail_without_fitted_errors_with_assumed_ones():
     assert rate_err[0] == pytest.approx(0.03 / exptime_h)
     assert rate_err[1] == pytest.approx(UNFITTED_LENGTH_ERR_PX * 0.1 / exptime_h)
     assert pa_err[1] == pytest.approx(math.degrees(math.atan2(UNFITTED_AXIS_ERR_PX, 47.7)))
+
+
+def test_find_trail_searches_at_most_max_trail_search_whatever_the_reach():
+    """Frames months apart (NEOWISE) gave predictions a reach of 10^4 px: the search grid took 22 GB.  The search is
+    capped at MAX_TRAIL_SEARCH (the caller counts it): a trail beyond the cap is not found, one within it is, and
+    a reach of 1e6 px costs no more than the cap."""
+    import tracemalloc
+
+    from ssodetect.link.blends import MAX_TRAIL_SEARCH, find_trail
+
+    n, sigma = 121, 0.7
+    flux = 3000.0
+    image = _line(n, 60.0 - 20.0, 60.0, 60.0 + 20.0, 60.0, flux, sigma)
+    mask = np.zeros((n, n), bool)
+    assert find_trail(image, mask, 60.0, 60.0 + MAX_TRAIL_SEARCH - 1.0, 40.0, 0.0, sigma, flux, search=1e6) is not None
+    assert find_trail(image, mask, 60.0, 60.0 + MAX_TRAIL_SEARCH + 3.0, 40.0, 0.0, sigma, flux, search=1e6) is None
+    tracemalloc.start()
+    find_trail(image, mask, 60.0, 60.0, 40.0, 0.0, sigma, flux, search=1e6)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6

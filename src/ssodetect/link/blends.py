@@ -36,7 +36,7 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import trailed_psf
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
-__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "find_trail",
+__all__ = ["BlendProposal", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "find_trail", "MAX_TRAIL_SEARCH",
            "resample_stamp", "fit_beside_template",
            "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
@@ -308,6 +308,10 @@ def trail_shows(image: np.ndarray, mask: np.ndarray, x: float, y: float, length:
 #: Steps [px] of :func:`find_trail`'s search across the trail (a fraction of the PSF sigma of 0.6-0.9 px: the
 #: centre-line level falls to 0.8 of its peak half a pixel off a 0.75 px sigma).
 TRAIL_SEARCH_STEP = 0.5
+#: Largest search [px] of :func:`find_trail`, whatever the prediction's reach (its samples grow with the square of
+#: the reach: frames months apart (NEOWISE) gave reaches of 10^4 px and a 22 GB sample grid).  A wider reach is
+#: searched this far only (the caller counts it).
+MAX_TRAIL_SEARCH = 12.0
 
 
 def find_trail(image: np.ndarray, mask: np.ndarray, x: float, y: float, length: float, theta: float,
@@ -339,7 +343,7 @@ def find_trail(image: np.ndarray, mask: np.ndarray, x: float, y: float, length: 
         Share of the trail's centre-line level the median must reach.
     search : float
         Largest shift [px] of the segment from the prediction (the prediction's uncertainty); 0 tests the
-        prediction only.
+        prediction only; at most :data:`MAX_TRAIL_SEARCH`.
 
     Returns
     -------
@@ -348,7 +352,7 @@ def find_trail(image: np.ndarray, mask: np.ndarray, x: float, y: float, length: 
     """
     n = max(int(math.ceil(length)) + 1, 3)
     h = length / (n - 1)  # along-track sample spacing [px] (0 for a point)
-    search = max(float(search), 0.0) if math.isfinite(search) else 0.0
+    search = min(max(float(search), 0.0), MAX_TRAIL_SEARCH) if math.isfinite(search) else 0.0
     k = int(min(search, 0.5 * length) / h) if h > 0 else 0  # along-track shifts, in samples, each way
     m = int(search / TRAIL_SEARCH_STEP)  # across-track shifts each way
     along = (np.arange(-k, n + k) - 0.5 * (n - 1)) * h

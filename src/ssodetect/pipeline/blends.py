@@ -23,8 +23,8 @@ from astropy.table import Table, vstack
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.link.blends import (accept_recovery, choose_tracklets, find_trail, fit_beside_template,
-                                   propose_pairs, propose_trails, resample_stamp, whole_trails)
+from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
+                                   fit_beside_template, propose_pairs, propose_trails, resample_stamp, whole_trails)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
@@ -86,12 +86,14 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         too long),
         ``n_accepted`` (measurements), ``n_too_few`` (pairs with accepted measurements, too few for a tracklet),
         ``n_too_faint`` (enough, but below ``[link] min_total_snr`` together), ``n_rejected_fit`` (pairs whose
-        measurements do not line up), ``n_conflicts`` (sharing a detection with a better one), ``n_objects`` (of which ``n_objects_from_trails`` from a single whole trail), ``n_images``,
-        ``seconds``, and ``trails``: the whole single trails proposed (``n_pool``, of which ``n_unfitted`` with
-        assumed length and axis errors, ``n_proposals``: two directions
-        each, ``n_targets``), the directions not measured because too few of their predictions showed the trail's
-        light (``n_unsupported``) and their targets (``n_not_measured``).  Every target of a pair or of a trail is
-        measured, without a template, off the image, too long or not measured.
+        measurements do not line up), ``n_conflicts`` (sharing a detection with a better one), ``n_objects`` (of
+        which ``n_objects_from_trails`` from a single whole trail), ``n_images``, ``seconds``, and ``trails``: the
+        whole single trails proposed (``n_pool``, of which ``n_unfitted`` with assumed length and axis errors,
+        ``n_proposals``: two directions each, ``n_targets``; ``n_search_capped``: predictions whose reach was wider
+        than the light was searched for, :data:`~ssodetect.link.blends.MAX_TRAIL_SEARCH`), the directions not
+        measured because too few of their predictions showed the trail's light (``n_unsupported``) and their
+        targets (``n_not_measured``).  Every target of a pair or of a trail is measured, without a template, off
+        the image, too long or not measured.
     """
     lk = config.link
     t_start = time.perf_counter()
@@ -100,8 +102,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
                    "n_too_faint": 0,
                    "n_rejected_fit": 0, "n_conflicts": 0,
                    "n_objects": 0, "n_objects_from_trails": 0, "n_images": 0, "seconds": 0.0,
-                   "trails": {"n_pool": 0, "n_unfitted": 0, "n_proposals": 0, "n_targets": 0, "n_unsupported": 0,
-                              "n_not_measured": 0}}
+                   "trails": {"n_pool": 0, "n_unfitted": 0, "n_proposals": 0, "n_targets": 0, "n_search_capped": 0,
+                              "n_unsupported": 0, "n_not_measured": 0}}
     if not len(candidates) or not len(detections) or len(exposures) < 3:
         return observations, objects, stats
     ra0, dec0 = float(np.median(candidates["ra"])), float(np.median(candidates["dec"]))
@@ -216,7 +218,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         for _, _, k, j in sorted((placed[k][j][0], ordered[k][1].targets[j][0], k, j) for k in members
                                  if len(ordered[k][1].pair) == 1 for j in range(len(placed[k]))
                                  if placed[k][j] is not None):
-            spot = _shows(ordered[k][1], j, placed[k][j], candidates, info_by, refs, pixels, config)
+            spot, capped = _shows(ordered[k][1], j, placed[k][j], candidates, info_by, refs, pixels, config)
+            stats["trails"]["n_search_capped"] += capped
             if spot is not None:
                 shown[k] += 1
                 found[(k, j)] = spot
@@ -300,9 +303,10 @@ def _reach(lk, s_pred: float, scale: float) -> float:
     return lk.match_sigma * s_pred / scale + lk.match_floor / scale + 1.0
 
 
-def _shows(prop, j, where, candidates, info_by, refs, pixels, config) -> tuple[float, float] | None:
+def _shows(prop, j, where, candidates, info_by, refs, pixels, config) -> tuple[tuple[float, float] | None, bool]:
     """Where a whole trail's prediction ``j`` (at ``where``: ``(ccd, placement)``) shows its light, searched within
-    the reach of the measurement (:func:`ssodetect.link.blends.find_trail`) [px, 0-based]; None if nowhere."""
+    the reach of the measurement (:func:`ssodetect.link.blends.find_trail`) [px, 0-based], None if nowhere; and
+    whether that reach was beyond :data:`~ssodetect.link.blends.MAX_TRAIL_SEARCH` (searched that far only)."""
     own = candidates[prop.pair[0]]
     own_exptime = float(own["exptime"])
     e = prop.targets[j][0]
@@ -310,8 +314,9 @@ def _shows(prop, j, where, candidates, info_by, refs, pixels, config) -> tuple[f
     image, _, mask, _ = pixels(e, ccd)
     # the light the trail would have there: the same rate, over that exposure's time
     flux = float(own["flux"]) * float(refs[(e, ccd)].exptime or own_exptime) / max(own_exptime, 1e-9)
-    return find_trail(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux,
-                      search=_reach(config.link, prop.targets[j][3], pixel_scale(w)))
+    reach = _reach(config.link, prop.targets[j][3], pixel_scale(w))
+    return (find_trail(image, mask, x, y, length, theta, float(info_by[(e, ccd)].get("psf_sigma") or 1.0), flux,
+                       search=reach), not reach <= MAX_TRAIL_SEARCH)
 
 
 def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, t0_mjd, info_by, refs, wcs_for, pixels,

@@ -41,6 +41,7 @@ from ssodetect.io.outputs import STAGE_MARKER, record_files
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
 from ssodetect.columns import empty_table
+from ssodetect.link.blends import MAX_TRAIL_SEARCH
 from ssodetect.link.movers import STREAK_COLUMNS, link_movers, select_candidates, streak_table
 from ssodetect.pipeline.astrometry import (
     SolveTask,
@@ -447,12 +448,14 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
              "(%d accepted; refused: %s; %d without a template, %d off the image, %d longer than streaks.max_length "
              "or 2000 px), %d objects found "
              "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection); "
-             "%d whole single trails predicted both ways, %d directions whose predictions show too little light not "
-             "measured, %d objects from whole trails",
+             "%d whole single trails predicted both ways (%d without fitted errors; %d predictions searched for "
+             "light within %g px only, their reach being wider), %d directions whose predictions show too little "
+             "light not measured, %d objects from whole trails",
              stats["n_pairs"], stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
              ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_no_template"],
              stats["n_off_image"], stats["n_too_long"], stats["n_objects"], stats["n_too_few"], stats["n_rejected_fit"],
-             stats["n_conflicts"], stats["trails"]["n_pool"], stats["trails"]["n_unsupported"],
+             stats["n_conflicts"], stats["trails"]["n_pool"], stats["trails"]["n_unfitted"],
+             stats["trails"]["n_search_capped"], MAX_TRAIL_SEARCH, stats["trails"]["n_unsupported"],
              stats["n_objects_from_trails"])
     ctx.timings["blends"] = time.perf_counter() - t0
     before = set(np.asarray(products["objects"]["object"]).astype(str)) if len(products["objects"]) else set()
