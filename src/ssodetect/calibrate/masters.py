@@ -368,7 +368,7 @@ def add_hot_pixel_maps(masters: dict, lights: dict[str, list[tuple[str, int]]], 
 MAX_BIAS_EXPTIME = 1.0
 
 
-def named_kind(header, keys: list[str]) -> tuple[str, str, str] | None:
+def _named_kind(header, keys: list[str]) -> tuple[str, str, str] | None:
     """``(kind, keyword, value)`` of the first type keyword whose value positively names a kind (bias/zero, dark,
     flat, light/object/science, as :func:`~ssodetect.io.headers.frame_type` reads them); None when none does (a
     blank IMAGETYP, 'TWILIGHT', 'SKY': unknown, not light)."""
@@ -437,7 +437,7 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
                 raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
             exptime = next((float(header[k]) for k in exptime_keys if k in header), None)
             said_by = merge_headers(header, primary)  # (the primary header's cards under the extension's)
-            said = named_kind(header, type_keys) or (named_kind(primary, type_keys) if primary is not None else None)
+            said = _named_kind(header, type_keys) or (_named_kind(primary, type_keys) if primary is not None else None)
             if said is not None and said[0] != kind:
                 # a light frame given as the bias was subtracted from every light: sources lost, magnitudes shifted
                 raise InputError(f"{path}: given as a {kind} frame, but its {said[1]} = {said[2]!r} says {said[0]}")
