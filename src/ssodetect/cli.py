@@ -240,15 +240,15 @@ MAX_TRUTH_DISTANCE_DEG = 2.0
 
 def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
     """Refuse a truth table of another field: none of its objects within :data:`MAX_TRUTH_DISTANCE_DEG` of the
-    run's observations or of its solved CCD exposures' reference points (a run at RA 150 scored against a truth at
-    RA 0 reported 0 found and a WCS error of 1e8 mas, as if measured).  Nothing to compare: not judged."""
+    run's observations or of its solved CCD exposures' reference points
+    (:func:`ssodetect.evaluate.nearest_truth_distance`).  Nothing to compare: not judged."""
     import numpy as np
-    from astropy.coordinates import SkyCoord
     from astropy.io import fits
     from astropy.table import Table
 
-    ra = [float(v) for v in np.asarray(observations["ra"], float) if np.isfinite(v)]
-    dec = [float(v) for v in np.asarray(observations["dec"], float) if np.isfinite(v)]
+    from ssodetect.evaluate import nearest_truth_distance
+
+    ra, dec = list(np.asarray(observations["ra"], float)), list(np.asarray(observations["dec"], float))
     solutions = obs_path.parent / "astrometry.ecsv"
     if solutions.is_file():
         try:
@@ -259,15 +259,8 @@ def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
                     dec.append(float(header.get("CRVAL2", np.nan)))
         except (OSError, ValueError, KeyError, TypeError):
             pass  # the run's own table: its observations decide
-    keep = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
-    t_ra, t_dec = np.asarray(truth["ra"], float), np.asarray(truth["dec"], float)
-    t_keep = np.isfinite(t_ra) & np.isfinite(t_dec) & (np.abs(t_dec) <= 90.0)
-    if not keep.any() or not t_keep.any():
-        return
-    run = SkyCoord(np.asarray(ra)[keep], np.asarray(dec)[keep], unit="deg")
-    _, sep, _ = SkyCoord(t_ra[t_keep], t_dec[t_keep], unit="deg").match_to_catalog_sky(run)
-    nearest = float(np.min(sep.deg))
-    if nearest > MAX_TRUTH_DISTANCE_DEG:
+    nearest = nearest_truth_distance(ra, dec, truth["ra"], truth["dec"])
+    if nearest > MAX_TRUTH_DISTANCE_DEG:  # (NaN: nothing to compare)
         raise SSODetectError(f"{truth_path}: a truth table of another field: its nearest object is {nearest:.1f} deg "
                              f"from the run's observations and solved CCDs ({obs_path})")
 

@@ -19,7 +19,8 @@ from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
 
-__all__ = ["evaluate_wcs", "Evaluation", "evaluate_run", "format_evaluation", "evaluation_table", "RATE_BINS"]
+__all__ = ["evaluate_wcs", "Evaluation", "evaluate_run", "format_evaluation", "evaluation_table", "RATE_BINS",
+           "nearest_truth_distance"]
 
 #: Rate bins [arcsec/h] of the completeness against rate: slow movers, fast movers, trails.
 RATE_BINS = np.array([0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0])
@@ -345,3 +346,27 @@ def evaluate_identification(observations: Table, objects: Table, truth: Table, *
         "named_of_found": len(named & found) / len(found) if found else float("nan"),
         "named_of_known": len(named & known) / len(known) if known else float("nan"),
     }
+
+
+def nearest_truth_distance(run_ra, run_dec, truth_ra, truth_dec) -> float:
+    """Angular distance [deg] from the run's sky points (its observations, its solved CCDs' reference points) to
+    the nearest object of a truth table; NaN when either side has no valid position.  A truth table of another
+    field lies degrees away (a run at RA 150 scored against a truth at RA 0 reported 0 found, as if measured).
+
+    Parameters
+    ----------
+    run_ra, run_dec, truth_ra, truth_dec : array_like
+        [deg, ICRS]; NaNs and declinations beyond +-90 are left out.
+    """
+    from astropy.coordinates import SkyCoord
+
+    def valid(ra, dec):
+        ra, dec = np.asarray(ra, float).ravel(), np.asarray(dec, float).ravel()
+        keep = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
+        return ra[keep], dec[keep]
+
+    (ra, dec), (t_ra, t_dec) = valid(run_ra, run_dec), valid(truth_ra, truth_dec)
+    if not ra.size or not t_ra.size:
+        return float("nan")
+    _, sep, _ = SkyCoord(t_ra, t_dec, unit="deg").match_to_catalog_sky(SkyCoord(ra, dec, unit="deg"))
+    return float(np.min(sep.deg))

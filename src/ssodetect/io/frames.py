@@ -300,29 +300,21 @@ def _hdu_extent(path: Path, handle, size: int | None) -> int | None:
     return end
 
 
-def _is_gzip(path: Path) -> bool:
-    """Whether a file is gzip-compressed, by its magic bytes (whatever its name)."""
+def _compression(path: Path) -> str:
+    """'gzip' or 'bzip2' when a file is so compressed, by its magic bytes (whatever its name); '' otherwise."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(2) == b"\x1f\x8b"
+            magic = handle.read(3)
     except OSError:
-        return False
-
-
-def _is_bzip2(path: Path) -> bool:
-    """Whether a file is bzip2-compressed, by its magic bytes (whatever its name)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(3) == b"BZh"
-    except OSError:
-        return False
+        return ""
+    return "gzip" if magic[:2] == b"\x1f\x8b" else "bzip2" if magic == b"BZh" else ""
 
 
 def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
     """Raise if a gzip- or bzip2-compressed file fails its check, ends early (astropy may stop reading before the
     check), or decompresses to more than :data:`MAX_TRAILING_BYTES` after its last HDU; read as a stream, in bounded
     memory."""
-    kind = "gzip" if _is_gzip(path) else "bzip2" if _is_bzip2(path) else ""
+    kind = _compression(path)
     if not kind:
         for suffix, name in ((".gz", "gzip"), (".bz2", "bzip2")):
             if path.suffix.lower() == suffix:
@@ -367,7 +359,7 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
 def _check_trailing(path: Path) -> None:
     """Refuse an uncompressed file with more than :data:`MAX_TRAILING_BYTES` after its last HDU, or an HDU that
     declares more than :data:`MAX_HDU_PIXELS` pixels (tile-compressed images included)."""
-    if _is_gzip(path) or _is_bzip2(path) or path.suffix.lower() == ".bz2":
+    if _compression(path) or path.suffix.lower() == ".bz2":
         return  # compressed: checked as a stream by _check_gzip
     try:
         size = path.stat().st_size
