@@ -724,6 +724,67 @@ def test_occupancy_is_robust_to_one_odd_exposure_and_tests_an_edge_member():
     assert occupancy_verdict(*occupancy_scores(own, own_err, other, other_err, overlap))[0] == "untestable"
 
 
+def test_one_measurable_position_decides_only_when_it_is_clearly_still_there():
+    """Member 330's false objects: two pieces of a diffraction spike at the detector's edge linked as a two-exposure
+    fast mover; only one position could be measured (the other's stamp left the image), 1.12 +- 0.04 of its light
+    still there: "untestable", kept.  One position now calls a static source when it keeps more than twice the
+    threshold; a mover with one position beside a star (0.5 of its light there) stays untestable."""
+    from ssodetect.link.pixels import occupancy_scores, occupancy_verdict
+
+    rng = np.random.default_rng(12)
+    verdicts = {"static": [], "mover": [], "star": []}
+    for _ in range(200):
+        for kind, left in (("static", 1.0), ("mover", 0.0), ("star", 0.0)):
+            own, own_err, other, other_err, overlap = _occupancy_case(rng, left, flux=1200.0, noise=50.0, m=2,
+                                                                      spacing=6.0)
+            other[1, 0] = np.nan  # the second position off the image in the other exposure
+            if kind == "star":  # a star as bright as the mover where it was, in both exposures
+                own[0] += 1200.0
+                other[0, 1] += 1200.0
+            verdicts[kind].append(occupancy_verdict(*occupancy_scores(own, own_err, other, other_err, overlap))[0])
+    assert verdicts["static"].count("static") == 200
+    assert verdicts["mover"].count("static") == 0 and verdicts["star"].count("static") == 0
+    assert set(verdicts["mover"]) == {"untestable"}
+
+
+def test_a_doubtful_tracklet_needs_its_motion_shown():
+    """Member 328's false object: a faint galaxy strung with two unflagged hits, occupancy median 0.32 +- 0.08 (below
+    the threshold 0.35, so "moving") and its light measured in the missing exposure: confirmed.  Confirmation needs the
+    median 2 standard errors below the threshold; a faint real mover (0.0 +- 0.15) still shows it."""
+    from ssodetect.link.pixels import shows_motion
+
+    assert not shows_motion(0.32, 0.08, threshold=0.35)
+    assert shows_motion(0.0, 0.15, threshold=0.35) and shows_motion(0.1, 0.05, threshold=0.35)
+    assert not shows_motion(float("nan"), float("nan"))
+
+
+def test_slow_tracklets_of_extended_sources_are_refused_by_their_trails():
+    """Members 322, 323 and 327: static galaxies, measured as 9 px "trails" at 0.1"/px in some exposures and jittering
+    by 1-3 px, were linked at 0.31-0.33"/h (a mover at that rate trails 0.5 px in 566 s); the margin on a trail's
+    length was 1" (10 px at Euclid's scale).  It is now 3 px or 4 minor-axis rms: the galaxy is refused, a point-like
+    mover and a trailed one (10"/h, 16 px) are kept, and so is a ground-scale blob (1"/px, 2" seeing)."""
+    from astropy.table import Table
+
+    from ssodetect.link.movers import vet_trail_lengths
+    from ssodetect.link.tracklets import Tracklet
+
+    def case(rate, trails_px, b_px, scale):
+        n = len(trails_px)
+        t = np.array([0.0, 1100.0, 2200.0, 3300.0])[:n] / 3600.0
+        slow = Table({"trail_arcsec": np.asarray(trails_px) * scale, "exptime": np.full(n, 566.0),
+                      "b": np.full(n, b_px), "pixel_scale": np.full(n, scale), "t_hours": t,
+                      "xi": rate * t, "eta": np.zeros(n), "sigma": np.full(n, 0.02)})
+        trk = Tracklet(tuple(range(n)), 0.0, 0.0, rate, 0.0, np.eye(4) * 1e-4, 0.0, 2 * n - 4, 0.0)
+        return vet_trail_lengths([trk], slow, 3)
+
+    assert case(0.32, [0.0, 1.7, 9.0, 9.3], 0.9, 0.1) == []  # two 9 px members: too few stay
+    kept = case(0.32, [0.0, 1.2, 9.0, 0.8], 0.9, 0.1)  # one: dropped from the tracklet, refitted
+    assert len(kept) == 1 and kept[0].members == (0, 1, 3)
+    assert len(case(0.32, [0.4, 1.2, 2.0, 0.8], 0.9, 0.1)) == 1
+    assert len(case(10.0, [15.0, 16.5, 14.0, 17.0], 0.9, 0.1)) == 1
+    assert len(case(5.0, [3.0, 2.0, 2.5, 3.2], 0.85, 1.0)) == 1
+
+
 def test_missing_exposure_deficit():
     from ssodetect.link.pixels import missing_deficit
 

@@ -203,19 +203,24 @@ def _calibrate(args) -> int:
     from ssodetect.config import load_config
     from ssodetect.io import OutputStage, find_inputs, read_ccd, scan_inputs
     from ssodetect.io.headers import fits_text
+    from ssodetect.io.outputs import check_apart
     from ssodetect.calibrate import build_calibration
 
     config = load_config(args.config)
     config.calibrate.hot_pixels = False  # masters from calibration frames only (the run finds hot pixels itself)
+    out = Path(args.out)
+    check_apart(out, [*args.inputs, *config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat])
     lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
     if not masters:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
-    out = Path(args.out)
-    for ccd, m in masters.items():
-        m.write(out if len(masters) == 1 else out / f"ccd_{ccd}")
-        print(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / f'ccd_{ccd}'}")
-    if args.lights:
-        with OutputStage(out / "calibrated") as stage:
+    # OUT replaced as a whole, under its lock: masters and calibrated frames of one call, never mixed with an
+    # earlier call's, nothing left behind by a failure or an interrupt
+    with OutputStage(out, replace=True) as stage:
+        for ccd, m in masters.items():
+            m.write_into(stage.path if len(masters) == 1 else stage.path / f"ccd_{ccd}")
+        if args.lights:
+            folder = stage.path / "calibrated"
+            folder.mkdir()
             for ref in lights:
                 image = calibrate_ccd(read_ccd(ref, config.io), masters[ref.ccd], overscan=config.calibrate.overscan,
                                       trim=config.calibrate.trim, saturation_keys=config.io.saturation_keys)
@@ -223,7 +228,10 @@ def _calibrate(args) -> int:
                 header["HISTORY"] = fits_text(f"ssodetect calibrate: {masters[ref.ccd].describe()}", None)
                 data = np.where(image.mask, np.nan, image.data).astype(np.float32)
                 name = Path(ref.path).name.rsplit(".", 1)[0] + (f"_{ref.ccd}" if len(masters) > 1 else "") + ".fits"
-                fits.PrimaryHDU(data, header).writeto(stage.file(name))
+                fits.PrimaryHDU(data, header).writeto(folder / name)
+    for ccd, m in masters.items():
+        print(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / f'ccd_{ccd}'}")
+    if args.lights:
         print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
     return 0
 
@@ -322,8 +330,9 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, argv) -> None:
-    """The run's ``manifest.json`` with the checksums of the rewritten reports (and without the dropped ones), staged."""
+def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, argv, config: dict | None = None) -> None:
+    """The run's ``manifest.json`` with the checksums of the rewritten reports (and without the dropped ones), staged;
+    ``config``: the configuration now recorded (``report --config``)."""
     import json
     from datetime import datetime, timezone
 
@@ -341,9 +350,24 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
         products.pop(name, None)
     for p in written:
         products[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    if config is not None:
+        manifest["config"] = config
     manifest.setdefault("reports", []).append({"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                                "command": list(argv), "files": sorted(p.name for p in written)})
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _run_products(directory: Path) -> set:
+    """The names of the products a run in ``directory`` lists in its ``manifest.json`` (with the manifest and the run's
+    own tables); empty when ``directory`` holds no run."""
+    if not (directory / "manifest.json").is_file():
+        return set()
+    try:
+        products = safejson.read(directory / "manifest.json").get("products", {})
+    except (OSError, ValueError, AttributeError):
+        products = {}
+    listed = set(products) if isinstance(products, dict) else set()
+    return listed | {"manifest.json", "config.toml", "objects.ecsv", "observations.ecsv", "provenance.json"}
 
 
 def _check_run_directory(outdir: Path, *, writing: bool = False) -> None:
@@ -400,7 +424,7 @@ def _write_evaluation(outdir: Path, ev, args) -> None:
 
 
 def _report(args) -> int:
-    from ssodetect.config import load_config
+    from ssodetect.config import dump_toml, load_config
     from ssodetect.io import OutputStage
     from ssodetect.io.outputs import recorded_files
     from ssodetect.report.products import REPORT_FILES, write_reports
@@ -410,14 +434,26 @@ def _report(args) -> int:
     for name in ("observations.ecsv", "objects.ecsv", "provenance.json"):
         if not (outdir / name).is_file():
             raise SSODetectError(f"{outdir}: not a finished ssodetect run ({name} is missing)")
-    config = load_config(args.config or (outdir / "config.toml" if (outdir / "config.toml").is_file() else None))
+    config = load_config(outdir / "config.toml" if (outdir / "config.toml").is_file() else None)
+    if args.config:
+        # the run's settings stay; the reports take the given file's [report] section, recorded as the run's now
+        given = load_config(args.config)
+        if given.report != config.report:
+            config.report = given.report
+        else:
+            args.config = None  # nothing to record
     counter = WarningCount()  # a report written with warnings exits 1, as the run that wrote it did
     log.addHandler(counter)
     try:
         with OutputStage(outdir) as stage:
-            written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}")
+            written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}",
+                                    config_text=dump_toml(config) if args.config else None)
+            if args.config:
+                stage.file("config.toml").write_text(dump_toml(config))
+                written.append(stage.path / "config.toml")
             dropped = set(REPORT_FILES) - {p.name for p in written}
-            _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv])
+            _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv],
+                             config=config.model_dump(mode="json") if args.config else None)
     finally:
         log.removeHandler(counter)
     ours = (recorded_files(outdir) or set()) if dropped else set()
@@ -701,11 +737,14 @@ def _ml(args) -> int:
         _option(config.ml, "model", args.model, "--model")
         if args.threshold is not None:
             _option(config.ml, "threshold", args.threshold, "--threshold")
+        out = Path(args.out) if args.out else None
+        if out is not None and out.name in _run_products(out.parent):
+            raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and "
+                                 "reports are never replaced by scores); give another file name")
         vetting = score_run(source, config)
-        if args.out:
+        if out is not None:
             from ssodetect.io.outputs import OutputStage
 
-            out = Path(args.out)
             with OutputStage(out.parent) as stage:
                 vetting.write(stage.file(out.name), format="ascii.ecsv")
         kept = int(np.sum(vetting["kept"]))

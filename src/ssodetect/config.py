@@ -369,8 +369,9 @@ class LinkConfig(_Section):
         description="A tracklet refused by the false-alarm control (max_false_alarms) by at most this factor, and "
         "not detected in some exposure, is confirmed on the pixels (occupancy step): kept when its light is measured "
         "where it is predicted in the exposures without a detection (at least confirm_min_snr, within "
-        "missing_max_deficit standard deviations of its detections' flux, above or below) and it leaves nothing "
-        "behind where it was; dropped otherwise (counted). 0: no such confirmation.",
+        "missing_max_deficit standard deviations of its detections' flux, above or below) and it is shown to leave "
+        "nothing behind where it was (occupancy median 2 standard errors below occupancy_threshold); dropped "
+        "otherwise (counted). 0: no such confirmation.",
     )
     confirm_min_snr: float = Field(
         default=5.0, gt=0, description="Signal-to-noise of the flux measured at a doubtful tracklet's predicted "

@@ -210,30 +210,38 @@ class MasterFrames:
         return out
 
     def write(self, directory) -> list[str]:
-        """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist)."""
+        """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist), committed
+        together into ``directory`` (added to what it holds)."""
         from pathlib import Path
 
-
-        written = []
         with OutputStage(Path(directory)) as stage:
-            for name, unit in (("bias", "adu"), ("dark", "adu / s"), ("flat", "")):
-                master = getattr(self, name)
-                if master is None:
-                    continue
-                header = fits.Header()
-                sources = self.sources.get(name, [])
-                if sources:  # time and exposure of the first frame, so the master reads like any frame
-                    first = fits.getheader(sources[0])
-                    for key in ("DATE-OBS", "MJD-OBS", "EXPTIME", "INSTRUME", "TELESCOP", "FILTER"):
-                        if key in first:
-                            header[key] = first[key]
-                header["IMAGETYP"] = f"master {name}"
-                header["NCOMBINE"] = (self.counts.get(name, 0), "frames combined")
-                header["BUNIT"] = unit
-                for i, src in enumerate(self.sources.get(name, [])[:99]):
-                    header[f"SRC{i:02d}"] = str(src)[-68:]
-                fits.PrimaryHDU(master.astype(np.float32), header).writeto(stage.file(f"master_{name}.fits"))
-                written.append(f"master_{name}.fits")
+            return self.write_into(stage.path)
+
+    def write_into(self, folder) -> list[str]:
+        """Write the masters into ``folder`` (a staging directory: created, not committed); returns their names."""
+        from pathlib import Path
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, unit in (("bias", "adu"), ("dark", "adu / s"), ("flat", "")):
+            master = getattr(self, name)
+            if master is None:
+                continue
+            header = fits.Header()
+            sources = self.sources.get(name, [])
+            if sources:  # time and exposure of the first frame, so the master reads like any frame
+                first = fits.getheader(sources[0])
+                for key in ("DATE-OBS", "MJD-OBS", "EXPTIME", "INSTRUME", "TELESCOP", "FILTER"):
+                    if key in first:
+                        header[key] = first[key]
+            header["IMAGETYP"] = f"master {name}"
+            header["NCOMBINE"] = (self.counts.get(name, 0), "frames combined")
+            header["BUNIT"] = unit
+            for i, src in enumerate(self.sources.get(name, [])[:99]):
+                header[f"SRC{i:02d}"] = str(src)[-68:]
+            fits.PrimaryHDU(master.astype(np.float32), header).writeto(folder / f"master_{name}.fits")
+            written.append(f"master_{name}.fits")
         return written
 
 
@@ -383,6 +391,8 @@ def _named_kind(header, keys: list[str]) -> tuple[str, str, str] | None:
 
 def _seconds(value) -> float | None:
     """A header's exposure time as a number [s]; None when it is none."""
+    if isinstance(value, (bool, np.bool_)):  # T is not 1 s
+        return None
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -435,7 +445,13 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             image = reduce_overscan(data, header, path, overscan=overscan, trim=trim)
             if images and image.shape != images[0][1].shape:
                 raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
-            exptime = next((float(header[k]) for k in exptime_keys if k in header), None)
+            key = next((k for k in exptime_keys if k in header and header[k] is not None
+                        and str(header[k]).strip() != ""), None)
+            exptime = _seconds(header[key]) if key else None
+            if key and exptime is None:
+                value = header[key]
+                shown_value = ("T" if value else "F") if isinstance(value, (bool, np.bool_)) else repr(value)
+                raise InputError(f"{path}: {kind} frame's {key} = {shown_value} is not a number")
             said_by = merge_headers(header, primary)  # (the primary header's cards under the extension's)
             said = _named_kind(header, type_keys) or (_named_kind(primary, type_keys) if primary is not None else None)
             if said is not None and said[0] != kind:
@@ -475,8 +491,11 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             if masters.dark is not None and exptime:
                 level = level - masters.dark * np.float32(exptime)
             median = float(np.nanmedian(level))
-            if not np.isfinite(median) or median <= 0:
-                raise InputError(f"{path}: flat frame has no positive signal (median {median:.3g} ADU)")
+            spread = 1.4826 * float(np.nanmedian(np.abs(level - median))) if np.isfinite(median) else float("nan")
+            if not np.isfinite(median) or median <= 0 or median <= FLAT_MIN_LEVEL * spread:
+                # an all-zero (or clipped) frame leaves bias and dark noise around 0: dividing by it makes noise
+                raise InputError(f"{path}: flat frame has no positive signal (median {median:.3g} ADU, not "
+                                 f"{FLAT_MIN_LEVEL:g} times its pixel scatter {spread:.3g} ADU)")
             stack.append(level / np.float32(median))
         flat = _combine(stack, sigma)
         masters.flat = (flat / np.float32(np.nanmedian(flat))).astype(np.float32)
@@ -488,6 +507,11 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
         raise InputError(f"calibration frames of different shapes {sorted(shapes)}")
     log.info("calibration: %s", masters.describe())
     return masters
+
+
+#: A flat's median level (bias and dark removed) must exceed this many times its pixels' robust scatter (a real flat,
+#: vignetted by half, is ~6 times it; an empty one is ~0).
+FLAT_MIN_LEVEL = 3.0
 
 
 def calibrate_ccd(image, masters: MasterFrames, *, overscan: bool = True, trim: bool = True,

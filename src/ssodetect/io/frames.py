@@ -320,6 +320,10 @@ def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
             if path.suffix.lower() == suffix:
                 raise InputError(f"{path}: damaged {name} file (named {suffix}, but not {name}-compressed)")
         return
+    named = {".gz": "gzip", ".bz2": "bzip2"}.get(path.suffix.lower())
+    if named and named != kind:  # astropy decompresses by the name: it would read nothing
+        raise InputError(f"{path}: named {path.suffix} ({named}), but its content is {kind}-compressed; rename it "
+                         f"{'.gz' if kind == 'gzip' else '.bz2'}")
     opener = gzip.open if kind == "gzip" else bz2.open
     try:
         with opener(path, "rb") as handle:
@@ -356,25 +360,29 @@ def _check_cards(path: Path, hdul: fits.HDUList) -> None:
                                  "number; fix or remove the card")
 
 
-def _check_trailing(path: Path) -> None:
+def _check_trailing(path: Path) -> str:
     """Refuse an uncompressed file with more than :data:`MAX_TRAILING_BYTES` after its last HDU, or an HDU that
-    declares more than :data:`MAX_HDU_PIXELS` pixels (tile-compressed images included)."""
+    declares more than :data:`MAX_HDU_PIXELS` pixels (tile-compressed images included); returns what lies after the
+    last HDU when anything does (for the message when astropy then refuses the file), else an empty string."""
     if _compression(path) or path.suffix.lower() == ".bz2":
-        return  # compressed: checked as a stream by _check_gzip
+        return ""  # compressed: checked as a stream by _check_gzip
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
             extent = _hdu_extent(path, handle, size)
     except OSError:
-        return
+        return ""
     if extent is not None and size - extent > MAX_TRAILING_BYTES:
         raise InputError(f"{path}: {size - extent} bytes after its last HDU ({extent} bytes of FITS): not a FITS "
                          "file as written (padded or damaged)")
+    if extent is not None and size > extent:
+        return f"{size - extent} bytes after its last HDU ({extent} bytes of FITS)"
+    return ""
 
 
 def _open(path: Path) -> fits.HDUList:
     _check_gzip(path)
-    _check_trailing(path)
+    trailing = _check_trailing(path)
     problem = ""
     with warnings.catch_warnings():
         # astropy leaves the file open when it raises (NAXIS = 999): closed here, when its traceback goes
@@ -385,12 +393,17 @@ def _open(path: Path) -> fits.HDUList:
                 hdul = fits.open(path, memmap=False, lazy_load_hdus=False)
         except (OSError, ValueError, IndexError, TypeError, KeyError) as exc:  # KeyError: NAXIS = 999, no NAXIS3
             problem = reason(exc)
+    if problem and trailing:  # astropy read the bytes after the last HDU as another header
+        raise InputError(f"{path}: {trailing}: not a FITS file as written (padded or damaged)")
     if problem:
         raise InputError(f"{path}: not a readable FITS file ({problem})")
     if not hdul or not isinstance(hdul[0], (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         hdul.close()  # e.g. SIMPLE = F: astropy reads it as a non-standard HDU it cannot take apart
         raise InputError(f"{path}: not a standard FITS file (its primary header is not a standard one: SIMPLE = F?)")
     problems = [str(w.message) for w in caught if issubclass(w.category, AstropyUserWarning)]
+    if problems and trailing:
+        hdul.close()
+        raise InputError(f"{path}: {trailing}: not a FITS file as written (padded or damaged)")
     if problems:
         hdul.close()
         kind = "truncated FITS file" if any("truncated" in p for p in problems) else "damaged FITS file"

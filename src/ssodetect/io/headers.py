@@ -205,12 +205,41 @@ def observation_time(header: fits.Header, config: IOConfig, *, fallback: fits.He
         # ERFA's "dubious year" for a date outside its leap-second table (DATE-OBS = '0001-01-01') names no file:
         # such a year is refused by _plausible_utc, with the keyword, and the caller names the file
         warnings.simplefilter("ignore", ErfaWarning)
-        return _observation_time(merge_headers(header, fallback), config)
+        found = _observation_time(merge_headers(header, fallback), config)
+    disagreement = _exptime_disagreement(header, fallback, config.exptime_keys, found.exptime)
+    return replace(found, notes=found.notes + (disagreement,)) if disagreement else found
+
+
+def _exptime_disagreement(header: fits.Header, fallback: fits.Header | None, keys, used: float) -> str:
+    """A note when the exposure-time cards of ``header`` and ``fallback`` (every card, duplicates too) do not all
+    give ``used`` [s]; empty when they agree."""
+    values = []
+    for where, hdr in (("extension" if fallback is not None else "header", header), ("primary header", fallback)):
+        if hdr is None:
+            continue
+        for card in hdr.cards:
+            if card.keyword in keys and not isinstance(card.value, (bool, np.bool_)):
+                try:
+                    value = float(card.value)
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    values.append(f"{card.keyword} = {value:g} s ({where})")
+                    if not math.isclose(value, used, rel_tol=1e-6, abs_tol=1e-6):
+                        values[-1] += " *"
+    if not any(v.endswith(" *") for v in values):
+        return ""
+    return (f"exposure times disagree: {', '.join(v.rstrip(' *') for v in values)}; {used:g} s is used (the first "
+            "card of the image's own header)")
 
 
 def _observation_time(merged: fits.Header, config: IOConfig) -> ObservationTime:
     """:func:`observation_time` of a merged header."""
     exptime = first_keyword(merged, config.exptime_keys, 0.0)
+    if isinstance(exptime, (bool, np.bool_)):  # (T would read as 1 s)
+        key = next((k for k in config.exptime_keys if k in merged and isinstance(merged[k], (bool, np.bool_))),
+                   "EXPTIME")
+        raise ValueError(f"exposure time {key} = {'T' if exptime else 'F'} is not a number")
     try:
         exptime = float(exptime)
     except (TypeError, ValueError):
@@ -226,6 +255,8 @@ def _observation_time(merged: fits.Header, config: IOConfig) -> ObservationTime:
         value = merged[key]
         comment = merged.comments[key] or ""
         try:
+            if isinstance(value, (bool, np.bool_)):  # (T would read as MJD 1 or JD 1)
+                raise ValueError(f"{'T' if value else 'F'} is not a time")
             if key.startswith("MJD") or key == "MIDTIMJD":
                 t = Time(float(value), format="mjd", scale=scale)
             elif key.startswith("JD"):
@@ -308,6 +339,11 @@ def sanitize_wcs_header(header: fits.Header) -> tuple[fits.Header, list[str]]:
         if unit.lower() in ("degree", "degrees", "degs"):
             fixed[key] = "deg"
             notes.append(f"{key}={unit!r} read as 'deg'")
+    for key in ("CTYPE1", "CTYPE2"):
+        value = fixed.get(key)
+        if isinstance(value, str) and value.strip() and value.strip() != value.strip().upper():
+            fixed[key] = value.strip().upper()  # FITS names the axes in upper case; wcslib knows no 'ra---tan'
+            notes.append(f"{key}={value!r} read as {value.strip().upper()!r}")
     ctype1 = str(fixed.get("CTYPE1", "")).strip().upper()
     ctype2 = str(fixed.get("CTYPE2", "")).strip().upper()
     has_sip = "A_ORDER" in fixed and "B_ORDER" in fixed

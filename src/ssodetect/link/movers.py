@@ -291,12 +291,15 @@ def vet_edge_fits(tracklets: list, edge_fit: np.ndarray, max_fraction: float = 0
     return [t for t in tracklets if np.sum(edge_fit[list(t.members)]) <= max_fraction * len(t.members)]
 
 
-def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin: float = 1.0) -> list:
+def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin: float = 3.0) -> list:
     """Drop members (or whole slow tracklets) trailed far more than their motion allows.
 
     A mover at rate ``r`` draws ``r * exptime`` in an exposure; a member's measured trail may exceed
-    that by ``margin`` [arcsec] or four times the members' median minor-axis rms, whichever is larger
-    (short trails and seeing-limited blobs are measured coarsely).  Longer members are blends (a slow
+    that by ``margin`` [px] or four times the members' median minor-axis rms, whichever is larger
+    (short trails and seeing-limited blobs are measured coarsely).  The margin was 1" until static galaxies,
+    9 px "trails" at 0.1"/px, were strung into movers at 0.31-0.33"/h (members 322, 323 and 327: three of the
+    eight false objects of members 321-330): a fixed angle is ten PSF widths at Euclid's scale and none on the
+    ground.  Longer members are blends (a slow
     mover next to a star for part of a long sequence) whose footprint barycentre is biased: they are
     removed and the motion refitted when at least ``min_detections`` and a third of the members stay;
     otherwise the tracklet is dropped (a deblended galaxy or a string of blends).
@@ -304,13 +307,14 @@ def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin:
     trail = np.nan_to_num(np.asarray(slow["trail_arcsec"], float))
     exptime = np.asarray(slow["exptime"], float)
     # a blob's measured length is uncertain by a few PSF widths (seeing, blends): 4 minor-axis rms
-    width = np.nan_to_num(np.asarray(slow["b"], float) * np.asarray(slow["pixel_scale"], float))
+    scale = np.asarray(slow["pixel_scale"], float)  # [arcsec/px]
+    width = np.nan_to_num(np.asarray(slow["b"], float) * scale)
     t_h, xi, eta = (np.asarray(slow[c], float) for c in ("t_hours", "xi", "eta"))
     sigma = np.asarray(slow["sigma"], float)
     kept = []
     for trk in tracklets:
         idx = np.array(trk.members)
-        slack = max(margin, 4.0 * float(np.median(width[idx])))
+        slack = max(margin * float(np.median(scale[idx])), 4.0 * float(np.median(width[idx])))
         ok = trail[idx] <= trk.rate * exptime[idx] / 3600.0 + slack
         if ok.all():
             kept.append(trk)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -262,7 +263,15 @@ def score_run(run_dir, config: Config) -> Table:
         observations = Table.read(run_dir / "observations.ecsv", format="ascii.ecsv")
     except (OSError, ValueError) as exc:
         raise InputError(f"{run_dir}: not a finished ssodetect run ({exc})") from None
-    refs = scan_inputs(find_inputs(provenance["inputs"]), config.io)
+    inputs = provenance.get("inputs") if isinstance(provenance, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(p, str) for p in inputs):
+        raise InputError(f"{run_dir / 'provenance.json'}: no list of the run's inputs")
+    for path in inputs:
+        if not os.path.exists(path):
+            raise InputError(f"{run_dir}: the run's input {path} (as recorded in its provenance.json"
+                             + (", relative to the directory the run was started in" if not os.path.isabs(path) else "")
+                             + ") is not found")
+    refs = scan_inputs(find_inputs(inputs), config.io)
     refs, masters = build_calibration(refs, config)
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)
     fitted = {}

@@ -23,7 +23,7 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.detect.shape import psf_photometry
-from ssodetect.link.pixels import (missing_confirms, missing_deficit, occupancy_scores, occupancy_verdict,
+from ssodetect.link.pixels import (missing_confirms, missing_deficit, occupancy_scores, occupancy_verdict, shows_motion,
                                    trail_overlap)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
@@ -230,10 +230,11 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                   median_err, verdict, deficit)
         if name in doubtful:
             # its light where it was not detected, and nothing left behind where it was: a mover, not a chance
-            # alignment of unrelated candidates (those are absent at the prediction, or still there)
-            if verdict == "moving" and missing_confirms(own_flux, own_err, plan["flux"][m], plan["err"][m],
-                                                        scatter=lc.flux_scatter, min_snr=lc.confirm_min_snr,
-                                                        max_deviation=lc.missing_max_deficit):
+            # alignment of unrelated candidates (those are absent at the prediction, or still there); "nothing left
+            # behind" shown, not merely not refuted
+            moved = verdict == "moving" and shows_motion(median, median_err, threshold=lc.occupancy_threshold)
+            if moved and missing_confirms(own_flux, own_err, plan["flux"][m], plan["err"][m], scatter=lc.flux_scatter,
+                                          min_snr=lc.confirm_min_snr, max_deviation=lc.missing_max_deficit):
                 confirmed.add(name)
             continue
         if np.isfinite(deficit):

@@ -567,7 +567,7 @@ BUILTIN_STEPS = [
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "12", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "13", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
                                  "candidates", "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
@@ -582,7 +582,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter", "link.confirm_min_snr")
-         + _PIXELS, "4", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
+         + _PIXELS, "5", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
          "tracklets where they were not detected (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
@@ -726,6 +726,10 @@ def run_pipeline(
         Bad inputs or configuration (nothing is written).
     """
     inputs, config, keywords = _api_arguments(inputs, config, keywords)
+    if refcat is not None and not isinstance(refcat, (str, os.PathLike)):  # (an int is opened as a file descriptor)
+        raise ConfigError(f"refcat: {refcat!r} is no path (a str or a pathlib.Path, or 'gaia')")
+    if outdir is not None and not isinstance(outdir, (str, os.PathLike)):
+        raise ConfigError(f"outdir: {outdir!r} is no path (a str or a pathlib.Path)")
     if obs_id is not None:
         check_label("obs_id", obs_id)
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
@@ -993,7 +997,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
                  REGIONS_DIR, len(counts), sum(counts.values()))
     provenance = {
         "software": _versions(),
-        "inputs": [str(p) for p in inputs],
+        "inputs": [os.path.abspath(p) for p in inputs],  # (a later command may run elsewhere)
         "refcat": str(refcat) if refcat else None,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": {k: round(v, 1) for k, v in getattr(timings, "peak_mb", {}).items()},
@@ -1215,7 +1219,7 @@ def run_astrometry(
         timings["total"] = time.perf_counter() - t_run
         provenance = {
             "software": _versions(),
-            "inputs": [str(p) for p in inputs],
+            "inputs": [os.path.abspath(p) for p in inputs],  # (a later command may run elsewhere)
             "refcat": str(refcat),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": {k: round(v, 1) for k, v in getattr(timings, "peak_mb", {}).items()},

@@ -166,7 +166,7 @@ def _read_table(path: Path) -> Table:
 
 
 def write_reports(source: str | Path, target: str | Path, config: Config, *, title: str | None = None,
-                  evaluation: Table | None = None) -> list[Path]:
+                  evaluation: Table | None = None, config_text: str | None = None) -> list[Path]:
     """Write the ADES, 80-column and HTML reports of the run in ``source`` into ``target``.
 
     Parameters
@@ -182,6 +182,8 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     evaluation : Table, optional
         Completeness against the simulated truth (``evaluation.ecsv`` of ``ssodetect evaluate``; default: the
         one in ``source`` if any), plotted on the page.
+    config_text : str, optional
+        The configuration shown on the page (default: ``source``'s ``config.toml``).
 
     Returns
     -------
@@ -242,7 +244,8 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
                  "report written")
     astrometry = _read_table(source / "astrometry.ecsv") if (source / "astrometry.ecsv").exists() else None
     known = _read_table(source / "known.ecsv") if (source / "known.ecsv").exists() else None
-    config_text = (source / "config.toml").read_text() if (source / "config.toml").exists() else ""
+    if config_text is None:
+        config_text = (source / "config.toml").read_text() if (source / "config.toml").exists() else ""
     names = {k: (v[0] or v[1]) for k, v in identities.items()}
     vetting = _read_table(source / "vetting.ecsv") if (source / "vetting.ecsv").exists() else None
     if evaluation is None and (source / EVALUATION_FILE).exists():

@@ -60,7 +60,7 @@ class SimulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(default=1, description="Random seed; the scene is deterministic for a seed.")
+    seed: int = Field(default=1, ge=0, description="Random seed (>= 0); the scene is deterministic for a seed.")
     nccd: int = Field(default=1, ge=1, le=36, description="Number of CCDs (arranged in a grid).")
     nx: int = Field(default=2048, ge=128, le=8192, description="CCD width [px] (at most 8192: a Euclid CCD is ~4k).")
     ny: int = Field(default=2048, ge=128, le=8192, description="CCD height [px] (at most 8192).")
