@@ -209,7 +209,15 @@ def _calibrate(args) -> int:
     config = load_config(args.config)
     config.calibrate.hot_pixels = False  # masters from calibration frames only (the run finds hot pixels itself)
     out = Path(args.out)
-    check_apart(out, [*args.inputs, *config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat])
+    check_apart(out, [*args.inputs, *config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat],
+                owner="calibration")
+    if out.is_dir():  # OUT is replaced as a whole: only an earlier calibration's products may be there
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in CALIBRATE_PRODUCTS
+                        and not p.name.startswith("ccd_"))
+        if others:
+            raise SSODetectError(f"{out}: holds {others[0]}, not a product of ssodetect calibrate (a run, a scene or "
+                                 "files of yours); calibrate replaces its output directory as a whole, so choose "
+                                 "another one")
     lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
     if not masters:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
@@ -235,6 +243,9 @@ def _calibrate(args) -> int:
         print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
     return 0
 
+
+#: What ``ssodetect calibrate`` writes into its output directory (besides ``ccd_<name>/`` folders of these).
+CALIBRATE_PRODUCTS = ("master_bias.fits", "master_dark.fits", "master_flat.fits", "calibrated")
 
 #: Columns ``evaluate`` needs in a truth table (those ``ssodetect simulate`` writes).
 TRUTH_COLUMNS = ("object", "exposure", "ra", "dec", "mag", "rate", "trail_length", "on_detector")
@@ -360,6 +371,8 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
 def _run_products(directory: Path) -> set:
     """The names of the products a run in ``directory`` lists in its ``manifest.json`` (with the manifest and the run's
     own tables); empty when ``directory`` holds no run."""
+    from ssodetect.io.outputs import RECORD as OUTPUT_RECORD
+
     if not (directory / "manifest.json").is_file():
         return set()
     try:
@@ -367,7 +380,8 @@ def _run_products(directory: Path) -> set:
     except (OSError, ValueError, AttributeError):
         products = {}
     listed = set(products) if isinstance(products, dict) else set()
-    return listed | {"manifest.json", "config.toml", "objects.ecsv", "observations.ecsv", "provenance.json"}
+    return listed | {"manifest.json", "config.toml", "objects.ecsv", "observations.ecsv", "provenance.json", "run.log",
+                     OUTPUT_RECORD}
 
 
 def _check_run_directory(outdir: Path, *, writing: bool = False) -> None:
@@ -738,7 +752,7 @@ def _ml(args) -> int:
         if args.threshold is not None:
             _option(config.ml, "threshold", args.threshold, "--threshold")
         out = Path(args.out) if args.out else None
-        if out is not None and out.name in _run_products(out.parent):
+        if out is not None and (out.name in _run_products(out.parent) or out.name.startswith(".")):
             raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and "
                                  "reports are never replaced by scores); give another file name")
         vetting = score_run(source, config)

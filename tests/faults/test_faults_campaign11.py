@@ -58,11 +58,12 @@ def test_a_flat_without_signal_is_refused(tmp_path, capsys):
     _refused(cli(capsys, "calibrate", raw, "--out", tmp_path / "cal", "--lights"), "f0.fits",
              "flat frame has no positive signal")
     assert snapshot(tmp_path) == before
-    # a real flat, vignetted to half its level at the corners, is taken
+    # a real flat, vignetted to 5 % of its level at the corners, is taken (the re-check's N1: the pixels' scatter
+    # about the median counted the vignetting as noise)
     good = tmp_path / "good"
     _raw_set(good, rng)
     y, x = np.mgrid[:NY, :NX]
-    vignette = 1.0 - 0.5 * np.hypot((x - NX / 2) / (NX / 2), (y - NY / 2) / (NY / 2)) ** 2 / 2
+    vignette = 1.0 - 0.95 * np.hypot((x - NX / 2) / (NX / 2), (y - NY / 2) / (NY / 2)) ** 2 / 2  # 5 % at corners
     for i in range(3):
         data = 1000.0 + 20000.0 * vignette + rng.normal(0, 3, (NY, NX))
         fits.writeto(good / f"f{i}.fits", data.astype(np.uint16), fits.getheader(good / f"f{i}.fits"), overwrite=True)
@@ -97,8 +98,26 @@ def test_calibrate_writes_all_or_nothing_and_never_mixes_two_calls(tmp_path, cap
     assert outcome.code == 2 and "light.fits" in outcome.errors[0], outcome.err
     assert snapshot(tmp_path) == before
     # the raw directory itself as OUT
-    _refused(cli(capsys, "calibrate", raw, "--out", raw), "holds the run's input")
+    _refused(cli(capsys, "calibrate", raw, "--out", raw), "holds the calibration's input")
     assert snapshot(tmp_path) == before
+    # a run's directory as OUT (the re-check's N3: it was replaced by three masters)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "calibrate", raw, "--out", run), "holds manifest.json, not a product of ssodetect calibrate")
+    assert snapshot(tmp_path) == before
+    # an OUT of the previous version's calibrate --lights (a record of its own in calibrated/) is replaced
+    from ssodetect.io.outputs import OutputStage
+
+    set_header(light, 0, TRIMSEC=f"[1:{NX},1:{NY}]")
+    old = tmp_path / "old"
+    with OutputStage(old) as stage:
+        (stage.path / "master_bias.fits").write_bytes((out / "master_bias.fits").read_bytes())
+    with OutputStage(old / "calibrated") as stage:
+        (stage.path / "light.fits").write_bytes(b"x")
+    assert cli(capsys, "calibrate", raw, "--out", old, "--lights").code == 0
+    assert (old / "master_flat.fits").is_file() and (old / "calibrated" / "light.fits").stat().st_size > 2880
 
 
 @pytest.mark.parametrize("key", ["EXPTIME", "MJD-OBS"])
@@ -188,16 +207,21 @@ def test_bytes_after_the_last_hdu_are_counted_in_the_message(scene, tmp_path, ca
     assert snapshot(tmp_path) == before
 
 
-def test_a_bzip2_stream_named_gz_is_named(scene, tmp_path, capsys):
-    """D13: a bzip2 stream in a .gz file was "not a readable FITS file (empty or truncated)"."""
-    import bz2
-
+@pytest.mark.parametrize("make, said", [
+    (lambda data: __import__("bz2").compress(data, 1), "bzip2-compressed; rename it .bz2"),
+    (lambda data: __import__("gzip").compress(__import__("bz2").compress(data, 1), 1), "compressed twice"),
+    (lambda data: __import__("gzip").compress(data + b"\0" * 5000, 1), "5000 bytes after its last HDU"),
+])
+def test_compressed_frames_are_named_for_what_they_hold(scene, tmp_path, capsys, make, said):
+    """D13: a bzip2 stream in a .gz file was "not a readable FITS file (empty or truncated)"; the re-check's S3 (gzip of
+    a bzip2 stream: the same) and S4 (zero bytes after the last HDU inside the gzip stream: "Unexpected extra
+    padding")."""
     src = copy_inputs(scene, tmp_path / "in")
     path = src / "exp_03.fits"
-    (src / "exp_03.fits.gz").write_bytes(bz2.compress(path.read_bytes(), 1))
+    (src / "exp_03.fits.gz").write_bytes(make(path.read_bytes()))
     path.unlink()
     before = snapshot(tmp_path)
-    _refused(cli(capsys, "run", src, "--out", tmp_path / "out"), "exp_03.fits.gz", "bzip2-compressed; rename it .bz2")
+    _refused(cli(capsys, "run", src, "--out", tmp_path / "out"), "exp_03.fits.gz", said)
     assert snapshot(tmp_path) == before
 
 
@@ -210,12 +234,16 @@ def test_a_negative_simulation_seed_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("refcat, outdir, said", [(5, "out", "refcat: 5 is no path"),
                                                    (None, 7, "outdir: 7 is no path")])
 def test_api_paths_of_the_wrong_type_are_refused(scene, tmp_path, refcat, outdir, said):
-    """D11: refcat=5 was opened as file descriptor 5 ("Bad file descriptor"; any file open there would be read)."""
+    """D11: refcat=5 was opened as file descriptor 5 ("Bad file descriptor"; any file open there would be read); the
+    re-check's S5: the same in run_astrometry."""
     from ssodetect.errors import ConfigError
-    from ssodetect.pipeline import run_pipeline
+    from ssodetect.pipeline import run_astrometry, run_pipeline
 
+    out = tmp_path / outdir if isinstance(outdir, str) else outdir
     with pytest.raises(ConfigError, match=said):
-        run_pipeline([scene], tmp_path / outdir if isinstance(outdir, str) else outdir, None, refcat=refcat)
+        run_pipeline([scene], out, None, refcat=refcat)
+    with pytest.raises(ConfigError, match=said):
+        run_astrometry([scene], out, refcat if refcat is not None else scene / "refcat.ecsv")
     assert not (tmp_path / "out").exists()
 
 
@@ -226,6 +254,10 @@ def test_scores_are_never_written_over_the_runs_own_tables(good_run, tmp_path, c
     before = snapshot(tmp_path)
     _refused(cli(capsys, "ml", "predict", run, "--out", run / "objects.ecsv"), "objects.ecsv",
              "a product of the run")
+    assert snapshot(tmp_path) == before
+    # nor over its record or its log (the re-check's S1, S2)
+    for name in (".ssodetect-products.json", "run.log"):
+        _refused(cli(capsys, "ml", "predict", run, "--out", run / name), name, "a product of the run")
     assert snapshot(tmp_path) == before
     # a scores file of its own beside the run's products, written again by a second call
     for _ in range(2):

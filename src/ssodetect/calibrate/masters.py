@@ -491,11 +491,14 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             if masters.dark is not None and exptime:
                 level = level - masters.dark * np.float32(exptime)
             median = float(np.nanmedian(level))
-            spread = 1.4826 * float(np.nanmedian(np.abs(level - median))) if np.isfinite(median) else float("nan")
-            if not np.isfinite(median) or median <= 0 or median <= FLAT_MIN_LEVEL * spread:
+            # pixel-to-pixel noise, from neighbours' differences (the illumination pattern, vignetting included, is
+            # smooth and drops out)
+            step = np.diff(level, axis=1)
+            noise = 1.4826 * float(np.nanmedian(np.abs(step - np.nanmedian(step)))) / np.sqrt(2.0) if step.size else 0.0
+            if not np.isfinite(median) or median <= 0 or median <= FLAT_MIN_LEVEL * noise:
                 # an all-zero (or clipped) frame leaves bias and dark noise around 0: dividing by it makes noise
                 raise InputError(f"{path}: flat frame has no positive signal (median {median:.3g} ADU, not "
-                                 f"{FLAT_MIN_LEVEL:g} times its pixel scatter {spread:.3g} ADU)")
+                                 f"{FLAT_MIN_LEVEL:g} times its pixel noise {noise:.3g} ADU)")
             stack.append(level / np.float32(median))
         flat = _combine(stack, sigma)
         masters.flat = (flat / np.float32(np.nanmedian(flat))).astype(np.float32)
@@ -509,8 +512,8 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
     return masters
 
 
-#: A flat's median level (bias and dark removed) must exceed this many times its pixels' robust scatter (a real flat,
-#: vignetted by half, is ~6 times it; an empty one is ~0).
+#: A flat's median level (bias and dark removed) must exceed this many times its pixel-to-pixel noise (a real flat is
+#: tens to hundreds of times it, vignetted or not; an empty one about 0).
 FLAT_MIN_LEVEL = 3.0
 
 

@@ -310,23 +310,30 @@ def _compression(path: Path) -> str:
     return "gzip" if magic[:2] == b"\x1f\x8b" else "bzip2" if magic == b"BZh" else ""
 
 
-def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
+def _check_gzip(path: Path, chunk: int = 1 << 24) -> str:
     """Raise if a gzip- or bzip2-compressed file fails its check, ends early (astropy may stop reading before the
-    check), or decompresses to more than :data:`MAX_TRAILING_BYTES` after its last HDU; read as a stream, in bounded
-    memory."""
+    check), is compressed twice, or decompresses to more than :data:`MAX_TRAILING_BYTES` after its last HDU; read as
+    a stream, in bounded memory.  Returns what lies after the last HDU in the decompressed stream when anything does
+    (for the message when astropy then refuses the file), else an empty string."""
     kind = _compression(path)
     if not kind:
         for suffix, name in ((".gz", "gzip"), (".bz2", "bzip2")):
             if path.suffix.lower() == suffix:
                 raise InputError(f"{path}: damaged {name} file (named {suffix}, but not {name}-compressed)")
-        return
+        return ""
     named = {".gz": "gzip", ".bz2": "bzip2"}.get(path.suffix.lower())
     if named and named != kind:  # astropy decompresses by the name: it would read nothing
         raise InputError(f"{path}: named {path.suffix} ({named}), but its content is {kind}-compressed; rename it "
                          f"{'.gz' if kind == 'gzip' else '.bz2'}")
     opener = gzip.open if kind == "gzip" else bz2.open
+    trailing = 0
     try:
         with opener(path, "rb") as handle:
+            magic = handle.read(3)
+            inner = "gzip" if magic[:2] == b"\x1f\x8b" else "bzip2" if magic == b"BZh" else ""
+            if inner:
+                raise InputError(f"{path}: {kind}-compressed {inner} data (compressed twice): decompress it once "
+                                 "more first")
             extent = _hdu_extent(path, handle, None)
             trailing = handle.tell() - extent if extent is not None else 0
             while block := handle.read(chunk):
@@ -339,6 +346,7 @@ def _check_gzip(path: Path, chunk: int = 1 << 24) -> None:
                                      "or a decompression bomb)")
     except (OSError, EOFError, zlib.error, ValueError) as exc:  # (bz2: OSError "Invalid data stream")
         raise InputError(f"{path}: damaged {kind} file ({reason(exc)})") from None
+    return f"{trailing} bytes after its last HDU ({extent} bytes of FITS, decompressed)" if trailing > 0 else ""
 
 
 def _check_cards(path: Path, hdul: fits.HDUList) -> None:
@@ -381,8 +389,7 @@ def _check_trailing(path: Path) -> str:
 
 
 def _open(path: Path) -> fits.HDUList:
-    _check_gzip(path)
-    trailing = _check_trailing(path)
+    trailing = _check_gzip(path) or _check_trailing(path)
     problem = ""
     with warnings.catch_warnings():
         # astropy leaves the file open when it raises (NAXIS = 999): closed here, when its traceback goes

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from ssodetect import safejson
-from ssodetect.errors import InputError
+from ssodetect.errors import InputError, SSODetectError
 from ssodetect.keys import cache_key, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
@@ -298,6 +298,13 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         here = Path(root).relative_to(directory).as_posix()
+        if here != "." and RECORD in files:
+            # a folder with a record of its own (an earlier version's ``calibrate --lights`` kept one in calibrated/)
+            try:
+                nested = recorded_files(root) or set()
+            except SSODetectError:
+                nested = set()
+            ours = ours | {f"{here}/{name}" for name in nested}
         names = sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]
         candidates = [Path(root, name).relative_to(directory).as_posix() for name in names]
         if not names and not dirs and here != "." and not any(name.startswith(here + "/") for name in ours):
@@ -544,7 +551,9 @@ class OutputStage:
                 raise InputError(f"{folder}: not writable, so the earlier products in it cannot be replaced")
 
     def file(self, name: str) -> Path:
-        """Path of a product inside the stage."""
+        """Path of a product inside the stage (never the record's name: the commit writes the record)."""
+        if Path(name).name == RECORD:
+            raise InputError(f"{self.outdir / name}: the record of the files ssodetect wrote there; not a product name")
         return self.path / name
 
     def carry(self, name: str) -> int:
@@ -697,7 +706,7 @@ def sibling_name(relative: str | Path) -> str:
     return name.encode()[:SIBLING_NAME_MAX - 17].decode(errors="ignore") + "-" + digest
 
 
-def check_apart(outdir: str | Path, inputs, what: str = "input") -> None:
+def check_apart(outdir: str | Path, inputs, what: str = "input", owner: str = "run") -> None:
     """Refuse an output directory that holds (or is) one of the command's input files or directories: it is
     replaced as a whole.
 
@@ -714,5 +723,5 @@ def check_apart(outdir: str | Path, inputs, what: str = "input") -> None:
     for item in inputs:
         path = Path(os.path.realpath(item))
         if path == out or out in path.parents:
-            raise InputError(f"{outdir}: holds the run's {what} {item}; the output directory is replaced as a whole, "
-                             "so choose another one")
+            raise InputError(f"{outdir}: holds the {owner}'s {what} {item}; the output directory is replaced as a "
+                             "whole, so choose another one")

@@ -669,6 +669,21 @@ def _api_arguments(inputs, config, keywords) -> tuple[list, Config, list]:
     return inputs, config, keywords
 
 
+def _recorded_refcat(refcat) -> str | None:
+    """``refcat`` as provenance records it: an absolute path (a later command may run elsewhere), or ``gaia``."""
+    if not refcat:
+        return None
+    return "gaia" if str(refcat).lower() == "gaia" else os.path.abspath(refcat)
+
+
+def _api_paths(**paths) -> None:
+    """Refuse a path argument of the Python API that is no path (None passes): an int given as ``refcat`` was opened
+    as a file descriptor, and whatever file was open there read as the catalogue."""
+    for name, value in paths.items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"{name}: {value!r} is no path (a str or a pathlib.Path)")
+
+
 #: Longest obs_id or keyword [characters]: they go into file names, reports and the registry.
 MAX_LABEL = 64
 
@@ -726,10 +741,7 @@ def run_pipeline(
         Bad inputs or configuration (nothing is written).
     """
     inputs, config, keywords = _api_arguments(inputs, config, keywords)
-    if refcat is not None and not isinstance(refcat, (str, os.PathLike)):  # (an int is opened as a file descriptor)
-        raise ConfigError(f"refcat: {refcat!r} is no path (a str or a pathlib.Path, or 'gaia')")
-    if outdir is not None and not isinstance(outdir, (str, os.PathLike)):
-        raise ConfigError(f"outdir: {outdir!r} is no path (a str or a pathlib.Path)")
+    _api_paths(refcat=refcat, outdir=outdir)
     if obs_id is not None:
         check_label("obs_id", obs_id)
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
@@ -998,7 +1010,7 @@ def _write_outputs(stage: OutputStage, result: RunResult, config: Config, inputs
     provenance = {
         "software": _versions(),
         "inputs": [os.path.abspath(p) for p in inputs],  # (a later command may run elsewhere)
-        "refcat": str(refcat) if refcat else None,
+        "refcat": _recorded_refcat(refcat),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": {k: round(v, 1) for k, v in getattr(timings, "peak_mb", {}).items()},
         "n_objects": len(result.objects),
@@ -1181,9 +1193,11 @@ def run_astrometry(
     Table
         The solutions (``astrometry.ecsv``).
     """
-    inputs = list(inputs)
+    inputs, config, _ = _api_arguments(inputs, config, None)
+    _api_paths(refcat=refcat, outdir=outdir)
+    if outdir is None or refcat is None:
+        raise ConfigError("run_astrometry needs an outdir and a refcat")
     check_apart(outdir, [*inputs, refcat])
-    config = config or Config()
     unknown = set(formats) - {"head", "fits"}
     if unknown:
         raise ConfigError(f"unknown header output format(s): {', '.join(sorted(unknown))}")
@@ -1220,7 +1234,7 @@ def run_astrometry(
         provenance = {
             "software": _versions(),
             "inputs": [os.path.abspath(p) for p in inputs],  # (a later command may run elsewhere)
-            "refcat": str(refcat),
+            "refcat": _recorded_refcat(refcat),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": {k: round(v, 1) for k, v in getattr(timings, "peak_mb", {}).items()},
             "n_solved": int(sum(s.ok for s in solutions)),
