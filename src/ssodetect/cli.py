@@ -218,6 +218,7 @@ def _calibrate(args) -> int:
             raise SSODetectError(f"{out}: holds {others[0]}, not a product of ssodetect calibrate (a run, a scene or "
                                  "files of yours); calibrate replaces its output directory as a whole, so choose "
                                  "another one")
+        _adopt_nested_record(out, "calibrated")
     lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
     if not masters:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
@@ -242,6 +243,24 @@ def _calibrate(args) -> int:
     if args.lights:
         print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
     return 0
+
+
+def _adopt_nested_record(out: Path, folder: str) -> None:
+    """Before ``calibrate`` replaces ``out``: the calibrated frames an earlier version wrote into ``out/folder`` under
+    a record of their own (that version committed them apart from the masters) are listed in ``out``'s record, so that
+    they count as ours there (only files that record verifies; nothing else is touched)."""
+    from ssodetect.io.outputs import RECORD, record_files, recorded_files
+
+    inner = out / folder
+    if not (inner / RECORD).is_file() or not (out / RECORD).is_file():
+        return
+    try:
+        nested, outer = recorded_files(inner) or set(), recorded_files(out) or set()
+    except SSODetectError:
+        return  # not signed with this user's key: judged (and refused) where OUT is replaced
+    adopted = {f"{folder}/{name}" for name in nested} - outer
+    if adopted:
+        record_files(out, adopted)
 
 
 #: What ``ssodetect calibrate`` writes into its output directory (besides ``ccd_<name>/`` folders of these).

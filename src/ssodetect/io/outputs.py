@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from ssodetect import safejson
-from ssodetect.errors import InputError, SSODetectError
+from ssodetect.errors import InputError
 from ssodetect.keys import cache_key, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
@@ -298,13 +298,6 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         here = Path(root).relative_to(directory).as_posix()
-        if here != "." and RECORD in files:
-            # a folder with a record of its own (an earlier version's ``calibrate --lights`` kept one in calibrated/)
-            try:
-                nested = recorded_files(root) or set()
-            except SSODetectError:
-                nested = set()
-            ours = ours | {f"{here}/{name}" for name in nested}
         names = sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]
         candidates = [Path(root, name).relative_to(directory).as_posix() for name in names]
         if not names and not dirs and here != "." and not any(name.startswith(here + "/") for name in ours):
