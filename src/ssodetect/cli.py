@@ -218,10 +218,11 @@ def _calibrate(args) -> int:
             raise SSODetectError(f"{out}: holds {others[0]}, not a product of ssodetect calibrate (a run, a scene or "
                                  "files of yours); calibrate replaces its output directory as a whole, so choose "
                                  "another one")
-        _adopt_nested_record(out, "calibrated")
     lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
     if not masters:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
+    if out.is_dir():
+        _adopt_nested_record(out, "calibrated")
     # OUT replaced as a whole, under its lock: masters and calibrated frames of one call, never mixed with an
     # earlier call's, nothing left behind by a failure or an interrupt
     with OutputStage(out, replace=True) as stage:
@@ -258,6 +259,10 @@ def _adopt_nested_record(out: Path, folder: str) -> None:
         nested, outer = recorded_files(inner) or set(), recorded_files(out) or set()
     except SSODetectError:
         return  # not signed with this user's key: judged (and refused) where OUT is replaced
+    present = {p.relative_to(inner).as_posix() for p in inner.rglob("*") if not p.is_dir() or p.is_symlink()}
+    frames = nested - {RECORD}
+    if present != nested or not all("/" not in name and name.endswith(".fits") for name in frames):
+        return  # a file the record does not verify, or not calibrated frames alone (a run, a scene): left to refuse
     adopted = {f"{folder}/{name}" for name in nested} - outer
     if adopted:
         record_files(out, adopted)
@@ -401,6 +406,24 @@ def _run_products(directory: Path) -> set:
     listed = set(products) if isinstance(products, dict) else set()
     return listed | {"manifest.json", "config.toml", "objects.ecsv", "observations.ecsv", "provenance.json", "run.log",
                      OUTPUT_RECORD}
+
+
+def _check_scores_path(out: Path) -> None:
+    """Refuse an ``ml predict --out`` file that is one of a run's products, a hidden name (ssodetect's records and
+    stages), or anywhere inside a run's subfolders (its steps, logs, regions)."""
+    import os
+
+    if out.name.startswith("."):
+        raise SSODetectError(f"--out {out}: a hidden name (ssodetect keeps its records and stages under such names); "
+                             "give another file name")
+    if out.name in _run_products(out.parent):
+        raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and reports "
+                             "are never replaced by scores); give another file name")
+    folder = Path(os.path.abspath(out.parent))
+    for above in folder.parents:
+        if (above / "manifest.json").is_file() and (above / "provenance.json").is_file():
+            raise SSODetectError(f"--out {out}: inside the run in {above} (its steps, logs and regions are its "
+                                 "own); write the scores beside its products or elsewhere")
 
 
 def _check_run_directory(outdir: Path, *, writing: bool = False) -> None:
@@ -771,9 +794,8 @@ def _ml(args) -> int:
         if args.threshold is not None:
             _option(config.ml, "threshold", args.threshold, "--threshold")
         out = Path(args.out) if args.out else None
-        if out is not None and (out.name in _run_products(out.parent) or out.name.startswith(".")):
-            raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and "
-                                 "reports are never replaced by scores); give another file name")
+        if out is not None:
+            _check_scores_path(out)
         vetting = score_run(source, config)
         if out is not None:
             from ssodetect.io.outputs import OutputStage

@@ -118,6 +118,18 @@ def test_calibrate_writes_all_or_nothing_and_never_mixes_two_calls(tmp_path, cap
         (stage.path / "light.fits").write_bytes(b"x")
     assert cli(capsys, "calibrate", raw, "--out", old, "--lights").code == 0
     assert (old / "master_flat.fits").is_file() and (old / "calibrated" / "light.fits").stat().st_size > 2880
+    # a run kept (by ssodetect, signed) in OUT/calibrated is no calibration's: refused, nothing touched (the second
+    # re-check: it was adopted and deleted)
+    held = tmp_path / "held"
+    with OutputStage(held) as stage:
+        (stage.path / "master_bias.fits").write_bytes((out / "master_bias.fits").read_bytes())
+    with OutputStage(held / "calibrated") as stage:
+        (stage.path / "manifest.json").write_text("{}")
+        (stage.path / "light.fits").write_bytes(b"x")
+    before = snapshot(tmp_path)
+    outcome = cli(capsys, "calibrate", raw, "--out", held, "--lights")
+    assert outcome.code == 2 and "calibrated/" in outcome.errors[0], outcome.err
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.parametrize("key", ["EXPTIME", "MJD-OBS"])
@@ -255,9 +267,10 @@ def test_scores_are_never_written_over_the_runs_own_tables(good_run, tmp_path, c
     _refused(cli(capsys, "ml", "predict", run, "--out", run / "objects.ecsv"), "objects.ecsv",
              "a product of the run")
     assert snapshot(tmp_path) == before
-    # nor over its record or its log (the re-check's S1, S2)
-    for name in (".ssodetect-products.json", "run.log"):
-        _refused(cli(capsys, "ml", "predict", run, "--out", run / name), name, "a product of the run")
+    # nor over its record or its log (the re-check's S1, S2), nor into its subfolders (the second re-check)
+    for name, said in ((".ssodetect-products.json", "a hidden name"), ("run.log", "a product of the run"),
+                       ("steps/x.pkl", "inside the run"), ("logs/x.log", "inside the run")):
+        _refused(cli(capsys, "ml", "predict", run, "--out", run / name), name, said)
     assert snapshot(tmp_path) == before
     # a scores file of its own beside the run's products, written again by a second call
     for _ in range(2):
