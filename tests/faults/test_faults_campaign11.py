@@ -316,3 +316,20 @@ def test_report_with_another_config_records_the_settings_it_used(good_run, tmp_p
     assert "C51" in (run / "report.html").read_text()
     # the record still verifies: report reads the run again
     assert cli(capsys, "report", run).code in (0, 1)
+
+
+def test_frames_named_in_upper_case_are_found_and_subfolders_said(scene, tmp_path, caplog):
+    """Campaign 11's "debatable" items: ``.FITS`` in upper case was not found in a directory, and frames in a
+    subfolder were skipped without a word."""
+    from ssodetect.io import find_inputs
+
+    src = copy_inputs(scene, tmp_path / "in")
+    (src / "exp_00.fits").rename(src / "EXP_00.FITS")
+    sub = src / "night2"
+    sub.mkdir()
+    (src / "exp_03.fits").rename(sub / "exp_03.fits")
+    (src / ".hidden.fits").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="ssodetect"):
+        found = find_inputs([src])
+    assert [p.name for p in found] == ["EXP_00.FITS", "exp_01.fits", "exp_02.fits"]
+    assert any("1 subfolder(s) with FITS files not searched (night2)" in r.getMessage() for r in caplog.records)

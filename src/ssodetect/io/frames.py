@@ -16,7 +16,7 @@ arrays indexed ``[y, x]``.
 from __future__ import annotations
 
 import bz2
-import glob
+import fnmatch
 import gzip
 import logging
 import math
@@ -145,6 +145,17 @@ class CCDImage:
     hot: np.ndarray | None = None
 
 
+def _fits_in(folder: Path) -> list[Path]:
+    """The entries of ``folder`` named like FITS frames (:data:`FITS_PATTERNS`, in any letter case: ``A.FITS`` too),
+    hidden names aside, sorted."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [folder / name for name in names if not name.startswith(".")
+            and any(fnmatch.fnmatchcase(name.lower(), pattern) for pattern in FITS_PATTERNS)]
+
+
 def find_inputs(inputs) -> list[Path]:
     """Expand files and directories into a sorted list of FITS paths.
 
@@ -159,10 +170,15 @@ def find_inputs(inputs) -> list[Path]:
             raise InputError(f"{str(item)!r}: an empty input path")
         item = Path(item)
         if item.is_dir():
-            found = sorted({Path(p) for pat in FITS_PATTERNS for p in glob.glob(str(item / pat))})
+            found = _fits_in(item)
             if not found:
-                raise InputError(f"{item}: directory holds no FITS file ({', '.join(FITS_PATTERNS)})")
+                raise InputError(f"{item}: directory holds no FITS file ({', '.join(FITS_PATTERNS)}, in any case)")
             paths.extend(found)
+            below = [sub.name for sub in sorted(item.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+                     and _fits_in(sub)]
+            if below:
+                log.info("%s: %d subfolder(s) with FITS files not searched (%s%s): give them as inputs to use them",
+                         item, len(below), ", ".join(below[:3]), ", ..." if len(below) > 3 else "")
         elif item.exists() or item.is_symlink():
             paths.append(item)
         else:
