@@ -196,80 +196,28 @@ def _astrometry(args) -> int:
 
 
 def _calibrate(args) -> int:
-    import numpy as np
-    from astropy.io import fits
-
-    from ssodetect.calibrate import calibrate_ccd
-    from ssodetect.config import load_config
-    from ssodetect.io import OutputStage, find_inputs, read_ccd, scan_inputs
-    from ssodetect.io.headers import fits_text
-    from ssodetect.io.outputs import check_apart
     from ssodetect.calibrate import build_calibration
+    from ssodetect.calibrate.outputs import check_calibration_output, write_calibration
+    from ssodetect.config import load_config
+    from ssodetect.io import find_inputs, scan_inputs
+    from ssodetect.io.outputs import check_apart
 
     config = load_config(args.config)
     config.calibrate.hot_pixels = False  # masters from calibration frames only (the run finds hot pixels itself)
     out = Path(args.out)
     check_apart(out, [*args.inputs, *config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat],
                 owner="calibration")
-    if out.is_dir():  # OUT is replaced as a whole: only an earlier calibration's products may be there
-        others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in CALIBRATE_PRODUCTS
-                        and not p.name.startswith("ccd_"))
-        if others:
-            raise SSODetectError(f"{out}: holds {others[0]}, not a product of ssodetect calibrate (a run, a scene or "
-                                 "files of yours); calibrate replaces its output directory as a whole, so choose "
-                                 "another one")
+    check_calibration_output(out)  # (before the frames are read)
     lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
     if not masters:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
-    if out.is_dir():
-        _adopt_nested_record(out, "calibrated")
-    # OUT replaced as a whole, under its lock: masters and calibrated frames of one call, never mixed with an
-    # earlier call's, nothing left behind by a failure or an interrupt
-    with OutputStage(out, replace=True) as stage:
-        for ccd, m in masters.items():
-            m.write_into(stage.path if len(masters) == 1 else stage.path / f"ccd_{ccd}")
-        if args.lights:
-            folder = stage.path / "calibrated"
-            folder.mkdir()
-            for ref in lights:
-                image = calibrate_ccd(read_ccd(ref, config.io), masters[ref.ccd], overscan=config.calibrate.overscan,
-                                      trim=config.calibrate.trim, saturation_keys=config.io.saturation_keys)
-                header = image.header.copy()
-                header["HISTORY"] = fits_text(f"ssodetect calibrate: {masters[ref.ccd].describe()}", None)
-                data = np.where(image.mask, np.nan, image.data).astype(np.float32)
-                name = Path(ref.path).name.rsplit(".", 1)[0] + (f"_{ref.ccd}" if len(masters) > 1 else "") + ".fits"
-                fits.PrimaryHDU(data, header).writeto(folder / name)
+    write_calibration(out, masters, lights, config, with_lights=args.lights)
     for ccd, m in masters.items():
         print(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / f'ccd_{ccd}'}")
     if args.lights:
         print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
     return 0
 
-
-def _adopt_nested_record(out: Path, folder: str) -> None:
-    """Before ``calibrate`` replaces ``out``: the calibrated frames an earlier version wrote into ``out/folder`` under
-    a record of their own (that version committed them apart from the masters) are listed in ``out``'s record, so that
-    they count as ours there (only files that record verifies; nothing else is touched)."""
-    from ssodetect.io.outputs import RECORD, record_files, recorded_files
-
-    inner = out / folder
-    if not (inner / RECORD).is_file() or not (out / RECORD).is_file():
-        return
-    try:
-        nested, outer = recorded_files(inner) or set(), recorded_files(out) or set()
-    except SSODetectError:
-        return  # not signed with this user's key: judged (and refused) where OUT is replaced
-    present = {p.relative_to(inner).as_posix() for p in inner.rglob("*") if not p.is_dir() or p.is_symlink()}
-    frames = nested - {RECORD}
-    if present != nested or not all("/" not in name and name.endswith(".fits") for name in frames):
-        return  # a file the record does not verify, or not calibrated frames alone (a run, a scene): left to refuse
-    adopted = {f"{folder}/{name}" for name in nested} - outer
-    if adopted:
-        record_files(out, adopted)
-
-
-#: What ``ssodetect calibrate`` writes into its output directory (besides ``ccd_<name>/`` folders of these).
-CALIBRATE_PRODUCTS = ("master_bias.fits", "master_dark.fits", "master_flat.fits", "calibrated")
 
 #: Columns ``evaluate`` needs in a truth table (those ``ssodetect simulate`` writes).
 TRUTH_COLUMNS = ("object", "exposure", "ra", "dec", "mag", "rate", "trail_length", "on_detector")

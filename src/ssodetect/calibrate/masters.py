@@ -34,7 +34,6 @@ from ssodetect.config import Config
 from ssodetect.errors import InputError
 from ssodetect.io.frames import scan_file
 from ssodetect.io.headers import frame_type, merge_headers
-from ssodetect.io.outputs import OutputStage
 
 __all__ = ["FRAME_TYPES", "MasterFrames", "build_calibration", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "add_hot_pixel_maps", "calibrate_ccd", "frame_type", "parse_section",
            "raw_saturation", "reduce_overscan"]
@@ -209,18 +208,10 @@ class MasterFrames:
         out[:ny, :nx] = self.hot[:ny, :nx]
         return out
 
-    def write(self, directory) -> list[str]:
-        """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist), committed
-        together into ``directory`` (added to what it holds)."""
-        from pathlib import Path
-
-        with OutputStage(Path(directory)) as stage:
-            return self.write_into(stage.path)
-
-    def write_into(self, folder) -> list[str]:
-        """Write the masters into ``folder`` (a staging directory: created, not committed); returns their names."""
-        from pathlib import Path
-
+    def write(self, folder) -> list[str]:
+        """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist) into ``folder``
+        (a staging directory, created: :func:`ssodetect.calibrate.outputs.write_calibration` commits it); returns
+        their names."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -400,6 +391,11 @@ def _seconds(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
+#: A flat's median level (bias and dark removed) must exceed this many times its pixel-to-pixel noise (a real flat is
+#: tens to hundreds of times it, vignetted or not; an empty one about 0).
+FLAT_MIN_LEVEL = 3.0
+
+
 def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = True, trim: bool = True,
                   sigma: float = 3.0, exptime_keys: list[str] | None = None,
                   type_keys: list[str] | None = None) -> MasterFrames:
@@ -510,11 +506,6 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
         raise InputError(f"calibration frames of different shapes {sorted(shapes)}")
     log.info("calibration: %s", masters.describe())
     return masters
-
-
-#: A flat's median level (bias and dark removed) must exceed this many times its pixel-to-pixel noise (a real flat is
-#: tens to hundreds of times it, vignetted or not; an empty one about 0).
-FLAT_MIN_LEVEL = 3.0
 
 
 def calibrate_ccd(image, masters: MasterFrames, *, overscan: bool = True, trim: bool = True,
