@@ -14,6 +14,7 @@ import argparse
 import errno
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -166,13 +167,14 @@ def _batch(args) -> int:
     summary = run_batch(fields, args.out, config)
     counts = {s: int((summary["status"] == s).sum()) for s in ("done", "skipped", "failed")}
     warned = summary[summary["warnings"] > 0]
-    print(f"{len(summary)} fields: {counts['done']} run, {counts['skipped']} already complete, {counts['failed']} "
-          f"failed" + (f", {len(warned)} with warnings" if len(warned) else "")
-          + f"; {int(summary['n_objects'].sum())} moving objects -> {args.out}/batch_summary.ecsv")
+    print(printable(f"{len(summary)} fields: {counts['done']} run, {counts['skipped']} already complete, "
+                    f"{counts['failed']} failed" + (f", {len(warned)} with warnings" if len(warned) else "")
+                    + f"; {int(summary['n_objects'].sum())} moving objects -> {args.out}/batch_summary.ecsv"))
     for row in summary[summary["status"] == "failed"]:
-        print(f"  {row['field']}: {row['message']}")
+        print(printable(f"  {row['field']}: {row['message']}"))
     for row in warned:
-        print(f"  {row['field']}: {row['warnings']} warning(s), see {Path(args.out) / row['field'] / 'run.log'}")
+        print(printable(f"  {row['field']}: {row['warnings']} warning(s), see "
+                        f"{Path(args.out) / row['field'] / 'run.log'}"))
     # a field run with warnings is a success with warnings, as its own `ssodetect run` would be (exit 1)
     return 1 if counts["failed"] or len(warned) else 0
 
@@ -197,7 +199,7 @@ def _astrometry(args) -> int:
 
 def _calibrate(args) -> int:
     from ssodetect.calibrate import build_calibration
-    from ssodetect.calibrate.outputs import check_calibration_output, write_calibration
+    from ssodetect.calibrate.outputs import check_calibration_output, master_folder, write_calibration
     from ssodetect.config import load_config
     from ssodetect.io import find_inputs, scan_inputs
     from ssodetect.io.outputs import check_apart
@@ -213,7 +215,7 @@ def _calibrate(args) -> int:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
     write_calibration(out, masters, lights, config, with_lights=args.lights)
     for ccd, m in masters.items():
-        print(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / f'ccd_{ccd}'}")
+        print(f"CCD {printable(ccd)}: {m.describe()} -> {out if len(masters) == 1 else out / master_folder(ccd)}")
     if args.lights:
         print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
     return 0
@@ -359,7 +361,6 @@ def _run_products(directory: Path) -> set:
 def _check_scores_path(out: Path) -> None:
     """Refuse an ``ml predict --out`` file that is one of a run's products, a hidden name (ssodetect's records and
     stages), or anywhere inside a run's subfolders (its steps, logs, regions)."""
-    import os
 
     if out.name.startswith("."):
         raise SSODetectError(f"--out {out}: a hidden name (ssodetect keeps its records and stages under such names); "
@@ -568,8 +569,6 @@ def _check_root_apart(root: str, inbox: str, option: str = "--root") -> None:
     ConfigError
         Naming both.
     """
-    import os
-
     from ssodetect.errors import ConfigError
 
     real_root, real_inbox = Path(os.path.realpath(root)), Path(os.path.realpath(inbox))
@@ -686,6 +685,9 @@ def _dataset_config(args):
 
     params = {}
     if args.dataset_config:
+        from ssodetect.io.frames import check_regular_file
+
+        check_regular_file(args.dataset_config, "dataset configuration")
         try:
             params = tomllib.loads(Path(args.dataset_config).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -757,6 +759,13 @@ def _ml(args) -> int:
             print(f"  {row['object']:8s} {row['kind']:8s} {row['rate']:7.2f}\"/h  {row['mag']:6.2f} mag  "
                   f"score {row['ml_score']:.3f}")
         return 0
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:  # (NaN too)
+        raise SSODetectError(f"--threshold {args.threshold}: a score threshold lies between 0 and 1")
+    if args.out:
+        _check_scores_path(Path(args.out))
+        if Path(os.path.realpath(source)) in Path(os.path.realpath(args.out)).parents:
+            raise SSODetectError(f"--out {args.out}: inside the dataset {source} (an input: its files are never "
+                                 "replaced); write the scores elsewhere")
     model, record = load_model(args.model)
     images, masks, meta, doc = load_dataset(source)
     if list(images.shape[2:]) != [record["arch"]["size"]] * 2 or doc["config"]["mode"] != record["arch"]["mode"]:
@@ -1081,6 +1090,10 @@ def _check_text_arguments(args) -> None:
                     raise SSODetectError(f"{shown}: not valid UTF-8 text (argument {name}); rename it") from None
 
 
+#: Longest error line printed [characters].
+MAX_ERROR_CHARS = 2000
+
+
 def printable(text: str) -> str:
     """``text`` as it may be printed on a terminal: control characters (ESC, BEL, CR...) and direction marks
     (U+202E...) written as escapes, so that a file name or a header value cannot rewrite the screen."""
@@ -1163,8 +1176,11 @@ def main(argv=None) -> int:
         _check_text_arguments(args)
         return args.func(args)
     except SSODetectError as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        print(f"ssodetect: error: {printable(lines[0])}", file=sys.stderr)  # one line, whatever a library said
+        # one line, whatever a library said: line breaks shown as escapes (cutting at the first one cut a file name
+        # holding a newline before the problem was named)
+        said = printable(str(exc).strip() or type(exc).__name__)
+        print(f"ssodetect: error: {said[:MAX_ERROR_CHARS]}{' ...' if len(said) > MAX_ERROR_CHARS else ''}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         return _stopped(exc)

@@ -197,7 +197,9 @@ class DetectConfig(_Section):
     background_box: int = Field(default=64, ge=8, le=4096, description="Background mesh size [px].")
     background_filter: int = Field(default=3, ge=1, le=63, description="Median filter size on the background mesh [meshes].")
     threshold: float = Field(
-        default=3.8, gt=0, description="Detection threshold in sigma of the PSF-matched-filtered image."
+        default=3.8, ge=1.0, le=1000.0,
+        description="Detection threshold in sigma of the PSF-matched-filtered image (1-1000: below 1 the noise itself "
+        "overflows the deblending).",
     )
     min_area: int = Field(default=3, ge=1, le=1_000_000, description="Minimum connected pixels above threshold.")
     deblend_nthresh: int = Field(default=32, ge=1, le=1024, description="sep deblending levels.")
@@ -212,15 +214,17 @@ class DetectConfig(_Section):
     psf_fwhm: float = Field(
         default=0.0,
         ge=0,
-        le=1000,
-        description="PSF FWHM [px]; 0 = measure it per CCD from bright unsaturated stars.",
+        le=50,
+        description="PSF FWHM [px]; 0 = measure it per CCD from bright unsaturated stars (at most 50: the matched "
+        "filter's kernel grows with it, and 1000 px held a run for minutes beyond reach of an interrupt).",
     )
     psf_fallback_sigma: float = Field(
-        default=0.75, gt=0, description="PSF Gaussian sigma [px] (FWHM / 2.355) used when a CCD has no star locus to "
+        default=0.75, gt=0, le=20, description="PSF Gaussian sigma [px] (FWHM / 2.355) used when a CCD has no star locus to "
         "measure it on; a weak locus (a handful of stars) is capped at it (an overestimate masks star cores as cosmic "
         "rays).")
     aperture_radius_fwhm: float = Field(
-        default=1.75, gt=0, description="Photometric aperture radius in units of the PSF FWHM (trails get a pill-shaped aperture)."
+        default=1.75, gt=0, le=20, description="Photometric aperture radius in units of the PSF FWHM (trails get a "
+        "pill-shaped aperture; at most 20)."
     )
     sharp_margin: float = Field(
         default=2.0,
@@ -357,8 +361,12 @@ class LinkConfig(_Section):
         "detections' (chance alignments of noise peaks and cosmic-ray residues are absent where a real object is "
         "not). Part of the occupancy test.",
     )
+    # 0.1 until family member 336 (60 fast movers per CCD) accepted two chance tracklets of V 25.7 and 26.0 in its
+    # 4 CCDs: at 0.1 per CCD, a Poisson mean of 0.4 per 4-CCD member makes two in the worst of ten members likely
+    # (~45 %); at 0.05 one of the two went, and the slow movers' 50 % completeness fell by 0.04-0.08 mag (members
+    # 331 and 336), V < 23.5 unchanged
     max_false_alarms: float = Field(
-        default=0.1, gt=0,
+        default=0.05, gt=0,
         description="Expected number of chance-alignment tracklets a run may accept per CCD: a tracklet is kept when "
         "the number of seed pairs tried times the probability that unrelated candidates (at their local density and "
         "flux) line up as well as its members is at most this times the number of CCDs. The counts are written to "
@@ -592,12 +600,13 @@ class ReportConfig(_Section):
     funding_source: str = Field(default="", description="ADES fundingSource (empty: not written).")
     comment: str = Field(default="", description="Free text for the ADES comment block.")
     mode: str = Field(default="CCD", pattern=r"^[A-Za-z0-9_]{1,3}$", description="ADES mode (CCD, CMO, ...).")
-    astcat: str = Field(default="Gaia3", description="Catalogue of the reference catalogue given with --refcat (ADES "
+    astcat: str = Field(default="Gaia3", pattern=r"^[.A-Za-z0-9_]{1,8}$",
+                        description="Catalogue of the reference catalogue given with --refcat (ADES "
                         "astCat of positions through a fitted WCS).")
-    header_astcat: str = Field(default="UNK", pattern=r"^[.A-Za-z0-9_]+$",
+    header_astcat: str = Field(default="UNK", pattern=r"^[.A-Za-z0-9_]{1,8}$",
                                description="ADES astCat of positions through a header or user WCS (e.g. 2MASS for WISE "
                                "frames); UNK: unknown (a warning).")
-    photcat: str = Field(default="Gaia3", description="Photometric catalogue of a zero point fitted to the reference "
+    photcat: str = Field(default="Gaia3", pattern=r"^[.A-Za-z0-9_]{0,8}$", description="Photometric catalogue of a zero point fitted to the reference "
                          "catalogue (ADES photCat; empty: not written; never written for a header zero point).")
     band: str = Field(default="", pattern=rf"^{BAND_CHARACTERS}{{0,8}}$",
                       description="Photometric band for ADES (empty: the image filter keyword).")
@@ -605,7 +614,31 @@ class ReportConfig(_Section):
         default=3, ge=0, le=6,
         description="Digits of seconds in obsTime: the precision of the frames' timing (3 = 1 ms; 0 = whole seconds).",
     )
-    time_rms: float = Field(default=0.0, ge=0, description="Timing uncertainty [s] (ADES rmsTime; 0: not written).")
+    time_rms: float = Field(default=0.0, ge=0, lt=10000.0,
+                            description="Timing uncertainty [s] (ADES rmsTime; 0: not written; else 0.001-9999.999, "
+                            "the field's three decimals and eight characters).")
+
+    @field_validator("time_rms")
+    @classmethod
+    def _rms_written(cls, value: float) -> float:
+        if 0 < value < 0.0005:  # written with 3 decimals: 0.000, which the schema refuses
+            raise ValueError(f"time_rms {value:g} would be written as 0.000: 0 (not given) or at least 0.001")
+        return value
+
+    @field_validator("submitter", "institution", "telescope_name", "telescope_design", "telescope_detector",
+                     "funding_source", "comment", "observers", "measurers")
+    @classmethod
+    def _ades_text(cls, value, info):
+        # ADES text: no '|' (the PSV separator), not only blanks, at most 100 characters (a design 25); a bad one
+        # made observations.xml fail the schema and the PSV lines one field too many
+        longest = 25 if info.field_name == "telescope_design" else 100
+        for text in value if isinstance(value, list) else [value]:
+            if info.field_name in ("institution", "telescope_name", "funding_source", "comment") and text == "":
+                continue
+            if "|" in text or not text.strip() or (len(text) > longest and info.field_name != "comment"):
+                raise ValueError(f"{info.field_name} {text[:40]!r}: ADES text holds no '|', not only blanks, and at "
+                                 f"most {longest} characters")
+        return value
     cutouts: bool = Field(default=True, description="Cut image stamps of every observation and bin a field overview "
                           "(cutouts.fits, overview.fits) for the HTML report.")
     cutout_size: int = Field(default=41, ge=9, le=401, description="Cutout side for point sources [px] (trails get longer ones).")

@@ -396,6 +396,10 @@ def _seconds(value) -> float | None:
 FLAT_MIN_LEVEL = 3.0
 
 
+#: A calibration frame with fewer finite pixels than this fraction is refused (not a calibration frame).
+MIN_FINITE_FRACTION = 0.5
+
+
 def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = True, trim: bool = True,
                   sigma: float = 3.0, exptime_keys: list[str] | None = None,
                   type_keys: list[str] | None = None) -> MasterFrames:
@@ -439,6 +443,11 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
             if data.ndim != 2:
                 raise InputError(f"{path}: {kind} frame is not a 2-D image")
             image = reduce_overscan(data, header, path, overscan=overscan, trim=trim)
+            finite = float(np.mean(np.isfinite(image))) if image.size else 0.0
+            if finite < MIN_FINITE_FRACTION:
+                # an all-NaN bias made every calibrated pixel NaN, and the run went on with exit 0
+                raise InputError(f"{path}: {kind} frame has {100.0 * (1.0 - finite):.0f} % of its pixels NaN or "
+                                 f"infinite (at most {100.0 * (1.0 - MIN_FINITE_FRACTION):.0f} %)")
             if images and image.shape != images[0][1].shape:
                 raise InputError(f"{path}: {kind} frame shape {image.shape} differs from {images[0][1].shape}")
             key = next((k for k in exptime_keys if k in header and header[k] is not None
@@ -554,7 +563,13 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     frames: dict[str, dict[str, list]] = {}
     listed = [(kind, ref) for kind in ("bias", "dark", "flat") for path in getattr(cc, kind)
               for ref in scan_file(Path(path), config.io)]
+    seen: set = set()
     for kind, ref in [(ref.frame_type, ref) for ref in refs if ref.frame_type != "light"] + listed:
+        key = (str(Path(ref.path).resolve()), ref.sci)
+        if key in seen:  # listed in [calibrate] and found among the inputs (or listed twice): combined once
+            log.warning("%s: given twice as a calibration frame; used once", ref.path)
+            continue
+        seen.add(key)
         frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys)

@@ -16,11 +16,11 @@ from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import read_ccd
 from ssodetect.io.headers import fits_text
-from ssodetect.io.outputs import RECORD, OutputStage, record_files, recorded_files
+from ssodetect.io.outputs import RECORD, OutputStage, record_files, recorded_files, safe_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATE_PRODUCTS", "check_calibration_output", "write_calibration"]
+__all__ = ["CALIBRATE_PRODUCTS", "check_calibration_output", "master_folder", "write_calibration"]
 
 #: What ``ssodetect calibrate`` writes into its output directory (besides ``ccd_<name>/`` folders of these).
 CALIBRATE_PRODUCTS = ("master_bias.fits", "master_dark.fits", "master_flat.fits", "calibrated")
@@ -65,6 +65,39 @@ def _adopt_nested_record(out: Path, folder: str) -> None:
         record_files(out, adopted)
 
 
+def master_folder(ccd: str) -> str:
+    """The folder of one CCD's masters when there are several: ``ccd_<name>`` (a name from the headers made safe:
+    :func:`~ssodetect.io.outputs.safe_name`)."""
+    return f"ccd_{safe_name(ccd)}"
+
+
+#: Compression and FITS suffixes taken off a light frame's name for its calibrated copy (``x.fits.gz`` ->
+#: ``x.fits``).
+_SUFFIXES = (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts")
+
+
+def _light_names(lights: list, masters: dict) -> dict:
+    """``(path, hdu) -> file name`` of each light frame's calibrated copy: its name less compression and FITS
+    suffixes, ``_<ccd>`` when there are several CCDs, ``.fits``.  Refuses a light whose CCD has no masters and two
+    lights that would share a name (``a/x.fits`` and ``b/x.fits``) before anything is written."""
+    names: dict = {}
+    taken: dict = {}
+    for ref in lights:
+        if ref.ccd not in masters:
+            raise InputError(f"{ref.path}: CCD {ref.ccd} has no bias, dark or flat among the calibration frames "
+                             f"(masters for {', '.join(sorted(masters))})")
+        stem = Path(ref.path).name
+        while stem.lower().endswith(_SUFFIXES):
+            stem = stem[: stem.rfind(".")]
+        name = f"{stem}_{safe_name(ref.ccd)}.fits" if len(masters) > 1 else f"{stem}.fits"
+        if name in taken and taken[name] != ref.path:
+            raise InputError(f"{ref.path}: its calibrated copy would be named {name}, like that of {taken[name]}; "
+                             "calibrate frames of different names (or one folder at a time)")
+        taken[name] = ref.path
+        names[(ref.path, ref.sci)] = name
+    return names
+
+
 def write_calibration(out: str | Path, masters: dict[str, MasterFrames], lights: list, config: Config, *,
                       with_lights: bool = False) -> None:
     """Write ``master_*.fits`` (per CCD in ``ccd_<name>/`` when there are several) and, ``with_lights``, the
@@ -83,11 +116,12 @@ def write_calibration(out: str | Path, masters: dict[str, MasterFrames], lights:
     """
     out = Path(out)
     check_calibration_output(out)
+    names = _light_names(lights, masters) if with_lights else {}
     if out.is_dir():
         _adopt_nested_record(out, "calibrated")
     with OutputStage(out, replace=True) as stage:
         for ccd, m in masters.items():
-            m.write(stage.path if len(masters) == 1 else stage.path / f"ccd_{ccd}")
+            m.write(stage.path if len(masters) == 1 else stage.path / master_folder(ccd))
         if with_lights:
             folder = stage.path / "calibrated"
             folder.mkdir()
@@ -97,7 +131,6 @@ def write_calibration(out: str | Path, masters: dict[str, MasterFrames], lights:
                 header = image.header.copy()
                 header["HISTORY"] = fits_text(f"ssodetect calibrate: {masters[ref.ccd].describe()}", None)
                 data = np.where(image.mask, np.nan, image.data).astype(np.float32)
-                name = Path(ref.path).name.rsplit(".", 1)[0] + (f"_{ref.ccd}" if len(masters) > 1 else "") + ".fits"
-                fits.PrimaryHDU(data, header).writeto(folder / name)
+                fits.PrimaryHDU(data, header).writeto(folder / names[(ref.path, ref.sci)])
     log.info("calibration written to %s: %d CCD(s)%s", out, len(masters),
              f", {len(lights)} light frames" if with_lights else "")

@@ -21,9 +21,10 @@ import gzip
 import logging
 import math
 import os
-import zlib
 import re
+import stat
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -404,7 +405,19 @@ def _check_trailing(path: Path) -> str:
     return ""
 
 
+def check_regular_file(path, role: str = "FITS") -> None:
+    """Refuse, before opening it, a path that exists as a pipe, a device or a directory (a pipe would block for
+    ever, ``/dev/zero`` reads without end); a missing or unreadable one is reported where it is read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: not a regular file (a pipe, device or directory is not a {role} file)")
+
+
 def _open(path: Path) -> fits.HDUList:
+    check_regular_file(path)
     trailing = _check_gzip(path) or _check_trailing(path)
     problem = ""
     with warnings.catch_warnings():

@@ -43,9 +43,21 @@ __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock
            "stage_marker_text",
            "recorded_files",
            "foreign_files", "irregular_products", "record_files", "check_free_space", "expected_output_bytes",
-           "check_apart"]
+           "check_apart", "safe_name"]
 
 log = logging.getLogger(__name__)
+
+
+def safe_name(text: str, limit: int = 40) -> str:
+    """A file-name part made from a name read from data (a CCD id): ASCII letters, digits, ``-`` and ``_`` only, at
+    most ``limit`` characters.  A name that had to be changed gets 8 hex digits of its SHA-1, so that two names never
+    meet in one file (``A.1`` and ``A_1``) and none climbs out of its folder (``x/../../escaped``)."""
+    text = str(text)
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in text)
+    if safe == text and 0 < len(safe) <= limit:
+        return safe
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe[:limit] or 'ccd'}-{digest}"
 
 #: The record of the files ssodetect wrote into a directory (relative POSIX paths).
 RECORD = ".ssodetect-products.json"

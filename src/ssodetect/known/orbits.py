@@ -21,6 +21,7 @@ import gzip
 import json
 import math
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -200,8 +201,9 @@ def read_orbits(path: str | Path) -> Table:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         text = raw.decode("utf-8", errors="replace")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read orbit file ({exc.strerror or exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib.error: a truncated or damaged .gz
+        raise InputError(f"{path}: cannot read orbit file ({getattr(exc, 'strerror', None) or exc or 'truncated'})"
+                         ) from None
     try:
         table = read_sbdb(safejson.loads(text)) if text.lstrip().startswith(("{", "[")) else read_mpcorb(text.splitlines())
     except (ValueError, KeyError, TypeError) as exc:

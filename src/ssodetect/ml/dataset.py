@@ -60,8 +60,9 @@ class DatasetConfig(BaseModel):
     positive_fraction: float = Field(default=0.5, ge=0, le=1, description="Fraction of sequences with an injected mover.")
     rate_min: float = Field(default=0.5, gt=0, description="Slowest rate [arcsec/h] (log-uniform).")
     rate_max: float = Field(default=80.0, gt=0, description="Fastest rate [arcsec/h].")
-    snr_min: float = Field(default=7.0, gt=0, description="Faintest injection: total matched-filter S/N over the sequence.")
-    snr_max: float = Field(default=3000.0, gt=0, description="Brightest injection (log-uniform S/N; 3000 is V~19.5 for "
+    snr_min: float = Field(default=7.0, gt=0, le=1e5,
+                           description="Faintest injection: total matched-filter S/N over the sequence.")
+    snr_max: float = Field(default=3000.0, gt=0, le=1e5, description="Brightest injection (log-uniform S/N; 3000 is V~19.5 for "
                            "a Euclid point source).")
     partial_fraction: float = Field(default=0.15, ge=0, le=1, description="Share of hypotheses that run off the "
                                     "detector in some frames (seen in 3 or more).")
@@ -450,10 +451,16 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, Table, dict]
             with np.load(path / SHARD_PATTERN.format(s)) as z:
                 images.append(z["images"].astype(np.float32))
                 masks.append(np.unpackbits(z["masks"], axis=-1, count=width).astype(bool))
-    except (OSError, ValueError, KeyError) as exc:
+        if not images:
+            raise ValueError("no shard (n_shards = 0)")
+        images = np.concatenate(images)
+        masks = np.concatenate(masks)
+        mode = doc["config"]["mode"]
+        if not isinstance(mode, str) or images.ndim != 4 or masks.shape != images.shape:
+            raise ValueError(f"shards of shape {images.shape} and masks {masks.shape} do not make sequences "
+                             f"(N, T, H, W) in a mode ({mode!r})")
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise InputError(f"{path}: unreadable dataset ({exc})") from None
-    images = np.concatenate(images)
-    masks = np.concatenate(masks)
     if images.shape[0] != len(meta):
         raise InputError(f"{path}: {images.shape[0]} sequences in the shards but {len(meta)} metadata rows")
     return images, masks, meta, doc

@@ -114,6 +114,9 @@ def load_model(path: str | Path = "builtin"):
         arch = record["arch"]
         model = MoverNet(tuple(arch["filters"]), float(arch.get("dropout", 0.3)))
         model.load_state_dict(record["state_dict"])
+        threshold = float(record["threshold"])
+        if not (0.0 <= threshold <= 1.0) or int(arch["size"]) <= 0 or not isinstance(arch["mode"], str):
+            raise ValueError("threshold, size or mode out of range")
     except Exception:  # noqa: BLE001 - any unpickling or shape problem is a bad model file
         # (torch's own words are advice to programmers about torch.load's arguments)
         raise InputError(f"{path}: not an ssodetect model (a file saved by 'ssodetect ml train' is expected)") from None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-from ssodetect.errors import InputError
+from ssodetect.errors import ConfigError, InputError
 from ssodetect.io.outputs import atomic_write_text
 from ssodetect.ml.dataset import load_dataset
 from ssodetect.ml.model import MoverNet, encode, import_torch, save_model, score
@@ -148,6 +148,13 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     """
     from tqdm.auto import tqdm
 
+    for name, value, ok in (("epochs", epochs, epochs >= 0), ("batch", batch, batch >= 1),
+                            ("lr", lr, math.isfinite(lr) and lr > 0), ("weight_decay", weight_decay,
+                                                                         math.isfinite(weight_decay) and weight_decay >= 0),
+                            ("val_fraction", val_fraction, 0.0 < val_fraction < 1.0)):
+        if not ok:  # (NaN fails every test)
+            raise ConfigError(f"ml train: {name} = {value} is out of range (epochs >= 0, batch >= 1, lr > 0, "
+                              "weight_decay >= 0, 0 < val_fraction < 1)")
     torch = import_torch()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,14 +42,14 @@ MANIFEST_KEYS = ("name", "inputs", "refcat")
 SUMMARY = "batch_summary.ecsv"
 
 SUMMARY_COLUMNS = [
-    ("field", "U64", "", "field name (its sub-directory)"),
+    ("field", "U200", "", "field name (its sub-directory; at most 200 bytes)"),
     ("status", "U8", "", "done (run now) | skipped (complete before) | failed"),
     ("n_objects", "i8", "", "moving objects found"),
     ("n_observations", "i8", "", "observations reported"),
     ("wall_s", "f8", "s", "wall time of the field's run"),
     ("peak_rss_mb", "f8", "MB", "peak memory of the process that ran it"),
     ("warnings", "i8", "", "warnings logged by the field's run (skipped: by its complete run; its run.log has them)"),
-    ("message", "U256", "", "why it failed"),
+    ("message", "U1000", "", "why it failed"),
 ]
 
 
@@ -64,7 +64,7 @@ def check_field_name(name: str, source) -> str:
     """
     name = str(name)
     bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-           or any(unicodedata.category(c) in ("Cc", "Cs") for c in name) or name == SUMMARY or len(name.encode()) > 200)
+           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf") for c in name) or name == SUMMARY or len(name.encode()) > 200)
     if bad:
         raise InputError(f"{source}: field name {name!r} is not a plain directory name (no '/', '..', leading '.', "
                          f"control characters or {SUMMARY!r}); fields are written only inside the batch directory")

@@ -27,9 +27,12 @@ from ssodetect.calibrate import build_calibration
 from ssodetect.config import Config
 from ssodetect.errors import InputError, reason
 from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
+from ssodetect.io.frames import check_regular_file
+from ssodetect.io.outputs import check_apart
 from ssodetect.ml.sequences import Frame, cut_sequences, track_grids
 from ssodetect.pipeline.astrometry import wcs_from_header_string
 from ssodetect.pipeline.ccd import process_ccd, subtracted_image
+from ssodetect.pipeline.steps import sha256_file
 from ssodetect.simulate.render import FWHM_TO_SIGMA
 
 __all__ = ["VETTING_COLUMNS", "read_frames", "make_dataset", "score_run", "vet_objects"]
@@ -126,8 +129,11 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
     """
     from ssodetect.ml.dataset import build_dataset, write_dataset
 
+    # the dataset folder is replaced as a whole: never the scene's own folder (its frames were deleted)
+    check_apart(out, [*inputs, *([positions] if positions else [])], owner="dataset")
     chosen = None
     if positions:
+        check_regular_file(positions, "positions table")  # (a pipe would block for ever)
         try:
             chosen = Table.read(positions)
         except Exception as exc:  # noqa: BLE001 - any reader failure is a bad positions file
@@ -138,6 +144,12 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
             chosen = Table({"ra": np.asarray(chosen["ra"], float), "dec": np.asarray(chosen["dec"], float)})
         except (TypeError, ValueError):
             raise InputError(f"{positions}: ra and dec must be numbers [deg]") from None
+        ra, dec = np.asarray(chosen["ra"]), np.asarray(chosen["dec"])
+        bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= -360.0) & (ra <= 360.0) & (np.abs(dec) <= 90.0))
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise InputError(f"{positions}: row {k + 1}: ra {ra[k]:g}, dec {dec[k]:g} is no position on the sky "
+                             "(ra within +-360 deg, |dec| <= 90 deg)")
     parts, described = [], []
     for k, (ccd, frames, sources) in enumerate(read_frames(inputs, config, fwhm=dataset_config.fwhm)):
         cfg = dataset_config.model_copy(update={"seed": dataset_config.seed + 1000 * k})
@@ -243,6 +255,25 @@ def vet_objects(observations: Table, objects: Table, exposures: list, ccd_info: 
     return observations, objects, vetting
 
 
+def _check_unchanged(run_dir: Path) -> None:
+    """Refuse to score a run whose input or calibration frames changed since it ran (their size or SHA-256 differs
+    from its ``manifest.json``): the objects would be scored on other pixels (all scored 0 after another scene's
+    frames were copied over the inputs)."""
+    try:
+        files = safejson.read(run_dir / "manifest.json").get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return  # (an older run without a manifest's list: nothing to compare)
+    for item in files if isinstance(files, list) else []:
+        if not isinstance(item, dict) or item.get("role") not in ("input", "calibration"):
+            continue
+        path = str(item.get("path", ""))
+        if not os.path.isfile(path):
+            continue  # (reported where the inputs are found)
+        if os.path.getsize(path) != item.get("bytes") or sha256_file(path) != item.get("sha256"):
+            raise InputError(f"{path}: changed since the run in {run_dir} (its size or SHA-256 differs from the "
+                             "run's manifest.json): run the pipeline again on these frames")
+
+
 def score_run(run_dir, config: Config) -> Table:
     """Score the objects of a finished run (``ssodetect ml predict RUN_DIR``) with ``config.ml``'s model.
 
@@ -271,6 +302,7 @@ def score_run(run_dir, config: Config) -> Table:
             raise InputError(f"{run_dir}: the run's input {path} (as recorded in its provenance.json"
                              + (", relative to the directory the run was started in" if not os.path.isabs(path) else "")
                              + ") is not found")
+    _check_unchanged(run_dir)
     refs = scan_inputs(find_inputs(inputs), config.io)
     refs, masters = build_calibration(refs, config)
     exposures = group_exposures(refs, config.io, min_exposures=config.link.min_detections)

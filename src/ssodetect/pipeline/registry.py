@@ -95,12 +95,17 @@ def _row(root: Path, manifest_path: Path) -> dict | None:
     command = manifest.get("command") if isinstance(manifest.get("command"), list) else []
     keywords = manifest.get("keywords") if isinstance(manifest.get("keywords"), list) else []
     started, finished = str(manifest.get("started_utc") or ""), str(manifest.get("finished_utc") or "")
+    counts = {name: results.get(name) for name in ("n_objects", "n_known", "n_observations")}
+    counts["warnings"] = manifest.get("warnings") or 0
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62)
+               for v in counts.values()):
+        return None  # counts that are not counts: not a run's manifest (one of them broke the whole listing)
     return {
         "outdir": manifest_path.parent.relative_to(root).as_posix(), "run_id": manifest["run_id"],
         "obs_id": str(manifest.get("obs_id") or ""), "started_utc": started, "finished_utc": finished,
         "duration_s": _duration(started, finished), "status": "complete" if complete else "partial",
-        "n_objects": results.get("n_objects"), "n_known": results.get("n_known"),
-        "n_observations": results.get("n_observations"), "warnings": int(manifest.get("warnings") or 0),
+        "n_objects": counts["n_objects"], "n_known": counts["n_known"],
+        "n_observations": counts["n_observations"], "warnings": counts["warnings"],
         "version": str(software.get("ssodetect", "")), "profile": str(profile.get("name") or ""),
         "command": " ".join(str(c) for c in command), "keywords": " ".join(str(k) for k in keywords),
         "manifest_mtime_ns": mtime,
@@ -127,6 +132,9 @@ class Registry:
         if not self.root.is_dir():
             raise InputError(f"{root}: not a directory")
         self.path = self.root / REGISTRY_NAME
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            # (a link would have the database written wherever it points)
+            raise InputError(f"{self.path}: not a run registry (a link or not a regular file); remove it to rebuild it")
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0)
             self.db.row_factory = sqlite3.Row

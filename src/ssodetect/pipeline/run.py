@@ -560,7 +560,7 @@ BUILTIN_STEPS = [
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
-          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "15",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "16",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
          ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "8",

@@ -157,7 +157,9 @@ def ades_context(config: ReportConfig, *, station: str | None = None, filter_nam
     if config.funding_source:
         ctx["fundingSource"] = config.funding_source
     if config.comment:
-        ctx["comment"] = [config.comment[i : i + 100] for i in range(0, len(config.comment), 100)]
+        # (a chunk of blanks only is no ADES line)
+        ctx["comment"] = [line for line in (config.comment[i : i + 100] for i in range(0, len(config.comment), 100))
+                          if line.strip()]
     return ctx
 
 

@@ -27,6 +27,7 @@ from regions import (CirclePixelRegion, CircleSkyRegion, LinePixelRegion, LineSk
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import rows_by
 from ssodetect.io.headers import world_to_pixels
+from ssodetect.io.outputs import safe_name
 
 __all__ = ["object_regions", "write_regions", "exposure_regions", "write_exposure_regions", "fitted_track",
            "region_file_name", "KIND_COLOURS", "TRAIL_COLOURS", "REGIONS_DIR"]
@@ -117,9 +118,9 @@ def fitted_track(mjd: np.ndarray, ra: np.ndarray, dec: np.ndarray):
 
 
 def region_file_name(exposure: int, ccd: str) -> str:
-    """``e<exposure>_<ccd>.reg`` with the CCD id reduced to letters, digits, ``-`` and ``_``."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(ccd))[:40] or "ccd"
-    return f"e{int(exposure)}_{safe}.reg"
+    """``e<exposure>_<ccd>.reg`` with the CCD id reduced to ASCII letters, digits, ``-`` and ``_``
+    (:func:`~ssodetect.io.outputs.safe_name`: a changed id gets a hash, so ``A.1`` and ``A_1`` keep two files)."""
+    return f"e{int(exposure)}_{safe_name(ccd)}.reg"
 
 
 def exposure_regions(exposure: int, ccd: str, *, candidates: Table | None, observations: Table,

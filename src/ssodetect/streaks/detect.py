@@ -25,9 +25,9 @@ from astropy.table import Table
 from ssodetect.detect.extract import FWHM_TO_SIGMA, MASK_FIT_MAX_INFO, masked_information, near_edge
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, section_amplitudes, trail_cost
 
-__all__ = ["join_fragments", "detach_bright_pieces", "collinear_chains", "refine_trails", "cut_ends", "spike_axes",
-           "edge_distance", "edge_clear", "edge_cut", "EDGE_ALONG_CLEARANCE", "EDGE_LINE_CLEARANCE",
-           "EDGE_MIN_TRAIL_FWHM"]
+__all__ = ["join_fragments", "detach_bright_pieces", "uncovered_pieces", "collinear_chains", "refine_trails",
+           "cut_ends", "spike_axes", "edge_distance", "edge_clear", "edge_cut", "EDGE_ALONG_CLEARANCE",
+           "EDGE_LINE_CLEARANCE", "EDGE_MIN_TRAIL_FWHM"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,71 @@ def join_fragments(det: Table, candidates: np.ndarray, *, max_gap: float, max_an
     for i in idx:
         groups.setdefault(find(i), []).append(i)
     return list(groups.values())
+
+
+def _join_rows(out: Table, group: list[int]) -> int:
+    """A group's pieces joined into its first row (in place): the two ends farthest apart span the streak, the
+    fluxes and pixel counts add up.  Returns how many pieces were joined to the first (``len(group) - 1``)."""
+    if len(group) < 2:
+        return 0
+    first = group[0]
+    ends = np.vstack([np.vstack(_ends(out["x"][i], out["y"][i], out["length"][i], out["theta"][i])) for i in group])
+    d = np.hypot(ends[:, None, 0] - ends[None, :, 0], ends[:, None, 1] - ends[None, :, 1])
+    a, b = np.unravel_index(np.argmax(d), d.shape)
+    p, q = ends[a], ends[b]
+    out["x"][first], out["y"][first] = 0.5 * (p + q)
+    out["length"][first] = float(np.hypot(*(q - p)))
+    out["theta"][first] = (math.atan2(q[1] - p[1], q[0] - p[0]) + math.pi / 2) % math.pi - math.pi / 2
+    out["flux"][first] = float(np.sum(np.asarray(out["flux"])[group]))
+    out["flux_err"][first] = float(np.sqrt(np.sum(np.asarray(out["flux_err"])[group] ** 2)))
+    out["npix"][first] = int(np.sum(np.asarray(out["npix"])[group]))
+    out["near_mask"][first] = bool(np.any(np.asarray(out["near_mask"])[group]))
+    if "mask_fit" in out.colnames:
+        out["mask_fit"][first] = False
+    return len(group) - 1
+
+
+#: A piece of a joined group detected at this S/N or more on its own is a source: when the group's fitted trail
+#: leaves it out, it is measured alone (:func:`uncovered_pieces`).
+COVER_MIN_SNR = 10.0
+
+
+def uncovered_pieces(det: Table, group: list[int], fit, psf_sigma: float) -> list[int]:
+    """The pieces of a joined group that its fitted trail leaves out: sources of their own.
+
+    :func:`join_fragments` joins collinear pieces across up to ``max_gap``; short pieces' axes are uncertain, so a
+    slow mover's 8 px trail can join a galaxy 26 px away 15 degrees off its axis, with a second galaxy on the line
+    between them filling the gap (:func:`split_at_gaps` sees no gap).  The fit of the joined line then settles on
+    the galaxy in the middle, 6 px long, and the mover was lost (a V 23.1 mover of an unseen family member in one of
+    its four exposures).  A piece detected at :data:`COVER_MIN_SNR` or more on its own whose centre lies more than
+    ``3 psf_sigma + 2`` px beyond the fitted trail's ends or beside its line is left out by the fit.
+
+    Parameters
+    ----------
+    det : Table
+        The detections before joining (``x, y, snr`` [px]).
+    group : list of int
+        Row indices of the joined pieces.
+    fit : TrailFit
+        The joined line's fit (``x, y, length, theta`` [px, rad]).
+    psf_sigma : float
+        [px].
+
+    Returns
+    -------
+    list of int
+        Row indices of the pieces left out (empty when the fit covers every bright piece, or for one piece).
+    """
+    if len(group) < 2:
+        return []
+    idx = np.asarray(group)
+    dx = np.asarray(det["x"], float)[idx] - fit.x
+    dy = np.asarray(det["y"], float)[idx] - fit.y
+    c, s = math.cos(fit.theta), math.sin(fit.theta)
+    margin = 3.0 * psf_sigma + 2.0
+    outside = (np.abs(dx * c + dy * s) > 0.5 * fit.length + margin) | (np.abs(-dx * s + dy * c) > margin)
+    bright = np.asarray(det["snr"], float)[idx] >= COVER_MIN_SNR
+    return [int(i) for i in idx[outside & bright]]
 
 
 #: A stretch between two joined pieces holding less than this fraction of the fainter piece's light per unit length,
@@ -725,7 +790,8 @@ def refine_trails(
         Counts: ``n_chains`` (faint trails built from chains of blobs), ``n_faint_lines`` (faint long trails
         found on the smoothed image or by the line filter) of which ``n_line_filter`` by the line filter
         (:func:`line_segments`; ``n_line_regions`` regions, ``n_line_too_bright``, ``n_line_too_long`` and
-        ``n_line_known`` of them not fitted, fits tried on ``n_line_fitted``), ``n_joined``, ``n_gaps_split`` (joins
+        ``n_line_known`` of them not fitted, fits tried on ``n_line_fitted``), ``n_joined``, ``n_unjoined`` (joined
+        groups whose fit left bright pieces out, split again: :func:`uncovered_pieces`), ``n_gaps_split`` (joins
         undone where the line between two pieces was empty: :func:`split_at_gaps`), ``n_detached`` (short pieces
         far brighter per unit length than the rest taken out of their group: :func:`detach_bright_pieces`),
         ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``, ``n_short_refit`` (short trails
@@ -734,8 +800,8 @@ def refine_trails(
         spike angles [deg], :func:`spike_axes`) and ``n_spike_rejected`` (lines pointing at a saturated core
         along none of them: measured as trails).
     """
-    info = {"n_joined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0, "n_chains": 0,
-            "n_faint_lines": 0, "n_line_filter": 0, "n_line_regions": 0, "n_line_too_bright": 0, "n_line_too_long": 0,
+    info = {"n_joined": 0, "n_unjoined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0,
+            "n_chains": 0, "n_faint_lines": 0, "n_line_filter": 0, "n_line_regions": 0, "n_line_too_bright": 0, "n_line_too_long": 0,
             "n_line_known": 0, "n_line_fitted": 0,
             "n_gaps_split": 0, "n_detached": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
     if len(det) == 0:
@@ -756,51 +822,40 @@ def refine_trails(
               for part in detach_bright_pieces(det, group, data, variance, mask, psf_sigma, min_length)]
     info["n_detached"] = len(groups) - n_groups
     out = det.copy()
-    drop = []
+    dropped: set[int] = set()
     noise = float(np.sqrt(np.nanmedian(variance[::8, ::8])))  # a smooth map: every 64th pixel is plenty
     saturated_points = np.argwhere(saturated) if saturated is not None else None
     for group in groups:  # 1. fragments joined
-        first = group[0]
-        if len(group) > 1:
-            ends = np.vstack([np.vstack(_ends(out["x"][i], out["y"][i], out["length"][i], out["theta"][i])) for i in group])
-            # the two ends farthest apart span the joined streak
-            d = np.hypot(ends[:, None, 0] - ends[None, :, 0], ends[:, None, 1] - ends[None, :, 1])
-            a, b = np.unravel_index(np.argmax(d), d.shape)
-            p, q = ends[a], ends[b]
-            out["x"][first], out["y"][first] = 0.5 * (p + q)
-            out["length"][first] = float(np.hypot(*(q - p)))
-            out["theta"][first] = (math.atan2(q[1] - p[1], q[0] - p[0]) + math.pi / 2) % math.pi - math.pi / 2
-            out["flux"][first] = float(np.sum(np.asarray(out["flux"])[group]))
-            out["flux_err"][first] = float(np.sqrt(np.sum(np.asarray(out["flux_err"])[group] ** 2)))
-            out["npix"][first] = int(np.sum(np.asarray(out["npix"])[group]))
-            out["near_mask"][first] = bool(np.any(np.asarray(out["near_mask"])[group]))
-            if "mask_fit" in out.colnames:
-                out["mask_fit"][first] = False
-            drop.extend(group[1:])
-            info["n_joined"] += len(group) - 1
+        info["n_joined"] += _join_rows(out, group)
+        dropped.update(group[1:])
+
+    def near_core_of(first: int) -> bool:
+        """The line, extended, runs into a saturated core (no gap on the way), and is not a bleed column."""
+        if saturated is None:
+            return False
+        length, theta = float(out["length"][first]), float(out["theta"][first])
+        bleed = abs(abs(theta) - math.pi / 2) < math.radians(2.0) and _touches(
+            saturated, out["x"][first], out["y"][first], length, theta, points=saturated_points)
+        reach = max(1.5 * length, 40.0)
+        return bool(not bleed and 0.5 * min_length <= length <= max_length and _touches(
+            saturated, out["x"][first], out["y"][first], length, theta, reach=reach, band=3,
+            points=saturated_points,
+        ) and not _gap_to_core(data, variance, mask, saturated_points, float(out["x"][first]),
+                               float(out["y"][first]), length, theta, psf_sigma, reach))
+
     # 2. diffraction spikes: a line that, extended, runs into a saturated core AND lies along one of the image's
     # spike axes (every saturated star's spikes share their angles on the detector; a mover passing near a
     # saturated star at another angle is not a spike, and an image without spikes has no such axis: on a
     # crowded member without spikes 137 movers and galaxies had been labelled spikes)
-    firsts = [int(group[0]) for group in groups]
-    near_core = np.zeros(len(out), bool)
-    if saturated is not None:
-        for first in firsts:
-            length, theta = float(out["length"][first]), float(out["theta"][first])
-            bleed = abs(abs(theta) - math.pi / 2) < math.radians(2.0) and _touches(
-                saturated, out["x"][first], out["y"][first], length, theta, points=saturated_points)
-            reach = max(1.5 * length, 40.0)
-            if not bleed and 0.5 * min_length <= length <= max_length and _touches(
-                saturated, out["x"][first], out["y"][first], length, theta, reach=reach, band=3,
-                points=saturated_points,
-            ) and not _gap_to_core(data, variance, mask, saturated_points, float(out["x"][first]),
-                                   float(out["y"][first]), length, theta, psf_sigma, reach):
-                near_core[first] = True
+    near_core = {int(group[0]): near_core_of(int(group[0])) for group in groups}
     # too few such lines to tell the axes from chance (a frame with one or two saturated stars): all are spikes
-    judged = int(near_core.sum()) >= MIN_SPIKE_LINES
-    axes = spike_axes(np.degrees(np.asarray(out["theta"], float)[near_core])) if judged else np.zeros(0)
+    judged = sum(near_core.values()) >= MIN_SPIKE_LINES
+    axes = (spike_axes(np.degrees([float(out["theta"][f]) for f, near in near_core.items() if near]))
+            if judged else np.zeros(0))
     info["spike_axes"] = [round(float(a), 1) for a in axes]
-    for group in groups:  # 3. classified and measured
+    work = list(reversed(groups))
+    while work:  # 3. classified and measured
+        group = work.pop()
         first = group[0]
         length = float(out["length"][first])
         if length > max_length:
@@ -818,10 +873,11 @@ def refine_trails(
             out["kind"][first] = "spike"
             info["n_spike"] += 1
             continue
-        info["n_spike_rejected"] += int(near_core[first])
         if length < min_length:
+            info["n_spike_rejected"] += int(near_core[first])
             continue
         if _along_edge(data.shape, float(out["x"][first]), float(out["y"][first]), theta, 3.0 * psf_sigma + 2.0):
+            info["n_spike_rejected"] += int(near_core[first])
             out["kind"][first] = "edge"  # a source cut by the detector edge looks elongated along it
             info["n_edge"] += 1
             continue
@@ -847,11 +903,31 @@ def refine_trails(
             # lack its ends: settled from there, or kept as it is
             fit, settled = _settle_ends(_row_fit(out[first]), data, variance, mask, psf_sigma, max_length)
             if not settled:
+                info["n_spike_rejected"] += int(near_core[first])
                 continue
         else:
             fit, settled = _settle_ends(fit, data, variance, mask, psf_sigma, max_length)
-        info["n_ends_moved"] += settled
         fit = _grow(fit, data, variance, mask, psf_sigma, max_length)
+        uncovered = uncovered_pieces(det, group, fit, psf_sigma)
+        if uncovered:
+            # the joined line's fit settled elsewhere: the pieces it left out are sources of their own (re-measured
+            # alone), the others stay joined (re-measured without them)
+            for i in group:
+                for name in out.colnames:
+                    out[name][i] = det[name][i]
+            dropped.difference_update(group)
+            info["n_joined"] -= len(group) - 1
+            info["n_unjoined"] += 1
+            rest = [i for i in group if i not in uncovered]
+            parts = ([rest] if rest else []) + [[i] for i in uncovered]
+            for part in parts:
+                info["n_joined"] += _join_rows(out, part)
+                dropped.update(part[1:])
+                near_core[part[0]] = near_core_of(part[0])
+            work.extend(reversed(parts))
+            continue
+        info["n_spike_rejected"] += int(near_core[first])
+        info["n_ends_moved"] += settled
         info["n_fitted"] += 1
         out["x"][first], out["y"][first] = fit.x, fit.y
         out["length"][first], out["theta"][first] = fit.length, fit.theta
@@ -862,8 +938,8 @@ def refine_trails(
         out["snr"][first] = fit.flux / max(fit.flux_err, 1e-12)
         out["kind"][first] = "trail"
         out["cut"][first] = cut_ends(data.shape, fit.x, fit.y, fit.length, fit.theta, 3.0 * psf_sigma + 2.0)
-    if drop:
-        out.remove_rows(sorted(set(drop)))
+    if dropped:
+        out.remove_rows(sorted(dropped))
     info["n_short_refit"] = _refit_short_trails(out, data, variance, mask, psf_sigma, min_length)
     return out, info
 

@@ -1,0 +1,215 @@
+"""The twelfth fault campaign: ``calibrate`` writing through a CCD name outside its output, crashing on two lights of
+one name or a CCD without masters, opening pipes, combining a frame twice or an all-NaN bias; ``ml dataset`` deleting
+its own input frames; ``ml predict DATASET`` writing over a run's tables or the dataset; bounds on settings that hung
+or crashed the run; ADES text settings that made reports invalid; a registry broken by one manifest or written through
+a link; region files of two CCDs on one name; a truncated orbit file; an error cut at a newline in a file name.
+
+A refused command exits 2 with one line naming the file or setting and writes nothing.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from faultkit import cli, copy_inputs, copy_run, snapshot
+from ssodetect.config import load_config
+from ssodetect.errors import ConfigError
+from ssodetect.io.outputs import safe_name
+from ssodetect.report.regions import region_file_name
+
+
+def _refused(outcome, *said):
+    assert outcome.code == 2 and len(outcome.err) == 1, outcome.err
+    for text in said:
+        assert text in outcome.errors[0], outcome.errors[0]
+
+
+def _frames(folder, ccds, *, seed=0, bias_value=None):
+    """Three bias and four light frames, 64x64, one image extension per CCD name (``CCDNAME``)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for kind, n, exptime, hour in (("BIAS", 3, 0.0, 18), ("LIGHT", 4, 60.0, 20)):
+        for i in range(n):
+            primary = fits.Header()
+            primary["IMAGETYP"], primary["EXPTIME"] = kind, exptime
+            primary["DATE-OBS"] = f"2024-01-01T{hour}:{10 * i:02d}:00"
+            hdus = [fits.PrimaryHDU(header=primary)]
+            for name in ccds:
+                data = np.round(1000 + rng.normal(0, 5, (64, 64))).astype(np.float32)
+                if kind == "BIAS" and bias_value is not None:
+                    data[:] = bias_value
+                hdus.append(fits.ImageHDU(data, fits.Header([("CCDNAME", name)])))
+            fits.HDUList(hdus).writeto(folder / f"{kind.lower()}{i}.fits")
+    return folder
+
+
+def test_a_ccd_name_never_writes_outside_the_output(tmp_path, capsys):
+    """A CCD named ``x/../../../escaped`` had its master written three levels above OUT (exit 0)."""
+    raw = _frames(tmp_path / "deep" / "er" / "raw", ["x/../../../escaped", "B"])
+    out = tmp_path / "deep" / "er" / "cal"
+    outcome = cli(capsys, "calibrate", raw, "--out", out)
+    assert outcome.code == 0, outcome.err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "deep" / "escaped").exists()
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["ccd_B", f"ccd_{safe_name('x/../../../escaped')}"] and "/" not in folders[1]
+    assert (out / folders[1] / "master_bias.fits").is_file()
+
+
+def test_two_lights_of_one_name_and_a_ccd_without_masters_are_refused(tmp_path, capsys):
+    """Two lights named light0.fits in two folders crashed the commit (exit 3, 'already exists'); a light whose CCD
+    has no master crashed with KeyError."""
+    one, two = _frames(tmp_path / "n1", ["C"]), _frames(tmp_path / "n2", ["C"], seed=1)
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "calibrate", one, two, "--out", tmp_path / "cal", "--lights"), "light0.fits",
+             "would be named light0.fits")
+    assert snapshot(tmp_path) == before
+    mixed = _frames(tmp_path / "m", ["A", "B"], seed=2)
+    for path in mixed.glob("bias*.fits"):  # biases of CCD A only
+        with fits.open(path) as hdul:
+            fits.HDUList([hdul[0].copy(), hdul[1].copy()]).writeto(path, overwrite=True)
+    _refused(cli(capsys, "calibrate", mixed, "--out", tmp_path / "cal2", "--lights"), "light0.fits",
+             "CCD B has no bias, dark or flat")
+    assert not (tmp_path / "cal2").exists()
+
+
+def test_compressed_lights_keep_a_fits_name(tmp_path, capsys):
+    raw = _frames(tmp_path / "raw", ["C"])
+    for path in raw.glob("light*.fits"):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    assert cli(capsys, "calibrate", raw, "--out", tmp_path / "cal", "--lights").code == 0
+    assert sorted(p.name for p in (tmp_path / "cal" / "calibrated").iterdir()) == [f"light{i}.fits" for i in range(4)]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_listed_as_a_calibration_frame_is_refused(tmp_path, capsys):
+    """A FIFO in [calibrate] bias blocked calibrate for ever (run refused it)."""
+    raw = _frames(tmp_path / "raw", ["C"])
+    os.mkfifo(tmp_path / "p.fits")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[calibrate]\nbias = ["{tmp_path / "p.fits"}"]\n')
+    _refused(cli(capsys, "calibrate", raw, "--out", tmp_path / "cal", "--config", config), "p.fits",
+             "not a regular file")
+
+
+def test_an_all_nan_bias_is_refused_and_a_frame_given_twice_is_used_once(tmp_path, capsys, caplog):
+    """An all-NaN bias made every calibrated pixel NaN with exit 0; a bias listed in [calibrate] and found among the
+    inputs was combined twice ('bias from 4 frames' from 3 files)."""
+    nan = _frames(tmp_path / "nan", ["C"], bias_value=np.nan)
+    _refused(cli(capsys, "calibrate", nan, "--out", tmp_path / "cal", "--lights"), "bias0.fits",
+             "NaN or infinite")
+    assert not (tmp_path / "cal").exists()
+    raw = _frames(tmp_path / "raw", ["C"])
+    config = tmp_path / "d.toml"
+    config.write_text(f'[calibrate]\nbias = ["{raw / "bias0.fits"}"]\n')
+    outcome = cli(capsys, "calibrate", raw, "--out", tmp_path / "cal2", "--config", config)
+    assert outcome.code == 0 and "bias from 3 frames" in " ".join(outcome.out), outcome.out
+    assert "given twice as a calibration frame" in caplog.text
+
+
+def test_ml_dataset_never_writes_over_its_own_scene(scene, tmp_path, capsys):
+    """``ml dataset SCENE --out SCENE`` replaced the scene's folder: its frames were deleted (exit 0)."""
+    own = copy_inputs(scene, tmp_path / "s")
+    before = snapshot(own)
+    _refused(cli(capsys, "ml", "dataset", own, "--out", own, "-n", "4"), str(own), "holds the dataset's input")
+    assert snapshot(own) == before
+
+
+def test_ml_dataset_positions_off_the_sky_are_refused(scene, tmp_path, capsys):
+    positions = tmp_path / "pos.csv"
+    positions.write_text("ra,dec\n150.0,25.0\n1e30,25.0\n")
+    _refused(cli(capsys, "ml", "dataset", scene, "--out", tmp_path / "ds", "-n", "4", "--positions", positions),
+             "pos.csv", "row 2", "no position on the sky")
+
+
+def test_ml_predict_on_a_dataset_never_writes_over_a_run_or_the_dataset(good_run, tmp_path, capsys):
+    """``ml predict DATASET --out RUN/objects.ecsv`` replaced the run's table, ``--out DATASET/meta.ecsv`` the
+    dataset's metadata; ``--threshold nan`` and ``2`` were taken.  (Refused before the model or the dataset is read:
+    the paths here need not hold one.)"""
+    pytest.importorskip("torch")
+    run = copy_run(good_run.out, tmp_path / "run")
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text("{}")
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "ml", "predict", dataset, "--out", run / "objects.ecsv"), "objects.ecsv", "product of the run")
+    _refused(cli(capsys, "ml", "predict", dataset, "--out", dataset / "meta.ecsv"), "meta.ecsv", "inside the dataset")
+    for value in ("nan", "2"):
+        _refused(cli(capsys, "ml", "predict", dataset, "--threshold", value), "--threshold", "between 0 and 1")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("detect", "threshold", "1e-30"), ("detect", "aperture_radius_fwhm", "1e30"), ("detect", "psf_fwhm", "1000"),
+    ("report", "astcat", '"Ga|ia"'), ("report", "astcat", '"Gaia3DR3x"'), ("report", "photcat", '"A|B"'),
+    ("report", "time_rms", "123456789"), ("report", "time_rms", "0.0001"), ("report", "submitter", '"A|B"'),
+    ("report", "submitter", '"   "'), ("report", "submitter", '"' + "x" * 150 + '"'),
+    ("report", "telescope_design", '"' + "y" * 30 + '"'), ("report", "observers", '["Ann|Bob"]'),
+])
+def test_settings_that_crashed_hung_or_made_invalid_reports_are_refused(tmp_path, section, key, value):
+    """threshold 1e-30 overflowed sep's deblending and aperture_radius_fwhm 1e30 an int (exit 3); psf_fwhm 1000 (then
+    allowed) held a run for minutes beyond reach of SIGTERM; '|' in ADES text split PSV lines, and catalogue names of
+    more than 8 characters, rmsTime beyond its 8 characters or written as 0.000, blank or 150-character names made
+    observations.xml fail submit.xsd, all with exit 0."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        load_config(config)
+
+
+def test_a_comment_chunk_of_blanks_is_no_ades_line():
+    from ssodetect.config import ReportConfig
+    from ssodetect.report.ades import ades_context
+
+    context = ades_context(ReportConfig(comment="a" * 100 + " " * 100 + "b"), station="500")
+    assert context["comment"] == ["a" * 100, "b"]
+
+
+def test_one_bad_manifest_does_not_break_the_run_listing(good_run, tmp_path, capsys):
+    """``"warnings": "many"`` in one run's manifest made ``runs ROOT`` an internal error listing nothing."""
+    root = tmp_path / "root"
+    root.mkdir()
+    copy_run(good_run.out, root / "good")
+    bad = copy_run(good_run.out, root / "bad")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["warnings"] = "many"
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    outcome = cli(capsys, "runs", root)
+    assert outcome.code == 0, outcome.err
+    assert any("good" in line for line in outcome.out) and not any(line.split()[:1] == ["bad"] for line in outcome.out)
+
+
+def test_the_registry_is_never_written_through_a_link(good_run, tmp_path, capsys):
+    root = tmp_path / "root"
+    root.mkdir()
+    copy_run(good_run.out, root / "good")
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    (root / ".ssodetect-registry.sqlite").symlink_to(elsewhere)
+    _refused(cli(capsys, "runs", root), ".ssodetect-registry.sqlite", "a link")
+    assert not elsewhere.exists()
+
+
+def test_region_files_of_two_ccds_never_share_a_name():
+    """CCDs 'A.1' and 'A_1' (and two long names alike in their first 40 characters) wrote one region file."""
+    names = {region_file_name(0, ccd) for ccd in ("A.1", "A_1", "x" * 70 + "a", "x" * 70 + "b", "1-1")}
+    assert len(names) == 5 and "e0_1-1.reg" in names and "e0_A_1.reg" in names
+
+
+def test_a_truncated_gzip_orbit_file_is_one_line(scene, tmp_path, capsys):
+    orbits = tmp_path / "t.dat.gz"
+    orbits.write_bytes(gzip.compress(b"x" * 5000)[:20])
+    _refused(cli(capsys, "run", scene, "--out", tmp_path / "o", "--orbits", orbits), "t.dat.gz",
+             "cannot read orbit file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_error_about_a_file_with_a_newline_in_its_name_names_the_problem(scene, tmp_path, capsys):
+    inputs = copy_inputs(scene, tmp_path / "in")
+    (inputs / "bad\nname.fits").write_bytes(b"not a FITS file at all" * 200)
+    outcome = cli(capsys, "run", inputs, "--out", tmp_path / "o")
+    _refused(outcome, "bad\\nname.fits", "FITS")
