@@ -339,3 +339,31 @@ def test_a_run_launched_from_the_console_computes_on_its_dask_cluster(root):
     log_text = (root / "ondask" / "run.log").read_text()
     assert f"per-CCD work on dask scheduler {cluster.scheduler_address}" in log_text, log_text[:3000]
     assert json.loads((root / "ondask" / "manifest.json").read_text())["results"]["n_objects"] > 0
+
+
+def test_a_cancelled_job_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, monkeypatch):
+    """A run busy inside one long library call never saw SIGTERM: the cancelled job stayed 'running' and blocked its
+    worker.  After ``CANCEL_GRACE_S`` its process group gets SIGKILL (the worker's loop then records the job as
+    cancelled, as for any cancelled run)."""
+    import subprocess
+    import sys
+
+    from ssodetect.console import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "CANCEL_GRACE_S", 0.5)
+    with Registry(tmp_path) as reg:
+        job_id = reg.enqueue("busy", ["config", "--plain"])
+        reg.claim()
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"],
+                                stdout=subprocess.PIPE, start_new_session=True)
+    assert stubborn.stdout.readline().strip() == b"ready"
+    pool = worker_module.Workers(tmp_path)
+    pool._procs[job_id] = stubborn
+    try:
+        assert pool.cancel(job_id)
+        assert stubborn.wait(timeout=20) == -9
+    finally:
+        if stubborn.poll() is None:
+            stubborn.kill()
+        stubborn.stdout.close()

@@ -33,6 +33,10 @@ def job_log(root: Path, job_id: int) -> Path:
     return Path(root) / CONSOLE_DIR / "jobs" / f"{int(job_id)}.log"
 
 
+#: Seconds a cancelled job's process has to end after SIGTERM before it is killed (SIGKILL).
+CANCEL_GRACE_S = 30.0
+
+
 class Workers:
     """``n`` threads running the queued jobs of ``root``'s registry, one process each.
 
@@ -88,7 +92,17 @@ class Workers:
             proc = self._procs.get(int(job_id))
         if proc is not None:
             self._signal(proc, signal.SIGTERM)
+            # a run busy inside one long library call does not see SIGTERM (a 1000 px PSF kernel kept a cancelled job
+            # "running" and the worker blocked): killed after a grace; its stage and lock are cleaned by the next run
+            timer = threading.Timer(CANCEL_GRACE_S, self._kill_if_running, args=(proc,))
+            timer.daemon = True
+            timer.start()
         return True
+
+    def _kill_if_running(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            log.warning("job process %d still running %g s after it was cancelled: killed", proc.pid, CANCEL_GRACE_S)
+            self._signal(proc, signal.SIGKILL)
 
     @staticmethod
     def _signal(proc: subprocess.Popen, sig) -> None:
