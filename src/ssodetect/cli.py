@@ -361,7 +361,8 @@ def _run_products(directory: Path) -> set:
 def _check_scores_path(out: Path) -> None:
     """Refuse an ``ml predict --out`` file that is one of a run's products, a hidden name (ssodetect's records and
     stages), or anywhere inside a run's subfolders (its steps, logs, regions)."""
-
+    if out.name in ("", ".", "..") or str(out).endswith(("/", os.sep)):
+        raise SSODetectError(f"--out {out}: a directory, not a file name; give the scores file's name")
     if out.name.startswith("."):
         raise SSODetectError(f"--out {out}: a hidden name (ssodetect keeps its records and stages under such names); "
                              "give another file name")

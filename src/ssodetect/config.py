@@ -614,7 +614,7 @@ class ReportConfig(_Section):
         default=3, ge=0, le=6,
         description="Digits of seconds in obsTime: the precision of the frames' timing (3 = 1 ms; 0 = whole seconds).",
     )
-    time_rms: float = Field(default=0.0, ge=0, lt=10000.0,
+    time_rms: float = Field(default=0.0, ge=0, lt=9999.9995,
                             description="Timing uncertainty [s] (ADES rmsTime; 0: not written; else 0.001-9999.999, "
                             "the field's three decimals and eight characters).")
 
@@ -625,7 +625,7 @@ class ReportConfig(_Section):
             raise ValueError(f"time_rms {value:g} would be written as 0.000: 0 (not given) or at least 0.001")
         return value
 
-    @field_validator("submitter", "institution", "telescope_name", "telescope_design", "telescope_detector",
+    @field_validator("observatory_name", "submitter", "institution", "telescope_name", "telescope_design", "telescope_detector",
                      "funding_source", "comment", "observers", "measurers")
     @classmethod
     def _ades_text(cls, value, info):
@@ -633,7 +633,8 @@ class ReportConfig(_Section):
         # made observations.xml fail the schema and the PSV lines one field too many
         longest = 25 if info.field_name == "telescope_design" else 100
         for text in value if isinstance(value, list) else [value]:
-            if info.field_name in ("institution", "telescope_name", "funding_source", "comment") and text == "":
+            if info.field_name in ("observatory_name", "institution", "telescope_name", "funding_source",
+                                   "comment") and text == "":
                 continue
             if "|" in text or not text.strip() or (len(text) > longest and info.field_name != "comment"):
                 raise ValueError(f"{info.field_name} {text[:40]!r}: ADES text holds no '|', not only blanks, and at "

@@ -213,3 +213,90 @@ def test_an_error_about_a_file_with_a_newline_in_its_name_names_the_problem(scen
     (inputs / "bad\nname.fits").write_bytes(b"not a FITS file at all" * 200)
     outcome = cli(capsys, "run", inputs, "--out", tmp_path / "o")
     _refused(outcome, "bad\\nname.fits", "FITS")
+
+
+# the re-check of the fixes above
+
+
+def test_names_that_meet_after_being_made_safe_stay_apart(tmp_path, capsys):
+    """'A.1' is made 'A_1-<hash>'; a CCD literally named so met it (calibrate: exit 3, 'already exists').  Two
+    extensions of one CCD name in one file (every EXTNAME 'SCI') are refused, not combined twice."""
+    from ssodetect.io import CCDRef
+    from ssodetect.pipeline.ccd import intermediate_name
+
+    hashed = safe_name("A.1")
+    assert safe_name(hashed) != hashed and len({safe_name(n) for n in ("A.1", "A_1", hashed)}) == 3
+    raw = _frames(tmp_path / "r1", ["A.1", hashed])
+    assert cli(capsys, "calibrate", raw, "--out", tmp_path / "o1").code == 0
+    assert len(list((tmp_path / "o1").glob("ccd_*/master_bias.fits"))) == 2
+    same = _frames(tmp_path / "r2", ["SCI", "SCI"])
+    _refused(cli(capsys, "calibrate", same, "--out", tmp_path / "o2", "--lights"), "two extensions of CCD SCI")
+    refs = [CCDRef(path="f.fits", sci=1, rms=None, flg=None, ccd=c, mjd=0.0, exptime=1.0, filter="", instrument="",
+                   time_source="", exposure=0) for c in ("A/1", "A_1")]
+    assert len({intermediate_name(r) for r in refs}) == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_an_orbit_file_that_is_a_pipe_is_refused_everywhere(tmp_path):
+    from ssodetect.errors import InputError
+    from ssodetect.known.orbits import read_orbits
+
+    os.mkfifo(tmp_path / "orb.dat")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_orbits(tmp_path / "orb.dat")
+
+
+def test_an_empty_position_cell_is_refused(scene, tmp_path, capsys):
+    """An empty dec cell was read as 0 (exit 0, the dataset drawn at dec 0)."""
+    positions = tmp_path / "m.csv"
+    positions.write_text("ra,dec\n150,\n")
+    _refused(cli(capsys, "ml", "dataset", scene, "--out", tmp_path / "ds", "-n", "2", "--positions", positions),
+             "m.csv", "row 1", "no dec")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("report", "observatory_name", '"Obs|X"'), ("report", "observatory_name", '"   "'),
+    ("report", "time_rms", "9999.9996"),
+])
+def test_more_ades_text_and_width_settings_are_refused(tmp_path, section, key, value):
+    config = tmp_path / "c.toml"
+    config.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        load_config(config)
+
+
+@pytest.mark.parametrize("option, value", [("--rate-max", "inf"), ("--rate-min", "1e300"), ("--fwhm", "1e6")])
+def test_dataset_rates_and_fwhm_are_bounded(scene, tmp_path, capsys, option, value):
+    _refused(cli(capsys, "ml", "dataset", scene, "--out", tmp_path / "ds", "-n", "2", option, value),
+             "invalid dataset settings")
+
+
+def test_ml_train_and_predict_refuse_what_crashed_them(tmp_path, capsys):
+    """A validation fraction out of bounds is refused before anything is read or made (``0.999999`` had left no
+    training sequence: ZeroDivisionError, an empty --out left); ``--out .`` crashed on the stage's name."""
+    pytest.importorskip("torch")
+    from ssodetect.ml.train import train
+
+    with pytest.raises(ConfigError, match="val_fraction"):
+        train([], tmp_path / "t", val_fraction=float("nan"))
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text("{}")
+    _refused(cli(capsys, "ml", "predict", dataset, "--out", "."), "a directory, not a file name")
+
+
+def test_batch_failure_messages_are_whole_and_one_line(tmp_path):
+    """A newline in a file name cut a failed field's message before its problem; long ones were cut at 256."""
+    from ssodetect.config import Config
+    from ssodetect.errors import InputError
+    from ssodetect.pipeline.batch import Field, _field_task, check_field_name
+
+    folder = tmp_path / "in" / ("d" * 150)
+    folder.mkdir(parents=True)
+    (folder / "bad\nname.fits").write_bytes(b"junk" * 100)
+    row = _field_task(Field("f", (str(folder),)), str(tmp_path / "out"), Config())
+    assert row["status"] == "failed" and "\n" not in row["message"] and "bad\\nname.fits" in row["message"]
+    assert "FITS" in row["message"] and len(row["message"]) > 256
+    for name in ("a\u2028b", "a\u2029b"):
+        with pytest.raises(InputError):
+            check_field_name(name, "b.toml")

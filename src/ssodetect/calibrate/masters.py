@@ -564,12 +564,15 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     listed = [(kind, ref) for kind in ("bias", "dark", "flat") for path in getattr(cc, kind)
               for ref in scan_file(Path(path), config.io)]
     seen: set = set()
+    ccd_hdu: dict = {}
     for kind, ref in [(ref.frame_type, ref) for ref in refs if ref.frame_type != "light"] + listed:
         key = (str(Path(ref.path).resolve()), ref.sci)
         if key in seen:  # listed in [calibrate] and found among the inputs (or listed twice): combined once
             log.warning("%s: given twice as a calibration frame; used once", ref.path)
             continue
         seen.add(key)
+        if ccd_hdu.setdefault((key[0], ref.ccd), ref.sci) != ref.sci:  # (every extension EXTNAME = 'SCI')
+            raise InputError(f"{ref.path}: two extensions of CCD {ref.ccd} (their CCD names must differ)")
         frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys)

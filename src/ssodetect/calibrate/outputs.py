@@ -90,7 +90,9 @@ def _light_names(lights: list, masters: dict) -> dict:
         while stem.lower().endswith(_SUFFIXES):
             stem = stem[: stem.rfind(".")]
         name = f"{stem}_{safe_name(ref.ccd)}.fits" if len(masters) > 1 else f"{stem}.fits"
-        if name in taken and taken[name] != ref.path:
+        if name in taken and taken[name] == ref.path:
+            raise InputError(f"{ref.path}: two extensions of CCD {ref.ccd} (their CCD names must differ)")
+        if name in taken:
             raise InputError(f"{ref.path}: its calibrated copy would be named {name}, like that of {taken[name]}; "
                              "calibrate frames of different names (or one folder at a time)")
         taken[name] = ref.path
@@ -116,6 +118,9 @@ def write_calibration(out: str | Path, masters: dict[str, MasterFrames], lights:
     """
     out = Path(out)
     check_calibration_output(out)
+    folders = {master_folder(ccd) for ccd in masters}
+    if len(folders) < len(masters):  # (safe_name keeps names apart; a header naming two CCDs alike does not)
+        raise InputError(f"{out}: CCD names {sorted(masters)} give the same folder name twice")
     names = _light_names(lights, masters) if with_lights else {}
     if out.is_dir():
         _adopt_nested_record(out, "calibrated")

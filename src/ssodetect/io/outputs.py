@@ -54,8 +54,8 @@ def safe_name(text: str, limit: int = 40) -> str:
     meet in one file (``A.1`` and ``A_1``) and none climbs out of its folder (``x/../../escaped``)."""
     text = str(text)
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in text)
-    if safe == text and 0 < len(safe) <= limit:
-        return safe
+    if safe == text and 0 < len(safe) <= limit and not re.search(r"-[0-9a-f]{8}$", safe):
+        return safe  # (a name ending like a changed name's hash is hashed too: never equal to another's safe form)
     digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{safe[:limit] or 'ccd'}-{digest}"
 

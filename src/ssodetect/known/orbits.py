@@ -28,6 +28,7 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect import safejson
+from ssodetect.io.frames import check_regular_file
 from ssodetect.columns import describe
 from ssodetect.errors import InputError
 from ssodetect.known.designations import unpack_number, unpack_provisional
@@ -196,6 +197,7 @@ def read_orbits(path: str | Path) -> Table:
         The file cannot be read or holds no orbit (one line naming the file).
     """
     path = Path(path)
+    check_regular_file(path, "orbit")  # (a pipe would block for ever, /dev/zero read without end)
     try:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":

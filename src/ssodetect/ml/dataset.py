@@ -58,8 +58,8 @@ class DatasetConfig(BaseModel):
     size: int = Field(default=32, ge=8, le=128, description="Grid side [px].")
     mode: Literal["track", "sky"] = Field(default="track", description="Grid following the hypothesised motion, or fixed on the sky.")
     positive_fraction: float = Field(default=0.5, ge=0, le=1, description="Fraction of sequences with an injected mover.")
-    rate_min: float = Field(default=0.5, gt=0, description="Slowest rate [arcsec/h] (log-uniform).")
-    rate_max: float = Field(default=80.0, gt=0, description="Fastest rate [arcsec/h].")
+    rate_min: float = Field(default=0.5, gt=0, le=1e4, description="Slowest rate [arcsec/h] (log-uniform).")
+    rate_max: float = Field(default=80.0, gt=0, le=1e4, description="Fastest rate [arcsec/h].")
     snr_min: float = Field(default=7.0, gt=0, le=1e5,
                            description="Faintest injection: total matched-filter S/N over the sequence.")
     snr_max: float = Field(default=3000.0, gt=0, le=1e5, description="Brightest injection (log-uniform S/N; 3000 is V~19.5 for "
@@ -75,7 +75,7 @@ class DatasetConfig(BaseModel):
     )
     orbits: str = Field(default="", description="Orbit file (MPCORB.DAT or JPL SBDB JSON) for tracks = orbits.")
     position_error: float = Field(default=0.3, ge=0, description="Hypothesis error per frame [px, 1 sigma per axis].")
-    fwhm: float = Field(default=0.0, ge=0, description="PSF FWHM [px] of the injections; 0: the header's PSF_FWHM, "
+    fwhm: float = Field(default=0.0, ge=0, le=50, description="PSF FWHM [px] of the injections; 0: the header's PSF_FWHM, "
                         "else measured from the frame's stars.")
     order: Literal[1, 3] = Field(default=3, description="Interpolation order of the resampling.")
     edge: int = Field(default=16, ge=0, description="Hypothesis positions stay this far inside every frame [px].")
@@ -461,6 +461,9 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, Table, dict]
                              f"(N, T, H, W) in a mode ({mode!r})")
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise InputError(f"{path}: unreadable dataset ({exc})") from None
+    for name in ("label", "rate", "trail", "sigma", "stretch"):  # (a missing one was a KeyError deep in scoring)
+        if name not in meta.colnames or not np.issubdtype(np.asarray(meta[name]).dtype, np.number):
+            raise InputError(f"{path}: meta.ecsv has no numeric column {name!r} (a damaged dataset)")
     if images.shape[0] != len(meta):
         raise InputError(f"{path}: {images.shape[0]} sequences in the shards but {len(meta)} metadata rows")
     return images, masks, meta, doc

@@ -121,7 +121,7 @@ def load_model(path: str | Path = "builtin"):
         # (torch's own words are advice to programmers about torch.load's arguments)
         raise InputError(f"{path}: not an ssodetect model (a file saved by 'ssodetect ml train' is expected)") from None
     model.eval()
-    return model, {k: v for k, v in record.items() if k != "state_dict"}
+    return model, {k: v for k, v in record.items() if k != "state_dict"} | {"threshold": threshold}
 
 
 def score(model, inputs: np.ndarray, *, batch: int = 256, progress: bool = False) -> np.ndarray:

@@ -157,13 +157,15 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
                               "weight_decay >= 0, 0 < val_fraction < 1)")
     torch = import_torch()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     inputs, meta, doc = _load_all([Path(p) for p in datasets])
     labels = np.asarray(meta["label"], np.float32)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     order = rng.permutation(len(labels))
     n_val = max(1, int(round(val_fraction * len(labels))))
+    if n_val >= len(labels):
+        raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of {len(labels)}")
+    out.mkdir(parents=True, exist_ok=True)
     val, fit = order[:n_val], order[n_val:]
     mode = doc["config"]["mode"]
     arch = {"filters": [16, 32, 64, 64], "dropout": 0.3, "size": int(inputs.shape[-1]), "frames": int(inputs.shape[2]),

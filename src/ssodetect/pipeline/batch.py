@@ -64,7 +64,7 @@ def check_field_name(name: str, source) -> str:
     """
     name = str(name)
     bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf") for c in name) or name == SUMMARY or len(name.encode()) > 200)
+           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in name) or name == SUMMARY or len(name.encode()) > 200)
     if bad:
         raise InputError(f"{source}: field name {name!r} is not a plain directory name (no '/', '..', leading '.', "
                          f"control characters or {SUMMARY!r}); fields are written only inside the batch directory")
@@ -226,7 +226,7 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
 
 def _failed(field: Field, message: str) -> dict:
     return {"field": field.name, "status": "failed", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
-            "peak_rss_mb": 0.0, "warnings": 0, "message": message[:256]}
+            "peak_rss_mb": 0.0, "warnings": 0, "message": message[:1000]}
 
 
 def _field_task(field: Field, outdir: str, config: Config) -> dict:
@@ -234,8 +234,8 @@ def _field_task(field: Field, outdir: str, config: Config) -> dict:
     try:
         return run_field(field, outdir, config)
     except SSODetectError as exc:
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        return _failed(field, lines[0])
+        # one line, its line breaks escaped (a newline in a file name cut the message before its problem)
+        return _failed(field, (str(exc).strip() or type(exc).__name__).replace("\r", "\\r").replace("\n", "\\n"))
     except Exception as exc:  # a bug or a resource problem in this field: one line, its traceback with -v
         said = (str(exc).strip().splitlines() or [""])[0][:200]
         log.error("field %s failed: internal error: %s: %s (run with -v for the traceback; please report it)",

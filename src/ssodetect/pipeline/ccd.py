@@ -25,6 +25,7 @@ from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.io.frames import MAX_RMS
 from ssodetect.io.headers import fits_text, world_to_pixels
+from ssodetect.io.outputs import safe_name
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
 
 __all__ = ["CCD_COLUMNS", "place_on_ccds", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
@@ -353,7 +354,7 @@ def ldac_catalogue(table: Table) -> Table:
 
 def intermediate_name(ref: CCDRef) -> str:
     """File stem of one CCD exposure's intermediate products: ``exp<NNN>_<ccd>``."""
-    return f"exp{ref.exposure:03d}_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in str(ref.ccd))
+    return f"exp{ref.exposure:03d}_{safe_name(ref.ccd)}"  # (two CCDs never share a file)
 
 
 def write_intermediate(folder: Path, ref: CCDRef, data: np.ndarray, mask: np.ndarray, hits, table: Table, wcs,

@@ -140,6 +140,10 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
             raise InputError(f"{positions}: unreadable positions table ({reason(exc)})") from None
         if not {"ra", "dec"} <= set(chosen.colnames) or len(chosen) == 0:
             raise InputError(f"{positions}: the positions table needs rows with columns ra and dec [deg]")
+        for name in ("ra", "dec"):  # an empty cell was read as 0 (a masked value's fill)
+            empty = np.ma.getmaskarray(chosen[name])
+            if empty.any():
+                raise InputError(f"{positions}: row {int(np.argmax(empty)) + 1}: no {name} (an empty cell)")
         try:
             chosen = Table({"ra": np.asarray(chosen["ra"], float), "dec": np.asarray(chosen["dec"], float)})
         except (TypeError, ValueError):
