@@ -407,11 +407,14 @@ def _check_trailing(path: Path) -> str:
 
 def check_regular_file(path, role: str = "FITS") -> None:
     """Refuse, before opening it, a path that exists as a pipe, a device or a directory (a pipe would block for
-    ever, ``/dev/zero`` reads without end); a missing or unreadable one is reported where it is read."""
+    ever, ``/dev/zero`` reads without end), or that cannot be looked at; a missing one is reported where it is
+    read."""
     try:
         mode = os.stat(path).st_mode
-    except OSError:
+    except FileNotFoundError:
         return
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {role} file ({exc.strerror or exc})") from None
     if not stat.S_ISREG(mode):
         raise InputError(f"{path}: not a regular file (a pipe, device or directory is not a {role} file)")
 

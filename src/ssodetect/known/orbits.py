@@ -28,9 +28,9 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect import safejson
-from ssodetect.io.frames import check_regular_file
 from ssodetect.columns import describe
 from ssodetect.errors import InputError
+from ssodetect.io.frames import check_regular_file
 from ssodetect.known.designations import unpack_number, unpack_provisional
 
 __all__ = ["ORBIT_COLUMNS", "GAUSS_K", "read_orbits", "read_mpcorb", "read_sbdb", "unpack_epoch", "orbits_table",

@@ -64,7 +64,8 @@ def check_field_name(name: str, source) -> str:
     """
     name = str(name)
     bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in name) or name == SUMMARY or len(name.encode()) > 200)
+           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in name) or name == SUMMARY
+           or len(name.encode()) > 200)
     if bad:
         raise InputError(f"{source}: field name {name!r} is not a plain directory name (no '/', '..', leading '.', "
                          f"control characters or {SUMMARY!r}); fields are written only inside the batch directory")
@@ -226,7 +227,9 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
 
 def _failed(field: Field, message: str) -> dict:
     return {"field": field.name, "status": "failed", "n_objects": 0, "n_observations": 0, "wall_s": 0.0,
-            "peak_rss_mb": 0.0, "warnings": 0, "message": message[:1000]}
+            "peak_rss_mb": 0.0, "warnings": 0,
+            # the summary's column holds 1000 characters: a longer message says that it was cut
+            "message": message if len(message) <= 1000 else message[:990] + " ... (cut)"}
 
 
 def _field_task(field: Field, outdir: str, config: Config) -> dict:

@@ -12,7 +12,6 @@ import re
 import os
 import platform
 import resource
-import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
 )
+from ssodetect.io.frames import check_regular_file
 from ssodetect.io.outputs import STAGE_MARKER, record_files
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
@@ -932,14 +932,7 @@ def _check_named_files(refcat, config: Config | None) -> None:
     if config is None:
         return
     for path, role in _named_files(refcat, config):
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read the {role} file ({exc.strerror})") from None
-        if not stat.S_ISREG(mode):
-            raise InputError(f"{path}: not a regular file (a pipe, device or directory is not a {role} file)")
+        check_regular_file(path, role)
 
 
 def _input_files(inputs, refcat, config: Config) -> list[dict]:
