@@ -200,6 +200,64 @@ def test_calibrate_command_writes_masters_that_runs_reuse(tmp_path):
     assert main(["calibrate", str(light), "--out", str(tmp_path / "none")]) == 2
 
 
+def _named(path, ccd):
+    """The raw frame at ``path`` with its CCD named (``CCDNAME``)."""
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["CCDNAME"] = ccd
+    return path
+
+
+def test_masters_of_named_ccds_find_their_lights_and_unnamed_ones_are_placed_or_refused(tmp_path, caplog):
+    from ssodetect.cli import main
+    from ssodetect.config import load_config
+
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lights = {}
+    for ccd, level in (("A", 1000.0), ("B", 1400.0)):
+        for i in range(3):
+            _named(_raw(raw / f"b{ccd}{i}.fits", "Bias Frame", 0.0, 0.0, rng, bias=level), ccd)
+        lights[ccd] = _named(_raw(raw / f"l{ccd}.fits", "Light Frame", 60.0, 500.0, rng, bias=level), ccd)
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "cal")]) == 0
+    # each CCD's master carries its name: given back, each calibrates its own CCD's light (the biases differ by 400)
+    files = {ccd: tmp_path / "cal" / f"ccd_{ccd}" / "master_bias.fits" for ccd in "AB"}
+    assert {ccd: fits.getheader(f)["CCDNAME"] for ccd, f in files.items()} == {"A": "A", "B": "B"}
+    (tmp_path / "c.toml").write_text(f'[calibrate]\nbias = ["{files["A"]}", "{files["B"]}"]\n')
+    config = load_config(tmp_path / "c.toml")
+    refs, masters = build_calibration(scan_inputs(list(lights.values()), config.io), config)
+    assert sorted(masters) == ["A", "B"]
+    from ssodetect.calibrate import calibrate_ccd
+    from ssodetect.io import read_ccd
+
+    for ref in refs:
+        image = calibrate_ccd(read_ccd(ref, config.io), masters[ref.ccd])
+        assert float(np.median(image.data)) == pytest.approx(500.0, abs=3.0), ref.ccd
+    # a master that names no CCD (as older versions wrote them) serves the lights of one CCD, said in a warning
+    unnamed = tmp_path / "unnamed_bias.fits"
+    with fits.open(files["B"]) as hdul:
+        header = hdul[0].header.copy()
+        del header["CCDNAME"]
+        fits.PrimaryHDU(hdul[0].data, header).writeto(unnamed)
+    (tmp_path / "u.toml").write_text(f'[calibrate]\nbias = ["{unnamed}"]\n')
+    config = load_config(tmp_path / "u.toml")
+    with caplog.at_level("WARNING"):
+        refs, masters = build_calibration(scan_inputs([lights["B"]], config.io), config)
+    assert sorted(masters) == ["B"] and "name no CCD" in caplog.text
+    assert float(np.median(calibrate_ccd(read_ccd(refs[0], config.io), masters["B"]).data)) == pytest.approx(500.0, abs=3.0)
+    # ... and is refused, naming it, for lights of two CCDs (which one it belongs to is unknown)
+    with pytest.raises(InputError, match="unnamed_bias.fits: .*names no CCD.*A, B"):
+        build_calibration(scan_inputs(list(lights.values()), config.io), config)
+    # masters of another CCD than the lights' are said, not silently passed over
+    caplog.clear()
+    (tmp_path / "a.toml").write_text(f'[calibrate]\nbias = ["{files["A"]}"]\n')
+    config = load_config(tmp_path / "a.toml")
+    with caplog.at_level("WARNING"):
+        _, masters = build_calibration(scan_inputs([lights["B"]], config.io), config)
+    assert "CCD(s) A match no light frame's CCD (B)" in caplog.text
+    assert "light frames of CCD(s) B have no bias, dark or flat" in caplog.text
+
+
 def test_reference_wcs_errors_name_the_file(tmp_path):
     from ssodetect.errors import ConfigError
     from ssodetect.pipeline.astrometry import load_reference_wcs

@@ -692,6 +692,56 @@ def test_occupancy_tells_static_sources_from_movers():
     assert occupancy_verdict(*occupancy_scores(own, own_err, other, other_err, overlap))[0] == "moving"
 
 
+def test_a_whole_trail_near_the_edge_seeds_with_an_equal_trail_and_a_cut_one_does_not():
+    """Member 343: a V 20.5 mover at 7.5"/h on the detector in 3 exposures, cut by the edge in the first, its
+    second trail whole (11.73 px against 11.77 true) but its end 1.5 px from the edge (not clear of it: trails cut
+    at 45 deg were fitted 2-3 px short of it), only the third clear: one seeding member, never linked.  A trail as
+    long as, and along, the mover's clear trail and their pair's motion seeds with it; one the edge shortened does
+    not, nor does a trail of the right length across the motion, nor one without a trail measurement."""
+    from ssodetect.link.tracklets import trails_agree
+
+    rng = np.random.default_rng(8)
+    scale, exptime = 0.1, 566.0
+    t = np.arange(4) * 1100.0 / 3600.0
+    v = np.array([-5.2, -5.4])  # arcsec/h (East, North): 7.5"/h along PA 224 deg
+    rate, pa = float(np.hypot(*v)), float(np.degrees(np.arctan2(v[0], v[1])) % 180.0)
+    seen = [0, 1, 2]
+    xi = 10.0 + v[0] * t[seen] + np.array([0.06, 0.0, 0.0])  # exposure 0 cut: its centre off by 0.6 px
+    eta = 20.0 + v[1] * t[seen]
+    sigma = np.array([0.16, 0.16, 0.01])  # the edge members' errors widened by EDGE_CUT_ERROR px
+    flux, flux_err = np.array([12000.0, 17900.0, 18200.0]), np.array([12000.0, 17900.0, 80.0])
+    # the trails as motions: (rate, error, axis, error); exposure 0 cut to 88 % of its length
+    trail = np.array([[0.88 * rate, 0.03, pa, 1.0], [rate * 1.005, 0.2, pa + 0.3, 1.0], [rate * 0.99, 0.3, pa - 0.3, 5.0]])
+    n_noise = 400  # unrelated point sources, a fifth of them at the edge
+    expo = np.concatenate([seen, np.repeat(np.arange(4), n_noise)])
+    xi = np.concatenate([xi, rng.uniform(0, 40, 4 * n_noise)])
+    eta = np.concatenate([eta, rng.uniform(0, 40, 4 * n_noise)])
+    weak = np.concatenate([[True, True, False], rng.random(4 * n_noise) < 0.2])
+    sigma = np.concatenate([sigma, np.where(weak[3:], 0.15, 0.02)])
+    flux = np.concatenate([flux, np.full(4 * n_noise, 100.0)])
+    flux_err = np.concatenate([flux_err, np.where(weak[3:], 100.0, 10.0)])
+    trails = np.concatenate([trail, np.full((4 * n_noise, 4), np.nan)])
+    kw = dict(min_rate=0.3, max_rate=12.0, max_false_alarms=0.1, seed=~weak)
+
+    def linked(trails):
+        links = link_tracklets(expo, t[expo], xi, eta, sigma, flux, flux_err, trail=trails, **kw)
+        return [sorted(trk.members) for trk in links if 2 in trk.members], links.stats
+
+    assert linked(None)[0] == []  # one seeding member: refused
+    found, stats = linked(trails)
+    assert found == [[0, 1, 2]] and stats["n_seeds_by_trail"] >= 1
+    for row, change in ((1, (0.85, 0.0)), (1, (1.0, 60.0)), (1, (np.nan, 0.0))):  # cut short, across, no trail
+        other = trails.copy()
+        other[row, 0] *= change[0]
+        other[row, 2] += change[1]
+        assert linked(other)[0] == [], change
+    # the agreement itself: rate and axis within 3 sigma of the motion, an axis modulo 180 deg
+    tr = np.array([[7.5, 0.1, 44.0, 1.0]] * 4)
+    tr[2, 2] = 44.0 + 180.0
+    tr[3, 0] = 6.5
+    assert trails_agree(np.array([[-5.2, -5.4]] * 4), np.full(4, 0.1), tr).tolist() == [True, True, True, False]
+
+
 def test_occupancy_is_robust_to_one_odd_exposure_and_tests_an_edge_member():
     """Member 279's false objects: a diffraction spike's pieces strung into a mover read empty at one of their
     positions in one other exposure (the inverse-variance mean followed that one precise value: score 0.31, kept),

@@ -300,3 +300,34 @@ def test_batch_failure_messages_are_whole_and_one_line(tmp_path):
     for name in ("a\u2028b", "a\u2029b"):
         with pytest.raises(InputError):
             check_field_name(name, "b.toml")
+
+
+def test_positions_on_no_frame_are_refused_and_each_ccd_draws_at_its_own(scene, tmp_path, capsys):
+    """Re-check D4: positions on the sky but on no CCD gave blank (fully masked) sequences, exit 0."""
+    from astropy.wcs import WCS
+
+    from ssodetect.ml.dataset import positions_on_frames
+    from ssodetect.ml.sequences import Frame
+
+    with fits.open(scene / "exp_00.fits") as hdul:
+        sci = next(h for h in hdul if h.header.get("EXTNAME", "").endswith("SCI"))
+        ny, nx = sci.data.shape
+        wcs = WCS(sci.header)
+    ra, dec = (float(v) for v in wcs.all_pix2world(nx / 2.0, ny / 2.0, 0))
+    positions = tmp_path / "p.csv"
+    positions.write_text(f"ra,dec\n{ra!r},{dec!r}\n{ra!r},{dec + 1.0!r}\n")
+    _refused(cli(capsys, "ml", "dataset", scene, "--out", tmp_path / "ds", "-n", "2", "--positions", positions),
+             "p.csv", "row 2", "lies on no frame", "1 of 2 positions")
+    assert not (tmp_path / "ds").exists()
+    # the pure test, for two CCDs side by side: a position belongs to the frames that hold it
+    frames = []
+    for shift in (0.0, float(nx)):
+        w = wcs.deepcopy()
+        w.wcs.crpix = [w.wcs.crpix[0] - shift, w.wcs.crpix[1]]
+        frames.append(Frame(data=np.zeros((ny, nx), np.float32), rms=1.0, wcs=w, mjd=60000.0, exptime=566.0,
+                            gain=np.inf, fwhm=1.7, zeropoint=np.nan, name="f"))
+    x = np.array([nx / 2.0, 1.5 * nx, 2.5 * nx, -0.6, -0.4])
+    r, d = wcs.all_pix2world(x, np.full(x.size, ny / 2.0), 0)
+    assert positions_on_frames(frames[:1], r, d).tolist() == [True, False, False, False, True]
+    assert positions_on_frames(frames[1:], r, d).tolist() == [False, True, False, False, False]
+    assert positions_on_frames(frames, [(ra + 180.0) % 360.0], [-dec]).tolist() == [False]  # the far side

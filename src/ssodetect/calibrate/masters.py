@@ -33,7 +33,7 @@ from astropy.stats import sigma_clip
 from ssodetect.config import Config
 from ssodetect.errors import InputError
 from ssodetect.io.frames import scan_file
-from ssodetect.io.headers import frame_type, merge_headers
+from ssodetect.io.headers import fits_text, frame_type, merge_headers
 
 __all__ = ["FRAME_TYPES", "MasterFrames", "build_calibration", "build_masters", "hot_pixel_map", "sequence_hot_pixels", "add_hot_pixel_maps", "calibrate_ccd", "frame_type", "parse_section",
            "raw_saturation", "reduce_overscan"]
@@ -208,10 +208,11 @@ class MasterFrames:
         out[:ny, :nx] = self.hot[:ny, :nx]
         return out
 
-    def write(self, folder) -> list[str]:
+    def write(self, folder, ccd: str | None = None, ccd_keys=("CCDNAME",)) -> list[str]:
         """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist) into ``folder``
         (a staging directory, created: :func:`ssodetect.calibrate.outputs.write_calibration` commits it); returns
-        their names."""
+        their names.  ``ccd`` (unless it is :data:`UNNAMED_CCD`) is written under the first of ``ccd_keys`` its
+        first frame has (else the first of them), so the masters given back to a run calibrate that CCD's lights."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -221,11 +222,13 @@ class MasterFrames:
                 continue
             header = fits.Header()
             sources = self.sources.get(name, [])
+            first = fits.getheader(sources[0]) if sources else fits.Header()
             if sources:  # time and exposure of the first frame, so the master reads like any frame
-                first = fits.getheader(sources[0])
                 for key in ("DATE-OBS", "MJD-OBS", "EXPTIME", "INSTRUME", "TELESCOP", "FILTER"):
                     if key in first:
                         header[key] = first[key]
+            if ccd is not None and ccd != UNNAMED_CCD:
+                header[next((k for k in ccd_keys if k in first), ccd_keys[0])] = fits_text(ccd, None)
             header["IMAGETYP"] = f"master {name}"
             header["NCOMBINE"] = (self.counts.get(name, 0), "frames combined")
             header["BUNIT"] = unit
@@ -546,6 +549,43 @@ def calibrate_ccd(image, masters: MasterFrames, *, overscan: bool = True, trim: 
                    hot=masters.hot_mask(data.shape))
 
 
+#: The CCD name :func:`ssodetect.io.scan_file` gives a single-image file whose header names no CCD.
+UNNAMED_CCD = "0"
+
+
+def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[str]) -> dict:
+    """Masters keyed by the light frames' CCD names.
+
+    Calibration frames whose headers name no CCD (:data:`UNNAMED_CCD`, e.g. masters written by an older
+    ``ssodetect calibrate``) belong to the lights' CCD when the lights come from one CCD; with several, which
+    CCD they belong to is unknown and they are refused.  Masters of a CCD no light frame comes from are said
+    (warning) and left unused, as are the lights' CCDs without any calibration frame.
+    """
+    light_ccds = sorted({ref.ccd for ref in lights})
+    if not light_ccds or not masters:
+        return masters
+    if UNNAMED_CCD in masters and UNNAMED_CCD not in light_ccds:
+        first = next(path for paths in frames[UNNAMED_CCD].values() for path, _ in paths)
+        named = [k for k in detector_keys if k != "EXTNAME"] or ["CCDNAME"]
+        if len(light_ccds) > 1:
+            raise InputError(f"{first}: this calibration frame names no CCD ({'/'.join(named[:3])}) but the light "
+                             f"frames come from CCDs {', '.join(light_ccds)}: which one it belongs to is unknown")
+        if light_ccds[0] in masters:
+            raise InputError(f"{first}: this calibration frame names no CCD, others name CCD {light_ccds[0]}: "
+                             "give one CCD's frames alike")
+        log.warning("calibration frames that name no CCD (%s, ...) used for the light frames' CCD %s", first,
+                    light_ccds[0])
+        masters = {(light_ccds[0] if ccd == UNNAMED_CCD else ccd): m for ccd, m in masters.items()}
+    unused = sorted(set(masters) - set(light_ccds))
+    if unused:
+        log.warning("calibration frames of CCD(s) %s match no light frame's CCD (%s): not used", ", ".join(unused),
+                    ", ".join(light_ccds))
+    bare = sorted(set(light_ccds) - set(masters))
+    if bare:
+        log.warning("light frames of CCD(s) %s have no bias, dark or flat frames", ", ".join(bare))
+    return masters
+
+
 def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     """Light frames of the inputs and, per CCD, the masters built from the calibration frames.
 
@@ -577,6 +617,7 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys)
                for ccd, kinds in frames.items()}
+    masters = _match_ccds(masters, frames, lights, config.io.detector_keys)
     if cc.hot_pixels:
         by_ccd: dict[str, list] = {}
         for ref in sorted(lights, key=lambda r: r.mjd):

@@ -32,10 +32,11 @@ from ssodetect.config import Config
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
+from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
            "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR",
-           "EDGE_CUT_ERROR"]
+           "EDGE_CUT_ERROR", "trail_motions"]
 
 log = logging.getLogger(__name__)
 
@@ -636,6 +637,8 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
         shared=np.asarray(slow["sky_err_shared"], float) if "sky_err_shared" in slow.colnames else None,
         group=np.asarray(slow["ccd"]).astype(str),
         seed=~np.asarray(slow["edge_weak"], bool),
+        # a trail near the edge as long as the mover's other trails is whole: it seeds with them
+        trail=trail_motions(slow),
         # refused by a small margin and seen in fewer exposures than there are: confirmed or dropped on the pixels
         doubtful_factor=lk.confirm_max_excess if lk.occupancy_test else 0.0,
     )
@@ -661,6 +664,52 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
                                                              np.asarray(detections["dec"], float))
         trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(everything), t_exposures)
     return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats, doubtful)
+
+
+#: Floor [px] of a trail length's error as a motion (trails of one mover differ by this much between exposures
+#: beyond their fit errors: PSF and sampling).
+TRAIL_LENGTH_FLOOR = 0.3
+#: Relative error of a trail length measured by moments (no trail fit, no error of its own).
+TRAIL_MOMENTS_ERROR = 0.05
+
+
+def trail_motions(cand: Table) -> np.ndarray:
+    """Each candidate's trail as a motion, for :func:`~ssodetect.link.tracklets.link_tracklets` ``trail``.
+
+    Parameters
+    ----------
+    cand : Table
+        Candidates with ``kind``, ``length`` and ``b`` [px], ``trail_arcsec``, ``trail_pa`` [deg, East of North] and
+        their errors (NaN without a trail fit), ``exptime`` [s], ``pixel_scale`` [arcsec/px].
+
+    Returns
+    -------
+    ndarray (n, 4)
+        Rate the trail's length implies over its exposure [arcsec/h], its error (fit error, or
+        :data:`TRAIL_MOMENTS_ERROR` of the length, with :data:`TRAIL_LENGTH_FLOOR` px), axis [deg] and its error
+        (fit error with the angle 1 px subtends over the length).  NaN rows for point sources and for trails
+        shorter than :data:`~ssodetect.streaks.detect.EDGE_MIN_TRAIL_FWHM` of their own width's FWHM (a star cut
+        in half by the edge looks like one).
+    """
+    n = len(cand)
+    out = np.full((n, 4), np.nan)
+    if n == 0 or "trail_arcsec" not in cand.colnames:
+        return out
+    scale = np.asarray(cand["pixel_scale"], float)
+    length_px = np.asarray(cand["length"], float)
+    fwhm = 2.0 * math.sqrt(2.0 * math.log(2.0)) * np.asarray(cand["b"], float)
+    use = (np.asarray(cand["kind"]) == "trail") & (length_px >= EDGE_MIN_TRAIL_FWHM * fwhm)
+    length = np.asarray(cand["trail_arcsec"], float)
+    per_hour = 3600.0 / np.asarray(cand["exptime"], float)
+    length_err = np.hypot(np.where(np.isfinite(cand["trail_arcsec_err"]), cand["trail_arcsec_err"],
+                                   TRAIL_MOMENTS_ERROR * length), TRAIL_LENGTH_FLOOR * scale)
+    pa_err = np.hypot(np.nan_to_num(np.asarray(cand["trail_pa_err"], float)),
+                      np.degrees(np.arctan2(scale, np.maximum(length, 1e-9))))
+    with np.errstate(invalid="ignore"):
+        use &= np.isfinite(length) & (length > 0) & np.isfinite(per_hour)
+    out[use] = np.column_stack([length * per_hour, length_err * per_hour, np.asarray(cand["trail_pa"], float),
+                                pa_err])[use]
+    return out
 
 
 def _vet_slow(tracklets: list, slow: Table, cand: Table, t_exposures: dict, config: Config) -> tuple[list, dict]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "chance_probability", "flux_deviation",
+__all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "trails_agree", "chance_probability", "flux_deviation",
            "flux_level", "compatible_seeds", "relative_sigma"]
 
 
@@ -152,6 +152,7 @@ def link_tracklets(
     group: np.ndarray | None = None,
     seed: np.ndarray | None = None,
     doubtful_factor: float = 0.0,
+    trail: np.ndarray | None = None,
 ) -> "SlowLinks":
     """Link candidate detections into tracklets of linear motion.
 
@@ -208,6 +209,13 @@ def link_tracklets(
         Detections that may seed a hypothesis (default: all).  The others (detections the detector edge cut, their
         errors widened) may only join one: a tracklet keeps at least ``max(2, min_detections - 1)`` seeding
         members (``n_rejected_weak`` counts those refused).
+    trail : ndarray (n, 4), optional
+        Each detection's trail as a motion: ``rate`` implied by its length over its exposure [arcsec/h], its error,
+        the position angle of its axis [deg, East of North] and its error; NaN rate for detections that are no
+        trail.  A non-seeding trail whose rate and axis agree (:func:`trails_agree`) with a seeding trail and with
+        their pair's motion seeds with it, and counts as seeding in a tracklet whose fitted motion it and a seeding
+        member agree with: a trail whose end lies near the detector edge (not clear of it, so possibly cut) is whole
+        when it is as long as the mover's other trails (``n_seeds_by_trail`` counts those pairs).
 
     Returns
     -------
@@ -224,7 +232,7 @@ def link_tracklets(
     """
     n = len(xi)
     stats = {"n_seeds": 0, "expected_chance": 0.0, "chance_threshold": None, "n_hypotheses": 0,
-             "n_rejected_false_alarm": 0, "n_rejected_weak": 0, "n_doubtful": 0}
+             "n_rejected_false_alarm": 0, "n_rejected_weak": 0, "n_doubtful": 0, "n_seeds_by_trail": 0}
     if n == 0:
         return SlowLinks([], stats)
     pos = np.column_stack([xi, eta])
@@ -233,6 +241,8 @@ def link_tracklets(
         return SlowLinks([], stats)
     sigma = np.asarray(sigma, float)
     seed = np.ones(n, bool) if seed is None else np.asarray(seed, bool)
+    trail = np.full((n, 4), np.nan) if trail is None else np.asarray(trail, float)
+    half = ~seed & np.isfinite(trail[:, 0])  # may seed beside a seeding trail that agrees
     min_strong = max(2, min_detections - 1)
     sigma_rel, gid = relative_sigma(sigma, shared, group)
     groups = {e: np.nonzero(exposure == e)[0] for e in exposures}
@@ -262,7 +272,16 @@ def link_tracklets(
         v = (pos[ib] - pos[ia]) / dt
         speed = np.hypot(v[:, 0], v[:, 1])
         speed_tol = match_sigma * np.hypot(sigma[ia], sigma[ib]) / dt
-        ok = (speed <= max_rate + speed_tol) & (speed >= min_rate - speed_tol) & seed[ia] & seed[ib]
+        in_range = (speed <= max_rate + speed_tol) & (speed >= min_rate - speed_tol)
+        ok = in_range & seed[ia] & seed[ib]
+        by_trail = np.nonzero(in_range & ((seed[ia] & half[ib]) | (half[ia] & seed[ib])))[0]
+        if by_trail.size:
+            a, b = ia[by_trail], ib[by_trail]
+            v_err = np.hypot(sigma[a], sigma[b]) / dt
+            agree = (trails_agree(v[by_trail], v_err, trail[a]) & trails_agree(v[by_trail], v_err, trail[b])
+                     & _rates_agree(trail[a], trail[b]))
+            ok[by_trail[agree]] = True
+            stats["n_seeds_by_trail"] += int(agree.sum())
         ia, ib, v = ia[ok], ib[ok], v[ok]
         if ia.size == 0:
             continue
@@ -295,7 +314,7 @@ def link_tracklets(
             if trk is not None:
                 trk = _regrow(trk, exposures, groups, trees, times, pos, sigma, t_hours, xi, eta, flux, flux_err,
                               match_sigma, match_floor, evaluate)
-            if trk is not None and int(np.sum(seed[list(trk.members)])) < min_strong:
+            if trk is not None and _n_strong(trk, seed, half, trail) < min_strong:
                 weak_keys.add(key)
                 stats["n_rejected_weak"] += 1
                 continue
@@ -476,6 +495,69 @@ def _seed_pairs(n_exposures: int, min_fraction: float) -> list[tuple[int, int]]:
     if n_exposures <= 2 * gap:
         return [(a, b) for a in range(n_exposures) for b in range(a + 1, n_exposures)]
     return [(a, b) for a in range(n_exposures) for b in range(a + 1, min(a + gap + 1, n_exposures))]
+
+
+def _axial_difference(a, b):
+    """Smallest difference [deg] between two axes (position angles modulo 180 deg)."""
+    d = np.abs((np.asarray(a, float) - np.asarray(b, float)) % 180.0)
+    return np.minimum(d, 180.0 - d)
+
+
+def trails_agree(v, v_err, trail) -> np.ndarray:
+    """Whether trails are what motions ``v`` leave in their exposures: rate and axis within 3 sigma.
+
+    Parameters
+    ----------
+    v : ndarray (m, 2)
+        Motions [arcsec/h] (East, North).
+    v_err : ndarray (m,)
+        Their isotropic errors [arcsec/h].
+    trail : ndarray (m, 4)
+        ``rate`` [arcsec/h] the trail's length implies, its error, axis position angle [deg, East of North], its
+        error (see :func:`link_tracklets`).
+
+    Returns
+    -------
+    ndarray (m,) bool
+        False where a trail has no rate.
+    """
+    v = np.atleast_2d(np.asarray(v, float))
+    speed = np.hypot(v[:, 0], v[:, 1])
+    v_err = np.asarray(v_err, float)
+    rate, rate_err, pa, pa_err = (trail[:, k] for k in range(4))
+    axis = np.degrees(np.arctan2(v[:, 0], v[:, 1]))
+    axis_err = np.degrees(np.arctan2(v_err, np.maximum(speed, 1e-9)))
+    with np.errstate(invalid="ignore"):
+        return (np.isfinite(rate) & (np.abs(speed - rate) <= 3.0 * np.hypot(v_err, rate_err))
+                & (_axial_difference(axis, pa) <= 3.0 * np.hypot(axis_err, pa_err)))
+
+
+def _rates_agree(a, b) -> np.ndarray:
+    """Whether two trails (rows of ``trail``, see :func:`link_tracklets`) have the same rate and axis within 3
+    sigma (a trail the detector edge cut is shorter than the mover's others)."""
+    with np.errstate(invalid="ignore"):
+        return ((np.abs(a[:, 0] - b[:, 0]) <= 3.0 * np.hypot(a[:, 1], b[:, 1]))
+                & (_axial_difference(a[:, 2], b[:, 2]) <= 3.0 * np.hypot(a[:, 3], b[:, 3])))
+
+
+def _n_strong(trk, seed, half, trail) -> int:
+    """A tracklet's seeding members, with the non-seeding trails that agree with its fitted motion and with one of
+    its seeding trails (:func:`trails_agree`, :func:`_rates_agree`)."""
+    members = np.array(trk.members, int)
+    n = int(np.sum(seed[members]))
+    weak = members[half[members]]
+    strong_trails = members[seed[members] & np.isfinite(trail[members, 0])]
+    if weak.size == 0 or strong_trails.size == 0:
+        return n
+    v = np.array([[trk.vx, trk.vy]])
+    v_err = np.array([math.sqrt(max(0.5 * (trk.cov[2, 2] + trk.cov[3, 3]), 0.0))])
+    if not trails_agree(v, v_err, trail[strong_trails]).any():
+        return n
+    for k in weak:
+        if trails_agree(v, v_err, trail[[k]])[0] and _rates_agree(trail[[k] * strong_trails.size],
+                                                                  trail[strong_trails]).any():
+            n += 1
+    return n
 
 
 def _regrow(trk, exposures, groups, trees, times, pos, sigma, t_hours, xi, eta, flux, flux_err, match_sigma,

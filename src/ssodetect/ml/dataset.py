@@ -37,11 +37,13 @@ from tqdm.auto import tqdm
 from ssodetect import safejson
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.errors import InputError
+from ssodetect.io.headers import world_to_pixels
 from ssodetect.io.outputs import OutputStage
 from ssodetect.ml.sequences import Frame, GridSpec, Sequences, compression, cut_sequences, frame_pixels
 from ssodetect.simulate.render import FWHM_TO_SIGMA, splat, trail_points
 
-__all__ = ["NEGATIVE_KINDS", "DatasetConfig", "build_dataset", "load_dataset", "write_dataset", "trail_power"]
+__all__ = ["NEGATIVE_KINDS", "DatasetConfig", "build_dataset", "load_dataset", "positions_on_frames", "write_dataset",
+           "trail_power"]
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +362,37 @@ def _painter(plan: list, frames: list[Frame], rng):
     return paint
 
 
+def positions_on_frames(frames: list[Frame], ra, dec) -> np.ndarray:
+    """Whether each sky position lies on at least one of ``frames``.
+
+    Parameters
+    ----------
+    frames : list of Frame
+        Exposures with a WCS; a frame covers pixel centres 0..n-1 (edges at -0.5 and ``n - 0.5``).
+    ra, dec : array_like (n,)
+        Positions [deg].
+
+    Returns
+    -------
+    ndarray (n,) bool
+    """
+    ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
+    on = np.zeros(ra.size, bool)
+    for f in frames:
+        ny, nx = f.data.shape
+        cra, cdec = (float(v) for v in f.wcs.all_pix2world((nx - 1) / 2.0, (ny - 1) / 2.0, 0))
+        # (a projection maps far points too, some of them onto the frame: only those within 60 deg are tried)
+        cos_sep = (np.sin(np.radians(dec)) * math.sin(math.radians(cdec))
+                   + np.cos(np.radians(dec)) * math.cos(math.radians(cdec)) * np.cos(np.radians(ra - cra)))
+        near = np.nonzero(cos_sep > 0.5)[0]
+        if near.size == 0:
+            continue
+        x, y = world_to_pixels(f.wcs, ra[near], dec[near])
+        inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+        on[near[inside]] = True
+    return on
+
+
 def build_dataset(frames: list[Frame], config: DatasetConfig, *, sources: Table, positions: Table | None = None,
                   observer=None) -> tuple[Sequences, Table]:
     """Draw, paint and cut ``config.n_sequences`` labelled sequences from one sequence of frames.
@@ -431,7 +464,8 @@ def write_dataset(out: str | Path, parts: list[tuple[Sequences, Table]], config:
                                     labels=np.asarray(meta["label"][sl], np.int8), index=np.asarray(meta["index"][sl]))
         meta.write(stage.file("meta.ecsv"), format="ascii.ecsv")
         doc = {"config": config.model_dump(), "shape": list(images.shape[1:]), "n_sequences": len(meta),
-               "n_shards": n_shards, "parts": info.get("parts", []), "software": info.get("software", {})}
+               "n_shards": n_shards, "parts": info.get("parts", []),
+               "skipped_ccds": info.get("skipped_ccds", []), "software": info.get("software", {})}
         stage.file("dataset.json").write_text(json.dumps(doc, indent=2))
     return Path(out)
 

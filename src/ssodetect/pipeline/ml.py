@@ -127,7 +127,7 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
     dict
         ``n_sequences``, ``n_positive``, ``shape`` and ``out``.
     """
-    from ssodetect.ml.dataset import build_dataset, write_dataset
+    from ssodetect.ml.dataset import build_dataset, positions_on_frames, write_dataset
 
     # the dataset folder is replaced as a whole: never the scene's own folder (its frames were deleted)
     check_apart(out, [*inputs, *([positions] if positions else [])], owner="dataset")
@@ -154,16 +154,31 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
             k = int(np.argmax(bad))
             raise InputError(f"{positions}: row {k + 1}: ra {ra[k]:g}, dec {dec[k]:g} is no position on the sky "
                              "(ra within +-360 deg, |dec| <= 90 deg)")
-    parts, described = [], []
+    parts, described, skipped = [], [], []
+    used = np.zeros(0 if chosen is None else len(chosen), bool)
     for k, (ccd, frames, sources) in enumerate(read_frames(inputs, config, fwhm=dataset_config.fwhm)):
         cfg = dataset_config.model_copy(update={"seed": dataset_config.seed + 1000 * k})
-        seqs, meta = build_dataset(frames, cfg, sources=sources, positions=chosen)
+        mine = None
+        if chosen is not None:  # each CCD draws at the chosen positions on its own frames
+            on = positions_on_frames(frames, chosen["ra"], chosen["dec"])
+            used |= on
+            if not on.any():
+                log.warning("CCD %s: none of the %d chosen positions lies on its frames: no sequences drawn there",
+                            ccd, len(chosen))
+                skipped.append(ccd)
+                continue
+            mine = chosen[on]
+        seqs, meta = build_dataset(frames, cfg, sources=sources, positions=mine)
         parts.append((seqs, meta))
         described.append({"ccd": ccd, "frames": [f.name for f in frames], "mjd": [f.mjd for f in frames],
                           "fwhm": [f.fwhm for f in frames], "n_static_sources": len(sources)})
         log.info("CCD %s: %d sequences (%d with movers)", ccd, len(meta), int(np.sum(meta["label"])))
-    write_dataset(out, parts, dataset_config, {"parts": described, "software": {"ssodetect": __version__}},
-                  progress=progress)
+    if chosen is not None and not used.all():  # (sequences there would be blank: refused before anything is written)
+        k = int(np.argmin(used))
+        raise InputError(f"{positions}: row {k + 1}: ra {chosen['ra'][k]:g}, dec {chosen['dec'][k]:g} lies on no frame "
+                         f"of the inputs ({int((~used).sum())} of {len(chosen)} positions do not)")
+    write_dataset(out, parts, dataset_config, {"parts": described, "skipped_ccds": skipped,
+                                               "software": {"ssodetect": __version__}}, progress=progress)
     n = sum(len(m) for _, m in parts)
     return {"n_sequences": n, "n_positive": int(sum(np.sum(m["label"]) for _, m in parts)),
             "shape": list(parts[0][0].images.shape[1:]), "out": str(out)}
