@@ -102,6 +102,24 @@ def test_blind_solve_without_header_and_its_failure_reason():
     assert not sol.ok and sol.wcs is None and "star" in sol.reason
 
 
+def test_a_header_turned_half_a_turn_is_solved_blind_and_said(caplog):
+    """A header WCS rotated 180 deg (a camera mounted the other way) was solved blind without a word."""
+    rng = np.random.default_rng(5)
+    truth = distorted_wcs(crval=(210.0, -40.0))
+    cat, sources = star_lists(rng, truth, n_ref=25)
+    header = perturbed_wcs(truth, shift=(5.0, -3.0), rotation=180.0)
+    config = AstrometryConfig(pixel_scale_range=[0.05, 0.4])
+    with caplog.at_level("WARNING"):
+        sol = solve_ccd("1-1", [ExposureStars(0, MJD, 566.0, (NY, NX), header, sources, zeropoint=None)], cat,
+                        config)[0]
+    assert sol.ok and sol.method == "blind", sol.reason
+    assert np.sqrt(np.mean(wcs_difference(sol.wcs, truth) ** 2)) <= 15.0
+    said = [r.getMessage() for r in caplog.records if "header WCS does not fit" in r.getMessage()]
+    assert len(said) == 1 and "CCD 1-1 exposure 0" in said[0], said
+    turn = float(said[0].split("turned ")[1].split(" deg")[0])
+    assert abs(abs(turn) - 180.0) < 1.0, said[0]
+
+
 def test_blind_solve_success_rate():
     """>= 99 % of CCDs with >= 15 catalogue stars solve blind (20 random fields here; the benchmark runs more)."""
     rng = np.random.default_rng(4)
@@ -125,7 +143,7 @@ def test_zeropoint_is_robust_to_outliers():
     assert np.isnan(fit_zeropoint(flux[:3], flux[:3] * 0.01, 100.0, mag[:3])[0])
 
 
-def test_reference_catalogue_formats(tmp_path):
+def test_reference_catalogue_formats(tmp_path, caplog):
     rng = np.random.default_rng(6)
     n = 50
     cat = Table({"ra": rng.uniform(10, 11, n), "dec": rng.uniform(-5, -4, n), "ra_error": rng.uniform(0.1, 1, n),
@@ -147,6 +165,14 @@ def test_reference_catalogue_formats(tmp_path):
     cat["ra", "dec"].write(tmp_path / "nomag.ecsv")
     with pytest.raises(InputError, match=r"nomag\.ecsv.*phot_g_mean_mag"):
         load_reference_catalogue(tmp_path / "nomag.ecsv")
+    # positions stored as 32-bit floats (rounded to ~4 mas at RA 10 deg, 110 mas at 300 deg): said, not silent
+    coarse = cat["ra", "dec", "phot_g_mean_mag"]
+    coarse["ra"] = (coarse["ra"] + 290.0).astype(np.float32)
+    coarse.write(tmp_path / "f32.fits")
+    with caplog.at_level("WARNING"):
+        load_reference_catalogue(tmp_path / "f32.fits")
+    assert "f32.fits: column ra is stored as 32-bit floats, rounded to up to 110 mas" in caplog.text
+    assert "column dec" not in caplog.text  # (|dec| < 5 deg: rounded to 1.7 mas at most)
 
 
 def _md5(path):

@@ -64,3 +64,21 @@ def test_serve_refuses_a_bad_port_in_one_line(tmp_path, capsys):
         port = busy.getsockname()[1]
         assert main(["serve", "--root", str(tmp_path), "--port", str(port), "-q"]) == 2
     assert "cannot listen there" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_as_sigpipe_would():
+    """``ssodetect config | head`` with the reader gone before the write: exit 141 (128 + SIGPIPE), no traceback
+    nor "internal error" (it was exit 3 with one)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ssodetect.cli", "config"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 128 + signal.SIGPIPE and done.stderr == "", done.stderr

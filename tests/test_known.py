@@ -39,6 +39,23 @@ def test_ceres_from_mpcorb_against_the_published_position():
     assert 7.0 < p["V"][0] < 9.5 and 2.4 < p["r"][0] < 3.0
 
 
+@pytest.mark.parametrize("compress", ["gzip", "bz2", "lzma"])
+def test_compressed_mpcorb_files_are_read_and_damaged_ones_named(tmp_path, compress):
+    import importlib
+
+    from ssodetect.errors import InputError
+    from ssodetect.known import read_orbits
+
+    module = importlib.import_module(compress)
+    path = tmp_path / "MPCORB.DAT.z"
+    packed = module.compress((CERES_MPCORB + "\n").encode() * 50)
+    path.write_bytes(packed)
+    assert list(read_orbits(path)["designation"])[:1] == ["(1) Ceres"]
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(InputError, match="MPCORB.DAT.z: cannot read orbit file"):
+        read_orbits(path)
+
+
 def test_state_at_epoch_matches_horizons_to_millimetres():
     # JPL Horizons osculating elements of Ceres referred to the ICRF equator at TDB JD 2458886.5 and its
     # heliocentric position then (skyfield's test_against_horizons): the element-to-state conversion

@@ -334,10 +334,14 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
         (["ml", "dataset", str(sim), "--out", str(tmp_path / "bad"), "--rate-min", "5", "--rate-max", "1"], "rate_max"),
         (["ml", "dataset", str(sim), "--out", str(tmp_path / "bad"), "--positions", str(sim / "exp_00.fits")],
          "exp_00.fits: unreadable positions table"),
+        # a learning rate that makes the weights NaN: said, not saved as a model of NaN weights (exit 0 before)
+        (["ml", "train", str(ds), "--out", str(tmp_path / "div"), "--epochs", "1", "--batch", "32", "--lr", "1e30"],
+         "diverged in epoch 1"),
     ):
         assert main(argv + ["-q"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
+    assert not (tmp_path / "div" / "model.pt").exists()
     assert not (tmp_path / "bad").exists()
 
 

@@ -1185,6 +1185,9 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         return _stopped(exc)
+    except BrokenPipeError:  # the reader of our output went away (``ssodetect runs --json | head``): as SIGPIPE would
+        _quiet_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise_internal = exc
@@ -1212,6 +1215,16 @@ def main(argv=None) -> int:
             signal.signal(sig, previous)
         astropy_log.handlers = astropy_handlers
         log.removeHandler(handler)
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null: what is left in its buffer would break the pipe again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # (no real file behind sys.stdout: nothing to flush at exit)
+        pass
 
 
 def _stopped(exc: KeyboardInterrupt) -> int:

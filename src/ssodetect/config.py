@@ -702,7 +702,7 @@ class KnownConfig(_Section):
     """Identification of linked objects with catalogued orbits (offline: local orbit files)."""
 
     orbits: list[str] = Field(
-        default=[], description="Orbit files: MPCORB.DAT (or an extract, optionally .gz) and/or JPL SBDB JSON "
+        default=[], description="Orbit files: MPCORB.DAT (or an extract, optionally gzip, bzip2 or xz compressed) and/or JPL SBDB JSON "
         "(single-object API answers or Query API tables). Empty: no identification.",
     )
     site: list[float] = Field(

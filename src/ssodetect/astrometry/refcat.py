@@ -136,6 +136,28 @@ def _starts_with_bom(path) -> bool:
         return False
 
 
+#: Rounding [mas] of stored reference positions above which a catalogue's positions are said to be coarse.
+COARSE_POSITION_MAS = 5.0
+
+
+def _warn_coarse_coordinates(table: Table, path) -> None:
+    """Warn when ``ra``/``dec`` are stored as floats too short for astrometry (32-bit floats round an RA near
+    300 deg to 110 mas, a whole Euclid pixel)."""
+    for name in ("ra", "dec"):
+        dtype = np.asarray(table[name]).dtype
+        if dtype.kind != "f" or dtype.itemsize >= 8 or len(table) == 0:
+            continue
+        with np.errstate(invalid="ignore"):
+            top = np.nanmax(np.abs(np.asarray(table[name], float)))
+        if not np.isfinite(top):
+            continue
+        step = float(np.spacing(np.asarray(top, dtype))) * 3.6e6  # [mas] when the column is in degrees
+        if step > COARSE_POSITION_MAS:
+            log.warning("%s: column %s is stored as %d-bit floats, rounded to up to %.0f mas: the astrometry is no "
+                        "finer than that (write the catalogue with 64-bit floats)", path, name, 8 * dtype.itemsize,
+                        step)
+
+
 def load_reference_catalogue(path: str | Path) -> Table:
     """Read a reference catalogue and bring it to the Gaia DR3 column names.
 
@@ -188,6 +210,7 @@ def load_reference_catalogue(path: str | Path) -> Table:
                 bad = next((v for v in column if not _is_number(v)), "?")
                 raise InputError(f"{path}: column {name} holds text that is no number ({str(bad)[:40]!r}); fix or "
                                  "remove those rows") from None
+    _warn_coarse_coordinates(table, path)
     _to_units(table, path)
     good = np.ones(len(table), bool)
     for name, default in REFCAT_DEFAULTS.items():

@@ -446,6 +446,11 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
             res.reason = why
             continue
         initial[k] = sol.wcs
+        if res.method == "blind" and it.header_wcs is not None:  # a header that is wrong is said, not passed over
+            off, turn, ratio = header_error(it.header_wcs, sol.wcs, it.shape)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "CCD %s exposure %d: the header WCS does not fit "
+                    "the stars (%s); solved blind: the header is %.1f\" off at the centre, turned %.1f deg, its "
+                    "scale x%.4f", ccd, res.exposure, "; ".join(reasons) or "no match", off, turn, ratio)
     # final matching within match_radius and the (joint) fit
     solved = sorted(initial)
     matched: dict[int, MatchedStars] = {}
@@ -486,6 +491,19 @@ def solve_ccd(ccd: str, items: list[ExposureStars], reference: Table, config: As
 #: :data:`SAME_CCD_SCALE`, is a chance alignment.
 SAME_CCD_ROTATION = 2.0
 SAME_CCD_SCALE = 0.03
+
+
+def header_error(header: WCS, solved: WCS, shape: tuple[int, int]) -> tuple[float, float, float]:
+    """How far a header WCS is from a solution: the offset [arcsec] of the image centre, the rotation [deg, -180 to
+    180] and the pixel-scale ratio (header over solution); ``shape`` is (ny, nx)."""
+    ny, nx = shape
+    ra1, dec1 = (float(v) for v in header.all_pix2world((nx - 1) / 2.0, (ny - 1) / 2.0, 0))
+    ra2, dec2 = (float(v) for v in solved.all_pix2world((nx - 1) / 2.0, (ny - 1) / 2.0, 0))
+    a1, d1, a2, d2 = (math.radians(v) for v in (ra1, dec1, ra2, dec2))
+    hav = math.sin(0.5 * (d2 - d1)) ** 2 + math.cos(d1) * math.cos(d2) * math.sin(0.5 * (a2 - a1)) ** 2
+    off = math.degrees(2.0 * math.asin(min(1.0, math.sqrt(hav)))) * 3600.0
+    (s1, r1, _), (s2, r2, _) = _orientation(header), _orientation(solved)
+    return off, (r1 - r2 + 180.0) % 360.0 - 180.0, s1 / s2
 
 
 def _orientation(wcs: WCS) -> tuple[float, float, float]:

@@ -17,8 +17,10 @@ Formats read:
 """
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import math
 import re
 import zlib
@@ -189,7 +191,8 @@ def read_sbdb(doc) -> Table:
 
 
 def read_orbits(path: str | Path) -> Table:
-    """Read an orbit file, MPCORB.DAT (optionally .gz) or SBDB JSON, told apart by its content.
+    """Read an orbit file, MPCORB.DAT or SBDB JSON (either optionally gzip, bzip2 or xz compressed), told apart by
+    its content.
 
     Raises
     ------
@@ -202,8 +205,12 @@ def read_orbits(path: str | Path) -> Table:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
+        elif raw[:3] == b"BZh":
+            raw = bz2.decompress(raw)
+        elif raw[:6] == b"\xfd7zXZ\x00":
+            raw = lzma.decompress(raw)
         text = raw.decode("utf-8", errors="replace")
-    except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib.error: a truncated or damaged .gz
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:  # a truncated or damaged archive
         raise InputError(f"{path}: cannot read orbit file ({getattr(exc, 'strerror', None) or exc or 'truncated'})"
                          ) from None
     try:

@@ -206,6 +206,9 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
             y = torch.from_numpy(labels[idx])
             opt.zero_grad()
             loss = loss_fn(model(x)[:, 0], y)
+            if not math.isfinite(loss.item()):  # (the weights are NaN from here on: nothing worth keeping follows)
+                raise ConfigError(f"ml train: the training diverged in epoch {epoch + 1} (loss {loss.item()}); "
+                                  f"a smaller --lr than {lr:g} may train")
             loss.backward()
             opt.step()
             sched.step()
