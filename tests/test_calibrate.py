@@ -252,7 +252,7 @@ def test_masters_of_named_ccds_find_their_lights_and_unnamed_ones_are_placed_or_
     caplog.clear()
     (tmp_path / "a.toml").write_text(f'[calibrate]\nbias = ["{files["A"]}"]\n')
     config = load_config(tmp_path / "a.toml")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         _, masters = build_calibration(scan_inputs([lights["B"]], config.io), config)
     assert "CCD(s) A match no light frame's CCD (B)" in caplog.text
     assert "light frames of CCD(s) B have no bias, dark or flat" in caplog.text

@@ -701,7 +701,6 @@ def test_a_whole_trail_near_the_edge_seeds_with_an_equal_trail_and_a_cut_one_doe
     from ssodetect.link.tracklets import trails_agree
 
     rng = np.random.default_rng(8)
-    scale, exptime = 0.1, 566.0
     t = np.arange(4) * 1100.0 / 3600.0
     v = np.array([-5.2, -5.4])  # arcsec/h (East, North): 7.5"/h along PA 224 deg
     rate, pa = float(np.hypot(*v)), float(np.degrees(np.arctan2(v[0], v[1])) % 180.0)

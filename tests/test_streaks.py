@@ -218,8 +218,9 @@ def test_fast_movers_found_end_to_end(tmp_path):
     assert np.sum(streaks["status"] == "linked") == len(fast)
 
 
-def test_trailed_star_astrometry_recovers_the_pointing(tmp_path):
-    """Stars trailed by 3" (30 px) and headers off by up to 20" and 0.5 deg: trail centres as references."""
+def test_trailed_star_astrometry_recovers_the_pointing(tmp_path, caplog):
+    """Stars trailed by 3" (30 px) and headers off by up to 20" and 0.5 deg: found trailed by default (auto), the
+    trail centres are the references; set to false, nothing matches."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -234,8 +235,12 @@ def test_trailed_star_astrometry_recovers_the_pointing(tmp_path):
     simulate(small_scene_config(31, tracking_drift=3.0, movers_per_ccd=0.0, **PERTURBED), sim)
     config = load_config(None)
     config.execution.progress = False
-    config.astrometry.trailed_stars = True
-    table = run_astrometry([sim], tmp_path / "out", sim / "refcat.ecsv", config)
+    assert config.astrometry.trailed_stars == "auto"
+    with caplog.at_level("INFO"):
+        table = run_astrometry([sim], tmp_path / "out", sim / "refcat.ecsv", config)
+    assert np.all(table["stars_trailed"]) and np.allclose(table["star_trail_length"], 30.0, atol=1.5)
+    # the drift's direction, 30 deg from +xi (East) towards +eta (North), on a North-up East-left detector
+    assert np.all(np.abs(((table["star_trail_angle"] - 150.0) + 90.0) % 180.0 - 90.0) < 2.0), table["star_trail_angle"]
     truth = {int(r["exposure"]): WCS(fits.Header.fromstring(r["wcs_header"])) for r in Table.read(sim / "truth_wcs.ecsv")}
     assert np.all(table["status"] == "ok") and np.all(table["n_stars"] >= 6)
     for row in table:
@@ -726,3 +731,102 @@ def test_the_line_filter_finds_a_trail_too_faint_per_pixel_for_the_extraction():
             assert 0.6 * length < trails["length"][0] < 1.2 * length
         else:
             assert info["n_line_filter"] == 0 and len(trails) == 0
+
+
+def _sources(rng, n_points=0, trails=(), n_extended=0):
+    """A detection table of bright sources: point sources, trails (length [px], angle [deg]) and galaxies."""
+    kind = ["point"] * n_points + ["trail"] * len(trails) + ["extended"] * n_extended
+    n = len(kind)
+    length = np.concatenate([np.full(n_points, np.nan), [t[0] for t in trails], np.full(n_extended, np.nan)])
+    theta = np.radians(np.concatenate([np.zeros(n_points), [t[1] for t in trails], np.zeros(n_extended)]))
+    return Table({"kind": kind, "snr": rng.uniform(12.0, 500.0, n), "near_mask": np.zeros(n, bool),
+                  "sep_flag": np.zeros(n, int), "length": length, "theta": theta})
+
+
+def test_a_field_is_trailed_when_its_stars_share_one_trail_not_when_movers_trail():
+    """streaks.field.star_trail: stars trailed 12 px at 40 deg among movers, galaxies and broken pieces are found
+    with their vector; 60 fast movers of ecliptic-clustered directions among point-like stars are not a trailed
+    field, nor are stars alone."""
+    from ssodetect.streaks.field import star_trail
+
+    rng = np.random.default_rng(2)
+    movers = [(float(L), float(a)) for L, a in zip(rng.uniform(15.0, 125.0, 60), rng.normal(20.0, 8.0, 60))]
+    stars = [(float(L), float(a)) for L, a in zip(rng.normal(12.0, 0.3, 40), rng.normal(40.0, 1.0, 40))]
+    pieces = [(float(L), 40.0) for L in rng.uniform(3.0, 8.0, 15)]  # broken by masked pixels
+    trailed = star_trail(_sources(rng, n_points=30, trails=stars + pieces + movers[:10], n_extended=20), 10.0)
+    assert trailed.trailed and abs(trailed.length - 12.0) < 0.3 and abs(trailed.angle - 40.0) < 1.0
+    assert trailed.n_agree == 40 and trailed.n_bright == 30 + 40 + 15 + 10
+    # a vector given as (length, axis): the stars' trails agree with it, the movers' and an axis 180 deg on do too
+    assert trailed.agrees(np.array([12.5, 12.0, 30.0, 12.0]), np.radians([41.0, 220.0, 40.0, 70.0])).tolist() == [
+        True, True, False, False]
+    plain = star_trail(_sources(rng, n_points=150, trails=movers, n_extended=20), 10.0)
+    assert not plain.trailed and plain.n_agree < 0.2 * 150
+    assert not star_trail(_sources(rng, n_points=100), 10.0).trailed
+    assert not star_trail(_sources(rng, n_points=3, trails=stars[:4]), 10.0).trailed  # too few to tell
+    # stars elongated by their PSF (4.5 px "trails" for a FWHM of 1.4 px, member 351): no drift; 12 px at 1.7 px is
+    elongated = [(float(L), 60.0) for L in rng.normal(4.5, 0.2, 60)]
+    assert not star_trail(_sources(rng, n_points=80, trails=elongated), 10.0, psf_fwhm=1.4).trailed
+    assert star_trail(_sources(rng, n_points=80, trails=elongated), 10.0).trailed  # (without the PSF's width)
+    assert star_trail(_sources(rng, n_points=30, trails=stars), 10.0, psf_fwhm=1.7).trailed
+    assert not star_trail(_sources(rng)[:0], 10.0).trailed
+
+
+def test_own_motion_is_the_trail_less_the_drift():
+    """streaks.field.own_motion: a mover on a field drifting 25 px draws its motion plus the drift (either sign of
+    either axis); a star's trail has none of its own, a piece of it or a faint short blob none, a bright clear
+    trail against the drift keeps its motion, a point moved by the drift (a tracked target)."""
+    from ssodetect.streaks.field import StarTrail, own_motion
+
+    star = StarTrail(True, 25.0, 30.0, 40, 60)
+    s = 25.0 * np.array([np.cos(np.radians(30.0)), np.sin(np.radians(30.0))])
+    m = np.array([3.0, -4.0])  # the mover's own 5 px
+    fast = np.array([-20.0, 5.0])  # 20.6 px, partly against the drift: its trail (S + fast) is 17.6 px
+    trails = [s + m, -(s + m), s, 0.4 * s, s + fast]
+    kind = np.array(["trail"] * 5 + ["point", "extended"])
+    length = np.array([np.hypot(*t) for t in trails] + [np.nan, 6.0])
+    theta = np.array([np.arctan2(t[1], t[0]) for t in trails] + [0.0, 0.3])
+    snr = np.array([50.0, 50.0, 200.0, 200.0, 220.0, 40.0, 30.0])
+    own, own_theta = own_motion(kind, length, theta, star, snr=snr, width_fwhm=np.full(7, 1.7))
+    assert np.allclose(own[:2], 5.0) and np.allclose(own[2:4], 0.0, atol=1e-9)
+    assert own[4] == pytest.approx(np.hypot(*fast)) and own[5] == pytest.approx(25.0) and own[6] == 6.0
+    axis = np.degrees(own_theta[0]) % 180.0
+    assert abs(axis - np.degrees(np.arctan2(m[1], m[0])) % 180.0) < 1e-6
+    # a faint short blob off the axis has no motion of its own; without S/N every short trail is one
+    faint = own_motion(kind[4:5], length[4:5], theta[4:5], star, snr=np.array([12.0]), width_fwhm=np.array([1.7]))[0]
+    assert faint[0] == 0.0 and own_motion(kind[4:5], length[4:5], theta[4:5], star)[0][0] == 0.0
+    # not trailed: every trail is its own motion
+    same, _ = own_motion(kind, length, theta, StarTrail(False, 25.0, 30.0, 3, 60))
+    assert np.array_equal(same, length, equal_nan=True)
+
+
+def test_a_drifting_field_is_found_trailed_and_its_movers_linked(tmp_path):
+    """Every sky source (stars, galaxies, movers) trailed 25 px by a drift that turns 40 deg between exposures,
+    headers off by 1.5": with defaults each exposure is found trailed, solved on its trails, and the movers are
+    linked on their own motion (before: 0 of 4 exposures solved, and with trailed_stars = true movers stayed
+    unlinked, their 25 px trails taken for their motion)."""
+    from ssodetect.config import Config
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.pipeline.run import run_pipeline
+    from ssodetect.simulate import simulate
+
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(44, tracking_drift=2.5, tracking_angle_step=40.0, movers_per_ccd=200.0,
+                                star_density=150000.0, header_pointing_error=1.5), sim)
+    config = Config()
+    config.execution.progress = False
+    result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
+    ast = result.astrometry
+    assert np.all(ast["status"] == "ok") and np.all(ast["stars_trailed"])
+    assert np.allclose(ast["star_trail_length"], 25.0, atol=1.0)
+    turns = np.diff(np.asarray(ast["star_trail_angle"], float))
+    assert np.all(np.abs((np.abs(turns) - 40.0 + 90.0) % 180.0 - 90.0) < 2.0), ast["star_trail_angle"]
+    truth = Table.read(sim / "truth.ecsv")
+    slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
+    fast = evaluate_run(result.observations, truth, rate_range=(10.0, 80.0), bright_limit=23.5, min_exposures=3)
+    assert slow.n_findable_bright >= 10 and slow.completeness_bright >= 0.9, slow.completeness_bright
+    assert fast.n_findable_bright >= 5 and fast.completeness_bright >= 0.7, fast.completeness_bright
+    assert slow.n_false <= 1, slow.n_false
+    # a slow mover's reported trail is its own motion, not the drift's 25 px
+    linked = result.observations[np.isin(result.observations["object"], list((slow.assigned or {}).keys()))]
+    linked = linked[linked["rate"] < 10.0]
+    assert len(linked) >= 30 and np.median(np.asarray(linked["trail_length"], float)) < 10.0

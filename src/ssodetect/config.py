@@ -463,10 +463,12 @@ class AstrometryConfig(_Section):
         default=1.0, gt=0,
         description="Pixel scale [arcsec/px] of the relative WCS when the header gives none (PIXSCALE, XPIXSZ/FOCALLEN).",
     )
-    trailed_stars: bool = Field(
-        default=False,
-        description="Stars are trailed (tracking error, long exposures): use trail centres (trailed-PSF fits, "
-        "mid-exposure positions) as the reference positions instead of point sources.",
+    trailed_stars: Literal["auto"] | bool = Field(
+        default="auto",
+        description="Stars are trailed (tracking drift, non-sidereal tracking, long exposures): use trail centres "
+        "(trailed-PSF fits, mid-exposure positions) as the reference positions instead of point sources. auto: "
+        "per CCD exposure, when its bright compact sources share one trail vector (streaks.field.star_trail; the "
+        "choice and the vector are logged and written to astrometry.ecsv); true or false: every exposure.",
     )
     zeropoint: bool = Field(
         default=True, description="Fit the photometric zero point of every CCD exposure from the matched stars."

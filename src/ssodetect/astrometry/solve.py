@@ -58,6 +58,10 @@ SOLUTION_COLUMNS = [
     ("zeropoint", "f8", "mag", "fitted zero point: mag = zp - 2.5 log10(ADU/s)"),
     ("zeropoint_err", "f8", "mag", "standard error of the zero point"),
     ("n_zeropoint", "i8", "", "stars used for the zero point"),
+    ("stars_trailed", "bool", "", "reference stars taken from trails (trail centres): the stars are trailed "
+                                  "([astrometry] trailed_stars, or found so by auto)"),
+    ("star_trail_length", "f8", "pix", "length of the trail the bright compact sources share (NaN: none)"),
+    ("star_trail_angle", "f8", "deg", "its axis, from +x towards +y, 0-180 (NaN: none)"),
 ]
 
 
@@ -120,6 +124,9 @@ class ExposureSolution:
     zeropoint: float = float("nan")
     zeropoint_err: float = float("nan")
     n_zeropoint: int = 0
+    stars_trailed: bool = False
+    star_trail_length: float = float("nan")
+    star_trail_angle: float = float("nan")
     residuals: np.ndarray | None = field(default=None, repr=False)
 
     @property

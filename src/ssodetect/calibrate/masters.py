@@ -559,7 +559,7 @@ def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[s
     Calibration frames whose headers name no CCD (:data:`UNNAMED_CCD`, e.g. masters written by an older
     ``ssodetect calibrate``) belong to the lights' CCD when the lights come from one CCD; with several, which
     CCD they belong to is unknown and they are refused.  Masters of a CCD no light frame comes from are said
-    (warning) and left unused, as are the lights' CCDs without any calibration frame.
+    (a warning) and left unused; the lights' CCDs without any calibration frame are named (info).
     """
     light_ccds = sorted({ref.ccd for ref in lights})
     if not light_ccds or not masters:
@@ -582,7 +582,7 @@ def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[s
                     ", ".join(light_ccds))
     bare = sorted(set(light_ccds) - set(masters))
     if bare:
-        log.warning("light frames of CCD(s) %s have no bias, dark or flat frames", ", ".join(bare))
+        log.info("light frames of CCD(s) %s have no bias, dark or flat frames", ", ".join(bare))
     return masters
 
 

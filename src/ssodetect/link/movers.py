@@ -127,6 +127,12 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     )
     cand = detections[usable]
     cand["edge_weak"] = weak[usable]
+    if "own_length" in cand.colnames and "stars_trailed" in cand.colnames:
+        # where the stars are trailed a source's trail is its own motion plus the drift: linking sees the motion
+        trailed = np.asarray(cand["stars_trailed"], bool)
+        cand["detector_length"] = np.asarray(cand["length"], float)
+        cand["length"] = np.where(trailed, np.asarray(cand["own_length"], float), np.asarray(cand["length"], float))
+        cand["theta"] = np.where(trailed, np.asarray(cand["own_theta"], float), np.asarray(cand["theta"], float))
     xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
     cand["xi"] = xi
     cand["eta"] = eta
@@ -156,9 +162,11 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     cand.meta["n_moving_matches"] = static_report.get("n_moving_matches", 0)
     # a source trailed by more than min_length moved during the exposure: never static
     # (unless the telescope trailed everything: then stars are trails too)
-    if not config.astrometry.trailed_stars:
-        moved = (np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
-        cand["static"] = np.asarray(cand["static"]) & ~moved
+    trailed_field = (np.asarray(cand["stars_trailed"], bool) if "stars_trailed" in cand.colnames
+                     else np.full(len(cand), config.astrometry.trailed_stars is True))
+    moved = ((np.asarray(cand["kind"]) == "trail") & (np.asarray(cand["length"], float) >= config.streaks.min_length)
+             & ~trailed_field)
+    cand["static"] = np.asarray(cand["static"]) & ~moved
     cand["artefact"] = static_on_detector(
         np.asarray(cand["exposure"]), np.asarray(cand["ccd"]), np.asarray(cand["x"]), np.asarray(cand["y"]), xi, eta,
         radius_px=link.detector_static_radius, min_sky_shift=3.0 * link.static_radius,
@@ -309,6 +317,12 @@ def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin:
     exptime = np.asarray(slow["exptime"], float)
     # a blob's measured length is uncertain by a few PSF widths (seeing, blends): 4 minor-axis rms
     scale = np.asarray(slow["pixel_scale"], float)  # [arcsec/px]
+    if "drift_length" in slow.colnames and "detector_length" in slow.colnames:
+        # where the stars trail by a drift S a mover draws S + m, |S + m| - |S| <= |m|: a faint trail measured short
+        # has no own motion to speak of (its own_motion, T - S, would be about S)
+        drift = np.nan_to_num(np.asarray(slow["drift_length"], float))
+        beyond = np.clip(np.nan_to_num(np.asarray(slow["detector_length"], float)) - drift, 0.0, None) * scale
+        trail = np.where(drift > 0, beyond, trail)
     width = np.nan_to_num(np.asarray(slow["b"], float) * scale)
     t_h, xi, eta = (np.asarray(slow[c], float) for c in ("t_hours", "xi", "eta"))
     sigma = np.asarray(slow["sigma"], float)
@@ -700,7 +714,9 @@ def trail_motions(cand: Table) -> np.ndarray:
     fwhm = 2.0 * math.sqrt(2.0 * math.log(2.0)) * np.asarray(cand["b"], float)
     use = (np.asarray(cand["kind"]) == "trail") & (length_px >= EDGE_MIN_TRAIL_FWHM * fwhm)
     length = np.asarray(cand["trail_arcsec"], float)
-    per_hour = 3600.0 / np.asarray(cand["exptime"], float)
+    exptime = np.asarray(cand["exptime"], float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # (no exposure time: no rate from the trail)
+        per_hour = np.where(exptime > 0, 3600.0 / exptime, np.nan)
     length_err = np.hypot(np.where(np.isfinite(cand["trail_arcsec_err"]), cand["trail_arcsec_err"],
                                    TRAIL_MOMENTS_ERROR * length), TRAIL_LENGTH_FLOOR * scale)
     pa_err = np.hypot(np.nan_to_num(np.asarray(cand["trail_pa_err"], float)),

@@ -37,6 +37,7 @@ from ssodetect.errors import ConfigError
 from ssodetect.io.headers import fits_text, wcs_frame_problem, wcs_from_header_string
 from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
+from ssodetect.streaks.field import StarTrail
 
 __all__ = [
     "load_reference_wcs",
@@ -45,6 +46,8 @@ __all__ = [
     "SolveTask",
     "warn_unsolved",
     "astrometry_tasks",
+    "reference_stars",
+    "star_trail_summary",
     "apply_solutions",
     "solution_table",
     "wcs_from_header_string",
@@ -83,6 +86,31 @@ def warn_unsolved(solutions: list[ExposureSolution], files: dict | None = None) 
     return len(failed)
 
 
+def reference_stars(table: Table, info: dict, config: Config) -> np.ndarray:
+    """Which detections of one CCD exposure are its reference stars: point sources, or on a trailed exposure
+    (``info["star_trail"]``, see :func:`ssodetect.streaks.field.star_trail`) the trails of the stars' vector."""
+    ast = config.astrometry
+    st = info.get("star_trail")
+    trailed = bool(st["used"]) if st else ast.trailed_stars is True
+    chosen = star_like(table, ast.min_snr, trailed=trailed)
+    if trailed and st and np.isfinite(st["length"]):  # (movers' trails are not the stars')
+        vector = StarTrail(**{k: st[k] for k in ("trailed", "length", "angle", "n_agree", "n_bright")})
+        chosen &= vector.agrees(table["length"], table["theta"])
+    return chosen
+
+
+def star_trail_summary(ccd_info: list) -> str:
+    """One line on the CCD exposures found trailed (empty when none)."""
+    trailed = [i for i in ccd_info if i.get("star_trail", {}).get("used")]
+    if not trailed:
+        return ""
+    lengths = [float(i["star_trail"]["length"]) for i in trailed if np.isfinite(i["star_trail"]["length"])]
+    how = "found by auto" if all(i["star_trail"].get("mode") == "auto" for i in trailed) else "as configured"
+    return (f"stars trailed in {len(trailed)} of {len(ccd_info)} CCD exposures ({how}"
+            + (f"; {min(lengths):.1f}-{max(lengths):.1f} px" if lengths else "") + "): their trail centres are the "
+            "reference stars there")
+
+
 def astrometry_tasks(results, refs, config: Config) -> list[tuple[str, list[ExposureStars]]]:
     """Group per-CCD detection results into one task per CCD (its exposures in time order).
 
@@ -97,8 +125,7 @@ def astrometry_tasks(results, refs, config: Config) -> list[tuple[str, list[Expo
     for (table, info), ref in zip(results, refs):
         if "shape" not in info:
             continue  # skipped CCD (all masked)
-        ast = config.astrometry
-        sel = table[star_like(table, ast.min_snr, trailed=ast.trailed_stars)] if len(table) else table
+        sel = table[reference_stars(table, info, config)] if len(table) else table
         sources = Table({name: np.asarray(sel[name], float) for name in ("x", "y", "x_err", "y_err", "flux", "flux_err")})
         sources.sort("flux", reverse=True)
         zp = info.get("zeropoint") if info.get("zeropoint_source") == "header" else None
@@ -135,7 +162,9 @@ def apply_solutions(table: Table, solution: ExposureSolution | None, header_wcs:
     out["dec"] = dec
     out["wcs"] = "fit"
     out["pixel_scale"] = scale
-    out["trail_arcsec"], out["trail_pa"] = trail_on_sky(wcs, x, y, out["length"], out["theta"])
+    own = "own_length" in out.colnames  # (the source's own motion: on a trailed exposure its trail less the drift)
+    out["trail_arcsec"], out["trail_pa"] = trail_on_sky(wcs, x, y, out["own_length" if own else "length"],
+                                                        out["own_theta" if own else "theta"])
     out["cut_pa"] = cut_direction(wcs, out)
     out["trail_arcsec_err"] = np.asarray(out["length_err"], float) * scale
     out["trail_pa_err"] = np.degrees(np.asarray(out["theta_err"], float))
@@ -285,10 +314,15 @@ def place_on_reference(table: Table, reg: Registration, wcs, label: str) -> Tabl
     moved = table.copy()
     xy = reg.apply(np.column_stack([np.asarray(table["x"], float), np.asarray(table["y"], float)]))
     moved["x"], moved["y"] = xy[:, 0], xy[:, 1]
+    for name_l, name_t in (("length", "theta"), ("own_length", "own_theta")):
+        if name_l not in table.colnames:
+            continue
+        theta = np.asarray(table[name_t], float)
+        axis = np.column_stack([np.cos(theta), np.sin(theta)]) @ reg.matrix.T
+        moved[name_t] = np.arctan2(axis[:, 1], axis[:, 0])
+        moved[name_l] = np.asarray(table[name_l], float) * np.hypot(axis[:, 0], axis[:, 1])
     theta = np.asarray(table["theta"], float)
     axis = np.column_stack([np.cos(theta), np.sin(theta)]) @ reg.matrix.T
-    moved["theta"] = np.arctan2(axis[:, 1], axis[:, 0])
-    moved["length"] = np.asarray(table["length"], float) * np.hypot(axis[:, 0], axis[:, 1])
     if "length_err" in table.colnames:
         moved["length_err"] = np.asarray(table["length_err"], float) * np.hypot(axis[:, 0], axis[:, 1])
     set_sky_positions(moved, wcs, label)
@@ -302,7 +336,10 @@ def place_on_reference(table: Table, reg: Registration, wcs, label: str) -> Tabl
 def _static_sources(table: Table, config: Config) -> np.ndarray:
     """Pixel positions ``(n, 2)`` of a frame's sources fixed on the sky (stars and galaxies), brightest first."""
     kind = np.asarray(table["kind"])
-    sel = np.nonzero(((kind == "point") | (kind == "extended")) & ~np.asarray(table["near_mask"], bool)
+    static = (kind == "point") | (kind == "extended")
+    if "stars_trailed" in table.colnames:  # (on a trailed exposure the stars are trails)
+        static |= (kind == "trail") & np.asarray(table["stars_trailed"], bool)
+    sel = np.nonzero(static & ~np.asarray(table["near_mask"], bool)
                      & (np.asarray(table["snr"], float) >= 0.5 * config.astrometry.min_snr))[0]
     sel = sel[np.argsort(-np.asarray(table["flux"], float)[sel])]
     return np.column_stack([np.asarray(table["x"], float)[sel], np.asarray(table["y"], float)[sel]])

@@ -21,12 +21,14 @@ from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources, heavy_tail_correction
 from ssodetect.detect.cosmics import sharp_pixel_mask
+from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.io.frames import MAX_RMS
 from ssodetect.io.headers import fits_text, world_to_pixels
 from ssodetect.io.outputs import safe_name
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
+from ssodetect.streaks.field import own_motion, star_trail
 
 __all__ = ["CCD_COLUMNS", "place_on_ccds", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
            "cleaned_pixels"]
@@ -69,6 +71,14 @@ CCD_COLUMNS = [
                                        "the same pixel): it cancels between them"),
     ("mag", "f8", "mag", "magnitude from the zero point"),
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
+    ("stars_trailed", "bool", "", "the stars of this CCD exposure are trailed (streaks.field.star_trail, or "
+                                  "[astrometry] trailed_stars): a trail is no sign of motion there"),
+    ("own_length", "f8", "pix", "the source's own motion during the exposure: its trail (length), less the stars' "
+                                "trail on an exposure whose stars are trailed alike (streaks.field.own_motion); "
+                                "trail_arcsec and trail_pa are this motion on the sky"),
+    ("own_theta", "f8", "rad", "the direction of that motion, from +x towards +y"),
+    ("drift_length", "f8", "pix", "length of the stars' trail on an exposure whose stars are trailed alike (0 "
+                                  "elsewhere)"),
 ]
 
 
@@ -107,7 +117,10 @@ def set_sky_positions(table: Table, wcs, label: str) -> None:
     if n and wcs is not None:
         ra, dec = wcs.all_pix2world(np.asarray(table["x"], float), np.asarray(table["y"], float), 0)
         scale = float(np.sqrt(np.abs(np.linalg.det(wcs.celestial.pixel_scale_matrix))) * 3600.0)
-        table["trail_arcsec"], table["trail_pa"] = trail_on_sky(wcs, table["x"], table["y"], table["length"], table["theta"])
+        # (the trail on the sky is the source's own motion: on a trailed exposure its trail less the drift)
+        own = "own_length" in table.colnames
+        table["trail_arcsec"], table["trail_pa"] = trail_on_sky(
+            wcs, table["x"], table["y"], table["own_length" if own else "length"], table["own_theta" if own else "theta"])
         table["cut_pa"] = cut_direction(wcs, table)
         nan = np.full(n, np.nan)
         table["trail_arcsec_err"] = np.asarray(table["length_err"] if "length_err" in table.colnames else nan, float) * scale
@@ -292,6 +305,19 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     table["file"] = np.full(n, ref.path)
     table["mjd"] = np.full(n, ref.mjd)
     table["exptime"] = np.full(n, ref.exptime)
+    mode = config.astrometry.trailed_stars
+    trail = star_trail(table, config.astrometry.min_snr, float(extract_info["psf_sigma"]) / FWHM_TO_SIGMA)
+    info["star_trail"] = {**trail.as_dict(), "used": trail.trailed if mode == "auto" else bool(mode), "mode": str(mode)}
+    if trail.trailed and mode == "auto":
+        log.debug("%s CCD %s: stars trailed %.1f px at %.0f deg (%d of %d bright compact sources)", ref.path, ref.ccd,
+                  trail.length, trail.angle, trail.n_agree, trail.n_bright)
+    table["stars_trailed"] = np.full(n, bool(info["star_trail"]["used"]))
+    # trails less the drift where the stars are trailed: what the sources moved themselves
+    table["own_length"], table["own_theta"] = own_motion(
+        table["kind"], table["length"], table["theta"], trail if info["star_trail"]["used"] else None,
+        snr=table["snr"], width_fwhm=np.asarray(table["b"], float) / FWHM_TO_SIGMA)
+    drifted = bool(info["star_trail"]["used"]) and trail.trailed
+    table["drift_length"] = np.full(n, trail.length if drifted else 0.0)
     set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
     truncated = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
     table["edge_cut"], info["n_edge_kept"] = edge_cut(

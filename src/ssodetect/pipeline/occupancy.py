@@ -123,6 +123,24 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         return place_on_ccds(ra, dec, ccds_of[e], lambda ccd: wcs(e, ccd),
                              lambda ccd: (info_by.get((e, ccd)) or {}).get("shape"), first_ccd, margin=OCCUPANCY_MARGIN)
 
+    def drifted(e, ccd, plane, x, y, ex, ey):
+        """The object's trail in exposure e's pixels, ``(length, theta, direction, length [arcsec])``, with the
+        stars' drift there (streaks.field.star_trail) added to its motion ``ex, ey`` (a segment's end pixels); None
+        where the stars are not trailed."""
+        st = (info_by.get((e, ccd)) or {}).get("star_trail") or {}
+        if not (st.get("used") and st.get("trailed") and np.isfinite(st.get("length", np.nan))):
+            return None
+        a = math.radians(float(st["angle"]))
+        sx, sy = float(st["length"]) * math.cos(a), float(st["length"]) * math.sin(a)
+        mx, my = float(ex[1] - ex[0]), float(ey[1] - ey[0])
+        if sx * mx + sy * my < 0:  # (an axis has no sign: the drift taken along the motion)
+            sx, sy = -sx, -sy
+        tx, ty = mx + sx, my + sy
+        ra, dec = wcs(e, ccd).all_pix2world(np.array([x - 0.5 * tx, x + 0.5 * tx]), np.array([y - 0.5 * ty, y + 0.5 * ty]), 0)
+        pxi, peta = plane.to_plane(ra, dec)
+        sky = np.array([pxi[1] - pxi[0], peta[1] - peta[0]])
+        return math.hypot(tx, ty), math.atan2(ty, tx), sky, float(np.hypot(*sky))
+
     obs_names = np.asarray(observations["object"]).astype(str)
     exposure_list = sorted(mjd_of)
     jobs: dict = defaultdict(list)  # (exposure, ccd) -> [(object k, member i, column j, x, y, length, theta)]
@@ -163,13 +181,17 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                 ex, ey = world_to_pixels(wcs(e, ccd), ends[0], ends[1])
                 seg_len = float(math.hypot(ex[1] - ex[0], ey[1] - ey[0]))
                 theta = float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))
+                # where the stars are trailed the object is too: its template is its motion plus the drift
+                drift = drifted(e, ccd, plane, x, y, ex, ey)
+                if drift is not None:
+                    seg_len, theta = drift[0], drift[1]
                 jobs[(e, ccd)].append((k, i, j, x, y, seg_len, theta))
                 if e == ei:
                     own_col[i] = j
                 else:
                     px, py = predicted[e]
-                    overlap[i, j] = float(trail_overlap(np.array([[px - xi[i], py - eta[i]]]), direction, length,
-                                                        sigma)[0])
+                    way, reach = (direction, length) if drift is None else (drift[2], drift[3])
+                    overlap[i, j] = float(trail_overlap(np.array([[px - xi[i], py - eta[i]]]), way, reach, sigma)[0])
         # where the object should be in the exposures without a detection of it
         seen = set(int(v) for v in rows["exposure"])
         for j, e in enumerate(exposure_list):
@@ -183,8 +205,10 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                 continue
             ccd, x, y = spot
             ex, ey = world_to_pixels(wcs(e, ccd), pra[[0, 2]], pdec[[0, 2]])
-            jobs[(e, ccd)].append((k, m, j, x, y, float(math.hypot(ex[1] - ex[0], ey[1] - ey[0])),
-                                   float(math.atan2(ey[1] - ey[0], ex[1] - ex[0]))))
+            drift = drifted(e, ccd, plane, x, y, ex, ey)
+            jobs[(e, ccd)].append((k, m, j, x, y, *((float(math.hypot(ex[1] - ex[0], ey[1] - ey[0])),
+                                                     float(math.atan2(ey[1] - ey[0], ex[1] - ex[0])))
+                                                    if drift is None else drift[:2])))
         # rows 0..m-1: the members' positions; row m: the predicted positions
         plans.append({"m": m, "overlap": overlap, "own_col": own_col, "blend": np.asarray(rows["kind"]) == "blend",
                       "flux": np.full((m + 1, n_exp), np.nan),

@@ -49,6 +49,7 @@ from ssodetect.pipeline.astrometry import (
     load_reference_wcs,
     apply_solutions,
     astrometry_tasks,
+    star_trail_summary,
     align_header_wcs,
     register_unplaced,
     solution_table,
@@ -218,6 +219,11 @@ def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
     solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
     solutions, _ = rescue_failed(groups, [sol for group in solved for sol in group], reference, config.astrometry)
     warn_unsolved(solutions, {(ref.exposure, ref.ccd): ref.path for ref in tasks})
+    trails = {(ref.exposure, ref.ccd): info.get("star_trail") for (_, info), ref in zip(results, tasks)}
+    for sol in solutions:  # (what the stars' trails were, beside each solution)
+        st = trails.get((sol.exposure, sol.ccd))
+        if st:
+            sol.stars_trailed, sol.star_trail_length, sol.star_trail_angle = bool(st["used"]), st["length"], st["angle"]
     return solutions
 
 
@@ -314,6 +320,8 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     reference = products["reference"]
     calibrate = reference is not None and config.astrometry.enabled
     ccd_info = [dict(info) for _, info in results]
+    if star_trail_summary(ccd_info):
+        log.info(star_trail_summary(ccd_info))
     solutions = _solve(results, tasks, reference, config, ctx.executor()) if calibrate and results else []
     # the WCS each CCD exposure's sky positions go through (frames without one are registered onto these)
     placed_wcs = {(ref.exposure, ref.ccd): wcs_from_header_string(info.get("wcs_header", ""))
@@ -560,10 +568,11 @@ BUILTIN_STEPS = [
          "scan inputs, group exposures, calibration masters, reference catalogue, orbits", cache=False),
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
-          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "intermediate"), "16",
+          "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "astrometry.trailed_stars",
+          "astrometry.min_snr", "intermediate"), "17",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "8",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "9",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),

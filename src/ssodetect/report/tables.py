@@ -39,8 +39,9 @@ OBSERVATION_COLUMNS = [
     ("mag", "f8", "mag", "calibrated magnitude (fitted zero point, else the header's)"),
     ("mag_err", "f8", "mag", "magnitude uncertainty"),
     ("snr", "f8", "", "signal-to-noise ratio"),
-    ("trail_length", "f8", "pix", "measured trail length"),
-    ("trail_pa", "f8", "deg", "position angle of the trail axis on the sky, N through E, 0-180"),
+    ("trail_length", "f8", "pix", "measured trail length (on an exposure whose stars are trailed alike: the "
+                                  "source's own motion, its trail less the stars')"),
+    ("trail_pa", "f8", "deg", "position angle of the trail axis on the sky, N through E, 0-180 (of that motion)"),
     ("rate", "f8", "arcsec / h", "rate of motion of the object"),
     ("pa", "f8", "deg", "position angle of motion, N through E"),
     ("resid_ra", "f8", "arcsec", "residual from the linear fit, RA*cos(dec)"),

@@ -117,6 +117,10 @@ class SimulationConfig(BaseModel):
         "cameras (the truth keeps the WCS).",
     )
     tracking_angle: float = Field(default=30.0, description="Direction of the drift [deg from +xi towards +eta].")
+    tracking_angle_step: float = Field(
+        default=0.0, description="Change of the drift's direction from one exposure to the next [deg] (a mount whose "
+        "error wanders)."
+    )
     spikes: bool = Field(default=False, description="Draw diffraction spikes (6, Euclid-like) on saturated stars.")
     header_scale_error: float = Field(
         default=0.0, ge=0, lt=0.2, description="Largest relative pixel-scale error of the header WCS."
@@ -446,8 +450,22 @@ def sersic_b(n):
     return 2.0 * n - 1.0 / 3.0 + 4.0 / (405.0 * n) + 46.0 / (25515.0 * n**2)
 
 
-def _render_galaxies(image, xs, ys, galaxies: Table, psf, scale: float, rng) -> None:
-    """Sersic profiles sampled on a 3x sub-grid per pixel, convolved with the PSF.
+def _line_kernel(dx: float, dy: float) -> np.ndarray:
+    """A normalised kernel that smears an image along the segment ``(dx, dy)`` [px] centred on its middle pixel."""
+    n = 2 * int(math.ceil(0.5 * max(abs(dx), abs(dy)))) + 3
+    kernel = np.zeros((n, n))
+    t = np.linspace(-0.5, 0.5, max(2, int(math.ceil(4.0 * math.hypot(dx, dy)))))
+    xs, ys = n // 2 + t * dx, n // 2 + t * dy
+    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+    fx, fy = xs - x0, ys - y0
+    for ox, oy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kernel, (y0 + oy, x0 + ox), w)
+    return kernel / kernel.sum()
+
+
+def _render_galaxies(image, xs, ys, galaxies: Table, psf, scale: float, rng, drift=None) -> None:
+    """Sersic profiles sampled on a 3x sub-grid per pixel, convolved with the PSF (and smeared along ``drift``
+    ``(dx, dy)`` [px], a tracking drift, when given).
 
     A double-Gaussian PSF convolves with its core only (the original simulator); any other PSF with
     its full pixel-integrated stamp.
@@ -483,6 +501,8 @@ def _render_galaxies(image, xs, ys, galaxies: Table, psf, scale: float, rng) -> 
         x0, y0 = ix - half, iy - half
         xa, xb, ya, yb = max(x0, 0), min(x0 + n, nx), max(y0, 0), min(y0 + n, ny)
         layer[ya:yb, xa:xb] += prof[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    if drift is not None and math.hypot(*drift) > 0.5:
+        layer = oaconvolve(layer, _line_kernel(*drift), mode="same")
     if isinstance(psf, DoubleGaussianPSF) and psf.ellipticity == 0.0:
         image += gaussian_filter(layer, psf.sigma, mode="constant")
     else:
@@ -590,10 +610,12 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
     eta = st["eta"] + st["pmdec"] * 1e-3 * epoch_years
     x, y = to_pix(xi, eta)
     inside = (x > -pad) & (x < cfg.nx + pad) & (y > -pad) & (y < cfg.ny + pad)
+    # the telescope drifts: every sky source draws its own path lengthened by the drift, centred where it is at
+    # mid-exposure (stars, galaxies and transients a trail, movers their trail plus the drift)
+    h = 0.5 * cfg.tracking_drift
+    angle = math.radians(cfg.tracking_angle + exposure * cfg.tracking_angle_step)
+    ux, uy = math.cos(angle), math.sin(angle)
     if cfg.tracking_drift > 0:
-        # the telescope drifts: every star draws a trail centred on its mid-exposure position
-        h = 0.5 * cfg.tracking_drift
-        ux, uy = math.cos(math.radians(cfg.tracking_angle)), math.sin(math.radians(cfg.tracking_angle))
         x0, y0 = to_pix(xi[inside] - h * ux, eta[inside] - h * uy)
         x1, y1 = to_pix(xi[inside] + h * ux, eta[inside] + h * uy)
         for k, f in enumerate(e_flux(st["mag"][inside])):
@@ -616,17 +638,31 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
     inside = (gx > -80) & (gx < cfg.nx + 80) & (gy > -80) & (gy < cfg.ny + 80)
     g_in = gal[inside]
     g_in["flux"] = e_flux(g_in["mag"])
-    _render_galaxies(electrons, gx[inside], gy[inside], g_in, psf, cfg.pixel_scale, rng)
+    drift = None
+    if cfg.tracking_drift > 0:  # (the drift in pixels at the CCD's centre: galaxies are drawn smeared by it)
+        ra_c, dec_c = wcs.all_pix2world([0.5 * (cfg.nx - 1)], [0.5 * (cfg.ny - 1)], 0)
+        xi_c, eta_c = scene.plane.to_plane(ra_c, dec_c)
+        (ax, bx), (ay, by) = to_pix([xi_c[0] - h * ux, xi_c[0] + h * ux], [eta_c[0] - h * uy, eta_c[0] + h * uy])
+        drift = (float(bx - ax), float(by - ay))
+    _render_galaxies(electrons, gx[inside], gy[inside], g_in, psf, cfg.pixel_scale, rng, drift=drift)
     # transients of this exposure
     tr = scene.transients[scene.transients["exposure"] == exposure]
     if len(tr):
-        tx, ty = to_pix(tr["xi"], tr["eta"])
-        splat(electrons, tx, ty, e_flux(tr["mag"]), psf)
+        if cfg.tracking_drift > 0:
+            tx0, ty0 = to_pix(tr["xi"] - h * ux, tr["eta"] - h * uy)
+            tx1, ty1 = to_pix(tr["xi"] + h * ux, tr["eta"] + h * uy)
+            for k, f in enumerate(e_flux(tr["mag"])):
+                splat(electrons, *trail_points(tx0[k], ty0[k], tx1[k], ty1[k], f), psf)
+        else:
+            tx, ty = to_pix(tr["xi"], tr["eta"])
+            splat(electrons, tx, ty, e_flux(tr["mag"]), psf)
     # movers: trails from exposure start to end
     mv = scene.movers
     half = 0.5 * exptime / 86400.0
-    xs0, ys0 = to_pix(*mover_offsets(mv, mid - half))
-    xs1, ys1 = to_pix(*mover_offsets(mv, mid + half))
+    (mxi0, meta0), (mxi1, meta1) = mover_offsets(mv, mid - half), mover_offsets(mv, mid + half)
+    own = [to_pix(mxi0, meta0), to_pix(mxi1, meta1)]  # (the truth's trail: the mover's own motion)
+    xs0, ys0 = to_pix(np.asarray(mxi0) - h * ux, np.asarray(meta0) - h * uy)
+    xs1, ys1 = to_pix(np.asarray(mxi1) + h * ux, np.asarray(meta1) + h * uy)
     xm, ym = to_pix(*mover_offsets(mv, mid))
     truth = []
     flux = e_flux(mv["mag"])
@@ -643,7 +679,7 @@ def render_ccd(scene: Scene, exposure: int, ccd_index: int):
                     "index": k,
                     "x": float(xm[k]),
                     "y": float(ym[k]),
-                    "trail_length": float(math.hypot(xs1[k] - xs0[k], ys1[k] - ys0[k])),
+                    "trail_length": float(math.hypot(own[1][0][k] - own[0][0][k], own[1][1][k] - own[0][1][k])),
                 }
             )
     # satellite

@@ -1,0 +1,207 @@
+"""Trailed fields: whether the stars of an exposure are trailed (tracking drift, non-sidereal tracking) and by what.
+
+A telescope that drifts, or tracks an asteroid, trails every star alike: the bright compact sources of the
+exposure share one trail vector (length and axis), where movers' trails each have their own and galaxies are
+extended.  :func:`star_trail` finds that vector, or says there is none.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from astropy.table import Table
+
+from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
+
+__all__ = ["StarTrail", "star_trail", "own_motion", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
+           "STAR_TRAIL_LENGTH_FLOOR", "STAR_TRAIL_ANGLE_FLOOR", "STAR_TRAIL_MAX_SOURCES"]
+
+log = logging.getLogger(__name__)
+
+#: Trails that share one vector needed to call an exposure trailed.
+MIN_STAR_TRAILS = 5
+#: ... and the share they must make up of themselves and the bright point sources: where stars are points they
+#: outnumber any movers' trails that happen to agree (60 fast movers of ecliptic directions among 150 stars: 6 %);
+#: a field drifting 12 px had 91 such trails beside 77 point sources (54 %; its other 160 trails, galaxies and
+#: pieces, of any axis), one drifting 30 px 31 beside 16.
+STAR_TRAIL_SHARE = 0.4
+#: Trails agree in length within this fraction of it or :data:`STAR_TRAIL_LENGTH_FLOOR` px, whichever is larger.
+STAR_TRAIL_LENGTH_TOL = 0.15
+STAR_TRAIL_LENGTH_FLOOR = 2.0
+#: Trails agree in axis within this [deg] or the angle 2 px subtends over their length, whichever is larger.
+STAR_TRAIL_ANGLE_FLOOR = 5.0
+#: A shared trail shorter than this many PSF FWHM is the PSF's own elongation, not a drift (family member 351, an
+#: elongated Moffat PSF of FWHM 1.41 px: 59 of its bright sources shared a 4.5 px "trail", 32 % of them and the
+#: point sources); such stars are centred well as points.
+STAR_TRAIL_MIN_FWHM = 4.0
+#: A trail shorter than the stars' keeps its motion (the trail less theirs) from this S/N on.
+SHORT_TRAIL_SNR = 30.0
+#: The brightest this many bright compact sources are looked at (the count of pairs grows as its square).
+STAR_TRAIL_MAX_SOURCES = 1500
+
+
+@dataclass
+class StarTrail:
+    """The stars' trail in one exposure of one CCD.
+
+    Attributes
+    ----------
+    trailed : bool
+        The bright compact sources share one trail vector: the stars are trailed.
+    length : float
+        Its length [px] (median of the trails that share it; NaN without any).
+    angle : float
+        Its axis [deg, from +x towards +y, 0-180] (NaN without any).
+    n_agree : int
+        Trails that share it.
+    n_bright : int
+        Bright compact sources (points and trails) looked at.
+    """
+
+    trailed: bool
+    length: float
+    angle: float
+    n_agree: int
+    n_bright: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def agrees(self, length, theta) -> np.ndarray:
+        """Whether trails of ``length`` [px] and angle ``theta`` [rad, from +x towards +y] are this vector's."""
+        if not math.isfinite(self.length):
+            return np.zeros(np.shape(length), bool)
+        return _agree(np.asarray(length, float), np.degrees(np.asarray(theta, float)) % 180.0, self.length, self.angle)
+
+
+def _axial(a, b):
+    d = np.abs((np.asarray(a, float) - np.asarray(b, float)) % 180.0)
+    return np.minimum(d, 180.0 - d)
+
+
+def _agree(length, angle, ref_length, ref_angle):
+    """Trails (``length`` [px], ``angle`` [deg]) within the tolerances of one of length ``ref_length``, axis
+    ``ref_angle`` (arrays broadcast)."""
+    tol_len = np.maximum(STAR_TRAIL_LENGTH_TOL * ref_length, STAR_TRAIL_LENGTH_FLOOR)
+    tol_ang = np.maximum(STAR_TRAIL_ANGLE_FLOOR, np.degrees(np.arctan2(2.0, np.maximum(ref_length, 1e-9))))
+    with np.errstate(invalid="ignore"):
+        return (np.abs(length - ref_length) <= tol_len) & (_axial(angle, ref_angle) <= tol_ang)
+
+
+def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")) -> StarTrail:
+    """The trail vector the bright compact sources of one exposure share, if they share one.
+
+    Looked at are the unflagged, unmasked points and trails of S/N ``min_snr`` or more (the brightest
+    :data:`STAR_TRAIL_MAX_SOURCES`).  The trail that the most others agree with (length within
+    :data:`STAR_TRAIL_LENGTH_TOL`, axis within :data:`STAR_TRAIL_ANGLE_FLOOR`) sets the vector; the exposure is
+    trailed when at least :data:`MIN_STAR_TRAILS` trails agree with it and they make up
+    :data:`STAR_TRAIL_SHARE` of themselves and the point sources looked at, and it is at least
+    :data:`STAR_TRAIL_MIN_FWHM` PSF FWHM long.  Movers' trails (each its own length and axis, however many) and galaxies (extended) do not make
+    a field trailed; a field of stars trailed alike does, whatever its movers.
+
+    Parameters
+    ----------
+    detections : Table
+        One CCD exposure's detections: ``kind``, ``snr``, ``near_mask``, ``sep_flag``, ``length`` [px] and ``theta``
+        [rad, from +x towards +y; pixel convention 0-based ``(y, x)``].
+    min_snr : float
+        S/N of the sources looked at.
+    psf_fwhm : float
+        The exposure's PSF FWHM [px] (NaN: no shortest trail).
+
+    Returns
+    -------
+    StarTrail
+    """
+    if len(detections) == 0:
+        return StarTrail(False, float("nan"), float("nan"), 0, 0)
+    kind = np.asarray(detections["kind"])
+    bright = (np.isin(kind, ["point", "trail"]) & ~np.asarray(detections["near_mask"], bool)
+              & (np.asarray(detections["snr"], float) >= min_snr)
+              & (np.asarray(detections["sep_flag"]) & ~(1 | 32) == 0))
+    idx = np.nonzero(bright)[0]
+    if idx.size > STAR_TRAIL_MAX_SOURCES:
+        idx = idx[np.argsort(-np.asarray(detections["snr"], float)[idx], kind="stable")[:STAR_TRAIL_MAX_SOURCES]]
+    n_bright = int(idx.size)
+    trails = idx[kind[idx] == "trail"]
+    length = np.asarray(detections["length"], float)[trails]
+    angle = np.degrees(np.asarray(detections["theta"], float)[trails]) % 180.0
+    ok = np.isfinite(length) & np.isfinite(angle)
+    length, angle = length[ok], angle[ok]
+    if length.size == 0:
+        return StarTrail(False, float("nan"), float("nan"), 0, n_bright)
+    agree = _agree(length[None, :], angle[None, :], length[:, None], angle[:, None])
+    best = int(np.argmax(agree.sum(axis=1)))
+    members = agree[best]
+    # the vector: median length, mean axis (doubled angles: an axis has no sign)
+    two = np.radians(2.0 * angle[members])
+    axis = (0.5 * math.degrees(math.atan2(float(np.mean(np.sin(two))), float(np.mean(np.cos(two)))))) % 180.0
+    n_agree = int(members.sum())
+    n_points = int(np.sum(kind[idx] == "point"))
+    vector = float(np.median(length[members]))
+    trailed = (n_agree >= MIN_STAR_TRAILS and n_agree >= STAR_TRAIL_SHARE * (n_agree + n_points)
+               and not vector < STAR_TRAIL_MIN_FWHM * psf_fwhm)
+    return StarTrail(trailed, vector, axis, n_agree, n_bright)
+
+
+def own_motion(kind, length, theta, star: StarTrail | None, snr=None, width_fwhm=None) -> tuple[np.ndarray, np.ndarray]:
+    """Each source's own motion on the detector during its exposure: its trail less the stars' trail.
+
+    On an exposure whose stars are trailed by ``star`` (a drift ``S``), a source that moves by ``m`` draws ``S + m``:
+    of the two motions its trail allows (``T - S``, ``T + S``, an axis having no sign) the shorter is taken (a
+    mover faster than the drift and against it is given the other; linking tells). A trail shorter than the stars'
+    has no motion of its own (a piece of a star's trail, a faint one measured short, a blob) unless it is clear: S/N
+    :data:`SHORT_TRAIL_SNR` or more, :data:`~ssodetect.streaks.detect.EDGE_MIN_TRAIL_FWHM` of its width long and
+    off the stars' axis (a
+    fainter mover against the drift, its trail shortened, is not told from a blob by its trail; its positions still
+    link it as a slow one). A point
+    source there moved by the stars' trail (a target the telescope tracked). Other kinds, and every source where
+    ``star`` is None or not trailed, keep their own trail.
+
+    Parameters
+    ----------
+    kind : ndarray (n,) str
+    length : ndarray (n,)
+        Trail lengths [px] (NaN for point sources).
+    theta : ndarray (n,)
+        Trail angles [rad, from +x towards +y].
+    star : StarTrail or None
+    snr, width_fwhm : ndarray (n,), optional
+        S/N and the FWHM of each trail's width [px] (without them, every trail shorter than the stars' is a blob).
+
+    Returns
+    -------
+    length, theta : ndarray (n,)
+        [px], [rad].
+    """
+    kind = np.asarray(kind)
+    length, theta = np.asarray(length, float).copy(), np.asarray(theta, float).copy()
+    if star is None or not star.trailed or not math.isfinite(star.length):
+        return length, theta
+    sx, sy = star.length * math.cos(math.radians(star.angle)), star.length * math.sin(math.radians(star.angle))
+    trail = kind == "trail"
+    point = kind == "point"
+    tx = np.where(trail, np.nan_to_num(length) * np.cos(np.nan_to_num(theta)), 0.0)
+    ty = np.where(trail, np.nan_to_num(length) * np.sin(np.nan_to_num(theta)), 0.0)
+    minus, plus = np.hypot(tx - sx, ty - sy), np.hypot(tx + sx, ty + sy)
+    mx, my = np.where(minus <= plus, tx - sx, tx + sx), np.where(minus <= plus, ty - sy, ty + sy)
+    # a trail shorter than the stars' is a piece of a star's trail (broken by masked pixels), a faint trail measured
+    # short, or a blob whose axis means nothing: no motion of its own (on a field drifting 25 px, 134 such trails an
+    # exposure, mostly 3-10 px blobs of S/N 6-40 at any axis, had been given ~25 px of motion: fast movers), unless
+    # it is a clear trail: bright and long for its width (a V 20.5 mover at 13.6"/h against a 25 px drift drew
+    # 7-25 px trails of S/N 220-270)
+    short = trail & (np.hypot(tx, ty) < star.length)
+    if snr is not None:
+        # (along the stars' axis a bright short trail is a piece of a star's: 2 false fast movers on a 25 px drift)
+        along = _agree(star.length, np.degrees(np.nan_to_num(theta)) % 180.0, star.length, star.angle)
+        with np.errstate(invalid="ignore"):
+            clear = (np.asarray(snr, float) >= SHORT_TRAIL_SNR) & (
+                np.nan_to_num(length) >= EDGE_MIN_TRAIL_FWHM * np.asarray(width_fwhm, float)) & ~along
+        short &= ~clear
+    mx, my = np.where(short, 0.0, mx), np.where(short, 0.0, my)
+    change = trail | point
+    length[change] = np.hypot(mx, my)[change]
+    theta[change] = np.arctan2(my, mx)[change]
+    return length, theta
