@@ -830,3 +830,35 @@ def test_a_drifting_field_is_found_trailed_and_its_movers_linked(tmp_path):
     linked = result.observations[np.isin(result.observations["object"], list((slow.assigned or {}).keys()))]
     linked = linked[linked["rate"] < 10.0]
     assert len(linked) >= 30 and np.median(np.asarray(linked["trail_length"], float)) < 10.0
+
+
+def test_a_non_sidereally_tracked_target_is_found_at_the_tracking_rate(tmp_path):
+    """The telescope follows an asteroid at 7.6"/h: it is a point, the stars (and the other movers) trail 12 px.
+    The exposures are found trailed, the target is linked at the tracking rate (within 5 %) and its own motion in
+    each exposure (a point moved by the stars' trail) is the drift, the other movers are found too."""
+    from ssodetect.config import Config
+    from ssodetect.evaluate import evaluate_run
+    from ssodetect.pipeline.run import run_pipeline
+    from ssodetect.simulate import SimulationConfig, simulate
+
+    with pytest.raises(ValueError, match="tracked_target"):
+        SimulationConfig(tracked_target=True)
+    sim = tmp_path / "sim"
+    simulate(small_scene_config(53, tracking_drift=1.2, tracked_target=True, movers_per_ccd=150.0,
+                                star_density=150000.0, header_pointing_error=1.5), sim)
+    config = Config()
+    config.execution.progress = False
+    result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
+    assert np.all(result.astrometry["stars_trailed"]) and np.all(result.astrometry["status"] == "ok")
+    truth = Table.read(sim / "truth.ecsv")
+    target = truth[truth["object"] == "TARGET"]
+    everything = evaluate_run(result.observations, truth, rate_range=(0.0, 100.0), bright_limit=23.5,
+                              min_exposures=3)
+    name = {v: k for k, v in (everything.assigned or {}).items()}.get("TARGET")
+    assert name is not None
+    found = result.objects[result.objects["object"] == name][0]
+    assert abs(float(found["rate"]) / float(target["rate"][0]) - 1.0) < 0.05 and int(found["n_obs"]) == 4
+    own = result.observations[result.observations["object"] == name]
+    assert np.allclose(np.asarray(own["trail_length"], float), 12.0, atol=1.5), own["trail_length"]
+    slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
+    assert slow.completeness_bright >= 0.9 and slow.n_false <= 2, (slow.completeness_bright, slow.n_false)

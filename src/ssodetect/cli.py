@@ -57,7 +57,7 @@ def _simulate(args) -> int:
     for name in (
         "n_exposures", "movers_per_ccd", "dither", "cosmic_fraction", "star_density", "distortion",
         "header_pointing_error", "header_rotation_error", "header_scale_error", "fast_fraction", "fast_rate_max",
-        "tracking_drift", "known_orbits", "known_count",
+        "tracking_drift", "tracking_angle_step", "known_orbits", "known_count",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -66,6 +66,8 @@ def _simulate(args) -> int:
         params["satellite"] = False
     if args.spikes:
         params["spikes"] = True
+    if args.tracked_target:
+        params["tracked_target"] = True
     try:
         if args.family_member is not None:
             from ssodetect.simulate import family_member
@@ -839,7 +841,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of movers faster than 10\"/h (trailed)")
     p.add_argument("--fast-rate-max", dest="fast_rate_max", type=float, default=None, help="fastest mover [arcsec/h]")
     p.add_argument("--tracking-drift", dest="tracking_drift", type=float, default=None,
-                   help="pointing drift during each exposure [arcsec]: trailed stars")
+                   help="pointing drift during each exposure [arcsec]: every sky source trailed")
+    p.add_argument("--tracking-turn", dest="tracking_angle_step", type=float, default=None,
+                   help="turn of the drift's direction from one exposure to the next [deg]")
+    p.add_argument("--tracked-target", dest="tracked_target", action="store_true",
+                   help="non-sidereal tracking: a target (TARGET, V 20) the drift follows, a point")
     p.add_argument("--spikes", action="store_true", help="diffraction spikes on saturated stars")
     p.add_argument("--known-orbits", dest="known_orbits", default=None,
                    help="orbit file of real elements (MPCORB.DAT or JPL SBDB JSON) for known objects in the field")

@@ -121,6 +121,11 @@ class SimulationConfig(BaseModel):
         default=0.0, description="Change of the drift's direction from one exposure to the next [deg] (a mount whose "
         "error wanders)."
     )
+    tracked_target: bool = Field(
+        default=False, description="Non-sidereal tracking: one more mover (TARGET, V 20, near the field's centre) "
+        "moves against the drift at tracking_drift per exposure, so the telescope follows it (a point; the stars "
+        "trail). Needs a drift that does not turn."
+    )
     spikes: bool = Field(default=False, description="Draw diffraction spikes (6, Euclid-like) on saturated stars.")
     header_scale_error: float = Field(
         default=0.0, ge=0, lt=0.2, description="Largest relative pixel-scale error of the header WCS."
@@ -181,6 +186,8 @@ class SimulationConfig(BaseModel):
             raise ValueError("fwhm_max must be at least fwhm_min")
         if self.sersic_max < self.sersic_min:
             raise ValueError("sersic_max must be at least sersic_min")
+        if self.tracked_target and (self.tracking_drift <= 0 or self.tracking_angle_step != 0):
+            raise ValueError("tracked_target needs a tracking_drift (> 0) that does not turn (tracking_angle_step 0)")
         return self
 
 
@@ -381,6 +388,14 @@ def draw_scene(config: SimulationConfig) -> Scene:
             "mag_per_arcsec": 19.0,
         }
     tref = 0.5 * (mids[0] + mids[-1])
+    if config.tracked_target and config.tracking_drift > 0:
+        # the drift moves every star along +u on the detector: a target moving along -u as fast stays a point
+        a = math.radians(config.tracking_angle)
+        target = Table({"object": ["TARGET"], "xi": [0.0], "eta": [0.0], "mag": [20.0],
+                        "rate": [config.tracking_drift / config.exptime * 3600.0],
+                        "pa": [math.degrees(math.atan2(-math.cos(a), -math.sin(a))) % 360.0],
+                        "designation": np.array([""], dtype="U48")})
+        movers = vstack([movers, target]) if len(movers) else target
     known_orbits = None
     if config.known_orbits and config.known_count > 0:
         known_orbits, known_movers = _known_movers(config, plane, tref, width * s, height * s, rng)
