@@ -768,6 +768,16 @@ def test_a_field_is_trailed_when_its_stars_share_one_trail_not_when_movers_trail
     assert not star_trail(_sources(rng, n_points=80, trails=elongated), 10.0, psf_fwhm=1.4).trailed
     assert star_trail(_sources(rng, n_points=80, trails=elongated), 10.0).trailed  # (without the PSF's width)
     assert star_trail(_sources(rng, n_points=30, trails=stars), 10.0, psf_fwhm=1.7).trailed
+    # wind shake: the stars trailed every which way share no vector; the exposure is not trailed but says why
+    from ssodetect.astrometry.solve import ExposureSolution
+    from ssodetect.pipeline.astrometry import record_star_trails
+
+    shaken = [(float(L), float(a)) for L, a in zip(rng.uniform(5.0, 30.0, 60), rng.uniform(0.0, 180.0, 60))]
+    shake = star_trail(_sources(rng, n_points=20, trails=shaken), 10.0, psf_fwhm=1.7)
+    assert not shake.trailed and shake.incoherent and not trailed.incoherent and not plain.incoherent
+    failed = ExposureSolution(exposure=2, ccd="1-1", reason="no pattern match")
+    record_star_trails([failed], {(2, "1-1"): {**shake.as_dict(), "used": False}})
+    assert failed.reason.startswith("no pattern match; 60 of its 80 bright compact sources are trails but at most")
     assert not star_trail(_sources(rng)[:0], 10.0).trailed
 
 

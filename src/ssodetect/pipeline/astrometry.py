@@ -47,6 +47,7 @@ __all__ = [
     "warn_unsolved",
     "astrometry_tasks",
     "reference_stars",
+    "record_star_trails",
     "star_trail_summary",
     "apply_solutions",
     "solution_table",
@@ -94,9 +95,26 @@ def reference_stars(table: Table, info: dict, config: Config) -> np.ndarray:
     trailed = bool(st["used"]) if st else ast.trailed_stars is True
     chosen = star_like(table, ast.min_snr, trailed=trailed)
     if trailed and st and np.isfinite(st["length"]):  # (movers' trails are not the stars')
-        vector = StarTrail(**{k: st[k] for k in ("trailed", "length", "angle", "n_agree", "n_bright")})
-        chosen &= vector.agrees(table["length"], table["theta"])
+        chosen &= _star_trail(st).agrees(table["length"], table["theta"])
     return chosen
+
+
+def _star_trail(st: dict) -> StarTrail:
+    return StarTrail(**{k: st[k] for k in StarTrail.__dataclass_fields__ if k in st})
+
+
+def record_star_trails(solutions: list, trails: dict) -> None:
+    """Beside each solution (in place), what its exposure's stars' trails were (``trails``: ``(exposure, ccd) ->
+    info["star_trail"]``); a failed exposure whose bright sources are mostly trails sharing no one vector says so
+    in its reason."""
+    for sol in solutions:
+        st = trails.get((sol.exposure, sol.ccd))
+        if not st:
+            continue
+        sol.stars_trailed, sol.star_trail_length, sol.star_trail_angle = bool(st["used"]), st["length"], st["angle"]
+        if not sol.ok and not st["used"] and _star_trail(st).incoherent:
+            sol.reason = (f"{sol.reason}; {st['n_trails']} of its {st['n_bright']} bright compact sources are trails "
+                          f"but at most {st['n_agree']} share one (no common drift: wind shake?)")
 
 
 def star_trail_summary(ccd_info: list) -> str:

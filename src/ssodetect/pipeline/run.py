@@ -49,6 +49,7 @@ from ssodetect.pipeline.astrometry import (
     load_reference_wcs,
     apply_solutions,
     astrometry_tasks,
+    record_star_trails,
     star_trail_summary,
     align_header_wcs,
     register_unplaced,
@@ -219,11 +220,8 @@ def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
     solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
     solutions, _ = rescue_failed(groups, [sol for group in solved for sol in group], reference, config.astrometry)
     warn_unsolved(solutions, {(ref.exposure, ref.ccd): ref.path for ref in tasks})
-    trails = {(ref.exposure, ref.ccd): info.get("star_trail") for (_, info), ref in zip(results, tasks)}
-    for sol in solutions:  # (what the stars' trails were, beside each solution)
-        st = trails.get((sol.exposure, sol.ccd))
-        if st:
-            sol.stars_trailed, sol.star_trail_length, sol.star_trail_angle = bool(st["used"]), st["length"], st["angle"]
+    record_star_trails(solutions, {(ref.exposure, ref.ccd): info.get("star_trail")
+                                   for (_, info), ref in zip(results, tasks)})
     return solutions
 
 

@@ -58,6 +58,8 @@ class StarTrail:
         Trails that share it.
     n_bright : int
         Bright compact sources (points and trails) looked at.
+    n_trails : int
+        Trails among them.
     """
 
     trailed: bool
@@ -65,6 +67,12 @@ class StarTrail:
     angle: float
     n_agree: int
     n_bright: int
+    n_trails: int = 0
+
+    @property
+    def incoherent(self) -> bool:
+        """Most bright compact sources are trails but they share no one vector (wind shake, a turning mount)."""
+        return not self.trailed and self.n_trails >= MIN_STAR_TRAILS and self.n_trails >= 0.5 * self.n_bright
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +124,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
     StarTrail
     """
     if len(detections) == 0:
-        return StarTrail(False, float("nan"), float("nan"), 0, 0)
+        return StarTrail(False, float("nan"), float("nan"), 0, 0, 0)
     kind = np.asarray(detections["kind"])
     bright = (np.isin(kind, ["point", "trail"]) & ~np.asarray(detections["near_mask"], bool)
               & (np.asarray(detections["snr"], float) >= min_snr)
@@ -131,7 +139,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
     ok = np.isfinite(length) & np.isfinite(angle)
     length, angle = length[ok], angle[ok]
     if length.size == 0:
-        return StarTrail(False, float("nan"), float("nan"), 0, n_bright)
+        return StarTrail(False, float("nan"), float("nan"), 0, n_bright, 0)
     agree = _agree(length[None, :], angle[None, :], length[:, None], angle[:, None])
     best = int(np.argmax(agree.sum(axis=1)))
     members = agree[best]
@@ -143,7 +151,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
     vector = float(np.median(length[members]))
     trailed = (n_agree >= MIN_STAR_TRAILS and n_agree >= STAR_TRAIL_SHARE * (n_agree + n_points)
                and not vector < STAR_TRAIL_MIN_FWHM * psf_fwhm)
-    return StarTrail(trailed, vector, axis, n_agree, n_bright)
+    return StarTrail(trailed, vector, axis, n_agree, n_bright, int(length.size))
 
 
 def own_motion(kind, length, theta, star: StarTrail | None, snr=None, width_fwhm=None) -> tuple[np.ndarray, np.ndarray]:
