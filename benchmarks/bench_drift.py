@@ -4,7 +4,7 @@
                                      [--size 2048] [--keep DIR]
 
 Each member of the randomised scene family (``ssodetect.simulate.family``; 361-363 by default, used for no
-tuning) is simulated on one CCD with every sky source (stars, galaxies, transients, movers) trailed by a drift
+tuning) is simulated on one CCD with 80 movers (its share of them fast) and every sky source (stars, galaxies, transients, movers) trailed by a drift
 of each length [px] (``tracking_drift``), its direction fixed or turning ``--turn`` deg from one exposure to
 the next (``tracking_angle_step``), and run with the defaults (``[astrometry] trailed_stars = "auto"``).
 
@@ -37,6 +37,8 @@ from ssodetect.simulate.starfield import wcs_difference  # noqa: E402
 
 #: Members of the drift benchmark (never used for tuning).
 DRIFT_MEMBERS = (361, 362, 363)
+#: Movers per CCD (the family's 5-100 would leave one CCD with a handful).
+MOVERS_PER_CCD = 80.0
 
 
 def _wcs_error_px(sim: Path, astrometry: Table) -> float:
@@ -54,7 +56,7 @@ def _wcs_error_px(sim: Path, astrometry: Table) -> float:
 
 
 def run_case(member: int, drift_px: float, turn: float, size: int, work: Path) -> dict:
-    recipe = family_member(member, nccd=1, nx=size, ny=size)
+    recipe = family_member(member, nccd=1, nx=size, ny=size, movers_per_ccd=MOVERS_PER_CCD)
     sim_config = recipe.model_copy(update={"tracking_drift": drift_px * recipe.pixel_scale,
                                            "tracking_angle_step": turn})
     name = f"member{member}_drift{drift_px:g}_turn{turn:g}"
