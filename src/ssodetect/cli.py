@@ -1191,9 +1191,15 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         return _stopped(exc)
-    except BrokenPipeError:  # the reader of our output went away (``ssodetect runs --json | head``): as SIGPIPE would
+    except BrokenPipeError as exc:
+        if not _stdout_broken():  # (another pipe, a worker's: a defect, said as one)
+            log.debug("internal error", exc_info=True)
+            print(printable(f"ssodetect: internal error: BrokenPipeError: {exc} (run with -v for the traceback; "
+                            "please report it)"), file=sys.stderr)
+            return 3
+        # the reader of our output went away (``ssodetect runs --json | head``): as SIGPIPE would
         _quiet_stdout()
-        return 128 + signal.SIGPIPE
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise_internal = exc
@@ -1221,6 +1227,18 @@ def main(argv=None) -> int:
             signal.signal(sig, previous)
         astropy_log.handlers = astropy_handlers
         log.removeHandler(handler)
+
+
+def _stdout_broken() -> bool:
+    """Whether standard output is a pipe whose reader went away (poll says POLLERR on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # (no poll on this platform, no real file behind sys.stdout)
+        return True
 
 
 def _quiet_stdout() -> None:

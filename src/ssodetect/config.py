@@ -468,7 +468,8 @@ class AstrometryConfig(_Section):
         description="Stars are trailed (tracking drift, non-sidereal tracking, long exposures): use trail centres "
         "(trailed-PSF fits, mid-exposure positions) as the reference positions instead of point sources. auto: "
         "per CCD exposure, when its bright compact sources share one trail vector (streaks.field.star_trail; the "
-        "choice and the vector are logged and written to astrometry.ecsv); true or false: every exposure.",
+        "choice and the vector are logged, kept in provenance.json and, with a reference catalogue, in "
+        "astrometry.ecsv); true or false: every exposure.",
     )
     zeropoint: bool = Field(
         default=True, description="Fit the photometric zero point of every CCD exposure from the matched stars."

@@ -151,7 +151,12 @@ def _warn_coarse_coordinates(table: Table, path) -> None:
             top = np.nanmax(np.abs(np.asarray(table[name], float)))
         if not np.isfinite(top):
             continue
-        step = float(np.spacing(np.asarray(top, dtype))) * 3.6e6  # [mas] when the column is in degrees
+        step = float(np.spacing(np.asarray(top, dtype)))  # in the column's unit (degrees unless it says otherwise)
+        unit = getattr(table[name], "unit", None)
+        try:
+            step = (step * unit).to_value("mas") if unit is not None else step * 3.6e6
+        except Exception:  # noqa: BLE001 - a unit that is no angle: _to_units names it
+            continue
         if step > COARSE_POSITION_MAS:
             log.warning("%s: column %s is stored as %d-bit floats, rounded to up to %.0f mas: the astrometry is no "
                         "finer than that (write the catalogue with 64-bit floats)", path, name, 8 * dtype.itemsize,

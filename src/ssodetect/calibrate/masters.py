@@ -554,7 +554,8 @@ UNNAMED_CCD = "0"
 
 
 def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[str]) -> dict:
-    """Masters keyed by the light frames' CCD names.
+    """``masters`` (any values: the calibration frames of each CCD, or their masters) keyed by the light frames'
+    CCD names; ``frames`` gives the calibration frames of each CCD (for a file to name).
 
     Calibration frames whose headers name no CCD (:data:`UNNAMED_CCD`, e.g. masters written by an older
     ``ssodetect calibrate``) belong to the lights' CCD when the lights come from one CCD; with several, which
@@ -614,10 +615,11 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
         if ccd_hdu.setdefault((key[0], ref.ccd), ref.sci) != ref.sci:  # (every extension EXTNAME = 'SCI')
             raise InputError(f"{ref.path}: two extensions of CCD {ref.ccd} (their CCD names must differ)")
         frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
+    # (named for the lights' CCDs, or refused, before anything is combined)
+    frames = _match_ccds(frames, frames, lights, config.io.detector_keys)
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys)
                for ccd, kinds in frames.items()}
-    masters = _match_ccds(masters, frames, lights, config.io.detector_keys)
     if cc.hot_pixels:
         by_ccd: dict[str, list] = {}
         for ref in sorted(lights, key=lambda r: r.mjd):

@@ -32,6 +32,7 @@ from ssodetect.config import Config
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
+from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
@@ -101,7 +102,9 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     detector nor extended; the extended ones still count as occupants of the sky.
 
     Adds ``xi, eta`` [arcsec], ``t_hours``, ``sigma`` (position error with ``link.position_floor``) and ``size`` [arcsec] columns and the
-    flags ``static``, ``artefact`` and ``edge_weak`` to a copy of the usable detections.  Point sources and short
+    flags ``static``, ``artefact`` and ``edge_weak`` to a copy of the usable detections.  On an exposure whose stars
+    are trailed (``stars_trailed``) ``length`` and ``theta`` become the source's own motion (``own_length``,
+    ``own_theta``: its trail less the stars') and ``detector_length`` keeps the trail's length.  Point sources and short
     trails the detector edge cuts (``edge_cut``) are usable as ``edge_weak``: their position errors widened by
     :data:`EDGE_CUT_ERROR` px, their flux errors by their flux.  Point sources with more than
     :data:`MASKED_CORE_FLUX` of their core information masked have their flux errors widened by their flux too
@@ -303,7 +306,8 @@ def vet_edge_fits(tracklets: list, edge_fit: np.ndarray, max_fraction: float = 0
 def vet_trail_lengths(tracklets: list, slow: Table, min_detections: int, margin: float = 3.0) -> list:
     """Drop members (or whole slow tracklets) trailed far more than their motion allows.
 
-    A mover at rate ``r`` draws ``r * exptime`` in an exposure; a member's measured trail may exceed
+    A mover at rate ``r`` draws ``r * exptime`` in an exposure (where the stars trail by a drift ``S``, ``|S + m|``:
+    there the measured trail less ``|S|`` is compared, ``drift_length``); a member's measured trail may exceed
     that by ``margin`` [px] or four times the members' median minor-axis rms, whichever is larger
     (short trails and seeing-limited blobs are measured coarsely).  The margin was 1" until static galaxies,
     9 px "trails" at 0.1"/px, were strung into movers at 0.31-0.33"/h (members 322, 323 and 327: three of the
@@ -363,7 +367,11 @@ def restore_cut_centres(trails: Table, trk: Tracklet, plane: TangentPlane, *, it
     detector); their along-track error grows by the rate uncertainty times half the exposure
     and by :data:`CUT_END_ERROR` of the missing length.  Returns the tracklet refitted.
     """
-    cut = [k for k in trk.members if math.isfinite(float(trails["cut_pa"][k]))]
+    # (on an exposure whose stars are trailed the cut trail is the motion plus the drift: its missing part is not
+    # the motion's, and it is left where it was measured)
+    drifted = (np.asarray(trails["stars_trailed"], bool) if "stars_trailed" in trails.colnames
+               else np.zeros(len(trails), bool))
+    cut = [k for k in trk.members if math.isfinite(float(trails["cut_pa"][k])) and not drifted[k]]
     if not cut:
         return trk
     idx = np.array(trk.members)
@@ -711,7 +719,7 @@ def trail_motions(cand: Table) -> np.ndarray:
         return out
     scale = np.asarray(cand["pixel_scale"], float)
     length_px = np.asarray(cand["length"], float)
-    fwhm = 2.0 * math.sqrt(2.0 * math.log(2.0)) * np.asarray(cand["b"], float)
+    fwhm = np.asarray(cand["b"], float) / FWHM_TO_SIGMA
     use = (np.asarray(cand["kind"]) == "trail") & (length_px >= EDGE_MIN_TRAIL_FWHM * fwhm)
     length = np.asarray(cand["trail_arcsec"], float)
     exptime = np.asarray(cand["exptime"], float)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ssodetect.streaks.field import axial_difference
+
 __all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "trails_agree", "chance_probability", "flux_deviation",
            "flux_level", "compatible_seeds", "relative_sigma"]
 
@@ -497,12 +499,6 @@ def _seed_pairs(n_exposures: int, min_fraction: float) -> list[tuple[int, int]]:
     return [(a, b) for a in range(n_exposures) for b in range(a + 1, min(a + gap + 1, n_exposures))]
 
 
-def _axial_difference(a, b):
-    """Smallest difference [deg] between two axes (position angles modulo 180 deg)."""
-    d = np.abs((np.asarray(a, float) - np.asarray(b, float)) % 180.0)
-    return np.minimum(d, 180.0 - d)
-
-
 def trails_agree(v, v_err, trail) -> np.ndarray:
     """Whether trails are what motions ``v`` leave in their exposures: rate and axis within 3 sigma.
 
@@ -529,7 +525,7 @@ def trails_agree(v, v_err, trail) -> np.ndarray:
     axis_err = np.degrees(np.arctan2(v_err, np.maximum(speed, 1e-9)))
     with np.errstate(invalid="ignore"):
         return (np.isfinite(rate) & (np.abs(speed - rate) <= 3.0 * np.hypot(v_err, rate_err))
-                & (_axial_difference(axis, pa) <= 3.0 * np.hypot(axis_err, pa_err)))
+                & (axial_difference(axis, pa) <= 3.0 * np.hypot(axis_err, pa_err)))
 
 
 def _rates_agree(a, b) -> np.ndarray:
@@ -537,7 +533,7 @@ def _rates_agree(a, b) -> np.ndarray:
     sigma (a trail the detector edge cut is shorter than the mover's others)."""
     with np.errstate(invalid="ignore"):
         return ((np.abs(a[:, 0] - b[:, 0]) <= 3.0 * np.hypot(a[:, 1], b[:, 1]))
-                & (_axial_difference(a[:, 2], b[:, 2]) <= 3.0 * np.hypot(a[:, 3], b[:, 3])))
+                & (axial_difference(a[:, 2], b[:, 2]) <= 3.0 * np.hypot(a[:, 3], b[:, 3])))
 
 
 def _n_strong(trk, seed, half, trail) -> int:
@@ -551,7 +547,8 @@ def _n_strong(trk, seed, half, trail) -> int:
         return n
     v = np.array([[trk.vx, trk.vy]])
     v_err = np.array([math.sqrt(max(0.5 * (trk.cov[2, 2] + trk.cov[3, 3]), 0.0))])
-    if not trails_agree(v, v_err, trail[strong_trails]).any():
+    strong_trails = strong_trails[trails_agree(v, v_err, trail[strong_trails])]  # (those the motion confirms)
+    if strong_trails.size == 0:
         return n
     for k in weak:
         if trails_agree(v, v_err, trail[[k]])[0] and _rates_agree(trail[[k] * strong_trails.size],

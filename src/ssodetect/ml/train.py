@@ -207,8 +207,8 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
             opt.zero_grad()
             loss = loss_fn(model(x)[:, 0], y)
             if not math.isfinite(loss.item()):  # (the weights are NaN from here on: nothing worth keeping follows)
-                raise ConfigError(f"ml train: the training diverged in epoch {epoch + 1} (loss {loss.item()}); "
-                                  f"a smaller --lr than {lr:g} may train")
+                raise ConfigError(f"ml train: the training diverged in epoch {epoch + 1} (loss {loss.item()}): a "
+                                  f"learning rate too high (a smaller --lr than {lr:g} may train) or NaN inputs")
             loss.backward()
             opt.step()
             sched.step()

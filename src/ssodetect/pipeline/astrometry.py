@@ -94,7 +94,7 @@ def reference_stars(table: Table, info: dict, config: Config) -> np.ndarray:
     st = info.get("star_trail")
     trailed = bool(st["used"]) if st else ast.trailed_stars is True
     chosen = star_like(table, ast.min_snr, trailed=trailed)
-    if trailed and st and np.isfinite(st["length"]):  # (movers' trails are not the stars')
+    if trailed and st and st["trailed"]:  # (movers' trails are not the stars')
         chosen &= _star_trail(st).agrees(table["length"], table["theta"])
     return chosen
 

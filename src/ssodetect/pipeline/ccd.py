@@ -318,6 +318,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
         snr=table["snr"], width_fwhm=np.asarray(table["b"], float) / FWHM_TO_SIGMA)
     drifted = bool(info["star_trail"]["used"]) and trail.trailed
     table["drift_length"] = np.full(n, trail.length if drifted else 0.0)
+    # trails given no motion of their own there (the stars', their pieces, faint or short blobs), counted
+    info["star_trail"]["n_still"] = int(np.sum((np.asarray(table["kind"]) == "trail")
+                                               & (np.asarray(table["own_length"], float) == 0.0))) if drifted else 0
     set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
     truncated = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
     table["edge_cut"], info["n_edge_kept"] = edge_cut(

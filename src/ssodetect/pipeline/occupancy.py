@@ -133,7 +133,9 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         a = math.radians(float(st["angle"]))
         sx, sy = float(st["length"]) * math.cos(a), float(st["length"]) * math.sin(a)
         mx, my = float(ex[1] - ex[0]), float(ey[1] - ey[0])
-        if sx * mx + sy * my < 0:  # (an axis has no sign: the drift taken along the motion)
+        # an axis has no sign: the drift that makes the shorter trail (a tracked target, moving against the drift,
+        # is a point; a slow mover's trail is about the drift either way), as own_motion took the shorter motion
+        if math.hypot(mx - sx, my - sy) < math.hypot(mx + sx, my + sy):
             sx, sy = -sx, -sy
         tx, ty = mx + sx, my + sy
         ra, dec = wcs(e, ccd).all_pix2world(np.array([x - 0.5 * tx, x + 0.5 * tx]), np.array([y - 0.5 * ty, y + 0.5 * ty]), 0)

@@ -318,8 +318,9 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     reference = products["reference"]
     calibrate = reference is not None and config.astrometry.enabled
     ccd_info = [dict(info) for _, info in results]
-    if star_trail_summary(ccd_info):
-        log.info(star_trail_summary(ccd_info))
+    said = star_trail_summary(ccd_info)
+    if said:
+        log.info(said)
     solutions = _solve(results, tasks, reference, config, ctx.executor()) if calibrate and results else []
     # the WCS each CCD exposure's sky positions go through (frames without one are registered onto these)
     placed_wcs = {(ref.exposure, ref.ccd): wcs_from_header_string(info.get("wcs_header", ""))
@@ -589,7 +590,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter", "link.confirm_min_snr")
-         + _PIXELS, "5", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
+         + _PIXELS, "6", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
          "tracklets where they were not detected (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",

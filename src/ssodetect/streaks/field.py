@@ -15,7 +15,7 @@ from astropy.table import Table
 
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
-__all__ = ["StarTrail", "star_trail", "own_motion", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
+__all__ = ["StarTrail", "star_trail", "own_motion", "axial_difference", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
            "STAR_TRAIL_LENGTH_FLOOR", "STAR_TRAIL_ANGLE_FLOOR", "STAR_TRAIL_MAX_SOURCES"]
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class StarTrail:
         Bright compact sources (points and trails) looked at.
     n_trails : int
         Trails among them.
+    n_skipped : int
+        Bright compact sources beyond :data:`STAR_TRAIL_MAX_SOURCES` (the faintest), not looked at.
     """
 
     trailed: bool
@@ -68,6 +70,7 @@ class StarTrail:
     n_agree: int
     n_bright: int
     n_trails: int = 0
+    n_skipped: int = 0
 
     @property
     def incoherent(self) -> bool:
@@ -84,7 +87,8 @@ class StarTrail:
         return _agree(np.asarray(length, float), np.degrees(np.asarray(theta, float)) % 180.0, self.length, self.angle)
 
 
-def _axial(a, b):
+def axial_difference(a, b):
+    """Smallest difference [deg] between two axes (angles modulo 180 deg)."""
     d = np.abs((np.asarray(a, float) - np.asarray(b, float)) % 180.0)
     return np.minimum(d, 180.0 - d)
 
@@ -95,15 +99,16 @@ def _agree(length, angle, ref_length, ref_angle):
     tol_len = np.maximum(STAR_TRAIL_LENGTH_TOL * ref_length, STAR_TRAIL_LENGTH_FLOOR)
     tol_ang = np.maximum(STAR_TRAIL_ANGLE_FLOOR, np.degrees(np.arctan2(2.0, np.maximum(ref_length, 1e-9))))
     with np.errstate(invalid="ignore"):
-        return (np.abs(length - ref_length) <= tol_len) & (_axial(angle, ref_angle) <= tol_ang)
+        return (np.abs(length - ref_length) <= tol_len) & (axial_difference(angle, ref_angle) <= tol_ang)
 
 
 def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")) -> StarTrail:
     """The trail vector the bright compact sources of one exposure share, if they share one.
 
     Looked at are the unflagged, unmasked points and trails of S/N ``min_snr`` or more (the brightest
-    :data:`STAR_TRAIL_MAX_SOURCES`).  The trail that the most others agree with (length within
-    :data:`STAR_TRAIL_LENGTH_TOL`, axis within :data:`STAR_TRAIL_ANGLE_FLOOR`) sets the vector; the exposure is
+    :data:`STAR_TRAIL_MAX_SOURCES`, the others counted in ``n_skipped``).  The trail that the most others agree with
+    (length within :data:`STAR_TRAIL_LENGTH_TOL` or :data:`STAR_TRAIL_LENGTH_FLOOR`, axis within
+    :data:`STAR_TRAIL_ANGLE_FLOOR` or the angle 2 px subtend over its length) sets the vector; the exposure is
     trailed when at least :data:`MIN_STAR_TRAILS` trails agree with it and they make up
     :data:`STAR_TRAIL_SHARE` of themselves and the point sources looked at, and it is at least
     :data:`STAR_TRAIL_MIN_FWHM` PSF FWHM long.  Movers' trails (each its own length and axis, however many) and galaxies (extended) do not make
@@ -113,7 +118,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
     ----------
     detections : Table
         One CCD exposure's detections: ``kind``, ``snr``, ``near_mask``, ``sep_flag``, ``length`` [px] and ``theta``
-        [rad, from +x towards +y; pixel convention 0-based ``(y, x)``].
+        [rad, from +x towards +y].
     min_snr : float
         S/N of the sources looked at.
     psf_fwhm : float
@@ -130,6 +135,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
               & (np.asarray(detections["snr"], float) >= min_snr)
               & (np.asarray(detections["sep_flag"]) & ~(1 | 32) == 0))
     idx = np.nonzero(bright)[0]
+    n_skipped = max(int(idx.size) - STAR_TRAIL_MAX_SOURCES, 0)
     if idx.size > STAR_TRAIL_MAX_SOURCES:
         idx = idx[np.argsort(-np.asarray(detections["snr"], float)[idx], kind="stable")[:STAR_TRAIL_MAX_SOURCES]]
     n_bright = int(idx.size)
@@ -139,7 +145,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
     ok = np.isfinite(length) & np.isfinite(angle)
     length, angle = length[ok], angle[ok]
     if length.size == 0:
-        return StarTrail(False, float("nan"), float("nan"), 0, n_bright, 0)
+        return StarTrail(False, float("nan"), float("nan"), 0, n_bright, 0, n_skipped)
     agree = _agree(length[None, :], angle[None, :], length[:, None], angle[:, None])
     best = int(np.argmax(agree.sum(axis=1)))
     members = agree[best]
@@ -151,7 +157,7 @@ def star_trail(detections: Table, min_snr: float, psf_fwhm: float = float("nan")
     vector = float(np.median(length[members]))
     trailed = (n_agree >= MIN_STAR_TRAILS and n_agree >= STAR_TRAIL_SHARE * (n_agree + n_points)
                and not vector < STAR_TRAIL_MIN_FWHM * psf_fwhm)
-    return StarTrail(trailed, vector, axis, n_agree, n_bright, int(length.size))
+    return StarTrail(trailed, vector, axis, n_agree, n_bright, int(length.size), n_skipped)
 
 
 def own_motion(kind, length, theta, star: StarTrail | None, snr=None, width_fwhm=None) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +165,8 @@ def own_motion(kind, length, theta, star: StarTrail | None, snr=None, width_fwhm
 
     On an exposure whose stars are trailed by ``star`` (a drift ``S``), a source that moves by ``m`` draws ``S + m``:
     of the two motions its trail allows (``T - S``, ``T + S``, an axis having no sign) the shorter is taken (a
-    mover faster than the drift and against it is given the other; linking tells). A trail shorter than the stars'
-    has no motion of its own (a piece of a star's trail, a faint one measured short, a blob) unless it is clear: S/N
+    mover faster than the drift and against it is given the other, and linking does not tell: it is measured as
+    that slower motion). A trail of the stars' vector, or shorter than the stars', has no motion of its own (a piece of a star's trail, a faint one measured short, a blob) unless it is clear: S/N
     :data:`SHORT_TRAIL_SNR` or more, :data:`~ssodetect.streaks.detect.EDGE_MIN_TRAIL_FWHM` of its width long and
     off the stars' axis (a
     fainter mover against the drift, its trail shortened, is not told from a blob by its trail; its positions still
@@ -200,7 +206,8 @@ def own_motion(kind, length, theta, star: StarTrail | None, snr=None, width_fwhm
     # exposure, mostly 3-10 px blobs of S/N 6-40 at any axis, had been given ~25 px of motion: fast movers), unless
     # it is a clear trail: bright and long for its width (a V 20.5 mover at 13.6"/h against a 25 px drift drew
     # 7-25 px trails of S/N 220-270)
-    short = trail & (np.hypot(tx, ty) < star.length)
+    # a trail of the stars' vector (within its tolerances, however long) is a star's: no motion of its own
+    short = trail & ((np.hypot(tx, ty) < star.length) | star.agrees(np.nan_to_num(length), np.nan_to_num(theta)))
     if snr is not None:
         # (along the stars' axis a bright short trail is a piece of a star's: 2 false fast movers on a 25 px drift)
         along = _agree(star.length, np.degrees(np.nan_to_num(theta)) % 180.0, star.length, star.angle)
