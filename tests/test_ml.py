@@ -334,14 +334,19 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
         (["ml", "dataset", str(sim), "--out", str(tmp_path / "bad"), "--rate-min", "5", "--rate-max", "1"], "rate_max"),
         (["ml", "dataset", str(sim), "--out", str(tmp_path / "bad"), "--positions", str(sim / "exp_00.fits")],
          "exp_00.fits: unreadable positions table"),
-        # a learning rate that makes the weights NaN: said, not saved as a model of NaN weights (exit 0 before)
+        # a learning rate that makes the weights NaN, or the loss huge: said, not saved as a model (exit 0 before)
         (["ml", "train", str(ds), "--out", str(tmp_path / "div"), "--epochs", "1", "--batch", "32", "--lr", "1e30"],
          "diverged in epoch 1"),
+        (["ml", "train", str(ds), "--out", str(tmp_path / "div"), "--epochs", "1", "--batch", "32", "--lr", "3"],
+         "diverged in epoch 1"),
+        # a resumed training keeps the rate it started with: another --lr is refused, not silently ignored
+        (["ml", "train", str(ds), "--out", str(tmp_path / "m"), "--epochs", "2", "--batch", "32", "--lr", "1e-5"],
+         "started with --lr 0.002"),
     ):
         assert main(argv + ["-q"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and needle in err[0]
-    assert not (tmp_path / "div" / "model.pt").exists()
+    assert not (tmp_path / "div").exists()  # (nor the folder it had made)
     assert not (tmp_path / "bad").exists()
 
 

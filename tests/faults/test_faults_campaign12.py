@@ -328,6 +328,22 @@ def test_positions_on_no_frame_are_refused_and_each_ccd_draws_at_its_own(scene, 
                             gain=np.inf, fwhm=1.7, zeropoint=np.nan, name="f"))
     x = np.array([nx / 2.0, 1.5 * nx, 2.5 * nx, -0.6, -0.4])
     r, d = wcs.all_pix2world(x, np.full(x.size, ny / 2.0), 0)
-    assert positions_on_frames(frames[:1], r, d).tolist() == [True, False, False, False, True]
-    assert positions_on_frames(frames[1:], r, d).tolist() == [False, True, False, False, False]
-    assert positions_on_frames(frames, [(ra + 180.0) % 360.0], [-dec]).tolist() == [False]  # the far side
+    assert positions_on_frames(frames[:1], r, d).tolist() == [1, 0, 0, 0, 1]
+    assert positions_on_frames(frames[1:], r, d).tolist() == [0, 1, 0, 0, 0]
+    assert positions_on_frames(frames + frames[:1], r, d).tolist() == [2, 1, 0, 0, 2]
+    assert positions_on_frames(frames, [(ra + 180.0) % 360.0], [-dec]).tolist() == [0]  # the far side
+    # a corner that fewer than 3 of the 4 exposures hold (campaign 13, D13: 2 of 4 frames blank, exit 0)
+    every = []
+    for e in range(4):
+        with fits.open(scene / f"exp_{e:02d}.fits") as hdul:
+            h = next(h for h in hdul if h.header.get("EXTNAME", "").endswith("SCI"))
+            every.append(Frame(data=np.zeros(h.data.shape, np.float32), rms=1.0, wcs=WCS(h.header), mjd=60000.0 + e,
+                               exptime=566.0, gain=np.inf, fwhm=1.7, zeropoint=np.nan, name="f"))
+    px = np.array([[x, y] for x in (0.0, 1.0, nx - 2.0, nx - 1.0) for y in (0.0, 1.0, ny - 2.0, ny - 1.0)])
+    cr, cd = wcs.all_pix2world(px[:, 0], px[:, 1], 0)
+    count = positions_on_frames(every, cr, cd)
+    k = int(np.argmin(count))
+    assert count[k] < 3, count  # (the dithers leave some corner on fewer than 3 frames)
+    positions.write_text(f"ra,dec\n{ra!r},{dec!r}\n{float(cr[k])!r},{float(cd[k])!r}\n")
+    _refused(cli(capsys, "ml", "dataset", scene, "--out", tmp_path / "ds2", "-n", "2", "--positions", positions),
+             "p.csv", "row 2", "on fewer than 3 frames of any CCD")

@@ -145,22 +145,23 @@ def _warn_coarse_coordinates(table: Table, path) -> None:
     300 deg to 110 mas, a whole Euclid pixel)."""
     for name in ("ra", "dec"):
         dtype = np.asarray(table[name]).dtype
-        if dtype.kind != "f" or dtype.itemsize >= 8 or len(table) == 0:
+        if dtype.kind not in "fiu" or (dtype.kind == "f" and dtype.itemsize >= 8) or len(table) == 0:
             continue
         with np.errstate(invalid="ignore"):
             top = np.nanmax(np.abs(np.asarray(table[name], float)))
         if not np.isfinite(top):
             continue
-        step = float(np.spacing(np.asarray(top, dtype)))  # in the column's unit (degrees unless it says otherwise)
+        # in the column's unit (degrees unless it says otherwise): whole numbers are rounded to 1
+        step = 1.0 if dtype.kind in "iu" else float(np.spacing(np.asarray(top, dtype)))
         unit = getattr(table[name], "unit", None)
         try:
             step = (step * unit).to_value("mas") if unit is not None else step * 3.6e6
         except Exception:  # noqa: BLE001 - a unit that is no angle: _to_units names it
             continue
         if step > COARSE_POSITION_MAS:
-            log.warning("%s: column %s is stored as %d-bit floats, rounded to up to %.0f mas: the astrometry is no "
-                        "finer than that (write the catalogue with 64-bit floats)", path, name, 8 * dtype.itemsize,
-                        step)
+            kind = "integers" if dtype.kind in "iu" else f"{8 * dtype.itemsize}-bit floats"
+            log.warning("%s: column %s is stored as %s, rounded to up to %.0f mas: the astrometry is no finer than "
+                        "that (write the catalogue with 64-bit floats)", path, name, kind, step)
 
 
 def load_reference_catalogue(path: str | Path) -> Table:

@@ -211,8 +211,9 @@ class MasterFrames:
     def write(self, folder, ccd: str | None = None, ccd_keys=("CCDNAME",)) -> list[str]:
         """Write ``master_bias.fits``, ``master_dark.fits``, ``master_flat.fits`` (those that exist) into ``folder``
         (a staging directory, created: :func:`ssodetect.calibrate.outputs.write_calibration` commits it); returns
-        their names.  ``ccd`` (unless it is :data:`UNNAMED_CCD`) is written under the first of ``ccd_keys`` its
-        first frame has (else the first of them), so the masters given back to a run calibrate that CCD's lights."""
+        their names.  ``ccd`` is written under the first of ``ccd_keys`` its first frame has (else the first of
+        them; with no key, the master is written in an extension named ``ccd``), so the masters given back to a run
+        calibrate that CCD's lights."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -227,14 +228,19 @@ class MasterFrames:
                 for key in ("DATE-OBS", "MJD-OBS", "EXPTIME", "INSTRUME", "TELESCOP", "FILTER"):
                     if key in first:
                         header[key] = first[key]
-            if ccd is not None and ccd != UNNAMED_CCD:
+            if ccd is not None and ccd_keys:
                 header[next((k for k in ccd_keys if k in first), ccd_keys[0])] = fits_text(ccd, None)
             header["IMAGETYP"] = f"master {name}"
             header["NCOMBINE"] = (self.counts.get(name, 0), "frames combined")
             header["BUNIT"] = unit
             for i, src in enumerate(self.sources.get(name, [])[:99]):
                 header[f"SRC{i:02d}"] = str(src)[-68:]
-            fits.PrimaryHDU(master.astype(np.float32), header).writeto(folder / f"master_{name}.fits")
+            if ccd is not None and not ccd_keys:  # (CCDs named by EXTNAME alone: the master in a named extension)
+                fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(master.astype(np.float32), header,
+                                                               name=fits_text(ccd, None))]).writeto(
+                    folder / f"master_{name}.fits")
+            else:
+                fits.PrimaryHDU(master.astype(np.float32), header).writeto(folder / f"master_{name}.fits")
             written.append(f"master_{name}.fits")
         return written
 
@@ -485,6 +491,14 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
         if len(given) > 1 or (kind == "bias" and bias) or (kind == "dark" and darks) or (kind == "flat" and flats):
             raise InputError(f"{given[0][0]}: a master {kind} is given together with other {kind} frames")
         setattr(masters, kind, given[0][1])
+    # one shape for every frame and master, checked before any is subtracted from another (a 256^2 flat beside
+    # 512^2 biases had failed to broadcast: an internal error)
+    shaped = [(p, im.shape) for p, im, _ in bias + darks + flats] + [(p, im.shape) for g in masters_given.values()
+                                                                      for p, im in g]
+    odd = next(((p, sh) for p, sh in shaped if sh != shaped[0][1]), None)
+    if odd is not None:
+        raise InputError(f"{odd[0]}: calibration frame of shape {odd[1]}, unlike {shaped[0][0]} of shape "
+                         f"{shaped[0][1]} (after overscan and trim)")
     if darks:
         stack = []
         for path, image, exptime in darks:
@@ -513,9 +527,6 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
     for kind, images in (("bias", bias), ("dark", darks), ("flat", flats)):
         masters.counts[kind] = len(images) or len(masters_given.get(kind, []))
         masters.sources[kind] = [p for p, _, _ in images] or [p for p, _ in masters_given.get(kind, [])]
-    shapes = {m.shape for m in (masters.bias, masters.dark, masters.flat) if m is not None}
-    if len(shapes) > 1:
-        raise InputError(f"calibration frames of different shapes {sorted(shapes)}")
     log.info("calibration: %s", masters.describe())
     return masters
 
@@ -553,6 +564,16 @@ def calibrate_ccd(image, masters: MasterFrames, *, overscan: bool = True, trim: 
 UNNAMED_CCD = "0"
 
 
+def _names_a_ccd(path, hdu: int, detector_keys: list[str]) -> bool:
+    """Whether the header of a calibration frame names its CCD (a detector keyword; EXTNAME in an extension)."""
+    try:
+        header = fits.getheader(path, hdu)
+    except (OSError, ValueError, IndexError):
+        return False
+    keys = [k for k in detector_keys if k != "EXTNAME"] + (["EXTNAME"] if hdu > 0 else [])
+    return any(str(header.get(k, "")).strip() for k in keys)
+
+
 def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[str]) -> dict:
     """``masters`` (any values: the calibration frames of each CCD, or their masters) keyed by the light frames'
     CCD names; ``frames`` gives the calibration frames of each CCD (for a file to name).
@@ -565,8 +586,10 @@ def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[s
     light_ccds = sorted({ref.ccd for ref in lights})
     if not light_ccds or not masters:
         return masters
-    if UNNAMED_CCD in masters and UNNAMED_CCD not in light_ccds:
-        first = next(path for paths in frames[UNNAMED_CCD].values() for path, _ in paths)
+    first, hdu = next(((path, h) for paths in frames.get(UNNAMED_CCD, {}).values() for path, h in paths), (None, 0))
+    # ("0" is also a CCD a header may name: frames that name none are told by their header)
+    if first is not None and not _names_a_ccd(first, hdu, detector_keys) and (
+            UNNAMED_CCD not in light_ccds or len(light_ccds) > 1):
         named = [k for k in detector_keys if k != "EXTNAME"] or ["CCDNAME"]
         if len(light_ccds) > 1:
             raise InputError(f"{first}: this calibration frame names no CCD ({'/'.join(named[:3])}) but the light "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import logging
 import lzma
 import math
 import re
@@ -37,6 +38,8 @@ from ssodetect.known.designations import unpack_number, unpack_provisional
 
 __all__ = ["ORBIT_COLUMNS", "GAUSS_K", "read_orbits", "read_mpcorb", "read_sbdb", "unpack_epoch", "orbits_table",
            "write_sbdb"]
+
+log = logging.getLogger(__name__)
 
 #: Gaussian gravitational constant [au^1.5 / day] (GM_sun = k^2 in au^3/d^2).
 GAUSS_K = 0.01720209895
@@ -190,6 +193,10 @@ def read_sbdb(doc) -> Table:
     return orbits_table(rows)
 
 
+#: Largest orbit file read [bytes, uncompressed] (MPCORB.DAT is ~300 MB).
+MAX_ORBIT_BYTES = 2 * 2**30
+
+
 def read_orbits(path: str | Path) -> Table:
     """Read an orbit file, MPCORB.DAT or SBDB JSON (either optionally gzip, bzip2 or xz compressed), told apart by
     its content.
@@ -202,13 +209,15 @@ def read_orbits(path: str | Path) -> Table:
     path = Path(path)
     check_regular_file(path, "orbit")  # (a pipe would block for ever, /dev/zero read without end)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-        elif raw[:3] == b"BZh":
-            raw = bz2.decompress(raw)
-        elif raw[:6] == b"\xfd7zXZ\x00":
-            raw = lzma.decompress(raw)
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+        opener = (gzip.open if magic[:2] == b"\x1f\x8b" else bz2.open if magic[:3] == b"BZh"
+                  else lzma.open if magic == b"\xfd7zXZ\x00" else open)
+        with opener(path, "rb") as handle:  # (read at most MAX_ORBIT_BYTES: an archive may expand without end)
+            raw = handle.read(MAX_ORBIT_BYTES + 1)
+        if len(raw) > MAX_ORBIT_BYTES:
+            raise InputError(f"{path}: orbit file larger than {MAX_ORBIT_BYTES / 2**30:g} GiB (uncompressed): not "
+                             "read")
         text = raw.decode("utf-8", errors="replace")
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:  # a truncated or damaged archive
         raise InputError(f"{path}: cannot read orbit file ({getattr(exc, 'strerror', None) or exc or 'truncated'})"
@@ -220,6 +229,10 @@ def read_orbits(path: str | Path) -> Table:
     ok = np.isfinite(table["q"]) & np.isfinite(table["e"]) & np.isfinite(table["i"]) & np.isfinite(table["tp"])
     if not ok.any():
         raise InputError(f"{path}: no usable orbit (MPCORB.DAT lines or JPL SBDB elements expected)")
+    if not ok.all():  # (said, not dropped in silence)
+        bad = np.nonzero(~ok)[0]
+        log.warning("%s: %d of %d orbits without usable elements (q, e, i, time of perihelion) left out (first: %s)",
+                    path, bad.size, len(table), str(table["designation"][bad[0]]).strip() or f"row {bad[0] + 1}")
     return table[ok]
 
 

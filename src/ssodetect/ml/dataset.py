@@ -363,7 +363,7 @@ def _painter(plan: list, frames: list[Frame], rng):
 
 
 def positions_on_frames(frames: list[Frame], ra, dec) -> np.ndarray:
-    """Whether each sky position lies on at least one of ``frames``.
+    """On how many of ``frames`` each sky position lies.
 
     Parameters
     ----------
@@ -374,10 +374,10 @@ def positions_on_frames(frames: list[Frame], ra, dec) -> np.ndarray:
 
     Returns
     -------
-    ndarray (n,) bool
+    ndarray (n,) int
     """
     ra, dec = np.atleast_1d(np.asarray(ra, float)), np.atleast_1d(np.asarray(dec, float))
-    on = np.zeros(ra.size, bool)
+    on = np.zeros(ra.size, int)
     for f in frames:
         ny, nx = f.data.shape
         cra, cdec = (float(v) for v in f.wcs.all_pix2world((nx - 1) / 2.0, (ny - 1) / 2.0, 0))
@@ -389,7 +389,7 @@ def positions_on_frames(frames: list[Frame], ra, dec) -> np.ndarray:
             continue
         x, y = world_to_pixels(f.wcs, ra[near], dec[near])
         inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
-        on[near[inside]] = True
+        on[near[inside]] += 1
     return on
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -165,7 +166,26 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     n_val = max(1, int(round(val_fraction * len(labels))))
     if n_val >= len(labels):
         raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of {len(labels)}")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(inputs, meta, doc, labels, order, n_val, out, epochs=epochs, batch=batch, lr=lr,
+                      weight_decay=weight_decay, seed=seed, progress=progress, command=command, datasets=datasets,
+                      torch=torch, tqdm=tqdm)
+    except ConfigError:
+        if created:  # (a training refused on its way leaves no folder it made: only ours can be in it)
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+#: A mean training loss per sequence above this (binary cross-entropy: ln 2 = 0.69 for a guess) is a diverged
+#: training (learning rate 3: losses of 2e3-2e12, the validation stuck at AUC 0.5).
+DIVERGED_LOSS = 10.0
+
+
+def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch, lr, weight_decay, seed, progress,
+           command, datasets, torch, tqdm) -> dict:
+    """The training loop of :func:`train` (its arguments checked, ``out`` made)."""
     val, fit = order[:n_val], order[n_val:]
     mode = doc["config"]["mode"]
     arch = {"filters": [16, 32, 64, 64], "dropout": 0.3, "size": int(inputs.shape[-1]), "frames": int(inputs.shape[2]),
@@ -183,6 +203,10 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError for a bad or hostile file
             raise InputError(f"{ckpt}: not a training checkpoint of ssodetect ({str(exc).splitlines()[0][:160]}); "
                              "remove it to train from the start") from None
+        stored = float(state["optimizer"]["param_groups"][0].get("max_lr", lr))
+        if not math.isclose(stored, lr, rel_tol=1e-9):  # (the schedule resumes with its own rate: --lr is not used)
+            raise ConfigError(f"{ckpt}: this training was started with --lr {stored:g}, not {lr:g}: resume with the "
+                              "same learning rate, or train into another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history, start = state["history"], int(state["epoch"])
@@ -214,6 +238,9 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
             sched.step()
             total += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if total / len(perm) > DIVERGED_LOSS:
+            raise ConfigError(f"ml train: the training diverged in epoch {epoch + 1} (mean loss {total / len(perm):.3g},"
+                              f" a guess scores 0.69): a learning rate too high (a smaller --lr than {lr:g} may train)")
         val_scores = score(model, inputs[val])
         p = np.clip(val_scores, 1e-6, 1 - 1e-6)
         val_loss = float(-np.mean(labels[val] * np.log(p) + (1 - labels[val]) * np.log(1 - p)))

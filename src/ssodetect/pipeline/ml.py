@@ -152,16 +152,19 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
         bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= -360.0) & (ra <= 360.0) & (np.abs(dec) <= 90.0))
         if bad.any():
             k = int(np.argmax(bad))
-            raise InputError(f"{positions}: row {k + 1}: ra {ra[k]:g}, dec {dec[k]:g} is no position on the sky "
+            raise InputError(f"{positions}: row {k + 1}: ra {ra[k]:.10g}, dec {dec[k]:.10g} is no position on the sky "
                              "(ra within +-360 deg, |dec| <= 90 deg)")
     parts, described, skipped = [], [], []
     used = np.zeros(0 if chosen is None else len(chosen), bool)
+    partly = used.copy()
     for k, (ccd, frames, sources) in enumerate(read_frames(inputs, config, fwhm=dataset_config.fwhm)):
         cfg = dataset_config.model_copy(update={"seed": dataset_config.seed + 1000 * k})
         mine = None
-        if chosen is not None:  # each CCD draws at the chosen positions on its own frames
-            on = positions_on_frames(frames, chosen["ra"], chosen["dec"])
+        if chosen is not None:  # each CCD draws at the chosen positions on 3 or more of its frames (all if fewer)
+            count = positions_on_frames(frames, chosen["ra"], chosen["dec"])
+            on = count >= min(3, len(frames))
             used |= on
+            partly |= count > 0
             if not on.any():
                 log.warning("CCD %s: none of the %d chosen positions lies on its frames: no sequences drawn there",
                             ccd, len(chosen))
@@ -175,8 +178,9 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
         log.info("CCD %s: %d sequences (%d with movers)", ccd, len(meta), int(np.sum(meta["label"])))
     if chosen is not None and not used.all():  # (sequences there would be blank: refused before anything is written)
         k = int(np.argmin(used))
-        raise InputError(f"{positions}: row {k + 1}: ra {chosen['ra'][k]:g}, dec {chosen['dec'][k]:g} lies on no frame "
-                         f"of the inputs ({int((~used).sum())} of {len(chosen)} positions do not)")
+        where = "on fewer than 3 frames of any CCD" if partly[k] else "on no frame of the inputs"
+        raise InputError(f"{positions}: row {k + 1}: ra {chosen['ra'][k]:.8g}, dec {chosen['dec'][k]:.8g} lies {where} "
+                         f"({int((~used).sum())} of {len(chosen)} positions lie on fewer than 3 frames of any CCD)")
     write_dataset(out, parts, dataset_config, {"parts": described, "skipped_ccds": skipped,
                                                "software": {"ssodetect": __version__}}, progress=progress)
     n = sum(len(m) for _, m in parts)

@@ -107,7 +107,7 @@ class SimulationConfig(BaseModel):
         default=0.0, ge=0, description="Largest rotation error of the header WCS, per exposure [deg]."
     )
     tracking_drift: float = Field(
-        default=0.0, ge=0,
+        default=0.0, ge=0, le=60.0,
         description="Pointing drift during each exposure [arcsec]: stars are trailed (tracking error, Cassini-like); "
         "the WCS describes the mid-exposure pointing.",
     )
@@ -118,7 +118,7 @@ class SimulationConfig(BaseModel):
     )
     tracking_angle: float = Field(default=30.0, description="Direction of the drift [deg from +xi towards +eta].")
     tracking_angle_step: float = Field(
-        default=0.0, description="Change of the drift's direction from one exposure to the next [deg] (a mount whose "
+        default=0.0, ge=-360.0, le=360.0, description="Change of the drift's direction from one exposure to the next [deg] (a mount whose "
         "error wanders)."
     )
     tracked_target: bool = Field(
@@ -186,6 +186,8 @@ class SimulationConfig(BaseModel):
             raise ValueError("fwhm_max must be at least fwhm_min")
         if self.sersic_max < self.sersic_min:
             raise ValueError("sersic_max must be at least sersic_min")
+        if self.tracking_angle_step != 0 and self.tracking_drift <= 0:
+            raise ValueError("tracking_angle_step turns a drift: it needs tracking_drift > 0")
         if self.tracked_target and (self.tracking_drift <= 0 or self.tracking_angle_step != 0):
             raise ValueError("tracked_target needs a tracking_drift (> 0) that does not turn (tracking_angle_step 0)")
         return self
