@@ -166,8 +166,8 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
             used |= on
             partly |= count > 0
             if not on.any():
-                log.warning("CCD %s: none of the %d chosen positions lies on its frames: no sequences drawn there",
-                            ccd, len(chosen))
+                log.info("CCD %s: none of the %d chosen positions lies on 3 or more of its frames: no sequences "
+                         "drawn there (dataset.json skipped_ccds)", ccd, len(chosen))
                 skipped.append(ccd)
                 continue
             mine = chosen[on]
