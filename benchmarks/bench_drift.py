@@ -27,10 +27,9 @@ import numpy as np
 from astropy.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_family import _correct_solutions, _fmt, _missed, _reference_counts, _wcs  # noqa: E402
+from bench_family import _fmt, _missed, _wcs, score_run  # noqa: E402
 
 from ssodetect.config import Config  # noqa: E402
-from ssodetect.evaluate import evaluate_run  # noqa: E402
 from ssodetect.pipeline import run_pipeline  # noqa: E402
 from ssodetect.simulate import family_member, simulate  # noqa: E402
 from ssodetect.simulate.starfield import wcs_difference  # noqa: E402
@@ -67,18 +66,13 @@ def run_case(member: int, drift_px: float, turn: float, size: int, work: Path) -
     config.execution.progress = False
     t0 = time.perf_counter()
     result = run_pipeline([sim], out, config, refcat=sim / "refcat.ecsv")
-    truth = Table.read(sim / "truth.ecsv")
-    slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
-    fast = evaluate_run(result.observations, truth, rate_range=(10.0, 80.0), bright_limit=23.5, min_exposures=3)
-    counts = _reference_counts(sim)
-    solved = _correct_solutions(sim, result.astrometry)
-    needed = [k for k, n in counts.items() if n >= 10]
+    truth, slow, fast, counts, solved, needed = score_run(sim, result)
     ast = result.astrometry
     return {
         "member": member, "drift": drift_px, "turn": turn, "seconds": time.perf_counter() - t0,
         "slow": slow.completeness_bright, "n_slow": slow.n_findable_bright,
         "fast": fast.completeness_bright, "n_fast": fast.n_findable_bright,
-        "false": slow.false_per_ccd * (size / 2048.0) ** -2, "n_false": slow.n_false,
+        "false": slow.false_per_ccd, "n_false": slow.n_false,  # (per 2048^2 px already)
         "solved": sum(bool(solved.get(k)) for k in needed), "needed": len(needed),
         "wcs_px": _wcs_error_px(sim, ast),
         "trailed": int(np.sum(ast["stars_trailed"])) if len(ast) else 0, "n_exposures": len(ast),

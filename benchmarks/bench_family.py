@@ -98,6 +98,19 @@ def _missed(ev, truth: Table, lo: float, hi: float, bright: float = 23.5, min_ex
     return out
 
 
+def score_run(sim: Path, result):
+    """A run against its scene's truth: ``(truth, slow, fast, counts, solved, needed)`` (slow 0.5-10"/h and fast
+    10-80"/h movers V < 23.5 on >= 3 exposures; reference-star counts, correct solutions and the CCD exposures with
+    >= 10 reference stars)."""
+    truth = Table.read(sim / "truth.ecsv")
+    slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
+    fast = evaluate_run(result.observations, truth, rate_range=(10.0, 80.0), bright_limit=23.5, min_exposures=3)
+    counts = _reference_counts(sim)
+    solved = _correct_solutions(sim, result.astrometry)
+    needed = [k for k, n in counts.items() if n >= 10]
+    return truth, slow, fast, counts, solved, needed
+
+
 def run_member(member: int, args, work: Path) -> dict:
     overrides = {"nccd": args.nccd, "nx": args.size, "ny": args.size}
     if args.fast_per_ccd:
@@ -114,12 +127,7 @@ def run_member(member: int, args, work: Path) -> dict:
     result = run_pipeline([sim], out, config, refcat=sim / "refcat.ecsv",
                           from_step=args.from_step if args.from_step and (out / "manifest.json").exists() else None)
     elapsed = time.perf_counter() - t0
-    truth = Table.read(sim / "truth.ecsv")
-    slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
-    fast = evaluate_run(result.observations, truth, rate_range=(10.0, 80.0), bright_limit=23.5, min_exposures=3)
-    counts = _reference_counts(sim)
-    solved = _correct_solutions(sim, result.astrometry)
-    needed = [k for k, n in counts.items() if n >= 10]
+    truth, slow, fast, counts, solved, needed = score_run(sim, result)
     unsolved = [f"exp {e} CCD {c} ({counts[(e, c)]} ref stars)" for e, c in needed if not solved.get((e, c), False)]
     provenance = json.loads((out / "provenance.json").read_text())
     streaks = result.streaks

@@ -29,10 +29,10 @@ from scipy.spatial import cKDTree
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
+from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
-from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",

@@ -28,7 +28,7 @@ from ssodetect.io.frames import MAX_RMS
 from ssodetect.io.headers import fits_text, world_to_pixels
 from ssodetect.io.outputs import safe_name
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
-from ssodetect.streaks.field import own_motion, star_trail
+from ssodetect.streaks.field import field_motion, star_trail
 
 __all__ = ["CCD_COLUMNS", "place_on_ccds", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
            "cleaned_pixels"]
@@ -313,14 +313,11 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
                   trail.length, trail.angle, trail.n_agree, trail.n_bright)
     table["stars_trailed"] = np.full(n, bool(info["star_trail"]["used"]))
     # trails less the drift where the stars are trailed: what the sources moved themselves
-    table["own_length"], table["own_theta"] = own_motion(
-        table["kind"], table["length"], table["theta"], trail if info["star_trail"]["used"] else None,
-        snr=table["snr"], width_fwhm=np.asarray(table["b"], float) / FWHM_TO_SIGMA)
-    drifted = bool(info["star_trail"]["used"]) and trail.trailed
-    table["drift_length"] = np.full(n, trail.length if drifted else 0.0)
-    # trails given no motion of their own there (the stars', their pieces, faint or short blobs), counted
-    info["star_trail"]["n_still"] = int(np.sum((np.asarray(table["kind"]) == "trail")
-                                               & (np.asarray(table["own_length"], float) == 0.0))) if drifted else 0
+    motion = field_motion(table["kind"], table["length"], table["theta"], table["snr"],
+                          np.asarray(table["b"], float) / FWHM_TO_SIGMA, trail, bool(info["star_trail"]["used"]))
+    for name in ("own_length", "own_theta", "drift_length"):
+        table[name] = motion[name]
+    info["star_trail"]["n_still"] = motion["n_still"]
     set_sky_positions(table, image.wcs, "header" if image.wcs is not None else "none")
     truncated = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
     table["edge_cut"], info["n_edge_kept"] = edge_cut(

@@ -15,7 +15,7 @@ from astropy.table import Table
 
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
-__all__ = ["StarTrail", "star_trail", "own_motion", "axial_difference", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
+__all__ = ["StarTrail", "star_trail", "own_motion", "field_motion", "axial_difference", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
            "STAR_TRAIL_LENGTH_FLOOR", "STAR_TRAIL_ANGLE_FLOOR", "STAR_TRAIL_MAX_SOURCES"]
 
 log = logging.getLogger(__name__)
@@ -220,3 +220,29 @@ def own_motion(kind, length, theta, star: StarTrail | None, snr=None, width_fwhm
     length[change] = np.hypot(mx, my)[change]
     theta[change] = np.arctan2(my, mx)[change]
     return length, theta
+
+
+def field_motion(kind, length, theta, snr, width_fwhm, star: StarTrail, used: bool) -> dict:
+    """The motion columns of one CCD exposure's detections and what was given none.
+
+    Parameters
+    ----------
+    kind, length, theta, snr, width_fwhm : ndarray (n,)
+        As for :func:`own_motion`.
+    star : StarTrail
+        The exposure's stars' trail (:func:`star_trail`).
+    used : bool
+        Whether the exposure is taken as trailed (``[astrometry] trailed_stars``: auto, or set).
+
+    Returns
+    -------
+    dict
+        ``own_length`` [px], ``own_theta`` [rad], ``drift_length`` [px] (arrays (n,): the drift's length where the
+        stars trail by a vector found, else 0) and ``n_still`` (trails given no motion of their own there).
+    """
+    drifted = used and star.trailed
+    own_length, own_theta = own_motion(kind, length, theta, star if used else None, snr=snr, width_fwhm=width_fwhm)
+    n = len(own_length)
+    n_still = int(np.sum((np.asarray(kind) == "trail") & (own_length == 0.0))) if drifted else 0
+    return {"own_length": own_length, "own_theta": own_theta,
+            "drift_length": np.full(n, star.length if drifted else 0.0), "n_still": n_still}
