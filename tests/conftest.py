@@ -40,13 +40,16 @@ def _cache_key(tmp_path_factory):
     import os
 
     path = tmp_path_factory.mktemp("key") / "cache.key"
-    saved = os.environ.get("SSODETECT_CACHE_KEY")
-    os.environ["SSODETECT_CACHE_KEY"] = str(path)
+    # and the user's cache (run registries of `ssodetect runs`) in the session's temporary directory
+    values = {"SSODETECT_CACHE_KEY": str(path), "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg_cache"))}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     yield path
-    if saved is None:
-        os.environ.pop("SSODETECT_CACHE_KEY", None)
-    else:
-        os.environ["SSODETECT_CACHE_KEY"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -458,3 +458,33 @@ def test_find_trail_searches_at_most_max_trail_search_whatever_the_reach():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20e6
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_faint_trail_beside_a_source_the_template_overstates_is_kept_and_one_on_its_track_refused(seed):
+    """Member 353: a V 23.4 fast mover's 116 px trail (S/N 12) measured in its third exposure beside a galaxy that
+    the other exposures' template held 2.5x too bright (a transient, a hot pixel): the template's scale went to 0.39
+    and the measurement was refused ("scale": the PSF taking the static source's place), the mover lost.  A source
+    20 px off the track leaves the mover's flux the same with the template at scale 1: kept.  The same source on
+    the track, with no mover at all, stays refused."""
+    rng = np.random.default_rng(300 + seed)
+    n, sigma, noise = 81, 0.8, 3.0
+    trail = (40.0 + 0.3 * seed, 40.2, 50.0, -0.69, 1100.0)  # x, y, length, theta, flux: S/N ~ 12
+    c, s = math.cos(trail[3]), math.sin(trail[3])
+    mover = _line(n, trail[0] - 25 * c, trail[1] - 25 * s, trail[0] + 25 * c, trail[1] + 25 * s, trail[4], sigma)
+    var = np.full((n, n), noise**2)
+    for off_track, with_mover in ((20.0, True), (0.0, False)):
+        gx, gy = trail[0] + 8 * c - off_track * s, trail[1] + 8 * s + off_track * c
+        blob = 900.0 * trailed_psf(gx, gy, 0.0, 0.0, 2.0, 0, 0, n)
+        data = (mover if with_mover else 0.0) + 0.4 * blob + rng.normal(0, noise, (n, n))
+        template = blob + rng.normal(0, noise / 2, (n, n))
+        fit = fit_beside_template(data, var, template, var / 4, x=trail[0] + 1.0, y=trail[1] - 0.8, length=50.0,
+                                  theta=trail[3], psf_sigma=sigma, gain=1.0, max_shift=3.0)
+        verdict = accept_recovery(fit, 1100.0, 90.0, min_snr=10.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                                  max_position_error=1.0, psf_sigma=sigma)
+        if with_mover:
+            assert abs(fit["scale"] - 1.0) > 0.3 and verdict == "ok", (fit, verdict)
+            assert fit["off_track"] == pytest.approx(off_track, abs=1.5)
+            assert fit["unit_scale_flux"] == pytest.approx(trail[4], rel=0.25)
+        else:
+            assert verdict != "ok", (fit, verdict)

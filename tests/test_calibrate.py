@@ -57,6 +57,11 @@ def test_frame_types_and_sections():
     assert parse_section("[1:16,1:1020]", (712, 1078), clip=True) == (slice(0, 712), slice(0, 16))
     with pytest.raises(ValueError):
         parse_section("[1:16,800:1020]", (712, 1078), clip=True)  # starting outside the image is still an error
+    # a section that runs backwards flips the data in IRAF's convention: refused for a trim (a plain cut mirrored
+    # every position without a word), the same pixels for an overscan's median
+    with pytest.raises(ValueError, match="runs backwards"):
+        parse_section("[64:1,1:64]", (64, 88))
+    assert parse_section("[88:81,64:1]", (64, 88), reversed_ok=True) == (slice(0, 64), slice(80, 88))
 
 
 def test_masters_recover_the_sky(tmp_path):

@@ -63,3 +63,22 @@ def test_settings_that_break_a_report_or_the_machine_are_refused_at_load(tmp_pat
     path.write_text(text)
     with pytest.raises(ConfigError, match=setting):
         load_config(path)
+
+
+@pytest.mark.parametrize("text, setting, said", [
+    ('[detect]\nthreshold = "3"\n', "threshold", "'3' is text (quoted), not a number"),
+    ("[detect]\nthreshold = true\n", "threshold", "True is a logical value, not a number"),
+    ('[astrometry]\npixel_scale_range = ["0.09", 0.11]\n', "pixel_scale_range", "'0.09' is text"),
+])
+def test_a_quoted_number_is_refused_not_coerced(tmp_path, text, setting, said):
+    """Fault campaigns: lax validation took the text "3" (and true) as a number without a word; a setting whose type
+    is a number (or a list of numbers) is refused when the file gives it text or a logical value.  Numbers stay
+    accepted, and text stays accepted where the setting may be text ("auto")."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=setting) as err:
+        load_config(path)
+    assert said in str(err.value)
+    path.write_text('[detect]\nthreshold = 3\n[astrometry]\ntrailed_stars = "auto"\npixel_scale_range = [0.09, 0.11]\n')
+    config = load_config(path)
+    assert config.detect.threshold == 3.0 and config.astrometry.trailed_stars == "auto"

@@ -70,8 +70,14 @@ def test_registry_schema_is_versioned_and_a_foreign_file_is_refused(root):
         Registry(root)
 
 
-def test_runs_command(root, capsys):
+def test_runs_command(root, capsys, tmp_path, monkeypatch):
+    """``runs ROOT`` lists without writing into ROOT (a campaign found its registry written there): the index of a
+    ROOT that holds none is kept in the user's cache; a console's or watcher's registry in ROOT is used."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
     assert main(["runs", str(root), "-q"]) == 0
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    assert len(list((tmp_path / "cache" / "ssodetect" / "registries").glob("*.sqlite"))) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("started (UTC)") and out[1].split()[1] == "partial" and out[-1] == "4 of 4 runs"
     assert main(["runs", str(root), "--json", "--search", "OBS1", "-q"]) == 0
@@ -86,7 +92,9 @@ def test_runs_command(root, capsys):
     capsys.readouterr()
     assert main(["runs", str(root), "-q"]) == 0
     assert "\x1b" not in capsys.readouterr().out
-    # a damaged registry: one line, exit 2 (and removed, it is rebuilt from the manifests)
+    # a console's registry in ROOT is the one used; damaged: one line, exit 2 (and removed, it is rebuilt)
+    with Registry(root) as reg:
+        reg.sync()
     path = root / REGISTRY_NAME
     data = bytearray(path.read_bytes())
     data[len(data) // 2:len(data) // 2 + 2000] = bytes(range(256)) * 7 + bytes(208)

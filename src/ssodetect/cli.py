@@ -236,12 +236,13 @@ MAX_TRUTH_DISTANCE_DEG = 2.0
 def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
     """Refuse a truth table of another field: none of its objects within :data:`MAX_TRUTH_DISTANCE_DEG` of the
     run's observations or of its solved CCD exposures' reference points
-    (:func:`ssodetect.evaluate.nearest_truth_distance`).  Nothing to compare: not judged."""
+    (:func:`ssodetect.evaluate.nearest_truth_distance`), or of another sequence: its exposures at other times
+    (:func:`ssodetect.evaluate.exposure_time_mismatch`).  Nothing to compare: not judged."""
     import numpy as np
     from astropy.io import fits
     from astropy.table import Table
 
-    from ssodetect.evaluate import nearest_truth_distance
+    from ssodetect.evaluate import exposure_time_mismatch, nearest_truth_distance
 
     ra, dec = list(np.asarray(observations["ra"], float)), list(np.asarray(observations["dec"], float))
     solutions = obs_path.parent / "astrometry.ecsv"
@@ -258,6 +259,9 @@ def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
     if nearest > MAX_TRUTH_DISTANCE_DEG:  # (NaN: nothing to compare)
         raise SSODetectError(f"{truth_path}: a truth table of another field: its nearest object is {nearest:.1f} deg "
                              f"from the run's observations and solved CCDs ({obs_path})")
+    mismatch = exposure_time_mismatch(observations, truth)
+    if mismatch is not None:
+        raise SSODetectError(f"{truth_path}: a truth table of another sequence: {mismatch} ({obs_path})")
 
 
 def _evaluate(args) -> int:
@@ -641,11 +645,14 @@ def _watch(args) -> int:
 def _runs(args) -> int:
     import json
 
-    from ssodetect.pipeline.registry import Registry
+    from ssodetect.pipeline.registry import REGISTRY_NAME, Registry, user_registry
 
     if not 1 <= args.limit <= MAX_RUNS_LIMIT:
         raise SSODetectError(f"--limit {args.limit}: must be 1 to {MAX_RUNS_LIMIT}")
-    with Registry(args.root) as registry:
+    # a console's or watcher's root keeps its registry (its jobs too); any other directory is left as it is
+    own = Path(args.root, REGISTRY_NAME)
+    path = None if own.exists() or own.is_symlink() else user_registry(args.root)
+    with Registry(args.root, path) as registry:
         counts = registry.rebuild() if args.rebuild else registry.sync()  # a damaged file: InputError
         rows = registry.runs(search=args.search, status=args.status, limit=args.limit)
         total = registry.count()
@@ -1048,8 +1055,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", parents=[common], help="list the runs under a directory, newest first (SQLite registry)",
                        description="List the run directories under ROOT (their manifest.json, up to 4 levels down), "
-                       "newest first. The index is kept in ROOT/.ssodetect-registry.sqlite and brought up to date "
-                       "from the manifests on every call; --rebuild makes it anew.",
+                       "newest first. The index is brought up to date from the manifests on every call (--rebuild "
+                       "makes it anew); it is ROOT/.ssodetect-registry.sqlite where the console or the watcher keeps "
+                       "one, otherwise a file in ~/.cache/ssodetect/registries ($XDG_CACHE_HOME): nothing is written "
+                       "into ROOT.",
                        epilog="examples:\n  ssodetect runs ~/nights\n  ssodetect runs ~/nights --search 2713 "
                        "--status complete\n  ssodetect runs . --json --limit 1000",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import types
+import typing
 import unicodedata
 from pathlib import Path
 from typing import Literal
@@ -57,9 +59,19 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_logical_for_a_number(cls, value, info):
-        # lax validation reads true as 1 (threshold = true ran at 1 sigma, drowning in detections)
-        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
-            raise ValueError(f"{value!r} is not a number")
+        # lax validation reads true as 1 (threshold = true ran at 1 sigma, drowning in detections), and the text
+        # "3" as 3 (a quoted number in a TOML file is text: a setting written so was taken without a word)
+        annotation = cls.model_fields[info.field_name].annotation
+        if typing.get_origin(annotation) in (list, tuple) and isinstance(value, (list, tuple)):
+            items = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+            numbers = bool(items) and all(_numeric(a) for a in items)
+            checked = [(item, numbers) for item in value]
+        else:
+            checked = [(value, _numeric(annotation))]
+        for item, number in checked:
+            if number and isinstance(item, (bool, str)):
+                kind = "a logical value" if isinstance(item, bool) else "text (quoted)"
+                raise ValueError(f"{item!r} is {kind}, not a number")
         return value
 
     @field_validator("*", mode="after")
@@ -91,6 +103,15 @@ class _Section(BaseModel):
                 raise ValueError(f"{ascii(item)} holds a control or direction-changing character (a newline, a tab, "
                                  "NUL, ESC, U+202E...): one line of printable text")
         return value
+
+
+def _numeric(annotation) -> bool:
+    """Whether a setting's type is a number (int, float, or one of them or None)."""
+    if annotation in (int, float):
+        return True
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and bool(args) and all(
+        a in (int, float) for a in args)
 
 
 def _printable(c: str) -> bool:

@@ -370,3 +370,40 @@ def nearest_truth_distance(run_ra, run_dec, truth_ra, truth_dec) -> float:
         return float("nan")
     _, sep, _ = SkyCoord(t_ra, t_dec, unit="deg").match_to_catalog_sky(SkyCoord(ra, dec, unit="deg"))
     return float(np.min(sep.deg))
+
+
+#: A run's exposure and the truth's exposure of the same number are one exposure when their mid-exposure times
+#: differ by at most this [s] (another simulation of the same field has other times: its scores were meaningless).
+MAX_TRUTH_TIME_OFFSET_S = 60.0
+
+
+def exposure_time_mismatch(observations: Table, truth: Table) -> str | None:
+    """Why a truth table's exposures are not the run's, or None when they agree.
+
+    Each exposure number in ``observations`` must be in ``truth`` with a mid-exposure MJD within
+    :data:`MAX_TRUTH_TIME_OFFSET_S` (medians of each side's rows; both UTC).  Without an ``mjd`` column on either
+    side the times are not judged.
+
+    Parameters
+    ----------
+    observations : Table
+        ``observations.ecsv`` of a run (``exposure``, ``mjd`` [d, UTC mid-exposure]).
+    truth : Table
+        ``truth.ecsv`` of a simulation (``exposure``, ``mjd``).
+    """
+    if "mjd" not in observations.colnames or "mjd" not in truth.colnames or not len(observations):
+        return None
+    t_exp, t_mjd = np.asarray(truth["exposure"]), np.asarray(truth["mjd"], float)
+    o_exp, o_mjd = np.asarray(observations["exposure"]), np.asarray(observations["mjd"], float)
+    for e in np.unique(o_exp):
+        there = t_mjd[(t_exp == e) & np.isfinite(t_mjd)]
+        here = o_mjd[(o_exp == e) & np.isfinite(o_mjd)]
+        if not here.size:
+            continue
+        if not there.size:
+            return f"the run's exposure {e} is not in it"
+        offset = abs(float(np.median(here)) - float(np.median(there))) * 86400.0
+        if offset > MAX_TRUTH_TIME_OFFSET_S:
+            return (f"its exposure {e} is at MJD {float(np.median(there)):.6f}, the run's at "
+                    f"{float(np.median(here)):.6f} ({offset:.0f} s apart; at most {MAX_TRUTH_TIME_OFFSET_S:g} s)")
+    return None

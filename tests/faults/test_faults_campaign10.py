@@ -138,6 +138,14 @@ def test_a_truth_table_of_another_field_is_refused(good_run, scene, tmp_path, ca
     before = snapshot(tmp_path)
     _refused(cli(capsys, "evaluate", run, tmp_path / "truth.ecsv"), "truth.ecsv", "a truth table of another field")
     assert snapshot(tmp_path) == before
+    # campaigns: the truth's times were not read; a truth of the same field a night later was scored as this run's
+    truth = Table.read(scene / "truth.ecsv")
+    truth["mjd"] += 1.0
+    truth.write(tmp_path / "truth.ecsv", overwrite=True)
+    before = snapshot(tmp_path)
+    _refused(cli(capsys, "evaluate", run, tmp_path / "truth.ecsv"), "truth.ecsv",
+             "a truth table of another sequence: its exposure 0 is at MJD")
+    assert snapshot(tmp_path) == before
     assert cli(capsys, "evaluate", run, scene / "truth.ecsv", "--no-write").code == 0
 
 

@@ -104,6 +104,13 @@ def test_an_all_nan_bias_is_refused_and_a_frame_given_twice_is_used_once(tmp_pat
     _refused(cli(capsys, "calibrate", nan, "--out", tmp_path / "cal", "--lights"), "bias0.fits",
              "NaN or infinite")
     assert not (tmp_path / "cal").exists()
+    # campaigns: a bias with 45 % NaN was combined and cost 45 % of every light it calibrated
+    part = _frames(tmp_path / "part", ["C"])
+    with fits.open(part / "bias1.fits", mode="update") as hdul:
+        hdul[1].data[:29] = np.nan
+    _refused(cli(capsys, "calibrate", part, "--out", tmp_path / "cal", "--lights"), "bias1.fits",
+             "45.3 % of its pixels NaN or infinite (at most 1 %)")
+    assert not (tmp_path / "cal").exists()
     raw = _frames(tmp_path / "raw", ["C"])
     config = tmp_path / "d.toml"
     config.write_text(f'[calibrate]\nbias = ["{raw / "bias0.fits"}"]\n')

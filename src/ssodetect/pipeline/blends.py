@@ -40,6 +40,9 @@ MAX_LENGTH = 2000.0
 #: A mover is measured only where its predicted centre lies at least this far [px] inside the image (its stamp may
 #: reach beyond the edge: those pixels are left out of the fit).
 EDGE_MARGIN = 3.0
+#: Share of a template exposure's pixels within 3 PSF sigmas (and half the length) of the mover's predicted position
+#: that must be usable (not masked, not the mover's own image there) for the exposure to serve as a template.
+MIN_TEMPLATE_CORE = 0.8
 #: Exposures averaged into a template at most (those nearest in time: the static sky least changed).
 MAX_TEMPLATES = 4
 
@@ -337,6 +340,7 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
     # PSF's core free
     hide = 3.0 * psf_sigma + 0.5 * length + 1.0
     grid_y, grid_x = np.mgrid[iy - half:iy + half + 1, ix - half:ix + half + 1]
+    core = np.hypot(grid_x - x, grid_y - y) <= 3.0 * psf_sigma + 0.5 * length
     sky = w.all_pix2world(grid_x.ravel().astype(float), grid_y.ravel().astype(float), 0)
     stamp_vals, stamp_var = [], []
     for t, tt in sorted(t_exposures.items(), key=lambda item: abs(item[1] - t_exposures[e])):
@@ -361,7 +365,10 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
         mover = np.hypot(grid_x - mx, grid_y - my) < hide
         vals[mover] = np.nan
         vvar[mover] = np.nan
-        if np.isfinite(vals).sum() < 0.5 * vals.size:
+        # half the stamp usable, or the mover's core: the rest may be masked (a slow mover 10 px from a saturated
+        # G 16 star: the star's mask took 53 % of the stamp, and the only exposure the mover had left free was
+        # refused, the mover lost)
+        if np.isfinite(vals).sum() < 0.5 * vals.size and np.mean(np.isfinite(vals[core])) < MIN_TEMPLATE_CORE:
             continue
         stamp_vals.append(vals)
         stamp_var.append(vvar)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import hashlib
 import os
 import sqlite3
 from datetime import datetime, timezone
@@ -112,14 +113,26 @@ def _row(root: Path, manifest_path: Path) -> dict | None:
     }
 
 
+def user_registry(root: str | Path) -> Path:
+    """Where ``ssodetect runs ROOT`` keeps the index of a ROOT that holds no registry of its own: the user's cache
+    (``$XDG_CACHE_HOME`` or ``~/.cache``), ``ssodetect/registries/<hash of ROOT's real path>.sqlite``.  Listing runs
+    writes nothing into ROOT (a directory the console or the watcher does not own is the user's)."""
+    real = os.path.realpath(root)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "ssodetect" / "registries" / (hashlib.sha256(real.encode()).hexdigest()[:24] + ".sqlite")
+
+
 class Registry:
-    """The runs under ``root``, indexed in ``root/.ssodetect-registry.sqlite``.
+    """The runs under ``root``, indexed in ``root/.ssodetect-registry.sqlite`` (or in ``path``).
 
     Parameters
     ----------
     root : path
         Directory whose run directories (those holding a run's ``manifest.json``, up to :data:`MAX_DEPTH`
         levels down) are registered.
+    path : path, optional
+        The database file, when not ``root/.ssodetect-registry.sqlite`` (see :func:`user_registry`); its folder
+        is made.
 
     Raises
     ------
@@ -127,11 +140,17 @@ class Registry:
         ``root`` is not a directory, or its registry is not a database of ours (or of a newer version).
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, path: str | Path | None = None):
         self.root = Path(os.path.realpath(root))
         if not self.root.is_dir():
             raise InputError(f"{root}: not a directory")
-        self.path = self.root / REGISTRY_NAME
+        self.path = self.root / REGISTRY_NAME if path is None else Path(path)
+        if path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"{self.path.parent}: cannot be made for the run registry "
+                                 f"({exc.strerror or exc})") from None
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
             # (a link would have the database written wherever it points)
             raise InputError(f"{self.path}: not a run registry (a link or not a regular file); remove it to rebuild it")
