@@ -1,5 +1,6 @@
 """Fast movers: trailed-PSF centring against the Cramer-Rao bound, fragments, linking, a real streak,
 and recovery of simulated fast movers end to end."""
+import logging
 import math
 
 import numpy as np
@@ -842,10 +843,11 @@ def test_a_drifting_field_is_found_trailed_and_its_movers_linked(tmp_path):
     assert len(linked) >= 30 and np.median(np.asarray(linked["trail_length"], float)) < 10.0
 
 
-def test_a_non_sidereally_tracked_target_is_found_at_the_tracking_rate(tmp_path):
+def test_a_non_sidereally_tracked_target_is_found_at_the_tracking_rate(tmp_path, caplog):
     """The telescope follows an asteroid at 7.6"/h: it is a point, the stars (and the other movers) trail 12 px.
     The exposures are found trailed, the target is linked at the tracking rate (within 5 %) and its own motion in
-    each exposure (a point moved by the stars' trail) is the drift, the other movers are found too."""
+    each exposure (a point moved by the stars' trail) is the drift, the other movers are found too.  The headers'
+    tracking rate (RA_RATE/DEC_RATE) is compared with the measured star trails and agrees in every exposure."""
     from ssodetect.config import Config
     from ssodetect.evaluate import evaluate_run
     from ssodetect.pipeline.run import run_pipeline
@@ -858,8 +860,12 @@ def test_a_non_sidereally_tracked_target_is_found_at_the_tracking_rate(tmp_path)
                                 star_density=150000.0, header_pointing_error=1.5), sim)
     config = Config()
     config.execution.progress = False
-    result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
+    with caplog.at_level(logging.INFO, logger="ssodetect"):
+        result = run_pipeline([sim], tmp_path / "out", config, refcat=sim / "refcat.ecsv")
     assert np.all(result.astrometry["stars_trailed"]) and np.all(result.astrometry["status"] == "ok")
+    assert ("the headers' tracking rate (RA_RATE/DEC_RATE) agrees with the measured star trails in 4 of 4 CCD "
+            "exposures compared") in caplog.text
+    assert "the header's tracking rate" not in caplog.text  # no exposure contradicts it
     truth = Table.read(sim / "truth.ecsv")
     target = truth[truth["object"] == "TARGET"]
     everything = evaluate_run(result.observations, truth, rate_range=(0.0, 100.0), bright_limit=23.5,
@@ -872,3 +878,56 @@ def test_a_non_sidereally_tracked_target_is_found_at_the_tracking_rate(tmp_path)
     assert np.allclose(np.asarray(own["trail_length"], float), 12.0, atol=1.5), own["trail_length"]
     slow = evaluate_run(result.observations, truth, rate_range=(0.5, 10.0), bright_limit=23.5, min_exposures=3)
     assert slow.completeness_bright >= 0.9 and slow.n_false <= 2, (slow.completeness_bright, slow.n_false)
+
+
+
+def test_a_header_tracking_rate_is_read_converted_and_compared_with_the_star_trails(caplog):
+    """Issue 28: a header's non-sidereal tracking rate implies the stars' trail (against the tracking); a rate that
+    contradicts the measured trails (another direction, trailed where the stars are points) is a warning naming
+    both, and the measured trails are used; a rate that is no number is named and not used."""
+    from types import SimpleNamespace
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from ssodetect.config import Config
+    from ssodetect.io.headers import tracking_rate
+    from ssodetect.pipeline.ccd import _tracking
+    from ssodetect.streaks.field import StarTrail, tracked_star_trail, tracking_disagreement
+
+    keys = ["RA_RATE", "DEC_RATE", "TRACKRA", "TRACKDEC"]
+    h = fits.Header({"TRACKRA": 1.0, "TRACKDEC": -0.5})
+    assert tracking_rate(h, keys, "arcsec/s") == (3600.0, -1800.0, "TRACKRA/TRACKDEC")
+    assert tracking_rate(fits.Header({"RA_RATE": 24.0}), keys) is None  # a pair needs both
+    problems: list[str] = []
+    assert tracking_rate(fits.Header({"RA_RATE": "fast", "DEC_RATE": 1.0}), keys, problems=problems) is None
+    assert "RA_RATE = 'fast', DEC_RATE = 1.0 is no tracking rate" in problems[0]
+    # a north-up, east-left TAN WCS of 0.1"/px: 36"/h east for 1000 s is a 10" = 100 px trail along x
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype, wcs.wcs.crval, wcs.wcs.crpix = ["RA---TAN", "DEC--TAN"], [150.0, 60.0], [500.0, 500.0]
+    wcs.wcs.cdelt = [-0.1 / 3600.0, 0.1 / 3600.0]
+    length, angle = tracked_star_trail(36.0, 0.0, 1000.0, wcs, 499.0, 499.0)
+    assert length == pytest.approx(100.0, rel=1e-3) and min(angle, 180.0 - angle) < 0.1
+    length, angle = tracked_star_trail(0.0, -36.0, 1000.0, wcs, 499.0, 499.0)
+    assert length == pytest.approx(100.0, rel=1e-3) and angle == pytest.approx(90.0, abs=0.1)
+    trailed = StarTrail(True, 100.0, 1.0, 40, 60, 45)
+    assert tracking_disagreement(trailed, 100.0, 179.5, 2.0) is None
+    assert "they trail 100.0 px at 1 deg" in tracking_disagreement(trailed, 100.0, 60.0, 2.0)
+    assert "they trail" in tracking_disagreement(trailed, 70.0, 1.0, 2.0)
+    points = StarTrail(False, float("nan"), float("nan"), 0, 80, 0)
+    assert "the stars are points (80 bright sources)" in tracking_disagreement(points, 100.0, 0.0, 2.0)
+    assert tracking_disagreement(points, 3.0, 0.0, 2.0) is None  # a slow rate: no trail expected
+    assert tracking_disagreement(StarTrail(False, float("nan"), float("nan"), 0, 3, 0), 100.0, 0.0, 2.0) is None
+    # the pipeline's record and warning
+    image = SimpleNamespace(header=fits.Header({"RA_RATE": 0.0, "DEC_RATE": 129.6}), wcs=wcs,
+                            data=np.zeros((1000, 1000), np.float32))
+    ref = SimpleNamespace(path="f.fits", ccd="1", exptime=1000.0)
+    with caplog.at_level(logging.DEBUG, logger="ssodetect"):
+        out = _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)
+    assert out["keys"] == "RA_RATE/DEC_RATE" and out["agrees"] is False and out["length"] == pytest.approx(360.0, rel=1e-3)
+    assert ("f.fits: CCD 1: the header's tracking rate RA_RATE/DEC_RATE = (0, 129.6)\"/h implies star trails of "
+            "360.0 px at 90 deg, but they trail 100.0 px at 1 deg; the measured trails are used") in caplog.text
+    image.header = fits.Header({"RA_RATE": -36.0, "DEC_RATE": 0.0})
+    assert _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)["agrees"] is True
+    image.header = fits.Header()
+    assert _tracking(image, ref, Config(), trailed, 2.0 * 0.4247) is None

@@ -181,6 +181,21 @@ class IOConfig(_Section):
         if len(value) % 3:
             raise ValueError("observer_position_keys needs keyword triplets (x, y, z)")
         return value
+    tracking_rate_keys: list[str] = Field(
+        default=["RA_RATE", "DEC_RATE", "TRACKRA", "TRACKDEC"],
+        description="Keyword pairs with the telescope's non-sidereal tracking rate during the exposure (RA rate "
+        "times cos(Dec), Dec rate; in tracking_rate_unit); the first pair a header has is compared with the stars' "
+        "measured trails (stars trail against the tracking), and a contradiction is a warning naming both.",
+    )
+    tracking_rate_unit: Literal["arcsec/h", "arcsec/min", "arcsec/s", "deg/d"] = Field(
+        default="arcsec/h", description="Unit of the tracking_rate_keys values.")
+
+    @field_validator("tracking_rate_keys")
+    @classmethod
+    def _pairs(cls, value: list[str]) -> list[str]:
+        if len(value) % 2:
+            raise ValueError("tracking_rate_keys needs keyword pairs (RA rate, Dec rate)")
+        return value
     frame_type_keys: list[str] = Field(
         default=["IMAGETYP", "OBSTYPE", "FRAMETYP", "IMAGTYPE"],
         description="Keywords naming a frame's kind (bias/zero, dark, flat, light/object); frames without one are light.",

@@ -544,6 +544,47 @@ def telescope_aperture(header, problems: list[str] | None = None) -> tuple[float
     return None
 
 
+#: Tracking rate units -> arcsec/h.
+TRACKING_RATE_UNITS = {"arcsec/h": 1.0, "arcsec/min": 60.0, "arcsec/s": 3600.0, "deg/d": 3600.0 / 24.0}
+#: Largest tracking rate [arcsec/h] taken from a header (a geostationary satellite moves ~54,000"/h).
+MAX_TRACKING_RATE = 1.0e6
+
+
+def tracking_rate(header, keys, unit: str = "arcsec/h",
+                  problems: list[str] | None = None) -> tuple[float, float, str] | None:
+    """The telescope's non-sidereal tracking rate from a header: ``(RA rate * cos(Dec), Dec rate)`` [arcsec/h] and
+    the keywords read (``"RA_RATE/DEC_RATE"``), from the first pair of ``keys`` (RA key, Dec key, RA key, ...) the
+    header has both of; None when none.  A pair whose values are no finite numbers within
+    :data:`MAX_TRACKING_RATE` is not used; why is appended to ``problems`` (when given), one line each.
+
+    Parameters
+    ----------
+    header : fits.Header
+    keys : list of str
+        Keyword pairs, flattened.
+    unit : str
+        Unit of the values, a key of :data:`TRACKING_RATE_UNITS`.
+    """
+    factor = TRACKING_RATE_UNITS[unit]
+    for ra_key, dec_key in zip(keys[0::2], keys[1::2]):
+        if ra_key not in header or dec_key not in header:
+            continue
+        values = []
+        for key in (ra_key, dec_key):
+            value = header[key]
+            try:
+                number = float(value) * factor if not isinstance(value, (bool, np.bool_)) else float("nan")
+            except (TypeError, ValueError, OverflowError):
+                number = float("nan")
+            values.append(number)
+        if all(math.isfinite(v) and abs(v) <= MAX_TRACKING_RATE for v in values):
+            return values[0], values[1], f"{ra_key}/{dec_key}"
+        if problems is not None:
+            problems.append(f"{ra_key} = {header[ra_key]!r}, {dec_key} = {header[dec_key]!r} is no tracking rate "
+                            f"(finite numbers in {unit}, at most {MAX_TRACKING_RATE:g}\"/h): not used")
+    return None
+
+
 def wcs_from_header_string(text: str):
     """WCS from FITS cards in one string (None for an empty string); FITSFixedWarnings silenced."""
     if not text:

@@ -118,15 +118,24 @@ def record_star_trails(solutions: list, trails: dict) -> None:
 
 
 def star_trail_summary(ccd_info: list) -> str:
-    """One line on the CCD exposures found trailed (empty when none)."""
-    trailed = [i for i in ccd_info if i.get("star_trail", {}).get("used")]
-    if not trailed:
-        return ""
-    lengths = [float(i["star_trail"]["length"]) for i in trailed if np.isfinite(i["star_trail"]["length"])]
-    how = "found by auto" if all(i["star_trail"].get("mode") == "auto" for i in trailed) else "as configured"
-    return (f"stars trailed in {len(trailed)} of {len(ccd_info)} CCD exposures ({how}"
-            + (f"; {min(lengths):.1f}-{max(lengths):.1f} px" if lengths else "") + "): their trail centres are the "
-            "reference stars there")
+    """One line on the CCD exposures found trailed, and on the headers' tracking rates compared with the stars'
+    trails (empty when neither)."""
+    trailed = [i for i in ccd_info if (i.get("star_trail") or {}).get("used")]
+    tracked = [i["star_trail"]["tracking"] for i in ccd_info if (i.get("star_trail") or {}).get("tracking")]
+    parts = []
+    if trailed:
+        lengths = [float(i["star_trail"]["length"]) for i in trailed if np.isfinite(i["star_trail"]["length"])]
+        how = "found by auto" if all(i["star_trail"].get("mode") == "auto" for i in trailed) else "as configured"
+        parts.append(f"stars trailed in {len(trailed)} of {len(ccd_info)} CCD exposures ({how}"
+                     + (f"; {min(lengths):.1f}-{max(lengths):.1f} px" if lengths else "") + "): their trail centres "
+                     "are the reference stars there")
+    if tracked:
+        judged = [t for t in tracked if t.get("agrees") is not None]
+        keys = ", ".join(sorted({str(t["keys"]) for t in tracked}))
+        parts.append(f"the headers' tracking rate ({keys}) agrees with the measured star trails in "
+                     f"{sum(bool(t['agrees']) for t in judged)} of {len(judged)} CCD exposures compared "
+                     f"({len(tracked) - len(judged)} not compared); the measured trails are used")
+    return "; ".join(parts)
 
 
 def astrometry_tasks(results, refs, config: Config) -> list[tuple[str, list[ExposureStars]]]:

@@ -25,10 +25,10 @@ from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.io.frames import MAX_RMS
-from ssodetect.io.headers import fits_text, world_to_pixels
+from ssodetect.io.headers import fits_text, tracking_rate, world_to_pixels
 from ssodetect.io.outputs import safe_name
 from ssodetect.streaks import edge_cut, refine_trails, trail_on_sky
-from ssodetect.streaks.field import field_motion, star_trail
+from ssodetect.streaks.field import field_motion, star_trail, tracked_star_trail, tracking_disagreement
 
 __all__ = ["CCD_COLUMNS", "place_on_ccds", "process_ccd", "empty_ccd_table", "set_sky_positions", "calibrated_image", "subtracted_image",
            "cleaned_pixels"]
@@ -201,6 +201,36 @@ def _why_unusable(image) -> str:
     return "all its pixels are NaN or masked (FLG map, saturation, RMS map)"
 
 
+def _tracking(image, ref: CCDRef, config: Config, trail, psf_sigma: float) -> dict | None:
+    """A header's non-sidereal tracking rate (``[io] tracking_rate_keys``) against the stars' measured trail: the
+    trail it implies, whether they agree; a contradiction (or a rate that is no number) is a warning naming both.
+    The measured trail is what the run uses.  None without a rate in the header."""
+    problems: list[str] = []
+    rate = tracking_rate(image.header, config.io.tracking_rate_keys, config.io.tracking_rate_unit, problems)
+    for problem in problems:
+        log.warning("%s: CCD %s: %s", ref.path, ref.ccd, problem)
+    if rate is None:
+        return None
+    out = {"keys": rate[2], "ra_rate": rate[0], "dec_rate": rate[1], "length": float("nan"), "angle": float("nan"),
+           "agrees": None}
+    if image.wcs is None:
+        log.info("%s: CCD %s: the header's tracking rate %s not compared with the star trails (no WCS)", ref.path,
+                 ref.ccd, rate[2])
+        return out
+    ny, nx = image.data.shape
+    out["length"], out["angle"] = tracked_star_trail(rate[0], rate[1], ref.exptime, image.wcs.celestial,
+                                                     0.5 * (nx - 1), 0.5 * (ny - 1))
+    why = tracking_disagreement(trail, out["length"], out["angle"], psf_sigma / FWHM_TO_SIGMA)
+    out["agrees"] = why is None
+    said = f"{rate[2]} = ({rate[0]:.4g}, {rate[1]:.4g})\"/h"
+    if why is not None:
+        log.warning("%s: CCD %s: the header's tracking rate %s implies %s; the measured trails are used", ref.path,
+                    ref.ccd, said, why)
+    else:
+        log.debug("%s: CCD %s: the header's tracking rate %s agrees with the stars' trails", ref.path, ref.ccd, said)
+    return out
+
+
 def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
                 calibration: MasterFrames | None = None, keep: Path | None = None) -> tuple[Table, dict]:
     """Detect and measure the sources of one CCD image.
@@ -311,6 +341,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     if trail.trailed and mode == "auto":
         log.debug("%s CCD %s: stars trailed %.1f px at %.0f deg (%d of %d bright compact sources)", ref.path, ref.ccd,
                   trail.length, trail.angle, trail.n_agree, trail.n_bright)
+    info["star_trail"]["tracking"] = _tracking(image, ref, config, trail, float(extract_info["psf_sigma"]))
     table["stars_trailed"] = np.full(n, bool(info["star_trail"]["used"]))
     # trails less the drift where the stars are trailed: what the sources moved themselves
     motion = field_motion(table["kind"], table["length"], table["theta"], table["snr"],

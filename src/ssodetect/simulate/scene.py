@@ -771,6 +771,12 @@ def _primary_header(scene: Scene, exposure: int) -> fits.Header:
     h["SIMSEED"] = cfg.seed
     for axis, value in zip("XYZ", cfg.observer_position):
         h[f"OBSPOS_{axis}"] = (float(value), "[km] geocentric ICRS position of the observatory")
+    if cfg.tracked_target and cfg.tracking_drift > 0:
+        # the telescope follows the target (along -u on the sky, xi east, eta north): its non-sidereal rate
+        rate = cfg.tracking_drift / cfg.exptime * 3600.0
+        a = math.radians(cfg.tracking_angle)
+        h["RA_RATE"] = (-rate * math.cos(a), "[arcsec/h] tracking rate in RA, times cos(Dec)")
+        h["DEC_RATE"] = (-rate * math.sin(a), "[arcsec/h] tracking rate in Dec")
     h["ORIGIN"] = f"ssodetect {__version__} simulate"
     return h
 

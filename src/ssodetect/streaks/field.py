@@ -16,7 +16,8 @@ from astropy.table import Table
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["StarTrail", "star_trail", "own_motion", "field_motion", "axial_difference", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
-           "STAR_TRAIL_LENGTH_FLOOR", "STAR_TRAIL_ANGLE_FLOOR", "STAR_TRAIL_MAX_SOURCES"]
+           "STAR_TRAIL_LENGTH_FLOOR", "STAR_TRAIL_ANGLE_FLOOR", "STAR_TRAIL_MAX_SOURCES", "tracked_star_trail",
+           "tracking_disagreement"]
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +247,57 @@ def field_motion(kind, length, theta, snr, width_fwhm, star: StarTrail, used: bo
     n_still = int(np.sum((np.asarray(kind) == "trail") & (own_length == 0.0))) if drifted else 0
     return {"own_length": own_length, "own_theta": own_theta,
             "drift_length": np.full(n, star.length if drifted else 0.0), "n_still": n_still}
+
+
+def tracked_star_trail(ra_rate: float, dec_rate: float, exptime: float, wcs, x: float, y: float) -> tuple[float, float]:
+    """The trail the stars draw on the detector while the telescope tracks at a non-sidereal rate.
+
+    The stars move against the tracking: by ``-(ra_rate, dec_rate) * exptime`` on the sky during the exposure.
+
+    Parameters
+    ----------
+    ra_rate, dec_rate : float
+        Tracking rate: RA rate times cos(Dec), Dec rate [arcsec/h].
+    exptime : float
+        [s].
+    wcs : astropy.wcs.WCS
+        The exposure's celestial WCS (a header's: its scale and rotation are what matter).
+    x, y : float
+        Where on the detector [px, 0-based] (the CCD's centre).
+
+    Returns
+    -------
+    length, angle : float
+        [px]; axis [deg, from +x towards +y, 0-180].
+    """
+    hours = exptime / 3600.0
+    ra, dec = (float(v) for v in wcs.all_pix2world(x, y, 0))
+    half_ra = 0.5 * ra_rate * hours / 3600.0 / max(math.cos(math.radians(dec)), 1e-6)  # [deg of RA]
+    half_dec = 0.5 * dec_rate * hours / 3600.0
+    xs, ys = wcs.all_world2pix(np.array([ra + half_ra, ra - half_ra]), np.array([dec + half_dec, dec - half_dec]), 0)
+    dx, dy = float(xs[1] - xs[0]), float(ys[1] - ys[0])
+    return math.hypot(dx, dy), math.degrees(math.atan2(dy, dx)) % 180.0
+
+
+def tracking_disagreement(star: StarTrail, length: float, angle: float, psf_fwhm: float) -> str | None:
+    """How the stars' measured trail contradicts the one a header's tracking rate implies (``length`` [px],
+    ``angle`` [deg]), or None when they agree or the measurement cannot tell (fewer than :data:`MIN_STAR_TRAILS`
+    bright compact sources).
+
+    Trailed (at least :data:`STAR_TRAIL_MIN_FWHM` FWHM) on one side and not on the other is a contradiction; both
+    trailed, the lengths and axes must agree within the star trail's tolerances (:data:`STAR_TRAIL_LENGTH_TOL` or
+    :data:`STAR_TRAIL_LENGTH_FLOOR`, :data:`STAR_TRAIL_ANGLE_FLOOR` or 2 px over the length).
+    """
+    if star.n_bright < MIN_STAR_TRAILS:
+        return None
+    expected = not length < STAR_TRAIL_MIN_FWHM * psf_fwhm
+    said = f"{length:.1f} px at {angle:.0f} deg"
+    if expected and not star.trailed:
+        seen = (f"the stars are not trailed (at most {star.n_agree} of {star.n_bright} bright sources share a trail)"
+                if star.n_agree else f"the stars are points ({star.n_bright} bright sources)")
+        return f"star trails of {said}, but {seen}"
+    if star.trailed and not expected:
+        return f"star trails of {said} (not trailed), but they trail {star.length:.1f} px at {star.angle:.0f} deg"
+    if star.trailed and not bool(_agree(np.float64(star.length), np.float64(star.angle), length, angle)):
+        return f"star trails of {said}, but they trail {star.length:.1f} px at {star.angle:.0f} deg"
+    return None
