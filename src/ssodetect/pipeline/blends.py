@@ -28,6 +28,7 @@ from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tra
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
+from ssodetect.streaks.field import drift_of, with_drift
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         than the light was searched for, :data:`~ssodetect.link.blends.MAX_TRAIL_SEARCH`), the directions not
         measured because too few of their predictions showed the trail's light (``n_unsupported``) and their
         targets (``n_not_measured``).  Every target of a pair or of a trail is measured, without a template, off
-        the image, too long or not measured.
+        the image, too long or not measured.  (The pipeline step adds ``n_trails_claimed``: single trails of the
+        streak linker that became members of the objects found here, marked linked in ``streaks.ecsv``.)
     """
     lk = config.link
     t_start = time.perf_counter()
@@ -262,7 +264,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
 
 def _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for):
     """``(wcs, x, y, length, theta)`` of a proposal's mover in exposure ``e`` of ``ccd`` [px, 0-based; rad], None
-    where there is no WCS or its centre lies within :data:`EDGE_MARGIN` px of the image's edge or beyond."""
+    where there is no WCS or its centre lies within :data:`EDGE_MARGIN` px of the image's edge or beyond.  On an
+    exposure whose stars trail (``star_trail``), the trail is the motion plus the drift
+    (:func:`ssodetect.streaks.field.with_drift`)."""
     w = wcs_for(e, ccd)
     info = info_by.get((e, ccd), {})
     if w is None or not info.get("shape") or (e, ccd) not in refs:
@@ -275,8 +279,11 @@ def _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for):
     if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
         return None
     x, y = float(px[1]), float(py[1])
-    length = float(math.hypot(px[2] - px[0], py[2] - py[0]))
-    theta = float(math.atan2(py[2] - py[0], px[2] - px[0]))
+    dx, dy = float(px[2] - px[0]), float(py[2] - py[0])
+    drift = drift_of(info.get("star_trail"))
+    if drift is not None:  # where the stars trail, the mover draws its motion plus the drift
+        dx, dy = with_drift(dx, dy, drift)
+    length, theta = float(math.hypot(dx, dy)), float(math.atan2(dy, dx))
     ny, nx = info["shape"]
     # the stamp may reach beyond the image (those pixels are left out of the fit), the mover's centre may not
     if not (EDGE_MARGIN <= x <= nx - 1 - EDGE_MARGIN and EDGE_MARGIN <= y <= ny - 1 - EDGE_MARGIN):

@@ -27,6 +27,7 @@ from ssodetect.link.pixels import (missing_confirms, missing_deficit, occupancy_
                                    trail_overlap)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
+from ssodetect.streaks.field import drift_of, with_drift
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +128,10 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         """The object's trail in exposure e's pixels, ``(length, theta, direction, length [arcsec])``, with the
         stars' drift there (streaks.field.star_trail) added to its motion ``ex, ey`` (a segment's end pixels); None
         where the stars are not trailed."""
-        st = (info_by.get((e, ccd)) or {}).get("star_trail") or {}
-        if not (st.get("used") and st.get("trailed") and np.isfinite(st.get("length", np.nan))):
+        drift = drift_of((info_by.get((e, ccd)) or {}).get("star_trail"))
+        if drift is None:
             return None
-        a = math.radians(float(st["angle"]))
-        sx, sy = float(st["length"]) * math.cos(a), float(st["length"]) * math.sin(a)
-        mx, my = float(ex[1] - ex[0]), float(ey[1] - ey[0])
-        # an axis has no sign: the drift that makes the shorter trail (a tracked target, moving against the drift,
-        # is a point; a slow mover's trail is about the drift either way), as own_motion took the shorter motion
-        if math.hypot(mx - sx, my - sy) < math.hypot(mx + sx, my + sy):
-            sx, sy = -sx, -sy
-        tx, ty = mx + sx, my + sy
+        tx, ty = with_drift(float(ex[1] - ex[0]), float(ey[1] - ey[0]), drift)
         ra, dec = wcs(e, ccd).all_pix2world(np.array([x - 0.5 * tx, x + 0.5 * tx]), np.array([y - 0.5 * ty, y + 0.5 * ty]), 0)
         pxi, peta = plane.to_plane(ra, dec)
         sky = np.array([pxi[1] - pxi[0], peta[1] - peta[0]])

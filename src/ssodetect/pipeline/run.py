@@ -467,8 +467,12 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
     ctx.timings["blends"] = time.perf_counter() - t0
     before = set(np.asarray(products["objects"]["object"]).astype(str)) if len(products["objects"]) else set()
     found = objects[~np.isin(np.asarray(objects["object"]).astype(str), list(before))] if len(objects) else objects
-    return {"observations": observations, "objects": objects,
-            "streaks": claim_trails(products["streaks"], observations, found),
+    streaks = claim_trails(products["streaks"], observations, found)
+    # the single trails that became members of the objects found here (link.fast counted them unlinked)
+    stats["n_trails_claimed"] = int(np.sum(np.asarray(streaks["status"]).astype(str) == "linked")
+                                    - np.sum(np.asarray(products["streaks"]["status"]).astype(str) == "linked")
+                                    ) if len(streaks) else 0
+    return {"observations": observations, "objects": objects, "streaks": streaks,
             "link_stats": {**products.get("link_stats", {}), "blends": stats}}
 
 

@@ -17,7 +17,7 @@ from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["StarTrail", "star_trail", "own_motion", "field_motion", "axial_difference", "MIN_STAR_TRAILS", "STAR_TRAIL_MIN_FWHM", "SHORT_TRAIL_SNR", "STAR_TRAIL_SHARE", "STAR_TRAIL_LENGTH_TOL",
            "STAR_TRAIL_LENGTH_FLOOR", "STAR_TRAIL_ANGLE_FLOOR", "STAR_TRAIL_MAX_SOURCES", "tracked_star_trail",
-           "tracking_disagreement"]
+           "tracking_disagreement", "with_drift", "drift_of"]
 
 log = logging.getLogger(__name__)
 
@@ -301,3 +301,24 @@ def tracking_disagreement(star: StarTrail, length: float, angle: float, psf_fwhm
     if star.trailed and not bool(_agree(np.float64(star.length), np.float64(star.angle), length, angle)):
         return f"star trails of {said}, but they trail {star.length:.1f} px at {star.angle:.0f} deg"
     return None
+
+
+def drift_of(star_trail: dict | None) -> tuple[float, float] | None:
+    """The stars' trail ``(length [px], angle [deg])`` of a CCD exposure's ``info["star_trail"]`` record where the
+    run treats the exposure as trailed (``used``) and a vector was measured; None otherwise."""
+    st = star_trail or {}
+    if not (st.get("used") and st.get("trailed") and math.isfinite(float(st.get("length", float("nan"))))):
+        return None
+    return float(st["length"]), float(st["angle"])
+
+
+def with_drift(mx: float, my: float, drift: tuple[float, float]) -> tuple[float, float]:
+    """The trail ``(dx, dy)`` [px] that a source moving ``(mx, my)`` [px] during the exposure draws where the stars
+    trail by ``drift`` (``(length [px], angle [deg])``): its motion plus the drift.  An axis has no sign: the drift's
+    is taken to make the shorter trail (a tracked target, moving against the drift, is a point; a slow mover's trail
+    is about the drift either way), as :func:`own_motion` took the shorter motion."""
+    a = math.radians(drift[1])
+    sx, sy = drift[0] * math.cos(a), drift[0] * math.sin(a)
+    if math.hypot(mx - sx, my - sy) < math.hypot(mx + sx, my + sy):
+        sx, sy = -sx, -sy
+    return mx + sx, my + sy
