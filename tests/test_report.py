@@ -358,3 +358,28 @@ def test_telescope_aperture_comes_from_the_header():
     problems = []
     assert station_code(fits.Header({"MPCCODE": "<a>", "OBSCODE": "i41"}), problems=problems) == "I41"
     assert problems == ["MPCCODE = '<a>' is no MPC observatory code (three digits or capital letters): not used"]
+
+
+def test_exposure_regions_draw_the_trail_seen_on_a_trailed_exposure():
+    """Issue 28: on an exposure whose stars trail, a mover's trail in streaks.ecsv holds its motion (length, theta)
+    and the trail seen (detector_length, detector_theta: motion plus drift); the region file draws the trail seen,
+    where the image shows it."""
+    import math
+
+    from astropy.table import Table
+    from regions import LinePixelRegion
+
+    from ssodetect.report.regions import exposure_regions
+
+    streaks = Table({"exposure": [0], "ccd": ["1"], "x": [100.0], "y": [50.0], "length": [6.0], "theta": [0.0],
+                     "detector_length": [30.0], "detector_theta": [math.pi / 2], "status": ["single"], "object": [""]})
+    empty = Table(names=("object", "exposure", "ccd", "x", "y", "kind", "mjd", "ra", "dec"),
+                  dtype=("U8", "i8", "U8", "f8", "f8", "U8", "f8", "f8", "f8"))
+    regs = exposure_regions(0, "1", candidates=None, observations=empty, streaks=streaks, exposure_mjd={0: 60000.0})
+    (line,) = [r for r in regs if isinstance(r, LinePixelRegion)]
+    assert math.hypot(line.end.x - line.start.x, line.end.y - line.start.y) == pytest.approx(30.0)
+    assert abs(line.end.x - line.start.x) < 1e-9  # along +y, as seen
+    streaks.remove_columns(["detector_length", "detector_theta"])  # an older table: its length and axis
+    (line,) = [r for r in exposure_regions(0, "1", candidates=None, observations=empty, streaks=streaks,
+                                           exposure_mjd={0: 60000.0}) if isinstance(r, LinePixelRegion)]
+    assert math.hypot(line.end.x - line.start.x, line.end.y - line.start.y) == pytest.approx(6.0)

@@ -882,6 +882,10 @@ def test_a_non_sidereally_tracked_target_is_found_at_the_tracking_rate(tmp_path,
     assert ("the headers' tracking rate (RA_RATE/DEC_RATE) agrees with the measured star trails in 4 of 4 CCD "
             "exposures compared") in caplog.text
     assert "the header's tracking rate" not in caplog.text  # no exposure contradicts it
+    # streaks.ecsv keeps the trail seen (motion plus the 12 px drift) beside the motion (what region files draw)
+    trails = Table.read(tmp_path / "out" / "streaks.ecsv")
+    trails = trails[np.isin(np.asarray(trails["status"]).astype(str), ["linked", "single"])]
+    assert len(trails) and np.all(np.asarray(trails["detector_length"], float) > 6.0), trails
     truth = Table.read(sim / "truth.ecsv")
     target = truth[truth["object"] == "TARGET"]
     everything = evaluate_run(result.observations, truth, rate_range=(0.0, 100.0), bright_limit=23.5,

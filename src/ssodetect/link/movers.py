@@ -134,6 +134,7 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         # where the stars are trailed a source's trail is its own motion plus the drift: linking sees the motion
         trailed = np.asarray(cand["stars_trailed"], bool)
         cand["detector_length"] = np.asarray(cand["length"], float)
+        cand["detector_theta"] = np.asarray(cand["theta"], float)
         cand["length"] = np.where(trailed, np.asarray(cand["own_length"], float), np.asarray(cand["length"], float))
         cand["theta"] = np.where(trailed, np.asarray(cand["own_theta"], float), np.asarray(cand["theta"], float))
     xi, eta = plane.to_plane(np.asarray(cand["ra"], float), np.asarray(cand["dec"], float))
@@ -572,6 +573,9 @@ STREAK_COLUMNS = [
     ("rate", "f8", "arcsec / h", "rate implied by the trail length and exposure time"),
     ("mag", "f8", "mag", "magnitude"),
     ("snr", "f8", "", "signal-to-noise ratio"),
+    ("detector_length", "f8", "pix", "the trail as seen on the detector: where the stars are trailed, the source's "
+     "motion plus the drift (length and theta are then its motion); elsewhere the same as length"),
+    ("detector_theta", "f8", "rad", "its axis on the detector, from +x towards +y"),
     ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | static (linked, then found still there "
      "after it moved on: occupancy test) | satellite | bleed | spike | edge"),
     ("object", "U8", "", "object identifier when linked"),
@@ -590,9 +594,12 @@ def streak_table(detections: Table, trails: Table, fast: list, names: list[str])
     out = []
     for row, status, name in rows:
         rate = float(row["trail_arcsec"]) / max(float(row["exptime"]), 1e-9) * 3600.0
+        theta = float(row["theta"]) if "theta" in row.colnames else float("nan")
+        seen_length = float(row["detector_length"]) if "detector_length" in row.colnames else float(row["length"])
+        seen_theta = float(row["detector_theta"]) if "detector_theta" in row.colnames else theta
         out.append((int(row["exposure"]), str(row["ccd"]), float(row["x"]), float(row["y"]), float(row["ra"]),
                     float(row["dec"]), float(row["length"]), float(row["trail_arcsec"]), float(row["trail_pa"]),
-                    float(row["theta"]) if "theta" in row.colnames else float("nan"), rate, float(row["mag"]), float(row["snr"]), status, name))
+                    theta, rate, float(row["mag"]), float(row["snr"]), seen_length, seen_theta, status, name))
     table = Table(rows=out, names=[c[0] for c in STREAK_COLUMNS], dtype=[c[1] for c in STREAK_COLUMNS])
     return describe(table, STREAK_COLUMNS)
 

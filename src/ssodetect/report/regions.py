@@ -136,7 +136,8 @@ def exposure_regions(exposure: int, ccd: str, *, candidates: Table | None, obser
     observations : Table
         ``observations.ecsv``.
     streaks : Table or None
-        ``streaks.ecsv`` (``x, y, length, theta, status, object``).
+        ``streaks.ecsv`` (``x, y, length, theta, status, object``; ``detector_length, detector_theta``, the trail as
+        seen, drawn when present).
     exposure_mjd : dict
         Exposure index -> mid-exposure MJD (UTC): where each object's track is predicted.
     wcs : astropy.wcs.WCS, optional
@@ -156,12 +157,14 @@ def exposure_regions(exposure: int, ccd: str, *, candidates: Table | None, obser
     if streaks is not None and len(streaks):
         sel = np.nonzero(here(streaks))[0]
         has_theta = "theta" in streaks.colnames
+        # the trail as seen (on a trailed exposure its motion plus the drift), not the motion it stands for
+        seen = "detector_length" in streaks.colnames and "detector_theta" in streaks.colnames
         for k in sel:
             row = streaks[k]
             colour = TRAIL_COLOURS.get(str(row["status"]), "white")
             centre = PixCoord(float(row["x"]), float(row["y"]))
-            theta = float(row["theta"]) if has_theta else float("nan")
-            half = 0.5 * float(row["length"])
+            theta = float(row["detector_theta"]) if seen else float(row["theta"]) if has_theta else float("nan")
+            half = 0.5 * float(row["detector_length"] if seen else row["length"])
             label = str(row["status"]) + (f" {row['object']}" if str(row["object"]).strip() else "")
             if math.isfinite(theta) and half > 0:
                 dx, dy = half * math.cos(theta), half * math.sin(theta)
