@@ -143,6 +143,37 @@ def test_zeropoint_is_robust_to_outliers():
     assert np.isnan(fit_zeropoint(flux[:3], flux[:3] * 0.01, 100.0, mag[:3])[0])
 
 
+def test_a_catalogue_whose_magnitudes_are_wrong_gives_a_doubtful_zero_point(scene, tmp_path, capsys, caplog):
+    """Fault campaigns: a reference catalogue whose magnitudes were 3 mag off (another band, or wrong) fitted a zero
+    point 3 mag off without a word, and every magnitude with it; shuffled magnitudes too.  The fitted zero point is
+    compared with the header's (MAGZERO) and its stars' scatter is judged: a warning names the CCD exposure and
+    both numbers.  The right catalogue raises none."""
+    from ssodetect.astrometry.zeropoint import zeropoint_doubt
+
+    assert zeropoint_doubt(25.0, 0.01, 40, 25.3) is None
+    assert "+3.00 mag from the header's 25.00" in zeropoint_doubt(28.0, 0.01, 40, 25.0)
+    assert "scatter by 0.80 mag" in zeropoint_doubt(25.0, 0.8 * 1.2533 / math.sqrt(40), 40)
+    assert zeropoint_doubt(float("nan"), float("nan"), 0, 25.0) is None
+    assert "only 6 of its 16 usable stars agree" in zeropoint_doubt(24.2, 0.2, 6, None, 16)
+    assert "only 3 of its 16" in zeropoint_doubt(float("nan"), float("nan"), 3, None, 16)
+    assert zeropoint_doubt(25.0, 0.01, 4, None, 9) is None  # too few to judge the share
+    ref = Table.read(scene / "refcat.ecsv")
+    for name, change, said in (("shifted", lambda g: g + 3.0, "from the header's"),
+                               ("shuffled", lambda g: np.random.default_rng(1).permutation(g), "usable stars agree")):
+        bad = ref.copy()
+        bad["phot_g_mean_mag"] = change(np.asarray(ref["phot_g_mean_mag"], float))
+        bad.write(tmp_path / f"{name}.ecsv")
+        caplog.clear()
+        code = main(["astrometry", str(scene), "--refcat", str(tmp_path / f"{name}.ecsv"), "--out",
+                     str(tmp_path / name), "-q"])
+        assert code == 0, name  # solved: the zero point's doubt is a warning
+        assert "solved CCD exposures have a doubtful zero point" in caplog.text and said in caplog.text, name
+    caplog.clear()
+    assert main(["astrometry", str(scene), "--refcat", str(scene / "refcat.ecsv"), "--out", str(tmp_path / "good"),
+                 "-q"]) == 0
+    assert "doubtful zero point" not in caplog.text
+
+
 def test_reference_catalogue_formats(tmp_path, caplog):
     rng = np.random.default_rng(6)
     n = 50

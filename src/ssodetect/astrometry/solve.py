@@ -58,6 +58,8 @@ SOLUTION_COLUMNS = [
     ("zeropoint", "f8", "mag", "fitted zero point: mag = zp - 2.5 log10(ADU/s)"),
     ("zeropoint_err", "f8", "mag", "standard error of the zero point"),
     ("n_zeropoint", "i8", "", "stars used for the zero point"),
+    ("n_zeropoint_usable", "i8", "", "matched stars usable for it (positive flux at S/N >= 10, a catalogue "
+                                     "magnitude): fewer than half of them used says the magnitudes are wrong"),
     ("stars_trailed", "bool", "", "reference stars taken from trails (trail centres): the stars are trailed "
                                   "([astrometry] trailed_stars, or found so by auto)"),
     ("star_trail_length", "f8", "pix", "length of the trail the bright compact sources share (NaN: none)"),
@@ -124,6 +126,7 @@ class ExposureSolution:
     zeropoint: float = float("nan")
     zeropoint_err: float = float("nan")
     n_zeropoint: int = 0
+    n_zeropoint_usable: int = 0
     stars_trailed: bool = False
     star_trail_length: float = float("nan")
     star_trail_angle: float = float("nan")
@@ -604,11 +607,13 @@ def _finish(res: ExposureSolution, it: ExposureStars, ref: _Reference, sol: WCSS
     if config.zeropoint:
         s, r = pairs[:, 0][sol.used], pairs[:, 1][sol.used]
         src = it.sources
+        counts: dict = {}
         res.zeropoint, res.zeropoint_err, res.n_zeropoint = fit_zeropoint(
             np.asarray(src["flux"], float)[s], np.asarray(src["flux_err"], float)[s], it.exptime, ref.mag[r],
             colour=None if ref.colour is None else ref.colour[r], colour_term=config.colour_term,
-            min_stars=config.min_zeropoint_stars,
+            min_stars=config.min_zeropoint_stars, counts=counts,
         )
+        res.n_zeropoint_usable = int(counts.get("n_usable", 0))
     log.debug(
         "CCD %s exposure %d: %s solution, %d stars, order %d, rms %.1f/%.1f mas, zp %.3f",
         res.ccd, res.exposure, res.method, res.n_stars, res.sip_order, 1e3 * res.rms_ra, 1e3 * res.rms_dec,

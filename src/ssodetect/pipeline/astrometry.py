@@ -31,6 +31,7 @@ from ssodetect.astrometry.register import (
     relative_wcs,
 )
 from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, ExposureStars, pixel_scale, solve_ccd, star_like
+from ssodetect.astrometry.zeropoint import zeropoint_doubt
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.errors import ConfigError
@@ -49,6 +50,7 @@ __all__ = [
     "reference_stars",
     "record_star_trails",
     "star_trail_summary",
+    "warn_doubtful_zeropoints",
     "apply_solutions",
     "solution_table",
     "wcs_from_header_string",
@@ -115,6 +117,25 @@ def record_star_trails(solutions: list, trails: dict) -> None:
         if not sol.ok and not st["used"] and _star_trail(st).incoherent:
             sol.reason = (f"{sol.reason}; {st['n_trails']} of its {st['n_bright']} bright compact sources are trails "
                           f"but at most {st['n_agree']} share one (no common drift: wind shake?)")
+
+
+def warn_doubtful_zeropoints(solutions: list, tasks: list, ccd_info: list) -> None:
+    """One warning for the solved CCD exposures whose fitted zero point is doubtful
+    (:func:`ssodetect.astrometry.zeropoint.zeropoint_doubt`), naming the first."""
+    info_by = {(ref.exposure, ref.ccd): (ref, info) for ref, info in zip(tasks, ccd_info)}
+    doubts = []
+    for sol in solutions:
+        ref, info = info_by.get((sol.exposure, sol.ccd), (None, {}))
+        header = info.get("zeropoint") if info.get("zeropoint_source") == "header" else None
+        why = zeropoint_doubt(sol.zeropoint, sol.zeropoint_err, sol.n_zeropoint,
+                              float(header) if header is not None else None, sol.n_zeropoint_usable) if sol.ok else None
+        if why is not None:
+            doubts.append((ref, sol, why))
+    if doubts:
+        ref, sol, why = doubts[0]
+        log.warning("%d of %d solved CCD exposures have a doubtful zero point (their magnitudes with it); first, %s CCD "
+                    "%s exposure %d: %s", len(doubts), sum(s.ok for s in solutions), ref.path if ref else "?", sol.ccd,
+                    sol.exposure, why)
 
 
 def star_trail_summary(ccd_info: list) -> str:

@@ -50,6 +50,7 @@ from ssodetect.pipeline.astrometry import (
     apply_solutions,
     astrometry_tasks,
     record_star_trails,
+    warn_doubtful_zeropoints,
     star_trail_summary,
     align_header_wcs,
     register_unplaced,
@@ -374,6 +375,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     tables = [t for t in register_unplaced(calibrated, tasks, ccd_info, config, placed_wcs) if len(t)]
     if calibrate:
         _warn_unsolved_summary(solutions, tasks, ccd_info, placed_wcs, config)
+        warn_doubtful_zeropoints(solutions, tasks, ccd_info)
     # header WCS of every CCD exposure, kept out of provenance.json (cutouts and known objects use it)
     wcs_headers = {(int(info["exposure"]), str(info["ccd"])): info.pop("wcs_header", "") for info in ccd_info}
     detections = vstack(tables, metadata_conflicts="silent") if tables else empty_ccd_table()
@@ -575,7 +577,7 @@ BUILTIN_STEPS = [
           "astrometry.min_snr", "intermediate"), "18",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "9",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "10",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
@@ -1223,6 +1225,7 @@ def run_astrometry(
             t0 = time.perf_counter()
             solutions = _solve(results, tasks, reference, config, executor)
             timings["astrometry"] = time.perf_counter() - t0
+        warn_doubtful_zeropoints(solutions, tasks, [info for _, info in results])
     except BaseException:
         stage.discard()
         raise
