@@ -241,6 +241,13 @@ def test_training_learns_checkpoints_and_resumes(sim_frames, tmp_path):
             return (open, (str(marker), "w"))
 
     (tmp_path / "m" / "checkpoint.pt").write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(InputError, match="checkpoint.pt"):  # not the checkpoint ssodetect wrote there
+        train([tmp_path / "ds"], tmp_path / "m", epochs=5, batch=32, seed=1, progress=False)
+    assert not marker.exists()
+    # (one whose record was forged along with it would still be loaded with weights only)
+    from ssodetect.io.outputs import record_files
+
+    record_files(tmp_path / "m", ["checkpoint.pt"])
     with pytest.raises(InputError, match="not a training checkpoint"):
         train([tmp_path / "ds"], tmp_path / "m", epochs=5, batch=32, seed=1, progress=False)
     assert not marker.exists()
@@ -348,6 +355,27 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
         assert len(err) == 1 and needle in err[0]
     assert not (tmp_path / "div").exists()  # (nor the folder it had made)
     assert not (tmp_path / "bad").exists()
+    # fault campaign 14: a training directory with a user's file, the dataset itself, a checkpoint of other data,
+    # no epochs: refused, nothing written
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.json").write_text("mine")
+    small = tmp_path / "small"
+    assert main(["ml", "dataset", str(sim), "--out", str(small), "-n", "40", "--seed", "4", "-q"]) == 0
+    capsys.readouterr()
+    for argv, needle in (
+        (["ml", "train", str(ds), "--out", str(mine), "--epochs", "1"], "holds files ssodetect did not write"),
+        (["ml", "train", str(ds), "--out", str(ds), "--epochs", "1"], "holds the training's dataset"),
+        (["ml", "train", str(ds), "--out", str(ds / "model"), "--epochs", "1"], "inside the dataset"),
+        (["ml", "train", str(small), "--out", str(tmp_path / "m"), "--epochs", "2", "--batch", "32"],
+         "started on other data"),
+        (["ml", "train", str(ds), "--out", str(tmp_path / "m0"), "--epochs", "0"], "epochs = 0 is out of range"),
+    ):
+        assert main(argv + ["-q"]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert (mine / "metrics.json").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["metrics.json"]
+    assert not (ds / "model").exists() and not (ds / "model.pt").exists() and not (tmp_path / "m0").exists()
 
 
 def test_dataset_movers_follow_ephemerides_of_real_orbits(sim_frames, tmp_path):

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.errors import ConfigError, InputError
-from ssodetect.io.outputs import atomic_write_text
+from ssodetect.io.outputs import atomic_write_text, check_apart, foreign_files, record_files
 from ssodetect.ml.dataset import load_dataset
 from ssodetect.ml.model import MoverNet, encode, import_torch, save_model, score
 
@@ -149,15 +150,16 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     """
     from tqdm.auto import tqdm
 
-    for name, value, ok in (("epochs", epochs, epochs >= 0), ("batch", batch, batch >= 1),
+    for name, value, ok in (("epochs", epochs, epochs >= 1), ("batch", batch, batch >= 1),
                             ("lr", lr, math.isfinite(lr) and lr > 0), ("weight_decay", weight_decay,
                                                                          math.isfinite(weight_decay) and weight_decay >= 0),
                             ("val_fraction", val_fraction, 0.0 < val_fraction < 1.0)):
         if not ok:  # (NaN fails every test)
-            raise ConfigError(f"ml train: {name} = {value} is out of range (epochs >= 0, batch >= 1, lr > 0, "
+            raise ConfigError(f"ml train: {name} = {value} is out of range (epochs >= 1, batch >= 1, lr > 0, "
                               "weight_decay >= 0, 0 < val_fraction < 1)")
     torch = import_torch()
     out = Path(out)
+    _check_out(out, datasets)
     inputs, meta, doc = _load_all([Path(p) for p in datasets])
     labels = np.asarray(meta["label"], np.float32)
     rng = np.random.default_rng(seed)
@@ -176,6 +178,27 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
         if created:  # (a training refused on its way leaves no folder it made: only ours can be in it)
             shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def _check_out(out: Path, datasets) -> None:
+    """Refuse a training directory that is, holds or lies inside one of its datasets (its files are inputs, never
+    replaced), or that holds files ssodetect did not write (a user's metrics.json had been overwritten)."""
+    check_apart(out, datasets, what="dataset", owner="training")
+    real = Path(os.path.realpath(out))
+    for d in datasets:
+        if Path(os.path.realpath(d)) in real.parents:
+            raise InputError(f"{out}: inside the dataset {d} (an input: nothing is written into it); train into "
+                             "another --out")
+    strangers = foreign_files(out)
+    if strangers:
+        raise InputError(f"{out}: holds files ssodetect did not write or that changed since it wrote them "
+                         f"({', '.join(strangers[:3])}); train into another --out or move them")
+
+
+def _data_signature(datasets, doc: dict, arch: dict, n: int) -> dict:
+    """What a checkpoint was trained on (plain values: a checkpoint is loaded with ``weights_only``)."""
+    return {"datasets": sorted(os.path.realpath(p) for p in datasets), "mode": str(arch["mode"]),
+            "size": int(arch["size"]), "frames": int(arch["frames"]), "n_sequences": int(n)}
 
 
 #: A mean training loss per sequence above this (binary cross-entropy: ln 2 = 0.69 for a guess) is a diverged
@@ -203,6 +226,16 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError for a bad or hostile file
             raise InputError(f"{ckpt}: not a training checkpoint of ssodetect ({str(exc).splitlines()[0][:160]}); "
                              "remove it to train from the start") from None
+        signature = _data_signature(datasets, doc, arch, len(labels))
+        trained_on = state.get("data")
+        if trained_on is None:
+            log.warning("%s: a checkpoint that does not say which data it was trained on (an older version): resumed "
+                        "as if on %s", ckpt, ", ".join(signature["datasets"]))
+        elif trained_on != signature:
+            said = {k: v for k, v in trained_on.items() if signature.get(k) != v}
+            raise ConfigError(f"{ckpt}: this training was started on other data ({', '.join(f'{k} {v}' for k, v in said.items())}"
+                              f"), not {', '.join(f'{k} {signature[k]}' for k in said)}: train into another --out, or "
+                              "remove the checkpoint to start again")
         stored = float(state["optimizer"]["param_groups"][0].get("max_lr", lr))
         if not math.isclose(stored, lr, rel_tol=1e-9):  # (the schedule resumes with its own rate: --lr is not used)
             raise ConfigError(f"{ckpt}: this training was started with --lr {stored:g}, not {lr:g}: resume with the "
@@ -251,10 +284,14 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
                  total / len(perm), val_loss, metrics["accuracy"], metrics["auc"])
         if val_loss < best[0]:
             best = (val_loss, {k: v.clone() for k, v in model.state_dict().items()})
-        buffer = {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1, "best_loss": best[0], "best_state": best[1]}
+        buffer = {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1,
+                  "best_loss": best[0], "best_state": best[1],
+                  "data": _data_signature(datasets, doc, arch, len(labels))}
         tmp = ckpt.with_suffix(".tmp")
         torch.save(buffer, tmp)
+        record_files(out, [tmp.name])  # (ours, should the process die before the rename)
         tmp.replace(ckpt)
+        record_files(out, [ckpt.name])
     seconds = time.perf_counter() - t_start
     if best[1] is not None:
         model.load_state_dict(best[1])
@@ -270,4 +307,5 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
         text = io.StringIO()
         result[name].write(text, format="ascii.ecsv")
         atomic_write_text(out / f"validation_{name}.ecsv", text.getvalue())
+    record_files(out, ["model.pt", "metrics.json", *(f"validation_{n}.ecsv" for n in ("by_rate", "by_rate_mag", "by_kind"))])
     return {"overall": result["overall"], "record": record}
