@@ -293,6 +293,12 @@ def _evaluate(args) -> int:
     if missing:
         raise SSODetectError(f"{args.truth}: not a truth table of 'ssodetect simulate' (no column "
                              f"{', '.join(missing)})")
+    import numpy as np
+
+    finite = np.isfinite(np.asarray(truth["ra"], float)) & np.isfinite(np.asarray(truth["dec"], float))
+    if not finite.any():  # (scored NaN completeness and every object false, written as an evaluation)
+        raise SSODetectError(f"{args.truth}: a truth table with no mover at a finite position ({len(truth)} rows): "
+                             "nothing to score against")
     missing = [c for c in ("object", "exposure", "ra", "dec") if c not in observations.colnames]
     if missing:
         raise SSODetectError(f"{obs_path}: not the observations of a run (no column {', '.join(missing)})")

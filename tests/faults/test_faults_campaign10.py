@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from faultkit import cli, copy_inputs, set_header, snapshot
@@ -146,6 +147,15 @@ def test_a_truth_table_of_another_field_is_refused(good_run, scene, tmp_path, ca
     _refused(cli(capsys, "evaluate", run, tmp_path / "truth.ecsv"), "truth.ecsv",
              "a truth table of another sequence: its exposure 0 is at MJD")
     assert snapshot(tmp_path) == before
+    # campaign 14 (D3): an empty truth table, or one of NaN positions, scored NaN and every object false (exit 0)
+    for rows in (truth[:0], truth):
+        rows = rows.copy()
+        rows["ra"] = np.nan
+        rows.write(tmp_path / "truth.ecsv", overwrite=True)
+        before = snapshot(tmp_path)
+        _refused(cli(capsys, "evaluate", run, tmp_path / "truth.ecsv"), "truth.ecsv",
+                 "a truth table with no mover at a finite position")
+        assert snapshot(tmp_path) == before
     assert cli(capsys, "evaluate", run, scene / "truth.ecsv", "--no-write").code == 0
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ssodetect import safejson
 from ssodetect.errors import InputError
-from ssodetect.keys import cache_key, sign_text, verify_text
+from ssodetect.keys import cache_key, cache_key_path, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
            "stage_marker_text",
@@ -201,7 +201,12 @@ def _read_record(directory: Path) -> set[str] | None:
         raise UnsignedRecord(f"{directory / RECORD}: unreadable") from None
     if "hmac" not in record:
         return None  # unsigned (a key that could not be kept): judged like a run without a record (its manifest)
-    if not verify_text(json.dumps(sorted(files.items())), RECORD_CONTEXT, cache_key()[0], record.get("hmac")):
+    key, persistent = cache_key()
+    if not persistent:  # (the directory was blamed when the key itself was not usable: open to others, unreadable)
+        raise UnsignedRecord(f"{directory / RECORD}: its signature cannot be checked, because your cache key "
+                             f"{cache_key_path()} is not usable now (the warning above says why): make it usable "
+                             "again (mode 0600, yours) or choose another output directory")
+    if not verify_text(json.dumps(sorted(files.items())), RECORD_CONTEXT, key, record.get("hmac")):
         raise UnsignedRecord(f"{directory / RECORD}: not signed with your key (written by another user or key, or "
                              "altered), so ssodetect will not replace the files it lists: remove the directory yourself "
                              "or choose another")

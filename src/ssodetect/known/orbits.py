@@ -125,12 +125,19 @@ def _float(text) -> float:
         return float("nan")
 
 
-def read_mpcorb(lines) -> Table:
-    """Orbits from MPCORB.DAT lines (an iterable of str)."""
+def read_mpcorb(lines, skipped: list | None = None) -> Table:
+    """Orbits from MPCORB.DAT lines (an iterable of str).
 
+    ``skipped`` (when given) receives the 1-based numbers of the data lines that hold no orbit (damaged, cut short):
+    every non-blank line after the header's ``-----`` rule, or every one of a file without that header.
+    """
     rows = []
-    for line in lines:
+    lines = list(lines)
+    header_end = next((k for k, line in enumerate(lines) if line.startswith("-----")), -1)
+    for k, line in enumerate(lines):
         if len(line) < 103 or not re.match(r"^[0-9A-Za-z~ ]{5,7} ", line) or not re.match(r"\s*\d", line[26:35]):
+            if skipped is not None and k > header_end and line.strip() and not line.startswith("-----"):
+                skipped.append(k + 1)
             continue
         packed = line[0:7].strip()
         readable = line[166:194].strip()
@@ -222,16 +229,26 @@ def read_orbits(path: str | Path) -> Table:
     except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:  # a truncated or damaged archive
         raise InputError(f"{path}: cannot read orbit file ({getattr(exc, 'strerror', None) or exc or 'truncated'})"
                          ) from None
+    skipped: list = []
     try:
-        table = read_sbdb(safejson.loads(text)) if text.lstrip().startswith(("{", "[")) else read_mpcorb(text.splitlines())
+        table = (read_sbdb(safejson.loads(text)) if text.lstrip().startswith(("{", "["))
+                 else read_mpcorb(text.splitlines(), skipped))
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not an MPCORB or JPL SBDB orbit file ({exc})") from None
-    ok = np.isfinite(table["q"]) & np.isfinite(table["e"]) & np.isfinite(table["i"]) & np.isfinite(table["tp"])
+    if skipped and len(table):  # (a damaged line, a download cut short: said, not dropped in silence)
+        log.warning("%s: %d line(s) that hold no MPCORB orbit (damaged or cut short) left out (first: line %d)", path,
+                    len(skipped), skipped[0])
+    # a perihelion distance must be positive and an eccentricity at least 0 (a negative semi-major axis on an
+    # ellipse had propagated to NaN positions)
+    with np.errstate(invalid="ignore"):
+        ok = (np.isfinite(table["q"]) & np.isfinite(table["e"]) & np.isfinite(table["i"]) & np.isfinite(table["tp"])
+              & (np.asarray(table["q"], float) > 0) & (np.asarray(table["e"], float) >= 0))
     if not ok.any():
         raise InputError(f"{path}: no usable orbit (MPCORB.DAT lines or JPL SBDB elements expected)")
     if not ok.all():  # (said, not dropped in silence)
         bad = np.nonzero(~ok)[0]
-        log.warning("%s: %d of %d orbits without usable elements (q, e, i, time of perihelion) left out (first: %s)",
+        log.warning("%s: %d of %d orbits without usable elements (q > 0, e >= 0, i, time of perihelion) left out "
+                    "(first: %s)",
                     path, bad.size, len(table), str(table["designation"][bad[0]]).strip() or f"row {bad[0] + 1}")
     return table[ok]
 

@@ -13,6 +13,7 @@ import json
 import logging
 import hashlib
 import os
+import re
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,6 +71,11 @@ _MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+#: The tables and columns the migrations make (checked on opening).
+_TABLE_COLUMNS = {name: re.findall(r"^\s+([a-z_]+) [A-Z]+", body, flags=re.M)
+                  for name, body in re.findall(r"CREATE TABLE (\w+) \((.*?)\n    \);", "".join(_MIGRATIONS), flags=re.S)}
+#: Columns that hold numbers (a value of another type in a damaged registry is shown as unknown).
+_NUMBER_COLUMNS = ("duration_s", "n_objects", "n_known", "n_observations", "warnings", "manifest_mtime_ns")
 
 
 def _duration(started: str, finished: str) -> float | None:
@@ -161,6 +167,12 @@ class Registry:
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError("damaged: " + " ".join(str(check).split())[:120])
+            for table, columns in _TABLE_COLUMNS.items():  # (a dropped or remade table was an internal error)
+                have = {str(r[1]) for r in self.db.execute(f"PRAGMA table_info({table})")}
+                lacking = [c for c in columns if c not in have]
+                if lacking:
+                    raise sqlite3.DatabaseError(f"its table {table} " + ("is missing" if not have else
+                                                f"lacks {', '.join(lacking[:3])}"))
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.path}: not a run registry ({exc}); remove it to rebuild it") from None
 
@@ -253,7 +265,15 @@ class Registry:
             params.append(status)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY started_utc DESC, outdir LIMIT ? OFFSET ?"
-        return [dict(r) for r in self.db.execute(sql, [*params, int(limit), int(offset)])]
+        rows = [dict(r) for r in self.db.execute(sql, [*params, int(limit), int(offset)])]
+        for row in rows:  # an edited registry's text where a number belongs: unknown, not a number made up
+            for name in _NUMBER_COLUMNS:
+                if name in row and not (row[name] is None or isinstance(row[name], (int, float))):
+                    row[name] = None if name != "warnings" else 0
+            for name, value in row.items():
+                if name not in _NUMBER_COLUMNS and value is not None and not isinstance(value, str):
+                    row[name] = str(value)
+        return rows
 
     def count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])

@@ -253,6 +253,10 @@ def write_reports(source: str | Path, target: str | Path, config: Config, *, tit
     header = header_rows(ctx, report=config.report, objects=objects, observations=observations, n_known=len(names),
                          astrometry=astrometry, vetting=vetting, link=provenance.get("link"),
                          refcat=provenance.get("refcat"))
+    if config.report.cutouts and len(objects) and not (source / "cutouts.fits").exists():
+        # (the page was redrawn with 4 images instead of 24, without a word)
+        log.warning("%s: absent, so the report page shows no stamps of the %d objects (rerun the report step with "
+                    "the frames at hand to cut them again)", source / "cutouts.fits", len(objects))
     plots = {"rate against position angle": rate_vs_pa(objects), "magnitude against rate": mag_vs_rate(objects),
              "astrometric residuals per CCD": astrometric_residuals(astrometry),
              "completeness (ssodetect evaluate)": completeness_curves(evaluation)}
