@@ -531,7 +531,10 @@ def _serve(args) -> int:
     if args.scheduler:
         from ssodetect.config import ExecutionConfig
 
+        from ssodetect.pipeline.executor import require_extras
+
         _option(ExecutionConfig(), "scheduler", args.scheduler, "--scheduler")
+        require_extras(ExecutionConfig(scheduler=args.scheduler))  # as `run` does: one nothing listens on is refused
         scheduler = args.scheduler
     watchers = []
     if args.watch:

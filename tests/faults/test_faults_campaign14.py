@@ -110,3 +110,12 @@ def test_an_unusable_cache_key_is_named_not_the_output_directory(good_run, scene
     assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
     assert f"your cache key {key} is not usable now" in outcome.errors[0]
     assert snapshot(out) == before
+
+
+def test_serve_refuses_a_scheduler_nothing_listens_on(tmp_path, capsys):
+    """D9: ``serve --scheduler tcp://127.0.0.1:1`` started (every run launched from it then failed), where ``run``
+    refuses that address at once."""
+    pytest.importorskip("starlette")
+    outcome = cli(capsys, "serve", "--root", tmp_path, "--scheduler", "tcp://127.0.0.1:1")
+    assert outcome.code == 2 and len(outcome.errors) == 1, outcome.err
+    assert "dask scheduler tcp://127.0.0.1:1: cannot connect" in outcome.errors[0]
