@@ -152,7 +152,8 @@ def test_a_catalogue_whose_magnitudes_are_wrong_gives_a_doubtful_zero_point(scen
 
     assert zeropoint_doubt(25.0, 0.01, 40, 25.3) is None
     assert "+3.00 mag from the header's 25.00" in zeropoint_doubt(28.0, 0.01, 40, 25.0)
-    assert "scatter by 0.80 mag" in zeropoint_doubt(25.0, 0.8 * 1.2533 / math.sqrt(40), 40)
+    assert "scatter by 0.80 mag" in zeropoint_doubt(25.0, 0.8 * 1.2533 / math.sqrt(40), 40, None, 50)
+    assert zeropoint_doubt(25.0, 0.8 * 1.2533 / math.sqrt(40), 40) is None  # carried over: its error is another's
     assert zeropoint_doubt(float("nan"), float("nan"), 0, 25.0) is None
     assert "only 6 of its 16 usable stars agree" in zeropoint_doubt(24.2, 0.2, 6, None, 16)
     assert "only 3 of its 16" in zeropoint_doubt(float("nan"), float("nan"), 3, None, 16)

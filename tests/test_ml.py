@@ -1,6 +1,7 @@
 """ML vetting: WCS resampling of sequences, datasets with injected movers, training, the shipped model, the run stage."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -376,6 +377,16 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
         assert len(err) == 1 and needle in err[0], err
     assert (mine / "metrics.json").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["metrics.json"]
     assert not (ds / "model").exists() and not (ds / "model.pt").exists() and not (tmp_path / "m0").exists()
+    # the datasets' order sets the validation split: resumed in another order, refused; a training directory of an
+    # earlier version (no record of ours) is resumed from its checkpoint
+    two = tmp_path / "two"
+    assert main(["ml", "train", str(ds), str(small), "--out", str(two), "--epochs", "1", "--batch", "32", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["ml", "train", str(small), str(ds), "--out", str(two), "--epochs", "2", "--batch", "32", "-q"]) == 2
+    assert "started on other data" in capsys.readouterr().err
+    (two / ".ssodetect-products.json").unlink()
+    assert main(["ml", "train", str(ds), str(small), "--out", str(two), "--epochs", "2", "--batch", "32", "-q"]) == 0
+    assert [h["epoch"] for h in json.loads((two / "metrics.json").read_text())["history"]] == [1, 2]
 
 
 def test_dataset_movers_follow_ephemerides_of_real_orbits(sim_frames, tmp_path):

@@ -78,6 +78,14 @@ def test_runs_command(root, capsys, tmp_path, monkeypatch):
     assert main(["runs", str(root), "-q"]) == 0
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     assert len(list((tmp_path / "cache" / "ssodetect" / "registries").glob("*.sqlite"))) == 1
+    # a cache that cannot be written (a read-only home): the index lives for the call only, ROOT still untouched
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "blocked"))
+    assert main(["runs", str(root), "-q"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "4 of 4 runs"
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["runs", str(root), "-q"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("started (UTC)") and out[1].split()[1] == "partial" and out[-1] == "4 of 4 runs"
     assert main(["runs", str(root), "--json", "--search", "OBS1", "-q"]) == 0

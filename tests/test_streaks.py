@@ -912,6 +912,7 @@ def test_a_header_tracking_rate_is_read_converted_and_compared_with_the_star_tra
 
     from ssodetect.config import Config
     from ssodetect.io.headers import tracking_rate
+    from ssodetect.pipeline.astrometry import warn_tracking
     from ssodetect.pipeline.ccd import _tracking
     from ssodetect.streaks.field import StarTrail, tracked_star_trail, tracking_disagreement
 
@@ -942,12 +943,18 @@ def test_a_header_tracking_rate_is_read_converted_and_compared_with_the_star_tra
     image = SimpleNamespace(header=fits.Header({"RA_RATE": 0.0, "DEC_RATE": 129.6}), wcs=wcs,
                             data=np.zeros((1000, 1000), np.float32))
     ref = SimpleNamespace(path="f.fits", ccd="1", exptime=1000.0)
-    with caplog.at_level(logging.DEBUG, logger="ssodetect"):
-        out = _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)
+    out = _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)
     assert out["keys"] == "RA_RATE/DEC_RATE" and out["agrees"] is False and out["length"] == pytest.approx(360.0, rel=1e-3)
-    assert ("f.fits: CCD 1: the header's tracking rate RA_RATE/DEC_RATE = (0, 129.6)\"/h implies star trails of "
-            "360.0 px at 90 deg, but they trail 100.0 px at 1 deg; the measured trails are used") in caplog.text
+    assert out["disagreement"] == ("the header's tracking rate RA_RATE/DEC_RATE = (0, 129.6)\"/h implies star trails "
+                                   "of 360.0 px at 90 deg, but they trail 100.0 px at 1 deg")
+    # said once for the run, naming the first and the count (not a warning per CCD exposure)
+    with caplog.at_level(logging.WARNING, logger="ssodetect"):
+        warn_tracking([{"star_trail": {"tracking": out}}] * 3, [ref] * 3)
+    assert ("3 CCD exposure(s) whose header's tracking rate contradicts the measured star trails (the measured trails "
+            "are used); first, f.fits CCD 1: the header's tracking rate RA_RATE/DEC_RATE") in caplog.text
     image.header = fits.Header({"RA_RATE": -36.0, "DEC_RATE": 0.0})
     assert _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)["agrees"] is True
+    image.header = fits.Header({"RA_RATE": "fast", "DEC_RATE": 0.0})
+    assert "is no tracking rate" in _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)["problems"][0]
     image.header = fits.Header()
     assert _tracking(image, ref, Config(), trailed, 2.0 * 0.4247) is None

@@ -661,6 +661,12 @@ def _runs(args) -> int:
     # a console's or watcher's root keeps its registry (its jobs too); any other directory is left as it is
     own = Path(args.root, REGISTRY_NAME)
     path = None if own.exists() or own.is_symlink() else user_registry(args.root)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # (a read-only home: an index for this call only)
+            log.info("%s: cannot keep the run index there (%s); indexing in memory", path.parent, exc.strerror or exc)
+            path = ":memory:"
     with Registry(args.root, path) as registry:
         counts = registry.rebuild() if args.rebuild else registry.sync()  # a damaged file: InputError
         rows = registry.runs(search=args.search, status=args.status, limit=args.limit)

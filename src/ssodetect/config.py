@@ -573,6 +573,9 @@ class CalibrateConfig(_Section):
     overscan: bool = Field(default=True, description="Subtract the BIASSEC overscan row by row when present.")
     trim: bool = Field(default=True, description="Cut images to TRIMSEC when present.")
     clip_sigma: float = Field(default=3.0, gt=0, description="Sigma clipping of the master combination.")
+    max_bad_fraction: float = Field(
+        default=0.01, ge=0, lt=1, description="Share of a calibration frame's pixels that may be NaN or infinite "
+        "(a pre-reduced flat with blank corners); a frame with more is refused, one with any is named in a warning.")
     hot_pixels: bool = Field(
         default=True, description="Without a dark, find hot (and cold) pixels in the light frames themselves: pixels "
         "that stand out of their neighbours in the frames' median (the sky drifts, they stay) are treated as hits "

@@ -109,7 +109,7 @@ def test_an_all_nan_bias_is_refused_and_a_frame_given_twice_is_used_once(tmp_pat
     with fits.open(part / "bias1.fits", mode="update") as hdul:
         hdul[1].data[:29] = np.nan
     _refused(cli(capsys, "calibrate", part, "--out", tmp_path / "cal", "--lights"), "bias1.fits",
-             "45.3 % of its pixels NaN or infinite (at most 1 %)")
+             "45.3 % of its pixels NaN or infinite (at most 1 %: [calibrate] max_bad_fraction)")
     assert not (tmp_path / "cal").exists()
     raw = _frames(tmp_path / "raw", ["C"])
     config = tmp_path / "d.toml"

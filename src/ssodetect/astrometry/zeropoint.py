@@ -83,8 +83,9 @@ def zeropoint_doubt(zeropoint: float, zeropoint_err: float, n: int, header_zerop
     """Why a fitted zero point (:func:`fit_zeropoint`) is not to be trusted, or None.
 
     A catalogue whose magnitudes are wrong gives a zero point all the same: fewer than half of the ``n_usable``
-    stars (when at least ``2 * MIN_DOUBT_STARS``) agree on it within 1 mag, its stars scatter around it by more
-    than :data:`MAX_ZEROPOINT_SCATTER` (their clipped scatter, ``zeropoint_err * sqrt(n) / 1.2533``), or it lies
+    stars (when at least ``2 * MIN_DOUBT_STARS``) agree on it, its stars scatter around it by more than
+    :data:`MAX_ZEROPOINT_SCATTER` (their clipped scatter, ``zeropoint_err * sqrt(n) / 1.2533``; judged only for a
+    zero point fitted on the catalogue, ``n_usable`` > 0), or it lies
     more than :data:`MAX_ZEROPOINT_OFFSET` from the zero point the frame's header gives (when it gives one).
     A constant offset with no header zero point cannot be seen.
 
@@ -99,12 +100,13 @@ def zeropoint_doubt(zeropoint: float, zeropoint_err: float, n: int, header_zerop
     """
     if n_usable >= 2 * MIN_DOUBT_STARS and n < 0.5 * n_usable:
         # (a zero point not fitted at all, fewer than min_stars agreeing, is a doubt as well)
-        return (f"only {n} of its {n_usable} usable stars agree on a zero point within 1 mag: the catalogue's "
-                "magnitudes do not follow the measured fluxes")
+        return (f"only {n} of its {n_usable} usable stars agree on a zero point (within 1 mag of their median, "
+                "then 3 sigma): the catalogue's magnitudes do not follow the measured fluxes")
     if not (math.isfinite(zeropoint) and math.isfinite(zeropoint_err)) or n < 2:
         return None
     scatter = zeropoint_err * math.sqrt(n) / 1.2533
-    if scatter > MAX_ZEROPOINT_SCATTER:
+    # (a zero point carried over from another exposure, n_usable 0, has an error of another make: not judged so)
+    if n_usable > 0 and scatter > MAX_ZEROPOINT_SCATTER:
         return (f"its {n} stars scatter by {scatter:.2f} mag about the zero point {zeropoint:.2f} (at most "
                 f"{MAX_ZEROPOINT_SCATTER:g}): the catalogue's magnitudes do not follow the measured fluxes")
     if header_zeropoint is not None and math.isfinite(header_zeropoint) \

@@ -412,14 +412,15 @@ def _seconds(value) -> float | None:
 FLAT_MIN_LEVEL = 3.0
 
 
-#: A calibration frame with fewer finite pixels than this fraction is refused (a bias with 45 % NaN had been
-#: combined, and 45 % of every light it calibrated was lost without a word); fewer NaN are named in a warning.
+#: A calibration frame with fewer finite pixels than this fraction is refused by default (``[calibrate]
+#: max_bad_fraction``: a bias with 45 % NaN had been combined, and 45 % of every light it calibrated was lost without
+#: a word); fewer NaN are named in a warning.
 MIN_FINITE_FRACTION = 0.99
 
 
 def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = True, trim: bool = True,
                   sigma: float = 3.0, exptime_keys: list[str] | None = None,
-                  type_keys: list[str] | None = None) -> MasterFrames:
+                  type_keys: list[str] | None = None, max_bad_fraction: float = 1.0 - MIN_FINITE_FRACTION) -> MasterFrames:
     """Combine calibration frames into masters.
 
     Parameters
@@ -429,6 +430,8 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
         master written by :meth:`MasterFrames.write` (``IMAGETYP = 'master <kind>'``) is used as it is.
     overscan, trim : bool
         Use ``BIASSEC`` / ``TRIMSEC`` when present.
+    max_bad_fraction : float
+        Share of a frame's pixels that may be NaN or infinite (``[calibrate] max_bad_fraction``); more is refused.
     sigma : float
         Clipping threshold of the combination.
     exptime_keys : list of str
@@ -461,10 +464,10 @@ def build_masters(frames: dict[str, list[tuple[str, int]]], *, overscan: bool = 
                 raise InputError(f"{path}: {kind} frame is not a 2-D image")
             image = reduce_overscan(data, header, path, overscan=overscan, trim=trim)
             finite = float(np.mean(np.isfinite(image))) if image.size else 0.0
-            if finite < MIN_FINITE_FRACTION:
+            if 1.0 - finite > max_bad_fraction or finite == 0.0:
                 # an all-NaN bias made every calibrated pixel NaN, and the run went on with exit 0
                 raise InputError(f"{path}: {kind} frame has {100.0 * (1.0 - finite):.1f} % of its pixels NaN or "
-                                 f"infinite (at most {100.0 * (1.0 - MIN_FINITE_FRACTION):.0f} %)")
+                                 f"infinite (at most {100.0 * max_bad_fraction:g} %: [calibrate] max_bad_fraction)")
             if finite < 1.0:
                 log.warning("%s: %s frame has %d pixels NaN or infinite (%.2f %%): they stay unknown in every frame "
                             "it calibrates", path, kind, int(np.sum(~np.isfinite(image))), 100.0 * (1.0 - finite))
@@ -652,7 +655,8 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     # (named for the lights' CCDs, or refused, before anything is combined)
     frames = _match_ccds(frames, frames, lights, config.io.detector_keys)
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
-                                  exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys)
+                                  exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys,
+                                  max_bad_fraction=cc.max_bad_fraction)
                for ccd, kinds in frames.items()}
     if cc.hot_pixels:
         by_ccd: dict[str, list] = {}

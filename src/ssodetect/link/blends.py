@@ -609,9 +609,10 @@ def fit_beside_template(
     # the mover's flux with the template at its own level (scale 1): where the scale strays, whether the mover's
     # light stands without the template's help (see accept_recovery)
     unit = np.column_stack([cols[:, 0], cols[:, 2]])
-    unit_coef, unit_c2 = _linear(d - tr, w, unit)
+    w1 = weights([coef[0], 1.0], cols[:, 0])  # (the template's noise at its own scale, not at the fitted one)
+    unit_coef, unit_c2 = _linear(d - tr, w1, unit)
     try:
-        unit_cov = np.linalg.inv((unit * w[:, None]).T @ unit) * max(1.0, unit_c2 / max(int(good.sum()) - 2, 1))
+        unit_cov = np.linalg.inv((unit * w1[:, None]).T @ unit) * max(1.0, unit_c2 / max(int(good.sum()) - 2, 1))
         unit_err = float(math.sqrt(unit_cov[0, 0])) if unit_cov[0, 0] > 0 else float("nan")
     except np.linalg.LinAlgError:
         unit_err = float("nan")

@@ -189,15 +189,28 @@ def _check_out(out: Path, datasets) -> None:
         if Path(os.path.realpath(d)) in real.parents:
             raise InputError(f"{out}: inside the dataset {d} (an input: nothing is written into it); train into "
                              "another --out")
-    strangers = foreign_files(out)
+    strangers = [name for name in foreign_files(out, limit=64) if name not in RESUMABLE]
+    if strangers and set(strangers) <= set(PRODUCTS) and (out / "checkpoint.pt").is_file():
+        # an earlier version's training (no record), or one whose record could not be signed (no usable key): the
+        # checkpoint decides (loaded with weights only, and checked against the data it was trained on)
+        log.info("%s: a training directory without a record of ours (an earlier version, or no usable cache key): its "
+                 "checkpoint is resumed and %s replaced", out, ", ".join(sorted(strangers)))
+        return
     if strangers:
         raise InputError(f"{out}: holds files ssodetect did not write or that changed since it wrote them "
                          f"({', '.join(strangers[:3])}); train into another --out or move them")
 
 
-def _data_signature(datasets, doc: dict, arch: dict, n: int) -> dict:
-    """What a checkpoint was trained on (plain values: a checkpoint is loaded with ``weights_only``)."""
-    return {"datasets": sorted(os.path.realpath(p) for p in datasets), "mode": str(arch["mode"]),
+#: What a training writes in its directory; the checkpoint files may be resumed without a record (see _check_out).
+RESUMABLE = ("checkpoint.pt", "checkpoint.tmp")
+PRODUCTS = ("model.pt", "metrics.json", "validation_by_rate.ecsv", "validation_by_rate_mag.ecsv",
+            "validation_by_kind.ecsv", ".ssodetect-products.json")
+
+
+def _data_signature(datasets, arch: dict, n: int) -> dict:
+    """What a checkpoint was trained on, the datasets in the order given (it sets the validation split); plain values:
+    a checkpoint is loaded with ``weights_only``."""
+    return {"datasets": [os.path.realpath(p) for p in datasets], "mode": str(arch["mode"]),
             "size": int(arch["size"]), "frames": int(arch["frames"]), "n_sequences": int(n)}
 
 
@@ -226,7 +239,7 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError for a bad or hostile file
             raise InputError(f"{ckpt}: not a training checkpoint of ssodetect ({str(exc).splitlines()[0][:160]}); "
                              "remove it to train from the start") from None
-        signature = _data_signature(datasets, doc, arch, len(labels))
+        signature = _data_signature(datasets, arch, len(labels))
         trained_on = state.get("data")
         if trained_on is None:
             log.warning("%s: a checkpoint that does not say which data it was trained on (an older version): resumed "
@@ -286,12 +299,11 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
             best = (val_loss, {k: v.clone() for k, v in model.state_dict().items()})
         buffer = {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history, "epoch": epoch + 1,
                   "best_loss": best[0], "best_state": best[1],
-                  "data": _data_signature(datasets, doc, arch, len(labels))}
+                  "data": _data_signature(datasets, arch, len(labels))}
         tmp = ckpt.with_suffix(".tmp")
         torch.save(buffer, tmp)
-        record_files(out, [tmp.name])  # (ours, should the process die before the rename)
         tmp.replace(ckpt)
-        record_files(out, [ckpt.name])
+        record_files(out, [ckpt.name])  # (a checkpoint left unrecorded by a kill is resumed all the same: _check_out)
     seconds = time.perf_counter() - t_start
     if best[1] is not None:
         model.load_state_dict(best[1])

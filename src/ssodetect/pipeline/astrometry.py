@@ -51,6 +51,7 @@ __all__ = [
     "record_star_trails",
     "star_trail_summary",
     "warn_doubtful_zeropoints",
+    "warn_tracking",
     "apply_solutions",
     "solution_table",
     "wcs_from_header_string",
@@ -138,11 +139,28 @@ def warn_doubtful_zeropoints(solutions: list, tasks: list, ccd_info: list) -> No
                     sol.exposure, why)
 
 
+def warn_tracking(ccd_info: list, tasks: list) -> None:
+    """One warning for the CCD exposures whose header's tracking rate contradicts the stars' measured trails, and one
+    for those whose rate is no number (each naming the first, with how many there are)."""
+    for field, what in (("disagreement", "contradicts the measured star trails (the measured trails are used)"),
+                        ("problems", "cannot be read")):
+        hits = []
+        for info, ref in zip(ccd_info, tasks):
+            said = ((info.get("star_trail") or {}).get("tracking") or {}).get(field)
+            if said:
+                hits.append((ref, said if isinstance(said, str) else "; ".join(said)))
+        if hits:
+            ref, said = hits[0]
+            log.warning("%d CCD exposure(s) whose header's tracking rate %s; first, %s CCD %s: %s", len(hits), what,
+                        ref.path, ref.ccd, said)
+
+
 def star_trail_summary(ccd_info: list) -> str:
     """One line on the CCD exposures found trailed, and on the headers' tracking rates compared with the stars'
     trails (empty when neither)."""
     trailed = [i for i in ccd_info if (i.get("star_trail") or {}).get("used")]
-    tracked = [i["star_trail"]["tracking"] for i in ccd_info if (i.get("star_trail") or {}).get("tracking")]
+    tracked = [i["star_trail"]["tracking"] for i in ccd_info
+               if ((i.get("star_trail") or {}).get("tracking") or {}).get("keys")]
     parts = []
     if trailed:
         lengths = [float(i["star_trail"]["length"]) for i in trailed if np.isfinite(i["star_trail"]["length"])]

@@ -263,10 +263,11 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
 
 
 def _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for):
-    """``(wcs, x, y, length, theta)`` of a proposal's mover in exposure ``e`` of ``ccd`` [px, 0-based; rad], None
-    where there is no WCS or its centre lies within :data:`EDGE_MARGIN` px of the image's edge or beyond.  On an
-    exposure whose stars trail (``star_trail``), the trail is the motion plus the drift
-    (:func:`ssodetect.streaks.field.with_drift`)."""
+    """``(wcs, x, y, length, theta, motion)`` of a proposal's mover in exposure ``e`` of ``ccd`` [px, 0-based; rad;
+    px], None where there is no WCS or its centre lies within :data:`EDGE_MARGIN` px of the image's edge or beyond.
+    ``length, theta`` are the trail seen: on an exposure whose stars trail (``star_trail``), the motion plus the drift
+    (:func:`ssodetect.streaks.field.with_drift`); ``motion`` is the length of the motion alone (an observation's
+    ``trail_length``)."""
     w = wcs_for(e, ccd)
     info = info_by.get((e, ccd), {})
     if w is None or not info.get("shape") or (e, ccd) not in refs:
@@ -280,6 +281,7 @@ def _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for):
         return None
     x, y = float(px[1]), float(py[1])
     dx, dy = float(px[2] - px[0]), float(py[2] - py[0])
+    motion = float(math.hypot(dx, dy))
     drift = drift_of(info.get("star_trail"))
     if drift is not None:  # where the stars trail, the mover draws its motion plus the drift
         dx, dy = with_drift(dx, dy, drift)
@@ -288,7 +290,7 @@ def _place(prop, e, pxi, peta, ccd, plane, info_by, refs, wcs_for):
     # the stamp may reach beyond the image (those pixels are left out of the fit), the mover's centre may not
     if not (EDGE_MARGIN <= x <= nx - 1 - EDGE_MARGIN and EDGE_MARGIN <= y <= ny - 1 - EDGE_MARGIN):
         return None
-    return w, x, y, length, theta
+    return w, x, y, length, theta, motion
 
 
 def _stamp(image: np.ndarray, variance: np.ndarray, mask: np.ndarray, ix: int, iy: int, half: int):
@@ -320,7 +322,7 @@ def _shows(prop, j, where, candidates, info_by, refs, pixels, config) -> tuple[t
     own = candidates[prop.pair[0]]
     own_exptime = float(own["exptime"])
     e = prop.targets[j][0]
-    ccd, (w, x, y, length, theta) = where
+    ccd, (w, x, y, length, theta, motion) = where
     image, _, mask, _ = pixels(e, ccd)
     # the light the trail would have there: the same rate, over that exposure's time
     flux = float(own["flux"]) * float(refs[(e, ccd)].exptime or own_exptime) / max(own_exptime, 1e-9)
@@ -336,7 +338,7 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
     holds the stamp (``holding(t, ra, dec, ccd)``).  The fit starts at ``start`` [px] when given (where the trail's
     light was found), else at the prediction; either way it stays within the prediction's reach."""
     lk = config.link
-    ccd, (w, x, y, length, theta) = where
+    ccd, (w, x, y, length, theta, motion) = where
     info = info_by[(e, ccd)]
     scale = pixel_scale(w)
     ref = refs[(e, ccd)]
@@ -423,7 +425,7 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
             "ra_err": err, "dec_err": err, "x": fx, "y": fy, "flux": fit["flux"], "flux_err": fit["flux_err"],
             "mag": mag, "mag_err": math.hypot(1.0857 * fit["flux_err"] / fit["flux"], zp_err if math.isfinite(zp_err) else 0.0),
             "snr": fit["flux"] / fit["flux_err"],
-            "length": length, "trail_pa": float(first["trail_pa"]), "xi": float(fxi[0]), "eta": float(feta[0]),
+            "length": motion, "trail_pa": float(first["trail_pa"]), "xi": float(fxi[0]), "eta": float(feta[0]),
             "t_hours": t_exposures[e], "sigma": math.hypot(err, lk.position_floor * scale)}
 
 

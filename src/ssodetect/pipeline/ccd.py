@@ -203,31 +203,31 @@ def _why_unusable(image) -> str:
 
 def _tracking(image, ref: CCDRef, config: Config, trail, psf_sigma: float) -> dict | None:
     """A header's non-sidereal tracking rate (``[io] tracking_rate_keys``) against the stars' measured trail: the
-    trail it implies, whether they agree; a contradiction (or a rate that is no number) is a warning naming both.
-    The measured trail is what the run uses.  None without a rate in the header."""
+    trail it implies, whether they agree, the contradiction (``disagreement``) and the rate's ``problems`` (a value
+    that is no number), which the astrometry step says once for the run.  The measured trail is what the run
+    uses.  None without a rate in the header."""
     problems: list[str] = []
     rate = tracking_rate(image.header, config.io.tracking_rate_keys, config.io.tracking_rate_unit, problems)
-    for problem in problems:
-        log.warning("%s: CCD %s: %s", ref.path, ref.ccd, problem)
     if rate is None:
-        return None
+        return {"keys": None, "problems": problems, "agrees": None} if problems else None
     out = {"keys": rate[2], "ra_rate": rate[0], "dec_rate": rate[1], "length": float("nan"), "angle": float("nan"),
-           "agrees": None}
-    if image.wcs is None:
-        log.info("%s: CCD %s: the header's tracking rate %s not compared with the star trails (no WCS)", ref.path,
-                 ref.ccd, rate[2])
+           "agrees": None, "disagreement": "", "problems": problems}
+    if image.wcs is None or not ref.exptime > 0:
+        log.debug("%s: CCD %s: the header's tracking rate %s not compared with the star trails (no WCS or exposure "
+                  "time)", ref.path, ref.ccd, rate[2])
         return out
     ny, nx = image.data.shape
     out["length"], out["angle"] = tracked_star_trail(rate[0], rate[1], ref.exptime, image.wcs.celestial,
                                                      0.5 * (nx - 1), 0.5 * (ny - 1))
+    if not (math.isfinite(out["length"]) and math.isfinite(out["angle"])):
+        return out  # (a WCS that cannot place the rate: not compared)
     why = tracking_disagreement(trail, out["length"], out["angle"], psf_sigma / FWHM_TO_SIGMA)
     out["agrees"] = why is None
-    said = f"{rate[2]} = ({rate[0]:.4g}, {rate[1]:.4g})\"/h"
-    if why is not None:
-        log.warning("%s: CCD %s: the header's tracking rate %s implies %s; the measured trails are used", ref.path,
-                    ref.ccd, said, why)
-    else:
-        log.debug("%s: CCD %s: the header's tracking rate %s agrees with the stars' trails", ref.path, ref.ccd, said)
+    if why is not None:  # (said once for the run: pipeline.astrometry.warn_tracking)
+        out["disagreement"] = (f"the header's tracking rate {rate[2]} = ({rate[0]:.4g}, {rate[1]:.4g})\"/h implies "
+                               f"{why}")
+    log.debug("%s: CCD %s: the header's tracking rate %s %s", ref.path, ref.ccd, rate[2],
+              "agrees with the stars' trails" if why is None else "contradicts them")
     return out
 
 

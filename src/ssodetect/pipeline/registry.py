@@ -9,9 +9,9 @@ Times are UTC ISO-8601 strings as the manifests write them; ``duration_s`` is ``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import hashlib
 import os
 import re
 import sqlite3
@@ -151,13 +151,15 @@ class Registry:
         if not self.root.is_dir():
             raise InputError(f"{root}: not a directory")
         self.path = self.root / REGISTRY_NAME if path is None else Path(path)
-        if path is not None:
+        if str(path) == ":memory:":
+            self.path = ":memory:"  # (an index for this call only)
+        elif path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise InputError(f"{self.path.parent}: cannot be made for the run registry "
                                  f"({exc.strerror or exc})") from None
-        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+        if self.path != ":memory:" and (self.path.is_symlink() or (self.path.exists() and not self.path.is_file())):
             # (a link would have the database written wherever it points)
             raise InputError(f"{self.path}: not a run registry (a link or not a regular file); remove it to rebuild it")
         try:

@@ -51,6 +51,7 @@ from ssodetect.pipeline.astrometry import (
     astrometry_tasks,
     record_star_trails,
     warn_doubtful_zeropoints,
+    warn_tracking,
     star_trail_summary,
     align_header_wcs,
     register_unplaced,
@@ -322,6 +323,7 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
     said = star_trail_summary(ccd_info)
     if said:
         log.info(said)
+    warn_tracking(ccd_info, tasks)
     solutions = _solve(results, tasks, reference, config, ctx.executor()) if calibrate and results else []
     # the WCS each CCD exposure's sky positions go through (frames without one are registered onto these)
     placed_wcs = {(ref.exposure, ref.ccd): wcs_from_header_string(info.get("wcs_header", ""))
