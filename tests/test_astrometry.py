@@ -796,3 +796,20 @@ def test_a_ccd_exposure_rescued_after_failing_alone_draws_no_warning(caplog):
     with caplog.at_level("WARNING"):
         assert warn_unsolved(rescued) == 1
     assert "astrometric solution failed: nothing matched" in caplog.text
+
+
+def test_a_chance_match_far_worse_than_its_ccds_other_exposures_is_doubted():
+    """Report member 377 (60 fast movers per CCD): one CCD exposure was 'solved' on 8 stars at 68 mas where its
+    other exposures had 25 at 7 mas; the chance match put it 6-13 px off and every mover on the CCD was lost.  Such a
+    solution is doubted (and solved again from the others by the pipeline); an ordinary spread is not."""
+    from ssodetect.astrometry.field import outlier_solutions
+    from ssodetect.astrometry.solve import ExposureSolution
+
+    def sol(e, ccd, n, rms):
+        return ExposureSolution(exposure=e, ccd=ccd, status="ok", n_stars=n, rms_ra=rms, rms_dec=rms)
+
+    good = [sol(0, "1-1", 26, 0.0066), sol(1, "1-1", 25, 0.0069), sol(3, "1-1", 25, 0.0063)]
+    doubted = outlier_solutions(good + [sol(2, "1-1", 8, 0.068), sol(2, "1-2", 8, 0.068)])
+    assert list(doubted) == [(2, "1-1")] and "8 stars, rms 68 mas" in doubted[(2, "1-1")]  # 1-2 has no others
+    assert outlier_solutions(good + [sol(2, "1-1", 20, 0.012)]) == {}  # a little worse: not doubted
+    assert outlier_solutions(good + [sol(2, "1-1", 8, 0.02)]) == {}  # few stars, a good fit (under 30 mas)

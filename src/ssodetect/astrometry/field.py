@@ -308,6 +308,71 @@ def _verified(guide: WCS, item: ExposureStars, reference, config: AstrometryConf
     return ok, f"{matched} of {int(on.sum())} catalogue stars on the CCD found through it"
 
 
+#: A CCD exposure's solution is doubted when its residual rms exceeds this many times the median of the same CCD's
+#: other solutions (and :data:`OUTLIER_MIN_RMS`) while it rests on under :data:`OUTLIER_STAR_SHARE` of their median
+#: number of stars: a chance match of a few stars (8 stars at 68 mas where the other exposures had 25 at 7 mas put
+#: the CCD 6-13 px off, and every mover on it was lost).
+OUTLIER_RMS_FACTOR = 4.0
+OUTLIER_MIN_RMS = 0.03
+OUTLIER_STAR_SHARE = 0.5
+
+
+def outlier_solutions(solutions: list) -> dict:
+    """The solved CCD exposures whose fit is far worse, on far fewer stars, than the same CCD's other solutions
+    (at least two of them): ``(exposure, ccd) -> reason``.
+
+    Parameters
+    ----------
+    solutions : list of ExposureSolution
+    """
+    out = {}
+    ok = [s for s in solutions if s.ok and s.n_stars > 0 and math.isfinite(s.rms_ra) and math.isfinite(s.rms_dec)]
+    for sol in ok:
+        others = [o for o in ok if o.ccd == sol.ccd and o.exposure != sol.exposure]
+        if len(others) < 2:
+            continue
+        rms = max(sol.rms_ra, sol.rms_dec)
+        typical = float(np.median([max(o.rms_ra, o.rms_dec) for o in others]))
+        stars = float(np.median([o.n_stars for o in others]))
+        if rms > max(OUTLIER_RMS_FACTOR * typical, OUTLIER_MIN_RMS) and sol.n_stars < OUTLIER_STAR_SHARE * stars:
+            out[(sol.exposure, sol.ccd)] = (f"its solution ({sol.n_stars} stars, rms {1e3 * rms:.0f} mas) is far worse "
+                                            f"than the CCD's other exposures' ({stars:.0f} stars, {1e3 * typical:.0f} "
+                                            "mas): a chance match")
+    return out
+
+
+def recheck_outliers(groups: list, solutions: list, reference, config: AstrometryConfig) -> tuple[list, dict]:
+    """:func:`rescue_failed`, the :func:`outlier_solutions` taken as failed first: each is solved again from its CCD's
+    other exposures and its exposure's other CCDs, and kept as it was (its reason said) when that fails too.
+
+    Returns
+    -------
+    solutions : list of ExposureSolution
+    doubted : dict
+        ``(exposure, ccd) -> (reason, replaced)``: the outliers, and whether another solution replaced theirs.
+    """
+    doubts = outlier_solutions(solutions)
+    if not doubts:
+        return rescue_failed(groups, solutions, reference, config)[0], {}
+    originals = {(s.exposure, s.ccd): s for s in solutions}
+    marked = []
+    for s in solutions:
+        if (s.exposure, s.ccd) in doubts:
+            s = copy.copy(s)
+            s.status, s.reason = "failed", doubts[(s.exposure, s.ccd)]
+        marked.append(s)
+    rescued, _ = rescue_failed(groups, marked, reference, config)
+    out, doubted = [], {}
+    for s in rescued:
+        key = (s.exposure, s.ccd)
+        if key in doubts:
+            doubted[key] = (doubts[key], s.ok)
+            if not s.ok:
+                s = originals[key]  # nothing better: the original, its doubt said by the caller
+        out.append(s)
+    return out, doubted
+
+
 def rescue_failed(groups: list, solutions: list, reference, config: AstrometryConfig) -> tuple[list, dict]:
     """Solve the CCD exposures that failed alone, from their CCD's other exposures and their exposure's other CCDs.
 

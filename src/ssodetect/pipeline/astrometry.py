@@ -51,6 +51,7 @@ __all__ = [
     "record_star_trails",
     "star_trail_summary",
     "warn_doubtful_zeropoints",
+    "warn_outliers",
     "warn_tracking",
     "apply_solutions",
     "solution_table",
@@ -137,6 +138,20 @@ def warn_doubtful_zeropoints(solutions: list, tasks: list, ccd_info: list) -> No
         log.warning("%d of %d solved CCD exposures have a doubtful zero point (their magnitudes with it); first, %s CCD "
                     "%s exposure %d: %s", len(doubts), sum(s.ok for s in solutions), ref.path if ref else "?", sol.ccd,
                     sol.exposure, why)
+
+
+def warn_outliers(doubted: dict, paths: dict) -> None:
+    """Say which CCD exposures' solutions were doubted (:func:`ssodetect.astrometry.field.outlier_solutions`):
+    those solved again from the others at info level, those kept as they were in one warning."""
+    replaced = [(k, why) for k, (why, ok) in sorted(doubted.items()) if ok]
+    kept = [(k, why) for k, (why, ok) in sorted(doubted.items()) if not ok]
+    for (e, ccd), why in replaced:
+        log.info("%s CCD %s exposure %d: %s; solved again from the CCD's other exposures and the exposure's other "
+                 "CCDs", paths.get((e, ccd), "?"), ccd, e, why)
+    if kept:
+        (e, ccd), why = kept[0]
+        log.warning("%d CCD exposure(s) with a doubtful solution that could not be solved otherwise (kept); first, %s "
+                    "CCD %s exposure %d: %s", len(kept), paths.get((e, ccd), "?"), ccd, e, why)
 
 
 def warn_tracking(ccd_info: list, tasks: list) -> None:

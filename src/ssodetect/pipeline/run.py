@@ -25,7 +25,7 @@ from astropy.table import Table, vstack
 from pydantic import ValidationError
 
 from ssodetect._version import __version__
-from ssodetect.astrometry.field import rescue_failed
+from ssodetect.astrometry.field import recheck_outliers
 from ssodetect.astrometry.refcat import compare_with_reference, cut_to_field, load_reference_catalogue, propagate
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import BAND_CHARACTERS, Config, dump_toml, validation_problems
@@ -51,6 +51,7 @@ from ssodetect.pipeline.astrometry import (
     astrometry_tasks,
     record_star_trails,
     warn_doubtful_zeropoints,
+    warn_outliers,
     warn_tracking,
     star_trail_summary,
     align_header_wcs,
@@ -220,7 +221,9 @@ def _solve(results, tasks, reference: Table, config: Config, executor) -> list:
     the failures from their CCD's other exposures and their exposure's other CCDs."""
     groups = astrometry_tasks(results, tasks, config)
     solved = executor.map(SolveTask(reference, config), groups, progress=config.execution.progress, desc="astrometry")
-    solutions, _ = rescue_failed(groups, [sol for group in solved for sol in group], reference, config.astrometry)
+    solutions, doubted = recheck_outliers(groups, [sol for group in solved for sol in group], reference,
+                                          config.astrometry)
+    warn_outliers(doubted, {(ref.exposure, ref.ccd): ref.path for ref in tasks})
     warn_unsolved(solutions, {(ref.exposure, ref.ccd): ref.path for ref in tasks})
     record_star_trails(solutions, {(ref.exposure, ref.ccd): info.get("star_trail")
                                    for (_, info), ref in zip(results, tasks)})
