@@ -387,6 +387,20 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
     (two / ".ssodetect-products.json").unlink()
     assert main(["ml", "train", str(ds), str(small), "--out", str(two), "--epochs", "2", "--batch", "32", "-q"]) == 0
     assert [h["epoch"] for h in json.loads((two / "metrics.json").read_text())["history"]] == [1, 2]
+    # fault campaign 15: a dataset written over a trained model's folder (its model gone) or inside its scene, a
+    # model written among another dataset's shards, a dataset given twice, a resume with fewer epochs than done
+    capsys.readouterr()
+    for argv, needle in (
+        (["ml", "dataset", str(sim), "--out", str(two), "-n", "40"], "holds a trained model"),
+        (["ml", "dataset", str(sim), "--out", str(sim / "ds"), "-n", "40"], "inside the input"),
+        (["ml", "train", str(ds), "--out", str(small), "--epochs", "1"], "a dataset (dataset.json)"),
+        (["ml", "train", str(ds), str(ds), "--out", str(tmp_path / "twice"), "--epochs", "1"], "a dataset given twice"),
+        (["ml", "train", str(ds), str(small), "--out", str(two), "--epochs", "1"], "2 epochs are done already"),
+    ):
+        assert main(argv + ["-q"]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert (two / "model.pt").is_file() and not (sim / "ds").exists() and not (small / "model.pt").exists()
 
 
 def test_dataset_movers_follow_ephemerides_of_real_orbits(sim_frames, tmp_path):

@@ -299,6 +299,10 @@ def _evaluate(args) -> int:
     if not finite.any():  # (scored NaN completeness and every object false, written as an evaluation)
         raise SSODetectError(f"{args.truth}: a truth table with no mover at a finite position ({len(truth)} rows): "
                              "nothing to score against")
+    warned = not finite.all()
+    if warned:
+        log.warning("%s: %d of %d truth rows without a finite position are not matched (their movers may still count "
+                    "as findable)", args.truth, int((~finite).sum()), len(truth))
     missing = [c for c in ("object", "exposure", "ra", "dec") if c not in observations.colnames]
     if missing:
         raise SSODetectError(f"{obs_path}: not the observations of a run (no column {', '.join(missing)})")
@@ -324,7 +328,7 @@ def _evaluate(args) -> int:
             )
         else:
             print(f"fitted WCS vs truth: 0/{len(solutions)} CCD exposures solved")
-    return 0
+    return 1 if warned else 0
 
 
 def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, argv, config: dict | None = None) -> None:

@@ -195,6 +195,12 @@ class IOConfig(_Section):
     def _pairs(cls, value: list[str]) -> list[str]:
         if len(value) % 2:
             raise ValueError("tracking_rate_keys needs keyword pairs (RA rate, Dec rate)")
+        for key in value:  # (a key no header can hold made the comparison silently never happen)
+            if not re.fullmatch(r"[A-Z0-9_-]{1,8}|HIERARCH [A-Z0-9_ .-]{1,60}", key):
+                raise ValueError(f"{key!r} is no FITS keyword (1-8 capital letters, digits, '_' or '-', or HIERARCH ...)")
+        for ra_key, dec_key in zip(value[0::2], value[1::2]):
+            if ra_key == dec_key:
+                raise ValueError(f"{ra_key!r} twice in one pair: the RA and Dec rates are two keywords")
         return value
     frame_type_keys: list[str] = Field(
         default=["IMAGETYP", "OBSTYPE", "FRAMETYP", "IMAGTYPE"],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,25 +110,41 @@ def reduce_overscan(data: np.ndarray, header: fits.Header, path: str, *, oversca
     out = np.asarray(data, np.float32)
     try:
         if overscan and "BIASSEC" in header:
-            rows, cols = parse_section(header["BIASSEC"], out.shape, clip=True, reversed_ok=True)
-            level = np.median(out[rows, cols], axis=1)
-            if rows.stop - rows.start == out.shape[0]:
-                out = out - level[:, None].astype(np.float32)
-            else:
-                out = out - np.float32(np.median(level))
+            rows, cols = _section(header, "BIASSEC", out.shape, path, reversed_ok=True)
+            with warnings.catch_warnings():  # (a row of NaN overscan stays NaN; one NaN pixel no longer makes it so)
+                warnings.simplefilter("ignore", RuntimeWarning)
+                level = np.nanmedian(out[rows, cols], axis=1)
+                if rows.stop - rows.start == out.shape[0]:
+                    out = out - level[:, None].astype(np.float32)
+                else:
+                    out = out - np.float32(np.nanmedian(level))
         if trim and "TRIMSEC" in header:
-            rows, cols = parse_section(header["TRIMSEC"], out.shape, clip=True)
+            rows, cols = _section(header, "TRIMSEC", out.shape, path)
             out = out[rows, cols]
     except ValueError as exc:
         raise InputError(f"{path}: {exc}") from None
     return np.ascontiguousarray(out)
 
 
+def _section(header, key: str, shape: tuple[int, int], path, *, reversed_ok: bool = False) -> tuple[slice, slice]:
+    """:func:`parse_section` of ``header[key]``, cut to the image when it runs past its end; the cut is said (info:
+    a partial read-out of a detector the section describes whole, as NEOSSat's, is no defect, but not silent)."""
+    try:
+        return parse_section(header[key], shape, reversed_ok=reversed_ok)
+    except ValueError:
+        rows, cols = parse_section(header[key], shape, clip=True, reversed_ok=reversed_ok)  # (raises when outside)
+        log.info("%s: %s %s runs past the %dx%d image: cut to it (a partial read-out)", path, key,
+                 str(header[key]).strip(), shape[1], shape[0])
+        return rows, cols
+
+
 def _combine(stack: list[np.ndarray], sigma: float) -> np.ndarray:
     cube = np.stack(stack).astype(np.float32)
     if len(stack) < 3:
         return cube.mean(axis=0)
-    clipped = sigma_clip(cube, sigma=sigma, axis=0, maxiters=3, cenfunc="median", stdfunc="mad_std", masked=True)
+    with warnings.catch_warnings():  # (NaN pixels, already named per frame, are left out: astropy says so again)
+        warnings.filterwarnings("ignore", message="Input data contains invalid values")
+        clipped = sigma_clip(cube, sigma=sigma, axis=0, maxiters=3, cenfunc="median", stdfunc="mad_std", masked=True)
     return np.asarray(clipped.mean(axis=0).filled(np.nan), np.float32)
 
 

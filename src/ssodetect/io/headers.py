@@ -566,8 +566,12 @@ def tracking_rate(header, keys, unit: str = "arcsec/h",
         Unit of the values, a key of :data:`TRACKING_RATE_UNITS`.
     """
     factor = TRACKING_RATE_UNITS[unit]
+    halves = []
     for ra_key, dec_key in zip(keys[0::2], keys[1::2]):
         if ra_key not in header or dec_key not in header:
+            if ra_key in header or dec_key in header:
+                there, missing = (ra_key, dec_key) if ra_key in header else (dec_key, ra_key)
+                halves.append(f"{there} without {missing}: no tracking rate read from them")
             continue
         values = []
         for key in (ra_key, dec_key):
@@ -582,6 +586,8 @@ def tracking_rate(header, keys, unit: str = "arcsec/h",
         if problems is not None:
             problems.append(f"{ra_key} = {header[ra_key]!r}, {dec_key} = {header[dec_key]!r} is no tracking rate "
                             f"(finite numbers in {unit}, at most {MAX_TRACKING_RATE:g}\"/h): not used")
+    if problems is not None:
+        problems.extend(halves)
     return None
 
 

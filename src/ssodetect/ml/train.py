@@ -185,6 +185,11 @@ def _check_out(out: Path, datasets) -> None:
     replaced), or that holds files ssodetect did not write (a user's metrics.json had been overwritten)."""
     check_apart(out, datasets, what="dataset", owner="training")
     real = Path(os.path.realpath(out))
+    if (real / "dataset.json").exists():  # (a model written among another dataset's shards)
+        raise InputError(f"{out}: a dataset (dataset.json), not a training directory; train into another --out")
+    if len({os.path.realpath(d) for d in datasets}) < len(datasets):
+        raise InputError(f"ml train: a dataset given twice ({', '.join(str(d) for d in datasets)}): its sequences would "
+                         "be in both the training and the validation split")
     for d in datasets:
         if Path(os.path.realpath(d)) in real.parents:
             raise InputError(f"{out}: inside the dataset {d} (an input: nothing is written into it); train into "
@@ -249,6 +254,9 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
             raise ConfigError(f"{ckpt}: this training was started on other data ({', '.join(f'{k} {v}' for k, v in said.items())}"
                               f"), not {', '.join(f'{k} {signature[k]}' for k in said)}: train into another --out, or "
                               "remove the checkpoint to start again")
+        if int(state["epoch"]) > epochs:  # (its record said 5 epochs over a history of 39)
+            raise ConfigError(f"{ckpt}: {int(state['epoch'])} epochs are done already, more than --epochs {epochs}: "
+                              f"give at least {int(state['epoch'])}, or train into another --out")
         stored = float(state["optimizer"]["param_groups"][0].get("max_lr", lr))
         if not math.isclose(stored, lr, rel_tol=1e-9):  # (the schedule resumes with its own rate: --lr is not used)
             raise ConfigError(f"{ckpt}: this training was started with --lr {stored:g}, not {lr:g}: resume with the "

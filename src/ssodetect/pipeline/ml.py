@@ -131,6 +131,14 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
 
     # the dataset folder is replaced as a whole: never the scene's own folder (its frames were deleted)
     check_apart(out, [*inputs, *([positions] if positions else [])], owner="dataset")
+    real = Path(os.path.realpath(out))
+    for item in inputs:  # (a dataset folder was written inside the scene's own folder)
+        if Path(os.path.realpath(item)).is_dir() and Path(os.path.realpath(item)) in real.parents:
+            raise InputError(f"{out}: inside the input {item} (inputs are never written into); choose another --out")
+    if any((real / name).exists() for name in ("model.pt", "checkpoint.pt")):
+        # (a trained model's folder was replaced by the dataset: its model and checkpoint gone)
+        raise InputError(f"{out}: holds a trained model (model.pt, checkpoint.pt), which a dataset would replace; "
+                         "choose another --out")
     chosen = None
     if positions:
         check_regular_file(positions, "positions table")  # (a pipe would block for ever)

@@ -162,9 +162,16 @@ class Registry:
         if self.path != ":memory:" and (self.path.is_symlink() or (self.path.exists() and not self.path.is_file())):
             # (a link would have the database written wherever it points)
             raise InputError(f"{self.path}: not a run registry (a link or not a regular file); remove it to rebuild it")
+        existed = self.path != ":memory:" and self.path.exists()
+        if existed and self.path.stat().st_size == 0:  # (someone's empty file was turned into a registry)
+            raise InputError(f"{self.path}: not a run registry (an empty file); remove it to rebuild it")
         try:
             self.db = sqlite3.connect(self.path, timeout=30.0)
             self.db.row_factory = sqlite3.Row
+            if existed and self.db.execute("PRAGMA user_version").fetchone()[0] == 0 and self.db.execute(
+                    "SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                # another program's database: never migrated into one of ours (tables were added to it)
+                raise sqlite3.DatabaseError("another database: none of the registry's tables and version")
             self._migrate()
             check = self.db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -176,6 +183,8 @@ class Registry:
                     raise sqlite3.DatabaseError(f"its table {table} " + ("is missing" if not have else
                                                 f"lacks {', '.join(lacking[:3])}"))
         except sqlite3.DatabaseError as exc:
+            if getattr(self, "db", None) is not None:
+                self.db.close()
             raise InputError(f"{self.path}: not a run registry ({exc}); remove it to rebuild it") from None
 
     def close(self) -> None:
