@@ -34,7 +34,7 @@ def test_a_few_nan_pixels_in_the_overscan_do_not_blank_their_rows(tmp_path, capl
     were refused as '2.1 %'.  They are a warning naming their count; too many are refused with the true share."""
     rng = np.random.default_rng(3)
     flats = [_flat(tmp_path / f"f{i}.fits", rng, nan=10 if i == 0 else 0) for i in range(3)]
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="ssodetect"):
         masters = build_masters({"flat": [(p, 0) for p in flats]})
     assert masters.flat.shape == (100, 100) and np.isfinite(masters.flat).sum() >= 100 * 100 - 10
     assert "f0.fits: flat frame has" in caplog.text and "pixels NaN or infinite (0.0" in caplog.text
@@ -48,7 +48,7 @@ def test_a_section_past_the_image_end_is_cut_and_said(tmp_path, caplog):
     NEOSSat's, whose sections describe the whole detector); the cut is now said."""
     rng = np.random.default_rng(4)
     flats = [_flat(tmp_path / f"f{i}.fits", rng, trimsec="[1:100,1:500]") for i in range(3)]
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="ssodetect"):
         masters = build_masters({"flat": [(p, 0) for p in flats]})
     assert masters.flat.shape == (100, 100)
     assert "f0.fits: TRIMSEC [1:100,1:500] runs past the 120x100 image: cut to it" in caplog.text
