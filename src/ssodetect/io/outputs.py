@@ -735,3 +735,20 @@ def check_apart(outdir: str | Path, inputs, what: str = "input", owner: str = "r
         if path == out or out in path.parents:
             raise InputError(f"{outdir}: holds the {owner}'s {what} {item}; the output directory is replaced as a "
                              "whole, so choose another one")
+
+
+def check_not_inside(outdir: str | Path, inputs, what: str = "input") -> None:
+    """Refuse an output directory that lies inside one of the command's input directories (inputs are never written
+    into).
+
+    Raises
+    ------
+    InputError
+        Naming the directory and the input.
+    """
+    out = Path(os.path.realpath(outdir))
+    for item in inputs:
+        path = Path(os.path.realpath(item))
+        if path.is_dir() and path in out.parents:
+            raise InputError(f"{outdir}: inside the {what} {item} (inputs are never written into); choose another "
+                             "output directory")

@@ -22,7 +22,7 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.errors import ConfigError, InputError
-from ssodetect.io.outputs import atomic_write_text, check_apart, foreign_files, record_files
+from ssodetect.io.outputs import atomic_write_text, check_apart, check_not_inside, foreign_files, record_files
 from ssodetect.ml.dataset import load_dataset
 from ssodetect.ml.model import MoverNet, encode, import_torch, save_model, score
 
@@ -184,16 +184,12 @@ def _check_out(out: Path, datasets) -> None:
     """Refuse a training directory that is, holds or lies inside one of its datasets (its files are inputs, never
     replaced), or that holds files ssodetect did not write (a user's metrics.json had been overwritten)."""
     check_apart(out, datasets, what="dataset", owner="training")
-    real = Path(os.path.realpath(out))
-    if (real / "dataset.json").exists():  # (a model written among another dataset's shards)
+    check_not_inside(out, datasets, what="dataset")
+    if Path(os.path.realpath(out), "dataset.json").exists():  # (a model written among another dataset's shards)
         raise InputError(f"{out}: a dataset (dataset.json), not a training directory; train into another --out")
     if len({os.path.realpath(d) for d in datasets}) < len(datasets):
         raise InputError(f"ml train: a dataset given twice ({', '.join(str(d) for d in datasets)}): its sequences would "
                          "be in both the training and the validation split")
-    for d in datasets:
-        if Path(os.path.realpath(d)) in real.parents:
-            raise InputError(f"{out}: inside the dataset {d} (an input: nothing is written into it); train into "
-                             "another --out")
     strangers = [name for name in foreign_files(out, limit=64) if name not in RESUMABLE]
     if strangers and set(strangers) <= set(PRODUCTS) and (out / "checkpoint.pt").is_file():
         # an earlier version's training (no record), or one whose record could not be signed (no usable key): the
