@@ -490,7 +490,8 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
     mover's trail pointing at a core at 40 deg: the spikes are labelled ``spike``, the mover is measured as a trail;
     so is a mover along a spike axis whose line to the core is empty (a spike runs on from its star).
     In a crowded image without spikes, twelve lines pointing at saturated cores at spread angles are all trails,
-    where any line pointing at a saturated core used to be a spike; with too few such lines to judge, they are."""
+    where any line pointing at a saturated core used to be a spike; with too few such lines to judge the axes, those
+    with a twin through their star are spikes and the others trails."""
     from ssodetect.streaks import refine_trails
     from ssodetect.streaks.detect import MIN_SPIKE_LINES, spike_axes
 
@@ -521,7 +522,8 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
                    sy + d * 25.0 * math.sin(math.radians(15.0 + 60.0 * k)), 30.0, math.radians(15.0 + 60.0 * k))
               for sx, sy in stars for k in range(3) for d in (1.0, -1.0)]
     out, info = run(spikes + [mover])
-    assert info["n_spike"] == 12 and info["n_spike_rejected"] == 1, info  # 24 spike pieces joined in pairs
+    # 24 spike pieces joined in pairs; the mover has no twin beyond the star (a spike has: point symmetry)
+    assert info["n_spike"] == 12 and info["n_unmirrored"] == 1 and info["n_spike_rejected"] == 0, info
     assert sorted(np.mod(info["spike_axes"], 180.0).round()) == [15.0, 75.0, 135.0]
     assert np.sum(out["kind"] == "trail") == 1
     trail = out[out["kind"] == "trail"][0]
@@ -539,8 +541,13 @@ def test_only_lines_along_the_images_spike_axes_are_spikes():
                   20.0, math.radians(7.0 + 15.0 * k)) for k, (sx, sy) in enumerate(stars * 3)]
     out, info = run(lines)
     assert info["n_spike"] == 0 and info["spike_axes"] == [] and np.sum(out["kind"] == "trail") == 12
-    out, info = run(lines[: MIN_SPIKE_LINES - 1])
-    assert info["n_spike"] == MIN_SPIKE_LINES - 1
+    # too few lines to judge the axes: those with a twin through their star are spikes, the others trails
+    few = lines[: MIN_SPIKE_LINES - 1]
+    twins = [line(2.0 * sx - cx, 2.0 * sy - cy, length, a)
+             for (cx, cy, length, a), (sx, sy) in zip(few[:4], stars * 3)]
+    out, info = run(few + twins)
+    assert info["n_unmirrored"] == MIN_SPIKE_LINES - 5 and np.sum(out["kind"] == "trail") == MIN_SPIKE_LINES - 5
+    assert 4 <= info["n_spike"] == np.sum(out["kind"] == "spike") <= 8, info  # (a pair may join through its core)
     # angles spread like chance hold no axis; two groups among them do
     angles_rng = np.random.default_rng(4)  # its own generator: the runs above draw from rng
     spread = angles_rng.uniform(0.0, 180.0, 300)

@@ -797,13 +797,15 @@ def refine_trails(
         ``n_fitted``, ``n_satellite``, ``n_bleed``, ``n_spike``, ``n_edge``, ``n_short_refit`` (short trails
         re-measured by the trail fit: :func:`_refit_short_trails`), ``n_ends_moved`` (fits moved to the ends
         of the segment of highest S/N along their axis: :func:`_settle_ends`), ``spike_axes`` (the image's
-        spike angles [deg], :func:`spike_axes`) and ``n_spike_rejected`` (lines pointing at a saturated core
-        along none of them: measured as trails).
+        spike angles [deg], :func:`spike_axes`), ``n_spike_rejected`` (lines pointing at a saturated core
+        along none of them: measured as trails) and ``n_unmirrored`` (lines pointing at a saturated core without
+        the twin on its other side that a spike has, :func:`_unmirrored`: measured as trails).
     """
     info = {"n_joined": 0, "n_unjoined": 0, "n_fitted": 0, "n_satellite": 0, "n_bleed": 0, "n_spike": 0, "n_edge": 0,
             "n_chains": 0, "n_faint_lines": 0, "n_line_filter": 0, "n_line_regions": 0, "n_line_too_bright": 0, "n_line_too_long": 0,
             "n_line_known": 0, "n_line_fitted": 0,
-            "n_gaps_split": 0, "n_detached": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "spike_axes": []}
+            "n_gaps_split": 0, "n_detached": 0, "n_ends_moved": 0, "n_spike_rejected": 0, "n_unmirrored": 0,
+            "spike_axes": []}
     if len(det) == 0:
         return det, info
     det, info["n_chains"] = _add_chain_trails(det, data, variance, mask, psf_sigma, min_length)
@@ -841,7 +843,15 @@ def refine_trails(
             saturated, out["x"][first], out["y"][first], length, theta, reach=reach, band=3,
             points=saturated_points,
         ) and not _gap_to_core(data, variance, mask, saturated_points, float(out["x"][first]),
-                               float(out["y"][first]), length, theta, psf_sigma, reach))
+                               float(out["y"][first]), length, theta, psf_sigma, reach)
+            and not unmirrored(first, length, theta, reach))
+
+    def unmirrored(first: int, length: float, theta: float, reach: float) -> bool:
+        """The line lacks a spike's twin (:func:`_unmirrored`); counted in ``n_unmirrored``."""
+        lonely = _unmirrored(data, variance, mask, saturated, saturated_points, float(out["x"][first]),
+                             float(out["y"][first]), length, theta, psf_sigma, reach)
+        info["n_unmirrored"] += int(lonely)
+        return lonely
 
     # 2. diffraction spikes: a line that, extended, runs into a saturated core AND lies along one of the image's
     # spike axes (every saturated star's spikes share their angles on the detector; a mover passing near a
@@ -1343,6 +1353,72 @@ def _gap_to_core(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, point
         run = run + 1 if e else 0
         longest = max(longest, run)
     return bool(longest * (stop - start) / n >= 4.0 * s + 1.0)
+
+
+#: Angle [deg] by which a segment is turned about a saturated star to measure the star's wings beside its spikes
+#: (:func:`_unmirrored`): half way between two spikes of a six-spiked star, a third of the way for four.
+WING_TURN = 30.0
+
+
+def _unmirrored(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, saturated: np.ndarray, points: np.ndarray,
+                x: float, y: float, length: float, theta: float, psf_sigma: float, reach: float) -> bool:
+    """Whether a segment pointing at a saturated star lacks the twin on the star's other side that a spike has.
+
+    A diffraction pattern is point-symmetric (a real aperture's): every spike has a twin of equal light through the
+    star's centre.  A V 23.2 mover's 12 px trail 16 px from a saturated star, along a spike axis, had no gap to the
+    star that its faint light could show (the star's Moffat wings fill it) and was labelled a spike (member 381).
+    The star's centre is the mean of the saturated pixels within ``reach`` px of the first one on the segment's
+    extended axis (within 4 px of it); the light per unit length of the segment and of its reflection through that
+    centre, each less the star's wings there (the mean of the segment turned by ``+-`` :data:`WING_TURN` degrees
+    about the centre), are compared: the segment is unmirrored when its twin holds less than :data:`GAP_FRACTION`
+    of its light, by :data:`GAP_SIGMA` errors.  A twin off the image, on masked or saturated pixels, or with no
+    measurable light of the segment's own, decides nothing (False).
+    """
+    if points is None or len(points) == 0:
+        return False
+    c, si = math.cos(theta), math.sin(theta)
+    u = (points[:, 1] - x) * c + (points[:, 0] - y) * si
+    w = -(points[:, 1] - x) * si + (points[:, 0] - y) * c
+    # (:func:`_touches` samples the axis 3 px to each side at whole pixels: a core 3.8 px off it is met)
+    band = np.abs(w) <= 4.0
+    if np.any(band & (np.abs(u) <= 0.5 * length)):
+        return False  # the line crosses a core itself (two spikes of one star joined through it)
+    beyond = band & (np.abs(u) <= 0.5 * length + reach)
+    if not beyond.any():
+        return False
+    k = np.nonzero(beyond)[0][int(np.argmin(np.abs(u[beyond])))]
+    near = np.hypot(points[:, 1] - points[k, 1], points[:, 0] - points[k, 0]) <= reach
+    cx, cy = float(np.mean(points[near, 1])), float(np.mean(points[near, 0]))
+    ny, nx = data.shape
+
+    def amplitude(turn: float):
+        """Light per unit length [ADU/px] and its error of the segment turned by ``turn`` [deg] about the centre."""
+        t = math.radians(turn)
+        ct, st = math.cos(t), math.sin(t)
+        xr = cx + (x - cx) * ct - (y - cy) * st
+        yr = cy + (x - cx) * st + (y - cy) * ct
+        half = 0.5 * length + 3.0 * psf_sigma + 2.0
+        ends = [(xr + e * half * math.cos(theta + t), yr + e * half * math.sin(theta + t)) for e in (-1.0, 1.0)]
+        if not all(0 <= ex < nx and 0 <= ey < ny for ex, ey in ends):
+            return math.nan, math.nan
+        if turn == 180.0 and _touches(saturated, xr, yr, length, theta + t, band=2, points=points):
+            return math.nan, math.nan
+        amp, err = section_amplitudes(data, variance, mask, xr, yr, length, theta + t, psf_sigma)
+        return float(amp[0]), float(err[0])
+
+    own, own_err = amplitude(0.0)
+    twin, twin_err = amplitude(180.0)
+    wings = [amplitude(turn) for turn in (WING_TURN, -WING_TURN, 180.0 + WING_TURN, 180.0 - WING_TURN)]
+    wings = [(a, e) for a, e in wings if math.isfinite(a)]
+    if not (math.isfinite(own) and math.isfinite(twin) and wings):
+        return False
+    wing = float(np.median([a for a, _ in wings]))
+    wing_err = float(np.median([e for _, e in wings])) / math.sqrt(len(wings))
+    own_light, twin_light = own - wing, twin - wing
+    if own_light <= GAP_SIGMA * math.hypot(own_err, wing_err):
+        return False
+    return bool(twin_light < GAP_FRACTION * own_light
+                and own_light - twin_light > GAP_SIGMA * math.hypot(own_err, twin_err))
 
 
 def _touches(saturated: np.ndarray, x, y, length, theta, *, reach: float = 2.0, band: int = 0,
