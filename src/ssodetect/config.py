@@ -890,8 +890,13 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def validation_problems(exc: ValidationError) -> str:
-    """A pydantic validation error as one line: ``section.key: message; ...``."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+    """A pydantic validation error as one line: ``section.key: message; ...`` (a whole-model check: ``message``)."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 def _toml_value(value) -> str:

@@ -176,7 +176,12 @@ def _record_text(directory: Path, names) -> str:
     user's key (:mod:`ssodetect.keys`).  The checksums bind the record to these very files: a record copied from
     another directory, or a product edited since, does not make a file ssodetect's."""
     files = {name: _digest(Path(directory) / name) for name in sorted(set(names))}
-    files = {name: digest for name, digest in files.items() if digest is not None}
+    return _signed_record({name: digest for name, digest in files.items() if digest is not None})
+
+
+def _signed_record(files: dict) -> str:
+    """The record's text for ``files`` (name -> SHA-256, or a list of those a file may hold while a commit that adds
+    files moves them in), signed with the user's key."""
     key, persistent = cache_key()
     if not persistent:  # a key that dies with this process could never verify it: judged by the manifest instead
         return json.dumps({"files": files}, indent=1)
@@ -193,7 +198,9 @@ def _read_record(directory: Path) -> set[str] | None:
         files = record["files"]
         if isinstance(files, list) and all(isinstance(n, str) for n in files):
             return None  # names only (a version before the checksums): the manifest's checksums decide
-        if not isinstance(files, dict) or not all(isinstance(n, str) and isinstance(d, str) for n, d in files.items()):
+        if not isinstance(files, dict) or not all(
+                isinstance(n, str) and (isinstance(d, str) or (isinstance(d, list) and all(isinstance(e, str) for e in d)))
+                for n, d in files.items()):
             raise TypeError
     except FileNotFoundError:
         return None
@@ -213,7 +220,7 @@ def _read_record(directory: Path) -> set[str] | None:
     ours, changed = set(), []
     for name, digest in files.items():
         now = _digest(directory / name)
-        if now == digest:
+        if now in (digest if isinstance(digest, list) else [digest]):
             ours.add(name)  # a file changed since, step-cache entries included, is not taken as ours
         elif now is not None:
             changed.append(name)
@@ -591,8 +598,10 @@ class OutputStage:
         the directory, such as an alert's delivery recorded in its log) until :meth:`release`."""
         done = False
         try:
-            (self.path / STAGE_MARKER).unlink(missing_ok=True)  # the products are complete: no longer a stage
-            names = _files(self.path)
+            if self.replace:
+                (self.path / STAGE_MARKER).unlink(missing_ok=True)  # the products are complete: no longer a stage
+            # (adding files, the stage keeps its marker until it is removed: one a kill leaves is tidied next time)
+            names = [name for name in _files(self.path) if name != STAGE_MARKER]
             if self.replace:
                 # files may have landed in OUTDIR while the command ran (it may not even have existed): they are
                 # the user's, and the swap would remove them with the old run; refused, OUTDIR left as it is
@@ -628,6 +637,17 @@ class OutputStage:
                                      "wrote it (yours, or edited since); nothing was written: move it, or write "
                                      "elsewhere")
                 self.outdir.mkdir(parents=True, exist_ok=True)
+                if names:
+                    # signed first, the record lets each file be as it was or as it is to be: a kill between the
+                    # moves leaves every file ours (the next command replaces them), not strangers that block it
+                    files = {name: _digest(self.outdir / name) for name in sorted(ours or recorded_files(self.outdir)
+                                                                                   or set()) if name != RECORD}
+                    files = {name: digest for name, digest in files.items() if digest is not None}
+                    for name in names:
+                        new, old = _digest(self.path / name), files.get(name)
+                        if new is not None:
+                            files[name] = [old, new] if old is not None and old != new else new
+                    atomic_write_text(self.outdir / RECORD, _signed_record(files))
                 for name in names:
                     dest = self.outdir / name
                     try:

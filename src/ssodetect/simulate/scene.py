@@ -58,7 +58,7 @@ FLAG_SATURATED = 2
 class SimulationConfig(BaseModel):
     """Parameters of a simulated sequence (defaults: Euclid VIS wide survey)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     seed: int = Field(default=1, ge=0, description="Random seed (>= 0); the scene is deterministic for a seed.")
     nccd: int = Field(default=1, ge=1, le=36, description="Number of CCDs (arranged in a grid).")
@@ -71,8 +71,8 @@ class SimulationConfig(BaseModel):
     ra: float = Field(default=150.0, description="Field centre RA [deg].")
     dec: float = Field(default=25.0, description="Field centre Dec [deg].")
     pixel_scale: float = Field(default=0.1, gt=0, description="Pixel scale [arcsec/px].")
-    ccd_gap: int = Field(default=60, ge=0, description="Gap between CCDs [px].")
-    dither: float = Field(default=3.0, ge=0, description="RMS dither offset between exposures [arcsec].")
+    ccd_gap: int = Field(default=60, ge=0, le=8192, description="Gap between CCDs [px].")
+    dither: float = Field(default=3.0, ge=0, le=3600.0, description="RMS dither offset between exposures [arcsec] (at most 1 deg).")
     fwhm_min: float = Field(default=1.6, gt=0, description="Smallest PSF core FWHM [px].")
     fwhm_max: float = Field(default=1.8, gt=0, description="Largest PSF core FWHM [px].")
     psf_model: Literal["double_gaussian", "moffat"] = Field(
@@ -90,7 +90,7 @@ class SimulationConfig(BaseModel):
     gain: float = Field(default=3.5, gt=0, description="Gain [e-/ADU].")
     read_noise: float = Field(default=4.5, ge=0, description="Read noise [e-].")
     full_well: float = Field(default=200000.0, gt=0, description="Full well [e-].")
-    star_density: float = Field(default=40000.0, ge=0, description="Stars per deg^2 with 14 < m < 26.")
+    star_density: float = Field(default=40000.0, ge=0, le=1e7, description="Stars per deg^2 with 14 < m < 26 (at most 1e7).")
     star_slope: float = Field(
         default=0.15, ge=0, le=0.6, description="Star counts dN/dm ~ 10^(slope m) (0.15: high Galactic latitude)."
     )
@@ -135,13 +135,13 @@ class SimulationConfig(BaseModel):
         description="Every exposure's header is off by the full header_*_error (random direction and signs) instead of "
         "up to it.",
     )
-    galaxy_density: float = Field(default=90000.0, ge=0, description="Galaxies per deg^2 with 20 < m < 26.")
+    galaxy_density: float = Field(default=90000.0, ge=0, le=1e7, description="Galaxies per deg^2 with 20 < m < 26 (at most 1e7).")
     sersic_min: float = Field(default=1.0, ge=0.3, le=8, description="Smallest Sersic index of the galaxies (1: exponential disc).")
     sersic_max: float = Field(default=1.0, ge=0.3, le=8, description="Largest Sersic index of the galaxies (drawn uniformly).")
     cosmic_fraction: float = Field(default=0.015, ge=0, lt=0.2, description="Fraction of pixels hit by cosmic rays per 566 s.")
-    hot_fraction: float = Field(default=1e-4, ge=0, description="Fraction of hot pixels.")
+    hot_fraction: float = Field(default=1e-4, ge=0, le=0.5, description="Fraction of hot pixels (at most 0.5).")
     hot_flagged: float = Field(default=0.5, ge=0, le=1, description="Fraction of hot pixels flagged in FLG.")
-    movers_per_ccd: float = Field(default=40.0, ge=0, description="Moving objects per 2048^2 px of detector.")
+    movers_per_ccd: float = Field(default=40.0, ge=0, le=10000.0, description="Moving objects per 2048^2 px of detector (at most 1e4).")
     mover_mag_min: float = Field(default=20.0, description="Brightest mover [mag].")
     mover_mag_max: float = Field(default=27.0, description="Faintest mover [mag].")
     slow_rate_min: float = Field(default=0.5, gt=0, description="Slowest mover [arcsec/h].")
@@ -158,7 +158,7 @@ class SimulationConfig(BaseModel):
     retrograde_fraction: float = Field(
         default=0.85, ge=0, le=1, description="Clustered directions: fraction moving along ecliptic_pa (the others opposite)."
     )
-    transients_per_ccd: float = Field(default=5.0, ge=0, description="One-exposure point transients per CCD and exposure sequence.")
+    transients_per_ccd: float = Field(default=5.0, ge=0, le=10000.0, description="One-exposure point transients per CCD and exposure sequence (at most 1e4).")
     satellite: bool = Field(default=True, description="Draw one satellite trail across the field in one exposure.")
     layout: str = Field(default="mef", pattern="^(mef|plain)$", description="'mef': Euclid MEF per exposure; 'plain': one file per CCD.")
     telescope: str = Field(default="EUCLID", description="TELESCOP keyword (instrument profiles are chosen by it).")
@@ -188,6 +188,9 @@ class SimulationConfig(BaseModel):
             raise ValueError("sersic_max must be at least sersic_min")
         if self.tracking_angle_step != 0 and self.tracking_drift <= 0:
             raise ValueError("tracking_angle_step turns a drift: it needs tracking_drift > 0")
+        if bool(self.known_orbits) != (self.known_count > 0):
+            raise ValueError("known_orbits and known_count go together (an orbit file and how many of its objects to "
+                             "place, > 0)")
         if self.tracked_target and (self.tracking_drift <= 0 or self.tracking_angle_step != 0):
             raise ValueError("tracked_target needs a tracking_drift (> 0) that does not turn (tracking_angle_step 0)")
         return self
