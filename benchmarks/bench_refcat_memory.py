@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,15 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_refcat_"))
+    try:
+        _measure(args, work)
+    finally:
+        if args.keep is None:  # (a 150 MB catalogue: not left behind)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(args, work: Path) -> None:
+    """Simulate (unless kept), write the big catalogue, run, and print the peak memory and what was kept."""
     sim = work / "sim"
     if not sim.exists():
         simulate(SimulationConfig(seed=23, nccd=1, nx=args.size, ny=args.size, header_pointing_error=20.0,
