@@ -795,7 +795,7 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
 #: Farthest apart [FWHM] two deblended pieces of one footprint may lie to be joined again across a masked hit
 #: between them (:func:`rejoin_split_sources`), and the largest ratio of their fluxes.
 REJOIN_MAX_SEPARATION_FWHM = 5.0
-REJOIN_MAX_FLUX_RATIO = 4.0
+REJOIN_MAX_FLUX_RATIO = 2.5
 
 
 def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarray, psf_sigma: float):
@@ -806,9 +806,12 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
     V 23 slow mover of members 381 and 384, its 6 px trail hit in the middle in two of its four exposures, became
     two point sources 1.9 px either side of its centre in both, and was lost; 16 of 20 such trails in a test), or
     the hole parts the footprint itself.  Two pieces are joined where a hit pixel touches both segments and lies
-    between their centres (projected within the middle 70 % of the line joining them, within 1.5 px of it), the centres lie at
-    most :data:`REJOIN_MAX_SEPARATION_FWHM` apart and their fluxes within :data:`REJOIN_MAX_FLUX_RATIO` of each
-    other (a faint mover beside a star stays apart).  The joined piece's moments are the pieces' flux-weighted ones.
+    between their centres (projected within the middle 70 % of the line joining them, within 1.5 px of it), the
+    centres lie at most :data:`REJOIN_MAX_SEPARATION_FWHM` apart and their fluxes within
+    :data:`REJOIN_MAX_FLUX_RATIO` of each other (a faint mover beside a star stays apart; at 4x, a star of a crowded
+    field with a neighbour 4.6 px away had been joined to it and lost to the registration).  Two alike point
+    sources 5 px apart with a hit exactly between them are joined too (rare: the hit must touch both footprints).
+    The joined piece's moments are the pieces' flux-weighted ones.
 
     Parameters
     ----------
@@ -866,8 +869,9 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
         mine = ((lo[touching] == p + 1) & (hi[touching] == q + 1))
         along = (hx[mine] - x[p]) * ux + (hy[mine] - y[p]) * uy
         across = -(hx[mine] - x[p]) * uy + (hy[mine] - y[p]) * ux
-        if np.any((along >= 0.15 * d) & (along <= 0.85 * d) & (np.abs(across) <= 1.5)):
-            parent[root(q)] = root(p)
+        if not np.any((along >= 0.15 * d) & (along <= 0.85 * d) & (np.abs(across) <= 1.5)):
+            continue
+        parent[root(q)] = root(p)
     roots = np.array([root(k) for k in range(n)])
     if np.all(roots == np.arange(n)):
         return objects, segmap, 0
