@@ -267,8 +267,6 @@ def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
 def _evaluate(args) -> int:
     from astropy.table import Table
 
-    from ssodetect.evaluate import evaluate_run, format_evaluation
-
     import math
 
     outdir = Path(args.outdir)
@@ -299,8 +297,22 @@ def _evaluate(args) -> int:
     if not finite.any():  # (scored NaN completeness and every object false, written as an evaluation)
         raise SSODetectError(f"{args.truth}: a truth table with no mover at a finite position ({len(truth)} rows): "
                              "nothing to score against")
-    warned = not finite.all()
-    if warned:
+    counter = WarningCount()  # any warning (the reports it rewrites, the truth's rows) makes the exit status 1
+    log.addHandler(counter)
+    try:
+        _score(args, truth, finite, observations, obs_path, outdir)
+    finally:
+        log.removeHandler(counter)
+    return 1 if counter.count else 0
+
+
+def _score(args, truth, finite, observations, obs_path: Path, outdir: Path) -> None:
+    """``evaluate``'s scoring, printing and writing, once its inputs are read (warnings are counted by the caller)."""
+    from astropy.table import Table
+
+    from ssodetect.evaluate import evaluate_run, format_evaluation
+
+    if not finite.all():
         log.warning("%s: %d of %d truth rows without a finite position are not matched (their movers may still count "
                     "as findable)", args.truth, int((~finite).sum()), len(truth))
     missing = [c for c in ("object", "exposure", "ra", "dec") if c not in observations.colnames]
@@ -328,7 +340,6 @@ def _evaluate(args) -> int:
             )
         else:
             print(f"fitted WCS vs truth: 0/{len(solutions)} CCD exposures solved")
-    return 1 if warned else 0
 
 
 def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, argv, config: dict | None = None) -> None:

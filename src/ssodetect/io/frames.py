@@ -16,6 +16,7 @@ arrays indexed ``[y, x]``.
 from __future__ import annotations
 
 import bz2
+import errno
 import fnmatch
 import gzip
 import logging
@@ -186,6 +187,13 @@ def find_inputs(inputs) -> list[Path]:
             raise InputError(f"{item}: no such file or directory")
     for path in paths:  # named as the user named them (a link, not its target)
         if path.is_symlink() and not path.exists():
+            try:
+                path.resolve(strict=True)
+            except RuntimeError:  # (Python < 3.13)
+                raise InputError(f"{path}: a loop of symbolic links (through {os.readlink(path)})") from None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise InputError(f"{path}: a loop of symbolic links (through {os.readlink(path)})") from None
             raise InputError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         if not path.is_file():
             raise InputError(f"{path}: not a regular file (a directory named like a frame, a pipe or a device)")

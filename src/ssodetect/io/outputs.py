@@ -327,11 +327,33 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
         if not names and not dirs and here != "." and not any(name.startswith(here + "/") for name in ours):
             candidates = [here]  # an empty directory where none of ours lies (made by someone else): theirs
         for relative in candidates:
-            if relative not in ours:
+            if relative not in ours and not _leftover(relative, ours):
                 found.append(relative)
                 if len(found) >= limit:
                     return found
     return found
+
+
+#: A temporary file of :func:`atomic_write_bytes` (``.NAME.XXXXXXXX.tmp``, :func:`tempfile.mkstemp`'s characters).
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+#: Files written by atomic writes into directories of ours besides the record's and the products' (ml train, batch).
+_ATOMIC_NAMES = ("metrics.json", "model.pt", "checkpoint.pt", "complete.json")
+
+
+def _leftover(relative: str, ours: set) -> bool:
+    """Whether a file under a directory of ours (``relative``, POSIX) is what a killed command of ours left: the
+    temporary of an atomic write of one of our files (``.NAME.XXXXXXXX.tmp`` where NAME is the record's, a file the
+    record lists, a product's or :data:`_ATOMIC_NAMES`), or a replacement's :data:`STAGE_MARKER` at the top (killed
+    between the swap and its removal).  Such files are neither the user's (they do not block a replacement) nor
+    listed as ours; :meth:`OutputStage._tidy` removes them."""
+    if relative == STAGE_MARKER:
+        return True
+    parent, _, base = relative.rpartition("/")
+    match = _TEMPORARY.fullmatch(base)
+    if match is None:
+        return False
+    target = f"{parent}/{match['name']}" if parent else match["name"]
+    return match["name"] in (RECORD, *_ATOMIC_NAMES) or target in ours or _legacy_product(target)
 
 
 def record_files(directory: str | Path, names) -> None:
@@ -541,6 +563,15 @@ class OutputStage:
         for stale in self._own(self._prefix("stage")) + inner:
             log.info("removing %s, left by an interrupted command", stale)
             _remove(stale)
+        if self.outdir.is_dir():
+            try:
+                ours = recorded_files(self.outdir)
+            except UnsignedRecord:
+                ours = None  # not our directory: nothing in it is removed
+            for path in self.outdir.iterdir() if ours is not None else ():
+                if not path.is_dir() and _leftover(path.name, ours):
+                    log.info("removing %s, left by an interrupted command", path)
+                    path.unlink(missing_ok=True)
         previous = sorted(self._own(self._prefix("previous")), key=lambda p: p.lstat().st_mtime)
         if previous and not self.outdir.exists() and (previous[-1] / "run").is_dir() and self.outdir.parent.is_dir():
             log.warning("%s: restored from %s (an interrupted commit)", self.outdir, previous[-1])
@@ -598,9 +629,8 @@ class OutputStage:
         the directory, such as an alert's delivery recorded in its log) until :meth:`release`."""
         done = False
         try:
-            if self.replace:
-                (self.path / STAGE_MARKER).unlink(missing_ok=True)  # the products are complete: no longer a stage
-            # (adding files, the stage keeps its marker until it is removed: one a kill leaves is tidied next time)
+            # the stage keeps its marker until its products are in place: a stage a kill leaves is tidied next time
+            # (a replacement's marker goes with it into OUTDIR and is removed there just after)
             names = [name for name in _files(self.path) if name != STAGE_MARKER]
             if self.replace:
                 # files may have landed in OUTDIR while the command ran (it may not even have existed): they are
@@ -624,6 +654,7 @@ class OutputStage:
                     os.rename(self.outdir, aside / "run")
                     os.rename(self.path, self.outdir)
                     shutil.rmtree(aside, ignore_errors=True)
+                (self.outdir / STAGE_MARKER).unlink(missing_ok=True)  # no longer a stage
             else:
                 # adding files: one of that name already there must be ours as we wrote it (not the user's, not a
                 # product the user edited since); refused before anything moves

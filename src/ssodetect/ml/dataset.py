@@ -56,7 +56,8 @@ class DatasetConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_sequences: int = Field(default=2000, ge=1, description="Sequences per CCD sequence of frames.")
+    n_sequences: int = Field(default=2000, ge=1, le=100_000,
+                             description="Sequences per CCD sequence of frames (at most 100,000).")
     size: int = Field(default=32, ge=8, le=128, description="Grid side [px].")
     mode: Literal["track", "sky"] = Field(default="track", description="Grid following the hypothesised motion, or fixed on the sky.")
     positive_fraction: float = Field(default=0.5, ge=0, le=1, description="Fraction of sequences with an injected mover.")
@@ -81,7 +82,8 @@ class DatasetConfig(BaseModel):
                         "else measured from the frame's stars.")
     order: Literal[1, 3] = Field(default=3, description="Interpolation order of the resampling.")
     edge: int = Field(default=16, ge=0, description="Hypothesis positions stay this far inside every frame [px].")
-    seed: int = Field(default=0, description="Random seed (the dataset is deterministic for the seed and frames).")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1,
+                      description="Random seed, >= 0 (the dataset is deterministic for the seed and frames).")
     shard_size: int = Field(default=2048, ge=16, description="Sequences per NPZ shard.")
 
     @field_validator("negatives")

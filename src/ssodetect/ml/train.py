@@ -153,10 +153,11 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     for name, value, ok in (("epochs", epochs, epochs >= 1), ("batch", batch, batch >= 1),
                             ("lr", lr, math.isfinite(lr) and lr > 0), ("weight_decay", weight_decay,
                                                                          math.isfinite(weight_decay) and weight_decay >= 0),
-                            ("val_fraction", val_fraction, 0.0 < val_fraction < 1.0)):
+                            ("val_fraction", val_fraction, 0.0 < val_fraction < 1.0),
+                            ("seed", seed, 0 <= seed < 2**63)):
         if not ok:  # (NaN fails every test)
             raise ConfigError(f"ml train: {name} = {value} is out of range (epochs >= 1, batch >= 1, lr > 0, "
-                              "weight_decay >= 0, 0 < val_fraction < 1)")
+                              "weight_decay >= 0, 0 < val_fraction < 1, 0 <= seed < 2^63)")
     torch = import_torch()
     out = Path(out)
     _check_out(out, datasets)

@@ -268,9 +268,11 @@ class Registry:
         """
         where, params = [], []
         if search:
-            where.append("(outdir LIKE ? OR run_id LIKE ? OR obs_id LIKE ? OR keywords LIKE ? OR profile LIKE ? "
-                         "OR command LIKE ?)")
-            params += [f"%{search}%"] * 6
+            # a substring: LIKE's own wildcards in it are escaped ('%' had matched every run)
+            like = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append("(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in
+                                           ("outdir", "run_id", "obs_id", "keywords", "profile", "command")) + ")")
+            params += [f"%{like}%"] * 6
         if status:
             where.append("status = ?")
             params.append(status)

@@ -96,15 +96,16 @@ class SimulationConfig(BaseModel):
     )
     refcat_mag_limit: float = Field(default=21.0, description="Faintest star in the reference catalogue (Gaia: 21).")
     distortion: float = Field(
-        default=1.5, ge=0,
+        default=1.5, ge=0, le=100.0,
         description="True optical distortion [px] at 2896 px from the optical axis (the corner of a 4k CCD "
         "centred on it), growing as r^3; absent from the headers.",
     )
     header_pointing_error: float = Field(
-        default=0.0, ge=0, description="Largest pointing error of the header WCS, per exposure [arcsec]."
+        default=0.0, ge=0, le=3600.0,
+        description="Largest pointing error of the header WCS, per exposure [arcsec] (at most 1 deg)."
     )
     header_rotation_error: float = Field(
-        default=0.0, ge=0, description="Largest rotation error of the header WCS, per exposure [deg]."
+        default=0.0, ge=0, le=180.0, description="Largest rotation error of the header WCS, per exposure [deg]."
     )
     tracking_drift: float = Field(
         default=0.0, ge=0, le=60.0,
@@ -144,9 +145,9 @@ class SimulationConfig(BaseModel):
     movers_per_ccd: float = Field(default=40.0, ge=0, le=10000.0, description="Moving objects per 2048^2 px of detector (at most 1e4).")
     mover_mag_min: float = Field(default=20.0, description="Brightest mover [mag].")
     mover_mag_max: float = Field(default=27.0, description="Faintest mover [mag].")
-    slow_rate_min: float = Field(default=0.5, gt=0, description="Slowest mover [arcsec/h].")
-    slow_rate_max: float = Field(default=10.0, gt=0, description="Upper end of the slow population [arcsec/h].")
-    fast_rate_max: float = Field(default=80.0, gt=0, description="Fastest mover [arcsec/h].")
+    slow_rate_min: float = Field(default=0.5, gt=0, le=36000.0, description="Slowest mover [arcsec/h].")
+    slow_rate_max: float = Field(default=10.0, gt=0, le=36000.0, description="Upper end of the slow population [arcsec/h].")
+    fast_rate_max: float = Field(default=80.0, gt=0, le=36000.0, description="Fastest mover [arcsec/h] (at most 36000).")
     fast_fraction: float = Field(default=0.2, ge=0, le=1, description="Fraction of movers faster than slow_rate_max.")
     mover_directions: Literal["uniform", "ecliptic"] = Field(
         default="uniform",
