@@ -811,7 +811,8 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
     :data:`REJOIN_MAX_FLUX_RATIO` of each other (a faint mover beside a star stays apart; at 4x, a star of a crowded
     field with a neighbour 4.6 px away had been joined to it and lost to the registration).  Two alike point
     sources 5 px apart with a hit exactly between them are joined too (rare: the hit must touch both footprints).
-    The joined piece's moments are the pieces' flux-weighted ones.
+    Two pieces at most are joined (a chain of joins would carry neither limit); the joined piece's moments are
+    the pieces' flux-weighted ones.
 
     Parameters
     ----------
@@ -859,9 +860,12 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
     # a hit touching three segments pairs its lowest and highest only: such knots are too rare to matter
     pairs = np.unique(np.column_stack([lo[touching], hi[touching]]), axis=0) - 1
     hx, hy = xs[touching].astype(float), ys[touching].astype(float)
+    size = np.ones(n, np.int64)
     for p, q in pairs:
-        if min(flux[p], flux[q]) * REJOIN_MAX_FLUX_RATIO < max(flux[p], flux[q]):
+        if not 0.0 < min(flux[p], flux[q]) or min(flux[p], flux[q]) * REJOIN_MAX_FLUX_RATIO < max(flux[p], flux[q]):
             continue
+        if size[root(p)] > 1 or size[root(q)] > 1:
+            continue  # two pieces at most: a chain of joins would carry neither limit (three stars in a row)
         d = math.hypot(x[q] - x[p], y[q] - y[p])
         if not 0.0 < d <= max_sep:
             continue
@@ -871,7 +875,9 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
         across = -(hx[mine] - x[p]) * uy + (hy[mine] - y[p]) * ux
         if not np.any((along >= 0.15 * d) & (along <= 0.85 * d) & (np.abs(across) <= 1.5)):
             continue
-        parent[root(q)] = root(p)
+        a, b = root(p), root(q)
+        parent[max(a, b)] = min(a, b)  # the group in its first piece's place
+        size[min(a, b)] += size[max(a, b)]
     roots = np.array([root(k) for k in range(n)])
     if np.all(roots == np.arange(n)):
         return objects, segmap, 0

@@ -33,6 +33,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from ssodetect import safejson
@@ -317,7 +318,8 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    ours = recorded_files(directory) or set()
+    recorded = recorded_files(directory)
+    ours = recorded or set()
     found = []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
@@ -327,7 +329,7 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
         if not names and not dirs and here != "." and not any(name.startswith(here + "/") for name in ours):
             candidates = [here]  # an empty directory where none of ours lies (made by someone else): theirs
         for relative in candidates:
-            if relative not in ours and not _leftover(relative, ours):
+            if relative not in ours and not (recorded is not None and _leftover(relative, ours)):
                 found.append(relative)
                 if len(found) >= limit:
                     return found
@@ -336,6 +338,8 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
 
 #: A temporary file of :func:`atomic_write_bytes` (``.NAME.XXXXXXXX.tmp``, :func:`tempfile.mkstemp`'s characters).
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+#: Age [s] from which :meth:`OutputStage._tidy` removes a leftover (:func:`_leftover`).
+LEFTOVER_AGE = 3600.0
 #: Files written by atomic writes into directories of ours besides the record's and the products' (ml train, batch).
 _ATOMIC_NAMES = ("metrics.json", "model.pt", "checkpoint.pt", "complete.json")
 
@@ -568,8 +572,11 @@ class OutputStage:
                 ours = recorded_files(self.outdir)
             except UnsignedRecord:
                 ours = None  # not our directory: nothing in it is removed
+            now = time.time()
             for path in self.outdir.iterdir() if ours is not None else ():
-                if not path.is_dir() and _leftover(path.name, ours):
+                # (a writer that holds no lock of this directory, a batch's or a training's, may be writing one now:
+                # only those an hour old are removed; younger ones are merely not taken as the user's)
+                if not path.is_dir() and _leftover(path.name, ours) and now - path.lstat().st_mtime > LEFTOVER_AGE:
                     log.info("removing %s, left by an interrupted command", path)
                     path.unlink(missing_ok=True)
         previous = sorted(self._own(self._prefix("previous")), key=lambda p: p.lstat().st_mtime)
@@ -647,6 +654,11 @@ class OutputStage:
                 if not self.outdir.exists():
                     os.rename(self.path, self.outdir)
                 elif _exchange(self.path, self.outdir):
+                    try:  # the old run, now in the stage's place: marked, so a kill during its removal leaves it tidied
+                        os.chmod(self.path, 0o700)
+                        _mark(self.path)
+                    except OSError:
+                        pass
                     shutil.rmtree(self.path, ignore_errors=True)
                 else:
                     aside = Path(tempfile.mkdtemp(prefix=self._prefix("previous"), dir=self.base))
@@ -671,8 +683,12 @@ class OutputStage:
                 if names:
                     # signed first, the record lets each file be as it was or as it is to be: a kill between the
                     # moves leaves every file ours (the next command replaces them), not strangers that block it
-                    files = {name: _digest(self.outdir / name) for name in sorted(ours or recorded_files(self.outdir)
-                                                                                   or set()) if name != RECORD}
+                    try:
+                        known = ours or recorded_files(self.outdir) or set()
+                    except UnsignedRecord:
+                        shutil.rmtree(self.path, ignore_errors=True)
+                        raise
+                    files = {name: _digest(self.outdir / name) for name in sorted(known) if name != RECORD}
                     files = {name: digest for name, digest in files.items() if digest is not None}
                     for name in names:
                         new, old = _digest(self.path / name), files.get(name)

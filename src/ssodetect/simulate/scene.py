@@ -65,16 +65,16 @@ class SimulationConfig(BaseModel):
     nx: int = Field(default=2048, ge=128, le=8192, description="CCD width [px] (at most 8192: a Euclid CCD is ~4k).")
     ny: int = Field(default=2048, ge=128, le=8192, description="CCD height [px] (at most 8192).")
     n_exposures: int = Field(default=4, ge=1, le=200, description="Number of exposures (at most 200).")
-    exptime: float = Field(default=566.0, gt=0, description="Exposure time [s].")
-    cadence: float = Field(default=1100.0, gt=0, description="Start-to-start time between exposures [s].")
+    exptime: float = Field(default=566.0, gt=0, le=1e5, description="Exposure time [s] (at most 1e5).")
+    cadence: float = Field(default=1100.0, gt=0, le=1e7, description="Start-to-start time between exposures [s].")
     start: str = Field(default="2026-03-21T00:00:00", description="Start time of the first exposure (UTC, ISO).")
     ra: float = Field(default=150.0, description="Field centre RA [deg].")
     dec: float = Field(default=25.0, description="Field centre Dec [deg].")
     pixel_scale: float = Field(default=0.1, gt=0, description="Pixel scale [arcsec/px].")
     ccd_gap: int = Field(default=60, ge=0, le=8192, description="Gap between CCDs [px].")
     dither: float = Field(default=3.0, ge=0, le=3600.0, description="RMS dither offset between exposures [arcsec] (at most 1 deg).")
-    fwhm_min: float = Field(default=1.6, gt=0, description="Smallest PSF core FWHM [px].")
-    fwhm_max: float = Field(default=1.8, gt=0, description="Largest PSF core FWHM [px].")
+    fwhm_min: float = Field(default=1.6, gt=0, le=50.0, description="Smallest PSF core FWHM [px].")
+    fwhm_max: float = Field(default=1.8, gt=0, le=50.0, description="Largest PSF core FWHM [px] (at most 50).")
     psf_model: Literal["double_gaussian", "moffat"] = Field(
         default="double_gaussian",
         description="PSF: 'double_gaussian' (core of the exposure's FWHM plus a wide wing) or 'moffat' (of that FWHM).",

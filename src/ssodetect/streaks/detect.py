@@ -858,8 +858,9 @@ def refine_trails(
     # saturated star at another angle is not a spike, and an image without spikes has no such axis: on a
     # crowded member without spikes 137 movers and galaxies had been labelled spikes)
     near_core = {int(group[0]): near_core_of(int(group[0])) for group in groups}
-    # too few such lines to tell the axes from chance (a frame with one or two saturated stars): all are spikes
-    judged = sum(near_core.values()) >= MIN_SPIKE_LINES
+    # too few such lines to tell the axes from chance (a frame with one or two saturated stars): all are spikes (the
+    # lines without a twin count among them: they point at cores too, and dropping them must not turn the test off)
+    judged = sum(near_core.values()) + info["n_unmirrored"] >= MIN_SPIKE_LINES
     axes = (spike_axes(np.degrees([float(out["theta"][f]) for f, near in near_core.items() if near]))
             if judged else np.zeros(0))
     info["spike_axes"] = [round(float(a), 1) for a in axes]
