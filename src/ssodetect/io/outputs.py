@@ -576,7 +576,12 @@ class OutputStage:
             for path in self.outdir.iterdir() if ours is not None else ():
                 # (a writer that holds no lock of this directory, a batch's or a training's, may be writing one now:
                 # only those an hour old are removed; younger ones are merely not taken as the user's)
-                if not path.is_dir() and _leftover(path.name, ours) and now - path.lstat().st_mtime > LEFTOVER_AGE:
+                try:
+                    old = (not path.is_dir() and _leftover(path.name, ours)
+                           and now - path.lstat().st_mtime > LEFTOVER_AGE)
+                except OSError:  # (gone meanwhile)
+                    continue
+                if old:
                     log.info("removing %s, left by an interrupted command", path)
                     path.unlink(missing_ok=True)
         previous = sorted(self._own(self._prefix("previous")), key=lambda p: p.lstat().st_mtime)
