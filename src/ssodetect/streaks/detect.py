@@ -1298,6 +1298,25 @@ def _along_edge(shape: tuple[int, int], x: float, y: float, theta: float, distan
     return (vertical and min(x, nx - 1 - x) < distance) or (horizontal and min(y, ny - 1 - y) < distance)
 
 
+def _core_on_axis(points: np.ndarray | None, x: float, y: float, length: float, theta: float, reach: float, *,
+                  band: float) -> int | None:
+    """Index into ``points`` (m, 2: ``(y, x)`` of saturated pixels) of the one nearest a segment on its extended axis
+    (within ``band`` px of it, at most ``reach`` px beyond an end); None when there is none, or when a saturated pixel
+    lies along the segment itself (two spikes of one star joined through its core)."""
+    if points is None or len(points) == 0:
+        return None
+    c, si = math.cos(theta), math.sin(theta)
+    u = (points[:, 1] - x) * c + (points[:, 0] - y) * si
+    w = -(points[:, 1] - x) * si + (points[:, 0] - y) * c
+    near_axis = np.abs(w) <= band
+    if np.any(near_axis & (np.abs(u) <= 0.5 * length)):
+        return None
+    beyond = near_axis & (np.abs(u) <= 0.5 * length + reach)
+    if not beyond.any():
+        return None
+    return int(np.nonzero(beyond)[0][int(np.argmin(np.abs(u[beyond])))])
+
+
 def _gap_to_core(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, points: np.ndarray, x: float, y: float,
                  length: float, theta: float, psf_sigma: float, reach: float) -> bool:
     """Whether the line between a segment and the nearest saturated pixel on its extended axis is empty.
@@ -1324,18 +1343,11 @@ def _gap_to_core(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, point
     reach : float
         How far beyond the segment's ends a saturated pixel is sought [px].
     """
-    if points is None or len(points) == 0:
+    k = _core_on_axis(points, x, y, length, theta, reach, band=3.0)
+    if k is None:
         return False
     c, si = math.cos(theta), math.sin(theta)
-    u = (points[:, 1] - x) * c + (points[:, 0] - y) * si
-    w = -(points[:, 1] - x) * si + (points[:, 0] - y) * c
-    band = np.abs(w) <= 3.0
-    if np.any(band & (np.abs(u) <= 0.5 * length)):
-        return False  # the line crosses a core itself (two spikes of one star joined through it)
-    beyond = band & (np.abs(u) <= 0.5 * length + reach)
-    if not beyond.any():
-        return False
-    core = u[beyond][int(np.argmin(np.abs(u[beyond])))]
+    core = (points[k, 1] - x) * c + (points[k, 0] - y) * si  # along the axis [px]
     s = math.sqrt(psf_sigma**2 + 1.0 / 12.0)
     start, stop = 0.5 * length + 2.0 * s + 1.0, abs(core) - 2.0 * s - 1.0
     if stop - start < 4.0 * s + 1.0:
@@ -1375,19 +1387,10 @@ def _unmirrored(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, satura
     of its light, by :data:`GAP_SIGMA` errors.  A twin off the image, on masked or saturated pixels, or with no
     measurable light of the segment's own, decides nothing (False).
     """
-    if points is None or len(points) == 0:
-        return False
-    c, si = math.cos(theta), math.sin(theta)
-    u = (points[:, 1] - x) * c + (points[:, 0] - y) * si
-    w = -(points[:, 1] - x) * si + (points[:, 0] - y) * c
     # (:func:`_touches` samples the axis 3 px to each side at whole pixels: a core 3.8 px off it is met)
-    band = np.abs(w) <= 4.0
-    if np.any(band & (np.abs(u) <= 0.5 * length)):
-        return False  # the line crosses a core itself (two spikes of one star joined through it)
-    beyond = band & (np.abs(u) <= 0.5 * length + reach)
-    if not beyond.any():
+    k = _core_on_axis(points, x, y, length, theta, reach, band=4.0)
+    if k is None:
         return False
-    k = np.nonzero(beyond)[0][int(np.argmin(np.abs(u[beyond])))]
     near = np.hypot(points[:, 1] - points[k, 1], points[:, 0] - points[k, 0]) <= reach
     cx, cy = float(np.mean(points[near, 1])), float(np.mean(points[near, 0]))
     ny, nx = data.shape
