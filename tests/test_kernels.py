@@ -570,6 +570,53 @@ def test_a_faint_trail_cut_by_a_cosmic_ray_is_one_detection():
         assert n == expect and len(out) == len(objects) - n and seg.max() == len(out), ratio
 
 
+def test_a_trail_cut_by_a_wide_cosmic_ray_is_joined_again():
+    """A masked cosmic-ray track 4-5 px wide across a trail: no single hit pixel touches both pieces, the hit is its
+    8-connected cluster and joins them.  Of 20 trails of 8-12 px cut so, at least 16 are joined into one piece
+    (measured: 18; 9 when each hit pixel had to touch both pieces itself).  Such a hit between a star and one 5x
+    brighter joins nothing."""
+    import sep
+
+    from ssodetect.detect.extract import rejoin_split_sources
+    from ssodetect.simulate import MoffatPSF
+
+    psf = MoffatPSF(fwhm=1.7, beta=2.5)
+    shape = (80, 80)
+    joined = 0
+    for seed in range(20):
+        rng = np.random.default_rng(200 + seed)
+        img = rng.normal(0.0, 4.0, shape)
+        xc, yc = 40.0 + rng.uniform(-0.5, 0.5), 40.0 + rng.uniform(-0.5, 0.5)
+        length, angle = rng.uniform(8.0, 12.0), rng.uniform(0.0, math.pi)
+        c, s = math.cos(angle), math.sin(angle)
+        splat(img, *trail_points(xc - 0.5 * length * c, yc - 0.5 * length * s, xc + 0.5 * length * c,
+                                 yc + 0.5 * length * s, rng.uniform(1300.0, 2000.0)), psf)
+        hits = np.zeros(shape, bool)
+        for t in np.arange(-3.0, 3.5, 0.5):  # across the trail
+            for u in np.arange(4 + seed % 2) - 0.5 * (3 + seed % 2):  # along it
+                hits[int(round(yc + t * c + u * s)), int(round(xc - t * s + u * c))] = True
+        img[hits] = 0.0
+        objects, segmap = sep.extract(img.astype(np.float32), 1.5, err=np.full(shape, 4.0, np.float32),
+                                      segmentation_map=True)
+        assert np.sum(np.hypot(objects["x"] - xc, objects["y"] - yc) < 0.5 * length + 2.0) == 2, seed
+        out, seg, n = rejoin_split_sources(objects, segmap, hits, 1.7 / 2.3548)
+        assert len(out) == len(objects) - n and seg.max() == len(out)
+        joined += bool(n == 1 and np.sum(np.hypot(out["x"] - xc, out["y"] - yc) < 0.5 * length + 2.0) == 1)
+    assert joined >= 16, joined
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(0.0, 4.0, shape)
+    splat(img, [36.0, 44.0], [40.0, 40.0], [7500.0, 1500.0], psf)
+    hits = np.zeros(shape, bool)
+    hits[37:44, 38:43] = True
+    img[hits] = 0.0
+    objects, segmap = sep.extract(img.astype(np.float32), 1.5, err=np.full(shape, 4.0, np.float32),
+                                  segmentation_map=True)
+    assert np.sum(np.hypot(objects["x"] - 40.0, objects["y"] - 40.0) < 6.0) == 2
+    out, seg, n = rejoin_split_sources(objects, segmap, hits, 1.7 / 2.3548)
+    assert n == 0 and len(out) == len(objects)
+
+
 def test_a_footprint_too_large_for_the_halo_model_is_counted():
     """A bright galaxy's footprint whose box exceeds ``max_fraction`` of the image is not modelled, and the report
     says so (``n_halo_too_large``); within the limit it is modelled."""

@@ -485,6 +485,24 @@ def _trail_rows(rows):
                   "chi2_sharp": np.full(n, np.nan), "chi2_broad": np.full(n, np.nan), "masked_core": np.zeros(n)})
 
 
+def test_a_saturated_stars_centre_ignores_its_bleed_and_a_neighbour():
+    """The centre a spike's twin is reflected through: a saturated core of radius 3 px at (50.0, 60.0) with a bleed
+    column running 25 px up and 6 px down and a second saturated star 14 px away is found within 0.5 px (the mean of
+    the saturated pixels within reach had been 4 px up the bleed and towards the neighbour)."""
+    from ssodetect.streaks.detect import _saturated_centre
+
+    saturated = np.zeros((120, 120), bool)
+    yy, xx = np.mgrid[0:120, 0:120]
+    saturated |= np.hypot(xx - 50.0, yy - 60.0) <= 3.0
+    saturated[54:86, 50] = True  # the bleed
+    saturated |= np.hypot(xx - 64.0, yy - 58.0) <= 2.0  # the neighbour
+    for y, x in ((60, 52), (84, 50), (57, 50)):  # the first saturated pixel met may be any of the star's own
+        cx, cy = _saturated_centre(saturated, y, x, reach=30.0)
+        assert math.hypot(cx - 50.0, cy - 60.0) < 0.5, (y, x, cx, cy)
+    near = np.hypot(xx - 52, yy - 60) <= 30.0
+    assert math.hypot(float(np.mean(xx[saturated & near])) - 50.0, float(np.mean(yy[saturated & near])) - 60.0) > 2.0
+
+
 def test_only_lines_along_the_images_spike_axes_are_spikes():
     """Four saturated stars with six spikes each (axes 15, 75 and 135 deg; opposite spikes join into one line) and a
     mover's trail pointing at a core at 40 deg: the spikes are labelled ``spike``, the mover is measured as a trail;

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 import sep
 from astropy.table import Table
+from scipy import ndimage
 from scipy.special import ndtr
 
 from ssodetect.columns import describe, empty_table
@@ -403,6 +404,9 @@ def _compact_cores(work, variance, mask, objects, x, y, length, theta, psf_sigma
         # a masked hit inside the window is skipped by the centroid (a point core beside a cosmic ray had been left
         # in its footprint, 6 px long with the ray's unflagged fringe, and a slow mover of member 381 was vetted out)
         good = ((flag & ~sep.APER_HASMASKED) == 0) & np.isfinite(xw) & np.isfinite(yw)
+        # and it stays by the peak it started from (a window half masked may drift to a neighbour's light)
+        good &= np.hypot(np.nan_to_num(xw - xp, nan=np.inf), np.nan_to_num(yw - yp, nan=np.inf)) <= max(
+            2.0 * psf_sigma, 1.5)
         xw, yw = np.where(good, xw, xp), np.where(good, yw, yp)
         c_point, _, n_point = shape_chi2(work, variance, mask, xw, yw, np.zeros(wide.size), theta[wide], psf_sigma, gain)
         c_trail, _, n_trail = shape_chi2(work, variance, mask, x[wide], y[wide], length[wide], theta[wide],
@@ -796,6 +800,9 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
 #: between them (:func:`rejoin_split_sources`), and the largest ratio of their fluxes.
 REJOIN_MAX_SEPARATION_FWHM = 5.0
 REJOIN_MAX_FLUX_RATIO = 2.5
+#: A hit touching more pieces than this (a long track across a crowded field) pairs only the pieces that one of its
+#: pixels touches itself.
+REJOIN_MAX_PIECES_TOUCHED = 8
 
 
 def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarray, psf_sigma: float):
@@ -805,8 +812,9 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
     set to the background for segmentation: the hole is a valley that sep's deblending cuts the footprint at (a
     V 23 slow mover of members 381 and 384, its 6 px trail hit in the middle in two of its four exposures, became
     two point sources 1.9 px either side of its centre in both, and was lost; 16 of 20 such trails in a test), or
-    the hole parts the footprint itself.  Two pieces are joined where a hit pixel touches both segments and lies
-    between their centres (projected within the middle 70 % of the line joining them, within 1.5 px of it), the
+    the hole parts the footprint itself.  Two pieces are joined where a hit (an 8-connected cluster of masked
+    pixels: a track 2 px wide has pixels that touch one piece only) touches both segments and lies between their
+    centres (projected within the middle 70 % of the line joining them, within 1.5 px of it), the
     centres lie at most :data:`REJOIN_MAX_SEPARATION_FWHM` apart and their fluxes within
     :data:`REJOIN_MAX_FLUX_RATIO` of each other (a faint mover beside a star stays apart; at 4x, a star of a crowded
     field with a neighbour 4.6 px away had been joined to it and lost to the registration).  Two alike point
@@ -841,10 +849,31 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
     ys, xs = np.nonzero(hits)
     around = np.stack([segmap[np.clip(ys + dy, 0, ny - 1), np.clip(xs + dx, 0, nx - 1)]
                        for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=1)
+    # a hit is its 8-connected cluster of masked pixels: a track 2 px wide or more has pixels that touch one piece
+    # only, or none, and together they touch both
+    labels, _ = ndimage.label(hits, structure=np.ones((3, 3), bool))
+    cluster = labels[ys, xs]
+    cl = np.repeat(cluster, around.shape[1])
+    seg = around.ravel()
+    touch = np.unique(np.column_stack([cl[seg > 0], seg[seg > 0]]), axis=0)  # (cluster, segment id) pairs
+    if not len(touch):
+        return objects, segmap, 0
+    starts = np.r_[0, np.nonzero(np.diff(touch[:, 0]))[0] + 1]
+    pairs_by_cluster: dict = {}
+    for a, b in zip(starts, np.r_[starts[1:], len(touch)]):
+        segs = touch[a:b, 1]
+        if 2 <= segs.size <= REJOIN_MAX_PIECES_TOUCHED:  # a long track across many sources joins none of them
+            for i in range(segs.size):
+                for j in range(i + 1, segs.size):
+                    pairs_by_cluster.setdefault((int(segs[i]) - 1, int(segs[j]) - 1), []).append(int(touch[a, 0]))
+    # and, whatever the cluster's size, a pixel touching two pieces itself pairs them
     hi = around.max(axis=1)
-    lo = np.min(np.where(around > 0, around, hi[:, None]), axis=1)  # the lowest segment id around (0: none)
-    touching = (lo > 0) & (hi > lo)
-    if not touching.any():
+    lo = np.min(np.where(around > 0, around, hi[:, None]), axis=1)
+    for k in np.nonzero((lo > 0) & (hi > lo))[0]:
+        found = pairs_by_cluster.setdefault((int(lo[k]) - 1, int(hi[k]) - 1), [])
+        if int(cluster[k]) not in found:
+            found.append(int(cluster[k]))
+    if not pairs_by_cluster:
         return objects, segmap, 0
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     flux = np.maximum(objects["flux"].astype(float), 0.0)
@@ -857,11 +886,9 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
             k = parent[k]
         return k
 
-    # a hit touching three segments pairs its lowest and highest only: such knots are too rare to matter
-    pairs = np.unique(np.column_stack([lo[touching], hi[touching]]), axis=0) - 1
-    hx, hy = xs[touching].astype(float), ys[touching].astype(float)
+    hx, hy = xs.astype(float), ys.astype(float)
     size = np.ones(n, np.int64)
-    for p, q in pairs:
+    for (p, q), clusters in sorted(pairs_by_cluster.items()):
         if not 0.0 < min(flux[p], flux[q]) or min(flux[p], flux[q]) * REJOIN_MAX_FLUX_RATIO < max(flux[p], flux[q]):
             continue
         if size[root(p)] > 1 or size[root(q)] > 1:
@@ -870,7 +897,7 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
         if not 0.0 < d <= max_sep:
             continue
         ux, uy = (x[q] - x[p]) / d, (y[q] - y[p]) / d
-        mine = ((lo[touching] == p + 1) & (hi[touching] == q + 1))
+        mine = np.isin(cluster, clusters)
         along = (hx[mine] - x[p]) * ux + (hy[mine] - y[p]) * uy
         across = -(hx[mine] - x[p]) * uy + (hy[mine] - y[p]) * ux
         if not np.any((along >= 0.15 * d) & (along <= 0.85 * d) & (np.abs(across) <= 1.5)):

@@ -1373,6 +1373,23 @@ def _gap_to_core(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, point
 WING_TURN = 30.0
 
 
+def _saturated_centre(saturated: np.ndarray, y: int, x: int, reach: float) -> tuple[float, float]:
+    """Centre ``(x, y)`` [px] of the saturated star whose pixel ``(y, x)`` is: the mean column of its 8-connected
+    saturated region within ``reach`` px, and the mean of the rows at least half as wide as its widest (a bleed runs
+    along the columns, one or two pixels wide, and often further one way than the other; a second saturated star
+    nearby is another region)."""
+    from scipy import ndimage
+
+    ny, nx = saturated.shape
+    r = int(math.ceil(reach))
+    y0, x0 = max(y - r, 0), max(x - r, 0)
+    labels, _ = ndimage.label(saturated[y0:min(y + r + 1, ny), x0:min(x + r + 1, nx)], structure=np.ones((3, 3), bool))
+    ys, xs = np.nonzero(labels == labels[y - y0, x - x0])
+    widths = np.bincount(ys)
+    rows = np.nonzero(widths >= 0.5 * widths.max())[0]
+    return float(x0 + np.mean(xs)), float(y0 + np.average(rows, weights=widths[rows]))
+
+
 def _unmirrored(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, saturated: np.ndarray, points: np.ndarray,
                 x: float, y: float, length: float, theta: float, psf_sigma: float, reach: float) -> bool:
     """Whether a segment pointing at a saturated star lacks the twin on the star's other side that a spike has.
@@ -1380,8 +1397,8 @@ def _unmirrored(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, satura
     A diffraction pattern is point-symmetric (a real aperture's): every spike has a twin of equal light through the
     star's centre.  A V 23.2 mover's 12 px trail 16 px from a saturated star, along a spike axis, had no gap to the
     star that its faint light could show (the star's Moffat wings fill it) and was labelled a spike (member 381).
-    The star's centre is the mean of the saturated pixels within ``reach`` px of the first one on the segment's
-    extended axis (within 4 px of it); the light per unit length of the segment and of its reflection through that
+    The star's centre is that of the saturated core met first on the segment's extended axis (within 4 px of it;
+    :func:`_saturated_centre`); the light per unit length of the segment and of its reflection through that
     centre, each less the star's wings there (the mean of the segment turned by ``+-`` :data:`WING_TURN` degrees
     about the centre), are compared: the segment is unmirrored when its twin holds less than :data:`GAP_FRACTION`
     of its light, by :data:`GAP_SIGMA` errors.  A twin off the image, on masked or saturated pixels, or with no
@@ -1391,8 +1408,7 @@ def _unmirrored(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, satura
     k = _core_on_axis(points, x, y, length, theta, reach, band=4.0)
     if k is None:
         return False
-    near = np.hypot(points[:, 1] - points[k, 1], points[:, 0] - points[k, 0]) <= reach
-    cx, cy = float(np.mean(points[near, 1])), float(np.mean(points[near, 0]))
+    cx, cy = _saturated_centre(saturated, int(points[k, 0]), int(points[k, 1]), reach)
     ny, nx = data.shape
 
     def amplitude(turn: float):
