@@ -37,10 +37,10 @@ from ssodetect.detect.shape import trailed_psf
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
 __all__ = ["BlendProposal", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "find_trail", "MAX_TRAIL_SEARCH",
-           "resample_stamp", "fit_beside_template",
+           "resample_stamp", "fit_beside_template", "fit_with_static_sky",
            "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
-           "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
+           "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "JOINT_MAX_CONTRAST", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
            "POSITION_FLOOR_PX"]
 
 #: A blend target's detection must exceed the pair's flux by at least this fraction of it (and its noise).
@@ -54,6 +54,11 @@ MAX_SCALE_CHANGE = 0.3
 #: A measured mover closer than this many PSF sigmas to the template's peak is refused: there the fit trades the
 #: two sources against each other (biased positions and fluxes at 1.5 sigma, the source itself at 0).
 MIN_SEPARATION_SIGMA = 2.5
+#: A mover fitted jointly with the static sky (:func:`fit_with_static_sky`) within :data:`MIN_SEPARATION_SIGMA` PSF
+#: sigmas of a static peak this many times its own is refused: beyond, the static sky's differences between the
+#: exposures (resampling an undersampled PSF) bias it beyond its errors (on a star 10x brighter, positions 0.6 px off
+#: with errors of 0.12 px; up to 5x, within twice them).
+JOINT_MAX_CONTRAST = 5.0
 #: A blend measurement's flux must lie within this factor of the pair's (besides the 3-sigma test).
 MAX_FLUX_FACTOR = 2.5
 #: Systematic position error [px] added to a blend measurement (template residuals, resampling).
@@ -626,6 +631,153 @@ def fit_beside_template(
             "unit_scale_flux": float(unit_coef[0]), "unit_scale_flux_err": unit_err}
 
 
+def fit_with_static_sky(
+    stamps: np.ndarray, variances: np.ndarray, positions: np.ndarray, *, target: int, length: float, theta: float,
+    psf_sigma: float, gain: float, max_shift: float, mismatch: float = TEMPLATE_MISMATCH,
+) -> dict | None:
+    """Fit a slow mover in one exposure jointly with the static sky under it, over several exposures' stamps.
+
+    Where a mover moves too little for any exposure to show the static sky without it (a 0.5-1"/h mover on a
+    star or galaxy in two of four exposures: no template for :func:`fit_beside_template`), the exposures are
+    fitted together: ``d_t(p) = S(p) + f_t P(p; x_t, y_t)``, one static sky ``S`` for all (a free value per pixel,
+    profiled out: the weighted mean of ``d_t - f_t P_t`` over the exposures) and a flux ``f_t`` per exposure; the
+    other exposures' positions are the predictions, the target's is fitted within ``max_shift`` px.  Only the
+    target's flux ``f_target`` is the measurement: the others' light is not counted as the target's.  The fluxes are
+    told apart by the mover's motion between the exposures alone, so their errors grow as the motion shrinks.
+
+    Parameters
+    ----------
+    stamps, variances : ndarray (m, n, n)
+        The exposures' pixels on the target stamp's grid [ADU, background subtracted; NaN where bad] (the target's
+        own, the others resampled onto it: :func:`resample_stamp`) and their noise variance [ADU^2].
+    positions : ndarray (m, 2)
+        The mover's predicted ``(x, y)`` in each stamp [px, 0-based, stamp frame]; the target's is where its fit
+        starts.
+    target : int
+        Index of the measured exposure in ``stamps``.
+    length, theta : float
+        Trail length [px] and angle [rad] of the motion during an exposure (the same in all).
+    psf_sigma, gain : float
+        PSF Gaussian sigma [px]; gain [e-/ADU].
+    max_shift : float
+        Largest distance [px] of the target's fitted position from its prediction.
+    mismatch : float
+        Relative error of the static sky between exposures (resampling an undersampled PSF, PSF changes).
+
+    Returns
+    -------
+    dict or None
+        As :func:`fit_beside_template` (``scale`` 1: the static sky is fitted, not scaled; the template is the fitted
+        ``S``), plus ``spread`` [px]: the largest distance of the mover's position in another exposure from the
+        target's (what tells the fluxes apart), and ``joint`` (True: :func:`accept_recovery` does not refuse it as
+        too close to the static source, whose light the other exposures separate).  None with fewer than two exposures, too few pixels seen twice, or
+        a singular fit.
+    """
+    stamps = np.asarray(stamps, float)
+    variances = np.asarray(variances, float)
+    positions = np.asarray(positions, float)
+    m, n = stamps.shape[0], stamps.shape[1]
+    if m < 2 or not 0 <= target < m:
+        return None
+    ok = np.isfinite(stamps) & np.isfinite(variances)
+    twice = ok.sum(axis=0) >= 2  # (n, n): pixels two exposures see (the others hold no information on S)
+    if twice.sum() < 20 or not ok[target][twice].sum() >= 10:
+        return None
+    d = np.where(ok, stamps, 0.0)[:, twice]  # (m, k)
+    g = max(float(gain), 1e-6)
+    sky = np.nanmedian(np.where(ok, stamps, np.nan)[:, twice], axis=0)  # (k,) the static sky, the mover aside
+    var = (np.where(ok, variances, 0.0)[:, twice] + np.clip(sky, 0.0, None) / g + (mismatch * sky) ** 2)
+    w = np.where(ok[:, twice], 1.0 / np.maximum(var, 1e-12), 0.0)  # (m, k)
+    wsum = w.sum(axis=0)
+    share = w / np.maximum(wsum, 1e-300)
+    psfs = [trailed_psf(float(positions[t, 0]), float(positions[t, 1]), length, theta, psf_sigma, 0, 0, n)[twice]
+            for t in range(m)]
+    d_res = d - np.sum(share * d, axis=0)  # d_t - the weighted mean (the sky profiled out)
+    sw = np.sqrt(w)
+
+    def design(psf_target):
+        """(m k, m): the columns of the fluxes, the sky profiled out, weighted."""
+        ps = list(psfs)
+        ps[target] = psf_target
+        cols = np.zeros((m, d.shape[1], m))
+        for s_ in range(m):
+            cols[:, :, s_] = -share[s_] * ps[s_]
+            cols[s_, :, s_] += ps[s_]
+        return (cols * sw[:, :, None]).reshape(m * d.shape[1], m)
+
+    rhs = (d_res * sw).ravel()
+    x0, y0 = float(positions[target, 0]), float(positions[target, 1])
+
+    def solve(p):
+        a = design(trailed_psf(p[0], p[1], length, theta, psf_sigma, 0, 0, n)[twice])
+        coef, *_ = np.linalg.lstsq(a, rhs, rcond=None)
+        return coef, float(np.sum((rhs - a @ coef) ** 2)), a
+
+    def chi2(p):
+        if math.hypot(p[0] - x0, p[1] - y0) > max_shift:
+            return 1e30
+        return solve(p)[1]
+
+    p = np.array([x0, y0])
+    res = minimize(chi2, p, method="Nelder-Mead",
+                   options={"xatol": 0.005, "fatol": 1e-3, "initial_simplex": [p, p + [0.5, 0], p + [0, 0.5]]})
+    p = res.x
+    if math.hypot(p[0] - x0, p[1] - y0) > max_shift:
+        return None
+    coef, c2, a = solve(p)
+    f = coef[target]
+    h = 0.01
+    dpx = (trailed_psf(p[0] + h, p[1], length, theta, psf_sigma, 0, 0, n)[twice]
+           - trailed_psf(p[0] - h, p[1], length, theta, psf_sigma, 0, 0, n)[twice]) / (2 * h)
+    dpy = (trailed_psf(p[0], p[1] + h, length, theta, psf_sigma, 0, 0, n)[twice]
+           - trailed_psf(p[0], p[1] - h, length, theta, psf_sigma, 0, 0, n)[twice]) / (2 * h)
+
+    def position_column(deriv):
+        col = np.repeat((-share[target] * deriv * f)[None, :], m, axis=0)  # (m, k): through the profiled sky
+        col[target] += deriv * f
+        return (col * sw).ravel()
+
+    jac = np.column_stack([a, position_column(dpx), position_column(dpy)])
+    n_obs = int(ok[:, twice].sum())
+    dof = max(n_obs - int(twice.sum()) - m - 2, 1)
+    try:
+        cov = np.linalg.inv(jac.T @ jac) * max(1.0, c2 / dof)
+    except np.linalg.LinAlgError:
+        return None
+    diag = np.diag(cov)
+    if not np.all(np.isfinite(diag)) or np.any(diag < 0):
+        return None
+    # the static sky fitted and its brightest pixel near the mover (see accept_recovery's "too close")
+    psf_t = trailed_psf(p[0], p[1], length, theta, psf_sigma, 0, 0, n)[twice]
+    ps = list(psfs)
+    ps[target] = psf_t
+    static = np.full((n, n), np.nan)
+    static[twice] = np.sum(share * (d - coef[:, None] * np.array(ps)), axis=0)
+    yy, xx = np.mgrid[0:n, 0:n]
+    near = np.hypot(xx - p[0], yy - p[1]) <= 4.0 * psf_sigma + 0.5 * length
+    peak = np.where(near & np.isfinite(static), np.nan_to_num(static), -np.inf)
+    k = int(np.argmax(peak))
+    if np.isfinite(peak.ravel()[k]):
+        px, py = xx.ravel()[k], yy.ravel()[k]
+        separation = float(math.hypot(px - p[0], py - p[1]))
+        along = float(np.clip((px - p[0]) * math.cos(theta) + (py - p[1]) * math.sin(theta), -0.5 * length,
+                              0.5 * length))
+        off_track = float(math.hypot(px - p[0] - along * math.cos(theta), py - p[1] - along * math.sin(theta)))
+        static_peak = float(peak.ravel()[k])
+    else:
+        separation = off_track = float("inf")
+        static_peak = 0.0
+    spread = float(np.max(np.hypot(positions[:, 0] - p[0], positions[:, 1] - p[1])))
+    flux_err = float(math.sqrt(diag[target]))
+    return {"flux": float(f), "flux_err": flux_err, "x": float(p[0]), "y": float(p[1]),
+            "x_err": float(math.hypot(math.sqrt(diag[m]), POSITION_FLOOR_PX)),
+            "y_err": float(math.hypot(math.sqrt(diag[m + 1]), POSITION_FLOOR_PX)), "scale": 1.0,
+            "chi2_dof": float(c2 / dof), "n_pixels": int(twice.sum()), "separation": separation,
+            "template_peak": static_peak, "mover_peak": float(f * np.max(psf_t)) if psf_t.size else 0.0,
+            "off_track": off_track, "unit_scale_flux": float(f), "unit_scale_flux_err": flux_err, "spread": spread,
+            "joint": True}
+
+
 def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *, min_snr: float, flux_scatter: float,
                     max_chi2_dof: float, max_position_error: float, psf_sigma: float = 1.0) -> str:
     """Why a blend measurement is refused, or ``"ok"``.
@@ -633,8 +785,10 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
     Refusals: ``no fit``, ``faint`` (flux below ``min_snr`` times its error), ``scale`` (template scale more
     than :data:`MAX_SCALE_CHANGE` from 1 while the static source shows: the PSF took its place; unless that source
     lies off the mover's track (``fit["off_track"]`` beyond twice :data:`MIN_SEPARATION_SIGMA` PSF sigmas) and the
-    flux fitted with the template at scale 1 is as significant and consistent with the pair's), ``too close
-    (within :data:`MIN_SEPARATION_SIGMA` PSF sigmas of a template peak brighter than the mover), ``flux``
+    flux fitted with the template at scale 1 is as significant and consistent with the pair's), ``too close``
+    (within :data:`MIN_SEPARATION_SIGMA` PSF sigmas of a template peak brighter than the mover; for a joint fit,
+    ``fit["joint"]``, only of one :data:`JOINT_MAX_CONTRAST` times brighter: :func:`fit_with_static_sky` separates
+    the two sources by the other exposures, and its scale is 1), ``flux``
     (inconsistent with the pair's at 3 sigma given ``flux_scatter``, or beyond :data:`MAX_FLUX_FACTOR`),
     ``residuals`` (reduced chi2 of the stamp above ``max_chi2_dof``: the template did not take the static sky
     away), ``imprecise`` (position error above ``max_position_error`` px).
@@ -644,7 +798,8 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
     if not fit["flux"] > min_snr * fit["flux_err"]:
         return "faint"
     static_shows = fit["template_peak"] > 0.5 * fit["mover_peak"]
-    if static_shows and abs(fit["scale"] - 1.0) > MAX_SCALE_CHANGE:
+    joint = bool(fit.get("joint"))  # fitted with the static sky (fit_with_static_sky): no scale, no trade
+    if static_shows and not joint and abs(fit["scale"] - 1.0) > MAX_SCALE_CHANGE:
         # the PSF may have taken the static source's place; not when that source lies off the mover's track
         # and the mover's flux stands as well with the template at its level (a V 23.4 fast mover's 116 px
         # trail, S/N 12, measured 38 px from a galaxy of the template at scale 0.39, was refused so and lost)
@@ -653,7 +808,8 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
         if not (beyond and unit > min_snr * unit_err
                 and _consistent(unit, unit_err, pair_flux, pair_flux_err, flux_scatter)):
             return "scale"
-    if fit["template_peak"] > fit["mover_peak"] and fit["separation"] < MIN_SEPARATION_SIGMA * psf_sigma:
+    contrast = JOINT_MAX_CONTRAST if joint else 1.0
+    if fit["template_peak"] > contrast * fit["mover_peak"] and fit["separation"] < MIN_SEPARATION_SIGMA * psf_sigma:
         return "too close"
     if not _consistent(fit["flux"], fit["flux_err"], pair_flux, pair_flux_err, flux_scatter) or not (
             pair_flux / MAX_FLUX_FACTOR <= fit["flux"] <= pair_flux * MAX_FLUX_FACTOR):

@@ -2,7 +2,8 @@
 
 Pairs of clean unlinked detections are predicted into the other exposures; where a brighter
 detection sits on the prediction, the mover is fitted beside a template of the static sky made
-from the exposures in which it was elsewhere.  A pair with enough accepted measurements becomes
+from the exposures in which it was elsewhere, or, where it was nowhere else (a slow mover on a star in every
+exposure), fitted with the static sky over all of them.  A pair with enough accepted measurements becomes
 an object (``kind = linked``; the measured rows have ``kind = blend``).  A single trail seen whole
 (a fast mover whose trails in the other exposures a diffraction spike, a bleed or a star cut into
 pieces the streak linker cannot join) is predicted both ways along its axis; a direction whose
@@ -24,7 +25,8 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
-                                   fit_beside_template, propose_pairs, propose_trails, resample_stamp, whole_trails)
+                                   fit_beside_template, fit_with_static_sky, propose_pairs, propose_trails,
+                                   resample_stamp, whole_trails)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
@@ -84,7 +86,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     observations, objects : Table
         With the recovered objects appended.
     stats : dict
-        The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured``, ``refused``
+        The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured`` (of which ``n_joint``
+        fitted with the static sky over the exposures where the mover covers its own place, none other being free
+        of it: :func:`ssodetect.link.blends.fit_with_static_sky`; ``n_joint_accepted`` of them kept), ``refused``
         (reason -> count), ``n_no_template``, ``n_off_image``, ``n_too_long`` (longer than
         ``streaks.max_length`` or :data:`MAX_LENGTH`: every target is one of measured, no template, off the image,
         too long),
@@ -102,7 +106,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     """
     lk = config.link
     t_start = time.perf_counter()
-    stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "refused": {},
+    stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "n_joint": 0,
+                   "n_joint_accepted": 0, "refused": {},
                    "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
                    "n_too_faint": 0,
                    "n_rejected_fit": 0, "n_conflicts": 0,
@@ -341,7 +346,6 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
     ccd, (w, x, y, length, theta, motion) = where
     info = info_by[(e, ccd)]
     scale = pixel_scale(w)
-    ref = refs[(e, ccd)]
     half = STAMP_HALF + int(math.ceil(0.5 * length))
     ix, iy = int(round(x)), int(round(y))
     psf_sigma = float(info.get("psf_sigma") or 1.0)
@@ -352,6 +356,20 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
     core = np.hypot(grid_x - x, grid_y - y) <= 3.0 * psf_sigma + 0.5 * length
     sky = w.all_pix2world(grid_x.ravel().astype(float), grid_y.ravel().astype(float), 0)
     stamp_vals, stamp_var = [], []
+    near = []  # (t, mover's x, y there [px of e]): exposures where the mover covers its own place in e
+
+    def resampled(t):
+        """Exposure t's pixels and variance on e's stamp grid; None where it does not see the stamp."""
+        t_ccd = holding(t, sky[0][sky[0].size // 2], sky[1][sky[1].size // 2], ccd)
+        wt = wcs_for(t, t_ccd) if t_ccd is not None and (t, t_ccd) in refs else None
+        if wt is None:
+            return None
+        tx, ty = (np.asarray(v, float).reshape(grid_x.shape) for v in world_to_pixels(wt, sky[0], sky[1]))
+        if not (np.isfinite(tx).any() and np.isfinite(ty).any()):
+            return None  # that exposure does not see this part of the sky (another pointing)
+        image, var, mask, _ = pixels(t, t_ccd)
+        return resample_stamp(image, var, mask, tx, ty)
+
     for t, tt in sorted(t_exposures.items(), key=lambda item: abs(item[1] - t_exposures[e])):
         if len(stamp_vals) >= MAX_TEMPLATES:
             break
@@ -361,16 +379,12 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
         mra, mdec = plane.to_sky(np.array([pxi + prop.vx * dt]), np.array([peta + prop.vy * dt]))
         mx, my = (float(v[0]) for v in world_to_pixels(w, mra, mdec))
         if math.hypot(mx - x, my - y) < hide + 3.0 * psf_sigma + 0.5 * length:
+            near.append((t, mx, my))
             continue
-        t_ccd = holding(t, sky[0][sky[0].size // 2], sky[1][sky[1].size // 2], ccd)
-        wt = wcs_for(t, t_ccd) if t_ccd is not None and (t, t_ccd) in refs else None
-        if wt is None:
+        got = resampled(t)
+        if got is None:
             continue
-        tx, ty = (np.asarray(v, float).reshape(grid_x.shape) for v in world_to_pixels(wt, sky[0], sky[1]))
-        if not (np.isfinite(tx).any() and np.isfinite(ty).any()):
-            continue  # that exposure does not see this part of the sky (another pointing)
-        image, var, mask, _ = pixels(t, t_ccd)
-        vals, vvar = resample_stamp(image, var, mask, tx, ty)
+        vals, vvar = got
         mover = np.hypot(grid_x - mx, grid_y - my) < hide
         vals[mover] = np.nan
         vvar[mover] = np.nan
@@ -382,8 +396,9 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
         stamp_vals.append(vals)
         stamp_var.append(vvar)
     if not stamp_vals:
-        stats["n_no_template"] += 1
-        return None
+        # the mover covers its own place in every other exposure (a slow one on a star): all fitted together
+        return _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, info_by, refs, pixels,
+                                t_exposures, t0_mjd, plane, config, stats, refused)
     vals = np.array(stamp_vals)
     counts = np.sum(np.isfinite(vals), axis=0)
     template = np.nansum(vals, axis=0) / np.maximum(counts, 1)
@@ -406,6 +421,55 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
         refused[verdict] += 1
         return None
     stats["n_accepted"] += 1
+    return _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposures, t0_mjd, plane, config)
+
+
+def _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, info_by, refs, pixels, t_exposures,
+                     t0_mjd, plane, config, stats, refused):
+    """The measurement row of a proposal's mover in exposure ``e`` fitted with the static sky over the exposures
+    ``near`` (``(t, x, y)``: the mover's predicted place in each [px of e]) where it covers its own place in ``e``
+    (:func:`ssodetect.link.blends.fit_with_static_sky`); None when refused or when no other exposure sees the stamp
+    (counted ``n_no_template``)."""
+    lk = config.link
+    ccd, (w, x, y, length, theta, motion) = where
+    info = info_by[(e, ccd)]
+    psf_sigma = float(info.get("psf_sigma") or 1.0)
+    ix, iy = int(round(x)), int(round(y))
+    image, var, mask, gain = pixels(e, ccd)
+    data, data_var = _stamp(image, var, mask, ix, iy, half)
+    stamps, variances, positions = [data], [data_var], [(x - (ix - half), y - (iy - half))]
+    for t, mx, my in near:
+        got = resampled(t)
+        if got is not None and np.isfinite(got[0]).any():
+            stamps.append(got[0])
+            variances.append(got[1])
+            positions.append((mx - (ix - half), my - (iy - half)))
+    if len(stamps) < 2:
+        stats["n_no_template"] += 1
+        return None
+    stats["n_measured"] += 1
+    stats["n_joint"] += 1
+    scale = pixel_scale(w)
+    fit = fit_with_static_sky(np.array(stamps), np.array(variances), np.array(positions), target=0, length=length,
+                              theta=theta, psf_sigma=psf_sigma, gain=gain, max_shift=_reach(lk, s_pred, scale))
+    verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
+                              flux_scatter=lk.flux_scatter, max_chi2_dof=lk.max_chi2_dof,
+                              max_position_error=max(1.0, 0.5 / scale), psf_sigma=psf_sigma)
+    if verdict != "ok":
+        refused[verdict] += 1
+        return None
+    stats["n_accepted"] += 1
+    stats["n_joint_accepted"] += 1
+    return _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposures, t0_mjd, plane, config)
+
+
+def _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposures, t0_mjd, plane, config) -> dict:
+    """The observation row of an accepted fit (stamp ``half`` px about pixel ``(ix, iy)`` of exposure ``e``)."""
+    lk = config.link
+    ccd, (w, x, y, length, theta, motion) = where
+    info = info_by[(e, ccd)]
+    scale = pixel_scale(w)
+    ref = refs[(e, ccd)]
     fx, fy = fit["x"] + (ix - half), fit["y"] + (iy - half)
     fra, fdec = (float(v) for v in w.all_pix2world(fx, fy, 0))
     solution = info.get("astrometry") or {}

@@ -579,7 +579,7 @@ BUILTIN_STEPS = [
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
           "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "astrometry.trailed_stars",
-          "astrometry.min_snr", "intermediate"), "22",
+          "astrometry.min_snr", "intermediate"), "23",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
          ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "10",
@@ -592,7 +592,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
           "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
-          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "6",
+          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "7",
          "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
          "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),
