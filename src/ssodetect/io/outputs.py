@@ -573,17 +573,22 @@ class OutputStage:
             except UnsignedRecord:
                 ours = None  # not our directory: nothing in it is removed
             now = time.time()
-            for path in self.outdir.iterdir() if ours is not None else ():
-                # (a writer that holds no lock of this directory, a batch's or a training's, may be writing one now:
-                # only those an hour old are removed; younger ones are merely not taken as the user's)
-                try:
-                    old = (not path.is_dir() and _leftover(path.name, ours)
-                           and now - path.lstat().st_mtime > LEFTOVER_AGE)
-                except OSError:  # (gone meanwhile)
-                    continue
-                if old:
-                    log.info("removing %s, left by an interrupted command", path)
-                    path.unlink(missing_ok=True)
+            # at any depth (an atomic write into steps/ or a batch's field killed there), links not followed
+            for root, dirs, names in os.walk(self.outdir) if ours is not None else ():
+                dirs[:] = [d for d in dirs if not d.startswith(".ssodetect.stage-")]  # (a stage: removed whole)
+                for name in names:
+                    path = Path(root, name)
+                    relative = path.relative_to(self.outdir).as_posix()
+                    # (a writer that holds no lock of this directory, a batch's or a training's, may be writing one
+                    # now: only those an hour old are removed; younger ones are merely not taken as the user's)
+                    try:
+                        old = (_leftover(relative, ours) and not path.is_symlink()
+                               and now - path.lstat().st_mtime > LEFTOVER_AGE)
+                    except OSError:  # (gone meanwhile)
+                        continue
+                    if old:
+                        log.info("removing %s, left by an interrupted command", path)
+                        path.unlink(missing_ok=True)
         previous = sorted(self._own(self._prefix("previous")), key=lambda p: p.lstat().st_mtime)
         if previous and not self.outdir.exists() and (previous[-1] / "run").is_dir() and self.outdir.parent.is_dir():
             log.warning("%s: restored from %s (an interrupted commit)", self.outdir, previous[-1])

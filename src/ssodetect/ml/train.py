@@ -22,7 +22,8 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.errors import ConfigError, InputError
-from ssodetect.io.outputs import atomic_write_text, check_apart, check_not_inside, foreign_files, record_files
+from ssodetect.io.outputs import (OutputLock, atomic_write_text, check_apart, check_not_inside, foreign_files,
+                                 record_files)
 from ssodetect.ml.dataset import load_dataset
 from ssodetect.ml.model import MoverNet, encode, import_torch, save_model, score
 
@@ -172,13 +173,23 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
+        # one command at a time writes the directory (two trainings had written one checkpoint turn about)
+        lock = OutputLock(out, inside=True)
+    except InputError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    try:
+        _check_out(out, datasets)  # again, now that no other command can write it
         return _train(inputs, meta, doc, labels, order, n_val, out, epochs=epochs, batch=batch, lr=lr,
                       weight_decay=weight_decay, seed=seed, progress=progress, command=command, datasets=datasets,
                       torch=torch, tqdm=tqdm)
-    except ConfigError:
+    except (ConfigError, InputError):
         if created:  # (a training refused on its way leaves no folder it made: only ours can be in it)
             shutil.rmtree(out, ignore_errors=True)
         raise
+    finally:
+        lock.release()
 
 
 def _check_out(out: Path, datasets) -> None:
