@@ -686,45 +686,48 @@ def fit_with_static_sky(
     d = np.where(ok, stamps, 0.0)[:, twice]  # (m, k)
     g = max(float(gain), 1e-6)
     sky = np.nanmedian(np.where(ok, stamps, np.nan)[:, twice], axis=0)  # (k,) the static sky, the mover aside
-    var = (np.where(ok, variances, 0.0)[:, twice] + np.clip(sky, 0.0, None) / g + (mismatch * sky) ** 2)
-    w = np.where(ok[:, twice], 1.0 / np.maximum(var, 1e-12), 0.0)  # (m, k)
-    wsum = w.sum(axis=0)
-    share = w / np.maximum(wsum, 1e-300)
+    var0 = np.where(ok, variances, 0.0)[:, twice] + np.clip(sky, 0.0, None) / g + (mismatch * sky) ** 2
     psfs = [trailed_psf(float(positions[t, 0]), float(positions[t, 1]), length, theta, psf_sigma, 0, 0, n)[twice]
             for t in range(m)]
-    d_res = d - np.sum(share * d, axis=0)  # d_t - the weighted mean (the sky profiled out)
-    sw = np.sqrt(w)
+    x0, y0 = float(positions[target, 0]), float(positions[target, 1])
 
-    def design(psf_target):
-        """(m k, m): the columns of the fluxes, the sky profiled out, weighted."""
+    def weighting(var):
+        w = np.where(ok[:, twice], 1.0 / np.maximum(var, 1e-12), 0.0)  # (m, k)
+        share = w / np.maximum(w.sum(axis=0), 1e-300)
+        return w, share, np.sqrt(w)
+
+    def solve(p, w, share, sw):
         ps = list(psfs)
-        ps[target] = psf_target
-        cols = np.zeros((m, d.shape[1], m))
+        ps[target] = trailed_psf(p[0], p[1], length, theta, psf_sigma, 0, 0, n)[twice]
+        cols = np.zeros((m, d.shape[1], m))  # the columns of the fluxes, the sky profiled out
         for s_ in range(m):
             cols[:, :, s_] = -share[s_] * ps[s_]
             cols[s_, :, s_] += ps[s_]
-        return (cols * sw[:, :, None]).reshape(m * d.shape[1], m)
-
-    rhs = (d_res * sw).ravel()
-    x0, y0 = float(positions[target, 0]), float(positions[target, 1])
-
-    def solve(p):
-        a = design(trailed_psf(p[0], p[1], length, theta, psf_sigma, 0, 0, n)[twice])
+        a = (cols * sw[:, :, None]).reshape(m * d.shape[1], m)
+        rhs = ((d - np.sum(share * d, axis=0)) * sw).ravel()  # d_t less the weighted mean over t
         coef, *_ = np.linalg.lstsq(a, rhs, rcond=None)
-        return coef, float(np.sum((rhs - a @ coef) ** 2)), a
+        return coef, float(np.sum((rhs - a @ coef) ** 2)), a, ps
 
-    def chi2(p):
-        if math.hypot(p[0] - x0, p[1] - y0) > max_shift:
-            return 1e30
-        return solve(p)[1]
+    def best(start, w, share, sw):
+        def chi2(p):
+            return 1e30 if math.hypot(p[0] - x0, p[1] - y0) > max_shift else solve(p, w, share, sw)[1]
 
-    p = np.array([x0, y0])
-    res = minimize(chi2, p, method="Nelder-Mead",
-                   options={"xatol": 0.005, "fatol": 1e-3, "initial_simplex": [p, p + [0.5, 0], p + [0, 0.5]]})
-    p = res.x
+        res = minimize(chi2, start, method="Nelder-Mead",
+                       options={"xatol": 0.005, "fatol": 1e-3, "initial_simplex": [start, start + [0.5, 0],
+                                                                                   start + [0, 0.5]]})
+        return res.x
+
+    # first the static sky's noise alone; then the movers' own (their photon noise, and the PSF model's mismatch
+    # in every exposure: a bright mover is in all of them here, not masked as beside a template)
+    w, share, sw = weighting(var0)
+    p = best(np.array([x0, y0]), w, share, sw)
+    coef, _, _, ps = solve(p, w, share, sw)
+    mover = np.clip(coef[:, None] * np.array(ps), 0.0, None)
+    w, share, sw = weighting(var0 + mover / g + (mismatch * mover) ** 2)
+    p = best(p, w, share, sw)
     if math.hypot(p[0] - x0, p[1] - y0) > max_shift:
         return None
-    coef, c2, a = solve(p)
+    coef, c2, a, ps = solve(p, w, share, sw)
     f = coef[target]
     h = 0.01
     dpx = (trailed_psf(p[0] + h, p[1], length, theta, psf_sigma, 0, 0, n)[twice]
@@ -748,9 +751,7 @@ def fit_with_static_sky(
     if not np.all(np.isfinite(diag)) or np.any(diag < 0):
         return None
     # the static sky fitted and its brightest pixel near the mover (see accept_recovery's "too close")
-    psf_t = trailed_psf(p[0], p[1], length, theta, psf_sigma, 0, 0, n)[twice]
-    ps = list(psfs)
-    ps[target] = psf_t
+    psf_t = ps[target]
     static = np.full((n, n), np.nan)
     static[twice] = np.sum(share * (d - coef[:, None] * np.array(ps)), axis=0)
     yy, xx = np.mgrid[0:n, 0:n]
