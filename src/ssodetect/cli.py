@@ -276,6 +276,8 @@ def _evaluate(args) -> int:
             and math.isfinite(args.bright)):
         raise SSODetectError(f"--rate-min {args.rate_min:g} --rate-max {args.rate_max:g} --bright {args.bright:g}: "
                              "finite, with 0 <= rate-min < rate-max")
+    if outdir.is_dir() and not obs_path.exists():  # (a run stopped with --to-step, or not a run at all)
+        raise SSODetectError(f"{outdir}: not a finished ssodetect run (observations.ecsv is missing)")
     for path, what in ((obs_path, "run observations"), (Path(args.truth), "truth table")):
         if path.exists() and not path.is_file():
             raise SSODetectError(f"{path}: not a regular file (a FIFO, device or directory is not a {what})")

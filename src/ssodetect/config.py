@@ -711,10 +711,11 @@ class StackConfig(_Section):
     """Shift-and-stack search for movers fainter than one exposure shows (optional; CPU, or a GPU through PyTorch)."""
 
     enabled: bool = Field(default=False, description="Run the shift-and-stack stage after linking.")
-    rate_min: float = Field(default=0.5, ge=0, description="Slowest rate searched [arcsec/h].")
-    rate_max: float = Field(default=10.0, gt=0, description="Fastest rate searched [arcsec/h].")
+    rate_min: float = Field(default=0.5, ge=0, le=1000, description="Slowest rate searched [arcsec/h].")
+    rate_max: float = Field(default=10.0, gt=0, le=1000, description="Fastest rate searched [arcsec/h] (a search is "
+                            "refused when its rates make more than 2e6 trajectories per pixel).")
     threshold: float = Field(
-        default=7.5, gt=0, description="Significance a stacked candidate needs [sigma]; it must grow with the number "
+        default=7.5, gt=0, le=1000, description="Significance a stacked candidate needs [sigma]; it must grow with the number "
         "of trajectories tried (~1e11 per 4k CCD for 4 Euclid exposures up to 10\"/h) and with the artefacts left in "
         "the difference images (measured on simulated Euclid CCDs: 7.0 gives ~3, 7.5 ~1.5 false movers per 2048^2).",
     )

@@ -258,17 +258,23 @@ def format_evaluation(ev: Evaluation) -> str:
         bar = "#" * int(round(20 * comp)) if np.isfinite(comp) else ""
         comp_txt = f"{100 * comp:6.1f} %" if np.isfinite(comp) else "     - "
         lines.append(f"  {row['mag_lo']:5.2f}-{row['mag_hi']:5.2f}   {row['n_found']:5d}/{row['n_findable']:<5d}    {comp_txt} {bar}")
-    lines.append(
-        f"completeness V <= {ev.bright_limit:g}: {100 * ev.completeness_bright:.1f} % of {ev.n_findable_bright} movers"
-    )
+    if ev.n_findable_bright:
+        lines.append(f"completeness V <= {ev.bright_limit:g}: {100 * ev.completeness_bright:.1f} % of "
+                     f"{ev.n_findable_bright} movers")
+    else:
+        lines.append(f"completeness V <= {ev.bright_limit:g}: no mover that bright on the detector in >= 3 exposures")
     lines.append(f"objects: {ev.n_objects} ({ev.n_true} true, {ev.n_false} false; {ev.false_per_ccd:.2f} false per 2048^2 CCD)")
-    lines.append(
-        f"median astrometric residual (V < 22): {1000 * ev.median_residual_bright:.1f} mas over {ev.n_residuals_bright} observations"
-    )
-    lines.append(
-        f"50 % completeness at V = {ev.mag50:.2f}; single-exposure 5-sigma point-source limit {ev.limit_5sigma:.2f} "
-        f"(difference {ev.limit_5sigma - ev.mag50:+.2f} mag)"
-    )
+    if ev.n_residuals_bright:
+        lines.append(f"median astrometric residual (V < 22): {1000 * ev.median_residual_bright:.1f} mas over "
+                     f"{ev.n_residuals_bright} observations")
+    else:
+        lines.append("median astrometric residual (V < 22): no observation of a mover that bright")
+    if np.isfinite(ev.mag50):
+        lines.append(f"50 % completeness at V = {ev.mag50:.2f}; single-exposure 5-sigma point-source limit "
+                     f"{ev.limit_5sigma:.2f} (difference {ev.limit_5sigma - ev.mag50:+.2f} mag)")
+    else:
+        lines.append(f"50 % completeness: not reached in any magnitude bin, or too few movers to tell; single-exposure "
+                     f"5-sigma point-source limit {ev.limit_5sigma:.2f}")
     return "\n".join(lines)
 
 

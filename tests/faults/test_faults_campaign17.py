@@ -74,8 +74,15 @@ def test_what_a_kill_in_an_atomic_write_or_a_swap_leaves_is_taken_up_not_refused
     them with the run.  A file of the user's named like a temporary of another file is still theirs."""
     run = copy_run(good_run.out, tmp_path / "run")
     dead = [run / f".{RECORD}.ab12cd34.tmp", run / ".metrics.json.zz99yy88.tmp", run / STAGE_MARKER]
-    for path in dead:
-        path.write_text("left by a killed command")
+    # (the marker as a replacement's stage left it: signed for the stage's name; campaign 18 D4: a user's file of
+    # that name is theirs)
+    marker = outputs.stage_marker_text(tmp_path / f".{outputs.sibling_name('run')}.stage-ab12cd34", 2**22 + 7)
+
+    def leave():
+        for path in dead:
+            path.write_text(marker if path.name == STAGE_MARKER else "left by a killed command")
+
+    leave()
     assert outputs.foreign_files(run) == []
     res = cli(capsys, "report", run)  # young ones are left (a writer without this directory's lock may be at work)
     assert res.code in (0, 1) and not res.errors and all(path.exists() for path in dead), res.err
@@ -84,8 +91,7 @@ def test_what_a_kill_in_an_atomic_write_or_a_swap_leaves_is_taken_up_not_refused
     res = cli(capsys, "report", run)
     assert res.code in (0, 1) and not res.errors, res.err
     assert not any(path.exists() for path in dead)
-    for path in dead:
-        path.write_text("left by a killed command")
+    leave()
     res = cli(capsys, "run", scene, "--out", run)
     assert res.code in (0, 1) and not res.errors, res.err
     assert not any(path.exists() for path in dead) and outputs.foreign_files(run) == []

@@ -1,12 +1,19 @@
-"""Fault campaign 18 and the hardening left from campaign 17: the defects found, fixed and tested here."""
+"""Fault campaign 18 (about 165 cases on commit 023cfd2) and what campaign 17 left: the defects found, fixed and
+tested here."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from astropy.table import Table
 
+from faultkit import cli, copy_run, snapshot
 from ssodetect.errors import InputError
-from ssodetect.io.outputs import OutputLock
+from ssodetect.io import outputs
+from ssodetect.io.outputs import STAGE_MARKER, OutputLock
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL (only finally clauses run after it)."""
 
 
 def test_ml_train_waits_for_no_one_a_directory_another_command_writes(tmp_path, monkeypatch):
@@ -42,9 +49,6 @@ def test_an_old_temporary_left_deep_in_a_run_is_removed_and_a_young_one_left(goo
     import os
     import time
 
-    from faultkit import cli, copy_run
-    from ssodetect.io import outputs
-
     run = copy_run(good_run.out, tmp_path / "run")
     step = sorted(p.name for p in (run / "steps").iterdir() if p.suffix == ".pkl")[0]
     dead = run / "steps" / f".{step}.ab12cd34.tmp"
@@ -61,3 +65,153 @@ def test_an_old_temporary_left_deep_in_a_run_is_removed_and_a_young_one_left(goo
     os.utime(mine, (time.time() - 2 * outputs.LEFTOVER_AGE,) * 2)
     res = cli(capsys, "report", run)
     assert mine.read_text() == "mine"
+
+
+def test_a_kill_just_after_a_replacements_swap_leaves_the_old_run_the_next_run_removes(scene, good_run, tmp_path,
+                                                                                       capsys, monkeypatch):
+    """D2: killed just after the swap, before it was marked, the old run stayed in the stage's place beside OUTDIR,
+    unmarked, never removed (a whole run's size).  The next run on OUTDIR removes it: a directory named as the
+    stage exactly, every file of which a record signed with the user's key lists.  One of the user's named so, with
+    files of theirs, stays."""
+    run = copy_run(good_run.out, tmp_path / "run")
+    real = outputs._exchange
+
+    def killed(a, b):
+        real(a, b)
+        raise _Killed
+
+    monkeypatch.setattr(outputs, "_exchange", killed)
+    monkeypatch.setattr(outputs.OutputStage, "discard", lambda self: self._unlock())  # a kill cleans nothing up
+    with pytest.raises(_Killed):
+        cli(capsys, "run", scene, "--out", run)
+    monkeypatch.undo()
+    (run / STAGE_MARKER).unlink()  # (the new run's own marker: a leftover the next command takes up)
+    stages = [p for p in tmp_path.iterdir() if p.name.startswith(".run.stage-")]
+    assert len(stages) == 1 and not (stages[0] / STAGE_MARKER).exists() and (stages[0] / "steps").is_dir()
+    res = cli(capsys, "run", scene, "--out", run)
+    assert res.code in (0, 1) and not res.errors, res.err
+    assert not any(p.name.startswith(".run.stage-") for p in tmp_path.iterdir())
+    mine = tmp_path / ".run.stage-abcd1234"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    before = snapshot(mine)
+    res = cli(capsys, "run", scene, "--out", run)
+    assert res.code in (0, 1) and not res.errors, res.err
+    assert snapshot(mine) == before
+
+
+def test_files_named_like_ours_but_not_ours_are_the_users(good_run, scene, tmp_path, capsys):
+    """D4: a user's ``.ssodetect-stage`` in OUTDIR and ``steps/.notes.pkl.XXXXXXXX.tmp`` (named like a temporary of a
+    product of an earlier version) were taken as leftovers of ours and went with a ``--rerun``.  They are the user's
+    now: the run refuses to replace OUTDIR, naming them, and leaves everything as it was."""
+    for name in (STAGE_MARKER, "steps/.mynotes.pkl.abcdefgh.tmp"):
+        run = copy_run(good_run.out, tmp_path / name.replace("/", "_"))
+        (run / name).write_text("mine")
+        assert outputs.foreign_files(run) == [name]
+        before = snapshot(run)
+        res = cli(capsys, "run", scene, "--out", run, "--rerun")
+        assert res.code == 2 and len(res.errors) == 1 and name in res.errors[0], res.err
+        assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("args, said", [
+    (("--lr", "1e300"), "lr = 1e+300 is out of range"),
+    (("--epochs", "100000000000"), "epochs = 100000000000 is out of range"),
+    (("--batch", "10000000"), "batch = 10000000 is out of range"),
+])
+def test_ml_train_bounds_its_schedule(tmp_path, capsys, monkeypatch, args, said):
+    """D5: ``--lr 1e300`` was an internal error (exit 3: torch overflowed); ``--epochs 1e11`` ran until stopped by
+    hand.  One-line errors, exit 2, before any dataset is read, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    res = cli(capsys, "ml", "train", "nowhere", "--out", "t", *args)
+    assert res.code == 2 and len(res.errors) == 1 and said in res.errors[0], res.err
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_stack_search_too_large_to_run_is_refused(scene, tmp_path, capsys):
+    """D1: ``[stack] rate_max = 1e6`` grew to 24 GB and was killed by the kernel's OOM killer (no exit code of ours,
+    a stage and a lock left).  The setting is bounded (exit 2 before any work); rates within the bounds that still
+    make more than MAX_VELOCITIES trajectories per pixel (small pixels, a long span) are refused by the search,
+    naming the setting, before any image is made."""
+    from ssodetect.errors import ConfigError
+    from ssodetect.stack.candidates import MAX_VELOCITIES, search
+    from ssodetect.stack.search import velocity_count
+
+    config = tmp_path / "c.toml"
+    config.write_text("[stack]\nenabled = true\nrate_max = 1e6\n")
+    res = cli(capsys, "run", scene, "--out", tmp_path / "o", "--config", config)
+    assert res.code == 2 and len(res.errors) == 1 and "rate_max" in res.errors[0], res.err
+    assert not (tmp_path / "o").exists()
+    times = np.array([0.0, 0.3, 0.6, 0.9])
+    assert velocity_count(1.0, 999.0, 0.9, 0.2355) > MAX_VELOCITIES
+    diff = np.zeros((4, 32, 32), np.float32)
+    with pytest.raises(ConfigError, match="lower \\[stack\\] rate_max"):
+        search(diff, np.ones_like(diff), times, 0.1, 0.0, rate_min=1.0, rate_max=999.0)
+
+
+def test_one_lock_for_a_directory_whose_parent_appears_meanwhile(tmp_path, monkeypatch):
+    """D3: the lock beside OUTDIR is named after the nearest directory that exists: a run on ``new/out`` started
+    before ``new`` existed locked ``./.new__out.lock``, a second started after locked ``new/.out.lock``, and both
+    wrote OUTDIR.  A second lock in the user's cache, named by the whole path, refuses the second; released, the
+    directory is free again and no lock file stays."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = OutputLock(tmp_path / "new" / "out")
+    try:
+        (tmp_path / "new").mkdir()
+        with pytest.raises(InputError, match="another ssodetect command is writing it"):
+            OutputLock(tmp_path / "new" / "out")
+    finally:
+        first.release()
+    again = OutputLock(tmp_path / "new" / "out")
+    again.release()
+    assert not list((tmp_path / "cache" / "ssodetect" / "locks").iterdir())
+    assert not [p for p in tmp_path.rglob("*.lock")]
+
+
+def test_evaluate_says_when_there_is_too_little_to_score(good_run, scene):
+    """D6: with no mover bright enough or no 50 % point, ``evaluate`` printed "nan % of 0 movers" and "V = nan ...
+    (difference +nan mag)".  It says what is missing instead; the numbers it has are printed as before."""
+    from ssodetect.evaluate import evaluate_run, format_evaluation
+
+    obs = Table.read(good_run.out / "observations.ecsv")
+    truth = Table.read(scene / "truth.ecsv")
+    text = format_evaluation(evaluate_run(obs[:0], truth, bright_limit=5.0))
+    assert "nan" not in text, text
+    assert "no mover that bright" in text and "50 % completeness: not reached" in text
+    text = format_evaluation(evaluate_run(obs, truth))
+    assert "nan" not in text and "% of" in text, text
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("the pickle ran",))
+
+
+def test_a_model_file_that_asks_for_code_is_refused_in_one_line(tmp_path, capsys):
+    """D6: ``ml predict --model evil.pt`` (a plain pickle) printed torch's warning about its pickle protocol before
+    the error: two lines.  Now the error alone (and the pickle does not run)."""
+    pytest.importorskip("torch")
+    import warnings
+
+    from ssodetect.ml.model import load_model
+
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"arch": _Evil()}, protocol=4))  # (not torch.save's protocol: torch warns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="not an ssodetect model"):
+            load_model(path)
+    assert not caught and "the pickle ran" not in capsys.readouterr().out
+
+
+def test_evaluate_on_a_run_stopped_early_says_so(good_run, scene, tmp_path, capsys):
+    """D6: ``evaluate`` on a run stopped with ``--to-step`` said "cannot read run observations ([Errno 2] ...)"
+    where ``report`` says the run is not finished; now both say so."""
+    out = tmp_path / "partial"
+    res = cli(capsys, "run", scene, "--out", out, "--to-step", "link")
+    assert res.code in (0, 1), res.err
+    res = cli(capsys, "evaluate", out, scene / "truth.ecsv")
+    assert res.code == 2 and res.errors == [f"ssodetect: error: {out}: not a finished ssodetect run "
+                                            "(observations.ecsv is missing)"], res.err

@@ -101,7 +101,25 @@ def stage_marker_text(directory: Path, pid: int) -> str:
     """The contents of :data:`STAGE_MARKER` for ``directory`` written by process ``pid``: the id and an HMAC of the
     directory's name and the id under the user's key, so that a marker planted in a directory of the user's (with a
     dead process's id) does not make ssodetect remove it, nor anything the user put in it."""
-    return f"{pid}\n{sign_text(f'{Path(directory).name}:{pid}', STAGE_CONTEXT, cache_key()[0])}\n"
+    name = Path(directory).name
+    return f"{pid}\n{sign_text(f'{name}:{pid}', STAGE_CONTEXT, cache_key()[0])}\n{name}\n"
+
+
+def _marker_fields(path: Path) -> tuple[int, str, str] | None:
+    """``(pid, signature, name)`` of a regular marker file of this user's (name '' in a marker of before the name was
+    written in it), None when it is not one."""
+    try:
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
+            return None
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            return None
+        lines = path.read_text().splitlines()
+        if len(lines) not in (2, 3):
+            return None
+        return int(lines[0]), lines[1], lines[2] if len(lines) == 3 else ""
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def _mark(directory: Path) -> None:
@@ -116,18 +134,17 @@ def _left_by_us(path: Path) -> bool:
     its process, another process's stage cannot be told from a planted one: it is left where it is.)"""
     try:
         info = path.lstat()
-        marker = (path / STAGE_MARKER).lstat()
-        if not (stat.S_ISDIR(info.st_mode) and stat.S_ISREG(marker.st_mode)) or info.st_mode & 0o077:
+        if not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o077:
             return False
-        if hasattr(os, "getuid") and (info.st_uid != os.getuid() or marker.st_uid != os.getuid()):
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
             return False
-        if marker.st_size > 4096:
+        fields = _marker_fields(path / STAGE_MARKER)
+        if fields is None or fields[2] not in ("", path.name):
             return False
-        lines = (path / STAGE_MARKER).read_text().split()
-        pid = int(lines[0]) if lines else 0
-        if len(lines) != 2 or not verify_text(f"{path.name}:{pid}", STAGE_CONTEXT, cache_key()[0], lines[1]):
+        pid = fields[0]
+        if not verify_text(f"{path.name}:{pid}", STAGE_CONTEXT, cache_key()[0], fields[1]):
             return False
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError):
         return False
     if pid <= 0:
         return False
@@ -329,7 +346,7 @@ def foreign_files(directory: str | Path, limit: int = 4) -> list[str]:
         if not names and not dirs and here != "." and not any(name.startswith(here + "/") for name in ours):
             candidates = [here]  # an empty directory where none of ours lies (made by someone else): theirs
         for relative in candidates:
-            if relative not in ours and not (recorded is not None and _leftover(relative, ours)):
+            if relative not in ours and not (recorded is not None and _leftover(relative, ours, directory)):
                 found.append(relative)
                 if len(found) >= limit:
                     return found
@@ -344,20 +361,29 @@ LEFTOVER_AGE = 3600.0
 _ATOMIC_NAMES = ("metrics.json", "model.pt", "checkpoint.pt", "complete.json")
 
 
-def _leftover(relative: str, ours: set) -> bool:
-    """Whether a file under a directory of ours (``relative``, POSIX) is what a killed command of ours left: the
-    temporary of an atomic write of one of our files (``.NAME.XXXXXXXX.tmp`` where NAME is the record's, a file the
-    record lists, a product's or :data:`_ATOMIC_NAMES`), or a replacement's :data:`STAGE_MARKER` at the top (killed
-    between the swap and its removal).  Such files are neither the user's (they do not block a replacement) nor
-    listed as ours; :meth:`OutputStage._tidy` removes them."""
+def _leftover(relative: str, ours: set, directory: Path) -> bool:
+    """Whether a file under a directory of ours (``directory``; the file ``relative``, POSIX) is what a killed
+    command of ours left: the temporary of an atomic write of one of our files (``.NAME.XXXXXXXX.tmp`` where NAME is
+    the record's, a file the record lists or one of :data:`_ATOMIC_NAMES`; not any file named like a product: a
+    user's ``steps/.notes.pkl.XXXXXXXX.tmp`` had been removed), or a replacement's :data:`STAGE_MARKER` at the top
+    (killed between the swap and its removal, or before the swap: the old run's) signed with the user's key for a
+    stage of this directory (a user's file of that name is theirs).  Such files are neither the user's (they do not
+    block a replacement) nor listed as ours; :meth:`OutputStage._tidy` removes them."""
     if relative == STAGE_MARKER:
-        return True
+        fields = _marker_fields(Path(directory) / STAGE_MARKER)
+        if fields is None:
+            return False
+        pid, signature, name = fields
+        # (the stage of OUTDIR: ".OUT.stage-...", or ".A__OUT.stage-..." beside the nearest directory that existed)
+        stage = f"{sibling_name(Path(os.path.realpath(directory)).name)}.stage-"
+        return (name.startswith(".") and stage in name
+                and verify_text(f"{name}:{pid}", STAGE_CONTEXT, cache_key()[0], signature))
     parent, _, base = relative.rpartition("/")
     match = _TEMPORARY.fullmatch(base)
     if match is None:
         return False
     target = f"{parent}/{match['name']}" if parent else match["name"]
-    return match["name"] in (RECORD, *_ATOMIC_NAMES) or target in ours or _legacy_product(target)
+    return match["name"] in (RECORD, *_ATOMIC_NAMES) or target in ours
 
 
 def record_files(directory: str | Path, names) -> None:
@@ -407,7 +433,42 @@ class OutputLock:
         else:
             self.base = beside
         self._fd: int | None = None
+        self._user_fd: int | None = None
         self._acquire()
+        try:
+            self._acquire_user_lock()
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire_user_lock(self) -> None:
+        """A second lock on the same directory, in the user's cache (``$XDG_CACHE_HOME/ssodetect/locks``), named by
+        the directory's whole path: the lock beside it is named after the nearest directory that exists, so two
+        commands on ``new/out``, one started before ``new`` was made and one after, had held two locks and written
+        the directory at once.  Without a usable cache directory only the lock beside it is taken."""
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssodetect" / "locks"
+        path = folder / (hashlib.sha256(os.fsencode(str(self.directory))).hexdigest()[:32] + ".lock")
+        for _ in range(20):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            except OSError as exc:
+                log.debug("%s: no lock in the user's cache (%s); the lock beside it only", self.directory, exc)
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise InputError(f"{self.directory}: another ssodetect command is writing it (lock {path})") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a file its previous holder removed while we opened it
+                self._user_fd, self._user_path = fd, path
+                return
+            os.close(fd)
+        raise InputError(f"{self.directory}: could not take its lock {path}")
 
     def _open(self) -> int:
         """The lock file, opened without following a link or blocking on a pipe; refused unless it is a lock file
@@ -470,6 +531,15 @@ class OutputLock:
 
     def release(self) -> None:
         """Give the lock up and remove the lock file (a second call does nothing)."""
+        if self._user_fd is not None:
+            fd, self._user_fd = self._user_fd, None
+            try:
+                if os.fstat(fd).st_ino == self._user_path.lstat().st_ino:
+                    self._user_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -564,7 +634,7 @@ class OutputStage:
         stage's name is left alone.  Before a replacement, the stages a killed command that added files (a report)
         left inside the output directory go too."""
         inner = self._own(".ssodetect.stage-", self.outdir) if self.replace and self.outdir.is_dir() else []
-        for stale in self._own(self._prefix("stage")) + inner:
+        for stale in self._own(self._prefix("stage")) + inner + self._swapped_out():
             log.info("removing %s, left by an interrupted command", stale)
             _remove(stale)
         if self.outdir.is_dir():
@@ -582,7 +652,7 @@ class OutputStage:
                     # (a writer that holds no lock of this directory, a batch's or a training's, may be writing one
                     # now: only those an hour old are removed; younger ones are merely not taken as the user's)
                     try:
-                        old = (_leftover(relative, ours) and not path.is_symlink()
+                        old = (_leftover(relative, ours, self.outdir) and not path.is_symlink()
                                and now - path.lstat().st_mtime > LEFTOVER_AGE)
                     except OSError:  # (gone meanwhile)
                         continue
@@ -595,6 +665,26 @@ class OutputStage:
             os.rename(previous[-1] / "run", self.outdir)
         for stale in previous:
             _remove(stale)
+
+    def _swapped_out(self) -> list[Path]:
+        """Old runs a kill left in a stage's place just after a replacement's swap, before it marked them: directories
+        of this user's named as this directory's stages exactly, without a marker, every file of which a record
+        signed with the user's key lists as it is (a run of ours; a user's directory is not one)."""
+        prefix = self._prefix("stage")
+        pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+        found = []
+        for path in self.base.glob(glob.escape(prefix) + "*"):
+            try:
+                info = path.lstat()
+                if (not pattern.fullmatch(path.name) or not stat.S_ISDIR(info.st_mode)
+                        or (hasattr(os, "getuid") and info.st_uid != os.getuid())
+                        or os.path.lexists(path / STAGE_MARKER)):
+                    continue
+                if recorded_files(path) and not foreign_files(path, limit=1):
+                    found.append(path)
+            except (OSError, UnsignedRecord):
+                continue
+        return found
 
     def _own(self, prefix: str, base: Path | None = None) -> list[Path]:
         """Directories of ``base`` (the stage's) named ``prefix`` + a temporary name's 8 characters, exactly, that

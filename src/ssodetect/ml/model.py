@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -110,7 +111,10 @@ def load_model(path: str | Path = "builtin"):
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # (torch warns about a pickle protocol it did not write: the error below says what is wrong, in one line)
+            warnings.simplefilter("ignore")
+            record = torch.load(path, map_location="cpu", weights_only=True)
         arch = record["arch"]
         model = MoverNet(tuple(arch["filters"]), float(arch.get("dropout", 0.3)))
         model.load_state_dict(record["state_dict"])

@@ -127,6 +127,12 @@ def _load_all(paths: list) -> tuple[np.ndarray, Table, dict]:
     return np.concatenate(inputs), vstack(metas, metadata_conflicts="silent"), docs[0]
 
 
+#: Upper limits of the training schedule (beyond: a typing slip, not a schedule).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_LR = 10.0
+
+
 def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128, lr: float = 2e-3,
           weight_decay: float = 1e-4, val_fraction: float = 0.15, seed: int = 0, progress: bool = True,
           command: str = "") -> dict:
@@ -151,14 +157,16 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     """
     from tqdm.auto import tqdm
 
-    for name, value, ok in (("epochs", epochs, epochs >= 1), ("batch", batch, batch >= 1),
-                            ("lr", lr, math.isfinite(lr) and lr > 0), ("weight_decay", weight_decay,
-                                                                         math.isfinite(weight_decay) and weight_decay >= 0),
+    # (bounded above too: lr = 1e300 overflowed inside torch, an internal error; 1e11 epochs ran until stopped)
+    for name, value, ok in (("epochs", epochs, 1 <= epochs <= MAX_EPOCHS), ("batch", batch, 1 <= batch <= MAX_BATCH),
+                            ("lr", lr, math.isfinite(lr) and 0 < lr <= MAX_LR),
+                            ("weight_decay", weight_decay, math.isfinite(weight_decay) and 0 <= weight_decay <= 1),
                             ("val_fraction", val_fraction, 0.0 < val_fraction < 1.0),
                             ("seed", seed, 0 <= seed < 2**63)):
         if not ok:  # (NaN fails every test)
-            raise ConfigError(f"ml train: {name} = {value} is out of range (epochs >= 1, batch >= 1, lr > 0, "
-                              "weight_decay >= 0, 0 < val_fraction < 1, 0 <= seed < 2^63)")
+            raise ConfigError(f"ml train: {name} = {value} is out of range (1 <= epochs <= {MAX_EPOCHS}, "
+                              f"1 <= batch <= {MAX_BATCH}, 0 < lr <= {MAX_LR:g}, 0 <= weight_decay <= 1, "
+                              "0 < val_fraction < 1, 0 <= seed < 2^63)")
     torch = import_torch()
     out = Path(out)
     _check_out(out, datasets)

@@ -25,9 +25,15 @@ from astropy.table import Table
 from scipy.ndimage import label, maximum_position
 from tqdm import tqdm
 
-from ssodetect.stack.search import Likelihood, stack_best, stack_best_torch, trail_kernel, trajectory_terms, velocity_grid
+from ssodetect.errors import ConfigError
+from ssodetect.stack.search import (Likelihood, stack_best, stack_best_torch, trail_kernel, trajectory_terms,
+                                    velocity_count, velocity_grid)
 
 log = logging.getLogger(__name__)
+
+#: Most velocities (trajectories per pixel) the search tries: each is a pass over every pixel of the CCD (the default
+#: 0.5-10"/h on a Euclid CCD over 0.92 h: ~7e3).
+MAX_VELOCITIES = 2_000_000
 
 __all__ = ["search", "CANDIDATE_COLUMNS"]
 
@@ -238,6 +244,11 @@ def search(diff: np.ndarray, var: np.ndarray, times_h: np.ndarray, sigma: float,
     n_exp, ny, nx = diff.shape
     span = float(np.ptp(times_h))
     fwhm = 2.3548 * sigma
+    count = velocity_count(rate_min, rate_max, span, fwhm, exptime=exptime_h, fraction=grid_fraction)
+    if count > MAX_VELOCITIES:  # (each is a pass over every pixel: 1e6"/h had grown to 24 GB before any work)
+        raise ConfigError(f"stack: the rates searched ({rate_min:g}-{rate_max:g} px/h over {span:.3g} h) make "
+                          f"{count:.3g} trajectories per pixel, more than {MAX_VELOCITIES:.0e}: lower [stack] rate_max "
+                          "or raise grid_fraction")
     velocities = velocity_grid(rate_min, rate_max, span, fwhm, exptime=exptime_h, fraction=grid_fraction)
     # the matched kernel is the PSF blurred by pixel integration and by rounding trajectories to whole pixels
     # (1/12 px^2 each): measured on simulated Euclid movers, +5 % in significance over the bare PSF sigma

@@ -113,6 +113,26 @@ def psi_phi(diff: np.ndarray, var: np.ndarray, kernel: np.ndarray) -> tuple[np.n
     return psi.astype(np.float32), np.maximum(phi, 0.0).astype(np.float32)
 
 
+def _rings(rate_min: float, rate_max: float, span: float, fwhm: float, exptime: float,
+           fraction: float) -> list[tuple[float, int]]:
+    """The polar grid's rings: ``(speed [px/h], velocities on it)``."""
+    span = max(span, 1e-6)
+    rings = []
+    v = max(rate_min, 1e-6)
+    while v <= rate_max * (1 + 1e-9):
+        rings.append(v)
+        v += fraction * (fwhm + v * exptime) / span
+    if not rings or rate_max - rings[-1] > 0.25 * fraction * fwhm / span:
+        rings.append(rate_max)
+    return [(r, max(8, int(math.ceil(2 * math.pi * r * span / (fraction * fwhm))))) for r in rings]
+
+
+def velocity_count(rate_min: float, rate_max: float, span: float, fwhm: float, *, exptime: float = 0.0,
+                   fraction: float = 0.5) -> int:
+    """How many velocities :func:`velocity_grid` makes (counted without making them)."""
+    return sum(n for _, n in _rings(rate_min, rate_max, span, fwhm, exptime, fraction))
+
+
 def velocity_grid(rate_min: float, rate_max: float, span: float, fwhm: float, *, exptime: float = 0.0,
                   fraction: float = 0.5) -> np.ndarray:
     """Velocities (vx, vy) [px/h] with speeds in [rate_min, rate_max] [px/h] on a polar grid.
@@ -129,17 +149,8 @@ def velocity_grid(rate_min: float, rate_max: float, span: float, fwhm: float, *,
         Largest offset over the span between neighbouring grid velocities, in units of FWHM across the
         motion and FWHM + trail length along it.
     """
-    span = max(span, 1e-6)
-    rings = []
-    v = max(rate_min, 1e-6)
-    while v <= rate_max * (1 + 1e-9):
-        rings.append(v)
-        v += fraction * (fwhm + v * exptime) / span
-    if not rings or rate_max - rings[-1] > 0.25 * fraction * fwhm / span:
-        rings.append(rate_max)
     out = []
-    for k, r in enumerate(rings):
-        n = max(8, int(math.ceil(2 * math.pi * r * span / (fraction * fwhm))))
+    for k, (r, n) in enumerate(_rings(rate_min, rate_max, span, fwhm, exptime, fraction)):
         a = (np.arange(n) + 0.5 * (k % 2)) * 2 * math.pi / n
         out.append(np.column_stack([r * np.cos(a), r * np.sin(a)]))
     return np.vstack(out)
