@@ -655,3 +655,141 @@ def test_heavy_tail_correction_lifts_a_skewed_background_and_widens_correlated_n
     b2, rms2, level, scale = heavy_tail_correction(skewed, b, rms, mask, sigma=1.5)
     assert residual_median > 5.0 and level == pytest.approx(residual_median, abs=0.5)
     assert abs(float(np.median(skewed - b2))) < 0.5 and scale > 1.2 and np.allclose(rms2, rms * scale, rtol=1e-5)
+
+
+def _chain_cloud(rng, size, density, kind="float"):
+    """Random points on a ``size``^2 frame at ``density`` [1/px^2] with 0-5 planted lines of 3-40 points: along the
+    axes, the diagonal, on Hough bin edges (x.5 deg) or at random angles, exact or jittered by 0.3-1 px.  ``kind``:
+    ``int`` / ``half`` (coordinates rounded to whole / half pixels: ties on the band's edge and along the line),
+    ``dup`` (a fifth of the points repeated) or ``offset`` (shifted by 1e4 px)."""
+    n = int(density * size * size)
+    xs, ys = [rng.uniform(0, size, n)], [rng.uniform(0, size, n)]
+    for _ in range(int(rng.integers(0, 6))):
+        m = int(rng.integers(3, 41))
+        x0, y0 = rng.uniform(0, size, 2)
+        theta = [0.0, math.pi / 2, math.pi / 4, rng.uniform(0, math.pi),
+                 math.radians(int(rng.integers(0, 180)) + 0.5)][int(rng.integers(0, 5))]
+        t = np.sort(rng.uniform(0, rng.uniform(20, size), m))
+        jitter = [0.0, 0.3, 1.0][int(rng.integers(0, 3))]
+        xs.append(x0 + t * math.cos(theta) + rng.normal(0, jitter, m))
+        ys.append(y0 + t * math.sin(theta) + rng.normal(0, jitter, m))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if kind == "int":
+        x, y = np.round(x), np.round(y)
+    elif kind == "half":
+        x, y = np.round(2 * x) / 2, np.round(2 * y) / 2
+    elif kind == "dup" and x.size:
+        k = rng.integers(0, x.size, x.size // 5)
+        p = rng.permutation(x.size + k.size)
+        x, y = np.concatenate([x, x[k]])[p], np.concatenate([y, y[k]])[p]
+    elif kind == "offset":
+        x, y = x + 1e4, y - 3e3
+    return x, y
+
+
+def _same_runs(a, b):
+    return len(a) == len(b) and all(p.dtype == q.dtype and np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def _count_handed(monkeypatch):
+    """How many cells the kernel hands back with the points of its second refinement (True) and without (False)."""
+    from ssodetect.streaks import detect
+
+    handed = {True: 0, False: 0}
+    kernel = detect.next_cell
+
+    def counting(*args):
+        out = kernel(*args)
+        if out[0] < args[3].size:
+            handed[bool(out[3])] += 1
+        return out
+
+    monkeypatch.setattr(detect, "next_cell", counting)
+    return handed
+
+
+def test_collinear_chains_parity(monkeypatch):
+    """The kernel returns the reference's runs (same order, same members in the same order) on 48 random clouds:
+    sparse to 5e-3 per px^2 (as many votes per Hough cell as 1e-3 per px^2 give on a 2048^2 CCD), planted lines
+    along the axes and on Hough bin edges, whole- and half-pixel coordinates, repeated points, other parameters."""
+    from ssodetect.streaks import detect
+
+    handed = _count_handed(monkeypatch)
+    rng = np.random.default_rng(11)
+    kinds = ("float", "int", "half", "dup", "offset", "float")
+    total = 0
+    for case in range(48):
+        size = [256, 256, 384][case % 3]
+        density = 10 ** rng.uniform(-3.5, -2.3)
+        x, y = _chain_cloud(rng, size, density, kinds[case % len(kinds)])
+        params = {} if case % 3 == 0 else dict(
+            band=float(rng.choice([1.0, 1.5, 2.5])), max_gap=float(rng.choice([20.0, 40.0, 80.0])),
+            min_points=int(rng.choice([3, 5, 8])), min_span=float(rng.choice([10.0, 30.0, 100.0])))
+        ref = detect._collinear_chains_reference(x, y, **params)
+        fast = detect.collinear_chains(x, y, **params)
+        assert _same_runs(fast, ref), (case, x.size, params)
+        total += len(ref)
+    assert total > 100 and handed[True] > 50
+
+
+def test_collinear_chains_parity_on_a_ccd():
+    """2048^2 px at 1e-4 and 2.5e-4 per px^2 with planted lines: the same runs as the reference."""
+    from ssodetect.streaks.detect import _collinear_chains_reference, collinear_chains
+
+    rng = np.random.default_rng(12)
+    for density in (1e-4, 2.5e-4):
+        x, y = _chain_cloud(rng, 2048, density)
+        assert _same_runs(collinear_chains(x, y), _collinear_chains_reference(x, y))
+
+
+def test_collinear_chains_degenerate_sets(monkeypatch):
+    """Fewer points than ``min_points``, points all alike, exact vertical and horizontal lines on whole pixels (ties
+    on the band's edge and repeated positions along the line), a line along a Hough bin edge: as the reference (the
+    kernel hands the undecidable cells back before their second refinement)."""
+    from ssodetect.streaks.detect import _collinear_chains_reference, collinear_chains
+
+    handed = _count_handed(monkeypatch)
+
+    ramp = np.arange(12.0) * 5.0
+    cases = [
+        (np.array([]), np.array([])),
+        (np.arange(4.0), np.arange(4.0)),
+        (np.full(9, 17.25), np.full(9, 40.5)),  # all alike: no direction
+        (np.concatenate([np.full(12, 100.0), [101.0, 102.0, 98.5]]), np.concatenate([ramp, [7.0, 12.0, 31.0]])),
+        (np.concatenate([ramp, [3.0, 3.0, 40.0]]), np.concatenate([np.full(12, 200.0), [201.5, 198.5, 201.5]])),
+        (np.repeat(ramp, 2), np.repeat(ramp, 2)),  # the diagonal, every point twice
+        (ramp * math.cos(math.radians(30.5)), ramp * math.sin(math.radians(30.5)) + 50.0),
+    ]
+    for x, y in cases:
+        ref = _collinear_chains_reference(x, y)
+        assert _same_runs(collinear_chains(x, y), ref)
+        assert _same_runs(collinear_chains(x, y, min_points=3, min_span=5.0),
+                          _collinear_chains_reference(x, y, min_points=3, min_span=5.0))
+    assert len(_collinear_chains_reference(*cases[3])) == 1
+    assert handed[False] > 0
+
+
+def test_chain_direction_bound_holds_against_the_svd():
+    """The kernel's principal-axis angle differs from the SVD's (modulo pi) by far less than the bound it relies on,
+    from long thin point sets to nearly round ones (whose bound is infinite)."""
+    from ssodetect.streaks._chains import _normal
+
+    rng = np.random.default_rng(13)
+    worst, finite = 0.0, 0
+    for k in range(3000):
+        m = int(rng.integers(2, 60))
+        length = 10 ** rng.uniform(-2, 3.5)
+        width = length * 10 ** rng.uniform(-8, 0)
+        theta = rng.uniform(0, math.pi) if k % 2 else math.radians(int(rng.integers(0, 180)))
+        t, u = rng.uniform(-length, length, m), rng.uniform(-width, width, m)
+        cx, cy = rng.uniform(-1e4, 1e4, 2)
+        x, y = cx + t * math.cos(theta) - u * math.sin(theta), cy + t * math.sin(theta) + u * math.cos(theta)
+        normal, bound = _normal(x, y, np.arange(m), m, float(np.max(np.abs(x)) + np.max(np.abs(y))))
+        if not np.isfinite(bound):
+            continue
+        pts = np.column_stack([x, y])
+        vt = np.linalg.svd(pts - pts.mean(axis=0), full_matrices=False)[2]
+        svd = math.atan2(vt[0][1], vt[0][0]) + math.pi / 2
+        worst = max(worst, abs((normal - svd + math.pi / 2) % math.pi - math.pi / 2) / bound)
+        finite += 1
+    assert finite > 2500 and worst < 0.1

@@ -23,6 +23,7 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.detect.extract import FWHM_TO_SIGMA, MASK_FIT_MAX_INFO, masked_information, near_edge
+from ssodetect.streaks._chains import hough_cells, line_candidates, next_cell
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, section_amplitudes, trail_cost
 
 __all__ = ["join_fragments", "detach_bright_pieces", "uncovered_pieces", "collinear_chains", "refine_trails",
@@ -310,7 +311,81 @@ def collinear_chains(
     ``min_points`` points spanning ``min_span`` px are returned, each point in
     at most one run.  Random alignments of that many points with such small gaps
     are rare at the densities of faint detections (~1e-3 per px^2).
+
+    The same runs, in the same order, as :func:`_collinear_chains_reference` (its numpy twin): the numba kernels of
+    :mod:`ssodetect.streaks._chains` count the votes and pass over the cells that yield no run, each on the points of
+    a few cells (the reference looks at every point for each of the ~1e5 cells of a 2048^2 CCD with 4000 faint
+    detections); the cells that may yield runs are measured here as the reference measures them (its SVD).
     """
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    n = x.size
+    if n < min_points:
+        return []
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return _collinear_chains_reference(x, y, band=band, max_gap=max_gap, min_points=min_points,
+                                           min_span=min_span)
+    angles = np.radians(np.arange(0.0, 180.0, 1.0))
+    cos_h, sin_h = np.cos(angles), np.sin(angles)  # the reference's rho
+    counts, start, idx, offset, n_bins = hough_cells(x, y, cos_h, sin_h, 2.0 * band)
+    cells = np.nonzero(counts >= min_points)[0]
+    cells = cells[np.argsort(-counts[cells])]
+    cos_r = np.array([math.cos(t) for t in angles])  # the reference's first line normals
+    sin_r = np.array([math.sin(t) for t in angles])
+    scale = float(np.max(np.abs(x)) + np.max(np.abs(y)))
+    par = np.array([offset, 2.0 * band, band, max_gap, min_span, scale, x.min(), x.max(), y.min(), y.max(),
+                    math.ceil(min_points)], np.float64)
+    used = np.zeros(n, bool)
+    m1, m2 = np.empty(n, np.int64), np.empty(n, np.int64)
+    runs = []
+    pos = 0
+    while True:
+        pos, n1, n2, m2_exact = next_cell(x, y, used, cells, pos, n_bins, cos_h, sin_h, cos_r, sin_r, start, idx,
+                                          par, m1, m2)
+        if pos >= cells.size:
+            return runs
+        pos += 1
+        if m2_exact:  # the reference's points after its second refinement
+            members = m2[:n2].copy()
+        else:  # its second refinement (on the points near the line) from its points after the first
+            members = m1[:n1].copy()
+            pts = np.column_stack([x[members], y[members]])
+            centred = pts - pts.mean(axis=0)
+            _, _, vt = np.linalg.svd(centred, full_matrices=False)
+            direction = vt[0]
+            theta = math.atan2(direction[1], direction[0]) + math.pi / 2
+            nx_, ny_ = math.cos(theta), math.sin(theta)
+            r0 = float(np.median(x[members] * nx_ + y[members] * ny_))
+            near = line_candidates(nx_, ny_, r0, band, cos_h, sin_h, start, idx, par, n_bins)
+            dist = np.abs(x[near] * nx_ + y[near] * ny_ - r0)
+            members = near[(dist <= band) & ~used[near]]
+            if members.size < min_points:
+                continue
+        pts = np.column_stack([x[members], y[members]])
+        centred = pts - pts.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        direction = vt[0]
+        theta = math.atan2(direction[1], direction[0]) + math.pi / 2
+        along = -x[members] * math.sin(theta) + y[members] * math.cos(theta)
+        order = np.argsort(along)
+        members, along = members[order], along[order]
+        ends = [0, *(np.nonzero(np.diff(along) > max_gap)[0] + 1).tolist(), members.size]
+        for lo, hi in zip(ends[:-1], ends[1:]):
+            if hi - lo >= min_points and along[hi - 1] - along[lo] >= min_span:
+                runs.append(members[lo:hi].copy())
+                used[runs[-1]] = True
+
+
+def _collinear_chains_reference(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    band: float = 1.5,
+    max_gap: float = 40.0,
+    min_points: int = 5,
+    min_span: float = 30.0,
+) -> list[np.ndarray]:
+    """Numpy reference of :func:`collinear_chains` (same arguments and result): every Hough cell against all points."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     n = x.size
     if n < min_points:
