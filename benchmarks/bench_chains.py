@@ -1,6 +1,6 @@
 """Collinear chains of faint detections: the numba kernel against its numpy reference (same runs, timed).
 
-    python benchmarks/bench_chains.py [--sizes 2000 10000 30000] [--repeats 3] [--frames FITS ...]
+    python benchmarks/bench_chains.py [--sizes 2000 10000 30000] [--repeats 3] [--frames FITS ...] [--whole]
 
 1. The first call in this process (numba compiles the kernels, or loads them from its cache).
 2. Synthetic: uniform points on a 2048^2 CCD (2000 points: 5e-4 per px^2; 10000 and 30000: denser than
@@ -11,6 +11,10 @@
 
 Reference and kernel run alternately, ``--repeats`` times each (the reference once above 10000 points); the best
 times, their ratio and whether the runs are the same (order and members) are printed.
+
+4. ``--whole``: the whole per-CCD step (read, calibrate, clean, detect, measure, trails) on each real frame with the
+   reference and with the kernel, alternately, ``--repeats`` times each: best wall time, Mpx/s and the number of
+   detections (the same with either).
 """
 from __future__ import annotations
 
@@ -79,11 +83,40 @@ def frame_points(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return kept[0] if kept else None
 
 
+def whole_step(path: Path, repeats: int) -> None:
+    """The per-CCD step on one frame with the reference and with the kernel (best wall times)."""
+    from ssodetect.config import Config
+    from ssodetect.io import find_inputs, scan_inputs
+    from ssodetect.pipeline.ccd import process_ccd
+
+    config = Config()
+    config.execution.progress = False
+    ref = scan_inputs(find_inputs([path]), config.io)[0]
+    kernel = detect.collinear_chains
+    times: dict = {"reference": [], "kernel": []}
+    counts: dict = {}
+    for _ in range(repeats):
+        for name, chains in (("reference", detect._collinear_chains_reference), ("kernel", kernel)):
+            detect.collinear_chains = chains
+            try:
+                t0 = time.perf_counter()
+                table, info = process_ccd(ref, config, require_wcs=False)
+                times[name].append(time.perf_counter() - t0)
+            finally:
+                detect.collinear_chains = kernel
+            counts[name] = len(table)
+    mpx = float(np.prod(info["shape"])) / 1e6 if info.get("shape") else float("nan")
+    print(f"{path.name:<40} {mpx:5.2f} Mpx  per-CCD step: reference {min(times['reference']):6.2f} s "
+          f"({mpx / min(times['reference']):5.2f} Mpx/s), kernel {min(times['kernel']):6.2f} s "
+          f"({mpx / min(times['kernel']):5.2f} Mpx/s); detections {counts['reference']} / {counts['kernel']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 10000, 30000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--whole", action="store_true", help="also time the whole per-CCD step on the real frames")
     parser.add_argument("--frames", type=Path, nargs="*", default=None,
                         help=f"FITS frames (default: {', '.join(FRAMES)} under {REAL}, when present)")
     args = parser.parse_args()
@@ -101,6 +134,9 @@ def main() -> None:
             print(f"{path.name}: collinear_chains not called")
             continue
         compare(path.name, *points, args.repeats)
+    if args.whole:
+        for path in frames:
+            whole_step(path, args.repeats)
 
 
 if __name__ == "__main__":
