@@ -813,3 +813,7 @@ def test_a_chance_match_far_worse_than_its_ccds_other_exposures_is_doubted():
     assert list(doubted) == [(2, "1-1")] and "8 stars, rms 68 mas" in doubted[(2, "1-1")]  # 1-2 has no others
     assert outlier_solutions(good + [sol(2, "1-1", 20, 0.012)]) == {}  # a little worse: not doubted
     assert outlier_solutions(good + [sol(2, "1-1", 8, 0.02)]) == {}  # few stars, a good fit (under 30 mas)
+    # member 410: 8 stars at 63 mas where the others had 12-14 at 2-4 mas (more than half of theirs, 16x worse)
+    others = [sol(0, "1-1", 14, 0.0037), sol(1, "1-1", 12, 0.0040), sol(3, "1-1", 14, 0.0038)]
+    assert list(outlier_solutions(others + [sol(2, "1-1", 8, 0.063)])) == [(2, "1-1")]
+    assert outlier_solutions(others + [sol(2, "1-1", 8, 0.032)]) == {}  # 8x worse on over half their stars

@@ -311,15 +311,19 @@ def _verified(guide: WCS, item: ExposureStars, reference, config: AstrometryConf
 #: A CCD exposure's solution is doubted when its residual rms exceeds this many times the median of the same CCD's
 #: other solutions (and :data:`OUTLIER_MIN_RMS`) while it rests on under :data:`OUTLIER_STAR_SHARE` of their median
 #: number of stars: a chance match of a few stars (8 stars at 68 mas where the other exposures had 25 at 7 mas put
-#: the CCD 6-13 px off, and every mover on it was lost).
+#: the CCD 6-13 px off, and every mover on it was lost) -- or, on any number of stars, when it exceeds
+#: :data:`OUTLIER_CERTAIN_FACTOR` times theirs: no fit of real stars is that much worse than the same stars' in the
+#: other exposures (report member 410: 8 stars at 63 mas where the others had 12-14 at 2-4 mas; 14 slow movers on
+#: that CCD were lost).
 OUTLIER_RMS_FACTOR = 4.0
 OUTLIER_MIN_RMS = 0.03
 OUTLIER_STAR_SHARE = 0.5
+OUTLIER_CERTAIN_FACTOR = 10.0
 
 
 def outlier_solutions(solutions: list) -> dict:
-    """The solved CCD exposures whose fit is far worse, on far fewer stars, than the same CCD's other solutions
-    (at least two of them): ``(exposure, ccd) -> reason``.
+    """The solved CCD exposures whose fit is far worse, on far fewer stars, or very far worse on any number, than the
+    same CCD's other solutions (at least two of them): ``(exposure, ccd) -> reason`` (see :data:`OUTLIER_RMS_FACTOR`).
 
     Parameters
     ----------
@@ -334,7 +338,8 @@ def outlier_solutions(solutions: list) -> dict:
         rms = max(sol.rms_ra, sol.rms_dec)
         typical = float(np.median([max(o.rms_ra, o.rms_dec) for o in others]))
         stars = float(np.median([o.n_stars for o in others]))
-        if rms > max(OUTLIER_RMS_FACTOR * typical, OUTLIER_MIN_RMS) and sol.n_stars < OUTLIER_STAR_SHARE * stars:
+        if rms > max(OUTLIER_RMS_FACTOR * typical, OUTLIER_MIN_RMS) and (
+                sol.n_stars < OUTLIER_STAR_SHARE * stars or rms > OUTLIER_CERTAIN_FACTOR * typical):
             out[(sol.exposure, sol.ccd)] = (f"its solution ({sol.n_stars} stars, rms {1e3 * rms:.0f} mas) is far worse "
                                             f"than the CCD's other exposures' ({stars:.0f} stars, {1e3 * typical:.0f} "
                                             "mas): a chance match")
