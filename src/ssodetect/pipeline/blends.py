@@ -427,7 +427,8 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
 def _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, info_by, refs, pixels, t_exposures,
                      t0_mjd, plane, config, stats, refused):
     """The measurement row of a proposal's mover in exposure ``e`` fitted with the static sky over the exposures
-    ``near`` (``(t, x, y)``: the mover's predicted place in each [px of e]) where it covers its own place in ``e``
+    ``near`` (``(t, x, y)``: the mover's predicted place in each [px of e]) where it covers its own place in ``e``,
+    at most :data:`MAX_TEMPLATES` of them, those where it lies farthest from that place
     (:func:`ssodetect.link.blends.fit_with_static_sky`); None when refused or when no other exposure sees the stamp
     (counted ``n_no_template``)."""
     lk = config.link
@@ -438,7 +439,10 @@ def _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, 
     image, var, mask, gain = pixels(e, ccd)
     data, data_var = _stamp(image, var, mask, ix, iy, half)
     stamps, variances, positions = [data], [data_var], [(x - (ix - half), y - (iy - half))]
-    for t, mx, my in near:
+    # the MAX_TEMPLATES exposures where the mover lies farthest from its place in e (they tell its light from the
+    # static sky best; each more costs a flux in every step of the fit: 43 NEOSSat frames had made it minutes long)
+    far = sorted(near, key=lambda item: -math.hypot(item[1] - x, item[2] - y))
+    for t, mx, my in far[:MAX_TEMPLATES]:
         got = resampled(t)
         if got is not None and np.isfinite(got[0]).any():
             stamps.append(got[0])
