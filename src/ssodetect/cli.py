@@ -308,6 +308,15 @@ def _evaluate(args) -> int:
     return 1 if counter.count else 0
 
 
+def _check_evaluation_writable(outdir: Path) -> None:
+    """Refuse a run directory whose ``evaluation.ecsv`` is not ssodetect's."""
+    from ssodetect.io.outputs import recorded_files
+    from ssodetect.report.products import EVALUATION_FILE
+
+    if (outdir / EVALUATION_FILE).exists() and EVALUATION_FILE not in (recorded_files(outdir) or set()):
+        raise SSODetectError(f"{outdir / EVALUATION_FILE}: a file ssodetect did not write; move it, or use --no-write")
+
+
 def _score(args, truth, finite, observations, obs_path: Path, outdir: Path) -> None:
     """``evaluate``'s scoring, printing and writing, once its inputs are read (warnings are counted by the caller)."""
     from astropy.table import Table
@@ -321,9 +330,12 @@ def _score(args, truth, finite, observations, obs_path: Path, outdir: Path) -> N
     if missing:
         raise SSODetectError(f"{obs_path}: not the observations of a run (no column {', '.join(missing)})")
     _same_field(observations, obs_path, truth, Path(args.truth))
+    writing = outdir.is_dir() and (outdir / "provenance.json").is_file() and not args.no_write
+    if writing:  # refused before anything is printed (the scores had been printed, then the command failed)
+        _check_evaluation_writable(outdir)
     ev = evaluate_run(observations, truth, rate_range=(args.rate_min, args.rate_max), bright_limit=args.bright)
     print(format_evaluation(ev))
-    if outdir.is_dir() and (outdir / "provenance.json").is_file() and not args.no_write:
+    if writing:
         _write_evaluation(outdir, ev, args)
     solutions_path = obs_path.parent / "astrometry.ecsv"
     truth_wcs_path = Path(args.truth).parent / "truth_wcs.ecsv"
@@ -441,8 +453,7 @@ def _write_evaluation(outdir: Path, ev, args) -> None:
     from ssodetect.io.outputs import recorded_files
     from ssodetect.report.products import EVALUATION_FILE, REPORT_FILES, write_reports
 
-    if (outdir / EVALUATION_FILE).exists() and EVALUATION_FILE not in (recorded_files(outdir) or set()):
-        raise SSODetectError(f"{outdir / EVALUATION_FILE}: a file ssodetect did not write; move it, or use --no-write")
+    _check_evaluation_writable(outdir)
     config = load_config(outdir / "config.toml" if (outdir / "config.toml").is_file() else None)
     table = evaluation_table(ev)
     with OutputStage(outdir) as stage:

@@ -720,7 +720,7 @@ class StackConfig(_Section):
         "the difference images (measured on simulated Euclid CCDs: 7.0 gives ~3, 7.5 ~1.5 false movers per 2048^2).",
     )
     grid_fraction: float = Field(
-        default=0.5, gt=0, le=2, description="Velocity grid step: neighbouring grid trajectories part by at most this "
+        default=0.5, ge=0.1, le=2, description="Velocity grid step: neighbouring grid trajectories part by at most this "
         "fraction of the PSF FWHM over the sequence across the motion (of FWHM + trail length along it).",
     )
     block: int = Field(default=512, ge=1, le=65536, description="Trajectories evaluated per kernel call (memory is bounded by the "

@@ -73,7 +73,7 @@ def test_what_a_kill_in_an_atomic_write_or_a_swap_leaves_is_taken_up_not_refused
     ``run`` as files ssodetect did not write.  They are taken as ours: ``report`` removes them, ``run`` replaces
     them with the run.  A file of the user's named like a temporary of another file is still theirs."""
     run = copy_run(good_run.out, tmp_path / "run")
-    dead = [run / f".{RECORD}.ab12cd34.tmp", run / ".metrics.json.zz99yy88.tmp", run / STAGE_MARKER]
+    dead = [run / f".{RECORD}.ab12cd34.tmp", run / ".report.html.zz99yy88.tmp", run / STAGE_MARKER]
     # (the marker as a replacement's stage left it: signed for the stage's name; campaign 18 D4: a user's file of
     # that name is theirs)
     marker = outputs.stage_marker_text(tmp_path / f".{outputs.sibling_name('run')}.stage-ab12cd34", 2**22 + 7)

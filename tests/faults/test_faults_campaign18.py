@@ -70,9 +70,9 @@ def test_an_old_temporary_left_deep_in_a_run_is_removed_and_a_young_one_left(goo
 def test_a_kill_just_after_a_replacements_swap_leaves_the_old_run_the_next_run_removes(scene, good_run, tmp_path,
                                                                                        capsys, monkeypatch):
     """D2: killed just after the swap, before it was marked, the old run stayed in the stage's place beside OUTDIR,
-    unmarked, never removed (a whole run's size).  The next run on OUTDIR removes it: a directory named as the
-    stage exactly, every file of which a record signed with the user's key lists.  One of the user's named so, with
-    files of theirs, stays."""
+    unmarked, never removed (a whole run's size).  The next run on OUTDIR removes it: the new run holds a note
+    (signed) of the stage's name and the old run's inode.  A directory of the user's named like a stage stays, and
+    so does a copy of a run named so (campaign 19: it had been taken for the old run)."""
     run = copy_run(good_run.out, tmp_path / "run")
     real = outputs._exchange
 
@@ -85,19 +85,22 @@ def test_a_kill_just_after_a_replacements_swap_leaves_the_old_run_the_next_run_r
     with pytest.raises(_Killed):
         cli(capsys, "run", scene, "--out", run)
     monkeypatch.undo()
-    (run / STAGE_MARKER).unlink()  # (the new run's own marker: a leftover the next command takes up)
     stages = [p for p in tmp_path.iterdir() if p.name.startswith(".run.stage-")]
     assert len(stages) == 1 and not (stages[0] / STAGE_MARKER).exists() and (stages[0] / "steps").is_dir()
+    assert outputs.foreign_files(run) == []  # (the new run's marker and note are leftovers of ours)
     res = cli(capsys, "run", scene, "--out", run)
     assert res.code in (0, 1) and not res.errors, res.err
     assert not any(p.name.startswith(".run.stage-") for p in tmp_path.iterdir())
+    assert not (run / outputs.SWAP_NOTE).exists() and not (run / STAGE_MARKER).exists()
     mine = tmp_path / ".run.stage-abcd1234"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    before = snapshot(mine)
-    res = cli(capsys, "run", scene, "--out", run)
-    assert res.code in (0, 1) and not res.errors, res.err
-    assert snapshot(mine) == before
+    copy = copy_run(good_run.out, tmp_path / ".run.stage-backup01")
+    before = snapshot(mine), snapshot(copy)
+    for _ in range(2):
+        res = cli(capsys, "run", scene, "--out", run)
+        assert res.code in (0, 1) and not res.errors, res.err
+    assert (snapshot(mine), snapshot(copy)) == before
 
 
 def test_files_named_like_ours_but_not_ours_are_the_users(good_run, scene, tmp_path, capsys):
@@ -215,3 +218,61 @@ def test_evaluate_on_a_run_stopped_early_says_so(good_run, scene, tmp_path, caps
     res = cli(capsys, "evaluate", out, scene / "truth.ecsv")
     assert res.code == 2 and res.errors == [f"ssodetect: error: {out}: not a finished ssodetect run "
                                             "(observations.ecsv is missing)"], res.err
+
+
+def test_temporaries_named_like_unrecorded_files_of_ours_are_the_users(good_run, scene, tmp_path, capsys):
+    """Campaign 19 D1: ``.model.pt.backup01.tmp`` in a run and ``logs/.complete.json.notes123.tmp`` were taken for
+    temporaries of ours (names of files written before they are recorded) and went with the next run.  Those names
+    count as ours only at the top of the directory that writes them (a training's, a batch field's run): the run
+    refuses to replace OUTDIR, naming them, and leaves everything as it was."""
+    for name in (".model.pt.backup01.tmp", "logs/.complete.json.notes123.tmp"):
+        run = copy_run(good_run.out, tmp_path / name.replace("/", "_"))
+        (run / name).write_text("mine")
+        assert outputs.foreign_files(run) == [name]
+        before = snapshot(run)
+        res = cli(capsys, "run", scene, "--out", run)
+        assert res.code == 2 and len(res.errors) == 1 and name in res.errors[0], res.err
+        assert snapshot(run) == before
+    assert outputs._leftover(".complete.json.ab12cd34.tmp", set(), good_run.out)  # a field's, killed writing it
+
+
+def test_a_stack_grid_too_fine_is_refused_without_building_it(scene, tmp_path, capsys):
+    """Campaign 19 D3: ``[stack] grid_fraction = 1e-300`` looped building the grid's rings until the memory ran out
+    (before the count was checked).  The setting is bounded (exit 2), and the count is had in closed form beyond a
+    million rings."""
+    import time
+
+    from ssodetect.stack.candidates import MAX_VELOCITIES
+    from ssodetect.stack.search import velocity_count
+
+    config = tmp_path / "c.toml"
+    config.write_text("[stack]\nenabled = true\ngrid_fraction = 1e-300\n")
+    res = cli(capsys, "run", scene, "--out", tmp_path / "o", "--config", config)
+    assert res.code == 2 and len(res.errors) == 1 and "grid_fraction" in res.errors[0], res.err
+    t0 = time.perf_counter()
+    assert velocity_count(5.0, 100.0, 0.92, 1.7, exptime=0.157, fraction=1e-300) > MAX_VELOCITIES
+    assert velocity_count(5.0, 100.0, 0.92, 1.7, exptime=0.0, fraction=1e-6) > MAX_VELOCITIES
+    assert time.perf_counter() - t0 < 5.0
+    assert velocity_count(5.0, 100.0, 0.92, 1.7, exptime=0.157, fraction=0.5) == 6668  # (the rings themselves)
+
+
+def test_evaluate_refuses_a_users_evaluation_before_printing(good_run, scene, tmp_path, capsys):
+    """Campaign 19: with the user's ``evaluation.ecsv`` in the run, ``evaluate`` printed the whole evaluation, then
+    failed (exit 2).  It refuses first: one line, nothing printed, nothing written."""
+    run = copy_run(good_run.out, tmp_path / "run")
+    (run / "evaluation.ecsv").write_text("mine")
+    before = snapshot(run)
+    res = cli(capsys, "evaluate", run, scene / "truth.ecsv")
+    assert res.code == 2 and len(res.errors) == 1 and "evaluation.ecsv: a file ssodetect did not write" in res.errors[0]
+    assert res.out == [] and snapshot(run) == before
+
+
+def test_a_cache_that_cannot_hold_the_second_lock_is_said(tmp_path, monkeypatch, caplog):
+    """Campaign 19 D4: with ``$XDG_CACHE_HOME`` a file, the second lock was skipped at debug level: two commands on
+    a directory whose parent appeared meanwhile could both run, and nothing said so.  It is a warning now."""
+    (tmp_path / "cache").write_text("a file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="ssodetect"):
+        lock = OutputLock(tmp_path / "out")
+        lock.release()
+    assert "no lock in the user's cache" in caplog.text

@@ -95,6 +95,21 @@ STAGE_MARKER = ".ssodetect-stage"
 
 #: HMAC context of a stage marker's signature.
 STAGE_CONTEXT = "ssodetect stage marker v1"
+#: The file a replacement leaves in the new run just before the swap: the stage's name and the old run's inode, signed,
+#: so that the old run a kill leaves in the stage's place (unmarked) is known as ours, and nothing else is.
+SWAP_NOTE = ".ssodetect-swap"
+SWAP_CONTEXT = "ssodetect swap note v1"
+
+
+def _swap_note(directory: Path) -> tuple[str, int] | None:
+    """``(stage name, old run's inode)`` of a signed :data:`SWAP_NOTE` in ``directory``, None without a valid one."""
+    fields = _marker_fields(directory / SWAP_NOTE)
+    if fields is None:
+        return None
+    inode, signature, name = fields
+    if not (name and "/" not in name and verify_text(f"{name}:{inode}", SWAP_CONTEXT, cache_key()[0], signature)):
+        return None
+    return name, inode
 
 
 def stage_marker_text(directory: Path, pid: int) -> str:
@@ -364,7 +379,8 @@ _ATOMIC_NAMES = ("metrics.json", "model.pt", "checkpoint.pt", "complete.json")
 def _leftover(relative: str, ours: set, directory: Path) -> bool:
     """Whether a file under a directory of ours (``directory``; the file ``relative``, POSIX) is what a killed
     command of ours left: the temporary of an atomic write of one of our files (``.NAME.XXXXXXXX.tmp`` where NAME is
-    the record's, a file the record lists or one of :data:`_ATOMIC_NAMES`; not any file named like a product: a
+    the record's, a file the record lists or, at the top only, one of :data:`_ATOMIC_NAMES` that such a directory
+    holds; not any file named like a product: a
     user's ``steps/.notes.pkl.XXXXXXXX.tmp`` had been removed), or a replacement's :data:`STAGE_MARKER` at the top
     (killed between the swap and its removal, or before the swap: the old run's) signed with the user's key for a
     stage of this directory (a user's file of that name is theirs).  Such files are neither the user's (they do not
@@ -378,12 +394,20 @@ def _leftover(relative: str, ours: set, directory: Path) -> bool:
         stage = f"{sibling_name(Path(os.path.realpath(directory)).name)}.stage-"
         return (name.startswith(".") and stage in name
                 and verify_text(f"{name}:{pid}", STAGE_CONTEXT, cache_key()[0], signature))
+    if relative == SWAP_NOTE:
+        return _swap_note(Path(directory)) is not None
     parent, _, base = relative.rpartition("/")
     match = _TEMPORARY.fullmatch(base)
     if match is None:
         return False
     target = f"{parent}/{match['name']}" if parent else match["name"]
-    return match["name"] in (RECORD, *_ATOMIC_NAMES) or target in ours
+    if target in ours or target == RECORD:
+        return True
+    # files written before they are recorded, only at the top of the directory that has them: a batch field's
+    # complete.json (in a run's directory), a training's products (not in a run's directory; a user's
+    # ".model.pt.backup01.tmp" in a run had been taken for ours)
+    run = os.path.lexists(Path(directory) / "manifest.json")
+    return not parent and (target == "complete.json" if run else target in _ATOMIC_NAMES and target != "complete.json")
 
 
 def record_files(directory: str | Path, names) -> None:
@@ -452,8 +476,9 @@ class OutputLock:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-            except OSError as exc:
-                log.debug("%s: no lock in the user's cache (%s); the lock beside it only", self.directory, exc)
+            except OSError as exc:  # (said: two commands on a directory whose parent appears meanwhile may both run)
+                log.warning("%s: no lock in the user's cache %s (%s); only the lock beside it is held", self.directory,
+                            folder, exc.strerror or exc)
                 return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -634,9 +659,12 @@ class OutputStage:
         stage's name is left alone.  Before a replacement, the stages a killed command that added files (a report)
         left inside the output directory go too."""
         inner = self._own(".ssodetect.stage-", self.outdir) if self.replace and self.outdir.is_dir() else []
-        for stale in self._own(self._prefix("stage")) + inner + self._swapped_out():
+        swapped = self._swapped_out()
+        for stale in self._own(self._prefix("stage")) + inner + swapped:
             log.info("removing %s, left by an interrupted command", stale)
             _remove(stale)
+        if swapped:
+            (self.outdir / SWAP_NOTE).unlink(missing_ok=True)
         if self.outdir.is_dir():
             try:
                 ours = recorded_files(self.outdir)
@@ -666,25 +694,34 @@ class OutputStage:
         for stale in previous:
             _remove(stale)
 
+    def _note_swap(self) -> bool:
+        """Leave :data:`SWAP_NOTE` in the stage (the new run) before it is swapped with OUTDIR (the old run): the
+        stage's name and the old run's inode, signed.  Always True (a note that cannot be written only leaves a kill
+        just after the swap untidied)."""
+        try:
+            inode = os.stat(self.outdir).st_ino
+            signature = sign_text(f"{self.path.name}:{inode}", SWAP_CONTEXT, cache_key()[0])
+            (self.path / SWAP_NOTE).write_text(f"{inode}\n{signature}\n{self.path.name}\n")
+        except OSError:
+            pass
+        return True
+
     def _swapped_out(self) -> list[Path]:
-        """Old runs a kill left in a stage's place just after a replacement's swap, before it marked them: directories
-        of this user's named as this directory's stages exactly, without a marker, every file of which a record
-        signed with the user's key lists as it is (a run of ours; a user's directory is not one)."""
-        prefix = self._prefix("stage")
-        pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
-        found = []
-        for path in self.base.glob(glob.escape(prefix) + "*"):
-            try:
-                info = path.lstat()
-                if (not pattern.fullmatch(path.name) or not stat.S_ISDIR(info.st_mode)
-                        or (hasattr(os, "getuid") and info.st_uid != os.getuid())
-                        or os.path.lexists(path / STAGE_MARKER)):
-                    continue
-                if recorded_files(path) and not foreign_files(path, limit=1):
-                    found.append(path)
-            except (OSError, UnsignedRecord):
-                continue
-        return found
+        """The old run a kill left in the stage's place just after a replacement's swap, before it marked it: the
+        directory the new run's :data:`SWAP_NOTE` names, when it is still the very directory (inode) swapped out (a
+        user's directory of that name, or a copy of a run, is not)."""
+        note = _swap_note(self.outdir) if self.outdir.is_dir() else None
+        if note is None:
+            return []
+        path = self.base / note[0]
+        try:
+            info = path.lstat()
+        except OSError:
+            return []
+        if (stat.S_ISDIR(info.st_mode) and info.st_ino == note[1] and path.name.startswith(self._prefix("stage"))
+                and not (hasattr(os, "getuid") and info.st_uid != os.getuid())):
+            return [path]
+        return []
 
     def _own(self, prefix: str, base: Path | None = None) -> list[Path]:
         """Directories of ``base`` (the stage's) named ``prefix`` + a temporary name's 8 characters, exactly, that
@@ -753,7 +790,7 @@ class OutputStage:
                 self.outdir.parent.mkdir(parents=True, exist_ok=True)
                 if not self.outdir.exists():
                     os.rename(self.path, self.outdir)
-                elif _exchange(self.path, self.outdir):
+                elif self._note_swap() and _exchange(self.path, self.outdir):
                     try:  # the old run, now in the stage's place: marked, so a kill during its removal leaves it tidied
                         os.chmod(self.path, 0o700)
                         _mark(self.path)
@@ -767,6 +804,7 @@ class OutputStage:
                     os.rename(self.path, self.outdir)
                     shutil.rmtree(aside, ignore_errors=True)
                 (self.outdir / STAGE_MARKER).unlink(missing_ok=True)  # no longer a stage
+                (self.outdir / SWAP_NOTE).unlink(missing_ok=True)
             else:
                 # adding files: one of that name already there must be ours as we wrote it (not the user's, not a
                 # product the user edited since); refused before anything moves

@@ -129,7 +129,16 @@ def _rings(rate_min: float, rate_max: float, span: float, fwhm: float, exptime: 
 
 def velocity_count(rate_min: float, rate_max: float, span: float, fwhm: float, *, exptime: float = 0.0,
                    fraction: float = 0.5) -> int:
-    """How many velocities :func:`velocity_grid` makes (counted without making them)."""
+    """How many velocities :func:`velocity_grid` makes (counted without making them; beyond a million rings, a lower
+    bound from their number in closed form: ``grid_fraction = 1e-300`` had looped until the memory ran out)."""
+    span = max(span, 1e-6)
+    v0, a, b = max(rate_min, 1e-6), fraction * exptime / span, fraction * fwhm / span
+    if not (b > 0 and math.isfinite(b)):
+        return 2**62
+    # ring k's speed: v_k = (v0 + b/a) (1 + a)^k - b/a (v_k = v0 + k b without trails)
+    steps = (math.log1p(a * (rate_max - v0) / (a * v0 + b)) / math.log1p(a) if a > 0 else (rate_max - v0) / b)
+    if not steps <= 1e6:
+        return 2**62 if not math.isfinite(steps) else int(8 * min(steps, 2**58))
     return sum(n for _, n in _rings(rate_min, rate_max, span, fwhm, exptime, fraction))
 
 
