@@ -276,3 +276,34 @@ def test_a_cache_that_cannot_hold_the_second_lock_is_said(tmp_path, monkeypatch,
         lock = OutputLock(tmp_path / "out")
         lock.release()
     assert "no lock in the user's cache" in caplog.text
+
+
+def test_a_dead_stage_beside_a_complete_batch_field_is_removed(scene, tmp_path, capsys):
+    """Campaign 19 D5: a batch killed in field f1 whose process was still visible when the resume looked left
+    ``BATCH/.f1.stage-XXXXXXXX`` for good: once the field is complete no command looks at its stages again.  A later
+    batch removes the dead stages of its complete fields (signed marker, process gone); a directory of the user's
+    named like one stays."""
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'[[field]]\nname = "f1"\ninputs = ["{scene}"]\n')
+    out = tmp_path / "B"
+    res = cli(capsys, "batch", manifest, "--out", out)
+    assert res.code in (0, 1), res.err
+    dead = out / ".f1.stage-ab12cd34"
+    dead.mkdir(mode=0o700)
+    (dead / STAGE_MARKER).write_text(outputs.stage_marker_text(dead, 2**22 + 7))
+    (dead / "observations.ecsv").write_text("half written")
+    mine = out / ".f1.stage-mine0001"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    res = cli(capsys, "batch", manifest, "--out", out)
+    assert res.code in (0, 1), res.err
+    assert not dead.exists() and (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_directory_given_as_the_model_is_named_so(tmp_path):
+    """Campaign 19 (wording): ``ml predict --model DIR`` said "model file not found" of a directory that exists."""
+    pytest.importorskip("torch")
+    from ssodetect.ml.model import load_model
+
+    with pytest.raises(InputError, match="a directory, not a model file"):
+        load_model(tmp_path)

@@ -41,6 +41,7 @@ from ssodetect.errors import InputError
 from ssodetect.keys import cache_key, cache_key_path, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
+           "remove_dead_stages",
            "stage_marker_text",
            "recorded_files",
            "foreign_files", "irregular_products", "record_files", "check_free_space", "expected_output_bytes",
@@ -408,6 +409,23 @@ def _leftover(relative: str, ours: set, directory: Path) -> bool:
     # ".model.pt.backup01.tmp" in a run had been taken for ours)
     run = os.path.lexists(Path(directory) / "manifest.json")
     return not parent and (target == "complete.json" if run else target in _ATOMIC_NAMES and target != "complete.json")
+
+
+def remove_dead_stages(outdir: str | Path) -> list[Path]:
+    """Remove the stages beside ``outdir`` that killed commands of this user's left (``.OUT.stage-`` and eight
+    characters, private, holding a signed :data:`STAGE_MARKER` of a process that is gone); returns them.  For a
+    directory no command will write again (a batch's complete field, whose killed run's stage had stayed for good);
+    the caller holds a lock that excludes other writers of it (the batch directory's)."""
+    outdir = Path(os.path.realpath(outdir))
+    prefix = f".{sibling_name(outdir.name)}.stage-"
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+    removed = []
+    for path in outdir.parent.glob(glob.escape(prefix) + "*"):
+        if pattern.fullmatch(path.name) and _left_by_us(path):
+            log.info("removing %s, left by an interrupted command", path)
+            _remove(path)
+            removed.append(path)
+    return removed
 
 
 def record_files(directory: str | Path, names) -> None:

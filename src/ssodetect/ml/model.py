@@ -108,6 +108,8 @@ def load_model(path: str | Path = "builtin"):
         with resources.as_file(ref) as p:
             return load_model(p)
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a directory, not a model file (give the model.pt that 'ssodetect ml train' wrote)")
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     try:

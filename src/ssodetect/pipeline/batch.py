@@ -28,7 +28,8 @@ from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
 from ssodetect.keys import cache_key, sign_text, verify_text
-from ssodetect.io.outputs import OutputLock, OutputStage, atomic_write_text, record_files, recorded_files
+from ssodetect.io.outputs import (OutputLock, OutputStage, atomic_write_text, record_files, recorded_files,
+                                 remove_dead_stages)
 from ssodetect.pipeline.steps import sha256_file
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
@@ -199,6 +200,7 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
         raise InputError(f"{out}: is a symbolic link; a field's directory must be a directory of BATCH_DIR")
     state = field_state(field, config)
     if field_complete(out, state):
+        remove_dead_stages(out)  # (a run killed before an earlier one completed the field: never run again)
         record = safejson.read(out / COMPLETE)
         # the warnings of the run that completed it stay the field's (a re-run does not make them go away)
         warned = int(record.get("warnings", 0))
