@@ -163,7 +163,7 @@ def test_torch_kernel_matches_numpy_reference():
     best = stack_best_torch(psi, phi, dx[50:], dy[50:], best, v_offset=50, min_phi=2.0, device="cpu")
     finite = np.isfinite(ref["nu"])
     # float32 sums in an order torch's threads choose against float64: a pixel whose best trajectory's phi lies
-    # within rounding of min_phi may take another trajectory (seen once in a loaded suite: one pixel of 3000)
+    # within rounding of min_phi may take another trajectory (a mismatch among 3000 pixels, seen once in a loaded suite)
     assert (finite == np.isfinite(best["nu"])).mean() > 0.999
     both = finite & np.isfinite(best["nu"])
     assert np.isclose(best["nu"][both], ref["nu"][both], rtol=1e-5, atol=1e-5).mean() > 0.999
