@@ -617,6 +617,34 @@ def test_a_trail_cut_by_a_wide_cosmic_ray_is_joined_again():
     assert n == 0 and len(out) == len(objects)
 
 
+def test_no_pieces_are_joined_where_hits_cover_the_image(caplog):
+    """Where masked hits cover more than REJOIN_MAX_HIT_FRACTION of the image (NEOSSat's warm pixels: 16 %), a hit
+    between two neighbours is chance: the trail cut by a hit that is joined on a clean image stays in two pieces, and
+    the log says why."""
+    import sep
+
+    from ssodetect.detect.extract import REJOIN_MAX_HIT_FRACTION, rejoin_split_sources
+    from ssodetect.simulate import MoffatPSF
+
+    psf = MoffatPSF(fwhm=1.7, beta=2.5)
+    shape = (80, 80)
+    rng = np.random.default_rng(200)
+    img = rng.normal(0.0, 4.0, shape)
+    splat(img, *trail_points(35.0, 40.0, 45.0, 40.0, 1800.0), psf)
+    hits = np.zeros(shape, bool)
+    hits[37:44, 39:42] = True
+    img[hits] = 0.0
+    objects, segmap = sep.extract(img.astype(np.float32), 1.5, err=np.full(shape, 4.0, np.float32),
+                                  segmentation_map=True)
+    assert rejoin_split_sources(objects, segmap, hits, 1.7 / 2.3548)[2] == 1
+    warm = hits | (rng.uniform(size=shape) < 1.5 * REJOIN_MAX_HIT_FRACTION)
+    warm[:, 30:50] = hits[:, 30:50]  # (none added about the trail)
+    assert warm.mean() > REJOIN_MAX_HIT_FRACTION
+    with caplog.at_level("INFO", logger="ssodetect"):
+        assert rejoin_split_sources(objects, segmap, warm, 1.7 / 2.3548)[2] == 0
+    assert "no pieces joined across them" in caplog.text
+
+
 def test_a_footprint_too_large_for_the_halo_model_is_counted():
     """A bright galaxy's footprint whose box exceeds ``max_fraction`` of the image is not modelled, and the report
     says so (``n_halo_too_large``); within the limit it is modelled."""
