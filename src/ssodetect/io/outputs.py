@@ -381,8 +381,8 @@ def _leftover(relative: str, ours: set, directory: Path) -> bool:
     """Whether a file under a directory of ours (``directory``; the file ``relative``, POSIX) is what a killed
     command of ours left: the temporary of an atomic write of one of our files (``.NAME.XXXXXXXX.tmp`` where NAME is
     the record's, a file the record lists or, at the top only, one of :data:`_ATOMIC_NAMES` that such a directory
-    holds; not any file named like a product: a
-    user's ``steps/.notes.pkl.XXXXXXXX.tmp`` had been removed), or a replacement's :data:`STAGE_MARKER` at the top
+    holds; not any file named like a product: a user's ``steps/.notes.pkl.XXXXXXXX.tmp`` had been removed), a
+    replacement's :data:`SWAP_NOTE` signed with the user's key, or a replacement's :data:`STAGE_MARKER` at the top
     (killed between the swap and its removal, or before the swap: the old run's) signed with the user's key for a
     stage of this directory (a user's file of that name is theirs).  Such files are neither the user's (they do not
     block a replacement) nor listed as ours; :meth:`OutputStage._tidy` removes them."""
@@ -681,7 +681,9 @@ class OutputStage:
         for stale in self._own(self._prefix("stage")) + inner + swapped:
             log.info("removing %s, left by an interrupted command", stale)
             _remove(stale)
-        if swapped:
+        if swapped:  # (and the new run's marker that the same kill left: no longer a stage)
+            if _leftover(STAGE_MARKER, set(), self.outdir):
+                (self.outdir / STAGE_MARKER).unlink(missing_ok=True)
             (self.outdir / SWAP_NOTE).unlink(missing_ok=True)
         if self.outdir.is_dir():
             try:
@@ -731,12 +733,15 @@ class OutputStage:
         note = _swap_note(self.outdir) if self.outdir.is_dir() else None
         if note is None:
             return []
-        path = self.base / note[0]
+        # (a swap happens only where OUTDIR existed: its stage lay beside it, whichever command looks now)
+        outdir = Path(os.path.realpath(self.outdir))
+        path = outdir.parent / note[0]
         try:
             info = path.lstat()
         except OSError:
             return []
-        if (stat.S_ISDIR(info.st_mode) and info.st_ino == note[1] and path.name.startswith(self._prefix("stage"))
+        if (stat.S_ISDIR(info.st_mode) and info.st_ino == note[1]
+                and path.name.startswith(f".{sibling_name(outdir.name)}.stage-")
                 and not (hasattr(os, "getuid") and info.st_uid != os.getuid())):
             return [path]
         return []
