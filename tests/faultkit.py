@@ -155,3 +155,22 @@ def raw_card(path: str | Path, occurrence: int, key: str, value: str) -> None:
         at = data.index(f"{key:<8}=".encode(), at + 1)
     data[at:at + 80] = f"{key:<8}= {value:>20}".ljust(80).encode()
     path.write_bytes(bytes(data))
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL (only finally clauses run after it)."""
+
+
+def run_killed_at_exchange(capsys, monkeypatch, scene, out, exchange) -> None:
+    """``ssodetect run SCENE --out OUT`` killed in the commit's swap: ``exchange(a, b)`` stands for
+    ``ssodetect.io.outputs._exchange`` and raises :class:`Killed` where the kill falls; the stage's clean-up does
+    nothing but give up the lock (a kill cleans nothing up)."""
+    import pytest
+
+    from ssodetect.io import outputs
+
+    monkeypatch.setattr(outputs, "_exchange", exchange)
+    monkeypatch.setattr(outputs.OutputStage, "discard", lambda self: self._unlock())
+    with pytest.raises(Killed):
+        cli(capsys, "run", scene, "--out", out)
+    monkeypatch.undo()

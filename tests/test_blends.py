@@ -157,22 +157,29 @@ def _run_defaults(scene, out, **link):
     return run_pipeline([scene], out, config, refcat=scene / "refcat.ecsv")
 
 
-@pytest.fixture(scope="module")
-def blended_scene(tmp_path_factory):
-    """768^2, 4 exposures; SIMBLEND (V 22, 2.1"/h East) passes a V 20.5 star: 0.95" and 1.6" away in exposures
-    1 and 0, 0.3" in exposures 2 and 3."""
+def _mover_past_star(tmp_path_factory, star_mag: float, mover: dict, offset: float, folder: str):
+    """A 768^2 scene (4 exposures) with a star of ``star_mag`` at (5", 8") alone within 4" and ``mover`` (its
+    ``rate`` [arcsec/h] East) starting ``offset`` cadences' motion West of it, the scene's own movers 30" away."""
     config = small_scene_config(23, movers_per_ccd=60.0, star_density=150000.0)
     scene = draw_scene(config)
-    star = {"xi": 5.0, "eta": 8.0, "mag": 20.5, "pmra": 0.0, "pmdec": 0.0}
+    star = {"xi": 5.0, "eta": 8.0, "mag": star_mag, "pmra": 0.0, "pmdec": 0.0}
     stars = scene.stars
     far = np.hypot(np.asarray(stars["xi"]) - star["xi"], np.asarray(stars["eta"]) - star["eta"]) > 4.0
     scene.stars = vstack([stars[far], Table(rows=[star])])
     movers = scene.movers
     movers = movers[np.hypot(np.asarray(movers["xi"]) - star["xi"], np.asarray(movers["eta"]) - star["eta"]) > 30.0]
-    step = 2.1 * config.cadence / 3600.0
-    mover = {"object": "SIMBLEND", "xi": star["xi"] - 0.3 - 0.5 * step, "eta": star["eta"] + 0.1, "mag": 22.0,
-             "rate": 2.1, "pa": 90.0, "designation": ""}
-    return _simulate_with(config, scene, movers, Table(rows=[mover]), tmp_path_factory.mktemp("blend"))
+    step = mover["rate"] * config.cadence / 3600.0
+    added = {**mover, "xi": star["xi"] + mover["xi"] - offset * step, "eta": star["eta"] + mover["eta"], "pa": 90.0,
+             "designation": ""}
+    return _simulate_with(config, scene, movers, Table(rows=[added]), tmp_path_factory.mktemp(folder))
+
+
+@pytest.fixture(scope="module")
+def blended_scene(tmp_path_factory):
+    """SIMBLEND (V 22, 2.1"/h East) passes a V 20.5 star: 0.95" and 1.6" away in exposures 1 and 0, 0.3" in
+    exposures 2 and 3."""
+    return _mover_past_star(tmp_path_factory, 20.5, {"object": "SIMBLEND", "xi": -0.3, "eta": 0.1, "mag": 22.0,
+                                                     "rate": 2.1}, 0.5, "blend")
 
 
 def test_a_mover_passing_a_brighter_star_is_found_with_its_blended_positions(blended_scene, tmp_path):
@@ -277,20 +284,10 @@ def test_fit_with_static_sky_measures_a_slow_mover_on_a_star_and_nothing_where_i
 
 @pytest.fixture(scope="module")
 def slow_blended_scene(tmp_path_factory):
-    """768^2, 4 exposures; SIMSLOW (V 21.5, 0.5"/h East, 1.5 px per exposure) passes a V 21.0 star: clean in
-    exposures 0 and 1, on the star in 2 and 3, and never as far from its place as a template needs."""
-    config = small_scene_config(23, movers_per_ccd=60.0, star_density=150000.0)
-    scene = draw_scene(config)
-    star = {"xi": 5.0, "eta": 8.0, "mag": 21.0, "pmra": 0.0, "pmdec": 0.0}
-    stars = scene.stars
-    far = np.hypot(np.asarray(stars["xi"]) - star["xi"], np.asarray(stars["eta"]) - star["eta"]) > 4.0
-    scene.stars = vstack([stars[far], Table(rows=[star])])
-    movers = scene.movers
-    movers = movers[np.hypot(np.asarray(movers["xi"]) - star["xi"], np.asarray(movers["eta"]) - star["eta"]) > 30.0]
-    step = 0.5 * config.cadence / 3600.0
-    mover = {"object": "SIMSLOW", "xi": star["xi"] - 2.0 * step, "eta": star["eta"] + 0.05, "mag": 21.5,
-             "rate": 0.5, "pa": 90.0, "designation": ""}
-    return _simulate_with(config, scene, movers, Table(rows=[mover]), tmp_path_factory.mktemp("slowblend"))
+    """SIMSLOW (V 21.5, 0.5"/h East, 1.5 px per exposure) passes a V 21.0 star: clean in exposures 0 and 1, on the
+    star in 2 and 3, and never as far from its place as a template needs."""
+    return _mover_past_star(tmp_path_factory, 21.0, {"object": "SIMSLOW", "xi": 0.0, "eta": 0.05, "mag": 21.5,
+                                                     "rate": 0.5}, 2.0, "slowblend")
 
 
 def test_a_slow_mover_on_a_star_in_two_exposures_is_found_with_the_static_sky_fitted(slow_blended_scene, tmp_path):
@@ -601,3 +598,39 @@ def test_a_faint_trail_beside_a_source_the_template_overstates_is_kept_and_one_o
             assert fit["unit_scale_flux"] == pytest.approx(trail[4], rel=0.25)
         else:
             assert verdict != "ok", (fit, verdict)
+
+
+def test_a_joint_fit_takes_the_farthest_exposures_and_counts_those_left_out():
+    """A joint fit takes at most MAX_TEMPLATES other exposures (each adds a flux to every step of the fit: 43 NEOSSat
+    frames had made the blend step minutes long), those where the mover lies farthest from its place; the others
+    are counted (``n_joint_exposures_left``), not silently dropped."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from astropy.wcs import WCS
+
+    from ssodetect.pipeline.blends import MAX_TEMPLATES, _measure_jointly
+
+    rng = np.random.default_rng(3)
+    big, half = 60, 7
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.cdelt = [-0.1 / 3600, 0.1 / 3600]
+    image = rng.normal(0.0, 4.0, (big, big))
+    near = [(t, 30.0 + 0.5 * t, 30.0) for t in range(1, MAX_TEMPLATES + 3)]  # farther and farther
+    taken = []
+
+    def resampled(t):
+        taken.append(t)
+        return rng.normal(0.0, 4.0, (2 * half + 1,) * 2), np.full((2 * half + 1,) * 2, 16.0)
+
+    stats = {"n_measured": 0, "n_joint": 0, "n_joint_accepted": 0, "n_joint_exposures_left": 0, "n_no_template": 0,
+             "n_accepted": 0}
+    where = ("1-1", (w, 30.0, 30.0, 0.3, 0.0, 0.3))
+    prop = SimpleNamespace(flux=5000.0, flux_err=50.0)
+    row = _measure_jointly(prop, 0, 0.01, where, near, resampled, half, None, {(0, "1-1"): {"psf_sigma": 0.72}}, {},
+                           lambda e, ccd: (image, np.full(image.shape, 16.0), np.zeros(image.shape, bool), 3.5), {},
+                           0.0, None, Config(), stats, Counter())
+    assert row is None  # (nothing there: refused)
+    assert sorted(taken) == [t for t, _, _ in near][-MAX_TEMPLATES:]
+    assert stats["n_joint_exposures_left"] == 2 and stats["n_joint"] == stats["n_measured"] == 1

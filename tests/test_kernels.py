@@ -517,6 +517,18 @@ def test_a_cosmic_ray_on_a_sources_core_does_not_split_it():
     assert counts[0] <= counts[1] + 2, counts
 
 
+def _trail_on_noise(rng, shape, lengths, fluxes, psf):
+    """A trail of a random length and flux (uniform in ``lengths`` [px], ``fluxes`` [ADU]) and angle, centred within
+    half a pixel of the image's (40, 40), on Gaussian noise of 4 ADU: ``(image, xc, yc, length, cos, sin)``."""
+    img = rng.normal(0.0, 4.0, shape)
+    xc, yc = 40.0 + rng.uniform(-0.5, 0.5), 40.0 + rng.uniform(-0.5, 0.5)
+    length, angle = rng.uniform(*lengths), rng.uniform(0.0, math.pi)
+    c, s = math.cos(angle), math.sin(angle)
+    splat(img, *trail_points(xc - 0.5 * length * c, yc - 0.5 * length * s, xc + 0.5 * length * c,
+                             yc + 0.5 * length * s, rng.uniform(*fluxes)), psf)
+    return img, xc, yc, length, c, s
+
+
 def test_a_faint_trail_cut_by_a_cosmic_ray_is_one_detection():
     """A V~23 trail 5-10 px long with a 3 px cosmic-ray track across its middle: the masked hole had split 16 of
     these 20 trails into two pieces (two point sources either side of the centre: a slow mover of members 381 and
@@ -537,12 +549,7 @@ def test_a_faint_trail_cut_by_a_cosmic_ray_is_one_detection():
     whole = joined = 0
     for seed in range(20):
         rng = np.random.default_rng(seed)
-        img = rng.normal(0.0, 4.0, shape)
-        xc, yc = 40.0 + rng.uniform(-0.5, 0.5), 40.0 + rng.uniform(-0.5, 0.5)
-        length, angle = rng.uniform(5.0, 10.0), rng.uniform(0.0, math.pi)
-        c, s = math.cos(angle), math.sin(angle)
-        splat(img, *trail_points(xc - 0.5 * length * c, yc - 0.5 * length * s, xc + 0.5 * length * c,
-                                 yc + 0.5 * length * s, rng.uniform(1000.0, 1600.0)), psf)
+        img, xc, yc, length, c, s = _trail_on_noise(rng, shape, (5.0, 10.0), (1000.0, 1600.0), psf)
         for t in (-1, 0, 1):  # across the trail
             img[int(round(yc + t * c)), int(round(xc - t * s))] += rng.uniform(250.0, 450.0)
         det, info = extract_sources(img, mask=np.zeros(shape, bool), error=np.full(shape, 4.0), gain=3.5,
@@ -585,12 +592,7 @@ def test_a_trail_cut_by_a_wide_cosmic_ray_is_joined_again():
     joined = 0
     for seed in range(20):
         rng = np.random.default_rng(200 + seed)
-        img = rng.normal(0.0, 4.0, shape)
-        xc, yc = 40.0 + rng.uniform(-0.5, 0.5), 40.0 + rng.uniform(-0.5, 0.5)
-        length, angle = rng.uniform(8.0, 12.0), rng.uniform(0.0, math.pi)
-        c, s = math.cos(angle), math.sin(angle)
-        splat(img, *trail_points(xc - 0.5 * length * c, yc - 0.5 * length * s, xc + 0.5 * length * c,
-                                 yc + 0.5 * length * s, rng.uniform(1300.0, 2000.0)), psf)
+        img, xc, yc, length, c, s = _trail_on_noise(rng, shape, (8.0, 12.0), (1300.0, 2000.0), psf)
         hits = np.zeros(shape, bool)
         for t in np.arange(-3.0, 3.5, 0.5):  # across the trail
             for u in np.arange(4 + seed % 2) - 0.5 * (3 + seed % 2):  # along it

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from faultkit import cli, copy_run, snapshot
+from faultkit import Killed, cli, copy_run, snapshot
 from ssodetect.io import outputs
 
 
@@ -26,11 +26,6 @@ def test_simulate_refuses_what_it_cannot_make(tmp_path, capsys, args, said):
     assert not (tmp_path / "s").exists()
 
 
-class _Killed(BaseException):
-    """Stands for a SIGKILL between two moves of a commit (nothing of the command runs after it but its finally
-    clauses, which release its lock: a dead process's lock is taken over anyway)."""
-
-
 def test_a_kill_between_the_moves_of_a_report_leaves_a_run_every_command_takes(scene, good_run, tmp_path, capsys,
                                                                                monkeypatch, caplog):
     """D4: ``report`` moves its files into the run one by one and signed the record only after: killed between the
@@ -44,12 +39,12 @@ def test_a_kill_between_the_moves_of_a_report_leaves_a_run_every_command_takes(s
 
     def replace(src, dst):
         if moved:
-            raise _Killed
+            raise Killed
         moved.append(dst)
         return real(src, dst)
 
     monkeypatch.setattr(outputs.os, "replace", replace)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         cli(capsys, "report", run)
     monkeypatch.setattr(outputs.os, "replace", real)
     stages = [p.name for p in run.iterdir() if p.name.startswith(".ssodetect.stage-")]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from faultkit import cli, copy_run, snapshot
+from faultkit import Killed, cli, copy_run, run_killed_at_exchange, snapshot
 from ssodetect.io import outputs
 from ssodetect.io.outputs import RECORD, STAGE_MARKER
 from ssodetect.pipeline.registry import Registry
@@ -103,9 +103,6 @@ def test_what_a_kill_in_an_atomic_write_or_a_swap_leaves_is_taken_up_not_refused
     assert res.code == 2 and ".notes.txt.ab12cd34.tmp" in res.errors[0] and snapshot(run) == before
 
 
-class _Killed(BaseException):
-    """Stands for a SIGKILL (only finally clauses run after it)."""
-
 
 def test_a_kill_before_a_replacements_swap_leaves_a_marked_stage_the_next_run_removes(scene, good_run, tmp_path,
                                                                                         capsys, monkeypatch):
@@ -115,13 +112,9 @@ def test_a_kill_before_a_replacements_swap_leaves_a_marked_stage_the_next_run_re
     run = copy_run(good_run.out, tmp_path / "run")
 
     def killed(*_args, **_kwargs):
-        raise _Killed
+        raise Killed
 
-    monkeypatch.setattr(outputs, "_exchange", killed)
-    monkeypatch.setattr(outputs.OutputStage, "discard", lambda self: self._unlock())  # a kill cleans nothing up
-    with pytest.raises(_Killed):
-        cli(capsys, "run", scene, "--out", run)
-    monkeypatch.undo()
+    run_killed_at_exchange(capsys, monkeypatch, scene, run, killed)
     stages = [p for p in tmp_path.iterdir() if p.name.startswith(".run.stage-")]
     assert len(stages) == 1 and (stages[0] / STAGE_MARKER).is_file()
     res = cli(capsys, "run", scene, "--out", run)

@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from faultkit import cli, copy_run, snapshot
+from faultkit import Killed, cli, copy_run, run_killed_at_exchange, snapshot
 from ssodetect.errors import InputError
 from ssodetect.io import outputs
 from ssodetect.io.outputs import STAGE_MARKER, OutputLock
 
-
-class _Killed(BaseException):
-    """Stands for a SIGKILL (only finally clauses run after it)."""
 
 
 def test_ml_train_waits_for_no_one_a_directory_another_command_writes(tmp_path, monkeypatch):
@@ -78,13 +75,9 @@ def test_a_kill_just_after_a_replacements_swap_leaves_the_old_run_the_next_run_r
 
     def killed(a, b):
         real(a, b)
-        raise _Killed
+        raise Killed
 
-    monkeypatch.setattr(outputs, "_exchange", killed)
-    monkeypatch.setattr(outputs.OutputStage, "discard", lambda self: self._unlock())  # a kill cleans nothing up
-    with pytest.raises(_Killed):
-        cli(capsys, "run", scene, "--out", run)
-    monkeypatch.undo()
+    run_killed_at_exchange(capsys, monkeypatch, scene, run, killed)
     stages = [p for p in tmp_path.iterdir() if p.name.startswith(".run.stage-")]
     assert len(stages) == 1 and not (stages[0] / STAGE_MARKER).exists() and (stages[0] / "steps").is_dir()
     assert outputs.foreign_files(run) == []  # (the new run's marker and note are leftovers of ours)

@@ -88,7 +88,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     stats : dict
         The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured`` (of which ``n_joint``
         fitted with the static sky over the exposures where the mover covers its own place, none other being free
-        of it: :func:`ssodetect.link.blends.fit_with_static_sky`; ``n_joint_accepted`` of them kept), ``refused``
+        of it: :func:`ssodetect.link.blends.fit_with_static_sky`; ``n_joint_accepted`` of them kept;
+        ``n_joint_exposures_left``: exposures beyond the :data:`MAX_TEMPLATES` a joint fit takes, left out), ``refused``
         (reason -> count), ``n_no_template``, ``n_off_image``, ``n_too_long`` (longer than
         ``streaks.max_length`` or :data:`MAX_LENGTH`: every target is one of measured, no template, off the image,
         too long),
@@ -107,7 +108,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     lk = config.link
     t_start = time.perf_counter()
     stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "n_joint": 0,
-                   "n_joint_accepted": 0, "refused": {},
+                   "n_joint_accepted": 0, "n_joint_exposures_left": 0, "refused": {},
                    "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
                    "n_too_faint": 0,
                    "n_rejected_fit": 0, "n_conflicts": 0,
@@ -263,6 +264,9 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     if new_obj is not None:
         observations = vstack([observations, new_obs]) if len(observations) else new_obs
         objects = vstack([objects, new_obj]) if len(objects) else new_obj
+    if stats["n_joint_exposures_left"]:
+        log.info("blends: %d exposures left out of joint fits (each takes the %d where its mover lies farthest from "
+                 "its place)", stats["n_joint_exposures_left"], MAX_TEMPLATES)
     stats["seconds"] = time.perf_counter() - t_start
     return observations, objects, stats
 
@@ -414,14 +418,22 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
                               y=y - (iy - half), length=length, theta=theta, psf_sigma=psf_sigma, gain=gain,
                               max_shift=_reach(lk, s_pred, scale),
                               start=None if start is None else (start[0] - (ix - half), start[1] - (iy - half)))
+    if not _accepted(fit, prop, lk, scale, psf_sigma, stats, refused):
+        return None
+    return _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposures, t0_mjd, plane, config)
+
+
+def _accepted(fit, prop, lk, scale: float, psf_sigma: float, stats: dict, refused: Counter) -> bool:
+    """Whether a blend measurement is kept (:func:`ssodetect.link.blends.accept_recovery`); a refusal is counted by
+    its reason, an acceptance in ``n_accepted``."""
     verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
                               flux_scatter=lk.flux_scatter, max_chi2_dof=lk.max_chi2_dof,
                               max_position_error=max(1.0, 0.5 / scale), psf_sigma=psf_sigma)
     if verdict != "ok":
         refused[verdict] += 1
-        return None
+        return False
     stats["n_accepted"] += 1
-    return _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposures, t0_mjd, plane, config)
+    return True
 
 
 def _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, info_by, refs, pixels, t_exposures,
@@ -442,6 +454,7 @@ def _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, 
     # the MAX_TEMPLATES exposures where the mover lies farthest from its place in e (they tell its light from the
     # static sky best; each more costs a flux in every step of the fit: 43 NEOSSat frames had made it minutes long)
     far = sorted(near, key=lambda item: -math.hypot(item[1] - x, item[2] - y))
+    stats["n_joint_exposures_left"] += max(len(far) - MAX_TEMPLATES, 0)
     for t, mx, my in far[:MAX_TEMPLATES]:
         got = resampled(t)
         if got is not None and np.isfinite(got[0]).any():
@@ -456,13 +469,8 @@ def _measure_jointly(prop, e, s_pred, where, near, resampled, half, candidates, 
     scale = pixel_scale(w)
     fit = fit_with_static_sky(np.array(stamps), np.array(variances), np.array(positions), target=0, length=length,
                               theta=theta, psf_sigma=psf_sigma, gain=gain, max_shift=_reach(lk, s_pred, scale))
-    verdict = accept_recovery(fit, prop.flux, prop.flux_err, min_snr=lk.blend_min_snr,
-                              flux_scatter=lk.flux_scatter, max_chi2_dof=lk.max_chi2_dof,
-                              max_position_error=max(1.0, 0.5 / scale), psf_sigma=psf_sigma)
-    if verdict != "ok":
-        refused[verdict] += 1
+    if not _accepted(fit, prop, lk, scale, psf_sigma, stats, refused):
         return None
-    stats["n_accepted"] += 1
     stats["n_joint_accepted"] += 1
     return _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposures, t0_mjd, plane, config)
 
