@@ -925,3 +925,39 @@ def test_a_poorly_measured_neighbour_does_not_make_a_slow_mover_static():
     assert fuzzy.sum() == 1 and cand["static"][fuzzy][0]  # the poor measurement still matches the precise ones
     wide = cand["kind"] == "trail"
     assert np.allclose(cand["size"][wide], TRAIL_WIDTH_CAP * 0.8 * scale)
+
+
+def test_a_slow_movers_disturbed_trails_link_within_their_length_tolerance():
+    """Member 405's V 23.2 mover at 6.8"/h: four 10.7 px trails, one cut to 5.1 px by a masked hit (its centre
+    2.2 px off) and one with a faint neighbour on it (1.2 px off), 4-7 times their centroid errors: no subset
+    passed the tracklet fit among the other detections, and it was missed.  widen_trail_tolerance grows the slow
+    linker's tolerance of trails (only) by TRAIL_CENTRE_TOLERANCE of their length: the four link, nothing else."""
+    from astropy.table import Table
+
+    from ssodetect.link.movers import TRAIL_CENTRE_TOLERANCE, widen_trail_tolerance
+
+    t = np.array([0.0, 0.30556, 0.61111, 0.91667])
+    xi = np.array([155.4083, 156.3870, 157.6006, 158.6059])  # [arcsec] as measured (tangent plane of the run)
+    eta = np.array([-177.5248, -175.9308, -174.2328, -172.4114])
+    sigma = np.array([0.0288, 0.0358, 0.0315, 0.0373])
+    length = np.array([5.06, 10.49, 9.34, 10.89])  # [px] at 0.1"/px
+    flux, flux_err = np.array([953.0, 1482.0, 2709.0, 1386.0]), np.array([30.0, 30.0, 39.0, 29.0])
+    rng = np.random.default_rng(405)
+    n_noise = 30  # unrelated point sources per exposure over 60" x 60" (the density of the member's candidates)
+    expo = np.concatenate([np.arange(4), np.repeat(np.arange(4), n_noise)])
+    all_xi = np.concatenate([xi, rng.uniform(130, 190, 4 * n_noise)])
+    all_eta = np.concatenate([eta, rng.uniform(-200, -140, 4 * n_noise)])
+    table = Table({"kind": ["trail"] * 4 + ["point"] * (4 * n_noise), "length": np.concatenate([length, np.zeros(
+        4 * n_noise)]), "pixel_scale": np.full(expo.size, 0.1), "sigma": np.concatenate([sigma, np.full(4 * n_noise,
+                                                                                                          0.03)])})
+    all_flux = np.concatenate([flux, rng.uniform(200.0, 3000.0, 4 * n_noise)])
+    all_err = np.concatenate([flux_err, np.full(4 * n_noise, 30.0)])
+    kw = dict(min_rate=0.3, max_rate=12.0, max_false_alarms=0.2)
+    measured = link_tracklets(expo, t[expo], all_xi, all_eta, np.asarray(table["sigma"]), all_flux, all_err, **kw)
+    assert not [trk for trk in measured if set(trk.members) & {0, 1, 2, 3}]
+    assert widen_trail_tolerance(table) == 4
+    widened = np.asarray(table["sigma"])
+    assert widened[0] == pytest.approx(math.hypot(0.0288, TRAIL_CENTRE_TOLERANCE * 0.506 / math.sqrt(2.0)))
+    assert (widened[4:] == 0.03).all()
+    links = link_tracklets(expo, t[expo], all_xi, all_eta, widened, all_flux, all_err, **kw)
+    assert [sorted(trk.members) for trk in links] == [[0, 1, 2, 3]]

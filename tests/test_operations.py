@@ -192,7 +192,7 @@ def test_intermediate_products_and_manifest(field, tmp_path):
     inputs = {Path(f["path"]).name: f for f in manifest["inputs"]}
     assert {f["role"] for f in manifest["inputs"]} == {"input", "refcat"}
     name = next(n for n in inputs if n.endswith(".fits"))
-    from ssodetect.pipeline.steps import sha256_file
+    from ssodetect.io.outputs import sha256_file
 
     assert inputs[name]["sha256"] == sha256_file(field / name)
     assert manifest["products"]["objects.ecsv"]["sha256"] == sha256_file(out / "objects.ecsv")

@@ -114,6 +114,15 @@ def _execution_config(args):
         config.execution.progress = False
     if getattr(args, "profile", None):
         _option(config.profile, "name", args.profile, "--profile")
+    elif args.config is not None and hasattr(args, "profile"):
+        # a profile the configuration file names is checked here, where the file can be named with the problem
+        from ssodetect.errors import ConfigError
+        from ssodetect.profiles import named_profile
+
+        try:
+            named_profile(config.profile.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{args.config}: [profile] name: {exc}") from None
     return config
 
 
@@ -242,7 +251,7 @@ def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
     from astropy.io import fits
     from astropy.table import Table
 
-    from ssodetect.evaluate import exposure_time_mismatch, nearest_truth_distance
+    from ssodetect.evaluate import exposure_time_mismatch, frames_mismatch, nearest_truth_distance
 
     ra, dec = list(np.asarray(observations["ra"], float)), list(np.asarray(observations["dec"], float))
     solutions = obs_path.parent / "astrometry.ecsv"
@@ -262,6 +271,14 @@ def _same_field(observations, obs_path: Path, truth, truth_path: Path) -> None:
     mismatch = exposure_time_mismatch(observations, truth)
     if mismatch is not None:
         raise SSODetectError(f"{truth_path}: a truth table of another sequence: {mismatch} ({obs_path})")
+    manifest = obs_path.parent / "manifest.json"
+    try:
+        inputs = safejson.read(manifest).get("inputs") if manifest.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        inputs = None  # the run's own record: its observations decided above
+    mismatch = frames_mismatch(inputs, truth) if isinstance(inputs, list) else None
+    if mismatch is not None:
+        raise SSODetectError(f"{truth_path}: a truth table of another scene: {mismatch} ({obs_path})")
 
 
 def _evaluate(args) -> int:
@@ -362,7 +379,7 @@ def _update_manifest(outdir: Path, stage: Path, written: list, dropped: set, arg
     import json
     from datetime import datetime, timezone
 
-    from ssodetect.pipeline.steps import sha256_file
+    from ssodetect.io.outputs import sha256_file
 
     path = outdir / "manifest.json"
     if not path.is_file():
@@ -402,7 +419,7 @@ def _run_products(directory: Path) -> set:
 def _check_scores_path(out: Path) -> None:
     """Refuse an ``ml predict --out`` file that is one of a run's products, a hidden name (ssodetect's records and
     stages), or anywhere inside a run's subfolders (its steps, logs, regions)."""
-    if out.name in ("", ".", "..") or str(out).endswith(("/", os.sep)):
+    if out.name in ("", ".", "..") or str(out).endswith(("/", os.sep)) or out.is_dir():
         raise SSODetectError(f"--out {out}: a directory, not a file name; give the scores file's name")
     if out.name.startswith("."):
         raise SSODetectError(f"--out {out}: a hidden name (ssodetect keeps its records and stages under such names); "
@@ -1159,6 +1176,21 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
+class _ShownStdout:
+    """Standard output with every line passed through :func:`printable` (line breaks kept): a run directory's name,
+    an object's name or a header value printed by a command cannot rewrite the screen."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write("\n".join(printable(line) for line in str(text).split("\n")))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 class _AstropyLines(logging.Handler):
     """astropy's own log (its verification of a non-standard card, e.g. ``EXPTIME = 1e5``, printed as three-line
     blocks naming no file) as one uncounted line each, like a library's warning (:func:`_warning_as_log`)."""
@@ -1231,6 +1263,7 @@ def main(argv=None) -> int:
     astropy_log.handlers = [_AstropyLines()]
     main_thread = threading.current_thread() is threading.main_thread()
     on_term = {sig: signal.signal(sig, _on_sigterm) for sig in _ENDING_SIGNALS} if main_thread else {}
+    stdout, sys.stdout = sys.stdout, _ShownStdout(sys.stdout)
     try:
         _check_text_arguments(args)
         return args.func(args)
@@ -1274,6 +1307,7 @@ def main(argv=None) -> int:
                         "please report it)"), file=sys.stderr)
         return 3
     finally:
+        sys.stdout = stdout
         warnings.showwarning = shown
         for sig, previous in on_term.items():
             signal.signal(sig, previous)

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from ssodetect.astrometry.tangent import TangentPlane
 
 __all__ = ["evaluate_wcs", "Evaluation", "evaluate_run", "format_evaluation", "evaluation_table", "RATE_BINS",
-           "nearest_truth_distance"]
+           "nearest_truth_distance", "frames_mismatch"]
 
 #: Rate bins [arcsec/h] of the completeness against rate: slow movers, fast movers, trails.
 RATE_BINS = np.array([0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0])
@@ -413,3 +413,29 @@ def exposure_time_mismatch(observations: Table, truth: Table) -> str | None:
             return (f"its exposure {e} is at MJD {float(np.median(there)):.6f}, the run's at "
                     f"{float(np.median(here)):.6f} ({offset:.0f} s apart; at most {MAX_TRUTH_TIME_OFFSET_S:g} s)")
     return None
+
+
+def frames_mismatch(inputs: list, truth: Table) -> str | None:
+    """Why a truth table belongs to another scene than a run's frames, or None when it may be theirs.
+
+    A simulation records the SHA-256 of each frame it wrote in ``truth.meta["frames"]``; the run's manifest records
+    its inputs' SHA-256.  None of the run's frames among the truth's: another scene (a simulation of the same field
+    and times with another seed scores as if the run had missed everything).  Without digests on either side the
+    frames are not judged.
+
+    Parameters
+    ----------
+    inputs : list of dict
+        The manifest's ``inputs`` (``path``, ``role``, ``sha256``).
+    truth : Table
+        ``truth.ecsv`` of a simulation.
+    """
+    frames = truth.meta.get("frames")
+    digests = {str(item.get("sha256")) for item in inputs if isinstance(item, dict) and item.get("sha256")}
+    if not isinstance(frames, dict) or not frames or not digests:
+        return None
+    if digests & {str(v) for v in frames.values()}:
+        return None
+    return (f"none of the run's {len(digests)} input files is among the {len(frames)} frames simulated with it "
+            f"({', '.join(sorted(frames)[:3])}{' ...' if len(frames) > 3 else ''})")
+

@@ -29,8 +29,7 @@ from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
 from ssodetect.keys import cache_key, sign_text, verify_text
 from ssodetect.io.outputs import (OutputLock, OutputStage, atomic_write_text, record_files, recorded_files,
-                                 remove_dead_stages)
-from ssodetect.pipeline.steps import sha256_file
+                                 remove_dead_stages, sha256_file)
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
            "fields_from_arguments", "run_batch", "run_field", "wait_for_fields"]

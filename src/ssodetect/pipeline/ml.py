@@ -28,11 +28,10 @@ from ssodetect.config import Config
 from ssodetect.errors import InputError, reason
 from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
 from ssodetect.io.frames import check_regular_file
-from ssodetect.io.outputs import check_apart, check_not_inside
+from ssodetect.io.outputs import check_apart, check_not_inside, sha256_file
 from ssodetect.ml.sequences import Frame, cut_sequences, track_grids
 from ssodetect.pipeline.astrometry import wcs_from_header_string
 from ssodetect.pipeline.ccd import process_ccd, subtracted_image
-from ssodetect.pipeline.steps import sha256_file
 from ssodetect.simulate.render import FWHM_TO_SIGMA
 
 __all__ = ["VETTING_COLUMNS", "read_frames", "make_dataset", "score_run", "vet_objects"]

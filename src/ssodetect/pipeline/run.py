@@ -37,7 +37,7 @@ from ssodetect.io import (
     sequence_problems, time_order_differs,
 )
 from ssodetect.io.frames import check_regular_file
-from ssodetect.io.outputs import STAGE_MARKER, record_files
+from ssodetect.io.outputs import STAGE_MARKER, record_files, sha256_file
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
 from ssodetect.columns import empty_table
@@ -67,7 +67,7 @@ from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.occupancy import occupancy_vet, release_trails
 from ssodetect.pipeline.executor import make_executor, require_extras
-from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, pipeline_steps, sha256_file, step_key
+from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, pipeline_steps, step_key
 from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
@@ -586,13 +586,13 @@ BUILTIN_STEPS = [
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "15", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "16", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
                                  "candidates", "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
          ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
           "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
-          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "7",
+          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "8",
          "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
          "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),

@@ -53,7 +53,7 @@ from ssodetect.safejson import read_regular
 log = logging.getLogger(__name__)
 
 __all__ = ["Profile", "SequenceFacts", "builtin_profiles", "load_profile", "sequence_facts", "choose_profile",
-           "apply_profile", "resolve_profile", "SPACECRAFT_NAMES"]
+           "apply_profile", "named_profile", "resolve_profile", "SPACECRAFT_NAMES"]
 
 #: Words in ``TELESCOP`` that name a spacecraft (the frame's observer is in space).
 SPACECRAFT_NAMES = ("EUCLID", "NEOSSAT", "WISE", "NEOWISE", "HST", "HUBBLE", "JWST", "SPITZER", "GAIA", "TESS",
@@ -312,6 +312,31 @@ def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts)
     return resolved, applied
 
 
+def named_profile(name: str, builtin: dict[str, Profile] | None = None) -> Profile | None:
+    """The profile a name gives (a built-in name, a profile TOML file, a profile on ``SSODETECT_PROFILE_PATH``);
+    None for ``auto`` and ``none``.
+
+    Raises
+    ------
+    ConfigError
+        No such profile, or a bad profile file.
+    """
+    if name in ("auto", "none"):
+        return None
+    builtin = builtin_profiles() if builtin is None else builtin
+    if name in builtin:
+        return builtin[name]
+    if name.endswith(".toml") or Path(name).is_file():
+        profile = load_profile(name)
+        profile.ref = str(Path(name).resolve())
+        return profile
+    user = _user_profiles()
+    if name not in user:
+        raise ConfigError(f"profile {name!r}: no such profile; built-in: {', '.join(builtin)}, "
+                          "or a TOML file, auto, none")
+    return user[name]
+
+
 def resolve_profile(config: Config, paths) -> tuple[Config, dict]:
     """Choose and apply the profile of a run (``[profile] name``: auto, none, a built-in name or a TOML file).
 
@@ -337,17 +362,7 @@ def resolve_profile(config: Config, paths) -> tuple[Config, dict]:
     elif name == "none":
         profile, reason, chosen = None, "profile 'none': the package defaults", "none"
     else:
-        if name in builtin:
-            profile = builtin[name]
-        elif name.endswith(".toml") or Path(name).is_file():
-            profile = load_profile(name)
-            profile.ref = str(Path(name).resolve())
-        else:
-            user = _user_profiles()
-            if name not in user:
-                raise ConfigError(f"profile {name!r}: no such profile; built-in: {', '.join(builtin)}, "
-                                  "or a TOML file, auto, none")
-            profile = user[name]
+        profile = named_profile(name, builtin)
         reason, chosen = "named in the configuration or with --profile", "named"
     resolved, applied = apply_profile(config, profile, facts)
     label = profile.name if profile is not None else "none"

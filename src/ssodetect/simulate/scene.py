@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
-from ssodetect.io.outputs import OutputStage
+from ssodetect.io.outputs import OutputStage, sha256_file
 from ssodetect.simulate.render import DoubleGaussianPSF, MoffatPSF, psf_stamp, splat, trail_points
 
 __all__ = [
@@ -882,6 +882,8 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
                 files.append(fname)
         bar.close()
         truth = _truth_table(scene, rows, names)
+        # the frames' digests: ``evaluate`` refuses this truth for a run of other frames (another seed's)
+        truth.meta["frames"] = {fname: sha256_file(stage.file(fname)) for fname in files}
         truth.write(stage.file("truth.ecsv"), format="ascii.ecsv")
         reference_catalogue(scene).write(stage.file("refcat.ecsv"), format="ascii.ecsv")
         if scene.known_orbits is not None:
