@@ -36,7 +36,7 @@ def _page_ms(root: Path) -> float:
     from ssodetect.console.app import create_app
 
     times = []
-    with TestClient(create_app(root, start_workers=False)) as client:
+    with TestClient(create_app(root, start_workers=False), base_url="http://127.0.0.1") as client:
         for _ in range(5):
             t0 = time.perf_counter()
             assert client.get("/").status_code == 200

@@ -817,3 +817,37 @@ def test_a_chance_match_far_worse_than_its_ccds_other_exposures_is_doubted():
     others = [sol(0, "1-1", 14, 0.0037), sol(1, "1-1", 12, 0.0040), sol(3, "1-1", 14, 0.0038)]
     assert list(outlier_solutions(others + [sol(2, "1-1", 8, 0.063)])) == [(2, "1-1")]
     assert outlier_solutions(others + [sol(2, "1-1", 8, 0.032)]) == {}  # 8x worse on over half their stars
+
+
+def test_a_header_a_pixel_off_is_replaced_where_pixels_are_arcseconds():
+    """NEOSSat (3"/px, 500 stars registered to 0.2 px rms): headers 1-5" apart passed the check, whose tolerance was
+    5 times the registration's scatter (1 px, 3"), not its error (the scatter over the root of the stars' number):
+    every star then moved from one exposure to the next and nothing was static.  A header 2" off is replaced; one
+    exact to the registration's error is left alone."""
+    from types import SimpleNamespace
+
+    from astropy.wcs import WCS
+
+    from ssodetect.config import Config
+    from ssodetect.pipeline.astrometry import _header_checks
+
+    def wcs(dx_arcsec=0.0):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0 + dx_arcsec / 3600.0 / math.cos(math.radians(20.0)), 20.0]
+        w.wcs.crpix = [540.0, 350.0]
+        w.wcs.cdelt = [-3.0 / 3600.0, 3.0 / 3600.0]
+        return w
+
+    rng = np.random.default_rng(5)
+    xy = rng.uniform([20.0, 20.0], [1060.0, 680.0], (500, 2))
+    drift = np.array([0.4, -1.1])  # [px] the field's drift between the two exposures
+    stars = {0: xy + rng.normal(0.0, 0.14, xy.shape), 1: xy - drift + rng.normal(0.0, 0.14, xy.shape)}
+    tasks = [SimpleNamespace(exposure=0, ccd="c", path="a.fits"), SimpleNamespace(exposure=1, ccd="c", path="b.fits")]
+    for off, status in ((2.0, "replaced"), (0.0, "ok")):
+        # exposure 1's header: the drift taken into account, then off by ``off`` arcsec
+        w1 = wcs(off)
+        w1.wcs.crpix = [540.0 - drift[0], 350.0 - drift[1]]
+        checks = _header_checks(0, [0, 1], stars, tasks, {(0, "c"): wcs(), (1, "c"): w1}, {0: "header", 1: "header"},
+                                Config())
+        assert checks[1]["status"] == status, (off, checks[1]["disagreement_arcsec"], checks[1]["rms_px"])

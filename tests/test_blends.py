@@ -634,3 +634,23 @@ def test_a_joint_fit_takes_the_farthest_exposures_and_counts_those_left_out():
     assert row is None  # (nothing there: refused)
     assert sorted(taken) == [t for t, _, _ in near][-MAX_TEMPLATES:]
     assert stats["n_joint_exposures_left"] == 2 and stats["n_joint"] == stats["n_measured"] == 1
+
+
+
+def test_a_mover_merged_into_a_stars_footprint_beyond_its_area_radius_is_proposed():
+    """Member 405 lost a V 23.5 mover 8.5 px from a V 18.7 star's centre in two exposures: merged into the star's
+    188 px footprint (a = 1.62 px), whose circle of equal area (7.7 px) the pair's prediction lay outside, so no blend
+    was proposed there.  merge_reach lets a footprint reach FOOTPRINT_REACH radii: proposed; a star whose footprint
+    is smaller (60 px) is not a target."""
+    from ssodetect.link.blends import FOOTPRINT_REACH, merge_reach
+
+    reach = merge_reach([188.0, 60.0], [1.62, 1.1], [0.1, 0.1])
+    assert reach[0] == pytest.approx(FOOTPRINT_REACH * math.sqrt(188.0 / math.pi) * 0.1)
+    assert reach[1] == pytest.approx(FOOTPRINT_REACH * math.sqrt(60.0 / math.pi) * 0.1)
+    for size, proposed in ((reach[0], True), (reach[1], False), (math.sqrt(188.0 / math.pi) * 0.1, False)):
+        cand, blends, kw = _proposal_inputs(92000.0)
+        blends["blend_xi"][0], blends["blend_eta"][0] = 1.2 - 0.857, 0.0  # the star 0.857" from the prediction
+        blends["blend_size"][0] = size
+        cand["sigma"][:] = 0.01  # the member's pair: its prediction within 0.022" (3 sigma: 0.07")
+        props, stats = propose_pairs(*cand.values(), *blends.values(), {0: 0.0, 1: 1.0, 2: 2.0}, **kw)
+        assert stats["n_pairs"] == 1 and stats["n_proposals"] == int(proposed), size

@@ -15,11 +15,17 @@ import pytest
 
 pytest.importorskip("starlette")
 pytest.importorskip("httpx2")
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient as _TestClient  # noqa: E402
 
 from faultkit import copy_run  # noqa: E402
 from ssodetect.console.app import create_app  # noqa: E402
 from ssodetect.pipeline.registry import Registry  # noqa: E402
+
+
+def TestClient(app, **kwargs):  # noqa: N802 - starlette's name, at the console's own address
+    """Starlette's test client at the console's loopback address (a console without a token answers to no other
+    host name: DNS rebinding)."""
+    return _TestClient(app, base_url="http://127.0.0.1", **kwargs)
 
 
 @pytest.fixture()

@@ -112,7 +112,7 @@ def _execution_config(args):
         _option(config.execution, "workers", args.workers, "--workers")
     if not _progress(args):
         config.execution.progress = False
-    if getattr(args, "profile", None):
+    if getattr(args, "profile", None) is not None:  # (an empty one is refused, as an empty --obs-id is)
         _option(config.profile, "name", args.profile, "--profile")
     elif args.config is not None and hasattr(args, "profile"):
         # a profile the configuration file names is checked here, where the file can be named with the problem
@@ -133,7 +133,7 @@ def _run(args) -> int:
     config = _execution_config(args)
     if args.scheduler:
         config.execution.scheduler = args.scheduler
-    if args.station:
+    if args.station is not None:  # (an empty one is refused, as an empty --obs-id is)
         _option(config.report, "station", args.station, "--station")
     for option, values in (("--obs-id", [args.obs_id] if args.obs_id else []), ("--keyword", args.keywords)):
         for value in values:  # they go into file names, reports and the registry: one printable line
@@ -427,11 +427,31 @@ def _check_scores_path(out: Path) -> None:
     if out.name in _run_products(out.parent):
         raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and reports "
                              "are never replaced by scores); give another file name")
+    if os.path.lexists(out) and not _is_scores_table(out):
+        raise SSODetectError(f"--out {out}: an existing file that is not a scores table of ml predict (a model, a "
+                             "frame, another command's table: never replaced by scores); give another file name")
     folder = Path(os.path.abspath(out.parent))
     for above in folder.parents:
         if (above / "manifest.json").is_file() and (above / "provenance.json").is_file():
             raise SSODetectError(f"--out {out}: inside the run in {above} (its steps, logs and regions are its "
                                  "own); write the scores beside its products or elsewhere")
+
+
+def _is_scores_table(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding an ECSV table with an ``ml_score`` column (what ``ml predict
+    --out`` writes: an earlier one may be replaced); only its header is read."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError:
+        return False
+    lines = head.decode("utf-8", "replace").splitlines()
+    return bool(lines) and lines[0].startswith("# %ECSV") and any(
+        line.startswith("# ") and "name: ml_score" in line for line in lines)
 
 
 def _check_run_directory(outdir: Path, *, writing: bool = False) -> None:
@@ -681,7 +701,8 @@ def _watch(args) -> int:
             # a visit's run that exited 1 completed with warnings (in its run.log): so does this watch
             warned = [job["exit_code"] == 1 for job in finished]
             print(f"{len(jobs)} visit(s) run: " + ", ".join(f"job {j} {s}" + (" with warnings" if w else "")
-                                                           for j, s, w in zip(jobs, states, warned)))
+                                                           for j, s, w in zip(jobs, states, warned))
+                  if jobs else "no complete visit to run")
             for name, reason in watcher.waiting.items():  # what --once leaves behind, and why
                 log.warning("visit %s not run: %s", name, reason)
             ok = all(s == "done" for s in states) and not any(warned)

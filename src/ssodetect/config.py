@@ -190,6 +190,16 @@ class IOConfig(_Section):
     tracking_rate_unit: Literal["arcsec/h", "arcsec/min", "arcsec/s", "deg/d"] = Field(
         default="arcsec/h", description="Unit of the tracking_rate_keys values.")
 
+    @field_validator("time_keys", "exptime_keys", "gain_keys", "saturation_keys", "filter_keys", "obs_id_keys",
+                     "instrument_keys", "zeropoint_keys", "zeropoint_total_keys", "observer_position_keys",
+                     "frame_type_keys", "detector_keys")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        for key in value:  # (an empty key or one with spaces is read from no header: the setting silently did nothing)
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,68}|HIERARCH [A-Za-z0-9_ .-]{1,60}", key):
+                raise ValueError(f"{key!r} is no FITS keyword (letters, digits, '_' or '-', or HIERARCH ...)")
+        return value
+
     @field_validator("tracking_rate_keys")
     @classmethod
     def _pairs(cls, value: list[str]) -> list[str]:
@@ -809,11 +819,33 @@ class AlertConfig(_Section):
     command: list[str] = Field(
         default=[], description="Command run after the run, with the alert file's path appended as last argument "
         "(and in SSODETECT_ALERT), e.g. [\"notify-send\", \"ssodetect\"]; empty: none.")
-    url: str = Field(default="", pattern=r"^(https?://.*)?$",
-                     description="URL the alert document is POSTed to (JSON); empty: none.")
+    url: str = Field(default="", description="URL the alert document is POSTed to (JSON); empty: none.")
     retries: int = Field(default=3, ge=0, le=10, description="Retries after a failed delivery (command or POST).")
     timeout: float = Field(default=5.0, gt=0, le=120, description="Time limit of one delivery attempt [s].")
     backoff: float = Field(default=1.0, ge=0, le=60, description="Wait before the first retry [s], doubled each time.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        # (a URL without a host, "http://", was refused only when the run, done, tried to deliver its alert)
+        from urllib.parse import urlsplit
+
+        if value:
+            try:
+                parts = urlsplit(value)
+                port = parts.port
+            except ValueError:
+                raise ValueError(f"{value!r} is no http(s) URL (its port or address cannot be read)") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname or (port is not None and port <= 0):
+                raise ValueError(f"{value!r} is no http(s) URL with a host (e.g. https://alerts.example.org/sso)")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if value and not value[0].strip():  # (an empty program name failed only after the whole run)
+            raise ValueError("the command's first item, the program to run, is empty")
+        return value
 
 
 class ProfileConfig(_Section):

@@ -124,7 +124,7 @@ def write_calibration(out: str | Path, masters: dict[str, MasterFrames], lights:
     names = _light_names(lights, masters) if with_lights else {}
     if out.is_dir():
         _adopt_nested_record(out, "calibrated")
-    with OutputStage(out, replace=True) as stage:
+    with OutputStage(out, replace=True, kind="calibration") as stage:
         ccd_keys = [k for k in config.io.detector_keys if k != "EXTNAME"]  # (none: EXTNAME of an extension)
         for ccd, m in masters.items():  # (the CCD's name in the masters' headers: a run given them finds its lights)
             m.write(stage.path if len(masters) == 1 else stage.path / master_folder(ccd), ccd=ccd, ccd_keys=ccd_keys)

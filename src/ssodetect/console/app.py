@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -33,7 +34,7 @@ from ssodetect import safejson
 from ssodetect.config import ReportConfig, load_config
 from ssodetect.console.graph import step_graph_svg
 from ssodetect.console.form import FIELD_PREFIX, form_overrides, settings_file, settings_from_schema
-from ssodetect.console.worker import PLAIN_NAME, Workers, job_log
+from ssodetect.console.worker import PLAIN_NAME, PLAIN_NAME_RULE, Workers, job_log
 from ssodetect.errors import SSODetectError
 from ssodetect.io.outputs import RECORD
 from ssodetect.pipeline.registry import Registry
@@ -93,6 +94,18 @@ async def _form(request: Request):
         raise _Gone from None
 
 
+def _loopback_host(host: str) -> bool:
+    """Whether an HTTP ``Host`` header names a loopback address (``127.0.0.1:8765``, ``localhost``, ``[::1]:8765``)."""
+    host = host.strip().lower()
+    name = host[1:host.find("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class _Guard(BaseHTTPMiddleware):
     """The token check (when the console has one): ``?token=`` sets a cookie; every request needs one of them."""
 
@@ -101,6 +114,11 @@ class _Guard(BaseHTTPMiddleware):
         self.token = token
 
     async def dispatch(self, request: Request, call_next):
+        if not self.token and not _loopback_host(request.headers.get("host", "")):
+            # a console without a token listens on a loopback address: a page of another site that a browser resolved
+            # to it (DNS rebinding) names its own host, and would otherwise read the form's CSRF token and post to it
+            return PlainTextResponse("this console answers to its loopback address only (127.0.0.1, localhost, ::1)",
+                                     status_code=403)
         if self.token:
             given = request.query_params.get("token") or request.cookies.get("ssodetect_token") or ""
             if not hmac.compare_digest(given, self.token):
@@ -394,8 +412,7 @@ def _launch_argv(root: Path, values: dict) -> list[str]:
     if not inputs.is_dir() or values["inputs"] not in inputs_under(root):
         raise ValueError(f"{values['inputs']}: not a directory of FITS frames under the root")
     if not PLAIN_NAME.match(values["out"]):
-        raise ValueError(f"output name {values['out']!r}: letters, digits, '.', '_' and '-' only (a new directory "
-                         "under the root)")
+        raise ValueError(f"output name {values['out']!r}: {PLAIN_NAME_RULE} (a new directory under the root)")
     out = _under(root, values["out"])
     if out.exists() and not (out / "manifest.json").is_file():
         raise ValueError(f"{values['out']}: exists and is not a run directory")

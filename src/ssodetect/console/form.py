@@ -16,11 +16,33 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ssodetect.config import Config, dump_toml, load_config
+from ssodetect.profiles import builtin_profiles
 
-__all__ = ["Setting", "settings_from_schema", "form_overrides", "settings_file", "FIELD_PREFIX"]
+__all__ = ["Setting", "settings_from_schema", "form_overrides", "settings_file", "FIELD_PREFIX", "OFF_THE_FORM",
+           "TEXT_ON_THE_FORM"]
 
 #: Name prefix of the settings' form fields: ``cfg.<section>.<key>``.
 FIELD_PREFIX = "cfg."
+
+#: Settings the launch form never shows nor takes: they name a command, a network address or a file, and would reach
+#: outside the console's root (the files the form does take, inputs, catalogue, configuration and orbits, are confined
+#: to it).  An ``[alerts] command`` set on the form had run a shell command as the console's user (fault campaign 20).
+#: They stay with the configuration file chosen on the form.
+OFF_THE_FORM = frozenset({
+    "alerts.command", "alerts.url", "execution.scheduler", "known.orbits", "calibrate.bias", "calibrate.dark",
+    "calibrate.flat", "astrometry.reference_wcs", "astrometry.reference_frame", "astrometry.gaia_cache", "ml.model",
+})
+
+#: Settings whose text the form takes as it is (names, keywords, report fields): every other text setting of the
+#: configuration is in :data:`OFF_THE_FORM` (a test keeps the two lists whole).
+TEXT_ON_THE_FORM = frozenset({
+    "io.time_keys", "io.exptime_keys", "io.gain_keys", "io.saturation_keys", "io.filter_keys", "io.obs_id_keys",
+    "io.instrument_keys", "io.zeropoint_keys", "io.zeropoint_total_keys", "io.observer_position_keys",
+    "io.tracking_rate_keys", "io.frame_type_keys", "io.detector_keys", "report.station", "report.observatory_name",
+    "report.submitter", "report.institution", "report.observers", "report.measurers", "report.telescope_name",
+    "report.telescope_design", "report.telescope_detector", "report.funding_source", "report.comment", "report.mode",
+    "report.astcat", "report.header_astcat", "report.photcat", "report.band",
+})
 
 
 @dataclass(frozen=True)
@@ -78,9 +100,14 @@ def settings_from_schema(schema: dict | None = None) -> list[Section]:
                 kind = {"boolean": "bool", "integer": "int", "number": "float", "string": "str"}[kind]
             else:
                 continue  # objects and unions stay with the configuration file
+            if f"{name}.{key}" in OFF_THE_FORM:
+                continue
             default = p.get("default")
+            choices = tuple(p.get("enum", ()))
+            if (name, key) == ("profile", "name"):  # the built-in profiles by name (a profile file: in the config file)
+                kind, choices = "enum", ("auto", "none", *builtin_profiles())
             section.settings.append(Setting(name, key, kind, _shown(default), str(p.get("description", "")),
-                                            tuple(p.get("enum", ())), bool(default) if kind == "bool" else False))
+                                            choices, bool(default) if kind == "bool" else False))
         if section.settings:
             sections.append(section)
     return sections

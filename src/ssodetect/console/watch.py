@@ -18,7 +18,7 @@ from pathlib import Path
 from ssodetect.config import IOConfig
 from ssodetect.errors import SSODetectError
 from ssodetect.io import find_inputs, group_exposures, scan_file
-from ssodetect.console.worker import PLAIN_NAME
+from ssodetect.console.worker import PLAIN_NAME, PLAIN_NAME_RULE
 from ssodetect.pipeline.registry import Registry, utc_now
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,11 @@ def visit_files(folder: Path, io: IOConfig) -> tuple[int, float, list[str]]:
     try:
         paths = find_inputs([folder])
     except SSODetectError as exc:  # e.g. a FIFO or device among its files: a visit that cannot be run as it is
+        try:
+            if not any(folder.iterdir()):  # an empty folder: a visit whose files have not landed yet, nothing broken
+                return 0, folder.stat().st_mtime, []
+        except OSError:
+            pass
         # the error names the offending entry first ("PATH: problem"); the folder when it does not
         text, said = str(exc), str(folder)
         if text.startswith(said):
@@ -115,8 +120,8 @@ class Watcher:
                 if name in taken:
                     continue
                 if not PLAIN_NAME.match(name):
-                    self.warned.append(f"{str(folder)!r}: a visit folder's name must be a plain name (letters, "
-                                       "digits, . _ -): skipped")
+                    self.warned.append(f"{str(folder)!r}: a visit folder's name must be {PLAIN_NAME_RULE} (it "
+                                       "names the run's directory): skipped")
                     log.warning("%s", self.warned[-1])
                     taken.add(name)
                     continue

@@ -20,12 +20,14 @@ from ssodetect.pipeline.registry import Registry, utc_now
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Workers", "CONSOLE_DIR", "PLAIN_NAME", "job_log"]
+__all__ = ["Workers", "CONSOLE_DIR", "PLAIN_NAME", "PLAIN_NAME_RULE", "job_log"]
 
 #: The console's own files under the root (job logs).
 CONSOLE_DIR = ".ssodetect-console"
 #: A run or visit directory name the console and the watch accept: plain, no separators, no leading dot.
 PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: :data:`PLAIN_NAME`'s rule in words.
+PLAIN_NAME_RULE = "up to 100 letters, digits, '.', '_' and '-', the first a letter or a digit"
 
 
 def job_log(root: Path, job_id: int) -> Path:

@@ -45,7 +45,7 @@ __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock
            "stage_marker_text",
            "recorded_files",
            "foreign_files", "irregular_products", "record_files", "check_free_space", "expected_output_bytes",
-           "check_apart", "safe_name", "sha256_file"]
+           "check_apart", "safe_name", "sha256_file", "DIRECTORY_KINDS", "directory_kind", "check_directory_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -642,6 +642,9 @@ class OutputStage:
         A lock on ``outdir`` the caller already holds (and keeps after the commit); by default the stage takes
         its own and gives it up at the commit.  A lock is not re-entrant: a second lock on the same directory,
         even in the same process, is refused.
+    kind : str, optional
+        With ``replace``: what the command writes (a kind of :data:`DIRECTORY_KINDS`); an ``outdir`` holding the
+        products of another kind is refused (:func:`check_directory_kind`).
 
     Raises
     ------
@@ -650,9 +653,11 @@ class OutputStage:
         or another command is writing it.
     """
 
-    def __init__(self, outdir: str | Path, *, replace: bool = False, lock: OutputLock | None = None):
+    def __init__(self, outdir: str | Path, *, replace: bool = False, lock: OutputLock | None = None,
+                 kind: str | None = None):
         self.outdir = Path(os.path.realpath(outdir))  # a link to a directory: the directory is written, not the link
         self.replace = replace
+        self.kind = kind
         self.committed = False
         if self.outdir.exists() and not self.outdir.is_dir():
             raise InputError(f"{outdir}: exists and is not a directory")
@@ -663,6 +668,8 @@ class OutputStage:
             self.base = self.lock.base
             self._tidy()
             if replace and self.outdir.is_dir():
+                if kind is not None:
+                    check_directory_kind(self.outdir, kind, outdir)
                 self._check_replaceable(outdir)
             try:
                 self.path = Path(tempfile.mkdtemp(prefix=self._prefix("stage"), dir=self.base))
@@ -913,6 +920,48 @@ class OutputStage:
             self.commit()
         else:
             self.discard()
+
+
+#: What each command that replaces its output directory as a whole writes there, told by names only it writes (the
+#: first kind whose name is present decides): a directory of another kind is never replaced by it (a run had
+#: removed a trained model, a scene a run, a dataset a run).
+DIRECTORY_KINDS = (
+    ("model", "a trained model", ("model.pt", "checkpoint.pt")),
+    ("dataset", "a training dataset", ("dataset.json",)),
+    ("scene", "a simulated scene", ("truth.ecsv", "truth_wcs.ecsv")),
+    ("calibration", "calibration masters", ("master_bias.fits", "master_dark.fits", "master_flat.fits")),
+    ("run", "a run", ("manifest.json", "observations.ecsv", "objects.ecsv", "steps")),
+    ("astrometry", "astrometric solutions", ("astrometry.ecsv",)),
+)
+
+
+def directory_kind(directory: str | Path) -> tuple[str, str, str] | None:
+    """``(kind, description, the name that tells it)`` of an output directory (:data:`DIRECTORY_KINDS`); None for one
+    that is missing, empty or holds none of those names."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for kind, description, names in DIRECTORY_KINDS:
+        for name in names:
+            if os.path.lexists(directory / name):
+                return kind, description, name
+    return None
+
+
+def check_directory_kind(directory: str | Path, kind: str, shown=None) -> None:
+    """Refuse an output directory that holds the products of another kind of command than ``kind`` (one of
+    :data:`DIRECTORY_KINDS`), which this one would replace.
+
+    Raises
+    ------
+    InputError
+        Naming the directory, what it holds and the name that tells it.
+    """
+    found = directory_kind(directory)
+    if found is not None and found[0] != kind:
+        what = dict((k, d) for k, d, _ in DIRECTORY_KINDS)[kind]
+        raise InputError(f"{shown if shown is not None else directory}: holds {found[1]} ({found[2]}), which {what} "
+                         "would replace; choose another output directory")
 
 
 def expected_output_bytes(input_bytes: int, *, keep: bool = False) -> int:

@@ -457,7 +457,7 @@ def write_dataset(out: str | Path, parts: list[tuple[Sequences, Table]], config:
         metas.append(m)
     meta = vstack(metas)
     meta.add_column(np.arange(len(meta)), name="index", index=0)
-    with OutputStage(out, replace=True) as stage:
+    with OutputStage(out, replace=True, kind="dataset") as stage:
         n_shards = int(math.ceil(len(meta) / config.shard_size))
         for s in tqdm(range(n_shards), desc="shards", disable=not progress):
             sl = slice(s * config.shard_size, (s + 1) * config.shard_size)

@@ -22,8 +22,8 @@ import numpy as np
 from astropy.table import Table
 
 from ssodetect.errors import ConfigError, InputError
-from ssodetect.io.outputs import (OutputLock, atomic_write_text, check_apart, check_not_inside, foreign_files,
-                                 record_files)
+from ssodetect.io.outputs import (OutputLock, atomic_write_text, check_apart, check_directory_kind, check_not_inside,
+                                 foreign_files, record_files)
 from ssodetect.ml.dataset import load_dataset
 from ssodetect.ml.model import MoverNet, encode, import_torch, save_model, score
 
@@ -172,6 +172,12 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     _check_out(out, datasets)
     inputs, meta, doc = _load_all([Path(p) for p in datasets])
     labels = np.asarray(meta["label"], np.float32)
+    n_pos, n_neg = int(np.sum(labels > 0.5)), int(np.sum(labels <= 0.5))
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        # (a dataset of negatives alone trained a model that says "no mover" to everything: accuracy 1, AUC nan)
+        raise InputError(f"{', '.join(str(d) for d in datasets)}: {n_pos} mover and {n_neg} negative sequence(s): a "
+                         f"classifier needs at least {MIN_PER_CLASS} of each (ssodetect ml dataset "
+                         "--positive-fraction)")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     order = rng.permutation(len(labels))
@@ -207,6 +213,7 @@ def _check_out(out: Path, datasets) -> None:
     check_not_inside(out, datasets, what="dataset")
     if Path(os.path.realpath(out), "dataset.json").exists():  # (a model written among another dataset's shards)
         raise InputError(f"{out}: a dataset (dataset.json), not a training directory; train into another --out")
+    check_directory_kind(out, "model")  # (a model written into a run's directory: the run's next rerun removed it)
     if len({os.path.realpath(d) for d in datasets}) < len(datasets):
         raise InputError(f"ml train: a dataset given twice ({', '.join(str(d) for d in datasets)}): its sequences would "
                          "be in both the training and the validation split")
@@ -220,6 +227,10 @@ def _check_out(out: Path, datasets) -> None:
     if strangers:
         raise InputError(f"{out}: holds files ssodetect did not write or that changed since it wrote them "
                          f"({', '.join(strangers[:3])}); train into another --out or move them")
+
+
+#: Fewest sequences of each class (movers, negatives) a training takes.
+MIN_PER_CLASS = 2
 
 
 #: What a training writes in its directory; the checkpoint files may be resumed without a record (see _check_out).

@@ -25,8 +25,8 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
-                                   fit_beside_template, fit_with_static_sky, propose_pairs, propose_trails,
-                                   resample_stamp, whole_trails)
+                                   fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
+                                   propose_trails, resample_stamp, whole_trails)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
@@ -48,12 +48,6 @@ EDGE_MARGIN = 3.0
 MIN_TEMPLATE_CORE = 0.8
 #: Exposures averaged into a template at most (those nearest in time: the static sky least changed).
 MAX_TEMPLATES = 4
-
-
-#: How far from a blend's centroid a mover merged into its footprint may sit, in radii of the circle of the
-#: footprint's area: a footprint reaches further towards the neighbour it swallowed (a V 23.5 mover 8.5 px from a
-#: V 17 star's centre, its 188 px footprint a circle of 7.7 px: member 405).
-FOOTPRINT_REACH = 1.5
 
 
 def _used_keys(observations: Table) -> set:
@@ -141,10 +135,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     bsel = np.isin(bkind, ("point", "trail", "extended")) & np.isfinite(np.asarray(detections["ra"], float))
     blends = detections[bsel]
     bxi, beta = plane.to_plane(np.asarray(blends["ra"], float), np.asarray(blends["dec"], float))
-    # how far from a blend's centroid a merged mover may sit: a few times its rms size, or anywhere in its footprint
-    # (a V 23 mover 10.7 px from the centre of a G 17.5 star, inside its 263 px footprint: member 294)
-    footprint = FOOTPRINT_REACH * np.sqrt(np.clip(np.nan_to_num(np.asarray(blends["npix"], float)), 0.0, None) / math.pi)
-    bsize = np.maximum(2.5 * np.asarray(blends["a"], float), footprint) * np.asarray(blends["pixel_scale"], float)
+    bsize = merge_reach(blends["npix"], blends["a"], blends["pixel_scale"])
     proposals, pstats = propose_pairs(
         np.asarray(candidates["exposure"]), np.asarray(candidates["ccd"]).astype(str), ct, cxi, ceta,
         np.asarray(candidates["sigma"], float), np.asarray(candidates["flux"], float),

@@ -28,7 +28,7 @@ from ssodetect.config import Config
 from ssodetect.errors import InputError, reason
 from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
 from ssodetect.io.frames import check_regular_file
-from ssodetect.io.outputs import check_apart, check_not_inside, sha256_file
+from ssodetect.io.outputs import check_apart, check_directory_kind, check_not_inside, sha256_file
 from ssodetect.ml.sequences import Frame, cut_sequences, track_grids
 from ssodetect.pipeline.astrometry import wcs_from_header_string
 from ssodetect.pipeline.ccd import process_ccd, subtracted_image
@@ -131,11 +131,8 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
     # the dataset folder is replaced as a whole: never the scene's own folder (its frames were deleted)
     check_apart(out, [*inputs, *([positions] if positions else [])], owner="dataset")
     check_not_inside(out, inputs)  # (a dataset folder was written inside the scene's own folder)
-    real = Path(os.path.realpath(out))
-    if any((real / name).exists() for name in ("model.pt", "checkpoint.pt")):
-        # (a trained model's folder was replaced by the dataset: its model and checkpoint gone)
-        raise InputError(f"{out}: holds a trained model (model.pt, checkpoint.pt), which a dataset would replace; "
-                         "choose another --out")
+    # (a trained model's folder, a run's, was replaced by the dataset: checked before the sequences are cut)
+    check_directory_kind(out, "dataset")
     chosen = None
     if positions:
         check_regular_file(positions, "positions table")  # (a pipe would block for ever)

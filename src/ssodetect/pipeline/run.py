@@ -67,7 +67,7 @@ from ssodetect.pipeline.ml import vet_objects
 from ssodetect.pipeline.stack import stack_objects
 from ssodetect.pipeline.occupancy import occupancy_vet, release_trails
 from ssodetect.pipeline.executor import make_executor, require_extras
-from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, pipeline_steps, step_key
+from ssodetect.pipeline.steps import Step, StepCache, cache_key_path, config_slice, pipeline_steps, step_key
 from ssodetect.report.alerts import deliver_alert, write_alert
 from ssodetect.report import tracklet_tables
 from ssodetect.report.cutouts import extract_cutouts
@@ -582,7 +582,7 @@ BUILTIN_STEPS = [
           "astrometry.min_snr", "intermediate"), "24",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
-         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "11",
+         ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "12",
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
@@ -784,7 +784,7 @@ def run_pipeline(
     if outdir is not None:
         check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
         check_apart(outdir, [cache_key_path()], "step-cache signing key (SSODETECT_CACHE_KEY)")
-    stage = OutputStage(outdir, replace=True) if outdir is not None else None
+    stage = OutputStage(outdir, replace=True, kind="run") if outdir is not None else None
     handler = None
     package_log = logging.getLogger("ssodetect")
     saved_level = package_log.level
@@ -827,7 +827,8 @@ def run_pipeline(
             else:
                 loaded = None
                 if step.cache and outdir is not None and (k < first or (reuse and not from_step)):
-                    loaded, why = cache.load(step.name, key)
+                    loaded, why = cache.load(step.name, key, {"version": step.version, "upstream": upstream,
+                                                              "config": config_slice(config, step.config)})
                     if loaded is None and k < first:
                         raise InputError(f"{outdir}: cannot start at step {from_step}: step {step.name}: {why} "
                                          "(run from an earlier step)")
@@ -852,6 +853,8 @@ def run_pipeline(
                     record["status"] = "run"
                     if step.cache and stage is not None:
                         cache.save(step.name, key, made, {"version": step.version, "origin": step.origin,
+                                                          "config": config_slice(config, step.config),
+                                                          "upstream": upstream,
                                                           "warnings": _kept_warnings(counter.messages)})
             if step_log is not None:
                 log.info("step %s: %s in %.2f s", step.name, record["status"], time.perf_counter() - t0)
@@ -1217,7 +1220,7 @@ def run_astrometry(
     t_run = time.perf_counter()
     paths = find_inputs(inputs)
     # OUTDIR taken before any work: files ssodetect did not write there, no permission, another command on it
-    stage = OutputStage(outdir, replace=True)
+    stage = OutputStage(outdir, replace=True, kind="astrometry")
     try:
         refs, masters = build_calibration(scan_inputs(paths, config.io), config)
         reference = load_reference_catalogue(refcat)

@@ -45,7 +45,7 @@ from ssodetect.io.outputs import sha256_file
 from ssodetect.keys import cache_key, cache_key_path, sign_bytes, sign_file
 
 __all__ = ["ENTRY_POINT_GROUP", "Step", "pipeline_steps", "describe_graph", "config_slice", "step_key", "StepCache",
-           "cache_key", "cache_key_path", "sign_file"]
+           "what_changed", "cache_key", "cache_key_path", "sign_file"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,33 @@ def step_key(step: Step, config: Config, upstream: dict[str, str], extra: dict |
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def what_changed(record: dict, expected: dict) -> str:
+    """Why a step's stored products do not fit it now: its version, the settings that differ (``section.key``) or the
+    products and files it reads, from its stored ``record`` and ``expected`` (``version``, ``config`` slice,
+    ``upstream`` keys); records of an earlier version without them get the general reason."""
+    parts = []
+    if "version" in expected and record.get("version") != expected["version"]:
+        parts.append(f"its version ({record.get('version')} -> {expected['version']})")
+    old, new = record.get("config"), expected.get("config")
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed = []
+        for key in sorted(set(old) | set(new)):
+            a, b = old.get(key), new.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                changed += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            elif a != b:
+                changed.append(key)
+        if changed:
+            parts.append("the settings " + ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else ""))
+    if isinstance(record.get("upstream"), dict) and record["upstream"] != expected.get("upstream", record["upstream"]):
+        parts.append("the products of an earlier step it reads")
+    if parts:
+        return "changed since its products were stored: " + "; ".join(parts)
+    if isinstance(old, dict):
+        return "its input files (frames, catalogue) changed since its products were stored"
+    return "its version, configuration or inputs changed"
+
+
 class StepCache:
     """The stored products of the steps of one output directory.
 
@@ -238,17 +265,18 @@ class StepCache:
             return None
         return record if isinstance(record, dict) else None
 
-    def load(self, name: str, key: str) -> tuple[dict | None, str]:
+    def load(self, name: str, key: str, expected: dict | None = None) -> tuple[dict | None, str]:
         """The products stored for step ``name`` under ``key``; ``(None, reason)`` when not usable.
 
         The pickle is read only after its HMAC under the user's key (:func:`cache_key`) matches the record
-        written with it: a pickle that someone else wrote or changed is never loaded.
+        written with it: a pickle that someone else wrote or changed is never loaded.  ``expected``: the step's
+        ``version``, ``config`` slice and ``upstream`` keys now, to say which of them changed (:func:`what_changed`).
         """
         record = self.record(name)
         if record is None:
             return None, "no stored products"
         if record.get("key") != key:
-            return None, "its version, configuration or inputs changed"
+            return None, what_changed(record, expected or {})
         path = self.outdir / "steps" / f"{name}.pkl"
         try:
             # read once: the bytes checked are the bytes loaded (a file swapped between two opens never runs); a

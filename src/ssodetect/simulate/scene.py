@@ -845,7 +845,7 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
     rows = []
     files = []
     truth_wcs = []
-    with OutputStage(outdir, replace=True) as stage:
+    with OutputStage(outdir, replace=True, kind="scene") as stage:
         jobs = [(e, c) for e in range(config.n_exposures) for c in range(config.nccd)]
         bar = tqdm(total=len(jobs), desc="simulate", unit="ccd", disable=not progress)
         for e in range(config.n_exposures):

@@ -125,7 +125,10 @@ def _result(p, fun, jac, success, shape) -> TrailFit:
     dof = max(fun.size - 6, 1)
     chi2 = float(np.sum(fun**2)) / dof
     try:
-        cov = np.linalg.inv(jac.T @ jac) * max(chi2, 1.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # a near-singular Hessian: no errors, the fit refused
+            cov = np.linalg.inv(jac.T @ jac) * max(chi2, 1.0)
+        if not np.all(np.isfinite(cov)):
+            raise np.linalg.LinAlgError("singular")
         err = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         cov = np.full((6, 6), np.nan)
