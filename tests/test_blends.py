@@ -654,3 +654,27 @@ def test_a_mover_merged_into_a_stars_footprint_beyond_its_area_radius_is_propose
         cand["sigma"][:] = 0.01  # the member's pair: its prediction within 0.022" (3 sigma: 0.07")
         props, stats = propose_pairs(*cand.values(), *blends.values(), {0: 0.0, 1: 1.0, 2: 2.0}, **kw)
         assert stats["n_pairs"] == 1 and stats["n_proposals"] == int(proposed), size
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_mover_beside_a_star_the_template_leaves_behind_is_judged_by_its_own_residuals(seed):
+    """Members 411 and 416 lost V 20.3-21.3 movers 5 px from saturated stars: their fluxes were measured within 10 %
+    of their pairs' at S/N 9-23, but the stars' wings the templates left (other exposures' PSFs) made the stamps'
+    chi2 26-100 per pixel, and the measurements were refused for residuals.  Residuals are judged where the mover's
+    light is (local_chi2_dof): accepted, on the mover's position; a stamp whose residuals sit on the mover (a hit
+    beside it) is still refused."""
+    rng = np.random.default_rng(300 + seed)
+    star, mover = (10.0, 10.0, 1.0e6), (15.3, 10.4, 20000.0)
+    data, var = _stamp(rng, [star, mover], 1.0)
+    template, tvar = _stamp(rng, [star], 1.1)  # another exposure's PSF, 10 % wider
+    kw = dict(x=mover[0] + 0.3, y=mover[1] - 0.2, length=0.0, theta=0.0, psf_sigma=1.0, gain=1.0, max_shift=2.0)
+    judge = dict(min_snr=5.0, flux_scatter=0.25, max_chi2_dof=4.0, max_position_error=1.0, psf_sigma=1.0)
+    fit = fit_beside_template(data, var, template, tvar, **kw)
+    assert fit["chi2_dof"] > 4.0 and fit["local_chi2_dof"] <= 4.0, (fit["chi2_dof"], fit["local_chi2_dof"])
+    assert accept_recovery(fit, 19000.0, 400.0, **judge) == "ok"
+    assert math.hypot(fit["x"] - mover[0], fit["y"] - mover[1]) < 0.1
+    hit = data.copy()
+    hit[10, 14] += 3000.0  # a cosmic-ray hit on the mover's wing, in no template
+    fit = fit_beside_template(hit, var, template, tvar, **kw)
+    assert fit["local_chi2_dof"] > 4.0
+    assert accept_recovery(fit, 19000.0, 400.0, **judge) != "ok"

@@ -525,6 +525,10 @@ def _linear(d, w, cols):
     return coef, float(np.sum(w * resid**2))
 
 
+#: Radius [PSF sigmas] around a fitted mover's trail within which its residuals are judged (``local_chi2_dof``).
+LOCAL_RADIUS_SIGMA = 2.5
+
+
 def fit_beside_template(
     data: np.ndarray, variance: np.ndarray, template: np.ndarray, template_var: np.ndarray, *, x: float, y: float,
     length: float, theta: float, psf_sigma: float, gain: float, max_shift: float,
@@ -560,7 +564,8 @@ def fit_beside_template(
     -------
     dict or None
         ``flux, flux_err`` [ADU], ``x, y, x_err, y_err`` [px, stamp; :data:`POSITION_FLOOR_PX` included],
-        ``scale``, ``chi2_dof``, ``n_pixels``, ``separation`` [px] from the template's brightest pixel near the
+        ``scale``, ``chi2_dof``, ``local_chi2_dof`` (within :data:`LOCAL_RADIUS_SIGMA` PSF sigmas of the fitted
+        trail), ``n_pixels``, ``separation`` [px] from the template's brightest pixel near the
         fitted position, that pixel's value ``template_peak`` and the fitted mover's peak pixel ``mover_peak``
         [ADU], ``off_track`` [px] (that pixel's distance from the fitted trail's segment), and the mover's
         flux and its error fitted with the template held at scale 1 (``unit_scale_flux``, ``unit_scale_flux_err``
@@ -619,6 +624,14 @@ def fit_beside_template(
         return None
     # the static source the mover is measured beside: the template's brightest pixel near the fitted position
     yy, xx = np.mgrid[0:n, 0:n]
+    # the residuals where the mover's light is (within LOCAL_RADIUS_SIGMA PSF sigmas of its trail): a bright star's
+    # wings the template leaves elsewhere in the stamp say nothing of the mover's measurement
+    along_k = (xx - p[0]) * math.cos(theta) + (yy - p[1]) * math.sin(theta)
+    clipped = np.clip(along_k, -0.5 * length, 0.5 * length)
+    local = (np.hypot(xx - p[0] - clipped * math.cos(theta), yy - p[1] - clipped * math.sin(theta))
+             <= LOCAL_RADIUS_SIGMA * psf_sigma).ravel()[good]
+    resid = d - cols @ coef
+    local_chi2 = float(np.sum(w[local] * resid[local] ** 2)) / max(int(local.sum()) - 3, 1)
     near = np.hypot(xx - p[0], yy - p[1]) <= 4.0 * psf_sigma + 0.5 * length
     peak = np.where(near & np.isfinite(template), np.nan_to_num(template), -np.inf)
     k = int(np.argmax(peak))
@@ -644,7 +657,8 @@ def fit_beside_template(
     return {"flux": float(coef[0]), "flux_err": float(math.sqrt(cov[0, 0])), "x": float(p[0]), "y": float(p[1]),
             "x_err": float(math.hypot(math.sqrt(cov[1, 1]), POSITION_FLOOR_PX)),
             "y_err": float(math.hypot(math.sqrt(cov[2, 2]), POSITION_FLOOR_PX)), "scale": float(coef[1]),
-            "chi2_dof": float(c2 / dof), "n_pixels": int(good.sum()), "separation": separation,
+            "chi2_dof": float(c2 / dof), "local_chi2_dof": local_chi2, "n_pixels": int(good.sum()),
+            "separation": separation,
             "template_peak": float(peak.ravel()[k]) if np.isfinite(peak.ravel()[k]) else 0.0,
             "mover_peak": float(coef[0] * np.max(cols[:, 0])),
             "off_track": off_track,
@@ -811,8 +825,10 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
     ``fit["joint"]``, only of one :data:`JOINT_MAX_CONTRAST` times brighter: :func:`fit_with_static_sky` separates
     the two sources by the other exposures, and its scale is 1), ``flux``
     (inconsistent with the pair's at 3 sigma given ``flux_scatter``, or beyond :data:`MAX_FLUX_FACTOR`),
-    ``residuals`` (reduced chi2 of the stamp above ``max_chi2_dof``: the template did not take the static sky
-    away), ``imprecise`` (position error above ``max_position_error`` px).
+    ``residuals`` (reduced chi2 of the stamp above ``max_chi2_dof``, and of the pixels around the mover's trail,
+    ``local_chi2_dof`` when the fit gives it: the template did not take the static sky away where the mover is; a
+    bright star's wings left elsewhere in the stamp do not refuse it), ``imprecise`` (position error above
+    ``max_position_error`` px).
     """
     if fit is None:
         return "no fit"
@@ -835,7 +851,7 @@ def accept_recovery(fit: dict | None, pair_flux: float, pair_flux_err: float, *,
     if not _consistent(fit["flux"], fit["flux_err"], pair_flux, pair_flux_err, flux_scatter) or not (
             pair_flux / MAX_FLUX_FACTOR <= fit["flux"] <= pair_flux * MAX_FLUX_FACTOR):
         return "flux"
-    if fit["chi2_dof"] > max_chi2_dof:
+    if fit["chi2_dof"] > max_chi2_dof and fit.get("local_chi2_dof", math.inf) > max_chi2_dof:
         return "residuals"
     if math.hypot(fit["x_err"], fit["y_err"]) > max_position_error:
         return "imprecise"
