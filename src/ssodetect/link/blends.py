@@ -36,7 +36,7 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import trailed_psf
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
-__all__ = ["BlendProposal", "merge_reach", "FOOTPRINT_REACH", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "find_trail", "MAX_TRAIL_SEARCH",
+__all__ = ["BlendProposal", "merge_reach", "FOOTPRINT_REACH", "LOCAL_RADIUS_SIGMA", "propose_pairs", "propose_trails", "whole_trails", "trail_shows", "find_trail", "MAX_TRAIL_SEARCH",
            "resample_stamp", "fit_beside_template", "fit_with_static_sky",
            "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
