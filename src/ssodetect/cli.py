@@ -45,7 +45,6 @@ def _progress(args) -> bool:
 def _simulate(args) -> int:
     from pydantic import ValidationError
 
-    from ssodetect.config import validation_problems
     from ssodetect.errors import ConfigError
     from ssodetect.simulate import SimulationConfig, simulate
 
@@ -78,14 +77,34 @@ def _simulate(args) -> int:
         else:
             sim_config = SimulationConfig(**params)
     except ValidationError as exc:
-        problems = validation_problems(exc)
-        raise ConfigError(f"simulate: invalid parameters ({problems})") from None
+        # the options' names, not the configuration's fields (--size, not nx and ny)
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            option = _SIMULATE_OPTIONS.get(field, "--" + field.replace("_", "-")) if field else ""
+            said = f"{option}: {str(err['msg']).removeprefix('Value error, ')}" if option else str(err["msg"])
+            if said not in problems:
+                problems.append(said)
+        raise ConfigError(f"simulate: invalid parameters ({'; '.join(problems)})") from None
     summary = simulate(sim_config, args.outdir, progress=_progress(args))
     print(
         f"wrote {len(summary['files'])} image files, refcat.ecsv, truth.ecsv and truth_wcs.ecsv to {args.outdir}: "
         f"{summary['n_movers']} moving objects; single-exposure 5-sigma limit {summary['limit_5sigma']:.2f} mag"
     )
+    if summary["n_movers"] == 0 and sim_config.movers_per_ccd > 0:
+        # (--movers-per-ccd is per 2048^2 px: a small CCD with a few drew none, and the scene said nothing)
+        log.warning("simulate: no moving object drawn (--movers-per-ccd %g per 2048^2 px of detector gives %.2f on "
+                    "average for %d CCD(s) of %dx%d px)", sim_config.movers_per_ccd,
+                    sim_config.movers_per_ccd * sim_config.nccd * sim_config.nx * sim_config.ny / 2048.0**2,
+                    sim_config.nccd, sim_config.nx, sim_config.ny)
+        return 1
     return 0
+
+
+#: ``simulate`` options of the simulation's fields whose names differ from theirs.
+_SIMULATE_OPTIONS = {"nx": "--size", "ny": "--size", "header_pointing_error": "--pointing-error",
+                     "header_rotation_error": "--rotation-error", "header_scale_error": "--scale-error",
+                     "tracking_angle_step": "--tracking-turn", "satellite": "--no-satellite"}
 
 
 def _option(section, name: str, value, option: str) -> None:
@@ -115,15 +134,19 @@ def _execution_config(args):
     if getattr(args, "profile", None) is not None:  # (an empty one is refused, as an empty --obs-id is)
         _option(config.profile, "name", args.profile, "--profile")
     elif args.config is not None and hasattr(args, "profile"):
-        # a profile the configuration file names is checked here, where the file can be named with the problem
-        from ssodetect.errors import ConfigError
-        from ssodetect.profiles import named_profile
-
-        try:
-            named_profile(config.profile.name)
-        except ConfigError as exc:
-            raise ConfigError(f"{args.config}: [profile] name: {exc}") from None
+        _check_profile_of(config, args.config)
     return config
+
+
+def _check_profile_of(config, path) -> None:
+    """A profile the configuration file ``path`` names, checked where the file can be named with the problem."""
+    from ssodetect.errors import ConfigError
+    from ssodetect.profiles import named_profile
+
+    try:
+        named_profile(config.profile.name)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [profile] name: {exc}") from None
 
 
 def _run(args) -> int:
@@ -427,6 +450,13 @@ def _check_scores_path(out: Path) -> None:
     if out.name in _run_products(out.parent):
         raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and reports "
                              "are never replaced by scores); give another file name")
+    from ssodetect.io.outputs import directory_kind
+
+    found = directory_kind(out.parent)
+    if found is not None and found[0] != "run":
+        # (scores recorded as a scene's or a dataset's own file went with the next simulate or ml dataset there)
+        raise SSODetectError(f"--out {out}: inside {found[1]} ({out.parent}), which its command replaces as a whole, "
+                             "the scores with it; write the scores elsewhere")
     if os.path.lexists(out) and not _is_scores_table(out):
         raise SSODetectError(f"--out {out}: an existing file that is not a scores table of ml predict (a model, a "
                              "frame, another command's table: never replaced by scores); give another file name")
@@ -559,6 +589,8 @@ def _config(args) -> int:
         sys.stdout.write(json.dumps(schema, indent=2) + "\n")
         return 0
     config = load_config(args.file)
+    if args.file:  # (a file naming no profile was said to be fine, and refused by run)
+        _check_profile_of(config, args.file)
     sys.stdout.write(dump_toml(config, documented=not args.plain))
     return 0
 
@@ -724,6 +756,8 @@ def _runs(args) -> int:
 
     if not 1 <= args.limit <= MAX_RUNS_LIMIT:
         raise SSODetectError(f"--limit {args.limit}: must be 1 to {MAX_RUNS_LIMIT}")
+    if not str(args.root).strip():  # (listed the working directory, where an empty --station is refused)
+        raise SSODetectError("runs: an empty directory name; give the directory (. for this one)")
     # a console's or watcher's root keeps its registry (its jobs too); any other directory is left as it is
     own = Path(args.root, REGISTRY_NAME)
     path = None if own.exists() or own.is_symlink() else user_registry(args.root)
@@ -814,8 +848,9 @@ def _ml(args) -> int:
                        val_fraction=args.val_fraction, progress=_progress(args),
                        command="ssodetect ml train " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "")
         m = result["overall"]
-        print(f"validation: accuracy {m['accuracy']:.4f}, ROC AUC {m['auc']:.5f}, precision {m['precision']:.4f}, "
-              f"recall {m['recall']:.4f} ({m['n_pos']} movers, {m['n_neg']} negatives); training "
+        print(f"validation: accuracy {m['accuracy']:.4f}, ROC AUC {_metric(m['auc'], 5)}, precision "
+              f"{_metric(m['precision'])}, recall {_metric(m['recall'])} ({m['n_pos']} movers, {m['n_neg']} "
+              "negatives); training "
               f"{result['record']['train_seconds']:.0f} s -> {args.out}/model.pt")
         return 0
     import numpy as np
@@ -877,12 +912,18 @@ def _ml(args) -> int:
     ev = evaluate(meta, scores, threshold)
     m = ev["overall"]
     print(f"{len(scores)} sequences scored; threshold {threshold:.2f}: accuracy {m['accuracy']:.4f}, ROC AUC "
-          f"{m['auc']:.5f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}")
+          f"{_metric(m['auc'], 5)}, precision {_metric(m['precision'])}, recall {_metric(m['recall'])}")
     print("rate [\"/h]     movers  negatives  accuracy  ROC AUC")
     for row in ev["by_rate"]:
         print(f"{row['rate_lo']:5.1f}-{row['rate_hi']:<5.1f}  {row['n_pos']:8d}  {row['n_neg']:9d}  {row['accuracy']:8.4f}"
               f"  {row['auc']:7.4f}")
     return 0
+
+
+def _metric(value: float, digits: int = 4) -> str:
+    """A validation metric as printed: ``-`` where it is undefined (precision with no sequence called a mover, recall
+    or ROC AUC without a mover), never ``nan``."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "- (undefined: no sequence of a class)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -891,6 +932,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"ssodetect: error: {self.prog}: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
+def _innermost_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)command's own parser of parsed ``args`` (``ssodetect ml train``'s for ``ml train``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _innermost_parser(chosen, args)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -913,7 +964,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=2048, help="CCD size in pixels (square; default 2048)")
     p.add_argument("--layout", choices=["mef", "plain"], default="mef", help="Euclid MEF per exposure, or one file per CCD")
     p.add_argument("--n-exposures", dest="n_exposures", type=int, default=None)
-    p.add_argument("--movers-per-ccd", dest="movers_per_ccd", type=float, default=None)
+    p.add_argument("--movers-per-ccd", dest="movers_per_ccd", type=float, default=None,
+                   help="moving objects per 2048x2048 px of detector (default 40; a smaller CCD gets fewer)")
     p.add_argument("--dither", type=float, default=None, help="RMS dither [arcsec]")
     p.add_argument("--cosmic-fraction", dest="cosmic_fraction", type=float, default=None)
     p.add_argument("--no-satellite", action="store_true")
@@ -1267,7 +1319,9 @@ def _interrupted(exc: BaseException) -> BaseException | None:
 def main(argv=None) -> int:
     """Entry point of the ``ssodetect`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand's parser (argparse's own said "ssodetect: unrecognized arguments")
+        _innermost_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)

@@ -859,6 +859,15 @@ class ProfileConfig(_Section):
         "Settings given in this file or by command-line flags always win over the profile's.")
 
 
+#: Settings that name a command, a network address or a file: taken from a configuration file or the command line
+#: only, never from an instrument profile (a profile's ``[alerts] command`` had run when its headers matched) nor
+#: from the console's launch form (``section.key``).
+REACHING_SETTINGS = frozenset({
+    "alerts.command", "alerts.url", "execution.scheduler", "known.orbits", "calibrate.bias", "calibrate.dark",
+    "calibrate.flat", "astrometry.reference_wcs", "astrometry.reference_frame", "astrometry.gaia_cache", "ml.model",
+})
+
+
 class Config(_Section):
     """Full ssodetect configuration."""
 

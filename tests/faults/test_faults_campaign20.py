@@ -27,17 +27,16 @@ def test_each_kind_of_output_directory_is_told_by_its_own_products(good_run, sce
         check_directory_kind(folder, kind)  # its own kind: may be replaced
     (tmp_path / "empty").mkdir()
     assert directory_kind(tmp_path / "empty") is None and directory_kind(tmp_path / "missing") is None
-    with pytest.raises(InputError, match=r"model: holds a trained model \(model.pt\), which a run would replace"):
+    with pytest.raises(InputError, match=r"model: holds a trained model \(model.pt\), not a run, and would lose it"):
         check_directory_kind(tmp_path / "model", "run")
 
 
 @pytest.mark.parametrize("command, said", [
-    (["simulate", "--size", "200", "--n-exposures", "3"], "holds a run (manifest.json), which a simulated scene "
-                                                          "would replace"),
-    (["astrometry", "SCENE", "--refcat", "SCENE/refcat.ecsv", "--out"], "holds a run (manifest.json), which "
-                                                                        "astrometric solutions would replace"),
-    (["ml", "dataset", "SCENE", "-n", "5", "--out"], "holds a run (manifest.json), which a training dataset would "
-                                                      "replace"),
+    (["simulate", "--size", "200", "--n-exposures", "3"], "holds a run (manifest.json), not a simulated scene"),
+    (["astrometry", "SCENE", "--refcat", "SCENE/refcat.ecsv", "--out"], "holds a run (manifest.json), not "
+                                                                        "astrometric solutions"),
+    (["ml", "dataset", "SCENE", "-n", "5", "--out"], "holds a run (manifest.json), not a training dataset"),
+    (["batch", "SCENE", "--out"], "holds a run (manifest.json), not a batch of fields"),
 ])
 def test_a_command_never_replaces_another_commands_run(good_run, scene, tmp_path, capsys, command, said):
     """D1: ``simulate``, ``astrometry`` and ``ml dataset`` replaced a run's directory as a whole (exit 0 or 1, the
@@ -47,8 +46,8 @@ def test_a_command_never_replaces_another_commands_run(good_run, scene, tmp_path
     argv = [str(scene) if a == "SCENE" else str(scene / "refcat.ecsv") if a == "SCENE/refcat.ecsv" else a
             for a in command]
     res = cli(capsys, *argv, out)
-    assert res.code == 2 and res.errors == [f"ssodetect: error: {out}: {said}; choose another output directory"], \
-        res.err
+    assert res.code == 2 and res.errors == [f"ssodetect: error: {out}: {said}, and would lose it; choose another "
+                                            "output directory"], res.err
     assert snapshot(out) == before
 
 
@@ -62,19 +61,19 @@ def test_a_run_never_replaces_a_scene_a_dataset_or_a_model(scene, tmp_path, caps
     shutil.copytree(scene, other)
     before = snapshot(other)
     res = cli(capsys, "run", scene, "--out", other)
-    assert res.code == 2 and res.errors == [f"ssodetect: error: {other}: holds a simulated scene (truth.ecsv), which "
-                                            "a run would replace; choose another output directory"], res.err
+    assert res.code == 2 and res.errors == [f"ssodetect: error: {other}: holds a simulated scene (truth.ecsv), not "
+                                            "a run, and would lose it; choose another output directory"], res.err
     assert snapshot(other) == before
     model = tmp_path / "M"
     model.mkdir()
     (model / "model.pt").write_bytes(b"weights")
     res = cli(capsys, "run", scene, "--out", model)
-    assert res.code == 2 and "holds a trained model (model.pt), which a run would replace" in res.errors[0], res.err
+    assert res.code == 2 and "holds a trained model (model.pt), not a run" in res.errors[0], res.err
     assert (model / "model.pt").read_bytes() == b"weights"
     run_dir = tmp_path / "R"
     run_dir.mkdir()
     (run_dir / "manifest.json").write_text("{}")
-    with pytest.raises(InputError, match="holds a run \\(manifest.json\\), which a trained model would replace"):
+    with pytest.raises(InputError, match="holds a run \\(manifest.json\\), not a trained model"):
         train_module._check_out(run_dir, [tmp_path / "ds"])
 
 
@@ -85,13 +84,23 @@ def test_ml_predict_never_replaces_a_file_that_is_not_a_scores_table(good_run, s
     out = copy_run(good_run.out, tmp_path / "R")
     sim = tmp_path / "S"
     shutil.copytree(scene, sim)
-    before = snapshot(sim)
-    for target in (sim / "truth.ecsv", sim / "exp_00.fits"):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: a, datatype: int64}\na\n1\n")
+    (mine / "frame.fits").write_bytes(b"SIMPLE  =                    T")
+    before = snapshot(tmp_path)
+    for target in (mine / "notes.ecsv", mine / "frame.fits"):
         res = cli(capsys, "ml", "predict", out, "--out", target)
         assert res.code == 2 and res.errors == [
             f"ssodetect: error: --out {target}: an existing file that is not a scores table of ml predict (a model, a "
             "frame, another command's table: never replaced by scores); give another file name"], res.err
-    assert snapshot(sim) == before
+    # campaign 21 (D2): nor a new file inside a scene's (or a dataset's) folder, which its next command replaces
+    for target in (sim / "truth.ecsv", sim / "scores.ecsv"):
+        res = cli(capsys, "ml", "predict", out, "--out", target)
+        assert res.code == 2 and res.errors == [
+            f"ssodetect: error: --out {target}: inside a simulated scene ({sim}), which its command replaces as a "
+            "whole, the scores with it; write the scores elsewhere"], res.err
+    assert snapshot(tmp_path) == before
     scores = tmp_path / "scores.ecsv"
     for _ in range(2):  # written, then replaced by the same command
         res = cli(capsys, "ml", "predict", out, "--out", scores)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ssodetect.config import Config, dump_toml, load_config
+from ssodetect.config import REACHING_SETTINGS, Config, dump_toml, load_config
 from ssodetect.profiles import builtin_profiles
 
 __all__ = ["Setting", "settings_from_schema", "form_overrides", "settings_file", "FIELD_PREFIX", "OFF_THE_FORM",
@@ -28,10 +28,7 @@ FIELD_PREFIX = "cfg."
 #: outside the console's root (the files the form does take, inputs, catalogue, configuration and orbits, are confined
 #: to it).  An ``[alerts] command`` set on the form had run a shell command as the console's user (fault campaign 20).
 #: They stay with the configuration file chosen on the form.
-OFF_THE_FORM = frozenset({
-    "alerts.command", "alerts.url", "execution.scheduler", "known.orbits", "calibrate.bias", "calibrate.dark",
-    "calibrate.flat", "astrometry.reference_wcs", "astrometry.reference_frame", "astrometry.gaia_cache", "ml.model",
-})
+OFF_THE_FORM = REACHING_SETTINGS
 
 #: Settings whose text the form takes as it is (names, keywords, report fields): every other text setting of the
 #: configuration is in :data:`OFF_THE_FORM` (a test keeps the two lists whole).

@@ -667,9 +667,9 @@ class OutputStage:
         try:
             self.base = self.lock.base
             self._tidy()
+            if replace and kind is not None:
+                check_directory_kind(self.outdir, kind, outdir)
             if replace and self.outdir.is_dir():
-                if kind is not None:
-                    check_directory_kind(self.outdir, kind, outdir)
                 self._check_replaceable(outdir)
             try:
                 self.path = Path(tempfile.mkdtemp(prefix=self._prefix("stage"), dir=self.base))
@@ -930,6 +930,7 @@ DIRECTORY_KINDS = (
     ("dataset", "a training dataset", ("dataset.json",)),
     ("scene", "a simulated scene", ("truth.ecsv", "truth_wcs.ecsv")),
     ("calibration", "calibration masters", ("master_bias.fits", "master_dark.fits", "master_flat.fits")),
+    ("batch", "a batch of fields", ("batch_summary.ecsv",)),
     ("run", "a run", ("manifest.json", "observations.ecsv", "objects.ecsv", "steps")),
     ("astrometry", "astrometric solutions", ("astrometry.ecsv",)),
 )
@@ -958,10 +959,22 @@ def check_directory_kind(directory: str | Path, kind: str, shown=None) -> None:
         Naming the directory, what it holds and the name that tells it.
     """
     found = directory_kind(directory)
+    what = dict((k, d) for k, d, _ in DIRECTORY_KINDS)[kind]
+    shown = shown if shown is not None else directory
     if found is not None and found[0] != kind:
-        what = dict((k, d) for k, d, _ in DIRECTORY_KINDS)[kind]
-        raise InputError(f"{shown if shown is not None else directory}: holds {found[1]} ({found[2]}), which {what} "
-                         "would replace; choose another output directory")
+        raise InputError(f"{shown}: holds {found[1]} ({found[2]}), not {what}, and would lose it; choose another "
+                         "output directory")
+    # nor inside another command's directory (its steps, a scene's folder), which that command replaces as a whole
+    # (the runs of a batch's fields are its own)
+    for above in Path(os.path.abspath(directory)).parents:
+        outer = directory_kind(above)
+        if outer is not None and (outer[0], kind) not in NESTED_KINDS:
+            raise InputError(f"{shown}: inside {outer[1]} ({above}), which its command replaces as a whole; choose an "
+                             "output directory outside it")
+
+
+#: (outer, inner) kinds of directory one command writes inside the other's: a batch's fields are runs.
+NESTED_KINDS = {("batch", "run")}
 
 
 def expected_output_bytes(input_bytes: int, *, keep: bool = False) -> int:

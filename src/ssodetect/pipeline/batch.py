@@ -29,7 +29,7 @@ from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
 from ssodetect.keys import cache_key, sign_text, verify_text
 from ssodetect.io.outputs import (OutputLock, OutputStage, atomic_write_text, record_files, recorded_files,
-                                 remove_dead_stages, sha256_file)
+                                 check_directory_kind, remove_dead_stages, sha256_file)
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
            "fields_from_arguments", "run_batch", "run_field", "wait_for_fields"]
@@ -311,6 +311,7 @@ def run_batch(fields: list[Field], out: str | Path, config: Config, *, client=No
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
+    check_directory_kind(out, "batch")  # (a batch written into a run's or a scene's directory)
     from ssodetect.pipeline.executor import require_extras
 
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)

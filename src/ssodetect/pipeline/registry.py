@@ -232,6 +232,14 @@ class Registry:
             for path in self._manifests():
                 key = path.parent.relative_to(self.root).as_posix()
                 try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:  # a folder named with bytes that are no UTF-8: no database text holds it
+                    shown = key.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                    log.warning("%s: a run folder whose name is not valid UTF-8 text; not listed (rename it)",
+                                self.root / shown)
+                    counts["unreadable"] += 1
+                    continue
+                try:
                     mtime = path.stat().st_mtime_ns
                 except OSError:
                     continue

@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from ssodetect.astrometry.register import nominal_pixel_scale
 from ssodetect.astrometry.solve import pixel_scale
-from ssodetect.config import Config, validation_problems
+from ssodetect.config import REACHING_SETTINGS, Config, validation_problems
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io import celestial_wcs, group_exposures, scan_inputs
 from ssodetect.safejson import read_regular
@@ -142,6 +142,11 @@ def load_profile(path: str | Path) -> Profile:
             raise ConfigError(f"{path}: unknown key(s) in [{label}]: {', '.join(sorted(set(table) - allowed))}")
     if match.get("observer", "ground") not in ("ground", "space"):
         raise ConfigError(f"{path}: [match] observer must be \"ground\" or \"space\"")
+    reaching = sorted(f"{section}.{key}" for section, values in settings.items() if isinstance(values, dict)
+                      for key in values if f"{section}.{key}" in REACHING_SETTINGS)
+    if reaching:  # (a profile matched by its headers had run its [alerts] command)
+        raise ConfigError(f"{path}: a profile cannot set {', '.join(reaching)} (a command, an address or a file: "
+                          "it would act on any run whose headers match); put it in the configuration file")
     if set(settings) & _FORBIDDEN:
         raise ConfigError(f"{path}: a profile cannot set [{', '.join(sorted(set(settings) & _FORBIDDEN))}] "
                           "(read before a profile is chosen); put it in the configuration file")
