@@ -82,7 +82,8 @@ def _simulate(args) -> int:
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
             option = _SIMULATE_OPTIONS.get(field, "--" + field.replace("_", "-")) if field else ""
-            said = f"{option}: {str(err['msg']).removeprefix('Value error, ')}" if option else str(err["msg"])
+            message = str(err["msg"]).removeprefix("Value error, ")
+            said = f"{option}: {message}" if option else message
             if said not in problems:
                 problems.append(said)
         raise ConfigError(f"simulate: invalid parameters ({'; '.join(problems)})") from None
@@ -117,7 +118,9 @@ def _option(section, name: str, value, option: str) -> None:
         setattr(section, name, value)
     except ValidationError as exc:
         problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in exc.errors())
-        said = str(value) if str(value).isprintable() else ascii(str(value))  # a newline would end the line
+        text = str(value)
+        # a newline would end the line; blanks would vanish in it ("--station  : ...")
+        said = text if text.isprintable() and text.strip() == text and text else ascii(text)
         raise ConfigError(f"{option} {said}: {problems}") from None
 
 
@@ -638,8 +641,10 @@ def _serve(args) -> int:
         from ssodetect.console.watch import Watcher
 
         run_args = _watch_run_args(args.watch_config, args.watch_refcat, args.watch_station)
-        if not (args.watch_exposures >= 1 and 0 <= args.watch_settle < math.inf and 0 < args.watch_timeout < math.inf):
-            raise ConfigError("--watch-exposures >= 1, --watch-settle >= 0, --watch-timeout > 0 (finite)")
+        if not (1 <= args.watch_exposures <= MAX_VISIT_EXPOSURES and 0 <= args.watch_settle < math.inf
+                and 0 < args.watch_timeout < math.inf):
+            raise ConfigError(f"--watch-exposures 1 to {MAX_VISIT_EXPOSURES}, --watch-settle >= 0, --watch-timeout > 0 "
+                              "(finite)")
         root = Path(args.root).resolve()
         for inbox in args.watch:
             _check_root_apart(args.root, inbox, "--root")
@@ -698,7 +703,8 @@ def _watch(args) -> int:
     from ssodetect.errors import ConfigError
     from ssodetect.pipeline.registry import Registry
 
-    bounds = [("--exposures", args.exposures, args.exposures >= 1, "at least 1"),
+    bounds = [("--exposures", args.exposures, 1 <= args.exposures <= MAX_VISIT_EXPOSURES,
+               f"1 to {MAX_VISIT_EXPOSURES}"),
               ("--settle", args.settle, 0 <= args.settle < math.inf, "finite, at least 0 [s]"),
               ("--timeout", args.timeout, 0 < args.timeout < math.inf, "finite, above 0 [s]"),
               ("--workers", args.workers, 1 <= args.workers <= 64, "1-64")]
@@ -1238,6 +1244,9 @@ def _check_text_arguments(args) -> None:
                     shown = str(item).encode("utf-8", "backslashreplace").decode("ascii", "replace")
                     raise SSODetectError(f"{shown}: not valid UTF-8 text (argument {name}); rename it") from None
 
+
+#: Most exposures a watched visit may need (a visit of more is never complete).
+MAX_VISIT_EXPOSURES = 10000
 
 #: Longest error line printed [characters].
 MAX_ERROR_CHARS = 2000

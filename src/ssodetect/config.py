@@ -8,6 +8,7 @@ run's outputs (``config.toml``) so results carry their provenance.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 import types
@@ -52,6 +53,13 @@ MAX_INT_SETTING = 2**31 - 1
 BAND_CHARACTERS = r"[A-Za-z0-9_.'-]"
 
 
+#: Smallest and largest magnitude of a non-zero number setting.
+MIN_FLOAT_SETTING = 1e-9
+MAX_FLOAT_SETTING = 1e9
+#: Narrowest PSF FWHM [px] a configuration may give (0: measured).
+MIN_PSF_FWHM = 0.5
+
+
 class _Section(BaseModel):
     # no inf/nan settings (max_rate = inf would search forever); booleans must be true/false, not "yes"
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -81,6 +89,17 @@ class _Section(BaseModel):
             limit = 2**63 - 1 if info.field_name.endswith("_mask") else MAX_INT_SETTING
             if abs(value) > limit:
                 raise ValueError(f"{value} is too large (at most {limit})")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _sensible_floats(cls, value, info):
+        # a denormal or astronomical value passed every bound (psf_fwhm = 1e-320, position_floor = 1e308) and the run
+        # found nothing, with numpy overflow warnings for all explanation
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float) and item != 0.0 and not MIN_FLOAT_SETTING <= abs(item) <= MAX_FLOAT_SETTING:
+                raise ValueError(f"{item!r} is outside any sensible range (0, or {MIN_FLOAT_SETTING:g} to "
+                                 f"{MAX_FLOAT_SETTING:g} in magnitude)")
         return value
 
     @field_validator("*", mode="after")
@@ -270,6 +289,14 @@ class DetectConfig(_Section):
         description="PSF FWHM [px]; 0 = measure it per CCD from bright unsaturated stars (at most 50: the matched "
         "filter's kernel grows with it, and 1000 px held a run for minutes beyond reach of an interrupt).",
     )
+
+    @field_validator("psf_fwhm")
+    @classmethod
+    def _psf_fwhm(cls, value: float) -> float:
+        if 0.0 < value < MIN_PSF_FWHM:  # (1e-320 px: the matched filter divided by zero, and the run found nothing)
+            raise ValueError(f"{value:g} px: 0 (measured) or at least {MIN_PSF_FWHM:g} px")
+        return value
+
     psf_fallback_sigma: float = Field(
         default=0.75, gt=0, le=20, description="PSF Gaussian sigma [px] (FWHM / 2.355) used when a CCD has no star locus to "
         "measure it on; a weak locus (a handful of stars) is capped at it (an overestimate masks star cores as cosmic "
@@ -337,12 +364,13 @@ class LinkConfig(_Section):
         "(a slow mover matches itself in the neighbouring exposures only).",
     )
     detector_static_radius: float = Field(
-        default=0.5, gt=0, description="Detections at the same CCD pixel [px] in several dithered exposures are detector artefacts."
+        default=0.5, gt=0, le=50.0,
+        description="Detections at the same CCD pixel [px] in several dithered exposures are detector artefacts."
     )
     match_sigma: float = Field(default=4.0, gt=0, description="Prediction tolerance in combined sigma.")
     match_floor: float = Field(default=0.03, ge=0, description="Tolerance floor added to predictions [arcsec].")
     position_floor: float = Field(
-        default=0.2, ge=0,
+        default=0.2, ge=0, le=20.0,
         description="Systematic centroid error [px] added in quadrature to every candidate's position error for "
         "linking (blends with faint neighbours, short trails split by deblending, PSF mismatch: a mover at S/N 50 "
         "whose statistical error is 0.05 px is typically 0.1-0.3 px off its line in one exposure).",
@@ -907,6 +935,8 @@ def load_config(path: str | Path | None = None) -> Config:
     """
     if path is None:
         return Config()
+    if not isinstance(path, (str, os.PathLike)):  # (bytes or a number raised pathlib's own TypeError)
+        raise ConfigError(f"load_config: {path!r} is no path of a configuration file (a str or a path)")
     if not str(path).strip():
         raise ConfigError(f"{str(path)!r}: an empty configuration file name")
     path = Path(path)

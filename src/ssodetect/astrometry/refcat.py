@@ -176,6 +176,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
     InputError
         Unreadable file, or a required column (:data:`REFCAT_REQUIRED`) missing.
     """
+    if not str(path).strip():  # (" " was said as ": reference catalogue not found")
+        raise InputError(f"{str(path)!r}: an empty reference catalogue name")
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: reference catalogue not found")

@@ -94,6 +94,10 @@ async def _form(request: Request):
         raise _Gone from None
 
 
+#: Largest offset of the runs page's listing (a larger one, past any registry, lists nothing).
+MAX_OFFSET = 10**9
+
+
 def _loopback_host(host: str) -> bool:
     """Whether an HTTP ``Host`` header names a loopback address (``127.0.0.1:8765``, ``localhost``, ``[::1]:8765``)."""
     host = host.strip().lower()
@@ -173,7 +177,7 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
         q = request.query_params
         search, status = q.get("search", "")[:200], q.get("status", "")
         try:
-            offset = max(0, int(q.get("offset", "0")))
+            offset = min(max(0, int(q.get("offset", "0"))), MAX_OFFSET)  # (SQLite holds 64-bit integers only)
         except ValueError:
             offset = 0
         try:
@@ -191,8 +195,12 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
 
     def _run_dir(request: Request) -> Path:
         path = _under(root, request.path_params["outdir"])
-        if not (path / "manifest.json").is_file():
-            raise ValueError(f"{request.path_params['outdir']}: not a run directory")
+        try:
+            found = (path / "manifest.json").is_file()
+        except OSError:  # (a name longer than the file system takes: not a run, not a server error)
+            found = False
+        if not found:
+            raise ValueError(f"{request.path_params['outdir'][:200]}: not a run directory")
         return path
 
     async def run_page(request: Request):

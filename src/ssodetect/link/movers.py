@@ -31,6 +31,7 @@ from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
+from ssodetect.link.parallax import extend_tracklets
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
@@ -623,7 +624,7 @@ def streak_table(detections: Table, trails: Table, fast: list, names: list[str])
     return describe(table, STREAK_COLUMNS)
 
 
-def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverLinks:
+def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers: dict | None = None) -> MoverLinks:
     """Link a field's detections into slow and fast movers.
 
     Parameters
@@ -634,6 +635,10 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
         Exposure index -> mid-exposure MJD (UTC) of every exposure of the run, including those
         without detections (the occupancy test predicts into them).
     config : Config
+    observers : dict, optional
+        Exposure index -> geocentric ICRF position [km] of a space-based observer, for every exposure: slow
+        tracklets are then extended into the exposures they miss by their motion with the observer's parallax
+        (:func:`ssodetect.link.parallax.extend_tracklets`).
 
     Returns
     -------
@@ -705,14 +710,34 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config) -> MoverL
     doubtful, counts = _vet_slow(doubtful, slow, cand, t_exposures, config)
     stats["slow"]["n_doubtful_vetted"] = sum(counts.values())
     stats["slow"]["n_doubtful_kept"] = len(doubtful)
+    used = {int(slow_idx[k]) for trk in tracklets + doubtful for k in trk.members}
+    n_slow = len(slow)
+    if observers and len(observers) > lk.min_detections and all(o is not None for o in observers.values()):
+        # seen from orbit, a long sequence's blocks lie off one straight line by the observer's parallax: each
+        # tracklet (straight within its block) is extended by its motion with the parallax into the others
+        # (detector artefacts too: from one block to the next a comet moved less than the field drifted, and it was
+        # taken for a source fixed on the detector; the prediction decides)
+        pool = cand[~np.asarray(cand["static"])]
+        tracklets, slow, stats["slow"]["parallax"] = extend_tracklets(tracklets, slow, pool, observers, plane)
+        at = {_row_key(moving, k): k for k in range(len(moving))}
+        used |= {at[key] for key in (_row_key(slow, k) for k in range(n_slow, len(slow))) if key in at}
+        if stats["slow"]["parallax"]["n_joined"]:
+            log.info("slow movers: %d tracklets extended by their motion with the observer's parallax into %d more "
+                     "exposures (distances %s km)", stats["slow"]["parallax"]["n_extended"],
+                     stats["slow"]["parallax"]["n_joined"], stats["slow"]["parallax"]["distances_km"])
     trails, fast = moving[:0], []
     if config.streaks.enabled:
-        used = {int(slow_idx[k]) for trk in tracklets + doubtful for k in trk.members}
         everything = detections.copy(copy_data=False)
         everything["xi"], everything["eta"] = plane.to_plane(np.asarray(detections["ra"], float),
                                                              np.asarray(detections["dec"], float))
         trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(everything), t_exposures)
     return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats, doubtful)
+
+
+def _row_key(table: Table, k: int) -> tuple:
+    """A detection's identity across candidate tables (exposure, CCD, position)."""
+    return (int(table["exposure"][k]), str(table["ccd"][k]), round(float(table["x"][k]), 3),
+            round(float(table["y"][k]), 3))
 
 
 #: Floor [px] of a trail length's error as a motion (trails of one mover differ by this much between exposures

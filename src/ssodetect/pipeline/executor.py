@@ -138,9 +138,9 @@ def _reachable(address: str, timeout: float = 10.0) -> None:
         parts = urlsplit(address if "://" in address else f"tcp://{address}")
         host, port = parts.hostname, parts.port
     except ValueError as exc:
-        raise ConfigError(f"dask scheduler {address}: not an address ({exc})") from None
+        raise ConfigError(f"dask scheduler {address!r}: not an address ({exc})") from None
     if parts.scheme in ("tcp", "tls") and (not host or not port):
-        raise ConfigError(f"dask scheduler {address}: not an address (tcp://HOST:PORT)")
+        raise ConfigError(f"dask scheduler {address!r}: not an address (tcp://HOST:PORT)")
     if parts.scheme not in ("tcp", "tls"):
         return
     try:

@@ -411,7 +411,10 @@ def step_link(products: dict, config: Config, ctx: StepContext) -> dict:
     """Remove static sources and detector artefacts, link slow movers, link trails of fast movers."""
     t0 = time.perf_counter()
     detections, exposures = products["detections"], products["exposures"]
-    links = link_movers(detections, {e.index: float(e.mid_time.mjd) for e in exposures}, config)
+    # a space-based observer's positions (every exposure's, or none): the parallax of slow movers' motions
+    observers = {e.index: next((r.observer for r in e.ccds if r.observer is not None), None) for e in exposures}
+    observers = observers if all(o is not None for o in observers.values()) else None
+    links = link_movers(detections, {e.index: float(e.mid_time.mjd) for e in exposures}, config, observers)
     st = links.stats
     log.info("%d detections, %d usable (%d point sources among them with their flux error widened for a masked "
              "core), %d static (%d more matched in enough exposures but kept for their significant motion), "
@@ -586,7 +589,7 @@ BUILTIN_STEPS = [
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "16", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "17", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
                                  "candidates", "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
@@ -763,6 +766,9 @@ def run_pipeline(
     _api_paths(refcat=refcat, outdir=outdir)
     if obs_id is not None:
         check_label("obs_id", obs_id)
+    if command is not None:  # (a str was recorded in the manifest one character per argument)
+        if isinstance(command, (str, bytes)) or not all(isinstance(a, str) for a in command):
+            raise ConfigError(f"command {command!r}: the command line as a list of str (e.g. sys.argv)")
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     steps = pipeline_steps(BUILTIN_STEPS)
     names = [s.name for s in steps]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ssodetect._version import __version__
 from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.errors import ConfigError
 from ssodetect.io.outputs import OutputStage, sha256_file
 from ssodetect.simulate.render import DoubleGaussianPSF, MoffatPSF, psf_stamp, splat, trail_points
 
@@ -183,6 +185,12 @@ class SimulationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SimulationConfig":
+        for name, value in self:  # a negative zero passes ge=0 and is refused by numpy's scales (--dither -0.0)
+            if isinstance(value, float) and value == 0.0:
+                object.__setattr__(self, name, 0.0)
+        if self.fast_rate_max < self.slow_rate_max:  # (the fast population is drawn between the two)
+            raise ValueError(f"fast_rate_max ({self.fast_rate_max:g}) must be at least slow_rate_max "
+                             f"({self.slow_rate_max:g} arcsec/h), where the fast movers begin")
         if self.fwhm_max < self.fwhm_min:
             raise ValueError("fwhm_max must be at least fwhm_min")
         if self.sersic_max < self.sersic_min:
@@ -837,6 +845,11 @@ def simulate(config: SimulationConfig, outdir: str | Path, *, progress: bool = F
     """
     from tqdm import tqdm
 
+    if not isinstance(config, SimulationConfig):  # (a dict raised AttributeError: 'dict' object has no attribute ...)
+        raise ConfigError(f"simulate: the configuration must be a SimulationConfig, not {type(config).__name__} "
+                          "(SimulationConfig(**settings), or family_member(n))")
+    if not isinstance(outdir, (str, os.PathLike)):
+        raise ConfigError(f"simulate: {outdir!r} is no output directory path")
     if scene is None:
         scene = draw_scene(config)
     elif scene.config != config:
