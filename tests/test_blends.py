@@ -378,7 +378,7 @@ def test_propose_trails_predicts_both_ways_from_a_whole_trail():
     flux, flux_err = np.array([5000.0, 5000.0]), np.full(2, 50.0)
     props, stats = propose_trails(exposure, t, xi, eta, sigma, rate, rate_err, pa, pa_err, flux, flux_err,
                                   np.array([True, False]), t_exp)
-    assert stats == {"n_pool": 1, "n_proposals": 2, "n_targets": 6}
+    assert stats == {"n_pool": 1, "n_proposals": 2, "n_targets": 6, "n_not_predicted": 0}
     east, west = props
     assert east.pair == west.pair == (0,)
     assert (east.vx, west.vx) == pytest.approx((30.0, -30.0)) and east.vy == pytest.approx(0.0, abs=1e-9)
@@ -389,6 +389,12 @@ def test_propose_trails_predicts_both_ways_from_a_whole_trail():
     # the prediction's error grows with the time from the trail: its rate and axis errors times the interval
     assert targets[2][2] < targets[1][2] < targets[0][2]
     assert targets[0][2] == pytest.approx(math.sqrt(0.02**2 + (0.9 * 0.1) ** 2 + (0.9 * 30 * math.radians(0.1)) ** 2))
+    # a long sequence (NEOSSat's 43 exposures): predicted into the nearest in time only, the others counted
+    t_long = {e: 0.026 * e for e in range(43)}
+    props, stats = propose_trails(np.array([20, 1]), np.array([t_long[20], t_long[1]]), xi, eta, sigma, rate,
+                                  rate_err, pa, pa_err, flux, flux_err, np.array([True, False]), t_long, nearest=6)
+    assert stats["n_targets"] == 12 and stats["n_not_predicted"] == 2 * (42 - 6)
+    assert sorted(e for e, _, _, _ in props[0].targets) == [17, 18, 19, 21, 22, 23]
 
 
 @pytest.mark.parametrize("seed", range(3))

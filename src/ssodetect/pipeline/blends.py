@@ -99,7 +99,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         which ``n_objects_from_trails`` from a single whole trail), ``n_images``, ``seconds``, and ``trails``: the
         whole single trails proposed (``n_pool``, of which ``n_unfitted`` with assumed length and axis errors,
         ``n_proposals``: two directions each, ``n_targets``; ``n_search_capped``: predictions whose reach was wider
-        than the light was searched for, :data:`~ssodetect.link.blends.MAX_TRAIL_SEARCH`), the directions not
+        than the light was searched for, :data:`~ssodetect.link.blends.MAX_TRAIL_SEARCH`; ``n_not_predicted``:
+        predictions beyond the exposures nearest in time, not made in a long sequence), the directions not
         measured because too few of their predictions showed the trail's light (``n_unsupported``) and their
         targets (``n_not_measured``).  Every target of a pair or of a trail is measured, without a template, off
         the image, too long or not measured.  (The pipeline step adds ``n_trails_claimed``: single trails of the
@@ -114,7 +115,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
                    "n_rejected_fit": 0, "n_conflicts": 0,
                    "n_objects": 0, "n_objects_from_trails": 0, "n_images": 0, "seconds": 0.0,
                    "trails": {"n_pool": 0, "n_unfitted": 0, "n_proposals": 0, "n_targets": 0, "n_search_capped": 0,
-                              "n_unsupported": 0, "n_not_measured": 0}}
+                              "n_unsupported": 0, "n_not_measured": 0, "n_not_predicted": 0}}
     if not len(candidates) or not len(detections) or len(exposures) < 3:
         return observations, objects, stats
     ra0, dec0 = float(np.median(candidates["ra"])), float(np.median(candidates["dec"]))
@@ -152,10 +153,16 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     trail_pool, rate, rate_err, pa, pa_err, unfitted = whole_trails(candidates, allowed,
                                                                     min_length=config.streaks.min_length,
                                                                     min_snr=lk.blend_min_snr)
+    # a whole trail needs `need` exposures besides its own to show it: predicted into the nearest in time, twice
+    # as many and two more (all of a Euclid field's four)
     trail_props, tstats = propose_trails(np.asarray(candidates["exposure"]), ct, cxi, ceta,
                                          np.asarray(candidates["sigma"], float), rate, rate_err, pa, pa_err,
                                          np.asarray(candidates["flux"], float),
-                                         np.asarray(candidates["flux_err"], float), trail_pool, t_exposures)
+                                         np.asarray(candidates["flux_err"], float), trail_pool, t_exposures,
+                                         nearest=2 * max(1, lk.min_detections - 1) + 2)
+    if tstats["n_not_predicted"]:
+        log.info("blends: whole single trails predicted into the %d exposures nearest in time only (%d predictions "
+                 "farther away not made)", 2 * max(1, lk.min_detections - 1) + 2, tstats["n_not_predicted"])
     stats["trails"].update(tstats, n_unfitted=int(unfitted.sum()))
     proposals = proposals + trail_props
     if not proposals:
