@@ -715,9 +715,10 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
     if observers and len(observers) > lk.min_detections and all(o is not None for o in observers.values()):
         # seen from orbit, a long sequence's blocks lie off one straight line by the observer's parallax: each
         # tracklet (straight within its block) is extended by its motion with the parallax into the others
-        # (detector artefacts too: from one block to the next a comet moved less than the field drifted, and it was
-        # taken for a source fixed on the detector; the prediction decides)
-        pool = cand[~np.asarray(cand["static"])]
+        # (extended detector artefacts too: within a block NEOSSat's comet moved with the field's drift, and its coma
+        # was taken for a source fixed on the detector; a hot pixel's compact footprint never joins)
+        wide = np.asarray(cand["npix"], float) >= EXTENDED_JOIN_AREA * np.asarray(cand["b"], float) ** 2
+        pool = cand[~np.asarray(cand["static"]) & (~np.asarray(cand["artefact"]) | wide)]
         tracklets, slow, stats["slow"]["parallax"] = extend_tracklets(tracklets, slow, pool, observers, plane)
         at = {_row_key(moving, k): k for k in range(len(moving))}
         used |= {at[key] for key in (_row_key(slow, k) for k in range(n_slow, len(slow))) if key in at}
@@ -732,6 +733,11 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
                                                              np.asarray(detections["dec"], float))
         trails, fast, stats["fast"] = link_fast(moving, used, config, plane, Footprints(everything), t_exposures)
     return MoverLinks(plane, t0_mjd, cand, moving, slow, tracklets, trails, fast, stats, doubtful)
+
+
+#: A candidate taken for a detector artefact may still join a tracklet seen from orbit when its footprint covers at
+#: least this many times its minor-axis variance [px^2] (a comet's coma: 2500 px at b = 1.8 px; a hot pixel: 3-20).
+EXTENDED_JOIN_AREA = 100.0
 
 
 def _row_key(table: Table, k: int) -> tuple:
