@@ -18,7 +18,7 @@ RA0, DEC0 = 182.5, 33.9
 def _leo_sequence(delta_au=1.2, rate=(40.0, -45.0)):
     """43 exposures in three blocks over 111 min (NEOSSat's comet sequence), an observer in a 100 min orbit of
     7150 km radius, and a mover at ``delta_au``: its true tangent-plane positions [arcsec] and the times [h]."""
-    minutes = np.concatenate([np.arange(8) * 1.58, 55.4 + np.arange(17) * 1.58, 79.2 + np.arange(18) * 1.58])
+    minutes = np.concatenate([np.arange(8) * 1.58, 55.4 + np.arange(17) * 1.58, 82.3 + np.arange(18) * 1.58])
     t = minutes / 60.0
     phase = 2.0 * math.pi * minutes / 100.0
     inclination = math.radians(98.6)  # sun-synchronous
@@ -75,10 +75,35 @@ def test_a_tracklet_of_one_block_is_extended_into_the_others_and_nothing_else_jo
     observers = {e: tuple(observer[e]) for e in range(t.size)}
     out, grown, stats = extend_tracklets([trk], slow, pool, observers, plane)
     members = out[0].members
-    assert stats["n_extended"] == 1 and stats["n_joined"] == t.size - len(slow)
+    assert stats["n_extended"] == 1 and stats["n_joined"] == t.size - len(slow), stats
     assert sorted(int(grown["exposure"][k]) for k in members) == list(range(t.size))
     assert all(grown["x"][k] % (n_noise + 1) == 0 for k in members)  # the object's own detections only
     assert 0.9 * 1.2 * 1.496e8 < stats["distances_km"][0] < 1.1 * 1.2 * 1.496e8
     # without observer positions nothing is extended
     same, kept, none = extend_tracklets([trk], slow, pool, {}, plane)
     assert same == [trk] and len(kept) == len(slow) and none["n_joined"] == 0
+
+
+def test_observer_positions_that_give_no_parallax_extend_nothing():
+    """Fault campaign 23 (D1): positions that do not move (a fixed position, as the simulator writes) or jump
+    between frames (km, m and AU mixed) made the parallax term a constant offset or nonsense, the prediction's
+    error unbounded, and the nearest candidate anywhere in an exposure joined: false positions 4-7" from any
+    asteroid in the ADES file.  Such a run extends nothing and says why."""
+    from ssodetect.link.parallax import observer_path_problem
+
+    t, xi, eta, observer, _, _ = _leo_sequence()
+    times = {e: float(t[e]) for e in range(t.size)}
+    fixed = {e: (7000.0, 0.0, 0.0) for e in range(t.size)}
+    assert "a fixed position: no parallax to fit" in observer_path_problem(times, fixed)
+    mixed = {e: tuple(observer[e] * (1000.0 if e % 2 else 1.0)) for e in range(t.size)}
+    assert "not a spacecraft's path; units mixed between frames?" in observer_path_problem(times, mixed)
+    assert observer_path_problem(times, {e: tuple(observer[e]) for e in range(t.size)}) is None
+    pool = Table({"exposure": np.arange(t.size), "t_hours": t, "xi": xi, "eta": eta, "sigma": np.full(t.size, 0.5),
+                  "ccd": ["c"] * t.size, "x": np.arange(t.size, dtype=float), "y": np.zeros(t.size)})
+    slow = pool[10:22]
+    p, cov, chi2, t_ref = fit_linear_motion(np.asarray(slow["t_hours"]), np.asarray(slow["xi"]),
+                                            np.asarray(slow["eta"]), np.asarray(slow["sigma"]))
+    trk = Tracklet(tuple(range(len(slow))), p[0], p[1], p[2], p[3], cov, chi2, 2 * len(slow) - 4, t_ref)
+    for observers in (fixed, mixed):
+        out, kept, stats = extend_tracklets([trk], slow, pool, observers, TangentPlane(RA0, DEC0))
+        assert out == [trk] and len(kept) == len(slow) and stats["n_joined"] == 0 and stats["skipped"]

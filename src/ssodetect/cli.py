@@ -456,8 +456,8 @@ def _check_scores_path(out: Path) -> None:
     from ssodetect.io.outputs import directory_kind
 
     found = directory_kind(out.parent)
-    if found is not None and found[0] != "run":
-        # (scores recorded as a scene's or a dataset's own file went with the next simulate or ml dataset there)
+    if found is not None:
+        # (scores recorded as a run's, a scene's or a dataset's own file went with the next command there)
         raise SSODetectError(f"--out {out}: inside {found[1]} ({out.parent}), which its command replaces as a whole, "
                              "the scores with it; write the scores elsewhere")
     if os.path.lexists(out) and not _is_scores_table(out):
@@ -467,7 +467,7 @@ def _check_scores_path(out: Path) -> None:
     for above in folder.parents:
         if (above / "manifest.json").is_file() and (above / "provenance.json").is_file():
             raise SSODetectError(f"--out {out}: inside the run in {above} (its steps, logs and regions are its "
-                                 "own); write the scores beside its products or elsewhere")
+                                 "own); write the scores elsewhere")
 
 
 def _is_scores_table(path: Path) -> bool:

@@ -634,6 +634,9 @@ class CalibrateConfig(_Section):
 #: Largest geocentric distance [km] of an observer (about 670 au: a spacecraft at 1e30 km is a damaged header; ADES
 #: writes a position in 13 characters).
 MAX_OBSERVER_DISTANCE_KM = 1e11
+#: Nearest a space-based observer may be to the Earth's centre [km] (the polar radius, 6357 km, less a margin): a
+#: position of (0, 0, 0) had been reported in ADES as a spacecraft at the geocentre.
+MIN_OBSERVER_DISTANCE_KM = 6300.0
 
 
 def _three_numbers(value: list[float], message: str) -> list[float]:
@@ -739,9 +742,9 @@ class ReportConfig(_Section):
     def _three(cls, value: list[float]) -> list[float]:
         value = _three_numbers(value, "observer_position needs three numbers (x, y, z) in km")
         if value and not (all(math.isfinite(v) for v in value)
-                          and math.hypot(*value) <= MAX_OBSERVER_DISTANCE_KM):
-            raise ValueError(f"observer_position {value} is no geocentric position: finite and at most "
-                             f"{MAX_OBSERVER_DISTANCE_KM:g} km from the Earth")
+                          and MIN_OBSERVER_DISTANCE_KM <= math.hypot(*value) <= MAX_OBSERVER_DISTANCE_KM):
+            raise ValueError(f"observer_position {value} is no geocentric position of a spacecraft: finite, "
+                             f"{MIN_OBSERVER_DISTANCE_KM:g} to {MAX_OBSERVER_DISTANCE_KM:g} km from the Earth's centre")
         return value
 
 

@@ -272,11 +272,13 @@ def test_scores_are_never_written_over_the_runs_own_tables(good_run, tmp_path, c
                        ("steps/x.pkl", "inside the run"), ("logs/x.log", "inside the run")):
         _refused(cli(capsys, "ml", "predict", run, "--out", run / name), name, said)
     assert snapshot(tmp_path) == before
-    # a scores file of its own beside the run's products, written again by a second call
+    # campaign 23 (D4): nor a scores file of its own beside the run's products (the next run there removed it);
+    # beside the run's directory, written again by a second call
+    _refused(cli(capsys, "ml", "predict", run, "--out", run / "scores.ecsv"), "scores.ecsv", "inside a run")
     for _ in range(2):
-        outcome = cli(capsys, "ml", "predict", run, "--out", run / "scores.ecsv")
+        outcome = cli(capsys, "ml", "predict", run, "--out", tmp_path / "scores.ecsv")
         assert outcome.code == 0, outcome.err
-    assert (run / "scores.ecsv").is_file()
+    assert (tmp_path / "scores.ecsv").is_file() and not (run / "scores.ecsv").exists()
     assert (run / "objects.ecsv").read_bytes() == (good_run.out / "objects.ecsv").read_bytes()
 
 

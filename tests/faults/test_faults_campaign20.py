@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from faultkit import cli, copy_run, snapshot
+from faultkit import cli, copy_run, snapshot, write_record
 from ssodetect.config import load_config
 from ssodetect.errors import ConfigError, InputError
 from ssodetect.io.outputs import DIRECTORY_KINDS, check_directory_kind, directory_kind
@@ -23,6 +23,8 @@ def test_each_kind_of_output_directory_is_told_by_its_own_products(good_run, sce
         folder = tmp_path / kind
         folder.mkdir()
         (folder / names[0]).write_text("x")
+        assert directory_kind(folder) is None  # (campaign 23: a name of the user's own tells nothing)
+        write_record(folder, [names[0]])
         assert directory_kind(folder)[0] == kind
         check_directory_kind(folder, kind)  # its own kind: may be replaced
     (tmp_path / "empty").mkdir()
@@ -67,12 +69,14 @@ def test_a_run_never_replaces_a_scene_a_dataset_or_a_model(scene, tmp_path, caps
     model = tmp_path / "M"
     model.mkdir()
     (model / "model.pt").write_bytes(b"weights")
+    write_record(model, ["model.pt"])
     res = cli(capsys, "run", scene, "--out", model)
     assert res.code == 2 and "holds a trained model (model.pt), not a run" in res.errors[0], res.err
     assert (model / "model.pt").read_bytes() == b"weights"
     run_dir = tmp_path / "R"
     run_dir.mkdir()
     (run_dir / "manifest.json").write_text("{}")
+    write_record(run_dir, ["manifest.json"])
     with pytest.raises(InputError, match="holds a run \\(manifest.json\\), not a trained model"):
         train_module._check_out(run_dir, [tmp_path / "ds"])
 

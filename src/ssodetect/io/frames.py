@@ -35,7 +35,7 @@ from astropy.time import Time
 from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS
 
-from ssodetect.config import MAX_OBSERVER_DISTANCE_KM, IOConfig
+from ssodetect.config import MAX_OBSERVER_DISTANCE_KM, MIN_OBSERVER_DISTANCE_KM, IOConfig
 from ssodetect.errors import InputError, reason
 from ssodetect.io.headers import (celestial_wcs, first_keyword, frame_type, merge_headers, observation_time,
                                   station_code)
@@ -709,12 +709,22 @@ def _observer_position(path, header, primary, keys) -> tuple | None:
         values = [header.get(key, primary.get(key)) for key in triplet]
         if all(v is None for v in values):
             continue
+        missing = [key for key, v in zip(triplet, values) if v is None]
+        if missing:
+            raise InputError(f"{path}: observer position keyword(s) {', '.join(missing)} missing beside "
+                             f"{', '.join(k for k in triplet if k not in missing)} (a position needs x, y and z, km)")
         try:
+            if any(isinstance(v, bool) for v in values):  # (T/F were read as 1 and 0 km)
+                raise ValueError
             position = tuple(float(v) for v in values)
         except (TypeError, ValueError):
             raise InputError(f"{path}: observer position keywords {', '.join(triplet)} must all be numbers (km)") from None
         if not all(np.isfinite(position)):
             raise InputError(f"{path}: observer position keywords {', '.join(triplet)} are not finite")
+        if math.hypot(*position) < MIN_OBSERVER_DISTANCE_KM:
+            raise InputError(f"{path}: observer position keywords {', '.join(triplet)} put the observer "
+                             f"{math.hypot(*position):.4g} km from the Earth's centre, inside the Earth (a spacecraft's "
+                             f"geocentric position in km is at least {MIN_OBSERVER_DISTANCE_KM:g} km)")
         if math.hypot(*position) > MAX_OBSERVER_DISTANCE_KM:
             raise InputError(f"{path}: observer position keywords {', '.join(triplet)} put the observer "
                              f"{math.hypot(*position):.3g} km from the Earth's centre (more than "

@@ -926,25 +926,32 @@ class OutputStage:
 #: first kind whose name is present decides): a directory of another kind is never replaced by it (a run had
 #: removed a trained model, a scene a run, a dataset a run).
 DIRECTORY_KINDS = (
+    ("batch", "a batch of fields", ("batch_summary.ecsv",)),
     ("model", "a trained model", ("model.pt", "checkpoint.pt")),
     ("dataset", "a training dataset", ("dataset.json",)),
     ("scene", "a simulated scene", ("truth.ecsv", "truth_wcs.ecsv")),
     ("calibration", "calibration masters", ("master_bias.fits", "master_dark.fits", "master_flat.fits")),
-    ("batch", "a batch of fields", ("batch_summary.ecsv",)),
     ("run", "a run", ("manifest.json", "observations.ecsv", "objects.ecsv", "steps")),
     ("astrometry", "astrometric solutions", ("astrometry.ecsv",)),
 )
 
 
 def directory_kind(directory: str | Path) -> tuple[str, str, str] | None:
-    """``(kind, description, the name that tells it)`` of an output directory (:data:`DIRECTORY_KINDS`); None for one
-    that is missing, empty or holds none of those names."""
+    """``(kind, description, the name that tells it)`` of an output directory (:data:`DIRECTORY_KINDS`), told by the
+    names its products record lists (a file of that name, or a folder of files); None for one that is missing,
+    holds no record of ssodetect's (a ``manifest.json`` of the user's own makes no run) or none of those names."""
     directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        if not directory.is_dir() or not (directory / RECORD).is_file():
+            return None
+        files = safejson.read(directory / RECORD).get("files")
+    except (OSError, ValueError, AttributeError):
         return None
+    listed = set(files) if isinstance(files, (dict, list)) else set()
+    folders = {name.split("/", 1)[0] for name in listed if isinstance(name, str) and "/" in name}
     for kind, description, names in DIRECTORY_KINDS:
         for name in names:
-            if os.path.lexists(directory / name):
+            if name in listed or name in folders:
                 return kind, description, name
     return None
 

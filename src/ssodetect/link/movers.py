@@ -722,6 +722,10 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
         tracklets, slow, stats["slow"]["parallax"] = extend_tracklets(tracklets, slow, pool, observers, plane)
         at = {_row_key(moving, k): k for k in range(len(moving))}
         used |= {at[key] for key in (_row_key(slow, k) for k in range(n_slow, len(slow))) if key in at}
+        skipped = stats["slow"]["parallax"]["skipped"]
+        if skipped:  # a path no spacecraft follows is a header problem, said; a fixed observer has no parallax
+            (log.warning if "jumps" in skipped else log.info)("slow movers: no tracklet extended by the observer's "
+                                                              "parallax: %s", skipped)
         if stats["slow"]["parallax"]["n_joined"]:
             log.info("slow movers: %d tracklets extended by their motion with the observer's parallax into %d more "
                      "exposures (distances %s km)", stats["slow"]["parallax"]["n_extended"],

@@ -27,8 +27,9 @@ from ssodetect.link.tracklets import Tracklet, fit_linear_motion
 
 log = logging.getLogger(__name__)
 
-__all__ = ["parallax_factors", "fit_parallax_motion", "prediction_error", "extend_tracklets", "EXTEND_NSIGMA", "EXTEND_FLOOR",
-           "MIN_DISTANCE_KM"]
+__all__ = ["parallax_factors", "fit_parallax_motion", "prediction_error", "observer_path_problem", "extend_tracklets",
+           "EXTEND_NSIGMA", "EXTEND_FLOOR", "EXTEND_MAX_REACH", "EXTEND_FLUX_FACTOR", "MIN_DISTANCE_KM",
+           "MIN_OBSERVER_TRAVEL_KM", "MAX_OBSERVER_SPEED_KMS"]
 
 #: A candidate joins a tracklet where the parallax model predicts it within this many combined sigmas ...
 EXTEND_NSIGMA = 4.0
@@ -37,6 +38,18 @@ EXTEND_NSIGMA = 4.0
 EXTEND_FLOOR = 1.0
 #: Nearest distance [km] the parallax fit may give (the Moon's; closer objects are not in this model's scope).
 MIN_DISTANCE_KM = 3.0e5
+#: Widest reach [arcsec] of a prediction, whatever its error (a fit whose parallax could not be told from its offset
+#: had an unbounded error and took the nearest candidate anywhere in the exposure).
+EXTEND_MAX_REACH = 10.0
+#: Observer positions that move less than this [km] across the sequence give no parallax to fit (a fixed position:
+#: the parallax term is a constant offset): no tracklet is extended.
+MIN_OBSERVER_TRAVEL_KM = 100.0
+#: Fastest an observer may move between exposures [km/s] (a low orbit: 7.5; the Earth about the Sun: 30): faster, its
+#: positions are not one spacecraft's path (units mixed between frames) and no tracklet is extended.
+MAX_OBSERVER_SPEED_KMS = 100.0
+#: A candidate joins a tracklet only with a flux within this factor of the tracklet's median (a comet's coma
+#: measured as a point in one exposure and as a trail in the next: within 1.6; noise peaks: 10-100x fainter).
+EXTEND_FLUX_FACTOR = 4.0
 
 
 def parallax_factors(observer_km: np.ndarray, ra0: float, dec0: float) -> np.ndarray:
@@ -133,6 +146,28 @@ def _predict(params: np.ndarray, t: float, factor: np.ndarray) -> tuple[float, f
             float(params[1] + params[3] * dt + params[4] * factor[1]))
 
 
+def observer_path_problem(times_h: dict, observers: dict) -> str | None:
+    """Why the observer positions of a run give no parallax to fit, or None: they barely move
+    (:data:`MIN_OBSERVER_TRAVEL_KM`), or jump faster than a spacecraft moves (:data:`MAX_OBSERVER_SPEED_KMS`: units
+    mixed between frames).  ``times_h``, ``observers``: exposure -> time [h], geocentric position [km]."""
+    exposures = sorted(e for e in observers if e in times_h)
+    if len(exposures) < 2:
+        return "fewer than two exposures with an observer position"
+    pos = np.array([observers[e] for e in exposures], float)
+    t = np.array([times_h[e] for e in exposures], float) * 3600.0
+    travel = float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
+    if travel < MIN_OBSERVER_TRAVEL_KM:
+        return f"the observer moves {travel:.3g} km over the sequence (a fixed position: no parallax to fit)"
+    step = np.linalg.norm(np.diff(pos, axis=0), axis=1)
+    dt = np.maximum(np.diff(t), 1.0)
+    speed = float(np.max(step / dt))
+    if speed > MAX_OBSERVER_SPEED_KMS:
+        k = int(np.argmax(step / dt))
+        return (f"the observer's position jumps {step[k]:.3g} km in {dt[k]:.0f} s between exposures {exposures[k]} "
+                f"and {exposures[k + 1]} ({speed:.3g} km/s: not a spacecraft's path; units mixed between frames?)")
+    return None
+
+
 def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict, plane, *,
                      nsigma: float = EXTEND_NSIGMA, floor: float = EXTEND_FLOOR, min_members: int = 4,
                      rounds: int = 6) -> tuple[list, Table, dict]:
@@ -168,8 +203,14 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
         ``n_fitted``, ``n_extended`` (tracklets that gained members), ``n_joined`` (candidates), ``n_left``
         (members that left), ``distances_km`` (the fitted distance of each extended tracklet).
     """
-    stats = {"n_fitted": 0, "n_extended": 0, "n_joined": 0, "n_left": 0, "distances_km": []}
+    stats = {"n_fitted": 0, "n_extended": 0, "n_joined": 0, "n_left": 0, "distances_km": [], "skipped": ""}
     if not tracklets or not len(pool) or not observers:
+        return tracklets, slow, stats
+    p_exp0, p_t0 = np.asarray(pool["exposure"]).astype(int), np.asarray(pool["t_hours"], float)
+    problem = observer_path_problem({int(e): float(np.median(p_t0[p_exp0 == e])) for e in np.unique(p_exp0)},
+                                    observers)
+    if problem is not None:
+        stats["skipped"] = problem
         return tracklets, slow, stats
     ra0, dec0 = plane.to_sky(np.array([0.0]), np.array([0.0]))
     exposures = sorted(observers)
@@ -177,6 +218,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
                                                      float(dec0[0]))))
     p_exp = np.asarray(pool["exposure"]).astype(int)
     p_t, p_xi, p_eta, p_sig = (np.asarray(pool[c], float) for c in ("t_hours", "xi", "eta", "sigma"))
+    p_flux = np.asarray(pool["flux"], float) if "flux" in pool.colnames else np.full(len(pool), np.nan)
     t_of = {int(e): float(np.median(p_t[p_exp == e])) for e in np.unique(p_exp)}
     key = np.array([f"{e}/{c}/{x:.3f}/{y:.3f}" for e, c, x, y in zip(p_exp, np.asarray(pool["ccd"]).astype(str),
                                                                     np.asarray(pool["x"], float),
@@ -197,6 +239,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
                 float(slow["sigma"][k])) for k in members]
         joined: dict[int, int] = {}  # exposure -> pool row
         params = None
+        level = float(np.nanmedian(np.asarray(slow["flux"], float)[members])) if "flux" in slow.colnames else np.nan
         for _ in range(rounds):
             rows = own + [(int(p_exp[j]), float(p_t[j]), float(p_xi[j]), float(p_eta[j]), float(p_sig[j]))
                           for j in joined.values()]
@@ -216,8 +259,13 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
                     continue
                 dist = np.hypot(p_xi[here] - px, p_eta[here] - py)
                 s_pred = prediction_error(t_, x_, y_, s_, f_, params, t_of[e], factor_of[e])
-                reach = nsigma * np.hypot(p_sig[here], s_pred) + floor
+                if not math.isfinite(s_pred) or s_pred > EXTEND_MAX_REACH:
+                    continue  # (the parallax not told from the offset: the prediction says nothing)
+                reach = np.minimum(nsigma * np.hypot(p_sig[here], s_pred) + floor, EXTEND_MAX_REACH)
                 ok = (dist <= reach) & ~np.isin(key[here], list(taken_keys))
+                if math.isfinite(level) and level > 0:
+                    flux = p_flux[here]
+                    ok &= (flux >= level / EXTEND_FLUX_FACTOR) & (flux <= level * EXTEND_FLUX_FACTOR)
                 if ok.any():
                     j = int(here[ok][np.argmin(dist[ok])])
                     new[e] = j

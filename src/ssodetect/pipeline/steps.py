@@ -225,7 +225,11 @@ def what_changed(record: dict, expected: dict) -> str:
         if changed:
             parts.append("the settings " + ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else ""))
     if isinstance(record.get("upstream"), dict) and record["upstream"] != expected.get("upstream", record["upstream"]):
-        parts.append("the products of an earlier step it reads")
+        now = expected["upstream"]
+        changed = sorted(name for name in set(record["upstream"]) | set(now)
+                         if record["upstream"].get(name) != now.get(name))
+        parts.append(f"the products it reads from earlier steps ({', '.join(changed)}: their steps' settings or "
+                     "input files changed)")
     if parts:
         return "changed since its products were stored: " + "; ".join(parts)
     if isinstance(old, dict):
