@@ -30,7 +30,7 @@ def test_simulate_run_evaluate(tmp_path, capsys):
 
 def test_simulate_rejects_bad_parameters(tmp_path, capsys):
     assert main(["simulate", str(tmp_path / "s"), "--size", "10", "-q"]) == 2
-    assert "nx" in capsys.readouterr().err
+    assert "--size: Input should be greater than or equal to 128" in capsys.readouterr().err  # (the option named)
 
 
 def test_a_library_warning_is_one_counted_log_line(capsys, monkeypatch):

@@ -81,7 +81,7 @@ def test_watch_refuses_bad_settings_and_says_why_a_visit_was_not_run(scene, tmp_
         assert len(err) == 1 and err[0].startswith("ssodetect: error:"), err
     assert main(["watch", str(inbox), "--root", str(tmp_path / "r"), "--once", "--settle", "0"]) == 1
     captured = capsys.readouterr()
-    assert "0 visit(s) run" in captured.out
+    assert "no complete visit to run" in captured.out
     assert "visit v1 not run: 3 of 4 exposures, 1 file(s) unreadable" in captured.err, captured.err
 
 

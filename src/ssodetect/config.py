@@ -55,7 +55,7 @@ BAND_CHARACTERS = r"[A-Za-z0-9_.'-]"
 
 #: Smallest and largest magnitude of a non-zero number setting.
 MIN_FLOAT_SETTING = 1e-9
-MAX_FLOAT_SETTING = 1e9
+MAX_FLOAT_SETTING = 1e12
 #: Narrowest PSF FWHM [px] a configuration may give (0: measured).
 MIN_PSF_FWHM = 0.5
 
@@ -850,7 +850,8 @@ class AlertConfig(_Section):
     command: list[str] = Field(
         default=[], description="Command run after the run, with the alert file's path appended as last argument "
         "(and in SSODETECT_ALERT), e.g. [\"notify-send\", \"ssodetect\"]; empty: none.")
-    url: str = Field(default="", description="URL the alert document is POSTed to (JSON); empty: none.")
+    url: str = Field(default="", pattern=r"^(https?://.*)?$",
+                     description="URL the alert document is POSTed to (JSON); empty: none.")
     retries: int = Field(default=3, ge=0, le=10, description="Retries after a failed delivery (command or POST).")
     timeout: float = Field(default=5.0, gt=0, le=120, description="Time limit of one delivery attempt [s].")
     backoff: float = Field(default=1.0, ge=0, le=60, description="Wait before the first retry [s], doubled each time.")

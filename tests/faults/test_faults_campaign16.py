@@ -12,7 +12,7 @@ from ssodetect.io import outputs
 @pytest.mark.parametrize("args, said", [
     (("--dither", "inf"), "dither: Input should be a finite number"),
     (("--dither", "1e30"), "dither: Input should be less than or equal to 3600"),
-    (("--star-density", "1e12"), "star_density: Input should be less than or equal to 10000000"),
+    (("--star-density", "1e12"), "--star-density: Input should be less than or equal to 10000000"),
     (("--known-orbits", "nope.dat"), "known_orbits and known_count go together"),
     (("--known-count", "2"), "known_orbits and known_count go together"),
 ])

@@ -15,9 +15,9 @@ from ssodetect.pipeline.registry import Registry
 
 @pytest.mark.parametrize("args, said", [
     (("--distortion", "1e6"), "distortion: Input should be less than or equal to 100"),
-    (("--fast-rate-max", "1e6"), "fast_rate_max: Input should be less than or equal to 36000"),
-    (("--pointing-error", "1e30"), "header_pointing_error: Input should be less than or equal to 3600"),
-    (("--rotation-error", "1e9"), "header_rotation_error: Input should be less than or equal to 180"),
+    (("--fast-rate-max", "1e6"), "--fast-rate-max: Input should be less than or equal to 36000"),
+    (("--pointing-error", "1e30"), "--pointing-error: Input should be less than or equal to 3600"),
+    (("--rotation-error", "1e9"), "--rotation-error: Input should be less than or equal to 180"),
 ])
 def test_simulate_bounds_what_broke_the_wcs(tmp_path, capsys, args, said):
     """D1: a distortion or fastest rate of 1e6 was an internal error (the WCS did not converge), pointing and rotation

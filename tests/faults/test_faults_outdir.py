@@ -329,7 +329,8 @@ def test_outdir_nested_with_an_earlier_run(good_run, scene, tmp_path, capsys, wh
     target, named = (earlier / "steps", "steps/") if where.startswith("a sub") else (tmp_path / "field", "out/")
     before = snapshot(tmp_path)
     line = _refused(cli(capsys, "run", scene, "--out", target), target)
-    assert "did not write" in line
+    # (campaign 21: inside another command's directory, named as such; above one, its files not the new run's)
+    assert ("inside a run" in line) if named == "steps/" else ("did not write" in line)
     if named == "out/":
         assert "out/" in line
     assert snapshot(tmp_path) == before
