@@ -96,7 +96,7 @@ def test_observer_positions_that_give_no_parallax_extend_nothing():
     fixed = {e: (7000.0, 0.0, 0.0) for e in range(t.size)}
     assert "a fixed position: no parallax to fit" in observer_path_problem(times, fixed)
     mixed = {e: tuple(observer[e] * (1000.0 if e % 2 else 1.0)) for e in range(t.size)}
-    assert "not a spacecraft's path; units mixed between frames?" in observer_path_problem(times, mixed)
+    assert "not a spacecraft's path; positions in another unit than km?" in observer_path_problem(times, mixed)
     assert observer_path_problem(times, {e: tuple(observer[e]) for e in range(t.size)}) is None
     pool = Table({"exposure": np.arange(t.size), "t_hours": t, "xi": xi, "eta": eta, "sigma": np.full(t.size, 0.5),
                   "ccd": ["c"] * t.size, "x": np.arange(t.size, dtype=float), "y": np.zeros(t.size)})

@@ -453,13 +453,15 @@ def _check_scores_path(out: Path) -> None:
     if out.name in _run_products(out.parent):
         raise SSODetectError(f"--out {out}: a product of the run in {out.parent} (the run's own tables and reports "
                              "are never replaced by scores); give another file name")
-    from ssodetect.io.outputs import directory_kind
+    from ssodetect.io.outputs import directory_kind, enclosing_kind
 
     found = directory_kind(out.parent)
-    if found is not None:
-        # (scores recorded as a run's, a scene's or a dataset's own file went with the next command there)
-        raise SSODetectError(f"--out {out}: inside {found[1]} ({out.parent}), which its command replaces as a whole, "
-                             "the scores with it; write the scores elsewhere")
+    outer = (Path(os.path.realpath(out.parent)), found) if found is not None else enclosing_kind(out.parent)
+    if outer is not None:
+        # (scores recorded as a run's, a scene's or a dataset's own file went with the next command there; a folder
+        # deeper inside one, or reached through a link, too)
+        raise SSODetectError(f"--out {out}: inside {outer[1][1]} ({outer[0]}), which its command replaces as a "
+                             "whole, the scores with it; write the scores elsewhere")
     if os.path.lexists(out) and not _is_scores_table(out):
         raise SSODetectError(f"--out {out}: an existing file that is not a scores table of ml predict (a model, a "
                              "frame, another command's table: never replaced by scores); give another file name")
@@ -977,18 +979,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-satellite", action="store_true")
     p.add_argument("--star-density", dest="star_density", type=float, default=None, help="stars per deg^2 (14-26 mag)")
     p.add_argument("--distortion", type=float, default=None, help="true distortion [px] at the corner of a 4k CCD")
-    p.add_argument("--pointing-error", dest="header_pointing_error", type=float, default=None,
+    p.add_argument("--pointing-error", dest="header_pointing_error", type=float, default=None, metavar="ARCSEC",
                    help="largest header pointing error per exposure [arcsec]")
-    p.add_argument("--rotation-error", dest="header_rotation_error", type=float, default=None,
+    p.add_argument("--rotation-error", dest="header_rotation_error", type=float, default=None, metavar="DEG",
                    help="largest header rotation error per exposure [deg]")
-    p.add_argument("--scale-error", dest="header_scale_error", type=float, default=None,
+    p.add_argument("--scale-error", dest="header_scale_error", type=float, default=None, metavar="FRACTION",
                    help="largest relative header pixel-scale error")
     p.add_argument("--fast-fraction", dest="fast_fraction", type=float, default=None,
                    help="fraction of movers faster than 10\"/h (trailed)")
     p.add_argument("--fast-rate-max", dest="fast_rate_max", type=float, default=None, help="fastest mover [arcsec/h]")
     p.add_argument("--tracking-drift", dest="tracking_drift", type=float, default=None,
                    help="pointing drift during each exposure [arcsec]: every sky source trailed")
-    p.add_argument("--tracking-turn", dest="tracking_angle_step", type=float, default=None,
+    p.add_argument("--tracking-turn", dest="tracking_angle_step", type=float, default=None, metavar="DEG",
                    help="turn of the drift's direction from one exposure to the next [deg]")
     p.add_argument("--tracked-target", dest="tracked_target", action="store_true",
                    help="non-sidereal tracking: a target (TARGET, V 20) the drift follows, a point")

@@ -96,8 +96,11 @@ class _Section(BaseModel):
     def _sensible_floats(cls, value, info):
         # a denormal or astronomical value passed every bound (psf_fwhm = 1e-320, position_floor = 1e308) and the run
         # found nothing, with numpy overflow warnings for all explanation
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, float) and item != 0.0 and not MIN_FLOAT_SETTING <= abs(item) <= MAX_FLOAT_SETTING:
+        # (a list's items are coordinates and the like: only their size is bounded, 1e-12 km is a position's)
+        listed = isinstance(value, (list, tuple))
+        for item in value if listed else [value]:
+            if isinstance(item, float) and item != 0.0 and not (
+                    (listed or MIN_FLOAT_SETTING <= abs(item)) and abs(item) <= MAX_FLOAT_SETTING):
                 raise ValueError(f"{item!r} is outside any sensible range (0, or {MIN_FLOAT_SETTING:g} to "
                                  f"{MAX_FLOAT_SETTING:g} in magnitude)")
         return value

@@ -698,6 +698,21 @@ def _one_observer(lights: list, config: IOConfig) -> None:
         keys = ", ".join("/".join(k[i:i + 3]) for i in range(0, len(k), 3))
         raise InputError(f"{bare.path}: no observer position ({keys}) while {placed[0].path} has one; a run's frames "
                          "are all from one spacecraft (each with its position) or all from the ground")
+    # one spacecraft's path: no faster than MAX_OBSERVER_SPEED_KMS between frames (positions in metres on every
+    # frame, 7.15e6 "km" for a low orbit, had been reported in ADES as kilometres)
+    path = sorted(placed, key=lambda ref: ref.mjd)
+    for a, b in zip(path, path[1:]):
+        dt = abs(b.mjd - a.mjd) * 86400.0
+        step = math.dist(a.observer, b.observer)
+        if step > MAX_OBSERVER_SPEED_KMS * max(dt, 1.0):
+            raise InputError(f"{b.path}: its observer position lies {step:.4g} km from that of {a.path}, {dt:.0f} s "
+                             f"earlier ({step / max(dt, 1.0):.3g} km/s; a spacecraft moves at most "
+                             f"{MAX_OBSERVER_SPEED_KMS:g} km/s): positions in another unit than km?")
+
+
+#: Fastest a spacecraft's geocentric position may move between a run's frames [km/s] (a low orbit: 7.5; an orbit
+#: about the Sun seen from the Earth: tens).
+MAX_OBSERVER_SPEED_KMS = 100.0
 
 
 

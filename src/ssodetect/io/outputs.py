@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from ssodetect import safejson
-from ssodetect.errors import InputError
+from ssodetect.errors import InputError, SSODetectError
 from ssodetect.keys import cache_key, cache_key_path, sign_text, verify_text
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock", "RECORD", "STAGE_MARKER",
@@ -45,7 +45,7 @@ __all__ = ["atomic_write_text", "atomic_write_bytes", "OutputStage", "OutputLock
            "stage_marker_text",
            "recorded_files",
            "foreign_files", "irregular_products", "record_files", "check_free_space", "expected_output_bytes",
-           "check_apart", "safe_name", "sha256_file", "DIRECTORY_KINDS", "directory_kind", "check_directory_kind"]
+           "check_apart", "safe_name", "sha256_file", "DIRECTORY_KINDS", "directory_kind", "check_directory_kind", "enclosing_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -942,13 +942,12 @@ def directory_kind(directory: str | Path) -> tuple[str, str, str] | None:
     holds no record of ssodetect's (a ``manifest.json`` of the user's own makes no run) or none of those names."""
     directory = Path(directory)
     try:
-        if not directory.is_dir() or not (directory / RECORD).is_file():
+        if not directory.is_dir():
             return None
-        files = safejson.read(directory / RECORD).get("files")
-    except (OSError, ValueError, AttributeError):
+        listed = recorded_files(directory) or set()  # (a record not signed with the user's key tells nothing)
+    except (OSError, SSODetectError):
         return None
-    listed = set(files) if isinstance(files, (dict, list)) else set()
-    folders = {name.split("/", 1)[0] for name in listed if isinstance(name, str) and "/" in name}
+    folders = {name.split("/", 1)[0] for name in listed if "/" in name}
     for kind, description, names in DIRECTORY_KINDS:
         for name in names:
             if name in listed or name in folders:
@@ -971,13 +970,31 @@ def check_directory_kind(directory: str | Path, kind: str, shown=None) -> None:
     if found is not None and found[0] != kind:
         raise InputError(f"{shown}: holds {found[1]} ({found[2]}), not {what}, and would lose it; choose another "
                          "output directory")
+    if found is None:
+        # products of a command of no kind of its own (ml predict's scores): never replaced as a whole by this one
+        try:
+            others = sorted(n for n in (recorded_files(directory) or set()) if n != RECORD)
+        except (OSError, SSODetectError):
+            others = []
+        if others:
+            raise InputError(f"{shown}: holds files another ssodetect command wrote ({', '.join(others[:3])}), not "
+                             f"{what}, and would lose them; choose another output directory")
     # nor inside another command's directory (its steps, a scene's folder), which that command replaces as a whole
     # (the runs of a batch's fields are its own)
-    for above in Path(os.path.abspath(directory)).parents:
-        outer = directory_kind(above)
-        if outer is not None and (outer[0], kind) not in NESTED_KINDS:
-            raise InputError(f"{shown}: inside {outer[1]} ({above}), which its command replaces as a whole; choose an "
-                             "output directory outside it")
+    outer = enclosing_kind(directory)
+    if outer is not None and (outer[1][0], kind) not in NESTED_KINDS:
+        raise InputError(f"{shown}: inside {outer[1][1]} ({outer[0]}), which its command replaces as a whole; choose "
+                         "an output directory outside it")
+
+
+def enclosing_kind(path: str | Path) -> tuple[Path, tuple[str, str, str]] | None:
+    """The nearest directory above ``path`` (links resolved) that has a kind (:func:`directory_kind`), with it; None
+    when there is none."""
+    for above in Path(os.path.realpath(path)).parents:
+        found = directory_kind(above)
+        if found is not None:
+            return above, found
+    return None
 
 
 #: (outer, inner) kinds of directory one command writes inside the other's: a batch's fields are runs.

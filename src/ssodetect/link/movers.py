@@ -719,7 +719,8 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
         # was taken for a source fixed on the detector; a hot pixel's compact footprint never joins)
         wide = np.asarray(cand["npix"], float) >= EXTENDED_JOIN_AREA * np.asarray(cand["b"], float) ** 2
         pool = cand[~np.asarray(cand["static"]) & (~np.asarray(cand["artefact"]) | wide)]
-        tracklets, slow, stats["slow"]["parallax"] = extend_tracklets(tracklets, slow, pool, observers, plane)
+        tracklets, slow, stats["slow"]["parallax"] = extend_tracklets(tracklets, slow, pool, observers, plane,
+                                                                      times_h=t_exposures)
         at = {_row_key(moving, k): k for k in range(len(moving))}
         used |= {at[key] for key in (_row_key(slow, k) for k in range(n_slow, len(slow))) if key in at}
         skipped = stats["slow"]["parallax"]["skipped"]

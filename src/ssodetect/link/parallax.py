@@ -150,7 +150,7 @@ def observer_path_problem(times_h: dict, observers: dict) -> str | None:
     """Why the observer positions of a run give no parallax to fit, or None: they barely move
     (:data:`MIN_OBSERVER_TRAVEL_KM`), or jump faster than a spacecraft moves (:data:`MAX_OBSERVER_SPEED_KMS`: units
     mixed between frames).  ``times_h``, ``observers``: exposure -> time [h], geocentric position [km]."""
-    exposures = sorted(e for e in observers if e in times_h)
+    exposures = sorted((e for e in observers if e in times_h), key=lambda e: times_h[e])  # (in time order)
     if len(exposures) < 2:
         return "fewer than two exposures with an observer position"
     pos = np.array([observers[e] for e in exposures], float)
@@ -164,13 +164,13 @@ def observer_path_problem(times_h: dict, observers: dict) -> str | None:
     if speed > MAX_OBSERVER_SPEED_KMS:
         k = int(np.argmax(step / dt))
         return (f"the observer's position jumps {step[k]:.3g} km in {dt[k]:.0f} s between exposures {exposures[k]} "
-                f"and {exposures[k + 1]} ({speed:.3g} km/s: not a spacecraft's path; units mixed between frames?)")
+                f"and {exposures[k + 1]} ({speed:.3g} km/s: not a spacecraft's path; positions in another unit than km?)")
     return None
 
 
 def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict, plane, *,
                      nsigma: float = EXTEND_NSIGMA, floor: float = EXTEND_FLOOR, min_members: int = 4,
-                     rounds: int = 6) -> tuple[list, Table, dict]:
+                     rounds: int = 6, times_h: dict | None = None) -> tuple[list, Table, dict]:
     """Extend slow tracklets into the exposures they miss by their motion with the observer's parallax.
 
     Each tracklet of at least ``min_members`` members is fitted (:func:`fit_parallax_motion`); in every exposure it
@@ -193,6 +193,9 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
         Exposure index -> geocentric ICRF position of the observer [km] (every exposure of the run).
     plane : TangentPlane
         The projection of ``xi, eta``.
+    times_h : dict, optional
+        Exposure index -> time [h] of every exposure (the observer's path is checked over all of them); by default
+        the times of the exposures ``pool`` has candidates in.
 
     Returns
     -------
@@ -207,8 +210,9 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
     if not tracklets or not len(pool) or not observers:
         return tracklets, slow, stats
     p_exp0, p_t0 = np.asarray(pool["exposure"]).astype(int), np.asarray(pool["t_hours"], float)
-    problem = observer_path_problem({int(e): float(np.median(p_t0[p_exp0 == e])) for e in np.unique(p_exp0)},
-                                    observers)
+    if times_h is None:
+        times_h = {int(e): float(np.median(p_t0[p_exp0 == e])) for e in np.unique(p_exp0)}
+    problem = observer_path_problem(times_h, observers)
     if problem is not None:
         stats["skipped"] = problem
         return tracklets, slow, stats
