@@ -39,8 +39,9 @@ EXTEND_FLOOR = 1.0
 #: Nearest distance [km] the parallax fit may give (the Moon's; closer objects are not in this model's scope).
 MIN_DISTANCE_KM = 3.0e5
 #: Widest reach [arcsec] of a prediction, whatever its error (a fit whose parallax could not be told from its offset
-#: had an unbounded error and took the nearest candidate anywhere in the exposure).
-EXTEND_MAX_REACH = 10.0
+#: had an unbounded error and took the nearest candidate anywhere in the exposure; NEOSSat's comet predicted from
+#: two blocks into the third, 55 minutes away, at 10-20").
+EXTEND_MAX_REACH = 30.0
 #: Observer positions that move less than this [km] across the sequence give no parallax to fit (a fixed position:
 #: the parallax term is a constant offset): no tracklet is extended.
 MIN_OBSERVER_TRAVEL_KM = 100.0
@@ -204,9 +205,12 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
         With the joined candidates appended.
     stats : dict
         ``n_fitted``, ``n_extended`` (tracklets that gained members), ``n_joined`` (candidates), ``n_left``
-        (members that left), ``distances_km`` (the fitted distance of each extended tracklet).
+        (members that left), ``n_no_parallax`` (tracklets not extended because their fit found no parallax: a
+        straight motion), ``distances_km`` (the fitted distance of each extended tracklet), ``skipped`` (why no
+        tracklet was extended, or empty).
     """
-    stats = {"n_fitted": 0, "n_extended": 0, "n_joined": 0, "n_left": 0, "distances_km": [], "skipped": ""}
+    stats = {"n_fitted": 0, "n_extended": 0, "n_joined": 0, "n_left": 0, "n_no_parallax": 0, "distances_km": [],
+             "skipped": ""}
     if not tracklets or not len(pool) or not observers:
         return tracklets, slow, stats
     p_exp0, p_t0 = np.asarray(pool["exposure"]).astype(int), np.asarray(pool["t_hours"], float)
@@ -263,7 +267,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
                     continue
                 dist = np.hypot(p_xi[here] - px, p_eta[here] - py)
                 s_pred = prediction_error(t_, x_, y_, s_, f_, params, t_of[e], factor_of[e])
-                if not math.isfinite(s_pred) or s_pred > EXTEND_MAX_REACH:
+                if not math.isfinite(s_pred):
                     continue  # (the parallax not told from the offset: the prediction says nothing)
                 reach = np.minimum(nsigma * np.hypot(p_sig[here], s_pred) + floor, EXTEND_MAX_REACH)
                 ok = (dist <= reach) & ~np.isin(key[here], list(taken_keys))
@@ -278,12 +282,15 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
             stats["n_left"] += len(set(joined) - set(new))
             joined = new
         stats["n_fitted"] += 1
-        if not joined or params is None:
+        if not joined or params is None or not params[4] > 0.0:
+            # (no parallax in its positions: a straight motion, the linker's own business; hot pixels lined up with
+            # the field's drift had grown so, by whatever lay on their line)
+            stats["n_no_parallax"] += int(bool(joined) and params is not None and not params[4] > 0.0)
             out.append(trk)
             continue
         stats["n_extended"] += 1
         stats["n_joined"] += len(joined)
-        stats["distances_km"].append(float(round(206265.0 / params[4], 0)) if params[4] > 0 else None)
+        stats["distances_km"].append(float(round(206265.0 / params[4], 0)))
         first = len(slow) + len(extra_rows)
         extra_rows.extend(joined.values())
         taken_keys.update(key[list(joined.values())])
