@@ -269,7 +269,7 @@ def test_scores_are_never_written_over_the_runs_own_tables(good_run, tmp_path, c
     assert snapshot(tmp_path) == before
     # nor over its record or its log (the re-check's S1, S2), nor into its subfolders (the second re-check)
     for name, said in ((".ssodetect-products.json", "a hidden name"), ("run.log", "a product of the run"),
-                       ("steps/x.pkl", "inside the run"), ("logs/x.log", "inside the run")):
+                       ("steps/x.pkl", "inside a run"), ("logs/x.log", "inside a run")):
         _refused(cli(capsys, "ml", "predict", run, "--out", run / name), name, said)
     assert snapshot(tmp_path) == before
     # campaign 23 (D4): nor a scores file of its own beside the run's products (the next run there removed it);
