@@ -55,7 +55,6 @@ def test_values_no_run_can_use_are_refused_when_the_file_is_read(tmp_path, secti
         load_config(path)
     text = str(caught.value)
     assert text.startswith(f"{path}: ") and f"{section}.{key}" in text and said in text, text
-    assert isinstance(Config(), Config)  # (the defaults and the built-in profiles stay within the bounds)
 
 
 def test_the_python_api_names_arguments_of_the_wrong_type(tmp_path):
@@ -93,3 +92,11 @@ def test_a_watched_visit_needs_a_number_of_exposures_it_can_have(tmp_path, capsy
               "99999999999999999999")
     assert res.code == 2 and res.errors == ["ssodetect: error: watch: --exposures 99999999999999999999: must be 1 to "
                                             "10000"], res.err
+
+
+def test_the_defaults_and_the_built_in_profiles_keep_within_the_new_bounds():
+    """The bounds of D5 refuse no default and no setting of a built-in profile (each is validated as it loads)."""
+    from ssodetect.profiles import builtin_profiles
+
+    assert Config().detect.psf_fwhm == 0.0
+    assert set(builtin_profiles()) == {"euclid_vis", "ground_ccd", "small_space", "wise"}

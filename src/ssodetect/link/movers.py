@@ -33,7 +33,7 @@ from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
 from ssodetect.link.parallax import extend_tracklets
 from ssodetect.link.streaks import link_streaks
-from ssodetect.link.tracklets import Tracklet, fit_linear_motion, link_tracklets, relative_sigma
+from ssodetect.link.tracklets import Tracklet, detection_key, fit_linear_motion, link_tracklets, relative_sigma
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
@@ -721,8 +721,8 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
         pool = cand[~np.asarray(cand["static"]) & (~np.asarray(cand["artefact"]) | wide)]
         tracklets, slow, stats["slow"]["parallax"] = extend_tracklets(tracklets, slow, pool, observers, plane,
                                                                       times_h=t_exposures)
-        at = {_row_key(moving, k): k for k in range(len(moving))}
-        used |= {at[key] for key in (_row_key(slow, k) for k in range(n_slow, len(slow))) if key in at}
+        at = {detection_key(moving, k): k for k in range(len(moving))}
+        used |= {at[key] for key in (detection_key(slow, k) for k in range(n_slow, len(slow))) if key in at}
         skipped = stats["slow"]["parallax"]["skipped"]
         if skipped:  # a path no spacecraft follows is a header problem, said; a fixed observer has no parallax
             (log.warning if "jumps" in skipped else log.info)("slow movers: no tracklet extended by the observer's "
@@ -743,12 +743,6 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
 #: A candidate taken for a detector artefact may still join a tracklet seen from orbit when its footprint covers at
 #: least this many times its minor-axis variance [px^2] (a comet's coma: 2500 px at b = 1.8 px; a hot pixel: 3-20).
 EXTENDED_JOIN_AREA = 100.0
-
-
-def _row_key(table: Table, k: int) -> tuple:
-    """A detection's identity across candidate tables (exposure, CCD, position)."""
-    return (int(table["exposure"][k]), str(table["ccd"][k]), round(float(table["x"][k]), 3),
-            round(float(table["y"][k]), 3))
 
 
 #: Floor [px] of a trail length's error as a motion (trails of one mover differ by this much between exposures

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from astropy.table import Table, vstack
 
-from ssodetect.link.tracklets import Tracklet, fit_linear_motion
+from ssodetect.link.tracklets import Tracklet, detection_key, fit_linear_motion
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,15 @@ def parallax_factors(observer_km: np.ndarray, ra0: float, dec0: float) -> np.nda
     return np.column_stack([-(o @ east), -(o @ north)])
 
 
+def _design(dt: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """The model's design matrix ``(2n, 5)``: xi rows then eta rows; columns ``xi0, eta0, vx, vy, w``."""
+    n = dt.size
+    design = np.zeros((2 * n, 5))
+    design[:n, 0], design[:n, 2], design[:n, 4] = 1.0, dt, factors[:, 0]
+    design[n:, 1], design[n:, 3], design[n:, 4] = 1.0, dt, factors[:, 1]
+    return design
+
+
 def fit_parallax_motion(t: np.ndarray, xi: np.ndarray, eta: np.ndarray, sigma: np.ndarray,
                         factors: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Weighted least squares of ``(xi0, eta0, vx, vy, w)`` at the weighted mean time, ``w`` held within
@@ -96,11 +105,8 @@ def fit_parallax_motion(t: np.ndarray, xi: np.ndarray, eta: np.ndarray, sigma: n
     t, xi, eta, sigma = (np.asarray(v, float) for v in (t, xi, eta, sigma))
     wts = 1.0 / np.maximum(sigma, 1e-6) ** 2
     t_ref = float(np.sum(wts * t) / np.sum(wts))
-    dt = t - t_ref
     n = t.size
-    design = np.zeros((2 * n, 5))
-    design[:n, 0], design[:n, 2], design[:n, 4] = 1.0, dt, factors[:, 0]
-    design[n:, 1], design[n:, 3], design[n:, 4] = 1.0, dt, factors[:, 1]
+    design = _design(t - t_ref, factors)
     data = np.concatenate([xi, eta])
     sw = np.sqrt(np.concatenate([wts, wts]))
     w_max = 206265.0 / MIN_DISTANCE_KM
@@ -121,11 +127,8 @@ def prediction_error(t: np.ndarray, xi: np.ndarray, eta: np.ndarray, sigma: np.n
     from its parameters' covariance scaled by the fit's reduced chi2 when above 1."""
     t, sigma = np.asarray(t, float), np.asarray(sigma, float)
     wts = 1.0 / np.maximum(sigma, 1e-6) ** 2
-    dt = t - params[5]
     n = t.size
-    design = np.zeros((2 * n, 5))
-    design[:n, 0], design[:n, 2], design[:n, 4] = 1.0, dt, factors[:, 0]
-    design[n:, 1], design[n:, 3], design[n:, 4] = 1.0, dt, factors[:, 1]
+    design = _design(t - params[5], factors)
     normal = design.T @ (design * np.concatenate([wts, wts])[:, None])
     try:
         cov = np.linalg.inv(normal)
@@ -176,8 +179,10 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
 
     Each tracklet of at least ``min_members`` members is fitted (:func:`fit_parallax_motion`); in every exposure it
     has no member, the nearest candidate of ``pool`` within ``nsigma`` combined sigmas plus ``floor`` of the
-    prediction joins it (a candidate already in another tracklet never does); members farther than that from the
-    refitted model leave it (the tracklet's own members stay); repeated until nothing changes.  Candidates that
+    prediction (at most :data:`EXTEND_MAX_REACH`), with a flux within :data:`EXTEND_FLUX_FACTOR` of the tracklet's,
+    joins it (a candidate already in another tracklet never does); the joined ones are chosen again from each refit
+    (the tracklet's own members stay), until nothing changes.  A tracklet whose fit finds no parallax is left as it
+    was, and so is every tracklet when the observer's path gives none (:func:`observer_path_problem`).  Candidates that
     join are appended to ``slow`` (tracklets index it) and their tracklet's straight motion is refitted over all
     its members (its rate for the reports).
 
@@ -188,8 +193,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
     slow, pool : Table
         The slow linker's candidates, and the candidates that may join (not static; any kind: a comet is a point
         in one exposure, a trail or an extended source in the next, and a detector artefact where it moved less
-        than the field drifted), both with ``exposure,
-        t_hours, xi, eta, sigma, ccd, x, y``.
+        than the field drifted), both with ``exposure, t_hours, xi, eta, sigma, ccd, x, y`` (and ``flux``).
     observers : dict
         Exposure index -> geocentric ICRF position of the observer [km] (every exposure of the run).
     plane : TangentPlane
@@ -228,14 +232,8 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
     p_t, p_xi, p_eta, p_sig = (np.asarray(pool[c], float) for c in ("t_hours", "xi", "eta", "sigma"))
     p_flux = np.asarray(pool["flux"], float) if "flux" in pool.colnames else np.full(len(pool), np.nan)
     t_of = {int(e): float(np.median(p_t[p_exp == e])) for e in np.unique(p_exp)}
-    key = np.array([f"{e}/{c}/{x:.3f}/{y:.3f}" for e, c, x, y in zip(p_exp, np.asarray(pool["ccd"]).astype(str),
-                                                                    np.asarray(pool["x"], float),
-                                                                    np.asarray(pool["y"], float))])
-    s_key = {f"{int(e)}/{c}/{x:.3f}/{y:.3f}": k for k, (e, c, x, y) in enumerate(zip(
-        np.asarray(slow["exposure"]), np.asarray(slow["ccd"]).astype(str), np.asarray(slow["x"], float),
-        np.asarray(slow["y"], float)))}
-    taken = {s_key_k for trk in tracklets for s_key_k in trk.members}
-    taken_keys = {k for k, v in s_key.items() if v in taken}
+    key = [detection_key(pool, j) for j in range(len(pool))]
+    taken_keys = {detection_key(slow, k) for trk in tracklets for k in trk.members}  # (never joins another)
     out, extra_rows = [], []
     for trk in tracklets:
         members = list(trk.members)
@@ -252,12 +250,10 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
             rows = own + [(int(p_exp[j]), float(p_t[j]), float(p_xi[j]), float(p_eta[j]), float(p_sig[j]))
                           for j in joined.values()]
             e_, t_, x_, y_, s_ = (np.array(v) for v in zip(*rows))
-            params, _, _ = fit_parallax_motion(t_, x_, y_, s_, np.array([factor_of[int(e)] for e in e_]))
-            if params is None:
-                break
+            f_ = np.array([factor_of[int(e)] for e in e_])
+            params, _, _ = fit_parallax_motion(t_, x_, y_, s_, f_)
             seen = {int(e) for e in e_[:len(own)]}
             new: dict[int, int] = {}
-            f_ = np.array([factor_of[int(e)] for e in e_])
             for e in exposures:
                 if e in seen or e not in t_of:
                     continue
@@ -270,7 +266,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
                 if not math.isfinite(s_pred):
                     continue  # (the parallax not told from the offset: the prediction says nothing)
                 reach = np.minimum(nsigma * np.hypot(p_sig[here], s_pred) + floor, EXTEND_MAX_REACH)
-                ok = (dist <= reach) & ~np.isin(key[here], list(taken_keys))
+                ok = (dist <= reach) & np.array([key[j] not in taken_keys for j in here])
                 if math.isfinite(level) and level > 0:
                     flux = p_flux[here]
                     ok &= (flux >= level / EXTEND_FLUX_FACTOR) & (flux <= level * EXTEND_FLUX_FACTOR)
@@ -282,10 +278,10 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
             stats["n_left"] += len(set(joined) - set(new))
             joined = new
         stats["n_fitted"] += 1
-        if not joined or params is None or not params[4] > 0.0:
+        if not joined or not params[4] > 0.0:
             # (no parallax in its positions: a straight motion, the linker's own business; hot pixels lined up with
             # the field's drift had grown so, by whatever lay on their line)
-            stats["n_no_parallax"] += int(bool(joined) and params is not None and not params[4] > 0.0)
+            stats["n_no_parallax"] += int(bool(joined))
             out.append(trk)
             continue
         stats["n_extended"] += 1
@@ -293,7 +289,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
         stats["distances_km"].append(float(round(206265.0 / params[4], 0)))
         first = len(slow) + len(extra_rows)
         extra_rows.extend(joined.values())
-        taken_keys.update(key[list(joined.values())])
+        taken_keys.update(key[j] for j in joined.values())
         all_members = members + list(range(first, first + len(joined)))
         rows = own + [(int(p_exp[j]), float(p_t[j]), float(p_xi[j]), float(p_eta[j]), float(p_sig[j]))
                       for j in joined.values()]

@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 
 from ssodetect.streaks.field import axial_difference
 
-__all__ = ["Tracklet", "SlowLinks", "fit_linear_motion", "link_tracklets", "trails_agree", "chance_probability", "flux_deviation",
+__all__ = ["Tracklet", "SlowLinks", "detection_key", "fit_linear_motion", "link_tracklets", "trails_agree", "chance_probability", "flux_deviation",
            "flux_level", "compatible_seeds", "relative_sigma"]
 
 
@@ -90,6 +90,13 @@ class Tracklet:
     def position_angle(self) -> float:
         """Direction of motion [deg], from North through East."""
         return float(np.degrees(np.arctan2(self.vx, self.vy)) % 360.0)
+
+
+def detection_key(table, k: int) -> tuple:
+    """A detection's identity across tables of candidates and observations: ``(exposure, CCD, x, y)``, the pixels
+    to 1e-3 px."""
+    return (int(table["exposure"][k]), str(table["ccd"][k]), round(float(table["x"][k]), 3),
+            round(float(table["y"][k]), 3))
 
 
 def fit_linear_motion(t, x, y, sigma):

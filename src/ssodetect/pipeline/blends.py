@@ -27,6 +27,7 @@ from ssodetect.config import Config
 from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
                                    fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
                                    propose_trails, resample_stamp, whole_trails)
+from ssodetect.link.tracklets import detection_key
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
 from ssodetect.io.headers import world_to_pixels
@@ -48,11 +49,6 @@ EDGE_MARGIN = 3.0
 MIN_TEMPLATE_CORE = 0.8
 #: Exposures averaged into a template at most (those nearest in time: the static sky least changed).
 MAX_TEMPLATES = 4
-
-
-def _used_keys(observations: Table) -> set:
-    return {(int(r["exposure"]), str(r["ccd"]), round(float(r["x"]), 3), round(float(r["y"]), 3))
-            for r in observations} if len(observations) else set()
 
 
 def _zeropoint(info: dict) -> float:
@@ -124,9 +120,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     t_exposures = {e.index: (float(e.mid_time.mjd) - t0_mjd) * 24.0 for e in exposures}
     cxi, ceta = plane.to_plane(np.asarray(candidates["ra"], float), np.asarray(candidates["dec"], float))
     ct = (np.asarray(candidates["mjd"], float) - t0_mjd) * 24.0
-    used = _used_keys(observations)
-    is_used = np.array([(int(r["exposure"]), str(r["ccd"]), round(float(r["x"]), 3), round(float(r["y"]), 3)) in used
-                        for r in candidates], bool)
+    used = {detection_key(observations, k) for k in range(len(observations))}
+    is_used = np.array([detection_key(candidates, k) in used for k in range(len(candidates))], bool)
     kind = np.asarray(candidates["kind"]).astype(str)
     reach = 1.5 * lk.max_rate * np.asarray(candidates["exptime"], float) / 3600.0 + 0.5
     short = (kind == "point") | ((kind == "trail") & (np.nan_to_num(np.asarray(candidates["trail_arcsec"], float)) <= reach))
@@ -570,12 +565,11 @@ def claim_trails(streaks: Table, observations: Table, objects: Table) -> Table:
     if not len(streaks) or not len(observations) or not len(objects):
         return streaks
     names = set(np.asarray(objects["object"]).astype(str))
-    key = {(int(r["exposure"]), str(r["ccd"]), round(float(r["x"]), 3), round(float(r["y"]), 3)): str(r["object"])
-           for r in observations if str(r["object"]) in names and str(r["kind"]) != "blend"}
+    key = {detection_key(observations, k): str(observations["object"][k]) for k in range(len(observations))
+           if str(observations["object"][k]) in names and str(observations["kind"][k]) != "blend"}
     out = streaks.copy()
     for k in np.nonzero(np.asarray(out["status"]) == "single")[0]:
-        name = key.get((int(out["exposure"][k]), str(out["ccd"][k]), round(float(out["x"][k]), 3),
-                        round(float(out["y"][k]), 3)))
+        name = key.get(detection_key(out, k))
         if name is not None:
             out["status"][k] = "linked"
             out["object"][k] = name
