@@ -411,6 +411,11 @@ def test_occupancy_removes_static_sources_and_chance_alignments(serial_run, scen
         executor.close()
     assert sorted(stats["rejected"]) == ["FK00001", "FK00002"]
     assert stats["n_rejected_static"] >= 1 and stats["n_rejected_missing"] >= 1
+    # without the detections the template's response is the Gaussian model's; the run measured it on every image's
+    # stars
+    assert stats["n_response_gaussian"] == stats["n_images"] > 0 and stats["n_response_measured"] == 0
+    in_run = result.link_stats["occupancy"]
+    assert in_run["n_response_measured"] == in_run["n_images"] > 0 and in_run["n_response_gaussian"] == 0
     assert stats["n_missing_tested"] >= 2 and stats["n_tested"] >= len(names)
     assert stats["n_objects"] == int(np.isin(np.asarray(objs["kind"]), ["linked", "streak"]).sum()) + 3
     assert "FK00003" in set(kept_obj["object"]) and set(names) <= set(kept_obj["object"])

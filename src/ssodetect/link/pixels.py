@@ -9,29 +9,134 @@ exposure taken when the object was elsewhere, is (nearly) zero for a mover and t
 flux for a static source.
 
 Everything here is pure numpy over arrays; the pipeline measures the fluxes
-(:mod:`ssodetect.pipeline.occupancy`).  Positions are tangent-plane offsets [arcsec];
-the PSF is approximated by a Gaussian of ``sigma`` [arcsec], swept along the motion
-during the exposure.
+(:mod:`ssodetect.pipeline.occupancy`).  Positions are tangent-plane offsets [arcsec].  How much
+of a source a template placed beside it still measures is the filter's *response*: measured on
+the image's own stars (:func:`filter_response`; a Moffat or double-Gaussian PSF's wings reach
+further than the Gaussian template assumes) or, without enough stars, that of a Gaussian of
+``sigma`` [arcsec]; a trail sweeps it along the motion during the exposure.
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
-__all__ = ["trail_overlap", "occupancy_scores", "occupancy_verdict", "shows_motion", "missing_deficit"]
+__all__ = ["trail_overlap", "occupancy_scores", "occupancy_verdict", "shows_motion", "missing_deficit",
+           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response", "response_stars"]
+
+#: Distances [px] from a star at which the template's flux is measured for :func:`filter_response` (beyond the last,
+#: the response is taken as 0: ~4.5 FWHM of the widest PSF expected, where a Moffat beta 2 keeps ~1 % of its peak).
+RESPONSE_RADII = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0])
+#: Directions around each star averaged at each radius (the response is taken as round).
+RESPONSE_DIRECTIONS = 8
+#: Fewer stars measured than this: the Gaussian model's response is used.
+MIN_RESPONSE_STARS = 5
+#: A star's template flux must be this many sigma for its response to count.
+RESPONSE_MIN_SNR = 30.0
+#: Stars measured per image for the response (the brightest that qualify).
+RESPONSE_MAX_STARS = 40
+#: A star measured for the response has no other detection within this distance [px] (its neighbours' light would
+#: read as its own wings).
+RESPONSE_ISOLATION = 12.0
+
+
+def response_stars(x: np.ndarray, y: np.ndarray, snr: np.ndarray, usable: np.ndarray, *,
+                   max_stars: int = RESPONSE_MAX_STARS, isolation: float = RESPONSE_ISOLATION) -> np.ndarray:
+    """The detections of one image to measure :func:`filter_response` on.
+
+    Parameters
+    ----------
+    x, y : ndarray (n,)
+        Every detection of the image [px, 0-based].
+    snr : ndarray (n,)
+        Their S/N.
+    usable : ndarray (n,) of bool
+        Point sources clear of masked pixels and flags (the caller's choice).
+    max_stars, isolation
+        At most this many, the brightest, with no other detection within ``isolation`` px.
+
+    Returns
+    -------
+    ndarray of int
+        Indices into the detections, brightest first.
+    """
+    x, y, snr = (np.asarray(v, float) for v in (x, y, snr))
+    usable = np.asarray(usable, bool) & np.isfinite(x) & np.isfinite(y) & (snr >= RESPONSE_MIN_SNR)
+    if not usable.any():
+        return np.zeros(0, int)
+    placed = np.isfinite(x) & np.isfinite(y)
+    tree = cKDTree(np.column_stack([x[placed], y[placed]]))
+    idx = np.nonzero(usable)[0]
+    idx = idx[tree.query_ball_point(np.column_stack([x[idx], y[idx]]), isolation, return_length=True) <= 1]
+    return idx[np.argsort(-snr[idx], kind="stable")][:max_stars]
 
 
 def _samples(length: float, n: int) -> np.ndarray:
     return ((np.arange(n) + 0.5) / n - 0.5) * float(length)
 
 
-def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigma: float, n_samples: int = 15) -> np.ndarray:
+def response_offsets(radii: np.ndarray = RESPONSE_RADII, n_directions: int = RESPONSE_DIRECTIONS
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets [px] from a star at which :func:`filter_response` wants the template's flux.
+
+    Returns
+    -------
+    dx, dy : ndarray (1 + (len(radii) - 1) * n_directions,)
+        The star itself first (``radii[0]`` must be 0), then ``n_directions`` offsets at each further radius.
+    """
+    radii = np.asarray(radii, float)
+    phi = 2.0 * np.pi * np.arange(n_directions) / n_directions
+    dx = np.concatenate([[0.0], (radii[1:, None] * np.cos(phi)[None, :]).ravel()])
+    dy = np.concatenate([[0.0], (radii[1:, None] * np.sin(phi)[None, :]).ravel()])
+    return dx, dy
+
+
+def filter_response(flux: np.ndarray, flux_err: np.ndarray, radii: np.ndarray = RESPONSE_RADII,
+                    n_directions: int = RESPONSE_DIRECTIONS, *, min_stars: int = MIN_RESPONSE_STARS,
+                    min_snr: float = RESPONSE_MIN_SNR) -> np.ndarray | None:
+    """The template's response to a point source at each distance, measured on stars.
+
+    Parameters
+    ----------
+    flux, flux_err : ndarray (n_stars, 1 + (len(radii) - 1) * n_directions)
+        The template's flux and error [ADU] at each star's :func:`response_offsets`.
+    radii : ndarray (n_r,)
+        The distances [px] (``radii[0] == 0``).
+    n_directions : int
+        Offsets per radius.
+    min_stars : int
+        Fewer stars measured everywhere at ``min_snr`` or more: None.
+    min_snr : float
+        A star's flux on itself must be this many sigma.
+
+    Returns
+    -------
+    ndarray (n_r,) or None
+        Flux measured at each distance / flux on the star (the median over stars of the mean over directions),
+        1 at 0, never increasing outwards, in [0, 1].
+    """
+    flux = np.atleast_2d(np.asarray(flux, float))
+    flux_err = np.atleast_2d(np.asarray(flux_err, float))
+    n_r = len(radii)
+    if flux.shape[1] != 1 + (n_r - 1) * n_directions:
+        raise ValueError(f"filter_response: {flux.shape[1]} offsets per star, expected {1 + (n_r - 1) * n_directions}")
+    centre, centre_err = flux[:, 0], flux_err[:, 0]
+    good = np.isfinite(flux).all(axis=1) & np.isfinite(centre_err) & (centre_err > 0) & (centre >= min_snr * centre_err)
+    if int(good.sum()) < min_stars:
+        return None
+    rings = flux[good, 1:].reshape(int(good.sum()), n_r - 1, n_directions).mean(axis=2) / centre[good, None]
+    response = np.concatenate([[1.0], np.median(rings, axis=0)])
+    return np.clip(np.minimum.accumulate(response), 0.0, 1.0)
+
+
+def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigma: float, n_samples: int = 15,
+                  response: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Fraction of a moving source's flux that a matched filter placed elsewhere still measures.
 
     The template is the source's own image (a Gaussian of ``sigma`` swept over ``length``
     along ``direction``) at the tested position; the source is the same image displaced by
-    ``offset``.  For Gaussians the filter's response to a point at distance ``d`` is
-    ``exp(-d**2 / (4 sigma**2))`` of its response at ``d = 0``; trails average that over
-    both segments.
+    ``offset``.  The filter's response to a point at distance ``d`` is ``response`` (measured on
+    the image's stars, :func:`filter_response`) or, for a Gaussian PSF, ``exp(-d**2 / (4 sigma**2))``
+    of its response at ``d = 0``; trails average it over both segments.
 
     Parameters
     ----------
@@ -45,6 +150,9 @@ def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigm
         PSF Gaussian sigma [arcsec].
     n_samples : int
         Points along each trail.
+    response : (ndarray, ndarray), optional
+        Distances [arcsec] (increasing from 0) and the point-source response there (0 beyond the last); None: the
+        Gaussian's.
 
     Returns
     -------
@@ -60,9 +168,14 @@ def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigm
     a = u[:, None] * d  # (ns, 2) the template's points
     b = offset[:, None, :] + a[None, :, :]  # (n, ns, 2) the source's points
     diff = a[None, :, None, :] - b[:, None, :, :]  # (n, ns, ns, 2)
-    k = -1.0 / (4.0 * sigma**2)
-    num = np.exp(k * np.sum(diff**2, axis=-1)).mean(axis=(1, 2))
-    den = np.exp(k * (u[:, None] - u[None, :]) ** 2).mean()
+    if response is None:
+        k = -1.0 / (4.0 * sigma**2)
+        num = np.exp(k * np.sum(diff**2, axis=-1)).mean(axis=(1, 2))
+        den = np.exp(k * (u[:, None] - u[None, :]) ** 2).mean()
+    else:
+        radii, values = (np.asarray(v, float) for v in response)
+        num = np.interp(np.sqrt(np.sum(diff**2, axis=-1)), radii, values, right=0.0).mean(axis=(1, 2))
+        den = np.interp(np.abs(u[:, None] - u[None, :]), radii, values, right=0.0).mean()
     return np.clip(num / den, 0.0, 1.0)
 
 

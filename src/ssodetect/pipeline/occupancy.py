@@ -23,8 +23,8 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.detect.shape import psf_photometry
-from ssodetect.link.pixels import (missing_confirms, missing_deficit, occupancy_scores, occupancy_verdict, shows_motion,
-                                   trail_overlap)
+from ssodetect.link.pixels import (RESPONSE_RADII, filter_response, missing_confirms, missing_deficit, occupancy_scores,
+                                   occupancy_verdict, response_offsets, response_stars, shows_motion, trail_overlap)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
 from ssodetect.streaks.field import drift_of, with_drift
@@ -41,10 +41,13 @@ OCCUPANCY_MARGIN = 6
 
 
 class ForcedFlux:
-    """Picklable task: template fluxes at fixed positions of one CCD image, cosmic-ray hits masked.
+    """Picklable task: template fluxes at fixed positions of one CCD image, cosmic-ray hits masked, and the point
+    template's response around the image's stars.
 
-    Called with ``(ref, psf_sigma, xs, ys, lengths, thetas)`` (pixels 0-based, lengths [px], angles [rad]);
-    returns ``(flux, flux_err)`` [ADU], NaN where the stamp leaves the image.
+    Called with ``(ref, psf_sigma, xs, ys, lengths, thetas, star_x, star_y)`` (pixels 0-based, lengths [px], angles
+    [rad]); returns ``(flux, flux_err, response)``: fluxes [ADU], NaN where the stamp leaves the image, and
+    :func:`ssodetect.link.pixels.filter_response` at :data:`~ssodetect.link.pixels.RESPONSE_RADII` [px] from the
+    stars (None with too few).
     """
 
     def __init__(self, config: Config, masters: dict):
@@ -52,13 +55,43 @@ class ForcedFlux:
         self.masters = masters
 
     def __call__(self, job):
-        ref, sigma, xs, ys, lengths, thetas = job
+        ref, sigma, xs, ys, lengths, thetas, star_x, star_y = job
         image, variance, mask, gain = cleaned_pixels(ref, self.config, self.masters.get(ref.ccd), sigma)
-        return psf_photometry(image, variance, mask, xs, ys, lengths, thetas, sigma, gain)
+        flux, err = psf_photometry(image, variance, mask, xs, ys, lengths, thetas, sigma, gain)
+        response = None
+        if len(star_x):
+            dx, dy = response_offsets()
+            sx = (np.asarray(star_x, float)[:, None] + dx[None, :]).ravel()
+            sy = (np.asarray(star_y, float)[:, None] + dy[None, :]).ravel()
+            zeros = np.zeros(sx.size)
+            s_flux, s_err = psf_photometry(image, variance, mask, sx, sy, zeros, zeros, sigma, gain)
+            response = filter_response(s_flux.reshape(len(star_x), -1), s_err.reshape(len(star_x), -1))
+        return flux, err, response
+
+
+def _stars_by_image(detections: Table | None) -> dict:
+    """(exposure, ccd) -> (x, y) [px] of the isolated, unflagged point sources to measure the filter's response on."""
+    if detections is None or not len(detections):
+        return {}
+    exp_ = np.asarray(detections["exposure"]).astype(int)
+    ccd = np.asarray(detections["ccd"]).astype(str)
+    x, y, snr = (np.asarray(detections[c], float) for c in ("x", "y", "snr"))
+    usable = np.asarray(detections["kind"]).astype(str) == "point"
+    for column in ("near_mask", "masked_core"):
+        if column in detections.colnames:
+            usable &= ~np.asarray(detections[column], bool)
+    if "sep_flag" in detections.colnames:
+        usable &= np.asarray(detections["sep_flag"], int) == 0
+    out = {}
+    for key in {(int(e), str(c)) for e, c in zip(exp_, ccd)}:
+        rows = np.nonzero((exp_ == key[0]) & (ccd == key[1]))[0]
+        pick = rows[response_stars(x[rows], y[rows], snr[rows], usable[rows])]
+        out[key] = (x[pick], y[pick])
+    return out
 
 
 def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, masters: dict,
-                  config: Config, executor) -> tuple[Table, Table, dict]:
+                  config: Config, executor, detections: Table | None = None) -> tuple[Table, Table, dict]:
     """Remove objects whose positions stay occupied after they left them, or that are absent where predicted.
 
     Parameters
@@ -77,6 +110,11 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         ``config.link`` holds the test's settings.
     executor
         The run's executor (``map(fn, items, progress=, desc=)``).
+    detections : Table, optional
+        The field's detections (``exposure, ccd, x, y, snr, kind``, flags): the isolated point sources of each image
+        give the template's response beside a source (a Moffat or double-Gaussian PSF's wings reach further than the
+        Gaussian template assumes: a bright mover at 0.6"/h, 1.8 px from its old position, left a score of 0.4 there
+        and was removed as static); without, or with too few, the Gaussian's.
 
     Returns
     -------
@@ -89,13 +127,15 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         tracklets, not among ``n_objects``), ``n_doubtful_confirmed`` (kept, as ``linked``: their light measured
         where predicted in the exposures without a detection, :func:`ssodetect.link.pixels.missing_confirms`,
         and their positions empty after they moved on), ``n_doubtful_dropped``, ``n_images`` (CCD images read),
-        ``seconds``.
+        ``n_response_measured`` / ``n_response_gaussian`` (images whose template response was measured on their
+        stars / taken from the Gaussian model), ``seconds``.
     """
     lc = config.link
     t_start = time.perf_counter()
     stats = {"n_objects": 0, "n_tested": 0, "n_untestable": 0, "n_missing_tested": 0, "n_rejected_static": 0,
              "n_rejected_missing": 0, "n_rejected": 0, "rejected": [], "n_doubtful": 0, "n_doubtful_confirmed": 0,
-             "n_doubtful_dropped": 0, "n_images": 0, "seconds": 0.0}
+             "n_doubtful_dropped": 0, "n_images": 0, "n_response_measured": 0, "n_response_gaussian": 0,
+             "seconds": 0.0}
     if not len(objects):
         return observations, objects, stats
     kinds = np.asarray(objects["kind"]).astype(str)
@@ -140,6 +180,9 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     obs_names = np.asarray(observations["object"]).astype(str)
     exposure_list = sorted(mjd_of)
     jobs: dict = defaultdict(list)  # (exposure, ccd) -> [(object k, member i, column j, x, y, length, theta)]
+    # (object k, member i, column j, image, offset [arcsec], direction, reach [arcsec], sigma [arcsec]): overlaps
+    # computed once the images' responses are measured
+    overlaps = []
     plans = []
     for k, name in enumerate(names):
         rows = observations[obs_names == name]
@@ -187,7 +230,9 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                 else:
                     px, py = predicted[e]
                     way, reach = (direction, length) if drift is None else (drift[2], drift[3])
-                    overlap[i, j] = float(trail_overlap(np.array([[px - xi[i], py - eta[i]]]), way, reach, sigma)[0])
+                    # a drifted (trailed) image's stars measure no point-source response: the Gaussian's there
+                    overlaps.append((k, i, j, (e, ccd) if drift is None else None, (px - xi[i], py - eta[i]), way,
+                                     reach, sigma))
         # where the object should be in the exposures without a detection of it
         seen = set(int(v) for v in rows["exposure"])
         for j, e in enumerate(exposure_list):
@@ -210,18 +255,31 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                       "flux": np.full((m + 1, n_exp), np.nan),
                       "err": np.full((m + 1, n_exp), np.nan)})
     keys = sorted(jobs, key=lambda key: (key[0], str(key[1])))
+    stars = _stars_by_image(detections)
+    no_stars = (np.zeros(0), np.zeros(0))
     tasks = []
     for key in keys:
         entries = jobs[key]
         info = info_by.get(key, {})
         tasks.append((refs[key], float(info.get("psf_sigma") or 1.0), np.array([v[3] for v in entries]),
                       np.array([v[4] for v in entries]), np.array([v[5] for v in entries]),
-                      np.array([v[6] for v in entries])))
+                      np.array([v[6] for v in entries]), *stars.get(key, no_stars)))
     results = executor.map(ForcedFlux(config, masters), tasks, progress=config.execution.progress, desc="occupancy")
     stats["n_images"] = len(tasks)
-    for key, (flux, err) in zip(keys, results):
+    responses = {}
+    for key, (flux, err, response) in zip(keys, results):
         for (k, i, j, *_), f, s in zip(jobs[key], flux, err):
             plans[k]["flux"][i, j], plans[k]["err"][i, j] = f, s
+        w = wcs(*key)
+        if response is not None and w is not None:
+            responses[key] = (RESPONSE_RADII * pixel_scale(w), response)
+            log.debug("occupancy: exposure %d CCD %s: the template's response at %s px: %s", key[0], key[1],
+                      RESPONSE_RADII.tolist(), np.round(response, 3).tolist())
+    stats["n_response_measured"] = len(responses)
+    stats["n_response_gaussian"] = len(keys) - len(responses)
+    for k, i, j, key, offset, way, reach, sigma in overlaps:
+        plans[k]["overlap"][i, j] = float(trail_overlap(np.array([offset]), way, reach, sigma,
+                                                        response=responses.get(key))[0])
     rejected = []
     confirmed = set()
     for name, plan in zip(names, plans):
@@ -278,6 +336,8 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     stats["n_objects"] -= len(doubtful)
     stats["n_doubtful_confirmed"] = len(confirmed)
     stats["n_doubtful_dropped"] = len(doubtful) - len(confirmed)
+    log.info("occupancy: the template's response measured on the stars of %d images, the Gaussian model's in %d",
+             stats["n_response_measured"], stats["n_response_gaussian"])
     log.info("occupancy: %d objects, %d tested in %d images, %d untestable (kept); %d removed as static sources, "
              "%d as absent where predicted in an exposure without a detection; %d of %d doubtful tracklets confirmed "
              "(their light where predicted, nothing left behind), the others dropped", stats["n_objects"],

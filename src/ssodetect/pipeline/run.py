@@ -491,7 +491,7 @@ def step_occupancy(products: dict, config: Config, ctx: StepContext) -> dict:
     t0 = time.perf_counter()
     observations, objects, stats = occupancy_vet(
         products["observations"], products["objects"], products["exposures"], products["ccd_info"],
-        wcs_lookup(products), products["masters"], config, ctx.executor(),
+        wcs_lookup(products), products["masters"], config, ctx.executor(), detections=products["detections"],
     )
     ctx.timings["occupancy"] = time.perf_counter() - t0
     return {"observations": observations, "objects": objects, "streaks": release_trails(products["streaks"],
@@ -599,12 +599,12 @@ BUILTIN_STEPS = [
          "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
          "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),
-    Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry",
+    Step("occupancy", step_occupancy, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
                                        "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter", "link.confirm_min_snr")
-         + _PIXELS, "6", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
+         + _PIXELS, "7", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
          "tracklets where they were not detected (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
