@@ -57,6 +57,29 @@ def test_blind_index_memory_is_bounded_and_the_tile_limit_is_reported():
     assert all(len(index._cache) <= SkyIndex.MAX_CACHED for index in indexes)  # tiles built lazily, few kept
 
 
+def test_blind_index_tiles_a_fine_scale_around_its_stars_only_the_same_tiles(monkeypatch):
+    """Campaign 25: a pixel-scale range down to 1e-6"/px made the blind index allocate a 72 GiB grid.  A grid of more
+    cells than 25 per star is now made only around the stars: the tiles are the same as the full grid's."""
+    rng = np.random.default_rng(9)
+    clumps = _catalogue(rng, 100, half=0.3)  # 100 clusters of 20 stars within ~10" over 0.6 x 0.6 deg
+    ra = np.repeat(np.asarray(clumps["ra"]), 20) + rng.normal(0, 5 / 3600, 2000)
+    dec = np.repeat(np.asarray(clumps["dec"]), 20) + rng.normal(0, 5 / 3600, 2000)
+    args = (ra, dec, rng.uniform(14, 21, 2000))
+    sparse = SkyIndex(*args, half_diag=4.0, scale_range=(0.01, 0.02))  # ~540^2 cells for 2000 stars
+    monkeypatch.setattr(SkyIndex, "DENSE_GRID_PER_STAR", 10**9)
+    dense = SkyIndex(*args, half_diag=4.0, scale_range=(0.01, 0.02))
+    assert len(sparse) == len(dense) > 1000
+    key = lambda index: sorted(zip(np.round(index._cx, 6), np.round(index._cy, 6)))  # noqa: E731
+    assert key(sparse) == key(dense)
+    # and a range the configuration refuses: below 0.005"/px
+    from ssodetect.config import AstrometryConfig
+
+    with pytest.raises(ValueError, match="pixel_scale_range"):
+        AstrometryConfig(pixel_scale_range=[1e-6, 5.0])
+    with pytest.raises(ValueError, match="pixel_scale_range"):
+        AstrometryConfig(pixel_scale_range=[0.1, 1e5])
+
+
 def test_catalogue_cut_to_the_field_matches_a_direct_distance():
     rng = np.random.default_rng(8)
     cat = _catalogue(rng, 20_000)

@@ -58,6 +58,9 @@ MIN_FLOAT_SETTING = 1e-9
 MAX_FLOAT_SETTING = 1e12
 #: Narrowest PSF FWHM [px] a configuration may give (0: measured).
 MIN_PSF_FWHM = 0.5
+#: Pixel scales [arcsec/px] blind solving may search: from adaptive-optics cameras (~0.01"/px) to all-sky ones.
+MIN_PIXEL_SCALE = 0.005
+MAX_PIXEL_SCALE = 3600.0
 
 
 class _Section(BaseModel):
@@ -570,8 +573,10 @@ class AstrometryConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> "AstrometryConfig":
         lo, hi = self.pixel_scale_range
-        if not 0 < lo <= hi:
-            raise ValueError("pixel_scale_range must be [min, max] with 0 < min <= max")
+        if not MIN_PIXEL_SCALE <= lo <= hi <= MAX_PIXEL_SCALE:
+            # (a lower bound of 1e-6"/px passed and blind solving tried to tile the catalogue in 72 GiB)
+            raise ValueError(f"pixel_scale_range must be [min, max] with {MIN_PIXEL_SCALE:g} <= min <= max <= "
+                             f"{MAX_PIXEL_SCALE:g} [arcsec/px]")
         if self.blind_pointing:
             if len(self.blind_pointing) != 3:
                 raise ValueError("blind_pointing must be empty or [ra, dec, radius]")
@@ -894,12 +899,14 @@ class ProfileConfig(_Section):
         "Settings given in this file or by command-line flags always win over the profile's.")
 
 
-#: Settings that name a command, a network address or a file: taken from a configuration file or the command line
-#: only, never from an instrument profile (a profile's ``[alerts] command`` had run when its headers matched) nor
-#: from the console's launch form (``section.key``).
+#: Settings that name a command, a network address or a file, or reach the network: taken from a configuration file
+#: or the command line only, never from an instrument profile (a profile's ``[alerts] command`` had run when its
+#: headers matched; its ``[known] skybot`` queried a service on any run whose headers matched) nor from the
+#: console's launch form (``section.key``).
 REACHING_SETTINGS = frozenset({
-    "alerts.command", "alerts.url", "execution.scheduler", "known.orbits", "calibrate.bias", "calibrate.dark",
-    "calibrate.flat", "astrometry.reference_wcs", "astrometry.reference_frame", "astrometry.gaia_cache", "ml.model",
+    "alerts.command", "alerts.url", "execution.scheduler", "known.orbits", "known.skybot", "calibrate.bias",
+    "calibrate.dark", "calibrate.flat", "astrometry.reference_wcs", "astrometry.reference_frame",
+    "astrometry.gaia_cache", "ml.model",
 })
 
 

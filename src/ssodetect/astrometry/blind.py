@@ -79,6 +79,8 @@ class SkyIndex:
 
     #: Tiles whose triangles are kept once built (least recently used ones are dropped).
     MAX_CACHED = 64
+    #: A tile grid of more cells than this many per star is made only around the stars (the same tiles).
+    DENSE_GRID_PER_STAR = 25
 
     def __init__(self, ra, dec, mag, *, half_diag: float, scale_range: tuple[float, float], n_ref: int = 60):
         from scipy.spatial import cKDTree
@@ -103,10 +105,24 @@ class SkyIndex:
         x, y = self._centre.to_plane(self.ra, self.dec)
         spacing = self.half_diag
         self.radius = self.half_diag + spacing / math.sqrt(2.0)
-        gx = np.arange(x.min(), x.max() + spacing, spacing)
-        gy = np.arange(y.min(), y.max() + spacing, spacing)
+        # the grid np.arange(min, max + spacing, spacing) on each axis, counted before it is made
+        nx = int(math.ceil((x.max() + spacing - x.min()) / spacing))
+        ny = int(math.ceil((y.max() + spacing - y.min()) / spacing))
         self._tree = cKDTree(np.column_stack([x, y]))
-        cx, cy = (g.ravel() for g in np.meshgrid(gx, gy, indexing="ij"))
+        if nx * ny <= self.DENSE_GRID_PER_STAR * x.size:
+            i, j = (g.ravel() for g in np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij"))
+        else:
+            # a grid far larger than the catalogue (fine pixel scales over a wide catalogue: a 1e-6"/px bound asked
+            # for 72 GiB): only the cells within two of a star's, the same tiles (a tile's reach, 1.71 spacings,
+            # never spans more), in memory of the catalogue's size
+            ci = np.floor((x - x.min()) / spacing).astype(np.int64)
+            cj = np.floor((y - y.min()) / spacing).astype(np.int64)
+            di, dj = (g.ravel() for g in np.meshgrid(np.arange(-2, 3), np.arange(-2, 3), indexing="ij"))
+            cells = np.unique(np.column_stack([(ci[:, None] + di[None, :]).ravel(), (cj[:, None] + dj[None, :]).ravel()]),
+                              axis=0)
+            cells = cells[(cells[:, 0] >= 0) & (cells[:, 0] < nx) & (cells[:, 1] >= 0) & (cells[:, 1] < ny)]
+            i, j = cells[:, 0], cells[:, 1]
+        cx, cy = x.min() + i * spacing, y.min() + j * spacing
         counts = np.asarray(self._tree.query_ball_point(np.column_stack([cx, cy]), r=self.radius, return_length=True))
         keep = counts >= 3
         self._cx, self._cy = cx[keep], cy[keep]

@@ -197,8 +197,19 @@ def find_inputs(inputs) -> list[Path]:
             raise InputError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         if not path.is_file():
             raise InputError(f"{path}: not a regular file (a directory named like a frame, a pipe or a device)")
-    unique = sorted(dict.fromkeys(p.resolve() for p in paths))
-    return unique
+    first: dict[Path, Path] = {}
+    twice: list[tuple[Path, Path]] = []
+    for path in paths:
+        real = path.resolve()
+        if real in first:
+            twice.append((path, first[real]))
+        else:
+            first[real] = path
+    if twice:  # (the same file given twice, or under another name, is read once: said, not silently)
+        log.info("%d input path(s) name a file already given, each read once: %s%s", len(twice),
+                 "; ".join(f"{a} (as {b})" if str(a) != str(b) else str(a) for a, b in twice[:3]),
+                 "; ..." if len(twice) > 3 else "")
+    return sorted(first)
 
 
 def _check_complete(path: Path, hdul: fits.HDUList) -> None:

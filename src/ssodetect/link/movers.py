@@ -31,7 +31,7 @@ from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.link.stationary import occupied_elsewhere, on_lines, static_on_detector, static_on_sky
-from ssodetect.link.parallax import extend_tracklets
+from ssodetect.link.parallax import MIN_DISTANCE_KM, extend_tracklets
 from ssodetect.link.streaks import link_streaks
 from ssodetect.link.tracklets import Tracklet, detection_key, fit_linear_motion, link_tracklets, relative_sigma
 from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
@@ -727,10 +727,20 @@ def link_movers(detections: Table, exposure_mjd: dict, config: Config, observers
         if skipped:  # a path no spacecraft follows is a header problem, said; a fixed observer has no parallax
             (log.warning if "jumps" in skipped else log.info)("slow movers: no tracklet extended by the observer's "
                                                               "parallax: %s", skipped)
-        if stats["slow"]["parallax"]["n_joined"]:
+        px = stats["slow"]["parallax"]
+        if px["n_joined"]:
             log.info("slow movers: %d tracklets extended by their motion with the observer's parallax into %d more "
-                     "exposures (distances %s km)", stats["slow"]["parallax"]["n_extended"],
-                     stats["slow"]["parallax"]["n_joined"], stats["slow"]["parallax"]["distances_km"])
+                     "exposures (distances %s km)", px["n_extended"], px["n_joined"], px["distances_km"])
+        elif px["n_fitted"]:
+            log.info("slow movers: %d tracklets fitted with the observer's parallax, none extended", px["n_fitted"])
+        if px["n_no_parallax"] or px["n_at_bound"] or px["n_unfittable"]:
+            log.info("slow movers: not extended by the observer's parallax: %d whose fit found none (a straight "
+                     "motion), %d held at the distance bound (%.0f km: no parallax told, or nearer), %d with a "
+                     "non-finite position or error", px["n_no_parallax"], px["n_at_bound"], MIN_DISTANCE_KM,
+                     px["n_unfittable"])
+    elif observers and all(o is not None for o in observers.values()):
+        log.info("slow movers: the observer's parallax not used: %d exposures, no more than link.min_detections "
+                 "(%d), so every tracklet already holds them all", len(observers), lk.min_detections)
     trails, fast = moving[:0], []
     if config.streaks.enabled:
         everything = detections.copy(copy_data=False)

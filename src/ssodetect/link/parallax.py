@@ -97,12 +97,22 @@ def fit_parallax_motion(t: np.ndarray, xi: np.ndarray, eta: np.ndarray, sigma: n
     Returns
     -------
     params : ndarray (6,)
-        ``xi0, eta0, vx, vy, w, t_ref``.
+        ``xi0, eta0, vx, vy, w, t_ref``; ``w`` [arcsec km] is the parallax's scale, ``206265 / distance [km]``
+        (0 or ``206265 / MIN_DISTANCE_KM`` where held at a bound: no distance measured).
+
+    Raises
+    ------
+    ValueError
+        A non-finite time, position or factor, or an error that is not a positive number.
     residuals : ndarray (n,)
         Distance of each position from the model [arcsec].
     chi2 : float
     """
     t, xi, eta, sigma = (np.asarray(v, float) for v in (t, xi, eta, sigma))
+    if not (np.all(np.isfinite(np.concatenate([t, xi, eta]))) and np.all(np.isfinite(sigma)) and np.all(sigma > 0)
+            and np.all(np.isfinite(factors))):
+        # (a NaN error stopped the least squares with "SVD did not converge")
+        raise ValueError("fit_parallax_motion: times, positions and observer factors must be finite and errors > 0")
     wts = 1.0 / np.maximum(sigma, 1e-6) ** 2
     t_ref = float(np.sum(wts * t) / np.sum(wts))
     n = t.size
@@ -210,11 +220,14 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
     stats : dict
         ``n_fitted``, ``n_extended`` (tracklets that gained members), ``n_joined`` (candidates), ``n_left``
         (members that left), ``n_no_parallax`` (tracklets not extended because their fit found no parallax: a
-        straight motion), ``distances_km`` (the fitted distance of each extended tracklet), ``skipped`` (why no
-        tracklet was extended, or empty).
+        straight motion), ``n_at_bound`` (not extended because the fit held the distance at its bound,
+        :data:`MIN_DISTANCE_KM`: nearer than the Moon's orbit, or a parallax its positions cannot tell, such as an
+        observer moving along the line of sight), ``n_unfittable`` (members with a non-finite position or error),
+        ``distances_km`` (the fitted distance of each extended tracklet), ``skipped`` (why no tracklet was extended,
+        or empty).
     """
-    stats = {"n_fitted": 0, "n_extended": 0, "n_joined": 0, "n_left": 0, "n_no_parallax": 0, "distances_km": [],
-             "skipped": ""}
+    stats = {"n_fitted": 0, "n_extended": 0, "n_joined": 0, "n_left": 0, "n_no_parallax": 0, "n_at_bound": 0,
+             "n_unfittable": 0, "distances_km": [], "skipped": ""}
     if not tracklets or not len(pool) or not observers:
         return tracklets, slow, stats
     p_exp0, p_t0 = np.asarray(pool["exposure"]).astype(int), np.asarray(pool["t_hours"], float)
@@ -224,6 +237,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
     if problem is not None:
         stats["skipped"] = problem
         return tracklets, slow, stats
+    w_max = 206265.0 / MIN_DISTANCE_KM
     ra0, dec0 = plane.to_sky(np.array([0.0]), np.array([0.0]))
     exposures = sorted(observers)
     factor_of = dict(zip(exposures, parallax_factors(np.array([observers[e] for e in exposures]), float(ra0[0]),
@@ -243,6 +257,10 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
         # the tracklet's own members (slow rows) and the joined ones (pool rows), as positions
         own = [(int(slow["exposure"][k]), float(slow["t_hours"][k]), float(slow["xi"][k]), float(slow["eta"][k]),
                 float(slow["sigma"][k])) for k in members]
+        if not all(math.isfinite(v) for row in own for v in row[1:]) or not all(row[4] > 0 for row in own):
+            stats["n_unfittable"] += 1
+            out.append(trk)
+            continue
         joined: dict[int, int] = {}  # exposure -> pool row
         params = None
         level = float(np.nanmedian(np.asarray(slow["flux"], float)[members])) if "flux" in slow.colnames else np.nan
@@ -261,6 +279,7 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
                 here = np.nonzero(p_exp == e)[0]
                 if not here.size:
                     continue
+                here = here[np.isfinite(p_sig[here]) & (p_sig[here] > 0)]
                 dist = np.hypot(p_xi[here] - px, p_eta[here] - py)
                 s_pred = prediction_error(t_, x_, y_, s_, f_, params, t_of[e], factor_of[e])
                 if not math.isfinite(s_pred):
@@ -278,10 +297,13 @@ def extend_tracklets(tracklets: list, slow: Table, pool: Table, observers: dict,
             stats["n_left"] += len(set(joined) - set(new))
             joined = new
         stats["n_fitted"] += 1
-        if not joined or not params[4] > 0.0:
+        if not joined or not 0.0 < params[4] < w_max * (1.0 - 1e-9):
             # (no parallax in its positions: a straight motion, the linker's own business; hot pixels lined up with
-            # the field's drift had grown so, by whatever lay on their line)
-            stats["n_no_parallax"] += int(bool(joined))
+            # the field's drift had grown so, by whatever lay on their line.  Held at the near bound: no distance
+            # measured (an observer moving along the line of sight gives no parallax, and its bound had been said
+            # as the fitted distance), or nearer than anything this extension is for)
+            if joined:
+                stats["n_no_parallax" if params[4] <= 0.0 else "n_at_bound"] += 1
             out.append(trk)
             continue
         stats["n_extended"] += 1

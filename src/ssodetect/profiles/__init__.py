@@ -136,12 +136,22 @@ def load_profile(path: str | Path) -> Profile:
     if unknown:
         raise ConfigError(f"{path}: unknown profile table(s) {', '.join(sorted(unknown))}; "
                           "expected profile, match, settings, scale")
+    for label in ("profile", "match", "settings", "scale"):
+        if not isinstance(data.get(label, {}), dict):
+            raise ConfigError(f"{path}: [{label}] must be a table, not {_kind(data[label])}")
     match, settings, scale = data.get("match", {}), data.get("settings", {}), data.get("scale", {})
     for table, allowed, label in ((match, _MATCH_KEYS, "match"), (scale, _SCALE_KEYS, "scale")):
         if set(table) - allowed:
             raise ConfigError(f"{path}: unknown key(s) in [{label}]: {', '.join(sorted(set(table) - allowed))}")
-    if match.get("observer", "ground") not in ("ground", "space"):
-        raise ConfigError(f"{path}: [match] observer must be \"ground\" or \"space\"")
+    not_tables = sorted(section for section, values in settings.items() if not isinstance(values, dict))
+    if not_tables:
+        raise ConfigError(f"{path}: [settings] holds {', '.join(not_tables)} as a value; each must be a table "
+                          "[settings.<section>] of configuration keys")
+    description = data.get("profile", {}).get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{path}: [profile] description must be text, not {_kind(description)}")
+    match = _checked_match(path, match)
+    _check_scale(path, scale)
     reaching = sorted(f"{section}.{key}" for section, values in settings.items() if isinstance(values, dict)
                       for key in values if f"{section}.{key}" in REACHING_SETTINGS)
     if reaching:  # (a profile matched by its headers had run its [alerts] command)
@@ -155,12 +165,71 @@ def load_profile(path: str | Path) -> Profile:
     except ValidationError as exc:
         problems = validation_problems(exc)
         raise ConfigError(f"{path}: invalid profile settings ({problems})") from None
+    return Profile(name=path.stem, path=path, description=description, match=match, settings=settings, scale=scale)
+
+
+def _kind(value) -> str:
+    """How a TOML value is named in an error: ``text "x"``, ``a list``, ``the number 5``, ..."""
+    if isinstance(value, bool):
+        return f"the logical value {str(value).lower()}"
+    if isinstance(value, str):
+        return f"text {value[:40]!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return {list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+#: The largest exposure count a profile's ``[match]`` or ``[scale]`` may name.
+_MAX_EXPOSURES = 100_000
+
+
+def _checked_match(path: Path, match: dict) -> dict:
+    """``[match]`` with its words as lists of text (one word may be given as text); ConfigError naming ``path`` for
+    a value of the wrong kind or out of range."""
+    out = dict(match)
+    for key in ("telescope", "instrument"):
+        if key not in out:
+            continue
+        words = [out[key]] if isinstance(out[key], str) else out[key]
+        if not (isinstance(words, list) and words and all(isinstance(w, str) and w.strip() for w in words)):
+            raise ConfigError(f"{path}: [match] {key} must be a word or a list of words (text), not "
+                              f"{_kind(out[key])}")
+        out[key] = words
+    for key in ("min_pixel_scale", "max_pixel_scale"):
+        if key in out and not (_number(out[key]) and out[key] > 0):
+            raise ConfigError(f"{path}: [match] {key} must be a positive number [arcsec/px], not {_kind(out[key])}")
+    if "min_exposures" in out and not _integer(out["min_exposures"], 1, _MAX_EXPOSURES):
+        raise ConfigError(f"{path}: [match] min_exposures must be an integer from 1 to {_MAX_EXPOSURES}, not "
+                          f"{_kind(out['min_exposures'])}")
+    if out.get("observer", "ground") not in ("ground", "space"):
+        raise ConfigError(f"{path}: [match] observer must be \"ground\" or \"space\"")
+    return out
+
+
+def _check_scale(path: Path, scale: dict) -> None:
+    """ConfigError naming ``path`` for a ``[scale]`` value of the wrong kind or out of range (a NaN fraction or a
+    textual count had stopped the run with an internal error)."""
     low_high = scale.get("min_detections_range", [3, 3])
-    if (not isinstance(low_high, list) or len(low_high) != 2 or not all(isinstance(v, int) for v in low_high)
-            or not 3 <= low_high[0] <= low_high[1]):
-        raise ConfigError(f"{path}: [scale] min_detections_range must be two integers 3 <= low <= high")
-    return Profile(name=path.stem, path=path, description=str(data.get("profile", {}).get("description", "")),
-                   match=match, settings=settings, scale=scale)
+    if (not isinstance(low_high, list) or len(low_high) != 2 or not all(_integer(v, 3, _MAX_EXPOSURES) for v in low_high)
+            or not low_high[0] <= low_high[1]):
+        raise ConfigError(f"{path}: [scale] min_detections_range must be two integers 3 <= low <= high "
+                          f"<= {_MAX_EXPOSURES}")
+    fraction = scale.get("min_detections_fraction", 0.5)
+    if not (_number(fraction) and 0 < fraction <= 1):
+        raise ConfigError(f"{path}: [scale] min_detections_fraction must be a number above 0 and at most 1, not "
+                          f"{_kind(fraction)}")
+    for key, low in (("long_sequence", 2), ("fast_min_exposures_long", 2)):
+        if key in scale and not _integer(scale[key], low, _MAX_EXPOSURES):
+            raise ConfigError(f"{path}: [scale] {key} must be an integer from {low} to {_MAX_EXPOSURES}, not "
+                              f"{_kind(scale[key])}")
 
 
 def _header_scale(header: fits.Header) -> float:
