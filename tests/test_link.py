@@ -984,6 +984,46 @@ def test_chance_probability_of_a_long_tracklet_does_not_underflow():
     assert 0.0 < tiny < 1e-200 and _product_probability(np.ones(3)) == 1.0
 
 
+def test_a_tracklet_of_trails_along_its_motion_is_mimicked_only_by_such_trails():
+    """Member 433 (195,000 stars per square degree): a V 22.8 mover at 9.3"/h, three 15 px trails along its motion,
+    was refused as a possible chance alignment and dropped (doubtful, its missing exposure off the detector), its
+    probability counted every candidate near its line, points and trails of any length alike.  A member whose trail
+    agrees with the motion is mimicked only by a candidate whose trail does: the probability falls by the share of
+    such trails; for a tracklet of points it is unchanged."""
+    from scipy.spatial import cKDTree
+
+    from ssodetect.link.tracklets import Tracklet, chance_probability, fit_linear_motion
+
+    rng = np.random.default_rng(12)
+    t = np.array([0.0, 0.3056, 0.6111])
+    vx, vy = 9.0, 2.2
+    n_other = 3000
+    exposure = np.concatenate([np.arange(3), np.repeat(np.arange(3), n_other)])
+    t_hours = t[exposure]
+    xi = np.concatenate([vx * t, rng.uniform(-200, 200, 3 * n_other)])
+    eta = np.concatenate([vy * t, rng.uniform(-200, 200, 3 * n_other)])
+    sigma = np.full(xi.size, 0.05)
+    rate, pa = math.hypot(vx, vy), math.degrees(math.atan2(vx, vy)) % 180.0
+    trail = np.full((xi.size, 4), np.nan)
+    trail[:3] = [rate, 0.3, pa, 2.0]  # the mover's trails
+    some = 3 + rng.choice(3 * n_other, 90, replace=False)  # 1 % of the others are trails of the same kind
+    trail[some] = [rate, 0.3, pa, 2.0]
+    pos = np.column_stack([xi, eta])
+    groups = {e: np.nonzero(exposure == e)[0] for e in range(3)}
+    trees = {e: cKDTree(pos[idx]) for e, idx in groups.items()}
+    xi[2] += 0.1  # the third member 0.1" off the line of the other two
+    p, cov, chi2, t_ref = fit_linear_motion(t, xi[:3], eta[:3], sigma[:3])
+    trk = Tracklet((0, 1, 2), *p, cov, chi2, 2, t_ref)
+    points = chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups)
+    trails = chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, trail=trail)
+    assert 0.001 < trails / points < 0.05  # ~1 % of the candidates are such trails
+    other_way = trail.copy()
+    other_way[:3, 2] = (pa + 60.0) % 180.0  # trails across the motion: no factor
+    assert chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, trail=other_way) == points
+    no_trails = np.full_like(trail, np.nan)
+    assert chance_probability(trk, exposure, t_hours, xi, eta, sigma, trees, groups, trail=no_trails) == points
+
+
 def test_a_poorly_measured_neighbour_does_not_make_a_slow_mover_static():
     """Member 294: a V 20.3 mover at 0.8"/h was static in two of its four exposures because a blend 1.3-2.3" away,
     fitted as a "trail" 66 px wide with a 1.2" position error, matched it within the blend's width and error.  A

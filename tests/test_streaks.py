@@ -144,6 +144,57 @@ def test_a_shortened_trail_links_only_beside_a_whole_one():
     assert link([whole_len, 0.6 * whole_len, whole_len], whole=[True, False, True], members=slice(0, 2)) == [[0, 1]]
 
 
+def test_a_fragment_beside_the_line_of_two_whole_trails_does_not_join_them():
+    """Member 434 (340,000 stars per square degree): a junk fragment 0.66" across the line of a fast mover's two
+    whole 7.5" trails, 14 times its centroid error, joined their chain, because the slack of the part it lacks (its
+    centre anywhere along 4.5" of trail) was spread over both axes.  The slack is along the motion only: beside
+    the line the fragment stays out; on the line, anywhere along the part it lacks, it joins."""
+    exptime, cadence, rate, pa = 566.0, 1100.0 / 3600.0, 47.6, 77.0
+    whole_len = rate * exptime / 3600.0
+    u = np.array([math.sin(math.radians(pa)), math.cos(math.radians(pa))])
+    n = np.array([-u[1], u[0]])
+    t = np.array([0.0, cadence, 2 * cadence])
+    pos = (rate * t)[:, None] * u
+
+    def link(fragment_offset):
+        p = pos.copy()
+        p[1] += fragment_offset
+        chains = link_streaks(np.arange(3), t, p[:, 0], p[:, 1], np.array([0.039, 0.046, 0.034]),
+                              np.array([whole_len, 3.0, whole_len]), np.array([pa, pa + 3.0, pa]) % 180.0,
+                              np.full(3, exptime))
+        return [sorted(c.members) for c in chains]
+
+    assert link(np.zeros(2)) == [[0, 1, 2]]
+    assert link(2.0 * u) == link(-2.0 * u) == [[0, 1, 2]]  # on the line, 2" along: within the 4.5" it lacks
+    assert link(0.15 * n) == [[0, 1, 2]]  # 3 times its centroid error across
+    assert link(0.66 * n) == link(0.3 * n) == [[0, 2]]  # beside it: the two whole trails alone (joined before)
+    assert link(0.66 * n + 1.1 * u) == [[0, 2]]
+
+
+def test_the_fit_along_a_direction_is_the_plain_fit_without_extra_error_and_weighs_only_along():
+    from ssodetect.link.tracklets import fit_linear_motion, fit_linear_motion_along
+
+    rng = np.random.default_rng(4)
+    t = np.array([0.0, 0.3, 0.6, 0.9])
+    x, y = 3.0 + 20.0 * t + rng.normal(0, 0.05, 4), -1.0 - 7.0 * t + rng.normal(0, 0.05, 4)
+    sigma = np.array([0.05, 0.04, 0.06, 0.05])
+    plain = fit_linear_motion(t, x, y, sigma)
+    params, cov, chi2, t_ref, normalised = fit_linear_motion_along(t, x, y, sigma, np.zeros(4), (20.0, -7.0))
+    np.testing.assert_allclose(params, plain[0], atol=1e-9)
+    np.testing.assert_allclose(cov, plain[1], atol=1e-12)
+    assert abs(chi2 - plain[2]) < 1e-9 and abs(t_ref - plain[3]) < 1e-12
+    assert abs(np.sum(normalised**2) - chi2) < 1e-9
+    # a point moved 3" along the motion with 3" of extra error along it barely counts; moved across, it does
+    along = np.array([0.0, 3.0, 0.0, 0.0])
+    u = np.array([20.0, -7.0]) / math.hypot(20.0, -7.0)
+    moved_along = fit_linear_motion_along(t, x + np.r_[0, 3 * u[0], 0, 0], y + np.r_[0, 3 * u[1], 0, 0], sigma,
+                                          along, (20.0, -7.0))
+    moved_across = fit_linear_motion_along(t, x + np.r_[0, -0.3 * u[1], 0, 0], y + np.r_[0, 0.3 * u[0], 0, 0],
+                                           sigma, along, (20.0, -7.0))
+    assert moved_along[2] < plain[2] + 2.0 and moved_across[2] > plain[2] + 25.0
+    np.testing.assert_allclose(moved_along[0][2:], plain[0][2:], atol=0.05)
+
+
 def test_link_streaks_builds_chains_and_leaves_singles():
     rng = np.random.default_rng(3)
     exptime, cadence = 566.0, 1100.0 / 3600.0

@@ -38,7 +38,8 @@ from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
            "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR",
-           "EDGE_CUT_ERROR", "trail_motions", "widen_trail_tolerance", "TRAIL_CENTRE_TOLERANCE"]
+           "EDGE_CUT_ERROR", "trail_motions", "widen_trail_tolerance", "TRAIL_CENTRE_TOLERANCE",
+           "trail_centre_tolerance"]
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +213,16 @@ def widen_trail_tolerance(slow: Table) -> int:
     one end, a faint neighbour on it).  The reported errors stay the measurement's."""
     trail = np.nonzero((np.asarray(slow["kind"]) == "trail") & np.isfinite(np.asarray(slow["length"], float)))[0]
     if trail.size:
-        along = TRAIL_CENTRE_TOLERANCE * np.asarray(slow["length"], float)[trail] * np.asarray(
-            slow["pixel_scale"], float)[trail]
-        slow["sigma"][trail] = np.hypot(np.asarray(slow["sigma"], float)[trail], along / math.sqrt(2.0))
+        slow["sigma"][trail] = np.hypot(np.asarray(slow["sigma"], float)[trail], trail_centre_tolerance(
+            np.asarray(slow["length"], float)[trail], np.asarray(slow["pixel_scale"], float)[trail]))
     return int(trail.size)
+
+
+def trail_centre_tolerance(length, pixel_scale):
+    """The linking tolerance [arcsec, per axis] a trail of ``length`` [px] adds to its centre's error:
+    :data:`TRAIL_CENTRE_TOLERANCE` of its length on the sky, shared between the two axes (the slow linker's and the
+    blends step's tracklet fits alike)."""
+    return TRAIL_CENTRE_TOLERANCE * np.asarray(length, float) * np.asarray(pixel_scale, float) / math.sqrt(2.0)
 
 
 #: Share of a trail's own length [px] by which its centre may lie off its motion's line, for linking: a V 23.2

@@ -14,7 +14,8 @@ when the displacement between their centres agrees with both:
   rate from below, and two such trails are never a pair (they would join anything faster); a
   fragment's centre may lie anywhere along the part it lacks, so the displacement is tested with
   that slack (half the missing length, :meth:`_Trails.shortfall`), as are the seed's predictions
-  into the other exposures and the line fit (a uniform error over it);
+  into the other exposures and the line fit (an error along the motion only: across it a fragment's
+  centre is as certain as a whole trail's);
 * their fluxes per unit length agree within ``max_flux_ratio`` (a fragment holds the share of the
   flux its length is of the trail).
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ssodetect.link.tracklets import Tracklet, fit_linear_motion
+from ssodetect.link.tracklets import Tracklet, fit_linear_motion, fit_linear_motion_along
 
 __all__ = ["link_streaks", "StreakLinks"]
 
@@ -370,18 +371,29 @@ def link_streaks(
     return StreakLinks(chains, stats)
 
 
-def _fit(idx: np.ndarray, tr: _Trails, speed: float | None):
+def _fit(idx: np.ndarray, tr: _Trails, speed: float | None, direction=None):
     """Line fit of members ``idx``; cut members' centres moved for ``speed`` (their far end's uncertainty in
     their error; without a cut direction, their whole possible shift); fragments (whole trails measured short)
-    carry the shift their centre may have along the missing part in their error."""
+    carry the shift their centre may have along the missing part in their error, along ``direction`` (the
+    motion's) only: across it a fragment's centre is as certain as a whole trail's
+    (:func:`~ssodetect.link.tracklets.fit_linear_motion_along`).  Returns ``((params, cov, chi2, t_ref),
+    normalised residuals, positions)``."""
     sigma, pos = tr.sigma[idx], tr.pos[idx]
+    along = np.zeros(idx.size)
     if speed is not None:
         missing = tr.missing(idx, speed)
         known = np.any(tr.cut_dir[idx] != 0, axis=1)
         pos = tr.centre(idx, np.full(idx.size, speed))
-        sigma = np.hypot(sigma, np.where(known, 0.25, 1.0 / math.sqrt(12.0)) * missing)
-        sigma = np.hypot(sigma, tr.shortfall(idx, speed) / math.sqrt(12.0))
-    return fit_linear_motion(tr.t[idx], pos[:, 0], pos[:, 1], sigma), sigma, pos
+        along = np.hypot(np.where(known, 0.25, 1.0 / math.sqrt(12.0)) * missing,
+                         tr.shortfall(idx, speed) / math.sqrt(12.0))
+    if direction is not None and np.hypot(*direction) > 0 and np.any(along > 0):
+        *fit, normalised = fit_linear_motion_along(tr.t[idx], pos[:, 0], pos[:, 1], sigma, along, direction)
+        return tuple(fit), normalised, pos
+    sigma = np.hypot(sigma, along)
+    params, cov, chi2, t_ref = fit_linear_motion(tr.t[idx], pos[:, 0], pos[:, 1], sigma)
+    dt = tr.t[idx] - t_ref
+    normalised = np.hypot(pos[:, 0] - params[0] - params[2] * dt, pos[:, 1] - params[1] - params[3] * dt) / sigma
+    return (params, cov, chi2, t_ref), normalised, pos
 
 
 def _evaluate(members, tr: _Trails, min_exposures: int, max_chi2_dof: float, serial: int):
@@ -396,13 +408,13 @@ def _evaluate(members, tr: _Trails, min_exposures: int, max_chi2_dof: float, ser
         return None
     speed = None
     while True:
-        (params, cov, chi2, t_ref), sigma, pos = _fit(idx, tr, speed)
+        (params, cov, chi2, t_ref), resid, pos = _fit(idx, tr, speed)
         moved = float(math.hypot(params[2], params[3]))
-        for _ in range(3):  # again with the cut members' centres and errors at this speed
+        for _ in range(3):  # again with the cut members' centres and errors at this speed, along this direction
             if speed is not None and abs(moved - speed) <= 0.01 * moved:
                 break
             speed = moved
-            (params, cov, chi2, t_ref), sigma, pos = _fit(idx, tr, speed)
+            (params, cov, chi2, t_ref), resid, pos = _fit(idx, tr, speed, params[2:4])
             moved = float(math.hypot(params[2], params[3]))
         dof = 2 * idx.size - 4
         fit_ok = dof <= 0 or chi2 / dof <= max_chi2_dof
@@ -412,8 +424,6 @@ def _evaluate(members, tr: _Trails, min_exposures: int, max_chi2_dof: float, ser
         if idx.size <= min_exposures:
             return None
         # drop the worst member: one longer than the motion first, else the largest position residual
-        dt = tr.t[idx] - t_ref
-        resid = np.hypot(pos[:, 0] - params[0] - params[2] * dt, pos[:, 1] - params[1] - params[3] * dt) / sigma
         resid = np.where(rates, resid, np.inf)
         if rates.all() and fit_ok:  # nothing measures the motion: no member is the odd one out
             return None

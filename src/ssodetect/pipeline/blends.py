@@ -27,6 +27,7 @@ from ssodetect.config import Config
 from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
                                    fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
                                    propose_trails, resample_stamp, whole_trails)
+from ssodetect.link.movers import trail_centre_tolerance
 from ssodetect.link.tracklets import detection_key
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
@@ -501,7 +502,7 @@ def _row(fit, prop, e, where, ix, iy, half, candidates, info_by, refs, t_exposur
             "mag": mag, "mag_err": math.hypot(1.0857 * fit["flux_err"] / fit["flux"], zp_err if math.isfinite(zp_err) else 0.0),
             "snr": fit["flux"] / fit["flux_err"],
             "length": motion, "trail_pa": float(first["trail_pa"]), "xi": float(fxi[0]), "eta": float(feta[0]),
-            "t_hours": t_exposures[e], "sigma": math.hypot(err, lk.position_floor * scale)}
+            "t_hours": t_exposures[e], "sigma": math.hypot(err, lk.position_floor * scale), "pixel_scale": scale}
 
 
 _ROW_COLUMNS = ("exposure", "file", "ccd", "mjd", "exptime", "ra", "dec", "wcs", "ra_err", "dec_err", "x", "y", "flux",
@@ -519,14 +520,22 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
                 stats["n_too_few"] += 1  # some measurements kept, too few for a tracklet
             continue
         members = [{**{c: candidates[c][k] for c in _ROW_COLUMNS}, "xi": float(cxi[k]), "eta": float(ceta[k]),
-                    "t_hours": float(ct[k]), "sigma": float(candidates["sigma"][k])} for k in prop.pair] + rows
+                    "t_hours": float(ct[k]), "sigma": float(candidates["sigma"][k]),
+                    "trail": str(candidates["kind"][k]) == "trail", "pixel_scale": float(candidates["pixel_scale"][k])}
+                   for k in prop.pair] + rows  # (the measured rows themselves: they are told apart by identity below)
         members.sort(key=lambda r: r["t_hours"])
+        # a trail's centre moves along it with whatever changes its light (a star's wing under a measured one): the
+        # slow linker's tolerance (link.movers.trail_centre_tolerance; member 437 lost a V 22.6 mover at 6.9"/h whose
+        # three 11 px trails fitted at chi2/dof 5.2 without it); a measurement is its motion's trail
+        link_sigma = np.array([math.hypot(r["sigma"], float(trail_centre_tolerance(r["length"], r["pixel_scale"])))
+                               if r.get("trail", True) and math.isfinite(float(r["length"])) else r["sigma"]
+                               for r in members])
         if math.sqrt(sum(float(r["snr"]) ** 2 for r in members)) < lk.min_total_snr:
             stats["n_too_faint"] += 1  # as the linker's tracklets: [link] min_total_snr
             continue
         keys = {("pair", k) for k in prop.pair} | {("blend", r["exposure"], r["ccd"], round(r["x"]), round(r["y"]))
                                                  for r in rows}
-        groups.append((keys, *(np.array([r[c] for r in members], float) for c in ("t_hours", "xi", "eta", "sigma"))))
+        groups.append((keys, *(np.array([r[c] for r in members], float) for c in ("t_hours", "xi", "eta")), link_sigma))
         members_of.append(members)
         rows_of.append(rows)
         single_of.append(len(prop.pair) == 1)
