@@ -544,7 +544,7 @@ def _write_evaluation(outdir: Path, ev, args) -> None:
 def _report(args) -> int:
     from ssodetect.config import dump_toml, load_config
     from ssodetect.io import OutputStage
-    from ssodetect.io.outputs import recorded_files
+    from ssodetect.io.outputs import OutputLock, recorded_files
     from ssodetect.report.products import REPORT_FILES, write_reports
 
     outdir = Path(args.outdir)
@@ -562,8 +562,9 @@ def _report(args) -> int:
             args.config = None  # nothing to record
     counter = WarningCount()  # a report written with warnings exits 1, as the run that wrote it did
     log.addHandler(counter)
+    lock = OutputLock(outdir)  # held until the dropped reports are gone too (a run could write them meanwhile)
     try:
-        with OutputStage(outdir) as stage:
+        with OutputStage(outdir, lock=lock) as stage:
             written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}",
                                     config_text=dump_toml(config) if args.config else None)
             if args.config:
@@ -572,11 +573,12 @@ def _report(args) -> int:
             dropped = set(REPORT_FILES) - {p.name for p in written}
             _update_manifest(outdir, stage.path, written, dropped, argv=["ssodetect", *args.argv],
                              config=config.model_dump(mode="json") if args.config else None)
+        ours = (recorded_files(outdir) or set()) if dropped else set()
+        for name in dropped & ours:
+            (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     finally:
+        lock.release()
         log.removeHandler(counter)
-    ours = (recorded_files(outdir) or set()) if dropped else set()
-    for name in dropped & ours:
-        (outdir / name).unlink(missing_ok=True)  # the run's own earlier report that this one does not replace
     for path in written:
         print(outdir / path.name)
     return 1 if counter.count else 0
@@ -616,6 +618,7 @@ def _serve(args) -> int:
 
     if not 1 <= args.workers <= 64:
         raise ConfigError(f"--workers {args.workers}: between 1 and 64")
+    _check_root_of_no_kind(args.root)
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: between 1 and 65535")
     try:  # the address is free (uvicorn would stop with a raw error after starting the workers)
@@ -680,6 +683,29 @@ def _watch_run_args(config: str | None, refcat: str | None, station: str | None)
     return run_args
 
 
+def _check_root_of_no_kind(root: str, option: str = "--root") -> None:
+    """Refuse a console's or watcher's root that is (or lies inside) another command's output directory (a run, a
+    simulated scene, a batch, ...): its registry and job logs would be written into it, and that command would then
+    refuse to replace it (campaign 26: ``watch --root RUN`` left a run that could not be rerun).
+
+    Raises
+    ------
+    ConfigError
+        Naming the root and what it is or lies in.
+    """
+    from ssodetect.errors import ConfigError
+    from ssodetect.io.outputs import directory_kind, enclosing_kind
+
+    found = directory_kind(root)
+    if found is not None:
+        raise ConfigError(f"{option} {root}: holds {found[1]} ({found[2]}); a console's or watcher's root gets its "
+                          "registry and runs, choose a folder of its own")
+    outer = enclosing_kind(root)
+    if outer is not None:
+        raise ConfigError(f"{option} {root}: inside {outer[1][1]} ({outer[0]}), which its command replaces as a "
+                          "whole; choose a folder of its own")
+
+
 def _check_root_apart(root: str, inbox: str, option: str = "--root") -> None:
     """Refuse a root that is the watched folder or inside it: its registry and run directories would be written
     into the inbox (and taken for visits there).
@@ -719,6 +745,7 @@ def _watch(args) -> int:
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--root {args.root}: exists and is not a directory")
     _check_root_apart(args.root, args.inbox)  # before the root is made
+    _check_root_of_no_kind(args.root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -581,9 +581,9 @@ class AstrometryConfig(_Section):
             if len(self.blind_pointing) != 3:
                 raise ValueError("blind_pointing must be empty or [ra, dec, radius]")
             ra, dec, radius = self.blind_pointing
-            if not (0 <= ra < 360 and -90 <= dec <= 90 and 0 < radius <= 180):
+            if not (0 <= ra < 360 and -90 <= dec <= 90 and 1.0 / 3600.0 <= radius <= 180):
                 raise ValueError(f"blind_pointing {list(self.blind_pointing)}: ra must be 0-360 deg, dec -90-90 deg, "
-                                 "radius above 0 and at most 180 deg")
+                                 "radius 1\" (0.000278 deg) to 180 deg")
         return self
 
 

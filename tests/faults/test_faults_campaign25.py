@@ -45,7 +45,7 @@ def test_a_pixel_scale_range_below_any_camera_is_refused_before_the_run(tmp_path
     ("profile = [1]\n", "[profile] must be a table"),
     ("[settings]\nlink = 3\n", "[settings] holds link as a value"),
     ("[match]\ntelescope = 5\n", "[match] telescope must be a word or a list of words"),
-    ("[match]\ntelescope = [\"\"]\n", "[match] telescope must be a word or a list of words"),
+    ("[match]\ntelescope = [\"\"]\n", "[match] telescope holds an empty word"),
     ("[match]\nmin_pixel_scale = \"x\"\n", "[match] min_pixel_scale must be a positive number"),
     ("[match]\nmin_exposures = 2.5\n", "[match] min_exposures must be an integer"),
     ("[profile]\ndescription = 5\n", "[profile] description must be text"),

@@ -197,19 +197,24 @@ def find_inputs(inputs) -> list[Path]:
             raise InputError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         if not path.is_file():
             raise InputError(f"{path}: not a regular file (a directory named like a frame, a pipe or a device)")
-    first: dict[Path, Path] = {}
+    first: dict = {}  # the file's identity -> (its path resolved, the name it was first given by)
     twice: list[tuple[Path, Path]] = []
     for path in paths:
         real = path.resolve()
-        if real in first:
-            twice.append((path, first[real]))
+        try:  # a hard link is the same file under another name too
+            status = real.stat()
+            identity = (status.st_dev, status.st_ino)
+        except OSError:
+            identity = real
+        if identity in first:
+            twice.append((path, first[identity][1]))
         else:
-            first[real] = path
+            first[identity] = (real, path)
     if twice:  # (the same file given twice, or under another name, is read once: said, not silently)
         log.info("%d input path(s) name a file already given, each read once: %s%s", len(twice),
                  "; ".join(f"{a} (as {b})" if str(a) != str(b) else str(a) for a, b in twice[:3]),
                  "; ..." if len(twice) > 3 else "")
-    return sorted(first)
+    return sorted(real for real, _ in first.values())
 
 
 def _check_complete(path: Path, hdul: fits.HDUList) -> None:

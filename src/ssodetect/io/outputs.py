@@ -536,6 +536,9 @@ class OutputLock:
             if exc.errno == errno.ELOOP:
                 raise InputError(f"{self.path}: a symbolic link where ssodetect keeps the lock of {self.directory}; "
                                  "remove it") from None
+            if exc.errno == errno.EISDIR:
+                raise InputError(f"{self.path}: a directory where ssodetect keeps the lock of {self.directory}; "
+                                 "remove or rename it") from None
             raise InputError(f"{self.directory}: cannot write beside it in {self.base} ({exc.strerror})") from None
         try:
             info = os.fstat(fd)

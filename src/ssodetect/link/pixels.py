@@ -17,6 +17,8 @@ further than the Gaussian template assumes) or, without enough stars, that of a 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -59,6 +61,8 @@ def response_stars(x: np.ndarray, y: np.ndarray, snr: np.ndarray, usable: np.nda
     ndarray of int
         Indices into the detections, brightest first.
     """
+    if not (max_stars >= 0 and math.isfinite(isolation) and isolation >= 0):
+        raise ValueError(f"response_stars: max_stars >= 0 and a finite isolation >= 0, not {max_stars}, {isolation}")
     x, y, snr = (np.asarray(v, float) for v in (x, y, snr))
     usable = np.asarray(usable, bool) & np.isfinite(x) & np.isfinite(y) & (snr >= RESPONSE_MIN_SNR)
     if not usable.any():
@@ -114,6 +118,8 @@ def filter_response(flux: np.ndarray, flux_err: np.ndarray, radii: np.ndarray = 
         Flux measured at each distance / flux on the star (the median over stars of the mean over directions),
         1 at 0, never increasing outwards, in [0, 1].
     """
+    if min_stars < 1:
+        raise ValueError(f"filter_response: min_stars must be at least 1, not {min_stars}")
     flux = np.atleast_2d(np.asarray(flux, float))
     flux_err = np.atleast_2d(np.asarray(flux_err, float))
     n_r = len(radii)
@@ -169,6 +175,8 @@ def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigm
     b = offset[:, None, :] + a[None, :, :]  # (n, ns, 2) the source's points
     diff = a[None, :, None, :] - b[:, None, :, :]  # (n, ns, ns, 2)
     if response is None:
+        if not sigma > 0:
+            raise ValueError(f"trail_overlap: the PSF's sigma must be above 0, not {sigma}")
         k = -1.0 / (4.0 * sigma**2)
         num = np.exp(k * np.sum(diff**2, axis=-1)).mean(axis=(1, 2))
         den = np.exp(k * (u[:, None] - u[None, :]) ** 2).mean()

@@ -386,7 +386,7 @@ def _fit(idx: np.ndarray, tr: _Trails, speed: float | None, direction=None):
         pos = tr.centre(idx, np.full(idx.size, speed))
         along = np.hypot(np.where(known, 0.25, 1.0 / math.sqrt(12.0)) * missing,
                          tr.shortfall(idx, speed) / math.sqrt(12.0))
-    if direction is not None and np.hypot(*direction) > 0 and np.any(along > 0):
+    if direction is not None and np.all(np.isfinite(direction)) and np.hypot(*direction) > 0 and np.any(along > 0):
         *fit, normalised = fit_linear_motion_along(tr.t[idx], pos[:, 0], pos[:, 1], sigma, along, direction)
         return tuple(fit), normalised, pos
     sigma = np.hypot(sigma, along)

@@ -182,7 +182,13 @@ def fit_linear_motion_along(t, x, y, sigma, along, direction):
     """
     t, x, y = (np.asarray(v, float) for v in (t, x, y))
     sigma, along = np.asarray(sigma, float), np.asarray(along, float)
-    ux, uy = np.asarray(direction, float) / float(np.hypot(*direction))
+    direction = np.asarray(direction, float)
+    if direction.shape != (2,) or not np.all(np.isfinite(direction)) or not np.any(direction != 0):
+        raise ValueError(f"fit_linear_motion_along: direction must be two finite numbers, not both 0 ({direction})")
+    if t.size == 0 or not (np.all(np.isfinite(sigma)) and np.all(sigma > 0) and np.all(np.isfinite(along))
+                           and np.all(along >= 0)):
+        raise ValueError("fit_linear_motion_along: points needed, errors > 0 and extra errors >= 0 (finite)")
+    ux, uy = direction / float(np.hypot(*direction))
     s_along, s_across = np.hypot(sigma, along), sigma
     w_across = 1.0 / s_across**2
     t_ref = float(np.sum(w_across * t) / np.sum(w_across))
@@ -200,8 +206,12 @@ def fit_linear_motion_along(t, x, y, sigma, along, direction):
         cov_rot[2 * i, 2 * j] = v
     for (i, j), v in np.ndenumerate(cov_c):
         cov_rot[2 * i + 1, 2 * j + 1] = v
-    with np.errstate(invalid="ignore"):  # an unmeasured velocity (inf) stays inf where it enters
-        cov = big @ cov_rot @ big.T
+    unmeasured = not np.all(np.isfinite(cov_rot[2:, 2:]))  # one time only: no velocity (0 * inf would be NaN)
+    if unmeasured:
+        cov_rot[2:, :] = cov_rot[:, 2:] = 0.0
+    cov = big @ cov_rot @ big.T
+    if unmeasured:  # as fit_linear_motion: the positions' variances, the velocity's unbounded
+        cov[2, 2] = cov[3, 3] = np.inf
     normalised = np.hypot((a - pa[0] - pa[1] * dt) / s_along, (c - pc[0] - pc[1] * dt) / s_across)
     return params, cov, chi2_a + chi2_c, t_ref, normalised
 
@@ -605,7 +615,7 @@ def trails_agree(v, v_err, trail) -> np.ndarray:
     Returns
     -------
     ndarray (m,) bool
-        False where a trail has no rate.
+        False where a trail has no rate, or a rate or axis without a finite error.
     """
     v = np.atleast_2d(np.asarray(v, float))
     speed = np.hypot(v[:, 0], v[:, 1])
@@ -614,7 +624,9 @@ def trails_agree(v, v_err, trail) -> np.ndarray:
     axis = np.degrees(np.arctan2(v[:, 0], v[:, 1]))
     axis_err = np.degrees(np.arctan2(v_err, np.maximum(speed, 1e-9)))
     with np.errstate(invalid="ignore"):
-        return (np.isfinite(rate) & (np.abs(speed - rate) <= 3.0 * np.hypot(v_err, rate_err))
+        # (an infinite error agreed with every motion, a NaN one with none: neither measures a trail)
+        measured = np.isfinite(rate) & np.isfinite(rate_err) & np.isfinite(pa) & np.isfinite(pa_err)
+        return (measured & (np.abs(speed - rate) <= 3.0 * np.hypot(v_err, rate_err))
                 & (axial_difference(axis, pa) <= 3.0 * np.hypot(axis_err, pa_err)))
 
 

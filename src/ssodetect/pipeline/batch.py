@@ -60,12 +60,17 @@ def check_field_name(name: str, source) -> str:
     ------
     InputError
         Empty, ``.``/``..``, a leading dot (our hidden staging names), a path separator, a NUL or control
-        character, or the summary's name.
+        character, the summary's name, a leading or trailing space, or over 200 bytes.
     """
     name = str(name)
+    if len(name.encode()) > 200:
+        raise InputError(f"{source}: field name {name[:40]!r}... is {len(name.encode())} bytes long (at most 200: a "
+                         "directory name of the file system)")
+    if name != name.strip():
+        raise InputError(f"{source}: field name {name!r} begins or ends with a space (a directory name easily "
+                         "mistaken for another); fields are named by plain words")
     bad = (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in name) or name == SUMMARY
-           or len(name.encode()) > 200)
+           or any(unicodedata.category(c) in ("Cc", "Cs", "Cf", "Zl", "Zp") for c in name) or name == SUMMARY)
     if bad:
         raise InputError(f"{source}: field name {name!r} is not a plain directory name (no '/', '..', leading '.', "
                          f"control characters or {SUMMARY!r}); fields are written only inside the batch directory")

@@ -105,9 +105,20 @@ def builtin_profiles() -> dict[str, Profile]:
 
 
 def _user_profiles() -> dict[str, Profile]:
+    """The profiles in the directories of ``SSODETECT_PROFILE_PATH``; a folder that is missing or no directory is
+    said (a warning), a file named like a built-in profile refused (``ConfigError``: a built-in's name must mean one
+    profile whether chosen by name or from the headers)."""
     found: dict[str, Profile] = {}
+    builtin = {p.stem for p in _PROFILE_DIR.glob("*.toml")}
     for folder in filter(None, os.environ.get("SSODETECT_PROFILE_PATH", "").split(os.pathsep)):
+        if not Path(folder).is_dir():
+            log.warning("SSODETECT_PROFILE_PATH: %s is %s; no profiles read from it", folder,
+                        "no directory" if Path(folder).exists() else "missing")
+            continue
         for path in sorted(Path(folder).glob("*.toml")):
+            if path.stem in builtin:
+                raise ConfigError(f"{path}: a profile file named like the built-in profile {path.stem} (in "
+                                  "SSODETECT_PROFILE_PATH); rename it: a built-in's name always means the built-in")
             found[path.stem] = load_profile(path)
     return found
 
@@ -147,6 +158,9 @@ def load_profile(path: str | Path) -> Profile:
     if not_tables:
         raise ConfigError(f"{path}: [settings] holds {', '.join(not_tables)} as a value; each must be a table "
                           "[settings.<section>] of configuration keys")
+    if set(data.get("profile", {})) - {"description"}:
+        raise ConfigError(f"{path}: unknown key(s) in [profile]: "
+                          f"{', '.join(sorted(set(data['profile']) - {'description'}))}; expected description")
     description = data.get("profile", {}).get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{path}: [profile] description must be text, not {_kind(description)}")
@@ -199,13 +213,18 @@ def _checked_match(path: Path, match: dict) -> dict:
         if key not in out:
             continue
         words = [out[key]] if isinstance(out[key], str) else out[key]
-        if not (isinstance(words, list) and words and all(isinstance(w, str) and w.strip() for w in words)):
+        if not (isinstance(words, list) and words and all(isinstance(w, str) for w in words)):
             raise ConfigError(f"{path}: [match] {key} must be a word or a list of words (text), not "
                               f"{_kind(out[key])}")
+        if not all(w.strip() for w in words):
+            raise ConfigError(f"{path}: [match] {key} holds an empty word (it would match nothing)")
         out[key] = words
     for key in ("min_pixel_scale", "max_pixel_scale"):
         if key in out and not (_number(out[key]) and out[key] > 0):
             raise ConfigError(f"{path}: [match] {key} must be a positive number [arcsec/px], not {_kind(out[key])}")
+    if out.get("min_pixel_scale", 0.0) > out.get("max_pixel_scale", math.inf):
+        raise ConfigError(f"{path}: [match] min_pixel_scale {out['min_pixel_scale']:g} is above max_pixel_scale "
+                          f"{out['max_pixel_scale']:g}: the profile could never match")
     if "min_exposures" in out and not _integer(out["min_exposures"], 1, _MAX_EXPOSURES):
         raise ConfigError(f"{path}: [match] min_exposures must be an integer from 1 to {_MAX_EXPOSURES}, not "
                           f"{_kind(out['min_exposures'])}")
@@ -400,6 +419,9 @@ def named_profile(name: str, builtin: dict[str, Profile] | None = None) -> Profi
     builtin = builtin_profiles() if builtin is None else builtin
     if name in builtin:
         return builtin[name]
+    if Path(name).is_dir():
+        raise ConfigError(f"profile {name!r}: a directory, not a profile TOML file (directories of profiles go in "
+                          "SSODETECT_PROFILE_PATH)")
     if name.endswith(".toml") or Path(name).is_file():
         profile = load_profile(name)
         profile.ref = str(Path(name).resolve())
