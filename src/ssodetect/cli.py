@@ -562,7 +562,9 @@ def _report(args) -> int:
             args.config = None  # nothing to record
     counter = WarningCount()  # a report written with warnings exits 1, as the run that wrote it did
     log.addHandler(counter)
-    lock = OutputLock(outdir)  # held until the dropped reports are gone too (a run could write them meanwhile)
+    # held until the dropped reports are gone too (a run could write them meanwhile); inside the run, as a stage
+    # adding files to it keeps it
+    lock = OutputLock(Path(os.path.realpath(outdir)), inside=True)
     try:
         with OutputStage(outdir, lock=lock) as stage:
             written = write_reports(outdir, stage.path, config, title=f"ssodetect run: {outdir.resolve().name}",

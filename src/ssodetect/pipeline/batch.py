@@ -64,7 +64,7 @@ def check_field_name(name: str, source) -> str:
     """
     name = str(name)
     if len(name.encode()) > 200:
-        raise InputError(f"{source}: field name {name[:40]!r}... is {len(name.encode())} bytes long (at most 200: a "
+        raise InputError(f"{source}: field name {name!r} is {len(name.encode())} bytes long (at most 200: a "
                          "directory name of the file system)")
     if name != name.strip():
         raise InputError(f"{source}: field name {name!r} begins or ends with a space (a directory name easily "
