@@ -690,10 +690,10 @@ def test_a_trail_recovered_beside_a_star_links_with_the_trail_centre_tolerance()
     """Member 437: a V 22.6 mover at 6.9"/h, one clean 11 px trail and two trails measured in the pixels (one beside a
     brighter source), lined up to 0.04-0.06" with errors of 0.02-0.03": chi2/dof 5.2, refused, the mover lost.  A
     trail's centre moves along it with whatever changes its light; the slow linker allows 5 % of its length
-    (link.movers.trail_centre_tolerance) and so do the blends step's tracklets.  Three points with the same
+    (link.movers.with_trail_tolerance) and so do the blends step's tracklets.  Three points with the same
     residuals stay refused."""
     from ssodetect.link.blends import choose_tracklets
-    from ssodetect.link.movers import trail_centre_tolerance
+    from ssodetect.link.movers import with_trail_tolerance
 
     t = np.array([0.0, 0.6111, 0.9167])
     v = np.array([-6.7, 1.6])  # [arcsec/h]
@@ -704,8 +704,9 @@ def test_a_trail_recovered_beside_a_star_links_with_the_trail_centre_tolerance()
     kw = dict(max_chi2_dof=4.0, min_rate=0.5, max_rate=10.0, min_rate_significance=3.0)
     plain = choose_tracklets([({1, 2, 3}, t, pos[:, 0], pos[:, 1], sigma)], **kw)
     assert plain[0] == [] and plain[1]["n_rejected_fit"] == 1
-    widened = np.hypot(sigma, trail_centre_tolerance(lengths, np.full(3, 0.1)))
+    widened = with_trail_tolerance(sigma, lengths, np.full(3, 0.1), np.ones(3, bool))
     chosen, counts = choose_tracklets([({1, 2, 3}, t, pos[:, 0], pos[:, 1], widened)], **kw)
     assert len(chosen) == 1 and abs(chosen[0][1].rate - math.hypot(*v)) < 0.2
-    points = np.hypot(sigma, trail_centre_tolerance(np.full(3, 1.0), np.full(3, 0.1)))
+    points = with_trail_tolerance(sigma, np.full(3, 1.0), np.full(3, 0.1), np.ones(3, bool))
+    assert np.array_equal(with_trail_tolerance(sigma, lengths, np.full(3, 0.1), np.zeros(3, bool)), sigma)
     assert choose_tracklets([({1, 2, 3}, t, pos[:, 0], pos[:, 1], points)], **kw)[0] == []

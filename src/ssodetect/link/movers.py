@@ -39,7 +39,7 @@ from ssodetect.streaks.detect import EDGE_MIN_TRAIL_FWHM
 __all__ = ["MoverLinks", "link_movers", "select_candidates", "vet_edge_fits", "vet_occupancy", "vet_trail_lengths",
            "restore_cut_centres", "link_fast", "Footprints", "streak_table", "STREAK_COLUMNS", "CUT_END_ERROR",
            "EDGE_CUT_ERROR", "trail_motions", "widen_trail_tolerance", "TRAIL_CENTRE_TOLERANCE",
-           "trail_centre_tolerance"]
+           "with_trail_tolerance"]
 
 log = logging.getLogger(__name__)
 
@@ -211,18 +211,20 @@ def widen_trail_tolerance(slow: Table) -> int:
     :data:`TRAIL_CENTRE_TOLERANCE` of their own length (along the trail, shared between the two axes); returns
     how many.  A trail's centre moves along it with whatever changes the light along it (a masked hit cutting
     one end, a faint neighbour on it).  The reported errors stay the measurement's."""
-    trail = np.nonzero((np.asarray(slow["kind"]) == "trail") & np.isfinite(np.asarray(slow["length"], float)))[0]
-    if trail.size:
-        slow["sigma"][trail] = np.hypot(np.asarray(slow["sigma"], float)[trail], trail_centre_tolerance(
-            np.asarray(slow["length"], float)[trail], np.asarray(slow["pixel_scale"], float)[trail]))
-    return int(trail.size)
+    trail = np.asarray(slow["kind"]) == "trail"
+    slow["sigma"][:] = with_trail_tolerance(slow["sigma"], slow["length"], slow["pixel_scale"], trail)
+    return int(np.sum(trail & np.isfinite(np.asarray(slow["length"], float))))
 
 
-def trail_centre_tolerance(length, pixel_scale):
-    """The linking tolerance [arcsec, per axis] a trail of ``length`` [px] adds to its centre's error:
-    :data:`TRAIL_CENTRE_TOLERANCE` of its length on the sky, shared between the two axes (the slow linker's and the
-    blends step's tracklet fits alike)."""
-    return TRAIL_CENTRE_TOLERANCE * np.asarray(length, float) * np.asarray(pixel_scale, float) / math.sqrt(2.0)
+def with_trail_tolerance(sigma, length, pixel_scale, trail) -> np.ndarray:
+    """Linking errors [arcsec] ``sigma`` with the tolerance of the trails' centres added in quadrature:
+    :data:`TRAIL_CENTRE_TOLERANCE` of each trail's ``length`` [px] on the sky (``pixel_scale`` [arcsec/px]), shared
+    between the two axes, where ``trail`` is true and the length finite (the slow linker's and the blends step's
+    tracklet fits alike)."""
+    sigma, length = np.asarray(sigma, float), np.asarray(length, float)
+    widened = np.asarray(trail, bool) & np.isfinite(length)
+    tolerance = TRAIL_CENTRE_TOLERANCE * np.where(widened, length, 0.0) * np.asarray(pixel_scale, float) / math.sqrt(2.0)
+    return np.where(widened, np.hypot(sigma, tolerance), sigma)
 
 
 #: Share of a trail's own length [px] by which its centre may lie off its motion's line, for linking: a V 23.2

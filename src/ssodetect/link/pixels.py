@@ -8,7 +8,8 @@ the flux measured with the mover's own PSF/trail template at a member's position
 exposure taken when the object was elsewhere, is (nearly) zero for a mover and the full
 flux for a static source.
 
-Everything here is pure numpy over arrays; the pipeline measures the fluxes
+Everything here is pure numpy over arrays (:func:`measure_response` applies the detection stage's PSF
+photometry to an image given); the pipeline reads the images and measures the fluxes
 (:mod:`ssodetect.pipeline.occupancy`).  Positions are tangent-plane offsets [arcsec].  How much
 of a source a template placed beside it still measures is the filter's *response*: measured on
 the image's own stars (:func:`filter_response`; a Moffat or double-Gaussian PSF's wings reach
@@ -22,8 +23,10 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ssodetect.detect.shape import psf_photometry
+
 __all__ = ["trail_overlap", "occupancy_scores", "occupancy_verdict", "shows_motion", "missing_deficit",
-           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response", "response_stars"]
+           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response", "response_stars", "stars_by_image", "measure_response"]
 
 #: Distances [px] from a star at which the template's flux is measured for :func:`filter_response` (beyond the last,
 #: the response is taken as 0: ~4.5 FWHM of the widest PSF expected, where a Moffat beta 2 keeps ~1 % of its peak).
@@ -132,6 +135,45 @@ def filter_response(flux: np.ndarray, flux_err: np.ndarray, radii: np.ndarray = 
     rings = flux[good, 1:].reshape(int(good.sum()), n_r - 1, n_directions).mean(axis=2) / centre[good, None]
     response = np.concatenate([[1.0], np.median(rings, axis=0)])
     return np.clip(np.minimum.accumulate(response), 0.0, 1.0)
+
+
+def stars_by_image(detections) -> dict:
+    """``(exposure, ccd) -> (x, y)`` [px, 0-based] of each image's stars to measure :func:`filter_response` on: its
+    isolated point sources clear of masked pixels and extraction flags (:func:`response_stars`).
+
+    ``detections``: a table with ``exposure, ccd, x, y, snr, kind`` (and, when present, ``near_mask``,
+    ``masked_core``, ``sep_flag``); None or empty gives {}."""
+    if detections is None or not len(detections):
+        return {}
+    exp_ = np.asarray(detections["exposure"]).astype(int)
+    ccd = np.asarray(detections["ccd"]).astype(str)
+    x, y, snr = (np.asarray(detections[c], float) for c in ("x", "y", "snr"))
+    usable = np.asarray(detections["kind"]).astype(str) == "point"
+    for column in ("near_mask", "masked_core"):
+        if column in detections.colnames:
+            usable &= ~np.asarray(detections[column], bool)
+    if "sep_flag" in detections.colnames:
+        usable &= np.asarray(detections["sep_flag"], int) == 0
+    out = {}
+    for key in {(int(e), str(c)) for e, c in zip(exp_, ccd)}:
+        rows = np.nonzero((exp_ == key[0]) & (ccd == key[1]))[0]
+        pick = rows[response_stars(x[rows], y[rows], snr[rows], usable[rows])]
+        out[key] = (x[pick], y[pick])
+    return out
+
+
+def measure_response(image, variance, mask, star_x, star_y, psf_sigma: float, gain: float) -> np.ndarray | None:
+    """:func:`filter_response` of one image: the point template's flux (:func:`ssodetect.detect.shape.psf_photometry`)
+    at :func:`response_offsets` around each star ``(star_x, star_y)`` [px, 0-based] of the image ``(ny, nx)``
+    [ADU] with its ``variance`` [ADU^2] and ``mask``; None without stars or with too few measured."""
+    if not len(star_x):
+        return None
+    dx, dy = response_offsets()
+    sx = (np.asarray(star_x, float)[:, None] + dx[None, :]).ravel()
+    sy = (np.asarray(star_y, float)[:, None] + dy[None, :]).ravel()
+    zeros = np.zeros(sx.size)
+    flux, err = psf_photometry(image, variance, mask, sx, sy, zeros, zeros, psf_sigma, gain)
+    return filter_response(flux.reshape(len(star_x), -1), err.reshape(len(star_x), -1))
 
 
 def trail_overlap(offset: np.ndarray, direction: np.ndarray, length: float, sigma: float, n_samples: int = 15,

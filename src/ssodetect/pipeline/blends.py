@@ -27,7 +27,7 @@ from ssodetect.config import Config
 from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
                                    fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
                                    propose_trails, resample_stamp, whole_trails)
-from ssodetect.link.movers import trail_centre_tolerance
+from ssodetect.link.movers import with_trail_tolerance
 from ssodetect.link.tracklets import detection_key
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.report.tables import tracklet_tables
@@ -525,11 +525,10 @@ def _objects(results, candidates, cxi, ceta, ct, plane, t0_mjd, objects, config,
                    for k in prop.pair] + rows  # (the measured rows themselves: they are told apart by identity below)
         members.sort(key=lambda r: r["t_hours"])
         # a trail's centre moves along it with whatever changes its light (a star's wing under a measured one): the
-        # slow linker's tolerance (link.movers.trail_centre_tolerance; member 437 lost a V 22.6 mover at 6.9"/h whose
+        # slow linker's tolerance (link.movers.with_trail_tolerance; member 437 lost a V 22.6 mover at 6.9"/h whose
         # three 11 px trails fitted at chi2/dof 5.2 without it); a measurement is its motion's trail
-        link_sigma = np.array([math.hypot(r["sigma"], float(trail_centre_tolerance(r["length"], r["pixel_scale"])))
-                               if r.get("trail", True) and math.isfinite(float(r["length"])) else r["sigma"]
-                               for r in members])
+        link_sigma = with_trail_tolerance(*(np.array([r[c] for r in members], float) for c in
+                                            ("sigma", "length", "pixel_scale")), [r.get("trail", True) for r in members])
         if math.sqrt(sum(float(r["snr"]) ** 2 for r in members)) < lk.min_total_snr:
             stats["n_too_faint"] += 1  # as the linker's tracklets: [link] min_total_snr
             continue

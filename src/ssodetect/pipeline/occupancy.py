@@ -23,8 +23,8 @@ from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
 from ssodetect.detect.shape import psf_photometry
-from ssodetect.link.pixels import (RESPONSE_RADII, filter_response, missing_confirms, missing_deficit, occupancy_scores,
-                                   occupancy_verdict, response_offsets, response_stars, shows_motion, trail_overlap)
+from ssodetect.link.pixels import (RESPONSE_RADII, measure_response, missing_confirms, missing_deficit, occupancy_scores,
+                                   occupancy_verdict, shows_motion, stars_by_image, trail_overlap)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
 from ssodetect.streaks.field import drift_of, with_drift
@@ -58,36 +58,7 @@ class ForcedFlux:
         ref, sigma, xs, ys, lengths, thetas, star_x, star_y = job
         image, variance, mask, gain = cleaned_pixels(ref, self.config, self.masters.get(ref.ccd), sigma)
         flux, err = psf_photometry(image, variance, mask, xs, ys, lengths, thetas, sigma, gain)
-        response = None
-        if len(star_x):
-            dx, dy = response_offsets()
-            sx = (np.asarray(star_x, float)[:, None] + dx[None, :]).ravel()
-            sy = (np.asarray(star_y, float)[:, None] + dy[None, :]).ravel()
-            zeros = np.zeros(sx.size)
-            s_flux, s_err = psf_photometry(image, variance, mask, sx, sy, zeros, zeros, sigma, gain)
-            response = filter_response(s_flux.reshape(len(star_x), -1), s_err.reshape(len(star_x), -1))
-        return flux, err, response
-
-
-def _stars_by_image(detections: Table | None) -> dict:
-    """(exposure, ccd) -> (x, y) [px] of the isolated, unflagged point sources to measure the filter's response on."""
-    if detections is None or not len(detections):
-        return {}
-    exp_ = np.asarray(detections["exposure"]).astype(int)
-    ccd = np.asarray(detections["ccd"]).astype(str)
-    x, y, snr = (np.asarray(detections[c], float) for c in ("x", "y", "snr"))
-    usable = np.asarray(detections["kind"]).astype(str) == "point"
-    for column in ("near_mask", "masked_core"):
-        if column in detections.colnames:
-            usable &= ~np.asarray(detections[column], bool)
-    if "sep_flag" in detections.colnames:
-        usable &= np.asarray(detections["sep_flag"], int) == 0
-    out = {}
-    for key in {(int(e), str(c)) for e, c in zip(exp_, ccd)}:
-        rows = np.nonzero((exp_ == key[0]) & (ccd == key[1]))[0]
-        pick = rows[response_stars(x[rows], y[rows], snr[rows], usable[rows])]
-        out[key] = (x[pick], y[pick])
-    return out
+        return flux, err, measure_response(image, variance, mask, star_x, star_y, sigma, gain)
 
 
 def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info: list, wcs_for, masters: dict,
@@ -255,7 +226,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                       "flux": np.full((m + 1, n_exp), np.nan),
                       "err": np.full((m + 1, n_exp), np.nan)})
     keys = sorted(jobs, key=lambda key: (key[0], str(key[1])))
-    stars = _stars_by_image(detections)
+    stars = stars_by_image(detections)
     no_stars = (np.zeros(0), np.zeros(0))
     tasks = []
     for key in keys:
