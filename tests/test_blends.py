@@ -17,8 +17,8 @@ from conftest import small_scene_config
 from ssodetect.config import Config
 from ssodetect.detect.shape import trailed_psf
 from ssodetect.evaluate import evaluate_run
-from ssodetect.link.blends import (accept_recovery, fit_beside_template, fit_with_static_sky, propose_pairs,
-                                  resample_stamp)
+from ssodetect.link.blends import (PRESCREEN_FRACTION, accept_recovery, best_snr_beside_template, best_snr_reference,
+                                  fit_beside_template, fit_with_static_sky, propose_pairs, resample_stamp)
 from ssodetect.pipeline import run_pipeline
 from ssodetect.simulate import draw_scene, simulate
 
@@ -710,3 +710,34 @@ def test_a_trail_recovered_beside_a_star_links_with_the_trail_centre_tolerance()
     points = with_trail_tolerance(sigma, np.full(3, 1.0), np.full(3, 0.1), np.ones(3, bool))
     assert np.array_equal(with_trail_tolerance(sigma, lengths, np.full(3, 0.1), np.zeros(3, bool)), sigma)
     assert choose_tracklets([({1, 2, 3}, t, pos[:, 0], pos[:, 1], points)], **kw)[0] == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_best_snr_beside_template_matches_its_reference_and_bounds_the_full_fit(seed):
+    """The correlation form of the first linear fit's best flux signal-to-noise ratio over the reach equals one
+    linear fit per grid position; the full fit never finds more than a few per cent above it (so a target below
+    PRESCREEN_FRACTION of min_snr cannot be accepted), and a mover that the full fit accepts clears it."""
+    rng = np.random.default_rng(400 + seed)
+    n, sigma, noise = 27, 0.75 + 0.25 * seed, 3.0
+    star = 5000.0 * trailed_psf(13.2, 12.8, 0.0, 0.0, sigma * 1.04, 0, 0, n)
+    template = star + rng.normal(0.0, noise / 2, (n, n))
+    var, tvar = np.full((n, n), noise**2), np.full((n, n), noise**2 / 4)
+    for length, theta, flux in ((0.0, 0.0, 0.0), (0.0, 0.0, 300.0), (0.0, 0.0, 1500.0), (9.0, 0.7, 2500.0),
+                                (9.0, 0.7, 0.0)):
+        mover = flux * trailed_psf(16.1, 10.4, length, theta, sigma, 0, 0, n)
+        data = star + mover + rng.normal(0.0, noise, (n, n))
+        data[2, 3] = np.nan
+        kw = dict(x=15.6, y=10.9, length=length, theta=theta, psf_sigma=sigma, gain=1.0, max_shift=2.0)
+        best = best_snr_beside_template(data, var, template, tvar, **kw)
+        assert best == pytest.approx(best_snr_reference(data, var, template, tvar, **kw), rel=1e-3, abs=1e-3)
+        fit = fit_beside_template(data, var, template, tvar, **kw)
+        if fit is not None and fit["flux"] > 0:
+            assert fit["flux"] / fit["flux_err"] <= 1.1 * max(best, 0.0) + 1e-9
+        verdict = accept_recovery(fit, max(flux, 300.0), 60.0, min_snr=10.0, flux_scatter=0.25, max_chi2_dof=4.0,
+                                  max_position_error=1.0, psf_sigma=sigma)
+        if verdict == "ok":
+            assert best >= PRESCREEN_FRACTION * 10.0
+        if flux == 0.0:
+            assert best < PRESCREEN_FRACTION * 10.0
+        if flux >= 1500.0:
+            assert verdict == "ok"

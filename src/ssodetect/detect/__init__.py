@@ -1,7 +1,7 @@
 """Background, source extraction and per-detection classification."""
 from pathlib import Path
 
-from ssodetect.detect.background import estimate_background, heavy_tail_correction
+from ssodetect.detect.background import estimate_background, heavy_tail_correction, matched_noise_scale
 from ssodetect.detect.extract import DETECTION_COLUMNS, empty_detections, extract_sources, gaussian_kernel, measure_psf_sigma
 from ssodetect.detect.shape import psf_photometry, psf_photometry_reference, shape_chi2, shape_chi2_reference
 
@@ -14,6 +14,7 @@ def kernels_cold() -> bool:
 __all__ = [
     "estimate_background",
     "heavy_tail_correction",
+    "matched_noise_scale",
     "DETECTION_COLUMNS",
     "empty_detections",
     "extract_sources",

@@ -7,7 +7,10 @@ import numpy as np
 import sep
 from scipy import ndimage
 
-__all__ = ["estimate_background", "heavy_tail_correction"]
+__all__ = ["estimate_background", "heavy_tail_correction", "matched_noise_scale"]
+
+#: One-sided normal tail points (z, Phi(-z)) at which :func:`matched_noise_scale` reads the noise
+_TAIL_POINTS = ((1.0, 0.15865525393145707), (1.5, 0.0668072012688581), (2.0, 0.022750131948179195))
 
 
 def estimate_background(
@@ -96,3 +99,56 @@ def heavy_tail_correction(data: np.ndarray, background: np.ndarray, rms: np.ndar
     scale = max(1.0, measured / expected) if expected > 0 else 1.0
     corrected = (background + np.float32(level)).astype(np.float32)
     return corrected, (rms * np.float32(scale)).astype(np.float32), level, scale
+
+
+def matched_noise_scale(residual: np.ndarray, rms: np.ndarray, mask: np.ndarray, kernel: np.ndarray, *,
+                        max_side: int = 2048) -> tuple[float, float]:
+    """The scatter of a PSF-matched-filtered image over the scatter its per-pixel RMS implies.
+
+    A threshold in sigma of the matched-filtered image assumes white noise.  Noise correlated between neighbouring
+    pixels (a resampled or smoothed frame, a co-add) scatters the filtered image more than the per-pixel RMS says:
+    four 512^2 frames smoothed by a Gaussian of FWHM 6 px scattered 1.6 times as much through a 0.75 px kernel, and
+    their noise made 400 "movers" per exposure.  The scatter is read from the negative side of the filtered image
+    (the sources sit on the positive side), at the points where a normal distribution holding the fraction of pixels
+    below zero twice over reaches -1, -1.5 and -2 sigma; the three readings agree when the noise is normal.
+
+    Parameters
+    ----------
+    residual : ndarray (ny, nx)
+        Background-subtracted image [ADU] (masked pixels anything).
+    rms : ndarray (ny, nx)
+        Per-pixel background noise [ADU].
+    mask : ndarray (ny, nx) bool
+        True where pixels are unusable; the filtered pixels that reach one are left out.
+    kernel : ndarray (k, k)
+        The detection filter.
+    max_side : int
+        The central ``max_side`` x ``max_side`` pixels at most are read (the cost stays that of a 4 Mpx image).
+
+    Returns
+    -------
+    scale : float
+        Median of the three readings; 1.0 when fewer than 1000 pixels can be read or the image has no negative
+        side.
+    spread : float
+        Largest over smallest reading (1.0 for normal noise; ``inf`` when unread).
+    """
+    ny, nx = residual.shape
+    y0, x0 = max((ny - max_side) // 2, 0), max((nx - max_side) // 2, 0)
+    crop = (slice(y0, y0 + max_side), slice(x0, x0 + max_side))
+    bad = np.asarray(mask, bool)[crop] | ~np.isfinite(residual[crop]) | ~(np.asarray(rms)[crop] > 0)
+    work = np.where(bad, 0.0, residual[crop]).astype(np.float32)
+    k = np.asarray(kernel, np.float32)
+    reach = k.shape[0] // 2
+    far = ~ndimage.binary_dilation(bad, iterations=reach) if bad.any() and reach else ~bad
+    if far.sum() < 1000:
+        return 1.0, math.inf
+    norm = float(np.sqrt(np.sum(k.astype(np.float64) ** 2)))
+    values = ndimage.convolve(work, k, mode="constant")[far] / (np.asarray(rms)[crop][far] * norm)
+    below = float(np.mean(values < 0))
+    if below <= 0.05:
+        return 1.0, math.inf
+    readings = np.array([-float(np.quantile(values, min(2.0 * below * tail, 1.0))) / z for z, tail in _TAIL_POINTS])
+    if not (np.all(np.isfinite(readings)) and np.all(readings > 0)):
+        return 1.0, math.inf
+    return float(np.median(readings)), float(readings.max() / readings.min())

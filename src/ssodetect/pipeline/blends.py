@@ -24,8 +24,8 @@ from astropy.table import Table, vstack
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.link.blends import (MAX_TRAIL_SEARCH, accept_recovery, choose_tracklets, find_trail,
-                                   fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
+from ssodetect.link.blends import (MAX_TRAIL_SEARCH, PRESCREEN_FRACTION, accept_recovery, best_snr_beside_template,
+                                   choose_tracklets, find_trail, fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
                                    propose_trails, resample_stamp, whole_trails)
 from ssodetect.link.movers import with_trail_tolerance
 from ssodetect.link.tracklets import detection_key
@@ -83,7 +83,10 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     observations, objects : Table
         With the recovered objects appended.
     stats : dict
-        The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured`` (of which ``n_joint``
+        The proposal counts of :func:`ssodetect.link.blends.propose_pairs`, ``n_measured`` (of which
+        ``n_prescreened`` refused as faint by their best signal-to-noise ratio within the reach, below
+        :data:`~ssodetect.link.blends.PRESCREEN_FRACTION` of ``[link] blend_min_snr``, without the full fit:
+        :func:`ssodetect.link.blends.best_snr_beside_template`; and ``n_joint``
         fitted with the static sky over the exposures where the mover covers its own place, none other being free
         of it: :func:`ssodetect.link.blends.fit_with_static_sky`; ``n_joint_accepted`` of them kept;
         ``n_joint_exposures_left``: exposures beyond the :data:`MAX_TEMPLATES` a joint fit takes, left out), ``refused``
@@ -105,7 +108,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     """
     lk = config.link
     t_start = time.perf_counter()
-    stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0, "n_joint": 0,
+    stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0,
+                   "n_prescreened": 0, "n_joint": 0,
                    "n_joint_accepted": 0, "n_joint_exposures_left": 0, "refused": {},
                    "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
                    "n_too_faint": 0,
@@ -178,7 +182,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         if (e, ccd) not in images:
             info = info_by.get((e, ccd), {})
             images[(e, ccd)] = cleaned_pixels(refs[(e, ccd)], config, masters.get(ccd),
-                                              float(info.get("psf_sigma") or 1.0))
+                                              float(info.get("psf_sigma") or 1.0), float(info.get("noise_scale") or 1.0))
             stats["n_images"] += 1
             while len(images) > keep_images:
                 images.popitem(last=False)
@@ -414,6 +418,14 @@ def _measure(prop, e, pxi, peta, s_pred, where, candidates, plane, t_exposures, 
     template_var[counts == 0] = np.nan
     data, stamp_var = _stamp(image, var, mask, ix, iy, half)
     stats["n_measured"] += 1
+    best = best_snr_beside_template(data, stamp_var, template, template_var, x=x - (ix - half), y=y - (iy - half),
+                                    length=length, theta=theta, psf_sigma=psf_sigma, gain=gain,
+                                    max_shift=_reach(lk, s_pred, scale))
+    if not best >= PRESCREEN_FRACTION * lk.blend_min_snr:
+        # nothing near the mover's signal-to-noise anywhere within the reach: faint, without the full fit
+        stats["n_prescreened"] += 1
+        refused["faint"] += 1
+        return None
     fit = fit_beside_template(data, stamp_var, template, template_var, x=x - (ix - half),
                               y=y - (iy - half), length=length, theta=theta, psf_sigma=psf_sigma, gain=gain,
                               max_shift=_reach(lk, s_pred, scale),

@@ -490,13 +490,16 @@ def subtracted_image(ref: CCDRef, config: Config, calibration=None, *, with_nois
     return data
 
 
-def cleaned_pixels(ref: CCDRef, config: Config, calibration, psf_sigma: float):
+def cleaned_pixels(ref: CCDRef, config: Config, calibration, psf_sigma: float, noise_scale: float = 1.0):
     """One CCD image for measurements at given positions: cosmic-ray hits (and a pixel around them) masked.
 
     Returns ``(image, variance, mask, gain)``: ``image`` (ny, nx) float32 [ADU], background subtracted,
-    0 where ``mask`` (bad, NaN or hit); ``variance`` [ADU^2] the background noise; ``gain`` [e-/ADU].
+    0 where ``mask`` (bad, NaN or hit); ``variance`` [ADU^2] the background noise, times ``noise_scale`` squared
+    (detection's factor for noise correlated between pixels, ``noise_scale`` of
+    :func:`ssodetect.detect.extract_sources`); ``gain`` [e-/ADU].
     """
     data, rms, gain = subtracted_image(ref, config, calibration, with_noise=True)
+    rms = np.asarray(rms, np.float32) * np.float32(noise_scale)
     bad = ~np.isfinite(data)
     filled = np.nan_to_num(data).astype(np.float32)
     hits = sharp_pixel_mask(filled, rms, psf_sigma, mask=bad)

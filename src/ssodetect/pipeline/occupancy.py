@@ -44,8 +44,8 @@ class ForcedFlux:
     """Picklable task: template fluxes at fixed positions of one CCD image, cosmic-ray hits masked, and the point
     template's response around the image's stars.
 
-    Called with ``(ref, psf_sigma, xs, ys, lengths, thetas, star_x, star_y)`` (pixels 0-based, lengths [px], angles
-    [rad]); returns ``(flux, flux_err, response)``: fluxes [ADU], NaN where the stamp leaves the image, and
+    Called with ``(ref, psf_sigma, xs, ys, lengths, thetas, star_x, star_y, noise_scale)`` (pixels 0-based, lengths
+    [px], angles [rad]; ``noise_scale`` detection's factor for correlated noise); returns ``(flux, flux_err, response)``: fluxes [ADU], NaN where the stamp leaves the image, and
     :func:`ssodetect.link.pixels.filter_response` at :data:`~ssodetect.link.pixels.RESPONSE_RADII` [px] from the
     stars (None with too few).
     """
@@ -55,8 +55,8 @@ class ForcedFlux:
         self.masters = masters
 
     def __call__(self, job):
-        ref, sigma, xs, ys, lengths, thetas, star_x, star_y = job
-        image, variance, mask, gain = cleaned_pixels(ref, self.config, self.masters.get(ref.ccd), sigma)
+        ref, sigma, xs, ys, lengths, thetas, star_x, star_y, noise_scale = job
+        image, variance, mask, gain = cleaned_pixels(ref, self.config, self.masters.get(ref.ccd), sigma, noise_scale)
         flux, err = psf_photometry(image, variance, mask, xs, ys, lengths, thetas, sigma, gain)
         return flux, err, measure_response(image, variance, mask, star_x, star_y, sigma, gain)
 
@@ -234,7 +234,8 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         info = info_by.get(key, {})
         tasks.append((refs[key], float(info.get("psf_sigma") or 1.0), np.array([v[3] for v in entries]),
                       np.array([v[4] for v in entries]), np.array([v[5] for v in entries]),
-                      np.array([v[6] for v in entries]), *stars.get(key, no_stars)))
+                      np.array([v[6] for v in entries]), *stars.get(key, no_stars),
+                      float(info.get("noise_scale") or 1.0)))
     results = executor.map(ForcedFlux(config, masters), tasks, progress=config.execution.progress, desc="occupancy")
     stats["n_images"] = len(tasks)
     responses = {}

@@ -462,14 +462,15 @@ def step_blends(products: dict, config: Config, ctx: StepContext) -> dict:
         products["exposures"], products["ccd_info"], wcs_lookup(products), products["masters"], config,
     )
     log.info("blends: %d pairs of clean detections, %d predicted onto brighter sources in %d exposures, %d measured "
-             "(%d accepted; refused: %s; %d without a template, %d off the image, %d longer than streaks.max_length "
+             "(%d accepted; refused: %s, of which %d faint by their best signal-to-noise ratio without the full fit; %d without a template, %d off the image, %d longer than streaks.max_length "
              "or 2000 px), %d objects found "
              "(%d pairs with too few measurements kept, %d whose measurements do not line up, %d sharing a detection); "
              "%d whole single trails predicted both ways (%d without fitted errors; %d predictions searched for "
              "light within %g px only, their reach being wider), %d directions whose predictions show too little "
              "light not measured, %d objects from whole trails",
              stats["n_pairs"], stats["n_proposals"], stats["n_targets"], stats["n_measured"], stats["n_accepted"],
-             ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_no_template"],
+             ", ".join(f"{k} {v}" for k, v in sorted(stats["refused"].items())) or "none", stats["n_prescreened"],
+             stats["n_no_template"],
              stats["n_off_image"], stats["n_too_long"], stats["n_objects"], stats["n_too_few"], stats["n_rejected_fit"],
              stats["n_conflicts"], stats["trails"]["n_pool"], stats["trails"]["n_unfitted"],
              stats["trails"]["n_search_capped"], MAX_TRAIL_SEARCH, stats["trails"]["n_unsupported"],
@@ -582,7 +583,7 @@ BUILTIN_STEPS = [
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
           "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "astrometry.trailed_stars",
-          "astrometry.min_snr", "intermediate"), "24",
+          "astrometry.min_snr", "intermediate"), "25",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
          ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "12",
@@ -595,7 +596,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
           "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
-          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "11",
+          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "12",
          "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
          "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),
@@ -604,7 +605,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.occupancy_test", "link.occupancy_threshold", "link.occupancy_max_overlap", "link.occupancy_max_error",
           "link.occupancy_nsigma", "link.missing_max_deficit", "link.flux_scatter", "link.confirm_min_snr")
-         + _PIXELS, "7", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
+         + _PIXELS, "8", "remove movers whose positions still hold their source after they moved on; confirm doubtful "
          "tracklets where they were not detected (pixels)",
          enabled=lambda c: c.link.occupancy_test),
     Step("stack", step_stack, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "observations",
