@@ -16,8 +16,9 @@ from scipy.ndimage import map_coordinates
 from conftest import small_scene_config
 from ssodetect.config import Config
 from ssodetect.detect.shape import trailed_psf
+import ssodetect.link.blends as blends_module
 from ssodetect.evaluate import evaluate_run
-from ssodetect.link.blends import (PRESCREEN_FRACTION, accept_recovery, best_snr_beside_template, best_snr_reference,
+from ssodetect.link.blends import (PRESCREEN_FRACTION, accept_recovery, within_budget, best_snr_beside_template, best_snr_reference,
                                   fit_beside_template, fit_with_static_sky, propose_pairs, resample_stamp)
 from ssodetect.pipeline import run_pipeline
 from ssodetect.simulate import draw_scene, simulate
@@ -713,7 +714,7 @@ def test_a_trail_recovered_beside_a_star_links_with_the_trail_centre_tolerance()
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_best_snr_beside_template_matches_its_reference_and_bounds_the_full_fit(seed):
+def test_best_snr_beside_template_matches_its_reference_and_bounds_the_full_fit(seed, monkeypatch):
     """The correlation form of the first linear fit's best flux signal-to-noise ratio over the reach equals one
     linear fit per grid position; the full fit never finds more than a few per cent above it (so a target below
     PRESCREEN_FRACTION of min_snr cannot be accepted), and a mover that the full fit accepts clears it."""
@@ -730,6 +731,9 @@ def test_best_snr_beside_template_matches_its_reference_and_bounds_the_full_fit(
         kw = dict(x=15.6, y=10.9, length=length, theta=theta, psf_sigma=sigma, gain=1.0, max_shift=2.0)
         best = best_snr_beside_template(data, var, template, tvar, **kw)
         assert best == pytest.approx(best_snr_reference(data, var, template, tvar, **kw), rel=1e-3, abs=1e-3)
+        with monkeypatch.context() as patch:  # the FFT path (wide reaches, long trails) gives the same
+            patch.setattr(blends_module, "DIRECT_SUMS_MAX", 0)
+            assert best_snr_beside_template(data, var, template, tvar, **kw) == pytest.approx(best, rel=1e-6, abs=1e-6)
         fit = fit_beside_template(data, var, template, tvar, **kw)
         if fit is not None and fit["flux"] > 0:
             assert fit["flux"] / fit["flux_err"] <= 1.1 * max(best, 0.0) + 1e-9
@@ -741,3 +745,39 @@ def test_best_snr_beside_template_matches_its_reference_and_bounds_the_full_fit(
             assert best < PRESCREEN_FRACTION * 10.0
         if flux >= 1500.0:
             assert verdict == "ok"
+    for bad in (dict(max_shift=math.nan), dict(psf_sigma=0.0), dict(length=-1.0), dict(x=math.inf)):
+        with pytest.raises(ValueError, match="best_snr_beside_template"):
+            best_snr_beside_template(data, var, template, tvar, **{**kw, **bad})
+    with pytest.raises(ValueError, match="one shape"):
+        best_snr_beside_template(data[:, :-1], var, template, tvar, **kw)
+
+
+def test_within_budget_keeps_the_highest_priorities_per_group_while_their_costs_fit():
+    priority = np.array([5.0, 9.0, np.nan, 7.0, 1.0, 3.0, 8.0])
+    cost = np.array([2.0, 3.0, 1.0, 2.0, 0.0, 4.0, 9.0])
+    group = np.array(["a", "a", "a", "a", "a", "b", "c"], dtype=object)
+    keep = within_budget(priority, cost, group, {"a": 7.0, "b": 3.0})
+    # a: 9 (3), 7 (2), 5 (2) = 7 kept; 1 (cost 0) after the budget is reached stays in; NaN last, passes it
+    assert keep.tolist() == [True, True, False, True, True, False, True]
+    keep = within_budget(priority, cost, group, {"a": 6.0})
+    assert keep.tolist() == [False, True, False, True, False, True, True]
+
+
+def test_a_field_asking_for_more_measurements_than_its_budget_measures_its_best_pairs_and_says_so(
+        blended_scene, tmp_path, monkeypatch, caplog):
+    """With a budget far below what the scene asks for, the pairs of the highest signal-to-noise ratio are measured
+    (the V 22 mover passing the star is still found), the rest are counted and warned, and every target is
+    accounted for."""
+    import ssodetect.pipeline.blends as step
+
+    monkeypatch.setattr(step, "MAX_TARGETS_PER_MPX", 4.0)
+    with caplog.at_level("WARNING", logger="ssodetect.pipeline.blends"):
+        result = _run_defaults(blended_scene, tmp_path / "run")
+    stats = result.link_stats["blends"]
+    assert stats["n_over_budget"] >= 1 and stats["n_targets_over_budget"] >= 1
+    assert any("beyond the budget" in r.getMessage() for r in caplog.records)
+    assert (stats["n_targets"] + stats["trails"]["n_targets"]
+            == stats["n_measured"] + stats["n_no_template"] + stats["n_off_image"] + stats["n_too_long"]
+            + stats["trails"]["n_not_measured"] + stats["n_targets_over_budget"])
+    obs = result.observations
+    assert (np.asarray(obs["kind"]).astype(str) == "blend").sum() >= 1

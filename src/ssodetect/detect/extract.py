@@ -85,9 +85,9 @@ DETECTION_COLUMNS = [
 
 #: The noise of a frame whose matched-filtered image scatters at least this many times what its per-pixel RMS
 #: implies (:func:`~ssodetect.detect.background.matched_noise_scale`: correlated noise, a resampled or smoothed
-#: frame) is scaled by that factor for detection and measurement.  Frames of independent pixels read 0.93-1.05 on
-#: the simulated Euclid CCDs, 0.94-1.05 on the Luxembourg night and 1.05-1.18 on NEOWISE through their kernels;
-#: a frame smoothed by a Gaussian of FWHM 6 px read 1.6 (0.75 px kernel) to 4.3 (2.7 px).
+#: frame) is scaled by that factor for detection and measurement.  Through their own kernels the simulated Euclid
+#: CCDs read 0.93-1.05, the Luxembourg night 1.12-1.16 and the NEOWISE frames 1.09-1.24; the ASTRiDE satellite
+#: frame 1.47; a frame smoothed by a Gaussian of FWHM 6 px read 1.6 (0.75 px kernel) to 4.3 (2.7 px).
 CORRELATED_NOISE_MIN = 1.3
 
 #: Largest over smallest of the three tail readings of the noise scale for it to be trusted (normal noise).

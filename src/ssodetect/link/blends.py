@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import map_coordinates
 from scipy.optimize import minimize
+from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
 from ssodetect.detect.shape import trailed_psf
@@ -41,7 +42,7 @@ __all__ = ["BlendProposal", "merge_reach", "FOOTPRINT_REACH", "LOCAL_RADIUS_SIGM
            "accept_recovery", "TRAIL_SHOW_FRACTION",
            "choose_tracklets",
            "BLEND_MIN_EXCESS", "TEMPLATE_MISMATCH", "JOINT_MAX_CONTRAST", "MAX_SCALE_CHANGE", "MIN_SEPARATION_SIGMA", "MAX_FLUX_FACTOR",
-           "POSITION_FLOOR_PX", "PRESCREEN_FRACTION"]
+           "POSITION_FLOOR_PX", "PRESCREEN_FRACTION", "MAX_TARGETS_PER_MPX", "within_budget"]
 
 #: A blend target's detection must exceed the pair's flux by at least this fraction of it (and its noise).
 BLEND_MIN_EXCESS = 0.5
@@ -68,6 +69,14 @@ MAX_FLUX_FACTOR = 2.5
 #: and the mover's flux fitted, can lower the noise beside a bright star), and every accepted one had a best of 8.5
 #: or more; at 0.6, 73 % of them were refused so.
 PRESCREEN_FRACTION = 0.6
+#: :func:`best_snr_beside_template` sums the stamp's windows directly up to this many products per sub-pixel phase
+#: (positions within the reach times kernel pixels), by FFT over the whole stamp beyond.
+DIRECT_SUMS_MAX = 2_000_000
+#: Blend targets measured at most per CCD, per megapixel of its exposures (each a fit on a stamp, a few ms to tens
+#: of ms).  Member 441 measured 45 per Mpx (3,014 over 16 CCD exposures of 4.2 Mpx); four 512^2 frames smoothed by
+#: a Gaussian of FWHM 6 px, their noise blobs taken for movers, asked for 12,500 (13,039 measurements, 400 s).
+#: Beyond it the proposals of the pairs with the lowest signal-to-noise ratios are not measured (counted, warned).
+MAX_TARGETS_PER_MPX = 500.0
 #: Systematic position error [px] added to a blend measurement (template residuals, resampling).
 POSITION_FLOOR_PX = 0.1
 
@@ -214,6 +223,39 @@ def propose_pairs(
                             stats["n_targets"] += len(prop.targets)
     stats["n_proposals"] = len(proposals)
     return proposals, stats
+
+
+def within_budget(priority: np.ndarray, cost: np.ndarray, group: np.ndarray, budget: dict) -> np.ndarray:
+    """Which items are kept within their group's budget, the highest priority first.
+
+    Parameters
+    ----------
+    priority : ndarray (n,)
+        Larger first (ties: the earlier item first); NaN last.
+    cost : ndarray (n,)
+        Each item's cost (>= 0).
+    group : ndarray (n,)
+        Each item's group (a key of ``budget``; a group without a budget has none: all kept).
+    budget : dict
+        Group -> largest total cost of its kept items.
+
+    Returns
+    -------
+    ndarray (n,) bool
+        Per group, the items in priority order while the sum of their costs stays within the budget; the first
+        item to pass it and every item after it are left out.
+    """
+    priority = np.nan_to_num(np.asarray(priority, float), nan=-np.inf)
+    cost = np.clip(np.asarray(cost, float), 0.0, None)
+    group = np.asarray(group)
+    keep = np.ones(priority.size, bool)
+    for key in dict.fromkeys(group.tolist()):
+        if key not in budget:
+            continue
+        rows = np.nonzero(group == key)[0]
+        rows = rows[np.argsort(-priority[rows], kind="stable")]
+        keep[rows] = np.cumsum(cost[rows]) <= budget[key]  # costs >= 0: once passed, passed for the rest
+    return keep
 
 
 def propose_trails(
@@ -459,21 +501,26 @@ def _pair(i, j, dt, t_exposures, exposure, group, t_hours, pos, sigma, flux, flu
         clean = cand_trees.get((e, g))
         if clean is not None:
             tree, rows = clean
-            near = rows[tree.query_ball_point(p, match_sigma * math.hypot(s_pred, 1.0) + match_floor)]
-            if any(np.hypot(*(pos[k] - p)) <= match_sigma * math.hypot(s_pred, sigma[k]) + match_floor
-                   and _consistent(flux[k], flux_err[k], f_pair, fe_pair, flux_scatter) for k in near):
-                continue
+            near = rows[np.asarray(tree.query_ball_point(p, match_sigma * math.hypot(s_pred, 1.0) + match_floor),
+                                   dtype=np.intp)]
+            if near.size:
+                mean = 0.5 * (np.abs(flux[near]) + abs(f_pair))
+                matched = (np.hypot(*(pos[near] - p).T) <= match_sigma * np.hypot(s_pred, sigma[near]) + match_floor) & (
+                    np.abs(flux[near] - f_pair)
+                    <= 3.0 * np.sqrt(flux_err[near] ** 2 + fe_pair**2 + 2.0 * (flux_scatter * mean) ** 2))
+                if matched.any():
+                    continue  # the mover itself, clean (see _consistent)
         blends = blend_trees.get((e, g))
         if blends is None:
             continue
         tree, rows = blends
-        near = rows[tree.query_ball_point(p, max_size + 3.0 * s_pred)]
-        for k in near:
-            excess = b_flux[k] - f_pair
-            if (np.hypot(*(b_pos[k] - p)) <= b_size[k] + 3.0 * s_pred and excess > BLEND_MIN_EXCESS * f_pair
-                    and excess > 3.0 * math.hypot(b_ferr[k], fe_pair)):
-                prop.targets.append((int(e), float(p[0]), float(p[1]), float(s_pred)))
-                break
+        near = rows[np.asarray(tree.query_ball_point(p, max_size + 3.0 * s_pred), dtype=np.intp)]
+        if not near.size:
+            continue
+        excess = b_flux[near] - f_pair
+        if np.any((np.hypot(*(b_pos[near] - p).T) <= b_size[near] + 3.0 * s_pred) & (excess > BLEND_MIN_EXCESS * f_pair)
+                  & (excess > 3.0 * np.hypot(b_ferr[near], fe_pair))):
+            prop.targets.append((int(e), float(p[0]), float(p[1]), float(s_pred)))
     return prop
 
 
@@ -721,6 +768,14 @@ def best_snr_beside_template(
     float
         The largest signal-to-noise ratio of a positive flux (``-inf`` when no position can be fitted).
     """
+    data = np.asarray(data, float)
+    if data.ndim != 2 or any(np.shape(a) != data.shape for a in (variance, template, template_var)):
+        raise ValueError("best_snr_beside_template: data, variance, template and template_var must be 2-D arrays of "
+                         f"one shape, not {[np.shape(a) for a in (data, variance, template, template_var)]}")
+    if not all(math.isfinite(v) for v in (x, y, length, theta, psf_sigma, max_shift)) or not (
+            psf_sigma > 0 and length >= 0 and max_shift >= 0):
+        raise ValueError("best_snr_beside_template: x, y, theta must be finite, psf_sigma > 0, length and max_shift "
+                         f">= 0 (finite), not {(x, y, length, theta, psf_sigma, max_shift)}")
     good, t, w = _first_weights(variance, template, template_var, gain, mismatch)
     good &= np.isfinite(data)
     w = np.where(good, w, 0.0)
@@ -735,10 +790,12 @@ def best_snr_beside_template(
     except np.linalg.LinAlgError:
         return -math.inf
     r = d - beta[0] * t - beta[1]
-    half = int(math.ceil(4.0 * psf_sigma + 0.5 * length)) + 1
-    size = 2 * half + 1
     ny, nx = data.shape
-    windows = [np.lib.stride_tricks.sliding_window_view(np.pad(q, half), (size, size)) for q in (w * r, w, w * t)]
+    # the kernel reaches no further than from one side of the stamp to the other
+    half = min(int(math.ceil(4.0 * psf_sigma + 0.5 * length)) + 1, max(ny, nx))
+    size = 2 * half + 1
+    quantities = (w * r, w, w * t)
+    windows = [np.lib.stride_tricks.sliding_window_view(np.pad(q, half), (size, size)) for q in quantities]
     best = -math.inf
     for ox in sorted({x % 1.0, (x + 0.5) % 1.0}):
         # the pixels i whose position i + ox lies within the reach (and on the stamp)
@@ -748,11 +805,20 @@ def best_snr_beside_template(
             if i1 < i0 or j1 < j0:
                 continue
             kernel = trailed_psf(half + ox, half + oy, length, theta, psf_sigma, 0, 0, size)
-            wr, ww, wt = (v[j0:j1 + 1, i0:i1 + 1] for v in windows)
-            a = np.einsum("jiyx,yx->ji", wr, kernel)
-            b = np.einsum("jiyx,yx->ji", ww, kernel * kernel)
-            c = np.einsum("jiyx,yx->ji", wt, kernel)
-            e = np.einsum("jiyx,yx->ji", ww, kernel)
+            if (j1 - j0 + 1) * (i1 - i0 + 1) * size * size <= DIRECT_SUMS_MAX:
+                # the windows of the positions within the reach against the kernel
+                wr, ww, wt = (v[j0:j1 + 1, i0:i1 + 1] for v in windows)
+                a = np.einsum("jiyx,yx->ji", wr, kernel)
+                b = np.einsum("jiyx,yx->ji", ww, kernel * kernel)
+                c = np.einsum("jiyx,yx->ji", wt, kernel)
+                e = np.einsum("jiyx,yx->ji", ww, kernel)
+            else:
+                # a wide reach or a long trail: the correlations over the whole stamp by FFT
+                flipped = kernel[::-1, ::-1]
+                part = (slice(j0, j1 + 1), slice(i0, i1 + 1))
+                a, c = (fftconvolve(q, flipped, mode="same")[part] for q in (quantities[0], quantities[2]))
+                b = fftconvolve(quantities[1], flipped * flipped, mode="same")[part]
+                e = fftconvolve(quantities[1], flipped, mode="same")[part]
             left = b - (inverse[0, 0] * c * c + 2.0 * inverse[0, 1] * c * e + inverse[1, 1] * e * e)
             gy, gx = np.mgrid[j0:j1 + 1, i0:i1 + 1]
             reach = np.hypot(gx + ox - x, gy + oy - y) <= max_shift + 1e-9

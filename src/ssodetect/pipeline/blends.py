@@ -24,9 +24,10 @@ from astropy.table import Table, vstack
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
-from ssodetect.link.blends import (MAX_TRAIL_SEARCH, PRESCREEN_FRACTION, accept_recovery, best_snr_beside_template,
-                                   choose_tracklets, find_trail, fit_beside_template, fit_with_static_sky, merge_reach, propose_pairs,
-                                   propose_trails, resample_stamp, whole_trails)
+from ssodetect.link.blends import (MAX_TARGETS_PER_MPX, MAX_TRAIL_SEARCH, PRESCREEN_FRACTION, accept_recovery,
+                                   best_snr_beside_template, choose_tracklets, find_trail, fit_beside_template,
+                                   fit_with_static_sky, merge_reach, propose_pairs, propose_trails, resample_stamp,
+                                   whole_trails, within_budget)
 from ssodetect.link.movers import with_trail_tolerance
 from ssodetect.link.tracklets import detection_key
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
@@ -102,14 +103,16 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         than the light was searched for, :data:`~ssodetect.link.blends.MAX_TRAIL_SEARCH`; ``n_not_predicted``:
         predictions beyond the exposures nearest in time, not made in a long sequence), the directions not
         measured because too few of their predictions showed the trail's light (``n_unsupported``) and their
-        targets (``n_not_measured``).  Every target of a pair or of a trail is measured, without a template, off
-        the image, too long or not measured.  (The pipeline step adds ``n_trails_claimed``: single trails of the
+        targets (``n_not_measured``); ``n_over_budget`` proposals (``n_targets_over_budget`` targets) of the pairs
+        and trails with the lowest signal-to-noise ratios not measured, their CCD's measurements beyond
+        :data:`~ssodetect.link.blends.MAX_TARGETS_PER_MPX` of its exposures' pixels (warned).  Every target of a pair
+        or of a trail is measured, without a template, off the image, too long, over the budget or not measured.  (The pipeline step adds ``n_trails_claimed``: single trails of the
         streak linker that became members of the objects found here, marked linked in ``streaks.ecsv``.)
     """
     lk = config.link
     t_start = time.perf_counter()
     stats: dict = {"n_pool": 0, "n_pairs": 0, "n_proposals": 0, "n_targets": 0, "n_measured": 0,
-                   "n_prescreened": 0, "n_joint": 0,
+                   "n_prescreened": 0, "n_over_budget": 0, "n_targets_over_budget": 0, "n_joint": 0,
                    "n_joint_accepted": 0, "n_joint_exposures_left": 0, "refused": {},
                    "n_no_template": 0, "n_off_image": 0, "n_too_long": 0, "n_accepted": 0, "n_too_few": 0,
                    "n_too_faint": 0,
@@ -219,10 +222,30 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
             if where is not None and where[1][3] > longest:
                 row[j] = None
                 too_long.add((k, j))
+    # a budget of measurements per CCD (MAX_TARGETS_PER_MPX of its exposures' pixels): a field whose noise or whose
+    # wrong PSF makes thousands of "movers" asks for hundreds of times a Euclid CCD's; the pairs with the lowest
+    # signal-to-noise ratios beyond it are not measured (counted, warned)
+    cost = np.array([sum(where is not None for where in row) for row in placed], float)
+    area: dict = {}
+    for (e, ccd), info in info_by.items():
+        if info.get("shape"):
+            area[ccd] = area.get(ccd, 0.0) + float(np.prod(info["shape"])) / 1e6
+    kept = within_budget([prop.flux / prop.flux_err if prop.flux_err > 0 else np.nan for _, prop in ordered], cost,
+                         np.array([ccd for ccd, _ in ordered], dtype=object),
+                         {ccd: MAX_TARGETS_PER_MPX * a for ccd, a in area.items()})
+    stats["n_over_budget"] = int((~kept).sum())
+    stats["n_targets_over_budget"] = int(sum(len(ordered[k][1].targets) for k in np.nonzero(~kept)[0]))
+    if stats["n_over_budget"]:
+        log.warning("blends: %d proposals (%d targets) of the faintest pairs not measured: beyond the budget of %g "
+                    "measurements per Mpx of a CCD's exposures (a Euclid-like CCD asks for ~45; noise taken for "
+                    "sources, correlated noise or a wrong PSF?)", stats["n_over_budget"],
+                    stats["n_targets_over_budget"], MAX_TARGETS_PER_MPX)
     # proposals whose targets all lie on one CCD are judged and measured in that CCD's turn; those reaching over
     # several CCDs last
     turns: dict = {}
     for k, (ccd, _) in enumerate(ordered):
+        if not kept[k]:
+            continue
         touched = sorted({where[0] for where in placed[k] if where is not None}) or [ccd]
         turns.setdefault((len(touched) > 1, touched[0] if len(touched) == 1 else ""), []).append(k)
     rows_of: dict = {}
