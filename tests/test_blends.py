@@ -745,6 +745,10 @@ def test_best_snr_beside_template_matches_its_reference_and_bounds_the_full_fit(
             assert best < PRESCREEN_FRACTION * 10.0
         if flux >= 1500.0:
             assert verdict == "ok"
+    # a reach without bound is the whole stamp
+    wide = dict(kw, max_shift=float(np.hypot(n, n)))
+    assert best_snr_beside_template(data, var, template, tvar, **{**kw, "max_shift": math.inf}) == pytest.approx(
+        best_snr_beside_template(data, var, template, tvar, **wide), rel=1e-9)
     for bad in (dict(max_shift=math.nan), dict(psf_sigma=0.0), dict(length=-1.0), dict(x=math.inf)):
         with pytest.raises(ValueError, match="best_snr_beside_template"):
             best_snr_beside_template(data, var, template, tvar, **{**kw, **bad})

@@ -82,3 +82,21 @@ def test_a_quoted_number_is_refused_not_coerced(tmp_path, text, setting, said):
     path.write_text('[detect]\nthreshold = 3\n[astrometry]\ntrailed_stars = "auto"\npixel_scale_range = [0.09, 0.11]\n')
     config = load_config(path)
     assert config.detect.threshold == 3.0 and config.astrometry.trailed_stars == "auto"
+
+
+@pytest.mark.parametrize("value", ["yes", "no", 1, 0, "true"])
+def test_a_true_or_false_setting_refuses_text_and_numbers(value):
+    """keep = "no" was read as true by lax validation; a setting with words besides (trailed_stars = "auto") takes
+    its words and true or false only."""
+    import pydantic
+
+    from ssodetect.config import Config
+
+    config = Config()
+    with pytest.raises(pydantic.ValidationError, match="not true or false"):
+        config.intermediate.keep = value
+    with pytest.raises(pydantic.ValidationError, match="not true or false or 'auto'"):
+        config.astrometry.trailed_stars = value
+    config.astrometry.trailed_stars = "auto"
+    config.intermediate.keep = False
+    assert config.astrometry.trailed_stars == "auto" and config.intermediate.keep is False

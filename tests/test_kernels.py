@@ -892,3 +892,33 @@ def test_correlated_noise_makes_no_false_detections_where_white_noise_makes_none
     assert counts[0.0][1] == 1.0 and counts[1.2][1] > 1.4 and info["noise_scale"] == 1.0
     assert counts[0.0][0] <= 3 and counts[1.2][0] <= 5
     assert len(unscaled) > 20 * max(counts[1.2][0], 1)
+
+
+def test_matched_noise_scale_reads_white_noise_off_zero_and_wide_kernels_and_says_when_it_cannot():
+    """White noise whose sky sits 0.2-0.3 sigma off zero reads ~1 (the scatter is measured from the mode, not from
+    zero); a 49 px kernel is filtered by FFT like the direct filter; a frame with too few usable pixels is not measured
+    (NaN), not reported as white noise."""
+    from scipy.ndimage import convolve
+
+    import ssodetect.detect.background as background
+    from ssodetect.detect.background import matched_noise_scale
+    from ssodetect.detect.extract import gaussian_kernel
+
+    rng = np.random.default_rng(8)
+    ones = np.ones((500, 500), np.float32)
+    clear = np.zeros((500, 500), bool)
+    for sigma, offset in ((1.0, -0.2), (0.8, -0.3), (1.5, 0.25)):
+        image = rng.normal(offset, 1.0, (500, 500)).astype(np.float32)
+        scale, spread = matched_noise_scale(image, ones, clear, gaussian_kernel(sigma))
+        assert 0.93 < scale < 1.07 and spread < 1.1
+    image = rng.normal(0.0, 1.0, (400, 400)).astype(np.float32)
+    kernel = gaussian_kernel(6.0)
+    fft = matched_noise_scale(image, ones[:400, :400], clear[:400, :400], kernel)
+    direct = float(convolve(image, kernel, mode="constant")[40:-40, 40:-40].std() / np.sqrt(np.sum(kernel**2)))
+    assert kernel.size > background.DIRECT_KERNEL_MAX and fft[0] == pytest.approx(direct, rel=0.1)
+    # a frame clipped at its sky scatters less than its RMS says: read below 1, never scaled up
+    clipped = np.clip(image, 0.0, None)
+    assert matched_noise_scale(clipped, ones[:400, :400], clear[:400, :400], gaussian_kernel(1.0))[0] < 0.8
+    masked = clear[:400, :400].copy()
+    masked[:, 2:] = True
+    assert math.isnan(matched_noise_scale(image, ones[:400, :400], masked, gaussian_kernel(1.0))[0])

@@ -83,6 +83,13 @@ class _Section(BaseModel):
             if number and isinstance(item, (bool, str)):
                 kind = "a logical value" if isinstance(item, bool) else "text (quoted)"
                 raise ValueError(f"{item!r} is {kind}, not a number")
+        # lax validation also reads "yes", "no", 1 and 0 as true or false (keep = "no" was taken without a word)
+        words = _logical_words(annotation)
+        if words is not None and not isinstance(value, bool) and value not in words:
+            kind = "text (quoted)" if isinstance(value, str) else "a number" if isinstance(value, (int, float)) else (
+                type(value).__name__)
+            choices = " or ".join(["true", "false"] + [repr(w) for w in words])
+            raise ValueError(f"{value!r} is {kind}, not {choices}")
         return value
 
     @field_validator("*", mode="after")
@@ -128,6 +135,23 @@ class _Section(BaseModel):
                 raise ValueError(f"{ascii(item)} holds a control or direction-changing character (a newline, a tab, "
                                  "NUL, ESC, U+202E...): one line of printable text")
         return value
+
+
+def _logical_words(annotation) -> tuple | None:
+    """For a setting that is true or false (``bool``, or ``bool`` besides literal words such as ``"auto"``), the words
+    it takes besides; None for any other setting."""
+    if annotation is bool:
+        return ()
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or bool not in args:
+        return None
+    words: list = []
+    for a in args:
+        if typing.get_origin(a) is Literal:
+            words += list(typing.get_args(a))
+        elif a is not bool and a is not type(None):
+            return None
+    return tuple(words)
 
 
 def _numeric(annotation) -> bool:

@@ -86,9 +86,9 @@ DETECTION_COLUMNS = [
 #: The noise of a frame whose matched-filtered image scatters at least this many times what its per-pixel RMS
 #: implies (:func:`~ssodetect.detect.background.matched_noise_scale`: correlated noise, a resampled or smoothed
 #: frame) is scaled by that factor for detection and measurement.  Through their own kernels the simulated Euclid
-#: CCDs read 0.93-1.05, the Luxembourg night 1.12-1.16 and the NEOWISE frames 1.09-1.24; the ASTRiDE satellite
-#: frame 1.47; a frame smoothed by a Gaussian of FWHM 6 px read 1.6 (0.75 px kernel) to 4.3 (2.7 px).
-CORRELATED_NOISE_MIN = 1.3
+#: CCDs read 0.96-1.0, the 25 raw Luxembourg frames 0.94-1.25, the NEOWISE frames 1.09-1.18 and the ASTRiDE
+#: satellite frame 1.27 (none scaled); frames smoothed by a Gaussian of sigma 0.8-2.5 px read 1.6-3.5.
+CORRELATED_NOISE_MIN = 1.5
 
 #: Largest over smallest of the three tail readings of the noise scale for it to be trusted (normal noise).
 CORRELATED_NOISE_MAX_SPREAD = 1.15
@@ -1203,8 +1203,9 @@ def extract_sources(
         One row per detection, columns :data:`DETECTION_COLUMNS` (empty table
         with every column when nothing is found).
     info : dict
-        ``psf_sigma``, ``aperture_correction``, counts per ``kind``, ``noise_scale_measured`` and ``noise_scale``
-        (the factor applied to ``error``: 1 unless the noise is correlated, :data:`CORRELATED_NOISE_MIN`).
+        ``psf_sigma``, ``aperture_correction``, counts per ``kind``, ``noise_scale_measured`` and
+        ``noise_scale_spread`` (None when not measured) and ``noise_scale`` (the factor applied to ``error``: 1
+        unless the noise is correlated, :data:`CORRELATED_NOISE_MIN`).
     """
     image = np.ascontiguousarray(data, dtype=np.float32)
     err = np.ascontiguousarray(error, dtype=np.float32)
@@ -1230,7 +1231,14 @@ def extract_sources(
                      psf_report["psf_locus"])
     kernel = gaussian_kernel(psf_sigma)
     noise_scale, spread = matched_noise_scale(work, safe_err, m | known, kernel)
-    noise_report = {"noise_scale_measured": round(noise_scale, 3), "noise_scale": 1.0}
+    noise_report = {"noise_scale_measured": round(noise_scale, 3) if math.isfinite(noise_scale) else None,
+                    "noise_scale_spread": round(spread, 3) if math.isfinite(spread) else None, "noise_scale": 1.0}
+    if not math.isfinite(noise_scale):
+        log.info("noise correlation not measured (too few usable pixels or no negative side of the filtered image): "
+                 "the noise is taken as independent between pixels")
+    elif noise_scale >= CORRELATED_NOISE_MIN and spread > CORRELATED_NOISE_MAX_SPREAD:
+        log.info("the matched filter scatters %.2f times what the pixel RMS implies, but not like normal noise "
+                 "(readings %.2f apart): the noise is not scaled", noise_scale, spread)
     if noise_scale >= CORRELATED_NOISE_MIN and spread <= CORRELATED_NOISE_MAX_SPREAD:
         # correlated noise: the threshold stays one of the matched filter's true scatter, the errors its noise
         safe_err = (safe_err * np.float32(noise_scale)).astype(np.float32)
