@@ -873,7 +873,7 @@ def test_correlated_noise_makes_no_false_detections_where_white_noise_makes_none
     about as few as on white noise."""
     import ssodetect.detect.extract as extract
     from ssodetect.config import DetectConfig
-    from ssodetect.detect.extract import extract_sources
+    from ssodetect.detect.extract import correlated_noise_note, extract_sources
 
     rng = np.random.default_rng(5)
     counts = {}
@@ -881,7 +881,9 @@ def test_correlated_noise_makes_no_false_detections_where_white_noise_makes_none
         _, image = _correlated_field(rng, (400, 400), smooth)
         table, info = extract_sources(image, mask=np.zeros(image.shape, bool), error=np.ones_like(image), gain=1.0,
                                       config=DetectConfig(), psf_sigma=1.0)
-        counts[smooth] = (len(table), info["noise_scale"])
+        counts[smooth] = (len(table), info["correlated_noise_scale"])
+        note = correlated_noise_note(info)
+        assert (note == "") if smooth == 0.0 else ("the noise is scaled by it" in note)
     saved = extract.CORRELATED_NOISE_MIN
     try:
         extract.CORRELATED_NOISE_MIN = math.inf
@@ -889,7 +891,7 @@ def test_correlated_noise_makes_no_false_detections_where_white_noise_makes_none
                                          config=DetectConfig(), psf_sigma=1.0)
     finally:
         extract.CORRELATED_NOISE_MIN = saved
-    assert counts[0.0][1] == 1.0 and counts[1.2][1] > 1.4 and info["noise_scale"] == 1.0
+    assert counts[0.0][1] == 1.0 and counts[1.2][1] > 1.4 and info["correlated_noise_scale"] == 1.0
     assert counts[0.0][0] <= 3 and counts[1.2][0] <= 5
     assert len(unscaled) > 20 * max(counts[1.2][0], 1)
 

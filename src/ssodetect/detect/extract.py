@@ -968,6 +968,22 @@ def rejoin_split_sources(objects: np.ndarray, segmap: np.ndarray, hits: np.ndarr
     return out[keep], new_id[segmap], int(n - keep.sum())
 
 
+def correlated_noise_note(info: dict) -> str:
+    """What :func:`extract_sources` made of the noise correlation (its ``info``), for the log; "" when the noise read
+    as independent between pixels."""
+    measured, spread = info.get("correlated_noise_measured"), info.get("correlated_noise_spread")
+    if measured is None:
+        return ("noise correlation not measured (too few usable pixels, or no scatter below the filtered image's "
+                "mode): the noise is taken as independent between pixels")
+    if info.get("correlated_noise_scale", 1.0) != 1.0:
+        return (f"noise correlated between pixels: the matched filter scatters {measured:.2f} times what the pixel RMS "
+                "implies; the noise is scaled by it for detection and measurement")
+    if measured >= CORRELATED_NOISE_MIN:
+        return (f"the matched filter scatters {measured:.2f} times what the pixel RMS implies, but not like normal "
+                f"noise (readings {spread:.2f} apart): the noise is not scaled")
+    return ""
+
+
 def empty_detections() -> Table:
     """A detection table with every column and no rows."""
     return empty_table(DETECTION_COLUMNS)
@@ -1203,8 +1219,9 @@ def extract_sources(
         One row per detection, columns :data:`DETECTION_COLUMNS` (empty table
         with every column when nothing is found).
     info : dict
-        ``psf_sigma``, ``aperture_correction``, counts per ``kind``, ``noise_scale_measured`` and
-        ``noise_scale_spread`` (None when not measured) and ``noise_scale`` (the factor applied to ``error``: 1
+        ``psf_sigma``, ``aperture_correction``, counts per ``kind``, ``correlated_noise_measured``
+        and ``correlated_noise_spread`` (None when not measured) and ``correlated_noise_scale`` (the factor applied to
+        ``error``: 1
         unless the noise is correlated, :data:`CORRELATED_NOISE_MIN`).
     """
     image = np.ascontiguousarray(data, dtype=np.float32)
@@ -1231,20 +1248,14 @@ def extract_sources(
                      psf_report["psf_locus"])
     kernel = gaussian_kernel(psf_sigma)
     noise_scale, spread = matched_noise_scale(work, safe_err, m | known, kernel)
-    noise_report = {"noise_scale_measured": round(noise_scale, 3) if math.isfinite(noise_scale) else None,
-                    "noise_scale_spread": round(spread, 3) if math.isfinite(spread) else None, "noise_scale": 1.0}
-    if not math.isfinite(noise_scale):
-        log.info("noise correlation not measured (too few usable pixels or no negative side of the filtered image): "
-                 "the noise is taken as independent between pixels")
-    elif noise_scale >= CORRELATED_NOISE_MIN and spread > CORRELATED_NOISE_MAX_SPREAD:
-        log.info("the matched filter scatters %.2f times what the pixel RMS implies, but not like normal noise "
-                 "(readings %.2f apart): the noise is not scaled", noise_scale, spread)
+    noise_report = {"correlated_noise_measured": round(noise_scale, 3) if math.isfinite(noise_scale) else None,
+                    "correlated_noise_spread": round(spread, 3) if math.isfinite(spread) else None,
+                    "correlated_noise_scale": 1.0}
+    # (the caller, who knows the file, logs the outcome: correlated_noise_note)
     if noise_scale >= CORRELATED_NOISE_MIN and spread <= CORRELATED_NOISE_MAX_SPREAD:
         # correlated noise: the threshold stays one of the matched filter's true scatter, the errors its noise
         safe_err = (safe_err * np.float32(noise_scale)).astype(np.float32)
-        noise_report["noise_scale"] = round(noise_scale, 3)
-        log.info("noise correlated between pixels: the matched filter scatters %.2f times what the pixel RMS implies; "
-                 "the noise is scaled by it for detection and measurement", noise_scale)
+        noise_report["correlated_noise_scale"] = round(noise_scale, 3)
     # cosmic-ray / hot-pixel hits are masked for detection and measurement, but a
     # detection touching them is not "near a bad pixel" (that flag is for the detector mask)
     detector_mask = m

@@ -772,10 +772,11 @@ def best_snr_beside_template(
     if data.ndim != 2 or any(np.shape(a) != data.shape for a in (variance, template, template_var)):
         raise ValueError("best_snr_beside_template: data, variance, template and template_var must be 2-D arrays of "
                          f"one shape, not {[np.shape(a) for a in (data, variance, template, template_var)]}")
-    if not all(math.isfinite(v) for v in (x, y, length, theta, psf_sigma)) or not (
-            psf_sigma > 0 and length >= 0 and max_shift >= 0):
-        raise ValueError("best_snr_beside_template: x, y, theta must be finite, psf_sigma > 0, length >= 0 (finite) "
-                         f"and max_shift >= 0, not {(x, y, length, theta, psf_sigma, max_shift)}")
+    if not all(math.isfinite(v) for v in (x, y, length, theta, psf_sigma, gain, mismatch)) or not (
+            psf_sigma > 0 and length >= 0 and max_shift >= 0 and gain > 0 and mismatch >= 0):
+        raise ValueError("best_snr_beside_template: x, y, theta must be finite, psf_sigma and gain > 0, length and "
+                         f"mismatch >= 0 (finite) and max_shift >= 0, not {(x, y, length, theta, psf_sigma, max_shift)}, "
+                         f"gain {gain}, mismatch {mismatch}")
     max_shift = min(float(max_shift), math.hypot(*np.shape(data)) + abs(x) + abs(y))  # inf: anywhere on the stamp
     good, t, w = _first_weights(variance, template, template_var, gain, mismatch)
     good &= np.isfinite(data)

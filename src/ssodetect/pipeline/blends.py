@@ -185,7 +185,7 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         if (e, ccd) not in images:
             info = info_by.get((e, ccd), {})
             images[(e, ccd)] = cleaned_pixels(refs[(e, ccd)], config, masters.get(ccd),
-                                              float(info.get("psf_sigma") or 1.0), float(info.get("noise_scale") or 1.0))
+                                              float(info.get("psf_sigma") or 1.0), float(info.get("correlated_noise_scale") or 1.0))
             stats["n_images"] += 1
             while len(images) > keep_images:
                 images.popitem(last=False)

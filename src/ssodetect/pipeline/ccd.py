@@ -21,7 +21,7 @@ from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
 from ssodetect.detect import empty_detections, estimate_background, extract_sources, heavy_tail_correction
 from ssodetect.detect.cosmics import sharp_pixel_mask
-from ssodetect.detect.extract import FWHM_TO_SIGMA
+from ssodetect.detect.extract import FWHM_TO_SIGMA, correlated_noise_note
 from ssodetect.errors import InputError
 from ssodetect.io import CCDRef, read_ccd
 from ssodetect.io.frames import MAX_RMS
@@ -313,6 +313,9 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     )
     hits = extract_info.pop("sharp_pixels", None)
     info.update(extract_info)
+    note = correlated_noise_note(extract_info)
+    if note:
+        log.info("%s: CCD %s: %s", ref.path, ref.ccd, note)
     info["t_extract"] = time.perf_counter() - t0
     if config.streaks.enabled and len(detections):
         t0 = time.perf_counter()
@@ -495,7 +498,7 @@ def cleaned_pixels(ref: CCDRef, config: Config, calibration, psf_sigma: float, n
 
     Returns ``(image, variance, mask, gain)``: ``image`` (ny, nx) float32 [ADU], background subtracted,
     0 where ``mask`` (bad, NaN or hit); ``variance`` [ADU^2] the background noise, times ``noise_scale`` squared
-    (detection's factor for noise correlated between pixels, ``noise_scale`` of
+    (detection's factor for noise correlated between pixels, ``correlated_noise_scale`` of
     :func:`ssodetect.detect.extract_sources`); ``gain`` [e-/ADU].
     """
     data, rms, gain = subtracted_image(ref, config, calibration, with_noise=True)

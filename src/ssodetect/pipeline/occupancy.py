@@ -235,7 +235,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         tasks.append((refs[key], float(info.get("psf_sigma") or 1.0), np.array([v[3] for v in entries]),
                       np.array([v[4] for v in entries]), np.array([v[5] for v in entries]),
                       np.array([v[6] for v in entries]), *stars.get(key, no_stars),
-                      float(info.get("noise_scale") or 1.0)))
+                      float(info.get("correlated_noise_scale") or 1.0)))
     results = executor.map(ForcedFlux(config, masters), tasks, progress=config.execution.progress, desc="occupancy")
     stats["n_images"] = len(tasks)
     responses = {}
