@@ -18,8 +18,9 @@ from ssodetect.config import Config
 from ssodetect.detect.shape import trailed_psf
 import ssodetect.link.blends as blends_module
 from ssodetect.evaluate import evaluate_run
-from ssodetect.link.blends import (PRESCREEN_FRACTION, accept_recovery, within_budget, best_snr_beside_template, best_snr_reference,
-                                  fit_beside_template, fit_with_static_sky, propose_pairs, resample_stamp)
+from ssodetect.link.blends import (PRESCREEN_FRACTION, accept_recovery, best_snr_beside_template, best_snr_reference,
+                                  fit_beside_template, fit_with_static_sky, propose_pairs, resample_stamp,
+                                  within_budget)
 from ssodetect.pipeline import run_pipeline
 from ssodetect.simulate import draw_scene, simulate
 

@@ -86,8 +86,8 @@ DETECTION_COLUMNS = [
 #: The noise of a frame whose matched-filtered image scatters at least this many times what its per-pixel RMS
 #: implies (:func:`~ssodetect.detect.background.matched_noise_scale`: correlated noise, a resampled or smoothed
 #: frame) is scaled by that factor for detection and measurement.  Through their own kernels the simulated Euclid
-#: CCDs read 0.96-1.0, the 25 raw Luxembourg frames 0.94-1.25, the NEOWISE frames 1.09-1.18 and the ASTRiDE
-#: satellite frame 1.27 (none scaled); frames smoothed by a Gaussian of sigma 0.8-2.5 px read 1.6-3.5.
+#: CCDs read 0.95-0.98 (members 451-460), the 25 raw Luxembourg frames 0.94-1.25, the NEOWISE frames 1.09-1.18 and
+#: the ASTRiDE satellite frame 1.27 (none scaled); frames smoothed by a Gaussian of sigma 0.8-2.5 px read 1.6-3.5.
 CORRELATED_NOISE_MIN = 1.5
 
 #: Largest over smallest of the three tail readings of the noise scale for it to be trusted (normal noise).

@@ -749,10 +749,11 @@ def best_snr_beside_template(
     and the level profiled out, the flux's signal-to-noise ratio at position ``p`` is
     ``P.W.r / sqrt(P.W.P - c' G^-1 c)`` (``r`` the residual of the template-and-level fit, ``G`` their Gram matrix,
     ``c`` their products with ``P``), which sums of the stamp's windows against the mover's trailed PSF give for
-    every pixel within the reach at once (two sub-pixel phases per axis).  Where it stays far below the acceptance's ``min_snr`` nowhere
-    within the reach, the full fit (two Nelder-Mead searches, ~100 linear fits) cannot find the mover there: most of
-    a scene's blend targets hold nothing (2,841 of 3,014 measurements of a 4-CCD scene were refused as faint).
-    :func:`best_snr_reference` evaluates the same at each grid position directly (the parity test's reference).
+    every pixel within the reach at once (two sub-pixel phases per axis).  Where it stays far below the acceptance's
+    ``min_snr`` everywhere within the reach, the full fit (two Nelder-Mead searches, ~100 linear fits) cannot find the
+    mover there: most of a scene's blend targets hold nothing (2,841 of 3,014 measurements of a 4-CCD scene were
+    refused as faint).  :func:`best_snr_reference` evaluates the same at each grid position directly (the parity
+    test's reference).
 
     Parameters
     ----------
@@ -775,8 +776,8 @@ def best_snr_beside_template(
     if not all(math.isfinite(v) for v in (x, y, length, theta, psf_sigma, gain, mismatch)) or not (
             psf_sigma > 0 and length >= 0 and max_shift >= 0 and gain > 0 and mismatch >= 0):
         raise ValueError("best_snr_beside_template: x, y, theta must be finite, psf_sigma and gain > 0, length and "
-                         f"mismatch >= 0 (finite) and max_shift >= 0, not {(x, y, length, theta, psf_sigma, max_shift)}, "
-                         f"gain {gain}, mismatch {mismatch}")
+                         "mismatch >= 0 (finite) and max_shift >= 0, not "
+                         f"{(x, y, length, theta, psf_sigma, max_shift)}, gain {gain}, mismatch {mismatch}")
     max_shift = min(float(max_shift), math.hypot(*np.shape(data)) + abs(x) + abs(y))  # inf: anywhere on the stamp
     good, t, w = _first_weights(variance, template, template_var, gain, mismatch)
     good &= np.isfinite(data)

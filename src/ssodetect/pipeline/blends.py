@@ -104,9 +104,10 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         predictions beyond the exposures nearest in time, not made in a long sequence), the directions not
         measured because too few of their predictions showed the trail's light (``n_unsupported``) and their
         targets (``n_not_measured``); ``n_over_budget`` proposals (``n_targets_over_budget`` targets) of the pairs
-        and trails with the lowest signal-to-noise ratios not measured, their CCD's measurements beyond
+        and trails with the lowest signal-to-noise ratios not placed nor measured, their CCD's targets beyond
         :data:`~ssodetect.link.blends.MAX_TARGETS_PER_MPX` of its exposures' pixels (warned).  Every target of a pair
-        or of a trail is measured, without a template, off the image, too long, over the budget or not measured.  (The pipeline step adds ``n_trails_claimed``: single trails of the
+        or of a trail is measured, without a template, off the image, too long, over the budget or not measured.
+        (The pipeline step adds ``n_trails_claimed``: single trails of the
         streak linker that became members of the objects found here, marked linked in ``streaks.ecsv``.)
     """
     lk = config.link
@@ -185,7 +186,8 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
         if (e, ccd) not in images:
             info = info_by.get((e, ccd), {})
             images[(e, ccd)] = cleaned_pixels(refs[(e, ccd)], config, masters.get(ccd),
-                                              float(info.get("psf_sigma") or 1.0), float(info.get("correlated_noise_scale") or 1.0))
+                                              float(info.get("psf_sigma") or 1.0),
+                                              float(info.get("correlated_noise_scale") or 1.0))
             stats["n_images"] += 1
             while len(images) > keep_images:
                 images.popitem(last=False)
@@ -212,7 +214,27 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
     for prop in proposals:
         by_ccd.setdefault(str(candidates["ccd"][prop.pair[0]]), []).append(prop)
     ordered = [(ccd, prop) for ccd, props in sorted(by_ccd.items()) for prop in props]
-    placed = [[locate(prop, e, pxi, peta, ccd) for e, pxi, peta, _ in prop.targets] for ccd, prop in ordered]
+    # a budget of measurements per CCD (MAX_TARGETS_PER_MPX of its exposures' pixels), before any is placed: a field
+    # whose noise or whose wrong PSF makes thousands of "movers" asks for hundreds of times a Euclid CCD's; the
+    # proposals of the pairs and trails with the lowest signal-to-noise ratios beyond it are not measured (counted,
+    # warned)
+    area: dict = {}
+    for (e, ccd), info in info_by.items():
+        if info.get("shape"):
+            area[ccd] = area.get(ccd, 0.0) + float(np.prod(info["shape"])) / 1e6
+    kept = within_budget([prop.flux / prop.flux_err if prop.flux_err > 0 else np.nan for _, prop in ordered],
+                         [len(prop.targets) for _, prop in ordered],
+                         np.array([ccd for ccd, _ in ordered], dtype=object),
+                         {ccd: MAX_TARGETS_PER_MPX * a for ccd, a in area.items()})
+    stats["n_over_budget"] = int((~kept).sum())
+    stats["n_targets_over_budget"] = int(sum(len(ordered[k][1].targets) for k in np.nonzero(~kept)[0]))
+    if stats["n_over_budget"]:
+        log.warning("blends: %d proposals (%d targets) of the faintest pairs and trails not measured: beyond the "
+                    "budget of %g measurements per Mpx of a CCD's exposures (a Euclid-like CCD asks for up to ~50; "
+                    "noise taken for sources, correlated noise or a wrong PSF?)", stats["n_over_budget"],
+                    stats["n_targets_over_budget"], MAX_TARGETS_PER_MPX)
+    placed = [[locate(prop, e, pxi, peta, ccd) if kept[k] else None for e, pxi, peta, _ in prop.targets]
+              for k, (ccd, prop) in enumerate(ordered)]
     # a prediction longer than a trail can be (streaks.max_length: a satellite's) is not measured, its stamp would
     # grow with the length (counted)
     too_long = set()
@@ -222,24 +244,6 @@ def recover_blends(detections: Table, candidates: Table, observations: Table, ob
             if where is not None and where[1][3] > longest:
                 row[j] = None
                 too_long.add((k, j))
-    # a budget of measurements per CCD (MAX_TARGETS_PER_MPX of its exposures' pixels): a field whose noise or whose
-    # wrong PSF makes thousands of "movers" asks for hundreds of times a Euclid CCD's; the pairs with the lowest
-    # signal-to-noise ratios beyond it are not measured (counted, warned)
-    cost = np.array([sum(where is not None for where in row) for row in placed], float)
-    area: dict = {}
-    for (e, ccd), info in info_by.items():
-        if info.get("shape"):
-            area[ccd] = area.get(ccd, 0.0) + float(np.prod(info["shape"])) / 1e6
-    kept = within_budget([prop.flux / prop.flux_err if prop.flux_err > 0 else np.nan for _, prop in ordered], cost,
-                         np.array([ccd for ccd, _ in ordered], dtype=object),
-                         {ccd: MAX_TARGETS_PER_MPX * a for ccd, a in area.items()})
-    stats["n_over_budget"] = int((~kept).sum())
-    stats["n_targets_over_budget"] = int(sum(len(ordered[k][1].targets) for k in np.nonzero(~kept)[0]))
-    if stats["n_over_budget"]:
-        log.warning("blends: %d proposals (%d targets) of the faintest pairs not measured: beyond the budget of %g "
-                    "measurements per Mpx of a CCD's exposures (a Euclid-like CCD asks for ~45; noise taken for "
-                    "sources, correlated noise or a wrong PSF?)", stats["n_over_budget"],
-                    stats["n_targets_over_budget"], MAX_TARGETS_PER_MPX)
     # proposals whose targets all lie on one CCD are judged and measured in that CCD's turn; those reaching over
     # several CCDs last
     turns: dict = {}

@@ -45,7 +45,8 @@ class ForcedFlux:
     template's response around the image's stars.
 
     Called with ``(ref, psf_sigma, xs, ys, lengths, thetas, star_x, star_y, noise_scale)`` (pixels 0-based, lengths
-    [px], angles [rad]; ``noise_scale`` detection's factor for correlated noise); returns ``(flux, flux_err, response)``: fluxes [ADU], NaN where the stamp leaves the image, and
+    [px], angles [rad]; ``noise_scale`` detection's factor for correlated noise); returns ``(flux, flux_err,
+    response)``: fluxes [ADU], NaN where the stamp leaves the image, and
     :func:`ssodetect.link.pixels.filter_response` at :data:`~ssodetect.link.pixels.RESPONSE_RADII` [px] from the
     stars (None with too few).
     """
