@@ -161,12 +161,8 @@ def fit_linear_motion_along(t, x, y, sigma, along, direction):
 
     Parameters
     ----------
-    t : ndarray (n,)
-        Times [h].
-    x, y : ndarray (n,)
-        Positions [arcsec].
-    sigma : ndarray (n,)
-        Per-point isotropic 1-sigma uncertainty [arcsec].
+    t, x, y, sigma : ndarray (n,)
+        As :func:`fit_linear_motion`: times [h], positions [arcsec], isotropic 1-sigma uncertainties [arcsec].
     along : ndarray (n,)
         Per-point extra 1-sigma uncertainty along ``direction`` [arcsec].
     direction : (float, float)
