@@ -260,3 +260,19 @@ def test_a_field_whose_worker_keeps_dying_is_marked_failed_and_the_others_run(fi
     assert status["a"][0] == "done" and status["c"][0] == "done"
     assert status["b"][0] == "failed" and "3 tries" in status["b"][1] and "KilledWorker" in status["b"][1]
     assert field_complete(tmp_path / "batch" / "a") and not (tmp_path / "batch" / "b").exists()
+
+
+def test_a_field_state_follows_every_named_file_including_the_reference_wcs(fields, tmp_path):
+    """A batch field is complete only for the files it was run on: a reference WCS edited in place makes the field
+    run again (campaign 29: its path was not in the state, so ``batch`` kept the old sky positions)."""
+    from ssodetect.pipeline.batch import field_state
+
+    head = tmp_path / "frame.head"
+    head.write_text("CRVAL1  =                150.0\nEND\n")
+    config = Config()
+    config.astrometry.reference_wcs = str(head)
+    field = Field(name="a", inputs=(str(fields / "f41"),))
+    before = field_state(field, config)
+    assert str(head.resolve()) in [f[0] for f in before["inputs"]]
+    head.write_text("CRVAL1  =                150.05\nEND\n")
+    assert field_state(field, config) != before

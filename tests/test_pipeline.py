@@ -155,6 +155,15 @@ def test_frames_without_wcs_are_registered_and_movers_found_in_pixels(tmp_path):
     assert ev.completeness_bright >= 0.8 and ev.median_residual_bright < 0.05  # arcsec, through one header WCS
     psv = (tmp_path / "out_wcs" / "observations.psv").read_text()
     assert psv.count("SD0") == len(placed.observations)  # now ADES rows
+    # the reference WCS edited in place (campaign 29: its path only was in the key, so the old positions stayed)
+    head = fits.Header.fromtextfile(tmp_path / "frame2.head")
+    head["CRVAL1"] += 0.01
+    head.totextfile(tmp_path / "frame2.head", overwrite=True)
+    moved = run_pipeline([bare], tmp_path / "out_wcs", config)
+    status = {s["step"]: s["status"] for s in moved.steps}
+    assert status["astrometry"] == "run" and status["detect"] == "cached"
+    shift = np.median(moved.observations["ra"]) - np.median(placed.observations["ra"])
+    assert abs(shift - 0.01) < 1e-4  # deg: the new header's positions, not the cached ones
 
 
 def test_stars_cut_by_the_detector_edge_are_flagged(tmp_path):

@@ -15,7 +15,7 @@ from ssodetect.config import load_config
 from ssodetect.io.outputs import record_files
 from ssodetect.pipeline import run_pipeline
 from ssodetect.report import format_record, observation_arrays, read_ades, read_mpc80, records_table, validate_xml
-from ssodetect.report.mpc80 import pack_number, pack_provisional, unpack_number, unpack_provisional
+from ssodetect.report.mpc80 import MPCRecord, pack_number, pack_provisional, unpack_number, unpack_provisional
 
 from conftest import real_data
 
@@ -125,6 +125,25 @@ def test_mpc80_real_examples_round_trip_exactly():
     assert len(other) >= 2  # the malformed dates of the file's deliberate bad records are set aside
     with pytest.raises(ValueError, match="line"):
         read_mpc80((folder / "attic_examples" / "test.mpc").read_text())
+
+
+def test_mpc80_header_is_ascii_and_wrapped_never_cut(caplog):
+    """Campaign 29: a non-ASCII observer name went into the ASCII-only 80-column file as given, and header lines
+    longer than 80 columns (a long COM, many observers) were cut at column 80 without a word."""
+    from ssodetect.report import format_mpc80
+
+    observers = ["Ünïcødé Observer", *(f"A. Observer{k}" for k in range(12))]
+    comment = "a long comment " * 12
+    record = MPCRecord(provisional="SD00001", mjd=60000.5, ra=150.0, dec=2.0, mag=21.3, band="V", code="Z84")
+    with caplog.at_level("WARNING", logger="ssodetect.report.mpc80"):
+        text = format_mpc80([record], {"COD": "Z84", "OBS": ", ".join(observers), "COM": comment})
+    assert text.isascii() and all(len(line) <= 80 for line in text.splitlines())
+    header, records, other = read_mpc80(text)
+    assert len(records) == 1 and not other
+    assert " ".join(header["OBS"]).startswith("Unic?de Observer, A. Observer0")
+    assert " ".join(header["OBS"]).endswith("A. Observer11") and len(header["OBS"]) >= 2
+    assert " ".join(header["COM"]) == " ".join(comment.split())
+    assert any("Ünïcødé" in r.getMessage() and "OBS" in r.getMessage() for r in caplog.records)
 
 
 def test_designation_packing():

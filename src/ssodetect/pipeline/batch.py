@@ -150,6 +150,8 @@ def field_state(field: Field, config: Config) -> dict:
     # everything else a run reads (as its manifest lists them): calibration frames, orbit files, a CNN model
     paths += [str(p) for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat,
                                *config.known.orbits)]
+    if config.astrometry.reference_wcs:
+        paths.append(str(config.astrometry.reference_wcs))
     if config.ml.enabled and config.ml.model != "builtin":
         paths.append(str(config.ml.model))
     files = []

@@ -926,7 +926,8 @@ def run_pipeline(
 
 
 #: Which files' checksums enter which step's key, by role (see :func:`_input_files`).
-STEP_FILES = {"ingest": ("input", "refcat", "calibration"), "known": ("orbits",), "vet": ("model",)}
+STEP_FILES = {"ingest": ("input", "refcat", "calibration"), "astrometry": ("reference_wcs",), "known": ("orbits",),
+              "vet": ("model",)}
 
 
 def _step_log(stage: OutputStage | None, name: str) -> logging.Handler | None:
@@ -965,10 +966,11 @@ def _check_named_files(refcat, config: Config | None) -> None:
 
 
 def _input_files(inputs, refcat, config: Config) -> list[dict]:
-    """Every file a run reads with its role (input | refcat | calibration | orbits | model), size and SHA-256."""
+    """Every file a run reads with its role (input | refcat | calibration | orbits | reference_wcs | model), size and
+    SHA-256."""
+    short = {"reference catalogue": "refcat", "reference WCS": "reference_wcs"}
     named = [(p, "input") for p in find_inputs(inputs)]
-    named += [(p, "refcat" if role == "reference catalogue" else role) for p, role in _named_files(refcat, config)
-              if role != "reference WCS"]
+    named += [(p, short.get(role, role)) for p, role in _named_files(refcat, config)]
     return [{"path": str(p), "role": role, "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)}
             for p, role in named if Path(p).is_file()]
 

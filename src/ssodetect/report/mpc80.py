@@ -30,6 +30,8 @@ import functools
 import logging
 import math
 import re
+import textwrap
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 
@@ -45,6 +47,7 @@ __all__ = [
     "UnwritableRecord",
     "format_record",
     "format_mpc80",
+    "header_lines",
     "pack_number",
     "unpack_number",
     "pack_provisional",
@@ -203,7 +206,7 @@ def format_mpc80(records: list[MPCRecord], header: dict | None = None) -> str:
     lines = []
     for key, value in (header or {}).items():
         for v in [value] if isinstance(value, str) else value:
-            lines.append(f"{key} {v}"[:80])
+            lines += header_lines(key, v)
     left_out: dict[tuple[str, str], int] = {}
     for rec in records:
         try:
@@ -215,6 +218,21 @@ def format_mpc80(records: list[MPCRecord], header: dict | None = None) -> str:
         log.warning("%s: %s: %d observation(s) left out of the MPC 80-column report (ADES has no such limit)",
                     source, problem, n)
     return "\n".join(lines) + "\n"
+
+
+def header_lines(key: str, value: str) -> list[str]:
+    """The 80-column header lines of one ``key value`` pair: ASCII only (accents dropped, any other character
+    written ``?``, with a warning naming the key and both spellings) and wrapped at word boundaries onto further
+    lines of the same key where longer than 80 columns (the MPC continues ``OBS``, ``MEA``, ``COM``, ... that way;
+    a word longer than a line is split).  Nothing is cut off."""
+    text = " ".join(str(value).split())
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    folded = folded.encode("ascii", "replace").decode("ascii")
+    if folded != text:
+        log.warning("MPC 80-column header %s: %r written %r (the format is ASCII only; ADES keeps it as given)",
+                    key, text, folded)
+    width = 80 - len(key) - 1
+    return [f"{key} {part}" for part in textwrap.wrap(folded, width, break_on_hyphens=False)] or [key]
 
 
 def _decimals(text: str) -> int:

@@ -78,7 +78,7 @@ def mpc80_header(config: Config, station: str, observations: Table | None = None
         header["NET"] = ", ".join(_NET.get(c, c) for c in sorted(cats))
     header["ACK"] = "ssodetect observations"
     if rep.comment:
-        header["COM"] = rep.comment[:76]
+        header["COM"] = rep.comment  # wrapped onto further COM lines, never cut
     return header
 
 
