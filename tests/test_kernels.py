@@ -265,6 +265,36 @@ def test_a_source_on_a_bright_star_halo_is_found():
     assert found[400][0] < 0.05 and found[400][1]["n_halo_sources"] >= 1
 
 
+def test_a_source_beside_a_masked_bleed_column_is_found_and_its_spill_is_not():
+    """Member 460: a V 20.5 slow mover 9 px from a saturated V 17.5 star and 4.5 px from its masked bleed column was
+    not found on the halo in 3 of 4 exposures: the bleed's unflagged spill beside the column (tens of thousands of
+    ADU) lay in the ring the peak must stand out above.  Pixels near large masked regions are now neither ring nor
+    peaks: the source is found (within 0.1 px) and nothing is reported on the spill; a source beside a small masked
+    cosmic-ray hit on the same halo is still found."""
+    from ssodetect.config import DetectConfig
+    from ssodetect.detect import extract_sources
+
+    rng = np.random.default_rng(12)
+    psf = DoubleGaussianPSF(fwhm=1.7, wing_fraction=0.2, wing_sigma=3.5)
+    img = rng.normal(0.0, 4.0, (200, 200))
+    splat(img, [100.3], [100.6], [1.2e6], psf)
+    mask = img > 50000.0  # the saturated core
+    mask[78:101, 101:103] = True  # the bleed below it, two columns wide
+    img[mask] = 57000.0
+    img[88:99, 100] += np.linspace(2000.0, 45000.0, 11)  # the unflagged spill beside the column
+    splat(img, [96.5], [92.4], [75000.0], psf)  # the mover, 16x fainter, 4.5 px from the column, 9 px from the star
+    splat(img, [108.2], [112.7], [75000.0], psf)  # a source on the halo beside a cosmic-ray hit
+    mask[113:115, 110] = True
+    img[113:115, 110] = 3000.0
+    err = np.full(img.shape, 4.0)
+    det, info = extract_sources(img, mask=mask, error=err, gain=3.5, config=DetectConfig(), psf_sigma=psf.sigma)
+    assert info["n_halos"] >= 1
+    x, y = np.asarray(det["x"]), np.asarray(det["y"])
+    assert np.min(np.hypot(x - 96.5, y - 92.4)) < 0.1
+    assert np.min(np.hypot(x - 108.2, y - 112.7)) < 0.1
+    assert not np.any((np.abs(x - 100.0) < 1.5) & (y > 86.0) & (y < 99.0)), "a source reported on the spill"
+
+
 def test_a_trail_on_a_bright_star_halo_is_measured_whole():
     """A mover's 16 px trail on a bright star's halo, inside its footprint and fainter than deblending splits off:
     found as peaks on the halo, it had been two point sources along it; the peaks now carry the moments of their

@@ -208,6 +208,32 @@ def test_fragments_of_faint_trails_join_their_chains():
     assert len(complete) == 60, sorted(set(range(60)) - set(complete))
 
 
+def test_a_trail_much_shorter_than_its_path_is_no_fragment_of_it():
+    """Member 456: a 554 px (55") V 19.8 trail and two 13 px (1.3") noise trails of V 24.3-24.7 near its line two
+    exposures either side matched its flux per unit length and, as fragments whose centres may lie anywhere along
+    the part they lack, its path: a false 3-trail object.  A trail not cut by the edge shorter than
+    FRAGMENT_MIN_FRACTION of the path joins nothing; the same pieces at 0.27 of the path (a faint end lost) join."""
+    from ssodetect.link.streaks import FRAGMENT_MIN_FRACTION
+
+    t = np.array([0.0, 1100.0, 2200.0]) / 3600.0
+    rate, pa = 353.0, math.radians(35.0)
+    path = rate * 566.0 / 3600.0  # 55.5"
+    along = rate * t - rate * t[1]  # the mid-exposure positions along the track, exposure 1 at the origin
+
+    def link(share):
+        length = np.array([share * path, path, share * path])
+        # the pieces 10" ahead of the mid-exposure positions (inside the part of the trail each one covers)
+        d = along + np.array([10.0, 0.0, 10.0])
+        links = link_streaks(np.arange(3), t, d * math.sin(pa), d * math.cos(pa), np.full(3, 0.02), length,
+                             np.full(3, math.degrees(pa)), np.full(3, 566.0), flux=100.0 * length / path,
+                             length_sigma=np.full(3, 0.05), axis_sigma=np.full(3, 2.0))
+        return [sorted(c.members) for c in links]
+
+    assert FRAGMENT_MIN_FRACTION > 0.023
+    assert link(0.023) == []  # (before the floor: [[0, 1, 2]])
+    assert link(0.27) == [[0, 1, 2]]
+
+
 def test_false_alarm_control_refuses_chance_alignments_and_keeps_movers():
     """600 unrelated detections per exposure around 20 movers: without the control chance triplets are linked
     (~2.5 per run); with it about as many as its budget of 0.1 per run allows, every mover is kept, and the

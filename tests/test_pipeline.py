@@ -290,36 +290,36 @@ def test_a_bright_short_trail_near_the_edge_is_cut_only_when_its_light_reaches_i
     assert rows[4]["kind"] == "trail" and rows[4]["edge_cut"] and abs(rows[4]["x"] - 200.3) < 1.0  # the edge cut it
 
 
-def test_a_trail_end_heading_for_the_edge_needs_more_room_than_one_running_along_it():
-    """edge_clear: an end heading straight out needs the perpendicular margin 1.5 sigma + 1 px; at 45 deg it needs
-    EDGE_ALONG_CLEARANCE along its axis (capped by the margin); running along the edge only its centre line must
-    stay EDGE_LINE_CLEARANCE inside."""
-    from ssodetect.streaks.detect import EDGE_ALONG_CLEARANCE, EDGE_LINE_CLEARANCE, edge_clear
+def test_a_trail_is_clear_of_the_edge_only_with_both_ends_a_margin_inside_every_edge():
+    """edge_clear: both ends at least 1.5 sigma + 1 px inside every edge, whatever the direction (running along an
+    edge, heading out, at 45 deg); a trail measured along an edge ~1.2 px inside may be a short trail leaving it
+    obliquely (member 460, measured 1 px off) and is not clear."""
+    from ssodetect.streaks.detect import edge_clear
 
     sigma = 0.7
     margin = 1.5 * sigma + 1.0
     shape = (100, 200)
-    # along y = -0.5 (the bottom edge): centre line 1.2 px and 0.8 px inside; ends far from the side edges
-    along = edge_clear(shape, [50.0, 50.0], [0.7, 0.3], [10.0, 10.0], [0.0, 0.0], sigma)
-    assert along.tolist() == [True, False] and 0.8 < EDGE_LINE_CLEARANCE < 1.2
-    # a fast mover's trail (min_length or longer) keeps the margin: the linker restores cut ends from other exposures
-    assert not edge_clear(shape, [50.0], [0.7], [10.0], [0.0], sigma, min_length=10.0)[0]
-    # as does a trail too short to tell from a star cut in half (its own width says so when the PSF estimate is off)
-    assert not edge_clear(shape, [50.0], [0.7], [10.0], [0.0], sigma, width=[1.8])[0]
+    # along y = -0.5 (the bottom edge): centre line the margin +- 0.1 px inside, and member 460's 1.24 px
+    along = edge_clear(shape, [50.0] * 3, [margin - 0.4, margin - 0.6, 0.742], [10.0, 10.0, 5.172], [0.0, 0.0, 0.07],
+                       sigma)
+    assert along.tolist() == [True, False, False]
     # heading straight out of the right edge (x = 199.5): the end margin +- 0.2 px inside
     out = edge_clear(shape, [199.5 - margin - 5.2, 199.5 - margin - 4.8], [50.0, 50.0], [10.0, 10.0], [0.0, 0.0], sigma)
     assert out.tolist() == [True, False]
-    # at 45 deg towards the top edge (y = 99.5): the end needs min(margin, 3.5 cos 45) px, tested +- 0.1 px
-    need = min(margin, EDGE_ALONG_CLEARANCE * math.cos(math.pi / 4))
+    # at 45 deg towards the top edge (y = 99.5): the end's distance, not along the axis, tested +- 0.1 px
     half = 5.0 / math.sqrt(2.0)
-    ys = [99.5 - need - half + 0.1, 99.5 - need - half - 0.1]
+    ys = [99.5 - margin - half + 0.1, 99.5 - margin - half - 0.1]
     assert edge_clear(shape, [100.0, 100.0], ys, [10.0, 10.0], [math.pi / 4] * 2, sigma).tolist() == [False, True]
+    # the other end, towards the left edge (x = -0.5)
+    assert edge_clear(shape, [4.5 + margin + 0.1, 4.5 + margin - 0.1], [50.0, 50.0], [10.0, 10.0], [math.pi] * 2,
+                      sigma).tolist() == [True, False]
 
 
-def test_a_short_trail_along_the_edge_and_a_bright_point_clear_of_it_stay_usable(tmp_path):
+def test_a_short_trail_along_the_edge_is_cut_and_a_bright_point_clear_of_it_stays_usable(tmp_path):
     """A 9 px trail running along the bottom edge, its centre line 1.3 px inside, is fitted by the pixels on the
-    detector (within 0.1 px) and stays usable (a V 22.4 slow mover 1.7 px from an edge had been cut in its only
-    third exposure); a bright point source whose footprint reaches the edge from 8 px (beyond 3 FWHM + 1 px) is
+    detector (within 0.1 px) but is cut (``edge_weak`` in linking: it may complete a tracklet) since a short trail
+    leaving the edge obliquely, cut in half, looks the same (member 460: a 5 px trail at 22 deg, measured along the
+    edge ~1 px off); a bright point source whose footprint reaches the edge from 8 px (beyond 3 FWHM + 1 px) is
     measured by its core and is not cut; a trail heading straight off the edge is cut."""
     from ssodetect.pipeline.ccd import APER_TRUNC, OBJ_TRUNC
     from ssodetect.simulate import DoubleGaussianPSF, splat, trail_points
@@ -330,17 +330,24 @@ def test_a_short_trail_along_the_edge_and_a_bright_point_clear_of_it_stay_usable
     splat(image, *trail_points(145.0, 0.8, 154.0, 0.8, 30000.0), psf)  # along the edge
     splat(image, [8.3], [150.4], [4.0e6], psf)  # bright: its footprint reaches the left edge
     splat(image, *trail_points(292.0, 200.3, 302.0, 200.3, 30000.0), psf)  # heading off the right edge
+    # member 460: a 5 px trail at 22 deg to the bottom edge, its centre 0.26 px beyond it: half cut, it looks like a
+    # trail along the edge ~1 px inside, ~1 px off
+    ang = math.radians(22.0)
+    splat(image, *trail_points(230.0 - 2.5 * math.cos(ang), -0.26 - 2.5 * math.sin(ang),
+                               230.0 + 2.5 * math.cos(ang), -0.26 + 2.5 * math.sin(ang), 30000.0), psf)
     table, info = _with_stars_through_ccd_step(tmp_path / "edge.fits", image, psf, rng)
     row = table[np.argmin(np.hypot(table["x"] - 149.5, table["y"] - 0.8))]
     assert row["kind"] == "trail" and row["sep_flag"] & (OBJ_TRUNC | APER_TRUNC)
     # measured by the trail fit of its pixels on the detector (its barycentre leaned 0.46 px inwards)
-    assert not row["edge_cut"] and np.hypot(row["x"] - 149.5, row["y"] - 0.8) < 0.1 and abs(row["length"] - 9.0) < 0.5
+    assert row["edge_cut"] and np.hypot(row["x"] - 149.5, row["y"] - 0.8) < 0.1 and abs(row["length"] - 9.0) < 0.5
     star = table[np.argmin(np.hypot(table["x"] - 8.3, table["y"] - 150.4))]
     assert star["kind"] == "point" and star["sep_flag"] & (OBJ_TRUNC | APER_TRUNC)
     assert not star["edge_cut"] and np.hypot(star["x"] - 8.3, star["y"] - 150.4) < 0.1
     off = table[np.argmin(np.hypot(table["x"] - 296.0, table["y"] - 200.3))]
     assert off["edge_cut"]
-    assert info["n_edge_kept"] >= 2 and info["n_edge_cut"] == int(np.sum(table["edge_cut"])) >= 1
+    oblique = table[np.argmin(np.hypot(table["x"] - 230.0, table["y"] - 0.5))]
+    assert abs(oblique["x"] - 230.0) < 3.0 and oblique["edge_cut"]
+    assert info["n_edge_kept"] >= 1 and info["n_edge_cut"] == int(np.sum(table["edge_cut"])) >= 1
 
 
 def test_edge_information_is_the_share_of_psf_squared_beyond_the_edge():

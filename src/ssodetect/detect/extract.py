@@ -625,6 +625,28 @@ MAX_PEAK_ELONGATION = 2.5
 RADIAL_TOLERANCE = 20.0
 
 
+#: Pixels this near [px] a large masked region (a bleed column, a saturated core: :data:`LARGE_MASK_NPIX` pixels or
+#: more) are neither peaks on a halo nor part of the ring a peak must stand out above (:func:`halo_sources`): a
+#: bleed's unflagged spill is no source and no part of a smooth rise.  Cosmic-ray hits (a few to ~20 px) keep their
+#: neighbours: a source beside one is still sought.
+RING_MASK_CLEARANCE = 2
+LARGE_MASK_NPIX = 30
+
+
+def _near_large_masks(bad: np.ndarray) -> np.ndarray:
+    """Pixels within :data:`RING_MASK_CLEARANCE` px (8-connected steps) of a masked region of at least
+    :data:`LARGE_MASK_NPIX` pixels (8-connected).  ``bad``: bool (ny, nx); returns the same shape."""
+    from scipy.ndimage import binary_dilation, label
+
+    if not bad.any():
+        return np.zeros_like(bad)
+    labels, n = label(bad, structure=np.ones((3, 3)))
+    large = np.nonzero(np.bincount(labels.ravel(), minlength=n + 1)[1:] >= LARGE_MASK_NPIX)[0] + 1
+    if large.size == 0:
+        return np.zeros_like(bad)
+    return binary_dilation(np.isin(labels, large), structure=np.ones((3, 3)), iterations=RING_MASK_CLEARANCE)
+
+
 #: A run of this many pixels [px] below half the detection threshold on the way from a peak to its halo's star
 #: separates the peak from the star: not the end of a spike or a bleed (they run continuously from the core).
 SPIKE_GAP = 4
@@ -715,7 +737,8 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
 
     In each box of the halo-subtracted image, the peaks of the matched-filtered signal-to-noise map
     that reach ``threshold`` and stand out by as much above the ring around them (so that the smooth
-    rise of a diffraction spike or of what is left of a halo does not count), at least 2 kernel
+    rise of a diffraction spike or of what is left of a halo does not count; pixels near large masked regions, a
+    bleed's unflagged spill, are neither peaks nor ring: :data:`RING_MASK_CLEARANCE`), at least 2 kernel
     widths from every segmented object's centre and peak, with ``min_area`` pixels above the
     threshold around them, and not elongated like the end of a line pointing at the footprint's peak (a
     spike's or a bleed's: a mover's trail on the halo points anywhere).  The records carry the peak as position, a
@@ -765,7 +788,12 @@ def halo_sources(work: np.ndarray, err: np.ndarray, mask: np.ndarray, objects, b
         snr = convolve(np.where(bad, 0.0, sub), kernel.astype(float), mode="constant") / (noise * gain_k)
         snr[bad] = 0.0
         peak = (snr == maximum_filter(snr, size=3)) & (snr >= threshold)
-        peak &= snr - maximum_filter(snr, footprint=ring, mode="nearest") >= threshold
+        # pixels within RING_MASK_CLEARANCE of unusable ones are neither peaks nor part of the ring: beside a masked
+        # bleed column its unflagged spill (46,500 ADU next to the column) outshone a V 20.5 mover 4 px from it in the
+        # ring (member 460), and is no source itself
+        near_bad = _near_large_masks(bad)
+        peak &= ~near_bad
+        peak &= snr - maximum_filter(np.where(near_bad, 0.0, snr), footprint=ring, mode="nearest") >= threshold
         above = convolve((snr >= threshold).astype(float), np.ones((3, 3)), mode="constant")
         peak &= above >= min(min_area, 9)
         py, px = np.nonzero(peak)

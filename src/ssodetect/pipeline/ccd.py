@@ -356,7 +356,7 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     truncated = (np.asarray(table["sep_flag"]) & (OBJ_TRUNC | APER_TRUNC)) != 0
     table["edge_cut"], info["n_edge_kept"] = edge_cut(
         image.data.shape, truncated, table["edge_fit"], table["kind"], table["x"], table["y"], table["length"],
-        table["theta"], float(extract_info["psf_sigma"]), table["b"], config.streaks.min_length)
+        table["theta"], float(extract_info["psf_sigma"]))
     info["n_edge_cut"] = int(np.sum(table["edge_cut"]))
     flux = np.asarray(table["flux"], float)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -27,8 +27,8 @@ from ssodetect.streaks._chains import hough_cells, line_candidates, next_cell
 from ssodetect.streaks.model import TrailFit, fit_trail, moment_centre, scan_trail_ends, section_amplitudes, trail_cost
 
 __all__ = ["join_fragments", "detach_bright_pieces", "uncovered_pieces", "collinear_chains", "refine_trails",
-           "cut_ends", "spike_axes", "edge_distance", "edge_clear", "edge_cut", "EDGE_ALONG_CLEARANCE",
-           "EDGE_LINE_CLEARANCE", "EDGE_MIN_TRAIL_FWHM"]
+           "cut_ends", "spike_axes", "edge_distance", "edge_clear", "edge_cut",
+           "EDGE_MIN_TRAIL_FWHM"]
 
 log = logging.getLogger(__name__)
 
@@ -1218,38 +1218,27 @@ def cut_ends(shape: tuple[int, int], x: float, y: float, length: float, theta: f
     return 2 if all(at_edge) else 1 if at_edge[0] else -1 if at_edge[1] else 0
 
 
-#: An end of a trail heading for the detector edge must lie at least this far [px] from it along the trail's axis
-#: (never more than the perpendicular margin ``1.5 psf_sigma + 1``): on family members 191-200, trails running off
-#: the edge at 40-45 deg were fitted with their ends 2-3 px along the axis short of the edge.
-EDGE_ALONG_CLEARANCE = 3.5
-#: Every end of a trail keeps its centre line at least this far [px] inside the edge (half a pixel inside the
-#: outermost pixel centres): a trail running along the edge with its centre line nearer had half its PSF beyond
-#: it, and pieces of long trails measured there were 7-20 px off.
-EDGE_LINE_CLEARANCE = 1.0
-#: Shorter trails [FWHM, the larger of the PSF's and the trail's own width] keep the perpendicular margin on every
-#: edge: a star centred on the edge, cut in half, looks like a trail along it 2 of its own FWHM long, measured 1.4 px
-#: too far in.
+#: Shorter trails [FWHM, the larger of the PSF's and the trail's own width] are not clear of the stars' trail on a
+#: trailed field (:func:`~ssodetect.streaks.field.field_motion`): a star centred on the edge, cut in half, looks like
+#: a trail along it 2 of its own FWHM long.
 EDGE_MIN_TRAIL_FWHM = 2.5
 
 
-def edge_clear(shape: tuple[int, int], x, y, length, theta, psf_sigma: float, width=None,
-               min_length: float = np.inf) -> np.ndarray:
-    """Whether each trail's ends are far enough from the detector edge for its fit to hold.
+def edge_clear(shape: tuple[int, int], x, y, length, theta, psf_sigma: float) -> np.ndarray:
+    """Whether both ends of each (truncated) trail lie at least the margin ``1.5 psf_sigma + 1`` px inside every
+    detector edge, whatever the trail's direction.
 
-    A trailed-PSF fit uses the pixels on the detector (short trails near the edge are re-measured by it), so a
-    trail that runs along an edge is measured like a point source by the edge PSF fit; what the edge hides is the
-    end of a trail that heads for it.  For each end
-    and each edge, with ``p`` the end's distance inside the edge and ``u`` the cosine between the trail's outward
-    direction there and the edge's outward normal (0 running along it, 1 heading straight out), the end is clear
-    when ``p >= max(EDGE_LINE_CLEARANCE, min(1.5 psf_sigma + 1, EDGE_ALONG_CLEARANCE u))``.  Heading straight out,
-    this is the perpendicular margin (on 40 runs of family members 151-180 trails that ran off the edge, measured at
-    80 % of their length or more, had their fitted ends at most 1.1 px inside it); running along the edge, the
-    centre line must stay on the detector (trails shorter than :data:`EDGE_MIN_TRAIL_FWHM`, and fast movers' trails
-    of ``min_length`` or more, keep the margin on every edge: on member 195 with 60 fast movers per CCD, a 12.6 px
-    piece of a trail running along an edge, no longer cut, was linked into a false 2-trail object).  On members
-    191-200 the short trails this admits beyond the perpendicular margin, running along an edge 1.2-2 px from it,
-    had been measured (by moments, before the trail fit was used there) within 0.56 px of their true centres (a V
-    22.4 slow mover among them had lost its only third exposure to the cut).
+    Nearer, the edge may hide part of the trail: heading out, its end (on 40 runs of family members 151-180, trails
+    that ran off the edge had their fitted ends up to 1.1 px inside it; at 40-45 deg 2-3 px along the axis short of
+    it); running along the edge, half its PSF, and what looks like a trail along the edge may be a star cut in half
+    (~2 of its own FWHM long, measured 1.4 px too far in) or a short trail leaving the detector obliquely, cut in
+    half (member 460: a V 20.5 slow mover's 5 px trail at 22 deg to the edge, its centre 0.26 px beyond it, was
+    measured as a 5.2 px trail along it 1.24 px inside, 1 px off; not cut, with its errors of 0.05 px it refused the
+    mover its only third exposure).  Pieces of long trails measured along an edge were 7-20 px off, and on member 195
+    a 12.6 px piece of a trail along an edge, not cut, made a false 2-trail object.  A trail not clear is
+    ``edge_cut``: it may still complete a slow tracklet with widened errors (``edge_weak``) and the fast linker
+    restores its cut end from the other exposures; an earlier relaxation for trails running along an edge 1-2 px
+    inside (fitted within 0.1-0.6 px) predates ``edge_weak`` and cost member 460 its mover.
 
     Parameters
     ----------
@@ -1259,12 +1248,6 @@ def edge_clear(shape: tuple[int, int], x, y, length, theta, psf_sigma: float, wi
         Trail centres [px], lengths [px] and angles [rad, from +x towards +y].
     psf_sigma : float
         PSF Gaussian sigma [px].
-    width : ndarray (n,), optional
-        The trails' own minor-axis rms [px] (sep's ``b``): a trail shorter than :data:`EDGE_MIN_TRAIL_FWHM` times
-        the larger of the PSF's and its own FWHM keeps the margin (the PSF estimate may be off).
-    min_length : float
-        Trails at least this long [px] (fast movers' trails, whose cut ends the linker restores from the other
-        exposures) keep the margin on every edge.
 
     Returns
     -------
@@ -1272,27 +1255,18 @@ def edge_clear(shape: tuple[int, int], x, y, length, theta, psf_sigma: float, wi
     """
     ny, nx = shape
     x, y = np.asarray(x, float), np.asarray(y, float)
-    length = np.nan_to_num(np.asarray(length, float))
-    half = 0.5 * length
+    half = 0.5 * np.nan_to_num(np.asarray(length, float))
     c, s = np.cos(np.asarray(theta, float)), np.sin(np.asarray(theta, float))
     margin = 1.5 * psf_sigma + 1.0
-    # a star cut in half by the edge looks like a trail along it, ~1.3 FWHM long and centred 1-1.5 px too far in
-    fwhm = np.full(x.size, psf_sigma / FWHM_TO_SIGMA)
-    if width is not None:
-        fwhm = np.maximum(fwhm, np.nan_to_num(np.asarray(width, float)) / FWHM_TO_SIGMA)
-    star_like = (length < EDGE_MIN_TRAIL_FWHM * fwhm) | (length >= min_length)
     clear = np.ones(x.size, bool)
     for sign in (1.0, -1.0):
-        ex, ey, dx, dy = x + sign * half * c, y + sign * half * s, sign * c, sign * s
-        # (distance inside the edge, closing cosine) for the edges x = -0.5, x = nx - 0.5, y = -0.5, y = ny - 0.5
-        for p, u in ((ex + 0.5, -dx), (nx - 0.5 - ex, dx), (ey + 0.5, -dy), (ny - 0.5 - ey, dy)):
-            need = np.maximum(EDGE_LINE_CLEARANCE, np.minimum(margin, EDGE_ALONG_CLEARANCE * np.clip(u, 0.0, None)))
-            clear &= p >= np.where(star_like, margin, need)
+        ex, ey = x + sign * half * c, y + sign * half * s
+        clear &= (np.minimum(ex + 0.5, nx - 0.5 - ex) >= margin) & (np.minimum(ey + 0.5, ny - 0.5 - ey) >= margin)
     return clear
 
 
 def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, theta,
-             psf_sigma: float, width=None, min_length: float = np.inf) -> tuple[np.ndarray, int]:
+             psf_sigma: float) -> tuple[np.ndarray, int]:
     """Which detections the detector edge cuts (centroid and flux biased): unusable for linking.
 
     A point source whose footprint or aperture is truncated is cut when its centre lies within the zone where its
@@ -1317,10 +1291,6 @@ def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, th
         Centres [px, 0-based], trail lengths [px] and angles [rad, from +x towards +y].
     psf_sigma : float
         PSF Gaussian sigma [px].
-    width : ndarray (n,), optional
-        Minor-axis rms [px] (see :func:`edge_clear`).
-    min_length : float
-        See :func:`edge_clear`.
 
     Returns
     -------
@@ -1337,8 +1307,7 @@ def edge_cut(shape: tuple[int, int], truncated, edge_fit, kind, x, y, length, th
     trail = np.nonzero(cut & (kind == "trail"))[0]
     if trail.size:
         cut[trail[edge_clear(shape, x[trail], y[trail], np.asarray(length, float)[trail],
-                             np.asarray(theta, float)[trail], psf_sigma,
-                             None if width is None else np.asarray(width, float)[trail], min_length)]] = False
+                             np.asarray(theta, float)[trail], psf_sigma)]] = False
     return cut, n_cut - int(cut.sum())
 
 
