@@ -276,3 +276,22 @@ def test_a_field_state_follows_every_named_file_including_the_reference_wcs(fiel
     assert str(head.resolve()) in [f[0] for f in before["inputs"]]
     head.write_text("CRVAL1  =                150.05\nEND\n")
     assert field_state(field, config) != before
+
+
+def test_a_field_state_follows_the_profile_it_runs_with(fields, tmp_path):
+    """Campaign 30: the state held the configuration before the profile was applied, so a profile file edited (or
+    another one chosen from SSODETECT_PROFILE_PATH) left a field 'complete' with the old settings' results."""
+    from ssodetect.pipeline.batch import field_state
+
+    profile = tmp_path / "mine.toml"
+    text = '[profile]\ndescription = "mine"\n[match]\ntelescope = ["NOMATCH"]\n[settings.report]\nstation = "{}"\n'
+    profile.write_text(text.format("500"))
+    config = Config()
+    config.profile.name = str(profile)
+    field = Field(name="a", inputs=(str(fields / "f41"),))
+    before = field_state(field, config)
+    profile.write_text(text.format("568"))
+    assert field_state(field, config) != before
+    # no profile at all: other settings, another state
+    config.profile.name = "none"
+    assert field_state(field, config) != before

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -44,6 +45,38 @@ def test_a_visit_is_queued_once_complete_and_settled(scene, tmp_path):
         v2 = [j for j in reg.jobs() if j["outdir"] == "v2"]
         assert len(v2) == 1 and v2[0]["status"] == "incomplete" and "1 of 4 exposures" in v2[0]["message"]
         assert not any(j["outdir"] == "bad name" for j in reg.jobs())
+
+
+def test_a_visit_changed_after_its_run_is_said_not_skipped_silently(scene, tmp_path, caplog):
+    """Campaign 30: frames added to a visit folder after its run (or another night copied under its name) were
+    skipped without a word, exit 0.  The visit is still not run again (its directory holds its run), but a warning
+    names it once per change (``watch --once`` exits 1); an unchanged visit stays quiet; a folder named like a run
+    of another command's job is said too."""
+    inbox, root = tmp_path / "inbox", tmp_path / "root"
+    (inbox / "v1").mkdir(parents=True)
+    root.mkdir()
+    frames = sorted(scene.glob("exp_*.fits"))
+    for path in frames:
+        shutil.copy(path, inbox / "v1" / path.name)
+    watcher = Watcher(inbox, root, exposures=4, settle=0.0, timeout=600.0)
+    _, newest, _ = visit_state(inbox / "v1", IOConfig())
+    assert len(watcher.check(now=newest + 10.0)) == 1
+    assert watcher.check(now=newest + 20.0) == [] and watcher.warned == []  # unchanged: quiet
+    late = inbox / "v1" / "exp_04.fits"
+    shutil.copy(frames[0], late)
+    os.utime(late, (newest + 30.0, newest + 30.0))
+    with caplog.at_level("WARNING", logger="ssodetect.console.watch"):
+        assert watcher.check(now=newest + 40.0) == []
+        assert watcher.check(now=newest + 50.0) == []
+    assert len(watcher.warned) == 1 and "files changed after its run" in watcher.warned[0]
+    assert sum("files changed after its run" in r.getMessage() for r in caplog.records) == 1  # said once
+    # a folder named like another job's run (the launch form's)
+    with Registry(root) as reg:
+        reg.enqueue("night2", ["run", str(tmp_path / "elsewhere"), "--out", str(root / "night2")], "console")
+    (inbox / "night2").mkdir()
+    shutil.copy(frames[0], inbox / "night2" / frames[0].name)
+    watcher.check(now=newest + 60.0)
+    assert any("already has a run named 'night2'" in w for w in watcher.warned)
 
 
 def test_watch_once_runs_the_visit_and_sends_its_alert(scene, tmp_path, capsys, monkeypatch):

@@ -178,14 +178,14 @@ def _run(args) -> int:
     total = result.timings.get("total", float("nan"))
     steps = ", ".join(f"{r['step']} {r['status']}" for r in result.steps)
     if result.objects is None:
-        print(f"stopped after step {args.to_step} in {total:.1f} s ({steps}) -> {args.out}/manifest.json; "
+        print(f"stopped after step {args.to_step} in {total:.1f} s ({steps}) -> {printable(args.out)}/manifest.json; "
               f"go on with --from-step")
         return 1 if result.warnings else 0
     n_fast = int((result.objects["kind"] == "streak").sum()) if len(result.objects) else 0
     n_known = int(sum(bool(str(d)) for d in result.objects["designation"])) if len(result.objects) else 0
     print(
         f"{len(result.objects)} moving objects ({n_fast} fast, trailed; {n_known} known), {len(result.observations)} "
-        f"observations in {total:.1f} s -> {args.out}/" + ", ".join(
+        f"observations in {total:.1f} s -> {printable(args.out)}/" + ", ".join(
             name for name in ("report.html", "observations.psv", "observations.xml", "observations.mpc",
                               "observations.ecsv", "objects.ecsv", "known.ecsv", "alert.json")
             if (Path(args.out) / name).exists())
@@ -228,9 +228,9 @@ def _astrometry(args) -> int:
     table = run_astrometry(args.inputs, args.out, refcat, config, formats=formats)
     ok = table[table["status"] == "ok"]
     rms = f"median rms {1e3 * float(np.median(np.maximum(ok['rms_ra'], ok['rms_dec']))):.1f} mas" if len(ok) else ""
-    print(f"{len(ok)}/{len(table)} CCD exposures solved {rms} -> {args.out}/astrometry.ecsv")
+    print(f"{len(ok)}/{len(table)} CCD exposures solved {rms} -> {printable(args.out)}/astrometry.ecsv")
     for row in table[table["status"] != "ok"]:
-        print(f"  exposure {row['exposure']} CCD {row['ccd']}: {row['reason']}")
+        print(printable(f"  exposure {row['exposure']} CCD {row['ccd']}: {row['reason']}"))
     return 0 if len(ok) else 1
 
 
@@ -252,9 +252,9 @@ def _calibrate(args) -> int:
         raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
     write_calibration(out, masters, lights, config, with_lights=args.lights)
     for ccd, m in masters.items():
-        print(f"CCD {printable(ccd)}: {m.describe()} -> {out if len(masters) == 1 else out / master_folder(ccd)}")
+        print(printable(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / master_folder(ccd)}"))
     if args.lights:
-        print(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)")
+        print(printable(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)"))
     return 0
 
 
@@ -538,7 +538,8 @@ def _write_evaluation(outdir: Path, ev, args) -> None:
     ours = (recorded_files(outdir) or set()) if dropped else set()
     for name in dropped & ours:
         (outdir / name).unlink(missing_ok=True)
-    print(f"{outdir / EVALUATION_FILE}; {outdir / 'report.html'} now shows completeness against magnitude and rate")
+    print(printable(f"{outdir / EVALUATION_FILE}; {outdir / 'report.html'} now shows completeness against magnitude "
+                    "and rate"))
 
 
 def _report(args) -> int:
@@ -582,7 +583,7 @@ def _report(args) -> int:
         lock.release()
         log.removeHandler(counter)
     for path in written:
-        print(outdir / path.name)
+        print(printable(outdir / path.name))
     return 1 if counter.count else 0
 
 
@@ -660,9 +661,9 @@ def _serve(args) -> int:
                     for inbox in args.watch]
     app = create_app(args.root, token=token, workers=args.workers, scheduler=scheduler, watchers=watchers)
     print(f"ssodetect console on http://{args.host}:{args.port}/" + (f"?token={token}" if token else "")
-          + f" over {app.state.root} ({args.workers} worker(s)"
+          + f" over {printable(app.state.root)} ({args.workers} worker(s)"
           + (f", CCDs on the Dask scheduler {scheduler}" if scheduler else "")
-          + "".join(f"; watching {w.inbox}" for w in watchers) + "); Ctrl-C stops it")
+          + "".join(f"; watching {printable(w.inbox)}" for w in watchers) + "); Ctrl-C stops it")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -776,7 +777,7 @@ def _watch(args) -> int:
                 log.warning("visit %s not run: %s", name, reason)
             ok = all(s == "done" for s in states) and not any(warned)
             return 0 if ok and not watcher.waiting and not watcher.warned else 1
-        print(f"watching {args.inbox} -> {root} ({args.exposures} exposures a visit, settle {args.settle:g} s); "
+        print(f"watching {printable(args.inbox)} -> {printable(root)} ({args.exposures} exposures a visit, settle {args.settle:g} s); "
               "Ctrl-C stops")
         watcher.start()
         while True:

@@ -53,7 +53,8 @@ def cache_key() -> tuple[bytes, bool]:
             return _EPHEMERAL, False
         if len(key) >= 32:
             return key, True
-        log.warning("%s: a cache key must hold at least 32 bytes; stored step products will not be reused", path)
+        log.warning("%s: a cache key must hold at least 32 bytes (delete it and a new one is made); stored step "
+                    "products will not be reused", path)
         return _EPHEMERAL, False
     except FileNotFoundError:
         pass
@@ -62,9 +63,7 @@ def cache_key() -> tuple[bytes, bool]:
         return _EPHEMERAL, False
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(os.urandom(32))
+        _create_key(path)
         return path.read_bytes(), True
     except FileExistsError:  # another process created it first (or a dangling link sits there: never followed)
         if path.is_symlink() and not path.exists():
@@ -75,6 +74,38 @@ def cache_key() -> tuple[bytes, bool]:
         log.warning("%s: cannot create the cache key (%s); stored step products will not be reused", path,
                     exc.strerror)
         return _EPHEMERAL, False
+
+
+def _create_key(path: Path) -> None:
+    """Create the key file at ``path`` whole or not at all: 32 random bytes written to a private temporary file
+    beside it, then linked into place (``FileExistsError`` when another process made one first).  A write that
+    fails (a full disk) or a process killed midway leaves no empty key behind, which would disable the cache for
+    good (campaign 30).  Where hard links are not supported the file is created exclusively and removed again
+    when its write fails."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            raise
+        except OSError:
+            pass  # no hard links here
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(Path(tmp).read_bytes())
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def sign_file(path: str | Path, context: str, key: bytes, chunk: int = 1 << 20) -> str:

@@ -322,3 +322,28 @@ def test_report_under_another_key_is_refused_before_any_work(good_run, scene, tm
     assert outcome.code == 2 and len(outcome.errors) == 1 and "not signed with your key" in outcome.errors[0], \
         outcome.err
     assert snapshot(out) == before and leftovers(out) == []
+
+
+def test_a_key_whose_write_fails_leaves_no_empty_key_behind(tmp_path, monkeypatch, caplog):
+    """Campaign 30: the key file was created, then written; a full disk (or a kill in between) left an empty file
+    that disabled the step cache for every later run.  It is now written beside and linked into place: a failed
+    write leaves nothing, and the next run makes a good key."""
+    import ssodetect.keys as keys
+
+    path = tmp_path / "conf" / "cache.key"
+    monkeypatch.setenv("SSODETECT_CACHE_KEY", str(path))
+    real_urandom = keys.os.urandom
+
+    def full_disk(n):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keys.os, "urandom", full_disk)
+    with caplog.at_level("WARNING", logger="ssodetect.keys"):
+        key, persistent = keys.cache_key()
+    assert not persistent and "No space left on device" in caplog.text
+    assert not path.exists() and not [p for p in path.parent.iterdir()], "a partial key or temporary file was left"
+    monkeypatch.setattr(keys.os, "urandom", real_urandom)
+    key, persistent = keys.cache_key()
+    assert persistent and len(key) == 32 and path.read_bytes() == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert keys.cache_key() == (key, True)

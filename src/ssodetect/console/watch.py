@@ -9,10 +9,13 @@ once (a warning, and a job of status ``incomplete`` with the count seen) and not
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from ssodetect.config import IOConfig
@@ -68,6 +71,13 @@ def visit_files(folder: Path, io: IOConfig) -> tuple[int, float, list[str]]:
     return sum(len(e.ccds) == full for e in exposures), newest, unreadable
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _named(paths: list[str]) -> str:
     """The first of ``paths`` and how many others (a message stays one line however many files are broken)."""
     return paths[0] + (f" and {len(paths) - 1} other(s)" if len(paths) > 1 else "")
@@ -105,6 +115,7 @@ class Watcher:
         self.waiting: dict[str, str] = {}
         #: Warnings of the last look (folders skipped, visits given up): ``watch --once`` exits 1 after any.
         self.warned: list[str] = []
+        self._told: set = set()  # changed visits already said in the log (a watch looks every second)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -114,16 +125,20 @@ class Watcher:
         new = []
         self.waiting, self.warned = {}, []
         with Registry(self.root) as reg:
-            taken = {j["outdir"] for j in reg.jobs(limit=1_000_000)}
+            jobs = reg.jobs(limit=1_000_000)  # newest first: a name's latest job is the one kept
+            taken: dict[str, dict] = {}
+            for j in jobs:
+                taken.setdefault(j["outdir"], j)
             for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 name = folder.name
                 if name in taken:
+                    self._changed_since(folder, taken[name])
                     continue
                 if not PLAIN_NAME.match(name):
                     self.warned.append(f"{str(folder)!r}: a visit folder's name must be {PLAIN_NAME_RULE} (it "
                                        "names the run's directory): skipped")
                     log.warning("%s", self.warned[-1])
-                    taken.add(name)
+                    taken[name] = {}
                     continue
                 n, newest, broken = visit_files(folder, self.io)
                 unreadable = len(broken)
@@ -153,6 +168,41 @@ class Watcher:
                                        f"{self.timeout:g} s): not run")
                     log.warning("%s", self.warned[-1])
         return new
+
+    def _changed_since(self, folder: Path, job: dict) -> None:
+        """A visit folder whose name a job of ROOT already has is never run again; if files landed in it after that
+        job was queued (its ``landed=`` keyword), or the job is not this inbox's visit, say so once per change (a
+        warning: ``watch --once`` exits 1) instead of skipping it silently (campaign 30: new frames added to a run
+        visit, or another night copied under its name, were never processed, exit 0)."""
+        if not job:  # (a name refused at this look)
+            return
+        try:
+            argv = json.loads(job.get("argv") or "[]")
+        except ValueError:
+            argv = []
+        landed = next((float(a.split("=", 1)[1]) for a in argv if isinstance(a, str) and a.startswith("landed=")
+                       and _is_number(a.split("=", 1)[1])), None)
+        ours = len(argv) > 1 and argv[0] == "run" and os.path.realpath(str(argv[1])) == str(folder)
+        if not argv and job.get("keywords") == "watch":  # a visit given up as incomplete: when it was
+            ours = True
+            try:
+                landed = datetime.fromisoformat(str(job.get("finished_utc"))).timestamp()
+            except ValueError:
+                landed = None
+        try:  # the files a visit's run reads (as visit_files sees them; no header is read at every look)
+            newest = max((os.stat(p).st_mtime for p in find_inputs([folder])), default=0.0) if ours else 0.0
+        except (SSODetectError, OSError):
+            newest = float("inf")
+        if ours and landed is not None and newest <= landed + 1e-3:
+            return
+        said = (f"{folder}: files changed after its run (job {job['id']}, {job.get('status', '')}): not run again; "
+                "put new frames in a folder of a new name" if ours else
+                f"{folder}: ROOT already has a run named {folder.name!r} (job {job['id']}): not run; rename the folder")
+        key = (folder.name, newest, int(job["id"]))
+        if key not in self._told:
+            self._told.add(key)
+            log.warning("%s", said)
+        self.warned.append(said)
 
     def start(self) -> None:
         def loop():

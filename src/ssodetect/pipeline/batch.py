@@ -27,9 +27,10 @@ from ssodetect import safejson
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
 from ssodetect.io.frames import find_inputs
-from ssodetect.keys import cache_key, sign_text, verify_text
 from ssodetect.io.outputs import (OutputLock, OutputStage, atomic_write_text, record_files, recorded_files,
                                  check_directory_kind, remove_dead_stages, sha256_file)
+from ssodetect.keys import cache_key, sign_text, verify_text
+from ssodetect.profiles import resolve_profile
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
            "fields_from_arguments", "run_batch", "run_field", "wait_for_fields"]
@@ -142,11 +143,13 @@ def fields_from_arguments(arguments) -> list[Field]:
 
 def field_state(field: Field, config: Config) -> dict:
     """What a field's finished run depends on: the files it reads (path, size, modification and change times, inode)
-    and the configuration.
+    and the configuration as the run resolves it, with the instrument profile applied (a profile file edited, or
+    another one chosen from ``SSODETECT_PROFILE_PATH``, runs the field again: campaign 30).
 
     The ``[execution]`` section (workers, scheduler, progress) does not change results and is left out.
     """
-    paths = [str(p) for p in find_inputs(list(field.inputs))] + ([field.refcat] if field.refcat else [])
+    inputs = find_inputs(list(field.inputs))
+    paths = [str(p) for p in inputs] + ([field.refcat] if field.refcat else [])
     # everything else a run reads (as its manifest lists them): calibration frames, orbit files, a CNN model
     paths += [str(p) for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat,
                                *config.known.orbits)]
@@ -163,7 +166,8 @@ def field_state(field: Field, config: Config) -> dict:
         # the change time too: content rewritten in place with the modification time put back (cp -p, rsync -t,
         # tar x) still moves it, and nothing can set it back
         files.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
-    settings = config.model_dump(mode="json", exclude={"execution"})
+    resolved, profile = resolve_profile(config, inputs)
+    settings = {"config": resolved.model_dump(mode="json", exclude={"execution"}), "profile": profile["name"]}
     return {"inputs": files, "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()}
 
 
