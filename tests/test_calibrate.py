@@ -203,6 +203,18 @@ def test_calibrate_command_writes_masters_that_runs_reuse(tmp_path):
     assert np.allclose(image.data, calibrated, atol=1e-3)
     # nothing to calibrate with: a one-line error, exit code 2
     assert main(["calibrate", str(light), "--out", str(tmp_path / "none")]) == 2
+    # campaign 31: a bias binned 2x2 among 1x1 lights was combined without a word: refused, naming it
+    with fits.open(raw / "b1.fits", mode="update") as hdul:
+        hdul[0].header["XBINNING"] = 2
+    with fits.open(light, mode="update") as hdul:
+        hdul[0].header["XBINNING"] = 1
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "binned")]) == 2
+    assert not (tmp_path / "binned").exists()
+    # and a calibration made with warnings exits 1, as a run does (it exited 0): a frame given twice
+    with fits.open(raw / "b1.fits", mode="update") as hdul:
+        hdul[0].header["XBINNING"] = 1
+    (tmp_path / "twice.toml").write_text(f'[calibrate]\nbias = ["{raw / "b0.fits"}"]\n')
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "warned"), "--config", str(tmp_path / "twice.toml")]) == 1
 
 
 def _named(path, ccd):

@@ -234,6 +234,55 @@ def test_a_trail_much_shorter_than_its_path_is_no_fragment_of_it():
     assert link(0.27) == [[0, 1, 2]]
 
 
+def test_pieces_of_a_trailed_star_are_static_with_their_slack_along_the_drift():
+    """Member 365 at a 12 px drift: a V 25 star's trail seen in pieces of 6.3, 8.8 and 12.2 px, their centres up to
+    0.28" apart along the drift, became a 0.44"/h "mover".  On an exposure whose stars are trailed a detection's
+    centre may lie anywhere within half the part of the stars' trail its own trail lacks (drift_slack), and two
+    match within the sum of theirs: the pieces are static; a slow mover on the same field, measured whole, keeps its own motion (not static); off a
+    trailed field nothing changes."""
+    from astropy.table import Table
+
+    from ssodetect.config import Config
+    from ssodetect.link.movers import drift_slack
+
+    link = Config().link
+    t = np.arange(4) * 1100.0 / 3600.0
+    drift = 11.8  # px; 0.1"/px, along xi
+    pieces = np.array([6.3, 8.8, 12.2, 4.4])  # px, as measured in the four exposures
+    # each piece flush with one end of the star's trail or the other: centres up to 0.28" off the star's
+    offset = np.array([1, -1, 0, 1]) * 0.5 * (drift - pieces) * 0.1
+    mover_xi = 5.0 + 2.0 * t  # 2"/h, seen whole (its detector trail the drift's length)
+    cand = Table({"stars_trailed": np.ones(8, bool), "drift_length": np.full(8, drift), "pixel_scale": np.full(8, 0.1),
+                  "detector_length": np.concatenate([pieces, np.full(4, drift)])})
+    slack = drift_slack(cand)
+    assert np.allclose(slack[:4], 0.05 * np.clip(drift - pieces, 0, None)) and np.allclose(slack[4:], 0.0)
+    xi, eta = np.concatenate([offset, mover_xi]), np.zeros(8)
+    ex, tt, sigma = np.tile(np.arange(4), 2), np.tile(t, 2), np.full(8, 0.03)
+    kw = dict(min_matches=link.static_min_matches, min_rate=link.min_rate,
+              motion_significance=link.min_rate_significance)
+    before = static_on_sky(ex, tt, xi, eta, sigma, radius=link.static_radius, **kw)
+    after = static_on_sky(ex, tt, xi, eta, sigma, radius=link.static_radius, slack=slack, **kw)
+    # the pieces (those lacking part of the trail) are static; the one seen whole keeps the ordinary radius (a piece
+    # with its slack must not make a whole mover's trail static: member 365 at 25 px lost a V 20.2 mover so); alone it
+    # makes no tracklet
+    pieces_ = [0, 1, 3]
+    assert not before[pieces_].all() and after[pieces_].all()
+    assert not after[4:].any()
+    cand["stars_trailed"] = False
+    assert not drift_slack(cand).any()
+    # member 364: three pieces of 10.6-12.5 px at one place and a blob of the star 0.21" on, in the last exposure,
+    # lined up into a significant 0.31"/h motion; the blob's slack (half the drift) counts in the motion test
+    cand = Table({"stars_trailed": np.ones(4, bool), "drift_length": np.full(4, drift), "pixel_scale": np.full(4, 0.1),
+                  "detector_length": [10.6, 10.2, 12.5, 0.0]})
+    xi = np.array([0.0, 0.01, 0.03, 0.21])
+    sigma = np.array([0.035, 0.044, 0.063, 0.01])
+    before = static_on_sky(np.arange(4), t, xi, np.zeros(4), sigma, radius=link.static_radius, slack=drift_slack(cand)
+                           * 0.0, **kw)
+    after = static_on_sky(np.arange(4), t, xi, np.zeros(4), sigma, radius=link.static_radius, slack=drift_slack(cand),
+                          **kw)
+    assert not before[3] and after.all()
+
+
 def test_false_alarm_control_refuses_chance_alignments_and_keeps_movers():
     """600 unrelated detections per exposure around 20 movers: without the control chance triplets are linked
     (~2.5 per run); with it about as many as its budget of 0.1 per run allows, every mover is kept, and the

@@ -174,6 +174,11 @@ def test_dataset_paints_every_kind_where_it_belongs(sim_frames, tmp_path):
     assert np.array_equal(meta2["label"], meta["label"])
     with pytest.raises(InputError, match="not a dataset directory"):
         load_dataset(tmp_path)
+    # labels other than 0/1 (campaign 31: 7 and -3 trained as "movers, 0 negatives")
+    meta2["label"] = np.where(np.asarray(meta2["label"]) == 1, 7, -3)
+    meta2.write(tmp_path / "ds" / "meta.ecsv", format="ascii.ecsv", overwrite=True)
+    with pytest.raises(InputError, match="labels must be 0"):
+        load_dataset(tmp_path / "ds")
 
 
 def test_dataset_configuration_is_validated():

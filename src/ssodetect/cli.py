@@ -247,15 +247,20 @@ def _calibrate(args) -> int:
     check_apart(out, [*args.inputs, *config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat],
                 owner="calibration")
     check_calibration_output(out)  # (before the frames are read)
-    lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
-    if not masters:
-        raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
-    write_calibration(out, masters, lights, config, with_lights=args.lights)
+    counter = WarningCount()  # a calibration made with warnings exits 1, as a run does (campaign 31: always 0)
+    log.addHandler(counter)
+    try:
+        lights, masters = build_calibration(scan_inputs(find_inputs(args.inputs), config.io), config)
+        if not masters:
+            raise SSODetectError(f"{args.inputs[0]}: no bias, dark or flat frame among the inputs or in [calibrate]")
+        write_calibration(out, masters, lights, config, with_lights=args.lights)
+    finally:
+        log.removeHandler(counter)
     for ccd, m in masters.items():
         print(printable(f"CCD {ccd}: {m.describe()} -> {out if len(masters) == 1 else out / master_folder(ccd)}"))
     if args.lights:
         print(printable(f"{len(lights)} light frames calibrated -> {out / 'calibrated'} (masked pixels NaN)"))
-    return 0
+    return 1 if counter.count else 0
 
 
 #: Columns ``evaluate`` needs in a truth table (those ``ssodetect simulate`` writes).
@@ -600,7 +605,11 @@ def _config(args) -> int:
         return 0
     config = load_config(args.file)
     if args.file:  # (a file naming no profile was said to be fine, and refused by run)
+        from ssodetect.pipeline.run import check_named_files
+
         _check_profile_of(config, args.file)
+        # the files it names: missing, or a pipe or device (/dev/zero as a bias), refused as run refuses them
+        check_named_files(None, config, missing=True)
     sys.stdout.write(dump_toml(config, documented=not args.plain))
     return 0
 

@@ -2,7 +2,6 @@
 state's profile is in tests/test_batch.py, the cache key's creation in test_faults_cache.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from astropy.io import fits
 

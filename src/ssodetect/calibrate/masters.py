@@ -641,6 +641,43 @@ def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[s
     return masters
 
 
+#: Header keywords of a frame's binning and sub-frame origin, by axis (the first present counts).
+READOUT_KEYS = {"binning x": ("XBINNING", "BINX", "CCDXBIN"), "binning y": ("YBINNING", "BINY", "CCDYBIN"),
+                "sub-frame origin x": ("XORGSUBF",), "sub-frame origin y": ("YORGSUBF",)}
+
+
+def _readout(path, sci: int) -> dict:
+    """The binning and sub-frame origin a frame's header states (:data:`READOUT_KEYS`; absent ones left out)."""
+    header = fits.getheader(path, sci)
+    out = {}
+    for what, keys in READOUT_KEYS.items():
+        for key in keys:
+            if key in header:
+                out[what] = header[key]
+                break
+    return out
+
+
+def _check_readout(frames: dict, lights: list) -> None:
+    """Refuse (``InputError``, naming the file) a calibration frame whose header states another binning or sub-frame
+    origin than the light frames of its CCD: its pixels are not theirs (campaign 31: a bias binned 2x2, a dark
+    read from x = 100, were combined and applied without a word).  Keywords a header does not state are not
+    compared."""
+    for ccd, kinds in frames.items():
+        mine = [ref for ref in lights if ref.ccd == ccd]
+        if not mine:
+            continue
+        want = _readout(mine[0].path, mine[0].sci)
+        for kind, items in kinds.items():
+            for path, sci in items:
+                got = _readout(path, sci)
+                for what in set(want) & set(got):
+                    if got[what] != want[what]:
+                        raise InputError(f"{path}: {kind} frame of CCD {ccd} with {what} {got[what]!r} where the "
+                                         f"light frames ({mine[0].path}) have {want[what]!r}: its pixels are not "
+                                         "theirs")
+
+
 def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
     """Light frames of the inputs and, per CCD, the masters built from the calibration frames.
 
@@ -671,6 +708,7 @@ def build_calibration(refs: list, config: Config) -> tuple[list, dict]:
         frames.setdefault(ref.ccd, {}).setdefault(kind, []).append((ref.path, ref.sci))
     # (named for the lights' CCDs, or refused, before anything is combined)
     frames = _match_ccds(frames, frames, lights, config.io.detector_keys)
+    _check_readout(frames, lights)
     masters = {ccd: build_masters(kinds, overscan=cc.overscan, trim=cc.trim, sigma=cc.clip_sigma,
                                   exptime_keys=config.io.exptime_keys, type_keys=config.io.frame_type_keys,
                                   max_bad_fraction=cc.max_bad_fraction)

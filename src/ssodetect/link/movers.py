@@ -155,7 +155,8 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
     static_report: dict = {}
     cand["static"] = static_on_sky(
         np.asarray(cand["exposure"]), np.asarray(cand["t_hours"]), xi, eta, np.asarray(cand["sigma"]),
-        radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), min_matches=link.static_min_matches,
+        radius=np.maximum(link.static_radius, 0.5 * np.asarray(cand["size"])), slack=drift_slack(cand),
+        min_matches=link.static_min_matches,
         min_rate=link.min_rate, min_fraction=link.static_min_fraction,
         # between exposures of one CCD with the same uncorrected distortion, that error cancels (a slow mover
         # 0.2" from its neighbours' positions is not a star for a 0.05" error both share)
@@ -204,6 +205,21 @@ def select_candidates(detections: Table, config: Config, plane: TangentPlane, t0
         cand["sigma"][w] = np.hypot(np.asarray(cand["sigma"], float)[w], extra)
         _widen_flux(cand, w[~core_masked[w]])
     return cand
+
+
+def drift_slack(cand: Table) -> np.ndarray:
+    """Static-match slack [arcsec] of each detection made on an exposure whose stars are trailed: half the part of
+    the stars' trail (``drift_length``) that its own trail on the detector (``detector_length``; 0 for a point or a
+    blob) lacks, on the sky.  A faint star's trail is seen in pieces (a faint end lost, split in two, a blob of it):
+    a piece's centre lies anywhere along the part it lacks (member 365 at a 12 px drift: a V 25 star's pieces of
+    6.3, 8.8 and 12.2 px, their centres 0.14-0.28" apart, were linked as a 0.44"/h mover).  Zero elsewhere."""
+    n = len(cand)
+    if n == 0 or not {"stars_trailed", "drift_length", "detector_length"} <= set(cand.colnames):
+        return np.zeros(n)
+    trailed = np.asarray(cand["stars_trailed"], bool)
+    lacking = np.clip(np.nan_to_num(np.asarray(cand["drift_length"], float))
+                      - np.nan_to_num(np.asarray(cand["detector_length"], float)), 0.0, None)
+    return np.where(trailed, 0.5 * lacking * np.asarray(cand["pixel_scale"], float), 0.0)
 
 
 def widen_trail_tolerance(slow: Table) -> int:

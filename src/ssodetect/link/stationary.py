@@ -52,6 +52,7 @@ def static_on_sky(
     group: np.ndarray | None = None,
     motion_significance: float = 0.0,
     report: dict | None = None,
+    slack: np.ndarray | None = None,
 ) -> np.ndarray:
     """Flag detections of sources fixed on the sky.
 
@@ -96,6 +97,12 @@ def static_on_sky(
     report : dict, optional
         Receives ``n_moving_matches``: detections the motion test kept off the
         static list.
+    slack : ndarray (n,), optional
+        How far [arcsec] each detection's centre may lie from its source's (a piece
+        of a trailed star: anywhere along the part of the trail it lacks); a
+        detection with some matches its counterparts within at least the sum of
+        theirs (one without keeps its radius), and the motion test counts it in
+        the detection's error.
 
     Returns
     -------
@@ -108,10 +115,11 @@ def static_on_sky(
         return static
     pos = np.column_stack([xi, eta])
     radius = np.broadcast_to(np.asarray(radius, float), (n,))
+    slack = np.zeros(n) if slack is None else np.nan_to_num(np.asarray(slack, float))
     # one badly measured detection must not make its whole neighbourhood static
     sigma = np.minimum(np.nan_to_num(np.asarray(sigma, float), nan=max_sigma), max_sigma)
     exposures, exp_col = np.unique(exposure, return_inverse=True)
-    reach = max(float(np.max(radius)), 3.0 * np.sqrt(2.0) * float(np.max(sigma)))
+    reach = max(float(np.max(radius)), 2.0 * float(np.max(slack)), 3.0 * np.sqrt(2.0) * float(np.max(sigma)))
     # every pair of detections within reach at once (one tree over all exposures: O(n log n) whatever
     # the number of exposures), then the per-pair radius
     pairs = cKDTree(pos).query_pairs(reach, output_type="ndarray")
@@ -133,7 +141,10 @@ def static_on_sky(
             same = np.asarray(group)[i] == np.asarray(group)[j]
             var = var - np.where(same, 2.0 * common[i] * np.minimum(common[j], sigma_j), 0.0)
         sig = np.sqrt(np.maximum(var, 0.0))
-        r = np.maximum(np.maximum(radius[i], radius[j]), 3.0 * sig)
+        # (the slack widens only the matches of a detection that has some itself: a piece with a slack of 1" must
+        # not make a whole mover's trail static - member 365 at a 25 px drift lost a V 20.2 mover to such pieces)
+        r = np.maximum(np.maximum(np.maximum(radius[i], radius[j]), np.where(slack[i] > 0, slack[i] + slack[j], 0.0)),
+                       3.0 * sig)
         ok = d <= r
         i, j, r, sig, d = i[ok], j[ok], r[ok], sig[ok], d[ok]
         # one match per other exposure
@@ -143,8 +154,10 @@ def static_on_sky(
         far = min_rate * np.abs(np.asarray(t_hours, float)[j] - np.asarray(t_hours, float)[i]) > r + 3.0 * sig
         decisive[i[far]] = True
         if motion_significance > 0:
-            moving = _significant_motion(i, j, d, exp_col, len(exposures), np.asarray(t_hours, float), xi, eta, sigma,
-                                         shared, group, min_rate, motion_significance)
+            # (a detection's slack counts in its error there: uniform over +-slack, slack / sqrt(3))
+            moving = _significant_motion(i, j, d, exp_col, len(exposures), np.asarray(t_hours, float), xi, eta,
+                                         np.hypot(sigma, slack / math.sqrt(3.0)), shared, group, min_rate,
+                                         motion_significance)
     needed = max(min_matches, int(math.ceil(min_fraction * (len(exposures) - 1))))
     matched = matches >= needed
     static = (matched & ~moving) | decisive

@@ -502,4 +502,9 @@ def load_dataset(path: str | Path) -> tuple[np.ndarray, np.ndarray, Table, dict]
             raise InputError(f"{path}: meta.ecsv has no numeric column {name!r} (a damaged dataset)")
     if images.shape[0] != len(meta):
         raise InputError(f"{path}: {images.shape[0]} sequences in the shards but {len(meta)} metadata rows")
+    labels = np.asarray(meta["label"], float)
+    if not np.all((labels == 0) | (labels == 1)):  # (7 and -3 had trained as "7 movers, 0 negatives": campaign 31)
+        odd = sorted({float(v) for v in labels[(labels != 0) & (labels != 1)]})[:3]
+        raise InputError(f"{path}: meta.ecsv labels must be 0 (no mover) or 1 (mover); found {odd} (a damaged "
+                         "dataset)")
     return images, masks, meta, doc

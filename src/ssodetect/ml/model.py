@@ -126,6 +126,13 @@ def load_model(path: str | Path = "builtin"):
     except Exception:  # noqa: BLE001 - any unpickling or shape problem is a bad model file
         # (torch's own words are advice to programmers about torch.load's arguments)
         raise InputError(f"{path}: not an ssodetect model (a file saved by 'ssodetect ml train' is expected)") from None
+    # a weight that is no finite number scores every sequence NaN, which passes no threshold test and fails none
+    # (campaign 31: every object "kept" by vetting, exit 0)
+    bad = [name for name, value in model.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise InputError(f"{path}: model weights that are no finite numbers ({', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "): not a usable model")
     model.eval()
     return model, {k: v for k, v in record.items() if k != "state_dict"} | {"threshold": threshold}
 

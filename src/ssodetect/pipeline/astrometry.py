@@ -34,7 +34,7 @@ from ssodetect.astrometry.solve import SOLUTION_COLUMNS, ExposureSolution, Expos
 from ssodetect.astrometry.zeropoint import zeropoint_doubt
 from ssodetect.columns import describe, empty_table
 from ssodetect.config import Config
-from ssodetect.errors import ConfigError
+from ssodetect.errors import ConfigError, InputError
 from ssodetect.io.headers import fits_text, wcs_frame_problem, wcs_from_header_string
 from ssodetect.pipeline.ccd import cut_direction, set_sky_positions
 from ssodetect.streaks import trail_on_sky
@@ -58,6 +58,8 @@ __all__ = [
     "wcs_from_header_string",
     "refined_header",
     "write_refined_headers",
+    "header_stem",
+    "check_header_stems",
 ]
 
 log = logging.getLogger(__name__)
@@ -307,6 +309,29 @@ def refined_header(header: fits.Header, solution: ExposureSolution | None) -> fi
     return out
 
 
+def header_stem(path) -> str:
+    """The name ``<stem>.head`` / ``<stem>.fits`` of an input file's refined headers: its file name less a FITS
+    suffix (``.fits``, ``.fit``, ``.fts``, with ``.fz``/``.gz``)."""
+    stem = Path(path).name
+    for suffix in (".fz", ".gz", ".fits", ".fit", ".fts"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem
+
+
+def check_header_stems(paths) -> None:
+    """Refuse (``InputError``, naming both files) inputs whose refined headers would share a name: one solution
+    would overwrite the other (campaign 31: ``d/a.fits`` and ``d/sub/a.fits`` wrote one ``a.head`` for two
+    exposures, the command saying all were solved)."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        stem = header_stem(path)
+        if stem in seen and seen[stem] != str(path):
+            raise InputError(f"{path}: its refined header would be {stem}.head, as that of {seen[stem]}; input file "
+                             "names must differ (rename one, or solve them apart)")
+        seen[stem] = str(path)
+
+
 def write_refined_headers(path: Path, solutions, stage, formats) -> None:
     """Write ``<stem>.head`` and/or ``<stem>.fits`` for one input file into an output stage.
 
@@ -319,10 +344,7 @@ def write_refined_headers(path: Path, solutions, stage, formats) -> None:
     stage : OutputStage
     formats : sequence of {"head", "fits"}
     """
-    stem = path.name
-    for suffix in (".fz", ".gz", ".fits", ".fit", ".fts"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
+    stem = header_stem(path)
     with fits.open(path, memmap=False) as hdul:
         if "head" in formats:
             blocks = []

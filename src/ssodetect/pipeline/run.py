@@ -59,6 +59,7 @@ from ssodetect.pipeline.astrometry import (
     solution_table,
     wcs_from_header_string,
     write_refined_headers,
+    check_header_stems,
 )
 from ssodetect.pipeline.blends import claim_trails, recover_blends
 from ssodetect.pipeline.ccd import calibrated_image, empty_ccd_table, process_ccd, subtracted_image
@@ -76,7 +77,8 @@ from ssodetect.report.products import write_reports
 from ssodetect.report.regions import REGIONS_DIR, write_exposure_regions
 
 __all__ = ["RunResult", "StepContext", "BUILTIN_STEPS", "run_pipeline", "run_astrometry", "select_candidates",
-           "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS", "STREAK_COLUMNS"]
+           "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS", "STREAK_COLUMNS",
+           "check_named_files"]
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +592,7 @@ BUILTIN_STEPS = [
          "fit each CCD exposure's WCS and zero point against the reference catalogue (or register frames)"),
     Step("link", step_link, ("exposures", "detections"), ("candidates", "observations", "objects", "streaks",
                                                            "link_stats"),
-         ("link", "streaks"), "22", "remove static sources and artefacts; link slow movers and trails of fast ones"),
+         ("link", "streaks"), "23", "remove static sources and artefacts; link slow movers and trails of fast ones"),
     Step("blends", step_blends, ("exposures", "masters", "ccd_info", "wcs_headers", "astrometry", "detections",
                                  "candidates", "observations", "objects", "streaks", "link_stats"),
          ("observations", "objects", "streaks", "link_stats"),
@@ -770,6 +772,8 @@ def run_pipeline(
     if command is not None:  # (a str was recorded in the manifest one character per argument)
         if isinstance(command, (str, bytes)) or not all(isinstance(a, str) for a in command):
             raise ConfigError(f"command {command!r}: the command line as a list of str (e.g. sys.argv)")
+    if not isinstance(reuse, (bool, np.bool_)):  # ("no" was read as true: campaign 31)
+        raise ConfigError(f"reuse {reuse!r}: True or False")
     require_extras(config.execution, astroscrappy=config.clean.astroscrappy)
     steps = pipeline_steps(BUILTIN_STEPS)
     names = [s.name for s in steps]
@@ -787,7 +791,7 @@ def run_pipeline(
     started = datetime.now(timezone.utc)
     if outdir is not None and not str(outdir).strip():
         raise InputError(f"{str(outdir)!r}: an empty output directory path")
-    _check_named_files(refcat, config)
+    check_named_files(refcat, config)
     if outdir is not None:
         check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
         check_apart(outdir, [cache_key_path()], "step-cache signing key (SSODETECT_CACHE_KEY)")
@@ -809,6 +813,8 @@ def run_pipeline(
     ctx = None
     try:
         config, profile = resolve_profile(config, find_inputs(inputs))
+        if config.intermediate.keep:  # intermediate/astrometry/<stem>.head per input file
+            check_header_stems(find_inputs(inputs))
         ctx = StepContext(list(inputs), refcat, config, timings, stage, run_id=uuid.uuid4().hex, obs_id=obs_id or "")
         files = _input_files(inputs, refcat, config)
         if stage is not None:
@@ -956,13 +962,16 @@ def _named_files(refcat, config: Config) -> list[tuple]:
     return named
 
 
-def _check_named_files(refcat, config: Config | None) -> None:
-    """Refuse, before any work, a named file that exists as a pipe, a device or a directory (never opened: a pipe
-    would block the run for ever); a missing one is reported where it is read."""
+def check_named_files(refcat, config: Config | None, *, missing: bool = False) -> None:
+    """Refuse, before any work, a file the configuration (or ``refcat``) names that exists as a pipe, a device or a
+    directory (never opened: a pipe would block the run for ever); a missing one is reported where it is read, or
+    here with ``missing`` (``config --file``, which reads none of them)."""
     if config is None:
         return
     for path, role in _named_files(refcat, config):
         check_regular_file(path, role)
+        if missing and not Path(path).exists():
+            raise InputError(f"{path}: the {role} file named in the configuration is not found")
 
 
 def _input_files(inputs, refcat, config: Config) -> list[dict]:
@@ -1228,6 +1237,7 @@ def run_astrometry(
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
     paths = find_inputs(inputs)
+    check_header_stems(paths)
     # OUTDIR taken before any work: files ssodetect did not write there, no permission, another command on it
     stage = OutputStage(outdir, replace=True, kind="astrometry")
     try:

@@ -70,9 +70,10 @@ class SimulationConfig(BaseModel):
     exptime: float = Field(default=566.0, gt=0, le=1e5, description="Exposure time [s] (at most 1e5).")
     cadence: float = Field(default=1100.0, gt=0, le=1e7, description="Start-to-start time between exposures [s].")
     start: str = Field(default="2026-03-21T00:00:00", description="Start time of the first exposure (UTC, ISO).")
-    ra: float = Field(default=150.0, description="Field centre RA [deg].")
-    dec: float = Field(default=25.0, description="Field centre Dec [deg].")
-    pixel_scale: float = Field(default=0.1, gt=0, description="Pixel scale [arcsec/px].")
+    ra: float = Field(default=150.0, ge=0.0, lt=360.0, description="Field centre RA [deg].")
+    dec: float = Field(default=25.0, ge=-89.0, le=89.0, description="Field centre Dec [deg] (the poles excepted: "
+                       "dithers and motions are drawn in RA/Dec).")
+    pixel_scale: float = Field(default=0.1, ge=0.005, le=60.0, description="Pixel scale [arcsec/px].")
     ccd_gap: int = Field(default=60, ge=0, le=8192, description="Gap between CCDs [px].")
     dither: float = Field(default=3.0, ge=0, le=3600.0, description="RMS dither offset between exposures [arcsec] (at most 1 deg).")
     fwhm_min: float = Field(default=1.6, gt=0, le=50.0, description="Smallest PSF core FWHM [px].")
@@ -188,6 +189,10 @@ class SimulationConfig(BaseModel):
         for name, value in self:  # a negative zero passes ge=0 and is refused by numpy's scales (--dither -0.0)
             if isinstance(value, float) and value == 0.0:
                 object.__setattr__(self, name, 0.0)
+        try:  # (an unreadable time was astropy's bare ValueError: campaign 31)
+            Time(self.start, scale="utc")
+        except ValueError:
+            raise ValueError(f"start {self.start!r} is no ISO time (e.g. 2026-03-21T00:00:00)") from None
         if self.fast_rate_max < self.slow_rate_max:  # (the fast population is drawn between the two)
             raise ValueError(f"fast_rate_max ({self.fast_rate_max:g}) must be at least slow_rate_max "
                              f"({self.slow_rate_max:g} arcsec/h), where the fast movers begin")
