@@ -1005,6 +1005,10 @@ def validation_problems(exc: ValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
         message = str(err["msg"]).removeprefix("Value error, ")
+        given = err.get("input")
+        if isinstance(given, float) and not math.isfinite(given) and "finite" not in message:
+            # (NaN fails every bound: "should be <= 100000" said nothing of what was wrong: campaign 31)
+            message = f"must be a finite number, not {given}"
         problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems)
 

@@ -80,3 +80,26 @@ def test_run_pipeline_refuses_a_reuse_that_is_no_truth_value(scene, tmp_path):
     with pytest.raises(ConfigError, match="reuse 'no'"):
         run_pipeline([scene], tmp_path / "out", reuse="no")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_nan_setting_is_said_to_be_no_number():
+    """`--snr-min nan` was refused as "should be <= 100000": a NaN is now said to be no finite number."""
+    from pydantic import ValidationError
+
+    from ssodetect.config import validation_problems
+    from ssodetect.ml.dataset import DatasetConfig
+
+    with pytest.raises(ValidationError) as info:
+        DatasetConfig(snr_min=float("nan"))
+    assert validation_problems(info.value) == "snr_min: must be a finite number, not nan"
+
+
+def test_stopping_early_into_a_finished_run_says_it_replaces_it(good_run, tmp_path, capsys, scene):
+    """`run --to-step detect` into a finished run replaced it whole (its report, ADES and MPC files gone) without a
+    word; it still does (a run replaces OUTDIR whole) but says so in a warning (exit 1)."""
+    from faultkit import copy_run
+
+    copy = copy_run(good_run.out, tmp_path / "out")
+    outcome = cli(capsys, "run", scene, "--out", copy, "--to-step", "detect")
+    assert outcome.code == 1 and any("holds a finished run's reports" in w for w in outcome.warnings), outcome.err
+    assert not (copy / "report.html").exists()

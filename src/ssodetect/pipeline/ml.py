@@ -101,6 +101,9 @@ def read_frames(inputs, config: Config, *, fwhm: float = 0.0) -> list[tuple[str,
         for e in exposures:
             ref = next(r for r in e.ccds if r.ccd == ccd)
             table, info = process_ccd(ref, config)
+            if info.get("skipped"):  # (all NaN, all flagged, RMS 0: was said to have no usable WCS, campaign 31)
+                raise InputError(f"{ref.path}: CCD {ccd} has no usable pixels ({info['skipped']}); sequences need "
+                                 "every frame")
             wcs = wcs_from_header_string(info.get("wcs_header", ""))
             if wcs is None:
                 raise InputError(f"{ref.path}: CCD {ccd} has no usable WCS; sequences need one per frame")

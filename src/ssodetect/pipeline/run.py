@@ -815,6 +815,12 @@ def run_pipeline(
         config, profile = resolve_profile(config, find_inputs(inputs))
         if config.intermediate.keep:  # intermediate/astrometry/<stem>.head per input file
             check_header_stems(find_inputs(inputs))
+        if stage is not None and last < len(steps) - 1 and (Path(outdir) / "report.html").is_file():
+            # a partial run replaces OUTDIR whole, as every run does: said, since it removes a finished run's reports
+            # (campaign 31: its report, ADES and MPC files went without a word)
+            log.warning("%s: holds a finished run's reports; this run stops after step %s and replaces it (the "
+                        "reports are removed; --from-step %s completes it again)", outdir, names[last],
+                        names[min(last + 1, len(names) - 1)])
         ctx = StepContext(list(inputs), refcat, config, timings, stage, run_id=uuid.uuid4().hex, obs_id=obs_id or "")
         files = _input_files(inputs, refcat, config)
         if stage is not None:
