@@ -103,3 +103,37 @@ def test_stopping_early_into_a_finished_run_says_it_replaces_it(good_run, tmp_pa
     outcome = cli(capsys, "run", scene, "--out", copy, "--to-step", "detect")
     assert outcome.code == 1 and any("holds a finished run's reports" in w for w in outcome.warnings), outcome.err
     assert not (copy / "report.html").exists()
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (1, 512), (512, 15)])
+def test_a_frame_too_small_to_search_is_skipped_and_said(tmp_path, shape, caplog):
+    """1x512 and 3x3 frames ran to 0 detections without a word: skipped with a warning naming the size."""
+    import numpy as np
+    from astropy.io import fits
+
+    from ssodetect.config import Config
+    from ssodetect.io import scan_inputs
+    from ssodetect.pipeline.ccd import process_ccd
+
+    path = tmp_path / "tiny.fits"
+    data = np.random.default_rng(1).normal(100.0, 5.0, shape).astype(np.float32)
+    fits.PrimaryHDU(data, fits.Header({"EXPTIME": 60.0, "DATE-OBS": "2024-01-01T00:00:00"})).writeto(path)
+    with caplog.at_level("WARNING"):
+        table, info = process_ccd(scan_inputs([path], Config().io)[0], Config(), require_wcs=False)
+    assert len(table) == 0 and "too small" in info["skipped"] and "too small" in caplog.text
+
+
+def test_a_reference_catalogue_listing_stars_twice_keeps_each_once(scene, tmp_path, caplog):
+    """A catalogue whose rows were repeated 50 times was used as it was (matched stars 13 -> 58): each star is now
+    kept once, said in a warning."""
+    from astropy.table import Table, vstack
+
+    from ssodetect.astrometry.refcat import load_reference_catalogue
+
+    ref = Table.read(scene / "refcat.ecsv")
+    doubled = vstack([ref, ref[:10]])
+    doubled.write(tmp_path / "doubled.ecsv", format="ascii.ecsv")
+    with caplog.at_level("WARNING"):
+        loaded = load_reference_catalogue(tmp_path / "doubled.ecsv")
+    assert len(loaded) == len(ref) and "10 rows repeat the position" in caplog.text
+    assert len(load_reference_catalogue(scene / "refcat.ecsv")) == len(ref)

@@ -258,6 +258,14 @@ def load_reference_catalogue(path: str | Path) -> Table:
         log.info("%s: %d rows without a finite position, magnitude, proper motion or error ignored", path,
                  int((~good).sum()))
         table = table[good]
+    # one star listed twice (a catalogue concatenated with itself) weighs twice in every fit and makes its matches
+    # ambiguous: kept once, said (campaign 31: 50 copies of each row, not a word)
+    key = np.round(np.column_stack([np.asarray(table["ra"], float), np.asarray(table["dec"], float)]) * 3.6e6)
+    _, first = np.unique(key, axis=0, return_index=True)
+    if first.size < len(table):
+        log.warning("%s: %d rows repeat the position of another to 1 mas; each star kept once", path,
+                    len(table) - first.size)
+        table = table[np.sort(first)]
     return table
 
 

@@ -189,6 +189,10 @@ def _background(image, mask: np.ndarray, config: Config) -> tuple[np.ndarray, np
                                                  "noise_scale": round(scale, 3)}
 
 
+#: Smallest side [px] of a CCD image searched for sources (a PSF and its background need room).
+MIN_CCD_SIDE = 16
+
+
 def _why_unusable(image) -> str:
     """Why no pixel of a CCD image is usable (every pixel NaN or masked), naming the cause where one explains it."""
     if not np.isfinite(image.data).any():
@@ -277,6 +281,12 @@ def process_ccd(ref: CCDRef, config: Config, *, require_wcs: bool = True,
     good = ~image.mask
     if not good.any() or not np.isfinite(image.data[good]).any():
         why = _why_unusable(image)
+        log.warning("%s: CCD %s: %s; skipped", ref.path, ref.ccd, why)
+        info["skipped"] = why
+        return empty_ccd_table(), info
+    if min(image.data.shape) < MIN_CCD_SIDE:  # (1x512 and 3x3 frames gave 0 detections without a word: campaign 31)
+        why = (f"{image.data.shape[0]}x{image.data.shape[1]} px, too small to find sources in (at least "
+               f"{MIN_CCD_SIDE} px a side)")
         log.warning("%s: CCD %s: %s; skipped", ref.path, ref.ccd, why)
         info["skipped"] = why
         return empty_ccd_table(), info
