@@ -210,6 +210,16 @@ def test_calibrate_command_writes_masters_that_runs_reuse(tmp_path):
         hdul[0].header["XBINNING"] = 1
     assert main(["calibrate", str(raw), "--out", str(tmp_path / "binned")]) == 2
     assert not (tmp_path / "binned").exists()
+    # campaign 32: binning given as CCDSUM (NOAO/IRAF) is compared too, and a number written as text is that number
+    with fits.open(raw / "b1.fits", mode="update") as hdul:
+        hdul[0].header["XBINNING"] = "1"
+        hdul[0].header["CCDSUM"] = "1 2"
+    with fits.open(light, mode="update") as hdul:
+        hdul[0].header["CCDSUM"] = "1 1"
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "ccdsum")]) == 2
+    with fits.open(raw / "b1.fits", mode="update") as hdul:
+        hdul[0].header["CCDSUM"] = "1 1"
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "same")]) == 0  # '1' is 1
     # and a calibration made with warnings exits 1, as a run does (it exited 0): a frame given twice
     with fits.open(raw / "b1.fits", mode="update") as hdul:
         hdul[0].header["XBINNING"] = 1

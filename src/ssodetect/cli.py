@@ -89,7 +89,8 @@ def _simulate(args) -> int:
         raise ConfigError(f"simulate: invalid parameters ({'; '.join(problems)})") from None
     summary = simulate(sim_config, args.outdir, progress=_progress(args))
     print(
-        f"wrote {len(summary['files'])} image files, refcat.ecsv, truth.ecsv and truth_wcs.ecsv to {args.outdir}: "
+        f"wrote {len(summary['files'])} image files, refcat.ecsv, truth.ecsv and truth_wcs.ecsv to "
+        f"{printable(args.outdir)}: "
         f"{summary['n_movers']} moving objects; single-exposure 5-sigma limit {summary['limit_5sigma']:.2f} mag"
     )
     if summary["n_movers"] == 0 and sim_config.movers_per_ccd > 0:
@@ -886,7 +887,7 @@ def _ml(args) -> int:
         summary = make_dataset(args.inputs, args.out, _dataset_config(args), config, positions=args.positions,
                                progress=_progress(args))
         print(f"{summary['n_sequences']} sequences ({summary['n_positive']} with injected movers) of shape "
-              f"{tuple(summary['shape'])} -> {args.out}")
+              f"{tuple(summary['shape'])} -> {printable(args.out)}")
         return 0
     if args.ml_command == "train":
         from ssodetect.ml.train import train
@@ -898,7 +899,7 @@ def _ml(args) -> int:
         print(f"validation: accuracy {m['accuracy']:.4f}, ROC AUC {_metric(m['auc'], 5)}, precision "
               f"{_metric(m['precision'])}, recall {_metric(m['recall'])} ({m['n_pos']} movers, {m['n_neg']} "
               "negatives); training "
-              f"{result['record']['train_seconds']:.0f} s -> {args.out}/model.pt")
+              f"{result['record']['train_seconds']:.0f} s -> {printable(args.out)}/model.pt")
         return 0
     import numpy as np
 
@@ -927,7 +928,7 @@ def _ml(args) -> int:
                 vetting.write(stage.file(out.name), format="ascii.ecsv")
         kept = int(np.sum(vetting["kept"]))
         print(f"{len(vetting)} objects of {source} scored: {kept} at or above {config.ml.threshold:.2f}, "
-              f"{len(vetting) - kept} below" + (f" -> {args.out}" if args.out else ""))
+              f"{len(vetting) - kept} below" + (f" -> {printable(args.out)}" if args.out else ""))
         for row in vetting:
             print(f"  {row['object']:8s} {row['kind']:8s} {row['rate']:7.2f}\"/h  {row['mag']:6.2f} mag  "
                   f"score {row['ml_score']:.3f}")

@@ -641,20 +641,33 @@ def _match_ccds(masters: dict, frames: dict, lights: list, detector_keys: list[s
     return masters
 
 
-#: Header keywords of a frame's binning and sub-frame origin, by axis (the first present counts).
+#: Header keywords of a frame's binning and sub-frame origin, by axis (the first present counts; ``CCDSUM`` holds
+#: both binnings, "1 1", and IRAF's ``LTV1``/``LTV2`` the offset of a sub-frame).
 READOUT_KEYS = {"binning x": ("XBINNING", "BINX", "CCDXBIN"), "binning y": ("YBINNING", "BINY", "CCDYBIN"),
-                "sub-frame origin x": ("XORGSUBF",), "sub-frame origin y": ("YORGSUBF",)}
+                "sub-frame origin x": ("XORGSUBF",), "sub-frame origin y": ("YORGSUBF",),
+                "sub-frame offset x (LTV1)": ("LTV1",), "sub-frame offset y (LTV2)": ("LTV2",)}
 
 
 def _readout(path, sci: int) -> dict:
-    """The binning and sub-frame origin a frame's header states (:data:`READOUT_KEYS`; absent ones left out)."""
+    """The binning and sub-frame origin a frame's header states (:data:`READOUT_KEYS`; absent ones left out), as
+    numbers where they read as numbers (``XBINNING = '1'`` is 1)."""
     header = fits.getheader(path, sci)
-    out = {}
+    found = {}
     for what, keys in READOUT_KEYS.items():
         for key in keys:
             if key in header:
-                out[what] = header[key]
+                found[what] = header[key]
                 break
+    ccdsum = str(header.get("CCDSUM", "")).split()
+    if len(ccdsum) == 2:
+        found.setdefault("binning x", ccdsum[0])
+        found.setdefault("binning y", ccdsum[1])
+    out = {}
+    for what, value in found.items():
+        try:
+            out[what] = float(str(value).strip()) if not isinstance(value, bool) else value
+        except ValueError:
+            out[what] = value
     return out
 
 

@@ -233,7 +233,7 @@ def read_orbits(path: str | Path) -> Table:
     try:
         table = (read_sbdb(safejson.loads(text)) if text.lstrip().startswith(("{", "["))
                  else read_mpcorb(text.splitlines(), skipped))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # (a null member: AttributeError, campaign 32)
         raise InputError(f"{path}: not an MPCORB or JPL SBDB orbit file ({exc})") from None
     if skipped and len(table):  # (a damaged line, a download cut short: said, not dropped in silence)
         log.warning("%s: %d line(s) that hold no MPCORB orbit (damaged or cut short) left out (first: line %d)", path,
@@ -242,12 +242,14 @@ def read_orbits(path: str | Path) -> Table:
     # ellipse had propagated to NaN positions)
     with np.errstate(invalid="ignore"):
         ok = (np.isfinite(table["q"]) & np.isfinite(table["e"]) & np.isfinite(table["i"]) & np.isfinite(table["tp"])
+              & np.isfinite(table["node"]) & np.isfinite(table["peri"])  # (a null node passed, then fell silently)
               & (np.asarray(table["q"], float) > 0) & (np.asarray(table["e"], float) >= 0))
     if not ok.any():
         raise InputError(f"{path}: no usable orbit (MPCORB.DAT lines or JPL SBDB elements expected)")
     if not ok.all():  # (said, not dropped in silence)
         bad = np.nonzero(~ok)[0]
-        log.warning("%s: %d of %d orbits without usable elements (q > 0, e >= 0, i, time of perihelion) left out "
+        log.warning("%s: %d of %d orbits without usable elements (q > 0, e >= 0, i, node, argument of perihelion, "
+                    "time of perihelion) left out "
                     "(first: %s)",
                     path, bad.size, len(table), str(table["designation"][bad[0]]).strip() or f"row {bad[0] + 1}")
     return table[ok]

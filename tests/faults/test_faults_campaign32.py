@@ -1,0 +1,40 @@
+"""Fault campaign 32 (about 107 cases on commit 641e3ac): the defects found, fixed and tested here (binning by
+CCDSUM and as text in tests/test_calibrate.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faultkit import cli
+from ssodetect.errors import InputError
+from ssodetect.known.orbits import read_orbits
+
+
+@pytest.mark.parametrize("doc", [{"orbit": None}, {"orbit": {"elements": []}, "object": None},
+                                 {"orbit": {"elements": []}, "phys_par": [1]}])
+def test_an_orbit_document_with_null_or_odd_members_is_refused_in_one_line(tmp_path, doc):
+    """`{"orbit": null}` was an internal error (AttributeError), exit 3."""
+    path = tmp_path / "o.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="not an MPCORB or JPL SBDB orbit file"):
+        read_orbits(path)
+
+
+def test_an_orbit_without_its_node_is_left_out_and_said(tmp_path, caplog):
+    """An SBDB row with a null node passed the usable-elements test (q, e, i, tp) and was dropped later without a
+    word; it is now among the orbits "without usable elements", a warning."""
+    fields = ["full_name", "epoch_mjd", "e", "q", "i", "om", "w", "ma", "tp", "H", "G"]
+    good = ["(2020 AB1)", "60000.0", "0.1", "2.0", "5.0", "80.0", "120.0", "10.0", "2459000.5", "17.0", "0.15"]
+    no_node = ["(2020 AB2)", *good[1:5], None, *good[6:]]
+    path = tmp_path / "sbdb.json"
+    path.write_text(json.dumps({"fields": fields, "data": [good, no_node]}))
+    with caplog.at_level("WARNING"):
+        table = read_orbits(path)
+    assert len(table) == 1 and "1 of 2 orbits without usable elements" in caplog.text and "2020 AB2" in caplog.text
+
+
+def test_a_line_break_in_a_scene_path_cannot_forge_a_printed_line(tmp_path, capsys):
+    outcome = cli(capsys, "simulate", tmp_path / "x\nFAKE LINE", "--size", "128", "--nccd", "1", "--seed", "3")
+    assert outcome.code in (0, 1), outcome.err
+    assert outcome.out and not any(line.startswith("FAKE LINE") for line in outcome.out)
