@@ -224,7 +224,8 @@ def test_calibrate_command_writes_masters_that_runs_reuse(tmp_path):
     with fits.open(raw / "b1.fits", mode="update") as hdul:
         hdul[0].header["XBINNING"] = 1
     (tmp_path / "twice.toml").write_text(f'[calibrate]\nbias = ["{raw / "b0.fits"}"]\n')
-    assert main(["calibrate", str(raw), "--out", str(tmp_path / "warned"), "--config", str(tmp_path / "twice.toml")]) == 1
+    assert main(["calibrate", str(raw), "--out", str(tmp_path / "warned"),
+                 "--config", str(tmp_path / "twice.toml")]) == 1
 
 
 def _named(path, ccd):

@@ -238,8 +238,8 @@ def test_pieces_of_a_trailed_star_are_static_with_their_slack_along_the_drift():
     """Member 365 at a 12 px drift: a V 25 star's trail seen in pieces of 6.3, 8.8 and 12.2 px, their centres up to
     0.28" apart along the drift, became a 0.44"/h "mover".  On an exposure whose stars are trailed a detection's
     centre may lie anywhere within half the part of the stars' trail its own trail lacks (drift_slack), and two
-    match within the sum of theirs: the pieces are static; a slow mover on the same field, measured whole, keeps its own motion (not static); off a
-    trailed field nothing changes."""
+    match within the sum of theirs: the pieces are static; a slow mover on the same field, measured whole, keeps
+    its own motion (not static); off a trailed field nothing changes."""
     from astropy.table import Table
 
     from ssodetect.config import Config

@@ -787,8 +787,8 @@ def _watch(args) -> int:
                 log.warning("visit %s not run: %s", name, reason)
             ok = all(s == "done" for s in states) and not any(warned)
             return 0 if ok and not watcher.waiting and not watcher.warned else 1
-        print(f"watching {printable(args.inbox)} -> {printable(root)} ({args.exposures} exposures a visit, settle {args.settle:g} s); "
-              "Ctrl-C stops")
+        print(f"watching {printable(args.inbox)} -> {printable(root)} ({args.exposures} exposures a visit, settle "
+              f"{args.settle:g} s); Ctrl-C stops")
         watcher.start()
         while True:
             time.sleep(3600)

@@ -115,7 +115,8 @@ def test_an_all_nan_bias_is_refused_and_a_frame_given_twice_is_used_once(tmp_pat
     config = tmp_path / "d.toml"
     config.write_text(f'[calibrate]\nbias = ["{raw / "bias0.fits"}"]\n')
     outcome = cli(capsys, "calibrate", raw, "--out", tmp_path / "cal2", "--config", config)
-    assert outcome.code == 1 and "bias from 3 frames" in " ".join(outcome.out), outcome.out  # (a warning: exit 1, campaign 31)
+    # (a warning: exit 1 since campaign 31)
+    assert outcome.code == 1 and "bias from 3 frames" in " ".join(outcome.out), outcome.out
     assert "given twice as a calibration frame" in caplog.text
 
 

@@ -11,7 +11,8 @@ when the displacement between their centres agrees with both:
   *whole* and its length matches the path two-sidedly (within ``rate_tol`` relative plus
   ``n_sigma`` times its length error).  A trail known to be shorter than the path (cut by the
   detector edge: ``whole`` False) or measured short (a fragment, a faint end lost, though never
-  shorter than :data:`FRAGMENT_MIN_FRACTION` of the path) only bounds the rate from below, and two such trails are never a pair (they would join anything faster); a
+  shorter than :data:`FRAGMENT_MIN_FRACTION` of the path) only bounds the rate from below, and two
+  such trails are never a pair (they would join anything faster); a
   fragment's centre may lie anywhere along the part it lacks, so the displacement is tested with
   that slack (half the missing length, :meth:`_Trails.shortfall`), as are the seed's predictions
   into the other exposures and the line fit (an error along the motion only: across it a fragment's
@@ -79,9 +80,9 @@ TRAIL_FLUX_FLOOR = 0.3
 #: Shortest share of its path a trail not cut by the detector edge may be measured to be (a fragment: a faint end
 #: lost, a piece split off by a star or masked pixels).  On members 451 and 459 (60 fast movers per CCD) and 456 the
 #: true fast movers' whole trails were measured down to 0.18 of their paths (0.18, 0.22, 0.23, 0.30, ... of 393;
-#: 0.28, 0.32, ... of 415; 0.28, 0.37, ... of 81); member 456's false object joined two noise trails of 13 px (V 24.3-24.7), 0.023 of the path of
-#: a 554 px V 19.8 trail whose flux per unit length they matched: a fragment's centre may lie anywhere along the part
-#: it lacks, so a short one agrees with any long trail nearby.
+#: 0.28, 0.32, ... of 415; 0.28, 0.37, ... of 81); member 456's false object joined two noise trails of 13 px
+#: (V 24.3-24.7), 0.023 of the path of a 554 px V 19.8 trail whose flux per unit length they matched: a fragment's
+#: centre may lie anywhere along the part it lacks, so a short one agrees with any long trail nearby.
 FRAGMENT_MIN_FRACTION = 0.1
 
 
