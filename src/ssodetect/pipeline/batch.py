@@ -30,6 +30,7 @@ from ssodetect.io.frames import find_inputs
 from ssodetect.io.outputs import (OutputLock, OutputStage, atomic_write_text, record_files, recorded_files,
                                  check_directory_kind, remove_dead_stages, sha256_file)
 from ssodetect.keys import cache_key, sign_text, verify_text
+from ssodetect.pipeline.run import named_files
 from ssodetect.profiles import resolve_profile
 
 __all__ = ["Field", "COMPLETE", "SUMMARY_COLUMNS", "NO_WORKER_GRACE", "field_complete", "field_state",
@@ -149,14 +150,9 @@ def field_state(field: Field, config: Config) -> dict:
     The ``[execution]`` section (workers, scheduler, progress) does not change results and is left out.
     """
     inputs = find_inputs(list(field.inputs))
-    paths = [str(p) for p in inputs] + ([field.refcat] if field.refcat else [])
-    # everything else a run reads (as its manifest lists them): calibration frames, orbit files, a CNN model
-    paths += [str(p) for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat,
-                               *config.known.orbits)]
-    if config.astrometry.reference_wcs:
-        paths.append(str(config.astrometry.reference_wcs))
-    if config.ml.enabled and config.ml.model != "builtin":
-        paths.append(str(config.ml.model))
+    # and everything else a run reads (as its manifest lists them): reference catalogue, calibration frames, orbit
+    # files, a reference WCS, a CNN model
+    paths = [str(p) for p in inputs] + [str(p) for p, _ in named_files(field.refcat, config)]
     files = []
     for p in paths:
         try:

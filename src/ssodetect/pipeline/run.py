@@ -78,7 +78,7 @@ from ssodetect.report.regions import REGIONS_DIR, write_exposure_regions
 
 __all__ = ["RunResult", "StepContext", "BUILTIN_STEPS", "run_pipeline", "run_astrometry", "select_candidates",
            "resolve_refcat", "wcs_lookup", "run_result", "observation_id", "PRODUCTS", "STREAK_COLUMNS",
-           "check_named_files"]
+           "check_named_files", "named_files"]
 
 log = logging.getLogger(__name__)
 
@@ -956,7 +956,7 @@ def _step_log(stage: OutputStage | None, name: str) -> logging.Handler | None:
     return handler
 
 
-def _named_files(refcat, config: Config) -> list[tuple]:
+def named_files(refcat, config: Config) -> list[tuple]:
     """The files a run reads besides its frames, with their role."""
     named = [(refcat, "reference catalogue")] if refcat is not None else []
     named += [(p, "calibration") for p in (*config.calibrate.bias, *config.calibrate.dark, *config.calibrate.flat)]
@@ -974,7 +974,7 @@ def check_named_files(refcat, config: Config | None, *, missing: bool = False) -
     here with ``missing`` (``config --file``, which reads none of them)."""
     if config is None:
         return
-    for path, role in _named_files(refcat, config):
+    for path, role in named_files(refcat, config):
         check_regular_file(path, role)
         if missing and not Path(path).exists():
             raise InputError(f"{path}: the {role} file named in the configuration is not found")
@@ -985,7 +985,7 @@ def _input_files(inputs, refcat, config: Config) -> list[dict]:
     SHA-256."""
     short = {"reference catalogue": "refcat", "reference WCS": "reference_wcs"}
     named = [(p, "input") for p in find_inputs(inputs)]
-    named += [(p, short.get(role, role)) for p, role in _named_files(refcat, config)]
+    named += [(p, short.get(role, role)) for p, role in named_files(refcat, config)]
     return [{"path": str(p), "role": role, "bytes": Path(p).stat().st_size, "sha256": sha256_file(p)}
             for p, role in named if Path(p).is_file()]
 
