@@ -1,6 +1,8 @@
 """Bad input: one-line error naming the file, non-zero exit, no output written."""
 import shutil
 
+import pytest
+
 import numpy as np
 from astropy.io import fits
 
@@ -239,3 +241,19 @@ def test_scenes_without_stars_or_with_only_hot_pixels(tmp_path, capsys):
     ccds = json.loads((out / "provenance.json").read_text())["ccds"]
     # the ~1200 hot pixels of each image were seen (masked as sharper than the PSF) and told from sources
     assert all(c["sharp_pixel_fraction"] * 768**2 >= 1000 for c in ccds)
+
+
+def test_a_warning_on_a_dask_worker_is_logged_and_counted(scene, tmp_path, capsys):
+    """Campaign 32: with ``--workers 2`` a warning said inside a worker (a CCD skipped as all NaN) reached stderr
+    unprefixed, was missing from run.log and was not counted (exit 0; serially 1)."""
+    pytest.importorskip("dask.distributed")
+    src = _copy(scene, tmp_path)
+    with fits.open(src / "exp_01.fits", mode="update") as hdul:
+        hdul["1-1.SCI"].data[:] = np.nan
+    out = tmp_path / "out"
+    code = main(["run", str(src), "--out", str(out), "--workers", "2"])
+    err = capsys.readouterr().err.splitlines()
+    said = [line for line in err if "all its pixels are NaN" in line]
+    assert code == 1
+    assert len(said) == 1 and said[0].startswith("WARNING ssodetect") and "exp_01.fits" in said[0]
+    assert sum("all its pixels are NaN" in line for line in (out / "run.log").read_text().splitlines()) == 1

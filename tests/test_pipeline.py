@@ -1,6 +1,8 @@
 """End to end on simulated scenes: recovery of injected movers, outputs, executors, API."""
 import json
+import logging
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -462,3 +464,26 @@ def test_trails_of_removed_objects_stay_accounted_for(serial_run):
     assert len(out) == len(streaks) and np.all(out["status"][mine] == "static") and np.all(out["object"][mine] == "")
     assert list(out["status"][~mine]) == list(streaks["status"][~mine])
     assert list(streaks["status"][mine]) == ["linked"] * int(mine.sum())  # the input is not modified
+
+
+def _warns(x):
+    logging.getLogger("ssodetect.detect").warning("frame %s: odd", x)
+    logging.getLogger("ssodetect.detect").info("frame %s: fine", x)
+    warnings.warn(f"library says {x}", UserWarning)
+    return x * 2
+
+
+def test_a_workers_warnings_come_back_with_its_result(caplog):
+    """What a task logs (WARNING and above) and the Python warnings it raises on a Dask worker are sent back with its
+    result and said again in the run's process (:class:`ssodetect.pipeline.executor._Relayed`)."""
+    import pickle
+
+    from ssodetect.pipeline.executor import _Relayed, relay
+
+    result, records, raised = pickle.loads(pickle.dumps(_Relayed(_warns)(3)))  # as a worker sends it
+    assert result == 6 and [r.getMessage() for r in records] == ["frame 3: odd"]
+    assert [r[0] for r in raised] == ["library says 3"]
+    caplog.clear()  # the task ran in this process: its own record is not the relayed one
+    with caplog.at_level("WARNING", logger="ssodetect"), pytest.warns(UserWarning, match="library says 3"):
+        relay(records, raised)
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("ssodetect.detect", "frame 3: odd")]

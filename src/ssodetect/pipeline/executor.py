@@ -16,6 +16,7 @@ import ctypes.util
 import logging
 import os
 import socket
+import warnings
 from collections import namedtuple
 from importlib.util import find_spec
 from typing import Callable, Iterable
@@ -182,6 +183,51 @@ def _connect(client_class, address: str):
     raise ConfigError(f"dask scheduler {address}: cannot connect ({type(exc).__name__}: {detail[:200]})")
 
 
+class _Collect(logging.Handler):
+    """Keeps the warnings logged in a worker process while a task runs (see :class:`_Relayed`)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args = record.getMessage(), None  # arguments need not pickle
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+        self.records.append(record)
+
+
+class _Relayed:
+    """``fn`` run on a Dask worker with the warnings it logs and the Python warnings it raises kept and sent back with
+    its result, so that the run logs, shows and counts them as a serial run would (a worker's own log goes to its
+    stderr, unprefixed, and to no ``run.log``; campaign 32: a CCD skipped as all NaN exited 0 on Dask, 1 serially)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, item):
+        collect = _Collect()
+        root = logging.getLogger()
+        root.addHandler(collect)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # every one sent back: the run's own filters decide what is said
+                result = self.fn(item)
+        finally:
+            root.removeHandler(collect)
+        raised = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+        return result, collect.records, raised
+
+
+def relay(records: list, raised: list) -> None:
+    """Log and raise again, in this process, what a worker's task logged and raised (:class:`_Relayed`)."""
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+    for message, category, filename, lineno in raised:
+        warnings.warn_explicit(message, category, filename, lineno)
+
+
 class DaskExecutor:
     """Run tasks on Dask workers.
 
@@ -225,11 +271,15 @@ class DaskExecutor:
         from dask.distributed import as_completed
 
         items = list(items)
-        futures = self.client.map(fn, items, pure=False)
+        futures = self.client.map(_Relayed(fn), items, pure=False)
         with tqdm(total=len(futures), desc=desc, unit="ccd", disable=not progress, leave=False) as bar:
             for _ in as_completed(futures):
                 bar.update(1)
-        return self.client.gather(futures)
+        results = []
+        for result, records, raised in self.client.gather(futures):  # in the inputs' order, as a serial run says them
+            relay(records, raised)
+            results.append(result)
+        return results
 
     def close(self) -> None:
         self.client.close()
