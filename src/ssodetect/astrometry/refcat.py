@@ -116,7 +116,7 @@ def ldac_reference_table(catalogue: Table) -> Table:
 #: (column, lowest, highest, what) of values no star has: such rows are ignored, with a warning.
 IMPLAUSIBLE = [("dec", -90.0, 90.0, "deg"), ("phot_g_mean_mag", -5.0, 40.0, "mag"),
                ("ref_epoch", 1800.0, 2300.0, "Julian year"), ("pmra", -1e5, 1e5, "mas/yr"),
-               ("pmdec", -1e5, 1e5, "mas/yr")]
+               ("pmdec", -1e5, 1e5, "mas/yr"), ("ra_error", 0.0, 1e5, "mas"), ("dec_error", 0.0, 1e5, "mas")]
 
 
 def _is_number(value) -> bool:
@@ -254,7 +254,7 @@ def load_reference_catalogue(path: str | Path) -> Table:
         if not good.any():  # (with every row ignored, the run would blame the field's position on the sky)
             raise InputError(f"{path}: no row with a finite, plausible position and magnitude ({len(table)} rows: "
                              "declination within +-90 deg, magnitude -5 to 40, epoch 1800-2300, proper motions "
-                             "within 100000 mas/yr)")
+                             "within 100000 mas/yr, position errors 0 to 100000 mas)")
         log.info("%s: %d rows without a finite position, magnitude, proper motion or error ignored", path,
                  int((~good).sum()))
         table = table[good]
