@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ssodetect import safejson
 from ssodetect._version import __version__
-from ssodetect.errors import RepeatFilter, SSODetectError, WarningCount
+from ssodetect.errors import RepeatFilter, SSODetectError, WarningCount, printable
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -1292,12 +1292,6 @@ MAX_VISIT_EXPOSURES = 10000
 
 #: Longest error line printed [characters].
 MAX_ERROR_CHARS = 2000
-
-
-def printable(text: str) -> str:
-    """``text`` as it may be printed on a terminal: control characters (ESC, BEL, CR...) and direction marks
-    (U+202E...) written as escapes, so that a file name or a header value cannot rewrite the screen."""
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
 class _ShownStdout:

@@ -8,11 +8,22 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount", "reason"]
+__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount", "reason", "printable"]
+
+
+def printable(text: str) -> str:
+    """``text`` as it may be printed on a terminal: control characters (NUL, ESC, BEL, CR...) and direction marks
+    (U+202E...) written as escapes, so that a file name or a header value cannot rewrite the screen."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
 class SSODetectError(Exception):
-    """Base class of every error a user can cause and fix."""
+    """Base class of every error a user can cause and fix.  Its message is one printable line (:func:`printable`:
+    a path holding a NUL or an escape sequence, given to the Python API, is named with escapes, as the CLI names
+    it)."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class InputError(SSODetectError):

@@ -38,3 +38,18 @@ def test_a_line_break_in_a_scene_path_cannot_forge_a_printed_line(tmp_path, caps
     outcome = cli(capsys, "simulate", tmp_path / "x\nFAKE LINE", "--size", "128", "--nccd", "1", "--seed", "3")
     assert outcome.code in (0, 1), outcome.err
     assert outcome.out and not any(line.startswith("FAKE LINE") for line in outcome.out)
+
+
+@pytest.mark.parametrize("inputs, outdir, said", [(["a\x00b"], None, r"a\x00b: no such file"),
+                                                  (["x\x1b[2Jy.fits"], None, r"x\x1b[2Jy.fits: no such file"),
+                                                  ([], "o\x00ut", r"o\x00ut: cannot be resolved")])
+def test_a_control_character_in_an_api_path_is_named_with_escapes(tmp_path, monkeypatch, inputs, outdir, said):
+    """A NUL in a path given to the Python API was echoed raw in the error (the CLI escaped it); a NUL in the output
+    directory was Python's "embedded null byte" ValueError naming no path."""
+    from ssodetect.config import load_config
+    from ssodetect.pipeline import run_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as caught:
+        run_pipeline(inputs or [tmp_path], outdir, load_config(None))
+    assert str(caught.value).startswith(said) and str(caught.value).isprintable()

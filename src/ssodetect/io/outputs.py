@@ -1063,7 +1063,7 @@ def check_apart(outdir: str | Path, inputs, what: str = "input", owner: str = "r
     """
     try:  # a path through a symlink loop is refused now, not after the whole run
         Path(outdir).resolve()
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise InputError(f"{outdir}: cannot be resolved ({exc})") from None
     out = Path(os.path.realpath(outdir))
     for item in inputs:
