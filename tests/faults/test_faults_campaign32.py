@@ -53,3 +53,12 @@ def test_a_control_character_in_an_api_path_is_named_with_escapes(tmp_path, monk
     with pytest.raises(InputError) as caught:
         run_pipeline(inputs or [tmp_path], outdir, load_config(None))
     assert str(caught.value).startswith(said) and str(caught.value).isprintable()
+
+
+def test_a_device_given_as_the_model_is_named_so():
+    """`--model /dev/zero` said "model file not found" of a file that exists."""
+    pytest.importorskip("torch")
+    from ssodetect.ml.model import load_model
+
+    with pytest.raises(InputError, match="/dev/zero: not a regular file"):
+        load_model("/dev/zero")

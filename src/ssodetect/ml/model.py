@@ -110,6 +110,8 @@ def load_model(path: str | Path = "builtin"):
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: a directory, not a model file (give the model.pt that 'ssodetect ml train' wrote)")
+    if path.exists() and not path.is_file():  # (/dev/zero was said "not found")
+        raise InputError(f"{path}: not a regular file (a device, FIFO or socket is not a model file)")
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     try:

@@ -184,6 +184,11 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     n_val = max(1, int(round(val_fraction * len(labels))))
     if n_val >= len(labels):
         raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of {len(labels)}")
+    val_pos = int(np.sum(labels[order[:n_val]] > 0.5))
+    if val_pos == 0 or val_pos == n_val:  # (0.001 validated, and chose the threshold, on 1 sequence)
+        raise ConfigError(f"ml train: val_fraction {val_fraction} holds back {n_val} of {len(labels)} sequences with "
+                          f"{val_pos} mover(s) and {n_val - val_pos} negative(s): the threshold is chosen on both "
+                          "kinds (a larger --val-fraction)")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
