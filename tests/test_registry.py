@@ -112,3 +112,12 @@ def test_runs_command(root, capsys, tmp_path, monkeypatch):
     assert "remove it to rebuild it" in capsys.readouterr().err
     path.unlink()
     assert main(["runs", str(root), "-q"]) == 0
+
+
+def test_a_run_that_would_end_before_it_began_has_no_duration(root):
+    """Campaign 32 (wording): a hand-edited manifest finished before it started; ``runs`` showed a negative duration."""
+    _edit(root / "night1", finished_utc="2025-12-31T00:00:00+00:00")
+    with Registry(root) as reg:
+        reg.sync()
+        durations = {r["outdir"]: r["duration_s"] for r in reg.runs()}
+    assert durations["night1"] is None and durations["night3"] == pytest.approx(100.0)

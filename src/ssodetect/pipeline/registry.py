@@ -79,10 +79,13 @@ _NUMBER_COLUMNS = ("duration_s", "n_objects", "n_known", "n_observations", "warn
 
 
 def _duration(started: str, finished: str) -> float | None:
+    """Seconds from ``started`` to ``finished``; None when either is no time or the run would end before it began (a
+    hand-edited manifest: ``runs`` showed a negative duration)."""
     try:
-        return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+        seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
     except (TypeError, ValueError):
         return None
+    return seconds if seconds >= 0 else None
 
 
 def _row(root: Path, manifest_path: Path) -> dict | None:
