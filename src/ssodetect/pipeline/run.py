@@ -598,7 +598,7 @@ BUILTIN_STEPS = [
          ("observations", "objects", "streaks", "link_stats"),
          ("link.blend_recovery", "link.blend_min_snr", "link.min_rate", "link.max_rate", "link.min_rate_significance",
           "link.flux_scatter", "link.match_sigma", "link.match_floor", "link.position_floor", "link.max_chi2_dof",
-          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "12",
+          "link.min_detections", "link.min_total_snr", "streaks.enabled", "streaks.min_length") + _PIXELS, "13",
          "measure slow movers seen cleanly twice, and fast movers seen whole once, where a brighter source or a "
          "spike hides them in the other exposures (pixels)",
          enabled=lambda c: c.link.blend_recovery),
