@@ -631,11 +631,11 @@ def fit_beside_template(
     dict or None
         ``flux, flux_err`` [ADU], ``x, y, x_err, y_err`` [px, stamp; :data:`POSITION_FLOOR_PX` included],
         ``scale`` (and ``scale_all``, fitted over every usable pixel, before outliers were left out), ``chi2_dof``,
-        ``local_chi2_dof`` (within :data:`LOCAL_RADIUS_SIGMA` PSF sigmas of the fitted
-        trail), ``n_pixels`` (fitted: pixels away from the trail whose residuals exceed :data:`OUTLIER_SIGMA` after
-        a first fit are left out and the fit made again), ``separation`` [px] from the template's brightest fitted
-        pixel near the fitted position, that pixel's value ``template_peak`` and the fitted mover's peak pixel ``mover_peak``
-        [ADU], ``off_track`` [px] (that pixel's distance from the fitted trail's segment), and the mover's
+        ``local_chi2_dof`` (within :data:`LOCAL_RADIUS_SIGMA` PSF sigmas of the fitted trail), ``n_pixels``
+        (fitted: pixels away from the trail whose residuals exceed :data:`OUTLIER_SIGMA` after a first fit are left
+        out and the fit made again), ``separation`` [px] from the template's brightest fitted pixel near the fitted
+        position, that pixel's value ``template_peak`` and the fitted mover's peak pixel ``mover_peak`` [ADU],
+        ``off_track`` [px] (that pixel's distance from the fitted trail's segment), and the mover's
         flux and its error fitted with the template held at scale 1 (``unit_scale_flux``, ``unit_scale_flux_err``
         [ADU]); None when too few good pixels or the fit is singular.
     """
@@ -745,7 +745,8 @@ def fit_beside_template(
     return {"flux": float(coef[0]), "flux_err": float(math.sqrt(cov[0, 0])), "x": float(p[0]), "y": float(p[1]),
             "x_err": float(math.hypot(math.sqrt(cov[1, 1]), POSITION_FLOOR_PX)),
             "y_err": float(math.hypot(math.sqrt(cov[2, 2]), POSITION_FLOOR_PX)), "scale": float(coef[1]),
-            "scale_all": scale_all, "chi2_dof": float(c2 / dof), "local_chi2_dof": local_chi2, "n_pixels": int(good.sum()),
+            "scale_all": scale_all, "chi2_dof": float(c2 / dof), "local_chi2_dof": local_chi2,
+            "n_pixels": int(good.sum()),
             "separation": separation,
             "template_peak": float(peak.ravel()[k]) if np.isfinite(peak.ravel()[k]) else 0.0,
             "mover_peak": float(coef[0] * np.max(cols[:, 0])),
