@@ -39,7 +39,7 @@ def root(good_run, tmp_path):
 def test_runs_listed_newest_first_searched_and_kept_in_step(root, good_run):
     with Registry(root) as reg:
         counts = reg.sync()
-        assert counts == {"added": 4, "updated": 0, "removed": 0, "unchanged": 0, "unreadable": 1}
+        assert counts == {"added": 4, "updated": 0, "removed": 0, "unchanged": 0, "unreadable": 1, "damaged": 0}
         rows = reg.runs()
         assert [r["outdir"] for r in rows] == ["partial", "night3", "deep/night2", "night1"]
         assert [r["status"] for r in rows] == ["partial", "complete", "complete", "complete"]
@@ -50,7 +50,7 @@ def test_runs_listed_newest_first_searched_and_kept_in_step(root, good_run):
         # a run removed, another rerun (its manifest rewritten): the next sync follows
         (root / "night1" / "manifest.json").unlink()
         _edit(root / "night3", obs_id="RERUN")
-        assert reg.sync() == {"added": 0, "updated": 1, "removed": 1, "unchanged": 2, "unreadable": 1}
+        assert reg.sync() == {"added": 0, "updated": 1, "removed": 1, "unchanged": 2, "unreadable": 1, "damaged": 0}
         assert [r["obs_id"] for r in reg.runs()] == ["", "RERUN", "OBS2"]
         assert reg.rebuild()["added"] == 3 and reg.count() == 3
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ssodetect import safejson
 from ssodetect._version import __version__
-from ssodetect.errors import RepeatFilter, SSODetectError, WarningCount, printable
+from ssodetect.errors import PrintableFormatter, RepeatFilter, SSODetectError, WarningCount, printable
 
 __all__ = ["main", "EXIT_CODES"]
 
@@ -821,10 +821,16 @@ def _runs(args) -> int:
         total = registry.count()
     log.info("registry %s: %d runs (%d added, %d updated, %d removed; %d manifest.json files not a run's)",
              registry.path, total, counts["added"], counts["updated"], counts["removed"], counts["unreadable"])
+    if registry.damaged:  # (campaign 33: they vanished from the listing with an INFO count, exit 0)
+        named = "; ".join(f"{path} ({why})" for path, why in registry.damaged[:MAX_NAMED])
+        more = len(registry.damaged) - MAX_NAMED
+        log.warning("%d run manifest(s) unreadable or damaged, not listed: %s%s", len(registry.damaged), named,
+                    f"; and {more} more" if more > 0 else "")
+    status = 1 if registry.damaged else 0
     if args.json:
         for row in rows:
             print(json.dumps(row))
-        return 0
+        return status
     header = f"{'started (UTC)':<20} {'status':<8} {'time':>7} {'objects':>7} {'warn':>4}  {'obs id':<12} directory"
     print(header)
     for r in rows:  # a manifest's text may hold terminal escapes: printed as escapes
@@ -835,7 +841,7 @@ def _runs(args) -> int:
               f"{(r['obs_id'] or '-')[:12]:<12} {r['outdir']}")
     shown = f"{len(rows)} of {total} runs" + (f" matching {args.search!r}" if args.search else "")
     print(shown + (f" ({args.status})" if args.status else ""))
-    return 0
+    return status
 
 
 def _steps(args) -> int:
@@ -979,7 +985,10 @@ class _Parser(argparse.ArgumentParser):
     where the usage is shown: ``--help``."""
 
     def error(self, message):
-        self.exit(2, f"ssodetect: error: {self.prog}: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+        # a subcommand's parser names it (ssodetect run: ...); the top one's name is the line's own prefix already
+        # (campaign 33: "ssodetect: error: ssodetect: argument command: ...")
+        named = f"{self.prog}: " if " " in self.prog else ""
+        self.exit(2, f"ssodetect: error: {named}{' '.join(str(message).split())} (see {self.prog} --help)\n")
 
 
 def _innermost_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
@@ -1290,6 +1299,9 @@ def _check_text_arguments(args) -> None:
 #: Most exposures a watched visit may need (a visit of more is never complete).
 MAX_VISIT_EXPOSURES = 10000
 
+#: Most files a warning names one by one (the rest are counted).
+MAX_NAMED = 5
+
 #: Longest error line printed [characters].
 MAX_ERROR_CHARS = 2000
 
@@ -1322,13 +1334,6 @@ class _AstropyLines(logging.Handler):
 
 #: Lines of astropy's verification that say nothing of the card at fault.
 _ASTROPY_NOISE = ("Verification reported errors", "uses zero-based indexing")
-
-
-class _ShownFormatter(logging.Formatter):
-    """The console's log lines, each message passed through :func:`printable` (a traceback, with ``-v``, as it is)."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
 
 
 class _Terminated(KeyboardInterrupt):
@@ -1370,7 +1375,7 @@ def main(argv=None) -> int:
     args.argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_ShownFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)  # the run may lower the package level so that run.log records progress
     handler.addFilter(RepeatFilter())  # a warning said again by a later step is printed once
     log.addHandler(handler)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount", "reason", "printable"]
+__all__ = ["SSODetectError", "InputError", "ConfigError", "RepeatFilter", "WarningCount", "PrintableFormatter",
+           "reason", "printable"]
 
 
 def printable(text: str) -> str:
@@ -84,6 +85,14 @@ class RepeatFilter(logging.Filter):
             return False
         self._seen.add(key)
         return True
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines with each message passed through :func:`printable` (the console's lines, ``run.log`` and the step
+    logs: a path with an escape sequence cannot rewrite the terminal of whoever reads them); a traceback as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 class WarningCount(logging.Handler):

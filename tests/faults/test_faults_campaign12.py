@@ -188,7 +188,8 @@ def test_one_bad_manifest_does_not_break_the_run_listing(good_run, tmp_path, cap
     manifest["warnings"] = "many"
     (bad / "manifest.json").write_text(json.dumps(manifest))
     outcome = cli(capsys, "runs", root)
-    assert outcome.code == 0, outcome.err
+    # (campaign 33: the damaged one is named in a warning, exit 1; it had vanished with an INFO count)
+    assert outcome.code == 1 and len(outcome.warnings) == 1 and str(bad / "manifest.json") in outcome.warnings[0]
     assert any("good" in line for line in outcome.out) and not any(line.split()[:1] == ["bad"] for line in outcome.out)
 
 

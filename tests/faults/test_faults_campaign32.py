@@ -40,18 +40,23 @@ def test_a_line_break_in_a_scene_path_cannot_forge_a_printed_line(tmp_path, caps
     assert outcome.out and not any(line.startswith("FAKE LINE") for line in outcome.out)
 
 
-@pytest.mark.parametrize("inputs, outdir, said", [(["a\x00b"], None, r"a\x00b: no such file"),
-                                                  (["x\x1b[2Jy.fits"], None, r"x\x1b[2Jy.fits: no such file"),
-                                                  ([], "o\x00ut", r"o\x00ut: cannot be resolved")])
-def test_a_control_character_in_an_api_path_is_named_with_escapes(tmp_path, monkeypatch, inputs, outdir, said):
+@pytest.mark.parametrize("inputs, outdir, refcat, said", [
+    (["a\x00b"], None, None, r"a\x00b: no file can have this name"),
+    (["x\x1b[2Jy.fits"], None, None, r"x\x1b[2Jy.fits: no such file"),
+    ([], "o\x00ut", None, r"o\x00ut: no file can have this name"),
+    ("a\x00b", "out", None, r"a\x00b: no file can have this name"),  # (campaign 33: with an outdir, a ValueError)
+    ([], "out", "ref\x00cat.ecsv", r"ref\x00cat.ecsv: no file can have this name")])  # (campaign 33: the same)
+def test_a_control_character_in_an_api_path_is_named_with_escapes(tmp_path, monkeypatch, inputs, outdir, refcat,
+                                                                   said):
     """A NUL in a path given to the Python API was echoed raw in the error (the CLI escaped it); a NUL in the output
-    directory was Python's "embedded null byte" ValueError naming no path."""
+    directory, or in an input or the reference catalogue with an output directory, was Python's "embedded null byte"
+    ValueError naming no path (through a batch manifest, an internal error)."""
     from ssodetect.config import load_config
     from ssodetect.pipeline import run_pipeline
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError) as caught:
-        run_pipeline(inputs or [tmp_path], outdir, load_config(None))
+        run_pipeline(inputs or [tmp_path], outdir, load_config(None), refcat=refcat)
     assert str(caught.value).startswith(said) and str(caught.value).isprintable()
 
 

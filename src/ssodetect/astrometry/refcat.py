@@ -234,8 +234,10 @@ def load_reference_catalogue(path: str | Path) -> Table:
     if len(table) == 0:  # (said here: the run would otherwise blame the field's position on the sky)
         log.warning("%s: the reference catalogue holds no star (0 rows): no astrometric solution from it", path)
         return table
+    finite = np.ones(len(table), bool)
     for name in REFCAT_REQUIRED:
-        good &= np.isfinite(np.asarray(table[name], float))
+        finite &= np.isfinite(np.asarray(table[name], float))
+    good &= finite
     # values no star has: each named, their rows ignored (a magnitude of 1e30 had fitted a zero point of 1e30; an
     # epoch of -1e9 or a proper motion of 1e12 mas/yr moved every star off the field, blamed on the pointing)
     notes = []
@@ -248,6 +250,8 @@ def load_reference_catalogue(path: str | Path) -> Table:
         if odd.any():
             notes.append(f"{int(odd.sum())} rows with {name} outside {lo:g} to {hi:g} ({what}) ignored")
             good &= ~odd
+    if not finite.all():  # (campaign 33: said at INFO only, the run exited 0)
+        notes.insert(0, f"{int((~finite).sum())} rows without a finite {', '.join(REFCAT_REQUIRED)} ignored")
     for note in notes if good.any() else ():  # (with no row left, the error below says it in one line)
         log.warning("%s: %s", path, note)
     if not good.all():

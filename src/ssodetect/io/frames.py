@@ -429,6 +429,19 @@ def _check_trailing(path: Path) -> str:
     return ""
 
 
+def check_path_names(paths) -> None:
+    """Refuse a path holding a NUL byte (no file can have that name; Python's own error names no path).
+
+    Raises
+    ------
+    InputError
+        Naming the path (its NUL shown as an escape).
+    """
+    for path in paths:
+        if path is not None and "\x00" in str(path):
+            raise InputError(f"{path}: no file can have this name (it holds a NUL byte)")
+
+
 def check_regular_file(path, role: str = "FITS") -> None:
     """Refuse, before opening it, a path that exists as a pipe, a device or a directory (a pipe would block for
     ever, ``/dev/zero`` reads without end), or that cannot be looked at; a missing one is reported where it is
@@ -439,6 +452,8 @@ def check_regular_file(path, role: str = "FITS") -> None:
         return
     except OSError as exc:
         raise InputError(f"{path}: cannot read the {role} file ({exc.strerror or exc})") from None
+    except ValueError:  # a NUL byte in the path (campaign 33: Python's "embedded null byte", an internal error)
+        raise InputError(f"{path}: no file can have this name (it holds a NUL byte)") from None
     if not stat.S_ISREG(mode):
         raise InputError(f"{path}: not a regular file (a pipe, device or directory is not a {role} file)")
 

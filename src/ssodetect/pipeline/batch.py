@@ -26,7 +26,7 @@ from astropy.table import Table
 from ssodetect import safejson
 from ssodetect.config import Config
 from ssodetect.errors import InputError, SSODetectError
-from ssodetect.io.frames import find_inputs
+from ssodetect.io.frames import check_path_names, find_inputs
 from ssodetect.io.outputs import (OutputLock, OutputStage, atomic_write_text, record_files, recorded_files,
                                  check_directory_kind, remove_dead_stages, sha256_file)
 from ssodetect.keys import cache_key, sign_text, verify_text
@@ -204,6 +204,7 @@ def run_field(field: Field, outdir: str, config: Config) -> dict:
            "peak_rss_mb": 0.0, "warnings": 0, "message": ""}
     if out.is_symlink():  # a link planted in BATCH_DIR would carry the field's products elsewhere
         raise InputError(f"{out}: is a symbolic link; a field's directory must be a directory of BATCH_DIR")
+    check_path_names([*field.inputs, field.refcat])  # (campaign 33: a NUL in the refcat was an internal error)
     state = field_state(field, config)
     if field_complete(out, state):
         remove_dead_stages(out)  # (a run killed before an earlier one completed the field: never run again)
@@ -245,8 +246,11 @@ def _field_task(field: Field, outdir: str, config: Config) -> dict:
     try:
         return run_field(field, outdir, config)
     except SSODetectError as exc:
-        # one line, its line breaks escaped (a newline in a file name cut the message before its problem)
-        return _failed(field, (str(exc).strip() or type(exc).__name__).replace("\r", "\\r").replace("\n", "\\n"))
+        # one line, its line breaks escaped (a newline in a file name cut the message before its problem); said on
+        # stderr too (campaign 33: only the summary on stdout named it)
+        message = (str(exc).strip() or type(exc).__name__).replace("\r", "\\r").replace("\n", "\\n")
+        log.error("field %s failed: %s", field.name, message)
+        return _failed(field, message)
     except Exception as exc:  # a bug or a resource problem in this field: one line, its traceback with -v
         said = (str(exc).strip().splitlines() or [""])[0][:200]
         log.error("field %s failed: internal error: %s: %s (run with -v for the traceback; please report it)",

@@ -88,13 +88,32 @@ def _duration(started: str, finished: str) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+class DamagedManifest(Exception):
+    """A ``manifest.json`` that is unreadable, or a run's whose values cannot be a run's (said, not listed)."""
+
+
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _row(root: Path, manifest_path: Path) -> dict | None:
-    """The registry row of one run directory from its manifest; None when it is not a run's manifest."""
+    """The registry row of one run directory from its manifest; None when it is another program's ``manifest.json``
+    (no ``run_id`` and ``steps``).
+
+    Raises
+    ------
+    DamagedManifest
+        Unreadable (not JSON, nested without end) or a run's with counts that are not counts (why, in words).
+    """
     try:
         manifest = safejson.read(manifest_path)
         mtime = manifest_path.stat().st_mtime_ns
-    except (OSError, ValueError, RecursionError):  # (a manifest nested without end is not a run's)
-        return None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DamagedManifest(f"unreadable ({type(exc).__name__})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("run_id"), str) or "steps" not in manifest:
         return None
     results = manifest.get("results") if isinstance(manifest.get("results"), dict) else {}
@@ -109,7 +128,12 @@ def _row(root: Path, manifest_path: Path) -> dict | None:
     counts["warnings"] = manifest.get("warnings") or 0
     if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62)
                for v in counts.values()):
-        return None  # counts that are not counts: not a run's manifest (one of them broke the whole listing)
+        # counts that are not counts (one of them broke the whole listing)
+        raise DamagedManifest("its counts of objects, observations or warnings are not counts")
+    if started and not _is_time(started):  # (campaign 33: "not a date" was listed as the newest run)
+        raise DamagedManifest(f"its start time {started[:40]!r} is no time")
+    if finished and not _is_time(finished):
+        finished = ""
     return {
         "outdir": manifest_path.parent.relative_to(root).as_posix(), "run_id": manifest["run_id"],
         "obs_id": str(manifest.get("obs_id") or ""), "started_utc": started, "finished_utc": finished,
@@ -151,6 +175,7 @@ class Registry:
 
     def __init__(self, root: str | Path, path: str | Path | None = None):
         self.root = Path(os.path.realpath(root))
+        self.damaged: list[tuple[Path, str]] = []  # manifests the last sync could not list, and why
         if not self.root.is_dir():
             raise InputError(f"{root}: not a directory")
         self.path = self.root / REGISTRY_NAME if path is None else Path(path)
@@ -226,9 +251,12 @@ class Registry:
 
         New and changed manifests (by modification time) are read; rows whose directory no longer holds a
         run's manifest are removed.  Returns counts: ``added``, ``updated``, ``removed``, ``unchanged``,
-        ``unreadable`` (``manifest.json`` files that are not a run's).
+        ``unreadable`` (``manifest.json`` files that are not a run's: another program's) and ``damaged`` (not
+        readable, or a run's whose counts or start time cannot be a run's: not listed; ``self.damaged`` holds their
+        paths and why).
         """
-        counts = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "unreadable": 0}
+        counts = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "unreadable": 0, "damaged": 0}
+        self.damaged = []
         known = {r["outdir"]: r["manifest_mtime_ns"] for r in self.db.execute("SELECT outdir, manifest_mtime_ns FROM runs")}
         seen = set()
         with self.db:
@@ -250,7 +278,12 @@ class Registry:
                     seen.add(key)
                     counts["unchanged"] += 1
                     continue
-                row = _row(self.root, path)
+                try:
+                    row = _row(self.root, path)
+                except DamagedManifest as exc:
+                    counts["damaged"] += 1
+                    self.damaged.append((path, str(exc)))
+                    continue
                 if row is None:
                     counts["unreadable"] += 1
                     continue

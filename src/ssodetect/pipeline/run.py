@@ -31,12 +31,12 @@ from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import BAND_CHARACTERS, Config, dump_toml, validation_problems
 from ssodetect.calibrate import build_calibration
 from ssodetect.detect import kernels_cold
-from ssodetect.errors import ConfigError, InputError, RepeatFilter, WarningCount
+from ssodetect.errors import ConfigError, InputError, PrintableFormatter, RepeatFilter, WarningCount
 from ssodetect.io import (
     OutputStage, check_apart, check_free_space, find_inputs, group_exposures, header_centres, scan_inputs,
     sequence_problems, time_order_differs,
 )
-from ssodetect.io.frames import check_regular_file
+from ssodetect.io.frames import check_path_names, check_regular_file
 from ssodetect.io.outputs import STAGE_MARKER, record_files, sha256_file
 from ssodetect.profiles import resolve_profile
 from ssodetect.io.headers import station_code, telescope_aperture
@@ -345,10 +345,13 @@ def step_astrometry(products: dict, config: Config, ctx: StepContext) -> dict:
                     placed_wcs[(ref.exposure, ref.ccd)] = sol.wcs
                 elif config.astrometry.on_failure == "drop":
                     placed_wcs[(ref.exposure, ref.ccd)] = None
-        # a header WCS that is there but broken is the frame's defect even when the catalogue rescued it (one that is
-        # simply absent, as in a raw night, is no news)
+        # a header WCS that is there but broken is the frame's defect even when the catalogue rescued it; one that is
+        # simply absent is no news in a raw night, but is where the run's other frames have one (campaign 33: a frame
+        # stripped of its WCS was solved blind and registered without a word)
+        with_wcs = sum(not info.get("wcs_problem") for info in ccd_info)
         broken = [(ref, info["wcs_problem"]) for info, ref in zip(ccd_info, tasks)
-                  if info.get("wcs_problem") and not str(info["wcs_problem"]).startswith("no celestial WCS")
+                  if info.get("wcs_problem")
+                  and (with_wcs or not str(info["wcs_problem"]).startswith("no celestial WCS"))
                   and (by_key.get((ref.exposure, ref.ccd)) is not None and by_key[(ref.exposure, ref.ccd)].ok)]
         if broken:
             log.warning("%d CCD exposure(s) with an unusable header WCS solved blind against the reference catalogue: "
@@ -791,6 +794,8 @@ def run_pipeline(
     started = datetime.now(timezone.utc)
     if outdir is not None and not str(outdir).strip():
         raise InputError(f"{str(outdir)!r}: an empty output directory path")
+    check_path_names([*([inputs] if isinstance(inputs, (str, Path)) else inputs if isinstance(inputs, (list, tuple))
+                        else []), refcat, outdir])
     check_named_files(refcat, config)
     if outdir is not None:
         check_apart(outdir, [*inputs, *([refcat] if refcat is not None else [])])
@@ -805,7 +810,7 @@ def run_pipeline(
         if package_log.getEffectiveLevel() > logging.INFO:
             package_log.setLevel(logging.INFO)  # run.log records the run's progress; restored below
         handler = logging.FileHandler(stage.file("run.log"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
         handler.addFilter(RepeatFilter())
         package_log.addHandler(handler)
@@ -949,7 +954,7 @@ def _step_log(stage: OutputStage | None, name: str) -> logging.Handler | None:
     folder = stage.path / "logs"
     folder.mkdir(exist_ok=True)
     handler = logging.FileHandler(folder / f"{name}.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     handler.addFilter(RepeatFilter())
     logging.getLogger("ssodetect").addHandler(handler)

@@ -251,6 +251,10 @@ def _check_scale(path: Path, scale: dict) -> None:
                               f"{_kind(scale[key])}")
 
 
+#: Frames whose headers are read, first to last, for a pixel scale when the first gives none.
+MAX_SCALE_HEADERS = 20
+
+
 def _header_scale(header: fits.Header) -> float:
     """Pixel scale [arcsec/px] from the header's WCS (repaired like a frame's), else its plain keywords."""
     shape = (int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0)))
@@ -277,6 +281,10 @@ def sequence_facts(paths, config: Config) -> SequenceFacts:
     primary = fits.getheader(first.path, 0) if first.sci != 0 else header
     text = {k: str(header.get(k, primary.get(k, ""))).strip() for k in ("TELESCOP", "INSTRUME")}
     scale = _header_scale(header)
+    for ref in refs[1:MAX_SCALE_HEADERS]:  # the first frame may lack its WCS (campaign 33: the profile said nan"/px)
+        if np.isfinite(scale):
+            break
+        scale = _header_scale(fits.getheader(ref.path, ref.sci))
     times = np.array([e.mid_time.mjd for e in exposures]) * 24.0
     steps = np.diff(times)
     ny, nx = int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0))
@@ -331,10 +339,16 @@ def choose_profile(facts: SequenceFacts, candidates: dict[str, Profile]) -> tupl
             raise ConfigError(f"{facts.path}: header matches the profiles {names}; choose one with --profile NAME")
         if found:
             how = "by name" if rank == 2 else "by pixel scale, sequence and observer"
-            return found[0], (f"TELESCOP {facts.telescope!r}, INSTRUME {facts.instrument!r}, "
-                              f"{facts.pixel_scale:.3g}\"/px, {facts.n_exposures} exposures: matched {how}")
-    return None, (f"TELESCOP {facts.telescope!r}, INSTRUME {facts.instrument!r}, {facts.pixel_scale:.3g}\"/px, "
+            return found[0], (f"TELESCOP {facts.telescope!r}, INSTRUME {facts.instrument!r}, {_scale_text(facts)}, "
+                              f"{facts.n_exposures} exposures: matched {how}")
+    return None, (f"TELESCOP {facts.telescope!r}, INSTRUME {facts.instrument!r}, {_scale_text(facts)}, "
                   f"{facts.n_exposures} exposures: no profile matches; the package defaults are used")
+
+
+def _scale_text(facts: SequenceFacts) -> str:
+    if not np.isfinite(facts.pixel_scale):
+        return "pixel scale unknown (no header gives it)"
+    return f"{facts.pixel_scale:.3g}\"/px"
 
 
 def apply_profile(config: Config, profile: Profile | None, facts: SequenceFacts) -> tuple[Config, dict]:

@@ -18,6 +18,7 @@ from astropy.table import Table
 from PIL import Image, ImageDraw
 
 from ssodetect.columns import rows_by
+from ssodetect.errors import printable
 from ssodetect.report.cutouts import pixel_jacobian
 from ssodetect.report.regions import fitted_track
 from ssodetect.io.headers import world_to_pixels
@@ -292,7 +293,8 @@ def render_report(*, title: str, observations: Table, objects: Table, provenance
         n_inputs=len(provenance.get("inputs", [])),
         software=", ".join(f"{k} {v}" for k, v in provenance.get("software", {}).items()),
         notes=notes or [], relative=relative, header=header or [], plots={k: v for k, v in (plots or {}).items() if v},
-        timings=timings, inputs=", ".join(provenance.get("inputs", [])), fits=fits_rows, config_text=config_text,
+        timings=timings, inputs=printable(", ".join(provenance.get("inputs", []))), fits=fits_rows,
+        config_text=config_text,
         known=known_rows, overview=overview_items, summary=summary, objects=items)
     return page
 
