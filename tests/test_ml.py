@@ -328,10 +328,13 @@ def test_ml_commands_dataset_train_predict_and_bad_input(tmp_path, capsys):
     assert main(["ml", "train", str(ds), "--out", str(tmp_path / "m"), "--epochs", "1", "--batch", "32", "-q"]) == 0
     assert (tmp_path / "m" / "model.pt").is_file() and (tmp_path / "m" / "validation_by_rate.ecsv").is_file()
     capsys.readouterr()
-    # campaign 32: --val-fraction 0.001 validated (and chose the threshold) on 1 sequence
-    assert main(["ml", "train", str(ds), "--out", str(tmp_path / "m1"), "--val-fraction", "0.001", "-q"]) == 2
+    # campaign 32: --val-fraction 0.001 validated (and chose the threshold) on 1 sequence; now on one of each kind,
+    # said to be noisy
+    assert main(["ml", "train", str(ds), "--out", str(tmp_path / "m1"), "--val-fraction", "0.001", "--epochs", "1",
+                 "--batch", "32", "-q"]) == 0
     said = capsys.readouterr().err.splitlines()
-    assert len(said) == 1 and "holds back 1 of 160 sequences" in said[0] and not (tmp_path / "m1").exists()
+    assert len(said) == 1 and "validation on 1 movers and 1 negatives" in said[0], said
+    assert json.loads((tmp_path / "m1" / "metrics.json").read_text())["n_validation"] == 2
     assert main(["ml", "predict", str(ds), "--out", str(tmp_path / "scores.ecsv"), "-q"]) == 0
     text = capsys.readouterr().out
     assert "160 sequences scored" in text and "ROC AUC" in text

@@ -181,14 +181,15 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     order = rng.permutation(len(labels))
-    n_val = max(1, int(round(val_fraction * len(labels))))
-    if n_val >= len(labels):
-        raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of {len(labels)}")
-    val_pos = int(np.sum(labels[order[:n_val]] > 0.5))
-    if val_pos == 0 or val_pos == n_val:  # (0.001 validated, and chose the threshold, on 1 sequence)
-        raise ConfigError(f"ml train: val_fraction {val_fraction} holds back {n_val} of {len(labels)} sequences with "
-                          f"{val_pos} mover(s) and {n_val - val_pos} negative(s): the threshold is chosen on both "
-                          "kinds (a larger --val-fraction)")
+    # the validation share is held back from each kind alike (a random 0.001 had validated, and chosen the threshold,
+    # on 1 sequence; 0.15 of 10 on 2 negatives): at least one of each, and at least one of each left to train on
+    kinds = [order[labels[order] > 0.5], order[labels[order] <= 0.5]]
+    held = [max(1, int(round(val_fraction * k.size))) for k in kinds]
+    if any(h >= k.size for h, k in zip(held, kinds)):
+        raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of a kind ({n_pos} movers, "
+                          f"{n_neg} negatives)")
+    order = np.concatenate([kinds[0][:held[0]], kinds[1][:held[1]], kinds[0][held[0]:], kinds[1][held[1]:]])
+    n_val = held[0] + held[1]
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -236,6 +237,8 @@ def _check_out(out: Path, datasets) -> None:
 
 #: Fewest sequences of each class (movers, negatives) a training takes.
 MIN_PER_CLASS = 2
+#: Fewest validation sequences of each kind below which the threshold and metrics are said to be noisy.
+MIN_VALIDATION_PER_KIND = 5
 
 
 #: What a training writes in its directory; the checkpoint files may be resumed without a record (see _check_out).
@@ -303,6 +306,10 @@ def _train(inputs, meta, doc, labels, order, n_val, out: Path, *, epochs, batch,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15,
                                                 last_epoch=start * per_epoch - 1 if start else -1)
     t_start = time.perf_counter()
+    held = (int(np.sum(labels[val] > 0.5)), int(np.sum(labels[val] <= 0.5)))
+    if min(held) < MIN_VALIDATION_PER_KIND:  # (said once the training starts: not before a refusal)
+        log.warning("ml train: validation on %d movers and %d negatives (of %d sequences): its threshold and metrics "
+                    "are noisy (a larger --val-fraction or dataset)", held[0], held[1], len(labels))
     for epoch in range(start, epochs):
         model.train()
         rng = np.random.default_rng([seed, epoch])  # per-epoch streams: a resumed run repeats an uninterrupted one
