@@ -186,8 +186,8 @@ def train(datasets: list, out: str | Path, *, epochs: int = 10, batch: int = 128
     kinds = [order[labels[order] > 0.5], order[labels[order] <= 0.5]]
     held = [max(1, int(round(val_fraction * k.size))) for k in kinds]
     if any(h >= k.size for h, k in zip(held, kinds)):
-        raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of a kind ({n_pos} movers, "
-                          f"{n_neg} negatives)")
+        raise ConfigError(f"ml train: val_fraction {val_fraction} leaves no training sequence of a kind ({n_pos} "
+                          f"movers, {n_neg} negatives)")
     order = np.concatenate([kinds[0][:held[0]], kinds[1][:held[1]], kinds[0][held[0]:], kinds[1][held[1]:]])
     n_val = held[0] + held[1]
     created = not out.exists()
