@@ -163,8 +163,13 @@ def test_queued_jobs_are_cancelled_and_a_restart_marks_running_ones_interrupted(
     assert job["status"] == "interrupted" and "stopped" in job["message"]
 
 
-def test_odd_requests_and_a_damaged_registry_never_crash_the_console(root):
-    with TestClient(create_app(root, start_workers=False)) as client:
+def test_odd_requests_and_a_damaged_registry_never_crash_the_console(root, caplog):
+    (root / "cut").mkdir()
+    (root / "cut" / "manifest.json").write_text('{"run_id": ')  # a damaged run manifest: said in the server's log
+    with TestClient(create_app(root, start_workers=False)) as client, caplog.at_level("WARNING", logger="ssodetect"):
+        assert client.get("/").status_code == 200
+        assert any(str(root / "cut" / "manifest.json") in r.getMessage() and "not listed" in r.getMessage()
+                   for r in caplog.records)
         assert client.get("/jobs/99999999999999999999999").status_code == 404
         assert client.get("/jobs/99999999999999999999999/status").status_code == 404
         assert client.get("/?search=" + "%25" * 10000).status_code == 200

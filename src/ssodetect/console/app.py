@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -41,6 +42,8 @@ from ssodetect.pipeline.registry import Registry
 from ssodetect.io.frames import FITS_PATTERNS
 from ssodetect.pipeline.run import BUILTIN_STEPS
 from ssodetect.pipeline.steps import pipeline_steps
+
+log = logging.getLogger(__name__)
 
 __all__ = ["create_app", "inputs_under", "FITS_SUFFIXES", "REFCAT_SUFFIXES", "ORBIT_SUFFIXES"]
 
@@ -186,6 +189,8 @@ def create_app(root: str | Path, *, token: str | None = None, workers: int = 1, 
             return page("error.html", 503, message=str(exc).splitlines()[0])
         with registry as reg:
             reg.sync()
+            for path, why in reg.damaged:  # (not listed: said in the server's log, each once)
+                log.warning("%s: run manifest unreadable or damaged, not listed (%s)", path, why)
             rows = reg.runs(search=search, status=status if status in ("complete", "partial") else "", limit=100,
                             offset=offset)
             total, jobs = reg.count(), reg.jobs(limit=20)

@@ -429,6 +429,10 @@ def _check_trailing(path: Path) -> str:
     return ""
 
 
+#: What is wrong with a path that holds a NUL byte.
+NUL_IN_NAME = "no file can have this name (it holds a NUL byte)"
+
+
 def check_path_names(paths) -> None:
     """Refuse a path holding a NUL byte (no file can have that name; Python's own error names no path).
 
@@ -439,7 +443,7 @@ def check_path_names(paths) -> None:
     """
     for path in paths:
         if path is not None and "\x00" in str(path):
-            raise InputError(f"{path}: no file can have this name (it holds a NUL byte)")
+            raise InputError(f"{path}: {NUL_IN_NAME}")
 
 
 def check_regular_file(path, role: str = "FITS") -> None:
@@ -453,7 +457,7 @@ def check_regular_file(path, role: str = "FITS") -> None:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the {role} file ({exc.strerror or exc})") from None
     except ValueError:  # a NUL byte in the path (campaign 33: Python's "embedded null byte", an internal error)
-        raise InputError(f"{path}: no file can have this name (it holds a NUL byte)") from None
+        raise InputError(f"{path}: {NUL_IN_NAME}") from None
     if not stat.S_ISREG(mode):
         raise InputError(f"{path}: not a regular file (a pipe, device or directory is not a {role} file)")
 
