@@ -135,6 +135,9 @@ def test_a_run_launched_from_the_form_is_queued_run_and_reviewed(root):
     ("cfg.detect.threshold", "nan", "a finite number expected"),
     ("cfg.detect.background_box", "2", "greater than or equal to 8"),
     ("cfg.astrometry.on_failure", "explode", "one of drop, header expected"),
+    # a setting the form does not have (misspelt, or kept off the form): refused, not dropped (campaign 34)
+    ("cfg.link.max_rte", "3", "no setting of this form"),
+    ("cfg.nosuch.key", "1", "no setting of this form"),
 ])
 def test_bad_form_values_are_refused_with_their_reason_and_nothing_is_queued(root, field, value, words):
     with TestClient(create_app(root, start_workers=False)) as client:

@@ -344,17 +344,56 @@ def _evaluate(args) -> int:
                              f"{', '.join(missing)})")
     import numpy as np
 
-    finite = np.isfinite(np.asarray(truth["ra"], float)) & np.isfinite(np.asarray(truth["dec"], float))
-    if not finite.any():  # (scored NaN completeness and every object false, written as an evaluation)
-        raise SSODetectError(f"{args.truth}: a truth table with no mover at a finite position ({len(truth)} rows): "
-                             "nothing to score against")
     counter = WarningCount()  # any warning (the reports it rewrites, the truth's rows) makes the exit status 1
     log.addHandler(counter)
     try:
+        _check_truth(truth, Path(args.truth))
+        finite = np.isfinite(np.asarray(truth["ra"], float)) & np.isfinite(np.asarray(truth["dec"], float))
+        if not finite.any():  # (scored NaN completeness and every object false, written as an evaluation)
+            raise SSODetectError(f"{args.truth}: a truth table with no mover at a finite position ({len(truth)} "
+                                 "rows): nothing to score against")
         _score(args, truth, finite, observations, obs_path, outdir)
     finally:
         log.removeHandler(counter)
     return 1 if counter.count else 0
+
+
+#: Units the truth table's angles and rates are scored in (a column in another unit of the same kind is converted).
+TRUTH_UNITS = {"ra": "deg", "dec": "deg", "rate": "arcsec / h"}
+
+
+def _check_truth(truth, path: Path) -> None:
+    """Bring a truth table's numeric columns to one float per row (angles and rates in :data:`TRUTH_UNITS`), or
+    refuse it.
+
+    A column of several values per row, true/false or complex values was an internal error or read silently; a
+    table whose magnitudes are all missing or whose rates are all negative was scored as one without a bright mover,
+    exit 0, and a rate in deg/s was read as arcsec/h (campaign 34); rows with a missing magnitude or a negative rate
+    are said (they cannot count)."""
+    import astropy.units as u
+    import numpy as np
+
+    from ssodetect.io.columns import number_column
+
+    for name in ("exposure", "ra", "dec", "mag", "rate", "trail_length"):
+        values = number_column(truth, name, path)
+        if name == "exposure":
+            continue
+        unit = getattr(truth[name], "unit", None)
+        if unit is not None and name in TRUTH_UNITS:
+            try:
+                values = (values * u.Unit(unit)).to_value(u.Unit(TRUTH_UNITS[name]))
+            except (u.UnitsError, ValueError, TypeError):
+                raise SSODetectError(f"{path}: column {name} in {unit}, not convertible to {TRUTH_UNITS[name]}") from None
+        truth[name] = values
+    mag, rate = np.asarray(truth["mag"]), np.asarray(truth["rate"])
+    for name, bad, what in (("mag", ~np.isfinite(mag), "no finite magnitude"),
+                            ("rate", ~(np.isfinite(rate) & (rate >= 0)), "no finite, non-negative rate")):
+        if bad.all():
+            raise SSODetectError(f"{path}: every row has {what} (column {name}): no mover can be scored")
+        if bad.any():
+            log.warning("%s: %d of %d rows with %s (column %s): their movers are not scored", path,
+                        int(bad.sum()), len(truth), what, name)
 
 
 def _check_evaluation_writable(outdir: Path) -> None:
@@ -884,6 +923,18 @@ def _dataset_config(args):
 
 
 def _ml(args) -> int:
+    """``ssodetect ml``: exit 0, or 1 when a warning was logged (a noisy validation split, a skipped frame), as every
+    other command (campaign 34: always 0)."""
+    counter = WarningCount()
+    log.addHandler(counter)
+    try:
+        code = _ml_command(args)
+    finally:
+        log.removeHandler(counter)
+    return 1 if code == 0 and counter.count else code
+
+
+def _ml_command(args) -> int:
     from ssodetect.config import load_config
 
     if args.ml_command == "dataset":

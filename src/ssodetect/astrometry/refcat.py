@@ -25,6 +25,7 @@ from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.errors import InputError, reason
+from ssodetect.io.columns import number_column
 from ssodetect.io.ldac import read_ldac
 
 __all__ = [
@@ -119,14 +120,6 @@ IMPLAUSIBLE = [("dec", -90.0, 90.0, "deg"), ("phot_g_mean_mag", -5.0, 40.0, "mag
                ("pmdec", -1e5, 1e5, "mas/yr"), ("ra_error", 0.0, 1e5, "mas"), ("dec_error", 0.0, 1e5, "mas")]
 
 
-def _is_number(value) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def _starts_with_bom(path) -> bool:
     """Whether a file starts with the UTF-8 byte-order mark."""
     try:
@@ -209,16 +202,16 @@ def load_reference_catalogue(path: str | Path) -> Table:
     missing = [c for c in REFCAT_REQUIRED if c not in table.colnames]
     if missing:
         raise InputError(f"{path}: reference catalogue lacks column(s) {', '.join(missing)}")
-    for name in (*REFCAT_REQUIRED, *REFCAT_DEFAULTS):  # a text cell ('abc' in a CSV) made the column text
-        if name in table.colnames:
-            try:
-                np.asarray(table[name], float)
-            except (TypeError, ValueError):
-                column = np.asarray(table[name])
-                bad = next((v for v in column if not _is_number(v)), "?")
-                raise InputError(f"{path}: column {name} holds text that is no number ({str(bad)[:40]!r}); fix or "
-                                 "remove those rows") from None
+    # one float per row or a refusal naming the column: a text cell ('abc' in a CSV) made the column text, an empty
+    # cell was read as its fill value 0 (a magnitude-0 star: campaign 34), true/false as 1/0, a complex value as its
+    # real part, a column of several values per row broke the fits after it (internal errors)
+    numbers = {name: number_column(table, name, path) for name in (*REFCAT_REQUIRED, *REFCAT_DEFAULTS)
+               if name in table.colnames}
     _warn_coarse_coordinates(table, path)
+    for name, values in numbers.items():  # empty cells are NaN now: their rows are ignored (said) or defaulted
+        unit = getattr(table[name], "unit", None)
+        table[name] = values
+        table[name].unit = unit
     _to_units(table, path)
     good = np.ones(len(table), bool)
     for name, default in REFCAT_DEFAULTS.items():

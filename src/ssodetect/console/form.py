@@ -143,7 +143,13 @@ def form_overrides(sections: list[Section], form) -> dict:
 
     ``form`` maps field names to strings (a boolean's check box sends ``on``; its hidden twin ``<name>.shown``
     says the box was on the page, so an unticked box means false).  ValueError names a value that cannot be
-    read as its kind."""
+    read as its kind, or a ``cfg.`` field that is no setting of the form (a misspelt ``cfg.link.max_rte`` had been
+    dropped without a word, campaign 34)."""
+    known = {s.name for section in sections for s in section.settings}
+    for name in form:
+        name = str(name)
+        if name.startswith(FIELD_PREFIX) and name.removesuffix(".shown") not in known:
+            raise ValueError(f"{name.removeprefix(FIELD_PREFIX)[:80]!r}: no setting of this form (unknown key)")
     out: dict = {}
     for section in sections:
         for s in section.settings:

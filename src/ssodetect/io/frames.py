@@ -37,8 +37,8 @@ from astropy.wcs import WCS
 
 from ssodetect.config import MAX_OBSERVER_DISTANCE_KM, MIN_OBSERVER_DISTANCE_KM, IOConfig
 from ssodetect.errors import InputError, reason
-from ssodetect.io.headers import (celestial_wcs, first_keyword, frame_type, merge_headers, observation_time,
-                                  station_code)
+from ssodetect.io.headers import (celestial_wcs, conflicting_cards, first_keyword, frame_type, merge_headers,
+                                  observation_time, station_code)
 
 __all__ = ["CCDRef", "Exposure", "CCDImage", "common_ccds", "find_inputs", "scan_inputs", "group_exposures", "read_ccd"]
 
@@ -560,6 +560,11 @@ def scan_file(path: Path, config: IOConfig, *, warn: bool = True) -> list[CCDRef
                 if note not in noted:  # once per file, not per CCD
                     noted.add(note)
                     log.warning("%s: %s (the time comes from %s)", path, note, obs.source)
+            for hdr, where in ((header, "" if sci == 0 else f" (HDU {sci})"), (primary if sci != 0 else None, "")):
+                for note in conflicting_cards(hdr, config) if warn and hdr is not None else ():
+                    if note + where not in noted:  # (campaign 34: the first card was read without a word)
+                        noted.add(note + where)
+                        log.warning("%s%s: %s", path, where, note)
             bad_gain = _unusable_gain(header, primary if sci != 0 else None, config)
             if warn and bad_gain and bad_gain not in noted:
                 noted.add(bad_gain)

@@ -36,6 +36,7 @@ __all__ = [
     "first_keyword",
     "ObservationTime",
     "observation_time",
+    "conflicting_cards",
     "sanitize_wcs_header",
     "celestial_wcs",
     "wcs_frame_problem",
@@ -231,6 +232,53 @@ def _exptime_disagreement(header: fits.Header, fallback: fits.Header | None, key
         return ""
     return (f"exposure times disagree: {', '.join(v.rstrip(' *') for v in values)}; {used:g} s is used (the first "
             "card of the image's own header)")
+
+
+#: WCS keywords checked for conflicting duplicates besides the configured ones (:func:`conflicting_cards`).
+WCS_KEYS = ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2", "CD1_1", "CD1_2", "CD2_1", "CD2_2",
+            "CDELT1", "CDELT2", "PC1_1", "PC1_2", "PC2_1", "PC2_2", "CROTA2", "EQUINOX", "RADESYS")
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a).strip() == str(b).strip()
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0) or a == b
+    except (TypeError, ValueError):
+        return a == b
+
+
+def conflicting_cards(header: fits.Header, config: IOConfig) -> list[str]:
+    """Keywords ssodetect reads that ``header`` holds more than once with different values.
+
+    astropy (and ssodetect) read the first card of a repeated keyword; a frame whose cards contradict each other
+    about its time, filter, detector or WCS is said, with the values, instead of being read silently (campaign 34:
+    a second MJD-OBS a day later, a second FILTER or CCDID, exit 0 without a word).  The exposure time has its own
+    note (:func:`observation_time`, which also compares the primary header's cards).
+
+    Returns
+    -------
+    list of str
+        One note per such keyword (empty when none).
+    """
+    keys = [*config.time_keys, *config.gain_keys, *config.saturation_keys, *config.filter_keys,
+            *config.obs_id_keys, *config.instrument_keys, *config.zeropoint_keys, *config.zeropoint_total_keys,
+            *config.observer_position_keys, *config.tracking_rate_keys, *config.frame_type_keys,
+            *config.detector_keys, *WCS_KEYS]
+    notes = []
+    for key in dict.fromkeys(k.upper() for k in keys):
+        try:
+            count = header.count(key)
+        except (KeyError, ValueError):
+            continue
+        if count < 2:
+            continue
+        values = [header[(key, n)] for n in range(count)]
+        if all(_same_value(values[0], v) for v in values[1:]):
+            continue
+        shown = ", ".join(repr(v)[:40] for v in values[:4]) + (", ..." if count > 4 else "")
+        notes.append(f"{key} is given {count} times with different values ({shown}): the first is used")
+    return notes
 
 
 def _observation_time(merged: fits.Header, config: IOConfig) -> ObservationTime:

@@ -27,6 +27,7 @@ from ssodetect.calibrate import build_calibration
 from ssodetect.config import Config
 from ssodetect.errors import InputError, reason
 from ssodetect.io import common_ccds, find_inputs, group_exposures, scan_inputs
+from ssodetect.io.columns import number_column
 from ssodetect.io.frames import check_regular_file
 from ssodetect.io.outputs import check_apart, check_directory_kind, check_not_inside, sha256_file
 from ssodetect.ml.sequences import Frame, cut_sequences, track_grids
@@ -149,10 +150,8 @@ def make_dataset(inputs, out, dataset_config, config: Config, *, positions: str 
             empty = np.ma.getmaskarray(chosen[name])
             if empty.any():
                 raise InputError(f"{positions}: row {int(np.argmax(empty)) + 1}: no {name} (an empty cell)")
-        try:
-            chosen = Table({"ra": np.asarray(chosen["ra"], float), "dec": np.asarray(chosen["dec"], float)})
-        except (TypeError, ValueError):
-            raise InputError(f"{positions}: ra and dec must be numbers [deg]") from None
+        # (a column of two values per row was an internal error: campaign 34)
+        chosen = Table({name: number_column(chosen, name, positions) for name in ("ra", "dec")})
         ra, dec = np.asarray(chosen["ra"]), np.asarray(chosen["dec"])
         bad = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= -360.0) & (ra <= 360.0) & (np.abs(dec) <= 90.0))
         if bad.any():
