@@ -1036,3 +1036,35 @@ def test_a_header_tracking_rate_is_read_converted_and_compared_with_the_star_tra
     assert "is no tracking rate" in _tracking(image, ref, Config(), trailed, 2.0 * 0.4247)["problems"][0]
     image.header = fits.Header()
     assert _tracking(image, ref, Config(), trailed, 2.0 * 0.4247) is None
+
+
+def _patchy(image, x, y, length, theta, noise=1.0):
+    from ssodetect.streaks.detect import patchy_trail
+
+    return patchy_trail(image, np.full(image.shape, noise**2), np.zeros(image.shape, bool), x, y, length, theta,
+                        SIGMA)
+
+
+def test_stars_joined_into_one_footprint_are_patchy_and_trails_are_not():
+    """A footprint of bright stars joined by their wings (member 474: measured as 100-400 px trails) has sections of
+    bare sky between its stars; a trail fills every section, faint, crossing a bright star, or fitted a little long."""
+    rng = np.random.default_rng(474)
+    shape = (120, 260)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    theta = 0.2
+    c, s = math.cos(theta), math.sin(theta)
+
+    def star(u, flux, wing=6.0):  # a Moffat-like star: a core and wide wings
+        x0, y0 = 130 + u * c, 60 + u * s
+        r2 = (xx - x0) ** 2 + (yy - y0) ** 2
+        return flux * (np.exp(-0.5 * r2 / SIGMA**2) / (2 * math.pi * SIGMA**2) + 0.02 * (1 + r2 / wing**2) ** -2.7)
+
+    noise = rng.normal(0, 1.0, shape)
+    joined = star(-90, 4e5) + star(-10, 2e5) + star(85, 3e5) + noise
+    assert _patchy(joined, 130.0, 60.0, 200.0, theta)
+    unit = trailed_psf(xx, yy, 130.0, 60.0, 200.0, theta, 1.0, SIGMA)
+    for snr in (8.0, 30.0, 300.0):
+        trail = trailed_psf(xx, yy, 130.0, 60.0, 200.0, theta, snr / math.sqrt(np.sum(unit**2)), SIGMA)
+        assert not _patchy(trail + noise, 130.0, 60.0, 200.0, theta), snr
+        assert not _patchy(trail + noise + star(30, 2e5), 130.0, 60.0, 200.0, theta), snr  # a star on it
+        assert not _patchy(trail + noise, 130.0, 60.0, 240.0, theta), snr  # fitted 20 % long

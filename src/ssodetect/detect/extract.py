@@ -65,7 +65,7 @@ DETECTION_COLUMNS = [
     ("chi2_broad", "f8", "", "chi2 of a fit twice as broad as the PSF (galaxies)"),
     ("sep_flag", "i8", "", "sep extraction flags"),
     ("near_mask", "bool", "", "a masked pixel lies inside the detection footprint"),
-    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed | spike | edge"),
+    ("kind", "U10", "", "point | trail | extended | sharp | streak | satellite | bleed | spike | edge | blend"),
     ("cut", "i8", "", "trail end at the detector edge: 0 none, 1 the end towards +theta, -1 the other, 2 both "
                       "(length and centre are then those of the visible part)"),
     ("edge_fit", "bool", "", "a point source whose core reaches the detector edge, centred and measured by a PSF "

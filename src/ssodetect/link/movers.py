@@ -622,7 +622,8 @@ STREAK_COLUMNS = [
      "motion plus the drift (length and theta are then its motion); elsewhere the same as length"),
     ("detector_theta", "f8", "rad", "its axis on the detector, from +x towards +y"),
     ("status", "U10", "", "linked (to object) | single (SSO-like trail seen in one exposure) | static (linked, then found still there "
-     "after it moved on: occupancy test) | satellite | bleed | spike | edge"),
+     "after it moved on: occupancy test) | satellite | bleed | spike | edge | blend (a long footprint whose light lies "
+     "in patches: stars joined by their wings)"),
     ("object", "U8", "", "object identifier when linked"),
 ]
 
@@ -632,7 +633,7 @@ def streak_table(detections: Table, trails: Table, fast: list, names: list[str])
     member_of = {k: names[n] for n, trk in enumerate(fast) for k in trk.members}
     rows = [(row, "linked" if k in member_of else "single", member_of.get(k, "")) for k, row in enumerate(trails)]
     if len(detections):
-        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike", "edge"])]
+        others = detections[np.isin(np.asarray(detections["kind"]), ["satellite", "bleed", "spike", "edge", "blend"])]
         rows += [(row, str(row["kind"]), "") for row in others]
     if not rows:
         return empty_table(STREAK_COLUMNS)

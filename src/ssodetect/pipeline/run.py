@@ -588,7 +588,7 @@ BUILTIN_STEPS = [
     Step("detect", step_detect, ("exposures", "masters", "reference"), ("ccd_results",),
          ("io", "calibrate", "clean", "detect", "streaks.enabled", "streaks.min_length", "streaks.max_length",
           "streaks.max_gap", "astrometry.register_frames", "astrometry.blind", "astrometry.trailed_stars",
-          "astrometry.min_snr", "intermediate"), "26",
+          "astrometry.min_snr", "intermediate"), "27",
          "per CCD image: calibrate, clean cosmic rays, background, extract and measure sources, refine trails"),
     Step("astrometry", step_astrometry, ("exposures", "reference", "ccd_results"),
          ("detections", "ccd_info", "astrometry", "wcs_headers"), ("astrometry", "intermediate"), "12",

@@ -36,7 +36,7 @@ __all__ = ["object_regions", "write_regions", "exposure_regions", "write_exposur
 REGIONS_DIR = "regions"
 #: Colour of a trail by its status in ``streaks.ecsv``.
 TRAIL_COLOURS = {"linked": "cyan", "single": "orange", "static": "red", "satellite": "white", "bleed": "gray",
-                 "spike": "gray", "edge": "gray"}
+                 "spike": "gray", "edge": "gray", "blend": "gray"}
 
 KIND_COLOURS = {"linked": "green", "streak": "cyan", "blend": "magenta", "stacked": "yellow"}
 #: Smallest circle drawn [arcsec].
