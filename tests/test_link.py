@@ -1045,6 +1045,25 @@ def test_missing_exposure_confirmation():
     assert not missing_confirms(np.full(3, 24.0), errors, np.array([24.0]), np.array([noise]))
 
 
+def test_light_at_the_prediction_that_stays_when_the_object_is_far_is_no_confirmation():
+    """Member 474: two doubtful V 25-26 tracklets were confirmed by the light of a faint static source and of a bright
+    star's wing at their predicted positions; that light was there in the other exposures too."""
+    from ssodetect.link.pixels import light_left_there
+
+    rng = np.random.default_rng(474)
+    noise = 6.0
+    stays, moves = [], []
+    for _ in range(300):
+        predicted = 60.0 + rng.normal(0, noise, 1)
+        stays.append(light_left_there(predicted, np.full(1, noise), 60.0 + rng.normal(0, noise, 3), np.full(3, noise)))
+        moves.append(light_left_there(predicted, np.full(1, noise), rng.normal(0, noise, 3), np.full(3, noise)))
+    assert np.mean(stays) > 0.99 and np.mean(moves) < 0.01
+    # nothing measured where the object was far (every exposure too close): not judged
+    assert not light_left_there(np.array([60.0]), np.array([noise]), np.full(3, np.nan), np.full(3, np.nan))
+    # a faint wing under a bright prediction: not the light measured there
+    assert not light_left_there(np.array([400.0]), np.array([noise]), np.full(3, 40.0), np.full(3, noise))
+
+
 def test_chance_probability_of_a_long_tracklet_does_not_underflow():
     """A 60-exposure tracklet: 58 factors of 1e-6 multiply to 0 in floating point (it crashed in log(0))."""
     from ssodetect.link.tracklets import _product_probability

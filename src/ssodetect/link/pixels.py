@@ -26,7 +26,8 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import psf_photometry
 
 __all__ = ["trail_overlap", "occupancy_scores", "occupancy_verdict", "shows_motion", "missing_deficit",
-           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response", "response_stars", "stars_by_image", "measure_response"]
+           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response", "response_stars", "stars_by_image", "measure_response",
+           "light_left_there", "STATIC_CHECK_FWHM"]
 
 #: Distances [px] from a star at which the template's flux is measured for :func:`filter_response` (beyond the last,
 #: the response is taken as 0: ~4.5 FWHM of the widest PSF expected, where a Moffat beta 2 keeps ~1 % of its peak).
@@ -404,6 +405,45 @@ def missing_deficit(member_flux: np.ndarray, member_err: np.ndarray, predicted_f
     f = float(np.sum(w * pf[pok]) / np.sum(w))
     e = float(1.0 / np.sqrt(np.sum(w)))
     return (big_f - f) / float(np.sqrt(big_e**2 + e**2 + (scatter * big_f) ** 2))
+
+
+def light_left_there(predicted_flux: np.ndarray, predicted_err: np.ndarray, there_flux: np.ndarray,
+                     there_err: np.ndarray, *, nsigma: float = 3.0, fraction: float = 0.5) -> bool:
+    """Whether the light measured where a tracklet was predicted (in an exposure without a detection of it) is
+    there in the other exposures too, when the object was far from that spot: a source that stays (a faint star or
+    galaxy whose centroids wandered into a slow "motion", a bright star's wing), not the object.
+
+    The inverse-variance mean of ``there_flux`` (the predicted position measured in exposures where the object was
+    at least :data:`STATIC_CHECK_FWHM` PSF FWHM from it) is at least ``nsigma`` times its error and ``fraction``
+    of the inverse-variance mean of ``predicted_flux``.  False when either was not measured.  (Member 474: two
+    doubtful tracklets of V 25-26 were confirmed by the light of a faint static source and of a V 16.7 star's wing
+    16 px away.)
+
+    Parameters
+    ----------
+    predicted_flux, predicted_err : ndarray
+        The template's flux [ADU] and error at the predicted positions, in the exposures without a detection.
+    there_flux, there_err : ndarray
+        The same sky positions measured in the exposures with a detection (NaN where too close to the object).
+    """
+    def mean(f, e):
+        f, e = np.asarray(f, float), np.asarray(e, float)
+        ok = np.isfinite(f) & np.isfinite(e) & (e > 0)
+        if not ok.any():
+            return math.nan, math.nan
+        w = 1.0 / e[ok] ** 2
+        return float(np.sum(w * f[ok]) / np.sum(w)), float(1.0 / np.sqrt(np.sum(w)))
+
+    pf, _ = mean(predicted_flux, predicted_err)
+    tf, te = mean(there_flux, there_err)
+    if not (np.isfinite(pf) and np.isfinite(tf)):
+        return False
+    return bool(tf >= nsigma * te and tf >= fraction * pf)
+
+
+#: How far [PSF FWHM, plus half the trail] the object must have been from its predicted position in an exposure for
+#: that exposure to tell what stays there (:func:`light_left_there`).
+STATIC_CHECK_FWHM = 3.0
 
 
 def missing_confirms(member_flux: np.ndarray, member_err: np.ndarray, predicted_flux: np.ndarray,

@@ -22,9 +22,11 @@ from astropy.table import Table
 from ssodetect.astrometry.solve import pixel_scale
 from ssodetect.astrometry.tangent import TangentPlane
 from ssodetect.config import Config
+from ssodetect.detect.extract import FWHM_TO_SIGMA
 from ssodetect.detect.shape import psf_photometry
-from ssodetect.link.pixels import (RESPONSE_RADII, measure_response, missing_confirms, missing_deficit, occupancy_scores,
-                                   occupancy_verdict, shows_motion, stars_by_image, trail_overlap)
+from ssodetect.link.pixels import (RESPONSE_RADII, STATIC_CHECK_FWHM, light_left_there, measure_response,
+                                   missing_confirms, missing_deficit, occupancy_scores, occupancy_verdict,
+                                   shows_motion, stars_by_image, trail_overlap)
 from ssodetect.pipeline.ccd import cleaned_pixels, place_on_ccds
 from ssodetect.io.headers import world_to_pixels
 from ssodetect.streaks.field import drift_of, with_drift
@@ -98,7 +100,9 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         ``n_rejected_missing``, ``n_rejected``, ``rejected`` (names), ``n_doubtful`` (``kind = doubtful``
         tracklets, not among ``n_objects``), ``n_doubtful_confirmed`` (kept, as ``linked``: their light measured
         where predicted in the exposures without a detection, :func:`ssodetect.link.pixels.missing_confirms`,
-        and their positions empty after they moved on), ``n_doubtful_dropped``, ``n_images`` (CCD images read),
+        and their positions empty after they moved on), ``n_doubtful_light_stays`` (their light where predicted is
+        there when they were far from it too: :func:`ssodetect.link.pixels.light_left_there`; dropped),
+        ``n_doubtful_dropped``, ``n_images`` (CCD images read),
         ``n_response_measured`` / ``n_response_gaussian`` (images whose template response was measured on their
         stars / taken from the Gaussian model), ``seconds``.
     """
@@ -106,6 +110,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
     t_start = time.perf_counter()
     stats = {"n_objects": 0, "n_tested": 0, "n_untestable": 0, "n_missing_tested": 0, "n_rejected_static": 0,
              "n_rejected_missing": 0, "n_rejected": 0, "rejected": [], "n_doubtful": 0, "n_doubtful_confirmed": 0,
+             "n_doubtful_light_stays": 0,
              "n_doubtful_dropped": 0, "n_images": 0, "n_response_measured": 0, "n_response_gaussian": 0,
              "seconds": 0.0}
     if not len(objects):
@@ -179,6 +184,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
         m, n_exp = len(rows), len(exposure_list)
         overlap = np.full((m, n_exp), np.nan)
         own_col = np.full(m, -1)
+        own_shape: dict = {}  # member -> its template (length [px], angle [rad]) in its own exposure
         # the template's half-length along the motion [arcsec], for its length and angle in each exposure's pixels
         ux, uy = direction / max(float(np.hypot(*direction)), 1e-12) * 0.5 * length
         for i in range(m):
@@ -199,6 +205,7 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                 jobs[(e, ccd)].append((k, i, j, x, y, seg_len, theta))
                 if e == ei:
                     own_col[i] = j
+                    own_shape[i] = (seg_len, theta)
                 else:
                     px, py = predicted[e]
                     way, reach = (direction, length) if drift is None else (drift[2], drift[3])
@@ -207,9 +214,21 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
                                      reach, sigma))
         # where the object should be in the exposures without a detection of it
         seen = set(int(v) for v in rows["exposure"])
+        missing = [j for j, e in enumerate(exposure_list) if e not in seen]
+        far = STATIC_CHECK_FWHM * sigma / FWHM_TO_SIGMA + 0.5 * length  # [arcsec]
         for j, e in enumerate(exposure_list):
             if e in seen:
                 continue
+            if name in doubtful:  # the same sky spot in the exposures where the object was far from it: what stays
+                q = m + 1 + missing.index(j)
+                spot_ra, spot_dec = plane.to_sky(np.array([predicted[e][0]]), np.array([predicted[e][1]]))
+                for i in range(m):
+                    ei = int(rows["exposure"][i])
+                    if math.hypot(predicted[e][0] - xi[i], predicted[e][1] - eta[i]) < far:
+                        continue
+                    spot = place(ei, str(rows["ccd"][i]), float(spot_ra[0]), float(spot_dec[0]))
+                    if spot is not None and i in own_shape:  # (measured with the object's template there)
+                        jobs[(ei, spot[0])].append((k, q, exposure_list.index(ei), spot[1], spot[2], *own_shape[i]))
             px, py = predicted[e]
             pra, pdec = plane.to_sky(np.array([px - ux, px, px + ux]), np.array([py - uy, py, py + uy]))
             nearest = int(np.argmin(np.abs(np.asarray(rows["mjd"], float) - mjd_of[e])))
@@ -222,10 +241,12 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             jobs[(e, ccd)].append((k, m, j, x, y, *((float(math.hypot(ex[1] - ex[0], ey[1] - ey[0])),
                                                      float(math.atan2(ey[1] - ey[0], ex[1] - ex[0])))
                                                     if drift is None else drift[:2])))
-        # rows 0..m-1: the members' positions; row m: the predicted positions
+        # rows 0..m-1: the members' positions; row m: the predicted positions; row m + 1 + q (doubtful tracklets): the
+        # predicted position of the q-th exposure without a detection, in the exposures where the object was far
         plans.append({"m": m, "overlap": overlap, "own_col": own_col, "blend": np.asarray(rows["kind"]) == "blend",
-                      "flux": np.full((m + 1, n_exp), np.nan),
-                      "err": np.full((m + 1, n_exp), np.nan)})
+                      "missing": missing,
+                      "flux": np.full((m + 1 + len(missing), n_exp), np.nan),
+                      "err": np.full((m + 1 + len(missing), n_exp), np.nan)})
     keys = sorted(jobs, key=lambda key: (key[0], str(key[1])))
     stars = stars_by_image(detections)
     no_stars = (np.zeros(0), np.zeros(0))
@@ -286,7 +307,13 @@ def occupancy_vet(observations: Table, objects: Table, exposures: list, ccd_info
             moved = verdict == "moving" and shows_motion(median, median_err, threshold=lc.occupancy_threshold)
             if moved and missing_confirms(own_flux, own_err, plan["flux"][m], plan["err"][m], scatter=lc.flux_scatter,
                                           min_snr=lc.confirm_min_snr, max_deviation=lc.missing_max_deficit):
-                confirmed.add(name)
+                # ... and that light is not there when the object is far from the spot (a source that stays)
+                stays = any(light_left_there(plan["flux"][m, [j]], plan["err"][m, [j]], plan["flux"][m + 1 + q],
+                                             plan["err"][m + 1 + q]) for q, j in enumerate(plan["missing"]))
+                if stays:
+                    stats["n_doubtful_light_stays"] += 1
+                else:
+                    confirmed.add(name)
             continue
         if np.isfinite(deficit):
             stats["n_missing_tested"] += 1
