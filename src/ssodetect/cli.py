@@ -389,7 +389,7 @@ def _check_truth(truth, path: Path) -> None:
     mag, rate = np.asarray(truth["mag"]), np.asarray(truth["rate"])
     for name, bad, what in (("mag", ~np.isfinite(mag), "no finite magnitude"),
                             ("rate", ~(np.isfinite(rate) & (rate >= 0)), "no finite, non-negative rate")):
-        if bad.all():
+        if len(bad) and bad.all():  # (an empty table is said by the checks after this one)
             raise SSODetectError(f"{path}: every row has {what} (column {name}): no mover can be scored")
         if bad.any():
             log.warning("%s: %d of %d rows with %s (column %s): their movers are not scored", path,

@@ -115,8 +115,8 @@ def test_ml_predict_never_replaces_a_file_that_is_not_a_scores_table(good_run, s
 def test_the_launch_form_takes_no_command_address_or_file_setting(tmp_path):
     """D3: the form's settings came from the whole configuration schema: ``cfg.alerts.command`` posted to /launch
     ran a shell command as the console's user, and path settings reached outside the root.  Those settings are
-    neither shown nor taken (posted, they are ignored); every text setting is classified (a new one fails here
-    until it is); the profile is chosen among the built-in ones."""
+    neither shown nor taken (posted, they are refused: campaign 34, they had been ignored without a word); every text
+    setting is classified (a new one fails here until it is); the profile is chosen among the built-in ones."""
     pytest.importorskip("starlette")
     from ssodetect.console.form import OFF_THE_FORM, TEXT_ON_THE_FORM, form_overrides, settings_from_schema
     from ssodetect.profiles import builtin_profiles
@@ -128,10 +128,11 @@ def test_the_launch_form_takes_no_command_address_or_file_setting(tmp_path):
     assert text == set(TEXT_ON_THE_FORM), text ^ set(TEXT_ON_THE_FORM)
     assert shown["profile.name"].kind == "enum"
     assert set(shown["profile.name"].choices) == {"auto", "none", *builtin_profiles()}
-    posted = {"cfg.alerts.command": "/bin/sh,-c,id", "cfg.alerts.url": "http://evil.example/x",
-              "cfg.known.orbits": "/etc/passwd", "cfg.execution.scheduler": "tcp://evil.example:8786",
-              "cfg.detect.threshold": "5.0"}
-    assert form_overrides(sections, posted) == {"detect": {"threshold": 5.0}}
+    for key, value in (("alerts.command", "/bin/sh,-c,id"), ("alerts.url", "http://evil.example/x"),
+                       ("known.orbits", "/etc/passwd"), ("execution.scheduler", "tcp://evil.example:8786")):
+        with pytest.raises(ValueError, match=f"{key}: kept off the form"):
+            form_overrides(sections, {f"cfg.{key}": value, "cfg.detect.threshold": "5.0"})
+    assert form_overrides(sections, {"cfg.detect.threshold": "5.0"}) == {"detect": {"threshold": 5.0}}
     with pytest.raises(ValueError, match="profile.name = '/tmp/evil.toml': one of auto, none"):
         form_overrides(sections, {"cfg.profile.name": "/tmp/evil.toml"})
 

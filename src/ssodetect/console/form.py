@@ -149,7 +149,11 @@ def form_overrides(sections: list[Section], form) -> dict:
     for name in form:
         name = str(name)
         if name.startswith(FIELD_PREFIX) and name.removesuffix(".shown") not in known:
-            raise ValueError(f"{name.removeprefix(FIELD_PREFIX)[:80]!r}: no setting of this form (unknown key)")
+            key = name.removeprefix(FIELD_PREFIX).removesuffix(".shown")
+            if key in OFF_THE_FORM:  # (a command, an address or a file: never taken from a web form)
+                raise ValueError(f"{key}: kept off the form (a command, address or file); set it in a configuration "
+                                 "file on the console's machine")
+            raise ValueError(f"{key[:80]!r}: no setting of this form (unknown key)")
     out: dict = {}
     for section in sections:
         for s in section.settings:
