@@ -282,8 +282,12 @@ def test_fast_movers_found_end_to_end(tmp_path):
     fast = obs[obs["kind"] == "streak"]
     assert len(fast) and np.all(fast["trail_length"] > 12) and np.all(np.isfinite(fast["trail_pa"]))
     streaks = Table.read(tmp_path / "out" / "streaks.ecsv")
-    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed", "spike", "edge"}
+    assert set(streaks["status"]) <= {"linked", "single", "satellite", "bleed", "spike", "edge", "blend"}
     assert len(_linked_trails_are_observations(obs, streaks)) >= len(fast)
+    # what is labelled blend (light in patches along the line) is no mover's trail: none centred on one
+    for row in streaks[streaks["status"] == "blend"]:
+        on = truth[(truth["exposure"] == row["exposure"]) & truth["on_detector"]]
+        assert np.min(np.hypot(on["x"] - row["x"], on["y"] - row["y"])) > 10.0, row
 
 
 def test_trailed_star_astrometry_recovers_the_pointing(tmp_path, caplog):
@@ -1068,3 +1072,5 @@ def test_stars_joined_into_one_footprint_are_patchy_and_trails_are_not():
         assert not _patchy(trail + noise, 130.0, 60.0, 200.0, theta), snr
         assert not _patchy(trail + noise + star(30, 2e5), 130.0, 60.0, 200.0, theta), snr  # a star on it
         assert not _patchy(trail + noise, 130.0, 60.0, 240.0, theta), snr  # fitted 20 % long
+        # fitted askew (crossing trails): the light fades towards the ends, with no gap between lit sections
+        assert not _patchy(trail + noise, 130.0, 60.0, 160.0, theta + 0.06), snr
