@@ -9,14 +9,26 @@ real part (with a warning that names no file) and the last as a 2-D array that b
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ssodetect.errors import InputError
 
-__all__ = ["number_column"]
+__all__ = ["number_column", "flag_column"]
+
+
+#: A number as text: plain ASCII digits (Python's float() also reads "1_4" as 14 and Arabic-Indic digits: campaign 35).
+_NUMBER = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)\s*", re.IGNORECASE | re.ASCII)
+#: Text read as true / false in a flag column.
+_TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
 
 def _is_number(value) -> bool:
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str):
+        return _NUMBER.fullmatch(value) is not None
     try:
         float(value)
     except (TypeError, ValueError):
@@ -73,3 +85,41 @@ def number_column(table, name: str, source) -> np.ndarray:
     if empty is not None and empty.any():
         values[empty] = np.nan
     return values
+
+
+def flag_column(table, name: str, source) -> np.ndarray:
+    """One true/false per row of ``table[name]``: booleans, the integers 0 and 1, or the text true/false (t/f,
+    yes/no, 1/0, any case).
+
+    ``np.asarray(column, bool)`` read the text "False" and a NaN as true (campaign 35: a truth table's
+    ``on_detector`` written as text was scored as if every mover were on the detector).
+
+    Raises
+    ------
+    InputError
+        Another value (a NaN, 2, "maybe", an empty cell), or several values per row.
+    """
+    column = table[name]
+    if len(np.shape(column)) > 1:
+        raise InputError(f"{source}: column {name} holds {int(np.prod(np.shape(column)[1:]))} values per row "
+                         "(one true/false per row is needed)")
+    if np.ma.isMaskedArray(column) or hasattr(column, "mask"):
+        empty = np.ma.getmaskarray(column)
+        if empty.any():
+            raise InputError(f"{source}: column {name}: row {int(np.argmax(empty)) + 1} is empty (true or false needed)")
+        column = np.ma.getdata(column)
+    data = np.asarray(column)
+    if data.dtype.kind == "b":
+        return data.astype(bool)
+    out = np.zeros(len(data), bool)
+    for k, value in enumerate(data):
+        if isinstance(value, (bytes, np.bytes_)):
+            value = value.decode("ascii", "replace")
+        text = str(value).strip().lower()
+        if data.dtype.kind in "iuf":
+            text = {1.0: "true", 0.0: "false"}.get(float(value), text) if np.isfinite(float(value)) else "nan"
+        if text in _TRUE:
+            out[k] = True
+        elif text not in _FALSE:
+            raise InputError(f"{source}: column {name}: row {k + 1} holds {str(value)[:40]!r}, not true or false")
+    return out
