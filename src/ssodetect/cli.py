@@ -394,10 +394,12 @@ def _check_truth(truth, path: Path) -> None:
             try:
                 values = (values * u.Unit(unit)).to_value(u.Unit(TRUTH_UNITS[name]))
             except (u.UnitsError, ValueError, TypeError):
-                raise SSODetectError(f"{path}: column {name} in {unit}, not convertible to {TRUTH_UNITS[name]}") from None
+                raise SSODetectError(f"{path}: column {name} in {unit}, not convertible to "
+                                     f"{TRUTH_UNITS[name]}") from None
         truth[name] = values
+    mag = np.asarray(truth["mag"], float)
     for name, odd, what in (
-            ("mag", np.isfinite(truth["mag"]) & ((truth["mag"] < TRUTH_MAG_RANGE[0]) | (truth["mag"] > TRUTH_MAG_RANGE[1])),
+            ("mag", np.isfinite(mag) & ((mag < TRUTH_MAG_RANGE[0]) | (mag > TRUTH_MAG_RANGE[1])),
              f"outside {TRUTH_MAG_RANGE[0]:g} to {TRUTH_MAG_RANGE[1]:g} mag"),
             ("trail_length", ~(np.isfinite(truth["trail_length"]) & (truth["trail_length"] >= 0)
                                & (truth["trail_length"] <= TRUTH_MAX_TRAIL_PX)),

@@ -19,7 +19,8 @@ __all__ = ["number_column", "flag_column"]
 
 
 #: A number as text: plain ASCII digits (Python's float() also reads "1_4" as 14 and Arabic-Indic digits: campaign 35).
-_NUMBER = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)\s*", re.IGNORECASE | re.ASCII)
+_NUMBER = re.compile(r"\s*[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|nan|inf|infinity)\s*",
+                     re.IGNORECASE | re.ASCII)
 #: Text read as true / false in a flag column.
 _TRUE, _FALSE = {"true", "t", "yes", "y", "1"}, {"false", "f", "no", "n", "0"}
 
@@ -106,7 +107,8 @@ def flag_column(table, name: str, source) -> np.ndarray:
     if np.ma.isMaskedArray(column) or hasattr(column, "mask"):
         empty = np.ma.getmaskarray(column)
         if empty.any():
-            raise InputError(f"{source}: column {name}: row {int(np.argmax(empty)) + 1} is empty (true or false needed)")
+            raise InputError(f"{source}: column {name}: row {int(np.argmax(empty)) + 1} is empty (true or false "
+                             "needed)")
         column = np.ma.getdata(column)
     data = np.asarray(column)
     if data.dtype.kind == "b":

@@ -26,8 +26,8 @@ from scipy.spatial import cKDTree
 from ssodetect.detect.shape import psf_photometry
 
 __all__ = ["trail_overlap", "occupancy_scores", "occupancy_verdict", "shows_motion", "missing_deficit",
-           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response", "response_stars", "stars_by_image", "measure_response",
-           "light_left_there", "STATIC_CHECK_FWHM"]
+           "RESPONSE_RADII", "RESPONSE_DIRECTIONS", "MIN_RESPONSE_STARS", "response_offsets", "filter_response",
+           "response_stars", "stars_by_image", "measure_response", "light_left_there", "STATIC_CHECK_FWHM"]
 
 #: Distances [px] from a star at which the template's flux is measured for :func:`filter_response` (beyond the last,
 #: the response is taken as 0: ~4.5 FWHM of the widest PSF expected, where a Moffat beta 2 keeps ~1 % of its peak).

@@ -1055,9 +1055,10 @@ def patchy_trail(data: np.ndarray, variance: np.ndarray, mask: np.ndarray, x: fl
     section holds no light, or when one of the inner sections (the end ones are left out: a fit a little longer
     than its trail half-fills them) is below :data:`PATCHY_RATIO` of the median section by :data:`PATCHY_SIGMA` of
     its error, with sections at least as bright as the median on both sides of it (a fit misaligned with a real
-    trail, in a crowd of crossing trails, fades towards one end or both instead).  On the tuning members' 127 trails of 40-125 px (S/N 8.5-265) the lowest inner section of a real
-    trail was 0.22 of the median at 3.8 sigma (S/N 8.9) or 0.61 at 9.0 sigma; the joined stars' footprints of
-    member 474 reached at most 0.44 at 7.2-49 sigma.
+    trail, in a crowd of crossing trails, fades towards one end or both instead).  On the tuning members' 127
+    trails of 40-125 px (S/N 8.5-265) the lowest inner section of a real trail was 0.22 of the median at 3.8
+    sigma (S/N 8.9) or 0.61 at 9.0 sigma; the joined stars' footprints of member 474 reached at most 0.44 at
+    7.2-49 sigma.
 
     Parameters
     ----------
