@@ -4,7 +4,7 @@
                                       [--fast-per-ccd N] [--keep DIR] [--from STEP] [--workers 1]
                                       [--config FILE]
 
-Members 481-490 (``simulate.REPORT_MEMBERS``) are the report set and are never used for tuning
+Members 491-500 (``simulate.REPORT_MEMBERS``) are the report set and are never used for tuning
 (101-110, 111-120, ..., 351-360 and 371-480, earlier report sets, were diagnosed afterwards and count as seen); ``--tuning`` runs members 1-16 instead.  Each member is an independent recipe (PSF model and width,
 star and galaxy densities, cosmic rays, unflagged hot pixels, transients, satellites, spikes,
 5-100 movers per CCD in uniform or clustered directions; every exposure's header off by 20",
