@@ -10,17 +10,91 @@ single-exposure 5-sigma point-source limit.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 
+import astropy.units as u
 import numpy as np
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
 from ssodetect.astrometry.tangent import TangentPlane
+from ssodetect.errors import InputError
+from ssodetect.io.columns import flag_column, number_column
 
-__all__ = ["evaluate_wcs", "Evaluation", "evaluate_run", "format_evaluation", "evaluation_table", "RATE_BINS",
-           "nearest_truth_distance", "frames_mismatch"]
+__all__ = ["check_truth", "evaluate_wcs", "Evaluation", "evaluate_run", "format_evaluation", "evaluation_table",
+           "RATE_BINS", "nearest_truth_distance", "frames_mismatch"]
+
+log = logging.getLogger(__name__)
+
+
+#: Units the truth table's columns are scored in (a column in another unit of the same kind is converted; a
+#: magnitude column may carry a magnitude unit or none).
+TRUTH_UNITS = {"ra": "deg", "dec": "deg", "rate": "arcsec / h", "trail_length": "pix"}
+#: Plausible truth values: a magnitude [mag] and a trail length [px] outside them are refused (campaign 35: a
+#: negative trail length made every object false, an infinite one let any object match).
+TRUTH_MAG_RANGE = (-5.0, 40.0)
+TRUTH_MAX_TRAIL_PX = 1e5
+
+
+def check_truth(truth: Table, path) -> None:
+    """Bring a truth table's columns to one value per row (angles, rates and trail lengths in :data:`TRUTH_UNITS`,
+    ``on_detector`` true/false), or refuse it.
+
+    A column of several values per row, true/false or complex values was an internal error or read silently; a
+    table whose magnitudes are all missing or whose rates are all negative was scored as one without a bright mover,
+    exit 0, and a rate in deg/s was read as arcsec/h (campaign 34); ``on_detector`` written as text "False" was
+    read as true, trail lengths that are negative, infinite or in degrees and magnitudes in Jy or of -30 were used
+    as they were (campaign 35).  Rows with a missing magnitude or a negative rate are said (they cannot count).
+
+    Parameters
+    ----------
+    truth : Table
+        A truth table of ``ssodetect simulate`` (changed in place).
+    path : str or Path
+        Its file (named in errors and warnings).
+
+    Raises
+    ------
+    InputError
+        A column that cannot be read as it must, a unit that does not convert, or a value no mover has.
+    """
+    truth["on_detector"] = flag_column(truth, "on_detector", path)
+    for name in ("exposure", "ra", "dec", "mag", "rate", "trail_length"):
+        values = number_column(truth, name, path)
+        if name == "exposure":
+            continue
+        unit = getattr(truth[name], "unit", None)
+        if unit is not None and name == "mag":
+            if str(unit).strip() and "mag" not in str(unit).lower():  # (mag, ABmag, mag(AB): a magnitude)
+                raise InputError(f"{path}: column mag in {unit}, not a magnitude")
+        elif unit is not None:
+            try:
+                values = (values * u.Unit(unit)).to_value(u.Unit(TRUTH_UNITS[name]))
+            except (u.UnitsError, ValueError, TypeError):
+                raise InputError(f"{path}: column {name} in {unit}, not convertible to "
+                                     f"{TRUTH_UNITS[name]}") from None
+        truth[name] = values
+    mag = np.asarray(truth["mag"], float)
+    for name, odd, what in (
+            ("mag", np.isfinite(mag) & ((mag < TRUTH_MAG_RANGE[0]) | (mag > TRUTH_MAG_RANGE[1])),
+             f"outside {TRUTH_MAG_RANGE[0]:g} to {TRUTH_MAG_RANGE[1]:g} mag"),
+            ("trail_length", ~(np.isfinite(truth["trail_length"]) & (truth["trail_length"] >= 0)
+                               & (truth["trail_length"] <= TRUTH_MAX_TRAIL_PX)),
+             f"not within 0 to {TRUTH_MAX_TRAIL_PX:g} px")):
+        if np.any(odd):
+            k = int(np.argmax(odd))
+            raise InputError(f"{path}: row {k + 1}: {name} {float(truth[name][k]):g} is {what}; "
+                                 f"{int(np.sum(odd))} such rows")
+    mag, rate = np.asarray(truth["mag"]), np.asarray(truth["rate"])
+    for name, bad, what in (("mag", ~np.isfinite(mag), "no finite magnitude"),
+                            ("rate", ~(np.isfinite(rate) & (rate >= 0)), "no finite, non-negative rate")):
+        if len(bad) and bad.all():  # (an empty table is said by the checks after this one)
+            raise InputError(f"{path}: every row has {what} (column {name}): no mover can be scored")
+        if bad.any():
+            log.warning("%s: %d of %d rows with %s (column %s): their movers are not scored", path,
+                        int(bad.sum()), len(truth), what, name)
 
 #: Rate bins [arcsec/h] of the completeness against rate: slow movers, fast movers, trails.
 RATE_BINS = np.array([0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0])
